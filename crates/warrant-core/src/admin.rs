@@ -1,0 +1,183 @@
+//! Administrative roles and admin bearer tokens.
+//!
+//! An admin token is an opaque random string shown once at creation; the store
+//! keeps only its SHA-256. The raw token lives in [`AdminTokenSecret`], whose
+//! `Debug`/`Display` print `[redacted]` and which is not `Serialize`: the one
+//! place that reveals it is [`AdminTokenSecret::expose`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::time::Timestamp;
+
+/// What an admin principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Read inventory, keys, policy status and the audit trail; change nothing.
+    Auditor,
+    /// Read, and decide pending approvals (approvals arrive with a later issue).
+    Approver,
+}
+
+/// A capability an admin endpoint requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read-only access.
+    Read,
+    /// Changes to inventory, keys, tokens, policy.
+    Write,
+    /// Deciding approvals.
+    Approve,
+}
+
+impl Role {
+    /// The role as text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Auditor => "auditor",
+            Self::Approver => "approver",
+        }
+    }
+
+    /// Whether the role grants `p`.
+    pub fn allows(self, p: Permission) -> bool {
+        match (self, p) {
+            (Self::Admin, _) => true,
+            (Self::Auditor, Permission::Read) => true,
+            (Self::Approver, Permission::Read | Permission::Approve) => true,
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Self::Admin),
+            "auditor" => Ok(Self::Auditor),
+            "approver" => Ok(Self::Approver),
+            _ => Err(format!(
+                "role `{}` is unknown; use admin, auditor or approver",
+                s.escape_debug()
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The prefix of every admin token, so secret scanners can recognise one.
+pub const ADMIN_TOKEN_PREFIX: &str = "wadm_";
+
+/// A raw admin bearer token. Never logged, never serialised.
+pub struct AdminTokenSecret(String);
+
+impl AdminTokenSecret {
+    /// Builds a token from 32 random bytes.
+    pub fn from_random(bytes: [u8; 32]) -> Self {
+        let mut s = String::with_capacity(ADMIN_TOKEN_PREFIX.len() + 64);
+        s.push_str(ADMIN_TOKEN_PREFIX);
+        s.push_str(&hex::encode(bytes));
+        Self(s)
+    }
+
+    /// Wraps a token presented by a client.
+    pub fn presented(token: &str) -> Self {
+        Self(token.to_owned())
+    }
+
+    /// The SHA-256 the store keeps. Tokens carry 256 random bits, so a plain hash
+    /// is enough; a slow password hash would add nothing but latency.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.0.as_bytes()).into()
+    }
+
+    /// The raw token. The only way to read it: shown once at creation.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminTokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminTokenSecret([redacted])")
+    }
+}
+
+impl fmt::Display for AdminTokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// An admin token as the store keeps it (hash only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminTokenRecord {
+    /// Public id (`adt_...`), used to list and revoke.
+    pub id: String,
+    /// SHA-256 of the token; not serialised to clients.
+    #[serde(skip)]
+    pub token_hash: [u8; 32],
+    /// What it may do.
+    pub role: Role,
+    /// A label to tell tokens apart.
+    pub name: Option<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it stops working.
+    pub expires_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl AdminTokenRecord {
+    /// Whether the token is usable at `now`.
+    pub fn is_valid_at(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles() {
+        assert!(Role::Admin.allows(Permission::Write));
+        assert!(Role::Auditor.allows(Permission::Read));
+        assert!(!Role::Auditor.allows(Permission::Write));
+        assert!(!Role::Auditor.allows(Permission::Approve));
+        assert!(Role::Approver.allows(Permission::Approve));
+        assert!(!Role::Approver.allows(Permission::Write));
+        assert!(
+            "root"
+                .parse::<Role>()
+                .unwrap_err()
+                .contains("admin, auditor or approver")
+        );
+    }
+
+    #[test]
+    fn secret_is_redacted() {
+        let t = AdminTokenSecret::from_random([7; 32]);
+        assert!(t.expose().starts_with("wadm_"));
+        assert_eq!(t.expose().len(), 5 + 64);
+        assert_eq!(format!("{t}"), "[redacted]");
+        assert!(!format!("{t:?}").contains("0707"));
+        assert_eq!(t.hash(), AdminTokenSecret::presented(t.expose()).hash());
+    }
+}

@@ -1,0 +1,469 @@
+//! Audit records and the hash chain that makes them tamper-evident.
+//!
+//! A caller describes what happened in an [`AuditEvent`]. The store assigns the
+//! sequence number and time, serialises the record to its canonical body (JSON,
+//! fields in declaration order, empty fields left out), and chains it:
+//! `hash = SHA-256(prev_hash || body)`. The body is stored verbatim next to the
+//! hash, so verification never depends on re-serialising, and fields added by
+//! later releases (always optional) leave old bodies and hashes untouched.
+//!
+//! INVARIANT (append-only): a record is never updated or deleted; verification
+//! detects a changed body, a changed indexed column, a removed or reordered
+//! record and a broken link.
+//!
+//! What an event may carry is listed here, and none of it is a secret: credential
+//! *ids* and *kinds*, never values.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::time::Timestamp;
+
+/// The outcome recorded for an event (DESIGN §5 calls the field `decision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The action was allowed and performed.
+    Allow,
+    /// The action was refused (policy, authentication, authorisation).
+    Deny,
+    /// The action waits for a person's approval.
+    Pending,
+    /// The action failed: bad input or an internal error. Nothing changed.
+    Error,
+}
+
+impl Outcome {
+    /// The outcome as text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Pending => "pending",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happened, as the caller describes it. Fields follow DESIGN §5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Dotted event kind, e.g. `admin.agent.create`, `policy.reload`, `policy.decision`.
+    pub event: String,
+    /// The outcome.
+    pub decision: Outcome,
+    /// Determining policy ids, or the error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// Who did it: `local:uid=1000`, `admin-token:adt_...`, `instance:...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The agent concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The agent instance concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The user the work is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The delegation chain, outermost actor first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
+    /// The task id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The parent task id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// The transaction id shared by a delegation tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+    /// The protocol or surface (`admin-socket`, `admin-http`, `oauth`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// The kind of credential issued or used (never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_type: Option<String>,
+    /// The id of the credential issued or used (never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// Scopes granted or requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// When the issued credential expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// The resource acted on (`Agent::"triage"`, `Audience::"..."`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// The action (`agent.create`, `token:exchange`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Where the request came from (address or socket peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Further non-secret facts, e.g. the fields of a created agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+macro_rules! setters {
+    ($($field:ident),*) => {$(
+        #[doc = concat!("Sets `", stringify!($field), "`.")]
+        #[must_use]
+        pub fn $field(mut self, v: impl Into<String>) -> Self {
+            self.$field = Some(v.into());
+            self
+        }
+    )*};
+}
+
+impl AuditEvent {
+    /// An event with only its kind and outcome set.
+    pub fn new(event: impl Into<String>, decision: Outcome) -> Self {
+        Self {
+            event: event.into(),
+            decision,
+            reasons: Vec::new(),
+            actor: None,
+            agent: None,
+            instance: None,
+            user: None,
+            chain: Vec::new(),
+            task: None,
+            parent: None,
+            txn: None,
+            protocol: None,
+            credential_type: None,
+            credential_id: None,
+            scope: None,
+            expires_at: None,
+            resource: None,
+            action: None,
+            source: None,
+            detail: None,
+        }
+    }
+
+    setters!(
+        actor,
+        agent,
+        instance,
+        user,
+        task,
+        parent,
+        txn,
+        protocol,
+        credential_type,
+        credential_id,
+        scope,
+        resource,
+        action,
+        source
+    );
+
+    /// Adds a reason (a policy id or an error message).
+    #[must_use]
+    pub fn reason(mut self, r: impl Into<String>) -> Self {
+        self.reasons.push(r.into());
+        self
+    }
+
+    /// Sets the reasons.
+    #[must_use]
+    pub fn reasons(mut self, r: impl IntoIterator<Item = String>) -> Self {
+        self.reasons = r.into_iter().collect();
+        self
+    }
+
+    /// Sets the non-secret detail object.
+    #[must_use]
+    pub fn detail(mut self, d: serde_json::Value) -> Self {
+        self.detail = Some(d);
+        self
+    }
+
+    /// Turns this event into an error record of the same kind: the outcome
+    /// becomes `error` and `why` the only reason. Used to audit refused input.
+    #[must_use]
+    pub fn failed(mut self, outcome: Outcome, why: impl Into<String>) -> Self {
+        self.decision = outcome;
+        self.reasons = vec![why.into()];
+        self
+    }
+}
+
+/// A SHA-256 hash in the chain, written as hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ChainHash(pub [u8; 32]);
+
+impl ChainHash {
+    /// The `prev_hash` of the first record.
+    pub const GENESIS: ChainHash = ChainHash([0; 32]);
+
+    /// The hash of a record with `body` following `prev`.
+    pub fn link(prev: &ChainHash, body: &[u8]) -> Self {
+        let mut h = Sha256::new();
+        h.update(prev.0);
+        h.update(body);
+        Self(h.finalize().into())
+    }
+}
+
+impl fmt::Debug for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Display for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", hex::encode(self.0))
+    }
+}
+
+impl Serialize for ChainHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChainHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = hex::decode(&s).map_err(serde::de::Error::custom)?;
+        let a: [u8; 32] = v
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("hash is not 32 bytes"))?;
+        Ok(Self(a))
+    }
+}
+
+/// The canonical body of a record: what is hashed.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    seq: u64,
+    time: Timestamp,
+    #[serde(flatten)]
+    event: AuditEvent,
+}
+
+/// A committed audit record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1, without gaps.
+    pub seq: u64,
+    /// When it was written (non-decreasing along the chain).
+    pub time: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: AuditEvent,
+    /// Hash of the previous record.
+    pub prev_hash: ChainHash,
+    /// SHA-256 over `prev_hash` and the canonical body.
+    pub hash: ChainHash,
+}
+
+/// Columns a store keeps beside the body for querying. Verification checks that
+/// they agree with the body, so filtering can't be misled by editing a column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedColumns {
+    /// `time` in milliseconds.
+    pub time: Timestamp,
+    /// The event kind.
+    pub event: String,
+    /// The outcome.
+    pub decision: String,
+    /// The agent, if any.
+    pub agent: Option<String>,
+    /// The instance, if any.
+    pub instance: Option<String>,
+    /// The user, if any.
+    pub user: Option<String>,
+    /// The task, if any.
+    pub task: Option<String>,
+    /// The transaction, if any.
+    pub txn: Option<String>,
+}
+
+/// A record ready to be written: everything the store needs.
+#[derive(Debug, Clone)]
+pub struct SealedRecord {
+    /// The record.
+    pub record: AuditRecord,
+    /// The exact bytes hashed, to be stored verbatim.
+    pub body: String,
+}
+
+impl AuditRecord {
+    /// Seals `event` as record `seq` at `time` after `prev`.
+    pub fn seal(
+        seq: u64,
+        time: Timestamp,
+        event: AuditEvent,
+        prev: ChainHash,
+    ) -> Result<SealedRecord, serde_json::Error> {
+        let body = serde_json::to_string(&Body { seq, time, event })?;
+        let hash = ChainHash::link(&prev, body.as_bytes());
+        // Re-parse rather than clone-before-serialise: the record a caller gets back
+        // is exactly what the body says.
+        let Body { seq, time, event } = serde_json::from_str(&body)?;
+        Ok(SealedRecord {
+            record: AuditRecord {
+                seq,
+                time,
+                event,
+                prev_hash: prev,
+                hash,
+            },
+            body,
+        })
+    }
+
+    /// The indexed columns derived from the record.
+    pub fn indexed(&self) -> IndexedColumns {
+        IndexedColumns {
+            time: self.time,
+            event: self.event.event.clone(),
+            decision: self.event.decision.as_str().to_owned(),
+            agent: self.event.agent.clone(),
+            instance: self.event.instance.clone(),
+            user: self.event.user.clone(),
+            task: self.event.task.clone(),
+            txn: self.event.txn.clone(),
+        }
+    }
+}
+
+/// One stored row, as read back for listing or verification.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    /// The sequence column.
+    pub seq: u64,
+    /// The stored body.
+    pub body: String,
+    /// The stored previous hash.
+    pub prev_hash: Vec<u8>,
+    /// The stored hash.
+    pub hash: Vec<u8>,
+    /// The stored indexed columns.
+    pub indexed: IndexedColumns,
+}
+
+impl StoredRow {
+    /// Parses the row into a record, without checking the chain.
+    pub fn to_record(&self) -> Result<AuditRecord, serde_json::Error> {
+        let Body { seq, time, event } = serde_json::from_str(&self.body)?;
+        Ok(AuditRecord {
+            seq,
+            time,
+            event,
+            prev_hash: ChainHash(self.prev_hash.as_slice().try_into().unwrap_or([0; 32])),
+            hash: ChainHash(self.hash.as_slice().try_into().unwrap_or([0; 32])),
+        })
+    }
+}
+
+/// Where and how the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit record {seq} fails verification: {why}")]
+pub struct ChainBreak {
+    /// The first bad record (or the sequence number expected where one is missing).
+    pub seq: u64,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Verifies rows in sequence order, one at a time, so a long trail streams.
+#[derive(Debug)]
+pub struct ChainVerifier {
+    next_seq: u64,
+    prev: ChainHash,
+    last_time: Timestamp,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            prev: ChainHash::GENESIS,
+            last_time: Timestamp::from_millis(i64::MIN),
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next row.
+    pub fn push(&mut self, row: &StoredRow) -> Result<(), ChainBreak> {
+        let expect = self.next_seq;
+        let brk = |why: String| ChainBreak { seq: row.seq, why };
+        if row.seq != expect {
+            return Err(ChainBreak {
+                seq: expect.min(row.seq),
+                why: if row.seq > expect {
+                    format!("records {expect}..{} are missing (deleted)", row.seq - 1)
+                } else {
+                    format!(
+                        "sequence number {} repeats or goes backwards (expected {expect})",
+                        row.seq
+                    )
+                },
+            });
+        }
+        if row.prev_hash.as_slice() != self.prev.0 {
+            return Err(brk(
+                "its prev_hash does not match the hash of the record before it".into(),
+            ));
+        }
+        let computed = ChainHash::link(&self.prev, row.body.as_bytes());
+        if row.hash.as_slice() != computed.0 {
+            return Err(brk(
+                "its hash does not match its contents (the record was altered)".into(),
+            ));
+        }
+        let record = row
+            .to_record()
+            .map_err(|e| brk(format!("its body is not a valid record: {e}")))?;
+        if record.seq != row.seq {
+            return Err(brk(format!(
+                "its body says sequence {} (the record was moved)",
+                record.seq
+            )));
+        }
+        if record.indexed() != row.indexed {
+            return Err(brk(
+                "its indexed columns do not match its hashed contents (a column was altered)"
+                    .into(),
+            ));
+        }
+        if record.time < self.last_time {
+            return Err(brk("its time is earlier than the record before it".into()));
+        }
+        self.next_seq += 1;
+        self.prev = computed;
+        self.last_time = record.time;
+        Ok(())
+    }
+
+    /// How many rows verified so far.
+    pub fn verified(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The hash of the last verified row (the chain head).
+    pub fn head(&self) -> ChainHash {
+        self.prev
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! Bounded free text that the inventory stores and echoes: owners and purposes.
+//!
+//! Free text ends up in terminals, logs and audit records, so control characters
+//! are refused and the length is bounded. It is not an identifier: nothing is
+//! matched against it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a piece of free text was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    /// The text was empty but is required.
+    #[error("{what} must not be empty")]
+    Empty { what: &'static str },
+    /// The text was longer than allowed.
+    #[error("{what} is {len} characters long; at most {max} are allowed")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    /// The text contained a control character (newline, escape, ...).
+    #[error("{what} must not contain control characters (newlines, tabs, escapes)")]
+    Control { what: &'static str },
+}
+
+fn check(what: &'static str, value: &str, max: usize, required: bool) -> Result<(), TextError> {
+    if required && value.trim().is_empty() {
+        return Err(TextError::Empty { what });
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(TextError::TooLong { what, len, max });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(TextError::Control { what });
+    }
+    Ok(())
+}
+
+/// Who answers for an agent: a person, a team or a mailing list. Required.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Owner(String);
+
+impl Owner {
+    /// The longest owner accepted.
+    pub const MAX_LEN: usize = 200;
+
+    /// Validates an owner.
+    pub fn new(value: impl Into<String>) -> Result<Self, TextError> {
+        let value = value.into();
+        check("owner", &value, Self::MAX_LEN, true)?;
+        Ok(Self(value))
+    }
+
+    /// The owner as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What an agent is for, in a sentence. May be empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Purpose(String);
+
+impl Purpose {
+    /// The longest purpose accepted.
+    pub const MAX_LEN: usize = 1000;
+
+    /// Validates a purpose.
+    pub fn new(value: impl Into<String>) -> Result<Self, TextError> {
+        let value = value.into();
+        check("purpose", &value, Self::MAX_LEN, false)?;
+        Ok(Self(value))
+    }
+
+    /// The purpose as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+macro_rules! text_conversions {
+    ($t:ident) => {
+        impl TryFrom<String> for $t {
+            type Error = TextError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::new(s)
+            }
+        }
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+text_conversions!(Owner);
+text_conversions!(Purpose);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_rules() {
+        assert!(Owner::new("team-support@example.org").is_ok());
+        assert_eq!(
+            Owner::new("  ").unwrap_err(),
+            TextError::Empty { what: "owner" }
+        );
+        assert!(matches!(Owner::new("a\nb"), Err(TextError::Control { .. })));
+        assert!(matches!(
+            Owner::new("x".repeat(201)),
+            Err(TextError::TooLong { len: 201, .. })
+        ));
+    }
+
+    #[test]
+    fn purpose_may_be_empty() {
+        assert_eq!(Purpose::new("").unwrap().as_str(), "");
+        assert!(Purpose::new("a\u{7}").is_err());
+    }
+}

@@ -1,0 +1,426 @@
+use std::net::IpAddr;
+
+use warrant_core::agent::TrustLevel;
+use warrant_core::decision::{
+    Action, AgentFacts, Context, DecisionRequest, Effect, HttpFacts, Principal, Resource, UserRef,
+};
+use warrant_core::time::Timestamp;
+
+use super::*;
+
+fn file(name: &str, text: &str) -> PolicyFile {
+    PolicyFile {
+        name: name.into(),
+        text: text.into(),
+    }
+}
+
+fn request(agent: &str, action: Action, resource: Resource) -> DecisionRequest {
+    DecisionRequest {
+        principal: Principal {
+            agent: AgentFacts {
+                name: agent.into(),
+                owner: "team".into(),
+                env: "prod".into(),
+                trust: TrustLevel::Medium,
+                purpose: String::new(),
+            },
+            instance: format!("{agent}-i1"),
+            attestor: "unix".into(),
+        },
+        action,
+        resource,
+        context: Context::at(Timestamp::parse_rfc3339("2026-11-23T10:00:00Z").unwrap()),
+    }
+}
+
+fn aud(s: &str) -> Resource {
+    Resource::Audience(s.into())
+}
+
+#[test]
+fn schema_parses_and_names_every_action() {
+    let text = schema_text();
+    for a in Action::ALL {
+        assert!(text.contains(&format!("action \"{}\"", a.as_str())), "{a}");
+    }
+    let _ = schema::schema();
+}
+
+#[test]
+fn empty_set_denies_by_default() {
+    let p = Policies::compile(&[]).unwrap();
+    let d = p.decide(&request("triage", Action::TokenSelf, aud("x")));
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(d.policies.is_empty());
+    assert!(d.errors.is_empty());
+}
+
+#[test]
+fn ids_are_annotations_or_file_and_line() {
+    let p = Policies::compile(&[file(
+        "a.cedar",
+        "// leading comment\n@id(\"triage-self\")\npermit(principal in Agent::\"triage\", action == Action::\"token:self\", resource);\n\npermit(principal in Agent::\"other\", action, resource);\n",
+    )])
+    .unwrap();
+    assert_eq!(
+        p.ids().collect::<Vec<_>>(),
+        vec!["triage-self", "a.cedar:5"]
+    );
+    let d = p.decide(&request("triage", Action::TokenSelf, aud("x")));
+    assert_eq!(d.effect, Effect::Allow);
+    assert_eq!(d.policies, vec!["triage-self"]);
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column() {
+    let err = Policies::compile(&[
+        file(
+            "ok.cedar",
+            "permit(principal, action, resource) when { false };\n",
+        ),
+        file(
+            "bad.cedar",
+            "// one\npermit(principal, action, resource)\nwhen { principal.trust == };\n",
+        ),
+    ])
+    .unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    let p = &err.0[0];
+    assert_eq!((p.file.as_str(), p.line), ("bad.cedar", 3), "{err}");
+    assert!(p.col > 1);
+    assert!(err.to_string().starts_with("bad.cedar:3:"), "{err}");
+}
+
+#[test]
+fn a_schema_violation_names_file_line_and_reason() {
+    let err = Policies::compile(&[file(
+        "typo.cedar",
+        "permit(principal, action == Action::\"token:exchange\", resource)\nwhen {\n  context.depht < 2\n};\n",
+    )])
+    .unwrap_err();
+    let p = &err.0[0];
+    assert_eq!((p.file.as_str(), p.line), ("typo.cedar", 3), "{err}");
+    assert!(p.message.contains("depht"), "{err}");
+
+    let err = Policies::compile(&[file(
+        "act.cedar",
+        "permit(principal, action == Action::\"token:steal\", resource);\n",
+    )])
+    .unwrap_err();
+    assert!(err.to_string().contains("token:steal"), "{err}");
+    assert!(err.to_string().starts_with("act.cedar:1:"), "{err}");
+}
+
+#[test]
+fn duplicate_ids_templates_and_bad_annotations_are_refused() {
+    let e = Policies::compile(&[
+        file(
+            "a.cedar",
+            "@id(\"x\")\npermit(principal, action, resource);\n",
+        ),
+        file(
+            "b.cedar",
+            "\n@id(\"x\")\nforbid(principal, action, resource);\n",
+        ),
+    ])
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("b.cedar:2:1: policy id `x` is already used by the policy at a.cedar:1"),
+        "{e}"
+    );
+
+    let e = Policies::compile(&[file(
+        "t.cedar",
+        "permit(principal == ?principal, action, resource);\n",
+    )])
+    .unwrap_err();
+    assert!(e.to_string().contains("template"), "{e}");
+
+    let e = Policies::compile(&[file(
+        "ap.cedar",
+        "@approval(\"maybe\")\npermit(principal, action, resource);\n",
+    )])
+    .unwrap_err();
+    assert!(e.to_string().contains("@approval(\"required\")"), "{e}");
+    let e = Policies::compile(&[file(
+        "ap.cedar",
+        "@approval(\"required\")\nforbid(principal, action, resource);\n",
+    )])
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("only makes sense on a permit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn forbid_overrides_permit() {
+    let p = Policies::compile(&[file(
+        "p.cedar",
+        "@id(\"allow-all\") permit(principal, action, resource);\n@id(\"no-low-trust-prod\") forbid(principal, action, resource) when { principal.trust == \"medium\" && context.env == \"prod\" };\n",
+    )])
+    .unwrap();
+    let d = p.decide(&request("triage", Action::TokenSelf, aud("x")));
+    assert_eq!(d.effect, Effect::Deny);
+    assert_eq!(d.policies, vec!["no-low-trust-prod"]);
+}
+
+#[test]
+fn approval_required_only_when_every_applying_permit_asks() {
+    let src = "@id(\"needs\") @approval(\"required\") permit(principal, action == Action::\"token:exchange\", resource);\n@id(\"plain\") permit(principal, action == Action::\"token:exchange\", resource == Audience::\"open\");\n";
+    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    let d = p.decide(&request("a", Action::TokenExchange, aud("payments")));
+    assert_eq!(d.effect, Effect::ApprovalRequired);
+    assert_eq!(d.policies, vec!["needs"]);
+    let d = p.decide(&request("a", Action::TokenExchange, aud("open")));
+    assert_eq!(d.effect, Effect::Allow);
+    assert_eq!(d.policies, vec!["needs", "plain"]);
+}
+
+#[test]
+fn context_keys_reach_policies() {
+    let src = r#"
+@id("support-hours")
+permit(principal in Agent::"triage", action == Action::"token:exchange", resource == Audience::"tickets")
+when {
+  context has user && context.user in Group::"support" && context.groups.contains("support") &&
+  context.scopes.contains("tickets:read") && context.hour >= 9 && context.hour < 17 &&
+  context.weekday >= 1 && context.weekday <= 5 && context.depth <= 1 && context.chain.contains("triage") &&
+  context has source_ip && context.source_ip.isLoopback() && context.attestor == "unix"
+};
+"#;
+    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    let mut r = request("triage", Action::TokenExchange, aud("tickets"));
+    r.context.user = Some(UserRef {
+        id: "alice".into(),
+        groups: vec!["support".into()],
+    });
+    r.context.scopes = vec!["tickets:read".into()];
+    r.context.chain = vec!["triage".into()];
+    r.context.depth = 1;
+    r.context.source_ip = Some("127.0.0.1".parse::<IpAddr>().unwrap());
+    entities::conforms(&r).unwrap();
+    assert_eq!(p.decide(&r).effect, Effect::Allow);
+
+    let mut weekend = r.clone();
+    weekend.context.time = Timestamp::parse_rfc3339("2026-11-22T10:00:00Z").unwrap();
+    assert_eq!(p.decide(&weekend).effect, Effect::Deny);
+
+    let mut outsider = r.clone();
+    outsider.context.user = Some(UserRef {
+        id: "mallory".into(),
+        groups: vec!["sales".into()],
+    });
+    assert_eq!(p.decide(&outsider).effect, Effect::Deny);
+}
+
+#[test]
+fn http_and_tool_resources() {
+    let src = r#"
+@id("openai-chat") permit(principal, action == Action::"http:request", resource == Route::"openai")
+when { context.method == "POST" && context.path like "/v1/chat/*" };
+@id("gh-tools") permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"github")
+unless { resource.name == "delete_repository" };
+"#;
+    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    let mut r = request("a", Action::HttpRequest, Resource::Route("openai".into()));
+    r.context.http = Some(HttpFacts {
+        method: "POST".into(),
+        path: "/v1/chat/completions".into(),
+        host: "api.openai.com".into(),
+    });
+    entities::conforms(&r).unwrap();
+    assert_eq!(p.decide(&r).effect, Effect::Allow);
+
+    let tool = |t: &str| {
+        request(
+            "a",
+            Action::McpCallTool,
+            Resource::Tool {
+                server: "github".into(),
+                tool: t.into(),
+            },
+        )
+    };
+    entities::conforms(&tool("x")).unwrap();
+    assert_eq!(p.decide(&tool("create_issue")).effect, Effect::Allow);
+    assert_eq!(p.decide(&tool("delete_repository")).effect, Effect::Deny);
+
+    // An http:request decision without HTTP facts is a deny with a clear error.
+    let bare = request("a", Action::HttpRequest, Resource::Route("openai".into()));
+    let d = p.decide(&bare);
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(
+        d.errors[0].contains("method, path and host"),
+        "{:?}",
+        d.errors
+    );
+
+    // A resource of the wrong type for the action is a deny, not a panic.
+    let wrong = request("a", Action::McpCallTool, aud("x"));
+    assert!(p.decide(&wrong).errors[0].contains("applies to Tool resources"));
+}
+
+#[test]
+fn an_evaluation_error_denies_even_if_a_permit_applies() {
+    // Overflow when anomaly_score > 0: the forbid errors, and warrant treats any
+    // error as deny rather than skipping the forbid as plain Cedar would.
+    let src = "@id(\"ok\") permit(principal, action, resource);\n@id(\"boom\") forbid(principal, action, resource) when { context.anomaly_score + 9223372036854775807 < 0 };\n";
+    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    let mut r = request("a", Action::TokenSelf, aud("x"));
+    assert_eq!(p.decide(&r).effect, Effect::Allow);
+    r.context.anomaly_score = 5;
+    let d = p.decide(&r);
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(d.errors[0].contains("boom"), "{:?}", d.errors);
+    assert_eq!(d, p.decide_unindexed(&r));
+}
+
+/// A small deterministic generator, so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len())]
+    }
+}
+
+const AGENTS: [&str; 4] = ["a0", "a1", "a2", "a3"];
+const SERVERS: [&str; 2] = ["s0", "s1"];
+const TOOLS: [&str; 3] = ["t0", "t1", "t2"];
+const AUDS: [&str; 3] = ["x0", "x1", "x2"];
+
+fn random_policy(rng: &mut Rng, i: usize) -> String {
+    let effect = if rng.below(4) == 0 {
+        "forbid"
+    } else {
+        "permit"
+    };
+    let action_choice = rng.below(4);
+    let (action, resource_kind) = match action_choice {
+        0 => ("action".to_owned(), rng.below(2)),
+        1 => ("action == Action::\"mcp:call_tool\"".to_owned(), 1),
+        2 => (
+            "action in [Action::\"token:self\", Action::\"token:exchange\"]".to_owned(),
+            0,
+        ),
+        _ => ("action == Action::\"token:self\"".to_owned(), 0),
+    };
+    let principal = match rng.below(6) {
+        0 => "principal".to_owned(),
+        1 => format!("principal in Agent::\"{}\"", rng.pick(&AGENTS)),
+        2 => format!(
+            "principal == Instance::\"{}-i{}\"",
+            rng.pick(&AGENTS),
+            rng.below(2)
+        ),
+        3 => format!("principal is Instance in Agent::\"{}\"", rng.pick(&AGENTS)),
+        4 => "principal is Instance".to_owned(),
+        _ => format!("principal in Instance::\"{}-i0\"", rng.pick(&AGENTS)),
+    };
+    let resource = if action_choice == 0 {
+        "resource".to_owned()
+    } else if resource_kind == 1 {
+        match rng.below(5) {
+            0 => "resource".to_owned(),
+            1 => format!("resource in McpServer::\"{}\"", rng.pick(&SERVERS)),
+            2 => format!(
+                "resource == Tool::\"{}/{}\"",
+                rng.pick(&SERVERS),
+                rng.pick(&TOOLS)
+            ),
+            3 => format!("resource is Tool in McpServer::\"{}\"", rng.pick(&SERVERS)),
+            _ => "resource is Tool".to_owned(),
+        }
+    } else {
+        match rng.below(3) {
+            0 => "resource".to_owned(),
+            1 => format!("resource == Audience::\"{}\"", rng.pick(&AUDS)),
+            _ => "resource is Audience".to_owned(),
+        }
+    };
+    let when = match rng.below(6) {
+        0 => String::new(),
+        1 => " when { context.depth < 2 }".to_owned(),
+        2 => " when { principal.trust == \"high\" }".to_owned(),
+        3 => " when { context.scopes.contains(\"s1\") }".to_owned(),
+        4 => " when { context.anomaly_score + 9223372036854775800 > 0 }".to_owned(),
+        _ => " unless { context.hour < 12 }".to_owned(),
+    };
+    let approval = if effect == "permit" && rng.below(8) == 0 {
+        "@approval(\"required\") "
+    } else {
+        ""
+    };
+    format!("@id(\"p{i}\") {approval}{effect}({principal}, {action}, {resource}){when};\n")
+}
+
+fn random_request(rng: &mut Rng) -> DecisionRequest {
+    let agent = rng.pick(&AGENTS);
+    let (action, resource) = match rng.below(3) {
+        0 => (
+            Action::McpCallTool,
+            Resource::Tool {
+                server: rng.pick(&SERVERS).to_string(),
+                tool: rng.pick(&TOOLS).to_string(),
+            },
+        ),
+        1 => (Action::TokenSelf, aud(rng.pick(&AUDS))),
+        _ => (Action::TokenExchange, aud(rng.pick(&AUDS))),
+    };
+    let mut r = request(agent, action, resource);
+    r.principal.instance = format!("{agent}-i{}", rng.below(2));
+    r.principal.agent.trust = rng.pick(&[TrustLevel::Low, TrustLevel::High]);
+    r.context.depth = rng.below(4) as u32;
+    r.context.anomaly_score = rng.below(12) as i64;
+    r.context.scopes = if rng.below(2) == 0 {
+        vec!["s1".into()]
+    } else {
+        vec![]
+    };
+    r.context.time = Timestamp::from_millis(rng.below(86_400) as i64 * 1000);
+    r
+}
+
+#[test]
+fn indexed_decisions_equal_plain_cedar_on_random_requests() {
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut effects = std::collections::HashMap::new();
+    for round in 0..40 {
+        let n = 1 + rng.below(60);
+        let text: String = (0..n).map(|i| random_policy(&mut rng, i)).collect();
+        let p = Policies::compile(&[file("r.cedar", &text)])
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{text}"));
+        for _ in 0..200 {
+            let r = random_request(&mut rng);
+            let fast = p.decide(&r);
+            let plain = p.decide_unindexed(&r);
+            assert_eq!(fast, plain, "round {round}\n{text}\n{r:?}");
+            *effects
+                .entry(format!("{:?}/{}", fast.effect, !fast.errors.is_empty()))
+                .or_insert(0) += 1;
+        }
+    }
+    // The generator must exercise every outcome, or the comparison proves little.
+    for k in [
+        "Allow/false",
+        "Deny/false",
+        "Deny/true",
+        "ApprovalRequired/false",
+    ] {
+        assert!(
+            effects.get(k).copied().unwrap_or(0) > 50,
+            "{k} too rare: {effects:?}"
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! The conformance suite every [`Store`] backend passes.
+//!
+//! A backend's integration tests implement [`Fixture`] and invoke
+//! [`conformance_tests!`](crate::conformance_tests), which expands to one
+//! `#[tokio::test]` per case below. The cases assert what callers rely on:
+//! atomicity of a change with its audit record, fail-closed auditing, a gapless
+//! chain under concurrency, tamper detection and durability across reopen.
+//!
+//! It is compiled into the library (not behind `cfg(test)`) so other crates'
+//! tests can mount it; it uses no test-only dependency.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use warrant_core::admin::{AdminTokenRecord, Role};
+use warrant_core::agent::{Agent, AgentStatus, NewAgent, TrustLevel};
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::keys::{Alg, SigningKeyRecord};
+use warrant_core::name::{AgentName, EnvName};
+use warrant_core::selector::SelectorSet;
+use warrant_core::text::{Owner, Purpose};
+use warrant_core::time::{Timestamp, Ttl};
+
+use crate::{AuditQuery, Store, StoreError};
+
+/// A fresh store of one backend, with hooks to simulate failures behind its back.
+#[async_trait]
+pub trait Fixture: Send + Sync {
+    /// The store under test.
+    fn store(&self) -> Arc<dyn Store>;
+    /// Closes the store and opens it again on the same data.
+    async fn reopen(&mut self);
+    /// Makes every later audit insert fail, as a full disk or a broken table would.
+    async fn break_audit_writes(&self);
+    /// Replaces `find` with `replace` in the stored body of record `seq`, bypassing the store.
+    async fn tamper_audit_body(&self, seq: u64, find: &str, replace: &str);
+}
+
+/// Expands to one test per conformance case, for a fixture built by `$make` (an
+/// async expression yielding a `Box<dyn Fixture>`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            agents_round_trip,
+            duplicate_agent_is_a_conflict_and_changes_nothing,
+            missing_agent_is_not_found_and_unaudited,
+            signing_keys_round_trip,
+            admin_tokens_round_trip,
+            audit_chain_is_gapless_under_concurrency,
+            audit_filters,
+            audit_failure_fails_closed,
+            audit_tampering_is_detected,
+            data_and_chain_survive_reopen,
+            a_failing_job_does_not_poison_its_batch
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fx = $make.await;
+                $crate::conformance::$case(fx).await;
+            }
+        )*
+    };
+}
+
+fn agent(name: &str) -> Agent {
+    let new = NewAgent {
+        name: AgentName::new(name).unwrap(),
+        owner: Owner::new("team-support").unwrap(),
+        env: EnvName::new("prod").unwrap(),
+        purpose: Purpose::new("triages tickets").unwrap(),
+        trust: TrustLevel::Medium,
+        selectors: SelectorSet::parse(&["unix:uid=1001", "k8s:ns=agents"]).unwrap(),
+        max_ttl: Ttl::from_secs(900),
+    };
+    Agent::from_new(format!("agt_{name}"), new, Timestamp::from_millis(1_000))
+}
+
+fn ev(kind: &str, agent: &str) -> AuditEvent {
+    AuditEvent::new(kind, Outcome::Allow)
+        .agent(agent)
+        .actor("test")
+}
+
+async fn all_audit(s: &dyn Store) -> Vec<warrant_core::audit::AuditRecord> {
+    s.list_audit(&AuditQuery {
+        limit: 100_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+pub async fn agents_round_trip(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let a = agent("triage");
+    let created = s
+        .create_agent(a.clone(), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    assert_eq!(created, a);
+    s.create_agent(agent("billing"), ev("admin.agent.create", "billing"))
+        .await
+        .unwrap();
+
+    let name = AgentName::new("triage").unwrap();
+    assert_eq!(s.get_agent(&name).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        s.get_agent(&AgentName::new("nobody").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+    let names: Vec<_> = s
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, vec!["billing", "triage"]);
+
+    let later = Timestamp::from_millis(5_000);
+    let disabled = s
+        .set_agent_status(
+            &name,
+            AgentStatus::Disabled,
+            later,
+            ev("admin.agent.disable", "triage"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(disabled.status, AgentStatus::Disabled);
+    assert_eq!(disabled.updated_at, later);
+    assert_eq!(disabled.created_at, a.created_at);
+    assert_eq!(
+        s.get_agent(&name).await.unwrap().unwrap().status,
+        AgentStatus::Disabled
+    );
+
+    let gone = s
+        .delete_agent(&name, ev("admin.agent.delete", "triage"))
+        .await
+        .unwrap();
+    assert_eq!(gone.id, a.id);
+    assert_eq!(s.get_agent(&name).await.unwrap(), None);
+
+    let events: Vec<_> = all_audit(&*s)
+        .await
+        .into_iter()
+        .map(|r| r.event.event)
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            "admin.agent.create",
+            "admin.agent.create",
+            "admin.agent.disable",
+            "admin.agent.delete"
+        ]
+    );
+}
+
+pub async fn duplicate_agent_is_a_conflict_and_changes_nothing(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    let mut other = agent("triage");
+    other.id = "agt_other".into();
+    other.owner = Owner::new("someone-else").unwrap();
+    let err = s
+        .create_agent(other, ev("admin.agent.create", "triage"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        StoreError::Conflict {
+            what: "agent",
+            name: "triage".into()
+        }
+    );
+    let all = s.list_agents().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].owner.as_str(), "team-support");
+    assert_eq!(
+        all_audit(&*s).await.len(),
+        1,
+        "the refused create left no record of its own"
+    );
+}
+
+pub async fn missing_agent_is_not_found_and_unaudited(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let name = AgentName::new("ghost").unwrap();
+    let e = s
+        .set_agent_status(
+            &name,
+            AgentStatus::Disabled,
+            Timestamp::now(),
+            ev("admin.agent.disable", "ghost"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e,
+        StoreError::NotFound {
+            what: "agent",
+            name: "ghost".into()
+        }
+    );
+    let e = s
+        .delete_agent(&name, ev("admin.agent.delete", "ghost"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }));
+    assert!(all_audit(&*s).await.is_empty());
+}
+
+fn key(kid: &str, activates: i64) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        alg: Alg::Es256,
+        public_key: vec![4; 65],
+        sealed_private_key: vec![9; 80],
+        created_at: Timestamp::from_millis(10),
+        activates_at: Timestamp::from_millis(activates),
+    }
+}
+
+pub async fn signing_keys_round_trip(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.insert_signing_key(key("k2", 500), ev("key.rotate", "-"))
+        .await
+        .unwrap();
+    s.insert_signing_key(key("k1", 100), ev("key.generate", "-"))
+        .await
+        .unwrap();
+    let keys = s.list_signing_keys().await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        vec!["k1", "k2"]
+    );
+    assert_eq!(keys[0], key("k1", 100));
+    let e = s
+        .insert_signing_key(key("k1", 900), ev("key.rotate", "-"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }));
+    assert_eq!(all_audit(&*s).await.len(), 2);
+}
+
+fn token(id: &str, hash: u8, role: Role) -> AdminTokenRecord {
+    AdminTokenRecord {
+        id: id.into(),
+        token_hash: [hash; 32],
+        role,
+        name: Some("ci".into()),
+        created_by: "local:uid=0".into(),
+        created_at: Timestamp::from_millis(hash.into()),
+        expires_at: Timestamp::from_millis(1_000_000),
+        revoked_at: None,
+    }
+}
+
+pub async fn admin_tokens_round_trip(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.create_admin_token(
+        token("adt_a", 1, Role::Admin),
+        ev("admin.token.create", "-"),
+    )
+    .await
+    .unwrap();
+    s.create_admin_token(
+        token("adt_b", 2, Role::Auditor),
+        ev("admin.token.create", "-"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.admin_token_by_hash(&[2; 32]).await.unwrap(),
+        Some(token("adt_b", 2, Role::Auditor))
+    );
+    assert_eq!(s.admin_token_by_hash(&[3; 32]).await.unwrap(), None);
+    assert_eq!(
+        s.list_admin_tokens()
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["adt_b", "adt_a"]
+    );
+
+    let t1 = Timestamp::from_millis(50);
+    let r = s
+        .revoke_admin_token("adt_a", t1, ev("admin.token.revoke", "-"))
+        .await
+        .unwrap();
+    assert_eq!(r.revoked_at, Some(t1));
+    // Revoking again keeps the first revocation time.
+    let r = s
+        .revoke_admin_token(
+            "adt_a",
+            Timestamp::from_millis(99),
+            ev("admin.token.revoke", "-"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.revoked_at, Some(t1));
+    assert!(
+        !s.admin_token_by_hash(&[1; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .is_valid_at(Timestamp::from_millis(60))
+    );
+    assert!(matches!(
+        s.revoke_admin_token("adt_x", t1, ev("admin.token.revoke", "-"))
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn audit_chain_is_gapless_under_concurrency(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let r = s
+                    .append_audit(ev("policy.decision", &format!("w{w}-{i}")))
+                    .await
+                    .unwrap();
+                seqs.push(r.seq);
+            }
+            seqs
+        }));
+    }
+    let mut seqs = BTreeSet::new();
+    for t in tasks {
+        for seq in t.await.unwrap() {
+            assert!(seqs.insert(seq), "sequence {seq} handed out twice");
+        }
+    }
+    assert_eq!(seqs, (1..=800).collect::<BTreeSet<u64>>());
+    let report = s.verify_audit().await.unwrap();
+    assert_eq!(report.broken, None);
+    assert_eq!(report.verified, 800);
+
+    let all = all_audit(&*s).await;
+    assert!(all.windows(2).all(|w| w[0].seq + 1 == w[1].seq
+        && w[0].time <= w[1].time
+        && w[1].prev_hash == w[0].hash));
+    let last = s
+        .list_audit(&AuditQuery {
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        last.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![798, 799, 800]
+    );
+    assert_eq!(report.head, last[2].hash);
+}
+
+pub async fn audit_filters(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.append_audit(ev("admin.agent.create", "a")).await.unwrap();
+    s.append_audit(ev("admin.agent.create", "b")).await.unwrap();
+    s.append_audit(ev("adminx.other", "a")).await.unwrap();
+    s.append_audit(ev("policy.reload", "a")).await.unwrap();
+    let mid = s
+        .append_audit(ev("admin.token.create", "b"))
+        .await
+        .unwrap()
+        .time;
+
+    let q = |agent: Option<&str>, event: Option<&str>| AuditQuery {
+        agent: agent.map(Into::into),
+        event: event.map(Into::into),
+        since: None,
+        limit: 100,
+    };
+    let seqs =
+        |v: Vec<warrant_core::audit::AuditRecord>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(s.list_audit(&q(Some("a"), None)).await.unwrap()),
+        vec![1, 3, 4]
+    );
+    assert_eq!(
+        seqs(s.list_audit(&q(None, Some("admin"))).await.unwrap()),
+        vec![1, 2, 5],
+        "prefix by whole segment"
+    );
+    assert_eq!(
+        seqs(s.list_audit(&q(None, Some("admin.agent"))).await.unwrap()),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(
+            s.list_audit(&q(None, Some("admin.agent.create")))
+                .await
+                .unwrap()
+        ),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(s.list_audit(&q(Some("b"), Some("admin"))).await.unwrap()),
+        vec![2, 5]
+    );
+    assert_eq!(
+        seqs(s.list_audit(&q(None, Some("%"))).await.unwrap()),
+        Vec::<u64>::new(),
+        "no wildcard injection"
+    );
+    let since = AuditQuery {
+        since: Some(mid),
+        ..q(None, None)
+    };
+    assert!(seqs(s.list_audit(&since).await.unwrap()).contains(&5));
+    let future = AuditQuery {
+        since: Some(Timestamp::now().add(std::time::Duration::from_secs(3600))),
+        ..q(None, None)
+    };
+    assert!(s.list_audit(&future).await.unwrap().is_empty());
+}
+
+pub async fn audit_failure_fails_closed(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.create_agent(agent("keep"), ev("admin.agent.create", "keep"))
+        .await
+        .unwrap();
+    fx.break_audit_writes().await;
+
+    let e = s
+        .create_agent(agent("new"), ev("admin.agent.create", "new"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AuditUnavailable(_)), "{e:?}");
+    assert!(e.to_string().contains("nothing was changed"), "{e}");
+    assert_eq!(
+        s.get_agent(&AgentName::new("new").unwrap()).await.unwrap(),
+        None
+    );
+
+    let keep = AgentName::new("keep").unwrap();
+    let e = s
+        .set_agent_status(
+            &keep,
+            AgentStatus::Disabled,
+            Timestamp::now(),
+            ev("admin.agent.disable", "keep"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AuditUnavailable(_)), "{e:?}");
+    assert_eq!(
+        s.get_agent(&keep).await.unwrap().unwrap().status,
+        AgentStatus::Active
+    );
+    assert!(
+        s.delete_agent(&keep, ev("admin.agent.delete", "keep"))
+            .await
+            .is_err()
+    );
+    assert!(s.get_agent(&keep).await.unwrap().is_some());
+    assert!(s.append_audit(ev("policy.decision", "keep")).await.is_err());
+    assert_eq!(s.verify_audit().await.unwrap().verified, 1);
+}
+
+pub async fn audit_tampering_is_detected(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    for i in 1..=5 {
+        s.append_audit(ev("admin.agent.create", &format!("agent-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.verify_audit().await.unwrap().broken, None);
+    fx.tamper_audit_body(3, "agent-3", "agent-9").await;
+    let report = s.verify_audit().await.unwrap();
+    let broken = report.broken.expect("tampering must be detected");
+    assert_eq!(broken.seq, 3);
+    assert_eq!(report.verified, 2);
+}
+
+pub async fn data_and_chain_survive_reopen(mut fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    s.append_audit(ev("policy.reload", "-")).await.unwrap();
+    drop(s);
+    fx.reopen().await;
+    let s = fx.store();
+    assert!(
+        s.get_agent(&AgentName::new("triage").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let r = s.append_audit(ev("policy.reload", "-")).await.unwrap();
+    assert_eq!(r.seq, 3, "the chain continues where it stopped");
+    let report = s.verify_audit().await.unwrap();
+    assert_eq!((report.verified, report.broken), (3, None));
+}
+
+pub async fn a_failing_job_does_not_poison_its_batch(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    // Half of these collide on a name; they run concurrently so they share batches.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("agent-{}", i / 2);
+            let mut a = agent(&name);
+            a.id = format!("agt_{i}");
+            s.create_agent(a, ev("admin.agent.create", &name)).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 20);
+    assert_eq!(s.list_agents().await.unwrap().len(), 20);
+    let report = s.verify_audit().await.unwrap();
+    assert_eq!(
+        (report.verified, report.broken),
+        (20, None),
+        "exactly one record per applied change"
+    );
+}

@@ -1,0 +1,113 @@
+//! Persistence behind one trait.
+//!
+//! [`Store`] is everything the broker keeps: the agent inventory, signing keys
+//! (sealed), admin tokens (hashed) and the audit trail. Every mutation takes the
+//! audit event that records it and commits both atomically, so a change is never
+//! visible without its record, and a failed audit write leaves nothing changed
+//! (fail closed).
+//!
+//! [`SqliteStore`] is the embedded default. A PostgreSQL backend will implement
+//! the same trait and mount the same [`conformance`] suite.
+
+pub mod conformance;
+mod error;
+mod sqlite;
+
+use async_trait::async_trait;
+pub use error::StoreError;
+pub use sqlite::{SqliteOptions, SqliteStore};
+use warrant_core::admin::AdminTokenRecord;
+use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash};
+use warrant_core::keys::SigningKeyRecord;
+use warrant_core::name::AgentName;
+use warrant_core::time::Timestamp;
+
+/// A filter over the audit trail. Results are the newest `limit` matches, in
+/// chronological order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only records about this agent.
+    pub agent: Option<String>,
+    /// Only records of this event kind or its sub-kinds (`admin` matches `admin.agent.create`).
+    pub event: Option<String>,
+    /// Only records at or after this time.
+    pub since: Option<Timestamp>,
+    /// At most this many records.
+    pub limit: u32,
+}
+
+/// The result of verifying the whole audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Records that verified (all of them when `broken` is `None`).
+    pub verified: u64,
+    /// The hash of the last verified record.
+    pub head: ChainHash,
+    /// The first problem, if any.
+    pub broken: Option<ChainBreak>,
+}
+
+/// Everything warrant persists.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Registers an agent. `Conflict` if the name is taken.
+    async fn create_agent(&self, agent: Agent, audit: AuditEvent) -> Result<Agent, StoreError>;
+    /// One agent by name.
+    async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError>;
+    /// Every agent, by name.
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
+    /// Changes an agent's status. `NotFound` if there is no such agent.
+    async fn set_agent_status(
+        &self,
+        name: &AgentName,
+        status: AgentStatus,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Agent, StoreError>;
+    /// Removes an agent, returning what it was. `NotFound` if there is no such agent.
+    async fn delete_agent(&self, name: &AgentName, audit: AuditEvent) -> Result<Agent, StoreError>;
+
+    /// Adds a signing key. `Conflict` if the kid exists.
+    async fn insert_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Every signing key.
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
+
+    /// Adds an admin token (hash only).
+    async fn create_admin_token(
+        &self,
+        token: AdminTokenRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// The token with this hash, valid or not.
+    async fn admin_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<AdminTokenRecord>, StoreError>;
+    /// Every admin token, newest first.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError>;
+    /// Revokes a token by id. `NotFound` if there is no such token.
+    async fn revoke_admin_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<AdminTokenRecord, StoreError>;
+
+    /// Appends a record on its own (a decision, a refusal). Durable on return.
+    async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;
+    /// Records matching `query`.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Recomputes the whole chain.
+    async fn verify_audit(&self) -> Result<ChainReport, StoreError>;
+
+    /// Finishes pending writes and stops accepting new ones.
+    async fn close(&self);
+}

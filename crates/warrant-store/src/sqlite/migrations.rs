@@ -1,0 +1,126 @@
+//! Versioned schema migrations, applied in order at start-up.
+//!
+//! INVARIANT (migrations are append-only): a released migration is never edited;
+//! changes come as a new version. A database newer than this build is refused.
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::StoreError;
+
+/// `(version, name, sql)`, in order.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "inventory, keys, admin tokens, audit log",
+    r#"
+CREATE TABLE agents (
+  id            TEXT PRIMARY KEY,
+  name          TEXT NOT NULL UNIQUE,
+  owner         TEXT NOT NULL,
+  env           TEXT NOT NULL,
+  purpose       TEXT NOT NULL,
+  trust         TEXT NOT NULL,
+  selectors     TEXT NOT NULL,
+  max_ttl_secs  INTEGER NOT NULL,
+  status        TEXT NOT NULL,
+  created_at    INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE signing_keys (
+  kid                 TEXT PRIMARY KEY,
+  alg                 TEXT NOT NULL,
+  public_key          BLOB NOT NULL,
+  sealed_private_key  BLOB NOT NULL,
+  created_at          INTEGER NOT NULL,
+  activates_at        INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE admin_tokens (
+  id          TEXT PRIMARY KEY,
+  token_hash  BLOB NOT NULL UNIQUE,
+  role        TEXT NOT NULL,
+  name        TEXT,
+  created_by  TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  revoked_at  INTEGER
+) STRICT;
+
+CREATE TABLE audit_log (
+  seq        INTEGER PRIMARY KEY,
+  time       INTEGER NOT NULL,
+  event      TEXT NOT NULL,
+  decision   TEXT NOT NULL,
+  agent      TEXT,
+  instance   TEXT,
+  user       TEXT,
+  task       TEXT,
+  txn        TEXT,
+  body       TEXT NOT NULL,
+  prev_hash  BLOB NOT NULL,
+  hash       BLOB NOT NULL
+) STRICT;
+CREATE INDEX audit_log_agent ON audit_log(agent, seq) WHERE agent IS NOT NULL;
+CREATE INDEX audit_log_event ON audit_log(event, seq);
+CREATE INDEX audit_log_time  ON audit_log(time);
+CREATE INDEX audit_log_txn   ON audit_log(txn, seq) WHERE txn IS NOT NULL;
+
+-- Append-only, enforced by the database too: the broker never updates or
+-- deletes a record, and neither can anything else using this connection's rules.
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+"#,
+)];
+
+/// The newest schema version this build knows.
+pub(crate) fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Applies every migration newer than the database's version.
+pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;",
+    )
+    .map_err(db_err)?;
+    let current: i64 = conn
+        .query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()
+        .map_err(db_err)?
+        .flatten()
+        .unwrap_or(0);
+    if current > latest() {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known: latest(),
+        });
+    }
+    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute_batch(sql).map_err(|e| {
+            StoreError::Unavailable(format!("migration {version} ({name}) failed: {e}"))
+        })?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                version,
+                name,
+                warrant_core::time::Timestamp::now().as_millis()
+            ],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        tracing::info!(version, name, "applied database migration");
+    }
+    Ok(())
+}

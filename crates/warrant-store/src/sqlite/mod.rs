@@ -1,0 +1,527 @@
+//! The embedded SQLite store.
+//!
+//! One write connection, owned by the group-commit [`writer`] thread, with
+//! `journal_mode=WAL` and `synchronous=FULL`: a commit is on disk before any
+//! caller hears of it. Reads use separate read-only connections (WAL lets them
+//! run beside the writer) on tokio's blocking pool.
+
+mod migrations;
+mod rows;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use warrant_core::admin::AdminTokenRecord;
+use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
+use warrant_core::keys::SigningKeyRecord;
+use warrant_core::name::AgentName;
+use warrant_core::time::Timestamp;
+
+use crate::{AuditQuery, ChainReport, Store, StoreError};
+use writer::Writer;
+
+/// Tuning for the SQLite store.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteOptions {
+    /// The most jobs committed together. 1 makes every job its own transaction
+    /// (the benchmark's baseline).
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { max_batch: 1024 }
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    /// Idle read connections. A std mutex: held only to push or pop, never
+    /// across an await or a query.
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn read_err(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(_, _, inner) => {
+            StoreError::Corrupt(inner.to_string())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Unavailable(format!("cannot open `{}`: {e}", path.display())))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA busy_timeout = 5000;",
+        )
+        .map_err(db_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "`{}` cannot use WAL journaling (got `{mode}`)",
+                path.display()
+            )));
+        }
+        migrations::apply(&mut conn)?;
+        let writer = Writer::start(conn, options.max_batch)?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer,
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn checkout(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.readers.lock().ok().and_then(|mut r| r.pop()) {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_err)?;
+        c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            .map_err(db_err)?;
+        Ok(c)
+    }
+
+    fn checkin(&self, c: Connection) {
+        if let Ok(mut r) = self.readers.lock() {
+            if r.len() < 8 {
+                r.push(c);
+            }
+        }
+    }
+
+    /// Runs a read on a read-only connection, off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.checkout()?;
+        let (conn, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&conn);
+            (conn, out)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?;
+        self.checkin(conn);
+        out
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
+            .await
+    }
+
+    async fn create_agent(&self, agent: Agent, audit: AuditEvent) -> Result<Agent, StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let selectors = rows::selectors_json(&agent.selectors)?;
+                ctx.conn
+                    .prepare_cached(&format!("INSERT INTO agents ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)", rows::AGENT_COLUMNS))
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            agent.id,
+                            agent.name.as_str(),
+                            agent.owner.as_str(),
+                            agent.env.as_str(),
+                            agent.purpose.as_str(),
+                            agent.trust.as_str(),
+                            selectors,
+                            i64::try_from(agent.max_ttl.as_secs()).unwrap_or(i64::MAX),
+                            agent.status.as_str(),
+                            agent.created_at.as_millis(),
+                            agent.updated_at.as_millis(),
+                        ])
+                    })
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Conflict { what: "agent", name: agent.name.to_string() }
+                        } else {
+                            db_err(e)
+                        }
+                    })?;
+                ctx.append(audit)?;
+                Ok(agent)
+            })
+            .await
+    }
+
+    async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        let name = name.to_string();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
+                [name],
+                rows::agent,
+            )
+            .optional()
+            .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {} FROM agents ORDER BY name",
+                    rows::AGENT_COLUMNS
+                ))
+                .map_err(db_err)?;
+            st.query_map([], rows::agent)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn set_agent_status(
+        &self,
+        name: &AgentName,
+        status: AgentStatus,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Agent, StoreError> {
+        let name = name.to_string();
+        self.writer
+            .submit(move |ctx| {
+                let n = ctx
+                    .conn
+                    .execute(
+                        "UPDATE agents SET status = ?1, updated_at = ?2 WHERE name = ?3",
+                        params![status.as_str(), now.as_millis(), name],
+                    )
+                    .map_err(db_err)?;
+                if n == 0 {
+                    return Err(StoreError::NotFound {
+                        what: "agent",
+                        name,
+                    });
+                }
+                let agent = ctx
+                    .conn
+                    .query_row(
+                        &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
+                        [&name],
+                        rows::agent,
+                    )
+                    .map_err(read_err)?;
+                ctx.append(audit)?;
+                Ok(agent)
+            })
+            .await
+    }
+
+    async fn delete_agent(&self, name: &AgentName, audit: AuditEvent) -> Result<Agent, StoreError> {
+        let name = name.to_string();
+        self.writer
+            .submit(move |ctx| {
+                let agent = ctx
+                    .conn
+                    .query_row(
+                        &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
+                        [&name],
+                        rows::agent,
+                    )
+                    .optional()
+                    .map_err(read_err)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "agent",
+                        name: name.clone(),
+                    })?;
+                ctx.conn
+                    .execute("DELETE FROM agents WHERE name = ?1", [&name])
+                    .map_err(db_err)?;
+                ctx.append(audit)?;
+                Ok(agent)
+            })
+            .await
+    }
+
+    async fn insert_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                ctx.conn
+                    .execute(
+                        &format!(
+                            "INSERT INTO signing_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            rows::KEY_COLUMNS
+                        ),
+                        params![
+                            key.kid,
+                            key.alg.as_str(),
+                            key.public_key,
+                            key.sealed_private_key,
+                            key.created_at.as_millis(),
+                            key.activates_at.as_millis()
+                        ],
+                    )
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Conflict {
+                                what: "signing key",
+                                name: key.kid.clone(),
+                            }
+                        } else {
+                            db_err(e)
+                        }
+                    })?;
+                ctx.append(audit)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {} FROM signing_keys ORDER BY activates_at, created_at",
+                    rows::KEY_COLUMNS
+                ))
+                .map_err(db_err)?;
+            st.query_map([], rows::signing_key)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn create_admin_token(
+        &self,
+        token: AdminTokenRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                ctx.conn
+                    .execute(
+                        &format!(
+                            "INSERT INTO admin_tokens ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                            rows::TOKEN_COLUMNS
+                        ),
+                        params![
+                            token.id,
+                            token.token_hash.as_slice(),
+                            token.role.as_str(),
+                            token.name,
+                            token.created_by,
+                            token.created_at.as_millis(),
+                            token.expires_at.as_millis(),
+                            token.revoked_at.map(Timestamp::as_millis),
+                        ],
+                    )
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Conflict {
+                                what: "admin token",
+                                name: token.id.clone(),
+                            }
+                        } else {
+                            db_err(e)
+                        }
+                    })?;
+                ctx.append(audit)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn admin_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<AdminTokenRecord>, StoreError> {
+        let hash = hash.to_vec();
+        self.read(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {} FROM admin_tokens WHERE token_hash = ?1",
+                    rows::TOKEN_COLUMNS
+                ),
+                [hash],
+                rows::admin_token,
+            )
+            .optional()
+            .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
+        self.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {} FROM admin_tokens ORDER BY created_at DESC, id",
+                    rows::TOKEN_COLUMNS
+                ))
+                .map_err(db_err)?;
+            st.query_map([], rows::admin_token)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn revoke_admin_token(
+        &self,
+        id: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<AdminTokenRecord, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .submit(move |ctx| {
+                ctx.conn
+                    .execute("UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, ?1) WHERE id = ?2", params![now.as_millis(), id])
+                    .map_err(db_err)?;
+                let token = ctx
+                    .conn
+                    .query_row(&format!("SELECT {} FROM admin_tokens WHERE id = ?1", rows::TOKEN_COLUMNS), [&id], rows::admin_token)
+                    .optional()
+                    .map_err(read_err)?
+                    .ok_or_else(|| StoreError::NotFound { what: "admin token", name: id.clone() })?;
+                ctx.append(audit)?;
+                Ok(token)
+            })
+            .await
+    }
+
+    async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        self.writer.submit(move |ctx| ctx.append(event)).await
+    }
+
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let q = q.clone();
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {} FROM audit_log
+                     WHERE (?1 IS NULL OR agent = ?1)
+                       AND (?2 IS NULL OR event = ?2 OR substr(event, 1, length(?2) + 1) = ?2 || '.')
+                       AND (?3 IS NULL OR time >= ?3)
+                     ORDER BY seq DESC LIMIT ?4",
+                    rows::AUDIT_COLUMNS
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![q.agent, q.event, q.since.map(Timestamp::as_millis), i64::from(q.limit)], rows::audit_row)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)?;
+            let mut out = rows
+                .iter()
+                .map(|r| {
+                    r.to_record()
+                        .map_err(|e| StoreError::Corrupt(format!("audit record {} does not parse ({e}); run `warrant audit verify`", r.seq)))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            out.reverse();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
+        self.read(|c| {
+            let mut v = ChainVerifier::default();
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {} FROM audit_log ORDER BY seq",
+                    rows::AUDIT_COLUMNS
+                ))
+                .map_err(db_err)?;
+            let mut it = st.query([]).map_err(db_err)?;
+            while let Some(row) = it.next().map_err(db_err)? {
+                let stored = match rows::audit_row(row) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let seq = row
+                            .get::<_, i64>(0)
+                            .ok()
+                            .and_then(|s| u64::try_from(s).ok())
+                            .unwrap_or(v.verified() + 1);
+                        return Ok(ChainReport {
+                            verified: v.verified(),
+                            head: v.head(),
+                            broken: Some(warrant_core::audit::ChainBreak {
+                                seq,
+                                why: format!("its columns do not parse: {e}"),
+                            }),
+                        });
+                    }
+                };
+                if let Err(b) = v.push(&stored) {
+                    return Ok(ChainReport {
+                        verified: v.verified(),
+                        head: v.head(),
+                        broken: Some(b),
+                    });
+                }
+            }
+            Ok(ChainReport {
+                verified: v.verified(),
+                head: v.head(),
+                broken: None,
+            })
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        self.writer.shutdown().await;
+    }
+}

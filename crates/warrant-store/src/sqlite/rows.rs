@@ -1,0 +1,117 @@
+//! Mapping rows to warrant's types and back.
+
+use rusqlite::Row;
+use warrant_core::admin::AdminTokenRecord;
+use warrant_core::agent::{Agent, AgentStatus, TrustLevel};
+use warrant_core::audit::{IndexedColumns, StoredRow};
+use warrant_core::keys::{Alg, SigningKeyRecord};
+use warrant_core::name::{AgentName, EnvName};
+use warrant_core::selector::SelectorSet;
+use warrant_core::text::{Owner, Purpose};
+use warrant_core::time::{Timestamp, Ttl};
+
+use crate::StoreError;
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!("{what}: {e}").into(),
+    )
+}
+
+pub(crate) const AGENT_COLUMNS: &str =
+    "id, name, owner, env, purpose, trust, selectors, max_ttl_secs, status, created_at, updated_at";
+
+pub(crate) fn agent(r: &Row<'_>) -> rusqlite::Result<Agent> {
+    let name: String = r.get(1)?;
+    let selectors: String = r.get(6)?;
+    Ok(Agent {
+        id: r.get(0)?,
+        name: AgentName::new(name).map_err(|e| corrupt("agent name", e))?,
+        owner: Owner::new(r.get::<_, String>(2)?).map_err(|e| corrupt("owner", e))?,
+        env: EnvName::new(r.get::<_, String>(3)?).map_err(|e| corrupt("env", e))?,
+        purpose: Purpose::new(r.get::<_, String>(4)?).map_err(|e| corrupt("purpose", e))?,
+        trust: r
+            .get::<_, String>(5)?
+            .parse::<TrustLevel>()
+            .map_err(|e| corrupt("trust", e))?,
+        selectors: serde_json::from_str::<SelectorSet>(&selectors)
+            .map_err(|e| corrupt("selectors", e))?,
+        max_ttl: Ttl::from_secs(
+            u64::try_from(r.get::<_, i64>(7)?).map_err(|e| corrupt("max_ttl", e))?,
+        ),
+        status: r
+            .get::<_, String>(8)?
+            .parse::<AgentStatus>()
+            .map_err(|e| corrupt("status", e))?,
+        created_at: Timestamp::from_millis(r.get(9)?),
+        updated_at: Timestamp::from_millis(r.get(10)?),
+    })
+}
+
+pub(crate) fn selectors_json(s: &SelectorSet) -> Result<String, StoreError> {
+    serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) const KEY_COLUMNS: &str =
+    "kid, alg, public_key, sealed_private_key, created_at, activates_at";
+
+pub(crate) fn signing_key(r: &Row<'_>) -> rusqlite::Result<SigningKeyRecord> {
+    Ok(SigningKeyRecord {
+        kid: r.get(0)?,
+        alg: r
+            .get::<_, String>(1)?
+            .parse::<Alg>()
+            .map_err(|e| corrupt("alg", e))?,
+        public_key: r.get(2)?,
+        sealed_private_key: r.get(3)?,
+        created_at: Timestamp::from_millis(r.get(4)?),
+        activates_at: Timestamp::from_millis(r.get(5)?),
+    })
+}
+
+pub(crate) const TOKEN_COLUMNS: &str =
+    "id, token_hash, role, name, created_by, created_at, expires_at, revoked_at";
+
+pub(crate) fn admin_token(r: &Row<'_>) -> rusqlite::Result<AdminTokenRecord> {
+    let hash: Vec<u8> = r.get(1)?;
+    Ok(AdminTokenRecord {
+        id: r.get(0)?,
+        token_hash: hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| corrupt("token_hash", "not 32 bytes"))?,
+        role: r
+            .get::<_, String>(2)?
+            .parse()
+            .map_err(|e| corrupt("role", e))?,
+        name: r.get(3)?,
+        created_by: r.get(4)?,
+        created_at: Timestamp::from_millis(r.get(5)?),
+        expires_at: Timestamp::from_millis(r.get(6)?),
+        revoked_at: r.get::<_, Option<i64>>(7)?.map(Timestamp::from_millis),
+    })
+}
+
+pub(crate) const AUDIT_COLUMNS: &str =
+    "seq, body, prev_hash, hash, time, event, decision, agent, instance, user, task, txn";
+
+pub(crate) fn audit_row(r: &Row<'_>) -> rusqlite::Result<StoredRow> {
+    Ok(StoredRow {
+        seq: u64::try_from(r.get::<_, i64>(0)?).map_err(|e| corrupt("seq", e))?,
+        body: r.get(1)?,
+        prev_hash: r.get(2)?,
+        hash: r.get(3)?,
+        indexed: IndexedColumns {
+            time: Timestamp::from_millis(r.get(4)?),
+            event: r.get(5)?,
+            decision: r.get(6)?,
+            agent: r.get(7)?,
+            instance: r.get(8)?,
+            user: r.get(9)?,
+            task: r.get(10)?,
+            txn: r.get(11)?,
+        },
+    })
+}

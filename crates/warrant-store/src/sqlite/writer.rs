@@ -1,0 +1,287 @@
+//! The group-commit writer: one thread owns the write connection.
+//!
+//! Callers submit jobs (a mutation and the audit events that record it) over a
+//! bounded channel and wait for the commit. The thread takes every job queued
+//! while the previous commit was syncing, runs each inside its own savepoint
+//! (so one failing job rolls back alone), and commits the batch with one fsync
+//! (`synchronous=FULL`). Many concurrent writers thus share one fsync, and a
+//! reply is sent only once its batch is durable.
+//!
+//! INVARIANT (audit before effect): a job's audit records are written in the
+//! same savepoint as its mutation; if either fails, both are rolled back.
+//! INVARIANT (one chain): only this thread assigns sequence numbers and hashes,
+//! so the chain has no forks or gaps.
+
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use warrant_core::audit::{AuditEvent, AuditRecord, ChainHash};
+use warrant_core::time::Timestamp;
+
+use crate::StoreError;
+
+/// The chain head as the writer sees it.
+#[derive(Debug, Clone, Copy)]
+struct ChainState {
+    next_seq: u64,
+    prev: ChainHash,
+    last_time: Timestamp,
+}
+
+impl ChainState {
+    fn load(conn: &Connection) -> Result<Self, StoreError> {
+        let head = conn
+            .query_row(
+                "SELECT seq, hash, time FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        Ok(match head {
+            None => Self {
+                next_seq: 1,
+                prev: ChainHash::GENESIS,
+                last_time: Timestamp::from_millis(0),
+            },
+            Some((seq, hash, time)) => Self {
+                next_seq: u64::try_from(seq).unwrap_or(0) + 1,
+                prev: ChainHash(hash.as_slice().try_into().map_err(|_| {
+                    StoreError::Corrupt(format!(
+                        "audit record {seq} has a hash that is not 32 bytes"
+                    ))
+                })?),
+                last_time: Timestamp::from_millis(time),
+            },
+        })
+    }
+}
+
+/// What a job sees: the write connection inside its savepoint, and the chain.
+pub(crate) struct WriteCtx<'a> {
+    pub(crate) conn: &'a Connection,
+    chain: &'a mut ChainState,
+}
+
+impl WriteCtx<'_> {
+    /// Appends an audit record in the current savepoint.
+    pub(crate) fn append(&mut self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
+        // Time never goes backwards along the chain, even if the clock does.
+        let time = Timestamp::now().max(self.chain.last_time);
+        let sealed = AuditRecord::seal(self.chain.next_seq, time, event, self.chain.prev)
+            .map_err(|e| StoreError::AuditUnavailable(format!("cannot encode the record: {e}")))?;
+        let r = &sealed.record;
+        let seq = i64::try_from(r.seq)
+            .map_err(|_| StoreError::AuditUnavailable("sequence overflow".into()))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO audit_log (seq, time, event, decision, agent, instance, user, task, txn, body, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    seq,
+                    r.time.as_millis(),
+                    r.event.event,
+                    r.event.decision.as_str(),
+                    r.event.agent,
+                    r.event.instance,
+                    r.event.user,
+                    r.event.task,
+                    r.event.txn,
+                    sealed.body,
+                    r.prev_hash.0.as_slice(),
+                    r.hash.0.as_slice(),
+                ])
+            })
+            .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
+        self.chain.next_seq += 1;
+        self.chain.prev = r.hash;
+        self.chain.last_time = r.time;
+        Ok(sealed.record)
+    }
+}
+
+/// A unit of work for the writer.
+pub(crate) trait WriteJob: Send {
+    /// Runs inside a savepoint; returns whether it succeeded (else it is rolled back).
+    fn apply(&mut self, ctx: &mut WriteCtx<'_>) -> bool;
+    /// Delivers the outcome once the batch committed (or failed).
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>);
+}
+
+struct Job<T, F> {
+    f: Option<F>,
+    out: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, ctx: &mut WriteCtx<'_>) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let r = f(ctx);
+        let ok = r.is_ok();
+        self.out = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
+        let r = match (self.out, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(_)), Err(e)) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Err(StoreError::Unavailable("the write was not run".into())),
+        };
+        // The caller may have gone away (cancelled request); the write stands.
+        let _ = self.reply.send(r);
+    }
+}
+
+enum Msg {
+    Job(Box<dyn WriteJob>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The handle callers use.
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Msg>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Starts the writer thread over `conn`.
+    pub(crate) fn start(conn: Connection, max_batch: usize) -> Result<Self, StoreError> {
+        let chain = ChainState::load(&conn)?;
+        let (tx, rx) = mpsc::channel(4096);
+        let thread = std::thread::Builder::new()
+            .name("warrant-store-writer".into())
+            .spawn(move || run(conn, rx, chain, max_batch.max(1)))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            tx,
+            thread: std::sync::Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Runs `f` in the next batch and returns its result once durable.
+    pub(crate) async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(Job {
+            f: Some(f),
+            out: None,
+            reply,
+        });
+        self.tx
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Drains queued jobs, then stops the thread.
+    pub(crate) async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(done)).await.is_ok() {
+            let _ = rx.await;
+        }
+        // The std mutex guards only the join handle, taken once; never held across await.
+        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.execute_batch(sql)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+fn run(conn: Connection, mut rx: mpsc::Receiver<Msg>, mut chain: ChainState, max_batch: usize) {
+    let mut shutdown: Option<oneshot::Sender<()>> = None;
+    while shutdown.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut jobs: Vec<Box<dyn WriteJob>> = Vec::new();
+        match first {
+            Msg::Job(j) => jobs.push(j),
+            Msg::Shutdown(done) => shutdown = Some(done),
+        }
+        // Take everything that queued up while the last commit was syncing.
+        while shutdown.is_none() && jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Job(j)) => jobs.push(j),
+                Ok(Msg::Shutdown(done)) => shutdown = Some(done),
+                Err(_) => break,
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        let before = chain;
+        let result = commit_batch(&conn, &mut jobs, &mut chain);
+        if result.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+            // Re-read the head rather than trust the in-memory copy.
+            chain = ChainState::load(&conn).unwrap_or(before);
+            tracing::error!(error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), jobs = jobs.len(), "store batch failed; nothing in it was committed");
+        }
+        for job in jobs {
+            job.finish(result.clone());
+        }
+    }
+    // Refuse anything queued after shutdown was asked for.
+    rx.close();
+    while let Ok(msg) = rx.try_recv() {
+        match msg {
+            Msg::Job(j) => j.finish(Err(StoreError::Closed)),
+            Msg::Shutdown(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+    drop(conn);
+    if let Some(done) = shutdown {
+        let _ = done.send(());
+    }
+}
+
+fn commit_batch(
+    conn: &Connection,
+    jobs: &mut [Box<dyn WriteJob>],
+    chain: &mut ChainState,
+) -> Result<(), StoreError> {
+    exec(conn, "BEGIN IMMEDIATE")?;
+    for job in jobs.iter_mut() {
+        exec(conn, "SAVEPOINT job")?;
+        let snapshot = *chain;
+        let ok = job.apply(&mut WriteCtx { conn, chain });
+        if ok {
+            exec(conn, "RELEASE job")?;
+        } else {
+            exec(conn, "ROLLBACK TO job; RELEASE job")?;
+            *chain = snapshot;
+        }
+    }
+    exec(conn, "COMMIT").map_err(|e| match e {
+        StoreError::Unavailable(m) => StoreError::AuditUnavailable(format!("commit failed: {m}")),
+        other => other,
+    })
+}

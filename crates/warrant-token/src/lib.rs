@@ -1,0 +1,18 @@
+//! Signing keys and the key-encryption key.
+//!
+//! This is the only crate that holds private key material in the clear: it
+//! generates signing keys, seals them under the key-encryption key ([`Kek`]) for
+//! the store, opens them once at load, signs, and publishes the public halves as
+//! a JWKS. It does no IO and is not async: callers hand it records and the time.
+//!
+//! A key's lifecycle is a pure function of its timestamps and of the keys that
+//! follow it (see [`KeySet`]), so every broker sharing a store agrees on which
+//! key signs and which are published without coordinating.
+
+mod error;
+mod kek;
+mod keyset;
+
+pub use error::KeyError;
+pub use kek::Kek;
+pub use keyset::{Jwk, Jwks, KeySet, KeyState, KeyStatus, SigningKey, generate_key};
