@@ -185,6 +185,13 @@ impl AuditEvent {
         self
     }
 
+    /// Sets when the issued credential expires.
+    #[must_use]
+    pub fn expires(mut self, t: Timestamp) -> Self {
+        self.expires_at = Some(t);
+        self
+    }
+
     /// Sets the non-secret detail object.
     #[must_use]
     pub fn detail(mut self, d: serde_json::Value) -> Self {

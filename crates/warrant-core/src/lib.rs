@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod api;
 pub mod audit;
 pub mod decision;
 pub mod keys;

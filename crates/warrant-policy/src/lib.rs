@@ -17,9 +17,7 @@ mod schema;
 pub use load::{PolicyFile, PolicyProblem, Problems};
 pub use schema::schema_text;
 
-use std::sync::Arc;
-
-use cedar_policy::{Authorizer, Effect as CedarEffect, PolicySet, Schema};
+use cedar_policy::{Authorizer, Effect as CedarEffect, PolicySet};
 use warrant_core::decision::{Decision, DecisionRequest, Effect};
 
 /// The annotation that makes a permit need a person's approval.
@@ -44,7 +42,6 @@ pub struct Policies {
     all: PolicySet,
     compiled: Vec<Compiled>,
     index: index::ScopeIndex,
-    schema: Arc<Schema>,
     digest: String,
     files: Vec<String>,
     warnings: Problems,
@@ -161,7 +158,6 @@ impl Policies {
             all: PolicySet::new(),
             compiled: Vec::new(),
             index: index::ScopeIndex::default(),
-            schema: schema::schema(),
             digest: String::new(),
             files: Vec::new(),
             warnings: Problems::default(),

@@ -271,7 +271,6 @@ pub(crate) fn compile(files: &[PolicyFile]) -> Result<Policies, Problems> {
         all,
         compiled,
         index: index::ScopeIndex::build(&scopes),
-        schema,
         digest: hex::encode(hasher.finalize()),
         files: files.iter().map(|f| f.name.clone()).collect(),
         warnings: Problems(warnings),

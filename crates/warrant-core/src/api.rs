@@ -1,0 +1,234 @@
+//! Wire types of the admin API, shared by the broker and the CLI.
+//!
+//! Requests carry user input as plain strings; the broker validates them (one
+//! place, so every refusal is audited) and answers with the typed records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::admin::Role;
+use crate::audit::{AuditRecord, ChainBreak};
+use crate::decision::{Decision, Effect};
+use crate::keys::Alg;
+use crate::time::Timestamp;
+
+/// `POST /admin/v1/agents`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgent {
+    /// Name (lower-case slug).
+    pub name: String,
+    /// Owner.
+    pub owner: String,
+    /// Environment.
+    pub env: String,
+    /// Purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// `low`, `medium` or `high`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
+    /// `KIND:KEY=VALUE` selectors.
+    #[serde(default)]
+    pub selectors: Vec<String>,
+    /// Longest lifetime, e.g. `15m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+}
+
+/// A signing key as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Key id.
+    pub kid: String,
+    /// Algorithm.
+    pub alg: Alg,
+    /// `next`, `active`, `retired` or `expired`.
+    pub state: String,
+    /// Generated and published.
+    pub created_at: Timestamp,
+    /// Signs from.
+    pub activates_at: Timestamp,
+    /// Stopped signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<Timestamp>,
+    /// Leaves the JWKS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_until: Option<Timestamp>,
+}
+
+/// `POST /admin/v1/keys/rotate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeys {
+    /// `ES256` or `EdDSA`; default: the configured algorithm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// Delay before the new key signs, e.g. `5m`; default: the JWKS cache lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activate_in: Option<String>,
+}
+
+/// `POST /admin/v1/admin-tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdminToken {
+    /// `admin`, `auditor` or `approver`.
+    pub role: String,
+    /// Lifetime, e.g. `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// A label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// The answer to `POST /admin/v1/admin-tokens`: the only time the token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedAdminToken {
+    /// Public id.
+    pub id: String,
+    /// The bearer token. Shown once; warrant keeps only its hash.
+    pub token: String,
+    /// Role.
+    pub role: Role,
+    /// Expiry.
+    pub expires_at: Timestamp,
+}
+
+/// `GET /admin/v1/audit` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditListQuery {
+    /// Agent name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Event kind or prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+    /// RFC 3339 time, or a duration meaning "that long ago" (`1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Most records to return (default 100, at most 10,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// `GET /admin/v1/audit` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditList {
+    /// Records, oldest first.
+    pub records: Vec<AuditRecord>,
+}
+
+/// `GET /admin/v1/audit/verify` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditVerification {
+    /// Whether the whole chain verified.
+    pub ok: bool,
+    /// Records verified.
+    pub verified: u64,
+    /// The chain head's hash (hex).
+    pub head: String,
+    /// The first broken record, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<BrokenRecord>,
+}
+
+/// Where the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokenRecord {
+    /// Sequence number.
+    pub seq: u64,
+    /// What is wrong.
+    pub why: String,
+}
+
+impl From<ChainBreak> for BrokenRecord {
+    fn from(b: ChainBreak) -> Self {
+        Self { seq: b.seq, why: b.why }
+    }
+}
+
+/// `GET /admin/v1/policy` and a successful reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// The policy directory.
+    pub dir: String,
+    /// Policy ids in force.
+    pub policies: Vec<String>,
+    /// Files loaded.
+    pub files: Vec<String>,
+    /// SHA-256 of the files.
+    pub digest: String,
+    /// When loaded.
+    pub loaded_at: Timestamp,
+    /// Validator warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `POST /admin/v1/policy/check`: would this request be allowed?
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCheck {
+    /// The agent (must be inventoried; its facts are used).
+    pub agent: String,
+    /// The instance id (default `check`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// The attestor (default `unix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestor: Option<String>,
+    /// The action, e.g. `token:exchange`.
+    pub action: String,
+    /// The resource, e.g. `Audience::"https://api.openai.com"`.
+    pub resource: String,
+    /// The user the work is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The user's groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Requested scopes.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Delegation depth.
+    #[serde(default)]
+    pub depth: u32,
+    /// Agent names in the chain.
+    #[serde(default)]
+    pub chain: Vec<String>,
+    /// Source IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
+    /// Evaluation time (RFC 3339), default now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// For `http:request`: method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// For `http:request`: path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For `http:request`: host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// The answer to a policy check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCheckResult {
+    /// The effect.
+    pub effect: Effect,
+    /// Determining policies and errors.
+    pub decision: Decision,
+}
+
+/// Error body of every admin API error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub error: String,
+    /// What to do.
+    pub message: String,
+}

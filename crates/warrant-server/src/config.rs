@@ -1,0 +1,270 @@
+//! Configuration: `warrant.toml`, `WARRANT_*` variables and flags.
+//!
+//! Two stages. [`RawConfig`] is what the TOML file says, with unknown keys
+//! refused. [`Settings`] holds what flags and the environment say (the binary
+//! fills it with clap). [`Config::build`] layers them (flag or environment
+//! first, then the file, then the default), validates every value, and names
+//! the key and the file in every error. Every default is safe: listeners bind
+//! to loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use warrant_core::TrustDomain;
+use warrant_core::keys::Alg;
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./warrant-data";
+/// The default API listener.
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8700";
+/// The default edge listener (egress proxy and MCP gateway).
+pub const DEFAULT_EDGE_ADDR: &str = "127.0.0.1:8701";
+/// The default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "warrant.local";
+/// The default delegation depth limit.
+pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 4;
+
+/// What `warrant.toml` may say. Keys are the contract in DESIGN §8.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the store, keys and sockets live.
+    pub data_dir: Option<PathBuf>,
+    /// The API listener (OAuth, discovery, admin over HTTP).
+    pub api_addr: Option<String>,
+    /// The edge listener (egress proxy, MCP gateway).
+    pub edge_addr: Option<String>,
+    /// The SPIFFE trust domain.
+    pub trust_domain: Option<String>,
+    /// The issuer URL in tokens and discovery.
+    pub issuer: Option<String>,
+    /// Where Cedar policies live.
+    pub policy_dir: Option<PathBuf>,
+    /// The longest delegation chain allowed.
+    pub max_delegation_depth: Option<u32>,
+    /// The algorithm of newly generated signing keys.
+    pub signing_alg: Option<String>,
+}
+
+/// Values from flags and the environment; `None` where neither gave one.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `--config` / `WARRANT_CONFIG`.
+    pub config: Option<PathBuf>,
+    /// `--data-dir` / `WARRANT_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--api-addr` / `WARRANT_API_ADDR`.
+    pub api_addr: Option<String>,
+    /// `--edge-addr` / `WARRANT_EDGE_ADDR`.
+    pub edge_addr: Option<String>,
+    /// `--trust-domain` / `WARRANT_TRUST_DOMAIN`.
+    pub trust_domain: Option<String>,
+    /// `--issuer` / `WARRANT_ISSUER`.
+    pub issuer: Option<String>,
+    /// `--policy-dir` / `WARRANT_POLICY_DIR`.
+    pub policy_dir: Option<PathBuf>,
+    /// `--max-delegation-depth` / `WARRANT_MAX_DELEGATION_DEPTH`.
+    pub max_delegation_depth: Option<u32>,
+    /// `--signing-alg` / `WARRANT_SIGNING_ALG`.
+    pub signing_alg: Option<String>,
+}
+
+/// A configuration problem, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key.
+    #[error("config file `{path}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("{key} (from {origin}): {message}")]
+    Invalid {
+        /// The key, as written in the file (`api_addr`).
+        key: &'static str,
+        /// `--flag or WARRANT_VAR`, or the file.
+        origin: String,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the store, keys and sockets live.
+    pub data_dir: PathBuf,
+    /// The API listener.
+    pub api_addr: SocketAddr,
+    /// The edge listener.
+    pub edge_addr: SocketAddr,
+    /// The SPIFFE trust domain.
+    pub trust_domain: TrustDomain,
+    /// The issuer; `None` means `http://<bound api address>`.
+    pub issuer: Option<String>,
+    /// Where Cedar policies live.
+    pub policy_dir: PathBuf,
+    /// The longest delegation chain allowed.
+    pub max_delegation_depth: u32,
+    /// The algorithm of newly generated signing keys.
+    pub signing_alg: Alg,
+    /// The config file used, if any.
+    pub config_file: Option<PathBuf>,
+    /// The key-encryption key from `WARRANT_KEK`, if given; otherwise
+    /// `<data-dir>/kek` is used (and created on first start).
+    pub kek: Option<std::sync::Arc<warrant_token::Kek>>,
+}
+
+struct Layer<'a> {
+    file: Option<&'a Path>,
+}
+
+impl Layer<'_> {
+    fn origin(&self, from_settings: bool, flag: &str, env: &str) -> String {
+        match (from_settings, self.file) {
+            (true, _) => format!("{flag} or {env}"),
+            (false, Some(f)) => format!("config file `{}`", f.display()),
+            (false, None) => "the default".to_owned(),
+        }
+    }
+
+    /// A relative path in the file is relative to the file's directory.
+    fn file_path(&self, p: PathBuf) -> PathBuf {
+        match self.file.and_then(Path::parent) {
+            Some(dir) if p.is_relative() && !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p,
+        }
+    }
+}
+
+fn parse_addr(key: &'static str, origin: String, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
+        key,
+        origin,
+        message: format!("`{}` is not an IP address and port; write it like `127.0.0.1:8700`", value.escape_debug()),
+    })
+}
+
+/// Checks an issuer URL (RFC 8414 §2: https, no query, no fragment; http is
+/// allowed for local use) and removes a trailing slash.
+pub fn parse_issuer(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|e| format!("`{}` is not a URL ({e})", value.escape_debug()))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(format!("`{value}` must be an https:// URL (http:// for local use)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{value}` must not have a query or fragment (RFC 8414 §2)"));
+    }
+    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("`{value}` must name a host and carry no credentials"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
+impl Config {
+    /// Reads the file named in `settings` (if any) and builds the configuration.
+    pub fn load(settings: &Settings) -> Result<Self, ConfigError> {
+        let raw = match &settings.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string().trim_end().to_owned() })?
+            }
+            None => RawConfig::default(),
+        };
+        Self::build(settings, raw)
+    }
+
+    /// Layers `settings` over `raw` over the defaults and validates.
+    pub fn build(settings: &Settings, raw: RawConfig) -> Result<Self, ConfigError> {
+        let layer = Layer { file: settings.config.as_deref() };
+
+        let data_dir = match (&settings.data_dir, raw.data_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => layer.file_path(d),
+            (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
+        };
+
+        let api_addr = {
+            let origin = layer.origin(settings.api_addr.is_some(), "--api-addr", "WARRANT_API_ADDR");
+            let v = settings.api_addr.clone().or(raw.api_addr).unwrap_or_else(|| DEFAULT_API_ADDR.to_owned());
+            parse_addr("api_addr", origin, &v)?
+        };
+        let edge_addr = {
+            let origin = layer.origin(settings.edge_addr.is_some(), "--edge-addr", "WARRANT_EDGE_ADDR");
+            let v = settings.edge_addr.clone().or(raw.edge_addr).unwrap_or_else(|| DEFAULT_EDGE_ADDR.to_owned());
+            parse_addr("edge_addr", origin, &v)?
+        };
+        if api_addr == edge_addr && api_addr.port() != 0 {
+            return Err(ConfigError::Invalid {
+                key: "edge_addr",
+                origin: layer.origin(settings.edge_addr.is_some(), "--edge-addr", "WARRANT_EDGE_ADDR"),
+                message: format!("`{edge_addr}` is also the api_addr; the two listeners need different ports"),
+            });
+        }
+
+        let trust_domain = {
+            let origin = layer.origin(settings.trust_domain.is_some(), "--trust-domain", "WARRANT_TRUST_DOMAIN");
+            let v = settings.trust_domain.clone().or(raw.trust_domain).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+            TrustDomain::new(v).map_err(|e| ConfigError::Invalid { key: "trust_domain", origin, message: e.to_string() })?
+        };
+
+        let issuer = match settings.issuer.clone().or(raw.issuer) {
+            None => None,
+            Some(v) => {
+                let origin = layer.origin(settings.issuer.is_some(), "--issuer", "WARRANT_ISSUER");
+                Some(parse_issuer(&v).map_err(|message| ConfigError::Invalid { key: "issuer", origin, message })?)
+            }
+        };
+
+        let policy_dir = match (&settings.policy_dir, raw.policy_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(d)) => layer.file_path(d),
+            (None, None) => data_dir.join("policies"),
+        };
+
+        let max_delegation_depth = {
+            let origin = layer.origin(settings.max_delegation_depth.is_some(), "--max-delegation-depth", "WARRANT_MAX_DELEGATION_DEPTH");
+            let v = settings.max_delegation_depth.or(raw.max_delegation_depth).unwrap_or(DEFAULT_MAX_DELEGATION_DEPTH);
+            if !(1..=16).contains(&v) {
+                return Err(ConfigError::Invalid { key: "max_delegation_depth", origin, message: format!("{v} is out of range; use 1 to 16") });
+            }
+            v
+        };
+
+        let signing_alg = {
+            let origin = layer.origin(settings.signing_alg.is_some(), "--signing-alg", "WARRANT_SIGNING_ALG");
+            match settings.signing_alg.clone().or(raw.signing_alg) {
+                None => Alg::default(),
+                Some(v) => v.parse::<Alg>().map_err(|message| ConfigError::Invalid { key: "signing_alg", origin, message })?,
+            }
+        };
+
+        Ok(Self {
+            data_dir,
+            api_addr,
+            edge_addr,
+            trust_domain,
+            issuer,
+            policy_dir,
+            max_delegation_depth,
+            signing_alg,
+            config_file: settings.config.clone(),
+            kek: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Who is calling the admin API, and may they do this.
+//!
+//! On the admin socket the kernel says who connected (`SO_PEERCRED`); the socket
+//! is mode 0600, and the peer must also be the broker's own user or root. Over
+//! HTTP a bearer admin token is required; it is looked up by hash and must be
+//! unexpired and unrevoked. Handlers then state the permission they need by
+//! taking a [`Reader`] or [`Writer`] argument, so a route can't
+//! forget its check. Every refusal is audited as `admin.auth`.
+
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+use tokio::net::UnixListener;
+use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Permission, Role};
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::time::Timestamp;
+
+use crate::http::error::ApiError;
+use crate::state::AppState;
+
+/// The peer of an admin-socket connection, from the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketPeer {
+    /// The peer's uid, if the kernel told.
+    pub uid: Option<u32>,
+    /// The peer's pid, if the kernel told.
+    pub pid: Option<i32>,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for SocketPeer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        Self { uid: cred.as_ref().map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) }
+    }
+}
+
+/// Which surface a call came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// The admin Unix socket.
+    Socket,
+    /// HTTP with an admin token.
+    Http,
+}
+
+impl Surface {
+    /// The audit `protocol` value.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Self::Socket => "admin-socket",
+            Self::Http => "admin-http",
+        }
+    }
+
+    fn metric(self) -> &'static str {
+        match self {
+            Self::Socket => "socket",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// An authenticated admin caller.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Who, as recorded in the audit trail.
+    pub actor: String,
+    /// What they may do.
+    pub role: Role,
+    /// How they came in.
+    pub surface: Surface,
+    /// Where from.
+    pub source: Option<String>,
+}
+
+impl Caller {
+    /// An audit event of `kind` with this caller's facts filled in.
+    pub fn event(&self, kind: &str, outcome: Outcome) -> AuditEvent {
+        let e = AuditEvent::new(kind, outcome).actor(self.actor.clone()).protocol(self.surface.protocol());
+        match &self.source {
+            Some(s) => e.source(s.clone()),
+            None => e,
+        }
+    }
+}
+
+async fn refuse(state: &AppState, surface: Surface, source: Option<String>, actor: Option<String>, what: String, why: &str, err: ApiError) -> Response {
+    let mut event = AuditEvent::new("admin.auth", Outcome::Deny).protocol(surface.protocol()).action(what).reason(why);
+    event.actor = actor;
+    if let Some(s) = source {
+        event = event.source(s);
+    }
+    state.metrics.admin_request(surface.metric(), "denied");
+    if let Err(e) = state.store.append_audit(event).await {
+        state.metrics.audit_write_failures.inc();
+        return ApiError::from(e).into_response();
+    }
+    err.into_response()
+}
+
+fn what(req: &Request) -> String {
+    format!("{} {}", req.method(), req.uri().path())
+}
+
+/// Middleware for the admin socket.
+pub async fn socket_admin(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketPeer>, mut req: Request, next: Next) -> Response {
+    let me = rustix::process::geteuid().as_raw();
+    let source = format!("uid={} pid={}", peer.uid.map_or("?".into(), |u| u.to_string()), peer.pid.map_or("?".into(), |p| p.to_string()));
+    match peer.uid {
+        Some(uid) if uid == me || uid == 0 => {}
+        _ => {
+            let w = what(&req);
+            return refuse(&state, Surface::Socket, Some(source), None, w, "the admin socket peer is not the broker's user or root", ApiError::forbidden("only the user running warrant (or root) may use the admin socket")).await;
+        }
+    }
+    let uid = peer.uid.unwrap_or(me);
+    req.extensions_mut().insert(Caller { actor: format!("local:uid={uid}"), role: Role::Admin, surface: Surface::Socket, source: Some(source) });
+    let resp = next.run(req).await;
+    state.metrics.admin_request(Surface::Socket.metric(), if resp.status().is_success() { "ok" } else { "error" });
+    resp
+}
+
+/// Middleware for the admin API over HTTP: a valid admin token is required.
+pub async fn http_admin(State(state): State<AppState>, ConnectInfo(addr): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+    let source = Some(addr.to_string());
+    let w = what(&req);
+    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let presented = match header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) {
+        Some(t) if t.starts_with(ADMIN_TOKEN_PREFIX) => AdminTokenSecret::presented(t.trim()),
+        Some(_) => {
+            return refuse(&state, Surface::Http, source, None, w, "the bearer token is not an admin token", ApiError::unauthorized("the bearer token is not a warrant admin token; create one with `warrant admin-token create --role ...`")).await;
+        }
+        None => {
+            return refuse(&state, Surface::Http, source, None, w, "no admin token", ApiError::unauthorized("the admin API needs `Authorization: Bearer <admin token>`")).await;
+        }
+    };
+    let record = match state.store.admin_token_by_hash(&presented.hash()).await {
+        Ok(r) => r,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let now = Timestamp::now();
+    let record = match record {
+        None => return refuse(&state, Surface::Http, source, None, w, "unknown admin token", ApiError::unauthorized("the admin token is not recognised")).await,
+        Some(r) if r.revoked_at.is_some() => {
+            return refuse(&state, Surface::Http, source, None, w, &format!("admin token {} is revoked", r.id), ApiError::unauthorized("the admin token has been revoked")).await;
+        }
+        Some(r) if !r.is_valid_at(now) => {
+            return refuse(&state, Surface::Http, source, None, w, &format!("admin token {} expired", r.id), ApiError::unauthorized("the admin token has expired; create a new one")).await;
+        }
+        Some(r) => r,
+    };
+    req.extensions_mut().insert(Caller { actor: format!("admin-token:{}", record.id), role: record.role, surface: Surface::Http, source });
+    let resp = next.run(req).await;
+    state.metrics.admin_request(Surface::Http.metric(), if resp.status().is_success() { "ok" } else { "error" });
+    resp
+}
+
+async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Caller, Response> {
+    let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
+        return Err(ApiError::internal("the admin route is not behind authentication").into_response());
+    };
+    if caller.role.allows(perm) {
+        return Ok(caller);
+    }
+    let need = match perm {
+        Permission::Read => "read",
+        Permission::Write => "change anything",
+        Permission::Approve => "decide approvals",
+    };
+    let why = format!("role {} may not {need}", caller.role);
+    let w = format!("{} {}", parts.method, parts.uri.path());
+    Err(refuse(state, caller.surface, caller.source.clone(), Some(caller.actor.clone()), w, &why, ApiError::forbidden(format!("this admin token's {why}; use a token with role admin"))).await)
+}
+
+macro_rules! permission_extractor {
+    ($(#[$doc:meta])* $name:ident, $perm:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Caller);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = Response;
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                require(parts, state, $perm).await.map($name)
+            }
+        }
+    };
+}
+
+permission_extractor!(
+    /// A caller allowed to read.
+    Reader,
+    Permission::Read
+);
+permission_extractor!(
+    /// A caller allowed to change things.
+    Writer,
+    Permission::Write
+);

@@ -1,0 +1,109 @@
+//! Public endpoints on the API listener: discovery, JWKS, health, metrics.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use warrant_core::agent::AgentStatus;
+use warrant_core::time::Timestamp;
+use warrant_store::AuditQuery;
+use warrant_token::KeyState;
+
+use crate::http::error::ApiError;
+use crate::keys::JWKS_MAX_AGE;
+use crate::state::AppState;
+
+/// Public routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/.well-known/openid-configuration", get(metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; discovery is at /.well-known/oauth-authorization-server") })
+        .with_state(state)
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let set = state.keys.current().jwks(Timestamp::now());
+    let mut r = Json(set).into_response();
+    let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+/// Authorization server metadata (RFC 8414), also served as OpenID discovery.
+/// It lists what exists in this release; later releases add their endpoints.
+#[derive(Debug, Serialize)]
+struct Metadata {
+    issuer: String,
+    jwks_uri: String,
+    /// No authorization endpoint: warrant issues tokens by exchange and client
+    /// assertion only, never through a browser redirect.
+    response_types_supported: Vec<String>,
+    grant_types_supported: Vec<String>,
+    subject_types_supported: Vec<String>,
+}
+
+async fn metadata(State(state): State<AppState>) -> Json<Metadata> {
+    Json(Metadata {
+        issuer: state.issuer.to_string(),
+        jwks_uri: format!("{}/.well-known/jwks.json", state.issuer),
+        response_types_supported: Vec::new(),
+        grant_types_supported: Vec::new(),
+        subject_types_supported: vec!["public".into()],
+    })
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers, a key signs and a policy set is loaded.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.ping().await;
+    let signing = state.keys.current().active(Timestamp::now()).is_some();
+    let body = serde_json::json!({
+        "status": if store.is_ok() && signing { "ready" } else { "not_ready" },
+        "checks": {
+            "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+            "signing_key": if signing { "ok" } else { "no active signing key" },
+            "policies": state.policy.current().policies.len(),
+        }
+    });
+    let status = if store.is_ok() && signing { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let m = &state.metrics;
+    let now = Timestamp::now();
+    if let Ok(agents) = state.store.list_agents().await {
+        for status in [AgentStatus::Active, AgentStatus::Disabled, AgentStatus::Quarantined] {
+            let n = agents.iter().filter(|a| a.status == status).count();
+            m.agents.get_or_create(&crate::metrics::StateLabels { state: status.as_str().to_owned() }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+    let keys = state.keys.current().status(now);
+    for s in [KeyState::Next, KeyState::Active, KeyState::Retired, KeyState::Expired] {
+        let n = keys.iter().filter(|k| k.state == s).count();
+        let label = serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        m.signing_keys.get_or_create(&crate::metrics::StateLabels { state: label }).set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    if let Ok(tokens) = state.store.list_admin_tokens().await {
+        m.admin_tokens_valid.set(i64::try_from(tokens.iter().filter(|t| t.is_valid_at(now)).count()).unwrap_or(i64::MAX));
+    }
+    if let Ok(last) = state.store.list_audit(&AuditQuery { limit: 1, ..Default::default() }).await {
+        m.audit_records.set(last.first().map_or(0, |r| i64::try_from(r.seq).unwrap_or(i64::MAX)));
+    }
+    let mut r = m.encode().into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r
+}

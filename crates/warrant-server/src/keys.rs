@@ -1,0 +1,95 @@
+//! The broker's signing keys: first-start generation and rotation.
+//!
+//! The schedule itself (which key signs, which are published) is
+//! `warrant_token::KeySet`'s, derived from timestamps. This service only adds
+//! keys (each insert audited in the same commit) and swaps in a freshly opened
+//! set afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::keys::Alg;
+use warrant_core::time::Timestamp;
+use warrant_store::{Store, StoreError};
+use warrant_token::{Kek, KeyError, KeySet, KeyStatus};
+
+/// How long relying parties may cache the JWKS (`Cache-Control: max-age`), and
+/// so the default delay between publishing a new key and signing with it.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// The longest a rotation may wait before activating.
+pub const MAX_ACTIVATE_IN: Duration = Duration::from_secs(7 * 86_400);
+
+/// What went wrong with keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyServiceError {
+    /// A key could not be generated, opened or used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store failed (including the audit write).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The signing keys in use.
+pub struct KeyService {
+    set: ArcSwap<KeySet>,
+    kek: Arc<Kek>,
+    store: Arc<dyn Store>,
+    default_alg: Alg,
+    /// Serialises rotations. A tokio mutex: held across store writes.
+    rotate_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for KeyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyService").field("default_alg", &self.default_alg).finish_non_exhaustive()
+    }
+}
+
+impl KeyService {
+    /// Opens the stored keys, generating the first one if there are none.
+    pub async fn bootstrap(store: Arc<dyn Store>, kek: Arc<Kek>, default_alg: Alg) -> Result<Self, KeyServiceError> {
+        let mut records = store.list_signing_keys().await?;
+        if records.is_empty() {
+            let now = Timestamp::now();
+            let record = warrant_token::generate_key(default_alg, &kek, now, now)?;
+            let event = AuditEvent::new("key.generate", Outcome::Allow)
+                .actor("broker")
+                .action("key.generate")
+                .resource(format!("SigningKey::\"{}\"", record.kid))
+                .detail(serde_json::json!({ "kid": record.kid, "alg": record.alg.as_str(), "reason": "first start" }));
+            store.insert_signing_key(record, event).await?;
+            records = store.list_signing_keys().await?;
+            tracing::info!(alg = %default_alg, "generated the first signing key");
+        }
+        let set = KeySet::open(records, &kek)?;
+        Ok(Self { set: ArcSwap::from_pointee(set), kek, store, default_alg, rotate_lock: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The current key set.
+    pub fn current(&self) -> Arc<KeySet> {
+        self.set.load_full()
+    }
+
+    /// Adds a key of `alg` (default: the configured one) that is published now
+    /// and signs from `now + activate_in`. `base` carries the actor.
+    pub async fn rotate(&self, alg: Option<Alg>, activate_in: Duration, base: AuditEvent) -> Result<KeyStatus, KeyServiceError> {
+        let _guard = self.rotate_lock.lock().await;
+        let now = Timestamp::now();
+        let alg = alg.unwrap_or(self.default_alg);
+        let record = warrant_token::generate_key(alg, &self.kek, now, now.add(activate_in))?;
+        let kid = record.kid.clone();
+        let event = AuditEvent { event: "admin.key.rotate".into(), decision: Outcome::Allow, ..base }
+            .action("key.rotate")
+            .resource(format!("SigningKey::\"{kid}\""))
+            .detail(serde_json::json!({ "kid": kid, "alg": alg.as_str(), "activates_at": record.activates_at }));
+        self.store.insert_signing_key(record, event).await?;
+        let set = KeySet::open(self.store.list_signing_keys().await?, &self.kek)?;
+        let status = set.status(now).into_iter().find(|s| s.kid == kid);
+        self.set.store(Arc::new(set));
+        status.ok_or_else(|| KeyServiceError::Store(StoreError::Corrupt(format!("signing key `{kid}` vanished after insert"))))
+    }
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics.
+//!
+//! Counters are updated where things happen; gauges that describe stored state
+//! (agents by status, keys by state, valid admin tokens, audit chain length) are
+//! refreshed at scrape time from the store, so they can't drift from it.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of a policy decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// The action.
+    pub action: String,
+    /// allow, deny, approval_required.
+    pub effect: String,
+}
+
+/// An outcome label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// ok or error.
+    pub outcome: String,
+}
+
+/// Labels of an admin request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminLabels {
+    /// socket or http.
+    pub surface: String,
+    /// ok, denied, error.
+    pub outcome: String,
+}
+
+/// A status or state label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The state.
+    pub state: String,
+}
+
+/// Build information.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// warrant's version.
+    pub version: String,
+}
+
+/// Every metric the broker exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Policy decisions by action and effect.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Policy reloads by outcome.
+    pub policy_reloads: Family<OutcomeLabels, Counter>,
+    /// Policies in force.
+    pub policies_loaded: Gauge,
+    /// Admin API requests by surface and outcome.
+    pub admin_requests: Family<AdminLabels, Counter>,
+    /// Audit writes that failed (each failed the operation it recorded).
+    pub audit_write_failures: Counter,
+    /// Agents by status (refreshed at scrape).
+    pub agents: Family<StateLabels, Gauge>,
+    /// Signing keys by state (refreshed at scrape).
+    pub signing_keys: Family<StateLabels, Gauge>,
+    /// Admin tokens that are neither expired nor revoked: standing credentials (refreshed at scrape).
+    pub admin_tokens_valid: Gauge,
+    /// Records in the audit chain (refreshed at scrape).
+    pub audit_records: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let build = Family::<BuildLabels, Gauge>::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
+        registry.register("warrant_build_info", "warrant's version", build);
+        let m = Self {
+            decisions: Family::default(),
+            policy_reloads: Family::default(),
+            policies_loaded: Gauge::default(),
+            admin_requests: Family::default(),
+            audit_write_failures: Counter::default(),
+            agents: Family::default(),
+            signing_keys: Family::default(),
+            admin_tokens_valid: Gauge::default(),
+            audit_records: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("warrant_policy_decisions", "Policy decisions by action and effect", m.decisions.clone());
+        registry.register("warrant_policy_reloads", "Policy set reloads by outcome", m.policy_reloads.clone());
+        registry.register("warrant_policies_loaded", "Policies in force", m.policies_loaded.clone());
+        registry.register("warrant_admin_requests", "Admin API requests by surface and outcome", m.admin_requests.clone());
+        registry.register("warrant_audit_write_failures", "Audit writes that failed; each failed its operation", m.audit_write_failures.clone());
+        registry.register("warrant_agents", "Inventoried agents by status", m.agents.clone());
+        registry.register("warrant_signing_keys", "Signing keys by state", m.signing_keys.clone());
+        registry.register("warrant_admin_tokens_valid", "Admin tokens neither expired nor revoked (standing credentials)", m.admin_tokens_valid.clone());
+        registry.register("warrant_audit_records", "Records in the audit chain", m.audit_records.clone());
+        Self { registry, ..m }
+    }
+
+    /// Counts an admin request.
+    pub fn admin_request(&self, surface: &str, outcome: &str) {
+        self.admin_requests.get_or_create(&AdminLabels { surface: surface.to_owned(), outcome: outcome.to_owned() }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,273 @@
+//! Starting, running and stopping the broker.
+//!
+//! [`Broker::start`] does everything that can fail before anything is served:
+//! takes the data-directory lock, binds the listeners (before creating keys or
+//! a database, so a taken port leaves nothing behind), then opens the KEK, the
+//! store and migrations, signing keys and policies, so a misconfiguration is a clear error at start-up and
+//! never a half-running broker. [`Broker::run`] serves until the cancellation
+//! token fires (SIGINT/SIGTERM in [`Broker::run_until_signalled`]), drains
+//! connections, records the stop and closes the store.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::time::Timestamp;
+use warrant_policy::Problems;
+use warrant_store::{SqliteOptions, SqliteStore, Store, StoreError};
+
+use crate::config::Config;
+use crate::data_dir::{DataDir, DataDirError, KekSource, RunInfo};
+use crate::http::auth::SocketPeer;
+use crate::keys::{KeyService, KeyServiceError};
+use crate::metrics::Metrics;
+use crate::policy::{PolicyService, ensure_policy_dir};
+use crate::state::AppState;
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory is unusable.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// Signing keys could not be loaded or generated.
+    #[error("cannot load the signing keys: {0}")]
+    Keys(#[from] KeyServiceError),
+    /// The policy set does not validate.
+    #[error("the policies in `{dir}` do not validate; fix them (check with `warrant policy validate`) and start again:\n{problems}")]
+    Policy {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        problems: Problems,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({key}): {reason}")]
+    Bind {
+        /// The config key (`api_addr`).
+        key: &'static str,
+        /// The address.
+        addr: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// Some other IO failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+fn bind_error(key: &'static str, flag: &str, addr: String, e: &std::io::Error) -> ServeError {
+    let reason = match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("the address is already in use; stop the other process or choose another address with {flag}"),
+        std::io::ErrorKind::PermissionDenied => format!("permission denied; ports below 1024 need privileges, choose another with {flag}"),
+        std::io::ErrorKind::AddrNotAvailable => format!("no local interface has that address; choose another with {flag}"),
+        _ => format!("{e}"),
+    };
+    ServeError::Bind { key, addr, reason }
+}
+
+/// A started broker: everything loaded, every listener bound.
+pub struct Broker {
+    state: AppState,
+    data_dir: DataDir,
+    api: TcpListener,
+    edge: TcpListener,
+    admin: UnixListener,
+    api_addr: SocketAddr,
+    edge_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("api_addr", &self.api_addr).field("edge_addr", &self.edge_addr).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Prepares everything and binds the listeners.
+    pub async fn start(config: Config) -> Result<Self, ServeError> {
+        // Everything the broker creates (database, WAL, sockets, files) is
+        // owner-only, whatever the caller's umask.
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+
+        let data_dir = DataDir::open(&config.data_dir)?;
+        // Bind before creating keys or a database, so a taken port leaves nothing behind.
+        let api = TcpListener::bind(config.api_addr).await.map_err(|e| bind_error("api_addr", "--api-addr", config.api_addr.to_string(), &e))?;
+        let edge = TcpListener::bind(config.edge_addr).await.map_err(|e| bind_error("edge_addr", "--edge-addr", config.edge_addr.to_string(), &e))?;
+        let api_addr = api.local_addr().map_err(|e| ServeError::Io(e.to_string()))?;
+        let edge_addr = edge.local_addr().map_err(|e| ServeError::Io(e.to_string()))?;
+        for (name, addr) in [("api", api_addr), ("edge", edge_addr)] {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(listener = name, %addr, "listening beyond loopback; put TLS in front of it and restrict who can reach it");
+            }
+        }
+        let (kek, kek_source) = data_dir.kek(config.kek.clone())?;
+        match kek_source {
+            KekSource::Environment => tracing::info!("key-encryption key from WARRANT_KEK"),
+            KekSource::Created => tracing::warn!(
+                path = %data_dir.root().join("kek").display(),
+                "created a key-encryption key file next to the data it protects; in production supply WARRANT_KEK from a secret manager instead"
+            ),
+            KekSource::File => tracing::warn!(
+                path = %data_dir.root().join("kek").display(),
+                "using the key-encryption key file in the data directory; in production supply WARRANT_KEK from a secret manager instead"
+            ),
+        }
+
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.db_path(), SqliteOptions::default())?);
+        let metrics = Arc::new(Metrics::new());
+        let keys = Arc::new(KeyService::bootstrap(store.clone(), kek, config.signing_alg).await?);
+
+        let policy_dir = config.policy_dir.clone();
+        match ensure_policy_dir(&policy_dir) {
+            Ok(true) => tracing::info!(dir = %policy_dir.display(), "created the policy directory with a commented example that permits nothing"),
+            Ok(false) => {}
+            Err(e) => return Err(ServeError::Io(format!("cannot create the policy directory `{}`: {e}", policy_dir.display()))),
+        }
+        let policy = Arc::new(
+            PolicyService::load(&policy_dir, store.clone(), metrics.clone()).map_err(|problems| ServeError::Policy { dir: policy_dir.clone(), problems })?,
+        );
+        if policy.current().policies.is_empty() {
+            tracing::warn!(dir = %policy_dir.display(), "no policies are loaded: every decision is a deny until you write some");
+        }
+
+
+        let socket_path = data_dir.admin_socket();
+        // The data-directory lock is ours, so a socket file left here is stale.
+        let _ = std::fs::remove_file(&socket_path);
+        let admin = UnixListener::bind(&socket_path).map_err(|e| {
+            let hint = if socket_path.as_os_str().len() > 100 { " (Unix socket paths are limited to about 100 bytes; use a shorter --data-dir)" } else { "" };
+            ServeError::Io(format!("cannot create the admin socket `{}`: {e}{hint}", socket_path.display()))
+        })?;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| ServeError::Io(format!("cannot restrict the admin socket `{}`: {e}", socket_path.display())))?;
+
+        let issuer: Arc<str> = match &config.issuer {
+            Some(i) => i.as_str().into(),
+            None => {
+                if api_addr.ip().is_unspecified() {
+                    tracing::warn!("the issuer defaults to http://{api_addr}; set --issuer to the URL clients use to reach this broker");
+                }
+                format!("http://{api_addr}").into()
+            }
+        };
+
+        let state = AppState { store, keys, policy, metrics, issuer, trust_domain: config.trust_domain.clone(), started_at: Timestamp::now() };
+        Ok(Self { state, data_dir, api, edge, admin, api_addr, edge_addr })
+    }
+
+    /// The bound API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The bound edge address.
+    pub fn edge_addr(&self) -> SocketAddr {
+        self.edge_addr
+    }
+
+    /// The shared state (for in-process tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops cleanly.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
+        let Self { state, data_dir, api, edge, admin, api_addr, edge_addr } = self;
+        let socket_path = data_dir.admin_socket();
+
+        let start = AuditEvent::new("broker.start", Outcome::Allow).actor("broker").detail(serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "api_addr": api_addr.to_string(),
+            "edge_addr": edge_addr.to_string(),
+            "issuer": &*state.issuer,
+            "policy_digest": state.policy.current().policies.digest(),
+        }));
+        state.store.append_audit(start).await?;
+
+        let api_app = crate::http::api_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let socket_app = crate::http::socket_router(state.clone()).into_make_service_with_connect_info::<SocketPeer>();
+        let edge_app = crate::http::edge::router();
+
+        let t = shutdown.clone();
+        let api_task = tokio::spawn(async move { axum::serve(api, api_app).with_graceful_shutdown(t.cancelled_owned()).await });
+        let t = shutdown.clone();
+        let edge_task = tokio::spawn(async move { axum::serve(edge, edge_app).with_graceful_shutdown(t.cancelled_owned()).await });
+        let t = shutdown.clone();
+        let admin_task = tokio::spawn(async move { axum::serve(admin, socket_app).with_graceful_shutdown(t.cancelled_owned()).await });
+
+        let info = RunInfo {
+            pid: std::process::id(),
+            api_addr: api_addr.to_string(),
+            edge_addr: edge_addr.to_string(),
+            issuer: state.issuer.to_string(),
+            admin_socket: socket_path.clone(),
+            started_at: state.started_at.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        data_dir.write_run_info(&info).map_err(|e| ServeError::Io(format!("cannot write `{}`: {e}", data_dir.root().join("run.json").display())))?;
+        tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), issuer = %state.issuer, "warrant is ready");
+
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: draining connections");
+        let drain = async {
+            let _ = api_task.await;
+            let _ = edge_task.await;
+            let _ = admin_task.await;
+        };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("connections still open after 10s; closing anyway");
+        }
+        let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
+        if let Err(e) = state.store.append_audit(stop).await {
+            tracing::error!(error = %e, "could not record the stop in the audit trail");
+        }
+        state.store.close().await;
+        data_dir.remove_runtime_files();
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy set.
+    pub async fn run_until_signalled(self) -> Result<(), ServeError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let sig = |k| signal(k).map_err(|e| ServeError::Io(format!("cannot install a signal handler: {e}")));
+        let mut int = sig(SignalKind::interrupt())?;
+        let mut term = sig(SignalKind::terminate())?;
+        let mut hup = sig(SignalKind::hangup())?;
+        let token = CancellationToken::new();
+        let policy = self.state.policy.clone();
+        let watcher = {
+            let token = token.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => { tracing::info!("SIGINT received"); token.cancel(); break; }
+                        _ = term.recv() => { tracing::info!("SIGTERM received"); token.cancel(); break; }
+                        _ = hup.recv() => {
+                            tracing::info!("SIGHUP received: reloading policies");
+                            let base = AuditEvent::new("policy.reload", Outcome::Allow).actor("signal:SIGHUP").protocol("signal");
+                            if let Err(e) = policy.reload(base).await {
+                                tracing::error!(error = %e, "policy reload on SIGHUP failed");
+                            }
+                        }
+                        () = token.cancelled() => break,
+                    }
+                }
+            })
+        };
+        let result = self.run(token.clone()).await;
+        token.cancel();
+        let _ = watcher.await;
+        result
+    }
+}

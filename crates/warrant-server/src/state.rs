@@ -1,0 +1,36 @@
+//! The services every handler shares, cheap to clone.
+
+use std::sync::Arc;
+
+use warrant_core::TrustDomain;
+use warrant_core::time::Timestamp;
+use warrant_store::Store;
+
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::policy::PolicyService;
+
+/// Handles to the broker's services.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence, including the audit trail.
+    pub store: Arc<dyn Store>,
+    /// Signing keys.
+    pub keys: Arc<KeyService>,
+    /// The policy set in force and `authorize()`.
+    pub policy: Arc<PolicyService>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer URL.
+    pub issuer: Arc<str>,
+    /// The SPIFFE trust domain.
+    pub trust_domain: TrustDomain,
+    /// When the broker started.
+    pub started_at: Timestamp,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("issuer", &self.issuer).field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}

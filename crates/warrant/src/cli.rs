@@ -1,0 +1,274 @@
+//! The command line, declared with clap derive.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// warrant: identity and access broker for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "warrant", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// The data directory of the broker (its store, keys and admin socket).
+    #[arg(long, global = true, env = "WARRANT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// warrant.toml to read settings from.
+    #[arg(long, global = true, env = "WARRANT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Talk to the broker's admin API over HTTP at this URL instead of the admin
+    /// socket; the admin token comes from WARRANT_ADMIN_TOKEN.
+    #[arg(long, global = true, env = "WARRANT_URL", value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables and sentences.
+    Human,
+    /// JSON, for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker in the foreground.
+    Serve(Serve),
+    /// Manage the agent inventory.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Manage signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Manage admin bearer tokens for the HTTP admin API.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(AdminTokenCmd),
+    /// Read and verify the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Validate, reload, inspect and test Cedar policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct Serve {
+    /// Address of the API listener (OAuth, discovery, admin over HTTP) [default: 127.0.0.1:8700]
+    #[arg(long, env = "WARRANT_API_ADDR", value_name = "ADDR")]
+    pub api_addr: Option<String>,
+    /// Address of the edge listener (egress proxy, MCP gateway) [default: 127.0.0.1:8701]
+    #[arg(long, env = "WARRANT_EDGE_ADDR", value_name = "ADDR")]
+    pub edge_addr: Option<String>,
+    /// SPIFFE trust domain of issued identities [default: warrant.local]
+    #[arg(long, env = "WARRANT_TRUST_DOMAIN", value_name = "NAME")]
+    pub trust_domain: Option<String>,
+    /// Issuer URL in tokens and discovery [default: http://<api-addr>]
+    #[arg(long, env = "WARRANT_ISSUER", value_name = "URL")]
+    pub issuer: Option<String>,
+    /// Directory of Cedar policies [default: <data-dir>/policies]
+    #[arg(long, env = "WARRANT_POLICY_DIR", value_name = "DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Longest delegation chain allowed [default: 4]
+    #[arg(long, env = "WARRANT_MAX_DELEGATION_DEPTH", value_name = "N")]
+    pub max_delegation_depth: Option<u32>,
+    /// Algorithm of newly generated signing keys: ES256 or EdDSA [default: ES256]
+    #[arg(long, env = "WARRANT_SIGNING_ALG", value_name = "ALG")]
+    pub signing_alg: Option<String>,
+    /// Log format.
+    #[arg(long, env = "WARRANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Log filter, e.g. `info` or `warrant_server=debug` (RUST_LOG syntax).
+    #[arg(long, env = "WARRANT_LOG", default_value = "info", value_name = "FILTER")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Register an agent.
+    Create(AgentCreate),
+    /// List agents.
+    List,
+    /// Show one agent.
+    Show {
+        /// Agent name.
+        name: String,
+    },
+    /// Stop issuing anything to an agent.
+    Disable {
+        /// Agent name.
+        name: String,
+    },
+    /// Allow a disabled agent again.
+    Enable {
+        /// Agent name.
+        name: String,
+    },
+    /// Remove an agent from the inventory.
+    Delete {
+        /// Agent name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentCreate {
+    /// Agent name: lower-case letters, digits and hyphens, starting with a letter.
+    pub name: String,
+    /// Who answers for the agent (person, team or list).
+    #[arg(long)]
+    pub owner: String,
+    /// Environment it runs in, e.g. prod or staging.
+    #[arg(long)]
+    pub env: String,
+    /// What the agent is for.
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// Trust level: low, medium or high [default: low]
+    #[arg(long)]
+    pub trust: Option<String>,
+    /// KIND:KEY=VALUE fact its instances must prove (repeatable), e.g. unix:uid=1001, k8s:ns=agents.
+    #[arg(long = "selector", value_name = "KIND:KEY=VALUE")]
+    pub selectors: Vec<String>,
+    /// Longest lifetime of anything issued to it, e.g. 15m [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    pub max_ttl: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// List signing keys and their state.
+    List,
+    /// Generate a new signing key: published now, signing after --activate-in.
+    Rotate {
+        /// ES256 or EdDSA [default: the configured algorithm]
+        #[arg(long)]
+        alg: Option<String>,
+        /// How long to publish the key before it signs, so relying parties' JWKS caches pick it up [default: 5m]
+        #[arg(long, value_name = "DURATION")]
+        activate_in: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCmd {
+    /// Mint an admin bearer token (shown once; stored hashed).
+    Create {
+        /// admin, auditor (read-only) or approver.
+        #[arg(long)]
+        role: String,
+        /// Lifetime [default: 24h, at most 90d]
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// A label to tell tokens apart.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List admin tokens (never their values).
+    List,
+    /// Revoke an admin token by id.
+    Revoke {
+        /// The token id (adt_...).
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List audit records, most recent last.
+    List {
+        /// Only records about this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this event kind or its sub-kinds (e.g. `admin` or `admin.agent.create`).
+        #[arg(long)]
+        event: Option<String>,
+        /// Only records since an RFC 3339 time or a duration ago (e.g. 1h).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Recompute the hash chain; on tampering, name the first bad record and exit 4.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate a policy directory offline [default: the configured policy directory].
+    Validate {
+        /// Directory of *.cedar files.
+        dir: Option<PathBuf>,
+    },
+    /// Reload the broker's policies without a restart.
+    Reload,
+    /// Show the policy set in force.
+    Show,
+    /// Print the Cedar schema policies are validated against.
+    Schema,
+    /// Ask the running broker whether a request would be allowed (audited).
+    Check(PolicyCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// The agent (its inventory facts are used).
+    #[arg(long)]
+    pub agent: String,
+    /// The action, e.g. token:exchange.
+    #[arg(long)]
+    pub action: String,
+    /// The resource, e.g. 'Audience::"https://api.openai.com"'.
+    #[arg(long)]
+    pub resource: String,
+    /// The instance id.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// The attestor (unix, oidc, join).
+    #[arg(long)]
+    pub attestor: Option<String>,
+    /// The user the work is for.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A group of the user (repeatable).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// A requested scope (repeatable).
+    #[arg(long = "scope")]
+    pub scopes: Vec<String>,
+    /// Delegation depth.
+    #[arg(long, default_value_t = 0)]
+    pub depth: u32,
+    /// An agent in the delegation chain (repeatable).
+    #[arg(long = "chain")]
+    pub chain: Vec<String>,
+    /// Source IP address.
+    #[arg(long)]
+    pub source_ip: Option<String>,
+    /// Evaluate at this RFC 3339 time instead of now.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// For http:request: method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// For http:request: path.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// For http:request: upstream host.
+    #[arg(long)]
+    pub host: Option<String>,
+}

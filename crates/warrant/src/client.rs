@@ -1,0 +1,149 @@
+//! The CLI's client for the admin API.
+//!
+//! By default it connects to `<data-dir>/admin.sock` (the kernel tells the
+//! broker who we are; no token needed). With `--url` it speaks HTTP to the API
+//! listener and sends `WARRANT_ADMIN_TOKEN` as a bearer token. Errors say what
+//! to do: start the broker, fix the data directory, supply a token.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use warrant_core::api::ErrorBody;
+use zeroize::Zeroizing;
+
+/// Where the admin API is.
+enum Target {
+    Socket(PathBuf),
+    Http { authority: String, host_header: String, token: Option<Zeroizing<String>> },
+}
+
+/// A client for one broker.
+pub struct AdminClient {
+    target: Target,
+}
+
+impl AdminClient {
+    /// A client for the broker using `data_dir`, or at `url` if given.
+    pub fn new(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Self> {
+        let target = match url {
+            None => Target::Socket(warrant_server::data_dir::admin_socket_path(data_dir)),
+            Some(u) => {
+                let parsed = url::Url::parse(u).with_context(|| format!("--url `{u}` is not a URL"))?;
+                if parsed.scheme() != "http" {
+                    bail!("--url `{u}`: only http:// is supported by this version; reach a TLS-terminated broker through a local tunnel, or use the admin socket");
+                }
+                let host = parsed.host_str().ok_or_else(|| anyhow!("--url `{u}` has no host"))?;
+                let port = parsed.port_or_known_default().unwrap_or(80);
+                let host_header = match parsed.port() {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host.to_owned(),
+                };
+                let token = std::env::var("WARRANT_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Zeroizing::new);
+                Target::Http { authority: format!("{host}:{port}"), host_header, token }
+            }
+        };
+        Ok(Self { target })
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder().method(method).uri(format!("/admin/v1{path}"));
+        req = match &self.target {
+            Target::Socket(_) => req.header("host", "localhost"),
+            Target::Http { host_header, token, .. } => {
+                let r = req.header("host", host_header.as_str());
+                match token {
+                    Some(t) => r.header("authorization", format!("Bearer {}", t.as_str())),
+                    None => r,
+                }
+            }
+        };
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("building the request")?;
+        let resp = match &self.target {
+            Target::Socket(path) => {
+                let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| socket_error(path, &e))?;
+                roundtrip(stream, req).await?
+            }
+            Target::Http { authority, .. } => {
+                let stream = tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .with_context(|| format!("cannot reach the broker at {authority}; is `warrant serve` listening there?"))?;
+                roundtrip(stream, req).await?
+            }
+        };
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.context("reading the broker's answer")?.to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// Sends a request and decodes a JSON answer, or returns the API's error.
+    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+        let body = body.map(serde_json::to_vec).transpose()?;
+        let (status, bytes) = self.send(method, path, body).await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).with_context(|| format!("the broker's answer to {path} is not what this CLI expects (is it the same version?)"));
+        }
+        let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+            error: "unknown".into(),
+            message: format!("the broker answered {status}: {}", String::from_utf8_lossy(&bytes).chars().take(300).collect::<String>()),
+        });
+        let mut message = err.message;
+        if status == StatusCode::UNAUTHORIZED && matches!(&self.target, Target::Http { token: None, .. }) {
+            message.push_str("; set WARRANT_ADMIN_TOKEN (create one with `warrant admin-token create --role ...` on the broker's host)");
+        }
+        Err(anyhow!(message))
+    }
+
+    /// GET a JSON resource.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// POST JSON.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// DELETE a resource.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+}
+
+fn socket_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
+            "cannot reach the broker: no admin socket at `{}`; start it with `warrant serve` (using the same --data-dir / WARRANT_DATA_DIR), or use --url with WARRANT_ADMIN_TOKEN",
+            path.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow!(
+            "permission denied on `{}`: the admin socket is for the user running the broker; run as that user, or use --url with WARRANT_ADMIN_TOKEN",
+            path.display()
+        ),
+        _ => anyhow!("cannot connect to the admin socket `{}`: {e}", path.display()),
+    }
+}
+
+async fn roundtrip<S>(stream: S, req: Request<Full<Bytes>>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking HTTP to the broker")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender.send_request(req).await.context("the broker closed the connection")
+}
+
+/// Percent-encodes a path segment (agent names are slugs, but user input may not be).
+pub fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}

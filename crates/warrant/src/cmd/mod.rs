@@ -1,0 +1,44 @@
+//! One module per subcommand.
+
+mod admin_token;
+mod agent;
+mod audit;
+mod keys;
+mod policy;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::client::AdminClient;
+
+/// Exit code of a policy check that did not allow.
+pub const EXIT_DENIED: u8 = 3;
+/// Exit code of an audit chain that failed verification.
+pub const EXIT_TAMPERED: u8 = 4;
+
+/// The data directory: flag or environment, then the config file, then the default.
+pub fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &cli.data_dir {
+        return Ok(d.clone());
+    }
+    let settings = warrant_server::config::Settings { config: cli.config.clone(), ..Default::default() };
+    Ok(warrant_server::Config::load(&settings)?.data_dir)
+}
+
+pub fn client(cli: &Cli) -> anyhow::Result<AdminClient> {
+    AdminClient::new(&data_dir(cli)?, cli.url.as_deref())
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Serve(args) => serve::run(&cli, args).await,
+        Command::Agent(c) => agent::run(&cli, client(&cli)?, c).await,
+        Command::Keys(c) => keys::run(&cli, client(&cli)?, c).await,
+        Command::AdminToken(c) => admin_token::run(&cli, client(&cli)?, c).await,
+        Command::Audit(c) => audit::run(&cli, client(&cli)?, c).await,
+        Command::Policy(c) => policy::run(&cli, c).await,
+    }
+}

@@ -1,0 +1,55 @@
+//! Human tables and JSON output.
+
+use serde::Serialize;
+
+use crate::cli::Output;
+
+/// Prints `value` as pretty JSON.
+pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Prints JSON or runs `human`.
+pub fn emit<T: Serialize>(out: Output, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+    match out {
+        Output::Json => json(value),
+        Output::Human => {
+            human(value);
+            Ok(())
+        }
+    }
+}
+
+/// Prints an aligned table; the last column is not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let n = cells.len();
+        let mut s = String::new();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// Replaces control characters so stored text can't drive the terminal.
+pub fn safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
