@@ -145,7 +145,10 @@ pub struct BrokenRecord {
 
 impl From<ChainBreak> for BrokenRecord {
     fn from(b: ChainBreak) -> Self {
-        Self { seq: b.seq, why: b.why }
+        Self {
+            seq: b.seq,
+            why: b.why,
+        }
     }
 }
 

@@ -150,25 +150,37 @@ impl Layer<'_> {
 }
 
 fn parse_addr(key: &'static str, origin: String, value: &str) -> Result<SocketAddr, ConfigError> {
-    value.parse::<SocketAddr>().map_err(|_| ConfigError::Invalid {
-        key,
-        origin,
-        message: format!("`{}` is not an IP address and port; write it like `127.0.0.1:8700`", value.escape_debug()),
-    })
+    value
+        .parse::<SocketAddr>()
+        .map_err(|_| ConfigError::Invalid {
+            key,
+            origin,
+            message: format!(
+                "`{}` is not an IP address and port; write it like `127.0.0.1:8700`",
+                value.escape_debug()
+            ),
+        })
 }
 
 /// Checks an issuer URL (RFC 8414 §2: https, no query, no fragment; http is
 /// allowed for local use) and removes a trailing slash.
 pub fn parse_issuer(value: &str) -> Result<String, String> {
-    let url = url::Url::parse(value).map_err(|e| format!("`{}` is not a URL ({e})", value.escape_debug()))?;
+    let url = url::Url::parse(value)
+        .map_err(|e| format!("`{}` is not a URL ({e})", value.escape_debug()))?;
     if url.scheme() != "https" && url.scheme() != "http" {
-        return Err(format!("`{value}` must be an https:// URL (http:// for local use)"));
+        return Err(format!(
+            "`{value}` must be an https:// URL (http:// for local use)"
+        ));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("`{value}` must not have a query or fragment (RFC 8414 §2)"));
+        return Err(format!(
+            "`{value}` must not have a query or fragment (RFC 8414 §2)"
+        ));
     }
     if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("`{value}` must name a host and carry no credentials"));
+        return Err(format!(
+            "`{value}` must name a host and carry no credentials"
+        ));
     }
     Ok(value.trim_end_matches('/').to_owned())
 }
@@ -178,8 +190,14 @@ impl Config {
     pub fn load(settings: &Settings) -> Result<Self, ConfigError> {
         let raw = match &settings.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string().trim_end().to_owned() })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string().trim_end().to_owned(),
+                })?
             }
             None => RawConfig::default(),
         };
@@ -188,7 +206,9 @@ impl Config {
 
     /// Layers `settings` over `raw` over the defaults and validates.
     pub fn build(settings: &Settings, raw: RawConfig) -> Result<Self, ConfigError> {
-        let layer = Layer { file: settings.config.as_deref() };
+        let layer = Layer {
+            file: settings.config.as_deref(),
+        };
 
         let data_dir = match (&settings.data_dir, raw.data_dir) {
             (Some(d), _) => d.clone(),
@@ -197,34 +217,72 @@ impl Config {
         };
 
         let api_addr = {
-            let origin = layer.origin(settings.api_addr.is_some(), "--api-addr", "WARRANT_API_ADDR");
-            let v = settings.api_addr.clone().or(raw.api_addr).unwrap_or_else(|| DEFAULT_API_ADDR.to_owned());
+            let origin = layer.origin(
+                settings.api_addr.is_some(),
+                "--api-addr",
+                "WARRANT_API_ADDR",
+            );
+            let v = settings
+                .api_addr
+                .clone()
+                .or(raw.api_addr)
+                .unwrap_or_else(|| DEFAULT_API_ADDR.to_owned());
             parse_addr("api_addr", origin, &v)?
         };
         let edge_addr = {
-            let origin = layer.origin(settings.edge_addr.is_some(), "--edge-addr", "WARRANT_EDGE_ADDR");
-            let v = settings.edge_addr.clone().or(raw.edge_addr).unwrap_or_else(|| DEFAULT_EDGE_ADDR.to_owned());
+            let origin = layer.origin(
+                settings.edge_addr.is_some(),
+                "--edge-addr",
+                "WARRANT_EDGE_ADDR",
+            );
+            let v = settings
+                .edge_addr
+                .clone()
+                .or(raw.edge_addr)
+                .unwrap_or_else(|| DEFAULT_EDGE_ADDR.to_owned());
             parse_addr("edge_addr", origin, &v)?
         };
         if api_addr == edge_addr && api_addr.port() != 0 {
             return Err(ConfigError::Invalid {
                 key: "edge_addr",
-                origin: layer.origin(settings.edge_addr.is_some(), "--edge-addr", "WARRANT_EDGE_ADDR"),
-                message: format!("`{edge_addr}` is also the api_addr; the two listeners need different ports"),
+                origin: layer.origin(
+                    settings.edge_addr.is_some(),
+                    "--edge-addr",
+                    "WARRANT_EDGE_ADDR",
+                ),
+                message: format!(
+                    "`{edge_addr}` is also the api_addr; the two listeners need different ports"
+                ),
             });
         }
 
         let trust_domain = {
-            let origin = layer.origin(settings.trust_domain.is_some(), "--trust-domain", "WARRANT_TRUST_DOMAIN");
-            let v = settings.trust_domain.clone().or(raw.trust_domain).unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
-            TrustDomain::new(v).map_err(|e| ConfigError::Invalid { key: "trust_domain", origin, message: e.to_string() })?
+            let origin = layer.origin(
+                settings.trust_domain.is_some(),
+                "--trust-domain",
+                "WARRANT_TRUST_DOMAIN",
+            );
+            let v = settings
+                .trust_domain
+                .clone()
+                .or(raw.trust_domain)
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_owned());
+            TrustDomain::new(v).map_err(|e| ConfigError::Invalid {
+                key: "trust_domain",
+                origin,
+                message: e.to_string(),
+            })?
         };
 
         let issuer = match settings.issuer.clone().or(raw.issuer) {
             None => None,
             Some(v) => {
                 let origin = layer.origin(settings.issuer.is_some(), "--issuer", "WARRANT_ISSUER");
-                Some(parse_issuer(&v).map_err(|message| ConfigError::Invalid { key: "issuer", origin, message })?)
+                Some(parse_issuer(&v).map_err(|message| ConfigError::Invalid {
+                    key: "issuer",
+                    origin,
+                    message,
+                })?)
             }
         };
 
@@ -235,19 +293,38 @@ impl Config {
         };
 
         let max_delegation_depth = {
-            let origin = layer.origin(settings.max_delegation_depth.is_some(), "--max-delegation-depth", "WARRANT_MAX_DELEGATION_DEPTH");
-            let v = settings.max_delegation_depth.or(raw.max_delegation_depth).unwrap_or(DEFAULT_MAX_DELEGATION_DEPTH);
+            let origin = layer.origin(
+                settings.max_delegation_depth.is_some(),
+                "--max-delegation-depth",
+                "WARRANT_MAX_DELEGATION_DEPTH",
+            );
+            let v = settings
+                .max_delegation_depth
+                .or(raw.max_delegation_depth)
+                .unwrap_or(DEFAULT_MAX_DELEGATION_DEPTH);
             if !(1..=16).contains(&v) {
-                return Err(ConfigError::Invalid { key: "max_delegation_depth", origin, message: format!("{v} is out of range; use 1 to 16") });
+                return Err(ConfigError::Invalid {
+                    key: "max_delegation_depth",
+                    origin,
+                    message: format!("{v} is out of range; use 1 to 16"),
+                });
             }
             v
         };
 
         let signing_alg = {
-            let origin = layer.origin(settings.signing_alg.is_some(), "--signing-alg", "WARRANT_SIGNING_ALG");
+            let origin = layer.origin(
+                settings.signing_alg.is_some(),
+                "--signing-alg",
+                "WARRANT_SIGNING_ALG",
+            );
             match settings.signing_alg.clone().or(raw.signing_alg) {
                 None => Alg::default(),
-                Some(v) => v.parse::<Alg>().map_err(|message| ConfigError::Invalid { key: "signing_alg", origin, message })?,
+                Some(v) => v.parse::<Alg>().map_err(|message| ConfigError::Invalid {
+                    key: "signing_alg",
+                    origin,
+                    message,
+                })?,
             }
         };
 

@@ -27,7 +27,9 @@ pub enum DataDirError {
         why: String,
     },
     /// It or a file in it is open to other users.
-    #[error("`{path}` has mode {mode:04o}, so other users can reach it; it holds signing keys and the audit trail and must be private: run `chmod {want:o} {path}`")]
+    #[error(
+        "`{path}` has mode {mode:04o}, so other users can reach it; it holds signing keys and the audit trail and must be private: run `chmod {want:o} {path}`"
+    )]
     Permissions {
         /// The path.
         path: PathBuf,
@@ -37,7 +39,9 @@ pub enum DataDirError {
         want: u32,
     },
     /// Another user owns it.
-    #[error("`{path}` belongs to uid {owner}, but warrant runs as uid {me}; run warrant as its owner or `chown` it")]
+    #[error(
+        "`{path}` belongs to uid {owner}, but warrant runs as uid {me}; run warrant as its owner or `chown` it"
+    )]
     Owner {
         /// The path.
         path: PathBuf,
@@ -47,7 +51,9 @@ pub enum DataDirError {
         me: u32,
     },
     /// Another broker holds the lock.
-    #[error("another `warrant serve` is already using data directory `{path}`{pid}; stop it or choose another --data-dir")]
+    #[error(
+        "another `warrant serve` is already using data directory `{path}`{pid}; stop it or choose another --data-dir"
+    )]
     Locked {
         /// The path.
         path: PathBuf,
@@ -95,7 +101,9 @@ pub fn run_file_path(data_dir: &Path) -> PathBuf {
 
 /// Reads a data directory's run file, if a broker wrote one.
 pub fn read_run_info(data_dir: &Path) -> Option<RunInfo> {
-    fs::read(run_file_path(data_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    fs::read(run_file_path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Where the KEK came from.
@@ -118,17 +126,28 @@ pub struct DataDir {
 }
 
 fn unusable(path: &Path, why: impl Into<String>) -> DataDirError {
-    DataDirError::Unusable { path: path.to_owned(), why: why.into() }
+    DataDirError::Unusable {
+        path: path.to_owned(),
+        why: why.into(),
+    }
 }
 
 fn check_private(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), DataDirError> {
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && me != 0 {
-        return Err(DataDirError::Owner { path: path.to_owned(), owner: meta.uid(), me });
+        return Err(DataDirError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(DataDirError::Permissions { path: path.to_owned(), mode, want });
+        return Err(DataDirError::Permissions {
+            path: path.to_owned(),
+            mode,
+            want,
+        });
     }
     Ok(())
 }
@@ -138,7 +157,9 @@ impl DataDir {
     /// permissions, checks it is writable, and takes the lock.
     pub fn open(root: &Path) -> Result<Self, DataDirError> {
         match fs::metadata(root) {
-            Ok(meta) if !meta.is_dir() => return Err(unusable(root, "it exists and is not a directory")),
+            Ok(meta) if !meta.is_dir() => {
+                return Err(unusable(root, "it exists and is not a directory"));
+            }
             Ok(meta) => check_private(root, &meta, 0o700)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
@@ -166,12 +187,22 @@ impl DataDir {
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                let pid = read_run_info(root).map(|r| format!(" (pid {})", r.pid)).unwrap_or_default();
-                return Err(DataDirError::Locked { path: root.to_owned(), pid });
+                let pid = read_run_info(root)
+                    .map(|r| format!(" (pid {})", r.pid))
+                    .unwrap_or_default();
+                return Err(DataDirError::Locked {
+                    path: root.to_owned(),
+                    pid,
+                });
             }
-            Err(fs::TryLockError::Error(e)) => return Err(unusable(root, format!("cannot lock it: {e}"))),
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(unusable(root, format!("cannot lock it: {e}")));
+            }
         }
-        Ok(Self { root: root.to_owned(), _lock: lock })
+        Ok(Self {
+            root: root.to_owned(),
+            _lock: lock,
+        })
     }
 
     /// The directory.
@@ -191,7 +222,10 @@ impl DataDir {
 
     /// The KEK from `from_env`, or from `<data-dir>/kek`, creating it (mode
     /// 0600) on first start.
-    pub fn kek(&self, from_env: Option<std::sync::Arc<Kek>>) -> Result<(std::sync::Arc<Kek>, KekSource), DataDirError> {
+    pub fn kek(
+        &self,
+        from_env: Option<std::sync::Arc<Kek>>,
+    ) -> Result<(std::sync::Arc<Kek>, KekSource), DataDirError> {
         if let Some(k) = from_env {
             return Ok((k, KekSource::Environment));
         }
@@ -199,25 +233,46 @@ impl DataDir {
         match fs::metadata(&path) {
             Ok(meta) => {
                 check_private(&path, &meta, 0o600)?;
-                let text = zeroize::Zeroizing::new(fs::read_to_string(&path).map_err(|e| unusable(&self.root, format!("cannot read `{}`: {e}", path.display())))?);
-                let kek = Kek::from_base64(&text).map_err(|source| DataDirError::Kek { path: path.clone(), source })?;
+                let text = zeroize::Zeroizing::new(fs::read_to_string(&path).map_err(|e| {
+                    unusable(&self.root, format!("cannot read `{}`: {e}", path.display()))
+                })?);
+                let kek = Kek::from_base64(&text).map_err(|source| DataDirError::Kek {
+                    path: path.clone(),
+                    source,
+                })?;
                 Ok((std::sync::Arc::new(kek), KekSource::File))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let kek = Kek::generate().map_err(|source| DataDirError::Kek { path: path.clone(), source })?;
+                let kek = Kek::generate().map_err(|source| DataDirError::Kek {
+                    path: path.clone(),
+                    source,
+                })?;
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .open(&path)
-                    .map_err(|e| unusable(&self.root, format!("cannot create `{}`: {e}", path.display())))?;
+                    .map_err(|e| {
+                        unusable(
+                            &self.root,
+                            format!("cannot create `{}`: {e}", path.display()),
+                        )
+                    })?;
                 f.write_all(kek.to_base64().as_bytes())
                     .and_then(|()| f.write_all(b"\n"))
                     .and_then(|()| f.sync_all())
-                    .map_err(|e| unusable(&self.root, format!("cannot write `{}`: {e}", path.display())))?;
+                    .map_err(|e| {
+                        unusable(
+                            &self.root,
+                            format!("cannot write `{}`: {e}", path.display()),
+                        )
+                    })?;
                 Ok((std::sync::Arc::new(kek), KekSource::Created))
             }
-            Err(e) => Err(unusable(&self.root, format!("cannot inspect `{}`: {e}", path.display()))),
+            Err(e) => Err(unusable(
+                &self.root,
+                format!("cannot inspect `{}`: {e}", path.display()),
+            )),
         }
     }
 
@@ -225,7 +280,12 @@ impl DataDir {
     pub fn write_run_info(&self, info: &RunInfo) -> std::io::Result<()> {
         let tmp = self.root.join("run.json.tmp");
         let body = serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?;
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&body)?;
         f.sync_all()?;
         fs::rename(&tmp, run_file_path(&self.root))
@@ -247,14 +307,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("data");
         let dd = DataDir::open(&root).unwrap();
-        assert_eq!(fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(&root).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         let (k1, src) = dd.kek(None).unwrap();
         assert_eq!(src, KekSource::Created);
-        assert_eq!(fs::metadata(root.join("kek")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(root.join("kek")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (k2, src) = dd.kek(None).unwrap();
         assert_eq!(src, KekSource::File);
         let sealed = k1.seal(b"a", b"b").unwrap();
-        assert!(k2.open(b"a", &sealed).is_some(), "the same KEK is read back");
+        assert!(
+            k2.open(b"a", &sealed).is_some(),
+            "the same KEK is read back"
+        );
     }
 
     #[test]
@@ -273,7 +342,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("f");
         fs::write(&file, b"").unwrap();
-        assert!(DataDir::open(&file).unwrap_err().to_string().contains("not a directory"));
+        assert!(
+            DataDir::open(&file)
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
 
         let root = tmp.path().join("data");
         let dd = DataDir::open(&root).unwrap();
@@ -285,7 +359,10 @@ mod tests {
         fs::write(root.join("kek"), "short").unwrap();
         let e = dd.kek(None).unwrap_err().to_string();
         assert!(e.contains("32 random bytes"), "{e}");
-        assert!(!e.contains("short"), "the file's contents are not echoed: {e}");
+        assert!(
+            !e.contains("short"),
+            "the file's contents are not echoed: {e}"
+        );
     }
 
     #[test]

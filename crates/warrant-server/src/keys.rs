@@ -45,13 +45,19 @@ pub struct KeyService {
 
 impl std::fmt::Debug for KeyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyService").field("default_alg", &self.default_alg).finish_non_exhaustive()
+        f.debug_struct("KeyService")
+            .field("default_alg", &self.default_alg)
+            .finish_non_exhaustive()
     }
 }
 
 impl KeyService {
     /// Opens the stored keys, generating the first one if there are none.
-    pub async fn bootstrap(store: Arc<dyn Store>, kek: Arc<Kek>, default_alg: Alg) -> Result<Self, KeyServiceError> {
+    pub async fn bootstrap(
+        store: Arc<dyn Store>,
+        kek: Arc<Kek>,
+        default_alg: Alg,
+    ) -> Result<Self, KeyServiceError> {
         let mut records = store.list_signing_keys().await?;
         if records.is_empty() {
             let now = Timestamp::now();
@@ -66,7 +72,13 @@ impl KeyService {
             tracing::info!(alg = %default_alg, "generated the first signing key");
         }
         let set = KeySet::open(records, &kek)?;
-        Ok(Self { set: ArcSwap::from_pointee(set), kek, store, default_alg, rotate_lock: tokio::sync::Mutex::new(()) })
+        Ok(Self {
+            set: ArcSwap::from_pointee(set),
+            kek,
+            store,
+            default_alg,
+            rotate_lock: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The current key set.
@@ -76,7 +88,12 @@ impl KeyService {
 
     /// Adds a key of `alg` (default: the configured one) that is published now
     /// and signs from `now + activate_in`. `base` carries the actor.
-    pub async fn rotate(&self, alg: Option<Alg>, activate_in: Duration, base: AuditEvent) -> Result<KeyStatus, KeyServiceError> {
+    pub async fn rotate(
+        &self,
+        alg: Option<Alg>,
+        activate_in: Duration,
+        base: AuditEvent,
+    ) -> Result<KeyStatus, KeyServiceError> {
         let _guard = self.rotate_lock.lock().await;
         let now = Timestamp::now();
         let alg = alg.unwrap_or(self.default_alg);
@@ -90,6 +107,10 @@ impl KeyService {
         let set = KeySet::open(self.store.list_signing_keys().await?, &self.kek)?;
         let status = set.status(now).into_iter().find(|s| s.kid == kid);
         self.set.store(Arc::new(set));
-        status.ok_or_else(|| KeyServiceError::Store(StoreError::Corrupt(format!("signing key `{kid}` vanished after insert"))))
+        status.ok_or_else(|| {
+            KeyServiceError::Store(StoreError::Corrupt(format!(
+                "signing key `{kid}` vanished after insert"
+            )))
+        })
     }
 }

@@ -84,7 +84,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let build = Family::<BuildLabels, Gauge>::default();
-        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").to_owned() }).set(1);
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
         registry.register("warrant_build_info", "warrant's version", build);
         let m = Self {
             decisions: Family::default(),
@@ -98,21 +102,62 @@ impl Metrics {
             audit_records: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("warrant_policy_decisions", "Policy decisions by action and effect", m.decisions.clone());
-        registry.register("warrant_policy_reloads", "Policy set reloads by outcome", m.policy_reloads.clone());
-        registry.register("warrant_policies_loaded", "Policies in force", m.policies_loaded.clone());
-        registry.register("warrant_admin_requests", "Admin API requests by surface and outcome", m.admin_requests.clone());
-        registry.register("warrant_audit_write_failures", "Audit writes that failed; each failed its operation", m.audit_write_failures.clone());
-        registry.register("warrant_agents", "Inventoried agents by status", m.agents.clone());
-        registry.register("warrant_signing_keys", "Signing keys by state", m.signing_keys.clone());
-        registry.register("warrant_admin_tokens_valid", "Admin tokens neither expired nor revoked (standing credentials)", m.admin_tokens_valid.clone());
-        registry.register("warrant_audit_records", "Records in the audit chain", m.audit_records.clone());
+        registry.register(
+            "warrant_policy_decisions",
+            "Policy decisions by action and effect",
+            m.decisions.clone(),
+        );
+        registry.register(
+            "warrant_policy_reloads",
+            "Policy set reloads by outcome",
+            m.policy_reloads.clone(),
+        );
+        registry.register(
+            "warrant_policies_loaded",
+            "Policies in force",
+            m.policies_loaded.clone(),
+        );
+        registry.register(
+            "warrant_admin_requests",
+            "Admin API requests by surface and outcome",
+            m.admin_requests.clone(),
+        );
+        registry.register(
+            "warrant_audit_write_failures",
+            "Audit writes that failed; each failed its operation",
+            m.audit_write_failures.clone(),
+        );
+        registry.register(
+            "warrant_agents",
+            "Inventoried agents by status",
+            m.agents.clone(),
+        );
+        registry.register(
+            "warrant_signing_keys",
+            "Signing keys by state",
+            m.signing_keys.clone(),
+        );
+        registry.register(
+            "warrant_admin_tokens_valid",
+            "Admin tokens neither expired nor revoked (standing credentials)",
+            m.admin_tokens_valid.clone(),
+        );
+        registry.register(
+            "warrant_audit_records",
+            "Records in the audit chain",
+            m.audit_records.clone(),
+        );
         Self { registry, ..m }
     }
 
     /// Counts an admin request.
     pub fn admin_request(&self, surface: &str, outcome: &str) {
-        self.admin_requests.get_or_create(&AdminLabels { surface: surface.to_owned(), outcome: outcome.to_owned() }).inc();
+        self.admin_requests
+            .get_or_create(&AdminLabels {
+                surface: surface.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

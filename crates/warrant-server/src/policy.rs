@@ -33,7 +33,10 @@ pub fn ensure_policy_dir(dir: &Path) -> std::io::Result<bool> {
     if dir.exists() {
         return Ok(false);
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     fs::write(dir.join("example.cedar"), EXAMPLE_POLICY)?;
     Ok(true)
 }
@@ -41,17 +44,38 @@ pub fn ensure_policy_dir(dir: &Path) -> std::io::Result<bool> {
 /// Reads every `*.cedar` file directly in `dir`, sorted by name. Hidden files
 /// and other extensions are ignored; subdirectories are not read.
 pub fn read_policy_dir(dir: &Path) -> Result<Vec<PolicyFile>, Problems> {
-    let problem = |file: String, message: String| Problems(vec![PolicyProblem { file, line: 0, col: 0, message }]);
+    let problem = |file: String, message: String| {
+        Problems(vec![PolicyProblem {
+            file,
+            line: 0,
+            col: 0,
+            message,
+        }])
+    };
     let shown = dir.display().to_string();
-    let entries = fs::read_dir(dir).map_err(|e| problem(shown.clone(), format!("cannot read the policy directory: {e}")))?;
+    let entries = fs::read_dir(dir).map_err(|e| {
+        problem(
+            shown.clone(),
+            format!("cannot read the policy directory: {e}"),
+        )
+    })?;
     let mut names = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| problem(shown.clone(), format!("cannot list the policy directory: {e}")))?;
+        let entry = entry.map_err(|e| {
+            problem(
+                shown.clone(),
+                format!("cannot list the policy directory: {e}"),
+            )
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || !name.ends_with(".cedar") {
             continue;
         }
-        if entry.file_type().map(|t| t.is_file() || t.is_symlink()).unwrap_or(false) {
+        if entry
+            .file_type()
+            .map(|t| t.is_file() || t.is_symlink())
+            .unwrap_or(false)
+        {
             names.push(name);
         }
     }
@@ -62,11 +86,21 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<PolicyFile>, Problems> {
         let path = dir.join(&name);
         match fs::metadata(&path) {
             Ok(m) if m.len() > MAX_POLICY_FILE => {
-                problems.push(PolicyProblem { file: name, line: 0, col: 0, message: format!("is {} bytes; policy files are limited to 4 MiB", m.len()) });
+                problems.push(PolicyProblem {
+                    file: name,
+                    line: 0,
+                    col: 0,
+                    message: format!("is {} bytes; policy files are limited to 4 MiB", m.len()),
+                });
                 continue;
             }
             Err(e) => {
-                problems.push(PolicyProblem { file: name, line: 0, col: 0, message: format!("cannot read: {e}") });
+                problems.push(PolicyProblem {
+                    file: name,
+                    line: 0,
+                    col: 0,
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
             Ok(_) => {}
@@ -74,12 +108,26 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<PolicyFile>, Problems> {
         match fs::read(&path) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => files.push(PolicyFile { name, text }),
-                Err(_) => problems.push(PolicyProblem { file: name, line: 0, col: 0, message: "is not UTF-8 text".into() }),
+                Err(_) => problems.push(PolicyProblem {
+                    file: name,
+                    line: 0,
+                    col: 0,
+                    message: "is not UTF-8 text".into(),
+                }),
             },
-            Err(e) => problems.push(PolicyProblem { file: name, line: 0, col: 0, message: format!("cannot read: {e}") }),
+            Err(e) => problems.push(PolicyProblem {
+                file: name,
+                line: 0,
+                col: 0,
+                message: format!("cannot read: {e}"),
+            }),
         }
     }
-    if problems.is_empty() { Ok(files) } else { Err(Problems(problems)) }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(Problems(problems))
+    }
 }
 
 /// Reads and compiles a directory: what `warrant policy validate` does offline.
@@ -120,19 +168,30 @@ pub struct PolicyService {
 
 impl std::fmt::Debug for PolicyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyService").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("PolicyService")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
 impl PolicyService {
     /// Loads `dir`. A set that doesn't validate at start-up is an error: the
     /// broker refuses to start rather than run with an unintended policy.
-    pub fn load(dir: &Path, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Result<Self, Problems> {
+    pub fn load(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Problems> {
         let policies = compile_dir(dir)?;
-        metrics.policies_loaded.set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
+        metrics
+            .policies_loaded
+            .set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
         Ok(Self {
             dir: dir.to_owned(),
-            current: ArcSwap::from_pointee(Loaded { policies, loaded_at: Timestamp::now() }),
+            current: ArcSwap::from_pointee(Loaded {
+                policies,
+                loaded_at: Timestamp::now(),
+            }),
             reload_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
@@ -166,33 +225,66 @@ impl PolicyService {
         let dir = self.dir.clone();
         let compiled = tokio::task::spawn_blocking(move || compile_dir(&dir))
             .await
-            .unwrap_or_else(|e| Err(Problems(vec![PolicyProblem { file: String::new(), line: 0, col: 0, message: format!("reload task failed: {e}") }])));
+            .unwrap_or_else(|e| {
+                Err(Problems(vec![PolicyProblem {
+                    file: String::new(),
+                    line: 0,
+                    col: 0,
+                    message: format!("reload task failed: {e}"),
+                }]))
+            });
         match compiled {
             Ok(policies) => {
                 let previous = self.current.load().policies.digest().to_owned();
-                let event = AuditEvent { event: "policy.reload".into(), decision: Outcome::Allow, ..base }
-                    .action("policy.reload")
-                    .detail(serde_json::json!({
-                        "policies": policies.len(),
-                        "files": policies.files(),
-                        "digest": policies.digest(),
-                        "previous_digest": previous,
-                    }));
+                let event = AuditEvent {
+                    event: "policy.reload".into(),
+                    decision: Outcome::Allow,
+                    ..base
+                }
+                .action("policy.reload")
+                .detail(serde_json::json!({
+                    "policies": policies.len(),
+                    "files": policies.files(),
+                    "digest": policies.digest(),
+                    "previous_digest": previous,
+                }));
                 // INVARIANT (audit before effect): the new set is in force only
                 // once its record is durable.
                 self.record(event).await?;
-                self.metrics.policies_loaded.set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
-                self.metrics.policy_reloads.get_or_create(&OutcomeLabels { outcome: "ok".into() }).inc();
-                let loaded = Arc::new(Loaded { policies, loaded_at: Timestamp::now() });
+                self.metrics
+                    .policies_loaded
+                    .set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
+                self.metrics
+                    .policy_reloads
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "ok".into(),
+                    })
+                    .inc();
+                let loaded = Arc::new(Loaded {
+                    policies,
+                    loaded_at: Timestamp::now(),
+                });
                 self.current.store(loaded.clone());
-                tracing::info!(policies = loaded.policies.len(), digest = loaded.policies.digest(), "policy set reloaded");
+                tracing::info!(
+                    policies = loaded.policies.len(),
+                    digest = loaded.policies.digest(),
+                    "policy set reloaded"
+                );
                 Ok(loaded)
             }
             Err(problems) => {
-                self.metrics.policy_reloads.get_or_create(&OutcomeLabels { outcome: "error".into() }).inc();
-                let event = AuditEvent { event: "policy.reload".into(), ..base }
-                    .action("policy.reload")
-                    .failed(Outcome::Error, problems.to_string());
+                self.metrics
+                    .policy_reloads
+                    .get_or_create(&OutcomeLabels {
+                        outcome: "error".into(),
+                    })
+                    .inc();
+                let event = AuditEvent {
+                    event: "policy.reload".into(),
+                    ..base
+                }
+                .action("policy.reload")
+                .failed(Outcome::Error, problems.to_string());
                 // The refusal is audited; if even that fails, say so.
                 self.record(event).await?;
                 tracing::warn!(problems = %problems, "policy reload refused; previous set stays in force");
@@ -205,14 +297,24 @@ impl PolicyService {
     /// kind, actor and any credential facts). Returns the decision once its
     /// record is durable; if the record can't be written, returns the error and
     /// the caller must refuse.
-    pub async fn authorize(&self, req: &DecisionRequest, event: AuditEvent) -> Result<Decision, StoreError> {
+    pub async fn authorize(
+        &self,
+        req: &DecisionRequest,
+        event: AuditEvent,
+    ) -> Result<Decision, StoreError> {
         let decision = self.current.load().policies.decide(req);
         let effect = match decision.effect {
             Effect::Allow => "allow",
             Effect::Deny => "deny",
             Effect::ApprovalRequired => "approval_required",
         };
-        self.metrics.decisions.get_or_create(&DecisionLabels { action: req.action.as_str().to_owned(), effect: effect.to_owned() }).inc();
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                action: req.action.as_str().to_owned(),
+                effect: effect.to_owned(),
+            })
+            .inc();
         let event = AuditEvent {
             decision: decision.outcome(),
             reasons: decision.reasons(),
@@ -237,8 +339,15 @@ mod tests {
 
     #[test]
     fn the_example_permits_nothing_and_its_examples_compile() {
-        let p = Policies::compile(&[PolicyFile { name: "example.cedar".into(), text: EXAMPLE_POLICY.into() }]).unwrap();
-        assert!(p.is_empty(), "the example file must permit nothing until edited");
+        let p = Policies::compile(&[PolicyFile {
+            name: "example.cedar".into(),
+            text: EXAMPLE_POLICY.into(),
+        }])
+        .unwrap();
+        assert!(
+            p.is_empty(),
+            "the example file must permit nothing until edited"
+        );
         // Uncommenting the examples gives valid policies.
         // Uncommenting the examples gives valid policies. In the example, prose
         // lines end with `:`; every other `// ` line is Cedar.
@@ -252,22 +361,38 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let p = Policies::compile(&[PolicyFile { name: "u.cedar".into(), text: uncommented.clone() }]).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        let p = Policies::compile(&[PolicyFile {
+            name: "u.cedar".into(),
+            text: uncommented.clone(),
+        }])
+        .unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
         assert!(p.len() >= 3, "{uncommented}");
     }
 
     #[test]
     fn reads_only_cedar_files_in_name_order() {
         let d = tempfile::tempdir().unwrap();
-        fs::write(d.path().join("b.cedar"), "permit(principal, action, resource) when { false };").unwrap();
+        fs::write(
+            d.path().join("b.cedar"),
+            "permit(principal, action, resource) when { false };",
+        )
+        .unwrap();
         fs::write(d.path().join("a.cedar"), "").unwrap();
         fs::write(d.path().join(".hidden.cedar"), "garbage").unwrap();
         fs::write(d.path().join("README.md"), "garbage").unwrap();
         fs::write(d.path().join("a.cedar.bak"), "garbage").unwrap();
         let files = read_policy_dir(d.path()).unwrap();
-        assert_eq!(files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), vec!["a.cedar", "b.cedar"]);
+        assert_eq!(
+            files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            vec!["a.cedar", "b.cedar"]
+        );
         fs::write(d.path().join("c.cedar"), [0xff, 0xfe]).unwrap();
-        assert!(read_policy_dir(d.path()).unwrap_err().to_string().contains("c.cedar: is not UTF-8"));
+        assert!(
+            read_policy_dir(d.path())
+                .unwrap_err()
+                .to_string()
+                .contains("c.cedar: is not UTF-8")
+        );
     }
 
     #[test]

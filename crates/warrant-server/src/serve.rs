@@ -42,7 +42,9 @@ pub enum ServeError {
     #[error("cannot load the signing keys: {0}")]
     Keys(#[from] KeyServiceError),
     /// The policy set does not validate.
-    #[error("the policies in `{dir}` do not validate; fix them (check with `warrant policy validate`) and start again:\n{problems}")]
+    #[error(
+        "the policies in `{dir}` do not validate; fix them (check with `warrant policy validate`) and start again:\n{problems}"
+    )]
     Policy {
         /// The directory.
         dir: PathBuf,
@@ -66,9 +68,15 @@ pub enum ServeError {
 
 fn bind_error(key: &'static str, flag: &str, addr: String, e: &std::io::Error) -> ServeError {
     let reason = match e.kind() {
-        std::io::ErrorKind::AddrInUse => format!("the address is already in use; stop the other process or choose another address with {flag}"),
-        std::io::ErrorKind::PermissionDenied => format!("permission denied; ports below 1024 need privileges, choose another with {flag}"),
-        std::io::ErrorKind::AddrNotAvailable => format!("no local interface has that address; choose another with {flag}"),
+        std::io::ErrorKind::AddrInUse => format!(
+            "the address is already in use; stop the other process or choose another address with {flag}"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied; ports below 1024 need privileges, choose another with {flag}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!("no local interface has that address; choose another with {flag}")
+        }
         _ => format!("{e}"),
     };
     ServeError::Bind { key, addr, reason }
@@ -87,7 +95,10 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("api_addr", &self.api_addr).field("edge_addr", &self.edge_addr).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("api_addr", &self.api_addr)
+            .field("edge_addr", &self.edge_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,10 +111,18 @@ impl Broker {
 
         let data_dir = DataDir::open(&config.data_dir)?;
         // Bind before creating keys or a database, so a taken port leaves nothing behind.
-        let api = TcpListener::bind(config.api_addr).await.map_err(|e| bind_error("api_addr", "--api-addr", config.api_addr.to_string(), &e))?;
-        let edge = TcpListener::bind(config.edge_addr).await.map_err(|e| bind_error("edge_addr", "--edge-addr", config.edge_addr.to_string(), &e))?;
-        let api_addr = api.local_addr().map_err(|e| ServeError::Io(e.to_string()))?;
-        let edge_addr = edge.local_addr().map_err(|e| ServeError::Io(e.to_string()))?;
+        let api = TcpListener::bind(config.api_addr)
+            .await
+            .map_err(|e| bind_error("api_addr", "--api-addr", config.api_addr.to_string(), &e))?;
+        let edge = TcpListener::bind(config.edge_addr).await.map_err(|e| {
+            bind_error("edge_addr", "--edge-addr", config.edge_addr.to_string(), &e)
+        })?;
+        let api_addr = api
+            .local_addr()
+            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let edge_addr = edge
+            .local_addr()
+            .map_err(|e| ServeError::Io(e.to_string()))?;
         for (name, addr) in [("api", api_addr), ("edge", edge_addr)] {
             if !addr.ip().is_loopback() {
                 tracing::warn!(listener = name, %addr, "listening beyond loopback; put TLS in front of it and restrict who can reach it");
@@ -122,46 +141,91 @@ impl Broker {
             ),
         }
 
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&data_dir.db_path(), SqliteOptions::default())?);
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
+            &data_dir.db_path(),
+            SqliteOptions::default(),
+        )?);
         let metrics = Arc::new(Metrics::new());
         let keys = Arc::new(KeyService::bootstrap(store.clone(), kek, config.signing_alg).await?);
 
         let policy_dir = config.policy_dir.clone();
         match ensure_policy_dir(&policy_dir) {
-            Ok(true) => tracing::info!(dir = %policy_dir.display(), "created the policy directory with a commented example that permits nothing"),
+            Ok(true) => {
+                tracing::info!(dir = %policy_dir.display(), "created the policy directory with a commented example that permits nothing")
+            }
             Ok(false) => {}
-            Err(e) => return Err(ServeError::Io(format!("cannot create the policy directory `{}`: {e}", policy_dir.display()))),
+            Err(e) => {
+                return Err(ServeError::Io(format!(
+                    "cannot create the policy directory `{}`: {e}",
+                    policy_dir.display()
+                )));
+            }
         }
         let policy = Arc::new(
-            PolicyService::load(&policy_dir, store.clone(), metrics.clone()).map_err(|problems| ServeError::Policy { dir: policy_dir.clone(), problems })?,
+            PolicyService::load(&policy_dir, store.clone(), metrics.clone()).map_err(
+                |problems| ServeError::Policy {
+                    dir: policy_dir.clone(),
+                    problems,
+                },
+            )?,
         );
         if policy.current().policies.is_empty() {
             tracing::warn!(dir = %policy_dir.display(), "no policies are loaded: every decision is a deny until you write some");
         }
 
-
         let socket_path = data_dir.admin_socket();
         // The data-directory lock is ours, so a socket file left here is stale.
         let _ = std::fs::remove_file(&socket_path);
         let admin = UnixListener::bind(&socket_path).map_err(|e| {
-            let hint = if socket_path.as_os_str().len() > 100 { " (Unix socket paths are limited to about 100 bytes; use a shorter --data-dir)" } else { "" };
-            ServeError::Io(format!("cannot create the admin socket `{}`: {e}{hint}", socket_path.display()))
+            let hint = if socket_path.as_os_str().len() > 100 {
+                " (Unix socket paths are limited to about 100 bytes; use a shorter --data-dir)"
+            } else {
+                ""
+            };
+            ServeError::Io(format!(
+                "cannot create the admin socket `{}`: {e}{hint}",
+                socket_path.display()
+            ))
         })?;
-        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| ServeError::Io(format!("cannot restrict the admin socket `{}`: {e}", socket_path.display())))?;
+        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |e| {
+                ServeError::Io(format!(
+                    "cannot restrict the admin socket `{}`: {e}",
+                    socket_path.display()
+                ))
+            },
+        )?;
 
         let issuer: Arc<str> = match &config.issuer {
             Some(i) => i.as_str().into(),
             None => {
                 if api_addr.ip().is_unspecified() {
-                    tracing::warn!("the issuer defaults to http://{api_addr}; set --issuer to the URL clients use to reach this broker");
+                    tracing::warn!(
+                        "the issuer defaults to http://{api_addr}; set --issuer to the URL clients use to reach this broker"
+                    );
                 }
                 format!("http://{api_addr}").into()
             }
         };
 
-        let state = AppState { store, keys, policy, metrics, issuer, trust_domain: config.trust_domain.clone(), started_at: Timestamp::now() };
-        Ok(Self { state, data_dir, api, edge, admin, api_addr, edge_addr })
+        let state = AppState {
+            store,
+            keys,
+            policy,
+            metrics,
+            issuer,
+            trust_domain: config.trust_domain.clone(),
+            started_at: Timestamp::now(),
+        };
+        Ok(Self {
+            state,
+            data_dir,
+            api,
+            edge,
+            admin,
+            api_addr,
+            edge_addr,
+        })
     }
 
     /// The bound API address.
@@ -181,29 +245,53 @@ impl Broker {
 
     /// Serves until `shutdown` is cancelled, then stops cleanly.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServeError> {
-        let Self { state, data_dir, api, edge, admin, api_addr, edge_addr } = self;
+        let Self {
+            state,
+            data_dir,
+            api,
+            edge,
+            admin,
+            api_addr,
+            edge_addr,
+        } = self;
         let socket_path = data_dir.admin_socket();
 
-        let start = AuditEvent::new("broker.start", Outcome::Allow).actor("broker").detail(serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "pid": std::process::id(),
-            "api_addr": api_addr.to_string(),
-            "edge_addr": edge_addr.to_string(),
-            "issuer": &*state.issuer,
-            "policy_digest": state.policy.current().policies.digest(),
-        }));
+        let start = AuditEvent::new("broker.start", Outcome::Allow)
+            .actor("broker")
+            .detail(serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(),
+                "api_addr": api_addr.to_string(),
+                "edge_addr": edge_addr.to_string(),
+                "issuer": &*state.issuer,
+                "policy_digest": state.policy.current().policies.digest(),
+            }));
         state.store.append_audit(start).await?;
 
-        let api_app = crate::http::api_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let socket_app = crate::http::socket_router(state.clone()).into_make_service_with_connect_info::<SocketPeer>();
+        let api_app = crate::http::api_router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let socket_app = crate::http::socket_router(state.clone())
+            .into_make_service_with_connect_info::<SocketPeer>();
         let edge_app = crate::http::edge::router();
 
         let t = shutdown.clone();
-        let api_task = tokio::spawn(async move { axum::serve(api, api_app).with_graceful_shutdown(t.cancelled_owned()).await });
+        let api_task = tokio::spawn(async move {
+            axum::serve(api, api_app)
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await
+        });
         let t = shutdown.clone();
-        let edge_task = tokio::spawn(async move { axum::serve(edge, edge_app).with_graceful_shutdown(t.cancelled_owned()).await });
+        let edge_task = tokio::spawn(async move {
+            axum::serve(edge, edge_app)
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await
+        });
         let t = shutdown.clone();
-        let admin_task = tokio::spawn(async move { axum::serve(admin, socket_app).with_graceful_shutdown(t.cancelled_owned()).await });
+        let admin_task = tokio::spawn(async move {
+            axum::serve(admin, socket_app)
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await
+        });
 
         let info = RunInfo {
             pid: std::process::id(),
@@ -214,7 +302,12 @@ impl Broker {
             started_at: state.started_at.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
-        data_dir.write_run_info(&info).map_err(|e| ServeError::Io(format!("cannot write `{}`: {e}", data_dir.root().join("run.json").display())))?;
+        data_dir.write_run_info(&info).map_err(|e| {
+            ServeError::Io(format!(
+                "cannot write `{}`: {e}",
+                data_dir.root().join("run.json").display()
+            ))
+        })?;
         tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), issuer = %state.issuer, "warrant is ready");
 
         shutdown.cancelled().await;
@@ -224,7 +317,10 @@ impl Broker {
             let _ = edge_task.await;
             let _ = admin_task.await;
         };
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after 10s; closing anyway");
         }
         let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
@@ -240,7 +336,9 @@ impl Broker {
     /// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy set.
     pub async fn run_until_signalled(self) -> Result<(), ServeError> {
         use tokio::signal::unix::{SignalKind, signal};
-        let sig = |k| signal(k).map_err(|e| ServeError::Io(format!("cannot install a signal handler: {e}")));
+        let sig = |k| {
+            signal(k).map_err(|e| ServeError::Io(format!("cannot install a signal handler: {e}")))
+        };
         let mut int = sig(SignalKind::interrupt())?;
         let mut term = sig(SignalKind::terminate())?;
         let mut hup = sig(SignalKind::hangup())?;

@@ -31,6 +31,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("issuer", &self.issuer).field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("issuer", &self.issuer)
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
     }
 }

@@ -92,7 +92,12 @@ pub struct Serve {
     #[arg(long, env = "WARRANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     /// Log filter, e.g. `info` or `warrant_server=debug` (RUST_LOG syntax).
-    #[arg(long, env = "WARRANT_LOG", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "WARRANT_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub log: String,
 }
 

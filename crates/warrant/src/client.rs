@@ -20,7 +20,11 @@ use zeroize::Zeroizing;
 /// Where the admin API is.
 enum Target {
     Socket(PathBuf),
-    Http { authority: String, host_header: String, token: Option<Zeroizing<String>> },
+    Http {
+        authority: String,
+        host_header: String,
+        token: Option<Zeroizing<String>>,
+    },
 }
 
 /// A client for one broker.
@@ -34,28 +38,49 @@ impl AdminClient {
         let target = match url {
             None => Target::Socket(warrant_server::data_dir::admin_socket_path(data_dir)),
             Some(u) => {
-                let parsed = url::Url::parse(u).with_context(|| format!("--url `{u}` is not a URL"))?;
+                let parsed =
+                    url::Url::parse(u).with_context(|| format!("--url `{u}` is not a URL"))?;
                 if parsed.scheme() != "http" {
-                    bail!("--url `{u}`: only http:// is supported by this version; reach a TLS-terminated broker through a local tunnel, or use the admin socket");
+                    bail!(
+                        "--url `{u}`: only http:// is supported by this version; reach a TLS-terminated broker through a local tunnel, or use the admin socket"
+                    );
                 }
-                let host = parsed.host_str().ok_or_else(|| anyhow!("--url `{u}` has no host"))?;
+                let host = parsed
+                    .host_str()
+                    .ok_or_else(|| anyhow!("--url `{u}` has no host"))?;
                 let port = parsed.port_or_known_default().unwrap_or(80);
                 let host_header = match parsed.port() {
                     Some(p) => format!("{host}:{p}"),
                     None => host.to_owned(),
                 };
-                let token = std::env::var("WARRANT_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Zeroizing::new);
-                Target::Http { authority: format!("{host}:{port}"), host_header, token }
+                let token = std::env::var("WARRANT_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Zeroizing::new);
+                Target::Http {
+                    authority: format!("{host}:{port}"),
+                    host_header,
+                    token,
+                }
             }
         };
         Ok(Self { target })
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
-        let mut req = Request::builder().method(method).uri(format!("/admin/v1{path}"));
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("/admin/v1{path}"));
         req = match &self.target {
             Target::Socket(_) => req.header("host", "localhost"),
-            Target::Http { host_header, token, .. } => {
+            Target::Http {
+                host_header, token, ..
+            } => {
                 let r = req.header("host", host_header.as_str());
                 match token {
                     Some(t) => r.header("authorization", format!("Bearer {}", t.as_str())),
@@ -66,10 +91,14 @@ impl AdminClient {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("building the request")?;
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .context("building the request")?;
         let resp = match &self.target {
             Target::Socket(path) => {
-                let stream = tokio::net::UnixStream::connect(path).await.map_err(|e| socket_error(path, &e))?;
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| socket_error(path, &e))?;
                 roundtrip(stream, req).await?
             }
             Target::Http { authority, .. } => {
@@ -80,12 +109,22 @@ impl AdminClient {
             }
         };
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("reading the broker's answer")?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading the broker's answer")?
+            .to_bytes();
         Ok((status, bytes))
     }
 
     /// Sends a request and decodes a JSON answer, or returns the API's error.
-    pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<&impl Serialize>) -> anyhow::Result<T> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> anyhow::Result<T> {
         let body = body.map(serde_json::to_vec).transpose()?;
         let (status, bytes) = self.send(method, path, body).await?;
         if status.is_success() {
@@ -93,10 +132,18 @@ impl AdminClient {
         }
         let err: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
             error: "unknown".into(),
-            message: format!("the broker answered {status}: {}", String::from_utf8_lossy(&bytes).chars().take(300).collect::<String>()),
+            message: format!(
+                "the broker answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            ),
         });
         let mut message = err.message;
-        if status == StatusCode::UNAUTHORIZED && matches!(&self.target, Target::Http { token: None, .. }) {
+        if status == StatusCode::UNAUTHORIZED
+            && matches!(&self.target, Target::Http { token: None, .. })
+        {
             message.push_str("; set WARRANT_ADMIN_TOKEN (create one with `warrant admin-token create --role ...` on the broker's host)");
         }
         Err(anyhow!(message))
@@ -108,7 +155,11 @@ impl AdminClient {
     }
 
     /// POST JSON.
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> anyhow::Result<T> {
         self.call(Method::POST, path, Some(body)).await
     }
 
@@ -128,22 +179,35 @@ fn socket_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
             "permission denied on `{}`: the admin socket is for the user running the broker; run as that user, or use --url with WARRANT_ADMIN_TOKEN",
             path.display()
         ),
-        _ => anyhow!("cannot connect to the admin socket `{}`: {e}", path.display()),
+        _ => anyhow!(
+            "cannot connect to the admin socket `{}`: {e}",
+            path.display()
+        ),
     }
 }
 
-async fn roundtrip<S>(stream: S, req: Request<Full<Bytes>>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
+async fn roundtrip<S>(
+    stream: S,
+    req: Request<Full<Bytes>>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("talking HTTP to the broker")?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("talking HTTP to the broker")?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    sender.send_request(req).await.context("the broker closed the connection")
+    sender
+        .send_request(req)
+        .await
+        .context("the broker closed the connection")
 }
 
 /// Percent-encodes a path segment (agent names are slugs, but user input may not be).
 pub fn segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }

@@ -17,9 +17,13 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let serving = matches!(cli.command, cli::Command::Serve(_));
     let runtime = if serving {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     };
     let runtime = match runtime {
         Ok(r) => r,

@@ -51,5 +51,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Replaces control characters so stored text can't drive the terminal.
 pub fn safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

@@ -1,8 +1,17 @@
 use super::*;
 
 fn from_toml(text: &str) -> Result<Config, ConfigError> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "w.toml".into(), message: e.to_string() })?;
-    Config::build(&Settings { config: Some("/etc/warrant/warrant.toml".into()), ..Default::default() }, raw)
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: "w.toml".into(),
+        message: e.to_string(),
+    })?;
+    Config::build(
+        &Settings {
+            config: Some("/etc/warrant/warrant.toml".into()),
+            ..Default::default()
+        },
+        raw,
+    )
 }
 
 #[test]
@@ -21,7 +30,9 @@ fn defaults_are_loopback_and_documented() {
 
 #[test]
 fn unknown_keys_are_refused_naming_the_key() {
-    let err = from_toml("api_addr = \"127.0.0.1:1\"\napi_adr = \"x\"\n").unwrap_err().to_string();
+    let err = from_toml("api_addr = \"127.0.0.1:1\"\napi_adr = \"x\"\n")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("unknown field `api_adr`"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
@@ -29,23 +40,44 @@ fn unknown_keys_are_refused_naming_the_key() {
 #[test]
 fn flags_beat_the_file_and_the_file_beats_defaults() {
     let raw: RawConfig = toml::from_str("api_addr = \"127.0.0.1:9000\"\nedge_addr = \"127.0.0.1:9001\"\npolicy_dir = \"pol\"\ndata_dir = \"/var/lib/warrant\"").unwrap();
-    let s = Settings { config: Some("/etc/warrant/warrant.toml".into()), api_addr: Some("127.0.0.1:7000".into()), ..Default::default() };
+    let s = Settings {
+        config: Some("/etc/warrant/warrant.toml".into()),
+        api_addr: Some("127.0.0.1:7000".into()),
+        ..Default::default()
+    };
     let c = Config::build(&s, raw).unwrap();
     assert_eq!(c.api_addr.port(), 7000);
     assert_eq!(c.edge_addr.port(), 9001);
-    assert_eq!(c.policy_dir, PathBuf::from("/etc/warrant/pol"), "relative to the config file");
+    assert_eq!(
+        c.policy_dir,
+        PathBuf::from("/etc/warrant/pol"),
+        "relative to the config file"
+    );
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/warrant"));
 }
 
 #[test]
 fn bad_values_name_the_key_and_origin() {
-    let e = from_toml("api_addr = \"localhost:8700\"").unwrap_err().to_string();
-    assert!(e.starts_with("api_addr (from config file `/etc/warrant/warrant.toml`)"), "{e}");
+    let e = from_toml("api_addr = \"localhost:8700\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("api_addr (from config file `/etc/warrant/warrant.toml`)"),
+        "{e}"
+    );
     assert!(e.contains("127.0.0.1:8700"), "{e}");
 
-    let s = Settings { trust_domain: Some("Example.ORG".into()), ..Default::default() };
-    let e = Config::build(&s, RawConfig::default()).unwrap_err().to_string();
-    assert!(e.starts_with("trust_domain (from --trust-domain or WARRANT_TRUST_DOMAIN)"), "{e}");
+    let s = Settings {
+        trust_domain: Some("Example.ORG".into()),
+        ..Default::default()
+    };
+    let e = Config::build(&s, RawConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("trust_domain (from --trust-domain or WARRANT_TRUST_DOMAIN)"),
+        "{e}"
+    );
 
     for (toml, want) in [
         ("issuer = \"ftp://x\"", "https://"),
@@ -53,7 +85,10 @@ fn bad_values_name_the_key_and_origin() {
         ("issuer = \"not a url\"", "not a URL"),
         ("max_delegation_depth = 0", "out of range"),
         ("signing_alg = \"RS256\"", "ES256 or EdDSA"),
-        ("api_addr = \"127.0.0.1:9\"\nedge_addr = \"127.0.0.1:9\"", "different ports"),
+        (
+            "api_addr = \"127.0.0.1:9\"\nedge_addr = \"127.0.0.1:9\"",
+            "different ports",
+        ),
     ] {
         let e = from_toml(toml).unwrap_err().to_string();
         assert!(e.contains(want), "{toml}: {e}");

@@ -15,11 +15,13 @@ use serde::de::DeserializeOwned;
 use warrant_core::admin::{AdminTokenRecord, AdminTokenSecret, Role};
 use warrant_core::agent::{Agent, AgentStatus, NewAgent, TrustLevel, check_max_ttl};
 use warrant_core::api::{
-    AuditList, AuditListQuery, AuditVerification, CreateAdminToken, CreateAgent, CreatedAdminToken, KeyInfo, PolicyCheck, PolicyCheckResult,
-    PolicyStatus, RotateKeys,
+    AuditList, AuditListQuery, AuditVerification, CreateAdminToken, CreateAgent, CreatedAdminToken,
+    KeyInfo, PolicyCheck, PolicyCheckResult, PolicyStatus, RotateKeys,
 };
 use warrant_core::audit::{AuditEvent, Outcome};
-use warrant_core::decision::{Action, AgentFacts, Context, DecisionRequest, HttpFacts, Principal, Resource, UserRef};
+use warrant_core::decision::{
+    Action, AgentFacts, Context, DecisionRequest, HttpFacts, Principal, Resource, UserRef,
+};
 use warrant_core::keys::Alg;
 use warrant_core::name::{AgentName, EnvName};
 use warrant_core::selector::SelectorSet;
@@ -59,9 +61,14 @@ type ApiResult<T> = Result<T, ApiError>;
 /// itself is down, the answer says so instead.
 async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
     if err.code == "audit_unavailable" {
+        state.metrics.audit_write_failures.inc();
         return err;
     }
-    match state.store.append_audit(attempt.failed(Outcome::Error, err.message.clone())).await {
+    match state
+        .store
+        .append_audit(attempt.failed(Outcome::Error, err.message.clone()))
+        .await
+    {
         Ok(_) => err,
         Err(e) => {
             state.metrics.audit_write_failures.inc();
@@ -70,16 +77,26 @@ async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError 
     }
 }
 
-async fn body<T: DeserializeOwned>(state: &AppState, attempt: &AuditEvent, b: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+async fn body<T: DeserializeOwned>(
+    state: &AppState,
+    attempt: &AuditEvent,
+    b: Result<Json<T>, JsonRejection>,
+) -> ApiResult<T> {
     match b {
         Ok(Json(v)) => Ok(v),
-        Err(r) => Err(fail(state, attempt.clone(), ApiError::invalid(format!("the request body is not valid: {}", r.body_text()))).await),
+        Err(r) => Err(fail(
+            state,
+            attempt.clone(),
+            ApiError::invalid(format!("the request body is not valid: {}", r.body_text())),
+        )
+        .await),
     }
 }
 
 fn random_hex(bytes: usize) -> ApiResult<String> {
     let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|_| ApiError::internal("the system random generator failed"))?;
+    getrandom::fill(&mut b)
+        .map_err(|_| ApiError::internal("the system random generator failed"))?;
     Ok(hex::encode(b))
 }
 
@@ -94,25 +111,56 @@ fn agent_name(raw: &str) -> Result<AgentName, ApiError> {
 /// Validates every field of a create request, reporting all problems at once.
 fn validate_agent(req: CreateAgent) -> Result<NewAgent, ApiError> {
     let mut problems = Vec::new();
-    let name = AgentName::new(req.name).map_err(|e| problems.push(e.to_string())).ok();
-    let owner = Owner::new(req.owner).map_err(|e| problems.push(e.to_string())).ok();
-    let env = EnvName::new(req.env).map_err(|e| problems.push(e.to_string())).ok();
-    let purpose = Purpose::new(req.purpose.unwrap_or_default()).map_err(|e| problems.push(e.to_string())).ok();
+    let name = AgentName::new(req.name)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let owner = Owner::new(req.owner)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let env = EnvName::new(req.env)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
+    let purpose = Purpose::new(req.purpose.unwrap_or_default())
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
     let trust = match req.trust {
         None => Some(TrustLevel::default()),
         Some(t) => t.parse::<TrustLevel>().map_err(|e| problems.push(e)).ok(),
     };
-    let selectors = SelectorSet::parse(&req.selectors).map_err(|e| problems.push(e.to_string())).ok();
+    let selectors = SelectorSet::parse(&req.selectors)
+        .map_err(|e| problems.push(e.to_string()))
+        .ok();
     let max_ttl = match req.max_ttl {
         None => Some(warrant_core::agent::DEFAULT_MAX_TTL),
-        Some(t) => t.parse::<Ttl>().and_then(check_max_ttl).map_err(|e| problems.push(e.to_string())).ok(),
+        Some(t) => t
+            .parse::<Ttl>()
+            .and_then(check_max_ttl)
+            .map_err(|e| problems.push(e.to_string()))
+            .ok(),
     };
     match (name, owner, env, purpose, trust, selectors, max_ttl) {
-        (Some(name), Some(owner), Some(env), Some(purpose), Some(trust), Some(selectors), Some(max_ttl)) if problems.is_empty() => {
-            Ok(NewAgent { name, owner, env, purpose, trust, selectors, max_ttl })
-        }
+        (
+            Some(name),
+            Some(owner),
+            Some(env),
+            Some(purpose),
+            Some(trust),
+            Some(selectors),
+            Some(max_ttl),
+        ) if problems.is_empty() => Ok(NewAgent {
+            name,
+            owner,
+            env,
+            purpose,
+            trust,
+            selectors,
+            max_ttl,
+        }),
         _ if problems.len() == 1 => Err(ApiError::invalid(problems.remove(0))),
-        _ => Err(ApiError::invalid(format!("the agent is not valid:\n  - {}", problems.join("\n  - ")))),
+        _ => Err(ApiError::invalid(format!(
+            "the agent is not valid:\n  - {}",
+            problems.join("\n  - ")
+        ))),
     }
 }
 
@@ -133,8 +181,14 @@ async fn list_agents(State(state): State<AppState>, _: Reader) -> ApiResult<Json
     Ok(Json(state.store.list_agents().await?))
 }
 
-async fn create_agent(State(state): State<AppState>, Writer(caller): Writer, b: Result<Json<CreateAgent>, JsonRejection>) -> ApiResult<(StatusCode, Json<Agent>)> {
-    let attempt = caller.event("admin.agent.create", Outcome::Allow).action("agent.create");
+async fn create_agent(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    b: Result<Json<CreateAgent>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Agent>)> {
+    let attempt = caller
+        .event("admin.agent.create", Outcome::Allow)
+        .action("agent.create");
     let req = body(&state, &attempt, b).await?;
     let attempt = attempt.resource(format!("Agent::\"{}\"", shown(&req.name)));
     let new = match validate_agent(req) {
@@ -142,7 +196,10 @@ async fn create_agent(State(state): State<AppState>, Writer(caller): Writer, b: 
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
     let agent = Agent::from_new(format!("agt_{}", random_hex(12)?), new, Timestamp::now());
-    let event = attempt.clone().agent(agent.name.to_string()).detail(agent_detail(&agent));
+    let event = attempt
+        .clone()
+        .agent(agent.name.to_string())
+        .detail(agent_detail(&agent));
     match state.store.create_agent(agent, event).await {
         Ok(a) => {
             tracing::info!(agent = %a.name, actor = %caller.actor, "agent registered");
@@ -152,37 +209,91 @@ async fn create_agent(State(state): State<AppState>, Writer(caller): Writer, b: 
     }
 }
 
-async fn show_agent(State(state): State<AppState>, _: Reader, Path(name): Path<String>) -> ApiResult<Json<Agent>> {
+async fn show_agent(
+    State(state): State<AppState>,
+    _: Reader,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Agent>> {
     let name = agent_name(&name)?;
     match state.store.get_agent(&name).await? {
         Some(a) => Ok(Json(a)),
-        None => Err(ApiError::not_found(format!("agent `{name}` does not exist; `warrant agent list` shows the inventory"))),
+        None => Err(ApiError::not_found(format!(
+            "agent `{name}` does not exist; `warrant agent list` shows the inventory"
+        ))),
     }
 }
 
-async fn set_status(state: AppState, caller: crate::http::auth::Caller, raw: String, status: AgentStatus, kind: &str, action: &str) -> ApiResult<Json<Agent>> {
-    let attempt = caller.event(kind, Outcome::Allow).action(action).resource(format!("Agent::\"{}\"", shown(&raw)));
+async fn set_status(
+    state: AppState,
+    caller: crate::http::auth::Caller,
+    raw: String,
+    status: AgentStatus,
+    kind: &str,
+    action: &str,
+) -> ApiResult<Json<Agent>> {
+    let attempt = caller
+        .event(kind, Outcome::Allow)
+        .action(action)
+        .resource(format!("Agent::\"{}\"", shown(&raw)));
     let name = match agent_name(&raw) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
-    let event = attempt.clone().agent(name.to_string()).detail(serde_json::json!({ "status": status }));
-    match state.store.set_agent_status(&name, status, Timestamp::now(), event).await {
+    let event = attempt
+        .clone()
+        .agent(name.to_string())
+        .detail(serde_json::json!({ "status": status }));
+    match state
+        .store
+        .set_agent_status(&name, status, Timestamp::now(), event)
+        .await
+    {
         Ok(a) => Ok(Json(a)),
         Err(e) => Err(fail(&state, attempt.agent(name.to_string()), e.into()).await),
     }
 }
 
-async fn enable_agent(State(state): State<AppState>, Writer(caller): Writer, Path(name): Path<String>) -> ApiResult<Json<Agent>> {
-    set_status(state, caller, name, AgentStatus::Active, "admin.agent.enable", "agent.enable").await
+async fn enable_agent(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Agent>> {
+    set_status(
+        state,
+        caller,
+        name,
+        AgentStatus::Active,
+        "admin.agent.enable",
+        "agent.enable",
+    )
+    .await
 }
 
-async fn disable_agent(State(state): State<AppState>, Writer(caller): Writer, Path(name): Path<String>) -> ApiResult<Json<Agent>> {
-    set_status(state, caller, name, AgentStatus::Disabled, "admin.agent.disable", "agent.disable").await
+async fn disable_agent(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Agent>> {
+    set_status(
+        state,
+        caller,
+        name,
+        AgentStatus::Disabled,
+        "admin.agent.disable",
+        "agent.disable",
+    )
+    .await
 }
 
-async fn delete_agent(State(state): State<AppState>, Writer(caller): Writer, Path(raw): Path<String>) -> ApiResult<Json<Agent>> {
-    let attempt = caller.event("admin.agent.delete", Outcome::Allow).action("agent.delete").resource(format!("Agent::\"{}\"", shown(&raw)));
+async fn delete_agent(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Agent>> {
+    let attempt = caller
+        .event("admin.agent.delete", Outcome::Allow)
+        .action("agent.delete")
+        .resource(format!("Agent::\"{}\"", shown(&raw)));
     let name = match agent_name(&raw) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
@@ -203,7 +314,10 @@ fn key_infos(state: &AppState) -> Vec<KeyInfo> {
         .map(|s| KeyInfo {
             kid: s.kid,
             alg: s.alg,
-            state: serde_json::to_value(s.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+            state: serde_json::to_value(s.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             created_at: s.created_at,
             activates_at: s.activates_at,
             retired_at: s.retired_at,
@@ -216,21 +330,44 @@ async fn list_keys(State(state): State<AppState>, _: Reader) -> ApiResult<Json<V
     Ok(Json(key_infos(&state)))
 }
 
-async fn rotate_keys(State(state): State<AppState>, Writer(caller): Writer, b: Result<Json<RotateKeys>, JsonRejection>) -> ApiResult<Json<KeyInfo>> {
-    let attempt = caller.event("admin.key.rotate", Outcome::Allow).action("key.rotate");
+async fn rotate_keys(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    b: Result<Json<RotateKeys>, JsonRejection>,
+) -> ApiResult<Json<KeyInfo>> {
+    let attempt = caller
+        .event("admin.key.rotate", Outcome::Allow)
+        .action("key.rotate");
     let req = body(&state, &attempt, b).await?;
     let alg = match req.alg.as_deref().map(str::parse::<Alg>).transpose() {
         Ok(a) => a,
         Err(e) => return Err(fail(&state, attempt, ApiError::invalid(e)).await),
     };
-    let activate_in = match req.activate_in.as_deref().map(str::parse::<Ttl>).transpose() {
+    let activate_in = match req
+        .activate_in
+        .as_deref()
+        .map(str::parse::<Ttl>)
+        .transpose()
+    {
         Ok(None) => JWKS_MAX_AGE,
         Ok(Some(t)) if t.as_duration() <= MAX_ACTIVATE_IN => t.as_duration(),
-        Ok(Some(t)) => return Err(fail(&state, attempt, ApiError::invalid(format!("activate-in `{t}` is too long; at most 7d"))).await),
+        Ok(Some(t)) => {
+            return Err(fail(
+                &state,
+                attempt,
+                ApiError::invalid(format!("activate-in `{t}` is too long; at most 7d")),
+            )
+            .await);
+        }
         Err(e) => return Err(fail(&state, attempt, ApiError::invalid(e.to_string())).await),
     };
     match state.keys.rotate(alg, activate_in, attempt.clone()).await {
-        Ok(status) => Ok(Json(key_infos(&state).into_iter().find(|k| k.kid == status.kid).ok_or_else(|| ApiError::internal("the new key is missing"))?)),
+        Ok(status) => Ok(Json(
+            key_infos(&state)
+                .into_iter()
+                .find(|k| k.kid == status.kid)
+                .ok_or_else(|| ApiError::internal("the new key is missing"))?,
+        )),
         Err(crate::keys::KeyServiceError::Store(e)) => Err(fail(&state, attempt, e.into()).await),
         Err(e) => Err(fail(&state, attempt, ApiError::internal(e.to_string())).await),
     }
@@ -239,8 +376,14 @@ async fn rotate_keys(State(state): State<AppState>, Writer(caller): Writer, b: R
 const DEFAULT_ADMIN_TOKEN_TTL: Ttl = Ttl::from_secs(24 * 3600);
 const MAX_ADMIN_TOKEN_TTL: Ttl = Ttl::from_secs(90 * 86_400);
 
-async fn create_token(State(state): State<AppState>, Writer(caller): Writer, b: Result<Json<CreateAdminToken>, JsonRejection>) -> ApiResult<(StatusCode, Json<CreatedAdminToken>)> {
-    let attempt = caller.event("admin.token.create", Outcome::Allow).action("admin-token.create");
+async fn create_token(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    b: Result<Json<CreateAdminToken>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedAdminToken>)> {
+    let attempt = caller
+        .event("admin.token.create", Outcome::Allow)
+        .action("admin-token.create");
     let req = body(&state, &attempt, b).await?;
     let role = match req.role.parse::<Role>() {
         Ok(r) => r,
@@ -255,11 +398,17 @@ async fn create_token(State(state): State<AppState>, Writer(caller): Writer, b: 
     }
     if let Some(n) = &req.name {
         if n.chars().count() > 64 || n.chars().any(char::is_control) {
-            return Err(fail(&state, attempt, ApiError::invalid("name is at most 64 characters without control characters")).await);
+            return Err(fail(
+                &state,
+                attempt,
+                ApiError::invalid("name is at most 64 characters without control characters"),
+            )
+            .await);
         }
     }
     let mut random = [0u8; 32];
-    getrandom::fill(&mut random).map_err(|_| ApiError::internal("the system random generator failed"))?;
+    getrandom::fill(&mut random)
+        .map_err(|_| ApiError::internal("the system random generator failed"))?;
     let secret = AdminTokenSecret::from_random(random);
     let now = Timestamp::now();
     let record = AdminTokenRecord {
@@ -282,23 +431,45 @@ async fn create_token(State(state): State<AppState>, Writer(caller): Writer, b: 
     match state.store.create_admin_token(record.clone(), event).await {
         Ok(()) => Ok((
             StatusCode::CREATED,
-            Json(CreatedAdminToken { id: record.id, token: secret.expose().to_owned(), role, expires_at: record.expires_at }),
+            Json(CreatedAdminToken {
+                id: record.id,
+                token: secret.expose().to_owned(),
+                role,
+                expires_at: record.expires_at,
+            }),
         )),
         Err(e) => Err(fail(&state, attempt, e.into()).await),
     }
 }
 
-async fn list_tokens(State(state): State<AppState>, _: Reader) -> ApiResult<Json<Vec<AdminTokenRecord>>> {
+async fn list_tokens(
+    State(state): State<AppState>,
+    _: Reader,
+) -> ApiResult<Json<Vec<AdminTokenRecord>>> {
     Ok(Json(state.store.list_admin_tokens().await?))
 }
 
-async fn revoke_token(State(state): State<AppState>, Writer(caller): Writer, Path(id): Path<String>) -> ApiResult<Json<AdminTokenRecord>> {
-    let attempt = caller.event("admin.token.revoke", Outcome::Allow).action("admin-token.revoke").credential_type("admin_token").credential_id(shown(&id));
-    let well_formed = id.strip_prefix("adt_").is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+async fn revoke_token(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AdminTokenRecord>> {
+    let attempt = caller
+        .event("admin.token.revoke", Outcome::Allow)
+        .action("admin-token.revoke")
+        .credential_type("admin_token")
+        .credential_id(shown(&id));
+    let well_formed = id
+        .strip_prefix("adt_")
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     if !well_formed {
         return Err(fail(&state, attempt, ApiError::invalid(format!("`{}` is not an admin token id (adt_ and 16 hex digits); `warrant admin-token list` shows them", shown(&id)))).await);
     }
-    match state.store.revoke_admin_token(&id, Timestamp::now(), attempt.clone()).await {
+    match state
+        .store
+        .revoke_admin_token(&id, Timestamp::now(), attempt.clone())
+        .await
+    {
         Ok(t) => Ok(Json(t)),
         Err(e) => Err(fail(&state, attempt, e.into()).await),
     }
@@ -311,30 +482,64 @@ fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
     }
     s.parse::<Ttl>()
         .map(|d| now.sub(d.as_duration()))
-        .map_err(|_| ApiError::invalid(format!("since `{}` is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor a duration (1h)", shown(s))))
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "since `{}` is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor a duration (1h)",
+                shown(s)
+            ))
+        })
 }
 
-async fn list_audit(State(state): State<AppState>, _: Reader, q: Result<Query<AuditListQuery>, QueryRejection>) -> ApiResult<Json<AuditList>> {
+async fn list_audit(
+    State(state): State<AppState>,
+    _: Reader,
+    q: Result<Query<AuditListQuery>, QueryRejection>,
+) -> ApiResult<Json<AuditList>> {
     let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit {limit} is out of range; use 1 to 10000")));
+        return Err(ApiError::invalid(format!(
+            "limit {limit} is out of range; use 1 to 10000"
+        )));
     }
     let query = AuditQuery {
         agent: q.agent,
         event: q.event,
-        since: q.since.as_deref().map(|s| parse_since(s, Timestamp::now())).transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .map(|s| parse_since(s, Timestamp::now()))
+            .transpose()?,
         limit,
     };
-    Ok(Json(AuditList { records: state.store.list_audit(&query).await? }))
+    Ok(Json(AuditList {
+        records: state.store.list_audit(&query).await?,
+    }))
 }
 
-async fn verify_audit(State(state): State<AppState>, Reader(caller): Reader) -> ApiResult<Json<AuditVerification>> {
+async fn verify_audit(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+) -> ApiResult<Json<AuditVerification>> {
     let report = state.store.verify_audit().await?;
-    let out = AuditVerification { ok: report.broken.is_none(), verified: report.verified, head: report.head.to_string(), broken: report.broken.clone().map(Into::into) };
+    let out = AuditVerification {
+        ok: report.broken.is_none(),
+        verified: report.verified,
+        head: report.head.to_string(),
+        broken: report.broken.clone().map(Into::into),
+    };
     // Verification outcomes are themselves evidence: record when the chain was
     // checked and, above all, when it was found broken.
-    let mut event = caller.event("audit.verify", if out.ok { Outcome::Allow } else { Outcome::Deny }).action("audit.verify");
+    let mut event = caller
+        .event(
+            "audit.verify",
+            if out.ok {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+        )
+        .action("audit.verify");
     event = match &report.broken {
         Some(b) => {
             tracing::error!(seq = b.seq, why = %b.why, "audit chain verification failed");
@@ -353,28 +558,50 @@ fn policy_status(state: &AppState, loaded: &Loaded) -> PolicyStatus {
         files: loaded.policies.files().to_vec(),
         digest: loaded.policies.digest().to_owned(),
         loaded_at: loaded.loaded_at,
-        warnings: loaded.policies.warnings().0.iter().map(ToString::to_string).collect(),
+        warnings: loaded
+            .policies
+            .warnings()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     }
 }
 
-async fn reload_policy(State(state): State<AppState>, Writer(caller): Writer) -> ApiResult<Json<PolicyStatus>> {
-    match state.policy.reload(caller.event("policy.reload", Outcome::Allow)).await {
+async fn reload_policy(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+) -> ApiResult<Json<PolicyStatus>> {
+    match state
+        .policy
+        .reload(caller.event("policy.reload", Outcome::Allow))
+        .await
+    {
         Ok(loaded) => Ok(Json(policy_status(&state, &loaded))),
         Err(ReloadError::Invalid(problems)) => Err(ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_policy",
-            message: format!("the policy set was not reloaded; the previous set stays in force:\n{problems}"),
+            message: format!(
+                "the policy set was not reloaded; the previous set stays in force:\n{problems}"
+            ),
         }),
         Err(ReloadError::Store(e)) => Err(e.into()),
     }
 }
 
-async fn policy_status_handler(State(state): State<AppState>, _: Reader) -> ApiResult<Json<PolicyStatus>> {
+async fn policy_status_handler(
+    State(state): State<AppState>,
+    _: Reader,
+) -> ApiResult<Json<PolicyStatus>> {
     let loaded = state.policy.current();
     Ok(Json(policy_status(&state, &loaded)))
 }
 
-async fn check_policy(State(state): State<AppState>, Reader(caller): Reader, b: Result<Json<PolicyCheck>, JsonRejection>) -> ApiResult<Json<PolicyCheckResult>> {
+async fn check_policy(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    b: Result<Json<PolicyCheck>, JsonRejection>,
+) -> ApiResult<Json<PolicyCheckResult>> {
     let attempt = caller.event("policy.check", Outcome::Allow);
     let req = body(&state, &attempt, b).await?;
     let built = build_check(&state, req).await;
@@ -383,35 +610,58 @@ async fn check_policy(State(state): State<AppState>, Reader(caller): Reader, b: 
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
     let decision = state.policy.authorize(&request, attempt).await?;
-    Ok(Json(PolicyCheckResult { effect: decision.effect, decision }))
+    Ok(Json(PolicyCheckResult {
+        effect: decision.effect,
+        decision,
+    }))
 }
 
 async fn build_check(state: &AppState, req: PolicyCheck) -> ApiResult<DecisionRequest> {
     let name = agent_name(&req.agent)?;
-    let agent = state
-        .store
-        .get_agent(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("agent `{name}` does not exist; a check uses the inventoried agent's facts")))?;
+    let agent = state.store.get_agent(&name).await?.ok_or_else(|| {
+        ApiError::not_found(format!(
+            "agent `{name}` does not exist; a check uses the inventoried agent's facts"
+        ))
+    })?;
     let action = req.action.parse::<Action>().map_err(ApiError::invalid)?;
-    let resource = req.resource.parse::<Resource>().map_err(ApiError::invalid)?;
+    let resource = req
+        .resource
+        .parse::<Resource>()
+        .map_err(ApiError::invalid)?;
     let mut context = Context::at(match &req.time {
         Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| ApiError::invalid(e.to_string()))?,
         None => Timestamp::now(),
     });
-    context.user = req.user.map(|id| UserRef { id, groups: req.groups });
+    context.user = req.user.map(|id| UserRef {
+        id,
+        groups: req.groups,
+    });
     context.scopes = req.scopes;
     context.depth = req.depth;
     context.chain = req.chain;
     context.source_ip = req
         .source_ip
         .as_deref()
-        .map(|s| s.parse().map_err(|_| ApiError::invalid(format!("source-ip `{}` is not an IP address", shown(s)))))
+        .map(|s| {
+            s.parse().map_err(|_| {
+                ApiError::invalid(format!("source-ip `{}` is not an IP address", shown(s)))
+            })
+        })
         .transpose()?;
     if action == Action::HttpRequest {
         match (req.method, req.path, req.host) {
-            (Some(method), Some(path), Some(host)) => context.http = Some(HttpFacts { method: method.to_uppercase(), path, host }),
-            _ => return Err(ApiError::invalid("an http:request check needs --method, --path and --host")),
+            (Some(method), Some(path), Some(host)) => {
+                context.http = Some(HttpFacts {
+                    method: method.to_uppercase(),
+                    path,
+                    host,
+                })
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "an http:request check needs --method, --path and --host",
+                ));
+            }
         }
     }
     Ok(DecisionRequest {

@@ -36,7 +36,10 @@ pub struct SocketPeer {
 impl Connected<IncomingStream<'_, UnixListener>> for SocketPeer {
     fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
         let cred = stream.io().peer_cred().ok();
-        Self { uid: cred.as_ref().map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) }
+        Self {
+            uid: cred.as_ref().map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        }
     }
 }
 
@@ -82,7 +85,9 @@ pub struct Caller {
 impl Caller {
     /// An audit event of `kind` with this caller's facts filled in.
     pub fn event(&self, kind: &str, outcome: Outcome) -> AuditEvent {
-        let e = AuditEvent::new(kind, outcome).actor(self.actor.clone()).protocol(self.surface.protocol());
+        let e = AuditEvent::new(kind, outcome)
+            .actor(self.actor.clone())
+            .protocol(self.surface.protocol());
         match &self.source {
             Some(s) => e.source(s.clone()),
             None => e,
@@ -90,8 +95,19 @@ impl Caller {
     }
 }
 
-async fn refuse(state: &AppState, surface: Surface, source: Option<String>, actor: Option<String>, what: String, why: &str, err: ApiError) -> Response {
-    let mut event = AuditEvent::new("admin.auth", Outcome::Deny).protocol(surface.protocol()).action(what).reason(why);
+async fn refuse(
+    state: &AppState,
+    surface: Surface,
+    source: Option<String>,
+    actor: Option<String>,
+    what: String,
+    why: &str,
+    err: ApiError,
+) -> Response {
+    let mut event = AuditEvent::new("admin.auth", Outcome::Deny)
+        .protocol(surface.protocol())
+        .action(what)
+        .reason(why);
     event.actor = actor;
     if let Some(s) = source {
         event = event.source(s);
@@ -109,35 +125,87 @@ fn what(req: &Request) -> String {
 }
 
 /// Middleware for the admin socket.
-pub async fn socket_admin(State(state): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketPeer>, mut req: Request, next: Next) -> Response {
+pub async fn socket_admin(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketPeer>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let me = rustix::process::geteuid().as_raw();
-    let source = format!("uid={} pid={}", peer.uid.map_or("?".into(), |u| u.to_string()), peer.pid.map_or("?".into(), |p| p.to_string()));
+    let source = format!(
+        "uid={} pid={}",
+        peer.uid.map_or("?".into(), |u| u.to_string()),
+        peer.pid.map_or("?".into(), |p| p.to_string())
+    );
     match peer.uid {
         Some(uid) if uid == me || uid == 0 => {}
         _ => {
             let w = what(&req);
-            return refuse(&state, Surface::Socket, Some(source), None, w, "the admin socket peer is not the broker's user or root", ApiError::forbidden("only the user running warrant (or root) may use the admin socket")).await;
+            return refuse(
+                &state,
+                Surface::Socket,
+                Some(source),
+                None,
+                w,
+                "the admin socket peer is not the broker's user or root",
+                ApiError::forbidden(
+                    "only the user running warrant (or root) may use the admin socket",
+                ),
+            )
+            .await;
         }
     }
     let uid = peer.uid.unwrap_or(me);
-    req.extensions_mut().insert(Caller { actor: format!("local:uid={uid}"), role: Role::Admin, surface: Surface::Socket, source: Some(source) });
+    req.extensions_mut().insert(Caller {
+        actor: format!("local:uid={uid}"),
+        role: Role::Admin,
+        surface: Surface::Socket,
+        source: Some(source),
+    });
     let resp = next.run(req).await;
-    state.metrics.admin_request(Surface::Socket.metric(), if resp.status().is_success() { "ok" } else { "error" });
+    state.metrics.admin_request(
+        Surface::Socket.metric(),
+        if resp.status().is_success() {
+            "ok"
+        } else {
+            "error"
+        },
+    );
     resp
 }
 
 /// Middleware for the admin API over HTTP: a valid admin token is required.
-pub async fn http_admin(State(state): State<AppState>, ConnectInfo(addr): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+pub async fn http_admin(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let source = Some(addr.to_string());
     let w = what(&req);
-    let header = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let presented = match header.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))) {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let presented = match header.and_then(|h| {
+        h.strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    }) {
         Some(t) if t.starts_with(ADMIN_TOKEN_PREFIX) => AdminTokenSecret::presented(t.trim()),
         Some(_) => {
             return refuse(&state, Surface::Http, source, None, w, "the bearer token is not an admin token", ApiError::unauthorized("the bearer token is not a warrant admin token; create one with `warrant admin-token create --role ...`")).await;
         }
         None => {
-            return refuse(&state, Surface::Http, source, None, w, "no admin token", ApiError::unauthorized("the admin API needs `Authorization: Bearer <admin token>`")).await;
+            return refuse(
+                &state,
+                Surface::Http,
+                source,
+                None,
+                w,
+                "no admin token",
+                ApiError::unauthorized("the admin API needs `Authorization: Bearer <admin token>`"),
+            )
+            .await;
         }
     };
     let record = match state.store.admin_token_by_hash(&presented.hash()).await {
@@ -146,24 +214,67 @@ pub async fn http_admin(State(state): State<AppState>, ConnectInfo(addr): Connec
     };
     let now = Timestamp::now();
     let record = match record {
-        None => return refuse(&state, Surface::Http, source, None, w, "unknown admin token", ApiError::unauthorized("the admin token is not recognised")).await,
+        None => {
+            return refuse(
+                &state,
+                Surface::Http,
+                source,
+                None,
+                w,
+                "unknown admin token",
+                ApiError::unauthorized("the admin token is not recognised"),
+            )
+            .await;
+        }
         Some(r) if r.revoked_at.is_some() => {
-            return refuse(&state, Surface::Http, source, None, w, &format!("admin token {} is revoked", r.id), ApiError::unauthorized("the admin token has been revoked")).await;
+            return refuse(
+                &state,
+                Surface::Http,
+                source,
+                None,
+                w,
+                &format!("admin token {} is revoked", r.id),
+                ApiError::unauthorized("the admin token has been revoked"),
+            )
+            .await;
         }
         Some(r) if !r.is_valid_at(now) => {
-            return refuse(&state, Surface::Http, source, None, w, &format!("admin token {} expired", r.id), ApiError::unauthorized("the admin token has expired; create a new one")).await;
+            return refuse(
+                &state,
+                Surface::Http,
+                source,
+                None,
+                w,
+                &format!("admin token {} expired", r.id),
+                ApiError::unauthorized("the admin token has expired; create a new one"),
+            )
+            .await;
         }
         Some(r) => r,
     };
-    req.extensions_mut().insert(Caller { actor: format!("admin-token:{}", record.id), role: record.role, surface: Surface::Http, source });
+    req.extensions_mut().insert(Caller {
+        actor: format!("admin-token:{}", record.id),
+        role: record.role,
+        surface: Surface::Http,
+        source,
+    });
     let resp = next.run(req).await;
-    state.metrics.admin_request(Surface::Http.metric(), if resp.status().is_success() { "ok" } else { "error" });
+    state.metrics.admin_request(
+        Surface::Http.metric(),
+        if resp.status().is_success() {
+            "ok"
+        } else {
+            "error"
+        },
+    );
     resp
 }
 
 async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Caller, Response> {
     let Some(caller) = parts.extensions.get::<Caller>().cloned() else {
-        return Err(ApiError::internal("the admin route is not behind authentication").into_response());
+        return Err(
+            ApiError::internal("the admin route is not behind authentication").into_response(),
+        );
     };
     if caller.role.allows(perm) {
         return Ok(caller);
@@ -175,7 +286,18 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
     };
     let why = format!("role {} may not {need}", caller.role);
     let w = format!("{} {}", parts.method, parts.uri.path());
-    Err(refuse(state, caller.surface, caller.source.clone(), Some(caller.actor.clone()), w, &why, ApiError::forbidden(format!("this admin token's {why}; use a token with role admin"))).await)
+    Err(refuse(
+        state,
+        caller.surface,
+        caller.source.clone(),
+        Some(caller.actor.clone()),
+        w,
+        &why,
+        ApiError::forbidden(format!(
+            "this admin token's {why}; use a token with role admin"
+        )),
+    )
+    .await)
 }
 
 macro_rules! permission_extractor {

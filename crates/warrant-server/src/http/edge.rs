@@ -14,9 +14,23 @@ use crate::http::error::ApiError;
 /// The edge routes.
 pub fn router() -> Router {
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .fallback(|uri: Uri| async move {
-            let first = uri.path().trim_start_matches('/').split('/').next().unwrap_or_default().chars().take(64).collect::<String>();
-            ApiError::not_found(format!("no route or MCP server named `{}` is configured on this edge listener", first.escape_debug()))
+            let first = uri
+                .path()
+                .trim_start_matches('/')
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(64)
+                .collect::<String>();
+            ApiError::not_found(format!(
+                "no route or MCP server named `{}` is configured on this edge listener",
+                first.escape_debug()
+            ))
         })
 }

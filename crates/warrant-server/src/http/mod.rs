@@ -20,10 +20,22 @@ use crate::state::AppState;
 
 /// The API listener's router: public endpoints and the token-protected admin API.
 pub fn api_router(state: AppState) -> Router {
-    public::router(state.clone()).nest("/admin/v1", admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(state, auth::http_admin)))
+    public::router(state.clone()).nest(
+        "/admin/v1",
+        admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::http_admin,
+        )),
+    )
 }
 
 /// The admin socket's router: the admin API, authenticated by peer credentials.
 pub fn socket_router(state: AppState) -> Router {
-    Router::new().nest("/admin/v1", admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(state, auth::socket_admin)))
+    Router::new().nest(
+        "/admin/v1",
+        admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::socket_admin,
+        )),
+    )
 }

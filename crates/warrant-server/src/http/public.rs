@@ -25,7 +25,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::not_found("no such endpoint; discovery is at /.well-known/oauth-authorization-server") })
+        .fallback(|| async {
+            ApiError::not_found(
+                "no such endpoint; discovery is at /.well-known/oauth-authorization-server",
+            )
+        })
         .with_state(state)
 }
 
@@ -78,7 +82,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "policies": state.policy.current().policies.len(),
         }
     });
-    let status = if store.is_ok() && signing { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if store.is_ok() && signing {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -86,24 +94,57 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     let now = Timestamp::now();
     if let Ok(agents) = state.store.list_agents().await {
-        for status in [AgentStatus::Active, AgentStatus::Disabled, AgentStatus::Quarantined] {
+        for status in [
+            AgentStatus::Active,
+            AgentStatus::Disabled,
+            AgentStatus::Quarantined,
+        ] {
             let n = agents.iter().filter(|a| a.status == status).count();
-            m.agents.get_or_create(&crate::metrics::StateLabels { state: status.as_str().to_owned() }).set(i64::try_from(n).unwrap_or(i64::MAX));
+            m.agents
+                .get_or_create(&crate::metrics::StateLabels {
+                    state: status.as_str().to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
     let keys = state.keys.current().status(now);
-    for s in [KeyState::Next, KeyState::Active, KeyState::Retired, KeyState::Expired] {
+    for s in [
+        KeyState::Next,
+        KeyState::Active,
+        KeyState::Retired,
+        KeyState::Expired,
+    ] {
         let n = keys.iter().filter(|k| k.state == s).count();
-        let label = serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        m.signing_keys.get_or_create(&crate::metrics::StateLabels { state: label }).set(i64::try_from(n).unwrap_or(i64::MAX));
+        let label = serde_json::to_value(s)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        m.signing_keys
+            .get_or_create(&crate::metrics::StateLabels { state: label })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     if let Ok(tokens) = state.store.list_admin_tokens().await {
-        m.admin_tokens_valid.set(i64::try_from(tokens.iter().filter(|t| t.is_valid_at(now)).count()).unwrap_or(i64::MAX));
+        m.admin_tokens_valid.set(
+            i64::try_from(tokens.iter().filter(|t| t.is_valid_at(now)).count()).unwrap_or(i64::MAX),
+        );
     }
-    if let Ok(last) = state.store.list_audit(&AuditQuery { limit: 1, ..Default::default() }).await {
-        m.audit_records.set(last.first().map_or(0, |r| i64::try_from(r.seq).unwrap_or(i64::MAX)));
+    if let Ok(last) = state
+        .store
+        .list_audit(&AuditQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+    {
+        m.audit_records.set(
+            last.first()
+                .map_or(0, |r| i64::try_from(r.seq).unwrap_or(i64::MAX)),
+        );
     }
     let mut r = m.encode().into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
     r
 }

@@ -13,12 +13,24 @@ use crate::output::{emit, json, safe, table};
 pub async fn run(cli: &Cli, client: AdminClient, cmd: &AdminTokenCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         AdminTokenCmd::Create { role, ttl, name } => {
-            let t: CreatedAdminToken = client.post("/admin-tokens", &CreateAdminToken { role: role.clone(), ttl: ttl.clone(), name: name.clone() }).await?;
+            let t: CreatedAdminToken = client
+                .post(
+                    "/admin-tokens",
+                    &CreateAdminToken {
+                        role: role.clone(),
+                        ttl: ttl.clone(),
+                        name: name.clone(),
+                    },
+                )
+                .await?;
             match cli.output {
                 Output::Json => json(&t)?,
                 Output::Human => {
                     // The token alone on stdout, so `export WARRANT_ADMIN_TOKEN=$(warrant admin-token create ...)` works.
-                    eprintln!("admin token {} (role {}) expires {}; it is shown only once, warrant keeps only its hash", t.id, t.role, t.expires_at);
+                    eprintln!(
+                        "admin token {} (role {}) expires {}; it is shown only once, warrant keeps only its hash",
+                        t.id, t.role, t.expires_at
+                    );
                     println!("{}", t.token);
                 }
             }
@@ -37,15 +49,29 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AdminTokenCmd) -> anyhow:
                         } else {
                             "expired"
                         };
-                        vec![t.id.clone(), t.role.to_string(), state.to_owned(), t.expires_at.to_string(), safe(&t.created_by), safe(t.name.as_deref().unwrap_or("-"))]
+                        vec![
+                            t.id.clone(),
+                            t.role.to_string(),
+                            state.to_owned(),
+                            t.expires_at.to_string(),
+                            safe(&t.created_by),
+                            safe(t.name.as_deref().unwrap_or("-")),
+                        ]
                     })
                     .collect();
-                table(&["ID", "ROLE", "STATE", "EXPIRES", "CREATED-BY", "NAME"], &rows);
+                table(
+                    &["ID", "ROLE", "STATE", "EXPIRES", "CREATED-BY", "NAME"],
+                    &rows,
+                );
             })?;
         }
         AdminTokenCmd::Revoke { id } => {
-            let t: AdminTokenRecord = client.delete(&format!("/admin-tokens/{}", segment(id))).await?;
-            emit(cli.output, &t, |t| println!("admin token {} is revoked", t.id))?;
+            let t: AdminTokenRecord = client
+                .delete(&format!("/admin-tokens/{}", segment(id)))
+                .await?;
+            emit(cli.output, &t, |t| {
+                println!("admin token {} is revoked", t.id)
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

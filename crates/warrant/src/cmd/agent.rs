@@ -11,7 +11,11 @@ use crate::output::{emit, safe, table};
 
 fn selectors(a: &Agent) -> String {
     let v: Vec<String> = a.selectors.iter().map(ToString::to_string).collect();
-    if v.is_empty() { "-".into() } else { safe(&v.join(",")) }
+    if v.is_empty() {
+        "-".into()
+    } else {
+        safe(&v.join(","))
+    }
 }
 
 fn show(a: &Agent) {
@@ -50,14 +54,37 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AgentCmd) -> anyhow::Resu
             let agents: Vec<Agent> = client.get("/agents").await?;
             emit(cli.output, &agents, |agents| {
                 if agents.is_empty() {
-                    println!("no agents; register one with `warrant agent create NAME --owner OWNER --env ENV`");
+                    println!(
+                        "no agents; register one with `warrant agent create NAME --owner OWNER --env ENV`"
+                    );
                     return;
                 }
                 let rows: Vec<Vec<String>> = agents
                     .iter()
-                    .map(|a| vec![a.name.to_string(), a.status.to_string(), a.env.to_string(), a.trust.to_string(), a.max_ttl.to_string(), safe(a.owner.as_str()), selectors(a)])
+                    .map(|a| {
+                        vec![
+                            a.name.to_string(),
+                            a.status.to_string(),
+                            a.env.to_string(),
+                            a.trust.to_string(),
+                            a.max_ttl.to_string(),
+                            safe(a.owner.as_str()),
+                            selectors(a),
+                        ]
+                    })
                     .collect();
-                table(&["NAME", "STATUS", "ENV", "TRUST", "MAX-TTL", "OWNER", "SELECTORS"], &rows);
+                table(
+                    &[
+                        "NAME",
+                        "STATUS",
+                        "ENV",
+                        "TRUST",
+                        "MAX-TTL",
+                        "OWNER",
+                        "SELECTORS",
+                    ],
+                    &rows,
+                );
             })?;
         }
         AgentCmd::Show { name } => {
@@ -65,16 +92,33 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AgentCmd) -> anyhow::Resu
             emit(cli.output, &a, show)?;
         }
         AgentCmd::Disable { name } => {
-            let a: Agent = client.post(&format!("/agents/{}/disable", segment(name)), &serde_json::json!({})).await?;
-            emit(cli.output, &a, |a| println!("agent {} is disabled: nothing will be issued to it until `warrant agent enable {}`", a.name, a.name))?;
+            let a: Agent = client
+                .post(
+                    &format!("/agents/{}/disable", segment(name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            emit(cli.output, &a, |a| {
+                println!(
+                    "agent {} is disabled: nothing will be issued to it until `warrant agent enable {}`",
+                    a.name, a.name
+                )
+            })?;
         }
         AgentCmd::Enable { name } => {
-            let a: Agent = client.post(&format!("/agents/{}/enable", segment(name)), &serde_json::json!({})).await?;
+            let a: Agent = client
+                .post(
+                    &format!("/agents/{}/enable", segment(name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
             emit(cli.output, &a, |a| println!("agent {} is active", a.name))?;
         }
         AgentCmd::Delete { name } => {
             let a: Agent = client.delete(&format!("/agents/{}", segment(name))).await?;
-            emit(cli.output, &a, |a| println!("deleted agent {} ({})", a.name, a.id))?;
+            emit(cli.output, &a, |a| {
+                println!("deleted agent {} ({})", a.name, a.id)
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -23,7 +23,10 @@ pub fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
     if let Some(d) = &cli.data_dir {
         return Ok(d.clone());
     }
-    let settings = warrant_server::config::Settings { config: cli.config.clone(), ..Default::default() };
+    let settings = warrant_server::config::Settings {
+        config: cli.config.clone(),
+        ..Default::default()
+    };
     Ok(warrant_server::Config::load(&settings)?.data_dir)
 }
 

@@ -21,13 +21,26 @@ struct Validation {
 }
 
 fn policy_dir(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
-    let settings = warrant_server::config::Settings { config: cli.config.clone(), data_dir: cli.data_dir.clone(), ..Default::default() };
-    let settings = warrant_server::config::Settings { policy_dir: std::env::var_os("WARRANT_POLICY_DIR").map(Into::into), ..settings };
+    let settings = warrant_server::config::Settings {
+        config: cli.config.clone(),
+        data_dir: cli.data_dir.clone(),
+        ..Default::default()
+    };
+    let settings = warrant_server::config::Settings {
+        policy_dir: std::env::var_os("WARRANT_POLICY_DIR").map(Into::into),
+        ..settings
+    };
     Ok(warrant_server::Config::load(&settings)?.policy_dir)
 }
 
 fn print_status(s: &PolicyStatus) {
-    println!("{} policies from {} files in {} (digest {})", s.policies.len(), s.files.len(), s.dir, &s.digest[..s.digest.len().min(16)]);
+    println!(
+        "{} policies from {} files in {} (digest {})",
+        s.policies.len(),
+        s.files.len(),
+        s.dir,
+        &s.digest[..s.digest.len().min(16)]
+    );
     println!("loaded at {}", s.loaded_at);
     for id in &s.policies {
         println!("  {id}");
@@ -55,7 +68,14 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                     problems: vec![],
                     warnings: p.warnings().0.iter().map(ToString::to_string).collect(),
                 },
-                Err(problems) => Validation { ok: false, dir: shown, policies: vec![], digest: None, problems: problems.0.iter().map(ToString::to_string).collect(), warnings: vec![] },
+                Err(problems) => Validation {
+                    ok: false,
+                    dir: shown,
+                    policies: vec![],
+                    digest: None,
+                    problems: problems.0.iter().map(ToString::to_string).collect(),
+                    warnings: vec![],
+                },
             };
             match cli.output {
                 Output::Json => json(&v)?,
@@ -70,14 +90,24 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                         eprintln!("{p}");
                     }
                     let n = v.problems.len();
-                    eprintln!("error: the policies in {} do not validate ({n} problem{})", v.dir, if n == 1 { "" } else { "s" });
+                    eprintln!(
+                        "error: the policies in {} do not validate ({n} problem{})",
+                        v.dir,
+                        if n == 1 { "" } else { "s" }
+                    );
                 }
             }
-            return Ok(if v.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(if v.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         PolicyCmd::Schema => print!("{}", warrant_policy::schema_text()),
         PolicyCmd::Reload => {
-            let s: PolicyStatus = client(cli)?.post("/policy/reload", &serde_json::json!({})).await?;
+            let s: PolicyStatus = client(cli)?
+                .post("/policy/reload", &serde_json::json!({}))
+                .await?;
             emit(cli.output, &s, |s| {
                 println!("reloaded:");
                 print_status(s);

@@ -10,9 +10,17 @@ use warrant_server::{Broker, Config};
 use crate::cli::{Cli, LogFormat, Serve};
 
 fn init_logging(args: &Serve) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).with_context(|| format!("--log `{}` is not a valid filter (try `info` or `warrant_server=debug`)", args.log))?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log).with_context(|| {
+        format!(
+            "--log `{}` is not a valid filter (try `info` or `warrant_server=debug`)",
+            args.log
+        )
+    })?;
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match args.log_format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
