@@ -48,12 +48,12 @@ impl Role {
 
     /// Whether the role grants `p`.
     pub fn allows(self, p: Permission) -> bool {
-        match (self, p) {
-            (Self::Admin, _) => true,
-            (Self::Auditor, Permission::Read) => true,
-            (Self::Approver, Permission::Read | Permission::Approve) => true,
-            _ => false,
-        }
+        matches!(
+            (self, p),
+            (Self::Admin, _)
+                | (Self::Auditor, Permission::Read)
+                | (Self::Approver, Permission::Read | Permission::Approve)
+        )
     }
 }
 

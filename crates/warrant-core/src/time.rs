@@ -46,22 +46,6 @@ impl Timestamp {
         self.0.div_euclid(1000)
     }
 
-    /// `self + d`, saturating.
-    pub fn add(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        )
-    }
-
-    /// `self - d`, saturating.
-    pub fn sub(self, d: Duration) -> Self {
-        Self(
-            self.0
-                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-        )
-    }
-
     /// The time from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0))
@@ -95,6 +79,28 @@ impl Timestamp {
         Ok(Self(
             i64::try_from(ms).map_err(|_| TimeError::Rfc3339(s.to_owned()))?,
         ))
+    }
+}
+
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturating.
+    fn add(self, d: Duration) -> Timestamp {
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
+    }
+}
+
+impl std::ops::Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturating.
+    fn sub(self, d: Duration) -> Timestamp {
+        Self(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 }
 

@@ -97,7 +97,7 @@ impl KeyService {
         let _guard = self.rotate_lock.lock().await;
         let now = Timestamp::now();
         let alg = alg.unwrap_or(self.default_alg);
-        let record = warrant_token::generate_key(alg, &self.kek, now, now.add(activate_in))?;
+        let record = warrant_token::generate_key(alg, &self.kek, now, now + activate_in)?;
         let kid = record.kid.clone();
         let event = AuditEvent { event: "admin.key.rotate".into(), decision: Outcome::Allow, ..base }
             .action("key.rotate")

@@ -430,7 +430,7 @@ pub async fn audit_filters(fx: Box<dyn Fixture>) {
     };
     assert!(seqs(s.list_audit(&since).await.unwrap()).contains(&5));
     let future = AuditQuery {
-        since: Some(Timestamp::now().add(std::time::Duration::from_secs(3600))),
+        since: Some(Timestamp::now() + std::time::Duration::from_secs(3600)),
         ..q(None, None)
     };
     assert!(s.list_audit(&future).await.unwrap().is_empty());

@@ -158,14 +158,14 @@ impl Broker {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("warrant serve exited early ({status}):\n{}", self.logs());
             }
-            if let Some(info) = warrant_server::data_dir::read_run_info(&self.data_dir) {
-                if info.pid == self.pid() {
-                    self.api = info.api_addr.parse().unwrap();
-                    self.edge = info.edge_addr.parse().unwrap();
-                    self.issuer = info.issuer;
-                    if http(self.api, "GET", "/readyz", &[], None).status == 200 {
-                        return;
-                    }
+            if let Some(info) = warrant_server::data_dir::read_run_info(&self.data_dir)
+                && info.pid == self.pid()
+            {
+                self.api = info.api_addr.parse().unwrap();
+                self.edge = info.edge_addr.parse().unwrap();
+                self.issuer = info.issuer;
+                if http(self.api, "GET", "/readyz", &[], None).status == 200 {
+                    return;
                 }
             }
             assert!(

@@ -312,7 +312,7 @@ impl KeySet {
                     Some(a) if i < a => Some(self.keys[i + 1].record.activates_at),
                     _ => None,
                 };
-                let published_until = retired_at.map(|r| r.add(MAX_TOKEN_LIFETIME + CLOCK_SKEW));
+                let published_until = retired_at.map(|r| r + MAX_TOKEN_LIFETIME + CLOCK_SKEW);
                 let state = match (active, published_until) {
                     (Some(a), _) if i == a => KeyState::Active,
                     (_, Some(until)) if now >= until => KeyState::Expired,

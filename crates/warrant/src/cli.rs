@@ -226,7 +226,7 @@ pub enum PolicyCmd {
     /// Print the Cedar schema policies are validated against.
     Schema,
     /// Ask the running broker whether a request would be allowed (audited).
-    Check(PolicyCheckArgs),
+    Check(Box<PolicyCheckArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -396,15 +396,11 @@ async fn create_token(
     if let Err(e) = ttl.within("ttl", Ttl::from_secs(60), MAX_ADMIN_TOKEN_TTL) {
         return Err(fail(&state, attempt, ApiError::invalid(e.to_string())).await);
     }
-    if let Some(n) = &req.name {
-        if n.chars().count() > 64 || n.chars().any(char::is_control) {
-            return Err(fail(
-                &state,
-                attempt,
-                ApiError::invalid("name is at most 64 characters without control characters"),
-            )
-            .await);
-        }
+    if let Some(n) = &req.name
+        && (n.chars().count() > 64 || n.chars().any(char::is_control))
+    {
+        let e = ApiError::invalid("name is at most 64 characters without control characters");
+        return Err(fail(&state, attempt, e).await);
     }
     let mut random = [0u8; 32];
     getrandom::fill(&mut random)
@@ -418,7 +414,7 @@ async fn create_token(
         name: req.name,
         created_by: caller.actor.clone(),
         created_at: now,
-        expires_at: now.add(ttl.as_duration()),
+        expires_at: now + ttl.as_duration(),
         revoked_at: None,
     };
     // The record names the token by id; the token itself is never recorded.
@@ -481,7 +477,7 @@ fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
         return Ok(t);
     }
     s.parse::<Ttl>()
-        .map(|d| now.sub(d.as_duration()))
+        .map(|d| now - d.as_duration())
         .map_err(|_| {
             ApiError::invalid(format!(
                 "since `{}` is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor a duration (1h)",

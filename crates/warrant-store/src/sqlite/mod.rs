@@ -127,10 +127,10 @@ impl SqliteStore {
     }
 
     fn checkin(&self, c: Connection) {
-        if let Ok(mut r) = self.readers.lock() {
-            if r.len() < 8 {
-                r.push(c);
-            }
+        if let Ok(mut r) = self.readers.lock()
+            && r.len() < 8
+        {
+            r.push(c);
         }
     }
 
