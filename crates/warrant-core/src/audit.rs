@@ -255,13 +255,22 @@ impl<'de> Deserialize<'de> for ChainHash {
     }
 }
 
-/// The canonical body of a record: what is hashed.
-#[derive(Serialize, Deserialize)]
+/// The canonical body of a record as read back.
+#[derive(Deserialize)]
 struct Body {
     seq: u64,
     time: Timestamp,
     #[serde(flatten)]
     event: AuditEvent,
+}
+
+/// The canonical body, serialised from a borrowed event (same field order as [`Body`]).
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    seq: u64,
+    time: Timestamp,
+    #[serde(flatten)]
+    event: &'a AuditEvent,
 }
 
 /// A committed audit record.
@@ -316,14 +325,24 @@ impl AuditRecord {
     pub fn seal(
         seq: u64,
         time: Timestamp,
-        event: AuditEvent,
+        mut event: AuditEvent,
         prev: ChainHash,
     ) -> Result<SealedRecord, serde_json::Error> {
-        let body = serde_json::to_string(&Body { seq, time, event })?;
+        // A JSON null detail is written as `null` but reads back as no detail;
+        // normalise first so the record returned is exactly what the body says.
+        if event
+            .detail
+            .as_ref()
+            .is_some_and(serde_json::Value::is_null)
+        {
+            event.detail = None;
+        }
+        let body = serde_json::to_string(&BodyRef {
+            seq,
+            time,
+            event: &event,
+        })?;
         let hash = ChainHash::link(&prev, body.as_bytes());
-        // Re-parse rather than clone-before-serialise: the record a caller gets back
-        // is exactly what the body says.
-        let Body { seq, time, event } = serde_json::from_str(&body)?;
         Ok(SealedRecord {
             record: AuditRecord {
                 seq,

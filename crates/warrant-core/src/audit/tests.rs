@@ -104,3 +104,19 @@ fn new_optional_fields_do_not_change_old_hashes() {
     }
     assert_eq!(v.head().0.to_vec(), rows[1].hash);
 }
+
+#[test]
+fn the_sealed_record_is_what_its_body_says() {
+    let ev = AuditEvent::new("x", Outcome::Deny)
+        .detail(serde_json::Value::Null)
+        .reason("r");
+    let sealed = AuditRecord::seal(1, Timestamp::from_millis(5), ev, ChainHash::GENESIS).unwrap();
+    let row = StoredRow {
+        seq: 1,
+        indexed: sealed.record.indexed(),
+        prev_hash: sealed.record.prev_hash.0.to_vec(),
+        hash: sealed.record.hash.0.to_vec(),
+        body: sealed.body.clone(),
+    };
+    assert_eq!(row.to_record().unwrap(), sealed.record);
+}

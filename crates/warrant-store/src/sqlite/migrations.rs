@@ -60,10 +60,9 @@ CREATE TABLE audit_log (
   prev_hash  BLOB NOT NULL,
   hash       BLOB NOT NULL
 ) STRICT;
-CREATE INDEX audit_log_agent ON audit_log(agent, seq) WHERE agent IS NOT NULL;
-CREATE INDEX audit_log_event ON audit_log(event, seq);
-CREATE INDEX audit_log_time  ON audit_log(time);
-CREATE INDEX audit_log_txn   ON audit_log(txn, seq) WHERE txn IS NOT NULL;
+-- No secondary indexes here: every index page a commit dirties lengthens the
+-- fsync that durable records wait for. Queries by agent, event, task or txn use
+-- the derived index in its own file (see index.rs).
 
 -- Append-only, enforced by the database too: the broker never updates or
 -- deletes a record, and neither can anything else using this connection's rules.

@@ -5,12 +5,13 @@
 //! caller hears of it. Reads use separate read-only connections (WAL lets them
 //! run beside the writer) on tokio's blocking pool.
 
+mod index;
 mod migrations;
 mod rows;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -42,6 +43,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
+    indexer: Arc<index::Indexer>,
     /// Idle read connections. A std mutex: held only to push or pop, never
     /// across an await or a query.
     readers: Mutex<Vec<Connection>>,
@@ -99,10 +101,18 @@ impl SqliteStore {
             )));
         }
         migrations::apply(&mut conn)?;
-        let writer = Writer::start(conn, options.max_batch)?;
+        let head: i64 = conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
+                r.get(0)
+            })
+            .map_err(db_err)?;
+        let indexer = Arc::new(index::Indexer::start(path, head)?);
+        let notify = indexer.clone();
+        let writer = Writer::start(conn, options.max_batch, Box::new(move || notify.notify()))?;
         Ok(Self {
             path: path.to_owned(),
             writer,
+            indexer,
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -110,6 +120,14 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Waits until the audit query index has caught up with every committed
+    /// record. Queries are complete without it; tests and benchmarks use it to
+    /// exercise the indexed path.
+    pub async fn flush_index(&self) {
+        let indexer = self.indexer.clone();
+        let _ = tokio::task::spawn_blocking(move || indexer.flush()).await;
     }
 
     fn checkout(&self) -> Result<Connection, StoreError> {
@@ -122,6 +140,9 @@ impl SqliteStore {
         )
         .map_err(db_err)?;
         c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+            .map_err(db_err)?;
+        let idx = index::index_path(&self.path);
+        c.execute("ATTACH DATABASE ?1 AS idx", [idx.to_string_lossy()])
             .map_err(db_err)?;
         Ok(c)
     }
@@ -441,32 +462,26 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
-        self.writer.submit(move |ctx| ctx.append(event)).await
+        self.writer
+            .submit_single(move |ctx| ctx.append(event))
+            .await
     }
 
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let q = q.clone();
         self.read(move |c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {} FROM audit_log
-                     WHERE (?1 IS NULL OR agent = ?1)
-                       AND (?2 IS NULL OR event = ?2 OR substr(event, 1, length(?2) + 1) = ?2 || '.')
-                       AND (?3 IS NULL OR time >= ?3)
-                     ORDER BY seq DESC LIMIT ?4",
-                    rows::AUDIT_COLUMNS
-                ))
-                .map_err(db_err)?;
-            let rows = st
-                .query_map(params![q.agent, q.event, q.since.map(Timestamp::as_millis), i64::from(q.limit)], rows::audit_row)
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err)?;
-            let mut out = rows
+            c.execute_batch("BEGIN").map_err(db_err)?;
+            let rows = query_audit(c, &q);
+            let _ = c.execute_batch("COMMIT");
+            let mut out = rows?
                 .iter()
                 .map(|r| {
-                    r.to_record()
-                        .map_err(|e| StoreError::Corrupt(format!("audit record {} does not parse ({e}); run `warrant audit verify`", r.seq)))
+                    r.to_record().map_err(|e| {
+                        StoreError::Corrupt(format!(
+                            "audit record {} does not parse ({e}); run `warrant audit verify`",
+                            r.seq
+                        ))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             out.reverse();
@@ -523,5 +538,88 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.writer.shutdown().await;
+        let indexer = self.indexer.clone();
+        let _ = tokio::task::spawn_blocking(move || indexer.stop()).await;
     }
+}
+
+/// The first sequence number whose time is at or after `t` (or head + 1). Binary
+/// search on the primary key: time never decreases along the chain.
+fn first_seq_at_or_after(c: &Connection, t: Timestamp) -> Result<i64, StoreError> {
+    let head: i64 = c
+        .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    let (mut lo, mut hi) = (1_i64, head + 1);
+    let mut probe = c
+        .prepare_cached("SELECT time FROM audit_log WHERE seq >= ?1 ORDER BY seq LIMIT 1")
+        .map_err(db_err)?;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match probe
+            .query_row([mid], |r| r.get::<_, i64>(0))
+            .optional()
+            .map_err(db_err)?
+        {
+            Some(time) if time < t.as_millis() => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
+}
+
+/// Newest-first rows matching `q`, inside the caller's read transaction: the
+/// log above the index watermark, then the index below it (see `index`).
+fn query_audit(
+    c: &Connection,
+    q: &AuditQuery,
+) -> Result<Vec<warrant_core::audit::StoredRow>, StoreError> {
+    let wm = index::watermark(c)?;
+    let low = match q.since {
+        Some(t) => first_seq_at_or_after(c, t)?,
+        None => 1,
+    };
+    let limit = i64::from(q.limit);
+    // Filters are always applied to the log's own columns, also for rows found through the index.
+    let filters = "(?1 IS NULL OR l.agent = ?1) AND (?2 IS NULL OR l.event = ?2 OR substr(l.event, 1, length(?2) + 1) = ?2 || '.')";
+    let cols = rows::AUDIT_COLUMNS_L;
+    let collect = |sql: &str,
+                   p: &[&dyn rusqlite::ToSql]|
+     -> Result<Vec<warrant_core::audit::StoredRow>, StoreError> {
+        let mut st = c.prepare_cached(sql).map_err(db_err)?;
+        st.query_map(p, rows::audit_row)
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read_err)
+    };
+    let mut out = collect(
+        &format!(
+            "SELECT {cols} FROM audit_log l WHERE l.seq > ?3 AND l.seq >= ?4 AND {filters} ORDER BY l.seq DESC LIMIT ?5"
+        ),
+        params![q.agent, q.event, wm, low, limit],
+    )?;
+    let rest = limit - i64::try_from(out.len()).unwrap_or(limit);
+    if rest > 0 && wm >= low {
+        let key = q
+            .agent
+            .as_ref()
+            .map(|a| format!("a:{a}"))
+            .or_else(|| q.event.as_ref().map(|e| format!("e:{e}")));
+        let older = match key {
+            Some(k) => collect(
+                &format!(
+                    "SELECT {cols} FROM idx.audit_index i JOIN audit_log l ON l.seq = i.seq
+                     WHERE i.key = ?6 AND i.seq <= ?3 AND i.seq >= ?4 AND {filters} ORDER BY i.seq DESC LIMIT ?5"
+                ),
+                params![q.agent, q.event, wm, low, rest, k],
+            )?,
+            None => collect(
+                &format!("SELECT {cols} FROM audit_log l WHERE l.seq <= ?3 AND l.seq >= ?4 AND {filters} ORDER BY l.seq DESC LIMIT ?5"),
+                params![q.agent, q.event, wm, low, rest],
+            )?,
+        };
+        out.extend(older);
+    }
+    Ok(out)
 }

@@ -94,6 +94,9 @@ pub(crate) fn admin_token(r: &Row<'_>) -> rusqlite::Result<AdminTokenRecord> {
     })
 }
 
+/// The same columns qualified with the alias `l`, for joins.
+pub(crate) const AUDIT_COLUMNS_L: &str = "l.seq, l.body, l.prev_hash, l.hash, l.time, l.event, l.decision, l.agent, l.instance, l.user, l.task, l.txn";
+
 pub(crate) const AUDIT_COLUMNS: &str =
     "seq, body, prev_hash, hash, time, event, decision, agent, instance, user, task, txn";
 
