@@ -24,33 +24,100 @@ use cedar_policy::{
 };
 use warrant_core::decision::Action;
 
+/// warrant's entity types, as one byte each for cheap keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TypeCode {
+    Agent,
+    Instance,
+    User,
+    Group,
+    Audience,
+    Route,
+    McpServer,
+    Tool,
+    Secret,
+    /// A type outside warrant's schema (validation rejects these; kept total).
+    Other,
+}
+
+impl TypeCode {
+    fn of(t: &EntityTypeName) -> Self {
+        match t.to_string().as_str() {
+            "Agent" => Self::Agent,
+            "Instance" => Self::Instance,
+            "User" => Self::User,
+            "Group" => Self::Group,
+            "Audience" => Self::Audience,
+            "Route" => Self::Route,
+            "McpServer" => Self::McpServer,
+            "Tool" => Self::Tool,
+            "Secret" => Self::Secret,
+            _ => Self::Other,
+        }
+    }
+
+    fn tag(self) -> char {
+        match self {
+            Self::Agent => 'A',
+            Self::Instance => 'I',
+            Self::User => 'U',
+            Self::Group => 'G',
+            Self::Audience => 'a',
+            Self::Route => 'R',
+            Self::McpServer => 'M',
+            Self::Tool => 'T',
+            Self::Secret => 'S',
+            Self::Other => '?',
+        }
+    }
+}
+
+/// An entity as an index key: a one-character type tag, then the id. The tag
+/// has a fixed width, so keys of different types never collide.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Key(String);
+
+impl Key {
+    pub(crate) fn new(ty: TypeCode, id: &str) -> Self {
+        let mut s = String::with_capacity(id.len() + 1);
+        s.push(ty.tag());
+        s.push_str(id);
+        Self(s)
+    }
+
+    fn of(uid: &EntityUid) -> Self {
+        Self::new(TypeCode::of(uid.type_name()), uid.id().unescaped())
+    }
+}
+
 /// A scope constraint on principal or resource, reduced to what the index needs.
 #[derive(Debug, Clone)]
 pub(crate) enum Constraint {
     Any,
-    Eq(EntityUid),
-    In(EntityUid),
-    Is(EntityTypeName),
-    IsIn(EntityTypeName, EntityUid),
+    Eq(Key),
+    In(Key),
+    Is(TypeCode),
+    IsIn(TypeCode, Key),
 }
 
 impl Constraint {
     /// The entity a request's ancestry must contain for the policy to apply.
-    fn key(&self) -> Option<&EntityUid> {
+    fn key(&self) -> Option<&Key> {
         match self {
             Self::Any | Self::Is(_) => None,
             Self::Eq(e) | Self::In(e) | Self::IsIn(_, e) => Some(e),
         }
     }
 
-    /// Whether an entity with this uid, type and ancestors-or-self can match.
-    fn admits(&self, target: &Target<'_>) -> bool {
+    /// Whether an entity of this type, with this lineage (itself first, then
+    /// its ancestors), can match.
+    fn admits(&self, ty: TypeCode, lineage: &[Key]) -> bool {
         match self {
             Self::Any => true,
-            Self::Eq(e) => e == target.uid,
-            Self::In(e) => target.lineage.contains(e),
-            Self::Is(t) => t == target.ty,
-            Self::IsIn(t, e) => t == target.ty && target.lineage.contains(e),
+            Self::Eq(e) => lineage.first() == Some(e),
+            Self::In(e) => lineage.contains(e),
+            Self::Is(t) => *t == ty,
+            Self::IsIn(t, e) => *t == ty && lineage.contains(e),
         }
     }
 }
@@ -68,17 +135,17 @@ impl Scope {
     pub(crate) fn of(p: &Policy) -> Self {
         let principal = match p.principal_constraint() {
             PrincipalConstraint::Any => Constraint::Any,
-            PrincipalConstraint::Eq(e) => Constraint::Eq(e),
-            PrincipalConstraint::In(e) => Constraint::In(e),
-            PrincipalConstraint::Is(t) => Constraint::Is(t),
-            PrincipalConstraint::IsIn(t, e) => Constraint::IsIn(t, e),
+            PrincipalConstraint::Eq(e) => Constraint::Eq(Key::of(&e)),
+            PrincipalConstraint::In(e) => Constraint::In(Key::of(&e)),
+            PrincipalConstraint::Is(t) => Constraint::Is(TypeCode::of(&t)),
+            PrincipalConstraint::IsIn(t, e) => Constraint::IsIn(TypeCode::of(&t), Key::of(&e)),
         };
         let resource = match p.resource_constraint() {
             ResourceConstraint::Any => Constraint::Any,
-            ResourceConstraint::Eq(e) => Constraint::Eq(e),
-            ResourceConstraint::In(e) => Constraint::In(e),
-            ResourceConstraint::Is(t) => Constraint::Is(t),
-            ResourceConstraint::IsIn(t, e) => Constraint::IsIn(t, e),
+            ResourceConstraint::Eq(e) => Constraint::Eq(Key::of(&e)),
+            ResourceConstraint::In(e) => Constraint::In(Key::of(&e)),
+            ResourceConstraint::Is(t) => Constraint::Is(TypeCode::of(&t)),
+            ResourceConstraint::IsIn(t, e) => Constraint::IsIn(TypeCode::of(&t), Key::of(&e)),
         };
         let actions = match p.action_constraint() {
             ActionConstraint::Any => None,
@@ -95,34 +162,27 @@ impl Scope {
     }
 }
 
-/// The request side: an entity and its ancestors-or-self.
-#[derive(Debug)]
-pub(crate) struct Target<'a> {
-    pub(crate) uid: &'a EntityUid,
-    pub(crate) ty: &'a EntityTypeName,
-    /// The entity itself first, then its ancestors.
-    pub(crate) lineage: &'a [EntityUid],
-}
-
 /// What the index needs to know about a request.
 #[derive(Debug)]
 pub(crate) struct RequestKeys {
     pub(crate) action: Action,
-    pub(crate) principal: Vec<EntityUid>,
-    pub(crate) principal_type: EntityTypeName,
-    pub(crate) resource: Vec<EntityUid>,
-    pub(crate) resource_type: EntityTypeName,
+    /// The principal first, then its ancestors.
+    pub(crate) principal: Vec<Key>,
+    pub(crate) principal_type: TypeCode,
+    /// The resource first, then its ancestors.
+    pub(crate) resource: Vec<Key>,
+    pub(crate) resource_type: TypeCode,
 }
 
 #[derive(Debug, Default)]
 struct ResourceLevel {
-    by_uid: HashMap<EntityUid, Vec<u32>>,
+    by_key: HashMap<Key, Vec<u32>>,
     any: Vec<u32>,
 }
 
 #[derive(Debug, Default)]
 struct PrincipalLevel {
-    by_uid: HashMap<EntityUid, ResourceLevel>,
+    by_key: HashMap<Key, ResourceLevel>,
     any: ResourceLevel,
 }
 
@@ -162,11 +222,11 @@ impl ScopeIndex {
             for s in targets {
                 let level = &mut slots[s];
                 let rl = match scope.principal.key() {
-                    Some(k) => level.by_uid.entry(k.clone()).or_default(),
+                    Some(k) => level.by_key.entry(k.clone()).or_default(),
                     None => &mut level.any,
                 };
                 match scope.resource.key() {
-                    Some(k) => rl.by_uid.entry(k.clone()).or_default().push(n),
+                    Some(k) => rl.by_key.entry(k.clone()).or_default().push(n),
                     None => rl.any.push(n),
                 }
             }
@@ -183,33 +243,25 @@ impl ScopeIndex {
         if self.slots.is_empty() {
             return out;
         }
-        let principal = Target {
-            uid: &keys.principal[0],
-            ty: &keys.principal_type,
-            lineage: &keys.principal,
-        };
-        let resource = Target {
-            uid: &keys.resource[0],
-            ty: &keys.resource_type,
-            lineage: &keys.resource,
-        };
         for s in [0, slot(keys.action)] {
             let level = &self.slots[s];
             let principal_levels = keys
                 .principal
                 .iter()
-                .filter_map(|p| level.by_uid.get(p))
+                .filter_map(|p| level.by_key.get(p))
                 .chain(std::iter::once(&level.any));
             for rl in principal_levels {
                 let buckets = keys
                     .resource
                     .iter()
-                    .filter_map(|r| rl.by_uid.get(r))
+                    .filter_map(|r| rl.by_key.get(r))
                     .chain(std::iter::once(&rl.any));
                 for bucket in buckets {
                     for &n in bucket {
                         let scope = &self.scopes[n as usize];
-                        if scope.principal.admits(&principal) && scope.resource.admits(&resource) {
+                        if scope.principal.admits(keys.principal_type, &keys.principal)
+                            && scope.resource.admits(keys.resource_type, &keys.resource)
+                        {
                             out.push(n);
                         }
                     }

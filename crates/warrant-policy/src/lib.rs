@@ -6,8 +6,9 @@
 //! with a [`warrant_core::decision::Decision`] and never fails: an evaluation
 //! error is a deny that records the error.
 //!
-//! This is the only crate that imports `cedar-policy`; no Cedar type crosses its
-//! API. It does no IO: reading the directory is the caller's job.
+//! This is the only crate that imports `cedar-policy` (and `cedar-policy-core`,
+//! whose value types it builds requests with; see `entities`); no Cedar type
+//! crosses its API. It does no IO: reading the directory is the caller's job.
 
 mod entities;
 mod index;
@@ -18,7 +19,14 @@ pub use load::{PolicyFile, PolicyProblem, Problems};
 pub use schema::schema_text;
 
 use cedar_policy::{Authorizer, Effect as CedarEffect, PolicySet};
+use cedar_policy_core::ast::{Literal, ValueKind};
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
 use warrant_core::decision::{Decision, DecisionRequest, Effect};
+
+/// Static policies bind no template slots.
+static NO_SLOTS: std::sync::LazyLock<cedar_policy_core::ast::SlotEnv> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The annotation that makes a permit need a person's approval.
 pub const APPROVAL_ANNOTATION: &str = "approval";
@@ -28,8 +36,9 @@ pub const APPROVAL_ANNOTATION: &str = "approval";
 struct Compiled {
     /// warrant's id: `@id("...")` or `file:line`.
     id: String,
-    /// A set holding only this policy, so candidates can be evaluated one by one.
-    alone: PolicySet,
+    /// The policy's whole condition (scope and `when`/`unless`), built once:
+    /// `ast::Policy::condition()` rebuilds and deep-clones it on every call.
+    condition: cedar_policy_core::ast::Expr,
     /// Permit or forbid.
     effect: CedarEffect,
     /// `@approval("required")`.
@@ -47,6 +56,14 @@ pub struct Policies {
     warnings: Problems,
 }
 
+fn deny_with(error: String) -> Decision {
+    Decision {
+        effect: Effect::Deny,
+        policies: Vec::new(),
+        errors: vec![error],
+    }
+}
+
 impl Policies {
     /// Parses, validates against the schema and indexes `files`. On any problem,
     /// returns all of them; nothing is half-loaded.
@@ -56,52 +73,54 @@ impl Policies {
 
     /// Decides a request against the whole set. Never fails: any error is a deny.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
-        let (request, entities, keys) = match entities::build(req) {
-            Ok(built) => built,
-            Err(e) => {
-                return Decision {
-                    effect: Effect::Deny,
-                    policies: Vec::new(),
-                    errors: vec![e],
-                };
-            }
+        let built = match entities::build(req) {
+            Ok(b) => b,
+            Err(e) => return deny_with(e),
         };
-        let candidates = self.index.candidates(&keys);
-        let authorizer = Authorizer::new();
+        let cands = self.index.candidates(&built.keys);
+        let evaluator = Evaluator::new(built.request, &built.entities, Extensions::all_available());
         let mut permits = Vec::new();
         let mut forbids = Vec::new();
         let mut errors = Vec::new();
         let mut needs_approval = true;
-        for i in candidates {
+        // Each candidate is evaluated whole (scope and conditions), exactly as
+        // Cedar's authorizer evaluates every policy of a set; the index only
+        // skips policies whose scope cannot match.
+        for i in cands {
             let c = &self.compiled[i as usize];
-            let response = authorizer.is_authorized(&request, &c.alone, &entities);
-            errors.extend(response.diagnostics().errors().map(error_text));
-            if response.diagnostics().reason().next().is_some() {
-                match c.effect {
+            // What `Evaluator::evaluate` does, on the condition built at load.
+            match evaluator
+                .interpret(&c.condition, &NO_SLOTS)
+                .map(|v| v.value)
+            {
+                Ok(ValueKind::Lit(Literal::Bool(false))) => {}
+                Ok(ValueKind::Lit(Literal::Bool(true))) => match c.effect {
                     CedarEffect::Permit => {
                         needs_approval &= c.needs_approval;
                         permits.push(c.id.clone());
                     }
                     CedarEffect::Forbid => forbids.push(c.id.clone()),
-                }
+                },
+                Err(e) => errors.push(format!("policy `{}`: {e}", c.id)),
+                // A condition is an `&&` chain, so Cedar yields a boolean or an error.
+                Ok(other) => errors.push(format!(
+                    "policy `{}`: condition evaluated to `{other}`, not a boolean",
+                    c.id
+                )),
             }
         }
         combine(permits, forbids, errors, needs_approval)
     }
 
-    /// Decides with plain Cedar over the whole set, without the index. The
-    /// reference `decide` is tested against, and the benchmark's baseline.
+    /// Decides with plain `cedar-policy` over the whole set, without the index:
+    /// the reference `decide` is tested against, and the benchmark's baseline.
     pub fn decide_unindexed(&self, req: &DecisionRequest) -> Decision {
-        let (request, entities, _) = match entities::build(req) {
-            Ok(built) => built,
-            Err(e) => {
-                return Decision {
-                    effect: Effect::Deny,
-                    policies: Vec::new(),
-                    errors: vec![e],
-                };
-            }
+        let built = match entities::build(req) {
+            Ok(b) => b,
+            Err(e) => return deny_with(e),
         };
+        let request = cedar_policy::Request::from(built.request);
+        let entities = cedar_policy::Entities::from(built.entities);
         let response = Authorizer::new().is_authorized(&request, &self.all, &entities);
         let errors = response.diagnostics().errors().map(error_text).collect();
         let mut permits = Vec::new();
@@ -150,19 +169,6 @@ impl Policies {
     pub fn warnings(&self) -> &Problems {
         &self.warnings
     }
-
-    /// An empty set: everything is denied. Used before the first load.
-    pub fn empty() -> Self {
-        // The empty file list cannot fail to compile.
-        load::compile(&[]).unwrap_or_else(|_| Self {
-            all: PolicySet::new(),
-            compiled: Vec::new(),
-            index: index::ScopeIndex::default(),
-            digest: String::new(),
-            files: Vec::new(),
-            warnings: Problems::default(),
-        })
-    }
 }
 
 fn error_text(e: &cedar_policy::AuthorizationError) -> String {
@@ -183,14 +189,7 @@ fn combine(
 ) -> Decision {
     permits.sort();
     forbids.sort();
-    if !errors.is_empty() {
-        return Decision {
-            effect: Effect::Deny,
-            policies: forbids,
-            errors,
-        };
-    }
-    if !forbids.is_empty() {
+    if !errors.is_empty() || !forbids.is_empty() {
         return Decision {
             effect: Effect::Deny,
             policies: forbids,

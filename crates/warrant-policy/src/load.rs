@@ -241,19 +241,10 @@ pub(crate) fn compile(files: &[PolicyFile]) -> Result<Policies, Problems> {
     let mut scopes = Vec::with_capacity(parsed.len());
     for p in &parsed {
         let policy = p.policy.new_id(PolicyId::new(p.id.clone()));
-        let mut alone = PolicySet::new();
-        if let Err(e) = alone.add(policy.clone()) {
-            return Err(Problems(vec![PolicyProblem {
-                file: files[p.file_idx].name.clone(),
-                line: p.line,
-                col: 1,
-                message: e.to_string(),
-            }]));
-        }
         scopes.push(index::Scope::of(&policy));
         compiled.push(Compiled {
             id: p.id.clone(),
-            alone,
+            condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(&policy).condition(),
             effect: policy.effect(),
             needs_approval: policy.annotation(APPROVAL_ANNOTATION) == Some("required"),
         });
