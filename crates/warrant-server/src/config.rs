@@ -74,12 +74,12 @@ pub struct Settings {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file `{path}`: {source}")]
+    #[error("cannot read config file `{path}`: {error}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not also a `source()`).
+        error: std::io::Error,
     },
     /// The file is not valid TOML or has an unknown key.
     #[error("config file `{path}`: {message}")]
@@ -190,9 +190,9 @@ impl Config {
     pub fn load(settings: &Settings) -> Result<Self, ConfigError> {
         let raw = match &settings.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),

@@ -61,12 +61,12 @@ pub enum DataDirError {
         pid: String,
     },
     /// The KEK file exists but is not valid.
-    #[error("`{path}`: {source}")]
+    #[error("`{path}`: {error}")]
     Kek {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: warrant_token::KeyError,
+        /// Why (in the message, so not also a `source()`).
+        error: warrant_token::KeyError,
     },
 }
 
@@ -236,16 +236,16 @@ impl DataDir {
                 let text = zeroize::Zeroizing::new(fs::read_to_string(&path).map_err(|e| {
                     unusable(&self.root, format!("cannot read `{}`: {e}", path.display()))
                 })?);
-                let kek = Kek::from_base64(&text).map_err(|source| DataDirError::Kek {
+                let kek = Kek::from_base64(&text).map_err(|error| DataDirError::Kek {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 Ok((std::sync::Arc::new(kek), KekSource::File))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let kek = Kek::generate().map_err(|source| DataDirError::Kek {
+                let kek = Kek::generate().map_err(|error| DataDirError::Kek {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 let mut f = OpenOptions::new()
                     .write(true)

@@ -37,10 +37,10 @@ pub enum ServeError {
     DataDir(#[from] DataDirError),
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
     /// Signing keys could not be loaded or generated.
     #[error("cannot load the signing keys: {0}")]
-    Keys(#[from] KeyServiceError),
+    Keys(KeyServiceError),
     /// The policy set does not validate.
     #[error(
         "the policies in `{dir}` do not validate; fix them (check with `warrant policy validate`) and start again:\n{problems}"
@@ -64,6 +64,20 @@ pub enum ServeError {
     /// Some other IO failed.
     #[error("{0}")]
     Io(String),
+}
+
+// The causes are in the messages above, so they are not also `source()`s (the
+// CLI prints the whole chain).
+impl From<StoreError> for ServeError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<KeyServiceError> for ServeError {
+    fn from(e: KeyServiceError) -> Self {
+        Self::Keys(e)
+    }
 }
 
 fn bind_error(key: &'static str, flag: &str, addr: String, e: &std::io::Error) -> ServeError {

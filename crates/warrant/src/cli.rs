@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// warrant: identity and access broker for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "warrant", version, about, long_about = None, propagate_version = true)]
+#[command(name = "warrant", version, propagate_version = true)]
 pub struct Cli {
     /// The data directory of the broker (its store, keys and admin socket).
     #[arg(long, global = true, env = "WARRANT_DATA_DIR", value_name = "DIR")]

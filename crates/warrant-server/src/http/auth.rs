@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -112,7 +113,6 @@ async fn refuse(
     if let Some(s) = source {
         event = event.source(s);
     }
-    state.metrics.admin_request(surface.metric(), "denied");
     if let Err(e) = state.store.append_audit(event).await {
         state.metrics.audit_write_failures.inc();
         return ApiError::from(e).into_response();
@@ -124,10 +124,34 @@ fn what(req: &Request) -> String {
     format!("{} {}", req.method(), req.uri().path())
 }
 
+/// Counts an admin response by outcome: refused (401/403), ok, or an error.
+fn count(state: &AppState, surface: Surface, resp: &Response) {
+    let status = resp.status();
+    let outcome = if status.is_success() {
+        "ok"
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        "denied"
+    } else {
+        "error"
+    };
+    state.metrics.admin_request(surface.metric(), outcome);
+}
+
 /// Middleware for the admin socket.
 pub async fn socket_admin(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketPeer>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let resp = socket_admin_checked(&state, peer, req, next).await;
+    count(&state, Surface::Socket, &resp);
+    resp
+}
+
+async fn socket_admin_checked(
+    state: &AppState,
+    peer: SocketPeer,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -142,7 +166,7 @@ pub async fn socket_admin(
         _ => {
             let w = what(&req);
             return refuse(
-                &state,
+                state,
                 Surface::Socket,
                 Some(source),
                 None,
@@ -162,22 +186,24 @@ pub async fn socket_admin(
         surface: Surface::Socket,
         source: Some(source),
     });
-    let resp = next.run(req).await;
-    state.metrics.admin_request(
-        Surface::Socket.metric(),
-        if resp.status().is_success() {
-            "ok"
-        } else {
-            "error"
-        },
-    );
-    resp
+    next.run(req).await
 }
 
 /// Middleware for the admin API over HTTP: a valid admin token is required.
 pub async fn http_admin(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let resp = http_admin_checked(&state, addr, req, next).await;
+    count(&state, Surface::Http, &resp);
+    resp
+}
+
+async fn http_admin_checked(
+    state: &AppState,
+    addr: SocketAddr,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -193,11 +219,11 @@ pub async fn http_admin(
     }) {
         Some(t) if t.starts_with(ADMIN_TOKEN_PREFIX) => AdminTokenSecret::presented(t.trim()),
         Some(_) => {
-            return refuse(&state, Surface::Http, source, None, w, "the bearer token is not an admin token", ApiError::unauthorized("the bearer token is not a warrant admin token; create one with `warrant admin-token create --role ...`")).await;
+            return refuse(state, Surface::Http, source, None, w, "the bearer token is not an admin token", ApiError::unauthorized("the bearer token is not a warrant admin token; create one with `warrant admin-token create --role ...`")).await;
         }
         None => {
             return refuse(
-                &state,
+                state,
                 Surface::Http,
                 source,
                 None,
@@ -216,7 +242,7 @@ pub async fn http_admin(
     let record = match record {
         None => {
             return refuse(
-                &state,
+                state,
                 Surface::Http,
                 source,
                 None,
@@ -228,7 +254,7 @@ pub async fn http_admin(
         }
         Some(r) if r.revoked_at.is_some() => {
             return refuse(
-                &state,
+                state,
                 Surface::Http,
                 source,
                 None,
@@ -240,7 +266,7 @@ pub async fn http_admin(
         }
         Some(r) if !r.is_valid_at(now) => {
             return refuse(
-                &state,
+                state,
                 Surface::Http,
                 source,
                 None,
@@ -258,16 +284,7 @@ pub async fn http_admin(
         surface: Surface::Http,
         source,
     });
-    let resp = next.run(req).await;
-    state.metrics.admin_request(
-        Surface::Http.metric(),
-        if resp.status().is_success() {
-            "ok"
-        } else {
-            "error"
-        },
-    );
-    resp
+    next.run(req).await
 }
 
 async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Caller, Response> {

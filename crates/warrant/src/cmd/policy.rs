@@ -33,11 +33,16 @@ fn policy_dir(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
     Ok(warrant_server::Config::load(&settings)?.policy_dir)
 }
 
+/// `1 policy`, `2 policies`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn print_status(s: &PolicyStatus) {
     println!(
-        "{} policies from {} files in {} (digest {})",
-        s.policies.len(),
-        s.files.len(),
+        "{} from {} in {} (digest {})",
+        count(s.policies.len(), "policy", "policies"),
+        count(s.files.len(), "file", "files"),
         s.dir,
         &s.digest[..s.digest.len().min(16)]
     );
@@ -83,7 +88,11 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                     for w in &v.warnings {
                         eprintln!("warning: {w}");
                     }
-                    println!("ok: {} policies in {} are valid", v.policies.len(), v.dir);
+                    println!(
+                        "ok: {} is valid ({})",
+                        v.dir,
+                        count(v.policies.len(), "policy", "policies")
+                    );
                 }
                 Output::Human => {
                     for p in &v.problems {

@@ -390,6 +390,12 @@ fn http_admin_needs_a_token_of_the_right_role() {
         |d| d["reasons"][0] == "role auditor may not change anything"
             && d["actor"] == format!("admin-token:{auditor_id}")
     ));
+    // Each refusal is counted once, as a denial.
+    let metrics = b.http("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("warrant_admin_requests_total{surface=\"http\",outcome=\"denied\"} 7"),
+        "{metrics}"
+    );
 
     // Secrets never reach the audit trail or the log.
     let all = b

@@ -1,1 +1,178 @@
+//! docs/quickstart.md, run as written.
+//!
+//! Every `sh` block runs in order in one shell (`sh -eu`) in a fresh directory,
+//! with the binary under test first on `PATH`. `cargo` lines are skipped (the
+//! binary is already built). The block that is only `warrant serve` runs in the
+//! background, as the page's first terminal. The page's ports (8700, 8701) are
+//! swapped for free ones. Every line of a `text` block must appear in one line
+//! of what the commands and the broker printed, `…` matching anything.
 
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PAGE: &str = include_str!("../../../../docs/quickstart.md");
+
+struct Blocks {
+    serve: String,
+    script: String,
+    expected: Vec<String>,
+}
+
+fn blocks(page: &str) -> Blocks {
+    let mut out = Blocks {
+        serve: String::new(),
+        script: String::new(),
+        expected: Vec::new(),
+    };
+    let mut lines = page.lines();
+    while let Some(line) = lines.next() {
+        let Some(lang) = line.strip_prefix("```") else {
+            continue;
+        };
+        let body: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+        match lang {
+            "sh" if body.len() == 1 && body[0].starts_with("warrant serve") => {
+                assert!(out.serve.is_empty(), "one `warrant serve` block");
+                out.serve = body[0].to_owned();
+            }
+            "sh" => {
+                for l in body.iter().filter(|l| !l.starts_with("cargo ")) {
+                    out.script.push_str(l);
+                    out.script.push('\n');
+                }
+            }
+            "text" => out.expected.extend(
+                body.iter()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| (*l).to_owned()),
+            ),
+            other => panic!("quickstart.md: a ```{other} block; use sh or text"),
+        }
+    }
+    assert!(!out.serve.is_empty(), "the page starts the broker");
+    out
+}
+
+/// Whether `line` holds the pieces of `pattern` between its `…`, in order.
+fn matches(pattern: &str, line: &str) -> bool {
+    let mut rest = line;
+    for piece in pattern.split('…').map(str::trim).filter(|p| !p.is_empty()) {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn matcher_needs_every_piece_in_order() {
+    assert!(matches("a … c", "a b c"));
+    assert!(matches("ok: … records", "ok: 3 records"));
+    assert!(!matches("a … c", "c b a"));
+    assert!(!matches("allow", "deny"));
+}
+
+#[test]
+fn quickstart_runs_as_written() {
+    let (api, edge) = (free_port(), free_port());
+    let page = PAGE
+        .replace("127.0.0.1:8700", &format!("127.0.0.1:{api}"))
+        .replace("127.0.0.1:8701", &format!("127.0.0.1:{edge}"));
+    let b = blocks(&page);
+    let dir = tempfile::Builder::new()
+        .prefix("wq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let bin_dir = crate::bin().parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let env = |c: &mut Command| {
+        c.current_dir(dir.path())
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| !k.starts_with("WARRANT_")))
+            .env("PATH", &path)
+            .env("WARRANT_API_ADDR", format!("127.0.0.1:{api}"))
+            .env("WARRANT_EDGE_ADDR", format!("127.0.0.1:{edge}"));
+    };
+
+    // The first terminal.
+    let log = dir.path().join("serve.log");
+    let mut serve = Command::new("sh");
+    env(&mut serve);
+    let mut serve = serve
+        .args(["-c", &format!("exec {}", b.serve)])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{api}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(s) = serve.try_wait().unwrap() {
+            panic!(
+                "`{}` exited ({s}):\n{}",
+                b.serve,
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect(addr).is_ok()
+            && warrant_testkit::http(addr, "GET", "/readyz", &[], None).status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broker never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The second terminal.
+    let mut sh = Command::new("sh");
+    env(&mut sh);
+    let out = sh.args(["-eu", "-c", &b.script]).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+
+    // Stop it as the page says, with SIGTERM.
+    let pid = rustix::process::Pid::from_child(&serve);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = serve.wait().unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+
+    assert!(
+        out.status.success(),
+        "the quickstart's commands failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker:\n{logs}",
+        out.status
+    );
+    assert!(status.success(), "the broker did not stop cleanly:\n{logs}");
+    let printed: Vec<&str> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .chain(logs.lines())
+        .collect();
+    for want in &b.expected {
+        assert!(
+            printed.iter().any(|l| matches(want, l)),
+            "quickstart.md says this is printed, but it was not:\n  {want}\n\nprinted:\n{}",
+            printed.join("\n")
+        );
+    }
+    assert!(
+        Path::new(&dir.path().join("warrant-data/policies/triage.cedar")).exists(),
+        "the page wrote its policy into the data directory"
+    );
+}

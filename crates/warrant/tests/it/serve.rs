@@ -282,11 +282,42 @@ fn a_kek_from_the_environment_is_used_and_a_wrong_one_refused() {
     );
     assert!(!child.wait().unwrap().success());
     let err = std::fs::read_to_string(log).unwrap();
-    assert!(
-        err.contains("cannot be decrypted with this key-encryption key"),
-        "{err}"
+    assert_eq!(
+        err.matches("cannot be decrypted with this key-encryption key")
+            .count(),
+        1,
+        "said once: {err}"
     );
     assert!(!err.contains(other) && !err.contains(kek));
+
+    // A KEK file that is not a key: refused, saying how to make one.
+    let dir = tmp.path().join("bad-kek");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::write(dir.join("kek"), "not a key\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("kek"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (err, _, _tmp) = start_fails(Options {
+        data_dir: Some(dir),
+        ..Default::default()
+    });
+    assert_eq!(err.matches("openssl rand -base64 32").count(), 1, "{err}");
+}
+
+#[test]
+fn refuses_a_missing_config_file() {
+    let (err, data_dir, _tmp) = start_fails(Options {
+        args: vec!["--config".into(), "/nonexistent/warrant.toml".into()],
+        ..Default::default()
+    });
+    assert_eq!(
+        err.trim(),
+        "error: cannot read config file `/nonexistent/warrant.toml`: No such file or directory (os error 2)"
+    );
+    assert!(!data_dir.exists(), "nothing was created");
 }
 
 #[test]
