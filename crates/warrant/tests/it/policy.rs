@@ -31,7 +31,7 @@ fn validate_works_offline_and_locates_problems() {
     let d = tempfile::tempdir().unwrap();
     fs::write(d.path().join("a.cedar"), GOOD).unwrap();
     let r = validate(d.path());
-    assert!(r.ok().contains("ok: 1 policies"), "{}", r.stdout);
+    assert!(r.ok().ends_with("is valid (1 policy)\n"), "{}", r.stdout);
 
     fs::write(
         d.path().join("b.cedar"),
@@ -92,7 +92,7 @@ fn a_fresh_broker_has_an_example_that_permits_nothing() {
     assert!(
         b.cli(&["policy", "validate"])
             .ok()
-            .contains("ok: 0 policies")
+            .contains("/policies is valid (0 policies)")
     );
     let schema = b.cli(&["policy", "schema"]).ok().to_owned();
     assert!(schema.contains("action \"token:exchange\" appliesTo"));
@@ -327,4 +327,70 @@ when { context has user && context.user in Group::"support" && context.hour >= 8
         "{}",
         r.stderr
     );
+}
+
+/// The Cedar examples in docs/policy.md validate, and its `policy check`
+/// example decides as the page says.
+#[test]
+fn policy_doc_examples_hold() {
+    let page = include_str!("../../../../docs/policy.md");
+    let cedar: Vec<&str> = page
+        .split("```cedar\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert!(!cedar.is_empty());
+    let d = tempfile::tempdir().unwrap();
+    for (i, block) in cedar.iter().enumerate() {
+        fs::write(d.path().join(format!("doc{i}.cedar")), block).unwrap();
+    }
+    assert!(validate(d.path()).ok().contains("is valid (5 policies)"));
+
+    let b = crate::Broker::start_with(
+        bin(),
+        crate::Options {
+            args: vec!["--policy-dir".into(), d.path().display().to_string()],
+            ..Default::default()
+        },
+    );
+    b.cli(&[
+        "agent",
+        "create",
+        "support-triage",
+        "--owner",
+        "me",
+        "--env",
+        "prod",
+    ])
+    .ok();
+    let check = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "check",
+            "--agent",
+            "support-triage",
+            "--action",
+            "token:exchange",
+            "--resource",
+            "Audience::\"https://tickets.example.org\"",
+            "--user",
+            "alice",
+            "--group",
+            "support",
+            "--scope",
+            "tickets:read",
+        ];
+        args.extend(extra);
+        b.cli(&args)
+    };
+    let monday = "2026-11-23T10:00:00Z";
+    let allowed = check(&["--source-ip", "10.1.2.3", "--time", monday]);
+    assert_eq!(allowed.ok(), "allow\n  support-business-hours\n");
+    let denied = check(&["--time", monday]);
+    assert_eq!(denied.code, 3);
+    assert_eq!(denied.stdout, "deny\n  cluster-only\n");
+    // Saturday: outside business hours.
+    let weekend = check(&["--source-ip", "10.1.2.3", "--time", "2026-11-28T10:00:00Z"]);
+    assert_eq!(weekend.code, 3, "{}", weekend.stdout);
+    assert!(page.contains("--source-ip 10.1.2.3 --time 2026-11-23T10:00:00Z"));
 }
