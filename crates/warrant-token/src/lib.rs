@@ -10,6 +10,7 @@
 //! key signs and which are published without coordinating.
 
 mod error;
+pub mod jwt;
 mod kek;
 mod keyset;
 
