@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod decision;
+pub mod identity;
 pub mod keys;
 pub mod name;
 pub mod selector;

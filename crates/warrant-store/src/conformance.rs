@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use warrant_core::admin::{AdminTokenRecord, Role};
 use warrant_core::agent::{Agent, AgentStatus, NewAgent, TrustLevel};
 use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::identity::{Attestor, Evidence, Instance, JoinTokenRecord};
 use warrant_core::keys::{Alg, SigningKeyRecord};
 use warrant_core::name::{AgentName, EnvName};
 use warrant_core::selector::SelectorSet;
@@ -50,6 +51,8 @@ macro_rules! conformance_tests {
             missing_agent_is_not_found_and_unaudited,
             signing_keys_round_trip,
             admin_tokens_round_trip,
+            instances_upsert_and_go_with_their_agent,
+            a_join_token_is_redeemed_exactly_once,
             audit_chain_is_gapless_under_concurrency,
             audit_filters,
             audit_failure_fails_closed,
@@ -543,5 +546,154 @@ pub async fn a_failing_job_does_not_poison_its_batch(fx: Box<dyn Fixture>) {
         (report.verified, report.broken),
         (20, None),
         "exactly one record per applied change"
+    );
+}
+
+fn instance(agent: &str, token: &str, seen: i64) -> Instance {
+    let name = AgentName::new(agent).unwrap();
+    Instance {
+        id: Evidence::Join {
+            token_id: token.into(),
+        }
+        .instance_id(&name),
+        agent: name,
+        attestor: Attestor::Join,
+        evidence: format!("join token {token}"),
+        first_seen: Timestamp::from_millis(seen),
+        last_seen: Timestamp::from_millis(seen),
+        expires_at: Timestamp::from_millis(seen + 300_000),
+    }
+}
+
+pub async fn instances_upsert_and_go_with_their_agent(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let triage = AgentName::new("triage").unwrap();
+    s.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    let first = s
+        .record_instance(instance("triage", "jt_1", 1_000), ev("attest", "triage"))
+        .await
+        .unwrap();
+    assert_eq!(first, instance("triage", "jt_1", 1_000));
+    // A refresh keeps first_seen and moves last_seen and expiry.
+    let again = s
+        .record_instance(instance("triage", "jt_1", 5_000), ev("attest", "triage"))
+        .await
+        .unwrap();
+    assert_eq!(again.first_seen, Timestamp::from_millis(1_000));
+    assert_eq!(again.last_seen, Timestamp::from_millis(5_000));
+    s.record_instance(instance("triage", "jt_2", 3_000), ev("attest", "triage"))
+        .await
+        .unwrap();
+    let listed = s.list_instances(&triage).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0], again, "most recently seen first");
+    assert_eq!(
+        s.live_instances(Timestamp::from_millis(303_500))
+            .await
+            .unwrap(),
+        vec![("triage".to_owned(), 1)],
+        "only the refreshed instance is still live"
+    );
+    assert_eq!(audit_count(&s).await, 4);
+
+    s.delete_agent(&triage, ev("admin.agent.delete", "triage"))
+        .await
+        .unwrap();
+    assert!(s.list_instances(&triage).await.unwrap().is_empty());
+}
+
+async fn audit_count(s: &Arc<dyn Store>) -> usize {
+    s.list_audit(&AuditQuery {
+        limit: 10_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .len()
+}
+
+pub async fn a_join_token_is_redeemed_exactly_once(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let rec = |id: &str, hash: u8, expires: i64| JoinTokenRecord {
+        id: id.into(),
+        token_hash: [hash; 32],
+        agent: AgentName::new("triage").unwrap(),
+        created_by: "local:uid=0".into(),
+        created_at: Timestamp::from_millis(0),
+        expires_at: Timestamp::from_millis(expires),
+        redeemed_at: None,
+    };
+    s.create_join_token(
+        rec("jt_a", 1, 600_000),
+        ev("admin.agent.join-token", "triage"),
+    )
+    .await
+    .unwrap();
+    s.create_join_token(rec("jt_b", 2, 10), ev("admin.agent.join-token", "triage"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.join_token_by_hash(&[1; 32]).await.unwrap(),
+        Some(rec("jt_a", 1, 600_000))
+    );
+    assert_eq!(s.join_token_by_hash(&[9; 32]).await.unwrap(), None);
+    let before = audit_count(&s).await;
+
+    let now = Timestamp::from_millis(1_000);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.redeem_join_token(
+                &[1; 32],
+                now,
+                instance("triage", "jt_a", 1_000),
+                ev("attest", "triage"),
+            )
+            .await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(i) => {
+                won += 1;
+                assert_eq!(i, instance("triage", "jt_a", 1_000));
+            }
+            Err(StoreError::Conflict {
+                what: "join token", ..
+            }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(won, 1, "exactly one concurrent redemption succeeds");
+    assert_eq!(audit_count(&s).await, before + 1, "losers leave no record");
+    assert_eq!(
+        s.join_token_by_hash(&[1; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .redeemed_at,
+        Some(now)
+    );
+    // An expired token cannot be redeemed.
+    assert!(matches!(
+        s.redeem_join_token(
+            &[2; 32],
+            now,
+            instance("triage", "jt_b", 1_000),
+            ev("attest", "triage")
+        )
+        .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        s.list_instances(&AgentName::new("triage").unwrap())
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }

@@ -19,6 +19,7 @@ pub use sqlite::{SqliteOptions, SqliteStore};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash};
+use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::name::AgentName;
 use warrant_core::time::Timestamp;
@@ -100,6 +101,41 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         audit: AuditEvent,
     ) -> Result<AdminTokenRecord, StoreError>;
+
+    /// Creates or refreshes an instance (keeping its `first_seen`) with the
+    /// audit record of the attestation, atomically. Returns the stored instance.
+    async fn record_instance(
+        &self,
+        instance: Instance,
+        audit: AuditEvent,
+    ) -> Result<Instance, StoreError>;
+    /// An agent's instances, most recently seen first.
+    async fn list_instances(&self, agent: &AgentName) -> Result<Vec<Instance>, StoreError>;
+    /// Instances whose latest identity has not expired at `now`, per agent name.
+    async fn live_instances(&self, now: Timestamp) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Adds a join token (hash only).
+    async fn create_join_token(
+        &self,
+        token: JoinTokenRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// The join token with this hash, redeemed or not.
+    async fn join_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<JoinTokenRecord>, StoreError>;
+    /// Marks the join token redeemed and records the instance it admitted, with
+    /// the audit record, atomically. Exactly one of any number of concurrent
+    /// redemptions succeeds; the others get `Conflict` and change nothing.
+    /// A token that expired by `now` is a `Conflict` too.
+    async fn redeem_join_token(
+        &self,
+        hash: &[u8; 32],
+        now: Timestamp,
+        instance: Instance,
+        audit: AuditEvent,
+    ) -> Result<Instance, StoreError>;
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;

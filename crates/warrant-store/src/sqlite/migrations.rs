@@ -8,10 +8,11 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::StoreError;
 
 /// `(version, name, sql)`, in order.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "inventory, keys, admin tokens, audit log",
-    r#"
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "inventory, keys, admin tokens, audit log",
+        r#"
 CREATE TABLE agents (
   id            TEXT PRIMARY KEY,
   name          TEXT NOT NULL UNIQUE,
@@ -71,7 +72,34 @@ BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 "#,
-)];
+    ),
+    (
+        2,
+        "instances and join tokens",
+        r#"
+CREATE TABLE instances (
+  id          TEXT PRIMARY KEY,
+  agent       TEXT NOT NULL,
+  attestor    TEXT NOT NULL,
+  evidence    TEXT NOT NULL,
+  first_seen  INTEGER NOT NULL,
+  last_seen   INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX instances_by_agent ON instances (agent, last_seen);
+
+CREATE TABLE join_tokens (
+  id           TEXT PRIMARY KEY,
+  token_hash   BLOB NOT NULL UNIQUE,
+  agent        TEXT NOT NULL,
+  created_by   TEXT NOT NULL,
+  created_at   INTEGER NOT NULL,
+  expires_at   INTEGER NOT NULL,
+  redeemed_at  INTEGER
+) STRICT;
+"#,
+    ),
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest() -> i64 {

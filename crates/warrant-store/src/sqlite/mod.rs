@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
+use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::name::AgentName;
 use warrant_core::time::Timestamp;
@@ -72,6 +73,36 @@ fn read_err(e: rusqlite::Error) -> StoreError {
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (id) DO UPDATE SET evidence = excluded.evidence, \
+             last_seen = excluded.last_seen, expires_at = excluded.expires_at",
+            rows::INSTANCE_COLUMNS
+        ),
+        params![
+            i.id.as_str(),
+            i.agent.as_str(),
+            i.attestor.as_str(),
+            i.evidence,
+            i.first_seen.as_millis(),
+            i.last_seen.as_millis(),
+            i.expires_at.as_millis(),
+        ],
+    )
+    .map_err(db_err)?;
+    conn.query_row(
+        &format!(
+            "SELECT {} FROM instances WHERE id = ?1",
+            rows::INSTANCE_COLUMNS
+        ),
+        [i.id.as_str()],
+        rows::instance,
+    )
+    .map_err(read_err)
 }
 
 impl SqliteStore {
@@ -301,6 +332,17 @@ impl Store for SqliteStore {
                 ctx.conn
                     .execute("DELETE FROM agents WHERE name = ?1", [&name])
                     .map_err(db_err)?;
+                // Its instances and unredeemed join tokens go with it: a later
+                // agent of the same name must not inherit them.
+                ctx.conn
+                    .execute("DELETE FROM instances WHERE agent = ?1", [&name])
+                    .map_err(db_err)?;
+                ctx.conn
+                    .execute(
+                        "DELETE FROM join_tokens WHERE agent = ?1 AND redeemed_at IS NULL",
+                        [&name],
+                    )
+                    .map_err(db_err)?;
                 ctx.append(audit)?;
                 Ok(agent)
             })
@@ -457,6 +499,145 @@ impl Store for SqliteStore {
                     .ok_or_else(|| StoreError::NotFound { what: "admin token", name: id.clone() })?;
                 ctx.append(audit)?;
                 Ok(token)
+            })
+            .await
+    }
+
+    async fn record_instance(
+        &self,
+        instance: Instance,
+        audit: AuditEvent,
+    ) -> Result<Instance, StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let stored = upsert_instance(ctx.conn, &instance)?;
+                ctx.append(audit)?;
+                Ok(stored)
+            })
+            .await
+    }
+
+    async fn list_instances(&self, agent: &AgentName) -> Result<Vec<Instance>, StoreError> {
+        let agent = agent.to_string();
+        self.read(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {} FROM instances WHERE agent = ?1 ORDER BY last_seen DESC, id",
+                    rows::INSTANCE_COLUMNS
+                ))
+                .map_err(db_err)?;
+            st.query_map([agent], rows::instance)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn live_instances(&self, now: Timestamp) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT agent, count(*) FROM instances WHERE expires_at > ?1 GROUP BY agent ORDER BY agent",
+                )
+                .map_err(db_err)?;
+            st.query_map([now.as_millis()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn create_join_token(
+        &self,
+        token: JoinTokenRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                ctx.conn
+                    .execute(
+                        &format!(
+                            "INSERT INTO join_tokens ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                            rows::JOIN_COLUMNS
+                        ),
+                        params![
+                            token.id,
+                            token.token_hash.as_slice(),
+                            token.agent.as_str(),
+                            token.created_by,
+                            token.created_at.as_millis(),
+                            token.expires_at.as_millis(),
+                            token.redeemed_at.map(Timestamp::as_millis),
+                        ],
+                    )
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Conflict {
+                                what: "join token",
+                                name: token.id.clone(),
+                            }
+                        } else {
+                            db_err(e)
+                        }
+                    })?;
+                ctx.append(audit)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn join_token_by_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> Result<Option<JoinTokenRecord>, StoreError> {
+        let hash = hash.to_vec();
+        self.read(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {} FROM join_tokens WHERE token_hash = ?1",
+                    rows::JOIN_COLUMNS
+                ),
+                [hash],
+                rows::join_token,
+            )
+            .optional()
+            .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn redeem_join_token(
+        &self,
+        hash: &[u8; 32],
+        now: Timestamp,
+        instance: Instance,
+        audit: AuditEvent,
+    ) -> Result<Instance, StoreError> {
+        let hash = hash.to_vec();
+        self.writer
+            .submit(move |ctx| {
+                // The single writer runs jobs one at a time, and the condition
+                // is checked and set in one statement: exactly one redemption wins.
+                let changed = ctx
+                    .conn
+                    .execute(
+                        "UPDATE join_tokens SET redeemed_at = ?1 WHERE token_hash = ?2 AND redeemed_at IS NULL AND expires_at > ?1",
+                        params![now.as_millis(), hash],
+                    )
+                    .map_err(db_err)?;
+                if changed != 1 {
+                    return Err(StoreError::Conflict {
+                        what: "join token",
+                        name: "redeemed or expired".into(),
+                    });
+                }
+                let stored = upsert_instance(ctx.conn, &instance)?;
+                ctx.append(audit)?;
+                Ok(stored)
             })
             .await
     }

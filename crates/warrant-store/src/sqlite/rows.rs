@@ -118,3 +118,38 @@ pub(crate) fn audit_row(r: &Row<'_>) -> rusqlite::Result<StoredRow> {
         },
     })
 }
+
+pub(crate) const INSTANCE_COLUMNS: &str =
+    "id, agent, attestor, evidence, first_seen, last_seen, expires_at";
+
+pub(crate) fn instance(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::Instance> {
+    use warrant_core::identity::{Attestor, Instance, InstanceId};
+    let attestor: String = r.get(2)?;
+    Ok(Instance {
+        id: InstanceId::from_stored(r.get(0)?),
+        agent: AgentName::new(r.get::<_, String>(1)?).map_err(|e| corrupt("agent name", e))?,
+        attestor: Attestor::parse(&attestor).ok_or_else(|| corrupt("attestor", &attestor))?,
+        evidence: r.get(3)?,
+        first_seen: Timestamp::from_millis(r.get(4)?),
+        last_seen: Timestamp::from_millis(r.get(5)?),
+        expires_at: Timestamp::from_millis(r.get(6)?),
+    })
+}
+
+pub(crate) const JOIN_COLUMNS: &str =
+    "id, token_hash, agent, created_by, created_at, expires_at, redeemed_at";
+
+pub(crate) fn join_token(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::JoinTokenRecord> {
+    let hash: Vec<u8> = r.get(1)?;
+    Ok(warrant_core::identity::JoinTokenRecord {
+        id: r.get(0)?,
+        token_hash: hash
+            .try_into()
+            .map_err(|_| corrupt("join token hash", "not 32 bytes"))?,
+        agent: AgentName::new(r.get::<_, String>(2)?).map_err(|e| corrupt("agent name", e))?,
+        created_by: r.get(3)?,
+        created_at: Timestamp::from_millis(r.get(4)?),
+        expires_at: Timestamp::from_millis(r.get(5)?),
+        redeemed_at: r.get::<_, Option<i64>>(6)?.map(Timestamp::from_millis),
+    })
+}
