@@ -235,3 +235,25 @@ pub struct ErrorBody {
     /// What to do.
     pub message: String,
 }
+
+/// `POST /admin/v1/agents/{name}/join-tokens` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// How long it may be redeemed, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// The answer: the only time the join token is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedJoinToken {
+    /// Public id.
+    pub id: String,
+    /// The one-time token. Shown once; warrant keeps only its hash.
+    pub token: String,
+    /// The agent it admits.
+    pub agent: String,
+    /// Until when it may be redeemed.
+    pub expires_at: Timestamp,
+}

@@ -45,6 +45,25 @@ pub struct RawConfig {
     pub max_delegation_depth: Option<u32>,
     /// The algorithm of newly generated signing keys.
     pub signing_alg: Option<String>,
+    /// Platforms whose JWTs attest agents (the OIDC attestor).
+    #[serde(default)]
+    pub trust_provider: Vec<RawTrustProvider>,
+}
+
+/// One `[[trust_provider]]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustProvider {
+    /// A name for the audit trail.
+    pub name: String,
+    /// The `iss` its tokens carry, exactly.
+    pub issuer: String,
+    /// Where to fetch its JWKS.
+    pub jwks_uri: Option<String>,
+    /// A local copy of its JWKS.
+    pub jwks_file: Option<PathBuf>,
+    /// The audience its tokens must carry for warrant.
+    pub audience: String,
 }
 
 /// Values from flags and the environment; `None` where neither gave one.
@@ -120,6 +139,8 @@ pub struct Config {
     pub max_delegation_depth: u32,
     /// The algorithm of newly generated signing keys.
     pub signing_alg: Alg,
+    /// Trusted OIDC issuers.
+    pub trust_providers: Vec<crate::attest::oidc::TrustProvider>,
     /// The config file used, if any.
     pub config_file: Option<PathBuf>,
     /// The key-encryption key from `WARRANT_KEK`, if given; otherwise
@@ -328,6 +349,8 @@ impl Config {
             }
         };
 
+        let trust_providers = trust_providers(&layer, raw.trust_provider)?;
+
         Ok(Self {
             data_dir,
             api_addr,
@@ -337,10 +360,79 @@ impl Config {
             policy_dir,
             max_delegation_depth,
             signing_alg,
+            trust_providers,
             config_file: settings.config.clone(),
             kek: None,
         })
     }
+}
+
+fn trust_providers(
+    layer: &Layer<'_>,
+    raw: Vec<RawTrustProvider>,
+) -> Result<Vec<crate::attest::oidc::TrustProvider>, ConfigError> {
+    use crate::attest::oidc::{JwksSource, TrustProvider};
+    let mut out: Vec<TrustProvider> = Vec::new();
+    for (i, p) in raw.into_iter().enumerate() {
+        let origin = format!(
+            "[[trust_provider]] #{} in {}",
+            i + 1,
+            layer
+                .file
+                .map_or("the config".into(), |f| f.display().to_string())
+        );
+        let bad = |message: String| ConfigError::Invalid {
+            key: "trust_provider",
+            origin: origin.clone(),
+            message,
+        };
+        if p.name.is_empty()
+            || !p
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(bad(format!(
+                "name `{}` must be lower-case letters, digits and hyphens",
+                p.name.escape_debug()
+            )));
+        }
+        if out.iter().any(|o| o.name == p.name) {
+            return Err(bad(format!("name `{}` is used twice", p.name)));
+        }
+        if !(p.issuer.starts_with("https://") || p.issuer.starts_with("http://")) {
+            return Err(bad(format!(
+                "issuer `{}` must be the URL in the tokens' `iss` claim",
+                p.issuer.escape_debug()
+            )));
+        }
+        if p.audience.is_empty() {
+            return Err(bad(
+                "audience must be set: the `aud` the platform puts in tokens meant for warrant"
+                    .into(),
+            ));
+        }
+        let jwks = match (p.jwks_uri, p.jwks_file) {
+            (Some(u), None) if u.starts_with("https://") || u.starts_with("http://") => {
+                JwksSource::Uri(u)
+            }
+            (Some(u), None) => {
+                return Err(bad(format!(
+                    "jwks_uri `{}` must be an http(s) URL",
+                    u.escape_debug()
+                )));
+            }
+            (None, Some(f)) => JwksSource::File(layer.file_path(f)),
+            _ => return Err(bad("set exactly one of jwks_uri and jwks_file".into())),
+        };
+        out.push(TrustProvider {
+            name: p.name,
+            issuer: p.issuer,
+            jwks,
+            audience: p.audience,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

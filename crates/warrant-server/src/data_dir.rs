@@ -2,7 +2,9 @@
 //! information live.
 //!
 //! It holds the keys to everything the broker issues, so it must belong to the
-//! user running the broker and be closed to everyone else (mode 0700). A broker
+//! user running the broker and be closed to everyone else: mode 0711, so other
+//! users can reach the agent socket by name but never list or read anything,
+//! and every file in it 0600. A broker
 //! refuses to start on a directory that is not, rather than fixing it silently:
 //! wrong permissions mean someone else may already have read it. One broker at a
 //! time uses a directory, enforced by a lock on `<data-dir>/lock`.
@@ -132,7 +134,23 @@ fn unusable(path: &Path, why: impl Into<String>) -> DataDirError {
     }
 }
 
+/// The data directory's mode: owner-only, except that others may traverse it
+/// (never list or read it) to reach the agent socket, which local agents of
+/// other users connect to. Every file in it is 0600.
+pub const DATA_DIR_MODE: u32 = 0o711;
+
+/// Refuses `path` if another user owns it or if it has any bit of `forbidden`
+/// (suggesting `want`).
 fn check_private(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), DataDirError> {
+    check_mode(path, meta, want, 0o077)
+}
+
+fn check_mode(
+    path: &Path,
+    meta: &fs::Metadata,
+    want: u32,
+    forbidden: u32,
+) -> Result<(), DataDirError> {
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && me != 0 {
         return Err(DataDirError::Owner {
@@ -142,7 +160,7 @@ fn check_private(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), Data
         });
     }
     let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if mode & forbidden != 0 {
         return Err(DataDirError::Permissions {
             path: path.to_owned(),
             mode,
@@ -160,13 +178,16 @@ impl DataDir {
             Ok(meta) if !meta.is_dir() => {
                 return Err(unusable(root, "it exists and is not a directory"));
             }
-            Ok(meta) => check_private(root, &meta, 0o700)?,
+            Ok(meta) => check_mode(root, &meta, DATA_DIR_MODE, 0o066)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
                     .recursive(true)
-                    .mode(0o700)
+                    .mode(DATA_DIR_MODE)
                     .create(root)
                     .map_err(|e| unusable(root, format!("cannot create it: {e}")))?;
+                // The umask may have taken the traverse bits; set them exactly.
+                fs::set_permissions(root, fs::Permissions::from_mode(DATA_DIR_MODE))
+                    .map_err(|e| unusable(root, format!("cannot set its mode: {e}")))?;
                 tracing::info!(path = %root.display(), "created data directory");
             }
             Err(e) => return Err(unusable(root, e.to_string())),
@@ -213,6 +234,11 @@ impl DataDir {
     /// The SQLite database.
     pub fn db_path(&self) -> PathBuf {
         self.root.join("warrant.db")
+    }
+
+    /// `<data-dir>/agent.sock`: the unix attestor, open to every local user.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.root.join("agent.sock")
     }
 
     /// The admin socket.
@@ -309,7 +335,7 @@ mod tests {
         let dd = DataDir::open(&root).unwrap();
         assert_eq!(
             fs::metadata(&root).unwrap().permissions().mode() & 0o777,
-            0o700
+            0o711
         );
         let (k1, src) = dd.kek(None).unwrap();
         assert_eq!(src, KekSource::Created);
@@ -334,7 +360,12 @@ mod tests {
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
         let e = DataDir::open(&root).unwrap_err().to_string();
         assert!(e.contains("mode 0755"), "{e}");
-        assert!(e.contains(&format!("chmod 700 {}", root.display())), "{e}");
+        assert!(e.contains(&format!("chmod 711 {}", root.display())), "{e}");
+        // Owner-only, and traverse-only for others, are both fine.
+        for ok in [0o700, 0o711] {
+            fs::set_permissions(&root, fs::Permissions::from_mode(ok)).unwrap();
+            drop(DataDir::open(&root).unwrap());
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! Deliberately not here: token formats, Cedar, SQL and key material, which
 //! live in their own crates behind plain Rust APIs.
 
+pub mod attest;
 pub mod config;
 pub mod data_dir;
 pub mod http;

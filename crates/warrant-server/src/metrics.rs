@@ -42,6 +42,22 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of an attestation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttestLabels {
+    /// unix, oidc, join.
+    pub attestor: String,
+    /// issued, denied, invalid, error.
+    pub outcome: String,
+}
+
+/// An agent label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// The agent's name.
+    pub agent: String,
+}
+
 /// Build information.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -71,6 +87,10 @@ pub struct Metrics {
     pub admin_tokens_valid: Gauge,
     /// Records in the audit chain (refreshed at scrape).
     pub audit_records: Gauge,
+    /// Attestations by attestor and outcome.
+    pub attestations: Family<AttestLabels, Counter>,
+    /// Instances whose identity has not expired, per agent (refreshed at scrape).
+    pub live_instances: Family<AgentLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -100,6 +120,8 @@ impl Metrics {
             signing_keys: Family::default(),
             admin_tokens_valid: Gauge::default(),
             audit_records: Gauge::default(),
+            attestations: Family::default(),
+            live_instances: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +169,16 @@ impl Metrics {
             "Records in the audit chain",
             m.audit_records.clone(),
         );
+        registry.register(
+            "warrant_attestations",
+            "Attestations by attestor and outcome",
+            m.attestations.clone(),
+        );
+        registry.register(
+            "warrant_live_instances",
+            "Agent instances holding an unexpired identity",
+            m.live_instances.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -155,6 +187,16 @@ impl Metrics {
         self.admin_requests
             .get_or_create(&AdminLabels {
                 surface: surface.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an attestation.
+    pub fn attestation(&self, attestor: &str, outcome: &str) {
+        self.attestations
+            .get_or_create(&AttestLabels {
+                attestor: attestor.to_owned(),
                 outcome: outcome.to_owned(),
             })
             .inc();

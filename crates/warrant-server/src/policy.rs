@@ -293,15 +293,14 @@ impl PolicyService {
         }
     }
 
-    /// Decides `req` and records the decision as `event` (the caller fills in
-    /// kind, actor and any credential facts). Returns the decision once its
-    /// record is durable; if the record can't be written, returns the error and
-    /// the caller must refuse.
-    pub async fn authorize(
+    /// Decides `req` and fills `event` with the decision (outcome, reasons,
+    /// principal, resource, action) without writing it: for callers that
+    /// record the decision together with what it allows, in one transaction.
+    pub fn decide_for_record(
         &self,
         req: &DecisionRequest,
         event: AuditEvent,
-    ) -> Result<Decision, StoreError> {
+    ) -> (Decision, AuditEvent) {
         let decision = self.current.load().policies.decide(req);
         let effect = match decision.effect {
             Effect::Allow => "allow",
@@ -328,6 +327,19 @@ impl PolicyService {
             action: Some(req.action.as_str().to_owned()),
             ..event
         };
+        (decision, event)
+    }
+
+    /// Decides `req` and records the decision as `event` (the caller fills in
+    /// kind, actor and any credential facts). Returns the decision once its
+    /// record is durable; if the record can't be written, returns the error and
+    /// the caller must refuse.
+    pub async fn authorize(
+        &self,
+        req: &DecisionRequest,
+        event: AuditEvent,
+    ) -> Result<Decision, StoreError> {
+        let (decision, event) = self.decide_for_record(req, event);
         self.record(event).await?;
         Ok(decision)
     }

@@ -103,6 +103,7 @@ pub struct Broker {
     api: TcpListener,
     edge: TcpListener,
     admin: UnixListener,
+    agent: UnixListener,
     api_addr: SocketAddr,
     edge_addr: SocketAddr,
 }
@@ -210,6 +211,24 @@ impl Broker {
             },
         )?;
 
+        let agent_path = data_dir.agent_socket();
+        let _ = std::fs::remove_file(&agent_path);
+        let agent = UnixListener::bind(&agent_path).map_err(|e| {
+            ServeError::Io(format!(
+                "cannot create the agent socket `{}`: {e}",
+                agent_path.display()
+            ))
+        })?;
+        // Any local process may connect: who it is comes from the kernel.
+        std::fs::set_permissions(&agent_path, std::fs::Permissions::from_mode(0o666)).map_err(
+            |e| {
+                ServeError::Io(format!(
+                    "cannot open up the agent socket `{}`: {e}",
+                    agent_path.display()
+                ))
+            },
+        )?;
+
         let issuer: Arc<str> = match &config.issuer {
             Some(i) => i.as_str().into(),
             None => {
@@ -222,11 +241,23 @@ impl Broker {
             }
         };
 
+        let oidc = crate::attest::oidc::Providers::new(config.trust_providers.clone())
+            .map_err(ServeError::Io)?;
+        let attest = Arc::new(crate::attest::AttestService::new(crate::attest::Parts {
+            store: store.clone(),
+            keys: keys.clone(),
+            policy: policy.clone(),
+            metrics: metrics.clone(),
+            issuer: issuer.clone(),
+            trust_domain: config.trust_domain.clone(),
+            oidc,
+        }));
         let state = AppState {
             store,
             keys,
             policy,
             metrics,
+            attest,
             issuer,
             trust_domain: config.trust_domain.clone(),
             started_at: Timestamp::now(),
@@ -237,6 +268,7 @@ impl Broker {
             api,
             edge,
             admin,
+            agent,
             api_addr,
             edge_addr,
         })
@@ -265,6 +297,7 @@ impl Broker {
             api,
             edge,
             admin,
+            agent,
             api_addr,
             edge_addr,
         } = self;
@@ -306,6 +339,14 @@ impl Broker {
                 .with_graceful_shutdown(t.cancelled_owned())
                 .await
         });
+        let agent_app = crate::http::attest::agent_router(state.clone())
+            .into_make_service_with_connect_info::<crate::http::attest::AgentPeer>();
+        let t = shutdown.clone();
+        let agent_task = tokio::spawn(async move {
+            axum::serve(agent, agent_app)
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await
+        });
 
         let info = RunInfo {
             pid: std::process::id(),
@@ -322,7 +363,7 @@ impl Broker {
                 data_dir.root().join("run.json").display()
             ))
         })?;
-        tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), issuer = %state.issuer, "warrant is ready");
+        tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), agent_socket = %data_dir.agent_socket().display(), issuer = %state.issuer, "warrant is ready");
 
         shutdown.cancelled().await;
         tracing::info!("shutting down: draining connections");
@@ -330,6 +371,7 @@ impl Broker {
             let _ = api_task.await;
             let _ = edge_task.await;
             let _ = admin_task.await;
+            let _ = agent_task.await;
         };
         if tokio::time::timeout(Duration::from_secs(10), drain)
             .await

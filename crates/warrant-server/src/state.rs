@@ -21,6 +21,8 @@ pub struct AppState {
     pub policy: Arc<PolicyService>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Attestation and identity issuance.
+    pub attest: Arc<crate::attest::AttestService>,
     /// The issuer URL.
     pub issuer: Arc<str>,
     /// The SPIFFE trust domain.

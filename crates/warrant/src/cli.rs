@@ -122,8 +122,22 @@ pub enum AgentCmd {
         /// Agent name.
         name: String,
     },
-    /// Remove an agent from the inventory.
+    /// Remove an agent from the inventory (with its instances).
     Delete {
+        /// Agent name.
+        name: String,
+    },
+    /// Print a one-time join token that attests one instance of the agent
+    /// (POST /v1/attest/join), for hosts where neither unix nor OIDC fits.
+    JoinToken {
+        /// Agent name.
+        name: String,
+        /// How long it may be redeemed.
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
+        ttl: String,
+    },
+    /// List an agent's attested instances.
+    Instances {
         /// Agent name.
         name: String,
     },

@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}", get(show_agent).delete(delete_agent))
         .route("/agents/{name}/enable", post(enable_agent))
         .route("/agents/{name}/disable", post(disable_agent))
+        .route("/agents/{name}/instances", get(list_instances))
+        .route("/agents/{name}/join-tokens", post(create_join_token))
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
         .route("/admin-tokens", get(list_tokens).post(create_token))
@@ -436,6 +438,89 @@ async fn create_token(
         )),
         Err(e) => Err(fail(&state, attempt, e.into()).await),
     }
+}
+
+/// The default and longest lifetimes of a join token.
+const DEFAULT_JOIN_TTL: Ttl = Ttl::from_secs(600);
+const MAX_JOIN_TTL: Ttl = Ttl::from_secs(7 * 86_400);
+
+async fn create_join_token(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(name): Path<String>,
+    b: Result<Json<warrant_core::api::CreateJoinToken>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<warrant_core::api::CreatedJoinToken>)> {
+    let attempt = caller
+        .event("admin.agent.join-token", Outcome::Allow)
+        .action("agent.join-token")
+        .resource(format!("Agent::{:?}", shown(&name)));
+    let req = body(&state, &attempt, b).await?;
+    let name = match agent_name(&name) {
+        Ok(n) => n,
+        Err(e) => return Err(fail(&state, attempt, e).await),
+    };
+    let attempt = attempt.agent(name.to_string());
+    let ttl = match req.ttl.as_deref().map(str::parse::<Ttl>).transpose() {
+        Ok(t) => t.unwrap_or(DEFAULT_JOIN_TTL),
+        Err(e) => return Err(fail(&state, attempt, ApiError::invalid(e.to_string())).await),
+    };
+    if let Err(e) = ttl.within("ttl", Ttl::from_secs(10), MAX_JOIN_TTL) {
+        return Err(fail(&state, attempt, ApiError::invalid(e.to_string())).await);
+    }
+    match state.store.get_agent(&name).await? {
+        Some(_) => {}
+        None => {
+            let e = ApiError::not_found(format!(
+                "agent `{name}` does not exist; register it first with `warrant agent create`"
+            ));
+            return Err(fail(&state, attempt, e).await);
+        }
+    }
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random)
+        .map_err(|_| ApiError::internal("the system random generator failed"))?;
+    let secret = warrant_core::identity::JoinTokenSecret::from_random(random);
+    let now = Timestamp::now();
+    let record = warrant_core::identity::JoinTokenRecord {
+        id: format!("jt_{}", random_hex(8)?),
+        token_hash: secret.hash(),
+        agent: name.clone(),
+        created_by: caller.actor.clone(),
+        created_at: now,
+        expires_at: now + ttl.as_duration(),
+        redeemed_at: None,
+    };
+    let event = attempt
+        .clone()
+        .credential_type("join_token")
+        .credential_id(record.id.clone())
+        .expires(record.expires_at);
+    match state.store.create_join_token(record.clone(), event).await {
+        Ok(()) => Ok((
+            StatusCode::CREATED,
+            Json(warrant_core::api::CreatedJoinToken {
+                id: record.id,
+                token: secret.expose().to_owned(),
+                agent: name.to_string(),
+                expires_at: record.expires_at,
+            }),
+        )),
+        Err(e) => Err(fail(&state, attempt, e.into()).await),
+    }
+}
+
+async fn list_instances(
+    State(state): State<AppState>,
+    _: Reader,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<warrant_core::identity::Instance>>> {
+    let name = agent_name(&name)?;
+    if state.store.get_agent(&name).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "agent `{name}` does not exist; `warrant agent list` shows the inventory"
+        )));
+    }
+    Ok(Json(state.store.list_instances(&name).await?))
 }
 
 async fn list_tokens(

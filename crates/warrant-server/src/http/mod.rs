@@ -9,6 +9,7 @@
 //! [`error::ApiError`] is the one place errors become responses.
 
 pub mod admin;
+pub mod attest;
 pub mod auth;
 pub mod edge;
 pub mod error;
@@ -20,13 +21,15 @@ use crate::state::AppState;
 
 /// The API listener's router: public endpoints and the token-protected admin API.
 pub fn api_router(state: AppState) -> Router {
-    public::router(state.clone()).nest(
-        "/admin/v1",
-        admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(
-            state,
-            auth::http_admin,
-        )),
-    )
+    public::router(state.clone())
+        .merge(attest::api_routes(state.clone()))
+        .nest(
+            "/admin/v1",
+            admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(
+                state,
+                auth::http_admin,
+            )),
+        )
 }
 
 /// The admin socket's router: the admin API, authenticated by peer credentials.

@@ -127,6 +127,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .get_or_create(&crate::metrics::StateLabels { state: label })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    if let Ok(live) = state.store.live_instances(now).await {
+        m.live_instances.clear();
+        for (agent, n) in live {
+            m.live_instances
+                .get_or_create(&crate::metrics::AgentLabels { agent })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
     if let Ok(tokens) = state.store.list_admin_tokens().await {
         m.admin_tokens_valid.set(
             i64::try_from(tokens.iter().filter(|t| t.is_valid_at(now)).count()).unwrap_or(i64::MAX),

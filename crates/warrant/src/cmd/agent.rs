@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use warrant_core::agent::Agent;
-use warrant_core::api::CreateAgent;
+use warrant_core::api::{CreateAgent, CreateJoinToken, CreatedJoinToken};
+use warrant_core::identity::Instance;
 
 use crate::cli::{AgentCmd, Cli};
 use crate::client::{AdminClient, segment};
@@ -118,6 +119,65 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AgentCmd) -> anyhow::Resu
             let a: Agent = client.delete(&format!("/agents/{}", segment(name))).await?;
             emit(cli.output, &a, |a| {
                 println!("deleted agent {} ({})", a.name, a.id)
+            })?;
+        }
+        AgentCmd::JoinToken { name, ttl } => {
+            let t: CreatedJoinToken = client
+                .post(
+                    &format!("/agents/{}/join-tokens", segment(name)),
+                    &CreateJoinToken {
+                        ttl: Some(ttl.clone()),
+                    },
+                )
+                .await?;
+            emit(cli.output, &t, |t| {
+                // The token alone on stdout, so `$(warrant agent join-token x)` works.
+                println!("{}", t.token);
+                eprintln!(
+                    "join token {} admits one instance of agent {} until {}; it is shown only once, warrant keeps only its hash",
+                    t.id, t.agent, t.expires_at
+                );
+            })?;
+        }
+        AgentCmd::Instances { name } => {
+            let list: Vec<Instance> = client
+                .get(&format!("/agents/{}/instances", segment(name)))
+                .await?;
+            let now = warrant_core::time::Timestamp::now();
+            emit(cli.output, &list, |list| {
+                if list.is_empty() {
+                    println!("no instances of {name} have attested yet");
+                    return;
+                }
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.id.to_string(),
+                            i.attestor.to_string(),
+                            if i.expires_at > now {
+                                "live"
+                            } else {
+                                "expired"
+                            }
+                            .to_owned(),
+                            i.first_seen.to_string(),
+                            i.last_seen.to_string(),
+                            safe(&i.evidence),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "INSTANCE",
+                        "ATTESTOR",
+                        "STATE",
+                        "FIRST-SEEN",
+                        "LAST-SEEN",
+                        "EVIDENCE",
+                    ],
+                    &rows,
+                );
             })?;
         }
     }

@@ -519,7 +519,8 @@ fn as_nobody(b: &crate::Broker, args: &[&str]) -> Option<crate::Run> {
 fn other_users_cannot_use_the_admin_socket() {
     use std::os::unix::fs::PermissionsExt;
     let b = broker();
-    // The data directory (0700) and the socket (0600) keep other users out.
+    // The socket (0600) keeps other users out; the data directory (0711) lets
+    // them reach only sockets they know the name of.
     let Some(r) = as_nobody(
         &b,
         &["agent", "create", "x", "--owner", "o", "--env", "dev"],

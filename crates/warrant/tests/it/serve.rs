@@ -13,7 +13,7 @@ fn mode(p: &std::path::Path) -> u32 {
 fn a_fresh_broker_is_private_loopback_and_ready() {
     let b = broker();
     assert!(b.api.ip().is_loopback() && b.edge.ip().is_loopback());
-    assert_eq!(mode(&b.data_dir), 0o700);
+    assert_eq!(mode(&b.data_dir), 0o711, "others may only traverse");
     for f in ["kek", "warrant.db", "admin.sock", "run.json"] {
         assert_eq!(mode(&b.data_dir.join(f)), 0o600, "{f}");
     }
@@ -158,7 +158,7 @@ fn refuses_a_data_dir_open_to_others() {
     });
     assert!(err.contains("has mode 0750"), "{err}");
     assert!(
-        err.contains(&format!("chmod 700 {}", dir.display())),
+        err.contains(&format!("chmod 711 {}", dir.display())),
         "{err}"
     );
     assert_eq!(

@@ -1,0 +1,461 @@
+//! Attestation: evidence in, identity token out.
+//!
+//! Each attestor ([`unix`], [`oidc`], join tokens) establishes [`Evidence`];
+//! [`AttestService::issue`] does the rest, the same for all of them:
+//! 1. find the one agent whose selectors the evidence satisfies (none: refused;
+//!    several: refused, and the conflict is named to the operator in the log and
+//!    the audit trail, never to the caller);
+//! 2. refuse agents that are not active;
+//! 3. decide `Action::"identity:issue"` on the requested audience;
+//! 4. sign the identity token, then record the instance and the issuance in one
+//!    durable transaction, and only then hand the token out.
+//!
+//! Every outcome, success or refusal, is one audit record `attest.<attestor>`.
+
+pub mod oidc;
+pub mod unix;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use warrant_core::TrustDomain;
+use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::decision::{
+    Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource,
+};
+use warrant_core::identity::{
+    Evidence, IDENTITY_TOKEN_TYP, IdentityClaims, Instance, JoinTokenSecret, spiffe_id,
+};
+use warrant_core::time::{Timestamp, Ttl};
+use warrant_store::{Store, StoreError};
+
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::policy::PolicyService;
+
+/// The default lifetime of an identity token.
+pub const DEFAULT_IDENTITY_TTL: Ttl = Ttl::from_secs(300);
+
+/// The longest audience accepted.
+const MAX_AUDIENCE_LEN: usize = 512;
+
+/// An issued identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityResponse {
+    /// The JWT.
+    pub identity_token: String,
+    /// `spiffe://<td>/agent/<name>/<instance>`.
+    pub spiffe_id: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// Why nothing was issued. The message is for the caller: it never names
+/// another agent or a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is malformed (bad audience, body, token syntax).
+    Invalid(String),
+    /// The evidence did not prove an identity warrant issues.
+    Denied(String),
+    /// Something on our side failed (the audit trail, signing).
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The text.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Invalid(m) | Self::Denied(m) | Self::Unavailable(m) => m,
+        }
+    }
+}
+
+/// What the caller asked for and where it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// The audience the identity token is for (default: the issuer).
+    pub audience: Option<String>,
+    /// The caller's address, for policy and the audit trail.
+    pub source_ip: Option<IpAddr>,
+    /// How the source is described in the audit trail.
+    pub source: Option<String>,
+}
+
+/// The attestation service.
+pub struct AttestService {
+    store: Arc<dyn Store>,
+    keys: Arc<KeyService>,
+    policy: Arc<PolicyService>,
+    metrics: Arc<Metrics>,
+    issuer: Arc<str>,
+    trust_domain: TrustDomain,
+    /// Trusted OIDC issuers.
+    pub oidc: oidc::Providers,
+    /// Executable hashes, by file identity.
+    pub exe_hashes: unix::HashCache,
+}
+
+impl std::fmt::Debug for AttestService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttestService").finish_non_exhaustive()
+    }
+}
+
+/// The parts an attestation needs.
+#[allow(missing_debug_implementations)]
+pub struct Parts {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Signing keys.
+    pub keys: Arc<KeyService>,
+    /// Policy.
+    pub policy: Arc<PolicyService>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer URL.
+    pub issuer: Arc<str>,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Trusted OIDC issuers.
+    pub oidc: oidc::Providers,
+}
+
+fn shown(s: &str) -> String {
+    s.chars().take(100).flat_map(char::escape_debug).collect()
+}
+
+fn random_hex(n: usize) -> Result<String, Refusal> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b)
+        .map_err(|_| Refusal::Unavailable("the system random generator failed".into()))?;
+    Ok(hex::encode(b))
+}
+
+impl AttestService {
+    /// Assembles the service.
+    pub fn new(p: Parts) -> Self {
+        Self {
+            store: p.store,
+            keys: p.keys,
+            policy: p.policy,
+            metrics: p.metrics,
+            issuer: p.issuer,
+            trust_domain: p.trust_domain,
+            oidc: p.oidc,
+            exe_hashes: unix::HashCache::default(),
+        }
+    }
+
+    fn event(&self, evidence: Option<&Evidence>, attestor: &str, req: &Request) -> AuditEvent {
+        let mut e = AuditEvent::new(format!("attest.{attestor}"), Outcome::Deny)
+            .protocol(format!("attest-{attestor}"))
+            .action("identity:issue");
+        if let Some(ev) = evidence {
+            e = e.detail(serde_json::json!({ "attestor": attestor, "evidence": ev.summary() }));
+        } else {
+            e = e.detail(serde_json::json!({ "attestor": attestor }));
+        }
+        if let Some(s) = &req.source {
+            e = e.source(s.clone());
+        }
+        e
+    }
+
+    fn count(&self, attestor: &str, outcome: &str) {
+        self.metrics.attestation(attestor, outcome);
+    }
+
+    /// Records a refusal that happened before there was any evidence (a
+    /// malformed request, an unverifiable token) and returns it.
+    pub async fn refuse_early(&self, attestor: &str, req: &Request, refusal: Refusal) -> Refusal {
+        let why = refusal.message().to_owned();
+        tracing::info!(attestor, reason = %why, source = req.source.as_deref().unwrap_or("-"), "attestation refused");
+        let mut event = self.event(None, attestor, req).reason(why);
+        if matches!(refusal, Refusal::Invalid(_)) {
+            event.decision = Outcome::Error;
+        }
+        self.count(attestor, outcome_label(&refusal));
+        match self.store.append_audit(event).await {
+            Ok(_) => refusal,
+            Err(e) => audit_failed(&e),
+        }
+    }
+
+    async fn refuse(
+        &self,
+        evidence: &Evidence,
+        req: &Request,
+        event: AuditEvent,
+        operator_reason: String,
+        refusal: Refusal,
+    ) -> Refusal {
+        let attestor = evidence.attestor().as_str();
+        tracing::info!(attestor, reason = %operator_reason, evidence = %evidence.summary(), source = req.source.as_deref().unwrap_or("-"), "attestation refused");
+        self.count(attestor, outcome_label(&refusal));
+        let mut event = event;
+        if event.reasons.is_empty() {
+            event = event.reason(operator_reason);
+        }
+        match self.store.append_audit(event).await {
+            Ok(_) => refusal,
+            Err(e) => audit_failed(&e),
+        }
+    }
+
+    /// Finds the agent, decides, signs, records, and returns the identity.
+    pub async fn issue(
+        &self,
+        evidence: Evidence,
+        req: &Request,
+    ) -> Result<IdentityResponse, Refusal> {
+        self.issue_inner(evidence, None, req).await
+    }
+
+    /// `join`: the agent the token names, and the token's hash, spent in the
+    /// same transaction that records the issuance.
+    async fn issue_inner(
+        &self,
+        evidence: Evidence,
+        join: Option<(&Agent, [u8; 32])>,
+        req: &Request,
+    ) -> Result<IdentityResponse, Refusal> {
+        let agent_hint = join.map(|(a, _)| a);
+        let attestor = evidence.attestor();
+        let base = self.event(Some(&evidence), attestor.as_str(), req);
+        let audience = match req.audience.as_deref() {
+            None | Some("") => self.issuer.to_string(),
+            Some(a) if a.len() > MAX_AUDIENCE_LEN || a.chars().any(char::is_control) => {
+                let r = Refusal::Invalid(format!(
+                    "the audience must be at most {MAX_AUDIENCE_LEN} characters without control characters"
+                ));
+                let mut ev = base.reason(r.message().to_owned());
+                ev.decision = Outcome::Error;
+                return Err(self
+                    .refuse(&evidence, req, ev, r.message().to_owned(), r)
+                    .await);
+            }
+            Some(a) => a.to_owned(),
+        };
+
+        let agent = match agent_hint {
+            Some(a) => a.clone(),
+            None => {
+                let agents = match self.store.list_agents().await {
+                    Ok(a) => a,
+                    Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+                };
+                let matched: Vec<&Agent> = agents.iter().filter(|a| evidence.matches(a)).collect();
+                match matched.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        let r = Refusal::Denied(format!(
+                            "this workload matches no registered agent ({} attestation); register it with selectors it satisfies",
+                            attestor.as_str()
+                        ));
+                        let why = "no agent's selectors match".to_owned();
+                        return Err(self.refuse(&evidence, req, base, why, r).await);
+                    }
+                    many => {
+                        let names: Vec<String> = many.iter().map(|a| a.name.to_string()).collect();
+                        let why = format!(
+                            "ambiguous: agents {} all match; make their selectors disjoint",
+                            names.join(", ")
+                        );
+                        tracing::warn!(agents = %names.join(","), evidence = %evidence.summary(), "attestation matches several agents; nothing issued");
+                        let r = Refusal::Denied(
+                            "this workload matches more than one registered agent; the operator must resolve the conflict".into(),
+                        );
+                        return Err(self.refuse(&evidence, req, base, why, r).await);
+                    }
+                }
+            }
+        };
+        let base = base.agent(agent.name.to_string());
+        if agent.status != AgentStatus::Active {
+            let r = Refusal::Denied(format!(
+                "agent `{}` is {}; nothing is issued to it",
+                agent.name,
+                agent.status.as_str()
+            ));
+            let why = r.message().to_owned();
+            return Err(self.refuse(&evidence, req, base, why, r).await);
+        }
+
+        let now = Timestamp::now();
+        let instance_id = evidence.instance_id(&agent.name);
+        let spiffe = spiffe_id(&self.trust_domain, &agent.name, &instance_id);
+        let ttl = DEFAULT_IDENTITY_TTL.as_secs().min(agent.max_ttl.as_secs());
+        let mut context = Context::at(now);
+        context.source_ip = req.source_ip;
+        let decision_req = DecisionRequest {
+            principal: Principal {
+                agent: AgentFacts {
+                    name: agent.name.to_string(),
+                    owner: agent.owner.to_string(),
+                    env: agent.env.to_string(),
+                    trust: agent.trust,
+                    purpose: agent.purpose.to_string(),
+                },
+                instance: instance_id.to_string(),
+                attestor: attestor.as_str().to_owned(),
+            },
+            action: Action::IdentityIssue,
+            resource: Resource::Audience(audience.clone()),
+            context,
+        };
+        let (decision, event) = self.policy.decide_for_record(&decision_req, base);
+        if decision.effect != Effect::Allow {
+            let r = Refusal::Denied(format!(
+                "policy does not allow an identity for agent `{}` with audience `{}`",
+                agent.name,
+                shown(&audience)
+            ));
+            let why = decision.reasons().join("; ");
+            return Err(self.refuse(&evidence, req, event, why, r).await);
+        }
+
+        let jti = random_hex(16)?;
+        let exp = now.as_secs() + i64::try_from(ttl).unwrap_or(300);
+        let claims = IdentityClaims {
+            iss: self.issuer.to_string(),
+            sub: spiffe.clone(),
+            aud: audience.clone(),
+            exp,
+            iat: now.as_secs(),
+            jti: jti.clone(),
+            agent: agent.name.to_string(),
+            env: agent.env.to_string(),
+            attestor,
+        };
+        let token = {
+            let set = self.keys.current();
+            let Some(key) = set.active(now) else {
+                return Err(Refusal::Unavailable("no signing key is active".into()));
+            };
+            warrant_token::jwt::sign(key, IDENTITY_TOKEN_TYP, &claims)
+                .map_err(|e| Refusal::Unavailable(e.to_string()))?
+        };
+        let expires_at = Timestamp::from_millis(exp * 1000);
+        let instance = Instance {
+            id: instance_id.clone(),
+            agent: agent.name.clone(),
+            attestor,
+            evidence: evidence.summary(),
+            first_seen: now,
+            last_seen: now,
+            expires_at,
+        };
+        let event = event
+            .instance(instance_id.to_string())
+            .credential_type("identity_token")
+            .credential_id(jti)
+            .expires(expires_at)
+            .detail(serde_json::json!({
+                "attestor": attestor.as_str(),
+                "evidence": evidence.summary(),
+                "spiffe_id": spiffe,
+                "audience": audience,
+            }));
+        let recorded = match join {
+            Some((_, hash)) => {
+                self.store
+                    .redeem_join_token(&hash, now, instance, event)
+                    .await
+            }
+            None => self.store.record_instance(instance, event).await,
+        };
+        match recorded {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => {
+                let r = Refusal::Denied(
+                    "this join token has already been redeemed or has expired".into(),
+                );
+                let ev = self
+                    .event(Some(&evidence), attestor.as_str(), req)
+                    .agent(agent.name.to_string());
+                return Err(self
+                    .refuse(&evidence, req, ev, r.message().to_owned(), r)
+                    .await);
+            }
+            Err(e) => {
+                self.metrics.audit_write_failures.inc();
+                self.count(attestor.as_str(), "error");
+                return Err(audit_failed(&e));
+            }
+        }
+        self.count(attestor.as_str(), "issued");
+        tracing::info!(agent = %agent.name, instance = %instance_id, attestor = attestor.as_str(), "identity issued");
+        Ok(IdentityResponse {
+            identity_token: token,
+            spiffe_id: spiffe,
+            expires_in: ttl,
+        })
+    }
+
+    /// Redeems a join token: checks it, then issues (the redemption and the
+    /// issuance commit together, so a token is spent only on success).
+    pub async fn join(&self, token: &str, req: Request) -> Result<IdentityResponse, Refusal> {
+        let secret = JoinTokenSecret::presented(token);
+        let record = match self.store.join_token_by_hash(&secret.hash()).await {
+            Ok(r) => r,
+            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+        };
+        let Some(record) = record else {
+            return Err(self
+                .refuse_early(
+                    "join",
+                    &req,
+                    Refusal::Denied("the join token is not recognised".into()),
+                )
+                .await);
+        };
+        let evidence = Evidence::Join {
+            token_id: record.id.clone(),
+        };
+        let base = self
+            .event(Some(&evidence), "join", &req)
+            .agent(record.agent.to_string());
+        if record.redeemed_at.is_some() {
+            let r = Refusal::Denied("this join token has already been redeemed".into());
+            return Err(self
+                .refuse(&evidence, &req, base, r.message().to_owned(), r)
+                .await);
+        }
+        if Timestamp::now() >= record.expires_at {
+            let r = Refusal::Denied(format!("this join token expired at {}", record.expires_at));
+            return Err(self
+                .refuse(&evidence, &req, base, r.message().to_owned(), r)
+                .await);
+        }
+        let agent = match self.store.get_agent(&record.agent).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                let r = Refusal::Denied(format!("agent `{}` no longer exists", record.agent));
+                return Err(self
+                    .refuse(&evidence, &req, base, r.message().to_owned(), r)
+                    .await);
+            }
+            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+        };
+        self.issue_inner(evidence, Some((&agent, secret.hash())), &req)
+            .await
+    }
+}
+
+fn outcome_label(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Invalid(_) => "invalid",
+        Refusal::Denied(_) => "denied",
+        Refusal::Unavailable(_) => "error",
+    }
+}
+
+fn audit_failed(e: &StoreError) -> Refusal {
+    tracing::error!(error = %e, "cannot write the audit trail; attestation refused");
+    Refusal::Unavailable(
+        "the broker cannot record this attestation in its audit trail, so nothing was issued; try again later".into(),
+    )
+}

@@ -1,0 +1,273 @@
+//! The OIDC attestor: platform JWTs from trusted issuers.
+//!
+//! Trusted issuers are configured (`[[trust_provider]]`). A presented token is
+//! matched to a provider by its (unverified) `iss`, then verified with that
+//! provider's keys only: signature by [`warrant_token::jwt::verify`] (the key
+//! decides the algorithm; header-supplied keys are refused), then issuer,
+//! audience (the provider's configured audience) and lifetime.
+//!
+//! A provider's JWKS is cached. A token whose `kid` is unknown triggers a
+//! refresh, at most once a minute per provider, so rotation at the issuer is
+//! picked up and a flood of made-up `kid`s costs one fetch a minute.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use warrant_core::identity::{Evidence, OidcFacts};
+use warrant_core::time::Timestamp;
+use warrant_token::jwt::{self, Expect, JwtError, VerifyingKeys};
+
+/// How often an unknown `kid` may trigger a JWKS refresh, per provider.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Allowed clock difference with the issuer.
+pub const LEEWAY_SECS: i64 = 30;
+/// The largest JWKS accepted.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Where a provider's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A local file, re-read on refresh.
+    File(PathBuf),
+    /// An `http(s)` URL.
+    Uri(String),
+}
+
+/// One trusted issuer, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustProvider {
+    /// Its name, for the audit trail.
+    pub name: String,
+    /// `iss` exactly.
+    pub issuer: String,
+    /// Its keys.
+    pub jwks: JwksSource,
+    /// The audience its tokens must carry for warrant.
+    pub audience: String,
+}
+
+struct Provider {
+    config: TrustProvider,
+    keys: ArcSwap<VerifyingKeys>,
+    /// When the keys were last fetched (or a fetch was tried). A tokio mutex:
+    /// held across the fetch so concurrent misses share one.
+    fetched: tokio::sync::Mutex<Option<Instant>>,
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// The trusted providers and their cached keys.
+pub struct Providers {
+    list: Vec<Arc<Provider>>,
+    client: Option<HttpClient>,
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|p| &p.config.name))
+            .finish()
+    }
+}
+
+/// Why a token did not attest. Safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OidcError {
+    /// No provider has the token's issuer.
+    #[error("the token's issuer `{0}` is not a trusted provider")]
+    UnknownIssuer(String),
+    /// The token failed verification.
+    #[error("{0}")]
+    Token(#[from] JwtError),
+    /// The provider's keys could not be loaded.
+    #[error("the keys of trusted provider `{0}` are unavailable; try again later")]
+    Keys(String),
+}
+
+fn shown(s: &str) -> String {
+    s.chars().take(100).flat_map(char::escape_debug).collect()
+}
+
+impl Providers {
+    /// Builds the providers, loading every `jwks_file` now (a file that does
+    /// not parse is an error: the broker refuses to start rather than trust
+    /// nobody silently). URLs are fetched on first use.
+    pub fn new(configs: Vec<TrustProvider>) -> Result<Self, String> {
+        let needs_http = configs.iter().any(|c| matches!(c.jwks, JwksSource::Uri(_)));
+        let client = if needs_http {
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_native_roots()
+                .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Some(Client::builder(TokioExecutor::new()).build(https))
+        } else {
+            None
+        };
+        let mut list = Vec::new();
+        for config in configs {
+            let keys = match &config.jwks {
+                JwksSource::File(path) => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        format!(
+                            "trust_provider `{}`: cannot read jwks_file `{}`: {e}",
+                            config.name,
+                            path.display()
+                        )
+                    })?;
+                    parse(&config.name, &bytes)?
+                }
+                JwksSource::Uri(_) => VerifyingKeys::default(),
+            };
+            let fetched = matches!(config.jwks, JwksSource::File(_)).then(Instant::now);
+            list.push(Arc::new(Provider {
+                config,
+                keys: ArcSwap::from_pointee(keys),
+                fetched: tokio::sync::Mutex::new(fetched),
+            }));
+        }
+        Ok(Self { list, client })
+    }
+
+    /// No providers.
+    pub fn none() -> Self {
+        Self {
+            list: Vec::new(),
+            client: None,
+        }
+    }
+
+    /// Whether any provider is configured.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Verifies `token` and returns the evidence it carries.
+    pub async fn attest(&self, token: &str, now: Timestamp) -> Result<Evidence, OidcError> {
+        let claims = jwt::peek_claims_unverified(token)?;
+        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
+        let providers: Vec<&Arc<Provider>> = self
+            .list
+            .iter()
+            .filter(|p| p.config.issuer == iss)
+            .collect();
+        if providers.is_empty() {
+            return Err(OidcError::UnknownIssuer(shown(iss)));
+        }
+        let mut last = None;
+        for p in providers {
+            match self.verify_with(p, token, now).await {
+                Ok(e) => return Ok(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| OidcError::UnknownIssuer(shown(iss))))
+    }
+
+    async fn verify_with(
+        &self,
+        p: &Provider,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Evidence, OidcError> {
+        if p.keys.load().is_empty() {
+            self.refresh(p).await;
+        }
+        let verified = match jwt::verify(token, &p.keys.load()) {
+            Err(JwtError::UnknownKid(_) | JwtError::NoKey(_)) if self.refresh(p).await => {
+                jwt::verify(token, &p.keys.load())
+            }
+            other => other,
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(e) if p.keys.load().is_empty() => {
+                tracing::warn!(provider = %p.config.name, error = %e, "no keys for trusted provider");
+                return Err(OidcError::Keys(p.config.name.clone()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Expect {
+            issuer: &p.config.issuer,
+            audience: &p.config.audience,
+            now,
+            leeway_secs: LEEWAY_SECS,
+        }
+        .check(&verified.claims)?;
+        let sub = verified
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if sub.is_empty() {
+            return Err(JwtError::Claim("the token has no `sub`".into()).into());
+        }
+        Ok(Evidence::Oidc(OidcFacts {
+            provider: p.config.name.clone(),
+            iss: p.config.issuer.clone(),
+            sub,
+            claims: verified.claims,
+        }))
+    }
+
+    /// Re-reads the provider's keys unless that happened within
+    /// [`REFRESH_INTERVAL`]. Returns whether new keys were loaded.
+    async fn refresh(&self, p: &Provider) -> bool {
+        let mut fetched = p.fetched.lock().await;
+        if fetched.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+            return false;
+        }
+        *fetched = Some(Instant::now());
+        let bytes = match &p.config.jwks {
+            JwksSource::File(path) => std::fs::read(path).map_err(|e| e.to_string()),
+            JwksSource::Uri(uri) => self.fetch(uri).await,
+        };
+        match bytes.and_then(|b| parse(&p.config.name, &b)) {
+            Ok(keys) => {
+                tracing::info!(provider = %p.config.name, keys = keys.len(), "loaded trusted provider keys");
+                p.keys.store(Arc::new(keys));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(provider = %p.config.name, error = %e, "cannot refresh trusted provider keys; keeping the ones we have");
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self, uri: &str) -> Result<Vec<u8>, String> {
+        let client = self.client.as_ref().ok_or("no HTTP client")?;
+        let uri: hyper::Uri = uri.parse().map_err(|e| format!("bad jwks_uri: {e}"))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+            .await
+            .map_err(|_| "the JWKS request timed out after 10s".to_owned())?
+            .map_err(|e| format!("the JWKS request failed: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("the JWKS request answered {}", resp.status()));
+        }
+        let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the JWKS failed: {e}"))?;
+        Ok(body.to_bytes().to_vec())
+    }
+}
+
+fn parse(name: &str, bytes: &[u8]) -> Result<VerifyingKeys, String> {
+    let (keys, skipped) =
+        VerifyingKeys::from_jwks(bytes).map_err(|e| format!("trust_provider `{name}`: {e}"))?;
+    for s in skipped {
+        tracing::warn!(provider = name, key = %s, "skipped a key of a trusted provider");
+    }
+    Ok(keys)
+}

@@ -1,0 +1,270 @@
+//! Attestation endpoints.
+//!
+//! - On the agent socket (`<data-dir>/agent.sock`): `POST /v1/identity`, the
+//!   unix attestor. The caller is whoever the kernel says is connected.
+//! - On the API listener: `POST /v1/attest/oidc` and `POST /v1/attest/join`.
+//!
+//! Bodies are at most [`MAX_BODY`]; errors are RFC 6749-style JSON
+//! (`{"error", "error_description"}`), and every refusal is audited.
+
+use std::net::SocketAddr;
+
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::serve::IncomingStream;
+use axum::{Json, Router};
+use hyper::body::Bytes;
+use serde::Deserialize;
+use tokio::net::UnixListener;
+use warrant_core::time::Timestamp;
+
+use crate::attest::unix::{self, Peer};
+use crate::attest::{Refusal, Request};
+use crate::state::AppState;
+
+/// The largest request body accepted on attestation endpoints.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The peer of an agent-socket connection, read when it was accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct AgentPeer(pub Option<Peer>);
+
+impl Connected<IncomingStream<'_, UnixListener>> for AgentPeer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        let Ok(cred) = stream.io().peer_cred() else {
+            return Self(None);
+        };
+        let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
+            return Self(None);
+        };
+        // Read now: the start time at accept is what later reads must equal.
+        Self(Some(Peer {
+            pid,
+            uid: cred.uid(),
+            gid: cred.gid(),
+            start_time: unix::start_time(pid).ok(),
+        }))
+    }
+}
+
+fn refusal_response(r: &Refusal, too_large: bool) -> Response {
+    let (status, code) = match r {
+        Refusal::Invalid(_) if too_large => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+        Refusal::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        Refusal::Denied(_) => (StatusCode::FORBIDDEN, "access_denied"),
+        Refusal::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+    };
+    (
+        status,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({ "error": code, "error_description": r.message() })),
+    )
+        .into_response()
+}
+
+fn issued(r: crate::attest::IdentityResponse) -> Response {
+    ([(axum::http::header::CACHE_CONTROL, "no-store")], Json(r)).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityBody {
+    #[serde(default)]
+    audience: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: String,
+    #[serde(default)]
+    audience: Option<String>,
+}
+
+/// Reads a JSON body, or refuses (audited) with what was wrong.
+async fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    state: &AppState,
+    attestor: &str,
+    req: &Request,
+    body: Result<Bytes, BytesRejection>,
+    empty_ok: bool,
+) -> Result<T, Response> {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = e.status() == StatusCode::PAYLOAD_TOO_LARGE;
+            let msg = if too_large {
+                format!("the request body is larger than {} KiB", MAX_BODY / 1024)
+            } else {
+                "the request body could not be read".to_owned()
+            };
+            let r = state
+                .attest
+                .refuse_early(attestor, req, Refusal::Invalid(msg))
+                .await;
+            return Err(refusal_response(&r, too_large));
+        }
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        return Ok(T::default());
+    }
+    match serde_json::from_slice::<T>(&bytes) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let r = Refusal::Invalid(format!(
+                "the request body is not valid JSON for this endpoint: {e}"
+            ));
+            let r = state.attest.refuse_early(attestor, req, r).await;
+            Err(refusal_response(&r, false))
+        }
+    }
+}
+
+/// `POST /v1/identity` on the agent socket.
+async fn identity(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<AgentPeer>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut req = Request::default();
+    if let Some(p) = peer.0 {
+        req.source = Some(format!("uid={} pid={}", p.uid, p.pid));
+    }
+    let b: IdentityBody = match parse_body(&state, "unix", &req, body, true).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    req.audience = b.audience;
+    let Some(peer) = peer.0 else {
+        let r = Refusal::Denied(unix::UnixError::NoPeer.to_string());
+        let r = state.attest.refuse_early("unix", &req, r).await;
+        return refusal_response(&r, false);
+    };
+    let attest = state.attest.clone();
+    let facts = tokio::task::spawn_blocking(move || unix::attest(peer, &attest.exe_hashes)).await;
+    let facts = match facts {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => {
+            let r = state
+                .attest
+                .refuse_early("unix", &req, Refusal::Denied(e.to_string()))
+                .await;
+            return refusal_response(&r, false);
+        }
+        Err(_) => {
+            return refusal_response(&Refusal::Unavailable("attestation failed".into()), false);
+        }
+    };
+    match state
+        .attest
+        .issue(warrant_core::identity::Evidence::Unix(facts), &req)
+        .await
+    {
+        Ok(r) => issued(r),
+        Err(r) => refusal_response(&r, false),
+    }
+}
+
+/// `POST /v1/attest/oidc`.
+async fn attest_oidc(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut req = Request {
+        source: Some(addr.to_string()),
+        source_ip: Some(addr.ip()),
+        audience: None,
+    };
+    let b: TokenBodyOpt = match parse_body(&state, "oidc", &req, body, false).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let Some(b) = b.0 else {
+        let r = Refusal::Invalid(
+            "the body must be {\"token\": \"<platform JWT>\", \"audience\": \"...\"}".into(),
+        );
+        return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);
+    };
+    req.audience = b.audience;
+    if state.attest.oidc.is_empty() {
+        let r = Refusal::Denied(
+            "no trusted OIDC providers are configured ([[trust_provider]] in warrant.toml)".into(),
+        );
+        return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);
+    }
+    let evidence = match state.attest.oidc.attest(&b.token, Timestamp::now()).await {
+        Ok(e) => e,
+        Err(e) => {
+            let r = match e {
+                crate::attest::oidc::OidcError::Keys(_) => Refusal::Unavailable(e.to_string()),
+                _ => Refusal::Denied(format!("the token does not attest: {e}")),
+            };
+            return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);
+        }
+    };
+    match state.attest.issue(evidence, &req).await {
+        Ok(r) => issued(r),
+        Err(r) => refusal_response(&r, false),
+    }
+}
+
+/// `POST /v1/attest/join`.
+async fn attest_join(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut req = Request {
+        source: Some(addr.to_string()),
+        source_ip: Some(addr.ip()),
+        audience: None,
+    };
+    let b: TokenBodyOpt = match parse_body(&state, "join", &req, body, false).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let Some(b) = b.0 else {
+        let r = Refusal::Invalid("the body must be {\"token\": \"<join token>\"}".into());
+        return refusal_response(&state.attest.refuse_early("join", &req, r).await, false);
+    };
+    req.audience = b.audience;
+    match state.attest.join(&b.token, req).await {
+        Ok(r) => issued(r),
+        Err(r) => refusal_response(&r, false),
+    }
+}
+
+/// A token body that may be absent (so `Default` works for `parse_body`).
+#[derive(Debug, Default)]
+struct TokenBodyOpt(Option<TokenBody>);
+
+impl<'de> Deserialize<'de> for TokenBodyOpt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TokenBody::deserialize(d).map(|b| Self(Some(b)))
+    }
+}
+
+/// The agent socket's router.
+pub fn agent_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/identity", post(identity))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .fallback(|| async {
+            crate::http::error::ApiError::not_found("the agent socket serves POST /v1/identity")
+        })
+        .with_state(state)
+}
+
+/// The attestation routes of the API listener.
+pub fn api_routes(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/attest/oidc", post(attest_oidc))
+        .route("/v1/attest/join", post(attest_join))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
