@@ -79,8 +79,11 @@ fn name_of(file: &str, id: u32) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct HashCache {
     // A std mutex: held only for a map lookup or insert, never across IO.
-    map: Mutex<HashMap<(u64, u64, u64, i64, i64), String>>,
+    map: Mutex<HashMap<FileId, String>>,
 }
+
+/// Device, inode, size, change time (seconds, nanoseconds).
+type FileId = (u64, u64, u64, i64, i64);
 
 const MAX_CACHED: usize = 4096;
 

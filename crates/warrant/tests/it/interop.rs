@@ -5,11 +5,11 @@ use std::process::Command;
 
 use crate::{Options, bin, broker};
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let p = repo().join("target/interop-venv/bin/python");
     assert!(
         p.exists(),

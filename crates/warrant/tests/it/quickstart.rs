@@ -172,7 +172,7 @@ fn quickstart_runs_as_written() {
         );
     }
     assert!(
-        Path::new(&dir.path().join("warrant-data/policies/triage.cedar")).exists(),
+        Path::new(&dir.path().join("warrant-data/policies/quickstart.cedar")).exists(),
         "the page wrote its policy into the data directory"
     );
 }
