@@ -147,6 +147,14 @@ pub enum Evidence {
         /// The join token's public id.
         token_id: String,
     },
+    /// From a valid identity token of a join instance, presented to renew it:
+    /// the instance keeps its id.
+    Renewal {
+        /// The instance being renewed.
+        instance: InstanceId,
+        /// What was attested when it joined.
+        evidence: String,
+    },
 }
 
 fn value_matches(v: &Value, want: &str) -> bool {
@@ -165,7 +173,7 @@ impl Evidence {
         match self {
             Self::Unix(_) => Attestor::Unix,
             Self::Oidc(_) => Attestor::Oidc,
-            Self::Join { .. } => Attestor::Join,
+            Self::Join { .. } | Self::Renewal { .. } => Attestor::Join,
         }
     }
 
@@ -228,6 +236,7 @@ impl Evidence {
                 None => format!("oidc|{}|{}", o.iss, o.sub),
             },
             Self::Join { token_id } => format!("join|{token_id}"),
+            Self::Renewal { instance, .. } => return instance.clone(),
         };
         let digest = Sha256::digest(format!("warrant/instance/v1|{agent}|{facts}").as_bytes());
         InstanceId(hex::encode(&digest[..12]))
@@ -248,6 +257,7 @@ impl Evidence {
                 s.chars().filter(|c| !c.is_control()).take(512).collect()
             }
             Self::Join { token_id } => format!("join token {token_id}"),
+            Self::Renewal { evidence, .. } => evidence.clone(),
         }
     }
 }

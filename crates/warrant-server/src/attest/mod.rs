@@ -26,8 +26,9 @@ use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource,
 };
 use warrant_core::identity::{
-    Evidence, IDENTITY_TOKEN_TYP, IdentityClaims, Instance, JoinTokenSecret, spiffe_id,
+    Attestor, Evidence, IDENTITY_TOKEN_TYP, IdentityClaims, Instance, JoinTokenSecret, spiffe_id,
 };
+use warrant_core::name::AgentName;
 use warrant_core::time::{Timestamp, Ttl};
 use warrant_store::{Store, StoreError};
 
@@ -211,7 +212,7 @@ impl AttestService {
         evidence: Evidence,
         req: &Request,
     ) -> Result<IdentityResponse, Refusal> {
-        self.issue_inner(evidence, None, req).await
+        self.issue_inner(evidence, Admit::Match, req).await
     }
 
     /// `join`: the agent the token names, and the token's hash, spent in the
@@ -219,12 +220,20 @@ impl AttestService {
     async fn issue_inner(
         &self,
         evidence: Evidence,
-        join: Option<(&Agent, [u8; 32])>,
+        admit: Admit<'_>,
         req: &Request,
     ) -> Result<IdentityResponse, Refusal> {
-        let agent_hint = join.map(|(a, _)| a);
+        let agent_hint = match admit {
+            Admit::Match => None,
+            Admit::Join(a, _) | Admit::Renew(a) => Some(a),
+        };
         let attestor = evidence.attestor();
-        let base = self.event(Some(&evidence), attestor.as_str(), req);
+        // Renewals are recorded as `attest.renew`, redemptions as `attest.join`.
+        let label = match admit {
+            Admit::Renew(_) => "renew",
+            _ => attestor.as_str(),
+        };
+        let base = self.event(Some(&evidence), label, req);
         let audience = match req.audience.as_deref() {
             None | Some("") => self.issuer.to_string(),
             Some(a) if a.len() > MAX_AUDIENCE_LEN || a.chars().any(char::is_control) => {
@@ -359,13 +368,13 @@ impl AttestService {
                 "spiffe_id": spiffe,
                 "audience": audience,
             }));
-        let recorded = match join {
-            Some((_, hash)) => {
+        let recorded = match admit {
+            Admit::Join(_, hash) => {
                 self.store
                     .redeem_join_token(&hash, now, instance, event)
                     .await
             }
-            None => self.store.record_instance(instance, event).await,
+            Admit::Match | Admit::Renew(_) => self.store.record_instance(instance, event).await,
         };
         match recorded {
             Ok(_) => {}
@@ -382,11 +391,11 @@ impl AttestService {
             }
             Err(e) => {
                 self.metrics.audit_write_failures.inc();
-                self.count(attestor.as_str(), "error");
+                self.count(label, "error");
                 return Err(audit_failed(&e));
             }
         }
-        self.count(attestor.as_str(), "issued");
+        self.count(label, "issued");
         tracing::info!(agent = %agent.name, instance = %instance_id, attestor = attestor.as_str(), "identity issued");
         Ok(IdentityResponse {
             identity_token: token,
@@ -440,9 +449,106 @@ impl AttestService {
             }
             Err(e) => return Err(Refusal::Unavailable(e.to_string())),
         };
-        self.issue_inner(evidence, Some((&agent, secret.hash())), &req)
+        self.issue_inner(evidence, Admit::Join(&agent, secret.hash()), &req)
             .await
     }
+}
+
+impl AttestService {
+    /// Renews the identity of a join instance: the caller presents a valid
+    /// identity token of that instance whose audience is the broker itself (a
+    /// token minted for another audience is never accepted, so a relying party
+    /// that received one cannot renew it). Unix instances ask the agent socket
+    /// again and OIDC instances present a fresh platform token instead.
+    pub async fn renew(&self, token: &str, req: Request) -> Result<IdentityResponse, Refusal> {
+        let now = Timestamp::now();
+        let keys = self.keys.current().verifying_keys(now);
+        let deny = |m: String| Refusal::Denied(m);
+        let verified = match warrant_token::jwt::verify(token, &keys) {
+            Ok(v) => v,
+            Err(e) => {
+                let r = deny(format!("the identity token does not verify: {e}"));
+                return Err(self.refuse_early("renew", &req, r).await);
+            }
+        };
+        if verified.header.typ.as_deref() != Some(IDENTITY_TOKEN_TYP) {
+            let r = deny("the token is not a warrant identity token".into());
+            return Err(self.refuse_early("renew", &req, r).await);
+        }
+        let expect = warrant_token::jwt::Expect {
+            issuer: &self.issuer,
+            audience: &self.issuer,
+            now,
+            leeway_secs: 0,
+        };
+        if let Err(e) = expect.check(&verified.claims) {
+            let r = deny(format!(
+                "{e}; renew with an unexpired identity token whose audience is this broker (`{}`)",
+                self.issuer
+            ));
+            return Err(self.refuse_early("renew", &req, r).await);
+        }
+        let claims: IdentityClaims =
+            match serde_json::from_value(serde_json::Value::Object(verified.claims)) {
+                Ok(c) => c,
+                Err(_) => {
+                    let r = deny("the token is not a warrant identity token".into());
+                    return Err(self.refuse_early("renew", &req, r).await);
+                }
+            };
+        if claims.attestor != Attestor::Join {
+            let r = deny(format!(
+                "only join instances renew this way; a {} instance attests again instead",
+                claims.attestor
+            ));
+            return Err(self.refuse_early("renew", &req, r).await);
+        }
+        let prefix = format!("spiffe://{}/agent/", self.trust_domain);
+        let Some((name, id)) = claims
+            .sub
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('/'))
+        else {
+            let r = deny("the token's subject is not an instance of this trust domain".into());
+            return Err(self.refuse_early("renew", &req, r).await);
+        };
+        let Ok(name) = AgentName::new(name) else {
+            let r = deny("the token's subject is not an instance of this trust domain".into());
+            return Err(self.refuse_early("renew", &req, r).await);
+        };
+        let agent = match self.store.get_agent(&name).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                let r = deny(format!("agent `{name}` no longer exists"));
+                return Err(self.refuse_early("renew", &req, r).await);
+            }
+            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+        };
+        let instance = match self.store.list_instances(&name).await {
+            Ok(list) => list.into_iter().find(|i| i.id.as_str() == id),
+            Err(e) => return Err(Refusal::Unavailable(e.to_string())),
+        };
+        let Some(instance) = instance else {
+            let r = deny("this instance no longer exists; redeem a new join token".into());
+            return Err(self.refuse_early("renew", &req, r).await);
+        };
+        let evidence = Evidence::Renewal {
+            instance: instance.id,
+            evidence: instance.evidence,
+        };
+        self.issue_inner(evidence, Admit::Renew(&agent), &req).await
+    }
+}
+
+/// How the agent is found and what the issuance spends.
+#[derive(Clone, Copy)]
+enum Admit<'a> {
+    /// By matching the evidence against every agent's selectors.
+    Match,
+    /// The agent a join token names; the token (by hash) is spent.
+    Join(&'a Agent, [u8; 32]),
+    /// The agent of a join instance renewing its identity.
+    Renew(&'a Agent),
 }
 
 fn outcome_label(r: &Refusal) -> &'static str {

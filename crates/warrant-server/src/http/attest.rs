@@ -239,6 +239,40 @@ async fn attest_join(
     }
 }
 
+/// `POST /v1/identity/renew`: a join instance renews with its current
+/// identity token (audience: this broker) as the bearer.
+async fn renew(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut req = Request {
+        source: Some(addr.to_string()),
+        source_ip: Some(addr.ip()),
+        audience: None,
+    };
+    let b: IdentityBody = match parse_body(&state, "renew", &req, body, true).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    req.audience = b.audience;
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = bearer else {
+        let r = Refusal::Invalid(
+            "renewal needs `Authorization: Bearer <identity token>` (one whose audience is this broker)".into(),
+        );
+        return refusal_response(&state.attest.refuse_early("renew", &req, r).await, false);
+    };
+    match state.attest.renew(token.trim(), req).await {
+        Ok(r) => issued(r),
+        Err(r) => refusal_response(&r, false),
+    }
+}
+
 /// A token body that may be absent (so `Default` works for `parse_body`).
 #[derive(Debug, Default)]
 struct TokenBodyOpt(Option<TokenBody>);
@@ -265,6 +299,7 @@ pub fn api_routes(state: AppState) -> Router {
     Router::new()
         .route("/v1/attest/oidc", post(attest_oidc))
         .route("/v1/attest/join", post(attest_join))
+        .route("/v1/identity/renew", post(renew))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -384,6 +384,59 @@ fn a_join_token_is_redeemed_exactly_once() {
         "join"
     );
 
+    // The instance renews with its own identity token (audience: the broker)
+    // and keeps its identity.
+    let first = r.json()["identity_token"].as_str().unwrap().to_owned();
+    let renew = |bearer: &str, body: &Value| {
+        b.http(
+            "POST",
+            "/v1/identity/renew",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {bearer}")),
+            ],
+            Some(&body.to_string()),
+        )
+    };
+    let renewed = renew(&first, &json!({}));
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+    assert_eq!(renewed.json()["spiffe_id"], spiffe.as_str());
+    let for_api = renew(&first, &json!({"audience": "https://api.example"}));
+    assert_eq!(for_api.status, 200);
+    // A token minted for another audience cannot renew: its audience could replay it.
+    let elsewhere = renew(
+        for_api.json()["identity_token"].as_str().unwrap(),
+        &json!({}),
+    );
+    assert_eq!(elsewhere.status, 403);
+    assert!(
+        elsewhere.json()["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("audience")
+    );
+    let forged = format!("{}x", &first[..first.len() - 1]);
+    assert_eq!(renew(&forged, &json!({})).status, 403);
+    let none = b.http("POST", "/v1/identity/renew", &[], None);
+    assert_eq!(none.status, 400);
+    assert_eq!(
+        b.cli(&["agent", "instances", "batch", "--output", "json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "renewals keep the one instance"
+    );
+    let renewals = audit(&b, Some("attest.renew"));
+    assert_eq!(
+        renewals
+            .iter()
+            .map(|r| r["decision"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["allow", "allow", "deny", "deny", "error"]
+    );
+
     let again = post_json(&b, "/v1/attest/join", &json!({ "token": token }));
     assert_eq!(again.status, 403);
     assert!(
