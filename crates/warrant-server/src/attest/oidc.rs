@@ -271,3 +271,60 @@ fn parse(name: &str, bytes: &[u8]) -> Result<VerifyingKeys, String> {
     }
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use warrant_core::keys::Alg;
+    use warrant_token::{Kek, KeySet, generate_key};
+
+    use super::*;
+
+    fn issuer_key() -> KeySet {
+        let kek = Kek::generate().unwrap();
+        let t = Timestamp::from_millis(0);
+        KeySet::open(vec![generate_key(Alg::Es256, &kek, t, t).unwrap()], &kek).unwrap()
+    }
+
+    fn token(set: &KeySet, now: Timestamp) -> String {
+        let claims = serde_json::json!({
+            "iss": "https://issuer.test", "aud": "warrant", "sub": "job-1",
+            "exp": now.as_secs() + 300, "iat": now.as_secs(),
+        });
+        jwt::sign(set.active(now).unwrap(), "JWT", &claims).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_rotated_issuer_key_is_picked_up_once_the_interval_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        let old = issuer_key();
+        let now = Timestamp::now();
+        std::fs::write(&file, serde_json::to_vec(&old.jwks(now)).unwrap()).unwrap();
+        let providers = Providers::new(vec![TrustProvider {
+            name: "ci".into(),
+            issuer: "https://issuer.test".into(),
+            jwks: JwksSource::File(file.clone()),
+            audience: "warrant".into(),
+        }])
+        .unwrap();
+        assert!(providers.attest(&token(&old, now), now).await.is_ok());
+
+        // The issuer rotates: its new key is in the file, not yet in our cache.
+        let new = issuer_key();
+        std::fs::write(&file, serde_json::to_vec(&new.jwks(now)).unwrap()).unwrap();
+        let fresh = token(&new, now);
+        // Within the interval the unknown kid does not trigger a re-read...
+        assert!(matches!(
+            providers.attest(&fresh, now).await,
+            Err(OidcError::Token(JwtError::UnknownKid(_)))
+        ));
+        // ...after it, the first unknown kid does, and the new key verifies.
+        *providers.list[0].fetched.lock().await =
+            Instant::now().checked_sub(REFRESH_INTERVAL + Duration::from_secs(1));
+        let Ok(Evidence::Oidc(facts)) = providers.attest(&fresh, now).await else {
+            panic!("the rotated key was not picked up");
+        };
+        assert_eq!(facts.sub, "job-1");
+        assert_eq!(facts.provider, "ci");
+    }
+}
