@@ -14,6 +14,7 @@ pub mod identity;
 pub mod keys;
 pub mod name;
 pub mod selector;
+pub mod task;
 pub mod text;
 pub mod time;
 pub mod trust_domain;

@@ -22,6 +22,7 @@ use warrant_core::identity::{Attestor, Evidence, Instance, JoinTokenRecord};
 use warrant_core::keys::{Alg, SigningKeyRecord};
 use warrant_core::name::{AgentName, EnvName};
 use warrant_core::selector::SelectorSet;
+use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::text::{Owner, Purpose};
 use warrant_core::time::{Timestamp, Ttl};
 
@@ -53,6 +54,7 @@ macro_rules! conformance_tests {
             admin_tokens_round_trip,
             instances_upsert_and_go_with_their_agent,
             a_join_token_is_redeemed_exactly_once,
+            revocation_cascades_and_races_with_issuance_safely,
             audit_chain_is_gapless_under_concurrency,
             audit_filters,
             audit_failure_fails_closed,
@@ -695,5 +697,181 @@ pub async fn a_join_token_is_redeemed_exactly_once(fx: Box<dyn Fixture>) {
             .unwrap()
             .len(),
         1
+    );
+}
+
+fn task(id: &str, parent: Option<&str>, txn: &str, agent: &str, instance: &str) -> TaskRecord {
+    TaskRecord {
+        task: id.into(),
+        jti: format!("jti-{id}"),
+        parent: parent.map(Into::into),
+        txn: txn.into(),
+        agent: agent.into(),
+        instance: instance.into(),
+        subject: "user:alice".into(),
+        scope: "tickets:read".into(),
+        audience: vec!["https://tickets.example".into()],
+        depth: 1,
+        issued_at: Timestamp::from_millis(1_000),
+        expires_at: Timestamp::from_millis(1_000_000),
+        revoked_at: None,
+    }
+}
+
+pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.create_agent(agent("orch"), ev("admin.agent.create", "orch"))
+        .await
+        .unwrap();
+    let inst = s
+        .record_instance(instance("orch", "jt_o", 1_000), ev("attest", "orch"))
+        .await
+        .unwrap();
+    let i = inst.id.to_string();
+    // txn A: root -> child -> grandchild, and a sibling root in txn B.
+    for t in [
+        task("t1", None, "x1", "orch", &i),
+        task("t2", Some("t1"), "x1", "sub", "inst-sub"),
+        task("t3", Some("t2"), "x1", "leaf", "inst-leaf"),
+        task("t9", None, "x2", "other", "inst-other"),
+    ] {
+        s.record_task(t, ev("token.exchange", "orch"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.record_task(
+            task("t1", None, "x1", "orch", &i),
+            ev("token.exchange", "orch")
+        )
+        .await
+        .unwrap_err(),
+        StoreError::Conflict {
+            what: "task",
+            name: "t1".into()
+        }
+    );
+    assert_eq!(
+        s.get_task("t2").await.unwrap().unwrap().parent.as_deref(),
+        Some("t1")
+    );
+    let txn: Vec<String> = s
+        .tasks_of_txn("x1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.task)
+        .collect();
+    assert_eq!(txn, vec!["t1", "t2", "t3"]);
+
+    // Revoking the middle task takes its descendants, not its parent.
+    let now = Timestamp::from_millis(5_000);
+    let mut gone = s
+        .revoke(RevokeTarget::Task("t2".into()), now, ev("revoke", "orch"))
+        .await
+        .unwrap();
+    gone.sort();
+    assert_eq!(gone, vec!["t2", "t3"]);
+    assert_eq!(
+        s.get_task("t3").await.unwrap().unwrap().revoked_at,
+        Some(now)
+    );
+    assert_eq!(s.get_task("t1").await.unwrap().unwrap().revoked_at, None);
+    // A child of a revoked task is never recorded.
+    assert!(matches!(
+        s.record_task(
+            task("t4", Some("t2"), "x1", "leaf", "inst-leaf"),
+            ev("token.exchange", "leaf")
+        )
+        .await,
+        Err(StoreError::Conflict { what: "task", .. })
+    ));
+    // Revoking again revokes nothing new.
+    assert!(
+        s.revoke(
+            RevokeTarget::Jti("jti-t2".into()),
+            now,
+            ev("revoke", "orch")
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    // An instance: its tasks and their trees, and it is blocked.
+    let gone = s
+        .revoke(RevokeTarget::Instance(i.clone()), now, ev("revoke", "orch"))
+        .await
+        .unwrap();
+    assert_eq!(gone, vec!["t1"]);
+    assert!(matches!(
+        s.record_task(
+            task("t5", None, "x3", "orch", &i),
+            ev("token.exchange", "orch")
+        )
+        .await,
+        Err(StoreError::Conflict {
+            what: "instance",
+            ..
+        })
+    ));
+    let (tasks, instances) = s.revoked_state(now).await.unwrap();
+    assert_eq!(tasks.len(), 3);
+    assert_eq!(instances, vec![i.clone()]);
+    // Expired revoked tasks no longer matter.
+    assert!(
+        s.revoked_state(Timestamp::from_millis(2_000_000))
+            .await
+            .unwrap()
+            .0
+            .is_empty()
+    );
+    // Re-enabling the agent lifts the instance block.
+    s.set_agent_status(
+        &AgentName::new("orch").unwrap(),
+        AgentStatus::Active,
+        now,
+        ev("admin.agent.enable", "orch"),
+    )
+    .await
+    .unwrap();
+    s.record_task(
+        task("t5", None, "x3", "orch", &i),
+        ev("token.exchange", "orch"),
+    )
+    .await
+    .unwrap();
+    // An agent: disabled, its tasks revoked.
+    let gone = s
+        .revoke(
+            RevokeTarget::Agent("other".into()),
+            now,
+            ev("revoke", "other"),
+        )
+        .await;
+    assert!(
+        matches!(gone, Err(StoreError::NotFound { what: "agent", .. })),
+        "unknown agent"
+    );
+    assert_eq!(
+        s.get_task("t9").await.unwrap().unwrap().revoked_at,
+        None,
+        "nothing changed"
+    );
+    let gone = s
+        .revoke(
+            RevokeTarget::Agent("orch".into()),
+            now,
+            ev("revoke", "orch"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone, vec!["t5"]);
+    assert_eq!(
+        s.get_agent(&AgentName::new("orch").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        AgentStatus::Disabled
     );
 }

@@ -22,6 +22,7 @@ use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::name::AgentName;
+use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::time::Timestamp;
 
 /// A filter over the audit trail. Results are the newest `limit` matches, in
@@ -136,6 +137,29 @@ pub trait Store: Send + Sync + 'static {
         instance: Instance,
         audit: AuditEvent,
     ) -> Result<Instance, StoreError>;
+
+    /// Records an issued task with its audit record, atomically. `Conflict` if
+    /// its parent task was revoked or its instance is blocked meanwhile (the
+    /// check and the insert are one transaction, so a revocation either sees
+    /// the new task and revokes it too, or the task is never recorded).
+    async fn record_task(&self, task: TaskRecord, audit: AuditEvent) -> Result<(), StoreError>;
+    /// One task.
+    async fn get_task(&self, task: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// Every task of a transaction, in issuance order.
+    async fn tasks_of_txn(&self, txn: &str) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Revokes `target` and every task descending from it, with the audit
+    /// record; blocks an instance, disables an agent. Returns the task ids
+    /// revoked now (already-revoked ones are left as they were).
+    async fn revoke(
+        &self,
+        target: RevokeTarget,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError>;
+    /// What is revoked and still matters at `now`: task ids of unexpired revoked
+    /// tasks, and blocked instances. Loaded into memory at start.
+    async fn revoked_state(&self, now: Timestamp)
+    -> Result<(Vec<String>, Vec<String>), StoreError>;
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;

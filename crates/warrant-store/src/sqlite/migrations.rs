@@ -99,6 +99,37 @@ CREATE TABLE join_tokens (
 ) STRICT;
 "#,
     ),
+    (
+        3,
+        "tasks and instance revocations",
+        r#"
+CREATE TABLE tasks (
+  task        TEXT PRIMARY KEY,
+  jti         TEXT NOT NULL UNIQUE,
+  parent      TEXT,
+  txn         TEXT NOT NULL,
+  agent       TEXT NOT NULL,
+  instance    TEXT NOT NULL,
+  subject     TEXT NOT NULL,
+  scope       TEXT NOT NULL,
+  audience    TEXT NOT NULL,
+  depth       INTEGER NOT NULL,
+  issued_at   INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  revoked_at  INTEGER
+) STRICT;
+CREATE INDEX tasks_by_parent ON tasks (parent);
+CREATE INDEX tasks_by_txn ON tasks (txn);
+CREATE INDEX tasks_by_instance ON tasks (instance);
+CREATE INDEX tasks_by_agent ON tasks (agent);
+
+CREATE TABLE revoked_instances (
+  instance    TEXT PRIMARY KEY,
+  agent       TEXT NOT NULL,
+  revoked_at  INTEGER NOT NULL
+) STRICT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -21,6 +21,7 @@ use warrant_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::name::AgentName;
+use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::time::Timestamp;
 
 use crate::{AuditQuery, ChainReport, Store, StoreError};
@@ -298,6 +299,12 @@ impl Store for SqliteStore {
                         name,
                     });
                 }
+                if status == AgentStatus::Active {
+                    // Re-enabling lifts the blocks `revoke --instance` put on its instances.
+                    ctx.conn
+                        .execute("DELETE FROM revoked_instances WHERE agent = ?1", [&name])
+                        .map_err(db_err)?;
+                }
                 let agent = ctx
                     .conn
                     .query_row(
@@ -342,6 +349,9 @@ impl Store for SqliteStore {
                         "DELETE FROM join_tokens WHERE agent = ?1 AND redeemed_at IS NULL",
                         [&name],
                     )
+                    .map_err(db_err)?;
+                ctx.conn
+                    .execute("DELETE FROM revoked_instances WHERE agent = ?1", [&name])
                     .map_err(db_err)?;
                 ctx.append(audit)?;
                 Ok(agent)
@@ -640,6 +650,199 @@ impl Store for SqliteStore {
                 Ok(stored)
             })
             .await
+    }
+
+    async fn record_task(&self, t: TaskRecord, audit: AuditEvent) -> Result<(), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                if let Some(parent) = &t.parent {
+                    let revoked: Option<Option<i64>> = ctx
+                        .conn
+                        .query_row("SELECT revoked_at FROM tasks WHERE task = ?1", [parent], |r| r.get(0))
+                        .optional()
+                        .map_err(db_err)?;
+                    if matches!(revoked, Some(Some(_))) {
+                        return Err(StoreError::Conflict { what: "task", name: format!("{parent} (revoked)") });
+                    }
+                }
+                let blocked: Option<i64> = ctx
+                    .conn
+                    .query_row("SELECT revoked_at FROM revoked_instances WHERE instance = ?1", [&t.instance], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                if blocked.is_some() {
+                    return Err(StoreError::Conflict { what: "instance", name: format!("{} (revoked)", t.instance) });
+                }
+                ctx.conn
+                    .execute(
+                        &format!(
+                            "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                            rows::TASK_COLUMNS
+                        ),
+                        params![
+                            t.task,
+                            t.jti,
+                            t.parent,
+                            t.txn,
+                            t.agent,
+                            t.instance,
+                            t.subject,
+                            t.scope,
+                            serde_json::to_string(&t.audience).unwrap_or_else(|_| "[]".into()),
+                            i64::from(t.depth),
+                            t.issued_at.as_millis(),
+                            t.expires_at.as_millis(),
+                            t.revoked_at.map(Timestamp::as_millis),
+                        ],
+                    )
+                    .map_err(|e| {
+                        if is_unique_violation(&e) {
+                            StoreError::Conflict { what: "task", name: t.task.clone() }
+                        } else {
+                            db_err(e)
+                        }
+                    })?;
+                ctx.append(audit)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn get_task(&self, task: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let task = task.to_owned();
+        self.read(move |c| {
+            c.query_row(
+                &format!("SELECT {} FROM tasks WHERE task = ?1", rows::TASK_COLUMNS),
+                [task],
+                rows::task,
+            )
+            .optional()
+            .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn tasks_of_txn(&self, txn: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let txn = txn.to_owned();
+        self.read(move |c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {} FROM tasks WHERE txn = ?1 ORDER BY issued_at, task",
+                    rows::TASK_COLUMNS
+                ))
+                .map_err(db_err)?;
+            st.query_map([txn], rows::task)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        target: RevokeTarget,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let (roots_sql, key) = match &target {
+                    RevokeTarget::Jti(v) => ("SELECT task FROM tasks WHERE jti = ?1", v),
+                    RevokeTarget::Task(v) => ("SELECT task FROM tasks WHERE task = ?1", v),
+                    RevokeTarget::Txn(v) => ("SELECT task FROM tasks WHERE txn = ?1", v),
+                    RevokeTarget::Instance(v) => ("SELECT task FROM tasks WHERE instance = ?1", v),
+                    RevokeTarget::Agent(v) => ("SELECT task FROM tasks WHERE agent = ?1", v),
+                };
+                let sql = format!(
+                    "WITH RECURSIVE tree(task) AS ({roots_sql} \
+                     UNION SELECT t.task FROM tasks t JOIN tree ON t.parent = tree.task) \
+                     SELECT task FROM tree"
+                );
+                let all: Vec<String> = {
+                    let mut st = ctx.conn.prepare(&sql).map_err(db_err)?;
+                    st.query_map([key], |r| r.get(0))
+                        .map_err(db_err)?
+                        .collect::<Result<_, _>>()
+                        .map_err(db_err)?
+                };
+                let mut revoked = Vec::new();
+                {
+                    let mut st = ctx
+                        .conn
+                        .prepare("UPDATE tasks SET revoked_at = ?1 WHERE task = ?2 AND revoked_at IS NULL")
+                        .map_err(db_err)?;
+                    for t in all {
+                        if st.execute(params![now.as_millis(), t]).map_err(db_err)? == 1 {
+                            revoked.push(t);
+                        }
+                    }
+                }
+                match &target {
+                    RevokeTarget::Instance(i) => {
+                        let agent: Option<String> = ctx
+                            .conn
+                            .query_row("SELECT agent FROM instances WHERE id = ?1", [i], |r| r.get(0))
+                            .optional()
+                            .map_err(db_err)?;
+                        let Some(agent) = agent else {
+                            return Err(StoreError::NotFound { what: "instance", name: i.clone() });
+                        };
+                        ctx.conn
+                            .execute(
+                                "INSERT OR IGNORE INTO revoked_instances (instance, agent, revoked_at) VALUES (?1, ?2, ?3)",
+                                params![i, agent, now.as_millis()],
+                            )
+                            .map_err(db_err)?;
+                    }
+                    RevokeTarget::Agent(a) => {
+                        let n = ctx
+                            .conn
+                            .execute(
+                                "UPDATE agents SET status = 'disabled', updated_at = ?1 WHERE name = ?2",
+                                params![now.as_millis(), a],
+                            )
+                            .map_err(db_err)?;
+                        if n == 0 {
+                            return Err(StoreError::NotFound { what: "agent", name: a.clone() });
+                        }
+                    }
+                    _ => {}
+                }
+                ctx.append(audit)?;
+                Ok(revoked)
+            })
+            .await
+    }
+
+    async fn revoked_state(
+        &self,
+        now: Timestamp,
+    ) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        self.read(move |c| {
+            let tasks = {
+                let mut st = c
+                    .prepare(
+                        "SELECT task FROM tasks WHERE revoked_at IS NOT NULL AND expires_at > ?1",
+                    )
+                    .map_err(db_err)?;
+                st.query_map([now.as_millis()], |r| r.get(0))
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(db_err)?
+            };
+            let instances = {
+                let mut st = c
+                    .prepare("SELECT instance FROM revoked_instances")
+                    .map_err(db_err)?;
+                st.query_map([], |r| r.get(0))
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(db_err)?
+            };
+            Ok((tasks, instances))
+        })
+        .await
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {

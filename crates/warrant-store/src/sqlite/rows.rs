@@ -136,6 +136,27 @@ pub(crate) fn instance(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::
     })
 }
 
+pub(crate) const TASK_COLUMNS: &str = "task, jti, parent, txn, agent, instance, subject, scope, audience, depth, issued_at, expires_at, revoked_at";
+
+pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskRecord> {
+    let audience: String = r.get(8)?;
+    Ok(warrant_core::task::TaskRecord {
+        task: r.get(0)?,
+        jti: r.get(1)?,
+        parent: r.get(2)?,
+        txn: r.get(3)?,
+        agent: r.get(4)?,
+        instance: r.get(5)?,
+        subject: r.get(6)?,
+        scope: r.get(7)?,
+        audience: serde_json::from_str(&audience).map_err(|e| corrupt("audience", e))?,
+        depth: u32::try_from(r.get::<_, i64>(9)?).map_err(|e| corrupt("depth", e))?,
+        issued_at: Timestamp::from_millis(r.get(10)?),
+        expires_at: Timestamp::from_millis(r.get(11)?),
+        revoked_at: r.get::<_, Option<i64>>(12)?.map(Timestamp::from_millis),
+    })
+}
+
 pub(crate) const JOIN_COLUMNS: &str =
     "id, token_hash, agent, created_by, created_at, expires_at, redeemed_at";
 
