@@ -257,3 +257,14 @@ pub struct CreatedJoinToken {
     /// Until when it may be redeemed.
     pub expires_at: Timestamp,
 }
+
+/// The answer to `POST /admin/v1/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// What was revoked.
+    pub target: String,
+    /// Task ids revoked now (descendants included).
+    pub tasks: Vec<String>,
+    /// How long the revocation took to commit, in microseconds.
+    pub micros: u64,
+}

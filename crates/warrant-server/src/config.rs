@@ -48,6 +48,38 @@ pub struct RawConfig {
     /// Platforms whose JWTs attest agents (the OIDC attestor).
     #[serde(default)]
     pub trust_provider: Vec<RawTrustProvider>,
+    /// Identity providers whose user tokens agents may exchange.
+    #[serde(default)]
+    pub user_issuer: Vec<RawUserIssuer>,
+}
+
+/// One `[[user_issuer]]` table as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUserIssuer {
+    /// The `iss` of its tokens, exactly.
+    pub issuer: String,
+    /// Where to fetch its JWKS.
+    pub jwks_uri: Option<String>,
+    /// A local copy of its JWKS.
+    pub jwks_file: Option<PathBuf>,
+    /// The audience its tokens must carry for warrant.
+    pub audience: String,
+    /// The claim naming the user (default `sub`).
+    pub subject_claim: Option<String>,
+    /// The claim listing the user's groups (default `groups`).
+    pub groups_claim: Option<String>,
+}
+
+/// A trusted user issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIssuer {
+    /// Issuer, keys and audience.
+    pub provider: crate::attest::oidc::TrustProvider,
+    /// The claim naming the user.
+    pub subject_claim: String,
+    /// The claim listing the user's groups.
+    pub groups_claim: String,
 }
 
 /// One `[[trust_provider]]` table as written.
@@ -141,6 +173,8 @@ pub struct Config {
     pub signing_alg: Alg,
     /// Trusted OIDC issuers.
     pub trust_providers: Vec<crate::attest::oidc::TrustProvider>,
+    /// Trusted user issuers.
+    pub user_issuers: Vec<UserIssuer>,
     /// The config file used, if any.
     pub config_file: Option<PathBuf>,
     /// The key-encryption key from `WARRANT_KEK`, if given; otherwise
@@ -350,6 +384,7 @@ impl Config {
         };
 
         let trust_providers = trust_providers(&layer, raw.trust_provider)?;
+        let user_issuers = user_issuers(&layer, raw.user_issuer)?;
 
         Ok(Self {
             data_dir,
@@ -361,6 +396,7 @@ impl Config {
             max_delegation_depth,
             signing_alg,
             trust_providers,
+            user_issuers,
             config_file: settings.config.clone(),
             kek: None,
         })
@@ -433,6 +469,42 @@ fn trust_providers(
         });
     }
     Ok(out)
+}
+
+fn user_issuers(
+    layer: &Layer<'_>,
+    raw: Vec<RawUserIssuer>,
+) -> Result<Vec<UserIssuer>, ConfigError> {
+    let as_providers = raw
+        .iter()
+        .enumerate()
+        .map(|(i, u)| RawTrustProvider {
+            name: format!("user-issuer-{}", i + 1),
+            issuer: u.issuer.clone(),
+            jwks_uri: u.jwks_uri.clone(),
+            jwks_file: u.jwks_file.clone(),
+            audience: u.audience.clone(),
+        })
+        .collect();
+    let providers = trust_providers(layer, as_providers).map_err(|e| match e {
+        ConfigError::Invalid {
+            message, origin, ..
+        } => ConfigError::Invalid {
+            key: "user_issuer",
+            origin: origin.replace("[[trust_provider]]", "[[user_issuer]]"),
+            message,
+        },
+        other => other,
+    })?;
+    Ok(providers
+        .into_iter()
+        .zip(raw)
+        .map(|(provider, u)| UserIssuer {
+            provider,
+            subject_claim: u.subject_claim.unwrap_or_else(|| "sub".into()),
+            groups_claim: u.groups_claim.unwrap_or_else(|| "groups".into()),
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod policy;
 pub mod serve;
 pub mod state;
+pub mod token;
 
 pub use config::Config;
 pub use serve::{Broker, ServeError};

@@ -51,6 +51,15 @@ pub struct AttestLabels {
     pub outcome: String,
 }
 
+/// Labels of a token grant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrantLabels {
+    /// token.exchange, token.self, token.request.
+    pub grant: String,
+    /// issued, or the OAuth error code.
+    pub outcome: String,
+}
+
 /// An agent label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentLabels {
@@ -91,6 +100,10 @@ pub struct Metrics {
     pub attestations: Family<AttestLabels, Counter>,
     /// Instances whose identity has not expired, per agent (refreshed at scrape).
     pub live_instances: Family<AgentLabels, Gauge>,
+    /// Token grants by kind and outcome.
+    pub token_grants: Family<GrantLabels, Counter>,
+    /// Tasks revoked.
+    pub tasks_revoked: Counter,
 }
 
 impl Default for Metrics {
@@ -122,6 +135,8 @@ impl Metrics {
             audit_records: Gauge::default(),
             attestations: Family::default(),
             live_instances: Family::default(),
+            token_grants: Family::default(),
+            tasks_revoked: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -179,6 +194,16 @@ impl Metrics {
             "Agent instances holding an unexpired identity",
             m.live_instances.clone(),
         );
+        registry.register(
+            "warrant_token_grants",
+            "Token grants by kind and outcome",
+            m.token_grants.clone(),
+        );
+        registry.register(
+            "warrant_tasks_revoked",
+            "Tasks revoked, descendants included",
+            m.tasks_revoked.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -197,6 +222,16 @@ impl Metrics {
         self.attestations
             .get_or_create(&AttestLabels {
                 attestor: attestor.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a token grant.
+    pub fn token_grant(&self, grant: &str, outcome: &str) {
+        self.token_grants
+            .get_or_create(&GrantLabels {
+                grant: grant.to_owned(),
                 outcome: outcome.to_owned(),
             })
             .inc();

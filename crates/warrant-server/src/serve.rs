@@ -252,7 +252,22 @@ impl Broker {
             trust_domain: config.trust_domain.clone(),
             oidc,
         }));
+        let tokens = Arc::new(
+            crate::token::TokenService::new(crate::token::TokenParts {
+                store: store.clone(),
+                keys: keys.clone(),
+                policy: policy.clone(),
+                metrics: metrics.clone(),
+                issuer: issuer.clone(),
+                trust_domain: config.trust_domain.clone(),
+                max_depth: config.max_delegation_depth,
+                user_issuers: config.user_issuers.clone(),
+            })
+            .await
+            .map_err(ServeError::Io)?,
+        );
         let state = AppState {
+            tokens,
             store,
             keys,
             policy,

@@ -23,6 +23,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Attestation and identity issuance.
     pub attest: Arc<crate::attest::AttestService>,
+    /// Task tokens, introspection, revocation.
+    pub tokens: Arc<crate::token::TokenService>,
     /// The issuer URL.
     pub issuer: Arc<str>,
     /// The SPIFFE trust domain.

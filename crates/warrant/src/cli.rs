@@ -57,6 +57,29 @@ pub enum Command {
     /// Validate, reload, inspect and test Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Revoke task tokens: a task and every task delegated from it, a whole
+    /// transaction, or everything an instance or agent holds.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct RevokeArgs {
+    /// The task whose token has this jti.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// A task (`tsk_...`) and its descendants.
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Every task of a transaction (`txn_...`).
+    #[arg(long)]
+    pub txn: Option<String>,
+    /// Every task of an instance; it gets nothing more until its agent is re-enabled.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// Every task of an agent; the agent is disabled.
+    #[arg(long)]
+    pub agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

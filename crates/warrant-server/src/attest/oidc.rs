@@ -153,6 +153,30 @@ impl Providers {
 
     /// Verifies `token` and returns the evidence it carries.
     pub async fn attest(&self, token: &str, now: Timestamp) -> Result<Evidence, OidcError> {
+        let (provider, claims) = self.verify(token, now).await?;
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        if sub.is_empty() {
+            return Err(JwtError::Claim("the token has no `sub`".into()).into());
+        }
+        Ok(Evidence::Oidc(OidcFacts {
+            provider: provider.name,
+            iss: provider.issuer,
+            sub,
+            claims,
+        }))
+    }
+
+    /// Verifies `token` with the keys of the provider its `iss` names, and
+    /// checks issuer, audience and lifetime. Returns the provider and the claims.
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<(TrustProvider, serde_json::Map<String, Value>), OidcError> {
         let claims = jwt::peek_claims_unverified(token)?;
         let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
         let providers: Vec<&Arc<Provider>> = self
@@ -178,7 +202,7 @@ impl Providers {
         p: &Provider,
         token: &str,
         now: Timestamp,
-    ) -> Result<Evidence, OidcError> {
+    ) -> Result<(TrustProvider, serde_json::Map<String, Value>), OidcError> {
         if p.keys.load().is_empty() {
             self.refresh(p).await;
         }
@@ -203,21 +227,7 @@ impl Providers {
             leeway_secs: LEEWAY_SECS,
         }
         .check(&verified.claims)?;
-        let sub = verified
-            .claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        if sub.is_empty() {
-            return Err(JwtError::Claim("the token has no `sub`".into()).into());
-        }
-        Ok(Evidence::Oidc(OidcFacts {
-            provider: p.config.name.clone(),
-            iss: p.config.issuer.clone(),
-            sub,
-            claims: verified.claims,
-        }))
+        Ok((p.config.clone(), verified.claims))
     }
 
     /// Re-reads the provider's keys unless that happened within

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/disable", post(disable_agent))
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
+        .route("/revoke", post(revoke))
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
         .route("/admin-tokens", get(list_tokens).post(create_token))
@@ -260,7 +261,8 @@ async fn enable_agent(
     Writer(caller): Writer,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Agent>> {
-    set_status(
+    let tokens = state.tokens.clone();
+    let r = set_status(
         state,
         caller,
         name,
@@ -268,7 +270,56 @@ async fn enable_agent(
         "admin.agent.enable",
         "agent.enable",
     )
-    .await
+    .await?;
+    // Enabling lifts `revoke --instance` blocks of its instances.
+    tokens.reload_blocks().await?;
+    Ok(r)
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    b: Result<Json<warrant_core::task::RevokeTarget>, JsonRejection>,
+) -> ApiResult<Json<warrant_core::api::Revoked>> {
+    let attempt = caller
+        .event("admin.revoke", Outcome::Allow)
+        .action("revoke");
+    let target = body(&state, &attempt, b).await?;
+    let id = match &target {
+        warrant_core::task::RevokeTarget::Jti(v)
+        | warrant_core::task::RevokeTarget::Task(v)
+        | warrant_core::task::RevokeTarget::Txn(v)
+        | warrant_core::task::RevokeTarget::Instance(v)
+        | warrant_core::task::RevokeTarget::Agent(v) => v.clone(),
+    };
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        return Err(fail(
+            &state,
+            attempt,
+            ApiError::invalid("the id to revoke is empty, too long or has control characters"),
+        )
+        .await);
+    }
+    let mut event = attempt.clone().resource(target.to_string());
+    match &target {
+        warrant_core::task::RevokeTarget::Task(t) => event = event.task(t.clone()),
+        warrant_core::task::RevokeTarget::Txn(t) => event = event.txn(t.clone()),
+        warrant_core::task::RevokeTarget::Instance(i) => event = event.instance(i.clone()),
+        warrant_core::task::RevokeTarget::Agent(a) => event = event.agent(a.clone()),
+        warrant_core::task::RevokeTarget::Jti(j) => event = event.credential_id(j.clone()),
+    }
+    let started = std::time::Instant::now();
+    match state.tokens.revoke(target.clone(), event).await {
+        Ok(tasks) => {
+            state.metrics.tasks_revoked.inc_by(tasks.len() as u64);
+            Ok(Json(warrant_core::api::Revoked {
+                target: target.to_string(),
+                tasks,
+                micros: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            }))
+        }
+        Err(e) => Err(fail(&state, attempt, e.into()).await),
+    }
 }
 
 async fn disable_agent(

@@ -13,6 +13,7 @@ pub mod attest;
 pub mod auth;
 pub mod edge;
 pub mod error;
+pub mod oauth;
 pub mod public;
 
 use axum::Router;
@@ -23,6 +24,7 @@ use crate::state::AppState;
 pub fn api_router(state: AppState) -> Router {
     public::router(state.clone())
         .merge(attest::api_routes(state.clone()))
+        .merge(oauth::routes(state.clone()))
         .nest(
             "/admin/v1",
             admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(

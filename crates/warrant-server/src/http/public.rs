@@ -49,6 +49,13 @@ async fn jwks(State(state): State<AppState>) -> Response {
 struct Metadata {
     issuer: String,
     jwks_uri: String,
+    token_endpoint: String,
+    introspection_endpoint: String,
+    revocation_endpoint: String,
+    token_endpoint_auth_methods_supported: Vec<String>,
+    token_endpoint_auth_signing_alg_values_supported: Vec<String>,
+    introspection_endpoint_auth_methods_supported: Vec<String>,
+    revocation_endpoint_auth_methods_supported: Vec<String>,
     /// No authorization endpoint: warrant issues tokens by exchange and client
     /// assertion only, never through a browser redirect.
     response_types_supported: Vec<String>,
@@ -60,8 +67,18 @@ async fn metadata(State(state): State<AppState>) -> Json<Metadata> {
     Json(Metadata {
         issuer: state.issuer.to_string(),
         jwks_uri: format!("{}/.well-known/jwks.json", state.issuer),
+        token_endpoint: format!("{}/oauth2/token", state.issuer),
+        introspection_endpoint: format!("{}/oauth2/introspect", state.issuer),
+        revocation_endpoint: format!("{}/oauth2/revoke", state.issuer),
         response_types_supported: Vec::new(),
-        grant_types_supported: Vec::new(),
+        grant_types_supported: vec![
+            crate::token::TOKEN_EXCHANGE.into(),
+            "client_credentials".into(),
+        ],
+        token_endpoint_auth_methods_supported: vec!["private_key_jwt".into()],
+        token_endpoint_auth_signing_alg_values_supported: vec!["ES256".into(), "EdDSA".into()],
+        introspection_endpoint_auth_methods_supported: vec!["private_key_jwt".into()],
+        revocation_endpoint_auth_methods_supported: vec!["private_key_jwt".into()],
         subject_types_supported: vec!["public".into()],
     })
 }

@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod keys;
 mod policy;
+mod revoke;
 mod serve;
 
 use std::path::PathBuf;
@@ -43,5 +44,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AdminToken(c) => admin_token::run(&cli, client(&cli)?, c).await,
         Command::Audit(c) => audit::run(&cli, client(&cli)?, c).await,
         Command::Policy(c) => policy::run(&cli, c).await,
+        Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,
     }
 }

@@ -1,0 +1,331 @@
+//! OAuth endpoints: `/oauth2/token` (RFC 6749, 8693, 7523),
+//! `/oauth2/introspect` (RFC 7662) and `/oauth2/revoke` (RFC 7009).
+//!
+//! Form-encoded bodies of at most [`MAX_FORM`]; errors are RFC 6749 §5.2 JSON.
+
+use std::net::SocketAddr;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use hyper::body::Bytes;
+use serde_json::Value;
+use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret};
+use warrant_core::audit::Outcome;
+use warrant_core::task::{RevokeTarget, agent_of};
+use warrant_core::time::Timestamp;
+
+use crate::state::AppState;
+use crate::token::{Caller, JWT_BEARER, OAuthError, Params};
+
+/// The largest form accepted.
+pub const MAX_FORM: usize = 64 * 1024;
+
+fn error_response(e: &OAuthError) -> Response {
+    let status = match e.error {
+        "invalid_client" => StatusCode::UNAUTHORIZED,
+        "access_denied" => StatusCode::FORBIDDEN,
+        "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (
+        status,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(serde_json::json!({ "error": e.error, "error_description": e.description })),
+    )
+        .into_response()
+}
+
+fn ok_json(v: impl serde::Serialize) -> Response {
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::PRAGMA, "no-cache"),
+        ],
+        Json(v),
+    )
+        .into_response()
+}
+
+fn caller(addr: SocketAddr) -> Caller {
+    Caller {
+        source_ip: Some(addr.ip()),
+        source: Some(addr.to_string()),
+    }
+}
+
+/// Parses the form, or refuses (audited as `kind`).
+async fn form(
+    state: &AppState,
+    kind: &str,
+    c: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Params, Response> {
+    let refuse = |e: OAuthError, too_large: bool| async move {
+        let e = state.tokens.refuse(state.tokens.event(kind, c), e).await;
+        let mut r = error_response(&e);
+        if too_large && e.error == "invalid_request" {
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+        }
+        r
+    };
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let e = OAuthError::invalid_request(format!(
+                "the request body is larger than {} KiB",
+                MAX_FORM / 1024
+            ));
+            return Err(refuse(e, true).await);
+        }
+        Err(_) => {
+            return Err(refuse(
+                OAuthError::invalid_request("the request body could not be read"),
+                false,
+            )
+            .await);
+        }
+    };
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        let e = OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded (RFC 6749 §4)",
+        );
+        return Err(refuse(e, false).await);
+    }
+    Ok(Params(
+        url::form_urlencoded::parse(&bytes)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    ))
+}
+
+async fn token(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let c = caller(addr);
+    let params = match form(&state, "token.request", &c, &headers, body).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match state.tokens.token(&params, &c).await {
+        Ok(t) => ok_json(t),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Who is calling introspection or revocation: an agent (by client
+/// assertion) or an admin token holder.
+enum Client {
+    Agent { name: String, spiffe: String },
+    Admin(String),
+}
+
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Result<Client, OAuthError> {
+    if let Some(h) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = h.strip_prefix("Bearer ")
+        && t.starts_with(ADMIN_TOKEN_PREFIX)
+    {
+        let hash = AdminTokenSecret::presented(t.trim()).hash();
+        return match state.store.admin_token_by_hash(&hash).await {
+            Ok(Some(r)) if r.is_valid_at(Timestamp::now()) => Ok(Client::Admin(r.id)),
+            Ok(_) => Err(OAuthError::new_client("the admin token is not valid")),
+            Err(_) => Err(OAuthError::new_client(
+                "the broker cannot check the admin token now",
+            )),
+        };
+    }
+    match (
+        params.one("client_assertion_type")?,
+        params.one("client_assertion")?,
+    ) {
+        (Some(JWT_BEARER), Some(a)) => {
+            let (name, spiffe) = state
+                .tokens
+                .client(a)
+                .await
+                .map_err(|e| OAuthError::new_client(&e.description))?;
+            Ok(Client::Agent { name, spiffe })
+        }
+        _ => Err(OAuthError::new_client(
+            "authenticate with client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer and your identity token as client_assertion, or an admin bearer token",
+        )),
+    }
+}
+
+async fn introspect(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let c = caller(addr);
+    let params = match form(&state, "token.introspect", &c, &headers, body).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let client = match authenticate(&state, &headers, &params).await {
+        Ok(cl) => cl,
+        Err(e) => {
+            let e = state
+                .tokens
+                .refuse(state.tokens.event("token.introspect", &c), e)
+                .await;
+            return error_response(&e);
+        }
+    };
+    let token = match params.one("token") {
+        Ok(Some(t)) => t,
+        _ => {
+            let e = OAuthError::invalid_request("`token` is required (once)");
+            let e = state
+                .tokens
+                .refuse(state.tokens.event("token.introspect", &c), e)
+                .await;
+            return error_response(&e);
+        }
+    };
+    let result = state.tokens.introspect(token);
+    let mut event = state
+        .tokens
+        .event("token.introspect", &c)
+        .action("token:introspect");
+    event.actor = Some(match &client {
+        Client::Agent { spiffe, .. } => spiffe.clone(),
+        Client::Admin(id) => format!("admin-token:{id}"),
+    });
+    if let Some(claims) = &result {
+        event.decision = Outcome::Allow;
+        event.credential_type = Some("task_token".into());
+        event.credential_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+        event.task = claims
+            .get("task")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        event.txn = claims.get("txn").and_then(Value::as_str).map(str::to_owned);
+        event.agent = claims
+            .get("client_id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    } else {
+        event = event.reason("inactive: expired, revoked, unknown or malformed");
+    }
+    if let Err(e) = state.store.append_audit(event).await {
+        tracing::error!(error = %e, "cannot write the audit trail; introspection refused");
+        state.metrics.audit_write_failures.inc();
+        return error_response(&OAuthError::new_unavailable());
+    }
+    match result {
+        Some(claims) => ok_json(Value::Object(claims)),
+        None => ok_json(serde_json::json!({ "active": false })),
+    }
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let c = caller(addr);
+    let params = match form(&state, "token.revoke", &c, &headers, body).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let client = match authenticate(&state, &headers, &params).await {
+        Ok(cl) => cl,
+        Err(e) => {
+            let e = state
+                .tokens
+                .refuse(state.tokens.event("token.revoke", &c), e)
+                .await;
+            return error_response(&e);
+        }
+    };
+    let Ok(Some(token)) = params.one("token") else {
+        let e = OAuthError::invalid_request("`token` is required (once)");
+        let e = state
+            .tokens
+            .refuse(state.tokens.event("token.revoke", &c), e)
+            .await;
+        return error_response(&e);
+    };
+    let mut event = state
+        .tokens
+        .event("token.revoke", &c)
+        .action("token:revoke");
+    event.actor = Some(match &client {
+        Client::Agent { spiffe, .. } => spiffe.clone(),
+        Client::Admin(id) => format!("admin-token:{id}"),
+    });
+    // RFC 7009 §2.2: an unknown or invalid token is not an error.
+    let Some(task) = state.tokens.task_of(token) else {
+        let event = event.reason("unknown or invalid token; nothing revoked");
+        let _ = state.store.append_audit(event).await;
+        return StatusCode::OK.into_response();
+    };
+    if let Client::Agent { name, spiffe } = &client {
+        let in_chain = task
+            .act
+            .as_ref()
+            .is_some_and(|a| a.chain().iter().any(|s| agent_of(s) == Some(name.as_str())));
+        if !(in_chain || task.sub == *spiffe || task.client_id == *name) {
+            let e = OAuthError::new(
+                "unauthorized_client",
+                "an agent may revoke only tokens of tasks it takes part in",
+            );
+            let e = state.tokens.refuse(event.task(task.task.clone()), e).await;
+            return error_response(&e);
+        }
+    }
+    let mut event = event
+        .task(task.task.clone())
+        .txn(task.txn.clone())
+        .credential_type("task_token")
+        .credential_id(task.jti.clone());
+    event.decision = Outcome::Allow;
+    match state
+        .tokens
+        .revoke(RevokeTarget::Task(task.task), event)
+        .await
+    {
+        Ok(revoked) => {
+            state.metrics.tasks_revoked.inc_by(revoked.len() as u64);
+            StatusCode::OK.into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "revocation failed");
+            error_response(&OAuthError::new_unavailable())
+        }
+    }
+}
+
+/// The OAuth routes of the API listener.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/introspect", post(introspect))
+        .route("/oauth2/revoke", post(revoke))
+        .layer(DefaultBodyLimit::max(MAX_FORM))
+        .with_state(state)
+}

@@ -1,0 +1,1099 @@
+//! The token service: task tokens by exchange and client credentials,
+//! introspection and cascading revocation.
+//!
+//! Exchange (RFC 8693): the subject is a user's token from a trusted user
+//! issuer, or a warrant task token for sub-delegation; the actor is always the
+//! calling agent's identity token. The new token names the user (`sub`) and
+//! every agent acting (`act`, current actor outermost), and can only narrow:
+//! scope ⊆ the subject's, audience ⊆ the subject's, `exp` ≤ the subject's,
+//! depth ≤ `max_delegation_depth`, no agent twice in a chain. Every grant is a
+//! policy decision; every issuance and refusal is one audit record; a token
+//! leaves only after its task and that record are durable.
+//!
+//! Revocation is held in memory (task ids, blocked instances), loaded from the
+//! store at start and updated after each revocation commits, so every use is
+//! checked in O(1).
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use warrant_core::TrustDomain;
+use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::decision::{
+    Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource, UserRef,
+};
+use warrant_core::identity::{IDENTITY_TOKEN_TYP, IdentityClaims};
+use warrant_core::name::AgentName;
+use warrant_core::task::{
+    Act, RevokeTarget, ScopeSet, TASK_TOKEN_TYP, TaskClaims, TaskRecord, agent_of, token_type,
+};
+use warrant_core::time::{MAX_TOKEN_LIFETIME, Timestamp};
+use warrant_store::{Store, StoreError};
+use warrant_token::jwt::{self, Expect, JwtError};
+
+use crate::attest::oidc::Providers;
+use crate::config::UserIssuer;
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::policy::PolicyService;
+
+/// The default lifetime of a task token.
+pub const DEFAULT_TASK_TTL_SECS: i64 = 300;
+/// The most audiences one request may name.
+const MAX_AUDIENCES: usize = 16;
+/// The RFC 7523 assertion type.
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The RFC 8693 grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// An OAuth error (RFC 6749 §5.2), safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// `invalid_request`, `invalid_grant`, ...
+    pub error: &'static str,
+    /// What was wrong and what to do.
+    pub description: String,
+}
+
+impl OAuthError {
+    /// `invalid_request`.
+    pub fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new("invalid_request", d)
+    }
+    fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new("invalid_grant", d)
+    }
+    fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new("invalid_client", d)
+    }
+    /// `invalid_client`.
+    pub fn new_client(d: &str) -> Self {
+        Self::invalid_client(d.to_owned())
+    }
+    /// `temporarily_unavailable`: the audit trail could not be written.
+    pub fn new_unavailable() -> Self {
+        Self::unavailable()
+    }
+    /// Any code.
+    pub fn new(error: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            error,
+            description: description.into(),
+        }
+    }
+    fn unavailable() -> Self {
+        Self::new(
+            "temporarily_unavailable",
+            "the broker cannot record this grant in its audit trail, so nothing was issued; try again later",
+        )
+    }
+}
+
+/// A token response (RFC 6749 §5.1, RFC 8693 §2.2.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenResponse {
+    /// The task token.
+    pub access_token: String,
+    /// Always the access-token type URI.
+    pub issued_token_type: &'static str,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds.
+    pub expires_in: i64,
+    /// Granted scope.
+    pub scope: String,
+}
+
+/// Request parameters: a form may repeat `audience` and `resource`.
+#[derive(Debug, Clone, Default)]
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    /// The single value of `name`; an error if it is repeated.
+    pub fn one(&self, name: &str) -> Result<Option<&str>, OAuthError> {
+        let mut it = self.0.iter().filter(|(k, _)| k == name);
+        match (it.next(), it.next()) {
+            (None, _) => Ok(None),
+            (Some((_, v)), None) => Ok(Some(v.as_str())),
+            _ => Err(OAuthError::invalid_request(format!(
+                "`{name}` is given more than once"
+            ))),
+        }
+    }
+
+    fn required(&self, name: &str) -> Result<&str, OAuthError> {
+        match self.one(name)? {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(OAuthError::invalid_request(format!("`{name}` is required"))),
+        }
+    }
+
+    fn all(&self, name: &str) -> impl Iterator<Item = &str> {
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// For policy.
+    pub source_ip: Option<IpAddr>,
+    /// For the audit trail.
+    pub source: Option<String>,
+}
+
+/// An actor proven by its identity token.
+#[derive(Debug, Clone)]
+struct Actor {
+    claims: IdentityClaims,
+    agent: Agent,
+    instance: String,
+}
+
+/// What the subject token says.
+struct Subject {
+    /// `sub` of the new token.
+    sub: String,
+    /// The user, for policy (absent when an agent's self token is delegated).
+    user: Option<UserRef>,
+    /// Actors so far (current first).
+    act: Option<Act>,
+    scope: Option<ScopeSet>,
+    audience: Option<Vec<String>>,
+    exp: i64,
+    parent: Option<String>,
+    txn: Option<String>,
+    may_act: Option<Value>,
+}
+
+/// The token service.
+pub struct TokenService {
+    store: Arc<dyn Store>,
+    keys: Arc<KeyService>,
+    policy: Arc<PolicyService>,
+    metrics: Arc<Metrics>,
+    issuer: Arc<str>,
+    trust_domain: TrustDomain,
+    max_depth: u32,
+    users: Providers,
+    user_claims: Vec<UserIssuer>,
+    // std RwLocks: held only to look up or insert ids, never across an await.
+    revoked_tasks: RwLock<HashSet<String>>,
+    blocked_instances: RwLock<HashSet<String>>,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService").finish_non_exhaustive()
+    }
+}
+
+/// What the token service is built from.
+#[allow(missing_debug_implementations)]
+pub struct TokenParts {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Signing keys.
+    pub keys: Arc<KeyService>,
+    /// Policy.
+    pub policy: Arc<PolicyService>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer.
+    pub issuer: Arc<str>,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// The longest chain.
+    pub max_depth: u32,
+    /// Trusted user issuers.
+    pub user_issuers: Vec<UserIssuer>,
+}
+
+fn random_id(prefix: &str) -> Result<String, OAuthError> {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b)
+        .map_err(|_| OAuthError::new("server_error", "the system random generator failed"))?;
+    Ok(format!("{prefix}{}", hex::encode(b)))
+}
+
+fn shown(s: &str) -> String {
+    s.chars().take(100).flat_map(char::escape_debug).collect()
+}
+
+impl TokenService {
+    /// Builds the service and loads what is revoked.
+    pub async fn new(p: TokenParts) -> Result<Self, String> {
+        let users = Providers::new(p.user_issuers.iter().map(|u| u.provider.clone()).collect())?;
+        let (tasks, instances) = p
+            .store
+            .revoked_state(Timestamp::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            store: p.store,
+            keys: p.keys,
+            policy: p.policy,
+            metrics: p.metrics,
+            issuer: p.issuer,
+            trust_domain: p.trust_domain,
+            max_depth: p.max_depth,
+            users,
+            user_claims: p.user_issuers,
+            revoked_tasks: RwLock::new(tasks.into_iter().collect()),
+            blocked_instances: RwLock::new(instances.into_iter().collect()),
+        })
+    }
+
+    fn is_revoked(&self, task: &str) -> bool {
+        self.revoked_tasks.read().map_or(true, |s| s.contains(task))
+    }
+
+    fn is_blocked(&self, instance: &str) -> bool {
+        self.blocked_instances
+            .read()
+            .map_or(true, |s| s.contains(instance))
+    }
+
+    /// The token endpoint.
+    pub async fn token(
+        &self,
+        params: &Params,
+        caller: &Caller,
+    ) -> Result<TokenResponse, OAuthError> {
+        let grant = match params.one("grant_type") {
+            Ok(g) => g.unwrap_or(""),
+            Err(e) => return Err(self.refuse(self.event("token.request", caller), e).await),
+        };
+        match grant {
+            TOKEN_EXCHANGE => self.exchange(params, caller).await,
+            "client_credentials" => self.client_credentials(params, caller).await,
+            "" => {
+                let e = OAuthError::invalid_request("`grant_type` is required");
+                Err(self.refuse(self.event("token.request", caller), e).await)
+            }
+            other => {
+                let e = OAuthError::new(
+                    "unsupported_grant_type",
+                    format!(
+                        "grant type `{}` is not supported; use {TOKEN_EXCHANGE} or client_credentials",
+                        shown(other)
+                    ),
+                );
+                Err(self.refuse(self.event("token.request", caller), e).await)
+            }
+        }
+    }
+
+    pub(crate) fn event(&self, kind: &str, caller: &Caller) -> AuditEvent {
+        let mut e = AuditEvent::new(kind, Outcome::Deny).protocol("oauth");
+        if let Some(s) = &caller.source {
+            e = e.source(s.clone());
+        }
+        e
+    }
+
+    /// Records a refusal and returns it (or the audit failure).
+    pub(crate) async fn refuse(&self, event: AuditEvent, e: OAuthError) -> OAuthError {
+        let mut event = event;
+        if event.reasons.is_empty() {
+            event = event.reason(format!("{}: {}", e.error, e.description));
+        }
+        if e.error == "invalid_request" || e.error == "unsupported_grant_type" {
+            event.decision = Outcome::Error;
+        }
+        self.metrics.token_grant(&event.event, e.error);
+        match self.store.append_audit(event).await {
+            Ok(_) => e,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot write the audit trail; grant refused");
+                self.metrics.audit_write_failures.inc();
+                OAuthError::unavailable()
+            }
+        }
+    }
+
+    /// Verifies an identity token presented as actor or client assertion.
+    async fn actor(&self, token: &str, now: Timestamp) -> Result<Actor, OAuthError> {
+        let keys = self.keys.current().verifying_keys(now);
+        let v = jwt::verify(token, &keys).map_err(|e| {
+            OAuthError::invalid_grant(format!("the identity token does not verify: {e}"))
+        })?;
+        match v.header.typ.as_deref() {
+            Some(IDENTITY_TOKEN_TYP) => {}
+            Some(TASK_TOKEN_TYP) => {
+                return Err(OAuthError::invalid_grant(
+                    "a task token cannot act: the actor must present its own identity token",
+                ));
+            }
+            _ => {
+                return Err(OAuthError::invalid_grant(
+                    "the token is not a warrant identity token",
+                ));
+            }
+        }
+        let token_endpoint = format!("{}/oauth2/token", self.issuer);
+        let aud_ok = |aud: &str| {
+            Expect {
+                issuer: &self.issuer,
+                audience: aud,
+                now,
+                leeway_secs: 0,
+            }
+            .check(&v.claims)
+        };
+        if let Err(e) = aud_ok(&self.issuer).or_else(|_| aud_ok(&token_endpoint)) {
+            return Err(OAuthError::invalid_grant(format!(
+                "identity token: {e}; request it with the broker (`{}`) as its audience",
+                self.issuer
+            )));
+        }
+        let claims: IdentityClaims = serde_json::from_value(Value::Object(v.claims))
+            .map_err(|_| OAuthError::invalid_grant("the token is not a warrant identity token"))?;
+        let prefix = format!("spiffe://{}/agent/", self.trust_domain);
+        let (name, instance) = claims
+            .sub
+            .strip_prefix(&prefix)
+            .and_then(|r| r.split_once('/'))
+            .ok_or_else(|| {
+                OAuthError::invalid_grant(
+                    "the identity token's subject is not of this trust domain",
+                )
+            })?;
+        let name = AgentName::new(name).map_err(|_| {
+            OAuthError::invalid_grant("the identity token's subject is not of this trust domain")
+        })?;
+        if self.is_blocked(instance) {
+            return Err(OAuthError::invalid_grant(format!(
+                "instance {instance} has been revoked"
+            )));
+        }
+        let agent = match self.store.get_agent(&name).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(OAuthError::invalid_grant(format!(
+                    "agent `{name}` no longer exists"
+                )));
+            }
+            Err(_) => return Err(OAuthError::unavailable()),
+        };
+        if agent.status != AgentStatus::Active {
+            return Err(OAuthError::invalid_grant(format!(
+                "agent `{name}` is {}; nothing is issued to it",
+                agent.status.as_str()
+            )));
+        }
+        Ok(Actor {
+            instance: instance.to_owned(),
+            claims,
+            agent,
+        })
+    }
+
+    /// Reads the subject token: a warrant task token or a user's token.
+    async fn subject(&self, token: &str, ty: &str, now: Timestamp) -> Result<Subject, OAuthError> {
+        let unverified = jwt::peek_claims_unverified(token)
+            .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
+        let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or("");
+        if iss == &*self.issuer {
+            if ty != token_type::ACCESS_TOKEN && ty != token_type::JWT {
+                return Err(OAuthError::invalid_request(format!(
+                    "subject_token_type for a warrant task token is {}",
+                    token_type::ACCESS_TOKEN
+                )));
+            }
+            let keys = self.keys.current().verifying_keys(now);
+            let v = jwt::verify(token, &keys)
+                .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
+            if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
+                return Err(OAuthError::invalid_grant(
+                    "an identity token cannot be a subject token: exchange a user's token or a task token",
+                ));
+            }
+            let c: TaskClaims =
+                serde_json::from_value(Value::Object(v.claims.clone())).map_err(|_| {
+                    OAuthError::invalid_grant("the subject token is not a warrant task token")
+                })?;
+            if now.as_secs() >= c.exp {
+                return Err(OAuthError::invalid_grant("the subject token has expired"));
+            }
+            if self.is_revoked(&c.task) {
+                return Err(OAuthError::invalid_grant(
+                    "the subject token's task has been revoked",
+                ));
+            }
+            let user = c.sub.strip_prefix("user:").map(|u| UserRef {
+                id: u.to_owned(),
+                groups: Vec::new(),
+            });
+            let scope =
+                ScopeSet::parse(&c.scope).map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+            return Ok(Subject {
+                sub: c.sub,
+                user,
+                act: c.act,
+                scope: Some(scope),
+                audience: Some(c.aud),
+                exp: c.exp,
+                parent: Some(c.task),
+                txn: Some(c.txn),
+                may_act: v.claims.get("may_act").cloned(),
+            });
+        }
+        if ![
+            token_type::JWT,
+            token_type::ID_TOKEN,
+            token_type::ACCESS_TOKEN,
+        ]
+        .contains(&ty)
+        {
+            return Err(OAuthError::invalid_request(format!(
+                "subject_token_type `{}` is not supported; use {}",
+                shown(ty),
+                token_type::JWT
+            )));
+        }
+        if self.users.is_empty() {
+            return Err(OAuthError::invalid_grant(
+                "no user issuers are trusted ([[user_issuer]] in warrant.toml)",
+            ));
+        }
+        let (provider, claims) = self
+            .users
+            .verify(token, now)
+            .await
+            .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
+        let cfg = self
+            .user_claims
+            .iter()
+            .find(|u| u.provider.issuer == provider.issuer)
+            .ok_or_else(|| OAuthError::invalid_grant("subject token: issuer not trusted"))?;
+        let subject = claims
+            .get(&cfg.subject_claim)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 256 && !s.chars().any(char::is_control))
+            .ok_or_else(|| {
+                OAuthError::invalid_grant(format!(
+                    "the user token has no usable `{}` claim",
+                    cfg.subject_claim
+                ))
+            })?;
+        let groups = match claims.get(&cfg.groups_claim) {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .take(256)
+                .collect(),
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let scope = match claims.get("scope").and_then(Value::as_str) {
+            Some(s) => {
+                Some(ScopeSet::parse(s).map_err(|e| OAuthError::invalid_grant(e.to_string()))?)
+            }
+            None => None,
+        };
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        // A user token's own `act` is never read: only warrant builds chains.
+        Ok(Subject {
+            sub: format!("user:{subject}"),
+            user: Some(UserRef {
+                id: subject.to_owned(),
+                groups,
+            }),
+            act: None,
+            scope,
+            audience: None,
+            exp,
+            parent: None,
+            txn: None,
+            may_act: claims.get("may_act").cloned(),
+        })
+    }
+
+    fn audiences(params: &Params) -> Result<Vec<String>, OAuthError> {
+        let mut out: Vec<String> = Vec::new();
+        for a in params.all("audience").chain(params.all("resource")) {
+            if a.is_empty() || a.len() > 512 || a.chars().any(char::is_control) {
+                return Err(OAuthError::new(
+                    "invalid_target",
+                    "an audience is empty, longer than 512 characters or has control characters",
+                ));
+            }
+            if !out.iter().any(|o| o == a) {
+                out.push(a.to_owned());
+            }
+        }
+        if out.len() > MAX_AUDIENCES {
+            return Err(OAuthError::new(
+                "invalid_target",
+                format!("at most {MAX_AUDIENCES} audiences"),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn decide(
+        &self,
+        action: Action,
+        actor: &Actor,
+        audiences: &[String],
+        context: &Context,
+        event: AuditEvent,
+    ) -> (bool, AuditEvent) {
+        let mut event = event;
+        let mut allowed = true;
+        let mut reasons = Vec::new();
+        for aud in audiences {
+            let req = DecisionRequest {
+                principal: Principal {
+                    agent: AgentFacts {
+                        name: actor.agent.name.to_string(),
+                        owner: actor.agent.owner.to_string(),
+                        env: actor.agent.env.to_string(),
+                        trust: actor.agent.trust,
+                        purpose: actor.agent.purpose.to_string(),
+                    },
+                    instance: actor.instance.clone(),
+                    attestor: actor.claims.attestor.as_str().to_owned(),
+                },
+                action,
+                resource: Resource::Audience(aud.clone()),
+                context: context.clone(),
+            };
+            let (d, e) = self.policy.decide_for_record(&req, event);
+            event = e;
+            reasons.extend(d.reasons());
+            if d.effect != Effect::Allow {
+                allowed = false;
+                break;
+            }
+        }
+        reasons.dedup();
+        event.reasons = reasons;
+        event.resource = Some(audiences.join(" "));
+        event.decision = if allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        (allowed, event)
+    }
+
+    async fn exchange(
+        &self,
+        params: &Params,
+        caller: &Caller,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = Timestamp::now();
+        let base = self
+            .event("token.exchange", caller)
+            .action("token:exchange");
+        macro_rules! bail {
+            ($ev:expr, $e:expr) => {
+                return Err(self.refuse($ev, $e).await)
+            };
+        }
+        let (subject_token, subject_type, actor_token, actor_type) = match (
+            params.required("subject_token"),
+            params.required("subject_token_type"),
+            params.one("actor_token"),
+            params.one("actor_token_type"),
+        ) {
+            (Ok(s), Ok(st), Ok(Some(a)), Ok(at)) if !a.is_empty() => (s, st, a, at),
+            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+                bail!(base, e)
+            }
+            _ => bail!(
+                base,
+                OAuthError::invalid_request(
+                    "`actor_token` is required: warrant issues a token for a user only to an agent acting for them, never an impersonation"
+                )
+            ),
+        };
+        if actor_type.is_some_and(|t| t != token_type::JWT) {
+            bail!(
+                base,
+                OAuthError::invalid_request(format!(
+                    "actor_token_type must be {}",
+                    token_type::JWT
+                ))
+            );
+        }
+        if let Ok(Some(t)) = params.one("requested_token_type")
+            && t != token_type::ACCESS_TOKEN
+            && t != token_type::JWT
+        {
+            bail!(
+                base,
+                OAuthError::invalid_request(format!(
+                    "requested_token_type must be {}",
+                    token_type::ACCESS_TOKEN
+                ))
+            );
+        }
+        let actor = match self.actor(actor_token, now).await {
+            Ok(a) => a,
+            Err(e) => bail!(base, e),
+        };
+        let base = base
+            .agent(actor.agent.name.to_string())
+            .instance(actor.instance.clone());
+        let subject = match self.subject(subject_token, subject_type, now).await {
+            Ok(s) => s,
+            Err(e) => bail!(base, e),
+        };
+        let prior_chain: Vec<String> = subject
+            .act
+            .as_ref()
+            .map(|a| a.chain().into_iter().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut base = base.user(subject.sub.clone());
+        base.chain = prior_chain.clone();
+        if let Some(t) = &subject.parent {
+            base = base.parent(t.clone());
+        }
+        if let Some(x) = &subject.txn {
+            base = base.txn(x.clone());
+        }
+
+        if let Some(may) = &subject.may_act {
+            let allowed = may.get("sub").and_then(Value::as_str);
+            let me = &actor.claims.sub;
+            if allowed != Some(me.as_str()) && allowed != Some(actor.agent.name.as_str()) {
+                bail!(
+                    base,
+                    OAuthError::invalid_grant(
+                        "the subject token's `may_act` does not name this agent"
+                    )
+                );
+            }
+        }
+        let chain_agents: Vec<&str> = prior_chain.iter().filter_map(|s| agent_of(s)).collect();
+        if chain_agents.contains(&actor.agent.name.as_str())
+            || agent_of(&subject.sub) == Some(actor.agent.name.as_str())
+        {
+            bail!(
+                base,
+                OAuthError::invalid_grant(format!(
+                    "agent `{}` is already in this delegation chain; a chain never revisits an agent",
+                    actor.agent.name
+                ))
+            );
+        }
+        let depth = prior_chain.len() + 1;
+        if depth > self.max_depth as usize {
+            bail!(
+                base,
+                OAuthError::invalid_grant(format!(
+                    "delegation depth {depth} is over the limit of {}",
+                    self.max_depth
+                ))
+            );
+        }
+
+        let requested = match params.one("scope") {
+            Ok(Some(s)) => match ScopeSet::parse(s) {
+                Ok(s) => s,
+                Err(e) => bail!(base, OAuthError::new("invalid_scope", e.to_string())),
+            },
+            Ok(None) => match &subject.scope {
+                Some(s) => s.clone(),
+                None => bail!(
+                    base,
+                    OAuthError::new(
+                        "invalid_scope",
+                        "`scope` is required when exchanging a user's token"
+                    )
+                ),
+            },
+            Err(e) => bail!(base, e),
+        };
+        if requested.is_empty() {
+            bail!(
+                base,
+                OAuthError::new("invalid_scope", "the requested scope is empty")
+            );
+        }
+        if let Some(parent) = &subject.scope
+            && !requested.is_subset(parent)
+        {
+            bail!(
+                base,
+                OAuthError::new(
+                    "invalid_scope",
+                    format!(
+                        "scope may only narrow: `{}` is not in the subject token's scope",
+                        requested.beyond(parent).join(" ")
+                    )
+                )
+            );
+        }
+        let mut audiences = match Self::audiences(params) {
+            Ok(a) => a,
+            Err(e) => bail!(base, e),
+        };
+        if audiences.is_empty() {
+            match &subject.audience {
+                Some(a) => audiences = a.clone(),
+                None => bail!(
+                    base,
+                    OAuthError::new(
+                        "invalid_target",
+                        "`audience` (or `resource`) is required when exchanging a user's token"
+                    )
+                ),
+            }
+        }
+        if let Some(parent) = &subject.audience
+            && let Some(wider) = audiences.iter().find(|a| !parent.contains(a))
+        {
+            bail!(
+                base,
+                OAuthError::new(
+                    "invalid_target",
+                    format!(
+                        "audience may only narrow: `{}` is not in the subject token's audience",
+                        shown(wider)
+                    )
+                )
+            );
+        }
+
+        let mut context = Context::at(now);
+        context.user = subject.user.clone();
+        context.scopes = requested.iter().map(str::to_owned).collect();
+        context.depth = u32::try_from(depth).unwrap_or(u32::MAX);
+        context.chain = chain_agents
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(std::iter::once(actor.agent.name.to_string()))
+            .collect();
+        context.task = subject.parent.clone();
+        context.txn = subject.txn.clone();
+        context.source_ip = caller.source_ip;
+        let (allowed, event) =
+            self.decide(Action::TokenExchange, &actor, &audiences, &context, base);
+        if !allowed {
+            let e = OAuthError::new(
+                "access_denied",
+                format!(
+                    "policy does not allow agent `{}` this exchange (scope `{requested}`, audience `{}`)",
+                    actor.agent.name,
+                    shown(&audiences.join(" "))
+                ),
+            );
+            return Err(self.refuse(event, e).await);
+        }
+        let act = Act::push(actor.claims.sub.clone(), subject.act.clone());
+        self.issue(
+            &actor,
+            subject.sub,
+            Some(act),
+            requested,
+            audiences,
+            subject.exp,
+            subject.parent,
+            subject.txn,
+            now,
+            event,
+            u32::try_from(depth).unwrap_or(u32::MAX),
+        )
+        .await
+    }
+
+    async fn client_credentials(
+        &self,
+        params: &Params,
+        caller: &Caller,
+    ) -> Result<TokenResponse, OAuthError> {
+        let now = Timestamp::now();
+        let base = self.event("token.self", caller).action("token:self");
+        macro_rules! bail {
+            ($ev:expr, $e:expr) => {
+                return Err(self.refuse($ev, $e).await)
+            };
+        }
+        match params.one("client_assertion_type") {
+            Ok(Some(JWT_BEARER)) => {}
+            Ok(_) => bail!(
+                base,
+                OAuthError::invalid_client(format!(
+                    "client_assertion_type must be {JWT_BEARER} with the agent's identity token as client_assertion"
+                ))
+            ),
+            Err(e) => bail!(base, e),
+        }
+        let assertion = match params.required("client_assertion") {
+            Ok(a) => a,
+            Err(e) => bail!(base, OAuthError::invalid_client(e.description)),
+        };
+        let actor = match self.actor(assertion, now).await {
+            Ok(a) => a,
+            Err(e) => bail!(base, OAuthError::invalid_client(e.description)),
+        };
+        if let Ok(Some(id)) = params.one("client_id")
+            && id != actor.agent.name.as_str()
+        {
+            bail!(
+                base,
+                OAuthError::invalid_client("client_id does not match the client assertion's agent")
+            );
+        }
+        let base = base
+            .agent(actor.agent.name.to_string())
+            .instance(actor.instance.clone())
+            .user(actor.claims.sub.clone());
+        let requested = match params.one("scope") {
+            Ok(Some(s)) => match ScopeSet::parse(s) {
+                Ok(s) if !s.is_empty() => s,
+                Ok(_) => bail!(
+                    base,
+                    OAuthError::new("invalid_scope", "`scope` is required")
+                ),
+                Err(e) => bail!(base, OAuthError::new("invalid_scope", e.to_string())),
+            },
+            Ok(None) => bail!(
+                base,
+                OAuthError::new("invalid_scope", "`scope` is required")
+            ),
+            Err(e) => bail!(base, e),
+        };
+        let audiences = match Self::audiences(params) {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => bail!(
+                base,
+                OAuthError::new("invalid_target", "`audience` (or `resource`) is required")
+            ),
+            Err(e) => bail!(base, e),
+        };
+        let mut context = Context::at(now);
+        context.scopes = requested.iter().map(str::to_owned).collect();
+        context.source_ip = caller.source_ip;
+        let (allowed, event) = self.decide(Action::TokenSelf, &actor, &audiences, &context, base);
+        if !allowed {
+            let e = OAuthError::new(
+                "access_denied",
+                format!(
+                    "policy does not allow agent `{}` a token for itself (scope `{requested}`, audience `{}`)",
+                    actor.agent.name,
+                    shown(&audiences.join(" "))
+                ),
+            );
+            return Err(self.refuse(event, e).await);
+        }
+        let sub = actor.claims.sub.clone();
+        self.issue(
+            &actor,
+            sub,
+            None,
+            requested,
+            audiences,
+            i64::MAX,
+            None,
+            None,
+            now,
+            event,
+            0,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn issue(
+        &self,
+        actor: &Actor,
+        sub: String,
+        act: Option<Act>,
+        scope: ScopeSet,
+        aud: Vec<String>,
+        subject_exp: i64,
+        parent: Option<String>,
+        txn: Option<String>,
+        now: Timestamp,
+        event: AuditEvent,
+        depth: u32,
+    ) -> Result<TokenResponse, OAuthError> {
+        let cap = i64::try_from(MAX_TOKEN_LIFETIME.as_secs()).unwrap_or(3600);
+        let ttl = DEFAULT_TASK_TTL_SECS
+            .min(i64::try_from(actor.agent.max_ttl.as_secs()).unwrap_or(cap))
+            .min(cap);
+        let exp = (now.as_secs() + ttl).min(subject_exp);
+        if exp <= now.as_secs() {
+            return Err(self
+                .refuse(
+                    event,
+                    OAuthError::invalid_grant("the subject token has expired"),
+                )
+                .await);
+        }
+        let task = random_id("tsk_")?;
+        let txn = match txn {
+            Some(t) => t,
+            None => random_id("txn_")?,
+        };
+        let jti = random_id("")?;
+        let claims = TaskClaims {
+            iss: self.issuer.to_string(),
+            sub: sub.clone(),
+            aud: aud.clone(),
+            scope: scope.to_string(),
+            act,
+            client_id: actor.agent.name.to_string(),
+            task: task.clone(),
+            parent: parent.clone(),
+            txn: txn.clone(),
+            jti: jti.clone(),
+            iat: now.as_secs(),
+            nbf: now.as_secs(),
+            exp,
+        };
+        let token = {
+            let set = self.keys.current();
+            let Some(key) = set.active(now) else {
+                return Err(OAuthError::new(
+                    "temporarily_unavailable",
+                    "no signing key is active",
+                ));
+            };
+            jwt::sign(key, TASK_TOKEN_TYP, &claims)
+                .map_err(|e| OAuthError::new("server_error", e.to_string()))?
+        };
+        let expires_at = Timestamp::from_millis(exp * 1000);
+        let record = TaskRecord {
+            task: task.clone(),
+            jti: jti.clone(),
+            parent: parent.clone(),
+            txn: txn.clone(),
+            agent: actor.agent.name.to_string(),
+            instance: actor.instance.clone(),
+            subject: sub,
+            scope: scope.to_string(),
+            audience: aud,
+            depth,
+            issued_at: now,
+            expires_at,
+            revoked_at: None,
+        };
+        let mut event = event
+            .task(task)
+            .txn(txn)
+            .scope(scope.to_string())
+            .credential_type("task_token")
+            .credential_id(jti)
+            .expires(expires_at);
+        event.parent = parent;
+        let kind = event.event.clone();
+        match self.store.record_task(record, event.clone()).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict { what, .. }) => {
+                let e = OAuthError::invalid_grant(format!(
+                    "the {what} was revoked while this grant was decided"
+                ));
+                let mut ev = event;
+                ev.decision = Outcome::Deny;
+                ev.credential_id = None;
+                ev.credential_type = None;
+                ev.expires_at = None;
+                ev.reasons = Vec::new();
+                return Err(self.refuse(ev, e).await);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a task; grant refused");
+                self.metrics.audit_write_failures.inc();
+                return Err(OAuthError::unavailable());
+            }
+        }
+        self.metrics.token_grant(&kind, "issued");
+        Ok(TokenResponse {
+            access_token: token,
+            issued_token_type: token_type::ACCESS_TOKEN,
+            token_type: "Bearer",
+            expires_in: exp - now.as_secs(),
+            scope: scope.to_string(),
+        })
+    }
+
+    /// Introspection (RFC 7662): `None` for anything not active.
+    pub fn introspect(&self, token: &str) -> Option<Map<String, Value>> {
+        let now = Timestamp::now();
+        let v = jwt::verify(token, &self.keys.current().verifying_keys(now)).ok()?;
+        if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
+            return None;
+        }
+        let c: TaskClaims = serde_json::from_value(Value::Object(v.claims.clone())).ok()?;
+        if c.iss != *self.issuer || now.as_secs() >= c.exp || now.as_secs() < c.nbf - 5 {
+            return None;
+        }
+        if self.is_revoked(&c.task) {
+            return None;
+        }
+        let mut out = v.claims;
+        out.insert("active".into(), Value::Bool(true));
+        out.insert("token_type".into(), Value::String("Bearer".into()));
+        Some(out)
+    }
+
+    /// Identifies a caller by client assertion, for introspection and revocation.
+    pub async fn client(&self, assertion: &str) -> Result<(String, String), OAuthError> {
+        let a = self.actor(assertion, Timestamp::now()).await?;
+        Ok((a.agent.name.to_string(), a.claims.sub))
+    }
+
+    /// Revokes `target` (an admin, or an agent for its own task) and returns
+    /// the task ids revoked now. Memory is updated once the store committed.
+    pub async fn revoke(
+        &self,
+        target: RevokeTarget,
+        event: AuditEvent,
+    ) -> Result<Vec<String>, StoreError> {
+        let revoked = self
+            .store
+            .revoke(target.clone(), Timestamp::now(), event)
+            .await?;
+        if let Ok(mut set) = self.revoked_tasks.write() {
+            set.extend(revoked.iter().cloned());
+        }
+        if let RevokeTarget::Instance(i) = &target
+            && let Ok(mut set) = self.blocked_instances.write()
+        {
+            set.insert(i.clone());
+        }
+        Ok(revoked)
+    }
+
+    /// Re-reads the instance blocks from the store (after an agent was
+    /// re-enabled, which lifts its instances' blocks).
+    pub async fn reload_blocks(&self) -> Result<(), StoreError> {
+        let (_, instances) = self.store.revoked_state(Timestamp::now()).await?;
+        if let Ok(mut set) = self.blocked_instances.write() {
+            *set = instances.into_iter().collect();
+        }
+        Ok(())
+    }
+
+    /// The task a token names, if it verifies (expired or not): for an agent
+    /// revoking its own task.
+    pub fn task_of(&self, token: &str) -> Option<TaskClaims> {
+        let v = jwt::verify(token, &self.keys.current().verifying_keys(Timestamp::now())).ok()?;
+        (v.header.typ.as_deref() == Some(TASK_TOKEN_TYP))
+            .then(|| serde_json::from_value(Value::Object(v.claims)).ok())
+            .flatten()
+    }
+
+    /// Whether an error from [`jwt`] would mean a malformed request.
+    pub fn is_malformed(e: &JwtError) -> bool {
+        matches!(e, JwtError::Malformed(_))
+    }
+}

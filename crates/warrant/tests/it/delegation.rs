@@ -1,0 +1,576 @@
+//! Task-scoped delegation: user → orchestrator → sub-agent → leaf through
+//! RFC 8693 exchange, client credentials, introspection and cascading revocation.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::interop::{python, repo};
+use crate::{Broker, Options, audit, bin};
+
+const POLICY: &str = r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+
+@id("support-reads-tickets")
+permit(principal in Agent::"orch", action == Action::"token:exchange", resource == Audience::"https://tickets.example")
+when { context has user && context.groups.contains("support") };
+
+@id("delegates")
+permit(principal, action == Action::"token:exchange", resource)
+when { context.depth >= 2 };
+
+@id("no-delegated-writes")
+forbid(principal, action == Action::"token:exchange", resource)
+when { context.depth > 1 && context.scopes.containsAny(["tickets:write"]) };
+
+@id("orch-self")
+permit(principal in Agent::"orch", action == Action::"token:self", resource == Audience::"https://tickets.example");
+"#;
+
+pub struct World {
+    pub b: Broker,
+    pub users: Value,
+    _dir: tempfile::TempDir,
+}
+
+fn form(b: &Broker, path: &str, fields: &[(&str, &str)]) -> warrant_testkit::Response {
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    b.http(
+        "POST",
+        path,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )
+}
+
+pub fn world(max_depth: u32) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(python())
+        .arg(repo().join("tests/interop/user_issuer.py"))
+        .args([
+            dir.path().to_str().unwrap(),
+            "https://login.test",
+            "warrant",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = Broker::start_with(
+        bin(),
+        Options {
+            config: Some(format!(
+                "max_delegation_depth = {max_depth}\n[[user_issuer]]\nissuer = \"https://login.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n",
+                dir.path().join("users-jwks.json").display()
+            )),
+            ..Default::default()
+        },
+    );
+    std::fs::write(b.data_dir.join("policies/delegation.cedar"), POLICY).unwrap();
+    b.cli(&["policy", "reload"]).ok();
+    for a in ["orch", "sub", "leaf"] {
+        b.cli(&[
+            "agent", "create", a, "--owner", "o", "--env", "dev", "--trust", "medium",
+        ])
+        .ok();
+    }
+    World {
+        b,
+        users,
+        _dir: dir,
+    }
+}
+
+/// An identity token for `agent`, by join token.
+pub fn identity(b: &Broker, agent: &str) -> String {
+    let jt = b
+        .cli(&["agent", "join-token", agent])
+        .ok()
+        .trim()
+        .to_owned();
+    let r = b.http(
+        "POST",
+        "/v1/attest/join",
+        &[("content-type", "application/json")],
+        Some(&json!({ "token": jt }).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["identity_token"].as_str().unwrap().to_owned()
+}
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+pub fn exchange(
+    b: &Broker,
+    subject: &str,
+    subject_type: &str,
+    actor: &str,
+    extra: &[(&str, &str)],
+) -> warrant_testkit::Response {
+    let mut f = vec![
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", subject_type),
+        ("actor_token", actor),
+        ("actor_token_type", JWT),
+    ];
+    f.extend_from_slice(extra);
+    form(b, "/oauth2/token", &f)
+}
+
+fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let p = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn err(r: &warrant_testkit::Response) -> (u16, String, String) {
+    let j = r.json();
+    (
+        r.status,
+        j["error"].as_str().unwrap_or("").to_owned(),
+        j["error_description"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+fn introspect(b: &Broker, assertion: &str, token: &str) -> Value {
+    let r = form(
+        b,
+        "/oauth2/introspect",
+        &[
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+            ("token", token),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()
+}
+
+#[test]
+fn a_three_hop_chain_narrows_and_revocation_cascades() {
+    let w = world(4);
+    let b = &w.b;
+    let alice = w.users["alice"].as_str().unwrap();
+    let (orch, sub, leaf) = (identity(b, "orch"), identity(b, "sub"), identity(b, "leaf"));
+
+    // Hop 1: the orchestrator, for alice.
+    let r = exchange(
+        b,
+        alice,
+        JWT,
+        &orch,
+        &[
+            ("scope", "tickets:read llm:chat"),
+            ("audience", "https://tickets.example"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t1 = r.json();
+    assert_eq!(t1["issued_token_type"], AT);
+    assert_eq!(t1["token_type"], "Bearer");
+    assert_eq!(t1["scope"], "llm:chat tickets:read");
+    let t1 = t1["access_token"].as_str().unwrap().to_owned();
+    let c1 = claims(&t1);
+    assert_eq!(c1["sub"], "user:alice");
+    assert_eq!(c1["aud"], json!(["https://tickets.example"]));
+    assert_eq!(c1["client_id"], "orch");
+    let orch_id = claims(&orch)["sub"].clone();
+    assert_eq!(c1["act"]["sub"], orch_id);
+    assert!(c1["act"].get("act").is_none());
+    assert!(c1.get("parent").is_none());
+
+    // Hop 2: a sub-agent, narrower.
+    let r = exchange(b, &t1, AT, &sub, &[("scope", "tickets:read")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t2 = r.json()["access_token"].as_str().unwrap().to_owned();
+    let c2 = claims(&t2);
+    assert_eq!(c2["sub"], "user:alice");
+    assert_eq!(c2["scope"], "tickets:read");
+    assert_eq!(c2["aud"], c1["aud"], "audience inherited");
+    assert_eq!(c2["act"]["sub"], claims(&sub)["sub"]);
+    assert_eq!(c2["act"]["act"]["sub"], orch_id);
+    assert_eq!(c2["parent"], c1["task"]);
+    assert_eq!(c2["txn"], c1["txn"]);
+    assert!(c2["exp"].as_i64() <= c1["exp"].as_i64());
+
+    // Hop 3: the leaf.
+    let r = exchange(b, &t2, AT, &leaf, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t3 = r.json()["access_token"].as_str().unwrap().to_owned();
+    let c3 = claims(&t3);
+    assert_eq!(c3["act"]["act"]["act"]["sub"], orch_id);
+    assert_eq!(c3["parent"], c2["task"]);
+
+    // Bad input: each a clear OAuth error, nothing issued, audited.
+    let before = audit(b, Some("token.exchange")).len();
+    for (r, status, code, says) in [
+        (
+            exchange(b, &t1, AT, &sub, &[("scope", "tickets:read tickets:write")]),
+            400,
+            "invalid_scope",
+            "tickets:write",
+        ),
+        (
+            exchange(
+                b,
+                &t1,
+                AT,
+                &sub,
+                &[("audience", "https://payments.example")],
+            ),
+            400,
+            "invalid_target",
+            "payments.example",
+        ),
+        (
+            exchange(b, &t1, AT, &t1, &[]),
+            400,
+            "invalid_grant",
+            "task token cannot act",
+        ),
+        (
+            exchange(b, &orch, JWT, &sub, &[]),
+            400,
+            "invalid_grant",
+            "identity token cannot be a subject",
+        ),
+        (
+            exchange(
+                b,
+                w.users["untrusted_issuer"].as_str().unwrap(),
+                JWT,
+                &orch,
+                &[
+                    ("scope", "tickets:read"),
+                    ("audience", "https://tickets.example"),
+                ],
+            ),
+            400,
+            "invalid_grant",
+            "not a trusted provider",
+        ),
+        (
+            exchange(
+                b,
+                w.users["wrong_audience"].as_str().unwrap(),
+                JWT,
+                &orch,
+                &[
+                    ("scope", "tickets:read"),
+                    ("audience", "https://tickets.example"),
+                ],
+            ),
+            400,
+            "invalid_grant",
+            "audience",
+        ),
+        (
+            exchange(
+                b,
+                w.users["expired"].as_str().unwrap(),
+                JWT,
+                &orch,
+                &[
+                    ("scope", "tickets:read"),
+                    ("audience", "https://tickets.example"),
+                ],
+            ),
+            400,
+            "invalid_grant",
+            "expired",
+        ),
+        (
+            exchange(
+                b,
+                w.users["other_key"].as_str().unwrap(),
+                JWT,
+                &orch,
+                &[
+                    ("scope", "tickets:read"),
+                    ("audience", "https://tickets.example"),
+                ],
+            ),
+            400,
+            "invalid_grant",
+            "signature",
+        ),
+        (
+            exchange(b, &t2, AT, &orch, &[]),
+            400,
+            "invalid_grant",
+            "already in this delegation chain",
+        ),
+        (
+            exchange(b, &t2, AT, &sub, &[]),
+            400,
+            "invalid_grant",
+            "already in this delegation chain",
+        ),
+        (
+            exchange(b, &t1, AT, &sub, &[("scope", "tickets:write")]),
+            400,
+            "invalid_scope",
+            "tickets:write",
+        ),
+        (
+            exchange(
+                b,
+                w.users["bob"].as_str().unwrap(),
+                JWT,
+                &orch,
+                &[
+                    ("scope", "tickets:read"),
+                    ("audience", "https://tickets.example"),
+                ],
+            ),
+            403,
+            "access_denied",
+            "policy does not allow",
+        ),
+        (
+            exchange(
+                b,
+                w.users["may_act_leaf"].as_str().unwrap(),
+                JWT,
+                &orch,
+                &[
+                    ("scope", "tickets:read"),
+                    ("audience", "https://tickets.example"),
+                ],
+            ),
+            400,
+            "invalid_grant",
+            "may_act",
+        ),
+        (
+            exchange(
+                b,
+                alice,
+                JWT,
+                &orch,
+                &[("audience", "https://tickets.example")],
+            ),
+            400,
+            "invalid_scope",
+            "`scope` is required",
+        ),
+    ] {
+        let (s, c, d) = err(&r);
+        assert_eq!((s, c.as_str()), (status, code), "{d}");
+        assert!(d.contains(says), "{code}: {d}");
+    }
+    let refusals = audit(b, Some("token.exchange"));
+    assert_eq!(refusals.len(), before + 14, "each refusal is audited");
+    assert!(refusals[before..].iter().all(|r| r["decision"] != "allow"));
+    assert!(
+        !refusals.iter().any(|r| r.to_string().contains("eyJ")),
+        "no token in the trail"
+    );
+
+    // A forged `act` inside a user token is ignored.
+    let r = exchange(
+        b,
+        w.users["forged_act"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[
+            ("scope", "tickets:read"),
+            ("audience", "https://tickets.example"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = claims(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(c["act"]["sub"], orch_id);
+    assert!(
+        c["act"].get("act").is_none(),
+        "the forged actor is not in the chain"
+    );
+
+    // Introspection: active tokens show the chain.
+    let i = introspect(b, &orch, &t3);
+    assert_eq!(i["active"], true);
+    assert_eq!(i["act"]["act"]["act"]["sub"], orch_id);
+    assert_eq!(i["task"], c3["task"]);
+    assert_eq!(i["txn"], c1["txn"]);
+    assert_eq!(introspect(b, &orch, "garbage"), json!({"active": false}));
+    assert_eq!(
+        introspect(b, &orch, &orch),
+        json!({"active": false}),
+        "identity tokens are not task tokens"
+    );
+    let anon = form(b, "/oauth2/introspect", &[("token", &t1)]);
+    assert_eq!(anon.status, 401);
+
+    // Revoking hop 2 kills hops 2 and 3 at once, not hop 1.
+    let task2 = c2["task"].as_str().unwrap();
+    let r = b
+        .cli(&["revoke", "--task", task2, "--output", "json"])
+        .json();
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(introspect(b, &orch, &t2), json!({"active": false}));
+    assert_eq!(introspect(b, &orch, &t3), json!({"active": false}));
+    assert_eq!(introspect(b, &orch, &t1)["active"], true);
+    let (s, c, d) = err(&exchange(b, &t2, AT, &leaf, &[]));
+    assert_eq!((s, c.as_str()), (400, "invalid_grant"));
+    assert!(d.contains("revoked"), "{d}");
+
+    // An agent revokes its own task (RFC 7009); another agent may not.
+    let other = form(
+        b,
+        "/oauth2/revoke",
+        &[
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &leaf),
+            ("token", &t1),
+        ],
+    );
+    assert_eq!(other.status, 400, "{}", other.body);
+    assert_eq!(introspect(b, &orch, &t1)["active"], true);
+    let own = form(
+        b,
+        "/oauth2/revoke",
+        &[
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &orch),
+            ("token", &t1),
+        ],
+    );
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(introspect(b, &orch, &t1), json!({"active": false}));
+
+    // Revocation survives a restart.
+    let mut b2 = w.b;
+    b2.stop();
+    b2.restart(Options::default());
+    assert_eq!(
+        introspect(&b2, &identity(&b2, "orch"), &t1),
+        json!({"active": false})
+    );
+}
+
+#[test]
+fn depth_limits_client_credentials_and_malformed_requests() {
+    let w = world(2);
+    let b = &w.b;
+    let alice = w.users["alice"].as_str().unwrap();
+    let (orch, sub, leaf) = (identity(b, "orch"), identity(b, "sub"), identity(b, "leaf"));
+    let t1 = exchange(
+        b,
+        alice,
+        JWT,
+        &orch,
+        &[
+            ("scope", "tickets:read"),
+            ("audience", "https://tickets.example"),
+        ],
+    )
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t2 = exchange(b, &t1, AT, &sub, &[]).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, c, d) = err(&exchange(b, &t2, AT, &leaf, &[]));
+    assert_eq!((s, c.as_str()), (400, "invalid_grant"));
+    assert!(d.contains("depth 3 is over the limit of 2"), "{d}");
+
+    // The agent for itself: no user, no act.
+    let cc = |assertion: &str, extra: &[(&str, &str)]| {
+        let mut f = vec![
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+        ];
+        f.extend_from_slice(extra);
+        form(b, "/oauth2/token", &f)
+    };
+    let r = cc(
+        &orch,
+        &[
+            ("scope", "tickets:read"),
+            ("resource", "https://tickets.example"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let c = claims(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], claims(&orch)["sub"]);
+    assert!(c.get("act").is_none());
+    let (s, c, _) = err(&cc(
+        &sub,
+        &[
+            ("scope", "tickets:read"),
+            ("resource", "https://tickets.example"),
+        ],
+    ));
+    assert_eq!((s, c.as_str()), (403, "access_denied"));
+    let (s, c, _) = err(&cc("not-a-jwt", &[("scope", "x"), ("resource", "y")]));
+    assert_eq!((s, c.as_str()), (401, "invalid_client"));
+
+    // Malformed requests.
+    let many: Vec<String> = (0..1000).map(|i| format!("s{i}")).collect();
+    let many = many.join(" ");
+    let (s, c, d) = err(&exchange(b, &t1, AT, &sub, &[("scope", &many)]));
+    assert_eq!((s, c.as_str()), (400, "invalid_scope"), "{d}");
+    let (s, c, _) = err(&form(b, "/oauth2/token", &[("grant_type", "password")]));
+    assert_eq!((s, c.as_str()), (400, "unsupported_grant_type"));
+    let (s, c, d) = err(&form(b, "/oauth2/token", &[("grant_type", EXCHANGE)]));
+    assert_eq!((s, c.as_str()), (400, "invalid_request"));
+    assert!(d.contains("subject_token"), "{d}");
+    let (s, c, d) = err(&form(
+        b,
+        "/oauth2/token",
+        &[
+            ("grant_type", EXCHANGE),
+            ("subject_token", &t1),
+            ("subject_token_type", AT),
+        ],
+    ));
+    assert_eq!((s, c.as_str()), (400, "invalid_request"));
+    assert!(d.contains("actor_token"), "{d}");
+    let big = "a".repeat(1024 * 1024);
+    let r = form(
+        b,
+        "/oauth2/token",
+        &[("grant_type", "client_credentials"), ("x", &big)],
+    );
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"], "invalid_request");
+    let r = b.http(
+        "POST",
+        "/oauth2/token",
+        &[("content-type", "application/json")],
+        Some("{}"),
+    );
+    assert_eq!(r.status, 400);
+    let recs = audit(b, Some("token.request"));
+    assert!(recs.len() >= 3, "malformed requests are audited: {recs:?}");
+}
