@@ -574,3 +574,32 @@ fn depth_limits_client_credentials_and_malformed_requests() {
     let recs = audit(b, Some("token.request"));
     assert!(recs.len() >= 3, "malformed requests are audited: {recs:?}");
 }
+
+#[test]
+fn authlib_exchanges_and_pyjwt_reads_the_act_chain() {
+    let w = world(4);
+    let b = &w.b;
+    let orch = identity(b, "orch");
+    let out = Command::new(python())
+        .arg(repo().join("tests/interop/oauth_exchange.py"))
+        .args([
+            b.issuer.as_str(),
+            w.users["alice"].as_str().unwrap(),
+            &orch,
+            "tickets:read",
+            "https://tickets.example",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the generic OAuth client failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["typ"], "at+jwt");
+    assert_eq!(v["token_response"]["token_type"], "Bearer");
+    assert_eq!(v["token_response"]["issued_token_type"], AT);
+    assert_eq!(v["claims"]["sub"], "user:alice");
+    assert_eq!(v["chain"], json!([claims(&orch)["sub"]]));
+}
