@@ -111,6 +111,26 @@ pub struct AuditListQuery {
     /// Most records to return (default 100, at most 10,000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// The user the work was for (`alice`, `user:alice` or a SPIFFE ID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Task id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Transaction id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<String>,
+}
+
+/// `GET /admin/v1/audit/trace/{txn}` answer: a delegation tree and its records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditTrace {
+    /// The transaction.
+    pub txn: String,
+    /// Its tasks, in issuance order.
+    pub tasks: Vec<crate::task::TaskRecord>,
+    /// Every audit record of the transaction, oldest first.
+    pub records: Vec<AuditRecord>,
 }
 
 /// `GET /admin/v1/audit` answer.

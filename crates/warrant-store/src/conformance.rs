@@ -396,6 +396,7 @@ pub async fn audit_filters(fx: Box<dyn Fixture>) {
         event: event.map(Into::into),
         since: None,
         limit: 100,
+        ..Default::default()
     };
     let seqs =
         |v: Vec<warrant_core::audit::AuditRecord>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();

@@ -35,6 +35,12 @@ pub struct AuditQuery {
     pub event: Option<String>,
     /// Only records at or after this time.
     pub since: Option<Timestamp>,
+    /// Only records about this user (as recorded: `user:<subject>` or a SPIFFE ID).
+    pub user: Option<String>,
+    /// Only records of this task.
+    pub task: Option<String>,
+    /// Only records of this transaction.
+    pub txn: Option<String>,
     /// At most this many records.
     pub limit: u32,
 }

@@ -244,9 +244,24 @@ pub enum AuditCmd {
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Only records about this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only records of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only records of this transaction.
+        #[arg(long)]
+        txn: Option<String>,
     },
     /// Recompute the hash chain; on tampering, name the first bad record and exit 4.
     Verify,
+    /// Print the delegation tree of a transaction: user, agents, every token
+    /// issued and every decision.
+    Trace {
+        /// The transaction id (`txn_...`).
+        txn: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

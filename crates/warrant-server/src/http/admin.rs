@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/admin-tokens/{id}", delete(revoke_token))
         .route("/audit", get(list_audit))
         .route("/audit/verify", get(verify_audit))
+        .route("/audit/trace/{txn}", get(trace_audit))
         .route("/policy", get(policy_status_handler))
         .route("/policy/reload", post(reload_policy))
         .route("/policy/check", post(check_policy))
@@ -643,9 +644,49 @@ async fn list_audit(
             .map(|s| parse_since(s, Timestamp::now()))
             .transpose()?,
         limit,
+        // Users are recorded as `user:<subject>`; a plain subject is accepted.
+        user: q.user.map(|u| {
+            if u.starts_with("user:") || u.starts_with("spiffe://") {
+                u
+            } else {
+                format!("user:{u}")
+            }
+        }),
+        task: q.task,
+        txn: q.txn,
     };
     Ok(Json(AuditList {
         records: state.store.list_audit(&query).await?,
+    }))
+}
+
+async fn trace_audit(
+    State(state): State<AppState>,
+    _: Reader,
+    Path(txn): Path<String>,
+) -> ApiResult<Json<warrant_core::api::AuditTrace>> {
+    if txn.is_empty() || txn.len() > 128 || txn.chars().any(char::is_control) {
+        return Err(ApiError::invalid("the transaction id is not valid"));
+    }
+    let tasks = state.store.tasks_of_txn(&txn).await?;
+    let records = state
+        .store
+        .list_audit(&AuditQuery {
+            txn: Some(txn.clone()),
+            limit: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    if tasks.is_empty() && records.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no transaction `{}`; `warrant audit list --event token` shows recent grants and their txn",
+            shown(&txn)
+        )));
+    }
+    Ok(Json(warrant_core::api::AuditTrace {
+        txn,
+        tasks,
+        records,
     }))
 }
 

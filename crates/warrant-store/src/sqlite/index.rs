@@ -35,7 +35,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::StoreError;
 
 /// Bump when the key scheme changes; a different stored version forces a rebuild.
-const INDEX_VERSION: i64 = 1;
+const INDEX_VERSION: i64 = 2;
 
 /// Records indexed per transaction at most.
 const CHUNK: i64 = 16_384;
@@ -50,10 +50,14 @@ pub(crate) fn keys(
     event: &str,
     txn: Option<&str>,
     task: Option<&str>,
+    user: Option<&str>,
     out: &mut Vec<String>,
 ) {
     if let Some(a) = agent {
         out.push(format!("a:{a}"));
+    }
+    if let Some(u) = user {
+        out.push(format!("u:{u}"));
     }
     for (i, _) in event.match_indices('.') {
         out.push(format!("e:{}", &event[..i]));
@@ -137,7 +141,7 @@ fn index_chunk(
         )
         .map_err(db_err)?;
     let mut st = log
-        .prepare_cached("SELECT seq, agent, event, txn, task FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+        .prepare_cached("SELECT seq, agent, event, txn, task, user FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
         .map_err(db_err)?;
     let mut rows = st.query(params![upto, CHUNK]).map_err(db_err)?;
     keys_buf.clear();
@@ -150,12 +154,14 @@ fn index_chunk(
         let event: String = r.get(2).map_err(db_err)?;
         let txn: Option<String> = r.get(3).map_err(db_err)?;
         let task: Option<String> = r.get(4).map_err(db_err)?;
+        let user: Option<String> = r.get(5).map_err(db_err)?;
         ks.clear();
         keys(
             agent.as_deref(),
             &event,
             txn.as_deref(),
             task.as_deref(),
+            user.as_deref(),
             &mut ks,
         );
         keys_buf.extend(ks.drain(..).map(|k| (k, seq)));
@@ -321,12 +327,14 @@ mod tests {
             "admin.agent.create",
             Some("txn_1"),
             None,
+            Some("user:alice"),
             &mut out,
         );
         assert_eq!(
             out,
             vec![
                 "a:triage",
+                "u:user:alice",
                 "e:admin",
                 "e:admin.agent",
                 "e:admin.agent.create",
@@ -334,7 +342,7 @@ mod tests {
             ]
         );
         out.clear();
-        keys(None, "broker", None, Some("tsk_9"), &mut out);
+        keys(None, "broker", None, Some("tsk_9"), None, &mut out);
         assert_eq!(out, vec!["e:broker", "t:tsk_9"]);
     }
 }

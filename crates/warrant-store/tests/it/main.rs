@@ -164,6 +164,14 @@ mod index {
             if i % 5 != 0 {
                 e = e.agent(AGENTS[i % 3]);
             }
+            if i % 2 == 0 {
+                e = e
+                    .user(format!("user:u{}", i % 4))
+                    .txn(format!("txn_{}", i % 7));
+            }
+            if i % 3 == 0 {
+                e = e.task(format!("tsk_{}", i % 11));
+            }
             s.append_audit(e).await.unwrap();
         }
     }
@@ -183,6 +191,21 @@ mod index {
                 })
             })
             .filter(|r| q.since.is_none_or(|t| r.time >= t))
+            .filter(|r| {
+                q.user
+                    .as_deref()
+                    .is_none_or(|u| r.event.user.as_deref() == Some(u))
+            })
+            .filter(|r| {
+                q.task
+                    .as_deref()
+                    .is_none_or(|t| r.event.task.as_deref() == Some(t))
+            })
+            .filter(|r| {
+                q.txn
+                    .as_deref()
+                    .is_none_or(|x| r.event.txn.as_deref() == Some(x))
+            })
             .map(|r| r.seq)
             .collect();
         let keep = v.len().saturating_sub(q.limit as usize);
@@ -208,13 +231,26 @@ mod index {
                 Some("adminx"),
                 Some("adm"),
             ] {
-                for since in [None, Some(mid)] {
+                for (since, (user, task, txn)) in [None, Some(mid)].into_iter().flat_map(|s| {
+                    [
+                        (None, None, None),
+                        (Some("user:u2"), None, None),
+                        (None, Some("tsk_3"), None),
+                        (None, None, Some("txn_4")),
+                        (Some("user:u0"), None, Some("txn_0")),
+                    ]
+                    .into_iter()
+                    .map(move |f| (s, f))
+                }) {
                     for limit in [1, 7, 10_000] {
                         let q = AuditQuery {
                             agent: agent.map(Into::into),
                             event: event.map(Into::into),
                             since,
                             limit,
+                            user: user.map(Into::into),
+                            task: task.map(Into::into),
+                            txn: txn.map(Into::into),
                         };
                         let got: Vec<u64> = s
                             .list_audit(&q)

@@ -2,26 +2,100 @@
 
 use std::process::ExitCode;
 
-use warrant_core::api::{AuditList, AuditListQuery, AuditVerification};
+use warrant_core::api::{AuditList, AuditListQuery, AuditTrace, AuditVerification};
+use warrant_core::task::TaskRecord;
 
 use crate::cli::{AuditCmd, Cli, Output};
 use crate::client::AdminClient;
 use crate::cmd::EXIT_TAMPERED;
 use crate::output::{emit, json, safe, table};
 
+/// The tree: each task under its parent, with the decisions recorded for it.
+fn print_trace(t: &AuditTrace) {
+    let subject = t.tasks.first().map_or("-", |r| r.subject.as_str());
+    println!("txn {}  for {}", t.txn, safe(subject));
+    fn walk(t: &AuditTrace, parent: Option<&str>, depth: usize) {
+        for task in t.tasks.iter().filter(|x| x.parent.as_deref() == parent) {
+            line(t, task, depth);
+            walk(t, Some(&task.task), depth + 1);
+        }
+    }
+    fn line(t: &AuditTrace, task: &TaskRecord, depth: usize) {
+        let pad = "  ".repeat(depth + 1);
+        let state = match task.revoked_at {
+            Some(r) => format!("revoked {r}"),
+            None => format!("expires {}", task.expires_at),
+        };
+        println!(
+            "{pad}└─ {} {}  agent {} ({})  scope \"{}\"  aud {}  {}",
+            task.task,
+            if task.parent.is_none() { "(root)" } else { "" },
+            task.agent,
+            task.instance,
+            safe(&task.scope),
+            safe(&task.audience.join(",")),
+            state
+        );
+        for r in t
+            .records
+            .iter()
+            .filter(|r| r.event.task.as_deref() == Some(task.task.as_str()))
+        {
+            println!(
+                "{pad}   #{} {} {} {}",
+                r.seq,
+                safe(&r.event.event),
+                r.event.decision,
+                safe(&r.event.reasons.join("; "))
+            );
+        }
+    }
+    walk(t, None, 0);
+    let loose: Vec<_> = t
+        .records
+        .iter()
+        .filter(|r| r.event.task.is_none())
+        .collect();
+    if !loose.is_empty() {
+        println!("  refused or untasked:");
+        for r in loose {
+            println!(
+                "    #{} {} {} {} {}",
+                r.seq,
+                safe(&r.event.event),
+                r.event.decision,
+                safe(r.event.agent.as_deref().unwrap_or("-")),
+                safe(&r.event.reasons.join("; "))
+            );
+        }
+    }
+}
+
 pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        AuditCmd::Trace { txn } => {
+            let t: AuditTrace = client
+                .get(&format!("/audit/trace/{}", crate::client::segment(txn)))
+                .await?;
+            emit(cli.output, &t, print_trace)?;
+        }
         AuditCmd::List {
             agent,
             event,
             since,
             limit,
+            user,
+            task,
+            txn,
         } => {
             let q = AuditListQuery {
                 agent: agent.clone(),
                 event: event.clone(),
                 since: since.clone(),
                 limit: Some(*limit),
+                user: user.clone(),
+                task: task.clone(),
+                txn: txn.clone(),
             };
             let query = url::form_urlencoded::Serializer::new(String::new())
                 .extend_pairs(

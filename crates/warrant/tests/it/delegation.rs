@@ -432,6 +432,75 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     assert_eq!((s, c.as_str()), (400, "invalid_grant"));
     assert!(d.contains("revoked"), "{d}");
 
+    // The trace shows the whole tree, the refusals and the revocation.
+    let txn = c1["txn"].as_str().unwrap();
+    let trace = b.cli(&["audit", "trace", txn, "--output", "json"]).json();
+    let tasks: Vec<&str> = trace["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tasks,
+        vec![
+            c1["task"].as_str().unwrap(),
+            task2,
+            c3["task"].as_str().unwrap()
+        ]
+    );
+    assert!(trace["tasks"][1]["revoked_at"].is_string());
+    assert!(trace["tasks"][0]["revoked_at"].is_null());
+    let human = b.cli(&["audit", "trace", txn]).ok().to_owned();
+    assert!(human.contains("for user:alice"), "{human}");
+    let lines: Vec<&str> = human.lines().collect();
+    let indent = |task: &str| {
+        let l = lines
+            .iter()
+            .find(|l| l.contains(task) && l.contains("└─"))
+            .unwrap();
+        l.find("└─").unwrap()
+    };
+    assert!(indent(c1["task"].as_str().unwrap()) < indent(task2));
+    assert!(indent(task2) < indent(c3["task"].as_str().unwrap()));
+    assert!(human.contains("support-reads-tickets"), "{human}");
+    assert!(human.contains("revoked"), "{human}");
+    let by_user = b
+        .cli(&[
+            "audit",
+            "list",
+            "--user",
+            "alice",
+            "--event",
+            "token.exchange",
+            "--output",
+            "json",
+            "--limit",
+            "1000",
+        ])
+        .json();
+    assert!(
+        by_user
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["user"] == "user:alice")
+    );
+    assert!(by_user.as_array().unwrap().len() >= 3);
+    let by_task = b
+        .cli(&["audit", "list", "--task", task2, "--output", "json"])
+        .json();
+    assert!(
+        by_task
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["task"] == task2)
+    );
+    let r = b.cli(&["audit", "trace", "txn_nope"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no transaction"), "{}", r.stderr);
+
     // An agent revokes its own task (RFC 7009); another agent may not.
     let other = form(
         b,
