@@ -288,3 +288,30 @@ pub struct Revoked {
     /// How long the revocation took to commit, in microseconds.
     pub micros: u64,
 }
+
+/// `POST /admin/v1/dev/user-token` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevUserToken {
+    /// The user.
+    pub user: String,
+    /// Their groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Lifetime, e.g. `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedDevUserToken {
+    /// The user token.
+    pub token: String,
+    /// The user.
+    pub user: String,
+    /// The development issuer.
+    pub issuer: String,
+    /// Expiry.
+    pub expires_at: Timestamp,
+}

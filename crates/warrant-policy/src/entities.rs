@@ -201,6 +201,17 @@ pub(crate) fn build(req: &DecisionRequest) -> Result<Built, String> {
     }
     ctx.insert("groups".into(), strings(groups));
     ctx.insert("scopes".into(), strings(&c.scopes));
+    let (resources, verbs): (Vec<String>, Vec<String>) = c
+        .scopes
+        .iter()
+        .map(|s| match s.rsplit_once(':') {
+            Some((r, v)) => (r.to_owned(), v.to_owned()),
+            None => (s.clone(), String::new()),
+        })
+        .unzip();
+    let verbs: Vec<String> = verbs.into_iter().filter(|v| !v.is_empty()).collect();
+    ctx.insert("scope_resources".into(), strings(&resources));
+    ctx.insert("scope_verbs".into(), strings(&verbs));
     ctx.insert("depth".into(), Value::from(i64::from(c.depth)));
     ctx.insert("chain".into(), strings(&c.chain));
     if let Some(task) = &c.task {

@@ -47,6 +47,11 @@ pub(crate) const BASE_CONTEXT: &[(&str, &str, bool)] = &[
     ("user", "User", false),
     ("groups", "Set<String>", true),
     ("scopes", "Set<String>", true),
+    // Scopes split at their last `:` (`tickets:write` -> `tickets`, `write`), so
+    // a policy can say "any write" or "anything on payments": Cedar sets have
+    // no pattern matching over their members.
+    ("scope_resources", "Set<String>", true),
+    ("scope_verbs", "Set<String>", true),
     ("depth", "Long", true),
     ("chain", "Set<String>", true),
     ("task", "String", false),

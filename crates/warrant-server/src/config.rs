@@ -175,6 +175,8 @@ pub struct Config {
     pub trust_providers: Vec<crate::attest::oidc::TrustProvider>,
     /// Trusted user issuers.
     pub user_issuers: Vec<UserIssuer>,
+    /// The built-in development user issuer is on (`serve --dev`).
+    pub dev: bool,
     /// The config file used, if any.
     pub config_file: Option<PathBuf>,
     /// The key-encryption key from `WARRANT_KEK`, if given; otherwise
@@ -397,6 +399,7 @@ impl Config {
             signing_alg,
             trust_providers,
             user_issuers,
+            dev: false,
             config_file: settings.config.clone(),
             kek: None,
         })

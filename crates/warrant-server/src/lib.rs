@@ -12,6 +12,7 @@
 pub mod attest;
 pub mod config;
 pub mod data_dir;
+pub mod dev;
 pub mod http;
 pub mod keys;
 pub mod metrics;

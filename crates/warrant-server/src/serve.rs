@@ -252,6 +252,17 @@ impl Broker {
             trust_domain: config.trust_domain.clone(),
             oidc,
         }));
+        let dev = if config.dev {
+            let d = crate::dev::DevIssuer::new(&issuer).map_err(ServeError::Io)?;
+            tracing::warn!(issuer = %d.issuer, "DEVELOPMENT MODE: the built-in user issuer is on; anyone with admin access can mint tokens for any user. Never use --dev in production");
+            Some(Arc::new(d))
+        } else {
+            None
+        };
+        let mut user_issuers = config.user_issuers.clone();
+        if let Some(d) = &dev {
+            user_issuers.push(d.user_issuer().map_err(ServeError::Io)?);
+        }
         let tokens = Arc::new(
             crate::token::TokenService::new(crate::token::TokenParts {
                 store: store.clone(),
@@ -261,12 +272,13 @@ impl Broker {
                 issuer: issuer.clone(),
                 trust_domain: config.trust_domain.clone(),
                 max_depth: config.max_delegation_depth,
-                user_issuers: config.user_issuers.clone(),
+                user_issuers,
             })
             .await
             .map_err(ServeError::Io)?,
         );
         let state = AppState {
+            dev,
             tokens,
             store,
             keys,

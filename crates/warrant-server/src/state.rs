@@ -25,6 +25,8 @@ pub struct AppState {
     pub attest: Arc<crate::attest::AttestService>,
     /// Task tokens, introspection, revocation.
     pub tokens: Arc<crate::token::TokenService>,
+    /// The development user issuer, when `serve --dev`.
+    pub dev: Option<Arc<crate::dev::DevIssuer>>,
     /// The issuer URL.
     pub issuer: Arc<str>,
     /// The SPIFFE trust domain.

@@ -60,6 +60,25 @@ pub enum Command {
     /// Revoke task tokens: a task and every task delegated from it, a whole
     /// transaction, or everything an instance or agent holds.
     Revoke(RevokeArgs),
+    /// Development helpers (need `warrant serve --dev`; not for production).
+    #[command(subcommand)]
+    Dev(DevCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCmd {
+    /// Mint a user token from the built-in development issuer, to exchange
+    /// as a subject token. Needs `warrant serve --dev`.
+    UserToken {
+        /// The user (the token's `sub`).
+        user: String,
+        /// The user's groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Lifetime.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +133,10 @@ pub struct Serve {
     /// Log format.
     #[arg(long, env = "WARRANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Turn on the built-in development user issuer (`warrant dev user-token`).
+    /// NOT FOR PRODUCTION: anyone with admin access can mint any user.
+    #[arg(long)]
+    pub dev: bool,
     /// Log filter, e.g. `info` or `warrant_server=debug` (RUST_LOG syntax).
     #[arg(
         long,

@@ -39,6 +39,8 @@ pub enum JwksSource {
     File(PathBuf),
     /// An `http(s)` URL.
     Uri(String),
+    /// A JWKS held in memory (the development issuer's).
+    Inline(String),
 }
 
 /// One trusted issuer, as configured.
@@ -127,8 +129,9 @@ impl Providers {
                     parse(&config.name, &bytes)?
                 }
                 JwksSource::Uri(_) => VerifyingKeys::default(),
+                JwksSource::Inline(json) => parse(&config.name, json.as_bytes())?,
             };
-            let fetched = matches!(config.jwks, JwksSource::File(_)).then(Instant::now);
+            let fetched = (!matches!(config.jwks, JwksSource::Uri(_))).then(Instant::now);
             list.push(Arc::new(Provider {
                 config,
                 keys: ArcSwap::from_pointee(keys),
@@ -241,6 +244,7 @@ impl Providers {
         let bytes = match &p.config.jwks {
             JwksSource::File(path) => std::fs::read(path).map_err(|e| e.to_string()),
             JwksSource::Uri(uri) => self.fetch(uri).await,
+            JwksSource::Inline(json) => Ok(json.as_bytes().to_vec()),
         };
         match bytes.and_then(|b| parse(&p.config.name, &b)) {
             Ok(keys) => {

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
         .route("/revoke", post(revoke))
+        .route("/dev/user-token", post(dev_user_token))
         .route("/keys", get(list_keys))
         .route("/keys/rotate", post(rotate_keys))
         .route("/admin-tokens", get(list_tokens).post(create_token))
@@ -275,6 +276,59 @@ async fn enable_agent(
     // Enabling lifts `revoke --instance` blocks of its instances.
     tokens.reload_blocks().await?;
     Ok(r)
+}
+
+async fn dev_user_token(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    b: Result<Json<warrant_core::api::CreateDevUserToken>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<warrant_core::api::CreatedDevUserToken>)> {
+    let attempt = caller
+        .event("admin.dev.user-token", Outcome::Allow)
+        .action("dev.user-token");
+    let Some(dev) = state.dev.clone() else {
+        let e = ApiError::not_found(
+            "the development user issuer is off; start the broker with `warrant serve --dev` (never in production)",
+        );
+        return Err(fail(&state, attempt, e).await);
+    };
+    let req = body(&state, &attempt, b).await?;
+    let ok =
+        |s: &str, max: usize| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !ok(&req.user, 128) || req.groups.len() > 32 || !req.groups.iter().all(|g| ok(g, 64)) {
+        let e = ApiError::invalid(
+            "user is 1-128 characters and groups at most 32 of 1-64 characters, without control characters",
+        );
+        return Err(fail(&state, attempt, e).await);
+    }
+    let ttl = match req.ttl.as_deref().map(str::parse::<Ttl>).transpose() {
+        Ok(t) => t.unwrap_or(Ttl::from_secs(3600)),
+        Err(e) => return Err(fail(&state, attempt, ApiError::invalid(e.to_string())).await),
+    };
+    if let Err(e) = ttl.within("ttl", Ttl::from_secs(10), Ttl::from_secs(86_400)) {
+        return Err(fail(&state, attempt, ApiError::invalid(e.to_string())).await);
+    }
+    let (token, expires_at) = dev
+        .mint(&req.user, &req.groups, ttl.as_secs())
+        .map_err(ApiError::internal)?;
+    let event = attempt
+        .clone()
+        .user(format!("user:{}", req.user))
+        .credential_type("dev_user_token")
+        .expires(expires_at)
+        .detail(serde_json::json!({ "groups": req.groups }));
+    if let Err(e) = state.store.append_audit(event).await {
+        return Err(fail(&state, attempt, e.into()).await);
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(warrant_core::api::CreatedDevUserToken {
+            token,
+            user: req.user,
+            issuer: dev.issuer.clone(),
+            expires_at,
+        }),
+    ))
 }
 
 async fn revoke(

@@ -3,6 +3,7 @@
 mod admin_token;
 mod agent;
 mod audit;
+mod dev;
 mod keys;
 mod policy;
 mod revoke;
@@ -45,5 +46,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(c) => audit::run(&cli, client(&cli)?, c).await,
         Command::Policy(c) => policy::run(&cli, c).await,
         Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,
+        Command::Dev(c) => dev::run(&cli, client(&cli)?, c).await,
     }
 }

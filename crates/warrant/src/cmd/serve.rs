@@ -42,6 +42,7 @@ pub fn config(cli: &Cli, args: &Serve) -> anyhow::Result<Config> {
         signing_alg: args.signing_alg.clone(),
     };
     let mut config = Config::load(&settings)?;
+    config.dev = args.dev;
     if let Ok(text) = std::env::var("WARRANT_KEK") {
         let text = zeroize::Zeroizing::new(text);
         let kek = warrant_token::Kek::from_base64(&text).context("WARRANT_KEK")?;

@@ -672,3 +672,51 @@ fn authlib_exchanges_and_pyjwt_reads_the_act_chain() {
     assert_eq!(v["claims"]["sub"], "user:alice");
     assert_eq!(v["chain"], json!([claims(&orch)["sub"]]));
 }
+
+#[test]
+fn the_development_user_issuer_is_off_unless_asked_for() {
+    let off = crate::broker();
+    let r = off.cli(&["dev", "user-token", "alice"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("warrant serve --dev"), "{}", r.stderr);
+
+    let b = Broker::start_with(
+        bin(),
+        Options {
+            args: vec!["--dev".into()],
+            ..Default::default()
+        },
+    );
+    assert!(b.logs().contains("DEVELOPMENT MODE"));
+    std::fs::write(b.data_dir.join("policies/delegation.cedar"), POLICY).unwrap();
+    b.cli(&["policy", "reload"]).ok();
+    b.cli(&["agent", "create", "orch", "--owner", "o", "--env", "dev"])
+        .ok();
+    let user = b
+        .cli(&["dev", "user-token", "alice", "--groups", "support,ops"])
+        .ok()
+        .trim()
+        .to_owned();
+    let c = claims(&user);
+    assert_eq!(c["iss"], format!("{}/dev", b.issuer));
+    assert_eq!(c["groups"], json!(["support", "ops"]));
+    let orch = identity(&b, "orch");
+    let r = exchange(
+        &b,
+        &user,
+        JWT,
+        &orch,
+        &[
+            ("scope", "tickets:read"),
+            ("audience", "https://tickets.example"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        claims(r.json()["access_token"].as_str().unwrap())["sub"],
+        "user:alice"
+    );
+    let minted = audit(&b, Some("admin.dev.user-token"));
+    assert_eq!(minted.len(), 1);
+    assert!(!minted[0].to_string().contains(&user));
+}

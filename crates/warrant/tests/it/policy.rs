@@ -394,3 +394,140 @@ fn policy_doc_examples_hold() {
     assert_eq!(weekend.code, 3, "{}", weekend.stdout);
     assert!(page.contains("--source-ip 10.1.2.3 --time 2026-11-23T10:00:00Z"));
 }
+
+/// docs/policies/delegation.cedar decides as its comments say.
+#[test]
+fn the_delegation_policy_examples_decide_as_documented() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policies");
+    assert!(validate(&dir).ok().contains("is valid (6 policies)"));
+    let b = crate::Broker::start_with(
+        bin(),
+        crate::Options {
+            args: vec!["--policy-dir".into(), dir.display().to_string()],
+            ..Default::default()
+        },
+    );
+    for (name, env, trust) in [
+        ("support-triage", "prod", "medium"),
+        ("ticket-reader", "prod", "medium"),
+        ("billing", "prod", "medium"),
+    ] {
+        b.cli(&[
+            "agent", "create", name, "--owner", "o", "--env", env, "--trust", trust,
+        ])
+        .ok();
+    }
+    let check = |args: &[&str]| {
+        let mut a = vec!["policy", "check"];
+        a.extend_from_slice(args);
+        let r = b.cli(&a);
+        (
+            r.code,
+            r.stdout.lines().nth(1).unwrap_or("").trim().to_owned(),
+        )
+    };
+    let tickets = "Audience::\"https://tickets.example.org\"";
+    let monday_10 = "2026-11-23T10:00:00Z";
+    let base = |time: &'static str, group: &'static str, scope: &'static str| {
+        vec![
+            "--agent",
+            "support-triage",
+            "--action",
+            "token:exchange",
+            "--resource",
+            tickets,
+            "--user",
+            "alice",
+            "--group",
+            group,
+            "--scope",
+            scope,
+            "--depth",
+            "1",
+            "--chain",
+            "support-triage",
+            "--time",
+            time,
+        ]
+    };
+    assert_eq!(
+        check(&base(monday_10, "support", "tickets:read")),
+        (0, "support-reads-tickets-in-business-hours".into())
+    );
+    assert_eq!(
+        check(&base("2026-11-28T10:00:00Z", "support", "tickets:read")).0,
+        3,
+        "Saturday"
+    );
+    assert_eq!(
+        check(&base("2026-11-23T19:00:00Z", "support", "tickets:read")).0,
+        3,
+        "after hours"
+    );
+    assert_eq!(
+        check(&base(monday_10, "sales", "tickets:read")).0,
+        3,
+        "not in support"
+    );
+    assert_eq!(
+        check(&base(monday_10, "support", "tickets:write")).0,
+        3,
+        "reads only"
+    );
+
+    let sub = |scope: &'static str| {
+        vec![
+            "--agent",
+            "ticket-reader",
+            "--action",
+            "token:exchange",
+            "--resource",
+            tickets,
+            "--user",
+            "alice",
+            "--group",
+            "support",
+            "--scope",
+            scope,
+            "--depth",
+            "2",
+            "--chain",
+            "support-triage",
+            "--chain",
+            "ticket-reader",
+            "--time",
+            monday_10,
+        ]
+    };
+    assert_eq!(
+        check(&sub("tickets:read")),
+        (0, "support-sub-agents".into())
+    );
+    assert_eq!(
+        check(&sub("tickets:write")),
+        (3, "no-delegated-writes".into())
+    );
+
+    let pay = |agent: &'static str| {
+        vec![
+            "--agent",
+            agent,
+            "--action",
+            "token:self",
+            "--resource",
+            "Audience::\"https://payments.example.org\"",
+            "--scope",
+            "payments:refund",
+        ]
+    };
+    assert_eq!(
+        check(&pay("billing")),
+        (3, "payments-need-high-trust-in-prod".into())
+    );
+    b.cli(&["agent", "delete", "billing"]).ok();
+    b.cli(&[
+        "agent", "create", "billing", "--owner", "o", "--env", "prod", "--trust", "high",
+    ])
+    .ok();
+    assert_eq!(check(&pay("billing")), (0, "billing-payments".into()));
+}
