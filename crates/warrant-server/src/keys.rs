@@ -13,6 +13,7 @@ use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::keys::Alg;
 use warrant_core::time::Timestamp;
 use warrant_store::{Store, StoreError};
+use warrant_token::jwt::VerifyingKeys;
 use warrant_token::{Kek, KeyError, KeySet, KeyStatus};
 
 /// How long relying parties may cache the JWKS (`Cache-Control: max-age`), and
@@ -41,6 +42,16 @@ pub struct KeyService {
     default_alg: Alg,
     /// Serialises rotations. A tokio mutex: held across store writes.
     rotate_lock: tokio::sync::Mutex<()>,
+    /// The published keys parsed for verification, rebuilt when the set
+    /// changes or the second turns (key states change with time), so token
+    /// checks on hot paths do not re-parse public keys per request.
+    verifiers: ArcSwap<Verifiers>,
+}
+
+struct Verifiers {
+    set: Arc<KeySet>,
+    second: i64,
+    keys: Arc<VerifyingKeys>,
 }
 
 impl std::fmt::Debug for KeyService {
@@ -71,14 +82,36 @@ impl KeyService {
             records = store.list_signing_keys().await?;
             tracing::info!(alg = %default_alg, "generated the first signing key");
         }
-        let set = KeySet::open(records, &kek)?;
+        let set = Arc::new(KeySet::open(records, &kek)?);
+        let now = Timestamp::now();
         Ok(Self {
-            set: ArcSwap::from_pointee(set),
+            verifiers: ArcSwap::from_pointee(Verifiers {
+                keys: Arc::new(set.verifying_keys(now)),
+                second: now.as_secs(),
+                set: set.clone(),
+            }),
+            set: ArcSwap::new(set),
             kek,
             store,
             default_alg,
             rotate_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The keys that verify warrant's own tokens at `now`.
+    pub fn verifying_keys(&self, now: Timestamp) -> Arc<VerifyingKeys> {
+        let set = self.set.load_full();
+        let cached = self.verifiers.load();
+        if Arc::ptr_eq(&cached.set, &set) && cached.second == now.as_secs() {
+            return cached.keys.clone();
+        }
+        let keys = Arc::new(set.verifying_keys(now));
+        self.verifiers.store(Arc::new(Verifiers {
+            set,
+            second: now.as_secs(),
+            keys: keys.clone(),
+        }));
+        keys
     }
 
     /// The current key set.

@@ -321,7 +321,7 @@ impl TokenService {
 
     /// Verifies an identity token presented as actor or client assertion.
     async fn actor(&self, token: &str, now: Timestamp) -> Result<Actor, OAuthError> {
-        let keys = self.keys.current().verifying_keys(now);
+        let keys = self.keys.verifying_keys(now);
         let v = jwt::verify(token, &keys).map_err(|e| {
             OAuthError::invalid_grant(format!("the identity token does not verify: {e}"))
         })?;
@@ -408,7 +408,7 @@ impl TokenService {
                     token_type::ACCESS_TOKEN
                 )));
             }
-            let keys = self.keys.current().verifying_keys(now);
+            let keys = self.keys.verifying_keys(now);
             let v = jwt::verify(token, &keys)
                 .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
             if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
@@ -1028,7 +1028,7 @@ impl TokenService {
     /// Introspection (RFC 7662): `None` for anything not active.
     pub fn introspect(&self, token: &str) -> Option<Map<String, Value>> {
         let now = Timestamp::now();
-        let v = jwt::verify(token, &self.keys.current().verifying_keys(now)).ok()?;
+        let v = jwt::verify(token, &self.keys.verifying_keys(now)).ok()?;
         if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
             return None;
         }
@@ -1086,7 +1086,7 @@ impl TokenService {
     /// The task a token names, if it verifies (expired or not): for an agent
     /// revoking its own task.
     pub fn task_of(&self, token: &str) -> Option<TaskClaims> {
-        let v = jwt::verify(token, &self.keys.current().verifying_keys(Timestamp::now())).ok()?;
+        let v = jwt::verify(token, &self.keys.verifying_keys(Timestamp::now())).ok()?;
         (v.header.typ.as_deref() == Some(TASK_TOKEN_TYP))
             .then(|| serde_json::from_value(Value::Object(v.claims)).ok())
             .flatten()

@@ -462,7 +462,7 @@ impl AttestService {
     /// again and OIDC instances present a fresh platform token instead.
     pub async fn renew(&self, token: &str, req: Request) -> Result<IdentityResponse, Refusal> {
         let now = Timestamp::now();
-        let keys = self.keys.current().verifying_keys(now);
+        let keys = self.keys.verifying_keys(now);
         let deny = |m: String| Refusal::Denied(m);
         let verified = match warrant_token::jwt::verify(token, &keys) {
             Ok(v) => v,
