@@ -9,7 +9,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::time::Timestamp;
 
@@ -81,46 +80,11 @@ impl fmt::Display for Role {
 /// The prefix of every admin token, so secret scanners can recognise one.
 pub const ADMIN_TOKEN_PREFIX: &str = "wadm_";
 
-/// A raw admin bearer token. Never logged, never serialised.
-pub struct AdminTokenSecret(String);
-
-impl AdminTokenSecret {
-    /// Builds a token from 32 random bytes.
-    pub fn from_random(bytes: [u8; 32]) -> Self {
-        let mut s = String::with_capacity(ADMIN_TOKEN_PREFIX.len() + 64);
-        s.push_str(ADMIN_TOKEN_PREFIX);
-        s.push_str(&hex::encode(bytes));
-        Self(s)
-    }
-
-    /// Wraps a token presented by a client.
-    pub fn presented(token: &str) -> Self {
-        Self(token.to_owned())
-    }
-
-    /// The SHA-256 the store keeps. Tokens carry 256 random bits, so a plain hash
-    /// is enough; a slow password hash would add nothing but latency.
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-
-    /// The raw token. The only way to read it: shown once at creation.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AdminTokenSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminTokenSecret([redacted])")
-    }
-}
-
-impl fmt::Display for AdminTokenSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+bearer_secret!(
+    /// A raw admin bearer token. Never logged, never serialised.
+    AdminTokenSecret,
+    ADMIN_TOKEN_PREFIX
+);
 
 /// An admin token as the store keeps it (hash only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

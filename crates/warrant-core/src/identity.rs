@@ -312,42 +312,11 @@ pub struct Instance {
 /// The prefix of every join token, so secret scanners can recognise one.
 pub const JOIN_TOKEN_PREFIX: &str = "wjn_";
 
-/// A raw join token. Never logged, never serialised.
-pub struct JoinTokenSecret(String);
-
-impl JoinTokenSecret {
-    /// Builds a token from 32 random bytes.
-    pub fn from_random(bytes: [u8; 32]) -> Self {
-        Self(format!("{JOIN_TOKEN_PREFIX}{}", hex::encode(bytes)))
-    }
-
-    /// Wraps a token presented by a client.
-    pub fn presented(token: &str) -> Self {
-        Self(token.to_owned())
-    }
-
-    /// The SHA-256 the store keeps (256 random bits: a plain hash is enough).
-    pub fn hash(&self) -> [u8; 32] {
-        Sha256::digest(self.0.as_bytes()).into()
-    }
-
-    /// The raw token: shown once at creation.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for JoinTokenSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JoinTokenSecret([redacted])")
-    }
-}
-
-impl fmt::Display for JoinTokenSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
+bearer_secret!(
+    /// A raw join token. Never logged, never serialised.
+    JoinTokenSecret,
+    JOIN_TOKEN_PREFIX
+);
 
 /// A join token as the store keeps it (hash only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,6 +5,52 @@
 //! crate does no IO and is not async; it deliberately knows nothing about HTTP,
 //! SQL, Cedar or key material.
 
+/// Defines an opaque bearer secret: `PREFIX` + 64 hex digits of randomness,
+/// kept by the store only as its SHA-256, printed as `[redacted]`, not
+/// `Serialize`. `expose()` is the one place its value can be read.
+macro_rules! bearer_secret {
+    ($(#[$doc:meta])* $name:ident, $prefix:expr) => {
+        $(#[$doc])*
+        pub struct $name(String);
+
+        impl $name {
+            /// Builds a token from 32 random bytes.
+            pub fn from_random(bytes: [u8; 32]) -> Self {
+                Self(format!("{}{}", $prefix, hex::encode(bytes)))
+            }
+
+            /// Wraps a token presented by a client.
+            pub fn presented(token: &str) -> Self {
+                Self(token.to_owned())
+            }
+
+            /// The SHA-256 the store keeps. Tokens carry 256 random bits, so a
+            /// plain hash is enough; a slow password hash would add only latency.
+            pub fn hash(&self) -> [u8; 32] {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(self.0.as_bytes()).into()
+            }
+
+            /// The raw token. The only way to read it: shown once at creation.
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "([redacted])"))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[redacted]")
+            }
+        }
+    };
+}
+
 pub mod admin;
 pub mod agent;
 pub mod api;

@@ -8,6 +8,16 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// Untrusted text for a message or a log line: control characters escaped, at
+/// most `max` characters, `…` where it was cut.
+pub fn shown(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).flat_map(char::escape_debug).collect();
+    if s.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Why a piece of free text was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {

@@ -17,6 +17,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod random;
 pub mod serve;
 pub mod state;
 pub mod token;

@@ -31,9 +31,10 @@ use warrant_core::name::AgentName;
 use warrant_core::task::{
     Act, RevokeTarget, ScopeSet, TASK_TOKEN_TYP, TaskClaims, TaskRecord, agent_of, token_type,
 };
+use warrant_core::text::shown;
 use warrant_core::time::{MAX_TOKEN_LIFETIME, Timestamp};
 use warrant_store::{Store, StoreError};
-use warrant_token::jwt::{self, Expect, JwtError};
+use warrant_token::jwt::{self, Expect};
 
 use crate::attest::oidc::Providers;
 use crate::config::UserIssuer;
@@ -67,16 +68,9 @@ impl OAuthError {
     fn invalid_grant(d: impl Into<String>) -> Self {
         Self::new("invalid_grant", d)
     }
-    fn invalid_client(d: impl Into<String>) -> Self {
-        Self::new("invalid_client", d)
-    }
     /// `invalid_client`.
-    pub fn new_client(d: &str) -> Self {
-        Self::invalid_client(d.to_owned())
-    }
-    /// `temporarily_unavailable`: the audit trail could not be written.
-    pub fn new_unavailable() -> Self {
-        Self::unavailable()
+    pub fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new("invalid_client", d)
     }
     /// Any code.
     pub fn new(error: &'static str, description: impl Into<String>) -> Self {
@@ -85,7 +79,8 @@ impl OAuthError {
             description: description.into(),
         }
     }
-    fn unavailable() -> Self {
+    /// `temporarily_unavailable`: the audit trail could not be written.
+    pub fn unavailable() -> Self {
         Self::new(
             "temporarily_unavailable",
             "the broker cannot record this grant in its audit trail, so nothing was issued; try again later",
@@ -216,15 +211,14 @@ pub struct TokenParts {
     pub user_issuers: Vec<UserIssuer>,
 }
 
-fn random_id(prefix: &str) -> Result<String, OAuthError> {
-    let mut b = [0u8; 12];
-    getrandom::fill(&mut b)
-        .map_err(|_| OAuthError::new("server_error", "the system random generator failed"))?;
-    Ok(format!("{prefix}{}", hex::encode(b)))
+impl From<crate::random::RandomFailed> for OAuthError {
+    fn from(e: crate::random::RandomFailed) -> Self {
+        Self::new("server_error", e.to_string())
+    }
 }
 
-fn shown(s: &str) -> String {
-    s.chars().take(100).flat_map(char::escape_debug).collect()
+fn random_id(prefix: &str) -> Result<String, OAuthError> {
+    Ok(format!("{prefix}{}", crate::random::hex_id(12)?))
 }
 
 impl TokenService {
@@ -283,7 +277,7 @@ impl TokenService {
                     "unsupported_grant_type",
                     format!(
                         "grant type `{}` is not supported; use {TOKEN_EXCHANGE} or client_credentials",
-                        shown(other)
+                        shown(other, 100)
                     ),
                 );
                 Err(self.refuse(self.event("token.request", caller), e).await)
@@ -455,7 +449,7 @@ impl TokenService {
         {
             return Err(OAuthError::invalid_request(format!(
                 "subject_token_type `{}` is not supported; use {}",
-                shown(ty),
+                shown(ty, 100),
                 token_type::JWT
             )));
         }
@@ -765,7 +759,7 @@ impl TokenService {
                     "invalid_target",
                     format!(
                         "audience may only narrow: `{}` is not in the subject token's audience",
-                        shown(wider)
+                        shown(wider, 100)
                     )
                 )
             );
@@ -791,7 +785,7 @@ impl TokenService {
                 format!(
                     "policy does not allow agent `{}` this exchange (scope `{requested}`, audience `{}`)",
                     actor.agent.name,
-                    shown(&audiences.join(" "))
+                    shown(&audiences.join(" "), 100)
                 ),
             );
             return Err(self.refuse(event, e).await);
@@ -888,7 +882,7 @@ impl TokenService {
                 format!(
                     "policy does not allow agent `{}` a token for itself (scope `{requested}`, audience `{}`)",
                     actor.agent.name,
-                    shown(&audiences.join(" "))
+                    shown(&audiences.join(" "), 100)
                 ),
             );
             return Err(self.refuse(event, e).await);
@@ -1090,10 +1084,5 @@ impl TokenService {
         (v.header.typ.as_deref() == Some(TASK_TOKEN_TYP))
             .then(|| serde_json::from_value(Value::Object(v.claims)).ok())
             .flatten()
-    }
-
-    /// Whether an error from [`jwt`] would mean a malformed request.
-    pub fn is_malformed(e: &JwtError) -> bool {
-        matches!(e, JwtError::Malformed(_))
     }
 }

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
 use crate::error::KeyError;
@@ -148,15 +149,6 @@ pub enum JwtError {
     Claim(String),
 }
 
-/// Token-supplied text for an error message: escaped, at most 64 characters.
-fn shown(s: &str) -> String {
-    let mut out: String = s.chars().take(64).flat_map(char::escape_debug).collect();
-    if s.chars().count() > 64 {
-        out.push('…');
-    }
-    out
-}
-
 /// A public key for verification, parsed once.
 pub struct VerifyingKey {
     kid: Option<String>,
@@ -191,7 +183,7 @@ impl VerifyingKey {
         if let Some(u) = jwk.get("use").and_then(Value::as_str)
             && u != "sig"
         {
-            return Err(format!("`use` is `{}`, not `sig`", shown(u)));
+            return Err(format!("`use` is `{}`, not `sig`", shown(u, 64)));
         }
         let kty = jwk.get("kty").and_then(Value::as_str).unwrap_or("");
         let crv = jwk.get("crv").and_then(Value::as_str).unwrap_or("");
@@ -203,8 +195,8 @@ impl VerifyingKey {
             _ => {
                 return Err(format!(
                     "key type `{}`/`{}` is not supported",
-                    shown(kty),
-                    shown(crv)
+                    shown(kty, 64),
+                    shown(crv, 64)
                 ));
             }
         };
@@ -212,7 +204,7 @@ impl VerifyingKey {
             None => inferred,
             Some(a) => {
                 let a = JwsAlg::parse(a)
-                    .ok_or_else(|| format!("`alg` `{}` is not supported", shown(a)))?;
+                    .ok_or_else(|| format!("`alg` `{}` is not supported", shown(a, 64)))?;
                 let fits = match kty {
                     "RSA" => a.rsa_params().is_some(),
                     _ => a == inferred,
@@ -430,13 +422,13 @@ pub fn verify(token: &str, keys: &VerifyingKeys) -> Result<Verified, JwtError> {
     let parts = split(token)?;
     let alg = match JwsAlg::parse(&parts.header.alg) {
         Some(a) => a,
-        None => return Err(JwtError::Alg(shown(&parts.header.alg))),
+        None => return Err(JwtError::Alg(shown(&parts.header.alg, 64))),
     };
     let key = match &parts.header.kid {
         Some(kid) => keys
             .by_kid
             .get(kid)
-            .ok_or_else(|| JwtError::UnknownKid(shown(kid)))?,
+            .ok_or_else(|| JwtError::UnknownKid(shown(kid, 64)))?,
         None => {
             let mut fitting = keys
                 .unnamed
@@ -452,7 +444,7 @@ pub fn verify(token: &str, keys: &VerifyingKeys) -> Result<Verified, JwtError> {
     if key.alg != alg {
         return Err(JwtError::AlgMismatch {
             token: alg.to_string(),
-            kid: shown(key.kid.as_deref().unwrap_or("")),
+            kid: shown(key.kid.as_deref().unwrap_or(""), 64),
             key: key.alg,
         });
     }
@@ -511,7 +503,7 @@ impl Expect<'_> {
         if iss != self.issuer {
             return Err(JwtError::Claim(format!(
                 "the token's issuer is `{}`, not `{}`",
-                shown(iss),
+                shown(iss, 64),
                 self.issuer
             )));
         }

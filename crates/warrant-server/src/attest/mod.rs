@@ -29,6 +29,7 @@ use warrant_core::identity::{
     Attestor, Evidence, IDENTITY_TOKEN_TYP, IdentityClaims, Instance, JoinTokenSecret, spiffe_id,
 };
 use warrant_core::name::AgentName;
+use warrant_core::text::shown;
 use warrant_core::time::{Timestamp, Ttl};
 use warrant_store::{Store, StoreError};
 
@@ -124,15 +125,10 @@ pub struct Parts {
     pub oidc: oidc::Providers,
 }
 
-fn shown(s: &str) -> String {
-    s.chars().take(100).flat_map(char::escape_debug).collect()
-}
-
-fn random_hex(n: usize) -> Result<String, Refusal> {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b)
-        .map_err(|_| Refusal::Unavailable("the system random generator failed".into()))?;
-    Ok(hex::encode(b))
+impl From<crate::random::RandomFailed> for Refusal {
+    fn from(e: crate::random::RandomFailed) -> Self {
+        Self::Unavailable(e.to_string())
+    }
 }
 
 impl AttestService {
@@ -320,13 +316,13 @@ impl AttestService {
             let r = Refusal::Denied(format!(
                 "policy does not allow an identity for agent `{}` with audience `{}`",
                 agent.name,
-                shown(&audience)
+                shown(&audience, 100)
             ));
             let why = decision.reasons().join("; ");
             return Err(self.refuse(&evidence, req, event, why, r).await);
         }
 
-        let jti = random_hex(16)?;
+        let jti = crate::random::hex_id(16)?;
         let exp = now.as_secs() + i64::try_from(ttl).unwrap_or(300);
         let claims = IdentityClaims {
             iss: self.issuer.to_string(),

@@ -22,6 +22,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use warrant_core::identity::{Evidence, OidcFacts};
+use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 use warrant_token::jwt::{self, Expect, JwtError, VerifyingKeys};
 
@@ -92,10 +93,6 @@ pub enum OidcError {
     /// The provider's keys could not be loaded.
     #[error("the keys of trusted provider `{0}` are unavailable; try again later")]
     Keys(String),
-}
-
-fn shown(s: &str) -> String {
-    s.chars().take(100).flat_map(char::escape_debug).collect()
 }
 
 impl Providers {
@@ -188,7 +185,7 @@ impl Providers {
             .filter(|p| p.config.issuer == iss)
             .collect();
         if providers.is_empty() {
-            return Err(OidcError::UnknownIssuer(shown(iss)));
+            return Err(OidcError::UnknownIssuer(shown(iss, 100)));
         }
         let mut last = None;
         for p in providers {
@@ -197,7 +194,7 @@ impl Providers {
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| OidcError::UnknownIssuer(shown(iss))))
+        Err(last.unwrap_or_else(|| OidcError::UnknownIssuer(shown(iss, 100))))
     }
 
     async fn verify_with(

@@ -25,6 +25,7 @@ use warrant_core::decision::{
 use warrant_core::keys::Alg;
 use warrant_core::name::{AgentName, EnvName};
 use warrant_core::selector::SelectorSet;
+use warrant_core::text::shown;
 use warrant_core::text::{Owner, Purpose};
 use warrant_core::time::{Timestamp, Ttl};
 use warrant_store::AuditQuery;
@@ -96,17 +97,6 @@ async fn body<T: DeserializeOwned>(
         )
         .await),
     }
-}
-
-fn random_hex(bytes: usize) -> ApiResult<String> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b)
-        .map_err(|_| ApiError::internal("the system random generator failed"))?;
-    Ok(hex::encode(b))
-}
-
-fn shown(s: &str) -> String {
-    s.chars().take(100).flat_map(char::escape_debug).collect()
 }
 
 fn agent_name(raw: &str) -> Result<AgentName, ApiError> {
@@ -195,12 +185,16 @@ async fn create_agent(
         .event("admin.agent.create", Outcome::Allow)
         .action("agent.create");
     let req = body(&state, &attempt, b).await?;
-    let attempt = attempt.resource(format!("Agent::\"{}\"", shown(&req.name)));
+    let attempt = attempt.resource(format!("Agent::\"{}\"", shown(&req.name, 100)));
     let new = match validate_agent(req) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
-    let agent = Agent::from_new(format!("agt_{}", random_hex(12)?), new, Timestamp::now());
+    let agent = Agent::from_new(
+        format!("agt_{}", crate::random::hex_id(12)?),
+        new,
+        Timestamp::now(),
+    );
     let event = attempt
         .clone()
         .agent(agent.name.to_string())
@@ -239,7 +233,7 @@ async fn set_status(
     let attempt = caller
         .event(kind, Outcome::Allow)
         .action(action)
-        .resource(format!("Agent::\"{}\"", shown(&raw)));
+        .resource(format!("Agent::\"{}\"", shown(&raw, 100)));
     let name = match agent_name(&raw) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
@@ -401,7 +395,7 @@ async fn delete_agent(
     let attempt = caller
         .event("admin.agent.delete", Outcome::Allow)
         .action("agent.delete")
-        .resource(format!("Agent::\"{}\"", shown(&raw)));
+        .resource(format!("Agent::\"{}\"", shown(&raw, 100)));
     let name = match agent_name(&raw) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
@@ -510,13 +504,11 @@ async fn create_token(
         let e = ApiError::invalid("name is at most 64 characters without control characters");
         return Err(fail(&state, attempt, e).await);
     }
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random)
-        .map_err(|_| ApiError::internal("the system random generator failed"))?;
+    let random = crate::random::bytes::<32>()?;
     let secret = AdminTokenSecret::from_random(random);
     let now = Timestamp::now();
     let record = AdminTokenRecord {
-        id: format!("adt_{}", random_hex(8)?),
+        id: format!("adt_{}", crate::random::hex_id(8)?),
         token_hash: secret.hash(),
         role,
         name: req.name,
@@ -559,7 +551,7 @@ async fn create_join_token(
     let attempt = caller
         .event("admin.agent.join-token", Outcome::Allow)
         .action("agent.join-token")
-        .resource(format!("Agent::{:?}", shown(&name)));
+        .resource(format!("Agent::{:?}", shown(&name, 100)));
     let req = body(&state, &attempt, b).await?;
     let name = match agent_name(&name) {
         Ok(n) => n,
@@ -582,13 +574,11 @@ async fn create_join_token(
             return Err(fail(&state, attempt, e).await);
         }
     }
-    let mut random = [0u8; 32];
-    getrandom::fill(&mut random)
-        .map_err(|_| ApiError::internal("the system random generator failed"))?;
+    let random = crate::random::bytes::<32>()?;
     let secret = warrant_core::identity::JoinTokenSecret::from_random(random);
     let now = Timestamp::now();
     let record = warrant_core::identity::JoinTokenRecord {
-        id: format!("jt_{}", random_hex(8)?),
+        id: format!("jt_{}", crate::random::hex_id(8)?),
         token_hash: secret.hash(),
         agent: name.clone(),
         created_by: caller.actor.clone(),
@@ -645,12 +635,12 @@ async fn revoke_token(
         .event("admin.token.revoke", Outcome::Allow)
         .action("admin-token.revoke")
         .credential_type("admin_token")
-        .credential_id(shown(&id));
+        .credential_id(shown(&id, 100));
     let well_formed = id
         .strip_prefix("adt_")
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     if !well_formed {
-        return Err(fail(&state, attempt, ApiError::invalid(format!("`{}` is not an admin token id (adt_ and 16 hex digits); `warrant admin-token list` shows them", shown(&id)))).await);
+        return Err(fail(&state, attempt, ApiError::invalid(format!("`{}` is not an admin token id (adt_ and 16 hex digits); `warrant admin-token list` shows them", shown(&id, 100)))).await);
     }
     match state
         .store
@@ -672,7 +662,7 @@ fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
         .map_err(|_| {
             ApiError::invalid(format!(
                 "since `{}` is neither an RFC 3339 time (2026-11-22T10:00:00Z) nor a duration (1h)",
-                shown(s)
+                shown(s, 100)
             ))
         })
 }
@@ -734,7 +724,7 @@ async fn trace_audit(
     if tasks.is_empty() && records.is_empty() {
         return Err(ApiError::not_found(format!(
             "no transaction `{}`; `warrant audit list --event token` shows recent grants and their txn",
-            shown(&txn)
+            shown(&txn, 100)
         )));
     }
     Ok(Json(warrant_core::api::AuditTrace {
@@ -871,7 +861,10 @@ async fn build_check(state: &AppState, req: PolicyCheck) -> ApiResult<DecisionRe
         .as_deref()
         .map(|s| {
             s.parse().map_err(|_| {
-                ApiError::invalid(format!("source-ip `{}` is not an IP address", shown(s)))
+                ApiError::invalid(format!(
+                    "source-ip `{}` is not an IP address",
+                    shown(s, 100)
+                ))
             })
         })
         .transpose()?;

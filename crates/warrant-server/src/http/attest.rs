@@ -86,12 +86,12 @@ struct TokenBody {
 }
 
 /// Reads a JSON body, or refuses (audited) with what was wrong.
-async fn parse_body<T: serde::de::DeserializeOwned + Default>(
+async fn parse_body<T: serde::de::DeserializeOwned>(
     state: &AppState,
     attestor: &str,
     req: &Request,
     body: Result<Bytes, BytesRejection>,
-    empty_ok: bool,
+    empty: Option<T>,
 ) -> Result<T, Response> {
     let bytes = match body {
         Ok(b) => b,
@@ -109,8 +109,10 @@ async fn parse_body<T: serde::de::DeserializeOwned + Default>(
             return Err(refusal_response(&r, too_large));
         }
     };
-    if bytes.iter().all(u8::is_ascii_whitespace) && empty_ok {
-        return Ok(T::default());
+    if bytes.iter().all(u8::is_ascii_whitespace)
+        && let Some(v) = empty
+    {
+        return Ok(v);
     }
     match serde_json::from_slice::<T>(&bytes) {
         Ok(v) => Ok(v),
@@ -134,10 +136,11 @@ async fn identity(
     if let Some(p) = peer.0 {
         req.source = Some(format!("uid={} pid={}", p.uid, p.pid));
     }
-    let b: IdentityBody = match parse_body(&state, "unix", &req, body, true).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
+    let b: IdentityBody =
+        match parse_body(&state, "unix", &req, body, Some(IdentityBody::default())).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
     req.audience = b.audience;
     let Some(peer) = peer.0 else {
         let r = Refusal::Denied(unix::UnixError::NoPeer.to_string());
@@ -180,15 +183,9 @@ async fn attest_oidc(
         source_ip: Some(addr.ip()),
         audience: None,
     };
-    let b: TokenBodyOpt = match parse_body(&state, "oidc", &req, body, false).await {
+    let b: TokenBody = match parse_body(&state, "oidc", &req, body, None).await {
         Ok(b) => b,
         Err(resp) => return resp,
-    };
-    let Some(b) = b.0 else {
-        let r = Refusal::Invalid(
-            "the body must be {\"token\": \"<platform JWT>\", \"audience\": \"...\"}".into(),
-        );
-        return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);
     };
     req.audience = b.audience;
     if state.attest.oidc.is_empty() {
@@ -224,13 +221,9 @@ async fn attest_join(
         source_ip: Some(addr.ip()),
         audience: None,
     };
-    let b: TokenBodyOpt = match parse_body(&state, "join", &req, body, false).await {
+    let b: TokenBody = match parse_body(&state, "join", &req, body, None).await {
         Ok(b) => b,
         Err(resp) => return resp,
-    };
-    let Some(b) = b.0 else {
-        let r = Refusal::Invalid("the body must be {\"token\": \"<join token>\"}".into());
-        return refusal_response(&state.attest.refuse_early("join", &req, r).await, false);
     };
     req.audience = b.audience;
     match state.attest.join(&b.token, req).await {
@@ -252,10 +245,11 @@ async fn renew(
         source_ip: Some(addr.ip()),
         audience: None,
     };
-    let b: IdentityBody = match parse_body(&state, "renew", &req, body, true).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
+    let b: IdentityBody =
+        match parse_body(&state, "renew", &req, body, Some(IdentityBody::default())).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
     req.audience = b.audience;
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -270,16 +264,6 @@ async fn renew(
     match state.attest.renew(token.trim(), req).await {
         Ok(r) => issued(r),
         Err(r) => refusal_response(&r, false),
-    }
-}
-
-/// A token body that may be absent (so `Default` works for `parse_body`).
-#[derive(Debug, Default)]
-struct TokenBodyOpt(Option<TokenBody>);
-
-impl<'de> Deserialize<'de> for TokenBodyOpt {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        TokenBody::deserialize(d).map(|b| Self(Some(b)))
     }
 }
 

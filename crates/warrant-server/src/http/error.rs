@@ -74,6 +74,12 @@ impl ApiError {
     }
 }
 
+impl From<crate::random::RandomFailed> for ApiError {
+    fn from(e: crate::random::RandomFailed) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let (status, code) = match &e {

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use hyper::body::Bytes;
 use serde_json::Value;
 use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret};
-use warrant_core::audit::Outcome;
+use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::task::{RevokeTarget, agent_of};
 use warrant_core::time::Timestamp;
 
@@ -149,8 +149,8 @@ async fn authenticate(
         let hash = AdminTokenSecret::presented(t.trim()).hash();
         return match state.store.admin_token_by_hash(&hash).await {
             Ok(Some(r)) if r.is_valid_at(Timestamp::now()) => Ok(Client::Admin(r.id)),
-            Ok(_) => Err(OAuthError::new_client("the admin token is not valid")),
-            Err(_) => Err(OAuthError::new_client(
+            Ok(_) => Err(OAuthError::invalid_client("the admin token is not valid")),
+            Err(_) => Err(OAuthError::invalid_client(
                 "the broker cannot check the admin token now",
             )),
         };
@@ -164,13 +164,53 @@ async fn authenticate(
                 .tokens
                 .client(a)
                 .await
-                .map_err(|e| OAuthError::new_client(&e.description))?;
+                .map_err(|e| OAuthError::invalid_client(e.description))?;
             Ok(Client::Agent { name, spiffe })
         }
-        _ => Err(OAuthError::new_client(
+        _ => Err(OAuthError::invalid_client(
             "authenticate with client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer and your identity token as client_assertion, or an admin bearer token",
         )),
     }
+}
+
+/// An authenticated introspection or revocation request: who sent it, the
+/// `token` it is about, and its audit event (actor filled in) to complete.
+struct TokenRequest {
+    client: Client,
+    token: String,
+    event: AuditEvent,
+}
+
+/// Parses and authenticates a request to `kind`, refusing (audited) otherwise.
+async fn token_request(
+    state: &AppState,
+    kind: &str,
+    action: &str,
+    c: &Caller,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<TokenRequest, Response> {
+    let params = form(state, kind, c, headers, body).await?;
+    let refuse = |e: OAuthError| async move {
+        error_response(&state.tokens.refuse(state.tokens.event(kind, c), e).await)
+    };
+    let client = match authenticate(state, headers, &params).await {
+        Ok(cl) => cl,
+        Err(e) => return Err(refuse(e).await),
+    };
+    let Ok(Some(token)) = params.one("token") else {
+        return Err(refuse(OAuthError::invalid_request("`token` is required (once)")).await);
+    };
+    let mut event = state.tokens.event(kind, c).action(action);
+    event.actor = Some(match &client {
+        Client::Agent { spiffe, .. } => spiffe.clone(),
+        Client::Admin(id) => format!("admin-token:{id}"),
+    });
+    Ok(TokenRequest {
+        client,
+        token: token.to_owned(),
+        event,
+    })
 }
 
 async fn introspect(
@@ -180,60 +220,37 @@ async fn introspect(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let c = caller(addr);
-    let params = match form(&state, "token.introspect", &c, &headers, body).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let TokenRequest {
+        token, mut event, ..
+    } = match token_request(
+        &state,
+        "token.introspect",
+        "token:introspect",
+        &c,
+        &headers,
+        body,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    let client = match authenticate(&state, &headers, &params).await {
-        Ok(cl) => cl,
-        Err(e) => {
-            let e = state
-                .tokens
-                .refuse(state.tokens.event("token.introspect", &c), e)
-                .await;
-            return error_response(&e);
-        }
-    };
-    let token = match params.one("token") {
-        Ok(Some(t)) => t,
-        _ => {
-            let e = OAuthError::invalid_request("`token` is required (once)");
-            let e = state
-                .tokens
-                .refuse(state.tokens.event("token.introspect", &c), e)
-                .await;
-            return error_response(&e);
-        }
-    };
-    let result = state.tokens.introspect(token);
-    let mut event = state
-        .tokens
-        .event("token.introspect", &c)
-        .action("token:introspect");
-    event.actor = Some(match &client {
-        Client::Agent { spiffe, .. } => spiffe.clone(),
-        Client::Admin(id) => format!("admin-token:{id}"),
-    });
+    let result = state.tokens.introspect(&token);
     if let Some(claims) = &result {
+        let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
         event.decision = Outcome::Allow;
         event.credential_type = Some("task_token".into());
-        event.credential_id = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
-        event.task = claims
-            .get("task")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        event.txn = claims.get("txn").and_then(Value::as_str).map(str::to_owned);
-        event.agent = claims
-            .get("client_id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        event.credential_id = text("jti");
+        event.task = text("task");
+        event.txn = text("txn");
+        event.agent = text("client_id");
     } else {
         event = event.reason("inactive: expired, revoked, unknown or malformed");
     }
     if let Err(e) = state.store.append_audit(event).await {
         tracing::error!(error = %e, "cannot write the audit trail; introspection refused");
         state.metrics.audit_write_failures.inc();
-        return error_response(&OAuthError::new_unavailable());
+        return error_response(&OAuthError::unavailable());
     }
     match result {
         Some(claims) => ok_json(Value::Object(claims)),
@@ -248,38 +265,16 @@ async fn revoke(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let c = caller(addr);
-    let params = match form(&state, "token.revoke", &c, &headers, body).await {
-        Ok(p) => p,
-        Err(r) => return r,
+    let TokenRequest {
+        client,
+        token,
+        event,
+    } = match token_request(&state, "token.revoke", "token:revoke", &c, &headers, body).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    let client = match authenticate(&state, &headers, &params).await {
-        Ok(cl) => cl,
-        Err(e) => {
-            let e = state
-                .tokens
-                .refuse(state.tokens.event("token.revoke", &c), e)
-                .await;
-            return error_response(&e);
-        }
-    };
-    let Ok(Some(token)) = params.one("token") else {
-        let e = OAuthError::invalid_request("`token` is required (once)");
-        let e = state
-            .tokens
-            .refuse(state.tokens.event("token.revoke", &c), e)
-            .await;
-        return error_response(&e);
-    };
-    let mut event = state
-        .tokens
-        .event("token.revoke", &c)
-        .action("token:revoke");
-    event.actor = Some(match &client {
-        Client::Agent { spiffe, .. } => spiffe.clone(),
-        Client::Admin(id) => format!("admin-token:{id}"),
-    });
     // RFC 7009 §2.2: an unknown or invalid token is not an error.
-    let Some(task) = state.tokens.task_of(token) else {
+    let Some(task) = state.tokens.task_of(&token) else {
         let event = event.reason("unknown or invalid token; nothing revoked");
         let _ = state.store.append_audit(event).await;
         return StatusCode::OK.into_response();
@@ -315,7 +310,7 @@ async fn revoke(
         }
         Err(e) => {
             tracing::error!(error = %e, "revocation failed");
-            error_response(&OAuthError::new_unavailable())
+            error_response(&OAuthError::unavailable())
         }
     }
 }

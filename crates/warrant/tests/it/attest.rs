@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::interop::{python, repo};
-use crate::{Broker, Options, audit, bin, broker};
+use crate::{Broker, Options, audit, bin, broker, jwt_claims, jwt_header, post_json};
 
 const POLICY: &str = r#"
 @id("identities")
@@ -57,26 +57,6 @@ fn create(b: &Broker, name: &str, extra: &[&str]) {
     b.cli(&args).ok();
 }
 
-fn claims(token: &str) -> Value {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
-
-fn header(token: &str) -> Value {
-    use base64::Engine as _;
-    let h = token.split('.').next().unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(h)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_process_gets_an_identity_from_the_kernel_alone() {
     let b = broker();
@@ -104,7 +84,7 @@ fn a_process_gets_an_identity_from_the_kernel_alone() {
     assert!(spiffe.starts_with("spiffe://warrant.local/agent/triage/"));
     assert_eq!(body["expires_in"], 120, "capped by the agent's max-ttl");
 
-    let c = claims(token);
+    let c = jwt_claims(token);
     assert_eq!(c["sub"], spiffe);
     assert_eq!(c["aud"], b.issuer.as_str(), "default audience: the issuer");
     assert_eq!(c["iss"], b.issuer.as_str());
@@ -113,20 +93,20 @@ fn a_process_gets_an_identity_from_the_kernel_alone() {
     assert_eq!(c["attestor"], "unix");
     assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 120);
     assert_eq!(c["jti"].as_str().unwrap().len(), 32);
-    let h = header(token);
+    let h = jwt_header(token);
     assert_eq!(h["typ"], "JWT");
     assert_eq!(h["alg"], "ES256");
 
     // The same process keeps its identity; another process gets another.
     assert_eq!(r[1]["body"]["spiffe_id"], spiffe);
     assert_ne!(
-        claims(r[1]["body"]["identity_token"].as_str().unwrap())["jti"],
+        jwt_claims(r[1]["body"]["identity_token"].as_str().unwrap())["jti"],
         c["jti"]
     );
     let other = agent(&b, "once", r#"{"audience": "https://api.example"}"#);
     assert_ne!(other[0]["body"]["spiffe_id"], spiffe);
     assert_eq!(
-        claims(other[0]["body"]["identity_token"].as_str().unwrap())["aud"],
+        jwt_claims(other[0]["body"]["identity_token"].as_str().unwrap())["aud"],
         "https://api.example"
     );
 
@@ -354,15 +334,6 @@ fn unix_refusals_are_clear_issue_nothing_and_are_audited() {
     );
 }
 
-fn post_json(b: &Broker, path: &str, body: &Value) -> warrant_testkit::Response {
-    b.http(
-        "POST",
-        path,
-        &[("content-type", "application/json")],
-        Some(&body.to_string()),
-    )
-}
-
 #[test]
 fn a_join_token_is_redeemed_exactly_once() {
     let b = broker();
@@ -380,7 +351,7 @@ fn a_join_token_is_redeemed_exactly_once() {
     let spiffe = r.json()["spiffe_id"].as_str().unwrap().to_owned();
     assert!(spiffe.starts_with("spiffe://warrant.local/agent/batch/"));
     assert_eq!(
-        claims(r.json()["identity_token"].as_str().unwrap())["attestor"],
+        jwt_claims(r.json()["identity_token"].as_str().unwrap())["attestor"],
         "join"
     );
 
@@ -573,7 +544,7 @@ fn platform_tokens_attest_and_forgeries_do_not() {
     for good in ["good_rs256", "good_es256"] {
         let r = attest_oidc(&b, &tokens[good]);
         assert_eq!(r.status, 200, "{good}: {}", r.body);
-        let c = claims(r.json()["identity_token"].as_str().unwrap());
+        let c = jwt_claims(r.json()["identity_token"].as_str().unwrap());
         assert_eq!(c["attestor"], "oidc");
         assert_eq!(c["aud"], "https://api.example");
     }

@@ -6,7 +6,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 
 use crate::interop::{python, repo};
-use crate::{Broker, Options, audit, bin};
+use crate::{Broker, Options, audit, bin, jwt_claims, post_json};
 
 const POLICY: &str = r#"
 @id("identities")
@@ -95,12 +95,7 @@ pub fn identity(b: &Broker, agent: &str) -> String {
         .ok()
         .trim()
         .to_owned();
-    let r = b.http(
-        "POST",
-        "/v1/attest/join",
-        &[("content-type", "application/json")],
-        Some(&json!({ "token": jt }).to_string()),
-    );
+    let r = post_json(b, "/v1/attest/join", &json!({ "token": jt }));
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["identity_token"].as_str().unwrap().to_owned()
 }
@@ -125,17 +120,6 @@ pub fn exchange(
     ];
     f.extend_from_slice(extra);
     form(b, "/oauth2/token", &f)
-}
-
-fn claims(token: &str) -> Value {
-    use base64::Engine as _;
-    let p = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 fn err(r: &warrant_testkit::Response) -> (u16, String, String) {
@@ -188,11 +172,11 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     assert_eq!(t1["token_type"], "Bearer");
     assert_eq!(t1["scope"], "llm:chat tickets:read");
     let t1 = t1["access_token"].as_str().unwrap().to_owned();
-    let c1 = claims(&t1);
+    let c1 = jwt_claims(&t1);
     assert_eq!(c1["sub"], "user:alice");
     assert_eq!(c1["aud"], json!(["https://tickets.example"]));
     assert_eq!(c1["client_id"], "orch");
-    let orch_id = claims(&orch)["sub"].clone();
+    let orch_id = jwt_claims(&orch)["sub"].clone();
     assert_eq!(c1["act"]["sub"], orch_id);
     assert!(c1["act"].get("act").is_none());
     assert!(c1.get("parent").is_none());
@@ -201,11 +185,11 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     let r = exchange(b, &t1, AT, &sub, &[("scope", "tickets:read")]);
     assert_eq!(r.status, 200, "{}", r.body);
     let t2 = r.json()["access_token"].as_str().unwrap().to_owned();
-    let c2 = claims(&t2);
+    let c2 = jwt_claims(&t2);
     assert_eq!(c2["sub"], "user:alice");
     assert_eq!(c2["scope"], "tickets:read");
     assert_eq!(c2["aud"], c1["aud"], "audience inherited");
-    assert_eq!(c2["act"]["sub"], claims(&sub)["sub"]);
+    assert_eq!(c2["act"]["sub"], jwt_claims(&sub)["sub"]);
     assert_eq!(c2["act"]["act"]["sub"], orch_id);
     assert_eq!(c2["parent"], c1["task"]);
     assert_eq!(c2["txn"], c1["txn"]);
@@ -215,7 +199,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     let r = exchange(b, &t2, AT, &leaf, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     let t3 = r.json()["access_token"].as_str().unwrap().to_owned();
-    let c3 = claims(&t3);
+    let c3 = jwt_claims(&t3);
     assert_eq!(c3["act"]["act"]["act"]["sub"], orch_id);
     assert_eq!(c3["parent"], c2["task"]);
 
@@ -397,7 +381,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
         ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let c = claims(r.json()["access_token"].as_str().unwrap());
+    let c = jwt_claims(r.json()["access_token"].as_str().unwrap());
     assert_eq!(c["act"]["sub"], orch_id);
     assert!(
         c["act"].get("act").is_none(),
@@ -590,8 +574,8 @@ fn depth_limits_client_credentials_and_malformed_requests() {
         ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let c = claims(r.json()["access_token"].as_str().unwrap());
-    assert_eq!(c["sub"], claims(&orch)["sub"]);
+    let c = jwt_claims(r.json()["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], jwt_claims(&orch)["sub"]);
     assert!(c.get("act").is_none());
     let (s, c, _) = err(&cc(
         &sub,
@@ -670,7 +654,7 @@ fn authlib_exchanges_and_pyjwt_reads_the_act_chain() {
     assert_eq!(v["token_response"]["token_type"], "Bearer");
     assert_eq!(v["token_response"]["issued_token_type"], AT);
     assert_eq!(v["claims"]["sub"], "user:alice");
-    assert_eq!(v["chain"], json!([claims(&orch)["sub"]]));
+    assert_eq!(v["chain"], json!([jwt_claims(&orch)["sub"]]));
 }
 
 #[test]
@@ -697,7 +681,7 @@ fn the_development_user_issuer_is_off_unless_asked_for() {
         .ok()
         .trim()
         .to_owned();
-    let c = claims(&user);
+    let c = jwt_claims(&user);
     assert_eq!(c["iss"], format!("{}/dev", b.issuer));
     assert_eq!(c["groups"], json!(["support", "ops"]));
     let orch = identity(&b, "orch");
@@ -713,7 +697,7 @@ fn the_development_user_issuer_is_off_unless_asked_for() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
-        claims(r.json()["access_token"].as_str().unwrap())["sub"],
+        jwt_claims(r.json()["access_token"].as_str().unwrap())["sub"],
         "user:alice"
     );
     let minted = audit(&b, Some("admin.dev.user-token"));

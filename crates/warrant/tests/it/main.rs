@@ -35,3 +35,33 @@ pub fn audit(b: &Broker, event: Option<&str>) -> Vec<serde_json::Value> {
     }
     b.cli(&args).json().as_array().unwrap().clone()
 }
+
+/// Part `i` of a compact JWT (0 header, 1 claims), decoded without verifying.
+fn jwt_part(token: &str, i: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(i).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A JWT's claims, unverified (tests read what the broker issued).
+pub fn jwt_claims(token: &str) -> serde_json::Value {
+    jwt_part(token, 1)
+}
+
+/// A JWT's header, unverified.
+pub fn jwt_header(token: &str) -> serde_json::Value {
+    jwt_part(token, 0)
+}
+
+/// A JSON POST to the API listener.
+pub fn post_json(b: &Broker, path: &str, body: &serde_json::Value) -> warrant_testkit::Response {
+    b.http(
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        Some(&body.to_string()),
+    )
+}
