@@ -34,7 +34,8 @@ use warrant_core::task::{
 use warrant_core::text::shown;
 use warrant_core::time::{MAX_TOKEN_LIFETIME, Timestamp};
 use warrant_store::{Store, StoreError};
-use warrant_token::jwt::{self, Expect};
+use warrant_token::VerifiedCache;
+use warrant_token::jwt::{self, Expect, VerifyingKeys};
 
 use crate::attest::oidc::Providers;
 use crate::config::UserIssuer;
@@ -182,6 +183,27 @@ pub struct TokenService {
     // std RwLocks: held only to look up or insert ids, never across an await.
     revoked_tasks: RwLock<HashSet<String>>,
     blocked_instances: RwLock<HashSet<String>>,
+    /// Identity tokens already verified and checked, by their exact bytes.
+    identities: VerifiedCache<Identity>,
+    /// Task tokens already verified and checked, by their exact bytes.
+    task_tokens: VerifiedCache<CheckedTask>,
+}
+
+/// How many verified tokens of each kind are remembered.
+const VERIFIED_CACHE_CAPACITY: usize = 16_384;
+
+/// An identity token that verified and names an agent of this trust domain.
+struct Identity {
+    claims: IdentityClaims,
+    name: AgentName,
+    instance: String,
+}
+
+/// A task token of this broker that verified.
+struct CheckedTask {
+    claims: TaskClaims,
+    /// Every claim as signed, for introspection.
+    raw: Map<String, Value>,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -217,8 +239,8 @@ impl From<crate::random::RandomFailed> for OAuthError {
     }
 }
 
-fn random_id(prefix: &str) -> Result<String, OAuthError> {
-    Ok(format!("{prefix}{}", crate::random::hex_id(12)?))
+fn random_id(prefix: &str, now: Timestamp) -> Result<String, OAuthError> {
+    Ok(crate::random::ordered_id(prefix, now.as_millis())?)
 }
 
 impl TokenService {
@@ -242,6 +264,8 @@ impl TokenService {
             user_claims: p.user_issuers,
             revoked_tasks: RwLock::new(tasks.into_iter().collect()),
             blocked_instances: RwLock::new(instances.into_iter().collect()),
+            identities: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
+            task_tokens: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
         })
     }
 
@@ -316,7 +340,54 @@ impl TokenService {
     /// Verifies an identity token presented as actor or client assertion.
     async fn actor(&self, token: &str, now: Timestamp) -> Result<Actor, OAuthError> {
         let keys = self.keys.verifying_keys(now);
-        let v = jwt::verify(token, &keys).map_err(|e| {
+        let id = match self.identities.get(token, &keys, now) {
+            Some(id) => id,
+            None => {
+                let (kid, id) = self.check_identity(token, &keys, now)?;
+                let id = Arc::new(id);
+                self.identities
+                    .insert(token, &kid, id.claims.exp, now, id.clone());
+                id
+            }
+        };
+        let (name, instance) = (&id.name, id.instance.as_str());
+        if self.is_blocked(instance) {
+            return Err(OAuthError::invalid_grant(format!(
+                "instance {instance} has been revoked"
+            )));
+        }
+        let agent = match self.store.get_agent(name).await {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                return Err(OAuthError::invalid_grant(format!(
+                    "agent `{name}` no longer exists"
+                )));
+            }
+            Err(_) => return Err(OAuthError::unavailable()),
+        };
+        if agent.status != AgentStatus::Active {
+            return Err(OAuthError::invalid_grant(format!(
+                "agent `{name}` is {}; nothing is issued to it",
+                agent.status.as_str()
+            )));
+        }
+        Ok(Actor {
+            instance: instance.to_owned(),
+            claims: id.claims.clone(),
+            agent,
+        })
+    }
+
+    /// The part of [`actor`](Self::actor) that depends only on the token's
+    /// bytes: signature, kind, issuer, audience, expiry, subject. Returns the
+    /// `kid` that verified it with what it says.
+    fn check_identity(
+        &self,
+        token: &str,
+        keys: &VerifyingKeys,
+        now: Timestamp,
+    ) -> Result<(String, Identity), OAuthError> {
+        let v = jwt::verify(token, keys).map_err(|e| {
             OAuthError::invalid_grant(format!("the identity token does not verify: {e}"))
         })?;
         match v.header.typ.as_deref() {
@@ -350,44 +421,65 @@ impl TokenService {
         }
         let claims: IdentityClaims = serde_json::from_value(Value::Object(v.claims))
             .map_err(|_| OAuthError::invalid_grant("the token is not a warrant identity token"))?;
+        let foreign = || {
+            OAuthError::invalid_grant("the identity token's subject is not of this trust domain")
+        };
         let prefix = format!("spiffe://{}/agent/", self.trust_domain);
         let (name, instance) = claims
             .sub
             .strip_prefix(&prefix)
             .and_then(|r| r.split_once('/'))
-            .ok_or_else(|| {
-                OAuthError::invalid_grant(
-                    "the identity token's subject is not of this trust domain",
-                )
-            })?;
-        let name = AgentName::new(name).map_err(|_| {
-            OAuthError::invalid_grant("the identity token's subject is not of this trust domain")
-        })?;
-        if self.is_blocked(instance) {
-            return Err(OAuthError::invalid_grant(format!(
-                "instance {instance} has been revoked"
-            )));
+            .ok_or_else(foreign)?;
+        let name = AgentName::new(name).map_err(|_| foreign())?;
+        let instance = instance.to_owned();
+        Ok((
+            v.header.kid.unwrap_or_default(),
+            Identity {
+                claims,
+                name,
+                instance,
+            },
+        ))
+    }
+
+    /// Verifies a task token of this broker (signature, kind, issuer, claims;
+    /// not expiry or revocation, which the caller checks on every use).
+    fn check_task_token(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<Arc<CheckedTask>, OAuthError> {
+        let keys = self.keys.verifying_keys(now);
+        if let Some(t) = self.task_tokens.get(token, &keys, now) {
+            return Ok(t);
         }
-        let agent = match self.store.get_agent(&name).await {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                return Err(OAuthError::invalid_grant(format!(
-                    "agent `{name}` no longer exists"
-                )));
-            }
-            Err(_) => return Err(OAuthError::unavailable()),
-        };
-        if agent.status != AgentStatus::Active {
-            return Err(OAuthError::invalid_grant(format!(
-                "agent `{name}` is {}; nothing is issued to it",
-                agent.status.as_str()
-            )));
+        let v = jwt::verify(token, &keys)
+            .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
+        if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
+            return Err(OAuthError::invalid_grant(
+                "an identity token cannot be a subject token: exchange a user's token or a task token",
+            ));
         }
-        Ok(Actor {
-            instance: instance.to_owned(),
+        let not_task =
+            || OAuthError::invalid_grant("the subject token is not a warrant task token");
+        let claims: TaskClaims =
+            serde_json::from_value(Value::Object(v.claims.clone())).map_err(|_| not_task())?;
+        if claims.iss != *self.issuer {
+            return Err(not_task());
+        }
+        let exp = claims.exp;
+        let t = Arc::new(CheckedTask {
             claims,
-            agent,
-        })
+            raw: v.claims,
+        });
+        self.task_tokens.insert(
+            token,
+            v.header.kid.as_deref().unwrap_or_default(),
+            exp,
+            now,
+            t.clone(),
+        );
+        Ok(t)
     }
 
     /// Reads the subject token: a warrant task token or a user's token.
@@ -402,18 +494,8 @@ impl TokenService {
                     token_type::ACCESS_TOKEN
                 )));
             }
-            let keys = self.keys.verifying_keys(now);
-            let v = jwt::verify(token, &keys)
-                .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
-            if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
-                return Err(OAuthError::invalid_grant(
-                    "an identity token cannot be a subject token: exchange a user's token or a task token",
-                ));
-            }
-            let c: TaskClaims =
-                serde_json::from_value(Value::Object(v.claims.clone())).map_err(|_| {
-                    OAuthError::invalid_grant("the subject token is not a warrant task token")
-                })?;
+            let checked = self.check_task_token(token, now)?;
+            let c = &checked.claims;
             if now.as_secs() >= c.exp {
                 return Err(OAuthError::invalid_grant("the subject token has expired"));
             }
@@ -429,15 +511,15 @@ impl TokenService {
             let scope =
                 ScopeSet::parse(&c.scope).map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
             return Ok(Subject {
-                sub: c.sub,
+                sub: c.sub.clone(),
                 user,
-                act: c.act,
+                act: c.act.clone(),
                 scope: Some(scope),
-                audience: Some(c.aud),
+                audience: Some(c.aud.clone()),
                 exp: c.exp,
-                parent: Some(c.task),
-                txn: Some(c.txn),
-                may_act: v.claims.get("may_act").cloned(),
+                parent: Some(c.task.clone()),
+                txn: Some(c.txn.clone()),
+                may_act: checked.raw.get("may_act").cloned(),
             });
         }
         if ![
@@ -932,12 +1014,12 @@ impl TokenService {
                 )
                 .await);
         }
-        let task = random_id("tsk_")?;
+        let task = random_id("tsk_", now)?;
         let txn = match txn {
             Some(t) => t,
-            None => random_id("txn_")?,
+            None => random_id("txn_", now)?,
         };
-        let jti = random_id("")?;
+        let jti = random_id("", now)?;
         let claims = TaskClaims {
             iss: self.issuer.to_string(),
             sub: sub.clone(),
@@ -1022,18 +1104,12 @@ impl TokenService {
     /// Introspection (RFC 7662): `None` for anything not active.
     pub fn introspect(&self, token: &str) -> Option<Map<String, Value>> {
         let now = Timestamp::now();
-        let v = jwt::verify(token, &self.keys.verifying_keys(now)).ok()?;
-        if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
+        let t = self.check_task_token(token, now).ok()?;
+        let c = &t.claims;
+        if now.as_secs() >= c.exp || now.as_secs() < c.nbf - 5 || self.is_revoked(&c.task) {
             return None;
         }
-        let c: TaskClaims = serde_json::from_value(Value::Object(v.claims.clone())).ok()?;
-        if c.iss != *self.issuer || now.as_secs() >= c.exp || now.as_secs() < c.nbf - 5 {
-            return None;
-        }
-        if self.is_revoked(&c.task) {
-            return None;
-        }
-        let mut out = v.claims;
+        let mut out = t.raw.clone();
         out.insert("active".into(), Value::Bool(true));
         out.insert("token_type".into(), Value::String("Bearer".into()));
         Some(out)
@@ -1080,9 +1156,8 @@ impl TokenService {
     /// The task a token names, if it verifies (expired or not): for an agent
     /// revoking its own task.
     pub fn task_of(&self, token: &str) -> Option<TaskClaims> {
-        let v = jwt::verify(token, &self.keys.verifying_keys(Timestamp::now())).ok()?;
-        (v.header.typ.as_deref() == Some(TASK_TOKEN_TYP))
-            .then(|| serde_json::from_value(Value::Object(v.claims)).ok())
-            .flatten()
+        self.check_task_token(token, Timestamp::now())
+            .ok()
+            .map(|t| t.claims.clone())
     }
 }

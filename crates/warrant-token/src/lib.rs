@@ -9,11 +9,13 @@
 //! follow it (see [`KeySet`]), so every broker sharing a store agrees on which
 //! key signs and which are published without coordinating.
 
+mod cache;
 mod error;
 pub mod jwt;
 mod kek;
 mod keyset;
 
+pub use cache::VerifiedCache;
 pub use error::KeyError;
 pub use kek::Kek;
 pub use keyset::{Jwk, Jwks, KeySet, KeyState, KeyStatus, SigningKey, generate_key};

@@ -5,6 +5,7 @@
 //! caller hears of it. Reads use separate read-only connections (WAL lets them
 //! run beside the writer) on tokio's blocking pool.
 
+mod agents;
 mod index;
 mod migrations;
 mod rows;
@@ -49,6 +50,7 @@ pub struct SqliteStore {
     /// Idle read connections. A std mutex: held only to push or pop, never
     /// across an await or a query.
     readers: Mutex<Vec<Connection>>,
+    agents: agents::AgentCache,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -77,14 +79,14 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 }
 
 fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreError> {
-    conn.execute(
-        &format!(
-            "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+    conn.prepare_cached(&format!(
+        "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (id) DO UPDATE SET evidence = excluded.evidence, \
              last_seen = excluded.last_seen, expires_at = excluded.expires_at",
-            rows::INSTANCE_COLUMNS
-        ),
-        params![
+        rows::INSTANCE_COLUMNS
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
             i.id.as_str(),
             i.agent.as_str(),
             i.attestor.as_str(),
@@ -92,17 +94,14 @@ fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreErr
             i.first_seen.as_millis(),
             i.last_seen.as_millis(),
             i.expires_at.as_millis(),
-        ],
-    )
+        ])
+    })
     .map_err(db_err)?;
-    conn.query_row(
-        &format!(
-            "SELECT {} FROM instances WHERE id = ?1",
-            rows::INSTANCE_COLUMNS
-        ),
-        [i.id.as_str()],
-        rows::instance,
-    )
+    conn.prepare_cached(&format!(
+        "SELECT {} FROM instances WHERE id = ?1",
+        rows::INSTANCE_COLUMNS
+    ))
+    .and_then(|mut st| st.query_row([i.id.as_str()], rows::instance))
     .map_err(read_err)
 }
 
@@ -146,6 +145,7 @@ impl SqliteStore {
             writer,
             indexer,
             readers: Mutex::new(Vec::new()),
+            agents: agents::AgentCache::default(),
         })
     }
 
@@ -187,6 +187,40 @@ impl SqliteStore {
         }
     }
 
+    /// Every agent, by name: the in-memory snapshot, loaded if a write made
+    /// it stale.
+    async fn agents(&self) -> Result<Arc<std::collections::BTreeMap<String, Agent>>, StoreError> {
+        if let Some(s) = self.agents.get() {
+            return Ok(s);
+        }
+        let generation = self.agents.begin();
+        let all = self
+            .read(|c| {
+                let mut st = c
+                    .prepare_cached(&format!("SELECT {} FROM agents", rows::AGENT_COLUMNS))
+                    .map_err(db_err)?;
+                st.query_map([], rows::agent)
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(read_err)
+            })
+            .await?;
+        Ok(self.agents.install(generation, all))
+    }
+
+    /// Submits a write that changes `agents`, invalidating the snapshot once
+    /// it has committed (or failed).
+    async fn write_agents<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut writer::WriteCtx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        // Invalidated on drop: if the caller goes away mid-write the job
+        // still commits, and the snapshot must not outlive it.
+        let _guard = self.agents.invalidate_on_drop();
+        self.writer.submit(f).await
+    }
+
     /// Runs a read on a read-only connection, off the async threads.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -213,67 +247,50 @@ impl Store for SqliteStore {
     }
 
     async fn create_agent(&self, agent: Agent, audit: AuditEvent) -> Result<Agent, StoreError> {
-        self.writer
-            .submit(move |ctx| {
-                let selectors = rows::selectors_json(&agent.selectors)?;
-                ctx.conn
-                    .prepare_cached(&format!("INSERT INTO agents ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)", rows::AGENT_COLUMNS))
-                    .and_then(|mut st| {
-                        st.execute(params![
-                            agent.id,
-                            agent.name.as_str(),
-                            agent.owner.as_str(),
-                            agent.env.as_str(),
-                            agent.purpose.as_str(),
-                            agent.trust.as_str(),
-                            selectors,
-                            i64::try_from(agent.max_ttl.as_secs()).unwrap_or(i64::MAX),
-                            agent.status.as_str(),
-                            agent.created_at.as_millis(),
-                            agent.updated_at.as_millis(),
-                        ])
-                    })
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Conflict { what: "agent", name: agent.name.to_string() }
-                        } else {
-                            db_err(e)
+        self.write_agents(move |ctx| {
+            let selectors = rows::selectors_json(&agent.selectors)?;
+            ctx.conn
+                .prepare_cached(&format!(
+                    "INSERT INTO agents ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    rows::AGENT_COLUMNS
+                ))
+                .and_then(|mut st| {
+                    st.execute(params![
+                        agent.id,
+                        agent.name.as_str(),
+                        agent.owner.as_str(),
+                        agent.env.as_str(),
+                        agent.purpose.as_str(),
+                        agent.trust.as_str(),
+                        selectors,
+                        i64::try_from(agent.max_ttl.as_secs()).unwrap_or(i64::MAX),
+                        agent.status.as_str(),
+                        agent.created_at.as_millis(),
+                        agent.updated_at.as_millis(),
+                    ])
+                })
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Conflict {
+                            what: "agent",
+                            name: agent.name.to_string(),
                         }
-                    })?;
-                ctx.append(audit)?;
-                Ok(agent)
-            })
-            .await
+                    } else {
+                        db_err(e)
+                    }
+                })?;
+            ctx.append(audit)?;
+            Ok(agent)
+        })
+        .await
     }
 
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
-        let name = name.to_string();
-        self.read(move |c| {
-            c.query_row(
-                &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
-                [name],
-                rows::agent,
-            )
-            .optional()
-            .map_err(read_err)
-        })
-        .await
+        Ok(self.agents().await?.get(name.as_str()).cloned())
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {} FROM agents ORDER BY name",
-                    rows::AGENT_COLUMNS
-                ))
-                .map_err(db_err)?;
-            st.query_map([], rows::agent)
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err)
-        })
-        .await
+        Ok(self.agents().await?.values().cloned().collect())
     }
 
     async fn set_agent_status(
@@ -284,79 +301,77 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<Agent, StoreError> {
         let name = name.to_string();
-        self.writer
-            .submit(move |ctx| {
-                let n = ctx
-                    .conn
-                    .execute(
-                        "UPDATE agents SET status = ?1, updated_at = ?2 WHERE name = ?3",
-                        params![status.as_str(), now.as_millis(), name],
-                    )
+        self.write_agents(move |ctx| {
+            let n = ctx
+                .conn
+                .execute(
+                    "UPDATE agents SET status = ?1, updated_at = ?2 WHERE name = ?3",
+                    params![status.as_str(), now.as_millis(), name],
+                )
+                .map_err(db_err)?;
+            if n == 0 {
+                return Err(StoreError::NotFound {
+                    what: "agent",
+                    name,
+                });
+            }
+            if status == AgentStatus::Active {
+                // Re-enabling lifts the blocks `revoke --instance` put on its instances.
+                ctx.conn
+                    .execute("DELETE FROM revoked_instances WHERE agent = ?1", [&name])
                     .map_err(db_err)?;
-                if n == 0 {
-                    return Err(StoreError::NotFound {
-                        what: "agent",
-                        name,
-                    });
-                }
-                if status == AgentStatus::Active {
-                    // Re-enabling lifts the blocks `revoke --instance` put on its instances.
-                    ctx.conn
-                        .execute("DELETE FROM revoked_instances WHERE agent = ?1", [&name])
-                        .map_err(db_err)?;
-                }
-                let agent = ctx
-                    .conn
-                    .query_row(
-                        &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
-                        [&name],
-                        rows::agent,
-                    )
-                    .map_err(read_err)?;
-                ctx.append(audit)?;
-                Ok(agent)
-            })
-            .await
+            }
+            let agent = ctx
+                .conn
+                .query_row(
+                    &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
+                    [&name],
+                    rows::agent,
+                )
+                .map_err(read_err)?;
+            ctx.append(audit)?;
+            Ok(agent)
+        })
+        .await
     }
 
     async fn delete_agent(&self, name: &AgentName, audit: AuditEvent) -> Result<Agent, StoreError> {
         let name = name.to_string();
-        self.writer
-            .submit(move |ctx| {
-                let agent = ctx
-                    .conn
-                    .query_row(
-                        &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
-                        [&name],
-                        rows::agent,
-                    )
-                    .optional()
-                    .map_err(read_err)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "agent",
-                        name: name.clone(),
-                    })?;
-                ctx.conn
-                    .execute("DELETE FROM agents WHERE name = ?1", [&name])
-                    .map_err(db_err)?;
-                // Its instances and unredeemed join tokens go with it: a later
-                // agent of the same name must not inherit them.
-                ctx.conn
-                    .execute("DELETE FROM instances WHERE agent = ?1", [&name])
-                    .map_err(db_err)?;
-                ctx.conn
-                    .execute(
-                        "DELETE FROM join_tokens WHERE agent = ?1 AND redeemed_at IS NULL",
-                        [&name],
-                    )
-                    .map_err(db_err)?;
-                ctx.conn
-                    .execute("DELETE FROM revoked_instances WHERE agent = ?1", [&name])
-                    .map_err(db_err)?;
-                ctx.append(audit)?;
-                Ok(agent)
-            })
-            .await
+        self.write_agents(move |ctx| {
+            let agent = ctx
+                .conn
+                .query_row(
+                    &format!("SELECT {} FROM agents WHERE name = ?1", rows::AGENT_COLUMNS),
+                    [&name],
+                    rows::agent,
+                )
+                .optional()
+                .map_err(read_err)?
+                .ok_or_else(|| StoreError::NotFound {
+                    what: "agent",
+                    name: name.clone(),
+                })?;
+            ctx.conn
+                .execute("DELETE FROM agents WHERE name = ?1", [&name])
+                .map_err(db_err)?;
+            // Its instances and unredeemed join tokens go with it: a later
+            // agent of the same name must not inherit them.
+            ctx.conn
+                .execute("DELETE FROM instances WHERE agent = ?1", [&name])
+                .map_err(db_err)?;
+            ctx.conn
+                .execute(
+                    "DELETE FROM join_tokens WHERE agent = ?1 AND redeemed_at IS NULL",
+                    [&name],
+                )
+                .map_err(db_err)?;
+            ctx.conn
+                .execute("DELETE FROM revoked_instances WHERE agent = ?1", [&name])
+                .map_err(db_err)?;
+            ctx.append(audit)?;
+            Ok(agent)
+        })
+        .await
     }
 
     async fn insert_signing_key(
@@ -658,7 +673,8 @@ impl Store for SqliteStore {
                 if let Some(parent) = &t.parent {
                     let revoked: Option<Option<i64>> = ctx
                         .conn
-                        .query_row("SELECT revoked_at FROM tasks WHERE task = ?1", [parent], |r| r.get(0))
+                        .prepare_cached("SELECT revoked_at FROM tasks WHERE task = ?1")
+                        .and_then(|mut st| st.query_row([parent], |r| r.get(0)))
                         .optional()
                         .map_err(db_err)?;
                     if matches!(revoked, Some(Some(_))) {
@@ -667,19 +683,20 @@ impl Store for SqliteStore {
                 }
                 let blocked: Option<i64> = ctx
                     .conn
-                    .query_row("SELECT revoked_at FROM revoked_instances WHERE instance = ?1", [&t.instance], |r| r.get(0))
+                    .prepare_cached("SELECT revoked_at FROM revoked_instances WHERE instance = ?1")
+                    .and_then(|mut st| st.query_row([&t.instance], |r| r.get(0)))
                     .optional()
                     .map_err(db_err)?;
                 if blocked.is_some() {
                     return Err(StoreError::Conflict { what: "instance", name: format!("{} (revoked)", t.instance) });
                 }
                 ctx.conn
-                    .execute(
-                        &format!(
-                            "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                            rows::TASK_COLUMNS
-                        ),
-                        params![
+                    .prepare_cached(&format!(
+                        "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                        rows::TASK_COLUMNS
+                    ))
+                    .and_then(|mut st| {
+                        st.execute(params![
                             t.task,
                             t.jti,
                             t.parent,
@@ -693,8 +710,8 @@ impl Store for SqliteStore {
                             t.issued_at.as_millis(),
                             t.expires_at.as_millis(),
                             t.revoked_at.map(Timestamp::as_millis),
-                        ],
-                    )
+                        ])
+                    })
                     .map_err(|e| {
                         if is_unique_violation(&e) {
                             StoreError::Conflict { what: "task", name: t.task.clone() }
@@ -745,8 +762,7 @@ impl Store for SqliteStore {
         now: Timestamp,
         audit: AuditEvent,
     ) -> Result<Vec<String>, StoreError> {
-        self.writer
-            .submit(move |ctx| {
+        self.write_agents(move |ctx| {
                 let (roots_sql, key) = match &target {
                     RevokeTarget::Jti(v) => ("SELECT task FROM tasks WHERE jti = ?1", v),
                     RevokeTarget::Task(v) => ("SELECT task FROM tasks WHERE task = ?1", v),

@@ -704,3 +704,74 @@ fn the_development_user_issuer_is_off_unless_asked_for() {
     assert_eq!(minted.len(), 1);
     assert!(!minted[0].to_string().contains(&user));
 }
+
+/// Identity and task tokens are verified once and remembered by their bytes;
+/// what happens to the instance or agent afterwards still counts on the very
+/// next use of the same token.
+#[test]
+fn remembered_tokens_still_meet_revocation_and_disablement() {
+    let w = world(4);
+    let b = &w.b;
+    let cc = |assertion: &str| {
+        form(
+            b,
+            "/oauth2/token",
+            &[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("scope", "tickets:read"),
+                ("resource", "https://tickets.example"),
+            ],
+        )
+    };
+    let orch = identity(b, "orch");
+    let sub_id = jwt_claims(&orch)["sub"].as_str().unwrap().to_owned();
+    let instance = sub_id.rsplit('/').next().unwrap().to_owned();
+    // Used twice, so the second use is served from memory.
+    for _ in 0..2 {
+        assert_eq!(cc(&orch).status, 200);
+    }
+    let t = cc(&orch).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        assert_eq!(introspect(b, &orch, &t)["active"], true);
+    }
+
+    // The instance is revoked: its identity token and its task die at once.
+    b.cli(&["revoke", "--instance", &instance]).ok();
+    let (s, c, d) = err(&cc(&orch));
+    assert_eq!((s, c.as_str()), (401, "invalid_client"), "{d}");
+    assert!(d.contains("revoked"), "{d}");
+    let other = identity(b, "orch");
+    assert_eq!(introspect(b, &other, &t), json!({"active": false}));
+
+    // Another instance of the same agent is unaffected, until the agent is
+    // disabled; enabling it again lifts the instance block too.
+    assert_eq!(cc(&other).status, 200);
+    b.cli(&["agent", "disable", "orch"]).ok();
+    let (s, c, d) = err(&cc(&other));
+    assert_eq!((s, c.as_str()), (401, "invalid_client"), "{d}");
+    assert!(d.contains("disabled"), "{d}");
+    b.cli(&["agent", "enable", "orch"]).ok();
+    assert_eq!(cc(&other).status, 200);
+    assert_eq!(cc(&orch).status, 200, "enable lifts the instance block");
+
+    // Revoking the agent revokes its tasks and disables it.
+    let t = cc(&other).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.cli(&["revoke", "--agent", "orch"]).ok();
+    assert_eq!(
+        introspect(b, &identity(b, "sub"), &t),
+        json!({"active": false})
+    );
+    let (s, c, _) = err(&cc(&other));
+    assert_eq!((s, c.as_str()), (401, "invalid_client"));
+}
