@@ -209,6 +209,10 @@ pub struct TaskRecord {
     pub expires_at: Timestamp,
     /// Revoked, if it was.
     pub revoked_at: Option<Timestamp>,
+    /// The user's groups as the user issuer asserted them at the first hop,
+    /// inherited by every descendant, so policy sees them at any depth.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// What to revoke.

@@ -204,6 +204,9 @@ struct CheckedTask {
     claims: TaskClaims,
     /// Every claim as signed, for introspection.
     raw: Map<String, Value>,
+    /// The user's groups, from the task's record: read once, on first use as
+    /// a subject (a task's groups never change).
+    groups: std::sync::OnceLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -442,6 +445,23 @@ impl TokenService {
         ))
     }
 
+    /// The user's groups a task carries (asserted at its first hop).
+    async fn task_groups(&self, t: &CheckedTask) -> Result<Vec<String>, OAuthError> {
+        if let Some(g) = t.groups.get() {
+            return Ok(g.clone());
+        }
+        let record = match self.store.get_task(&t.claims.task).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                return Err(OAuthError::invalid_grant(
+                    "the subject token's task is unknown to this broker",
+                ));
+            }
+            Err(_) => return Err(OAuthError::unavailable()),
+        };
+        Ok(t.groups.get_or_init(|| record.groups).clone())
+    }
+
     /// Verifies a task token of this broker (signature, kind, issuer, claims;
     /// not expiry or revocation, which the caller checks on every use).
     fn check_task_token(
@@ -471,6 +491,7 @@ impl TokenService {
         let t = Arc::new(CheckedTask {
             claims,
             raw: v.claims,
+            groups: std::sync::OnceLock::new(),
         });
         self.task_tokens.insert(
             token,
@@ -504,10 +525,13 @@ impl TokenService {
                     "the subject token's task has been revoked",
                 ));
             }
-            let user = c.sub.strip_prefix("user:").map(|u| UserRef {
-                id: u.to_owned(),
-                groups: Vec::new(),
-            });
+            let user = match c.sub.strip_prefix("user:") {
+                Some(u) => Some(UserRef {
+                    id: u.to_owned(),
+                    groups: self.task_groups(&checked).await?,
+                }),
+                None => None,
+            };
             let scope =
                 ScopeSet::parse(&c.scope).map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
             return Ok(Subject {
@@ -885,6 +909,7 @@ impl TokenService {
             now,
             event,
             u32::try_from(depth).unwrap_or(u32::MAX),
+            subject.user.map(|u| u.groups).unwrap_or_default(),
         )
         .await
     }
@@ -982,6 +1007,7 @@ impl TokenService {
             now,
             event,
             0,
+            Vec::new(),
         )
         .await
     }
@@ -1000,6 +1026,7 @@ impl TokenService {
         now: Timestamp,
         event: AuditEvent,
         depth: u32,
+        groups: Vec<String>,
     ) -> Result<TokenResponse, OAuthError> {
         let cap = i64::try_from(MAX_TOKEN_LIFETIME.as_secs()).unwrap_or(3600);
         let ttl = DEFAULT_TASK_TTL_SECS
@@ -1061,6 +1088,7 @@ impl TokenService {
             issued_at: now,
             expires_at,
             revoked_at: None,
+            groups,
         };
         let mut event = event
             .task(task)

@@ -716,6 +716,7 @@ fn task(id: &str, parent: Option<&str>, txn: &str, agent: &str, instance: &str) 
         issued_at: Timestamp::from_millis(1_000),
         expires_at: Timestamp::from_millis(1_000_000),
         revoked_at: None,
+        groups: vec!["support".into()],
     }
 }
 
@@ -753,8 +754,9 @@ pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixt
         }
     );
     assert_eq!(
-        s.get_task("t2").await.unwrap().unwrap().parent.as_deref(),
-        Some("t1")
+        s.get_task("t2").await.unwrap().unwrap(),
+        task("t2", Some("t1"), "x1", "sub", "inst-sub"),
+        "a task reads back as recorded, groups included"
     );
     let txn: Vec<String> = s
         .tasks_of_txn("x1")

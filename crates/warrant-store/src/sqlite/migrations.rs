@@ -130,6 +130,13 @@ CREATE TABLE revoked_instances (
 ) STRICT;
 "#,
     ),
+    (
+        4,
+        "task groups",
+        r#"
+ALTER TABLE tasks ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -136,7 +136,7 @@ pub(crate) fn instance(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::
     })
 }
 
-pub(crate) const TASK_COLUMNS: &str = "task, jti, parent, txn, agent, instance, subject, scope, audience, depth, issued_at, expires_at, revoked_at";
+pub(crate) const TASK_COLUMNS: &str = "task, jti, parent, txn, agent, instance, subject, scope, audience, depth, issued_at, expires_at, revoked_at, groups";
 
 pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskRecord> {
     let audience: String = r.get(8)?;
@@ -154,6 +154,7 @@ pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskReco
         issued_at: Timestamp::from_millis(r.get(10)?),
         expires_at: Timestamp::from_millis(r.get(11)?),
         revoked_at: r.get::<_, Option<i64>>(12)?.map(Timestamp::from_millis),
+        groups: serde_json::from_str(&r.get::<_, String>(13)?).map_err(|e| corrupt("groups", e))?,
     })
 }
 

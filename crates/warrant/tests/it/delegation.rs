@@ -775,3 +775,62 @@ fn remembered_tokens_still_meet_revocation_and_disablement() {
     let (s, c, _) = err(&cc(&other));
     assert_eq!((s, c.as_str()), (401, "invalid_client"));
 }
+
+/// The user's groups reach policy at every hop, not only the first: a
+/// sub-delegation is decided with the groups the user issuer asserted when
+/// the chain began.
+#[test]
+fn groups_reach_policy_at_every_depth() {
+    let w = world(4);
+    let b = &w.b;
+    std::fs::write(
+        b.data_dir.join("policies/delegation.cedar"),
+        r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+@id("first-hop")
+permit(principal, action == Action::"token:exchange", resource) when { context.depth == 1 };
+@id("support-delegates")
+permit(principal, action == Action::"token:exchange", resource)
+when { context.depth >= 2 && context.groups.contains("support") };
+"#,
+    )
+    .unwrap();
+    b.cli(&["policy", "reload"]).ok();
+    let (orch, sub) = (identity(b, "orch"), identity(b, "sub"));
+    let hop1 = |user: &str| {
+        let r = exchange(
+            b,
+            w.users[user].as_str().unwrap(),
+            JWT,
+            &orch,
+            &[
+                ("scope", "tickets:read"),
+                ("audience", "https://tickets.example"),
+            ],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    // alice is in `support`: her sub-task may be delegated.
+    let t1 = hop1("alice");
+    let r = exchange(b, &t1, AT, &sub, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t2 = r.json()["access_token"].as_str().unwrap().to_owned();
+    // And again from the child, served from the remembered token.
+    let leaf = identity(b, "leaf");
+    for _ in 0..2 {
+        assert_eq!(exchange(b, &t2, AT, &leaf, &[]).status, 200);
+    }
+    // bob is in `sales` only: the first hop is allowed, the second is not.
+    let t1b = hop1("bob");
+    let (s, c, d) = err(&exchange(b, &t1b, AT, &sub, &[]));
+    assert_eq!((s, c.as_str()), (403, "access_denied"), "{d}");
+
+    // The trace keeps the groups each task was decided with.
+    let txn = jwt_claims(&t1)["txn"].as_str().unwrap().to_owned();
+    let trace = b.cli(&["audit", "trace", &txn, "--output", "json"]).json();
+    for t in trace["tasks"].as_array().unwrap() {
+        assert_eq!(t["groups"], json!(["support"]), "{t}");
+    }
+}
