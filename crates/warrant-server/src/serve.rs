@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -188,46 +188,10 @@ impl Broker {
             tracing::warn!(dir = %policy_dir.display(), "no policies are loaded: every decision is a deny until you write some");
         }
 
-        let socket_path = data_dir.admin_socket();
-        // The data-directory lock is ours, so a socket file left here is stale.
-        let _ = std::fs::remove_file(&socket_path);
-        let admin = UnixListener::bind(&socket_path).map_err(|e| {
-            let hint = if socket_path.as_os_str().len() > 100 {
-                " (Unix socket paths are limited to about 100 bytes; use a shorter --data-dir)"
-            } else {
-                ""
-            };
-            ServeError::Io(format!(
-                "cannot create the admin socket `{}`: {e}{hint}",
-                socket_path.display()
-            ))
-        })?;
-        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |e| {
-                ServeError::Io(format!(
-                    "cannot restrict the admin socket `{}`: {e}",
-                    socket_path.display()
-                ))
-            },
-        )?;
-
-        let agent_path = data_dir.agent_socket();
-        let _ = std::fs::remove_file(&agent_path);
-        let agent = UnixListener::bind(&agent_path).map_err(|e| {
-            ServeError::Io(format!(
-                "cannot create the agent socket `{}`: {e}",
-                agent_path.display()
-            ))
-        })?;
-        // Any local process may connect: who it is comes from the kernel.
-        std::fs::set_permissions(&agent_path, std::fs::Permissions::from_mode(0o666)).map_err(
-            |e| {
-                ServeError::Io(format!(
-                    "cannot open up the agent socket `{}`: {e}",
-                    agent_path.display()
-                ))
-            },
-        )?;
+        let admin = bind_socket(&data_dir.admin_socket(), "admin", 0o600)?;
+        // Any local process may connect to the agent socket: who it is comes
+        // from the kernel.
+        let agent = bind_socket(&data_dir.agent_socket(), "agent", 0o666)?;
 
         let issuer: Arc<str> = match &config.issuer {
             Some(i) => i.as_str().into(),
@@ -243,13 +207,16 @@ impl Broker {
 
         let oidc = crate::attest::oidc::Providers::new(config.trust_providers.clone())
             .map_err(ServeError::Io)?;
-        let attest = Arc::new(crate::attest::AttestService::new(crate::attest::Parts {
+        let common = crate::state::IssuerParts {
             store: store.clone(),
             keys: keys.clone(),
             policy: policy.clone(),
             metrics: metrics.clone(),
             issuer: issuer.clone(),
             trust_domain: config.trust_domain.clone(),
+        };
+        let attest = Arc::new(crate::attest::AttestService::new(crate::attest::Parts {
+            common: common.clone(),
             oidc,
         }));
         let dev = if config.dev {
@@ -265,12 +232,7 @@ impl Broker {
         }
         let tokens = Arc::new(
             crate::token::TokenService::new(crate::token::TokenParts {
-                store: store.clone(),
-                keys: keys.clone(),
-                policy: policy.clone(),
-                metrics: metrics.clone(),
-                issuer: issuer.clone(),
-                trust_domain: config.trust_domain.clone(),
+                common,
                 max_depth: config.max_delegation_depth,
                 user_issuers,
             })
@@ -451,4 +413,28 @@ impl Broker {
         let _ = watcher.await;
         result
     }
+}
+
+/// Binds the Unix socket at `path` (the data-directory lock is ours, so a
+/// socket file left there is stale) and sets its mode.
+fn bind_socket(path: &Path, name: &str, mode: u32) -> Result<UnixListener, ServeError> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(|e| {
+        let hint = if path.as_os_str().len() > 100 {
+            " (Unix socket paths are limited to about 100 bytes; use a shorter --data-dir)"
+        } else {
+            ""
+        };
+        ServeError::Io(format!(
+            "cannot create the {name} socket `{}`: {e}{hint}",
+            path.display()
+        ))
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        ServeError::Io(format!(
+            "cannot set the mode of the {name} socket `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(listener)
 }

@@ -10,6 +10,24 @@ use crate::keys::KeyService;
 use crate::metrics::Metrics;
 use crate::policy::PolicyService;
 
+/// What every issuing service (attestation, tokens) is built from.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)]
+pub struct IssuerParts {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Signing keys.
+    pub keys: Arc<KeyService>,
+    /// Policy.
+    pub policy: Arc<PolicyService>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer URL.
+    pub issuer: Arc<str>,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+}
+
 /// Handles to the broker's services.
 #[derive(Clone)]
 pub struct AppState {

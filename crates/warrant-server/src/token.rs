@@ -218,18 +218,8 @@ impl std::fmt::Debug for TokenService {
 /// What the token service is built from.
 #[allow(missing_debug_implementations)]
 pub struct TokenParts {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Signing keys.
-    pub keys: Arc<KeyService>,
-    /// Policy.
-    pub policy: Arc<PolicyService>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The issuer.
-    pub issuer: Arc<str>,
-    /// The trust domain.
-    pub trust_domain: TrustDomain,
+    /// What every issuing service shares.
+    pub common: crate::state::IssuerParts,
     /// The longest chain.
     pub max_depth: u32,
     /// Trusted user issuers.
@@ -250,18 +240,19 @@ impl TokenService {
     /// Builds the service and loads what is revoked.
     pub async fn new(p: TokenParts) -> Result<Self, String> {
         let users = Providers::new(p.user_issuers.iter().map(|u| u.provider.clone()).collect())?;
-        let (tasks, instances) = p
+        let c = p.common;
+        let (tasks, instances) = c
             .store
             .revoked_state(Timestamp::now())
             .await
             .map_err(|e| e.to_string())?;
         Ok(Self {
-            store: p.store,
-            keys: p.keys,
-            policy: p.policy,
-            metrics: p.metrics,
-            issuer: p.issuer,
-            trust_domain: p.trust_domain,
+            store: c.store,
+            keys: c.keys,
+            policy: c.policy,
+            metrics: c.metrics,
+            issuer: c.issuer,
+            trust_domain: c.trust_domain,
             max_depth: p.max_depth,
             users,
             user_claims: p.user_issuers,

@@ -109,18 +109,8 @@ impl std::fmt::Debug for AttestService {
 /// The parts an attestation needs.
 #[allow(missing_debug_implementations)]
 pub struct Parts {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Signing keys.
-    pub keys: Arc<KeyService>,
-    /// Policy.
-    pub policy: Arc<PolicyService>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The issuer URL.
-    pub issuer: Arc<str>,
-    /// The trust domain.
-    pub trust_domain: TrustDomain,
+    /// What every issuing service shares.
+    pub common: crate::state::IssuerParts,
     /// Trusted OIDC issuers.
     pub oidc: oidc::Providers,
 }
@@ -134,13 +124,14 @@ impl From<crate::random::RandomFailed> for Refusal {
 impl AttestService {
     /// Assembles the service.
     pub fn new(p: Parts) -> Self {
+        let c = p.common;
         Self {
-            store: p.store,
-            keys: p.keys,
-            policy: p.policy,
-            metrics: p.metrics,
-            issuer: p.issuer,
-            trust_domain: p.trust_domain,
+            store: c.store,
+            keys: c.keys,
+            policy: c.policy,
+            metrics: c.metrics,
+            issuer: c.issuer,
+            trust_domain: c.trust_domain,
             oidc: p.oidc,
             exe_hashes: unix::HashCache::default(),
         }

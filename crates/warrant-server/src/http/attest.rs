@@ -66,8 +66,21 @@ fn refusal_response(r: &Refusal, too_large: bool) -> Response {
         .into_response()
 }
 
-fn issued(r: crate::attest::IdentityResponse) -> Response {
-    ([(axum::http::header::CACHE_CONTROL, "no-store")], Json(r)).into_response()
+/// The answer to an attestation: the identity (never cached) or the refusal.
+fn answer(r: Result<crate::attest::IdentityResponse, Refusal>) -> Response {
+    match r {
+        Ok(r) => ([(axum::http::header::CACHE_CONTROL, "no-store")], Json(r)).into_response(),
+        Err(r) => refusal_response(&r, false),
+    }
+}
+
+/// A request from `addr` on the API listener (its audience comes from the body).
+fn remote(addr: SocketAddr) -> Request {
+    Request {
+        source: Some(addr.to_string()),
+        source_ip: Some(addr.ip()),
+        audience: None,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,14 +175,12 @@ async fn identity(
             return refusal_response(&Refusal::Unavailable("attestation failed".into()), false);
         }
     };
-    match state
-        .attest
-        .issue(warrant_core::identity::Evidence::Unix(facts), &req)
-        .await
-    {
-        Ok(r) => issued(r),
-        Err(r) => refusal_response(&r, false),
-    }
+    answer(
+        state
+            .attest
+            .issue(warrant_core::identity::Evidence::Unix(facts), &req)
+            .await,
+    )
 }
 
 /// `POST /v1/attest/oidc`.
@@ -178,11 +189,7 @@ async fn attest_oidc(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut req = Request {
-        source: Some(addr.to_string()),
-        source_ip: Some(addr.ip()),
-        audience: None,
-    };
+    let mut req = remote(addr);
     let b: TokenBody = match parse_body(&state, "oidc", &req, body, None).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -204,10 +211,7 @@ async fn attest_oidc(
             return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);
         }
     };
-    match state.attest.issue(evidence, &req).await {
-        Ok(r) => issued(r),
-        Err(r) => refusal_response(&r, false),
-    }
+    answer(state.attest.issue(evidence, &req).await)
 }
 
 /// `POST /v1/attest/join`.
@@ -216,20 +220,13 @@ async fn attest_join(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut req = Request {
-        source: Some(addr.to_string()),
-        source_ip: Some(addr.ip()),
-        audience: None,
-    };
+    let mut req = remote(addr);
     let b: TokenBody = match parse_body(&state, "join", &req, body, None).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
     req.audience = b.audience;
-    match state.attest.join(&b.token, req).await {
-        Ok(r) => issued(r),
-        Err(r) => refusal_response(&r, false),
-    }
+    answer(state.attest.join(&b.token, req).await)
 }
 
 /// `POST /v1/identity/renew`: a join instance renews with its current
@@ -240,11 +237,7 @@ async fn renew(
     headers: axum::http::HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let mut req = Request {
-        source: Some(addr.to_string()),
-        source_ip: Some(addr.ip()),
-        audience: None,
-    };
+    let mut req = remote(addr);
     let b: IdentityBody =
         match parse_body(&state, "renew", &req, body, Some(IdentityBody::default())).await {
             Ok(b) => b,
@@ -261,10 +254,7 @@ async fn renew(
         );
         return refusal_response(&state.attest.refuse_early("renew", &req, r).await, false);
     };
-    match state.attest.renew(token.trim(), req).await {
-        Ok(r) => issued(r),
-        Err(r) => refusal_response(&r, false),
-    }
+    answer(state.attest.renew(token.trim(), req).await)
 }
 
 /// The agent socket's router.

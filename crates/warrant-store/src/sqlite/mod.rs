@@ -78,6 +78,32 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
 }
 
+/// A unique-constraint failure as `Conflict { what, name }`; anything else as
+/// the store being unavailable.
+fn conflict(what: &'static str, name: &str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let name = name.to_owned();
+    move |e| {
+        if is_unique_violation(&e) {
+            StoreError::Conflict { what, name }
+        } else {
+            db_err(e)
+        }
+    }
+}
+
+/// Every row `sql` returns for `params`, each mapped by `f`.
+fn all_rows<T, P, F>(c: &Connection, sql: &str, params: P, f: F) -> Result<Vec<T>, StoreError>
+where
+    P: rusqlite::Params,
+    F: FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    let mut st = c.prepare_cached(sql).map_err(db_err)?;
+    st.query_map(params, f)
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)
+}
+
 fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreError> {
     conn.prepare_cached(&format!(
         "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -196,13 +222,8 @@ impl SqliteStore {
         let generation = self.agents.begin();
         let all = self
             .read(|c| {
-                let mut st = c
-                    .prepare_cached(&format!("SELECT {} FROM agents", rows::AGENT_COLUMNS))
-                    .map_err(db_err)?;
-                st.query_map([], rows::agent)
-                    .map_err(db_err)?
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(read_err)
+                let sql = format!("SELECT {} FROM agents", rows::AGENT_COLUMNS);
+                all_rows(c, &sql, [], rows::agent)
             })
             .await?;
         Ok(self.agents.install(generation, all))
@@ -269,16 +290,7 @@ impl Store for SqliteStore {
                         agent.updated_at.as_millis(),
                     ])
                 })
-                .map_err(|e| {
-                    if is_unique_violation(&e) {
-                        StoreError::Conflict {
-                            what: "agent",
-                            name: agent.name.to_string(),
-                        }
-                    } else {
-                        db_err(e)
-                    }
-                })?;
+                .map_err(conflict("agent", agent.name.as_str()))?;
             ctx.append(audit)?;
             Ok(agent)
         })
@@ -396,16 +408,7 @@ impl Store for SqliteStore {
                             key.activates_at.as_millis()
                         ],
                     )
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Conflict {
-                                what: "signing key",
-                                name: key.kid.clone(),
-                            }
-                        } else {
-                            db_err(e)
-                        }
-                    })?;
+                    .map_err(conflict("signing key", &key.kid))?;
                 ctx.append(audit)?;
                 Ok(())
             })
@@ -414,16 +417,11 @@ impl Store for SqliteStore {
 
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {} FROM signing_keys ORDER BY activates_at, created_at",
-                    rows::KEY_COLUMNS
-                ))
-                .map_err(db_err)?;
-            st.query_map([], rows::signing_key)
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err)
+            let sql = format!(
+                "SELECT {} FROM signing_keys ORDER BY activates_at, created_at",
+                rows::KEY_COLUMNS
+            );
+            all_rows(c, &sql, [], rows::signing_key)
         })
         .await
     }
@@ -452,16 +450,7 @@ impl Store for SqliteStore {
                             token.revoked_at.map(Timestamp::as_millis),
                         ],
                     )
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Conflict {
-                                what: "admin token",
-                                name: token.id.clone(),
-                            }
-                        } else {
-                            db_err(e)
-                        }
-                    })?;
+                    .map_err(conflict("admin token", &token.id))?;
                 ctx.append(audit)?;
                 Ok(())
             })
@@ -490,16 +479,11 @@ impl Store for SqliteStore {
 
     async fn list_admin_tokens(&self) -> Result<Vec<AdminTokenRecord>, StoreError> {
         self.read(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {} FROM admin_tokens ORDER BY created_at DESC, id",
-                    rows::TOKEN_COLUMNS
-                ))
-                .map_err(db_err)?;
-            st.query_map([], rows::admin_token)
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err)
+            let sql = format!(
+                "SELECT {} FROM admin_tokens ORDER BY created_at DESC, id",
+                rows::TOKEN_COLUMNS
+            );
+            all_rows(c, &sql, [], rows::admin_token)
         })
         .await
     }
@@ -545,33 +529,23 @@ impl Store for SqliteStore {
     async fn list_instances(&self, agent: &AgentName) -> Result<Vec<Instance>, StoreError> {
         let agent = agent.to_string();
         self.read(move |c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {} FROM instances WHERE agent = ?1 ORDER BY last_seen DESC, id",
-                    rows::INSTANCE_COLUMNS
-                ))
-                .map_err(db_err)?;
-            st.query_map([agent], rows::instance)
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err)
+            let sql = format!(
+                "SELECT {} FROM instances WHERE agent = ?1 ORDER BY last_seen DESC, id",
+                rows::INSTANCE_COLUMNS
+            );
+            all_rows(c, &sql, [agent], rows::instance)
         })
         .await
     }
 
     async fn live_instances(&self, now: Timestamp) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(move |c| {
-            let mut st = c
-                .prepare(
-                    "SELECT agent, count(*) FROM instances WHERE expires_at > ?1 GROUP BY agent ORDER BY agent",
-                )
-                .map_err(db_err)?;
-            st.query_map([now.as_millis()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs()))
-            })
-            .map_err(db_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(read_err)
+            all_rows(
+                c,
+                "SELECT agent, count(*) FROM instances WHERE expires_at > ?1 GROUP BY agent ORDER BY agent",
+                [now.as_millis()],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.unsigned_abs())),
+            )
         })
         .await
     }
@@ -599,16 +573,7 @@ impl Store for SqliteStore {
                             token.redeemed_at.map(Timestamp::as_millis),
                         ],
                     )
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Conflict {
-                                what: "join token",
-                                name: token.id.clone(),
-                            }
-                        } else {
-                            db_err(e)
-                        }
-                    })?;
+                    .map_err(conflict("join token", &token.id))?;
                 ctx.append(audit)?;
                 Ok(())
             })
@@ -713,13 +678,7 @@ impl Store for SqliteStore {
                             serde_json::to_string(&t.groups).unwrap_or_else(|_| "[]".into()),
                         ])
                     })
-                    .map_err(|e| {
-                        if is_unique_violation(&e) {
-                            StoreError::Conflict { what: "task", name: t.task.clone() }
-                        } else {
-                            db_err(e)
-                        }
-                    })?;
+                    .map_err(conflict("task", &t.task))?;
                 ctx.append(audit)?;
                 Ok(())
             })
@@ -743,16 +702,11 @@ impl Store for SqliteStore {
     async fn tasks_of_txn(&self, txn: &str) -> Result<Vec<TaskRecord>, StoreError> {
         let txn = txn.to_owned();
         self.read(move |c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {} FROM tasks WHERE txn = ?1 ORDER BY issued_at, task",
-                    rows::TASK_COLUMNS
-                ))
-                .map_err(db_err)?;
-            st.query_map([txn], rows::task)
-                .map_err(db_err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err)
+            let sql = format!(
+                "SELECT {} FROM tasks WHERE txn = ?1 ORDER BY issued_at, task",
+                rows::TASK_COLUMNS
+            );
+            all_rows(c, &sql, [txn], rows::task)
         })
         .await
     }
@@ -776,13 +730,7 @@ impl Store for SqliteStore {
                      UNION SELECT t.task FROM tasks t JOIN tree ON t.parent = tree.task) \
                      SELECT task FROM tree"
                 );
-                let all: Vec<String> = {
-                    let mut st = ctx.conn.prepare(&sql).map_err(db_err)?;
-                    st.query_map([key], |r| r.get(0))
-                        .map_err(db_err)?
-                        .collect::<Result<_, _>>()
-                        .map_err(db_err)?
-                };
+                let all: Vec<String> = all_rows(ctx.conn, &sql, [key], |r| r.get(0))?;
                 let mut revoked = Vec::new();
                 {
                     let mut st = ctx
@@ -837,26 +785,15 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<(Vec<String>, Vec<String>), StoreError> {
         self.read(move |c| {
-            let tasks = {
-                let mut st = c
-                    .prepare(
-                        "SELECT task FROM tasks WHERE revoked_at IS NOT NULL AND expires_at > ?1",
-                    )
-                    .map_err(db_err)?;
-                st.query_map([now.as_millis()], |r| r.get(0))
-                    .map_err(db_err)?
-                    .collect::<Result<Vec<String>, _>>()
-                    .map_err(db_err)?
-            };
-            let instances = {
-                let mut st = c
-                    .prepare("SELECT instance FROM revoked_instances")
-                    .map_err(db_err)?;
-                st.query_map([], |r| r.get(0))
-                    .map_err(db_err)?
-                    .collect::<Result<Vec<String>, _>>()
-                    .map_err(db_err)?
-            };
+            let tasks = all_rows(
+                c,
+                "SELECT task FROM tasks WHERE revoked_at IS NOT NULL AND expires_at > ?1",
+                [now.as_millis()],
+                |r| r.get(0),
+            )?;
+            let instances = all_rows(c, "SELECT instance FROM revoked_instances", [], |r| {
+                r.get(0)
+            })?;
             Ok((tasks, instances))
         })
         .await
@@ -989,11 +926,7 @@ fn query_audit(
     let collect = |sql: &str,
                    p: &[&dyn rusqlite::ToSql]|
      -> Result<Vec<warrant_core::audit::StoredRow>, StoreError> {
-        let mut st = c.prepare_cached(sql).map_err(db_err)?;
-        st.query_map(p, rows::audit_row)
-            .map_err(db_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(read_err)
+        all_rows(c, sql, p, rows::audit_row)
     };
     let mut out = collect(
         &format!(
