@@ -315,3 +315,61 @@ pub struct CreatedDevUserToken {
     /// Expiry.
     pub expires_at: Timestamp,
 }
+
+/// `POST /admin/v1/secrets` (put) and `POST /admin/v1/secrets/{name}/rotate`.
+/// Deserialize only: the value is a [`SecretValue`](crate::secret::SecretValue),
+/// which never serialises; the CLI writes this body by hand.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    /// The name (ignored on rotate, where the path names it).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The user it belongs to, for per-user credentials.
+    #[serde(default)]
+    pub for_user: Option<String>,
+    /// What it is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The value.
+    pub value: crate::secret::SecretValue,
+}
+
+/// A stored secret as the admin API shows it: never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretInfo {
+    /// The name.
+    pub name: String,
+    /// The user it belongs to; absent for a shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// The current version.
+    pub version: u32,
+    /// What it is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Who stored it.
+    pub created_by: String,
+    /// When the first version was stored.
+    pub created_at: Timestamp,
+    /// When the current version was stored.
+    pub updated_at: Timestamp,
+    /// When a request last used it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl From<&crate::secret::SecretRecord> for SecretInfo {
+    fn from(s: &crate::secret::SecretRecord) -> Self {
+        Self {
+            name: s.name.to_string(),
+            owner: s.owner.clone(),
+            version: s.version,
+            description: s.description.clone(),
+            created_by: s.created_by.clone(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            last_used_at: s.last_used_at,
+        }
+    }
+}

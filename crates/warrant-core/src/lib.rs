@@ -59,6 +59,7 @@ pub mod decision;
 pub mod identity;
 pub mod keys;
 pub mod name;
+pub mod secret;
 pub mod selector;
 pub mod task;
 pub mod text;

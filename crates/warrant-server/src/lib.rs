@@ -18,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod policy;
 pub mod random;
+pub mod secrets;
 pub mod serve;
 pub mod state;
 pub mod token;

@@ -161,6 +161,10 @@ impl Broker {
             SqliteOptions::default(),
         )?);
         let metrics = Arc::new(Metrics::new());
+        let secrets = Arc::new(crate::secrets::SecretService::new(
+            store.clone(),
+            kek.clone(),
+        ));
         let keys = Arc::new(KeyService::bootstrap(store.clone(), kek, config.signing_alg).await?);
 
         let policy_dir = config.policy_dir.clone();
@@ -240,6 +244,7 @@ impl Broker {
             .map_err(ServeError::Io)?,
         );
         let state = AppState {
+            secrets,
             dev,
             tokens,
             store,
@@ -354,7 +359,23 @@ impl Broker {
         })?;
         tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), agent_socket = %data_dir.agent_socket().display(), issuer = %state.issuer, "warrant is ready");
 
+        // Last-use times of secrets are gathered in memory and written in
+        // batches: a proxied request never waits for them.
+        let flusher = {
+            let (secrets, t) = (state.secrets.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(crate::secrets::CACHE_TTL);
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => secrets.flush_used().await,
+                        () = t.cancelled() => break,
+                    }
+                }
+            })
+        };
+
         shutdown.cancelled().await;
+        let _ = flusher.await;
         tracing::info!("shutting down: draining connections");
         let drain = async {
             let _ = api_task.await;
@@ -368,6 +389,7 @@ impl Broker {
         {
             tracing::warn!("connections still open after 10s; closing anyway");
         }
+        state.secrets.flush_used().await;
         let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
         if let Err(e) = state.store.append_audit(stop).await {
             tracing::error!(error = %e, "could not record the stop in the audit trail");

@@ -21,6 +21,7 @@ use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::identity::{Attestor, Evidence, Instance, JoinTokenRecord};
 use warrant_core::keys::{Alg, SigningKeyRecord};
 use warrant_core::name::{AgentName, EnvName};
+use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::selector::SelectorSet;
 use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::text::{Owner, Purpose};
@@ -60,7 +61,8 @@ macro_rules! conformance_tests {
             audit_failure_fails_closed,
             audit_tampering_is_detected,
             data_and_chain_survive_reopen,
-            a_failing_job_does_not_poison_its_batch
+            a_failing_job_does_not_poison_its_batch,
+            secrets_round_trip_and_rotate_by_version
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -877,4 +879,96 @@ pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixt
             .status,
         AgentStatus::Disabled
     );
+}
+
+fn secret(name: &str, owner: Option<&str>, version: u32, blob: u8) -> SecretRecord {
+    SecretRecord {
+        name: SecretName::new(name).unwrap(),
+        owner: owner.map(str::to_owned),
+        version,
+        description: Some("d".into()),
+        wrapped_key: vec![blob; 4],
+        ciphertext: vec![blob; 8],
+        created_by: "test".into(),
+        created_at: Timestamp::from_millis(1_000),
+        updated_at: Timestamp::from_millis(1_000 * i64::from(version)),
+        last_used_at: None,
+    }
+}
+
+pub async fn secrets_round_trip_and_rotate_by_version(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let name = SecretName::new("openai-key").unwrap();
+    s.create_secret(secret("openai-key", None, 1, 1), ev("secret.put", "x"))
+        .await
+        .unwrap();
+    s.create_secret(
+        secret("openai-key", Some("alice"), 1, 2),
+        ev("secret.put", "x"),
+    )
+    .await
+    .unwrap();
+    let before = audit_count(&s).await;
+    let dup = s
+        .create_secret(secret("openai-key", None, 1, 3), ev("secret.put", "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict { .. }), "{dup:?}");
+    assert_eq!(
+        audit_count(&s).await,
+        before,
+        "a refused write leaves no record"
+    );
+    let shared = s.get_secret(&name, None).await.unwrap().unwrap();
+    assert_eq!((shared.version, shared.ciphertext[0]), (1, 1));
+    let alice = s.get_secret(&name, Some("alice")).await.unwrap().unwrap();
+    assert_eq!((alice.version, alice.ciphertext[0]), (1, 2));
+    assert!(s.get_secret(&name, Some("bob")).await.unwrap().is_none());
+
+    // A rotation names the version it replaces; a stale one loses.
+    s.rotate_secret(secret("openai-key", None, 2, 4), ev("secret.rotate", "x"))
+        .await
+        .unwrap();
+    let stale = s
+        .rotate_secret(secret("openai-key", None, 2, 5), ev("secret.rotate", "x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StoreError::Conflict { .. }), "{stale:?}");
+    let missing = s
+        .rotate_secret(secret("nope", None, 2, 5), ev("secret.rotate", "x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, StoreError::NotFound { .. }),
+        "{missing:?}"
+    );
+    let now = s.get_secret(&name, None).await.unwrap().unwrap();
+    assert_eq!((now.version, now.ciphertext[0]), (2, 4));
+    assert_eq!(
+        now.created_at,
+        Timestamp::from_millis(1_000),
+        "first version's time kept"
+    );
+
+    s.touch_secrets(vec![(name.clone(), None, Timestamp::from_millis(9_000))])
+        .await
+        .unwrap();
+    let listed = s.list_secrets().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].owner, None, "shared before per-user");
+    assert_eq!(listed[0].last_used_at, Some(Timestamp::from_millis(9_000)));
+    assert_eq!(listed[1].last_used_at, None);
+
+    let gone = s
+        .delete_secret(&name, Some("alice"), ev("secret.delete", "x"))
+        .await
+        .unwrap();
+    assert_eq!(gone.owner.as_deref(), Some("alice"));
+    assert!(matches!(
+        s.delete_secret(&name, Some("alice"), ev("secret.delete", "x"))
+            .await
+            .unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+    assert_eq!(s.list_secrets().await.unwrap().len(), 1);
 }

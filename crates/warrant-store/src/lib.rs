@@ -22,6 +22,7 @@ use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::name::AgentName;
+use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::time::Timestamp;
 
@@ -166,6 +167,44 @@ pub trait Store: Send + Sync + 'static {
     /// tasks, and blocked instances. Loaded into memory at start.
     async fn revoked_state(&self, now: Timestamp)
     -> Result<(Vec<String>, Vec<String>), StoreError>;
+
+    /// Stores the first version of a secret with its audit record.
+    /// `Conflict` if `name` already exists for that owner.
+    async fn create_secret(
+        &self,
+        secret: SecretRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Replaces a secret's sealed value with the next version, if its stored
+    /// version is still `secret.version - 1` (`Conflict` if another rotation
+    /// won, `NotFound` if there is no such secret). The old version's sealed
+    /// value is overwritten, so it cannot be recovered from the store.
+    async fn rotate_secret(
+        &self,
+        secret: SecretRecord,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Deletes a secret (every version). `NotFound` if there is none.
+    async fn delete_secret(
+        &self,
+        name: &SecretName,
+        owner: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<SecretRecord, StoreError>;
+    /// One secret, sealed.
+    async fn get_secret(
+        &self,
+        name: &SecretName,
+        owner: Option<&str>,
+    ) -> Result<Option<SecretRecord>, StoreError>;
+    /// Every secret, sealed, by name then owner.
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError>;
+    /// Records when secrets were last used (not audited: each use is
+    /// already recorded by the request that used it).
+    async fn touch_secrets(
+        &self,
+        used: Vec<(SecretName, Option<String>, Timestamp)>,
+    ) -> Result<(), StoreError>;
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;

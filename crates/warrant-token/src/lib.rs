@@ -8,12 +8,16 @@
 //! A key's lifecycle is a pure function of its timestamps and of the keys that
 //! follow it (see [`KeySet`]), so every broker sharing a store agrees on which
 //! key signs and which are published without coordinating.
+//!
+//! [`secret`] seals stored secrets (API keys for the egress proxy) the same
+//! way: a fresh data key per version, wrapped by the KEK.
 
 mod cache;
 mod error;
 pub mod jwt;
 mod kek;
 mod keyset;
+pub mod secret;
 
 pub use cache::VerifiedCache;
 pub use error::KeyError;

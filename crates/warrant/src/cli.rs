@@ -51,6 +51,9 @@ pub enum Command {
     /// Manage admin bearer tokens for the HTTP admin API.
     #[command(subcommand, name = "admin-token")]
     AdminToken(AdminTokenCmd),
+    /// Store the upstream credentials the egress proxy injects (values go in, never out).
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -225,6 +228,50 @@ pub enum KeysCmd {
         /// How long to publish the key before it signs, so relying parties' JWKS caches pick it up [default: 5m]
         #[arg(long, value_name = "DURATION")]
         activate_in: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SecretValueArgs {
+    /// The user this secret belongs to (per-user credentials; a route with a
+    /// `per_user_secret` credential picks it by the task token's user).
+    #[arg(long, value_name = "USER")]
+    pub for_user: Option<String>,
+    /// Read the value from this file instead of standard input.
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<PathBuf>,
+    /// What the secret is for.
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCmd {
+    /// Store a new secret; the value comes from standard input or --from-file
+    /// (one trailing newline is removed).
+    Put {
+        /// The secret's name, as routes name it (e.g. `openai-key`).
+        name: String,
+        #[command(flatten)]
+        value: SecretValueArgs,
+    },
+    /// List secrets: names, versions, owners, when stored and last used; never values.
+    List,
+    /// Replace a secret's value (a new version under a fresh data key; the
+    /// old value is overwritten); the value comes as for `put`.
+    Rotate {
+        /// The secret's name.
+        name: String,
+        #[command(flatten)]
+        value: SecretValueArgs,
+    },
+    /// Delete a secret.
+    Delete {
+        /// The secret's name.
+        name: String,
+        /// The user it belongs to, for a per-user secret.
+        #[arg(long, value_name = "USER")]
+        for_user: Option<String>,
     },
 }
 

@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/policy", get(policy_status_handler))
         .route("/policy/reload", post(reload_policy))
         .route("/policy/check", post(check_policy))
+        .merge(super::secrets::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see `warrant --help`") })
         .with_state(state)
 }
@@ -65,7 +66,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Records a refused or failed attempt, then returns the error. If the trail
 /// itself is down, the answer says so instead.
-async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
+pub(super) async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
     if err.code == "audit_unavailable" {
         state.metrics.audit_write_failures.inc();
         return err;

@@ -15,6 +15,7 @@ pub mod edge;
 pub mod error;
 pub mod oauth;
 pub mod public;
+pub mod secrets;
 
 use axum::Router;
 

@@ -137,6 +137,28 @@ CREATE TABLE revoked_instances (
 ALTER TABLE tasks ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
 "#,
     ),
+    (
+        5,
+        "secrets",
+        r#"
+-- One row per (name, owner): the current version only. A rotation overwrites
+-- the sealed value, so an old key cannot be recovered from the database.
+-- owner '' is a shared secret; otherwise the user it belongs to.
+CREATE TABLE secrets (
+  name          TEXT NOT NULL,
+  owner         TEXT NOT NULL,
+  version       INTEGER NOT NULL,
+  description   TEXT,
+  wrapped_key   BLOB NOT NULL,
+  ciphertext    BLOB NOT NULL,
+  created_by    TEXT NOT NULL,
+  created_at    INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL,
+  last_used_at  INTEGER,
+  PRIMARY KEY (name, owner)
+) STRICT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -22,6 +22,7 @@ use warrant_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::name::AgentName;
+use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::time::Timestamp;
 
@@ -797,6 +798,181 @@ impl Store for SqliteStore {
             Ok((tasks, instances))
         })
         .await
+    }
+
+    async fn create_secret(&self, s: SecretRecord, audit: AuditEvent) -> Result<(), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let shown = s.credential_id();
+                ctx.conn
+                    .prepare_cached(&format!(
+                        "INSERT INTO secrets ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        rows::SECRET_COLUMNS
+                    ))
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            s.name.as_str(),
+                            s.owner.as_deref().unwrap_or(""),
+                            s.version,
+                            s.description,
+                            s.wrapped_key,
+                            s.ciphertext,
+                            s.created_by,
+                            s.created_at.as_millis(),
+                            s.updated_at.as_millis(),
+                            s.last_used_at.map(Timestamp::as_millis),
+                        ])
+                    })
+                    .map_err(conflict("secret", &shown))?;
+                ctx.append(audit)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn rotate_secret(&self, s: SecretRecord, audit: AuditEvent) -> Result<(), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let owner = s.owner.as_deref().unwrap_or("");
+                let changed = ctx
+                    .conn
+                    .execute(
+                        "UPDATE secrets SET version = ?3, wrapped_key = ?4, ciphertext = ?5, updated_at = ?6, \
+                         description = coalesce(?7, description) \
+                         WHERE name = ?1 AND owner = ?2 AND version = ?3 - 1",
+                        params![
+                            s.name.as_str(),
+                            owner,
+                            s.version,
+                            s.wrapped_key,
+                            s.ciphertext,
+                            s.updated_at.as_millis(),
+                            s.description,
+                        ],
+                    )
+                    .map_err(db_err)?;
+                if changed == 0 {
+                    let exists: Option<i64> = ctx
+                        .conn
+                        .query_row(
+                            "SELECT version FROM secrets WHERE name = ?1 AND owner = ?2",
+                            params![s.name.as_str(), owner],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(read_err)?;
+                    return Err(match exists {
+                        Some(_) => StoreError::Conflict {
+                            what: "secret version",
+                            name: s.credential_id(),
+                        },
+                        None => StoreError::NotFound {
+                            what: "secret",
+                            name: s.name.to_string(),
+                        },
+                    });
+                }
+                ctx.append(audit)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn delete_secret(
+        &self,
+        name: &SecretName,
+        owner: Option<&str>,
+        audit: AuditEvent,
+    ) -> Result<SecretRecord, StoreError> {
+        let (name, owner) = (name.clone(), owner.unwrap_or("").to_owned());
+        self.writer
+            .submit(move |ctx| {
+                let found = ctx
+                    .conn
+                    .query_row(
+                        &format!(
+                            "SELECT {} FROM secrets WHERE name = ?1 AND owner = ?2",
+                            rows::SECRET_COLUMNS
+                        ),
+                        params![name.as_str(), owner],
+                        rows::secret,
+                    )
+                    .optional()
+                    .map_err(read_err)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "secret",
+                        name: name.to_string(),
+                    })?;
+                ctx.conn
+                    .execute(
+                        "DELETE FROM secrets WHERE name = ?1 AND owner = ?2",
+                        params![name.as_str(), owner],
+                    )
+                    .map_err(db_err)?;
+                ctx.append(audit)?;
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn get_secret(
+        &self,
+        name: &SecretName,
+        owner: Option<&str>,
+    ) -> Result<Option<SecretRecord>, StoreError> {
+        let (name, owner) = (name.clone(), owner.unwrap_or("").to_owned());
+        self.read(move |c| {
+            c.prepare_cached(&format!(
+                "SELECT {} FROM secrets WHERE name = ?1 AND owner = ?2",
+                rows::SECRET_COLUMNS
+            ))
+            .and_then(|mut st| {
+                st.query_row(params![name.as_str(), owner], rows::secret)
+                    .optional()
+            })
+            .map_err(read_err)
+        })
+        .await
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
+        self.read(|c| {
+            let sql = format!(
+                "SELECT {} FROM secrets ORDER BY name, owner",
+                rows::SECRET_COLUMNS
+            );
+            all_rows(c, &sql, [], rows::secret)
+        })
+        .await
+    }
+
+    async fn touch_secrets(
+        &self,
+        used: Vec<(SecretName, Option<String>, Timestamp)>,
+    ) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .submit(move |ctx| {
+                let mut st = ctx
+                    .conn
+                    .prepare_cached(
+                        "UPDATE secrets SET last_used_at = max(coalesce(last_used_at, 0), ?3) \
+                         WHERE name = ?1 AND owner = ?2",
+                    )
+                    .map_err(db_err)?;
+                for (name, owner, at) in &used {
+                    st.execute(params![
+                        name.as_str(),
+                        owner.as_deref().unwrap_or(""),
+                        at.as_millis()
+                    ])
+                    .map_err(db_err)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {

@@ -175,3 +175,22 @@ pub(crate) fn join_token(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity
         redeemed_at: r.get::<_, Option<i64>>(6)?.map(Timestamp::from_millis),
     })
 }
+
+pub(crate) const SECRET_COLUMNS: &str = "name, owner, version, description, wrapped_key, ciphertext, created_by, created_at, updated_at, last_used_at";
+
+pub(crate) fn secret(r: &Row<'_>) -> rusqlite::Result<warrant_core::secret::SecretRecord> {
+    let owner: String = r.get(1)?;
+    Ok(warrant_core::secret::SecretRecord {
+        name: warrant_core::secret::SecretName::new(r.get::<_, String>(0)?)
+            .map_err(|e| corrupt("secret name", e))?,
+        owner: (!owner.is_empty()).then_some(owner),
+        version: u32::try_from(r.get::<_, i64>(2)?).map_err(|e| corrupt("version", e))?,
+        description: r.get(3)?,
+        wrapped_key: r.get(4)?,
+        ciphertext: r.get(5)?,
+        created_by: r.get(6)?,
+        created_at: Timestamp::from_millis(r.get(7)?),
+        updated_at: Timestamp::from_millis(r.get(8)?),
+        last_used_at: r.get::<_, Option<i64>>(9)?.map(Timestamp::from_millis),
+    })
+}

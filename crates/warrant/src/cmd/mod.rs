@@ -7,6 +7,7 @@ mod dev;
 mod keys;
 mod policy;
 mod revoke;
+mod secret;
 mod serve;
 
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(c) => agent::run(&cli, client(&cli)?, c).await,
         Command::Keys(c) => keys::run(&cli, client(&cli)?, c).await,
         Command::AdminToken(c) => admin_token::run(&cli, client(&cli)?, c).await,
+        Command::Secret(c) => secret::run(&cli, client(&cli)?, c).await,
         Command::Audit(c) => audit::run(&cli, client(&cli)?, c).await,
         Command::Policy(c) => policy::run(&cli, c).await,
         Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,
