@@ -213,6 +213,10 @@ pub struct TaskRecord {
     /// inherited by every descendant, so policy sees them at any depth.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// How the acting instance was attested (`unix`, `oidc`, `join`), so a
+    /// policy at the edge sees `context.attestor` without another read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestor: Option<String>,
 }
 
 /// What to revoke.

@@ -51,6 +51,12 @@ pub struct RawConfig {
     /// Identity providers whose user tokens agents may exchange.
     #[serde(default)]
     pub user_issuer: Vec<RawUserIssuer>,
+    /// Egress proxy routes.
+    #[serde(default)]
+    pub route: Vec<crate::proxy::route::RawRoute>,
+    /// `Host` values (`name:port`) the edge listener answers to, besides its
+    /// own address and `localhost`.
+    pub edge_hosts: Option<Vec<String>>,
 }
 
 /// One `[[user_issuer]]` table as written.
@@ -175,6 +181,10 @@ pub struct Config {
     pub trust_providers: Vec<crate::attest::oidc::TrustProvider>,
     /// Trusted user issuers.
     pub user_issuers: Vec<UserIssuer>,
+    /// Egress proxy routes.
+    pub routes: Vec<crate::proxy::route::Route>,
+    /// Extra `Host` values the edge answers to.
+    pub edge_hosts: Vec<String>,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -387,6 +397,40 @@ impl Config {
 
         let trust_providers = trust_providers(&layer, raw.trust_provider)?;
         let user_issuers = user_issuers(&layer, raw.user_issuer)?;
+        let file_name = layer
+            .file
+            .map_or("the config".into(), |f| f.display().to_string());
+        let mut routes: Vec<crate::proxy::route::Route> = Vec::new();
+        for (i, r) in raw.route.into_iter().enumerate() {
+            let origin = format!("[[route]] #{} in {file_name}", i + 1);
+            let built =
+                r.build(|p| layer.file_path(p))
+                    .map_err(|message| ConfigError::Invalid {
+                        key: "route",
+                        origin: origin.clone(),
+                        message,
+                    })?;
+            if routes.iter().any(|o| o.name == built.name) {
+                return Err(ConfigError::Invalid {
+                    key: "route",
+                    origin,
+                    message: format!("name `{}` is used twice", built.name),
+                });
+            }
+            routes.push(built);
+        }
+        let edge_hosts = raw.edge_hosts.unwrap_or_default();
+        if let Some(bad) = edge_hosts.iter().find(|h| {
+            h.is_empty()
+                || h.contains('/')
+                || h.chars().any(|c| c.is_whitespace() || c.is_control())
+        }) {
+            return Err(ConfigError::Invalid {
+                key: "edge_hosts",
+                origin: format!("config file `{file_name}`"),
+                message: format!("`{}` is not a host[:port]", bad.escape_debug()),
+            });
+        }
 
         Ok(Self {
             data_dir,
@@ -399,6 +443,8 @@ impl Config {
             signing_alg,
             trust_providers,
             user_issuers,
+            routes,
+            edge_hosts,
             dev: false,
             config_file: settings.config.clone(),
             kek: None,

@@ -17,6 +17,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod random;
 pub mod secrets;
 pub mod serve;

@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of a policy decision.
@@ -60,6 +61,31 @@ pub struct GrantLabels {
     pub outcome: String,
 }
 
+/// Labels of a proxied request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    /// The route (`-` when none matched).
+    pub route: String,
+    /// `forwarded`, or why not (`invalid_token`, `access_denied`, ...).
+    pub decision: String,
+}
+
+/// A route label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route.
+    pub route: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~26 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00005, 2.0, 20,
+    ))
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
 /// An agent label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentLabels {
@@ -104,6 +130,12 @@ pub struct Metrics {
     pub token_grants: Family<GrantLabels, Counter>,
     /// Tasks revoked.
     pub tasks_revoked: Counter,
+    /// Proxied requests by route and decision.
+    pub proxy_requests: Family<ProxyLabels, Counter>,
+    /// Upstream latency to response headers, by route.
+    pub proxy_upstream_seconds: HistogramFamily,
+    /// Time the proxy adds (before forwarding and after the upstream's headers), by route.
+    pub proxy_added_seconds: HistogramFamily,
 }
 
 impl Default for Metrics {
@@ -137,6 +169,9 @@ impl Metrics {
             live_instances: Family::default(),
             token_grants: Family::default(),
             tasks_revoked: Counter::default(),
+            proxy_requests: Family::default(),
+            proxy_upstream_seconds: Family::new_with_constructor(latency_histogram),
+            proxy_added_seconds: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
         };
         registry.register(
@@ -204,6 +239,21 @@ impl Metrics {
             "Tasks revoked, descendants included",
             m.tasks_revoked.clone(),
         );
+        registry.register(
+            "warrant_proxy_requests",
+            "Egress proxy requests by route and decision",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "warrant_proxy_upstream_seconds",
+            "Egress proxy: upstream latency to response headers",
+            m.proxy_upstream_seconds.clone(),
+        );
+        registry.register(
+            "warrant_proxy_added_seconds",
+            "Egress proxy: latency the proxy adds (checks, credential, forwarding)",
+            m.proxy_added_seconds.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -235,6 +285,34 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a proxied request.
+    pub fn proxy_request(&self, route: &str, decision: &str) {
+        self.proxy_requests
+            .get_or_create(&ProxyLabels {
+                route: route.to_owned(),
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Observes an upstream latency.
+    pub fn proxy_upstream(&self, route: &str, secs: f64) {
+        self.proxy_upstream_seconds
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(secs);
+    }
+
+    /// Observes the latency the proxy added.
+    pub fn proxy_added(&self, route: &str, secs: f64) {
+        self.proxy_added_seconds
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
+            .observe(secs);
     }
 
     /// The Prometheus text exposition.

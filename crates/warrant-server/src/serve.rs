@@ -243,7 +243,41 @@ impl Broker {
             .await
             .map_err(ServeError::Io)?,
         );
+        let mut edge_hosts = config.edge_hosts.clone();
+        let port = edge_addr.port();
+        edge_hosts.extend([edge_addr.to_string(), format!("localhost:{port}")]);
+        if edge_addr.ip().is_unspecified() {
+            edge_hosts.extend([format!("127.0.0.1:{port}"), format!("[::1]:{port}")]);
+            if config.edge_hosts.is_empty() {
+                tracing::warn!(
+                    "the edge listens on every interface but only answers requests whose Host is a loopback address; list the names agents use in `edge_hosts`"
+                );
+            }
+        }
+        if port == 80 {
+            edge_hosts.push("localhost".into());
+            edge_hosts.push(edge_addr.ip().to_string());
+        }
+        let proxy = Arc::new(
+            crate::proxy::ProxyService::new(crate::proxy::ProxyParts {
+                routes: config.routes.clone(),
+                tokens: tokens.clone(),
+                policy: policy.clone(),
+                secrets: secrets.clone(),
+                keys: keys.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                issuer: issuer.clone(),
+                edge_hosts,
+                edge_url: format!("http://{edge_addr}"),
+            })
+            .map_err(ServeError::Io)?,
+        );
+        for r in &config.routes {
+            tracing::info!(route = %r.name, upstream = %r.upstream.as_url(), credential = r.credential.kind(), "egress route");
+        }
         let state = AppState {
+            proxy,
             secrets,
             dev,
             tokens,
@@ -313,7 +347,8 @@ impl Broker {
             .into_make_service_with_connect_info::<SocketAddr>();
         let socket_app = crate::http::socket_router(state.clone())
             .into_make_service_with_connect_info::<SocketPeer>();
-        let edge_app = crate::http::edge::router();
+        let edge_app = crate::http::edge::router(state.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
 
         let t = shutdown.clone();
         let api_task = tokio::spawn(async move {

@@ -169,6 +169,31 @@ struct Subject {
     may_act: Option<Value>,
 }
 
+/// A task token checked for one use at the edge.
+#[derive(Debug, Clone)]
+pub struct TaskUse {
+    /// What the token says.
+    pub claims: TaskClaims,
+    /// The acting agent, as the inventory has it now.
+    pub agent: Agent,
+    /// The acting instance.
+    pub instance: String,
+    /// How that instance was attested.
+    pub attestor: String,
+    /// The user's groups (empty when the agent acts for itself).
+    pub groups: Vec<String>,
+}
+
+/// Why a task token is not accepted at the edge.
+#[derive(Debug, Clone)]
+pub enum UseError {
+    /// Missing, malformed, forged, expired, revoked, for another audience:
+    /// a 401 saying which.
+    Invalid(String),
+    /// The store could not be read.
+    Unavailable,
+}
+
 /// The token service.
 pub struct TokenService {
     store: Arc<dyn Store>,
@@ -204,9 +229,16 @@ struct CheckedTask {
     claims: TaskClaims,
     /// Every claim as signed, for introspection.
     raw: Map<String, Value>,
-    /// The user's groups, from the task's record: read once, on first use as
-    /// a subject (a task's groups never change).
-    groups: std::sync::OnceLock<Vec<String>>,
+    /// What the task's record adds (groups, attestor): read once, on first
+    /// use as a subject or at the edge (neither ever changes).
+    facts: std::sync::OnceLock<TaskFacts>,
+}
+
+/// What a task's record says beyond its token.
+#[derive(Debug, Clone)]
+struct TaskFacts {
+    groups: Vec<String>,
+    attestor: String,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -438,19 +470,115 @@ impl TokenService {
 
     /// The user's groups a task carries (asserted at its first hop).
     async fn task_groups(&self, t: &CheckedTask) -> Result<Vec<String>, OAuthError> {
-        if let Some(g) = t.groups.get() {
-            return Ok(g.clone());
+        match self.task_facts(t).await {
+            Ok(f) => Ok(f.groups.clone()),
+            Err(None) => Err(OAuthError::invalid_grant(
+                "the subject token's task is unknown to this broker",
+            )),
+            Err(Some(_)) => Err(OAuthError::unavailable()),
         }
-        let record = match self.store.get_task(&t.claims.task).await {
-            Ok(Some(r)) => r,
+    }
+
+    /// The task's record facts, read once per token; `Err(None)` if the task
+    /// is unknown, `Err(Some(e))` if the store failed.
+    async fn task_facts<'a>(
+        &self,
+        t: &'a CheckedTask,
+    ) -> Result<&'a TaskFacts, Option<StoreError>> {
+        if let Some(f) = t.facts.get() {
+            return Ok(f);
+        }
+        let record = self
+            .store
+            .get_task(&t.claims.task)
+            .await
+            .map_err(Some)?
+            .ok_or(None)?;
+        Ok(t.facts.get_or_init(|| TaskFacts {
+            groups: record.groups,
+            // Tasks recorded before the attestor was kept.
+            attestor: record.attestor.unwrap_or_else(|| "unknown".into()),
+        }))
+    }
+
+    /// Checks a task token presented at the edge for one use: signature,
+    /// kind, issuer, lifetime, `audience`, revocation of its task, the acting
+    /// instance not blocked and its agent active. Checked on every use, cache
+    /// hit or not.
+    pub async fn task_for_use(
+        &self,
+        token: &str,
+        audience: &str,
+        now: Timestamp,
+    ) -> Result<TaskUse, UseError> {
+        let t = self.check_task_token(token, now).map_err(|e| {
+            UseError::Invalid(
+                e.description
+                    .trim_start_matches("subject token: ")
+                    .replace("a subject token", "presented at the edge")
+                    .replace("the subject token", "the token"),
+            )
+        })?;
+        let c = &t.claims;
+        if now.as_secs() >= c.exp {
+            return Err(UseError::Invalid(
+                "the task token has expired; get a new one".into(),
+            ));
+        }
+        if now.as_secs() < c.nbf - 5 {
+            return Err(UseError::Invalid("the task token is not valid yet".into()));
+        }
+        if !c.aud.iter().any(|a| a == audience) {
+            return Err(UseError::Invalid(format!(
+                "the task token is not for this route: its audience does not include `{audience}`; exchange for a token with that audience"
+            )));
+        }
+        if self.is_revoked(&c.task) {
+            return Err(UseError::Invalid(format!(
+                "task {} has been revoked",
+                c.task
+            )));
+        }
+        let actor_id = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
+        let instance = actor_id.rsplit('/').next().unwrap_or_default().to_owned();
+        if self.is_blocked(&instance) {
+            return Err(UseError::Invalid(format!(
+                "instance {instance} has been revoked"
+            )));
+        }
+        let name = AgentName::new(c.client_id.clone())
+            .map_err(|_| UseError::Invalid("the task token names no agent".into()))?;
+        let agent = match self.store.get_agent(&name).await {
+            Ok(Some(a)) => a,
             Ok(None) => {
-                return Err(OAuthError::invalid_grant(
-                    "the subject token's task is unknown to this broker",
+                return Err(UseError::Invalid(format!(
+                    "agent `{name}` no longer exists"
+                )));
+            }
+            Err(_) => return Err(UseError::Unavailable),
+        };
+        if agent.status != AgentStatus::Active {
+            return Err(UseError::Invalid(format!(
+                "agent `{name}` is {}",
+                agent.status.as_str()
+            )));
+        }
+        let facts = match self.task_facts(&t).await {
+            Ok(f) => f.clone(),
+            Err(None) => {
+                return Err(UseError::Invalid(
+                    "the task token's task is unknown to this broker".into(),
                 ));
             }
-            Err(_) => return Err(OAuthError::unavailable()),
+            Err(Some(_)) => return Err(UseError::Unavailable),
         };
-        Ok(t.groups.get_or_init(|| record.groups).clone())
+        Ok(TaskUse {
+            claims: t.claims.clone(),
+            agent,
+            instance,
+            attestor: facts.attestor,
+            groups: facts.groups,
+        })
     }
 
     /// Verifies a task token of this broker (signature, kind, issuer, claims;
@@ -482,7 +610,7 @@ impl TokenService {
         let t = Arc::new(CheckedTask {
             claims,
             raw: v.claims,
-            groups: std::sync::OnceLock::new(),
+            facts: std::sync::OnceLock::new(),
         });
         self.task_tokens.insert(
             token,
@@ -1080,6 +1208,7 @@ impl TokenService {
             expires_at,
             revoked_at: None,
             groups,
+            attestor: Some(actor.claims.attestor.as_str().to_owned()),
         };
         let mut event = event
             .task(task)

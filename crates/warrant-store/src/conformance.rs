@@ -719,6 +719,7 @@ fn task(id: &str, parent: Option<&str>, txn: &str, agent: &str, instance: &str) 
         expires_at: Timestamp::from_millis(1_000_000),
         revoked_at: None,
         groups: vec!["support".into()],
+        attestor: Some("join".into()),
     }
 }
 

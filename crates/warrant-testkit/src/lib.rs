@@ -320,8 +320,23 @@ pub fn http(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).unwrap();
+    read_response(s)
+}
+
+/// Sends `head` (the request line and headers, written exactly, ending in a
+/// blank line) and then `body`, for requests a well-behaved client would not
+/// make; the server may answer before the body is sent, which is then cut short.
+pub fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let _ = s.write_all(body);
+    read_response(s)
+}
+
+fn read_response(mut s: TcpStream) -> Response {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

@@ -1,36 +1,49 @@
 //! The edge listener: where agents' outbound calls arrive.
 //!
-//! The egress proxy (`/<route>/...`) and the MCP gateway (`/mcp/<server>`) are
-//! mounted here by later releases. Until then it answers health checks and
-//! refuses everything else with a clear error, so an agent pointed at it fails
-//! loudly instead of hanging.
+//! `/<route>/...` goes to the egress proxy ([`crate::proxy`]);
+//! `/.well-known/oauth-protected-resource/<route>` describes a route (RFC
+//! 9728). The MCP gateway (`/mcp/<server>`) arrives in a later release.
+//! Anything else gets a clear 404, so an agent pointed at the wrong place
+//! fails loudly instead of hanging.
+
+use std::net::SocketAddr;
 
 use axum::Router;
-use axum::http::Uri;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::Request;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::http::error::ApiError;
+use crate::state::AppState;
 
 /// The edge routes.
-pub fn router() -> Router {
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
-        .fallback(|uri: Uri| async move {
-            let first = uri
-                .path()
-                .trim_start_matches('/')
-                .split('/')
-                .next()
-                .unwrap_or_default()
-                .chars()
-                .take(64)
-                .collect::<String>();
-            ApiError::not_found(format!(
-                "no route or MCP server named `{}` is configured on this edge listener",
-                first.escape_debug()
-            ))
-        })
+        .route(
+            "/.well-known/oauth-protected-resource/{route}",
+            get(resource_metadata),
+        )
+        .fallback(proxy)
+        .with_state(state)
+}
+
+async fn resource_metadata(State(state): State<AppState>, Path(route): Path<String>) -> Response {
+    match state.proxy.resource_metadata(&route) {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError::not_found("no such route").into_response(),
+    }
+}
+
+async fn proxy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    state.proxy.handle(req, peer).await
 }

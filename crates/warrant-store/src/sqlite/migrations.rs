@@ -159,6 +159,13 @@ CREATE TABLE secrets (
 ) STRICT;
 "#,
     ),
+    (
+        6,
+        "task attestor",
+        r#"
+ALTER TABLE tasks ADD COLUMN attestor TEXT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

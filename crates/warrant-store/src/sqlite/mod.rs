@@ -658,7 +658,7 @@ impl Store for SqliteStore {
                 }
                 ctx.conn
                     .prepare_cached(&format!(
-                        "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                        "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                         rows::TASK_COLUMNS
                     ))
                     .and_then(|mut st| {
@@ -677,6 +677,7 @@ impl Store for SqliteStore {
                             t.expires_at.as_millis(),
                             t.revoked_at.map(Timestamp::as_millis),
                             serde_json::to_string(&t.groups).unwrap_or_else(|_| "[]".into()),
+                            t.attestor,
                         ])
                     })
                     .map_err(conflict("task", &t.task))?;

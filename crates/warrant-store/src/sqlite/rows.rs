@@ -136,7 +136,7 @@ pub(crate) fn instance(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::
     })
 }
 
-pub(crate) const TASK_COLUMNS: &str = "task, jti, parent, txn, agent, instance, subject, scope, audience, depth, issued_at, expires_at, revoked_at, groups";
+pub(crate) const TASK_COLUMNS: &str = "task, jti, parent, txn, agent, instance, subject, scope, audience, depth, issued_at, expires_at, revoked_at, groups, attestor";
 
 pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskRecord> {
     let audience: String = r.get(8)?;
@@ -155,6 +155,7 @@ pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskReco
         expires_at: Timestamp::from_millis(r.get(11)?),
         revoked_at: r.get::<_, Option<i64>>(12)?.map(Timestamp::from_millis),
         groups: serde_json::from_str(&r.get::<_, String>(13)?).map_err(|e| corrupt("groups", e))?,
+        attestor: r.get(14)?,
     })
 }
 

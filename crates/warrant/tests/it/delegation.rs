@@ -47,6 +47,12 @@ fn form(b: &Broker, path: &str, fields: &[(&str, &str)]) -> warrant_testkit::Res
 }
 
 pub fn world(max_depth: u32) -> World {
+    world_with(max_depth, "", POLICY)
+}
+
+/// A broker trusting the test user issuer, with `extra` appended to its
+/// configuration and `policy` in force, and agents orch, sub and leaf.
+pub fn world_with(max_depth: u32, extra: &str, policy: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(python())
         .arg(repo().join("tests/interop/user_issuer.py"))
@@ -67,13 +73,13 @@ pub fn world(max_depth: u32) -> World {
         bin(),
         Options {
             config: Some(format!(
-                "max_delegation_depth = {max_depth}\n[[user_issuer]]\nissuer = \"https://login.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n",
+                "max_delegation_depth = {max_depth}\n[[user_issuer]]\nissuer = \"https://login.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n{extra}",
                 dir.path().join("users-jwks.json").display()
             )),
             ..Default::default()
         },
     );
-    std::fs::write(b.data_dir.join("policies/delegation.cedar"), POLICY).unwrap();
+    std::fs::write(b.data_dir.join("policies/delegation.cedar"), policy).unwrap();
     b.cli(&["policy", "reload"]).ok();
     for a in ["orch", "sub", "leaf"] {
         b.cli(&[

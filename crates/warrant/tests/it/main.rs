@@ -10,6 +10,7 @@ mod delegation;
 mod interop;
 mod keys;
 mod policy;
+mod proxy;
 mod quickstart;
 mod serve;
 

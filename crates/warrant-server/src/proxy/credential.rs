@@ -1,0 +1,414 @@
+//! Credential providers: how the proxy obtains the upstream credential at
+//! the last hop, for one request.
+//!
+//! Each provider yields an [`Injected`]: the header and value to set, the
+//! values the response must never echo back, and the id and kind the audit
+//! trail records (never the value). OAuth client-credentials tokens are
+//! cached until shortly before they expire and refreshed by one request
+//! while the others wait (single flight).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Serialize;
+use warrant_core::secret::SecretName;
+use warrant_core::task::Act;
+use warrant_core::time::Timestamp;
+use zeroize::Zeroizing;
+
+use super::route::{Credential, Route};
+use crate::keys::KeyService;
+use crate::secrets::{SecretError, SecretService};
+use crate::token::TaskUse;
+
+/// A credential ready to go into one request.
+pub struct Injected {
+    /// The header.
+    pub header: HeaderName,
+    /// Its value (marked sensitive).
+    pub value: HeaderValue,
+    /// Byte strings to redact from the response.
+    pub echoes: Vec<Vec<u8>>,
+    /// The id the audit trail records.
+    pub id: String,
+}
+
+impl std::fmt::Debug for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injected")
+            .field("header", &self.header)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no credential could be obtained.
+#[derive(Debug)]
+pub enum CredentialError {
+    /// The request cannot have one (a per-user route without a user, or no
+    /// secret stored for this user): 403 with what to do.
+    Refused(String),
+    /// The route is misconfigured or an upstream token endpoint failed: 502/503.
+    Unavailable(String),
+}
+
+impl From<SecretError> for CredentialError {
+    fn from(e: SecretError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+type TokenClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
+
+/// A cached client-credentials token.
+struct CachedToken {
+    token: Zeroizing<String>,
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+/// The per-route state of an OAuth client-credentials provider.
+pub struct OAuthCache {
+    client: TokenClient,
+    // A std mutex: held only to read or replace the cached token.
+    current: Mutex<Option<Arc<CachedToken>>>,
+    // A tokio mutex: held across the token request, so one refresh runs
+    // while concurrent requests wait for its result.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for OAuthCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthCache").finish_non_exhaustive()
+    }
+}
+
+impl OAuthCache {
+    /// A cache fetching through `client`.
+    pub fn new(client: TokenClient) -> Self {
+        Self {
+            client,
+            current: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self) -> Option<Arc<CachedToken>> {
+        self.current
+            .lock()
+            .ok()?
+            .clone()
+            .filter(|t| Instant::now() < t.refresh_at)
+    }
+
+    /// How many token requests this cache has made (for tests via metrics).
+    async fn token(
+        &self,
+        route: &Route,
+        secrets: &SecretService,
+    ) -> Result<(Arc<CachedToken>, Vec<u8>), CredentialError> {
+        let Credential::OAuth2ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+            audience,
+            ..
+        } = &route.credential
+        else {
+            return Err(CredentialError::Unavailable("not an oauth2 route".into()));
+        };
+        let secret = shared_secret(secrets, client_secret, &route.name).await?;
+        let secret_bytes = secret.value.expose().to_vec();
+        if let Some(t) = self.fresh() {
+            return Ok((t, secret_bytes));
+        }
+        let _one = self.refresh.lock().await;
+        if let Some(t) = self.fresh() {
+            return Ok((t, secret_bytes));
+        }
+        // (Built in a block: the serializer is not `Send`.)
+        let form = {
+            let mut f = url::form_urlencoded::Serializer::new(String::new());
+            f.append_pair("grant_type", "client_credentials");
+            if let Some(s) = scope {
+                f.append_pair("scope", s);
+            }
+            if let Some(a) = audience {
+                f.append_pair("audience", a);
+            }
+            f.finish()
+        };
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        // client_secret_basic (RFC 6749 §2.3.1): both parts form-encoded.
+        let basic = Zeroizing::new(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(client_id),
+                enc(std::str::from_utf8(&secret_bytes).unwrap_or_default())
+            ))
+        ));
+        let mut auth = HeaderValue::from_str(&basic).map_err(|_| {
+            CredentialError::Unavailable(format!(
+                "client secret `{client_secret}` cannot be sent in a header"
+            ))
+        })?;
+        auth.set_sensitive(true);
+        let req = http::Request::post(token_url.as_str())
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::AUTHORIZATION, auth)
+            .body(Full::from(form))
+            .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+        let unavailable = |why: String| {
+            CredentialError::Unavailable(format!(
+                "route `{}`: the token endpoint {} {why}",
+                route.name,
+                token_url.origin().ascii_serialization()
+            ))
+        };
+        let resp = tokio::time::timeout(
+            route.timeout.min(Duration::from_secs(30)),
+            self.client.request(req),
+        )
+        .await
+        .map_err(|_| unavailable("did not answer in time".into()))?
+        .map_err(|e| unavailable(format!("could not be reached ({e})")))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map_err(|_| unavailable("sent an unreadable or oversized answer".into()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(unavailable(format!(
+                "refused the client credentials ({status})"
+            )));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|_| unavailable("answered with something that is not JSON".into()))?;
+        let token = v
+            .get("access_token")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unavailable("answered without an access_token".into()))?;
+        let life = v
+            .get("expires_in")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(300)
+            .clamp(1, 86_400);
+        let now = Instant::now();
+        let life = Duration::from_secs(life);
+        // Refresh a little early: at 80% of the lifetime, and at least 30 s
+        // before expiry when the lifetime allows.
+        let early = (life / 5).max(Duration::from_secs(30)).min(life / 2);
+        let cached = Arc::new(CachedToken {
+            token: Zeroizing::new(token.to_owned()),
+            refresh_at: now + life - early,
+            expires_at: now + life,
+        });
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some(cached.clone());
+        }
+        Ok((cached, secret_bytes))
+    }
+}
+
+async fn shared_secret(
+    secrets: &SecretService,
+    name: &SecretName,
+    route: &str,
+) -> Result<Arc<crate::secrets::Resolved>, CredentialError> {
+    secrets.resolve(name, None).await?.ok_or_else(|| {
+        CredentialError::Unavailable(format!(
+            "route `{route}` uses secret `{name}`, which is not stored; an administrator must run `warrant secret put {name}`"
+        ))
+    })
+}
+
+fn header_value(bytes: &[u8], what: &str) -> Result<HeaderValue, CredentialError> {
+    let mut v = HeaderValue::from_bytes(bytes).map_err(|_| {
+        CredentialError::Unavailable(format!(
+            "{what} has characters a header cannot carry (a newline?); store it again with `warrant secret rotate`"
+        ))
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The claims of a `warrant_jwt` credential.
+#[derive(Serialize)]
+struct UpstreamClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Act>,
+    client_id: &'a str,
+    scope: &'a str,
+    task: &'a str,
+    txn: &'a str,
+    jti: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// The typ of a `warrant_jwt` credential: never `at+jwt`, so it is never
+/// accepted as a task token (at this edge or anywhere that checks `typ`).
+pub const UPSTREAM_JWT_TYP: &str = "JWT";
+
+/// Everything providers need.
+pub struct Providers<'a> {
+    /// Stored secrets.
+    pub secrets: &'a SecretService,
+    /// Signing keys, for `warrant_jwt`.
+    pub keys: &'a KeyService,
+    /// The issuer.
+    pub issuer: &'a str,
+}
+
+impl std::fmt::Debug for Providers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Providers")
+    }
+}
+
+impl Providers<'_> {
+    /// Obtains the credential for `route` and this use of a task token.
+    pub async fn obtain(
+        &self,
+        route: &Route,
+        oauth: Option<&OAuthCache>,
+        task: &TaskUse,
+    ) -> Result<Injected, CredentialError> {
+        match &route.credential {
+            Credential::Secret {
+                secret,
+                header,
+                format,
+            } => {
+                let s = shared_secret(self.secrets, secret, &route.name).await?;
+                let value = Zeroizing::new(format.fill(s.value.expose()));
+                Ok(Injected {
+                    header: header.clone(),
+                    value: header_value(&value, &format!("secret `{secret}`"))?,
+                    echoes: vec![s.value.expose().to_vec()],
+                    id: s.id.clone(),
+                })
+            }
+            Credential::PerUserSecret {
+                secret,
+                header,
+                format,
+            } => {
+                let Some(user) = task.claims.sub.strip_prefix("user:") else {
+                    return Err(CredentialError::Refused(format!(
+                        "route `{}` uses each user's own `{secret}`, and this task token acts for no user; use a token exchanged from a user's token",
+                        route.name
+                    )));
+                };
+                let s = self.secrets.resolve(secret, Some(user)).await?.ok_or_else(|| {
+                    CredentialError::Refused(format!(
+                        "no secret `{secret}` is stored for user `{}`; an administrator can add it with `warrant secret put {secret} --for-user {}`",
+                        warrant_core::text::shown(user, 100),
+                        warrant_core::text::shown(user, 100)
+                    ))
+                })?;
+                let value = Zeroizing::new(format.fill(s.value.expose()));
+                Ok(Injected {
+                    header: header.clone(),
+                    value: header_value(&value, &format!("secret `{secret}`"))?,
+                    echoes: vec![s.value.expose().to_vec()],
+                    id: s.id.clone(),
+                })
+            }
+            Credential::Basic { secret } => {
+                let s = shared_secret(self.secrets, secret, &route.name).await?;
+                if !s.value.expose().contains(&b':') {
+                    return Err(CredentialError::Unavailable(format!(
+                        "secret `{secret}` of route `{}` must be `user:password` for basic auth",
+                        route.name
+                    )));
+                }
+                let encoded = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD.encode(s.value.expose()),
+                );
+                let value = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+                Ok(Injected {
+                    header: http::header::AUTHORIZATION,
+                    value: header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
+                    echoes: vec![s.value.expose().to_vec(), encoded.as_bytes().to_vec()],
+                    id: s.id.clone(),
+                })
+            }
+            Credential::OAuth2ClientCredentials {
+                header,
+                format,
+                client_id,
+                client_secret,
+                ..
+            } => {
+                let cache =
+                    oauth.ok_or_else(|| CredentialError::Unavailable("no token cache".into()))?;
+                let (t, secret) = cache.token(route, self.secrets).await?;
+                let value = Zeroizing::new(format.fill(t.token.as_bytes()));
+                let left = t
+                    .expires_at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs();
+                Ok(Injected {
+                    header: header.clone(),
+                    value: header_value(&value, "the upstream's access token")?,
+                    echoes: vec![t.token.as_bytes().to_vec(), secret],
+                    id: format!("oauth2:{client_id} via {client_secret} (expires in {left}s)"),
+                })
+            }
+            Credential::WarrantJwt {
+                header,
+                format,
+                ttl,
+            } => {
+                let now = Timestamp::now();
+                let c = &task.claims;
+                let exp = (now.as_secs() + i64::try_from(ttl.as_secs()).unwrap_or(60)).min(c.exp);
+                let jti = crate::random::ordered_id("ujt_", now.as_millis())
+                    .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+                let claims = UpstreamClaims {
+                    iss: self.issuer,
+                    sub: &c.sub,
+                    aud: &route.audience,
+                    act: c.act.as_ref(),
+                    client_id: &c.client_id,
+                    scope: &c.scope,
+                    task: &c.task,
+                    txn: &c.txn,
+                    jti: jti.clone(),
+                    iat: now.as_secs(),
+                    exp,
+                };
+                let set = self.keys.current();
+                let key = set.active(now).ok_or_else(|| {
+                    CredentialError::Unavailable("no signing key is active".into())
+                })?;
+                let token = warrant_token::jwt::sign(key, UPSTREAM_JWT_TYP, &claims)
+                    .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+                let value = format.fill(token.as_bytes());
+                Ok(Injected {
+                    header: header.clone(),
+                    value: header_value(&value, "the minted JWT")?,
+                    echoes: Vec::new(),
+                    id: jti,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,1167 @@
+//! The secretless egress proxy: `http://<edge>/<route>/<path>`.
+//!
+//! For each request, in this order and before any upstream contact: refuse
+//! what no route may carry (`CONNECT`, absolute-form targets, a `Host` that
+//! is not this listener, paths that escape the route), find the route,
+//! verify the task token (signature, kind, lifetime, audience, revocation,
+//! instance and agent status), check the route's `allow` rules, decide
+//! `http:request` on `Route::"<name>"` with Cedar, then obtain the upstream
+//! credential. Only then: strip the agent's token and hop-by-hop headers,
+//! inject the credential, forward to exactly the route's origin, and stream
+//! the answer back through a [`redact::Redactor`]. Redirects go back to the
+//! agent; nothing is followed.
+//!
+//! Every refusal is recorded durably before it is answered. An allowed
+//! request is recorded once it ends (status, bytes, upstream latency), off
+//! the response path; if a record cannot be written, the edge refuses every
+//! later request until one can (fail closed). See ARCHITECTURE.md for why an
+//! allowed request is not held for an fsync.
+
+pub mod credential;
+pub mod redact;
+pub mod route;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskCx, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use http_body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::decision::{
+    Action, AgentFacts, Context, DecisionRequest, Effect, HttpFacts, Principal, Resource, UserRef,
+};
+use warrant_core::text::shown;
+use warrant_core::time::Timestamp;
+use warrant_store::Store;
+
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::policy::PolicyService;
+use crate::secrets::SecretService;
+use crate::token::{TaskUse, TokenService, UseError};
+use credential::{CredentialError, Injected, OAuthCache, Providers};
+use redact::Redactor;
+use route::{Route, Scheme, is_hop_by_hop};
+
+type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+/// One configured route with its client.
+struct RouteState {
+    route: Route,
+    client: Upstream,
+    oauth: Option<OAuthCache>,
+}
+
+/// The most header bytes a proxied request may carry.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most headers.
+const MAX_HEADERS: usize = 100;
+
+/// What the proxy is built from.
+#[allow(missing_debug_implementations)]
+pub struct ProxyParts {
+    /// Validated routes.
+    pub routes: Vec<Route>,
+    /// Task tokens and revocation.
+    pub tokens: Arc<TokenService>,
+    /// Policy.
+    pub policy: Arc<PolicyService>,
+    /// Secrets.
+    pub secrets: Arc<SecretService>,
+    /// Signing keys (for `warrant_jwt`).
+    pub keys: Arc<KeyService>,
+    /// The audit trail.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer.
+    pub issuer: Arc<str>,
+    /// `Host` values this listener answers to.
+    pub edge_hosts: Vec<String>,
+    /// The edge's own URL, for resource metadata.
+    pub edge_url: String,
+}
+
+/// The egress proxy.
+pub struct ProxyService {
+    routes: HashMap<String, RouteState>,
+    tokens: Arc<TokenService>,
+    policy: Arc<PolicyService>,
+    secrets: Arc<SecretService>,
+    keys: Arc<KeyService>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    issuer: Arc<str>,
+    edge_hosts: Vec<String>,
+    edge_url: String,
+    /// Set when a completion record could not be written; cleared by the
+    /// next record that is.
+    audit_failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ProxyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyService")
+            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read ca_file `{}`: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| {
+                    format!("ca_file `{}` is not PEM certificates: {e}", path.display())
+                })?;
+            if certs.is_empty() {
+                return Err(format!("ca_file `{}` holds no certificate", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("ca_file `{}`: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+fn connector(
+    https: bool,
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(ca_file)?);
+    let b = if https {
+        b.https_only()
+    } else {
+        b.https_or_http()
+    };
+    Ok(b.enable_http1().wrap_connector(http))
+}
+
+impl ProxyService {
+    /// Builds a client per route (reading CA files now, so a bad one is a
+    /// start-up error).
+    pub fn new(p: ProxyParts) -> Result<Self, String> {
+        let mut routes = HashMap::new();
+        for r in p.routes {
+            let https = r.upstream.scheme == Scheme::Https;
+            let conn = connector(https, r.ca_file.as_deref(), r.connect_timeout)
+                .map_err(|e| format!("route `{}`: {e}", r.name))?;
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .build(conn);
+            let oauth = match &r.credential {
+                route::Credential::OAuth2ClientCredentials {
+                    token_url, ca_file, ..
+                } => {
+                    let conn = connector(
+                        token_url.scheme() == "https",
+                        ca_file.as_deref(),
+                        r.connect_timeout,
+                    )
+                    .map_err(|e| format!("route `{}`: {e}", r.name))?;
+                    Some(OAuthCache::new(
+                        Client::builder(TokioExecutor::new()).build(conn),
+                    ))
+                }
+                _ => None,
+            };
+            if routes.contains_key(&r.name) {
+                return Err(format!("route `{}` is configured twice", r.name));
+            }
+            routes.insert(
+                r.name.clone(),
+                RouteState {
+                    route: r,
+                    client,
+                    oauth,
+                },
+            );
+        }
+        Ok(Self {
+            routes,
+            tokens: p.tokens,
+            policy: p.policy,
+            secrets: p.secrets,
+            keys: p.keys,
+            store: p.store,
+            metrics: p.metrics,
+            issuer: p.issuer,
+            edge_hosts: p
+                .edge_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            edge_url: p.edge_url,
+            audit_failed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Whether a route of this name exists.
+    pub fn has_route(&self, name: &str) -> bool {
+        self.routes.contains_key(name)
+    }
+
+    /// RFC 9728 metadata for a route.
+    pub fn resource_metadata(&self, name: &str) -> Option<serde_json::Value> {
+        let r = &self.routes.get(name)?.route;
+        Some(json!({
+            "resource": format!("{}/{}", self.edge_url, r.name),
+            "authorization_servers": [&*self.issuer],
+            "bearer_methods_supported": ["header"],
+            "resource_name": format!("warrant egress route `{}` to {}", r.name, r.upstream.as_url()),
+            "warrant_audience": r.audience,
+        }))
+    }
+
+    /// Answers one request at the edge whose first path segment is a route.
+    pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response {
+        let start = Instant::now();
+        let mut event = AuditEvent::new("proxy.request", Outcome::Deny)
+            .protocol("http")
+            .action(Action::HttpRequest.as_str())
+            .source(peer.to_string());
+        let method = req.method().clone();
+        let raw_path = req.uri().path().to_owned();
+        let route_name = raw_path
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let rest = raw_path
+            .trim_start_matches('/')
+            .split_once('/')
+            .map_or_else(|| "/".to_owned(), |(_, r)| format!("/{r}"));
+        event = event.detail(json!({ "method": method.as_str(), "path": shown(&rest, 300) }));
+        if method == Method::CONNECT {
+            let e = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed",
+                "CONNECT is refused: the edge is not an open proxy; send requests to `/<route>/<path>`".to_owned());
+            return self.refuse(event, e, "-").await;
+        }
+        let label = if self.routes.contains_key(&route_name) {
+            event = event.resource(Resource::Route(route_name.clone()).to_string());
+            route_name.as_str()
+        } else {
+            "-"
+        };
+        if let Err(e) = self.boundaries(&req, &rest) {
+            return self.refuse(event, *e, label).await;
+        }
+        let Some(rs) = self.routes.get(&route_name) else {
+            let e = Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no route or MCP server named `{}` is configured on this edge listener",
+                    shown(&route_name, 64)
+                ),
+            );
+            return self.refuse(event, e, "-").await;
+        };
+        let route = &rs.route;
+        if self.audit_failed.load(Ordering::Relaxed) {
+            let e = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the broker cannot write its audit trail, so it forwards nothing; try again later"
+                    .to_owned(),
+            );
+            return self.refuse(event, e, &route.name).await;
+        }
+
+        // Who is asking.
+        let token = match agent_token(req.headers(), &route.agent_header) {
+            Ok(t) => t,
+            Err(msg) => {
+                return self
+                    .refuse(
+                        event,
+                        Refusal::unauthorized(msg, self.metadata_url(route)),
+                        &route.name,
+                    )
+                    .await;
+            }
+        };
+        let now = Timestamp::now();
+        let task = match self.tokens.task_for_use(token, &route.audience, now).await {
+            Ok(t) => t,
+            Err(UseError::Invalid(msg)) => {
+                return self
+                    .refuse(
+                        event,
+                        Refusal::unauthorized(msg, self.metadata_url(route)),
+                        &route.name,
+                    )
+                    .await;
+            }
+            Err(UseError::Unavailable) => {
+                let e = Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the broker's store is unavailable; try again".to_owned(),
+                );
+                return self.refuse(event, e, &route.name).await;
+            }
+        };
+        event = describe(event, &task);
+
+        // The agent may not choose the upstream credential.
+        let cred_header = route.credential.header();
+        if cred_header != route.agent_header && req.headers().contains_key(&cred_header) {
+            let e = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "the request sets `{cred_header}`, which warrant sets for route `{}`; send only your task token (in `{}`)",
+                    route.name, route.agent_header
+                ),
+            );
+            return self.refuse(event, e, &route.name).await;
+        }
+
+        // What it asks for.
+        if !route.allow.iter().any(|r| r.admits(&method, &rest)) {
+            let e = Refusal::forbidden(
+                "route allow list",
+                format!(
+                    "route `{}` does not allow {method} {}",
+                    route.name,
+                    shown(&rest, 200)
+                ),
+                format!(
+                    "ask an administrator to add {method} {} to the `allow` rules of [[route]] `{}` in warrant.toml",
+                    shown(&rest, 200),
+                    route.name
+                ),
+                Vec::new(),
+            );
+            return self
+                .refuse(
+                    event.reason("route allow list: method and path not allowed"),
+                    e,
+                    &route.name,
+                )
+                .await;
+        }
+        let req_facts = self.decision_request(route, &task, &method, &rest, peer, now);
+        let (decision, decided) = self.policy.decide_for_record(&req_facts, event.clone());
+        event = AuditEvent {
+            user: Some(task.claims.sub.clone()),
+            ..decided
+        };
+        if decision.effect != Effect::Allow {
+            let pending = decision.effect == Effect::ApprovalRequired;
+            let e = Refusal::forbidden(
+                if pending {
+                    "approval required"
+                } else if decision.policies.is_empty() {
+                    "policy (default deny)"
+                } else {
+                    "policy (forbid)"
+                },
+                if pending {
+                    format!(
+                        "a permit for this request on route `{}` requires a person's approval, which this version of the proxy cannot wait for",
+                        route.name
+                    )
+                } else {
+                    format!(
+                        "policy does not allow agent `{}` {method} {} on route `{}`",
+                        task.agent.name,
+                        shown(&rest, 200),
+                        route.name
+                    )
+                },
+                format!(
+                    "ask an administrator for a permit on Action::\"http:request\" and Route::\"{}\" (check it with `warrant policy check`)",
+                    route.name
+                ),
+                decision.policies.clone(),
+            );
+            return self.refuse(event, e, &route.name).await;
+        }
+
+        // Size, before any upstream contact.
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > route.max_request_bytes
+        {
+            let e = Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is {len} bytes; route `{}` accepts at most {}",
+                    route.name, route.max_request_bytes
+                ),
+            );
+            return self.refuse(event, e, &route.name).await;
+        }
+
+        let providers = Providers {
+            secrets: &self.secrets,
+            keys: &self.keys,
+            issuer: &self.issuer,
+        };
+        let injected = match providers.obtain(route, rs.oauth.as_ref(), &task).await {
+            Ok(i) => i,
+            Err(CredentialError::Refused(msg)) => {
+                let e = Refusal::forbidden(
+                    "credential",
+                    msg,
+                    "ask an administrator to store the credential named above".into(),
+                    Vec::new(),
+                );
+                return self
+                    .refuse(
+                        event.credential_type(route.credential.kind()),
+                        e,
+                        &route.name,
+                    )
+                    .await;
+            }
+            Err(CredentialError::Unavailable(msg)) => {
+                tracing::warn!(route = %route.name, error = %msg, "no upstream credential");
+                let e = Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", msg);
+                return self
+                    .refuse(
+                        event.credential_type(route.credential.kind()),
+                        e,
+                        &route.name,
+                    )
+                    .await;
+            }
+        };
+        event = event
+            .credential_type(route.credential.kind())
+            .credential_id(injected.id.clone());
+        self.forward(rs, req, rest, task, injected, event, start)
+            .await
+    }
+
+    fn metadata_url(&self, r: &Route) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/{}",
+            self.edge_url, r.name
+        )
+    }
+
+    /// Refuses what no route may carry, whatever the token says.
+    fn boundaries(&self, req: &Request<Body>, rest: &str) -> Result<(), Box<Refusal>> {
+        let bad = |m: String| {
+            Err(Box::new(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                m,
+            )))
+        };
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return bad("absolute-form request targets are refused: this is not an open proxy; send `METHOD /<route>/<path>` to the edge listener".into());
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !self.edge_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return bad(format!(
+                "the Host header `{}` does not name this edge listener; the upstream is chosen by the route, never by Host (add names the edge is reached by to `edge_hosts` in warrant.toml)",
+                shown(host, 100)
+            ));
+        }
+        if let Some(why) = path_escape(rest) {
+            return bad(format!("the path {why}; it could escape the route"));
+        }
+        if req.headers().len() > MAX_HEADERS
+            || req
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len())
+                .sum::<usize>()
+                > MAX_HEADER_BYTES
+        {
+            return Err(Box::new(Refusal::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of them"),
+            )));
+        }
+        Ok(())
+    }
+
+    fn decision_request(
+        &self,
+        route: &Route,
+        task: &TaskUse,
+        method: &Method,
+        path: &str,
+        peer: SocketAddr,
+        now: Timestamp,
+    ) -> DecisionRequest {
+        let c = &task.claims;
+        let mut context = Context::at(now);
+        context.user = c.sub.strip_prefix("user:").map(|u| UserRef {
+            id: u.to_owned(),
+            groups: task.groups.clone(),
+        });
+        context.scopes = c
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        context.depth = u32::try_from(c.depth()).unwrap_or(u32::MAX);
+        context.chain = c
+            .act
+            .as_ref()
+            .map(|a| {
+                a.chain()
+                    .into_iter()
+                    .rev()
+                    .filter_map(warrant_core::task::agent_of)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        context.task = Some(c.task.clone());
+        context.txn = Some(c.txn.clone());
+        context.source_ip = Some(peer.ip());
+        context.http = Some(HttpFacts {
+            method: method.as_str().to_owned(),
+            path: path.to_owned(),
+            host: route.upstream.authority(),
+        });
+        let a = &task.agent;
+        DecisionRequest {
+            principal: Principal {
+                agent: AgentFacts {
+                    name: a.name.to_string(),
+                    owner: a.owner.to_string(),
+                    env: a.env.to_string(),
+                    trust: a.trust,
+                    purpose: a.purpose.to_string(),
+                },
+                instance: task.instance.clone(),
+                attestor: task.attestor.clone(),
+            },
+            action: Action::HttpRequest,
+            resource: Resource::Route(route.name.clone()),
+            context,
+        }
+    }
+
+    /// Records a refusal durably, then answers it.
+    async fn refuse(&self, event: AuditEvent, e: Refusal, route: &str) -> Response {
+        let mut event = event;
+        event.decision =
+            if e.status == StatusCode::FORBIDDEN || e.status == StatusCode::UNAUTHORIZED {
+                Outcome::Deny
+            } else {
+                Outcome::Error
+            };
+        if event.reasons.is_empty() {
+            event.reasons.push(format!("{}: {}", e.code, e.message));
+        }
+        add_detail(&mut event, json!({ "status": e.status.as_u16() }));
+        self.metrics.proxy_request(route, e.code);
+        match self.store.append_audit(event).await {
+            Ok(_) => e.into_response(),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot write the audit trail; edge request refused");
+                self.metrics.audit_write_failures.inc();
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable",
+                    "the broker cannot write its audit trail, so it forwards nothing; try again later".to_owned()).into_response()
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        rs: &RouteState,
+        req: Request<Body>,
+        rest: String,
+        task: TaskUse,
+        injected: Injected,
+        event: AuditEvent,
+        start: Instant,
+    ) -> Response {
+        let route = &rs.route;
+        let (parts, body) = req.into_parts();
+        let query = parts
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let uri = format!("{}{rest}{query}", route.upstream.as_url());
+        let mut headers = forwardable(&parts.headers);
+        headers.remove(&route.agent_header);
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(&route.upstream.authority())
+                .unwrap_or(HeaderValue::from_static("invalid")),
+        );
+        // Bodies arrive uncompressed so the redactor can see what they echo.
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        headers.insert(
+            HeaderName::from_static("traceparent"),
+            traceparent(parts.headers.get("traceparent")),
+        );
+        if let Ok(v) = HeaderValue::from_str(&task.claims.txn) {
+            headers.insert(HeaderName::from_static("x-warrant-txn"), v);
+        }
+        headers.insert(injected.header.clone(), injected.value.clone());
+        let bytes_in = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body = Body::new(http_body_util::Limited::new(
+            body,
+            usize::try_from(route.max_request_bytes).unwrap_or(usize::MAX),
+        ));
+        let mut out = match Request::builder()
+            .method(parts.method.clone())
+            .uri(&uri)
+            .body(body)
+        {
+            Ok(r) => r,
+            Err(_) => {
+                let e = Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the request cannot be forwarded as it is".into(),
+                );
+                return self.refuse(event, e, &route.name).await;
+            }
+        };
+        *out.headers_mut() = headers;
+        let sent = Instant::now();
+        let before = sent - start;
+        let answer = tokio::time::timeout(route.timeout, rs.client.request(out)).await;
+        let upstream_headers = sent.elapsed();
+        let resp = match answer {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let why = if e.is_connect() {
+                    "could not be reached"
+                } else {
+                    "failed"
+                };
+                tracing::warn!(route = %route.name, error = %e, "upstream request failed");
+                let mut ev = event;
+                ev.decision = Outcome::Allow;
+                let e = Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unavailable",
+                    format!("the upstream of route `{}` {why}", route.name),
+                );
+                return self.upstream_failed(ev, e, &route.name).await;
+            }
+            Err(_) => {
+                let mut ev = event;
+                ev.decision = Outcome::Allow;
+                let e = Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!(
+                        "the upstream of route `{}` did not answer within {}s",
+                        route.name,
+                        route.timeout.as_secs()
+                    ),
+                );
+                return self.upstream_failed(ev, e, &route.name).await;
+            }
+        };
+        let after_start = Instant::now();
+        let redactor = Redactor::new(injected.echoes);
+        let (mut rparts, rbody) = resp.into_parts();
+        let mut rheaders = forwardable(&rparts.headers);
+        if redactor.is_active() {
+            for v in rheaders.values_mut() {
+                if let Some(clean) = redactor.redact_all(v.as_bytes()) {
+                    *v = HeaderValue::from_bytes(&clean)
+                        .unwrap_or(HeaderValue::from_static("[redacted by warrant]"));
+                }
+            }
+            // The body may change length when something is redacted.
+            rheaders.remove(header::CONTENT_LENGTH);
+        }
+        rparts.headers = rheaders;
+        let status = rparts.status;
+        self.metrics.proxy_request(&route.name, "forwarded");
+        self.metrics
+            .proxy_upstream(&route.name, upstream_headers.as_secs_f64());
+        self.metrics
+            .proxy_added(&route.name, (before + after_start.elapsed()).as_secs_f64());
+        let completion = Completion {
+            event,
+            status: status.as_u16(),
+            bytes_in,
+            upstream_ms: upstream_headers.as_secs_f64() * 1000.0,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            audit_failed: self.audit_failed.clone(),
+        };
+        let body = Tracked {
+            inner: rbody,
+            redactor,
+            bytes_out: 0,
+            ended: false,
+            completion: Some(completion),
+        };
+        Response::from_parts(rparts, Body::new(body))
+    }
+
+    async fn upstream_failed(&self, event: AuditEvent, e: Refusal, route: &str) -> Response {
+        let mut event = event;
+        add_detail(
+            &mut event,
+            json!({ "status": e.status.as_u16(), "error": e.message }),
+        );
+        self.metrics.proxy_request(route, e.code);
+        if self.store.append_audit(event).await.is_err() {
+            self.metrics.audit_write_failures.inc();
+        }
+        e.into_response()
+    }
+}
+
+fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
+    let mut d = event.detail.take().unwrap_or_else(|| json!({}));
+    if let (Some(d), serde_json::Value::Object(m)) = (d.as_object_mut(), more) {
+        d.extend(m);
+    }
+    event.detail = Some(d);
+}
+
+fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
+    let c = &t.claims;
+    let mut e = event
+        .agent(t.agent.name.to_string())
+        .instance(t.instance.clone())
+        .user(c.sub.clone())
+        .task(c.task.clone())
+        .txn(c.txn.clone())
+        .scope(c.scope.clone());
+    e.parent = c.parent.clone();
+    e.chain = c
+        .act
+        .as_ref()
+        .map(|a| a.chain().into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    e
+}
+
+/// The agent's task token from `header` (`Bearer <token>` in
+/// `authorization`; the bare token, or `Bearer <token>`, elsewhere).
+fn agent_token<'a>(headers: &'a HeaderMap, header: &HeaderName) -> Result<&'a str, String> {
+    let mut values = headers.get_all(header).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return Err(format!(
+            "send your task token in `{header}`{}",
+            if header == header::AUTHORIZATION {
+                " as `Bearer <task token>`"
+            } else {
+                ""
+            }
+        ));
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| format!("`{header}` is not text"))?
+        .trim();
+    let token = match v.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+        Some(_) => return Err(format!("`{header}` must be `Bearer <task token>`")),
+        None if header == header::AUTHORIZATION => {
+            return Err("`authorization` must be `Bearer <task token>`".into());
+        }
+        None => v,
+    };
+    if token.is_empty() {
+        return Err(format!("`{header}` holds no token"));
+    }
+    Ok(token)
+}
+
+/// Why `path` (below the route, as received) is refused, if it is.
+pub fn path_escape(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00", "%25"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return Some("encodes `.`, `/`, `\\`, `%` or NUL");
+    }
+    if path.contains('\\') {
+        return Some("contains `\\`");
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Some("has a `.` or `..` segment");
+    }
+    if path.contains("//") {
+        return Some("has an empty segment (`//`)");
+    }
+    None
+}
+
+/// The headers that may cross the proxy: not hop-by-hop, not named in
+/// `Connection`, not `Host`.
+fn forwardable(h: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (k, v) in h {
+        if is_hop_by_hop(k) || k == header::HOST || named.iter().any(|n| n == k.as_str()) {
+            continue;
+        }
+        out.append(k.clone(), v.clone());
+    }
+    out
+}
+
+/// The agent's `traceparent` if well formed (W3C: version 00, 32 and 16 hex
+/// digits, flags), else a new one.
+fn traceparent(given: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = given
+        && let Ok(s) = v.to_str()
+    {
+        let p: Vec<&str> = s.split('-').collect();
+        let hex = |x: &str, n: usize| {
+            x.len() == n
+                && x.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        };
+        if p.len() == 4
+            && p[0] == "00"
+            && hex(p[1], 32)
+            && hex(p[2], 16)
+            && hex(p[3], 2)
+            && p[1] != "0".repeat(32)
+        {
+            return v.clone();
+        }
+    }
+    let ids = crate::random::bytes::<24>().unwrap_or([1; 24]);
+    HeaderValue::from_str(&format!(
+        "00-{}-{}-01",
+        hex::encode(&ids[..16]),
+        hex::encode(&ids[16..])
+    ))
+    .unwrap_or(HeaderValue::from_static(
+        "00-00000000000000000000000000000001-0000000000000001-01",
+    ))
+}
+
+/// A refusal: status, code, message, and for 403s which rule class refused.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    refused_by: Option<&'static str>,
+    hint: Option<String>,
+    policies: Vec<String>,
+    www_authenticate: Option<String>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            refused_by: None,
+            hint: None,
+            policies: Vec::new(),
+            www_authenticate: None,
+        }
+    }
+
+    fn unauthorized(message: String, metadata: String) -> Self {
+        let quoted = message.replace(['"', '\\'], "'");
+        Self {
+            www_authenticate: Some(format!(
+                "Bearer realm=\"warrant\", error=\"invalid_token\", error_description=\"{quoted}\", resource_metadata=\"{metadata}\""
+            )),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
+        }
+    }
+
+    fn forbidden(
+        refused_by: &'static str,
+        message: String,
+        hint: String,
+        policies: Vec<String>,
+    ) -> Self {
+        Self {
+            refused_by: Some(refused_by),
+            hint: Some(hint),
+            policies,
+            ..Self::new(StatusCode::FORBIDDEN, "access_denied", message)
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.code, "error_description": self.message });
+        if let Some(r) = self.refused_by {
+            body["refused_by"] = json!(r);
+        }
+        if !self.policies.is_empty() {
+            body["policies"] = json!(self.policies);
+        }
+        if let Some(h) = self.hint {
+            body["how_to_get_access"] = json!(h);
+        }
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(w) = self.www_authenticate
+            && let Ok(v) = HeaderValue::from_str(&w)
+        {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+}
+
+/// The record of an allowed request, written when its response ends.
+struct Completion {
+    event: AuditEvent,
+    status: u16,
+    bytes_in: Option<u64>,
+    upstream_ms: f64,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    audit_failed: Arc<AtomicBool>,
+}
+
+impl Completion {
+    fn finish(self, bytes_out: u64, outcome: &'static str) {
+        let mut event = self.event;
+        add_detail(
+            &mut event,
+            json!({
+                "status": self.status,
+                "bytes_in": self.bytes_in,
+                "bytes_out": bytes_out,
+                "upstream_ms": (self.upstream_ms * 1000.0).round() / 1000.0,
+                "response": outcome,
+            }),
+        );
+        let (store, metrics, failed) = (self.store, self.metrics, self.audit_failed);
+        // Off the response path: the group-commit writer batches these.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                match store.append_audit(event).await {
+                    Ok(_) => failed.store(false, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record a proxied request; the edge refuses requests until the audit trail is writable");
+                        metrics.audit_write_failures.inc();
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// The upstream's body, redacted and counted on its way to the agent.
+struct Tracked {
+    inner: hyper::body::Incoming,
+    redactor: Redactor,
+    bytes_out: u64,
+    ended: bool,
+    completion: Option<Completion>,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = this.redactor.push(&data);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        this.bytes_out += out.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(out))));
+                    }
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    if let Some(c) = this.completion.take() {
+                        c.finish(this.bytes_out, "upstream_error");
+                    }
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    let tail = this.redactor.finish();
+                    this.bytes_out += tail.len() as u64;
+                    if let Some(c) = this.completion.take() {
+                        c.finish(this.bytes_out, "complete");
+                    }
+                    if tail.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(tail))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // The agent went away before the end: still one record.
+        if let Some(c) = self.completion.take() {
+            c.finish(self.bytes_out, "client_closed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_refused() {
+        for bad in [
+            "/v1/../admin",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2e%2Fx",
+            "/a%2fb",
+            "/a\\b",
+            "/./a",
+            "/a//b",
+            "/a%252e",
+        ] {
+            assert!(path_escape(bad).is_some(), "{bad}");
+        }
+        for ok in [
+            "/",
+            "/v1/chat/completions",
+            "/v1/files/file-1.txt",
+            "/a%20b",
+            "/v1/x..y",
+        ] {
+            assert!(path_escape(ok).is_none(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn tokens_come_from_the_configured_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(agent_token(&h, &header::AUTHORIZATION).unwrap(), "abc");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(agent_token(&h, &header::AUTHORIZATION).is_err());
+        let x = HeaderName::from_static("x-api-key");
+        h.insert(x.clone(), HeaderValue::from_static("abc"));
+        assert_eq!(agent_token(&h, &x).unwrap(), "abc");
+        h.append(x.clone(), HeaderValue::from_static("def"));
+        assert!(agent_token(&h, &x).is_err(), "two tokens");
+        assert!(
+            agent_token(&HeaderMap::new(), &x)
+                .unwrap_err()
+                .contains("x-api-key")
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_stop_here() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-authorization", HeaderValue::from_static("x"));
+        h.insert(header::HOST, HeaderValue::from_static("evil"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        let f = forwardable(&h);
+        assert_eq!(f.len(), 1);
+        assert!(f.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn traceparent_is_kept_when_valid() {
+        let good =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(traceparent(Some(&good)), good);
+        let made = traceparent(Some(&HeaderValue::from_static("junk")));
+        assert_eq!(made.len(), 55);
+        assert_ne!(traceparent(None), traceparent(None));
+    }
+}

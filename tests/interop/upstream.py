@@ -1,0 +1,171 @@
+"""A local upstream API for the egress proxy tests: it records what it receives.
+
+Usage: upstream.py LOG [--tls DIR]
+Prints "PORT <n>" when ready. Every request is appended to LOG as one JSON
+line (method, path, headers, body length), so tests assert what crossed the
+proxy. With --tls it generates a test CA and a server certificate for
+127.0.0.1/localhost (DIR/ca.pem) and serves HTTPS.
+
+Endpoints:
+  POST /v1/chat/completions  OpenAI-shaped; "stream": true answers SSE chunks
+  GET  /echo                 echoes the Authorization it got (body and header)
+  GET  /redirect             302 to another origin
+  POST /oauth/token          client-credentials token endpoint (Basic auth)
+  anything else              200 {"method", "path"}
+"""
+import base64
+import datetime
+import json
+import os
+import ssl
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG = sys.argv[1]
+LOCK = threading.Lock()
+TOKENS = {"issued": 0}
+
+
+def make_tls(d):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warrant test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(d, "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(pem))
+    with open(os.path.join(d, "server.pem"), "wb") as f:
+        f.write(cert.public_bytes(pem))
+    with open(os.path.join(d, "server.key"), "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def record(self, body):
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body_len": len(body),
+        }
+        with LOCK, open(LOG, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def body(self):
+        n = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def send_json(self, code, obj, extra=()):
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def handle_any(self):
+        body = self.body()
+        self.record(body)
+        path = self.path.split("?")[0]
+        if path == "/v1/chat/completions" and self.command == "POST":
+            req = json.loads(body or b"{}")
+            if req.get("stream"):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                for i, word in enumerate(["Hello", " from", " upstream"]):
+                    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                             "model": req.get("model", "m"),
+                             "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+                    self.write_chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                    time.sleep(0.05)
+                self.write_chunk(b"data: [DONE]\n\n")
+                self.write_chunk(b"")
+                return
+            self.send_json(200, {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1,
+                "model": req.get("model", "m"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "Hello from upstream"}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
+            })
+        elif path == "/echo":
+            auth = self.headers.get("authorization", "")
+            self.send_json(200, {"you_sent": auth, "all": dict(self.headers.items())},
+                           extra=[("x-echo", auth)])
+        elif path == "/redirect":
+            self.send_response(302)
+            self.send_header("location", "http://127.0.0.1:9/steal")
+            self.send_header("content-length", "0")
+            self.end_headers()
+        elif path == "/oauth/token":
+            TOKENS["issued"] += 1
+            time.sleep(0.05)
+            self.send_json(200, {"access_token": "upstream-at-%d-abcdefgh" % TOKENS["issued"],
+                                 "token_type": "Bearer", "expires_in": 3600})
+        else:
+            self.send_json(200, {"method": self.command, "path": self.path})
+
+    def write_chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
+
+
+def main():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    if "--tls" in sys.argv:
+        d = sys.argv[sys.argv.index("--tls") + 1]
+        make_tls(d)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    print("PORT %d" % srv.server_address[1], flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
