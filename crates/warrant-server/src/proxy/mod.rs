@@ -951,17 +951,19 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.code, "error_description": self.message });
+        // `{"error": {"message", "type", "code"}}`: the shape provider SDKs
+        // (OpenAI's, Anthropic's) read, so an agent's SDK shows the message.
+        let mut error = json!({ "message": self.message, "type": self.code, "code": self.code });
         if let Some(r) = self.refused_by {
-            body["refused_by"] = json!(r);
+            error["refused_by"] = json!(r);
         }
         if !self.policies.is_empty() {
-            body["policies"] = json!(self.policies);
+            error["policies"] = json!(self.policies);
         }
         if let Some(h) = self.hint {
-            body["how_to_get_access"] = json!(h);
+            error["how_to_get_access"] = json!(h);
         }
-        let mut r = (self.status, axum::Json(body)).into_response();
+        let mut r = (self.status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(w) = self.www_authenticate
             && let Ok(v) = HeaderValue::from_str(&w)
         {

@@ -28,7 +28,7 @@ permit(principal in Agent::"orch", action == Action::"http:request", resource)
 when { !(context has user) || context.groups.contains("support") || resource == Route::"gh" };
 @id("no-forbidden-path")
 forbid(principal, action == Action::"http:request", resource == Route::"openai")
-when { context.path == "/v1/forbidden" };
+when { context.path == "/v1/forbidden" || context.path == "/v1/embeddings" };
 "#;
 
 /// The local upstream: a child process and the log of what it received.
@@ -96,7 +96,7 @@ fn routes(plain: &Upstream, tls: &Upstream) -> String {
 name = "openai"
 upstream = "{p}"
 audience = "https://api.openai.test"
-allow = [ {{ methods = ["POST"], paths = ["/v1/chat/completions", "/v1/forbidden", "/big"] }}, {{ methods = ["GET"], paths = ["/echo", "/redirect", "/v1/models/*"] }} ]
+allow = [ {{ methods = ["POST"], paths = ["/v1/chat/completions", "/v1/embeddings", "/v1/forbidden", "/big"] }}, {{ methods = ["GET"], paths = ["/echo", "/redirect", "/v1/models/*"] }} ]
 credential = {{ kind = "secret", secret = "openai-key" }}
 max_request_bytes = 1048576
 
@@ -703,7 +703,7 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
     .json();
     assert_eq!(meta["authorization_servers"], json!([w.b.issuer]));
     assert_eq!(meta["warrant_audience"], "https://api.openai.test");
-    let forbid = cases[6].1.json();
+    let forbid = cases[6].1.json()["error"].clone();
     assert_eq!(forbid["refused_by"], "policy (forbid)");
     assert_eq!(forbid["policies"], json!(["no-forbidden-path"]));
     assert!(
@@ -712,7 +712,7 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
             .unwrap()
             .contains("Route::\"openai\"")
     );
-    assert_eq!(cases[4].1.json()["refused_by"], "route allow list");
+    assert_eq!(cases[4].1.json()["error"]["refused_by"], "route allow list");
     assert!(
         up.seen().is_empty(),
         "nothing was forwarded: {:?}",
@@ -902,4 +902,31 @@ fn secrets_are_sealed_and_never_shown() {
         }
     }
     assert!(!trail.contains(KEY) && !w.b.logs().contains(KEY));
+}
+
+/// The official OpenAI SDK, unchanged, with a task token as its API key.
+#[test]
+fn the_official_openai_sdk_works_through_the_proxy() {
+    let (w, up, _tls) = setup();
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice");
+    let out = Command::new(python())
+        .arg(repo().join("tests/interop/openai_client.py"))
+        .arg(format!("http://{}/openai/v1", w.b.edge))
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["content"], "Hello from upstream");
+    assert_eq!(r["usage"], 4);
+    assert_eq!(r["streamed"], json!(["Hello", " from", " upstream"]));
+    assert_eq!(r["denied"]["status"], 403);
+    assert_eq!(r["denied"]["body"]["refused_by"], "policy (forbid)", "{r}");
+    assert!(r["denied"]["message"].as_str().unwrap().contains("policy does not allow agent `orch` POST /v1/embeddings"), "{r}");
+    assert_eq!(r["unauthenticated"]["status"], 401);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "the denied and unauthenticated calls never left: {seen:?}");
+    assert!(seen.iter().all(|s| s["headers"]["authorization"] == format!("Bearer {KEY}")));
+    assert!(seen[0]["headers"]["user-agent"].as_str().unwrap().starts_with("OpenAI/Python"), "{}", seen[0]);
 }
