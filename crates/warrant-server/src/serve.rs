@@ -274,7 +274,7 @@ impl Broker {
             .map_err(ServeError::Io)?,
         );
         for r in &config.routes {
-            tracing::info!(route = %r.name, upstream = %r.upstream.as_url(), credential = r.credential.kind(), "egress route");
+            tracing::info!(route = %r.name, upstream = %r.upstream.as_url(), credential = %r.credential.kind(), "egress route");
         }
         let state = AppState {
             proxy,

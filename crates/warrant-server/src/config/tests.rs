@@ -100,3 +100,50 @@ fn issuer_is_normalised() {
     let c = from_toml("issuer = \"https://broker.example.org/\"").unwrap();
     assert_eq!(c.issuer.as_deref(), Some("https://broker.example.org"));
 }
+
+/// The example in docs/proxy.md is a configuration the broker accepts.
+#[test]
+fn the_documented_routes_are_valid() {
+    let page = include_str!("../../../../docs/proxy.md");
+    let toml_block = page
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .unwrap();
+    let c = from_toml(toml_block).unwrap();
+    let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["openai", "anthropic", "github", "jira", "crm", "internal"]
+    );
+    assert_eq!(
+        c.routes[3].ca_file.as_deref(),
+        Some(Path::new("/etc/warrant/private-ca.pem")),
+        "relative to the config file"
+    );
+    let kinds: Vec<&str> = c.routes.iter().map(|r| r.credential.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "secret",
+            "secret",
+            "per_user_secret",
+            "basic",
+            "oauth2_client_credentials",
+            "warrant_jwt"
+        ]
+    );
+}
+
+#[test]
+fn routes_are_checked_with_their_place_in_the_file() {
+    let e = from_toml(
+        "[[route]]\nname = \"a\"\nupstream = \"https://a.example\"\nallow = [ { methods = [\"GET\"], paths = [\"/\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n[[route]]\nname = \"a\"\nupstream = \"https://b.example\"\nallow = [ { methods = [\"GET\"], paths = [\"/\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("[[route]] #2") && e.contains("used twice"),
+        "{e}"
+    );
+}

@@ -637,11 +637,6 @@ impl RawRoute {
                 }
             }
         };
-        if credential.header() == agent_header && agent_header != http::header::AUTHORIZATION {
-            return Err(format!(
-                "agent_header and the credential's header are both `{agent_header}`; the agent's token would be replaced in the same header, which only works for authorization"
-            ));
-        }
         Ok(Route {
             name,
             upstream,

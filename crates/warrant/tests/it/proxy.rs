@@ -916,17 +916,41 @@ fn the_official_openai_sdk_works_through_the_proxy() {
         .arg(&token)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["content"], "Hello from upstream");
     assert_eq!(r["usage"], 4);
     assert_eq!(r["streamed"], json!(["Hello", " from", " upstream"]));
     assert_eq!(r["denied"]["status"], 403);
     assert_eq!(r["denied"]["body"]["refused_by"], "policy (forbid)", "{r}");
-    assert!(r["denied"]["message"].as_str().unwrap().contains("policy does not allow agent `orch` POST /v1/embeddings"), "{r}");
+    assert!(
+        r["denied"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("policy does not allow agent `orch` POST /v1/embeddings"),
+        "{r}"
+    );
     assert_eq!(r["unauthenticated"]["status"], 401);
     let seen = up.seen();
-    assert_eq!(seen.len(), 2, "the denied and unauthenticated calls never left: {seen:?}");
-    assert!(seen.iter().all(|s| s["headers"]["authorization"] == format!("Bearer {KEY}")));
-    assert!(seen[0]["headers"]["user-agent"].as_str().unwrap().starts_with("OpenAI/Python"), "{}", seen[0]);
+    assert_eq!(
+        seen.len(),
+        2,
+        "the denied and unauthenticated calls never left: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|s| s["headers"]["authorization"] == format!("Bearer {KEY}"))
+    );
+    assert!(
+        seen[0]["headers"]["user-agent"]
+            .as_str()
+            .unwrap()
+            .starts_with("OpenAI/Python"),
+        "{}",
+        seen[0]
+    );
 }

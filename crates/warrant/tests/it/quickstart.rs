@@ -3,7 +3,8 @@
 //! Every `sh` block runs in order in one shell (`sh -eu`) in a fresh directory,
 //! with the binary under test first on `PATH`. `cargo` lines are skipped (the
 //! binary is already built). The block that is only `warrant serve` runs in the
-//! background, as the page's first terminal. The page's ports (8700, 8701) are
+//! background, as the page's first terminal; the blocks before it run first
+//! (they write the configuration it reads). The page's ports (8700, 8701) are
 //! swapped for free ones. Every line of a `text` block must appear in one line
 //! of what the commands and the broker printed, `…` matching anything.
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 const PAGE: &str = include_str!("../../../../docs/quickstart.md");
 
 struct Blocks {
+    setup: String,
     serve: String,
     script: String,
     expected: Vec<String>,
@@ -22,6 +24,7 @@ struct Blocks {
 
 fn blocks(page: &str) -> Blocks {
     let mut out = Blocks {
+        setup: String::new(),
         serve: String::new(),
         script: String::new(),
         expected: Vec::new(),
@@ -38,9 +41,14 @@ fn blocks(page: &str) -> Blocks {
                 out.serve = body[0].to_owned();
             }
             "sh" => {
+                let to = if out.serve.is_empty() {
+                    &mut out.setup
+                } else {
+                    &mut out.script
+                };
                 for l in body.iter().filter(|l| !l.starts_with("cargo ")) {
-                    out.script.push_str(l);
-                    out.script.push('\n');
+                    to.push_str(l);
+                    to.push('\n');
                 }
             }
             "text" => out.expected.extend(
@@ -108,6 +116,16 @@ fn quickstart_runs_as_written() {
             .env("WARRANT_API_ADDR", format!("127.0.0.1:{api}"))
             .env("WARRANT_EDGE_ADDR", format!("127.0.0.1:{edge}"));
     };
+
+    // What the page does before starting the broker.
+    let mut setup = Command::new("sh");
+    env(&mut setup);
+    let out = setup.args(["-eu", "-c", &b.setup]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the quickstart's set-up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The first terminal.
     let log = dir.path().join("serve.log");
