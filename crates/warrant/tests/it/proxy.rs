@@ -679,6 +679,21 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
             413,
             "at most 1048576",
         ),
+        (
+            "too many headers",
+            raw(
+                edge_addr,
+                &format!(
+                    "GET /openai/echo HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\n{}connection: close\r\n\r\n",
+                    (0..80)
+                        .map(|i| format!("x-h{i}: v\r\n"))
+                        .collect::<String>()
+                ),
+                b"",
+            ),
+            431,
+            "at most 64 headers",
+        ),
     ];
     for (what, r, status, needle) in &cases {
         assert_eq!(r.status, *status, "{what}: {}", r.body);

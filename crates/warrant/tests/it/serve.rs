@@ -46,7 +46,7 @@ fn a_fresh_broker_is_private_loopback_and_ready() {
     let edge = warrant_testkit::http(b.edge, "GET", "/openai/v1/models", &[], None);
     assert_eq!(edge.status, 404);
     assert!(
-        edge.json()["message"]
+        edge.json()["error"]["message"]
             .as_str()
             .unwrap()
             .contains("`openai`")
@@ -57,7 +57,11 @@ fn a_fresh_broker_is_private_loopback_and_ready() {
         .iter()
         .map(|r| r["event"].as_str().unwrap())
         .collect();
-    assert_eq!(events, vec!["key.generate", "broker.start"]);
+    // The refused edge request is recorded too.
+    assert_eq!(
+        events,
+        vec!["key.generate", "broker.start", "proxy.request"]
+    );
 }
 
 #[test]
