@@ -333,7 +333,16 @@ fn main() {
             .filter(|_| conns == 64)
             .map(|out| {
                 Command::new("perf")
-                    .args(["record", "-F", "999", "-g", "-o", &out, "-p"])
+                    .args([
+                        "record",
+                        "-F",
+                        "499",
+                        "--call-graph",
+                        "dwarf,16384",
+                        "-o",
+                        &out,
+                        "-p",
+                    ])
                     .arg(broker.id().to_string())
                     .args(["--", "sleep", &secs.to_string()])
                     .stdout(Stdio::null())

@@ -106,7 +106,8 @@ impl OAuthCache {
             .filter(|t| Instant::now() < t.refresh_at)
     }
 
-    /// How many token requests this cache has made (for tests via metrics).
+    /// The current token (fetching one if there is none fresh) and the
+    /// client secret's bytes, for redaction.
     async fn token(
         &self,
         route: &Route,
