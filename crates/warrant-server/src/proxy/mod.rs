@@ -685,6 +685,20 @@ impl ProxyService {
         let upstream_headers = sent.elapsed();
         let resp = match answer {
             Ok(Ok(r)) => r,
+            Ok(Err(e)) if over_limit(&e) => {
+                // A body without a length, cut off at the limit mid-upload.
+                let mut ev = event;
+                ev.decision = Outcome::Error;
+                let e = Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is over the {} bytes route `{}` accepts; the upload was cut off",
+                        route.max_request_bytes, route.name
+                    ),
+                );
+                return self.upstream_failed(ev, e, &route.name).await;
+            }
             Ok(Err(e)) => {
                 let why = if e.is_connect() {
                     "could not be reached"
@@ -768,6 +782,18 @@ impl ProxyService {
         }
         e.into_response()
     }
+}
+
+/// Whether a client error was the request body passing its limit.
+fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {

@@ -748,6 +748,20 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
         .unwrap();
     assert_eq!(per_user["user"], "user:bob");
 
+    // A body without a length is cut off at the limit.
+    let chunk = format!("100000\r\n{}\r\n", "x".repeat(0x100000));
+    let mut body = chunk.repeat(2).into_bytes();
+    body.extend_from_slice(b"0\r\n\r\n");
+    let r = raw(
+        edge_addr,
+        &format!(
+            "POST /openai/big HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {token}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        ),
+        &body,
+    );
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("cut off"), "{}", r.body);
+
     // Revocation stops the very next request.
     let r = edge(&w, "GET", "/openai/echo", Some(&token), &[], None);
     assert_eq!(r.status, 200);
