@@ -90,6 +90,18 @@ class Handler(BaseHTTPRequestHandler):
             f.write(json.dumps(entry) + "\n")
 
     def body(self):
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            out = b""
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    return out
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n else b""
 
@@ -104,7 +116,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def handle_any(self):
-        body = self.body()
+        try:
+            body = self.body()
+        except (ConnectionError, ValueError):
+            return  # the client gave up mid-body (a proxy enforcing a limit)
         self.record(body)
         path = self.path.split("?")[0]
         if path == "/v1/chat/completions" and self.command == "POST":

@@ -1107,9 +1107,15 @@ impl http_body::Body for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        // The agent went away before the end: still one record.
+        // The agent went away before the end (or the body was never read,
+        // as for HEAD): still one record.
         if let Some(c) = self.completion.take() {
-            c.finish(self.bytes_out, "client_closed");
+            let how = if http_body::Body::is_end_stream(&self.inner) {
+                "complete"
+            } else {
+                "client_closed"
+            };
+            c.finish(self.bytes_out, how);
         }
     }
 }
