@@ -285,6 +285,9 @@ impl ProxyService {
         if let Err(e) = self.boundaries(&req, &rest) {
             return self.refuse(event, *e, label).await;
         }
+        // One spelling of each path, so `allow` rules and policies see what
+        // the upstream will: `/v1/%61dmin` is `/v1/admin` here too.
+        let rest = normalize_path(&rest);
         let Some(rs) = self.routes.get(&route_name) else {
             let e = Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -854,8 +857,46 @@ fn agent_token<'a>(headers: &'a HeaderMap, header: &HeaderName) -> Result<&'a st
     Ok(token)
 }
 
+/// Decodes percent-escapes of unreserved characters and upper-cases the
+/// rest (RFC 3986 §6.2.2), for a path [`path_escape`] accepted.
+pub fn normalize_path(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = &path[i + 1..i + 3];
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(v));
+                } else {
+                    out.push('%');
+                    out.push_str(&hex.to_ascii_uppercase());
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(char::from(b[i]));
+        i += 1;
+    }
+    out
+}
+
 /// Why `path` (below the route, as received) is refused, if it is.
 pub fn path_escape(path: &str) -> Option<&'static str> {
+    if !path.is_ascii() {
+        return Some("is not ASCII");
+    }
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        let ok = bytes.len() > i + 2
+            && bytes[i + 1].is_ascii_hexdigit()
+            && bytes[i + 2].is_ascii_hexdigit();
+        if !ok {
+            return Some("has a `%` that is not a percent-escape");
+        }
+    }
     let lower = path.to_ascii_lowercase();
     if ["%2e", "%2f", "%5c", "%00", "%25"]
         .iter()
@@ -1147,6 +1188,11 @@ mod tests {
         ] {
             assert!(path_escape(ok).is_none(), "{ok}");
         }
+        for bad in ["/a%zz", "/a%2", "/a%"] {
+            assert!(path_escape(bad).is_some(), "{bad}");
+        }
+        assert_eq!(normalize_path("/v1/%61dmin%7e%3f%3F"), "/v1/admin~%3F%3F");
+        assert_eq!(normalize_path("/a%20b"), "/a%20b");
     }
 
     #[test]

@@ -694,6 +694,19 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
             431,
             "at most 64 headers",
         ),
+        (
+            "a forbidden path spelled with escapes",
+            edge(
+                &w,
+                "POST",
+                "/openai/v1/%66orbidde%6E",
+                Some(&token),
+                &[],
+                Some("{}"),
+            ),
+            403,
+            "policy does not allow",
+        ),
     ];
     for (what, r, status, needle) in &cases {
         assert_eq!(r.status, *status, "{what}: {}", r.body);
