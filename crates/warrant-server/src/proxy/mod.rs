@@ -111,7 +111,13 @@ pub struct ProxyService {
     /// Set when a completion record could not be written; cleared by the
     /// next record that is.
     audit_failed: Arc<AtomicBool>,
+    /// Permits for completion records not yet written: a writer that falls
+    /// behind slows the edge down instead of queueing records without bound.
+    pending_records: Arc<tokio::sync::Semaphore>,
 }
+
+/// The most completion records waiting for the writer.
+const MAX_PENDING_RECORDS: usize = 8192;
 
 impl std::fmt::Debug for ProxyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -231,6 +237,7 @@ impl ProxyService {
                 .collect(),
             edge_url: p.edge_url,
             audit_failed: Arc::new(AtomicBool::new(false)),
+            pending_records: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
         })
     }
 
@@ -682,6 +689,14 @@ impl ProxyService {
             }
         };
         *out.headers_mut() = headers;
+        let Ok(permit) = self.pending_records.clone().acquire_owned().await else {
+            let e = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the broker is shutting down".to_owned(),
+            );
+            return self.refuse(event, e, &route.name).await;
+        };
         let sent = Instant::now();
         let before = sent - start;
         let answer = tokio::time::timeout(route.timeout, rs.client.request(out)).await;
@@ -762,6 +777,7 @@ impl ProxyService {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             audit_failed: self.audit_failed.clone(),
+            permit,
         };
         let body = Tracked {
             inner: rbody,
@@ -1051,6 +1067,7 @@ struct Completion {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     audit_failed: Arc<AtomicBool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Completion {
@@ -1066,10 +1083,12 @@ impl Completion {
                 "response": outcome,
             }),
         );
-        let (store, metrics, failed) = (self.store, self.metrics, self.audit_failed);
+        let (store, metrics, failed, permit) =
+            (self.store, self.metrics, self.audit_failed, self.permit);
         // Off the response path: the group-commit writer batches these.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
+                let _permit = permit;
                 match store.append_audit(event).await {
                     Ok(_) => failed.store(false, Ordering::Relaxed),
                     Err(e) => {
