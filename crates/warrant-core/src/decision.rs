@@ -266,6 +266,8 @@ pub struct Context {
     pub anomaly_score: i64,
     /// For `http:request`.
     pub http: Option<HttpFacts>,
+    /// For `mcp:call_tool`: the call's arguments (a JSON object).
+    pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Context {
@@ -282,6 +284,7 @@ impl Context {
             source_ip: None,
             anomaly_score: 0,
             http: None,
+            arguments: None,
         }
     }
 }

@@ -58,6 +58,7 @@ pub mod audit;
 pub mod decision;
 pub mod identity;
 pub mod keys;
+pub mod mcp;
 pub mod name;
 pub mod secret;
 pub mod selector;

@@ -82,6 +82,44 @@ fn strings<'a>(v: impl IntoIterator<Item = &'a String>) -> Value {
     Value::set(v.into_iter().map(|x| s(x)), None)
 }
 
+/// The call's arguments as the record the schema declares: attributes the
+/// schema does not know are left out; one of the wrong JSON type refuses the
+/// call (a forbid on `path` must not be dodged by sending `path` as a list).
+fn arguments(
+    given: Option<&serde_json::Map<String, serde_json::Value>>,
+    schema: &warrant_core::mcp::ArgumentSchema,
+) -> Result<Value, String> {
+    use warrant_core::mcp::ArgType;
+    let mut rec: BTreeMap<SmolStr, Value> = BTreeMap::new();
+    for (name, v) in given.into_iter().flatten() {
+        let Some(ty) = schema.get(name) else { continue };
+        if !ty.admits(v) {
+            return Err(format!(
+                "argument `{}` is not of type {} as the tool's input schema declares",
+                name.escape_debug(),
+                ty.cedar()
+            ));
+        }
+        let value = match (ty, v) {
+            (ArgType::String, serde_json::Value::String(x)) => s(x),
+            (ArgType::Bool, serde_json::Value::Bool(b)) => Value::from(*b),
+            (ArgType::Long, n) => Value::from(n.as_i64().unwrap_or_default()),
+            (ArgType::Strings, serde_json::Value::Array(a)) => {
+                Value::set(a.iter().filter_map(|x| x.as_str()).map(s), None)
+            }
+            (ArgType::Longs, serde_json::Value::Array(a)) => Value::set(
+                a.iter()
+                    .filter_map(serde_json::Value::as_i64)
+                    .map(Value::from),
+                None,
+            ),
+            _ => continue,
+        };
+        rec.insert(SmolStr::new(name), value);
+    }
+    Ok(Value::record(rec, None))
+}
+
 fn entity(uid: EntityUID, attrs: Vec<(&str, Value)>, parents: HashSet<EntityUID>) -> Entity {
     let attrs = attrs
         .into_iter()
@@ -122,7 +160,10 @@ pub(crate) struct Built {
 }
 
 /// Builds the Cedar request, the entities it refers to, and the index keys.
-pub(crate) fn build(req: &DecisionRequest) -> Result<Built, String> {
+pub(crate) fn build(
+    req: &DecisionRequest,
+    args: &warrant_core::mcp::ArgumentSchema,
+) -> Result<Built, String> {
     let t = types().ok_or("internal error: entity type names do not parse")?;
     if req.resource.type_name() != req.action.resource_type() {
         return Err(format!(
@@ -237,6 +278,9 @@ pub(crate) fn build(req: &DecisionRequest) -> Result<Built, String> {
         ctx.insert("path".into(), s(&http.path));
         ctx.insert("host".into(), s(&http.host));
     }
+    if req.action == Action::McpCallTool {
+        ctx.insert("arguments".into(), arguments(c.arguments.as_ref(), args)?);
+    }
 
     let action_idx = Action::ALL
         .iter()
@@ -293,9 +337,12 @@ fn keys(req: &DecisionRequest) -> RequestKeys {
 /// For tests: the same entities and context, checked against the schema through
 /// the public API.
 #[cfg(test)]
-pub(crate) fn conforms(req: &DecisionRequest) -> Result<(), String> {
-    let built = build(req)?;
-    let schema = crate::schema::schema();
+pub(crate) fn conforms(
+    req: &DecisionRequest,
+    args: &warrant_core::mcp::ArgumentSchema,
+) -> Result<(), String> {
+    let built = build(req, args)?;
+    let schema = crate::schema::schema_with(args)?;
     let public = cedar_policy::Entities::from(built.entities);
     cedar_policy::Entities::from_entities(public.iter().cloned(), Some(&schema))
         .map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ mod load;
 mod schema;
 
 pub use load::{PolicyFile, PolicyProblem, Problems};
-pub use schema::schema_text;
+pub use schema::{schema_text, schema_text_with};
 
 use cedar_policy::{Authorizer, Effect as CedarEffect, PolicySet};
 use cedar_policy_core::ast::{Literal, ValueKind};
@@ -48,6 +48,8 @@ struct Compiled {
 /// A validated, indexed policy set.
 #[derive(Debug)]
 pub struct Policies {
+    /// The argument attributes `context.arguments` of `mcp:call_tool` has.
+    args: warrant_core::mcp::ArgumentSchema,
     all: PolicySet,
     compiled: Vec<Compiled>,
     index: index::ScopeIndex,
@@ -68,12 +70,26 @@ impl Policies {
     /// Parses, validates against the schema and indexes `files`. On any problem,
     /// returns all of them; nothing is half-loaded.
     pub fn compile(files: &[PolicyFile]) -> Result<Self, Problems> {
-        load::compile(files)
+        load::compile(files, &warrant_core::mcp::ArgumentSchema::default())
+    }
+
+    /// Like [`compile`](Self::compile), with `args` (the pinned tools'
+    /// argument attributes) typing `context.arguments` of `mcp:call_tool`.
+    pub fn compile_with_arguments(
+        files: &[PolicyFile],
+        args: &warrant_core::mcp::ArgumentSchema,
+    ) -> Result<Self, Problems> {
+        load::compile(files, args)
+    }
+
+    /// The argument attributes this set was validated with.
+    pub fn arguments(&self) -> &warrant_core::mcp::ArgumentSchema {
+        &self.args
     }
 
     /// Decides a request against the whole set. Never fails: any error is a deny.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
-        let built = match entities::build(req) {
+        let built = match entities::build(req, &self.args) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
@@ -115,7 +131,7 @@ impl Policies {
     /// Decides with plain `cedar-policy` over the whole set, without the index:
     /// the reference `decide` is tested against, and the benchmark's baseline.
     pub fn decide_unindexed(&self, req: &DecisionRequest) -> Decision {
-        let built = match entities::build(req) {
+        let built = match entities::build(req, &self.args) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };

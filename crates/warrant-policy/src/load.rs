@@ -92,7 +92,10 @@ struct Parsed {
     line: usize,
 }
 
-pub(crate) fn compile(files: &[PolicyFile]) -> Result<Policies, Problems> {
+pub(crate) fn compile(
+    files: &[PolicyFile],
+    args: &warrant_core::mcp::ArgumentSchema,
+) -> Result<Policies, Problems> {
     let mut problems = Vec::new();
     let mut parsed: Vec<Parsed> = Vec::new();
 
@@ -206,7 +209,14 @@ pub(crate) fn compile(files: &[PolicyFile]) -> Result<Policies, Problems> {
         return Err(Problems(problems));
     }
 
-    let schema = schema::schema();
+    let schema = schema::schema_with(args).map_err(|message| {
+        Problems(vec![PolicyProblem {
+            file: String::new(),
+            line: 0,
+            col: 0,
+            message,
+        }])
+    })?;
     let validator = Validator::new((*schema).clone());
     let result = validator.validate(&all, ValidationMode::Strict);
     let locate = |policy_id: &PolicyId, d: &dyn Diagnostic, message: String| {
@@ -259,6 +269,7 @@ pub(crate) fn compile(files: &[PolicyFile]) -> Result<Policies, Problems> {
     }
 
     Ok(Policies {
+        args: args.clone(),
         all,
         compiled,
         index: index::ScopeIndex::build(&scopes),

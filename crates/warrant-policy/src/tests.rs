@@ -201,7 +201,7 @@ when {
     r.context.chain = vec!["triage".into()];
     r.context.depth = 1;
     r.context.source_ip = Some("127.0.0.1".parse::<IpAddr>().unwrap());
-    entities::conforms(&r).unwrap();
+    entities::conforms(&r, &Default::default()).unwrap();
     assert_eq!(p.decide(&r).effect, Effect::Allow);
 
     let mut weekend = r.clone();
@@ -231,7 +231,7 @@ unless { resource.name == "delete_repository" };
         path: "/v1/chat/completions".into(),
         host: "api.openai.com".into(),
     });
-    entities::conforms(&r).unwrap();
+    entities::conforms(&r, &Default::default()).unwrap();
     assert_eq!(p.decide(&r).effect, Effect::Allow);
 
     let tool = |t: &str| {
@@ -244,7 +244,7 @@ unless { resource.name == "delete_repository" };
             },
         )
     };
-    entities::conforms(&tool("x")).unwrap();
+    entities::conforms(&tool("x"), &Default::default()).unwrap();
     assert_eq!(p.decide(&tool("create_issue")).effect, Effect::Allow);
     assert_eq!(p.decide(&tool("delete_repository")).effect, Effect::Deny);
 
@@ -423,4 +423,122 @@ fn indexed_decisions_equal_plain_cedar_on_random_requests() {
             "{k} too rare: {effects:?}"
         );
     }
+}
+
+/// `context.arguments` is typed from the pinned tools' input schemas, so a
+/// policy can condition a tool call on its arguments.
+#[test]
+fn tool_calls_are_decided_on_their_arguments() {
+    use warrant_core::mcp::ArgumentSchema;
+    let read_file = ArgumentSchema::from_input_schema(&serde_json::json!({
+        "type": "object",
+        "properties": {"path": {"type": "string"}, "max_bytes": {"type": "integer"}}
+    }));
+    let search = ArgumentSchema::from_input_schema(&serde_json::json!({
+        "properties": {"query": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}}}
+    }));
+    let (args, conflicts) = ArgumentSchema::union([&read_file, &search]);
+    assert!(conflicts.is_empty());
+    let text = r#"
+@id("reports-only")
+permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
+when { context.arguments has path && context.arguments.path like "/srv/reports/*" };
+@id("no-big-reads")
+forbid(principal, action == Action::"mcp:call_tool", resource)
+when { context.arguments has max_bytes && context.arguments.max_bytes > 1000000 };
+@id("search")
+permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search");
+@id("no-secret-labels")
+forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search")
+when { context.arguments has labels && context.arguments.labels.contains("secret") };
+"#;
+    // Without the tools' arguments, an unguarded reference does not validate...
+    let unguarded = r#"permit(principal, action == Action::"mcp:call_tool", resource)
+when { context.arguments.path like "/srv/*" };"#;
+    let e = Policies::compile(&[file("u.cedar", unguarded)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("path"), "{e}");
+    // With them it still needs a `has` guard: every argument is optional.
+    let e = Policies::compile_with_arguments(&[file("u.cedar", unguarded)], &args)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has"), "{e}");
+    // ...and a guarded one validates but never applies.
+    let blind = Policies::compile(&[file("t.cedar", text)]).unwrap();
+    let mut probe = request(
+        "a",
+        Action::McpCallTool,
+        Resource::Tool {
+            server: "files".into(),
+            tool: "read_file".into(),
+        },
+    );
+    probe.context.arguments = serde_json::json!({"path": "/srv/reports/q3.csv"})
+        .as_object()
+        .cloned();
+    assert_eq!(blind.decide(&probe).effect, Effect::Deny);
+    assert!(schema_text_with(&args).contains("\"path\"?: String"));
+    let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
+    let call = |tool: &str, a: serde_json::Value| {
+        let mut r = request(
+            "a",
+            Action::McpCallTool,
+            Resource::Tool {
+                server: "files".into(),
+                tool: tool.into(),
+            },
+        );
+        r.context.arguments = a.as_object().cloned();
+        r
+    };
+    let ok = call(
+        "read_file",
+        serde_json::json!({"path": "/srv/reports/q3.csv"}),
+    );
+    entities::conforms(&ok, &args).unwrap();
+    assert_eq!(p.decide(&ok).effect, Effect::Allow);
+    assert_eq!(p.decide(&ok), p.decide_unindexed(&ok));
+    let outside = call("read_file", serde_json::json!({"path": "/etc/shadow"}));
+    assert_eq!(p.decide(&outside).effect, Effect::Deny);
+    let missing = call("read_file", serde_json::json!({}));
+    assert_eq!(p.decide(&missing).effect, Effect::Deny);
+    let big = call(
+        "read_file",
+        serde_json::json!({"path": "/srv/reports/a", "max_bytes": 5_000_000}),
+    );
+    let d = p.decide(&big);
+    assert_eq!(
+        (d.effect, d.policies.clone()),
+        (Effect::Deny, vec!["no-big-reads".to_owned()])
+    );
+    // An argument of another type than declared is refused, not skipped: a
+    // forbid on `max_bytes` cannot be dodged by sending it as a string.
+    let sneaky = call(
+        "read_file",
+        serde_json::json!({"path": "/srv/reports/a", "max_bytes": "5000000"}),
+    );
+    let d = p.decide(&sneaky);
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(
+        d.errors[0].contains("`max_bytes` is not of type Long"),
+        "{:?}",
+        d.errors
+    );
+    // Arguments no tool declares are ignored.
+    let extra = call(
+        "read_file",
+        serde_json::json!({"path": "/srv/reports/a", "unknown": {"deep": [1]}}),
+    );
+    assert_eq!(p.decide(&extra).effect, Effect::Allow);
+    let labelled = call(
+        "search",
+        serde_json::json!({"query": "q", "labels": ["secret"]}),
+    );
+    assert_eq!(p.decide(&labelled).effect, Effect::Deny);
+    assert_eq!(
+        p.decide(&call("search", serde_json::json!({"query": "q"})))
+            .effect,
+        Effect::Allow
+    );
 }

@@ -1,0 +1,216 @@
+//! What policies may say about MCP tool arguments.
+//!
+//! Cedar 4 has no open records, so `context.arguments` of `mcp:call_tool`
+//! needs a declared type. Each tool's JSON input schema yields an
+//! [`ArgumentSchema`]: its top-level properties whose JSON types map onto
+//! Cedar's (string, integer, boolean, arrays of strings or integers). The
+//! gateway merges every pinned tool's into one record type, every attribute
+//! optional, so `context.arguments has path && context.arguments.path like
+//! "/srv/reports/*"` validates. An attribute two tools declare with different
+//! types is left out (policies naming it fail validation, saying so), rather
+//! than typed for one tool and wrong for the other.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// The Cedar type of one argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArgType {
+    /// A JSON string.
+    String,
+    /// A JSON integer.
+    Long,
+    /// A JSON boolean.
+    Bool,
+    /// An array of strings.
+    Strings,
+    /// An array of integers.
+    Longs,
+}
+
+impl ArgType {
+    /// The Cedar schema type.
+    pub fn cedar(self) -> &'static str {
+        match self {
+            Self::String => "String",
+            Self::Long => "Long",
+            Self::Bool => "Bool",
+            Self::Strings => "Set<String>",
+            Self::Longs => "Set<Long>",
+        }
+    }
+
+    /// The type a JSON schema declares, if it maps onto Cedar.
+    pub fn from_json_schema(s: &Value) -> Option<Self> {
+        let ty = match s.get("type")? {
+            Value::String(t) => t.as_str(),
+            // `["string", "null"]`: an optional value of one type.
+            Value::Array(ts) => {
+                let mut non_null = ts.iter().filter_map(Value::as_str).filter(|t| *t != "null");
+                let t = non_null.next()?;
+                if non_null.next().is_some() {
+                    return None;
+                }
+                t
+            }
+            _ => return None,
+        };
+        match ty {
+            "string" => Some(Self::String),
+            "integer" => Some(Self::Long),
+            "boolean" => Some(Self::Bool),
+            "array" => match Self::from_json_schema(s.get("items")?)? {
+                Self::String => Some(Self::Strings),
+                Self::Long => Some(Self::Longs),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether a JSON value is of this type.
+    pub fn admits(self, v: &Value) -> bool {
+        match self {
+            Self::String => v.is_string(),
+            Self::Long => v.is_i64(),
+            Self::Bool => v.is_boolean(),
+            Self::Strings => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            Self::Longs => v.as_array().is_some_and(|a| a.iter().all(Value::is_i64)),
+        }
+    }
+}
+
+/// Argument attributes policies may name, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgumentSchema {
+    attrs: BTreeMap<String, ArgType>,
+}
+
+/// Whether `name` can be an attribute name in warrant's schema text.
+fn usable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+}
+
+impl ArgumentSchema {
+    /// The attributes of a tool's JSON input schema (`{"type": "object",
+    /// "properties": {...}}`) that map onto Cedar types.
+    pub fn from_input_schema(schema: &Value) -> Self {
+        let mut attrs = BTreeMap::new();
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, s) in props {
+                if let (true, Some(t)) = (usable_name(name), ArgType::from_json_schema(s)) {
+                    attrs.insert(name.clone(), t);
+                }
+            }
+        }
+        Self { attrs }
+    }
+
+    /// One schema for several tools: every attribute any of them declares,
+    /// except those declared with different types, which are returned.
+    pub fn union<'a>(all: impl IntoIterator<Item = &'a ArgumentSchema>) -> (Self, Vec<String>) {
+        let mut attrs: BTreeMap<String, ArgType> = BTreeMap::new();
+        let mut conflicts: Vec<String> = Vec::new();
+        for s in all {
+            for (name, t) in &s.attrs {
+                if conflicts.contains(name) {
+                    continue;
+                }
+                match attrs.get(name) {
+                    Some(have) if have != t => {
+                        attrs.remove(name);
+                        conflicts.push(name.clone());
+                    }
+                    _ => {
+                        attrs.insert(name.clone(), *t);
+                    }
+                }
+            }
+        }
+        conflicts.sort();
+        (Self { attrs }, conflicts)
+    }
+
+    /// The type of `name`, if declared.
+    pub fn get(&self, name: &str) -> Option<ArgType> {
+        self.attrs.get(name).copied()
+    }
+
+    /// Every attribute, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ArgType)> {
+        self.attrs.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.attrs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn input_schemas_map_onto_cedar_types() {
+        let s = ArgumentSchema::from_input_schema(&json!({
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "limit": {"type": "integer"},
+                "recursive": {"type": "boolean"},
+                "labels": {"type": "array", "items": {"type": "string"}},
+                "ids": {"type": "array", "items": {"type": "integer"}},
+                "maybe": {"type": ["string", "null"]},
+                "ratio": {"type": "number"},
+                "opts": {"type": "object"},
+                "bad\"name": {"type": "string"}
+            }
+        }));
+        let got: Vec<(&str, &str)> = s.iter().map(|(n, t)| (n, t.cedar())).collect();
+        assert_eq!(
+            got,
+            [
+                ("ids", "Set<Long>"),
+                ("labels", "Set<String>"),
+                ("limit", "Long"),
+                ("maybe", "String"),
+                ("path", "String"),
+                ("recursive", "Bool")
+            ]
+        );
+        assert!(ArgumentSchema::from_input_schema(&json!({"type": "object"})).is_empty());
+    }
+
+    #[test]
+    fn conflicting_types_are_left_out() {
+        let a = ArgumentSchema::from_input_schema(
+            &json!({"properties": {"path": {"type": "string"}, "n": {"type": "integer"}}}),
+        );
+        let b = ArgumentSchema::from_input_schema(
+            &json!({"properties": {"path": {"type": "string"}, "n": {"type": "string"}}}),
+        );
+        let c =
+            ArgumentSchema::from_input_schema(&json!({"properties": {"n": {"type": "integer"}}}));
+        let (u, conflicts) = ArgumentSchema::union([&a, &b, &c]);
+        assert_eq!(u.get("path"), Some(ArgType::String));
+        assert_eq!(u.get("n"), None, "a third tool cannot bring it back");
+        assert_eq!(conflicts, ["n"]);
+    }
+
+    #[test]
+    fn values_are_checked_against_their_type() {
+        assert!(ArgType::String.admits(&json!("x")));
+        assert!(!ArgType::String.admits(&json!(["x"])));
+        assert!(ArgType::Long.admits(&json!(3)));
+        assert!(!ArgType::Long.admits(&json!(3.5)));
+        assert!(ArgType::Strings.admits(&json!(["a", "b"])));
+        assert!(!ArgType::Strings.admits(&json!(["a", 1])));
+    }
+}
