@@ -21,6 +21,7 @@ use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
+use warrant_core::mcp::{PinOutcome, ToolDefinition, ToolPin};
 use warrant_core::name::AgentName;
 use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::task::{RevokeTarget, TaskRecord};
@@ -205,6 +206,30 @@ pub trait Store: Send + Sync + 'static {
         &self,
         used: Vec<(SecretName, Option<String>, Timestamp)>,
     ) -> Result<(), StoreError>;
+
+    /// Records that `server` announces `def`: pins a tool seen for the first
+    /// time, marks a pinned tool `Changed` when the definition differs (keeping
+    /// the announced one pending). `audit` is recorded (its `event` set to
+    /// `mcp.tool.pin` or `mcp.tool.change`) only when something changed.
+    async fn observe_tool(
+        &self,
+        server: &str,
+        def: ToolDefinition,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<PinOutcome, StoreError>;
+    /// Accepts a changed tool's pending definition. `NotFound` if there is no
+    /// such tool, `Conflict` if nothing is pending.
+    async fn approve_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        approved_by: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<ToolPin, StoreError>;
+    /// Every pin, or one server's, by server then tool.
+    async fn list_tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError>;
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;

@@ -166,6 +166,25 @@ CREATE TABLE secrets (
 ALTER TABLE tasks ADD COLUMN attestor TEXT;
 "#,
     ),
+    (
+        7,
+        "mcp tool pins",
+        r#"
+CREATE TABLE mcp_tools (
+  server              TEXT NOT NULL,
+  tool                TEXT NOT NULL,
+  digest              TEXT NOT NULL,
+  definition          TEXT NOT NULL,
+  state               TEXT NOT NULL,
+  pending_digest      TEXT,
+  pending_definition  TEXT,
+  first_seen          INTEGER NOT NULL,
+  updated_at          INTEGER NOT NULL,
+  approved_by         TEXT,
+  PRIMARY KEY (server, tool)
+) STRICT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -21,6 +21,7 @@ use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
+use warrant_core::mcp::{PinOutcome, ToolDefinition, ToolPin};
 use warrant_core::name::AgentName;
 use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::task::{RevokeTarget, TaskRecord};
@@ -974,6 +975,135 @@ impl Store for SqliteStore {
                 Ok(())
             })
             .await
+    }
+
+    async fn observe_tool(
+        &self,
+        server: &str,
+        def: ToolDefinition,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<PinOutcome, StoreError> {
+        let server = server.to_owned();
+        self.writer
+            .submit(move |ctx| {
+                let digest = def.digest();
+                let text = def.pinned.to_string();
+                let found: Option<(String, Option<String>)> = ctx
+                    .conn
+                    .query_row(
+                        "SELECT digest, pending_digest FROM mcp_tools WHERE server = ?1 AND tool = ?2",
+                        params![server, def.name],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(read_err)?;
+                let (outcome, kind) = match found {
+                    None => {
+                        ctx.conn
+                            .execute(
+                                &format!(
+                                    "INSERT INTO mcp_tools ({}) VALUES (?1, ?2, ?3, ?4, 'pinned', NULL, NULL, ?5, ?5, NULL)",
+                                    rows::PIN_COLUMNS
+                                ),
+                                params![server, def.name, digest, text, now.as_millis()],
+                            )
+                            .map_err(db_err)?;
+                        (PinOutcome::New, "mcp.tool.pin")
+                    }
+                    Some((pinned, _)) if pinned == digest => {
+                        // Announced as approved again: whatever was pending is moot.
+                        ctx.conn
+                            .execute(
+                                "UPDATE mcp_tools SET state = 'pinned', pending_digest = NULL, pending_definition = NULL \
+                                 WHERE server = ?1 AND tool = ?2 AND state != 'pinned'",
+                                params![server, def.name],
+                            )
+                            .map_err(db_err)?;
+                        return Ok(PinOutcome::Unchanged);
+                    }
+                    Some((_, pending)) if pending.as_deref() == Some(digest.as_str()) => {
+                        return Ok(PinOutcome::Changed);
+                    }
+                    Some(_) => {
+                        ctx.conn
+                            .execute(
+                                "UPDATE mcp_tools SET state = 'changed', pending_digest = ?3, pending_definition = ?4, updated_at = ?5 \
+                                 WHERE server = ?1 AND tool = ?2",
+                                params![server, def.name, digest, text, now.as_millis()],
+                            )
+                            .map_err(db_err)?;
+                        (PinOutcome::Changed, "mcp.tool.change")
+                    }
+                };
+                let mut event = audit;
+                event.event = kind.to_owned();
+                ctx.append(event)?;
+                Ok(outcome)
+            })
+            .await
+    }
+
+    async fn approve_tool(
+        &self,
+        server: &str,
+        tool: &str,
+        approved_by: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<ToolPin, StoreError> {
+        let (server, tool, by) = (server.to_owned(), tool.to_owned(), approved_by.to_owned());
+        self.writer
+            .submit(move |ctx| {
+                let pin = ctx
+                    .conn
+                    .query_row(
+                        &format!("SELECT {} FROM mcp_tools WHERE server = ?1 AND tool = ?2", rows::PIN_COLUMNS),
+                        params![server, tool],
+                        rows::tool_pin,
+                    )
+                    .optional()
+                    .map_err(read_err)?
+                    .ok_or_else(|| StoreError::NotFound {
+                        what: "tool",
+                        name: format!("{server}/{tool}"),
+                    })?;
+                if pin.pending_digest.is_none() {
+                    return Err(StoreError::Conflict {
+                        what: "tool approval",
+                        name: format!("{server}/{tool} (no changed definition is waiting)"),
+                    });
+                }
+                ctx.conn
+                    .execute(
+                        "UPDATE mcp_tools SET digest = pending_digest, definition = pending_definition, state = 'pinned', \
+                         pending_digest = NULL, pending_definition = NULL, updated_at = ?3, approved_by = ?4 \
+                         WHERE server = ?1 AND tool = ?2",
+                        params![server, tool, now.as_millis(), by],
+                    )
+                    .map_err(db_err)?;
+                ctx.append(audit)?;
+                ctx.conn
+                    .query_row(
+                        &format!("SELECT {} FROM mcp_tools WHERE server = ?1 AND tool = ?2", rows::PIN_COLUMNS),
+                        params![server, tool],
+                        rows::tool_pin,
+                    )
+                    .map_err(read_err)
+            })
+            .await
+    }
+
+    async fn list_tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError> {
+        let server = server.map(str::to_owned);
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM mcp_tools WHERE ?1 IS NULL OR server = ?1 ORDER BY server, tool",
+                rows::PIN_COLUMNS
+            );
+            all_rows(c, &sql, [server], rows::tool_pin)
+        })
+        .await
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {

@@ -195,3 +195,33 @@ pub(crate) fn secret(r: &Row<'_>) -> rusqlite::Result<warrant_core::secret::Secr
         last_used_at: r.get::<_, Option<i64>>(9)?.map(Timestamp::from_millis),
     })
 }
+
+pub(crate) const PIN_COLUMNS: &str = "server, tool, digest, definition, state, pending_digest, pending_definition, first_seen, updated_at, approved_by";
+
+pub(crate) fn tool_pin(r: &Row<'_>) -> rusqlite::Result<warrant_core::mcp::ToolPin> {
+    let json = |i: usize, what: &str| -> rusqlite::Result<serde_json::Value> {
+        serde_json::from_str(&r.get::<_, String>(i)?).map_err(|e| corrupt(what, e))
+    };
+    let state = match r.get::<_, String>(4)?.as_str() {
+        "pinned" => warrant_core::mcp::PinState::Pinned,
+        "changed" => warrant_core::mcp::PinState::Changed,
+        other => return Err(corrupt("pin state", other)),
+    };
+    Ok(warrant_core::mcp::ToolPin {
+        server: r.get(0)?,
+        tool: r.get(1)?,
+        digest: r.get(2)?,
+        definition: json(3, "definition")?,
+        state,
+        pending_digest: r.get(5)?,
+        pending_definition: match r.get::<_, Option<String>>(6)? {
+            Some(t) => {
+                Some(serde_json::from_str(&t).map_err(|e| corrupt("pending definition", e))?)
+            }
+            None => None,
+        },
+        first_seen: Timestamp::from_millis(r.get(7)?),
+        updated_at: Timestamp::from_millis(r.get(8)?),
+        approved_by: r.get(9)?,
+    })
+}
