@@ -43,6 +43,22 @@ impl ArgType {
 
     /// The type a JSON schema declares, if it maps onto Cedar.
     pub fn from_json_schema(s: &Value) -> Option<Self> {
+        // `anyOf: [{...}, {"type": "null"}]`, as Python's `list[str] | None`
+        // is written: an optional value of the one other type.
+        if let Some(variants) = s
+            .get("anyOf")
+            .or_else(|| s.get("oneOf"))
+            .and_then(Value::as_array)
+        {
+            let mut non_null = variants
+                .iter()
+                .filter(|v| v.get("type").and_then(Value::as_str) != Some("null"));
+            let one = non_null.next()?;
+            return match non_null.next() {
+                None => Self::from_json_schema(one),
+                Some(_) => None,
+            };
+        }
         let ty = match s.get("type")? {
             Value::String(t) => t.as_str(),
             // `["string", "null"]`: an optional value of one type.
@@ -168,6 +184,8 @@ mod tests {
                 "labels": {"type": "array", "items": {"type": "string"}},
                 "ids": {"type": "array", "items": {"type": "integer"}},
                 "maybe": {"type": ["string", "null"]},
+                "tags": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]},
+                "either": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
                 "ratio": {"type": "number"},
                 "opts": {"type": "object"},
                 "bad\"name": {"type": "string"}
@@ -182,7 +200,8 @@ mod tests {
                 ("limit", "Long"),
                 ("maybe", "String"),
                 ("path", "String"),
-                ("recursive", "Bool")
+                ("recursive", "Bool"),
+                ("tags", "Set<String>")
             ]
         );
         assert!(ArgumentSchema::from_input_schema(&json!({"type": "object"})).is_empty());

@@ -15,6 +15,7 @@ pub mod data_dir;
 pub mod dev;
 pub mod http;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

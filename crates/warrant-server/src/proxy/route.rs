@@ -466,6 +466,94 @@ fn template(
     Template::parse(f, placeholder)
 }
 
+impl RawCredential {
+    /// Validates a credential (`allow_plaintext` also admits an http token
+    /// endpoint beyond loopback; `resolve` places relative paths).
+    pub fn build(
+        self,
+        allow_plaintext: bool,
+        resolve: &impl Fn(PathBuf) -> PathBuf,
+    ) -> Result<Credential, String> {
+        Ok(match self {
+            RawCredential::Secret {
+                secret,
+                header,
+                format,
+            } => {
+                let header = header_name(header.as_deref(), "credential.header")?;
+                Credential::Secret {
+                    secret: secret_name(&secret, "credential.secret")?,
+                    format: template(format.as_deref(), &header, "{secret}")?,
+                    header,
+                }
+            }
+            RawCredential::PerUserSecret {
+                secret,
+                header,
+                format,
+            } => {
+                let header = header_name(header.as_deref(), "credential.header")?;
+                Credential::PerUserSecret {
+                    secret: secret_name(&secret, "credential.secret")?,
+                    format: template(format.as_deref(), &header, "{secret}")?,
+                    header,
+                }
+            }
+            RawCredential::Basic { secret } => Credential::Basic {
+                secret: secret_name(&secret, "credential.secret")?,
+            },
+            RawCredential::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+                audience,
+                ca_file,
+                header,
+                format,
+            } => {
+                let o = Origin::parse(&token_url, "credential.token_url")?;
+                if o.scheme == Scheme::Http && !o.is_loopback() && !allow_plaintext {
+                    return Err(format!(
+                        "credential.token_url `{token_url}` is plain http to a host that is not loopback; use https"
+                    ));
+                }
+                if client_id.is_empty() || client_id.chars().any(char::is_control) {
+                    return Err("credential.client_id must be set".into());
+                }
+                let header = header_name(header.as_deref(), "credential.header")?;
+                Credential::OAuth2ClientCredentials {
+                    token_url: url::Url::parse(&token_url).map_err(|e| e.to_string())?,
+                    client_id,
+                    client_secret: secret_name(&client_secret, "credential.client_secret")?,
+                    scope,
+                    audience,
+                    ca_file: ca_file.map(resolve),
+                    format: template(format.as_deref(), &header, "{token}")?,
+                    header,
+                }
+            }
+            RawCredential::WarrantJwt {
+                header,
+                format,
+                ttl,
+            } => {
+                let header = header_name(header.as_deref(), "credential.header")?;
+                Credential::WarrantJwt {
+                    format: template(format.as_deref(), &header, "{token}")?,
+                    header,
+                    ttl: duration(
+                        ttl.as_deref(),
+                        "credential.ttl",
+                        DEFAULT_JWT_TTL,
+                        Duration::from_secs(300),
+                    )?,
+                }
+            }
+        })
+    }
+}
+
 impl RawRoute {
     /// Validates; `resolve` makes relative paths relative to the config file.
     pub fn build(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<Route, String> {
@@ -560,83 +648,7 @@ impl RawRoute {
                 paths: r.paths,
             });
         }
-        let credential = match self.credential {
-            RawCredential::Secret {
-                secret,
-                header,
-                format,
-            } => {
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::Secret {
-                    secret: secret_name(&secret, "credential.secret")?,
-                    format: template(format.as_deref(), &header, "{secret}")?,
-                    header,
-                }
-            }
-            RawCredential::PerUserSecret {
-                secret,
-                header,
-                format,
-            } => {
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::PerUserSecret {
-                    secret: secret_name(&secret, "credential.secret")?,
-                    format: template(format.as_deref(), &header, "{secret}")?,
-                    header,
-                }
-            }
-            RawCredential::Basic { secret } => Credential::Basic {
-                secret: secret_name(&secret, "credential.secret")?,
-            },
-            RawCredential::Oauth2ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-                audience,
-                ca_file,
-                header,
-                format,
-            } => {
-                let o = Origin::parse(&token_url, "credential.token_url")?;
-                if o.scheme == Scheme::Http && !o.is_loopback() && !self.allow_plaintext {
-                    return Err(format!(
-                        "credential.token_url `{token_url}` is plain http to a host that is not loopback; use https"
-                    ));
-                }
-                if client_id.is_empty() || client_id.chars().any(char::is_control) {
-                    return Err("credential.client_id must be set".into());
-                }
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::OAuth2ClientCredentials {
-                    token_url: url::Url::parse(&token_url).map_err(|e| e.to_string())?,
-                    client_id,
-                    client_secret: secret_name(&client_secret, "credential.client_secret")?,
-                    scope,
-                    audience,
-                    ca_file: ca_file.map(&resolve),
-                    format: template(format.as_deref(), &header, "{token}")?,
-                    header,
-                }
-            }
-            RawCredential::WarrantJwt {
-                header,
-                format,
-                ttl,
-            } => {
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::WarrantJwt {
-                    format: template(format.as_deref(), &header, "{token}")?,
-                    header,
-                    ttl: duration(
-                        ttl.as_deref(),
-                        "credential.ttl",
-                        DEFAULT_JWT_TTL,
-                        Duration::from_secs(300),
-                    )?,
-                }
-            }
-        };
+        let credential = self.credential.build(self.allow_plaintext, &resolve)?;
         Ok(Route {
             name,
             upstream,

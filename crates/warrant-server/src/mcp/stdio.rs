@@ -1,0 +1,597 @@
+//! A supervised stdio MCP server: the gateway's client end.
+//!
+//! The child is spawned with a clean environment (only `PATH`, `HOME` and
+//! what the configuration names; `secret:<name>` values resolved from the
+//! store into the child alone, never the broker's own variables such as
+//! `WARRANT_KEK`), spoken to with newline-delimited JSON-RPC, and initialised
+//! with the `initialize` handshake, which every SDK's stdio server speaks.
+//! Request ids are the gateway's own. If the child exits, every call in
+//! flight fails at once with [`UpstreamError::Exited`]; the next call starts
+//! it again, after a back-off that doubles while it keeps failing (up to
+//! [`MAX_BACKOFF`]). The child is killed when the upstream is dropped.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::oneshot;
+use warrant_core::secret::SecretName;
+
+use crate::secrets::SecretService;
+
+/// The protocol revision asked for in the handshake.
+pub const HANDSHAKE_VERSION: &str = "2025-11-25";
+/// The longest wait before a failing child is started again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest line the child may write (one JSON-RPC message).
+const MAX_LINE: usize = 32 * 1024 * 1024;
+
+/// One environment variable of the child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    /// As written.
+    Plain(String),
+    /// A stored secret, resolved at start.
+    Secret(SecretName),
+}
+
+/// How to start the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StdioSpec {
+    /// The program.
+    pub command: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment, besides `PATH` and `HOME`.
+    pub env: Vec<(String, EnvValue)>,
+}
+
+/// Why a call did not get an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// The child could not be started, or is waiting out its back-off.
+    #[error("the MCP server `{server}` is not available: {why}")]
+    Unavailable {
+        /// The server.
+        server: String,
+        /// Why.
+        why: String,
+    },
+    /// The child exited while the call was in flight.
+    #[error("the MCP server `{0}` exited during the call")]
+    Exited(String),
+    /// No answer in time.
+    #[error("the MCP server `{0}` did not answer in time")]
+    Timeout(String),
+    /// The server answered with a JSON-RPC error.
+    #[error("the MCP server answered with error {code}: {message}")]
+    Rpc {
+        /// JSON-RPC error code.
+        code: i64,
+        /// Its message.
+        message: String,
+        /// Its data.
+        data: Option<Value>,
+    },
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Value, UpstreamError>>>>;
+
+/// A running child.
+struct Conn {
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    // A std mutex: held only to insert or take a waiter.
+    pending: Arc<Pending>,
+    alive: Arc<AtomicBool>,
+    _child: Child,
+    /// The server's answer to `initialize`.
+    initialized: Value,
+}
+
+struct Health {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A stdio MCP server under supervision.
+pub struct StdioUpstream {
+    name: String,
+    spec: StdioSpec,
+    secrets: Arc<SecretService>,
+    next_id: AtomicU64,
+    // A tokio mutex: held while a child starts, so one start runs at a time.
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    // A std mutex: held only to read or update the back-off.
+    health: Mutex<Health>,
+}
+
+impl std::fmt::Debug for StdioUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioUpstream")
+            .field("name", &self.name)
+            .field("command", &self.spec.command)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StdioUpstream {
+    /// An upstream that starts on first use.
+    pub fn new(name: &str, spec: StdioSpec, secrets: Arc<SecretService>) -> Self {
+        Self {
+            name: name.to_owned(),
+            spec,
+            secrets,
+            next_id: AtomicU64::new(1),
+            conn: tokio::sync::Mutex::new(None),
+            health: Mutex::new(Health {
+                failures: 0,
+                retry_at: None,
+            }),
+        }
+    }
+
+    fn unavailable(&self, why: impl Into<String>) -> UpstreamError {
+        UpstreamError::Unavailable {
+            server: self.name.clone(),
+            why: why.into(),
+        }
+    }
+
+    fn failed(&self) {
+        if let Ok(mut h) = self.health.lock() {
+            h.failures = h.failures.saturating_add(1);
+            let backoff = Duration::from_millis(250)
+                .saturating_mul(1 << h.failures.min(8))
+                .min(MAX_BACKOFF);
+            h.retry_at = Some(Instant::now() + backoff);
+        }
+    }
+
+    /// The server's `initialize` result (starting it if needed).
+    pub async fn server_info(&self, timeout: Duration) -> Result<Value, UpstreamError> {
+        Ok(self.running(timeout).await?.initialized.clone())
+    }
+
+    /// Sends a request and waits for its result.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, UpstreamError> {
+        let conn = self.running(timeout).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let rx = send(&conn, id, method, params)
+            .await
+            .map_err(|_| UpstreamError::Exited(self.name.clone()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(UpstreamError::Exited(self.name.clone())),
+            Err(_) => {
+                if let Ok(mut p) = conn.pending.lock() {
+                    p.remove(&id);
+                }
+                Err(UpstreamError::Timeout(self.name.clone()))
+            }
+        }
+    }
+
+    /// The running child, started (and initialised) if there is none.
+    async fn running(&self, timeout: Duration) -> Result<Arc<Conn>, UpstreamError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref()
+            && c.alive.load(Ordering::Acquire)
+        {
+            return Ok(c.clone());
+        }
+        *slot = None;
+        let wait = self
+            .health
+            .lock()
+            .ok()
+            .and_then(|h| h.retry_at)
+            .and_then(|t| t.checked_duration_since(Instant::now()));
+        if let Some(w) = wait {
+            return Err(self.unavailable(format!(
+                "it exited and is started again in {} ms",
+                w.as_millis()
+            )));
+        }
+        match self.start(timeout).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *slot = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.failed();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(&self, timeout: Duration) -> Result<Conn, UpstreamError> {
+        let mut cmd = Command::new(&self.spec.command);
+        cmd.args(&self.spec.args)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for key in ["PATH", "HOME"] {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
+        let mut secret_values: Vec<Vec<u8>> = Vec::new();
+        for (key, value) in &self.spec.env {
+            match value {
+                EnvValue::Plain(v) => {
+                    cmd.env(key, v);
+                }
+                EnvValue::Secret(name) => {
+                    let resolved = self
+                        .secrets
+                        .resolve(name, None)
+                        .await
+                        .map_err(|e| self.unavailable(e.to_string()))?
+                        .ok_or_else(|| {
+                            self.unavailable(format!(
+                                "its environment names secret `{name}`, which is not stored; store it with `warrant secret put {name}`"
+                            ))
+                        })?;
+                    let v = std::str::from_utf8(resolved.value.expose())
+                        .map_err(|_| self.unavailable(format!("secret `{name}` is not text")))?;
+                    secret_values.push(resolved.value.expose().to_vec());
+                    cmd.env(key, v);
+                }
+            }
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| self.unavailable(format!("cannot start `{}`: {e}", self.spec.command)))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(self.unavailable("its standard streams could not be opened"));
+        };
+        let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(read_stdout(
+            self.name.clone(),
+            stdout,
+            pending.clone(),
+            alive.clone(),
+        ));
+        tokio::spawn(log_stderr(self.name.clone(), stderr, secret_values));
+        let mut conn = Conn {
+            stdin: tokio::sync::Mutex::new(stdin),
+            pending,
+            alive,
+            _child: child,
+            initialized: Value::Null,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = json!({
+            "protocolVersion": HANDSHAKE_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "warrant-gateway", "version": env!("CARGO_PKG_VERSION") },
+        });
+        let rx = send(&conn, id, "initialize", params)
+            .await
+            .map_err(|_| self.unavailable("it closed its input at start"))?;
+        let init = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(v))) => v,
+            Ok(Ok(Err(e))) => {
+                return Err(self.unavailable(format!("it refused to initialise: {e}")));
+            }
+            Ok(Err(_)) => return Err(self.unavailable("it exited at start")),
+            Err(_) => return Err(self.unavailable("it did not initialise in time")),
+        };
+        notify(&conn, "notifications/initialized")
+            .await
+            .map_err(|_| self.unavailable("it closed its input at start"))?;
+        conn.initialized = init;
+        if let Ok(mut h) = self.health.lock() {
+            h.failures = 0;
+            h.retry_at = None;
+        }
+        tracing::info!(server = %self.name, "started the MCP server");
+        Ok(conn)
+    }
+}
+
+async fn write_line(conn: &Conn, msg: &Value) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(msg).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut stdin = conn.stdin.lock().await;
+    stdin.write_all(&line).await?;
+    stdin.flush().await
+}
+
+async fn send(
+    conn: &Conn,
+    id: u64,
+    method: &str,
+    params: Value,
+) -> std::io::Result<oneshot::Receiver<Result<Value, UpstreamError>>> {
+    let (tx, rx) = oneshot::channel();
+    if let Ok(mut p) = conn.pending.lock() {
+        p.insert(id, tx);
+    }
+    let msg = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+    if let Err(e) = write_line(conn, &msg).await {
+        if let Ok(mut p) = conn.pending.lock() {
+            p.remove(&id);
+        }
+        return Err(e);
+    }
+    Ok(rx)
+}
+
+async fn notify(conn: &Conn, method: &str) -> std::io::Result<()> {
+    write_line(conn, &json!({ "jsonrpc": "2.0", "method": method })).await
+}
+
+/// Routes answers to their callers; when the child's output ends, fails
+/// every call in flight.
+async fn read_stdout(
+    server: String,
+    stdout: tokio::process::ChildStdout,
+    pending: Arc<Pending>,
+    alive: Arc<AtomicBool>,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n: usize = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+            .unwrap_or_default();
+        if n == 0 || line.len() > MAX_LINE {
+            break;
+        }
+        let Ok(msg) = serde_json::from_slice::<Value>(&line) else {
+            tracing::warn!(server = %server, "the MCP server wrote a line that is not JSON; ignored");
+            continue;
+        };
+        let Some(id) = msg.get("id").and_then(Value::as_u64) else {
+            // A notification (or a request the gateway does not serve).
+            continue;
+        };
+        let answer = match (msg.get("result"), msg.get("error")) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(e)) => Err(UpstreamError::Rpc {
+                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error")
+                    .chars()
+                    .take(1000)
+                    .collect(),
+                data: e.get("data").cloned(),
+            }),
+            _ => continue,
+        };
+        if let Some(tx) = pending.lock().ok().and_then(|mut p| p.remove(&id)) {
+            let _ = tx.send(answer);
+        }
+    }
+    alive.store(false, Ordering::Release);
+    tracing::warn!(server = %server, "the MCP server exited; calls in flight fail, the next one starts it again");
+    // Dropping the senders wakes every waiter with `Exited`.
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}
+
+/// The child's diagnostics, to the log, with its secrets taken out.
+async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, secrets: Vec<Vec<u8>>) {
+    let redactor = crate::proxy::redact::Redactor::new(secrets);
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let clean = redactor
+            .redact_all(line.as_bytes())
+            .map_or(line.clone(), |b| String::from_utf8_lossy(&b).into_owned());
+        let shown: String = clean.chars().take(500).collect();
+        tracing::debug!(server = %server, stderr = %shown, "MCP server");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use warrant_core::secret::SecretValue;
+    use warrant_store::{SqliteOptions, SqliteStore, Store};
+    use warrant_token::Kek;
+
+    fn repo() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The SDK's stdio server, as a configuration would name it.
+    fn spec(env: Vec<(String, EnvValue)>) -> StdioSpec {
+        let python = repo().join("target/interop-venv/bin/python");
+        assert!(
+            python.exists(),
+            "run scripts/setup-test-deps (scripts/test does) for the MCP SDK"
+        );
+        StdioSpec {
+            command: python.display().to_string(),
+            args: vec![
+                repo()
+                    .join("tests/interop/mcp_files_server.py")
+                    .display()
+                    .to_string(),
+                "stdio".into(),
+            ],
+            env,
+        }
+    }
+
+    async fn secrets(dir: &std::path::Path) -> Arc<SecretService> {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&dir.join("w.db"), SqliteOptions::default()).unwrap());
+        let s = Arc::new(SecretService::new(
+            store,
+            Arc::new(Kek::generate().unwrap()),
+        ));
+        s.put(
+            SecretName::new("files-key").unwrap(),
+            None,
+            None,
+            &SecretValue::new(b"files-key-0123456789".to_vec()),
+            "test".into(),
+            |_| warrant_core::audit::AuditEvent::new("t", warrant_core::audit::Outcome::Allow),
+        )
+        .await
+        .unwrap();
+        s
+    }
+
+    fn text(result: &Value) -> String {
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    const T: Duration = Duration::from_secs(20);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_supervised_child_gets_its_secret_and_comes_back_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![(
+            "FILES_API_KEY".to_owned(),
+            EnvValue::Secret(SecretName::new("files-key").unwrap()),
+        )];
+        let up = StdioUpstream::new("files", spec(env), secrets(dir.path()).await);
+
+        let tools = up.call("tools/list", json!({}), T).await.unwrap();
+        let names: Vec<&str> = tools["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        assert!(
+            names.contains(&"read_file") && names.contains(&"crash"),
+            "{names:?}"
+        );
+        assert_eq!(
+            up.server_info(T).await.unwrap()["serverInfo"]["name"],
+            "files"
+        );
+
+        let r = up
+            .call(
+                "tools/call",
+                json!({"name": "read_file", "arguments": {"path": "/srv/reports/a"}}),
+                T,
+            )
+            .await
+            .unwrap();
+        assert!(text(&r).contains("/srv/reports/a"), "{r}");
+
+        // The secret reached the child's environment, and nothing of the
+        // broker's did.
+        use sha2::Digest as _;
+        let want = hex::encode(sha2::Sha256::digest(b"files-key-0123456789"));
+        let r = up
+            .call("tools/call", json!({"name": "whoami", "arguments": {}}), T)
+            .await
+            .unwrap();
+        assert_eq!(text(&r), format!("key sha256 {}", &want[..16]));
+        let r = up
+            .call(
+                "tools/call",
+                json!({"name": "env_names", "arguments": {}}),
+                T,
+            )
+            .await
+            .unwrap();
+        for name in text(&r).split(' ') {
+            assert!(
+                ["PATH", "HOME", "FILES_API_KEY", "LC_CTYPE"].contains(&name),
+                "the child sees `{name}`"
+            );
+        }
+
+        // A crash mid-call fails that call at once, and the next call after
+        // the back-off starts the server again.
+        let e = up
+            .call("tools/call", json!({"name": "crash", "arguments": {}}), T)
+            .await
+            .unwrap_err();
+        assert_eq!(e, UpstreamError::Exited("files".into()));
+        let mut restarted = None;
+        for _ in 0..100 {
+            match up
+                .call(
+                    "tools/call",
+                    json!({"name": "read_file", "arguments": {"path": "/x"}}),
+                    T,
+                )
+                .await
+            {
+                Ok(r) => {
+                    restarted = Some(r);
+                    break;
+                }
+                Err(UpstreamError::Unavailable { why, .. }) => {
+                    assert!(why.contains("started again"), "{why}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(text(&restarted.expect("restarted")).contains("/x"));
+
+        // An unknown tool is the server's JSON-RPC error, passed on as such.
+        let e = up
+            .call("tools/call", json!({"name": "nope", "arguments": {}}), T)
+            .await;
+        let refused = match &e {
+            Err(UpstreamError::Rpc { .. }) => true,
+            Ok(r) => r["isError"] == json!(true),
+            Err(_) => false,
+        };
+        assert!(refused, "{e:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_secret_or_program_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = secrets(dir.path()).await;
+        let env = vec![(
+            "FILES_API_KEY".to_owned(),
+            EnvValue::Secret(SecretName::new("absent").unwrap()),
+        )];
+        let up = StdioUpstream::new("files", spec(env), s.clone());
+        let e = up
+            .call("tools/list", json!({}), T)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("warrant secret put absent"), "{e}");
+        let mut bad = spec(Vec::new());
+        bad.command = "/nonexistent/mcp-server".into();
+        let up = StdioUpstream::new("ghost", bad, s);
+        let e = up
+            .call("tools/list", json!({}), T)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot start `/nonexistent/mcp-server`"), "{e}");
+    }
+}
