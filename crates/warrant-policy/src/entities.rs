@@ -164,6 +164,17 @@ pub(crate) fn build(
     req: &DecisionRequest,
     args: &warrant_core::mcp::ArgumentSchema,
 ) -> Result<Built, String> {
+    build_with(req, args, false)
+}
+
+/// Like [`build`]; with `unknown_arguments`, a tool call's
+/// `context.arguments` is left unknown, for partial evaluation (which tools
+/// could this principal call with some arguments?).
+pub(crate) fn build_with(
+    req: &DecisionRequest,
+    args: &warrant_core::mcp::ArgumentSchema,
+    unknown_arguments: bool,
+) -> Result<Built, String> {
     let t = types().ok_or("internal error: entity type names do not parse")?;
     if req.resource.type_name() != req.action.resource_type() {
         return Err(format!(
@@ -278,7 +289,8 @@ pub(crate) fn build(
         ctx.insert("path".into(), s(&http.path));
         ctx.insert("host".into(), s(&http.host));
     }
-    if req.action == Action::McpCallTool {
+    let residual = req.action == Action::McpCallTool && unknown_arguments;
+    if req.action == Action::McpCallTool && !residual {
         ctx.insert("arguments".into(), arguments(c.arguments.as_ref(), args)?);
     }
 
@@ -290,7 +302,19 @@ pub(crate) fn build(
         EntityUIDEntry::known(instance_uid, None),
         EntityUIDEntry::known(t.actions[action_idx].clone(), None),
         EntityUIDEntry::known(resource_uid, None),
-        Some(Context::Value(Arc::new(ctx))),
+        Some(if residual {
+            let mut exprs: BTreeMap<SmolStr, cedar_policy_core::ast::Expr> =
+                ctx.into_iter().map(|(k, v)| (k, v.into())).collect();
+            exprs.insert(
+                "arguments".into(),
+                cedar_policy_core::ast::Expr::unknown(
+                    cedar_policy_core::ast::Unknown::new_untyped("arguments"),
+                ),
+            );
+            Context::RestrictedResidual(Arc::new(exprs))
+        } else {
+            Context::Value(Arc::new(ctx))
+        }),
     );
     let entities = Entities::from_entities(
         entities,

@@ -128,6 +128,40 @@ impl Policies {
         combine(permits, forbids, errors, needs_approval)
     }
 
+    /// Whether some arguments could make this tool call (`req`, an
+    /// `mcp:call_tool` request whose arguments are ignored) allowed: a permit
+    /// applies or depends on the arguments, and no forbid applies whatever
+    /// they are. What `tools/list` shows; each call is still decided with
+    /// its arguments. An evaluation error hides the tool (its calls would be
+    /// denied).
+    pub fn could_allow(&self, req: &DecisionRequest) -> bool {
+        let Ok(built) = entities::build_with(req, &self.args, true) else {
+            return false;
+        };
+        let cands = self.index.candidates(&built.keys);
+        let evaluator = Evaluator::new(built.request, &built.entities, Extensions::all_available());
+        let mut permit = false;
+        for i in cands {
+            let c = &self.compiled[i as usize];
+            let applies = match evaluator.partial_interpret(&c.condition, &NO_SLOTS) {
+                Ok(cedar_policy_core::ast::PartialValue::Value(v)) => {
+                    matches!(v.value, ValueKind::Lit(Literal::Bool(true)))
+                }
+                // Depends on the arguments.
+                Ok(cedar_policy_core::ast::PartialValue::Residual(_)) => {
+                    c.effect == CedarEffect::Permit
+                }
+                Err(_) => return false,
+            };
+            match (c.effect, applies) {
+                (CedarEffect::Forbid, true) => return false,
+                (CedarEffect::Permit, true) => permit = true,
+                _ => {}
+            }
+        }
+        permit
+    }
+
     /// Decides with plain `cedar-policy` over the whole set, without the index:
     /// the reference `decide` is tested against, and the benchmark's baseline.
     pub fn decide_unindexed(&self, req: &DecisionRequest) -> Decision {

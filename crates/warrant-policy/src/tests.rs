@@ -542,3 +542,68 @@ when { context.arguments.path like "/srv/*" };"#;
         Effect::Allow
     );
 }
+
+/// `tools/list` shows a tool when some arguments could make a call allowed.
+#[test]
+fn tools_are_listed_when_some_call_could_be_allowed() {
+    use warrant_core::mcp::ArgumentSchema;
+    let args = ArgumentSchema::from_input_schema(&serde_json::json!({
+        "properties": {"path": {"type": "string"}, "repo": {"type": "string"}}
+    }));
+    let text = r#"
+@id("reports-only")
+permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
+when { context.arguments has path && context.arguments.path like "/srv/reports/*" };
+@id("github")
+permit(principal in Agent::"a", action == Action::"mcp:call_tool", resource in McpServer::"github");
+@id("never-delete")
+forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"github/delete_repository");
+@id("not-prod-repo")
+forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"github/create_issue")
+when { context.arguments has repo && context.arguments.repo == "prod" };
+@id("support-only")
+permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search")
+when { context has user && context.groups.contains("support") };
+"#;
+    let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
+    let tool = |agent: &str, server: &str, t: &str| {
+        request(
+            agent,
+            Action::McpCallTool,
+            Resource::Tool {
+                server: server.into(),
+                tool: t.into(),
+            },
+        )
+    };
+    assert!(
+        p.could_allow(&tool("a", "files", "read_file")),
+        "depends on its arguments"
+    );
+    assert!(
+        p.could_allow(&tool("a", "github", "create_issue")),
+        "forbidden for one repo only"
+    );
+    assert!(
+        !p.could_allow(&tool("a", "github", "delete_repository")),
+        "forbidden whatever the arguments"
+    );
+    assert!(
+        !p.could_allow(&tool("b", "github", "create_issue")),
+        "not this agent"
+    );
+    assert!(
+        !p.could_allow(&tool("a", "files", "write_file")),
+        "no permit"
+    );
+    assert!(
+        !p.could_allow(&tool("a", "files", "search")),
+        "not for this user"
+    );
+    let mut support = tool("a", "files", "search");
+    support.context.user = Some(UserRef {
+        id: "alice".into(),
+        groups: vec!["support".into()],
+    });
+    assert!(p.could_allow(&support));
+}
