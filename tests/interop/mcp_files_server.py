@@ -7,7 +7,8 @@ crash().
 the secret in the environment without showing it). `crash` exits the process
 mid-call. If FILES_DESCRIPTION_FILE names a file, read_file's description is
 read from it at each listing, so a test can change a definition under the
-gateway (a "rug pull").
+gateway (a "rug pull"). If FILES_CALL_LOG names a file, each tool call is
+appended to it, so a test can see what reached the server.
 """
 import hashlib
 import os
@@ -16,6 +17,15 @@ import sys
 from mcp.server.mcpserver import MCPServer
 
 server = MCPServer("files")
+
+
+def log_call(name, **args):
+    f = os.environ.get("FILES_CALL_LOG")
+    if f:
+        import json
+
+        with open(f, "a") as fh:
+            fh.write(json.dumps({"tool": name, "arguments": args}) + "\n")
 
 
 def describe():
@@ -28,11 +38,13 @@ def describe():
 
 @server.tool(description=describe())
 def read_file(path: str, max_bytes: int = 1000) -> str:
+    log_call("read_file", path=path, max_bytes=max_bytes)
     return f"contents of {path} (at most {max_bytes} bytes)"
 
 
 @server.tool(description="Searches files.")
 def search(query: str, labels: list[str] | None = None) -> str:
+    log_call("search", query=query, labels=labels)
     return f"results for {query} with {labels or []}"
 
 
@@ -44,11 +56,13 @@ def whoami() -> str:
 
 @server.tool(description="Lists the names of this server's environment variables.")
 def env_names() -> str:
+    log_call("env_names")
     return " ".join(sorted(os.environ))
 
 
 @server.tool(description="Exits the server in the middle of a call.")
 def crash() -> str:
+    log_call("crash")
     os._exit(3)
 
 

@@ -303,8 +303,23 @@ pub(crate) fn build_with(
         EntityUIDEntry::known(t.actions[action_idx].clone(), None),
         EntityUIDEntry::known(resource_uid, None),
         Some(if residual {
-            let mut exprs: BTreeMap<SmolStr, cedar_policy_core::ast::Expr> =
-                ctx.into_iter().map(|(k, v)| (k, v.into())).collect();
+            // Cedar projects attributes out of a residual record only if every
+            // part is a literal, set, record or unknown; an `ip(...)` value is
+            // an extension call, so the source address is left unknown too
+            // (a condition on it then "could" hold, which only widens the list).
+            let mut exprs: BTreeMap<SmolStr, cedar_policy_core::ast::Expr> = ctx
+                .into_iter()
+                .map(|(k, v)| {
+                    let e = if k == "source_ip" {
+                        cedar_policy_core::ast::Expr::unknown(
+                            cedar_policy_core::ast::Unknown::new_untyped("source_ip"),
+                        )
+                    } else {
+                        v.into()
+                    };
+                    (k, e)
+                })
+                .collect();
             exprs.insert(
                 "arguments".into(),
                 cedar_policy_core::ast::Expr::unknown(

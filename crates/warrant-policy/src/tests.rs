@@ -564,6 +564,9 @@ when { context.arguments has repo && context.arguments.repo == "prod" };
 @id("support-only")
 permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search")
 when { context has user && context.groups.contains("support") };
+@id("danger")
+permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/crash")
+when { context.scopes.contains("danger") };
 "#;
     let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
     let tool = |agent: &str, server: &str, t: &str| {
@@ -606,4 +609,55 @@ when { context has user && context.groups.contains("support") };
         groups: vec!["support".into()],
     });
     assert!(p.could_allow(&support));
+    assert!(
+        !p.could_allow(&tool("a", "files", "crash")),
+        "a condition on scopes is decided"
+    );
+    let mut danger = tool("a", "files", "crash");
+    danger.context.scopes = vec!["danger".into()];
+    assert!(p.could_allow(&danger));
+}
+
+#[test]
+fn listing_decides_conditions_beside_an_unknown_source_address() {
+    use warrant_core::mcp::ArgumentSchema;
+    let args = ArgumentSchema::from_input_schema(&serde_json::json!({
+        "properties": {"path": {"type": "string"}, "labels": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]}, "query": {"type": "string"}, "max_bytes": {"type": "integer"}}
+    }));
+    let text = r#"
+@id("reports-only")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
+when { context.arguments has path && context.arguments.path like "/srv/reports/*" };
+@id("search-and-whoami")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource in McpServer::"files")
+when { resource == Tool::"files/search" || resource == Tool::"files/whoami" };
+@id("no-secret-labels")
+forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search")
+when { context.arguments has labels && context.arguments.labels.contains("secret") };
+@id("crash-needs-danger")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/crash")
+when { context.scopes.contains("danger") };
+@id("remote")
+permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"remote");
+"#;
+    let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
+    let mut r = request(
+        "orch",
+        Action::McpCallTool,
+        Resource::Tool {
+            server: "files".into(),
+            tool: "crash".into(),
+        },
+    );
+    r.context.scopes = vec!["files:use".into()];
+    r.context.user = Some(UserRef {
+        id: "alice".into(),
+        groups: vec!["support".into()],
+    });
+    r.context.task = Some("tsk_1".into());
+    r.context.txn = Some("txn_1".into());
+    r.context.source_ip = Some("127.0.0.1".parse().unwrap());
+    r.context.chain = vec!["orch".into()];
+    r.context.depth = 1;
+    assert!(!p.could_allow(&r));
 }

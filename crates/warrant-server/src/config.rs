@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// Egress proxy routes.
     #[serde(default)]
     pub route: Vec<crate::proxy::route::RawRoute>,
+    /// MCP servers behind the gateway.
+    #[serde(default)]
+    pub mcp_server: Vec<crate::mcp::config::RawMcpServer>,
     /// `Host` values (`name:port`) the edge listener answers to, besides its
     /// own address and `localhost`.
     pub edge_hosts: Option<Vec<String>>,
@@ -185,6 +188,8 @@ pub struct Config {
     pub routes: Vec<crate::proxy::route::Route>,
     /// Extra `Host` values the edge answers to.
     pub edge_hosts: Vec<String>,
+    /// MCP servers behind the gateway.
+    pub mcp_servers: Vec<crate::mcp::config::McpServerConfig>,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -419,6 +424,25 @@ impl Config {
             }
             routes.push(built);
         }
+        let mut mcp_servers: Vec<crate::mcp::config::McpServerConfig> = Vec::new();
+        for (i, m) in raw.mcp_server.into_iter().enumerate() {
+            let origin = format!("[[mcp_server]] #{} in {file_name}", i + 1);
+            let built =
+                m.build(|p| layer.file_path(p))
+                    .map_err(|message| ConfigError::Invalid {
+                        key: "mcp_server",
+                        origin: origin.clone(),
+                        message,
+                    })?;
+            if mcp_servers.iter().any(|o| o.name == built.name) {
+                return Err(ConfigError::Invalid {
+                    key: "mcp_server",
+                    origin,
+                    message: format!("name `{}` is used twice", built.name),
+                });
+            }
+            mcp_servers.push(built);
+        }
         let edge_hosts = raw.edge_hosts.unwrap_or_default();
         if let Some(bad) = edge_hosts.iter().find(|h| {
             h.is_empty()
@@ -445,6 +469,7 @@ impl Config {
             user_issuers,
             routes,
             edge_hosts,
+            mcp_servers,
             dev: false,
             config_file: settings.config.clone(),
             kek: None,

@@ -70,6 +70,17 @@ pub struct ProxyLabels {
     pub decision: String,
 }
 
+/// Labels of an MCP gateway request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct McpLabels {
+    /// The MCP server (`-` when none matched).
+    pub server: String,
+    /// The JSON-RPC method (`-` before one was read).
+    pub method: String,
+    /// `allow`, or why not.
+    pub decision: String,
+}
+
 /// A route label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -136,6 +147,8 @@ pub struct Metrics {
     pub proxy_upstream_seconds: HistogramFamily,
     /// Time the proxy adds (before forwarding and after the upstream's headers), by route.
     pub proxy_added_seconds: HistogramFamily,
+    /// MCP gateway requests by server, method and decision.
+    pub mcp_requests: Family<McpLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -172,6 +185,7 @@ impl Metrics {
             proxy_requests: Family::default(),
             proxy_upstream_seconds: Family::new_with_constructor(latency_histogram),
             proxy_added_seconds: Family::new_with_constructor(latency_histogram),
+            mcp_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -254,6 +268,11 @@ impl Metrics {
             "Egress proxy: latency the proxy adds (checks, credential, forwarding)",
             m.proxy_added_seconds.clone(),
         );
+        registry.register(
+            "warrant_mcp_requests",
+            "MCP gateway requests by server, method and decision",
+            m.mcp_requests.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -313,6 +332,17 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(secs);
+    }
+
+    /// Counts an MCP gateway request.
+    pub fn mcp_request(&self, server: &str, method: &str, decision: &str) {
+        self.mcp_requests
+            .get_or_create(&McpLabels {
+                server: server.to_owned(),
+                method: method.to_owned(),
+                decision: decision.to_owned(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::decision::{Decision, DecisionRequest, Effect};
+use warrant_core::mcp::ArgumentSchema;
 use warrant_core::time::Timestamp;
 use warrant_policy::{Policies, PolicyFile, PolicyProblem, Problems};
 use warrant_store::{Store, StoreError};
@@ -135,6 +136,12 @@ pub fn compile_dir(dir: &Path) -> Result<Policies, Problems> {
     Policies::compile(&read_policy_dir(dir)?)
 }
 
+/// Like [`compile_dir`], with the MCP tools' argument attributes typing
+/// `context.arguments`.
+pub fn compile_dir_with(dir: &Path, args: &ArgumentSchema) -> Result<Policies, Problems> {
+    Policies::compile_with_arguments(&read_policy_dir(dir)?, args)
+}
+
 /// A set in force.
 #[derive(Debug)]
 pub struct Loaded {
@@ -164,6 +171,10 @@ pub struct PolicyService {
     reload_lock: tokio::sync::Mutex<()>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// The pinned MCP tools' argument attributes, which type
+    /// `context.arguments`. A std lock: read or replaced, never held across
+    /// an await.
+    args: std::sync::RwLock<ArgumentSchema>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -181,8 +192,9 @@ impl PolicyService {
         dir: &Path,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
+        args: ArgumentSchema,
     ) -> Result<Self, Problems> {
-        let policies = compile_dir(dir)?;
+        let policies = compile_dir_with(dir, &args)?;
         metrics
             .policies_loaded
             .set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
@@ -195,7 +207,34 @@ impl PolicyService {
             reload_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
+            args: std::sync::RwLock::new(args),
         })
+    }
+
+    /// Replaces the MCP tools' argument attributes and reloads the set with
+    /// them (audited as a reload). If the set does not validate with them,
+    /// the previous attributes and set stay.
+    pub async fn set_arguments(
+        &self,
+        args: ArgumentSchema,
+        base: AuditEvent,
+    ) -> Result<Arc<Loaded>, ReloadError> {
+        let previous = match self.args.write() {
+            Ok(mut a) => std::mem::replace(&mut *a, args),
+            Err(_) => ArgumentSchema::default(),
+        };
+        let result = self.reload(base).await;
+        if result.is_err()
+            && let Ok(mut a) = self.args.write()
+        {
+            *a = previous;
+        }
+        result
+    }
+
+    /// The MCP tools' argument attributes in force.
+    pub fn arguments(&self) -> ArgumentSchema {
+        self.args.read().map(|a| a.clone()).unwrap_or_default()
     }
 
     async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
@@ -223,7 +262,8 @@ impl PolicyService {
     pub async fn reload(&self, base: AuditEvent) -> Result<Arc<Loaded>, ReloadError> {
         let _guard = self.reload_lock.lock().await;
         let dir = self.dir.clone();
-        let compiled = tokio::task::spawn_blocking(move || compile_dir(&dir))
+        let args = self.arguments();
+        let compiled = tokio::task::spawn_blocking(move || compile_dir_with(&dir, &args))
             .await
             .unwrap_or_else(|e| {
                 Err(Problems(vec![PolicyProblem {

@@ -180,8 +180,12 @@ impl Broker {
                 )));
             }
         }
+        // Policies may name MCP tool arguments: type them from the approved
+        // definitions the store holds, before any upstream is contacted.
+        let mcp_names: Vec<&str> = config.mcp_servers.iter().map(|m| m.name.as_str()).collect();
+        let arguments = crate::mcp::arguments_of(&store.list_tool_pins(None).await?, &mcp_names);
         let policy = Arc::new(
-            PolicyService::load(&policy_dir, store.clone(), metrics.clone()).map_err(
+            PolicyService::load(&policy_dir, store.clone(), metrics.clone(), arguments).map_err(
                 |problems| ServeError::Policy {
                     dir: policy_dir.clone(),
                     problems,
@@ -258,6 +262,24 @@ impl Broker {
             edge_hosts.push("localhost".into());
             edge_hosts.push(edge_addr.ip().to_string());
         }
+        let mcp = Arc::new(
+            crate::mcp::gateway::Gateway::new(crate::mcp::gateway::GatewayParts {
+                servers: config.mcp_servers.clone(),
+                tokens: tokens.clone(),
+                policy: policy.clone(),
+                secrets: secrets.clone(),
+                keys: keys.clone(),
+                store: store.clone(),
+                metrics: metrics.clone(),
+                issuer: issuer.clone(),
+                edge_url: format!("http://{edge_addr}"),
+                edge_hosts: edge_hosts.clone(),
+            })
+            .map_err(ServeError::Io)?,
+        );
+        for m in &config.mcp_servers {
+            tracing::info!(server = %m.name, "MCP server behind the gateway");
+        }
         let proxy = Arc::new(
             crate::proxy::ProxyService::new(crate::proxy::ProxyParts {
                 routes: config.routes.clone(),
@@ -277,6 +299,7 @@ impl Broker {
             tracing::info!(route = %r.name, upstream = %r.upstream.as_url(), credential = %r.credential.kind(), "egress route");
         }
         let state = AppState {
+            mcp,
             proxy,
             secrets,
             dev,
@@ -393,6 +416,13 @@ impl Broker {
             ))
         })?;
         tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), agent_socket = %data_dir.agent_socket().display(), issuer = %state.issuer, "warrant is ready");
+
+        // List and pin the MCP servers' tools (a server that is down is tried
+        // again on first use).
+        {
+            let mcp = state.mcp.clone();
+            tokio::spawn(async move { mcp.discover_all().await });
+        }
 
         // Last-use times of secrets are gathered in memory and written in
         // batches: a proxied request never waits for them.

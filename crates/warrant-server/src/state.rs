@@ -43,6 +43,8 @@ pub struct AppState {
     pub attest: Arc<crate::attest::AttestService>,
     /// Task tokens, introspection, revocation.
     pub tokens: Arc<crate::token::TokenService>,
+    /// The MCP gateway.
+    pub mcp: Arc<crate::mcp::gateway::Gateway>,
     /// The egress proxy.
     pub proxy: Arc<crate::proxy::ProxyService>,
     /// The secret store.

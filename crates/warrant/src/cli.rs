@@ -54,6 +54,9 @@ pub enum Command {
     /// Store the upstream credentials the egress proxy injects (values go in, never out).
     #[command(subcommand)]
     Secret(SecretCmd),
+    /// The MCP gateway's tools: pin status and approval of changed definitions.
+    #[command(subcommand)]
+    Mcp(McpCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -272,6 +275,22 @@ pub enum SecretCmd {
         /// The user it belongs to, for a per-user secret.
         #[arg(long, value_name = "USER")]
         for_user: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCmd {
+    /// List an MCP server's tools (or every server's) with their pin status.
+    Tools {
+        /// The server's name in warrant.toml.
+        server: Option<String>,
+    },
+    /// Accept a tool's changed definition, so it is listed and callable again.
+    Approve {
+        /// The server's name.
+        server: String,
+        /// The tool's name.
+        tool: String,
     },
 }
 

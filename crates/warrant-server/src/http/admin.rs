@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/policy/reload", post(reload_policy))
         .route("/policy/check", post(check_policy))
         .merge(super::secrets::routes())
+        .merge(super::mcp_admin::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see `warrant --help`") })
         .with_state(state)
 }

@@ -29,6 +29,11 @@ pub fn router(state: AppState) -> Router {
             "/.well-known/oauth-protected-resource/{route}",
             get(resource_metadata),
         )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{server}",
+            get(mcp_metadata),
+        )
+        .route("/mcp/{server}", axum::routing::any(mcp))
         .fallback(proxy)
         .with_state(state)
 }
@@ -38,6 +43,22 @@ async fn resource_metadata(State(state): State<AppState>, Path(route): Path<Stri
         Some(m) => axum::Json(m).into_response(),
         None => ApiError::not_found("no such route").into_response(),
     }
+}
+
+async fn mcp_metadata(State(state): State<AppState>, Path(server): Path<String>) -> Response {
+    match state.mcp.resource_metadata(&server) {
+        Some(m) => axum::Json(m).into_response(),
+        None => ApiError::not_found("no such MCP server").into_response(),
+    }
+}
+
+async fn mcp(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(server): Path<String>,
+    req: Request<Body>,
+) -> Response {
+    state.mcp.handle(&server, req, peer).await
 }
 
 async fn proxy(

@@ -1,4 +1,66 @@
-//! The MCP gateway (in progress, issue 6): upstream MCP servers and the
-//! pieces the gateway is built from. Not mounted on the edge listener yet.
+//! The MCP gateway: agents reach upstream MCP servers at
+//! `http://<edge>/mcp/<server>` with their task tokens; warrant is the OAuth
+//! resource server, decides every tool call with its arguments, filters
+//! `tools/list`, pins tool definitions, and gives the upstream its own
+//! credential. See [`gateway`].
 
+pub mod config;
+pub mod gateway;
+pub mod http;
 pub mod stdio;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use warrant_core::mcp::{ArgumentSchema, ToolDefinition, ToolPin};
+
+use crate::proxy::credential::Providers;
+use stdio::UpstreamError;
+
+/// An upstream MCP server, however it is reached.
+#[derive(Debug)]
+pub enum Upstream {
+    /// A supervised child process.
+    Stdio(Box<stdio::StdioUpstream>),
+    /// Streamable HTTP.
+    Http(Box<http::HttpUpstream>),
+}
+
+impl Upstream {
+    /// Changes whenever the upstream process was started again.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Self::Stdio(s) => s.generation(),
+            Self::Http(_) => 0,
+        }
+    }
+
+    /// Sends a request and waits for its result.
+    pub async fn call(
+        &self,
+        providers: &Providers<'_>,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, UpstreamError> {
+        match self {
+            Self::Stdio(s) => s.call(method, params, timeout).await,
+            Self::Http(h) => h.call(providers, method, params, timeout).await,
+        }
+    }
+}
+
+/// The argument attributes policies may name: those of every approved
+/// definition of the configured servers' tools.
+pub fn arguments_of(pins: &[ToolPin], servers: &[&str]) -> ArgumentSchema {
+    let schemas: Vec<ArgumentSchema> = pins
+        .iter()
+        .filter(|p| servers.contains(&p.server.as_str()))
+        .filter_map(|p| ToolDefinition::from_listing(&p.definition).map(|d| d.arguments()))
+        .collect();
+    let (args, conflicts) = ArgumentSchema::union(&schemas);
+    if !conflicts.is_empty() {
+        tracing::warn!(arguments = ?conflicts, "MCP tools declare these arguments with different types; policies cannot name them");
+    }
+    args
+}

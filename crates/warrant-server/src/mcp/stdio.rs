@@ -96,6 +96,8 @@ struct Conn {
 struct Health {
     failures: u32,
     retry_at: Option<Instant>,
+    /// Why it last failed to start, or that it exited.
+    last: String,
 }
 
 /// A stdio MCP server under supervision.
@@ -104,6 +106,8 @@ pub struct StdioUpstream {
     spec: StdioSpec,
     secrets: Arc<SecretService>,
     next_id: AtomicU64,
+    /// Counts starts and exits of the child.
+    epoch: Arc<AtomicU64>,
     // A tokio mutex: held while a child starts, so one start runs at a time.
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     // A std mutex: held only to read or update the back-off.
@@ -127,10 +131,12 @@ impl StdioUpstream {
             spec,
             secrets,
             next_id: AtomicU64::new(1),
+            epoch: Arc::new(AtomicU64::new(0)),
             conn: tokio::sync::Mutex::new(None),
             health: Mutex::new(Health {
                 failures: 0,
                 retry_at: None,
+                last: String::new(),
             }),
         }
     }
@@ -142,14 +148,21 @@ impl StdioUpstream {
         }
     }
 
-    fn failed(&self) {
+    fn failed(&self, why: String) {
         if let Ok(mut h) = self.health.lock() {
+            h.last = why;
             h.failures = h.failures.saturating_add(1);
             let backoff = Duration::from_millis(250)
                 .saturating_mul(1 << h.failures.min(8))
                 .min(MAX_BACKOFF);
             h.retry_at = Some(Instant::now() + backoff);
         }
+    }
+
+    /// Changes whenever the child starts or exits: a new process may
+    /// announce other tools, so the gateway lists them again.
+    pub fn generation(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The server's `initialize` result (starting it if needed).
@@ -184,21 +197,22 @@ impl StdioUpstream {
     /// The running child, started (and initialised) if there is none.
     async fn running(&self, timeout: Duration) -> Result<Arc<Conn>, UpstreamError> {
         let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref()
-            && c.alive.load(Ordering::Acquire)
-        {
-            return Ok(c.clone());
+        if let Some(c) = slot.as_ref() {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+            // It exited: wait out a back-off before starting it again.
+            *slot = None;
+            self.failed("it exited".into());
         }
-        *slot = None;
-        let wait = self
-            .health
-            .lock()
-            .ok()
-            .and_then(|h| h.retry_at)
-            .and_then(|t| t.checked_duration_since(Instant::now()));
-        if let Some(w) = wait {
+        let wait = self.health.lock().ok().and_then(|h| {
+            h.retry_at
+                .and_then(|t| t.checked_duration_since(Instant::now()))
+                .map(|w| (w, h.last.clone()))
+        });
+        if let Some((w, last)) = wait {
             return Err(self.unavailable(format!(
-                "it exited and is started again in {} ms",
+                "{last}; it is started again in {} ms",
                 w.as_millis()
             )));
         }
@@ -209,7 +223,11 @@ impl StdioUpstream {
                 Ok(c)
             }
             Err(e) => {
-                self.failed();
+                let why = match &e {
+                    UpstreamError::Unavailable { why, .. } => why.clone(),
+                    other => other.to_string(),
+                };
+                self.failed(why);
                 Err(e)
             }
         }
@@ -267,6 +285,7 @@ impl StdioUpstream {
             stdout,
             pending.clone(),
             alive.clone(),
+            self.epoch.clone(),
         ));
         tokio::spawn(log_stderr(self.name.clone(), stderr, secret_values));
         let mut conn = Conn {
@@ -297,6 +316,7 @@ impl StdioUpstream {
             .await
             .map_err(|_| self.unavailable("it closed its input at start"))?;
         conn.initialized = init;
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut h) = self.health.lock() {
             h.failures = 0;
             h.retry_at = None;
@@ -345,6 +365,7 @@ async fn read_stdout(
     stdout: tokio::process::ChildStdout,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -386,6 +407,7 @@ async fn read_stdout(
         }
     }
     alive.store(false, Ordering::Release);
+    epoch.fetch_add(1, Ordering::AcqRel);
     tracing::warn!(server = %server, "the MCP server exited; calls in flight fail, the next one starts it again");
     // Dropping the senders wakes every waiter with `Exited`.
     if let Ok(mut p) = pending.lock() {
@@ -549,7 +571,7 @@ mod tests {
                     break;
                 }
                 Err(UpstreamError::Unavailable { why, .. }) => {
-                    assert!(why.contains("started again"), "{why}");
+                    assert!(why.contains("it exited; it is started again"), "{why}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(other) => panic!("{other}"),

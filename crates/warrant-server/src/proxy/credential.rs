@@ -22,6 +22,30 @@ use warrant_core::time::Timestamp;
 use zeroize::Zeroizing;
 
 use super::route::{Credential, Route};
+
+/// What a credential is obtained for: a route, or an MCP server.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The route's or server's name, for messages.
+    pub name: &'a str,
+    /// The credential provider.
+    pub credential: &'a Credential,
+    /// The audience a `warrant_jwt` is minted for.
+    pub audience: &'a str,
+    /// How long a token endpoint may take.
+    pub timeout: Duration,
+}
+
+impl<'a> From<&'a Route> for Target<'a> {
+    fn from(r: &'a Route) -> Self {
+        Self {
+            name: &r.name,
+            credential: &r.credential,
+            audience: &r.audience,
+            timeout: r.timeout,
+        }
+    }
+}
 use crate::keys::KeyService;
 use crate::secrets::{SecretError, SecretService};
 use crate::token::TaskUse;
@@ -110,7 +134,7 @@ impl OAuthCache {
     /// client secret's bytes, for redaction.
     async fn token(
         &self,
-        route: &Route,
+        route: Target<'_>,
         secrets: &SecretService,
     ) -> Result<(Arc<CachedToken>, Vec<u8>), CredentialError> {
         let Credential::OAuth2ClientCredentials {
@@ -120,11 +144,11 @@ impl OAuthCache {
             scope,
             audience,
             ..
-        } = &route.credential
+        } = route.credential
         else {
             return Err(CredentialError::Unavailable("not an oauth2 route".into()));
         };
-        let secret = shared_secret(secrets, client_secret, &route.name).await?;
+        let secret = shared_secret(secrets, client_secret, route.name).await?;
         let secret_bytes = secret.value.expose().to_vec();
         if let Some(t) = self.fresh() {
             return Ok((t, secret_bytes));
@@ -284,20 +308,28 @@ impl std::fmt::Debug for Providers<'_> {
 }
 
 impl Providers<'_> {
-    /// Obtains the credential for `route` and this use of a task token.
+    /// Obtains the credential for `route` and this use of a task token
+    /// (`task` may be absent only for kinds that do not depend on it).
     pub async fn obtain(
         &self,
-        route: &Route,
+        route: Target<'_>,
         oauth: Option<&OAuthCache>,
-        task: &TaskUse,
+        task: Option<&TaskUse>,
     ) -> Result<Injected, CredentialError> {
-        match &route.credential {
+        let needs_task = || {
+            CredentialError::Unavailable(format!(
+                "`{}`: credential kind `{}` needs a task token",
+                route.name,
+                route.credential.kind()
+            ))
+        };
+        match route.credential {
             Credential::Secret {
                 secret,
                 header,
                 format,
             } => {
-                let s = shared_secret(self.secrets, secret, &route.name).await?;
+                let s = shared_secret(self.secrets, secret, route.name).await?;
                 let value = Zeroizing::new(format.fill(s.value.expose()));
                 Ok(Injected {
                     header: header.clone(),
@@ -311,6 +343,7 @@ impl Providers<'_> {
                 header,
                 format,
             } => {
+                let task = task.ok_or_else(needs_task)?;
                 let Some(user) = task.claims.sub.strip_prefix("user:") else {
                     return Err(CredentialError::Refused(format!(
                         "route `{}` uses each user's own `{secret}`, and this task token acts for no user; use a token exchanged from a user's token",
@@ -333,7 +366,7 @@ impl Providers<'_> {
                 })
             }
             Credential::Basic { secret } => {
-                let s = shared_secret(self.secrets, secret, &route.name).await?;
+                let s = shared_secret(self.secrets, secret, route.name).await?;
                 if !s.value.expose().contains(&b':') {
                     return Err(CredentialError::Unavailable(format!(
                         "secret `{secret}` of route `{}` must be `user:password` for basic auth",
@@ -379,14 +412,14 @@ impl Providers<'_> {
                 ttl,
             } => {
                 let now = Timestamp::now();
-                let c = &task.claims;
+                let c = &task.ok_or_else(needs_task)?.claims;
                 let exp = (now.as_secs() + i64::try_from(ttl.as_secs()).unwrap_or(60)).min(c.exp);
                 let jti = crate::random::ordered_id("ujt_", now.as_millis())
                     .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
                 let claims = UpstreamClaims {
                     iss: self.issuer,
                     sub: &c.sub,
-                    aud: &route.audience,
+                    aud: route.audience,
                     act: c.act.as_ref(),
                     client_id: &c.client_id,
                     scope: &c.scope,

@@ -162,7 +162,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
-fn connector(
+pub(crate) fn connector(
     https: bool,
     ca_file: Option<&std::path::Path>,
     connect_timeout: Duration,
@@ -453,7 +453,10 @@ impl ProxyService {
             keys: &self.keys,
             issuer: &self.issuer,
         };
-        let injected = match providers.obtain(route, rs.oauth.as_ref(), &task).await {
+        let injected = match providers
+            .obtain(route.into(), rs.oauth.as_ref(), Some(&task))
+            .await
+        {
             Ok(i) => i,
             Err(CredentialError::Refused(msg)) => {
                 let e = Refusal::forbidden(
@@ -548,56 +551,19 @@ impl ProxyService {
         peer: SocketAddr,
         now: Timestamp,
     ) -> DecisionRequest {
-        let c = &task.claims;
-        let mut context = Context::at(now);
-        context.user = c.sub.strip_prefix("user:").map(|u| UserRef {
-            id: u.to_owned(),
-            groups: task.groups.clone(),
-        });
-        context.scopes = c
-            .scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
-        context.depth = u32::try_from(c.depth()).unwrap_or(u32::MAX);
-        context.chain = c
-            .act
-            .as_ref()
-            .map(|a| {
-                a.chain()
-                    .into_iter()
-                    .rev()
-                    .filter_map(warrant_core::task::agent_of)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        context.task = Some(c.task.clone());
-        context.txn = Some(c.txn.clone());
-        context.source_ip = Some(peer.ip());
-        context.http = Some(HttpFacts {
+        let mut req = task_request(
+            task,
+            Action::HttpRequest,
+            Resource::Route(route.name.clone()),
+            peer,
+            now,
+        );
+        req.context.http = Some(HttpFacts {
             method: method.as_str().to_owned(),
             path: path.to_owned(),
             host: route.upstream.authority(),
         });
-        let a = &task.agent;
-        DecisionRequest {
-            principal: Principal {
-                agent: AgentFacts {
-                    name: a.name.to_string(),
-                    owner: a.owner.to_string(),
-                    env: a.env.to_string(),
-                    trust: a.trust,
-                    purpose: a.purpose.to_string(),
-                },
-                instance: task.instance.clone(),
-                attestor: task.attestor.clone(),
-            },
-            action: Action::HttpRequest,
-            resource: Resource::Route(route.name.clone()),
-            context,
-        }
+        req
     }
 
     /// Records a refusal durably, then answers it.
@@ -803,6 +769,63 @@ impl ProxyService {
     }
 }
 
+/// The decision request for a use of a task token at the edge: the acting
+/// instance as principal, the user, groups, scopes, chain, depth, task, txn,
+/// time and source address as context.
+pub(crate) fn task_request(
+    task: &TaskUse,
+    action: Action,
+    resource: Resource,
+    peer: SocketAddr,
+    now: Timestamp,
+) -> DecisionRequest {
+    let c = &task.claims;
+    let mut context = Context::at(now);
+    context.user = c.sub.strip_prefix("user:").map(|u| UserRef {
+        id: u.to_owned(),
+        groups: task.groups.clone(),
+    });
+    context.scopes = c
+        .scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    context.depth = u32::try_from(c.depth()).unwrap_or(u32::MAX);
+    context.chain = c
+        .act
+        .as_ref()
+        .map(|a| {
+            a.chain()
+                .into_iter()
+                .rev()
+                .filter_map(warrant_core::task::agent_of)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    context.task = Some(c.task.clone());
+    context.txn = Some(c.txn.clone());
+    context.source_ip = Some(peer.ip());
+    let a = &task.agent;
+    DecisionRequest {
+        principal: Principal {
+            agent: AgentFacts {
+                name: a.name.to_string(),
+                owner: a.owner.to_string(),
+                env: a.env.to_string(),
+                trust: a.trust,
+                purpose: a.purpose.to_string(),
+            },
+            instance: task.instance.clone(),
+            attestor: task.attestor.clone(),
+        },
+        action,
+        resource,
+        context,
+    }
+}
+
 /// Whether a client error was the request body passing its limit.
 fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
@@ -815,7 +838,7 @@ fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
+pub(crate) fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
     let mut d = event.detail.take().unwrap_or_else(|| json!({}));
     if let (Some(d), serde_json::Value::Object(m)) = (d.as_object_mut(), more) {
         d.extend(m);
@@ -823,7 +846,7 @@ fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
     event.detail = Some(d);
 }
 
-fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
+pub(crate) fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
     let c = &t.claims;
     let mut e = event
         .agent(t.agent.name.to_string())

@@ -176,7 +176,7 @@ impl Origin {
         }
     }
 
-    fn parse(value: &str, what: &str) -> Result<Self, String> {
+    pub(crate) fn parse(value: &str, what: &str) -> Result<Self, String> {
         let url = url::Url::parse(value)
             .map_err(|e| format!("{what} `{}` is not a URL ({e})", value.escape_debug()))?;
         let scheme = match url.scheme() {

@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod dev;
 mod keys;
+mod mcp;
 mod policy;
 mod revoke;
 mod secret;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(c) => keys::run(&cli, client(&cli)?, c).await,
         Command::AdminToken(c) => admin_token::run(&cli, client(&cli)?, c).await,
         Command::Secret(c) => secret::run(&cli, client(&cli)?, c).await,
+        Command::Mcp(c) => mcp::run(&cli, client(&cli)?, c).await,
         Command::Audit(c) => audit::run(&cli, client(&cli)?, c).await,
         Command::Policy(c) => policy::run(&cli, c).await,
         Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,

@@ -9,6 +9,7 @@ mod audit;
 mod delegation;
 mod interop;
 mod keys;
+mod mcp;
 mod policy;
 mod proxy;
 mod quickstart;

@@ -1,0 +1,1342 @@
+//! The MCP gateway's request path: `http://<edge>/mcp/<server>`.
+//!
+//! warrant is the OAuth resource server for each configured MCP server. Per
+//! request, before anything reaches the upstream: the `Host` must name the
+//! edge and an `Origin`, if sent, must be the edge's own; the task token must
+//! be valid for the server's audience (401 with `resource_metadata`
+//! otherwise) and hold the server's scopes (403 `insufficient_scope`); the
+//! body must be one JSON-RPC message within the size limit. The gateway
+//! speaks the `initialize` handshake revisions (2025-11-25 and earlier):
+//! `initialize` opens a session bound to the task and instance of the token
+//! that opened it, and every later request must present a token of that same
+//! task. `tools/list` shows only tools whose pinned definition is current and
+//! that policy could allow (partial evaluation over the unknown arguments);
+//! `tools/call` is decided with its arguments before the upstream sees it.
+//! The upstream gets warrant's own connection and credential, never the
+//! agent's token. Every list, call and refusal is one audit record.
+//!
+//! Not yet: the 2026-07-28 stateless revision (clients fall back to the
+//! handshake when `server/discover` is refused), server-to-client streams
+//! (GET answers 405), resource and prompt decisions finer than the server.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::decision::{Action, Effect, Resource};
+use warrant_core::mcp::{PinOutcome, ToolDefinition, ToolPin};
+use warrant_core::task::ScopeSet;
+use warrant_core::text::shown;
+use warrant_core::time::Timestamp;
+use warrant_store::{Store, StoreError};
+
+use super::config::{McpServerConfig, Transport};
+use super::stdio::{StdioUpstream, UpstreamError};
+use super::{Upstream, arguments_of};
+use crate::keys::KeyService;
+use crate::metrics::Metrics;
+use crate::policy::PolicyService;
+use crate::proxy::credential::Providers;
+use crate::proxy::{add_detail, describe, task_request};
+use crate::secrets::SecretService;
+use crate::token::{TaskUse, TokenService, UseError};
+
+/// Handshake revisions the gateway speaks, newest first.
+pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// How long a tool listing is used before the upstream is asked again.
+const TOOLS_TTL: Duration = Duration::from_secs(30);
+/// The most open sessions.
+const MAX_SESSIONS: usize = 10_000;
+/// JSON-RPC: the request was refused by policy (warrant's own code).
+pub const REFUSED: i64 = -32003;
+
+/// What the gateway is built from.
+#[allow(missing_debug_implementations)]
+pub struct GatewayParts {
+    /// Validated `[[mcp_server]]` tables.
+    pub servers: Vec<McpServerConfig>,
+    /// Task tokens.
+    pub tokens: Arc<TokenService>,
+    /// Policy.
+    pub policy: Arc<PolicyService>,
+    /// Secrets.
+    pub secrets: Arc<SecretService>,
+    /// Signing keys.
+    pub keys: Arc<KeyService>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The issuer.
+    pub issuer: Arc<str>,
+    /// The edge's URL.
+    pub edge_url: String,
+    /// `Host` values the edge answers to.
+    pub edge_hosts: Vec<String>,
+}
+
+/// The tools an upstream announces, as the gateway may show them.
+#[derive(Debug, Default)]
+struct View {
+    /// Announced tools whose definition is the pinned one, as announced.
+    usable: Vec<Value>,
+    /// Announced tools whose definition changed since it was pinned.
+    changed: HashSet<String>,
+    /// When the upstream was last asked.
+    fetched: Option<Instant>,
+    /// The upstream's generation then.
+    generation: u64,
+}
+
+struct Server {
+    cfg: McpServerConfig,
+    audience: String,
+    upstream: Upstream,
+    // A std lock: read or replaced, never held across an await.
+    view: RwLock<View>,
+}
+
+/// Who opened a session.
+#[derive(Debug, Clone)]
+struct Binding {
+    server: String,
+    task: String,
+    instance: String,
+    expires: i64,
+}
+
+/// The gateway.
+pub struct Gateway {
+    servers: HashMap<String, Arc<Server>>,
+    tokens: Arc<TokenService>,
+    policy: Arc<PolicyService>,
+    secrets: Arc<SecretService>,
+    keys: Arc<KeyService>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    issuer: Arc<str>,
+    edge_url: String,
+    edge_hosts: Vec<String>,
+    // A std mutex: held only to look up, insert or remove.
+    sessions: Mutex<HashMap<String, Binding>>,
+    // A tokio mutex: serialises recomputing the policies' argument types.
+    arguments_lock: tokio::sync::Mutex<()>,
+    audit_failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal before any JSON-RPC processing: an HTTP status and a body.
+struct HttpRefusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    www_authenticate: Option<String>,
+}
+
+impl IntoResponse for HttpRefusal {
+    fn into_response(self) -> Response {
+        let body =
+            json!({ "error": { "message": self.message, "type": self.code, "code": self.code } });
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(w) = self.www_authenticate
+            && let Ok(v) = HeaderValue::from_str(&w)
+        {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+}
+
+fn rpc_result(id: &Value, result: Value) -> Response {
+    axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
+}
+
+fn rpc_error(id: &Value, code: i64, message: String, data: Option<Value>) -> Response {
+    let mut error = json!({ "code": code, "message": message });
+    if let Some(d) = data {
+        error["data"] = d;
+    }
+    axum::Json(json!({ "jsonrpc": "2.0", "id": id, "error": error })).into_response()
+}
+
+/// A JSON-RPC refusal: the answer and the audit record's reason.
+struct RpcRefusal {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+    outcome: Outcome,
+}
+
+impl RpcRefusal {
+    fn invalid(code: i64, message: String) -> Self {
+        Self {
+            code,
+            message,
+            data: None,
+            outcome: Outcome::Error,
+        }
+    }
+}
+
+impl Gateway {
+    /// Builds the upstreams (nothing is started or contacted yet).
+    pub fn new(p: GatewayParts) -> Result<Self, String> {
+        let mut servers = HashMap::new();
+        for cfg in p.servers {
+            let upstream = match &cfg.transport {
+                Transport::Stdio(spec) => Upstream::Stdio(Box::new(StdioUpstream::new(
+                    &cfg.name,
+                    spec.clone(),
+                    p.secrets.clone(),
+                ))),
+                t @ Transport::Http { .. } => Upstream::Http(Box::new(
+                    super::http::HttpUpstream::new(&cfg.name, t, cfg.timeout)?,
+                )),
+            };
+            let audience = cfg
+                .audience
+                .clone()
+                .unwrap_or_else(|| format!("{}/mcp/{}", p.edge_url, cfg.name));
+            if servers.contains_key(&cfg.name) {
+                return Err(format!("MCP server `{}` is configured twice", cfg.name));
+            }
+            servers.insert(
+                cfg.name.clone(),
+                Arc::new(Server {
+                    cfg,
+                    audience,
+                    upstream,
+                    view: RwLock::new(View::default()),
+                }),
+            );
+        }
+        Ok(Self {
+            servers,
+            tokens: p.tokens,
+            policy: p.policy,
+            secrets: p.secrets,
+            keys: p.keys,
+            store: p.store,
+            metrics: p.metrics,
+            issuer: p.issuer,
+            edge_url: p.edge_url,
+            edge_hosts: p
+                .edge_hosts
+                .into_iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            sessions: Mutex::new(HashMap::new()),
+            arguments_lock: tokio::sync::Mutex::new(()),
+            audit_failed: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The configured servers' names.
+    pub fn server_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.servers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// RFC 9728 metadata for a server.
+    pub fn resource_metadata(&self, name: &str) -> Option<Value> {
+        let s = self.servers.get(name)?;
+        let scopes: Vec<String> = s
+            .cfg
+            .scope
+            .as_ref()
+            .map(|sc| sc.iter().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Some(json!({
+            "resource": format!("{}/mcp/{}", self.edge_url, name),
+            "authorization_servers": [&*self.issuer],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": scopes,
+            "resource_name": format!("MCP server `{name}` behind warrant"),
+            "warrant_audience": s.audience,
+        }))
+    }
+
+    fn metadata_url(&self, server: &str) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp/{server}",
+            self.edge_url
+        )
+    }
+
+    fn providers(&self) -> Providers<'_> {
+        Providers {
+            secrets: &self.secrets,
+            keys: &self.keys,
+            issuer: &self.issuer,
+        }
+    }
+
+    /// Lists and pins every server's tools (at start; a server that is down
+    /// is tried again on first use).
+    pub async fn discover_all(&self) {
+        for s in self.servers.values() {
+            if let Err(e) = self.refresh(s).await {
+                tracing::warn!(server = %s.cfg.name, error = %e, "could not list the MCP server's tools; trying again on first use");
+            }
+        }
+    }
+
+    /// Asks the upstream for its tools, pins new ones, holds changed ones.
+    async fn refresh(&self, s: &Server) -> Result<(), UpstreamError> {
+        let providers = self.providers();
+        let mut announced: Vec<Value> = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..20 {
+            let params = match &cursor {
+                Some(c) => json!({ "cursor": c }),
+                None => json!({}),
+            };
+            let page = s
+                .upstream
+                .call(&providers, "tools/list", params, s.cfg.timeout)
+                .await?;
+            announced.extend(
+                page.get("tools")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            cursor = page
+                .get("nextCursor")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let now = Timestamp::now();
+        let mut view = View {
+            fetched: Some(Instant::now()),
+            generation: s.upstream.generation(),
+            ..View::default()
+        };
+        let mut pinned_new = false;
+        for tool in announced {
+            let Some(def) = ToolDefinition::from_listing(&tool) else {
+                continue;
+            };
+            let name = def.name.clone();
+            let base = AuditEvent::new("mcp.tool.pin", Outcome::Allow)
+                .actor("mcp-gateway")
+                .protocol("mcp")
+                .resource(
+                    Resource::Tool {
+                        server: s.cfg.name.clone(),
+                        tool: name.clone(),
+                    }
+                    .to_string(),
+                )
+                .detail(json!({ "server": s.cfg.name, "tool": name, "digest": def.digest() }));
+            match self.store.observe_tool(&s.cfg.name, def, now, base).await {
+                Ok(PinOutcome::New) => {
+                    pinned_new = true;
+                    view.usable.push(tool);
+                }
+                Ok(PinOutcome::Unchanged) => view.usable.push(tool),
+                Ok(PinOutcome::Changed) => {
+                    tracing::warn!(server = %s.cfg.name, tool = %name, "an MCP tool's definition changed; it is hidden until `warrant mcp approve`");
+                    view.changed.insert(name);
+                }
+                Err(e) => {
+                    return Err(UpstreamError::Unavailable {
+                        server: s.cfg.name.clone(),
+                        why: format!("its tools could not be pinned: {e}"),
+                    });
+                }
+            }
+        }
+        if let Ok(mut v) = s.view.write() {
+            *v = view;
+        }
+        if pinned_new {
+            self.update_arguments().await;
+        }
+        Ok(())
+    }
+
+    /// Retypes `context.arguments` from the approved definitions.
+    async fn update_arguments(&self) {
+        let _one = self.arguments_lock.lock().await;
+        let pins = match self.store.list_tool_pins(None).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read tool pins");
+                return;
+            }
+        };
+        let names = self.server_names();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let args = arguments_of(&pins, &refs);
+        if args == self.policy.arguments() {
+            return;
+        }
+        let base = AuditEvent::new("policy.reload", Outcome::Allow)
+            .actor("mcp-gateway")
+            .protocol("mcp");
+        if let Err(e) = self.policy.set_arguments(args, base).await {
+            tracing::error!(error = %e, "the policies do not validate with the MCP tools' argument types; the previous set stays");
+        }
+    }
+
+    /// Accepts a changed tool's new definition.
+    pub async fn approve(
+        &self,
+        server: &str,
+        tool: &str,
+        by: &str,
+        audit: AuditEvent,
+    ) -> Result<ToolPin, StoreError> {
+        let pin = self
+            .store
+            .approve_tool(server, tool, by, Timestamp::now(), audit)
+            .await?;
+        self.update_arguments().await;
+        if let Some(s) = self.servers.get(server)
+            && let Err(e) = self.refresh(s).await
+        {
+            tracing::warn!(server, error = %e, "could not list the MCP server's tools after an approval");
+        }
+        Ok(pin)
+    }
+
+    /// The pins of one server (or all), for `warrant mcp tools`.
+    pub async fn pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError> {
+        self.store.list_tool_pins(server).await
+    }
+
+    /// Whether `name` is a configured server.
+    pub fn has_server(&self, name: &str) -> bool {
+        self.servers.contains_key(name)
+    }
+
+    /// Records a refusal durably, then answers it.
+    async fn refuse_http(&self, event: AuditEvent, server: &str, e: HttpRefusal) -> Response {
+        let mut event = event;
+        event.decision = if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            Outcome::Deny
+        } else {
+            Outcome::Error
+        };
+        if event.reasons.is_empty() {
+            event.reasons.push(format!("{}: {}", e.code, e.message));
+        }
+        self.metrics.mcp_request(server, "-", e.code);
+        match self.store.append_audit(event).await {
+            Ok(_) => e.into_response(),
+            Err(err) => self.audit_down(&err),
+        }
+    }
+
+    fn audit_down(&self, err: &StoreError) -> Response {
+        tracing::error!(error = %err, "cannot write the audit trail; MCP request refused");
+        self.metrics.audit_write_failures.inc();
+        HttpRefusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "audit_unavailable",
+            message:
+                "the broker cannot write its audit trail, so it forwards nothing; try again later"
+                    .into(),
+            www_authenticate: None,
+        }
+        .into_response()
+    }
+
+    async fn refuse_rpc(
+        &self,
+        event: AuditEvent,
+        server: &str,
+        method: &str,
+        id: &Value,
+        r: RpcRefusal,
+    ) -> Response {
+        let mut event = event;
+        event.decision = r.outcome;
+        if event.reasons.is_empty() {
+            event.reasons.push(r.message.clone());
+        }
+        self.metrics.mcp_request(
+            server,
+            method,
+            if r.outcome == Outcome::Deny {
+                "deny"
+            } else {
+                "error"
+            },
+        );
+        match self.store.append_audit(event).await {
+            Ok(_) => rpc_error(id, r.code, r.message, r.data),
+            Err(err) => self.audit_down(&err),
+        }
+    }
+
+    /// Records an allowed request off the response path; a failure makes
+    /// the gateway refuse everything until a record succeeds.
+    fn record_later(&self, event: AuditEvent) {
+        let (store, metrics, failed) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.audit_failed.clone(),
+        );
+        tokio::spawn(async move {
+            match store.append_audit(event).await {
+                Ok(_) => failed.store(false, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record an MCP request; the gateway refuses requests until the audit trail is writable");
+                    metrics.audit_write_failures.inc();
+                    failed.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+
+    /// Answers one request at `/mcp/<server>`.
+    pub async fn handle(&self, server: &str, req: Request<Body>, peer: SocketAddr) -> Response {
+        let started = Instant::now();
+        let event = AuditEvent::new("mcp.request", Outcome::Deny)
+            .protocol("mcp")
+            .source(peer.to_string())
+            .resource(Resource::McpServer(server.to_owned()).to_string());
+        let Some(s) = self.servers.get(server).cloned() else {
+            let e = HttpRefusal {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: format!(
+                    "no MCP server named `{}` is configured on this edge listener",
+                    shown(server, 64)
+                ),
+                www_authenticate: None,
+            };
+            return self.refuse_http(event, "-", e).await;
+        };
+        if self.audit_failed.load(Ordering::Relaxed) {
+            let e = HttpRefusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "audit_unavailable",
+                message: "the broker cannot write its audit trail, so it forwards nothing; try again later".into(),
+                www_authenticate: None,
+            };
+            return self.refuse_http(event, server, e).await;
+        }
+        if let Err(e) = self.boundaries(&req) {
+            return self.refuse_http(event, server, e).await;
+        }
+        if req.method() != Method::POST && req.method() != Method::DELETE {
+            let mut r = HttpRefusal {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "method_not_allowed",
+                message: "this gateway takes JSON-RPC messages by POST (and DELETE to end a session); it offers no server stream".into(),
+                www_authenticate: None,
+            }
+            .into_response();
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            return r;
+        }
+
+        // Who is asking.
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_owned());
+        let unauthorized = |message: String, given: bool| HttpRefusal {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_token",
+            www_authenticate: Some(if given {
+                format!(
+                    "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{}\"",
+                    message.replace(['"', '\\'], "'"),
+                    self.metadata_url(server)
+                )
+            } else {
+                format!("Bearer resource_metadata=\"{}\"", self.metadata_url(server))
+            }),
+            message,
+        };
+        let Some(token) = token else {
+            let e = unauthorized(
+                "send your task token as `Authorization: Bearer <task token>`".into(),
+                false,
+            );
+            return self.refuse_http(event, server, e).await;
+        };
+        let task = match self
+            .tokens
+            .task_for_use(&token, &s.audience, Timestamp::now())
+            .await
+        {
+            Ok(t) => t,
+            Err(UseError::Invalid(m)) => {
+                return self.refuse_http(event, server, unauthorized(m, true)).await;
+            }
+            Err(UseError::Unavailable) => {
+                let e = HttpRefusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "unavailable",
+                    message: "the broker's store is unavailable; try again".into(),
+                    www_authenticate: None,
+                };
+                return self.refuse_http(event, server, e).await;
+            }
+        };
+        let event = describe(event, &task);
+        if let Some(needed) = &s.cfg.scope {
+            let held = ScopeSet::parse(&task.claims.scope).unwrap_or_default();
+            if !needed.is_subset(&held) {
+                let e = HttpRefusal {
+                    status: StatusCode::FORBIDDEN,
+                    code: "insufficient_scope",
+                    message: format!(
+                        "MCP server `{server}` needs scope `{needed}`; exchange for a task token with it"
+                    ),
+                    www_authenticate: Some(format!(
+                        "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{}\"",
+                        self.metadata_url(server)
+                    )),
+                };
+                return self.refuse_http(event, server, e).await;
+            }
+        }
+
+        let session_id = req
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if req.method() == Method::DELETE {
+            return self
+                .end_session(event, server, &task, session_id.as_deref())
+                .await;
+        }
+
+        // One JSON-RPC message.
+        let limit = usize::try_from(s.cfg.max_message_bytes).unwrap_or(usize::MAX);
+        let bytes = match http_body_util::Limited::new(req.into_body(), limit)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(_) => {
+                let e = HttpRefusal {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    code: "payload_too_large",
+                    message: format!(
+                        "a message to MCP server `{server}` may have at most {limit} bytes"
+                    ),
+                    www_authenticate: None,
+                };
+                return self.refuse_http(event, server, e).await;
+            }
+        };
+        let msg: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                let why = if e.to_string().contains("recursion limit") {
+                    "the message is nested too deeply".to_owned()
+                } else {
+                    "the body is not JSON".to_owned()
+                };
+                let ev = event.clone();
+                return self
+                    .refuse_rpc(
+                        ev,
+                        server,
+                        "-",
+                        &Value::Null,
+                        RpcRefusal::invalid(-32700, format!("parse error: {why}")),
+                    )
+                    .await;
+            }
+        };
+        if msg.is_array() {
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    "-",
+                    &Value::Null,
+                    RpcRefusal::invalid(
+                        -32600,
+                        "batches are not supported: send one JSON-RPC message per request".into(),
+                    ),
+                )
+                .await;
+        }
+        let id = msg.get("id").cloned();
+        let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
+        let (Some(method), true) = (method, msg.get("jsonrpc") == Some(&json!("2.0"))) else {
+            if id.is_none() && (msg.get("result").is_some() || msg.get("error").is_some()) {
+                // A response to a server request: the gateway sends none.
+                return StatusCode::ACCEPTED.into_response();
+            }
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    "-",
+                    id.as_ref().unwrap_or(&Value::Null),
+                    RpcRefusal::invalid(-32600, "not a JSON-RPC 2.0 request".into()),
+                )
+                .await;
+        };
+        let event = event.action(format!("mcp:{method}"));
+        let Some(id) = id else {
+            // Notifications (initialized, cancelled): nothing to relay.
+            return StatusCode::ACCEPTED.into_response();
+        };
+        let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+
+        if method == "initialize" {
+            return self.open_session(event, server, &task, &id, &params).await;
+        }
+        if method == "server/discover" {
+            return self
+                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32601, "this gateway speaks MCP through the initialize handshake (2025-11-25); send initialize".into()))
+                .await;
+        }
+        // Every other request belongs to a session of this task.
+        if let Err(r) = self.check_session(server, &task, session_id.as_deref()) {
+            return match r {
+                SessionProblem::Missing => {
+                    self.refuse_rpc(
+                        event,
+                        server,
+                        &method,
+                        &id,
+                        RpcRefusal::invalid(
+                            -32600,
+                            "send `initialize` first, then its Mcp-Session-Id with every request"
+                                .into(),
+                        ),
+                    )
+                    .await
+                }
+                SessionProblem::Unknown => {
+                    let mut resp = self
+                        .refuse_rpc(
+                            event,
+                            server,
+                            &method,
+                            &id,
+                            RpcRefusal::invalid(
+                                -32001,
+                                "session not found; send `initialize` again".into(),
+                            ),
+                        )
+                        .await;
+                    *resp.status_mut() = StatusCode::NOT_FOUND;
+                    resp
+                }
+                SessionProblem::Foreign => {
+                    let mut resp = self
+                        .refuse_rpc(event, server, &method, &id, RpcRefusal {
+                            code: REFUSED,
+                            message: "this session was opened for another task; open your own with `initialize`".into(),
+                            data: None,
+                            outcome: Outcome::Deny,
+                        })
+                        .await;
+                    *resp.status_mut() = StatusCode::FORBIDDEN;
+                    resp
+                }
+            };
+        }
+
+        match method.as_str() {
+            "ping" => rpc_result(&id, json!({})),
+            "tools/list" => self.list_tools(event, &s, &task, &id, peer).await,
+            "tools/call" => {
+                self.call_tool(event, &s, &task, &id, params, peer, started)
+                    .await
+            }
+            "resources/list" | "resources/templates/list" | "resources/read" => {
+                self.relay(
+                    event,
+                    &s,
+                    &task,
+                    &id,
+                    &method,
+                    params,
+                    peer,
+                    Action::McpReadResource,
+                )
+                .await
+            }
+            "prompts/list" | "prompts/get" => {
+                self.relay(
+                    event,
+                    &s,
+                    &task,
+                    &id,
+                    &method,
+                    params,
+                    peer,
+                    Action::McpGetPrompt,
+                )
+                .await
+            }
+            other => {
+                let m = format!(
+                    "method `{}` is not relayed by the gateway",
+                    shown(other, 64)
+                );
+                self.refuse_rpc(event, server, other, &id, RpcRefusal::invalid(-32601, m))
+                    .await
+            }
+        }
+    }
+
+    /// `Host` must name the edge; an `Origin`, if any, must be the edge's own
+    /// (a page in a browser must not drive an agent's session).
+    fn boundaries(&self, req: &Request<Body>) -> Result<(), HttpRefusal> {
+        let bad = |status, code, message: String| HttpRefusal {
+            status,
+            code,
+            message,
+            www_authenticate: None,
+        };
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "absolute-form request targets are refused".into(),
+            ));
+        }
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !self.edge_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "the Host header `{}` does not name this edge listener",
+                    shown(host, 100)
+                ),
+            ));
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            let o = origin.to_str().unwrap_or("");
+            let ours = self
+                .edge_hosts
+                .iter()
+                .any(|h| o.eq_ignore_ascii_case(&format!("http://{h}")));
+            if !ours {
+                return Err(bad(
+                    StatusCode::FORBIDDEN,
+                    "forbidden_origin",
+                    format!("requests from origin `{}` are refused", shown(o, 100)),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn open_session(
+        &self,
+        event: AuditEvent,
+        server: &str,
+        task: &TaskUse,
+        id: &Value,
+        params: &Value,
+    ) -> Response {
+        let asked = params
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let version = if SUPPORTED_VERSIONS.contains(&asked) {
+            asked
+        } else {
+            SUPPORTED_VERSIONS[0]
+        };
+        let Ok(sid) = crate::random::hex_id(16) else {
+            return rpc_error(id, -32603, "cannot make a session id".into(), None);
+        };
+        let now = Timestamp::now().as_secs();
+        let opened = match self.sessions.lock() {
+            Ok(mut sessions) => {
+                sessions.retain(|_, b| b.expires > now);
+                if sessions.len() >= MAX_SESSIONS {
+                    false
+                } else {
+                    sessions.insert(
+                        sid.clone(),
+                        Binding {
+                            server: server.to_owned(),
+                            task: task.claims.task.clone(),
+                            instance: task.instance.clone(),
+                            expires: task.claims.exp,
+                        },
+                    );
+                    true
+                }
+            }
+            Err(_) => false,
+        };
+        if !opened {
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    "initialize",
+                    id,
+                    RpcRefusal::invalid(-32603, "too many open sessions; try again later".into()),
+                )
+                .await;
+        }
+        let mut ev = event;
+        ev.event = "mcp.session.open".into();
+        ev.decision = Outcome::Allow;
+        add_detail(
+            &mut ev,
+            json!({ "server": server, "protocol_version": version }),
+        );
+        self.metrics.mcp_request(server, "initialize", "allow");
+        if let Err(e) = self.store.append_audit(ev).await {
+            return self.audit_down(&e);
+        }
+        let mut r = rpc_result(
+            id,
+            json!({
+                "protocolVersion": version,
+                "capabilities": { "tools": { "listChanged": false }, "resources": {}, "prompts": {} },
+                "serverInfo": { "name": format!("warrant/{server}"), "version": env!("CARGO_PKG_VERSION") },
+                "instructions": format!("Tools of MCP server `{server}`, through warrant: each call is decided by policy."),
+            }),
+        );
+        if let Ok(v) = HeaderValue::from_str(&sid) {
+            r.headers_mut().insert("mcp-session-id", v);
+        }
+        r
+    }
+
+    fn check_session(
+        &self,
+        server: &str,
+        task: &TaskUse,
+        sid: Option<&str>,
+    ) -> Result<(), SessionProblem> {
+        let sid = sid.ok_or(SessionProblem::Missing)?;
+        let sessions = self.sessions.lock().map_err(|_| SessionProblem::Unknown)?;
+        let b = sessions.get(sid).ok_or(SessionProblem::Unknown)?;
+        if b.server != server || b.task != task.claims.task || b.instance != task.instance {
+            return Err(SessionProblem::Foreign);
+        }
+        Ok(())
+    }
+
+    async fn end_session(
+        &self,
+        event: AuditEvent,
+        server: &str,
+        task: &TaskUse,
+        sid: Option<&str>,
+    ) -> Response {
+        match self.check_session(server, task, sid) {
+            Ok(()) => {
+                if let (Ok(mut s), Some(sid)) = (self.sessions.lock(), sid) {
+                    s.remove(sid);
+                }
+                let mut ev = event;
+                ev.event = "mcp.session.close".into();
+                ev.decision = Outcome::Allow;
+                self.record_later(ev);
+                StatusCode::NO_CONTENT.into_response()
+            }
+            Err(p) => {
+                let (status, message) = match p {
+                    SessionProblem::Foreign => (
+                        StatusCode::FORBIDDEN,
+                        "this session was opened for another task",
+                    ),
+                    _ => (StatusCode::NOT_FOUND, "no such session"),
+                };
+                let e = HttpRefusal {
+                    status,
+                    code: "invalid_session",
+                    message: message.into(),
+                    www_authenticate: None,
+                };
+                self.refuse_http(event, server, e).await
+            }
+        }
+    }
+
+    async fn fresh_view(&self, s: &Server) -> Result<(), UpstreamError> {
+        let stale = s
+            .view
+            .read()
+            .map(|v| {
+                v.fetched.is_none_or(|t| t.elapsed() > TOOLS_TTL)
+                    || v.generation != s.upstream.generation()
+            })
+            .unwrap_or(true);
+        if stale {
+            self.refresh(s).await?;
+        }
+        Ok(())
+    }
+
+    fn tool_request(
+        &self,
+        s: &Server,
+        task: &TaskUse,
+        tool: &str,
+        peer: SocketAddr,
+    ) -> warrant_core::decision::DecisionRequest {
+        task_request(
+            task,
+            Action::McpCallTool,
+            Resource::Tool {
+                server: s.cfg.name.clone(),
+                tool: tool.to_owned(),
+            },
+            peer,
+            Timestamp::now(),
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        event: AuditEvent,
+        s: &Server,
+        task: &TaskUse,
+        id: &Value,
+        peer: SocketAddr,
+    ) -> Response {
+        let mut event = event;
+        event.event = "mcp.tools.list".into();
+        if let Err(e) = self.fresh_view(s).await {
+            return self
+                .refuse_rpc(event, &s.cfg.name, "tools/list", id, upstream_refusal(&e))
+                .await;
+        }
+        let (usable, changed) = match s.view.read() {
+            Ok(v) => (v.usable.clone(), v.changed.len()),
+            Err(_) => (Vec::new(), 0),
+        };
+        let policies = self.policy.current();
+        let mut shown_tools = Vec::new();
+        let mut hidden = 0usize;
+        for t in usable {
+            let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+            if policies
+                .policies
+                .could_allow(&self.tool_request(s, task, name, peer))
+            {
+                shown_tools.push(t);
+            } else {
+                hidden += 1;
+            }
+        }
+        event.decision = Outcome::Allow;
+        add_detail(
+            &mut event,
+            json!({ "server": s.cfg.name, "listed": shown_tools.len(), "hidden_by_policy": hidden, "hidden_changed": changed }),
+        );
+        self.metrics.mcp_request(&s.cfg.name, "tools/list", "allow");
+        self.record_later(event);
+        rpc_result(id, json!({ "tools": shown_tools }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_tool(
+        &self,
+        event: AuditEvent,
+        s: &Server,
+        task: &TaskUse,
+        id: &Value,
+        params: Value,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response {
+        let server = s.cfg.name.as_str();
+        let mut event = event;
+        event.event = "mcp.tool.call".into();
+        let name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let arguments = match params.get("arguments") {
+            None | Some(Value::Null) => serde_json::Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(_) => {
+                return self
+                    .refuse_rpc(
+                        event,
+                        server,
+                        "tools/call",
+                        id,
+                        RpcRefusal::invalid(-32602, "`arguments` must be an object".into()),
+                    )
+                    .await;
+            }
+        };
+        let raw_args = serde_json::to_vec(&Value::Object(arguments.clone())).unwrap_or_default();
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&raw_args))
+        };
+        let mut detail = json!({ "server": server, "tool": shown(&name, 128), "arguments_sha256": digest, "arguments_bytes": raw_args.len() });
+        if s.cfg.record_arguments {
+            detail["arguments"] = Value::Object(arguments.clone());
+        }
+        add_detail(&mut event, detail);
+        event = event.resource(
+            Resource::Tool {
+                server: server.to_owned(),
+                tool: name.clone(),
+            }
+            .to_string(),
+        );
+        if let Err(e) = self.fresh_view(s).await {
+            return self
+                .refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
+                .await;
+        }
+        let (known, changed) = match s.view.read() {
+            Ok(v) => (
+                v.usable
+                    .iter()
+                    .any(|t| t.get("name").and_then(Value::as_str) == Some(name.as_str())),
+                v.changed.contains(&name),
+            ),
+            Err(_) => (false, false),
+        };
+        if changed {
+            let m = format!(
+                "tool `{name}` changed its definition since it was approved; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
+            );
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    "tools/call",
+                    id,
+                    RpcRefusal {
+                        code: REFUSED,
+                        message: m,
+                        data: None,
+                        outcome: Outcome::Deny,
+                    },
+                )
+                .await;
+        }
+        if !known {
+            let m = format!("MCP server `{server}` has no tool `{}`", shown(&name, 128));
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    "tools/call",
+                    id,
+                    RpcRefusal::invalid(-32602, m),
+                )
+                .await;
+        }
+        let mut req = self.tool_request(s, task, &name, peer);
+        req.context.arguments = Some(arguments.clone());
+        let (decision, decided) = self.policy.decide_for_record(&req, event);
+        let mut event = AuditEvent {
+            user: Some(task.claims.sub.clone()),
+            ..decided
+        };
+        event.event = "mcp.tool.call".into();
+        if decision.effect != Effect::Allow {
+            let refused_by = match decision.effect {
+                Effect::ApprovalRequired => "approval required",
+                _ if !decision.errors.is_empty() => "policy (argument error)",
+                _ if decision.policies.is_empty() => "policy (default deny)",
+                _ => "policy (forbid)",
+            };
+            let message = format!(
+                "refused by policy: {refused_by}: agent `{}` may not call `{server}/{name}` with these arguments{}",
+                task.agent.name,
+                decision
+                    .errors
+                    .first()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+            let data = json!({
+                "refused_by": refused_by,
+                "policies": decision.policies,
+                "how_to_get_access": format!("ask an administrator for a permit on Action::\"mcp:call_tool\" and Tool::\"{server}/{name}\""),
+            });
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    "tools/call",
+                    id,
+                    RpcRefusal {
+                        code: REFUSED,
+                        message,
+                        data: Some(data),
+                        outcome: Outcome::Deny,
+                    },
+                )
+                .await;
+        }
+        let upstream_started = Instant::now();
+        let answer = s
+            .upstream
+            .call(
+                &self.providers(),
+                "tools/call",
+                json!({ "name": name, "arguments": arguments }),
+                s.cfg.timeout,
+            )
+            .await;
+        let upstream_ms = upstream_started.elapsed().as_secs_f64() * 1000.0;
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match answer {
+            Ok(result) => {
+                add_detail(
+                    &mut event,
+                    json!({
+                        "outcome": if result.get("isError") == Some(&json!(true)) { "tool_error" } else { "ok" },
+                        "upstream_ms": (upstream_ms * 1000.0).round() / 1000.0,
+                        "gateway_ms": ((total_ms - upstream_ms) * 1000.0).round() / 1000.0,
+                    }),
+                );
+                self.metrics.mcp_request(server, "tools/call", "allow");
+                self.record_later(event);
+                rpc_result(id, result)
+            }
+            Err(UpstreamError::Rpc {
+                code,
+                message,
+                data,
+            }) => {
+                add_detail(
+                    &mut event,
+                    json!({ "outcome": "upstream_error", "upstream_code": code }),
+                );
+                self.metrics
+                    .mcp_request(server, "tools/call", "upstream_error");
+                self.record_later(event);
+                rpc_error(id, code, message, data)
+            }
+            Err(e) => {
+                add_detail(&mut event, json!({ "outcome": "upstream_failed" }));
+                let r = upstream_refusal(&e);
+                event.reasons.push(r.message.clone());
+                self.metrics
+                    .mcp_request(server, "tools/call", "upstream_failed");
+                self.record_later(event);
+                rpc_error(id, r.code, r.message, None)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        event: AuditEvent,
+        s: &Server,
+        task: &TaskUse,
+        id: &Value,
+        method: &str,
+        params: Value,
+        peer: SocketAddr,
+        action: Action,
+    ) -> Response {
+        let server = s.cfg.name.as_str();
+        let req = task_request(
+            task,
+            action,
+            Resource::McpServer(server.to_owned()),
+            peer,
+            Timestamp::now(),
+        );
+        let (decision, decided) = self.policy.decide_for_record(&req, event);
+        let mut event = AuditEvent {
+            user: Some(task.claims.sub.clone()),
+            ..decided
+        };
+        event.event = format!("mcp.{}", method.replace('/', "."));
+        if decision.effect != Effect::Allow {
+            let message = format!(
+                "refused by policy: agent `{}` may not use {method} on `{server}`",
+                task.agent.name
+            );
+            let data = json!({ "policies": decision.policies });
+            return self
+                .refuse_rpc(
+                    event,
+                    server,
+                    method,
+                    id,
+                    RpcRefusal {
+                        code: REFUSED,
+                        message,
+                        data: Some(data),
+                        outcome: Outcome::Deny,
+                    },
+                )
+                .await;
+        }
+        match s
+            .upstream
+            .call(&self.providers(), method, params, s.cfg.timeout)
+            .await
+        {
+            Ok(result) => {
+                self.metrics.mcp_request(server, method, "allow");
+                self.record_later(event);
+                rpc_result(id, result)
+            }
+            Err(UpstreamError::Rpc {
+                code,
+                message,
+                data,
+            }) => {
+                self.record_later(event);
+                rpc_error(id, code, message, data)
+            }
+            Err(e) => {
+                let r = upstream_refusal(&e);
+                event.reasons.push(r.message.clone());
+                self.record_later(event);
+                rpc_error(id, r.code, r.message, None)
+            }
+        }
+    }
+}
+
+enum SessionProblem {
+    Missing,
+    Unknown,
+    Foreign,
+}
+
+fn upstream_refusal(e: &UpstreamError) -> RpcRefusal {
+    RpcRefusal::invalid(-32603, e.to_string())
+}

@@ -1,0 +1,319 @@
+//! A Streamable HTTP MCP server: the gateway's client end.
+//!
+//! The gateway keeps one upstream session (the `initialize` handshake;
+//! `Mcp-Session-Id` if the server issues one) and sends each request as its
+//! own POST, with the upstream's credential from the provider (never the
+//! agent's token) and the agent's nothing. Answers come as JSON or as a
+//! server-sent-event stream ending with the response. A `404` for the
+//! session starts a new one and retries once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use super::config::Transport;
+use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
+use crate::proxy::credential::{OAuthCache, Providers, Target};
+use crate::proxy::route::{Credential, Scheme};
+
+/// The largest answer read from an upstream.
+const MAX_ANSWER: usize = 32 * 1024 * 1024;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Debug, Clone)]
+struct Session {
+    id: Option<String>,
+    version: String,
+}
+
+/// An HTTP MCP server.
+pub struct HttpUpstream {
+    name: String,
+    url: url::Url,
+    credential: Option<Credential>,
+    oauth: Option<OAuthCache>,
+    client: HttpClient,
+    next_id: AtomicU64,
+    // A tokio mutex: held while a session is set up, so one handshake runs.
+    session: tokio::sync::Mutex<Option<Session>>,
+}
+
+impl std::fmt::Debug for HttpUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpUpstream")
+            .field("name", &self.name)
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpUpstream {
+    /// A client for `transport` (which must be `Transport::Http`).
+    pub fn new(name: &str, transport: &Transport, timeout: Duration) -> Result<Self, String> {
+        let Transport::Http {
+            url,
+            origin,
+            credential,
+            ca_file,
+        } = transport
+        else {
+            return Err("not an HTTP server".into());
+        };
+        let conn = crate::proxy::connector(
+            origin.scheme == Scheme::Https,
+            ca_file.as_deref(),
+            timeout.min(Duration::from_secs(10)),
+        )
+        .map_err(|e| format!("MCP server `{name}`: {e}"))?;
+        let oauth = match credential.as_deref() {
+            Some(Credential::OAuth2ClientCredentials {
+                token_url, ca_file, ..
+            }) => {
+                let c = crate::proxy::connector(
+                    token_url.scheme() == "https",
+                    ca_file.as_deref(),
+                    Duration::from_secs(10),
+                )
+                .map_err(|e| format!("MCP server `{name}`: {e}"))?;
+                Some(OAuthCache::new(
+                    Client::builder(TokioExecutor::new()).build(c),
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            url: url.clone(),
+            credential: credential.as_deref().cloned(),
+            oauth,
+            client: Client::builder(TokioExecutor::new()).build(conn),
+            next_id: AtomicU64::new(1),
+            session: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn unavailable(&self, why: impl Into<String>) -> UpstreamError {
+        UpstreamError::Unavailable {
+            server: self.name.clone(),
+            why: why.into(),
+        }
+    }
+
+    /// Sends a request and waits for its result.
+    pub async fn call(
+        &self,
+        providers: &Providers<'_>,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, UpstreamError> {
+        for attempt in 0..2 {
+            let session = self.session(providers, timeout).await?;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let msg = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+            match self.post(providers, &session, &msg, timeout).await? {
+                (StatusCode::NOT_FOUND, _) if session.id.is_some() && attempt == 0 => {
+                    // The upstream forgot the session: start another, once.
+                    *self.session.lock().await = None;
+                }
+                (status, body) => return self.answer(status, &body, id),
+            }
+        }
+        Err(self.unavailable("its session kept expiring"))
+    }
+
+    async fn session(
+        &self,
+        providers: &Providers<'_>,
+        timeout: Duration,
+    ) -> Result<Session, UpstreamError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Ok(s.clone());
+        }
+        let bare = Session {
+            id: None,
+            version: HANDSHAKE_VERSION.into(),
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let init = json!({
+            "jsonrpc": "2.0", "id": id, "method": "initialize",
+            "params": {
+                "protocolVersion": HANDSHAKE_VERSION,
+                "capabilities": {},
+                "clientInfo": { "name": "warrant-gateway", "version": env!("CARGO_PKG_VERSION") },
+            }
+        });
+        let (status, body, session_id) = self.post_raw(providers, &bare, &init, timeout).await?;
+        let result = self.answer(status, &body, id)?;
+        let session = Session {
+            id: session_id,
+            version: result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(HANDSHAKE_VERSION)
+                .to_owned(),
+        };
+        let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+        let (status, _, _) = self.post_raw(providers, &session, &note, timeout).await?;
+        if !status.is_success() {
+            return Err(self.unavailable(format!(
+                "it refused the initialized notification ({status})"
+            )));
+        }
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    async fn post(
+        &self,
+        providers: &Providers<'_>,
+        session: &Session,
+        msg: &Value,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+        let (s, b, _) = self.post_raw(providers, session, msg, timeout).await?;
+        Ok((s, b))
+    }
+
+    async fn post_raw(
+        &self,
+        providers: &Providers<'_>,
+        session: &Session,
+        msg: &Value,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes, Option<String>), UpstreamError> {
+        let mut req = Request::post(self.url.as_str())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header("mcp-protocol-version", session.version.as_str());
+        if let Some(id) = &session.id {
+            req = req.header("mcp-session-id", id.as_str());
+        }
+        let mut req = req
+            .body(Full::from(msg.to_string()))
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        if let Some(c) = &self.credential {
+            let target = Target {
+                name: &self.name,
+                credential: c,
+                audience: self.url.as_str(),
+                timeout,
+            };
+            let injected = providers
+                .obtain(target, self.oauth.as_ref(), None)
+                .await
+                .map_err(|e| match e {
+                    crate::proxy::credential::CredentialError::Refused(m)
+                    | crate::proxy::credential::CredentialError::Unavailable(m) => {
+                        self.unavailable(m)
+                    }
+                })?;
+            req.headers_mut().insert(injected.header, injected.value);
+        }
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
+            .await
+            .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+            .map_err(|e| self.unavailable(format!("it could not be reached ({e})")))?;
+        let status = resp.status();
+        let session_id = resp
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = tokio::time::timeout(
+            timeout,
+            http_body_util::Limited::new(resp.into_body(), MAX_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
+        .map_err(|_| self.unavailable("its answer was unreadable or too large"))?
+        .to_bytes();
+        let body = if sse {
+            last_message(&body, msg.get("id"))
+        } else {
+            body
+        };
+        Ok((status, body, session_id))
+    }
+
+    fn answer(&self, status: StatusCode, body: &[u8], id: u64) -> Result<Value, UpstreamError> {
+        if !status.is_success() {
+            return Err(self.unavailable(format!("it answered {status}")));
+        }
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|_| self.unavailable("its answer is not JSON-RPC"))?;
+        if v.get("id").and_then(Value::as_u64) != Some(id) {
+            return Err(self.unavailable("its answer is for another request"));
+        }
+        match (v.get("result"), v.get("error")) {
+            (Some(r), _) => Ok(r.clone()),
+            (None, Some(e)) => Err(UpstreamError::Rpc {
+                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error")
+                    .chars()
+                    .take(1000)
+                    .collect(),
+                data: e.get("data").cloned(),
+            }),
+            _ => Err(self.unavailable("its answer has neither result nor error")),
+        }
+    }
+}
+
+/// The JSON-RPC response for `id` in a server-sent-event stream (its
+/// notifications are dropped: the gateway relays only the answer).
+fn last_message(stream: &[u8], id: Option<&Value>) -> Bytes {
+    let text = String::from_utf8_lossy(stream);
+    let mut found = Bytes::new();
+    for event in text.split("\n\n").flat_map(|e| e.split("\r\n\r\n")) {
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect();
+        if data.is_empty() {
+            continue;
+        }
+        let joined = data.join("\n");
+        if let Ok(v) = serde_json::from_str::<Value>(&joined)
+            && (id.is_none() || v.get("id") == id)
+            && (v.get("result").is_some() || v.get("error").is_some())
+        {
+            found = Bytes::from(joined);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_is_found_in_an_event_stream() {
+        let s = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"ok\":true}}\r\n\r\n";
+        let b = last_message(s, Some(&json!(7)));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b).unwrap()["result"]["ok"],
+            true
+        );
+        assert!(last_message(s, Some(&json!(8))).is_empty());
+    }
+}

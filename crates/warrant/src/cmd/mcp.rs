@@ -1,0 +1,68 @@
+//! `warrant mcp ...`: the gateway's tool pins.
+
+use std::process::ExitCode;
+
+use warrant_core::mcp::ToolPin;
+
+use crate::cli::{Cli, McpCmd};
+use crate::client::{AdminClient, segment};
+use crate::output::{emit, safe, table};
+
+pub async fn run(cli: &Cli, client: AdminClient, cmd: &McpCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        McpCmd::Tools { server } => {
+            let path = match server {
+                Some(s) => format!("/mcp/tools?server={}", segment(s)),
+                None => "/mcp/tools".to_owned(),
+            };
+            let pins: Vec<ToolPin> = client.get(&path).await?;
+            emit(cli.output, &pins, |pins| {
+                let rows: Vec<Vec<String>> = pins
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            safe(&p.server),
+                            safe(&p.tool),
+                            p.state.as_str().to_owned(),
+                            p.digest.chars().take(12).collect(),
+                            p.pending_digest
+                                .as_deref()
+                                .map_or("-".into(), |d| d.chars().take(12).collect()),
+                            p.updated_at.to_string(),
+                            safe(p.approved_by.as_deref().unwrap_or("(first seen)")),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "SERVER",
+                        "TOOL",
+                        "STATE",
+                        "PINNED",
+                        "PENDING",
+                        "UPDATED",
+                        "APPROVED-BY",
+                    ],
+                    &rows,
+                );
+            })?;
+        }
+        McpCmd::Approve { server, tool } => {
+            let pin: ToolPin = client
+                .post(
+                    &format!("/mcp/{}/tools/{}/approve", segment(server), segment(tool)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            emit(cli.output, &pin, |p| {
+                println!(
+                    "approved the new definition of `{}/{}` ({}); it is listed and callable again",
+                    p.server,
+                    p.tool,
+                    p.digest.chars().take(12).collect::<String>()
+                )
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
