@@ -147,3 +147,18 @@ fn routes_are_checked_with_their_place_in_the_file() {
         "{e}"
     );
 }
+
+/// The example in docs/mcp.md is a configuration the broker accepts.
+#[test]
+fn the_documented_mcp_servers_are_valid() {
+    let page = include_str!("../../../../docs/mcp.md");
+    let block = page
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .unwrap();
+    let c = from_toml(block).unwrap();
+    let names: Vec<&str> = c.mcp_servers.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["files", "github"]);
+    assert_eq!(c.mcp_servers[0].scope.as_ref().unwrap().to_string(), "files:use");
+}
