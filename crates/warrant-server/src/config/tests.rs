@@ -160,5 +160,8 @@ fn the_documented_mcp_servers_are_valid() {
     let c = from_toml(block).unwrap();
     let names: Vec<&str> = c.mcp_servers.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["files", "github"]);
-    assert_eq!(c.mcp_servers[0].scope.as_ref().unwrap().to_string(), "files:use");
+    assert_eq!(
+        c.mcp_servers[0].scope.as_ref().unwrap().to_string(),
+        "files:use"
+    );
 }
