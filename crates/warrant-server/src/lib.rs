@@ -10,6 +10,7 @@
 //! live in their own crates behind plain Rust APIs.
 
 pub mod attest;
+pub mod audit_batch;
 pub mod config;
 pub mod data_dir;
 pub mod dev;

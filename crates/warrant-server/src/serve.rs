@@ -262,6 +262,7 @@ impl Broker {
             edge_hosts.push("localhost".into());
             edge_hosts.push(edge_addr.ip().to_string());
         }
+        let audit_batch = crate::audit_batch::AuditBatcher::start(store.clone(), metrics.clone());
         let mcp = Arc::new(
             crate::mcp::gateway::Gateway::new(crate::mcp::gateway::GatewayParts {
                 servers: config.mcp_servers.clone(),
@@ -274,6 +275,7 @@ impl Broker {
                 issuer: issuer.clone(),
                 edge_url: format!("http://{edge_addr}"),
                 edge_hosts: edge_hosts.clone(),
+                audit: audit_batch.clone(),
             })
             .map_err(ServeError::Io)?,
         );
@@ -292,6 +294,7 @@ impl Broker {
                 issuer: issuer.clone(),
                 edge_hosts,
                 edge_url: format!("http://{edge_addr}"),
+                audit: audit_batch.clone(),
             })
             .map_err(ServeError::Io)?,
         );
@@ -299,6 +302,7 @@ impl Broker {
             tracing::info!(route = %r.name, upstream = %r.upstream.as_url(), credential = %r.credential.kind(), "egress route");
         }
         let state = AppState {
+            audit_batch,
             mcp,
             proxy,
             secrets,
@@ -455,6 +459,7 @@ impl Broker {
             tracing::warn!("connections still open after 10s; closing anyway");
         }
         state.secrets.flush_used().await;
+        state.audit_batch.flush().await;
         let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
         if let Err(e) = state.store.append_audit(stop).await {
             tracing::error!(error = %e, "could not record the stop in the audit trail");

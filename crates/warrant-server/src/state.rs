@@ -43,6 +43,8 @@ pub struct AppState {
     pub attest: Arc<crate::attest::AttestService>,
     /// Task tokens, introspection, revocation.
     pub tokens: Arc<crate::token::TokenService>,
+    /// Records of answered edge requests, batched.
+    pub audit_batch: crate::audit_batch::AuditBatcher,
     /// The MCP gateway.
     pub mcp: Arc<crate::mcp::gateway::Gateway>,
     /// The egress proxy.

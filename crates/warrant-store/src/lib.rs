@@ -233,6 +233,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;
+    /// Appends several records in one transaction, in order (records of
+    /// requests already answered, gathered so each does not cost a commit).
+    /// Durable on return; if one cannot be written, none is.
+    async fn append_audits(&self, events: Vec<AuditEvent>) -> Result<(), StoreError>;
     /// Records matching `query`.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Recomputes the whole chain.

@@ -21,7 +21,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -81,6 +80,8 @@ pub struct GatewayParts {
     pub edge_url: String,
     /// `Host` values the edge answers to.
     pub edge_hosts: Vec<String>,
+    /// Where records of answered requests go.
+    pub audit: crate::audit_batch::AuditBatcher,
 }
 
 /// The tools an upstream announces, as the gateway may show them.
@@ -129,7 +130,7 @@ pub struct Gateway {
     sessions: Mutex<HashMap<String, Binding>>,
     // A tokio mutex: serialises recomputing the policies' argument types.
     arguments_lock: tokio::sync::Mutex<()>,
-    audit_failed: Arc<AtomicBool>,
+    audit: crate::audit_batch::AuditBatcher,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -242,7 +243,7 @@ impl Gateway {
                 .collect(),
             sessions: Mutex::new(HashMap::new()),
             arguments_lock: tokio::sync::Mutex::new(()),
-            audit_failed: Arc::new(AtomicBool::new(false)),
+            audit: p.audit,
         })
     }
 
@@ -493,21 +494,8 @@ impl Gateway {
     /// Records an allowed request off the response path; a failure makes
     /// the gateway refuse everything until a record succeeds.
     fn record_later(&self, event: AuditEvent) {
-        let (store, metrics, failed) = (
-            self.store.clone(),
-            self.metrics.clone(),
-            self.audit_failed.clone(),
-        );
-        tokio::spawn(async move {
-            match store.append_audit(event).await {
-                Ok(_) => failed.store(false, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record an MCP request; the gateway refuses requests until the audit trail is writable");
-                    metrics.audit_write_failures.inc();
-                    failed.store(true, Ordering::Relaxed);
-                }
-            }
-        });
+        let audit = self.audit.clone();
+        tokio::spawn(async move { audit.record(event).await });
     }
 
     /// Answers one request at `/mcp/<server>`.
@@ -529,7 +517,7 @@ impl Gateway {
             };
             return self.refuse_http(event, "-", e).await;
         };
-        if self.audit_failed.load(Ordering::Relaxed) {
+        if self.audit.failed() {
             let e = HttpRefusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "audit_unavailable",

@@ -25,7 +25,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant};
 
@@ -94,6 +93,8 @@ pub struct ProxyParts {
     pub edge_hosts: Vec<String>,
     /// The edge's own URL, for resource metadata.
     pub edge_url: String,
+    /// Where records of answered requests go.
+    pub audit: crate::audit_batch::AuditBatcher,
 }
 
 /// The egress proxy.
@@ -108,9 +109,8 @@ pub struct ProxyService {
     issuer: Arc<str>,
     edge_hosts: Vec<String>,
     edge_url: String,
-    /// Set when a completion record could not be written; cleared by the
-    /// next record that is.
-    audit_failed: Arc<AtomicBool>,
+    /// Records of answered requests, written in batches.
+    audit: crate::audit_batch::AuditBatcher,
     /// Permits for completion records not yet written: a writer that falls
     /// behind slows the edge down instead of queueing records without bound.
     pending_records: Arc<tokio::sync::Semaphore>,
@@ -236,7 +236,7 @@ impl ProxyService {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             edge_url: p.edge_url,
-            audit_failed: Arc::new(AtomicBool::new(false)),
+            audit: p.audit,
             pending_records: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
         })
     }
@@ -307,7 +307,7 @@ impl ProxyService {
             return self.refuse(event, e, "-").await;
         };
         let route = &rs.route;
-        if self.audit_failed.load(Ordering::Relaxed) {
+        if self.audit.failed() {
             let e = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -740,9 +740,7 @@ impl ProxyService {
             status: status.as_u16(),
             bytes_in,
             upstream_ms: upstream_headers.as_secs_f64() * 1000.0,
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
-            audit_failed: self.audit_failed.clone(),
+            audit: self.audit.clone(),
             permit,
         };
         let body = Tracked {
@@ -1087,9 +1085,7 @@ struct Completion {
     status: u16,
     bytes_in: Option<u64>,
     upstream_ms: f64,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    audit_failed: Arc<AtomicBool>,
+    audit: crate::audit_batch::AuditBatcher,
     permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -1106,20 +1102,12 @@ impl Completion {
                 "response": outcome,
             }),
         );
-        let (store, metrics, failed, permit) =
-            (self.store, self.metrics, self.audit_failed, self.permit);
-        // Off the response path: the group-commit writer batches these.
+        let (audit, permit) = (self.audit, self.permit);
+        // Off the response path, batched with other answered requests.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _permit = permit;
-                match store.append_audit(event).await {
-                    Ok(_) => failed.store(false, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot record a proxied request; the edge refuses requests until the audit trail is writable");
-                        metrics.audit_write_failures.inc();
-                        failed.store(true, Ordering::Relaxed);
-                    }
-                }
+                audit.record(event).await;
+                drop(permit);
             });
         }
     }

@@ -1112,6 +1112,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn append_audits(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.writer
+            .submit(move |ctx| {
+                for e in events {
+                    ctx.append(e)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let q = q.clone();
         self.read(move |c| {

@@ -67,3 +67,23 @@ pub fn post_json(b: &Broker, path: &str, body: &serde_json::Value) -> warrant_te
         Some(&body.to_string()),
     )
 }
+
+/// Audit records matching `pred`, waiting (up to 10 s) until there are at
+/// least `n`: records of answered edge requests are written in batches, a
+/// few milliseconds after the answer.
+pub fn audit_until(
+    b: &Broker,
+    event: Option<&str>,
+    n: usize,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let all = audit(b, event);
+        let matching: Vec<serde_json::Value> = all.into_iter().filter(|r| pred(r)).collect();
+        if matching.len() >= n || std::time::Instant::now() > deadline {
+            return matching;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -322,7 +322,7 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
             .json();
     let text = trace.to_string();
     assert!(text.contains("mcp.tool.call"), "{text}");
-    let calls = audit(&s.w.b, Some("mcp.tool.call"));
+    let calls = crate::audit_until(&s.w.b, Some("mcp.tool.call"), 5, |_| true);
     let refused = calls
         .iter()
         .find(|r| r["decision"] == "deny" && r["resource"] == "Tool::\"files/read_file\"")
