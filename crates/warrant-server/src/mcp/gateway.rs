@@ -614,6 +614,10 @@ impl Gateway {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let protocol_version = req
+            .headers()
+            .get("mcp-protocol-version")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
         if req.method() == Method::DELETE {
             return self
                 .end_session(event, server, &task, session_id.as_deref())
@@ -704,6 +708,21 @@ impl Gateway {
             return self
                 .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32601, "this gateway speaks MCP through the initialize handshake (2025-11-25); send initialize".into()))
                 .await;
+        }
+        // A later request names the revision its session agreed on.
+        if let Some(v) = &protocol_version
+            && !SUPPORTED_VERSIONS.contains(&v.as_str())
+        {
+            let m = format!(
+                "MCP-Protocol-Version `{}` is not one this gateway speaks ({})",
+                shown(v, 32),
+                SUPPORTED_VERSIONS.join(", ")
+            );
+            let mut resp = self
+                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32600, m))
+                .await;
+            *resp.status_mut() = StatusCode::BAD_REQUEST;
+            return resp;
         }
         // Every other request belongs to a session of this task.
         if let Err(r) = self.check_session(server, &task, session_id.as_deref()) {

@@ -465,6 +465,22 @@ fn bad_requests_never_reach_the_upstream() {
     );
     assert!(r.body.contains("initialize"), "{}", r.body);
 
+    // A revision the session did not agree on.
+    let r = warrant_testkit::http(
+        s.w.b.edge,
+        "POST",
+        "/mcp/files",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {token}")),
+            ("mcp-session-id", &sid),
+            ("mcp-protocol-version", "1999-01-01"),
+        ],
+        Some(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string()),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("MCP-Protocol-Version"), "{}", r.body);
+
     // A foreign Origin.
     let r = warrant_testkit::http(
         s.w.b.edge,
