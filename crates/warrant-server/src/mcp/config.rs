@@ -99,21 +99,7 @@ impl RawMcpServer {
     /// Validates; `resolve` makes relative paths relative to the config file.
     pub fn build(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<McpServerConfig, String> {
         let name = self.name;
-        let ok = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(format!(
-                "name `{}` must be 1 to 64 lower-case letters, digits, `-` or `_`",
-                name.escape_debug()
-            ));
-        }
+        crate::proxy::route::check_name(&name)?;
         let transport = match (self.url, self.command) {
             (Some(u), None) => {
                 if !self.args.is_empty() || !self.env.is_empty() {

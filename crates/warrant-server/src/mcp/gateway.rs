@@ -184,6 +184,16 @@ struct RpcRefusal {
 }
 
 impl RpcRefusal {
+    /// Refused by policy.
+    fn denied(message: String, data: Value) -> Self {
+        Self {
+            code: REFUSED,
+            message,
+            data: Some(data),
+            outcome: Outcome::Deny,
+        }
+    }
+
     fn invalid(code: i64, message: String) -> Self {
         Self {
             code,
@@ -1202,12 +1212,7 @@ impl Gateway {
                     server,
                     "tools/call",
                     id,
-                    RpcRefusal {
-                        code: REFUSED,
-                        message,
-                        data: Some(data),
-                        outcome: Outcome::Deny,
-                    },
+                    RpcRefusal::denied(message, data),
                 )
                 .await;
         }
@@ -1296,18 +1301,7 @@ impl Gateway {
             );
             let data = json!({ "policies": decision.policies });
             return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    method,
-                    id,
-                    RpcRefusal {
-                        code: REFUSED,
-                        message,
-                        data: Some(data),
-                        outcome: Outcome::Deny,
-                    },
-                )
+                .refuse_rpc(event, server, method, id, RpcRefusal::denied(message, data))
                 .await;
         }
         match s

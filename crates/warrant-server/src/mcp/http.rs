@@ -261,17 +261,7 @@ impl HttpUpstream {
         }
         match (v.get("result"), v.get("error")) {
             (Some(r), _) => Ok(r.clone()),
-            (None, Some(e)) => Err(UpstreamError::Rpc {
-                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
-                message: e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error")
-                    .chars()
-                    .take(1000)
-                    .collect(),
-                data: e.get("data").cloned(),
-            }),
+            (None, Some(e)) => Err(UpstreamError::from_rpc(e)),
             _ => Err(self.unavailable("its answer has neither result nor error")),
         }
     }

@@ -80,6 +80,23 @@ pub enum UpstreamError {
     },
 }
 
+impl UpstreamError {
+    /// A JSON-RPC `error` object from the upstream.
+    pub fn from_rpc(e: &Value) -> Self {
+        Self::Rpc {
+            code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+            message: e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("error")
+                .chars()
+                .take(1000)
+                .collect(),
+            data: e.get("data").cloned(),
+        }
+    }
+}
+
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<Value, UpstreamError>>>>;
 
 /// A running child.
@@ -389,17 +406,7 @@ async fn read_stdout(
         };
         let answer = match (msg.get("result"), msg.get("error")) {
             (Some(r), _) => Ok(r.clone()),
-            (None, Some(e)) => Err(UpstreamError::Rpc {
-                code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
-                message: e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error")
-                    .chars()
-                    .take(1000)
-                    .collect(),
-                data: e.get("data").cloned(),
-            }),
+            (None, Some(e)) => Err(UpstreamError::from_rpc(e)),
             _ => continue,
         };
         if let Some(tx) = pending.lock().ok().and_then(|mut p| p.remove(&id)) {

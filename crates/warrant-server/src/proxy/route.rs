@@ -411,6 +411,28 @@ fn header_name(v: Option<&str>, key: &str) -> Result<HeaderName, String> {
     Ok(h)
 }
 
+/// Checks a route's or MCP server's name: 1 to 64 lower-case letters,
+/// digits, `-` or `_`, starting with a letter or digit (it is a path segment).
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name `{}` must be 1 to 64 lower-case letters, digits, `-` or `_`",
+            name.escape_debug()
+        ))
+    }
+}
+
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 pub fn is_hop_by_hop(h: &HeaderName) -> bool {
     matches!(
@@ -558,21 +580,7 @@ impl RawRoute {
     /// Validates; `resolve` makes relative paths relative to the config file.
     pub fn build(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<Route, String> {
         let name = self.name;
-        let ok_name = !name.is_empty()
-            && name.len() <= 64
-            && name
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !ok_name {
-            return Err(format!(
-                "name `{}` must be 1 to 64 lower-case letters, digits, `-` or `_`",
-                name.escape_debug()
-            ));
-        }
+        check_name(&name)?;
         if RESERVED.contains(&name.as_str()) {
             return Err(format!(
                 "name `{name}` is reserved by the edge listener; choose another"
