@@ -30,6 +30,7 @@ async def main():
     out = {}
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode) as c:
+            out["protocol"] = c.session.protocol_version
             tools = await c.list_tools()
             out["tools"] = sorted(t.name for t in tools.tools)
             out["allowed"] = await attempt(c.call_tool("read_file", {"path": "/srv/reports/q3.csv"}))

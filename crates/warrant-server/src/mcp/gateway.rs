@@ -5,19 +5,21 @@
 //! edge and an `Origin`, if sent, must be the edge's own; the task token must
 //! be valid for the server's audience (401 with `resource_metadata`
 //! otherwise) and hold the server's scopes (403 `insufficient_scope`); the
-//! body must be one JSON-RPC message within the size limit. The gateway
-//! speaks the `initialize` handshake revisions (2025-11-25 and earlier):
-//! `initialize` opens a session bound to the task and instance of the token
-//! that opened it, and every later request must present a token of that same
-//! task. `tools/list` shows only tools whose pinned definition is current and
-//! that policy could allow (partial evaluation over the unknown arguments);
-//! `tools/call` is decided with its arguments before the upstream sees it.
-//! The upstream gets warrant's own connection and credential, never the
-//! agent's token. Every list, call and refusal is one audit record.
+//! body must be one JSON-RPC message within the size limit. Both protocol
+//! eras are spoken: a 2026-07-28 request stands alone (its `_meta` and
+//! headers must agree; `server/discover` is answered here), and a handshake
+//! client's `initialize` opens a session bound to the task and instance of
+//! the token that opened it, so every later request must present a token of
+//! that same task. `tools/list` shows only tools whose pinned definition is
+//! current and that policy could allow (partial evaluation over the unknown
+//! arguments); `tools/call` is decided with its arguments before the
+//! upstream sees it. The upstream gets warrant's own connection and
+//! credential, never the agent's token. Every list, call and refusal is one
+//! audit record.
 //!
-//! Not yet: the 2026-07-28 stateless revision (clients fall back to the
-//! handshake when `server/discover` is refused), server-to-client streams
-//! (GET answers 405), resource and prompt decisions finer than the server.
+//! Not yet: server-to-client streams (GET answers 405), `list_changed`
+//! subscriptions (tools are listed again every 30 s of use and after a stdio
+//! restart), resource and prompt decisions finer than the server.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -50,6 +52,11 @@ use crate::token::{TaskUse, TokenService, UseError};
 
 /// Handshake revisions the gateway speaks, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// The stateless revision: no handshake, no session; every request carries
+/// its revision in `_meta` and the `MCP-Protocol-Version` header.
+pub const MODERN_VERSION: &str = "2026-07-28";
+/// JSON-RPC: a header disagrees with the body (2026-07-28).
+const HEADER_MISMATCH: i64 = -32020;
 /// How long a tool listing is used before the upstream is asked again.
 const TOOLS_TTL: Duration = Duration::from_secs(30);
 /// The most open sessions.
@@ -628,6 +635,10 @@ impl Gateway {
             .headers()
             .get("mcp-protocol-version")
             .map(|v| v.to_str().unwrap_or("?").to_owned());
+        let method_header = req
+            .headers()
+            .get("mcp-method")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
         if req.method() == Method::DELETE {
             return self
                 .end_session(event, server, &task, session_id.as_deref())
@@ -711,12 +722,67 @@ impl Gateway {
         };
         let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
 
+        let modern = protocol_version.as_deref() == Some(MODERN_VERSION);
+        if modern {
+            // 2026-07-28: each request stands alone; the token binds it.
+            let stamped = params
+                .get("_meta")
+                .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+                .and_then(Value::as_str);
+            let header_method = method_header.as_deref();
+            let mismatch = if stamped != Some(MODERN_VERSION) {
+                Some(
+                    "the request's `_meta` protocol version does not match its MCP-Protocol-Version header",
+                )
+            } else if header_method.is_some_and(|h| h != method) {
+                Some("the Mcp-Method header does not match the request's method")
+            } else {
+                None
+            };
+            if let Some(why) = mismatch {
+                let mut resp = self
+                    .refuse_rpc(
+                        event,
+                        server,
+                        &method,
+                        &id,
+                        RpcRefusal::invalid(HEADER_MISMATCH, why.into()),
+                    )
+                    .await;
+                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                return resp;
+            }
+            let resp = match method.as_str() {
+                "server/discover" => {
+                    self.metrics.mcp_request(server, "server/discover", "allow");
+                    rpc_result(&id, self.discover_result(server))
+                }
+                "initialize" => {
+                    self.refuse_rpc(
+                        event,
+                        server,
+                        &method,
+                        &id,
+                        RpcRefusal::invalid(
+                            -32600,
+                            "2026-07-28 has no initialize; send requests directly".into(),
+                        ),
+                    )
+                    .await
+                }
+                _ => {
+                    self.dispatch(event, &s, &task, &id, &method, params, peer, started)
+                        .await
+                }
+            };
+            return stamp_modern(resp).await;
+        }
         if method == "initialize" {
             return self.open_session(event, server, &task, &id, &params).await;
         }
         if method == "server/discover" {
             return self
-                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32601, "this gateway speaks MCP through the initialize handshake (2025-11-25); send initialize".into()))
+                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32601, "server/discover is for MCP 2026-07-28: send it with `MCP-Protocol-Version: 2026-07-28`, or use initialize".into()))
                 .await;
         }
         // A later request names the revision its session agreed on.
@@ -782,20 +848,38 @@ impl Gateway {
             };
         }
 
-        match method.as_str() {
-            "ping" => rpc_result(&id, json!({})),
-            "tools/list" => self.list_tools(event, &s, &task, &id, peer).await,
+        self.dispatch(event, &s, &task, &id, &method, params, peer, started)
+            .await
+    }
+
+    /// Answers one request of an established client (either revision).
+    #[allow(clippy::too_many_arguments)]
+    async fn dispatch(
+        &self,
+        event: AuditEvent,
+        s: &Server,
+        task: &TaskUse,
+        id: &Value,
+        method: &str,
+        params: Value,
+        peer: SocketAddr,
+        started: Instant,
+    ) -> Response {
+        let server = s.cfg.name.as_str();
+        match method {
+            "ping" => rpc_result(id, json!({})),
+            "tools/list" => self.list_tools(event, s, task, id, peer).await,
             "tools/call" => {
-                self.call_tool(event, &s, &task, &id, params, peer, started)
+                self.call_tool(event, s, task, id, params, peer, started)
                     .await
             }
             "resources/list" | "resources/templates/list" | "resources/read" => {
                 self.relay(
                     event,
-                    &s,
-                    &task,
-                    &id,
-                    &method,
+                    s,
+                    task,
+                    id,
+                    method,
                     params,
                     peer,
                     Action::McpReadResource,
@@ -805,10 +889,10 @@ impl Gateway {
             "prompts/list" | "prompts/get" => {
                 self.relay(
                     event,
-                    &s,
-                    &task,
-                    &id,
-                    &method,
+                    s,
+                    task,
+                    id,
+                    method,
                     params,
                     peer,
                     Action::McpGetPrompt,
@@ -820,10 +904,25 @@ impl Gateway {
                     "method `{}` is not relayed by the gateway",
                     shown(other, 64)
                 );
-                self.refuse_rpc(event, server, other, &id, RpcRefusal::invalid(-32601, m))
+                self.refuse_rpc(event, server, other, id, RpcRefusal::invalid(-32601, m))
                     .await
             }
         }
+    }
+
+    /// The 2026-07-28 `server/discover` answer.
+    fn discover_result(&self, server: &str) -> Value {
+        let mut versions = vec![MODERN_VERSION];
+        versions.extend(SUPPORTED_VERSIONS);
+        json!({
+            "supportedVersions": versions,
+            "capabilities": { "tools": { "listChanged": false }, "resources": {}, "prompts": {} },
+            "instructions": format!("Tools of MCP server `{server}`, through warrant: each call is decided by policy."),
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": { "io.modelcontextprotocol/serverInfo": { "name": format!("warrant/{server}"), "version": env!("CARGO_PKG_VERSION") } },
+        })
     }
 
     /// `Host` must name the edge; an `Origin`, if any, must be the edge's own
@@ -1340,4 +1439,26 @@ enum SessionProblem {
 
 fn upstream_refusal(e: &UpstreamError) -> RpcRefusal {
     RpcRefusal::invalid(-32603, e.to_string())
+}
+
+/// A 2026-07-28 answer: results say they are complete (`resultType`) and,
+/// being per-user, not to be cached (`ttlMs`, `cacheScope`).
+async fn stamp_modern(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if let Some(r) = v.get_mut("result").and_then(Value::as_object_mut) {
+        r.entry("resultType").or_insert(json!("complete"));
+        if r.contains_key("tools") || r.contains_key("resources") || r.contains_key("prompts") {
+            r.entry("ttlMs").or_insert(json!(0));
+            r.entry("cacheScope").or_insert(json!("private"));
+        }
+    }
+    let out = v.to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(out))
 }

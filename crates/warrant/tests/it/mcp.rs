@@ -274,6 +274,14 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
             String::from_utf8_lossy(&out.stderr)
         );
         let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+        // auto probes server/discover and speaks the stateless revision;
+        // legacy does the initialize handshake.
+        let want = if mode == "auto" {
+            "2026-07-28"
+        } else {
+            "2025-11-25"
+        };
+        assert_eq!(r["protocol"], want, "{r}");
         // Only what policy could allow: no crash (needs scope danger), no env_names.
         assert_eq!(
             r["tools"],
@@ -480,6 +488,55 @@ fn bad_requests_never_reach_the_upstream() {
     );
     assert_eq!(r.status, 400);
     assert!(r.body.contains("MCP-Protocol-Version"), "{}", r.body);
+
+    // 2026-07-28: no session, but the envelope must agree with the headers.
+    let modern = |body: &Value, method_header: &str| {
+        warrant_testkit::http(
+            s.w.b.edge,
+            "POST",
+            "/mcp/files",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {token}")),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", method_header),
+            ],
+            Some(&body.to_string()),
+        )
+    };
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let r = modern(
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {"_meta": meta}}),
+        "tools/list",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["result"]["resultType"], "complete", "{}", r.body);
+    let r = modern(
+        &json!({"jsonrpc": "2.0", "id": 6, "method": "tools/list", "params": {}}),
+        "tools/list",
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!(-32020)),
+        "{}",
+        r.body
+    );
+    let r = modern(
+        &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"_meta": meta, "name": "read_file", "arguments": {"path": "/etc/shadow"}}}),
+        "tools/list",
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (400, json!(-32020)),
+        "a mismatched Mcp-Method: {}",
+        r.body
+    );
+    let d = modern(
+        &json!({"jsonrpc": "2.0", "id": 8, "method": "server/discover", "params": {"_meta": meta}}),
+        "server/discover",
+    )
+    .json();
+    assert_eq!(d["result"]["supportedVersions"][0], "2026-07-28", "{d}");
 
     // A foreign Origin.
     let r = warrant_testkit::http(
