@@ -17,9 +17,10 @@
 //! credential, never the agent's token. Every list, call and refusal is one
 //! audit record.
 //!
-//! Not yet: server-to-client streams (GET answers 405), `list_changed`
-//! subscriptions (tools are listed again every 30 s of use and after a stdio
-//! restart), resource and prompt decisions finer than the server.
+//! Not yet: server-to-client streams (GET answers 405; an HTTP upstream's
+//! `list_changed` is not heard, so its tools are listed again every 30 s of
+//! use; a stdio upstream's is), resource and prompt decisions finer than the
+//! server.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -401,7 +401,12 @@ async fn read_stdout(
             continue;
         };
         let Some(id) = msg.get("id").and_then(Value::as_u64) else {
-            // A notification (or a request the gateway does not serve).
+            // A notification. A changed tool list makes the gateway list
+            // (and check the pins of) the tools again on next use.
+            if msg.get("method").and_then(Value::as_str) == Some("notifications/tools/list_changed")
+            {
+                epoch.fetch_add(1, Ordering::AcqRel);
+            }
             continue;
         };
         let answer = match (msg.get("result"), msg.get("error")) {
@@ -596,6 +601,39 @@ mod tests {
             Err(_) => false,
         };
         assert!(refused, "{e:?}");
+    }
+
+    /// A server announcing `notifications/tools/list_changed` (a stdlib-only
+    /// stdio server) moves the generation, so the gateway lists again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_list_changed_notice_moves_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("s.py");
+        std::fs::write(
+            &script,
+            r#"import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m:
+        continue
+    if m["method"] == "tools/call":
+        print(json.dumps({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}), flush=True)
+    r = {"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "n", "version": "1"}} if m["method"] == "initialize" else {}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#,
+        )
+        .unwrap();
+        let mut s = spec(Vec::new());
+        s.args = vec![script.display().to_string()];
+        let up = StdioUpstream::new("n", s, secrets(dir.path()).await);
+        up.call("tools/list", json!({}), T).await.unwrap();
+        let before = up.generation();
+        up.call("tools/list", json!({}), T).await.unwrap();
+        assert_eq!(up.generation(), before, "nothing announced");
+        up.call("tools/call", json!({"name": "x"}), T)
+            .await
+            .unwrap();
+        assert!(up.generation() > before, "the notice is seen");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
