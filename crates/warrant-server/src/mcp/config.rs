@@ -121,15 +121,6 @@ impl RawMcpServer {
                 let credential = match self.credential {
                     Some(c) => {
                         let c = c.build(self.allow_plaintext, &resolve)?;
-                        if matches!(
-                            c,
-                            Credential::PerUserSecret { .. } | Credential::WarrantJwt { .. }
-                        ) {
-                            return Err(format!(
-                                "credential kind `{}` is not supported for MCP servers yet; use secret, basic or oauth2_client_credentials",
-                                c.kind()
-                            ));
-                        }
                         Some(Box::new(c))
                     }
                     None => None,
@@ -269,10 +260,6 @@ mod tests {
                 "stdio server gets its secrets",
             ),
             ("name = \"X\"\ncommand = \"p\"\n", "lower-case"),
-            (
-                "name = \"x\"\nurl = \"https://a/mcp\"\ncredential = { kind = \"per_user_secret\", secret = \"k\" }\n",
-                "not supported for MCP servers yet",
-            ),
             ("name = \"x\"\ncommand = \"p\"\nbogus = 1\n", "bogus"),
         ] {
             let e = build(t).unwrap_err();

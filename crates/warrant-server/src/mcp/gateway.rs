@@ -310,14 +310,14 @@ impl Gateway {
     /// is tried again on first use).
     pub async fn discover_all(&self) {
         for s in self.servers.values() {
-            if let Err(e) = self.refresh(s).await {
+            if let Err(e) = self.refresh(s, None).await {
                 tracing::warn!(server = %s.cfg.name, error = %e, "could not list the MCP server's tools; trying again on first use");
             }
         }
     }
 
     /// Asks the upstream for its tools, pins new ones, holds changed ones.
-    async fn refresh(&self, s: &Server) -> Result<(), UpstreamError> {
+    async fn refresh(&self, s: &Server, task: Option<&TaskUse>) -> Result<(), UpstreamError> {
         let providers = self.providers();
         let mut announced: Vec<Value> = Vec::new();
         let mut cursor: Option<String> = None;
@@ -328,7 +328,7 @@ impl Gateway {
             };
             let page = s
                 .upstream
-                .call(&providers, "tools/list", params, s.cfg.timeout)
+                .call(&providers, "tools/list", params, s.cfg.timeout, task)
                 .await?;
             announced.extend(
                 page.get("tools")
@@ -432,7 +432,7 @@ impl Gateway {
             .await?;
         self.update_arguments().await;
         if let Some(s) = self.servers.get(server)
-            && let Err(e) = self.refresh(s).await
+            && let Err(e) = self.refresh(s, None).await
         {
             tracing::warn!(server, error = %e, "could not list the MCP server's tools after an approval");
         }
@@ -1104,7 +1104,7 @@ impl Gateway {
         }
     }
 
-    async fn fresh_view(&self, s: &Server) -> Result<(), UpstreamError> {
+    async fn fresh_view(&self, s: &Server, task: &TaskUse) -> Result<(), UpstreamError> {
         let stale = s
             .view
             .read()
@@ -1114,7 +1114,7 @@ impl Gateway {
             })
             .unwrap_or(true);
         if stale {
-            self.refresh(s).await?;
+            self.refresh(s, Some(task)).await?;
         }
         Ok(())
     }
@@ -1148,7 +1148,7 @@ impl Gateway {
     ) -> Response {
         let mut event = event;
         event.event = "mcp.tools.list".into();
-        if let Err(e) = self.fresh_view(s).await {
+        if let Err(e) = self.fresh_view(s, task).await {
             return self
                 .refuse_rpc(event, &s.cfg.name, "tools/list", id, upstream_refusal(&e))
                 .await;
@@ -1232,7 +1232,7 @@ impl Gateway {
             }
             .to_string(),
         );
-        if let Err(e) = self.fresh_view(s).await {
+        if let Err(e) = self.fresh_view(s, task).await {
             return self
                 .refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
                 .await;
@@ -1324,6 +1324,7 @@ impl Gateway {
                 "tools/call",
                 json!({ "name": name, "arguments": arguments }),
                 s.cfg.timeout,
+                Some(task),
             )
             .await;
         let upstream_ms = upstream_started.elapsed().as_secs_f64() * 1000.0;
@@ -1355,6 +1356,11 @@ impl Gateway {
                     .mcp_request(server, "tools/call", "upstream_error");
                 self.record_later(event);
                 rpc_error(id, code, message, data)
+            }
+            Err(e @ UpstreamError::Refused(_)) => {
+                event.reasons = Vec::new();
+                self.refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
+                    .await
             }
             Err(e) => {
                 add_detail(&mut event, json!({ "outcome": "upstream_failed" }));
@@ -1406,7 +1412,7 @@ impl Gateway {
         }
         match s
             .upstream
-            .call(&self.providers(), method, params, s.cfg.timeout)
+            .call(&self.providers(), method, params, s.cfg.timeout, Some(task))
             .await
         {
             Ok(result) => {
@@ -1439,7 +1445,13 @@ enum SessionProblem {
 }
 
 fn upstream_refusal(e: &UpstreamError) -> RpcRefusal {
-    RpcRefusal::invalid(-32603, e.to_string())
+    match e {
+        // No credential for this user: a refusal, saying what is missing.
+        UpstreamError::Refused(m) => {
+            RpcRefusal::denied(m.clone(), json!({ "refused_by": "credential" }))
+        }
+        other => RpcRefusal::invalid(-32603, other.to_string()),
+    }
 }
 
 /// A 2026-07-28 answer: results say they are complete (`resultType`) and,

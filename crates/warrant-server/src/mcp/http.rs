@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -20,9 +20,12 @@ use serde_json::{Value, json};
 
 use super::config::Transport;
 use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
-use crate::proxy::credential::{OAuthCache, Providers, Target};
+use crate::proxy::credential::{CredentialError, OAuthCache, Providers, Target};
 use crate::proxy::route::{Credential, Scheme};
+use crate::token::TaskUse;
 
+/// The most upstream sessions kept (one per user for per-user credentials).
+const MAX_SESSIONS: usize = 4096;
 /// The largest answer read from an upstream.
 const MAX_ANSWER: usize = 32 * 1024 * 1024;
 
@@ -42,8 +45,9 @@ pub struct HttpUpstream {
     oauth: Option<OAuthCache>,
     client: HttpClient,
     next_id: AtomicU64,
-    // A tokio mutex: held while a session is set up, so one handshake runs.
-    session: tokio::sync::Mutex<Option<Session>>,
+    // A tokio mutex: held while a session is set up, so one handshake runs
+    // per key at a time. Keyed by whose credential the session uses.
+    sessions: tokio::sync::Mutex<std::collections::HashMap<String, Session>>,
 }
 
 impl std::fmt::Debug for HttpUpstream {
@@ -96,7 +100,7 @@ impl HttpUpstream {
             oauth,
             client: Client::builder(TokioExecutor::new()).build(conn),
             next_id: AtomicU64::new(1),
-            session: tokio::sync::Mutex::new(None),
+            sessions: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -107,24 +111,65 @@ impl HttpUpstream {
         }
     }
 
-    /// Sends a request and waits for its result.
+    /// The credential for this request, and the upstream session it
+    /// belongs to: one per user for per-user credentials, one per acting
+    /// subject for minted JWTs, one shared otherwise.
+    async fn credential(
+        &self,
+        providers: &Providers<'_>,
+        timeout: Duration,
+        task: Option<&TaskUse>,
+    ) -> Result<(String, Option<(HeaderName, HeaderValue)>), UpstreamError> {
+        let Some(c) = &self.credential else {
+            return Ok(("shared".into(), None));
+        };
+        let target = Target {
+            name: &self.name,
+            credential: c,
+            audience: self.url.as_str(),
+            timeout,
+        };
+        let injected = providers
+            .obtain(target, self.oauth.as_ref(), task)
+            .await
+            .map_err(|e| match e {
+                CredentialError::Refused(m) => UpstreamError::Refused(m),
+                CredentialError::Unavailable(m) => self.unavailable(m),
+            })?;
+        let key = match c {
+            Credential::PerUserSecret { .. } => injected.id.clone(),
+            Credential::WarrantJwt { .. } => {
+                format!("jwt:{}", task.map(|t| t.claims.sub.as_str()).unwrap_or(""))
+            }
+            _ => "shared".into(),
+        };
+        Ok((key, Some((injected.header, injected.value))))
+    }
+
+    /// Sends a request and waits for its result (`task`: the use it is for,
+    /// needed by per-user and minted credentials).
     pub async fn call(
         &self,
         providers: &Providers<'_>,
         method: &str,
         params: Value,
         timeout: Duration,
+        task: Option<&TaskUse>,
     ) -> Result<Value, UpstreamError> {
+        let (key, cred) = self.credential(providers, timeout, task).await?;
         for attempt in 0..2 {
-            let session = self.session(providers, timeout).await?;
+            let session = self.session(&key, cred.as_ref(), timeout).await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let msg = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
-            match self.post(providers, &session, &msg, timeout).await? {
-                (StatusCode::NOT_FOUND, _) if session.id.is_some() && attempt == 0 => {
+            match self
+                .post_raw(&session, &msg, timeout, cred.as_ref())
+                .await?
+            {
+                (StatusCode::NOT_FOUND, _, _) if session.id.is_some() && attempt == 0 => {
                     // The upstream forgot the session: start another, once.
-                    *self.session.lock().await = None;
+                    self.sessions.lock().await.remove(&key);
                 }
-                (status, body) => return self.answer(status, &body, id),
+                (status, body, _) => return self.answer(status, &body, id),
             }
         }
         Err(self.unavailable("its session kept expiring"))
@@ -132,11 +177,12 @@ impl HttpUpstream {
 
     async fn session(
         &self,
-        providers: &Providers<'_>,
+        key: &str,
+        cred: Option<&(HeaderName, HeaderValue)>,
         timeout: Duration,
     ) -> Result<Session, UpstreamError> {
-        let mut slot = self.session.lock().await;
-        if let Some(s) = slot.as_ref() {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(key) {
             return Ok(s.clone());
         }
         let bare = Session {
@@ -152,7 +198,7 @@ impl HttpUpstream {
                 "clientInfo": { "name": "warrant-gateway", "version": env!("CARGO_PKG_VERSION") },
             }
         });
-        let (status, body, session_id) = self.post_raw(providers, &bare, &init, timeout).await?;
+        let (status, body, session_id) = self.post_raw(&bare, &init, timeout, cred).await?;
         let result = self.answer(status, &body, id)?;
         let session = Session {
             id: session_id,
@@ -163,33 +209,25 @@ impl HttpUpstream {
                 .to_owned(),
         };
         let note = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-        let (status, _, _) = self.post_raw(providers, &session, &note, timeout).await?;
+        let (status, _, _) = self.post_raw(&session, &note, timeout, cred).await?;
         if !status.is_success() {
             return Err(self.unavailable(format!(
                 "it refused the initialized notification ({status})"
             )));
         }
-        *slot = Some(session.clone());
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.clear();
+        }
+        sessions.insert(key.to_owned(), session.clone());
         Ok(session)
-    }
-
-    async fn post(
-        &self,
-        providers: &Providers<'_>,
-        session: &Session,
-        msg: &Value,
-        timeout: Duration,
-    ) -> Result<(StatusCode, Bytes), UpstreamError> {
-        let (s, b, _) = self.post_raw(providers, session, msg, timeout).await?;
-        Ok((s, b))
     }
 
     async fn post_raw(
         &self,
-        providers: &Providers<'_>,
         session: &Session,
         msg: &Value,
         timeout: Duration,
+        cred: Option<&(HeaderName, HeaderValue)>,
     ) -> Result<(StatusCode, Bytes, Option<String>), UpstreamError> {
         let mut req = Request::post(self.url.as_str())
             .header(header::CONTENT_TYPE, "application/json")
@@ -201,23 +239,8 @@ impl HttpUpstream {
         let mut req = req
             .body(Full::from(msg.to_string()))
             .map_err(|e| self.unavailable(e.to_string()))?;
-        if let Some(c) = &self.credential {
-            let target = Target {
-                name: &self.name,
-                credential: c,
-                audience: self.url.as_str(),
-                timeout,
-            };
-            let injected = providers
-                .obtain(target, self.oauth.as_ref(), None)
-                .await
-                .map_err(|e| match e {
-                    crate::proxy::credential::CredentialError::Refused(m)
-                    | crate::proxy::credential::CredentialError::Unavailable(m) => {
-                        self.unavailable(m)
-                    }
-                })?;
-            req.headers_mut().insert(injected.header, injected.value);
+        if let Some((name, value)) = cred {
+            req.headers_mut().insert(name.clone(), value.clone());
         }
         let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await

@@ -42,10 +42,11 @@ impl Upstream {
         method: &str,
         params: Value,
         timeout: Duration,
+        task: Option<&crate::token::TaskUse>,
     ) -> Result<Value, UpstreamError> {
         match self {
             Self::Stdio(s) => s.call(method, params, timeout).await,
-            Self::Http(h) => h.call(providers, method, params, timeout).await,
+            Self::Http(h) => h.call(providers, method, params, timeout, task).await,
         }
     }
 }

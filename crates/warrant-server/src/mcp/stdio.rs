@@ -68,6 +68,10 @@ pub enum UpstreamError {
     /// No answer in time.
     #[error("the MCP server `{0}` did not answer in time")]
     Timeout(String),
+    /// No credential can be had for this use (a per-user secret that is not
+    /// stored, a per-user server used without a user).
+    #[error("{0}")]
+    Refused(String),
     /// The server answered with a JSON-RPC error.
     #[error("the MCP server answered with error {code}: {message}")]
     Rpc {

@@ -36,6 +36,8 @@ permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource =
 when { context.scopes.contains("danger") };
 @id("remote")
 permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"remote");
+@id("peruser")
+permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"peruser");
 "#;
 
 /// An MCP server over Streamable HTTP, written with the SDK.
@@ -197,6 +199,11 @@ scope = "files:use"
 [[mcp_server]]
 name = "remote"
 url = "http://127.0.0.1:{port}/mcp"
+
+[[mcp_server]]
+name = "peruser"
+url = "http://127.0.0.1:{port}/mcp"
+credential = {{ kind = "per_user_secret", secret = "remote-token" }}
 "#,
         python = python.display(),
         server = server.display(),
@@ -223,6 +230,27 @@ url = "http://127.0.0.1:{port}/mcp"
         .take()
         .unwrap()
         .write_all(FILES_KEY.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut child = Command::new(crate::bin())
+        .args([
+            "--data-dir",
+            w.b.data_dir.to_str().unwrap(),
+            "secret",
+            "put",
+            "remote-token",
+            "--for-user",
+            "alice",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"alice-remote-token-0123456789")
         .unwrap();
     assert!(child.wait().unwrap().success());
     let orch = identity(&w.b, "orch");
@@ -383,6 +411,42 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
             .contains("/anything"),
         "{r}"
     );
+
+    // A per-user upstream credential: alice has one stored, bob does not.
+    let alice = s.token("alice", "files:use", &["peruser"]);
+    let sa = s.session("peruser", &alice);
+    let r = s.call(
+        "peruser",
+        &alice,
+        &sa,
+        "read_file",
+        json!({"path": "/mine"}),
+    );
+    assert!(
+        r["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("/mine"),
+        "{r}"
+    );
+    let bob = s.token("bob", "files:use", &["peruser"]);
+    let sb = s.session("peruser", &bob);
+    let r = s.call(
+        "peruser",
+        &bob,
+        &sb,
+        "read_file",
+        json!({"path": "/theirs"}),
+    );
+    assert_eq!(r["error"]["code"], -32003, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no secret `remote-token` is stored for user `bob`"),
+        "{r}"
+    );
+    assert!(!s.w.b.logs().contains("alice-remote-token"));
 }
 
 #[test]
