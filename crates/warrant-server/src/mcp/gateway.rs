@@ -111,6 +111,9 @@ struct Server {
     upstream: Upstream,
     // A std lock: read or replaced, never held across an await.
     view: RwLock<View>,
+    // A tokio mutex: one listing at a time when the view goes stale, so a
+    // burst of calls does not list the upstream's tools once each.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// Who opened a session.
@@ -241,6 +244,7 @@ impl Gateway {
                     audience,
                     upstream,
                     view: RwLock::new(View::default()),
+                    refreshing: tokio::sync::Mutex::new(()),
                 }),
             );
         }
@@ -1105,16 +1109,21 @@ impl Gateway {
     }
 
     async fn fresh_view(&self, s: &Server, task: &TaskUse) -> Result<(), UpstreamError> {
-        let stale = s
-            .view
-            .read()
-            .map(|v| {
-                v.fetched.is_none_or(|t| t.elapsed() > TOOLS_TTL)
-                    || v.generation != s.upstream.generation()
-            })
-            .unwrap_or(true);
-        if stale {
-            self.refresh(s, Some(task)).await?;
+        let stale = || {
+            s.view
+                .read()
+                .map(|v| {
+                    v.fetched.is_none_or(|t| t.elapsed() > TOOLS_TTL)
+                        || v.generation != s.upstream.generation()
+                })
+                .unwrap_or(true)
+        };
+        if stale() {
+            let _one = s.refreshing.lock().await;
+            // Another call may have listed while this one waited.
+            if stale() {
+                self.refresh(s, Some(task)).await?;
+            }
         }
         Ok(())
     }
