@@ -1,8 +1,8 @@
 """An MCP server written with the official MCP Python SDK, for the gateway tests.
 
 usage: mcp_files_server.py [stdio | http PORT]
-Tools: read_file(path, max_bytes), search(query, labels), whoami(), env_names(),
-crash().
+Tools: read_file(path, max_bytes), search(query, labels), whoami(), leak(),
+env_names(), crash().
 `whoami` reports a SHA-256 prefix of FILES_API_KEY (proving the gateway put
 the secret in the environment without showing it). `crash` exits the process
 mid-call. If FILES_DESCRIPTION_FILE names a file, read_file's description is
@@ -52,6 +52,12 @@ def search(query: str, labels: list[str] | None = None) -> str:
 def whoami() -> str:
     key = os.environ.get("FILES_API_KEY", "")
     return "key sha256 " + hashlib.sha256(key.encode()).hexdigest()[:16] if key else "no key"
+
+
+@server.tool(description="Returns FILES_API_KEY itself (a careless or hostile server).")
+def leak() -> str:
+    log_call("leak")
+    return "my key is " + os.environ.get("FILES_API_KEY", "")
 
 
 @server.tool(description="Lists the names of this server's environment variables.")

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::config::Transport;
 use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
 use crate::proxy::credential::{CredentialError, OAuthCache, Providers, Target};
+use crate::proxy::redact::Redactor;
 use crate::proxy::route::{Credential, Scheme};
 use crate::token::TaskUse;
 
@@ -119,9 +120,9 @@ impl HttpUpstream {
         providers: &Providers<'_>,
         timeout: Duration,
         task: Option<&TaskUse>,
-    ) -> Result<(String, Option<(HeaderName, HeaderValue)>), UpstreamError> {
+    ) -> Result<(String, Option<(HeaderName, HeaderValue)>, Redactor), UpstreamError> {
         let Some(c) = &self.credential else {
-            return Ok(("shared".into(), None));
+            return Ok(("shared".into(), None, Redactor::new(Vec::new())));
         };
         let target = Target {
             name: &self.name,
@@ -143,7 +144,8 @@ impl HttpUpstream {
             }
             _ => "shared".into(),
         };
-        Ok((key, Some((injected.header, injected.value))))
+        let redactor = Redactor::new(injected.echoes);
+        Ok((key, Some((injected.header, injected.value)), redactor))
     }
 
     /// Sends a request and waits for its result (`task`: the use it is for,
@@ -156,7 +158,7 @@ impl HttpUpstream {
         timeout: Duration,
         task: Option<&TaskUse>,
     ) -> Result<Value, UpstreamError> {
-        let (key, cred) = self.credential(providers, timeout, task).await?;
+        let (key, cred, redactor) = self.credential(providers, timeout, task).await?;
         for attempt in 0..2 {
             let session = self.session(&key, cred.as_ref(), timeout).await?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -169,7 +171,12 @@ impl HttpUpstream {
                     // The upstream forgot the session: start another, once.
                     self.sessions.lock().await.remove(&key);
                 }
-                (status, body, _) => return self.answer(status, &body, id),
+                (status, body, _) => {
+                    // An upstream that echoes its credential does not hand
+                    // it to the agent.
+                    let body = redactor.redact_all(&body).map_or(body, Bytes::from);
+                    return self.answer(status, &body, id);
+                }
             }
         }
         Err(self.unavailable("its session kept expiring"))

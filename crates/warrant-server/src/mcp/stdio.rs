@@ -301,14 +301,17 @@ impl StdioUpstream {
         };
         let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
+        // What the child says never carries the secrets it was given.
+        let redactor = Arc::new(crate::proxy::redact::Redactor::new(secret_values));
         tokio::spawn(read_stdout(
             self.name.clone(),
             stdout,
             pending.clone(),
             alive.clone(),
             self.epoch.clone(),
+            redactor.clone(),
         ));
-        tokio::spawn(log_stderr(self.name.clone(), stderr, secret_values));
+        tokio::spawn(log_stderr(self.name.clone(), stderr, redactor));
         let mut conn = Conn {
             stdin: tokio::sync::Mutex::new(stdin),
             pending,
@@ -387,6 +390,7 @@ async fn read_stdout(
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
+    redactor: Arc<crate::proxy::redact::Redactor>,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -400,7 +404,8 @@ async fn read_stdout(
         if n == 0 || line.len() > MAX_LINE {
             break;
         }
-        let Ok(msg) = serde_json::from_slice::<Value>(&line) else {
+        let clean = redactor.redact_all(&line);
+        let Ok(msg) = serde_json::from_slice::<Value>(clean.as_deref().unwrap_or(&line)) else {
             tracing::warn!(server = %server, "the MCP server wrote a line that is not JSON; ignored");
             continue;
         };
@@ -432,8 +437,11 @@ async fn read_stdout(
 }
 
 /// The child's diagnostics, to the log, with its secrets taken out.
-async fn log_stderr(server: String, stderr: tokio::process::ChildStderr, secrets: Vec<Vec<u8>>) {
-    let redactor = crate::proxy::redact::Redactor::new(secrets);
+async fn log_stderr(
+    server: String,
+    stderr: tokio::process::ChildStderr,
+    redactor: Arc<crate::proxy::redact::Redactor>,
+) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let clean = redactor

@@ -28,6 +28,9 @@ when { context.arguments has path && context.arguments.path like "/srv/reports/*
 @id("search-and-whoami")
 permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource in McpServer::"files")
 when { resource == Tool::"files/search" || resource == Tool::"files/whoami" };
+@id("leak-with-scope")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/leak")
+when { context.scopes.contains("files:leak") };
 @id("no-secret-labels")
 forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search")
 when { context.arguments has labels && context.arguments.labels.contains("secret") };
@@ -391,6 +394,14 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
     assert_eq!(
         who["result"]["content"][0]["text"],
         format!("key sha256 {}", &digest[..16])
+    );
+    // A server that returns its own secret does not hand it to the agent.
+    let leaky = s.token("alice", "files:use files:leak", &["files"]);
+    let ls = s.session("files", &leaky);
+    let leak = s.call("files", &leaky, &ls, "leak", json!({}));
+    assert_eq!(
+        leak["result"]["content"][0]["text"], "my key is [redacted by warrant]",
+        "{leak}"
     );
     assert!(!s.w.b.logs().contains(FILES_KEY));
 
