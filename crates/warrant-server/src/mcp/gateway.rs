@@ -186,6 +186,36 @@ fn rpc_error(id: &Value, code: i64, message: String, data: Option<Value>) -> Res
     axum::Json(json!({ "jsonrpc": "2.0", "id": id, "error": error })).into_response()
 }
 
+/// One request of an established client: what every method's answer needs.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    s: &'a Server,
+    task: &'a TaskUse,
+    id: &'a Value,
+    peer: SocketAddr,
+    started: Instant,
+    /// A 2026-07-28 client: results say `resultType` (and, for lists, not
+    /// to cache them).
+    modern: bool,
+}
+
+impl Call<'_> {
+    /// A successful answer.
+    fn result(&self, mut result: Value) -> Response {
+        if self.modern
+            && let Some(r) = result.as_object_mut()
+        {
+            r.entry("resultType").or_insert(json!("complete"));
+            // What a principal may see is per token: never cached for others.
+            if r.contains_key("tools") || r.contains_key("resources") || r.contains_key("prompts") {
+                r.entry("ttlMs").or_insert(json!(0));
+                r.entry("cacheScope").or_insert(json!("private"));
+            }
+        }
+        rpc_result(self.id, result)
+    }
+}
+
 /// A JSON-RPC refusal: the answer and the audit record's reason.
 struct RpcRefusal {
     code: i64,
@@ -776,11 +806,18 @@ impl Gateway {
                     .await
                 }
                 _ => {
-                    self.dispatch(event, &s, &task, &id, &method, params, peer, started)
-                        .await
+                    let call = Call {
+                        s: &s,
+                        task: &task,
+                        id: &id,
+                        peer,
+                        started,
+                        modern: true,
+                    };
+                    self.dispatch(event, &call, &method, params).await
                 }
             };
-            return stamp_modern(resp).await;
+            return resp;
         }
         if method == "initialize" {
             return self.open_session(event, server, &task, &id, &params).await;
@@ -853,64 +890,50 @@ impl Gateway {
             };
         }
 
-        self.dispatch(event, &s, &task, &id, &method, params, peer, started)
-            .await
+        let call = Call {
+            s: &s,
+            task: &task,
+            id: &id,
+            peer,
+            started,
+            modern: false,
+        };
+        self.dispatch(event, &call, &method, params).await
     }
 
     /// Answers one request of an established client (either revision).
-    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
         event: AuditEvent,
-        s: &Server,
-        task: &TaskUse,
-        id: &Value,
+        call: &Call<'_>,
         method: &str,
         params: Value,
-        peer: SocketAddr,
-        started: Instant,
     ) -> Response {
-        let server = s.cfg.name.as_str();
         match method {
-            "ping" => rpc_result(id, json!({})),
-            "tools/list" => self.list_tools(event, s, task, id, peer).await,
-            "tools/call" => {
-                self.call_tool(event, s, task, id, params, peer, started)
+            "ping" => call.result(json!({})),
+            "tools/list" => self.list_tools(event, call).await,
+            "tools/call" => self.call_tool(event, call, params).await,
+            "resources/list" | "resources/templates/list" | "resources/read" => {
+                self.relay(event, call, method, params, Action::McpReadResource)
                     .await
             }
-            "resources/list" | "resources/templates/list" | "resources/read" => {
-                self.relay(
-                    event,
-                    s,
-                    task,
-                    id,
-                    method,
-                    params,
-                    peer,
-                    Action::McpReadResource,
-                )
-                .await
-            }
             "prompts/list" | "prompts/get" => {
-                self.relay(
-                    event,
-                    s,
-                    task,
-                    id,
-                    method,
-                    params,
-                    peer,
-                    Action::McpGetPrompt,
-                )
-                .await
+                self.relay(event, call, method, params, Action::McpGetPrompt)
+                    .await
             }
             other => {
                 let m = format!(
                     "method `{}` is not relayed by the gateway",
                     shown(other, 64)
                 );
-                self.refuse_rpc(event, server, other, id, RpcRefusal::invalid(-32601, m))
-                    .await
+                self.refuse_rpc(
+                    event,
+                    &call.s.cfg.name,
+                    other,
+                    call.id,
+                    RpcRefusal::invalid(-32601, m),
+                )
+                .await
             }
         }
     }
@@ -1147,14 +1170,10 @@ impl Gateway {
         )
     }
 
-    async fn list_tools(
-        &self,
-        event: AuditEvent,
-        s: &Server,
-        task: &TaskUse,
-        id: &Value,
-        peer: SocketAddr,
-    ) -> Response {
+    async fn list_tools(&self, event: AuditEvent, call: &Call<'_>) -> Response {
+        let Call {
+            s, task, id, peer, ..
+        } = *call;
         let mut event = event;
         event.event = "mcp.tools.list".into();
         if let Err(e) = self.fresh_view(s, task).await {
@@ -1187,20 +1206,13 @@ impl Gateway {
         );
         self.metrics.mcp_request(&s.cfg.name, "tools/list", "allow");
         self.record_later(event);
-        rpc_result(id, json!({ "tools": shown_tools }))
+        call.result(json!({ "tools": shown_tools }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn call_tool(
-        &self,
-        event: AuditEvent,
-        s: &Server,
-        task: &TaskUse,
-        id: &Value,
-        params: Value,
-        peer: SocketAddr,
-        started: Instant,
-    ) -> Response {
+    async fn call_tool(&self, event: AuditEvent, call: &Call<'_>, params: Value) -> Response {
+        let Call {
+            s, task, id, peer, ..
+        } = *call;
         let server = s.cfg.name.as_str();
         let mut event = event;
         event.event = "mcp.tool.call".into();
@@ -1336,21 +1348,39 @@ impl Gateway {
                 Some(task),
             )
             .await;
-        let upstream_ms = upstream_started.elapsed().as_secs_f64() * 1000.0;
-        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.answer(event, call, "tools/call", answer, Some(upstream_started))
+            .await
+    }
+
+    /// Relays the upstream's answer and records it: a result, the upstream's
+    /// own JSON-RPC error, a credential refusal (durable, like every
+    /// refusal), or a failure (an error to the agent; the gateway stays up).
+    async fn answer(
+        &self,
+        event: AuditEvent,
+        call: &Call<'_>,
+        method: &str,
+        answer: Result<Value, UpstreamError>,
+        upstream_started: Option<Instant>,
+    ) -> Response {
+        let server = call.s.cfg.name.as_str();
+        let mut event = event;
         match answer {
             Ok(result) => {
-                add_detail(
-                    &mut event,
-                    json!({
-                        "outcome": if result.get("isError") == Some(&json!(true)) { "tool_error" } else { "ok" },
-                        "upstream_ms": (upstream_ms * 1000.0).round() / 1000.0,
-                        "gateway_ms": ((total_ms - upstream_ms) * 1000.0).round() / 1000.0,
-                    }),
-                );
-                self.metrics.mcp_request(server, "tools/call", "allow");
+                let mut detail = json!({
+                    "outcome": if result.get("isError") == Some(&json!(true)) { "tool_error" } else { "ok" },
+                });
+                if let Some(t) = upstream_started {
+                    let upstream_ms = t.elapsed().as_secs_f64() * 1000.0;
+                    let total_ms = call.started.elapsed().as_secs_f64() * 1000.0;
+                    detail["upstream_ms"] = json!((upstream_ms * 1000.0).round() / 1000.0);
+                    detail["gateway_ms"] =
+                        json!(((total_ms - upstream_ms) * 1000.0).round() / 1000.0);
+                }
+                add_detail(&mut event, detail);
+                self.metrics.mcp_request(server, method, "allow");
                 self.record_later(event);
-                rpc_result(id, result)
+                call.result(result)
             }
             Err(UpstreamError::Rpc {
                 code,
@@ -1361,40 +1391,37 @@ impl Gateway {
                     &mut event,
                     json!({ "outcome": "upstream_error", "upstream_code": code }),
                 );
-                self.metrics
-                    .mcp_request(server, "tools/call", "upstream_error");
+                self.metrics.mcp_request(server, method, "upstream_error");
                 self.record_later(event);
-                rpc_error(id, code, message, data)
+                rpc_error(call.id, code, message, data)
             }
             Err(e @ UpstreamError::Refused(_)) => {
                 event.reasons = Vec::new();
-                self.refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
+                self.refuse_rpc(event, server, method, call.id, upstream_refusal(&e))
                     .await
             }
             Err(e) => {
                 add_detail(&mut event, json!({ "outcome": "upstream_failed" }));
                 let r = upstream_refusal(&e);
                 event.reasons.push(r.message.clone());
-                self.metrics
-                    .mcp_request(server, "tools/call", "upstream_failed");
+                self.metrics.mcp_request(server, method, "upstream_failed");
                 self.record_later(event);
-                rpc_error(id, r.code, r.message, None)
+                rpc_error(call.id, r.code, r.message, None)
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn relay(
         &self,
         event: AuditEvent,
-        s: &Server,
-        task: &TaskUse,
-        id: &Value,
+        call: &Call<'_>,
         method: &str,
         params: Value,
-        peer: SocketAddr,
         action: Action,
     ) -> Response {
+        let Call {
+            s, task, id, peer, ..
+        } = *call;
         let server = s.cfg.name.as_str();
         let req = task_request(
             task,
@@ -1419,31 +1446,11 @@ impl Gateway {
                 .refuse_rpc(event, server, method, id, RpcRefusal::denied(message, data))
                 .await;
         }
-        match s
+        let answer = s
             .upstream
             .call(&self.providers(), method, params, s.cfg.timeout, Some(task))
-            .await
-        {
-            Ok(result) => {
-                self.metrics.mcp_request(server, method, "allow");
-                self.record_later(event);
-                rpc_result(id, result)
-            }
-            Err(UpstreamError::Rpc {
-                code,
-                message,
-                data,
-            }) => {
-                self.record_later(event);
-                rpc_error(id, code, message, data)
-            }
-            Err(e) => {
-                let r = upstream_refusal(&e);
-                event.reasons.push(r.message.clone());
-                self.record_later(event);
-                rpc_error(id, r.code, r.message, None)
-            }
-        }
+            .await;
+        self.answer(event, call, method, answer, None).await
     }
 }
 
@@ -1461,26 +1468,4 @@ fn upstream_refusal(e: &UpstreamError) -> RpcRefusal {
         }
         other => RpcRefusal::invalid(-32603, other.to_string()),
     }
-}
-
-/// A 2026-07-28 answer: results say they are complete (`resultType`) and,
-/// being per-user, not to be cached (`ttlMs`, `cacheScope`).
-async fn stamp_modern(resp: Response) -> Response {
-    let (mut parts, body) = resp.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
-        return Response::from_parts(parts, Body::empty());
-    };
-    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Body::from(bytes));
-    };
-    if let Some(r) = v.get_mut("result").and_then(Value::as_object_mut) {
-        r.entry("resultType").or_insert(json!("complete"));
-        if r.contains_key("tools") || r.contains_key("resources") || r.contains_key("prompts") {
-            r.entry("ttlMs").or_insert(json!(0));
-            r.entry("cacheScope").or_insert(json!("private"));
-        }
-    }
-    let out = v.to_string();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(out))
 }
