@@ -106,6 +106,39 @@ where
         .map_err(read_err)
 }
 
+/// The one row `sql` returns for `params`, if any, mapped by `f`.
+fn one_row<T, P, F>(c: &Connection, sql: &str, params: P, f: F) -> Result<Option<T>, StoreError>
+where
+    P: rusqlite::Params,
+    F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+{
+    c.prepare_cached(sql)
+        .and_then(|mut st| st.query_row(params, f).optional())
+        .map_err(read_err)
+}
+
+/// The secret `name` of `owner` (`""` for a shared one).
+fn secret_row(
+    c: &Connection,
+    name: &SecretName,
+    owner: &str,
+) -> Result<Option<SecretRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM secrets WHERE name = ?1 AND owner = ?2",
+        rows::SECRET_COLUMNS
+    );
+    one_row(c, &sql, params![name.as_str(), owner], rows::secret)
+}
+
+/// The pin of `server`'s `tool`.
+fn pin_row(c: &Connection, server: &str, tool: &str) -> Result<Option<ToolPin>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM mcp_tools WHERE server = ?1 AND tool = ?2",
+        rows::PIN_COLUMNS
+    );
+    one_row(c, &sql, params![server, tool], rows::tool_pin)
+}
+
 fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreError> {
     conn.prepare_cached(&format!(
         "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -854,16 +887,7 @@ impl Store for SqliteStore {
                     )
                     .map_err(db_err)?;
                 if changed == 0 {
-                    let exists: Option<i64> = ctx
-                        .conn
-                        .query_row(
-                            "SELECT version FROM secrets WHERE name = ?1 AND owner = ?2",
-                            params![s.name.as_str(), owner],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .map_err(read_err)?;
-                    return Err(match exists {
+                    return Err(match secret_row(ctx.conn, &s.name, owner)? {
                         Some(_) => StoreError::Conflict {
                             what: "secret version",
                             name: s.credential_id(),
@@ -889,19 +913,8 @@ impl Store for SqliteStore {
         let (name, owner) = (name.clone(), owner.unwrap_or("").to_owned());
         self.writer
             .submit(move |ctx| {
-                let found = ctx
-                    .conn
-                    .query_row(
-                        &format!(
-                            "SELECT {} FROM secrets WHERE name = ?1 AND owner = ?2",
-                            rows::SECRET_COLUMNS
-                        ),
-                        params![name.as_str(), owner],
-                        rows::secret,
-                    )
-                    .optional()
-                    .map_err(read_err)?
-                    .ok_or_else(|| StoreError::NotFound {
+                let found =
+                    secret_row(ctx.conn, &name, &owner)?.ok_or_else(|| StoreError::NotFound {
                         what: "secret",
                         name: name.to_string(),
                     })?;
@@ -923,18 +936,7 @@ impl Store for SqliteStore {
         owner: Option<&str>,
     ) -> Result<Option<SecretRecord>, StoreError> {
         let (name, owner) = (name.clone(), owner.unwrap_or("").to_owned());
-        self.read(move |c| {
-            c.prepare_cached(&format!(
-                "SELECT {} FROM secrets WHERE name = ?1 AND owner = ?2",
-                rows::SECRET_COLUMNS
-            ))
-            .and_then(|mut st| {
-                st.query_row(params![name.as_str(), owner], rows::secret)
-                    .optional()
-            })
-            .map_err(read_err)
-        })
-        .await
+        self.read(move |c| secret_row(c, &name, &owner)).await
     }
 
     async fn list_secrets(&self) -> Result<Vec<SecretRecord>, StoreError> {
@@ -1055,19 +1057,10 @@ impl Store for SqliteStore {
         let (server, tool, by) = (server.to_owned(), tool.to_owned(), approved_by.to_owned());
         self.writer
             .submit(move |ctx| {
-                let pin = ctx
-                    .conn
-                    .query_row(
-                        &format!("SELECT {} FROM mcp_tools WHERE server = ?1 AND tool = ?2", rows::PIN_COLUMNS),
-                        params![server, tool],
-                        rows::tool_pin,
-                    )
-                    .optional()
-                    .map_err(read_err)?
-                    .ok_or_else(|| StoreError::NotFound {
-                        what: "tool",
-                        name: format!("{server}/{tool}"),
-                    })?;
+                let pin = pin_row(ctx.conn, &server, &tool)?.ok_or_else(|| StoreError::NotFound {
+                    what: "tool",
+                    name: format!("{server}/{tool}"),
+                })?;
                 if pin.pending_digest.is_none() {
                     return Err(StoreError::Conflict {
                         what: "tool approval",
@@ -1083,13 +1076,10 @@ impl Store for SqliteStore {
                     )
                     .map_err(db_err)?;
                 ctx.append(audit)?;
-                ctx.conn
-                    .query_row(
-                        &format!("SELECT {} FROM mcp_tools WHERE server = ?1 AND tool = ?2", rows::PIN_COLUMNS),
-                        params![server, tool],
-                        rows::tool_pin,
-                    )
-                    .map_err(read_err)
+                pin_row(ctx.conn, &server, &tool)?.ok_or_else(|| StoreError::NotFound {
+                    what: "tool",
+                    name: format!("{server}/{tool}"),
+                })
             })
             .await
     }
