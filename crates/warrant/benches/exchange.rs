@@ -24,10 +24,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{cli, free_addr, pin_self, two_cores};
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +41,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use warrant_core::time::Timestamp;
 
-const BIN: &str = env!("CARGO_BIN_EXE_warrant");
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -49,46 +51,6 @@ permit(principal, action == Action::"identity:issue", resource);
 @id("bench-exchange")
 permit(principal, action == Action::"token:exchange", resource);
 "#;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn two_cores() -> bool {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
-        && Command::new("taskset")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-}
-
-/// Pins the main thread (and the threads it starts later) to `core`.
-fn pin_self(core: u32) {
-    // Called from the main thread, whose id is the process id.
-    let ok = Command::new("taskset")
-        .args(["-cp", &core.to_string(), &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "taskset could not pin the load generator");
-}
-
-fn cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("WARRANT_DATA_DIR", data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 fn form(fields: &[(&str, &str)]) -> Bytes {
     url::form_urlencoded::Serializer::new(String::new())
@@ -252,28 +214,7 @@ fn main() {
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = tmp.path().join("data");
     let api = free_addr();
-    let mut cmd = if pinned {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", BIN]);
-        c
-    } else {
-        Command::new(BIN)
-    };
-    let mut child: Child = cmd
-        .args(["serve", "--dev", "--data-dir"])
-        .arg(&data)
-        .args(["--api-addr", &api.to_string()])
-        .args(["--edge-addr", &free_addr().to_string(), "--log", "warn"])
-        .env_remove("WARRANT_KEK")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !data.join("run.json").exists() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child: Child = common::serve(&data, api, free_addr(), &["--dev"], pinned);
     if pinned {
         pin_self(1);
     }

@@ -17,22 +17,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{cli, free_addr, pin_self, two_cores};
+
+use std::net::SocketAddr;
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_warrant");
-const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 const POLICY: &str = r#"
 @id("bench-identities")
@@ -44,49 +44,10 @@ permit(principal in Agent::"bench", action == Action::"mcp:call_tool", resource 
 when { context.arguments has text && context.arguments.text like "hello*" };
 "#;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn pinned() -> bool {
-    std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
-        && Command::new("taskset")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-}
-
-fn pin_self(core: u32) {
-    let ok = Command::new("taskset")
-        .args(["-cp", &core.to_string(), &std::process::id().to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "taskset could not pin the load generator");
-}
-
-fn cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("WARRANT_DATA_DIR", data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 /// The upstream MCP server: JSON answers, a session id per `initialize`.
-async fn upstream(headers: HeaderMap, body: Bytes) -> axum::response::Response {
-    let _ = headers;
+async fn upstream(body: Bytes) -> axum::response::Response {
     let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let Some(id) = msg.get("id").cloned() else {
         return StatusCode::ACCEPTED.into_response();
@@ -231,7 +192,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5.0);
-    let pin = pinned();
+    let pin = two_cores();
     let up_addr = free_addr();
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let data = tmp.path().join("data");
@@ -254,36 +215,13 @@ fn main() {
         axum::serve(listener, app).await.unwrap();
     });
 
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0", BIN]);
-        c
-    } else {
-        Command::new(BIN)
-    };
-    let mut broker: Child = cmd
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--api-addr",
-            &api.to_string(),
-            "--edge-addr",
-            &edge.to_string(),
-            "--log",
-            "warn",
-        ])
-        .env_remove("WARRANT_KEK")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !data.join("run.json").exists() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut broker: Child = common::serve(
+        &data,
+        api,
+        edge,
+        &["--config", config.to_str().unwrap()],
+        pin,
+    );
     if pin {
         pin_self(1);
     }
@@ -340,7 +278,6 @@ fn main() {
             .unwrap_or_else(|| panic!("{t}"))
             .to_owned()
     });
-    let _ = JWT;
 
     println!(
         "MCP gateway benchmark: tools/call echo, {secs} s per case; broker on core 0, load and upstream on core 1"

@@ -18,14 +18,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{cli, free_addr};
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_warrant");
 const KEY: &str = "sk-static-benchmark-key";
 const BODY: &str = r#"{"object":"list","data":[{"id":"gpt-bench","object":"model","created":1,"owned_by":"bench"},{"id":"gpt-bench-mini","object":"model","created":1,"owned_by":"bench"}],"padding":"xxxxxxxx"}"#;
 
@@ -39,13 +42,6 @@ permit(principal in Agent::"bench", action == Action::"http:request", resource =
 when { context.method == "GET" && context.path like "/v1/models*" };
 "#;
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
@@ -58,20 +54,6 @@ fn pinned(core: &str, program: &str) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", core, program]);
     c
-}
-
-fn cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("WARRANT_DATA_DIR", data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn curl_post(url: &str, body: &str, json: bool) -> Value {
@@ -182,29 +164,13 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut broker: Child = pinned("0", BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--api-addr",
-            &api.to_string(),
-            "--edge-addr",
-            &edge.to_string(),
-            "--log",
-            "warn",
-        ])
-        .env_remove("WARRANT_KEK")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !data.join("run.json").exists() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut broker: Child = common::serve(
+        &data,
+        api,
+        edge,
+        &["--config", config.to_str().unwrap()],
+        true,
+    );
     cli(
         &data,
         &[

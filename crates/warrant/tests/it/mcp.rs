@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::delegation::{World, exchange, identity, world_with};
 use crate::interop::{python, repo};
+use crate::proxy::put_secret;
 use crate::{audit, jwt_claims};
 use warrant_testkit::{Response, raw};
 
@@ -80,6 +81,13 @@ impl Drop for HttpServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The text of a tool call's first content item.
+fn content(r: &Value) -> &str {
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {r}"))
 }
 
 struct Setup {
@@ -215,47 +223,13 @@ credential = {{ kind = "per_user_secret", secret = "remote-token" }}
         port = remote.port,
     );
     let w = world_with(4, &config, POLICY);
-    let mut child = Command::new(crate::bin())
-        .args([
-            "--data-dir",
-            w.b.data_dir.to_str().unwrap(),
-            "secret",
-            "put",
-            "files-key",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(FILES_KEY.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let mut child = Command::new(crate::bin())
-        .args([
-            "--data-dir",
-            w.b.data_dir.to_str().unwrap(),
-            "secret",
-            "put",
-            "remote-token",
-            "--for-user",
-            "alice",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"alice-remote-token-0123456789")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    put_secret(&w, "files-key", FILES_KEY, None);
+    put_secret(
+        &w,
+        "remote-token",
+        "alice-remote-token-0123456789",
+        Some("alice"),
+    );
     let orch = identity(&w.b, "orch");
     let s = Setup {
         w,
@@ -415,13 +389,7 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
         "read_file",
         json!({"path": "/anything"}),
     );
-    assert!(
-        r["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("/anything"),
-        "{r}"
-    );
+    assert!(content(&r).contains("/anything"), "{r}");
 
     // A per-user upstream credential: alice has one stored, bob does not.
     let alice = s.token("alice", "files:use", &["peruser"]);
@@ -433,13 +401,7 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
         "read_file",
         json!({"path": "/mine"}),
     );
-    assert!(
-        r["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("/mine"),
-        "{r}"
-    );
+    assert!(content(&r).contains("/mine"), "{r}");
     let bob = s.token("bob", "files:use", &["peruser"]);
     let sb = s.session("peruser", &bob);
     let r = s.call(
@@ -798,13 +760,7 @@ fn a_changed_tool_is_held_until_approved_and_a_crash_is_survived() {
         "read_file",
         json!({"path": "/srv/reports/a"}),
     );
-    assert!(
-        r["result"]["content"][0]["text"]
-            .as_str()
-            .unwrap()
-            .contains("/srv/reports/a"),
-        "{r}"
-    );
+    assert!(content(&r).contains("/srv/reports/a"), "{r}");
     let again = s.w.b.cli(&["mcp", "approve", "files", "read_file"]);
     assert!(
         again.stderr.contains("no changed definition"),

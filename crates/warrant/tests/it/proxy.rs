@@ -174,7 +174,7 @@ pub fn task_token(w: &World, orch: &str, user: &str) -> String {
     r.json()["access_token"].as_str().unwrap().to_owned()
 }
 
-fn put_secret(w: &World, name: &str, value: &str, user: Option<&str>) {
+pub fn put_secret(w: &World, name: &str, value: &str, user: Option<&str>) {
     let mut args = vec!["secret", "put", name];
     if let Some(u) = user {
         args.extend(["--for-user", u]);
