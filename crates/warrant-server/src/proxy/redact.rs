@@ -38,6 +38,9 @@ impl Redactor {
 
     /// Replaces every occurrence in `data` (a whole value).
     pub fn redact_all(&self, data: &[u8]) -> Option<Vec<u8>> {
+        if !self.is_active() {
+            return None;
+        }
         let (out, found) = self.replace(data);
         found.then_some(out)
     }
