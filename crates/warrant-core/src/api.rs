@@ -190,6 +190,45 @@ pub struct PolicyStatus {
     pub warnings: Vec<String>,
 }
 
+/// One policy file sent for validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFileText {
+    /// Its name, as problems show it.
+    pub name: String,
+    /// Its contents.
+    pub text: String,
+}
+
+/// `POST /admin/v1/policy/validate`: would these files load, with the MCP
+/// tools the broker has pinned?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyValidate {
+    /// The files, in name order.
+    pub files: Vec<PolicyFileText>,
+}
+
+/// What validation found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyValidation {
+    /// Whether the set would load.
+    pub ok: bool,
+    /// Policy ids, if it would.
+    pub policies: Vec<String>,
+    /// SHA-256 of the files, if it would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it would not.
+    pub problems: Vec<String>,
+    /// Warnings.
+    pub warnings: Vec<String>,
+    /// How many pinned MCP tools' argument types it was checked against
+    /// (`None` offline: not checked against any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<usize>,
+}
+
 /// `POST /admin/v1/policy/check`: would this request be allowed?
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

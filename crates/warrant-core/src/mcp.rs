@@ -3,12 +3,14 @@
 //! Cedar 4 has no open records, so `context.arguments` of `mcp:call_tool`
 //! needs a declared type. Each tool's JSON input schema yields an
 //! [`ArgumentSchema`]: its top-level properties whose JSON types map onto
-//! Cedar's (string, integer, boolean, arrays of strings or integers). The
-//! gateway merges every pinned tool's into one record type, every attribute
-//! optional, so `context.arguments has path && context.arguments.path like
-//! "/srv/reports/*"` validates. An attribute two tools declare with different
-//! types is left out (policies naming it fail validation, saying so), rather
-//! than typed for one tool and wrong for the other.
+//! Cedar's (string, integer, boolean, arrays of strings or integers), every
+//! attribute optional, so `context.arguments has path &&
+//! context.arguments.path like "/srv/reports/*"` validates.
+//!
+//! Arguments are typed per tool ([`ToolArguments`]): a call is decided with
+//! the schema of the tool it calls, and a policy is checked against the
+//! schema of each tool its scope can reach. One tool's schema (on any
+//! server) never changes how a policy about another tool evaluates.
 
 use std::collections::BTreeMap;
 
@@ -98,7 +100,7 @@ impl ArgType {
 }
 
 /// Argument attributes policies may name, by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ArgumentSchema {
     attrs: BTreeMap<String, ArgType>,
 }
@@ -113,6 +115,13 @@ fn usable_name(name: &str) -> bool {
 }
 
 impl ArgumentSchema {
+    /// No attributes.
+    pub const fn empty() -> Self {
+        Self {
+            attrs: BTreeMap::new(),
+        }
+    }
+
     /// The attributes of a tool's JSON input schema (`{"type": "object",
     /// "properties": {...}}`) that map onto Cedar types.
     pub fn from_input_schema(schema: &Value) -> Self {
@@ -125,31 +134,6 @@ impl ArgumentSchema {
             }
         }
         Self { attrs }
-    }
-
-    /// One schema for several tools: every attribute any of them declares,
-    /// except those declared with different types, which are returned.
-    pub fn union<'a>(all: impl IntoIterator<Item = &'a ArgumentSchema>) -> (Self, Vec<String>) {
-        let mut attrs: BTreeMap<String, ArgType> = BTreeMap::new();
-        let mut conflicts: Vec<String> = Vec::new();
-        for s in all {
-            for (name, t) in &s.attrs {
-                if conflicts.contains(name) {
-                    continue;
-                }
-                match attrs.get(name) {
-                    Some(have) if have != t => {
-                        attrs.remove(name);
-                        conflicts.push(name.clone());
-                    }
-                    _ => {
-                        attrs.insert(name.clone(), *t);
-                    }
-                }
-            }
-        }
-        conflicts.sort();
-        (Self { attrs }, conflicts)
     }
 
     /// The type of `name`, if declared.
@@ -165,6 +149,56 @@ impl ArgumentSchema {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.attrs.is_empty()
+    }
+}
+
+/// The argument attributes of each pinned tool, by the tool's Cedar id
+/// (`server/tool`, as in `Tool::"files/read_file"`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolArguments {
+    tools: BTreeMap<String, ArgumentSchema>,
+}
+
+impl ToolArguments {
+    /// Adds (or replaces) one tool's attributes.
+    pub fn insert(&mut self, server: &str, tool: &str, args: ArgumentSchema) {
+        self.tools.insert(format!("{server}/{tool}"), args);
+    }
+
+    /// The attributes of the tool with Cedar id `id` (`server/tool`).
+    pub fn get(&self, id: &str) -> Option<&ArgumentSchema> {
+        self.tools.get(id)
+    }
+
+    /// Every tool, by Cedar id, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ArgumentSchema)> {
+        self.tools.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// How many tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// Whether no tool is known.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// The approved definitions among `pins` of the servers named in
+    /// `servers`. A tool announced but never approved ([`PinState::New`])
+    /// has no approved definition and is left out.
+    pub fn from_pins(pins: &[ToolPin], servers: &[&str]) -> Self {
+        let mut out = Self::default();
+        for p in pins {
+            if p.state == PinState::New || !servers.contains(&p.server.as_str()) {
+                continue;
+            }
+            if let Some(d) = ToolDefinition::from_listing(&p.definition) {
+                out.insert(&p.server, &p.tool, d.arguments());
+            }
+        }
+        out
     }
 }
 
@@ -205,22 +239,6 @@ mod tests {
             ]
         );
         assert!(ArgumentSchema::from_input_schema(&json!({"type": "object"})).is_empty());
-    }
-
-    #[test]
-    fn conflicting_types_are_left_out() {
-        let a = ArgumentSchema::from_input_schema(
-            &json!({"properties": {"path": {"type": "string"}, "n": {"type": "integer"}}}),
-        );
-        let b = ArgumentSchema::from_input_schema(
-            &json!({"properties": {"path": {"type": "string"}, "n": {"type": "string"}}}),
-        );
-        let c =
-            ArgumentSchema::from_input_schema(&json!({"properties": {"n": {"type": "integer"}}}));
-        let (u, conflicts) = ArgumentSchema::union([&a, &b, &c]);
-        assert_eq!(u.get("path"), Some(ArgType::String));
-        assert_eq!(u.get("n"), None, "a third tool cannot bring it back");
-        assert_eq!(conflicts, ["n"]);
     }
 
     #[test]
@@ -347,6 +365,10 @@ pub enum PinState {
     /// The upstream now announces another definition: hidden and refused
     /// until `warrant mcp approve` accepts it.
     Changed,
+    /// A tool that appeared on a server whose tools were already pinned: it
+    /// has no approved definition, and is hidden and refused until `warrant
+    /// mcp approve` accepts the one it announced.
+    New,
 }
 
 impl PinState {
@@ -355,6 +377,7 @@ impl PinState {
         match self {
             Self::Pinned => "pinned",
             Self::Changed => "changed",
+            Self::New => "new",
         }
     }
 }
@@ -366,9 +389,11 @@ pub struct ToolPin {
     pub server: String,
     /// The tool's name on that server.
     pub tool: String,
-    /// Digest of the approved definition.
+    /// Digest of the approved definition (empty for a [`PinState::New`]
+    /// tool, which has none yet).
     pub digest: String,
-    /// The approved definition (pinned fields).
+    /// The approved definition (pinned fields; `null` for a
+    /// [`PinState::New`] tool).
     pub definition: Value,
     /// Whether the upstream still announces it.
     pub state: PinState,
@@ -385,6 +410,11 @@ pub struct ToolPin {
     /// Who approved the definition in use (absent for the first, pinned on sight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_by: Option<String>,
+    /// Why the policy set in force refuses this tool's calls, if it does (a
+    /// policy that cannot be applied to its arguments). Not stored: filled
+    /// in by the admin API from the set in force.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy_problems: Vec<String>,
 }
 
 /// What observing a tool's definition did to its pin.
@@ -396,4 +426,7 @@ pub enum PinOutcome {
     Unchanged,
     /// The announced definition differs: the tool is now `Changed`.
     Changed,
+    /// First seen on a server whose tools were already pinned: held as
+    /// [`PinState::New`] until approved.
+    Held,
 }

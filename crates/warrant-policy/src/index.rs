@@ -160,6 +160,40 @@ impl Scope {
             resource,
         }
     }
+
+    fn has_action(&self, a: Action) -> bool {
+        self.actions
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == a.as_str()))
+    }
+
+    /// Whether a call of the tool with Cedar id `id` (`server/tool`) is in
+    /// this scope (whatever the principal).
+    pub(crate) fn reaches_tool(&self, id: &str) -> bool {
+        let server = id.split_once('/').map_or(id, |(s, _)| s);
+        self.has_action(Action::McpCallTool)
+            && self.resource.admits(
+                TypeCode::Tool,
+                &[
+                    Key::new(TypeCode::Tool, id),
+                    Key::new(TypeCode::McpServer, server),
+                ],
+            )
+    }
+
+    /// Whether some tool call could be in this scope.
+    pub(crate) fn reaches_any_tool(&self) -> bool {
+        self.has_action(Action::McpCallTool)
+            && match &self.resource {
+                Constraint::Any => true,
+                Constraint::Is(t) | Constraint::IsIn(t, _) => *t == TypeCode::Tool,
+                Constraint::Eq(k) => k.0.starts_with(TypeCode::Tool.tag()),
+                Constraint::In(k) => {
+                    k.0.starts_with(TypeCode::Tool.tag())
+                        || k.0.starts_with(TypeCode::McpServer.tag())
+                }
+            }
+    }
 }
 
 /// What the index needs to know about a request.

@@ -15,14 +15,15 @@ mod index;
 mod load;
 mod schema;
 
-pub use load::{PolicyFile, PolicyProblem, Problems};
+pub use load::{PolicyFile, PolicyProblem, Problems, ToolProblems};
 pub use schema::{schema_text, schema_text_with};
 
 use cedar_policy::{Authorizer, Effect as CedarEffect, PolicySet};
 use cedar_policy_core::ast::{Literal, ValueKind};
 use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
-use warrant_core::decision::{Decision, DecisionRequest, Effect};
+use warrant_core::decision::{Action, Decision, DecisionRequest, Effect, Resource};
+use warrant_core::mcp::{ArgumentSchema, ToolArguments};
 
 /// Static policies bind no template slots.
 static NO_SLOTS: std::sync::LazyLock<cedar_policy_core::ast::SlotEnv> =
@@ -48,8 +49,14 @@ struct Compiled {
 /// A validated, indexed policy set.
 #[derive(Debug)]
 pub struct Policies {
-    /// The argument attributes `context.arguments` of `mcp:call_tool` has.
-    args: warrant_core::mcp::ArgumentSchema,
+    /// Each known tool's argument attributes: what `context.arguments` of a
+    /// call of that tool holds.
+    tools: ToolArguments,
+    /// Tools some policy cannot be applied to, with why: their calls are
+    /// refused with it (only when compiled with [`ToolProblems::Isolate`]).
+    tool_problems: std::collections::HashMap<String, Vec<String>>,
+    /// The files the set was compiled from, to re-type it when tools change.
+    sources: Vec<PolicyFile>,
     all: PolicySet,
     compiled: Vec<Compiled>,
     index: index::ScopeIndex,
@@ -59,37 +66,86 @@ pub struct Policies {
 }
 
 fn deny_with(error: String) -> Decision {
+    deny_with_all(vec![error])
+}
+
+fn deny_with_all(errors: Vec<String>) -> Decision {
     Decision {
         effect: Effect::Deny,
         policies: Vec::new(),
-        errors: vec![error],
+        errors,
     }
 }
 
 impl Policies {
-    /// Parses, validates against the schema and indexes `files`. On any problem,
-    /// returns all of them; nothing is half-loaded.
+    /// Parses, validates against the schema and indexes `files`, with no MCP
+    /// tools known. On any problem, returns all of them; nothing is
+    /// half-loaded.
     pub fn compile(files: &[PolicyFile]) -> Result<Self, Problems> {
-        load::compile(files, &warrant_core::mcp::ArgumentSchema::default())
+        load::compile(files, &ToolArguments::default(), ToolProblems::Refuse)
     }
 
-    /// Like [`compile`](Self::compile), with `args` (the pinned tools'
-    /// argument attributes) typing `context.arguments` of `mcp:call_tool`.
-    pub fn compile_with_arguments(
+    /// Like [`compile`](Self::compile), with each pinned tool's argument
+    /// attributes typing `context.arguments` of calls of that tool, and each
+    /// policy that can reach a tool checked against that tool's arguments.
+    /// `mode` says whether a policy that fails for some tools refuses the
+    /// set or only those tools.
+    pub fn compile_for_tools(
         files: &[PolicyFile],
-        args: &warrant_core::mcp::ArgumentSchema,
+        tools: &ToolArguments,
+        mode: ToolProblems,
     ) -> Result<Self, Problems> {
-        load::compile(files, args)
+        load::compile(files, tools, mode)
     }
 
-    /// The argument attributes this set was validated with.
-    pub fn arguments(&self) -> &warrant_core::mcp::ArgumentSchema {
-        &self.args
+    /// This set's files compiled again for `tools` (after tools were
+    /// listed, approved or changed); problems are isolated to the tools
+    /// they concern.
+    pub fn for_tools(&self, tools: &ToolArguments) -> Result<Self, Problems> {
+        load::compile(&self.sources, tools, ToolProblems::Isolate)
+    }
+
+    /// The tools' argument attributes this set was checked against.
+    pub fn tools(&self) -> &ToolArguments {
+        &self.tools
+    }
+
+    /// Tools whose calls are refused because a policy cannot be applied to
+    /// them, with why.
+    pub fn tool_problems(&self) -> &std::collections::HashMap<String, Vec<String>> {
+        &self.tool_problems
+    }
+
+    /// The files the set was compiled from.
+    pub fn sources(&self) -> &[PolicyFile] {
+        &self.sources
+    }
+
+    /// The argument attributes a request's `context.arguments` is built
+    /// with: those of the tool it calls, or an error that denies it.
+    fn arguments_for(&self, req: &DecisionRequest) -> Result<&ArgumentSchema, Vec<String>> {
+        static NONE: ArgumentSchema = ArgumentSchema::empty();
+        let (Action::McpCallTool, Resource::Tool { .. }) = (req.action, &req.resource) else {
+            return Ok(&NONE);
+        };
+        let id = req.resource.id();
+        if let Some(problems) = self.tool_problems.get(&id) {
+            return Err(problems.clone());
+        }
+        self.tools.get(&id).ok_or_else(|| {
+            vec![format!(
+                "tool `{id}` has no approved definition in the policy set, so its arguments cannot be typed; it is listed and approved through its MCP server"
+            )]
+        })
     }
 
     /// Decides a request against the whole set. Never fails: any error is a deny.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
-        let built = match entities::build(req, &self.args) {
+        let args = match self.arguments_for(req) {
+            Ok(a) => a,
+            Err(errors) => return deny_with_all(errors),
+        };
+        let built = match entities::build(req, args) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
@@ -135,7 +191,10 @@ impl Policies {
     /// its arguments. An evaluation error hides the tool (its calls would be
     /// denied).
     pub fn could_allow(&self, req: &DecisionRequest) -> bool {
-        let Ok(built) = entities::build_with(req, &self.args, true) else {
+        let Ok(args) = self.arguments_for(req) else {
+            return false;
+        };
+        let Ok(built) = entities::build_with(req, args, true) else {
             return false;
         };
         let cands = self.index.candidates(&built.keys);
@@ -165,7 +224,11 @@ impl Policies {
     /// Decides with plain `cedar-policy` over the whole set, without the index:
     /// the reference `decide` is tested against, and the benchmark's baseline.
     pub fn decide_unindexed(&self, req: &DecisionRequest) -> Decision {
-        let built = match entities::build(req, &self.args) {
+        let args = match self.arguments_for(req) {
+            Ok(a) => a,
+            Err(errors) => return deny_with_all(errors),
+        };
+        let built = match entities::build(req, args) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };

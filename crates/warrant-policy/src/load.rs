@@ -12,6 +12,8 @@ use cedar_policy::{PolicyId, PolicySet, ValidationMode, Validator};
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
+use warrant_core::mcp::{ArgumentSchema, ToolArguments};
+
 use crate::{APPROVAL_ANNOTATION, Compiled, Policies, index, schema};
 
 /// One policy file: a name (relative to the policy directory) and its text.
@@ -92,9 +94,21 @@ struct Parsed {
     line: usize,
 }
 
+/// How a problem that concerns only some tools is treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolProblems {
+    /// As an error: the set is refused (reload, `policy validate`).
+    Refuse,
+    /// Recorded on the tools concerned, whose calls are then refused with
+    /// it: for re-typing after tools were (re)listed, when the policy files
+    /// did not change and refusing the whole set would help nobody.
+    Isolate,
+}
+
 pub(crate) fn compile(
     files: &[PolicyFile],
-    args: &warrant_core::mcp::ArgumentSchema,
+    tools: &ToolArguments,
+    mode: ToolProblems,
 ) -> Result<Policies, Problems> {
     let mut problems = Vec::new();
     let mut parsed: Vec<Parsed> = Vec::new();
@@ -192,11 +206,12 @@ pub(crate) fn compile(
     }
 
     let mut all = PolicySet::new();
+    let mut renamed: Vec<cedar_policy::Policy> = Vec::with_capacity(parsed.len());
     let mut where_is: HashMap<String, usize> = HashMap::new();
     for p in &parsed {
-        let renamed = p.policy.new_id(PolicyId::new(p.id.clone()));
+        let policy = p.policy.new_id(PolicyId::new(p.id.clone()));
         where_is.insert(p.id.clone(), p.file_idx);
-        if let Err(e) = all.add(renamed) {
+        if let Err(e) = all.add(policy.clone()) {
             problems.push(PolicyProblem {
                 file: files[p.file_idx].name.clone(),
                 line: p.line,
@@ -204,21 +219,112 @@ pub(crate) fn compile(
                 message: e.to_string(),
             });
         }
+        renamed.push(policy);
     }
     if !problems.is_empty() {
         return Err(Problems(problems));
     }
 
-    let schema = schema::schema_with(args).map_err(|message| {
-        Problems(vec![PolicyProblem {
-            file: String::new(),
-            line: 0,
-            col: 0,
-            message,
-        }])
-    })?;
-    let validator = Validator::new((*schema).clone());
-    let result = validator.validate(&all, ValidationMode::Strict);
+    let scopes: Vec<index::Scope> = renamed.iter().map(index::Scope::of).collect();
+    let checked = validate(files, &renamed, &scopes, &where_is, tools)?;
+    if mode == ToolProblems::Refuse && !checked.tool_problems.is_empty() {
+        return Err(Problems(checked.located));
+    }
+
+    let mut compiled = Vec::with_capacity(parsed.len());
+    for (p, policy) in parsed.iter().zip(&renamed) {
+        compiled.push(Compiled {
+            id: p.id.clone(),
+            condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy).condition(),
+            effect: policy.effect(),
+            needs_approval: policy.annotation(APPROVAL_ANNOTATION) == Some("required"),
+        });
+    }
+
+    let mut hasher = Sha256::new();
+    for f in files {
+        hasher.update((f.name.len() as u64).to_be_bytes());
+        hasher.update(f.name.as_bytes());
+        hasher.update((f.text.len() as u64).to_be_bytes());
+        hasher.update(f.text.as_bytes());
+    }
+
+    let mut warnings = checked.warnings;
+    if mode == ToolProblems::Isolate {
+        warnings.extend(checked.located);
+    }
+    Ok(Policies {
+        tools: tools.clone(),
+        tool_problems: checked.tool_problems,
+        sources: files.to_vec(),
+        all,
+        compiled,
+        index: index::ScopeIndex::build(&scopes),
+        digest: hex::encode(hasher.finalize()),
+        files: files.iter().map(|f| f.name.clone()).collect(),
+        warnings: Problems(warnings),
+    })
+}
+
+/// What validation found beyond outright errors.
+struct Checked {
+    /// Validator warnings, and policies not yet checked against any tool.
+    warnings: Vec<PolicyProblem>,
+    /// Problems of policies with the tools they concern, located.
+    located: Vec<PolicyProblem>,
+    /// The same, by tool id: what a call of that tool is refused with.
+    tool_problems: HashMap<String, Vec<String>>,
+}
+
+/// Whether a warning says the policy can never apply.
+fn never_applies(w: &cedar_policy::ValidationWarning) -> bool {
+    matches!(
+        w,
+        cedar_policy::ValidationWarning::ImpossiblePolicy(_)
+            | cedar_policy::ValidationWarning::InvalidActionApplication(_)
+    )
+}
+
+/// Whether a policy reads `context.arguments` (or the whole `context`).
+fn reads_arguments(p: &cedar_policy::Policy) -> bool {
+    use cedar_policy_core::ast::{ExprKind, Var};
+    let ast: &cedar_policy_core::ast::Policy = p.as_ref();
+    let cond = ast.condition();
+    let is_context =
+        |e: &cedar_policy_core::ast::Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
+    let mut contexts = 0usize;
+    let mut other_fields = 0usize;
+    for e in cond.subexpressions() {
+        match e.expr_kind() {
+            ExprKind::Var(Var::Context) => contexts += 1,
+            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                if is_context(expr) && attr != "arguments" =>
+            {
+                other_fields += 1;
+            }
+            ExprKind::ExtHasAttr { expr, attrs }
+                if is_context(expr) && attrs.first() != "arguments" =>
+            {
+                other_fields += 1;
+            }
+            _ => {}
+        }
+    }
+    contexts > other_fields
+}
+
+/// Validates every policy: those that cannot reach an MCP tool against the
+/// schema without tool arguments, the others against the schema of each
+/// group of tools (same argument types) their scope reaches. A policy with
+/// a type error for a tool, or that can never apply to any tool it reaches,
+/// is a problem of those tools. Outright errors are returned as `Err`.
+fn validate(
+    files: &[PolicyFile],
+    policies: &[cedar_policy::Policy],
+    scopes: &[index::Scope],
+    where_is: &HashMap<String, usize>,
+    tools: &ToolArguments,
+) -> Result<Checked, Problems> {
     let locate = |policy_id: &PolicyId, d: &dyn Diagnostic, message: String| {
         let file_idx = where_is
             .get(AsRef::<str>::as_ref(policy_id))
@@ -236,47 +342,192 @@ pub(crate) fn compile(
             message: describe(d, message),
         }
     };
-    for e in result.validation_errors() {
-        problems.push(locate(e.policy_id(), e, e.to_string()));
-    }
-    let warnings: Vec<PolicyProblem> = result
-        .validation_warnings()
-        .map(|w| locate(w.policy_id(), w, format!("warning: {w}")))
+    let schema_for = |args: &ArgumentSchema| {
+        schema::schema_with(args).map_err(|message| {
+            Problems(vec![PolicyProblem {
+                file: String::new(),
+                line: 0,
+                col: 0,
+                message,
+            }])
+        })
+    };
+    let set_of = |which: &[usize]| {
+        let mut set = PolicySet::new();
+        for &i in which {
+            // Ids are unique: `compile` added them all to one set already.
+            let _ = set.add(policies[i].clone());
+        }
+        set
+    };
+
+    // Which tools each policy reaches, and the tools grouped by argument types.
+    let tool_list: Vec<(&str, &ArgumentSchema)> = tools.iter().collect();
+    let reach: Vec<Vec<usize>> = scopes
+        .iter()
+        .map(|sc| {
+            tool_list
+                .iter()
+                .enumerate()
+                .filter(|(_, (id, _))| sc.reaches_tool(id))
+                .map(|(i, _)| i)
+                .collect()
+        })
         .collect();
-    if !problems.is_empty() {
-        return Err(Problems(problems));
+    let mut groups: Vec<(&ArgumentSchema, Vec<usize>)> = Vec::new();
+    for (i, (_, args)) in tool_list.iter().enumerate() {
+        match groups.iter_mut().find(|(a, _)| a == args) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((args, vec![i])),
+        }
     }
 
-    let mut compiled = Vec::with_capacity(parsed.len());
-    let mut scopes = Vec::with_capacity(parsed.len());
-    for p in &parsed {
-        let policy = p.policy.new_id(PolicyId::new(p.id.clone()));
-        scopes.push(index::Scope::of(&policy));
-        compiled.push(Compiled {
-            id: p.id.clone(),
-            condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(&policy).condition(),
-            effect: policy.effect(),
-            needs_approval: policy.annotation(APPROVAL_ANNOTATION) == Some("required"),
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+
+    // Policies that reach no known tool.
+    let base: Vec<usize> = (0..policies.len())
+        .filter(|&i| reach[i].is_empty())
+        .collect();
+    if !base.is_empty() {
+        let result = Validator::new((*schema_for(&ArgumentSchema::empty())?).clone())
+            .validate(&set_of(&base), ValidationMode::Strict);
+        let pending = |id: &PolicyId| {
+            policies
+                .iter()
+                .zip(scopes)
+                .find(|(p, _)| p.id() == id)
+                .is_some_and(|(p, sc)| sc.reaches_any_tool() && reads_arguments(p))
+        };
+        for e in result.validation_errors() {
+            if pending(e.policy_id()) {
+                warnings.push(locate(
+                    e.policy_id(),
+                    e,
+                    format!("not yet checked: it reads tool arguments, but no tool it applies to has been listed by its MCP server yet ({e})"),
+                ));
+            } else {
+                errors.push(locate(e.policy_id(), e, e.to_string()));
+            }
+        }
+        for w in result.validation_warnings() {
+            if never_applies(w) && pending(w.policy_id()) {
+                warnings.push(locate(
+                    w.policy_id(),
+                    w,
+                    "not yet checked: it reads tool arguments, but no tool it applies to has been listed by its MCP server yet".into(),
+                ));
+            } else if never_applies(w) {
+                errors.push(locate(
+                    w.policy_id(),
+                    w,
+                    format!("{w}; a policy that can never apply is refused (is a name or type misspelt?)"),
+                ));
+            } else {
+                warnings.push(locate(w.policy_id(), w, format!("warning: {w}")));
+            }
+        }
+    }
+
+    // Policies that reach tools, per group of tools.
+    let mut located = Vec::new();
+    let mut tool_problems: HashMap<String, Vec<String>> = HashMap::new();
+    // For each policy: in how many of its groups it can never apply.
+    let mut impossible_in: Vec<usize> = vec![0; policies.len()];
+    let mut groups_of: Vec<usize> = vec![0; policies.len()];
+    let mut impossible_why: Vec<Option<PolicyProblem>> = vec![None; policies.len()];
+    for (args, members) in &groups {
+        let subset: Vec<usize> = (0..policies.len())
+            .filter(|&i| reach[i].iter().any(|t| members.contains(t)))
+            .collect();
+        if subset.is_empty() {
+            continue;
+        }
+        for &i in &subset {
+            groups_of[i] += 1;
+        }
+        let index_of = |id: &PolicyId| policies.iter().position(|p| p.id() == id);
+        let result = Validator::new((*schema_for(args)?).clone())
+            .validate(&set_of(&subset), ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let Some(i) = index_of(e.policy_id()) else {
+                continue;
+            };
+            let hit: Vec<&str> = reach[i]
+                .iter()
+                .filter(|t| members.contains(t))
+                .map(|&t| tool_list[t].0)
+                .collect();
+            let mut problem = locate(e.policy_id(), e, e.to_string());
+            problem.message = format!(
+                "{} (checked against the arguments of tool{} {})",
+                problem.message,
+                if hit.len() == 1 { "" } else { "s" },
+                quoted(&hit)
+            );
+            for t in &hit {
+                tool_problems
+                    .entry((*t).to_owned())
+                    .or_default()
+                    .push(format!(
+                        "policy `{}` does not type-check against this tool's arguments: {e}",
+                        policies[i].id()
+                    ));
+            }
+            located.push(problem);
+        }
+        for w in result.validation_warnings() {
+            let Some(i) = index_of(w.policy_id()) else {
+                continue;
+            };
+            if never_applies(w) {
+                impossible_in[i] += 1;
+                impossible_why[i].get_or_insert_with(|| locate(w.policy_id(), w, w.to_string()));
+            } else {
+                warnings.push(locate(w.policy_id(), w, format!("warning: {w}")));
+            }
+        }
+    }
+    for i in 0..policies.len() {
+        if groups_of[i] == 0 || impossible_in[i] < groups_of[i] {
+            continue;
+        }
+        let hit: Vec<&str> = reach[i].iter().map(|&t| tool_list[t].0).collect();
+        let mut problem = impossible_why[i].take().unwrap_or(PolicyProblem {
+            file: String::new(),
+            line: 0,
+            col: 0,
+            message: String::new(),
         });
+        problem.message = format!(
+            "policy `{}` can never apply to the tool{} it is about ({}): it names arguments, or argument types, those tools do not have; a policy that can never apply is refused",
+            policies[i].id(),
+            if hit.len() == 1 { "" } else { "s" },
+            quoted(&hit)
+        );
+        for t in &hit {
+            tool_problems.entry((*t).to_owned()).or_default().push(format!(
+                "policy `{}` can never apply to this tool: it names arguments, or argument types, the tool does not have",
+                policies[i].id()
+            ));
+        }
+        located.push(problem);
     }
-
-    let mut hasher = Sha256::new();
-    for f in files {
-        hasher.update((f.name.len() as u64).to_be_bytes());
-        hasher.update(f.name.as_bytes());
-        hasher.update((f.text.len() as u64).to_be_bytes());
-        hasher.update(f.text.as_bytes());
+    if !errors.is_empty() {
+        return Err(Problems(errors));
     }
-
-    Ok(Policies {
-        args: args.clone(),
-        all,
-        compiled,
-        index: index::ScopeIndex::build(&scopes),
-        digest: hex::encode(hasher.finalize()),
-        files: files.iter().map(|f| f.name.clone()).collect(),
-        warnings: Problems(warnings),
+    Ok(Checked {
+        warnings,
+        located,
+        tool_problems,
     })
+}
+
+fn quoted(ids: &[&str]) -> String {
+    ids.iter()
+        .map(|t| format!("`{t}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

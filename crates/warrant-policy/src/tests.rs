@@ -224,7 +224,12 @@ when { context.method == "POST" && context.path like "/v1/chat/*" };
 @id("gh-tools") permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"github")
 unless { resource.name == "delete_repository" };
 "#;
-    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    let known = tools(&[
+        ("github/create_issue", serde_json::json!({})),
+        ("github/delete_repository", serde_json::json!({})),
+    ]);
+    let p =
+        Policies::compile_for_tools(&[file("p.cedar", src)], &known, ToolProblems::Refuse).unwrap();
     let mut r = request("a", Action::HttpRequest, Resource::Route("openai".into()));
     r.context.http = Some(HttpFacts {
         method: "POST".into(),
@@ -399,8 +404,15 @@ fn indexed_decisions_equal_plain_cedar_on_random_requests() {
     for round in 0..40 {
         let n = 1 + rng.below(60);
         let text: String = (0..n).map(|i| random_policy(&mut rng, i)).collect();
-        let p = Policies::compile(&[file("r.cedar", &text)])
-            .unwrap_or_else(|e| panic!("round {round}: {e}\n{text}"));
+        let mut known = ToolArguments::default();
+        for server in SERVERS {
+            for tool in TOOLS {
+                known.insert(server, tool, ArgumentSchema::empty());
+            }
+        }
+        let p =
+            Policies::compile_for_tools(&[file("r.cedar", &text)], &known, ToolProblems::Refuse)
+                .unwrap_or_else(|e| panic!("round {round}: {e}\n{text}"));
         for _ in 0..200 {
             let r = random_request(&mut rng);
             let fast = p.decide(&r);
@@ -425,26 +437,49 @@ fn indexed_decisions_equal_plain_cedar_on_random_requests() {
     }
 }
 
+fn tools(list: &[(&str, serde_json::Value)]) -> ToolArguments {
+    let mut t = ToolArguments::default();
+    for (id, schema) in list {
+        let (server, tool) = id.split_once('/').unwrap();
+        t.insert(server, tool, ArgumentSchema::from_input_schema(schema));
+    }
+    t
+}
+
+fn call_of(agent: &str, id: &str, a: serde_json::Value) -> DecisionRequest {
+    let (server, tool) = id.split_once('/').unwrap();
+    let mut r = request(
+        agent,
+        Action::McpCallTool,
+        Resource::Tool {
+            server: server.into(),
+            tool: tool.into(),
+        },
+    );
+    r.context.arguments = a.as_object().cloned();
+    r
+}
+
 /// `context.arguments` is typed from the pinned tools' input schemas, so a
 /// policy can condition a tool call on its arguments.
 #[test]
 fn tool_calls_are_decided_on_their_arguments() {
-    use warrant_core::mcp::ArgumentSchema;
-    let read_file = ArgumentSchema::from_input_schema(&serde_json::json!({
-        "type": "object",
-        "properties": {"path": {"type": "string"}, "max_bytes": {"type": "integer"}}
-    }));
-    let search = ArgumentSchema::from_input_schema(&serde_json::json!({
-        "properties": {"query": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}}}
-    }));
-    let (args, conflicts) = ArgumentSchema::union([&read_file, &search]);
-    assert!(conflicts.is_empty());
+    let known = tools(&[
+        (
+            "files/read_file",
+            serde_json::json!({"type": "object", "properties": {"path": {"type": "string"}, "max_bytes": {"type": "integer"}}}),
+        ),
+        (
+            "files/search",
+            serde_json::json!({"properties": {"query": {"type": "string"}, "labels": {"type": "array", "items": {"type": "string"}}}}),
+        ),
+    ]);
     let text = r#"
 @id("reports-only")
 permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
 when { context.arguments has path && context.arguments.path like "/srv/reports/*" };
 @id("no-big-reads")
-forbid(principal, action == Action::"mcp:call_tool", resource)
+forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
 when { context.arguments has max_bytes && context.arguments.max_bytes > 1000000 };
 @id("search")
 permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search");
@@ -452,51 +487,44 @@ permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/se
 forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"files/search")
 when { context.arguments has labels && context.arguments.labels.contains("secret") };
 "#;
-    // Without the tools' arguments, an unguarded reference does not validate...
-    let unguarded = r#"permit(principal, action == Action::"mcp:call_tool", resource)
+    // An unguarded reference needs a `has` guard: every argument is optional.
+    let unguarded = r#"permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
 when { context.arguments.path like "/srv/*" };"#;
-    let e = Policies::compile(&[file("u.cedar", unguarded)])
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("path"), "{e}");
-    // With them it still needs a `has` guard: every argument is optional.
-    let e = Policies::compile_with_arguments(&[file("u.cedar", unguarded)], &args)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("has"), "{e}");
-    // ...and a guarded one validates but never applies.
+    let e =
+        Policies::compile_for_tools(&[file("u.cedar", unguarded)], &known, ToolProblems::Refuse)
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("has") && e.contains("files/read_file"), "{e}");
+    // Before any tool is known, a policy reading arguments waits to be
+    // checked, and calls of tools the set does not know are refused.
     let blind = Policies::compile(&[file("t.cedar", text)]).unwrap();
-    let mut probe = request(
-        "a",
-        Action::McpCallTool,
-        Resource::Tool {
-            server: "files".into(),
-            tool: "read_file".into(),
-        },
+    assert!(
+        blind.warnings().to_string().contains("not yet checked"),
+        "{}",
+        blind.warnings()
     );
-    probe.context.arguments = serde_json::json!({"path": "/srv/reports/q3.csv"})
-        .as_object()
-        .cloned();
-    assert_eq!(blind.decide(&probe).effect, Effect::Deny);
-    assert!(schema_text_with(&args).contains("\"path\"?: String"));
-    let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
-    let call = |tool: &str, a: serde_json::Value| {
-        let mut r = request(
-            "a",
-            Action::McpCallTool,
-            Resource::Tool {
-                server: "files".into(),
-                tool: tool.into(),
-            },
-        );
-        r.context.arguments = a.as_object().cloned();
-        r
-    };
+    let probe = call_of(
+        "a",
+        "files/read_file",
+        serde_json::json!({"path": "/srv/reports/q3.csv"}),
+    );
+    let d = blind.decide(&probe);
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(
+        d.errors[0].contains("no approved definition"),
+        "{:?}",
+        d.errors
+    );
+    assert!(schema_text_with(known.get("files/read_file").unwrap()).contains("\"path\"?: String"));
+    let p = Policies::compile_for_tools(&[file("t.cedar", text)], &known, ToolProblems::Refuse)
+        .unwrap();
+    assert!(p.warnings().0.is_empty(), "{}", p.warnings());
+    let call = |tool: &str, a: serde_json::Value| call_of("a", &format!("files/{tool}"), a);
     let ok = call(
         "read_file",
         serde_json::json!({"path": "/srv/reports/q3.csv"}),
     );
-    entities::conforms(&ok, &args).unwrap();
+    entities::conforms(&ok, known.get("files/read_file").unwrap()).unwrap();
     assert_eq!(p.decide(&ok).effect, Effect::Allow);
     assert_eq!(p.decide(&ok), p.decide_unindexed(&ok));
     let outside = call("read_file", serde_json::json!({"path": "/etc/shadow"}));
@@ -525,7 +553,7 @@ when { context.arguments.path like "/srv/*" };"#;
         "{:?}",
         d.errors
     );
-    // Arguments no tool declares are ignored.
+    // Arguments the tool does not declare are not in the context.
     let extra = call(
         "read_file",
         serde_json::json!({"path": "/srv/reports/a", "unknown": {"deep": [1]}}),
@@ -543,13 +571,164 @@ when { context.arguments.path like "/srv/*" };"#;
     );
 }
 
+/// The review's bypass: a tool `Read_note` declaring `name` as an integer
+/// made `name` disappear from every tool's arguments, so a forbid on
+/// `read_note`'s `name` never applied. Types are per tool now.
+#[test]
+fn another_tool_typing_an_argument_differently_cannot_switch_off_a_forbid() {
+    let text = r#"
+@id("notes")
+permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"notes");
+@id("no-private")
+forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"notes/read_note")
+when { context.arguments has name && context.arguments.name like "private*" };
+"#;
+    let mut known = tools(&[(
+        "notes/read_note",
+        serde_json::json!({"properties": {"name": {"type": "string"}}}),
+    )]);
+    // The same argument name, another type, on another tool (and server).
+    for (server, tool) in [("notes", "Read_note"), ("other", "read_note")] {
+        known.insert(
+            server,
+            tool,
+            ArgumentSchema::from_input_schema(
+                &serde_json::json!({"properties": {"name": {"type": "integer"}}}),
+            ),
+        );
+    }
+    let p = Policies::compile_for_tools(&[file("t.cedar", text)], &known, ToolProblems::Refuse)
+        .unwrap();
+    let private = call_of(
+        "a",
+        "notes/read_note",
+        serde_json::json!({"name": "private-diary"}),
+    );
+    let d = p.decide(&private);
+    assert_eq!(
+        (d.effect, d.policies.clone()),
+        (Effect::Deny, vec!["no-private".to_owned()])
+    );
+    assert_eq!(
+        p.decide(&call_of(
+            "a",
+            "notes/read_note",
+            serde_json::json!({"name": "public"})
+        ))
+        .effect,
+        Effect::Allow
+    );
+    // The other tool is typed with its own schema.
+    assert_eq!(
+        p.decide(&call_of(
+            "a",
+            "notes/Read_note",
+            serde_json::json!({"name": 7})
+        ))
+        .effect,
+        Effect::Allow
+    );
+    assert_eq!(
+        p.decide(&call_of(
+            "a",
+            "notes/Read_note",
+            serde_json::json!({"name": "private"})
+        ))
+        .effect,
+        Effect::Deny,
+        "a string where it declares an integer is refused"
+    );
+}
+
+/// A policy that can never apply is refused, not loaded with a warning.
+#[test]
+fn impossible_policies_are_refused() {
+    let misspelt = r#"permit(principal, action == Action::"token:self", resource)
+when { context has userr && context.depth > 0 };"#;
+    let e = Policies::compile(&[file("m.cedar", misspelt)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("m.cedar:") && e.contains("never apply"), "{e}");
+    let wrong_resource =
+        r#"permit(principal, action == Action::"http:request", resource is Audience);"#;
+    let e = Policies::compile(&[file("r.cedar", wrong_resource)])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("never apply"), "{e}");
+    // An argument the tool it is about does not have.
+    let known = tools(&[(
+        "notes/read_note",
+        serde_json::json!({"properties": {"name": {"type": "string"}}}),
+    )]);
+    let typo = r#"forbid(principal, action == Action::"mcp:call_tool", resource == Tool::"notes/read_note")
+when { context.arguments has nmae && context.arguments.nmae like "private*" };"#;
+    let e = Policies::compile_for_tools(&[file("t.cedar", typo)], &known, ToolProblems::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("t.cedar:") && e.contains("never apply") && e.contains("notes/read_note"),
+        "{e}"
+    );
+    // Re-typed after tools changed, the same problem refuses that tool's
+    // calls (saying why) instead of refusing the whole set.
+    let p = Policies::compile_for_tools(&[file("t.cedar", typo)], &known, ToolProblems::Isolate)
+        .unwrap();
+    let d = p.decide(&call_of(
+        "a",
+        "notes/read_note",
+        serde_json::json!({"name": "x"}),
+    ));
+    assert_eq!(d.effect, Effect::Deny);
+    assert!(
+        d.errors[0].contains("can never apply to this tool"),
+        "{:?}",
+        d.errors
+    );
+    assert!(!p.could_allow(&call_of("a", "notes/read_note", serde_json::json!({}))));
+    // A broad policy reading an argument only some tools have is fine.
+    let broad = r#"forbid(principal, action == Action::"mcp:call_tool", resource)
+when { context.arguments has name && context.arguments.name like "private*" };"#;
+    let mut more = known.clone();
+    more.insert("files", "list", ArgumentSchema::empty());
+    Policies::compile_for_tools(&[file("b.cedar", broad)], &more, ToolProblems::Refuse).unwrap();
+    // ...but not one whose condition does not type-check for a tool it reaches.
+    more.insert(
+        "notes",
+        "Read_note",
+        ArgumentSchema::from_input_schema(
+            &serde_json::json!({"properties": {"name": {"type": "integer"}}}),
+        ),
+    );
+    let e = Policies::compile_for_tools(&[file("b.cedar", broad)], &more, ToolProblems::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("notes/Read_note") && !e.contains("`notes/read_note`"),
+        "{e}"
+    );
+    let p = Policies::compile_for_tools(&[file("b.cedar", broad)], &more, ToolProblems::Isolate)
+        .unwrap();
+    assert!(p.tool_problems().contains_key("notes/Read_note"));
+    assert!(!p.tool_problems().contains_key("notes/read_note"));
+    // Re-typing a loaded set for new tools uses the files it was loaded from.
+    let q = p.for_tools(&known).unwrap();
+    assert!(q.tool_problems().is_empty());
+    assert_eq!(q.digest(), p.digest());
+}
+
 /// `tools/list` shows a tool when some arguments could make a call allowed.
 #[test]
 fn tools_are_listed_when_some_call_could_be_allowed() {
-    use warrant_core::mcp::ArgumentSchema;
-    let args = ArgumentSchema::from_input_schema(&serde_json::json!({
-        "properties": {"path": {"type": "string"}, "repo": {"type": "string"}}
-    }));
+    let schema =
+        serde_json::json!({"properties": {"path": {"type": "string"}, "repo": {"type": "string"}}});
+    let known = tools(&[
+        ("files/read_file", schema.clone()),
+        ("files/write_file", schema.clone()),
+        ("files/search", schema.clone()),
+        ("files/crash", schema.clone()),
+        ("github/create_issue", schema.clone()),
+        ("github/delete_repository", schema.clone()),
+    ]);
     let text = r#"
 @id("reports-only")
 permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
@@ -568,7 +747,8 @@ when { context has user && context.groups.contains("support") };
 permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/crash")
 when { context.scopes.contains("danger") };
 "#;
-    let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
+    let p = Policies::compile_for_tools(&[file("t.cedar", text)], &known, ToolProblems::Refuse)
+        .unwrap();
     let tool = |agent: &str, server: &str, t: &str| {
         request(
             agent,
@@ -616,14 +796,22 @@ when { context.scopes.contains("danger") };
     let mut danger = tool("a", "files", "crash");
     danger.context.scopes = vec!["danger".into()];
     assert!(p.could_allow(&danger));
+    assert!(
+        !p.could_allow(&tool("a", "github", "unknown")),
+        "a tool the set does not know"
+    );
 }
 
 #[test]
 fn listing_decides_conditions_beside_an_unknown_source_address() {
-    use warrant_core::mcp::ArgumentSchema;
-    let args = ArgumentSchema::from_input_schema(&serde_json::json!({
+    let schema = serde_json::json!({
         "properties": {"path": {"type": "string"}, "labels": {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "null"}]}, "query": {"type": "string"}, "max_bytes": {"type": "integer"}}
-    }));
+    });
+    let known = tools(&[
+        ("files/read_file", schema.clone()),
+        ("files/search", schema.clone()),
+        ("files/crash", schema.clone()),
+    ]);
     let text = r#"
 @id("reports-only")
 permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
@@ -640,7 +828,8 @@ when { context.scopes.contains("danger") };
 @id("remote")
 permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"remote");
 "#;
-    let p = Policies::compile_with_arguments(&[file("t.cedar", text)], &args).unwrap();
+    let p = Policies::compile_for_tools(&[file("t.cedar", text)], &known, ToolProblems::Refuse)
+        .unwrap();
     let mut r = request(
         "orch",
         Action::McpCallTool,

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::decision::{Decision, DecisionRequest, Effect};
-use warrant_core::mcp::ArgumentSchema;
+use warrant_core::mcp::ToolArguments;
 use warrant_core::time::Timestamp;
-use warrant_policy::{Policies, PolicyFile, PolicyProblem, Problems};
+use warrant_policy::{Policies, PolicyFile, PolicyProblem, Problems, ToolProblems};
 use warrant_store::{Store, StoreError};
 
 use crate::metrics::{DecisionLabels, Metrics, OutcomeLabels};
@@ -136,10 +136,33 @@ pub fn compile_dir(dir: &Path) -> Result<Policies, Problems> {
     Policies::compile(&read_policy_dir(dir)?)
 }
 
-/// Like [`compile_dir`], with the MCP tools' argument attributes typing
-/// `context.arguments`.
-pub fn compile_dir_with(dir: &Path, args: &ArgumentSchema) -> Result<Policies, Problems> {
-    Policies::compile_with_arguments(&read_policy_dir(dir)?, args)
+/// Like [`compile_dir`], with the pinned MCP tools' argument attributes
+/// typing `context.arguments` of calls of each tool.
+pub fn compile_dir_with(
+    dir: &Path,
+    tools: &ToolArguments,
+    mode: ToolProblems,
+) -> Result<Policies, Problems> {
+    Policies::compile_for_tools(&read_policy_dir(dir)?, tools, mode)
+}
+
+fn task_failed(e: &tokio::task::JoinError) -> Problems {
+    Problems(vec![PolicyProblem {
+        file: String::new(),
+        line: 0,
+        col: 0,
+        message: format!("policy compilation failed: {e}"),
+    }])
+}
+
+/// Says, in the log, which tools' calls a policy that cannot be applied to
+/// them refuses.
+fn log_tool_problems(p: &Policies) {
+    let mut tools: Vec<(&String, &Vec<String>)> = p.tool_problems().iter().collect();
+    tools.sort();
+    for (tool, why) in tools {
+        tracing::error!(tool = %tool, problems = %why.join("; "), "calls of this MCP tool are refused: a policy cannot be applied to its arguments; fix the policy and run `warrant policy reload`");
+    }
 }
 
 /// A set in force.
@@ -172,9 +195,9 @@ pub struct PolicyService {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// The pinned MCP tools' argument attributes, which type
-    /// `context.arguments`. A std lock: read or replaced, never held across
-    /// an await.
-    args: std::sync::RwLock<ArgumentSchema>,
+    /// `context.arguments` per tool. A std lock: read or replaced, never
+    /// held across an await.
+    tools: std::sync::RwLock<ToolArguments>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -187,14 +210,18 @@ impl std::fmt::Debug for PolicyService {
 
 impl PolicyService {
     /// Loads `dir`. A set that doesn't validate at start-up is an error: the
-    /// broker refuses to start rather than run with an unintended policy.
+    /// broker refuses to start rather than run with an unintended policy. A
+    /// policy that fails only for some pinned tools refuses those tools'
+    /// calls (saying why) and is logged, so a tool that changed while the
+    /// broker was down cannot keep it from starting.
     pub fn load(
         dir: &Path,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-        args: ArgumentSchema,
+        tools: ToolArguments,
     ) -> Result<Self, Problems> {
-        let policies = compile_dir_with(dir, &args)?;
+        let policies = compile_dir_with(dir, &tools, ToolProblems::Isolate)?;
+        log_tool_problems(&policies);
         metrics
             .policies_loaded
             .set(i64::try_from(policies.len()).unwrap_or(i64::MAX));
@@ -207,34 +234,70 @@ impl PolicyService {
             reload_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
-            args: std::sync::RwLock::new(args),
+            tools: std::sync::RwLock::new(tools),
         })
     }
 
-    /// Replaces the MCP tools' argument attributes and reloads the set with
-    /// them (audited as a reload). If the set does not validate with them,
-    /// the previous attributes and set stay.
-    pub async fn set_arguments(
+    /// Re-types the set in force for the MCP tools' (new) argument
+    /// attributes, from the files it was loaded from (an edit on disk that
+    /// was not reloaded does not slip in). A policy that fails for some
+    /// tools refuses those tools' calls, saying why; nothing else changes.
+    /// Audited as `policy.retype`.
+    pub async fn set_tools(
         &self,
-        args: ArgumentSchema,
+        tools: ToolArguments,
         base: AuditEvent,
     ) -> Result<Arc<Loaded>, ReloadError> {
-        let previous = match self.args.write() {
-            Ok(mut a) => std::mem::replace(&mut *a, args),
-            Err(_) => ArgumentSchema::default(),
+        let _guard = self.reload_lock.lock().await;
+        let current = self.current.load_full();
+        let for_tools = tools.clone();
+        let compiled = tokio::task::spawn_blocking(move || current.policies.for_tools(&for_tools))
+            .await
+            .unwrap_or_else(|e| Err(task_failed(&e)));
+        let policies = match compiled {
+            Ok(p) => p,
+            Err(problems) => {
+                // The files compiled before; only a bug gets here.
+                let event = AuditEvent {
+                    event: "policy.retype".into(),
+                    ..base
+                }
+                .action("policy.retype")
+                .failed(Outcome::Error, problems.to_string());
+                self.record(event).await?;
+                return Err(ReloadError::Invalid(problems));
+            }
         };
-        let result = self.reload(base).await;
-        if result.is_err()
-            && let Ok(mut a) = self.args.write()
-        {
-            *a = previous;
+        let mut refused: Vec<&String> = policies.tool_problems().keys().collect();
+        refused.sort();
+        let event = AuditEvent {
+            event: "policy.retype".into(),
+            decision: Outcome::Allow,
+            ..base
         }
-        result
+        .action("policy.retype")
+        .detail(serde_json::json!({
+            "tools": tools.len(),
+            "digest": policies.digest(),
+            "tools_refused": refused,
+        }));
+        // INVARIANT (audit before effect).
+        self.record(event).await?;
+        log_tool_problems(&policies);
+        if let Ok(mut t) = self.tools.write() {
+            *t = tools;
+        }
+        let loaded = Arc::new(Loaded {
+            policies,
+            loaded_at: Timestamp::now(),
+        });
+        self.current.store(loaded.clone());
+        Ok(loaded)
     }
 
     /// The MCP tools' argument attributes in force.
-    pub fn arguments(&self) -> ArgumentSchema {
-        self.args.read().map(|a| a.clone()).unwrap_or_default()
+    pub fn tools(&self) -> ToolArguments {
+        self.tools.read().map(|a| a.clone()).unwrap_or_default()
     }
 
     async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {
@@ -262,17 +325,12 @@ impl PolicyService {
     pub async fn reload(&self, base: AuditEvent) -> Result<Arc<Loaded>, ReloadError> {
         let _guard = self.reload_lock.lock().await;
         let dir = self.dir.clone();
-        let args = self.arguments();
-        let compiled = tokio::task::spawn_blocking(move || compile_dir_with(&dir, &args))
-            .await
-            .unwrap_or_else(|e| {
-                Err(Problems(vec![PolicyProblem {
-                    file: String::new(),
-                    line: 0,
-                    col: 0,
-                    message: format!("reload task failed: {e}"),
-                }]))
-            });
+        let tools = self.tools();
+        let compiled = tokio::task::spawn_blocking(move || {
+            compile_dir_with(&dir, &tools, ToolProblems::Refuse)
+        })
+        .await
+        .unwrap_or_else(|e| Err(task_failed(&e)));
         match compiled {
             Ok(policies) => {
                 let previous = self.current.load().policies.digest().to_owned();

@@ -183,9 +183,9 @@ impl Broker {
         // Policies may name MCP tool arguments: type them from the approved
         // definitions the store holds, before any upstream is contacted.
         let mcp_names: Vec<&str> = config.mcp_servers.iter().map(|m| m.name.as_str()).collect();
-        let arguments = crate::mcp::arguments_of(&store.list_tool_pins(None).await?, &mcp_names);
+        let tools = crate::mcp::arguments_of(&store.list_tool_pins(None).await?, &mcp_names);
         let policy = Arc::new(
-            PolicyService::load(&policy_dir, store.clone(), metrics.clone(), arguments).map_err(
+            PolicyService::load(&policy_dir, store.clone(), metrics.clone(), tools).map_err(
                 |problems| ServeError::Policy {
                     dir: policy_dir.clone(),
                     problems,

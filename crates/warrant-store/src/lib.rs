@@ -207,19 +207,22 @@ pub trait Store: Send + Sync + 'static {
         used: Vec<(SecretName, Option<String>, Timestamp)>,
     ) -> Result<(), StoreError>;
 
-    /// Records that `server` announces `def`: pins a tool seen for the first
-    /// time, marks a pinned tool `Changed` when the definition differs (keeping
-    /// the announced one pending). `audit` is recorded (its `event` set to
-    /// `mcp.tool.pin` or `mcp.tool.change`) only when something changed.
+    /// Records that `server` announces `def`: a tool seen for the first time
+    /// is pinned, or, with `hold_new`, held as `New` with the announced
+    /// definition pending and none approved; a pinned tool whose definition
+    /// differs becomes `Changed` (the announced one pending, the approved one
+    /// kept). `audit` is recorded (its `event` set to `mcp.tool.pin`,
+    /// `mcp.tool.new` or `mcp.tool.change`) only when something changed.
     async fn observe_tool(
         &self,
         server: &str,
         def: ToolDefinition,
+        hold_new: bool,
         now: Timestamp,
         audit: AuditEvent,
     ) -> Result<PinOutcome, StoreError>;
-    /// Accepts a changed tool's pending definition. `NotFound` if there is no
-    /// such tool, `Conflict` if nothing is pending.
+    /// Accepts a changed or new tool's pending definition. `NotFound` if
+    /// there is no such tool, `Conflict` if nothing is pending.
     async fn approve_tool(
         &self,
         server: &str,

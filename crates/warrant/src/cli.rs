@@ -355,10 +355,16 @@ pub enum AuditCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
-    /// Validate a policy directory offline [default: the configured policy directory].
+    /// Validate a policy directory [default: the configured policy directory]
+    /// as the running broker would load it: against the argument types of the
+    /// MCP tools it has pinned. Without a reachable broker (or with
+    /// --offline), tool arguments are not checked.
     Validate {
         /// Directory of *.cedar files.
         dir: Option<PathBuf>,
+        /// Check locally only, without the broker's pinned MCP tools.
+        #[arg(long)]
+        offline: bool,
     },
     /// Reload the broker's policies without a restart.
     Reload,

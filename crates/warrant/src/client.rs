@@ -169,12 +169,26 @@ impl AdminClient {
     }
 }
 
+/// No broker is listening on the admin socket (as opposed to one that
+/// answered with an error).
+#[derive(Debug)]
+pub struct NoBroker(String);
+
+impl std::fmt::Display for NoBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NoBroker {}
+
 fn socket_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
     match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => NoBroker(format!(
             "cannot reach the broker: no admin socket at `{}`; start it with `warrant serve` (using the same --data-dir / WARRANT_DATA_DIR), or use --url with WARRANT_ADMIN_TOKEN",
             path.display()
-        ),
+        ))
+        .into(),
         std::io::ErrorKind::PermissionDenied => anyhow!(
             "permission denied on `{}`: the admin socket is for the user running the broker; run as that user, or use --url with WARRANT_ADMIN_TOKEN",
             path.display()

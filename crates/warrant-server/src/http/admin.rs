@@ -57,6 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route("/policy", get(policy_status_handler))
         .route("/policy/reload", post(reload_policy))
         .route("/policy/check", post(check_policy))
+        .route(
+            "/policy/validate",
+            post(validate_policy).layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024)),
+        )
         .merge(super::secrets::routes())
         .merge(super::mcp_admin::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see `warrant --help`") })
@@ -814,6 +818,58 @@ async fn policy_status_handler(
 ) -> ApiResult<Json<PolicyStatus>> {
     let loaded = state.policy.current();
     Ok(Json(policy_status(&state, &loaded)))
+}
+
+/// Validates files sent by `warrant policy validate` against the MCP tools
+/// this broker has pinned, exactly as a reload would. Changes nothing.
+async fn validate_policy(
+    State(state): State<AppState>,
+    _: Reader,
+    b: Result<Json<warrant_core::api::PolicyValidate>, JsonRejection>,
+) -> ApiResult<Json<warrant_core::api::PolicyValidation>> {
+    let Json(req) = b.map_err(|e| {
+        ApiError::invalid(format!(
+            "the request body is not a list of policy files: {}",
+            e.body_text()
+        ))
+    })?;
+    let files: Vec<warrant_policy::PolicyFile> = req
+        .files
+        .into_iter()
+        .map(|f| warrant_policy::PolicyFile {
+            name: f.name,
+            text: f.text,
+        })
+        .collect();
+    let tools = state.policy.tools();
+    let n = tools.len();
+    let result = tokio::task::spawn_blocking(move || {
+        warrant_policy::Policies::compile_for_tools(
+            &files,
+            &tools,
+            warrant_policy::ToolProblems::Refuse,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("validation failed: {e}")))?;
+    Ok(Json(match result {
+        Ok(p) => warrant_core::api::PolicyValidation {
+            ok: true,
+            policies: p.ids().map(str::to_owned).collect(),
+            digest: Some(p.digest().to_owned()),
+            problems: Vec::new(),
+            warnings: p.warnings().0.iter().map(ToString::to_string).collect(),
+            tools: Some(n),
+        },
+        Err(problems) => warrant_core::api::PolicyValidation {
+            ok: false,
+            policies: Vec::new(),
+            digest: None,
+            problems: problems.0.iter().map(ToString::to_string).collect(),
+            warnings: Vec::new(),
+            tools: Some(n),
+        },
+    }))
 }
 
 async fn check_policy(

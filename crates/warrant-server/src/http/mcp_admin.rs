@@ -38,7 +38,23 @@ async fn list(
             shown(s, 64)
         )));
     }
-    Ok(Json(state.mcp.pins(f.server.as_deref()).await?))
+    let mut pins = state.mcp.pins(f.server.as_deref()).await?;
+    with_problems(&state, &mut pins);
+    Ok(Json(pins))
+}
+
+/// Adds what the policy set in force says about each tool.
+fn with_problems(state: &AppState, pins: &mut [ToolPin]) {
+    let loaded = state.policy.current();
+    for p in pins {
+        if let Some(why) = loaded
+            .policies
+            .tool_problems()
+            .get(&format!("{}/{}", p.server, p.tool))
+        {
+            p.policy_problems.clone_from(why);
+        }
+    }
 }
 
 async fn approve(
@@ -68,7 +84,12 @@ async fn approve(
         .approve(&server, &tool, &caller.actor, attempt.clone())
         .await
     {
-        Ok(pin) => Ok(Json(pin)),
+        Ok(pin) => {
+            let mut pins = [pin];
+            with_problems(&state, &mut pins);
+            let [pin] = pins;
+            Ok(Json(pin))
+        }
         Err(warrant_store::StoreError::Conflict { .. }) => {
             let e = ApiError {
                 status: axum::http::StatusCode::CONFLICT,

@@ -56,6 +56,10 @@ pub struct RawMcpServer {
     pub timeout: Option<String>,
     /// The largest JSON-RPC message an agent may send.
     pub max_message_bytes: Option<u64>,
+    /// What happens to a tool that appears on a server whose tools are
+    /// already pinned: `hold` (default: hidden and refused until `warrant
+    /// mcp approve`) or `pin` (pinned on sight, trusting the server).
+    pub new_tools: Option<String>,
 }
 
 /// How the gateway reaches the upstream.
@@ -93,6 +97,9 @@ pub struct McpServerConfig {
     pub timeout: Duration,
     /// The largest message an agent may send.
     pub max_message_bytes: u64,
+    /// Whether a tool appearing on an already-pinned server waits for
+    /// approval.
+    pub hold_new_tools: bool,
 }
 
 impl RawMcpServer {
@@ -187,7 +194,18 @@ impl RawMcpServer {
                 d
             }
         };
+        let hold_new_tools = match self.new_tools.as_deref() {
+            None | Some("hold") => true,
+            Some("pin") => false,
+            Some(other) => {
+                return Err(format!(
+                    "new_tools `{}` is not understood; use \"hold\" (the default: new tools wait for `warrant mcp approve`) or \"pin\"",
+                    other.escape_debug()
+                ));
+            }
+        };
         Ok(McpServerConfig {
+            hold_new_tools,
             name,
             transport,
             audience: self.audience,
@@ -261,6 +279,10 @@ mod tests {
             ),
             ("name = \"X\"\ncommand = \"p\"\n", "lower-case"),
             ("name = \"x\"\ncommand = \"p\"\nbogus = 1\n", "bogus"),
+            (
+                "name = \"x\"\ncommand = \"p\"\nnew_tools = \"allow\"\n",
+                "new_tools `allow`",
+            ),
         ] {
             let e = build(t).unwrap_err();
             assert!(e.contains(needle), "{t}: {e}");

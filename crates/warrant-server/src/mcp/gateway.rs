@@ -99,6 +99,9 @@ struct View {
     usable: Vec<Value>,
     /// Announced tools whose definition changed since it was pinned.
     changed: HashSet<String>,
+    /// Announced tools new since the server's tools were pinned, waiting
+    /// for a first approval.
+    held: HashSet<String>,
     /// When the upstream was last asked.
     fetched: Option<Instant>,
     /// The upstream's generation then.
@@ -384,7 +387,18 @@ impl Gateway {
             generation: s.upstream.generation(),
             ..View::default()
         };
-        let mut pinned_new = false;
+        // A server whose tools were pinned before: a tool never seen waits
+        // for approval (unless its config says `new_tools = "pin"`).
+        let known = match self.store.list_tool_pins(Some(&s.cfg.name)).await {
+            Ok(pins) => !pins.is_empty(),
+            Err(e) => {
+                return Err(UpstreamError::Unavailable {
+                    server: s.cfg.name.clone(),
+                    why: format!("its tool pins could not be read: {e}"),
+                });
+            }
+        };
+        let hold = s.cfg.hold_new_tools && known;
         for tool in announced {
             let Some(def) = ToolDefinition::from_listing(&tool) else {
                 continue;
@@ -401,15 +415,19 @@ impl Gateway {
                     .to_string(),
                 )
                 .detail(json!({ "server": s.cfg.name, "tool": name, "digest": def.digest() }));
-            match self.store.observe_tool(&s.cfg.name, def, now, base).await {
-                Ok(PinOutcome::New) => {
-                    pinned_new = true;
-                    view.usable.push(tool);
-                }
-                Ok(PinOutcome::Unchanged) => view.usable.push(tool),
+            match self
+                .store
+                .observe_tool(&s.cfg.name, def, hold, now, base)
+                .await
+            {
+                Ok(PinOutcome::New | PinOutcome::Unchanged) => view.usable.push(tool),
                 Ok(PinOutcome::Changed) => {
                     tracing::warn!(server = %s.cfg.name, tool = %name, "an MCP tool's definition changed; it is hidden until `warrant mcp approve`");
                     view.changed.insert(name);
+                }
+                Ok(PinOutcome::Held) => {
+                    tracing::warn!(server = %s.cfg.name, tool = %name, "a new MCP tool appeared on a server whose tools were pinned; it is hidden until `warrant mcp approve`");
+                    view.held.insert(name);
                 }
                 Err(e) => {
                     return Err(UpstreamError::Unavailable {
@@ -419,16 +437,16 @@ impl Gateway {
                 }
             }
         }
+        // Policies are typed for what the view will offer before it is
+        // offered: a call never meets a set that does not know its tool.
+        self.update_arguments().await;
         if let Ok(mut v) = s.view.write() {
             *v = view;
-        }
-        if pinned_new {
-            self.update_arguments().await;
         }
         Ok(())
     }
 
-    /// Retypes `context.arguments` from the approved definitions.
+    /// Re-types the policies for the approved definitions, if they changed.
     async fn update_arguments(&self) {
         let _one = self.arguments_lock.lock().await;
         let pins = match self.store.list_tool_pins(None).await {
@@ -440,19 +458,19 @@ impl Gateway {
         };
         let names = self.server_names();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let args = arguments_of(&pins, &refs);
-        if args == self.policy.arguments() {
+        let tools = arguments_of(&pins, &refs);
+        if tools == *self.policy.current().policies.tools() {
             return;
         }
-        let base = AuditEvent::new("policy.reload", Outcome::Allow)
+        let base = AuditEvent::new("policy.retype", Outcome::Allow)
             .actor("mcp-gateway")
             .protocol("mcp");
-        if let Err(e) = self.policy.set_arguments(args, base).await {
-            tracing::error!(error = %e, "the policies do not validate with the MCP tools' argument types; the previous set stays");
+        if let Err(e) = self.policy.set_tools(tools, base).await {
+            tracing::error!(error = %e, "the policies could not be re-typed for the MCP tools' arguments; the previous set stays");
         }
     }
 
-    /// Accepts a changed tool's new definition.
+    /// Accepts a changed or new tool's announced definition.
     pub async fn approve(
         &self,
         server: &str,
@@ -1182,7 +1200,7 @@ impl Gateway {
                 .await;
         }
         let (usable, changed) = match s.view.read() {
-            Ok(v) => (v.usable.clone(), v.changed.len()),
+            Ok(v) => (v.usable.clone(), v.changed.len() + v.held.len()),
             Err(_) => (Vec::new(), 0),
         };
         let policies = self.policy.current();
@@ -1258,19 +1276,26 @@ impl Gateway {
                 .refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
                 .await;
         }
-        let (known, changed) = match s.view.read() {
+        let (known, changed, held) = match s.view.read() {
             Ok(v) => (
                 v.usable
                     .iter()
                     .any(|t| t.get("name").and_then(Value::as_str) == Some(name.as_str())),
                 v.changed.contains(&name),
+                v.held.contains(&name),
             ),
-            Err(_) => (false, false),
+            Err(_) => (false, false, false),
         };
-        if changed {
-            let m = format!(
-                "tool `{name}` changed its definition since it was approved; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
-            );
+        if changed || held {
+            let m = if changed {
+                format!(
+                    "tool `{name}` changed its definition since it was approved; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
+                )
+            } else {
+                format!(
+                    "tool `{name}` is new on MCP server `{server}` since its tools were pinned; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
+                )
+            };
             return self
                 .refuse_rpc(
                     event,
@@ -1309,19 +1334,24 @@ impl Gateway {
         if decision.effect != Effect::Allow {
             let refused_by = match decision.effect {
                 Effect::ApprovalRequired => "approval required",
-                _ if !decision.errors.is_empty() => "policy (argument error)",
+                _ if !decision.errors.is_empty() => "policy (error)",
                 _ if decision.policies.is_empty() => "policy (default deny)",
                 _ => "policy (forbid)",
             };
-            let message = format!(
-                "refused by policy: {refused_by}: agent `{}` may not call `{server}/{name}` with these arguments{}",
-                task.agent.name,
-                decision
-                    .errors
-                    .first()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            );
+            let message = if decision.errors.is_empty() {
+                format!(
+                    "refused by policy: {refused_by}: agent `{}` may not call `{server}/{name}` with these arguments",
+                    task.agent.name
+                )
+            } else {
+                // Say what failed: an argument of the wrong type, or a
+                // policy that could not be applied to this tool (which an
+                // administrator fixes), not a bare "default deny".
+                format!(
+                    "refused by policy: {refused_by}: the call of `{server}/{name}` could not be decided: {}",
+                    decision.errors.join("; ")
+                )
+            };
             let data = json!({
                 "refused_by": refused_by,
                 "policies": decision.policies,

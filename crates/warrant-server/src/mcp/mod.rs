@@ -12,7 +12,7 @@ pub mod stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use warrant_core::mcp::{ArgumentSchema, ToolDefinition, ToolPin};
+use warrant_core::mcp::{ToolArguments, ToolPin};
 
 use crate::proxy::credential::Providers;
 use stdio::UpstreamError;
@@ -51,17 +51,8 @@ impl Upstream {
     }
 }
 
-/// The argument attributes policies may name: those of every approved
-/// definition of the configured servers' tools.
-pub fn arguments_of(pins: &[ToolPin], servers: &[&str]) -> ArgumentSchema {
-    let schemas: Vec<ArgumentSchema> = pins
-        .iter()
-        .filter(|p| servers.contains(&p.server.as_str()))
-        .filter_map(|p| ToolDefinition::from_listing(&p.definition).map(|d| d.arguments()))
-        .collect();
-    let (args, conflicts) = ArgumentSchema::union(&schemas);
-    if !conflicts.is_empty() {
-        tracing::warn!(arguments = ?conflicts, "MCP tools declare these arguments with different types; policies cannot name them");
-    }
-    args
+/// The argument attributes policies may name, per tool: those of the
+/// approved definitions of the configured servers' tools.
+pub fn arguments_of(pins: &[ToolPin], servers: &[&str]) -> ToolArguments {
+    ToolArguments::from_pins(pins, servers)
 }

@@ -983,6 +983,7 @@ impl Store for SqliteStore {
         &self,
         server: &str,
         def: ToolDefinition,
+        hold_new: bool,
         now: Timestamp,
         audit: AuditEvent,
     ) -> Result<PinOutcome, StoreError> {
@@ -991,16 +992,29 @@ impl Store for SqliteStore {
             .submit(move |ctx| {
                 let digest = def.digest();
                 let text = def.pinned.to_string();
-                let found: Option<(String, Option<String>)> = ctx
+                let found: Option<(String, String, Option<String>)> = ctx
                     .conn
                     .query_row(
-                        "SELECT digest, pending_digest FROM mcp_tools WHERE server = ?1 AND tool = ?2",
+                        "SELECT digest, state, pending_digest FROM mcp_tools WHERE server = ?1 AND tool = ?2",
                         params![server, def.name],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )
                     .optional()
                     .map_err(read_err)?;
                 let (outcome, kind) = match found {
+                    None if hold_new => {
+                        // No approved definition: the announced one waits.
+                        ctx.conn
+                            .execute(
+                                &format!(
+                                    "INSERT INTO mcp_tools ({}) VALUES (?1, ?2, '', 'null', 'new', ?3, ?4, ?5, ?5, NULL)",
+                                    rows::PIN_COLUMNS
+                                ),
+                                params![server, def.name, digest, text, now.as_millis()],
+                            )
+                            .map_err(db_err)?;
+                        (PinOutcome::Held, "mcp.tool.new")
+                    }
                     None => {
                         ctx.conn
                             .execute(
@@ -1013,7 +1027,21 @@ impl Store for SqliteStore {
                             .map_err(db_err)?;
                         (PinOutcome::New, "mcp.tool.pin")
                     }
-                    Some((pinned, _)) if pinned == digest => {
+                    Some((_, state, pending)) if state == "new" => {
+                        if pending.as_deref() == Some(digest.as_str()) {
+                            return Ok(PinOutcome::Held);
+                        }
+                        // Still never approved; what waits is what it announces now.
+                        ctx.conn
+                            .execute(
+                                "UPDATE mcp_tools SET pending_digest = ?3, pending_definition = ?4, updated_at = ?5 \
+                                 WHERE server = ?1 AND tool = ?2",
+                                params![server, def.name, digest, text, now.as_millis()],
+                            )
+                            .map_err(db_err)?;
+                        (PinOutcome::Held, "mcp.tool.new")
+                    }
+                    Some((pinned, _, _)) if pinned == digest => {
                         // Announced as approved again: whatever was pending is moot.
                         ctx.conn
                             .execute(
@@ -1024,7 +1052,7 @@ impl Store for SqliteStore {
                             .map_err(db_err)?;
                         return Ok(PinOutcome::Unchanged);
                     }
-                    Some((_, pending)) if pending.as_deref() == Some(digest.as_str()) => {
+                    Some((_, _, pending)) if pending.as_deref() == Some(digest.as_str()) => {
                         return Ok(PinOutcome::Changed);
                     }
                     Some(_) => {
@@ -1064,7 +1092,7 @@ impl Store for SqliteStore {
                 if pin.pending_digest.is_none() {
                     return Err(StoreError::Conflict {
                         what: "tool approval",
-                        name: format!("{server}/{tool} (no changed definition is waiting)"),
+                        name: format!("{server}/{tool} (no new or changed definition is waiting)"),
                     });
                 }
                 ctx.conn

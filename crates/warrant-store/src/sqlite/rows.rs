@@ -205,6 +205,7 @@ pub(crate) fn tool_pin(r: &Row<'_>) -> rusqlite::Result<warrant_core::mcp::ToolP
     let state = match r.get::<_, String>(4)?.as_str() {
         "pinned" => warrant_core::mcp::PinState::Pinned,
         "changed" => warrant_core::mcp::PinState::Changed,
+        "new" => warrant_core::mcp::PinState::New,
         other => return Err(corrupt("pin state", other)),
     };
     Ok(warrant_core::mcp::ToolPin {
@@ -223,5 +224,6 @@ pub(crate) fn tool_pin(r: &Row<'_>) -> rusqlite::Result<warrant_core::mcp::ToolP
         first_seen: Timestamp::from_millis(r.get(7)?),
         updated_at: Timestamp::from_millis(r.get(8)?),
         approved_by: r.get(9)?,
+        policy_problems: Vec::new(),
     })
 }

@@ -29,7 +29,13 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &McpCmd) -> anyhow::Result
                                 .as_deref()
                                 .map_or("-".into(), |d| d.chars().take(12).collect()),
                             p.updated_at.to_string(),
-                            safe(p.approved_by.as_deref().unwrap_or("(first seen)")),
+                            safe(p.approved_by.as_deref().unwrap_or(
+                                if p.state == warrant_core::mcp::PinState::New {
+                                    "(waiting)"
+                                } else {
+                                    "(first seen)"
+                                },
+                            )),
                         ]
                     })
                     .collect();
@@ -56,11 +62,19 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &McpCmd) -> anyhow::Result
                 .await?;
             emit(cli.output, &pin, |p| {
                 println!(
-                    "approved the new definition of `{}/{}` ({}); it is listed and callable again",
+                    "approved the announced definition of `{}/{}` ({})",
                     p.server,
                     p.tool,
                     p.digest.chars().take(12).collect::<String>()
-                )
+                );
+                if p.policy_problems.is_empty() {
+                    println!("it is listed, and its calls are decided by policy");
+                } else {
+                    println!("but its calls are refused until the policies are fixed:");
+                    for why in &p.policy_problems {
+                        println!("  {}", safe(why));
+                    }
+                }
             })?;
         }
     }

@@ -2,23 +2,14 @@
 
 use std::process::ExitCode;
 
-use serde::Serialize;
-use warrant_core::api::{PolicyCheck, PolicyCheckResult, PolicyStatus};
+use warrant_core::api::{
+    PolicyCheck, PolicyCheckResult, PolicyFileText, PolicyStatus, PolicyValidate, PolicyValidation,
+};
 use warrant_core::decision::Effect;
 
 use crate::cli::{Cli, Output, PolicyCmd};
 use crate::cmd::{EXIT_DENIED, client};
 use crate::output::{emit, json};
-
-#[derive(Serialize)]
-struct Validation {
-    ok: bool,
-    dir: String,
-    policies: Vec<String>,
-    digest: Option<String>,
-    problems: Vec<String>,
-    warnings: Vec<String>,
-}
 
 fn policy_dir(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
     let settings = warrant_server::config::Settings {
@@ -55,42 +46,86 @@ fn print_status(s: &PolicyStatus) {
     }
 }
 
+/// Validates `dir`: through the broker (against its pinned MCP tools) when
+/// one is reachable and `offline` is not set, else locally. Returns the
+/// result and, when it was checked locally for want of a broker, a note.
+async fn validate(
+    cli: &Cli,
+    dir: &std::path::Path,
+    offline: bool,
+) -> anyhow::Result<(PolicyValidation, Option<String>)> {
+    let local =
+        |problems: Result<warrant_policy::Policies, warrant_policy::Problems>| match problems {
+            Ok(p) => PolicyValidation {
+                ok: true,
+                policies: p.ids().map(str::to_owned).collect(),
+                digest: Some(p.digest().to_owned()),
+                problems: vec![],
+                warnings: p.warnings().0.iter().map(ToString::to_string).collect(),
+                tools: None,
+            },
+            Err(problems) => PolicyValidation {
+                ok: false,
+                policies: vec![],
+                digest: None,
+                problems: problems.0.iter().map(ToString::to_string).collect(),
+                warnings: vec![],
+                tools: None,
+            },
+        };
+    let files = match warrant_server::policy::read_policy_dir(dir) {
+        Ok(f) => f,
+        Err(problems) => return Ok((local(Err(problems)), None)),
+    };
+    if offline {
+        return Ok((local(warrant_policy::Policies::compile(&files)), None));
+    }
+    let req = PolicyValidate {
+        files: files
+            .iter()
+            .map(|f| PolicyFileText {
+                name: f.name.clone(),
+                text: f.text.clone(),
+            })
+            .collect(),
+    };
+    match client(cli)?.post::<PolicyValidation>("/policy/validate", &req).await {
+        Ok(v) => Ok((v, None)),
+        Err(e) if e.is::<crate::client::NoBroker>() => Ok((
+            local(warrant_policy::Policies::compile(&files)),
+            Some("no broker is running here, so policies on MCP tool arguments were not checked against the tools' schemas; run this where `warrant serve` runs, or with --url".into()),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCmd::Validate { dir } => {
+        PolicyCmd::Validate { dir, offline } => {
             let dir = match dir {
                 Some(d) => d.clone(),
                 None => policy_dir(cli)?,
             };
             let shown = dir.display().to_string();
-            let result = warrant_server::policy::compile_dir(&dir);
-            let v = match &result {
-                Ok(p) => Validation {
-                    ok: true,
-                    dir: shown,
-                    policies: p.ids().map(str::to_owned).collect(),
-                    digest: Some(p.digest().to_owned()),
-                    problems: vec![],
-                    warnings: p.warnings().0.iter().map(ToString::to_string).collect(),
-                },
-                Err(problems) => Validation {
-                    ok: false,
-                    dir: shown,
-                    policies: vec![],
-                    digest: None,
-                    problems: problems.0.iter().map(ToString::to_string).collect(),
-                    warnings: vec![],
-                },
-            };
+            let (v, note) = validate(cli, &dir, *offline).await?;
             match cli.output {
                 Output::Json => json(&v)?,
                 Output::Human if v.ok => {
                     for w in &v.warnings {
                         eprintln!("warning: {w}");
                     }
+                    if let Some(n) = note {
+                        eprintln!("note: {n}");
+                    }
+                    let against = match v.tools {
+                        Some(n) if n > 0 => format!(
+                            ", checked against {}",
+                            count(n, "pinned MCP tool", "pinned MCP tools")
+                        ),
+                        _ => String::new(),
+                    };
                     println!(
-                        "ok: {} is valid ({})",
-                        v.dir,
+                        "ok: {shown} is valid ({}{against})",
                         count(v.policies.len(), "policy", "policies")
                     );
                 }
@@ -98,10 +133,12 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                     for p in &v.problems {
                         eprintln!("{p}");
                     }
+                    if let Some(n) = note {
+                        eprintln!("note: {n}");
+                    }
                     let n = v.problems.len();
                     eprintln!(
-                        "error: the policies in {} do not validate ({n} problem{})",
-                        v.dir,
+                        "error: the policies in {shown} do not validate ({n} problem{})",
                         if n == 1 { "" } else { "s" }
                     );
                 }

@@ -13,15 +13,22 @@ mod mcp;
 mod policy;
 mod proxy;
 mod quickstart;
+mod review;
 mod serve;
 
 use std::path::Path;
 
 pub use warrant_testkit::{Broker, Options, Run};
 
-/// The binary under test.
+/// The binary under test: this build's, or `WARRANT_TEST_BIN` (to run the
+/// suite against another build, e.g. to show a regression test fails on an
+/// older one).
 pub fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_warrant"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("WARRANT_TEST_BIN")
+            .map_or_else(|| env!("CARGO_BIN_EXE_warrant").into(), Into::into)
+    })
 }
 
 /// A broker with default options.
