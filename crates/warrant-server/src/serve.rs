@@ -223,9 +223,20 @@ impl Broker {
             issuer: issuer.clone(),
             trust_domain: config.trust_domain.clone(),
         };
+        let task_audiences: Vec<String> = config
+            .routes
+            .iter()
+            .map(|r| r.audience.clone())
+            .chain(config.mcp_servers.iter().map(|m| {
+                m.audience
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{edge_addr}/mcp/{}", m.name))
+            }))
+            .collect();
         let attest = Arc::new(crate::attest::AttestService::new(crate::attest::Parts {
             common: common.clone(),
             oidc,
+            task_audiences,
         }));
         let dev = if config.dev {
             let d = crate::dev::DevIssuer::new(&issuer).map_err(ServeError::Io)?;

@@ -98,6 +98,8 @@ pub struct AttestService {
     pub oidc: oidc::Providers,
     /// Executable hashes, by file identity.
     pub exe_hashes: unix::HashCache,
+    /// Audiences only task tokens carry.
+    task_audiences: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for AttestService {
@@ -113,6 +115,9 @@ pub struct Parts {
     pub common: crate::state::IssuerParts,
     /// Trusted OIDC issuers.
     pub oidc: oidc::Providers,
+    /// Audiences only task tokens carry (the routes' and MCP servers'):
+    /// an identity token is never issued for one.
+    pub task_audiences: Vec<String>,
 }
 
 impl From<crate::random::RandomFailed> for Refusal {
@@ -134,6 +139,7 @@ impl AttestService {
             trust_domain: c.trust_domain,
             oidc: p.oidc,
             exe_hashes: unix::HashCache::default(),
+            task_audiences: p.task_audiences.into_iter().collect(),
         }
     }
 
@@ -235,6 +241,18 @@ impl AttestService {
             }
             Some(a) => a.to_owned(),
         };
+        // INVARIANT (one kind per audience): a route's or MCP server's
+        // audience is a task token's; an identity token for it could be
+        // replayed to that upstream as if warrant had vouched for a task.
+        if self.task_audiences.contains(&audience) {
+            let r = Refusal::Denied(format!(
+                "audience `{}` belongs to a route or MCP server, where only task tokens are accepted; exchange for a task token with that audience instead",
+                shown(&audience, 100)
+            ));
+            return Err(self
+                .refuse(&evidence, req, base, r.message().to_owned(), r)
+                .await);
+        }
 
         let agent = match agent_hint {
             Some(a) => a.clone(),

@@ -287,9 +287,11 @@ struct UpstreamClaims<'a> {
     exp: i64,
 }
 
-/// The typ of a `warrant_jwt` credential: never `at+jwt`, so it is never
-/// accepted as a task token (at this edge or anywhere that checks `typ`).
-pub const UPSTREAM_JWT_TYP: &str = "JWT";
+/// The typ of a `warrant_jwt` credential (RFC 8725 §3.11 explicit typing):
+/// never `at+jwt` (a task token) nor `JWT` (an identity token, a JWT-SVID),
+/// so none of warrant's tokens can stand in for another at a relying party
+/// that checks `typ`, as docs/proxy.md says an upstream must.
+pub const UPSTREAM_JWT_TYP: &str = "warrant-upstream+jwt";
 
 /// Everything providers need.
 pub struct Providers<'a> {

@@ -330,7 +330,7 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
         .unwrap()
         .to_owned();
     let c = jwt_claims(&minted);
-    assert_eq!(jwt_header(&minted)["typ"], "JWT");
+    assert_eq!(jwt_header(&minted)["typ"], "warrant-upstream+jwt");
     assert_eq!(c["aud"], "https://internal.test");
     assert_eq!(c["sub"], "user:alice");
     assert_eq!(c["act"]["sub"], jwt_claims(&orch)["sub"]);

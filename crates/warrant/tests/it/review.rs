@@ -291,3 +291,61 @@ args = ["{server}", "{tools}"]
     let r = c.call("read_note", json!({"name": "private-diary"}));
     assert!(r.get("result").is_some(), "{r}");
 }
+
+/// Issue 12, item 3: an identity token (typ `JWT`, the broker's keys, an
+/// audience the agent chose) could stand in for a `warrant_jwt` upstream
+/// credential. Identity tokens are no longer issued for the audience of a
+/// route or MCP server, and the upstream credential has its own `typ`
+/// (checked in proxy.rs, where the minted credential is read).
+#[test]
+fn an_identity_token_is_never_issued_for_a_task_audience() {
+    let config = r#"
+[[route]]
+name = "internal"
+upstream = "http://127.0.0.1:9"
+audience = "https://internal.test"
+allow = [ { methods = ["GET"], paths = ["/**"] } ]
+credential = { kind = "warrant_jwt" }
+
+[[mcp_server]]
+name = "notes"
+url = "http://127.0.0.1:9/mcp"
+"#;
+    let policy = r#"permit(principal, action == Action::"identity:issue", resource);"#;
+    let w = world_with(4, config, policy);
+    let attest = |audience: &str| {
+        let jt = w
+            .b
+            .cli(&["agent", "join-token", "orch"])
+            .ok()
+            .trim()
+            .to_owned();
+        crate::post_json(
+            &w.b,
+            "/v1/attest/join",
+            &json!({ "token": jt, "audience": audience }),
+        )
+    };
+    let mcp = McpClient::url(&w, "notes");
+    for aud in ["https://internal.test", mcp.as_str()] {
+        let r = attest(aud);
+        assert_eq!(r.status, 403, "{aud}: {}", r.body);
+        assert!(
+            r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("only task tokens"),
+            "{}",
+            r.body
+        );
+    }
+    // Other audiences are still the policy's to decide.
+    let r = attest("https://relying-party.test");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let refused = crate::audit(&w.b, Some("attest.join"));
+    assert_eq!(
+        refused.iter().filter(|r| r["decision"] == "deny").count(),
+        2,
+        "both refusals are audited"
+    );
+}
