@@ -6,6 +6,8 @@ usage: unix_client.py SOCKET MODE [BODY]
   BODY "@big:N" sends a JSON body with an N-character audience
   MODE fork-exit connect, fork, let the connecting process exit, then the
                  child sends the request on the inherited connection
+  MODE pause     one request; then, once the file named by the fourth
+                 argument exists, another (same process, new connection)
 Prints one JSON line per response: {"status": N, "body": {...}}.
 """
 import json
@@ -66,6 +68,11 @@ def main():
     if mode in ("once", "twice"):
         for _ in range(1 if mode == "once" else 2):
             print(json.dumps(request(connect(path), body)), flush=True)
+    elif mode == "pause":
+        print(json.dumps(request(connect(path), body)), flush=True)
+        while not os.path.exists(sys.argv[4]):
+            time.sleep(0.05)
+        print(json.dumps(request(connect(path), body)), flush=True)
     elif mode == "fork-exit":
         s = connect(path)
         r, w = os.pipe()

@@ -71,6 +71,11 @@ impl ScopeSet {
         Ok(Self(set))
     }
 
+    /// The scopes in both.
+    pub fn intersection(&self, other: &Self) -> Self {
+        Self(self.0.intersection(&other.0).cloned().collect())
+    }
+
     /// Whether every scope here is in `other`.
     pub fn is_subset(&self, other: &Self) -> bool {
         self.0.is_subset(&other.0)
@@ -171,6 +176,10 @@ pub struct TaskClaims {
     pub nbf: i64,
     /// Expiry.
     pub exp: i64,
+    /// Who may act for the user (RFC 8693 §4.4), as the user's token said:
+    /// carried to every child token, so every hop is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<serde_json::Value>,
 }
 
 impl TaskClaims {

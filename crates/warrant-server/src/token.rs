@@ -169,6 +169,24 @@ struct Subject {
     may_act: Option<Value>,
 }
 
+/// What a new task token says, decided before it is signed.
+struct Grant {
+    /// The user (`user:<id>`) or, acting for itself, the agent's SPIFFE ID.
+    sub: String,
+    /// The chain, current actor outermost.
+    act: Option<Act>,
+    scope: ScopeSet,
+    aud: Vec<String>,
+    /// The subject token's expiry: the new one ends no later.
+    subject_exp: i64,
+    parent: Option<String>,
+    txn: Option<String>,
+    depth: u32,
+    groups: Vec<String>,
+    /// The user's `may_act`, carried to every hop.
+    may_act: Option<Value>,
+}
+
 /// A task token checked for one use at the edge.
 #[derive(Debug, Clone)]
 pub struct TaskUse {
@@ -190,6 +208,14 @@ pub enum UseError {
     /// Missing, malformed, forged, expired, revoked, for another audience:
     /// a 401 saying which.
     Invalid(String),
+    /// The store could not be read.
+    Unavailable,
+}
+
+/// Why a task token's chain is not accepted.
+enum ChainError {
+    /// An agent or instance in it may no longer act (the text says which).
+    Refused(String),
     /// The store could not be read.
     Unavailable,
 }
@@ -239,6 +265,9 @@ struct CheckedTask {
 struct TaskFacts {
     groups: Vec<String>,
     attestor: String,
+    /// When the task was issued, in milliseconds (the token's `iat` is in
+    /// seconds).
+    issued_ms: i64,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -397,6 +426,11 @@ impl TokenService {
                 agent.status.as_str()
             )));
         }
+        if created_after(&agent, id.claims.iat) {
+            return Err(OAuthError::invalid_grant(format!(
+                "agent `{name}` was deleted and created again after this identity token was issued; attest again"
+            )));
+        }
         Ok(Actor {
             instance: instance.to_owned(),
             claims: id.claims.clone(),
@@ -495,6 +529,7 @@ impl TokenService {
             .map_err(Some)?
             .ok_or(None)?;
         Ok(t.facts.get_or_init(|| TaskFacts {
+            issued_ms: record.issued_at.as_millis(),
             groups: record.groups,
             // Tasks recorded before the attestor was kept.
             attestor: record.attestor.unwrap_or_else(|| "unknown".into()),
@@ -539,30 +574,6 @@ impl TokenService {
                 c.task
             )));
         }
-        let actor_id = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
-        let instance = actor_id.rsplit('/').next().unwrap_or_default().to_owned();
-        if self.is_blocked(&instance) {
-            return Err(UseError::Invalid(format!(
-                "instance {instance} has been revoked"
-            )));
-        }
-        let name = AgentName::new(c.client_id.clone())
-            .map_err(|_| UseError::Invalid("the task token names no agent".into()))?;
-        let agent = match self.store.get_agent(&name).await {
-            Ok(Some(a)) => a,
-            Ok(None) => {
-                return Err(UseError::Invalid(format!(
-                    "agent `{name}` no longer exists"
-                )));
-            }
-            Err(_) => return Err(UseError::Unavailable),
-        };
-        if agent.status != AgentStatus::Active {
-            return Err(UseError::Invalid(format!(
-                "agent `{name}` is {}",
-                agent.status.as_str()
-            )));
-        }
         let facts = match self.task_facts(&t).await {
             Ok(f) => f.clone(),
             Err(None) => {
@@ -572,6 +583,15 @@ impl TokenService {
             }
             Err(Some(_)) => return Err(UseError::Unavailable),
         };
+        // Every agent and instance of the chain, not only the current actor:
+        // a disabled or deleted agent's delegation ends everywhere at once.
+        let agent = match self.check_chain(c, facts.issued_ms).await {
+            Ok(a) => a,
+            Err(ChainError::Refused(m)) => return Err(UseError::Invalid(m)),
+            Err(ChainError::Unavailable) => return Err(UseError::Unavailable),
+        };
+        let actor_id = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
+        let instance = actor_id.rsplit('/').next().unwrap_or_default().to_owned();
         Ok(TaskUse {
             claims: t.claims.clone(),
             agent,
@@ -579,6 +599,71 @@ impl TokenService {
             attestor: facts.attestor,
             groups: facts.groups,
         })
+    }
+
+    /// Checks every agent acting in a task token's chain (or the agent it
+    /// names, when it acts for itself): each instance unblocked, each agent
+    /// still inventoried, active, and the same one that acted (not deleted
+    /// and created again since the token was issued). Returns the current
+    /// actor's agent.
+    async fn check_chain(&self, c: &TaskClaims, issued_ms: i64) -> Result<Agent, ChainError> {
+        let ids: Vec<&str> = match &c.act {
+            Some(a) => a.chain(),
+            None => vec![c.sub.as_str()],
+        };
+        let prefix = format!("spiffe://{}/agent/", self.trust_domain);
+        let mut current = None;
+        for (i, id) in ids.iter().enumerate() {
+            let Some((name, instance)) = id.strip_prefix(&prefix).and_then(|r| r.split_once('/'))
+            else {
+                return Err(ChainError::Refused(
+                    "the task token names an actor that is not an agent of this trust domain"
+                        .into(),
+                ));
+            };
+            if self.is_blocked(instance) {
+                return Err(ChainError::Refused(format!(
+                    "instance {instance} (of agent `{}`) in this task's delegation chain has been revoked",
+                    shown(name, 64)
+                )));
+            }
+            let Ok(name) = AgentName::new(name) else {
+                return Err(ChainError::Refused(
+                    "the task token names an actor that is not an agent".into(),
+                ));
+            };
+            let agent = match self.store.get_agent(&name).await {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    return Err(ChainError::Refused(format!(
+                        "agent `{name}` in this task's delegation chain no longer exists"
+                    )));
+                }
+                Err(_) => return Err(ChainError::Unavailable),
+            };
+            if agent.status != AgentStatus::Active {
+                return Err(ChainError::Refused(format!(
+                    "agent `{name}` in this task's delegation chain is {}",
+                    agent.status.as_str()
+                )));
+            }
+            // A token issued before this agent was created was issued to an
+            // earlier agent of the same name, which was deleted.
+            if agent.created_at.as_millis() > issued_ms {
+                return Err(ChainError::Refused(format!(
+                    "agent `{name}` in this task's delegation chain was deleted and created again after the task began"
+                )));
+            }
+            if i == 0 {
+                current = Some(agent);
+            }
+        }
+        if current.as_ref().map(|a| a.name.as_str()) != Some(c.client_id.as_str()) {
+            return Err(ChainError::Refused(
+                "the task token's client_id is not its acting agent".into(),
+            ));
+        }
+        current.ok_or(ChainError::Refused("the task token names no agent".into()))
     }
 
     /// Verifies a task token of this broker (signature, kind, issuer, claims;
@@ -644,6 +729,22 @@ impl TokenService {
                     "the subject token's task has been revoked",
                 ));
             }
+            let issued_ms = match self.task_facts(&checked).await {
+                Ok(f) => f.issued_ms,
+                Err(None) => {
+                    return Err(OAuthError::invalid_grant(
+                        "the subject token's task is unknown to this broker",
+                    ));
+                }
+                Err(Some(_)) => return Err(OAuthError::unavailable()),
+            };
+            match self.check_chain(c, issued_ms).await {
+                Ok(_) => {}
+                Err(ChainError::Refused(m)) => {
+                    return Err(OAuthError::invalid_grant(format!("subject token: {m}")));
+                }
+                Err(ChainError::Unavailable) => return Err(OAuthError::unavailable()),
+            }
             let user = match c.sub.strip_prefix("user:") {
                 Some(u) => Some(UserRef {
                     id: u.to_owned(),
@@ -662,7 +763,7 @@ impl TokenService {
                 exp: c.exp,
                 parent: Some(c.task.clone()),
                 txn: Some(c.txn.clone()),
-                may_act: checked.raw.get("may_act").cloned(),
+                may_act: c.may_act.clone(),
             });
         }
         if ![
@@ -703,25 +804,18 @@ impl TokenService {
                     cfg.subject_claim
                 ))
             })?;
-        let groups = match claims.get(&cfg.groups_claim) {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .take(256)
-                .collect(),
-            Some(Value::String(s)) => s
-                .split(' ')
-                .filter(|g| !g.is_empty())
-                .map(str::to_owned)
-                .collect(),
-            _ => Vec::new(),
-        };
-        let scope = match claims.get("scope").and_then(Value::as_str) {
-            Some(s) => {
-                Some(ScopeSet::parse(s).map_err(|e| OAuthError::invalid_grant(e.to_string()))?)
-            }
+        let groups = user_groups(&claims, &cfg.groups_claim)?;
+        let scope = user_scope(&claims)?;
+        let may_act = match claims.get("may_act") {
             None => None,
+            Some(v @ Value::Object(m)) if m.get("sub").is_some_and(Value::is_string) => {
+                Some(v.clone())
+            }
+            Some(_) => {
+                return Err(OAuthError::invalid_grant(
+                    "the user token's `may_act` claim is not an object with a `sub`; it cannot be honoured, so nothing is issued",
+                ));
+            }
         };
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         // A user token's own `act` is never read: only warrant builds chains.
@@ -737,7 +831,7 @@ impl TokenService {
             exp,
             parent: None,
             txn: None,
-            may_act: claims.get("may_act").cloned(),
+            may_act,
         })
     }
 
@@ -1016,21 +1110,19 @@ impl TokenService {
             return Err(self.refuse(event, e).await);
         }
         let act = Act::push(actor.claims.sub.clone(), subject.act.clone());
-        self.issue(
-            &actor,
-            subject.sub,
-            Some(act),
-            requested,
-            audiences,
-            subject.exp,
-            subject.parent,
-            subject.txn,
-            now,
-            event,
-            u32::try_from(depth).unwrap_or(u32::MAX),
-            subject.user.map(|u| u.groups).unwrap_or_default(),
-        )
-        .await
+        let grant = Grant {
+            sub: subject.sub,
+            act: Some(act),
+            scope: requested,
+            aud: audiences,
+            subject_exp: subject.exp,
+            parent: subject.parent,
+            txn: subject.txn,
+            depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            groups: subject.user.map(|u| u.groups).unwrap_or_default(),
+            may_act: subject.may_act,
+        };
+        self.issue(&actor, grant, now, event).await
     }
 
     async fn client_credentials(
@@ -1113,40 +1205,40 @@ impl TokenService {
             );
             return Err(self.refuse(event, e).await);
         }
-        let sub = actor.claims.sub.clone();
-        self.issue(
-            &actor,
-            sub,
-            None,
-            requested,
-            audiences,
-            i64::MAX,
-            None,
-            None,
-            now,
-            event,
-            0,
-            Vec::new(),
-        )
-        .await
+        let grant = Grant {
+            sub: actor.claims.sub.clone(),
+            act: None,
+            scope: requested,
+            aud: audiences,
+            subject_exp: i64::MAX,
+            parent: None,
+            txn: None,
+            depth: 0,
+            groups: Vec::new(),
+            may_act: None,
+        };
+        self.issue(&actor, grant, now, event).await
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
         actor: &Actor,
-        sub: String,
-        act: Option<Act>,
-        scope: ScopeSet,
-        aud: Vec<String>,
-        subject_exp: i64,
-        parent: Option<String>,
-        txn: Option<String>,
+        grant: Grant,
         now: Timestamp,
         event: AuditEvent,
-        depth: u32,
-        groups: Vec<String>,
     ) -> Result<TokenResponse, OAuthError> {
+        let Grant {
+            sub,
+            act,
+            scope,
+            aud,
+            subject_exp,
+            parent,
+            txn,
+            depth,
+            groups,
+            may_act,
+        } = grant;
         let cap = i64::try_from(MAX_TOKEN_LIFETIME.as_secs()).unwrap_or(3600);
         let ttl = DEFAULT_TASK_TTL_SECS
             .min(i64::try_from(actor.agent.max_ttl.as_secs()).unwrap_or(cap))
@@ -1180,6 +1272,7 @@ impl TokenService {
             iat: now.as_secs(),
             nbf: now.as_secs(),
             exp,
+            may_act,
         };
         let token = {
             let set = self.keys.current();
@@ -1222,9 +1315,11 @@ impl TokenService {
         match self.store.record_task(record, event.clone()).await {
             Ok(()) => {}
             Err(StoreError::Conflict { what, .. }) => {
-                let e = OAuthError::invalid_grant(format!(
-                    "the {what} was revoked while this grant was decided"
-                ));
+                let e = OAuthError::invalid_grant(if what == "instance" {
+                    format!("instance {} has been revoked", actor.instance)
+                } else {
+                    format!("the {what} was revoked while this grant was decided")
+                });
                 let mut ev = event;
                 ev.decision = Outcome::Deny;
                 ev.credential_id = None;
@@ -1249,14 +1344,17 @@ impl TokenService {
         })
     }
 
-    /// Introspection (RFC 7662): `None` for anything not active.
-    pub fn introspect(&self, token: &str) -> Option<Map<String, Value>> {
+    /// Introspection (RFC 7662): `None` for anything not active, including
+    /// a token whose chain names an agent or instance that may no longer act.
+    pub async fn introspect(&self, token: &str) -> Option<Map<String, Value>> {
         let now = Timestamp::now();
         let t = self.check_task_token(token, now).ok()?;
         let c = &t.claims;
         if now.as_secs() >= c.exp || now.as_secs() < c.nbf - 5 || self.is_revoked(&c.task) {
             return None;
         }
+        let issued_ms = self.task_facts(&t).await.ok()?.issued_ms;
+        self.check_chain(c, issued_ms).await.ok()?;
         let mut out = t.raw.clone();
         out.insert("active".into(), Value::Bool(true));
         out.insert("token_type".into(), Value::String("Bearer".into()));
@@ -1308,4 +1406,84 @@ impl TokenService {
             .ok()
             .map(|t| t.claims.clone())
     }
+}
+
+/// Whether `agent` was created after a token issued at `iat` (seconds):
+/// then the token was issued to an earlier agent of that name, since
+/// deleted. (Issued in the same second as the creation is not told apart.)
+fn created_after(agent: &Agent, iat: i64) -> bool {
+    agent.created_at.as_millis() >= iat.saturating_add(1).saturating_mul(1000)
+}
+
+/// The most groups a user token may name.
+const MAX_GROUPS: usize = 256;
+
+/// The user's groups from `claim`: a list of strings or a space-separated
+/// string. Anything else present is an error, never "no groups": a forbid on
+/// a group must not be dodged by an IdP sending it in another shape.
+fn user_groups(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, OAuthError> {
+    let unreadable = || {
+        OAuthError::invalid_grant(format!(
+            "the user token's `{claim}` claim is not a list of strings (or a space-separated string) of at most {MAX_GROUPS} groups; nothing is issued for a user whose groups cannot be read"
+        ))
+    };
+    let groups: Vec<String> = match claims.get(claim) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|g| g.as_str().map(str::to_owned).ok_or_else(unreadable))
+            .collect::<Result<_, _>>()?,
+        Some(Value::String(s)) => s
+            .split(' ')
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(_) => return Err(unreadable()),
+    };
+    if groups.len() > MAX_GROUPS
+        || groups
+            .iter()
+            .any(|g| g.is_empty() || g.len() > 256 || g.chars().any(char::is_control))
+    {
+        return Err(unreadable());
+    }
+    Ok(groups)
+}
+
+/// What a user token's scope allows: `scope` (RFC 8693 §4.2, a
+/// space-separated string) and `scp` (Okta, Entra ID), each a string or a
+/// list of strings. When both are present, only what both allow. A scope
+/// claim that is present but cannot be read is an error, never "no limit".
+fn user_scope(claims: &Map<String, Value>) -> Result<Option<ScopeSet>, OAuthError> {
+    let mut bound: Option<ScopeSet> = None;
+    for claim in ["scope", "scp"] {
+        let text = match claims.get(claim) {
+            None => continue,
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(a)) => {
+                let items: Option<Vec<&str>> = a.iter().map(Value::as_str).collect();
+                match items {
+                    Some(items) if items.iter().all(|i| !i.contains(' ')) => items.join(" "),
+                    _ => {
+                        return Err(OAuthError::invalid_grant(format!(
+                            "the user token's `{claim}` claim is a list with an item that is not one scope; nothing is issued for a token whose scope cannot be read"
+                        )));
+                    }
+                }
+            }
+            Some(_) => {
+                return Err(OAuthError::invalid_grant(format!(
+                    "the user token's `{claim}` claim is neither a string nor a list of strings; nothing is issued for a token whose scope cannot be read"
+                )));
+            }
+        };
+        let set = ScopeSet::parse(&text).map_err(|e| {
+            OAuthError::invalid_grant(format!("the user token's `{claim}` claim: {e}"))
+        })?;
+        bound = Some(match bound {
+            None => set,
+            Some(b) => b.intersection(&set),
+        });
+    }
+    Ok(bound)
 }

@@ -54,6 +54,7 @@ macro_rules! conformance_tests {
             signing_keys_round_trip,
             admin_tokens_round_trip,
             instances_upsert_and_go_with_their_agent,
+            a_revoked_instance_gets_nothing_more,
             a_join_token_is_redeemed_exactly_once,
             revocation_cascades_and_races_with_issuance_safely,
             audit_chain_is_gapless_under_concurrency,
@@ -609,6 +610,45 @@ pub async fn instances_upsert_and_go_with_their_agent(fx: Box<dyn Fixture>) {
         .await
         .unwrap();
     assert!(s.list_instances(&triage).await.unwrap().is_empty());
+}
+
+pub async fn a_revoked_instance_gets_nothing_more(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    s.record_instance(instance("triage", "jt_1", 1_000), ev("attest", "triage"))
+        .await
+        .unwrap();
+    let id = instance("triage", "jt_1", 1_000).id.to_string();
+    s.revoke(
+        warrant_core::task::RevokeTarget::Instance(id.clone()),
+        Timestamp::from_millis(2_000),
+        ev("admin.revoke", "triage"),
+    )
+    .await
+    .unwrap();
+    let before = audit_count(&s).await;
+    // Neither re-attestation (or renewal) nor a task for it is recorded.
+    let e = s
+        .record_instance(instance("triage", "jt_1", 3_000), ev("attest", "triage"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Conflict {
+                what: "instance",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(audit_count(&s).await, before, "nothing recorded");
+    // Another instance of the same agent is unaffected.
+    s.record_instance(instance("triage", "jt_2", 3_000), ev("attest", "triage"))
+        .await
+        .unwrap();
 }
 
 async fn audit_count(s: &Arc<dyn Store>) -> usize {

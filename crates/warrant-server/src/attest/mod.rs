@@ -383,6 +383,21 @@ impl AttestService {
         };
         match recorded {
             Ok(_) => {}
+            Err(StoreError::Conflict {
+                what: "instance", ..
+            }) => {
+                let r = Refusal::Denied(format!(
+                    "instance {instance_id} of agent `{}` has been revoked (`warrant revoke --instance`), so it gets no new identity; a new execution of the agent attests as a new instance",
+                    agent.name
+                ));
+                let ev = self
+                    .event(Some(&evidence), label, req)
+                    .agent(agent.name.to_string())
+                    .instance(instance_id.to_string());
+                return Err(self
+                    .refuse(&evidence, req, ev, r.message().to_owned(), r)
+                    .await);
+            }
             Err(StoreError::Conflict { .. }) => {
                 let r = Refusal::Denied(
                     "this join token has already been redeemed or has expired".into(),

@@ -13,7 +13,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use hyper::body::Bytes;
 use serde_json::Value;
-use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret};
+use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Permission, Role};
 use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::task::{RevokeTarget, agent_of};
 use warrant_core::time::Timestamp;
@@ -132,7 +132,7 @@ async fn token(
 /// assertion) or an admin token holder.
 enum Client {
     Agent { name: String, spiffe: String },
-    Admin(String),
+    Admin(String, Role),
 }
 
 async fn authenticate(
@@ -148,7 +148,7 @@ async fn authenticate(
     {
         let hash = AdminTokenSecret::presented(t.trim()).hash();
         return match state.store.admin_token_by_hash(&hash).await {
-            Ok(Some(r)) if r.is_valid_at(Timestamp::now()) => Ok(Client::Admin(r.id)),
+            Ok(Some(r)) if r.is_valid_at(Timestamp::now()) => Ok(Client::Admin(r.id, r.role)),
             Ok(_) => Err(OAuthError::invalid_client("the admin token is not valid")),
             Err(_) => Err(OAuthError::invalid_client(
                 "the broker cannot check the admin token now",
@@ -204,7 +204,7 @@ async fn token_request(
     let mut event = state.tokens.event(kind, c).action(action);
     event.actor = Some(match &client {
         Client::Agent { spiffe, .. } => spiffe.clone(),
-        Client::Admin(id) => format!("admin-token:{id}"),
+        Client::Admin(id, _) => format!("admin-token:{id}"),
     });
     Ok(TokenRequest {
         client,
@@ -221,7 +221,9 @@ async fn introspect(
 ) -> Response {
     let c = caller(addr);
     let TokenRequest {
-        token, mut event, ..
+        client,
+        token,
+        mut event,
     } = match token_request(
         &state,
         "token.introspect",
@@ -235,7 +237,16 @@ async fn introspect(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let result = state.tokens.introspect(&token);
+    if let Client::Admin(_, role) = &client
+        && !role.allows(Permission::Read)
+    {
+        let e = OAuthError::new(
+            "access_denied",
+            format!("an admin token of role {role} may not introspect tokens"),
+        );
+        return error_response(&state.tokens.refuse(event, e).await);
+    }
+    let result = state.tokens.introspect(&token).await;
     if let Some(claims) = &result {
         let text = |k: &str| claims.get(k).and_then(Value::as_str).map(str::to_owned);
         event.decision = Outcome::Allow;
@@ -273,6 +284,19 @@ async fn revoke(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    // Revocation changes what others hold: only the admin role, or an agent
+    // for a task it takes part in.
+    if let Client::Admin(_, role) = &client
+        && !role.allows(Permission::Write)
+    {
+        let e = OAuthError::new(
+            "access_denied",
+            format!(
+                "an admin token of role {role} may not revoke; revocation needs role admin (or the client assertion of an agent in the task's chain)"
+            ),
+        );
+        return error_response(&state.tokens.refuse(event, e).await);
+    }
     // RFC 7009 §2.2: an unknown or invalid token is not an error.
     let Some(task) = state.tokens.task_of(&token) else {
         let event = event.reason("unknown or invalid token; nothing revoked");

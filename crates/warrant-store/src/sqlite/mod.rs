@@ -139,7 +139,26 @@ fn pin_row(c: &Connection, server: &str, tool: &str) -> Result<Option<ToolPin>, 
     one_row(c, &sql, params![server, tool], rows::tool_pin)
 }
 
+/// `Conflict` if `instance` was revoked: nothing more is issued to it.
+fn refuse_revoked_instance(conn: &Connection, instance: &str) -> Result<(), StoreError> {
+    let revoked: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM revoked_instances WHERE instance = ?1")
+        .and_then(|mut st| st.query_row([instance], |r| r.get(0)))
+        .optional()
+        .map_err(read_err)?;
+    match revoked {
+        Some(_) => Err(StoreError::Conflict {
+            what: "instance",
+            name: format!("{instance} (revoked)"),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreError> {
+    // INVARIANT (revocation is never outrun): checked in the same
+    // transaction that records the issuance.
+    refuse_revoked_instance(conn, i.id.as_str())?;
     conn.prepare_cached(&format!(
         "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (id) DO UPDATE SET evidence = excluded.evidence, \

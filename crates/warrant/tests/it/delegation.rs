@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::interop::{python, repo};
 use crate::{Broker, Options, audit, bin, jwt_claims, post_json};
 
-const POLICY: &str = r#"
+pub const POLICY: &str = r#"
 @id("identities")
 permit(principal, action == Action::"identity:issue", resource);
 
@@ -135,6 +135,11 @@ fn err(r: &warrant_testkit::Response) -> (u16, String, String) {
         j["error"].as_str().unwrap_or("").to_owned(),
         j["error_description"].as_str().unwrap_or("").to_owned(),
     )
+}
+
+/// Introspects `token`, authenticated by the identity token `assertion`.
+pub fn introspect_with(b: &Broker, assertion: &str, token: &str) -> Value {
+    introspect(b, assertion, token)
 }
 
 fn introspect(b: &Broker, assertion: &str, token: &str) -> Value {

@@ -314,12 +314,11 @@ url = "http://127.0.0.1:9/mcp"
     let policy = r#"permit(principal, action == Action::"identity:issue", resource);"#;
     let w = world_with(4, config, policy);
     let attest = |audience: &str| {
-        let jt = w
-            .b
-            .cli(&["agent", "join-token", "orch"])
-            .ok()
-            .trim()
-            .to_owned();
+        let jt =
+            w.b.cli(&["agent", "join-token", "orch"])
+                .ok()
+                .trim()
+                .to_owned();
         crate::post_json(
             &w.b,
             "/v1/attest/join",
@@ -347,5 +346,312 @@ url = "http://127.0.0.1:9/mcp"
         refused.iter().filter(|r| r["decision"] == "deny").count(),
         2,
         "both refusals are audited"
+    );
+}
+
+fn err_of(r: &warrant_testkit::Response) -> (u16, String, String) {
+    let j = r.json();
+    (
+        r.status,
+        j["error"].as_str().unwrap_or("").to_owned(),
+        j["error_description"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+const TICKETS: &str = "https://tickets.example";
+const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Issue 12, item 10: a user token's scope bounded delegation only as a
+/// space-separated `scope` string; a list, or `scp` (Okta, Entra ID), was
+/// treated as no limit. A scope (or groups) claim that cannot be read is an
+/// error, never "no limit" (or "no groups").
+#[test]
+fn a_user_tokens_scope_bounds_delegation_in_every_shape() {
+    let w = crate::delegation::world(4);
+    let orch = identity(&w.b, "orch");
+    let user = |k: &str| w.users[k].as_str().unwrap().to_owned();
+    for k in ["scope_array", "scp_string", "scp_array", "scope_and_scp"] {
+        let r = exchange(
+            &w.b,
+            &user(k),
+            JWT,
+            &orch,
+            &[("scope", "tickets:write"), ("audience", TICKETS)],
+        );
+        let (s, code, d) = err_of(&r);
+        assert_eq!((s, code.as_str()), (400, "invalid_scope"), "{k}: {d}");
+        let r = exchange(
+            &w.b,
+            &user(k),
+            JWT,
+            &orch,
+            &[("scope", "tickets:read"), ("audience", TICKETS)],
+        );
+        assert_eq!(r.status, 200, "{k}: {}", r.body);
+        // Without `scope`, the user's own scope is what is granted.
+        let r = exchange(&w.b, &user(k), JWT, &orch, &[("audience", TICKETS)]);
+        assert_eq!(r.status, 200, "{k}: {}", r.body);
+        let granted = r.json()["scope"].as_str().unwrap().to_owned();
+        assert!(!granted.contains("write"), "{k}: {granted}");
+    }
+    for k in [
+        "scope_number",
+        "scope_nested",
+        "groups_object",
+        "groups_mixed",
+    ] {
+        let r = exchange(
+            &w.b,
+            &user(k),
+            JWT,
+            &orch,
+            &[("scope", "tickets:read"), ("audience", TICKETS)],
+        );
+        let (s, code, d) = err_of(&r);
+        assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{k}: {d}");
+        assert!(d.contains("cannot be read"), "{k}: {d}");
+    }
+}
+
+/// Issue 12, item 16: `may_act` was checked only at the first hop, so a
+/// later hop could hand the task to an agent the user's `may_act` excludes.
+#[test]
+fn may_act_binds_every_hop() {
+    let w = crate::delegation::world(4);
+    let (orch, sub) = (identity(&w.b, "orch"), identity(&w.b, "sub"));
+    let alice = w.users["may_act_orch"].as_str().unwrap();
+    let r = exchange(
+        &w.b,
+        alice,
+        JWT,
+        &orch,
+        &[("scope", "tickets:read"), ("audience", TICKETS)],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let t1 = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(crate::jwt_claims(&t1)["may_act"], json!({"sub": "orch"}));
+    let r = exchange(&w.b, &t1, AT, &sub, &[("scope", "tickets:read")]);
+    let (s, code, d) = err_of(&r);
+    assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{d}");
+    assert!(d.contains("may_act"), "{d}");
+    // A `may_act` that cannot be read is refused, never ignored.
+    let r = exchange(
+        &w.b,
+        w.users["may_act_bad"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "tickets:read"), ("audience", TICKETS)],
+    );
+    let (s, code, d) = err_of(&r);
+    assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{d}");
+}
+
+/// Issue 12, item 8: a disabled or deleted agent's task tokens could still
+/// be used as a subject by another agent, and at the edge by the agents it
+/// delegated to. Every use checks every agent and instance in the chain.
+#[test]
+fn a_disabled_or_deleted_agents_delegations_end_everywhere() {
+    let config = r#"
+[[route]]
+name = "tickets"
+upstream = "http://127.0.0.1:9"
+audience = "https://tickets.example"
+allow = [ { methods = ["GET"], paths = ["/**"] } ]
+credential = { kind = "warrant_jwt" }
+"#;
+    let policy = format!(
+        "{}\npermit(principal, action == Action::\"http:request\", resource == Route::\"tickets\");",
+        crate::delegation::POLICY
+    );
+    let w = world_with(4, config, &policy);
+    let b = &w.b;
+    let (orch, sub, leaf) = (identity(b, "orch"), identity(b, "sub"), identity(b, "leaf"));
+    let alice = w.users["alice"].as_str().unwrap();
+    let hop = |subject: &str, ty: &str, actor: &str| {
+        let mut extra = vec![("scope", "tickets:read")];
+        if ty == JWT {
+            extra.push(("audience", TICKETS));
+        }
+        exchange(b, subject, ty, actor, &extra)
+    };
+    let t1 = hop(alice, JWT, &orch).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t2 = hop(&t1, AT, &sub).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let edge = |t: &str| {
+        warrant_testkit::http(
+            b.edge,
+            "GET",
+            "/tickets/v1/tickets",
+            &[("authorization", &format!("Bearer {t}"))],
+            None,
+        )
+    };
+    // Before: the edge forwards (to a closed port: 502, not 401).
+    assert_eq!(edge(&t2).status, 502);
+    let active = |t: &str| {
+        let r = crate::delegation::introspect_with(b, &leaf, t);
+        r["active"].as_bool().unwrap()
+    };
+    assert!(active(&t2));
+
+    b.cli(&["agent", "disable", "orch"]).ok();
+    let r = hop(&t1, AT, &leaf);
+    let (s, code, d) = err_of(&r);
+    assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{d}");
+    assert!(d.contains("`orch`") && d.contains("disabled"), "{d}");
+    let r = hop(&t2, AT, &leaf);
+    assert_eq!(err_of(&r).1, "invalid_grant", "{}", r.body);
+    let r = edge(&t2);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("orch"), "{}", r.body);
+    assert!(!active(&t2));
+
+    // Deleted and created again under the same name: still refused.
+    b.cli(&["agent", "delete", "orch"]).ok();
+    b.cli(&[
+        "agent", "create", "orch", "--owner", "o", "--env", "dev", "--trust", "medium",
+    ])
+    .ok();
+    let r = edge(&t2);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("created again"), "{}", r.body);
+    assert_eq!(err_of(&hop(&t1, AT, &leaf)).1, "invalid_grant");
+    assert!(!active(&t2));
+}
+
+/// Issue 12, item 9: `warrant revoke --instance` did not stop the instance
+/// renewing its identity (join instances) or attesting again (unix).
+#[test]
+fn a_revoked_instance_cannot_renew_or_attest_again() {
+    let w = crate::delegation::world(4);
+    let b = &w.b;
+    let first = identity(b, "orch");
+    let instance = crate::jwt_claims(&first)["sub"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    b.cli(&["revoke", "--instance", &instance]).ok();
+    let r = b.http(
+        "POST",
+        "/v1/identity/renew",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {first}")),
+        ],
+        Some("{}"),
+    );
+    let (s, code, d) = err_of(&r);
+    assert_eq!((s, code.as_str()), (403, "access_denied"), "{d}");
+    assert!(d.contains("has been revoked"), "{d}");
+
+    // Unix: the same process attests, is revoked, and attests again.
+    let python = python();
+    b.cli(&[
+        "agent",
+        "create",
+        "local",
+        "--owner",
+        "o",
+        "--env",
+        "dev",
+        "--selector",
+        &format!("unix:uid={}", rustix::process::getuid().as_raw()),
+        "--selector",
+        &format!(
+            "unix:path={}",
+            std::fs::canonicalize(&python).unwrap().display()
+        ),
+    ])
+    .ok();
+    let go = w.b.tmp().join("go");
+    let mut child = std::process::Command::new(&python)
+        .arg(repo().join("tests/interop/unix_client.py"))
+        .arg(b.data_dir.join("agent.sock"))
+        .args(["pause", "", go.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(r["status"], 200, "{r}");
+    let id = r["body"]["spiffe_id"].as_str().unwrap();
+    let unix_instance = id.rsplit('/').next().unwrap().to_owned();
+    b.cli(&["revoke", "--instance", &unix_instance]).ok();
+    std::fs::write(&go, "").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    child.wait().unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(r["status"], 403, "{r}");
+    assert!(
+        r["body"]["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("has been revoked"),
+        "{r}"
+    );
+}
+
+/// Issue 12, item 12: any admin token, whatever its role, could revoke
+/// through `POST /oauth2/revoke`.
+#[test]
+fn only_the_admin_role_revokes_through_the_oauth_endpoint() {
+    let w = crate::delegation::world(4);
+    let b = &w.b;
+    let orch = identity(b, "orch");
+    let r = exchange(
+        b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "tickets:read"), ("audience", TICKETS)],
+    );
+    let t = r.json()["access_token"].as_str().unwrap().to_owned();
+    let revoke = |admin: &str| {
+        let body = format!("token={t}");
+        b.http(
+            "POST",
+            "/oauth2/revoke",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &format!("Bearer {admin}")),
+            ],
+            Some(&body),
+        )
+    };
+    for role in ["auditor", "approver"] {
+        let token = b
+            .cli(&["admin-token", "create", "--role", role])
+            .ok()
+            .trim()
+            .to_owned();
+        let r = revoke(&token);
+        assert_eq!(r.status, 403, "{role}: {}", r.body);
+        assert!(r.body.contains("may not revoke"), "{}", r.body);
+        assert_eq!(
+            crate::delegation::introspect_with(b, &orch, &t)["active"],
+            true,
+            "nothing revoked by {role}"
+        );
+    }
+    let admin = b
+        .cli(&["admin-token", "create", "--role", "admin"])
+        .ok()
+        .trim()
+        .to_owned();
+    assert_eq!(revoke(&admin).status, 200);
+    assert_eq!(
+        crate::delegation::introspect_with(b, &orch, &t)["active"],
+        false
     );
 }
