@@ -66,6 +66,7 @@ pub mod task;
 pub mod text;
 pub mod time;
 pub mod trust_domain;
+pub mod user;
 
 pub use agent::{Agent, AgentStatus, NewAgent, TrustLevel};
 pub use name::{AgentName, EnvName, NameError};

@@ -32,8 +32,8 @@ pub enum SecretNameError {
         "secret name `{0}` is not valid: use 1 to 64 lower-case letters, digits, `-`, `_` or `.`, starting with a letter or digit"
     )]
     Name(String),
-    /// The owner is empty, too long or has control characters.
-    #[error("user `{0}` is not valid: use 1 to 256 characters without control characters")]
+    /// The owner is not an issuer-qualified user id (the text says why).
+    #[error("{0}")]
     Owner(String),
 }
 
@@ -83,12 +83,9 @@ impl fmt::Display for SecretName {
 /// as task tokens write it, is removed).
 pub fn secret_owner(user: &str) -> Result<String, SecretNameError> {
     let u = user.strip_prefix("user:").unwrap_or(user);
-    if u.is_empty() || u.len() > 256 || u.chars().any(char::is_control) {
-        return Err(SecretNameError::Owner(
-            user.escape_debug().take(100).collect(),
-        ));
-    }
-    Ok(u.to_owned())
+    crate::user::UserId::parse(u)
+        .map(|id| id.to_string())
+        .map_err(|e| SecretNameError::Owner(e.to_string()))
 }
 
 /// A secret's value. `Debug` and `Display` print `[redacted]`; not
@@ -199,13 +196,18 @@ mod tests {
         for bad in ["", "-x", "Upper", "a b", "a/b", &"x".repeat(65)] {
             assert!(SecretName::new(bad).is_err(), "{bad}");
         }
-        assert_eq!(secret_owner("user:alice").unwrap(), "alice");
+        assert_eq!(secret_owner("user:corp/alice").unwrap(), "corp/alice");
         assert_eq!(
-            secret_owner("alice@example.org").unwrap(),
-            "alice@example.org"
+            secret_owner("login.example.org/alice@example.org").unwrap(),
+            "login.example.org/alice@example.org"
         );
-        assert!(secret_owner("").is_err());
-        assert!(secret_owner("a\nb").is_err());
+        for bad in ["", "alice", "user:alice", "corp/a\nb", "/alice"] {
+            let e = secret_owner(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("qualified") || e.contains("subject"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

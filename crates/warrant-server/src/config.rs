@@ -78,6 +78,10 @@ pub struct RawUserIssuer {
     pub subject_claim: Option<String>,
     /// The claim listing the user's groups (default `groups`).
     pub groups_claim: Option<String>,
+    /// The namespace its users and groups are qualified with
+    /// (`<namespace>/<subject>`; default: the issuer's host). Two issuers
+    /// given the same namespace on purpose share their users.
+    pub namespace: Option<String>,
 }
 
 /// A trusted user issuer.
@@ -89,6 +93,8 @@ pub struct UserIssuer {
     pub subject_claim: String,
     /// The claim listing the user's groups.
     pub groups_claim: String,
+    /// What its users' and groups' ids are qualified with.
+    pub namespace: warrant_core::user::Namespace,
 }
 
 /// One `[[trust_provider]]` table as written.
@@ -570,15 +576,43 @@ fn user_issuers(
         },
         other => other,
     })?;
-    Ok(providers
-        .into_iter()
-        .zip(raw)
-        .map(|(provider, u)| UserIssuer {
-            provider,
-            subject_claim: u.subject_claim.unwrap_or_else(|| "sub".into()),
-            groups_claim: u.groups_claim.unwrap_or_else(|| "groups".into()),
-        })
-        .collect())
+    let mut out: Vec<(UserIssuer, bool)> = Vec::new();
+    for (provider, u) in providers.into_iter().zip(raw) {
+        let bad = |message: String| ConfigError::Invalid {
+            key: "user_issuer",
+            origin: layer.origin(false, "", ""),
+            message,
+        };
+        let explicit = u.namespace.is_some();
+        let namespace = match &u.namespace {
+            Some(n) => warrant_core::user::Namespace::new(n)
+                .map_err(|e| bad(format!("[[user_issuer]] `{}`: {e}", u.issuer)))?,
+            None => warrant_core::user::Namespace::of_issuer(&u.issuer).map_err(|e| {
+                bad(format!(
+                    "[[user_issuer]] `{}`: its issuer gives no usable default namespace ({e}); set `namespace`",
+                    u.issuer
+                ))
+            })?,
+        };
+        if let Some((other, other_explicit)) = out.iter().find(|(o, _)| o.namespace == namespace)
+            && !(explicit && *other_explicit)
+        {
+            return Err(bad(format!(
+                "[[user_issuer]] `{}`: its users would share the namespace `{namespace}` with those of `{}`; set a distinct `namespace` on each, or the same `namespace` on both to treat their users as one on purpose",
+                u.issuer, other.provider.issuer
+            )));
+        }
+        out.push((
+            UserIssuer {
+                provider,
+                subject_claim: u.subject_claim.unwrap_or_else(|| "sub".into()),
+                groups_claim: u.groups_claim.unwrap_or_else(|| "groups".into()),
+                namespace,
+            },
+            explicit,
+        ));
+    }
+    Ok(out.into_iter().map(|(u, _)| u).collect())
 }
 
 #[cfg(test)]

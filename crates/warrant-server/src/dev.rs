@@ -58,6 +58,7 @@ impl DevIssuer {
             },
             subject_claim: "sub".into(),
             groups_claim: "groups".into(),
+            namespace: warrant_core::user::Namespace::development(),
         })
     }
 

@@ -166,6 +166,16 @@ impl Broker {
             kek.clone(),
         ));
         let keys = Arc::new(KeyService::bootstrap(store.clone(), kek, config.signing_alg).await?);
+        // Per-user secrets stored before user ids were issuer-qualified
+        // belong to no user any more: say so, once, at start.
+        if let Ok(list) = secrets.list().await {
+            for s in list
+                .iter()
+                .filter(|s| s.owner.as_ref().is_some_and(|o| !o.contains('/')))
+            {
+                tracing::warn!(secret = %s.name, owner = %s.owner.as_deref().unwrap_or_default(), "this per-user secret's owner is not an issuer-qualified user id (`<namespace>/<subject>`), so no task can use it; store it again with `warrant secret put --for-user <namespace>/<subject>` and delete this one");
+            }
+        }
 
         let policy_dir = config.policy_dir.clone();
         match ensure_policy_dir(&policy_dir) {
@@ -247,7 +257,17 @@ impl Broker {
         };
         let mut user_issuers = config.user_issuers.clone();
         if let Some(d) = &dev {
-            user_issuers.push(d.user_issuer().map_err(ServeError::Io)?);
+            let dev_issuer = d.user_issuer().map_err(ServeError::Io)?;
+            if let Some(clash) = user_issuers
+                .iter()
+                .find(|u| u.namespace == dev_issuer.namespace)
+            {
+                return Err(ServeError::Io(format!(
+                    "--dev: the development issuer's users are `dev/<user>`, but [[user_issuer]] `{}` uses the namespace `dev` too; give it another `namespace`",
+                    clash.provider.issuer
+                )));
+            }
+            user_issuers.push(dev_issuer);
         }
         let tokens = Arc::new(
             crate::token::TokenService::new(crate::token::TokenParts {

@@ -298,6 +298,19 @@ fn random_id(prefix: &str, now: Timestamp) -> Result<String, OAuthError> {
 }
 
 impl TokenService {
+    /// The namespaces of the trusted user issuers (user ids are
+    /// `<namespace>/<subject>`).
+    pub fn user_namespaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .user_claims
+            .iter()
+            .map(|u| u.namespace.to_string())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Builds the service and loads what is revoked.
     pub async fn new(p: TokenParts) -> Result<Self, String> {
         let users = Providers::new(p.user_issuers.iter().map(|u| u.provider.clone()).collect())?;
@@ -804,7 +817,17 @@ impl TokenService {
                     cfg.subject_claim
                 ))
             })?;
-        let groups = user_groups(&claims, &cfg.groups_claim)?;
+        // INVARIANT (users are issuer-qualified): the id and the groups are
+        // this issuer's, `<namespace>/<subject>`; another issuer's `alice` is
+        // another user.
+        let user = cfg
+            .namespace
+            .user(subject)
+            .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+        let groups: Vec<String> = user_groups(&claims, &cfg.groups_claim)?
+            .iter()
+            .map(|g| cfg.namespace.group(g))
+            .collect();
         let scope = user_scope(&claims)?;
         let may_act = match claims.get("may_act") {
             None => None,
@@ -820,9 +843,9 @@ impl TokenService {
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         // A user token's own `act` is never read: only warrant builds chains.
         Ok(Subject {
-            sub: format!("user:{subject}"),
+            sub: format!("user:{user}"),
             user: Some(UserRef {
-                id: subject.to_owned(),
+                id: user.to_string(),
                 groups,
             }),
             act: None,

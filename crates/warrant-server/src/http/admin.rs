@@ -311,9 +311,12 @@ async fn dev_user_token(
     let (token, expires_at) = dev
         .mint(&req.user, &req.groups, ttl.as_secs())
         .map_err(ApiError::internal)?;
+    let user = warrant_core::user::Namespace::development()
+        .user(&req.user)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let event = attempt
         .clone()
-        .user(format!("user:{}", req.user))
+        .user(format!("user:{user}"))
         .credential_type("dev_user_token")
         .expires(expires_at)
         .detail(serde_json::json!({ "groups": req.groups }));
@@ -324,7 +327,7 @@ async fn dev_user_token(
         StatusCode::CREATED,
         Json(warrant_core::api::CreatedDevUserToken {
             token,
-            user: req.user,
+            user: user.to_string(),
             issuer: dev.issuer.clone(),
             expires_at,
         }),
@@ -694,7 +697,8 @@ async fn list_audit(
             .map(|s| parse_since(s, Timestamp::now()))
             .transpose()?,
         limit,
-        // Users are recorded as `user:<subject>`; a plain subject is accepted.
+        // Users are recorded as `user:<namespace>/<subject>`; the id without
+        // the `user:` prefix is accepted.
         user: q.user.map(|u| {
             if u.starts_with("user:") || u.starts_with("spiffe://") {
                 u
@@ -907,10 +911,15 @@ async fn build_check(state: &AppState, req: PolicyCheck) -> ApiResult<DecisionRe
         Some(t) => Timestamp::parse_rfc3339(t).map_err(|e| ApiError::invalid(e.to_string()))?,
         None => Timestamp::now(),
     });
-    context.user = req.user.map(|id| UserRef {
-        id,
-        groups: req.groups,
-    });
+    context.user = match req.user {
+        Some(u) => Some(UserRef {
+            id: warrant_core::user::UserId::parse(u.strip_prefix("user:").unwrap_or(&u))
+                .map_err(|e| ApiError::invalid(e.to_string()))?
+                .to_string(),
+            groups: req.groups,
+        }),
+        None => None,
+    };
     context.scopes = req.scopes;
     context.depth = req.depth;
     context.chain = req.chain;

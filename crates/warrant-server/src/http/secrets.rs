@@ -78,10 +78,31 @@ fn parse_body(b: &Bytes) -> Result<PutSecret, ApiError> {
     })
 }
 
-fn parse_owner(o: Option<&str>) -> Result<Option<String>, ApiError> {
-    o.map(secret_owner)
+/// The owner of a per-user secret: an issuer-qualified user of one of
+/// this broker's user issuers.
+fn parse_owner(state: &AppState, o: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(owner) = o
+        .map(secret_owner)
         .transpose()
-        .map_err(|e| ApiError::invalid(e.to_string()))
+        .map_err(|e| ApiError::invalid(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let known = state.tokens.user_namespaces();
+    let ns = owner.split_once('/').map_or("", |(n, _)| n);
+    if !known.iter().any(|k| k == ns) {
+        return Err(ApiError::invalid(format!(
+            "no user issuer has the namespace `{}`, so no task could ever be for `{}`; this broker's namespaces are: {}",
+            shown(ns, 64),
+            shown(&owner, 256),
+            if known.is_empty() {
+                "none ([[user_issuer]] in warrant.toml)".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    }
+    Ok(Some(owner))
 }
 
 async fn list(State(state): State<AppState>, _: Reader) -> ApiResult<Json<Vec<SecretInfo>>> {
@@ -101,7 +122,7 @@ async fn put(
     let attempt = event(&caller, "put", &raw_name, req.for_user.as_deref());
     let parsed = SecretName::new(raw_name)
         .map_err(|e| ApiError::invalid(e.to_string()))
-        .and_then(|n| Ok((n, parse_owner(req.for_user.as_deref())?)));
+        .and_then(|n| Ok((n, parse_owner(&state, req.for_user.as_deref())?)));
     let (name, owner) = match parsed {
         Ok(p) => p,
         Err(e) => return Err(fail(&state, attempt, e).await),
@@ -146,7 +167,7 @@ async fn rotate(
     let attempt = event(&caller, "rotate", &name, req.for_user.as_deref());
     let parsed = SecretName::new(name)
         .map_err(|e| ApiError::invalid(e.to_string()))
-        .and_then(|n| Ok((n, parse_owner(req.for_user.as_deref())?)));
+        .and_then(|n| Ok((n, parse_owner(&state, req.for_user.as_deref())?)));
     let (name, owner) = match parsed {
         Ok(p) => p,
         Err(e) => return Err(fail(&state, attempt, e).await),
@@ -187,7 +208,7 @@ async fn delete(
     let attempt = event(&caller, "delete", &name, q.for_user.as_deref());
     let parsed = SecretName::new(name.clone())
         .map_err(|e| ApiError::invalid(e.to_string()))
-        .and_then(|n| Ok((n, parse_owner(q.for_user.as_deref())?)));
+        .and_then(|n| Ok((n, parse_owner(&state, q.for_user.as_deref())?)));
     let (name, owner) = match parsed {
         Ok(p) => p,
         Err(e) => return Err(fail(&state, attempt, e).await),

@@ -14,7 +14,7 @@ permit(principal, action == Action::"identity:issue", resource);
 
 @id("support-reads-tickets")
 permit(principal in Agent::"orch", action == Action::"token:exchange", resource == Audience::"https://tickets.example")
-when { context has user && context.groups.contains("support") };
+when { context has user && context.groups.contains("login.test/support") };
 
 @id("delegates")
 permit(principal, action == Action::"token:exchange", resource)
@@ -184,7 +184,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     assert_eq!(t1["scope"], "llm:chat tickets:read");
     let t1 = t1["access_token"].as_str().unwrap().to_owned();
     let c1 = jwt_claims(&t1);
-    assert_eq!(c1["sub"], "user:alice");
+    assert_eq!(c1["sub"], "user:login.test/alice");
     assert_eq!(c1["aud"], json!(["https://tickets.example"]));
     assert_eq!(c1["client_id"], "orch");
     let orch_id = jwt_claims(&orch)["sub"].clone();
@@ -197,7 +197,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     assert_eq!(r.status, 200, "{}", r.body);
     let t2 = r.json()["access_token"].as_str().unwrap().to_owned();
     let c2 = jwt_claims(&t2);
-    assert_eq!(c2["sub"], "user:alice");
+    assert_eq!(c2["sub"], "user:login.test/alice");
     assert_eq!(c2["scope"], "tickets:read");
     assert_eq!(c2["aud"], c1["aud"], "audience inherited");
     assert_eq!(c2["act"]["sub"], jwt_claims(&sub)["sub"]);
@@ -447,7 +447,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
     assert!(trace["tasks"][1]["revoked_at"].is_string());
     assert!(trace["tasks"][0]["revoked_at"].is_null());
     let human = b.cli(&["audit", "trace", txn]).ok().to_owned();
-    assert!(human.contains("for user:alice"), "{human}");
+    assert!(human.contains("for user:login.test/alice"), "{human}");
     let lines: Vec<&str> = human.lines().collect();
     let indent = |task: &str| {
         let l = lines
@@ -465,7 +465,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
             "audit",
             "list",
             "--user",
-            "alice",
+            "login.test/alice",
             "--event",
             "token.exchange",
             "--output",
@@ -479,7 +479,7 @@ fn a_three_hop_chain_narrows_and_revocation_cascades() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|r| r["user"] == "user:alice")
+            .all(|r| r["user"] == "user:login.test/alice")
     );
     assert!(by_user.as_array().unwrap().len() >= 3);
     let by_task = b
@@ -664,7 +664,7 @@ fn authlib_exchanges_and_pyjwt_reads_the_act_chain() {
     assert_eq!(v["typ"], "at+jwt");
     assert_eq!(v["token_response"]["token_type"], "Bearer");
     assert_eq!(v["token_response"]["issued_token_type"], AT);
-    assert_eq!(v["claims"]["sub"], "user:alice");
+    assert_eq!(v["claims"]["sub"], "user:login.test/alice");
     assert_eq!(v["chain"], json!([jwt_claims(&orch)["sub"]]));
 }
 
@@ -683,7 +683,12 @@ fn the_development_user_issuer_is_off_unless_asked_for() {
         },
     );
     assert!(b.logs().contains("DEVELOPMENT MODE"));
-    std::fs::write(b.data_dir.join("policies/delegation.cedar"), POLICY).unwrap();
+    // The development issuer's users and groups are `dev/...`.
+    std::fs::write(
+        b.data_dir.join("policies/delegation.cedar"),
+        POLICY.replace("login.test/support", "dev/support"),
+    )
+    .unwrap();
     b.cli(&["policy", "reload"]).ok();
     b.cli(&["agent", "create", "orch", "--owner", "o", "--env", "dev"])
         .ok();
@@ -709,7 +714,7 @@ fn the_development_user_issuer_is_off_unless_asked_for() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         jwt_claims(r.json()["access_token"].as_str().unwrap())["sub"],
-        "user:alice"
+        "user:dev/alice"
     );
     let minted = audit(&b, Some("admin.dev.user-token"));
     assert_eq!(minted.len(), 1);
@@ -803,7 +808,7 @@ permit(principal, action == Action::"identity:issue", resource);
 permit(principal, action == Action::"token:exchange", resource) when { context.depth == 1 };
 @id("support-delegates")
 permit(principal, action == Action::"token:exchange", resource)
-when { context.depth >= 2 && context.groups.contains("support") };
+when { context.depth >= 2 && context.groups.contains("login.test/support") };
 "#,
     )
     .unwrap();
@@ -842,6 +847,6 @@ when { context.depth >= 2 && context.groups.contains("support") };
     let txn = jwt_claims(&t1)["txn"].as_str().unwrap().to_owned();
     let trace = b.cli(&["audit", "trace", &txn, "--output", "json"]).json();
     for t in trace["tasks"].as_array().unwrap() {
-        assert_eq!(t["groups"], json!(["support"]), "{t}");
+        assert_eq!(t["groups"], json!(["login.test/support"]), "{t}");
     }
 }

@@ -228,7 +228,7 @@ credential = {{ kind = "per_user_secret", secret = "remote-token" }}
         &w,
         "remote-token",
         "alice-remote-token-0123456789",
-        Some("alice"),
+        Some("login.test/alice"),
     );
     let orch = identity(&w.b, "orch");
     let s = Setup {
@@ -416,7 +416,7 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
         r["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("no secret `remote-token` is stored for user `bob`"),
+            .contains("no secret `remote-token` is stored for user `login.test/bob`"),
         "{r}"
     );
     assert!(!s.w.b.logs().contains("alice-remote-token"));

@@ -211,7 +211,7 @@ fn check_uses_context_and_refuses_bad_requests() {
     fs::write(
         b.data_dir.join("policies/s.cedar"),
         r#"@id("support-hours") permit(principal in Agent::"support", action == Action::"token:exchange", resource == Audience::"tickets")
-when { context has user && context.user in Group::"support" && context.hour >= 8 && context.hour < 18 && principal.trust == "high" };
+when { context has user && context.user in Group::"corp/support" && context.hour >= 8 && context.hour < 18 && principal.trust == "high" };
 @id("approve-payments") @approval("required") permit(principal, action == Action::"token:exchange", resource == Audience::"payments");
 "#,
     )
@@ -231,9 +231,9 @@ when { context has user && context.user in Group::"support" && context.hour >= 8
             "--resource",
             "Audience::\"tickets\"",
             "--user",
-            "alice",
+            "corp/alice",
             "--group",
-            "support",
+            "corp/support",
             "--time",
             "2026-11-23T10:00:00Z"
         ])
@@ -245,9 +245,9 @@ when { context has user && context.user in Group::"support" && context.hour >= 8
             "--resource",
             "Audience::\"tickets\"",
             "--user",
-            "alice",
+            "corp/alice",
             "--group",
-            "support",
+            "corp/support",
             "--time",
             "2026-11-23T22:00:00Z"
         ])
@@ -259,9 +259,9 @@ when { context has user && context.user in Group::"support" && context.hour >= 8
             "--resource",
             "Audience::\"tickets\"",
             "--user",
-            "bob",
+            "corp/bob",
             "--group",
-            "sales",
+            "corp/sales",
             "--time",
             "2026-11-23T10:00:00Z"
         ])
@@ -374,9 +374,9 @@ fn policy_doc_examples_hold() {
             "--resource",
             "Audience::\"https://tickets.example.org\"",
             "--user",
-            "alice",
+            "corp/alice",
             "--group",
-            "support",
+            "corp/support",
             "--scope",
             "tickets:read",
         ];
@@ -437,7 +437,7 @@ fn the_delegation_policy_examples_decide_as_documented() {
             "--resource",
             tickets,
             "--user",
-            "alice",
+            "corp/alice",
             "--group",
             group,
             "--scope",
@@ -451,26 +451,36 @@ fn the_delegation_policy_examples_decide_as_documented() {
         ]
     };
     assert_eq!(
-        check(&base(monday_10, "support", "tickets:read")),
+        check(&base(monday_10, "corp/support", "tickets:read")),
         (0, "support-reads-tickets-in-business-hours".into())
     );
     assert_eq!(
-        check(&base("2026-11-28T10:00:00Z", "support", "tickets:read")).0,
+        check(&base(
+            "2026-11-28T10:00:00Z",
+            "corp/support",
+            "tickets:read"
+        ))
+        .0,
         3,
         "Saturday"
     );
     assert_eq!(
-        check(&base("2026-11-23T19:00:00Z", "support", "tickets:read")).0,
+        check(&base(
+            "2026-11-23T19:00:00Z",
+            "corp/support",
+            "tickets:read"
+        ))
+        .0,
         3,
         "after hours"
     );
     assert_eq!(
-        check(&base(monday_10, "sales", "tickets:read")).0,
+        check(&base(monday_10, "corp/sales", "tickets:read")).0,
         3,
         "not in support"
     );
     assert_eq!(
-        check(&base(monday_10, "support", "tickets:write")).0,
+        check(&base(monday_10, "corp/support", "tickets:write")).0,
         3,
         "reads only"
     );
@@ -484,9 +494,9 @@ fn the_delegation_policy_examples_decide_as_documented() {
             "--resource",
             tickets,
             "--user",
-            "alice",
+            "corp/alice",
             "--group",
-            "support",
+            "corp/support",
             "--scope",
             scope,
             "--depth",

@@ -25,7 +25,7 @@ permit(principal, action == Action::"token:exchange", resource);
 permit(principal, action == Action::"token:self", resource);
 @id("egress")
 permit(principal in Agent::"orch", action == Action::"http:request", resource)
-when { !(context has user) || context.groups.contains("support") || resource == Route::"gh" };
+when { !(context has user) || context.groups.contains("login.test/support") || resource == Route::"gh" };
 @id("no-forbidden-path")
 forbid(principal, action == Action::"http:request", resource == Route::"openai")
 when { context.path == "/v1/forbidden" || context.path == "/v1/embeddings" };
@@ -225,7 +225,12 @@ fn setup() -> (World, Upstream, Upstream) {
     let tls = Upstream::start(true);
     let w = world_with(4, &routes(&plain, &tls), POLICY);
     put_secret(&w, "openai-key", KEY, None);
-    put_secret(&w, "gh-token", "gh-alice-0123456789", Some("alice"));
+    put_secret(
+        &w,
+        "gh-token",
+        "gh-alice-0123456789",
+        Some("login.test/alice"),
+    );
     put_secret(&w, "crm-secret", "crm-client-secret-0123456789", None);
     put_secret(&w, "jira", "robot:jira-pass-0123456789", None);
     (w, plain, tls)
@@ -332,7 +337,7 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
     let c = jwt_claims(&minted);
     assert_eq!(jwt_header(&minted)["typ"], "warrant-upstream+jwt");
     assert_eq!(c["aud"], "https://internal.test");
-    assert_eq!(c["sub"], "user:alice");
+    assert_eq!(c["sub"], "user:login.test/alice");
     assert_eq!(c["act"]["sub"], jwt_claims(&orch)["sub"]);
     assert_eq!(c["txn"], txn.as_str());
     assert!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap() <= 60);
@@ -608,7 +613,7 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
             "per-user without a secret",
             edge(&w, "GET", "/gh/user", Some(&bob), &[], None),
             403,
-            "no secret `gh-token` is stored for user `bob`",
+            "no secret `gh-token` is stored for user `login.test/bob`",
         ),
         (
             "unknown route",
@@ -758,7 +763,7 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
         .iter()
         .find(|r| r["resource"] == "Route::\"gh\"")
         .unwrap();
-    assert_eq!(per_user["user"], "user:bob");
+    assert_eq!(per_user["user"], "user:login.test/bob");
 
     // A body without a length is cut off at the limit.
     let chunk = format!("100000\r\n{}\r\n", "x".repeat(0x100000));
@@ -865,12 +870,17 @@ fn the_upstream_cannot_leak_the_key_or_redirect_it() {
 fn secrets_are_sealed_and_never_shown() {
     let w = world_with(4, "", POLICY);
     put_secret(&w, "openai-key", KEY, None);
-    put_secret(&w, "openai-key", "sk-for-alice-0123456789", Some("alice"));
+    put_secret(
+        &w,
+        "openai-key",
+        "sk-for-alice-0123456789",
+        Some("login.test/alice"),
+    );
     let list = w.b.cli(&["secret", "list", "--output", "json"]).json();
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(list[0]["name"], "openai-key");
     assert_eq!(list[0]["version"], 1);
-    assert_eq!(list[1]["owner"], "alice");
+    assert_eq!(list[1]["owner"], "login.test/alice");
     let human = w.b.cli(&["secret", "list"]).ok().to_owned();
     assert!(
         human.contains("(shared)") && human.contains("alice"),
@@ -913,8 +923,14 @@ fn secrets_are_sealed_and_never_shown() {
         "{}",
         missing.stderr
     );
-    w.b.cli(&["secret", "delete", "openai-key", "--for-user", "alice"])
-        .ok();
+    w.b.cli(&[
+        "secret",
+        "delete",
+        "openai-key",
+        "--for-user",
+        "login.test/alice",
+    ])
+    .ok();
     assert_eq!(
         w.b.cli(&["secret", "list", "--output", "json"])
             .json()

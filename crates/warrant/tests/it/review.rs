@@ -655,3 +655,161 @@ fn only_the_admin_role_revokes_through_the_oauth_endpoint() {
         false
     );
 }
+
+/// A second user issuer (`https://partner.test`, PyJWT), with users of the
+/// same names as the first's; returns its users and its config table.
+fn partner_issuer(dir: &std::path::Path, namespace: Option<&str>) -> (Value, String) {
+    let out = std::process::Command::new(python())
+        .arg(repo().join("tests/interop/user_issuer.py"))
+        .args([dir.to_str().unwrap(), "https://partner.test", "warrant"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let users: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ns = namespace.map_or(String::new(), |n| format!("namespace = \"{n}\"\n"));
+    let table = format!(
+        "[[user_issuer]]\nissuer = \"https://partner.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n{ns}",
+        dir.join("users-jwks.json").display()
+    );
+    (users, table)
+}
+
+const PER_USER_POLICY: &str = r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+@id("exchange")
+permit(principal in Agent::"orch", action == Action::"token:exchange", resource);
+@id("gh")
+permit(principal in Agent::"orch", action == Action::"http:request", resource == Route::"gh");
+@id("corp-support-only")
+forbid(principal, action == Action::"http:request", resource == Route::"gh")
+unless { context has user && context.groups.contains("login.test/support") };
+"#;
+
+/// Issue 12, item 5: task subjects were `user:<sub>` without the issuer, so
+/// `alice` at a partner IdP got corporate alice's per-user secrets and
+/// matched her policies. Users and groups are issuer-qualified now.
+#[test]
+fn the_same_subject_at_two_issuers_is_two_users() {
+    let up = crate::proxy::Upstream::start(false);
+    let dir = tempfile::tempdir().unwrap();
+    let (partner, table) = partner_issuer(dir.path(), None);
+    let config = format!(
+        "{table}\n[[route]]\nname = \"gh\"\nupstream = \"{}\"\naudience = \"https://gh.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"per_user_secret\", secret = \"gh-token\", header = \"authorization\", format = \"token {{secret}}\" }}\n",
+        up.origin("http")
+    );
+    let w = world_with(4, &config, PER_USER_POLICY);
+    put_secret(
+        &w,
+        "gh-token",
+        "gh-corp-alice-0123456789",
+        Some("login.test/alice"),
+    );
+    // An owner that is not qualified, or of no configured issuer, is refused.
+    let value = dir.path().join("value.txt");
+    std::fs::write(&value, "gh-someone-0123456789").unwrap();
+    for bad in ["alice", "nowhere.test/alice"] {
+        let r = w.b.cli(&[
+            "secret",
+            "put",
+            "gh-token",
+            "--for-user",
+            bad,
+            "--from-file",
+            value.to_str().unwrap(),
+        ]);
+        assert_ne!(r.code, 0, "{bad}");
+        assert!(
+            r.stderr.contains("qualified") || r.stderr.contains("namespace"),
+            "{bad}: {}",
+            r.stderr
+        );
+    }
+    let orch = identity(&w.b, "orch");
+    let task = |user_token: &str| {
+        let r = exchange(
+            &w.b,
+            user_token,
+            JWT,
+            &orch,
+            &[("scope", "gh:read"), ("audience", "https://gh.test")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    let corp = task(w.users["alice"].as_str().unwrap());
+    let other = task(partner["alice"].as_str().unwrap());
+    assert_eq!(crate::jwt_claims(&corp)["sub"], "user:login.test/alice");
+    assert_eq!(crate::jwt_claims(&other)["sub"], "user:partner.test/alice");
+    let get = |t: &str| {
+        warrant_testkit::http(
+            w.b.edge,
+            "GET",
+            "/gh/user",
+            &[("authorization", &format!("Bearer {t}"))],
+            None,
+        )
+    };
+    let r = get(&corp);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        up.seen().last().unwrap()["headers"]["authorization"],
+        "token gh-corp-alice-0123456789"
+    );
+    // Partner alice is in the partner's `support`, not corporate support.
+    let before = up.seen().len();
+    let r = get(&other);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("corp-support-only"), "{}", r.body);
+    assert_eq!(up.seen().len(), before, "nothing reached the upstream");
+    assert!(!r.body.contains("gh-corp-alice"));
+}
+
+/// Issue 12, item 5: mapping an issuer's users onto another's is a
+/// deliberate act (the same `namespace` on both), and issuers that would
+/// collide by default are refused at start.
+#[test]
+fn issuers_share_users_only_on_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let (partner, table) = partner_issuer(dir.path(), Some("corp"));
+    let config = format!("namespace = \"corp\"\n{table}");
+    // `world_with` writes the first issuer's table last in the file's
+    // `[[user_issuer]]` list; give it the same namespace by appending.
+    let w = world_with(
+        4,
+        &config,
+        PER_USER_POLICY.replace("login.test/", "corp/").as_str(),
+    );
+    let orch = identity(&w.b, "orch");
+    for t in [
+        w.users["alice"].as_str().unwrap(),
+        partner["alice"].as_str().unwrap(),
+    ] {
+        let r = exchange(
+            &w.b,
+            t,
+            JWT,
+            &orch,
+            &[("scope", "gh:read"), ("audience", "https://gh.test")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(
+            crate::jwt_claims(r.json()["access_token"].as_str().unwrap())["sub"],
+            "user:corp/alice"
+        );
+    }
+    // Two issuers on one host would share `login.example.org` by default.
+    let config = "[[user_issuer]]\nissuer = \"https://login.example.org/tenant-a\"\njwks_file = \"/dev/null\"\naudience = \"warrant\"\n\n[[user_issuer]]\nissuer = \"https://login.example.org/tenant-b\"\njwks_file = \"/dev/null\"\naudience = \"warrant\"\n";
+    let (err, _, _tmp) = crate::serve::start_fails(crate::Options {
+        config: Some(config.into()),
+        ..Default::default()
+    });
+    assert!(
+        err.contains("share the namespace `login.example.org`") && err.contains("namespace"),
+        "{err}"
+    );
+}

@@ -113,7 +113,7 @@ fn metrics_are_prometheus_text() {
 
 /// Starts serve expecting it to refuse; returns its stderr, the data dir it was
 /// given, and the temp dir that holds them (kept alive by the caller).
-fn start_fails(opts: Options) -> (String, std::path::PathBuf, tempfile::TempDir) {
+pub fn start_fails(opts: Options) -> (String, std::path::PathBuf, tempfile::TempDir) {
     let tmp = tempfile::tempdir_in("/tmp").unwrap();
     let (mut child, data_dir, log) = spawn_serve(bin(), tmp.path(), &opts);
     let status = child.wait().unwrap();
