@@ -93,6 +93,11 @@ tokens = {
                       headers={"kid": "stranger", "jwk": jwk(stranger, "stranger", "RS256")}),
     "x5u": jwt.encode(claims(), stranger, algorithm="RS256",
                       headers={"kid": "stranger", "x5u": "http://127.0.0.1:9/cert.pem"}),
+    # The nested Kubernetes claims' names, written flat at the top level.
+    "flat_claims": jwt.encode(
+        claims(**{"kubernetes.io": None, "kubernetes.io.namespace": "agents",
+                  "kubernetes.io.serviceaccount.name": "triage", "kubernetes.io.pod.uid": "pod-flat"}),
+        rsa_key, algorithm="RS256", headers={"kid": "k8s-rsa"}),
     "kid_traversal": jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "../../etc/passwd"}),
 }
 tokens.update({f"flood_{i}": jwt.encode(claims(), stranger, algorithm="RS256", headers={"kid": f"made-up-{i}"}) for i in range(5)})

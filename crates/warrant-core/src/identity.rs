@@ -103,35 +103,44 @@ pub struct OidcFacts {
     pub claims: Map<String, Value>,
 }
 
-/// The claim paths behind the `k8s:` shorthands.
-pub const K8S_NAMESPACE: &str = "kubernetes.io.namespace";
+/// The claim path behind `k8s:ns`: the nested claim `namespace` of the
+/// claim `kubernetes.io`, exactly (never a top-level claim literally named
+/// `kubernetes.io.namespace`).
+pub const K8S_NAMESPACE: &[&str] = &["kubernetes.io", "namespace"];
 /// `k8s:sa`.
-pub const K8S_SERVICE_ACCOUNT: &str = "kubernetes.io.serviceaccount.name";
+pub const K8S_SERVICE_ACCOUNT: &[&str] = &["kubernetes.io", "serviceaccount", "name"];
 /// `k8s:pod`.
-pub const K8S_POD: &str = "kubernetes.io.pod.name";
+pub const K8S_POD: &[&str] = &["kubernetes.io", "pod", "name"];
 /// The pod's uid: an instance per pod.
-pub const K8S_POD_UID: &str = "kubernetes.io.pod.uid";
+pub const K8S_POD_UID: &[&str] = &["kubernetes.io", "pod", "uid"];
+
+/// The claim names of a selector's claim path, one per nesting level:
+/// `claim.a.b` is claim `b` inside claim `a` (each dot is a level, so a
+/// claim whose name has a dot cannot be named this way); `claim/a.b/c` is
+/// an RFC 6901 JSON Pointer (`~1` is `/`, `~0` is `~`), for claim names
+/// with dots. Every path names exactly one place.
+pub fn claim_path(key: &str) -> Option<Vec<String>> {
+    if let Some(dotted) = key.strip_prefix("claim.") {
+        return Some(dotted.split('.').map(str::to_owned).collect());
+    }
+    let pointer = key.strip_prefix("claim/")?;
+    Some(
+        pointer
+            .split('/')
+            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
+}
 
 impl OidcFacts {
-    /// The claim at a dotted path (`kubernetes.io.namespace` is tried whole
-    /// first, then as nested `kubernetes.io` → `namespace`, and so on).
-    pub fn claim(&self, path: &str) -> Option<&Value> {
-        fn walk<'a>(obj: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-            if let Some(v) = obj.get(path) {
-                return Some(v);
-            }
-            // Try every split point, longest key first: claim names may contain dots.
-            let dots: Vec<usize> = path.match_indices('.').map(|(i, _)| i).collect();
-            for &i in dots.iter().rev() {
-                if let Some(Value::Object(inner)) = obj.get(&path[..i])
-                    && let Some(v) = walk(inner, &path[i + 1..])
-                {
-                    return Some(v);
-                }
-            }
-            None
+    /// The claim at a path of names, one per nesting level, exactly.
+    pub fn claim<S: AsRef<str>>(&self, path: &[S]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        let mut cur = self.claims.get(first.as_ref())?;
+        for name in rest {
+            cur = cur.as_object()?.get(name.as_ref())?;
         }
-        walk(&self.claims, path)
+        Some(cur)
     }
 }
 
@@ -192,11 +201,11 @@ impl Evidence {
                 _ => false,
             },
             (Self::Oidc(o), SelectorKind::Oidc) => match s.key() {
+                "provider" => o.provider == want,
                 "iss" => o.iss == want,
                 "sub" => o.sub == want,
-                k => k
-                    .strip_prefix("claim.")
-                    .and_then(|path| o.claim(path))
+                k => claim_path(k)
+                    .and_then(|path| o.claim(&path))
                     .is_some_and(|v| value_matches(v, want)),
             },
             (Self::Oidc(o), SelectorKind::K8s) => {
@@ -214,8 +223,19 @@ impl Evidence {
 
     /// Whether `agent` matches: it has at least one selector this attestor
     /// proves, and every one of them holds. An agent with none is never chosen
-    /// by this attestor (no selectors must not mean "anyone").
+    /// by this attestor (no selectors must not mean "anyone"). For a platform
+    /// token, the agent must also name the trust provider it trusts
+    /// (`oidc:provider=<name>`): the same namespace and service account in a
+    /// dev cluster is not the prod agent.
     pub fn matches(&self, agent: &Agent) -> bool {
+        if matches!(self, Self::Oidc(_))
+            && !agent
+                .selectors
+                .iter()
+                .any(|s| s.kind() == SelectorKind::Oidc && s.key() == "provider")
+        {
+            return false;
+        }
         let kinds = self.attestor().selector_kinds();
         let mut relevant = agent
             .selectors

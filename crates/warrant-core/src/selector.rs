@@ -37,7 +37,9 @@ impl SelectorKind {
     fn keys_help(self) -> &'static str {
         match self {
             Self::Unix => "uid, gid, user, group, path, sha256",
-            Self::Oidc => "iss, sub, claim.<name> (dotted for nested claims)",
+            Self::Oidc => {
+                "provider (the [[trust_provider]] name), iss, sub, claim.<name> (each dot a nesting level), claim/<JSON pointer> (for claim names with dots)"
+            }
             Self::K8s => "ns, sa, pod",
         }
     }
@@ -203,10 +205,37 @@ impl FromStr for Selector {
                 }
             }
             (SelectorKind::Oidc, "sub") => {}
+            (SelectorKind::Oidc, "provider") => {
+                if !value
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                {
+                    return Err(bad_value(
+                        "provider is the name of a [[trust_provider]] (lower-case letters, digits, hyphens)",
+                    ));
+                }
+            }
             (SelectorKind::Oidc, k) if k.starts_with("claim.") => {
                 if !is_claim_path(&k["claim.".len()..]) {
                     return Err(bad_value(
-                        "claim names are dot-separated segments of letters, digits, `_`, `-`, `:`",
+                        "claim.<a>.<b> names claim b inside claim a: dot-separated names of letters, digits, `_`, `-`, `:` (for a claim name with a dot, use claim/<JSON pointer>, e.g. `oidc:claim/kubernetes.io/namespace=...`)",
+                    ));
+                }
+            }
+            (SelectorKind::Oidc, k) if k.starts_with("claim/") => {
+                // Every `~` starts an escape (`~0`, `~1`), and no name is empty.
+                let escapes_ok = k
+                    .split('~')
+                    .skip(1)
+                    .all(|r| r.starts_with('0') || r.starts_with('1'));
+                let names_ok = crate::identity::claim_path(k).is_some_and(|segs| {
+                    segs.iter().all(|seg| {
+                        !seg.is_empty() && seg.len() <= 256 && !seg.chars().any(char::is_control)
+                    })
+                });
+                if !(escapes_ok && names_ok) {
+                    return Err(bad_value(
+                        "claim/<pointer> is an RFC 6901 JSON Pointer to the claim: `/`-separated non-empty names (`~1` for `/`, `~0` for `~`)",
                     ));
                 }
             }

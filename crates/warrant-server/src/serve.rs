@@ -166,6 +166,24 @@ impl Broker {
             kek.clone(),
         ));
         let keys = Arc::new(KeyService::bootstrap(store.clone(), kek, config.signing_alg).await?);
+        // Agents registered before platform selectors had to name their
+        // provider are never chosen by a platform token now: say so.
+        if let Ok(agents) = store.list_agents().await {
+            use warrant_core::selector::SelectorKind;
+            for a in &agents {
+                let platform = a
+                    .selectors
+                    .iter()
+                    .any(|s| matches!(s.kind(), SelectorKind::Oidc | SelectorKind::K8s));
+                let provider = a
+                    .selectors
+                    .iter()
+                    .any(|s| s.kind() == SelectorKind::Oidc && s.key() == "provider");
+                if platform && !provider {
+                    tracing::warn!(agent = %a.name, "this agent's platform-token selectors name no trust provider, so no platform token attests it; recreate it with `--selector oidc:provider=<name>`");
+                }
+            }
+        }
         // Per-user secrets stored before user ids were issuer-qualified
         // belong to no user any more: say so, once, at start.
         if let Ok(list) = secrets.list().await {

@@ -63,22 +63,75 @@ fn every_selector_of_the_attestor_must_hold() {
 #[test]
 fn oidc_and_k8s_selectors_read_nested_claims() {
     let e = k8s("pod-1");
+    let p = "oidc:provider=k8s";
     assert!(e.matches(&agent(&[
+        p,
         "k8s:ns=agents",
         "k8s:sa=triage",
         "k8s:pod=triage-7f"
     ])));
     assert!(e.matches(&agent(&[
+        p,
         "oidc:iss=https://k8s.example",
         "oidc:sub=system:serviceaccount:agents:triage"
     ])));
     assert!(e.matches(&agent(&[
+        p,
+        "oidc:claim/kubernetes.io/serviceaccount/uid=sa-1"
+    ])));
+    assert!(e.matches(&agent(&[p, "oidc:claim.groups=b", "oidc:claim.n=3"])));
+    assert!(!e.matches(&agent(&[p, "k8s:ns=other"])));
+    assert!(!e.matches(&agent(&[p, "oidc:claim.missing=x"])));
+    assert!(!e.matches(&agent(&["unix:uid=1001"])));
+    // A dot is a nesting level: `kubernetes.io` is not a level.
+    assert!(!e.matches(&agent(&[
+        p,
         "oidc:claim.kubernetes.io.serviceaccount.uid=sa-1"
     ])));
-    assert!(e.matches(&agent(&["oidc:claim.groups=b", "oidc:claim.n=3"])));
-    assert!(!e.matches(&agent(&["k8s:ns=other"])));
-    assert!(!e.matches(&agent(&["oidc:claim.missing=x"])));
-    assert!(!e.matches(&agent(&["unix:uid=1001"])));
+}
+
+/// Issue 12, item 11: selectors did not name their provider, so a dev
+/// cluster's token with the right namespace and service account attested as
+/// the prod agent; and a top-level claim literally named
+/// `kubernetes.io.namespace` satisfied `k8s:ns`.
+#[test]
+fn oidc_selectors_are_bound_to_a_provider_and_exact_paths() {
+    let prod = agent(&["oidc:provider=k8s-prod", "k8s:ns=agents", "k8s:sa=triage"]);
+    let Evidence::Oidc(mut dev) = k8s("pod-1") else {
+        unreachable!()
+    };
+    dev.provider = "k8s-dev".into();
+    assert!(
+        !Evidence::Oidc(dev.clone()).matches(&prod),
+        "another provider"
+    );
+    dev.provider = "k8s-prod".into();
+    assert!(Evidence::Oidc(dev).matches(&prod));
+    // An agent naming no provider is never chosen by a platform token.
+    assert!(!k8s("pod-1").matches(&agent(&["k8s:ns=agents", "k8s:sa=triage"])));
+    // Flat claims spelled like the nested ones match nothing.
+    let flat = json!({
+        "iss": "https://ci.example", "sub": "x",
+        "kubernetes.io.namespace": "agents",
+        "kubernetes.io.serviceaccount.name": "triage",
+        "kubernetes.io": {"namespace": ["other"]}
+    });
+    let e = Evidence::Oidc(OidcFacts {
+        provider: "k8s-prod".into(),
+        iss: "https://ci.example".into(),
+        sub: "x".into(),
+        claims: flat.as_object().unwrap().clone(),
+    });
+    assert!(!e.matches(&prod));
+    // ...unless named exactly, as a pointer.
+    assert!(e.matches(&agent(&[
+        "oidc:provider=k8s-prod",
+        "oidc:claim/kubernetes.io.namespace=agents"
+    ])));
+    assert_eq!(
+        claim_path("claim/a~1b/c~0d"),
+        Some(vec!["a/b".to_owned(), "c~d".to_owned()])
+    );
 }
 
 #[test]

@@ -46,8 +46,11 @@ fn refuses_malformed_selectors_saying_why() {
         ("k8s:ns=Agents", "DNS label"),
         ("k8s:sa=a_b", "DNS subdomains"),
         ("oidc:iss=token.example", "issuer URL"),
-        ("oidc:claim.=x", "claim names"),
-        ("oidc:claim.a..b=x", "claim names"),
+        ("oidc:claim.=x", "dot-separated names"),
+        ("oidc:claim.a..b=x", "dot-separated names"),
+        ("oidc:claim/a//b=x", "JSON Pointer"),
+        ("oidc:claim/a~2=x", "JSON Pointer"),
+        ("oidc:provider=K8s", "[[trust_provider]]"),
         ("oidc:sub=a\nb", "control characters"),
     ];
     for (input, want) in cases {

@@ -73,6 +73,13 @@ pub struct Providers {
     client: Option<HttpClient>,
 }
 
+impl Providers {
+    /// The configured providers' names.
+    pub fn names(&self) -> Vec<&str> {
+        self.list.iter().map(|p| p.config.name.as_str()).collect()
+    }
+}
+
 impl std::fmt::Debug for Providers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()

@@ -109,8 +109,34 @@ fn agent_name(raw: &str) -> Result<AgentName, ApiError> {
     AgentName::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
+/// What a set of selectors must say beyond being well formed: platform-token
+/// selectors name the trust provider whose tokens they are about. (The
+/// provider need not be configured yet: an agent may be registered before
+/// its platform is trusted; until then it matches nothing.)
+fn check_selector_rules(set: &SelectorSet, providers: &[&str]) -> Result<(), String> {
+    use warrant_core::selector::SelectorKind;
+    let platform = set
+        .iter()
+        .any(|s| matches!(s.kind(), SelectorKind::Oidc | SelectorKind::K8s));
+    let provider = set
+        .iter()
+        .find(|s| s.kind() == SelectorKind::Oidc && s.key() == "provider");
+    match (platform, provider) {
+        (false, _) => Ok(()),
+        (true, None) => Err(format!(
+            "selectors on platform tokens must name the [[trust_provider]] whose tokens they are about: add `oidc:provider=<name>` (configured: {})",
+            if providers.is_empty() {
+                "none".to_owned()
+            } else {
+                providers.join(", ")
+            }
+        )),
+        (true, Some(_)) => Ok(()),
+    }
+}
+
 /// Validates every field of a create request, reporting all problems at once.
-fn validate_agent(req: CreateAgent) -> Result<NewAgent, ApiError> {
+fn validate_agent(req: CreateAgent, providers: &[&str]) -> Result<NewAgent, ApiError> {
     let mut problems = Vec::new();
     let name = AgentName::new(req.name)
         .map_err(|e| problems.push(e.to_string()))
@@ -131,6 +157,11 @@ fn validate_agent(req: CreateAgent) -> Result<NewAgent, ApiError> {
     let selectors = SelectorSet::parse(&req.selectors)
         .map_err(|e| problems.push(e.to_string()))
         .ok();
+    if let Some(set) = &selectors
+        && let Err(e) = check_selector_rules(set, providers)
+    {
+        problems.push(e);
+    }
     let max_ttl = match req.max_ttl {
         None => Some(warrant_core::agent::DEFAULT_MAX_TTL),
         Some(t) => t
@@ -192,7 +223,7 @@ async fn create_agent(
         .action("agent.create");
     let req = body(&state, &attempt, b).await?;
     let attempt = attempt.resource(format!("Agent::\"{}\"", shown(&req.name, 100)));
-    let new = match validate_agent(req) {
+    let new = match validate_agent(req, &state.attest.oidc.names()) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
     };

@@ -19,6 +19,8 @@ fn agent_lifecycle_through_the_cli() {
             "--trust",
             "medium",
             "--selector",
+            "oidc:provider=k8s-prod",
+            "--selector",
             "k8s:ns=agents",
             "--selector",
             "k8s:sa=triage",
@@ -34,7 +36,7 @@ fn agent_lifecycle_through_the_cli() {
     assert_eq!(created["max_ttl"], "15m");
     assert_eq!(
         created["selectors"],
-        serde_json::json!(["k8s:ns=agents", "k8s:sa=triage"])
+        serde_json::json!(["oidc:provider=k8s-prod", "k8s:ns=agents", "k8s:sa=triage"])
     );
     assert!(created["id"].as_str().unwrap().starts_with("agt_"));
 

@@ -522,6 +522,8 @@ fn oidc_broker(jwks: &str) -> (Broker, Value, tempfile::TempDir) {
         "--env",
         "dev",
         "--selector",
+        "oidc:provider=k8s-test",
+        "--selector",
         "k8s:ns=agents",
         "--selector",
         "k8s:sa=triage",

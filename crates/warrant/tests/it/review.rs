@@ -813,3 +813,99 @@ fn issuers_share_users_only_on_purpose() {
         "{err}"
     );
 }
+
+/// Issue 12, item 11: OIDC selectors were not bound to a trust provider (a
+/// dev cluster's token with the right namespace and service account
+/// attested as the prod agent), and a top-level claim literally named
+/// `kubernetes.io.namespace` satisfied `k8s:ns`.
+#[test]
+fn platform_selectors_are_bound_to_their_provider() {
+    let issuer = |dir: &std::path::Path, url: &str| -> Value {
+        let out = std::process::Command::new(python())
+            .arg(repo().join("tests/interop/oidc_issuer.py"))
+            .args([dir.to_str().unwrap(), url, "warrant"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (prod_dir, dev_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let prod = issuer(prod_dir.path(), "https://k8s-prod.test");
+    let dev = issuer(dev_dir.path(), "https://k8s-dev.test");
+    let provider = |name: &str, url: &str, dir: &std::path::Path| {
+        format!(
+            "[[trust_provider]]\nname = \"{name}\"\nissuer = \"{url}\"\njwks_file = \"{}\"\naudience = \"warrant\"\n",
+            dir.join("jwks.json").display()
+        )
+    };
+    let config = format!(
+        "{}\n{}",
+        provider("k8s-prod", "https://k8s-prod.test", prod_dir.path()),
+        provider("k8s-dev", "https://k8s-dev.test", dev_dir.path())
+    );
+    let b = crate::Broker::start_with(
+        crate::bin(),
+        crate::Options {
+            config: Some(config),
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        b.data_dir.join("policies/p.cedar"),
+        r#"permit(principal, action == Action::"identity:issue", resource);"#,
+    )
+    .unwrap();
+    b.cli(&["policy", "reload"]).ok();
+    // Platform selectors must name their provider.
+    let r = b.cli(&[
+        "agent",
+        "create",
+        "triage",
+        "--owner",
+        "o",
+        "--env",
+        "prod",
+        "--selector",
+        "k8s:ns=agents",
+        "--selector",
+        "k8s:sa=triage",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("oidc:provider"), "{}", r.stderr);
+    b.cli(&[
+        "agent",
+        "create",
+        "triage",
+        "--owner",
+        "o",
+        "--env",
+        "prod",
+        "--selector",
+        "oidc:provider=k8s-prod",
+        "--selector",
+        "k8s:ns=agents",
+        "--selector",
+        "k8s:sa=triage",
+    ])
+    .ok();
+    let attest =
+        |token: &Value| crate::post_json(&b, "/v1/attest/oidc", &json!({ "token": token }));
+    let r = attest(&prod["good_rs256"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    for (what, token) in [
+        ("dev cluster", &dev["good_rs256"]),
+        ("flat claims", &prod["flat_claims"]),
+    ] {
+        let r = attest(token);
+        assert_eq!(r.status, 403, "{what}: {}", r.body);
+        assert!(
+            r.body.contains("matches no registered agent"),
+            "{what}: {}",
+            r.body
+        );
+    }
+}
