@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use warrant_core::audit::{AuditEvent, Outcome};
@@ -985,6 +985,26 @@ impl Gateway {
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "absolute-form request targets are refused".into(),
+            ));
+        }
+        if let Some(h) = crate::proxy::repeated(
+            req.headers(),
+            &[
+                header::HOST,
+                header::ORIGIN,
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("mcp-session-id"),
+                HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static("mcp-method"),
+            ],
+        ) {
+            return Err(bad(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!(
+                    "`{h}` is sent more than once; send it once, so there is one reading of the request"
+                ),
             ));
         }
         let host = req

@@ -18,6 +18,7 @@
 //! allowed request is not held for an fsync.
 
 pub mod credential;
+pub mod path;
 pub mod redact;
 pub mod route;
 
@@ -289,12 +290,12 @@ impl ProxyService {
         } else {
             "-"
         };
-        if let Err(e) = self.boundaries(&req, &rest) {
-            return self.refuse(event, *e, label).await;
-        }
-        // One spelling of each path, so `allow` rules and policies see what
-        // the upstream will: `/v1/%61dmin` is `/v1/admin` here too.
-        let rest = normalize_path(&rest);
+        // One spelling of each path, decided on and forwarded alike: `allow`
+        // rules and policies see exactly what the upstream will.
+        let rest = match self.boundaries(&req, &rest) {
+            Ok(canonical) => canonical,
+            Err(e) => return self.refuse(event, *e, label).await,
+        };
         let Some(rs) = self.routes.get(&route_name) else {
             let e = Refusal::new(
                 StatusCode::NOT_FOUND,
@@ -499,8 +500,9 @@ impl ProxyService {
         )
     }
 
-    /// Refuses what no route may carry, whatever the token says.
-    fn boundaries(&self, req: &Request<Body>, rest: &str) -> Result<(), Box<Refusal>> {
+    /// Refuses what no route may carry, whatever the token says; returns the
+    /// canonical path below the route.
+    fn boundaries(&self, req: &Request<Body>, rest: &str) -> Result<String, Box<Refusal>> {
         let bad = |m: String| {
             Err(Box::new(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -510,6 +512,11 @@ impl ProxyService {
         };
         if req.uri().scheme().is_some() || req.uri().authority().is_some() {
             return bad("absolute-form request targets are refused: this is not an open proxy; send `METHOD /<route>/<path>` to the edge listener".into());
+        }
+        if let Some(h) = repeated(req.headers(), &[header::HOST]) {
+            return bad(format!(
+                "`{h}` is sent more than once; send it once, so there is one reading of the request"
+            ));
         }
         let host = req
             .headers()
@@ -522,9 +529,14 @@ impl ProxyService {
                 shown(host, 100)
             ));
         }
-        if let Some(why) = path_escape(rest) {
-            return bad(format!("the path {why}; it could escape the route"));
-        }
+        let canonical = match path::canonical_path(rest) {
+            Ok(c) => c,
+            Err(why) => {
+                return bad(format!(
+                    "the path {why}; it could be read as another path than the one allowed"
+                ));
+            }
+        };
         if req.headers().len() > MAX_HEADERS
             || req
                 .headers()
@@ -539,7 +551,7 @@ impl ProxyService {
                 format!("at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of them"),
             )));
         }
-        Ok(())
+        Ok(canonical)
     }
 
     fn decision_request(
@@ -894,63 +906,12 @@ fn agent_token<'a>(headers: &'a HeaderMap, header: &HeaderName) -> Result<&'a st
     Ok(token)
 }
 
-/// Decodes percent-escapes of unreserved characters and upper-cases the
-/// rest (RFC 3986 §6.2.2), for a path [`path_escape`] accepted.
-pub fn normalize_path(path: &str) -> String {
-    let b = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = &path[i + 1..i + 3];
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') {
-                    out.push(char::from(v));
-                } else {
-                    out.push('%');
-                    out.push_str(&hex.to_ascii_uppercase());
-                }
-                i += 3;
-                continue;
-            }
-        }
-        out.push(char::from(b[i]));
-        i += 1;
-    }
-    out
-}
-
-/// Why `path` (below the route, as received) is refused, if it is.
-pub fn path_escape(path: &str) -> Option<&'static str> {
-    if !path.is_ascii() {
-        return Some("is not ASCII");
-    }
-    let bytes = path.as_bytes();
-    for (i, _) in path.match_indices('%') {
-        let ok = bytes.len() > i + 2
-            && bytes[i + 1].is_ascii_hexdigit()
-            && bytes[i + 2].is_ascii_hexdigit();
-        if !ok {
-            return Some("has a `%` that is not a percent-escape");
-        }
-    }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00", "%25"]
+/// The first of `names` that `headers` carry more than once: one request
+/// must have one reading, and servers disagree on which of two values wins.
+pub(crate) fn repeated<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> Option<&'a HeaderName> {
+    names
         .iter()
-        .any(|p| lower.contains(p))
-    {
-        return Some("encodes `.`, `/`, `\\`, `%` or NUL");
-    }
-    if path.contains('\\') {
-        return Some("contains `\\`");
-    }
-    if path.split('/').any(|s| s == "." || s == "..") {
-        return Some("has a `.` or `..` segment");
-    }
-    if path.contains("//") {
-        return Some("has an empty segment (`//`)");
-    }
-    None
+        .find(|n| headers.get_all(*n).iter().nth(1).is_some())
 }
 
 /// The headers that may cross the proxy: not hop-by-hop, not named in
@@ -1196,33 +1157,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_are_refused() {
-        for bad in [
-            "/v1/../admin",
-            "/v1/%2e%2e/x",
-            "/v1/%2E%2e%2Fx",
-            "/a%2fb",
-            "/a\\b",
-            "/./a",
-            "/a//b",
-            "/a%252e",
-        ] {
-            assert!(path_escape(bad).is_some(), "{bad}");
-        }
-        for ok in [
-            "/",
-            "/v1/chat/completions",
-            "/v1/files/file-1.txt",
-            "/a%20b",
-            "/v1/x..y",
-        ] {
-            assert!(path_escape(ok).is_none(), "{ok}");
-        }
-        for bad in ["/a%zz", "/a%2", "/a%"] {
-            assert!(path_escape(bad).is_some(), "{bad}");
-        }
-        assert_eq!(normalize_path("/v1/%61dmin%7e%3f%3F"), "/v1/admin~%3F%3F");
-        assert_eq!(normalize_path("/a%20b"), "/a%20b");
+    fn repeated_headers_are_found() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert!(repeated(&h, &[header::HOST, header::ORIGIN]).is_none());
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert_eq!(
+            repeated(&h, &[header::ORIGIN, header::HOST]),
+            Some(&header::HOST)
+        );
     }
 
     #[test]

@@ -909,3 +909,81 @@ fn platform_selectors_are_bound_to_their_provider() {
         );
     }
 }
+
+/// Issue 12, item 6 (and the duplicate `Host` of the low findings):
+/// `/public/..;/admin` passed `allow /public/**` and a `forbid` on
+/// `/admin*`, and reached the upstream verbatim, where servlet containers
+/// resolve it to `/admin`. The edge decides on, and forwards, one canonical
+/// path, and refuses paths with more than one reading.
+#[test]
+fn a_path_is_decided_and_forwarded_in_one_canonical_form() {
+    let up = crate::proxy::Upstream::start(false);
+    let config = format!(
+        "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/public/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
+        up.origin("http")
+    );
+    let policy = r#"
+permit(principal, action == Action::"identity:issue", resource);
+permit(principal, action == Action::"token:exchange", resource);
+permit(principal, action == Action::"http:request", resource == Route::"site");
+forbid(principal, action == Action::"http:request", resource == Route::"site")
+when { context.path like "/admin*" };
+"#;
+    let w = world_with(4, &config, policy);
+    put_secret(&w, "site-key", "site-key-0123456789", None);
+    let orch = identity(&w.b, "orch");
+    let r = exchange(
+        &w.b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "site:read"), ("audience", "https://site.test")],
+    );
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let host = w.b.edge.to_string();
+    let get = |path: &str| {
+        warrant_testkit::raw(
+            w.b.edge,
+            &format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nConnection: close\r\n\r\n"
+            ),
+            b"",
+        )
+    };
+    // Allowed, and forwarded as decided on (the escape of `p` decoded).
+    let r = get("/site/public/%70age");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(up.seen().last().unwrap()["path"], "/public/page");
+    let before = up.seen().len();
+    for path in [
+        "/site/public/..;/admin",
+        "/site/public/..;x=y/admin",
+        "/site/public;/../admin",
+        "/site/public/%2e%2e;/admin",
+        "/site/public/%2e%2e%3b/admin",
+        "/site/public/%c0%ae%c0%ae/admin",
+        "/site/public/%ef%bc%8e%ef%bc%8e/admin",
+        "/site/public/x%5c..%5cadmin",
+        "/site/public/x%3f/../admin",
+        "/site/public//admin",
+    ] {
+        let r = get(path);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+    }
+    // Two Host headers: two readings of where the request goes.
+    let r = warrant_testkit::raw(
+        w.b.edge,
+        &format!(
+            "GET /site/public/x HTTP/1.1\r\nHost: {host}\r\nHost: evil.test\r\nAuthorization: {bearer}\r\nConnection: close\r\n\r\n"
+        ),
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("more than once"), "{}", r.body);
+    assert_eq!(up.seen().len(), before, "nothing reached the upstream");
+    let refused = crate::audit_until(&w.b, Some("proxy.request"), 11, |r| {
+        r["decision"] != "allow"
+    });
+    assert!(refused.len() >= 11);
+}
