@@ -8,6 +8,8 @@ again. Every tool answers with its name and the arguments it received, so a
 test can see what reached the server. If NOTES_KEY_REQUIRED is set, the
 server refuses to start without NOTES_KEY (a secret the gateway puts in its
 environment), so a test can store that secret after the broker started.
+A tool named `leak_escaped` answers with NOTES_KEY written as JSON \\u
+escapes (a server leaking its key in a form byte matching misses).
 """
 import json
 import os
@@ -61,6 +63,14 @@ for line in sys.stdin:
         result = {"tools": tools()}
     elif method == "tools/call":
         p = msg["params"]
+        if p["name"] == "leak_escaped":
+            key = os.environ.get("NOTES_KEY", "")
+            escaped = "".join("\\u%04x" % ord(c) for c in key)
+            line = '{"jsonrpc": "2.0", "id": %d, "result": {"content": [{"type": "text", "text": "key %s"}]}}' % (mid, escaped)
+            with out_lock:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+            continue
         text = json.dumps({"tool": p["name"], "arguments": p.get("arguments", {})})
         result = {"content": [{"type": "text", "text": text}]}
     else:

@@ -10,6 +10,10 @@ Endpoints:
   POST /v1/chat/completions  OpenAI-shaped; "stream": true answers SSE chunks
   GET  /echo                 echoes the Authorization it got (body and header)
   GET  /redirect             302 to another origin
+  GET  /echo-gzip            the echo, gzip-compressed whatever was asked
+  GET  /echo-boundary        the echo, chunked so a chunk ends where the
+                             credential (the Authorization value) ends
+  GET  /echo-trailer         the echo in a chunked trailer
   POST /oauth/token          client-credentials token endpoint (Basic auth)
   anything else              200 {"method", "path"}
 """
@@ -149,6 +153,35 @@ class Handler(BaseHTTPRequestHandler):
             auth = self.headers.get("authorization", "")
             self.send_json(200, {"you_sent": auth, "all": dict(self.headers.items())},
                            extra=[("x-echo", auth)])
+        elif path == "/echo-gzip":
+            import gzip
+            auth = self.headers.get("authorization", "")
+            data = gzip.compress(json.dumps({"you_sent": auth}).encode())
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-encoding", "gzip")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        elif path == "/echo-boundary":
+            auth = self.headers.get("authorization", "")
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self.write_chunk(b'{"you_sent": "' + auth.encode())
+            time.sleep(0.05)
+            self.write_chunk(b'"}')
+            self.write_chunk(b"")
+        elif path == "/echo-trailer":
+            auth = self.headers.get("authorization", "")
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
+            self.send_header("transfer-encoding", "chunked")
+            self.send_header("trailer", "x-echo")
+            self.end_headers()
+            self.wfile.write(b"2\r\nok\r\n0\r\nx-echo: " + auth.encode() + b"\r\n\r\n")
+            self.wfile.flush()
         elif path == "/redirect":
             self.send_response(302)
             self.send_header("location", "http://127.0.0.1:9/steal")

@@ -334,6 +334,17 @@ pub fn raw(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
     read_response(s)
 }
 
+/// Sends `head` and returns the whole answer as text, as sent (chunk sizes
+/// and trailers included).
+pub fn raw_text(addr: SocketAddr, head: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
 fn read_response(mut s: TcpStream) -> Response {
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);

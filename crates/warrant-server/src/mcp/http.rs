@@ -173,9 +173,9 @@ impl HttpUpstream {
                 }
                 (status, body, _) => {
                     // An upstream that echoes its credential does not hand
-                    // it to the agent.
-                    let body = redactor.redact_all(&body).map_or(body, Bytes::from);
-                    return self.answer(status, &body, id);
+                    // it to the agent: redacted in the parsed answer, so no
+                    // JSON escape hides it.
+                    return self.answer(status, &body, id, &redactor);
                 }
             }
         }
@@ -206,7 +206,7 @@ impl HttpUpstream {
             }
         });
         let (status, body, session_id) = self.post_raw(&bare, &init, timeout, cred).await?;
-        let result = self.answer(status, &body, id)?;
+        let result = self.answer(status, &body, id, &Redactor::new(Vec::new()))?;
         let session = Session {
             id: session_id,
             version: result
@@ -239,6 +239,8 @@ impl HttpUpstream {
         let mut req = Request::post(self.url.as_str())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
+            // Uncompressed, so what it answers can be read and redacted.
+            .header(header::ACCEPT_ENCODING, "identity")
             .header("mcp-protocol-version", session.version.as_str());
         if let Some(id) = &session.id {
             req = req.header("mcp-session-id", id.as_str());
@@ -259,6 +261,12 @@ impl HttpUpstream {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        if let Some(coding) = crate::proxy::uninspectable(resp.headers()) {
+            return Err(self.unavailable(format!(
+                "it answered with encoding `{}` though warrant asked for none, and warrant relays only what it can read",
+                warrant_core::text::shown(&coding, 40)
+            )));
+        }
         let sse = resp
             .headers()
             .get(header::CONTENT_TYPE)
@@ -280,12 +288,19 @@ impl HttpUpstream {
         Ok((status, body, session_id))
     }
 
-    fn answer(&self, status: StatusCode, body: &[u8], id: u64) -> Result<Value, UpstreamError> {
+    fn answer(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        id: u64,
+        redactor: &Redactor,
+    ) -> Result<Value, UpstreamError> {
         if !status.is_success() {
             return Err(self.unavailable(format!("it answered {status}")));
         }
-        let v: Value = serde_json::from_slice(body)
+        let mut v: Value = serde_json::from_slice(body)
             .map_err(|_| self.unavailable("its answer is not JSON-RPC"))?;
+        redactor.redact_value(&mut v);
         if v.get("id").and_then(Value::as_u64) != Some(id) {
             return Err(self.unavailable("its answer is for another request"));
         }

@@ -404,11 +404,12 @@ async fn read_stdout(
         if n == 0 || line.len() > MAX_LINE {
             break;
         }
-        let clean = redactor.redact_all(&line);
-        let Ok(msg) = serde_json::from_slice::<Value>(clean.as_deref().unwrap_or(&line)) else {
+        let Ok(mut msg) = serde_json::from_slice::<Value>(&line) else {
             tracing::warn!(server = %server, "the MCP server wrote a line that is not JSON; ignored");
             continue;
         };
+        // Redacted as parsed values, so no JSON escape hides a secret.
+        redactor.redact_value(&mut msg);
         let Some(id) = msg.get("id").and_then(Value::as_u64) else {
             // A notification. A changed tool list makes the gateway list
             // (and check the pins of) the tools again on next use.
@@ -442,15 +443,44 @@ async fn log_stderr(
     stderr: tokio::process::ChildStderr,
     redactor: Arc<crate::proxy::redact::Redactor>,
 ) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let clean = redactor
-            .redact_all(line.as_bytes())
-            .map_or(line.clone(), |b| String::from_utf8_lossy(&b).into_owned());
-        let shown: String = clean.chars().take(500).collect();
-        tracing::debug!(server = %server, stderr = %shown, "MCP server");
+    let mut reader = BufReader::new(stderr);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // At most MAX_STDERR_LINE bytes of a line are kept; the rest of a
+        // longer one is read and dropped, so a child cannot grow memory.
+        let n = (&mut reader)
+            .take(MAX_STDERR_LINE as u64)
+            .read_until(b'\n', &mut line)
+            .await
+            .unwrap_or_default();
+        if n == 0 {
+            break;
+        }
+        let cut = line.last() != Some(&b'\n');
+        if cut {
+            let mut skip = Vec::new();
+            loop {
+                skip.clear();
+                let m = (&mut reader)
+                    .take(MAX_STDERR_LINE as u64)
+                    .read_until(b'\n', &mut skip)
+                    .await
+                    .unwrap_or_default();
+                if m == 0 || skip.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+        }
+        let clean = redactor.redact_all(&line).unwrap_or_else(|| line.clone());
+        let text = String::from_utf8_lossy(&clean);
+        let shown: String = text.trim_end().chars().take(500).collect();
+        tracing::debug!(server = %server, stderr = %shown, truncated = cut, "MCP server");
     }
 }
+
+/// The most of one stderr line of a stdio MCP server that is read.
+const MAX_STDERR_LINE: usize = 8 * 1024;
 
 #[cfg(test)]
 mod tests {

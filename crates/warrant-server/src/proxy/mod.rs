@@ -728,6 +728,25 @@ impl ProxyService {
         };
         let after_start = Instant::now();
         let redactor = Redactor::new(injected.echoes);
+        // The edge asked for `identity`; a body encoded anyway cannot be
+        // inspected for an echoed credential, so it is not passed on.
+        if redactor.is_active()
+            && let Some(coding) = uninspectable(resp.headers())
+        {
+            let mut ev = event;
+            ev.decision = Outcome::Error;
+            let e = Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_encoding",
+                format!(
+                    "the upstream of route `{}` answered with encoding `{}` though the edge asked for none; warrant passes on only what it can inspect for the injected credential",
+                    route.name,
+                    shown(&coding, 40)
+                ),
+            );
+            drop(permit);
+            return self.upstream_failed(ev, e, &route.name).await;
+        }
         let (mut rparts, rbody) = resp.into_parts();
         let mut rheaders = forwardable(&rparts.headers);
         if redactor.is_active() {
@@ -904,6 +923,31 @@ fn agent_token<'a>(headers: &'a HeaderMap, header: &HeaderName) -> Result<&'a st
         return Err(format!("`{header}` holds no token"));
     }
     Ok(token)
+}
+
+/// A content or transfer coding of an answer that the redactor cannot see
+/// through (anything but `identity`, and `chunked` for transfer).
+pub(crate) fn uninspectable(h: &HeaderMap) -> Option<String> {
+    let codings = |name: &HeaderName| -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .filter(|c| !c.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    codings(&header::CONTENT_ENCODING)
+        .into_iter()
+        .find(|c| c != "identity")
+        .or_else(|| {
+            codings(&header::TRANSFER_ENCODING)
+                .into_iter()
+                .find(|c| c != "chunked")
+        })
 }
 
 /// The first of `names` that `headers` carry more than once: one request
@@ -1107,7 +1151,23 @@ impl http_body::Body for Tracked {
                         this.bytes_out += out.len() as u64;
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    Err(frame) => {
+                        // Trailers are headers too: an echo there is redacted.
+                        let frame = match frame.into_trailers() {
+                            Ok(mut trailers) => {
+                                for v in trailers.values_mut() {
+                                    if let Some(clean) = this.redactor.redact_all(v.as_bytes()) {
+                                        *v = HeaderValue::from_bytes(&clean).unwrap_or(
+                                            HeaderValue::from_static("[redacted by warrant]"),
+                                        );
+                                    }
+                                }
+                                Frame::trailers(trailers)
+                            }
+                            Err(other) => other,
+                        };
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
                 },
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;

@@ -987,3 +987,95 @@ when { context.path like "/admin*" };
     });
     assert!(refused.len() >= 11);
 }
+
+/// Issue 12, item 7: redaction was bypassed when the upstream answered
+/// compressed, missed a credential ending at a chunk boundary whose last
+/// bytes equal its first, and (the same class, at the MCP gateway) missed a
+/// key the server wrote as JSON `\u` escapes, which the gateway decoded and
+/// passed on.
+#[test]
+fn echoed_credentials_are_redacted_or_refused() {
+    let up = crate::proxy::Upstream::start(false);
+    // The credential sent upstream is `Bearer ab-...-ab`: the echo ends
+    // with the bytes it starts with.
+    let key = "ab-live-0123456789-ab";
+    let dir = tempfile::tempdir().unwrap();
+    let tools_file = dir.path().join("tools.json");
+    std::fs::write(
+        &tools_file,
+        serde_json::to_string(&[
+            json!({"name": "leak_escaped", "inputSchema": {"type": "object"}}),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[[route]]
+name = "echo"
+upstream = "{origin}"
+audience = "https://echo.test"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "secret", secret = "echo-key", header = "authorization", format = "{{secret}}" }}
+
+[[mcp_server]]
+name = "notes"
+command = "{python}"
+args = ["{server}", "{tools}"]
+env = {{ NOTES_KEY = "secret:echo-key" }}
+"#,
+        origin = up.origin("http"),
+        python = python().display(),
+        server = repo().join("tests/interop/mcp_dynamic_server.py").display(),
+        tools = tools_file.display(),
+    );
+    let policy = r#"
+permit(principal, action == Action::"identity:issue", resource);
+permit(principal, action == Action::"token:exchange", resource);
+permit(principal, action == Action::"http:request", resource == Route::"echo");
+permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"notes");
+"#;
+    let w = world_with(4, &config, policy);
+    put_secret(&w, "echo-key", key, None);
+    let orch = identity(&w.b, "orch");
+    let r = exchange(
+        &w.b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "echo:read"), ("audience", "https://echo.test")],
+    );
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let get = |path: &str| {
+        warrant_testkit::http(
+            w.b.edge,
+            "GET",
+            &format!("/echo{path}"),
+            &[("authorization", &format!("Bearer {token}"))],
+            None,
+        )
+    };
+    let r = get("/echo-boundary");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("live-0123"), "{}", r.body);
+    assert!(r.body.contains("[redacted by warrant]"), "{}", r.body);
+    let r = get("/echo-gzip");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("gzip"), "{}", r.body);
+    let whole = warrant_testkit::raw_text(
+        w.b.edge,
+        &format!(
+            "GET /echo/echo-trailer HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+            w.b.edge
+        ),
+    );
+    assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+    assert!(!whole.contains("live-0123"), "{whole}");
+
+    let c = McpClient::open(&w, &orch, "notes", "notes:read");
+    eventually("the notes server to start", || c.list());
+    let r = c.call("leak_escaped", json!({}));
+    let text = r.to_string();
+    assert!(!text.contains("live-0123"), "{text}");
+    assert!(text.contains("[redacted by warrant]"), "{text}");
+}
