@@ -199,6 +199,50 @@ impl AuditEvent {
         self
     }
 
+    /// Cuts every field to a bounded size: what callers supply (a JSON-RPC
+    /// method, a path, a header) must not grow the trail, or the memory of
+    /// the queues that carry records to it, without limit. A cut says so,
+    /// with the size of what was cut.
+    pub fn bound(&mut self) {
+        cut(&mut self.event, MAX_EVENT_KIND);
+        self.reasons.truncate(MAX_LIST);
+        for r in &mut self.reasons {
+            cut(r, MAX_FIELD * 2);
+        }
+        self.chain.truncate(MAX_LIST);
+        for c in &mut self.chain {
+            cut(c, MAX_FIELD);
+        }
+        for f in [
+            &mut self.actor,
+            &mut self.agent,
+            &mut self.instance,
+            &mut self.user,
+            &mut self.task,
+            &mut self.parent,
+            &mut self.txn,
+            &mut self.protocol,
+            &mut self.credential_type,
+            &mut self.credential_id,
+            &mut self.scope,
+            &mut self.resource,
+            &mut self.action,
+            &mut self.source,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cut(f, MAX_FIELD);
+        }
+        if let Some(d) = &mut self.detail {
+            bound_value(d, 0);
+            let size = d.to_string().len();
+            if size > MAX_DETAIL {
+                *d = serde_json::json!({ "truncated": true, "bytes": size });
+            }
+        }
+    }
+
     /// Turns this event into an error record of the same kind: the outcome
     /// becomes `error` and `why` the only reason. Used to audit refused input.
     #[must_use]
@@ -206,6 +250,74 @@ impl AuditEvent {
         self.decision = outcome;
         self.reasons = vec![why.into()];
         self
+    }
+}
+
+/// The longest event kind kept.
+const MAX_EVENT_KIND: usize = 128;
+/// The longest string field kept (reasons twice as long).
+const MAX_FIELD: usize = 1024;
+/// The most reasons, chain members, array items or object keys kept.
+const MAX_LIST: usize = 64;
+/// The deepest nesting of a detail kept.
+const MAX_DEPTH: usize = 8;
+/// The largest detail kept, serialised.
+const MAX_DETAIL: usize = 32 * 1024;
+
+/// Cuts `s` to at most `max` bytes (at a character boundary), saying so.
+fn cut(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let dropped = s.len() - end;
+    s.truncate(end);
+    s.push_str(&format!("…[{dropped} more bytes]"));
+}
+
+fn bound_value(v: &mut serde_json::Value, depth: usize) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => cut(s, MAX_FIELD * 2),
+        Value::Array(items) => {
+            if depth >= MAX_DEPTH {
+                *v = Value::String("[nested too deep]".into());
+                return;
+            }
+            items.truncate(MAX_LIST);
+            for i in items {
+                bound_value(i, depth + 1);
+            }
+        }
+        Value::Object(map) => {
+            if depth >= MAX_DEPTH {
+                *v = Value::String("[nested too deep]".into());
+                return;
+            }
+            if map.len() > MAX_LIST {
+                let keep: Vec<String> = map.keys().take(MAX_LIST).cloned().collect();
+                map.retain(|k, _| keep.contains(k));
+            }
+            let long: Vec<String> = map
+                .keys()
+                .filter(|k| k.len() > MAX_FIELD)
+                .cloned()
+                .collect();
+            for k in long {
+                if let Some(val) = map.remove(&k) {
+                    let mut short = k.clone();
+                    cut(&mut short, MAX_FIELD);
+                    map.insert(short, val);
+                }
+            }
+            for val in map.values_mut() {
+                bound_value(val, depth + 1);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -337,6 +449,9 @@ impl AuditRecord {
         {
             event.detail = None;
         }
+        // INVARIANT (bounded records): nothing a caller supplied makes a
+        // record bigger than the limits `bound` sets.
+        event.bound();
         let body = serde_json::to_string(&BodyRef {
             seq,
             time,

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod random;
+pub mod refusals;
 pub mod secrets;
 pub mod serve;
 pub mod state;

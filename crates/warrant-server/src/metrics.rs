@@ -125,6 +125,9 @@ pub struct Metrics {
     pub admin_requests: Family<AdminLabels, Counter>,
     /// Audit writes that failed (each failed the operation it recorded).
     pub audit_write_failures: Counter,
+    /// Refusals of unauthenticated callers over the per-window budget,
+    /// recorded in aggregate rather than one by one.
+    pub refusals_aggregated: Counter,
     /// Agents by status (refreshed at scrape).
     pub agents: Family<StateLabels, Gauge>,
     /// Signing keys by state (refreshed at scrape).
@@ -157,6 +160,37 @@ impl Default for Metrics {
     }
 }
 
+/// The label of a JSON-RPC method: one of the MCP methods, `-` (none),
+/// or `other`.
+fn mcp_method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "-",
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/read",
+        "resources/templates/list",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == method)
+        .copied()
+        .unwrap_or("other")
+}
+
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
@@ -174,6 +208,7 @@ impl Metrics {
             policies_loaded: Gauge::default(),
             admin_requests: Family::default(),
             audit_write_failures: Counter::default(),
+            refusals_aggregated: Counter::default(),
             agents: Family::default(),
             signing_keys: Family::default(),
             admin_tokens_valid: Gauge::default(),
@@ -212,6 +247,11 @@ impl Metrics {
             "warrant_audit_write_failures",
             "Audit writes that failed; each failed its operation",
             m.audit_write_failures.clone(),
+        );
+        registry.register(
+            "warrant_refusals_aggregated",
+            "Refusals of unauthenticated callers beyond the per-window budget, recorded in aggregate",
+            m.refusals_aggregated.clone(),
         );
         registry.register(
             "warrant_agents",
@@ -334,12 +374,14 @@ impl Metrics {
             .observe(secs);
     }
 
-    /// Counts an MCP gateway request.
+    /// Counts an MCP gateway request. `server` is a configured name (or
+    /// `-`); a method the protocol does not define is counted as `other`,
+    /// so callers cannot grow the label set.
     pub fn mcp_request(&self, server: &str, method: &str, decision: &str) {
         self.mcp_requests
             .get_or_create(&McpLabels {
                 server: server.to_owned(),
-                method: method.to_owned(),
+                method: mcp_method_label(method).to_owned(),
                 decision: decision.to_owned(),
             })
             .inc();
@@ -352,5 +394,24 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn caller_supplied_methods_do_not_grow_the_label_set() {
+        let m = Metrics::new();
+        for i in 0..100 {
+            m.mcp_request("files", &format!("x{}", "y".repeat(i * 10)), "deny");
+        }
+        m.mcp_request("files", "tools/call", "allow");
+        let text = m.encode();
+        assert!(text.contains("method=\"other\""), "{text}");
+        assert!(text.contains("method=\"tools/call\""));
+        assert!(!text.contains("yyyy"));
+        assert!(text.len() < 20_000, "{}", text.len());
     }
 }

@@ -243,7 +243,9 @@ impl Broker {
 
         let oidc = crate::attest::oidc::Providers::new(config.trust_providers.clone())
             .map_err(ServeError::Io)?;
+        let refusals = crate::refusals::RefusalLog::start(store.clone(), metrics.clone());
         let common = crate::state::IssuerParts {
+            refusals: refusals.clone(),
             store: store.clone(),
             keys: keys.clone(),
             policy: policy.clone(),
@@ -325,6 +327,7 @@ impl Broker {
                 edge_url: format!("http://{edge_addr}"),
                 edge_hosts: edge_hosts.clone(),
                 audit: audit_batch.clone(),
+                refusals: refusals.clone(),
             })
             .map_err(ServeError::Io)?,
         );
@@ -344,6 +347,7 @@ impl Broker {
                 edge_hosts,
                 edge_url: format!("http://{edge_addr}"),
                 audit: audit_batch.clone(),
+                refusals: refusals.clone(),
             })
             .map_err(ServeError::Io)?,
         );
@@ -352,6 +356,7 @@ impl Broker {
         }
         let state = AppState {
             audit_batch,
+            refusals,
             mcp,
             proxy,
             secrets,
@@ -509,6 +514,7 @@ impl Broker {
         }
         state.secrets.flush_used().await;
         state.audit_batch.flush().await;
+        state.refusals.flush().await;
         let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
         if let Err(e) = state.store.append_audit(stop).await {
             tracing::error!(error = %e, "could not record the stop in the audit trail");

@@ -26,6 +26,8 @@ pub struct IssuerParts {
     pub issuer: Arc<str>,
     /// The trust domain.
     pub trust_domain: TrustDomain,
+    /// Refusals of unauthenticated callers, recorded in aggregate.
+    pub refusals: Arc<crate::refusals::RefusalLog>,
 }
 
 /// Handles to the broker's services.
@@ -45,6 +47,8 @@ pub struct AppState {
     pub tokens: Arc<crate::token::TokenService>,
     /// Records of answered edge requests, batched.
     pub audit_batch: crate::audit_batch::AuditBatcher,
+    /// Refusals of unauthenticated callers, recorded in aggregate.
+    pub refusals: Arc<crate::refusals::RefusalLog>,
     /// The MCP gateway.
     pub mcp: Arc<crate::mcp::gateway::Gateway>,
     /// The egress proxy.

@@ -236,6 +236,8 @@ pub struct TokenService {
     blocked_instances: RwLock<HashSet<String>>,
     /// Identity tokens already verified and checked, by their exact bytes.
     identities: VerifiedCache<Identity>,
+    /// Refusals of callers not authenticated, recorded in aggregate.
+    refusals: Arc<crate::refusals::RefusalLog>,
     /// Task tokens already verified and checked, by their exact bytes.
     task_tokens: VerifiedCache<CheckedTask>,
 }
@@ -333,6 +335,7 @@ impl TokenService {
             revoked_tasks: RwLock::new(tasks.into_iter().collect()),
             blocked_instances: RwLock::new(instances.into_iter().collect()),
             identities: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
+            refusals: c.refusals,
             task_tokens: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
         })
     }
@@ -395,6 +398,16 @@ impl TokenService {
             event.decision = Outcome::Error;
         }
         self.metrics.token_grant(&event.event, e.error);
+        // INVARIANT (unauthenticated refusals cost no durable write each): a
+        // caller not yet known to be an agent is recorded in aggregate.
+        let event = if event.agent.is_none() && event.actor.is_none() {
+            match self.refusals.admit(event) {
+                Some(ev) => ev,
+                None => return e,
+            }
+        } else {
+            event
+        };
         match self.store.append_audit(event).await {
             Ok(_) => e,
             Err(err) => {

@@ -120,3 +120,34 @@ fn the_sealed_record_is_what_its_body_says() {
     };
     assert_eq!(row.to_record().unwrap(), sealed.record);
 }
+
+/// Issue 12, item 13: caller-supplied strings (a 200 KB JSON-RPC method)
+/// were stored untruncated.
+#[test]
+fn records_are_bounded_whatever_the_caller_sent() {
+    let huge = "m".repeat(200_000);
+    let e = AuditEvent::new(huge.clone(), Outcome::Deny)
+        .resource(format!("McpServer::\"{huge}\""))
+        .reason(huge.clone())
+        .detail(serde_json::json!({
+            "method": huge.clone(),
+            "list": vec![huge.clone(); 1000],
+            huge.clone(): 1,
+            "deep": [[[[[[[[[[[["x"]]]]]]]]]]]],
+        }));
+    let sealed = AuditRecord::seal(1, Timestamp::from_millis(1), e, ChainHash::GENESIS).unwrap();
+    assert!(sealed.body.len() < 64 * 1024, "{}", sealed.body.len());
+    let r = &sealed.record.event;
+    assert!(r.event.len() < 200 && r.event.contains("more bytes]"));
+    assert!(r.resource.as_ref().unwrap().len() < 1100);
+    assert!(r.reasons[0].len() < 2100);
+    // The record read back is the record sealed.
+    let back: serde_json::Value = serde_json::from_str(&sealed.body).unwrap();
+    assert_eq!(back["event"], r.event.as_str());
+    // A small event is untouched.
+    let small =
+        AuditEvent::new("mcp.request", Outcome::Allow).detail(serde_json::json!({"a": "b"}));
+    let mut same = small.clone();
+    same.bound();
+    assert_eq!(same, small);
+}

@@ -100,6 +100,8 @@ pub struct AttestService {
     pub exe_hashes: unix::HashCache,
     /// Audiences only task tokens carry.
     task_audiences: std::collections::HashSet<String>,
+    /// Refusals of callers that proved no agent, recorded in aggregate.
+    refusals: Arc<crate::refusals::RefusalLog>,
 }
 
 impl std::fmt::Debug for AttestService {
@@ -140,6 +142,7 @@ impl AttestService {
             oidc: p.oidc,
             exe_hashes: unix::HashCache::default(),
             task_audiences: p.task_audiences.into_iter().collect(),
+            refusals: c.refusals,
         }
     }
 
@@ -172,6 +175,11 @@ impl AttestService {
             event.decision = Outcome::Error;
         }
         self.count(attestor, outcome_label(&refusal));
+        // Nothing was proven yet: within the budget one by one, else in
+        // aggregate.
+        let Some(event) = self.refusals.admit(event) else {
+            return refusal;
+        };
         match self.store.append_audit(event).await {
             Ok(_) => refusal,
             Err(e) => audit_failed(&e),
@@ -193,6 +201,16 @@ impl AttestService {
         if event.reasons.is_empty() {
             event = event.reason(operator_reason);
         }
+        // Evidence that names no agent is a refusal of a caller warrant does
+        // not know: recorded in aggregate.
+        let event = if event.agent.is_none() {
+            match self.refusals.admit(event) {
+                Some(ev) => ev,
+                None => return refusal,
+            }
+        } else {
+            event
+        };
         match self.store.append_audit(event).await {
             Ok(_) => refusal,
             Err(e) => audit_failed(&e),

@@ -109,10 +109,20 @@ async fn refuse(
         .protocol(surface.protocol())
         .action(what)
         .reason(why);
+    let anonymous = actor.is_none();
     event.actor = actor;
     if let Some(s) = source {
         event = event.source(s);
     }
+    // A caller that proved nothing is recorded in aggregate.
+    let event = if anonymous {
+        match state.refusals.admit(event) {
+            Some(ev) => ev,
+            None => return err.into_response(),
+        }
+    } else {
+        event
+    };
     if let Err(e) = state.store.append_audit(event).await {
         state.metrics.audit_write_failures.inc();
         return ApiError::from(e).into_response();

@@ -90,6 +90,8 @@ pub struct GatewayParts {
     pub edge_hosts: Vec<String>,
     /// Where records of answered requests go.
     pub audit: crate::audit_batch::AuditBatcher,
+    /// Refusals of unauthenticated callers, recorded in aggregate.
+    pub refusals: Arc<crate::refusals::RefusalLog>,
 }
 
 /// The tools an upstream announces, as the gateway may show them.
@@ -145,6 +147,7 @@ pub struct Gateway {
     // A tokio mutex: serialises recomputing the policies' argument types.
     arguments_lock: tokio::sync::Mutex<()>,
     audit: crate::audit_batch::AuditBatcher,
+    refusals: Arc<crate::refusals::RefusalLog>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -299,6 +302,7 @@ impl Gateway {
             sessions: Mutex::new(HashMap::new()),
             arguments_lock: tokio::sync::Mutex::new(()),
             audit: p.audit,
+            refusals: p.refusals,
         })
     }
 
@@ -513,6 +517,15 @@ impl Gateway {
             event.reasons.push(format!("{}: {}", e.code, e.message));
         }
         self.metrics.mcp_request(server, "-", e.code);
+        // No task token verified yet: recorded in aggregate.
+        let event = if event.agent.is_none() {
+            match self.refusals.admit(event) {
+                Some(ev) => ev,
+                None => return e.into_response(),
+            }
+        } else {
+            event
+        };
         match self.store.append_audit(event).await {
             Ok(_) => e.into_response(),
             Err(err) => self.audit_down(&err),

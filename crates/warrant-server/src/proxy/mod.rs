@@ -96,6 +96,8 @@ pub struct ProxyParts {
     pub edge_url: String,
     /// Where records of answered requests go.
     pub audit: crate::audit_batch::AuditBatcher,
+    /// Refusals of unauthenticated callers, recorded in aggregate.
+    pub refusals: Arc<crate::refusals::RefusalLog>,
 }
 
 /// The egress proxy.
@@ -112,6 +114,8 @@ pub struct ProxyService {
     edge_url: String,
     /// Records of answered requests, written in batches.
     audit: crate::audit_batch::AuditBatcher,
+    /// Refusals of unauthenticated callers, recorded in aggregate.
+    refusals: Arc<crate::refusals::RefusalLog>,
     /// Permits for completion records not yet written: a writer that falls
     /// behind slows the edge down instead of queueing records without bound.
     pending_records: Arc<tokio::sync::Semaphore>,
@@ -238,6 +242,7 @@ impl ProxyService {
                 .collect(),
             edge_url: p.edge_url,
             audit: p.audit,
+            refusals: p.refusals,
             pending_records: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
         })
     }
@@ -592,6 +597,16 @@ impl ProxyService {
         }
         add_detail(&mut event, json!({ "status": e.status.as_u16() }));
         self.metrics.proxy_request(route, e.code);
+        // No task token verified yet: the caller is unknown, and its refusal
+        // is recorded in aggregate, not durably one by one.
+        let event = if event.agent.is_none() {
+            match self.refusals.admit(event) {
+                Some(ev) => ev,
+                None => return e.into_response(),
+            }
+        } else {
+            event
+        };
         match self.store.append_audit(event).await {
             Ok(_) => e.into_response(),
             Err(err) => {

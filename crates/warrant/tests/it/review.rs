@@ -1079,3 +1079,134 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
     assert!(!text.contains("live-0123"), "{text}");
     assert!(text.contains("[redacted by warrant]"), "{text}");
 }
+
+/// A proxy world: route `site` to a recording upstream, orch permitted, and
+/// a task token for alice.
+fn site_world() -> (World, crate::proxy::Upstream, String) {
+    let up = crate::proxy::Upstream::start(false);
+    let config = format!(
+        "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
+        up.origin("http")
+    );
+    let policy = r#"
+permit(principal, action == Action::"identity:issue", resource);
+permit(principal, action == Action::"token:exchange", resource);
+permit(principal, action == Action::"http:request", resource == Route::"site");
+"#;
+    let w = world_with(4, &config, policy);
+    put_secret(&w, "site-key", "site-key-0123456789", None);
+    let orch = identity(&w.b, "orch");
+    let r = exchange(
+        &w.b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "site:read"), ("audience", "https://site.test")],
+    );
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    (w, up, token)
+}
+
+fn site_get(w: &World, token: Option<&str>, path: &str) -> warrant_testkit::Response {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut h: Vec<(&str, &str)> = Vec::new();
+    if let Some(b) = &bearer {
+        h.push(("authorization", b));
+    }
+    warrant_testkit::http(w.b.edge, "GET", &format!("/site{path}"), &h, None)
+}
+
+/// Issue 12, item 4: one failed audit write stopped the edge until a
+/// restart. The edge now refuses while the trail cannot be written and
+/// recovers by itself once it can, and the record it could not write is
+/// written then.
+#[test]
+fn the_edge_recovers_once_the_audit_trail_is_writable_again() {
+    let (w, up, token) = site_world();
+    assert_eq!(site_get(&w, Some(&token), "/before").status, 200);
+    // A trigger refusing every audit insert, as a full disk would.
+    let db = rusqlite::Connection::open(w.b.data_dir.join("warrant.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER broken BEFORE INSERT ON audit_log BEGIN SELECT RAISE(FAIL, 'disk full (simulated)'); END;",
+    )
+    .unwrap();
+    // The request is answered; its record cannot be written, so the edge
+    // stops forwarding.
+    assert_eq!(site_get(&w, Some(&token), "/during").status, 200);
+    eventually("the edge to refuse", || {
+        (site_get(&w, Some(&token), "/refused").status == 503).then_some(())
+    });
+    // Every record of an answered request has met the broken trail by now.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(site_get(&w, Some(&token), "/refused").status, 503);
+    let seen = up.seen().len();
+    db.execute_batch("DROP TRIGGER broken;").unwrap();
+    eventually("the edge to recover", || {
+        (site_get(&w, Some(&token), "/after").status == 200).then_some(())
+    });
+    assert!(up.seen().len() > seen);
+    assert!(
+        !up.seen().iter().any(|r| r["path"] == "/refused"),
+        "nothing was forwarded while the trail could not be written"
+    );
+    // The record of the request answered while the trail was down is there.
+    let during = crate::audit_until(&w.b, Some("proxy.request"), 1, |r| {
+        r["detail"]["path"] == "/during"
+    });
+    assert_eq!(during[0]["decision"], "allow");
+}
+
+/// Issue 12, item 4: every refused edge request from an unauthenticated
+/// caller was one durable record, a cheap way to fill the broker's disk.
+/// Past a small budget per source, such refusals are recorded in aggregate,
+/// keeping who, why, how often and for what.
+#[test]
+fn unauthenticated_refusals_cannot_fill_the_audit_trail() {
+    let (w, up, _token) = site_world();
+    let before = crate::audit(&w.b, None).len();
+    for i in 0..300 {
+        let r = site_get(&w, Some("forged.token.here"), &format!("/x{}", i % 3));
+        assert_eq!(r.status, 401);
+        let r = site_get(&w, None, "/y");
+        assert_eq!(r.status, 401);
+    }
+    assert!(up.seen().is_empty());
+    // Within the window's budget one by one; the rest in aggregate.
+    let agg = crate::audit_until(&w.b, Some("proxy.request"), 2, |r| {
+        r["detail"]["aggregated"].is_object()
+    });
+    let counted: u64 = agg
+        .iter()
+        .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap())
+        .sum();
+    let after = crate::audit(&w.b, None).len();
+    let individual = after - before - agg.len();
+    assert!(
+        after - before < 40,
+        "{} records for 600 refusals",
+        after - before
+    );
+    assert_eq!(counted + individual as u64, 600, "every refusal is counted");
+    assert!(
+        agg.iter()
+            .all(|r| r["source"].as_str().unwrap().starts_with("127.0.0.1"))
+    );
+    let forged = agg
+        .iter()
+        .find(|r| {
+            r["reasons"][0]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid_token")
+        })
+        .unwrap();
+    assert_eq!(
+        forged["detail"]["aggregated"]["resources"],
+        json!(["Route::\"site\""])
+    );
+    let metrics = w.b.http("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("warrant_refusals_aggregated_total"),
+        "{metrics}"
+    );
+}
