@@ -1210,3 +1210,37 @@ fn unauthenticated_refusals_cannot_fill_the_audit_trail() {
         "{metrics}"
     );
 }
+
+/// Issue 12, item 13: the raw JSON-RPC method was a Prometheus label and
+/// was stored untruncated (300 requests with 200 KB methods: +62 MiB
+/// resident, `/metrics` 60 MB). Labels are bounded sets; records are bounded.
+#[test]
+fn caller_supplied_strings_do_not_grow_metrics_or_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools_file = dir.path().join("tools.json");
+    std::fs::write(&tools_file, "[]").unwrap();
+    let config = format!(
+        "[[mcp_server]]\nname = \"notes\"\ncommand = \"{}\"\nargs = [\"{}\", \"{}\"]\n",
+        python().display(),
+        repo().join("tests/interop/mcp_dynamic_server.py").display(),
+        tools_file.display(),
+    );
+    let w = world_with(4, &config, NOTES_POLICY);
+    let orch = identity(&w.b, "orch");
+    let c = McpClient::open(&w, &orch, "notes", "notes:read");
+    for i in 0..30 {
+        let method = format!("{i}{}", "m".repeat(200_000));
+        let r = c.post(&json!({"jsonrpc": "2.0", "id": i, "method": method}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.len() < 4096, "the answer does not echo it whole");
+    }
+    let metrics = w.b.http("GET", "/metrics", &[], None).body;
+    assert!(metrics.len() < 64 * 1024, "/metrics is {} bytes", metrics.len());
+    assert!(!metrics.contains("mmmmmmmm"));
+    let records = crate::audit_until(&w.b, Some("mcp.request"), 30, |r| {
+        r.to_string().contains("mmmm")
+    });
+    for r in &records {
+        assert!(r.to_string().len() < 16 * 1024, "a record of {} bytes", r.to_string().len());
+    }
+}
