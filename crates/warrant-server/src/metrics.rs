@@ -152,6 +152,8 @@ pub struct Metrics {
     pub proxy_added_seconds: HistogramFamily,
     /// MCP gateway requests by server, method and decision.
     pub mcp_requests: Family<McpLabels, Counter>,
+    /// Open MCP gateway sessions (handshake clients).
+    pub mcp_sessions: Gauge,
 }
 
 impl Default for Metrics {
@@ -221,6 +223,7 @@ impl Metrics {
             proxy_upstream_seconds: Family::new_with_constructor(latency_histogram),
             proxy_added_seconds: Family::new_with_constructor(latency_histogram),
             mcp_requests: Family::default(),
+            mcp_sessions: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -312,6 +315,11 @@ impl Metrics {
             "warrant_mcp_requests",
             "MCP gateway requests by server, method and decision",
             m.mcp_requests.clone(),
+        );
+        registry.register(
+            "warrant_mcp_sessions",
+            "Open MCP gateway sessions",
+            m.mcp_sessions.clone(),
         );
         Self { registry, ..m }
     }

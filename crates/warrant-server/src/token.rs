@@ -340,6 +340,12 @@ impl TokenService {
         })
     }
 
+    /// Whether a task is revoked or its instance blocked: sessions and
+    /// other state kept for it end.
+    pub fn ended(&self, task: &str, instance: &str) -> bool {
+        self.is_revoked(task) || self.is_blocked(instance)
+    }
+
     fn is_revoked(&self, task: &str) -> bool {
         self.revoked_tasks.read().map_or(true, |s| s.contains(task))
     }

@@ -62,6 +62,11 @@ const HEADER_MISMATCH: i64 = -32020;
 const TOOLS_TTL: Duration = Duration::from_secs(30);
 /// The most open sessions.
 const MAX_SESSIONS: usize = 10_000;
+/// The most open sessions of one task: opening another ends its oldest.
+const MAX_SESSIONS_PER_TASK: usize = 16;
+/// The most open sessions of one agent (all its tasks): opening another
+/// ends its oldest, so no agent can crowd the others out.
+const MAX_SESSIONS_PER_AGENT: usize = 256;
 /// JSON-RPC: the request was refused by policy (warrant's own code).
 pub const REFUSED: i64 = -32003;
 
@@ -127,7 +132,9 @@ struct Binding {
     server: String,
     task: String,
     instance: String,
+    agent: String,
     expires: i64,
+    opened: u64,
 }
 
 /// The gateway.
@@ -144,6 +151,8 @@ pub struct Gateway {
     edge_hosts: Vec<String>,
     // A std mutex: held only to look up, insert or remove.
     sessions: Mutex<HashMap<String, Binding>>,
+    /// Orders sessions by when they were opened.
+    session_counter: std::sync::atomic::AtomicU64,
     // A tokio mutex: serialises recomputing the policies' argument types.
     arguments_lock: tokio::sync::Mutex<()>,
     audit: crate::audit_batch::AuditBatcher,
@@ -300,6 +309,7 @@ impl Gateway {
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
             sessions: Mutex::new(HashMap::new()),
+            session_counter: std::sync::atomic::AtomicU64::new(0),
             arguments_lock: tokio::sync::Mutex::new(()),
             audit: p.audit,
             refusals: p.refusals,
@@ -1075,21 +1085,50 @@ impl Gateway {
         let now = Timestamp::now().as_secs();
         let opened = match self.sessions.lock() {
             Ok(mut sessions) => {
-                sessions.retain(|_, b| b.expires > now);
-                if sessions.len() >= MAX_SESSIONS {
+                // Sessions of expired or revoked tasks, and of blocked
+                // instances, end here (revocation also ends them at once).
+                sessions.retain(|_, b| b.expires > now && !self.tokens.ended(&b.task, &b.instance));
+                let agent = task.agent.name.to_string();
+                for (limit, same) in [
+                    (
+                        MAX_SESSIONS_PER_TASK,
+                        &(|b: &Binding| b.task == task.claims.task) as &dyn Fn(&Binding) -> bool,
+                    ),
+                    (MAX_SESSIONS_PER_AGENT, &|b: &Binding| b.agent == agent),
+                ] {
+                    let mut mine: Vec<(u64, String)> = sessions
+                        .iter()
+                        .filter(|(_, b)| same(b))
+                        .map(|(k, b)| (b.opened, k.clone()))
+                        .collect();
+                    if mine.len() >= limit {
+                        mine.sort();
+                        for (_, k) in mine.iter().take(mine.len() + 1 - limit) {
+                            sessions.remove(k);
+                        }
+                    }
+                }
+                let open = if sessions.len() >= MAX_SESSIONS {
                     false
                 } else {
+                    let opened = self.session_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     sessions.insert(
                         sid.clone(),
                         Binding {
                             server: server.to_owned(),
                             task: task.claims.task.clone(),
                             instance: task.instance.clone(),
+                            agent,
                             expires: task.claims.exp,
+                            opened,
                         },
                     );
                     true
-                }
+                };
+                self.metrics
+                    .mcp_sessions
+                    .set(i64::try_from(sessions.len()).unwrap_or(i64::MAX));
+                open
             }
             Err(_) => false,
         };
@@ -1156,6 +1195,9 @@ impl Gateway {
             Ok(()) => {
                 if let (Ok(mut s), Some(sid)) = (self.sessions.lock(), sid) {
                     s.remove(sid);
+                    self.metrics
+                        .mcp_sessions
+                        .set(i64::try_from(s.len()).unwrap_or(i64::MAX));
                 }
                 let mut ev = event;
                 ev.event = "mcp.session.close".into();

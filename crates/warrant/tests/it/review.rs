@@ -1244,3 +1244,65 @@ fn caller_supplied_strings_do_not_grow_metrics_or_records() {
         assert!(r.to_string().len() < 16 * 1024, "a record of {} bytes", r.to_string().len());
     }
 }
+
+/// The value of a gauge or counter in `/metrics`.
+fn metric(w: &World, name: &str) -> f64 {
+    let body = w.b.http("GET", "/metrics", &[], None).body;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+}
+
+/// Issue 12, item 15: one task token could fill the global MCP session
+/// table (10,000 `initialize` in 3 s), locking every other agent out, and
+/// revoking the task did not free its sessions.
+#[test]
+fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools_file = dir.path().join("tools.json");
+    std::fs::write(&tools_file, serde_json::to_string(&[tool("read_note", "string")]).unwrap()).unwrap();
+    let config = format!(
+        "[[mcp_server]]\nname = \"notes\"\ncommand = \"{}\"\nargs = [\"{}\", \"{}\"]\n",
+        python().display(),
+        repo().join("tests/interop/mcp_dynamic_server.py").display(),
+        tools_file.display(),
+    );
+    let w = world_with(4, &config, NOTES_POLICY);
+    let orch = identity(&w.b, "orch");
+    let first = McpClient::open(&w, &orch, "notes", "notes:read");
+    let mut clients = vec![];
+    for _ in 0..40 {
+        let mut c = McpClient::open(&w, &orch, "notes", "notes:read");
+        // Same task as `first`: reuse its token for every session.
+        c.token.clone_from(&first.token);
+        let r = c.post(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        }));
+        c.session = r.header("mcp-session-id").unwrap().to_owned();
+        clients.push(c);
+    }
+    // The task's oldest sessions were ended; its newest work.
+    let mut c0 = McpClient::open(&w, &orch, "notes", "notes:read");
+    c0.token.clone_from(&first.token);
+    c0.session.clone_from(&first.session);
+    let r = c0.post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}));
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(clients.last().unwrap().list().is_some());
+    let open = metric(&w, "warrant_mcp_sessions");
+    assert!(open <= 16.0 + 41.0, "{open}");
+    // Revoking the tasks frees their sessions for everyone else.
+    let task = crate::jwt_claims(&first.token)["task"].as_str().unwrap().to_owned();
+    w.b.cli(&["revoke", "--task", &task]).ok();
+    let sub = identity(&w.b, "sub");
+    let other = McpClient::open(&w, &sub, "notes", "notes:read");
+    assert!(other.list().is_some());
+    let open = metric(&w, "warrant_mcp_sessions");
+    assert!(open <= 42.0, "{open} sessions after the revocation");
+    let agent_tasks = w.b.cli(&["revoke", "--agent", "orch"]);
+    agent_tasks.ok();
+    let _again = McpClient::open(&w, &sub, "notes", "notes:read");
+    assert_eq!(metric(&w, "warrant_mcp_sessions"), 2.0, "only sub's two remain");
+}
