@@ -60,6 +60,133 @@ pub struct RawConfig {
     /// `Host` values (`name:port`) the edge listener answers to, besides its
     /// own address and `localhost`.
     pub edge_hosts: Option<Vec<String>>,
+    /// Connection caps and timeouts of the listeners.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]` as written: each listener's connection cap, and timeouts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Open connections of the API listener (default 1024).
+    pub api_connections: Option<usize>,
+    /// Open connections of the edge listener (default 4096).
+    pub edge_connections: Option<usize>,
+    /// Open connections of the agent socket (default 256).
+    pub agent_connections: Option<usize>,
+    /// Open connections of the admin socket (default 64).
+    pub admin_connections: Option<usize>,
+    /// To send a request head; also how long an idle connection is kept
+    /// (default `10s`).
+    pub header_timeout: Option<String>,
+    /// To answer a request on the API, admin and agent listeners (default
+    /// `30s`).
+    pub request_timeout: Option<String>,
+}
+
+/// Validated `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// The API listener's.
+    pub api: crate::listener::Limits,
+    /// The edge listener's.
+    pub edge: crate::listener::Limits,
+    /// The agent socket's.
+    pub agent: crate::listener::Limits,
+    /// The admin socket's.
+    pub admin: crate::listener::Limits,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        let l = |n: usize, request: Option<std::time::Duration>| crate::listener::Limits {
+            max_connections: n,
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: request,
+        };
+        let t = Some(std::time::Duration::from_secs(30));
+        Self {
+            api: l(1024, t),
+            edge: l(4096, None),
+            agent: l(256, t),
+            admin: l(64, t),
+        }
+    }
+}
+
+fn limits(raw: RawLimits, origin: &str) -> Result<ListenerLimits, ConfigError> {
+    let bad = |message: String| ConfigError::Invalid {
+        key: "limits",
+        origin: origin.to_owned(),
+        message,
+    };
+    let duration = |v: Option<String>, key: &str, default: std::time::Duration| match v {
+        None => Ok(default),
+        Some(t) => match humantime::parse_duration(&t) {
+            Ok(d)
+                if d >= std::time::Duration::from_secs(1)
+                    && d <= std::time::Duration::from_secs(3600) =>
+            {
+                Ok(d)
+            }
+            _ => Err(bad(format!(
+                "{key} `{}` must be a duration from 1s to 1h, like `10s`",
+                t.escape_debug()
+            ))),
+        },
+    };
+    let count = |v: Option<usize>, key: &str, default: usize| match v {
+        None => Ok(default),
+        Some(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        Some(n) => Err(bad(format!("{key} = {n} must be from 1 to 1000000"))),
+    };
+    let d = ListenerLimits::default();
+    let header = duration(raw.header_timeout, "header_timeout", d.api.header_timeout)?;
+    let request = duration(
+        raw.request_timeout,
+        "request_timeout",
+        std::time::Duration::from_secs(30),
+    )?;
+    let l = |n: usize, request: Option<std::time::Duration>| crate::listener::Limits {
+        max_connections: n,
+        header_timeout: header,
+        request_timeout: request,
+    };
+    Ok(ListenerLimits {
+        api: l(
+            count(
+                raw.api_connections,
+                "api_connections",
+                d.api.max_connections,
+            )?,
+            Some(request),
+        ),
+        edge: l(
+            count(
+                raw.edge_connections,
+                "edge_connections",
+                d.edge.max_connections,
+            )?,
+            None,
+        ),
+        agent: l(
+            count(
+                raw.agent_connections,
+                "agent_connections",
+                d.agent.max_connections,
+            )?,
+            Some(request),
+        ),
+        admin: l(
+            count(
+                raw.admin_connections,
+                "admin_connections",
+                d.admin.max_connections,
+            )?,
+            Some(request),
+        ),
+    })
 }
 
 /// One `[[user_issuer]]` table as written.
@@ -196,6 +323,8 @@ pub struct Config {
     pub edge_hosts: Vec<String>,
     /// MCP servers behind the gateway.
     pub mcp_servers: Vec<crate::mcp::config::McpServerConfig>,
+    /// Connection caps and timeouts of the listeners.
+    pub limits: ListenerLimits,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -462,7 +591,9 @@ impl Config {
             });
         }
 
+        let limits = limits(raw.limits, &format!("[limits] in {file_name}"))?;
         Ok(Self {
+            limits,
             data_dir,
             api_addr,
             edge_addr,

@@ -16,6 +16,7 @@ pub mod data_dir;
 pub mod dev;
 pub mod http;
 pub mod keys;
+pub mod listener;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

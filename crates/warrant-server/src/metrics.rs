@@ -154,6 +154,15 @@ pub struct Metrics {
     pub mcp_requests: Family<McpLabels, Counter>,
     /// Open MCP gateway sessions (handshake clients).
     pub mcp_sessions: Gauge,
+    /// Connections closed at accept because a listener was at its cap.
+    pub connections_refused: Family<ListenerLabels, Counter>,
+}
+
+/// Labels: which listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `api`, `edge`, `admin` or `agent`.
+    pub listener: String,
 }
 
 impl Default for Metrics {
@@ -224,6 +233,7 @@ impl Metrics {
             proxy_added_seconds: Family::new_with_constructor(latency_histogram),
             mcp_requests: Family::default(),
             mcp_sessions: Gauge::default(),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -321,6 +331,11 @@ impl Metrics {
             "Open MCP gateway sessions",
             m.mcp_sessions.clone(),
         );
+        registry.register(
+            "warrant_connections_refused",
+            "Connections closed at accept because their listener was at its cap",
+            m.connections_refused.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -380,6 +395,15 @@ impl Metrics {
                 route: route.to_owned(),
             })
             .observe(secs);
+    }
+
+    /// Counts a connection closed because `listener` was full.
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts an MCP gateway request. `server` is a configured name (or

@@ -23,7 +23,6 @@ use warrant_store::{SqliteOptions, SqliteStore, Store, StoreError};
 
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError, KekSource, RunInfo};
-use crate::http::auth::SocketPeer;
 use crate::keys::{KeyService, KeyServiceError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyService, ensure_policy_dir};
@@ -106,6 +105,7 @@ pub struct Broker {
     agent: UnixListener,
     api_addr: SocketAddr,
     edge_addr: SocketAddr,
+    limits: crate::config::ListenerLimits,
 }
 
 impl std::fmt::Debug for Broker {
@@ -371,6 +371,7 @@ impl Broker {
             trust_domain: config.trust_domain.clone(),
             started_at: Timestamp::now(),
         };
+        let limits = fit_file_limit(config.limits);
         Ok(Self {
             state,
             data_dir,
@@ -380,6 +381,7 @@ impl Broker {
             agent,
             api_addr,
             edge_addr,
+            limits,
         })
     }
 
@@ -409,6 +411,7 @@ impl Broker {
             agent,
             api_addr,
             edge_addr,
+            limits,
         } = self;
         let socket_path = data_dir.admin_socket();
 
@@ -424,38 +427,49 @@ impl Broker {
             }));
         state.store.append_audit(start).await?;
 
-        let api_app = crate::http::api_router(state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let socket_app = crate::http::socket_router(state.clone())
-            .into_make_service_with_connect_info::<SocketPeer>();
-        let edge_app = crate::http::edge::router(state.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-
-        let t = shutdown.clone();
-        let api_task = tokio::spawn(async move {
-            axum::serve(api, api_app)
-                .with_graceful_shutdown(t.cancelled_owned())
-                .await
-        });
-        let t = shutdown.clone();
-        let edge_task = tokio::spawn(async move {
-            axum::serve(edge, edge_app)
-                .with_graceful_shutdown(t.cancelled_owned())
-                .await
-        });
-        let t = shutdown.clone();
+        let api_server = Arc::new(crate::listener::Server::new(
+            "api",
+            crate::http::api_router(state.clone()),
+            limits.api,
+            state.metrics.clone(),
+        ));
+        let edge_server = Arc::new(crate::listener::Server::new(
+            "edge",
+            crate::http::edge::router(state.clone()),
+            limits.edge,
+            state.metrics.clone(),
+        ));
+        let admin_server = Arc::new(crate::listener::Server::new(
+            "admin",
+            crate::http::socket_router(state.clone()),
+            limits.admin,
+            state.metrics.clone(),
+        ));
+        let agent_server = Arc::new(crate::listener::Server::new(
+            "agent",
+            crate::http::attest::agent_router(state.clone()),
+            limits.agent,
+            state.metrics.clone(),
+        ));
+        let (s, t) = (api_server.clone(), shutdown.clone());
+        let api_task = tokio::spawn(async move { crate::listener::run_tcp(&s, api, t).await });
+        let (s, t) = (edge_server.clone(), shutdown.clone());
+        let edge_task = tokio::spawn(async move { crate::listener::run_tcp(&s, edge, t).await });
+        let (s, t) = (admin_server.clone(), shutdown.clone());
         let admin_task = tokio::spawn(async move {
-            axum::serve(admin, socket_app)
-                .with_graceful_shutdown(t.cancelled_owned())
-                .await
+            crate::listener::run_unix(&s, admin, t, |io| {
+                let peer = crate::http::auth::SocketPeer::of(&io);
+                (io, axum::extract::ConnectInfo(peer))
+            })
+            .await
         });
-        let agent_app = crate::http::attest::agent_router(state.clone())
-            .into_make_service_with_connect_info::<crate::http::attest::AgentPeer>();
-        let t = shutdown.clone();
+        let (s, t) = (agent_server.clone(), shutdown.clone());
         let agent_task = tokio::spawn(async move {
-            axum::serve(agent, agent_app)
-                .with_graceful_shutdown(t.cancelled_owned())
-                .await
+            crate::listener::run_unix(&s, agent, t, |io| {
+                let peer = crate::http::attest::AgentPeer::of(&io);
+                (io, axum::extract::ConnectInfo(peer))
+            })
+            .await
         });
 
         let info = RunInfo {
@@ -500,11 +514,14 @@ impl Broker {
         shutdown.cancelled().await;
         let _ = flusher.await;
         tracing::info!("shutting down: draining connections");
+        let _ = tokio::join!(api_task, edge_task, admin_task, agent_task);
+        // Open connections finish their requests (within 10 s in all).
         let drain = async {
-            let _ = api_task.await;
-            let _ = edge_task.await;
-            let _ = admin_task.await;
-            let _ = agent_task.await;
+            for s in [api_server, edge_server, admin_server, agent_server] {
+                if let Ok(s) = Arc::try_unwrap(s) {
+                    s.drain(Duration::from_secs(10)).await;
+                }
+            }
         };
         if tokio::time::timeout(Duration::from_secs(10), drain)
             .await
@@ -564,6 +581,31 @@ impl Broker {
 
 /// Binds the Unix socket at `path` (the data-directory lock is ours, so a
 /// socket file left there is stale) and sets its mode.
+/// Raises the open-file limit and, if the listeners' caps could still
+/// exhaust it (each proxied request also holds an upstream connection),
+/// lowers the edge's and the API's caps to fit, saying so.
+fn fit_file_limit(mut l: crate::config::ListenerLimits) -> crate::config::ListenerLimits {
+    /// Descriptors kept for the store, logs, upstream pools and the admin path.
+    const RESERVE: u64 = 256;
+    let files = crate::listener::raise_file_limit();
+    let fixed = (l.admin.max_connections + l.agent.max_connections) as u64 + RESERVE;
+    let wanted = 2 * l.edge.max_connections as u64 + l.api.max_connections as u64 + fixed;
+    if wanted > files {
+        let room = files.saturating_sub(fixed).max(64);
+        let api = (room / 5).max(16);
+        let edge = ((room - api.min(room)) / 2).max(16);
+        tracing::warn!(
+            open_file_limit = files,
+            edge_connections = edge,
+            api_connections = api,
+            "the open-file limit is too low for the configured [limits]; lowered the edge's and the API's connection caps to fit (raise `ulimit -n` for more)"
+        );
+        l.edge.max_connections = usize::try_from(edge).unwrap_or(16);
+        l.api.max_connections = usize::try_from(api).unwrap_or(16);
+    }
+    l
+}
+
 fn bind_socket(path: &Path, name: &str, mode: u32) -> Result<UnixListener, ServeError> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|e| {

@@ -9,17 +9,15 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use hyper::body::Bytes;
 use serde::Deserialize;
-use tokio::net::UnixListener;
 use warrant_core::time::Timestamp;
 
 use crate::attest::unix::{self, Peer};
@@ -33,9 +31,11 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub struct AgentPeer(pub Option<Peer>);
 
-impl Connected<IncomingStream<'_, UnixListener>> for AgentPeer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let Ok(cred) = stream.io().peer_cred() else {
+impl AgentPeer {
+    /// What the kernel says of the process connected on `stream`, read at
+    /// accept.
+    pub fn of(stream: &tokio::net::UnixStream) -> Self {
+        let Ok(cred) = stream.peer_cred() else {
             return Self(None);
         };
         let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {

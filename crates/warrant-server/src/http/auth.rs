@@ -9,15 +9,13 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
-use tokio::net::UnixListener;
 use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Permission, Role};
 use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::time::Timestamp;
@@ -34,9 +32,10 @@ pub struct SocketPeer {
     pub pid: Option<i32>,
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for SocketPeer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
+impl SocketPeer {
+    /// What the kernel says of the process connected on `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Self {
+        let cred = stream.peer_cred().ok();
         Self {
             uid: cred.as_ref().map(|c| c.uid()),
             pid: cred.and_then(|c| c.pid()),

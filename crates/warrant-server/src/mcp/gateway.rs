@@ -62,6 +62,8 @@ const HEADER_MISMATCH: i64 = -32020;
 const TOOLS_TTL: Duration = Duration::from_secs(30);
 /// The most open sessions.
 const MAX_SESSIONS: usize = 10_000;
+/// The longest an agent may take to send one message's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most open sessions of one task: opening another ends its oldest.
 const MAX_SESSIONS_PER_TASK: usize = 16;
 /// The most open sessions of one agent (all its tasks): opening another
@@ -723,12 +725,28 @@ impl Gateway {
 
         // One JSON-RPC message.
         let limit = usize::try_from(s.cfg.max_message_bytes).unwrap_or(usize::MAX);
-        let bytes = match http_body_util::Limited::new(req.into_body(), limit)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
+        // A message trickled in slower than this holds a connection for
+        // nothing: refused like one too large.
+        let read = tokio::time::timeout(
+            BODY_TIMEOUT,
+            http_body_util::Limited::new(req.into_body(), limit).collect(),
+        )
+        .await;
+        let bytes = match read {
+            Ok(Ok(b)) => b.to_bytes(),
             Err(_) => {
+                let e = HttpRefusal {
+                    status: StatusCode::REQUEST_TIMEOUT,
+                    code: "request_timeout",
+                    message: format!(
+                        "the message was not received within {}s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                    www_authenticate: None,
+                };
+                return self.refuse_http(event, server, e).await;
+            }
+            Ok(Err(_)) => {
                 let e = HttpRefusal {
                     status: StatusCode::PAYLOAD_TOO_LARGE,
                     code: "payload_too_large",
@@ -1111,7 +1129,9 @@ impl Gateway {
                 let open = if sessions.len() >= MAX_SESSIONS {
                     false
                 } else {
-                    let opened = self.session_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let opened = self
+                        .session_counter
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     sessions.insert(
                         sid.clone(),
                         Binding {

@@ -1235,13 +1235,21 @@ fn caller_supplied_strings_do_not_grow_metrics_or_records() {
         assert!(r.body.len() < 4096, "the answer does not echo it whole");
     }
     let metrics = w.b.http("GET", "/metrics", &[], None).body;
-    assert!(metrics.len() < 64 * 1024, "/metrics is {} bytes", metrics.len());
+    assert!(
+        metrics.len() < 64 * 1024,
+        "/metrics is {} bytes",
+        metrics.len()
+    );
     assert!(!metrics.contains("mmmmmmmm"));
     let records = crate::audit_until(&w.b, Some("mcp.request"), 30, |r| {
         r.to_string().contains("mmmm")
     });
     for r in &records {
-        assert!(r.to_string().len() < 16 * 1024, "a record of {} bytes", r.to_string().len());
+        assert!(
+            r.to_string().len() < 16 * 1024,
+            "a record of {} bytes",
+            r.to_string().len()
+        );
     }
 }
 
@@ -1262,7 +1270,11 @@ fn metric(w: &World, name: &str) -> f64 {
 fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
     let dir = tempfile::tempdir().unwrap();
     let tools_file = dir.path().join("tools.json");
-    std::fs::write(&tools_file, serde_json::to_string(&[tool("read_note", "string")]).unwrap()).unwrap();
+    std::fs::write(
+        &tools_file,
+        serde_json::to_string(&[tool("read_note", "string")]).unwrap(),
+    )
+    .unwrap();
     let config = format!(
         "[[mcp_server]]\nname = \"notes\"\ncommand = \"{}\"\nargs = [\"{}\", \"{}\"]\n",
         python().display(),
@@ -1294,7 +1306,10 @@ fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
     let open = metric(&w, "warrant_mcp_sessions");
     assert!(open <= 16.0 + 41.0, "{open}");
     // Revoking the tasks frees their sessions for everyone else.
-    let task = crate::jwt_claims(&first.token)["task"].as_str().unwrap().to_owned();
+    let task = crate::jwt_claims(&first.token)["task"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     w.b.cli(&["revoke", "--task", &task]).ok();
     let sub = identity(&w.b, "sub");
     let other = McpClient::open(&w, &sub, "notes", "notes:read");
@@ -1304,5 +1319,76 @@ fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
     let agent_tasks = w.b.cli(&["revoke", "--agent", "orch"]);
     agent_tasks.ok();
     let _again = McpClient::open(&w, &sub, "notes", "notes:read");
-    assert_eq!(metric(&w, "warrant_mcp_sessions"), 2.0, "only sub's two remain");
+    assert_eq!(
+        metric(&w, "warrant_mcp_sessions"),
+        2.0,
+        "only sub's two remain"
+    );
+}
+
+/// Issue 12, item 14: no header-read timeout, idle timeout or connection
+/// cap on any listener: partial headers stayed open 75 s, and ~20,000 idle
+/// edge connections made the edge, API, agent socket and admin CLI
+/// unresponsive. Each listener now has its own cap and timeouts, and the
+/// admin socket and `/readyz` answer while the edge is full.
+#[test]
+fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() {
+    use std::io::{Read, Write};
+    let b = crate::Broker::start_with(
+        crate::bin(),
+        crate::Options {
+            config: Some(
+                "[limits]\nedge_connections = 50\napi_connections = 50\nheader_timeout = \"2s\"\n"
+                    .into(),
+            ),
+            ..Default::default()
+        },
+    );
+    // A request head that never ends is cut off.
+    let mut slow = std::net::TcpStream::connect(b.edge).unwrap();
+    slow.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    // Flood the edge with idle connections, far past its cap.
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        idle.push(std::net::TcpStream::connect(b.edge).unwrap());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The admin socket and the API's readiness still answer.
+    let started = Instant::now();
+    b.cli(&["agent", "list"]).ok();
+    assert_eq!(b.http("GET", "/readyz", &[], None).status, 200);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Past its cap, a connection is closed at once, and counted.
+    let mut extra = std::net::TcpStream::connect(b.edge).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let mut got = Vec::new();
+    let _ = extra.read_to_end(&mut got);
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+    // Idle connections are closed after the header timeout; then the edge
+    // serves again.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = warrant_testkit::http(b.edge, "GET", "/healthz", &[], None);
+    assert_eq!(r.status, 200);
+    let r = b.http("GET", "/readyz", &[], None);
+    assert_eq!(r.status, 200);
+    let metrics = b.http("GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("warrant_connections_refused_total{listener=\"edge\"}"),
+        "{metrics}"
+    );
+    drop(idle);
 }
