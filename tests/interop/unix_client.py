@@ -17,14 +17,14 @@ import sys
 import time
 
 
-def request(sock, body):
+def request(sock, body, path="/v1/identity"):
     if body.startswith("@big:"):
         # An oversized body, too big for a command line.
         body = '{"audience": "' + "a" * int(body[5:]) + '"}'
     data = body.encode()
     try:
         sock.sendall(
-            b"POST /v1/identity HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             + b"Content-Type: application/json\r\nContent-Length: "
             + str(len(data)).encode()
             + b"\r\n\r\n"
@@ -53,7 +53,22 @@ def request(sock, body):
             out += rest[:n]
             rest = rest[n + 2 :]
         rest = out
-    return {"status": status, "body": json.loads(rest or b"null")}
+    location = None
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"location":
+            location = v.strip().decode()
+    return {"status": status, "body": json.loads(rest or b"null"), "location": location}
+
+
+def attest(path, body):
+    """One attestation, following the broker's 307 (send again, with the
+    one-time proof) as `curl -L` does."""
+    r = request(connect(path), body)
+    if r["status"] == 307 and r["location"]:
+        r = request(connect(path), body, r["location"])
+    r.pop("location", None)
+    return r
 
 
 def connect(path):
@@ -67,12 +82,12 @@ def main():
     body = sys.argv[3] if len(sys.argv) > 3 else ""
     if mode in ("once", "twice"):
         for _ in range(1 if mode == "once" else 2):
-            print(json.dumps(request(connect(path), body)), flush=True)
+            print(json.dumps(attest(path, body)), flush=True)
     elif mode == "pause":
-        print(json.dumps(request(connect(path), body)), flush=True)
+        print(json.dumps(attest(path, body)), flush=True)
         while not os.path.exists(sys.argv[4]):
             time.sleep(0.05)
-        print(json.dumps(request(connect(path), body)), flush=True)
+        print(json.dumps(attest(path, body)), flush=True)
     elif mode == "fork-exit":
         s = connect(path)
         r, w = os.pipe()

@@ -466,7 +466,7 @@ impl Broker {
         let (s, t) = (agent_server.clone(), shutdown.clone());
         let agent_task = tokio::spawn(async move {
             crate::listener::run_unix(&s, agent, t, |io| {
-                let peer = crate::http::attest::AgentPeer::of(&io);
+                let (io, peer) = crate::http::attest::AgentPeer::accept(io);
                 (io, axum::extract::ConnectInfo(peer))
             })
             .await

@@ -102,7 +102,26 @@ pub struct AttestService {
     task_audiences: std::collections::HashSet<String>,
     /// Refusals of callers that proved no agent, recorded in aggregate.
     refusals: Arc<crate::refusals::RefusalLog>,
+    /// One-time proofs that a unix peer's next request is sent after the
+    /// broker looked at it. A std mutex: held for a map operation only.
+    proofs: std::sync::Mutex<std::collections::HashMap<String, Proof>>,
 }
+
+/// What a proof was minted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Proof {
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    start_time: u64,
+    exe: (u64, u64),
+    expires: std::time::Instant,
+}
+
+/// How long a proof may wait for its request.
+const PROOF_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most proofs waiting at once.
+const MAX_PROOFS: usize = 4096;
 
 impl std::fmt::Debug for AttestService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,6 +162,7 @@ impl AttestService {
             exe_hashes: unix::HashCache::default(),
             task_audiences: p.task_audiences.into_iter().collect(),
             refusals: c.refusals,
+            proofs: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -215,6 +235,55 @@ impl AttestService {
             Ok(_) => refusal,
             Err(e) => audit_failed(&e),
         }
+    }
+
+    /// Mints a one-time proof for `peer`: it has just been seen running the
+    /// file it ran at accept. `None` if it no longer does, or too many
+    /// proofs wait.
+    pub fn mint_proof(&self, peer: &unix::Peer) -> Option<String> {
+        let (Some(start_time), Some(exe)) = (peer.start_time, peer.exe) else {
+            return None;
+        };
+        // Looked at again now: the request carrying the proof is sent after.
+        if peer.exited()
+            || unix::start_time(peer.pid).ok() != Some(start_time)
+            || unix::exe_id(peer.pid).ok() != Some(exe)
+        {
+            return None;
+        }
+        let id = crate::random::hex_id(16).ok()?;
+        let now = std::time::Instant::now();
+        let mut proofs = self.proofs.lock().ok()?;
+        proofs.retain(|_, p| p.expires > now);
+        if proofs.len() >= MAX_PROOFS {
+            return None;
+        }
+        proofs.insert(
+            id.clone(),
+            Proof {
+                pid: peer.pid,
+                uid: peer.uid,
+                gid: peer.gid,
+                start_time,
+                exe,
+                expires: now + PROOF_TTL,
+            },
+        );
+        Some(id)
+    }
+
+    /// Spends a proof: whether it was minted, unexpired, for this same
+    /// process running this same file.
+    pub fn take_proof(&self, id: &str, peer: &unix::Peer) -> bool {
+        let Some(p) = self.proofs.lock().ok().and_then(|mut m| m.remove(id)) else {
+            return false;
+        };
+        p.expires > std::time::Instant::now()
+            && p.pid == peer.pid
+            && p.uid == peer.uid
+            && p.gid == peer.gid
+            && Some(p.start_time) == peer.start_time
+            && Some(p.exe) == peer.exe
     }
 
     /// Finds the agent, decides, signs, records, and returns the identity.

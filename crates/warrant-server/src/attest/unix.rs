@@ -30,6 +30,16 @@ pub enum UnixError {
         "the connecting process (pid {0}) exited or was replaced during attestation; connect from the process that will use the identity, and keep it running"
     )]
     Changed(u32),
+    /// The process runs another program than when it connected.
+    #[error(
+        "the connecting process (pid {0}) runs another program than when it connected; a process gets an identity only for the program it ran when it connected"
+    )]
+    Execed(u32),
+    /// Bytes of the request came from another process.
+    #[error(
+        "the request was sent by another process than the one that connected (a shared or passed connection); send the request from the process that connects"
+    )]
+    Foreign,
     /// `/proc` could not be read.
     #[error("cannot read the connecting process (pid {pid}): {why}")]
     Proc {
@@ -115,7 +125,7 @@ impl HashCache {
 }
 
 /// What the kernel said at accept time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     /// pid.
     pub pid: u32,
@@ -125,23 +135,97 @@ pub struct Peer {
     pub gid: u32,
     /// The process's start time when the connection was accepted.
     pub start_time: Option<u64>,
+    /// The file the process ran at accept: device and inode.
+    pub exe: Option<(u64, u64)>,
+    /// Whether nothing was queued when the broker looked at the process:
+    /// then every byte of the request was sent after it looked.
+    pub sent_after_look: bool,
+    /// The process, pinned (so a recycled pid is never mistaken for it).
+    pub pidfd: Option<std::sync::Arc<rustix::fd::OwnedFd>>,
+    /// Set if a byte came from any other process than `pid`.
+    pub foreign: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Peer {
+    /// Reads the peer of a just-accepted connection: credentials, pidfd,
+    /// start time, the file it runs, then (after all of them) whether
+    /// anything is queued, and turns on sender credentials for every read.
+    pub fn accept(stream: &tokio::net::UnixStream) -> Option<Self> {
+        use std::os::fd::AsFd as _;
+        let cred = rustix::net::sockopt::socket_peercred(stream.as_fd()).ok()?;
+        let pid = u32::try_from(cred.pid.as_raw_nonzero().get()).ok()?;
+        let _ = rustix::net::sockopt::set_socket_passcred(stream.as_fd(), true);
+        let pidfd = rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty())
+            .ok()
+            .map(std::sync::Arc::new);
+        let start_time = start_time(pid).ok();
+        let exe = exe_id(pid).ok();
+        // INVARIANT (look before the request): queued bytes are counted
+        // after the file is noted, so bytes not yet queued were sent after
+        // the broker saw which file the process ran.
+        let sent_after_look = rustix::io::ioctl_fionread(stream.as_fd()).is_ok_and(|n| n == 0);
+        Some(Self {
+            pid,
+            uid: cred.uid.as_raw(),
+            gid: cred.gid.as_raw(),
+            start_time,
+            exe,
+            sent_after_look,
+            pidfd,
+            foreign: std::sync::Arc::default(),
+        })
+    }
+
+    /// Whether the pinned process has exited.
+    pub fn exited(&self) -> bool {
+        let Some(fd) = &self.pidfd else {
+            return false;
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            fd.as_ref(),
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+}
+
+/// The device and inode of the file process `pid` runs.
+pub fn exe_id(pid: u32) -> Result<(u64, u64), UnixError> {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).map_err(|e| proc_error(pid, &e))?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Attests the peer: blocking IO (reads `/proc` and the executable); run it
 /// on a blocking thread.
-pub fn attest(peer: Peer, cache: &HashCache) -> Result<UnixFacts, UnixError> {
+pub fn attest(peer: &Peer, cache: &HashCache) -> Result<UnixFacts, UnixError> {
+    use std::sync::atomic::Ordering;
     let pid = peer.pid;
+    if peer.foreign.load(Ordering::Acquire) {
+        return Err(UnixError::Foreign);
+    }
     let at_accept = peer.start_time.ok_or(UnixError::Changed(pid))?;
-    if start_time(pid)? != at_accept {
+    if peer.exited() || start_time(pid)? != at_accept {
         return Err(UnixError::Changed(pid));
     }
     let exe_link = format!("/proc/{pid}/exe");
     let path = std::fs::read_link(&exe_link).map_err(|e| proc_error(pid, &e))?;
     let mut file = std::fs::File::open(&exe_link).map_err(|e| proc_error(pid, &e))?;
+    // The file hashed is the file the process ran when it connected.
+    let m = file.metadata().map_err(|e| proc_error(pid, &e))?;
+    if peer.exe != Some((m.dev(), m.ino())) {
+        return Err(UnixError::Execed(pid));
+    }
     let sha256 = cache.hash(&mut file).map_err(|e| proc_error(pid, &e))?;
     // The same process from accept to here: nothing was read from another.
-    if start_time(pid)? != at_accept {
+    if peer.exited() || start_time(pid)? != at_accept || exe_id(pid)? != (m.dev(), m.ino()) {
         return Err(UnixError::Changed(pid));
+    }
+    if peer.foreign.load(Ordering::Acquire) {
+        return Err(UnixError::Foreign);
     }
     let path = path.to_string_lossy().into_owned();
     Ok(UnixFacts {
@@ -173,51 +257,188 @@ fn proc_error(pid: u32, e: &std::io::Error) -> UnixError {
     }
 }
 
+/// An agent-socket connection whose every read checks who sent the bytes:
+/// a byte from another process than the connecting one marks the peer
+/// `foreign` (and so refuses the request).
+#[derive(Debug)]
+pub struct PeerStream {
+    inner: tokio::net::UnixStream,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    foreign: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PeerStream {
+    /// Wraps `inner`, whose peer is `peer`.
+    pub fn new(inner: tokio::net::UnixStream, peer: &Peer) -> Self {
+        Self {
+            inner,
+            pid: peer.pid,
+            uid: peer.uid,
+            gid: peer.gid,
+            foreign: peer.foreign.clone(),
+        }
+    }
+
+    fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsFd as _;
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [std::io::IoSliceMut::new(buf)];
+        let got = rustix::net::recvmsg(
+            self.inner.as_fd(),
+            &mut iov,
+            &mut control,
+            rustix::net::RecvFlags::DONTWAIT | rustix::net::RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(std::io::Error::from)?;
+        let mut sender_ok = false;
+        for msg in control.drain() {
+            match msg {
+                rustix::net::RecvAncillaryMessage::ScmCredentials(c) => {
+                    sender_ok = u32::try_from(c.pid.as_raw_nonzero().get()).ok() == Some(self.pid)
+                        && c.uid.as_raw() == self.uid
+                        && c.gid.as_raw() == self.gid;
+                }
+                // Passed descriptors: not part of this protocol.
+                _ => sender_ok = false,
+            }
+        }
+        if got.bytes > 0 && (!sender_ok || got.flags.contains(rustix::net::ReturnFlags::CTRUNC)) {
+            self.foreign
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(got.bytes)
+    }
+}
+
+impl tokio::io::AsyncRead for PeerStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match this.inner.poll_read_ready(cx) {
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+                std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                std::task::Poll::Ready(Ok(())) => {}
+            }
+            let unfilled = buf.initialize_unfilled();
+            match this
+                .inner
+                .try_io(tokio::io::Interest::READABLE, || this.recv(unfilled))
+            {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PeerStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn attests_this_process() {
+    fn me() -> Peer {
         let pid = std::process::id();
-        let peer = Peer {
+        Peer {
             pid,
             uid: rustix::process::getuid().as_raw(),
             gid: rustix::process::getgid().as_raw(),
             start_time: Some(start_time(pid).unwrap()),
-        };
+            exe: Some(exe_id(pid).unwrap()),
+            sent_after_look: true,
+            pidfd: rustix::process::pidfd_open(
+                rustix::process::getpid(),
+                rustix::process::PidfdFlags::empty(),
+            )
+            .ok()
+            .map(std::sync::Arc::new),
+            foreign: std::sync::Arc::default(),
+        }
+    }
+
+    #[test]
+    fn attests_this_process() {
+        let peer = me();
+        assert!(!peer.exited());
         let cache = HashCache::default();
-        let facts = attest(peer, &cache).unwrap();
+        let facts = attest(&peer, &cache).unwrap();
         let exe = std::env::current_exe().unwrap();
         assert_eq!(facts.path, exe.to_string_lossy());
         let bytes = std::fs::read(&exe).unwrap();
         assert_eq!(facts.sha256, hex::encode(Sha256::digest(&bytes)));
-        assert_eq!(attest(peer, &cache).unwrap(), facts, "cached hash");
+        assert_eq!(attest(&peer, &cache).unwrap(), facts, "cached hash");
         assert!(!facts.boot_id.is_empty());
     }
 
     #[test]
     fn a_different_start_time_is_a_different_process() {
         let pid = std::process::id();
-        let peer = Peer {
-            pid,
-            uid: 0,
-            gid: 0,
-            start_time: Some(start_time(pid).unwrap() + 1),
-        };
+        let mut peer = me();
+        peer.start_time = Some(start_time(pid).unwrap() + 1);
         assert_eq!(
-            attest(peer, &HashCache::default()).unwrap_err(),
+            attest(&peer, &HashCache::default()).unwrap_err(),
             UnixError::Changed(pid)
         );
         let gone = Peer {
             pid: u32::MAX - 1,
             start_time: Some(1),
-            ..peer
+            pidfd: None,
+            ..me()
         };
         assert!(matches!(
-            attest(gone, &HashCache::default()),
+            attest(&gone, &HashCache::default()),
             Err(UnixError::Changed(_))
         ));
+    }
+
+    #[test]
+    fn another_program_or_sender_is_refused() {
+        let mut peer = me();
+        peer.exe = Some((0, 1));
+        assert_eq!(
+            attest(&peer, &HashCache::default()).unwrap_err(),
+            UnixError::Execed(std::process::id())
+        );
+        let peer = me();
+        peer.foreign
+            .store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(
+            attest(&peer, &HashCache::default()).unwrap_err(),
+            UnixError::Foreign
+        );
     }
 
     #[test]

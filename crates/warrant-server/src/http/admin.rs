@@ -109,8 +109,9 @@ fn agent_name(raw: &str) -> Result<AgentName, ApiError> {
     AgentName::new(raw).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
-/// What a set of selectors must say beyond being well formed: platform-token
-/// selectors name the trust provider whose tokens they are about. (The
+/// What a set of selectors must say beyond being well formed: unix
+/// selectors pin the user; platform-token selectors name the trust provider
+/// whose tokens they are about. (The
 /// provider need not be configured yet: an agent may be registered before
 /// its platform is trusted; until then it matches nothing.)
 fn check_selector_rules(set: &SelectorSet, providers: &[&str]) -> Result<(), String> {
@@ -121,6 +122,13 @@ fn check_selector_rules(set: &SelectorSet, providers: &[&str]) -> Result<(), Str
     let provider = set
         .iter()
         .find(|s| s.kind() == SelectorKind::Oidc && s.key() == "provider");
+    let unix = set.iter().any(|s| s.kind() == SelectorKind::Unix);
+    let user = set
+        .iter()
+        .any(|s| s.kind() == SelectorKind::Unix && matches!(s.key(), "uid" | "user"));
+    if unix && !user {
+        return Err("unix selectors must pin the user the agent runs as (`unix:uid=<uid>` or `unix:user=<name>`): a program's path or hash alone names a program any local user could run, and processes of one user can read each other's memory".into());
+    }
     match (platform, provider) {
         (false, _) => Ok(()),
         (true, None) => Err(format!(

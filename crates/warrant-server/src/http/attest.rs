@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -28,26 +28,31 @@ use crate::state::AppState;
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// The peer of an agent-socket connection, read when it was accepted.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct AgentPeer(pub Option<Peer>);
 
 impl AgentPeer {
-    /// What the kernel says of the process connected on `stream`, read at
-    /// accept.
-    pub fn of(stream: &tokio::net::UnixStream) -> Self {
-        let Ok(cred) = stream.peer_cred() else {
-            return Self(None);
-        };
-        let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) else {
-            return Self(None);
-        };
-        // Read now: the start time at accept is what later reads must equal.
-        Self(Some(Peer {
-            pid,
-            uid: cred.uid(),
-            gid: cred.gid(),
-            start_time: unix::start_time(pid).ok(),
-        }))
+    /// Reads the peer of a just-accepted agent-socket connection and wraps
+    /// the stream so every read checks who sent the bytes.
+    pub fn accept(stream: tokio::net::UnixStream) -> (unix::PeerStream, Self) {
+        match Peer::accept(&stream) {
+            Some(p) => (unix::PeerStream::new(stream, &p), Self(Some(p))),
+            None => {
+                // No credentials: nothing is issued on this connection; the
+                // wrapper sees every read from an unknown sender.
+                let p = Peer {
+                    pid: 0,
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                    start_time: None,
+                    exe: None,
+                    sent_after_look: false,
+                    pidfd: None,
+                    foreign: std::sync::Arc::default(),
+                };
+                (unix::PeerStream::new(stream, &p), Self(None))
+            }
+        }
     }
 }
 
@@ -143,10 +148,11 @@ async fn parse_body<T: serde::de::DeserializeOwned>(
 async fn identity(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<AgentPeer>,
+    RawQuery(query): RawQuery,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut req = Request::default();
-    if let Some(p) = peer.0 {
+    if let Some(p) = &peer.0 {
         req.source = Some(format!("uid={} pid={}", p.uid, p.pid));
     }
     let b: IdentityBody =
@@ -160,8 +166,33 @@ async fn identity(
         let r = state.attest.refuse_early("unix", &req, r).await;
         return refusal_response(&r, false);
     };
+    // The request must have been sent after the broker looked at the
+    // process: nothing was queued at accept, or it carries a proof minted
+    // after a later look.
+    let proof = query
+        .as_deref()
+        .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "proof"))
+        .map(|(_, v)| v.into_owned());
+    let proven = proof
+        .as_deref()
+        .is_some_and(|p| state.attest.take_proof(p, &peer));
+    if !peer.sent_after_look && !proven {
+        if peer.foreign.load(std::sync::atomic::Ordering::Acquire) {
+            let r = Refusal::Denied(unix::UnixError::Foreign.to_string());
+            let r = state.attest.refuse_early("unix", &req, r).await;
+            return refusal_response(&r, false);
+        }
+        return match state.attest.mint_proof(&peer) {
+            Some(p) => again_with(&p),
+            None => {
+                let r = Refusal::Denied(unix::UnixError::Changed(peer.pid).to_string());
+                let r = state.attest.refuse_early("unix", &req, r).await;
+                refusal_response(&r, false)
+            }
+        };
+    }
     let attest = state.attest.clone();
-    let facts = tokio::task::spawn_blocking(move || unix::attest(peer, &attest.exe_hashes)).await;
+    let facts = tokio::task::spawn_blocking(move || unix::attest(&peer, &attest.exe_hashes)).await;
     let facts = match facts {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => {
@@ -181,6 +212,26 @@ async fn identity(
             .issue(warrant_core::identity::Evidence::Unix(facts), &req)
             .await,
     )
+}
+
+/// `307` to the same endpoint with a one-time proof: the request arrived
+/// before the broker had looked at the process, so it asks for it again.
+/// Clients follow it (`curl -L`), sending the same body.
+fn again_with(proof: &str) -> Response {
+    let location = format!("/v1/identity?proof={proof}");
+    let mut r = (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({
+            "error": "send_again",
+            "error_description": "the request was sent before the broker looked at the connecting process; send it again to the Location given (it carries a one-time proof, valid for 10 s, for this process only)",
+        })),
+    )
+        .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&location) {
+        r.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    r
 }
 
 /// `POST /v1/attest/oidc`.

@@ -1392,3 +1392,55 @@ fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() 
     );
     drop(idle);
 }
+
+/// Issue 12, item 2: `SO_PEERCRED` and the start time were read at accept,
+/// `/proc/<pid>/exe` later, so a process could connect, fork, and have the
+/// parent exec the agent's program while the child sent the request (or
+/// read the answer). A process that was not the agent's program when it
+/// connected never gets the agent's identity, whichever process sends or
+/// reads.
+#[test]
+fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
+    let b = crate::broker();
+    std::fs::write(
+        b.data_dir.join("policies/p.cedar"),
+        r#"permit(principal, action == Action::"identity:issue", resource);"#,
+    )
+    .unwrap();
+    b.cli(&["policy", "reload"]).ok();
+    let sleep = std::fs::canonicalize("/usr/bin/sleep")
+        .or_else(|_| std::fs::canonicalize("/bin/sleep"))
+        .unwrap();
+    b.cli(&[
+        "agent",
+        "create",
+        "sleeper",
+        "--owner",
+        "o",
+        "--env",
+        "dev",
+        "--selector",
+        &format!("unix:uid={}", rustix::process::getuid().as_raw()),
+        "--selector",
+        &format!("unix:path={}", sleep.display()),
+    ])
+    .ok();
+    for mode in ["fork-send", "send-exec", "pass-fd", "exec-late"] {
+        let out = std::process::Command::new(python())
+            .arg(repo().join("tests/interop/unix_exec_attack.py"))
+            .arg(b.data_dir.join("agent.sock"))
+            .args([mode, sleep.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let r: Value =
+            serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or(json!({}));
+        assert_ne!(r["status"], 200, "{mode}: {text}");
+        assert!(!text.contains("identity_token"), "{mode}: {text}");
+    }
+    let issued = crate::audit(&b, Some("attest.unix"))
+        .into_iter()
+        .filter(|r| r["decision"] == "allow")
+        .count();
+    assert_eq!(issued, 0, "nothing was issued");
+}
