@@ -268,9 +268,20 @@ impl VerifyingKey {
 pub struct VerifyingKeys {
     by_kid: HashMap<String, VerifyingKey>,
     unnamed: Vec<VerifyingKey>,
+    /// Refuse ECDSA signatures with a high `s` (warrant's own keys, whose
+    /// signatures are normalised): one valid encoding per token.
+    low_s_only: bool,
 }
 
 impl VerifyingKeys {
+    /// An empty set that refuses high-`s` ECDSA signatures.
+    pub fn strict() -> Self {
+        Self {
+            low_s_only: true,
+            ..Self::default()
+        }
+    }
+
     /// Parses a JWK set (`{"keys": [...]}`). Keys that cannot be used are
     /// skipped and described in the second value, so one odd key (an encryption
     /// key, an unsupported curve) does not take the issuer down.
@@ -448,13 +459,30 @@ pub fn verify(token: &str, keys: &VerifyingKeys) -> Result<Verified, JwtError> {
             key: key.alg,
         });
     }
-    key.key
-        .verify_sig(parts.signing_input, &parts.signature)
-        .map_err(|_| JwtError::Signature)?;
+    verify_signature(key, keys.low_s_only, parts.signing_input, &parts.signature)?;
     Ok(Verified {
         header: parts.header,
         claims: decode_claims(parts.payload)?,
     })
+}
+
+/// Whether `signature` is `key`'s over `input`: the one place a token's
+/// signature is checked (and what the Wycheproof vectors are run through).
+pub(crate) fn verify_signature(
+    key: &VerifyingKey,
+    low_s_only: bool,
+    input: &[u8],
+    signature: &[u8],
+) -> Result<(), JwtError> {
+    if low_s_only
+        && matches!(key.alg, JwsAlg::Es256 | JwsAlg::Es384)
+        && crate::ecdsa::is_high_s(signature)
+    {
+        return Err(JwtError::Signature);
+    }
+    key.key
+        .verify_sig(input, signature)
+        .map_err(|_| JwtError::Signature)
 }
 
 /// Signs `claims` as a compact JWS with `key`, `typ` in the header.
@@ -485,14 +513,24 @@ pub struct Expect<'a> {
     pub leeway_secs: i64,
 }
 
+/// A NumericDate claim (RFC 7519 §2: seconds, possibly with a fraction),
+/// as whole seconds. Values beyond ±10^11 s (past the year 5000) are
+/// refused rather than let arithmetic on them overflow.
 fn num(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, JwtError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .as_i64()
-            .or_else(|| v.as_f64().map(|f| f as i64))
-            .map(Some)
-            .ok_or_else(|| JwtError::Claim(format!("the token's `{name}` is not a number"))),
+    const LIMIT: i64 = 100_000_000_000;
+    let Some(v) = claims.get(name) else {
+        return Ok(None);
+    };
+    let n = match (v.as_i64(), v.as_f64()) {
+        (Some(i), _) => Some(i),
+        (None, Some(f)) if f.is_finite() && f.abs() < LIMIT as f64 => Some(f.floor() as i64),
+        _ => None,
+    };
+    match n {
+        Some(n) if (-LIMIT..=LIMIT).contains(&n) => Ok(Some(n)),
+        _ => Err(JwtError::Claim(format!(
+            "the token's `{name}` is not a usable time (seconds since 1970)"
+        ))),
     }
 }
 

@@ -60,11 +60,16 @@ impl SigningKey {
     /// (`r || s` for ES256, 64 bytes for EdDSA).
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match &self.signer {
-            Signer::Es256(k) => Ok(k
-                .sign(&SystemRandom::new(), message)
-                .map_err(|_| KeyError::Crypto("signing"))?
-                .as_ref()
-                .to_vec()),
+            Signer::Es256(k) => {
+                let mut sig = k
+                    .sign(&SystemRandom::new(), message)
+                    .map_err(|_| KeyError::Crypto("signing"))?
+                    .as_ref()
+                    .to_vec();
+                // One valid encoding per token: the low-s twin.
+                crate::ecdsa::normalize_p256(&mut sig);
+                Ok(sig)
+            }
             Signer::EdDsa(k) => Ok(k.sign(message).as_ref().to_vec()),
         }
     }
@@ -355,9 +360,10 @@ impl KeySet {
         }
     }
 
-    /// The published keys at `now`, for verifying warrant's own tokens.
+    /// The published keys at `now`, for verifying warrant's own tokens
+    /// (which are signed with a low `s`: a high twin is refused).
     pub fn verifying_keys(&self, now: Timestamp) -> crate::jwt::VerifyingKeys {
-        let mut keys = crate::jwt::VerifyingKeys::default();
+        let mut keys = crate::jwt::VerifyingKeys::strict();
         for jwk in self.jwks(now).keys {
             // Our own JWKs always parse; one that did not would only fail to verify.
             if let Ok(k) = serde_json::to_value(&jwk)

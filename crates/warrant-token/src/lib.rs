@@ -13,6 +13,7 @@
 //! way: a fresh data key per version, wrapped by the KEK.
 
 mod cache;
+pub mod ecdsa;
 mod error;
 pub mod jwt;
 mod kek;

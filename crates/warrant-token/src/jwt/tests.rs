@@ -236,7 +236,12 @@ fn claims_are_checked_for_issuer_audience_and_time() {
         (with("aud", json!("other")), "audience does not include"),
         (with("aud", json!(["other"])), "audience does not include"),
         (with("exp", json!(400)), "expired"),
-        (with("exp", json!("soon")), "not a number"),
+        (with("exp", json!("soon")), "not a usable time"),
+        // Issue 12 (low): `exp` near 1e300 overflowed `exp + leeway`.
+        (with("exp", json!(1e300)), "not a usable time"),
+        (with("exp", json!(i64::MAX)), "not a usable time"),
+        (with("nbf", json!(i64::MIN)), "not a usable time"),
+        (with("iat", json!(f64::MAX)), "not a usable time"),
         (with("nbf", json!(600)), "not valid for another"),
         (with("iat", json!(900)), "issued in the future"),
     ] {
@@ -246,4 +251,116 @@ fn claims_are_checked_for_issuer_audience_and_time() {
     let mut no_exp = claims();
     no_exp.as_object_mut().unwrap().remove("exp");
     assert!(ok(no_exp).unwrap_err().to_string().contains("no `exp`"));
+}
+
+fn left_pad(v: &[u8], n: usize) -> Vec<u8> {
+    let v = if v.len() > n && v[..v.len() - n].iter().all(|b| *b == 0) {
+        &v[v.len() - n..]
+    } else {
+        v
+    };
+    let mut out = vec![0u8; n.saturating_sub(v.len())];
+    out.extend_from_slice(v);
+    out
+}
+
+/// Every ECDSA P-256/SHA-256 (IEEE P1363, the JWS encoding) Wycheproof
+/// vector through the function that checks every token's signature: as
+/// issued by other issuers (results exactly as the vectors say), and with
+/// warrant's own keys (only the low-`s` twin of a valid signature passes).
+#[test]
+fn wycheproof_ecdsa_p256_sha256() {
+    use wycheproof::TestResult;
+    let set =
+        wycheproof::ecdsa::TestSet::load(wycheproof::ecdsa::TestName::EcdsaSecp256r1Sha256P1363)
+            .unwrap();
+    let (mut run, mut high_s_valid) = (0, 0);
+    for g in set.test_groups {
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "alg": "ES256",
+            "x": URL_SAFE_NO_PAD.encode(left_pad(&g.key.affine_x, 32)),
+            "y": URL_SAFE_NO_PAD.encode(left_pad(&g.key.affine_y, 32)),
+        });
+        let key = VerifyingKey::from_jwk(&jwk).unwrap();
+        for t in g.tests {
+            run += 1;
+            let external = verify_signature(&key, false, &t.msg, &t.sig).is_ok();
+            let own = verify_signature(&key, true, &t.msg, &t.sig).is_ok();
+            match t.result {
+                TestResult::Valid => {
+                    assert!(external, "tc {} ({}) must verify", t.tc_id, t.comment);
+                    let high = crate::ecdsa::is_high_s(&t.sig);
+                    assert_eq!(own, !high, "tc {}: own keys refuse only high s", t.tc_id);
+                    high_s_valid += usize::from(high);
+                }
+                TestResult::Invalid => {
+                    assert!(
+                        !external && !own,
+                        "tc {} ({}) must not verify",
+                        t.tc_id,
+                        t.comment
+                    );
+                }
+                TestResult::Acceptable => {}
+            }
+        }
+    }
+    assert!(run > 250, "{run} vectors");
+    assert!(high_s_valid > 0, "the vectors include high-s signatures");
+}
+
+/// Every Ed25519 Wycheproof vector through the same function.
+#[test]
+fn wycheproof_ed25519() {
+    use wycheproof::TestResult;
+    let set = wycheproof::eddsa::TestSet::load(wycheproof::eddsa::TestName::Ed25519).unwrap();
+    let mut run = 0;
+    for g in set.test_groups {
+        let jwk = json!({
+            "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA",
+            "x": URL_SAFE_NO_PAD.encode(&g.key.pk[..]),
+        });
+        let key = VerifyingKey::from_jwk(&jwk).unwrap();
+        for t in g.tests {
+            run += 1;
+            let ok = verify_signature(&key, true, &t.msg, &t.sig).is_ok();
+            match t.result {
+                TestResult::Valid => assert!(ok, "tc {} ({}) must verify", t.tc_id, t.comment),
+                TestResult::Invalid => {
+                    assert!(!ok, "tc {} ({}) must not verify", t.tc_id, t.comment);
+                }
+                TestResult::Acceptable => {}
+            }
+        }
+    }
+    assert!(run > 100, "{run} vectors");
+}
+
+/// Issue 12 (low): the high-`s` twin of a signature of warrant's own
+/// verified too. Tokens are signed with the low `s`, and the twin is refused.
+#[test]
+fn a_high_s_twin_of_an_own_token_is_refused() {
+    let set = keyset(Alg::Es256);
+    let keys = set.verifying_keys(t(1));
+    for _ in 0..20 {
+        let token = sign(set.active(t(1)).unwrap(), "JWT", &claims()).unwrap();
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        assert!(!crate::ecdsa::is_high_s(&sig), "signed low");
+        verify(&token, &keys).unwrap();
+        // n - s: the twin.
+        let n: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2,
+            0xfc, 0x63, 0x25, 0x51,
+        ];
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(n[i]) - i16::from(sig[32 + i]) - borrow;
+            borrow = i16::from(d < 0);
+            sig[32 + i] = d.rem_euclid(256) as u8;
+        }
+        let twin = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&sig));
+        assert_eq!(verify(&twin, &keys).unwrap_err(), JwtError::Signature);
+    }
 }
