@@ -152,6 +152,33 @@ pub struct AuditVerification {
     /// The first broken record, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<BrokenRecord>,
+    /// The checkpoints checked against the chain (stored and given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checkpoints: Vec<CheckpointCheck>,
+}
+
+/// `POST /admin/v1/audit/verify`: verify, also against these exported
+/// checkpoints (signed JWS, as `warrant audit checkpoint` prints them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditVerify {
+    /// The checkpoints.
+    #[serde(default)]
+    pub checkpoints: Vec<String>,
+}
+
+/// How one checkpoint compared with the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCheck {
+    /// The record it is about.
+    pub seq: u64,
+    /// Whether the chain agrees with it.
+    pub ok: bool,
+    /// `valid`, `invalid`, or why it could not be checked.
+    pub signature: String,
+    /// What is wrong, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// Where the chain breaks.

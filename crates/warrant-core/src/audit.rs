@@ -367,11 +367,22 @@ impl<'de> Deserialize<'de> for ChainHash {
     }
 }
 
+/// Computes the links of the chain. The keyed one (warrant-token's, with a
+/// key derived from the KEK, which the database never holds) makes a link
+/// that someone with write access to the database cannot forge: they cannot
+/// delete or edit a record and re-link the rest.
+pub trait ChainLinker: Send + Sync + fmt::Debug {
+    /// The hash of a record with `body` following `prev`.
+    fn link(&self, prev: &ChainHash, body: &[u8]) -> ChainHash;
+}
+
 /// The canonical body of a record as read back.
 #[derive(Deserialize)]
 struct Body {
     seq: u64,
     time: Timestamp,
+    #[serde(default)]
+    keyed: bool,
     #[serde(flatten)]
     event: AuditEvent,
 }
@@ -381,6 +392,8 @@ struct Body {
 struct BodyRef<'a> {
     seq: u64,
     time: Timestamp,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    keyed: bool,
     #[serde(flatten)]
     event: &'a AuditEvent,
 }
@@ -397,8 +410,13 @@ pub struct AuditRecord {
     pub event: AuditEvent,
     /// Hash of the previous record.
     pub prev_hash: ChainHash,
-    /// SHA-256 over `prev_hash` and the canonical body.
+    /// Over `prev_hash` and the canonical body: HMAC-SHA-256 with the chain
+    /// key when `keyed`, else SHA-256 (records written before the chain was
+    /// keyed).
     pub hash: ChainHash,
+    /// Whether `hash` is keyed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keyed: bool,
 }
 
 /// Columns a store keeps beside the body for querying. Verification checks that
@@ -433,12 +451,14 @@ pub struct SealedRecord {
 }
 
 impl AuditRecord {
-    /// Seals `event` as record `seq` at `time` after `prev`.
+    /// Seals `event` as record `seq` at `time` after `prev`, keyed by
+    /// `linker` if given.
     pub fn seal(
         seq: u64,
         time: Timestamp,
         mut event: AuditEvent,
         prev: ChainHash,
+        linker: Option<&dyn ChainLinker>,
     ) -> Result<SealedRecord, serde_json::Error> {
         // A JSON null detail is written as `null` but reads back as no detail;
         // normalise first so the record returned is exactly what the body says.
@@ -452,12 +472,17 @@ impl AuditRecord {
         // INVARIANT (bounded records): nothing a caller supplied makes a
         // record bigger than the limits `bound` sets.
         event.bound();
+        let keyed = linker.is_some();
         let body = serde_json::to_string(&BodyRef {
             seq,
             time,
+            keyed,
             event: &event,
         })?;
-        let hash = ChainHash::link(&prev, body.as_bytes());
+        let hash = match linker {
+            Some(l) => l.link(&prev, body.as_bytes()),
+            None => ChainHash::link(&prev, body.as_bytes()),
+        };
         Ok(SealedRecord {
             record: AuditRecord {
                 seq,
@@ -465,6 +490,7 @@ impl AuditRecord {
                 event,
                 prev_hash: prev,
                 hash,
+                keyed,
             },
             body,
         })
@@ -503,15 +529,37 @@ pub struct StoredRow {
 impl StoredRow {
     /// Parses the row into a record, without checking the chain.
     pub fn to_record(&self) -> Result<AuditRecord, serde_json::Error> {
-        let Body { seq, time, event } = serde_json::from_str(&self.body)?;
+        let Body {
+            seq,
+            time,
+            keyed,
+            event,
+        } = serde_json::from_str(&self.body)?;
         Ok(AuditRecord {
             seq,
             time,
+            keyed,
             event,
             prev_hash: ChainHash(self.prev_hash.as_slice().try_into().unwrap_or([0; 32])),
             hash: ChainHash(self.hash.as_slice().try_into().unwrap_or([0; 32])),
         })
     }
+}
+
+/// A signed statement of the chain's head: record `seq` has hash `hash`.
+/// Exported and kept elsewhere, it lets `audit verify` detect records
+/// deleted from the tail since, which the chain alone cannot show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The record.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: ChainHash,
+    /// When the checkpoint was made.
+    pub time: Timestamp,
+    /// The same, as a JWS signed by the broker (`typ`
+    /// `warrant-audit-checkpoint+jwt`), verifiable with its JWKS.
+    pub signed: String,
 }
 
 /// Where and how the chain is broken.
@@ -530,6 +578,13 @@ pub struct ChainVerifier {
     next_seq: u64,
     prev: ChainHash,
     last_time: Timestamp,
+    /// The chain key, to check keyed records.
+    linker: Option<std::sync::Arc<dyn ChainLinker>>,
+    /// Whether a keyed record was seen: every later one must be keyed.
+    keyed_seen: bool,
+    /// With a key: the last record that may be unkeyed (written before the
+    /// chain was keyed).
+    legacy_until: u64,
 }
 
 impl Default for ChainVerifier {
@@ -538,11 +593,24 @@ impl Default for ChainVerifier {
             next_seq: 1,
             prev: ChainHash::GENESIS,
             last_time: Timestamp::from_millis(i64::MIN),
+            linker: None,
+            keyed_seen: false,
+            legacy_until: u64::MAX,
         }
     }
 }
 
 impl ChainVerifier {
+    /// A verifier that checks keyed records with `linker`, and requires
+    /// every record after `legacy_until` to be keyed.
+    pub fn keyed(linker: std::sync::Arc<dyn ChainLinker>, legacy_until: u64) -> Self {
+        Self {
+            linker: Some(linker),
+            legacy_until,
+            ..Self::default()
+        }
+    }
+
     /// Checks the next row.
     pub fn push(&mut self, row: &StoredRow) -> Result<(), ChainBreak> {
         let expect = self.next_seq;
@@ -565,15 +633,38 @@ impl ChainVerifier {
                 "its prev_hash does not match the hash of the record before it".into(),
             ));
         }
-        let computed = ChainHash::link(&self.prev, row.body.as_bytes());
-        if row.hash.as_slice() != computed.0 {
-            return Err(brk(
-                "its hash does not match its contents (the record was altered)".into(),
-            ));
-        }
         let record = row
             .to_record()
             .map_err(|e| brk(format!("its body is not a valid record: {e}")))?;
+        let computed = match (record.keyed, &self.linker) {
+            (true, Some(l)) => l.link(&self.prev, row.body.as_bytes()),
+            (true, None) => {
+                return Err(brk(
+                    "it is keyed with the chain key, which only the broker (holding the KEK) can check".into(),
+                ));
+            }
+            // INVARIANT (keyed from then on): an unkeyed record after a
+            // keyed one was written by someone without the key.
+            (false, Some(_)) if row.seq > self.legacy_until => {
+                return Err(brk(format!(
+                    "it is not keyed, but every record after {} must be: it was written by someone without the chain key",
+                    self.legacy_until
+                )));
+            }
+            (false, _) if self.keyed_seen => {
+                return Err(brk(
+                    "it is not keyed, but records before it are: the chain was re-linked by someone without the chain key (a record deleted, inserted or edited)".into(),
+                ));
+            }
+            (false, _) => ChainHash::link(&self.prev, row.body.as_bytes()),
+        };
+        if row.hash.as_slice() != computed.0 {
+            return Err(brk(if record.keyed {
+                "its keyed hash does not match its contents and the record before it (a record was altered, deleted or inserted)".into()
+            } else {
+                "its hash does not match its contents (the record was altered)".into()
+            }));
+        }
         if record.seq != row.seq {
             return Err(brk(format!(
                 "its body says sequence {} (the record was moved)",
@@ -592,6 +683,7 @@ impl ChainVerifier {
         self.next_seq += 1;
         self.prev = computed;
         self.last_time = record.time;
+        self.keyed_seen |= record.keyed;
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 
 pub mod attest;
 pub mod audit_batch;
+pub mod checkpoints;
 pub mod config;
 pub mod data_dir;
 pub mod dev;

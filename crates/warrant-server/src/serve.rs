@@ -156,9 +156,16 @@ impl Broker {
             ),
         }
 
+        // The audit chain is keyed with a key derived from the KEK, which the
+        // database never holds.
+        let chain_key = warrant_token::AuditChainKey::derive(&kek)
+            .map_err(|e| ServeError::Io(e.to_string()))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
             &data_dir.db_path(),
-            SqliteOptions::default(),
+            SqliteOptions {
+                chain: Some(Arc::new(chain_key)),
+                ..SqliteOptions::default()
+            },
         )?);
         let metrics = Arc::new(Metrics::new());
         let secrets = Arc::new(crate::secrets::SecretService::new(
@@ -496,6 +503,14 @@ impl Broker {
             tokio::spawn(async move { mcp.discover_all().await });
         }
 
+        // Signed checkpoints of the audit chain's head, every minute.
+        let checkpointer = crate::checkpoints::spawn(
+            state.store.clone(),
+            state.keys.clone(),
+            state.issuer.clone(),
+            shutdown.clone(),
+        );
+
         // Last-use times of secrets are gathered in memory and written in
         // batches: a proxied request never waits for them.
         let flusher = {
@@ -535,6 +550,10 @@ impl Broker {
         let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
         if let Err(e) = state.store.append_audit(stop).await {
             tracing::error!(error = %e, "could not record the stop in the audit trail");
+        }
+        let _ = checkpointer.await;
+        if let Err(e) = crate::checkpoints::make(&state.store, &state.keys, &state.issuer).await {
+            tracing::warn!(error = %e, "could not make a last audit checkpoint");
         }
         state.store.close().await;
         data_dir.remove_runtime_files();

@@ -42,7 +42,18 @@ fn run_case(
     )
     .unwrap();
     let store = Arc::new(
-        SqliteStore::open(&dir.path().join("bench.db"), SqliteOptions { max_batch }).unwrap(),
+        SqliteStore::open(
+            &dir.path().join("bench.db"),
+            SqliteOptions {
+                max_batch,
+                // Keyed, as the broker runs it.
+                chain: Some(Arc::new(
+                    warrant_token::AuditChainKey::derive(&warrant_token::Kek::generate().unwrap())
+                        .unwrap(),
+                )),
+            },
+        )
+        .unwrap(),
     );
     rt.block_on(async {
         let stop = Arc::new(AtomicBool::new(false));

@@ -18,7 +18,7 @@ pub use error::StoreError;
 pub use sqlite::{SqliteOptions, SqliteStore};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
-use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash};
+use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash, Checkpoint};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::mcp::{PinOutcome, ToolDefinition, ToolPin};
@@ -244,6 +244,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Recomputes the whole chain.
     async fn verify_audit(&self) -> Result<ChainReport, StoreError>;
+    /// The newest record's sequence number and hash (`None` when empty).
+    async fn audit_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError>;
+    /// The hash of record `seq`, if there is one.
+    async fn audit_hash(&self, seq: u64) -> Result<Option<ChainHash>, StoreError>;
+    /// Keeps a checkpoint (one per sequence number; a second is ignored).
+    async fn add_checkpoint(&self, cp: Checkpoint) -> Result<(), StoreError>;
+    /// The newest checkpoints, newest first.
+    async fn list_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>, StoreError>;
 
     /// Finishes pending writes and stops accepting new ones.
     async fn close(&self);

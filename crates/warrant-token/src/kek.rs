@@ -40,6 +40,11 @@ impl Kek {
         Ok(Self(k))
     }
 
+    /// The raw bytes, for deriving keys within this crate.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
     /// The base64 form, for writing the kek file. Wiped on drop.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(self.0.as_slice()))

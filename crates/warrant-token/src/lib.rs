@@ -13,6 +13,7 @@
 //! way: a fresh data key per version, wrapped by the KEK.
 
 mod cache;
+mod chain;
 pub mod ecdsa;
 mod error;
 pub mod jwt;
@@ -21,6 +22,7 @@ mod keyset;
 pub mod secret;
 
 pub use cache::VerifiedCache;
+pub use chain::AuditChainKey;
 pub use error::KeyError;
 pub use kek::Kek;
 pub use keyset::{Jwk, Jwks, KeySet, KeyState, KeyStatus, SigningKey, generate_key};

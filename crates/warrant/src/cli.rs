@@ -343,8 +343,19 @@ pub enum AuditCmd {
         #[arg(long)]
         txn: Option<String>,
     },
-    /// Recompute the hash chain; on tampering, name the first bad record and exit 4.
-    Verify,
+    /// Recompute the keyed hash chain and check it against the stored
+    /// checkpoints and any given ones; on tampering, name the first bad
+    /// record and exit 4.
+    Verify {
+        /// A file of signed checkpoints (one per line), as `warrant audit
+        /// checkpoint` printed them and you kept them elsewhere. Repeatable.
+        #[arg(long = "checkpoint")]
+        checkpoints: Vec<std::path::PathBuf>,
+    },
+    /// Make a signed checkpoint of the chain's head now and print it, to be
+    /// kept outside the broker: later, `audit verify --checkpoint` detects
+    /// records deleted from the end of the chain since.
+    Checkpoint,
     /// Print the delegation tree of a transaction: user, agents, every token
     /// issued and every decision.
     Trace {

@@ -8,9 +8,14 @@ fn chain(n: u64) -> Vec<StoredRow> {
                 .agent(format!("agent-{seq}"))
                 .actor("local:uid=1000")
                 .detail(serde_json::json!({"owner": "team", "selectors": ["k8s:ns=a"]}));
-            let sealed =
-                AuditRecord::seal(seq, Timestamp::from_millis(1_000 + seq as i64), ev, prev)
-                    .unwrap();
+            let sealed = AuditRecord::seal(
+                seq,
+                Timestamp::from_millis(1_000 + seq as i64),
+                ev,
+                prev,
+                None,
+            )
+            .unwrap();
             prev = sealed.record.hash;
             StoredRow {
                 seq,
@@ -110,7 +115,8 @@ fn the_sealed_record_is_what_its_body_says() {
     let ev = AuditEvent::new("x", Outcome::Deny)
         .detail(serde_json::Value::Null)
         .reason("r");
-    let sealed = AuditRecord::seal(1, Timestamp::from_millis(5), ev, ChainHash::GENESIS).unwrap();
+    let sealed =
+        AuditRecord::seal(1, Timestamp::from_millis(5), ev, ChainHash::GENESIS, None).unwrap();
     let row = StoredRow {
         seq: 1,
         indexed: sealed.record.indexed(),
@@ -135,7 +141,8 @@ fn records_are_bounded_whatever_the_caller_sent() {
             huge.clone(): 1,
             "deep": [[[[[[[[[[[["x"]]]]]]]]]]]],
         }));
-    let sealed = AuditRecord::seal(1, Timestamp::from_millis(1), e, ChainHash::GENESIS).unwrap();
+    let sealed =
+        AuditRecord::seal(1, Timestamp::from_millis(1), e, ChainHash::GENESIS, None).unwrap();
     assert!(sealed.body.len() < 64 * 1024, "{}", sealed.body.len());
     let r = &sealed.record.event;
     assert!(r.event.len() < 200 && r.event.contains("more bytes]"));
@@ -150,4 +157,111 @@ fn records_are_bounded_whatever_the_caller_sent() {
     let mut same = small.clone();
     same.bound();
     assert_eq!(same, small);
+}
+
+/// A keyed linker for tests: SHA-256 over a secret, the previous hash and
+/// the body (the broker's is HMAC-SHA-256 with a key from the KEK).
+#[derive(Debug)]
+struct TestKey(&'static [u8]);
+
+impl ChainLinker for TestKey {
+    fn link(&self, prev: &ChainHash, body: &[u8]) -> ChainHash {
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update(prev.0);
+        h.update(body);
+        ChainHash(h.finalize().into())
+    }
+}
+
+/// Rows `from..=to` after `prev`, keyed by `key` (or not).
+fn rows(from: u64, to: u64, mut prev: ChainHash, key: Option<&dyn ChainLinker>) -> Vec<StoredRow> {
+    (from..=to)
+        .map(|seq| {
+            let ev = AuditEvent::new("x", Outcome::Allow).agent(format!("agent-{seq}"));
+            let sealed =
+                AuditRecord::seal(seq, Timestamp::from_millis(seq as i64), ev, prev, key).unwrap();
+            prev = sealed.record.hash;
+            StoredRow {
+                seq,
+                indexed: sealed.record.indexed(),
+                body: sealed.body,
+                prev_hash: sealed.record.prev_hash.0.to_vec(),
+                hash: sealed.record.hash.0.to_vec(),
+            }
+        })
+        .collect()
+}
+
+fn verify_keyed(rows: &[StoredRow], legacy_until: u64) -> Result<u64, ChainBreak> {
+    let mut v = ChainVerifier::keyed(std::sync::Arc::new(TestKey(b"k")), legacy_until);
+    for r in rows {
+        v.push(r)?;
+    }
+    Ok(v.verified())
+}
+
+/// Issue 12 (low): with an unkeyed chain, someone with write access to the
+/// database could delete a record mid-chain and re-link the rest. Keyed,
+/// they cannot, nor rewrite the whole chain unkeyed.
+#[test]
+fn a_keyed_chain_detects_deletion_relinking_and_unkeyed_rewrites() {
+    let key = TestKey(b"k");
+    let good = rows(1, 6, ChainHash::GENESIS, Some(&key));
+    assert_eq!(verify_keyed(&good, 0), Ok(6));
+    assert!(good[0].body.contains(r#""keyed":true"#));
+    // Delete record 3 and re-link 4.. without the key (with a guessed one).
+    let forged_tail = rows(
+        3,
+        5,
+        ChainHash(good[1].hash.clone().try_into().unwrap()),
+        Some(&TestKey(b"guess")),
+    );
+    let relinked: Vec<StoredRow> = good[..2].iter().cloned().chain(forged_tail).collect();
+    let e = verify_keyed(&relinked, 0).unwrap_err();
+    assert_eq!(e.seq, 3, "{e}");
+    // Rewrite everything unkeyed (what plain SHA-256 allowed).
+    let unkeyed = rows(1, 5, ChainHash::GENESIS, None);
+    assert_eq!(verify(&unkeyed), Ok(5), "verifies without the key");
+    let e = verify_keyed(&unkeyed, 0).unwrap_err();
+    assert!(e.why.contains("not keyed"), "{e}");
+    // An upgraded chain: unkeyed up to the marker, keyed after.
+    let legacy = rows(1, 3, ChainHash::GENESIS, None);
+    let head = ChainHash(legacy[2].hash.clone().try_into().unwrap());
+    let mixed: Vec<StoredRow> = legacy
+        .into_iter()
+        .chain(rows(4, 6, head, Some(&key)))
+        .collect();
+    assert_eq!(verify_keyed(&mixed, 3), Ok(6));
+    // The unkeyed prefix is protected by the first keyed link.
+    let fixed = rows(
+        2,
+        3,
+        ChainHash(mixed[0].hash.clone().try_into().unwrap()),
+        None,
+    );
+    let relinked: Vec<StoredRow> = mixed[..1]
+        .iter()
+        .cloned()
+        .chain(fixed)
+        .chain(mixed[3..].iter().cloned())
+        .collect();
+    assert_eq!(
+        verify_keyed(&relinked, 3).map_err(|e| e.seq),
+        Ok(6),
+        "same records, same links"
+    );
+    let mut tampered = relinked.clone();
+    tampered[2].body = tampered[2].body.replace("agent-3", "agent-Y");
+    // Its own hash recomputed (unkeyed records can be), yet the keyed
+    // record after it no longer links.
+    let prev = ChainHash(tampered[1].hash.clone().try_into().unwrap());
+    tampered[2].hash = ChainHash::link(&prev, tampered[2].body.as_bytes())
+        .0
+        .to_vec();
+    let e = verify_keyed(&tampered, 3).unwrap_err();
+    assert!(e.seq == 3 || e.seq == 4, "{e}");
+    // Without the key, a keyed record cannot be checked, and says so.
+    let e = verify(&good).unwrap_err();
+    assert!(e.why.contains("only the broker"), "{e}");
 }

@@ -52,7 +52,14 @@ pub fn router(state: AppState) -> Router {
         .route("/admin-tokens", get(list_tokens).post(create_token))
         .route("/admin-tokens/{id}", delete(revoke_token))
         .route("/audit", get(list_audit))
-        .route("/audit/verify", get(verify_audit))
+        .route(
+            "/audit/verify",
+            get(verify_audit).post(verify_audit_against),
+        )
+        .route(
+            "/audit/checkpoints",
+            get(list_checkpoints).post(make_checkpoint),
+        )
         .route("/audit/trace/{txn}", get(trace_audit))
         .route("/policy", get(policy_status_handler))
         .route("/policy/reload", post(reload_policy))
@@ -787,12 +794,47 @@ async fn verify_audit(
     State(state): State<AppState>,
     Reader(caller): Reader,
 ) -> ApiResult<Json<AuditVerification>> {
+    verify_with(&state, caller, Vec::new()).await
+}
+
+async fn verify_audit_against(
+    State(state): State<AppState>,
+    Reader(caller): Reader,
+    b: Result<Json<warrant_core::api::AuditVerify>, JsonRejection>,
+) -> ApiResult<Json<AuditVerification>> {
+    let Json(req) = b.map_err(|e| {
+        ApiError::invalid(format!(
+            "the body must be {{\"checkpoints\": [\"<signed checkpoint>\", ...]}}: {}",
+            e.body_text()
+        ))
+    })?;
+    if req.checkpoints.len() > 1000 {
+        return Err(ApiError::invalid("at most 1000 checkpoints at once"));
+    }
+    verify_with(&state, caller, req.checkpoints).await
+}
+
+/// Verifies the chain, then every stored checkpoint and `given` ones
+/// against it; audited either way.
+async fn verify_with(
+    state: &AppState,
+    caller: crate::http::auth::Caller,
+    given: Vec<String>,
+) -> ApiResult<Json<AuditVerification>> {
     let report = state.store.verify_audit().await?;
+    let stored = state.store.list_checkpoints(1000).await?;
+    let mut checks = Vec::new();
+    for signed in stored.into_iter().map(|c| c.signed).chain(given) {
+        checks.push(
+            crate::checkpoints::check(&state.store, &state.keys, &state.issuer, &signed).await?,
+        );
+    }
     let out = AuditVerification {
-        ok: report.broken.is_none(),
+        ok: report.broken.is_none() && checks.iter().all(|c| c.ok),
         verified: report.verified,
         head: report.head.to_string(),
         broken: report.broken.clone().map(Into::into),
+        checkpoints: checks,
     };
     // Verification outcomes are themselves evidence: record when the chain was
     // checked and, above all, when it was found broken.
@@ -806,15 +848,53 @@ async fn verify_audit(
             },
         )
         .action("audit.verify");
-    event = match &report.broken {
-        Some(b) => {
+    let failed_checkpoint = out.checkpoints.iter().find(|c| !c.ok);
+    event = match (&report.broken, failed_checkpoint) {
+        (Some(b), _) => {
             tracing::error!(seq = b.seq, why = %b.why, "audit chain verification failed");
             event.reason(b.to_string())
         }
-        None => event.detail(serde_json::json!({ "verified": out.verified, "head": out.head })),
+        (None, Some(c)) => {
+            tracing::error!(seq = c.seq, why = %c.why.as_deref().unwrap_or(""), "audit checkpoint does not match the chain");
+            event.reason(format!(
+                "checkpoint of record {}: {}",
+                c.seq,
+                c.why.as_deref().unwrap_or("")
+            ))
+        }
+        (None, None) => event.detail(serde_json::json!({
+            "verified": out.verified,
+            "head": out.head,
+            "checkpoints": out.checkpoints.len(),
+        })),
     };
     state.store.append_audit(event).await?;
     Ok(Json(out))
+}
+
+async fn list_checkpoints(
+    State(state): State<AppState>,
+    _: Reader,
+    Query(q): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<warrant_core::audit::Checkpoint>>> {
+    let limit = q.limit.unwrap_or(1).clamp(1, 1000);
+    Ok(Json(state.store.list_checkpoints(limit).await?))
+}
+
+/// Makes a checkpoint of the current head now (to export after activity).
+async fn make_checkpoint(
+    State(state): State<AppState>,
+    Writer(_): Writer,
+) -> ApiResult<Json<Vec<warrant_core::audit::Checkpoint>>> {
+    crate::checkpoints::make(&state.store, &state.keys, &state.issuer)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(state.store.list_checkpoints(1).await?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
 }
 
 fn policy_status(state: &AppState, loaded: &Loaded) -> PolicyStatus {

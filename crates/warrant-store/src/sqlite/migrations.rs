@@ -185,6 +185,22 @@ CREATE TABLE mcp_tools (
 ) STRICT;
 "#,
     ),
+    (
+        8,
+        "keyed audit chain and checkpoints",
+        r#"
+CREATE TABLE audit_meta (
+  key    TEXT PRIMARY KEY,
+  value  BLOB NOT NULL
+) STRICT;
+CREATE TABLE audit_checkpoints (
+  seq     INTEGER PRIMARY KEY,
+  hash    BLOB NOT NULL,
+  time    INTEGER NOT NULL,
+  signed  TEXT NOT NULL
+) STRICT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

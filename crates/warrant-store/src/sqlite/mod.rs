@@ -18,7 +18,9 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
-use warrant_core::audit::{AuditEvent, AuditRecord, ChainVerifier};
+use warrant_core::audit::{
+    AuditEvent, AuditRecord, ChainHash, ChainLinker, ChainVerifier, Checkpoint,
+};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
 use warrant_core::mcp::{PinOutcome, ToolDefinition, ToolPin};
@@ -31,22 +33,92 @@ use crate::{AuditQuery, ChainReport, Store, StoreError};
 use writer::Writer;
 
 /// Tuning for the SQLite store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SqliteOptions {
     /// The most jobs committed together. 1 makes every job its own transaction
     /// (the benchmark's baseline).
     pub max_batch: usize,
+    /// The chain key: records are keyed with it (and checked with it). Without
+    /// one, the chain is plain SHA-256 (tests, benchmarks).
+    pub chain: Option<Arc<dyn ChainLinker>>,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { max_batch: 1024 }
+        Self {
+            max_batch: 1024,
+            chain: None,
+        }
     }
+}
+
+/// The key of the legacy marker in `audit_meta`.
+const LEGACY_KEY: &str = "legacy_until";
+
+/// The keyed form of "records up to `n` are not keyed".
+fn legacy_mac(linker: &dyn ChainLinker, n: u64) -> Vec<u8> {
+    linker
+        .link(
+            &ChainHash([0x11; 32]),
+            format!("warrant audit chain: records up to {n} are not keyed").as_bytes(),
+        )
+        .0
+        .to_vec()
+}
+
+/// Notes, once, up to which record the chain is not keyed: every record
+/// after it must be. The note is keyed, so it cannot be moved; without it,
+/// every record must be keyed.
+fn ensure_legacy_marker(conn: &Connection, linker: &dyn ChainLinker) -> Result<(), StoreError> {
+    let have: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM audit_meta WHERE key = ?1",
+            [LEGACY_KEY],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db_err)?;
+    if have.is_some() {
+        return Ok(());
+    }
+    let last: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, body FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    let until = match last {
+        None => 0,
+        Some((seq, body)) => {
+            let keyed = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("keyed").and_then(serde_json::Value::as_bool))
+                .unwrap_or(false);
+            if keyed {
+                // Keyed records and no marker: it was removed. Leave it so;
+                // verification then needs every record keyed.
+                return Ok(());
+            }
+            u64::try_from(seq).unwrap_or(0)
+        }
+    };
+    let mut value = until.to_be_bytes().to_vec();
+    value.extend(legacy_mac(linker, until));
+    conn.execute(
+        "INSERT INTO audit_meta (key, value) VALUES (?1, ?2)",
+        params![LEGACY_KEY, value],
+    )
+    .map_err(db_err)?;
+    Ok(())
 }
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
+    /// The chain key, if the chain is keyed.
+    chain: Option<Arc<dyn ChainLinker>>,
     writer: Writer,
     indexer: Arc<index::Indexer>,
     /// Idle read connections. A std mutex: held only to push or pop, never
@@ -212,6 +284,9 @@ impl SqliteStore {
             )));
         }
         migrations::apply(&mut conn)?;
+        if let Some(l) = &options.chain {
+            ensure_legacy_marker(&conn, l.as_ref())?;
+        }
         let head: i64 = conn
             .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
                 r.get(0)
@@ -219,8 +294,14 @@ impl SqliteStore {
             .map_err(db_err)?;
         let indexer = Arc::new(index::Indexer::start(path, head)?);
         let notify = indexer.clone();
-        let writer = Writer::start(conn, options.max_batch, Box::new(move || notify.notify()))?;
+        let writer = Writer::start(
+            conn,
+            options.max_batch,
+            options.chain.clone(),
+            Box::new(move || notify.notify()),
+        )?;
         Ok(Self {
+            chain: options.chain,
             path: path.to_owned(),
             writer,
             indexer,
@@ -1187,8 +1268,44 @@ impl Store for SqliteStore {
     }
 
     async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
-        self.read(|c| {
-            let mut v = ChainVerifier::default();
+        let chain = self.chain.clone();
+        self.read(move |c| {
+            let mut v = match &chain {
+                None => ChainVerifier::default(),
+                Some(l) => {
+                    let marker: Option<Vec<u8>> = c
+                        .query_row(
+                            "SELECT value FROM audit_meta WHERE key = ?1",
+                            [LEGACY_KEY],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db_err)?;
+                    let until = match marker {
+                        None => 0,
+                        Some(m) => {
+                            let n = m
+                                .get(..8)
+                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                                .map(u64::from_be_bytes);
+                            match n {
+                                Some(n) if m[8..] == legacy_mac(l.as_ref(), n)[..] => n,
+                                _ => {
+                                    return Ok(ChainReport {
+                                        verified: 0,
+                                        head: ChainHash::GENESIS,
+                                        broken: Some(warrant_core::audit::ChainBreak {
+                                            seq: 0,
+                                            why: "the note of where the chain's keying starts was altered".into(),
+                                        }),
+                                    });
+                                }
+                            }
+                        }
+                    };
+                    ChainVerifier::keyed(l.clone(), until)
+                }
+            };
             let mut st = c
                 .prepare(&format!(
                     "SELECT {} FROM audit_log ORDER BY seq",
@@ -1228,6 +1345,77 @@ impl Store for SqliteStore {
                 head: v.head(),
                 broken: None,
             })
+        })
+        .await
+    }
+
+    async fn audit_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError> {
+        self.read(|c| {
+            let row: Option<(i64, Vec<u8>)> = c
+                .query_row(
+                    "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(read_err)?;
+            Ok(row.and_then(|(seq, h)| {
+                Some((u64::try_from(seq).ok()?, ChainHash(h.try_into().ok()?)))
+            }))
+        })
+        .await
+    }
+
+    async fn audit_hash(&self, seq: u64) -> Result<Option<ChainHash>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let h: Option<Vec<u8>> = c
+                .query_row("SELECT hash FROM audit_log WHERE seq = ?1", [seq], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(read_err)?;
+            Ok(h.and_then(|h| Some(ChainHash(h.try_into().ok()?))))
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, cp: Checkpoint) -> Result<(), StoreError> {
+        self.writer
+            .submit_single(move |ctx| {
+                ctx.conn
+                    .execute(
+                        "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time, signed) VALUES (?1, ?2, ?3, ?4)",
+                        params![
+                            i64::try_from(cp.seq).unwrap_or(i64::MAX),
+                            cp.hash.0.to_vec(),
+                            cp.time.as_millis(),
+                            cp.signed
+                        ],
+                    )
+                    .map_err(db_err)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn list_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            all_rows(
+                c,
+                "SELECT seq, hash, time, signed FROM audit_checkpoints ORDER BY seq DESC LIMIT ?1",
+                [limit],
+                |r| {
+                    let hash: Vec<u8> = r.get(1)?;
+                    Ok(Checkpoint {
+                        seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                        hash: ChainHash(hash.try_into().unwrap_or([0; 32])),
+                        time: Timestamp::from_millis(r.get(2)?),
+                        signed: r.get(3)?,
+                    })
+                },
+            )
         })
         .await
     }

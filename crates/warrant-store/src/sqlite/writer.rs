@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
-use warrant_core::audit::{AuditEvent, AuditRecord, ChainHash};
+use warrant_core::audit::{AuditEvent, AuditRecord, ChainHash, ChainLinker};
 use warrant_core::time::Timestamp;
 
 use crate::StoreError;
@@ -76,6 +76,7 @@ impl ChainState {
 pub(crate) struct WriteCtx<'a> {
     pub(crate) conn: &'a Connection,
     chain: &'a mut ChainState,
+    linker: Option<&'a dyn ChainLinker>,
 }
 
 impl WriteCtx<'_> {
@@ -83,8 +84,14 @@ impl WriteCtx<'_> {
     pub(crate) fn append(&mut self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         // Time never goes backwards along the chain, even if the clock does.
         let time = Timestamp::now().max(self.chain.last_time);
-        let sealed = AuditRecord::seal(self.chain.next_seq, time, event, self.chain.prev)
-            .map_err(|e| StoreError::AuditUnavailable(format!("cannot encode the record: {e}")))?;
+        let sealed = AuditRecord::seal(
+            self.chain.next_seq,
+            time,
+            event,
+            self.chain.prev,
+            self.linker,
+        )
+        .map_err(|e| StoreError::AuditUnavailable(format!("cannot encode the record: {e}")))?;
         let r = &sealed.record;
         let seq = i64::try_from(r.seq)
             .map_err(|_| StoreError::AuditUnavailable("sequence overflow".into()))?;
@@ -184,13 +191,14 @@ impl Writer {
     pub(crate) fn start(
         conn: Connection,
         max_batch: usize,
+        linker: Option<std::sync::Arc<dyn ChainLinker>>,
         on_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
         let chain = ChainState::load(&conn)?;
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
             .name("warrant-store-writer".into())
-            .spawn(move || run(conn, rx, chain, max_batch.max(1), on_commit))
+            .spawn(move || run(conn, rx, chain, max_batch.max(1), linker, on_commit))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             tx,
@@ -267,6 +275,7 @@ fn run(
     mut rx: mpsc::Receiver<Msg>,
     mut chain: ChainState,
     max_batch: usize,
+    linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn() + Send>,
 ) {
     let mut shutdown: Option<oneshot::Sender<()>> = None;
@@ -302,7 +311,7 @@ fn run(
         }
         let before = chain;
         let started = Instant::now();
-        let result = commit_batch(&conn, &mut jobs, &mut chain);
+        let result = commit_batch(&conn, &mut jobs, &mut chain, linker.as_deref());
         last_commit = started.elapsed();
         last_batch = jobs.len();
         if result.is_ok() {
@@ -337,20 +346,29 @@ fn commit_batch(
     conn: &Connection,
     jobs: &mut [Box<dyn WriteJob>],
     chain: &mut ChainState,
+    linker: Option<&dyn ChainLinker>,
 ) -> Result<(), StoreError> {
     exec(conn, "BEGIN IMMEDIATE")?;
     for job in jobs.iter_mut() {
         let snapshot = *chain;
         if job.isolated() {
             exec(conn, "SAVEPOINT job")?;
-            if job.apply(&mut WriteCtx { conn, chain }) {
+            if job.apply(&mut WriteCtx {
+                conn,
+                chain,
+                linker,
+            }) {
                 exec(conn, "RELEASE job")?;
             } else {
                 exec(conn, "ROLLBACK TO job")?;
                 exec(conn, "RELEASE job")?;
                 *chain = snapshot;
             }
-        } else if !job.apply(&mut WriteCtx { conn, chain }) {
+        } else if !job.apply(&mut WriteCtx {
+            conn,
+            chain,
+            linker,
+        }) {
             // INVARIANT (single statement): a failed statement changed nothing.
             *chain = snapshot;
         }

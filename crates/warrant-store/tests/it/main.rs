@@ -118,7 +118,7 @@ async fn an_older_database_is_migrated_and_keeps_its_data() {
     // Back to schema version 1, as a database from the first release.
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE instances; DROP TABLE join_tokens; DROP TABLE tasks; DROP TABLE revoked_instances; DROP TABLE secrets; DROP TABLE mcp_tools; DELETE FROM schema_migrations WHERE version > 1;",
+        "DROP TABLE instances; DROP TABLE join_tokens; DROP TABLE tasks; DROP TABLE revoked_instances; DROP TABLE secrets; DROP TABLE mcp_tools; DROP TABLE audit_meta; DROP TABLE audit_checkpoints; DELETE FROM schema_migrations WHERE version > 1;",
     )
     .unwrap();
     drop(c);
@@ -134,6 +134,95 @@ async fn an_older_database_is_migrated_and_keeps_its_data() {
     assert!(store.list_tool_pins(None).await.unwrap().is_empty());
     assert!(store.verify_audit().await.unwrap().broken.is_none());
     assert_eq!(store.verify_audit().await.unwrap().verified, 1);
+}
+
+/// A test chain key (the broker's is warrant-token's, from the KEK).
+#[derive(Debug)]
+struct TestKey;
+
+impl warrant_core::audit::ChainLinker for TestKey {
+    fn link(
+        &self,
+        prev: &warrant_core::audit::ChainHash,
+        body: &[u8],
+    ) -> warrant_core::audit::ChainHash {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(b"test key");
+        h.update(prev.0);
+        h.update(body);
+        warrant_core::audit::ChainHash(h.finalize().into())
+    }
+}
+
+fn keyed() -> SqliteOptions {
+    SqliteOptions {
+        chain: Some(Arc::new(TestKey)),
+        ..SqliteOptions::default()
+    }
+}
+
+/// Issue 12 (low): an unkeyed chain (a database from before keying) is
+/// continued keyed; its unkeyed records stay verifiable, and from then on
+/// deleting a record and re-linking the rest, or removing the note of where
+/// keying starts, is detected.
+#[tokio::test]
+async fn the_chain_is_keyed_from_the_upgrade_on_and_relinking_is_detected() {
+    let (_dir, path, store) = sqlite_at().await;
+    for i in 0..3 {
+        store
+            .append_audit(AuditEvent::new(format!("old.{i}"), Outcome::Allow))
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let store = SqliteStore::open(&path, keyed()).unwrap();
+    for i in 0..3 {
+        store
+            .append_audit(AuditEvent::new(format!("new.{i}"), Outcome::Allow))
+            .await
+            .unwrap();
+    }
+    let r = store.verify_audit().await.unwrap();
+    assert_eq!((r.verified, r.broken), (6, None));
+    store.close().await;
+
+    // Someone with the database but not the key deletes record 5 and
+    // re-links 6 to 4 (as they could with the plain chain).
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_log_no_update;")
+        .unwrap();
+    let (prev4, body6): (Vec<u8>, String) = c
+        .query_row(
+            "SELECT (SELECT hash FROM audit_log WHERE seq = 4), (SELECT body FROM audit_log WHERE seq = 6)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let body5 = body6.replace("\"seq\":6", "\"seq\":5");
+    let forged = warrant_core::audit::ChainHash::link(
+        &warrant_core::audit::ChainHash(prev4.clone().try_into().unwrap()),
+        body5.as_bytes(),
+    );
+    c.execute("DELETE FROM audit_log WHERE seq >= 5", [])
+        .unwrap();
+    c.execute(
+        "INSERT INTO audit_log (seq, time, event, decision, body, prev_hash, hash) VALUES (5, (SELECT time FROM audit_log WHERE seq = 4), 'new.2', 'allow', ?1, ?2, ?3)",
+        rusqlite::params![body5, prev4, forged.0.to_vec()],
+    )
+    .unwrap();
+    drop(c);
+    let store = SqliteStore::open(&path, keyed()).unwrap();
+    let r = store.verify_audit().await.unwrap();
+    assert_eq!(r.broken.as_ref().map(|b| b.seq), Some(5), "{r:?}");
+    store.close().await;
+    // Removing the note of where keying starts does not help either.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute("DELETE FROM audit_meta", []).unwrap();
+    drop(c);
+    let store = SqliteStore::open(&path, keyed()).unwrap();
+    let r = store.verify_audit().await.unwrap();
+    assert_eq!(r.broken.as_ref().map(|b| b.seq), Some(1), "{r:?}");
 }
 
 #[tokio::test]

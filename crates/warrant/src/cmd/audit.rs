@@ -147,14 +147,51 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Resu
                 );
             })?;
         }
-        AuditCmd::Verify => {
-            let v: AuditVerification = client.get("/audit/verify").await?;
+        AuditCmd::Checkpoint => {
+            let cps: Vec<warrant_core::audit::Checkpoint> = client
+                .post("/audit/checkpoints", &serde_json::json!({}))
+                .await?;
+            let Some(cp) = cps.into_iter().next() else {
+                anyhow::bail!("the audit trail is empty: there is nothing to checkpoint");
+            };
+            emit(cli.output, &cp, |cp| println!("{}", cp.signed))?;
+        }
+        AuditCmd::Verify { checkpoints } => {
+            let mut given = Vec::new();
+            for f in checkpoints {
+                let text = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", f.display()))?;
+                given.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+            let v: AuditVerification = client
+                .post(
+                    "/audit/verify",
+                    &warrant_core::api::AuditVerify { checkpoints: given },
+                )
+                .await?;
             match cli.output {
                 Output::Json => json(&v)?,
                 Output::Human => match &v.broken {
+                    None if !v.ok => {
+                        for c in v.checkpoints.iter().filter(|c| !c.ok) {
+                            println!(
+                                "TAMPERED: the checkpoint of record {} does not match the chain: {}",
+                                c.seq,
+                                safe(c.why.as_deref().unwrap_or(""))
+                            );
+                        }
+                    }
                     None => println!(
-                        "ok: {} audit records verified; chain head {}",
-                        v.verified, v.head
+                        "ok: {} audit records verified; chain head {}; {} checkpoint{} match",
+                        v.verified,
+                        v.head,
+                        v.checkpoints.len(),
+                        if v.checkpoints.len() == 1 { "" } else { "s" }
                     ),
                     Some(b) => {
                         println!(

@@ -1444,3 +1444,104 @@ fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
         .count();
     assert_eq!(issued, 0, "nothing was issued");
 }
+
+/// Issue 12 (low): the chain was an unkeyed SHA-256, so someone with write
+/// access to the database could delete a record mid-chain and re-link the
+/// rest, undetected; and deleting the newest records left a valid, shorter
+/// chain. The chain is keyed with a key derived from the KEK, and signed
+/// checkpoints, kept elsewhere, show records cut from the end.
+#[test]
+fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
+    let mut b = crate::broker();
+    for i in 0..5 {
+        b.cli(&[
+            "agent",
+            "create",
+            &format!("a{i}"),
+            "--owner",
+            "o",
+            "--env",
+            "dev",
+        ])
+        .ok();
+    }
+    // A checkpoint, kept outside the broker.
+    let kept = b.tmp().join("kept-checkpoints.txt");
+    let cp = b.cli(&["audit", "checkpoint"]).ok().trim().to_owned();
+    let header = crate::jwt_header(&cp);
+    assert_eq!(header["typ"], "warrant-audit-checkpoint+jwt");
+    std::fs::write(&kept, format!("{cp}\n")).unwrap();
+    let checked = b.cli(&["audit", "verify", "--checkpoint", kept.to_str().unwrap()]);
+    assert!(checked.ok().contains("checkpoint"), "{}", checked.stdout);
+    let seq = crate::jwt_claims(&cp)["seq"].as_u64().unwrap();
+    b.stop();
+
+    // Someone with the database (not the KEK) cuts the last records, and
+    // the stored checkpoints with them.
+    let db = b.data_dir.join("warrant.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("DROP TRIGGER audit_log_no_delete;")
+        .unwrap();
+    c.execute("DELETE FROM audit_log WHERE seq > ?1", [seq as i64 - 2])
+        .unwrap();
+    c.execute("DELETE FROM audit_checkpoints", []).unwrap();
+    drop(c);
+    b.restart(crate::Options {
+        data_dir: Some(b.data_dir.clone()),
+        ..Default::default()
+    });
+    // The kept checkpoint shows it.
+    let r = b.cli(&["audit", "verify", "--checkpoint", kept.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("deleted from its end"), "{}", r.stdout);
+    b.stop();
+
+    // Deleting a record mid-chain and re-linking the rest (recomputing the
+    // hashes as plain SHA-256 could be) is found without any checkpoint.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("DROP TRIGGER audit_log_no_update;")
+        .unwrap();
+    let rows: Vec<(i64, String)> = {
+        let mut st = c
+            .prepare("SELECT seq, body FROM audit_log ORDER BY seq")
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let mid = rows.len() / 2;
+    c.execute("DELETE FROM audit_log WHERE seq >= ?1", [rows[mid].0])
+        .unwrap();
+    let mut prev: Vec<u8> = c
+        .query_row(
+            "SELECT hash FROM audit_log WHERE seq = ?1",
+            [rows[mid].0 - 1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for (i, (_, body)) in rows[mid + 1..].iter().enumerate() {
+        let seq = rows[mid].0 + i as i64;
+        let old = format!("\"seq\":{}", seq + 1);
+        let body = body.replacen(&old, &format!("\"seq\":{seq}"), 1);
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(&prev);
+        h.update(body.as_bytes());
+        let hash = h.finalize().to_vec();
+        c.execute(
+            "INSERT INTO audit_log (seq, time, event, decision, body, prev_hash, hash) VALUES (?1, 0, 'x', 'allow', ?2, ?3, ?4)",
+            rusqlite::params![seq, body, prev, hash],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    drop(c);
+    b.restart(crate::Options {
+        data_dir: Some(b.data_dir.clone()),
+        ..Default::default()
+    });
+    let r = b.cli(&["audit", "verify"]);
+    assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("TAMPERED"), "{}", r.stdout);
+}
