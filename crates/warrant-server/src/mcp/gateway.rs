@@ -758,63 +758,25 @@ impl Gateway {
                 return self.refuse_http(event, server, e).await;
             }
         };
-        let msg: Value = match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(e) => {
-                let why = if e.to_string().contains("recursion limit") {
-                    "the message is nested too deeply".to_owned()
-                } else {
-                    "the body is not JSON".to_owned()
-                };
-                let ev = event.clone();
+        let (id, method, params) = match super::message::read(&bytes) {
+            Ok(super::message::Message::Request { id, method, params }) => (id, method, params),
+            // Notifications (initialized, cancelled), and responses to
+            // server requests (the gateway sends none): nothing to relay.
+            Ok(_) => return StatusCode::ACCEPTED.into_response(),
+            Err(invalid) => {
                 return self
                     .refuse_rpc(
-                        ev,
+                        event,
                         server,
                         "-",
-                        &Value::Null,
-                        RpcRefusal::invalid(-32700, format!("parse error: {why}")),
+                        &invalid.id,
+                        RpcRefusal::invalid(invalid.code, invalid.message),
                     )
                     .await;
             }
         };
-        if msg.is_array() {
-            return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    "-",
-                    &Value::Null,
-                    RpcRefusal::invalid(
-                        -32600,
-                        "batches are not supported: send one JSON-RPC message per request".into(),
-                    ),
-                )
-                .await;
-        }
-        let id = msg.get("id").cloned();
-        let method = msg.get("method").and_then(Value::as_str).map(str::to_owned);
-        let (Some(method), true) = (method, msg.get("jsonrpc") == Some(&json!("2.0"))) else {
-            if id.is_none() && (msg.get("result").is_some() || msg.get("error").is_some()) {
-                // A response to a server request: the gateway sends none.
-                return StatusCode::ACCEPTED.into_response();
-            }
-            return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    "-",
-                    id.as_ref().unwrap_or(&Value::Null),
-                    RpcRefusal::invalid(-32600, "not a JSON-RPC 2.0 request".into()),
-                )
-                .await;
-        };
         let event = event.action(format!("mcp:{method}"));
-        let Some(id) = id else {
-            // Notifications (initialized, cancelled): nothing to relay.
-            return StatusCode::ACCEPTED.into_response();
-        };
-        let params = msg.get("params").cloned().unwrap_or_else(|| json!({}));
+        let id = &id;
 
         let modern = protocol_version.as_deref() == Some(MODERN_VERSION);
         if modern {

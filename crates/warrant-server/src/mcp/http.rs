@@ -314,7 +314,7 @@ impl HttpUpstream {
 
 /// The JSON-RPC response for `id` in a server-sent-event stream (its
 /// notifications are dropped: the gateway relays only the answer).
-fn last_message(stream: &[u8], id: Option<&Value>) -> Bytes {
+pub fn last_message(stream: &[u8], id: Option<&Value>) -> Bytes {
     let text = String::from_utf8_lossy(stream);
     let mut found = Bytes::new();
     for event in text.split("\n\n").flat_map(|e| e.split("\r\n\r\n")) {

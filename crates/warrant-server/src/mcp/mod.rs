@@ -7,6 +7,7 @@
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod message;
 pub mod stdio;
 
 use std::time::Duration;
