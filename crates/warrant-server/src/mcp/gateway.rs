@@ -776,7 +776,6 @@ impl Gateway {
             }
         };
         let event = event.action(format!("mcp:{method}"));
-        let id = &id;
 
         let modern = protocol_version.as_deref() == Some(MODERN_VERSION);
         if modern {
