@@ -149,6 +149,10 @@ pub struct AuditVerification {
     pub verified: u64,
     /// The chain head's hash (hex).
     pub head: String,
+    /// How many of the verified records (the first ones) predate the keyed
+    /// chain and are hash-chained only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unkeyed: u64,
     /// The first broken record, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<BrokenRecord>,
@@ -438,4 +442,8 @@ impl From<&crate::secret::SecretRecord> for SecretInfo {
             last_used_at: s.last_used_at,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -582,6 +582,8 @@ pub struct ChainVerifier {
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     /// Whether a keyed record was seen: every later one must be keyed.
     keyed_seen: bool,
+    /// How many verified rows are not keyed (hash-chained only).
+    unkeyed: u64,
     /// With a key: the last record that may be unkeyed (written before the
     /// chain was keyed).
     legacy_until: u64,
@@ -595,6 +597,7 @@ impl Default for ChainVerifier {
             last_time: Timestamp::from_millis(i64::MIN),
             linker: None,
             keyed_seen: false,
+            unkeyed: 0,
             legacy_until: u64::MAX,
         }
     }
@@ -684,12 +687,20 @@ impl ChainVerifier {
         self.prev = computed;
         self.last_time = record.time;
         self.keyed_seen |= record.keyed;
+        self.unkeyed += u64::from(!record.keyed);
         Ok(())
     }
 
     /// How many rows verified so far.
     pub fn verified(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    /// How many verified rows are not keyed: written before the chain was
+    /// keyed, so they are hash-chained only (anyone who can write the
+    /// database could have rewritten them).
+    pub fn unkeyed(&self) -> u64 {
+        self.unkeyed
     }
 
     /// The hash of the last verified row (the chain head).

@@ -56,6 +56,9 @@ pub struct ChainReport {
     pub head: ChainHash,
     /// The first problem, if any.
     pub broken: Option<ChainBreak>,
+    /// How many verified records are not keyed (from before the chain was
+    /// keyed): hash-chained only.
+    pub unkeyed: u64,
 }
 
 /// Everything warrant persists.

@@ -141,6 +141,15 @@ pub struct Parts {
     pub task_audiences: Vec<String>,
 }
 
+/// An audience as relying parties might compare it loosely: lower-cased,
+/// without trailing `/`. Identity tokens are refused for any audience that
+/// compares equal to a route's or MCP server's this way, so a spelling
+/// variant cannot slip past the one-kind-per-audience rule at an upstream
+/// that normalises.
+fn audience_key(audience: &str) -> String {
+    audience.trim_end_matches('/').to_ascii_lowercase()
+}
+
 impl From<crate::random::RandomFailed> for Refusal {
     fn from(e: crate::random::RandomFailed) -> Self {
         Self::Unavailable(e.to_string())
@@ -160,7 +169,7 @@ impl AttestService {
             trust_domain: c.trust_domain,
             oidc: p.oidc,
             exe_hashes: unix::HashCache::default(),
-            task_audiences: p.task_audiences.into_iter().collect(),
+            task_audiences: p.task_audiences.iter().map(|a| audience_key(a)).collect(),
             refusals: c.refusals,
             proofs: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
@@ -331,7 +340,7 @@ impl AttestService {
         // INVARIANT (one kind per audience): a route's or MCP server's
         // audience is a task token's; an identity token for it could be
         // replayed to that upstream as if warrant had vouched for a task.
-        if self.task_audiences.contains(&audience) {
+        if self.task_audiences.contains(&audience_key(&audience)) {
             let r = Refusal::Denied(format!(
                 "audience `{}` belongs to a route or MCP server, where only task tokens are accepted; exchange for a task token with that audience instead",
                 shown(&audience, 100)

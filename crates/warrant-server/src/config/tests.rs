@@ -165,3 +165,33 @@ fn the_documented_mcp_servers_are_valid() {
         "files:use"
     );
 }
+
+/// Every `warrant.toml` example in docs/configuration.md is a configuration
+/// the broker accepts, and says what the page says it does.
+#[test]
+fn the_documented_configuration_examples_are_valid() {
+    let page = include_str!("../../../../docs/configuration.md");
+    let blocks: Vec<&str> = page
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .collect();
+    assert!(blocks.len() >= 4, "{}", blocks.len());
+    for b in &blocks {
+        if let Err(e) = from_toml(b) {
+            panic!("{e}\n{b}");
+        }
+    }
+    let limits = blocks.iter().find(|b| b.contains("[limits]")).unwrap();
+    assert_eq!(
+        from_toml(limits).unwrap().limits,
+        ListenerLimits::default(),
+        "the page shows the defaults"
+    );
+    let issuer = blocks
+        .iter()
+        .find(|b| b.contains("[[user_issuer]]"))
+        .unwrap();
+    let c = from_toml(issuer).unwrap();
+    assert_eq!(c.user_issuers[0].namespace.as_str(), "corp");
+}

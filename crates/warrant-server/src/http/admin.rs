@@ -832,6 +832,7 @@ async fn verify_with(
     let out = AuditVerification {
         ok: report.broken.is_none() && checks.iter().all(|c| c.ok),
         verified: report.verified,
+        unkeyed: report.unkeyed,
         head: report.head.to_string(),
         broken: report.broken.clone().map(Into::into),
         checkpoints: checks,
@@ -864,6 +865,7 @@ async fn verify_with(
         }
         (None, None) => event.detail(serde_json::json!({
             "verified": out.verified,
+            "unkeyed": out.unkeyed,
             "head": out.head,
             "checkpoints": out.checkpoints.len(),
         })),

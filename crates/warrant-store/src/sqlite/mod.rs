@@ -104,6 +104,12 @@ fn ensure_legacy_marker(conn: &Connection, linker: &dyn ChainLinker) -> Result<(
             u64::try_from(seq).unwrap_or(0)
         }
     };
+    if until > 0 {
+        tracing::warn!(
+            unkeyed = until,
+            "keying the audit chain from here on: records 1 to {until} were written before it was keyed and stay hash-chained only. This should happen once, on the upgrade; seen again, someone rewrote the trail"
+        );
+    }
     let mut value = until.to_be_bytes().to_vec();
     value.extend(legacy_mac(linker, until));
     conn.execute(
@@ -1293,6 +1299,7 @@ impl Store for SqliteStore {
                                 _ => {
                                     return Ok(ChainReport {
                                         verified: 0,
+                                        unkeyed: 0,
                                         head: ChainHash::GENESIS,
                                         broken: Some(warrant_core::audit::ChainBreak {
                                             seq: 0,
@@ -1324,6 +1331,7 @@ impl Store for SqliteStore {
                             .unwrap_or(v.verified() + 1);
                         return Ok(ChainReport {
                             verified: v.verified(),
+                            unkeyed: v.unkeyed(),
                             head: v.head(),
                             broken: Some(warrant_core::audit::ChainBreak {
                                 seq,
@@ -1335,6 +1343,7 @@ impl Store for SqliteStore {
                 if let Err(b) = v.push(&stored) {
                     return Ok(ChainReport {
                         verified: v.verified(),
+                        unkeyed: v.unkeyed(),
                         head: v.head(),
                         broken: Some(b),
                     });
@@ -1342,6 +1351,7 @@ impl Store for SqliteStore {
             }
             Ok(ChainReport {
                 verified: v.verified(),
+                unkeyed: v.unkeyed(),
                 head: v.head(),
                 broken: None,
             })

@@ -185,6 +185,7 @@ async fn the_chain_is_keyed_from_the_upgrade_on_and_relinking_is_detected() {
     }
     let r = store.verify_audit().await.unwrap();
     assert_eq!((r.verified, r.broken), (6, None));
+    assert_eq!(r.unkeyed, 3, "the records from before keying are reported");
     store.close().await;
 
     // Someone with the database but not the key deletes record 5 and

@@ -186,13 +186,21 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Resu
                             );
                         }
                     }
-                    None => println!(
-                        "ok: {} audit records verified; chain head {}; {} checkpoint{} match",
-                        v.verified,
-                        v.head,
-                        v.checkpoints.len(),
-                        if v.checkpoints.len() == 1 { "" } else { "s" }
-                    ),
+                    None => {
+                        println!(
+                            "ok: {} audit records verified; chain head {}; {} checkpoint{} match",
+                            v.verified,
+                            v.head,
+                            v.checkpoints.len(),
+                            if v.checkpoints.len() == 1 { "" } else { "s" }
+                        );
+                        if v.unkeyed > 0 {
+                            println!(
+                                "note: records 1 to {} predate the keyed chain and are hash-chained only; this number should never grow",
+                                v.unkeyed
+                            );
+                        }
+                    }
                     Some(b) => {
                         println!(
                             "TAMPERED: audit record {} fails verification: {}",

@@ -326,7 +326,15 @@ url = "http://127.0.0.1:9/mcp"
         )
     };
     let mcp = McpClient::url(&w, "notes");
-    for aud in ["https://internal.test", mcp.as_str()] {
+    let upper = mcp.to_ascii_uppercase();
+    for aud in [
+        "https://internal.test",
+        mcp.as_str(),
+        // Spellings an upstream that normalises would take as the same.
+        "https://internal.test/",
+        "HTTPS://Internal.Test",
+        upper.as_str(),
+    ] {
         let r = attest(aud);
         assert_eq!(r.status, 403, "{aud}: {}", r.body);
         assert!(
@@ -344,8 +352,8 @@ url = "http://127.0.0.1:9/mcp"
     let refused = crate::audit(&w.b, Some("attest.join"));
     assert_eq!(
         refused.iter().filter(|r| r["decision"] == "deny").count(),
-        2,
-        "both refusals are audited"
+        5,
+        "every refusal is audited"
     );
 }
 
