@@ -445,33 +445,7 @@ async fn log_stderr(
 ) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    loop {
-        line.clear();
-        // At most MAX_STDERR_LINE bytes of a line are kept; the rest of a
-        // longer one is read and dropped, so a child cannot grow memory.
-        let n = (&mut reader)
-            .take(MAX_STDERR_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-            .unwrap_or_default();
-        if n == 0 {
-            break;
-        }
-        let cut = line.last() != Some(&b'\n');
-        if cut {
-            let mut skip = Vec::new();
-            loop {
-                skip.clear();
-                let m = (&mut reader)
-                    .take(MAX_STDERR_LINE as u64)
-                    .read_until(b'\n', &mut skip)
-                    .await
-                    .unwrap_or_default();
-                if m == 0 || skip.last() == Some(&b'\n') {
-                    break;
-                }
-            }
-        }
+    while let Some(cut) = next_line(&mut reader, &mut line).await {
         let clean = redactor.redact_all(&line).unwrap_or_else(|| line.clone());
         let text = String::from_utf8_lossy(&clean);
         let shown: String = text.trim_end().chars().take(500).collect();
@@ -482,6 +456,41 @@ async fn log_stderr(
 /// The most of one stderr line of a stdio MCP server that is read.
 const MAX_STDERR_LINE: usize = 8 * 1024;
 
+/// Reads the next line into `line` (cleared first), keeping at most
+/// [`MAX_STDERR_LINE`] bytes of it; the rest of a longer line is read and
+/// dropped, so a child cannot grow the broker's memory. `None` at the end;
+/// otherwise whether the line was cut.
+async fn next_line<R>(reader: &mut R, line: &mut Vec<u8>) -> Option<bool>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    line.clear();
+    let n = (&mut *reader)
+        .take(MAX_STDERR_LINE as u64)
+        .read_until(b'\n', line)
+        .await
+        .unwrap_or_default();
+    if n == 0 {
+        return None;
+    }
+    let cut = line.last() != Some(&b'\n');
+    if cut {
+        let mut skip = Vec::new();
+        loop {
+            skip.clear();
+            let m = (&mut *reader)
+                .take(MAX_STDERR_LINE as u64)
+                .read_until(b'\n', &mut skip)
+                .await
+                .unwrap_or_default();
+            if m == 0 || skip.last() == Some(&b'\n') {
+                break;
+            }
+        }
+    }
+    Some(cut)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -490,6 +499,26 @@ mod tests {
     use warrant_core::secret::SecretValue;
     use warrant_store::{SqliteOptions, SqliteStore, Store};
     use warrant_token::Kek;
+
+    /// Issue 12 (low): a stdio server's stderr lines had no length limit,
+    /// so one endless line grew the broker's memory without bound.
+    #[tokio::test]
+    async fn a_stderr_line_is_kept_to_its_cap() {
+        let mut input = b"short\n".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 10 * MAX_STDERR_LINE + 17));
+        input.extend(b"\nafter\nno newline at the end");
+        let mut reader = BufReader::new(&input[..]);
+        let mut line = Vec::new();
+        let mut seen = Vec::new();
+        while let Some(cut) = next_line(&mut reader, &mut line).await {
+            assert!(line.len() <= MAX_STDERR_LINE, "{}", line.len());
+            seen.push((line.len(), cut));
+        }
+        assert_eq!(
+            seen,
+            [(6, false), (MAX_STDERR_LINE, true), (6, false), (21, true)]
+        );
+    }
 
     fn repo() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
