@@ -458,7 +458,7 @@ impl TokenService {
                 agent.status.as_str()
             )));
         }
-        if created_after(&agent, id.claims.iat) {
+        if created_after(&agent, &id.claims.jti, id.claims.iat) {
             return Err(OAuthError::invalid_grant(format!(
                 "agent `{name}` was deleted and created again after this identity token was issued; attest again"
             )));
@@ -639,8 +639,17 @@ impl TokenService {
     /// and created again since the token was issued). Returns the current
     /// actor's agent.
     async fn check_chain(&self, c: &TaskClaims, issued_ms: i64) -> Result<Agent, ChainError> {
+        // INVARIANT (every agent of the chain): the acting agents, and the
+        // agent the work began with when it acted for itself (`sub`, its
+        // SPIFFE ID) and handed its task on.
         let ids: Vec<&str> = match &c.act {
-            Some(a) => a.chain(),
+            Some(a) => {
+                let mut ids = a.chain();
+                if c.sub.starts_with("spiffe://") {
+                    ids.push(c.sub.as_str());
+                }
+                ids
+            }
             None => vec![c.sub.as_str()],
         };
         let prefix = format!("spiffe://{}/agent/", self.trust_domain);
@@ -1450,11 +1459,17 @@ impl TokenService {
     }
 }
 
-/// Whether `agent` was created after a token issued at `iat` (seconds):
-/// then the token was issued to an earlier agent of that name, since
-/// deleted. (Issued in the same second as the creation is not told apart.)
-fn created_after(agent: &Agent, iat: i64) -> bool {
-    agent.created_at.as_millis() >= iat.saturating_add(1).saturating_mul(1000)
+/// Whether `agent` was created after an identity token was issued: then the
+/// token was issued to an earlier agent of that name, since deleted. The
+/// token's `jti` starts with its issuance in milliseconds (12 hex digits);
+/// for a token without one, `iat` (seconds) decides, and a creation in the
+/// same second counts as after.
+fn created_after(agent: &Agent, jti: &str, iat: i64) -> bool {
+    let issued_ms = match jti.get(..12).map(|h| i64::from_str_radix(h, 16)) {
+        Some(Ok(ms)) if jti.len() == 28 && jti.bytes().all(|b| b.is_ascii_hexdigit()) => ms,
+        _ => iat.saturating_add(1).saturating_mul(1000) - 1,
+    };
+    agent.created_at.as_millis() > issued_ms
 }
 
 /// The most groups a user token may name.

@@ -427,7 +427,9 @@ impl AttestService {
             return Err(self.refuse(&evidence, req, event, why, r).await);
         }
 
-        let jti = crate::random::hex_id(16)?;
+        // Time-ordered: the token's issuance to the millisecond, which
+        // `iat` (seconds) cannot tell from an agent's re-creation.
+        let jti = crate::random::ordered_id("", now.as_millis())?;
         let exp = now.as_secs() + i64::try_from(ttl).unwrap_or(300);
         let claims = IdentityClaims {
             iss: self.issuer.to_string(),

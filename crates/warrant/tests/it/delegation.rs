@@ -34,7 +34,7 @@ pub struct World {
     _dir: tempfile::TempDir,
 }
 
-fn form(b: &Broker, path: &str, fields: &[(&str, &str)]) -> warrant_testkit::Response {
+pub fn form(b: &Broker, path: &str, fields: &[(&str, &str)]) -> warrant_testkit::Response {
     let body: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(fields)
         .finish();

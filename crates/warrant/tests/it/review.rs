@@ -532,6 +532,85 @@ credential = { kind = "warrant_jwt" }
     assert!(!active(&t2));
 }
 
+/// Issue 12, item 8 (found again after the fix): an agent's task for
+/// itself (`sub` its SPIFFE ID, no `act`), handed on to another agent by
+/// exchange, outlived the first agent's disabling, deletion and
+/// re-creation: only the agents in `act` were checked, not the one in `sub`.
+/// And an identity token issued in the same second as its agent's
+/// re-creation still acted for it.
+#[test]
+fn a_self_tasks_delegations_end_with_the_agent_that_began_it() {
+    let config = r#"
+[[route]]
+name = "tickets"
+upstream = "http://127.0.0.1:9"
+audience = "https://tickets.example"
+allow = [ { methods = ["GET"], paths = ["/**"] } ]
+credential = { kind = "warrant_jwt" }
+"#;
+    let policy = format!(
+        "{}\npermit(principal, action == Action::\"http:request\", resource == Route::\"tickets\");\npermit(principal in Agent::\"sub\", action == Action::\"token:exchange\", resource) unless {{ context has user }};",
+        crate::delegation::POLICY
+    );
+    let w = world_with(4, config, &policy);
+    let b = &w.b;
+    let self_task = |assertion: &str| {
+        crate::delegation::form(
+            b,
+            "/oauth2/token",
+            &[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion),
+                ("scope", "tickets:read"),
+                ("resource", TICKETS),
+            ],
+        )
+    };
+    let edge = |t: &str| {
+        warrant_testkit::http(
+            b.edge,
+            "GET",
+            "/tickets/v1/tickets",
+            &[("authorization", &format!("Bearer {t}"))],
+            None,
+        )
+        .status
+    };
+    let (orch, sub) = (identity(b, "orch"), identity(b, "sub"));
+    let mine = self_task(&orch).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let handed = exchange(b, &mine, AT, &sub, &[("scope", "tickets:read")]).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!((edge(&mine), edge(&handed)), (502, 502), "forwarded before");
+
+    b.cli(&["agent", "disable", "orch"]).ok();
+    assert_eq!((edge(&mine), edge(&handed)), (401, 401), "orch disabled");
+    b.cli(&["agent", "enable", "orch"]).ok();
+    assert_eq!(edge(&handed), 502, "enabled again");
+
+    // Deleted, and created again at once (within the second the identity
+    // token was issued in, as a script would): the old identity cannot act,
+    // and the handed-on task is over.
+    let fresh = identity(b, "orch");
+    b.cli(&["agent", "delete", "orch"]).ok();
+    b.cli(&[
+        "agent", "create", "orch", "--owner", "o", "--env", "dev", "--trust", "medium",
+    ])
+    .ok();
+    assert_eq!(edge(&handed), 401, "orch re-created");
+    let r = self_task(&fresh);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("created again"), "{}", r.body);
+}
+
 /// Issue 12, item 9: `warrant revoke --instance` did not stop the instance
 /// renewing its identity (join instances) or attesting again (unix).
 #[test]
