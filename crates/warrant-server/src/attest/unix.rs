@@ -40,6 +40,11 @@ pub enum UnixError {
         "the request was sent by another process than the one that connected (a shared or passed connection); send the request from the process that connects"
     )]
     Foreign,
+    /// The process runs in another user namespace.
+    #[error(
+        "the connecting process (pid {0}) runs in another user namespace than the broker (a rootless container, or `unshare -U`), where a process may claim another's credentials; the unix attestor cannot vouch for it: use the oidc or join attestor"
+    )]
+    Namespace(u32),
     /// `/proc` could not be read.
     #[error("cannot read the connecting process (pid {pid}): {why}")]
     Proc {
@@ -211,6 +216,14 @@ pub fn attest(peer: &Peer, cache: &HashCache) -> Result<UnixFacts, UnixError> {
     if peer.exited() || start_time(pid)? != at_accept {
         return Err(UnixError::Changed(pid));
     }
+    // INVARIANT (credentials from the kernel, not the sender): in a user
+    // namespace of its own, a process may send any pid of its pid namespace
+    // as its credentials, so a sender there could pass as the pinned
+    // process. Every process of such a pid namespace is in such a user
+    // namespace; only processes in the broker's own are attested.
+    if namespace_of(pid, "user")? != own_user_namespace()? {
+        return Err(UnixError::Namespace(pid));
+    }
     let exe_link = format!("/proc/{pid}/exe");
     let path = std::fs::read_link(&exe_link).map_err(|e| proc_error(pid, &e))?;
     let mut file = std::fs::File::open(&exe_link).map_err(|e| proc_error(pid, &e))?;
@@ -240,6 +253,27 @@ pub fn attest(peer: &Peer, cache: &HashCache) -> Result<UnixFacts, UnixError> {
         // never equal a registered path.
         path,
         sha256,
+    })
+}
+
+/// The identity (device, inode) of a namespace of process `pid`.
+fn namespace_of(pid: u32, kind: &str) -> Result<(u64, u64), UnixError> {
+    let m = std::fs::metadata(format!("/proc/{pid}/ns/{kind}")).map_err(|e| proc_error(pid, &e))?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// The broker's own user namespace (`None` if `/proc` does not say, which
+/// then matches no process).
+fn own_user_namespace() -> Result<(u64, u64), UnixError> {
+    static OWN: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let own = OWN.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/user")
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    });
+    own.ok_or(UnixError::Proc {
+        pid: std::process::id(),
+        why: "cannot read the broker's own user namespace".into(),
     })
 }
 

@@ -1525,6 +1525,27 @@ fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
         assert_ne!(r["status"], 200, "{mode}: {text}");
         assert!(!text.contains("identity_token"), "{mode}: {text}");
     }
+    // Found after the fix above: in a user namespace of its own, a process
+    // may claim any pid of its pid namespace as its credentials.
+    let out = std::process::Command::new("unshare")
+        .args(["-Urp", "--fork"])
+        .arg(python())
+        .arg(repo().join("tests/interop/unix_exec_attack.py"))
+        .arg(b.data_dir.join("agent.sock"))
+        .args(["userns-forge", sleep.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("identity_token"), "userns-forge: {text}");
+    assert!(
+        text.contains("another user namespace"),
+        "userns-forge: {text}"
+    );
     let issued = crate::audit(&b, Some("attest.unix"))
         .into_iter()
         .filter(|r| r["decision"] == "allow")
