@@ -14,6 +14,9 @@ Endpoints:
   GET  /echo-boundary        the echo, chunked so a chunk ends where the
                              credential (the Authorization value) ends
   GET  /echo-trailer         the echo in a chunked trailer
+  GET  /echo-odd             the echo as the status line's reason phrase, as
+                             a header name, every character JSON-escaped
+                             in the body, and a session cookie
   POST /oauth/token          client-credentials token endpoint (Basic auth)
   anything else              200 {"method", "path"}
 """
@@ -182,6 +185,17 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"2\r\nok\r\n0\r\nx-echo: " + auth.encode() + b"\r\n\r\n")
             self.wfile.flush()
+        elif path == "/echo-odd":
+            auth = self.headers.get("authorization", "")
+            escaped = "".join("\\u%04x" % ord(c) for c in auth)
+            data = ('{"you_sent": "%s"}' % escaped).encode()
+            self.send_response(200, auth)
+            self.send_header(auth.replace(" ", "-"), "1")
+            self.send_header("set-cookie", "session=" + base64.b64encode(auth.encode()).decode())
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif path == "/redirect":
             self.send_response(302)
             self.send_header("location", "http://127.0.0.1:9/steal")

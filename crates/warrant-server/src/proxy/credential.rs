@@ -382,7 +382,18 @@ impl Providers<'_> {
                 Ok(Injected {
                     header: http::header::AUTHORIZATION,
                     value: header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
-                    echoes: vec![s.value.expose().to_vec(), encoded.as_bytes().to_vec()],
+                    // The password alone is the secret part (the user name
+                    // is not; a short password is below the redactor's
+                    // minimum and only redacted with its user name).
+                    echoes: {
+                        let v = s.value.expose();
+                        let colon = v.iter().position(|&b| b == b':').unwrap_or(0);
+                        vec![
+                            v.to_vec(),
+                            encoded.as_bytes().to_vec(),
+                            v[colon + 1..].to_vec(),
+                        ]
+                    },
                     id: s.id.clone(),
                 })
             }
@@ -438,10 +449,14 @@ impl Providers<'_> {
                 let token = warrant_token::jwt::sign(key, UPSTREAM_JWT_TYP, &claims)
                     .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
                 let value = format.fill(token.as_bytes());
+                // The JWT is a credential at the upstream until it expires:
+                // an echo of it (or of its signature, the one part the agent
+                // cannot rebuild) is redacted like any secret's.
+                let signature = token.rsplit('.').next().unwrap_or_default();
                 Ok(Injected {
                     header: header.clone(),
                     value: header_value(&value, "the minted JWT")?,
-                    echoes: Vec::new(),
+                    echoes: vec![token.as_bytes().to_vec(), signature.as_bytes().to_vec()],
                     id: jti,
                 })
             }

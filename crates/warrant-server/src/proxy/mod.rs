@@ -534,6 +534,21 @@ impl ProxyService {
                 shown(host, 100)
             ));
         }
+        // INVARIANT (one reading of method and path): headers and query
+        // parameters that frameworks honour to override the method or path
+        // would let the upstream act on another request than the one the
+        // rules and policy decided.
+        if let Some(h) = OVERRIDES.iter().find(|h| req.headers().contains_key(**h)) {
+            return bad(format!(
+                "the `{h}` header is refused: upstream frameworks read it as another method or path than the one the edge decides on"
+            ));
+        }
+        if let Some(q) = req.uri().query()
+            && url::form_urlencoded::parse(q.as_bytes())
+                .any(|(k, _)| k.eq_ignore_ascii_case("_method"))
+        {
+            return bad("the `_method` query parameter is refused: upstream frameworks read it as another method than the one the edge decides on".into());
+        }
         let canonical = match path::canonical_path(rest) {
             Ok(c) => c,
             Err(why) => {
@@ -763,8 +778,23 @@ impl ProxyService {
             return self.upstream_failed(ev, e, &route.name).await;
         }
         let (mut rparts, rbody) = resp.into_parts();
+        // Nothing of the upstream's answer but status, headers and body: a
+        // custom reason phrase (kept in the extensions) is not passed on.
+        rparts.extensions = http::Extensions::new();
         let mut rheaders = forwardable(&rparts.headers);
+        // A session the upstream opens for the injected credential would be
+        // a credential in the agent's hands, usable without the edge.
+        rheaders.remove(header::SET_COOKIE);
         if redactor.is_active() {
+            // A header whose name spells the credential goes altogether.
+            let named: Vec<HeaderName> = rheaders
+                .keys()
+                .filter(|k| redactor.occurs_ignoring_case(k.as_str().as_bytes()))
+                .cloned()
+                .collect();
+            for k in named {
+                rheaders.remove(k);
+            }
             for v in rheaders.values_mut() {
                 if let Some(clean) = redactor.redact_all(v.as_bytes()) {
                     *v = HeaderValue::from_bytes(&clean)
@@ -975,6 +1005,19 @@ pub(crate) fn repeated<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> Opti
 
 /// The headers that may cross the proxy: not hop-by-hop, not named in
 /// `Connection`, not `Host`.
+/// Request headers that frameworks read as another method or path.
+const OVERRIDES: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+];
+
 fn forwardable(h: &HeaderMap) -> HeaderMap {
     let named: Vec<String> = h
         .get_all(header::CONNECTION)
@@ -1170,6 +1213,16 @@ impl http_body::Body for Tracked {
                         // Trailers are headers too: an echo there is redacted.
                         let frame = match frame.into_trailers() {
                             Ok(mut trailers) => {
+                                let named: Vec<HeaderName> = trailers
+                                    .keys()
+                                    .filter(|k| {
+                                        this.redactor.occurs_ignoring_case(k.as_str().as_bytes())
+                                    })
+                                    .cloned()
+                                    .collect();
+                                for k in named {
+                                    trailers.remove(k);
+                                }
                                 for v in trailers.values_mut() {
                                     if let Some(clean) = this.redactor.redact_all(v.as_bytes()) {
                                         *v = HeaderValue::from_bytes(&clean).unwrap_or(

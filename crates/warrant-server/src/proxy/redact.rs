@@ -36,29 +36,77 @@ pub struct Redactor {
     held: BytesMut,
 }
 
+/// `text` as the inside of a JSON string, with the characters `escape`
+/// says written as `\uXXXX` (the rest as `serde_json` writes them).
+fn json_escaped(text: &str, escape: impl Fn(char) -> bool) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if escape(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        } else {
+            let s = serde_json::to_string(&c.to_string()).unwrap_or_default();
+            out.push_str(s.get(1..s.len().saturating_sub(1)).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// `v` percent-encoded, with the bytes `keep` says left as they are.
+fn percent_encoded(v: &[u8], keep: impl Fn(u8) -> bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &b in v {
+        if keep(b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// The base64 characters that encode only bytes of `v` when `v` starts
+/// `offset` bytes (0 to 2) into the encoded data and anything may follow:
+/// what every base64 of a text containing `v` contains.
+fn base64_inside(v: &[u8], offset: usize, engine: &base64::engine::GeneralPurpose) -> Vec<u8> {
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(v);
+    let encoded = engine.encode(&padded).into_bytes();
+    // Character i holds bits 6i..6i+6 of the data; v has bits 8*offset..8*(offset+len).
+    let first = (8 * offset).div_ceil(6);
+    let end = (8 * (offset + v.len())) / 6;
+    encoded
+        .get(first..end.min(encoded.len()))
+        .unwrap_or_default()
+        .to_vec()
+}
+
 /// The spellings of `v` an echo commonly takes.
 fn spellings(v: &[u8]) -> Vec<Vec<u8>> {
     let mut out = vec![v.to_vec()];
-    if let Ok(text) = std::str::from_utf8(v)
-        && let Ok(json) = serde_json::to_string(text)
-    {
-        let inner = json[1..json.len() - 1].to_owned();
-        out.push(inner.replace('/', "\\/").into_bytes());
-        out.push(inner.into_bytes());
+    if let Ok(text) = std::str::from_utf8(v) {
+        let plain = json_escaped(text, |_| false);
+        out.push(plain.replace('/', "\\/").into_bytes());
+        out.push(plain.into_bytes());
+        // HTML-safe encoders (.NET's System.Text.Json, Go's encoding/json).
+        out.push(
+            json_escaped(text, |c| {
+                matches!(c, '<' | '>' | '&' | '\'' | '+' | '`' | '"') || !c.is_ascii()
+            })
+            .into_bytes(),
+        );
+        // Every character escaped.
+        out.push(json_escaped(text, |_| true).into_bytes());
     }
-    let mut upper = Vec::new();
-    let mut lower = Vec::new();
-    for &b in v {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            upper.push(b);
-            lower.push(b);
-        } else {
-            upper.extend_from_slice(format!("%{b:02X}").as_bytes());
-            lower.extend_from_slice(format!("%{b:02x}").as_bytes());
-        }
-    }
-    out.push(upper);
-    out.push(lower);
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    out.push(percent_encoded(v, unreserved));
+    // Python's `quote` keeps `/`; JavaScript's `encodeURIComponent` keeps `!'()*`.
+    out.push(percent_encoded(v, |b| unreserved(b) || b == b'/'));
+    out.push(percent_encoded(v, |b| {
+        unreserved(b) || matches!(b, b'!' | b'\'' | b'(' | b')' | b'*')
+    }));
     for engine in [
         &base64::engine::general_purpose::STANDARD,
         &base64::engine::general_purpose::STANDARD_NO_PAD,
@@ -67,30 +115,47 @@ fn spellings(v: &[u8]) -> Vec<Vec<u8>> {
     ] {
         out.push(engine.encode(v).into_bytes());
     }
+    for engine in [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::URL_SAFE,
+    ] {
+        for offset in 0..3 {
+            out.push(base64_inside(v, offset, engine));
+        }
+    }
     out
 }
 
 impl Redactor {
     /// A redactor for these values and their common spellings (values
-    /// shorter than 8 bytes are ignored).
+    /// shorter than 8 bytes are ignored). Matching ignores ASCII case: hex
+    /// digits of escapes come in either case, and a value that differs from
+    /// a credential only in case is redacted too rather than risk it.
     pub fn new(values: Vec<Vec<u8>>) -> Self {
         let mut needles: Vec<Vec<u8>> = values
             .iter()
             .filter(|v| v.len() >= MIN_LEN)
             .flat_map(|v| spellings(v))
             .filter(|n| n.len() >= MIN_LEN)
+            .map(|n| n.to_ascii_lowercase())
             .collect();
         needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         needles.dedup();
         let mut first = [false; 256];
         for n in &needles {
             first[usize::from(n[0])] = true;
+            first[usize::from(n[0].to_ascii_uppercase())] = true;
         }
         Self {
             needles,
             first,
             held: BytesMut::new(),
         }
+    }
+
+    /// Whether `data` holds a credential (in any spelling, any case).
+    pub fn occurs_ignoring_case(&self, data: &[u8]) -> bool {
+        self.is_active() && self.scan(data, true).2
     }
 
     /// Whether there is anything to redact.
@@ -166,7 +231,7 @@ impl Redactor {
             }
             let rest = &data[i..];
             for n in &self.needles {
-                if rest.starts_with(n) {
+                if starts_with_ignoring_case(rest, n) {
                     out.extend_from_slice(MARK);
                     i += n.len();
                     found = true;
@@ -180,7 +245,7 @@ impl Redactor {
                 && self
                     .needles
                     .iter()
-                    .any(|n| n.len() > rest.len() && n.starts_with(rest))
+                    .any(|n| n.len() > rest.len() && starts_with_ignoring_case(n, rest))
             {
                 return (out, i, found);
             }
@@ -207,6 +272,11 @@ impl Redactor {
         let data = self.held.split();
         Bytes::from(self.scan(&data, true).0)
     }
+}
+
+/// Whether `hay` starts with `prefix`, ASCII case aside.
+fn starts_with_ignoring_case(hay: &[u8], prefix: &[u8]) -> bool {
+    hay.len() >= prefix.len() && hay[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 #[cfg(test)]
@@ -299,6 +369,30 @@ mod tests {
             let out = r.redact_all(echoed.as_bytes()).unwrap_or_default();
             assert!(contains(&out, MARK), "{echoed}");
         }
+        // Found after the fix: spellings other encoders produce.
+        let b64 = |data: &[u8]| base64::engine::general_purpose::STANDARD.encode(data);
+        let full: String = "pa$$/word\"0123"
+            .chars()
+            .map(|c| format!("\\u{:04X}", c as u32))
+            .collect();
+        for echoed in [
+            // .NET's HTML-safe JSON escapes `"` (and `+`, `<`, ...) as \u00XX.
+            r#"{"auth": "pa$$/word\u00220123"}"#.to_owned(),
+            full,
+            // Python's quote() keeps `/`; hex digits in any case.
+            "q=pa%24%24/word%220123".to_owned(),
+            "q=pa%24%24%2Fword%2f%22%220123".replace("%2f%22%22", "%22"),
+            "q=PA%24%24%2fWORD%220123".to_owned(),
+            // Base64 of a text the value sits inside, at each alignment.
+            b64(&[b"x".as_slice(), secret].concat()),
+            b64(&[b"xy".as_slice(), secret, b"tail"].concat()),
+            b64(&[b"xyz".as_slice(), secret, b"!"].concat()),
+        ] {
+            let out = r.redact_all(echoed.as_bytes()).unwrap_or_default();
+            assert!(contains(&out, MARK), "{echoed}");
+        }
+        assert!(r.occurs_ignoring_case(b"x-PA$$/WORD\"0123-y"));
+        assert!(!r.occurs_ignoring_case(b"x-pa$$/word-y"));
         // Parsed JSON: any escape of the value is seen through.
         let mut v: serde_json::Value =
             serde_json::from_str(r#"{"text": "key \u0070a$$/word\"0123!", "pa$$/word\"0123": 1}"#)
@@ -356,7 +450,7 @@ mod tests {
             cuts in proptest::collection::vec(0usize..200, 0..8),
         ) {
             let needle = b"zz-credential-zz";
-            prop_assume!(!contains(text.as_bytes(), needle));
+            prop_assume!(!contains(&text.to_ascii_lowercase().into_bytes(), needle));
             let mut r = Redactor::new(vec![needle.to_vec()]);
             let parts = chunked(text.as_bytes(), &cuts);
             let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();

@@ -1105,6 +1105,13 @@ audience = "https://echo.test"
 allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
 credential = {{ kind = "secret", secret = "echo-key", header = "authorization", format = "{{secret}}" }}
 
+[[route]]
+name = "minted"
+upstream = "{origin}"
+audience = "https://echo.test"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "warrant_jwt" }}
+
 [[mcp_server]]
 name = "notes"
 command = "{python}"
@@ -1119,7 +1126,7 @@ env = {{ NOTES_KEY = "secret:echo-key" }}
     let policy = r#"
 permit(principal, action == Action::"identity:issue", resource);
 permit(principal, action == Action::"token:exchange", resource);
-permit(principal, action == Action::"http:request", resource == Route::"echo");
+permit(principal, action == Action::"http:request", resource);
 permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"notes");
 "#;
     let w = world_with(4, &config, policy);
@@ -1158,6 +1165,53 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
     );
     assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
     assert!(!whole.contains("live-0123"), "{whole}");
+
+    // Found after the fix: the reason phrase, a header's name, JSON
+    // escapes of every character, and a session cookie the upstream opened for the
+    // credential.
+    let whole = warrant_testkit::raw_text(
+        w.b.edge,
+        &format!(
+            "GET /echo/echo-odd HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n",
+            w.b.edge
+        ),
+    );
+    assert!(whole.starts_with("HTTP/1.1 200 OK\r\n"), "{whole}");
+    assert!(!whole.to_ascii_lowercase().contains("live-0123"), "{whole}");
+    assert!(!whole.contains("\\u006c\\u0069\\u0076\\u0065"), "{whole}");
+    assert!(
+        !whole.to_ascii_lowercase().contains("set-cookie"),
+        "{whole}"
+    );
+    assert!(whole.contains("[redacted by warrant]"), "{whole}");
+    // A minted upstream JWT is a credential too: its echo is redacted.
+    let r = warrant_testkit::http(
+        w.b.edge,
+        "GET",
+        "/minted/echo",
+        &[("authorization", &format!("Bearer {token}"))],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains("eyJ"), "{}", r.body);
+    assert!(r.body.contains("[redacted by warrant]"), "{}", r.body);
+    // Method and path overrides are refused before anything is forwarded.
+    for (h, v) in [
+        ("x-http-method-override", "DELETE"),
+        ("X-Original-URL", "/admin"),
+        ("x-rewrite-url", "/admin"),
+    ] {
+        let r = warrant_testkit::http(
+            w.b.edge,
+            "GET",
+            "/echo/x",
+            &[("authorization", &format!("Bearer {token}")), (h, v)],
+            None,
+        );
+        assert_eq!(r.status, 400, "{h}: {}", r.body);
+    }
+    let r = get("/x?a=1&_METHOD=DELETE");
+    assert_eq!(r.status, 400, "{}", r.body);
 
     let c = McpClient::open(&w, &orch, "notes", "notes:read");
     eventually("the notes server to start", || c.list());
