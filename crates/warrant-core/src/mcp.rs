@@ -12,7 +12,7 @@
 //! schema of each tool its scope can reach. One tool's schema (on any
 //! server) never changes how a policy about another tool evaluates.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
@@ -99,10 +99,13 @@ impl ArgType {
     }
 }
 
-/// Argument attributes policies may name, by name.
+/// Argument attributes policies may name, by name, and the arguments the
+/// tool declares that policies cannot read (their JSON type has no Cedar
+/// counterpart: a number, an object, a union of types, a `$ref`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ArgumentSchema {
     attrs: BTreeMap<String, ArgType>,
+    untyped: BTreeSet<String>,
 }
 
 /// Whether `name` can be an attribute name in warrant's schema text.
@@ -119,6 +122,7 @@ impl ArgumentSchema {
     pub const fn empty() -> Self {
         Self {
             attrs: BTreeMap::new(),
+            untyped: BTreeSet::new(),
         }
     }
 
@@ -126,14 +130,37 @@ impl ArgumentSchema {
     /// "properties": {...}}`) that map onto Cedar types.
     pub fn from_input_schema(schema: &Value) -> Self {
         let mut attrs = BTreeMap::new();
+        let mut untyped = BTreeSet::new();
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {
             for (name, s) in props {
-                if let (true, Some(t)) = (usable_name(name), ArgType::from_json_schema(s)) {
-                    attrs.insert(name.clone(), t);
+                match (usable_name(name), ArgType::from_json_schema(s)) {
+                    (true, Some(t)) => {
+                        attrs.insert(name.clone(), t);
+                    }
+                    _ => {
+                        untyped.insert(name.clone());
+                    }
                 }
             }
         }
-        Self { attrs }
+        Self { attrs, untyped }
+    }
+
+    /// Whether the tool declares `name` (typed or not). Only declared
+    /// arguments are passed on: an undeclared one (`PATH` beside `path`)
+    /// would reach the server unseen by policy.
+    pub fn declares(&self, name: &str) -> bool {
+        self.attrs.contains_key(name) || self.untyped.contains(name)
+    }
+
+    /// Whether `name` is declared with a type policies cannot read.
+    pub fn is_untyped(&self, name: &str) -> bool {
+        self.untyped.contains(name)
+    }
+
+    /// The arguments declared with a type policies cannot read.
+    pub fn untyped(&self) -> impl Iterator<Item = &str> {
+        self.untyped.iter().map(String::as_str)
     }
 
     /// The type of `name`, if declared.
@@ -239,6 +266,12 @@ mod tests {
             ]
         );
         assert!(ArgumentSchema::from_input_schema(&json!({"type": "object"})).is_empty());
+        // Declared but not typed: known to exist, never readable by policy.
+        for name in ["either", "ratio", "opts", "bad\"name"] {
+            assert!(s.declares(name) && s.is_untyped(name), "{name}");
+        }
+        assert!(s.declares("path") && !s.is_untyped("path"));
+        assert!(!s.declares("PATH") && !s.declares("nothing"));
     }
 
     #[test]

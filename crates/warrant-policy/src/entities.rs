@@ -82,17 +82,30 @@ fn strings<'a>(v: impl IntoIterator<Item = &'a String>) -> Value {
     Value::set(v.into_iter().map(|x| s(x)), None)
 }
 
-/// The call's arguments as the record the schema declares: attributes the
-/// schema does not know are left out; one of the wrong JSON type refuses the
-/// call (a forbid on `path` must not be dodged by sending `path` as a list).
+/// The call's arguments as the record the schema declares, and the names of
+/// those given that the tool declares with a type policies cannot read. An
+/// argument the tool does not declare refuses the call (it would reach the
+/// server unseen: `PATH` beside a policed `path`), and so does one of the
+/// wrong JSON type (a forbid on `path` must not be dodged by sending `path`
+/// as a list).
 fn arguments(
     given: Option<&serde_json::Map<String, serde_json::Value>>,
     schema: &warrant_core::mcp::ArgumentSchema,
+    hidden: &mut Vec<String>,
 ) -> Result<Value, String> {
     use warrant_core::mcp::ArgType;
     let mut rec: BTreeMap<SmolStr, Value> = BTreeMap::new();
     for (name, v) in given.into_iter().flatten() {
-        let Some(ty) = schema.get(name) else { continue };
+        if !schema.declares(name) {
+            return Err(format!(
+                "argument `{}` is not declared by the tool's input schema; only declared arguments are passed on, so that policy sees every argument the server gets",
+                name.chars().take(64).collect::<String>().escape_debug()
+            ));
+        }
+        let Some(ty) = schema.get(name) else {
+            hidden.push(name.clone());
+            continue;
+        };
         if !ty.admits(v) {
             return Err(format!(
                 "argument `{}` is not of type {} as the tool's input schema declares",
@@ -157,6 +170,9 @@ pub(crate) struct Built {
     pub(crate) request: Request,
     pub(crate) entities: Entities,
     pub(crate) keys: RequestKeys,
+    /// Arguments of the call that policies cannot read (declared by the
+    /// tool with a type that has no Cedar counterpart).
+    pub(crate) hidden_arguments: Vec<String>,
 }
 
 /// Builds the Cedar request, the entities it refers to, and the index keys.
@@ -290,8 +306,12 @@ pub(crate) fn build_with(
         ctx.insert("host".into(), s(&http.host));
     }
     let residual = req.action == Action::McpCallTool && unknown_arguments;
+    let mut hidden_arguments = Vec::new();
     if req.action == Action::McpCallTool && !residual {
-        ctx.insert("arguments".into(), arguments(c.arguments.as_ref(), args)?);
+        ctx.insert(
+            "arguments".into(),
+            arguments(c.arguments.as_ref(), args, &mut hidden_arguments)?,
+        );
     }
 
     let action_idx = Action::ALL
@@ -342,6 +362,7 @@ pub(crate) fn build_with(
         request,
         entities,
         keys: keys(req),
+        hidden_arguments,
     })
 }
 

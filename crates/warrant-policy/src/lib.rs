@@ -55,6 +55,9 @@ pub struct Policies {
     /// Tools some policy cannot be applied to, with why: their calls are
     /// refused with it (only when compiled with [`ToolProblems::Isolate`]).
     tool_problems: std::collections::HashMap<String, Vec<String>>,
+    /// By tool id: arguments it declares with a type policies cannot read,
+    /// each with a policy reaching the tool that reads it.
+    unreadable: std::collections::HashMap<String, Vec<(String, String)>>,
     /// The files the set was compiled from, to re-type it when tools change.
     sources: Vec<PolicyFile>,
     all: PolicySet,
@@ -139,6 +142,20 @@ impl Policies {
         })
     }
 
+    /// A refusal if the call carries an argument that a policy reaching its
+    /// tool reads but cannot see (the tool declares it with a type that has
+    /// no Cedar counterpart).
+    fn unreadable_argument(&self, req: &DecisionRequest, hidden: &[String]) -> Option<Decision> {
+        // INVARIANT (no argument unseen by a policy about it): such a call
+        // is refused rather than decided without the argument.
+        let readers = self.unreadable.get(&req.resource.id())?;
+        let (name, policy) = readers.iter().find(|(n, _)| hidden.contains(n))?;
+        Some(deny_with(format!(
+            "argument `{}` is declared by the tool with a type policies cannot read (only strings, integers, booleans and lists of strings or integers can be), and policy `{policy}` reads it; the call is refused rather than decided without it",
+            name.chars().take(64).collect::<String>().escape_debug()
+        )))
+    }
+
     /// Decides a request against the whole set. Never fails: any error is a deny.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
         let args = match self.arguments_for(req) {
@@ -149,6 +166,9 @@ impl Policies {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
+        if let Some(refused) = self.unreadable_argument(req, &built.hidden_arguments) {
+            return refused;
+        }
         let cands = self.index.candidates(&built.keys);
         let evaluator = Evaluator::new(built.request, &built.entities, Extensions::all_available());
         let mut permits = Vec::new();
@@ -232,6 +252,9 @@ impl Policies {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
+        if let Some(refused) = self.unreadable_argument(req, &built.hidden_arguments) {
+            return refused;
+        }
         let request = cedar_policy::Request::from(built.request);
         let entities = cedar_policy::Entities::from(built.entities);
         let response = Authorizer::new().is_authorized(&request, &self.all, &entities);

@@ -256,6 +256,7 @@ pub(crate) fn compile(
     Ok(Policies {
         tools: tools.clone(),
         tool_problems: checked.tool_problems,
+        unreadable: checked.unreadable,
         sources: files.to_vec(),
         all,
         compiled,
@@ -274,6 +275,9 @@ struct Checked {
     located: Vec<PolicyProblem>,
     /// The same, by tool id: what a call of that tool is refused with.
     tool_problems: HashMap<String, Vec<String>>,
+    /// By tool id: its arguments policies cannot read, with a policy that
+    /// reaches the tool and reads the argument.
+    unreadable: HashMap<String, Vec<(String, String)>>,
 }
 
 /// Whether a warning says the policy can never apply.
@@ -311,6 +315,64 @@ fn reads_arguments(p: &cedar_policy::Policy) -> bool {
         }
     }
     contexts > other_fields
+}
+
+/// The tool arguments a policy reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ArgumentReads {
+    /// `context.arguments.<name>` (or `has <name>`) appears.
+    pub(crate) names: std::collections::BTreeSet<String>,
+    /// `context.arguments` appears whole (compared, passed on): every
+    /// argument counts as read.
+    pub(crate) all: bool,
+}
+
+impl ArgumentReads {
+    /// Whether the policy reads argument `name`.
+    pub(crate) fn reads(&self, name: &str) -> bool {
+        self.all || self.names.contains(name)
+    }
+}
+
+/// Which tool arguments `p` reads.
+pub(crate) fn argument_reads(p: &cedar_policy::Policy) -> ArgumentReads {
+    use cedar_policy_core::ast::{Expr, ExprKind, Var};
+    let ast: &cedar_policy_core::ast::Policy = p.as_ref();
+    let cond = ast.condition();
+    let is_arguments = |e: &Expr| {
+        matches!(e.expr_kind(), ExprKind::GetAttr { expr, attr }
+            if attr == "arguments" && matches!(expr.expr_kind(), ExprKind::Var(Var::Context)))
+    };
+    let mut out = ArgumentReads::default();
+    let (mut whole, mut as_base) = (0usize, 0usize);
+    for e in cond.subexpressions() {
+        if is_arguments(e) {
+            whole += 1;
+        }
+        match e.expr_kind() {
+            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                if is_arguments(expr) =>
+            {
+                as_base += 1;
+                out.names.insert(attr.to_string());
+            }
+            ExprKind::ExtHasAttr { expr, attrs } if is_arguments(expr) => {
+                as_base += 1;
+                out.names.insert(attrs.first().to_string());
+            }
+            ExprKind::ExtHasAttr { expr, attrs }
+                if matches!(expr.expr_kind(), ExprKind::Var(Var::Context))
+                    && attrs.first() == "arguments" =>
+            {
+                if let Some(name) = attrs.iter().nth(1) {
+                    out.names.insert(name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    out.all = whole > as_base;
+    out
 }
 
 /// Validates every policy: those that cannot reach an MCP tool against the
@@ -488,8 +550,41 @@ fn validate(
             }
         }
     }
+    // Arguments a policy reads that a tool it reaches declares untyped:
+    // calls carrying them are refused (see `Policies::decide`).
+    let mut unreadable: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut reads_unreadable = vec![false; policies.len()];
+    for (i, p) in policies.iter().enumerate() {
+        let reads = argument_reads(p);
+        for &t in &reach[i] {
+            let (id, args) = tool_list[t];
+            for name in args.untyped().filter(|n| reads.reads(n)) {
+                reads_unreadable[i] = true;
+                unreadable
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push((name.to_owned(), p.id().to_string()));
+                warnings.push(PolicyProblem {
+                    file: where_is
+                        .get(AsRef::<str>::as_ref(p.id()))
+                        .and_then(|&f| files.get(f))
+                        .map(|f| f.name.clone())
+                        .unwrap_or_default(),
+                    line: 0,
+                    col: 0,
+                    message: format!(
+                        "warning: policy `{}` reads argument `{}`, which tool `{id}` declares with a type policies cannot read (not a string, integer, boolean or list of strings or integers); calls of `{id}` that pass it are refused",
+                        p.id(),
+                        name.escape_debug()
+                    ),
+                });
+            }
+        }
+    }
     for i in 0..policies.len() {
-        if groups_of[i] == 0 || impossible_in[i] < groups_of[i] {
+        // A policy about an argument its tools declare without a usable
+        // type is not dead code: their calls with it are refused instead.
+        if groups_of[i] == 0 || impossible_in[i] < groups_of[i] || reads_unreadable[i] {
             continue;
         }
         let hit: Vec<&str> = reach[i].iter().map(|&t| tool_list[t].0).collect();
@@ -520,6 +615,7 @@ fn validate(
         warnings,
         located,
         tool_problems,
+        unreadable,
     })
 }
 

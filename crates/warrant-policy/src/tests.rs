@@ -553,12 +553,13 @@ when { context.arguments.path like "/srv/*" };"#;
         "{:?}",
         d.errors
     );
-    // Arguments the tool does not declare are not in the context.
+    // Arguments the tool does not declare are refused: policy could not
+    // see them, yet the server would get them.
     let extra = call(
         "read_file",
         serde_json::json!({"path": "/srv/reports/a", "unknown": {"deep": [1]}}),
     );
-    assert_eq!(p.decide(&extra).effect, Effect::Allow);
+    assert_eq!(p.decide(&extra).effect, Effect::Deny);
     let labelled = call(
         "search",
         serde_json::json!({"query": "q", "labels": ["secret"]}),
@@ -638,6 +639,101 @@ when { context.arguments has name && context.arguments.name like "private*" };
         Effect::Deny,
         "a string where it declares an integer is refused"
     );
+}
+
+/// Found after the fix above: a tool declaring a policed argument with a
+/// type Cedar has no counterpart for (a union, a number, `{}`, a `$ref`)
+/// had it dropped from `context.arguments` yet passed on, so the forbid
+/// never saw it; and an undeclared spelling (`PATH` beside `path`) was
+/// passed on unseen.
+#[test]
+fn arguments_policies_cannot_see_are_refused_not_passed_on() {
+    let text = r#"
+@id("dyn")
+permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"dyn");
+@id("no-etc")
+forbid(principal, action == Action::"mcp:call_tool", resource in McpServer::"dyn")
+when { context.arguments has path && context.arguments.path like "/etc/*" };
+"#;
+    let mut known = tools(&[(
+        "dyn/read_file",
+        serde_json::json!({"properties": {"path": {"type": "string"}, "n": {"type": "number"}}}),
+    )]);
+    for (tool, path) in [
+        ("cat", serde_json::json!({"type": ["string", "array"]})),
+        (
+            "cat2",
+            serde_json::json!({"anyOf": [{"type": "string"}, {"type": "array"}]}),
+        ),
+        ("cat3", serde_json::json!({})),
+        ("cat4", serde_json::json!({"$ref": "#/$defs/P"})),
+        ("cat5", serde_json::json!({"type": "number"})),
+    ] {
+        known.insert(
+            "dyn",
+            tool,
+            ArgumentSchema::from_input_schema(&serde_json::json!({"properties": {"path": path}})),
+        );
+    }
+    let p = Policies::compile_for_tools(&[file("t.cedar", text)], &known, ToolProblems::Refuse)
+        .unwrap();
+    assert!(
+        p.warnings()
+            .to_string()
+            .contains("`no-etc` reads argument `path`"),
+        "{}",
+        p.warnings()
+    );
+    for tool in ["cat", "cat2", "cat3", "cat4", "cat5"] {
+        for path in [
+            serde_json::json!("/etc/passwd"),
+            serde_json::json!(["/etc/shadow"]),
+        ] {
+            let d = p.decide(&call_of(
+                "a",
+                &format!("dyn/{tool}"),
+                serde_json::json!({"path": path}),
+            ));
+            assert_eq!(d.effect, Effect::Deny, "{tool} {path}");
+            assert!(
+                d.errors
+                    .iter()
+                    .any(|e| e.contains("cannot read") && e.contains("no-etc")),
+                "{tool}: {:?}",
+                d.errors
+            );
+            let u = p.decide_unindexed(&call_of(
+                "a",
+                &format!("dyn/{tool}"),
+                serde_json::json!({"path": path}),
+            ));
+            assert_eq!((u.effect, u.errors.clone()), (d.effect, d.errors.clone()));
+        }
+        // Without the argument nothing is hidden, and the permit decides.
+        let d = p.decide(&call_of("a", &format!("dyn/{tool}"), serde_json::json!({})));
+        assert_eq!(d.effect, Effect::Allow, "{tool}");
+    }
+    // An untyped argument no policy reads is passed on.
+    let d = p.decide(&call_of(
+        "a",
+        "dyn/read_file",
+        serde_json::json!({"path": "/tmp/x", "n": 1.5}),
+    ));
+    assert_eq!(d.effect, Effect::Allow, "{:?}", d.errors);
+    // Undeclared arguments, case variants among them, are refused.
+    for extra in ["PATH", "Path", "other"] {
+        let d = p.decide(&call_of(
+            "a",
+            "dyn/read_file",
+            serde_json::json!({"path": "/tmp/ok", extra: "/etc/shadow"}),
+        ));
+        assert_eq!(d.effect, Effect::Deny, "{extra}");
+        assert!(
+            d.errors.iter().any(|e| e.contains("not declared")),
+            "{:?}",
+            d.errors
+        );
+    }
 }
 
 /// A policy that can never apply is refused, not loaded with a warning.

@@ -228,6 +228,43 @@ env = {{ NOTES_KEY = "secret:notes-key", NOTES_KEY_REQUIRED = "1" }}
     );
     let held = crate::audit(&w.b, Some("mcp.tool.new"));
     assert_eq!(held.len(), 1, "{held:?}");
+
+    // Found after the fix: an undeclared spelling of a policed argument
+    // reached the server unseen (servers that match keys without case, as
+    // Go's encoding/json does, took it).
+    let r = c.call(
+        "read_note",
+        json!({"name": "public-x", "Name": "private-salaries"}),
+    );
+    assert_eq!(r["error"]["data"]["refused_by"], "policy (error)", "{r}");
+    assert!(r.to_string().contains("not declared"), "{r}");
+    // And a schema giving `name` a type policies cannot read (a union) had
+    // it dropped from what the forbid saw, yet passed on. Even approved,
+    // calls passing it are refused.
+    let mut union = tool("read_note", "string");
+    union["inputSchema"]["properties"]["name"]["type"] = json!(["string", "array"]);
+    std::fs::write(
+        &tools_file,
+        serde_json::to_string(&[union, tool("Read_note", "integer")]).unwrap(),
+    )
+    .unwrap();
+    eventually("the changed tool to be seen", || {
+        c.list();
+        let pins =
+            w.b.cli(&["mcp", "tools", "notes", "--output", "json"])
+                .json();
+        pins.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["tool"] == "read_note" && p["state"] == "changed")
+            .then_some(())
+    });
+    w.b.cli(&["mcp", "approve", "notes", "read_note"]).ok();
+    for name in [json!("private-diary"), json!(["private-diary"])] {
+        let r = c.call("read_note", json!({ "name": name }));
+        assert_eq!(r["error"]["data"]["refused_by"], "policy (error)", "{r}");
+        assert!(r.to_string().contains("cannot read"), "{r}");
+    }
 }
 
 /// Issue 12, item 1: a policy naming an argument its tool does not have is
