@@ -323,10 +323,12 @@ mod tests {
     }
 }
 
-/// What the gateway pins of a tool: everything that tells a model what the
-/// tool does and takes (name, title, description, input schema,
-/// annotations), so a changed description (a "rug pull") is caught as
-/// surely as a changed schema.
+/// What the gateway pins of a tool: everything that tells a model or a
+/// client what the tool does, takes and returns (name, title, description,
+/// input and output schema, annotations, execution), so a changed
+/// description (a "rug pull") is caught as surely as a changed schema. Only
+/// these fields are relayed to agents: nothing unpinned (`_meta`, icons,
+/// fields of later revisions) reaches them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolDefinition {
     /// The tool's name on its server.
@@ -343,7 +345,15 @@ impl ToolDefinition {
             return None;
         }
         let mut pinned = serde_json::Map::new();
-        for key in ["name", "title", "description", "inputSchema", "annotations"] {
+        for key in [
+            "name",
+            "title",
+            "description",
+            "inputSchema",
+            "outputSchema",
+            "annotations",
+            "execution",
+        ] {
             if let Some(v) = tool.get(key) {
                 pinned.insert(key.to_owned(), v.clone());
             }

@@ -65,7 +65,8 @@ macro_rules! conformance_tests {
             a_failing_job_does_not_poison_its_batch,
             secrets_round_trip_and_rotate_by_version,
             tool_pins_hold_until_a_change_is_approved,
-            new_tools_wait_for_approval_when_held
+            new_tools_wait_for_approval_when_held,
+            a_server_is_listed_once_even_with_no_tools
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1185,5 +1186,21 @@ pub async fn new_tools_wait_for_approval_when_held(fx: Box<dyn Fixture>) {
             .await
             .unwrap(),
         PinOutcome::Unchanged
+    );
+}
+
+/// A server whose first listing had no tools has still been listed: what
+/// it announces later can be held (the gateway's `new_tools = "hold"`).
+pub async fn a_server_is_listed_once_even_with_no_tools(mut fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let at = Timestamp::from_millis;
+    assert!(!s.note_server_listed("empty", at(1)).await.unwrap());
+    assert!(s.note_server_listed("empty", at(2)).await.unwrap());
+    assert!(!s.note_server_listed("other", at(3)).await.unwrap());
+    fx.reopen().await;
+    let s = fx.store();
+    assert!(
+        s.note_server_listed("empty", at(4)).await.unwrap(),
+        "durable"
     );
 }

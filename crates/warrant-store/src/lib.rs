@@ -236,6 +236,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ToolPin, StoreError>;
     /// Every pin, or one server's, by server then tool.
     async fn list_tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError>;
+    /// Notes that `server`'s tools were listed (even none); returns whether
+    /// they had been listed before. Once a server has been listed, a tool
+    /// it announces for the first time can be held for approval.
+    async fn note_server_listed(&self, server: &str, now: Timestamp) -> Result<bool, StoreError>;
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;

@@ -403,10 +403,12 @@ impl Gateway {
             generation: s.upstream.generation(),
             ..View::default()
         };
-        // A server whose tools were pinned before: a tool never seen waits
-        // for approval (unless its config says `new_tools = "pin"`).
-        let known = match self.store.list_tool_pins(Some(&s.cfg.name)).await {
-            Ok(pins) => !pins.is_empty(),
+        // A server listed before (even with no tools, or with tools since
+        // gone): a tool never seen waits for approval (unless its config
+        // says `new_tools = "pin"`). Only its very first listing is trusted
+        // on first use.
+        let known = match self.store.note_server_listed(&s.cfg.name, now).await {
+            Ok(before) => before,
             Err(e) => {
                 return Err(UpstreamError::Unavailable {
                     server: s.cfg.name.clone(),
@@ -420,6 +422,8 @@ impl Gateway {
                 continue;
             };
             let name = def.name.clone();
+            // What agents are shown: the pinned fields only.
+            let relayed = def.pinned.clone();
             let base = AuditEvent::new("mcp.tool.pin", Outcome::Allow)
                 .actor("mcp-gateway")
                 .protocol("mcp")
@@ -436,7 +440,7 @@ impl Gateway {
                 .observe_tool(&s.cfg.name, def, hold, now, base)
                 .await
             {
-                Ok(PinOutcome::New | PinOutcome::Unchanged) => view.usable.push(tool),
+                Ok(PinOutcome::New | PinOutcome::Unchanged) => view.usable.push(relayed),
                 Ok(PinOutcome::Changed) => {
                     tracing::warn!(server = %s.cfg.name, tool = %name, "an MCP tool's definition changed; it is hidden until `warrant mcp approve`");
                     view.changed.insert(name);

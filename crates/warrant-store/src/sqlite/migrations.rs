@@ -201,6 +201,18 @@ CREATE TABLE audit_checkpoints (
 ) STRICT;
 "#,
     ),
+    (
+        9,
+        "mcp servers listed",
+        r#"
+CREATE TABLE mcp_servers (
+  server        TEXT PRIMARY KEY,
+  first_listed  INTEGER NOT NULL
+) STRICT;
+INSERT INTO mcp_servers (server, first_listed)
+  SELECT server, min(first_seen) FROM mcp_tools GROUP BY server;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

@@ -1230,6 +1230,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn note_server_listed(&self, server: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let server = server.to_owned();
+        self.writer
+            .submit(move |ctx| {
+                let added = ctx
+                    .conn
+                    .execute(
+                        "INSERT OR IGNORE INTO mcp_servers (server, first_listed) VALUES (?1, ?2)",
+                        params![server, now.as_millis()],
+                    )
+                    .map_err(db_err)?;
+                Ok(added == 0)
+            })
+            .await
+    }
+
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         self.writer
             .submit_single(move |ctx| ctx.append(event))
