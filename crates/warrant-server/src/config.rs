@@ -75,6 +75,8 @@ pub struct RawLimits {
     pub edge_connections: Option<usize>,
     /// Open connections of the agent socket (default 256).
     pub agent_connections: Option<usize>,
+    /// Open connections of the agent socket per local user (default 32).
+    pub agent_connections_per_user: Option<usize>,
     /// Open connections of the admin socket (default 64).
     pub admin_connections: Option<usize>,
     /// To send a request head; also how long an idle connection is kept
@@ -102,6 +104,7 @@ impl Default for ListenerLimits {
     fn default() -> Self {
         let l = |n: usize, request: Option<std::time::Duration>| crate::listener::Limits {
             max_connections: n,
+            per_user: None,
             header_timeout: std::time::Duration::from_secs(10),
             request_timeout: request,
         };
@@ -109,7 +112,10 @@ impl Default for ListenerLimits {
         Self {
             api: l(1024, t),
             edge: l(4096, None),
-            agent: l(256, t),
+            agent: crate::listener::Limits {
+                per_user: Some(32),
+                ..l(256, t)
+            },
             admin: l(64, t),
         }
     }
@@ -150,9 +156,15 @@ fn limits(raw: RawLimits, origin: &str) -> Result<ListenerLimits, ConfigError> {
     )?;
     let l = |n: usize, request: Option<std::time::Duration>| crate::listener::Limits {
         max_connections: n,
+        per_user: None,
         header_timeout: header,
         request_timeout: request,
     };
+    let agent_per_user = count(
+        raw.agent_connections_per_user,
+        "agent_connections_per_user",
+        d.agent.per_user.unwrap_or(32),
+    )?;
     Ok(ListenerLimits {
         api: l(
             count(
@@ -170,14 +182,17 @@ fn limits(raw: RawLimits, origin: &str) -> Result<ListenerLimits, ConfigError> {
             )?,
             None,
         ),
-        agent: l(
-            count(
-                raw.agent_connections,
-                "agent_connections",
-                d.agent.max_connections,
-            )?,
-            Some(request),
-        ),
+        agent: crate::listener::Limits {
+            per_user: Some(agent_per_user),
+            ..l(
+                count(
+                    raw.agent_connections,
+                    "agent_connections",
+                    d.agent.max_connections,
+                )?,
+                Some(request),
+            )
+        },
         admin: l(
             count(
                 raw.admin_connections,

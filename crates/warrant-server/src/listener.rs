@@ -39,6 +39,10 @@ use crate::metrics::Metrics;
 pub struct Limits {
     /// Open connections at most.
     pub max_connections: usize,
+    /// Open connections at most per peer user (Unix sockets: the uid the
+    /// kernel gives), so one local user cannot fill a socket every user
+    /// needs. `None`: no such cap.
+    pub per_user: Option<usize>,
     /// To send a request head, and how long an idle connection is kept.
     pub header_timeout: Duration,
     /// To answer a request (`None`: the handler bounds it).
@@ -63,6 +67,8 @@ pub struct Server {
     app: Router,
     limits: Limits,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Open connections per peer uid (with `limits.per_user`).
+    users: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
     graceful: GracefulShutdown,
     metrics: Arc<Metrics>,
 }
@@ -82,6 +88,7 @@ impl Server {
         Self {
             name,
             permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            users: Arc::default(),
             app,
             limits,
             graceful: GracefulShutdown::new(),
@@ -89,13 +96,32 @@ impl Server {
         }
     }
 
-    /// Serves one accepted connection, if the cap allows; otherwise closes
-    /// it at once.
-    pub fn connection<I, P>(&self, io: I, peer: P)
+    /// Serves one accepted connection, if the caps allow (the listener's,
+    /// and the per-user one for a peer of user `uid`); otherwise closes it
+    /// at once.
+    pub fn connection<I, P>(&self, io: I, peer: P, uid: Option<u32>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         P: PeerInfo,
     {
+        let user = match (uid, self.limits.per_user) {
+            (Some(uid), Some(max)) => {
+                let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+                let open = users.entry(uid).or_default();
+                if *open >= max {
+                    drop(users);
+                    self.metrics.connection_refused(self.name);
+                    drop(io);
+                    return;
+                }
+                *open += 1;
+                Some(UserSlot {
+                    users: self.users.clone(),
+                    uid,
+                })
+            }
+            _ => None,
+        };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             self.metrics.connection_refused(self.name);
             drop(io);
@@ -133,6 +159,7 @@ impl Server {
                 tracing::debug!(listener = name, error = %e, "connection ended with an error");
             }
             drop(permit);
+            drop(user);
         });
     }
 
@@ -146,6 +173,24 @@ impl Server {
                 listener = self.name,
                 "connections still open after the drain; closing anyway"
             );
+        }
+    }
+}
+
+/// One open connection of a user, counted until it closes.
+struct UserSlot {
+    users: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = users.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                users.remove(&self.uid);
+            }
         }
     }
 }
@@ -174,7 +219,7 @@ pub async fn run_tcp(
             accepted = listener.accept() => match accepted {
                 Ok((io, addr)) => {
                     let _ = io.set_nodelay(true);
-                    server.connection(io, axum::extract::ConnectInfo(addr));
+                    server.connection(io, axum::extract::ConnectInfo(addr), None);
                 }
                 Err(e) => accept_failed(server.name, &e).await,
             },
@@ -198,8 +243,12 @@ pub async fn run_unix<I, P>(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((io, _)) => {
+                    use std::os::fd::AsFd as _;
+                    let uid = rustix::net::sockopt::socket_peercred(io.as_fd())
+                        .ok()
+                        .map(|c| c.uid.as_raw());
                     let (io, info) = peer(io);
-                    server.connection(io, info);
+                    server.connection(io, info, uid);
                 }
                 Err(e) => accept_failed(server.name, &e).await,
             },

@@ -45,6 +45,20 @@ pub enum UnixError {
         "the connecting process (pid {0}) runs in another user namespace than the broker (a rootless container, or `unshare -U`), where a process may claim another's credentials; the unix attestor cannot vouch for it: use the oidc or join attestor"
     )]
     Namespace(u32),
+    /// The executable is too large to hash.
+    #[error(
+        "the connecting process's executable is {bytes} bytes, over the {MAX_EXE_BYTES} the unix attestor hashes; attest it with another attestor"
+    )]
+    TooLarge {
+        /// Its size.
+        bytes: u64,
+    },
+    /// Hashing is busy: this user's, or too many users', executables are
+    /// being hashed now.
+    #[error(
+        "the broker is hashing other executables of this user, or of others, right now; try again shortly"
+    )]
+    Busy,
     /// `/proc` could not be read.
     #[error("cannot read the connecting process (pid {pid}): {why}")]
     Proc {
@@ -91,10 +105,36 @@ fn name_of(file: &str, id: u32) -> Option<String> {
 /// Executable hashes keyed by the file's identity (device, inode, size,
 /// change time), so a long-running fleet does not rehash a 50 MB interpreter
 /// on every attestation, and a replaced file is hashed afresh.
+///
+/// Hashing is bounded, since any local user can connect with any file:
+/// executables over [`MAX_EXE_BYTES`] are refused, at most
+/// [`MAX_HASHING`] are hashed at once and at most one per user, and a
+/// hash whose request was given up stops at its next chunk.
 #[derive(Debug, Default)]
 pub struct HashCache {
     // A std mutex: held only for a map lookup or insert, never across IO.
     map: Mutex<HashMap<FileId, String>>,
+    /// The users whose executable is being hashed now.
+    hashing: Mutex<std::collections::HashSet<u32>>,
+}
+
+/// The largest executable hashed: 1 GiB.
+pub const MAX_EXE_BYTES: u64 = 1 << 30;
+/// How many executables are hashed at once, all users together.
+pub const MAX_HASHING: usize = 2;
+
+/// Removes a user from the set being hashed when the hash ends.
+struct Hashing<'a> {
+    set: &'a Mutex<std::collections::HashSet<u32>>,
+    uid: u32,
+}
+
+impl Drop for Hashing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.set.lock() {
+            s.remove(&self.uid);
+        }
+    }
 }
 
 /// Device, inode, size, change time (seconds, nanoseconds).
@@ -103,18 +143,47 @@ type FileId = (u64, u64, u64, i64, i64);
 const MAX_CACHED: usize = 4096;
 
 impl HashCache {
-    fn hash(&self, file: &mut std::fs::File) -> std::io::Result<String> {
-        let m = file.metadata()?;
+    fn hash(
+        &self,
+        file: &mut std::fs::File,
+        pid: u32,
+        uid: u32,
+        cancelled: &std::sync::atomic::AtomicBool,
+    ) -> Result<String, UnixError> {
+        let m = file.metadata().map_err(|e| proc_error(pid, &e))?;
         let key = (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec());
         if let Some(h) = self.map.lock().ok().and_then(|c| c.get(&key).cloned()) {
             return Ok(h);
         }
+        if m.size() > MAX_EXE_BYTES {
+            return Err(UnixError::TooLarge { bytes: m.size() });
+        }
+        let _slot = {
+            let mut set = self.hashing.lock().map_err(|_| UnixError::Busy)?;
+            if set.contains(&uid) || set.len() >= MAX_HASHING {
+                return Err(UnixError::Busy);
+            }
+            set.insert(uid);
+            Hashing {
+                set: &self.hashing,
+                uid,
+            }
+        };
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
         loop {
-            let n = file.read(&mut buf)?;
+            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(UnixError::Changed(pid));
+            }
+            let n = file.read(&mut buf).map_err(|e| proc_error(pid, &e))?;
             if n == 0 {
                 break;
+            }
+            total += n as u64;
+            // The file may have grown since its size was read.
+            if total > MAX_EXE_BYTES {
+                return Err(UnixError::TooLarge { bytes: total });
             }
             hasher.update(&buf[..n]);
         }
@@ -205,8 +274,13 @@ pub fn exe_id(pid: u32) -> Result<(u64, u64), UnixError> {
 }
 
 /// Attests the peer: blocking IO (reads `/proc` and the executable); run it
-/// on a blocking thread.
-pub fn attest(peer: &Peer, cache: &HashCache) -> Result<UnixFacts, UnixError> {
+/// on a blocking thread. Hashing stops once `cancelled` is set (the request
+/// was given up).
+pub fn attest(
+    peer: &Peer,
+    cache: &HashCache,
+    cancelled: &std::sync::atomic::AtomicBool,
+) -> Result<UnixFacts, UnixError> {
     use std::sync::atomic::Ordering;
     let pid = peer.pid;
     if peer.foreign.load(Ordering::Acquire) {
@@ -232,7 +306,7 @@ pub fn attest(peer: &Peer, cache: &HashCache) -> Result<UnixFacts, UnixError> {
     if peer.exe != Some((m.dev(), m.ino())) {
         return Err(UnixError::Execed(pid));
     }
-    let sha256 = cache.hash(&mut file).map_err(|e| proc_error(pid, &e))?;
+    let sha256 = cache.hash(&mut file, pid, peer.uid, cancelled)?;
     // The same process from accept to here: nothing was read from another.
     if peer.exited() || start_time(pid)? != at_accept || exe_id(pid)? != (m.dev(), m.ino()) {
         return Err(UnixError::Changed(pid));
@@ -404,6 +478,52 @@ impl tokio::io::AsyncWrite for PeerStream {
 mod tests {
     use super::*;
 
+    static NO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Found after the fix of item 2: any local user could make the broker
+    /// hash a huge (sparse) file, on as many threads as connections, and a
+    /// hash went on after its request was given up.
+    #[test]
+    fn hashing_is_bounded_in_size_concurrency_and_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_EXE_BYTES + 1).unwrap();
+        let cache = HashCache::default();
+        let open = |p: &std::path::Path| std::fs::File::open(p).unwrap();
+        assert!(matches!(
+            cache.hash(&mut open(&big), 1, 1000, &NO),
+            Err(UnixError::TooLarge { .. })
+        ));
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"#!/bin/sh\n").unwrap();
+        // One hash per user at a time, and a bounded number in all.
+        cache.hashing.lock().unwrap().insert(1000);
+        assert_eq!(
+            cache.hash(&mut open(&small), 1, 1000, &NO),
+            Err(UnixError::Busy)
+        );
+        assert!(cache.hash(&mut open(&small), 1, 1001, &NO).is_ok());
+        cache.hashing.lock().unwrap().insert(1002);
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"other").unwrap();
+        assert_eq!(
+            cache.hash(&mut open(&other), 1, 1003, &NO),
+            Err(UnixError::Busy)
+        );
+        cache.hashing.lock().unwrap().clear();
+        // A given-up request stops hashing.
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        assert_eq!(
+            cache.hash(&mut open(&other), 1, 1003, &stop),
+            Err(UnixError::Changed(1))
+        );
+        assert!(
+            cache.hashing.lock().unwrap().is_empty(),
+            "the slot is freed"
+        );
+    }
+
     fn me() -> Peer {
         let pid = std::process::id();
         Peer {
@@ -428,12 +548,12 @@ mod tests {
         let peer = me();
         assert!(!peer.exited());
         let cache = HashCache::default();
-        let facts = attest(&peer, &cache).unwrap();
+        let facts = attest(&peer, &cache, &NO).unwrap();
         let exe = std::env::current_exe().unwrap();
         assert_eq!(facts.path, exe.to_string_lossy());
         let bytes = std::fs::read(&exe).unwrap();
         assert_eq!(facts.sha256, hex::encode(Sha256::digest(&bytes)));
-        assert_eq!(attest(&peer, &cache).unwrap(), facts, "cached hash");
+        assert_eq!(attest(&peer, &cache, &NO).unwrap(), facts, "cached hash");
         assert!(!facts.boot_id.is_empty());
     }
 
@@ -443,7 +563,7 @@ mod tests {
         let mut peer = me();
         peer.start_time = Some(start_time(pid).unwrap() + 1);
         assert_eq!(
-            attest(&peer, &HashCache::default()).unwrap_err(),
+            attest(&peer, &HashCache::default(), &NO).unwrap_err(),
             UnixError::Changed(pid)
         );
         let gone = Peer {
@@ -453,7 +573,7 @@ mod tests {
             ..me()
         };
         assert!(matches!(
-            attest(&gone, &HashCache::default()),
+            attest(&gone, &HashCache::default(), &NO),
             Err(UnixError::Changed(_))
         ));
     }
@@ -463,14 +583,14 @@ mod tests {
         let mut peer = me();
         peer.exe = Some((0, 1));
         assert_eq!(
-            attest(&peer, &HashCache::default()).unwrap_err(),
+            attest(&peer, &HashCache::default(), &NO).unwrap_err(),
             UnixError::Execed(std::process::id())
         );
         let peer = me();
         peer.foreign
             .store(true, std::sync::atomic::Ordering::Release);
         assert_eq!(
-            attest(&peer, &HashCache::default()).unwrap_err(),
+            attest(&peer, &HashCache::default(), &NO).unwrap_err(),
             UnixError::Foreign
         );
     }

@@ -8,6 +8,7 @@
 //! (`{"error", "error_description"}`), and every refusal is audited.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
@@ -192,14 +193,28 @@ async fn identity(
         };
     }
     let attest = state.attest.clone();
-    let facts = tokio::task::spawn_blocking(move || unix::attest(&peer, &attest.exe_hashes)).await;
+    // Set when this request is given up (its future dropped, as on the
+    // request timeout): the hash then stops rather than run on unseen.
+    struct GiveUp(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for GiveUp {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let give_up = GiveUp(Arc::default());
+    let cancelled = give_up.0.clone();
+    let facts =
+        tokio::task::spawn_blocking(move || unix::attest(&peer, &attest.exe_hashes, &cancelled))
+            .await;
+    drop(give_up);
     let facts = match facts {
         Ok(Ok(f)) => f,
         Ok(Err(e)) => {
-            let r = state
-                .attest
-                .refuse_early("unix", &req, Refusal::Denied(e.to_string()))
-                .await;
+            let r = match e {
+                unix::UnixError::Busy => Refusal::Unavailable(e.to_string()),
+                _ => Refusal::Denied(e.to_string()),
+            };
+            let r = state.attest.refuse_early("unix", &req, r).await;
             return refusal_response(&r, false);
         }
         Err(_) => {

@@ -1634,6 +1634,64 @@ fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() 
     drop(idle);
 }
 
+/// Found after the fix of item 14: the agent socket's cap was shared by all
+/// local users, so one user holding its connections kept every other
+/// user's agents from attesting. Each user now has a share of it.
+#[test]
+fn one_local_user_cannot_fill_the_agent_socket() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let b = crate::Broker::start_with(
+        crate::bin(),
+        crate::Options {
+            config: Some("[limits]\nagent_connections_per_user = 4\n".into()),
+            ..Default::default()
+        },
+    );
+    let sock = b.data_dir.join("agent.sock");
+    let ask = |s: &mut UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ =
+            s.write_all(b"GET /nothing HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // This user holds its share.
+    let held: Vec<UnixStream> = (0..4)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = UnixStream::connect(&sock).unwrap();
+    assert_eq!(ask(&mut fifth), "", "closed at once");
+    // Another user is still served.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(python())
+        .args([
+            "-c",
+            "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+             s.sendall(b'GET /nothing HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n'); \
+             print(s.recv(100).decode(errors='replace'))",
+        ])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 "),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = UnixStream::connect(&sock).unwrap();
+    assert!(
+        ask(&mut again).starts_with("HTTP/1.1 "),
+        "freed when closed"
+    );
+}
+
 /// Issue 12, item 2: `SO_PEERCRED` and the start time were read at accept,
 /// `/proc/<pid>/exe` later, so a process could connect, fork, and have the
 /// parent exec the agent's program while the child sent the request (or
