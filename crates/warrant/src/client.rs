@@ -19,7 +19,9 @@ use zeroize::Zeroizing;
 
 /// Where the admin API is.
 enum Target {
-    Socket(PathBuf),
+    /// The admin socket, and whether its data directory was named
+    /// explicitly (flag, environment or config file) rather than defaulted.
+    Socket(PathBuf, bool),
     Http {
         authority: String,
         host_header: String,
@@ -33,10 +35,14 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client for the broker using `data_dir`, or at `url` if given.
-    pub fn new(data_dir: &Path, url: Option<&str>) -> anyhow::Result<Self> {
+    /// A client for the broker using `data_dir` (`explicit`: named by the
+    /// user, not the default `./warrant-data`), or at `url` if given.
+    pub fn new(data_dir: &Path, explicit: bool, url: Option<&str>) -> anyhow::Result<Self> {
         let target = match url {
-            None => Target::Socket(warrant_server::data_dir::admin_socket_path(data_dir)),
+            None => Target::Socket(
+                warrant_server::data_dir::admin_socket_path(data_dir),
+                explicit,
+            ),
             Some(u) => {
                 let parsed =
                     url::Url::parse(u).with_context(|| format!("--url `{u}` is not a URL"))?;
@@ -77,7 +83,7 @@ impl AdminClient {
             .method(method)
             .uri(format!("/admin/v1{path}"));
         req = match &self.target {
-            Target::Socket(_) => req.header("host", "localhost"),
+            Target::Socket(..) => req.header("host", "localhost"),
             Target::Http {
                 host_header, token, ..
             } => {
@@ -95,10 +101,11 @@ impl AdminClient {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .context("building the request")?;
         let resp = match &self.target {
-            Target::Socket(path) => {
+            Target::Socket(path, explicit) => {
                 let stream = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(|e| socket_error(path, &e))?;
+                trust_server(&stream, path, *explicit)?;
                 roundtrip(stream, req).await?
             }
             Target::Http { authority, .. } => {
@@ -167,6 +174,45 @@ impl AdminClient {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call(Method::DELETE, path, None::<&()>).await
     }
+}
+
+/// Whether the process serving the admin socket may be told secrets and
+/// believed: run by this user or root; or, for a data directory the user
+/// named, by the user who owns that directory, if no one else may write to
+/// it. A socket in a defaulted `./warrant-data` served by someone else is
+/// refused: anyone can plant one in a directory the user happens to be in.
+fn trust_server(
+    stream: &tokio::net::UnixStream,
+    path: &Path,
+    explicit: bool,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let server = rustix::net::sockopt::socket_peercred(stream.as_fd())
+        .map_err(|e| anyhow!("cannot tell who serves `{}`: {e}", path.display()))?
+        .uid
+        .as_raw();
+    let me = rustix::process::geteuid().as_raw();
+    if server == me || server == 0 {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let m = std::fs::metadata(dir).with_context(|| format!("reading `{}`", dir.display()))?;
+    if !explicit {
+        bail!(
+            "the admin socket `{}` is served by uid {server}, not by you or root; a broker run by another user is trusted only when its data directory is named (--data-dir or WARRANT_DATA_DIR), so a socket planted in the current directory is never told anything",
+            path.display()
+        );
+    }
+    if m.uid() != server || m.mode() & 0o022 != 0 {
+        bail!(
+            "the admin socket `{}` is served by uid {server}, but its data directory is owned by uid {} or writable by others (mode {:o}); the broker's own data directory never is, so this one is not trusted",
+            path.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// No broker is listening on the admin socket (as opposed to one that

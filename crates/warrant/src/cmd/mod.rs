@@ -35,7 +35,8 @@ pub fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
 }
 
 pub fn client(cli: &Cli) -> anyhow::Result<AdminClient> {
-    AdminClient::new(&data_dir(cli)?, cli.url.as_deref())
+    let explicit = cli.data_dir.is_some() || cli.config.is_some();
+    AdminClient::new(&data_dir(cli)?, explicit, cli.url.as_deref())
 }
 
 /// Runs the parsed command.

@@ -1865,3 +1865,81 @@ fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
     assert_eq!(r.code, 4, "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("TAMPERED"), "{}", r.stdout);
 }
+
+/// Found in review after the fixes: the CLI told whatever served
+/// `<data-dir>/admin.sock` everything (secret values included), and the
+/// default data directory is `./warrant-data`, relative to wherever the
+/// operator happens to be. A socket served by another user is trusted only
+/// when its data directory was named.
+#[test]
+fn the_cli_tells_nothing_to_a_socket_planted_by_another_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let data = dir.path().join("warrant-data");
+    let log = dir.path().join("captured");
+    // Another user's fake broker, answering one request with `[]`.
+    let fake = r#"
+import os, socket, sys
+data, log = sys.argv[1], sys.argv[2]
+os.mkdir(data, 0o711)
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.path.join(data, "admin.sock"))
+os.chmod(os.path.join(data, "admin.sock"), 0o666)
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    got = c.recv(65536)
+    with open(log, "ab") as f:
+        f.write(got)
+    try:
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]")
+    except OSError:
+        pass
+    c.close()
+"#;
+    let mut server = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(python())
+        .args(["-c", fake])
+        .arg(&data)
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(crate::bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("WARRANT_DATA_DIR")
+            .env_remove("WARRANT_CONFIG")
+            .env_remove("WARRANT_URL")
+            .stdin(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    // Defaulted to ./warrant-data: refused before anything is sent.
+    let out = cli(&["agent", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("served by uid 65534"), "{err}");
+    assert!(std::fs::read(&log).unwrap_or_default().is_empty());
+    // Named, and owned by the user serving it: the operator's choice.
+    let out = cli(&["--data-dir", data.to_str().unwrap(), "agent", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read(&log).unwrap_or_default().is_empty());
+    let _ = server.kill();
+    let _ = server.wait();
+}
