@@ -131,6 +131,29 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<PolicyFile>, Problems> {
     }
 }
 
+/// Checks that the policy directory and its `*.cedar` files can be changed
+/// only by the broker's user or root (see [`crate::data_dir::check_trusted`]).
+pub fn check_policy_dir_trusted(dir: &Path) -> Result<(), Problems> {
+    let problem = |message: String| {
+        Problems(vec![PolicyProblem {
+            file: dir.display().to_string(),
+            line: 0,
+            col: 0,
+            message,
+        }])
+    };
+    crate::data_dir::check_trusted(dir, "the policy directory").map_err(problem)?;
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && name.ends_with(".cedar") {
+                crate::data_dir::check_trusted(&e.path(), "policy file").map_err(problem)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads and compiles a directory: what `warrant policy validate` does offline.
 pub fn compile_dir(dir: &Path) -> Result<Policies, Problems> {
     Policies::compile(&read_policy_dir(dir)?)
@@ -143,6 +166,7 @@ pub fn compile_dir_with(
     tools: &ToolArguments,
     mode: ToolProblems,
 ) -> Result<Policies, Problems> {
+    check_policy_dir_trusted(dir)?;
     Policies::compile_for_tools(&read_policy_dir(dir)?, tools, mode)
 }
 

@@ -65,6 +65,46 @@ pub enum ServeError {
     Io(String),
 }
 
+/// Refuses to start if a file the configuration names, outside the data
+/// directory, can be changed by someone other than the broker's user or
+/// root (the policy directory is checked at every load).
+fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
+    let mut files: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    if let Some(f) = &config.config_file {
+        files.push((f.clone(), "the configuration file"));
+    }
+    for p in &config.trust_providers {
+        if let crate::attest::oidc::JwksSource::File(f) = &p.jwks {
+            files.push((f.clone(), "jwks_file (of a [[trust_provider]])"));
+        }
+    }
+    for u in &config.user_issuers {
+        if let crate::attest::oidc::JwksSource::File(f) = &u.provider.jwks {
+            files.push((f.clone(), "jwks_file (of a [[user_issuer]])"));
+        }
+    }
+    for r in &config.routes {
+        if let Some(f) = &r.ca_file {
+            files.push((f.clone(), "ca_file (of a [[route]])"));
+        }
+    }
+    for m in &config.mcp_servers {
+        match &m.transport {
+            crate::mcp::config::Transport::Http {
+                ca_file: Some(f), ..
+            } => files.push((f.clone(), "ca_file (of an [[mcp_server]])")),
+            crate::mcp::config::Transport::Stdio(s) if s.command.contains('/') => {
+                files.push((s.command.clone().into(), "command (of an [[mcp_server]])"));
+            }
+            _ => {}
+        }
+    }
+    for (f, what) in files {
+        crate::data_dir::check_trusted(&f, what).map_err(ServeError::Io)?;
+    }
+    Ok(())
+}
+
 // The causes are in the messages above, so they are not also `source()`s (the
 // CLI prints the whole chain).
 impl From<StoreError> for ServeError {
@@ -125,6 +165,7 @@ impl Broker {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 
         let data_dir = DataDir::open(&config.data_dir)?;
+        check_trusted_files(&config)?;
         // Bind before creating keys or a database, so a taken port leaves nothing behind.
         let api = TcpListener::bind(config.api_addr)
             .await

@@ -1943,3 +1943,81 @@ while True:
     let _ = server.kill();
     let _ = server.wait();
 }
+
+/// Found in review after the fixes: files outside the data directory that
+/// decide what the broker trusts (the configuration, policies, an issuer's
+/// keys, CA certificates, an MCP server's program) were used whatever their
+/// permissions: anyone able to write a 0666 `jwks_file` could add a key and
+/// attest as any agent. Such files stop the broker at start, and a policy
+/// directory opened up later stops reloads.
+#[test]
+fn files_others_can_write_are_not_trusted() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let jwks = tmp.path().join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys": []}"#).unwrap();
+    let config = format!(
+        "[[trust_provider]]\nname = \"k8s\"\nissuer = \"https://k8s.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n",
+        jwks.display()
+    );
+    let start = |config: &str| {
+        let (mut child, _, log) = warrant_testkit::spawn_serve(
+            crate::bin(),
+            tmp.path(),
+            &crate::Options {
+                config: Some(config.into()),
+                data_dir: Some(tmp.path().join(format!("d{}", rand_suffix()))),
+                ..Default::default()
+            },
+        );
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (Some(status), std::fs::read_to_string(&log).unwrap());
+            }
+            if started.elapsed() > Duration::from_secs(3) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, std::fs::read_to_string(&log).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::set_permissions(&jwks, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (status, log) = start(&config);
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("jwks_file") && log.contains("chmod go-w"),
+        "{log}"
+    );
+    std::fs::set_permissions(&jwks, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (status, log) = start(&config);
+    assert!(status.is_none(), "starts once fixed: {log}");
+
+    // A policy file others can write: the reload is refused, the set in
+    // force stays.
+    let b = crate::broker();
+    let p = b.data_dir.join("policies/p.cedar");
+    std::fs::write(
+        &p,
+        r#"permit(principal, action == Action::"identity:issue", resource);"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let r = b.cli(&["policy", "reload"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("can be written by others"),
+        "{}",
+        r.stderr
+    );
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    b.cli(&["policy", "reload"]).ok();
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
