@@ -30,6 +30,18 @@ const CONFUSABLES: &[char] = &[
     '\u{2216}', // SET MINUS
 ];
 
+/// Whether Unicode compatibility normalisation (NFKC, which some servers
+/// and frameworks apply to paths) turns `c` into text holding a character
+/// with a meaning in a path: `.`, `/`, `\`, `;`, `%`, `?`, `#`, `:` or a
+/// control character (`‥` is `..`, `℀` is `a/c`).
+fn folds_to_delimiter(c: char) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    !c.is_ascii()
+        && std::iter::once(c)
+            .nfkc()
+            .any(|f| matches!(f, '.' | '/' | '\\' | ';' | '%' | '?' | '#' | ':') || f.is_control())
+}
+
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -102,7 +114,10 @@ pub fn canonical_path(path: &str) -> Result<String, &'static str> {
             "percent-encodes bytes that are not UTF-8 (such as overlong encodings of `.` or `/`)",
         );
     };
-    if text.chars().any(|c| CONFUSABLES.contains(&c)) {
+    if text
+        .chars()
+        .any(|c| CONFUSABLES.contains(&c) || folds_to_delimiter(c))
+    {
         return Err("encodes a character some servers read as `.`, `/` or `\\`");
     }
     if out.contains("//") {
@@ -136,6 +151,11 @@ mod tests {
             "/public;/admin",
             "/public/%2e%2e;/admin",
             "/public/a%3b/admin",
+            // Found after the fix: NFKC folds these into `..`, `...`, `a/c`.
+            "/public/%E2%80%A5/admin",
+            "/public/%EF%B8%B0/admin",
+            "/public/%E2%80%A6/x",
+            "/public/%E2%84%80/x",
             "/a%3f/b",
             "/a%23/b",
             "/a%00b",

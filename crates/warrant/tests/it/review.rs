@@ -1151,6 +1151,9 @@ when { context.path like "/admin*" };
         "/site/public/%2e%2e%3b/admin",
         "/site/public/%c0%ae%c0%ae/admin",
         "/site/public/%ef%bc%8e%ef%bc%8e/admin",
+        // Found after the fix: NFKC folds U+2025 and U+FE30 into `..`.
+        "/site/public/%E2%80%A5/admin",
+        "/site/public/%EF%B8%B0/admin",
         "/site/public/x%5c..%5cadmin",
         "/site/public/x%3f/../admin",
         "/site/public//admin",
