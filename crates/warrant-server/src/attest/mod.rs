@@ -141,13 +141,54 @@ pub struct Parts {
     pub task_audiences: Vec<String>,
 }
 
-/// An audience as relying parties might compare it loosely: lower-cased,
-/// without trailing `/`. Identity tokens are refused for any audience that
-/// compares equal to a route's or MCP server's this way, so a spelling
-/// variant cannot slip past the one-kind-per-audience rule at an upstream
-/// that normalises.
+/// An audience as relying parties might compare it loosely. Identity
+/// tokens are refused for any audience that compares equal to a route's or
+/// MCP server's this way, so a spelling variant cannot slip past the
+/// one-kind-per-audience rule at an upstream that normalises: surrounding
+/// space, case, a default port, user information, a trailing dot on the
+/// host, dot segments, percent-escapes, a query or fragment, trailing `/`.
 fn audience_key(audience: &str) -> String {
-    audience.trim_end_matches('/').to_ascii_lowercase()
+    let t = audience.trim();
+    let text = match url::Url::parse(t) {
+        Ok(mut u) if u.has_host() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            if let Some(h) = u.host_str().map(str::to_owned)
+                && let Some(bare) = h.strip_suffix('.')
+            {
+                let _ = u.set_host(Some(bare));
+            }
+            u.to_string()
+        }
+        _ => t.to_owned(),
+    };
+    percent_decoded(&text)
+        .trim_end_matches('/')
+        .to_ascii_lowercase()
+}
+
+/// `s` with every percent-escape decoded (invalid UTF-8 replaced).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl From<crate::random::RandomFailed> for Refusal {
@@ -682,4 +723,39 @@ fn audit_failed(e: &StoreError) -> Refusal {
     Refusal::Unavailable(
         "the broker cannot record this attestation in its audit trail, so nothing was issued; try again later".into(),
     )
+}
+
+#[cfg(test)]
+mod audience_tests {
+    use super::audience_key;
+
+    /// Found after the fix of item 3: spelling variants of a route's
+    /// audience got identity tokens.
+    #[test]
+    fn spellings_of_one_audience_compare_equal() {
+        let want = audience_key("https://demo.example");
+        for v in [
+            "https://demo.example/",
+            "HTTPS://Demo.Example",
+            "https://demo.example:443",
+            " https://demo.example ",
+            "https://demo.example.",
+            "https://demo.example/.",
+            "https://demo.example#",
+            "https://demo.example?",
+            "https://demo.example/?x=1#y",
+            "https://user@demo.example",
+            "https://user:pw@demo.example:443/",
+            "https://demo.example/%2e",
+        ] {
+            assert_eq!(audience_key(v), want, "{v}");
+        }
+        assert_ne!(audience_key("https://demo.example:8443"), want);
+        assert_ne!(audience_key("https://other.example"), want);
+        assert_eq!(
+            audience_key("https://demo.example/api/%76%31"),
+            audience_key("https://demo.example/api/v1/")
+        );
+        assert_eq!(audience_key("not a url/"), "not a url");
+    }
 }

@@ -434,6 +434,9 @@ url = "http://127.0.0.1:9/mcp"
         "https://internal.test/",
         "HTTPS://Internal.Test",
         upper.as_str(),
+        // Found after the fix: more spellings a normalising upstream takes.
+        "https://internal.test:443",
+        " https://user@internal.test./#",
     ] {
         let r = attest(aud);
         assert_eq!(r.status, 403, "{aud}: {}", r.body);
@@ -452,7 +455,7 @@ url = "http://127.0.0.1:9/mcp"
     let refused = crate::audit(&w.b, Some("attest.join"));
     assert_eq!(
         refused.iter().filter(|r| r["decision"] == "deny").count(),
-        5,
+        7,
         "every refusal is audited"
     );
 }
