@@ -14,8 +14,12 @@
 //! sees who was refused, why, how often and for what; the trail grows by at
 //! most `GLOBAL + MAX_KEYS + 1` records per window whatever the load.
 //!
-//! Refusals of authenticated callers are not gathered: each is durable
-//! before it is answered, as every decision about a known agent is.
+//! Refusals of authenticated callers ([`RefusalLog::admit_known`]) have a
+//! larger budget, per instance: the first [`PER_INSTANCE`] per window are
+//! durable before they are answered, one by one; past that, an agent
+//! hammering a denied resource is gathered the same way (keyed by its
+//! instance), so a compromised agent cannot fill the disk with denials
+//! either, and its flood is still on record with its count.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,8 @@ pub const WINDOW: Duration = Duration::from_secs(5);
 pub const PER_SOURCE: u32 = 16;
 /// Refusals recorded one by one per window, in all.
 pub const GLOBAL: u32 = 64;
+/// Refusals of one authenticated instance recorded one by one per window.
+pub const PER_INSTANCE: u32 = 64;
 /// The most distinct (source, event, reason) keys recorded per window.
 pub const MAX_KEYS: usize = 64;
 /// The most distinct resources listed per key.
@@ -60,6 +66,8 @@ struct Window {
     /// Refusals recorded one by one this window, per source and in all.
     individual: HashMap<String, u32>,
     individual_total: u32,
+    /// Refusals of authenticated instances recorded one by one.
+    known: HashMap<String, u32>,
     entries: HashMap<Key, Entry>,
     overflow: u64,
     overflow_sources: Vec<String>,
@@ -140,12 +148,38 @@ impl RefusalLog {
         None
     }
 
+    /// Takes a refusal of an authenticated caller (one whose instance is
+    /// known): within its instance's budget it is handed back, for the
+    /// caller to record durably now; beyond it, it is gathered (keyed by the
+    /// instance) and `None` is returned.
+    pub fn admit_known(&self, event: AuditEvent) -> Option<AuditEvent> {
+        let who = match (&event.instance, &event.agent) {
+            (Some(i), _) => format!("instance:{i}"),
+            (None, Some(a)) => format!("agent:{a}"),
+            (None, None) => return self.admit(event),
+        };
+        if let Ok(mut w) = self.window.lock() {
+            let n = w.known.get(&who).copied().unwrap_or(0);
+            if n < PER_INSTANCE && (w.known.len() < 4096 || n > 0) {
+                w.known.insert(who, n + 1);
+                return Some(event);
+            }
+        }
+        self.gather(who, event);
+        None
+    }
+
     /// Gathers a refusal of an unauthenticated caller into its window's
     /// aggregate record.
     pub fn note(&self, event: AuditEvent) {
+        let source = address(event.source.as_deref());
+        self.gather(source, event);
+    }
+
+    fn gather(&self, source: String, event: AuditEvent) {
         let now = Timestamp::now();
         let key = Key {
-            source: address(event.source.as_deref()),
+            source,
             event: event.event.chars().take(64).collect(),
             code: code(&event),
         };

@@ -94,16 +94,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
         tracing::warn!(error = %e, "readiness check: the store does not answer");
     }
     let signing = state.keys.current().active(Timestamp::now()).is_some();
+    // Records the edge could not write: it refuses requests until they are.
+    let audit = !state.audit_batch.failed();
+    let ready = store.is_ok() && signing && audit;
     let body = serde_json::json!({
-        "status": if store.is_ok() && signing { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             // The cause goes to the log, not to an unauthenticated caller.
             "store": if store.is_ok() { "ok" } else { "unavailable" },
             "signing_key": if signing { "ok" } else { "no active signing key" },
+            "audit": if audit { "ok" } else { "cannot be written" },
             "policies": state.policy.current().policies.len(),
         }
     });
-    let status = if store.is_ok() && signing {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -66,9 +66,13 @@ const MAX_SESSIONS: usize = 10_000;
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most open sessions of one task: opening another ends its oldest.
 const MAX_SESSIONS_PER_TASK: usize = 16;
-/// The most open sessions of one agent (all its tasks): opening another
-/// ends its oldest, so no agent can crowd the others out.
-const MAX_SESSIONS_PER_AGENT: usize = 256;
+/// The most open sessions of one instance (all its tasks): opening another
+/// ends its own oldest, never another instance's.
+const MAX_SESSIONS_PER_INSTANCE: usize = 256;
+/// The most open sessions of one agent (all its instances): past it, its
+/// instances open no more until some end, so no agent can crowd the others
+/// out, and no instance ends another's sessions.
+const MAX_SESSIONS_PER_AGENT: usize = 2048;
 /// JSON-RPC: the request was refused by policy (warrant's own code).
 pub const REFUSED: i64 = -32003;
 
@@ -534,13 +538,13 @@ impl Gateway {
         }
         self.metrics.mcp_request(server, "-", e.code);
         // No task token verified yet: recorded in aggregate.
-        let event = if event.agent.is_none() {
-            match self.refusals.admit(event) {
-                Some(ev) => ev,
-                None => return e.into_response(),
-            }
+        let admitted = if event.agent.is_none() {
+            self.refusals.admit(event)
         } else {
-            event
+            self.refusals.admit_known(event)
+        };
+        let Some(event) = admitted else {
+            return e.into_response();
         };
         match self.store.append_audit(event).await {
             Ok(_) => e.into_response(),
@@ -584,6 +588,14 @@ impl Gateway {
                 "error"
             },
         );
+        let admitted = if event.agent.is_none() {
+            self.refusals.admit(event)
+        } else {
+            self.refusals.admit_known(event)
+        };
+        let Some(event) = admitted else {
+            return rpc_error(id, r.code, r.message, r.data);
+        };
         match self.store.append_audit(event).await {
             Ok(_) => rpc_error(id, r.code, r.message, r.data),
             Err(err) => self.audit_down(&err),
@@ -1077,7 +1089,9 @@ impl Gateway {
                         MAX_SESSIONS_PER_TASK,
                         &(|b: &Binding| b.task == task.claims.task) as &dyn Fn(&Binding) -> bool,
                     ),
-                    (MAX_SESSIONS_PER_AGENT, &|b: &Binding| b.agent == agent),
+                    (MAX_SESSIONS_PER_INSTANCE, &|b: &Binding| {
+                        b.instance == task.instance
+                    }),
                 ] {
                     let mut mine: Vec<(u64, String)> = sessions
                         .iter()
@@ -1091,7 +1105,8 @@ impl Gateway {
                         }
                     }
                 }
-                let open = if sessions.len() >= MAX_SESSIONS {
+                let of_agent = sessions.values().filter(|b| b.agent == agent).count();
+                let open = if sessions.len() >= MAX_SESSIONS || of_agent >= MAX_SESSIONS_PER_AGENT {
                     false
                 } else {
                     let opened = self

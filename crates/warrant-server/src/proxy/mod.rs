@@ -614,13 +614,13 @@ impl ProxyService {
         self.metrics.proxy_request(route, e.code);
         // No task token verified yet: the caller is unknown, and its refusal
         // is recorded in aggregate, not durably one by one.
-        let event = if event.agent.is_none() {
-            match self.refusals.admit(event) {
-                Some(ev) => ev,
-                None => return e.into_response(),
-            }
+        let admitted = if event.agent.is_none() {
+            self.refusals.admit(event)
         } else {
-            event
+            self.refusals.admit_known(event)
+        };
+        let Some(event) = admitted else {
+            return e.into_response();
         };
         match self.store.append_audit(event).await {
             Ok(_) => e.into_response(),

@@ -1383,6 +1383,10 @@ fn the_edge_recovers_once_the_audit_trail_is_writable_again() {
     eventually("the edge to refuse", || {
         (site_get(&w, Some(&token), "/refused").status == 503).then_some(())
     });
+    // Found after the fix: readiness said ready meanwhile.
+    let r = w.b.http("GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["checks"]["audit"], "cannot be written");
     // Every record of an answered request has met the broken trail by now.
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert_eq!(site_get(&w, Some(&token), "/refused").status, 503);
@@ -1456,6 +1460,49 @@ fn unauthenticated_refusals_cannot_fill_the_audit_trail() {
         metrics.contains("warrant_refusals_aggregated_total"),
         "{metrics}"
     );
+}
+
+/// Found after the fix of item 4: one authenticated agent could grow the
+/// audit trail without bound with denied requests (2,400 durable records in
+/// 0.7 s), and fill the disk for everyone. Past a budget per instance its
+/// denials are gathered like unauthenticated ones, and still counted.
+#[test]
+fn an_agents_denials_are_gathered_past_its_budget() {
+    let (w, up, token) = site_world();
+    let forbid = w.b.data_dir.join("policies/no-admin.cedar");
+    std::fs::write(
+        &forbid,
+        r#"forbid(principal, action == Action::"http:request", resource) when { context.path like "/admin*" };"#,
+    )
+    .unwrap();
+    w.b.cli(&["policy", "reload"]).ok();
+    let before = crate::audit(&w.b, None).len();
+    for i in 0..400 {
+        let r = site_get(&w, Some(&token), &format!("/admin/{}", i % 5));
+        assert_eq!(r.status, 403);
+    }
+    assert!(up.seen().is_empty());
+    // Every denial is counted, once the windows are written.
+    let (agg, records) = eventually("the gathered denials to be written", || {
+        let all = crate::audit(&w.b, None);
+        let agg: Vec<Value> = all[before..]
+            .iter()
+            .filter(|r| r["detail"]["aggregated"].is_object())
+            .cloned()
+            .collect();
+        let counted: u64 = agg
+            .iter()
+            .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap())
+            .sum();
+        let individual = all[before..]
+            .iter()
+            .filter(|r| r["event"] == "proxy.request" && !r["detail"]["aggregated"].is_object())
+            .count() as u64;
+        (!agg.is_empty() && counted + individual == 400).then_some((agg, all.len() - before))
+    });
+    assert!(records < 200, "{records} records for 400 denials");
+    assert_eq!(agg[0]["agent"], "orch", "{}", agg[0]);
+    assert_eq!(agg[0]["decision"], "deny");
 }
 
 /// Issue 12, item 13: the raw JSON-RPC method was a Prometheus label and
@@ -1570,6 +1617,54 @@ fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
         metric(&w, "warrant_mcp_sessions"),
         2.0,
         "only sub's two remain"
+    );
+}
+
+/// Found after the fix of item 15: the cap on one agent's sessions ended
+/// the oldest of any of its instances, so one instance could end another's.
+#[test]
+fn one_instance_cannot_end_another_instances_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools_file = dir.path().join("tools.json");
+    std::fs::write(
+        &tools_file,
+        serde_json::to_string(&[tool("read_note", "string")]).unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        "[[mcp_server]]\nname = \"notes\"\ncommand = \"{}\"\nargs = [\"{}\", \"{}\"]\n",
+        python().display(),
+        repo().join("tests/interop/mcp_dynamic_server.py").display(),
+        tools_file.display(),
+    );
+    let w = world_with(4, &config, NOTES_POLICY);
+    let (a, b) = (identity(&w.b, "orch"), identity(&w.b, "orch"));
+    let victim = McpClient::open(&w, &b, "notes", "notes:read");
+    assert!(eventually("the notes server", || victim.list()).len() == 1);
+    // The other instance opens more sessions than an instance may hold,
+    // over many tasks.
+    let mut last = None;
+    for _ in 0..(256 / 16 + 2) {
+        let first = McpClient::open(&w, &a, "notes", "notes:read");
+        for _ in 0..15 {
+            let mut c = McpClient {
+                w: &w,
+                server: "notes".into(),
+                token: first.token.clone(),
+                session: String::new(),
+            };
+            let r = c.post(&json!({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+            }));
+            c.session = r.header("mcp-session-id").unwrap().to_owned();
+            last = Some(c);
+        }
+    }
+    assert!(last.unwrap().list().is_some());
+    assert!(
+        victim.list().is_some(),
+        "the other instance's session lives"
     );
 }
 
