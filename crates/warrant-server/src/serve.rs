@@ -310,6 +310,18 @@ impl Broker {
                     .clone()
                     .unwrap_or_else(|| format!("http://{edge_addr}/mcp/{}", m.name))
             }))
+            // An HTTP MCP server's own URL: the audience of the credentials
+            // the gateway mints for it (`warrant_jwt`), which an identity
+            // token must never pass for.
+            .chain(
+                config
+                    .mcp_servers
+                    .iter()
+                    .filter_map(|m| match &m.transport {
+                        crate::mcp::config::Transport::Http { url, .. } => Some(url.to_string()),
+                        crate::mcp::config::Transport::Stdio(_) => None,
+                    }),
+            )
             .collect();
         let attest = Arc::new(crate::attest::AttestService::new(crate::attest::Parts {
             common: common.clone(),

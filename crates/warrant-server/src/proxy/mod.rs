@@ -538,6 +538,15 @@ impl ProxyService {
         // parameters that frameworks honour to override the method or path
         // would let the upstream act on another request than the one the
         // rules and policy decided.
+        // Servers behind CGI-style gateways read `_` in a header name as
+        // `-` (both become `HTTP_X_..`), so a name with `_` has two
+        // readings: refused, as nginx drops them by default.
+        if let Some(k) = req.headers().keys().find(|k| k.as_str().contains('_')) {
+            return bad(format!(
+                "the header name `{}` has `_`, which servers may read as `-`; send it with `-`",
+                shown(k.as_str(), 64)
+            ));
+        }
         if let Some(h) = OVERRIDES.iter().find(|h| req.headers().contains_key(**h)) {
             return bad(format!(
                 "the `{h}` header is refused: upstream frameworks read it as another method or path than the one the edge decides on"
@@ -545,9 +554,9 @@ impl ProxyService {
         }
         if let Some(q) = req.uri().query()
             && url::form_urlencoded::parse(q.as_bytes())
-                .any(|(k, _)| k.eq_ignore_ascii_case("_method"))
+                .any(|(k, _)| php_key(&k).starts_with("_method"))
         {
-            return bad("the `_method` query parameter is refused: upstream frameworks read it as another method than the one the edge decides on".into());
+            return bad("the `_method` query parameter (in any spelling a framework reads as it) is refused: upstream frameworks read it as another method than the one the edge decides on".into());
         }
         let canonical = match path::canonical_path(rest) {
             Ok(c) => c,
@@ -1005,18 +1014,44 @@ pub(crate) fn repeated<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> Opti
 
 /// The headers that may cross the proxy: not hop-by-hop, not named in
 /// `Connection`, not `Host`.
-/// Request headers that frameworks read as another method or path.
-const OVERRIDES: [&str; 9] = [
+/// Request headers that frameworks and proxies read as another method or
+/// path.
+const OVERRIDES: [&str; 14] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
     "x-original-method",
+    "x-forwarded-method",
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
+    "x-original-path",
+    "x-envoy-original-path",
     "x-forwarded-uri",
+    "x-forwarded-path",
     "x-forwarded-prefix",
+    "x-override-method",
 ];
+
+/// A query key as PHP (and so Symfony and Laravel) stores it: leading
+/// spaces dropped, `.`, ` ` and an unclosed `[` read as `_`; lower-cased.
+fn php_key(k: &str) -> String {
+    let k = k.trim_start_matches(' ');
+    let mut out = String::with_capacity(k.len());
+    let mut closed = false;
+    for (i, c) in k.char_indices() {
+        match c {
+            '.' | ' ' => out.push('_'),
+            '[' if !closed && !k[i..].contains(']') => out.push('_'),
+            '[' => {
+                closed = true;
+                out.push('[');
+            }
+            c => out.push(c.to_ascii_lowercase()),
+        }
+    }
+    out
+}
 
 fn forwardable(h: &HeaderMap) -> HeaderMap {
     let named: Vec<String> = h

@@ -437,6 +437,10 @@ url = "http://127.0.0.1:9/mcp"
         // Found after the fix: more spellings a normalising upstream takes.
         "https://internal.test:443",
         " https://user@internal.test./#",
+        // Found in the second round: the MCP server's own URL, the audience
+        // of the warrant_jwt the gateway mints for it.
+        "http://127.0.0.1:9/mcp",
+        "http://127.0.0.1:9/mcp/",
     ] {
         let r = attest(aud);
         assert_eq!(r.status, 403, "{aud}: {}", r.body);
@@ -455,7 +459,7 @@ url = "http://127.0.0.1:9/mcp"
     let refused = crate::audit(&w.b, Some("attest.join"));
     assert_eq!(
         refused.iter().filter(|r| r["decision"] == "deny").count(),
-        7,
+        9,
         "every refusal is audited"
     );
 }
@@ -1306,6 +1310,11 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         ("x-http-method-override", "DELETE"),
         ("X-Original-URL", "/admin"),
         ("x-rewrite-url", "/admin"),
+        // Found in the second round: spellings servers fold onto these.
+        ("X_HTTP_METHOD_OVERRIDE", "DELETE"),
+        ("x_original_url", "/admin"),
+        ("X-Forwarded-Method", "DELETE"),
+        ("X-Envoy-Original-Path", "/admin"),
     ] {
         let r = warrant_testkit::http(
             w.b.edge,
@@ -1316,8 +1325,16 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         );
         assert_eq!(r.status, 400, "{h}: {}", r.body);
     }
-    let r = get("/x?a=1&_METHOD=DELETE");
-    assert_eq!(r.status, 400, "{}", r.body);
+    for q in [
+        "a=1&_METHOD=DELETE",
+        ".method=DELETE",
+        "%20_method=DELETE",
+        "[method=DELETE",
+        "_method[x]=DELETE",
+    ] {
+        let r = get(&format!("/x?{q}"));
+        assert_eq!(r.status, 400, "{q}: {}", r.body);
+    }
 
     let c = McpClient::open(&w, &orch, "notes", "notes:read");
     eventually("the notes server to start", || c.list());
