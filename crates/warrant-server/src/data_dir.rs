@@ -147,36 +147,42 @@ fn check_private(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), Data
 
 /// Checks that a file (or directory) the broker trusts from outside its
 /// data directory (the configuration, policies, an issuer's keys, CA
-/// certificates, an MCP server's program) can be changed only by the
-/// broker's user or root: the file, after symlinks, and the directory
-/// holding it must belong to one of them and be writable by no one else
-/// (a directory with the sticky bit, like `/tmp`, may be, since others
-/// cannot replace what they do not own there). Whoever can write such a
-/// file decides what the broker trusts, so it is refused, as a data
-/// directory open to others is.
-pub fn check_trusted(path: &Path, what: &str) -> Result<(), String> {
+/// certificates, an MCP server's program and script) can be changed only by
+/// the broker's user or root: the file, after symlinks, and every directory
+/// above it must belong to one of them and be writable by no one else, as
+/// OpenSSH checks the files it trusts. A directory with the sticky bit (like
+/// `/tmp`) may be writable by others, since they cannot replace what they do
+/// not own there, except right above a `program`, whose directory an
+/// interpreter searches for what it imports. Whoever can write such a file
+/// decides what the broker trusts, so it is refused, as a data directory
+/// open to others is.
+pub fn check_trusted(path: &Path, what: &str, program: bool) -> Result<(), String> {
     let me = rustix::process::geteuid().as_raw();
     let real = fs::canonicalize(path)
         .map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
-    let parent = real.parent().map(Path::to_path_buf);
-    for p in std::iter::once(real.clone()).chain(parent) {
-        let m = fs::metadata(&p).map_err(|e| format!("{what} `{}`: {e}", p.display()))?;
+    for (depth, p) in real.ancestors().enumerate() {
+        let m = fs::metadata(p).map_err(|e| format!("{what} `{}`: {e}", p.display()))?;
         let mode = m.permissions().mode() & 0o7777;
         if m.uid() != me && m.uid() != 0 {
             return Err(format!(
-                "{what} `{}`: `{}` belongs to uid {}; what the broker trusts must belong to its own user (uid {me}) or root",
+                "{what} `{}`: `{}` belongs to uid {}; what the broker trusts, and every directory above it, must belong to its own user (uid {me}) or root",
                 path.display(),
                 p.display(),
                 m.uid()
             ));
         }
-        let sticky_dir = m.is_dir() && mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && !sticky_dir {
+        let sticky_ok = m.is_dir() && mode & 0o1000 != 0 && !(program && depth == 1);
+        if mode & 0o022 != 0 && !sticky_ok {
             return Err(format!(
-                "{what} `{}`: `{}` can be written by others (mode {mode:o}), who would then decide what the broker trusts; `chmod go-w {}`",
+                "{what} `{}`: `{}` can be written by others (mode {mode:o}), who would then decide what the broker trusts; `chmod go-w {}`{}",
                 path.display(),
                 p.display(),
-                p.display()
+                p.display(),
+                if program && depth == 1 && m.is_dir() && mode & 0o1000 != 0 {
+                    ", or move the program out of a shared directory"
+                } else {
+                    ""
+                }
             ));
         }
     }

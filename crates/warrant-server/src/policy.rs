@@ -142,12 +142,12 @@ pub fn check_policy_dir_trusted(dir: &Path) -> Result<(), Problems> {
             message,
         }])
     };
-    crate::data_dir::check_trusted(dir, "the policy directory").map_err(problem)?;
+    crate::data_dir::check_trusted(dir, "the policy directory", false).map_err(problem)?;
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') && name.ends_with(".cedar") {
-                crate::data_dir::check_trusted(&e.path(), "policy file").map_err(problem)?;
+                crate::data_dir::check_trusted(&e.path(), "policy file", false).map_err(problem)?;
             }
         }
     }

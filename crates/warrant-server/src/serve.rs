@@ -69,40 +69,76 @@ pub enum ServeError {
 /// directory, can be changed by someone other than the broker's user or
 /// root (the policy directory is checked at every load).
 fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
-    let mut files: Vec<(std::path::PathBuf, &str)> = Vec::new();
+    // (file, what, whether it is a program or script that runs)
+    let mut files: Vec<(std::path::PathBuf, &str, bool)> = Vec::new();
     if let Some(f) = &config.config_file {
-        files.push((f.clone(), "the configuration file"));
+        files.push((f.clone(), "the configuration file", false));
     }
     for p in &config.trust_providers {
         if let crate::attest::oidc::JwksSource::File(f) = &p.jwks {
-            files.push((f.clone(), "jwks_file (of a [[trust_provider]])"));
+            files.push((f.clone(), "jwks_file (of a [[trust_provider]])", false));
         }
     }
     for u in &config.user_issuers {
         if let crate::attest::oidc::JwksSource::File(f) = &u.provider.jwks {
-            files.push((f.clone(), "jwks_file (of a [[user_issuer]])"));
+            files.push((f.clone(), "jwks_file (of a [[user_issuer]])", false));
         }
     }
     for r in &config.routes {
         if let Some(f) = &r.ca_file {
-            files.push((f.clone(), "ca_file (of a [[route]])"));
+            files.push((f.clone(), "ca_file (of a [[route]])", false));
         }
     }
     for m in &config.mcp_servers {
         match &m.transport {
             crate::mcp::config::Transport::Http {
                 ca_file: Some(f), ..
-            } => files.push((f.clone(), "ca_file (of an [[mcp_server]])")),
-            crate::mcp::config::Transport::Stdio(s) if s.command.contains('/') => {
-                files.push((s.command.clone().into(), "command (of an [[mcp_server]])"));
+            } => files.push((f.clone(), "ca_file (of an [[mcp_server]])", false)),
+            crate::mcp::config::Transport::Stdio(s) => {
+                // The program, found as the child will find it, and every
+                // argument naming a file (the script an interpreter runs).
+                match program_path(&s.command) {
+                    Some(p) => files.push((p, "command (of an [[mcp_server]])", true)),
+                    None => {
+                        return Err(ServeError::Io(format!(
+                            "command `{}` (of [[mcp_server]] `{}`) is not found on PATH",
+                            s.command, m.name
+                        )));
+                    }
+                }
+                for a in &s.args {
+                    let p = std::path::Path::new(a);
+                    if p.is_file() {
+                        files.push((
+                            p.to_path_buf(),
+                            "a file argument (of an [[mcp_server]])",
+                            true,
+                        ));
+                    }
+                }
             }
-            _ => {}
+            crate::mcp::config::Transport::Http { .. } => {}
         }
     }
-    for (f, what) in files {
-        crate::data_dir::check_trusted(&f, what).map_err(ServeError::Io)?;
+    for (f, what, program) in files {
+        crate::data_dir::check_trusted(&f, what, program).map_err(ServeError::Io)?;
     }
     Ok(())
+}
+
+/// Where `command` is: itself if it names a path, else the first
+/// executable of that name on `PATH`.
+fn program_path(command: &str) -> Option<std::path::PathBuf> {
+    if command.contains('/') {
+        return Some(command.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(command))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 // The causes are in the messages above, so they are not also `source()`s (the

@@ -246,7 +246,10 @@ impl Providers {
         }
         *fetched = Some(Instant::now());
         let bytes = match &p.config.jwks {
-            JwksSource::File(path) => std::fs::read(path).map_err(|e| e.to_string()),
+            // Checked again at every read: the file or a directory above it
+            // may have been opened to others since start.
+            JwksSource::File(path) => crate::data_dir::check_trusted(path, "jwks_file", false)
+                .and_then(|()| std::fs::read(path).map_err(|e| e.to_string())),
             JwksSource::Uri(uri) => self.fetch(uri).await,
             JwksSource::Inline(json) => Ok(json.as_bytes().to_vec()),
         };
@@ -344,5 +347,18 @@ mod tests {
         };
         assert_eq!(facts.sub, "job-1");
         assert_eq!(facts.provider, "ci");
+
+        // Found in review: the file was re-read whatever had become of its
+        // permissions since start. Opened to others, it is not read again.
+        use std::os::unix::fs::PermissionsExt as _;
+        let planted = issuer_key();
+        std::fs::write(&file, serde_json::to_vec(&planted.jwks(now)).unwrap()).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        *providers.list[0].fetched.lock().await =
+            Instant::now().checked_sub(REFRESH_INTERVAL + Duration::from_secs(1));
+        assert!(matches!(
+            providers.attest(&token(&planted, now), now).await,
+            Err(OidcError::Token(JwtError::UnknownKid(_)))
+        ));
     }
 }

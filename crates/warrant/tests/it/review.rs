@@ -2112,6 +2112,43 @@ fn files_others_can_write_are_not_trusted() {
     let (status, log) = start(&config);
     assert!(status.is_none(), "starts once fixed: {log}");
 
+    // Found in the second round: a directory further up that others can
+    // write (they could swap the directory holding the file).
+    let anc = tmp.path().join("anc");
+    std::fs::create_dir_all(anc.join("keys")).unwrap();
+    std::fs::set_permissions(&anc, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let deep = anc.join("keys/jwks.json");
+    std::fs::write(&deep, r#"{"keys": []}"#).unwrap();
+    let (status, log) = start(&config.replace(jwks.to_str().unwrap(), deep.to_str().unwrap()));
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("anc` can be written by others"), "{log}");
+    // And an MCP server's script others can write, or one in a shared
+    // (sticky) directory, where the interpreter would import what others
+    // put beside it.
+    let script = tmp.path().join("server.py");
+    std::fs::write(&script, "print('hi')\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mcp = |script: &std::path::Path| {
+        format!(
+            "[[mcp_server]]\nname = \"s\"\ncommand = \"python3\"\nargs = [\"{}\"]\n",
+            script.display()
+        )
+    };
+    let (status, log) = start(&mcp(&script));
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(
+        log.contains("server.py") && log.contains("written by others"),
+        "{log}"
+    );
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let in_shared = shared.join("server.py");
+    std::fs::write(&in_shared, "print('hi')\n").unwrap();
+    let (status, log) = start(&mcp(&in_shared));
+    assert!(status.is_some_and(|s| !s.success()), "{log}");
+    assert!(log.contains("shared directory"), "{log}");
+
     // A policy file others can write: the reload is refused, the set in
     // force stays.
     let b = crate::broker();
