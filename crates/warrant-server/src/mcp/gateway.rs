@@ -1151,7 +1151,11 @@ impl Gateway {
             json!({ "server": server, "protocol_version": version }),
         );
         self.metrics.mcp_request(server, "initialize", "allow");
-        if let Err(e) = self.store.append_audit(ev).await {
+        // A session uses no credential yet: past the instance's budget,
+        // openings are gathered like refusals (see `list_tools`).
+        if let Some(ev) = self.refusals.admit_known(ev)
+            && let Err(e) = self.store.append_audit(ev).await
+        {
             return self.audit_down(&e);
         }
         let mut r = rpc_result(
@@ -1202,7 +1206,9 @@ impl Gateway {
                 let mut ev = event;
                 ev.event = "mcp.session.close".into();
                 ev.decision = Outcome::Allow;
-                self.record_later(ev);
+                if let Some(ev) = self.refusals.admit_known(ev) {
+                    self.record_later(ev);
+                }
                 StatusCode::NO_CONTENT.into_response()
             }
             Err(p) => {
@@ -1298,7 +1304,12 @@ impl Gateway {
             json!({ "server": s.cfg.name, "listed": shown_tools.len(), "hidden_by_policy": hidden, "hidden_changed": changed }),
         );
         self.metrics.mcp_request(&s.cfg.name, "tools/list", "allow");
-        self.record_later(event);
+        // Answered from the gateway's view, with no credential used: past
+        // the instance's budget, listings are gathered like refusals, so an
+        // agent cannot grow the trail by listing in a loop.
+        if let Some(event) = self.refusals.admit_known(event) {
+            self.record_later(event);
+        }
         call.result(json!({ "tools": shown_tools }))
     }
 

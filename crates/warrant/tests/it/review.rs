@@ -1637,6 +1637,46 @@ fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
     );
 }
 
+/// Found in the second round: allowed requests that use no credential
+/// (`tools/list`, answered from the gateway's view) were each a durable
+/// record, so an agent could grow the trail at megabytes a second. Past the
+/// instance's budget they are gathered, and still counted.
+#[test]
+fn an_agent_cannot_grow_the_trail_by_listing_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools_file = dir.path().join("tools.json");
+    std::fs::write(
+        &tools_file,
+        serde_json::to_string(&[tool("read_note", "string")]).unwrap(),
+    )
+    .unwrap();
+    let config = format!(
+        "[[mcp_server]]\nname = \"notes\"\ncommand = \"{}\"\nargs = [\"{}\", \"{}\"]\n",
+        python().display(),
+        repo().join("tests/interop/mcp_dynamic_server.py").display(),
+        tools_file.display(),
+    );
+    let w = world_with(4, &config, NOTES_POLICY);
+    let orch = identity(&w.b, "orch");
+    let c = McpClient::open(&w, &orch, "notes", "notes:read");
+    eventually("the notes server", || c.list());
+    let before = crate::audit(&w.b, None).len();
+    for _ in 0..300 {
+        assert!(c.list().is_some());
+    }
+    let (records, counted) = eventually("the listings to be written", || {
+        let all = crate::audit(&w.b, Some("mcp.tools.list"));
+        let counted: u64 = all
+            .iter()
+            .filter(|r| r["decision"] == "allow")
+            .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        (counted >= 301).then_some((crate::audit(&w.b, None).len() - before, counted))
+    });
+    assert!(records < 150, "{records} records for 300 listings");
+    assert_eq!(counted, 301, "every listing is counted");
+}
+
 /// Found after the fix of item 15: the cap on one agent's sessions ended
 /// the oldest of any of its instances, so one instance could end another's.
 #[test]
