@@ -178,8 +178,8 @@ impl AdminClient {
 
 /// Whether the process serving the admin socket may be told secrets and
 /// believed: run by this user or root; or, for a data directory the user
-/// named, by the user who owns that directory, if no one else may write to
-/// it. A socket in a defaulted `./warrant-data` served by someone else is
+/// named by an absolute path, by the user who owns that directory, if no
+/// one else may write to it. A socket in a defaulted `./warrant-data` served by someone else is
 /// refused: anyone can plant one in a directory the user happens to be in.
 fn trust_server(
     stream: &tokio::net::UnixStream,
@@ -200,7 +200,7 @@ fn trust_server(
     let m = std::fs::metadata(dir).with_context(|| format!("reading `{}`", dir.display()))?;
     if !explicit {
         bail!(
-            "the admin socket `{}` is served by uid {server}, not by you or root; a broker run by another user is trusted only when its data directory is named (--data-dir or WARRANT_DATA_DIR), so a socket planted in the current directory is never told anything",
+            "the admin socket `{}` is served by uid {server}, not by you or root; a broker run by another user is trusted only when its data directory is named by an absolute path (--data-dir, WARRANT_DATA_DIR or the config file's data_dir), so a socket planted in the current directory is never told anything",
             path.display()
         );
     }

@@ -52,6 +52,33 @@ impl Default for SqliteOptions {
     }
 }
 
+/// The triggers warrant's migrations create; any other is someone else's.
+const OWN_TRIGGERS: [&str; 2] = ["audit_log_no_update", "audit_log_no_delete"];
+
+/// Refuses a database with triggers warrant did not create: one could drop
+/// or alter audit records as they are written.
+fn refuse_foreign_triggers(conn: &Connection) -> Result<(), StoreError> {
+    let mut st = conn
+        .prepare("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+        .map_err(db_err)?;
+    let found: Vec<(String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(db_err)?
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    if let Some((name, table)) = found
+        .iter()
+        .find(|(n, _)| !OWN_TRIGGERS.contains(&n.as_str()))
+    {
+        return Err(StoreError::Unavailable(format!(
+            "the database has a trigger warrant did not create (`{}` on `{}`); it could alter what is stored, the audit trail above all: find out who added it, remove it, and check the trail with `warrant audit verify`",
+            name.escape_debug(),
+            table.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
 /// The key of the legacy marker in `audit_meta`.
 const LEGACY_KEY: &str = "legacy_until";
 
@@ -290,6 +317,7 @@ impl SqliteStore {
             )));
         }
         migrations::apply(&mut conn)?;
+        refuse_foreign_triggers(&conn)?;
         if let Some(l) = &options.chain {
             ensure_legacy_marker(&conn, l.as_ref())?;
         }

@@ -116,7 +116,16 @@ impl WriteCtx<'_> {
                     r.hash.0.as_slice(),
                 ])
             })
-            .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
+            .map_err(|e| StoreError::AuditUnavailable(e.to_string()))
+            // INVARIANT (stored, not just accepted): a trigger can make an
+            // insert succeed without storing the row (`RAISE(IGNORE)`); a
+            // record is written only if exactly one row was stored.
+            .and_then(|rows| match rows {
+                1 => Ok(()),
+                n => Err(StoreError::AuditUnavailable(format!(
+                    "the audit record was not stored ({n} rows written; is there a trigger on audit_log?)"
+                ))),
+            })?;
         self.chain.next_seq += 1;
         self.chain.prev = r.hash;
         self.chain.last_time = r.time;

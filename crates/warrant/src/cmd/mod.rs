@@ -35,8 +35,13 @@ pub fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {
 }
 
 pub fn client(cli: &Cli) -> anyhow::Result<AdminClient> {
-    let explicit = cli.data_dir.is_some() || cli.config.is_some();
-    AdminClient::new(&data_dir(cli)?, explicit, cli.url.as_deref())
+    // Named, not defaulted: an absolute path the user gave (flag,
+    // environment, or a config file's `data_dir`, resolved from the file's
+    // directory). A relative one depends on the current directory, which
+    // may be anyone's.
+    let dir = data_dir(cli)?;
+    let explicit = dir.is_absolute();
+    AdminClient::new(&dir, explicit, cli.url.as_deref())
 }
 
 /// Runs the parsed command.

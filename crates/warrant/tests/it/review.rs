@@ -2090,6 +2090,18 @@ while True:
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("served by uid 65534"), "{err}");
     assert!(std::fs::read(&log).unwrap_or_default().is_empty());
+    // Found in the second round: a `--config` without `data_dir`, or a
+    // relative data directory, still means the current directory's.
+    std::fs::write(dir.path().join("quick.toml"), "").unwrap();
+    for args in [
+        vec!["--config", "quick.toml", "agent", "list"],
+        vec!["--data-dir", "warrant-data", "agent", "list"],
+    ] {
+        let out = cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("served by uid 65534"), "{args:?}: {err}");
+    }
+    assert!(std::fs::read(&log).unwrap_or_default().is_empty());
     // Named, and owned by the user serving it: the operator's choice.
     let out = cli(&["--data-dir", data.to_str().unwrap(), "agent", "list"]);
     assert!(
@@ -2215,4 +2227,45 @@ fn rand_suffix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
+}
+
+/// Found in the second round: someone who can write `warrant.db` (no KEK
+/// needed) added a `BEFORE INSERT ... RAISE(IGNORE)` trigger on the audit
+/// log: every write "succeeded" without a record, the broker kept working
+/// unaudited, and `audit verify` found nothing wrong. A record must be
+/// stored to count, and a database with foreign triggers is refused.
+#[test]
+fn an_audit_record_that_was_not_stored_fails_closed() {
+    let mut b = crate::broker();
+    let db = rusqlite::Connection::open(b.data_dir.join("warrant.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER quiet BEFORE INSERT ON audit_log BEGIN SELECT RAISE(IGNORE); END;",
+    )
+    .unwrap();
+    let r = b.cli(&["agent", "create", "rogue", "--owner", "o", "--env", "dev"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    let list = b.cli(&["agent", "list", "--output", "json"]);
+    assert!(
+        !list.stdout.contains("rogue"),
+        "nothing changed: {}",
+        list.stdout
+    );
+    // Restarted with the trigger in place, the broker refuses to run.
+    b.stop();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, _, log) = warrant_testkit::spawn_serve(
+        crate::bin(),
+        tmp.path(),
+        &crate::Options {
+            data_dir: Some(b.data_dir.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(!child.wait().unwrap().success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("trigger warrant did not create (`quiet`"),
+        "{log}"
+    );
+    db.execute_batch("DROP TRIGGER quiet;").unwrap();
 }
