@@ -663,6 +663,16 @@ impl ProxyService {
         let uri = format!("{}{rest}{query}", route.upstream.as_url());
         let mut headers = forwardable(&parts.headers);
         headers.remove(&route.agent_header);
+        // What an upstream may take as said by a proxy in front of it (the
+        // client's address, who the user is) is not the agent's to say.
+        let asserted: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| proxy_asserted(k.as_str()))
+            .cloned()
+            .collect();
+        for k in asserted {
+            headers.remove(k);
+        }
         headers.insert(
             header::HOST,
             HeaderValue::from_str(&route.upstream.authority())
@@ -1032,6 +1042,34 @@ const OVERRIDES: [&str; 14] = [
     "x-forwarded-prefix",
     "x-override-method",
 ];
+
+/// Headers an upstream reads as set by a trusted proxy in front of it:
+/// forwarding (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`, ...) and the
+/// user identity auth proxies assert (`X-Remote-User`, `X-Auth-Request-*`,
+/// ...), and warrant's own (`X-Warrant-*`). An agent's are dropped.
+fn proxy_asserted(name: &str) -> bool {
+    const EXACT: [&str; 10] = [
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "remote-user",
+        "x-user",
+        "x-email",
+        "x-authenticated-user",
+    ];
+    const PREFIXES: [&str; 6] = [
+        "x-forwarded-",
+        "x-remote-",
+        "x-auth-request-",
+        "x-warrant-",
+        "x-authenticated-",
+        "x-webauth-",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
+}
 
 /// A query key as PHP (and so Symfony and Laravel) stores it: leading
 /// spaces dropped, `.`, ` ` and an unclosed `[` read as `_`; lower-cased.

@@ -28,7 +28,37 @@ const CONFUSABLES: &[char] = &[
     '\u{FF3C}', // FULLWIDTH REVERSE SOLIDUS
     '\u{FE68}', // SMALL REVERSE SOLIDUS
     '\u{2216}', // SET MINUS
+    '\u{00A5}', // YEN SIGN: `\` in Japanese code pages ("best fit")
+    '\u{20A9}', // WON SIGN: `\` in Korean code pages
 ];
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties): soft
+/// hyphens, zero-width and bidi controls, variation selectors, tags. Some
+/// normalisers drop them, so `adm\u{AD}in` would be `admin` to the
+/// upstream but not to a policy on `/admin*`.
+const IGNORABLE: &[(char, char)] = &[
+    ('\u{00AD}', '\u{00AD}'),
+    ('\u{034F}', '\u{034F}'),
+    ('\u{061C}', '\u{061C}'),
+    ('\u{115F}', '\u{1160}'),
+    ('\u{17B4}', '\u{17B5}'),
+    ('\u{180B}', '\u{180F}'),
+    ('\u{200B}', '\u{200F}'),
+    ('\u{202A}', '\u{202E}'),
+    ('\u{2060}', '\u{206F}'),
+    ('\u{3164}', '\u{3164}'),
+    ('\u{FE00}', '\u{FE0F}'),
+    ('\u{FEFF}', '\u{FEFF}'),
+    ('\u{FFA0}', '\u{FFA0}'),
+    ('\u{FFF0}', '\u{FFF8}'),
+    ('\u{1BCA0}', '\u{1BCA3}'),
+    ('\u{1D173}', '\u{1D17A}'),
+    ('\u{E0000}', '\u{E0FFF}'),
+];
+
+fn ignorable(c: char) -> bool {
+    IGNORABLE.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
 
 /// Whether Unicode compatibility normalisation (NFKC, which some servers
 /// and frameworks apply to paths) turns `c` into text holding a character
@@ -120,6 +150,11 @@ pub fn canonical_path(path: &str) -> Result<String, &'static str> {
     {
         return Err("encodes a character some servers read as `.`, `/` or `\\`");
     }
+    if text.chars().any(ignorable) {
+        return Err(
+            "encodes an invisible character (a soft hyphen, a zero-width or bidi control) that some servers drop",
+        );
+    }
     if out.contains("//") {
         return Err("has an empty segment (`//`)");
     }
@@ -156,6 +191,12 @@ mod tests {
             "/public/%EF%B8%B0/admin",
             "/public/%E2%80%A6/x",
             "/public/%E2%84%80/x",
+            // Found in the second round: best-fit `\` and ignorables.
+            "/public/a%C2%A5..%C2%A5admin",
+            "/public/a%E2%82%A9..%E2%82%A9admin",
+            "/public/adm%C2%ADin",
+            "/public/adm%E2%80%8Bin",
+            "/public/adm%EF%BB%BFin",
             "/a%3f/b",
             "/a%23/b",
             "/a%00b",
