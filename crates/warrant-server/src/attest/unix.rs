@@ -116,7 +116,14 @@ pub struct HashCache {
     map: Mutex<HashMap<FileId, String>>,
     /// The users whose executable is being hashed now.
     hashing: Mutex<std::collections::HashSet<u32>>,
+    /// Bytes hashed per user in the current minute.
+    spent: Mutex<HashMap<u32, (std::time::Instant, u64)>>,
 }
+
+/// How many bytes of executables one user may have hashed per minute
+/// (files already hashed are free): 4 GiB, far more than any fleet of
+/// agents starting needs, far less than a CPU core spent on hashing.
+pub const MAX_BYTES_PER_MINUTE: u64 = 4 << 30;
 
 /// The largest executable hashed: 1 GiB.
 pub const MAX_EXE_BYTES: u64 = 1 << 30;
@@ -157,6 +164,23 @@ impl HashCache {
         }
         if m.size() > MAX_EXE_BYTES {
             return Err(UnixError::TooLarge { bytes: m.size() });
+        }
+        {
+            let mut spent = self.spent.lock().map_err(|_| UnixError::Busy)?;
+            let now = std::time::Instant::now();
+            let e = spent.entry(uid).or_insert((now, 0));
+            if now.duration_since(e.0) >= std::time::Duration::from_secs(60) {
+                *e = (now, 0);
+            }
+            if e.1.saturating_add(m.size()) > MAX_BYTES_PER_MINUTE {
+                return Err(UnixError::Busy);
+            }
+            e.1 += m.size();
+            if spent.len() > 4096 {
+                spent.retain(|_, (t, _)| {
+                    now.duration_since(*t) < std::time::Duration::from_secs(60)
+                });
+            }
         }
         let _slot = {
             let mut set = self.hashing.lock().map_err(|_| UnixError::Busy)?;
@@ -512,6 +536,17 @@ mod tests {
             Err(UnixError::Busy)
         );
         cache.hashing.lock().unwrap().clear();
+        // Found in the second round: a user could keep a core hashing, one
+        // bounded file after another. Each user has a budget per minute.
+        cache
+            .spent
+            .lock()
+            .unwrap()
+            .insert(1004, (std::time::Instant::now(), MAX_BYTES_PER_MINUTE));
+        assert_eq!(
+            cache.hash(&mut open(&other), 1, 1004, &NO),
+            Err(UnixError::Busy)
+        );
         // A given-up request stops hashing.
         let stop = std::sync::atomic::AtomicBool::new(true);
         assert_eq!(
