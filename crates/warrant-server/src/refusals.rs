@@ -153,10 +153,11 @@ impl RefusalLog {
     /// caller to record durably now; beyond it, it is gathered (keyed by the
     /// instance) and `None` is returned.
     pub fn admit_known(&self, event: AuditEvent) -> Option<AuditEvent> {
-        let who = match (&event.instance, &event.agent) {
-            (Some(i), _) => format!("instance:{i}"),
-            (None, Some(a)) => format!("agent:{a}"),
-            (None, None) => return self.admit(event),
+        let who = match (&event.instance, &event.actor, &event.agent) {
+            (Some(i), _, _) => format!("instance:{i}"),
+            (None, Some(a), _) => format!("actor:{a}"),
+            (None, None, Some(a)) => format!("agent:{a}"),
+            (None, None, None) => return self.admit(event),
         };
         if let Ok(mut w) = self.window.lock() {
             let n = w.known.get(&who).copied().unwrap_or(0);

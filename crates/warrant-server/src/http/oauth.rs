@@ -258,6 +258,15 @@ async fn introspect(
     } else {
         event = event.reason("inactive: expired, revoked, unknown or malformed");
     }
+    // Introspection changes nothing and hands out nothing: past the
+    // caller's budget its records are gathered, so a loop of them cannot
+    // fill the trail.
+    let Some(event) = state.refusals.admit_known(event) else {
+        return match result {
+            Some(claims) => ok_json(Value::Object(claims)),
+            None => ok_json(serde_json::json!({ "active": false })),
+        };
+    };
     if let Err(e) = state.store.append_audit(event).await {
         tracing::error!(error = %e, "cannot write the audit trail; introspection refused");
         state.metrics.audit_write_failures.inc();

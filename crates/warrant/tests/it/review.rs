@@ -2295,3 +2295,39 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     );
     db.execute_batch("DROP TRIGGER quiet;").unwrap();
 }
+
+/// Found in the second round: introspection, which changes nothing and
+/// hands out nothing, was one durable record per request.
+#[test]
+fn an_agent_cannot_grow_the_trail_by_introspecting() {
+    let w = crate::delegation::world(4);
+    let b = &w.b;
+    let orch = identity(b, "orch");
+    let t = exchange(
+        b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "tickets:read"), ("audience", TICKETS)],
+    )
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = crate::audit(b, None).len();
+    for _ in 0..200 {
+        assert_eq!(
+            crate::delegation::introspect_with(b, &orch, &t)["active"],
+            true
+        );
+    }
+    let records = eventually("the introspections to be written", || {
+        let all = crate::audit(b, Some("token.introspect"));
+        let counted: u64 = all
+            .iter()
+            .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        (counted == 200).then(|| crate::audit(b, None).len() - before)
+    });
+    assert!(records < 100, "{records} records for 200 introspections");
+}
