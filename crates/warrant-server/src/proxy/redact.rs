@@ -89,14 +89,20 @@ impl Needle {
         }
     }
 
-    /// How many bytes in `hay` may be skipped at `i` (a line break, a
-    /// soft break); `None` when the data ends where it cannot yet tell.
+    /// How many bytes in `hay` may be skipped at `i`: one line break
+    /// (`\n`, `\r\n`, `\r`) or soft break (`=` before one); `None` when
+    /// the data ends where it cannot yet tell.
     fn skip(&self, hay: &[u8], i: usize, at_end: bool) -> Option<usize> {
         let at = |k: usize| hay.get(i + k).copied();
         let undecided = if at_end { Some(0) } else { None };
         match (self.wrap, at(0)) {
             (Wrap::None, _) | (_, None) => Some(0),
-            (_, Some(b'\r' | b'\n')) => Some(1),
+            (_, Some(b'\n')) => Some(1),
+            (_, Some(b'\r')) => match at(1) {
+                Some(b'\n') => Some(2),
+                Some(_) => Some(1),
+                None => at_end.then_some(1),
+            },
             (Wrap::Soft, Some(b'=')) => match (at(1), at(2)) {
                 (Some(b'\n'), _) => Some(2),
                 (Some(b'\r'), Some(b'\n')) => Some(3),
@@ -113,33 +119,51 @@ impl Needle {
     fn walk(&self, hay: &[u8], at_end: bool) -> Walk {
         let mut i = 0;
         for (k, unit) in self.units.iter().enumerate() {
-            if k > 0 {
-                loop {
-                    match self.skip(hay, i, at_end) {
-                        None => return Walk::Partial,
-                        Some(0) => break,
-                        Some(n) => i += n,
-                    }
-                }
-            }
-            let rest = &hay[i..];
-            let mut full = None;
-            for alt in unit {
-                if rest.len() >= alt.len() {
-                    if full.is_none() && rest[..alt.len()].eq_ignore_ascii_case(alt) {
-                        full = Some(alt.len());
-                    }
-                } else if !at_end && alt[..rest.len()].eq_ignore_ascii_case(rest) {
-                    return Walk::Partial;
-                }
-            }
-            match full {
-                Some(n) => i += n,
-                None => return Walk::Mismatch,
+            match unit_at(unit, &hay[i..], at_end) {
+                Walk::Full(n) => i += n,
+                Walk::Partial => return Walk::Partial,
+                Walk::Mismatch if k == 0 => return Walk::Mismatch,
+                // At most one break between two units: a line is wrapped
+                // once, and a run of breaks would let an echo hold back the
+                // whole stream (and have it rescanned with every chunk).
+                Walk::Mismatch => match self.skip(hay, i, at_end) {
+                    None => return Walk::Partial,
+                    Some(0) => return Walk::Mismatch,
+                    Some(gap) => match unit_at(unit, &hay[i + gap..], at_end) {
+                        Walk::Full(n) => i += gap + n,
+                        other => return other,
+                    },
+                },
             }
         }
         Walk::Full(i)
     }
+}
+
+/// Whether one unit (any of its spellings, the longest that fits) starts
+/// `rest`.
+fn unit_at(unit: &[Vec<u8>], rest: &[u8], at_end: bool) -> Walk {
+    let Some(c) = rest.first().map(u8::to_ascii_lowercase) else {
+        return if at_end {
+            Walk::Mismatch
+        } else {
+            Walk::Partial
+        };
+    };
+    let mut full = None;
+    for alt in unit {
+        if alt.first() != Some(&c) {
+            continue;
+        }
+        if rest.len() >= alt.len() {
+            if full.is_none() && rest[..alt.len()].eq_ignore_ascii_case(alt) {
+                full = Some(alt.len());
+            }
+        } else if !at_end && alt[..rest.len()].eq_ignore_ascii_case(rest) {
+            return Walk::Partial;
+        }
+    }
+    full.map_or(Walk::Mismatch, Walk::Full)
 }
 
 /// The spellings of one character of a value (lower-case, longest first).
@@ -254,10 +278,17 @@ fn needles_of(v: &[u8]) -> Vec<Needle> {
 #[derive(Debug)]
 pub struct Redactor {
     needles: Vec<Needle>,
-    /// Whether a byte can start some needle: most bytes are passed on after
-    /// one table lookup.
-    first: [bool; 256],
+    /// Which needles may start with each byte.
+    starts: Vec<Vec<usize>>,
+    /// The pairs of bytes a match may start with, one bit each: most places
+    /// in a body are passed over after one lookup.
+    pairs: Box<[u64; 1024]>,
     held: BytesMut,
+}
+
+/// Both ASCII cases of `b`.
+fn cases(b: u8) -> [u8; 2] {
+    [b.to_ascii_lowercase(), b.to_ascii_uppercase()]
 }
 
 impl Redactor {
@@ -273,20 +304,49 @@ impl Redactor {
             needles.extend(needles_of(&v));
             seen.push(v);
         }
-        let mut first = [false; 256];
-        for n in &needles {
+        let mut starts = vec![Vec::new(); 256];
+        let mut pairs = Box::new([0u64; 1024]);
+        let mut mark = |a: u8, b: u8| {
+            let bit = usize::from(a) << 8 | usize::from(b);
+            pairs[bit / 64] |= 1 << (bit % 64);
+        };
+        for (k, n) in needles.iter().enumerate() {
+            // What may follow a one-byte spelling of the first unit: the
+            // second unit, or a break before it.
+            let mut next: Vec<u8> = match n.wrap {
+                Wrap::None => Vec::new(),
+                Wrap::Lines => vec![b'\r', b'\n'],
+                Wrap::Soft => vec![b'\r', b'\n', b'='],
+            };
+            match n.units.get(1) {
+                Some(unit) => next.extend(unit.iter().filter_map(|alt| alt.first())),
+                None => next.extend(0..=u8::MAX),
+            }
             for alt in n.units.first().into_iter().flatten() {
-                if let Some(&b) = alt.first() {
-                    first[usize::from(b)] = true;
-                    first[usize::from(b.to_ascii_uppercase())] = true;
+                let Some(&a) = alt.first() else { continue };
+                for a in cases(a) {
+                    if !starts[usize::from(a)].contains(&k) {
+                        starts[usize::from(a)].push(k);
+                    }
+                    match alt.get(1) {
+                        Some(&b) => cases(b).into_iter().for_each(|b| mark(a, b)),
+                        None => next.iter().flat_map(|&b| cases(b)).for_each(|b| mark(a, b)),
+                    }
                 }
             }
         }
         Self {
             needles,
-            first,
+            starts,
+            pairs,
             held: BytesMut::new(),
         }
+    }
+
+    /// Whether a match may start with the bytes `a`, `b`.
+    fn pair(&self, a: u8, b: u8) -> bool {
+        let bit = usize::from(a) << 8 | usize::from(b);
+        self.pairs[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// Whether `data` holds a credential (in any spelling, any case).
@@ -359,25 +419,31 @@ impl Redactor {
         let mut out = Vec::with_capacity(data.len());
         let mut found = false;
         let mut i = 0;
+        let mut copied = 0;
         while i < data.len() {
-            if !self.first[usize::from(data[i])] {
-                out.push(data[i]);
-                i += 1;
-                continue;
+            // The next place a match may start (the last byte always may).
+            i += data[i..]
+                .windows(2)
+                .position(|w| self.pair(w[0], w[1]))
+                .unwrap_or(data.len() - 1 - i);
+            if i == data.len() - 1 && self.starts[usize::from(data[i])].is_empty() {
+                break;
             }
             let rest = &data[i..];
             let mut best = None;
             let mut partial = false;
-            for n in &self.needles {
-                match n.walk(rest, at_end) {
-                    Walk::Full(k) => best = Some(best.map_or(k, |b: usize| b.max(k))),
+            for &k in &self.starts[usize::from(data[i])] {
+                match self.needles[k].walk(rest, at_end) {
+                    Walk::Full(n) => best = Some(best.map_or(n, |b: usize| b.max(n))),
                     Walk::Partial => partial = true,
                     Walk::Mismatch => {}
                 }
             }
-            if let Some(k) = best {
+            if let Some(n) = best {
+                out.extend_from_slice(&data[copied..i]);
                 out.extend_from_slice(MARK);
-                i += k;
+                i += n;
+                copied = i;
                 found = true;
                 continue;
             }
@@ -385,11 +451,12 @@ impl Redactor {
             // place where a needle may still complete is released before
             // the bytes that decide it arrive.
             if partial && !at_end {
+                out.extend_from_slice(&data[copied..i]);
                 return (out, i, found);
             }
-            out.push(data[i]);
             i += 1;
         }
+        out.extend_from_slice(&data[copied..]);
         (out, data.len(), found)
     }
 
@@ -446,6 +513,38 @@ mod tests {
                 assert!(s.contains("Bearer [redacted by warrant]"), "{s}");
             }
         }
+    }
+
+    /// What is held back is bounded by the longest spelling of a value: a
+    /// run of line breaks after a first character (which an agent can have
+    /// an echoing upstream send) must not hold back the stream, or have it
+    /// rescanned with every chunk.
+    #[test]
+    fn a_run_of_line_breaks_does_not_hold_back_the_stream() {
+        for start in [&b"s"[..], b"%73", b"c2st", b"="] {
+            let mut r = Redactor::new(vec![b"sk-live-0123456789".to_vec()]);
+            let mut sent = r.push(start).len();
+            let mut pushed = start.len();
+            for gap in [&b"\n"[..], b"\r\n", b"=\r\n", b"\r"] {
+                for _ in 0..2000 {
+                    pushed += gap.len();
+                    sent += r.push(gap).len();
+                }
+                assert!(
+                    pushed - sent < 64,
+                    "{start:?}: {} bytes held",
+                    pushed - sent
+                );
+            }
+            sent += r.finish().len();
+            assert_eq!(sent, pushed);
+        }
+        // One break between two characters is still a wrapped echo.
+        let r = Redactor::new(vec![b"sk-live-0123456789".to_vec()]);
+        for echo in [&b"sk-live-01\r\n23456789"[..], b"sk-live-01=\r\n23456789"] {
+            assert_eq!(r.redact_all(echo).unwrap(), MARK, "{echo:?}");
+        }
+        assert!(r.redact_all(b"sk-live-01\n\n23456789").is_none());
     }
 
     /// Issue 12, item 7: a credential ending exactly at a chunk boundary
