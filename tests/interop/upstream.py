@@ -22,6 +22,7 @@ Endpoints:
 """
 import base64
 import datetime
+import hashlib
 import json
 import os
 import ssl
@@ -92,6 +93,7 @@ class Handler(BaseHTTPRequestHandler):
             "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_len": len(body),
+            "body_sha256": hashlib.sha256(body).hexdigest(),
         }
         with LOCK, open(LOG, "a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -17,6 +17,7 @@
 //! later request until one can (fail closed). See ARCHITECTURE.md for why an
 //! allowed request is not held for an fsync.
 
+mod body;
 pub mod credential;
 pub mod path;
 pub mod redact;
@@ -453,6 +454,12 @@ impl ProxyService {
             );
             return self.refuse(event, e, &route.name).await;
         }
+        // INVARIANT (one reading of method and path): a POST body a
+        // framework would read a method override from is read first.
+        let req = match body::without_overrides(req, &route.name, route.max_request_bytes).await {
+            Ok(r) => r,
+            Err(e) => return self.refuse(event, e, &route.name).await,
+        };
 
         let providers = Providers {
             secrets: &self.secrets,
@@ -619,7 +626,12 @@ impl ProxyService {
         if event.reasons.is_empty() {
             event.reasons.push(format!("{}: {}", e.code, e.message));
         }
-        add_detail(&mut event, json!({ "status": e.status.as_u16() }));
+        // The reasons may be the policies that allowed the request; what
+        // refused it after all is always in the record.
+        add_detail(
+            &mut event,
+            json!({ "status": e.status.as_u16(), "refusal": e.code }),
+        );
         self.metrics.proxy_request(route, e.code);
         // No task token verified yet: the caller is unknown, and its refusal
         // is recorded in aggregate, not durably one by one.
@@ -852,7 +864,7 @@ impl ProxyService {
         let mut event = event;
         add_detail(
             &mut event,
-            json!({ "status": e.status.as_u16(), "error": e.message }),
+            json!({ "status": e.status.as_u16(), "refusal": e.code, "error": e.message }),
         );
         self.metrics.proxy_request(route, e.code);
         if self.store.append_audit(event).await.is_err() {

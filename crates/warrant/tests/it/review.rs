@@ -1370,6 +1370,203 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
     assert!(text.contains("[redacted by warrant]"), "{text}");
 }
 
+/// Found after the second round: frameworks read a `_method` field in a
+/// POST body (Rack in forms and untyped POSTs, Symfony and Laravel in forms
+/// with PHP's key spellings, Laravel in JSON too) as the method, so a POST
+/// the policy allowed acted as the DELETE it forbade. Such bodies are read
+/// first; one with an override is refused and audited, one that cannot be
+/// read is refused, and others reach the upstream byte for byte.
+#[test]
+fn a_method_override_in_a_post_body_is_refused() {
+    let up = crate::proxy::Upstream::start(false);
+    let config = format!(
+        "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\", \"POST\", \"DELETE\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
+        up.origin("http")
+    );
+    let policy = r#"
+permit(principal, action == Action::"identity:issue", resource);
+permit(principal, action == Action::"token:exchange", resource);
+permit(principal, action == Action::"http:request", resource == Route::"site");
+forbid(principal, action == Action::"http:request", resource == Route::"site")
+when { context.method == "DELETE" };
+"#;
+    let w = world_with(4, &config, policy);
+    put_secret(&w, "site-key", "site-key-0123456789", None);
+    let orch = identity(&w.b, "orch");
+    let r = exchange(
+        &w.b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "site:write"), ("audience", "https://site.test")],
+    );
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let post = |ct: Option<&str>, extra: &str, body: &[u8]| {
+        let ct = ct
+            .map(|c| format!("Content-Type: {c}\r\n"))
+            .unwrap_or_default();
+        warrant_testkit::raw(
+            w.b.edge,
+            &format!(
+                "POST /site/items/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{ct}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                w.b.edge,
+                body.len()
+            ),
+            body,
+        )
+    };
+    // The DELETE itself is forbidden.
+    let r = warrant_testkit::http(
+        w.b.edge,
+        "DELETE",
+        "/site/items/1",
+        &[("authorization", &format!("Bearer {token}"))],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+
+    let form = "application/x-www-form-urlencoded";
+    let mp = "multipart/form-data; boundary=XB";
+    let part = |cd: &str| {
+        format!(
+            "--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XB\r\nContent-Disposition: {cd}\r\n\r\nDELETE\r\n--XB--\r\n"
+        )
+    };
+    let refused: Vec<(Option<&str>, String)> = vec![
+        (Some(form), "_method=DELETE".into()),
+        (Some(form), "a=1&_METHOD=DELETE".into()),
+        (Some(form), "a=1;_method=DELETE".into()),
+        (Some(form), "%5Fmethod=DELETE".into()),
+        (Some(form), ".method=DELETE".into()),
+        (Some(form), "%20_method=DELETE".into()),
+        (Some(form), "[method=DELETE".into()),
+        (
+            Some("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
+            "_method=DELETE".into(),
+        ),
+        (None, "_method=DELETE".into()),
+        (Some(""), "_method=DELETE".into()),
+        (Some("application/json"), r#"{"_method":"DELETE"}"#.into()),
+        (
+            Some("application/json"),
+            r#"{"\u005fmethod":"DELETE"}"#.into(),
+        ),
+        (
+            Some("application/json"),
+            r#"{"a":1,"_method":"GET","_method":"DELETE"}"#.into(),
+        ),
+        (
+            Some("text/plain; x=/json"),
+            r#"{"_method":"DELETE"}"#.into(),
+        ),
+        (
+            Some("application/vnd.api+json"),
+            r#"{"_method":"DELETE"}"#.into(),
+        ),
+        (Some(mp), part("form-data; name=\"_method\"")),
+        (Some(mp), part("form-data; name=_METHOD")),
+        (Some(mp), part("form-data; name=\"x\"; name=\"_method\"")),
+        (Some(mp), part("form-data; name*=utf-8''%5Fmethod")),
+        (
+            Some("multipart/mixed; boundary=XB"),
+            part("form-data; name=\"_method\""),
+        ),
+        (
+            Some(mp),
+            part("form-data; name=\"_method\"").replace("\r\n", "\n"),
+        ),
+    ];
+    for (ct, body) in &refused {
+        let r = post(*ct, "", body.as_bytes());
+        assert_eq!(r.status, 400, "{ct:?} {body}: {}", r.body);
+        assert!(
+            r.body.contains("method_override") || r.body.contains("multipart"),
+            "{}",
+            r.body
+        );
+    }
+    // What cannot be read is not passed on unread.
+    for (ct, extra, body) in [
+        (
+            form,
+            "Content-Encoding: gzip\r\n",
+            &b"\x1f\x8b\x08\x00garbage"[..],
+        ),
+        ("application/json", "Content-Encoding: br\r\n", b"{}"),
+        (
+            mp,
+            "",
+            b"--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1",
+        ),
+        ("multipart/form-data", "", b"--XB--\r\n"),
+        (
+            "multipart/form-data; boundary=a; boundary=XB",
+            "",
+            b"--XB--\r\n",
+        ),
+    ] {
+        let r = post(Some(ct), extra, body);
+        assert!(
+            matches!(r.status, 400 | 415),
+            "{ct} {extra}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let r = warrant_testkit::raw(
+        w.b.edge,
+        &format!(
+            "POST /site/items/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: {form}\r\nContent-Type: text/plain\r\nContent-Length: 14\r\nConnection: close\r\n\r\n",
+            w.b.edge
+        ),
+        b"_method=DELETE",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        up.seen().is_empty(),
+        "nothing reached the upstream: {:?}",
+        up.seen()
+    );
+
+    // Ordinary bodies pass, byte for byte, and so does a POST to a path.
+    let upload = part("form-data; name=\"file\"; filename=\"_method.txt\"");
+    let passed: Vec<(Option<&str>, String)> = vec![
+        (Some(form), "a=1&payment_method=card&x_method=1".into()),
+        (
+            Some("application/json"),
+            r#"{"model":"m","messages":[{"_method":"x"}],"method":"y"}"#.into(),
+        ),
+        (Some("application/json"), r#"[{"_method":"DELETE"}]"#.into()),
+        (Some(mp), upload),
+        (Some("application/octet-stream"), "_method=DELETE".into()),
+    ];
+    for (ct, body) in &passed {
+        let r = post(*ct, "", body.as_bytes());
+        assert_eq!(r.status, 200, "{ct:?} {body}: {}", r.body);
+        let seen = up.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(last["method"], "POST");
+        use sha2::Digest as _;
+        let sha = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
+        assert_eq!(last["body_sha256"], sha.as_str(), "{ct:?} {body}");
+    }
+    assert_eq!(up.seen().len(), passed.len());
+
+    // Every refusal is in the trail, with its reason.
+    let db = rusqlite::Connection::open(w.b.data_dir.join("warrant.db")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM audit_log WHERE body LIKE '%\"refusal\":\"method_override\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let last: String = db
+        .query_row("SELECT body FROM audit_log WHERE body LIKE '%\"status\":400%' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    assert!(n >= refused.len() as i64, "{n} records; {last}");
+}
+
 /// A proxy world: route `site` to a recording upstream, orch permitted, and
 /// a task token for alice.
 fn site_world() -> (World, crate::proxy::Upstream, String) {

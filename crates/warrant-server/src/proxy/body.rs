@@ -1,0 +1,424 @@
+//! Method overrides carried in a POST body.
+//!
+//! Frameworks read a `_method` field of a POSTed form as the request's
+//! method: Rack (Rails, Sinatra) in urlencoded and multipart forms and in a
+//! POST with no content type, Symfony and Laravel in forms (with PHP's
+//! spellings of a key) and Laravel in a JSON body too, Express's
+//! `method-override` wherever its body parser put one. A POST the rules and
+//! policy allowed would then act as the DELETE they forbade, so POST bodies
+//! that could carry one are read before anything is forwarded, and a body
+//! the edge cannot read (compressed, or a multipart body it cannot parse) is
+//! refused rather than passed on unread.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt as _;
+
+use warrant_core::text::shown;
+
+use super::{Refusal, php_key, repeated, uninspectable};
+
+/// How a body could carry form fields.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Kinds {
+    form: bool,
+    json: bool,
+    /// The boundary of a multipart body.
+    multipart: Option<String>,
+}
+
+/// The readings a framework could give a body with these headers.
+fn kinds(headers: &HeaderMap) -> Result<Kinds, String> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        // Rack parses a POST without a content type as a form.
+        return Ok(Kinds {
+            form: true,
+            ..Kinds::default()
+        });
+    };
+    let raw = String::from_utf8_lossy(value.as_bytes());
+    let value = raw.to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let mut k = Kinds {
+        // PHP compares the type's start; an empty type is none.
+        form: essence.is_empty() || essence.starts_with("application/x-www-form-urlencoded"),
+        // Laravel reads a body as JSON when the header says `json` anywhere.
+        json: value.contains("json"),
+        multipart: None,
+    };
+    if essence.starts_with("multipart/") {
+        // The boundary keeps its case.
+        let params: Vec<&str> = raw
+            .split(';')
+            .skip(1)
+            .filter_map(|p| p.split_once('='))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
+            .map(|(_, v)| v.trim().trim_matches('"'))
+            .collect();
+        match params[..] {
+            [b] if !b.is_empty() => k.multipart = Some(b.to_owned()),
+            _ => return Err("a multipart body needs exactly one `boundary` parameter".into()),
+        }
+    }
+    Ok(k)
+}
+
+/// Whether a field name is read as `_method` by some framework.
+fn is_override(name: &str) -> bool {
+    php_key(name).starts_with("_method")
+}
+
+fn bad(message: String) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "method_override", message)
+}
+
+const OVERRIDE: &str = "a `_method` field in a POST body (in any spelling a framework reads as it) is refused: upstream frameworks read it as another method than the one the edge decides on";
+
+/// Reads a POST body that could carry a method override; the request to
+/// forward (its body in memory when it was read), or why it is refused.
+pub(crate) async fn without_overrides(
+    req: Request<Body>,
+    route: &str,
+    max_bytes: u64,
+) -> Result<Request<Body>, Refusal> {
+    if req.method() != Method::POST {
+        return Ok(req);
+    }
+    if let Some(h) = repeated(req.headers(), &[header::CONTENT_TYPE]) {
+        return Err(bad(format!(
+            "`{h}` is sent more than once; send it once, so there is one reading of the body"
+        )));
+    }
+    let kinds = kinds(req.headers()).map_err(bad)?;
+    if !kinds.form && !kinds.json && kinds.multipart.is_none() {
+        return Ok(req);
+    }
+    if let Some(coding) = uninspectable(req.headers()) {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "body_encoding",
+            format!(
+                "a form or JSON body sent with `{}` cannot be read for a method override; send it uncompressed",
+                shown(&coding, 40)
+            ),
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is over the {max_bytes} bytes route `{route}` accepts; the upload was cut off"
+                ),
+            ));
+        }
+        Err(_) => {
+            return Err(bad("the request body could not be read".into()));
+        }
+    };
+    if kinds.form && form_overrides(&bytes) {
+        return Err(bad(OVERRIDE.into()));
+    }
+    if kinds.json && json_overrides(&bytes) {
+        return Err(bad(OVERRIDE.into()));
+    }
+    if let Some(boundary) = kinds.multipart {
+        match multipart_overrides(bytes.clone(), boundary).await {
+            Ok(false) => {}
+            Ok(true) => return Err(bad(OVERRIDE.into())),
+            Err(why) => {
+                return Err(bad(format!(
+                    "the multipart body cannot be read ({why}); the upstream could read fields in it the edge did not"
+                )));
+            }
+        }
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Whether an urlencoded body names `_method` (pairs split at `&` and, as
+/// some parsers do, `;`).
+fn form_overrides(body: &[u8]) -> bool {
+    body.split(|&b| b == b'&' || b == b';').any(|pair| {
+        url::form_urlencoded::parse(pair)
+            .next()
+            .is_some_and(|(k, _)| is_override(&k))
+    })
+}
+
+/// Whether a JSON body's top-level object has a `_method` key (any number
+/// of times, however escaped).
+fn json_overrides(body: &[u8]) -> bool {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+    struct TopKeys;
+    impl<'de> Visitor<'de> for TopKeys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut found = false;
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                found |= is_override(&k);
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(found)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+    }
+    // A body that is not JSON carries no JSON field: a framework reading it
+    // as JSON finds nothing in it either.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de.deserialize_any(TopKeys).unwrap_or(false)
+}
+
+/// Whether a multipart body has a field named `_method`, by the name its
+/// parser reads or by any `name` parameter of its `Content-Disposition`.
+async fn multipart_overrides(body: Bytes, boundary: String) -> Result<bool, String> {
+    // Parsers differ at the edges (line endings, folding, preambles), so
+    // anything in the body that reads as a `name` parameter counts too.
+    if raw_name_params(&body).any(|v| is_override(&v) || is_override(&percent_decode(&v))) {
+        return Ok(true);
+    }
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut parts = multer::Multipart::new(stream, boundary);
+    loop {
+        let field = match parts.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(shown(&e.to_string(), 120)),
+        };
+        if field.name().is_some_and(is_override) {
+            return Ok(true);
+        }
+        for cd in field.headers().get_all(header::CONTENT_DISPOSITION) {
+            let cd = String::from_utf8_lossy(cd.as_bytes());
+            // Every segment, so a `;` inside quotes only adds segments.
+            for param in cd.split(';') {
+                let Some((k, v)) = param.split_once('=') else {
+                    continue;
+                };
+                let k = k.trim().trim_end_matches('*').to_ascii_lowercase();
+                if k != "name" {
+                    continue;
+                }
+                let v = v.trim().trim_matches('"');
+                // RFC 5987 `charset'lang'value`, percent-encoded.
+                let v = v.rsplit('\'').next().unwrap_or(v);
+                let decoded = percent_decode(v);
+                if is_override(v) || is_override(&decoded) {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+/// Every value in `body` that follows `name=` or `name*=` (any case,
+/// spaces around `=`), quoted or up to `;`, a line end or a quote.
+fn raw_name_params(body: &[u8]) -> impl Iterator<Item = String> + '_ {
+    let lower = body.to_ascii_lowercase();
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while let Some(i) = find(&lower[at..], b"name") {
+            let start = at + i + 4;
+            at = start;
+            // `name`, not the end of `filename`.
+            if (at - 4)
+                .checked_sub(1)
+                .and_then(|p| lower.get(p))
+                .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+            {
+                continue;
+            }
+            let mut j = start;
+            if lower.get(j) == Some(&b'*') {
+                j += 1;
+            }
+            while lower.get(j).is_some_and(|b| *b == b' ' || *b == b'\t') {
+                j += 1;
+            }
+            if lower.get(j) != Some(&b'=') {
+                continue;
+            }
+            j += 1;
+            while lower
+                .get(j)
+                .is_some_and(|b| *b == b' ' || *b == b'\t' || *b == b'"')
+            {
+                j += 1;
+            }
+            let end = body[j..]
+                .iter()
+                .position(|b| matches!(b, b'"' | b';' | b'\r' | b'\n'))
+                .map_or(body.len(), |k| j + k);
+            let v = String::from_utf8_lossy(&body[j..end]);
+            // RFC 5987 `charset'lang'value`.
+            return Some(v.rsplit('\'').next().unwrap_or_default().to_owned());
+        }
+        None
+    })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn percent_decode(v: &str) -> String {
+    url::form_urlencoded::parse(format!("k={}", v.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_fields_in_every_spelling_are_found() {
+        for body in [
+            &b"_method=DELETE"[..],
+            b"a=1&_METHOD=DELETE",
+            b"a=1;_method=DELETE",
+            b"%5Fmethod=DELETE",
+            b".method=DELETE",
+            b"+_method=DELETE",
+            b"%20_method=DELETE",
+            b"[method=DELETE",
+            b"_method[]=DELETE",
+            b"_method",
+        ] {
+            assert!(form_overrides(body), "{}", String::from_utf8_lossy(body));
+        }
+        for body in [&b"a=1&b=2"[..], b"method=x", b"x_method=1", b""] {
+            assert!(!form_overrides(body), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn json_keys_however_escaped_are_found() {
+        for body in [
+            r#"{"_method":"DELETE"}"#,
+            r#"{"a":{"b":[1,2]},"_method":"DELETE"}"#,
+            r#"{"\u005fmethod":"DELETE"}"#,
+            r#"{"_\u006Dethod":"DELETE"}"#,
+            r#"{"_method":"GET","_method":"DELETE"}"#,
+        ] {
+            assert!(json_overrides(body.as_bytes()), "{body}");
+        }
+        for body in [
+            r#"{"model":"m","messages":[{"_method":"x"}]}"#,
+            r#"[{"_method":"DELETE"}]"#,
+            r#""_method""#,
+            "not json",
+            "",
+        ] {
+            assert!(!json_overrides(body.as_bytes()), "{body}");
+        }
+    }
+
+    fn multipart(disposition: &str) -> Bytes {
+        Bytes::from(format!(
+            "--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XB\r\nContent-Disposition: {disposition}\r\n\r\nDELETE\r\n--XB--\r\n"
+        ))
+    }
+
+    #[tokio::test]
+    async fn multipart_fields_in_every_spelling_are_found() {
+        for cd in [
+            "form-data; name=\"_method\"",
+            "form-data; name=_METHOD",
+            "form-data; name=\".method\"",
+            "form-data; name=\"x\"; name=\"_method\"",
+            "form-data; name*=utf-8''%5Fmethod",
+            "form-data; filename=\"a.txt\"; name=\"_method[]\"",
+        ] {
+            let found = multipart_overrides(multipart(cd), "XB".into()).await;
+            assert_eq!(found, Ok(true), "{cd}");
+        }
+        for cd in [
+            "form-data; name=\"payment_method\"",
+            "form-data; name=\"file\"; filename=\"_method.txt\"",
+        ] {
+            let found = multipart_overrides(multipart(cd), "XB".into()).await;
+            assert_eq!(found, Ok(false), "{cd}");
+        }
+        // Whatever a parser makes of it, a `name` parameter anywhere counts.
+        let lf = Bytes::from_static(
+            b"--XB\nContent-Disposition: form-data; name = \"_method\"\n\nDELETE\n--XB--\n",
+        );
+        assert_eq!(multipart_overrides(lf, "XB".into()).await, Ok(true));
+        let cut =
+            Bytes::from_static(b"--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1");
+        assert!(multipart_overrides(cut, "XB".into()).await.is_err());
+    }
+
+    #[test]
+    fn content_types_are_read_as_frameworks_read_them() {
+        let of = |ct: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            }
+            kinds(&h)
+        };
+        assert!(of(None).unwrap().form);
+        assert!(of(Some("")).unwrap().form);
+        assert!(
+            of(Some("Application/X-WWW-Form-Urlencoded; charset=utf-8"))
+                .unwrap()
+                .form
+        );
+        assert!(of(Some("application/x-www-form-urlencodedx")).unwrap().form);
+        assert!(of(Some("application/json")).unwrap().json);
+        assert!(of(Some("text/plain; x=/json")).unwrap().json);
+        assert!(of(Some("application/vnd.api+json")).unwrap().json);
+        assert_eq!(
+            of(Some("multipart/form-data; boundary=XB"))
+                .unwrap()
+                .multipart,
+            Some("XB".into())
+        );
+        assert_eq!(
+            of(Some("multipart/mixed; boundary=\"XB\""))
+                .unwrap()
+                .multipart,
+            Some("XB".into())
+        );
+        assert!(of(Some("multipart/form-data; boundary=a; boundary=b")).is_err());
+        assert!(of(Some("multipart/form-data")).is_err());
+        assert_eq!(of(Some("text/plain")).unwrap(), Kinds::default());
+        assert_eq!(
+            of(Some("application/octet-stream")).unwrap(),
+            Kinds::default()
+        );
+    }
+}
