@@ -157,6 +157,29 @@ fn check_private(path: &Path, meta: &fs::Metadata, want: u32) -> Result<(), Data
 /// decides what the broker trusts, so it is refused, as a data directory
 /// open to others is.
 pub fn check_trusted(path: &Path, what: &str, program: bool) -> Result<(), String> {
+    check_trusted_as(
+        path,
+        what,
+        if program { Trust::Program } else { Trust::Data },
+    )
+}
+
+/// What a trusted path is to the broker, which decides how strict the
+/// check of the directories above it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Read as data: a sticky shared directory anywhere above is fine.
+    Data,
+    /// Run: not in a shared directory, since interpreters import from a
+    /// script's directory.
+    Program,
+    /// A directory code is loaded from: not shared itself, sticky or not.
+    CodeDir,
+}
+
+/// [`check_trusted`], for a path of any [`Trust`].
+pub fn check_trusted_as(path: &Path, what: &str, trust: Trust) -> Result<(), String> {
+    let program = trust == Trust::Program;
     let me = rustix::process::geteuid().as_raw();
     let real = fs::canonicalize(path)
         .map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
@@ -171,7 +194,10 @@ pub fn check_trusted(path: &Path, what: &str, program: bool) -> Result<(), Strin
                 m.uid()
             ));
         }
-        let sticky_ok = m.is_dir() && mode & 0o1000 != 0 && !(program && depth == 1);
+        let sticky_ok = m.is_dir()
+            && mode & 0o1000 != 0
+            && !(program && depth == 1)
+            && !(trust == Trust::CodeDir && depth == 0);
         if mode & 0o022 != 0 && !sticky_ok {
             return Err(format!(
                 "{what} `{}`: `{}` can be written by others (mode {mode:o}), who would then decide what the broker trusts; `chmod go-w {}`{}",
@@ -184,6 +210,70 @@ pub fn check_trusted(path: &Path, what: &str, program: bool) -> Result<(), Strin
                     ""
                 }
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The most entries [`check_code_tree`] looks at under one directory.
+const CODE_TREE_LIMIT: usize = 200_000;
+
+/// Checks a directory code is loaded from (an interpreter's script
+/// directory, a `PYTHONPATH` entry) and everything under it: an importer
+/// reads any file there, so every one must be as trusted as a program.
+/// Links are checked where they lead (and the directories above that),
+/// without descending into a linked directory.
+pub fn check_code_tree(dir: &Path, what: &str) -> Result<(), String> {
+    check_trusted_as(dir, what, Trust::CodeDir)?;
+    let me = rustix::process::geteuid().as_raw();
+    let root = fs::canonicalize(dir).map_err(|e| format!("{what} `{}`: {e}", dir.display()))?;
+    let mut stack = vec![root];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            // What the broker's user cannot list, its children cannot
+            // import from either.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => continue,
+            Err(e) => return Err(format!("{what} `{}`: {e}", d.display())),
+        };
+        for entry in entries {
+            let p = entry
+                .map_err(|e| format!("{what} `{}`: {e}", d.display()))?
+                .path();
+            seen += 1;
+            if seen > CODE_TREE_LIMIT {
+                return Err(format!(
+                    "{what} `{}`: more than {CODE_TREE_LIMIT} files under it to check; load code from a smaller directory",
+                    dir.display()
+                ));
+            }
+            let m =
+                fs::symlink_metadata(&p).map_err(|e| format!("{what} `{}`: {e}", p.display()))?;
+            if m.file_type().is_symlink() {
+                check_trusted_as(&p, what, Trust::Program)?;
+                continue;
+            }
+            let mode = m.permissions().mode() & 0o7777;
+            if m.uid() != me && m.uid() != 0 {
+                return Err(format!(
+                    "{what} `{}`: `{}` belongs to uid {}; code the broker's children load must belong to its own user (uid {me}) or root",
+                    dir.display(),
+                    p.display(),
+                    m.uid()
+                ));
+            }
+            if mode & 0o022 != 0 {
+                return Err(format!(
+                    "{what} `{}`: `{}` can be written by others (mode {mode:o}), who would then run code as the broker's user; `chmod go-w {}`",
+                    dir.display(),
+                    p.display(),
+                    p.display()
+                ));
+            }
+            if m.is_dir() {
+                stack.push(p);
+            }
         }
     }
     Ok(())

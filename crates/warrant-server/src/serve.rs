@@ -95,27 +95,7 @@ fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
                 ca_file: Some(f), ..
             } => files.push((f.clone(), "ca_file (of an [[mcp_server]])", false)),
             crate::mcp::config::Transport::Stdio(s) => {
-                // The program, found as the child will find it, and every
-                // argument naming a file (the script an interpreter runs).
-                match program_path(&s.command) {
-                    Some(p) => files.push((p, "command (of an [[mcp_server]])", true)),
-                    None => {
-                        return Err(ServeError::Io(format!(
-                            "command `{}` (of [[mcp_server]] `{}`) is not found on PATH",
-                            s.command, m.name
-                        )));
-                    }
-                }
-                for a in &s.args {
-                    let p = std::path::Path::new(a);
-                    if p.is_file() {
-                        files.push((
-                            p.to_path_buf(),
-                            "a file argument (of an [[mcp_server]])",
-                            true,
-                        ));
-                    }
-                }
+                crate::mcp::stdio::check_sources(s, &m.name).map_err(ServeError::Io)?;
             }
             crate::mcp::config::Transport::Http { .. } => {}
         }
@@ -124,21 +104,6 @@ fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
         crate::data_dir::check_trusted(&f, what, program).map_err(ServeError::Io)?;
     }
     Ok(())
-}
-
-/// Where `command` is: itself if it names a path, else the first
-/// executable of that name on `PATH`.
-fn program_path(command: &str) -> Option<std::path::PathBuf> {
-    if command.contains('/') {
-        return Some(command.into());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(command))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 // The causes are in the messages above, so they are not also `source()`s (the

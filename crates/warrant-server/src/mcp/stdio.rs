@@ -51,6 +51,216 @@ pub struct StdioSpec {
     pub env: Vec<(String, EnvValue)>,
 }
 
+/// Environment variables that tell a program where to load code from (or
+/// what to run first). Every path in them must be as trusted as the
+/// program itself.
+const CODE_ENV: &[&str] = &[
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PYTHONUSERBASE",
+    "PYTHONSAFEPATH",
+    "VIRTUAL_ENV",
+    "NODE_PATH",
+    "NODE_OPTIONS",
+    "NPM_CONFIG_PREFIX",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5OPT",
+    "RUBYLIB",
+    "RUBYOPT",
+    "GEM_HOME",
+    "GEM_PATH",
+    "BUNDLE_GEMFILE",
+    "CLASSPATH",
+    "JAVA_TOOL_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "_JAVA_OPTIONS",
+    "LUA_PATH",
+    "LUA_CPATH",
+    "PHPRC",
+    "PHP_INI_SCAN_DIR",
+    "BASH_ENV",
+    "ENV",
+    "GCONV_PATH",
+    "HOME",
+    "PATH",
+];
+
+/// Whether a variable names where code is loaded from.
+fn loads_code(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    CODE_ENV.contains(&k.as_str()) || k.starts_with("LD_") || k.starts_with("DYLD_")
+}
+
+/// The pieces of an argument or variable that could be paths.
+fn path_pieces(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| c.is_whitespace() || matches!(c, ':' | '=' | ',' | ';'))
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether a file is a script (an interpreter loads its neighbours).
+fn is_script(path: &std::path::Path) -> bool {
+    use std::io::Read as _;
+    let by_name = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "py" | "pyc"
+                | "pyz"
+                | "js"
+                | "mjs"
+                | "cjs"
+                | "ts"
+                | "mts"
+                | "rb"
+                | "pl"
+                | "pm"
+                | "php"
+                | "sh"
+                | "lua"
+                | "jar"
+        )
+    });
+    let mut head = [0u8; 2];
+    by_name
+        || std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| &head == b"#!")
+}
+
+/// Where `command` is, as the child is started: itself if it names a path,
+/// else the first executable of that name on `PATH` (the one in its `env`
+/// if set there).
+pub fn program_path(
+    command: &str,
+    path_var: Option<&std::ffi::OsStr>,
+) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if command.contains('/') {
+        return Some(command.into());
+    }
+    let inherited = std::env::var_os("PATH");
+    let path = path_var.or(inherited.as_deref())?;
+    std::env::split_paths(path)
+        .map(|d| d.join(command))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Checks what a stdio MCP server's process runs and loads code from can
+/// be changed only by the broker's user or root: the program (and, for a
+/// script, everything in its directory), the working directory it starts
+/// in, its first operand when that is a directory (`python3 DIR` runs
+/// `DIR/__main__.py`), every file its arguments and environment name
+/// (scripts with their directories), and every path in a variable that
+/// says where code is loaded from (`PYTHONPATH`, `NODE_OPTIONS`, `LD_*`,
+/// ...), including one that does not exist yet and so could be created.
+/// Checked at start-up and again before each start of the process.
+pub fn check_sources(spec: &StdioSpec, server: &str) -> Result<(), String> {
+    use crate::data_dir::{Trust, check_code_tree, check_trusted, check_trusted_as};
+    use std::path::{Path, PathBuf};
+
+    let of = |w: &str| format!("{w} (of [[mcp_server]] `{server}`)");
+    let plain = |key: &str| {
+        spec.env.iter().find_map(|(k, v)| match v {
+            EnvValue::Plain(v) if k == key => Some(v.as_str()),
+            _ => None,
+        })
+    };
+    let program =
+        program_path(&spec.command, plain("PATH").map(std::ffi::OsStr::new)).ok_or_else(|| {
+            format!(
+                "command `{}` (of [[mcp_server]] `{server}`) is not found on PATH",
+                spec.command
+            )
+        })?;
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("{}: {e}", of("the working directory")))?;
+    let file = |p: &Path, what: &str| -> Result<(), String> {
+        check_trusted(p, what, true)?;
+        if is_script(p)
+            && let Some(dir) = std::fs::canonicalize(p)
+                .ok()
+                .and_then(|r| r.parent().map(Path::to_path_buf))
+        {
+            check_code_tree(&dir, &format!("the directory of {what}"))?;
+        }
+        Ok(())
+    };
+    file(&program, &of("command"))?;
+    check_trusted_as(
+        &cwd,
+        &of("the working directory it starts in"),
+        Trust::CodeDir,
+    )?;
+    let resolve = |piece: &str| -> PathBuf {
+        let p = Path::new(piece);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        }
+    };
+    // The first operand an interpreter runs, and every file named.
+    let mut operand_seen = false;
+    for a in &spec.args {
+        let what = of(&format!("argument `{}`", warrant_core::text::shown(a, 80)));
+        let first_operand = !operand_seen && !a.starts_with('-');
+        operand_seen |= first_operand;
+        for piece in path_pieces(a) {
+            let p = resolve(piece);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    if first_operand && piece == a {
+                        check_code_tree(&p, &what)?;
+                    }
+                }
+                Ok(_) => file(&p, &what)?,
+                Err(_) => {}
+            }
+        }
+    }
+    for (key, value) in &spec.env {
+        let EnvValue::Plain(value) = value else {
+            continue;
+        };
+        let what = of(&format!("env `{key}`"));
+        let code = loads_code(key);
+        for piece in path_pieces(value) {
+            let p = resolve(piece);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() && code => {
+                    if matches!(key.to_ascii_uppercase().as_str(), "PATH" | "HOME") {
+                        check_trusted_as(&p, &what, Trust::CodeDir)?;
+                    } else {
+                        check_code_tree(&p, &what)?;
+                    }
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => file(&p, &what)?,
+                Err(_) if code && Path::new(piece).is_absolute() => {
+                    // Whoever can create it decides what is loaded.
+                    let parent = p
+                        .ancestors()
+                        .skip(1)
+                        .find(|a| a.exists())
+                        .unwrap_or(Path::new("/"));
+                    check_trusted_as(
+                        parent,
+                        &format!(
+                            "{what}: `{piece}` is not there yet, and whoever can create it decides what is loaded; the directory"
+                        ),
+                        Trust::CodeDir,
+                    )?;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Why a call did not get an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamError {
@@ -255,6 +465,14 @@ impl StdioUpstream {
     }
 
     async fn start(&self, timeout: Duration) -> Result<Conn, UpstreamError> {
+        // Checked again at every start: a file or directory may have been
+        // opened to others since the last.
+        let spec = self.spec.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || check_sources(&spec, &name))
+            .await
+            .map_err(|e| self.unavailable(e.to_string()))?
+            .map_err(|e| self.unavailable(e))?;
         let mut cmd = Command::new(&self.spec.command);
         cmd.args(&self.spec.args)
             .env_clear()
@@ -499,6 +717,61 @@ mod tests {
     use warrant_core::secret::SecretValue;
     use warrant_store::{SqliteOptions, SqliteStore, Store};
     use warrant_token::Kek;
+
+    /// What a server loads code from is checked before every start, so a
+    /// directory opened to others after start-up stops the next start.
+    #[test]
+    fn code_sources_are_checked_again_as_they_change() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = tmp.path().join("lib");
+        std::fs::create_dir(&lib).unwrap();
+        std::fs::write(lib.join("mod.py"), "").unwrap();
+        let mode = |p: &std::path::Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        mode(&lib, 0o755);
+        mode(&lib.join("mod.py"), 0o644);
+        let spec = |key: &str, value: String| StdioSpec {
+            command: "python3".into(),
+            args: vec!["-m".into(), "mod".into()],
+            env: vec![(key.into(), EnvValue::Plain(value))],
+        };
+        let path = spec("PYTHONPATH", lib.display().to_string());
+        assert_eq!(check_sources(&path, "s"), Ok(()));
+        mode(&lib.join("mod.py"), 0o664);
+        let e = check_sources(&path, "s").unwrap_err();
+        assert!(e.contains("mod.py") && e.contains("PYTHONPATH"), "{e}");
+        mode(&lib.join("mod.py"), 0o644);
+        mode(&lib, 0o1777);
+        assert!(
+            check_sources(&path, "s").is_err(),
+            "a shared directory, sticky or not"
+        );
+        mode(&lib, 0o755);
+        // Not there yet: fine where only the broker's user can create it.
+        assert_eq!(
+            check_sources(
+                &spec("LD_PRELOAD", lib.join("x.so").display().to_string()),
+                "s"
+            ),
+            Ok(())
+        );
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        mode(&shared, 0o1777);
+        let e = check_sources(
+            &spec("ld_preload", shared.join("x.so").display().to_string()),
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.contains("not there yet"), "{e}");
+        // A variable that loads no code may name a shared directory.
+        assert_eq!(
+            check_sources(&spec("OUT_DIR", shared.display().to_string()), "s"),
+            Ok(())
+        );
+    }
 
     /// Issue 12 (low): a stdio server's stderr lines had no length limit,
     /// so one endless line grew the broker's memory without bound.

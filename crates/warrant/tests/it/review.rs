@@ -2424,6 +2424,106 @@ fn files_others_can_write_are_not_trusted() {
     assert!(status.is_some_and(|s| !s.success()), "{log}");
     assert!(log.contains("shared directory"), "{log}");
 
+    // Found in the third round: what the interpreter loads besides the
+    // script. A directory operand (`python3 DIR` runs `DIR/__main__.py`),
+    // a `PYTHONPATH` entry, a module beside a trusted script, a file
+    // `NODE_OPTIONS` requires, a preload not there yet in a shared
+    // directory: each is refused while others can write it.
+    let safe = tmp.path().join("safe");
+    std::fs::create_dir(&safe).unwrap();
+    let server = safe.join("server.py");
+    std::fs::write(&server, "import helpers\n").unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let ww = tmp.path().join("ww");
+    std::fs::create_dir(&ww).unwrap();
+    std::fs::set_permissions(&ww, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let evil = tmp.path().join("evil.js");
+    std::fs::write(&evil, "").unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let helpers = safe.join("helpers.py");
+    std::fs::write(&helpers, "").unwrap();
+    std::fs::set_permissions(&helpers, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let server_with = |args: &[String], env: &[(&str, String)]| {
+        let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+        format!(
+            "[[mcp_server]]\nname = \"s\"\ncommand = \"python3\"\nargs = [{}]\nenv = {{ {} }}\n",
+            args.join(", "),
+            env.join(", ")
+        )
+    };
+    let script = server.display().to_string();
+    let refused = [
+        (server_with(&[ww.display().to_string()], &[]), "ww"),
+        (
+            server_with(std::slice::from_ref(&script), &[]),
+            "helpers.py",
+        ),
+    ];
+    for (config, names) in &refused {
+        let (status, log) = start(config);
+        assert!(status.is_some_and(|s| !s.success()), "{config}: {log}");
+        assert!(
+            log.contains(names) && log.contains("written by others"),
+            "{config}: {log}"
+        );
+    }
+    std::fs::set_permissions(&helpers, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = [
+        (
+            server_with(
+                std::slice::from_ref(&script),
+                &[("PYTHONPATH", ww.display().to_string())],
+            ),
+            "PYTHONPATH",
+        ),
+        (
+            server_with(
+                std::slice::from_ref(&script),
+                &[("PYTHONPATH", format!("{}:{}", safe.display(), ww.display()))],
+            ),
+            "PYTHONPATH",
+        ),
+        (
+            server_with(
+                std::slice::from_ref(&script),
+                &[("NODE_OPTIONS", format!("--require {}", evil.display()))],
+            ),
+            "NODE_OPTIONS",
+        ),
+        (
+            server_with(
+                std::slice::from_ref(&script),
+                &[("LD_PRELOAD", shared.join("nope.so").display().to_string())],
+            ),
+            "not there yet",
+        ),
+        (
+            server_with(
+                &[format!("--config={}", evil.display()), script.clone()],
+                &[],
+            ),
+            "evil.js",
+        ),
+    ];
+    for (config, names) in &refused {
+        let (status, log) = start(config);
+        assert!(status.is_some_and(|s| !s.success()), "{config}: {log}");
+        assert!(
+            log.contains(names) && log.contains("by others"),
+            "{config}: {log}"
+        );
+    }
+    // Trusted, they start.
+    let (status, log) = start(&server_with(
+        std::slice::from_ref(&script),
+        &[
+            ("PYTHONPATH", safe.display().to_string()),
+            ("LOG", "/tmp".into()),
+        ],
+    ));
+    assert!(status.is_none(), "starts when all is trusted: {log}");
+
     // A policy file others can write: the reload is refused, the set in
     // force stays.
     let b = crate::broker();
