@@ -346,7 +346,8 @@ impl TokenService {
         self.is_revoked(task) || self.is_blocked(instance)
     }
 
-    fn is_revoked(&self, task: &str) -> bool {
+    /// Whether a task is revoked already.
+    pub fn is_revoked(&self, task: &str) -> bool {
         self.revoked_tasks.read().map_or(true, |s| s.contains(task))
     }
 

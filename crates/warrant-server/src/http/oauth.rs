@@ -309,8 +309,7 @@ async fn revoke(
     // RFC 7009 §2.2: an unknown or invalid token is not an error.
     let Some(task) = state.tokens.task_of(&token) else {
         let event = event.reason("unknown or invalid token; nothing revoked");
-        let _ = state.store.append_audit(event).await;
-        return StatusCode::OK.into_response();
+        return nothing_revoked(&state, event).await;
     };
     if let Client::Agent { name, spiffe } = &client {
         let in_chain = task
@@ -331,6 +330,10 @@ async fn revoke(
         .txn(task.txn.clone())
         .credential_type("task_token")
         .credential_id(task.jti.clone());
+    if state.tokens.is_revoked(&task.task) {
+        let event = event.reason("the task was revoked already; nothing changed");
+        return nothing_revoked(&state, event).await;
+    }
     event.decision = Outcome::Allow;
     match state
         .tokens
@@ -343,6 +346,24 @@ async fn revoke(
         }
         Err(e) => {
             tracing::error!(error = %e, "revocation failed");
+            error_response(&OAuthError::unavailable())
+        }
+    }
+}
+
+/// Answers a revocation that changed nothing. It hands nothing out and
+/// changes nothing, so past the caller's budget its record is gathered: a
+/// loop of them cannot fill the trail. A record that cannot be written
+/// fails the request, as every other.
+async fn nothing_revoked(state: &AppState, event: AuditEvent) -> Response {
+    let Some(event) = state.refusals.admit_known(event) else {
+        return StatusCode::OK.into_response();
+    };
+    match state.store.append_audit(event).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write the audit trail; revocation refused");
+            state.metrics.audit_write_failures.inc();
             error_response(&OAuthError::unavailable())
         }
     }

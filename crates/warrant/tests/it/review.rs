@@ -2593,6 +2593,74 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     db.execute_batch("DROP TRIGGER quiet;").unwrap();
 }
 
+/// Found in the third round: every `/oauth2/revoke` was one durable
+/// record, so an agent could fill the disk revoking junk tokens, or its own
+/// task again and again. A revocation that changes nothing shares the
+/// caller's budget and is gathered past it; one that revokes is always
+/// recorded.
+#[test]
+fn an_agent_cannot_grow_the_trail_by_revoking() {
+    let w = crate::delegation::world(4);
+    let b = &w.b;
+    let orch = identity(b, "orch");
+    let t = exchange(
+        b,
+        w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "tickets:read"), ("audience", TICKETS)],
+    )
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoke = |token: &str| {
+        crate::delegation::form(
+            b,
+            "/oauth2/revoke",
+            &[
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", &orch),
+                ("token", token),
+            ],
+        )
+    };
+    let before = crate::audit(b, None).len();
+    // The first revocation of the task is recorded, as every one that
+    // changes something.
+    assert_eq!(revoke(&t).status, 200);
+    let first = eventually("the revocation to be written", || {
+        crate::audit(b, Some("token.revoke"))
+            .into_iter()
+            .find(|r| r["decision"] == "allow")
+    });
+    assert!(first["task"].as_str().is_some(), "{first}");
+    for i in 0..150 {
+        assert_eq!(revoke(&t).status, 200);
+        assert_eq!(revoke(&format!("junk.token.{i}")).status, 200);
+    }
+    let records = eventually("the revocations to be written", || {
+        let all = crate::audit(b, Some("token.revoke"));
+        let counted: u64 = all
+            .iter()
+            .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        (counted == 301).then(|| crate::audit(b, None).len() - before)
+    });
+    assert!(records < 120, "{records} records for 301 revocations");
+    assert_eq!(
+        crate::audit(b, Some("token.revoke"))
+            .iter()
+            .filter(|r| r["decision"] == "allow")
+            .count(),
+        1,
+        "one revocation changed something"
+    );
+}
+
 /// Found in the second round: introspection, which changes nothing and
 /// hands out nothing, was one durable record per request.
 #[test]
