@@ -1155,7 +1155,7 @@ when { context.path like "/admin*" };
     let r = warrant_testkit::raw(
         w.b.edge,
         &format!(
-            "GET /site/public/page HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nX-Forwarded-For: 10.9.9.9\r\nForwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\nX-Remote-User: admin\r\nX-Auth-Request-Email: ceo@corp.test\r\nX-Warrant-User: root\r\nConnection: close\r\n\r\n"
+            "GET /site/public/page HTTP/1.1\r\nHost: {host}\r\nAuthorization: {bearer}\r\nX-Forwarded-For: 10.9.9.9\r\nForwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\nX-Remote-User: admin\r\nX-Auth-Request-Email: ceo@corp.test\r\nX-Warrant-User: root\r\nRange: bytes=0-5\r\nIf-Range: \"x\"\r\nConnection: close\r\n\r\n"
         ),
         b"",
     );
@@ -1168,6 +1168,10 @@ when { context.path like "/admin*" };
         "x-remote-user",
         "x-auth-request-email",
         "x-warrant-user",
+        // Found in the third round: with `Range` an agent read an echoed
+        // credential a few bytes at a time, each piece too short to redact.
+        "range",
+        "if-range",
     ] {
         assert!(seen.get(h).is_none(), "{h} reached the upstream: {seen}");
     }
