@@ -14,6 +14,7 @@ Endpoints:
   GET  /echo-boundary        the echo, chunked so a chunk ends where the
                              credential (the Authorization value) ends
   GET  /echo-trailer         the echo in a chunked trailer
+  GET  /echo-nested          the echo in escapes of escapes and other encodings
   GET  /echo-odd             the echo as the status line's reason phrase, as
                              a header name, every character JSON-escaped
                              in the body, and a session cookie
@@ -195,6 +196,25 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(auth.replace(" ", "-"), "1")
             self.send_header("set-cookie", "session=" + base64.b64encode(auth.encode()).decode())
             self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        elif path == "/echo-nested":
+            # The Authorization the edge injected, escaped as encoders
+            # escape text that already holds escapes, one line each.
+            auth = self.headers.get("authorization", "")
+            import html, urllib.parse
+            php = json.dumps(json.dumps(auth).replace("/", "\\/"))
+            dotnet = json.dumps("".join("\\u%04X" % ord(c) if not c.isalnum() else c for c in auth))
+            html2 = html.escape("".join("&#%d;" % ord(c) for c in auth))
+            pct2 = urllib.parse.quote(urllib.parse.quote(auth, safe=""), safe="")
+            xesc = "".join("\\x%02x" % ord(c) for c in auth)
+            shq = "".join("\\" + c if not c.isalnum() else c for c in auth)
+            b16 = base64.encodebytes(("X-Key: " + auth).encode("utf-16-le")).decode()
+            lines = [php, dotnet, html2, pct2, xesc, shq, b16]
+            data = "\n".join(lines).encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/plain")
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

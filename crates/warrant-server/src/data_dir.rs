@@ -254,6 +254,10 @@ pub fn check_code_tree(dir: &Path, what: &str) -> Result<(), String> {
                 check_trusted_as(&p, what, Trust::Program)?;
                 continue;
             }
+            // Sockets, pipes and devices hold no code to load.
+            if !m.is_file() && !m.is_dir() {
+                continue;
+            }
             let mode = m.permissions().mode() & 0o7777;
             if m.uid() != me && m.uid() != 0 {
                 return Err(format!(

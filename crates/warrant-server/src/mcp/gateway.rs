@@ -127,8 +127,9 @@ struct Server {
     upstream: Upstream,
     // A std lock: read or replaced, never held across an await.
     view: RwLock<View>,
-    // A tokio mutex: one listing at a time when the view goes stale, so a
-    // burst of calls does not list the upstream's tools once each.
+    // A tokio mutex: one listing at a time (a burst of calls does not list
+    // the upstream's tools once each, and only one listing is ever a
+    // server's first).
     refreshing: tokio::sync::Mutex<()>,
 }
 
@@ -367,6 +368,7 @@ impl Gateway {
     /// is tried again on first use).
     pub async fn discover_all(&self) {
         for s in self.servers.values() {
+            let _one = s.refreshing.lock().await;
             if let Err(e) = self.refresh(s, None).await {
                 tracing::warn!(server = %s.cfg.name, error = %e, "could not list the MCP server's tools; trying again on first use");
             }
@@ -374,6 +376,8 @@ impl Gateway {
     }
 
     /// Asks the upstream for its tools, pins new ones, holds changed ones.
+    /// The caller holds `s.refreshing`: two listings at once would each
+    /// take the other's first pins as a listing before, and hold them.
     async fn refresh(&self, s: &Server, task: Option<&TaskUse>) -> Result<(), UpstreamError> {
         let providers = self.providers();
         let mut announced: Vec<Value> = Vec::new();
@@ -508,7 +512,10 @@ impl Gateway {
             .await?;
         self.update_arguments().await;
         if let Some(s) = self.servers.get(server)
-            && let Err(e) = self.refresh(s, None).await
+            && let Err(e) = {
+                let _one = s.refreshing.lock().await;
+                self.refresh(s, None).await
+            }
         {
             tracing::warn!(server, error = %e, "could not list the MCP server's tools after an approval");
         }

@@ -137,7 +137,7 @@ pub fn program_path(
 ) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt as _;
     if command.contains('/') {
-        return Some(command.into());
+        return std::fs::metadata(command).is_ok().then(|| command.into());
     }
     let inherited = std::env::var_os("PATH");
     let path = path_var.or(inherited.as_deref())?;
@@ -171,8 +171,13 @@ pub fn check_sources(spec: &StdioSpec, server: &str) -> Result<(), String> {
     let program =
         program_path(&spec.command, plain("PATH").map(std::ffi::OsStr::new)).ok_or_else(|| {
             format!(
-                "command `{}` (of [[mcp_server]] `{server}`) is not found on PATH",
-                spec.command
+                "command `{}` (of [[mcp_server]] `{server}`) is not found{}",
+                spec.command,
+                if spec.command.contains('/') {
+                    ""
+                } else {
+                    " on PATH"
+                }
             )
         })?;
     let cwd =
@@ -1003,6 +1008,11 @@ for line in sys.stdin:
             .await
             .unwrap_err()
             .to_string();
-        assert!(e.contains("cannot start `/nonexistent/mcp-server`"), "{e}");
+        assert!(
+            e.contains(
+                "command `/nonexistent/mcp-server` (of [[mcp_server]] `ghost`) is not found"
+            ),
+            "{e}"
+        );
     }
 }

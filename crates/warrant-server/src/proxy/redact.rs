@@ -12,11 +12,18 @@
 //!
 //! - character by character, each character as itself or escaped in any
 //!   way a text format writes it (percent-encoding, JSON `\uXXXX` and short
-//!   escapes, HTML character references, quoted-printable `=XX`, `+` for a
-//!   space), in any mix, across line breaks and quoted-printable soft breaks;
+//!   escapes, JavaScript and C escapes, HTML character references,
+//!   quoted-printable `=XX`, `+` for a space), or such an escape escaped
+//!   again (JSON in JSON, HTML twice, percent twice, a JSON escape in a
+//!   URL), in any mix, across a line break, a quoted-printable soft break or
+//!   a split CDATA section between two characters;
 //! - base64 and base64url, of the value alone or of a longer text it sits
-//!   in (at each of the three alignments), across line breaks (MIME);
-//! - UTF-16, either byte order.
+//!   in (at each of the three alignments), in UTF-8 or UTF-16, across a
+//!   line break (MIME), folded or not, or a space;
+//! - UTF-16 and UTF-32, either byte order.
+//!
+//! Each character's spellings form a trie built once per character and
+//! shared; what a set of credentials needs is built once and cached.
 //!
 //! Answers the broker parses as JSON (the MCP gateway's) are redacted as
 //! values instead ([`Redactor::redact_value`]), so no JSON escape hides one.
@@ -40,17 +47,124 @@ const MIN_LEN: usize = 8;
 enum Wrap {
     /// Nothing.
     None,
-    /// Line breaks (`\r`, `\n`): base64 wrapped at 76 columns.
+    /// A line break (`\r`, `\n`, `\r\n`), folded or not (a space or tab
+    /// after it), or a space: base64 wrapped at 76 columns or in a header.
     Lines,
-    /// Line breaks and quoted-printable soft breaks (`=` at a line's end).
+    /// A line break, a quoted-printable soft break (`=` at a line's end) or
+    /// a CDATA section split (`]]><![CDATA[`).
     Soft,
 }
 
-/// One value in one family of spellings: a sequence of units, each a set of
-/// byte strings any of which spells it (lower-case, longest first).
+/// One character of a value: the byte strings any of which spells it
+/// (lower-case), as a trie, so matching costs the length of the echo, not
+/// the number of spellings.
+#[derive(Debug)]
+struct Unit {
+    nodes: Vec<Node>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    next: Vec<(u8, u32)>,
+    /// A spelling ends here.
+    end: bool,
+}
+
+impl Unit {
+    fn new(alts: Vec<Vec<u8>>) -> Self {
+        let mut nodes = vec![Node::default()];
+        for alt in alts.iter().filter(|a| !a.is_empty()) {
+            let mut at = 0usize;
+            for &b in alt {
+                let b = b.to_ascii_lowercase();
+                at = match nodes[at].next.iter().find(|e| e.0 == b) {
+                    Some(&(_, n)) => n as usize,
+                    None => {
+                        let n = nodes.len();
+                        nodes.push(Node::default());
+                        nodes[at]
+                            .next
+                            .push((b, u32::try_from(n).unwrap_or(u32::MAX)));
+                        n
+                    }
+                };
+            }
+            nodes[at].end = true;
+        }
+        Self { nodes }
+    }
+
+    fn child(&self, node: usize, b: u8) -> Option<usize> {
+        self.nodes[node]
+            .next
+            .iter()
+            .find(|e| e.0 == b)
+            .map(|&(_, n)| n as usize)
+    }
+
+    /// The first bytes of its spellings.
+    fn firsts(&self) -> impl Iterator<Item = u8> + '_ {
+        self.nodes[0].next.iter().map(|e| e.0)
+    }
+
+    /// The second bytes of its spellings starting with `first`, and whether
+    /// `first` alone spells it.
+    fn seconds(&self, first: u8) -> (Vec<u8>, bool) {
+        match self.child(0, first) {
+            Some(n) => (
+                self.nodes[n].next.iter().map(|e| e.0).collect(),
+                self.nodes[n].end,
+            ),
+            None => (Vec::new(), false),
+        }
+    }
+
+    /// Whether one spelling (the longest that fits) starts `rest`; with
+    /// more data to come, `Partial` where a longer one could still.
+    fn at(&self, rest: &[u8], at_end: bool) -> Walk {
+        let mut node = 0;
+        let mut best = None;
+        for (i, &b) in rest.iter().enumerate() {
+            match self.child(node, b.to_ascii_lowercase()) {
+                Some(n) => {
+                    node = n;
+                    if self.nodes[n].end {
+                        best = Some(i + 1);
+                    }
+                }
+                None => return best.map_or(Walk::Mismatch, Walk::Full),
+            }
+        }
+        if !at_end && !self.nodes[node].next.is_empty() {
+            return Walk::Partial;
+        }
+        best.map_or(Walk::Mismatch, Walk::Full)
+    }
+}
+
+/// The units of characters, built once per character and shared: every
+/// credential spells its characters the same ways.
+fn char_unit(c: char) -> std::sync::Arc<Unit> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static UNITS: OnceLock<Mutex<HashMap<char, Arc<Unit>>>> = OnceLock::new();
+    let cache = UNITS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(u) = cache.lock().ok().and_then(|m| m.get(&c).cloned()) {
+        return u;
+    }
+    let unit = Arc::new(Unit::new(char_spellings(c)));
+    if let Ok(mut m) = cache.lock()
+        && m.len() < 1024
+    {
+        m.insert(c, unit.clone());
+    }
+    unit
+}
+
+/// One value in one family of spellings: a sequence of units.
 #[derive(Debug)]
 struct Needle {
-    units: Vec<Vec<Vec<u8>>>,
+    units: Vec<std::sync::Arc<Unit>>,
     wrap: Wrap,
 }
 
@@ -65,13 +179,16 @@ enum Walk {
     Mismatch,
 }
 
+/// Splits a CDATA section in two, as XML writers do around `]]>`.
+const CDATA_SPLIT: &[u8] = b"]]><![cdata[";
+
 impl Needle {
     /// `bytes` exactly (but for ASCII case).
     fn literal(bytes: &[u8], wrap: Wrap) -> Self {
         Self {
             units: bytes
                 .iter()
-                .map(|b| vec![vec![b.to_ascii_lowercase()]])
+                .map(|b| std::sync::Arc::new(Unit::new(vec![vec![*b]])))
                 .collect(),
             wrap,
         }
@@ -80,8 +197,11 @@ impl Needle {
     /// `v` character by character, each in any of its escaped spellings.
     fn escaped(v: &[u8]) -> Self {
         let units = match std::str::from_utf8(v) {
-            Ok(text) => text.chars().map(char_spellings).collect(),
-            Err(_) => v.iter().map(|&b| byte_spellings(b)).collect(),
+            Ok(text) => text.chars().map(char_unit).collect(),
+            Err(_) => v
+                .iter()
+                .map(|&b| std::sync::Arc::new(Unit::new(byte_spellings(b))))
+                .collect(),
         };
         Self {
             units,
@@ -89,26 +209,47 @@ impl Needle {
         }
     }
 
-    /// How many bytes in `hay` may be skipped at `i`: one line break
-    /// (`\n`, `\r\n`, `\r`) or soft break (`=` before one); `None` when
-    /// the data ends where it cannot yet tell.
+    /// How many bytes in `hay` may be skipped at `i`: one break of the
+    /// needle's kind; `None` when the data ends where it cannot yet tell.
     fn skip(&self, hay: &[u8], i: usize, at_end: bool) -> Option<usize> {
         let at = |k: usize| hay.get(i + k).copied();
         let undecided = if at_end { Some(0) } else { None };
+        // A line break, then (folded) one space or tab.
+        let line = |k: usize| -> Option<usize> {
+            let n = match (at(k), at(k + 1)) {
+                (Some(b'\n'), _) => 1,
+                (Some(b'\r'), Some(b'\n')) => 2,
+                (Some(b'\r'), Some(_)) => 1,
+                (Some(b'\r'), None) => return if at_end { Some(1) } else { None },
+                _ => return Some(0),
+            };
+            match at(k + n) {
+                Some(b' ' | b'\t') if self.wrap == Wrap::Lines => Some(n + 1),
+                None if !at_end && self.wrap == Wrap::Lines => None,
+                _ => Some(n),
+            }
+        };
         match (self.wrap, at(0)) {
             (Wrap::None, _) | (_, None) => Some(0),
-            (_, Some(b'\n')) => Some(1),
-            (_, Some(b'\r')) => match at(1) {
-                Some(b'\n') => Some(2),
-                Some(_) => Some(1),
-                None => at_end.then_some(1),
-            },
+            (_, Some(b'\r' | b'\n')) => line(0),
+            (Wrap::Lines, Some(b' ' | b'\t')) => Some(1),
             (Wrap::Soft, Some(b'=')) => match (at(1), at(2)) {
                 (Some(b'\n'), _) => Some(2),
                 (Some(b'\r'), Some(b'\n')) => Some(3),
                 (Some(b'\r'), None) | (None, _) => undecided,
                 _ => Some(0),
             },
+            (Wrap::Soft, Some(b']')) => {
+                let rest = &hay[i..];
+                let n = rest.len().min(CDATA_SPLIT.len());
+                if !rest[..n].eq_ignore_ascii_case(&CDATA_SPLIT[..n]) {
+                    Some(0)
+                } else if n == CDATA_SPLIT.len() {
+                    Some(n)
+                } else {
+                    undecided
+                }
+            }
             _ => Some(0),
         }
     }
@@ -119,7 +260,7 @@ impl Needle {
     fn walk(&self, hay: &[u8], at_end: bool) -> Walk {
         let mut i = 0;
         for (k, unit) in self.units.iter().enumerate() {
-            match unit_at(unit, &hay[i..], at_end) {
+            match unit.at(&hay[i..], at_end) {
                 Walk::Full(n) => i += n,
                 Walk::Partial => return Walk::Partial,
                 Walk::Mismatch if k == 0 => return Walk::Mismatch,
@@ -129,7 +270,7 @@ impl Needle {
                 Walk::Mismatch => match self.skip(hay, i, at_end) {
                     None => return Walk::Partial,
                     Some(0) => return Walk::Mismatch,
-                    Some(gap) => match unit_at(unit, &hay[i + gap..], at_end) {
+                    Some(gap) => match unit.at(&hay[i + gap..], at_end) {
                         Walk::Full(n) => i += gap + n,
                         other => return other,
                     },
@@ -140,41 +281,59 @@ impl Needle {
     }
 }
 
-/// Whether one unit (any of its spellings, the longest that fits) starts
-/// `rest`.
-fn unit_at(unit: &[Vec<u8>], rest: &[u8], at_end: bool) -> Walk {
-    let Some(c) = rest.first().map(u8::to_ascii_lowercase) else {
-        return if at_end {
-            Walk::Mismatch
-        } else {
-            Walk::Partial
-        };
-    };
-    let mut full = None;
-    for alt in unit {
-        if alt.first() != Some(&c) {
-            continue;
-        }
-        if rest.len() >= alt.len() {
-            if full.is_none() && rest[..alt.len()].eq_ignore_ascii_case(alt) {
-                full = Some(alt.len());
-            }
-        } else if !at_end && alt[..rest.len()].eq_ignore_ascii_case(rest) {
-            return Walk::Partial;
-        }
+/// HTML5 named character references for ASCII punctuation (those a
+/// credential may hold), lower-case.
+fn html_names(c: char) -> &'static [&'static str] {
+    match c {
+        '+' => &["&plus;"],
+        '/' => &["&sol;"],
+        '=' => &["&equals;"],
+        '.' => &["&period;"],
+        ',' => &["&comma;"],
+        ':' => &["&colon;"],
+        ';' => &["&semi;"],
+        '!' => &["&excl;"],
+        '?' => &["&quest;"],
+        '#' => &["&num;"],
+        '$' => &["&dollar;"],
+        '%' => &["&percnt;"],
+        '*' => &["&ast;", "&midast;"],
+        '@' => &["&commat;"],
+        '(' => &["&lpar;"],
+        ')' => &["&rpar;"],
+        '[' => &["&lsqb;", "&lbrack;"],
+        ']' => &["&rsqb;", "&rbrack;"],
+        '{' => &["&lcub;", "&lbrace;"],
+        '}' => &["&rcub;", "&rbrace;"],
+        '|' => &["&vert;", "&verbar;", "&verticalline;"],
+        '^' => &["&hat;"],
+        '`' => &["&grave;", "&diacriticalgrave;"],
+        '_' => &["&lowbar;", "&underbar;"],
+        '\\' => &["&bsol;"],
+        '&' => &["&amp;"],
+        '<' => &["&lt;"],
+        '>' => &["&gt;"],
+        '"' => &["&quot;"],
+        '\'' => &["&apos;"],
+        ' ' => &["&nbsp;"],
+        '\t' => &["&tab;"],
+        '\n' => &["&newline;"],
+        _ => &[],
     }
-    full.map_or(Walk::Mismatch, Walk::Full)
 }
 
-/// The spellings of one character of a value (lower-case, longest first).
-fn char_spellings(c: char) -> Vec<Vec<u8>> {
+/// The spellings of one character in one layer of escaping: itself,
+/// percent-encoded, quoted-printable, JSON (`\uXXXX`, short escapes),
+/// JavaScript and C (`\xHH`, `\u{H}`, octal, a backslash before
+/// punctuation), HTML (numeric, zero-padded or without `;`, named).
+fn one_layer(c: char) -> Vec<String> {
     let mut utf8 = [0u8; 4];
     let raw = c.encode_utf8(&mut utf8).as_bytes().to_vec();
-    let mut out: Vec<String> = Vec::new();
-    // Percent-encoding and quoted-printable, byte by byte.
+    let mut out: Vec<String> = vec![c.to_string()];
     out.push(raw.iter().map(|b| format!("%{b:02x}")).collect());
     out.push(raw.iter().map(|b| format!("={b:02x}")).collect());
-    // JSON: `\uXXXX` (surrogate pairs beyond the BMP), short escapes.
+    out.push(raw.iter().map(|b| format!("\\x{b:02x}")).collect());
+    out.push(raw.iter().map(|b| format!("\\{b:03o}")).collect());
     let mut units = [0u16; 2];
     out.push(
         c.encode_utf16(&mut units)
@@ -182,32 +341,129 @@ fn char_spellings(c: char) -> Vec<Vec<u8>> {
             .map(|u| format!("\\u{u:04x}"))
             .collect(),
     );
+    let n = u32::from(c);
+    out.push(format!("\\u{{{n:x}}}"));
+    out.push(format!("\\u{{{n:04x}}}"));
     match c {
         '"' => out.push("\\\"".into()),
         '\\' => out.push("\\\\".into()),
-        '/' => out.push("\\/".into()),
         '\n' => out.push("\\n".into()),
         '\r' => out.push("\\r".into()),
         '\t' => out.push("\\t".into()),
         '\u{8}' => out.push("\\b".into()),
         '\u{c}' => out.push("\\f".into()),
-        _ => {}
-    }
-    // HTML character references.
-    out.push(format!("&#{};", u32::from(c)));
-    out.push(format!("&#x{:x};", u32::from(c)));
-    match c {
-        '&' => out.push("&amp;".into()),
-        '<' => out.push("&lt;".into()),
-        '>' => out.push("&gt;".into()),
-        '"' => out.push("&quot;".into()),
-        '\'' => out.push("&apos;".into()),
         ' ' => out.push("+".into()),
         _ => {}
     }
-    let mut all: Vec<Vec<u8>> = out.into_iter().map(String::into_bytes).collect();
-    all.push(raw.to_ascii_lowercase());
-    all.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    if c.is_ascii_punctuation() {
+        out.push(format!("\\{c}"));
+    }
+    // Decimal references zero-padded to 7 digits, hex to 6, with and
+    // without the `;` HTML parsers do without.
+    let dec = n.to_string();
+    let hex = format!("{n:x}");
+    for width in dec.len()..=7 {
+        out.push(format!("&#{dec:0>width$};"));
+        out.push(format!("&#{dec:0>width$}"));
+    }
+    for width in hex.len()..=6 {
+        out.push(format!("&#x{hex:0>width$};"));
+        out.push(format!("&#x{hex:0>width$}"));
+    }
+    out.extend(html_names(c).iter().map(|s| (*s).to_owned()));
+    out
+}
+
+/// A second layer of escaping applied to a whole spelling: how text that
+/// already holds an escape is escaped again (JSON in JSON, a query value in
+/// a query, HTML escaped twice, percent-encoded JSON).
+fn second_layers(s: &str) -> Vec<String> {
+    let json = |escape_slash: bool| -> String {
+        let mut o = String::new();
+        for ch in s.chars() {
+            match ch {
+                '\\' => o.push_str("\\\\"),
+                '"' => o.push_str("\\\""),
+                '/' if escape_slash => o.push_str("\\/"),
+                _ => o.push(ch),
+            }
+        }
+        o
+    };
+    let percent = |all: bool| -> String {
+        if all {
+            s.bytes().map(|b| format!("%{b:02x}")).collect()
+        } else {
+            percent_encode(s)
+        }
+    };
+    let html: String = s
+        .chars()
+        .map(|ch| match ch {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            _ => ch.to_string(),
+        })
+        .collect();
+    let qp: String = s
+        .chars()
+        .map(|ch| {
+            if ch == '=' {
+                "=3d".to_owned()
+            } else {
+                ch.to_string()
+            }
+        })
+        .collect();
+    vec![
+        json(false),
+        json(true),
+        percent(false),
+        percent(true),
+        html,
+        qp,
+    ]
+}
+
+/// `s` percent-encoded as a URL component (unreserved characters as they are).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+/// The spellings of one character of a value, in one or two layers of
+/// escaping (lower-case).
+fn char_spellings(c: char) -> Vec<Vec<u8>> {
+    let first = one_layer(c);
+    let mut all: Vec<String> = first.clone();
+    for s in first.iter().filter(|s| s.len() > 1 || !s.starts_with(c)) {
+        all.extend(second_layers(s));
+    }
+    // A character that is itself escaped by the second layer (`/` in
+    // JSON, `+` in a query).
+    all.extend(second_layers(&c.to_string()));
+    // A URL is the usual third layer (a JSON value, escaped twice, in a
+    // query parameter).
+    let url: Vec<String> = all
+        .iter()
+        .filter(|s| s.contains('\\'))
+        .map(|s| percent_encode(s))
+        .collect();
+    all.extend(url);
+    let mut all: Vec<Vec<u8>> = all
+        .into_iter()
+        .map(|s| s.to_ascii_lowercase().into_bytes())
+        .collect();
+    all.sort();
     all.dedup();
     all
 }
@@ -216,7 +472,9 @@ fn char_spellings(c: char) -> Vec<Vec<u8>> {
 fn byte_spellings(b: u8) -> Vec<Vec<u8>> {
     vec![
         format!("%{b:02x}").into_bytes(),
+        format!("%25{b:02x}").into_bytes(),
         format!("={b:02x}").into_bytes(),
+        format!("\\x{b:02x}").into_bytes(),
         vec![b.to_ascii_lowercase()],
     ]
 }
@@ -237,25 +495,47 @@ fn base64_inside(v: &[u8], offset: usize, engine: &base64::engine::GeneralPurpos
         .to_vec()
 }
 
-/// Every needle of one value.
-fn needles_of(v: &[u8]) -> Vec<Needle> {
-    let mut out = vec![Needle::escaped(v)];
-    let mut b64 = Vec::new();
+/// The base64 needles of some bytes: whole, and inside a longer text.
+fn base64_needles(v: &[u8], out: &mut Vec<Vec<u8>>) {
     for engine in [
         &base64::engine::general_purpose::STANDARD,
         &base64::engine::general_purpose::STANDARD_NO_PAD,
         &base64::engine::general_purpose::URL_SAFE,
         &base64::engine::general_purpose::URL_SAFE_NO_PAD,
     ] {
-        b64.push(engine.encode(v).into_bytes());
+        out.push(engine.encode(v).into_bytes());
     }
     for engine in [
         &base64::engine::general_purpose::STANDARD,
         &base64::engine::general_purpose::URL_SAFE,
     ] {
         for offset in 0..3 {
-            b64.push(base64_inside(v, offset, engine));
+            out.push(base64_inside(v, offset, engine));
         }
+    }
+}
+
+/// Every needle of one value.
+fn needles_of(v: &[u8]) -> Vec<Needle> {
+    let mut out = vec![Needle::escaped(v)];
+    let mut b64 = Vec::new();
+    base64_needles(v, &mut b64);
+    let mut wide = Vec::new();
+    if let Ok(text) = std::str::from_utf8(v) {
+        let utf16: Vec<u16> = text.encode_utf16().collect();
+        let utf32: Vec<u32> = text.chars().map(u32::from).collect();
+        wide.push(
+            utf16
+                .iter()
+                .flat_map(|u| u.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        wide.push(utf16.iter().flat_map(|u| u.to_be_bytes()).collect());
+        wide.push(utf32.iter().flat_map(|u| u.to_le_bytes()).collect());
+        wide.push(utf32.iter().flat_map(|u| u.to_be_bytes()).collect());
+        // Base64 of the text in UTF-16 (as Windows and .NET encode it).
+        base64_needles(&wide[0], &mut b64);
+        base64_needles(&wide[1], &mut b64);
     }
     b64.sort();
     b64.dedup();
@@ -264,26 +544,27 @@ fn needles_of(v: &[u8]) -> Vec<Needle> {
             .filter(|n| n.len() >= MIN_LEN)
             .map(|n| Needle::literal(n, Wrap::Lines)),
     );
-    if let Ok(text) = std::str::from_utf8(v) {
-        let utf16: Vec<u16> = text.encode_utf16().collect();
-        let le: Vec<u8> = utf16.iter().flat_map(|u| u.to_le_bytes()).collect();
-        let be: Vec<u8> = utf16.iter().flat_map(|u| u.to_be_bytes()).collect();
-        out.push(Needle::literal(&le, Wrap::None));
-        out.push(Needle::literal(&be, Wrap::None));
-    }
+    out.extend(wide.iter().map(|w| Needle::literal(w, Wrap::None)));
     out
 }
 
 /// Replaces injected values in a stream of chunks.
 #[derive(Debug)]
 pub struct Redactor {
+    index: std::sync::Arc<Index>,
+    held: BytesMut,
+}
+
+/// What a redactor looks for, built once per set of values and shared by
+/// the redactors of every request that injects them.
+#[derive(Debug)]
+struct Index {
     needles: Vec<Needle>,
     /// Which needles may start with each byte.
     starts: Vec<Vec<usize>>,
     /// The pairs of bytes a match may start with, one bit each: most places
     /// in a body are passed over after one lookup.
     pairs: Box<[u64; 1024]>,
-    held: BytesMut,
 }
 
 /// Both ASCII cases of `b`.
@@ -291,10 +572,36 @@ fn cases(b: u8) -> [u8; 2] {
     [b.to_ascii_lowercase(), b.to_ascii_uppercase()]
 }
 
-impl Redactor {
-    /// A redactor for these values in all their spellings (values shorter
-    /// than 8 bytes are ignored).
-    pub fn new(values: Vec<Vec<u8>>) -> Self {
+impl Index {
+    /// The index of these values, from the cache when it was built before
+    /// (keyed by a digest of the values, never the values themselves).
+    fn of(values: Vec<Vec<u8>>) -> std::sync::Arc<Self> {
+        use sha2::Digest as _;
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Index>>>> = OnceLock::new();
+        let mut h = sha2::Sha256::new();
+        for v in &values {
+            h.update((v.len() as u64).to_be_bytes());
+            h.update(v);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(i) = cache.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return i;
+        }
+        let index = Arc::new(Self::build(values));
+        if let Ok(mut m) = cache.lock() {
+            // Rotated credentials leave old entries: start over now and then.
+            if m.len() >= 256 {
+                m.clear();
+            }
+            m.insert(key, index.clone());
+        }
+        index
+    }
+
+    fn build(values: Vec<Vec<u8>>) -> Self {
         let mut seen: Vec<Vec<u8>> = Vec::new();
         let mut needles = Vec::new();
         for v in values.into_iter().filter(|v| v.len() >= MIN_LEN) {
@@ -315,22 +622,27 @@ impl Redactor {
             // second unit, or a break before it.
             let mut next: Vec<u8> = match n.wrap {
                 Wrap::None => Vec::new(),
-                Wrap::Lines => vec![b'\r', b'\n'],
-                Wrap::Soft => vec![b'\r', b'\n', b'='],
+                Wrap::Lines => vec![b'\r', b'\n', b' ', b'\t'],
+                Wrap::Soft => vec![b'\r', b'\n', b'=', b']'],
             };
             match n.units.get(1) {
-                Some(unit) => next.extend(unit.iter().filter_map(|alt| alt.first())),
+                Some(unit) => next.extend(unit.firsts()),
                 None => next.extend(0..=u8::MAX),
             }
-            for alt in n.units.first().into_iter().flatten() {
-                let Some(&a) = alt.first() else { continue };
+            let Some(unit) = n.units.first() else {
+                continue;
+            };
+            for a in unit.firsts().collect::<Vec<_>>() {
+                let (seconds, alone) = unit.seconds(a);
                 for a in cases(a) {
                     if !starts[usize::from(a)].contains(&k) {
                         starts[usize::from(a)].push(k);
                     }
-                    match alt.get(1) {
-                        Some(&b) => cases(b).into_iter().for_each(|b| mark(a, b)),
-                        None => next.iter().flat_map(|&b| cases(b)).for_each(|b| mark(a, b)),
+                    for &b in &seconds {
+                        cases(b).into_iter().for_each(|b| mark(a, b));
+                    }
+                    if alone {
+                        next.iter().flat_map(|&b| cases(b)).for_each(|b| mark(a, b));
                     }
                 }
             }
@@ -339,6 +651,16 @@ impl Redactor {
             needles,
             starts,
             pairs,
+        }
+    }
+}
+
+impl Redactor {
+    /// A redactor for these values in all their spellings (values shorter
+    /// than 8 bytes are ignored).
+    pub fn new(values: Vec<Vec<u8>>) -> Self {
+        Self {
+            index: Index::of(values),
             held: BytesMut::new(),
         }
     }
@@ -346,7 +668,7 @@ impl Redactor {
     /// Whether a match may start with the bytes `a`, `b`.
     fn pair(&self, a: u8, b: u8) -> bool {
         let bit = usize::from(a) << 8 | usize::from(b);
-        self.pairs[bit / 64] & (1 << (bit % 64)) != 0
+        self.index.pairs[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// Whether `data` holds a credential (in any spelling, any case).
@@ -356,7 +678,7 @@ impl Redactor {
 
     /// Whether there is anything to redact.
     pub fn is_active(&self) -> bool {
-        !self.needles.is_empty()
+        !self.index.needles.is_empty()
     }
 
     /// Replaces every occurrence in `data` (a whole value); `None` if there
@@ -426,14 +748,14 @@ impl Redactor {
                 .windows(2)
                 .position(|w| self.pair(w[0], w[1]))
                 .unwrap_or(data.len() - 1 - i);
-            if i == data.len() - 1 && self.starts[usize::from(data[i])].is_empty() {
+            if i == data.len() - 1 && self.index.starts[usize::from(data[i])].is_empty() {
                 break;
             }
             let rest = &data[i..];
             let mut best = None;
             let mut partial = false;
-            for &k in &self.starts[usize::from(data[i])] {
-                match self.needles[k].walk(rest, at_end) {
+            for &k in &self.index.starts[usize::from(data[i])] {
+                match self.index.needles[k].walk(rest, at_end) {
                     Walk::Full(n) => best = Some(best.map_or(n, |b: usize| b.max(n))),
                     Walk::Partial => partial = true,
                     Walk::Mismatch => {}
@@ -671,6 +993,74 @@ mod tests {
             assert!(contains(&out, MARK), "{}", String::from_utf8_lossy(&echoed));
             assert!(
                 !contains(&out, b"0123456789"),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    /// Found in the third round: escapes of escapes (JSON in JSON, text
+    /// HTML-escaped twice, double percent-encoding, percent-encoded JSON),
+    /// JavaScript and C escapes, a backslash before punctuation, padded,
+    /// unterminated and named HTML references, folded or spaced base64,
+    /// base64 of UTF-16, UTF-32 and split CDATA.
+    #[test]
+    fn nested_and_other_escapes_are_redacted() {
+        let secret = "demo-key-0123456789/AB+cd==";
+        let r = Redactor::new(vec![secret.as_bytes().to_vec()]);
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let each = |f: &dyn Fn(char) -> String| secret.chars().map(f).collect::<String>();
+        let punct = |f: &dyn Fn(char) -> String| {
+            each(&|c: char| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_string()
+                } else {
+                    f(c)
+                }
+            })
+        };
+        let utf16: Vec<u8> = secret.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf32: Vec<u8> = secret
+            .chars()
+            .flat_map(|c| u32::from(c).to_be_bytes())
+            .collect();
+        let folded: String = b64(format!("X-Key: {secret}").as_bytes())
+            .as_bytes()
+            .chunks(10)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join("\r\n ");
+        let spaced: String = b64(secret.as_bytes())
+            .as_bytes()
+            .chunks(4)
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let echoes: Vec<Vec<u8>> = vec![
+            b"demo-key-0123456789\\\\\\/AB+cd==".to_vec(),
+            b"demo-key-0123456789/AB\\\\u002Bcd==".to_vec(),
+            b"demo-key-0123456789%5C%5Cu002FAB%2Bcd%3D%3D".to_vec(),
+            b"demo-key-0123456789%252FAB%252Bcd%253D%253D".to_vec(),
+            b"demo-key-0123456789&amp;#47;AB&amp;#43;cd&amp;#61;&amp;#61;".to_vec(),
+            punct(&|c| format!("&#{:04};", u32::from(c))).into_bytes(),
+            punct(&|c| format!("&#x{:06X};", u32::from(c))).into_bytes(),
+            b"demo-key-0123456789&#47AB&#43cd&#61&#61".to_vec(),
+            b"demo-key-0123456789&sol;AB&plus;cd&equals;&equals;".to_vec(),
+            punct(&|c| format!("\\x{:02x}", u32::from(c))).into_bytes(),
+            punct(&|c| format!("\\{:03o}", u32::from(c))).into_bytes(),
+            punct(&|c| format!("\\u{{{:x}}}", u32::from(c))).into_bytes(),
+            punct(&|c| format!("\\{c}")).into_bytes(),
+            folded.into_bytes(),
+            spaced.into_bytes(),
+            b64(&utf16).into_bytes(),
+            utf32,
+            b"<![CDATA[demo-key-0]]><![CDATA[123456789/AB+cd==]]>".to_vec(),
+        ];
+        for echoed in echoes {
+            let out = r.redact_all(&echoed).unwrap_or_default();
+            assert!(contains(&out, MARK), "{}", String::from_utf8_lossy(&echoed));
+            assert!(
+                !contains(&out, b"56789") && !contains(&out, b"5\x006\x00"),
                 "{}",
                 String::from_utf8_lossy(&out)
             );

@@ -1289,6 +1289,24 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
             None,
         )
     };
+    // Found in the third round: escapes of escapes and other encodings,
+    // one per line (PHP's json_encode twice, .NET's JSON in JSON, HTML twice,
+    // percent twice, \xHH, a backslash before punctuation, MIME base64 of
+    // UTF-16).
+    let r = get("/echo-nested");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let lines: Vec<&str> = r.body.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 7, "{}", r.body);
+    assert!(!r.body.contains("0123456789"), "{}", r.body);
+    for (i, l) in lines.iter().take(6).enumerate() {
+        assert!(l.contains("[redacted by warrant]"), "line {i}: {l}");
+    }
+    assert_eq!(
+        r.body.matches("[redacted by warrant]").count(),
+        7,
+        "the base64 of UTF-16 too: {}",
+        r.body
+    );
     let r = get("/echo-boundary");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!r.body.contains("live-0123"), "{}", r.body);
