@@ -47,6 +47,30 @@ fn kinds(headers: &HeaderMap) -> Result<Kinds, String> {
         json: value.contains("json"),
         multipart: None,
     };
+    // Express's body parsers decode UTF-16 and other charsets before they
+    // look for a field; the edge reads UTF-8 (and its ASCII subsets).
+    if k.form || k.json || essence.starts_with("multipart/") {
+        let charsets: Vec<&str> = value
+            .split(';')
+            .skip(1)
+            .filter_map(|p| p.split_once('='))
+            .filter(|(k, _)| k.trim() == "charset")
+            .map(|(_, v)| v.trim().trim_matches('"'))
+            .collect();
+        if charsets.len() > 1
+            || charsets.iter().any(|c| {
+                !matches!(
+                    *c,
+                    "utf-8" | "utf8" | "us-ascii" | "ascii" | "iso-8859-1" | "latin1"
+                )
+            })
+        {
+            return Err(
+                "a form or JSON body is read for a method override in UTF-8 only; send `charset=utf-8` (or none)"
+                    .into(),
+            );
+        }
+    }
     if essence.starts_with("multipart/") {
         // The boundary keeps its case.
         let params: Vec<&str> = raw
@@ -193,10 +217,17 @@ fn json_overrides(body: &[u8]) -> bool {
             Ok(false)
         }
     }
-    // A body that is not JSON carries no JSON field: a framework reading it
-    // as JSON finds nothing in it either.
     let mut de = serde_json::Deserializer::from_slice(body);
-    de.deserialize_any(TopKeys).unwrap_or(false)
+    match de.deserialize_any(TopKeys) {
+        Ok(found) => found,
+        // A body that is not JSON carries no JSON field, unless another
+        // parser reads more of it (nested deeper than 128, or laxer): then
+        // anything that could spell `method` counts.
+        Err(_) => {
+            let lower = body.to_ascii_lowercase();
+            lower.windows(6).any(|w| w == b"method") || lower.windows(2).any(|w| w == b"\\u")
+        }
+    }
 }
 
 /// Whether a multipart body has a field named `_method`, by the name its
@@ -343,6 +374,19 @@ mod tests {
         ] {
             assert!(!json_overrides(body.as_bytes()), "{body}");
         }
+        // What serde_json cannot read but JSON.parse can (nesting past 128).
+        let deep = format!(
+            r#"{{"a":{}{},"_method":"DELETE"}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(json_overrides(deep.as_bytes()));
+        let deep = format!(
+            r#"{{"a":{}{},"\u005fmethod":1}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert!(json_overrides(deep.as_bytes()));
     }
 
     fn multipart(disposition: &str) -> Bytes {
@@ -416,6 +460,18 @@ mod tests {
         assert!(of(Some("multipart/form-data; boundary=a; boundary=b")).is_err());
         assert!(of(Some("multipart/form-data")).is_err());
         assert_eq!(of(Some("text/plain")).unwrap(), Kinds::default());
+        // Charsets the edge does not read, as Express's parsers do.
+        for ct in [
+            "application/json; charset=utf-16",
+            "application/json; charset=utf-16le",
+            "application/x-www-form-urlencoded; charset=utf-32",
+            "application/json; charset=utf-8; charset=utf-16",
+            "multipart/form-data; boundary=XB; charset=utf-7",
+        ] {
+            assert!(of(Some(ct)).is_err(), "{ct}");
+        }
+        assert!(of(Some("application/json; charset=UTF-8")).is_ok());
+        assert!(of(Some("text/plain; charset=utf-16")).is_ok());
         assert_eq!(
             of(Some("application/octet-stream")).unwrap(),
             Kinds::default()

@@ -1497,6 +1497,20 @@ when { context.method == "DELETE" };
             Some(mp),
             part("form-data; name=\"_method\"").replace("\r\n", "\n"),
         ),
+        // What other parsers read and serde_json does not: UTF-16 (Express
+        // decodes it), nesting past 128.
+        (
+            Some("application/json; charset=utf-16"),
+            r#"{"a":1}"#.into(),
+        ),
+        (
+            Some("application/json"),
+            format!(
+                r#"{{"a":{}{},"_method":"DELETE"}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+        ),
     ];
     for (ct, body) in &refused {
         let r = post(*ct, "", body.as_bytes());
