@@ -13,7 +13,10 @@
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, header};
+use std::sync::{Arc, OnceLock};
+
 use http_body_util::BodyExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use warrant_core::text::shown;
 
@@ -129,22 +132,7 @@ pub(crate) async fn without_overrides(
         ));
     }
     let (parts, body) = req.into_parts();
-    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-    let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!(
-                    "the request body is over the {max_bytes} bytes route `{route}` accepts; the upload was cut off"
-                ),
-            ));
-        }
-        Err(_) => {
-            return Err(bad("the request body could not be read".into()));
-        }
-    };
+    let (bytes, permit) = collect(body, route, max_bytes, budget(), BUDGET_WAIT).await?;
     if kinds.form && form_overrides(&bytes) {
         return Err(bad(OVERRIDE.into()));
     }
@@ -162,7 +150,113 @@ pub(crate) async fn without_overrides(
             }
         }
     }
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok(Request::from_parts(
+        parts,
+        Body::new(Held {
+            inner: http_body_util::Full::new(bytes),
+            _permit: permit,
+        }),
+    ))
+}
+
+/// The most bytes of POST bodies read into memory at once, over every
+/// request: what one agent with a POST route can make the broker hold.
+const BUDGET_KIB: u32 = 256 * 1024;
+
+/// How long a body waits for room in the budget before it is refused.
+const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn budget() -> &'static Arc<Semaphore> {
+    static BUDGET: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    BUDGET.get_or_init(|| Arc::new(Semaphore::new(BUDGET_KIB as usize)))
+}
+
+/// Reads a body into memory within the route's limit, holding its size in
+/// `budget` (KiB) until the body is dropped.
+async fn collect(
+    body: Body,
+    route: &str,
+    max_bytes: u64,
+    budget: &Arc<Semaphore>,
+    wait: std::time::Duration,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    let mut body = http_body_util::Limited::new(body, limit);
+    let mut buf = bytes::BytesMut::new();
+    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut held_kib: usize = 0;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the request body is over the {max_bytes} bytes route `{route}` accepts; the upload was cut off"
+                    ),
+                ));
+            }
+            Err(_) => return Err(bad("the request body could not be read".into())),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let need = (buf.len() + data.len())
+            .div_ceil(1024)
+            .saturating_sub(held_kib);
+        if need > 0 {
+            let more = u32::try_from(need).unwrap_or(u32::MAX);
+            let got =
+                tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(more)).await;
+            match got {
+                Ok(Ok(p)) => {
+                    held_kib += need;
+                    match permit.as_mut() {
+                        Some(held) => held.merge(p),
+                        None => permit = Some(p),
+                    }
+                }
+                _ => {
+                    return Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "the edge is reading too many request bodies at once; try again shortly"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), permit))
+}
+
+/// A body read into memory, holding its share of the budget until sent.
+struct Held {
+    inner: http_body_util::Full<Bytes>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Whether an urlencoded body names `_method` (pairs split at `&` and, as
@@ -423,6 +517,40 @@ mod tests {
         let cut =
             Bytes::from_static(b"--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1");
         assert!(multipart_overrides(cut, "XB".into()).await.is_err());
+    }
+
+    /// Bodies read into memory share one budget: past it, a body waits,
+    /// then is refused, and the room comes back when a body is dropped.
+    #[tokio::test]
+    async fn bodies_read_into_memory_share_a_budget() {
+        let budget = Arc::new(Semaphore::new(8));
+        let wait = std::time::Duration::from_millis(200);
+        let body = |n: usize| Body::from(vec![b'a'; n]);
+        let (first, p1) = collect(body(6 * 1024), "r", 1 << 20, &budget, wait)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 6 * 1024);
+        assert_eq!(budget.available_permits(), 2);
+        let e = collect(body(3 * 1024), "r", 1 << 20, &budget, wait)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            budget.available_permits(),
+            2,
+            "a refused body holds nothing"
+        );
+        drop(p1);
+        let (_, p2) = collect(body(3 * 1024), "r", 1 << 20, &budget, wait)
+            .await
+            .unwrap();
+        assert_eq!(budget.available_permits(), 5);
+        drop(p2);
+        let e = collect(body(2048), "r", 1024, &budget, wait)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(budget.available_permits(), 8);
     }
 
     #[test]
