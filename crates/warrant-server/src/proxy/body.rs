@@ -132,7 +132,8 @@ pub(crate) async fn without_overrides(
         ));
     }
     let (parts, body) = req.into_parts();
-    let (bytes, permit) = collect(body, route, max_bytes, budget(), BUDGET_WAIT).await?;
+    let (bytes, permit) =
+        collect(body, route, max_bytes, budget(), BUDGET_WAIT, READ_WITHIN).await?;
     if kinds.form && form_overrides(&bytes) {
         return Err(bad(OVERRIDE.into()));
     }
@@ -163,6 +164,9 @@ pub(crate) async fn without_overrides(
 /// request: what one agent with a POST route can make the broker hold.
 const BUDGET_KIB: u32 = 256 * 1024;
 
+/// How long reading a body into memory may take.
+const READ_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How long a body waits for room in the budget before it is refused.
 const BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -179,6 +183,7 @@ async fn collect(
     max_bytes: u64,
     budget: &Arc<Semaphore>,
     wait: std::time::Duration,
+    read_within: std::time::Duration,
 ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let mut body = http_body_util::Limited::new(body, limit);
@@ -186,7 +191,21 @@ async fn collect(
     let mut permit: Option<OwnedSemaphorePermit> = None;
     let mut held_kib: usize = 0;
     let deadline = tokio::time::Instant::now() + wait;
-    while let Some(frame) = body.frame().await {
+    // A body held in memory is read in bounded time, so a slow upload
+    // cannot keep its share of the budget.
+    let read_by = tokio::time::Instant::now() + read_within;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(read_by, body.frame()).await else {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "a form or JSON body is read before it is forwarded, within {} s; this one took longer",
+                    read_within.as_secs()
+                ),
+            ));
+        };
+        let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(f) => f,
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -526,12 +545,12 @@ mod tests {
         let budget = Arc::new(Semaphore::new(8));
         let wait = std::time::Duration::from_millis(200);
         let body = |n: usize| Body::from(vec![b'a'; n]);
-        let (first, p1) = collect(body(6 * 1024), "r", 1 << 20, &budget, wait)
+        let (first, p1) = collect(body(6 * 1024), "r", 1 << 20, &budget, wait, wait)
             .await
             .unwrap();
         assert_eq!(first.len(), 6 * 1024);
         assert_eq!(budget.available_permits(), 2);
-        let e = collect(body(3 * 1024), "r", 1 << 20, &budget, wait)
+        let e = collect(body(3 * 1024), "r", 1 << 20, &budget, wait, wait)
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -541,16 +560,30 @@ mod tests {
             "a refused body holds nothing"
         );
         drop(p1);
-        let (_, p2) = collect(body(3 * 1024), "r", 1 << 20, &budget, wait)
+        let (_, p2) = collect(body(3 * 1024), "r", 1 << 20, &budget, wait, wait)
             .await
             .unwrap();
         assert_eq!(budget.available_permits(), 5);
         drop(p2);
-        let e = collect(body(2048), "r", 1024, &budget, wait)
+        let e = collect(body(2048), "r", 1024, &budget, wait, wait)
             .await
             .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(budget.available_permits(), 8);
+        // A slow upload gives its share back when its time is up.
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+        tx.send(Ok(http_body::Frame::data(Bytes::from(vec![b'a'; 4096]))))
+            .await
+            .unwrap();
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let slow = Body::new(http_body_util::StreamBody::new(stream));
+        let e = collect(slow, "r", 1 << 20, &budget, wait, wait)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(budget.available_permits(), 8);
+        drop(tx);
     }
 
     #[test]
