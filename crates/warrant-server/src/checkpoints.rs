@@ -40,6 +40,9 @@ pub async fn make(
     keys: &KeyService,
     issuer: &str,
 ) -> Result<Option<Checkpoint>, String> {
+    // INVARIANT (a checkpoint vouches for an intact trail): no checkpoint is
+    // signed while the trail is not as the broker wrote it.
+    store.ping().await.map_err(|e| e.to_string())?;
     let Some((seq, hash)) = store.audit_head().await.map_err(|e| e.to_string())? else {
         return Ok(None);
     };

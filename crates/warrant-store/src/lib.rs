@@ -64,7 +64,8 @@ pub struct ChainReport {
 /// Everything warrant persists.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Checks that the store answers.
+    /// Checks that the store answers, and that its audit trail is as this
+    /// broker wrote it (nothing removed from its end, no foreign trigger).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Registers an agent. `Conflict` if the name is taken.

@@ -53,27 +53,101 @@ impl Default for SqliteOptions {
 }
 
 /// The triggers warrant's migrations create; any other is someone else's.
-const OWN_TRIGGERS: [&str; 2] = ["audit_log_no_update", "audit_log_no_delete"];
+/// The triggers warrant creates, as it creates them (whitespace aside).
+const OWN_TRIGGERS: [(&str, &str); 2] = [
+    (
+        "audit_log_no_update",
+        "CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    ),
+    (
+        "audit_log_no_delete",
+        "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    ),
+];
 
-/// Refuses a database with triggers warrant did not create: one could drop
-/// or alter audit records as they are written.
+fn squeeze(sql: &str) -> String {
+    sql.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches(';')
+        .to_owned()
+}
+
+/// Refuses a database whose triggers are not exactly warrant's own: one
+/// added, or one of warrant's dropped or replaced under its name, could
+/// drop or alter audit records as they are written.
 fn refuse_foreign_triggers(conn: &Connection) -> Result<(), StoreError> {
     let mut st = conn
-        .prepare("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+        .prepare_cached(
+            "SELECT name, tbl_name, coalesce(sql, '') FROM sqlite_master WHERE type = 'trigger' ORDER BY name",
+        )
         .map_err(db_err)?;
-    let found: Vec<(String, String)> = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+    let found: Vec<(String, String, String)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .map_err(db_err)?
         .collect::<Result<_, _>>()
         .map_err(db_err)?;
-    if let Some((name, table)) = found
-        .iter()
-        .find(|(n, _)| !OWN_TRIGGERS.contains(&n.as_str()))
-    {
-        return Err(StoreError::Unavailable(format!(
-            "the database has a trigger warrant did not create (`{}` on `{}`); it could alter what is stored, the audit trail above all: find out who added it, remove it, and check the trail with `warrant audit verify`",
+    let advice =
+        "find out who changed it, restore it, and check the trail with `warrant audit verify`";
+    if let Some((name, table, _)) = found.iter().find(|(n, _, sql)| {
+        !OWN_TRIGGERS
+            .iter()
+            .any(|(own, want)| n == own && squeeze(sql) == *want)
+    }) {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the database has a trigger warrant did not create, or one of its own changed (`{}` on `{}`); it could alter what is stored, the audit trail above all: {advice}",
             name.escape_debug(),
             table.escape_debug()
+        )));
+    }
+    if let Some((own, _)) = OWN_TRIGGERS
+        .iter()
+        .find(|(own, _)| !found.iter().any(|(n, _, _)| n == own))
+    {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the database lacks warrant's trigger `{own}`, which keeps the audit trail append-only: {advice}"
+        )));
+    }
+    Ok(())
+}
+
+/// Puts back a guard of warrant's that was dropped (at open only; what was
+/// done meanwhile shows in `warrant audit verify`), then refuses anything
+/// else that is not exactly warrant's own.
+fn restore_own_triggers(conn: &Connection) -> Result<(), StoreError> {
+    for (name, sql) in OWN_TRIGGERS {
+        let present: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        if !present {
+            tracing::warn!(
+                trigger = name,
+                "warrant's audit trail guard was missing from the database and is restored; check the trail with `warrant audit verify`"
+            );
+            conn.execute_batch(&format!("{sql};")).map_err(db_err)?;
+        }
+    }
+    refuse_foreign_triggers(conn)
+}
+
+/// Checks, while the broker runs, that the audit trail is as the writer
+/// left it: the triggers are warrant's own, and no record it wrote up to
+/// `written` has gone from the end. Checkpoints are signed, and `/readyz`
+/// answers ready, only when it is.
+fn audit_intact(c: &Connection, written: u64) -> Result<(), StoreError> {
+    refuse_foreign_triggers(c)?;
+    let head: i64 = c
+        .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
+            r.get(0)
+        })
+        .map_err(read_err)?;
+    if u64::try_from(head).unwrap_or(0) < written {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the audit trail ends at record {head}, but this broker wrote up to record {written}: records were removed from the database; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
         )));
     }
     Ok(())
@@ -317,7 +391,7 @@ impl SqliteStore {
             )));
         }
         migrations::apply(&mut conn)?;
-        refuse_foreign_triggers(&conn)?;
+        restore_own_triggers(&conn)?;
         if let Some(l) = &options.chain {
             ensure_legacy_marker(&conn, l.as_ref())?;
         }
@@ -432,8 +506,8 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))
-            .await
+        let written = self.writer.written();
+        self.read(move |c| audit_intact(c, written)).await
     }
 
     async fn create_agent(&self, agent: Agent, audit: AuditEvent) -> Result<Agent, StoreError> {
@@ -1404,7 +1478,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError> {
-        self.read(|c| {
+        self.read(move |c| {
             let row: Option<(i64, Vec<u8>)> = c
                 .query_row(
                     "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",

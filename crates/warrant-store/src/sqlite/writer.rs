@@ -126,6 +126,26 @@ impl WriteCtx<'_> {
                     "the audit record was not stored ({n} rows written; is there a trigger on audit_log?)"
                 ))),
             })?;
+        // INVARIANT (stored as written): a trigger can also remove or change
+        // the row after it was inserted, which the count does not show; the
+        // record counts only if it reads back as written.
+        let stored: Option<(Vec<u8>, String)> = self
+            .conn
+            .prepare_cached("SELECT hash, body FROM audit_log WHERE seq = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![seq], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| StoreError::AuditUnavailable(e.to_string()))?;
+        if stored
+            .as_ref()
+            .is_none_or(|(h, b)| h.as_slice() != r.hash.0.as_slice() || *b != sealed.body)
+        {
+            return Err(StoreError::AuditUnavailable(
+                "the audit record does not read back as written (is there a trigger on audit_log?)"
+                    .into(),
+            ));
+        }
         self.chain.next_seq += 1;
         self.chain.prev = r.hash;
         self.chain.last_time = r.time;
@@ -192,6 +212,8 @@ enum Msg {
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The last audit record committed (0: none).
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
@@ -204,15 +226,23 @@ impl Writer {
         on_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
         let chain = ChainState::load(&conn)?;
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(chain.next_seq - 1));
+        let mark = written.clone();
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
             .name("warrant-store-writer".into())
-            .spawn(move || run(conn, rx, chain, max_batch.max(1), linker, on_commit))
+            .spawn(move || run(conn, rx, chain, max_batch.max(1), linker, on_commit, &mark))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
+            written,
         })
+    }
+
+    /// The last audit record committed by this writer (0: none).
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Runs `f` (any number of statements) in its own savepoint in the next
@@ -286,6 +316,7 @@ fn run(
     max_batch: usize,
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn() + Send>,
+    written: &std::sync::atomic::AtomicU64,
 ) {
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     let mut last_batch = 1;
@@ -324,6 +355,7 @@ fn run(
         last_commit = started.elapsed();
         last_batch = jobs.len();
         if result.is_ok() {
+            written.store(chain.next_seq - 1, std::sync::atomic::Ordering::Release);
             on_commit();
         } else {
             let _ = conn.execute_batch("ROLLBACK");

@@ -2236,7 +2236,8 @@ fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
     // Deleting a record mid-chain and re-linking the rest (recomputing the
     // hashes as plain SHA-256 could be) is found without any checkpoint.
     let c = rusqlite::Connection::open(&db).unwrap();
-    c.execute_batch("DROP TRIGGER audit_log_no_update;")
+    // (The broker put back the guard dropped above when it restarted.)
+    c.execute_batch("DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;")
         .unwrap();
     let rows: Vec<(i64, String)> = {
         let mut st = c
@@ -2623,10 +2624,75 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     assert!(!child.wait().unwrap().success());
     let log = std::fs::read_to_string(log).unwrap();
     assert!(
-        log.contains("trigger warrant did not create (`quiet`"),
+        log.contains("trigger warrant did not create") && log.contains("(`quiet` on"),
         "{log}"
     );
     db.execute_batch("DROP TRIGGER quiet;").unwrap();
+
+    // Found in the fourth round: warrant's own delete guard replaced, under
+    // its name, by a trigger that removes each record once inserted (the
+    // insert still counts one row). Such a record does not read back, so
+    // nothing is done; and a restart refuses the changed trigger.
+    b.restart(crate::Options::default());
+    let swap = "DROP TRIGGER audit_log_no_delete;
+        CREATE TRIGGER audit_log_no_delete AFTER INSERT ON audit_log BEGIN DELETE FROM audit_log WHERE seq = NEW.seq; END;";
+    db.execute_batch(swap).unwrap();
+    let r = b.cli(&["agent", "create", "rogue", "--owner", "o", "--env", "dev"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(
+        !b.cli(&["agent", "list", "--output", "json"])
+            .stdout
+            .contains("rogue")
+    );
+    let r = b.http("GET", "/readyz", &[], None);
+    assert_eq!(
+        r.status, 503,
+        "not ready while the trail is not warrant's: {}",
+        r.body
+    );
+    b.stop();
+    let (mut child, _, log) = warrant_testkit::spawn_serve(
+        crate::bin(),
+        tmp.path(),
+        &crate::Options {
+            data_dir: Some(b.data_dir.clone()),
+            ..Default::default()
+        },
+    );
+    assert!(!child.wait().unwrap().success());
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains("one of its own changed (`audit_log_no_delete`"),
+        "{log}"
+    );
+    db.execute_batch(
+        "DROP TRIGGER audit_log_no_delete;
+         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+    )
+    .unwrap();
+
+    // Records removed from the end while the broker runs (the guard
+    // dropped and put back): it is not ready, and signs no checkpoint for
+    // the shorter trail.
+    b.restart(crate::Options::default());
+    assert!(
+        b.cli(&["agent", "create", "kept", "--owner", "o", "--env", "dev"])
+            .code
+            == 0
+    );
+    db.execute_batch(
+        "DROP TRIGGER audit_log_no_delete;
+         DELETE FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log);
+         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+    )
+    .unwrap();
+    let r = b.http("GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let r = b.cli(&["audit", "checkpoint"]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    assert!(r.stderr.contains("records were removed"), "{}", r.stderr);
 }
 
 /// Found in the third round: every `/oauth2/revoke` was one durable
