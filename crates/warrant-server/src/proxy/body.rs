@@ -134,10 +134,22 @@ pub(crate) async fn without_overrides(
     let (parts, body) = req.into_parts();
     let (bytes, permit) =
         collect(body, route, max_bytes, budget(), BUDGET_WAIT, READ_WITHIN).await?;
-    if kinds.form && form_overrides(&bytes) {
+    // Parsers skip a UTF-8 byte-order mark; one of UTF-16 or UTF-32 means a
+    // text the edge does not read.
+    let text: &[u8] = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    if [&b"\xFE\xFF"[..], b"\xFF\xFE", b"\x00\x00\xFE\xFF"]
+        .iter()
+        .any(|bom| text.starts_with(bom))
+    {
+        return Err(bad(
+            "a form or JSON body in UTF-16 or UTF-32 is not read for a method override; send UTF-8"
+                .into(),
+        ));
+    }
+    if kinds.form && form_overrides(text) {
         return Err(bad(OVERRIDE.into()));
     }
-    if kinds.json && json_overrides(&bytes) {
+    if kinds.json && json_overrides(text) {
         return Err(bad(OVERRIDE.into()));
     }
     if let Some(boundary) = kinds.multipart {
