@@ -821,6 +821,10 @@ async fn verify_with(
     caller: crate::http::auth::Caller,
     given: Vec<String>,
 ) -> ApiResult<Json<AuditVerification>> {
+    // One verification at a time: each reads the whole trail, so a loop of
+    // them costs at most one reader's work.
+    static VERIFYING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = VERIFYING.lock().await;
     let report = state.store.verify_audit().await?;
     let stored = state.store.list_checkpoints(1000).await?;
     let mut checks = Vec::new();
@@ -870,7 +874,13 @@ async fn verify_with(
             "checkpoints": out.checkpoints.len(),
         })),
     };
-    state.store.append_audit(event).await?;
+    // A clean verification changes nothing: past the caller's budget its
+    // record is gathered. A broken chain is always recorded.
+    if !out.ok {
+        state.store.append_audit(event).await?;
+    } else if let Some(event) = state.refusals.admit_known(event) {
+        state.store.append_audit(event).await?;
+    }
     Ok(Json(out))
 }
 
@@ -1009,7 +1019,12 @@ async fn check_policy(
         Ok(r) => r,
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
-    let decision = state.policy.authorize(&request, attempt).await?;
+    // A check changes nothing and hands out nothing: past the caller's
+    // budget its record is gathered, so a reader cannot fill the disk.
+    let (decision, event) = state.policy.decide_for_record(&request, attempt);
+    if let Some(event) = state.refusals.admit_known(event) {
+        state.store.append_audit(event).await?;
+    }
     Ok(Json(PolicyCheckResult {
         effect: decision.effect,
         decision,

@@ -2702,6 +2702,62 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     assert!(r.stderr.contains("records were removed"), "{}", r.stderr);
 }
 
+/// Found in the fourth round: a read-only (auditor) admin token wrote one
+/// durable record per policy check and per audit verification, 4,000 in two
+/// seconds. Past the caller's budget they are gathered; a broken chain is
+/// always recorded.
+#[test]
+fn a_reader_cannot_grow_the_trail() {
+    let b = crate::broker();
+    b.cli(&["agent", "create", "bot", "--owner", "o", "--env", "dev"])
+        .ok();
+    let auditor = b
+        .cli(&["admin-token", "create", "--role", "auditor", "--name", "ci"])
+        .ok()
+        .trim()
+        .to_owned();
+    let bearer = format!("Bearer {auditor}");
+    let before = crate::audit(&b, None).len();
+    let check =
+        r#"{"agent":"bot","action":"token:exchange","resource":"Audience::\"https://x.test\""}"#;
+    let started = Instant::now();
+    for i in 0..630 {
+        let r = if i % 21 == 0 {
+            b.http(
+                "GET",
+                "/admin/v1/audit/verify",
+                &[("authorization", &bearer)],
+                None,
+            )
+        } else {
+            b.http(
+                "POST",
+                "/admin/v1/policy/check",
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+                Some(check),
+            )
+        };
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // 64 records per caller per 5 s, then one gathered record per window.
+    let windows = started.elapsed().as_secs() / 5 + 2;
+    let records = eventually("the reads to be written", || {
+        let counted: u64 = ["policy.check", "audit.verify"]
+            .iter()
+            .flat_map(|e| crate::audit(&b, Some(e)))
+            .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
+            .sum();
+        (counted >= 630).then(|| crate::audit(&b, None).len() - before)
+    });
+    assert!(
+        (records as u64) <= windows * 66 && records < 630,
+        "{records} records for 630 reads in {windows} windows"
+    );
+}
+
 /// Found in the third round: every `/oauth2/revoke` was one durable
 /// record, so an agent could fill the disk revoking junk tokens, or its own
 /// task again and again. A revocation that changes nothing shares the
