@@ -1080,8 +1080,29 @@ pub async fn tool_pins_hold_until_a_change_is_approved(fx: Box<dyn Fixture>) {
     assert_eq!(kinds, ["mcp.tool.change", "mcp.tool.pin"]);
 
     // Approval adopts the pending definition, once.
+    // What was reviewed, or nothing.
+    assert!(matches!(
+        s.approve_tool(
+            "files",
+            "read_file",
+            &def("Reads").digest(),
+            "x",
+            at(5),
+            base()
+        )
+        .await
+        .unwrap_err(),
+        StoreError::Conflict { .. }
+    ));
     let pin = s
-        .approve_tool("files", "read_file", "local:uid=0", at(5), base())
+        .approve_tool(
+            "files",
+            "read_file",
+            &def(RUG).digest().to_ascii_uppercase(),
+            "local:uid=0",
+            at(5),
+            base(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1090,13 +1111,13 @@ pub async fn tool_pins_hold_until_a_change_is_approved(fx: Box<dyn Fixture>) {
     );
     assert_eq!(pin.approved_by.as_deref(), Some("local:uid=0"));
     assert!(matches!(
-        s.approve_tool("files", "read_file", "x", at(6), base())
+        s.approve_tool("files", "read_file", &def(RUG).digest(), "x", at(6), base())
             .await
             .unwrap_err(),
         StoreError::Conflict { .. }
     ));
     assert!(matches!(
-        s.approve_tool("files", "nope", "x", at(6), base())
+        s.approve_tool("files", "nope", &def(RUG).digest(), "x", at(6), base())
             .await
             .unwrap_err(),
         StoreError::NotFound { .. }
@@ -1174,7 +1195,14 @@ pub async fn new_tools_wait_for_approval_when_held(fx: Box<dyn Fixture>) {
     );
     // Approval adopts what waits; from then on it is an ordinary pin.
     let pin = s
-        .approve_tool("notes", "Read_note", "local:uid=0", at(4), base())
+        .approve_tool(
+            "notes",
+            "Read_note",
+            &def("Other").digest(),
+            "local:uid=0",
+            at(4),
+            base(),
+        )
         .await
         .unwrap();
     assert_eq!(

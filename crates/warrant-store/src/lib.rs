@@ -225,12 +225,15 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         audit: AuditEvent,
     ) -> Result<PinOutcome, StoreError>;
-    /// Accepts a changed or new tool's pending definition. `NotFound` if
-    /// there is no such tool, `Conflict` if nothing is pending.
+    /// Accepts a changed or new tool's pending definition, the one with
+    /// `digest` (what the approver reviewed). `NotFound` if there is no such
+    /// tool, `Conflict` if nothing is pending or what is pending now has
+    /// another digest.
     async fn approve_tool(
         &self,
         server: &str,
         tool: &str,
+        digest: &str,
         approved_by: &str,
         now: Timestamp,
         audit: AuditEvent,

@@ -285,12 +285,19 @@ pub enum McpCmd {
         /// The server's name in warrant.toml.
         server: Option<String>,
     },
-    /// Accept a tool's changed definition, so it is listed and callable again.
+    /// Accept a tool's new or changed definition, so it is listed and
+    /// callable. Without --digest, shows the definition waiting and its
+    /// digest, and approves nothing.
     Approve {
         /// The server's name.
         server: String,
         /// The tool's name.
         tool: String,
+        /// The digest of the definition you reviewed (64 hex digits, as
+        /// shown): if the server announced another since, nothing is
+        /// approved.
+        #[arg(long)]
+        digest: Option<String>,
     },
 }
 

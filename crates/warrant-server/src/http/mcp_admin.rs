@@ -57,10 +57,18 @@ fn with_problems(state: &AppState, pins: &mut [ToolPin]) {
     }
 }
 
+/// What an approval names: the digest of the definition reviewed.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Approval {
+    digest: String,
+}
+
 async fn approve(
     State(state): State<AppState>,
     Writer(caller): Writer,
     Path((server, tool)): Path<(String, String)>,
+    body: Result<Json<Approval>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ToolPin>, ApiError> {
     let attempt = caller
         .event("admin.mcp.approve", Outcome::Allow)
@@ -72,6 +80,17 @@ async fn approve(
             }
             .to_string(),
         );
+    let digest = match body {
+        Ok(Json(a)) if a.digest.len() == 64 && a.digest.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            a.digest
+        }
+        _ => {
+            let e = ApiError::invalid(
+                "the body must be {\"digest\": \"<the 64 hex digits of the definition reviewed>\"} (see `warrant mcp tools SERVER --output json`)",
+            );
+            return Err(super::admin::fail(&state, attempt, e).await);
+        }
+    };
     if !state.mcp.has_server(&server) {
         let e = ApiError::not_found(format!(
             "no MCP server `{}` is configured",
@@ -81,7 +100,7 @@ async fn approve(
     }
     match state
         .mcp
-        .approve(&server, &tool, &caller.actor, attempt.clone())
+        .approve(&server, &tool, &digest, &caller.actor, attempt.clone())
         .await
     {
         Ok(pin) => {
@@ -90,14 +109,11 @@ async fn approve(
             let [pin] = pins;
             Ok(Json(pin))
         }
-        Err(warrant_store::StoreError::Conflict { .. }) => {
+        Err(warrant_store::StoreError::Conflict { name, .. }) => {
             let e = ApiError {
                 status: axum::http::StatusCode::CONFLICT,
                 code: "conflict",
-                message: format!(
-                    "tool `{server}/{}` has no changed definition waiting for approval",
-                    shown(&tool, 128)
-                ),
+                message: format!("not approved: {}", shown(&name, 400)),
             };
             Err(super::admin::fail(&state, attempt, e).await)
         }

@@ -503,12 +503,13 @@ impl Gateway {
         &self,
         server: &str,
         tool: &str,
+        digest: &str,
         by: &str,
         audit: AuditEvent,
     ) -> Result<ToolPin, StoreError> {
         let pin = self
             .store
-            .approve_tool(server, tool, by, Timestamp::now(), audit)
+            .approve_tool(server, tool, digest, by, Timestamp::now(), audit)
             .await?;
         self.update_arguments().await;
         if let Some(s) = self.servers.get(server)

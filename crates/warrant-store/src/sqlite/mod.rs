@@ -1286,21 +1286,34 @@ impl Store for SqliteStore {
         &self,
         server: &str,
         tool: &str,
+        digest: &str,
         approved_by: &str,
         now: Timestamp,
         audit: AuditEvent,
     ) -> Result<ToolPin, StoreError> {
         let (server, tool, by) = (server.to_owned(), tool.to_owned(), approved_by.to_owned());
+        let digest = digest.to_ascii_lowercase();
         self.writer
             .submit(move |ctx| {
                 let pin = pin_row(ctx.conn, &server, &tool)?.ok_or_else(|| StoreError::NotFound {
                     what: "tool",
                     name: format!("{server}/{tool}"),
                 })?;
-                if pin.pending_digest.is_none() {
+                let Some(pending) = pin.pending_digest.as_deref() else {
                     return Err(StoreError::Conflict {
                         what: "tool approval",
                         name: format!("{server}/{tool} (no new or changed definition is waiting)"),
+                    });
+                };
+                // INVARIANT (approve what was reviewed): a server may announce
+                // another definition between review and approval.
+                if pending != digest {
+                    return Err(StoreError::Conflict {
+                        what: "tool approval",
+                        name: format!(
+                            "{server}/{tool} (the definition waiting is {pending}, not the reviewed {}; review it again)",
+                            warrant_core::text::shown(&digest, 64)
+                        ),
                     });
                 }
                 ctx.conn

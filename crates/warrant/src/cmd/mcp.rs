@@ -53,11 +53,59 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &McpCmd) -> anyhow::Result
                 );
             })?;
         }
-        McpCmd::Approve { server, tool } => {
+        McpCmd::Approve {
+            server,
+            tool,
+            digest: None,
+        } => {
+            // Show what would be approved; approve nothing.
+            let pins: Vec<ToolPin> = client
+                .get(&format!("/mcp/tools?server={}", segment(server)))
+                .await?;
+            let Some(pin) = pins.iter().find(|p| p.tool == *tool) else {
+                anyhow::bail!(
+                    "MCP server `{}` has no tool `{}` (see `warrant mcp tools {}`)",
+                    safe(server),
+                    safe(tool),
+                    safe(server)
+                );
+            };
+            let (Some(digest), Some(definition)) = (&pin.pending_digest, &pin.pending_definition)
+            else {
+                anyhow::bail!(
+                    "tool `{}/{}` has no new or changed definition waiting for approval",
+                    safe(server),
+                    safe(tool)
+                );
+            };
+            emit(cli.output, pin, |_| {
+                println!(
+                    "the definition of `{}/{}` waiting for approval:",
+                    safe(server),
+                    safe(tool)
+                );
+                println!(
+                    "{}",
+                    safe(&serde_json::to_string_pretty(definition).unwrap_or_default())
+                );
+                println!("digest: {digest}");
+                println!(
+                    "nothing is approved yet; to approve exactly this definition, run:\n  warrant mcp approve {} {} --digest {digest}",
+                    safe(server),
+                    safe(tool)
+                );
+            })?;
+            return Ok(ExitCode::from(super::EXIT_REVIEW));
+        }
+        McpCmd::Approve {
+            server,
+            tool,
+            digest: Some(digest),
+        } => {
             let pin: ToolPin = client
                 .post(
                     &format!("/mcp/{}/tools/{}/approve", segment(server), segment(tool)),
-                    &serde_json::json!({}),
+                    &serde_json::json!({ "digest": digest }),
                 )
                 .await?;
             emit(cli.output, &pin, |p| {

@@ -21,6 +21,8 @@ use crate::client::AdminClient;
 pub const EXIT_DENIED: u8 = 3;
 /// Exit code of an audit chain that failed verification.
 pub const EXIT_TAMPERED: u8 = 4;
+/// Exit code of `mcp approve` without `--digest`: shown, not approved.
+pub const EXIT_REVIEW: u8 = 5;
 
 /// The data directory: flag or environment, then the config file, then the default.
 pub fn data_dir(cli: &Cli) -> anyhow::Result<PathBuf> {

@@ -211,7 +211,7 @@ env = {{ NOTES_KEY = "secret:notes-key", NOTES_KEY_REQUIRED = "1" }}
     assert_eq!(r["error"]["data"]["refused_by"], "policy (forbid)", "{r}");
 
     // Approved, the new tool is typed with its own schema, and read_note keeps its.
-    w.b.cli(&["mcp", "approve", "notes", "Read_note"]).ok();
+    crate::mcp::approve_reviewed(&w.b, "notes", "Read_note");
     assert_eq!(c.list().unwrap(), ["Read_note", "read_note"]);
     let r = c.call("Read_note", json!({"name": 7}));
     assert!(r.get("result").is_some(), "{r}");
@@ -259,7 +259,7 @@ env = {{ NOTES_KEY = "secret:notes-key", NOTES_KEY_REQUIRED = "1" }}
             .any(|p| p["tool"] == "read_note" && p["state"] == "changed")
             .then_some(())
     });
-    w.b.cli(&["mcp", "approve", "notes", "read_note"]).ok();
+    crate::mcp::approve_reviewed(&w.b, "notes", "read_note");
     for name in [json!("private-diary"), json!(["private-diary"])] {
         let r = c.call("read_note", json!({ "name": name }));
         assert_eq!(r["error"]["data"]["refused_by"], "policy (error)", "{r}");
@@ -309,7 +309,7 @@ args = ["{server}", "{tools}"]
     });
     assert_eq!(pins[0]["state"], "new", "held, not pinned on sight: {pins}");
     assert_eq!(c.list().unwrap(), Vec::<String>::new());
-    w.b.cli(&["mcp", "approve", "notes", "read_note"]).ok();
+    crate::mcp::approve_reviewed(&w.b, "notes", "read_note");
     let listed = c
         .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
         .json();
