@@ -38,6 +38,7 @@ print(json.dumps({
     "may_act_leaf": token("alice", may_act={"sub": "leaf"}),
     "may_act_orch": token("alice", may_act={"sub": "orch"}),
     "may_act_bad": token("alice", may_act="orch"),
+    "may_act_elsewhere": token("alice", may_act={"sub": "orch", "iss": "https://other-idp.test"}),
     "scope_array": token("alice", scope=["tickets:read", "llm:chat"]),
     "scp_string": token("alice", scp="tickets:read llm:chat"),
     "scp_array": token("alice", scp=["tickets:read", "llm:chat"]),

@@ -1034,7 +1034,16 @@ impl TokenService {
         if let Some(may) = &subject.may_act {
             let allowed = may.get("sub").and_then(Value::as_str);
             let me = &actor.claims.sub;
-            if allowed != Some(me.as_str()) && allowed != Some(actor.agent.name.as_str()) {
+            // A `sub` at another issuer names someone else, whatever its text.
+            let here = match may.get("iss") {
+                None => true,
+                Some(Value::String(i)) => {
+                    i.trim_end_matches('/') == self.issuer.trim_end_matches('/')
+                }
+                Some(_) => false,
+            };
+            if !here || (allowed != Some(me.as_str()) && allowed != Some(actor.agent.name.as_str()))
+            {
                 bail!(
                     base,
                     OAuthError::invalid_grant(

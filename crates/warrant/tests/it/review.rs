@@ -559,6 +559,18 @@ fn may_act_binds_every_hop() {
     );
     let (s, code, d) = err_of(&r);
     assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{d}");
+    // Found in the fourth round: a `may_act` naming `orch` at another
+    // issuer named warrant's `orch`.
+    let r = exchange(
+        &w.b,
+        w.users["may_act_elsewhere"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "tickets:read"), ("audience", TICKETS)],
+    );
+    let (s, code, d) = err_of(&r);
+    assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{d}");
+    assert!(d.contains("may_act"), "{d}");
 }
 
 /// Issue 12, item 8: a disabled or deleted agent's task tokens could still
