@@ -135,19 +135,27 @@ fn restore_own_triggers(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Checks, while the broker runs, that the audit trail is as the writer
-/// left it: the triggers are warrant's own, and no record it wrote up to
-/// `written` has gone from the end. Checkpoints are signed, and `/readyz`
+/// left it: the triggers are warrant's own, and the last record it wrote
+/// (`written`: sequence and hash) is still there as written, so nothing was
+/// removed from the end or replaced. Checkpoints are signed, and `/readyz`
 /// answers ready, only when it is.
-fn audit_intact(c: &Connection, written: u64) -> Result<(), StoreError> {
+fn audit_intact(c: &Connection, written: (u64, ChainHash)) -> Result<(), StoreError> {
     refuse_foreign_triggers(c)?;
-    let head: i64 = c
-        .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
-            r.get(0)
-        })
+    let (seq, hash) = written;
+    if seq == 0 {
+        return Ok(());
+    }
+    let stored: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT hash FROM audit_log WHERE seq = ?1",
+            [i64::try_from(seq).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )
+        .optional()
         .map_err(read_err)?;
-    if u64::try_from(head).unwrap_or(0) < written {
+    if stored.as_deref() != Some(hash.0.as_slice()) {
         return Err(StoreError::AuditUnavailable(format!(
-            "the audit trail ends at record {head}, but this broker wrote up to record {written}: records were removed from the database; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+            "audit record {seq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
         )));
     }
     Ok(())

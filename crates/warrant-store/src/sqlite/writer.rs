@@ -212,8 +212,8 @@ enum Msg {
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// The last audit record committed (0: none).
-    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The last audit record committed: its sequence (0: none) and hash.
+    written: std::sync::Arc<std::sync::Mutex<(u64, ChainHash)>>,
 }
 
 impl Writer {
@@ -226,7 +226,7 @@ impl Writer {
         on_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
         let chain = ChainState::load(&conn)?;
-        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(chain.next_seq - 1));
+        let written = std::sync::Arc::new(std::sync::Mutex::new((chain.next_seq - 1, chain.prev)));
         let mark = written.clone();
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
@@ -240,9 +240,10 @@ impl Writer {
         })
     }
 
-    /// The last audit record committed by this writer (0: none).
-    pub(crate) fn written(&self) -> u64 {
-        self.written.load(std::sync::atomic::Ordering::Acquire)
+    /// The last audit record committed by this writer: its sequence (0:
+    /// none) and hash.
+    pub(crate) fn written(&self) -> (u64, ChainHash) {
+        self.written.lock().map_or((0, ChainHash::GENESIS), |w| *w)
     }
 
     /// Runs `f` (any number of statements) in its own savepoint in the next
@@ -316,7 +317,7 @@ fn run(
     max_batch: usize,
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn() + Send>,
-    written: &std::sync::atomic::AtomicU64,
+    written: &std::sync::Mutex<(u64, ChainHash)>,
 ) {
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     let mut last_batch = 1;
@@ -355,7 +356,9 @@ fn run(
         last_commit = started.elapsed();
         last_batch = jobs.len();
         if result.is_ok() {
-            written.store(chain.next_seq - 1, std::sync::atomic::Ordering::Release);
+            if let Ok(mut w) = written.lock() {
+                *w = (chain.next_seq - 1, chain.prev);
+            }
             on_commit();
         } else {
             let _ = conn.execute_batch("ROLLBACK");

@@ -2749,6 +2749,29 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     let r = b.cli(&["audit", "checkpoint"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(r.stderr.contains("records were removed"), "{}", r.stderr);
+
+    // Found in the fifth round: the newest records replaced by a row with a
+    // higher sequence, so the trail is no shorter. The last record written
+    // must be there as written.
+    b.stop();
+    b.restart(crate::Options::default());
+    assert_eq!(b.http("GET", "/readyz", &[], None).status, 200);
+    b.cli(&["agent", "create", "kept2", "--owner", "o", "--env", "dev"])
+        .ok();
+    db.execute_batch(
+        "DROP TRIGGER audit_log_no_delete;
+         INSERT INTO audit_log (seq, time, event, decision, body, prev_hash, hash)
+           SELECT seq + 100, time, event, decision, body, prev_hash, hash FROM audit_log
+           WHERE seq = (SELECT max(seq) FROM audit_log);
+         DELETE FROM audit_log WHERE seq = (SELECT max(seq) - 100 FROM audit_log);
+         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
+    )
+    .unwrap();
+    let r = b.http("GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503, "{}", r.body);
+    let r = b.cli(&["audit", "checkpoint"]);
+    assert!(r.stderr.contains("removed or replaced"), "{}", r.stderr);
 }
 
 /// Found in the fourth round: a read-only (auditor) admin token wrote one
