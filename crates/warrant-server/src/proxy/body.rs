@@ -107,6 +107,7 @@ const OVERRIDE: &str = "a `_method` field in a POST body (in any spelling a fram
 pub(crate) async fn without_overrides(
     req: Request<Body>,
     route: &str,
+    agent: &str,
     max_bytes: u64,
 ) -> Result<Request<Body>, Refusal> {
     if req.method() != Method::POST {
@@ -132,8 +133,9 @@ pub(crate) async fn without_overrides(
         ));
     }
     let (parts, body) = req.into_parts();
-    let (bytes, permit) =
-        collect(body, route, max_bytes, budget(), BUDGET_WAIT, READ_WITHIN).await?;
+    let budgets = [agent_budget(agent), budget().clone()];
+    let (bytes, permits) =
+        collect(body, route, max_bytes, &budgets, BUDGET_WAIT, READ_WITHIN).await?;
     // Parsers skip a UTF-8 byte-order mark; one of UTF-16 or UTF-32 means a
     // text the edge does not read.
     let text: &[u8] = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
@@ -167,7 +169,7 @@ pub(crate) async fn without_overrides(
         parts,
         Body::new(Held {
             inner: http_body_util::Full::new(bytes),
-            _permit: permit,
+            _permits: permits,
         }),
     ))
 }
@@ -187,20 +189,42 @@ fn budget() -> &'static Arc<Semaphore> {
     BUDGET.get_or_init(|| Arc::new(Semaphore::new(BUDGET_KIB as usize)))
 }
 
+/// The most of the budget one agent (all its instances) may hold: a
+/// quarter, so one agent cannot keep others' bodies waiting.
+const AGENT_KIB: u32 = BUDGET_KIB / 4;
+
+/// One agent's share of the budget.
+fn agent_budget(agent: &str) -> Arc<Semaphore> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SHARES: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
+    let shares = SHARES.get_or_init(|| Mutex::new(HashMap::new()));
+    let Ok(mut m) = shares.lock() else {
+        return Arc::new(Semaphore::new(AGENT_KIB as usize));
+    };
+    // Agents come from the inventory; forget idle shares now and then.
+    if m.len() > 4096 {
+        m.retain(|_, s| s.available_permits() < AGENT_KIB as usize);
+    }
+    m.entry(agent.to_owned())
+        .or_insert_with(|| Arc::new(Semaphore::new(AGENT_KIB as usize)))
+        .clone()
+}
+
 /// Reads a body into memory within the route's limit, holding its size in
-/// `budget` (KiB) until the body is dropped.
+/// every one of `budgets` (KiB) until the body is dropped.
 async fn collect(
     body: Body,
     route: &str,
     max_bytes: u64,
-    budget: &Arc<Semaphore>,
+    budgets: &[Arc<Semaphore>],
     wait: std::time::Duration,
     read_within: std::time::Duration,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Refusal> {
+) -> Result<(Bytes, Vec<OwnedSemaphorePermit>), Refusal> {
     let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
     let mut body = http_body_util::Limited::new(body, limit);
     let mut buf = bytes::BytesMut::new();
-    let mut permit: Option<OwnedSemaphorePermit> = None;
+    let mut permits: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut held_kib: usize = 0;
     let deadline = tokio::time::Instant::now() + wait;
     // A body held in memory is read in bounded time, so a slow upload
@@ -239,35 +263,36 @@ async fn collect(
             .saturating_sub(held_kib);
         if need > 0 {
             let more = u32::try_from(need).unwrap_or(u32::MAX);
-            let got =
-                tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(more)).await;
-            match got {
-                Ok(Ok(p)) => {
-                    held_kib += need;
-                    match permit.as_mut() {
+            for (i, budget) in budgets.iter().enumerate() {
+                let got =
+                    tokio::time::timeout_at(deadline, budget.clone().acquire_many_owned(more))
+                        .await;
+                match got {
+                    Ok(Ok(p)) => match permits.get_mut(i) {
                         Some(held) => held.merge(p),
-                        None => permit = Some(p),
+                        None => permits.push(p),
+                    },
+                    _ => {
+                        return Err(Refusal::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "busy",
+                            "the edge is reading too many request bodies at once (of this agent's, or in all); try again shortly"
+                                .into(),
+                        ));
                     }
                 }
-                _ => {
-                    return Err(Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "busy",
-                        "the edge is reading too many request bodies at once; try again shortly"
-                            .into(),
-                    ));
-                }
             }
+            held_kib += need;
         }
         buf.extend_from_slice(&data);
     }
-    Ok((buf.freeze(), permit))
+    Ok((buf.freeze(), permits))
 }
 
 /// A body read into memory, holding its share of the budget until sent.
 struct Held {
     inner: http_body_util::Full<Bytes>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
 impl http_body::Body for Held {
@@ -557,14 +582,28 @@ mod tests {
         let budget = Arc::new(Semaphore::new(8));
         let wait = std::time::Duration::from_millis(200);
         let body = |n: usize| Body::from(vec![b'a'; n]);
-        let (first, p1) = collect(body(6 * 1024), "r", 1 << 20, &budget, wait, wait)
-            .await
-            .unwrap();
+        let (first, p1) = collect(
+            body(6 * 1024),
+            "r",
+            1 << 20,
+            std::slice::from_ref(&budget),
+            wait,
+            wait,
+        )
+        .await
+        .unwrap();
         assert_eq!(first.len(), 6 * 1024);
         assert_eq!(budget.available_permits(), 2);
-        let e = collect(body(3 * 1024), "r", 1 << 20, &budget, wait, wait)
-            .await
-            .unwrap_err();
+        let e = collect(
+            body(3 * 1024),
+            "r",
+            1 << 20,
+            std::slice::from_ref(&budget),
+            wait,
+            wait,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             budget.available_permits(),
@@ -572,14 +611,28 @@ mod tests {
             "a refused body holds nothing"
         );
         drop(p1);
-        let (_, p2) = collect(body(3 * 1024), "r", 1 << 20, &budget, wait, wait)
-            .await
-            .unwrap();
+        let (_, p2) = collect(
+            body(3 * 1024),
+            "r",
+            1 << 20,
+            std::slice::from_ref(&budget),
+            wait,
+            wait,
+        )
+        .await
+        .unwrap();
         assert_eq!(budget.available_permits(), 5);
         drop(p2);
-        let e = collect(body(2048), "r", 1024, &budget, wait, wait)
-            .await
-            .unwrap_err();
+        let e = collect(
+            body(2048),
+            "r",
+            1024,
+            std::slice::from_ref(&budget),
+            wait,
+            wait,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(budget.available_permits(), 8);
         // A slow upload gives its share back when its time is up.
@@ -590,12 +643,41 @@ mod tests {
             .unwrap();
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let slow = Body::new(http_body_util::StreamBody::new(stream));
-        let e = collect(slow, "r", 1 << 20, &budget, wait, wait)
-            .await
-            .unwrap_err();
+        let e = collect(
+            slow,
+            "r",
+            1 << 20,
+            std::slice::from_ref(&budget),
+            wait,
+            wait,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT);
         assert_eq!(budget.available_permits(), 8);
         drop(tx);
+
+        // One agent's share: past it, its bodies wait while others' pass.
+        let (mine, theirs) = (Arc::new(Semaphore::new(4)), Arc::new(Semaphore::new(4)));
+        let both = |a: &Arc<Semaphore>| [a.clone(), budget.clone()];
+        let (_, held) = collect(body(4 * 1024), "r", 1 << 20, &both(&mine), wait, wait)
+            .await
+            .unwrap();
+        let e = collect(body(1024), "r", 1 << 20, &both(&mine), wait, wait)
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            budget.available_permits(),
+            4,
+            "the refused body holds nothing"
+        );
+        collect(body(2 * 1024), "r", 1 << 20, &both(&theirs), wait, wait)
+            .await
+            .unwrap();
+        drop(held);
+        assert_eq!(budget.available_permits(), 8);
+        assert_eq!(mine.available_permits(), 4);
     }
 
     #[test]

@@ -456,7 +456,14 @@ impl ProxyService {
         }
         // INVARIANT (one reading of method and path): a POST body a
         // framework would read a method override from is read first.
-        let req = match body::without_overrides(req, &route.name, route.max_request_bytes).await {
+        let req = match body::without_overrides(
+            req,
+            &route.name,
+            task.agent.name.as_str(),
+            route.max_request_bytes,
+        )
+        .await
+        {
             Ok(r) => r,
             Err(e) => return self.refuse(event, e, &route.name).await,
         };
