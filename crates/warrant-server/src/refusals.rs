@@ -148,10 +148,11 @@ impl RefusalLog {
         None
     }
 
-    /// Takes a refusal of an authenticated caller (one whose instance is
-    /// known): within its instance's budget it is handed back, for the
-    /// caller to record durably now; beyond it, it is gathered (keyed by the
-    /// instance) and `None` is returned.
+    /// Takes a refusal (or a record that changes nothing) of any caller:
+    /// one whose instance, actor or agent is known is budgeted as that
+    /// caller, any other as its source address ([`admit`](Self::admit)).
+    /// Within the budget it is handed back, for the caller to record durably
+    /// now; beyond it, it is gathered and `None` is returned.
     pub fn admit_known(&self, event: AuditEvent) -> Option<AuditEvent> {
         let who = match (&event.instance, &event.actor, &event.agent) {
             (Some(i), _, _) => format!("instance:{i}"),

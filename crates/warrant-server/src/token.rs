@@ -407,12 +407,9 @@ impl TokenService {
         self.metrics.token_grant(&event.event, e.error);
         // INVARIANT (unauthenticated refusals cost no durable write each): a
         // caller not yet known to be an agent is recorded in aggregate.
-        let admitted = if event.agent.is_none() && event.actor.is_none() {
-            self.refusals.admit(event)
-        } else {
-            self.refusals.admit_known(event)
+        let Some(event) = self.refusals.admit_known(event) else {
+            return e;
         };
-        let Some(event) = admitted else { return e };
         match self.store.append_audit(event).await {
             Ok(_) => e,
             Err(err) => {

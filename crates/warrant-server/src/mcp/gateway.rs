@@ -545,13 +545,9 @@ impl Gateway {
             event.reasons.push(format!("{}: {}", e.code, e.message));
         }
         self.metrics.mcp_request(server, "-", e.code);
-        // No task token verified yet: recorded in aggregate.
-        let admitted = if event.agent.is_none() {
-            self.refusals.admit(event)
-        } else {
-            self.refusals.admit_known(event)
-        };
-        let Some(event) = admitted else {
+        // Within the caller's budget (its source's, when no task token was
+        // verified yet), else recorded in aggregate.
+        let Some(event) = self.refusals.admit_known(event) else {
             return e.into_response();
         };
         match self.store.append_audit(event).await {

@@ -640,14 +640,9 @@ impl ProxyService {
             json!({ "status": e.status.as_u16(), "refusal": e.code }),
         );
         self.metrics.proxy_request(route, e.code);
-        // No task token verified yet: the caller is unknown, and its refusal
-        // is recorded in aggregate, not durably one by one.
-        let admitted = if event.agent.is_none() {
-            self.refusals.admit(event)
-        } else {
-            self.refusals.admit_known(event)
-        };
-        let Some(event) = admitted else {
+        // Within the caller's budget (its source's, when no task token was
+        // verified yet), else recorded in aggregate, not durably one by one.
+        let Some(event) = self.refusals.admit_known(event) else {
             return e.into_response();
         };
         match self.store.append_audit(event).await {
