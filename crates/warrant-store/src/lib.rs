@@ -257,6 +257,11 @@ pub trait Store: Send + Sync + 'static {
     async fn verify_audit(&self) -> Result<ChainReport, StoreError>;
     /// The newest record's sequence number and hash (`None` when empty).
     async fn audit_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError>;
+    /// The last audit record this store's writer wrote (`None`: none yet),
+    /// once it checked the trail is as it left it (nothing past it, that
+    /// record unchanged, no foreign trigger): what a checkpoint may vouch
+    /// for. `AuditUnavailable` otherwise.
+    async fn audit_written_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError>;
     /// The hash of record `seq`, if there is one.
     async fn audit_hash(&self, seq: u64) -> Result<Option<ChainHash>, StoreError>;
     /// Keeps a checkpoint (one per sequence number; a second is ignored).

@@ -91,9 +91,13 @@ fn kinds(headers: &HeaderMap) -> Result<Kinds, String> {
     Ok(k)
 }
 
-/// Whether a field name is read as `_method` by some framework.
-fn is_override(name: &str) -> bool {
-    php_key(name).starts_with("_method")
+/// Whether a field name is read as `_method` by some framework: as PHP
+/// stores it, or any of its bracketed parts (`qs` and Rack read
+/// `[_method]` as `_method`).
+pub(crate) fn is_override(name: &str) -> bool {
+    php_key(name)
+        .split(['[', ']'])
+        .any(|part| part.trim_start_matches(' ').starts_with("_method"))
 }
 
 fn bad(message: String) -> Refusal {
@@ -496,6 +500,14 @@ mod tests {
             b"[method=DELETE",
             b"_method[]=DELETE",
             b"_method",
+            // Found in the sixth round: qs (Express) and Rack read these as
+            // `_method`.
+            b"[_method]=DELETE",
+            b"%5B_method%5D=DELETE",
+            b"a=1&[_method]=DELETE",
+            b"[%5Fmethod][]=DELETE",
+            b"]_method=DELETE",
+            b"a[_method]=DELETE",
         ] {
             assert!(form_overrides(body), "{}", String::from_utf8_lossy(body));
         }

@@ -567,8 +567,7 @@ impl ProxyService {
             ));
         }
         if let Some(q) = req.uri().query()
-            && url::form_urlencoded::parse(q.as_bytes())
-                .any(|(k, _)| php_key(&k).starts_with("_method"))
+            && url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| body::is_override(&k))
         {
             return bad("the `_method` query parameter (in any spelling a framework reads as it) is refused: upstream frameworks read it as another method than the one the edge decides on".into());
         }

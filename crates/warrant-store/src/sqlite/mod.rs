@@ -134,16 +134,28 @@ fn restore_own_triggers(conn: &Connection) -> Result<(), StoreError> {
     refuse_foreign_triggers(conn)
 }
 
-/// Checks, while the broker runs, that the audit trail is as the writer
-/// left it: the triggers are warrant's own, and the last record it wrote
-/// (`written`: sequence and hash) is still there as written, so nothing was
-/// removed from the end or replaced. Checkpoints are signed, and `/readyz`
-/// answers ready, only when it is.
-fn audit_intact(c: &Connection, written: (u64, ChainHash)) -> Result<(), StoreError> {
+/// Checks, on the writer (so no commit runs meanwhile), that the audit
+/// trail is as the writer left it: the triggers are warrant's own, the last
+/// record it wrote is there with the hash it was written with, and nothing
+/// is stored past it. Returns that record's sequence and hash (`None`: the
+/// trail is empty). Checkpoints are signed for it, and `/readyz` answers
+/// ready, only when it is.
+fn audit_intact(ctx: &writer::WriteCtx<'_>) -> Result<Option<(u64, ChainHash)>, StoreError> {
+    let c = ctx.conn;
     refuse_foreign_triggers(c)?;
-    let (seq, hash) = written;
+    let (seq, hash) = ctx.head();
+    let max: i64 = c
+        .query_row("SELECT coalesce(max(seq), 0) FROM audit_log", [], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?;
+    if u64::try_from(max).unwrap_or(u64::MAX) != seq {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the audit trail's newest record is {max}, but the last this broker wrote is {seq}: records were added, removed or replaced behind its back; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+        )));
+    }
     if seq == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let stored: Option<Vec<u8>> = c
         .query_row(
@@ -152,13 +164,13 @@ fn audit_intact(c: &Connection, written: (u64, ChainHash)) -> Result<(), StoreEr
             |r| r.get(0),
         )
         .optional()
-        .map_err(read_err)?;
+        .map_err(db_err)?;
     if stored.as_deref() != Some(hash.0.as_slice()) {
         return Err(StoreError::AuditUnavailable(format!(
             "audit record {seq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
         )));
     }
-    Ok(())
+    Ok(Some((seq, hash)))
 }
 
 /// The key of the legacy marker in `audit_meta`.
@@ -514,8 +526,11 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        let written = self.writer.written();
-        self.read(move |c| audit_intact(c, written)).await
+        self.audit_written_head().await.map(drop)
+    }
+
+    async fn audit_written_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError> {
+        self.writer.submit_single(|ctx| audit_intact(ctx)).await
     }
 
     async fn create_agent(&self, agent: Agent, audit: AuditEvent) -> Result<Agent, StoreError> {

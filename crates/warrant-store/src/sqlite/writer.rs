@@ -80,6 +80,12 @@ pub(crate) struct WriteCtx<'a> {
 }
 
 impl WriteCtx<'_> {
+    /// The last audit record this writer wrote (sequence 0: none), as it
+    /// wrote it.
+    pub(crate) fn head(&self) -> (u64, ChainHash) {
+        (self.chain.next_seq - 1, self.chain.prev)
+    }
+
     /// Appends an audit record in the current savepoint.
     pub(crate) fn append(&mut self, event: AuditEvent) -> Result<AuditRecord, StoreError> {
         // Time never goes backwards along the chain, even if the clock does.
@@ -212,8 +218,6 @@ enum Msg {
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
-    /// The last audit record committed: its sequence (0: none) and hash.
-    written: std::sync::Arc<std::sync::Mutex<(u64, ChainHash)>>,
 }
 
 impl Writer {
@@ -226,24 +230,15 @@ impl Writer {
         on_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
         let chain = ChainState::load(&conn)?;
-        let written = std::sync::Arc::new(std::sync::Mutex::new((chain.next_seq - 1, chain.prev)));
-        let mark = written.clone();
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
             .name("warrant-store-writer".into())
-            .spawn(move || run(conn, rx, chain, max_batch.max(1), linker, on_commit, &mark))
+            .spawn(move || run(conn, rx, chain, max_batch.max(1), linker, on_commit))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             tx,
             thread: std::sync::Mutex::new(Some(thread)),
-            written,
         })
-    }
-
-    /// The last audit record committed by this writer: its sequence (0:
-    /// none) and hash.
-    pub(crate) fn written(&self) -> (u64, ChainHash) {
-        self.written.lock().map_or((0, ChainHash::GENESIS), |w| *w)
     }
 
     /// Runs `f` (any number of statements) in its own savepoint in the next
@@ -317,7 +312,6 @@ fn run(
     max_batch: usize,
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn() + Send>,
-    written: &std::sync::Mutex<(u64, ChainHash)>,
 ) {
     let mut shutdown: Option<oneshot::Sender<()>> = None;
     let mut last_batch = 1;
@@ -356,9 +350,6 @@ fn run(
         last_commit = started.elapsed();
         last_batch = jobs.len();
         if result.is_ok() {
-            if let Ok(mut w) = written.lock() {
-                *w = (chain.next_seq - 1, chain.prev);
-            }
             on_commit();
         } else {
             let _ = conn.execute_batch("ROLLBACK");
