@@ -164,7 +164,10 @@ impl Broker {
                 self.api = info.api_addr.parse().unwrap();
                 self.edge = info.edge_addr.parse().unwrap();
                 self.issuer = info.issuer;
-                if http(self.api, "GET", "/readyz", &[], None).status == 200 {
+                let r = http(self.api, "GET", "/readyz", &[], None);
+                // Up, with a trail that was tampered with while it was
+                // stopped: tests look at that.
+                if r.status == 200 || r.body.contains("not as the broker wrote it") {
                     return;
                 }
             }

@@ -95,9 +95,14 @@ fn kinds(headers: &HeaderMap) -> Result<Kinds, String> {
 /// stores it, or any of its bracketed parts (`qs` and Rack read
 /// `[_method]` as `_method`).
 pub(crate) fn is_override(name: &str) -> bool {
-    php_key(name)
-        .split(['[', ']'])
-        .any(|part| part.trim_start_matches(' ').starts_with("_method"))
+    // `_method` at the start of any part, in the key as sent or as PHP
+    // stores it: after a bracket, open or not (Rack 2 reads `[_method` as
+    // `_method`), a dot, a space, or another `_` (PHP makes `[_method`
+    // `__method`). `payment_method` is not one.
+    [name.to_ascii_lowercase(), php_key(name)].iter().any(|k| {
+        k.match_indices("_method")
+            .any(|(i, _)| i == 0 || !k.as_bytes()[i - 1].is_ascii_alphanumeric())
+    })
 }
 
 fn bad(message: String) -> Refusal {
@@ -508,6 +513,12 @@ mod tests {
             b"[%5Fmethod][]=DELETE",
             b"]_method=DELETE",
             b"a[_method]=DELETE",
+            // Found in the seventh round: Rack 2 reads an unclosed bracket
+            // before `_method` as nothing.
+            b"[_method=DELETE",
+            b"[[_method=DELETE",
+            b"][_method=DELETE",
+            b"%5B_method=DELETE",
         ] {
             assert!(form_overrides(body), "{}", String::from_utf8_lossy(body));
         }

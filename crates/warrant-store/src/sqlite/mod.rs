@@ -157,20 +157,76 @@ fn audit_intact(ctx: &writer::WriteCtx<'_>) -> Result<Option<(u64, ChainHash)>, 
     if seq == 0 {
         return Ok(None);
     }
-    let stored: Option<Vec<u8>> = c
+    let stored: Option<(Vec<u8>, Vec<u8>, String)> = c
         .query_row(
-            "SELECT hash FROM audit_log WHERE seq = ?1",
+            "SELECT hash, prev_hash, body FROM audit_log WHERE seq = ?1",
             [i64::try_from(seq).unwrap_or(i64::MAX)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    let gone = || {
+        StoreError::AuditUnavailable(format!(
+            "audit record {seq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+        ))
+    };
+    let Some((stored_hash, prev, body)) = stored else {
+        return Err(gone());
+    };
+    if stored_hash != hash.0.as_slice() {
+        return Err(gone());
+    }
+    let prev = ChainHash(prev.as_slice().try_into().map_err(|_| gone())?);
+    // Its body and link as well: a record rewritten under its old hash
+    // does not link.
+    if !head_links(c, ctx.linker(), seq, &prev, &hash, &body)? {
+        return Err(StoreError::AuditUnavailable(format!(
+            "audit record {seq}, the newest, does not verify: it was rewritten or planted; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+        )));
+    }
+    // And the head the writer started from, when the broker started: one
+    // planted while it was stopped links nothing on top of it.
+    if let Some(from) = ctx.tainted() {
+        return Err(StoreError::AuditUnavailable(format!(
+            "audit record {from}, the newest when the broker started, does not verify: it was planted or rewritten while the broker was stopped; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+        )));
+    }
+    Ok(Some((seq, hash)))
+}
+
+/// Whether record `seq` (with these columns) links: keyed, or unkeyed
+/// where the keyed note says the chain was not keyed yet.
+pub(crate) fn head_links(
+    c: &Connection,
+    linker: Option<&dyn ChainLinker>,
+    seq: u64,
+    prev: &ChainHash,
+    hash: &ChainHash,
+    body: &str,
+) -> Result<bool, StoreError> {
+    let Some(l) = linker else {
+        return Ok(ChainHash::link(prev, body.as_bytes()) == *hash);
+    };
+    if l.link(prev, body.as_bytes()) == *hash {
+        return Ok(true);
+    }
+    if ChainHash::link(prev, body.as_bytes()) != *hash {
+        return Ok(false);
+    }
+    let marker: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT value FROM audit_meta WHERE key = ?1",
+            [LEGACY_KEY],
             |r| r.get(0),
         )
         .optional()
         .map_err(db_err)?;
-    if stored.as_deref() != Some(hash.0.as_slice()) {
-        return Err(StoreError::AuditUnavailable(format!(
-            "audit record {seq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
-        )));
-    }
-    Ok(Some((seq, hash)))
+    Ok(marker.is_some_and(|m| {
+        m.get(..8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .is_some_and(|n| seq <= n && m[8..] == legacy_mac(l, n)[..])
+    }))
 }
 
 /// The key of the legacy marker in `audit_meta`.

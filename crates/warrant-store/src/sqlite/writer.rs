@@ -35,6 +35,8 @@ struct ChainState {
     next_seq: u64,
     prev: ChainHash,
     last_time: Timestamp,
+    /// The head loaded at start, if it did not verify.
+    tainted: Option<u64>,
 }
 
 impl ChainState {
@@ -58,6 +60,7 @@ impl ChainState {
                 next_seq: 1,
                 prev: ChainHash::GENESIS,
                 last_time: Timestamp::from_millis(0),
+                tainted: None,
             },
             Some((seq, hash, time)) => Self {
                 next_seq: u64::try_from(seq).unwrap_or(0) + 1,
@@ -67,6 +70,7 @@ impl ChainState {
                     ))
                 })?),
                 last_time: Timestamp::from_millis(time),
+                tainted: None,
             },
         })
     }
@@ -80,6 +84,16 @@ pub(crate) struct WriteCtx<'a> {
 }
 
 impl WriteCtx<'_> {
+    /// The chain key, if the chain is keyed.
+    pub(crate) fn linker(&self) -> Option<&dyn ChainLinker> {
+        self.linker
+    }
+
+    /// The head loaded at start, if it did not verify.
+    pub(crate) fn tainted(&self) -> Option<u64> {
+        self.chain.tainted
+    }
+
     /// The last audit record this writer wrote (sequence 0: none), as it
     /// wrote it.
     pub(crate) fn head(&self) -> (u64, ChainHash) {
@@ -229,7 +243,42 @@ impl Writer {
         linker: Option<std::sync::Arc<dyn ChainLinker>>,
         on_commit: Box<dyn Fn() + Send>,
     ) -> Result<Self, StoreError> {
-        let chain = ChainState::load(&conn)?;
+        let mut chain = ChainState::load(&conn)?;
+        // INVARIANT (a head the broker can vouch for): the newest record, as
+        // the broker finds it at start, must link; else nothing built on
+        // it is vouched for until someone looks.
+        if chain.next_seq > 1 {
+            let seq = chain.next_seq - 1;
+            let row: Option<(Vec<u8>, String)> = conn
+                .query_row(
+                    "SELECT prev_hash, body FROM audit_log WHERE seq = ?1",
+                    params![i64::try_from(seq).unwrap_or(i64::MAX)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let links = match row {
+                Some((prev, body)) => match <[u8; 32]>::try_from(prev.as_slice()) {
+                    Ok(p) => super::head_links(
+                        &conn,
+                        linker.as_deref(),
+                        seq,
+                        &ChainHash(p),
+                        &chain.prev,
+                        &body,
+                    )?,
+                    Err(_) => false,
+                },
+                None => false,
+            };
+            if !links {
+                tracing::error!(
+                    seq,
+                    "the newest audit record does not verify: it was planted or rewritten while the broker was stopped; the broker is not ready and signs no checkpoint until the trail is looked at (`warrant audit verify`)"
+                );
+                chain.tainted = Some(seq);
+            }
+        }
         let (tx, rx) = mpsc::channel(4096);
         let thread = std::thread::Builder::new()
             .name("warrant-store-writer".into())
@@ -355,6 +404,7 @@ fn run(
             let _ = conn.execute_batch("ROLLBACK");
             // Re-read the head rather than trust the in-memory copy.
             chain = ChainState::load(&conn).unwrap_or(before);
+            chain.tainted = before.tainted;
             tracing::error!(error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), jobs = jobs.len(), "store batch failed; nothing in it was committed");
         }
         for job in jobs {

@@ -1394,6 +1394,8 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         // Found in the sixth round: qs and Rack read these as `_method`.
         "[_method]=DELETE",
         "%5B_method%5D=DELETE",
+        // Seventh round: Rack 2 reads an unclosed `[` before `_method` away.
+        "%5B_method=DELETE",
     ] {
         let r = get(&format!("/x?{q}"));
         assert_eq!(r.status, 400, "{q}: {}", r.body);
@@ -1478,6 +1480,8 @@ when { context.method == "DELETE" };
         (Some(form), "%20_method=DELETE".into()),
         (Some(form), "[method=DELETE".into()),
         (Some(form), "[_method]=DELETE".into()),
+        (Some(form), "[_method=DELETE".into()),
+        (None, "][_method=DELETE".into()),
         (Some(form), "a=1&%5B_method%5D=DELETE".into()),
         (
             Some("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
@@ -2812,6 +2816,27 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
         "{}",
         r.stderr
     );
+
+    // Found in the seventh round: a record planted while the broker was
+    // stopped, which it then took as its head (and the newest record
+    // rewritten under its own hash, which the same check sees). The newest
+    // record must link.
+    b.stop();
+    db.execute_batch(
+        "DROP TRIGGER audit_log_no_delete;
+         DELETE FROM audit_log WHERE seq = 1000000000000;
+         CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+         INSERT INTO audit_log (seq, time, event, decision, body, prev_hash, hash)
+           SELECT seq + 1, 4070908800000, 'forged', 'allow', '{\"forged\":true}', hash, zeroblob(32)
+           FROM audit_log ORDER BY seq DESC LIMIT 1;",
+    )
+    .unwrap();
+    b.restart(crate::Options::default());
+    let r = b.http("GET", "/readyz", &[], None);
+    assert_eq!(r.status, 503, "a planted head: {}", r.body);
+    let r = b.cli(&["audit", "checkpoint"]);
+    assert!(r.stderr.contains("does not verify"), "{}", r.stderr);
 }
 
 /// Found in the fourth round: a read-only (auditor) admin token wrote one
