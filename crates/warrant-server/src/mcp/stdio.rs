@@ -209,8 +209,10 @@ pub fn check_sources(spec: &StdioSpec, server: &str) -> Result<(), String> {
     };
     // The first operand an interpreter runs, and every file named.
     let mut operand_seen = false;
-    for a in &spec.args {
-        let what = of(&format!("argument `{}`", warrant_core::text::shown(a, 80)));
+    for (n, a) in spec.args.iter().enumerate() {
+        // Named by position: an argument may hold more than a path (a
+        // token), and only the path checked is shown.
+        let what = of(&format!("argument {}", n + 1));
         let first_operand = !operand_seen && !a.starts_with('-');
         operand_seen |= first_operand;
         for piece in path_pieces(a) {

@@ -157,32 +157,20 @@ fn audit_intact(ctx: &writer::WriteCtx<'_>) -> Result<Option<(u64, ChainHash)>, 
     if seq == 0 {
         return Ok(None);
     }
-    let stored: Option<(Vec<u8>, Vec<u8>, String)> = c
-        .query_row(
-            "SELECT hash, prev_hash, body FROM audit_log WHERE seq = ?1",
-            [i64::try_from(seq).unwrap_or(i64::MAX)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
-        .map_err(db_err)?;
-    let gone = || {
-        StoreError::AuditUnavailable(format!(
-            "audit record {seq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
-        ))
-    };
-    let Some((stored_hash, prev, body)) = stored else {
-        return Err(gone());
-    };
-    if stored_hash != hash.0.as_slice() {
-        return Err(gone());
-    }
-    let prev = ChainHash(prev.as_slice().try_into().map_err(|_| gone())?);
     // Its body and link as well: a record rewritten under its old hash
     // does not link.
-    if !head_links(c, ctx.linker(), seq, &prev, &hash, &body)? {
-        return Err(StoreError::AuditUnavailable(format!(
-            "audit record {seq}, the newest, does not verify: it was rewritten or planted; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
-        )));
+    match record_links(c, ctx.linker(), seq, &hash)? {
+        Some(true) => {}
+        Some(false) => {
+            return Err(StoreError::AuditUnavailable(format!(
+                "audit record {seq}, the newest, does not verify: it was rewritten or planted; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+            )));
+        }
+        None => {
+            return Err(StoreError::AuditUnavailable(format!(
+                "audit record {seq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
+            )));
+        }
     }
     // And the head the writer started from, when the broker started: one
     // planted while it was stopped links nothing on top of it.
@@ -194,9 +182,36 @@ fn audit_intact(ctx: &writer::WriteCtx<'_>) -> Result<Option<(u64, ChainHash)>, 
     Ok(Some((seq, hash)))
 }
 
-/// Whether record `seq` (with these columns) links: keyed, or unkeyed
-/// where the keyed note says the chain was not keyed yet.
-pub(crate) fn head_links(
+/// Whether record `seq`, stored with `hash`, links (keyed, or unkeyed
+/// where the keyed note says the chain was not keyed yet); `None` if it is
+/// not stored with that hash.
+pub(crate) fn record_links(
+    c: &Connection,
+    linker: Option<&dyn ChainLinker>,
+    seq: u64,
+    hash: &ChainHash,
+) -> Result<Option<bool>, StoreError> {
+    let stored: Option<(Vec<u8>, Vec<u8>, String)> = c
+        .query_row(
+            "SELECT hash, prev_hash, body FROM audit_log WHERE seq = ?1",
+            [i64::try_from(seq).unwrap_or(i64::MAX)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(db_err)?;
+    let Some((stored_hash, prev, body)) = stored else {
+        return Ok(None);
+    };
+    if stored_hash != hash.0.as_slice() {
+        return Ok(None);
+    }
+    let Ok(prev) = <[u8; 32]>::try_from(prev.as_slice()).map(ChainHash) else {
+        return Ok(Some(false));
+    };
+    links(c, linker, seq, &prev, hash, &body).map(Some)
+}
+
+fn links(
     c: &Connection,
     linker: Option<&dyn ChainLinker>,
     seq: u64,
@@ -213,24 +228,34 @@ pub(crate) fn head_links(
     if ChainHash::link(prev, body.as_bytes()) != *hash {
         return Ok(false);
     }
-    let marker: Option<Vec<u8>> = c
-        .query_row(
-            "SELECT value FROM audit_meta WHERE key = ?1",
-            [LEGACY_KEY],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db_err)?;
-    Ok(marker.is_some_and(|m| {
-        m.get(..8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_be_bytes)
-            .is_some_and(|n| seq <= n && m[8..] == legacy_mac(l, n)[..])
-    }))
+    Ok(legacy_marker(c)?
+        .and_then(|m| legacy_until(&m, l))
+        .is_some_and(|n| seq <= n))
 }
 
 /// The key of the legacy marker in `audit_meta`.
 const LEGACY_KEY: &str = "legacy_until";
+
+/// The stored note of where the chain's keying starts, as stored.
+fn legacy_marker(c: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    c.query_row(
+        "SELECT value FROM audit_meta WHERE key = ?1",
+        [LEGACY_KEY],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(db_err)
+}
+
+/// The record up to which the chain is not keyed, if `marker` is a
+/// genuine note (keyed by `linker`); `None` if it was altered.
+fn legacy_until(marker: &[u8], linker: &dyn ChainLinker) -> Option<u64> {
+    let n = marker
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)?;
+    (marker[8..] == legacy_mac(linker, n)[..]).then_some(n)
+}
 
 /// The keyed form of "records up to `n` are not keyed".
 fn legacy_mac(linker: &dyn ChainLinker, n: u64) -> Vec<u8> {
@@ -247,15 +272,7 @@ fn legacy_mac(linker: &dyn ChainLinker, n: u64) -> Vec<u8> {
 /// after it must be. The note is keyed, so it cannot be moved; without it,
 /// every record must be keyed.
 fn ensure_legacy_marker(conn: &Connection, linker: &dyn ChainLinker) -> Result<(), StoreError> {
-    let have: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT value FROM audit_meta WHERE key = ?1",
-            [LEGACY_KEY],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(db_err)?;
-    if have.is_some() {
+    if legacy_marker(conn)?.is_some() {
         return Ok(());
     }
     let last: Option<(i64, String)> = conn
@@ -1489,23 +1506,11 @@ impl Store for SqliteStore {
             let mut v = match &chain {
                 None => ChainVerifier::default(),
                 Some(l) => {
-                    let marker: Option<Vec<u8>> = c
-                        .query_row(
-                            "SELECT value FROM audit_meta WHERE key = ?1",
-                            [LEGACY_KEY],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .map_err(db_err)?;
-                    let until = match marker {
+                    let until = match legacy_marker(c)? {
                         None => 0,
                         Some(m) => {
-                            let n = m
-                                .get(..8)
-                                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                                .map(u64::from_be_bytes);
-                            match n {
-                                Some(n) if m[8..] == legacy_mac(l.as_ref(), n)[..] => n,
+                            match legacy_until(&m, l.as_ref()) {
+                                Some(n) => n,
                                 _ => {
                                     return Ok(ChainReport {
                                         verified: 0,

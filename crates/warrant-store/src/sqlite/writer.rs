@@ -249,28 +249,8 @@ impl Writer {
         // it is vouched for until someone looks.
         if chain.next_seq > 1 {
             let seq = chain.next_seq - 1;
-            let row: Option<(Vec<u8>, String)> = conn
-                .query_row(
-                    "SELECT prev_hash, body FROM audit_log WHERE seq = ?1",
-                    params![i64::try_from(seq).unwrap_or(i64::MAX)],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let links = match row {
-                Some((prev, body)) => match <[u8; 32]>::try_from(prev.as_slice()) {
-                    Ok(p) => super::head_links(
-                        &conn,
-                        linker.as_deref(),
-                        seq,
-                        &ChainHash(p),
-                        &chain.prev,
-                        &body,
-                    )?,
-                    Err(_) => false,
-                },
-                None => false,
-            };
+            let links =
+                super::record_links(&conn, linker.as_deref(), seq, &chain.prev)? == Some(true);
             if !links {
                 tracing::error!(
                     seq,
