@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warrant_server::mcp::message::{Message, read};
+use warrant_edge::mcp::message::{Message, read};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Message::Request { id, method, .. }) = read(data) {

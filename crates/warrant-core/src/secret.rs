@@ -231,3 +231,12 @@ mod tests {
         );
     }
 }
+
+/// A secret opened for use at the last hop.
+#[derive(Debug)]
+pub struct Resolved {
+    /// `name@vN` (or `name[user]@vN`), for the audit trail.
+    pub id: String,
+    /// The value.
+    pub value: SecretValue,
+}

@@ -290,3 +290,28 @@ mod tests {
         assert_eq!(agent_of("spiffe://td/user/orch/1"), None);
     }
 }
+
+/// A task token checked for one use at the edge.
+#[derive(Debug, Clone)]
+pub struct TaskUse {
+    /// What the token says.
+    pub claims: TaskClaims,
+    /// The acting agent, as the inventory has it now.
+    pub agent: crate::agent::Agent,
+    /// The acting instance.
+    pub instance: String,
+    /// How that instance was attested.
+    pub attestor: String,
+    /// The user's groups (empty when the agent acts for itself).
+    pub groups: Vec<String>,
+}
+
+/// Why a task token is not accepted at the edge.
+#[derive(Debug, Clone)]
+pub enum UseError {
+    /// Missing, malformed, forged, expired, revoked, for another audience:
+    /// a 401 saying which.
+    Invalid(String),
+    /// The store could not be read.
+    Unavailable,
+}

@@ -353,3 +353,12 @@ fn combine(
 
 #[cfg(test)]
 mod tests;
+
+/// A set in force.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The policies.
+    pub policies: Policies,
+    /// When they were loaded.
+    pub loaded_at: warrant_core::time::Timestamp,
+}

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+pub use warrant_control::token::UserIssuer;
 use warrant_core::TrustDomain;
 use warrant_core::keys::Alg;
 
@@ -53,10 +54,10 @@ pub struct RawConfig {
     pub user_issuer: Vec<RawUserIssuer>,
     /// Egress proxy routes.
     #[serde(default)]
-    pub route: Vec<crate::proxy::route::RawRoute>,
+    pub route: Vec<warrant_edge::proxy::route::RawRoute>,
     /// MCP servers behind the gateway.
     #[serde(default)]
-    pub mcp_server: Vec<crate::mcp::config::RawMcpServer>,
+    pub mcp_server: Vec<warrant_edge::mcp::config::RawMcpServer>,
     /// `Host` values (`name:port`) the edge listener answers to, besides its
     /// own address and `localhost`.
     pub edge_hosts: Option<Vec<String>>,
@@ -226,19 +227,6 @@ pub struct RawUserIssuer {
     pub namespace: Option<String>,
 }
 
-/// A trusted user issuer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserIssuer {
-    /// Issuer, keys and audience.
-    pub provider: crate::attest::oidc::TrustProvider,
-    /// The claim naming the user.
-    pub subject_claim: String,
-    /// The claim listing the user's groups.
-    pub groups_claim: String,
-    /// What its users' and groups' ids are qualified with.
-    pub namespace: warrant_core::user::Namespace,
-}
-
 /// One `[[trust_provider]]` table as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -329,15 +317,15 @@ pub struct Config {
     /// The algorithm of newly generated signing keys.
     pub signing_alg: Alg,
     /// Trusted OIDC issuers.
-    pub trust_providers: Vec<crate::attest::oidc::TrustProvider>,
+    pub trust_providers: Vec<warrant_control::attest::oidc::TrustProvider>,
     /// Trusted user issuers.
     pub user_issuers: Vec<UserIssuer>,
     /// Egress proxy routes.
-    pub routes: Vec<crate::proxy::route::Route>,
+    pub routes: Vec<warrant_edge::proxy::route::Route>,
     /// Extra `Host` values the edge answers to.
     pub edge_hosts: Vec<String>,
     /// MCP servers behind the gateway.
-    pub mcp_servers: Vec<crate::mcp::config::McpServerConfig>,
+    pub mcp_servers: Vec<warrant_edge::mcp::config::McpServerConfig>,
     /// Connection caps and timeouts of the listeners.
     pub limits: ListenerLimits,
     /// The built-in development user issuer is on (`serve --dev`).
@@ -555,7 +543,7 @@ impl Config {
         let file_name = layer
             .file
             .map_or("the config".into(), |f| f.display().to_string());
-        let mut routes: Vec<crate::proxy::route::Route> = Vec::new();
+        let mut routes: Vec<warrant_edge::proxy::route::Route> = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
             let origin = format!("[[route]] #{} in {file_name}", i + 1);
             let built =
@@ -574,7 +562,7 @@ impl Config {
             }
             routes.push(built);
         }
-        let mut mcp_servers: Vec<crate::mcp::config::McpServerConfig> = Vec::new();
+        let mut mcp_servers: Vec<warrant_edge::mcp::config::McpServerConfig> = Vec::new();
         for (i, m) in raw.mcp_server.into_iter().enumerate() {
             let origin = format!("[[mcp_server]] #{} in {file_name}", i + 1);
             let built =
@@ -632,8 +620,8 @@ impl Config {
 fn trust_providers(
     layer: &Layer<'_>,
     raw: Vec<RawTrustProvider>,
-) -> Result<Vec<crate::attest::oidc::TrustProvider>, ConfigError> {
-    use crate::attest::oidc::{JwksSource, TrustProvider};
+) -> Result<Vec<warrant_control::attest::oidc::TrustProvider>, ConfigError> {
+    use warrant_control::attest::oidc::{JwksSource, TrustProvider};
     let mut out: Vec<TrustProvider> = Vec::new();
     for (i, p) in raw.into_iter().enumerate() {
         let origin = format!(

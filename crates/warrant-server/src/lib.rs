@@ -2,32 +2,22 @@
 //!
 //! [`config`] turns `warrant.toml`, environment and flags into a validated
 //! [`Config`]; [`Broker::start`] prepares the data directory, opens the store,
-//! loads keys and policies, binds the listeners and serves until asked to stop.
-//! The HTTP layers ([`http`]) are thin: they parse, call the services in
-//! [`state`], and render answers and errors.
+//! builds the control services (warrant-control) and the edge
+//! (warrant-edge, wired to them through `edge_services`), binds the listeners
+//! and serves until asked to stop. The HTTP layers (`http`) are thin: they
+//! parse, call the services, and render answers and errors.
 //!
 //! Deliberately not here: token formats, Cedar, SQL and key material, which
-//! live in their own crates behind plain Rust APIs.
+//! live in their own crates behind plain Rust APIs, and the services
+//! themselves.
 
-pub mod attest;
-pub mod audit_batch;
-pub mod checkpoints;
 pub mod config;
 pub mod data_dir;
-pub mod dev;
-pub mod http;
-pub mod keys;
-pub mod listener;
-pub mod mcp;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;
-pub mod random;
-pub mod refusals;
-pub mod secrets;
-pub mod serve;
-pub mod state;
-pub mod token;
+mod edge_services;
+mod http;
+mod listener;
+mod serve;
+mod state;
 
 pub use config::Config;
 pub use serve::{Broker, ServeError};

@@ -23,10 +23,10 @@ use warrant_store::{SqliteOptions, SqliteStore, Store, StoreError};
 
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError, KekSource, RunInfo};
-use crate::keys::{KeyService, KeyServiceError};
-use crate::metrics::Metrics;
-use crate::policy::{PolicyService, ensure_policy_dir};
 use crate::state::AppState;
+use warrant_control::keys::{KeyService, KeyServiceError};
+use warrant_control::metrics::Metrics;
+use warrant_control::policy::{PolicyService, ensure_policy_dir};
 
 /// Why the broker could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,12 +75,12 @@ fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
         files.push((f.clone(), "the configuration file", false));
     }
     for p in &config.trust_providers {
-        if let crate::attest::oidc::JwksSource::File(f) = &p.jwks {
+        if let warrant_control::attest::oidc::JwksSource::File(f) = &p.jwks {
             files.push((f.clone(), "jwks_file (of a [[trust_provider]])", false));
         }
     }
     for u in &config.user_issuers {
-        if let crate::attest::oidc::JwksSource::File(f) = &u.provider.jwks {
+        if let warrant_control::attest::oidc::JwksSource::File(f) = &u.provider.jwks {
             files.push((f.clone(), "jwks_file (of a [[user_issuer]])", false));
         }
     }
@@ -91,17 +91,17 @@ fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
     }
     for m in &config.mcp_servers {
         match &m.transport {
-            crate::mcp::config::Transport::Http {
+            warrant_edge::mcp::config::Transport::Http {
                 ca_file: Some(f), ..
             } => files.push((f.clone(), "ca_file (of an [[mcp_server]])", false)),
-            crate::mcp::config::Transport::Stdio(s) => {
-                crate::mcp::stdio::check_sources(s, &m.name).map_err(ServeError::Io)?;
+            warrant_edge::mcp::config::Transport::Stdio(s) => {
+                warrant_edge::mcp::stdio::check_sources(s, &m.name).map_err(ServeError::Io)?;
             }
-            crate::mcp::config::Transport::Http { .. } => {}
+            warrant_edge::mcp::config::Transport::Http { .. } => {}
         }
     }
     for (f, what, program) in files {
-        crate::data_dir::check_trusted(&f, what, program).map_err(ServeError::Io)?;
+        warrant_host::trust::check_trusted(&f, what, program).map_err(ServeError::Io)?;
     }
     Ok(())
 }
@@ -209,8 +209,9 @@ impl Broker {
                 ..SqliteOptions::default()
             },
         )?);
-        let metrics = Arc::new(Metrics::new());
-        let secrets = Arc::new(crate::secrets::SecretService::new(
+        let edge_metrics = Arc::new(warrant_edge::metrics::EdgeMetrics::default());
+        let metrics = Arc::new(Metrics::with(|r| edge_metrics.register(r)));
+        let secrets = Arc::new(warrant_control::secrets::SecretService::new(
             store.clone(),
             kek.clone(),
         ));
@@ -260,7 +261,7 @@ impl Broker {
         // Policies may name MCP tool arguments: type them from the approved
         // definitions the store holds, before any upstream is contacted.
         let mcp_names: Vec<&str> = config.mcp_servers.iter().map(|m| m.name.as_str()).collect();
-        let tools = crate::mcp::arguments_of(&store.list_tool_pins(None).await?, &mcp_names);
+        let tools = warrant_edge::mcp::arguments_of(&store.list_tool_pins(None).await?, &mcp_names);
         let policy = Arc::new(
             PolicyService::load(&policy_dir, store.clone(), metrics.clone(), tools).map_err(
                 |problems| ServeError::Policy {
@@ -290,10 +291,10 @@ impl Broker {
             }
         };
 
-        let oidc = crate::attest::oidc::Providers::new(config.trust_providers.clone())
+        let oidc = warrant_control::attest::oidc::Providers::new(config.trust_providers.clone())
             .map_err(ServeError::Io)?;
-        let refusals = crate::refusals::RefusalLog::start(store.clone(), metrics.clone());
-        let common = crate::state::IssuerParts {
+        let refusals = warrant_control::refusals::RefusalLog::start(store.clone(), metrics.clone());
+        let common = warrant_control::IssuerParts {
             refusals: refusals.clone(),
             store: store.clone(),
             keys: keys.clone(),
@@ -319,18 +320,22 @@ impl Broker {
                     .mcp_servers
                     .iter()
                     .filter_map(|m| match &m.transport {
-                        crate::mcp::config::Transport::Http { url, .. } => Some(url.to_string()),
-                        crate::mcp::config::Transport::Stdio(_) => None,
+                        warrant_edge::mcp::config::Transport::Http { url, .. } => {
+                            Some(url.to_string())
+                        }
+                        warrant_edge::mcp::config::Transport::Stdio(_) => None,
                     }),
             )
             .collect();
-        let attest = Arc::new(crate::attest::AttestService::new(crate::attest::Parts {
-            common: common.clone(),
-            oidc,
-            task_audiences,
-        }));
+        let attest = Arc::new(warrant_control::attest::AttestService::new(
+            warrant_control::attest::Parts {
+                common: common.clone(),
+                oidc,
+                task_audiences,
+            },
+        ));
         let dev = if config.dev {
-            let d = crate::dev::DevIssuer::new(&issuer).map_err(ServeError::Io)?;
+            let d = warrant_control::dev::DevIssuer::new(&issuer).map_err(ServeError::Io)?;
             tracing::warn!(issuer = %d.issuer, "DEVELOPMENT MODE: the built-in user issuer is on; anyone with admin access can mint tokens for any user. Never use --dev in production");
             Some(Arc::new(d))
         } else {
@@ -351,7 +356,7 @@ impl Broker {
             user_issuers.push(dev_issuer);
         }
         let tokens = Arc::new(
-            crate::token::TokenService::new(crate::token::TokenParts {
+            warrant_control::token::TokenService::new(warrant_control::token::TokenParts {
                 common,
                 max_depth: config.max_delegation_depth,
                 user_issuers,
@@ -374,21 +379,33 @@ impl Broker {
             edge_hosts.push("localhost".into());
             edge_hosts.push(edge_addr.ip().to_string());
         }
-        let audit_batch = crate::audit_batch::AuditBatcher::start(store.clone(), metrics.clone());
+        let audit_batch =
+            warrant_control::audit_batch::AuditBatcher::start(store.clone(), metrics.clone());
+        let control = Arc::new(crate::edge_services::ControlForEdge {
+            tokens: tokens.clone(),
+            policy: policy.clone(),
+            secrets: secrets.clone(),
+            keys: keys.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            batcher: audit_batch.clone(),
+            refusals: refusals.clone(),
+        });
+        let services = warrant_edge::services::EdgeServices {
+            tasks: control.clone(),
+            authorizer: control.clone(),
+            credentials: control.clone(),
+            audit: control.clone(),
+            pins: control,
+            metrics: edge_metrics,
+            issuer: issuer.clone(),
+            edge_url: format!("http://{edge_addr}"),
+            edge_hosts,
+        };
         let mcp = Arc::new(
-            crate::mcp::gateway::Gateway::new(crate::mcp::gateway::GatewayParts {
+            warrant_edge::mcp::gateway::Gateway::new(warrant_edge::mcp::gateway::GatewayParts {
                 servers: config.mcp_servers.clone(),
-                tokens: tokens.clone(),
-                policy: policy.clone(),
-                secrets: secrets.clone(),
-                keys: keys.clone(),
-                store: store.clone(),
-                metrics: metrics.clone(),
-                issuer: issuer.clone(),
-                edge_url: format!("http://{edge_addr}"),
-                edge_hosts: edge_hosts.clone(),
-                audit: audit_batch.clone(),
-                refusals: refusals.clone(),
+                services: services.clone(),
             })
             .map_err(ServeError::Io)?,
         );
@@ -396,19 +413,9 @@ impl Broker {
             tracing::info!(server = %m.name, "MCP server behind the gateway");
         }
         let proxy = Arc::new(
-            crate::proxy::ProxyService::new(crate::proxy::ProxyParts {
+            warrant_edge::proxy::ProxyService::new(warrant_edge::proxy::ProxyParts {
                 routes: config.routes.clone(),
-                tokens: tokens.clone(),
-                policy: policy.clone(),
-                secrets: secrets.clone(),
-                keys: keys.clone(),
-                store: store.clone(),
-                metrics: metrics.clone(),
-                issuer: issuer.clone(),
-                edge_hosts,
-                edge_url: format!("http://{edge_addr}"),
-                audit: audit_batch.clone(),
-                refusals: refusals.clone(),
+                services,
             })
             .map_err(ServeError::Io)?,
         );
@@ -558,7 +565,7 @@ impl Broker {
         }
 
         // Signed checkpoints of the audit chain's head, every minute.
-        let checkpointer = crate::checkpoints::spawn(
+        let checkpointer = warrant_control::checkpoints::spawn(
             state.store.clone(),
             state.keys.clone(),
             state.issuer.clone(),
@@ -570,7 +577,7 @@ impl Broker {
         let flusher = {
             let (secrets, t) = (state.secrets.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let mut every = tokio::time::interval(crate::secrets::CACHE_TTL);
+                let mut every = tokio::time::interval(warrant_control::secrets::CACHE_TTL);
                 loop {
                     tokio::select! {
                         _ = every.tick() => secrets.flush_used().await,
@@ -606,7 +613,9 @@ impl Broker {
             tracing::error!(error = %e, "could not record the stop in the audit trail");
         }
         let _ = checkpointer.await;
-        if let Err(e) = crate::checkpoints::make(&state.store, &state.keys, &state.issuer).await {
+        if let Err(e) =
+            warrant_control::checkpoints::make(&state.store, &state.keys, &state.issuer).await
+        {
             tracing::warn!(error = %e, "could not make a last audit checkpoint");
         }
         state.store.close().await;

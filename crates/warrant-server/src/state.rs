@@ -6,29 +6,9 @@ use warrant_core::TrustDomain;
 use warrant_core::time::Timestamp;
 use warrant_store::Store;
 
-use crate::keys::KeyService;
-use crate::metrics::Metrics;
-use crate::policy::PolicyService;
-
-/// What every issuing service (attestation, tokens) is built from.
-#[derive(Clone)]
-#[allow(missing_debug_implementations)]
-pub struct IssuerParts {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Signing keys.
-    pub keys: Arc<KeyService>,
-    /// Policy.
-    pub policy: Arc<PolicyService>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The issuer URL.
-    pub issuer: Arc<str>,
-    /// The trust domain.
-    pub trust_domain: TrustDomain,
-    /// Refusals of unauthenticated callers, recorded in aggregate.
-    pub refusals: Arc<crate::refusals::RefusalLog>,
-}
+use warrant_control::keys::KeyService;
+use warrant_control::metrics::Metrics;
+use warrant_control::policy::PolicyService;
 
 /// Handles to the broker's services.
 #[derive(Clone)]
@@ -42,21 +22,21 @@ pub struct AppState {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Attestation and identity issuance.
-    pub attest: Arc<crate::attest::AttestService>,
+    pub attest: Arc<warrant_control::attest::AttestService>,
     /// Task tokens, introspection, revocation.
-    pub tokens: Arc<crate::token::TokenService>,
+    pub tokens: Arc<warrant_control::token::TokenService>,
     /// Records of answered edge requests, batched.
-    pub audit_batch: crate::audit_batch::AuditBatcher,
+    pub audit_batch: warrant_control::audit_batch::AuditBatcher,
     /// Refusals of unauthenticated callers, recorded in aggregate.
-    pub refusals: Arc<crate::refusals::RefusalLog>,
+    pub refusals: Arc<warrant_control::refusals::RefusalLog>,
     /// The MCP gateway.
-    pub mcp: Arc<crate::mcp::gateway::Gateway>,
+    pub mcp: Arc<warrant_edge::mcp::gateway::Gateway>,
     /// The egress proxy.
-    pub proxy: Arc<crate::proxy::ProxyService>,
+    pub proxy: Arc<warrant_edge::proxy::ProxyService>,
     /// The secret store.
-    pub secrets: Arc<crate::secrets::SecretService>,
+    pub secrets: Arc<warrant_control::secrets::SecretService>,
     /// The development user issuer, when `serve --dev`.
-    pub dev: Option<Arc<crate::dev::DevIssuer>>,
+    pub dev: Option<Arc<warrant_control::dev::DevIssuer>>,
     /// The issuer URL.
     pub issuer: Arc<str>,
     /// The SPIFFE trust domain.

@@ -32,9 +32,9 @@ use warrant_store::AuditQuery;
 
 use crate::http::auth::{Reader, Writer};
 use crate::http::error::ApiError;
-use crate::keys::{JWKS_MAX_AGE, MAX_ACTIVATE_IN};
-use crate::policy::{Loaded, ReloadError};
 use crate::state::AppState;
+use warrant_control::keys::{JWKS_MAX_AGE, MAX_ACTIVATE_IN};
+use warrant_control::policy::{Loaded, ReloadError};
 
 /// The admin API's routes (mounted under `/admin/v1`).
 pub fn router(state: AppState) -> Router {
@@ -243,7 +243,7 @@ async fn create_agent(
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
     let agent = Agent::from_new(
-        format!("agt_{}", crate::random::hex_id(12)?),
+        format!("agt_{}", warrant_host::random::hex_id(12)?),
         new,
         Timestamp::now(),
     );
@@ -525,7 +525,9 @@ async fn rotate_keys(
                 .find(|k| k.kid == status.kid)
                 .ok_or_else(|| ApiError::internal("the new key is missing"))?,
         )),
-        Err(crate::keys::KeyServiceError::Store(e)) => Err(fail(&state, attempt, e.into()).await),
+        Err(warrant_control::keys::KeyServiceError::Store(e)) => {
+            Err(fail(&state, attempt, e.into()).await)
+        }
         Err(e) => Err(fail(&state, attempt, ApiError::internal(e.to_string())).await),
     }
 }
@@ -559,11 +561,11 @@ async fn create_token(
         let e = ApiError::invalid("name is at most 64 characters without control characters");
         return Err(fail(&state, attempt, e).await);
     }
-    let random = crate::random::bytes::<32>()?;
+    let random = warrant_host::random::bytes::<32>()?;
     let secret = AdminTokenSecret::from_random(random);
     let now = Timestamp::now();
     let record = AdminTokenRecord {
-        id: format!("adt_{}", crate::random::hex_id(8)?),
+        id: format!("adt_{}", warrant_host::random::hex_id(8)?),
         token_hash: secret.hash(),
         role,
         name: req.name,
@@ -629,11 +631,11 @@ async fn create_join_token(
             return Err(fail(&state, attempt, e).await);
         }
     }
-    let random = crate::random::bytes::<32>()?;
+    let random = warrant_host::random::bytes::<32>()?;
     let secret = warrant_core::identity::JoinTokenSecret::from_random(random);
     let now = Timestamp::now();
     let record = warrant_core::identity::JoinTokenRecord {
-        id: format!("jt_{}", crate::random::hex_id(8)?),
+        id: format!("jt_{}", warrant_host::random::hex_id(8)?),
         token_hash: secret.hash(),
         agent: name.clone(),
         created_by: caller.actor.clone(),
@@ -830,7 +832,8 @@ async fn verify_with(
     let mut checks = Vec::new();
     for signed in stored.into_iter().map(|c| c.signed).chain(given) {
         checks.push(
-            crate::checkpoints::check(&state.store, &state.keys, &state.issuer, &signed).await?,
+            warrant_control::checkpoints::check(&state.store, &state.keys, &state.issuer, &signed)
+                .await?,
         );
     }
     let out = AuditVerification {
@@ -900,7 +903,7 @@ async fn make_checkpoint(
 ) -> ApiResult<Json<Vec<warrant_core::audit::Checkpoint>>> {
     // What was just signed (or already covers the head), never the newest
     // row of the store.
-    let made = crate::checkpoints::make(&state.store, &state.keys, &state.issuer)
+    let made = warrant_control::checkpoints::make(&state.store, &state.keys, &state.issuer)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(made.into_iter().collect()))

@@ -21,9 +21,9 @@ use hyper::body::Bytes;
 use serde::Deserialize;
 use warrant_core::time::Timestamp;
 
-use crate::attest::unix::{self, Peer};
-use crate::attest::{Refusal, Request};
 use crate::state::AppState;
+use warrant_control::attest::unix::{self, Peer};
+use warrant_control::attest::{Refusal, Request};
 
 /// The largest request body accepted on attestation endpoints.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -73,7 +73,7 @@ fn refusal_response(r: &Refusal, too_large: bool) -> Response {
 }
 
 /// The answer to an attestation: the identity (never cached) or the refusal.
-fn answer(r: Result<crate::attest::IdentityResponse, Refusal>) -> Response {
+fn answer(r: Result<warrant_control::attest::IdentityResponse, Refusal>) -> Response {
     match r {
         Ok(r) => ([(axum::http::header::CACHE_CONTROL, "no-store")], Json(r)).into_response(),
         Err(r) => refusal_response(&r, false),
@@ -271,7 +271,9 @@ async fn attest_oidc(
         Ok(e) => e,
         Err(e) => {
             let r = match e {
-                crate::attest::oidc::OidcError::Keys(_) => Refusal::Unavailable(e.to_string()),
+                warrant_control::attest::oidc::OidcError::Keys(_) => {
+                    Refusal::Unavailable(e.to_string())
+                }
                 _ => Refusal::Denied(format!("the token does not attest: {e}")),
             };
             return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);

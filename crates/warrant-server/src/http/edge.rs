@@ -1,6 +1,6 @@
 //! The edge listener: where agents' outbound calls arrive.
 //!
-//! `/<route>/...` goes to the egress proxy ([`crate::proxy`]);
+//! `/<route>/...` goes to the egress proxy ([`warrant_edge::proxy`]);
 //! `/.well-known/oauth-protected-resource/<route>` describes a route (RFC
 //! 9728). The MCP gateway (`/mcp/<server>`) arrives in a later release.
 //! Anything else gets a clear 404, so an agent pointed at the wrong place

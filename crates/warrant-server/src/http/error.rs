@@ -74,8 +74,8 @@ impl ApiError {
     }
 }
 
-impl From<crate::random::RandomFailed> for ApiError {
-    fn from(e: crate::random::RandomFailed) -> Self {
+impl From<warrant_host::random::RandomFailed> for ApiError {
+    fn from(e: warrant_host::random::RandomFailed) -> Self {
         Self::internal(e.to_string())
     }
 }

@@ -38,7 +38,7 @@ async fn list(
             shown(s, 64)
         )));
     }
-    let mut pins = state.mcp.pins(f.server.as_deref()).await?;
+    let mut pins = state.store.list_tool_pins(f.server.as_deref()).await?;
     with_problems(&state, &mut pins);
     Ok(Json(pins))
 }
@@ -98,12 +98,20 @@ async fn approve(
         ));
         return Err(super::admin::fail(&state, attempt, e).await);
     }
-    match state
-        .mcp
-        .approve(&server, &tool, &digest, &caller.actor, attempt.clone())
-        .await
-    {
+    let approved = state
+        .store
+        .approve_tool(
+            &server,
+            &tool,
+            &digest,
+            &caller.actor,
+            warrant_core::time::Timestamp::now(),
+            attempt.clone(),
+        )
+        .await;
+    match approved {
         Ok(pin) => {
+            state.mcp.approved(&server).await;
             let mut pins = [pin];
             with_problems(&state, &mut pins);
             let [pin] = pins;

@@ -19,7 +19,7 @@ use warrant_core::task::{RevokeTarget, agent_of};
 use warrant_core::time::Timestamp;
 
 use crate::state::AppState;
-use crate::token::{Caller, JWT_BEARER, OAuthError, Params};
+use warrant_control::token::{Caller, JWT_BEARER, OAuthError, Params};
 
 /// The largest form accepted.
 pub const MAX_FORM: usize = 64 * 1024;

@@ -13,8 +13,8 @@ use warrant_store::AuditQuery;
 use warrant_token::KeyState;
 
 use crate::http::error::ApiError;
-use crate::keys::JWKS_MAX_AGE;
 use crate::state::AppState;
+use warrant_control::keys::JWKS_MAX_AGE;
 
 /// Public routes.
 pub fn router(state: AppState) -> Router {
@@ -72,7 +72,7 @@ async fn metadata(State(state): State<AppState>) -> Json<Metadata> {
         revocation_endpoint: format!("{}/oauth2/revoke", state.issuer),
         response_types_supported: Vec::new(),
         grant_types_supported: vec![
-            crate::token::TOKEN_EXCHANGE.into(),
+            warrant_control::token::TOKEN_EXCHANGE.into(),
             "client_credentials".into(),
         ],
         token_endpoint_auth_methods_supported: vec!["private_key_jwt".into()],
@@ -136,7 +136,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ] {
             let n = agents.iter().filter(|a| a.status == status).count();
             m.agents
-                .get_or_create(&crate::metrics::StateLabels {
+                .get_or_create(&warrant_control::metrics::StateLabels {
                     state: status.as_str().to_owned(),
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -155,14 +155,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         m.signing_keys
-            .get_or_create(&crate::metrics::StateLabels { state: label })
+            .get_or_create(&warrant_control::metrics::StateLabels { state: label })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     if let Ok(live) = state.store.live_instances(now).await {
         m.live_instances.clear();
         for (agent, n) in live {
             m.live_instances
-                .get_or_create(&crate::metrics::AgentLabels { agent })
+                .get_or_create(&warrant_control::metrics::AgentLabels { agent })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

@@ -17,8 +17,8 @@ use warrant_core::text::shown;
 
 use crate::http::auth::{Caller, Reader, Writer};
 use crate::http::error::ApiError;
-use crate::secrets::SecretError;
 use crate::state::AppState;
+use warrant_control::secrets::SecretError;
 
 /// The routes, mounted in the admin router.
 pub fn routes() -> Router<AppState> {

@@ -73,7 +73,7 @@ async fn validate(
                 tools: None,
             },
         };
-    let files = match warrant_server::policy::read_policy_dir(dir) {
+    let files = match warrant_control::policy::read_policy_dir(dir) {
         Ok(f) => f,
         Err(problems) => return Ok((local(Err(problems)), None)),
     };

@@ -133,7 +133,7 @@ impl std::fmt::Debug for AttestService {
 #[allow(missing_debug_implementations)]
 pub struct Parts {
     /// What every issuing service shares.
-    pub common: crate::state::IssuerParts,
+    pub common: crate::IssuerParts,
     /// Trusted OIDC issuers.
     pub oidc: oidc::Providers,
     /// Audiences only task tokens carry (the routes' and MCP servers'):

@@ -23,7 +23,7 @@ use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
 use crate::proxy::credential::{CredentialError, OAuthCache, Providers, Target};
 use crate::proxy::redact::Redactor;
 use crate::proxy::route::{Credential, Scheme};
-use crate::token::TaskUse;
+use warrant_core::task::TaskUse;
 
 /// The most upstream sessions kept (one per user for per-user credentials).
 const MAX_SESSIONS: usize = 4096;

@@ -38,10 +38,10 @@ use warrant_token::VerifiedCache;
 use warrant_token::jwt::{self, Expect, VerifyingKeys};
 
 use crate::attest::oidc::Providers;
-use crate::config::UserIssuer;
 use crate::keys::KeyService;
 use crate::metrics::Metrics;
 use crate::policy::PolicyService;
+pub use warrant_core::task::{TaskUse, UseError};
 
 /// The default lifetime of a task token.
 pub const DEFAULT_TASK_TTL_SECS: i64 = 300;
@@ -187,37 +187,25 @@ struct Grant {
     may_act: Option<Value>,
 }
 
-/// A task token checked for one use at the edge.
-#[derive(Debug, Clone)]
-pub struct TaskUse {
-    /// What the token says.
-    pub claims: TaskClaims,
-    /// The acting agent, as the inventory has it now.
-    pub agent: Agent,
-    /// The acting instance.
-    pub instance: String,
-    /// How that instance was attested.
-    pub attestor: String,
-    /// The user's groups (empty when the agent acts for itself).
-    pub groups: Vec<String>,
-}
-
-/// Why a task token is not accepted at the edge.
-#[derive(Debug, Clone)]
-pub enum UseError {
-    /// Missing, malformed, forged, expired, revoked, for another audience:
-    /// a 401 saying which.
-    Invalid(String),
-    /// The store could not be read.
-    Unavailable,
-}
-
 /// Why a task token's chain is not accepted.
 enum ChainError {
     /// An agent or instance in it may no longer act (the text says which).
     Refused(String),
     /// The store could not be read.
     Unavailable,
+}
+
+/// A trusted user issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIssuer {
+    /// Issuer, keys and audience.
+    pub provider: crate::attest::oidc::TrustProvider,
+    /// The claim naming the user.
+    pub subject_claim: String,
+    /// The claim listing the user's groups.
+    pub groups_claim: String,
+    /// What its users' and groups' ids are qualified with.
+    pub namespace: warrant_core::user::Namespace,
 }
 
 /// The token service.
@@ -282,7 +270,7 @@ impl std::fmt::Debug for TokenService {
 #[allow(missing_debug_implementations)]
 pub struct TokenParts {
     /// What every issuing service shares.
-    pub common: crate::state::IssuerParts,
+    pub common: crate::IssuerParts,
     /// The longest chain.
     pub max_depth: u32,
     /// Trusted user issuers.
@@ -387,7 +375,9 @@ impl TokenService {
         }
     }
 
-    pub(crate) fn event(&self, kind: &str, caller: &Caller) -> AuditEvent {
+    /// A refusal record of a request to the token endpoint, before it is
+    /// known who asks.
+    pub fn event(&self, kind: &str, caller: &Caller) -> AuditEvent {
         let mut e = AuditEvent::new(kind, Outcome::Deny).protocol("oauth");
         if let Some(s) = &caller.source {
             e = e.source(s.clone());
@@ -396,7 +386,7 @@ impl TokenService {
     }
 
     /// Records a refusal and returns it (or the audit failure).
-    pub(crate) async fn refuse(&self, event: AuditEvent, e: OAuthError) -> OAuthError {
+    pub async fn refuse(&self, event: AuditEvent, e: OAuthError) -> OAuthError {
         let mut event = event;
         if event.reasons.is_empty() {
             event = event.reason(format!("{}: {}", e.error, e.description));

@@ -45,22 +45,14 @@ pub enum SecretError {
 
 type Key = (SecretName, Option<String>);
 
-/// A secret opened for use.
-#[derive(Debug)]
-pub struct Resolved {
-    /// `name@vN` (or `name[user]@vN`), for the audit trail.
-    pub id: String,
-    /// The value.
-    pub value: SecretValue,
-    loaded: Instant,
-}
+pub use warrant_core::secret::Resolved;
 
 /// The secret store.
 pub struct SecretService {
     store: Arc<dyn Store>,
     kek: Arc<Kek>,
     // std locks: held only to look up, insert or swap, never across an await.
-    cache: RwLock<HashMap<Key, Arc<Resolved>>>,
+    cache: RwLock<HashMap<Key, (Instant, Arc<Resolved>)>>,
     used: Mutex<HashMap<Key, Timestamp>>,
 }
 
@@ -227,7 +219,8 @@ impl SecretService {
             .read()
             .ok()
             .and_then(|c| c.get(&key).cloned())
-            .filter(|r| r.loaded.elapsed() < CACHE_TTL);
+            .filter(|(loaded, _)| loaded.elapsed() < CACHE_TTL)
+            .map(|(_, r)| r);
         let resolved = match hit {
             Some(r) => r,
             None => {
@@ -240,10 +233,9 @@ impl SecretService {
                 let r = Arc::new(Resolved {
                     id: record.credential_id(),
                     value,
-                    loaded: Instant::now(),
                 });
                 if let Ok(mut c) = self.cache.write() {
-                    c.insert(key.clone(), r.clone());
+                    c.insert(key.clone(), (Instant::now(), r.clone()));
                 }
                 r
             }

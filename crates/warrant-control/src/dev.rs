@@ -12,7 +12,7 @@ use warrant_core::time::Timestamp;
 use warrant_token::{Kek, KeySet, generate_key};
 
 use crate::attest::oidc::{JwksSource, TrustProvider};
-use crate::config::UserIssuer;
+use crate::token::UserIssuer;
 
 /// The development issuer.
 pub struct DevIssuer {

@@ -43,7 +43,7 @@ impl Upstream {
         method: &str,
         params: Value,
         timeout: Duration,
-        task: Option<&crate::token::TaskUse>,
+        task: Option<&warrant_core::task::TaskUse>,
     ) -> Result<Value, UpstreamError> {
         match self {
             Self::Stdio(s) => s.call(method, params, timeout).await,

@@ -8,7 +8,6 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of a policy decision.
@@ -61,42 +60,6 @@ pub struct GrantLabels {
     pub outcome: String,
 }
 
-/// Labels of a proxied request.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProxyLabels {
-    /// The route (`-` when none matched).
-    pub route: String,
-    /// `forwarded`, or why not (`invalid_token`, `access_denied`, ...).
-    pub decision: String,
-}
-
-/// Labels of an MCP gateway request.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct McpLabels {
-    /// The MCP server (`-` when none matched).
-    pub server: String,
-    /// The JSON-RPC method (`-` before one was read).
-    pub method: String,
-    /// `allow`, or why not.
-    pub decision: String,
-}
-
-/// A route label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    /// The route.
-    pub route: String,
-}
-
-fn latency_histogram() -> Histogram {
-    // 50 µs to ~26 s.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.00005, 2.0, 20,
-    ))
-}
-
-type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
-
 /// An agent label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AgentLabels {
@@ -144,16 +107,6 @@ pub struct Metrics {
     pub token_grants: Family<GrantLabels, Counter>,
     /// Tasks revoked.
     pub tasks_revoked: Counter,
-    /// Proxied requests by route and decision.
-    pub proxy_requests: Family<ProxyLabels, Counter>,
-    /// Upstream latency to response headers, by route.
-    pub proxy_upstream_seconds: HistogramFamily,
-    /// Time the proxy adds (before forwarding and after the upstream's headers), by route.
-    pub proxy_added_seconds: HistogramFamily,
-    /// MCP gateway requests by server, method and decision.
-    pub mcp_requests: Family<McpLabels, Counter>,
-    /// Open MCP gateway sessions (handshake clients).
-    pub mcp_sessions: Gauge,
     /// Connections closed at accept because a listener was at its cap.
     pub connections_refused: Family<ListenerLabels, Counter>,
 }
@@ -171,40 +124,14 @@ impl Default for Metrics {
     }
 }
 
-/// The label of a JSON-RPC method: one of the MCP methods, `-` (none),
-/// or `other`.
-fn mcp_method_label(method: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "-",
-        "initialize",
-        "ping",
-        "server/discover",
-        "tools/list",
-        "tools/call",
-        "resources/list",
-        "resources/read",
-        "resources/templates/list",
-        "resources/subscribe",
-        "resources/unsubscribe",
-        "prompts/list",
-        "prompts/get",
-        "completion/complete",
-        "logging/setLevel",
-        "notifications/initialized",
-        "notifications/cancelled",
-        "notifications/progress",
-        "notifications/roots/list_changed",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == method)
-        .copied()
-        .unwrap_or("other")
-}
-
 impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    /// Registers every metric, and what `more` adds (the edge's).
+    pub fn with(more: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -228,11 +155,6 @@ impl Metrics {
             live_instances: Family::default(),
             token_grants: Family::default(),
             tasks_revoked: Counter::default(),
-            proxy_requests: Family::default(),
-            proxy_upstream_seconds: Family::new_with_constructor(latency_histogram),
-            proxy_added_seconds: Family::new_with_constructor(latency_histogram),
-            mcp_requests: Family::default(),
-            mcp_sessions: Gauge::default(),
             connections_refused: Family::default(),
             registry: Registry::default(),
         };
@@ -307,35 +229,11 @@ impl Metrics {
             m.tasks_revoked.clone(),
         );
         registry.register(
-            "warrant_proxy_requests",
-            "Egress proxy requests by route and decision",
-            m.proxy_requests.clone(),
-        );
-        registry.register(
-            "warrant_proxy_upstream_seconds",
-            "Egress proxy: upstream latency to response headers",
-            m.proxy_upstream_seconds.clone(),
-        );
-        registry.register(
-            "warrant_proxy_added_seconds",
-            "Egress proxy: latency the proxy adds (checks, credential, forwarding)",
-            m.proxy_added_seconds.clone(),
-        );
-        registry.register(
-            "warrant_mcp_requests",
-            "MCP gateway requests by server, method and decision",
-            m.mcp_requests.clone(),
-        );
-        registry.register(
-            "warrant_mcp_sessions",
-            "Open MCP gateway sessions",
-            m.mcp_sessions.clone(),
-        );
-        registry.register(
             "warrant_connections_refused",
             "Connections closed at accept because their listener was at its cap",
             m.connections_refused.clone(),
         );
+        more(&mut registry);
         Self { registry, ..m }
     }
 
@@ -369,52 +267,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a proxied request.
-    pub fn proxy_request(&self, route: &str, decision: &str) {
-        self.proxy_requests
-            .get_or_create(&ProxyLabels {
-                route: route.to_owned(),
-                decision: decision.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Observes an upstream latency.
-    pub fn proxy_upstream(&self, route: &str, secs: f64) {
-        self.proxy_upstream_seconds
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(secs);
-    }
-
-    /// Observes the latency the proxy added.
-    pub fn proxy_added(&self, route: &str, secs: f64) {
-        self.proxy_added_seconds
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(secs);
-    }
-
     /// Counts a connection closed because `listener` was full.
     pub fn connection_refused(&self, listener: &str) {
         self.connections_refused
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Counts an MCP gateway request. `server` is a configured name (or
-    /// `-`); a method the protocol does not define is counted as `other`,
-    /// so callers cannot grow the label set.
-    pub fn mcp_request(&self, server: &str, method: &str, decision: &str) {
-        self.mcp_requests
-            .get_or_create(&McpLabels {
-                server: server.to_owned(),
-                method: mcp_method_label(method).to_owned(),
-                decision: decision.to_owned(),
             })
             .inc();
     }
@@ -426,24 +283,5 @@ impl Metrics {
             out.clear();
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod label_tests {
-    use super::*;
-
-    #[test]
-    fn caller_supplied_methods_do_not_grow_the_label_set() {
-        let m = Metrics::new();
-        for i in 0..100 {
-            m.mcp_request("files", &format!("x{}", "y".repeat(i * 10)), "deny");
-        }
-        m.mcp_request("files", "tools/call", "allow");
-        let text = m.encode();
-        assert!(text.contains("method=\"other\""), "{text}");
-        assert!(text.contains("method=\"tools/call\""));
-        assert!(!text.contains("yyyy"));
-        assert!(text.len() < 20_000, "{}", text.len());
     }
 }

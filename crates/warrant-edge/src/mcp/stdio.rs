@@ -22,7 +22,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 use warrant_core::secret::SecretName;
 
-use crate::secrets::SecretService;
+use crate::services::CredentialSource;
 
 /// The protocol revision asked for in the handshake.
 pub const HANDSHAKE_VERSION: &str = "2025-11-25";
@@ -158,8 +158,8 @@ pub fn program_path(
 /// ...), including one that does not exist yet and so could be created.
 /// Checked at start-up and again before each start of the process.
 pub fn check_sources(spec: &StdioSpec, server: &str) -> Result<(), String> {
-    use crate::data_dir::{Trust, check_code_tree, check_trusted, check_trusted_as};
     use std::path::{Path, PathBuf};
+    use warrant_host::trust::{Trust, check_code_tree, check_trusted, check_trusted_as};
 
     let of = |w: &str| format!("{w} (of [[mcp_server]] `{server}`)");
     let plain = |key: &str| {
@@ -342,7 +342,7 @@ struct Health {
 pub struct StdioUpstream {
     name: String,
     spec: StdioSpec,
-    secrets: Arc<SecretService>,
+    secrets: Arc<dyn CredentialSource>,
     next_id: AtomicU64,
     /// Counts starts and exits of the child.
     epoch: Arc<AtomicU64>,
@@ -363,7 +363,7 @@ impl std::fmt::Debug for StdioUpstream {
 
 impl StdioUpstream {
     /// An upstream that starts on first use.
-    pub fn new(name: &str, spec: StdioSpec, secrets: Arc<SecretService>) -> Self {
+    pub fn new(name: &str, spec: StdioSpec, secrets: Arc<dyn CredentialSource>) -> Self {
         Self {
             name: name.to_owned(),
             spec,
@@ -501,7 +501,7 @@ impl StdioUpstream {
                 EnvValue::Secret(name) => {
                     let resolved = self
                         .secrets
-                        .resolve(name, None)
+                        .secret(name, None)
                         .await
                         .map_err(|e| self.unavailable(e.to_string()))?
                         .ok_or_else(|| {
@@ -721,9 +721,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use warrant_core::secret::SecretValue;
-    use warrant_store::{SqliteOptions, SqliteStore, Store};
-    use warrant_token::Kek;
 
     /// What a server loads code from is checked before every start, so a
     /// directory opened to others after start-up stops the next start.
@@ -824,24 +821,11 @@ mod tests {
         }
     }
 
-    async fn secrets(dir: &std::path::Path) -> Arc<SecretService> {
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&dir.join("w.db"), SqliteOptions::default()).unwrap());
-        let s = Arc::new(SecretService::new(
-            store,
-            Arc::new(Kek::generate().unwrap()),
-        ));
-        s.put(
-            SecretName::new("files-key").unwrap(),
-            None,
-            None,
-            &SecretValue::new(b"files-key-0123456789".to_vec()),
-            "test".into(),
-            |_| warrant_core::audit::AuditEvent::new("t", warrant_core::audit::Outcome::Allow),
-        )
-        .await
-        .unwrap();
-        s
+    async fn secrets(_dir: &std::path::Path) -> Arc<dyn CredentialSource> {
+        Arc::new(crate::testing::MemorySecrets::with(&[(
+            "files-key",
+            b"files-key-0123456789",
+        )]))
     }
 
     fn text(result: &Value) -> String {

@@ -21,6 +21,7 @@ use warrant_policy::{Policies, PolicyFile, PolicyProblem, Problems, ToolProblems
 use warrant_store::{Store, StoreError};
 
 use crate::metrics::{DecisionLabels, Metrics, OutcomeLabels};
+pub use warrant_policy::Loaded;
 
 /// The file written into a fresh policy directory. It permits nothing.
 pub const EXAMPLE_POLICY: &str = include_str!("example.cedar");
@@ -132,7 +133,7 @@ pub fn read_policy_dir(dir: &Path) -> Result<Vec<PolicyFile>, Problems> {
 }
 
 /// Checks that the policy directory and its `*.cedar` files can be changed
-/// only by the broker's user or root (see [`crate::data_dir::check_trusted`]).
+/// only by the broker's user or root (see [`warrant_host::trust::check_trusted`]).
 pub fn check_policy_dir_trusted(dir: &Path) -> Result<(), Problems> {
     let problem = |message: String| {
         Problems(vec![PolicyProblem {
@@ -142,12 +143,13 @@ pub fn check_policy_dir_trusted(dir: &Path) -> Result<(), Problems> {
             message,
         }])
     };
-    crate::data_dir::check_trusted(dir, "the policy directory", false).map_err(problem)?;
+    warrant_host::trust::check_trusted(dir, "the policy directory", false).map_err(problem)?;
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') && name.ends_with(".cedar") {
-                crate::data_dir::check_trusted(&e.path(), "policy file", false).map_err(problem)?;
+                warrant_host::trust::check_trusted(&e.path(), "policy file", false)
+                    .map_err(problem)?;
             }
         }
     }
@@ -187,15 +189,6 @@ fn log_tool_problems(p: &Policies) {
     for (tool, why) in tools {
         tracing::error!(tool = %tool, problems = %why.join("; "), "calls of this MCP tool are refused: a policy cannot be applied to its arguments; fix the policy and run `warrant policy reload`");
     }
-}
-
-/// A set in force.
-#[derive(Debug)]
-pub struct Loaded {
-    /// The policies.
-    pub policies: Policies,
-    /// When they were loaded.
-    pub loaded_at: Timestamp,
 }
 
 /// Why a reload did not happen.

@@ -34,22 +34,18 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::decision::{Action, Effect, Resource};
-use warrant_core::mcp::{PinOutcome, ToolDefinition, ToolPin};
+use warrant_core::mcp::{PinOutcome, ToolDefinition};
 use warrant_core::task::ScopeSet;
+use warrant_core::task::{TaskUse, UseError};
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
-use warrant_store::{Store, StoreError};
 
 use super::config::{McpServerConfig, Transport};
 use super::stdio::{StdioUpstream, UpstreamError};
 use super::{Upstream, arguments_of};
-use crate::keys::KeyService;
-use crate::metrics::Metrics;
-use crate::policy::PolicyService;
 use crate::proxy::credential::Providers;
 use crate::proxy::{add_detail, describe, task_request};
-use crate::secrets::SecretService;
-use crate::token::{TaskUse, TokenService, UseError};
+use crate::services::{AuditUnavailable, EdgeServices};
 
 /// Handshake revisions the gateway speaks, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -81,28 +77,8 @@ pub const REFUSED: i64 = -32003;
 pub struct GatewayParts {
     /// Validated `[[mcp_server]]` tables.
     pub servers: Vec<McpServerConfig>,
-    /// Task tokens.
-    pub tokens: Arc<TokenService>,
-    /// Policy.
-    pub policy: Arc<PolicyService>,
-    /// Secrets.
-    pub secrets: Arc<SecretService>,
-    /// Signing keys.
-    pub keys: Arc<KeyService>,
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The issuer.
-    pub issuer: Arc<str>,
-    /// The edge's URL.
-    pub edge_url: String,
-    /// `Host` values the edge answers to.
-    pub edge_hosts: Vec<String>,
-    /// Where records of answered requests go.
-    pub audit: crate::audit_batch::AuditBatcher,
-    /// Refusals of unauthenticated callers, recorded in aggregate.
-    pub refusals: Arc<crate::refusals::RefusalLog>,
+    /// The services the edge reaches the broker through.
+    pub services: EdgeServices,
 }
 
 /// The tools an upstream announces, as the gateway may show them.
@@ -147,14 +123,8 @@ struct Binding {
 /// The gateway.
 pub struct Gateway {
     servers: HashMap<String, Arc<Server>>,
-    tokens: Arc<TokenService>,
-    policy: Arc<PolicyService>,
-    secrets: Arc<SecretService>,
-    keys: Arc<KeyService>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    issuer: Arc<str>,
-    edge_url: String,
+    s: EdgeServices,
+    /// `Host` values the edge answers to, lower-cased.
     edge_hosts: Vec<String>,
     // A std mutex: held only to look up, insert or remove.
     sessions: Mutex<HashMap<String, Binding>>,
@@ -162,8 +132,6 @@ pub struct Gateway {
     session_counter: std::sync::atomic::AtomicU64,
     // A tokio mutex: serialises recomputing the policies' argument types.
     arguments_lock: tokio::sync::Mutex<()>,
-    audit: crate::audit_batch::AuditBatcher,
-    refusals: Arc<crate::refusals::RefusalLog>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -276,7 +244,7 @@ impl Gateway {
                 Transport::Stdio(spec) => Upstream::Stdio(Box::new(StdioUpstream::new(
                     &cfg.name,
                     spec.clone(),
-                    p.secrets.clone(),
+                    p.services.credentials.clone(),
                 ))),
                 t @ Transport::Http { .. } => Upstream::Http(Box::new(
                     super::http::HttpUpstream::new(&cfg.name, t, cfg.timeout)?,
@@ -285,7 +253,7 @@ impl Gateway {
             let audience = cfg
                 .audience
                 .clone()
-                .unwrap_or_else(|| format!("{}/mcp/{}", p.edge_url, cfg.name));
+                .unwrap_or_else(|| format!("{}/mcp/{}", p.services.edge_url, cfg.name));
             if servers.contains_key(&cfg.name) {
                 return Err(format!("MCP server `{}` is configured twice", cfg.name));
             }
@@ -302,24 +270,16 @@ impl Gateway {
         }
         Ok(Self {
             servers,
-            tokens: p.tokens,
-            policy: p.policy,
-            secrets: p.secrets,
-            keys: p.keys,
-            store: p.store,
-            metrics: p.metrics,
-            issuer: p.issuer,
-            edge_url: p.edge_url,
             edge_hosts: p
+                .services
                 .edge_hosts
-                .into_iter()
+                .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            s: p.services,
             sessions: Mutex::new(HashMap::new()),
             session_counter: std::sync::atomic::AtomicU64::new(0),
             arguments_lock: tokio::sync::Mutex::new(()),
-            audit: p.audit,
-            refusals: p.refusals,
         })
     }
 
@@ -340,8 +300,8 @@ impl Gateway {
             .map(|sc| sc.iter().map(str::to_owned).collect())
             .unwrap_or_default();
         Some(json!({
-            "resource": format!("{}/mcp/{}", self.edge_url, name),
-            "authorization_servers": [&*self.issuer],
+            "resource": format!("{}/mcp/{}", self.s.edge_url, name),
+            "authorization_servers": [&*self.s.issuer],
             "bearer_methods_supported": ["header"],
             "scopes_supported": scopes,
             "resource_name": format!("MCP server `{name}` behind warrant"),
@@ -352,15 +312,14 @@ impl Gateway {
     fn metadata_url(&self, server: &str) -> String {
         format!(
             "{}/.well-known/oauth-protected-resource/mcp/{server}",
-            self.edge_url
+            self.s.edge_url
         )
     }
 
     fn providers(&self) -> Providers<'_> {
         Providers {
-            secrets: &self.secrets,
-            keys: &self.keys,
-            issuer: &self.issuer,
+            source: &*self.s.credentials,
+            issuer: &self.s.issuer,
         }
     }
 
@@ -415,7 +374,7 @@ impl Gateway {
         // gone): a tool never seen waits for approval (unless its config
         // says `new_tools = "pin"`). Only its very first listing is trusted
         // on first use.
-        let known = match self.store.note_server_listed(&s.cfg.name, now).await {
+        let known = match self.s.pins.note_server_listed(&s.cfg.name, now).await {
             Ok(before) => before,
             Err(e) => {
                 return Err(UpstreamError::Unavailable {
@@ -444,7 +403,8 @@ impl Gateway {
                 )
                 .detail(json!({ "server": s.cfg.name, "tool": name, "digest": def.digest() }));
             match self
-                .store
+                .s
+                .pins
                 .observe_tool(&s.cfg.name, def, hold, now, base)
                 .await
             {
@@ -477,7 +437,7 @@ impl Gateway {
     /// Re-types the policies for the approved definitions, if they changed.
     async fn update_arguments(&self) {
         let _one = self.arguments_lock.lock().await;
-        let pins = match self.store.list_tool_pins(None).await {
+        let pins = match self.s.pins.list_tool_pins(None).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read tool pins");
@@ -487,30 +447,20 @@ impl Gateway {
         let names = self.server_names();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let tools = arguments_of(&pins, &refs);
-        if tools == *self.policy.current().policies.tools() {
+        if tools == *self.s.authorizer.current().policies.tools() {
             return;
         }
         let base = AuditEvent::new("policy.retype", Outcome::Allow)
             .actor("mcp-gateway")
             .protocol("mcp");
-        if let Err(e) = self.policy.set_tools(tools, base).await {
+        if let Err(e) = self.s.authorizer.set_tools(tools, base).await {
             tracing::error!(error = %e, "the policies could not be re-typed for the MCP tools' arguments; the previous set stays");
         }
     }
 
-    /// Accepts a changed or new tool's announced definition.
-    pub async fn approve(
-        &self,
-        server: &str,
-        tool: &str,
-        digest: &str,
-        by: &str,
-        audit: AuditEvent,
-    ) -> Result<ToolPin, StoreError> {
-        let pin = self
-            .store
-            .approve_tool(server, tool, digest, by, Timestamp::now(), audit)
-            .await?;
+    /// After an approval was stored: re-types the policies for the
+    /// approved definitions and lists the server's tools again.
+    pub async fn approved(&self, server: &str) {
         self.update_arguments().await;
         if let Some(s) = self.servers.get(server)
             && let Err(e) = {
@@ -520,12 +470,6 @@ impl Gateway {
         {
             tracing::warn!(server, error = %e, "could not list the MCP server's tools after an approval");
         }
-        Ok(pin)
-    }
-
-    /// The pins of one server (or all), for `warrant mcp tools`.
-    pub async fn pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, StoreError> {
-        self.store.list_tool_pins(server).await
     }
 
     /// Whether `name` is a configured server.
@@ -544,21 +488,20 @@ impl Gateway {
         if event.reasons.is_empty() {
             event.reasons.push(format!("{}: {}", e.code, e.message));
         }
-        self.metrics.mcp_request(server, "-", e.code);
+        self.s.metrics.mcp_request(server, "-", e.code);
         // Within the caller's budget (its source's, when no task token was
         // verified yet), else recorded in aggregate.
-        let Some(event) = self.refusals.admit_known(event) else {
+        let Some(event) = self.s.audit.admit_known(event) else {
             return e.into_response();
         };
-        match self.store.append_audit(event).await {
-            Ok(_) => e.into_response(),
+        match self.s.audit.append(event).await {
+            Ok(()) => e.into_response(),
             Err(err) => self.audit_down(&err),
         }
     }
 
-    fn audit_down(&self, err: &StoreError) -> Response {
+    fn audit_down(&self, err: &AuditUnavailable) -> Response {
         tracing::error!(error = %err, "cannot write the audit trail; MCP request refused");
-        self.metrics.audit_write_failures.inc();
         HttpRefusal {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "audit_unavailable",
@@ -583,7 +526,7 @@ impl Gateway {
         if event.reasons.is_empty() {
             event.reasons.push(r.message.clone());
         }
-        self.metrics.mcp_request(
+        self.s.metrics.mcp_request(
             server,
             method,
             if r.outcome == Outcome::Deny {
@@ -593,15 +536,15 @@ impl Gateway {
             },
         );
         let admitted = if event.agent.is_none() {
-            self.refusals.admit(event)
+            self.s.audit.admit(event)
         } else {
-            self.refusals.admit_known(event)
+            self.s.audit.admit_known(event)
         };
         let Some(event) = admitted else {
             return rpc_error(id, r.code, r.message, r.data);
         };
-        match self.store.append_audit(event).await {
-            Ok(_) => rpc_error(id, r.code, r.message, r.data),
+        match self.s.audit.append(event).await {
+            Ok(()) => rpc_error(id, r.code, r.message, r.data),
             Err(err) => self.audit_down(&err),
         }
     }
@@ -609,8 +552,8 @@ impl Gateway {
     /// Records an allowed request off the response path; a failure makes
     /// the gateway refuse everything until a record succeeds.
     fn record_later(&self, event: AuditEvent) {
-        let audit = self.audit.clone();
-        tokio::spawn(async move { audit.record(event).await });
+        let audit = self.s.audit.clone();
+        tokio::spawn(async move { audit.record_batched(event).await });
     }
 
     /// Answers one request at `/mcp/<server>`.
@@ -632,7 +575,7 @@ impl Gateway {
             };
             return self.refuse_http(event, "-", e).await;
         };
-        if self.audit.failed() {
+        if self.s.audit.batch_failed() {
             let e = HttpRefusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 code: "audit_unavailable",
@@ -687,7 +630,8 @@ impl Gateway {
             return self.refuse_http(event, server, e).await;
         };
         let task = match self
-            .tokens
+            .s
+            .tasks
             .task_for_use(&token, &s.audience, Timestamp::now())
             .await
         {
@@ -829,7 +773,9 @@ impl Gateway {
             }
             let resp = match method.as_str() {
                 "server/discover" => {
-                    self.metrics.mcp_request(server, "server/discover", "allow");
+                    self.s
+                        .metrics
+                        .mcp_request(server, "server/discover", "allow");
                     rpc_result(&id, self.discover_result(server))
                 }
                 "initialize" => {
@@ -1078,7 +1024,7 @@ impl Gateway {
         } else {
             SUPPORTED_VERSIONS[0]
         };
-        let Ok(sid) = crate::random::hex_id(16) else {
+        let Ok(sid) = warrant_host::random::hex_id(16) else {
             return rpc_error(id, -32603, "cannot make a session id".into(), None);
         };
         let now = Timestamp::now().as_secs();
@@ -1086,7 +1032,8 @@ impl Gateway {
             Ok(mut sessions) => {
                 // Sessions of expired or revoked tasks, and of blocked
                 // instances, end here (revocation also ends them at once).
-                sessions.retain(|_, b| b.expires > now && !self.tokens.ended(&b.task, &b.instance));
+                sessions
+                    .retain(|_, b| b.expires > now && !self.s.tasks.ended(&b.task, &b.instance));
                 let agent = task.agent.name.to_string();
                 for (limit, same) in [
                     (
@@ -1129,7 +1076,8 @@ impl Gateway {
                     );
                     true
                 };
-                self.metrics
+                self.s
+                    .metrics
                     .mcp_sessions
                     .set(i64::try_from(sessions.len()).unwrap_or(i64::MAX));
                 open
@@ -1154,11 +1102,11 @@ impl Gateway {
             &mut ev,
             json!({ "server": server, "protocol_version": version }),
         );
-        self.metrics.mcp_request(server, "initialize", "allow");
+        self.s.metrics.mcp_request(server, "initialize", "allow");
         // A session uses no credential yet: past the instance's budget,
         // openings are gathered like refusals (see `list_tools`).
-        if let Some(ev) = self.refusals.admit_known(ev)
-            && let Err(e) = self.store.append_audit(ev).await
+        if let Some(ev) = self.s.audit.admit_known(ev)
+            && let Err(e) = self.s.audit.append(ev).await
         {
             return self.audit_down(&e);
         }
@@ -1203,14 +1151,15 @@ impl Gateway {
             Ok(()) => {
                 if let (Ok(mut s), Some(sid)) = (self.sessions.lock(), sid) {
                     s.remove(sid);
-                    self.metrics
+                    self.s
+                        .metrics
                         .mcp_sessions
                         .set(i64::try_from(s.len()).unwrap_or(i64::MAX));
                 }
                 let mut ev = event;
                 ev.event = "mcp.session.close".into();
                 ev.decision = Outcome::Allow;
-                if let Some(ev) = self.refusals.admit_known(ev) {
+                if let Some(ev) = self.s.audit.admit_known(ev) {
                     self.record_later(ev);
                 }
                 StatusCode::NO_CONTENT.into_response()
@@ -1288,7 +1237,7 @@ impl Gateway {
             Ok(v) => (v.usable.clone(), v.changed.len() + v.held.len()),
             Err(_) => (Vec::new(), 0),
         };
-        let policies = self.policy.current();
+        let policies = self.s.authorizer.current();
         let mut shown_tools = Vec::new();
         let mut hidden = 0usize;
         for t in usable {
@@ -1307,11 +1256,13 @@ impl Gateway {
             &mut event,
             json!({ "server": s.cfg.name, "listed": shown_tools.len(), "hidden_by_policy": hidden, "hidden_changed": changed }),
         );
-        self.metrics.mcp_request(&s.cfg.name, "tools/list", "allow");
+        self.s
+            .metrics
+            .mcp_request(&s.cfg.name, "tools/list", "allow");
         // Answered from the gateway's view, with no credential used: past
         // the instance's budget, listings are gathered like refusals, so an
         // agent cannot grow the trail by listing in a loop.
-        if let Some(event) = self.refusals.admit_known(event) {
+        if let Some(event) = self.s.audit.admit_known(event) {
             self.record_later(event);
         }
         call.result(json!({ "tools": shown_tools }))
@@ -1415,7 +1366,7 @@ impl Gateway {
         }
         let mut req = self.tool_request(s, task, &name, peer);
         req.context.arguments = Some(arguments.clone());
-        let (decision, decided) = self.policy.decide_for_record(&req, event);
+        let (decision, decided) = self.s.authorizer.decide_for_record(&req, event);
         let mut event = AuditEvent {
             user: Some(task.claims.sub.clone()),
             ..decided
@@ -1498,7 +1449,7 @@ impl Gateway {
                         json!(((total_ms - upstream_ms) * 1000.0).round() / 1000.0);
                 }
                 add_detail(&mut event, detail);
-                self.metrics.mcp_request(server, method, "allow");
+                self.s.metrics.mcp_request(server, method, "allow");
                 self.record_later(event);
                 call.result(result)
             }
@@ -1511,7 +1462,7 @@ impl Gateway {
                     &mut event,
                     json!({ "outcome": "upstream_error", "upstream_code": code }),
                 );
-                self.metrics.mcp_request(server, method, "upstream_error");
+                self.s.metrics.mcp_request(server, method, "upstream_error");
                 self.record_later(event);
                 rpc_error(call.id, code, message, data)
             }
@@ -1524,7 +1475,9 @@ impl Gateway {
                 add_detail(&mut event, json!({ "outcome": "upstream_failed" }));
                 let r = upstream_refusal(&e);
                 event.reasons.push(r.message.clone());
-                self.metrics.mcp_request(server, method, "upstream_failed");
+                self.s
+                    .metrics
+                    .mcp_request(server, method, "upstream_failed");
                 self.record_later(event);
                 rpc_error(call.id, r.code, r.message, None)
             }
@@ -1550,7 +1503,7 @@ impl Gateway {
             peer,
             Timestamp::now(),
         );
-        let (decision, decided) = self.policy.decide_for_record(&req, event);
+        let (decision, decided) = self.s.authorizer.decide_for_record(&req, event);
         let mut event = AuditEvent {
             user: Some(task.claims.sub.clone()),
             ..decided

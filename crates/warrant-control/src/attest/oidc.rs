@@ -248,7 +248,7 @@ impl Providers {
         let bytes = match &p.config.jwks {
             // Checked again at every read: the file or a directory above it
             // may have been opened to others since start.
-            JwksSource::File(path) => crate::data_dir::check_trusted(path, "jwks_file", false)
+            JwksSource::File(path) => warrant_host::trust::check_trusted(path, "jwks_file", false)
                 .and_then(|()| std::fs::read(path).map_err(|e| e.to_string())),
             JwksSource::Uri(uri) => self.fetch(uri).await,
             JwksSource::Inline(json) => Ok(json.as_bytes().to_vec()),

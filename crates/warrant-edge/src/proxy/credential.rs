@@ -46,9 +46,10 @@ impl<'a> From<&'a Route> for Target<'a> {
         }
     }
 }
-use crate::keys::KeyService;
-use crate::secrets::{SecretError, SecretService};
-use crate::token::TaskUse;
+use warrant_core::secret::Resolved;
+use warrant_core::task::TaskUse;
+
+use crate::services::{CredentialSource, SecretUnavailable};
 
 /// A credential ready to go into one request.
 pub struct Injected {
@@ -81,8 +82,8 @@ pub enum CredentialError {
     Unavailable(String),
 }
 
-impl From<SecretError> for CredentialError {
-    fn from(e: SecretError) -> Self {
+impl From<SecretUnavailable> for CredentialError {
+    fn from(e: SecretUnavailable) -> Self {
         Self::Unavailable(e.to_string())
     }
 }
@@ -135,7 +136,7 @@ impl OAuthCache {
     async fn token(
         &self,
         route: Target<'_>,
-        secrets: &SecretService,
+        secrets: &dyn CredentialSource,
     ) -> Result<(Arc<CachedToken>, Vec<u8>), CredentialError> {
         let Credential::OAuth2ClientCredentials {
             token_url,
@@ -249,11 +250,11 @@ impl OAuthCache {
 }
 
 async fn shared_secret(
-    secrets: &SecretService,
+    secrets: &dyn CredentialSource,
     name: &SecretName,
     route: &str,
-) -> Result<Arc<crate::secrets::Resolved>, CredentialError> {
-    secrets.resolve(name, None).await?.ok_or_else(|| {
+) -> Result<Arc<Resolved>, CredentialError> {
+    secrets.secret(name, None).await?.ok_or_else(|| {
         CredentialError::Unavailable(format!(
             "route `{route}` uses secret `{name}`, which is not stored; an administrator must run `warrant secret put {name}`"
         ))
@@ -295,10 +296,8 @@ pub const UPSTREAM_JWT_TYP: &str = "warrant-upstream+jwt";
 
 /// Everything providers need.
 pub struct Providers<'a> {
-    /// Stored secrets.
-    pub secrets: &'a SecretService,
-    /// Signing keys, for `warrant_jwt`.
-    pub keys: &'a KeyService,
+    /// Stored secrets, and signing for `warrant_jwt`.
+    pub source: &'a dyn CredentialSource,
     /// The issuer.
     pub issuer: &'a str,
 }
@@ -331,7 +330,7 @@ impl Providers<'_> {
                 header,
                 format,
             } => {
-                let s = shared_secret(self.secrets, secret, route.name).await?;
+                let s = shared_secret(self.source, secret, route.name).await?;
                 let value = Zeroizing::new(format.fill(s.value.expose()));
                 Ok(Injected {
                     header: header.clone(),
@@ -352,7 +351,7 @@ impl Providers<'_> {
                         route.name
                     )));
                 };
-                let s = self.secrets.resolve(secret, Some(user)).await?.ok_or_else(|| {
+                let s = self.source.secret(secret, Some(user)).await?.ok_or_else(|| {
                     CredentialError::Refused(format!(
                         "no secret `{secret}` is stored for user `{}`; an administrator can add it with `warrant secret put {secret} --for-user {}`",
                         warrant_core::text::shown(user, 100),
@@ -368,7 +367,7 @@ impl Providers<'_> {
                 })
             }
             Credential::Basic { secret } => {
-                let s = shared_secret(self.secrets, secret, route.name).await?;
+                let s = shared_secret(self.source, secret, route.name).await?;
                 if !s.value.expose().contains(&b':') {
                     return Err(CredentialError::Unavailable(format!(
                         "secret `{secret}` of route `{}` must be `user:password` for basic auth",
@@ -406,7 +405,7 @@ impl Providers<'_> {
             } => {
                 let cache =
                     oauth.ok_or_else(|| CredentialError::Unavailable("no token cache".into()))?;
-                let (t, secret) = cache.token(route, self.secrets).await?;
+                let (t, secret) = cache.token(route, self.source).await?;
                 let value = Zeroizing::new(format.fill(t.token.as_bytes()));
                 let left = t
                     .expires_at
@@ -427,7 +426,7 @@ impl Providers<'_> {
                 let now = Timestamp::now();
                 let c = &task.ok_or_else(needs_task)?.claims;
                 let exp = (now.as_secs() + i64::try_from(ttl.as_secs()).unwrap_or(60)).min(c.exp);
-                let jti = crate::random::ordered_id("ujt_", now.as_millis())
+                let jti = warrant_host::random::ordered_id("ujt_", now.as_millis())
                     .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
                 let claims = UpstreamClaims {
                     iss: self.issuer,
@@ -442,12 +441,9 @@ impl Providers<'_> {
                     iat: now.as_secs(),
                     exp,
                 };
-                let set = self.keys.current();
-                let key = set.active(now).ok_or_else(|| {
-                    CredentialError::Unavailable("no signing key is active".into())
-                })?;
-                let token = warrant_token::jwt::sign(key, UPSTREAM_JWT_TYP, &claims)
+                let claims = serde_json::to_value(&claims)
                     .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+                let token = self.source.sign_jwt(UPSTREAM_JWT_TYP, &claims)?;
                 let value = format.fill(token.as_bytes());
                 // The JWT is a credential at the upstream until it expires:
                 // an echo of it (or of its signature, the one part the agent

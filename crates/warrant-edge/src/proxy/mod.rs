@@ -43,15 +43,11 @@ use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, Effect, HttpFacts, Principal, Resource, UserRef,
 };
+use warrant_core::task::{TaskUse, UseError};
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
-use warrant_store::Store;
 
-use crate::keys::KeyService;
-use crate::metrics::Metrics;
-use crate::policy::PolicyService;
-use crate::secrets::SecretService;
-use crate::token::{TaskUse, TokenService, UseError};
+use crate::services::EdgeServices;
 use credential::{CredentialError, Injected, OAuthCache, Providers};
 use redact::Redactor;
 use route::{Route, Scheme, is_hop_by_hop};
@@ -77,46 +73,16 @@ const MAX_HEADERS: usize = 64;
 pub struct ProxyParts {
     /// Validated routes.
     pub routes: Vec<Route>,
-    /// Task tokens and revocation.
-    pub tokens: Arc<TokenService>,
-    /// Policy.
-    pub policy: Arc<PolicyService>,
-    /// Secrets.
-    pub secrets: Arc<SecretService>,
-    /// Signing keys (for `warrant_jwt`).
-    pub keys: Arc<KeyService>,
-    /// The audit trail.
-    pub store: Arc<dyn Store>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The issuer.
-    pub issuer: Arc<str>,
-    /// `Host` values this listener answers to.
-    pub edge_hosts: Vec<String>,
-    /// The edge's own URL, for resource metadata.
-    pub edge_url: String,
-    /// Where records of answered requests go.
-    pub audit: crate::audit_batch::AuditBatcher,
-    /// Refusals of unauthenticated callers, recorded in aggregate.
-    pub refusals: Arc<crate::refusals::RefusalLog>,
+    /// The services the edge reaches the broker through.
+    pub services: EdgeServices,
 }
 
 /// The egress proxy.
 pub struct ProxyService {
     routes: HashMap<String, RouteState>,
-    tokens: Arc<TokenService>,
-    policy: Arc<PolicyService>,
-    secrets: Arc<SecretService>,
-    keys: Arc<KeyService>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    issuer: Arc<str>,
+    s: EdgeServices,
+    /// `Host` values this listener answers to, lower-cased.
     edge_hosts: Vec<String>,
-    edge_url: String,
-    /// Records of answered requests, written in batches.
-    audit: crate::audit_batch::AuditBatcher,
-    /// Refusals of unauthenticated callers, recorded in aggregate.
-    refusals: Arc<crate::refusals::RefusalLog>,
     /// Permits for completion records not yet written: a writer that falls
     /// behind slows the edge down instead of queueing records without bound.
     pending_records: Arc<tokio::sync::Semaphore>,
@@ -229,21 +195,13 @@ impl ProxyService {
         }
         Ok(Self {
             routes,
-            tokens: p.tokens,
-            policy: p.policy,
-            secrets: p.secrets,
-            keys: p.keys,
-            store: p.store,
-            metrics: p.metrics,
-            issuer: p.issuer,
             edge_hosts: p
+                .services
                 .edge_hosts
-                .into_iter()
+                .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            edge_url: p.edge_url,
-            audit: p.audit,
-            refusals: p.refusals,
+            s: p.services,
             pending_records: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
         })
     }
@@ -257,8 +215,8 @@ impl ProxyService {
     pub fn resource_metadata(&self, name: &str) -> Option<serde_json::Value> {
         let r = &self.routes.get(name)?.route;
         Some(json!({
-            "resource": format!("{}/{}", self.edge_url, r.name),
-            "authorization_servers": [&*self.issuer],
+            "resource": format!("{}/{}", self.s.edge_url, r.name),
+            "authorization_servers": [&*self.s.issuer],
             "bearer_methods_supported": ["header"],
             "resource_name": format!("warrant egress route `{}` to {}", r.name, r.upstream.as_url()),
             "warrant_audience": r.audience,
@@ -314,7 +272,7 @@ impl ProxyService {
             return self.refuse(event, e, "-").await;
         };
         let route = &rs.route;
-        if self.audit.failed() {
+        if self.s.audit.batch_failed() {
             let e = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",
@@ -338,7 +296,7 @@ impl ProxyService {
             }
         };
         let now = Timestamp::now();
-        let task = match self.tokens.task_for_use(token, &route.audience, now).await {
+        let task = match self.s.tasks.task_for_use(token, &route.audience, now).await {
             Ok(t) => t,
             Err(UseError::Invalid(msg)) => {
                 return self
@@ -399,7 +357,10 @@ impl ProxyService {
                 .await;
         }
         let req_facts = self.decision_request(route, &task, &method, &rest, peer, now);
-        let (decision, decided) = self.policy.decide_for_record(&req_facts, event.clone());
+        let (decision, decided) = self
+            .s
+            .authorizer
+            .decide_for_record(&req_facts, event.clone());
         event = AuditEvent {
             user: Some(task.claims.sub.clone()),
             ..decided
@@ -469,9 +430,8 @@ impl ProxyService {
         };
 
         let providers = Providers {
-            secrets: &self.secrets,
-            keys: &self.keys,
-            issuer: &self.issuer,
+            source: &*self.s.credentials,
+            issuer: &self.s.issuer,
         };
         let injected = match providers
             .obtain(route.into(), rs.oauth.as_ref(), Some(&task))
@@ -515,7 +475,7 @@ impl ProxyService {
     fn metadata_url(&self, r: &Route) -> String {
         format!(
             "{}/.well-known/oauth-protected-resource/{}",
-            self.edge_url, r.name
+            self.s.edge_url, r.name
         )
     }
 
@@ -638,17 +598,16 @@ impl ProxyService {
             &mut event,
             json!({ "status": e.status.as_u16(), "refusal": e.code }),
         );
-        self.metrics.proxy_request(route, e.code);
+        self.s.metrics.proxy_request(route, e.code);
         // Within the caller's budget (its source's, when no task token was
         // verified yet), else recorded in aggregate, not durably one by one.
-        let Some(event) = self.refusals.admit_known(event) else {
+        let Some(event) = self.s.audit.admit_known(event) else {
             return e.into_response();
         };
-        match self.store.append_audit(event).await {
-            Ok(_) => e.into_response(),
+        match self.s.audit.append(event).await {
+            Ok(()) => e.into_response(),
             Err(err) => {
                 tracing::error!(error = %err, "cannot write the audit trail; edge request refused");
-                self.metrics.audit_write_failures.inc();
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable",
                     "the broker cannot write its audit trail, so it forwards nothing; try again later".to_owned()).into_response()
             }
@@ -842,17 +801,19 @@ impl ProxyService {
         }
         rparts.headers = rheaders;
         let status = rparts.status;
-        self.metrics.proxy_request(&route.name, "forwarded");
-        self.metrics
+        self.s.metrics.proxy_request(&route.name, "forwarded");
+        self.s
+            .metrics
             .proxy_upstream(&route.name, upstream_headers.as_secs_f64());
-        self.metrics
+        self.s
+            .metrics
             .proxy_added(&route.name, (before + after_start.elapsed()).as_secs_f64());
         let completion = Completion {
             event,
             status: status.as_u16(),
             bytes_in,
             upstream_ms: upstream_headers.as_secs_f64() * 1000.0,
-            audit: self.audit.clone(),
+            audit: self.s.audit.clone(),
             permit,
         };
         let body = Tracked {
@@ -871,10 +832,10 @@ impl ProxyService {
             &mut event,
             json!({ "status": e.status.as_u16(), "refusal": e.code, "error": e.message }),
         );
-        self.metrics.proxy_request(route, e.code);
-        if self.store.append_audit(event).await.is_err() {
-            self.metrics.audit_write_failures.inc();
-        }
+        self.s.metrics.proxy_request(route, e.code);
+        // A failure is counted and logged by the sink; the answer is the
+        // upstream's failure either way.
+        let _ = self.s.audit.append(event).await;
         e.into_response()
     }
 }
@@ -1147,7 +1108,7 @@ fn traceparent(given: Option<&HeaderValue>) -> HeaderValue {
             return v.clone();
         }
     }
-    let ids = crate::random::bytes::<24>().unwrap_or([1; 24]);
+    let ids = warrant_host::random::bytes::<24>().unwrap_or([1; 24]);
     HeaderValue::from_str(&format!(
         "00-{}-{}-01",
         hex::encode(&ids[..16]),
@@ -1238,7 +1199,7 @@ struct Completion {
     status: u16,
     bytes_in: Option<u64>,
     upstream_ms: f64,
-    audit: crate::audit_batch::AuditBatcher,
+    audit: Arc<dyn crate::services::AuditSink>,
     permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -1259,7 +1220,7 @@ impl Completion {
         // Off the response path, batched with other answered requests.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                audit.record(event).await;
+                audit.record_batched(event).await;
                 drop(permit);
             });
         }
