@@ -481,21 +481,28 @@ impl TokenService {
                 ));
             }
         }
+        // Either the broker or its token endpoint is a right audience. The
+        // refusal names the first check that failed: a token for another
+        // audience says so; one for the broker that expired says it expired.
         let token_endpoint = format!("{}/oauth2/token", self.issuer);
-        let aud_ok = |aud: &str| {
-            Expect {
-                issuer: &self.issuer,
-                audience: aud,
-                now,
-                leeway_secs: 0,
-            }
-            .check(&v.claims)
-        };
-        if let Err(e) = aud_ok(&self.issuer).or_else(|_| aud_ok(&token_endpoint)) {
+        let audience = if names_audience(&v.claims, &token_endpoint) {
+            token_endpoint.as_str()
+        } else if names_audience(&v.claims, &self.issuer) {
+            &*self.issuer
+        } else {
             return Err(OAuthError::invalid_grant(format!(
-                "identity token: {e}; request it with the broker (`{}`) as its audience",
+                "the identity token is not for this broker; request it with the broker (`{}`) as its audience",
                 self.issuer
             )));
+        };
+        let expect = Expect {
+            issuer: &self.issuer,
+            audience,
+            now,
+            leeway_secs: 0,
+        };
+        if let Err(e) = expect.check(&v.claims) {
+            return Err(OAuthError::invalid_grant(format!("identity token: {e}")));
         }
         let claims: IdentityClaims = serde_json::from_value(Value::Object(v.claims))
             .map_err(|_| OAuthError::invalid_grant("the token is not a warrant identity token"))?;
@@ -1465,6 +1472,15 @@ fn created_after(agent: &Agent, jti: &str, iat: i64) -> bool {
         _ => iat.saturating_add(1).saturating_mul(1000) - 1,
     };
     agent.created_at.as_millis() > issued_ms
+}
+
+/// Whether a token's `aud` (a string or an array) names `audience`.
+fn names_audience(claims: &Map<String, Value>, audience: &str) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(a)) => a == audience,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(audience)),
+        _ => false,
+    }
 }
 
 /// The most groups a user token may name.

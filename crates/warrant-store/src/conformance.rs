@@ -66,7 +66,9 @@ macro_rules! conformance_tests {
             secrets_round_trip_and_rotate_by_version,
             tool_pins_hold_until_a_change_is_approved,
             new_tools_wait_for_approval_when_held,
-            a_server_is_listed_once_even_with_no_tools
+            a_server_is_listed_once_even_with_no_tools,
+            records_appended_together_chain_in_order_or_not_at_all,
+            revoking_an_id_that_names_nothing_is_not_found
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1231,4 +1233,70 @@ pub async fn a_server_is_listed_once_even_with_no_tools(mut fx: Box<dyn Fixture>
         s.note_server_listed("empty", at(4)).await.unwrap(),
         "durable"
     );
+}
+
+/// `append_audits` writes a batch in order, linked into the one chain
+/// between single appends; when the trail cannot be written, none of the
+/// batch is.
+pub async fn records_appended_together_chain_in_order_or_not_at_all(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    s.append_audit(ev("policy.decision", "first"))
+        .await
+        .unwrap();
+    let batch: Vec<AuditEvent> = (0..5)
+        .map(|i| ev("proxy.request", &format!("batch-{i}")))
+        .collect();
+    s.append_audits(batch).await.unwrap();
+    s.append_audits(Vec::new()).await.unwrap();
+    s.append_audit(ev("policy.decision", "last")).await.unwrap();
+    let all = all_audit(&*s).await;
+    let agents: Vec<&str> = all
+        .iter()
+        .filter_map(|r| r.event.agent.as_deref())
+        .collect();
+    assert_eq!(
+        agents,
+        [
+            "first", "batch-0", "batch-1", "batch-2", "batch-3", "batch-4", "last"
+        ]
+    );
+    let seqs: Vec<u64> = all.iter().map(|r| r.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(s.verify_audit().await.unwrap().verified, 7);
+
+    fx.break_audit_writes().await;
+    let e = s
+        .append_audits(vec![
+            ev("proxy.request", "lost-0"),
+            ev("proxy.request", "lost-1"),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AuditUnavailable(_)), "{e:?}");
+    assert_eq!(all_audit(&*s).await.len(), 7);
+}
+
+/// Revoking a task, token or transaction id that names nothing is
+/// `NotFound`, changes nothing and records nothing (the caller records the
+/// refusal).
+pub async fn revoking_an_id_that_names_nothing_is_not_found(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let before = all_audit(&*s).await.len();
+    for (target, what) in [
+        (RevokeTarget::Task("tsk_nothing".into()), "task"),
+        (RevokeTarget::Jti("jti_nothing".into()), "task token"),
+        (RevokeTarget::Txn("txn_nothing".into()), "transaction"),
+        (RevokeTarget::Instance("ins_nothing".into()), "instance"),
+        (RevokeTarget::Agent("nobody".into()), "agent"),
+    ] {
+        let e = s
+            .revoke(target.clone(), Timestamp::now(), ev("admin.revoke", "x"))
+            .await
+            .unwrap_err();
+        match e {
+            StoreError::NotFound { what: w, .. } => assert_eq!(w, what, "{target:?}"),
+            other => panic!("{target:?}: {other:?}"),
+        }
+    }
+    assert_eq!(all_audit(&*s).await.len(), before);
 }

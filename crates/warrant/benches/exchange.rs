@@ -233,7 +233,6 @@ fn main() {
         .build()
         .unwrap();
     let report = rt.block_on(async {
-        let mut c = Conn::open(api).await;
         let mut ids = Vec::new();
         for a in ["orch", "sub", "leaf"] {
             let jt = cli(&data, &["agent", "join-token", a]);
@@ -244,6 +243,9 @@ fn main() {
             ids.push(v["identity_token"].as_str().unwrap().to_owned());
         }
         let (orch, sub, leaf) = (&ids[0], &ids[1], &ids[2]);
+        // Opened now: a connection idle while the agents attest would meet
+        // the listener's idle limit.
+        let mut c = Conn::open(api).await;
         let (s, b) = c
             .post(
                 "/oauth2/token",
@@ -300,6 +302,8 @@ fn main() {
             rows.push(("same subject", conns, r));
         }
 
+        // A fresh connection: `c` sat idle through the load runs.
+        let mut c = Conn::open(api).await;
         let revocation = revocation_latency(&data, &mut c, &t1, sub, leaf).await;
         (rows, revocation, t2, leaf.clone(), t3)
     });

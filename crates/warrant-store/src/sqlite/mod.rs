@@ -1071,6 +1071,16 @@ impl Store for SqliteStore {
                      SELECT task FROM tree"
                 );
                 let all: Vec<String> = all_rows(ctx.conn, &sql, [key], |r| r.get(0))?;
+                // An id that names no task is a mistake to report, not a
+                // revocation that succeeded (instances and agents are checked
+                // below, since they can be revoked before they hold a task).
+                let none = |what: &'static str| StoreError::NotFound { what, name: key.clone() };
+                match &target {
+                    RevokeTarget::Jti(_) if all.is_empty() => return Err(none("task token")),
+                    RevokeTarget::Task(_) if all.is_empty() => return Err(none("task")),
+                    RevokeTarget::Txn(_) if all.is_empty() => return Err(none("transaction")),
+                    _ => {}
+                }
                 let mut revoked = Vec::new();
                 {
                     let mut st = ctx

@@ -8,8 +8,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const BIN: &str = env!("CARGO_BIN_EXE_warrant");
+/// The binary under test: this build's, or `WARRANT_BENCH_BIN` (another
+/// build of the same CLI, to measure before and after a change in one run).
+pub fn bin() -> String {
+    std::env::var("WARRANT_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_warrant").to_owned())
+}
 
 /// A free loopback address.
 pub fn free_addr() -> SocketAddr {
@@ -41,7 +44,7 @@ pub fn pin_self(core: u32) {
 
 /// Runs the CLI against the broker in `data`; its trimmed stdout.
 pub fn cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(args)
         .env("WARRANT_DATA_DIR", data)
         .output()
@@ -59,10 +62,10 @@ pub fn cli(data: &Path, args: &[&str]) -> String {
 pub fn serve(data: &Path, api: SocketAddr, edge: SocketAddr, extra: &[&str], pin: bool) -> Child {
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
-        c.args(["-c", "0", BIN]);
+        c.args(["-c", "0", &bin()]);
         c
     } else {
-        Command::new(BIN)
+        Command::new(bin())
     };
     let child = cmd
         .arg("serve")

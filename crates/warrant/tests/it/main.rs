@@ -10,6 +10,7 @@ mod delegation;
 mod interop;
 mod keys;
 mod mcp;
+mod operator;
 mod policy;
 mod proxy;
 mod quickstart;
