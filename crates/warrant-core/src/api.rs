@@ -306,6 +306,10 @@ pub struct PolicyCheck {
     /// For `http:request`: host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// For `mcp:call_tool`: the call's arguments (a JSON object), typed by
+    /// the broker's pinned definition of the tool, as the gateway does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The answer to a policy check.

@@ -366,7 +366,8 @@ pub enum AuditCmd {
     /// Print the delegation tree of a transaction: user, agents, every token
     /// issued and every decision.
     Trace {
-        /// The transaction id (`txn_...`).
+        /// The transaction id (`txn_...`), or the id of any task in it
+        /// (`tsk_...`).
         txn: String,
     },
 }
@@ -441,4 +442,8 @@ pub struct PolicyCheckArgs {
     /// For http:request: upstream host.
     #[arg(long)]
     pub host: Option<String>,
+    /// For mcp:call_tool: the call's arguments, a JSON object, e.g.
+    /// '{"path": "/etc/passwd"}'.
+    #[arg(long)]
+    pub arguments: Option<String>,
 }

@@ -153,7 +153,12 @@ impl AdminClient {
         {
             message.push_str("; set WARRANT_ADMIN_TOKEN (create one with `warrant admin-token create --role ...` on the broker's host)");
         }
-        Err(anyhow!(message))
+        Err(ApiFailure {
+            status: status.as_u16(),
+            code: err.error,
+            message,
+        }
+        .into())
     }
 
     /// GET a JSON resource.
@@ -228,7 +233,37 @@ impl std::fmt::Display for NoBroker {
 
 impl std::error::Error for NoBroker {}
 
+/// The broker refused or failed a request: its HTTP status, machine-readable
+/// code and message (`--output json` prints all three).
+#[derive(Debug)]
+pub struct ApiFailure {
+    /// The HTTP status.
+    pub status: u16,
+    /// The broker's error code (`not_found`, `invalid_request`, ...).
+    pub code: String,
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
 fn socket_error(path: &Path, e: &std::io::Error) -> anyhow::Error {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        return NoBroker(format!(
+            "the data directory `{}` does not exist; name the one `warrant serve` uses with --data-dir or WARRANT_DATA_DIR, or use --url with WARRANT_ADMIN_TOKEN",
+            dir.display()
+        ))
+        .into();
+    }
     match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => NoBroker(format!(
             "cannot reach the broker: no admin socket at `{}`; start it with `warrant serve` (using the same --data-dir / WARRANT_DATA_DIR), or use --url with WARRANT_ADMIN_TOKEN",

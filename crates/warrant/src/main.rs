@@ -32,11 +32,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let output = cli.output;
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(output, &e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints an error to stderr: a line of text, or with `--output json`
+/// `{"error": {"code", "status", "message"}}` (status only when the broker
+/// answered; code `no_broker` when it could not be reached, `cli` for the
+/// CLI's own errors).
+fn report(output: cli::Output, e: &anyhow::Error) {
+    if output != cli::Output::Json {
+        eprintln!("error: {e:#}");
+        return;
+    }
+    let (code, status) = if let Some(f) = e.downcast_ref::<client::ApiFailure>() {
+        (f.code.as_str(), Some(f.status))
+    } else if e.is::<client::NoBroker>() {
+        ("no_broker", None)
+    } else {
+        ("cli", None)
+    };
+    let body = serde_json::json!({
+        "error": { "code": code, "status": status, "message": format!("{e:#}") }
+    });
+    eprintln!("{body}");
 }

@@ -765,11 +765,16 @@ async fn list_audit(
 async fn trace_audit(
     State(state): State<AppState>,
     _: Reader,
-    Path(txn): Path<String>,
+    Path(id): Path<String>,
 ) -> ApiResult<Json<warrant_core::api::AuditTrace>> {
-    if txn.is_empty() || txn.len() > 128 || txn.chars().any(char::is_control) {
-        return Err(ApiError::invalid("the transaction id is not valid"));
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        return Err(ApiError::invalid("the transaction or task id is not valid"));
     }
+    // A task id traces the whole transaction it belongs to.
+    let txn = match state.store.get_task(&id).await? {
+        Some(task) => task.txn,
+        None => id,
+    };
     let tasks = state.store.tasks_of_txn(&txn).await?;
     let records = state
         .store
@@ -781,7 +786,7 @@ async fn trace_audit(
         .await?;
     if tasks.is_empty() && records.is_empty() {
         return Err(ApiError::not_found(format!(
-            "no transaction `{}`; `warrant audit list --event token` shows recent grants and their txn",
+            "no transaction or task `{}`; `warrant audit list --event token` shows recent grants with their task and txn",
             shown(&txn, 100)
         )));
     }
@@ -1091,6 +1096,17 @@ async fn build_check(state: &AppState, req: PolicyCheck) -> ApiResult<DecisionRe
                 ));
             }
         }
+    }
+    match (action, req.arguments) {
+        (Action::McpCallTool, arguments) => {
+            context.arguments = Some(arguments.unwrap_or_default());
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "--arguments applies to mcp:call_tool checks only",
+            ));
+        }
+        (_, None) => {}
     }
     Ok(DecisionRequest {
         principal: Principal {

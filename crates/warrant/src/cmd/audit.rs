@@ -129,6 +129,8 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Resu
                             e.decision.to_string(),
                             safe(e.agent.as_deref().unwrap_or("-")),
                             safe(e.actor.as_deref().unwrap_or("-")),
+                            safe(e.task.as_deref().unwrap_or("-")),
+                            safe(e.txn.as_deref().unwrap_or("-")),
                             safe(
                                 &format!("{what} {}", e.reasons.join("; "))
                                     .trim()
@@ -141,7 +143,8 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Resu
                     .collect();
                 table(
                     &[
-                        "SEQ", "TIME", "EVENT", "DECISION", "AGENT", "ACTOR", "DETAIL",
+                        "SEQ", "TIME", "EVENT", "DECISION", "AGENT", "ACTOR", "TASK", "TXN",
+                        "DETAIL",
                     ],
                     &rows,
                 );

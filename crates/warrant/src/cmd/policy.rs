@@ -164,6 +164,16 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
             emit(cli.output, &s, print_status)?;
         }
         PolicyCmd::Check(a) => {
+            let arguments = match &a.arguments {
+                None => None,
+                Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
+                    Ok(serde_json::Value::Object(m)) => Some(m),
+                    Ok(_) => anyhow::bail!(
+                        "--arguments must be a JSON object, e.g. '{{\"path\": \"/tmp/x\"}}'"
+                    ),
+                    Err(e) => anyhow::bail!("--arguments is not JSON: {e}"),
+                },
+            };
             let req = PolicyCheck {
                 agent: a.agent.clone(),
                 instance: a.instance.clone(),
@@ -180,6 +190,7 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                 method: a.method.clone(),
                 path: a.path.clone(),
                 host: a.host.clone(),
+                arguments,
             };
             let r: PolicyCheckResult = client(cli)?.post("/policy/check", &req).await?;
             emit(cli.output, &r, |r| {

@@ -91,8 +91,8 @@ fn content(r: &Value) -> &str {
         .unwrap_or_else(|| panic!("no text in {r}"))
 }
 
-struct Setup {
-    w: World,
+pub struct Setup {
+    pub w: World,
     _remote: HttpServer,
     dir: tempfile::TempDir,
     orch: String,
@@ -193,7 +193,7 @@ impl Setup {
     }
 }
 
-fn setup() -> Setup {
+pub fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let remote = HttpServer::start();
     let python = python();

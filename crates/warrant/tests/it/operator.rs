@@ -24,8 +24,14 @@ fn revoking_an_id_that_matches_nothing_fails_and_says_so() {
             "{flag}: {}",
             r.stderr
         );
+        // With --output json the error is JSON too, on stderr.
         let j = b.cli(&["revoke", flag, id, "--output", "json"]);
         assert_ne!(j.code, 0);
+        assert_eq!(j.stdout, "");
+        let e: serde_json::Value = serde_json::from_str(&j.stderr).unwrap();
+        assert_eq!(e["error"]["code"], "not_found", "{e}");
+        assert_eq!(e["error"]["status"], 404, "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(id), "{e}");
     }
     let records = audit(&b, Some("admin.revoke"));
     assert_eq!(records.len(), before + 10, "every attempt is recorded");
@@ -72,4 +78,136 @@ fn an_expired_identity_token_says_it_expired() {
     let d = r.json()["error_description"].as_str().unwrap().to_owned();
     assert!(d.contains("expired"), "{d}");
     assert!(!d.contains("audience"), "{d}");
+}
+
+/// A data directory that does not exist is named as such, in text and in
+/// JSON, rather than as a broker that is not running.
+#[test]
+fn a_missing_data_directory_says_so() {
+    let out = std::process::Command::new(crate::bin())
+        .args(["agent", "list", "--data-dir", "/nonexistent/warrant-data"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the data directory `/nonexistent/warrant-data` does not exist"),
+        "{err}"
+    );
+    let out = std::process::Command::new(crate::bin())
+        .args([
+            "agent",
+            "list",
+            "--data-dir",
+            "/nonexistent/warrant-data",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(e["error"]["code"], "no_broker", "{e}");
+}
+
+/// `audit trace` takes a task id as well as a txn, and the human `audit
+/// list` shows each record's task and txn, as the trace's hint says.
+#[test]
+fn a_task_id_traces_its_transaction_and_the_list_shows_both() {
+    let w = world(4);
+    let orch = identity(&w.b, "orch");
+    let r = form(
+        &w.b,
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &orch),
+            ("scope", "tickets:read"),
+            ("audience", "https://tickets.example"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let claims = crate::jwt_claims(r.json()["access_token"].as_str().unwrap());
+    let (task, txn) = (
+        claims["task"].as_str().unwrap(),
+        claims["txn"].as_str().unwrap(),
+    );
+    let by_task =
+        w.b.cli(&["audit", "trace", task, "--output", "json"])
+            .json();
+    let by_txn = w.b.cli(&["audit", "trace", txn, "--output", "json"]).json();
+    assert_eq!(by_task["txn"], txn);
+    assert_eq!(by_task, by_txn);
+    let listed =
+        w.b.cli(&["audit", "list", "--event", "token"])
+            .ok()
+            .to_owned();
+    assert!(
+        listed.contains("TASK") && listed.contains("TXN"),
+        "{listed}"
+    );
+    assert!(listed.contains(task) && listed.contains(txn), "{listed}");
+    let none = w.b.cli(&["audit", "trace", "tsk_nothing"]);
+    assert_ne!(none.code, 0);
+    assert!(
+        none.stderr.contains("no transaction or task"),
+        "{}",
+        none.stderr
+    );
+}
+
+/// `policy check --arguments` decides a tool call with its arguments, typed
+/// by the broker's pinned definition, as the gateway would.
+#[test]
+fn policy_check_takes_a_tool_calls_arguments() {
+    let s = crate::mcp::setup();
+    let b = &s.w.b;
+    let check = |arguments: &str| {
+        b.cli(&[
+            "policy",
+            "check",
+            "--agent",
+            "orch",
+            "--action",
+            "mcp:call_tool",
+            "--resource",
+            r#"Tool::"files/read_file""#,
+            "--arguments",
+            arguments,
+        ])
+    };
+    let allowed = check(r#"{"path": "/srv/reports/q3.txt"}"#);
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+    assert!(allowed.stdout.starts_with("allow"), "{}", allowed.stdout);
+    assert!(
+        allowed.stdout.contains("reports-only"),
+        "{}",
+        allowed.stdout
+    );
+    let denied = check(r#"{"path": "/etc/passwd"}"#);
+    assert_ne!(denied.code, 0);
+    assert!(denied.stdout.starts_with("deny"), "{}", denied.stdout);
+    let none = check("{}");
+    assert!(none.stdout.starts_with("deny"), "{}", none.stdout);
+    for bad in ["[1]", "not json"] {
+        let r = check(bad);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("--arguments"), "{}", r.stderr);
+    }
+    let wrong = b.cli(&[
+        "policy",
+        "check",
+        "--agent",
+        "orch",
+        "--action",
+        "token:exchange",
+        "--resource",
+        r#"Audience::"https://x""#,
+        "--arguments",
+        "{}",
+    ]);
+    assert!(wrong.stderr.contains("mcp:call_tool"), "{}", wrong.stderr);
 }
