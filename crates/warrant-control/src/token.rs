@@ -580,29 +580,30 @@ impl TokenService {
             )
         })?;
         let c = &t.claims;
+        // The token is warrant's own from here: a refusal carries what it
+        // says, so the record names the agent, user, task and txn.
+        let refused = |why: String| UseError::Refused {
+            why,
+            claims: Box::new(c.clone()),
+        };
         if now.as_secs() >= c.exp {
-            return Err(UseError::Invalid(
-                "the task token has expired; get a new one".into(),
-            ));
+            return Err(refused("the task token has expired; get a new one".into()));
         }
         if now.as_secs() < c.nbf - 5 {
-            return Err(UseError::Invalid("the task token is not valid yet".into()));
+            return Err(refused("the task token is not valid yet".into()));
         }
         if !c.aud.iter().any(|a| a == audience) {
-            return Err(UseError::Invalid(format!(
+            return Err(refused(format!(
                 "the task token is not for this route: its audience does not include `{audience}`; exchange for a token with that audience"
             )));
         }
         if self.is_revoked(&c.task) {
-            return Err(UseError::Invalid(format!(
-                "task {} has been revoked",
-                c.task
-            )));
+            return Err(refused(format!("task {} has been revoked", c.task)));
         }
         let facts = match self.task_facts(&t).await {
             Ok(f) => f.clone(),
             Err(None) => {
-                return Err(UseError::Invalid(
+                return Err(refused(
                     "the task token's task is unknown to this broker".into(),
                 ));
             }
@@ -612,7 +613,7 @@ impl TokenService {
         // a disabled or deleted agent's delegation ends everywhere at once.
         let agent = match self.check_chain(c, facts.issued_ms).await {
             Ok(a) => a,
-            Err(ChainError::Refused(m)) => return Err(UseError::Invalid(m)),
+            Err(ChainError::Refused(m)) => return Err(refused(m)),
             Err(ChainError::Unavailable) => return Err(UseError::Unavailable),
         };
         let actor_id = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());

@@ -309,9 +309,20 @@ pub struct TaskUse {
 /// Why a task token is not accepted at the edge.
 #[derive(Debug, Clone)]
 pub enum UseError {
-    /// Missing, malformed, forged, expired, revoked, for another audience:
-    /// a 401 saying which.
+    /// Missing, malformed or forged (nothing in it can be believed): a 401
+    /// saying which.
     Invalid(String),
+    /// A token warrant issued (its signature verified) that may not be used
+    /// now: expired, not yet valid, for another audience, its task revoked
+    /// or unknown, an agent or instance of its chain no longer allowed. A
+    /// 401 saying which; what the token says attributes the refusal, so the
+    /// audit trail shows who kept trying.
+    Refused {
+        /// Why, for the caller and the record.
+        why: String,
+        /// What the token says.
+        claims: Box<TaskClaims>,
+    },
     /// The store could not be read.
     Unavailable,
 }

@@ -44,7 +44,7 @@ use super::config::{McpServerConfig, Transport};
 use super::stdio::{StdioUpstream, UpstreamError};
 use super::{Upstream, arguments_of};
 use crate::proxy::credential::Providers;
-use crate::proxy::{add_detail, describe, task_request};
+use crate::proxy::{add_detail, attribute, describe, task_request};
 use crate::services::{AuditUnavailable, EdgeServices};
 
 /// Handshake revisions the gateway speaks, newest first.
@@ -52,8 +52,6 @@ pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-
 /// The stateless revision: no handshake, no session; every request carries
 /// its revision in `_meta` and the `MCP-Protocol-Version` header.
 pub const MODERN_VERSION: &str = "2026-07-28";
-/// JSON-RPC: a header disagrees with the body (2026-07-28).
-const HEADER_MISMATCH: i64 = -32020;
 /// How long a tool listing is used before the upstream is asked again.
 const TOOLS_TTL: Duration = Duration::from_secs(30);
 /// The most open sessions.
@@ -69,8 +67,11 @@ const MAX_SESSIONS_PER_INSTANCE: usize = 256;
 /// instances open no more until some end, so no agent can crowd the others
 /// out, and no instance ends another's sessions.
 const MAX_SESSIONS_PER_AGENT: usize = 2048;
-/// JSON-RPC: the request was refused by policy (warrant's own code).
-pub const REFUSED: i64 = -32003;
+pub use super::message::code::REFUSED;
+use super::message::code::{
+    HEADER_MISMATCH, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
+    SESSION_NOT_FOUND,
+};
 
 /// What the gateway is built from.
 #[allow(missing_debug_implementations)]
@@ -639,6 +640,12 @@ impl Gateway {
             Err(UseError::Invalid(m)) => {
                 return self.refuse_http(event, server, unauthorized(m, true)).await;
             }
+            Err(UseError::Refused { why, claims }) => {
+                let event = attribute(event, &claims);
+                return self
+                    .refuse_http(event, server, unauthorized(why, true))
+                    .await;
+            }
             Err(UseError::Unavailable) => {
                 let e = HttpRefusal {
                     status: StatusCode::SERVICE_UNAVAILABLE,
@@ -785,7 +792,7 @@ impl Gateway {
                         &method,
                         &id,
                         RpcRefusal::invalid(
-                            -32600,
+                            INVALID_REQUEST,
                             "2026-07-28 has no initialize; send requests directly".into(),
                         ),
                     )
@@ -810,7 +817,7 @@ impl Gateway {
         }
         if method == "server/discover" {
             return self
-                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32601, "server/discover is for MCP 2026-07-28: send it with `MCP-Protocol-Version: 2026-07-28`, or use initialize".into()))
+                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(METHOD_NOT_FOUND, "server/discover is for MCP 2026-07-28: send it with `MCP-Protocol-Version: 2026-07-28`, or use initialize".into()))
                 .await;
         }
         // A later request names the revision its session agreed on.
@@ -823,7 +830,13 @@ impl Gateway {
                 SUPPORTED_VERSIONS.join(", ")
             );
             let mut resp = self
-                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(-32600, m))
+                .refuse_rpc(
+                    event,
+                    server,
+                    &method,
+                    &id,
+                    RpcRefusal::invalid(INVALID_REQUEST, m),
+                )
                 .await;
             *resp.status_mut() = StatusCode::BAD_REQUEST;
             return resp;
@@ -838,7 +851,7 @@ impl Gateway {
                         &method,
                         &id,
                         RpcRefusal::invalid(
-                            -32600,
+                            INVALID_REQUEST,
                             "send `initialize` first, then its Mcp-Session-Id with every request"
                                 .into(),
                         ),
@@ -853,7 +866,7 @@ impl Gateway {
                             &method,
                             &id,
                             RpcRefusal::invalid(
-                                -32001,
+                                SESSION_NOT_FOUND,
                                 "session not found; send `initialize` again".into(),
                             ),
                         )
@@ -917,7 +930,7 @@ impl Gateway {
                     &call.s.cfg.name,
                     other,
                     call.id,
-                    RpcRefusal::invalid(-32601, m),
+                    RpcRefusal::invalid(METHOD_NOT_FOUND, m),
                 )
                 .await
             }
@@ -1025,7 +1038,7 @@ impl Gateway {
             SUPPORTED_VERSIONS[0]
         };
         let Ok(sid) = warrant_host::random::hex_id(16) else {
-            return rpc_error(id, -32603, "cannot make a session id".into(), None);
+            return rpc_error(id, INTERNAL_ERROR, "cannot make a session id".into(), None);
         };
         let now = Timestamp::now().as_secs();
         let opened = match self.sessions.lock() {
@@ -1091,7 +1104,10 @@ impl Gateway {
                     server,
                     "initialize",
                     id,
-                    RpcRefusal::invalid(-32603, "too many open sessions; try again later".into()),
+                    RpcRefusal::invalid(
+                        INTERNAL_ERROR,
+                        "too many open sessions; try again later".into(),
+                    ),
                 )
                 .await;
         }
@@ -1290,7 +1306,7 @@ impl Gateway {
                         server,
                         "tools/call",
                         id,
-                        RpcRefusal::invalid(-32602, "`arguments` must be an object".into()),
+                        RpcRefusal::invalid(INVALID_PARAMS, "`arguments` must be an object".into()),
                     )
                     .await;
             }
@@ -1360,7 +1376,7 @@ impl Gateway {
                     server,
                     "tools/call",
                     id,
-                    RpcRefusal::invalid(-32602, m),
+                    RpcRefusal::invalid(INVALID_PARAMS, m),
                 )
                 .await;
         }
@@ -1539,6 +1555,6 @@ fn upstream_refusal(e: &UpstreamError) -> RpcRefusal {
         UpstreamError::Refused(m) => {
             RpcRefusal::denied(m.clone(), json!({ "refused_by": "credential" }))
         }
-        other => RpcRefusal::invalid(-32603, other.to_string()),
+        other => RpcRefusal::invalid(INTERNAL_ERROR, other.to_string()),
     }
 }

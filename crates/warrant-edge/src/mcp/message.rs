@@ -6,6 +6,27 @@
 
 use serde_json::Value;
 
+/// JSON-RPC error codes the gateway answers with (JSON-RPC 2.0 §5.1, the
+/// MCP specification, and warrant's own).
+pub mod code {
+    /// The body is not JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// JSON, but not a JSON-RPC request this gateway accepts.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method (or not in this protocol revision).
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// The method's params are wrong.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The gateway or the upstream failed.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// MCP: the session id names no open session.
+    pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// warrant: refused by policy (or the tool is held for approval).
+    pub const REFUSED: i64 = -32003;
+    /// MCP 2026-07-28: a header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+}
+
 /// What the agent sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
@@ -52,11 +73,11 @@ pub fn read(bytes: &[u8]) -> Result<Message, Invalid> {
         } else {
             "parse error: the body is not JSON"
         };
-        invalid(-32700, why, Value::Null)
+        invalid(code::PARSE_ERROR, why, Value::Null)
     })?;
     if msg.is_array() {
         return Err(invalid(
-            -32600,
+            code::INVALID_REQUEST,
             "batches are not supported: send one JSON-RPC message per request",
             Value::Null,
         ));
@@ -69,7 +90,7 @@ pub fn read(bytes: &[u8]) -> Result<Message, Invalid> {
             return Ok(Message::Response);
         }
         return Err(invalid(
-            -32600,
+            code::INVALID_REQUEST,
             "not a JSON-RPC 2.0 request",
             id.unwrap_or(Value::Null),
         ));
@@ -85,7 +106,7 @@ pub fn read(bytes: &[u8]) -> Result<Message, Invalid> {
                 .unwrap_or_else(|| Value::Object(serde_json::Map::new())),
         }),
         Some(_) => Err(invalid(
-            -32600,
+            code::INVALID_REQUEST,
             "a request's id must be a string or a number",
             Value::Null,
         )),

@@ -305,7 +305,10 @@ impl UpstreamError {
     /// A JSON-RPC `error` object from the upstream.
     pub fn from_rpc(e: &Value) -> Self {
         Self::Rpc {
-            code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+            code: e
+                .get("code")
+                .and_then(Value::as_i64)
+                .unwrap_or(super::message::code::INTERNAL_ERROR),
             message: e
                 .get("message")
                 .and_then(Value::as_str)

@@ -307,6 +307,15 @@ impl ProxyService {
                     )
                     .await;
             }
+            Err(UseError::Refused { why, claims }) => {
+                return self
+                    .refuse(
+                        attribute(event, &claims),
+                        Refusal::unauthorized(why, self.metadata_url(route)),
+                        &route.name,
+                    )
+                    .await;
+            }
             Err(UseError::Unavailable) => {
                 let e = Refusal::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -918,10 +927,18 @@ pub(crate) fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
 }
 
 pub(crate) fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
-    let c = &t.claims;
-    let mut e = event
+    attribute(event, &t.claims)
         .agent(t.agent.name.to_string())
         .instance(t.instance.clone())
+}
+
+/// What a task token warrant issued says about who acts for whom: the
+/// user, task, txn, scope and chain, and the acting agent and instance
+/// named by its SPIFFE ID. For the record of a use refused after the token
+/// verified (expired, revoked, an agent disabled), so a trace shows who
+/// kept trying.
+pub(crate) fn attribute(event: AuditEvent, c: &warrant_core::task::TaskClaims) -> AuditEvent {
+    let mut e = event
         .user(c.sub.clone())
         .task(c.task.clone())
         .txn(c.txn.clone())
@@ -932,6 +949,15 @@ pub(crate) fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
         .as_ref()
         .map(|a| a.chain().into_iter().map(str::to_owned).collect())
         .unwrap_or_default();
+    // `spiffe://<domain>/agent/<name>/<instance>` of the current actor (or
+    // of the agent itself when it acts for itself).
+    let actor = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
+    if let Some(rest) = actor.strip_prefix("spiffe://")
+        && let Some((_, path)) = rest.split_once("/agent/")
+        && let Some((name, instance)) = path.split_once('/')
+    {
+        e = e.agent(name.to_owned()).instance(instance.to_owned());
+    }
     e
 }
 

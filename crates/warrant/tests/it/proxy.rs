@@ -789,6 +789,29 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("revoked"), "{}", r.body);
     assert_eq!(up.seen().len(), n);
+    // The refusal keeps its attribution: a trace of the task shows the
+    // agent kept trying after the revocation.
+    let claims = jwt_claims(&token);
+    let refused = audit(&w.b, Some("proxy.request"))
+        .into_iter()
+        .rev()
+        .find(|r| r["decision"] == "deny")
+        .unwrap();
+    assert_eq!(refused["task"], task, "{refused}");
+    assert_eq!(refused["txn"], claims["txn"], "{refused}");
+    assert_eq!(refused["agent"], "orch", "{refused}");
+    assert_eq!(refused["user"], claims["sub"], "{refused}");
+    let trace =
+        w.b.cli(&["audit", "trace", &task, "--output", "json"])
+            .json();
+    assert!(
+        trace["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "proxy.request" && r["decision"] == "deny"),
+        "{trace}"
+    );
 }
 
 #[test]
