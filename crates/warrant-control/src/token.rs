@@ -485,9 +485,9 @@ impl TokenService {
         // refusal names the first check that failed: a token for another
         // audience says so; one for the broker that expired says it expired.
         let token_endpoint = format!("{}/oauth2/token", self.issuer);
-        let audience = if names_audience(&v.claims, &token_endpoint) {
+        let audience = if jwt::names_audience(&v.claims, &token_endpoint) {
             token_endpoint.as_str()
-        } else if names_audience(&v.claims, &self.issuer) {
+        } else if jwt::names_audience(&v.claims, &self.issuer) {
             &*self.issuer
         } else {
             return Err(OAuthError::invalid_grant(format!(
@@ -1473,15 +1473,6 @@ fn created_after(agent: &Agent, jti: &str, iat: i64) -> bool {
         _ => iat.saturating_add(1).saturating_mul(1000) - 1,
     };
     agent.created_at.as_millis() > issued_ms
-}
-
-/// Whether a token's `aud` (a string or an array) names `audience`.
-fn names_audience(claims: &Map<String, Value>, audience: &str) -> bool {
-    match claims.get("aud") {
-        Some(Value::String(a)) => a == audience,
-        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(audience)),
-        _ => false,
-    }
 }
 
 /// The most groups a user token may name.

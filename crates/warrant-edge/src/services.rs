@@ -158,6 +158,13 @@ pub struct EdgeServices {
     pub issuer: Arc<str>,
     /// The edge's own URL, for resource metadata.
     pub edge_url: String,
-    /// `Host` values the edge answers to.
+    /// `Host` values the edge answers to (compared without case).
     pub edge_hosts: Vec<String>,
+}
+
+impl EdgeServices {
+    /// Whether `host` (a `Host` header) names the edge listener.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.edge_hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
 }

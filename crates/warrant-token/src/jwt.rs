@@ -534,6 +534,16 @@ fn num(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>, JwtError>
     }
 }
 
+/// Whether a token's `aud` (a string or an array of strings) names
+/// `audience`.
+pub fn names_audience(claims: &Map<String, Value>, audience: &str) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(a)) => a == audience,
+        Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(audience)),
+        _ => false,
+    }
+}
+
 impl Expect<'_> {
     /// Checks `iss`, `aud`, `exp` (required), `nbf` and `iat`.
     pub fn check(&self, claims: &Map<String, Value>) -> Result<(), JwtError> {
@@ -545,12 +555,7 @@ impl Expect<'_> {
                 self.issuer
             )));
         }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => a == self.audience,
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(self.audience)),
-            _ => false,
-        };
-        if !aud_ok {
+        if !names_audience(claims, self.audience) {
             return Err(JwtError::Claim(format!(
                 "the token's audience does not include `{}`",
                 self.audience

@@ -125,8 +125,6 @@ struct Binding {
 pub struct Gateway {
     servers: HashMap<String, Arc<Server>>,
     s: EdgeServices,
-    /// `Host` values the edge answers to, lower-cased.
-    edge_hosts: Vec<String>,
     // A std mutex: held only to look up, insert or remove.
     sessions: Mutex<HashMap<String, Binding>>,
     /// Orders sessions by when they were opened.
@@ -271,12 +269,6 @@ impl Gateway {
         }
         Ok(Self {
             servers,
-            edge_hosts: p
-                .services
-                .edge_hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
             s: p.services,
             sessions: Mutex::new(HashMap::new()),
             session_counter: std::sync::atomic::AtomicU64::new(0),
@@ -993,7 +985,7 @@ impl Gateway {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        if !self.edge_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        if !self.s.serves_host(host) {
             return Err(bad(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -1006,6 +998,7 @@ impl Gateway {
         if let Some(origin) = req.headers().get(header::ORIGIN) {
             let o = origin.to_str().unwrap_or("");
             let ours = self
+                .s
                 .edge_hosts
                 .iter()
                 .any(|h| o.eq_ignore_ascii_case(&format!("http://{h}")));

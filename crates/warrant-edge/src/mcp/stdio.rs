@@ -824,7 +824,7 @@ mod tests {
         }
     }
 
-    async fn secrets(_dir: &std::path::Path) -> Arc<dyn CredentialSource> {
+    fn secrets() -> Arc<dyn CredentialSource> {
         Arc::new(crate::testing::MemorySecrets::with(&[(
             "files-key",
             b"files-key-0123456789",
@@ -842,12 +842,11 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_supervised_child_gets_its_secret_and_comes_back_after_a_crash() {
-        let dir = tempfile::tempdir().unwrap();
         let env = vec![(
             "FILES_API_KEY".to_owned(),
             EnvValue::Secret(SecretName::new("files-key").unwrap()),
         )];
-        let up = StdioUpstream::new("files", spec(env), secrets(dir.path()).await);
+        let up = StdioUpstream::new("files", spec(env), secrets());
 
         let tools = up.call("tools/list", json!({}), T).await.unwrap();
         let names: Vec<&str> = tools["tools"]
@@ -963,7 +962,7 @@ for line in sys.stdin:
         .unwrap();
         let mut s = spec(Vec::new());
         s.args = vec![script.display().to_string()];
-        let up = StdioUpstream::new("n", s, secrets(dir.path()).await);
+        let up = StdioUpstream::new("n", s, secrets());
         up.call("tools/list", json!({}), T).await.unwrap();
         let before = up.generation();
         up.call("tools/list", json!({}), T).await.unwrap();
@@ -976,8 +975,7 @@ for line in sys.stdin:
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_secret_or_program_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = secrets(dir.path()).await;
+        let s = secrets();
         let env = vec![(
             "FILES_API_KEY".to_owned(),
             EnvValue::Secret(SecretName::new("absent").unwrap()),

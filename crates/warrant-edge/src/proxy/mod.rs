@@ -43,7 +43,7 @@ use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, Effect, HttpFacts, Principal, Resource, UserRef,
 };
-use warrant_core::task::{TaskUse, UseError};
+use warrant_core::task::{TaskClaims, TaskUse, UseError};
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
@@ -81,8 +81,6 @@ pub struct ProxyParts {
 pub struct ProxyService {
     routes: HashMap<String, RouteState>,
     s: EdgeServices,
-    /// `Host` values this listener answers to, lower-cased.
-    edge_hosts: Vec<String>,
     /// Permits for completion records not yet written: a writer that falls
     /// behind slows the edge down instead of queueing records without bound.
     pending_records: Arc<tokio::sync::Semaphore>,
@@ -195,12 +193,6 @@ impl ProxyService {
         }
         Ok(Self {
             routes,
-            edge_hosts: p
-                .services
-                .edge_hosts
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect(),
             s: p.services,
             pending_records: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
         })
@@ -511,7 +503,7 @@ impl ProxyService {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        if !self.edge_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        if !self.s.serves_host(host) {
             return bad(format!(
                 "the Host header `{}` does not name this edge listener; the upstream is chosen by the route, never by Host (add names the edge is reached by to `edge_hosts` in warrant.toml)",
                 shown(host, 100)
@@ -927,7 +919,7 @@ pub(crate) fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
 }
 
 pub(crate) fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
-    attribute(event, &t.claims)
+    for_whom(event, &t.claims)
         .agent(t.agent.name.to_string())
         .instance(t.instance.clone())
 }
@@ -937,7 +929,22 @@ pub(crate) fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
 /// named by its SPIFFE ID. For the record of a use refused after the token
 /// verified (expired, revoked, an agent disabled), so a trace shows who
 /// kept trying.
-pub(crate) fn attribute(event: AuditEvent, c: &warrant_core::task::TaskClaims) -> AuditEvent {
+pub(crate) fn attribute(event: AuditEvent, c: &TaskClaims) -> AuditEvent {
+    let mut e = for_whom(event, c);
+    // `spiffe://<domain>/agent/<name>/<instance>` of the current actor (or
+    // of the agent itself when it acts for itself).
+    let actor = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
+    if let Some(rest) = actor.strip_prefix("spiffe://")
+        && let Some((_, path)) = rest.split_once("/agent/")
+        && let Some((name, instance)) = path.split_once('/')
+    {
+        e = e.agent(name.to_owned()).instance(instance.to_owned());
+    }
+    e
+}
+
+/// The user, task, txn, scope, parent and chain a task token names.
+fn for_whom(event: AuditEvent, c: &TaskClaims) -> AuditEvent {
     let mut e = event
         .user(c.sub.clone())
         .task(c.task.clone())
@@ -949,15 +956,6 @@ pub(crate) fn attribute(event: AuditEvent, c: &warrant_core::task::TaskClaims) -
         .as_ref()
         .map(|a| a.chain().into_iter().map(str::to_owned).collect())
         .unwrap_or_default();
-    // `spiffe://<domain>/agent/<name>/<instance>` of the current actor (or
-    // of the agent itself when it acts for itself).
-    let actor = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
-    if let Some(rest) = actor.strip_prefix("spiffe://")
-        && let Some((_, path)) = rest.split_once("/agent/")
-        && let Some((name, instance)) = path.split_once('/')
-    {
-        e = e.agent(name.to_owned()).instance(instance.to_owned());
-    }
     e
 }
 
