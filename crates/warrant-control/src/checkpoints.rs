@@ -42,7 +42,8 @@ pub async fn make(
     keys: &KeyService,
     issuer: &str,
 ) -> Result<Option<Checkpoint>, String> {
-    use std::sync::{Mutex, OnceLock};
+    use parking_lot::Mutex;
+    use std::sync::OnceLock;
     // What this broker signed last: never read back from the store, where
     // anyone who can write it could put a row that looks newer.
     static LAST: OnceLock<Mutex<Option<Checkpoint>>> = OnceLock::new();
@@ -59,8 +60,7 @@ pub async fn make(
     };
     if let Some(cp) = last
         .lock()
-        .ok()
-        .and_then(|l| l.clone())
+        .clone()
         .filter(|c| c.seq == seq && c.hash == hash)
     {
         return Ok(Some(cp));
@@ -85,7 +85,8 @@ pub async fn make(
         .add_checkpoint(cp.clone())
         .await
         .map_err(|e| e.to_string())?;
-    if let Ok(mut l) = last.lock() {
+    {
+        let mut l = last.lock();
         *l = Some(cp.clone());
     }
     Ok(Some(cp))

@@ -214,7 +214,7 @@ pub struct PolicyService {
     /// The pinned MCP tools' argument attributes, which type
     /// `context.arguments` per tool. A std lock: read or replaced, never
     /// held across an await.
-    tools: std::sync::RwLock<ToolArguments>,
+    tools: parking_lot::RwLock<ToolArguments>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -251,7 +251,7 @@ impl PolicyService {
             reload_lock: tokio::sync::Mutex::new(()),
             store,
             metrics,
-            tools: std::sync::RwLock::new(tools),
+            tools: parking_lot::RwLock::new(tools),
         })
     }
 
@@ -301,7 +301,8 @@ impl PolicyService {
         // INVARIANT (audit before effect).
         self.record(event).await?;
         log_tool_problems(&policies);
-        if let Ok(mut t) = self.tools.write() {
+        {
+            let mut t = self.tools.write();
             *t = tools;
         }
         let loaded = Arc::new(Loaded {
@@ -314,7 +315,7 @@ impl PolicyService {
 
     /// The MCP tools' argument attributes in force.
     pub fn tools(&self) -> ToolArguments {
-        self.tools.read().map(|a| a.clone()).unwrap_or_default()
+        self.tools.read().clone()
     }
 
     async fn record(&self, event: AuditEvent) -> Result<(), StoreError> {

@@ -21,8 +21,9 @@
 //! instance), so a compromised agent cannot fill the disk with denials
 //! either, and its flood is still on record with its count.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -135,7 +136,8 @@ impl RefusalLog {
     /// `None` is returned.
     pub fn admit(&self, event: AuditEvent) -> Option<AuditEvent> {
         let source = address(event.source.as_deref());
-        if let Ok(mut w) = self.window.lock() {
+        {
+            let mut w = self.window.lock();
             let n = w.individual.get(&source).copied().unwrap_or(0);
             let tracked = w.individual.len() < 4096 || n > 0;
             if n < PER_SOURCE && w.individual_total < GLOBAL && tracked {
@@ -160,7 +162,8 @@ impl RefusalLog {
             (None, None, Some(a)) => format!("agent:{a}"),
             (None, None, None) => return self.admit(event),
         };
-        if let Ok(mut w) = self.window.lock() {
+        {
+            let mut w = self.window.lock();
             let n = w.known.get(&who).copied().unwrap_or(0);
             if n < PER_INSTANCE && (w.known.len() < 4096 || n > 0) {
                 w.known.insert(who, n + 1);
@@ -185,9 +188,7 @@ impl RefusalLog {
             event: event.event.chars().take(64).collect(),
             code: code(&event),
         };
-        let Ok(mut w) = self.window.lock() else {
-            return;
-        };
+        let mut w = self.window.lock();
         let full = w.entries.len() >= MAX_KEYS;
         match w.entries.get_mut(&key) {
             Some(e) => {
@@ -228,10 +229,7 @@ impl RefusalLog {
 
     /// Writes the records of the window so far.
     pub async fn flush(&self) {
-        let taken = match self.window.lock() {
-            Ok(mut w) => std::mem::take(&mut *w),
-            Err(_) => return,
-        };
+        let taken = std::mem::take(&mut *self.window.lock());
         self.metrics
             .refusals_aggregated
             .inc_by(taken.entries.values().map(|e| e.count).sum::<u64>() + taken.overflow);

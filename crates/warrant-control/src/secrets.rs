@@ -9,8 +9,9 @@
 //! sees another's rotation within that time. Nothing here logs a value, and
 //! every error names the secret, never its contents.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warrant_core::api::SecretInfo;
@@ -98,7 +99,8 @@ impl SecretService {
     }
 
     fn forget(&self, key: &Key) {
-        if let Ok(mut c) = self.cache.write() {
+        {
+            let mut c = self.cache.write();
             c.remove(key);
         }
     }
@@ -190,7 +192,7 @@ impl SecretService {
 
     /// Every secret, never a value; last use as this broker knows it.
     pub async fn list(&self) -> Result<Vec<SecretInfo>, SecretError> {
-        let used = self.used.lock().map(|u| u.clone()).unwrap_or_default();
+        let used = self.used.lock().clone();
         Ok(self
             .store
             .list_secrets()
@@ -217,8 +219,8 @@ impl SecretService {
         let hit = self
             .cache
             .read()
-            .ok()
-            .and_then(|c| c.get(&key).cloned())
+            .get(&key)
+            .cloned()
             .filter(|(loaded, _)| loaded.elapsed() < CACHE_TTL)
             .map(|(_, r)| r);
         let resolved = match hit {
@@ -234,13 +236,15 @@ impl SecretService {
                     id: record.credential_id(),
                     value,
                 });
-                if let Ok(mut c) = self.cache.write() {
+                {
+                    let mut c = self.cache.write();
                     c.insert(key.clone(), (Instant::now(), r.clone()));
                 }
                 r
             }
         };
-        if let Ok(mut u) = self.used.lock() {
+        {
+            let mut u = self.used.lock();
             u.insert(key, Timestamp::now());
         }
         Ok(Some(resolved))
@@ -248,10 +252,12 @@ impl SecretService {
 
     /// Writes the last-use times gathered since the previous flush.
     pub async fn flush_used(&self) {
-        let used: Vec<_> = match self.used.lock() {
-            Ok(mut u) => u.drain().map(|((n, o), t)| (n, o, t)).collect(),
-            Err(_) => return,
-        };
+        let used: Vec<_> = self
+            .used
+            .lock()
+            .drain()
+            .map(|((n, o), t)| (n, o, t))
+            .collect();
         if let Err(e) = self.store.touch_secrets(used).await {
             tracing::warn!(error = %e, "could not record when secrets were last used");
         }

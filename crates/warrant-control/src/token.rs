@@ -14,9 +14,10 @@
 //! store at start and updated after each revocation commits, so every use is
 //! checked in O(1).
 
+use parking_lot::RwLock;
 use std::collections::HashSet;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -336,13 +337,11 @@ impl TokenService {
 
     /// Whether a task is revoked already.
     pub fn is_revoked(&self, task: &str) -> bool {
-        self.revoked_tasks.read().map_or(true, |s| s.contains(task))
+        self.revoked_tasks.read().contains(task)
     }
 
     fn is_blocked(&self, instance: &str) -> bool {
-        self.blocked_instances
-            .read()
-            .map_or(true, |s| s.contains(instance))
+        self.blocked_instances.read().contains(instance)
     }
 
     /// The token endpoint.
@@ -1432,13 +1431,12 @@ impl TokenService {
             .store
             .revoke(target.clone(), Timestamp::now(), event)
             .await?;
-        if let Ok(mut set) = self.revoked_tasks.write() {
+        {
+            let mut set = self.revoked_tasks.write();
             set.extend(revoked.iter().cloned());
         }
-        if let RevokeTarget::Instance(i) = &target
-            && let Ok(mut set) = self.blocked_instances.write()
-        {
-            set.insert(i.clone());
+        if let RevokeTarget::Instance(i) = &target {
+            self.blocked_instances.write().insert(i.clone());
         }
         Ok(revoked)
     }
@@ -1447,7 +1445,8 @@ impl TokenService {
     /// re-enabled, which lifts its instances' blocks).
     pub async fn reload_blocks(&self) -> Result<(), StoreError> {
         let (_, instances) = self.store.revoked_state(Timestamp::now()).await?;
-        if let Ok(mut set) = self.blocked_instances.write() {
+        {
+            let mut set = self.blocked_instances.write();
             *set = instances.into_iter().collect();
         }
         Ok(())

@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use base64::Engine as _;
-use warrant_edge::proxy::redact::Redactor;
+use warrant_edge::redact::Redactor;
 
 const SIZE: usize = 4 << 20;
 const SECRET: &[u8] = b"sk-proj-4f9a1c2e7b5d8a0f3e6c9b2d";

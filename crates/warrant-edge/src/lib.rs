@@ -7,11 +7,21 @@
 //! [`services`]: it cannot sign an identity, read a key or write the store
 //! except through them. Deliberately not here: listeners and routers
 //! (warrant-server), token issuance and revocation (warrant-control).
+//!
+//! Module graph (no cycles): `proxy` and `mcp` each use the shared
+//! `boundary`, `refusal`, `task`, `credential`, `upstream` and `redact`
+//! modules and never each other.
 
+pub mod boundary;
+pub mod credential;
 pub mod mcp;
 pub mod metrics;
 pub mod proxy;
+pub mod redact;
+pub(crate) mod refusal;
 pub mod services;
+pub(crate) mod task;
+pub mod upstream;
 
 #[cfg(test)]
 mod testing;

@@ -68,7 +68,7 @@ pub struct Server {
     limits: Limits,
     permits: Arc<tokio::sync::Semaphore>,
     /// Open connections per peer uid (with `limits.per_user`).
-    users: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    users: Arc<parking_lot::Mutex<std::collections::HashMap<u32, usize>>>,
     graceful: GracefulShutdown,
     metrics: Arc<Metrics>,
 }
@@ -106,7 +106,7 @@ impl Server {
     {
         let user = match (uid, self.limits.per_user) {
             (Some(uid), Some(max)) => {
-                let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+                let mut users = self.users.lock();
                 let open = users.entry(uid).or_default();
                 if *open >= max {
                     drop(users);
@@ -179,13 +179,13 @@ impl Server {
 
 /// One open connection of a user, counted until it closes.
 struct UserSlot {
-    users: Arc<std::sync::Mutex<std::collections::HashMap<u32, usize>>>,
+    users: Arc<parking_lot::Mutex<std::collections::HashMap<u32, usize>>>,
     uid: u32,
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let mut users = self.users.lock();
         if let Some(n) = users.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {

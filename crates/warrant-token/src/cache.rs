@@ -12,8 +12,9 @@
 //! the caller to check on every use, hit or miss. Only tokens that verified
 //! are ever inserted, so a flood of forgeries cannot fill it.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use warrant_core::time::Timestamp;
 
@@ -52,7 +53,7 @@ impl<T> VerifiedCache<T> {
 
     /// How many tokens are held.
     pub fn len(&self) -> usize {
-        self.map.lock().map_or(0, |m| m.len())
+        self.map.lock().len()
     }
 
     /// True when nothing is held.
@@ -63,7 +64,7 @@ impl<T> VerifiedCache<T> {
     /// What was derived from `token` when it verified, if it has not expired
     /// at `now` and the key `kid` still verifies.
     pub fn get(&self, token: &str, keys: &VerifyingKeys, now: Timestamp) -> Option<Arc<T>> {
-        let mut map = self.map.lock().ok()?;
+        let mut map = self.map.lock();
         let e = map.get(token)?;
         if now.as_secs() < e.exp && keys.has_kid(&e.kid) {
             return Some(e.value.clone());
@@ -79,7 +80,7 @@ impl<T> VerifiedCache<T> {
         if exp <= now.as_secs() {
             return;
         }
-        let Ok(mut map) = self.map.lock() else { return };
+        let mut map = self.map.lock();
         if map.len() >= self.capacity && !map.contains_key(token) {
             map.retain(|_, e| e.exp > now.as_secs());
             if map.len() >= self.capacity {

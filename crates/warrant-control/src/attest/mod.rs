@@ -104,7 +104,7 @@ pub struct AttestService {
     refusals: Arc<crate::refusals::RefusalLog>,
     /// One-time proofs that a unix peer's next request is sent after the
     /// broker looked at it. A std mutex: held for a map operation only.
-    proofs: std::sync::Mutex<std::collections::HashMap<String, Proof>>,
+    proofs: parking_lot::Mutex<std::collections::HashMap<String, Proof>>,
 }
 
 /// What a proof was minted for.
@@ -212,7 +212,7 @@ impl AttestService {
             exe_hashes: unix::HashCache::default(),
             task_audiences: p.task_audiences.iter().map(|a| audience_key(a)).collect(),
             refusals: c.refusals,
-            proofs: std::sync::Mutex::new(std::collections::HashMap::new()),
+            proofs: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -303,7 +303,7 @@ impl AttestService {
         }
         let id = crate::random::hex_id(16).ok()?;
         let now = std::time::Instant::now();
-        let mut proofs = self.proofs.lock().ok()?;
+        let mut proofs = self.proofs.lock();
         proofs.retain(|_, p| p.expires > now);
         if proofs.len() >= MAX_PROOFS {
             return None;
@@ -325,7 +325,7 @@ impl AttestService {
     /// Spends a proof: whether it was minted, unexpired, for this same
     /// process running this same file.
     pub fn take_proof(&self, id: &str, peer: &unix::Peer) -> bool {
-        let Some(p) = self.proofs.lock().ok().and_then(|mut m| m.remove(id)) else {
+        let Some(p) = self.proofs.lock().remove(id) else {
             return false;
         };
         p.expires > std::time::Instant::now()

@@ -10,10 +10,10 @@
 //! `/proc/<pid>/exe` handle, i.e. the file the process runs, not whatever is at
 //! its path now.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
-use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 use warrant_core::identity::UnixFacts;
@@ -138,7 +138,8 @@ struct Hashing<'a> {
 
 impl Drop for Hashing<'_> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.set.lock() {
+        {
+            let mut s = self.set.lock();
             s.remove(&self.uid);
         }
     }
@@ -159,14 +160,14 @@ impl HashCache {
     ) -> Result<String, UnixError> {
         let m = file.metadata().map_err(|e| proc_error(pid, &e))?;
         let key = (m.dev(), m.ino(), m.size(), m.ctime(), m.ctime_nsec());
-        if let Some(h) = self.map.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        if let Some(h) = self.map.lock().get(&key).cloned() {
             return Ok(h);
         }
         if m.size() > MAX_EXE_BYTES {
             return Err(UnixError::TooLarge { bytes: m.size() });
         }
         {
-            let mut spent = self.spent.lock().map_err(|_| UnixError::Busy)?;
+            let mut spent = self.spent.lock();
             let now = std::time::Instant::now();
             let e = spent.entry(uid).or_insert((now, 0));
             if now.duration_since(e.0) >= std::time::Duration::from_secs(60) {
@@ -183,7 +184,7 @@ impl HashCache {
             }
         }
         let _slot = {
-            let mut set = self.hashing.lock().map_err(|_| UnixError::Busy)?;
+            let mut set = self.hashing.lock();
             if set.contains(&uid) || set.len() >= MAX_HASHING {
                 return Err(UnixError::Busy);
             }
@@ -212,7 +213,8 @@ impl HashCache {
             hasher.update(&buf[..n]);
         }
         let h = hex::encode(hasher.finalize());
-        if let Ok(mut c) = self.map.lock() {
+        {
+            let mut c = self.map.lock();
             if c.len() >= MAX_CACHED {
                 c.clear();
             }
@@ -535,26 +537,25 @@ mod tests {
         let small = dir.path().join("small");
         std::fs::write(&small, b"#!/bin/sh\n").unwrap();
         // One hash per user at a time, and a bounded number in all.
-        cache.hashing.lock().unwrap().insert(1000);
+        cache.hashing.lock().insert(1000);
         assert_eq!(
             cache.hash(&mut open(&small), 1, 1000, &NO),
             Err(UnixError::Busy)
         );
         assert!(cache.hash(&mut open(&small), 1, 1001, &NO).is_ok());
-        cache.hashing.lock().unwrap().insert(1002);
+        cache.hashing.lock().insert(1002);
         let other = dir.path().join("other");
         std::fs::write(&other, b"other").unwrap();
         assert_eq!(
             cache.hash(&mut open(&other), 1, 1003, &NO),
             Err(UnixError::Busy)
         );
-        cache.hashing.lock().unwrap().clear();
+        cache.hashing.lock().clear();
         // Found in the second round: a user could keep a core hashing, one
         // bounded file after another. Each user has a budget per minute.
         cache
             .spent
             .lock()
-            .unwrap()
             .insert(1004, (std::time::Instant::now(), MAX_BYTES_PER_MINUTE));
         assert_eq!(
             cache.hash(&mut open(&other), 1, 1004, &NO),
@@ -566,10 +567,7 @@ mod tests {
             cache.hash(&mut open(&other), 1, 1003, &stop),
             Err(UnixError::Changed(1))
         );
-        assert!(
-            cache.hashing.lock().unwrap().is_empty(),
-            "the slot is freed"
-        );
+        assert!(cache.hashing.lock().is_empty(), "the slot is freed");
     }
 
     fn me() -> Peer {

@@ -14,7 +14,8 @@ use warrant_core::secret::SecretName;
 use warrant_core::task::ScopeSet;
 
 use super::stdio::{EnvValue, StdioSpec};
-use crate::proxy::route::{Credential, Origin, RawCredential, Scheme};
+use crate::credential::config::{Credential, RawCredential};
+use crate::upstream::{Origin, Scheme};
 
 /// The default wait for an upstream's answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,7 +107,7 @@ impl RawMcpServer {
     /// Validates; `resolve` makes relative paths relative to the config file.
     pub fn build(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<McpServerConfig, String> {
         let name = self.name;
-        crate::proxy::route::check_name(&name)?;
+        crate::boundary::check_name(&name)?;
         let transport = match (self.url, self.command) {
             (Some(u), None) => {
                 if !self.args.is_empty() || !self.env.is_empty() {

@@ -24,7 +24,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -43,9 +45,11 @@ use warrant_core::time::Timestamp;
 use super::config::{McpServerConfig, Transport};
 use super::stdio::{StdioUpstream, UpstreamError};
 use super::{Upstream, arguments_of};
-use crate::proxy::credential::Providers;
-use crate::proxy::{add_detail, attribute, describe, task_request};
+use crate::boundary;
+use crate::credential::Providers;
+use crate::refusal::Refusal;
 use crate::services::{AuditUnavailable, EdgeServices};
+use crate::task::{add_detail, attribute, describe, task_request};
 
 /// Handshake revisions the gateway speaks, newest first.
 pub const SUPPORTED_VERSIONS: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
@@ -141,28 +145,6 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// A refusal before any JSON-RPC processing: an HTTP status and a body.
-struct HttpRefusal {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    www_authenticate: Option<String>,
-}
-
-impl IntoResponse for HttpRefusal {
-    fn into_response(self) -> Response {
-        let body =
-            json!({ "error": { "message": self.message, "type": self.code, "code": self.code } });
-        let mut r = (self.status, axum::Json(body)).into_response();
-        if let Some(w) = self.www_authenticate
-            && let Ok(v) = HeaderValue::from_str(&w)
-        {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        r
-    }
-}
-
 fn rpc_result(id: &Value, result: Value) -> Response {
     axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
 }
@@ -211,6 +193,9 @@ struct RpcRefusal {
     message: String,
     data: Option<Value>,
     outcome: Outcome,
+    /// The HTTP status it is answered with (200 unless the transport says
+    /// otherwise: a header mismatch is 400, an unknown session 404).
+    status: StatusCode,
 }
 
 impl RpcRefusal {
@@ -221,6 +206,7 @@ impl RpcRefusal {
             message,
             data: Some(data),
             outcome: Outcome::Deny,
+            status: StatusCode::OK,
         }
     }
 
@@ -230,7 +216,181 @@ impl RpcRefusal {
             message,
             data: None,
             outcome: Outcome::Error,
+            status: StatusCode::OK,
         }
+    }
+
+    fn with_status(self, status: StatusCode) -> Self {
+        Self { status, ..self }
+    }
+}
+
+/// Why a request was refused before its method was handled: at the HTTP
+/// layer, or in JSON-RPC once its message was read.
+enum Refused {
+    Http(Refusal),
+    Rpc {
+        method: String,
+        id: Value,
+        refusal: Box<RpcRefusal>,
+    },
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        Self::Http(r)
+    }
+}
+
+/// What the steps before a method's handling lead to.
+enum Served {
+    /// Answered already (and recorded where a record is due).
+    Answer(Response),
+    /// A method to handle for an established client.
+    Dispatch {
+        call: Box<CallOf>,
+        method: String,
+        params: Value,
+    },
+}
+
+/// The owned parts of a [`Call`].
+struct CallOf {
+    task: TaskUse,
+    id: Value,
+    modern: bool,
+}
+
+/// The MCP transport headers a request carries.
+struct McpHeaders {
+    session_id: Option<String>,
+    protocol_version: Option<String>,
+    method: Option<String>,
+}
+
+impl McpHeaders {
+    fn of(h: &http::HeaderMap) -> Self {
+        let text = |name: &str| h.get(name).map(|v| v.to_str().unwrap_or("?").to_owned());
+        Self {
+            session_id: h
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            protocol_version: text("mcp-protocol-version"),
+            method: text("mcp-method"),
+        }
+    }
+
+    /// 2026-07-28: the request's `_meta` and its headers must agree.
+    fn agree(&self, method: &str, params: &Value) -> Result<(), RpcRefusal> {
+        let stamped = params
+            .get("_meta")
+            .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
+            .and_then(Value::as_str);
+        let why = if stamped != Some(MODERN_VERSION) {
+            "the request's `_meta` protocol version does not match its MCP-Protocol-Version header"
+        } else if self.method.as_deref().is_some_and(|h| h != method) {
+            "the Mcp-Method header does not match the request's method"
+        } else {
+            return Ok(());
+        };
+        Err(RpcRefusal::invalid(HEADER_MISMATCH, why.into()).with_status(StatusCode::BAD_REQUEST))
+    }
+
+    /// A request after the handshake names the revision its session agreed
+    /// on (or none).
+    fn supported(&self) -> Result<(), RpcRefusal> {
+        match &self.protocol_version {
+            Some(v) if !SUPPORTED_VERSIONS.contains(&v.as_str()) => Err(RpcRefusal::invalid(
+                INVALID_REQUEST,
+                format!(
+                    "MCP-Protocol-Version `{}` is not one this gateway speaks ({})",
+                    shown(v, 32),
+                    SUPPORTED_VERSIONS.join(", ")
+                ),
+            )
+            .with_status(StatusCode::BAD_REQUEST)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SessionProblem {
+    fn refusal(self) -> RpcRefusal {
+        match self {
+            Self::Missing => RpcRefusal::invalid(
+                INVALID_REQUEST,
+                "send `initialize` first, then its Mcp-Session-Id with every request".into(),
+            ),
+            Self::Unknown => RpcRefusal::invalid(
+                SESSION_NOT_FOUND,
+                "session not found; send `initialize` again".into(),
+            )
+            .with_status(StatusCode::NOT_FOUND),
+            Self::Foreign => RpcRefusal {
+                code: REFUSED,
+                message:
+                    "this session was opened for another task; open your own with `initialize`"
+                        .into(),
+                data: None,
+                outcome: Outcome::Deny,
+                status: StatusCode::FORBIDDEN,
+            },
+        }
+    }
+}
+
+/// The record being built, taken to be written (what is left behind is
+/// never written).
+fn take(event: &mut AuditEvent) -> AuditEvent {
+    std::mem::replace(event, AuditEvent::new(String::new(), Outcome::Deny))
+}
+
+/// Reads one JSON-RPC message within the server's size limit and the body
+/// timeout: a request, or `None` for a notification or response.
+async fn read_message(
+    s: &Server,
+    req: Request<Body>,
+) -> Result<Option<(Value, String, Value)>, Refused> {
+    let server = &s.cfg.name;
+    let limit = usize::try_from(s.cfg.max_message_bytes).unwrap_or(usize::MAX);
+    // A message trickled in slower than this holds a connection for
+    // nothing: refused like one too large.
+    let read = tokio::time::timeout(
+        BODY_TIMEOUT,
+        http_body_util::Limited::new(req.into_body(), limit).collect(),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => {
+            return Err(Refused::Http(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the message was not received within {}s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            )));
+        }
+        Ok(Err(_)) => {
+            return Err(Refused::Http(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("a message to MCP server `{server}` may have at most {limit} bytes"),
+            )));
+        }
+    };
+    match super::message::read(&bytes) {
+        Ok(super::message::Message::Request { id, method, params }) => {
+            Ok(Some((id, method, params)))
+        }
+        Ok(_) => Ok(None),
+        Err(invalid) => Err(Refused::Rpc {
+            method: "-".into(),
+            id: invalid.id,
+            refusal: Box::new(RpcRefusal::invalid(invalid.code, invalid.message)),
+        }),
     }
 }
 
@@ -421,9 +581,7 @@ impl Gateway {
         // Policies are typed for what the view will offer before it is
         // offered: a call never meets a set that does not know its tool.
         self.update_arguments().await;
-        if let Ok(mut v) = s.view.write() {
-            *v = view;
-        }
+        *s.view.write() = view;
         Ok(())
     }
 
@@ -471,9 +629,9 @@ impl Gateway {
     }
 
     /// Records a refusal durably, then answers it.
-    async fn refuse_http(&self, event: AuditEvent, server: &str, e: HttpRefusal) -> Response {
+    async fn refuse_http(&self, event: AuditEvent, server: &str, e: Refusal) -> Response {
         let mut event = event;
-        event.decision = if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        event.decision = if e.is_denial() {
             Outcome::Deny
         } else {
             Outcome::Error
@@ -495,15 +653,7 @@ impl Gateway {
 
     fn audit_down(&self, err: &AuditUnavailable) -> Response {
         tracing::error!(error = %err, "cannot write the audit trail; MCP request refused");
-        HttpRefusal {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "audit_unavailable",
-            message:
-                "the broker cannot write its audit trail, so it forwards nothing; try again later"
-                    .into(),
-            www_authenticate: None,
-        }
-        .into_response()
+        Refusal::audit_unavailable().into_response()
     }
 
     async fn refuse_rpc(
@@ -533,13 +683,14 @@ impl Gateway {
         } else {
             self.s.audit.admit_known(event)
         };
-        let Some(event) = admitted else {
-            return rpc_error(id, r.code, r.message, r.data);
-        };
-        match self.s.audit.append(event).await {
-            Ok(()) => rpc_error(id, r.code, r.message, r.data),
-            Err(err) => self.audit_down(&err),
+        if let Some(event) = admitted
+            && let Err(err) = self.s.audit.append(event).await
+        {
+            return self.audit_down(&err);
         }
+        let mut resp = rpc_error(id, r.code, r.message, r.data);
+        *resp.status_mut() = r.status;
+        resp
     }
 
     /// Records an allowed request off the response path; a failure makes
@@ -549,347 +700,212 @@ impl Gateway {
         tokio::spawn(async move { audit.record_batched(event).await });
     }
 
-    /// Answers one request at `/mcp/<server>`.
+    /// Answers one request at `/mcp/<server>`: read the target, authenticate
+    /// the task token, read one JSON-RPC message, then answer it in its
+    /// protocol era (a stand-alone 2026-07-28 request, or a request in a
+    /// session of this task); a refusal at any step is recorded and
+    /// answered.
     pub async fn handle(&self, server: &str, req: Request<Body>, peer: SocketAddr) -> Response {
         let started = Instant::now();
-        let event = AuditEvent::new("mcp.request", Outcome::Deny)
+        let mut event = AuditEvent::new("mcp.request", Outcome::Deny)
             .protocol("mcp")
             .source(peer.to_string())
             .resource(Resource::McpServer(server.to_owned()).to_string());
         let Some(s) = self.servers.get(server).cloned() else {
-            let e = HttpRefusal {
-                status: StatusCode::NOT_FOUND,
-                code: "not_found",
-                message: format!(
+            let e = Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
                     "no MCP server named `{}` is configured on this edge listener",
                     shown(server, 64)
                 ),
-                www_authenticate: None,
-            };
+            );
             return self.refuse_http(event, "-", e).await;
         };
-        if self.s.audit.batch_failed() {
-            let e = HttpRefusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                code: "audit_unavailable",
-                message: "the broker cannot write its audit trail, so it forwards nothing; try again later".into(),
-                www_authenticate: None,
-            };
-            return self.refuse_http(event, server, e).await;
-        }
-        if let Err(e) = self.boundaries(&req) {
-            return self.refuse_http(event, server, e).await;
-        }
         if req.method() != Method::POST && req.method() != Method::DELETE {
-            let mut r = HttpRefusal {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                code: "method_not_allowed",
-                message: "this gateway takes JSON-RPC messages by POST (and DELETE to end a session); it offers no server stream".into(),
-                www_authenticate: None,
+            if let Err(e) = self.target(&req) {
+                return self.refuse_http(event, server, e).await;
             }
+            let mut r = Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this gateway takes JSON-RPC messages by POST (and DELETE to end a session); it offers no server stream".into(),
+            )
             .into_response();
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
             return r;
         }
-
-        // Who is asking.
-        let token = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().to_owned());
-        let unauthorized = |message: String, given: bool| HttpRefusal {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_token",
-            www_authenticate: Some(if given {
-                format!(
-                    "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{}\"",
-                    message.replace(['"', '\\'], "'"),
-                    self.metadata_url(server)
-                )
-            } else {
-                format!("Bearer resource_metadata=\"{}\"", self.metadata_url(server))
-            }),
-            message,
-        };
-        let Some(token) = token else {
-            let e = unauthorized(
-                "send your task token as `Authorization: Bearer <task token>`".into(),
-                false,
-            );
-            return self.refuse_http(event, server, e).await;
-        };
-        let task = match self
-            .s
-            .tasks
-            .task_for_use(&token, &s.audience, Timestamp::now())
-            .await
-        {
-            Ok(t) => t,
-            Err(UseError::Invalid(m)) => {
-                return self.refuse_http(event, server, unauthorized(m, true)).await;
-            }
-            Err(UseError::Refused { why, claims }) => {
-                let event = attribute(event, &claims);
-                return self
-                    .refuse_http(event, server, unauthorized(why, true))
-                    .await;
-            }
-            Err(UseError::Unavailable) => {
-                let e = HttpRefusal {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    code: "unavailable",
-                    message: "the broker's store is unavailable; try again".into(),
-                    www_authenticate: None,
+        match self.serve(&s, req, &mut event).await {
+            Ok(Served::Answer(r)) => r,
+            Ok(Served::Dispatch {
+                call,
+                method,
+                params,
+            }) => {
+                let call = Call {
+                    s: &s,
+                    task: &call.task,
+                    id: &call.id,
+                    peer,
+                    started,
+                    modern: call.modern,
                 };
-                return self.refuse_http(event, server, e).await;
+                self.dispatch(event, &call, &method, params).await
             }
-        };
-        let event = describe(event, &task);
-        if let Some(needed) = &s.cfg.scope {
-            let held = ScopeSet::parse(&task.claims.scope).unwrap_or_default();
-            if !needed.is_subset(&held) {
-                let e = HttpRefusal {
-                    status: StatusCode::FORBIDDEN,
-                    code: "insufficient_scope",
-                    message: format!(
-                        "MCP server `{server}` needs scope `{needed}`; exchange for a task token with it"
-                    ),
-                    www_authenticate: Some(format!(
-                        "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{}\"",
-                        self.metadata_url(server)
-                    )),
-                };
-                return self.refuse_http(event, server, e).await;
-            }
+            Err(Refused::Http(e)) => self.refuse_http(event, server, e).await,
+            Err(Refused::Rpc {
+                method,
+                id,
+                refusal,
+            }) => self.refuse_rpc(event, server, &method, &id, *refusal).await,
         }
+    }
 
-        let session_id = req
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let protocol_version = req
-            .headers()
-            .get("mcp-protocol-version")
-            .map(|v| v.to_str().unwrap_or("?").to_owned());
-        let method_header = req
-            .headers()
-            .get("mcp-method")
-            .map(|v| v.to_str().unwrap_or("?").to_owned());
+    /// Every step up to the method's own handling, in order.
+    async fn serve(
+        &self,
+        s: &Server,
+        req: Request<Body>,
+        event: &mut AuditEvent,
+    ) -> Result<Served, Refused> {
+        self.target(&req)?;
+        let task = self.authenticate(s, req.headers(), event).await?;
+        let headers = McpHeaders::of(req.headers());
         if req.method() == Method::DELETE {
-            return self
-                .end_session(event, server, &task, session_id.as_deref())
-                .await;
+            self.end_session(s, &task, headers.session_id.as_deref())?;
+            return Ok(Served::Answer(self.session_ended(take(event))));
         }
-
-        // One JSON-RPC message.
-        let limit = usize::try_from(s.cfg.max_message_bytes).unwrap_or(usize::MAX);
-        // A message trickled in slower than this holds a connection for
-        // nothing: refused like one too large.
-        let read = tokio::time::timeout(
-            BODY_TIMEOUT,
-            http_body_util::Limited::new(req.into_body(), limit).collect(),
-        )
-        .await;
-        let bytes = match read {
-            Ok(Ok(b)) => b.to_bytes(),
-            Err(_) => {
-                let e = HttpRefusal {
-                    status: StatusCode::REQUEST_TIMEOUT,
-                    code: "request_timeout",
-                    message: format!(
-                        "the message was not received within {}s",
-                        BODY_TIMEOUT.as_secs()
-                    ),
-                    www_authenticate: None,
-                };
-                return self.refuse_http(event, server, e).await;
-            }
-            Ok(Err(_)) => {
-                let e = HttpRefusal {
-                    status: StatusCode::PAYLOAD_TOO_LARGE,
-                    code: "payload_too_large",
-                    message: format!(
-                        "a message to MCP server `{server}` may have at most {limit} bytes"
-                    ),
-                    www_authenticate: None,
-                };
-                return self.refuse_http(event, server, e).await;
-            }
-        };
-        let (id, method, params) = match super::message::read(&bytes) {
-            Ok(super::message::Message::Request { id, method, params }) => (id, method, params),
+        let Some((id, method, params)) = read_message(s, req).await? else {
             // Notifications (initialized, cancelled), and responses to
             // server requests (the gateway sends none): nothing to relay.
-            Ok(_) => return StatusCode::ACCEPTED.into_response(),
-            Err(invalid) => {
-                return self
-                    .refuse_rpc(
-                        event,
-                        server,
-                        "-",
-                        &invalid.id,
-                        RpcRefusal::invalid(invalid.code, invalid.message),
-                    )
-                    .await;
-            }
+            return Ok(Served::Answer(StatusCode::ACCEPTED.into_response()));
         };
-        let event = event.action(format!("mcp:{method}"));
-
-        let modern = protocol_version.as_deref() == Some(MODERN_VERSION);
-        if modern {
-            // 2026-07-28: each request stands alone; the token binds it.
-            let stamped = params
-                .get("_meta")
-                .and_then(|m| m.get("io.modelcontextprotocol/protocolVersion"))
-                .and_then(Value::as_str);
-            let header_method = method_header.as_deref();
-            let mismatch = if stamped != Some(MODERN_VERSION) {
-                Some(
-                    "the request's `_meta` protocol version does not match its MCP-Protocol-Version header",
-                )
-            } else if header_method.is_some_and(|h| h != method) {
-                Some("the Mcp-Method header does not match the request's method")
-            } else {
-                None
-            };
-            if let Some(why) = mismatch {
-                let mut resp = self
-                    .refuse_rpc(
-                        event,
-                        server,
-                        &method,
-                        &id,
-                        RpcRefusal::invalid(HEADER_MISMATCH, why.into()),
-                    )
-                    .await;
-                *resp.status_mut() = StatusCode::BAD_REQUEST;
-                return resp;
-            }
-            let resp = match method.as_str() {
+        event.action = Some(format!("mcp:{method}"));
+        let refuse = |refusal: RpcRefusal| Refused::Rpc {
+            method: method.clone(),
+            id: id.clone(),
+            refusal: Box::new(refusal),
+        };
+        if headers.protocol_version.as_deref() == Some(MODERN_VERSION) {
+            headers.agree(&method, &params).map_err(refuse)?;
+            return match method.as_str() {
                 "server/discover" => {
                     self.s
                         .metrics
-                        .mcp_request(server, "server/discover", "allow");
-                    rpc_result(&id, self.discover_result(server))
-                }
-                "initialize" => {
-                    self.refuse_rpc(
-                        event,
-                        server,
-                        &method,
+                        .mcp_request(&s.cfg.name, "server/discover", "allow");
+                    Ok(Served::Answer(rpc_result(
                         &id,
-                        RpcRefusal::invalid(
-                            INVALID_REQUEST,
-                            "2026-07-28 has no initialize; send requests directly".into(),
-                        ),
-                    )
-                    .await
+                        self.discover_result(&s.cfg.name),
+                    )))
                 }
-                _ => {
-                    let call = Call {
-                        s: &s,
-                        task: &task,
-                        id: &id,
-                        peer,
-                        started,
+                "initialize" => Err(refuse(RpcRefusal::invalid(
+                    INVALID_REQUEST,
+                    "2026-07-28 has no initialize; send requests directly".into(),
+                ))),
+                _ => Ok(Served::Dispatch {
+                    call: Box::new(CallOf {
+                        task,
+                        id,
                         modern: true,
-                    };
-                    self.dispatch(event, &call, &method, params).await
-                }
+                    }),
+                    method,
+                    params,
+                }),
             };
-            return resp;
         }
-        if method == "initialize" {
-            return self.open_session(event, server, &task, &id, &params).await;
+        match method.as_str() {
+            "initialize" => {
+                let sid = self.bind_session(&s.cfg.name, &task).map_err(refuse)?;
+                return Ok(Served::Answer(
+                    self.session_opened(take(event), &s.cfg.name, &id, &params, &sid)
+                        .await,
+                ));
+            }
+            "server/discover" => return Err(refuse(RpcRefusal::invalid(METHOD_NOT_FOUND, "server/discover is for MCP 2026-07-28: send it with `MCP-Protocol-Version: 2026-07-28`, or use initialize".into()))),
+            _ => {}
         }
-        if method == "server/discover" {
-            return self
-                .refuse_rpc(event, server, &method, &id, RpcRefusal::invalid(METHOD_NOT_FOUND, "server/discover is for MCP 2026-07-28: send it with `MCP-Protocol-Version: 2026-07-28`, or use initialize".into()))
-                .await;
-        }
-        // A later request names the revision its session agreed on.
-        if let Some(v) = &protocol_version
-            && !SUPPORTED_VERSIONS.contains(&v.as_str())
-        {
-            let m = format!(
-                "MCP-Protocol-Version `{}` is not one this gateway speaks ({})",
-                shown(v, 32),
-                SUPPORTED_VERSIONS.join(", ")
-            );
-            let mut resp = self
-                .refuse_rpc(
-                    event,
-                    server,
-                    &method,
-                    &id,
-                    RpcRefusal::invalid(INVALID_REQUEST, m),
-                )
-                .await;
-            *resp.status_mut() = StatusCode::BAD_REQUEST;
-            return resp;
-        }
+        headers.supported().map_err(refuse)?;
         // Every other request belongs to a session of this task.
-        if let Err(r) = self.check_session(server, &task, session_id.as_deref()) {
-            return match r {
-                SessionProblem::Missing => {
-                    self.refuse_rpc(
-                        event,
-                        server,
-                        &method,
-                        &id,
-                        RpcRefusal::invalid(
-                            INVALID_REQUEST,
-                            "send `initialize` first, then its Mcp-Session-Id with every request"
-                                .into(),
-                        ),
-                    )
-                    .await
-                }
-                SessionProblem::Unknown => {
-                    let mut resp = self
-                        .refuse_rpc(
-                            event,
-                            server,
-                            &method,
-                            &id,
-                            RpcRefusal::invalid(
-                                SESSION_NOT_FOUND,
-                                "session not found; send `initialize` again".into(),
-                            ),
-                        )
-                        .await;
-                    *resp.status_mut() = StatusCode::NOT_FOUND;
-                    resp
-                }
-                SessionProblem::Foreign => {
-                    let mut resp = self
-                        .refuse_rpc(event, server, &method, &id, RpcRefusal {
-                            code: REFUSED,
-                            message: "this session was opened for another task; open your own with `initialize`".into(),
-                            data: None,
-                            outcome: Outcome::Deny,
-                        })
-                        .await;
-                    *resp.status_mut() = StatusCode::FORBIDDEN;
-                    resp
-                }
-            };
-        }
+        self.check_session(&s.cfg.name, &task, headers.session_id.as_deref())
+            .map_err(|p| refuse(p.refusal()))?;
+        Ok(Served::Dispatch {
+            call: Box::new(CallOf {
+                task,
+                id,
+                modern: false,
+            }),
+            method,
+            params,
+        })
+    }
 
-        let call = Call {
-            s: &s,
-            task: &task,
-            id: &id,
-            peer,
-            started,
-            modern: false,
+    /// Read: `Host` and `Origin` name the edge, one value of each header
+    /// the gateway reads, and the audit trail writable.
+    fn target(&self, req: &Request<Body>) -> Result<(), Refusal> {
+        boundary::addressed_here(
+            req,
+            &self.s,
+            &[
+                header::ORIGIN,
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("mcp-session-id"),
+                HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static("mcp-method"),
+            ],
+        )?;
+        boundary::same_origin(req, &self.s)?;
+        if self.s.audit.batch_failed() {
+            return Err(Refusal::audit_unavailable());
+        }
+        Ok(())
+    }
+
+    /// Authenticate: a task token valid for the server's audience (401 with
+    /// `resource_metadata` otherwise) holding the server's scopes (403
+    /// `insufficient_scope`); the record attributed to whoever it names.
+    async fn authenticate(
+        &self,
+        s: &Server,
+        headers: &http::HeaderMap,
+        event: &mut AuditEvent,
+    ) -> Result<TaskUse, Refusal> {
+        let server = &s.cfg.name;
+        let metadata = self.metadata_url(server);
+        let token = boundary::agent_token(headers, &header::AUTHORIZATION)
+            .map_err(|e| Refusal::unauthorized(e.message, &metadata, e.sent))?;
+        let task = match self
+            .s
+            .tasks
+            .task_for_use(token, &s.audience, Timestamp::now())
+            .await
+        {
+            Ok(t) => t,
+            Err(UseError::Invalid(m)) => return Err(Refusal::unauthorized(m, &metadata, true)),
+            Err(UseError::Refused { why, claims }) => {
+                attribute(event, &claims);
+                return Err(Refusal::unauthorized(why, &metadata, true));
+            }
+            Err(UseError::Unavailable) => return Err(Refusal::store_unavailable()),
         };
-        self.dispatch(event, &call, &method, params).await
+        describe(event, &task);
+        if let Some(needed) = &s.cfg.scope {
+            let held = ScopeSet::parse(&task.claims.scope).unwrap_or_default();
+            if !needed.is_subset(&held) {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    format!(
+                        "MCP server `{server}` needs scope `{needed}`; exchange for a task token with it"
+                    ),
+                )
+                .with_challenge(format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"{needed}\", resource_metadata=\"{metadata}\""
+                )));
+            }
+        }
+        Ok(task)
     }
 
     /// Answers one request of an established client (either revision).
@@ -944,82 +960,80 @@ impl Gateway {
         })
     }
 
-    /// `Host` must name the edge; an `Origin`, if any, must be the edge's own
-    /// (a page in a browser must not drive an agent's session).
-    fn boundaries(&self, req: &Request<Body>) -> Result<(), HttpRefusal> {
-        let bad = |status, code, message: String| HttpRefusal {
-            status,
-            code,
-            message,
-            www_authenticate: None,
-        };
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            return Err(bad(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "absolute-form request targets are refused".into(),
-            ));
-        }
-        if let Some(h) = crate::proxy::repeated(
-            req.headers(),
-            &[
-                header::HOST,
-                header::ORIGIN,
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                HeaderName::from_static("mcp-session-id"),
-                HeaderName::from_static("mcp-protocol-version"),
-                HeaderName::from_static("mcp-method"),
-            ],
-        ) {
-            return Err(bad(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!(
-                    "`{h}` is sent more than once; send it once, so there is one reading of the request"
-                ),
-            ));
-        }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !self.s.serves_host(host) {
-            return Err(bad(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!(
-                    "the Host header `{}` does not name this edge listener",
-                    shown(host, 100)
-                ),
-            ));
-        }
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let o = origin.to_str().unwrap_or("");
-            let ours = self
-                .s
-                .edge_hosts
+    /// Opens a session for the task: the oldest of its task's or instance's
+    /// sessions end past their limits; none opens past the gateway's or
+    /// the agent's. Returns the session id.
+    fn bind_session(&self, server: &str, task: &TaskUse) -> Result<String, RpcRefusal> {
+        let sid = warrant_host::random::hex_id(16)
+            .map_err(|_| RpcRefusal::invalid(INTERNAL_ERROR, "cannot make a session id".into()))?;
+        let now = Timestamp::now().as_secs();
+        let mut sessions = self.sessions.lock();
+        // Sessions of expired or revoked tasks, and of blocked instances,
+        // end here (revocation also ends them at once).
+        sessions.retain(|_, b| b.expires > now && !self.s.tasks.ended(&b.task, &b.instance));
+        let agent = task.agent.name.to_string();
+        for (limit, same) in [
+            (
+                MAX_SESSIONS_PER_TASK,
+                &(|b: &Binding| b.task == task.claims.task) as &dyn Fn(&Binding) -> bool,
+            ),
+            (MAX_SESSIONS_PER_INSTANCE, &|b: &Binding| {
+                b.instance == task.instance
+            }),
+        ] {
+            let mut mine: Vec<(u64, String)> = sessions
                 .iter()
-                .any(|h| o.eq_ignore_ascii_case(&format!("http://{h}")));
-            if !ours {
-                return Err(bad(
-                    StatusCode::FORBIDDEN,
-                    "forbidden_origin",
-                    format!("requests from origin `{}` are refused", shown(o, 100)),
-                ));
+                .filter(|(_, b)| same(b))
+                .map(|(k, b)| (b.opened, k.clone()))
+                .collect();
+            if mine.len() >= limit {
+                mine.sort();
+                for (_, k) in mine.iter().take(mine.len() + 1 - limit) {
+                    sessions.remove(k);
+                }
             }
         }
-        Ok(())
+        let of_agent = sessions.values().filter(|b| b.agent == agent).count();
+        let open = sessions.len() < MAX_SESSIONS && of_agent < MAX_SESSIONS_PER_AGENT;
+        if open {
+            let opened = self
+                .session_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            sessions.insert(
+                sid.clone(),
+                Binding {
+                    server: server.to_owned(),
+                    task: task.claims.task.clone(),
+                    instance: task.instance.clone(),
+                    agent,
+                    expires: task.claims.exp,
+                    opened,
+                },
+            );
+        }
+        self.s
+            .metrics
+            .mcp_sessions
+            .set(i64::try_from(sessions.len()).unwrap_or(i64::MAX));
+        if open {
+            Ok(sid)
+        } else {
+            Err(RpcRefusal::invalid(
+                INTERNAL_ERROR,
+                "too many open sessions; try again later".into(),
+            ))
+        }
     }
 
-    async fn open_session(
+    /// Records a session opened, then answers `initialize` with its id and
+    /// the revision agreed.
+    async fn session_opened(
         &self,
         event: AuditEvent,
         server: &str,
-        task: &TaskUse,
         id: &Value,
         params: &Value,
+        sid: &str,
     ) -> Response {
         let asked = params
             .get("protocolVersion")
@@ -1030,80 +1044,6 @@ impl Gateway {
         } else {
             SUPPORTED_VERSIONS[0]
         };
-        let Ok(sid) = warrant_host::random::hex_id(16) else {
-            return rpc_error(id, INTERNAL_ERROR, "cannot make a session id".into(), None);
-        };
-        let now = Timestamp::now().as_secs();
-        let opened = match self.sessions.lock() {
-            Ok(mut sessions) => {
-                // Sessions of expired or revoked tasks, and of blocked
-                // instances, end here (revocation also ends them at once).
-                sessions
-                    .retain(|_, b| b.expires > now && !self.s.tasks.ended(&b.task, &b.instance));
-                let agent = task.agent.name.to_string();
-                for (limit, same) in [
-                    (
-                        MAX_SESSIONS_PER_TASK,
-                        &(|b: &Binding| b.task == task.claims.task) as &dyn Fn(&Binding) -> bool,
-                    ),
-                    (MAX_SESSIONS_PER_INSTANCE, &|b: &Binding| {
-                        b.instance == task.instance
-                    }),
-                ] {
-                    let mut mine: Vec<(u64, String)> = sessions
-                        .iter()
-                        .filter(|(_, b)| same(b))
-                        .map(|(k, b)| (b.opened, k.clone()))
-                        .collect();
-                    if mine.len() >= limit {
-                        mine.sort();
-                        for (_, k) in mine.iter().take(mine.len() + 1 - limit) {
-                            sessions.remove(k);
-                        }
-                    }
-                }
-                let of_agent = sessions.values().filter(|b| b.agent == agent).count();
-                let open = if sessions.len() >= MAX_SESSIONS || of_agent >= MAX_SESSIONS_PER_AGENT {
-                    false
-                } else {
-                    let opened = self
-                        .session_counter
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    sessions.insert(
-                        sid.clone(),
-                        Binding {
-                            server: server.to_owned(),
-                            task: task.claims.task.clone(),
-                            instance: task.instance.clone(),
-                            agent,
-                            expires: task.claims.exp,
-                            opened,
-                        },
-                    );
-                    true
-                };
-                self.s
-                    .metrics
-                    .mcp_sessions
-                    .set(i64::try_from(sessions.len()).unwrap_or(i64::MAX));
-                open
-            }
-            Err(_) => false,
-        };
-        if !opened {
-            return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    "initialize",
-                    id,
-                    RpcRefusal::invalid(
-                        INTERNAL_ERROR,
-                        "too many open sessions; try again later".into(),
-                    ),
-                )
-                .await;
-        }
         let mut ev = event;
         ev.event = "mcp.session.open".into();
         ev.decision = Outcome::Allow;
@@ -1128,7 +1068,7 @@ impl Gateway {
                 "instructions": format!("Tools of MCP server `{server}`, through warrant: each call is decided by policy."),
             }),
         );
-        if let Ok(v) = HeaderValue::from_str(&sid) {
+        if let Ok(v) = HeaderValue::from_str(sid) {
             r.headers_mut().insert("mcp-session-id", v);
         }
         r
@@ -1141,7 +1081,7 @@ impl Gateway {
         sid: Option<&str>,
     ) -> Result<(), SessionProblem> {
         let sid = sid.ok_or(SessionProblem::Missing)?;
-        let sessions = self.sessions.lock().map_err(|_| SessionProblem::Unknown)?;
+        let sessions = self.sessions.lock();
         let b = sessions.get(sid).ok_or(SessionProblem::Unknown)?;
         if b.server != server || b.task != task.claims.task || b.instance != task.instance {
             return Err(SessionProblem::Foreign);
@@ -1149,58 +1089,49 @@ impl Gateway {
         Ok(())
     }
 
-    async fn end_session(
-        &self,
-        event: AuditEvent,
-        server: &str,
-        task: &TaskUse,
-        sid: Option<&str>,
-    ) -> Response {
-        match self.check_session(server, task, sid) {
-            Ok(()) => {
-                if let (Ok(mut s), Some(sid)) = (self.sessions.lock(), sid) {
-                    s.remove(sid);
-                    self.s
-                        .metrics
-                        .mcp_sessions
-                        .set(i64::try_from(s.len()).unwrap_or(i64::MAX));
-                }
-                let mut ev = event;
-                ev.event = "mcp.session.close".into();
-                ev.decision = Outcome::Allow;
-                if let Some(ev) = self.s.audit.admit_known(ev) {
-                    self.record_later(ev);
-                }
-                StatusCode::NO_CONTENT.into_response()
-            }
-            Err(p) => {
-                let (status, message) = match p {
-                    SessionProblem::Foreign => (
-                        StatusCode::FORBIDDEN,
-                        "this session was opened for another task",
-                    ),
-                    _ => (StatusCode::NOT_FOUND, "no such session"),
-                };
-                let e = HttpRefusal {
-                    status,
-                    code: "invalid_session",
-                    message: message.into(),
-                    www_authenticate: None,
-                };
-                self.refuse_http(event, server, e).await
-            }
+    /// Ends a session of this task (DELETE).
+    fn end_session(&self, s: &Server, task: &TaskUse, sid: Option<&str>) -> Result<(), Refused> {
+        if let Err(p) = self.check_session(&s.cfg.name, task, sid) {
+            let (status, message) = match p {
+                SessionProblem::Foreign => (
+                    StatusCode::FORBIDDEN,
+                    "this session was opened for another task",
+                ),
+                _ => (StatusCode::NOT_FOUND, "no such session"),
+            };
+            return Err(Refused::Http(Refusal::new(
+                status,
+                "invalid_session",
+                message.into(),
+            )));
         }
+        if let Some(sid) = sid {
+            let mut sessions = self.sessions.lock();
+            sessions.remove(sid);
+            self.s
+                .metrics
+                .mcp_sessions
+                .set(i64::try_from(sessions.len()).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+
+    /// Records a session ended (off the response path) and answers 204.
+    fn session_ended(&self, event: AuditEvent) -> Response {
+        let mut ev = event;
+        ev.event = "mcp.session.close".into();
+        ev.decision = Outcome::Allow;
+        if let Some(ev) = self.s.audit.admit_known(ev) {
+            self.record_later(ev);
+        }
+        StatusCode::NO_CONTENT.into_response()
     }
 
     async fn fresh_view(&self, s: &Server, task: &TaskUse) -> Result<(), UpstreamError> {
         let stale = || {
-            s.view
-                .read()
-                .map(|v| {
-                    v.fetched.is_none_or(|t| t.elapsed() > TOOLS_TTL)
-                        || v.generation != s.upstream.generation()
-                })
-                .unwrap_or(true)
+            let v = s.view.read();
+            v.fetched.is_none_or(|t| t.elapsed() > TOOLS_TTL)
+                || v.generation != s.upstream.generation()
         };
         if stale() {
             let _one = s.refreshing.lock().await;
@@ -1242,9 +1173,9 @@ impl Gateway {
                 .refuse_rpc(event, &s.cfg.name, "tools/list", id, upstream_refusal(&e))
                 .await;
         }
-        let (usable, changed) = match s.view.read() {
-            Ok(v) => (v.usable.clone(), v.changed.len() + v.held.len()),
-            Err(_) => (Vec::new(), 0),
+        let (usable, changed) = {
+            let v = s.view.read();
+            (v.usable.clone(), v.changed.len() + v.held.len())
         };
         let policies = self.s.authorizer.current();
         let mut shown_tools = Vec::new();
@@ -1326,15 +1257,15 @@ impl Gateway {
                 .refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
                 .await;
         }
-        let (known, changed, held) = match s.view.read() {
-            Ok(v) => (
+        let (known, changed, held) = {
+            let v = s.view.read();
+            (
                 v.usable
                     .iter()
                     .any(|t| t.get("name").and_then(Value::as_str) == Some(name.as_str())),
                 v.changed.contains(&name),
                 v.held.contains(&name),
-            ),
-            Err(_) => (false, false, false),
+            )
         };
         if changed || held {
             let m = if changed {
@@ -1357,6 +1288,7 @@ impl Gateway {
                         message: m,
                         data: None,
                         outcome: Outcome::Deny,
+                        status: StatusCode::OK,
                     },
                 )
                 .await;

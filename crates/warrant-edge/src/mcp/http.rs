@@ -20,9 +20,10 @@ use serde_json::{Value, json};
 
 use super::config::Transport;
 use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
-use crate::proxy::credential::{CredentialError, OAuthCache, Providers, Target};
-use crate::proxy::redact::Redactor;
-use crate::proxy::route::{Credential, Scheme};
+use crate::credential::config::Credential;
+use crate::credential::{CredentialError, OAuthCache, Providers, Target};
+use crate::redact::Redactor;
+use crate::upstream::Scheme;
 use warrant_core::task::TaskUse;
 
 /// The most upstream sessions kept (one per user for per-user credentials).
@@ -72,7 +73,7 @@ impl HttpUpstream {
         else {
             return Err("not an HTTP server".into());
         };
-        let conn = crate::proxy::connector(
+        let conn = crate::upstream::connector(
             origin.scheme == Scheme::Https,
             ca_file.as_deref(),
             timeout.min(Duration::from_secs(10)),
@@ -82,7 +83,7 @@ impl HttpUpstream {
             Some(Credential::OAuth2ClientCredentials {
                 token_url, ca_file, ..
             }) => {
-                let c = crate::proxy::connector(
+                let c = crate::upstream::connector(
                     token_url.scheme() == "https",
                     ca_file.as_deref(),
                     Duration::from_secs(10),
@@ -261,7 +262,7 @@ impl HttpUpstream {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if let Some(coding) = crate::proxy::uninspectable(resp.headers()) {
+        if let Some(coding) = crate::upstream::uninspectable(resp.headers()) {
             return Err(self.unavailable(format!(
                 "it answered with encoding `{}` though warrant asked for none, and warrant relays only what it can read",
                 warrant_core::text::shown(&coding, 40)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use warrant_core::mcp::{ToolArguments, ToolPin};
 
-use crate::proxy::credential::Providers;
+use crate::credential::Providers;
 use stdio::UpstreamError;
 
 /// An upstream MCP server, however it is reached.

@@ -10,10 +10,11 @@
 //! it again, after a back-off that doubles while it keeps failing (up to
 //! [`MAX_BACKOFF`]). The child is killed when the upstream is dropped.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -390,7 +391,8 @@ impl StdioUpstream {
     }
 
     fn failed(&self, why: String) {
-        if let Ok(mut h) = self.health.lock() {
+        {
+            let mut h = self.health.lock();
             h.last = why;
             h.failures = h.failures.saturating_add(1);
             let backoff = Duration::from_millis(250)
@@ -427,7 +429,8 @@ impl StdioUpstream {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err(UpstreamError::Exited(self.name.clone())),
             Err(_) => {
-                if let Ok(mut p) = conn.pending.lock() {
+                {
+                    let mut p = conn.pending.lock();
                     p.remove(&id);
                 }
                 Err(UpstreamError::Timeout(self.name.clone()))
@@ -446,11 +449,12 @@ impl StdioUpstream {
             *slot = None;
             self.failed("it exited".into());
         }
-        let wait = self.health.lock().ok().and_then(|h| {
+        let wait = {
+            let h = self.health.lock();
             h.retry_at
                 .and_then(|t| t.checked_duration_since(Instant::now()))
                 .map(|w| (w, h.last.clone()))
-        });
+        };
         if let Some((w, last)) = wait {
             return Err(self.unavailable(format!(
                 "{last}; it is started again in {} ms",
@@ -530,7 +534,7 @@ impl StdioUpstream {
         let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::new()));
         let alive = Arc::new(AtomicBool::new(true));
         // What the child says never carries the secrets it was given.
-        let redactor = Arc::new(crate::proxy::redact::Redactor::new(secret_values));
+        let redactor = Arc::new(crate::redact::Redactor::new(secret_values));
         tokio::spawn(read_stdout(
             self.name.clone(),
             stdout,
@@ -569,7 +573,8 @@ impl StdioUpstream {
             .map_err(|_| self.unavailable("it closed its input at start"))?;
         conn.initialized = init;
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut h) = self.health.lock() {
+        {
+            let mut h = self.health.lock();
             h.failures = 0;
             h.retry_at = None;
         }
@@ -593,12 +598,14 @@ async fn send(
     params: Value,
 ) -> std::io::Result<oneshot::Receiver<Result<Value, UpstreamError>>> {
     let (tx, rx) = oneshot::channel();
-    if let Ok(mut p) = conn.pending.lock() {
+    {
+        let mut p = conn.pending.lock();
         p.insert(id, tx);
     }
     let msg = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
     if let Err(e) = write_line(conn, &msg).await {
-        if let Ok(mut p) = conn.pending.lock() {
+        {
+            let mut p = conn.pending.lock();
             p.remove(&id);
         }
         return Err(e);
@@ -618,7 +625,7 @@ async fn read_stdout(
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
-    redactor: Arc<crate::proxy::redact::Redactor>,
+    redactor: Arc<crate::redact::Redactor>,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -652,7 +659,7 @@ async fn read_stdout(
             (None, Some(e)) => Err(UpstreamError::from_rpc(e)),
             _ => continue,
         };
-        if let Some(tx) = pending.lock().ok().and_then(|mut p| p.remove(&id)) {
+        if let Some(tx) = pending.lock().remove(&id) {
             let _ = tx.send(answer);
         }
     }
@@ -660,7 +667,8 @@ async fn read_stdout(
     epoch.fetch_add(1, Ordering::AcqRel);
     tracing::warn!(server = %server, "the MCP server exited; calls in flight fail, the next one starts it again");
     // Dropping the senders wakes every waiter with `Exited`.
-    if let Ok(mut p) = pending.lock() {
+    {
+        let mut p = pending.lock();
         p.clear();
     }
 }
@@ -669,7 +677,7 @@ async fn read_stdout(
 async fn log_stderr(
     server: String,
     stderr: tokio::process::ChildStderr,
-    redactor: Arc<crate::proxy::redact::Redactor>,
+    redactor: Arc<crate::redact::Redactor>,
 ) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();

@@ -20,7 +20,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use warrant_core::text::shown;
 
-use super::{Refusal, php_key, repeated, uninspectable};
+use super::php_key;
+use crate::boundary::repeated;
+use crate::refusal::Refusal;
+use crate::upstream::uninspectable;
 
 /// How a body could carry form fields.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -204,13 +207,11 @@ const AGENT_KIB: u32 = BUDGET_KIB / 4;
 
 /// One agent's share of the budget.
 fn agent_budget(agent: &str) -> Arc<Semaphore> {
+    use parking_lot::Mutex;
     use std::collections::HashMap;
-    use std::sync::Mutex;
     static SHARES: OnceLock<Mutex<HashMap<String, Arc<Semaphore>>>> = OnceLock::new();
     let shares = SHARES.get_or_init(|| Mutex::new(HashMap::new()));
-    let Ok(mut m) = shares.lock() else {
-        return Arc::new(Semaphore::new(AGENT_KIB as usize));
-    };
+    let mut m = shares.lock();
     // Agents come from the inventory; forget idle shares now and then.
     if m.len() > 4096 {
         m.retain(|_, s| s.available_permits() < AGENT_KIB as usize);

@@ -18,9 +18,6 @@
 //! allowed request is not held for an fsync.
 
 mod body;
-pub mod credential;
-pub mod path;
-pub mod redact;
 pub mod route;
 
 use std::collections::HashMap;
@@ -40,17 +37,20 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use warrant_core::audit::{AuditEvent, Outcome};
-use warrant_core::decision::{
-    Action, AgentFacts, Context, DecisionRequest, Effect, HttpFacts, Principal, Resource, UserRef,
-};
-use warrant_core::task::{TaskClaims, TaskUse, UseError};
+use warrant_core::decision::{Action, DecisionRequest, Effect, HttpFacts, Resource};
+use warrant_core::task::{TaskUse, UseError};
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
+use crate::boundary;
+use crate::credential::config::Credential;
+use crate::credential::{CredentialError, Injected, OAuthCache, Providers};
+use crate::redact::Redactor;
+use crate::refusal::Refusal;
 use crate::services::EdgeServices;
-use credential::{CredentialError, Injected, OAuthCache, Providers};
-use redact::Redactor;
-use route::{Route, Scheme, is_hop_by_hop};
+use crate::task::{add_detail, attribute, describe, task_request};
+use crate::upstream::{self, Scheme, is_hop_by_hop};
+use route::Route;
 
 type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
@@ -97,59 +97,6 @@ impl std::fmt::Debug for ProxyService {
     }
 }
 
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read ca_file `{}`: {e}", path.display()))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| {
-                    format!("ca_file `{}` is not PEM certificates: {e}", path.display())
-                })?;
-            if certs.is_empty() {
-                return Err(format!("ca_file `{}` holds no certificate", path.display()));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("ca_file `{}`: {e}", path.display()))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
-                let _ = roots.add(c);
-            }
-        }
-    }
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-}
-
-pub(crate) fn connector(
-    https: bool,
-    ca_file: Option<&std::path::Path>,
-    connect_timeout: Duration,
-) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(ca_file)?);
-    let b = if https {
-        b.https_only()
-    } else {
-        b.https_or_http()
-    };
-    Ok(b.enable_http1().wrap_connector(http))
-}
-
 impl ProxyService {
     /// Builds a client per route (reading CA files now, so a bad one is a
     /// start-up error).
@@ -157,17 +104,17 @@ impl ProxyService {
         let mut routes = HashMap::new();
         for r in p.routes {
             let https = r.upstream.scheme == Scheme::Https;
-            let conn = connector(https, r.ca_file.as_deref(), r.connect_timeout)
+            let conn = upstream::connector(https, r.ca_file.as_deref(), r.connect_timeout)
                 .map_err(|e| format!("route `{}`: {e}", r.name))?;
             let client = Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(256)
                 .build(conn);
             let oauth = match &r.credential {
-                route::Credential::OAuth2ClientCredentials {
+                Credential::OAuth2ClientCredentials {
                     token_url, ca_file, ..
                 } => {
-                    let conn = connector(
+                    let conn = upstream::connector(
                         token_url.scheme() == "https",
                         ca_file.as_deref(),
                         r.connect_timeout,
@@ -215,190 +162,207 @@ impl ProxyService {
         }))
     }
 
-    /// Answers one request at the edge whose first path segment is a route.
+    /// Answers one request at the edge whose first path segment is a route:
+    /// read the target, authenticate the task token, decide, obtain the
+    /// credential, then forward; a refusal at any step is recorded and
+    /// answered.
     pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response {
         let start = Instant::now();
+        let (name, rest) = split_target(req.uri().path());
         let mut event = AuditEvent::new("proxy.request", Outcome::Deny)
             .protocol("http")
             .action(Action::HttpRequest.as_str())
-            .source(peer.to_string());
-        let method = req.method().clone();
-        let raw_path = req.uri().path().to_owned();
-        let route_name = raw_path
-            .trim_start_matches('/')
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let rest = raw_path
-            .trim_start_matches('/')
-            .split_once('/')
-            .map_or_else(|| "/".to_owned(), |(_, r)| format!("/{r}"));
-        event = event.detail(json!({ "method": method.as_str(), "path": shown(&rest, 300) }));
-        if method == Method::CONNECT {
-            let e = Refusal::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed",
-                "CONNECT is refused: the edge is not an open proxy; send requests to `/<route>/<path>`".to_owned());
-            return self.refuse(event, e, "-").await;
-        }
-        let label = if self.routes.contains_key(&route_name) {
-            event = event.resource(Resource::Route(route_name.clone()).to_string());
-            route_name.as_str()
+            .source(peer.to_string())
+            .detail(json!({ "method": req.method().as_str(), "path": shown(&rest, 300) }));
+        let label = if self.routes.contains_key(&name) {
+            event.resource = Some(Resource::Route(name.clone()).to_string());
+            name.as_str()
         } else {
             "-"
         };
-        // One spelling of each path, decided on and forwarded alike: `allow`
-        // rules and policies see exactly what the upstream will.
-        let rest = match self.boundaries(&req, &rest) {
-            Ok(canonical) => canonical,
-            Err(e) => return self.refuse(event, *e, label).await,
-        };
-        let Some(rs) = self.routes.get(&route_name) else {
-            let e = Refusal::new(
+        match self.admit(req, peer, &name, &rest, &mut event).await {
+            Ok(a) => self.forward(a, event, start).await,
+            Err(e) => self.refuse(event, *e, label).await,
+        }
+    }
+
+    /// Every check before any upstream contact, in order; what passes is a
+    /// request the edge may forward with the credential it obtained.
+    async fn admit<'a>(
+        &'a self,
+        req: Request<Body>,
+        peer: SocketAddr,
+        name: &str,
+        rest: &str,
+        event: &mut AuditEvent,
+    ) -> Result<Admitted<'a>, Box<Refusal>> {
+        let (rs, path) = self.target(&req, name, rest)?;
+        let route = &rs.route;
+        let task = self.authenticate(req.headers(), route, event).await?;
+        self.decide(&req, route, &task, &path, peer, event)?;
+        let req = self.read(req, route, &task).await?;
+        event.credential_type = Some(route.credential.kind().to_owned());
+        let injected = self.credential(rs, &task).await?;
+        event.credential_id = Some(injected.id.clone());
+        Ok(Admitted {
+            rs,
+            req,
+            path,
+            task,
+            injected,
+        })
+    }
+
+    /// Read: what no route may carry refused, the route found, the path in
+    /// its one spelling (what `allow` rules, policy and the upstream see).
+    fn target(
+        &self,
+        req: &Request<Body>,
+        name: &str,
+        rest: &str,
+    ) -> Result<(&RouteState, String), Box<Refusal>> {
+        if req.method() == Method::CONNECT {
+            return Err(Box::new(Refusal::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is refused: the edge is not an open proxy; send requests to `/<route>/<path>`".to_owned(),
+            )));
+        }
+        let path = self.boundaries(req, rest)?;
+        let Some(rs) = self.routes.get(name) else {
+            return Err(Box::new(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
                     "no route or MCP server named `{}` is configured on this edge listener",
-                    shown(&route_name, 64)
+                    shown(name, 64)
                 ),
-            );
-            return self.refuse(event, e, "-").await;
+            )));
         };
-        let route = &rs.route;
         if self.s.audit.batch_failed() {
-            let e = Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the broker cannot write its audit trail, so it forwards nothing; try again later"
-                    .to_owned(),
-            );
-            return self.refuse(event, e, &route.name).await;
+            return Err(Box::new(Refusal::audit_unavailable()));
         }
+        Ok((rs, path))
+    }
 
-        // Who is asking.
-        let token = match agent_token(req.headers(), &route.agent_header) {
-            Ok(t) => t,
-            Err(msg) => {
-                return self
-                    .refuse(
-                        event,
-                        Refusal::unauthorized(msg, self.metadata_url(route)),
-                        &route.name,
-                    )
-                    .await;
-            }
-        };
-        let now = Timestamp::now();
-        let task = match self.s.tasks.task_for_use(token, &route.audience, now).await {
+    /// Authenticate: the task token, valid for the route's audience, and
+    /// the record attributed to whoever it names.
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        route: &Route,
+        event: &mut AuditEvent,
+    ) -> Result<TaskUse, Box<Refusal>> {
+        let metadata = self.metadata_url(route);
+        let token = boundary::agent_token(headers, &route.agent_header)
+            .map_err(|e| Refusal::unauthorized(e.message, &metadata, e.sent))?;
+        let task = match self
+            .s
+            .tasks
+            .task_for_use(token, &route.audience, Timestamp::now())
+            .await
+        {
             Ok(t) => t,
             Err(UseError::Invalid(msg)) => {
-                return self
-                    .refuse(
-                        event,
-                        Refusal::unauthorized(msg, self.metadata_url(route)),
-                        &route.name,
-                    )
-                    .await;
+                return Err(Box::new(Refusal::unauthorized(msg, &metadata, true)));
             }
             Err(UseError::Refused { why, claims }) => {
-                return self
-                    .refuse(
-                        attribute(event, &claims),
-                        Refusal::unauthorized(why, self.metadata_url(route)),
-                        &route.name,
-                    )
-                    .await;
+                attribute(event, &claims);
+                return Err(Box::new(Refusal::unauthorized(why, &metadata, true)));
             }
-            Err(UseError::Unavailable) => {
-                let e = Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the broker's store is unavailable; try again".to_owned(),
-                );
-                return self.refuse(event, e, &route.name).await;
-            }
+            Err(UseError::Unavailable) => return Err(Box::new(Refusal::store_unavailable())),
         };
-        event = describe(event, &task);
+        describe(event, &task);
+        Ok(task)
+    }
 
-        // The agent may not choose the upstream credential.
+    /// Decide: the agent may not choose the upstream credential; the
+    /// route's `allow` rules, then Cedar on `http:request`.
+    fn decide(
+        &self,
+        req: &Request<Body>,
+        route: &Route,
+        task: &TaskUse,
+        path: &str,
+        peer: SocketAddr,
+        event: &mut AuditEvent,
+    ) -> Result<(), Box<Refusal>> {
+        let method = req.method();
         let cred_header = route.credential.header();
         if cred_header != route.agent_header && req.headers().contains_key(&cred_header) {
-            let e = Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!(
-                    "the request sets `{cred_header}`, which warrant sets for route `{}`; send only your task token (in `{}`)",
-                    route.name, route.agent_header
-                ),
-            );
-            return self.refuse(event, e, &route.name).await;
+            return Err(Box::new(Refusal::invalid(format!(
+                "the request sets `{cred_header}`, which warrant sets for route `{}`; send only your task token (in `{}`)",
+                route.name, route.agent_header
+            ))));
         }
-
-        // What it asks for.
-        if !route.allow.iter().any(|r| r.admits(&method, &rest)) {
-            let e = Refusal::forbidden(
+        if !route.allow.iter().any(|r| r.admits(method, path)) {
+            event
+                .reasons
+                .push("route allow list: method and path not allowed".into());
+            return Err(Box::new(Refusal::forbidden(
                 "route allow list",
                 format!(
                     "route `{}` does not allow {method} {}",
                     route.name,
-                    shown(&rest, 200)
+                    shown(path, 200)
                 ),
                 format!(
                     "ask an administrator to add {method} {} to the `allow` rules of [[route]] `{}` in warrant.toml",
-                    shown(&rest, 200),
+                    shown(path, 200),
                     route.name
                 ),
                 Vec::new(),
-            );
-            return self
-                .refuse(
-                    event.reason("route allow list: method and path not allowed"),
-                    e,
-                    &route.name,
-                )
-                .await;
+            )));
         }
-        let req_facts = self.decision_request(route, &task, &method, &rest, peer, now);
-        let (decision, decided) = self
-            .s
-            .authorizer
-            .decide_for_record(&req_facts, event.clone());
-        event = AuditEvent {
+        let facts = decision_request(route, task, method, path, peer, Timestamp::now());
+        let (decision, decided) = self.s.authorizer.decide_for_record(&facts, event.clone());
+        *event = AuditEvent {
             user: Some(task.claims.sub.clone()),
             ..decided
         };
-        if decision.effect != Effect::Allow {
-            let pending = decision.effect == Effect::ApprovalRequired;
-            let e = Refusal::forbidden(
-                if pending {
-                    "approval required"
-                } else if decision.policies.is_empty() {
-                    "policy (default deny)"
-                } else {
-                    "policy (forbid)"
-                },
-                if pending {
-                    format!(
-                        "a permit for this request on route `{}` requires a person's approval, which this version of the proxy cannot wait for",
-                        route.name
-                    )
-                } else {
-                    format!(
-                        "policy does not allow agent `{}` {method} {} on route `{}`",
-                        task.agent.name,
-                        shown(&rest, 200),
-                        route.name
-                    )
-                },
-                format!(
-                    "ask an administrator for a permit on Action::\"http:request\" and Route::\"{}\" (check it with `warrant policy check`)",
-                    route.name
-                ),
-                decision.policies.clone(),
-            );
-            return self.refuse(event, e, &route.name).await;
+        if decision.effect == Effect::Allow {
+            return Ok(());
         }
+        let pending = decision.effect == Effect::ApprovalRequired;
+        Err(Box::new(Refusal::forbidden(
+            if pending {
+                "approval required"
+            } else if decision.policies.is_empty() {
+                "policy (default deny)"
+            } else {
+                "policy (forbid)"
+            },
+            if pending {
+                format!(
+                    "a permit for this request on route `{}` requires a person's approval, which this version of the proxy cannot wait for",
+                    route.name
+                )
+            } else {
+                format!(
+                    "policy does not allow agent `{}` {method} {} on route `{}`",
+                    task.agent.name,
+                    shown(path, 200),
+                    route.name
+                )
+            },
+            format!(
+                "ask an administrator for a permit on Action::\"http:request\" and Route::\"{}\" (check it with `warrant policy check`)",
+                route.name
+            ),
+            decision.policies,
+        )))
+    }
 
-        // Size, before any upstream contact.
+    /// Read the body where it must be: a declared size over the route's
+    /// limit is refused, and a POST body a framework would read a method
+    /// override from is read first (INVARIANT: one reading of method and
+    /// path).
+    async fn read(
+        &self,
+        req: Request<Body>,
+        route: &Route,
+        task: &TaskUse,
+    ) -> Result<Request<Body>, Box<Refusal>> {
         if let Some(len) = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -406,71 +370,52 @@ impl ProxyService {
             .and_then(|v| v.parse::<u64>().ok())
             && len > route.max_request_bytes
         {
-            let e = Refusal::new(
+            return Err(Box::new(Refusal::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!(
                     "the request body is {len} bytes; route `{}` accepts at most {}",
                     route.name, route.max_request_bytes
                 ),
-            );
-            return self.refuse(event, e, &route.name).await;
+            )));
         }
-        // INVARIANT (one reading of method and path): a POST body a
-        // framework would read a method override from is read first.
-        let req = match body::without_overrides(
+        body::without_overrides(
             req,
             &route.name,
             task.agent.name.as_str(),
             route.max_request_bytes,
         )
         .await
-        {
-            Ok(r) => r,
-            Err(e) => return self.refuse(event, e, &route.name).await,
-        };
+        .map_err(Box::new)
+    }
 
+    /// The upstream credential for this request.
+    async fn credential(&self, rs: &RouteState, task: &TaskUse) -> Result<Injected, Box<Refusal>> {
+        let route = &rs.route;
         let providers = Providers {
             source: &*self.s.credentials,
             issuer: &self.s.issuer,
         };
-        let injected = match providers
-            .obtain(route.into(), rs.oauth.as_ref(), Some(&task))
+        match providers
+            .obtain(route.into(), rs.oauth.as_ref(), Some(task))
             .await
         {
-            Ok(i) => i,
-            Err(CredentialError::Refused(msg)) => {
-                let e = Refusal::forbidden(
-                    "credential",
-                    msg,
-                    "ask an administrator to store the credential named above".into(),
-                    Vec::new(),
-                );
-                return self
-                    .refuse(
-                        event.credential_type(route.credential.kind()),
-                        e,
-                        &route.name,
-                    )
-                    .await;
-            }
+            Ok(i) => Ok(i),
+            Err(CredentialError::Refused(msg)) => Err(Box::new(Refusal::forbidden(
+                "credential",
+                msg,
+                "ask an administrator to store the credential named above".into(),
+                Vec::new(),
+            ))),
             Err(CredentialError::Unavailable(msg)) => {
                 tracing::warn!(route = %route.name, error = %msg, "no upstream credential");
-                let e = Refusal::new(StatusCode::BAD_GATEWAY, "credential_unavailable", msg);
-                return self
-                    .refuse(
-                        event.credential_type(route.credential.kind()),
-                        e,
-                        &route.name,
-                    )
-                    .await;
+                Err(Box::new(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "credential_unavailable",
+                    msg,
+                )))
             }
-        };
-        event = event
-            .credential_type(route.credential.kind())
-            .credential_id(injected.id.clone());
-        self.forward(rs, req, rest, task, injected, event, start)
-            .await
+        }
     }
 
     fn metadata_url(&self, r: &Route) -> String {
@@ -483,32 +428,8 @@ impl ProxyService {
     /// Refuses what no route may carry, whatever the token says; returns the
     /// canonical path below the route.
     fn boundaries(&self, req: &Request<Body>, rest: &str) -> Result<String, Box<Refusal>> {
-        let bad = |m: String| {
-            Err(Box::new(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                m,
-            )))
-        };
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            return bad("absolute-form request targets are refused: this is not an open proxy; send `METHOD /<route>/<path>` to the edge listener".into());
-        }
-        if let Some(h) = repeated(req.headers(), &[header::HOST]) {
-            return bad(format!(
-                "`{h}` is sent more than once; send it once, so there is one reading of the request"
-            ));
-        }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
-        if !self.s.serves_host(host) {
-            return bad(format!(
-                "the Host header `{}` does not name this edge listener; the upstream is chosen by the route, never by Host (add names the edge is reached by to `edge_hosts` in warrant.toml)",
-                shown(host, 100)
-            ));
-        }
+        let bad = |m: String| Err(Box::new(Refusal::invalid(m)));
+        boundary::addressed_here(req, &self.s, &[])?;
         // INVARIANT (one reading of method and path): headers and query
         // parameters that frameworks honour to override the method or path
         // would let the upstream act on another request than the one the
@@ -532,7 +453,7 @@ impl ProxyService {
         {
             return bad("the `_method` query parameter (in any spelling a framework reads as it) is refused: upstream frameworks read it as another method than the one the edge decides on".into());
         }
-        let canonical = match path::canonical_path(rest) {
+        let canonical = match boundary::path::canonical_path(rest) {
             Ok(c) => c,
             Err(why) => {
                 return bad(format!(
@@ -557,39 +478,14 @@ impl ProxyService {
         Ok(canonical)
     }
 
-    fn decision_request(
-        &self,
-        route: &Route,
-        task: &TaskUse,
-        method: &Method,
-        path: &str,
-        peer: SocketAddr,
-        now: Timestamp,
-    ) -> DecisionRequest {
-        let mut req = task_request(
-            task,
-            Action::HttpRequest,
-            Resource::Route(route.name.clone()),
-            peer,
-            now,
-        );
-        req.context.http = Some(HttpFacts {
-            method: method.as_str().to_owned(),
-            path: path.to_owned(),
-            host: route.upstream.authority(),
-        });
-        req
-    }
-
     /// Records a refusal durably, then answers it.
     async fn refuse(&self, event: AuditEvent, e: Refusal, route: &str) -> Response {
         let mut event = event;
-        event.decision =
-            if e.status == StatusCode::FORBIDDEN || e.status == StatusCode::UNAUTHORIZED {
-                Outcome::Deny
-            } else {
-                Outcome::Error
-            };
+        event.decision = if e.is_denial() {
+            Outcome::Deny
+        } else {
+            Outcome::Error
+        };
         if event.reasons.is_empty() {
             event.reasons.push(format!("{}: {}", e.code, e.message));
         }
@@ -609,90 +505,26 @@ impl ProxyService {
             Ok(()) => e.into_response(),
             Err(err) => {
                 tracing::error!(error = %err, "cannot write the audit trail; edge request refused");
-                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable",
-                    "the broker cannot write its audit trail, so it forwards nothing; try again later".to_owned()).into_response()
+                Refusal::audit_unavailable().into_response()
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
-        &self,
-        rs: &RouteState,
-        req: Request<Body>,
-        rest: String,
-        task: TaskUse,
-        injected: Injected,
-        event: AuditEvent,
-        start: Instant,
-    ) -> Response {
-        let route = &rs.route;
-        let (parts, body) = req.into_parts();
-        let query = parts
-            .uri
-            .query()
-            .map(|q| format!("?{q}"))
-            .unwrap_or_default();
-        let uri = format!("{}{rest}{query}", route.upstream.as_url());
-        let mut headers = forwardable(&parts.headers);
-        headers.remove(&route.agent_header);
-        // What an upstream may take as said by a proxy in front of it (the
-        // client's address, who the user is) is not the agent's to say.
-        let asserted: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| proxy_asserted(k.as_str()))
-            .cloned()
-            .collect();
-        for k in asserted {
-            headers.remove(k);
-        }
-        // Answers come whole: a credential echoed in a body is redacted as a
-        // whole, and the agent cannot ask for it a few bytes at a time.
-        headers.remove(header::RANGE);
-        headers.remove(header::IF_RANGE);
-        headers.insert(
-            header::HOST,
-            HeaderValue::from_str(&route.upstream.authority())
-                .unwrap_or(HeaderValue::from_static("invalid")),
-        );
-        // Bodies arrive uncompressed so the redactor can see what they echo.
-        headers.insert(
-            header::ACCEPT_ENCODING,
-            HeaderValue::from_static("identity"),
-        );
-        headers.insert(
-            HeaderName::from_static("traceparent"),
-            traceparent(parts.headers.get("traceparent")),
-        );
-        if let Ok(v) = HeaderValue::from_str(&task.claims.txn) {
-            headers.insert(HeaderName::from_static("x-warrant-txn"), v);
-        }
-        headers.insert(injected.header.clone(), injected.value.clone());
-        let bytes_in = parts
-            .headers
+    /// Forward: the admitted request to the route's origin with the
+    /// credential, and its answer back through the redactor; the record is
+    /// written when the answer ends.
+    async fn forward(&self, a: Admitted<'_>, event: AuditEvent, start: Instant) -> Response {
+        let route = &a.rs.route;
+        let bytes_in = a
+            .req
+            .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let body = Body::new(http_body_util::Limited::new(
-            body,
-            usize::try_from(route.max_request_bytes).unwrap_or(usize::MAX),
-        ));
-        let mut out = match Request::builder()
-            .method(parts.method.clone())
-            .uri(&uri)
-            .body(body)
-        {
+        let out = match upstream_request(route, a.req, &a.path, &a.task, &a.injected) {
             Ok(r) => r,
-            Err(_) => {
-                let e = Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    "the request cannot be forwarded as it is".into(),
-                );
-                return self.refuse(event, e, &route.name).await;
-            }
+            Err(e) => return self.refuse(event, e, &route.name).await,
         };
-        *out.headers_mut() = headers;
         let Ok(permit) = self.pending_records.clone().acquire_owned().await else {
             let e = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -702,44 +534,12 @@ impl ProxyService {
             return self.refuse(event, e, &route.name).await;
         };
         let sent = Instant::now();
-        let before = sent - start;
-        let answer = tokio::time::timeout(route.timeout, rs.client.request(out)).await;
+        let answer = tokio::time::timeout(route.timeout, a.rs.client.request(out)).await;
         let upstream_headers = sent.elapsed();
         let resp = match answer {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) if over_limit(&e) => {
-                // A body without a length, cut off at the limit mid-upload.
-                let mut ev = event;
-                ev.decision = Outcome::Error;
-                let e = Refusal::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!(
-                        "the request body is over the {} bytes route `{}` accepts; the upload was cut off",
-                        route.max_request_bytes, route.name
-                    ),
-                );
-                return self.upstream_failed(ev, e, &route.name).await;
-            }
-            Ok(Err(e)) => {
-                let why = if e.is_connect() {
-                    "could not be reached"
-                } else {
-                    "failed"
-                };
-                tracing::warn!(route = %route.name, error = %e, "upstream request failed");
-                let mut ev = event;
-                ev.decision = Outcome::Allow;
-                let e = Refusal::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_unavailable",
-                    format!("the upstream of route `{}` {why}", route.name),
-                );
-                return self.upstream_failed(ev, e, &route.name).await;
-            }
+            Ok(Err(e)) => return self.upstream_failed(event, route, &e).await,
             Err(_) => {
-                let mut ev = event;
-                ev.decision = Outcome::Allow;
                 let e = Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -749,69 +549,33 @@ impl ProxyService {
                         route.timeout.as_secs()
                     ),
                 );
-                return self.upstream_failed(ev, e, &route.name).await;
+                return self
+                    .upstream_refused(event, Outcome::Allow, e, &route.name)
+                    .await;
             }
         };
         let after_start = Instant::now();
-        let redactor = Redactor::new(injected.echoes);
-        // The edge asked for `identity`; a body encoded anyway cannot be
-        // inspected for an echoed credential, so it is not passed on.
-        if redactor.is_active()
-            && let Some(coding) = uninspectable(resp.headers())
-        {
-            let mut ev = event;
-            ev.decision = Outcome::Error;
-            let e = Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                "upstream_encoding",
-                format!(
-                    "the upstream of route `{}` answered with encoding `{}` though the edge asked for none; warrant passes on only what it can inspect for the injected credential",
-                    route.name,
-                    shown(&coding, 40)
-                ),
-            );
-            drop(permit);
-            return self.upstream_failed(ev, e, &route.name).await;
-        }
-        let (mut rparts, rbody) = resp.into_parts();
-        // Nothing of the upstream's answer but status, headers and body: a
-        // custom reason phrase (kept in the extensions) is not passed on.
-        rparts.extensions = http::Extensions::new();
-        let mut rheaders = forwardable(&rparts.headers);
-        // A session the upstream opens for the injected credential would be
-        // a credential in the agent's hands, usable without the edge.
-        rheaders.remove(header::SET_COOKIE);
-        if redactor.is_active() {
-            // A header whose name spells the credential goes altogether.
-            let named: Vec<HeaderName> = rheaders
-                .keys()
-                .filter(|k| redactor.occurs_ignoring_case(k.as_str().as_bytes()))
-                .cloned()
-                .collect();
-            for k in named {
-                rheaders.remove(k);
+        let redactor = Redactor::new(a.injected.echoes);
+        let (rparts, rbody) = match answer_parts(resp, &redactor, route) {
+            Ok(p) => p,
+            Err(e) => {
+                drop(permit);
+                return self
+                    .upstream_refused(event, Outcome::Error, *e, &route.name)
+                    .await;
             }
-            for v in rheaders.values_mut() {
-                if let Some(clean) = redactor.redact_all(v.as_bytes()) {
-                    *v = HeaderValue::from_bytes(&clean)
-                        .unwrap_or(HeaderValue::from_static("[redacted by warrant]"));
-                }
-            }
-            // The body may change length when something is redacted.
-            rheaders.remove(header::CONTENT_LENGTH);
-        }
-        rparts.headers = rheaders;
-        let status = rparts.status;
+        };
         self.s.metrics.proxy_request(&route.name, "forwarded");
         self.s
             .metrics
             .proxy_upstream(&route.name, upstream_headers.as_secs_f64());
-        self.s
-            .metrics
-            .proxy_added(&route.name, (before + after_start.elapsed()).as_secs_f64());
+        self.s.metrics.proxy_added(
+            &route.name,
+            ((sent - start) + after_start.elapsed()).as_secs_f64(),
+        );
         let completion = Completion {
             event,
-            status: status.as_u16(),
+            status: rparts.status.as_u16(),
             bytes_in,
             upstream_ms: upstream_headers.as_secs_f64() * 1000.0,
             audit: self.s.audit.clone(),
@@ -827,8 +591,52 @@ impl ProxyService {
         Response::from_parts(rparts, Body::new(body))
     }
 
-    async fn upstream_failed(&self, event: AuditEvent, e: Refusal, route: &str) -> Response {
+    /// The upstream could not be sent the request or did not answer.
+    async fn upstream_failed(
+        &self,
+        event: AuditEvent,
+        route: &Route,
+        e: &hyper_util::client::legacy::Error,
+    ) -> Response {
+        if upstream::over_limit(e) {
+            // A body without a length, cut off at the limit mid-upload.
+            let r = Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body is over the {} bytes route `{}` accepts; the upload was cut off",
+                    route.max_request_bytes, route.name
+                ),
+            );
+            return self
+                .upstream_refused(event, Outcome::Error, r, &route.name)
+                .await;
+        }
+        let why = if e.is_connect() {
+            "could not be reached"
+        } else {
+            "failed"
+        };
+        tracing::warn!(route = %route.name, error = %e, "upstream request failed");
+        let r = Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            format!("the upstream of route `{}` {why}", route.name),
+        );
+        self.upstream_refused(event, Outcome::Allow, r, &route.name)
+            .await
+    }
+
+    /// Records an admitted request whose upstream leg failed, then answers.
+    async fn upstream_refused(
+        &self,
+        event: AuditEvent,
+        outcome: Outcome,
+        e: Refusal,
+        route: &str,
+    ) -> Response {
         let mut event = event;
+        event.decision = outcome;
         add_detail(
             &mut event,
             json!({ "status": e.status.as_u16(), "refusal": e.code, "error": e.message }),
@@ -841,187 +649,166 @@ impl ProxyService {
     }
 }
 
-/// The decision request for a use of a task token at the edge: the acting
-/// instance as principal, the user, groups, scopes, chain, depth, task, txn,
-/// time and source address as context.
-pub(crate) fn task_request(
+/// An admitted request: its route, its canonical path below the route, the
+/// task it acts for and the credential obtained for it.
+struct Admitted<'a> {
+    rs: &'a RouteState,
+    req: Request<Body>,
+    path: String,
+    task: TaskUse,
+    injected: Injected,
+}
+
+/// The request the upstream gets: the route's origin, the canonical path
+/// and the agent's query; the agent's token, hop-by-hop headers and what
+/// only a proxy may assert removed; the credential injected.
+fn upstream_request(
+    route: &Route,
+    req: Request<Body>,
+    path: &str,
     task: &TaskUse,
-    action: Action,
-    resource: Resource,
+    injected: &Injected,
+) -> Result<Request<Body>, Refusal> {
+    let (parts, body) = req.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let uri = format!("{}{path}{query}", route.upstream.as_url());
+    let mut headers = forwardable(&parts.headers);
+    headers.remove(&route.agent_header);
+    // What an upstream may take as said by a proxy in front of it (the
+    // client's address, who the user is) is not the agent's to say.
+    let asserted: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| proxy_asserted(k.as_str()))
+        .cloned()
+        .collect();
+    for k in asserted {
+        headers.remove(k);
+    }
+    // Answers come whole: a credential echoed in a body is redacted as a
+    // whole, and the agent cannot ask for it a few bytes at a time.
+    headers.remove(header::RANGE);
+    headers.remove(header::IF_RANGE);
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(&route.upstream.authority())
+            .unwrap_or(HeaderValue::from_static("invalid")),
+    );
+    // Bodies arrive uncompressed so the redactor can see what they echo.
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers.insert(
+        HeaderName::from_static("traceparent"),
+        traceparent(parts.headers.get("traceparent")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&task.claims.txn) {
+        headers.insert(HeaderName::from_static("x-warrant-txn"), v);
+    }
+    headers.insert(injected.header.clone(), injected.value.clone());
+    let body = Body::new(http_body_util::Limited::new(
+        body,
+        usize::try_from(route.max_request_bytes).unwrap_or(usize::MAX),
+    ));
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(&uri)
+        .body(body)
+        .map_err(|_| Refusal::invalid("the request cannot be forwarded as it is".into()))?;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// What of the upstream's answer goes back: status, headers and body, no
+/// session cookie, a header naming or holding the injected credential
+/// removed or redacted. An answer encoded in a way the redactor cannot see
+/// through is refused (the edge asked for `identity`).
+fn answer_parts(
+    resp: Response<hyper::body::Incoming>,
+    redactor: &Redactor,
+    route: &Route,
+) -> Result<(http::response::Parts, hyper::body::Incoming), Box<Refusal>> {
+    if redactor.is_active()
+        && let Some(coding) = upstream::uninspectable(resp.headers())
+    {
+        return Err(Box::new(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_encoding",
+            format!(
+                "the upstream of route `{}` answered with encoding `{}` though the edge asked for none; warrant passes on only what it can inspect for the injected credential",
+                route.name,
+                shown(&coding, 40)
+            ),
+        )));
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    // Nothing of the upstream's answer but status, headers and body: a
+    // custom reason phrase (kept in the extensions) is not passed on.
+    rparts.extensions = http::Extensions::new();
+    let mut rheaders = forwardable(&rparts.headers);
+    // A session the upstream opens for the injected credential would be
+    // a credential in the agent's hands, usable without the edge.
+    rheaders.remove(header::SET_COOKIE);
+    if redactor.is_active() {
+        // A header whose name spells the credential goes altogether.
+        let named: Vec<HeaderName> = rheaders
+            .keys()
+            .filter(|k| redactor.occurs_ignoring_case(k.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for k in named {
+            rheaders.remove(k);
+        }
+        for v in rheaders.values_mut() {
+            if let Some(clean) = redactor.redact_all(v.as_bytes()) {
+                *v = HeaderValue::from_bytes(&clean)
+                    .unwrap_or(HeaderValue::from_static("[redacted by warrant]"));
+            }
+        }
+        // The body may change length when something is redacted.
+        rheaders.remove(header::CONTENT_LENGTH);
+    }
+    rparts.headers = rheaders;
+    Ok((rparts, rbody))
+}
+
+/// The Cedar request for a use of a route: the task's, with the method,
+/// canonical path and upstream host.
+fn decision_request(
+    route: &Route,
+    task: &TaskUse,
+    method: &Method,
+    path: &str,
     peer: SocketAddr,
     now: Timestamp,
 ) -> DecisionRequest {
-    let c = &task.claims;
-    let mut context = Context::at(now);
-    context.user = c.sub.strip_prefix("user:").map(|u| UserRef {
-        id: u.to_owned(),
-        groups: task.groups.clone(),
+    let mut req = task_request(
+        task,
+        Action::HttpRequest,
+        Resource::Route(route.name.clone()),
+        peer,
+        now,
+    );
+    req.context.http = Some(HttpFacts {
+        method: method.as_str().to_owned(),
+        path: path.to_owned(),
+        host: route.upstream.authority(),
     });
-    context.scopes = c
-        .scope
-        .split(' ')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    context.depth = u32::try_from(c.depth()).unwrap_or(u32::MAX);
-    context.chain = c
-        .act
-        .as_ref()
-        .map(|a| {
-            a.chain()
-                .into_iter()
-                .rev()
-                .filter_map(warrant_core::task::agent_of)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    context.task = Some(c.task.clone());
-    context.txn = Some(c.txn.clone());
-    context.source_ip = Some(peer.ip());
-    let a = &task.agent;
-    DecisionRequest {
-        principal: Principal {
-            agent: AgentFacts {
-                name: a.name.to_string(),
-                owner: a.owner.to_string(),
-                env: a.env.to_string(),
-                trust: a.trust,
-                purpose: a.purpose.to_string(),
-            },
-            instance: task.instance.clone(),
-            attestor: task.attestor.clone(),
-        },
-        action,
-        resource,
-        context,
+    req
+}
+
+/// A request path at the edge as the route's name and the rest below it
+/// (`/` when nothing follows the name).
+fn split_target(raw: &str) -> (String, String) {
+    let trimmed = raw.trim_start_matches('/');
+    match trimmed.split_once('/') {
+        Some((name, r)) => (name.to_owned(), format!("/{r}")),
+        None => (trimmed.to_owned(), "/".to_owned()),
     }
-}
-
-/// Whether a client error was the request body passing its limit.
-fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-pub(crate) fn add_detail(event: &mut AuditEvent, more: serde_json::Value) {
-    let mut d = event.detail.take().unwrap_or_else(|| json!({}));
-    if let (Some(d), serde_json::Value::Object(m)) = (d.as_object_mut(), more) {
-        d.extend(m);
-    }
-    event.detail = Some(d);
-}
-
-pub(crate) fn describe(event: AuditEvent, t: &TaskUse) -> AuditEvent {
-    for_whom(event, &t.claims)
-        .agent(t.agent.name.to_string())
-        .instance(t.instance.clone())
-}
-
-/// What a task token warrant issued says about who acts for whom: the
-/// user, task, txn, scope and chain, and the acting agent and instance
-/// named by its SPIFFE ID. For the record of a use refused after the token
-/// verified (expired, revoked, an agent disabled), so a trace shows who
-/// kept trying.
-pub(crate) fn attribute(event: AuditEvent, c: &TaskClaims) -> AuditEvent {
-    let mut e = for_whom(event, c);
-    // `spiffe://<domain>/agent/<name>/<instance>` of the current actor (or
-    // of the agent itself when it acts for itself).
-    let actor = c.act.as_ref().map_or(c.sub.as_str(), |a| a.sub.as_str());
-    if let Some(rest) = actor.strip_prefix("spiffe://")
-        && let Some((_, path)) = rest.split_once("/agent/")
-        && let Some((name, instance)) = path.split_once('/')
-    {
-        e = e.agent(name.to_owned()).instance(instance.to_owned());
-    }
-    e
-}
-
-/// The user, task, txn, scope, parent and chain a task token names.
-fn for_whom(event: AuditEvent, c: &TaskClaims) -> AuditEvent {
-    let mut e = event
-        .user(c.sub.clone())
-        .task(c.task.clone())
-        .txn(c.txn.clone())
-        .scope(c.scope.clone());
-    e.parent = c.parent.clone();
-    e.chain = c
-        .act
-        .as_ref()
-        .map(|a| a.chain().into_iter().map(str::to_owned).collect())
-        .unwrap_or_default();
-    e
-}
-
-/// The agent's task token from `header` (`Bearer <token>` in
-/// `authorization`; the bare token, or `Bearer <token>`, elsewhere).
-fn agent_token<'a>(headers: &'a HeaderMap, header: &HeaderName) -> Result<&'a str, String> {
-    let mut values = headers.get_all(header).iter();
-    let (Some(v), None) = (values.next(), values.next()) else {
-        return Err(format!(
-            "send your task token in `{header}`{}",
-            if header == header::AUTHORIZATION {
-                " as `Bearer <task token>`"
-            } else {
-                ""
-            }
-        ));
-    };
-    let v = v
-        .to_str()
-        .map_err(|_| format!("`{header}` is not text"))?
-        .trim();
-    let token = match v.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
-        Some(_) => return Err(format!("`{header}` must be `Bearer <task token>`")),
-        None if header == header::AUTHORIZATION => {
-            return Err("`authorization` must be `Bearer <task token>`".into());
-        }
-        None => v,
-    };
-    if token.is_empty() {
-        return Err(format!("`{header}` holds no token"));
-    }
-    Ok(token)
-}
-
-/// A content or transfer coding of an answer that the redactor cannot see
-/// through (anything but `identity`, and `chunked` for transfer).
-pub(crate) fn uninspectable(h: &HeaderMap) -> Option<String> {
-    let codings = |name: &HeaderName| -> Vec<String> {
-        h.get_all(name)
-            .iter()
-            .flat_map(|v| {
-                String::from_utf8_lossy(v.as_bytes())
-                    .split(',')
-                    .map(|c| c.trim().to_ascii_lowercase())
-                    .filter(|c| !c.is_empty())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    codings(&header::CONTENT_ENCODING)
-        .into_iter()
-        .find(|c| c != "identity")
-        .or_else(|| {
-            codings(&header::TRANSFER_ENCODING)
-                .into_iter()
-                .find(|c| c != "chunked")
-        })
-}
-
-/// The first of `names` that `headers` carry more than once: one request
-/// must have one reading, and servers disagree on which of two values wins.
-pub(crate) fn repeated<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> Option<&'a HeaderName> {
-    names
-        .iter()
-        .find(|n| headers.get_all(*n).iter().nth(1).is_some())
 }
 
 /// The headers that may cross the proxy: not hop-by-hop, not named in
@@ -1141,80 +928,6 @@ fn traceparent(given: Option<&HeaderValue>) -> HeaderValue {
     .unwrap_or(HeaderValue::from_static(
         "00-00000000000000000000000000000001-0000000000000001-01",
     ))
-}
-
-/// A refusal: status, code, message, and for 403s which rule class refused.
-#[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    refused_by: Option<&'static str>,
-    hint: Option<String>,
-    policies: Vec<String>,
-    www_authenticate: Option<String>,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, code: &'static str, message: String) -> Self {
-        Self {
-            status,
-            code,
-            message,
-            refused_by: None,
-            hint: None,
-            policies: Vec::new(),
-            www_authenticate: None,
-        }
-    }
-
-    fn unauthorized(message: String, metadata: String) -> Self {
-        let quoted = message.replace(['"', '\\'], "'");
-        Self {
-            www_authenticate: Some(format!(
-                "Bearer realm=\"warrant\", error=\"invalid_token\", error_description=\"{quoted}\", resource_metadata=\"{metadata}\""
-            )),
-            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message)
-        }
-    }
-
-    fn forbidden(
-        refused_by: &'static str,
-        message: String,
-        hint: String,
-        policies: Vec<String>,
-    ) -> Self {
-        Self {
-            refused_by: Some(refused_by),
-            hint: Some(hint),
-            policies,
-            ..Self::new(StatusCode::FORBIDDEN, "access_denied", message)
-        }
-    }
-}
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        // `{"error": {"message", "type", "code"}}`: the shape provider SDKs
-        // (OpenAI's, Anthropic's) read, so an agent's SDK shows the message.
-        let mut error = json!({ "message": self.message, "type": self.code, "code": self.code });
-        if let Some(r) = self.refused_by {
-            error["refused_by"] = json!(r);
-        }
-        if !self.policies.is_empty() {
-            error["policies"] = json!(self.policies);
-        }
-        if let Some(h) = self.hint {
-            error["how_to_get_access"] = json!(h);
-        }
-        let mut r = (self.status, axum::Json(json!({ "error": error }))).into_response();
-        if let Some(w) = self.www_authenticate
-            && let Ok(v) = HeaderValue::from_str(&w)
-        {
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-        }
-        r
-    }
 }
 
 /// The record of an allowed request, written when its response ends.
@@ -1358,40 +1071,6 @@ impl Drop for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn repeated_headers_are_found() {
-        let mut h = HeaderMap::new();
-        h.append(header::HOST, HeaderValue::from_static("a"));
-        assert!(repeated(&h, &[header::HOST, header::ORIGIN]).is_none());
-        h.append(header::HOST, HeaderValue::from_static("a"));
-        assert_eq!(
-            repeated(&h, &[header::ORIGIN, header::HOST]),
-            Some(&header::HOST)
-        );
-    }
-
-    #[test]
-    fn tokens_come_from_the_configured_header() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
-        assert_eq!(agent_token(&h, &header::AUTHORIZATION).unwrap(), "abc");
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert!(agent_token(&h, &header::AUTHORIZATION).is_err());
-        let x = HeaderName::from_static("x-api-key");
-        h.insert(x.clone(), HeaderValue::from_static("abc"));
-        assert_eq!(agent_token(&h, &x).unwrap(), "abc");
-        h.append(x.clone(), HeaderValue::from_static("def"));
-        assert!(agent_token(&h, &x).is_err(), "two tokens");
-        assert!(
-            agent_token(&HeaderMap::new(), &x)
-                .unwrap_err()
-                .contains("x-api-key")
-        );
-    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_stop_here() {

@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use http::{HeaderName, Method};
 use serde::Deserialize;
-use warrant_core::secret::SecretName;
+
+use crate::boundary::check_name;
+use crate::credential::config::{Credential, RawCredential, duration, header_name};
+use crate::upstream::{Origin, Scheme};
 
 /// The default most bytes of a request body.
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
@@ -19,8 +22,6 @@ pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default wait for the upstream's response headers (LLM calls are slow).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-/// The default lifetime of a `warrant_jwt` credential.
-pub const DEFAULT_JWT_TTL: Duration = Duration::from_secs(60);
 
 /// Names the edge keeps for itself.
 const RESERVED: &[&str] = &[
@@ -73,137 +74,6 @@ pub struct RawAllow {
     /// Path patterns below the route: `*` is one segment's characters,
     /// `/**` at the end is anything below.
     pub paths: Vec<String>,
-}
-
-/// A `credential = { kind = ..., ... }` as written.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawCredential {
-    /// A stored secret in a header.
-    Secret {
-        /// The secret's name.
-        secret: String,
-        /// The header (default `authorization`).
-        header: Option<String>,
-        /// The value, with `{secret}` (default `Bearer {secret}` for
-        /// `authorization`, `{secret}` otherwise).
-        format: Option<String>,
-    },
-    /// The secret stored for the task token's user.
-    PerUserSecret {
-        /// The secret's name.
-        secret: String,
-        /// The header.
-        header: Option<String>,
-        /// The value template.
-        format: Option<String>,
-    },
-    /// HTTP basic auth from a secret whose value is `user:password`.
-    Basic {
-        /// The secret's name.
-        secret: String,
-    },
-    /// An OAuth 2 client-credentials token from the upstream's token endpoint.
-    Oauth2ClientCredentials {
-        /// The token endpoint.
-        token_url: String,
-        /// The client id.
-        client_id: String,
-        /// The name of the stored client secret.
-        client_secret: String,
-        /// Scope to request.
-        scope: Option<String>,
-        /// Audience to request (some servers need it).
-        audience: Option<String>,
-        /// PEM file of the CAs trusted for the token endpoint.
-        ca_file: Option<PathBuf>,
-        /// The header (default `authorization`).
-        header: Option<String>,
-        /// The value, with `{token}` (default `Bearer {token}`).
-        format: Option<String>,
-    },
-    /// A short-lived JWT minted by warrant for this route.
-    WarrantJwt {
-        /// The header (default `authorization`).
-        header: Option<String>,
-        /// The value, with `{token}` (default `Bearer {token}`).
-        format: Option<String>,
-        /// Lifetime (`60s`, at most `5m`).
-        ttl: Option<String>,
-    },
-}
-
-/// `http` or `https`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// Plain HTTP.
-    Http,
-    /// HTTP over TLS.
-    Https,
-}
-
-/// An upstream origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// The scheme.
-    pub scheme: Scheme,
-    /// The host as written (a name, an IPv4 address, or `[v6]`).
-    pub host: String,
-    /// The port.
-    pub port: u16,
-}
-
-impl Origin {
-    /// `scheme://host[:port]`, default ports left out.
-    pub fn as_url(&self) -> String {
-        let s = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        format!("{s}://{}", self.authority())
-    }
-
-    /// `host[:port]` as a `Host` header says it.
-    pub fn authority(&self) -> String {
-        let default = match self.scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        };
-        if self.port == default {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    pub(crate) fn parse(value: &str, what: &str) -> Result<Self, String> {
-        let url = url::Url::parse(value)
-            .map_err(|e| format!("{what} `{}` is not a URL ({e})", value.escape_debug()))?;
-        let scheme = match url.scheme() {
-            "https" => Scheme::Https,
-            "http" => Scheme::Http,
-            _ => return Err(format!("{what} `{value}` must be an https:// URL")),
-        };
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!(
-                "{what} `{value}` must not carry credentials; the credential provider supplies them"
-            ));
-        }
-        let host = match url.host() {
-            Some(url::Host::Domain(d)) => d.to_owned(),
-            Some(url::Host::Ipv4(a)) => a.to_string(),
-            Some(url::Host::Ipv6(a)) => format!("[{a}]"),
-            None => return Err(format!("{what} `{value}` names no host")),
-        };
-        let port = url.port_or_known_default().unwrap_or(443);
-        Ok(Self { scheme, host, port })
-    }
-
-    /// Whether the host is a loopback address or `localhost`.
-    pub fn is_loopback(&self) -> bool {
-        let h = self.host.trim_start_matches('[').trim_end_matches(']');
-        h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
-    }
 }
 
 /// Methods one rule admits.
@@ -278,119 +148,6 @@ fn segment_matches(p: &str, x: &str) -> bool {
     p[i..].iter().all(|&c| c == b'*')
 }
 
-/// A header value template with one placeholder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    /// Before the placeholder.
-    pub before: String,
-    /// After it.
-    pub after: String,
-}
-
-impl Template {
-    fn parse(format: &str, placeholder: &str) -> Result<Self, String> {
-        match format.split_once(placeholder) {
-            Some((b, a)) if !a.contains(placeholder) => Ok(Self {
-                before: b.to_owned(),
-                after: a.to_owned(),
-            }),
-            _ => Err(format!(
-                "format `{}` must contain `{placeholder}` exactly once",
-                format.escape_debug()
-            )),
-        }
-    }
-
-    /// The header value for `v`.
-    pub fn fill(&self, v: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.before.len() + v.len() + self.after.len());
-        out.extend_from_slice(self.before.as_bytes());
-        out.extend_from_slice(v);
-        out.extend_from_slice(self.after.as_bytes());
-        out
-    }
-}
-
-/// A validated credential provider.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credential {
-    /// A shared stored secret in `header`.
-    Secret {
-        /// The secret.
-        secret: SecretName,
-        /// The header.
-        header: HeaderName,
-        /// Its value.
-        format: Template,
-    },
-    /// The stored secret of the task's user.
-    PerUserSecret {
-        /// The secret.
-        secret: SecretName,
-        /// The header.
-        header: HeaderName,
-        /// Its value.
-        format: Template,
-    },
-    /// Basic auth from a `user:password` secret.
-    Basic {
-        /// The secret.
-        secret: SecretName,
-    },
-    /// A cached client-credentials token.
-    OAuth2ClientCredentials {
-        /// The token endpoint.
-        token_url: url::Url,
-        /// The client id.
-        client_id: String,
-        /// The stored client secret.
-        client_secret: SecretName,
-        /// Scope.
-        scope: Option<String>,
-        /// Audience.
-        audience: Option<String>,
-        /// CAs for the token endpoint.
-        ca_file: Option<PathBuf>,
-        /// The header.
-        header: HeaderName,
-        /// Its value.
-        format: Template,
-    },
-    /// A JWT minted by warrant, audience-bound to the route.
-    WarrantJwt {
-        /// The header.
-        header: HeaderName,
-        /// Its value.
-        format: Template,
-        /// Its lifetime.
-        ttl: Duration,
-    },
-}
-
-impl Credential {
-    /// The kind, as the audit trail and metrics name it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Secret { .. } => "secret",
-            Self::PerUserSecret { .. } => "per_user_secret",
-            Self::Basic { .. } => "basic",
-            Self::OAuth2ClientCredentials { .. } => "oauth2_client_credentials",
-            Self::WarrantJwt { .. } => "warrant_jwt",
-        }
-    }
-
-    /// The header the credential goes in.
-    pub fn header(&self) -> HeaderName {
-        match self {
-            Self::Secret { header, .. }
-            | Self::PerUserSecret { header, .. }
-            | Self::OAuth2ClientCredentials { header, .. }
-            | Self::WarrantJwt { header, .. } => header.clone(),
-            Self::Basic { .. } => http::header::AUTHORIZATION,
-        }
-    }
-}
-
 /// A validated route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -414,181 +171,6 @@ pub struct Route {
     pub timeout: Duration,
     /// Most bytes of a request body.
     pub max_request_bytes: u64,
-}
-
-fn header_name(v: Option<&str>, key: &str) -> Result<HeaderName, String> {
-    let v = v.unwrap_or("authorization");
-    let h = HeaderName::from_bytes(v.to_ascii_lowercase().as_bytes())
-        .map_err(|_| format!("{key} `{}` is not a header name", v.escape_debug()))?;
-    if is_hop_by_hop(&h) || h == http::header::HOST || h == http::header::CONTENT_LENGTH {
-        return Err(format!("{key} `{h}` is a header the proxy manages itself"));
-    }
-    Ok(h)
-}
-
-/// Checks a route's or MCP server's name: 1 to 64 lower-case letters,
-/// digits, `-` or `_`, starting with a letter or digit (it is a path segment).
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "name `{}` must be 1 to 64 lower-case letters, digits, `-` or `_`",
-            name.escape_debug()
-        ))
-    }
-}
-
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-pub fn is_hop_by_hop(h: &HeaderName) -> bool {
-    matches!(
-        h.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-fn duration(
-    v: Option<&str>,
-    key: &str,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration, String> {
-    let Some(v) = v else { return Ok(default) };
-    let d = humantime::parse_duration(v)
-        .map_err(|_| format!("{key} `{}` is not a duration like `30s`", v.escape_debug()))?;
-    if d.is_zero() || d > max {
-        return Err(format!(
-            "{key} `{v}` must be more than 0 and at most {}",
-            humantime::format_duration(max)
-        ));
-    }
-    Ok(d)
-}
-
-fn secret_name(v: &str, key: &str) -> Result<SecretName, String> {
-    SecretName::new(v).map_err(|e| format!("{key}: {e}"))
-}
-
-fn template(
-    format: Option<&str>,
-    header: &HeaderName,
-    placeholder: &str,
-) -> Result<Template, String> {
-    let default = if header == http::header::AUTHORIZATION {
-        format!("Bearer {placeholder}")
-    } else {
-        placeholder.to_owned()
-    };
-    let f = format.unwrap_or(&default);
-    if f.chars().any(char::is_control) {
-        return Err("format must not contain control characters".into());
-    }
-    Template::parse(f, placeholder)
-}
-
-impl RawCredential {
-    /// Validates a credential (`allow_plaintext` also admits an http token
-    /// endpoint beyond loopback; `resolve` places relative paths).
-    pub fn build(
-        self,
-        allow_plaintext: bool,
-        resolve: &impl Fn(PathBuf) -> PathBuf,
-    ) -> Result<Credential, String> {
-        Ok(match self {
-            RawCredential::Secret {
-                secret,
-                header,
-                format,
-            } => {
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::Secret {
-                    secret: secret_name(&secret, "credential.secret")?,
-                    format: template(format.as_deref(), &header, "{secret}")?,
-                    header,
-                }
-            }
-            RawCredential::PerUserSecret {
-                secret,
-                header,
-                format,
-            } => {
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::PerUserSecret {
-                    secret: secret_name(&secret, "credential.secret")?,
-                    format: template(format.as_deref(), &header, "{secret}")?,
-                    header,
-                }
-            }
-            RawCredential::Basic { secret } => Credential::Basic {
-                secret: secret_name(&secret, "credential.secret")?,
-            },
-            RawCredential::Oauth2ClientCredentials {
-                token_url,
-                client_id,
-                client_secret,
-                scope,
-                audience,
-                ca_file,
-                header,
-                format,
-            } => {
-                let o = Origin::parse(&token_url, "credential.token_url")?;
-                if o.scheme == Scheme::Http && !o.is_loopback() && !allow_plaintext {
-                    return Err(format!(
-                        "credential.token_url `{token_url}` is plain http to a host that is not loopback; use https"
-                    ));
-                }
-                if client_id.is_empty() || client_id.chars().any(char::is_control) {
-                    return Err("credential.client_id must be set".into());
-                }
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::OAuth2ClientCredentials {
-                    token_url: url::Url::parse(&token_url).map_err(|e| e.to_string())?,
-                    client_id,
-                    client_secret: secret_name(&client_secret, "credential.client_secret")?,
-                    scope,
-                    audience,
-                    ca_file: ca_file.map(resolve),
-                    format: template(format.as_deref(), &header, "{token}")?,
-                    header,
-                }
-            }
-            RawCredential::WarrantJwt {
-                header,
-                format,
-                ttl,
-            } => {
-                let header = header_name(header.as_deref(), "credential.header")?;
-                Credential::WarrantJwt {
-                    format: template(format.as_deref(), &header, "{token}")?,
-                    header,
-                    ttl: duration(
-                        ttl.as_deref(),
-                        "credential.ttl",
-                        DEFAULT_JWT_TTL,
-                        Duration::from_secs(300),
-                    )?,
-                }
-            }
-        })
-    }
 }
 
 impl RawRoute {
@@ -698,6 +280,17 @@ impl RawRoute {
                 Some(n) => n,
             },
         })
+    }
+}
+
+impl<'a> From<&'a Route> for crate::credential::Target<'a> {
+    fn from(r: &'a Route) -> Self {
+        Self {
+            name: &r.name,
+            credential: &r.credential,
+            audience: &r.audience,
+            timeout: r.timeout,
+        }
     }
 }
 

@@ -9,9 +9,10 @@
 //! write it raced with: a snapshot is kept only if no write finished while it
 //! was being read, and used only while its generation is current.
 
+use parking_lot::RwLock;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 
 use warrant_core::agent::Agent;
 
@@ -28,7 +29,7 @@ impl AgentCache {
     /// The current snapshot, if one is valid.
     pub(super) fn get(&self) -> Option<Snapshot> {
         let current = self.generation.load(Ordering::Acquire);
-        let guard = self.snapshot.read().ok()?;
+        let guard = self.snapshot.read();
         match &*guard {
             Some((g, s)) if *g == current => Some(s.clone()),
             _ => None,
@@ -49,9 +50,8 @@ impl AgentCache {
                 .map(|a| (a.name.to_string(), a))
                 .collect(),
         );
-        if let Ok(mut guard) = self.snapshot.write()
-            && self.generation.load(Ordering::Acquire) == generation
-        {
+        let mut guard = self.snapshot.write();
+        if self.generation.load(Ordering::Acquire) == generation {
             *guard = Some((generation, snap.clone()));
         }
         snap

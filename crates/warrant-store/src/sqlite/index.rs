@@ -24,8 +24,8 @@
 //! trail says; `audit verify` reads only the log, and rows found through the
 //! index are re-filtered on the log's own columns.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -246,7 +246,7 @@ impl Indexer {
     pub(crate) fn stop(&self) {
         let _ = self.tx.send(Msg::Stop);
         // The std mutex guards only the join handle, taken once.
-        if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
     }

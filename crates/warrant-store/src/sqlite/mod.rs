@@ -11,8 +11,9 @@ mod migrations;
 mod rows;
 mod writer;
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -525,7 +526,7 @@ impl SqliteStore {
     }
 
     fn checkout(&self) -> Result<Connection, StoreError> {
-        if let Some(c) = self.readers.lock().ok().and_then(|mut r| r.pop()) {
+        if let Some(c) = self.readers.lock().pop() {
             return Ok(c);
         }
         let c = Connection::open_with_flags(
@@ -542,9 +543,8 @@ impl SqliteStore {
     }
 
     fn checkin(&self, c: Connection) {
-        if let Ok(mut r) = self.readers.lock()
-            && r.len() < 8
-        {
+        let mut r = self.readers.lock();
+        if r.len() < 8 {
             r.push(c);
         }
     }

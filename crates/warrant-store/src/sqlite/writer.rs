@@ -231,7 +231,7 @@ enum Msg {
 /// The handle callers use.
 pub(crate) struct Writer {
     tx: mpsc::Sender<Msg>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    thread: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Writer {
@@ -266,7 +266,7 @@ impl Writer {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Self {
             tx,
-            thread: std::sync::Mutex::new(Some(thread)),
+            thread: parking_lot::Mutex::new(Some(thread)),
         })
     }
 
@@ -316,7 +316,7 @@ impl Writer {
             let _ = rx.await;
         }
         // The std mutex guards only the join handle, taken once; never held across await.
-        let handle = self.thread.lock().ok().and_then(|mut h| h.take());
+        let handle = self.thread.lock().take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }

@@ -145,17 +145,17 @@ impl Unit {
 /// The units of characters, built once per character and shared: every
 /// credential spells its characters the same ways.
 fn char_unit(c: char) -> std::sync::Arc<Unit> {
+    use parking_lot::Mutex;
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::sync::{Arc, OnceLock};
     static UNITS: OnceLock<Mutex<HashMap<char, Arc<Unit>>>> = OnceLock::new();
     let cache = UNITS.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(u) = cache.lock().ok().and_then(|m| m.get(&c).cloned()) {
+    if let Some(u) = cache.lock().get(&c).cloned() {
         return u;
     }
     let unit = Arc::new(Unit::new(char_spellings(c)));
-    if let Ok(mut m) = cache.lock()
-        && m.len() < 1024
-    {
+    let mut m = cache.lock();
+    if m.len() < 1024 {
         m.insert(c, unit.clone());
     }
     unit
@@ -576,9 +576,10 @@ impl Index {
     /// The index of these values, from the cache when it was built before
     /// (keyed by a digest of the values, never the values themselves).
     fn of(values: Vec<Vec<u8>>) -> std::sync::Arc<Self> {
+        use parking_lot::Mutex;
         use sha2::Digest as _;
         use std::collections::HashMap;
-        use std::sync::{Arc, Mutex, OnceLock};
+        use std::sync::{Arc, OnceLock};
         static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Arc<Index>>>> = OnceLock::new();
         let mut h = sha2::Sha256::new();
         for v in &values {
@@ -587,11 +588,12 @@ impl Index {
         }
         let key: [u8; 32] = h.finalize().into();
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-        if let Some(i) = cache.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        if let Some(i) = cache.lock().get(&key).cloned() {
             return i;
         }
         let index = Arc::new(Self::build(values));
-        if let Ok(mut m) = cache.lock() {
+        {
+            let mut m = cache.lock();
             // Rotated credentials leave old entries: start over now and then.
             if m.len() >= 256 {
                 m.clear();

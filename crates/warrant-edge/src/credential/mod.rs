@@ -7,7 +7,9 @@
 //! cached until shortly before they expire and refreshed by one request
 //! while the others wait (single flight).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -21,7 +23,9 @@ use warrant_core::task::Act;
 use warrant_core::time::Timestamp;
 use zeroize::Zeroizing;
 
-use super::route::{Credential, Route};
+pub mod config;
+
+use config::Credential;
 
 /// What a credential is obtained for: a route, or an MCP server.
 #[derive(Debug, Clone, Copy)]
@@ -36,16 +40,6 @@ pub struct Target<'a> {
     pub timeout: Duration,
 }
 
-impl<'a> From<&'a Route> for Target<'a> {
-    fn from(r: &'a Route) -> Self {
-        Self {
-            name: &r.name,
-            credential: &r.credential,
-            audience: &r.audience,
-            timeout: r.timeout,
-        }
-    }
-}
 use warrant_core::secret::Resolved;
 use warrant_core::task::TaskUse;
 
@@ -126,7 +120,6 @@ impl OAuthCache {
     fn fresh(&self) -> Option<Arc<CachedToken>> {
         self.current
             .lock()
-            .ok()?
             .clone()
             .filter(|t| Instant::now() < t.refresh_at)
     }
@@ -242,7 +235,8 @@ impl OAuthCache {
             refresh_at: now + life - early,
             expires_at: now + life,
         });
-        if let Ok(mut c) = self.current.lock() {
+        {
+            let mut c = self.current.lock();
             *c = Some(cached.clone());
         }
         Ok((cached, secret_bytes))
