@@ -16,6 +16,7 @@
 pub mod attest;
 pub mod audit_batch;
 pub mod checkpoints;
+pub mod delegation;
 pub mod dev;
 pub mod keys;
 pub mod metrics;

@@ -19,6 +19,8 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 use warrant_core::TrustDomain;
@@ -30,7 +32,7 @@ use warrant_core::decision::{
 use warrant_core::identity::{IDENTITY_TOKEN_TYP, IdentityClaims};
 use warrant_core::name::AgentName;
 use warrant_core::task::{
-    Act, RevokeTarget, ScopeSet, TASK_TOKEN_TYP, TaskClaims, TaskRecord, agent_of, token_type,
+    Act, RevokeTarget, ScopeSet, TASK_TOKEN_TYP, TaskClaims, TaskRecord, token_type,
 };
 use warrant_core::text::shown;
 use warrant_core::time::{MAX_TOKEN_LIFETIME, Timestamp};
@@ -39,6 +41,7 @@ use warrant_token::VerifiedCache;
 use warrant_token::jwt::{self, Expect, VerifyingKeys};
 
 use crate::attest::oidc::Providers;
+use crate::delegation;
 use crate::keys::KeyService;
 use crate::metrics::Metrics;
 use crate::policy::PolicyService;
@@ -67,7 +70,7 @@ impl OAuthError {
     pub fn invalid_request(d: impl Into<String>) -> Self {
         Self::new("invalid_request", d)
     }
-    fn invalid_grant(d: impl Into<String>) -> Self {
+    pub(crate) fn invalid_grant(d: impl Into<String>) -> Self {
         Self::new("invalid_grant", d)
     }
     /// `invalid_client`.
@@ -154,6 +157,59 @@ struct Actor {
     instance: String,
 }
 
+impl Actor {
+    /// The acting instance, in its agent, as policy sees it.
+    fn principal(&self) -> Principal {
+        Principal {
+            agent: AgentFacts::from(&self.agent),
+            instance: self.instance.clone(),
+            attestor: self.claims.attestor.as_str().to_owned(),
+        }
+    }
+}
+
+/// The parameters of a token-exchange request, checked for shape.
+struct ExchangeRequest<'a> {
+    subject_token: &'a str,
+    subject_type: &'a str,
+    actor_token: &'a str,
+}
+
+impl<'a> ExchangeRequest<'a> {
+    fn read(params: &'a Params) -> Result<Self, OAuthError> {
+        let subject_token = params.required("subject_token")?;
+        let subject_type = params.required("subject_token_type")?;
+        let actor_token = params.one("actor_token")?.filter(|a| !a.is_empty()).ok_or_else(|| {
+            OAuthError::invalid_request(
+                "`actor_token` is required: warrant issues a token for a user only to an agent acting for them, never an impersonation",
+            )
+        })?;
+        if params
+            .one("actor_token_type")?
+            .is_some_and(|t| t != token_type::JWT)
+        {
+            return Err(OAuthError::invalid_request(format!(
+                "actor_token_type must be {}",
+                token_type::JWT
+            )));
+        }
+        if let Some(t) = params.one("requested_token_type")?
+            && t != token_type::ACCESS_TOKEN
+            && t != token_type::JWT
+        {
+            return Err(OAuthError::invalid_request(format!(
+                "requested_token_type must be {}",
+                token_type::ACCESS_TOKEN
+            )));
+        }
+        Ok(Self {
+            subject_token,
+            subject_type,
+            actor_token,
+        })
+    }
+}
+
 /// What the subject token says.
 struct Subject {
     /// `sub` of the new token.
@@ -196,6 +252,25 @@ enum ChainError {
     Unavailable,
 }
 
+/// User issuers built, ready to be put in force.
+#[allow(missing_debug_implementations)]
+pub struct PreparedUsers(Arc<UserTrust>);
+
+/// The trusted user issuers and their keys, swapped whole.
+struct UserTrust {
+    providers: Providers,
+    claims: Vec<UserIssuer>,
+}
+
+impl UserTrust {
+    fn new(claims: Vec<UserIssuer>) -> Result<Self, String> {
+        Ok(Self {
+            providers: Providers::new(claims.iter().map(|u| u.provider.clone()).collect())?,
+            claims,
+        })
+    }
+}
+
 /// A trusted user issuer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIssuer {
@@ -218,8 +293,8 @@ pub struct TokenService {
     issuer: Arc<str>,
     trust_domain: TrustDomain,
     max_depth: u32,
-    users: Providers,
-    user_claims: Vec<UserIssuer>,
+    /// The trusted user issuers: replaced whole by a reload.
+    users: ArcSwap<UserTrust>,
     // std RwLocks: held only to look up or insert ids, never across an await.
     revoked_tasks: RwLock<HashSet<String>>,
     blocked_instances: RwLock<HashSet<String>>,
@@ -289,11 +364,34 @@ fn random_id(prefix: &str, now: Timestamp) -> Result<String, OAuthError> {
 }
 
 impl TokenService {
+    /// The trusted user issuers in force.
+    pub fn user_issuers(&self) -> Vec<UserIssuer> {
+        self.users.load().claims.clone()
+    }
+
+    /// Builds a new set of trusted user issuers (a set equal to the current
+    /// one keeps its cached keys); nothing is in force until
+    /// [`install_user_issuers`](Self::install_user_issuers).
+    pub fn prepare_user_issuers(&self, issuers: Vec<UserIssuer>) -> Result<PreparedUsers, String> {
+        let current = self.users.load_full();
+        if current.claims == issuers {
+            return Ok(PreparedUsers(current));
+        }
+        Ok(PreparedUsers(Arc::new(UserTrust::new(issuers)?)))
+    }
+
+    /// Puts prepared user issuers in force.
+    pub fn install_user_issuers(&self, users: PreparedUsers) {
+        self.users.store(users.0);
+    }
+
     /// The namespaces of the trusted user issuers (user ids are
     /// `<namespace>/<subject>`).
     pub fn user_namespaces(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .user_claims
+            .users
+            .load()
+            .claims
             .iter()
             .map(|u| u.namespace.to_string())
             .collect();
@@ -304,7 +402,7 @@ impl TokenService {
 
     /// Builds the service and loads what is revoked.
     pub async fn new(p: TokenParts) -> Result<Self, String> {
-        let users = Providers::new(p.user_issuers.iter().map(|u| u.provider.clone()).collect())?;
+        let users = UserTrust::new(p.user_issuers)?;
         let c = p.common;
         let (tasks, instances) = c
             .store
@@ -319,8 +417,7 @@ impl TokenService {
             issuer: c.issuer,
             trust_domain: c.trust_domain,
             max_depth: p.max_depth,
-            users,
-            user_claims: p.user_issuers,
+            users: ArcSwap::from_pointee(users),
             revoked_tasks: RwLock::new(tasks.into_iter().collect()),
             blocked_instances: RwLock::new(instances.into_iter().collect()),
             identities: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
@@ -747,59 +844,81 @@ impl TokenService {
             .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
         let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or("");
         if iss == &*self.issuer {
-            if ty != token_type::ACCESS_TOKEN && ty != token_type::JWT {
-                return Err(OAuthError::invalid_request(format!(
-                    "subject_token_type for a warrant task token is {}",
-                    token_type::ACCESS_TOKEN
-                )));
-            }
-            let checked = self.check_task_token(token, now)?;
-            let c = &checked.claims;
-            if now.as_secs() >= c.exp {
-                return Err(OAuthError::invalid_grant("the subject token has expired"));
-            }
-            if self.is_revoked(&c.task) {
+            self.task_subject(token, ty, now).await
+        } else {
+            self.user_subject(token, ty, now).await
+        }
+    }
+
+    /// A warrant task token as subject: a task handed on.
+    async fn task_subject(
+        &self,
+        token: &str,
+        ty: &str,
+        now: Timestamp,
+    ) -> Result<Subject, OAuthError> {
+        if ty != token_type::ACCESS_TOKEN && ty != token_type::JWT {
+            return Err(OAuthError::invalid_request(format!(
+                "subject_token_type for a warrant task token is {}",
+                token_type::ACCESS_TOKEN
+            )));
+        }
+        let checked = self.check_task_token(token, now)?;
+        let c = &checked.claims;
+        if now.as_secs() >= c.exp {
+            return Err(OAuthError::invalid_grant("the subject token has expired"));
+        }
+        if self.is_revoked(&c.task) {
+            return Err(OAuthError::invalid_grant(
+                "the subject token's task has been revoked",
+            ));
+        }
+        let issued_ms = match self.task_facts(&checked).await {
+            Ok(f) => f.issued_ms,
+            Err(None) => {
                 return Err(OAuthError::invalid_grant(
-                    "the subject token's task has been revoked",
+                    "the subject token's task is unknown to this broker",
                 ));
             }
-            let issued_ms = match self.task_facts(&checked).await {
-                Ok(f) => f.issued_ms,
-                Err(None) => {
-                    return Err(OAuthError::invalid_grant(
-                        "the subject token's task is unknown to this broker",
-                    ));
-                }
-                Err(Some(_)) => return Err(OAuthError::unavailable()),
-            };
-            match self.check_chain(c, issued_ms).await {
-                Ok(_) => {}
-                Err(ChainError::Refused(m)) => {
-                    return Err(OAuthError::invalid_grant(format!("subject token: {m}")));
-                }
-                Err(ChainError::Unavailable) => return Err(OAuthError::unavailable()),
+            Err(Some(_)) => return Err(OAuthError::unavailable()),
+        };
+        match self.check_chain(c, issued_ms).await {
+            Ok(_) => {}
+            Err(ChainError::Refused(m)) => {
+                return Err(OAuthError::invalid_grant(format!("subject token: {m}")));
             }
-            let user = match c.sub.strip_prefix("user:") {
-                Some(u) => Some(UserRef {
-                    id: u.to_owned(),
-                    groups: self.task_groups(&checked).await?,
-                }),
-                None => None,
-            };
-            let scope =
-                ScopeSet::parse(&c.scope).map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
-            return Ok(Subject {
-                sub: c.sub.clone(),
-                user,
-                act: c.act.clone(),
-                scope: Some(scope),
-                audience: Some(c.aud.clone()),
-                exp: c.exp,
-                parent: Some(c.task.clone()),
-                txn: Some(c.txn.clone()),
-                may_act: c.may_act.clone(),
-            });
+            Err(ChainError::Unavailable) => return Err(OAuthError::unavailable()),
         }
+        let user = match c.sub.strip_prefix("user:") {
+            Some(u) => Some(UserRef {
+                id: u.to_owned(),
+                groups: self.task_groups(&checked).await?,
+            }),
+            None => None,
+        };
+        let scope =
+            ScopeSet::parse(&c.scope).map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+        Ok(Subject {
+            sub: c.sub.clone(),
+            user,
+            act: c.act.clone(),
+            scope: Some(scope),
+            audience: Some(c.aud.clone()),
+            exp: c.exp,
+            parent: Some(c.task.clone()),
+            txn: Some(c.txn.clone()),
+            may_act: c.may_act.clone(),
+        })
+    }
+
+    /// A user's token from a trusted issuer as subject: the user, their
+    /// groups and scope, and whom they allow to act (`may_act`).
+    async fn user_subject(
+        &self,
+        token: &str,
+        ty: &str,
+        now: Timestamp,
+    ) -> Result<Subject, OAuthError> {
         if ![
             token_type::JWT,
             token_type::ID_TOKEN,
@@ -813,18 +932,19 @@ impl TokenService {
                 token_type::JWT
             )));
         }
-        if self.users.is_empty() {
+        let users = self.users.load_full();
+        if users.providers.is_empty() {
             return Err(OAuthError::invalid_grant(
                 "no user issuers are trusted ([[user_issuer]] in warrant.toml)",
             ));
         }
-        let (provider, claims) = self
-            .users
+        let (provider, claims) = users
+            .providers
             .verify(token, now)
             .await
             .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
-        let cfg = self
-            .user_claims
+        let cfg = users
+            .claims
             .iter()
             .find(|u| u.provider.issuer == provider.issuer)
             .ok_or_else(|| OAuthError::invalid_grant("subject token: issuer not trusted"))?;
@@ -901,36 +1021,30 @@ impl TokenService {
         Ok(out)
     }
 
+    /// Decides `action` for every audience (all must be allowed) and
+    /// writes the decision into the record.
     fn decide(
         &self,
         action: Action,
         actor: &Actor,
         audiences: &[String],
         context: &Context,
-        event: AuditEvent,
-    ) -> (bool, AuditEvent) {
-        let mut event = event;
+        event: &mut AuditEvent,
+    ) -> bool {
         let mut allowed = true;
         let mut reasons = Vec::new();
         for aud in audiences {
             let req = DecisionRequest {
-                principal: Principal {
-                    agent: AgentFacts {
-                        name: actor.agent.name.to_string(),
-                        owner: actor.agent.owner.to_string(),
-                        env: actor.agent.env.to_string(),
-                        trust: actor.agent.trust,
-                        purpose: actor.agent.purpose.to_string(),
-                    },
-                    instance: actor.instance.clone(),
-                    attestor: actor.claims.attestor.as_str().to_owned(),
-                },
+                principal: actor.principal(),
                 action,
                 resource: Resource::Audience(aud.clone()),
                 context: context.clone(),
             };
-            let (d, e) = self.policy.decide_for_record(&req, event);
-            event = e;
+            let (d, e) = self.policy.decide_for_record(
+                &req,
+                std::mem::replace(event, AuditEvent::new(String::new(), Outcome::Deny)),
+            );
+            *event = e;
             reasons.extend(d.reasons());
             if d.effect != Effect::Allow {
                 allowed = false;
@@ -945,318 +1059,190 @@ impl TokenService {
         } else {
             Outcome::Deny
         };
-        (allowed, event)
+        allowed
     }
 
+    /// RFC 8693 token exchange: authenticate the acting agent, read the
+    /// subject token, narrow, decide, then issue; a refusal at any step is
+    /// recorded and answered.
     async fn exchange(
         &self,
         params: &Params,
         caller: &Caller,
     ) -> Result<TokenResponse, OAuthError> {
         let now = Timestamp::now();
-        let base = self
+        let mut event = self
             .event("token.exchange", caller)
             .action("token:exchange");
-        macro_rules! bail {
-            ($ev:expr, $e:expr) => {
-                return Err(self.refuse($ev, $e).await)
-            };
+        match self.exchange_grant(params, caller, now, &mut event).await {
+            Ok((actor, grant)) => self.issue(&actor, grant, now, event).await,
+            Err(e) => Err(self.refuse(event, e).await),
         }
-        let (subject_token, subject_type, actor_token, actor_type) = match (
-            params.required("subject_token"),
-            params.required("subject_token_type"),
-            params.one("actor_token"),
-            params.one("actor_token_type"),
-        ) {
-            (Ok(s), Ok(st), Ok(Some(a)), Ok(at)) if !a.is_empty() => (s, st, a, at),
-            (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
-                bail!(base, e)
-            }
-            _ => bail!(
-                base,
-                OAuthError::invalid_request(
-                    "`actor_token` is required: warrant issues a token for a user only to an agent acting for them, never an impersonation"
-                )
-            ),
-        };
-        if actor_type.is_some_and(|t| t != token_type::JWT) {
-            bail!(
-                base,
-                OAuthError::invalid_request(format!(
-                    "actor_token_type must be {}",
-                    token_type::JWT
-                ))
-            );
-        }
-        if let Ok(Some(t)) = params.one("requested_token_type")
-            && t != token_type::ACCESS_TOKEN
-            && t != token_type::JWT
-        {
-            bail!(
-                base,
-                OAuthError::invalid_request(format!(
-                    "requested_token_type must be {}",
-                    token_type::ACCESS_TOKEN
-                ))
-            );
-        }
-        let actor = match self.actor(actor_token, now).await {
-            Ok(a) => a,
-            Err(e) => bail!(base, e),
-        };
-        let base = base
-            .agent(actor.agent.name.to_string())
-            .instance(actor.instance.clone());
-        let subject = match self.subject(subject_token, subject_type, now).await {
-            Ok(s) => s,
-            Err(e) => bail!(base, e),
-        };
+    }
+
+    /// The grant an exchange may issue, and who acts.
+    async fn exchange_grant(
+        &self,
+        params: &Params,
+        caller: &Caller,
+        now: Timestamp,
+        event: &mut AuditEvent,
+    ) -> Result<(Actor, Grant), OAuthError> {
+        let asked = ExchangeRequest::read(params)?;
+        let actor = self.actor(asked.actor_token, now).await?;
+        event.agent = Some(actor.agent.name.to_string());
+        event.instance = Some(actor.instance.clone());
+        let subject = self
+            .subject(asked.subject_token, asked.subject_type, now)
+            .await?;
         let prior_chain: Vec<String> = subject
             .act
             .as_ref()
             .map(|a| a.chain().into_iter().map(str::to_owned).collect())
             .unwrap_or_default();
-        let mut base = base.user(subject.sub.clone());
-        base.chain = prior_chain.clone();
-        if let Some(t) = &subject.parent {
-            base = base.parent(t.clone());
+        event.user = Some(subject.sub.clone());
+        event.chain.clone_from(&prior_chain);
+        event.parent.clone_from(&subject.parent);
+        event.txn.clone_from(&subject.txn);
+        if !delegation::may_act_allows(
+            subject.may_act.as_ref(),
+            &self.issuer,
+            &actor.claims.sub,
+            actor.agent.name.as_str(),
+        ) {
+            return Err(OAuthError::invalid_grant(
+                "the subject token's `may_act` does not name this agent",
+            ));
         }
-        if let Some(x) = &subject.txn {
-            base = base.txn(x.clone());
-        }
-
-        if let Some(may) = &subject.may_act {
-            let allowed = may.get("sub").and_then(Value::as_str);
-            let me = &actor.claims.sub;
-            // A `sub` at another issuer names someone else, whatever its text.
-            let here = match may.get("iss") {
-                None => true,
-                Some(Value::String(i)) => {
-                    i.trim_end_matches('/') == self.issuer.trim_end_matches('/')
-                }
-                Some(_) => false,
-            };
-            if !here || (allowed != Some(me.as_str()) && allowed != Some(actor.agent.name.as_str()))
-            {
-                bail!(
-                    base,
-                    OAuthError::invalid_grant(
-                        "the subject token's `may_act` does not name this agent"
-                    )
-                );
-            }
-        }
-        let chain_agents: Vec<&str> = prior_chain.iter().filter_map(|s| agent_of(s)).collect();
-        if chain_agents.contains(&actor.agent.name.as_str())
-            || agent_of(&subject.sub) == Some(actor.agent.name.as_str())
-        {
-            bail!(
-                base,
-                OAuthError::invalid_grant(format!(
-                    "agent `{}` is already in this delegation chain; a chain never revisits an agent",
-                    actor.agent.name
-                ))
-            );
-        }
-        let depth = prior_chain.len() + 1;
-        if depth > self.max_depth as usize {
-            bail!(
-                base,
-                OAuthError::invalid_grant(format!(
-                    "delegation depth {depth} is over the limit of {}",
-                    self.max_depth
-                ))
-            );
-        }
-
-        let requested = match params.one("scope") {
-            Ok(Some(s)) => match ScopeSet::parse(s) {
-                Ok(s) => s,
-                Err(e) => bail!(base, OAuthError::new("invalid_scope", e.to_string())),
+        let audiences = Self::audiences(params)?;
+        let narrowed = delegation::narrow(
+            delegation::Handed {
+                sub: &subject.sub,
+                chain: &prior_chain,
+                scope: subject.scope.as_ref(),
+                audience: subject.audience.as_deref(),
             },
-            Ok(None) => match &subject.scope {
-                Some(s) => s.clone(),
-                None => bail!(
-                    base,
-                    OAuthError::new(
-                        "invalid_scope",
-                        "`scope` is required when exchanging a user's token"
-                    )
-                ),
+            delegation::Asked {
+                agent: actor.agent.name.as_str(),
+                scope: params.one("scope")?,
+                audience: &audiences,
             },
-            Err(e) => bail!(base, e),
-        };
-        if requested.is_empty() {
-            bail!(
-                base,
-                OAuthError::new("invalid_scope", "the requested scope is empty")
-            );
-        }
-        if let Some(parent) = &subject.scope
-            && !requested.is_subset(parent)
-        {
-            bail!(
-                base,
-                OAuthError::new(
-                    "invalid_scope",
-                    format!(
-                        "scope may only narrow: `{}` is not in the subject token's scope",
-                        requested.beyond(parent).join(" ")
-                    )
-                )
-            );
-        }
-        let mut audiences = match Self::audiences(params) {
-            Ok(a) => a,
-            Err(e) => bail!(base, e),
-        };
-        if audiences.is_empty() {
-            match &subject.audience {
-                Some(a) => audiences = a.clone(),
-                None => bail!(
-                    base,
-                    OAuthError::new(
-                        "invalid_target",
-                        "`audience` (or `resource`) is required when exchanging a user's token"
-                    )
-                ),
-            }
-        }
-        if let Some(parent) = &subject.audience
-            && let Some(wider) = audiences.iter().find(|a| !parent.contains(a))
-        {
-            bail!(
-                base,
-                OAuthError::new(
-                    "invalid_target",
-                    format!(
-                        "audience may only narrow: `{}` is not in the subject token's audience",
-                        shown(wider, 100)
-                    )
-                )
-            );
-        }
-
+            self.max_depth,
+        )?;
         let mut context = Context::at(now);
         context.user = subject.user.clone();
-        context.scopes = requested.iter().map(str::to_owned).collect();
-        context.depth = u32::try_from(depth).unwrap_or(u32::MAX);
-        context.chain = chain_agents
-            .iter()
-            .map(|s| (*s).to_owned())
-            .chain(std::iter::once(actor.agent.name.to_string()))
-            .collect();
+        context.scopes = narrowed.scope.iter().map(str::to_owned).collect();
+        context.depth = narrowed.depth;
+        context.chain = narrowed.chain;
         context.task = subject.parent.clone();
         context.txn = subject.txn.clone();
         context.source_ip = caller.source_ip;
-        let (allowed, event) =
-            self.decide(Action::TokenExchange, &actor, &audiences, &context, base);
-        if !allowed {
-            let e = OAuthError::new(
+        if !self.decide(
+            Action::TokenExchange,
+            &actor,
+            &narrowed.audience,
+            &context,
+            event,
+        ) {
+            return Err(OAuthError::new(
                 "access_denied",
                 format!(
-                    "policy does not allow agent `{}` this exchange (scope `{requested}`, audience `{}`)",
+                    "policy does not allow agent `{}` this exchange (scope `{}`, audience `{}`)",
                     actor.agent.name,
-                    shown(&audiences.join(" "), 100)
+                    narrowed.scope,
+                    shown(&narrowed.audience.join(" "), 100)
                 ),
-            );
-            return Err(self.refuse(event, e).await);
+            ));
         }
-        let act = Act::push(actor.claims.sub.clone(), subject.act.clone());
         let grant = Grant {
             sub: subject.sub,
-            act: Some(act),
-            scope: requested,
-            aud: audiences,
+            act: Some(Act::push(actor.claims.sub.clone(), subject.act)),
+            scope: narrowed.scope,
+            aud: narrowed.audience,
             subject_exp: subject.exp,
             parent: subject.parent,
             txn: subject.txn,
-            depth: u32::try_from(depth).unwrap_or(u32::MAX),
+            depth: narrowed.depth,
             groups: subject.user.map(|u| u.groups).unwrap_or_default(),
             may_act: subject.may_act,
         };
-        self.issue(&actor, grant, now, event).await
+        Ok((actor, grant))
     }
 
+    /// Client credentials for an agent acting for itself: authenticate by
+    /// its identity token as client assertion, read scope and audience,
+    /// decide, then issue.
     async fn client_credentials(
         &self,
         params: &Params,
         caller: &Caller,
     ) -> Result<TokenResponse, OAuthError> {
         let now = Timestamp::now();
-        let base = self.event("token.self", caller).action("token:self");
-        macro_rules! bail {
-            ($ev:expr, $e:expr) => {
-                return Err(self.refuse($ev, $e).await)
-            };
+        let mut event = self.event("token.self", caller).action("token:self");
+        match self.self_grant(params, caller, now, &mut event).await {
+            Ok((actor, grant)) => self.issue(&actor, grant, now, event).await,
+            Err(e) => Err(self.refuse(event, e).await),
         }
-        match params.one("client_assertion_type") {
-            Ok(Some(JWT_BEARER)) => {}
-            Ok(_) => bail!(
-                base,
-                OAuthError::invalid_client(format!(
-                    "client_assertion_type must be {JWT_BEARER} with the agent's identity token as client_assertion"
-                ))
-            ),
-            Err(e) => bail!(base, e),
+    }
+
+    /// The grant of a client-credentials request, and who acts.
+    async fn self_grant(
+        &self,
+        params: &Params,
+        caller: &Caller,
+        now: Timestamp,
+        event: &mut AuditEvent,
+    ) -> Result<(Actor, Grant), OAuthError> {
+        if params.one("client_assertion_type")? != Some(JWT_BEARER) {
+            return Err(OAuthError::invalid_client(format!(
+                "client_assertion_type must be {JWT_BEARER} with the agent's identity token as client_assertion"
+            )));
         }
-        let assertion = match params.required("client_assertion") {
-            Ok(a) => a,
-            Err(e) => bail!(base, OAuthError::invalid_client(e.description)),
-        };
-        let actor = match self.actor(assertion, now).await {
-            Ok(a) => a,
-            Err(e) => bail!(base, OAuthError::invalid_client(e.description)),
-        };
+        let assertion = params
+            .required("client_assertion")
+            .map_err(|e| OAuthError::invalid_client(e.description))?;
+        let actor = self
+            .actor(assertion, now)
+            .await
+            .map_err(|e| OAuthError::invalid_client(e.description))?;
         if let Ok(Some(id)) = params.one("client_id")
             && id != actor.agent.name.as_str()
         {
-            bail!(
-                base,
-                OAuthError::invalid_client("client_id does not match the client assertion's agent")
-            );
+            return Err(OAuthError::invalid_client(
+                "client_id does not match the client assertion's agent",
+            ));
         }
-        let base = base
-            .agent(actor.agent.name.to_string())
-            .instance(actor.instance.clone())
-            .user(actor.claims.sub.clone());
-        let requested = match params.one("scope") {
-            Ok(Some(s)) => match ScopeSet::parse(s) {
-                Ok(s) if !s.is_empty() => s,
-                Ok(_) => bail!(
-                    base,
-                    OAuthError::new("invalid_scope", "`scope` is required")
-                ),
-                Err(e) => bail!(base, OAuthError::new("invalid_scope", e.to_string())),
-            },
-            Ok(None) => bail!(
-                base,
-                OAuthError::new("invalid_scope", "`scope` is required")
-            ),
-            Err(e) => bail!(base, e),
+        event.agent = Some(actor.agent.name.to_string());
+        event.instance = Some(actor.instance.clone());
+        event.user = Some(actor.claims.sub.clone());
+        let requested = match params.one("scope")? {
+            Some(s) => {
+                ScopeSet::parse(s).map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?
+            }
+            None => ScopeSet::default(),
         };
-        let audiences = match Self::audiences(params) {
-            Ok(a) if !a.is_empty() => a,
-            Ok(_) => bail!(
-                base,
-                OAuthError::new("invalid_target", "`audience` (or `resource`) is required")
-            ),
-            Err(e) => bail!(base, e),
-        };
+        if requested.is_empty() {
+            return Err(OAuthError::new("invalid_scope", "`scope` is required"));
+        }
+        let audiences = Self::audiences(params)?;
+        if audiences.is_empty() {
+            return Err(OAuthError::new(
+                "invalid_target",
+                "`audience` (or `resource`) is required",
+            ));
+        }
         let mut context = Context::at(now);
         context.scopes = requested.iter().map(str::to_owned).collect();
         context.source_ip = caller.source_ip;
-        let (allowed, event) = self.decide(Action::TokenSelf, &actor, &audiences, &context, base);
-        if !allowed {
-            let e = OAuthError::new(
+        if !self.decide(Action::TokenSelf, &actor, &audiences, &context, event) {
+            return Err(OAuthError::new(
                 "access_denied",
                 format!(
                     "policy does not allow agent `{}` a token for itself (scope `{requested}`, audience `{}`)",
                     actor.agent.name,
                     shown(&audiences.join(" "), 100)
                 ),
-            );
-            return Err(self.refuse(event, e).await);
+            ));
         }
         let grant = Grant {
             sub: actor.claims.sub.clone(),
@@ -1270,9 +1256,12 @@ impl TokenService {
             groups: Vec::new(),
             may_act: None,
         };
-        self.issue(&actor, grant, now, event).await
+        Ok((actor, grant))
     }
 
+    /// Issues a decided grant: its lifetime (no longer than the agent's
+    /// limit or the subject token's), claims, signature, and the durable
+    /// record of the task before the token leaves the broker.
     async fn issue(
         &self,
         actor: &Actor,
@@ -1280,23 +1269,11 @@ impl TokenService {
         now: Timestamp,
         event: AuditEvent,
     ) -> Result<TokenResponse, OAuthError> {
-        let Grant {
-            sub,
-            act,
-            scope,
-            aud,
-            subject_exp,
-            parent,
-            txn,
-            depth,
-            groups,
-            may_act,
-        } = grant;
         let cap = i64::try_from(MAX_TOKEN_LIFETIME.as_secs()).unwrap_or(3600);
         let ttl = DEFAULT_TASK_TTL_SECS
             .min(i64::try_from(actor.agent.max_ttl.as_secs()).unwrap_or(cap))
             .min(cap);
-        let exp = (now.as_secs() + ttl).min(subject_exp);
+        let exp = (now.as_secs() + ttl).min(grant.subject_exp);
         if exp <= now.as_secs() {
             return Err(self
                 .refuse(
@@ -1305,28 +1282,7 @@ impl TokenService {
                 )
                 .await);
         }
-        let task = random_id("tsk_", now)?;
-        let txn = match txn {
-            Some(t) => t,
-            None => random_id("txn_", now)?,
-        };
-        let jti = random_id("", now)?;
-        let claims = TaskClaims {
-            iss: self.issuer.to_string(),
-            sub: sub.clone(),
-            aud: aud.clone(),
-            scope: scope.to_string(),
-            act,
-            client_id: actor.agent.name.to_string(),
-            task: task.clone(),
-            parent: parent.clone(),
-            txn: txn.clone(),
-            jti: jti.clone(),
-            iat: now.as_secs(),
-            nbf: now.as_secs(),
-            exp,
-            may_act,
-        };
+        let (claims, record) = self.new_task(actor, grant, exp, now)?;
         let token = {
             let set = self.keys.current();
             let Some(key) = set.active(now) else {
@@ -1338,35 +1294,87 @@ impl TokenService {
             jwt::sign(key, TASK_TOKEN_TYP, &claims)
                 .map_err(|e| OAuthError::new("server_error", e.to_string()))?
         };
-        let expires_at = Timestamp::from_millis(exp * 1000);
-        let record = TaskRecord {
+        let mut event = event
+            .task(record.task.clone())
+            .txn(record.txn.clone())
+            .scope(record.scope.clone())
+            .credential_type("task_token")
+            .credential_id(record.jti.clone())
+            .expires(record.expires_at);
+        event.parent.clone_from(&record.parent);
+        let kind = event.event.clone();
+        let scope = record.scope.clone();
+        self.record_issued(actor, record, event).await?;
+        self.metrics.token_grant(&kind, "issued");
+        Ok(TokenResponse {
+            access_token: token,
+            issued_token_type: token_type::ACCESS_TOKEN,
+            token_type: "Bearer",
+            expires_in: exp - now.as_secs(),
+            scope,
+        })
+    }
+
+    /// The claims of a new task token and the record of its task.
+    fn new_task(
+        &self,
+        actor: &Actor,
+        grant: Grant,
+        exp: i64,
+        now: Timestamp,
+    ) -> Result<(TaskClaims, TaskRecord), OAuthError> {
+        let task = random_id("tsk_", now)?;
+        let txn = match grant.txn {
+            Some(t) => t,
+            None => random_id("txn_", now)?,
+        };
+        let jti = random_id("", now)?;
+        let claims = TaskClaims {
+            iss: self.issuer.to_string(),
+            sub: grant.sub.clone(),
+            aud: grant.aud.clone(),
+            scope: grant.scope.to_string(),
+            act: grant.act,
+            client_id: actor.agent.name.to_string(),
             task: task.clone(),
-            jti: jti.clone(),
-            parent: parent.clone(),
+            parent: grant.parent.clone(),
             txn: txn.clone(),
+            jti: jti.clone(),
+            iat: now.as_secs(),
+            nbf: now.as_secs(),
+            exp,
+            may_act: grant.may_act,
+        };
+        let record = TaskRecord {
+            task,
+            jti,
+            parent: grant.parent,
+            txn,
             agent: actor.agent.name.to_string(),
             instance: actor.instance.clone(),
-            subject: sub,
-            scope: scope.to_string(),
-            audience: aud,
-            depth,
+            subject: grant.sub,
+            scope: grant.scope.to_string(),
+            audience: grant.aud,
+            depth: grant.depth,
             issued_at: now,
-            expires_at,
+            expires_at: Timestamp::from_millis(exp * 1000),
             revoked_at: None,
-            groups,
+            groups: grant.groups,
             attestor: Some(actor.claims.attestor.as_str().to_owned()),
         };
-        let mut event = event
-            .task(task)
-            .txn(txn)
-            .scope(scope.to_string())
-            .credential_type("task_token")
-            .credential_id(jti)
-            .expires(expires_at);
-        event.parent = parent;
-        let kind = event.event.clone();
+        Ok((claims, record))
+    }
+
+    /// Records the task and its issuance in one transaction; a parent
+    /// task or the instance revoked meanwhile refuses the grant.
+    async fn record_issued(
+        &self,
+        actor: &Actor,
+        record: TaskRecord,
+        event: AuditEvent,
+    ) -> Result<(), OAuthError> {
         match self.store.record_task(record, event.clone()).await {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(StoreError::Conflict { what, .. }) => {
                 let e = OAuthError::invalid_grant(if what == "instance" {
                     format!("instance {} has been revoked", actor.instance)
@@ -1379,22 +1387,14 @@ impl TokenService {
                 ev.credential_type = None;
                 ev.expires_at = None;
                 ev.reasons = Vec::new();
-                return Err(self.refuse(ev, e).await);
+                Err(self.refuse(ev, e).await)
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot record a task; grant refused");
                 self.metrics.audit_write_failures.inc();
-                return Err(OAuthError::unavailable());
+                Err(OAuthError::unavailable())
             }
         }
-        self.metrics.token_grant(&kind, "issued");
-        Ok(TokenResponse {
-            access_token: token,
-            issued_token_type: token_type::ACCESS_TOKEN,
-            token_type: "Bearer",
-            expires_in: exp - now.as_secs(),
-            scope: scope.to_string(),
-        })
     }
 
     /// Introspection (RFC 7662): `None` for anything not active, including

@@ -451,3 +451,134 @@ impl From<&crate::secret::SecretRecord> for SecretInfo {
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
+
+/// What changed in one kind of configured thing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changed {
+    /// Names new in the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    /// Names no longer in the file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+    /// Names whose settings changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changed: Vec<String>,
+}
+
+impl Changed {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// The configuration in force: `POST /admin/v1/reload` and `warrant status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The config file, if any.
+    pub file: Option<String>,
+    /// SHA-256 of the file's bytes (what `sha256sum` prints).
+    pub digest: Option<String>,
+    /// When it was put in force.
+    pub loaded_at: Timestamp,
+}
+
+/// The answer to `POST /admin/v1/reload`: routes, MCP servers, user
+/// issuers and trust providers from the config file, then the policies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The configuration now in force.
+    pub config: ConfigStatus,
+    /// `[[route]]` tables.
+    pub routes: Changed,
+    /// `[[mcp_server]]` tables.
+    pub mcp_servers: Changed,
+    /// `[[user_issuer]]` tables (by issuer URL).
+    pub user_issuers: Changed,
+    /// `[[trust_provider]]` tables.
+    pub trust_providers: Changed,
+    /// Keys that changed in the file but apply only at the next start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_needed: Vec<String>,
+    /// The policy set now in force.
+    pub policy: PolicyStatus,
+}
+
+/// One route in force: `GET /admin/v1/routes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// Its name: `http://<edge>/<name>/...`.
+    pub name: String,
+    /// Where requests go.
+    pub upstream: String,
+    /// The audience task tokens for it carry.
+    pub audience: String,
+    /// Where the agent puts its task token.
+    pub agent_header: String,
+    /// The credential provider's kind.
+    pub credential: String,
+    /// Its `allow` rules, as `METHODS path` lines.
+    pub allow: Vec<String>,
+}
+
+/// One MCP server in force: `GET /admin/v1/mcp/servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServerInfo {
+    /// Its name: `http://<edge>/mcp/<name>`.
+    pub name: String,
+    /// `stdio` or `http`.
+    pub transport: String,
+    /// The command, or the upstream URL.
+    pub target: String,
+    /// The audience task tokens for it carry.
+    pub audience: String,
+    /// Scopes a task token needs, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Tools usable now.
+    pub tools: usize,
+    /// Tools whose definition changed since approval.
+    pub changed: usize,
+    /// Tools new since the server was pinned, held for approval.
+    pub held: usize,
+    /// Whether its tools were listed since it was put in force.
+    pub listed: bool,
+}
+
+/// `GET /admin/v1/status`: what a running broker is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerStatus {
+    /// The broker's version.
+    pub version: String,
+    /// The issuer URL.
+    pub issuer: String,
+    /// The SPIFFE trust domain.
+    pub trust_domain: String,
+    /// The API listener.
+    pub api_addr: String,
+    /// The edge listener.
+    pub edge_addr: String,
+    /// The admin socket.
+    pub admin_socket: String,
+    /// The agent socket.
+    pub agent_socket: String,
+    /// The store (`sqlite:<path>`).
+    pub store: String,
+    /// When the broker started.
+    pub started_at: Timestamp,
+    /// Seconds since.
+    pub uptime_secs: i64,
+    /// The configuration in force.
+    pub config: ConfigStatus,
+    /// The policy set in force: SHA-256 of its files and how many policies.
+    pub policy_digest: String,
+    /// Policies in force.
+    pub policies: usize,
+    /// Ids of the published signing keys, the active one first.
+    pub key_ids: Vec<String>,
+    /// Routes in force.
+    pub routes: usize,
+    /// MCP servers in force.
+    pub mcp_servers: usize,
+}

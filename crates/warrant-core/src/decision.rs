@@ -212,6 +212,18 @@ pub struct AgentFacts {
     pub purpose: String,
 }
 
+impl From<&crate::agent::Agent> for AgentFacts {
+    fn from(a: &crate::agent::Agent) -> Self {
+        Self {
+            name: a.name.to_string(),
+            owner: a.owner.to_string(),
+            env: a.env.to_string(),
+            trust: a.trust,
+            purpose: a.purpose.to_string(),
+        }
+    }
+}
+
 /// The principal: an instance, in its agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {

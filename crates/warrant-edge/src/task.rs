@@ -54,13 +54,7 @@ pub(crate) fn task_request(
     let a = &task.agent;
     DecisionRequest {
         principal: Principal {
-            agent: AgentFacts {
-                name: a.name.to_string(),
-                owner: a.owner.to_string(),
-                env: a.env.to_string(),
-                trust: a.trust,
-                purpose: a.purpose.to_string(),
-            },
+            agent: AgentFacts::from(a),
             instance: task.instance.clone(),
             attestor: task.attestor.clone(),
         },

@@ -332,6 +332,11 @@ pub struct Config {
     pub dev: bool,
     /// The config file used, if any.
     pub config_file: Option<PathBuf>,
+    /// The flags and environment it was built from (a reload builds it
+    /// again from them and the file).
+    pub settings: Settings,
+    /// The SHA-256 of the config file's bytes, if there is a file.
+    pub digest: Option<String>,
     /// The key-encryption key from `WARRANT_KEK`, if given; otherwise
     /// `<data-dir>/kek` is used (and created on first start).
     pub kek: Option<std::sync::Arc<warrant_token::Kek>>,
@@ -339,9 +344,46 @@ pub struct Config {
 
 struct Layer<'a> {
     file: Option<&'a Path>,
+    /// The line of each `[[table]]` header in the file, in order.
+    tables: TableLines,
+}
+
+/// Where each `[[route]]`, `[[mcp_server]]`, `[[trust_provider]]` and
+/// `[[user_issuer]]` header is in a config file (1-based lines, in order),
+/// so an error names the line to fix.
+#[derive(Debug, Default, Clone)]
+pub struct TableLines(std::collections::HashMap<String, Vec<usize>>);
+
+impl TableLines {
+    /// Finds the array-of-tables headers in `text`.
+    pub fn of(text: &str) -> Self {
+        let mut map: std::collections::HashMap<String, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let l = line.trim();
+            if let Some(rest) = l.strip_prefix("[[")
+                && let Some((name, _)) = rest.split_once("]]")
+            {
+                map.entry(name.trim().to_owned()).or_default().push(n + 1);
+            }
+        }
+        Self(map)
+    }
 }
 
 impl Layer<'_> {
+    /// `[[table]] #n at <file>:<line>` (or `in <file>` when the line is
+    /// not known).
+    fn table_origin(&self, table: &str, i: usize) -> String {
+        let file = self
+            .file
+            .map_or("the config".into(), |f| f.display().to_string());
+        match self.tables.0.get(table).and_then(|l| l.get(i)) {
+            Some(line) if self.file.is_some() => format!("[[{table}]] #{} at {file}:{line}", i + 1),
+            _ => format!("[[{table}]] #{} in {file}", i + 1),
+        }
+    }
+
     fn origin(&self, from_settings: bool, flag: &str, env: &str) -> String {
         match (from_settings, self.file) {
             (true, _) => format!("{flag} or {env}"),
@@ -404,20 +446,34 @@ impl Config {
                     path: path.clone(),
                     error,
                 })?;
-                toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
+                let raw = toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
                     message: e.to_string().trim_end().to_owned(),
-                })?
+                })?;
+                (raw, TableLines::of(&text), Some(digest(text.as_bytes())))
             }
-            None => RawConfig::default(),
+            None => (RawConfig::default(), TableLines::default(), None),
         };
-        Self::build(settings, raw)
+        let (raw, tables, digest) = raw;
+        let mut config = Self::build_at(settings, raw, tables)?;
+        config.digest = digest;
+        Ok(config)
     }
 
     /// Layers `settings` over `raw` over the defaults and validates.
     pub fn build(settings: &Settings, raw: RawConfig) -> Result<Self, ConfigError> {
+        Self::build_at(settings, raw, TableLines::default())
+    }
+
+    /// [`build`](Self::build), naming lines from `tables` in errors.
+    fn build_at(
+        settings: &Settings,
+        raw: RawConfig,
+        tables: TableLines,
+    ) -> Result<Self, ConfigError> {
         let layer = Layer {
             file: settings.config.as_deref(),
+            tables,
         };
 
         let data_dir = match (&settings.data_dir, raw.data_dir) {
@@ -538,14 +594,14 @@ impl Config {
             }
         };
 
-        let trust_providers = trust_providers(&layer, raw.trust_provider)?;
+        let trust_providers = trust_providers(&layer, "trust_provider", raw.trust_provider)?;
         let user_issuers = user_issuers(&layer, raw.user_issuer)?;
         let file_name = layer
             .file
             .map_or("the config".into(), |f| f.display().to_string());
         let mut routes: Vec<warrant_edge::proxy::route::Route> = Vec::new();
         for (i, r) in raw.route.into_iter().enumerate() {
-            let origin = format!("[[route]] #{} in {file_name}", i + 1);
+            let origin = layer.table_origin("route", i);
             let built =
                 r.build(|p| layer.file_path(p))
                     .map_err(|message| ConfigError::Invalid {
@@ -564,7 +620,7 @@ impl Config {
         }
         let mut mcp_servers: Vec<warrant_edge::mcp::config::McpServerConfig> = Vec::new();
         for (i, m) in raw.mcp_server.into_iter().enumerate() {
-            let origin = format!("[[mcp_server]] #{} in {file_name}", i + 1);
+            let origin = layer.table_origin("mcp_server", i);
             let built =
                 m.build(|p| layer.file_path(p))
                     .map_err(|message| ConfigError::Invalid {
@@ -612,6 +668,8 @@ impl Config {
             mcp_servers,
             dev: false,
             config_file: settings.config.clone(),
+            settings: settings.clone(),
+            digest: None,
             kek: None,
         })
     }
@@ -619,18 +677,13 @@ impl Config {
 
 fn trust_providers(
     layer: &Layer<'_>,
+    table: &str,
     raw: Vec<RawTrustProvider>,
 ) -> Result<Vec<warrant_control::attest::oidc::TrustProvider>, ConfigError> {
     use warrant_control::attest::oidc::{JwksSource, TrustProvider};
     let mut out: Vec<TrustProvider> = Vec::new();
     for (i, p) in raw.into_iter().enumerate() {
-        let origin = format!(
-            "[[trust_provider]] #{} in {}",
-            i + 1,
-            layer
-                .file
-                .map_or("the config".into(), |f| f.display().to_string())
-        );
+        let origin = layer.table_origin(table, i);
         let bad = |message: String| ConfigError::Invalid {
             key: "trust_provider",
             origin: origin.clone(),
@@ -700,12 +753,12 @@ fn user_issuers(
             audience: u.audience.clone(),
         })
         .collect();
-    let providers = trust_providers(layer, as_providers).map_err(|e| match e {
+    let providers = trust_providers(layer, "user_issuer", as_providers).map_err(|e| match e {
         ConfigError::Invalid {
             message, origin, ..
         } => ConfigError::Invalid {
             key: "user_issuer",
-            origin: origin.replace("[[trust_provider]]", "[[user_issuer]]"),
+            origin,
             message,
         },
         other => other,
@@ -751,3 +804,9 @@ fn user_issuers(
 
 #[cfg(test)]
 mod tests;
+
+/// The hex SHA-256 of `bytes` (what `sha256sum` prints).
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -16,6 +16,7 @@ pub mod data_dir;
 mod edge_services;
 mod http;
 mod listener;
+mod live;
 mod serve;
 mod state;
 

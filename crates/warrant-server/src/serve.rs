@@ -68,7 +68,7 @@ pub enum ServeError {
 /// Refuses to start if a file the configuration names, outside the data
 /// directory, can be changed by someone other than the broker's user or
 /// root (the policy directory is checked at every load).
-fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
+pub(crate) fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
     // (file, what, whether it is a program or script that runs)
     let mut files: Vec<(std::path::PathBuf, &str, bool)> = Vec::new();
     if let Some(f) = &config.config_file {
@@ -303,30 +303,7 @@ impl Broker {
             issuer: issuer.clone(),
             trust_domain: config.trust_domain.clone(),
         };
-        let task_audiences: Vec<String> = config
-            .routes
-            .iter()
-            .map(|r| r.audience.clone())
-            .chain(config.mcp_servers.iter().map(|m| {
-                m.audience
-                    .clone()
-                    .unwrap_or_else(|| format!("http://{edge_addr}/mcp/{}", m.name))
-            }))
-            // An HTTP MCP server's own URL: the audience of the credentials
-            // the gateway mints for it (`warrant_jwt`), which an identity
-            // token must never pass for.
-            .chain(
-                config
-                    .mcp_servers
-                    .iter()
-                    .filter_map(|m| match &m.transport {
-                        warrant_edge::mcp::config::Transport::Http { url, .. } => {
-                            Some(url.to_string())
-                        }
-                        warrant_edge::mcp::config::Transport::Stdio(_) => None,
-                    }),
-            )
-            .collect();
+        let task_audiences = crate::live::task_audiences(&config, edge_addr);
         let attest = Arc::new(warrant_control::attest::AttestService::new(
             warrant_control::attest::Parts {
                 common: common.clone(),
@@ -341,20 +318,9 @@ impl Broker {
         } else {
             None
         };
-        let mut user_issuers = config.user_issuers.clone();
-        if let Some(d) = &dev {
-            let dev_issuer = d.user_issuer().map_err(ServeError::Io)?;
-            if let Some(clash) = user_issuers
-                .iter()
-                .find(|u| u.namespace == dev_issuer.namespace)
-            {
-                return Err(ServeError::Io(format!(
-                    "--dev: the development issuer's users are `dev/<user>`, but [[user_issuer]] `{}` uses the namespace `dev` too; give it another `namespace`",
-                    clash.provider.issuer
-                )));
-            }
-            user_issuers.push(dev_issuer);
-        }
+        let user_issuers =
+            crate::live::with_dev_issuer(config.user_issuers.clone(), dev.as_deref())
+                .map_err(ServeError::Io)?;
         let tokens = Arc::new(
             warrant_control::token::TokenService::new(warrant_control::token::TokenParts {
                 common,
@@ -438,6 +404,19 @@ impl Broker {
             issuer,
             trust_domain: config.trust_domain.clone(),
             started_at: Timestamp::now(),
+            live: Arc::new(crate::live::Live {
+                config: arc_swap::ArcSwap::from_pointee(Config {
+                    kek: None,
+                    ..config.clone()
+                }),
+                loaded_at: parking_lot::Mutex::new(Timestamp::now()),
+                reloading: tokio::sync::Mutex::new(()),
+                edge_addr,
+                api_addr,
+                admin_socket: data_dir.admin_socket(),
+                agent_socket: data_dir.agent_socket(),
+                db_path: data_dir.db_path(),
+            }),
         };
         let limits = fit_file_limit(config.limits);
         Ok(Self {
@@ -624,7 +603,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Serves until SIGINT or SIGTERM; SIGHUP reloads the policy set.
+    /// Serves until SIGINT or SIGTERM; SIGHUP reloads the configuration
+    /// and the policy set.
     pub async fn run_until_signalled(self) -> Result<(), ServeError> {
         use tokio::signal::unix::{SignalKind, signal};
         let sig = |k| {
@@ -634,7 +614,7 @@ impl Broker {
         let mut term = sig(SignalKind::terminate())?;
         let mut hup = sig(SignalKind::hangup())?;
         let token = CancellationToken::new();
-        let policy = self.state.policy.clone();
+        let state = self.state.clone();
         let watcher = {
             let token = token.clone();
             tokio::spawn(async move {
@@ -643,10 +623,10 @@ impl Broker {
                         _ = int.recv() => { tracing::info!("SIGINT received"); token.cancel(); break; }
                         _ = term.recv() => { tracing::info!("SIGTERM received"); token.cancel(); break; }
                         _ = hup.recv() => {
-                            tracing::info!("SIGHUP received: reloading policies");
-                            let base = AuditEvent::new("policy.reload", Outcome::Allow).actor("signal:SIGHUP").protocol("signal");
-                            if let Err(e) = policy.reload(base).await {
-                                tracing::error!(error = %e, "policy reload on SIGHUP failed");
+                            tracing::info!("SIGHUP received: reloading the configuration and the policies");
+                            let event = |kind: &str| AuditEvent::new(kind, Outcome::Allow).actor("signal:SIGHUP").protocol("signal");
+                            if let Err(e) = crate::http::live::reload_all(&state, event("config.reload").action("config.reload"), event("policy.reload")).await {
+                                tracing::error!(error = %e.message, "reload on SIGHUP failed; the running configuration and policies stay");
                             }
                         }
                         () = token.cancelled() => break,

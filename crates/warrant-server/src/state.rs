@@ -43,6 +43,8 @@ pub struct AppState {
     pub trust_domain: TrustDomain,
     /// When the broker started.
     pub started_at: Timestamp,
+    /// The configuration in force, and what reloading it needs.
+    pub live: Arc<crate::live::Live>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -54,7 +54,7 @@ pub enum Command {
     /// Store the upstream credentials the egress proxy injects (values go in, never out).
     #[command(subcommand)]
     Secret(SecretCmd),
-    /// The MCP gateway's tools: pin status and approval of changed definitions.
+    /// The MCP gateway's servers and tools: pin status and approval of changed definitions.
     #[command(subcommand)]
     Mcp(McpCmd),
     /// Read and verify the audit trail.
@@ -69,6 +69,22 @@ pub enum Command {
     /// Development helpers (need `warrant serve --dev`; not for production).
     #[command(subcommand)]
     Dev(DevCmd),
+    /// Put a changed warrant.toml (routes, MCP servers, user issuers, trust
+    /// providers) and the policy directory in force without a restart, as
+    /// SIGHUP does. A bad file changes nothing and says where it is wrong.
+    Reload,
+    /// What the running broker is: listeners, store, policy and config
+    /// digests, signing key ids, uptime.
+    Status,
+    /// The egress proxy's routes in force.
+    #[command(subcommand)]
+    Route(RouteCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCmd {
+    /// List the routes in force: upstream, audience, credential kind, allow rules.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,6 +296,9 @@ pub enum SecretCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum McpCmd {
+    /// List the MCP servers in force: transport, audience, and how many of
+    /// their tools are usable, changed or held for approval.
+    Servers,
     /// List an MCP server's tools (or every server's) with their pin status.
     Tools {
         /// The server's name in warrant.toml.

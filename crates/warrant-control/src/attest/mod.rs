@@ -18,6 +18,8 @@ pub mod unix;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use serde::Serialize;
 use warrant_core::TrustDomain;
 use warrant_core::agent::{Agent, AgentStatus};
@@ -94,12 +96,12 @@ pub struct AttestService {
     metrics: Arc<Metrics>,
     issuer: Arc<str>,
     trust_domain: TrustDomain,
-    /// Trusted OIDC issuers.
-    pub oidc: oidc::Providers,
+    /// Trusted OIDC issuers: replaced whole by a reload.
+    oidc: ArcSwap<oidc::Providers>,
     /// Executable hashes, by file identity.
     pub exe_hashes: unix::HashCache,
-    /// Audiences only task tokens carry.
-    task_audiences: std::collections::HashSet<String>,
+    /// Audiences only task tokens carry: replaced whole by a reload.
+    task_audiences: ArcSwap<std::collections::HashSet<String>>,
     /// Refusals of callers that proved no agent, recorded in aggregate.
     refusals: Arc<crate::refusals::RefusalLog>,
     /// One-time proofs that a unix peer's next request is sent after the
@@ -208,9 +210,11 @@ impl AttestService {
             metrics: c.metrics,
             issuer: c.issuer,
             trust_domain: c.trust_domain,
-            oidc: p.oidc,
+            oidc: ArcSwap::from_pointee(p.oidc),
             exe_hashes: unix::HashCache::default(),
-            task_audiences: p.task_audiences.iter().map(|a| audience_key(a)).collect(),
+            task_audiences: ArcSwap::from_pointee(
+                p.task_audiences.iter().map(|a| audience_key(a)).collect(),
+            ),
             refusals: c.refusals,
             proofs: parking_lot::Mutex::new(std::collections::HashMap::new()),
         }
@@ -336,6 +340,24 @@ impl AttestService {
             && Some(p.exe) == peer.exe
     }
 
+    /// The trusted OIDC issuers in force.
+    pub fn oidc(&self) -> Arc<oidc::Providers> {
+        self.oidc.load_full()
+    }
+
+    /// Puts new trusted OIDC issuers in force.
+    pub fn set_oidc(&self, providers: oidc::Providers) {
+        self.oidc.store(Arc::new(providers));
+    }
+
+    /// Puts a new set of task-token audiences in force: an identity token
+    /// is never issued for one of them.
+    pub fn set_task_audiences(&self, audiences: &[String]) {
+        self.task_audiences.store(Arc::new(
+            audiences.iter().map(|a| audience_key(a)).collect(),
+        ));
+    }
+
     /// Finds the agent, decides, signs, records, and returns the identity.
     pub async fn issue(
         &self,
@@ -353,124 +375,48 @@ impl AttestService {
         admit: Admit<'_>,
         req: &Request,
     ) -> Result<IdentityResponse, Refusal> {
-        let agent_hint = match admit {
-            Admit::Match => None,
-            Admit::Join(a, _) | Admit::Renew(a) => Some(a),
-        };
-        let attestor = evidence.attestor();
         // Renewals are recorded as `attest.renew`, redemptions as `attest.join`.
         let label = match admit {
             Admit::Renew(_) => "renew",
-            _ => attestor.as_str(),
+            _ => evidence.attestor().as_str(),
         };
-        let base = self.event(Some(&evidence), label, req);
-        let audience = match req.audience.as_deref() {
-            None | Some("") => self.issuer.to_string(),
-            Some(a) if a.len() > MAX_AUDIENCE_LEN || a.chars().any(char::is_control) => {
-                let r = Refusal::Invalid(format!(
-                    "the audience must be at most {MAX_AUDIENCE_LEN} characters without control characters"
-                ));
-                let mut ev = base.reason(r.message().to_owned());
-                ev.decision = Outcome::Error;
-                return Err(self
-                    .refuse(&evidence, req, ev, r.message().to_owned(), r)
-                    .await);
-            }
-            Some(a) => a.to_owned(),
-        };
-        // INVARIANT (one kind per audience): a route's or MCP server's
-        // audience is a task token's; an identity token for it could be
-        // replayed to that upstream as if warrant had vouched for a task.
-        if self.task_audiences.contains(&audience_key(&audience)) {
-            let r = Refusal::Denied(format!(
-                "audience `{}` belongs to a route or MCP server, where only task tokens are accepted; exchange for a task token with that audience instead",
-                shown(&audience, 100)
-            ));
-            return Err(self
-                .refuse(&evidence, req, base, r.message().to_owned(), r)
-                .await);
+        let mut event = self.event(Some(&evidence), label, req);
+        match self
+            .identity(&evidence, admit, label, req, &mut event)
+            .await
+        {
+            Ok(r) => Ok(r),
+            Err(Stop::Refused(why, r)) => Err(self.refuse(&evidence, req, event, why, r).await),
+            Err(Stop::Unrecorded(r)) => Err(r),
         }
+    }
 
-        let agent = match agent_hint {
-            Some(a) => a.clone(),
-            None => {
-                let agents = match self.store.list_agents().await {
-                    Ok(a) => a,
-                    Err(e) => return Err(Refusal::Unavailable(e.to_string())),
-                };
-                let matched: Vec<&Agent> = agents.iter().filter(|a| evidence.matches(a)).collect();
-                match matched.as_slice() {
-                    [one] => (*one).clone(),
-                    [] => {
-                        let r = Refusal::Denied(format!(
-                            "this workload matches no registered agent ({} attestation); register it with selectors it satisfies",
-                            attestor.as_str()
-                        ));
-                        let why = "no agent's selectors match".to_owned();
-                        return Err(self.refuse(&evidence, req, base, why, r).await);
-                    }
-                    many => {
-                        let names: Vec<String> = many.iter().map(|a| a.name.to_string()).collect();
-                        let why = format!(
-                            "ambiguous: agents {} all match; make their selectors disjoint",
-                            names.join(", ")
-                        );
-                        tracing::warn!(agents = %names.join(","), evidence = %evidence.summary(), "attestation matches several agents; nothing issued");
-                        let r = Refusal::Denied(
-                            "this workload matches more than one registered agent; the operator must resolve the conflict".into(),
-                        );
-                        return Err(self.refuse(&evidence, req, base, why, r).await);
-                    }
-                }
-            }
-        };
-        let base = base.agent(agent.name.to_string());
-        if agent.status != AgentStatus::Active {
-            let r = Refusal::Denied(format!(
-                "agent `{}` is {}; nothing is issued to it",
-                agent.name,
-                agent.status.as_str()
-            ));
-            let why = r.message().to_owned();
-            return Err(self.refuse(&evidence, req, base, why, r).await);
-        }
-
+    /// Read the audience, find the agent, decide, sign, record.
+    async fn identity(
+        &self,
+        evidence: &Evidence,
+        admit: Admit<'_>,
+        label: &'static str,
+        req: &Request,
+        event: &mut AuditEvent,
+    ) -> Result<IdentityResponse, Stop> {
+        let audience = self.audience(req, event)?;
+        let agent = self.agent_for(evidence, &admit).await?;
+        event.agent = Some(agent.name.to_string());
         let now = Timestamp::now();
         let instance_id = evidence.instance_id(&agent.name);
+        let attempt = Attempt {
+            evidence,
+            req,
+            label,
+        };
+        self.decide_identity(&attempt, &agent, &instance_id, &audience, now, event)?;
+        let attestor = evidence.attestor();
         let spiffe = spiffe_id(&self.trust_domain, &agent.name, &instance_id);
         let ttl = DEFAULT_IDENTITY_TTL.as_secs().min(agent.max_ttl.as_secs());
-        let mut context = Context::at(now);
-        context.source_ip = req.source_ip;
-        let decision_req = DecisionRequest {
-            principal: Principal {
-                agent: AgentFacts {
-                    name: agent.name.to_string(),
-                    owner: agent.owner.to_string(),
-                    env: agent.env.to_string(),
-                    trust: agent.trust,
-                    purpose: agent.purpose.to_string(),
-                },
-                instance: instance_id.to_string(),
-                attestor: attestor.as_str().to_owned(),
-            },
-            action: Action::IdentityIssue,
-            resource: Resource::Audience(audience.clone()),
-            context,
-        };
-        let (decision, event) = self.policy.decide_for_record(&decision_req, base);
-        if decision.effect != Effect::Allow {
-            let r = Refusal::Denied(format!(
-                "policy does not allow an identity for agent `{}` with audience `{}`",
-                agent.name,
-                shown(&audience, 100)
-            ));
-            let why = decision.reasons().join("; ");
-            return Err(self.refuse(&evidence, req, event, why, r).await);
-        }
-
         // Time-ordered: the token's issuance to the millisecond, which
         // `iat` (seconds) cannot tell from an agent's re-creation.
-        let jti = crate::random::ordered_id("", now.as_millis())?;
+        let jti = crate::random::ordered_id("", now.as_millis()).map_err(Refusal::from)?;
         let exp = now.as_secs() + i64::try_from(ttl).unwrap_or(300);
         let claims = IdentityClaims {
             iss: self.issuer.to_string(),
@@ -486,7 +432,7 @@ impl AttestService {
         let token = {
             let set = self.keys.current();
             let Some(key) = set.active(now) else {
-                return Err(Refusal::Unavailable("no signing key is active".into()));
+                return Err(Refusal::Unavailable("no signing key is active".into()).into());
             };
             warrant_token::jwt::sign(key, IDENTITY_TOKEN_TYP, &claims)
                 .map_err(|e| Refusal::Unavailable(e.to_string()))?
@@ -501,7 +447,7 @@ impl AttestService {
             last_seen: now,
             expires_at,
         };
-        let event = event
+        let issued = take(event)
             .instance(instance_id.to_string())
             .credential_type("identity_token")
             .credential_id(jti)
@@ -512,48 +458,8 @@ impl AttestService {
                 "spiffe_id": spiffe,
                 "audience": audience,
             }));
-        let recorded = match admit {
-            Admit::Join(_, hash) => {
-                self.store
-                    .redeem_join_token(&hash, now, instance, event)
-                    .await
-            }
-            Admit::Match | Admit::Renew(_) => self.store.record_instance(instance, event).await,
-        };
-        match recorded {
-            Ok(_) => {}
-            Err(StoreError::Conflict {
-                what: "instance", ..
-            }) => {
-                let r = Refusal::Denied(format!(
-                    "instance {instance_id} of agent `{}` has been revoked (`warrant revoke --instance`), so it gets no new identity; a new execution of the agent attests as a new instance",
-                    agent.name
-                ));
-                let ev = self
-                    .event(Some(&evidence), label, req)
-                    .agent(agent.name.to_string())
-                    .instance(instance_id.to_string());
-                return Err(self
-                    .refuse(&evidence, req, ev, r.message().to_owned(), r)
-                    .await);
-            }
-            Err(StoreError::Conflict { .. }) => {
-                let r = Refusal::Denied(
-                    "this join token has already been redeemed or has expired".into(),
-                );
-                let ev = self
-                    .event(Some(&evidence), attestor.as_str(), req)
-                    .agent(agent.name.to_string());
-                return Err(self
-                    .refuse(&evidence, req, ev, r.message().to_owned(), r)
-                    .await);
-            }
-            Err(e) => {
-                self.metrics.audit_write_failures.inc();
-                self.count(label, "error");
-                return Err(audit_failed(&e));
-            }
-        }
+        self.record_identity(&attempt, &admit, instance, issued, now, event)
+            .await?;
         self.count(label, "issued");
         tracing::info!(agent = %agent.name, instance = %instance_id, attestor = attestor.as_str(), "identity issued");
         Ok(IdentityResponse {
@@ -561,6 +467,176 @@ impl AttestService {
             spiffe_id: spiffe,
             expires_in: ttl,
         })
+    }
+
+    /// The audience asked for (the issuer's by default): short, printable,
+    /// and never a route's or MCP server's.
+    fn audience(&self, req: &Request, event: &mut AuditEvent) -> Result<String, Stop> {
+        let audience = match req.audience.as_deref() {
+            None | Some("") => return Ok(self.issuer.to_string()),
+            Some(a) if a.len() > MAX_AUDIENCE_LEN || a.chars().any(char::is_control) => {
+                let r = Refusal::Invalid(format!(
+                    "the audience must be at most {MAX_AUDIENCE_LEN} characters without control characters"
+                ));
+                event.reasons.push(r.message().to_owned());
+                event.decision = Outcome::Error;
+                return Err(Stop::refused(r));
+            }
+            Some(a) => a.to_owned(),
+        };
+        // INVARIANT (one kind per audience): a route's or MCP server's
+        // audience is a task token's; an identity token for it could be
+        // replayed to that upstream as if warrant had vouched for a task.
+        if self
+            .task_audiences
+            .load()
+            .contains(&audience_key(&audience))
+        {
+            return Err(Stop::refused(Refusal::Denied(format!(
+                "audience `{}` belongs to a route or MCP server, where only task tokens are accepted; exchange for a task token with that audience instead",
+                shown(&audience, 100)
+            ))));
+        }
+        Ok(audience)
+    }
+
+    /// The agent the evidence (or the join token, or the renewing
+    /// instance) names: exactly one, or nothing is issued.
+    async fn agent_for(&self, evidence: &Evidence, admit: &Admit<'_>) -> Result<Agent, Stop> {
+        if let Admit::Join(a, _) | Admit::Renew(a) = admit {
+            return Ok((*a).clone());
+        }
+        let agents = self
+            .store
+            .list_agents()
+            .await
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+        let matched: Vec<&Agent> = agents.iter().filter(|a| evidence.matches(a)).collect();
+        match matched.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Stop::Refused(
+                "no agent's selectors match".to_owned(),
+                Refusal::Denied(format!(
+                    "this workload matches no registered agent ({} attestation); register it with selectors it satisfies",
+                    evidence.attestor().as_str()
+                )),
+            )),
+            many => {
+                let names: Vec<String> = many.iter().map(|a| a.name.to_string()).collect();
+                tracing::warn!(agents = %names.join(","), evidence = %evidence.summary(), "attestation matches several agents; nothing issued");
+                Err(Stop::Refused(
+                    format!(
+                        "ambiguous: agents {} all match; make their selectors disjoint",
+                        names.join(", ")
+                    ),
+                    Refusal::Denied(
+                        "this workload matches more than one registered agent; the operator must resolve the conflict".into(),
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Decide: the agent active, and policy allowing `identity:issue` for
+    /// the audience.
+    fn decide_identity(
+        &self,
+        attempt: &Attempt<'_>,
+        agent: &Agent,
+        instance_id: &warrant_core::identity::InstanceId,
+        audience: &str,
+        now: Timestamp,
+        event: &mut AuditEvent,
+    ) -> Result<(), Stop> {
+        let Attempt { evidence, req, .. } = *attempt;
+        if agent.status != AgentStatus::Active {
+            return Err(Stop::refused(Refusal::Denied(format!(
+                "agent `{}` is {}; nothing is issued to it",
+                agent.name,
+                agent.status.as_str()
+            ))));
+        }
+        let mut context = Context::at(now);
+        context.source_ip = req.source_ip;
+        let decision_req = DecisionRequest {
+            principal: Principal {
+                agent: AgentFacts::from(agent),
+                instance: instance_id.to_string(),
+                attestor: evidence.attestor().as_str().to_owned(),
+            },
+            action: Action::IdentityIssue,
+            resource: Resource::Audience(audience.to_owned()),
+            context,
+        };
+        let (decision, decided) = self.policy.decide_for_record(&decision_req, take(event));
+        *event = decided;
+        if decision.effect == Effect::Allow {
+            return Ok(());
+        }
+        Err(Stop::Refused(
+            decision.reasons().join("; "),
+            Refusal::Denied(format!(
+                "policy does not allow an identity for agent `{}` with audience `{}`",
+                agent.name,
+                shown(audience, 100)
+            )),
+        ))
+    }
+
+    /// Record: the instance and the issuance (with the join token spent)
+    /// in one transaction. A revoked instance, or a join token spent
+    /// meanwhile, refuses; `event` is then the refusal's record.
+    async fn record_identity(
+        &self,
+        attempt: &Attempt<'_>,
+        admit: &Admit<'_>,
+        instance: Instance,
+        issued: AuditEvent,
+        now: Timestamp,
+        event: &mut AuditEvent,
+    ) -> Result<(), Stop> {
+        let Attempt {
+            evidence,
+            req,
+            label,
+        } = *attempt;
+        let agent = instance.agent.to_string();
+        let instance_id = instance.id.clone();
+        let recorded = match admit {
+            Admit::Join(_, hash) => {
+                self.store
+                    .redeem_join_token(hash, now, instance, issued)
+                    .await
+            }
+            Admit::Match | Admit::Renew(_) => self.store.record_instance(instance, issued).await,
+        };
+        match recorded {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict {
+                what: "instance", ..
+            }) => {
+                *event = self
+                    .event(Some(evidence), label, req)
+                    .agent(agent.clone())
+                    .instance(instance_id.to_string());
+                Err(Stop::refused(Refusal::Denied(format!(
+                    "instance {instance_id} of agent `{agent}` has been revoked (`warrant revoke --instance`), so it gets no new identity; a new execution of the agent attests as a new instance"
+                ))))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                *event = self
+                    .event(Some(evidence), evidence.attestor().as_str(), req)
+                    .agent(agent);
+                Err(Stop::refused(Refusal::Denied(
+                    "this join token has already been redeemed or has expired".into(),
+                )))
+            }
+            Err(e) => {
+                self.metrics.audit_write_failures.inc();
+                self.count(label, "error");
+                Err(Stop::Unrecorded(audit_failed(&e)))
+            }
+        }
     }
 
     /// Redeems a join token: checks it, then issues (the redemption and the
@@ -708,6 +784,42 @@ enum Admit<'a> {
     Join(&'a Agent, [u8; 32]),
     /// The agent of a join instance renewing its identity.
     Renew(&'a Agent),
+}
+
+/// One attempt to obtain an identity: the evidence, the request, and the
+/// label its records and metrics carry.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    evidence: &'a Evidence,
+    req: &'a Request,
+    label: &'static str,
+}
+
+/// Why an issuance stops: refused and recorded (with the reason the
+/// operator reads), or unable to go on (the store or signing unavailable),
+/// answered without a record of its own.
+enum Stop {
+    Refused(String, Refusal),
+    Unrecorded(Refusal),
+}
+
+impl Stop {
+    /// Refused, the operator's reason being what the caller is told.
+    fn refused(r: Refusal) -> Self {
+        Self::Refused(r.message().to_owned(), r)
+    }
+}
+
+impl From<Refusal> for Stop {
+    fn from(r: Refusal) -> Self {
+        Self::Unrecorded(r)
+    }
+}
+
+/// The record being built, taken to be changed (what is left behind is
+/// never written).
+fn take(event: &mut AuditEvent) -> AuditEvent {
+    std::mem::replace(event, AuditEvent::new(String::new(), Outcome::Deny))
 }
 
 fn outcome_label(r: &Refusal) -> &'static str {

@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 pub mod config;
 
-use config::Credential;
+use config::{Credential, Template};
 
 /// What a credential is obtained for: a route, or an MCP server.
 #[derive(Debug, Clone, Copy)]
@@ -151,43 +151,14 @@ impl OAuthCache {
         if let Some(t) = self.fresh() {
             return Ok((t, secret_bytes));
         }
-        // (Built in a block: the serializer is not `Send`.)
-        let form = {
-            let mut f = url::form_urlencoded::Serializer::new(String::new());
-            f.append_pair("grant_type", "client_credentials");
-            if let Some(s) = scope {
-                f.append_pair("scope", s);
-            }
-            if let Some(a) = audience {
-                f.append_pair("audience", a);
-            }
-            f.finish()
-        };
-        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        // client_secret_basic (RFC 6749 §2.3.1): both parts form-encoded.
-        let basic = Zeroizing::new(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                enc(client_id),
-                enc(std::str::from_utf8(&secret_bytes).unwrap_or_default())
-            ))
-        ));
-        let mut auth = HeaderValue::from_str(&basic).map_err(|_| {
-            CredentialError::Unavailable(format!(
-                "client secret `{client_secret}` cannot be sent in a header"
-            ))
-        })?;
-        auth.set_sensitive(true);
-        let req = http::Request::post(token_url.as_str())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json")
-            .header(http::header::AUTHORIZATION, auth)
-            .body(Full::from(form))
-            .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+        let req = token_request(
+            token_url,
+            client_id,
+            client_secret,
+            scope.as_deref(),
+            audience.as_deref(),
+            &secret_bytes,
+        )?;
         let unavailable = |why: String| {
             CredentialError::Unavailable(format!(
                 "route `{}`: the token endpoint {} {why}",
@@ -213,34 +184,88 @@ impl OAuthCache {
                 "refused the client credentials ({status})"
             )));
         }
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|_| unavailable("answered with something that is not JSON".into()))?;
-        let token = v
-            .get("access_token")
-            .and_then(|t| t.as_str())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| unavailable("answered without an access_token".into()))?;
-        let life = v
-            .get("expires_in")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(300)
-            .clamp(1, 86_400);
-        let now = Instant::now();
-        let life = Duration::from_secs(life);
-        // Refresh a little early: at 80% of the lifetime, and at least 30 s
-        // before expiry when the lifetime allows.
-        let early = (life / 5).max(Duration::from_secs(30)).min(life / 2);
-        let cached = Arc::new(CachedToken {
-            token: Zeroizing::new(token.to_owned()),
-            refresh_at: now + life - early,
-            expires_at: now + life,
-        });
+        let cached = Arc::new(cached_token(&body).map_err(unavailable)?);
         {
             let mut c = self.current.lock();
             *c = Some(cached.clone());
         }
         Ok((cached, secret_bytes))
     }
+}
+
+/// The client-credentials request (RFC 6749 §4.4) with
+/// `client_secret_basic` authentication.
+fn token_request(
+    token_url: &url::Url,
+    client_id: &str,
+    client_secret: &SecretName,
+    scope: Option<&str>,
+    audience: Option<&str>,
+    secret_bytes: &[u8],
+) -> Result<http::Request<Full<bytes::Bytes>>, CredentialError> {
+    // (Built in a block: the serializer is not `Send`.)
+    let form = {
+        let mut f = url::form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", "client_credentials");
+        if let Some(s) = scope {
+            f.append_pair("scope", s);
+        }
+        if let Some(a) = audience {
+            f.append_pair("audience", a);
+        }
+        f.finish()
+    };
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    // client_secret_basic (RFC 6749 §2.3.1): both parts form-encoded.
+    let basic = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(client_id),
+            enc(std::str::from_utf8(secret_bytes).unwrap_or_default())
+        ))
+    ));
+    let mut auth = HeaderValue::from_str(&basic).map_err(|_| {
+        CredentialError::Unavailable(format!(
+            "client secret `{client_secret}` cannot be sent in a header"
+        ))
+    })?;
+    auth.set_sensitive(true);
+    http::Request::post(token_url.as_str())
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(http::header::ACCEPT, "application/json")
+        .header(http::header::AUTHORIZATION, auth)
+        .body(Full::from(form))
+        .map_err(|e| CredentialError::Unavailable(e.to_string()))
+}
+
+/// The token endpoint's answer as a cached token, refreshed a little early.
+fn cached_token(body: &[u8]) -> Result<CachedToken, String> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| "answered with something that is not JSON".to_owned())?;
+    let token = v
+        .get("access_token")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "answered without an access_token".to_owned())?;
+    let life = v
+        .get("expires_in")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(300)
+        .clamp(1, 86_400);
+    let now = Instant::now();
+    let life = Duration::from_secs(life);
+    // Refresh a little early: at 80% of the lifetime, and at least 30 s
+    // before expiry when the lifetime allows.
+    let early = (life / 5).max(Duration::from_secs(30)).min(life / 2);
+    Ok(CachedToken {
+        token: Zeroizing::new(token.to_owned()),
+        refresh_at: now + life - early,
+        expires_at: now + life,
+    })
 }
 
 async fn shared_secret(
@@ -325,13 +350,7 @@ impl Providers<'_> {
                 format,
             } => {
                 let s = shared_secret(self.source, secret, route.name).await?;
-                let value = Zeroizing::new(format.fill(s.value.expose()));
-                Ok(Injected {
-                    header: header.clone(),
-                    value: header_value(&value, &format!("secret `{secret}`"))?,
-                    echoes: vec![s.value.expose().to_vec()],
-                    id: s.id.clone(),
-                })
+                filled(&s, secret, header, format)
             }
             Credential::PerUserSecret {
                 secret,
@@ -339,56 +358,12 @@ impl Providers<'_> {
                 format,
             } => {
                 let task = task.ok_or_else(needs_task)?;
-                let Some(user) = task.claims.sub.strip_prefix("user:") else {
-                    return Err(CredentialError::Refused(format!(
-                        "route `{}` uses each user's own `{secret}`, and this task token acts for no user; use a token exchanged from a user's token",
-                        route.name
-                    )));
-                };
-                let s = self.source.secret(secret, Some(user)).await?.ok_or_else(|| {
-                    CredentialError::Refused(format!(
-                        "no secret `{secret}` is stored for user `{}`; an administrator can add it with `warrant secret put {secret} --for-user {}`",
-                        warrant_core::text::shown(user, 100),
-                        warrant_core::text::shown(user, 100)
-                    ))
-                })?;
-                let value = Zeroizing::new(format.fill(s.value.expose()));
-                Ok(Injected {
-                    header: header.clone(),
-                    value: header_value(&value, &format!("secret `{secret}`"))?,
-                    echoes: vec![s.value.expose().to_vec()],
-                    id: s.id.clone(),
-                })
+                let s = self.users_secret(route, secret, task).await?;
+                filled(&s, secret, header, format)
             }
             Credential::Basic { secret } => {
                 let s = shared_secret(self.source, secret, route.name).await?;
-                if !s.value.expose().contains(&b':') {
-                    return Err(CredentialError::Unavailable(format!(
-                        "secret `{secret}` of route `{}` must be `user:password` for basic auth",
-                        route.name
-                    )));
-                }
-                let encoded = Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD.encode(s.value.expose()),
-                );
-                let value = Zeroizing::new(format!("Basic {}", encoded.as_str()));
-                Ok(Injected {
-                    header: http::header::AUTHORIZATION,
-                    value: header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
-                    // The password alone is the secret part (the user name
-                    // is not; a short password is below the redactor's
-                    // minimum and only redacted with its user name).
-                    echoes: {
-                        let v = s.value.expose();
-                        let colon = v.iter().position(|&b| b == b':').unwrap_or(0);
-                        vec![
-                            v.to_vec(),
-                            encoded.as_bytes().to_vec(),
-                            v[colon + 1..].to_vec(),
-                        ]
-                    },
-                    id: s.id.clone(),
-                })
+                basic(&s, secret, route.name)
             }
             Credential::OAuth2ClientCredentials {
                 header,
@@ -417,39 +392,118 @@ impl Providers<'_> {
                 format,
                 ttl,
             } => {
-                let now = Timestamp::now();
-                let c = &task.ok_or_else(needs_task)?.claims;
-                let exp = (now.as_secs() + i64::try_from(ttl.as_secs()).unwrap_or(60)).min(c.exp);
-                let jti = warrant_host::random::ordered_id("ujt_", now.as_millis())
-                    .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
-                let claims = UpstreamClaims {
-                    iss: self.issuer,
-                    sub: &c.sub,
-                    aud: route.audience,
-                    act: c.act.as_ref(),
-                    client_id: &c.client_id,
-                    scope: &c.scope,
-                    task: &c.task,
-                    txn: &c.txn,
-                    jti: jti.clone(),
-                    iat: now.as_secs(),
-                    exp,
-                };
-                let claims = serde_json::to_value(&claims)
-                    .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
-                let token = self.source.sign_jwt(UPSTREAM_JWT_TYP, &claims)?;
-                let value = format.fill(token.as_bytes());
-                // The JWT is a credential at the upstream until it expires:
-                // an echo of it (or of its signature, the one part the agent
-                // cannot rebuild) is redacted like any secret's.
-                let signature = token.rsplit('.').next().unwrap_or_default();
-                Ok(Injected {
-                    header: header.clone(),
-                    value: header_value(&value, "the minted JWT")?,
-                    echoes: vec![token.as_bytes().to_vec(), signature.as_bytes().to_vec()],
-                    id: jti,
-                })
+                let task = task.ok_or_else(needs_task)?;
+                self.warrant_jwt(route, task, header, format, *ttl)
             }
         }
     }
+
+    /// The stored secret of the task's user.
+    async fn users_secret(
+        &self,
+        route: Target<'_>,
+        secret: &SecretName,
+        task: &TaskUse,
+    ) -> Result<Arc<Resolved>, CredentialError> {
+        let Some(user) = task.claims.sub.strip_prefix("user:") else {
+            return Err(CredentialError::Refused(format!(
+                "route `{}` uses each user's own `{secret}`, and this task token acts for no user; use a token exchanged from a user's token",
+                route.name
+            )));
+        };
+        self.source.secret(secret, Some(user)).await?.ok_or_else(|| {
+            CredentialError::Refused(format!(
+                "no secret `{secret}` is stored for user `{}`; an administrator can add it with `warrant secret put {secret} --for-user {}`",
+                warrant_core::text::shown(user, 100),
+                warrant_core::text::shown(user, 100)
+            ))
+        })
+    }
+
+    /// A JWT warrant mints for the upstream: this task's user, chain and
+    /// scope, audience-bound to the route, ending no later than the task.
+    fn warrant_jwt(
+        &self,
+        route: Target<'_>,
+        task: &TaskUse,
+        header: &HeaderName,
+        format: &Template,
+        ttl: Duration,
+    ) -> Result<Injected, CredentialError> {
+        let now = Timestamp::now();
+        let c = &task.claims;
+        let exp = (now.as_secs() + i64::try_from(ttl.as_secs()).unwrap_or(60)).min(c.exp);
+        let jti = warrant_host::random::ordered_id("ujt_", now.as_millis())
+            .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+        let claims = UpstreamClaims {
+            iss: self.issuer,
+            sub: &c.sub,
+            aud: route.audience,
+            act: c.act.as_ref(),
+            client_id: &c.client_id,
+            scope: &c.scope,
+            task: &c.task,
+            txn: &c.txn,
+            jti: jti.clone(),
+            iat: now.as_secs(),
+            exp,
+        };
+        let claims = serde_json::to_value(&claims)
+            .map_err(|e| CredentialError::Unavailable(e.to_string()))?;
+        let token = self.source.sign_jwt(UPSTREAM_JWT_TYP, &claims)?;
+        let value = format.fill(token.as_bytes());
+        // The JWT is a credential at the upstream until it expires: an echo
+        // of it (or of its signature, the one part the agent cannot
+        // rebuild) is redacted like any secret's.
+        let signature = token.rsplit('.').next().unwrap_or_default();
+        Ok(Injected {
+            header: header.clone(),
+            value: header_value(&value, "the minted JWT")?,
+            echoes: vec![token.as_bytes().to_vec(), signature.as_bytes().to_vec()],
+            id: jti,
+        })
+    }
+}
+
+/// A stored secret in `header`, through its template.
+fn filled(
+    s: &Resolved,
+    secret: &SecretName,
+    header: &HeaderName,
+    format: &Template,
+) -> Result<Injected, CredentialError> {
+    let value = Zeroizing::new(format.fill(s.value.expose()));
+    Ok(Injected {
+        header: header.clone(),
+        value: header_value(&value, &format!("secret `{secret}`"))?,
+        echoes: vec![s.value.expose().to_vec()],
+        id: s.id.clone(),
+    })
+}
+
+/// HTTP basic auth from a `user:password` secret.
+fn basic(s: &Resolved, secret: &SecretName, route: &str) -> Result<Injected, CredentialError> {
+    if !s.value.expose().contains(&b':') {
+        return Err(CredentialError::Unavailable(format!(
+            "secret `{secret}` of route `{route}` must be `user:password` for basic auth"
+        )));
+    }
+    let encoded =
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(s.value.expose()));
+    let value = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+    // The password alone is the secret part (the user name is not; a short
+    // password is below the redactor's minimum and only redacted with its
+    // user name).
+    let v = s.value.expose();
+    let colon = v.iter().position(|&b| b == b':').unwrap_or(0);
+    Ok(Injected {
+        header: http::header::AUTHORIZATION,
+        value: header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
+        echoes: vec![
+            v.to_vec(),
+            encoded.as_bytes().to_vec(),
+            v[colon + 1..].to_vec(),
+        ],
+        id: s.id.clone(),
+    })
 }

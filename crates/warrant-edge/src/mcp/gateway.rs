@@ -26,6 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,54 @@ struct Server {
     refreshing: tokio::sync::Mutex<()>,
 }
 
+impl Server {
+    fn new(cfg: McpServerConfig, s: &EdgeServices) -> Result<Self, String> {
+        let upstream =
+            match &cfg.transport {
+                Transport::Stdio(spec) => Upstream::Stdio(Box::new(StdioUpstream::new(
+                    &cfg.name,
+                    spec.clone(),
+                    s.credentials.clone(),
+                ))),
+                t @ Transport::Http { .. } => Upstream::Http(Box::new(
+                    super::http::HttpUpstream::new(&cfg.name, t, cfg.timeout)?,
+                )),
+            };
+        let audience = cfg
+            .audience
+            .clone()
+            .unwrap_or_else(|| format!("{}/mcp/{}", s.edge_url, cfg.name));
+        Ok(Self {
+            cfg,
+            audience,
+            upstream,
+            view: RwLock::new(View::default()),
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+}
+
+/// Servers whose upstreams are built, ready to be put in force.
+#[allow(missing_debug_implementations)]
+pub struct PreparedServers(HashMap<String, Arc<Server>>);
+
+/// One server in force, for `warrant mcp servers`.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    /// Its configuration.
+    pub config: McpServerConfig,
+    /// The audience task tokens for it carry.
+    pub audience: String,
+    /// Tools usable (pinned definition current).
+    pub tools: usize,
+    /// Tools whose definition changed since approval.
+    pub changed: usize,
+    /// Tools new since the server was pinned, held for approval.
+    pub held: usize,
+    /// Whether its tools have been listed since it was put in force.
+    pub listed: bool,
+}
+
 /// Who opened a session.
 #[derive(Debug, Clone)]
 struct Binding {
@@ -127,7 +176,9 @@ struct Binding {
 
 /// The gateway.
 pub struct Gateway {
-    servers: HashMap<String, Arc<Server>>,
+    /// The servers in force: replaced whole by a reload, read once per
+    /// request.
+    servers: ArcSwap<HashMap<String, Arc<Server>>>,
     s: EdgeServices,
     // A std mutex: held only to look up, insert or remove.
     sessions: Mutex<HashMap<String, Binding>>,
@@ -140,7 +191,7 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .field("servers", &self.servers.load().keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -340,6 +391,72 @@ impl SessionProblem {
     }
 }
 
+/// What the record of a tool call says about it: the tool, a digest and
+/// size of its arguments (the arguments themselves only when the server's
+/// `record_arguments` is set).
+fn describe_call(
+    event: &mut AuditEvent,
+    cfg: &McpServerConfig,
+    name: &str,
+    arguments: &serde_json::Map<String, Value>,
+) {
+    let raw = serde_json::to_vec(arguments).unwrap_or_default();
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&raw))
+    };
+    let mut detail = json!({ "server": cfg.name, "tool": shown(name, 128), "arguments_sha256": digest, "arguments_bytes": raw.len() });
+    if cfg.record_arguments {
+        detail["arguments"] = Value::Object(arguments.clone());
+    }
+    add_detail(event, detail);
+    event.resource = Some(
+        Resource::Tool {
+            server: cfg.name.clone(),
+            tool: name.to_owned(),
+        }
+        .to_string(),
+    );
+}
+
+/// A tool may be called only as it was approved: announced now with its
+/// pinned definition.
+fn pinned(s: &Server, name: &str) -> Result<(), RpcRefusal> {
+    let server = &s.cfg.name;
+    let v = s.view.read();
+    let changed = v.changed.contains(name);
+    if changed || v.held.contains(name) {
+        let message = if changed {
+            format!(
+                "tool `{name}` changed its definition since it was approved; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
+            )
+        } else {
+            format!(
+                "tool `{name}` is new on MCP server `{server}` since its tools were pinned; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
+            )
+        };
+        return Err(RpcRefusal {
+            code: REFUSED,
+            message,
+            data: None,
+            outcome: Outcome::Deny,
+            status: StatusCode::OK,
+        });
+    }
+    let known = v
+        .usable
+        .iter()
+        .any(|t| t.get("name").and_then(Value::as_str) == Some(name));
+    if known {
+        Ok(())
+    } else {
+        Err(RpcRefusal::invalid(
+            INVALID_PARAMS,
+            format!("MCP server `{server}` has no tool `{}`", shown(name, 128)),
+        ))
+    }
+}
+
 /// The record being built, taken to be written (what is left behind is
 /// never written).
 fn take(event: &mut AuditEvent) -> AuditEvent {
@@ -397,55 +514,29 @@ async fn read_message(
 impl Gateway {
     /// Builds the upstreams (nothing is started or contacted yet).
     pub fn new(p: GatewayParts) -> Result<Self, String> {
-        let mut servers = HashMap::new();
-        for cfg in p.servers {
-            let upstream = match &cfg.transport {
-                Transport::Stdio(spec) => Upstream::Stdio(Box::new(StdioUpstream::new(
-                    &cfg.name,
-                    spec.clone(),
-                    p.services.credentials.clone(),
-                ))),
-                t @ Transport::Http { .. } => Upstream::Http(Box::new(
-                    super::http::HttpUpstream::new(&cfg.name, t, cfg.timeout)?,
-                )),
-            };
-            let audience = cfg
-                .audience
-                .clone()
-                .unwrap_or_else(|| format!("{}/mcp/{}", p.services.edge_url, cfg.name));
-            if servers.contains_key(&cfg.name) {
-                return Err(format!("MCP server `{}` is configured twice", cfg.name));
-            }
-            servers.insert(
-                cfg.name.clone(),
-                Arc::new(Server {
-                    cfg,
-                    audience,
-                    upstream,
-                    view: RwLock::new(View::default()),
-                    refreshing: tokio::sync::Mutex::new(()),
-                }),
-            );
-        }
-        Ok(Self {
-            servers,
+        let gateway = Self {
+            servers: ArcSwap::from_pointee(HashMap::new()),
             s: p.services,
             sessions: Mutex::new(HashMap::new()),
             session_counter: std::sync::atomic::AtomicU64::new(0),
             arguments_lock: tokio::sync::Mutex::new(()),
-        })
+        };
+        let servers = gateway.prepare(p.servers)?;
+        gateway.servers.store(Arc::new(servers.0));
+        Ok(gateway)
     }
 
     /// The configured servers' names.
     pub fn server_names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.servers.keys().cloned().collect();
+        let mut v: Vec<String> = self.servers.load().keys().cloned().collect();
         v.sort();
         v
     }
 
     /// RFC 9728 metadata for a server.
     pub fn resource_metadata(&self, name: &str) -> Option<Value> {
-        let s = self.servers.get(name)?;
+        let servers = self.servers.load();
+        let s = servers.get(name)?;
         let scopes: Vec<String> = s
             .cfg
             .scope
@@ -479,7 +570,14 @@ impl Gateway {
     /// Lists and pins every server's tools (at start; a server that is down
     /// is tried again on first use).
     pub async fn discover_all(&self) {
-        for s in self.servers.values() {
+        let names = self.server_names();
+        self.discover(&names).await;
+    }
+
+    /// Lists and pins the named servers' tools.
+    pub async fn discover(&self, names: &[String]) {
+        let servers = self.servers.load_full();
+        for s in names.iter().filter_map(|n| servers.get(n)) {
             let _one = s.refreshing.lock().await;
             if let Err(e) = self.refresh(s, None).await {
                 tracing::warn!(server = %s.cfg.name, error = %e, "could not list the MCP server's tools; trying again on first use");
@@ -613,10 +711,10 @@ impl Gateway {
     /// approved definitions and lists the server's tools again.
     pub async fn approved(&self, server: &str) {
         self.update_arguments().await;
-        if let Some(s) = self.servers.get(server)
+        if let Some(s) = self.servers.load().get(server).cloned()
             && let Err(e) = {
                 let _one = s.refreshing.lock().await;
-                self.refresh(s, None).await
+                self.refresh(&s, None).await
             }
         {
             tracing::warn!(server, error = %e, "could not list the MCP server's tools after an approval");
@@ -625,7 +723,74 @@ impl Gateway {
 
     /// Whether `name` is a configured server.
     pub fn has_server(&self, name: &str) -> bool {
-        self.servers.contains_key(name)
+        self.servers.load().contains_key(name)
+    }
+
+    /// The servers in force and what their tools look like now.
+    pub fn servers(&self) -> Vec<ServerStatus> {
+        let mut v: Vec<ServerStatus> = self
+            .servers
+            .load()
+            .values()
+            .map(|s| {
+                let view = s.view.read();
+                ServerStatus {
+                    config: s.cfg.clone(),
+                    audience: s.audience.clone(),
+                    tools: view.usable.len(),
+                    changed: view.changed.len(),
+                    held: view.held.len(),
+                    listed: view.fetched.is_some(),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        v
+    }
+
+    /// Builds the upstreams of a new set of servers (nothing is started or
+    /// contacted); a server whose configuration is unchanged keeps its
+    /// upstream, child process and tool view. Nothing is in force until
+    /// [`install`](Self::install).
+    pub fn prepare(&self, servers: Vec<McpServerConfig>) -> Result<PreparedServers, String> {
+        let current = self.servers.load();
+        let mut out = HashMap::new();
+        for cfg in servers {
+            if out.contains_key(&cfg.name) {
+                return Err(format!("MCP server `{}` is configured twice", cfg.name));
+            }
+            let server = match current.get(&cfg.name) {
+                Some(s) if s.cfg == cfg => s.clone(),
+                _ => Arc::new(Server::new(cfg, &self.s)?),
+            };
+            out.insert(server.cfg.name.clone(), server);
+        }
+        Ok(PreparedServers(out))
+    }
+
+    /// Puts prepared servers in force. Sessions of a server no longer
+    /// configured end; a server replaced stops its child process when its
+    /// last request ends. Returns the servers that are new or changed,
+    /// whose tools are to be listed (see [`discover`](Self::discover)).
+    pub async fn install(&self, servers: PreparedServers) -> Vec<String> {
+        let old = self.servers.swap(Arc::new(servers.0));
+        let new = self.servers.load_full();
+        let fresh: Vec<String> = new
+            .iter()
+            .filter(|(name, s)| old.get(*name).is_none_or(|o| !Arc::ptr_eq(o, s)))
+            .map(|(name, _)| name.clone())
+            .collect();
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|_, b| new.contains_key(&b.server));
+            self.s
+                .metrics
+                .mcp_sessions
+                .set(i64::try_from(sessions.len()).unwrap_or(i64::MAX));
+        }
+        // Policies are typed for the servers in force.
+        self.update_arguments().await;
+        fresh
     }
 
     /// Records a refusal durably, then answers it.
@@ -711,7 +876,7 @@ impl Gateway {
             .protocol("mcp")
             .source(peer.to_string())
             .resource(Resource::McpServer(server.to_owned()).to_string());
-        let Some(s) = self.servers.get(server).cloned() else {
+        let Some(s) = self.servers.load().get(server).cloned() else {
             let e = Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -1208,13 +1373,45 @@ impl Gateway {
         call.result(json!({ "tools": shown_tools }))
     }
 
+    /// `tools/call`: read the call, check the tool's definition is the
+    /// approved one, decide with its arguments, then call the upstream.
     async fn call_tool(&self, event: AuditEvent, call: &Call<'_>, params: Value) -> Response {
-        let Call {
-            s, task, id, peer, ..
-        } = *call;
-        let server = s.cfg.name.as_str();
         let mut event = event;
         event.event = "mcp.tool.call".into();
+        let (name, arguments) = match self.admit_call(call, &params, &mut event).await {
+            Ok(c) => c,
+            Err(r) => {
+                return self
+                    .refuse_rpc(event, &call.s.cfg.name, "tools/call", call.id, r)
+                    .await;
+            }
+        };
+        let s = call.s;
+        let upstream_started = Instant::now();
+        let answer = s
+            .upstream
+            .call(
+                &self.providers(),
+                "tools/call",
+                json!({ "name": name, "arguments": arguments }),
+                s.cfg.timeout,
+                Some(call.task),
+            )
+            .await;
+        self.answer(event, call, "tools/call", answer, Some(upstream_started))
+            .await
+    }
+
+    /// Every check of a tool call before the upstream sees it; the tool's
+    /// name and arguments when it may go.
+    async fn admit_call(
+        &self,
+        call: &Call<'_>,
+        params: &Value,
+        event: &mut AuditEvent,
+    ) -> Result<(String, serde_json::Map<String, Value>), RpcRefusal> {
+        let Call { s, task, .. } = *call;
+        let server = s.cfg.name.as_str();
         let name = params
             .get("name")
             .and_then(Value::as_str)
@@ -1224,144 +1421,56 @@ impl Gateway {
             None | Some(Value::Null) => serde_json::Map::new(),
             Some(Value::Object(m)) => m.clone(),
             Some(_) => {
-                return self
-                    .refuse_rpc(
-                        event,
-                        server,
-                        "tools/call",
-                        id,
-                        RpcRefusal::invalid(INVALID_PARAMS, "`arguments` must be an object".into()),
-                    )
-                    .await;
+                return Err(RpcRefusal::invalid(
+                    INVALID_PARAMS,
+                    "`arguments` must be an object".into(),
+                ));
             }
         };
-        let raw_args = serde_json::to_vec(&Value::Object(arguments.clone())).unwrap_or_default();
-        let digest = {
-            use sha2::Digest as _;
-            hex::encode(sha2::Sha256::digest(&raw_args))
-        };
-        let mut detail = json!({ "server": server, "tool": shown(&name, 128), "arguments_sha256": digest, "arguments_bytes": raw_args.len() });
-        if s.cfg.record_arguments {
-            detail["arguments"] = Value::Object(arguments.clone());
-        }
-        add_detail(&mut event, detail);
-        event = event.resource(
-            Resource::Tool {
-                server: server.to_owned(),
-                tool: name.clone(),
-            }
-            .to_string(),
-        );
-        if let Err(e) = self.fresh_view(s, task).await {
-            return self
-                .refuse_rpc(event, server, "tools/call", id, upstream_refusal(&e))
-                .await;
-        }
-        let (known, changed, held) = {
-            let v = s.view.read();
-            (
-                v.usable
-                    .iter()
-                    .any(|t| t.get("name").and_then(Value::as_str) == Some(name.as_str())),
-                v.changed.contains(&name),
-                v.held.contains(&name),
-            )
-        };
-        if changed || held {
-            let m = if changed {
-                format!(
-                    "tool `{name}` changed its definition since it was approved; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
-                )
-            } else {
-                format!(
-                    "tool `{name}` is new on MCP server `{server}` since its tools were pinned; it is unavailable until an administrator runs `warrant mcp approve {server} {name}`"
-                )
-            };
-            return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    "tools/call",
-                    id,
-                    RpcRefusal {
-                        code: REFUSED,
-                        message: m,
-                        data: None,
-                        outcome: Outcome::Deny,
-                        status: StatusCode::OK,
-                    },
-                )
-                .await;
-        }
-        if !known {
-            let m = format!("MCP server `{server}` has no tool `{}`", shown(&name, 128));
-            return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    "tools/call",
-                    id,
-                    RpcRefusal::invalid(INVALID_PARAMS, m),
-                )
-                .await;
-        }
-        let mut req = self.tool_request(s, task, &name, peer);
+        describe_call(event, &s.cfg, &name, &arguments);
+        self.fresh_view(s, task)
+            .await
+            .map_err(|e| upstream_refusal(&e))?;
+        pinned(s, &name)?;
+        let mut req = self.tool_request(s, task, &name, call.peer);
         req.context.arguments = Some(arguments.clone());
-        let (decision, decided) = self.s.authorizer.decide_for_record(&req, event);
-        let mut event = AuditEvent {
+        let (decision, decided) = self.s.authorizer.decide_for_record(&req, take(event));
+        *event = AuditEvent {
             user: Some(task.claims.sub.clone()),
             ..decided
         };
         event.event = "mcp.tool.call".into();
-        if decision.effect != Effect::Allow {
-            let refused_by = match decision.effect {
-                Effect::ApprovalRequired => "approval required",
-                _ if !decision.errors.is_empty() => "policy (error)",
-                _ if decision.policies.is_empty() => "policy (default deny)",
-                _ => "policy (forbid)",
-            };
-            let message = if decision.errors.is_empty() {
-                format!(
-                    "refused by policy: {refused_by}: agent `{}` may not call `{server}/{name}` with these arguments",
-                    task.agent.name
-                )
-            } else {
-                // Say what failed: an argument of the wrong type, or a
-                // policy that could not be applied to this tool (which an
-                // administrator fixes), not a bare "default deny".
-                format!(
-                    "refused by policy: {refused_by}: the call of `{server}/{name}` could not be decided: {}",
-                    decision.errors.join("; ")
-                )
-            };
-            let data = json!({
+        if decision.effect == Effect::Allow {
+            return Ok((name, arguments));
+        }
+        let refused_by = match decision.effect {
+            Effect::ApprovalRequired => "approval required",
+            _ if !decision.errors.is_empty() => "policy (error)",
+            _ if decision.policies.is_empty() => "policy (default deny)",
+            _ => "policy (forbid)",
+        };
+        let message = if decision.errors.is_empty() {
+            format!(
+                "refused by policy: {refused_by}: agent `{}` may not call `{server}/{name}` with these arguments",
+                task.agent.name
+            )
+        } else {
+            // Say what failed: an argument of the wrong type, or a policy
+            // that could not be applied to this tool (which an
+            // administrator fixes), not a bare "default deny".
+            format!(
+                "refused by policy: {refused_by}: the call of `{server}/{name}` could not be decided: {}",
+                decision.errors.join("; ")
+            )
+        };
+        Err(RpcRefusal::denied(
+            message,
+            json!({
                 "refused_by": refused_by,
                 "policies": decision.policies,
                 "how_to_get_access": format!("ask an administrator for a permit on Action::\"mcp:call_tool\" and Tool::\"{server}/{name}\""),
-            });
-            return self
-                .refuse_rpc(
-                    event,
-                    server,
-                    "tools/call",
-                    id,
-                    RpcRefusal::denied(message, data),
-                )
-                .await;
-        }
-        let upstream_started = Instant::now();
-        let answer = s
-            .upstream
-            .call(
-                &self.providers(),
-                "tools/call",
-                json!({ "name": name, "arguments": arguments }),
-                s.cfg.timeout,
-                Some(task),
-            )
-            .await;
-        self.answer(event, call, "tools/call", answer, Some(upstream_started))
-            .await
+            }),
+        ))
     }
 
     /// Relays the upstream's answer and records it: a result, the upstream's

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -61,6 +62,43 @@ struct RouteState {
     oauth: Option<OAuthCache>,
 }
 
+impl RouteState {
+    fn new(r: Route) -> Result<Self, String> {
+        let https = r.upstream.scheme == Scheme::Https;
+        let conn = upstream::connector(https, r.ca_file.as_deref(), r.connect_timeout)
+            .map_err(|e| format!("route `{}`: {e}", r.name))?;
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(conn);
+        let oauth = match &r.credential {
+            Credential::OAuth2ClientCredentials {
+                token_url, ca_file, ..
+            } => {
+                let conn = upstream::connector(
+                    token_url.scheme() == "https",
+                    ca_file.as_deref(),
+                    r.connect_timeout,
+                )
+                .map_err(|e| format!("route `{}`: {e}", r.name))?;
+                Some(OAuthCache::new(
+                    Client::builder(TokioExecutor::new()).build(conn),
+                ))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            route: r,
+            client,
+            oauth,
+        })
+    }
+}
+
+/// Routes whose clients are built, ready to be put in force.
+#[allow(missing_debug_implementations)]
+pub struct PreparedRoutes(HashMap<String, Arc<RouteState>>);
+
 /// The most header bytes a proxied request may carry.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// The most headers.
@@ -79,7 +117,9 @@ pub struct ProxyParts {
 
 /// The egress proxy.
 pub struct ProxyService {
-    routes: HashMap<String, RouteState>,
+    /// The routes in force: replaced whole by a reload, read once per
+    /// request.
+    routes: ArcSwap<HashMap<String, Arc<RouteState>>>,
     s: EdgeServices,
     /// Permits for completion records not yet written: a writer that falls
     /// behind slows the edge down instead of queueing records without bound.
@@ -92,7 +132,7 @@ const MAX_PENDING_RECORDS: usize = 8192;
 impl std::fmt::Debug for ProxyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyService")
-            .field("routes", &self.routes.keys().collect::<Vec<_>>())
+            .field("routes", &self.routes.load().keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -101,58 +141,62 @@ impl ProxyService {
     /// Builds a client per route (reading CA files now, so a bad one is a
     /// start-up error).
     pub fn new(p: ProxyParts) -> Result<Self, String> {
-        let mut routes = HashMap::new();
-        for r in p.routes {
-            let https = r.upstream.scheme == Scheme::Https;
-            let conn = upstream::connector(https, r.ca_file.as_deref(), r.connect_timeout)
-                .map_err(|e| format!("route `{}`: {e}", r.name))?;
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(256)
-                .build(conn);
-            let oauth = match &r.credential {
-                Credential::OAuth2ClientCredentials {
-                    token_url, ca_file, ..
-                } => {
-                    let conn = upstream::connector(
-                        token_url.scheme() == "https",
-                        ca_file.as_deref(),
-                        r.connect_timeout,
-                    )
-                    .map_err(|e| format!("route `{}`: {e}", r.name))?;
-                    Some(OAuthCache::new(
-                        Client::builder(TokioExecutor::new()).build(conn),
-                    ))
-                }
-                _ => None,
-            };
-            if routes.contains_key(&r.name) {
-                return Err(format!("route `{}` is configured twice", r.name));
-            }
-            routes.insert(
-                r.name.clone(),
-                RouteState {
-                    route: r,
-                    client,
-                    oauth,
-                },
-            );
-        }
-        Ok(Self {
-            routes,
+        let service = Self {
+            routes: ArcSwap::from_pointee(HashMap::new()),
             s: p.services,
             pending_records: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS)),
-        })
+        };
+        let routes = service.prepare(p.routes)?;
+        service.install(routes);
+        Ok(service)
     }
 
     /// Whether a route of this name exists.
     pub fn has_route(&self, name: &str) -> bool {
-        self.routes.contains_key(name)
+        self.routes.load().contains_key(name)
+    }
+
+    /// The routes in force, by name.
+    pub fn routes(&self) -> Vec<Route> {
+        let mut v: Vec<Route> = self
+            .routes
+            .load()
+            .values()
+            .map(|r| r.route.clone())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Builds the clients of a new set of routes (reading CA files now, so
+    /// a bad one refuses the whole set); a route unchanged keeps its client
+    /// pool and cached OAuth token. Nothing is in force until
+    /// [`install`](Self::install).
+    pub fn prepare(&self, routes: Vec<Route>) -> Result<PreparedRoutes, String> {
+        let current = self.routes.load();
+        let mut out = HashMap::new();
+        for r in routes {
+            if out.contains_key(&r.name) {
+                return Err(format!("route `{}` is configured twice", r.name));
+            }
+            let state = match current.get(&r.name) {
+                Some(rs) if rs.route == r => rs.clone(),
+                _ => Arc::new(RouteState::new(r)?),
+            };
+            out.insert(state.route.name.clone(), state);
+        }
+        Ok(PreparedRoutes(out))
+    }
+
+    /// Puts prepared routes in force: the next request reads them.
+    pub fn install(&self, routes: PreparedRoutes) {
+        self.routes.store(Arc::new(routes.0));
     }
 
     /// RFC 9728 metadata for a route.
     pub fn resource_metadata(&self, name: &str) -> Option<serde_json::Value> {
-        let r = &self.routes.get(name)?.route;
+        let routes = self.routes.load();
+        let r = &routes.get(name)?.route;
         Some(json!({
             "resource": format!("{}/{}", self.s.edge_url, r.name),
             "authorization_servers": [&*self.s.issuer],
@@ -174,7 +218,7 @@ impl ProxyService {
             .action(Action::HttpRequest.as_str())
             .source(peer.to_string())
             .detail(json!({ "method": req.method().as_str(), "path": shown(&rest, 300) }));
-        let label = if self.routes.contains_key(&name) {
+        let label = if self.routes.load().contains_key(&name) {
             event.resource = Some(Resource::Route(name.clone()).to_string());
             name.as_str()
         } else {
@@ -188,21 +232,21 @@ impl ProxyService {
 
     /// Every check before any upstream contact, in order; what passes is a
     /// request the edge may forward with the credential it obtained.
-    async fn admit<'a>(
-        &'a self,
+    async fn admit(
+        &self,
         req: Request<Body>,
         peer: SocketAddr,
         name: &str,
         rest: &str,
         event: &mut AuditEvent,
-    ) -> Result<Admitted<'a>, Box<Refusal>> {
+    ) -> Result<Admitted, Box<Refusal>> {
         let (rs, path) = self.target(&req, name, rest)?;
         let route = &rs.route;
         let task = self.authenticate(req.headers(), route, event).await?;
         self.decide(&req, route, &task, &path, peer, event)?;
         let req = self.read(req, route, &task).await?;
         event.credential_type = Some(route.credential.kind().to_owned());
-        let injected = self.credential(rs, &task).await?;
+        let injected = self.credential(&rs, &task).await?;
         event.credential_id = Some(injected.id.clone());
         Ok(Admitted {
             rs,
@@ -220,7 +264,7 @@ impl ProxyService {
         req: &Request<Body>,
         name: &str,
         rest: &str,
-    ) -> Result<(&RouteState, String), Box<Refusal>> {
+    ) -> Result<(Arc<RouteState>, String), Box<Refusal>> {
         if req.method() == Method::CONNECT {
             return Err(Box::new(Refusal::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -229,7 +273,7 @@ impl ProxyService {
             )));
         }
         let path = self.boundaries(req, rest)?;
-        let Some(rs) = self.routes.get(name) else {
+        let Some(rs) = self.routes.load().get(name).cloned() else {
             return Err(Box::new(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -513,7 +557,7 @@ impl ProxyService {
     /// Forward: the admitted request to the route's origin with the
     /// credential, and its answer back through the redactor; the record is
     /// written when the answer ends.
-    async fn forward(&self, a: Admitted<'_>, event: AuditEvent, start: Instant) -> Response {
+    async fn forward(&self, a: Admitted, event: AuditEvent, start: Instant) -> Response {
         let route = &a.rs.route;
         let bytes_in = a
             .req
@@ -651,8 +695,8 @@ impl ProxyService {
 
 /// An admitted request: its route, its canonical path below the route, the
 /// task it acts for and the credential obtained for it.
-struct Admitted<'a> {
-    rs: &'a RouteState,
+struct Admitted {
+    rs: Arc<RouteState>,
     req: Request<Body>,
     path: String,
     task: TaskUse,

@@ -94,6 +94,20 @@ pub struct AllowRule {
     pub paths: Vec<String>,
 }
 
+impl std::fmt::Display for AllowRule {
+    /// `GET,POST /v1/**` (`*` for any method).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.methods {
+            Methods::Any => f.write_str("*")?,
+            Methods::Only(m) => {
+                let names: Vec<&str> = m.iter().map(Method::as_str).collect();
+                f.write_str(&names.join(","))?;
+            }
+        }
+        write!(f, " {}", self.paths.join(" "))
+    }
+}
+
 impl AllowRule {
     /// Whether the rule admits `method` on `path` (already normalised).
     pub fn admits(&self, method: &Method, path: &str) -> bool {

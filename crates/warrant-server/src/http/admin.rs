@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(super::secrets::routes())
         .merge(super::mcp_admin::routes())
+        .merge(super::live::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see `warrant --help`") })
         .with_state(state)
 }
@@ -78,7 +79,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Records a refused or failed attempt, then returns the error. If the trail
 /// itself is down, the answer says so instead.
-pub(super) async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
+pub(crate) async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
     if err.code == "audit_unavailable" {
         state.metrics.audit_write_failures.inc();
         return err;
@@ -238,7 +239,7 @@ async fn create_agent(
         .action("agent.create");
     let req = body(&state, &attempt, b).await?;
     let attempt = attempt.resource(format!("Agent::\"{}\"", shown(&req.name, 100)));
-    let new = match validate_agent(req, &state.attest.oidc.names()) {
+    let new = match validate_agent(req, &state.attest.oidc().names()) {
         Ok(n) => n,
         Err(e) => return Err(fail(&state, attempt, e).await),
     };
@@ -919,7 +920,7 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
-fn policy_status(state: &AppState, loaded: &Loaded) -> PolicyStatus {
+pub(crate) fn policy_status(state: &AppState, loaded: &Loaded) -> PolicyStatus {
     PolicyStatus {
         dir: state.policy.dir().display().to_string(),
         policies: loaded.policies.ids().map(str::to_owned).collect(),
@@ -1110,13 +1111,7 @@ async fn build_check(state: &AppState, req: PolicyCheck) -> ApiResult<DecisionRe
     }
     Ok(DecisionRequest {
         principal: Principal {
-            agent: AgentFacts {
-                name: agent.name.to_string(),
-                owner: agent.owner.to_string(),
-                env: agent.env.to_string(),
-                trust: agent.trust,
-                purpose: agent.purpose.to_string(),
-            },
+            agent: AgentFacts::from(&agent),
             instance: req.instance.unwrap_or_else(|| "check".to_owned()),
             attestor: req.attestor.unwrap_or_else(|| "unix".to_owned()),
         },

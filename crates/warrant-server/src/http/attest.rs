@@ -261,13 +261,13 @@ async fn attest_oidc(
         Err(resp) => return resp,
     };
     req.audience = b.audience;
-    if state.attest.oidc.is_empty() {
+    if state.attest.oidc().is_empty() {
         let r = Refusal::Denied(
             "no trusted OIDC providers are configured ([[trust_provider]] in warrant.toml)".into(),
         );
         return refusal_response(&state.attest.refuse_early("oidc", &req, r).await, false);
     }
-    let evidence = match state.attest.oidc.attest(&b.token, Timestamp::now()).await {
+    let evidence = match state.attest.oidc().attest(&b.token, Timestamp::now()).await {
         Ok(e) => e,
         Err(e) => {
             let r = match e {

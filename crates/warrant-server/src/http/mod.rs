@@ -13,6 +13,7 @@ pub mod attest;
 pub mod auth;
 pub mod edge;
 pub mod error;
+pub mod live;
 pub mod mcp_admin;
 pub mod oauth;
 pub mod public;

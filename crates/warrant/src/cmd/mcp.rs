@@ -10,6 +10,7 @@ use crate::output::{emit, safe, table};
 
 pub async fn run(cli: &Cli, client: AdminClient, cmd: &McpCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        McpCmd::Servers => crate::cmd::live::mcp_servers(cli, &client).await?,
         McpCmd::Tools { server } => {
             let path = match server {
                 Some(s) => format!("/mcp/tools?server={}", segment(s)),

@@ -5,6 +5,7 @@ mod agent;
 mod audit;
 mod dev;
 mod keys;
+mod live;
 mod mcp;
 mod policy;
 mod revoke;
@@ -59,5 +60,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy(c) => policy::run(&cli, c).await,
         Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,
         Command::Dev(c) => dev::run(&cli, client(&cli)?, c).await,
+        Command::Reload => live::reload(&cli, client(&cli)?).await,
+        Command::Status => live::status(&cli, client(&cli)?).await,
+        Command::Route(c) => live::routes(&cli, client(&cli)?, c).await,
     }
 }

@@ -29,7 +29,7 @@ fn count(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-fn print_status(s: &PolicyStatus) {
+pub(crate) fn print_status(s: &PolicyStatus) {
     println!(
         "{} from {} in {} (digest {})",
         count(s.policies.len(), "policy", "policies"),

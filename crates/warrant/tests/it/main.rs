@@ -9,6 +9,7 @@ mod audit;
 mod delegation;
 mod interop;
 mod keys;
+mod live;
 mod mcp;
 mod operator;
 mod policy;

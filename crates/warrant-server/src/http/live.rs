@@ -1,0 +1,169 @@
+//! `/admin/v1/reload`, `/admin/v1/routes`, `/admin/v1/mcp/servers` and
+//! `/admin/v1/status`: the configuration in force, and reloading it.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use warrant_core::api::{BrokerStatus, McpServerInfo, Reloaded, RouteInfo};
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::time::Timestamp;
+
+use crate::http::admin::{fail, policy_status};
+use crate::http::auth::{Reader, Writer};
+use crate::http::error::ApiError;
+use crate::live::{self, ReloadError};
+use crate::state::AppState;
+
+/// The routes, mounted in the admin router.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/reload", post(reload))
+        .route("/routes", get(list_routes))
+        .route("/mcp/servers", get(list_servers))
+        .route("/status", get(status))
+}
+
+/// Reloads the configuration, then the policies: what SIGHUP does.
+pub(crate) async fn reload_all(
+    state: &AppState,
+    config_event: AuditEvent,
+    policy_event: AuditEvent,
+) -> Result<Reloaded, ApiError> {
+    let changes = match live::reload(state, config_event.clone()).await {
+        Ok(c) => c,
+        Err(e @ ReloadError::Invalid(_)) => {
+            let err = ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_config",
+                message: e.to_string(),
+            };
+            return Err(fail(state, config_event, err).await);
+        }
+        Err(e @ ReloadError::AuditUnavailable) => {
+            return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "audit_unavailable",
+                message: e.to_string(),
+            });
+        }
+    };
+    let loaded = match state.policy.reload(policy_event).await {
+        Ok(l) => l,
+        Err(warrant_control::policy::ReloadError::Invalid(problems)) => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_policy",
+                message: format!(
+                    "the configuration was reloaded, but the policy set was not; the previous set stays in force:\n{problems}"
+                ),
+            });
+        }
+        Err(warrant_control::policy::ReloadError::Store(e)) => return Err(e.into()),
+    };
+    let config = state.live.config.load();
+    Ok(Reloaded {
+        config: live::status(&config, *state.live.loaded_at.lock()),
+        routes: changes.routes,
+        mcp_servers: changes.mcp_servers,
+        user_issuers: changes.user_issuers,
+        trust_providers: changes.trust_providers,
+        restart_needed: changes.restart_needed,
+        policy: policy_status(state, &loaded),
+    })
+}
+
+async fn reload(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+) -> Result<Json<Reloaded>, ApiError> {
+    let config_event = caller
+        .event("config.reload", Outcome::Allow)
+        .action("config.reload");
+    let policy_event = caller.event("policy.reload", Outcome::Allow);
+    reload_all(&state, config_event, policy_event)
+        .await
+        .map(Json)
+}
+
+async fn list_routes(State(state): State<AppState>, _: Reader) -> Json<Vec<RouteInfo>> {
+    Json(
+        state
+            .proxy
+            .routes()
+            .into_iter()
+            .map(|r| RouteInfo {
+                upstream: r.upstream.as_url(),
+                audience: r.audience.clone(),
+                agent_header: r.agent_header.to_string(),
+                credential: r.credential.kind().to_owned(),
+                allow: r.allow.iter().map(ToString::to_string).collect(),
+                name: r.name,
+            })
+            .collect(),
+    )
+}
+
+async fn list_servers(State(state): State<AppState>, _: Reader) -> Json<Vec<McpServerInfo>> {
+    use warrant_edge::mcp::config::Transport;
+    Json(
+        state
+            .mcp
+            .servers()
+            .into_iter()
+            .map(|s| {
+                let (transport, target) = match &s.config.transport {
+                    Transport::Stdio(spec) => ("stdio", spec.command.clone()),
+                    Transport::Http { url, .. } => ("http", url.to_string()),
+                };
+                McpServerInfo {
+                    name: s.config.name.clone(),
+                    transport: transport.to_owned(),
+                    target,
+                    audience: s.audience,
+                    scope: s.config.scope.as_ref().map(ToString::to_string),
+                    tools: s.tools,
+                    changed: s.changed,
+                    held: s.held,
+                    listed: s.listed,
+                }
+            })
+            .collect(),
+    )
+}
+
+async fn status(State(state): State<AppState>, _: Reader) -> Json<BrokerStatus> {
+    let now = Timestamp::now();
+    let live = &state.live;
+    let config = live.config.load();
+    let policies = state.policy.current();
+    let mut keys = state.keys.current().status(now);
+    // The active key first, then the others newest first.
+    keys.sort_by_key(|k| {
+        (
+            serde_json::to_value(k.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                != Some("active".to_owned()),
+            std::cmp::Reverse(k.created_at),
+        )
+    });
+    Json(BrokerStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        issuer: state.issuer.to_string(),
+        trust_domain: state.trust_domain.to_string(),
+        api_addr: live.api_addr.to_string(),
+        edge_addr: live.edge_addr.to_string(),
+        admin_socket: live.admin_socket.display().to_string(),
+        agent_socket: live.agent_socket.display().to_string(),
+        store: format!("sqlite:{}", live.db_path.display()),
+        started_at: state.started_at,
+        uptime_secs: (now.as_secs() - state.started_at.as_secs()).max(0),
+        config: live::status(&config, *live.loaded_at.lock()),
+        policy_digest: policies.policies.digest().to_owned(),
+        policies: policies.policies.ids().count(),
+        key_ids: keys.into_iter().map(|k| k.kid).collect(),
+        routes: state.proxy.routes().len(),
+        mcp_servers: state.mcp.servers().len(),
+    })
+}

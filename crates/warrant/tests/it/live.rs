@@ -1,0 +1,262 @@
+//! Live configuration: routes, MCP servers, user issuers and trust
+//! providers change without a restart (`warrant reload`, SIGHUP); a bad file
+//! changes nothing and says where it is wrong; `warrant status`, `route
+//! list` and `mcp servers` show what is in force.
+
+use serde_json::Value;
+
+use crate::audit;
+use crate::delegation::{World, form, identity, world_with};
+use crate::proxy::{Upstream, put_secret};
+
+const POLICY: &str = r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+@id("self")
+permit(principal, action == Action::"token:self", resource);
+@id("egress")
+permit(principal, action == Action::"http:request", resource);
+"#;
+
+fn route(name: &str, upstream: &Upstream, paths: &str) -> String {
+    format!(
+        "\n[[route]]\nname = \"{name}\"\nupstream = \"{}\"\naudience = \"https://{name}.test\"\nallow = [ {{ methods = [\"GET\"], paths = [{paths}] }} ]\ncredential = {{ kind = \"secret\", secret = \"live-key\" }}\n",
+        upstream.origin("http")
+    )
+}
+
+fn config_path(w: &World) -> std::path::PathBuf {
+    w.b.tmp().join("warrant.toml")
+}
+
+fn write_config(w: &World, text: &str) {
+    std::fs::write(config_path(w), text).unwrap();
+}
+
+fn route_names(w: &World) -> Vec<String> {
+    w.b.cli(&["route", "list", "--output", "json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A task token of agent `orch` acting for itself, for `route`.
+fn self_token(w: &World, route: &str) -> String {
+    let id = identity(&w.b, "orch");
+    let audience = format!("https://{route}.test");
+    let r = form(
+        &w.b,
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &id),
+            ("scope", "read"),
+            ("audience", &audience),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+fn get(w: &World, path: &str, token: &str) -> warrant_testkit::Response {
+    let auth = format!("Bearer {token}");
+    warrant_testkit::http(
+        w.b.edge,
+        "GET",
+        path,
+        &[("authorization", auth.as_str())],
+        None,
+    )
+}
+
+#[test]
+fn a_route_added_by_reload_carries_traffic_at_once() {
+    let up = Upstream::start(false);
+    let w = world_with(4, &route("early", &up, "\"/**\""), POLICY);
+    put_secret(&w, "live-key", "sk-live-reload-0123456789abcdef", None);
+    assert_eq!(route_names(&w), ["early"]);
+    let token = self_token(&w, "late");
+    assert_eq!(get(&w, "/late/x", &token).status, 404, "not configured yet");
+
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    write_config(&w, &format!("{base}{}", route("late", &up, "\"/x\"")));
+    let r = w.b.cli(&["reload", "--output", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let j = r.json();
+    assert_eq!(j["routes"]["added"], serde_json::json!(["late"]), "{j}");
+    assert!(j["routes"].get("removed").is_none(), "{j}");
+    assert_eq!(j["policy"]["policies"].as_array().unwrap().len(), 3, "{j}");
+
+    let r = get(&w, "/late/x", &token);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = up.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last["path"], "/x", "{last}");
+    assert_eq!(
+        last["headers"]["authorization"], "Bearer sk-live-reload-0123456789abcdef",
+        "{last}"
+    );
+    // Its `allow` rules are the new file's.
+    assert_eq!(get(&w, "/late/y", &token).status, 403);
+    // The reload is in the trail, with what it changed.
+    let rec = audit(&w.b, Some("config.reload"));
+    let last = rec.last().unwrap();
+    assert_eq!(last["decision"], "allow", "{last}");
+    assert_eq!(last["detail"]["routes"]["added"][0], "late", "{last}");
+}
+
+#[test]
+fn a_removed_route_stops_at_once_and_sighup_reloads_too() {
+    let up = Upstream::start(false);
+    let keep = route("keep", &up, "\"/**\"");
+    let gone = route("gone", &up, "\"/**\"");
+    let w = world_with(4, &format!("{keep}{gone}"), POLICY);
+    put_secret(&w, "live-key", "sk-live-reload-0123456789abcdef", None);
+    let token = self_token(&w, "gone");
+    assert_eq!(get(&w, "/gone/a", &token).status, 200);
+
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    write_config(&w, &base.replace(&gone, ""));
+    w.b.signal(rustix::process::Signal::HUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while route_names(&w).len() != 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", w.b.logs());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(route_names(&w), ["keep"]);
+    let r = get(&w, "/gone/a", &token);
+    assert_eq!(r.status, 404, "{}", r.body);
+    let rec = audit(&w.b, Some("config.reload"));
+    let last = rec.last().unwrap();
+    assert_eq!(last["actor"], "signal:SIGHUP", "{last}");
+    assert_eq!(last["detail"]["routes"]["removed"][0], "gone", "{last}");
+}
+
+#[test]
+fn a_bad_file_changes_nothing_and_names_file_line_and_reason() {
+    let up = Upstream::start(false);
+    let w = world_with(4, &route("early", &up, "\"/**\""), POLICY);
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    let file = config_path(&w).display().to_string();
+    let lines = base.lines().count();
+    let before = audit(&w.b, Some("config.reload")).len();
+
+    // Not TOML.
+    write_config(&w, &format!("{base}\n[[route]\nname = \"x\"\n"));
+    let r = w.b.cli(&["reload"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains(&file), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("line {}", lines + 2)),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("running one stays"), "{}", r.stderr);
+
+    // An unknown key, as JSON.
+    write_config(&w, &format!("{base}\nsurprise = 1\n"));
+    let r = w.b.cli(&["reload", "--output", "json"]);
+    assert_ne!(r.code, 0);
+    let e: Value = serde_json::from_str(&r.stderr).unwrap();
+    assert_eq!(e["error"]["code"], "invalid_config", "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("surprise"),
+        "{e}"
+    );
+
+    // A bad value in the second [[route]]: its table and line.
+    let second = route("ftp", &up, "\"/**\"").replace("http://", "ftp://");
+    write_config(&w, &format!("{base}{second}"));
+    let r = w.b.cli(&["reload"]);
+    assert_ne!(r.code, 0);
+    let header = lines + 2;
+    assert!(
+        r.stderr
+            .contains(&format!("[[route]] #2 at {file}:{header}")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("https://"), "{}", r.stderr);
+
+    // A duplicate name, and a CA file that cannot be read.
+    write_config(&w, &format!("{base}{}", route("early", &up, "\"/**\"")));
+    let r = w.b.cli(&["reload"]);
+    assert!(r.stderr.contains("used twice"), "{}", r.stderr);
+    let ca = route("tls", &up, "\"/**\"").replace(
+        "credential",
+        "ca_file = \"/nonexistent/ca.pem\"\ncredential",
+    );
+    write_config(&w, &format!("{base}{}", ca.replace("http://", "https://")));
+    let r = w.b.cli(&["reload"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("ca.pem"), "{}", r.stderr);
+
+    // Nothing changed, and every refusal is in the trail.
+    assert_eq!(route_names(&w), ["early"]);
+    let rec = audit(&w.b, Some("config.reload"));
+    assert_eq!(rec.len(), before + 5, "{rec:?}");
+    assert!(rec[before..].iter().all(|r| r["decision"] == "error"));
+    assert!(w.b.logs().contains("listening") || !w.b.logs().is_empty());
+}
+
+#[test]
+fn status_routes_and_servers_say_what_is_in_force() {
+    let up = Upstream::start(false);
+    let w = world_with(4, &route("early", &up, "\"/v1/*\", \"/x\""), POLICY);
+    let s = w.b.cli(&["status", "--output", "json"]).json();
+    assert_eq!(s["api_addr"], w.b.api.to_string(), "{s}");
+    assert_eq!(s["edge_addr"], w.b.edge.to_string(), "{s}");
+    assert_eq!(s["routes"], 1);
+    assert_eq!(s["policies"], 3);
+    let text = std::fs::read(config_path(&w)).unwrap();
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&text))
+    };
+    assert_eq!(s["config"]["digest"], digest, "{s}");
+    let policy = w.b.cli(&["policy", "show", "--output", "json"]).json();
+    assert_eq!(s["policy_digest"], policy["digest"], "{s}");
+    let keys = w.b.cli(&["keys", "list", "--output", "json"]).json();
+    let active = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["state"] == "active")
+        .unwrap();
+    assert_eq!(s["key_ids"][0], active["kid"], "{s}");
+    assert!(s["store"].as_str().unwrap().starts_with("sqlite:"), "{s}");
+    let human = w.b.cli(&["status"]);
+    assert!(human.ok().contains(&digest), "{}", human.stdout);
+
+    let r = w.b.cli(&["route", "list", "--output", "json"]).json();
+    assert_eq!(r[0]["allow"][0], "GET /v1/* /x", "{r}");
+    assert_eq!(r[0]["credential"], "secret", "{r}");
+    assert_eq!(r[0]["audience"], "https://early.test", "{r}");
+
+    // An MCP server added by reload is listed (its tools once reached).
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    write_config(
+        &w,
+        &format!(
+            "{base}\n[[mcp_server]]\nname = \"files\"\nurl = \"{}/mcp\"\n",
+            up.origin("http")
+        ),
+    );
+    let j = w.b.cli(&["reload", "--output", "json"]).json();
+    assert_eq!(j["mcp_servers"]["added"][0], "files", "{j}");
+    let m = w.b.cli(&["mcp", "servers", "--output", "json"]).json();
+    assert_eq!(m[0]["name"], "files", "{m}");
+    assert_eq!(m[0]["transport"], "http", "{m}");
+    let human = w.b.cli(&["mcp", "servers"]);
+    assert!(human.ok().contains("files"), "{}", human.stdout);
+    let s = w.b.cli(&["status", "--output", "json"]).json();
+    assert_eq!(s["mcp_servers"], 1, "{s}");
+    assert_ne!(s["config"]["digest"], digest, "{s}");
+}
