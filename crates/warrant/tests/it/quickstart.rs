@@ -3,8 +3,9 @@
 //! Every `sh` block runs in order in one shell (`sh -eu`) in a fresh directory,
 //! with the binary under test first on `PATH`. `cargo` lines are skipped (the
 //! binary is already built). The block that is only `warrant serve` runs in the
-//! background, as the page's first terminal; the blocks before it run first
-//! (they write the configuration it reads). The page's ports (8700, 8701) are
+//! background, as the page's first terminal, in the directory the blocks
+//! before it went to (they write the configuration it reads); `TMPDIR` is
+//! the test's fresh directory, so the page's `${TMPDIR:-/tmp}` is inside it. The page's ports (8700, 8701) are
 //! swapped for free ones. Every line of a `text` block must appear in one line
 //! of what the commands and the broker printed, `…` matching anything.
 
@@ -113,6 +114,7 @@ fn quickstart_runs_as_written() {
             .env_clear()
             .envs(std::env::vars().filter(|(k, _)| !k.starts_with("WARRANT_")))
             .env("PATH", &path)
+            .env("TMPDIR", dir.path())
             .env("WARRANT_API_ADDR", format!("127.0.0.1:{api}"))
             .env("WARRANT_EDGE_ADDR", format!("127.0.0.1:{edge}"));
     };
@@ -127,11 +129,13 @@ fn quickstart_runs_as_written() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // The first terminal.
+    // The first terminal, in the directory the set-up went to.
+    let work = dir.path().join("warrant-quickstart");
     let log = dir.path().join("serve.log");
     let mut serve = Command::new("sh");
     env(&mut serve);
     let mut serve = serve
+        .current_dir(&work)
         .args(["-c", &format!("exec {}", b.serve)])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -190,7 +194,16 @@ fn quickstart_runs_as_written() {
         );
     }
     assert!(
-        Path::new(&dir.path().join("warrant-data/policies/quickstart.cedar")).exists(),
+        Path::new(&work.join("warrant-data/policies/quickstart.cedar")).exists(),
         "the page wrote its policy into the data directory"
     );
+    // Everything the page wrote is in its own directory, none of it where
+    // it was started (a clone's root).
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "serve.log")
+        .collect();
+    left.sort();
+    assert_eq!(left, ["warrant-quickstart"], "files left where the page started");
 }
