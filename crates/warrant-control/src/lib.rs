@@ -20,6 +20,7 @@ pub mod delegation;
 pub mod dev;
 pub mod keys;
 pub mod metrics;
+pub mod names;
 pub mod policy;
 pub mod refusals;
 pub mod secrets;

@@ -215,6 +215,18 @@ pub struct PolicyService {
     /// `context.arguments` per tool. A std lock: read or replaced, never
     /// held across an await.
     tools: parking_lot::RwLock<ToolArguments>,
+    /// The routes and MCP servers configured, for checking the names
+    /// policies use (set by whoever holds the configuration).
+    configured: ArcSwap<Configured>,
+}
+
+/// Route and MCP server names in force.
+#[derive(Debug, Clone, Default)]
+pub struct Configured {
+    /// `[[route]]` names.
+    pub routes: std::collections::BTreeSet<String>,
+    /// `[[mcp_server]]` names.
+    pub servers: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -252,6 +264,29 @@ impl PolicyService {
             store,
             metrics,
             tools: parking_lot::RwLock::new(tools),
+            configured: ArcSwap::from_pointee(Configured::default()),
+        })
+    }
+
+    /// Says which routes and MCP servers are configured.
+    pub fn set_configured(&self, configured: Configured) {
+        self.configured.store(Arc::new(configured));
+    }
+
+    /// The names policies may refer to: registered agents and pinned tools
+    /// (from the store), configured routes and MCP servers.
+    pub async fn known_names(&self) -> Result<crate::names::KnownNames, StoreError> {
+        let configured = self.configured.load_full();
+        let agents = self.store.list_agents().await?;
+        let pins = self.store.list_tool_pins(None).await?;
+        Ok(crate::names::KnownNames {
+            agents: agents.iter().map(|a| a.name.to_string()).collect(),
+            routes: configured.routes.clone(),
+            servers: configured.servers.clone(),
+            tools: pins
+                .iter()
+                .map(|p| format!("{}/{}", p.server, p.tool))
+                .collect(),
         })
     }
 
@@ -350,7 +385,21 @@ impl PolicyService {
         .await
         .unwrap_or_else(|e| Err(task_failed(&e)));
         match compiled {
-            Ok(policies) => {
+            Ok(mut policies) => {
+                // Names that match nothing are warned about, not refused: an
+                // agent may be registered after the policy naming it.
+                match self.known_names().await {
+                    Ok(known) => {
+                        let unknown = crate::names::unknown_names(&policies, &known);
+                        for w in &unknown {
+                            tracing::warn!("{w}");
+                        }
+                        policies.add_warnings(unknown);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the inventory to check the names policies use")
+                    }
+                }
                 let previous = self.current.load().policies.digest().to_owned();
                 let event = AuditEvent {
                     event: "policy.reload".into(),

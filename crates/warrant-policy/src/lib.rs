@@ -66,6 +66,25 @@ pub struct Policies {
     digest: String,
     files: Vec<String>,
     warnings: Problems,
+    /// Each policy's file, by index into `sources`.
+    where_is: std::collections::HashMap<String, usize>,
+}
+
+/// An entity a policy names by its id (`Agent::"triage"`), and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityRef {
+    /// The policy.
+    pub policy: String,
+    /// The entity type (`Agent`, `Route`, `McpServer`, `Tool`, ...).
+    pub kind: String,
+    /// The id.
+    pub id: String,
+    /// The file, line and column of its first mention in the file.
+    pub file: String,
+    /// 1-based (0 when not found as written).
+    pub line: usize,
+    /// 1-based.
+    pub col: usize,
 }
 
 fn deny_with(error: String) -> Decision {
@@ -304,6 +323,50 @@ impl Policies {
     /// Validator warnings (the set loaded anyway).
     pub fn warnings(&self) -> &Problems {
         &self.warnings
+    }
+
+    /// Adds warnings found outside the set (names checked against the
+    /// inventory and configuration).
+    pub fn add_warnings(&mut self, more: Vec<PolicyProblem>) {
+        self.warnings.0.extend(more);
+    }
+
+    /// Every entity a policy names by id, in scope or condition, once per
+    /// policy: for checking the names against the inventory and the
+    /// configuration (a typo such as `Agent::"suport-bot"` matches nothing
+    /// and is not an error to Cedar).
+    pub fn entity_refs(&self) -> Vec<EntityRef> {
+        let mut out: Vec<EntityRef> = Vec::new();
+        for p in self.all.policies() {
+            let policy = p.id().to_string();
+            let file = self
+                .where_is
+                .get(&policy)
+                .and_then(|&i| self.sources.get(i));
+            let mut seen = std::collections::HashSet::new();
+            for uid in p.entity_literals() {
+                let kind = uid.type_name().to_string();
+                let id: String = uid.id().unescaped().to_owned();
+                if !seen.insert((kind.clone(), id.clone())) {
+                    continue;
+                }
+                let (line, col) = file
+                    .and_then(|f| {
+                        let written = format!("{kind}::{}", serde_json::Value::String(id.clone()));
+                        f.text.find(&written).map(|o| load::line_col(&f.text, o))
+                    })
+                    .unwrap_or((0, 0));
+                out.push(EntityRef {
+                    policy: policy.clone(),
+                    kind,
+                    id,
+                    file: file.map(|f| f.name.clone()).unwrap_or_default(),
+                    line,
+                    col,
+                });
+            }
+        }
+        out
     }
 }
 

@@ -68,7 +68,7 @@ impl fmt::Display for Problems {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
@@ -264,6 +264,7 @@ pub(crate) fn compile(
         digest: hex::encode(hasher.finalize()),
         files: files.iter().map(|f| f.name.clone()).collect(),
         warnings: Problems(warnings),
+        where_is,
     })
 }
 

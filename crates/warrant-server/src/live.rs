@@ -105,6 +105,14 @@ pub(crate) fn with_dev_issuer(
     Ok(issuers)
 }
 
+/// The route and MCP server names policies may use.
+pub(crate) fn configured(config: &Config) -> warrant_control::policy::Configured {
+    warrant_control::policy::Configured {
+        routes: config.routes.iter().map(|r| r.name.clone()).collect(),
+        servers: config.mcp_servers.iter().map(|m| m.name.clone()).collect(),
+    }
+}
+
 /// What is in force, for `warrant status`.
 pub(crate) fn status(config: &Config, loaded_at: Timestamp) -> ConfigStatus {
     ConfigStatus {
@@ -179,6 +187,7 @@ pub async fn reload(state: &AppState, actor: AuditEvent) -> Result<ConfigChanges
     state.proxy.install(routes);
     let fresh = state.mcp.install(servers).await;
     state.attest.set_task_audiences(&task_audiences(&new, edge));
+    state.policy.set_configured(configured(&new));
     let mut in_force = new;
     in_force.kek = None;
     state.live.config.store(Arc::new(in_force));

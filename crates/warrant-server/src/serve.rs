@@ -270,6 +270,12 @@ impl Broker {
                 },
             )?,
         );
+        policy.set_configured(crate::live::configured(&config));
+        if let Ok(known) = policy.known_names().await {
+            for w in warrant_control::names::unknown_names(&policy.current().policies, &known) {
+                tracing::warn!("{w}");
+            }
+        }
         if policy.current().policies.is_empty() {
             tracing::warn!(dir = %policy_dir.display(), "no policies are loaded: every decision is a deny until you write some");
         }

@@ -998,15 +998,19 @@ async fn validate_policy(
     })
     .await
     .map_err(|e| ApiError::internal(format!("validation failed: {e}")))?;
+    let known = state.policy.known_names().await?;
     Ok(Json(match result {
-        Ok(p) => warrant_core::api::PolicyValidation {
-            ok: true,
-            policies: p.ids().map(str::to_owned).collect(),
-            digest: Some(p.digest().to_owned()),
-            problems: Vec::new(),
-            warnings: p.warnings().0.iter().map(ToString::to_string).collect(),
-            tools: Some(n),
-        },
+        Ok(mut p) => {
+            p.add_warnings(warrant_control::names::unknown_names(&p, &known));
+            warrant_core::api::PolicyValidation {
+                ok: true,
+                policies: p.ids().map(str::to_owned).collect(),
+                digest: Some(p.digest().to_owned()),
+                problems: Vec::new(),
+                warnings: p.warnings().0.iter().map(ToString::to_string).collect(),
+                tools: Some(n),
+            }
+        }
         Err(problems) => warrant_core::api::PolicyValidation {
             ok: false,
             policies: Vec::new(),

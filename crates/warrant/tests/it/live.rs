@@ -260,3 +260,56 @@ fn status_routes_and_servers_say_what_is_in_force() {
     assert_eq!(s["mcp_servers"], 1, "{s}");
     assert_ne!(s["config"]["digest"], digest, "{s}");
 }
+
+/// Entity ids that name nothing known are valid Cedar and match nothing:
+/// `policy validate` and every reload say so, with the line and the name
+/// probably meant, and still load the set.
+#[test]
+fn policy_names_that_match_nothing_are_warned_about() {
+    let up = Upstream::start(false);
+    let w = world_with(4, &route("early", &up, "\"/**\""), POLICY);
+    let dir = w.b.data_dir.join("policies");
+    std::fs::write(
+        dir.join("typos.cedar"),
+        "@id(\"typo-agent\")\npermit(principal in Agent::\"orhc\", action == Action::\"http:request\", resource == Route::\"erly\");\n",
+    )
+    .unwrap();
+    let v = w.b.cli(&["policy", "validate"]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    let all = format!("{}{}", v.stdout, v.stderr);
+    assert!(
+        all.contains("typos.cedar:2:") && all.contains(r#"Agent::"orhc""#),
+        "{all}"
+    );
+    assert!(all.contains("did you mean `orch`"), "{all}");
+    assert!(
+        all.contains(r#"Route::"erly""#) && all.contains("did you mean `early`"),
+        "{all}"
+    );
+    let r = w.b.cli(&["policy", "reload", "--output", "json"]).json();
+    let warnings: Vec<String> = r["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains(r#"Agent::"orhc""#)),
+        "{warnings:?}"
+    );
+    assert!(
+        r["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "typo-agent")
+    );
+    // Fixed, nothing to say.
+    std::fs::write(
+        dir.join("typos.cedar"),
+        "@id(\"typo-agent\")\npermit(principal in Agent::\"orch\", action == Action::\"http:request\", resource == Route::\"early\");\n",
+    )
+    .unwrap();
+    let r = w.b.cli(&["policy", "reload", "--output", "json"]).json();
+    assert!(r.get("warnings").is_none(), "{r}");
+}

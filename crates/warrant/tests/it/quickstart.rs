@@ -205,5 +205,9 @@ fn quickstart_runs_as_written() {
         .filter(|n| n != "serve.log")
         .collect();
     left.sort();
-    assert_eq!(left, ["warrant-quickstart"], "files left where the page started");
+    assert_eq!(
+        left,
+        ["warrant-quickstart"],
+        "files left where the page started"
+    );
 }
