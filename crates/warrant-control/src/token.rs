@@ -355,7 +355,8 @@ pub struct TokenParts {
 
 impl From<crate::random::RandomFailed> for OAuthError {
     fn from(e: crate::random::RandomFailed) -> Self {
-        Self::new("server_error", e.to_string())
+        tracing::error!(error = %e, "drawing random bytes failed");
+        Self::new("server_error", "the broker could not draw random bytes")
     }
 }
 
@@ -1291,8 +1292,10 @@ impl TokenService {
                     "no signing key is active",
                 ));
             };
-            jwt::sign(key, TASK_TOKEN_TYP, &claims)
-                .map_err(|e| OAuthError::new("server_error", e.to_string()))?
+            jwt::sign(key, TASK_TOKEN_TYP, &claims).map_err(|e| {
+                tracing::error!(error = %e, "signing a task token failed");
+                OAuthError::new("server_error", "the broker could not sign the token")
+            })?
         };
         let mut event = event
             .task(record.task.clone())
@@ -1375,7 +1378,7 @@ impl TokenService {
     ) -> Result<(), OAuthError> {
         match self.store.record_task(record, event.clone()).await {
             Ok(()) => Ok(()),
-            Err(StoreError::Conflict { what, .. }) => {
+            Err(StoreError::Revoked { what, .. }) => {
                 let e = OAuthError::invalid_grant(if what == "instance" {
                     format!("instance {} has been revoked", actor.instance)
                 } else {

@@ -640,7 +640,7 @@ pub async fn a_revoked_instance_gets_nothing_more(fx: Box<dyn Fixture>) {
     assert!(
         matches!(
             e,
-            StoreError::Conflict {
+            StoreError::Revoked {
                 what: "instance",
                 ..
             }
@@ -712,7 +712,7 @@ pub async fn a_join_token_is_redeemed_exactly_once(fx: Box<dyn Fixture>) {
                 won += 1;
                 assert_eq!(i, instance("triage", "jt_a", 1_000));
             }
-            Err(StoreError::Conflict {
+            Err(StoreError::Precondition {
                 what: "join token", ..
             }) => {}
             Err(e) => panic!("unexpected {e}"),
@@ -737,7 +737,7 @@ pub async fn a_join_token_is_redeemed_exactly_once(fx: Box<dyn Fixture>) {
             ev("attest", "triage")
         )
         .await,
-        Err(StoreError::Conflict { .. })
+        Err(StoreError::Precondition { .. })
     ));
     assert_eq!(
         s.list_instances(&AgentName::new("triage").unwrap())
@@ -835,7 +835,7 @@ pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixt
             ev("token.exchange", "leaf")
         )
         .await,
-        Err(StoreError::Conflict { what: "task", .. })
+        Err(StoreError::Revoked { what: "task", .. })
     ));
     // Revoking again revokes nothing new.
     assert!(
@@ -860,7 +860,7 @@ pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixt
             ev("token.exchange", "orch")
         )
         .await,
-        Err(StoreError::Conflict {
+        Err(StoreError::Revoked {
             what: "instance",
             ..
         })
@@ -1094,7 +1094,7 @@ pub async fn tool_pins_hold_until_a_change_is_approved(fx: Box<dyn Fixture>) {
         )
         .await
         .unwrap_err(),
-        StoreError::Conflict { .. }
+        StoreError::Precondition { .. }
     ));
     let pin = s
         .approve_tool(
@@ -1116,7 +1116,7 @@ pub async fn tool_pins_hold_until_a_change_is_approved(fx: Box<dyn Fixture>) {
         s.approve_tool("files", "read_file", &def(RUG).digest(), "x", at(6), base())
             .await
             .unwrap_err(),
-        StoreError::Conflict { .. }
+        StoreError::Precondition { .. }
     ));
     assert!(matches!(
         s.approve_tool("files", "nope", &def(RUG).digest(), "x", at(6), base())

@@ -19,6 +19,24 @@ pub enum StoreError {
         /// Its name or id.
         name: String,
     },
+    /// The thing is revoked: nothing more is recorded for it.
+    #[error("{what} `{id}` has been revoked")]
+    Revoked {
+        /// `task` or `instance`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The operation's precondition no longer holds (a join token already
+    /// redeemed or expired; a tool approval for another definition than the
+    /// one waiting). Nothing was changed.
+    #[error("{what}: {why}")]
+    Precondition {
+        /// What was attempted.
+        what: &'static str,
+        /// Why it cannot be done now.
+        why: String,
+    },
     /// The audit record could not be written, so the operation was not performed.
     #[error("the audit trail cannot be written ({0}); nothing was changed")]
     AuditUnavailable(String),

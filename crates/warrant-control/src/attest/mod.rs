@@ -612,7 +612,7 @@ impl AttestService {
         };
         match recorded {
             Ok(_) => Ok(()),
-            Err(StoreError::Conflict {
+            Err(StoreError::Revoked {
                 what: "instance", ..
             }) => {
                 *event = self
@@ -623,7 +623,7 @@ impl AttestService {
                     "instance {instance_id} of agent `{agent}` has been revoked (`warrant revoke --instance`), so it gets no new identity; a new execution of the agent attests as a new instance"
                 ))))
             }
-            Err(StoreError::Conflict { .. }) => {
+            Err(StoreError::Precondition { .. }) => {
                 *event = self
                     .event(Some(evidence), evidence.attestor().as_str(), req)
                     .agent(agent);

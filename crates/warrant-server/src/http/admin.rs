@@ -529,7 +529,7 @@ async fn rotate_keys(
         Err(warrant_control::keys::KeyServiceError::Store(e)) => {
             Err(fail(&state, attempt, e.into()).await)
         }
-        Err(e) => Err(fail(&state, attempt, ApiError::internal(e.to_string())).await),
+        Err(e) => Err(fail(&state, attempt, ApiError::failed("key rotation", &e)).await),
     }
 }
 
@@ -997,7 +997,7 @@ async fn validate_policy(
         )
     })
     .await
-    .map_err(|e| ApiError::internal(format!("validation failed: {e}")))?;
+    .map_err(|e| ApiError::failed("policy validation", &e))?;
     let known = state.policy.known_names().await?;
     Ok(Json(match result {
         Ok(mut p) => {

@@ -64,10 +64,19 @@ fn refusal_response(r: &Refusal, too_large: bool) -> Response {
         Refusal::Denied(_) => (StatusCode::FORBIDDEN, "access_denied"),
         Refusal::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
     };
+    // The cause of an unavailability (the store's, a signing library's
+    // text) is for the log, not the caller.
+    let description = match r {
+        Refusal::Unavailable(m) => {
+            tracing::warn!(cause = %m, "attestation answered unavailable");
+            "the broker cannot issue identities right now; try again shortly"
+        }
+        _ => r.message(),
+    };
     (
         status,
         [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(serde_json::json!({ "error": code, "error_description": r.message() })),
+        Json(serde_json::json!({ "error": code, "error_description": description })),
     )
         .into_response()
 }

@@ -74,9 +74,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 500 for a failure inside the broker: the cause goes to the log, the
+    /// caller gets `what` failed, never a library's text.
+    pub fn failed(what: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "{what} failed");
+        Self::internal(format!("{what} failed; the broker's log says why"))
+    }
+}
+
 impl From<warrant_host::random::RandomFailed> for ApiError {
     fn from(e: warrant_host::random::RandomFailed) -> Self {
-        Self::internal(e.to_string())
+        Self::failed("drawing random bytes", &e)
     }
 }
 
@@ -84,7 +93,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let (status, code) = match &e {
             StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            StoreError::Conflict { .. } => (StatusCode::CONFLICT, "conflict"),
+            StoreError::Conflict { .. } | StoreError::Precondition { .. } => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            StoreError::Revoked { .. } => (StatusCode::CONFLICT, "revoked"),
             StoreError::AuditUnavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable")
             }
@@ -95,13 +107,25 @@ impl From<StoreError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
             }
         };
+        // INVARIANT (no library text to clients): a server-side failure is
+        // logged with its cause and answered in the broker's own words; a
+        // client's error (not found, conflict) is the store's own sentence
+        // about the caller's input.
+        let message = match code {
+            "audit_unavailable" => {
+                "the audit trail cannot be written, so nothing was changed; try again later".into()
+            }
+            "unavailable" => "the broker's store is unavailable; try again later".into(),
+            "internal_error" => "the broker's store failed; its log says why".into(),
+            _ => e.to_string(),
+        };
         if status.is_server_error() {
             tracing::error!(error = %e, "store error");
         }
         Self {
             status,
             code,
-            message: e.to_string(),
+            message,
         }
     }
 }
@@ -123,5 +147,36 @@ impl IntoResponse for ApiError {
             );
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store failure on the broker's side is answered in the broker's
+    /// words; the cause (a path, SQLite's text) stays in the log.
+    #[test]
+    fn server_side_store_failures_reveal_no_cause() {
+        let cause = "disk I/O error at /var/lib/warrant/warrant.db";
+        for e in [
+            StoreError::Unavailable(cause.into()),
+            StoreError::Corrupt(cause.into()),
+            StoreError::AuditUnavailable(cause.into()),
+        ] {
+            let api = ApiError::from(e);
+            assert!(api.status.is_server_error());
+            assert!(!api.message.contains("disk"), "{}", api.message);
+            assert!(!api.message.contains("/var/lib"), "{}", api.message);
+        }
+        // A caller's own mistake is still told as such.
+        let api = ApiError::from(StoreError::Revoked {
+            what: "task",
+            id: "tsk_1".into(),
+        });
+        assert_eq!((api.status, api.code), (StatusCode::CONFLICT, "revoked"));
+        assert!(api.message.contains("tsk_1"), "{}", api.message);
+        let api = ApiError::failed("key rotation", &"aws-lc: bad key material");
+        assert!(!api.message.contains("aws-lc"), "{}", api.message);
     }
 }

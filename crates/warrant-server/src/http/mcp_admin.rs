@@ -117,11 +117,11 @@ async fn approve(
             let [pin] = pins;
             Ok(Json(pin))
         }
-        Err(warrant_store::StoreError::Conflict { name, .. }) => {
+        Err(warrant_store::StoreError::Precondition { why, .. }) => {
             let e = ApiError {
                 status: axum::http::StatusCode::CONFLICT,
                 code: "conflict",
-                message: format!("not approved: {}", shown(&name, 400)),
+                message: format!("not approved: {}", shown(&why, 400)),
             };
             Err(super::admin::fail(&state, attempt, e).await)
         }

@@ -36,8 +36,7 @@ impl From<SecretError> for ApiError {
             SecretError::Invalid(m) => ApiError::invalid(m),
             SecretError::Store(s) => s.into(),
             SecretError::Unreadable(_) | SecretError::Crypto(_) => {
-                tracing::error!(error = %e, "secret store");
-                ApiError::internal(e.to_string())
+                ApiError::failed("reading or sealing the secret", &e)
             }
         }
     }

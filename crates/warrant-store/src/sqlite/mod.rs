@@ -412,7 +412,7 @@ fn pin_row(c: &Connection, server: &str, tool: &str) -> Result<Option<ToolPin>, 
     one_row(c, &sql, params![server, tool], rows::tool_pin)
 }
 
-/// `Conflict` if `instance` was revoked: nothing more is issued to it.
+/// `Revoked` if `instance` was revoked: nothing more is issued to it.
 fn refuse_revoked_instance(conn: &Connection, instance: &str) -> Result<(), StoreError> {
     let revoked: Option<i64> = conn
         .prepare_cached("SELECT 1 FROM revoked_instances WHERE instance = ?1")
@@ -420,9 +420,9 @@ fn refuse_revoked_instance(conn: &Connection, instance: &str) -> Result<(), Stor
         .optional()
         .map_err(read_err)?;
     match revoked {
-        Some(_) => Err(StoreError::Conflict {
+        Some(_) => Err(StoreError::Revoked {
             what: "instance",
-            name: format!("{instance} (revoked)"),
+            id: instance.to_owned(),
         }),
         None => Ok(()),
     }
@@ -959,9 +959,9 @@ impl Store for SqliteStore {
                     )
                     .map_err(db_err)?;
                 if changed != 1 {
-                    return Err(StoreError::Conflict {
+                    return Err(StoreError::Precondition {
                         what: "join token",
-                        name: "redeemed or expired".into(),
+                        why: "already redeemed or expired".into(),
                     });
                 }
                 let stored = upsert_instance(ctx.conn, &instance)?;
@@ -982,7 +982,7 @@ impl Store for SqliteStore {
                         .optional()
                         .map_err(db_err)?;
                     if matches!(revoked, Some(Some(_))) {
-                        return Err(StoreError::Conflict { what: "task", name: format!("{parent} (revoked)") });
+                        return Err(StoreError::Revoked { what: "task", id: parent.clone() });
                     }
                 }
                 let blocked: Option<i64> = ctx
@@ -992,7 +992,7 @@ impl Store for SqliteStore {
                     .optional()
                     .map_err(db_err)?;
                 if blocked.is_some() {
-                    return Err(StoreError::Conflict { what: "instance", name: format!("{} (revoked)", t.instance) });
+                    return Err(StoreError::Revoked { what: "instance", id: t.instance.clone() });
                 }
                 ctx.conn
                     .prepare_cached(&format!(
@@ -1406,18 +1406,18 @@ impl Store for SqliteStore {
                     name: format!("{server}/{tool}"),
                 })?;
                 let Some(pending) = pin.pending_digest.as_deref() else {
-                    return Err(StoreError::Conflict {
+                    return Err(StoreError::Precondition {
                         what: "tool approval",
-                        name: format!("{server}/{tool} (no new or changed definition is waiting)"),
+                        why: format!("{server}/{tool} has no new or changed definition waiting"),
                     });
                 };
                 // INVARIANT (approve what was reviewed): a server may announce
                 // another definition between review and approval.
                 if pending != digest {
-                    return Err(StoreError::Conflict {
+                    return Err(StoreError::Precondition {
                         what: "tool approval",
-                        name: format!(
-                            "{server}/{tool} (the definition waiting is {pending}, not the reviewed {}; review it again)",
+                        why: format!(
+                            "the definition of {server}/{tool} waiting is {pending}, not the reviewed {}; review it again",
                             warrant_core::text::shown(&digest, 64)
                         ),
                     });
