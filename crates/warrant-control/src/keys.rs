@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::keys::Alg;
 use warrant_core::time::Timestamp;
 use warrant_store::{Store, StoreError};
@@ -73,7 +73,7 @@ impl KeyService {
         if records.is_empty() {
             let now = Timestamp::now();
             let record = warrant_token::generate_key(default_alg, &kek, now, now)?;
-            let event = AuditEvent::new("key.generate", Outcome::Allow)
+            let event = AuditEvent::new(Kind::KeyGenerate, Outcome::Allow)
                 .actor("broker")
                 .action("key.generate")
                 .resource(format!("SigningKey::\"{}\"", record.kid))
@@ -132,7 +132,7 @@ impl KeyService {
         let alg = alg.unwrap_or(self.default_alg);
         let record = warrant_token::generate_key(alg, &self.kek, now, now + activate_in)?;
         let kid = record.kid.clone();
-        let event = AuditEvent { event: "admin.key.rotate".into(), decision: Outcome::Allow, ..base }
+        let event = AuditEvent { event: Kind::AdminKeyRotate.into(), decision: Outcome::Allow, ..base }
             .action("key.rotate")
             .resource(format!("SigningKey::\"{kid}\""))
             .detail(serde_json::json!({ "kid": kid, "alg": alg.as_str(), "activates_at": record.activates_at }));

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{Decision, DecisionRequest, Effect};
 use warrant_core::mcp::ToolArguments;
 use warrant_core::time::Timestamp;
@@ -311,7 +311,7 @@ impl PolicyService {
             Err(problems) => {
                 // The files compiled before; only a bug gets here.
                 let event = AuditEvent {
-                    event: "policy.retype".into(),
+                    event: Kind::PolicyRetype.into(),
                     ..base
                 }
                 .action("policy.retype")
@@ -323,7 +323,7 @@ impl PolicyService {
         let mut refused: Vec<&String> = policies.tool_problems().keys().collect();
         refused.sort();
         let event = AuditEvent {
-            event: "policy.retype".into(),
+            event: Kind::PolicyRetype.into(),
             decision: Outcome::Allow,
             ..base
         }
@@ -402,7 +402,7 @@ impl PolicyService {
                 }
                 let previous = self.current.load().policies.digest().to_owned();
                 let event = AuditEvent {
-                    event: "policy.reload".into(),
+                    event: Kind::PolicyReload.into(),
                     decision: Outcome::Allow,
                     ..base
                 }
@@ -445,7 +445,7 @@ impl PolicyService {
                     })
                     .inc();
                 let event = AuditEvent {
-                    event: "policy.reload".into(),
+                    event: Kind::PolicyReload.into(),
                     ..base
                 }
                 .action("policy.reload")

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use warrant_core::audit::AuditEvent;
+use warrant_core::audit::{AuditEvent, Kind};
 use warrant_core::time::Timestamp;
 use warrant_store::Store;
 
@@ -254,7 +254,7 @@ impl RefusalLog {
         if taken.overflow > 0 {
             records.push(
                 AuditEvent::new(
-                    "refusals.overflow",
+                    Kind::RefusalsOverflow,
                     warrant_core::audit::Outcome::Deny,
                 )
                 .actor("broker")
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn codes_and_addresses() {
-        let e = AuditEvent::new("proxy.request", Outcome::Deny)
+        let e = AuditEvent::new(Kind::ProxyRequest, Outcome::Deny)
             .reason("invalid_token: the task token has expired");
         assert_eq!(code(&e), "invalid_token");
         let e = AuditEvent::new("x", Outcome::Deny).reason("no such route here at all");

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use warrant_core::TrustDomain;
 use warrant_core::agent::{Agent, AgentStatus};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource, UserRef,
 };
@@ -450,14 +450,14 @@ impl TokenService {
     ) -> Result<TokenResponse, OAuthError> {
         let grant = match params.one("grant_type") {
             Ok(g) => g.unwrap_or(""),
-            Err(e) => return Err(self.refuse(self.event("token.request", caller), e).await),
+            Err(e) => return Err(self.refuse(self.event(Kind::TokenRequest, caller), e).await),
         };
         match grant {
             TOKEN_EXCHANGE => self.exchange(params, caller).await,
             "client_credentials" => self.client_credentials(params, caller).await,
             "" => {
                 let e = OAuthError::invalid_request("`grant_type` is required");
-                Err(self.refuse(self.event("token.request", caller), e).await)
+                Err(self.refuse(self.event(Kind::TokenRequest, caller), e).await)
             }
             other => {
                 let e = OAuthError::new(
@@ -467,14 +467,14 @@ impl TokenService {
                         shown(other, 100)
                     ),
                 );
-                Err(self.refuse(self.event("token.request", caller), e).await)
+                Err(self.refuse(self.event(Kind::TokenRequest, caller), e).await)
             }
         }
     }
 
     /// A refusal record of a request to the token endpoint, before it is
     /// known who asks.
-    pub fn event(&self, kind: &str, caller: &Caller) -> AuditEvent {
+    pub fn event(&self, kind: Kind, caller: &Caller) -> AuditEvent {
         let mut e = AuditEvent::new(kind, Outcome::Deny).protocol("oauth");
         if let Some(s) = &caller.source {
             e = e.source(s.clone());
@@ -1073,7 +1073,7 @@ impl TokenService {
     ) -> Result<TokenResponse, OAuthError> {
         let now = Timestamp::now();
         let mut event = self
-            .event("token.exchange", caller)
+            .event(Kind::TokenExchange, caller)
             .action("token:exchange");
         match self.exchange_grant(params, caller, now, &mut event).await {
             Ok((actor, grant)) => self.issue(&actor, grant, now, event).await,
@@ -1179,7 +1179,7 @@ impl TokenService {
         caller: &Caller,
     ) -> Result<TokenResponse, OAuthError> {
         let now = Timestamp::now();
-        let mut event = self.event("token.self", caller).action("token:self");
+        let mut event = self.event(Kind::TokenSelf, caller).action("token:self");
         match self.self_grant(params, caller, now, &mut event).await {
             Ok((actor, grant)) => self.issue(&actor, grant, now, event).await,
             Err(e) => Err(self.refuse(event, e).await),

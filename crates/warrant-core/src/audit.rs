@@ -21,6 +21,210 @@ use sha2::{Digest, Sha256};
 
 use crate::time::Timestamp;
 
+/// What an audit record is about: its `event` field. Every record the
+/// broker writes has one of these kinds (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The broker started.
+    BrokerStart,
+    /// The broker stopped.
+    BrokerStop,
+    /// The configuration file was reloaded (or a reload refused).
+    ConfigReload,
+    /// A signing key was generated.
+    KeyGenerate,
+    /// The policy set was reloaded (or a reload refused).
+    PolicyReload,
+    /// The policy set was re-typed for MCP tools' arguments.
+    PolicyRetype,
+    /// An offline decision by `warrant policy check`.
+    PolicyCheck,
+    /// An identity for a process proven by the kernel.
+    AttestUnix,
+    /// An identity for a platform token.
+    AttestOidc,
+    /// An identity for a join token.
+    AttestJoin,
+    /// An identity renewed.
+    AttestRenew,
+    /// A token endpoint request refused before its grant was known.
+    TokenRequest,
+    /// An RFC 8693 token exchange.
+    TokenExchange,
+    /// A client-credentials grant of an agent acting for itself.
+    TokenSelf,
+    /// An introspection request.
+    TokenIntrospect,
+    /// A revocation request at the OAuth endpoint.
+    TokenRevoke,
+    /// A request through the egress proxy.
+    ProxyRequest,
+    /// An MCP gateway request refused before its method was handled.
+    McpRequest,
+    /// An MCP session opened.
+    McpSessionOpen,
+    /// An MCP session closed.
+    McpSessionClose,
+    /// An MCP tools listing.
+    McpToolsList,
+    /// An MCP tool call.
+    McpToolCall,
+    /// An MCP tool's definition pinned on first sight.
+    McpToolPin,
+    /// A new MCP tool held for approval.
+    McpToolNew,
+    /// An MCP tool's changed definition held for approval.
+    McpToolChange,
+    /// An admin request refused at authentication.
+    AdminAuth,
+    /// An agent registered.
+    AdminAgentCreate,
+    /// An agent enabled.
+    AdminAgentEnable,
+    /// An agent disabled or quarantined.
+    AdminAgentDisable,
+    /// An agent deleted.
+    AdminAgentDelete,
+    /// A revocation by an administrator.
+    AdminRevoke,
+    /// A signing key rotation.
+    AdminKeyRotate,
+    /// An admin token minted.
+    AdminTokenCreate,
+    /// A join token minted for an agent.
+    AdminJoinToken,
+    /// A development user token minted (`serve --dev`).
+    AdminDevUserToken,
+    /// An admin token revoked.
+    AdminTokenRevoke,
+    /// An MCP tool definition approved.
+    AdminMcpApprove,
+    /// A secret stored.
+    AdminSecretPut,
+    /// A secret rotated.
+    AdminSecretRotate,
+    /// A secret deleted.
+    AdminSecretDelete,
+    /// The audit trail verified.
+    AuditVerify,
+    /// More kinds of unauthenticated refusal in a window than are kept
+    /// apart: counted only.
+    RefusalsOverflow,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: &[Kind] = &[
+        Self::BrokerStart,
+        Self::BrokerStop,
+        Self::ConfigReload,
+        Self::KeyGenerate,
+        Self::PolicyReload,
+        Self::PolicyRetype,
+        Self::PolicyCheck,
+        Self::AttestUnix,
+        Self::AttestOidc,
+        Self::AttestJoin,
+        Self::AttestRenew,
+        Self::TokenRequest,
+        Self::TokenExchange,
+        Self::TokenSelf,
+        Self::TokenIntrospect,
+        Self::TokenRevoke,
+        Self::ProxyRequest,
+        Self::McpRequest,
+        Self::McpSessionOpen,
+        Self::McpSessionClose,
+        Self::McpToolsList,
+        Self::McpToolCall,
+        Self::McpToolPin,
+        Self::McpToolNew,
+        Self::McpToolChange,
+        Self::AdminAuth,
+        Self::AdminAgentCreate,
+        Self::AdminAgentEnable,
+        Self::AdminAgentDisable,
+        Self::AdminAgentDelete,
+        Self::AdminRevoke,
+        Self::AdminKeyRotate,
+        Self::AdminTokenCreate,
+        Self::AdminJoinToken,
+        Self::AdminDevUserToken,
+        Self::AdminTokenRevoke,
+        Self::AdminMcpApprove,
+        Self::AdminSecretPut,
+        Self::AdminSecretRotate,
+        Self::AdminSecretDelete,
+        Self::AuditVerify,
+        Self::RefusalsOverflow,
+    ];
+
+    /// The dotted name stored in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BrokerStart => "broker.start",
+            Self::BrokerStop => "broker.stop",
+            Self::ConfigReload => "config.reload",
+            Self::KeyGenerate => "key.generate",
+            Self::PolicyReload => "policy.reload",
+            Self::PolicyRetype => "policy.retype",
+            Self::PolicyCheck => "policy.check",
+            Self::AttestUnix => "attest.unix",
+            Self::AttestOidc => "attest.oidc",
+            Self::AttestJoin => "attest.join",
+            Self::AttestRenew => "attest.renew",
+            Self::TokenRequest => "token.request",
+            Self::TokenExchange => "token.exchange",
+            Self::TokenSelf => "token.self",
+            Self::TokenIntrospect => "token.introspect",
+            Self::TokenRevoke => "token.revoke",
+            Self::ProxyRequest => "proxy.request",
+            Self::McpRequest => "mcp.request",
+            Self::McpSessionOpen => "mcp.session.open",
+            Self::McpSessionClose => "mcp.session.close",
+            Self::McpToolsList => "mcp.tools.list",
+            Self::McpToolCall => "mcp.tool.call",
+            Self::McpToolPin => "mcp.tool.pin",
+            Self::McpToolNew => "mcp.tool.new",
+            Self::McpToolChange => "mcp.tool.change",
+            Self::AdminAuth => "admin.auth",
+            Self::AdminAgentCreate => "admin.agent.create",
+            Self::AdminAgentEnable => "admin.agent.enable",
+            Self::AdminAgentDisable => "admin.agent.disable",
+            Self::AdminAgentDelete => "admin.agent.delete",
+            Self::AdminRevoke => "admin.revoke",
+            Self::AdminKeyRotate => "admin.key.rotate",
+            Self::AdminTokenCreate => "admin.token.create",
+            Self::AdminJoinToken => "admin.agent.join-token",
+            Self::AdminDevUserToken => "admin.dev.user-token",
+            Self::AdminTokenRevoke => "admin.token.revoke",
+            Self::AdminMcpApprove => "admin.mcp.approve",
+            Self::AdminSecretPut => "admin.secret.put",
+            Self::AdminSecretRotate => "admin.secret.rotate",
+            Self::AdminSecretDelete => "admin.secret.delete",
+            Self::AuditVerify => "audit.verify",
+            Self::RefusalsOverflow => "refusals.overflow",
+        }
+    }
+
+    /// The kind of this dotted name, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Kind> for String {
+    fn from(k: Kind) -> Self {
+        k.as_str().to_owned()
+    }
+}
+
 /// The outcome recorded for an event (DESIGN §5 calls the field `decision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -711,3 +915,19 @@ impl ChainVerifier {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod kind_tests {
+    use super::Kind;
+
+    #[test]
+    fn every_kind_has_one_name_that_parses_back() {
+        let mut seen = std::collections::HashSet::new();
+        for k in Kind::ALL {
+            assert!(seen.insert(k.as_str()), "{k} twice");
+            assert_eq!(Kind::parse(k.as_str()), Some(*k));
+            assert_eq!(String::from(*k), k.to_string());
+        }
+        assert_eq!(Kind::parse("proxy.requests"), None);
+    }
+}

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 use warrant_policy::Problems;
 use warrant_store::{SqliteOptions, SqliteStore, Store, StoreError};
@@ -468,7 +468,7 @@ impl Broker {
         } = self;
         let socket_path = data_dir.admin_socket();
 
-        let start = AuditEvent::new("broker.start", Outcome::Allow)
+        let start = AuditEvent::new(Kind::BrokerStart, Outcome::Allow)
             .actor("broker")
             .detail(serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
@@ -593,7 +593,7 @@ impl Broker {
         state.secrets.flush_used().await;
         state.audit_batch.flush().await;
         state.refusals.flush().await;
-        let stop = AuditEvent::new("broker.stop", Outcome::Allow).actor("broker");
+        let stop = AuditEvent::new(Kind::BrokerStop, Outcome::Allow).actor("broker");
         if let Err(e) = state.store.append_audit(stop).await {
             tracing::error!(error = %e, "could not record the stop in the audit trail");
         }
@@ -630,8 +630,8 @@ impl Broker {
                         _ = term.recv() => { tracing::info!("SIGTERM received"); token.cancel(); break; }
                         _ = hup.recv() => {
                             tracing::info!("SIGHUP received: reloading the configuration and the policies");
-                            let event = |kind: &str| AuditEvent::new(kind, Outcome::Allow).actor("signal:SIGHUP").protocol("signal");
-                            if let Err(e) = crate::http::live::reload_all(&state, event("config.reload").action("config.reload"), event("policy.reload")).await {
+                            let event = |kind: Kind| AuditEvent::new(kind, Outcome::Allow).actor("signal:SIGHUP").protocol("signal");
+                            if let Err(e) = crate::http::live::reload_all(&state, event(Kind::ConfigReload).action("config.reload"), event(Kind::PolicyReload)).await {
                                 tracing::error!(error = %e.message, "reload on SIGHUP failed; the running configuration and policies stay");
                             }
                         }

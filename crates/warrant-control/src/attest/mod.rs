@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use warrant_core::TrustDomain;
 use warrant_core::agent::{Agent, AgentStatus};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource,
 };
@@ -221,7 +221,13 @@ impl AttestService {
     }
 
     fn event(&self, evidence: Option<&Evidence>, attestor: &str, req: &Request) -> AuditEvent {
-        let mut e = AuditEvent::new(format!("attest.{attestor}"), Outcome::Deny)
+        let kind = match attestor {
+            "unix" => Kind::AttestUnix,
+            "oidc" => Kind::AttestOidc,
+            "join" => Kind::AttestJoin,
+            _ => Kind::AttestRenew,
+        };
+        let mut e = AuditEvent::new(kind, Outcome::Deny)
             .protocol(format!("attest-{attestor}"))
             .action("identity:issue");
         if let Some(ev) = evidence {

@@ -35,7 +35,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{Action, Effect, Resource};
 use warrant_core::mcp::{PinOutcome, ToolDefinition};
 use warrant_core::task::ScopeSet;
@@ -642,7 +642,7 @@ impl Gateway {
             let name = def.name.clone();
             // What agents are shown: the pinned fields only.
             let relayed = def.pinned.clone();
-            let base = AuditEvent::new("mcp.tool.pin", Outcome::Allow)
+            let base = AuditEvent::new(Kind::McpToolPin, Outcome::Allow)
                 .actor("mcp-gateway")
                 .protocol("mcp")
                 .resource(
@@ -699,7 +699,7 @@ impl Gateway {
         if tools == *self.s.authorizer.current().policies.tools() {
             return;
         }
-        let base = AuditEvent::new("policy.retype", Outcome::Allow)
+        let base = AuditEvent::new(Kind::PolicyRetype, Outcome::Allow)
             .actor("mcp-gateway")
             .protocol("mcp");
         if let Err(e) = self.s.authorizer.set_tools(tools, base).await {
@@ -872,7 +872,7 @@ impl Gateway {
     /// answered.
     pub async fn handle(&self, server: &str, req: Request<Body>, peer: SocketAddr) -> Response {
         let started = Instant::now();
-        let mut event = AuditEvent::new("mcp.request", Outcome::Deny)
+        let mut event = AuditEvent::new(Kind::McpRequest, Outcome::Deny)
             .protocol("mcp")
             .source(peer.to_string())
             .resource(Resource::McpServer(server.to_owned()).to_string());
@@ -1210,7 +1210,7 @@ impl Gateway {
             SUPPORTED_VERSIONS[0]
         };
         let mut ev = event;
-        ev.event = "mcp.session.open".into();
+        ev.event = Kind::McpSessionOpen.into();
         ev.decision = Outcome::Allow;
         add_detail(
             &mut ev,
@@ -1284,7 +1284,7 @@ impl Gateway {
     /// Records a session ended (off the response path) and answers 204.
     fn session_ended(&self, event: AuditEvent) -> Response {
         let mut ev = event;
-        ev.event = "mcp.session.close".into();
+        ev.event = Kind::McpSessionClose.into();
         ev.decision = Outcome::Allow;
         if let Some(ev) = self.s.audit.admit_known(ev) {
             self.record_later(ev);
@@ -1332,7 +1332,7 @@ impl Gateway {
             s, task, id, peer, ..
         } = *call;
         let mut event = event;
-        event.event = "mcp.tools.list".into();
+        event.event = Kind::McpToolsList.into();
         if let Err(e) = self.fresh_view(s, task).await {
             return self
                 .refuse_rpc(event, &s.cfg.name, "tools/list", id, upstream_refusal(&e))
@@ -1377,7 +1377,7 @@ impl Gateway {
     /// approved one, decide with its arguments, then call the upstream.
     async fn call_tool(&self, event: AuditEvent, call: &Call<'_>, params: Value) -> Response {
         let mut event = event;
-        event.event = "mcp.tool.call".into();
+        event.event = Kind::McpToolCall.into();
         let (name, arguments) = match self.admit_call(call, &params, &mut event).await {
             Ok(c) => c,
             Err(r) => {
@@ -1439,7 +1439,7 @@ impl Gateway {
             user: Some(task.claims.sub.clone()),
             ..decided
         };
-        event.event = "mcp.tool.call".into();
+        event.event = Kind::McpToolCall.into();
         if decision.effect == Effect::Allow {
             return Ok((name, arguments));
         }

@@ -314,25 +314,26 @@ impl HttpUpstream {
 }
 
 /// The JSON-RPC response for `id` in a server-sent-event stream (its
-/// notifications are dropped: the gateway relays only the answer).
+/// notifications are dropped: the gateway relays only the answer). The
+/// stream is parsed by `eventsource-stream` as the WHATWG specification
+/// says (any line ending, multi-line `data`, comments); an event cut off
+/// before its blank line is not dispatched.
 pub fn last_message(stream: &[u8], id: Option<&Value>) -> Bytes {
-    let text = String::from_utf8_lossy(stream);
+    use eventsource_stream::Eventsource as _;
+    use futures_util::{FutureExt as _, StreamExt as _};
+    let events = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(stream)])
+        .eventsource()
+        .collect::<Vec<_>>()
+        // The whole stream is in memory: every poll is ready.
+        .now_or_never()
+        .unwrap_or_default();
     let mut found = Bytes::new();
-    for event in text.split("\n\n").flat_map(|e| e.split("\r\n\r\n")) {
-        let data: Vec<&str> = event
-            .lines()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            .collect();
-        if data.is_empty() {
-            continue;
-        }
-        let joined = data.join("\n");
-        if let Ok(v) = serde_json::from_str::<Value>(&joined)
+    for event in events.into_iter().flatten() {
+        if let Ok(v) = serde_json::from_str::<Value>(&event.data)
             && (id.is_none() || v.get("id") == id)
             && (v.get("result").is_some() || v.get("error").is_some())
         {
-            found = Bytes::from(joined);
+            found = Bytes::from(event.data);
         }
     }
     found
@@ -351,5 +352,21 @@ mod tests {
             true
         );
         assert!(last_message(s, Some(&json!(8))).is_empty());
+        // Bare CR line endings, a comment, data over two lines.
+        let s =
+            b": keep-alive\rdata: {\"jsonrpc\":\"2.0\",\rdata: \"id\":7,\"result\":{\"ok\":1}}\r\n\n";
+        let b = last_message(s, Some(&json!(7)));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&b).unwrap()["result"]["ok"],
+            1
+        );
+        // An event cut off before its blank line is not an answer.
+        assert!(
+            last_message(
+                b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}",
+                Some(&json!(7))
+            )
+            .is_empty()
+        );
     }
 }

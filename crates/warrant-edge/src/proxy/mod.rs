@@ -37,7 +37,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{Action, DecisionRequest, Effect, HttpFacts, Resource};
 use warrant_core::task::{TaskUse, UseError};
 use warrant_core::text::shown;
@@ -213,7 +213,7 @@ impl ProxyService {
     pub async fn handle(&self, req: Request<Body>, peer: SocketAddr) -> Response {
         let start = Instant::now();
         let (name, rest) = split_target(req.uri().path());
-        let mut event = AuditEvent::new("proxy.request", Outcome::Deny)
+        let mut event = AuditEvent::new(Kind::ProxyRequest, Outcome::Deny)
             .protocol("http")
             .action(Action::HttpRequest.as_str())
             .source(peer.to_string())

@@ -18,7 +18,7 @@ use warrant_core::api::{
     AuditList, AuditListQuery, AuditVerification, CreateAdminToken, CreateAgent, CreatedAdminToken,
     KeyInfo, PolicyCheck, PolicyCheckResult, PolicyStatus, RotateKeys,
 };
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, HttpFacts, Principal, Resource, UserRef,
 };
@@ -235,7 +235,7 @@ async fn create_agent(
     b: Result<Json<CreateAgent>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Agent>)> {
     let attempt = caller
-        .event("admin.agent.create", Outcome::Allow)
+        .event(Kind::AdminAgentCreate, Outcome::Allow)
         .action("agent.create");
     let req = body(&state, &attempt, b).await?;
     let attempt = attempt.resource(format!("Agent::\"{}\"", shown(&req.name, 100)));
@@ -280,7 +280,7 @@ async fn set_status(
     caller: crate::http::auth::Caller,
     raw: String,
     status: AgentStatus,
-    kind: &str,
+    kind: Kind,
     action: &str,
 ) -> ApiResult<Json<Agent>> {
     let attempt = caller
@@ -316,7 +316,7 @@ async fn enable_agent(
         caller,
         name,
         AgentStatus::Active,
-        "admin.agent.enable",
+        Kind::AdminAgentEnable,
         "agent.enable",
     )
     .await?;
@@ -331,7 +331,7 @@ async fn dev_user_token(
     b: Result<Json<warrant_core::api::CreateDevUserToken>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<warrant_core::api::CreatedDevUserToken>)> {
     let attempt = caller
-        .event("admin.dev.user-token", Outcome::Allow)
+        .event(Kind::AdminDevUserToken, Outcome::Allow)
         .action("dev.user-token");
     let Some(dev) = state.dev.clone() else {
         let e = ApiError::not_found(
@@ -387,7 +387,7 @@ async fn revoke(
     b: Result<Json<warrant_core::task::RevokeTarget>, JsonRejection>,
 ) -> ApiResult<Json<warrant_core::api::Revoked>> {
     let attempt = caller
-        .event("admin.revoke", Outcome::Allow)
+        .event(Kind::AdminRevoke, Outcome::Allow)
         .action("revoke");
     let target = body(&state, &attempt, b).await?;
     let id = match &target {
@@ -437,7 +437,7 @@ async fn disable_agent(
         caller,
         name,
         AgentStatus::Disabled,
-        "admin.agent.disable",
+        Kind::AdminAgentDisable,
         "agent.disable",
     )
     .await
@@ -449,7 +449,7 @@ async fn delete_agent(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Agent>> {
     let attempt = caller
-        .event("admin.agent.delete", Outcome::Allow)
+        .event(Kind::AdminAgentDelete, Outcome::Allow)
         .action("agent.delete")
         .resource(format!("Agent::\"{}\"", shown(&raw, 100)));
     let name = match agent_name(&raw) {
@@ -494,7 +494,7 @@ async fn rotate_keys(
     b: Result<Json<RotateKeys>, JsonRejection>,
 ) -> ApiResult<Json<KeyInfo>> {
     let attempt = caller
-        .event("admin.key.rotate", Outcome::Allow)
+        .event(Kind::AdminKeyRotate, Outcome::Allow)
         .action("key.rotate");
     let req = body(&state, &attempt, b).await?;
     let alg = match req.alg.as_deref().map(str::parse::<Alg>).transpose() {
@@ -542,7 +542,7 @@ async fn create_token(
     b: Result<Json<CreateAdminToken>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedAdminToken>)> {
     let attempt = caller
-        .event("admin.token.create", Outcome::Allow)
+        .event(Kind::AdminTokenCreate, Outcome::Allow)
         .action("admin-token.create");
     let req = body(&state, &attempt, b).await?;
     let role = match req.role.parse::<Role>() {
@@ -607,7 +607,7 @@ async fn create_join_token(
     b: Result<Json<warrant_core::api::CreateJoinToken>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<warrant_core::api::CreatedJoinToken>)> {
     let attempt = caller
-        .event("admin.agent.join-token", Outcome::Allow)
+        .event(Kind::AdminJoinToken, Outcome::Allow)
         .action("agent.join-token")
         .resource(format!("Agent::{:?}", shown(&name, 100)));
     let req = body(&state, &attempt, b).await?;
@@ -690,7 +690,7 @@ async fn revoke_token(
     Path(id): Path<String>,
 ) -> ApiResult<Json<AdminTokenRecord>> {
     let attempt = caller
-        .event("admin.token.revoke", Outcome::Allow)
+        .event(Kind::AdminTokenRevoke, Outcome::Allow)
         .action("admin-token.revoke")
         .credential_type("admin_token")
         .credential_id(shown(&id, 100));
@@ -854,7 +854,7 @@ async fn verify_with(
     // checked and, above all, when it was found broken.
     let mut event = caller
         .event(
-            "audit.verify",
+            Kind::AuditVerify,
             if out.ok {
                 Outcome::Allow
             } else {
@@ -943,7 +943,7 @@ async fn reload_policy(
 ) -> ApiResult<Json<PolicyStatus>> {
     match state
         .policy
-        .reload(caller.event("policy.reload", Outcome::Allow))
+        .reload(caller.event(Kind::PolicyReload, Outcome::Allow))
         .await
     {
         Ok(loaded) => Ok(Json(policy_status(&state, &loaded))),
@@ -1027,7 +1027,7 @@ async fn check_policy(
     Reader(caller): Reader,
     b: Result<Json<PolicyCheck>, JsonRejection>,
 ) -> ApiResult<Json<PolicyCheckResult>> {
-    let attempt = caller.event("policy.check", Outcome::Allow);
+    let attempt = caller.event(Kind::PolicyCheck, Outcome::Allow);
     let req = body(&state, &attempt, b).await?;
     let built = build_check(&state, req).await;
     let request = match built {

@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Permission, Role};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 
 use crate::http::error::ApiError;
@@ -84,7 +84,7 @@ pub struct Caller {
 
 impl Caller {
     /// An audit event of `kind` with this caller's facts filled in.
-    pub fn event(&self, kind: &str, outcome: Outcome) -> AuditEvent {
+    pub fn event(&self, kind: Kind, outcome: Outcome) -> AuditEvent {
         let e = AuditEvent::new(kind, outcome)
             .actor(self.actor.clone())
             .protocol(self.surface.protocol());
@@ -104,7 +104,7 @@ async fn refuse(
     why: &str,
     err: ApiError,
 ) -> Response {
-    let mut event = AuditEvent::new("admin.auth", Outcome::Deny)
+    let mut event = AuditEvent::new(Kind::AdminAuth, Outcome::Deny)
         .protocol(surface.protocol())
         .action(what)
         .reason(why);

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use warrant_core::api::{BrokerStatus, McpServerInfo, Reloaded, RouteInfo};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 
 use crate::http::admin::{fail, policy_status};
@@ -78,9 +78,9 @@ async fn reload(
     Writer(caller): Writer,
 ) -> Result<Json<Reloaded>, ApiError> {
     let config_event = caller
-        .event("config.reload", Outcome::Allow)
+        .event(Kind::ConfigReload, Outcome::Allow)
         .action("config.reload");
-    let policy_event = caller.event("policy.reload", Outcome::Allow);
+    let policy_event = caller.event(Kind::PolicyReload, Outcome::Allow);
     reload_all(&state, config_event, policy_event)
         .await
         .map(Json)

@@ -4,7 +4,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use warrant_core::audit::Outcome;
+use warrant_core::audit::{Kind, Outcome};
 use warrant_core::decision::Resource;
 use warrant_core::mcp::ToolPin;
 use warrant_core::text::shown;
@@ -71,7 +71,7 @@ async fn approve(
     body: Result<Json<Approval>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ToolPin>, ApiError> {
     let attempt = caller
-        .event("admin.mcp.approve", Outcome::Allow)
+        .event(Kind::AdminMcpApprove, Outcome::Allow)
         .action("mcp.approve")
         .resource(
             Resource::Tool {

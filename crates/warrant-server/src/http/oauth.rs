@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use hyper::body::Bytes;
 use serde_json::Value;
 use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Permission, Role};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::task::{RevokeTarget, agent_of};
 use warrant_core::time::Timestamp;
 
@@ -64,7 +64,7 @@ fn caller(addr: SocketAddr) -> Caller {
 /// Parses the form, or refuses (audited as `kind`).
 async fn form(
     state: &AppState,
-    kind: &str,
+    kind: Kind,
     c: &Caller,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -118,7 +118,7 @@ async fn token(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let c = caller(addr);
-    let params = match form(&state, "token.request", &c, &headers, body).await {
+    let params = match form(&state, Kind::TokenRequest, &c, &headers, body).await {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -184,7 +184,7 @@ struct TokenRequest {
 /// Parses and authenticates a request to `kind`, refusing (audited) otherwise.
 async fn token_request(
     state: &AppState,
-    kind: &str,
+    kind: Kind,
     action: &str,
     c: &Caller,
     headers: &HeaderMap,
@@ -226,7 +226,7 @@ async fn introspect(
         mut event,
     } = match token_request(
         &state,
-        "token.introspect",
+        Kind::TokenIntrospect,
         "token:introspect",
         &c,
         &headers,
@@ -289,7 +289,16 @@ async fn revoke(
         client,
         token,
         event,
-    } = match token_request(&state, "token.revoke", "token:revoke", &c, &headers, body).await {
+    } = match token_request(
+        &state,
+        Kind::TokenRevoke,
+        "token:revoke",
+        &c,
+        &headers,
+        body,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(resp) => return resp,
     };

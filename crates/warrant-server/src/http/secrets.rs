@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use warrant_core::api::{PutSecret, SecretInfo};
-use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::secret::{SecretName, SecretRecord, secret_owner};
 use warrant_core::text::shown;
 
@@ -47,8 +47,13 @@ async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError 
 }
 
 fn event(caller: &Caller, kind: &str, name: &str, owner: Option<&str>) -> AuditEvent {
+    let audit_kind = match kind {
+        "put" => Kind::AdminSecretPut,
+        "rotate" => Kind::AdminSecretRotate,
+        _ => Kind::AdminSecretDelete,
+    };
     let mut e = caller
-        .event(&format!("admin.secret.{kind}"), Outcome::Allow)
+        .event(audit_kind, Outcome::Allow)
         .action(format!("secret.{kind}"))
         .resource(format!("Secret::{:?}", shown(name, 100)))
         .credential_type("secret");

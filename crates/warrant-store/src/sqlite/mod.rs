@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::audit::{
-    AuditEvent, AuditRecord, ChainHash, ChainLinker, ChainVerifier, Checkpoint,
+    AuditEvent, AuditRecord, ChainHash, ChainLinker, ChainVerifier, Checkpoint, Kind,
 };
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
@@ -1327,7 +1327,7 @@ impl Store for SqliteStore {
                                 params![server, def.name, digest, text, now.as_millis()],
                             )
                             .map_err(db_err)?;
-                        (PinOutcome::Held, "mcp.tool.new")
+                        (PinOutcome::Held, Kind::McpToolNew)
                     }
                     None => {
                         ctx.conn
@@ -1339,7 +1339,7 @@ impl Store for SqliteStore {
                                 params![server, def.name, digest, text, now.as_millis()],
                             )
                             .map_err(db_err)?;
-                        (PinOutcome::New, "mcp.tool.pin")
+                        (PinOutcome::New, Kind::McpToolPin)
                     }
                     Some((_, state, pending)) if state == "new" => {
                         if pending.as_deref() == Some(digest.as_str()) {
@@ -1353,7 +1353,7 @@ impl Store for SqliteStore {
                                 params![server, def.name, digest, text, now.as_millis()],
                             )
                             .map_err(db_err)?;
-                        (PinOutcome::Held, "mcp.tool.new")
+                        (PinOutcome::Held, Kind::McpToolNew)
                     }
                     Some((pinned, _, _)) if pinned == digest => {
                         // Announced as approved again: whatever was pending is moot.
@@ -1377,11 +1377,11 @@ impl Store for SqliteStore {
                                 params![server, def.name, digest, text, now.as_millis()],
                             )
                             .map_err(db_err)?;
-                        (PinOutcome::Changed, "mcp.tool.change")
+                        (PinOutcome::Changed, Kind::McpToolChange)
                     }
                 };
                 let mut event = audit;
-                event.event = kind.to_owned();
+                event.event = kind.into();
                 ctx.append(event)?;
                 Ok(outcome)
             })
