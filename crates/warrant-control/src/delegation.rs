@@ -7,7 +7,7 @@ use serde_json::Value;
 use warrant_core::task::{ScopeSet, agent_of};
 use warrant_core::text::shown;
 
-use crate::token::OAuthError;
+use crate::oauth::OAuthError;
 
 /// What the token handed to the acting agent grants.
 #[derive(Debug, Clone, Copy)]

@@ -86,7 +86,7 @@ impl KeyService {
         let now = Timestamp::now();
         Ok(Self {
             verifiers: ArcSwap::from_pointee(Verifiers {
-                keys: Arc::new(set.verifying_keys(now)),
+                keys: Arc::new(VerifyingKeys::published(&set, now)),
                 second: now.as_secs(),
                 set: set.clone(),
             }),
@@ -105,7 +105,7 @@ impl KeyService {
         if Arc::ptr_eq(&cached.set, &set) && cached.second == now.as_secs() {
             return cached.keys.clone();
         }
-        let keys = Arc::new(set.verifying_keys(now));
+        let keys = Arc::new(VerifyingKeys::published(&set, now));
         self.verifiers.store(Arc::new(Verifiers {
             set,
             second: now.as_secs(),

@@ -21,6 +21,7 @@ pub mod dev;
 pub mod keys;
 pub mod metrics;
 pub mod names;
+pub mod oauth;
 pub mod policy;
 pub mod refusals;
 pub mod secrets;

@@ -56,42 +56,7 @@ pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 /// The RFC 8693 grant type.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
-/// An OAuth error (RFC 6749 §5.2), safe to show the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuthError {
-    /// `invalid_request`, `invalid_grant`, ...
-    pub error: &'static str,
-    /// What was wrong and what to do.
-    pub description: String,
-}
-
-impl OAuthError {
-    /// `invalid_request`.
-    pub fn invalid_request(d: impl Into<String>) -> Self {
-        Self::new("invalid_request", d)
-    }
-    pub(crate) fn invalid_grant(d: impl Into<String>) -> Self {
-        Self::new("invalid_grant", d)
-    }
-    /// `invalid_client`.
-    pub fn invalid_client(d: impl Into<String>) -> Self {
-        Self::new("invalid_client", d)
-    }
-    /// Any code.
-    pub fn new(error: &'static str, description: impl Into<String>) -> Self {
-        Self {
-            error,
-            description: description.into(),
-        }
-    }
-    /// `temporarily_unavailable`: the audit trail could not be written.
-    pub fn unavailable() -> Self {
-        Self::new(
-            "temporarily_unavailable",
-            "the broker cannot record this grant in its audit trail, so nothing was issued; try again later",
-        )
-    }
-}
+pub use crate::oauth::OAuthError;
 
 /// A token response (RFC 6749 §5.1, RFC 8693 §2.2.1).
 #[derive(Debug, Clone, Serialize)]
@@ -351,13 +316,6 @@ pub struct TokenParts {
     pub max_depth: u32,
     /// Trusted user issuers.
     pub user_issuers: Vec<UserIssuer>,
-}
-
-impl From<crate::random::RandomFailed> for OAuthError {
-    fn from(e: crate::random::RandomFailed) -> Self {
-        tracing::error!(error = %e, "drawing random bytes failed");
-        Self::new("server_error", "the broker could not draw random bytes")
-    }
 }
 
 fn random_id(prefix: &str, now: Timestamp) -> Result<String, OAuthError> {

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::agent::Agent;
 use crate::name::AgentName;
+pub use crate::selector::claim_path;
 use crate::selector::{Selector, SelectorKind};
 use crate::time::Timestamp;
 use crate::trust_domain::TrustDomain;
@@ -113,24 +114,6 @@ pub const K8S_SERVICE_ACCOUNT: &[&str] = &["kubernetes.io", "serviceaccount", "n
 pub const K8S_POD: &[&str] = &["kubernetes.io", "pod", "name"];
 /// The pod's uid: an instance per pod.
 pub const K8S_POD_UID: &[&str] = &["kubernetes.io", "pod", "uid"];
-
-/// The claim names of a selector's claim path, one per nesting level:
-/// `claim.a.b` is claim `b` inside claim `a` (each dot is a level, so a
-/// claim whose name has a dot cannot be named this way); `claim/a.b/c` is
-/// an RFC 6901 JSON Pointer (`~1` is `/`, `~0` is `~`), for claim names
-/// with dots. Every path names exactly one place.
-pub fn claim_path(key: &str) -> Option<Vec<String>> {
-    if let Some(dotted) = key.strip_prefix("claim.") {
-        return Some(dotted.split('.').map(str::to_owned).collect());
-    }
-    let pointer = key.strip_prefix("claim/")?;
-    Some(
-        pointer
-            .split('/')
-            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
-            .collect(),
-    )
-}
 
 impl OidcFacts {
     /// The claim at a path of names, one per nesting level, exactly.

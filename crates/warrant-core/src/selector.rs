@@ -125,6 +125,24 @@ fn is_posix_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
+/// The claim names of a selector's claim path, one per nesting level:
+/// `claim.a.b` is claim `b` inside claim `a` (each dot is a level, so a
+/// claim whose name has a dot cannot be named this way); `claim/a.b/c` is
+/// an RFC 6901 JSON Pointer (`~1` is `/`, `~0` is `~`), for claim names
+/// with dots. Every path names exactly one place.
+pub fn claim_path(key: &str) -> Option<Vec<String>> {
+    if let Some(dotted) = key.strip_prefix("claim.") {
+        return Some(dotted.split('.').map(str::to_owned).collect());
+    }
+    let pointer = key.strip_prefix("claim/")?;
+    Some(
+        pointer
+            .split('/')
+            .map(|seg| seg.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
+}
+
 fn is_claim_path(s: &str) -> bool {
     !s.is_empty()
         && s.split('.').all(|seg| {
@@ -228,7 +246,7 @@ impl FromStr for Selector {
                     .split('~')
                     .skip(1)
                     .all(|r| r.starts_with('0') || r.starts_with('1'));
-                let names_ok = crate::identity::claim_path(k).is_some_and(|segs| {
+                let names_ok = claim_path(k).is_some_and(|segs| {
                     segs.iter().all(|seg| {
                         !seg.is_empty() && seg.len() <= 256 && !seg.chars().any(char::is_control)
                     })

@@ -131,7 +131,7 @@ pub async fn reload(state: &AppState, actor: AuditEvent) -> Result<ConfigChanges
     let new = tokio::task::spawn_blocking(move || Config::load(&settings))
         .await
         .map_err(|e| ReloadError::Invalid(e.to_string()))??;
-    crate::serve::check_trusted_files(&new).map_err(|e| ReloadError::Invalid(e.to_string()))?;
+    check_trusted_files(&new).map_err(ReloadError::Invalid)?;
     let users = with_dev_issuer(new.user_issuers.clone(), state.dev.as_deref())
         .map_err(ReloadError::Invalid)?;
 
@@ -283,23 +283,43 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     out
 }
 
-/// The configuration in force and what reloading it needs.
-#[allow(missing_debug_implementations)]
-pub struct Live {
-    /// The configuration in force (without the key-encryption key).
-    pub config: arc_swap::ArcSwap<Config>,
-    /// When it was put in force.
-    pub loaded_at: parking_lot::Mutex<Timestamp>,
-    /// One reload at a time.
-    pub reloading: tokio::sync::Mutex<()>,
-    /// The bound edge address (default MCP audiences name it).
-    pub edge_addr: SocketAddr,
-    /// The bound API address.
-    pub api_addr: SocketAddr,
-    /// The admin socket.
-    pub admin_socket: std::path::PathBuf,
-    /// The agent socket.
-    pub agent_socket: std::path::PathBuf,
-    /// The database file.
-    pub db_path: std::path::PathBuf,
+/// Refuses to start if a file the configuration names, outside the data
+/// directory, can be changed by someone other than the broker's user or
+/// root (the policy directory is checked at every load).
+pub(crate) fn check_trusted_files(config: &Config) -> Result<(), String> {
+    // (file, what, whether it is a program or script that runs)
+    let mut files: Vec<(std::path::PathBuf, &str, bool)> = Vec::new();
+    if let Some(f) = &config.config_file {
+        files.push((f.clone(), "the configuration file", false));
+    }
+    for p in &config.trust_providers {
+        if let warrant_control::attest::oidc::JwksSource::File(f) = &p.jwks {
+            files.push((f.clone(), "jwks_file (of a [[trust_provider]])", false));
+        }
+    }
+    for u in &config.user_issuers {
+        if let warrant_control::attest::oidc::JwksSource::File(f) = &u.provider.jwks {
+            files.push((f.clone(), "jwks_file (of a [[user_issuer]])", false));
+        }
+    }
+    for r in &config.routes {
+        if let Some(f) = &r.ca_file {
+            files.push((f.clone(), "ca_file (of a [[route]])", false));
+        }
+    }
+    for m in &config.mcp_servers {
+        match &m.transport {
+            warrant_edge::mcp::config::Transport::Http {
+                ca_file: Some(f), ..
+            } => files.push((f.clone(), "ca_file (of an [[mcp_server]])", false)),
+            warrant_edge::mcp::config::Transport::Stdio(s) => {
+                warrant_edge::mcp::stdio::check_sources(s, &m.name)?;
+            }
+            warrant_edge::mcp::config::Transport::Http { .. } => {}
+        }
+    }
+    for (f, what, program) in files {
+        warrant_host::trust::check_trusted(&f, what, program)?;
+    }
+    Ok(())
 }

@@ -65,47 +65,6 @@ pub enum ServeError {
     Io(String),
 }
 
-/// Refuses to start if a file the configuration names, outside the data
-/// directory, can be changed by someone other than the broker's user or
-/// root (the policy directory is checked at every load).
-pub(crate) fn check_trusted_files(config: &Config) -> Result<(), ServeError> {
-    // (file, what, whether it is a program or script that runs)
-    let mut files: Vec<(std::path::PathBuf, &str, bool)> = Vec::new();
-    if let Some(f) = &config.config_file {
-        files.push((f.clone(), "the configuration file", false));
-    }
-    for p in &config.trust_providers {
-        if let warrant_control::attest::oidc::JwksSource::File(f) = &p.jwks {
-            files.push((f.clone(), "jwks_file (of a [[trust_provider]])", false));
-        }
-    }
-    for u in &config.user_issuers {
-        if let warrant_control::attest::oidc::JwksSource::File(f) = &u.provider.jwks {
-            files.push((f.clone(), "jwks_file (of a [[user_issuer]])", false));
-        }
-    }
-    for r in &config.routes {
-        if let Some(f) = &r.ca_file {
-            files.push((f.clone(), "ca_file (of a [[route]])", false));
-        }
-    }
-    for m in &config.mcp_servers {
-        match &m.transport {
-            warrant_edge::mcp::config::Transport::Http {
-                ca_file: Some(f), ..
-            } => files.push((f.clone(), "ca_file (of an [[mcp_server]])", false)),
-            warrant_edge::mcp::config::Transport::Stdio(s) => {
-                warrant_edge::mcp::stdio::check_sources(s, &m.name).map_err(ServeError::Io)?;
-            }
-            warrant_edge::mcp::config::Transport::Http { .. } => {}
-        }
-    }
-    for (f, what, program) in files {
-        warrant_host::trust::check_trusted(&f, what, program).map_err(ServeError::Io)?;
-    }
-    Ok(())
-}
-
 // The causes are in the messages above, so they are not also `source()`s (the
 // CLI prints the whole chain).
 impl From<StoreError> for ServeError {
@@ -166,7 +125,7 @@ impl Broker {
         rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 
         let data_dir = DataDir::open(&config.data_dir)?;
-        check_trusted_files(&config)?;
+        crate::live::check_trusted_files(&config).map_err(ServeError::Io)?;
         // Bind before creating keys or a database, so a taken port leaves nothing behind.
         let api = TcpListener::bind(config.api_addr)
             .await
@@ -410,7 +369,7 @@ impl Broker {
             issuer,
             trust_domain: config.trust_domain.clone(),
             started_at: Timestamp::now(),
-            live: Arc::new(crate::live::Live {
+            live: Arc::new(crate::state::Live {
                 config: arc_swap::ArcSwap::from_pointee(Config {
                     kek: None,
                     ..config.clone()

@@ -1,5 +1,6 @@
 //! The services every handler shares, cheap to clone.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use warrant_core::TrustDomain;
@@ -44,7 +45,7 @@ pub struct AppState {
     /// When the broker started.
     pub started_at: Timestamp,
     /// The configuration in force, and what reloading it needs.
-    pub live: Arc<crate::live::Live>,
+    pub live: Arc<Live>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -54,4 +55,25 @@ impl std::fmt::Debug for AppState {
             .field("trust_domain", &self.trust_domain)
             .finish_non_exhaustive()
     }
+}
+
+/// The configuration in force and what reloading it needs.
+#[allow(missing_debug_implementations)]
+pub struct Live {
+    /// The configuration in force (without the key-encryption key).
+    pub config: arc_swap::ArcSwap<crate::config::Config>,
+    /// When it was put in force.
+    pub loaded_at: parking_lot::Mutex<Timestamp>,
+    /// One reload at a time.
+    pub reloading: tokio::sync::Mutex<()>,
+    /// The bound edge address (default MCP audiences name it).
+    pub edge_addr: SocketAddr,
+    /// The bound API address.
+    pub api_addr: SocketAddr,
+    /// The admin socket.
+    pub admin_socket: std::path::PathBuf,
+    /// The agent socket.
+    pub agent_socket: std::path::PathBuf,
+    /// The database file.
+    pub db_path: std::path::PathBuf,
 }

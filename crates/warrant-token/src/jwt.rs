@@ -274,6 +274,22 @@ pub struct VerifyingKeys {
 }
 
 impl VerifyingKeys {
+    /// The keys `set` publishes at `now`, for verifying warrant's own tokens
+    /// (which are signed with a low `s`: a high twin is refused).
+    pub fn published(set: &crate::keyset::KeySet, now: Timestamp) -> Self {
+        let mut keys = Self::strict();
+        for jwk in set.jwks(now).keys {
+            // Our own JWKs always parse; one that did not would only fail to verify.
+            if let Ok(k) = serde_json::to_value(&jwk)
+                .map_err(|e| e.to_string())
+                .and_then(|v| VerifyingKey::from_jwk(&v))
+            {
+                keys.insert(k);
+            }
+        }
+        keys
+    }
+
     /// An empty set that refuses high-`s` ECDSA signatures.
     pub fn strict() -> Self {
         Self {

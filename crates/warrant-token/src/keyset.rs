@@ -360,22 +360,6 @@ impl KeySet {
         }
     }
 
-    /// The published keys at `now`, for verifying warrant's own tokens
-    /// (which are signed with a low `s`: a high twin is refused).
-    pub fn verifying_keys(&self, now: Timestamp) -> crate::jwt::VerifyingKeys {
-        let mut keys = crate::jwt::VerifyingKeys::strict();
-        for jwk in self.jwks(now).keys {
-            // Our own JWKs always parse; one that did not would only fail to verify.
-            if let Ok(k) = serde_json::to_value(&jwk)
-                .map_err(|e| e.to_string())
-                .and_then(|v| crate::jwt::VerifyingKey::from_jwk(&v))
-            {
-                keys.insert(k);
-            }
-        }
-        keys
-    }
-
     /// Whether there is a key that signs now or will sign later.
     pub fn has_current_or_next(&self, now: Timestamp) -> bool {
         self.status(now)

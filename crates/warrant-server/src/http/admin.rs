@@ -31,10 +31,11 @@ use warrant_core::time::{Timestamp, Ttl};
 use warrant_store::AuditQuery;
 
 use crate::http::auth::{Reader, Writer};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, fail};
+use crate::http::live::policy_status;
 use crate::state::AppState;
 use warrant_control::keys::{JWKS_MAX_AGE, MAX_ACTIVATE_IN};
-use warrant_control::policy::{Loaded, ReloadError};
+use warrant_control::policy::ReloadError;
 
 /// The admin API's routes (mounted under `/admin/v1`).
 pub fn router(state: AppState) -> Router {
@@ -76,26 +77,6 @@ pub fn router(state: AppState) -> Router {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
-
-/// Records a refused or failed attempt, then returns the error. If the trail
-/// itself is down, the answer says so instead.
-pub(crate) async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
-    if err.code == "audit_unavailable" {
-        state.metrics.audit_write_failures.inc();
-        return err;
-    }
-    match state
-        .store
-        .append_audit(attempt.failed(Outcome::Error, err.message.clone()))
-        .await
-    {
-        Ok(_) => err,
-        Err(e) => {
-            state.metrics.audit_write_failures.inc();
-            ApiError::from(e)
-        }
-    }
-}
 
 async fn body<T: DeserializeOwned>(
     state: &AppState,
@@ -918,23 +899,6 @@ async fn make_checkpoint(
 #[derive(Debug, serde::Deserialize)]
 struct LimitQuery {
     limit: Option<usize>,
-}
-
-pub(crate) fn policy_status(state: &AppState, loaded: &Loaded) -> PolicyStatus {
-    PolicyStatus {
-        dir: state.policy.dir().display().to_string(),
-        policies: loaded.policies.ids().map(str::to_owned).collect(),
-        files: loaded.policies.files().to_vec(),
-        digest: loaded.policies.digest().to_owned(),
-        loaded_at: loaded.loaded_at,
-        warnings: loaded
-            .policies
-            .warnings()
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
-    }
 }
 
 async fn reload_policy(

@@ -8,7 +8,10 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_store::StoreError;
+
+use crate::state::AppState;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -147,6 +150,26 @@ impl IntoResponse for ApiError {
             );
         }
         r
+    }
+}
+
+/// Records a refused or failed attempt, then returns the error. If the trail
+/// itself is down, the answer says so instead.
+pub(crate) async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
+    if err.code == "audit_unavailable" {
+        state.metrics.audit_write_failures.inc();
+        return err;
+    }
+    match state
+        .store
+        .append_audit(attempt.failed(Outcome::Error, err.message.clone()))
+        .await
+    {
+        Ok(_) => err,
+        Err(e) => {
+            state.metrics.audit_write_failures.inc();
+            ApiError::from(e)
+        }
     }
 }
 

@@ -9,11 +9,13 @@ use warrant_core::api::{BrokerStatus, McpServerInfo, Reloaded, RouteInfo};
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 
-use crate::http::admin::{fail, policy_status};
 use crate::http::auth::{Reader, Writer};
 use crate::http::error::ApiError;
+use crate::http::error::fail;
 use crate::live::{self, ReloadError};
 use crate::state::AppState;
+use warrant_control::policy::Loaded;
+use warrant_core::api::PolicyStatus;
 
 /// The routes, mounted in the admin router.
 pub fn routes() -> Router<AppState> {
@@ -166,4 +168,22 @@ async fn status(State(state): State<AppState>, _: Reader) -> Json<BrokerStatus> 
         routes: state.proxy.routes().len(),
         mcp_servers: state.mcp.servers().len(),
     })
+}
+
+/// The policy set in force, as the admin API shows it.
+pub(crate) fn policy_status(state: &AppState, loaded: &Loaded) -> PolicyStatus {
+    PolicyStatus {
+        dir: state.policy.dir().display().to_string(),
+        policies: loaded.policies.ids().map(str::to_owned).collect(),
+        files: loaded.policies.files().to_vec(),
+        digest: loaded.policies.digest().to_owned(),
+        loaded_at: loaded.loaded_at,
+        warnings: loaded
+            .policies
+            .warnings()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }
 }

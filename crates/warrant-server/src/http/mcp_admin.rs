@@ -88,7 +88,7 @@ async fn approve(
             let e = ApiError::invalid(
                 "the body must be {\"digest\": \"<the 64 hex digits of the definition reviewed>\"} (see `warrant mcp tools SERVER --output json`)",
             );
-            return Err(super::admin::fail(&state, attempt, e).await);
+            return Err(super::error::fail(&state, attempt, e).await);
         }
     };
     if !state.mcp.has_server(&server) {
@@ -96,7 +96,7 @@ async fn approve(
             "no MCP server `{}` is configured",
             shown(&server, 64)
         ));
-        return Err(super::admin::fail(&state, attempt, e).await);
+        return Err(super::error::fail(&state, attempt, e).await);
     }
     let approved = state
         .store
@@ -123,8 +123,8 @@ async fn approve(
                 code: "conflict",
                 message: format!("not approved: {}", shown(&why, 400)),
             };
-            Err(super::admin::fail(&state, attempt, e).await)
+            Err(super::error::fail(&state, attempt, e).await)
         }
-        Err(e) => Err(super::admin::fail(&state, attempt, e.into()).await),
+        Err(e) => Err(super::error::fail(&state, attempt, e.into()).await),
     }
 }

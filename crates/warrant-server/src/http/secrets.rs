@@ -43,7 +43,7 @@ impl From<SecretError> for ApiError {
 }
 
 async fn fail(state: &AppState, attempt: AuditEvent, err: ApiError) -> ApiError {
-    super::admin::fail(state, attempt, err).await
+    super::error::fail(state, attempt, err).await
 }
 
 fn event(caller: &Caller, kind: &str, name: &str, owner: Option<&str>) -> AuditEvent {
