@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warrant_edge::proxy::path::canonical_path;
+use warrant_edge::boundary::path::canonical_path;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(p) = std::str::from_utf8(data) else {

@@ -16,12 +16,12 @@
 pub mod attest;
 pub mod audit_batch;
 pub mod checkpoints;
-pub mod delegation;
+pub(crate) mod delegation;
 pub mod dev;
 pub mod keys;
 pub mod metrics;
 pub mod names;
-pub mod oauth;
+pub(crate) mod oauth;
 pub mod policy;
 pub mod refusals;
 pub mod secrets;

@@ -13,7 +13,7 @@
 //! modules and never each other.
 
 pub mod boundary;
-pub mod credential;
+pub(crate) mod credential;
 pub mod mcp;
 pub mod metrics;
 pub mod proxy;
@@ -21,7 +21,7 @@ pub mod redact;
 pub(crate) mod refusal;
 pub mod services;
 pub(crate) mod task;
-pub mod upstream;
+pub(crate) mod upstream;
 
 #[cfg(test)]
 mod testing;
