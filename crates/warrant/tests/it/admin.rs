@@ -1,6 +1,6 @@
 //! The inventory and the admin API, over the socket and over HTTP with tokens.
 
-use crate::{audit, broker};
+use crate::support::{audit, bin, broker};
 
 #[test]
 fn agent_lifecycle_through_the_cli() {
@@ -498,19 +498,19 @@ fn the_admin_socket_is_owner_only() {
 }
 
 /// Runs the CLI as `nobody` (needs root to switch users; CI runs as root).
-fn as_nobody(b: &crate::Broker, args: &[&str]) -> Option<crate::Run> {
+fn as_nobody(b: &crate::support::Broker, args: &[&str]) -> Option<crate::support::Run> {
     if rustix::process::geteuid().as_raw() != 0 {
         eprintln!("skipping: switching to another user needs root");
         return None;
     }
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(crate::bin())
+        .arg(bin())
         .args(args)
         .env("WARRANT_DATA_DIR", &b.data_dir)
         .output()
         .unwrap();
-    Some(crate::Run {
+    Some(crate::support::Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),

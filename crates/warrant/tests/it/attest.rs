@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use crate::support::{
+    Broker, Options, audit, bin, broker, jwt_claims, jwt_header, post_json, python, repo,
+};
 use serde_json::{Value, json};
-
-use crate::interop::{python, repo};
-use crate::{Broker, Options, audit, bin, broker, jwt_claims, jwt_header, post_json};
 
 const POLICY: &str = r#"
 @id("identities")

@@ -1,8 +1,8 @@
 //! The audit trail: listing, verification, tampering, fail-closed writes.
 
-use crate::{audit, broker};
+use crate::support::{audit, broker};
 
-fn db(b: &crate::Broker) -> rusqlite::Connection {
+fn db(b: &crate::support::Broker) -> rusqlite::Connection {
     rusqlite::Connection::open(b.data_dir.join("warrant.db")).unwrap()
 }
 

@@ -3,161 +3,11 @@
 
 use std::process::Command;
 
+use crate::support::{
+    AT, Broker, DELEGATION_POLICY, EXCHANGE, JWT, Options, audit, bin, err, exchange, form,
+    identity, introspect, jwt_claims, python, repo, world,
+};
 use serde_json::{Value, json};
-
-use crate::interop::{python, repo};
-use crate::{Broker, Options, audit, bin, jwt_claims, post_json};
-
-pub const POLICY: &str = r#"
-@id("identities")
-permit(principal, action == Action::"identity:issue", resource);
-
-@id("support-reads-tickets")
-permit(principal in Agent::"orch", action == Action::"token:exchange", resource == Audience::"https://tickets.example")
-when { context has user && context.groups.contains("login.test/support") };
-
-@id("delegates")
-permit(principal, action == Action::"token:exchange", resource)
-when { context.depth >= 2 };
-
-@id("no-delegated-writes")
-forbid(principal, action == Action::"token:exchange", resource)
-when { context.depth > 1 && context.scopes.containsAny(["tickets:write"]) };
-
-@id("orch-self")
-permit(principal in Agent::"orch", action == Action::"token:self", resource == Audience::"https://tickets.example");
-"#;
-
-pub struct World {
-    pub b: Broker,
-    pub users: Value,
-    _dir: tempfile::TempDir,
-}
-
-pub fn form(b: &Broker, path: &str, fields: &[(&str, &str)]) -> warrant_testkit::Response {
-    let body: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    b.http(
-        "POST",
-        path,
-        &[("content-type", "application/x-www-form-urlencoded")],
-        Some(&body),
-    )
-}
-
-pub fn world(max_depth: u32) -> World {
-    world_with(max_depth, "", POLICY)
-}
-
-/// A broker trusting the test user issuer, with `extra` appended to its
-/// configuration and `policy` in force, and agents orch, sub and leaf.
-pub fn world_with(max_depth: u32, extra: &str, policy: &str) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(python())
-        .arg(repo().join("tests/interop/user_issuer.py"))
-        .args([
-            dir.path().to_str().unwrap(),
-            "https://login.test",
-            "warrant",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let users: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let b = Broker::start_with(
-        bin(),
-        Options {
-            config: Some(format!(
-                "max_delegation_depth = {max_depth}\n[[user_issuer]]\nissuer = \"https://login.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n{extra}",
-                dir.path().join("users-jwks.json").display()
-            )),
-            ..Default::default()
-        },
-    );
-    std::fs::write(b.data_dir.join("policies/delegation.cedar"), policy).unwrap();
-    b.cli(&["policy", "reload"]).ok();
-    for a in ["orch", "sub", "leaf"] {
-        b.cli(&[
-            "agent", "create", a, "--owner", "o", "--env", "dev", "--trust", "medium",
-        ])
-        .ok();
-    }
-    World {
-        b,
-        users,
-        _dir: dir,
-    }
-}
-
-/// An identity token for `agent`, by join token.
-pub fn identity(b: &Broker, agent: &str) -> String {
-    let jt = b
-        .cli(&["agent", "join-token", agent])
-        .ok()
-        .trim()
-        .to_owned();
-    let r = post_json(b, "/v1/attest/join", &json!({ "token": jt }));
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["identity_token"].as_str().unwrap().to_owned()
-}
-
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-pub fn exchange(
-    b: &Broker,
-    subject: &str,
-    subject_type: &str,
-    actor: &str,
-    extra: &[(&str, &str)],
-) -> warrant_testkit::Response {
-    let mut f = vec![
-        ("grant_type", EXCHANGE),
-        ("subject_token", subject),
-        ("subject_token_type", subject_type),
-        ("actor_token", actor),
-        ("actor_token_type", JWT),
-    ];
-    f.extend_from_slice(extra);
-    form(b, "/oauth2/token", &f)
-}
-
-fn err(r: &warrant_testkit::Response) -> (u16, String, String) {
-    let j = r.json();
-    (
-        r.status,
-        j["error"].as_str().unwrap_or("").to_owned(),
-        j["error_description"].as_str().unwrap_or("").to_owned(),
-    )
-}
-
-/// Introspects `token`, authenticated by the identity token `assertion`.
-pub fn introspect_with(b: &Broker, assertion: &str, token: &str) -> Value {
-    introspect(b, assertion, token)
-}
-
-fn introspect(b: &Broker, assertion: &str, token: &str) -> Value {
-    let r = form(
-        b,
-        "/oauth2/introspect",
-        &[
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", assertion),
-            ("token", token),
-        ],
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()
-}
 
 #[test]
 fn a_three_hop_chain_narrows_and_revocation_cascades() {
@@ -670,7 +520,7 @@ fn authlib_exchanges_and_pyjwt_reads_the_act_chain() {
 
 #[test]
 fn the_development_user_issuer_is_off_unless_asked_for() {
-    let off = crate::broker();
+    let off = crate::support::broker();
     let r = off.cli(&["dev", "user-token", "alice"]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("warrant serve --dev"), "{}", r.stderr);
@@ -686,7 +536,7 @@ fn the_development_user_issuer_is_off_unless_asked_for() {
     // The development issuer's users and groups are `dev/...`.
     std::fs::write(
         b.data_dir.join("policies/delegation.cedar"),
-        POLICY.replace("login.test/support", "dev/support"),
+        DELEGATION_POLICY.replace("login.test/support", "dev/support"),
     )
     .unwrap();
     b.cli(&["policy", "reload"]).ok();

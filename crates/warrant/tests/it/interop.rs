@@ -1,22 +1,7 @@
 //! Interop with clients warrant did not write (tests/interop/).
 
-use std::path::PathBuf;
+use crate::support::{Options, bin, broker, python, repo};
 use std::process::Command;
-
-use crate::{Options, bin, broker};
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-pub fn python() -> PathBuf {
-    let p = repo().join("target/interop-venv/bin/python");
-    assert!(
-        p.exists(),
-        "the interop virtualenv is missing: run `scripts/setup-test-deps` (README's test command `scripts/test` does)"
-    );
-    p
-}
 
 fn pyjwt_reads_jwks(base: &str) -> serde_json::Value {
     let out = Command::new(python())
@@ -57,7 +42,7 @@ fn pyjwt_loads_the_jwks_from_discovery() {
 
 #[test]
 fn pyjwt_loads_an_eddsa_only_jwks() {
-    let b = crate::Broker::start_with(
+    let b = crate::support::Broker::start_with(
         bin(),
         Options {
             args: vec!["--signing-alg".into(), "EdDSA".into()],

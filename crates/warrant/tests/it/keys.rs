@@ -1,11 +1,10 @@
 //! Signing keys: encrypted at rest, published before they sign, retired keys
 //! published until their tokens expire.
 
+use crate::support::{audit, broker};
 use std::time::{Duration, Instant};
 
-use crate::{audit, broker};
-
-fn jwks_kids(b: &crate::Broker) -> Vec<String> {
+fn jwks_kids(b: &crate::support::Broker) -> Vec<String> {
     b.http("GET", "/.well-known/jwks.json", &[], None).json()["keys"]
         .as_array()
         .unwrap()

@@ -3,11 +3,8 @@
 //! changes nothing and says where it is wrong; `warrant status`, `route
 //! list` and `mcp servers` show what is in force.
 
+use crate::support::{Upstream, World, audit, form, identity, put_secret, world_with};
 use serde_json::Value;
-
-use crate::audit;
-use crate::delegation::{World, form, identity, world_with};
-use crate::proxy::{Upstream, put_secret};
 
 const POLICY: &str = r#"
 @id("identities")

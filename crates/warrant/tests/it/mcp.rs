@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::delegation::{World, exchange, identity, world_with};
-use crate::interop::{python, repo};
-use crate::proxy::put_secret;
-use crate::review::eventually;
-use crate::{audit, jwt_claims};
+use crate::support::{
+    World, approve_reviewed, audit, eventually, exchange, identity, jwt_claims, put_secret, python,
+    repo, world_with,
+};
 use warrant_testkit::{Response, raw};
 
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -91,8 +90,8 @@ fn content(r: &Value) -> &str {
         .unwrap_or_else(|| panic!("no text in {r}"))
 }
 
-pub struct Setup {
-    pub w: World,
+struct Setup {
+    w: World,
     _remote: HttpServer,
     dir: tempfile::TempDir,
     orch: String,
@@ -193,7 +192,7 @@ impl Setup {
     }
 }
 
-pub fn setup() -> Setup {
+fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let remote = HttpServer::start();
     let python = python();
@@ -336,7 +335,7 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
             .json();
     let text = trace.to_string();
     assert!(text.contains("mcp.tool.call"), "{text}");
-    let calls = crate::audit_until(&s.w.b, Some("mcp.tool.call"), 5, |_| true);
+    let calls = crate::support::audit_until(&s.w.b, Some("mcp.tool.call"), 5, |_| true);
     let refused = calls
         .iter()
         .find(|r| r["decision"] == "deny" && r["resource"] == "Tool::\"files/read_file\"")
@@ -671,21 +670,6 @@ fn bad_requests_never_reach_the_upstream() {
     assert!(refused.len() >= 14, "{}", refused.len());
 }
 
-/// Approves what `warrant mcp approve` shows waiting, as an operator does:
-/// review first (exit 5, nothing approved), then approve that digest.
-pub fn approve_reviewed(b: &warrant_testkit::Broker, server: &str, tool: &str) {
-    let shown = b.cli(&["mcp", "approve", server, tool]);
-    assert_eq!(shown.code, 5, "{}{}", shown.stdout, shown.stderr);
-    let digest = shown
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("digest: "))
-        .unwrap_or_else(|| panic!("{}", shown.stdout))
-        .to_owned();
-    b.cli(&["mcp", "approve", server, tool, "--digest", &digest])
-        .ok();
-}
-
 #[test]
 fn a_changed_tool_is_held_until_approved_and_a_crash_is_survived() {
     let s = setup();
@@ -840,4 +824,57 @@ fn a_changed_tool_is_held_until_approved_and_a_crash_is_survived() {
         again.stderr
     );
     assert!(!audit(&s.w.b, Some("admin.mcp.approve")).is_empty());
+}
+
+/// `policy check --arguments` decides a tool call with its arguments, typed
+/// by the broker's pinned definition, as the gateway would.
+#[test]
+fn policy_check_takes_a_tool_calls_arguments() {
+    let s = setup();
+    let b = &s.w.b;
+    let check = |arguments: &str| {
+        b.cli(&[
+            "policy",
+            "check",
+            "--agent",
+            "orch",
+            "--action",
+            "mcp:call_tool",
+            "--resource",
+            r#"Tool::"files/read_file""#,
+            "--arguments",
+            arguments,
+        ])
+    };
+    let allowed = check(r#"{"path": "/srv/reports/q3.txt"}"#);
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+    assert!(allowed.stdout.starts_with("allow"), "{}", allowed.stdout);
+    assert!(
+        allowed.stdout.contains("reports-only"),
+        "{}",
+        allowed.stdout
+    );
+    let denied = check(r#"{"path": "/etc/passwd"}"#);
+    assert_ne!(denied.code, 0);
+    assert!(denied.stdout.starts_with("deny"), "{}", denied.stdout);
+    let none = check("{}");
+    assert!(none.stdout.starts_with("deny"), "{}", none.stdout);
+    for bad in ["[1]", "not json"] {
+        let r = check(bad);
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("--arguments"), "{}", r.stderr);
+    }
+    let wrong = b.cli(&[
+        "policy",
+        "check",
+        "--agent",
+        "orch",
+        "--action",
+        "token:exchange",
+        "--resource",
+        r#"Audience::"https://x""#,
+        "--arguments",
+        "{}",
+    ]);
+    assert!(wrong.stderr.contains("mcp:call_tool"), "{}", wrong.stderr);
 }

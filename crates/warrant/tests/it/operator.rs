@@ -1,8 +1,7 @@
 //! The operator's daily path: answers that say what happened, in words and
 //! in exit codes.
 
-use crate::delegation::{form, identity, world};
-use crate::{audit, broker};
+use crate::support::{audit, bin, broker, form, identity, world};
 
 /// `warrant revoke` of an id that names nothing exits non-zero, says what
 /// was not found, records the attempt, and revokes nothing.
@@ -84,7 +83,7 @@ fn an_expired_identity_token_says_it_expired() {
 /// JSON, rather than as a broker that is not running.
 #[test]
 fn a_missing_data_directory_says_so() {
-    let out = std::process::Command::new(crate::bin())
+    let out = std::process::Command::new(bin())
         .args(["agent", "list", "--data-dir", "/nonexistent/warrant-data"])
         .output()
         .unwrap();
@@ -94,7 +93,7 @@ fn a_missing_data_directory_says_so() {
         err.contains("the data directory `/nonexistent/warrant-data` does not exist"),
         "{err}"
     );
-    let out = std::process::Command::new(crate::bin())
+    let out = std::process::Command::new(bin())
         .args([
             "agent",
             "list",
@@ -130,7 +129,7 @@ fn a_task_id_traces_its_transaction_and_the_list_shows_both() {
         ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    let claims = crate::jwt_claims(r.json()["access_token"].as_str().unwrap());
+    let claims = crate::support::jwt_claims(r.json()["access_token"].as_str().unwrap());
     let (task, txn) = (
         claims["task"].as_str().unwrap(),
         claims["txn"].as_str().unwrap(),
@@ -157,57 +156,4 @@ fn a_task_id_traces_its_transaction_and_the_list_shows_both() {
         "{}",
         none.stderr
     );
-}
-
-/// `policy check --arguments` decides a tool call with its arguments, typed
-/// by the broker's pinned definition, as the gateway would.
-#[test]
-fn policy_check_takes_a_tool_calls_arguments() {
-    let s = crate::mcp::setup();
-    let b = &s.w.b;
-    let check = |arguments: &str| {
-        b.cli(&[
-            "policy",
-            "check",
-            "--agent",
-            "orch",
-            "--action",
-            "mcp:call_tool",
-            "--resource",
-            r#"Tool::"files/read_file""#,
-            "--arguments",
-            arguments,
-        ])
-    };
-    let allowed = check(r#"{"path": "/srv/reports/q3.txt"}"#);
-    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
-    assert!(allowed.stdout.starts_with("allow"), "{}", allowed.stdout);
-    assert!(
-        allowed.stdout.contains("reports-only"),
-        "{}",
-        allowed.stdout
-    );
-    let denied = check(r#"{"path": "/etc/passwd"}"#);
-    assert_ne!(denied.code, 0);
-    assert!(denied.stdout.starts_with("deny"), "{}", denied.stdout);
-    let none = check("{}");
-    assert!(none.stdout.starts_with("deny"), "{}", none.stdout);
-    for bad in ["[1]", "not json"] {
-        let r = check(bad);
-        assert_ne!(r.code, 0);
-        assert!(r.stderr.contains("--arguments"), "{}", r.stderr);
-    }
-    let wrong = b.cli(&[
-        "policy",
-        "check",
-        "--agent",
-        "orch",
-        "--action",
-        "token:exchange",
-        "--resource",
-        r#"Audience::"https://x""#,
-        "--arguments",
-        "{}",
-    ]);
-    assert!(wrong.stderr.contains("mcp:call_tool"), "{}", wrong.stderr);
 }

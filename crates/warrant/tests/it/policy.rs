@@ -1,8 +1,7 @@
 //! Policies: offline validation, reload (CLI and SIGHUP), checks.
 
+use crate::support::{audit, bin, broker};
 use std::fs;
-
-use crate::{audit, bin, broker};
 
 const GOOD: &str = r#"@id("triage-self")
 permit(
@@ -12,14 +11,14 @@ permit(
 );
 "#;
 
-fn validate(dir: &std::path::Path) -> crate::Run {
+fn validate(dir: &std::path::Path) -> crate::support::Run {
     let out = std::process::Command::new(bin())
         .args(["policy", "validate"])
         .arg(dir)
         .env_remove("WARRANT_DATA_DIR")
         .output()
         .unwrap();
-    crate::Run {
+    crate::support::Run {
         code: out.status.code().unwrap(),
         stdout: String::from_utf8_lossy(&out.stdout).into(),
         stderr: String::from_utf8_lossy(&out.stderr).into(),
@@ -346,9 +345,9 @@ fn policy_doc_examples_hold() {
     }
     assert!(validate(d.path()).ok().contains("is valid (5 policies)"));
 
-    let b = crate::Broker::start_with(
+    let b = crate::support::Broker::start_with(
         bin(),
-        crate::Options {
+        crate::support::Options {
             args: vec!["--policy-dir".into(), d.path().display().to_string()],
             ..Default::default()
         },
@@ -400,9 +399,9 @@ fn policy_doc_examples_hold() {
 fn the_delegation_policy_examples_decide_as_documented() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/policies");
     assert!(validate(&dir).ok().contains("is valid (6 policies)"));
-    let b = crate::Broker::start_with(
+    let b = crate::support::Broker::start_with(
         bin(),
-        crate::Options {
+        crate::support::Options {
             args: vec!["--policy-dir".into(), dir.display().to_string()],
             ..Default::default()
         },

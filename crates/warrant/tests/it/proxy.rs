@@ -1,16 +1,15 @@
 //! The egress proxy and the secret store, through the real binary, against a
 //! local upstream (tests/interop/upstream.py) that records what it receives.
 
-use std::io::BufRead as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::delegation::{World, exchange, identity, world_with};
-use crate::interop::{python, repo};
-use crate::{audit, jwt_claims, jwt_header};
+use crate::support::{
+    Upstream, World, audit, bin, exchange, identity, jwt_claims, jwt_header, put_secret, python,
+    repo, world_with,
+};
 use warrant_testkit::{Response, raw};
 
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -30,62 +29,6 @@ when { !(context has user) || context.groups.contains("login.test/support") || r
 forbid(principal, action == Action::"http:request", resource == Route::"openai")
 when { context.path == "/v1/forbidden" || context.path == "/v1/embeddings" };
 "#;
-
-/// The local upstream: a child process and the log of what it received.
-pub struct Upstream {
-    child: Child,
-    pub port: u16,
-    log: PathBuf,
-    pub dir: tempfile::TempDir,
-}
-
-impl Upstream {
-    pub fn start(tls: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("requests.jsonl");
-        let mut cmd = Command::new(python());
-        cmd.arg(repo().join("tests/interop/upstream.py")).arg(&log);
-        if tls {
-            cmd.arg("--tls").arg(dir.path());
-        }
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line.trim().strip_prefix("PORT ").unwrap().parse().unwrap();
-        Self {
-            child,
-            port,
-            log,
-            dir,
-        }
-    }
-
-    pub fn origin(&self, scheme: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}", self.port)
-    }
-
-    pub fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// Every request received so far.
-    pub fn seen(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn routes(plain: &Upstream, tls: &Upstream) -> String {
     let p = plain.origin("http");
@@ -166,40 +109,12 @@ const AUDIENCES: &[&str] = &[
 ];
 
 /// A task token for `user`'s token, acted by orch, for every test audience.
-pub fn task_token(w: &World, orch: &str, user: &str) -> String {
+fn task_token(w: &World, orch: &str, user: &str) -> String {
     let mut extra: Vec<(&str, &str)> = vec![("scope", "llm:chat")];
     extra.extend(AUDIENCES.iter().map(|a| ("audience", *a)));
     let r = exchange(&w.b, w.users[user].as_str().unwrap(), JWT, orch, &extra);
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["access_token"].as_str().unwrap().to_owned()
-}
-
-pub fn put_secret(w: &World, name: &str, value: &str, user: Option<&str>) {
-    let mut args = vec!["secret", "put", name];
-    if let Some(u) = user {
-        args.extend(["--for-user", u]);
-    }
-    let mut child = Command::new(crate::bin())
-        .args(["--data-dir", w.b.data_dir.to_str().unwrap()])
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{value}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A request to the edge with the task token as a bearer token.
@@ -405,7 +320,7 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
 
     // The trail: one record per request, with the credential's id and kind,
     // never a value.
-    let ok = crate::audit_until(&w.b, Some("proxy.request"), 15, |r| {
+    let ok = crate::support::audit_until(&w.b, Some("proxy.request"), 15, |r| {
         r["decision"] == "allow"
     });
     let ok: Vec<&Value> = ok.iter().collect();
@@ -857,7 +772,7 @@ fn the_upstream_cannot_leak_the_key_or_redirect_it() {
     );
 
     // Rotation takes effect at once on this broker.
-    let mut child = Command::new(crate::bin())
+    let mut child = Command::new(bin())
         .args([
             "--data-dir",
             w.b.data_dir.to_str().unwrap(),
@@ -882,7 +797,7 @@ fn the_upstream_cannot_leak_the_key_or_redirect_it() {
         last(&up)["headers"]["authorization"],
         "Bearer sk-rotated-0123456789"
     );
-    let v2 = crate::audit_until(&w.b, Some("proxy.request"), 1, |r| {
+    let v2 = crate::support::audit_until(&w.b, Some("proxy.request"), 1, |r| {
         r["credential_id"] == "openai-key@v2"
     });
     assert_eq!(v2.len(), 1, "the rotated key's id is recorded");

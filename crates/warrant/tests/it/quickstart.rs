@@ -9,6 +9,7 @@
 //! swapped for free ones. Every line of a `text` block must appear in one line
 //! of what the commands and the broker printed, `…` matching anything.
 
+use crate::support::bin;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -103,7 +104,7 @@ fn quickstart_runs_as_written() {
         .prefix("wq")
         .tempdir_in("/tmp")
         .unwrap();
-    let bin_dir = crate::bin().parent().unwrap();
+    let bin_dir = bin().parent().unwrap();
     let path = format!(
         "{}:{}",
         bin_dir.display(),

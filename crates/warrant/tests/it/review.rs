@@ -4,28 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    World, approve_reviewed, bin, eventually, exchange, identity, put_secret, python, repo,
+    world_with,
+};
 use serde_json::{Value, json};
-
-use crate::delegation::{World, exchange, identity, world_with};
-use crate::interop::{python, repo};
-use crate::proxy::put_secret;
 
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
-/// Waits until `f` returns `Some`, for up to 20 s.
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// An agent's view of one MCP server behind the gateway, over the handshake.
-pub struct McpClient<'a> {
+struct McpClient<'a> {
     pub w: &'a World,
     pub server: String,
     pub token: String,
@@ -211,7 +199,7 @@ env = {{ NOTES_KEY = "secret:notes-key", NOTES_KEY_REQUIRED = "1" }}
     assert_eq!(r["error"]["data"]["refused_by"], "policy (forbid)", "{r}");
 
     // Approved, the new tool is typed with its own schema, and read_note keeps its.
-    crate::mcp::approve_reviewed(&w.b, "notes", "Read_note");
+    approve_reviewed(&w.b, "notes", "Read_note");
     assert_eq!(c.list().unwrap(), ["Read_note", "read_note"]);
     let r = c.call("Read_note", json!({"name": 7}));
     assert!(r.get("result").is_some(), "{r}");
@@ -226,7 +214,7 @@ env = {{ NOTES_KEY = "secret:notes-key", NOTES_KEY_REQUIRED = "1" }}
             .contains("not of type Long"),
         "{r}"
     );
-    let held = crate::audit(&w.b, Some("mcp.tool.new"));
+    let held = crate::support::audit(&w.b, Some("mcp.tool.new"));
     assert_eq!(held.len(), 1, "{held:?}");
 
     // Found after the fix: an undeclared spelling of a policed argument
@@ -259,7 +247,7 @@ env = {{ NOTES_KEY = "secret:notes-key", NOTES_KEY_REQUIRED = "1" }}
             .any(|p| p["tool"] == "read_note" && p["state"] == "changed")
             .then_some(())
     });
-    crate::mcp::approve_reviewed(&w.b, "notes", "read_note");
+    approve_reviewed(&w.b, "notes", "read_note");
     for name in [json!("private-diary"), json!(["private-diary"])] {
         let r = c.call("read_note", json!({ "name": name }));
         assert_eq!(r["error"]["data"]["refused_by"], "policy (error)", "{r}");
@@ -309,7 +297,7 @@ args = ["{server}", "{tools}"]
     });
     assert_eq!(pins[0]["state"], "new", "held, not pinned on sight: {pins}");
     assert_eq!(c.list().unwrap(), Vec::<String>::new());
-    crate::mcp::approve_reviewed(&w.b, "notes", "read_note");
+    approve_reviewed(&w.b, "notes", "read_note");
     let listed = c
         .post(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
         .json();
@@ -419,7 +407,7 @@ url = "http://127.0.0.1:9/mcp"
                 .ok()
                 .trim()
                 .to_owned();
-        crate::post_json(
+        crate::support::post_json(
             &w.b,
             "/v1/attest/join",
             &json!({ "token": jt, "audience": audience }),
@@ -456,7 +444,7 @@ url = "http://127.0.0.1:9/mcp"
     // Other audiences are still the policy's to decide.
     let r = attest("https://relying-party.test");
     assert_eq!(r.status, 200, "{}", r.body);
-    let refused = crate::audit(&w.b, Some("attest.join"));
+    let refused = crate::support::audit(&w.b, Some("attest.join"));
     assert_eq!(
         refused.iter().filter(|r| r["decision"] == "deny").count(),
         9,
@@ -482,7 +470,7 @@ const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// error, never "no limit" (or "no groups").
 #[test]
 fn a_user_tokens_scope_bounds_delegation_in_every_shape() {
-    let w = crate::delegation::world(4);
+    let w = crate::support::world(4);
     let orch = identity(&w.b, "orch");
     let user = |k: &str| w.users[k].as_str().unwrap().to_owned();
     for k in ["scope_array", "scp_string", "scp_array", "scope_and_scp"] {
@@ -532,7 +520,7 @@ fn a_user_tokens_scope_bounds_delegation_in_every_shape() {
 /// later hop could hand the task to an agent the user's `may_act` excludes.
 #[test]
 fn may_act_binds_every_hop() {
-    let w = crate::delegation::world(4);
+    let w = crate::support::world(4);
     let (orch, sub) = (identity(&w.b, "orch"), identity(&w.b, "sub"));
     let alice = w.users["may_act_orch"].as_str().unwrap();
     let r = exchange(
@@ -544,7 +532,10 @@ fn may_act_binds_every_hop() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let t1 = r.json()["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(crate::jwt_claims(&t1)["may_act"], json!({"sub": "orch"}));
+    assert_eq!(
+        crate::support::jwt_claims(&t1)["may_act"],
+        json!({"sub": "orch"})
+    );
     let r = exchange(&w.b, &t1, AT, &sub, &[("scope", "tickets:read")]);
     let (s, code, d) = err_of(&r);
     assert_eq!((s, code.as_str()), (400, "invalid_grant"), "{d}");
@@ -588,7 +579,7 @@ credential = { kind = "warrant_jwt" }
 "#;
     let policy = format!(
         "{}\npermit(principal, action == Action::\"http:request\", resource == Route::\"tickets\");",
-        crate::delegation::POLICY
+        crate::support::DELEGATION_POLICY
     );
     let w = world_with(4, config, &policy);
     let b = &w.b;
@@ -621,7 +612,7 @@ credential = { kind = "warrant_jwt" }
     // Before: the edge forwards (to a closed port: 502, not 401).
     assert_eq!(edge(&t2).status, 502);
     let active = |t: &str| {
-        let r = crate::delegation::introspect_with(b, &leaf, t);
+        let r = crate::support::introspect_with(b, &leaf, t);
         r["active"].as_bool().unwrap()
     };
     assert!(active(&t2));
@@ -669,12 +660,12 @@ credential = { kind = "warrant_jwt" }
 "#;
     let policy = format!(
         "{}\npermit(principal, action == Action::\"http:request\", resource == Route::\"tickets\");\npermit(principal in Agent::\"sub\", action == Action::\"token:exchange\", resource) unless {{ context has user }};",
-        crate::delegation::POLICY
+        crate::support::DELEGATION_POLICY
     );
     let w = world_with(4, config, &policy);
     let b = &w.b;
     let self_task = |assertion: &str| {
-        crate::delegation::form(
+        crate::support::form(
             b,
             "/oauth2/token",
             &[
@@ -734,10 +725,10 @@ credential = { kind = "warrant_jwt" }
 /// renewing its identity (join instances) or attesting again (unix).
 #[test]
 fn a_revoked_instance_cannot_renew_or_attest_again() {
-    let w = crate::delegation::world(4);
+    let w = crate::support::world(4);
     let b = &w.b;
     let first = identity(b, "orch");
-    let instance = crate::jwt_claims(&first)["sub"]
+    let instance = crate::support::jwt_claims(&first)["sub"]
         .as_str()
         .unwrap()
         .rsplit('/')
@@ -812,7 +803,7 @@ fn a_revoked_instance_cannot_renew_or_attest_again() {
 /// through `POST /oauth2/revoke`.
 #[test]
 fn only_the_admin_role_revokes_through_the_oauth_endpoint() {
-    let w = crate::delegation::world(4);
+    let w = crate::support::world(4);
     let b = &w.b;
     let orch = identity(b, "orch");
     let r = exchange(
@@ -845,7 +836,7 @@ fn only_the_admin_role_revokes_through_the_oauth_endpoint() {
         assert_eq!(r.status, 403, "{role}: {}", r.body);
         assert!(r.body.contains("may not revoke"), "{}", r.body);
         assert_eq!(
-            crate::delegation::introspect_with(b, &orch, &t)["active"],
+            crate::support::introspect_with(b, &orch, &t)["active"],
             true,
             "nothing revoked by {role}"
         );
@@ -857,7 +848,7 @@ fn only_the_admin_role_revokes_through_the_oauth_endpoint() {
         .to_owned();
     assert_eq!(revoke(&admin).status, 200);
     assert_eq!(
-        crate::delegation::introspect_with(b, &orch, &t)["active"],
+        crate::support::introspect_with(b, &orch, &t)["active"],
         false
     );
 }
@@ -901,7 +892,7 @@ unless { context has user && context.groups.contains("login.test/support") };
 /// matched her policies. Users and groups are issuer-qualified now.
 #[test]
 fn the_same_subject_at_two_issuers_is_two_users() {
-    let up = crate::proxy::Upstream::start(false);
+    let up = crate::support::Upstream::start(false);
     let dir = tempfile::tempdir().unwrap();
     let (partner, table) = partner_issuer(dir.path(), None);
     let config = format!(
@@ -949,8 +940,14 @@ fn the_same_subject_at_two_issuers_is_two_users() {
     };
     let corp = task(w.users["alice"].as_str().unwrap());
     let other = task(partner["alice"].as_str().unwrap());
-    assert_eq!(crate::jwt_claims(&corp)["sub"], "user:login.test/alice");
-    assert_eq!(crate::jwt_claims(&other)["sub"], "user:partner.test/alice");
+    assert_eq!(
+        crate::support::jwt_claims(&corp)["sub"],
+        "user:login.test/alice"
+    );
+    assert_eq!(
+        crate::support::jwt_claims(&other)["sub"],
+        "user:partner.test/alice"
+    );
     let get = |t: &str| {
         warrant_testkit::http(
             w.b.edge,
@@ -1004,13 +1001,13 @@ fn issuers_share_users_only_on_purpose() {
         );
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(
-            crate::jwt_claims(r.json()["access_token"].as_str().unwrap())["sub"],
+            crate::support::jwt_claims(r.json()["access_token"].as_str().unwrap())["sub"],
             "user:corp/alice"
         );
     }
     // Two issuers on one host would share `login.example.org` by default.
     let config = "[[user_issuer]]\nissuer = \"https://login.example.org/tenant-a\"\njwks_file = \"/dev/null\"\naudience = \"warrant\"\n\n[[user_issuer]]\nissuer = \"https://login.example.org/tenant-b\"\njwks_file = \"/dev/null\"\naudience = \"warrant\"\n";
-    let (err, _, _tmp) = crate::serve::start_fails(crate::Options {
+    let (err, _, _tmp) = crate::support::start_fails(crate::support::Options {
         config: Some(config.into()),
         ..Default::default()
     });
@@ -1053,9 +1050,9 @@ fn platform_selectors_are_bound_to_their_provider() {
         provider("k8s-prod", "https://k8s-prod.test", prod_dir.path()),
         provider("k8s-dev", "https://k8s-dev.test", dev_dir.path())
     );
-    let b = crate::Broker::start_with(
-        crate::bin(),
-        crate::Options {
+    let b = crate::support::Broker::start_with(
+        bin(),
+        crate::support::Options {
             config: Some(config),
             ..Default::default()
         },
@@ -1098,8 +1095,9 @@ fn platform_selectors_are_bound_to_their_provider() {
         "k8s:sa=triage",
     ])
     .ok();
-    let attest =
-        |token: &Value| crate::post_json(&b, "/v1/attest/oidc", &json!({ "token": token }));
+    let attest = |token: &Value| {
+        crate::support::post_json(&b, "/v1/attest/oidc", &json!({ "token": token }))
+    };
     let r = attest(&prod["good_rs256"]);
     assert_eq!(r.status, 200, "{}", r.body);
     for (what, token) in [
@@ -1123,7 +1121,7 @@ fn platform_selectors_are_bound_to_their_provider() {
 /// path, and refuses paths with more than one reading.
 #[test]
 fn a_path_is_decided_and_forwarded_in_one_canonical_form() {
-    let up = crate::proxy::Upstream::start(false);
+    let up = crate::support::Upstream::start(false);
     let config = format!(
         "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/public/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
         up.origin("http")
@@ -1221,7 +1219,7 @@ when { context.path like "/admin*" };
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("more than once"), "{}", r.body);
     assert_eq!(up.seen().len(), before, "nothing reached the upstream");
-    let refused = crate::audit_until(&w.b, Some("proxy.request"), 11, |r| {
+    let refused = crate::support::audit_until(&w.b, Some("proxy.request"), 11, |r| {
         r["decision"] != "allow"
     });
     assert!(refused.len() >= 11);
@@ -1234,7 +1232,7 @@ when { context.path like "/admin*" };
 /// passed on.
 #[test]
 fn echoed_credentials_are_redacted_or_refused() {
-    let up = crate::proxy::Upstream::start(false);
+    let up = crate::support::Upstream::start(false);
     // The credential sent upstream is `Bearer ab-...-ab`: the echo ends
     // with the bytes it starts with.
     let key = "ab-live-0123456789-ab";
@@ -1417,7 +1415,7 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
 /// read is refused, and others reach the upstream byte for byte.
 #[test]
 fn a_method_override_in_a_post_body_is_refused() {
-    let up = crate::proxy::Upstream::start(false);
+    let up = crate::support::Upstream::start(false);
     let config = format!(
         "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\", \"POST\", \"DELETE\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
         up.origin("http")
@@ -1633,8 +1631,8 @@ when { context.method == "DELETE" };
 
 /// A proxy world: route `site` to a recording upstream, orch permitted, and
 /// a task token for alice.
-fn site_world() -> (World, crate::proxy::Upstream, String) {
-    let up = crate::proxy::Upstream::start(false);
+fn site_world() -> (World, crate::support::Upstream, String) {
+    let up = crate::support::Upstream::start(false);
     let config = format!(
         "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
         up.origin("http")
@@ -1705,7 +1703,7 @@ fn the_edge_recovers_once_the_audit_trail_is_writable_again() {
         "nothing was forwarded while the trail could not be written"
     );
     // The record of the request answered while the trail was down is there.
-    let during = crate::audit_until(&w.b, Some("proxy.request"), 1, |r| {
+    let during = crate::support::audit_until(&w.b, Some("proxy.request"), 1, |r| {
         r["detail"]["path"] == "/during"
     });
     assert_eq!(during[0]["decision"], "allow");
@@ -1718,7 +1716,7 @@ fn the_edge_recovers_once_the_audit_trail_is_writable_again() {
 #[test]
 fn unauthenticated_refusals_cannot_fill_the_audit_trail() {
     let (w, up, _token) = site_world();
-    let before = crate::audit(&w.b, None).len();
+    let before = crate::support::audit(&w.b, None).len();
     for i in 0..300 {
         let r = site_get(&w, Some("forged.token.here"), &format!("/x{}", i % 3));
         assert_eq!(r.status, 401);
@@ -1727,14 +1725,14 @@ fn unauthenticated_refusals_cannot_fill_the_audit_trail() {
     }
     assert!(up.seen().is_empty());
     // Within the window's budget one by one; the rest in aggregate.
-    let agg = crate::audit_until(&w.b, Some("proxy.request"), 2, |r| {
+    let agg = crate::support::audit_until(&w.b, Some("proxy.request"), 2, |r| {
         r["detail"]["aggregated"].is_object()
     });
     let counted: u64 = agg
         .iter()
         .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap())
         .sum();
-    let after = crate::audit(&w.b, None).len();
+    let after = crate::support::audit(&w.b, None).len();
     let individual = after - before - agg.len();
     assert!(
         after - before < 40,
@@ -1780,7 +1778,7 @@ fn an_agents_denials_are_gathered_past_its_budget() {
     )
     .unwrap();
     w.b.cli(&["policy", "reload"]).ok();
-    let before = crate::audit(&w.b, None).len();
+    let before = crate::support::audit(&w.b, None).len();
     for i in 0..400 {
         let r = site_get(&w, Some(&token), &format!("/admin/{}", i % 5));
         assert_eq!(r.status, 403);
@@ -1788,7 +1786,7 @@ fn an_agents_denials_are_gathered_past_its_budget() {
     assert!(up.seen().is_empty());
     // Every denial is counted, once the windows are written.
     let (agg, records) = eventually("the gathered denials to be written", || {
-        let all = crate::audit(&w.b, None);
+        let all = crate::support::audit(&w.b, None);
         let agg: Vec<Value> = all[before..]
             .iter()
             .filter(|r| r["detail"]["aggregated"].is_object())
@@ -1839,7 +1837,7 @@ fn caller_supplied_strings_do_not_grow_metrics_or_records() {
         metrics.len()
     );
     assert!(!metrics.contains("mmmmmmmm"));
-    let records = crate::audit_until(&w.b, Some("mcp.request"), 30, |r| {
+    let records = crate::support::audit_until(&w.b, Some("mcp.request"), 30, |r| {
         r.to_string().contains("mmmm")
     });
     for r in &records {
@@ -1904,7 +1902,7 @@ fn one_task_cannot_fill_the_session_table_and_revocation_frees_it() {
     let open = metric(&w, "warrant_mcp_sessions");
     assert!(open <= 16.0 + 41.0, "{open}");
     // Revoking the tasks frees their sessions for everyone else.
-    let task = crate::jwt_claims(&first.token)["task"]
+    let task = crate::support::jwt_claims(&first.token)["task"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -1947,18 +1945,18 @@ fn an_agent_cannot_grow_the_trail_by_listing_tools() {
     let orch = identity(&w.b, "orch");
     let c = McpClient::open(&w, &orch, "notes", "notes:read");
     eventually("the notes server", || c.list());
-    let before = crate::audit(&w.b, None).len();
+    let before = crate::support::audit(&w.b, None).len();
     for _ in 0..300 {
         assert!(c.list().is_some());
     }
     let (records, counted) = eventually("the listings to be written", || {
-        let all = crate::audit(&w.b, Some("mcp.tools.list"));
+        let all = crate::support::audit(&w.b, Some("mcp.tools.list"));
         let counted: u64 = all
             .iter()
             .filter(|r| r["decision"] == "allow")
             .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
             .sum();
-        (counted >= 301).then_some((crate::audit(&w.b, None).len() - before, counted))
+        (counted >= 301).then_some((crate::support::audit(&w.b, None).len() - before, counted))
     });
     assert!(records < 150, "{records} records for 300 listings");
     assert_eq!(counted, 301, "every listing is counted");
@@ -2020,9 +2018,9 @@ fn one_instance_cannot_end_another_instances_sessions() {
 #[test]
 fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() {
     use std::io::{Read, Write};
-    let b = crate::Broker::start_with(
-        crate::bin(),
-        crate::Options {
+    let b = crate::support::Broker::start_with(
+        bin(),
+        crate::support::Options {
             config: Some(
                 "[limits]\nedge_connections = 50\napi_connections = 50\nheader_timeout = \"2s\"\n"
                     .into(),
@@ -2086,9 +2084,9 @@ fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() 
 fn one_local_user_cannot_fill_the_agent_socket() {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    let b = crate::Broker::start_with(
-        crate::bin(),
-        crate::Options {
+    let b = crate::support::Broker::start_with(
+        bin(),
+        crate::support::Options {
             config: Some("[limits]\nagent_connections_per_user = 4\n".into()),
             ..Default::default()
         },
@@ -2145,7 +2143,7 @@ fn one_local_user_cannot_fill_the_agent_socket() {
 /// reads.
 #[test]
 fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
-    let b = crate::broker();
+    let b = crate::support::broker();
     std::fs::write(
         b.data_dir.join("policies/p.cedar"),
         r#"permit(principal, action == Action::"identity:issue", resource);"#,
@@ -2233,12 +2231,12 @@ fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("identity_token"), "mount-spoof: {text}");
-    let issued = crate::audit(&b, Some("attest.unix"))
+    let issued = crate::support::audit(&b, Some("attest.unix"))
         .into_iter()
         .filter(|r| r["decision"] == "allow")
         .count();
     assert_eq!(issued, 0, "nothing was issued");
-    let refused = crate::audit(&b, Some("attest.unix"));
+    let refused = crate::support::audit(&b, Some("attest.unix"));
     assert!(
         refused.iter().any(|r| r
             .to_string()
@@ -2254,7 +2252,7 @@ fn a_process_cannot_take_an_identity_by_exec_fork_or_fd_passing() {
 /// checkpoints, kept elsewhere, show records cut from the end.
 #[test]
 fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
-    let mut b = crate::broker();
+    let mut b = crate::support::broker();
     for i in 0..5 {
         b.cli(&[
             "agent",
@@ -2270,12 +2268,12 @@ fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
     // A checkpoint, kept outside the broker.
     let kept = b.tmp().join("kept-checkpoints.txt");
     let cp = b.cli(&["audit", "checkpoint"]).ok().trim().to_owned();
-    let header = crate::jwt_header(&cp);
+    let header = crate::support::jwt_header(&cp);
     assert_eq!(header["typ"], "warrant-audit-checkpoint+jwt");
     std::fs::write(&kept, format!("{cp}\n")).unwrap();
     let checked = b.cli(&["audit", "verify", "--checkpoint", kept.to_str().unwrap()]);
     assert!(checked.ok().contains("checkpoint"), "{}", checked.stdout);
-    let seq = crate::jwt_claims(&cp)["seq"].as_u64().unwrap();
+    let seq = crate::support::jwt_claims(&cp)["seq"].as_u64().unwrap();
     b.stop();
 
     // Someone with the database (not the KEK) cuts the last records, and
@@ -2288,7 +2286,7 @@ fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
         .unwrap();
     c.execute("DELETE FROM audit_checkpoints", []).unwrap();
     drop(c);
-    b.restart(crate::Options {
+    b.restart(crate::support::Options {
         data_dir: Some(b.data_dir.clone()),
         ..Default::default()
     });
@@ -2340,7 +2338,7 @@ fn audit_verify_detects_relinking_and_truncation_against_a_kept_checkpoint() {
         prev = hash;
     }
     drop(c);
-    b.restart(crate::Options {
+    b.restart(crate::support::Options {
         data_dir: Some(b.data_dir.clone()),
         ..Default::default()
     });
@@ -2399,7 +2397,7 @@ while True:
     .unwrap();
     assert_eq!(line.trim(), "ready");
     let cli = |args: &[&str]| {
-        std::process::Command::new(crate::bin())
+        std::process::Command::new(bin())
             .args(args)
             .current_dir(dir.path())
             .env_remove("WARRANT_DATA_DIR")
@@ -2457,9 +2455,9 @@ fn files_others_can_write_are_not_trusted() {
     );
     let start = |config: &str| {
         let (mut child, _, log) = warrant_testkit::spawn_serve(
-            crate::bin(),
+            bin(),
             tmp.path(),
-            &crate::Options {
+            &crate::support::Options {
                 config: Some(config.into()),
                 data_dir: Some(tmp.path().join(format!("d{}", rand_suffix()))),
                 ..Default::default()
@@ -2628,7 +2626,7 @@ fn files_others_can_write_are_not_trusted() {
 
     // A policy file others can write: the reload is refused, the set in
     // force stays.
-    let b = crate::broker();
+    let b = crate::support::broker();
     let p = b.data_dir.join("policies/p.cedar");
     std::fs::write(
         &p,
@@ -2661,7 +2659,7 @@ fn rand_suffix() -> u64 {
 /// stored to count, and a database with foreign triggers is refused.
 #[test]
 fn an_audit_record_that_was_not_stored_fails_closed() {
-    let mut b = crate::broker();
+    let mut b = crate::support::broker();
     let db = rusqlite::Connection::open(b.data_dir.join("warrant.db")).unwrap();
     db.execute_batch(
         "CREATE TRIGGER quiet BEFORE INSERT ON audit_log BEGIN SELECT RAISE(IGNORE); END;",
@@ -2679,9 +2677,9 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     b.stop();
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, _, log) = warrant_testkit::spawn_serve(
-        crate::bin(),
+        bin(),
         tmp.path(),
-        &crate::Options {
+        &crate::support::Options {
             data_dir: Some(b.data_dir.clone()),
             ..Default::default()
         },
@@ -2698,7 +2696,7 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     // its name, by a trigger that removes each record once inserted (the
     // insert still counts one row). Such a record does not read back, so
     // nothing is done; and a restart refuses the changed trigger.
-    b.restart(crate::Options::default());
+    b.restart(crate::support::Options::default());
     let swap = "DROP TRIGGER audit_log_no_delete;
         CREATE TRIGGER audit_log_no_delete AFTER INSERT ON audit_log BEGIN DELETE FROM audit_log WHERE seq = NEW.seq; END;";
     db.execute_batch(swap).unwrap();
@@ -2717,9 +2715,9 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     );
     b.stop();
     let (mut child, _, log) = warrant_testkit::spawn_serve(
-        crate::bin(),
+        bin(),
         tmp.path(),
-        &crate::Options {
+        &crate::support::Options {
             data_dir: Some(b.data_dir.clone()),
             ..Default::default()
         },
@@ -2740,7 +2738,7 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     // Records removed from the end while the broker runs (the guard
     // dropped and put back): it is not ready, and signs no checkpoint for
     // the shorter trail.
-    b.restart(crate::Options::default());
+    b.restart(crate::support::Options::default());
     assert!(
         b.cli(&["agent", "create", "kept", "--owner", "o", "--env", "dev"])
             .code
@@ -2763,7 +2761,7 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     // higher sequence, so the trail is no shorter. The last record written
     // must be there as written.
     b.stop();
-    b.restart(crate::Options::default());
+    b.restart(crate::support::Options::default());
     assert_eq!(b.http("GET", "/readyz", &[], None).status, 200);
     b.cli(&["agent", "create", "kept2", "--owner", "o", "--env", "dev"])
         .ok();
@@ -2787,9 +2785,9 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     // row far ahead froze checkpointing. The head signed is the one the
     // writer wrote, and nothing may be stored past it.
     b.stop();
-    b.restart(crate::Options::default());
+    b.restart(crate::support::Options::default());
     let first = b.cli(&["audit", "checkpoint"]).ok().trim().to_owned();
-    let old = crate::jwt_claims(&first)["seq"].as_u64().unwrap();
+    let old = crate::support::jwt_claims(&first)["seq"].as_u64().unwrap();
     db.execute(
         "INSERT INTO audit_checkpoints (seq, hash, time, signed) SELECT 999999999, hash, time, signed FROM audit_checkpoints WHERE seq = ?1",
         [old as i64],
@@ -2798,7 +2796,7 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     b.cli(&["agent", "create", "after", "--owner", "o", "--env", "dev"])
         .ok();
     let next = b.cli(&["audit", "checkpoint"]).ok().trim().to_owned();
-    let seq = crate::jwt_claims(&next)["seq"].as_u64().unwrap();
+    let seq = crate::support::jwt_claims(&next)["seq"].as_u64().unwrap();
     assert!(
         seq > old,
         "a new checkpoint for the new head ({seq} > {old})"
@@ -2832,7 +2830,7 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
            FROM audit_log ORDER BY seq DESC LIMIT 1;",
     )
     .unwrap();
-    b.restart(crate::Options::default());
+    b.restart(crate::support::Options::default());
     let r = b.http("GET", "/readyz", &[], None);
     assert_eq!(r.status, 503, "a planted head: {}", r.body);
     let r = b.cli(&["audit", "checkpoint"]);
@@ -2845,7 +2843,7 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
 /// always recorded.
 #[test]
 fn a_reader_cannot_grow_the_trail() {
-    let b = crate::broker();
+    let b = crate::support::broker();
     b.cli(&["agent", "create", "bot", "--owner", "o", "--env", "dev"])
         .ok();
     let auditor = b
@@ -2854,7 +2852,7 @@ fn a_reader_cannot_grow_the_trail() {
         .trim()
         .to_owned();
     let bearer = format!("Bearer {auditor}");
-    let before = crate::audit(&b, None).len();
+    let before = crate::support::audit(&b, None).len();
     let check =
         r#"{"agent":"bot","action":"token:exchange","resource":"Audience::\"https://x.test\""}"#;
     let started = Instant::now();
@@ -2884,10 +2882,10 @@ fn a_reader_cannot_grow_the_trail() {
     let records = eventually("the reads to be written", || {
         let counted: u64 = ["policy.check", "audit.verify"]
             .iter()
-            .flat_map(|e| crate::audit(&b, Some(e)))
+            .flat_map(|e| crate::support::audit(&b, Some(e)))
             .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
             .sum();
-        (counted >= 630).then(|| crate::audit(&b, None).len() - before)
+        (counted >= 630).then(|| crate::support::audit(&b, None).len() - before)
     });
     assert!(
         (records as u64) <= windows * 66 && records < 630,
@@ -2902,7 +2900,7 @@ fn a_reader_cannot_grow_the_trail() {
 /// recorded.
 #[test]
 fn an_agent_cannot_grow_the_trail_by_revoking() {
-    let w = crate::delegation::world(4);
+    let w = crate::support::world(4);
     let b = &w.b;
     let orch = identity(b, "orch");
     let t = exchange(
@@ -2917,7 +2915,7 @@ fn an_agent_cannot_grow_the_trail_by_revoking() {
         .unwrap()
         .to_owned();
     let revoke = |token: &str| {
-        crate::delegation::form(
+        crate::support::form(
             b,
             "/oauth2/revoke",
             &[
@@ -2930,12 +2928,12 @@ fn an_agent_cannot_grow_the_trail_by_revoking() {
             ],
         )
     };
-    let before = crate::audit(b, None).len();
+    let before = crate::support::audit(b, None).len();
     // The first revocation of the task is recorded, as every one that
     // changes something.
     assert_eq!(revoke(&t).status, 200);
     let first = eventually("the revocation to be written", || {
-        crate::audit(b, Some("token.revoke"))
+        crate::support::audit(b, Some("token.revoke"))
             .into_iter()
             .find(|r| r["decision"] == "allow")
     });
@@ -2945,16 +2943,16 @@ fn an_agent_cannot_grow_the_trail_by_revoking() {
         assert_eq!(revoke(&format!("junk.token.{i}")).status, 200);
     }
     let records = eventually("the revocations to be written", || {
-        let all = crate::audit(b, Some("token.revoke"));
+        let all = crate::support::audit(b, Some("token.revoke"));
         let counted: u64 = all
             .iter()
             .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
             .sum();
-        (counted == 301).then(|| crate::audit(b, None).len() - before)
+        (counted == 301).then(|| crate::support::audit(b, None).len() - before)
     });
     assert!(records < 120, "{records} records for 301 revocations");
     assert_eq!(
-        crate::audit(b, Some("token.revoke"))
+        crate::support::audit(b, Some("token.revoke"))
             .iter()
             .filter(|r| r["decision"] == "allow")
             .count(),
@@ -2967,7 +2965,7 @@ fn an_agent_cannot_grow_the_trail_by_revoking() {
 /// hands out nothing, was one durable record per request.
 #[test]
 fn an_agent_cannot_grow_the_trail_by_introspecting() {
-    let w = crate::delegation::world(4);
+    let w = crate::support::world(4);
     let b = &w.b;
     let orch = identity(b, "orch");
     let t = exchange(
@@ -2981,20 +2979,20 @@ fn an_agent_cannot_grow_the_trail_by_introspecting() {
         .as_str()
         .unwrap()
         .to_owned();
-    let before = crate::audit(b, None).len();
+    let before = crate::support::audit(b, None).len();
     for _ in 0..200 {
         assert_eq!(
-            crate::delegation::introspect_with(b, &orch, &t)["active"],
+            crate::support::introspect_with(b, &orch, &t)["active"],
             true
         );
     }
     let records = eventually("the introspections to be written", || {
-        let all = crate::audit(b, Some("token.introspect"));
+        let all = crate::support::audit(b, Some("token.introspect"));
         let counted: u64 = all
             .iter()
             .map(|r| r["detail"]["aggregated"]["count"].as_u64().unwrap_or(1))
             .sum();
-        (counted == 200).then(|| crate::audit(b, None).len() - before)
+        (counted == 200).then(|| crate::support::audit(b, None).len() - before)
     });
     assert!(records < 100, "{records} records for 200 introspections");
 }

@@ -1,9 +1,8 @@
 //! `warrant serve`: start-up, refusals, listeners, shutdown.
 
+use crate::support::{Options, audit, bin, broker, start_fails};
 use std::os::unix::fs::PermissionsExt;
 use warrant_testkit::spawn_serve;
-
-use crate::{Options, audit, bin, broker};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -109,16 +108,6 @@ fn metrics_are_prometheus_text() {
             .any(|l| l.starts_with("warrant_audit_records ") && l != "warrant_audit_records 0")
     );
     assert!(m.body.ends_with("# EOF\n"));
-}
-
-/// Starts serve expecting it to refuse; returns its stderr, the data dir it was
-/// given, and the temp dir that holds them (kept alive by the caller).
-pub fn start_fails(opts: Options) -> (String, std::path::PathBuf, tempfile::TempDir) {
-    let tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let (mut child, data_dir, log) = spawn_serve(bin(), tmp.path(), &opts);
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "serve should have refused to start");
-    (std::fs::read_to_string(log).unwrap(), data_dir, tmp)
 }
 
 #[test]
@@ -259,7 +248,7 @@ fn stops_cleanly_on_sigterm_and_sigint_and_restarts_with_its_state() {
 #[test]
 fn a_kek_from_the_environment_is_used_and_a_wrong_one_refused() {
     let kek = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
-    let mut b = crate::Broker::start_with(
+    let mut b = crate::support::Broker::start_with(
         bin(),
         Options {
             env: vec![("WARRANT_KEK".into(), kek.into())],
@@ -326,7 +315,7 @@ fn refuses_a_missing_config_file() {
 
 #[test]
 fn config_file_and_json_logs() {
-    let b = crate::Broker::start_with(
+    let b = crate::support::Broker::start_with(
         bin(),
         Options {
             config: Some("trust_domain = \"example.org\"\nissuer = \"https://broker.example.org/\"\nsigning_alg = \"EdDSA\"\n".into()),
