@@ -479,12 +479,19 @@ impl PolicyService {
                 effect: effect.to_owned(),
             })
             .inc();
+        // Users are recorded as everywhere else, `user:<namespace>/<subject>`
+        // (a bare id here made `audit list --user` miss every decided
+        // record); a decision for no user keeps whom the record names.
+        let user = match &req.context.user {
+            Some(u) => Some(format!("user:{}", u.id)),
+            None => event.user.clone(),
+        };
         let event = AuditEvent {
             decision: decision.outcome(),
             reasons: decision.reasons(),
             agent: Some(req.principal.agent.name.clone()),
             instance: Some(req.principal.instance.clone()),
-            user: req.context.user.as_ref().map(|u| u.id.clone()),
+            user,
             chain: req.context.chain.clone(),
             task: req.context.task.clone(),
             txn: req.context.txn.clone(),
