@@ -634,7 +634,14 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
         }
         assert!(!r.body.contains(KEY), "{what}");
     }
-    let unauth = &cases[0].1;
+    let case = |name: &str| {
+        &cases
+            .iter()
+            .find(|c| c.0 == name)
+            .unwrap_or_else(|| panic!("no case `{name}`"))
+            .1
+    };
+    let unauth = case("no token");
     let www = unauth.header("www-authenticate").unwrap();
     assert!(
         www.starts_with("Bearer ") && www.contains("resource_metadata=\"http://"),
@@ -650,7 +657,7 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
     .json();
     assert_eq!(meta["authorization_servers"], json!([w.b.issuer]));
     assert_eq!(meta["warrant_audience"], "https://api.openai.test");
-    let forbid = cases[6].1.json()["error"].clone();
+    let forbid = case("policy forbid").json()["error"].clone();
     assert_eq!(forbid["refused_by"], "policy (forbid)");
     assert_eq!(forbid["policies"], json!(["no-forbidden-path"]));
     assert!(
@@ -659,7 +666,10 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
             .unwrap()
             .contains("Route::\"openai\"")
     );
-    assert_eq!(cases[4].1.json()["error"]["refused_by"], "route allow list");
+    assert_eq!(
+        case("method outside allow").json()["error"]["refused_by"],
+        "route allow list"
+    );
     assert!(
         up.seen().is_empty(),
         "nothing was forwarded: {:?}",
@@ -679,8 +689,15 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
         .find(|r| r["resource"] == "Route::\"gh\"")
         .unwrap();
     assert_eq!(per_user["user"], "user:login.test/bob");
+}
 
-    // A body without a length is cut off at the limit.
+#[test]
+fn a_body_without_a_length_is_cut_off_at_the_limit() {
+    let (w, up, _tls) = setup();
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice");
+    let edge_addr: SocketAddr = w.b.edge;
+    let host = format!("{edge_addr}");
     let chunk = format!("100000\r\n{}\r\n", "x".repeat(0x100000));
     let mut body = chunk.repeat(2).into_bytes();
     body.extend_from_slice(b"0\r\n\r\n");
@@ -693,8 +710,22 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
     );
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body.contains("cut off"), "{}", r.body);
+    let cut = proxy_records(&w);
+    assert_eq!(
+        cut.last().unwrap()["detail"]["refusal"],
+        "payload_too_large",
+        "{cut:#?}"
+    );
+    drop(up);
+}
 
-    // Revocation stops the very next request.
+/// Revocation stops the very next request, and the refusal keeps its
+/// attribution: a trace of the task shows the agent kept trying.
+#[test]
+fn revocation_stops_the_next_request_and_its_refusal_is_attributed() {
+    let (w, up, _tls) = setup();
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice");
     let r = edge(&w, "GET", "/openai/echo", Some(&token), &[], None);
     assert_eq!(r.status, 200);
     let task = jwt_claims(&token)["task"].as_str().unwrap().to_owned();
