@@ -268,6 +268,19 @@ impl PolicyService {
         })
     }
 
+    /// Whether the policy directory would load now, as a reload would
+    /// compile it (nothing is installed or recorded): for a reload that
+    /// puts a configuration in force only together with its policies.
+    pub async fn check_dir(&self) -> Result<(), Problems> {
+        let dir = self.dir.clone();
+        let tools = self.tools();
+        tokio::task::spawn_blocking(move || {
+            compile_dir_with(&dir, &tools, ToolProblems::Refuse).map(|_| ())
+        })
+        .await
+        .unwrap_or_else(|e| Err(task_failed(&e)))
+    }
+
     /// Says which routes and MCP servers are configured.
     pub fn set_configured(&self, configured: Configured) {
         self.configured.store(Arc::new(configured));

@@ -51,8 +51,13 @@ impl Origin {
     }
 
     pub(crate) fn parse(value: &str, what: &str) -> Result<Self, String> {
-        let url = url::Url::parse(value)
-            .map_err(|e| format!("{what} `{}` is not a URL ({e})", value.escape_debug()))?;
+        let url = url::Url::parse(value).map_err(|e| {
+            format!(
+                "{what} `{}` is not a URL ({e})",
+                shown_url(value).escape_debug()
+            )
+        })?;
+        let value = &shown_url(value);
         let scheme = match url.scheme() {
             "https" => Scheme::Https,
             "http" => Scheme::Http,
@@ -60,7 +65,7 @@ impl Origin {
         };
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
-                "{what} `{value}` must not carry credentials; the credential provider supplies them"
+                "{what} `{value}` must not carry credentials (a user name or password before `@`); the credential provider supplies them"
             ));
         }
         let host = match url.host() {
@@ -77,6 +82,31 @@ impl Origin {
     pub fn is_loopback(&self) -> bool {
         let h = self.host.trim_start_matches('[').trim_end_matches(']');
         h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+    }
+}
+
+/// A URL as an error message may show it: without a user name, password,
+/// query or fragment (where a credential written by mistake would be), so
+/// messages, logs and the audit trail never repeat one.
+pub(crate) fn shown_url(value: &str) -> String {
+    let cut = value.find(['?', '#']).unwrap_or(value.len());
+    let value = &value[..cut];
+    match value.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let hidden = if authority.contains('@') {
+                "[redacted]@"
+            } else {
+                ""
+            };
+            format!("{scheme}://{hidden}{host}{path}")
+        }
+        None => match value.rsplit_once('@') {
+            Some((_, after)) => format!("[redacted]@{after}"),
+            None => value.to_owned(),
+        },
     }
 }
 
@@ -185,4 +215,31 @@ pub(crate) fn over_limit(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A credential written into a URL by mistake is never repeated by the
+    /// error that refuses it.
+    #[test]
+    fn errors_never_repeat_a_credential_written_in_a_url() {
+        for bad in [
+            "https://user:p4ssw0rd@api.example",
+            "ftp://user:p4ssw0rd@api.example/x?token=s3cr3t",
+            "not a url p4ssw0rd@x?token=s3cr3t",
+        ] {
+            let e = Origin::parse(bad, "upstream").unwrap_err();
+            assert!(!e.contains("p4ssw0rd") && !e.contains("s3cr3t"), "{e}");
+        }
+        assert_eq!(
+            shown_url("http://api.example/?api_key=s3cr3t#frag"),
+            "http://api.example/"
+        );
+        assert_eq!(
+            shown_url("https://u:p@h.example:8443/a/b?q=1"),
+            "https://[redacted]@h.example:8443/a/b"
+        );
+    }
 }

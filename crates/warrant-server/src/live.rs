@@ -84,6 +84,35 @@ pub(crate) fn task_audiences(config: &Config, edge_addr: SocketAddr) -> Vec<Stri
         .collect()
 }
 
+/// Each route and MCP server has its own audience: a task token for one is
+/// never accepted at another (compared as the attestation service compares
+/// audiences: case, trailing `/`, default ports and escapes aside).
+pub(crate) fn check_audiences(config: &Config, edge_addr: SocketAddr) -> Result<(), String> {
+    let owners = config
+        .routes
+        .iter()
+        .map(|r| (format!("route `{}`", r.name), r.audience.clone()))
+        .chain(config.mcp_servers.iter().map(|m| {
+            (
+                format!("MCP server `{}`", m.name),
+                m.audience
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{edge_addr}/mcp/{}", m.name)),
+            )
+        }));
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for (who, audience) in owners {
+        let key = warrant_control::attest::audience_key(&audience);
+        if let Some(other) = seen.insert(key, who.clone()) {
+            return Err(format!(
+                "{other} and {who} have the same audience `{}`; give each its own `audience`, so a task token for one is never accepted at the other",
+                warrant_core::text::shown(&audience, 200)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The configured user issuers, with the development issuer when
 /// `serve --dev` (whose users are `dev/<user>`: no configured issuer may
 /// take that namespace).
@@ -132,6 +161,7 @@ pub async fn reload(state: &AppState, actor: AuditEvent) -> Result<ConfigChanges
         .await
         .map_err(|e| ReloadError::Invalid(e.to_string()))??;
     check_trusted_files(&new).map_err(ReloadError::Invalid)?;
+    check_audiences(&new, state.live.edge_addr).map_err(ReloadError::Invalid)?;
     let users = with_dev_issuer(new.user_issuers.clone(), state.dev.as_deref())
         .map_err(ReloadError::Invalid)?;
 
@@ -302,20 +332,36 @@ pub(crate) fn check_trusted_files(config: &Config) -> Result<(), String> {
             files.push((f.clone(), "jwks_file (of a [[user_issuer]])", false));
         }
     }
+    // Every CA file: one decides where a credential may be sent.
     for r in &config.routes {
         if let Some(f) = &r.ca_file {
             files.push((f.clone(), "ca_file (of a [[route]])", false));
+        }
+        if let Some(f) = r.credential.ca_file() {
+            files.push((f.to_owned(), "credential.ca_file (of a [[route]])", false));
         }
     }
     for m in &config.mcp_servers {
         match &m.transport {
             warrant_edge::mcp::config::Transport::Http {
-                ca_file: Some(f), ..
-            } => files.push((f.clone(), "ca_file (of an [[mcp_server]])", false)),
+                ca_file,
+                credential,
+                ..
+            } => {
+                if let Some(f) = ca_file {
+                    files.push((f.clone(), "ca_file (of an [[mcp_server]])", false));
+                }
+                if let Some(f) = credential.as_ref().and_then(|c| c.ca_file()) {
+                    files.push((
+                        f.to_owned(),
+                        "credential.ca_file (of an [[mcp_server]])",
+                        false,
+                    ));
+                }
+            }
             warrant_edge::mcp::config::Transport::Stdio(s) => {
                 warrant_edge::mcp::stdio::check_sources(s, &m.name)?;
             }
-            warrant_edge::mcp::config::Transport::Http { .. } => {}
         }
     }
     for (f, what, program) in files {

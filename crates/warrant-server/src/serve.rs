@@ -268,6 +268,7 @@ impl Broker {
             issuer: issuer.clone(),
             trust_domain: config.trust_domain.clone(),
         };
+        crate::live::check_audiences(&config, edge_addr).map_err(ServeError::Io)?;
         let task_audiences = crate::live::task_audiences(&config, edge_addr);
         let attest = Arc::new(warrant_control::attest::AttestService::new(
             warrant_control::attest::Parts {

@@ -51,7 +51,26 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// Replaces control characters so stored text can't drive the terminal.
 pub fn safe(s: &str) -> String {
+    // Control characters (escape sequences, newlines) and the invisible
+    // characters that reorder or hide text on a terminal (bidirectional
+    // overrides and isolates, marks) are shown as `?`.
+    let hidden = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| if c.is_control() || hidden(c) { '?' } else { c })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe;
+
+    /// What the broker prints from names an operator or a policy chose
+    /// cannot move the cursor, clear the screen or reorder the line.
+    #[test]
+    fn escapes_and_bidirectional_overrides_are_shown_as_question_marks() {
+        assert_eq!(safe("a\u{1b}[2Jb\nc"), "a?[2Jb?c");
+        assert_eq!(safe("bob\u{202e}live"), "bob?live");
+        assert_eq!(safe("x\u{2066}y\u{200f}"), "x?y?");
+        assert_eq!(safe("plain-ünïcode"), "plain-ünïcode");
+    }
 }

@@ -149,7 +149,7 @@ pub struct Parts {
 /// one-kind-per-audience rule at an upstream that normalises: surrounding
 /// space, case, a default port, user information, a trailing dot on the
 /// host, dot segments, percent-escapes, a query or fragment, trailing `/`.
-fn audience_key(audience: &str) -> String {
+pub fn audience_key(audience: &str) -> String {
     let t = audience.trim();
     let text = match url::Url::parse(t) {
         Ok(mut u) if u.has_host() => {

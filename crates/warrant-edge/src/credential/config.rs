@@ -172,6 +172,17 @@ impl Credential {
         }
     }
 
+    /// The CA file trusted for the credential's own endpoint (an OAuth
+    /// token endpoint), if any: a file whose content decides where the
+    /// client secret may be sent, so it is held to the same trust as the
+    /// configuration.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::OAuth2ClientCredentials { ca_file, .. } => ca_file.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The header the credential goes in.
     pub fn header(&self) -> HeaderName {
         match self {

@@ -159,11 +159,14 @@ impl OAuthCache {
             audience.as_deref(),
             &secret_bytes,
         )?;
+        // Said to the agent: which route or server, and what went wrong,
+        // never the endpoint's address or a library's words (the log has
+        // both).
         let unavailable = |why: String| {
+            tracing::warn!(target = route.name, endpoint = %token_url.origin().ascii_serialization(), why = %why, "OAuth token endpoint failed");
             CredentialError::Unavailable(format!(
-                "route `{}`: the token endpoint {} {why}",
-                route.name,
-                token_url.origin().ascii_serialization()
+                "`{}`: its OAuth token endpoint {why}",
+                route.name
             ))
         };
         let resp = tokio::time::timeout(
@@ -172,7 +175,10 @@ impl OAuthCache {
         )
         .await
         .map_err(|_| unavailable("did not answer in time".into()))?
-        .map_err(|e| unavailable(format!("could not be reached ({e})")))?;
+        .map_err(|e| {
+            tracing::warn!(target = route.name, error = %e, "OAuth token endpoint unreachable");
+            unavailable("could not be reached".into())
+        })?;
         let status = resp.status();
         let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
             .collect()

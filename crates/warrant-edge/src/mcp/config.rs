@@ -115,16 +115,18 @@ impl RawMcpServer {
                         "args and env are for a stdio server (`command`), not a `url`".into(),
                     );
                 }
-                let url = url::Url::parse(&u)
-                    .map_err(|e| format!("url `{}` is not a URL ({e})", u.escape_debug()))?;
                 let origin = Origin::parse(&u, "url")?;
+                let url = url::Url::parse(&u).map_err(|e| e.to_string())?;
                 if origin.scheme == Scheme::Http && !origin.is_loopback() && !self.allow_plaintext {
                     return Err(format!(
                         "url `{u}` is plain http to a host that is not loopback; use https, or set allow_plaintext = true"
                     ));
                 }
                 if url.query().is_some() || url.fragment().is_some() {
-                    return Err(format!("url `{u}` must not have a query or fragment"));
+                    return Err(format!(
+                        "url `{}` must not have a query or fragment",
+                        crate::upstream::shown_url(&u)
+                    ));
                 }
                 let credential = match self.credential {
                     Some(c) => {

@@ -628,9 +628,10 @@ impl Gateway {
         let known = match self.s.pins.note_server_listed(&s.cfg.name, now).await {
             Ok(before) => before,
             Err(e) => {
+                tracing::error!(server = %s.cfg.name, error = %e, "cannot read the MCP server's tool pins");
                 return Err(UpstreamError::Unavailable {
                     server: s.cfg.name.clone(),
-                    why: format!("its tool pins could not be read: {e}"),
+                    why: "its tool pins could not be read".into(),
                 });
             }
         };
@@ -669,9 +670,10 @@ impl Gateway {
                     view.held.insert(name);
                 }
                 Err(e) => {
+                    tracing::error!(server = %s.cfg.name, error = %e, "cannot pin the MCP server's tools");
                     return Err(UpstreamError::Unavailable {
                         server: s.cfg.name.clone(),
-                        why: format!("its tools could not be pinned: {e}"),
+                        why: "its tools could not be pinned".into(),
                     });
                 }
             }

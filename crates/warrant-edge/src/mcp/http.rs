@@ -255,7 +255,10 @@ impl HttpUpstream {
         let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| UpstreamError::Timeout(self.name.clone()))?
-            .map_err(|e| self.unavailable(format!("it could not be reached ({e})")))?;
+            .map_err(|e| {
+                tracing::warn!(server = %self.name, error = %e, "MCP server unreachable");
+                self.unavailable("it could not be reached")
+            })?;
         let status = resp.status();
         let session_id = resp
             .headers()

@@ -525,7 +525,10 @@ impl StdioUpstream {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| self.unavailable(format!("cannot start `{}`: {e}", self.spec.command)))?;
+            .map_err(|e| {
+                tracing::error!(server = %self.name, command = %self.spec.command, error = %e, "cannot start the MCP server");
+                self.unavailable("it could not be started")
+            })?;
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {

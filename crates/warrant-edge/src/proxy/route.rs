@@ -201,14 +201,14 @@ impl RawRoute {
         let url = url::Url::parse(&self.upstream).map_err(|e| e.to_string())?;
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
-                "upstream `{}` must be an origin (scheme, host, port) without a path: the agent's path below /{name}/ is forwarded as it is",
-                self.upstream
+                "upstream `{}` must be an origin (scheme, host, port) without a path, query or fragment: the agent's path below /{name}/ is forwarded as it is",
+                crate::upstream::shown_url(&self.upstream)
             ));
         }
         if upstream.scheme == Scheme::Http && !upstream.is_loopback() && !self.allow_plaintext {
             return Err(format!(
                 "upstream `{}` is plain http to a host that is not loopback: the credential would cross the network in clear; use https, or set allow_plaintext = true if you accept that",
-                self.upstream
+                crate::upstream::shown_url(&self.upstream)
             ));
         }
         if self.ca_file.is_some() && upstream.scheme == Scheme::Http {

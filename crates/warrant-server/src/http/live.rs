@@ -32,15 +32,46 @@ pub(crate) async fn reload_all(
     config_event: AuditEvent,
     policy_event: AuditEvent,
 ) -> Result<Reloaded, ApiError> {
+    // All or nothing: a configuration goes in force only with policies
+    // that load (a route added with the `forbid` meant to restrict it must
+    // not go live without it).
+    if let Err(problems) = state.policy.check_dir().await {
+        let refused = ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_policy",
+            message: "nothing was reloaded: the policy directory does not validate".into(),
+        };
+        let refused = fail(state, config_event, refused).await;
+        if refused.code != "invalid_policy" {
+            return Err(refused);
+        }
+        return Err(ApiError {
+            message: format!(
+                "nothing was reloaded (configuration and policies stay as they were): the policy directory does not validate:\n{problems}"
+            ),
+            ..refused
+        });
+    }
     let changes = match live::reload(state, config_event.clone()).await {
         Ok(c) => c,
         Err(e @ ReloadError::Invalid(_)) => {
-            let err = ApiError {
+            let message = e.to_string();
+            // The trail keeps where and why, not the file's text: a parser
+            // shows the offending line, which may hold a value written by
+            // mistake, and the trail is never rewritten.
+            let recorded = ApiError {
                 status: StatusCode::BAD_REQUEST,
                 code: "invalid_config",
-                message: e.to_string(),
+                message: message.lines().next().unwrap_or_default().to_owned(),
             };
-            return Err(fail(state, config_event, err).await);
+            let recorded = fail(state, config_event, recorded).await;
+            if recorded.code != "invalid_config" {
+                return Err(recorded);
+            }
+            return Err(ApiError {
+                message,
+                ..recorded
+            });
         }
         Err(e @ ReloadError::AuditUnavailable) => {
             return Err(ApiError {

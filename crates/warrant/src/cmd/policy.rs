@@ -9,7 +9,7 @@ use warrant_core::decision::Effect;
 
 use crate::cli::{Cli, Output, PolicyCmd};
 use crate::cmd::{EXIT_DENIED, client};
-use crate::output::{emit, json};
+use crate::output::{emit, json, safe};
 
 fn policy_dir(cli: &Cli) -> anyhow::Result<std::path::PathBuf> {
     let settings = warrant_server::config::Settings {
@@ -39,10 +39,10 @@ pub(crate) fn print_status(s: &PolicyStatus) {
     );
     println!("loaded at {}", s.loaded_at);
     for id in &s.policies {
-        println!("  {id}");
+        println!("  {}", safe(id));
     }
     for w in &s.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", safe(w));
     }
 }
 
@@ -112,7 +112,7 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                 Output::Json => json(&v)?,
                 Output::Human if v.ok => {
                     for w in &v.warnings {
-                        eprintln!("warning: {w}");
+                        eprintln!("warning: {}", safe(w));
                     }
                     if let Some(n) = note {
                         eprintln!("note: {n}");
@@ -131,7 +131,7 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                 }
                 Output::Human => {
                     for p in &v.problems {
-                        eprintln!("{p}");
+                        eprintln!("{}", safe(p));
                     }
                     if let Some(n) = note {
                         eprintln!("note: {n}");
@@ -201,7 +201,7 @@ pub async fn run(cli: &Cli, cmd: &PolicyCmd) -> anyhow::Result<ExitCode> {
                 };
                 println!("{effect}");
                 for reason in r.decision.reasons() {
-                    println!("  {reason}");
+                    println!("  {}", safe(&reason));
                 }
             })?;
             if r.effect != Effect::Allow {

@@ -310,3 +310,159 @@ fn policy_names_that_match_nothing_are_warned_about() {
     let r = w.b.cli(&["policy", "reload", "--output", "json"]).json();
     assert!(r.get("warnings").is_none(), "{r}");
 }
+
+/// A CA file decides where a credential may be sent: the one an OAuth
+/// credential trusts for its token endpoint is held to the same trust as
+/// every other file the configuration names, at reload and at start.
+#[test]
+fn a_credentials_ca_file_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let up = Upstream::start(false);
+    let w = world_with(4, "", POLICY);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not even a certificate\n").unwrap();
+    std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    write_config(
+        &w,
+        &format!(
+            "{base}\n[[route]]\nname = \"oc\"\nupstream = \"{}\"\naudience = \"https://oc.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"oauth2_client_credentials\", token_url = \"https://127.0.0.1:9/token\", client_id = \"w\", client_secret = \"live-key\", ca_file = \"{}\" }}\n",
+            up.origin("http"),
+            ca.display()
+        ),
+    );
+    let r = w.b.cli(&["reload"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("credential.ca_file"), "{}", r.stderr);
+    assert!(r.stderr.contains(&ca.display().to_string()), "{}", r.stderr);
+    assert!(route_names(&w).is_empty());
+    // The same file stops a start.
+    let (e, _, _tmp) = crate::support::start_fails(crate::support::Options {
+        config: Some(std::fs::read_to_string(config_path(&w)).unwrap()),
+        ..Default::default()
+    });
+    assert!(e.contains("credential.ca_file"), "{e}");
+}
+
+/// A refused reload is recorded with where and why, never with what the
+/// file says: a password in a URL, or the line a parser quotes.
+#[test]
+fn a_refused_reload_records_no_value_from_the_file() {
+    let w = world_with(4, "", POLICY);
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    let before = audit(&w.b, Some("config.reload")).len();
+    for bad in [
+        "\n[[route]]\nname = \"a\"\nupstream = \"http://user:p4ssw0rd@127.0.0.1:9\"\naudience = \"https://a.test\"\nallow = [ { methods = [\"GET\"], paths = [\"/**\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n",
+        "\n[[mcp_server]]\nname = \"m\"\ncommand = \"true\"\nenv = { API_KEY = \"sk-p4ssw0rd-literal\", MODE = ro }\n",
+        "\n[[route]]\nname = \"q\"\nupstream = \"http://127.0.0.1:9/?api_key=p4ssw0rd\"\naudience = \"https://q.test\"\nallow = [ { methods = [\"GET\"], paths = [\"/**\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n",
+    ] {
+        write_config(&w, &format!("{base}{bad}"));
+        let r = w.b.cli(&["reload"]);
+        assert_ne!(r.code, 0, "{bad}");
+        if !bad.contains("MODE = ro") {
+            assert!(!r.stderr.contains("p4ssw0rd"), "{}", r.stderr);
+        }
+    }
+    let rec = audit(&w.b, Some("config.reload"));
+    assert_eq!(rec.len(), before + 3, "{rec:#?}");
+    for r in &rec[before..] {
+        assert!(!r.to_string().contains("p4ssw0rd"), "{r}");
+    }
+}
+
+/// Two routes, or a route and an MCP server, with one audience would take
+/// each other's task tokens: refused at reload and at start.
+#[test]
+fn two_resources_never_share_an_audience() {
+    let up = Upstream::start(false);
+    let w = world_with(4, &route("early", &up, "\"/**\""), POLICY);
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    let twin = route("twin", &up, "\"/**\"").replace("https://twin.test", "https://EARLY.test/");
+    write_config(&w, &format!("{base}{twin}"));
+    let r = w.b.cli(&["reload"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr
+            .contains("route `early` and route `twin` have the same audience"),
+        "{}",
+        r.stderr
+    );
+    let mcp = format!(
+        "{base}\n[[mcp_server]]\nname = \"files\"\nurl = \"{}/mcp\"\naudience = \"https://early.test\"\n",
+        up.origin("http")
+    );
+    write_config(&w, &mcp);
+    let r = w.b.cli(&["reload"]);
+    assert!(r.stderr.contains("MCP server `files`"), "{}", r.stderr);
+    assert_eq!(route_names(&w), ["early"]);
+    let (e, _, _tmp) = crate::support::start_fails(crate::support::Options {
+        config: Some(format!("{base}{twin}")),
+        ..Default::default()
+    });
+    assert!(e.contains("have the same audience"), "{e}");
+}
+
+/// A configuration goes in force only with policies that load: a route
+/// added with the `forbid` meant to restrict it never goes live without it.
+#[test]
+fn a_reload_is_all_or_nothing_across_configuration_and_policies() {
+    let up = Upstream::start(false);
+    let w = world_with(4, "", POLICY);
+    let base = std::fs::read_to_string(config_path(&w)).unwrap();
+    write_config(&w, &format!("{base}{}", route("late", &up, "\"/**\"")));
+    let bad = w.b.data_dir.join("policies/restrict.cedar");
+    std::fs::write(
+        &bad,
+        "forbid(principal, action == Action::\"nope\", resource);\n",
+    )
+    .unwrap();
+    let r = w.b.cli(&["reload"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("nothing was reloaded"), "{}", r.stderr);
+    assert!(r.stderr.contains("restrict.cedar"), "{}", r.stderr);
+    assert!(
+        route_names(&w).is_empty(),
+        "the route waits for its policies"
+    );
+    std::fs::write(
+        &bad,
+        "forbid(principal, action == Action::\"http:request\", resource == Route::\"late\");\n",
+    )
+    .unwrap();
+    let r = w.b.cli(&["reload", "--output", "json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(route_names(&w), ["late"]);
+}
+
+/// An OAuth token endpoint that cannot be reached is named to the agent by
+/// its route only: not its address, not a library's words.
+#[test]
+fn an_unreachable_token_endpoint_is_not_described_to_the_agent() {
+    let up = Upstream::start(false);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let oc = format!(
+        "\n[[route]]\nname = \"oc\"\nupstream = \"{}\"\naudience = \"https://oc.test\"\nallow = [ {{ methods = [\"GET\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"oauth2_client_credentials\", token_url = \"http://127.0.0.1:{port}/token\", client_id = \"w\", client_secret = \"live-key\" }}\n",
+        up.origin("http")
+    );
+    let w = world_with(4, &oc, POLICY);
+    put_secret(&w, "live-key", "sk-live-reload-0123456789abcdef", None);
+    let token = self_token(&w, "oc");
+    let r = get(&w, "/oc/x", &token);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        r.body.contains("`oc`") && r.body.contains("could not be reached"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains(&port.to_string()), "{}", r.body);
+    assert!(!r.body.contains("client error"), "{}", r.body);
+    assert!(
+        w.b.logs().contains(&port.to_string()),
+        "the log keeps the address"
+    );
+}
