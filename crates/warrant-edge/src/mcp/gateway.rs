@@ -936,7 +936,11 @@ impl Gateway {
         req: Request<Body>,
         event: &mut AuditEvent,
     ) -> Result<Served, Refused> {
-        self.target(&req)?;
+        if let Err(e) = self.target(&req) {
+            // Probing is traced to who probed, when their token is good.
+            let _ = self.authenticate(s, req.headers(), event).await;
+            return Err(e.into());
+        }
         let task = self.authenticate(s, req.headers(), event).await?;
         let headers = McpHeaders::of(req.headers());
         if req.method() == Method::DELETE {

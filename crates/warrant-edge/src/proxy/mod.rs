@@ -240,7 +240,13 @@ impl ProxyService {
         rest: &str,
         event: &mut AuditEvent,
     ) -> Result<Admitted, Box<Refusal>> {
-        let (rs, path) = self.target(&req, name, rest)?;
+        let (rs, path) = match self.target(&req, name, rest) {
+            Ok(t) => t,
+            Err(e) => {
+                self.attribute_refusal(req.headers(), name, event).await;
+                return Err(e);
+            }
+        };
         let route = &rs.route;
         let task = self.authenticate(req.headers(), route, event).await?;
         self.decide(&req, route, &task, &path, peer, event)?;
@@ -287,6 +293,30 @@ impl ProxyService {
             return Err(Box::new(Refusal::audit_unavailable()));
         }
         Ok((rs, path))
+    }
+
+    /// A request refused for its shape (a path that escapes, an override
+    /// header, a foreign Host) by an agent with a good task token for the
+    /// route is still recorded as that agent's: probing is traced to who
+    /// probed. Nothing else depends on the token here.
+    async fn attribute_refusal(&self, headers: &HeaderMap, name: &str, event: &mut AuditEvent) {
+        let Some(rs) = self.routes.load().get(name).cloned() else {
+            return;
+        };
+        let route = &rs.route;
+        let Ok(token) = boundary::agent_token(headers, &route.agent_header) else {
+            return;
+        };
+        match self
+            .s
+            .tasks
+            .task_for_use(token, &route.audience, Timestamp::now())
+            .await
+        {
+            Ok(task) => describe(event, &task),
+            Err(UseError::Refused { claims, .. }) => attribute(event, &claims),
+            Err(_) => {}
+        }
     }
 
     /// Authenticate: the task token, valid for the route's audience, and

@@ -466,3 +466,69 @@ fn an_unreachable_token_endpoint_is_not_described_to_the_agent() {
         "the log keeps the address"
     );
 }
+
+/// A request refused for its shape (an escaping path, a foreign Host) by an
+/// agent holding a good task token is recorded as that agent's, at the
+/// proxy and the MCP gateway; a token that does not verify names no one.
+#[test]
+fn probing_with_a_good_token_is_recorded_as_the_agents() {
+    let up = Upstream::start(false);
+    let mcp = format!(
+        "\n[[mcp_server]]\nname = \"files\"\nurl = \"{}/mcp\"\n",
+        up.origin("http")
+    );
+    let w = world_with(
+        4,
+        &format!("{}{mcp}", route("early", &up, "\"/**\"")),
+        POLICY,
+    );
+    let token = self_token(&w, "early");
+    let last = |event: &str| audit(&w.b, Some(event)).last().unwrap().clone();
+
+    let r = get(&w, "/early/a/%2e%2e/admin", &token);
+    assert_eq!(r.status, 400, "{}", r.body);
+    let rec = last("proxy.request");
+    assert_eq!(rec["agent"], "orch", "{rec}");
+    assert_eq!(
+        rec["task"],
+        crate::support::jwt_claims(&token)["task"],
+        "{rec}"
+    );
+    let r = get(&w, "/early/a/%2e%2e/admin", "not-a-token");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(last("proxy.request").get("agent").is_none());
+
+    // At the gateway: a Host that is not the edge's.
+    let id = identity(&w.b, "orch");
+    let audience = format!("http://{}/mcp/files", w.b.edge);
+    let r = form(
+        &w.b,
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &id),
+            ("scope", "read"),
+            ("audience", &audience),
+        ],
+    );
+    let mcp_token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {mcp_token}");
+    let r = warrant_testkit::http(
+        w.b.edge,
+        "POST",
+        "/mcp/files",
+        &[
+            ("authorization", auth.as_str()),
+            ("host", "evil.example"),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let rec = last("mcp.request");
+    assert_eq!(rec["agent"], "orch", "{rec}");
+}
