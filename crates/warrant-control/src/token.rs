@@ -318,6 +318,20 @@ pub struct TokenParts {
     pub user_issuers: Vec<UserIssuer>,
 }
 
+/// A user token's `may_act` (RFC 8693 §4.4): an object naming a `sub`, or
+/// nothing; anything else refuses the exchange, since it cannot be honoured.
+fn user_may_act(claims: &Map<String, Value>) -> Result<Option<Value>, OAuthError> {
+    match claims.get("may_act") {
+        None => Ok(None),
+        Some(v @ Value::Object(m)) if m.get("sub").is_some_and(Value::is_string) => {
+            Ok(Some(v.clone()))
+        }
+        Some(_) => Err(OAuthError::invalid_grant(
+            "the user token's `may_act` claim is not an object with a `sub`; it cannot be honoured, so nothing is issued",
+        )),
+    }
+}
+
 fn random_id(prefix: &str, now: Timestamp) -> Result<String, OAuthError> {
     Ok(crate::random::ordered_id(prefix, now.as_millis())?)
 }
@@ -929,17 +943,7 @@ impl TokenService {
             .map(|g| cfg.namespace.group(g))
             .collect();
         let scope = user_scope(&claims)?;
-        let may_act = match claims.get("may_act") {
-            None => None,
-            Some(v @ Value::Object(m)) if m.get("sub").is_some_and(Value::is_string) => {
-                Some(v.clone())
-            }
-            Some(_) => {
-                return Err(OAuthError::invalid_grant(
-                    "the user token's `may_act` claim is not an object with a `sub`; it cannot be honoured, so nothing is issued",
-                ));
-            }
-        };
+        let may_act = user_may_act(&claims)?;
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
         // A user token's own `act` is never read: only warrant builds chains.
         Ok(Subject {
@@ -1088,14 +1092,16 @@ impl TokenService {
             },
             self.max_depth,
         )?;
-        let mut context = Context::at(now);
-        context.user = subject.user.clone();
-        context.scopes = narrowed.scope.iter().map(str::to_owned).collect();
-        context.depth = narrowed.depth;
-        context.chain = narrowed.chain;
-        context.task = subject.parent.clone();
-        context.txn = subject.txn.clone();
-        context.source_ip = caller.source_ip;
+        let context = Context {
+            user: subject.user.clone(),
+            scopes: narrowed.scope.iter().map(str::to_owned).collect(),
+            depth: narrowed.depth,
+            chain: narrowed.chain,
+            task: subject.parent.clone(),
+            txn: subject.txn.clone(),
+            source_ip: caller.source_ip,
+            ..Context::at(now)
+        };
         if !self.decide(
             Action::TokenExchange,
             &actor,

@@ -589,6 +589,44 @@ impl Gateway {
     /// The caller holds `s.refreshing`: two listings at once would each
     /// take the other's first pins as a listing before, and hold them.
     async fn refresh(&self, s: &Server, task: Option<&TaskUse>) -> Result<(), UpstreamError> {
+        let announced = self.list_upstream(s, task).await?;
+        let now = Timestamp::now();
+        let mut view = View {
+            fetched: Some(Instant::now()),
+            generation: s.upstream.generation(),
+            ..View::default()
+        };
+        // A server listed before (even with no tools, or with tools since
+        // gone): a tool never seen waits for approval (unless its config
+        // says `new_tools = "pin"`). Only its very first listing is trusted
+        // on first use.
+        let known = match self.s.pins.note_server_listed(&s.cfg.name, now).await {
+            Ok(before) => before,
+            Err(e) => {
+                tracing::error!(server = %s.cfg.name, error = %e, "cannot read the MCP server's tool pins");
+                return Err(UpstreamError::Unavailable {
+                    server: s.cfg.name.clone(),
+                    why: "its tool pins could not be read".into(),
+                });
+            }
+        };
+        let hold = s.cfg.hold_new_tools && known;
+        for tool in announced {
+            self.pin(s, &tool, hold, now, &mut view).await?;
+        }
+        // Policies are typed for what the view will offer before it is
+        // offered: a call never meets a set that does not know its tool.
+        self.update_arguments().await;
+        *s.view.write() = view;
+        Ok(())
+    }
+
+    /// Every tool the upstream announces (at most 20 pages).
+    async fn list_upstream(
+        &self,
+        s: &Server,
+        task: Option<&TaskUse>,
+    ) -> Result<Vec<Value>, UpstreamError> {
         let providers = self.providers();
         let mut announced: Vec<Value> = Vec::new();
         let mut cursor: Option<String> = None;
@@ -615,73 +653,59 @@ impl Gateway {
                 break;
             }
         }
-        let now = Timestamp::now();
-        let mut view = View {
-            fetched: Some(Instant::now()),
-            generation: s.upstream.generation(),
-            ..View::default()
+        Ok(announced)
+    }
+
+    /// Compares one announced tool with its pin (pinning a first sight)
+    /// and puts it in the view as usable, changed or held.
+    async fn pin(
+        &self,
+        s: &Server,
+        tool: &Value,
+        hold: bool,
+        now: Timestamp,
+        view: &mut View,
+    ) -> Result<(), UpstreamError> {
+        let Some(def) = ToolDefinition::from_listing(tool) else {
+            return Ok(());
         };
-        // A server listed before (even with no tools, or with tools since
-        // gone): a tool never seen waits for approval (unless its config
-        // says `new_tools = "pin"`). Only its very first listing is trusted
-        // on first use.
-        let known = match self.s.pins.note_server_listed(&s.cfg.name, now).await {
-            Ok(before) => before,
+        let name = def.name.clone();
+        // What agents are shown: the pinned fields only.
+        let relayed = def.pinned.clone();
+        let base = AuditEvent::new(Kind::McpToolPin, Outcome::Allow)
+            .actor("mcp-gateway")
+            .protocol("mcp")
+            .resource(
+                Resource::Tool {
+                    server: s.cfg.name.clone(),
+                    tool: name.clone(),
+                }
+                .to_string(),
+            )
+            .detail(json!({ "server": s.cfg.name, "tool": name, "digest": def.digest() }));
+        match self
+            .s
+            .pins
+            .observe_tool(&s.cfg.name, def, hold, now, base)
+            .await
+        {
+            Ok(PinOutcome::New | PinOutcome::Unchanged) => view.usable.push(relayed),
+            Ok(PinOutcome::Changed) => {
+                tracing::warn!(server = %s.cfg.name, tool = %name, "an MCP tool's definition changed; it is hidden until `warrant mcp approve`");
+                view.changed.insert(name);
+            }
+            Ok(PinOutcome::Held) => {
+                tracing::warn!(server = %s.cfg.name, tool = %name, "a new MCP tool appeared on a server whose tools were pinned; it is hidden until `warrant mcp approve`");
+                view.held.insert(name);
+            }
             Err(e) => {
-                tracing::error!(server = %s.cfg.name, error = %e, "cannot read the MCP server's tool pins");
+                tracing::error!(server = %s.cfg.name, error = %e, "cannot pin the MCP server's tools");
                 return Err(UpstreamError::Unavailable {
                     server: s.cfg.name.clone(),
-                    why: "its tool pins could not be read".into(),
+                    why: "its tools could not be pinned".into(),
                 });
             }
-        };
-        let hold = s.cfg.hold_new_tools && known;
-        for tool in announced {
-            let Some(def) = ToolDefinition::from_listing(&tool) else {
-                continue;
-            };
-            let name = def.name.clone();
-            // What agents are shown: the pinned fields only.
-            let relayed = def.pinned.clone();
-            let base = AuditEvent::new(Kind::McpToolPin, Outcome::Allow)
-                .actor("mcp-gateway")
-                .protocol("mcp")
-                .resource(
-                    Resource::Tool {
-                        server: s.cfg.name.clone(),
-                        tool: name.clone(),
-                    }
-                    .to_string(),
-                )
-                .detail(json!({ "server": s.cfg.name, "tool": name, "digest": def.digest() }));
-            match self
-                .s
-                .pins
-                .observe_tool(&s.cfg.name, def, hold, now, base)
-                .await
-            {
-                Ok(PinOutcome::New | PinOutcome::Unchanged) => view.usable.push(relayed),
-                Ok(PinOutcome::Changed) => {
-                    tracing::warn!(server = %s.cfg.name, tool = %name, "an MCP tool's definition changed; it is hidden until `warrant mcp approve`");
-                    view.changed.insert(name);
-                }
-                Ok(PinOutcome::Held) => {
-                    tracing::warn!(server = %s.cfg.name, tool = %name, "a new MCP tool appeared on a server whose tools were pinned; it is hidden until `warrant mcp approve`");
-                    view.held.insert(name);
-                }
-                Err(e) => {
-                    tracing::error!(server = %s.cfg.name, error = %e, "cannot pin the MCP server's tools");
-                    return Err(UpstreamError::Unavailable {
-                        server: s.cfg.name.clone(),
-                        why: "its tools could not be pinned".into(),
-                    });
-                }
-            }
         }
-        // Policies are typed for what the view will offer before it is
-        // offered: a call never meets a set that does not know its tool.
-        self.update_arguments().await;
-        *s.view.write() = view;
         Ok(())
     }
 

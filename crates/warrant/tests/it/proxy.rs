@@ -90,7 +90,7 @@ credential = {{ kind = "secret", secret = "openai-key" }}
 [[route]]
 name = "untrusted"
 upstream = "{t}"
-audience = "https://private.test"
+audience = "https://untrusted.test"
 allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
 credential = {{ kind = "secret", secret = "openai-key" }}
 "#,
@@ -106,6 +106,7 @@ const AUDIENCES: &[&str] = &[
     "https://crm.test",
     "https://jira.test",
     "https://private.test",
+    "https://untrusted.test",
 ];
 
 /// A task token for `user`'s token, acted by orch, for every test audience.

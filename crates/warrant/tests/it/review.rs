@@ -1258,7 +1258,7 @@ credential = {{ kind = "secret", secret = "echo-key", header = "authorization", 
 [[route]]
 name = "minted"
 upstream = "{origin}"
-audience = "https://echo.test"
+audience = "https://minted.test"
 allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
 credential = {{ kind = "warrant_jwt" }}
 
@@ -1287,7 +1287,11 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         w.users["alice"].as_str().unwrap(),
         JWT,
         &orch,
-        &[("scope", "echo:read"), ("audience", "https://echo.test")],
+        &[
+            ("scope", "echo:read"),
+            ("audience", "https://echo.test"),
+            ("audience", "https://minted.test"),
+        ],
     );
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
     let get = |path: &str| {
