@@ -422,10 +422,12 @@ fn the_official_mcp_sdk_calls_tools_through_the_gateway() {
     assert!(!s.w.b.logs().contains("alice-remote-token"));
 }
 
+/// warrant is the OAuth resource server for each MCP server: 401 with
+/// `resource_metadata`, tokens for another audience or without the
+/// server's scope refused.
 #[test]
-fn bad_requests_never_reach_the_upstream() {
+fn the_gateway_is_an_oauth_resource_server() {
     let s = setup();
-    let token = s.token("alice", "files:use", &["files"]);
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
 
@@ -483,6 +485,14 @@ fn bad_requests_never_reach_the_upstream() {
             .unwrap()
             .contains("error=\"insufficient_scope\", scope=\"files:use\"")
     );
+}
+
+/// A handshake session belongs to the task that opened it and the
+/// revision it agreed on.
+#[test]
+fn sessions_belong_to_the_task_and_revision_that_opened_them() {
+    let s = setup();
+    let token = s.token("alice", "files:use", &["files"]);
 
     // Sessions belong to the task that opened them.
     let sid = s.session("files", &token);
@@ -525,6 +535,16 @@ fn bad_requests_never_reach_the_upstream() {
     );
     assert_eq!(r.status, 400);
     assert!(r.body.contains("MCP-Protocol-Version"), "{}", r.body);
+}
+
+/// A 2026-07-28 request stands alone, and its envelope must agree with its
+/// headers; a foreign `Origin` is refused.
+#[test]
+fn a_stand_alone_request_must_agree_with_its_headers() {
+    let s = setup();
+    let token = s.token("alice", "files:use", &["files"]);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
 
     // 2026-07-28: no session, but the envelope must agree with the headers.
     let modern = |body: &Value, method_header: &str| {
@@ -588,7 +608,15 @@ fn bad_requests_never_reach_the_upstream() {
         Some(&init.to_string()),
     );
     assert_eq!(r.status, 403);
+}
 
+/// Malformed, batched, deep and huge messages, and arguments of the wrong
+/// type, never reach the upstream.
+#[test]
+fn malformed_messages_and_mistyped_arguments_never_reach_the_upstream() {
+    let s = setup();
+    let token = s.token("alice", "files:use", &["files"]);
+    let sid = s.session("files", &token);
     // Malformed, batched, deep and huge messages.
     let host = s.w.b.edge.to_string();
     let post = |body: &[u8]| {
@@ -647,7 +675,22 @@ fn bad_requests_never_reach_the_upstream() {
         "nothing reached the server: {:?}",
         s.calls()
     );
+}
 
+/// Revocation stops the next call in an open session, and every refusal
+/// is recorded.
+#[test]
+fn revocation_stops_the_next_call_and_refusals_are_recorded() {
+    let s = setup();
+    let token = s.token("alice", "files:use", &["files"]);
+    let sid = s.session("files", &token);
+    let r = s.rpc(
+        "files",
+        None,
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    );
+    assert_eq!(r.status, 401);
     // Revocation stops the next call.
     let task = jwt_claims(&token)["task"].as_str().unwrap().to_owned();
     s.w.b.cli(&["revoke", "--task", &task]).ok();
@@ -667,7 +710,7 @@ fn bad_requests_never_reach_the_upstream() {
             r["event"].as_str().unwrap_or("").starts_with("mcp.") && r["decision"] != "allow"
         })
         .collect();
-    assert!(refused.len() >= 14, "{}", refused.len());
+    assert!(refused.len() >= 2, "{}", refused.len());
 }
 
 #[test]
