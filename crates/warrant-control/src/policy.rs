@@ -268,19 +268,6 @@ impl PolicyService {
         })
     }
 
-    /// Whether the policy directory would load now, as a reload would
-    /// compile it (nothing is installed or recorded): for a reload that
-    /// puts a configuration in force only together with its policies.
-    pub async fn check_dir(&self) -> Result<(), Problems> {
-        let dir = self.dir.clone();
-        let tools = self.tools();
-        tokio::task::spawn_blocking(move || {
-            compile_dir_with(&dir, &tools, ToolProblems::Refuse).map(|_| ())
-        })
-        .await
-        .unwrap_or_else(|e| Err(task_failed(&e)))
-    }
-
     /// Says which routes and MCP servers are configured.
     pub fn set_configured(&self, configured: Configured) {
         self.configured.store(Arc::new(configured));
@@ -389,14 +376,38 @@ impl PolicyService {
     /// Re-reads the directory and swaps the set in if it validates. Audited
     /// either way, with `base` supplying the actor and surface.
     pub async fn reload(&self, base: AuditEvent) -> Result<Arc<Loaded>, ReloadError> {
-        let _guard = self.reload_lock.lock().await;
+        let compiled = self.compile_dir().await;
+        self.put_in_force(compiled, base).await
+    }
+
+    /// Reads and compiles the policy directory as a reload would, for the
+    /// MCP tools known now; nothing is installed or recorded.
+    pub async fn compile_dir(&self) -> Result<Policies, Problems> {
         let dir = self.dir.clone();
         let tools = self.tools();
-        let compiled = tokio::task::spawn_blocking(move || {
-            compile_dir_with(&dir, &tools, ToolProblems::Refuse)
-        })
-        .await
-        .unwrap_or_else(|e| Err(task_failed(&e)));
+        tokio::task::spawn_blocking(move || compile_dir_with(&dir, &tools, ToolProblems::Refuse))
+            .await
+            .unwrap_or_else(|e| Err(task_failed(&e)))
+    }
+
+    /// Puts a compiled set in force (re-typed if the MCP tools changed
+    /// since it was compiled), or records why it was not: the set that
+    /// was checked is the set installed, whatever the files say by now.
+    pub async fn put_in_force(
+        &self,
+        compiled: Result<Policies, Problems>,
+        base: AuditEvent,
+    ) -> Result<Arc<Loaded>, ReloadError> {
+        let _guard = self.reload_lock.lock().await;
+        let tools = self.tools();
+        let compiled = match compiled {
+            Ok(p) if *p.tools() != tools => {
+                tokio::task::spawn_blocking(move || p.for_tools(&tools))
+                    .await
+                    .unwrap_or_else(|e| Err(task_failed(&e)))
+            }
+            other => other,
+        };
         match compiled {
             Ok(mut policies) => {
                 // Names that match nothing are warned about, not refused: an

@@ -18,6 +18,29 @@ pub fn shown(s: &str, max: usize) -> String {
     out
 }
 
+/// A URL as a message may show it: no user name or password (everything
+/// between `://` and the last `@` is hidden, whatever characters a mistyped
+/// password holds), no query or fragment (where a credential written by
+/// mistake would be), so messages, logs and the audit trail never repeat
+/// one.
+pub fn shown_url(value: &str) -> String {
+    let (scheme, rest) = match value.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, value),
+    };
+    let (hidden, rest) = match rest.rsplit_once('@') {
+        Some((_, after)) => (true, after),
+        None => (false, rest),
+    };
+    let cut = rest.find(['?', '#']).unwrap_or(rest.len());
+    let shown = &rest[..cut];
+    let redacted = if hidden { "[redacted]@" } else { "" };
+    match scheme {
+        Some(s) => format!("{s}://{redacted}{shown}"),
+        None => format!("{redacted}{shown}"),
+    }
+}
+
 /// Why a piece of free text was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TextError {
@@ -139,5 +162,30 @@ mod tests {
     fn purpose_may_be_empty() {
         assert_eq!(Purpose::new("").unwrap().as_str(), "");
         assert!(Purpose::new("a\u{7}").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shown_url_tests {
+    use super::shown_url;
+
+    #[test]
+    fn no_password_or_query_is_repeated() {
+        for (url, want) in [
+            (
+                "https://u:p@h.example:8443/a/b?q=1",
+                "https://[redacted]@h.example:8443/a/b",
+            ),
+            ("https://user:HUNTER2/x@h/", "https://[redacted]@h/"),
+            ("https://user:HUNTER2?x@h/", "https://[redacted]@h/"),
+            (
+                "http://api.example/?api_key=s3cr3t#frag",
+                "http://api.example/",
+            ),
+            ("not a url p4ssw0rd@x?token=s3cr3t", "[redacted]@x"),
+            ("https://plain.example/path", "https://plain.example/path"),
+        ] {
+            assert_eq!(shown_url(url), want, "{url}");
+        }
     }
 }

@@ -85,30 +85,7 @@ impl Origin {
     }
 }
 
-/// A URL as an error message may show it: without a user name, password,
-/// query or fragment (where a credential written by mistake would be), so
-/// messages, logs and the audit trail never repeat one.
-pub(crate) fn shown_url(value: &str) -> String {
-    let cut = value.find(['?', '#']).unwrap_or(value.len());
-    let value = &value[..cut];
-    match value.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            let (authority, path) = rest.split_at(authority_end);
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            let hidden = if authority.contains('@') {
-                "[redacted]@"
-            } else {
-                ""
-            };
-            format!("{scheme}://{hidden}{host}{path}")
-        }
-        None => match value.rsplit_once('@') {
-            Some((_, after)) => format!("[redacted]@{after}"),
-            None => value.to_owned(),
-        },
-    }
-}
+pub(crate) use warrant_core::text::shown_url;
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 pub fn is_hop_by_hop(h: &HeaderName) -> bool {

@@ -45,6 +45,7 @@ pub enum Trust {
 pub fn check_trusted_as(path: &Path, what: &str, trust: Trust) -> Result<(), String> {
     let program = trust == Trust::Program;
     let me = rustix::process::geteuid().as_raw();
+    check_links(path, what, me)?;
     let real = fs::canonicalize(path)
         .map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
     for (depth, p) in real.ancestors().enumerate() {
@@ -75,6 +76,73 @@ pub fn check_trusted_as(path: &Path, what: &str, trust: Trust) -> Result<(), Str
                 }
             ));
         }
+    }
+    Ok(())
+}
+
+/// Every symbolic link met on the way to `path` (in the path as given and in
+/// the targets of links) must belong to the broker's user or root: a link
+/// another user owns, in a sticky shared directory, could be pointed
+/// elsewhere between this check and the read, so what was checked would
+/// not be what is read.
+fn check_links(path: &Path, what: &str, me: u32) -> Result<(), String> {
+    use std::ffi::OsString;
+    use std::path::{Component, PathBuf};
+    let start = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("{what} `{}`: {e}", path.display()))?
+            .join(path)
+    };
+    let push = |rest: &mut Vec<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => rest.push(n.to_owned()),
+                Component::ParentDir => rest.push("..".into()),
+                _ => {}
+            }
+        }
+    };
+    let mut rest: Vec<OsString> = Vec::new();
+    push(&mut rest, &start);
+    let mut cur = PathBuf::from("/");
+    let mut hops = 0;
+    while let Some(c) = rest.pop() {
+        if c == ".." {
+            cur.pop();
+            continue;
+        }
+        let next = cur.join(&c);
+        let Ok(m) = fs::symlink_metadata(&next) else {
+            // What does not exist is reported by the check that follows.
+            return Ok(());
+        };
+        if !m.file_type().is_symlink() {
+            cur = next;
+            continue;
+        }
+        hops += 1;
+        if hops > 40 {
+            return Err(format!(
+                "{what} `{}`: too many symbolic links",
+                path.display()
+            ));
+        }
+        if m.uid() != me && m.uid() != 0 {
+            return Err(format!(
+                "{what} `{}`: the symbolic link `{}` belongs to uid {}; a link on the way to what the broker trusts must belong to its own user (uid {me}) or root, who alone may repoint it",
+                path.display(),
+                next.display(),
+                m.uid()
+            ));
+        }
+        let target =
+            fs::read_link(&next).map_err(|e| format!("{what} `{}`: {e}", next.display()))?;
+        if target.is_absolute() {
+            cur = PathBuf::from("/");
+        }
+        push(&mut rest, &target);
     }
     Ok(())
 }
@@ -145,4 +213,49 @@ pub fn check_code_tree(dir: &Path, what: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link another user owns could be repointed between the check and
+    /// the read: refused, wherever it is on the way; the broker's own link
+    /// to the same file is fine.
+    #[test]
+    fn a_link_another_user_owns_is_not_followed() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            // Giving a link to another user needs root, as CI runs.
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "warrant-trust-{}",
+            crate::random::hex_id(8).unwrap()
+        ));
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("warrant.toml");
+        fs::write(&file, "").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
+        let mine = dir.join("mine.toml");
+        std::os::unix::fs::symlink(&file, &mine).unwrap();
+        assert_eq!(
+            check_trusted(&mine, "the configuration file", false),
+            Ok(())
+        );
+        let theirs = dir.join("theirs.toml");
+        std::os::unix::fs::symlink("mine.toml", &theirs).unwrap();
+        std::os::unix::fs::lchown(&theirs, Some(65534), Some(65534)).unwrap();
+        let e = check_trusted(&theirs, "the configuration file", false).unwrap_err();
+        assert!(
+            e.contains("symbolic link") && e.contains("uid 65534"),
+            "{e}"
+        );
+        // Through a directory link too.
+        let dlink = dir.join("d");
+        std::os::unix::fs::symlink(&dir, &dlink).unwrap();
+        std::os::unix::fs::lchown(&dlink, Some(65534), Some(65534)).unwrap();
+        assert!(check_trusted(&dlink.join("warrant.toml"), "x", false).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub use warrant_control::token::UserIssuer;
 use warrant_core::TrustDomain;
 use warrant_core::keys::Alg;
+use warrant_core::text::shown_url;
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./warrant-data";
@@ -418,7 +419,10 @@ fn parse_addr(key: &'static str, origin: String, value: &str) -> Result<SocketAd
 /// allowed for local use) and removes a trailing slash.
 pub fn parse_issuer(value: &str) -> Result<String, String> {
     let url = url::Url::parse(value)
-        .map_err(|e| format!("`{}` is not a URL ({e})", value.escape_debug()))?;
+        .map_err(|e| format!("`{}` is not a URL ({e})", shown_url(value).escape_debug()))?;
+    let original = value;
+    let shown = shown_url(value);
+    let value = shown.as_str();
     if url.scheme() != "https" && url.scheme() != "http" {
         return Err(format!(
             "`{value}` must be an https:// URL (http:// for local use)"
@@ -434,7 +438,7 @@ pub fn parse_issuer(value: &str) -> Result<String, String> {
             "`{value}` must name a host and carry no credentials"
         ));
     }
-    Ok(value.trim_end_matches('/').to_owned())
+    Ok(original.trim_end_matches('/').to_owned())
 }
 
 impl Config {
@@ -703,10 +707,17 @@ fn trust_providers(
         if out.iter().any(|o| o.name == p.name) {
             return Err(bad(format!("name `{}` is used twice", p.name)));
         }
-        if !(p.issuer.starts_with("https://") || p.issuer.starts_with("http://")) {
+        let issuer_ok = (p.issuer.starts_with("https://") || p.issuer.starts_with("http://"))
+            && url::Url::parse(&p.issuer).is_ok_and(|u| {
+                u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+            });
+        if !issuer_ok {
             return Err(bad(format!(
-                "issuer `{}` must be the URL in the tokens' `iss` claim",
-                p.issuer.escape_debug()
+                "issuer `{}` must be the URL in the tokens' `iss` claim, with no user name, password, query or fragment",
+                shown_url(&p.issuer).escape_debug()
             )));
         }
         if p.audience.is_empty() {
@@ -716,13 +727,17 @@ fn trust_providers(
             ));
         }
         let jwks = match (p.jwks_uri, p.jwks_file) {
-            (Some(u), None) if u.starts_with("https://") || u.starts_with("http://") => {
+            (Some(u), None)
+                if (u.starts_with("https://") || u.starts_with("http://"))
+                    && url::Url::parse(&u)
+                        .is_ok_and(|x| x.username().is_empty() && x.password().is_none()) =>
+            {
                 JwksSource::Uri(u)
             }
             (Some(u), None) => {
                 return Err(bad(format!(
-                    "jwks_uri `{}` must be an http(s) URL",
-                    u.escape_debug()
+                    "jwks_uri `{}` must be an http(s) URL with no user name or password",
+                    shown_url(&u).escape_debug()
                 )));
             }
             (None, Some(f)) => JwksSource::File(layer.file_path(f)),
@@ -773,11 +788,11 @@ fn user_issuers(
         let explicit = u.namespace.is_some();
         let namespace = match &u.namespace {
             Some(n) => warrant_core::user::Namespace::new(n)
-                .map_err(|e| bad(format!("[[user_issuer]] `{}`: {e}", u.issuer)))?,
+                .map_err(|e| bad(format!("[[user_issuer]] `{}`: {e}", shown_url(&u.issuer))))?,
             None => warrant_core::user::Namespace::of_issuer(&u.issuer).map_err(|e| {
                 bad(format!(
                     "[[user_issuer]] `{}`: its issuer gives no usable default namespace ({e}); set `namespace`",
-                    u.issuer
+                    shown_url(&u.issuer)
                 ))
             })?,
         };

@@ -48,7 +48,11 @@ fn main() -> ExitCode {
 /// CLI's own errors).
 fn report(output: cli::Output, e: &anyhow::Error) {
     if output != cli::Output::Json {
-        eprintln!("error: {e:#}");
+        // The broker's message may quote names an operator or a file chose:
+        // each line is shown without escapes or reordering characters.
+        let text = format!("{e:#}");
+        let lines: Vec<String> = text.lines().map(output::safe).collect();
+        eprintln!("error: {}", lines.join("\n"));
         return;
     }
     let (code, status) = if let Some(f) = e.downcast_ref::<client::ApiFailure>() {

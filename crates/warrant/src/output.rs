@@ -54,7 +54,18 @@ pub fn safe(s: &str) -> String {
     // Control characters (escape sequences, newlines) and the invisible
     // characters that reorder or hide text on a terminal (bidirectional
     // overrides and isolates, marks) are shown as `?`.
-    let hidden = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let hidden = |c: char| {
+        matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+    };
     s.chars()
         .map(|c| if c.is_control() || hidden(c) { '?' } else { c })
         .collect()
@@ -71,6 +82,7 @@ mod tests {
         assert_eq!(safe("a\u{1b}[2Jb\nc"), "a?[2Jb?c");
         assert_eq!(safe("bob\u{202e}live"), "bob?live");
         assert_eq!(safe("x\u{2066}y\u{200f}"), "x?y?");
+        assert_eq!(safe("a\u{061c}b\u{2028}c\u{2029}"), "a?b?c?");
         assert_eq!(safe("plain-ünïcode"), "plain-ünïcode");
     }
 }

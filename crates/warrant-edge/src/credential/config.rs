@@ -275,7 +275,8 @@ impl RawCredential {
                 let o = Origin::parse(&token_url, "credential.token_url")?;
                 if o.scheme == Scheme::Http && !o.is_loopback() && !allow_plaintext {
                     return Err(format!(
-                        "credential.token_url `{token_url}` is plain http to a host that is not loopback; use https"
+                        "credential.token_url `{}` is plain http to a host that is not loopback; use https",
+                        crate::upstream::shown_url(&token_url)
                     ));
                 }
                 if client_id.is_empty() || client_id.chars().any(char::is_control) {

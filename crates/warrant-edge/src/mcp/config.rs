@@ -119,7 +119,8 @@ impl RawMcpServer {
                 let url = url::Url::parse(&u).map_err(|e| e.to_string())?;
                 if origin.scheme == Scheme::Http && !origin.is_loopback() && !self.allow_plaintext {
                     return Err(format!(
-                        "url `{u}` is plain http to a host that is not loopback; use https, or set allow_plaintext = true"
+                        "url `{}` is plain http to a host that is not loopback; use https, or set allow_plaintext = true",
+                        crate::upstream::shown_url(&u)
                     ));
                 }
                 if url.query().is_some() || url.fragment().is_some() {

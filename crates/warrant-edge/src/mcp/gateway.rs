@@ -953,6 +953,32 @@ impl Gateway {
         }
     }
 
+    /// A path below `/mcp/<server>` is no MCP endpoint (a client's mistake,
+    /// or a probe such as `/mcp/<server>/%2e%2e/...`): refused and recorded,
+    /// as the agent's when its token for the server is good.
+    pub async fn refuse_below(
+        &self,
+        server: &str,
+        req: Request<Body>,
+        peer: SocketAddr,
+    ) -> Response {
+        let mut event = AuditEvent::new(Kind::McpRequest, Outcome::Deny)
+            .protocol("mcp")
+            .source(peer.to_string())
+            .resource(Resource::McpServer(server.to_owned()).to_string());
+        let known = self.servers.load().get(server).cloned();
+        if let Some(s) = &known {
+            let _ = self.authenticate(s, req.headers(), &mut event).await;
+        }
+        let refusal = Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "an MCP server answers at /mcp/<server> only; there is nothing below it".into(),
+        );
+        self.refuse_http(event, if known.is_some() { server } else { "-" }, refusal)
+            .await
+    }
+
     /// Every step up to the method's own handling, in order.
     async fn serve(
         &self,

@@ -61,6 +61,8 @@ const CODE_ENV: &[&str] = &[
     "PYTHONHOME",
     "PYTHONUSERBASE",
     "PYTHONSAFEPATH",
+    "PYTHONPYCACHEPREFIX",
+    "PYTHONPLATLIBDIR",
     "VIRTUAL_ENV",
     "NODE_PATH",
     "NODE_OPTIONS",
@@ -229,7 +231,18 @@ pub fn check_sources(spec: &StdioSpec, server: &str) -> Result<(), String> {
             }
         }
     }
-    for (key, value) in &spec.env {
+    // `PATH` and `HOME` the child inherits from the broker are as much its
+    // code's source as those its `env` sets.
+    let inherited: Vec<(String, EnvValue)> = ["PATH", "HOME"]
+        .iter()
+        .filter(|k| !spec.env.iter().any(|(e, _)| e.eq_ignore_ascii_case(k)))
+        .filter_map(|k| {
+            std::env::var(k)
+                .ok()
+                .map(|v| ((*k).to_owned(), EnvValue::Plain(v)))
+        })
+        .collect();
+    for (key, value) in spec.env.iter().chain(inherited.iter()) {
         let EnvValue::Plain(value) = value else {
             continue;
         };
@@ -483,10 +496,15 @@ impl StdioUpstream {
         // opened to others since the last.
         let spec = self.spec.clone();
         let name = self.name.clone();
+        // The check's findings (host paths, OS errors) are for the operator's
+        // log; the agent learns only that the server was not started.
         tokio::task::spawn_blocking(move || check_sources(&spec, &name))
             .await
             .map_err(|e| self.unavailable(e.to_string()))?
-            .map_err(|e| self.unavailable(e))?;
+            .map_err(|e| {
+                tracing::error!(server = %self.name, problem = %e, "an MCP server's code is not trusted; not starting it");
+                self.unavailable("its program or the code it loads is not trusted (see the broker's log)")
+            })?;
         let mut cmd = Command::new(&self.spec.command);
         cmd.args(&self.spec.args)
             .env_clear()
@@ -789,6 +807,17 @@ mod tests {
             check_sources(&spec("OUT_DIR", shared.display().to_string()), "s"),
             Ok(())
         );
+        // Found in review: Python reads cached bytecode from
+        // PYTHONPYCACHEPREFIX, so it names where code comes from.
+        let e = check_sources(
+            &spec(
+                "PYTHONPYCACHEPREFIX",
+                shared.join("pyc").display().to_string(),
+            ),
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.contains("PYTHONPYCACHEPREFIX"), "{e}");
     }
 
     /// Issue 12 (low): a stdio server's stderr lines had no length limit,

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
             get(mcp_metadata),
         )
         .route("/mcp/{server}", axum::routing::any(mcp))
+        .route("/mcp/{server}/{*below}", axum::routing::any(mcp_below))
         .fallback(proxy)
         .with_state(state)
 }
@@ -59,6 +60,15 @@ async fn mcp(
     req: Request<Body>,
 ) -> Response {
     state.mcp.handle(&server, req, peer).await
+}
+
+async fn mcp_below(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((server, _below)): Path<(String, String)>,
+    req: Request<Body>,
+) -> Response {
+    state.mcp.refuse_below(&server, req, peer).await
 }
 
 async fn proxy(

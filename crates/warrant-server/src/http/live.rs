@@ -35,7 +35,8 @@ pub(crate) async fn reload_all(
     // All or nothing: a configuration goes in force only with policies
     // that load (a route added with the `forbid` meant to restrict it must
     // not go live without it).
-    if let Err(problems) = state.policy.check_dir().await {
+    let compiled = state.policy.compile_dir().await;
+    if let Err(problems) = &compiled {
         let refused = ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_policy",
@@ -81,7 +82,9 @@ pub(crate) async fn reload_all(
             });
         }
     };
-    let loaded = match state.policy.reload(policy_event).await {
+    // The set checked above, not the files read again: an edit made during
+    // the reload cannot separate the configuration from its policies.
+    let loaded = match state.policy.put_in_force(compiled, policy_event).await {
         Ok(l) => l,
         Err(warrant_control::policy::ReloadError::Invalid(problems)) => {
             return Err(ApiError {

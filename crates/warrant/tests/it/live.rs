@@ -356,6 +356,12 @@ fn a_refused_reload_records_no_value_from_the_file() {
         "\n[[route]]\nname = \"a\"\nupstream = \"http://user:p4ssw0rd@127.0.0.1:9\"\naudience = \"https://a.test\"\nallow = [ { methods = [\"GET\"], paths = [\"/**\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n",
         "\n[[mcp_server]]\nname = \"m\"\ncommand = \"true\"\nenv = { API_KEY = \"sk-p4ssw0rd-literal\", MODE = ro }\n",
         "\n[[route]]\nname = \"q\"\nupstream = \"http://127.0.0.1:9/?api_key=p4ssw0rd\"\naudience = \"https://q.test\"\nallow = [ { methods = [\"GET\"], paths = [\"/**\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n",
+        // Found in the second review: a password holding `/` or `?`, and
+        // the URLs of issuers and key sets.
+        "\n[[route]]\nname = \"s\"\nupstream = \"https://user:p4ssw0rd/x@h.example/\"\naudience = \"https://s.test\"\nallow = [ { methods = [\"GET\"], paths = [\"/**\"] } ]\ncredential = { kind = \"secret\", secret = \"k\" }\n",
+        "\n[[trust_provider]]\nname = \"k8s\"\nissuer = \"https://admin:p4ssw0rd@k8s.example\"\njwks_uri = \"https://k8s.example/jwks\"\naudience = \"warrant\"\n",
+        "\n[[trust_provider]]\nname = \"k8s\"\nissuer = \"https://k8s.example\"\njwks_uri = \"ftp://admin:p4ssw0rd@k8s.example/jwks?x=p4ssw0rd\"\naudience = \"warrant\"\n",
+        "\n[[user_issuer]]\nissuer = \"https://admin:p4ssw0rd@idp.example?x=1\"\njwks_uri = \"https://idp.example/jwks\"\naudience = \"warrant\"\n",
     ] {
         write_config(&w, &format!("{base}{bad}"));
         let r = w.b.cli(&["reload"]);
@@ -365,7 +371,7 @@ fn a_refused_reload_records_no_value_from_the_file() {
         }
     }
     let rec = audit(&w.b, Some("config.reload"));
-    assert_eq!(rec.len(), before + 3, "{rec:#?}");
+    assert_eq!(rec.len(), before + 7, "{rec:#?}");
     for r in &rec[before..] {
         assert!(!r.to_string().contains("p4ssw0rd"), "{r}");
     }
@@ -529,6 +535,20 @@ fn probing_with_a_good_token_is_recorded_as_the_agents() {
         Some(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
     );
     assert_eq!(r.status, 400, "{}", r.body);
+    let rec = last("mcp.request");
+    assert_eq!(rec["agent"], "orch", "{rec}");
+    // Below the server's path (found in the second review).
+    let r = warrant_testkit::http(
+        w.b.edge,
+        "POST",
+        "/mcp/files/%2e%2e/files",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
     let rec = last("mcp.request");
     assert_eq!(rec["agent"], "orch", "{rec}");
 }
