@@ -503,7 +503,9 @@ impl StdioUpstream {
             .map_err(|e| self.unavailable(e.to_string()))?
             .map_err(|e| {
                 tracing::error!(server = %self.name, problem = %e, "an MCP server's code is not trusted; not starting it");
-                self.unavailable("its program or the code it loads is not trusted (see the broker's log)")
+                self.unavailable(
+                    "it cannot be started as configured (the broker's log says why)",
+                )
             })?;
         let mut cmd = Command::new(&self.spec.command);
         cmd.args(&self.spec.args)
@@ -1035,11 +1037,12 @@ for line in sys.stdin:
             .await
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains(
-                "command `/nonexistent/mcp-server` (of [[mcp_server]] `ghost`) is not found"
-            ),
-            "{e}"
-        );
+        // The caller learns it cannot start; where and why (a host path)
+        // is for the broker's log only.
+        assert!(e.contains("cannot be started as configured"), "{e}");
+        assert!(!e.contains("/nonexistent"), "{e}");
+        assert!(check_sources(&up.spec, "ghost").unwrap_err().contains(
+            "command `/nonexistent/mcp-server` (of [[mcp_server]] `ghost`) is not found"
+        ));
     }
 }
