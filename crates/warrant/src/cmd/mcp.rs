@@ -112,9 +112,9 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &McpCmd) -> anyhow::Result
             emit(cli.output, &pin, |p| {
                 println!(
                     "approved the announced definition of `{}/{}` ({})",
-                    p.server,
-                    p.tool,
-                    p.digest.chars().take(12).collect::<String>()
+                    safe(&p.server),
+                    safe(&p.tool),
+                    safe(&p.digest.chars().take(12).collect::<String>())
                 );
                 if p.policy_problems.is_empty() {
                     println!("it is listed, and its calls are decided by policy");
