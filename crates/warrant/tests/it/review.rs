@@ -2441,14 +2441,39 @@ while True:
     let _ = server.wait();
 }
 
+/// Starts `warrant serve` with `config` in `tmp` and waits up to 3 s: the
+/// exit status if it stopped (`None` if it was still serving) and its log.
+fn start_within(tmp: &std::path::Path, config: &str) -> (Option<std::process::ExitStatus>, String) {
+    let (mut child, _, log) = warrant_testkit::spawn_serve(
+        bin(),
+        tmp,
+        &crate::support::Options {
+            config: Some(config.into()),
+            data_dir: Some(tmp.join(format!("d{}", rand_suffix()))),
+            ..Default::default()
+        },
+    );
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (Some(status), std::fs::read_to_string(&log).unwrap());
+        }
+        if started.elapsed() > Duration::from_secs(3) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, std::fs::read_to_string(&log).unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Found in review after the fixes: files outside the data directory that
 /// decide what the broker trusts (the configuration, policies, an issuer's
 /// keys, CA certificates, an MCP server's program) were used whatever their
 /// permissions: anyone able to write a 0666 `jwks_file` could add a key and
-/// attest as any agent. Such files stop the broker at start, and a policy
-/// directory opened up later stops reloads.
+/// attest as any agent. Such files stop the broker at start.
 #[test]
-fn files_others_can_write_are_not_trusted() {
+fn key_files_others_can_write_are_not_trusted() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let jwks = tmp.path().join("jwks.json");
@@ -2457,29 +2482,7 @@ fn files_others_can_write_are_not_trusted() {
         "[[trust_provider]]\nname = \"k8s\"\nissuer = \"https://k8s.test\"\njwks_file = \"{}\"\naudience = \"warrant\"\n",
         jwks.display()
     );
-    let start = |config: &str| {
-        let (mut child, _, log) = warrant_testkit::spawn_serve(
-            bin(),
-            tmp.path(),
-            &crate::support::Options {
-                config: Some(config.into()),
-                data_dir: Some(tmp.path().join(format!("d{}", rand_suffix()))),
-                ..Default::default()
-            },
-        );
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (Some(status), std::fs::read_to_string(&log).unwrap());
-            }
-            if started.elapsed() > Duration::from_secs(3) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return (None, std::fs::read_to_string(&log).unwrap());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+    let start = |config: &str| start_within(tmp.path(), config);
     std::fs::set_permissions(&jwks, std::fs::Permissions::from_mode(0o666)).unwrap();
     let (status, log) = start(&config);
     assert!(status.is_some_and(|s| !s.success()), "{log}");
@@ -2501,6 +2504,15 @@ fn files_others_can_write_are_not_trusted() {
     let (status, log) = start(&config.replace(jwks.to_str().unwrap(), deep.to_str().unwrap()));
     assert!(status.is_some_and(|s| !s.success()), "{log}");
     assert!(log.contains("anc` can be written by others"), "{log}");
+}
+
+/// An MCP server's script others can write, or one in a shared (sticky)
+/// directory, where the interpreter would import what others put beside it.
+#[test]
+fn mcp_scripts_others_can_write_are_not_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let start = |config: &str| start_within(tmp.path(), config);
     // And an MCP server's script others can write, or one in a shared
     // (sticky) directory, where the interpreter would import what others
     // put beside it.
@@ -2527,7 +2539,18 @@ fn files_others_can_write_are_not_trusted() {
     let (status, log) = start(&mcp(&in_shared));
     assert!(status.is_some_and(|s| !s.success()), "{log}");
     assert!(log.contains("shared directory"), "{log}");
+}
 
+/// Found in the third round: what the interpreter loads besides the
+/// script is held to the same rule.
+#[test]
+fn what_an_interpreter_loads_besides_the_script_is_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let start = |config: &str| start_within(tmp.path(), config);
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     // Found in the third round: what the interpreter loads besides the
     // script. A directory operand (`python3 DIR` runs `DIR/__main__.py`),
     // a `PYTHONPATH` entry, a module beside a trusted script, a file
@@ -2627,7 +2650,13 @@ fn files_others_can_write_are_not_trusted() {
         ],
     ));
     assert!(status.is_none(), "starts when all is trusted: {log}");
+}
 
+/// A policy file others can write: the reload is refused, the set in force
+/// stays.
+#[test]
+fn a_policy_file_others_can_write_stops_a_reload() {
+    use std::os::unix::fs::PermissionsExt;
     // A policy file others can write: the reload is refused, the set in
     // force stays.
     let b = crate::support::broker();
