@@ -164,8 +164,8 @@ fn proxy_records(w: &World) -> Vec<Value> {
 }
 
 #[test]
-fn the_proxy_injects_credentials_at_the_last_hop() {
-    let (w, up, tls) = setup();
+fn stored_per_user_and_basic_credentials_are_injected_at_the_last_hop() {
+    let (w, up, _tls) = setup();
     let orch = identity(&w.b, "orch");
     let token = task_token(&w, &orch, "alice");
     let txn = jwt_claims(&token)["txn"].as_str().unwrap().to_owned();
@@ -241,6 +241,57 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
         format!("Basic {basic}")
     );
 
+    // The trail: one record per request, with the credential's id and kind,
+    // never a value.
+    let ok =
+        crate::support::audit_until(&w.b, Some("proxy.request"), 4, |r| r["decision"] == "allow");
+    let ok: Vec<&Value> = ok.iter().collect();
+    assert!(ok.len() >= 4, "{}", ok.len());
+    let first = ok
+        .iter()
+        .find(|r| r["resource"] == "Route::\"openai\"")
+        .unwrap();
+    assert_eq!(first["credential_type"], "secret");
+    assert_eq!(first["credential_id"], "openai-key@v1");
+    assert_eq!(first["detail"]["status"], 200);
+    assert_eq!(first["reasons"], json!(["egress"]));
+    assert_eq!(first["txn"], txn.as_str());
+    assert!(first["detail"]["bytes_out"].as_u64().unwrap() > 50);
+    let everything =
+        w.b.cli(&["audit", "list", "--output", "json", "--limit", "10000"])
+            .stdout;
+    for secret in [
+        KEY,
+        "gh-alice-0123456789",
+        "crm-client-secret-0123456789",
+        "jira-pass-0123456789",
+        "upstream-at-1",
+    ] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` reached the audit trail"
+        );
+        assert!(!w.b.logs().contains(secret), "`{secret}` reached the log");
+    }
+    let metrics = warrant_testkit::http(w.b.api, "GET", "/metrics", &[], None).body;
+    assert!(
+        metrics.contains("warrant_proxy_requests_total{route=\"openai\",decision=\"forwarded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warrant_proxy_added_seconds_bucket{"),
+        "{metrics}"
+    );
+}
+
+/// A JWT warrant mints for the route names who asked and which agents act,
+/// and is never accepted as a task token.
+#[test]
+fn a_minted_upstream_jwt_names_the_chain_and_is_never_a_task_token() {
+    let (w, up, _tls) = setup();
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice");
+    let txn = jwt_claims(&token)["txn"].as_str().unwrap().to_owned();
     // A JWT minted for the route: who asked and which agents act.
     let r = edge(&w, "GET", "/internal/whoami", Some(&token), &[], None);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -262,7 +313,16 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
     let r = edge(&w, "GET", "/internal/whoami", Some(&minted), &[], None);
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(up.seen().len(), before);
+}
 
+/// OAuth client credentials: fetched once, even by concurrent requests,
+/// and neither the client secret nor the token reaches the trail or log.
+#[test]
+fn an_oauth_token_is_fetched_once_for_concurrent_requests() {
+    use base64::Engine as _;
+    let (w, up, _tls) = setup();
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice");
     // OAuth client credentials: fetched once, even by concurrent requests.
     let handles: Vec<_> = (0..8)
         .map(|_| {
@@ -305,7 +365,25 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
             .filter(|r| r["path"] == "/accounts")
             .all(|r| r["headers"]["authorization"] == "Bearer upstream-at-1-abcdefgh")
     );
+    let everything =
+        w.b.cli(&["audit", "list", "--output", "json", "--limit", "10000"])
+            .stdout;
+    for secret in ["crm-client-secret-0123456789", "upstream-at-1"] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` reached the audit trail"
+        );
+        assert!(!w.b.logs().contains(secret), "`{secret}` reached the log");
+    }
+}
 
+/// TLS to a private CA named in `ca_file`; without it the upstream is not
+/// trusted and nothing is sent there.
+#[test]
+fn a_private_ca_is_trusted_only_where_it_is_named() {
+    let (w, _up, tls) = setup();
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice");
     // TLS to a private CA named in ca_file; without it the upstream is not trusted
     // and nothing is sent there.
     let r = edge(&w, "GET", "/private/v1/models/m", Some(&token), &[], None);
@@ -318,49 +396,6 @@ fn the_proxy_injects_credentials_at_the_last_hop() {
     let r = edge(&w, "GET", "/untrusted/v1/models/m", Some(&token), &[], None);
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(tls.seen().len(), before);
-
-    // The trail: one record per request, with the credential's id and kind,
-    // never a value.
-    let ok = crate::support::audit_until(&w.b, Some("proxy.request"), 15, |r| {
-        r["decision"] == "allow"
-    });
-    let ok: Vec<&Value> = ok.iter().collect();
-    assert!(ok.len() >= 15, "{}", ok.len());
-    let first = ok
-        .iter()
-        .find(|r| r["resource"] == "Route::\"openai\"")
-        .unwrap();
-    assert_eq!(first["credential_type"], "secret");
-    assert_eq!(first["credential_id"], "openai-key@v1");
-    assert_eq!(first["detail"]["status"], 200);
-    assert_eq!(first["reasons"], json!(["egress"]));
-    assert_eq!(first["txn"], txn.as_str());
-    assert!(first["detail"]["bytes_out"].as_u64().unwrap() > 50);
-    let everything =
-        w.b.cli(&["audit", "list", "--output", "json", "--limit", "10000"])
-            .stdout;
-    for secret in [
-        KEY,
-        "gh-alice-0123456789",
-        "crm-client-secret-0123456789",
-        "jira-pass-0123456789",
-        "upstream-at-1",
-    ] {
-        assert!(
-            !everything.contains(secret),
-            "`{secret}` reached the audit trail"
-        );
-        assert!(!w.b.logs().contains(secret), "`{secret}` reached the log");
-    }
-    let metrics = warrant_testkit::http(w.b.api, "GET", "/metrics", &[], None).body;
-    assert!(
-        metrics.contains("warrant_proxy_requests_total{route=\"openai\",decision=\"forwarded\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("warrant_proxy_added_seconds_bucket{"),
-        "{metrics}"
-    );
 }
 
 /// Every refusal: a clear status, nothing forwarded, one audit record.
