@@ -1411,14 +1411,25 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
     assert!(text.contains("[redacted by warrant]"), "{text}");
 }
 
-/// Found after the second round: frameworks read a `_method` field in a
-/// POST body (Rack in forms and untyped POSTs, Symfony and Laravel in forms
-/// with PHP's key spellings, Laravel in JSON too) as the method, so a POST
-/// the policy allowed acted as the DELETE it forbade. Such bodies are read
-/// first; one with an override is refused and audited, one that cannot be
-/// read is refused, and others reach the upstream byte for byte.
-#[test]
-fn a_method_override_in_a_post_body_is_refused() {
+/// A route `site` whose policy forbids DELETE, a recording upstream, and a
+/// task token for alice: what a method override would smuggle past.
+struct OverrideSite {
+    w: World,
+    up: crate::support::Upstream,
+    token: String,
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+const MULTIPART: &str = "multipart/form-data; boundary=XB";
+
+/// A multipart body whose second part has the disposition `cd`.
+fn part(cd: &str) -> String {
+    format!(
+        "--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XB\r\nContent-Disposition: {cd}\r\n\r\nDELETE\r\n--XB--\r\n"
+    )
+}
+
+fn override_site() -> OverrideSite {
     let up = crate::support::Upstream::start(false);
     let config = format!(
         "[[route]]\nname = \"site\"\nupstream = \"{}\"\naudience = \"https://site.test\"\nallow = [ {{ methods = [\"GET\", \"POST\", \"DELETE\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"secret\", secret = \"site-key\" }}\n",
@@ -1442,49 +1453,58 @@ when { context.method == "DELETE" };
         &[("scope", "site:write"), ("audience", "https://site.test")],
     );
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
-    let post = |ct: Option<&str>, extra: &str, body: &[u8]| {
+    OverrideSite { w, up, token }
+}
+
+impl OverrideSite {
+    /// A POST of `body` to `/site/items/1` with content type `ct` and extra
+    /// header lines.
+    fn post(&self, ct: Option<&str>, extra: &str, body: &[u8]) -> warrant_testkit::Response {
         let ct = ct
             .map(|c| format!("Content-Type: {c}\r\n"))
             .unwrap_or_default();
         warrant_testkit::raw(
-            w.b.edge,
+            self.w.b.edge,
             &format!(
-                "POST /site/items/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n{ct}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-                w.b.edge,
+                "POST /site/items/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n{ct}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                self.w.b.edge,
+                self.token,
                 body.len()
             ),
             body,
         )
-    };
+    }
+}
+
+/// Found after the second round: frameworks read a `_method` field in a
+/// POST body (Rack in forms and untyped POSTs, Symfony and Laravel in forms
+/// with PHP's key spellings, Laravel in JSON too) as the method, so a POST
+/// the policy allowed acted as the DELETE it forbade. Such bodies are
+/// refused and audited.
+#[test]
+fn a_method_override_in_a_post_body_is_refused() {
+    let s = override_site();
     // The DELETE itself is forbidden.
     let r = warrant_testkit::http(
-        w.b.edge,
+        s.w.b.edge,
         "DELETE",
         "/site/items/1",
-        &[("authorization", &format!("Bearer {token}"))],
+        &[("authorization", &format!("Bearer {}", s.token))],
         None,
     );
     assert_eq!(r.status, 403, "{}", r.body);
-
-    let form = "application/x-www-form-urlencoded";
-    let mp = "multipart/form-data; boundary=XB";
-    let part = |cd: &str| {
-        format!(
-            "--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--XB\r\nContent-Disposition: {cd}\r\n\r\nDELETE\r\n--XB--\r\n"
-        )
-    };
     let refused: Vec<(Option<&str>, String)> = vec![
-        (Some(form), "_method=DELETE".into()),
-        (Some(form), "a=1&_METHOD=DELETE".into()),
-        (Some(form), "a=1;_method=DELETE".into()),
-        (Some(form), "%5Fmethod=DELETE".into()),
-        (Some(form), ".method=DELETE".into()),
-        (Some(form), "%20_method=DELETE".into()),
-        (Some(form), "[method=DELETE".into()),
-        (Some(form), "[_method]=DELETE".into()),
-        (Some(form), "[_method=DELETE".into()),
+        (Some(FORM), "_method=DELETE".into()),
+        (Some(FORM), "a=1&_METHOD=DELETE".into()),
+        (Some(FORM), "a=1;_method=DELETE".into()),
+        (Some(FORM), "%5Fmethod=DELETE".into()),
+        (Some(FORM), ".method=DELETE".into()),
+        (Some(FORM), "%20_method=DELETE".into()),
+        (Some(FORM), "[method=DELETE".into()),
+        (Some(FORM), "[_method]=DELETE".into()),
+        (Some(FORM), "[_method=DELETE".into()),
         (None, "][_method=DELETE".into()),
-        (Some(form), "a=1&%5B_method%5D=DELETE".into()),
+        (Some(FORM), "a=1&%5B_method%5D=DELETE".into()),
         (
             Some("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
             "_method=DELETE".into(),
@@ -1508,16 +1528,19 @@ when { context.method == "DELETE" };
             Some("application/vnd.api+json"),
             r#"{"_method":"DELETE"}"#.into(),
         ),
-        (Some(mp), part("form-data; name=\"_method\"")),
-        (Some(mp), part("form-data; name=_METHOD")),
-        (Some(mp), part("form-data; name=\"x\"; name=\"_method\"")),
-        (Some(mp), part("form-data; name*=utf-8''%5Fmethod")),
+        (Some(MULTIPART), part("form-data; name=\"_method\"")),
+        (Some(MULTIPART), part("form-data; name=_METHOD")),
+        (
+            Some(MULTIPART),
+            part("form-data; name=\"x\"; name=\"_method\""),
+        ),
+        (Some(MULTIPART), part("form-data; name*=utf-8''%5Fmethod")),
         (
             Some("multipart/mixed; boundary=XB"),
             part("form-data; name=\"_method\""),
         ),
         (
-            Some(mp),
+            Some(MULTIPART),
             part("form-data; name=\"_method\"").replace("\r\n", "\n"),
         ),
         // What other parsers read and serde_json does not: UTF-16 (Express
@@ -1532,7 +1555,7 @@ when { context.method == "DELETE" };
             Some("application/json"),
             "\u{feff}{\"_method\":\"DELETE\"}".into(),
         ),
-        (Some(form), "\u{feff}_method=DELETE".into()),
+        (Some(FORM), "\u{feff}_method=DELETE".into()),
         (
             Some("application/json"),
             format!(
@@ -1543,7 +1566,7 @@ when { context.method == "DELETE" };
         ),
     ];
     for (ct, body) in &refused {
-        let r = post(*ct, "", body.as_bytes());
+        let r = s.post(*ct, "", body.as_bytes());
         assert_eq!(r.status, 400, "{ct:?} {body}: {}", r.body);
         assert!(
             r.body.contains("method_override") || r.body.contains("multipart"),
@@ -1551,75 +1574,9 @@ when { context.method == "DELETE" };
             r.body
         );
     }
-    // What cannot be read is not passed on unread.
-    for (ct, extra, body) in [
-        (
-            form,
-            "Content-Encoding: gzip\r\n",
-            &b"\x1f\x8b\x08\x00garbage"[..],
-        ),
-        ("application/json", "Content-Encoding: br\r\n", b"{}"),
-        (
-            mp,
-            "",
-            b"--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1",
-        ),
-        ("multipart/form-data", "", b"--XB--\r\n"),
-        (
-            "multipart/form-data; boundary=a; boundary=XB",
-            "",
-            b"--XB--\r\n",
-        ),
-    ] {
-        let r = post(Some(ct), extra, body);
-        assert!(
-            matches!(r.status, 400 | 415),
-            "{ct} {extra}: {} {}",
-            r.status,
-            r.body
-        );
-    }
-    let r = warrant_testkit::raw(
-        w.b.edge,
-        &format!(
-            "POST /site/items/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: {form}\r\nContent-Type: text/plain\r\nContent-Length: 14\r\nConnection: close\r\n\r\n",
-            w.b.edge
-        ),
-        b"_method=DELETE",
-    );
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(
-        up.seen().is_empty(),
-        "nothing reached the upstream: {:?}",
-        up.seen()
-    );
-
-    // Ordinary bodies pass, byte for byte, and so does a POST to a path.
-    let upload = part("form-data; name=\"file\"; filename=\"_method.txt\"");
-    let passed: Vec<(Option<&str>, String)> = vec![
-        (Some(form), "a=1&payment_method=card&x_method=1".into()),
-        (
-            Some("application/json"),
-            r#"{"model":"m","messages":[{"_method":"x"}],"method":"y"}"#.into(),
-        ),
-        (Some("application/json"), r#"[{"_method":"DELETE"}]"#.into()),
-        (Some(mp), upload),
-        (Some("application/octet-stream"), "_method=DELETE".into()),
-    ];
-    for (ct, body) in &passed {
-        let r = post(*ct, "", body.as_bytes());
-        assert_eq!(r.status, 200, "{ct:?} {body}: {}", r.body);
-        let seen = up.seen();
-        let last = seen.last().unwrap();
-        assert_eq!(last["method"], "POST");
-        use sha2::Digest as _;
-        let sha = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
-        assert_eq!(last["body_sha256"], sha.as_str(), "{ct:?} {body}");
-    }
-    assert_eq!(up.seen().len(), passed.len());
 
     // Every refusal is in the trail, with its reason.
-    let db = rusqlite::Connection::open(w.b.data_dir.join("warrant.db")).unwrap();
+    let db = rusqlite::Connection::open(s.w.b.data_dir.join("warrant.db")).unwrap();
     let n: i64 = db
         .query_row(
             "SELECT count(*) FROM audit_log WHERE body LIKE '%\"refusal\":\"method_override\"%'",
@@ -1631,6 +1588,84 @@ when { context.method == "DELETE" };
         .query_row("SELECT body FROM audit_log WHERE body LIKE '%\"status\":400%' ORDER BY seq DESC LIMIT 1", [], |r| r.get(0))
         .unwrap();
     assert!(n >= refused.len() as i64, "{n} records; {last}");
+}
+
+/// What cannot be read (an encoded or broken body, an ambiguous content
+/// type) is not passed on unread.
+#[test]
+fn a_body_that_cannot_be_read_is_not_passed_on() {
+    let s = override_site();
+    // What cannot be read is not passed on unread.
+    for (ct, extra, body) in [
+        (
+            FORM,
+            "Content-Encoding: gzip\r\n",
+            &b"\x1f\x8b\x08\x00garbage"[..],
+        ),
+        ("application/json", "Content-Encoding: br\r\n", b"{}"),
+        (
+            MULTIPART,
+            "",
+            b"--XB\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1",
+        ),
+        ("multipart/form-data", "", b"--XB--\r\n"),
+        (
+            "multipart/form-data; boundary=a; boundary=XB",
+            "",
+            b"--XB--\r\n",
+        ),
+    ] {
+        let r = s.post(Some(ct), extra, body);
+        assert!(
+            matches!(r.status, 400 | 415),
+            "{ct} {extra}: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    let r = warrant_testkit::raw(
+        s.w.b.edge,
+        &format!(
+            "POST /site/items/1 HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: {FORM}\r\nContent-Type: text/plain\r\nContent-Length: 14\r\nConnection: close\r\n\r\n",
+            s.w.b.edge, s.token
+        ),
+        b"_method=DELETE",
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        s.up.seen().is_empty(),
+        "nothing reached the upstream: {:?}",
+        s.up.seen()
+    );
+}
+
+/// Ordinary bodies pass, byte for byte, and so does a POST to a path.
+#[test]
+fn ordinary_post_bodies_pass_byte_for_byte() {
+    let s = override_site();
+    // Ordinary bodies pass, byte for byte, and so does a POST to a path.
+    let upload = part("form-data; name=\"file\"; filename=\"_method.txt\"");
+    let passed: Vec<(Option<&str>, String)> = vec![
+        (Some(FORM), "a=1&payment_method=card&x_method=1".into()),
+        (
+            Some("application/json"),
+            r#"{"model":"m","messages":[{"_method":"x"}],"method":"y"}"#.into(),
+        ),
+        (Some("application/json"), r#"[{"_method":"DELETE"}]"#.into()),
+        (Some(MULTIPART), upload),
+        (Some("application/octet-stream"), "_method=DELETE".into()),
+    ];
+    for (ct, body) in &passed {
+        let r = s.post(*ct, "", body.as_bytes());
+        assert_eq!(r.status, 200, "{ct:?} {body}: {}", r.body);
+        let seen = s.up.seen();
+        let last = seen.last().unwrap();
+        assert_eq!(last["method"], "POST");
+        use sha2::Digest as _;
+        let sha = format!("{:x}", sha2::Sha256::digest(body.as_bytes()));
+        assert_eq!(last["body_sha256"], sha.as_str(), "{ct:?} {body}");
+    }
+    assert_eq!(s.up.seen().len(), passed.len());
 }
 
 /// A proxy world: route `site` to a recording upstream, orch permitted, and
