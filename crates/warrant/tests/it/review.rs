@@ -1225,13 +1225,18 @@ when { context.path like "/admin*" };
     assert!(refused.len() >= 11);
 }
 
-/// Issue 12, item 7: redaction was bypassed when the upstream answered
-/// compressed, missed a credential ending at a chunk boundary whose last
-/// bytes equal its first, and (the same class, at the MCP gateway) missed a
-/// key the server wrote as JSON `\u` escapes, which the gateway decoded and
-/// passed on.
-#[test]
-fn echoed_credentials_are_redacted_or_refused() {
+/// A route `echo` to an upstream that echoes what it received, a route
+/// `minted` with a warrant JWT, an MCP server `notes` holding the same
+/// secret, and a task token of orch for alice for both routes.
+struct EchoWorld {
+    w: World,
+    _up: crate::support::Upstream,
+    orch: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+fn echo_world() -> EchoWorld {
     let up = crate::support::Upstream::start(false);
     // The credential sent upstream is `Bearer ab-...-ab`: the echo ends
     // with the bytes it starts with.
@@ -1294,6 +1299,23 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         ],
     );
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    EchoWorld {
+        w,
+        _up: up,
+        orch,
+        token,
+        _dir: dir,
+    }
+}
+
+/// Found in the third round and after: an upstream's echo of the injected
+/// credential in any encoding, a header, a reason phrase or a cookie is
+/// redacted or refused, never passed on.
+#[test]
+fn echoed_credentials_are_redacted_or_refused() {
+    let e = echo_world();
+    let w = &e.w;
+    let token = &e.token;
     let get = |path: &str| {
         warrant_testkit::http(
             w.b.edge,
@@ -1356,6 +1378,14 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         "{whole}"
     );
     assert!(whole.contains("[redacted by warrant]"), "{whole}");
+}
+
+/// A minted upstream JWT is a credential too: its echo is redacted.
+#[test]
+fn a_minted_jwts_echo_is_redacted() {
+    let e = echo_world();
+    let w = &e.w;
+    let token = &e.token;
     // A minted upstream JWT is a credential too: its echo is redacted.
     let r = warrant_testkit::http(
         w.b.edge,
@@ -1367,6 +1397,24 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(!r.body.contains("eyJ"), "{}", r.body);
     assert!(r.body.contains("[redacted by warrant]"), "{}", r.body);
+}
+
+/// Method and path overrides in headers and the query are refused before
+/// anything is forwarded.
+#[test]
+fn method_and_path_overrides_are_refused_before_forwarding() {
+    let e = echo_world();
+    let w = &e.w;
+    let token = &e.token;
+    let get = |path: &str| {
+        warrant_testkit::http(
+            w.b.edge,
+            "GET",
+            &format!("/echo{path}"),
+            &[("authorization", &format!("Bearer {token}"))],
+            None,
+        )
+    };
     // Method and path overrides are refused before anything is forwarded.
     for (h, v) in [
         ("x-http-method-override", "DELETE"),
@@ -1402,8 +1450,15 @@ permit(principal, action == Action::"mcp:call_tool", resource in McpServer::"not
         let r = get(&format!("/x?{q}"));
         assert_eq!(r.status, 400, "{q}: {}", r.body);
     }
+}
 
-    let c = McpClient::open(&w, &orch, "notes", "notes:read");
+/// An MCP server's echo of a secret it holds is redacted in its answer.
+#[test]
+fn an_mcp_servers_echo_of_its_secret_is_redacted() {
+    let e = echo_world();
+    let w = &e.w;
+    let orch = &e.orch;
+    let c = McpClient::open(w, orch, "notes", "notes:read");
     eventually("the notes server to start", || c.list());
     let r = c.call("leak_escaped", json!({}));
     let text = r.to_string();
