@@ -2775,6 +2775,14 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
+/// A running broker and a connection to its database, as someone who can
+/// write `warrant.db` (no KEK needed) would hold.
+fn tamperable() -> (crate::support::Broker, rusqlite::Connection) {
+    let b = crate::support::broker();
+    let db = rusqlite::Connection::open(b.data_dir.join("warrant.db")).unwrap();
+    (b, db)
+}
+
 /// Found in the second round: someone who can write `warrant.db` (no KEK
 /// needed) added a `BEFORE INSERT ... RAISE(IGNORE)` trigger on the audit
 /// log: every write "succeeded" without a record, the broker kept working
@@ -2782,8 +2790,7 @@ fn rand_suffix() -> u64 {
 /// stored to count, and a database with foreign triggers is refused.
 #[test]
 fn an_audit_record_that_was_not_stored_fails_closed() {
-    let mut b = crate::support::broker();
-    let db = rusqlite::Connection::open(b.data_dir.join("warrant.db")).unwrap();
+    let (mut b, db) = tamperable();
     db.execute_batch(
         "CREATE TRIGGER quiet BEFORE INSERT ON audit_log BEGIN SELECT RAISE(IGNORE); END;",
     )
@@ -2814,12 +2821,16 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
         "{log}"
     );
     db.execute_batch("DROP TRIGGER quiet;").unwrap();
+}
 
+#[test]
+fn a_replaced_delete_guard_stops_writes_and_the_next_start() {
+    let (mut b, db) = tamperable();
+    let tmp = tempfile::tempdir().unwrap();
     // Found in the fourth round: warrant's own delete guard replaced, under
     // its name, by a trigger that removes each record once inserted (the
     // insert still counts one row). Such a record does not read back, so
     // nothing is done; and a restart refuses the changed trigger.
-    b.restart(crate::support::Options::default());
     let swap = "DROP TRIGGER audit_log_no_delete;
         CREATE TRIGGER audit_log_no_delete AFTER INSERT ON audit_log BEGIN DELETE FROM audit_log WHERE seq = NEW.seq; END;";
     db.execute_batch(swap).unwrap();
@@ -2857,11 +2868,14 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
          BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
     )
     .unwrap();
+}
 
+#[test]
+fn records_removed_from_the_end_make_the_broker_unready() {
+    let (b, db) = tamperable();
     // Records removed from the end while the broker runs (the guard
     // dropped and put back): it is not ready, and signs no checkpoint for
     // the shorter trail.
-    b.restart(crate::support::Options::default());
     assert!(
         b.cli(&["agent", "create", "kept", "--owner", "o", "--env", "dev"])
             .code
@@ -2879,12 +2893,14 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     let r = b.cli(&["audit", "checkpoint"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
     assert!(r.stderr.contains("removed"), "{}", r.stderr);
+}
 
+#[test]
+fn the_newest_record_replaced_by_a_later_one_is_found() {
+    let (b, db) = tamperable();
     // Found in the fifth round: the newest records replaced by a row with a
     // higher sequence, so the trail is no shorter. The last record written
     // must be there as written.
-    b.stop();
-    b.restart(crate::support::Options::default());
     assert_eq!(b.http("GET", "/readyz", &[], None).status, 200);
     b.cli(&["agent", "create", "kept2", "--owner", "o", "--env", "dev"])
         .ok();
@@ -2902,13 +2918,15 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
     assert_eq!(r.status, 503, "{}", r.body);
     let r = b.cli(&["audit", "checkpoint"]);
     assert!(r.stderr.contains("removed or replaced"), "{}", r.stderr);
+}
 
+#[test]
+fn only_the_head_the_writer_wrote_is_signed() {
+    let (b, db) = tamperable();
     // Found in the sixth round, touching no trigger: a row far past the
     // head made the broker sign a head it never wrote; a stored checkpoint
     // row far ahead froze checkpointing. The head signed is the one the
     // writer wrote, and nothing may be stored past it.
-    b.stop();
-    b.restart(crate::support::Options::default());
     let first = b.cli(&["audit", "checkpoint"]).ok().trim().to_owned();
     let old = crate::support::jwt_claims(&first)["seq"].as_u64().unwrap();
     db.execute(
@@ -2937,7 +2955,11 @@ fn an_audit_record_that_was_not_stored_fails_closed() {
         "{}",
         r.stderr
     );
+}
 
+#[test]
+fn a_head_planted_while_stopped_does_not_verify() {
+    let (mut b, db) = tamperable();
     // Found in the seventh round: a record planted while the broker was
     // stopped, which it then took as its head (and the newest record
     // rewritten under its own hash, which the same check sees). The newest
