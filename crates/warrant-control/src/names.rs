@@ -25,46 +25,41 @@ pub struct KnownNames {
 pub fn unknown_names(policies: &Policies, known: &KnownNames) -> Vec<PolicyProblem> {
     let mut out = Vec::new();
     for r in policies.entity_refs() {
-        let (set, what): (&BTreeSet<String>, &str) = match r.kind.as_str() {
-            "Agent" => (&known.agents, "no registered agent"),
+        // The set the id must be in, the name looked up there, and what a
+        // miss means.
+        let server = r.id.split_once('/').map_or(r.id.as_str(), |(s, _)| s);
+        let (set, key, what): (&BTreeSet<String>, &str, &str) = match r.kind.as_str() {
+            "Agent" => (&known.agents, &r.id, "no registered agent"),
             "Route" => (
                 &known.routes,
+                &r.id,
                 "no configured route ([[route]] in warrant.toml)",
             ),
             "McpServer" => (
                 &known.servers,
+                &r.id,
                 "no configured MCP server ([[mcp_server]] in warrant.toml)",
             ),
-            "Tool" => {
-                let server = r.id.split_once('/').map_or(r.id.as_str(), |(s, _)| s);
-                if !known.servers.contains(server) {
-                    (
-                        &known.servers,
-                        "a tool of no configured MCP server ([[mcp_server]] in warrant.toml)",
-                    )
-                } else if known
+            "Tool" if !known.servers.contains(server) => (
+                &known.servers,
+                server,
+                "a tool of no configured MCP server ([[mcp_server]] in warrant.toml)",
+            ),
+            "Tool"
+                if known
                     .tools
                     .iter()
-                    .any(|t| t.split_once('/').is_some_and(|(s, _)| s == server))
-                {
-                    (&known.tools, "no tool its MCP server announced")
-                } else {
-                    // The server's tools were never listed: nothing to say yet.
-                    continue;
-                }
+                    .any(|t| t.split_once('/').is_some_and(|(s, _)| s == server)) =>
+            {
+                (&known.tools, &r.id, "no tool its MCP server announced")
             }
+            // A server whose tools were never listed: nothing to say yet.
             _ => continue,
         };
-        let missing = if r.kind == "Tool" && what.starts_with("a tool of") {
-            let server = r.id.split_once('/').map_or(r.id.as_str(), |(s, _)| s);
-            !set.contains(server)
-        } else {
-            !set.contains(&r.id)
-        };
-        if !missing {
+        if set.contains(key) {
             continue;
         }
-        let hint = closest(&r.id, set)
+        let hint = closest(key, set)
             .map(|c| format!("; did you mean `{c}`?"))
             .unwrap_or_default();
         out.push(PolicyProblem {

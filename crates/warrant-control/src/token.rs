@@ -1003,10 +1003,7 @@ impl TokenService {
                 resource: Resource::Audience(aud.clone()),
                 context: context.clone(),
             };
-            let (d, e) = self.policy.decide_for_record(
-                &req,
-                std::mem::replace(event, AuditEvent::new(String::new(), Outcome::Deny)),
-            );
+            let (d, e) = self.policy.decide_for_record(&req, event.take());
             *event = e;
             reasons.extend(d.reasons());
             if d.effect != Effect::Allow {

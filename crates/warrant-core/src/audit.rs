@@ -69,6 +69,16 @@ pub enum Kind {
     McpToolsList,
     /// An MCP tool call.
     McpToolCall,
+    /// An MCP resources listing.
+    McpResourcesList,
+    /// An MCP resource templates listing.
+    McpResourceTemplatesList,
+    /// An MCP resource read.
+    McpResourcesRead,
+    /// An MCP prompts listing.
+    McpPromptsList,
+    /// An MCP prompt fetched.
+    McpPromptsGet,
     /// An MCP tool's definition pinned on first sight.
     McpToolPin,
     /// A new MCP tool held for approval.
@@ -137,6 +147,11 @@ impl Kind {
         Self::McpSessionClose,
         Self::McpToolsList,
         Self::McpToolCall,
+        Self::McpResourcesList,
+        Self::McpResourceTemplatesList,
+        Self::McpResourcesRead,
+        Self::McpPromptsList,
+        Self::McpPromptsGet,
         Self::McpToolPin,
         Self::McpToolNew,
         Self::McpToolChange,
@@ -184,6 +199,11 @@ impl Kind {
             Self::McpSessionClose => "mcp.session.close",
             Self::McpToolsList => "mcp.tools.list",
             Self::McpToolCall => "mcp.tool.call",
+            Self::McpResourcesList => "mcp.resources.list",
+            Self::McpResourceTemplatesList => "mcp.resources.templates.list",
+            Self::McpResourcesRead => "mcp.resources.read",
+            Self::McpPromptsList => "mcp.prompts.list",
+            Self::McpPromptsGet => "mcp.prompts.get",
             Self::McpToolPin => "mcp.tool.pin",
             Self::McpToolNew => "mcp.tool.new",
             Self::McpToolChange => "mcp.tool.change",
@@ -332,6 +352,12 @@ macro_rules! setters {
 }
 
 impl AuditEvent {
+    /// The event, taken out of `self` for a step that consumes it (a
+    /// decision, a write); what is left behind is empty and never written.
+    pub fn take(&mut self) -> Self {
+        std::mem::replace(self, Self::new(String::new(), Outcome::Deny))
+    }
+
     /// An event with only its kind and outcome set.
     pub fn new(event: impl Into<String>, decision: Outcome) -> Self {
         Self {

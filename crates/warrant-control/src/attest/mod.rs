@@ -453,7 +453,8 @@ impl AttestService {
             last_seen: now,
             expires_at,
         };
-        let issued = take(event)
+        let issued = event
+            .take()
             .instance(instance_id.to_string())
             .credential_type("identity_token")
             .credential_id(jti)
@@ -574,7 +575,7 @@ impl AttestService {
             resource: Resource::Audience(audience.to_owned()),
             context,
         };
-        let (decision, decided) = self.policy.decide_for_record(&decision_req, take(event));
+        let (decision, decided) = self.policy.decide_for_record(&decision_req, event.take());
         *event = decided;
         if decision.effect == Effect::Allow {
             return Ok(());
@@ -820,12 +821,6 @@ impl From<Refusal> for Stop {
     fn from(r: Refusal) -> Self {
         Self::Unrecorded(r)
     }
-}
-
-/// The record being built, taken to be changed (what is left behind is
-/// never written).
-fn take(event: &mut AuditEvent) -> AuditEvent {
-    std::mem::replace(event, AuditEvent::new(String::new(), Outcome::Deny))
 }
 
 fn outcome_label(r: &Refusal) -> &'static str {

@@ -163,7 +163,7 @@ impl OAuthCache {
         // never the endpoint's address or a library's words (the log has
         // both).
         let unavailable = |why: String| {
-            tracing::warn!(target = route.name, endpoint = %token_url.origin().ascii_serialization(), why = %why, "OAuth token endpoint failed");
+            tracing::warn!(route = route.name, endpoint = %token_url.origin().ascii_serialization(), why = %why, "OAuth token endpoint failed");
             CredentialError::Unavailable(format!(
                 "`{}`: its OAuth token endpoint {why}",
                 route.name
@@ -176,7 +176,7 @@ impl OAuthCache {
         .await
         .map_err(|_| unavailable("did not answer in time".into()))?
         .map_err(|e| {
-            tracing::warn!(target = route.name, error = %e, "OAuth token endpoint unreachable");
+            tracing::warn!(route = route.name, error = %e, "OAuth token endpoint unreachable");
             unavailable("could not be reached".into())
         })?;
         let status = resp.status();

@@ -457,12 +457,6 @@ fn pinned(s: &Server, name: &str) -> Result<(), RpcRefusal> {
     }
 }
 
-/// The record being built, taken to be written (what is left behind is
-/// never written).
-fn take(event: &mut AuditEvent) -> AuditEvent {
-    std::mem::replace(event, AuditEvent::new(String::new(), Outcome::Deny))
-}
-
 /// Reads one JSON-RPC message within the server's size limit and the body
 /// timeout: a request, or `None` for a notification or response.
 async fn read_message(
@@ -995,7 +989,7 @@ impl Gateway {
         let headers = McpHeaders::of(req.headers());
         if req.method() == Method::DELETE {
             self.end_session(s, &task, headers.session_id.as_deref())?;
-            return Ok(Served::Answer(self.session_ended(take(event))));
+            return Ok(Served::Answer(self.session_ended(event.take())));
         }
         let Some((id, method, params)) = read_message(s, req).await? else {
             // Notifications (initialized, cancelled), and responses to
@@ -1039,7 +1033,7 @@ impl Gateway {
             "initialize" => {
                 let sid = self.bind_session(&s.cfg.name, &task).map_err(refuse)?;
                 return Ok(Served::Answer(
-                    self.session_opened(take(event), &s.cfg.name, &id, &params, &sid)
+                    self.session_opened(event.take(), &s.cfg.name, &id, &params, &sid)
                         .await,
                 ));
             }
@@ -1490,11 +1484,8 @@ impl Gateway {
         pinned(s, &name)?;
         let mut req = self.tool_request(s, task, &name, call.peer);
         req.context.arguments = Some(arguments.clone());
-        let (decision, decided) = self.s.authorizer.decide_for_record(&req, take(event));
-        *event = AuditEvent {
-            user: Some(task.claims.sub.clone()),
-            ..decided
-        };
+        let (decision, decided) = self.s.authorizer.decide_for_record(&req, event.take());
+        *event = decided;
         event.event = Kind::McpToolCall.into();
         if decision.effect == Effect::Allow {
             return Ok((name, arguments));
@@ -1609,12 +1600,15 @@ impl Gateway {
             peer,
             Timestamp::now(),
         );
-        let (decision, decided) = self.s.authorizer.decide_for_record(&req, event);
-        let mut event = AuditEvent {
-            user: Some(task.claims.sub.clone()),
-            ..decided
-        };
-        event.event = format!("mcp.{}", method.replace('/', "."));
+        let (decision, mut event) = self.s.authorizer.decide_for_record(&req, event);
+        event.event = match method {
+            "resources/list" => Kind::McpResourcesList,
+            "resources/templates/list" => Kind::McpResourceTemplatesList,
+            "resources/read" => Kind::McpResourcesRead,
+            "prompts/list" => Kind::McpPromptsList,
+            _ => Kind::McpPromptsGet,
+        }
+        .into();
         if decision.effect != Effect::Allow {
             let message = format!(
                 "refused by policy: agent `{}` may not use {method} on `{server}`",

@@ -389,11 +389,8 @@ impl ProxyService {
             )));
         }
         let facts = decision_request(route, task, method, path, peer, Timestamp::now());
-        let (decision, decided) = self.s.authorizer.decide_for_record(&facts, event.clone());
-        *event = AuditEvent {
-            user: Some(task.claims.sub.clone()),
-            ..decided
-        };
+        let (decision, decided) = self.s.authorizer.decide_for_record(&facts, event.take());
+        *event = decided;
         if decision.effect == Effect::Allow {
             return Ok(());
         }

@@ -37,42 +37,20 @@ pub(crate) async fn reload_all(
     // not go live without it).
     let compiled = state.policy.compile_dir().await;
     if let Err(problems) = &compiled {
-        let refused = ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_policy",
-            message: "nothing was reloaded: the policy directory does not validate".into(),
-        };
-        let refused = fail(state, config_event, refused).await;
-        if refused.code != "invalid_policy" {
-            return Err(refused);
-        }
-        return Err(ApiError {
-            message: format!(
+        return Err(refuse_reload(
+            state,
+            config_event,
+            "invalid_policy",
+            format!(
                 "nothing was reloaded (configuration and policies stay as they were): the policy directory does not validate:\n{problems}"
             ),
-            ..refused
-        });
+        )
+        .await);
     }
     let changes = match live::reload(state, config_event.clone()).await {
         Ok(c) => c,
         Err(e @ ReloadError::Invalid(_)) => {
-            let message = e.to_string();
-            // The trail keeps where and why, not the file's text: a parser
-            // shows the offending line, which may hold a value written by
-            // mistake, and the trail is never rewritten.
-            let recorded = ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid_config",
-                message: message.lines().next().unwrap_or_default().to_owned(),
-            };
-            let recorded = fail(state, config_event, recorded).await;
-            if recorded.code != "invalid_config" {
-                return Err(recorded);
-            }
-            return Err(ApiError {
-                message,
-                ..recorded
-            });
+            return Err(refuse_reload(state, config_event, "invalid_config", e.to_string()).await);
         }
         Err(e @ ReloadError::AuditUnavailable) => {
             return Err(ApiError {
@@ -107,6 +85,37 @@ pub(crate) async fn reload_all(
         restart_needed: changes.restart_needed,
         policy: policy_status(state, &loaded),
     })
+}
+
+/// Records a refused reload and answers it: the trail keeps the first line
+/// (where and why), never the rest of `message`, which may quote the file (a
+/// parser shows the offending line, which may hold a value written by
+/// mistake, and the trail is never rewritten); the caller gets it all.
+async fn refuse_reload(
+    state: &AppState,
+    event: AuditEvent,
+    code: &'static str,
+    message: String,
+) -> ApiError {
+    let first = message.lines().next().unwrap_or_default().to_owned();
+    let recorded = fail(
+        state,
+        event,
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message: first,
+        },
+    )
+    .await;
+    if recorded.code != code {
+        // The trail itself could not be written: that is the answer.
+        return recorded;
+    }
+    ApiError {
+        message,
+        ..recorded
+    }
 }
 
 async fn reload(
@@ -177,10 +186,7 @@ async fn status(State(state): State<AppState>, _: Reader) -> Json<BrokerStatus> 
     // The active key first, then the others newest first.
     keys.sort_by_key(|k| {
         (
-            serde_json::to_value(k.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                != Some("active".to_owned()),
+            k.state != warrant_token::KeyState::Active,
             std::cmp::Reverse(k.created_at),
         )
     });

@@ -3,7 +3,9 @@
 //! changes nothing and says where it is wrong; `warrant status`, `route
 //! list` and `mcp servers` show what is in force.
 
-use crate::support::{Upstream, World, audit, form, identity, put_secret, world_with};
+use crate::support::{
+    Upstream, World, audit, client_credentials, identity, put_secret, world_with,
+};
 use serde_json::Value;
 
 const POLICY: &str = r#"
@@ -44,20 +46,7 @@ fn route_names(w: &World) -> Vec<String> {
 fn self_token(w: &World, route: &str) -> String {
     let id = identity(&w.b, "orch");
     let audience = format!("https://{route}.test");
-    let r = form(
-        &w.b,
-        "/oauth2/token",
-        &[
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", &id),
-            ("scope", "read"),
-            ("audience", &audience),
-        ],
-    );
+    let r = client_credentials(&w.b, &id, "read", &audience);
     assert_eq!(r.status, 200, "{}", r.body);
     r.json()["access_token"].as_str().unwrap().to_owned()
 }
@@ -200,7 +189,6 @@ fn a_bad_file_changes_nothing_and_names_file_line_and_reason() {
     let rec = audit(&w.b, Some("config.reload"));
     assert_eq!(rec.len(), before + 5, "{rec:?}");
     assert!(rec[before..].iter().all(|r| r["decision"] == "error"));
-    assert!(w.b.logs().contains("listening") || !w.b.logs().is_empty());
 }
 
 #[test]
@@ -507,20 +495,7 @@ fn probing_with_a_good_token_is_recorded_as_the_agents() {
     // At the gateway: a Host that is not the edge's.
     let id = identity(&w.b, "orch");
     let audience = format!("http://{}/mcp/files", w.b.edge);
-    let r = form(
-        &w.b,
-        "/oauth2/token",
-        &[
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", &id),
-            ("scope", "read"),
-            ("audience", &audience),
-        ],
-    );
+    let r = client_credentials(&w.b, &id, "read", &audience);
     let mcp_token = r.json()["access_token"].as_str().unwrap().to_owned();
     let auth = format!("Bearer {mcp_token}");
     let r = warrant_testkit::http(

@@ -1,7 +1,7 @@
 //! The operator's daily path: answers that say what happened, in words and
 //! in exit codes.
 
-use crate::support::{audit, bin, broker, form, identity, world};
+use crate::support::{audit, bin, broker, client_credentials, identity, world};
 
 /// `warrant revoke` of an id that names nothing exits non-zero, says what
 /// was not found, records the attempt, and revokes nothing.
@@ -59,20 +59,7 @@ fn an_expired_identity_token_says_it_expired() {
     .ok();
     let brief = identity(&w.b, "brief");
     std::thread::sleep(std::time::Duration::from_secs(11));
-    let r = form(
-        &w.b,
-        "/oauth2/token",
-        &[
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", &brief),
-            ("scope", "tickets:read"),
-            ("audience", "https://tickets.example"),
-        ],
-    );
+    let r = client_credentials(&w.b, &brief, "tickets:read", "https://tickets.example");
     assert_eq!(r.status, 401, "{}", r.body);
     let d = r.json()["error_description"].as_str().unwrap().to_owned();
     assert!(d.contains("expired"), "{d}");
@@ -114,20 +101,7 @@ fn a_missing_data_directory_says_so() {
 fn a_task_id_traces_its_transaction_and_the_list_shows_both() {
     let w = world(4);
     let orch = identity(&w.b, "orch");
-    let r = form(
-        &w.b,
-        "/oauth2/token",
-        &[
-            ("grant_type", "client_credentials"),
-            (
-                "client_assertion_type",
-                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            ),
-            ("client_assertion", &orch),
-            ("scope", "tickets:read"),
-            ("audience", "https://tickets.example"),
-        ],
-    );
+    let r = client_credentials(&w.b, &orch, "tickets:read", "https://tickets.example");
     assert_eq!(r.status, 200, "{}", r.body);
     let claims = crate::support::jwt_claims(r.json()["access_token"].as_str().unwrap());
     let (task, txn) = (

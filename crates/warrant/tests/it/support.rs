@@ -374,3 +374,27 @@ pub fn start_fails(opts: Options) -> (String, std::path::PathBuf, tempfile::Temp
     assert!(!status.success(), "serve should have refused to start");
     (std::fs::read_to_string(log).unwrap(), data_dir, tmp)
 }
+
+/// A client-credentials request at the token endpoint: an agent, by its
+/// identity token, asking a task token for itself.
+pub fn client_credentials(
+    b: &Broker,
+    identity: &str,
+    scope: &str,
+    audience: &str,
+) -> warrant_testkit::Response {
+    form(
+        b,
+        "/oauth2/token",
+        &[
+            ("grant_type", "client_credentials"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", identity),
+            ("scope", scope),
+            ("audience", audience),
+        ],
+    )
+}
