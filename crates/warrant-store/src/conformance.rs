@@ -82,7 +82,7 @@ macro_rules! conformance_tests {
     };
 }
 
-fn agent(name: &str) -> Agent {
+pub fn agent(name: &str) -> Agent {
     let new = NewAgent {
         name: AgentName::new(name).unwrap(),
         owner: Owner::new("team-support").unwrap(),
@@ -95,7 +95,7 @@ fn agent(name: &str) -> Agent {
     Agent::from_new(format!("agt_{name}"), new, Timestamp::from_millis(1_000))
 }
 
-fn ev(kind: &str, agent: &str) -> AuditEvent {
+pub fn ev(kind: &str, agent: &str) -> AuditEvent {
     AuditEvent::new(kind, Outcome::Allow)
         .agent(agent)
         .actor("test")
@@ -560,7 +560,7 @@ pub async fn a_failing_job_does_not_poison_its_batch(fx: Box<dyn Fixture>) {
     );
 }
 
-fn instance(agent: &str, token: &str, seen: i64) -> Instance {
+pub fn instance(agent: &str, token: &str, seen: i64) -> Instance {
     let name = AgentName::new(agent).unwrap();
     Instance {
         id: Evidence::Join {
@@ -748,7 +748,7 @@ pub async fn a_join_token_is_redeemed_exactly_once(fx: Box<dyn Fixture>) {
     );
 }
 
-fn task(id: &str, parent: Option<&str>, txn: &str, agent: &str, instance: &str) -> TaskRecord {
+pub fn task(id: &str, parent: Option<&str>, txn: &str, agent: &str, instance: &str) -> TaskRecord {
     TaskRecord {
         task: id.into(),
         jti: format!("jti-{id}"),

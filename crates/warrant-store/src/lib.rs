@@ -6,15 +6,22 @@
 //! visible without its record, and a failed audit write leaves nothing changed
 //! (fail closed).
 //!
-//! [`SqliteStore`] is the embedded default. A PostgreSQL backend will implement
-//! the same trait and mount the same [`conformance`] suite.
+//! [`SqliteStore`] is the embedded default, owned by one broker.
+//! [`PostgresStore`] is shared by several brokers: it passes the same
+//! [`conformance`] suite, keeps one audit chain however many brokers write
+//! to it, and tells each broker what the others changed ([`Change`]), so
+//! what each keeps in memory follows the store.
 
+mod agents;
+mod chain;
 pub mod conformance;
 mod error;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 pub use error::StoreError;
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
@@ -59,6 +66,80 @@ pub struct ChainReport {
     /// How many verified records are not keyed (from before the chain was
     /// keyed): hash-chained only.
     pub unkeyed: u64,
+}
+
+/// What a committed change touched, for the memory of every broker sharing
+/// the store. Each kind names what a broker must drop or re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    /// An agent was created, changed status or deleted (key: its name).
+    Agent,
+    /// A task was revoked (key: the task id).
+    TaskRevoked,
+    /// An instance was blocked (key: the instance id).
+    InstanceBlocked,
+    /// Instance blocks were lifted (key: the agent re-enabled or deleted).
+    BlocksLifted,
+    /// A signing key was added (key: its kid).
+    SigningKey,
+    /// A secret was rotated or deleted (key: `name` or `name@owner`).
+    Secret,
+    /// A tool pin changed (key: the MCP server).
+    ToolPin,
+    /// A broker reloaded its configuration and policies (key: the digests
+    /// it loaded): the others reload theirs.
+    Reload,
+    /// The follower missed changes (its position is older than the oldest
+    /// change kept): everything must be re-read.
+    Resync,
+}
+
+impl ChangeKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::TaskRevoked => "task.revoked",
+            Self::InstanceBlocked => "instance.blocked",
+            Self::BlocksLifted => "blocks.lifted",
+            Self::SigningKey => "signing_key",
+            Self::Secret => "secret",
+            Self::ToolPin => "tool_pin",
+            Self::Reload => "reload",
+            Self::Resync => "resync",
+        }
+    }
+
+    /// The kind with this stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Agent,
+            Self::TaskRevoked,
+            Self::InstanceBlocked,
+            Self::BlocksLifted,
+            Self::SigningKey,
+            Self::Secret,
+            Self::ToolPin,
+            Self::Reload,
+            Self::Resync,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One committed change, in commit order across every broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Its position in the feed: strictly increasing in commit order, so a
+    /// follower applies each once and never an older after a newer.
+    pub version: u64,
+    /// What it touched.
+    pub kind: ChangeKind,
+    /// Which one.
+    pub key: String,
+    /// When the writing broker committed it (its clock).
+    pub time: Timestamp,
 }
 
 /// Everything warrant persists.
@@ -268,6 +349,22 @@ pub trait Store: Send + Sync + 'static {
     async fn add_checkpoint(&self, cp: Checkpoint) -> Result<(), StoreError>;
     /// The newest checkpoints, newest first.
     async fn list_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>, StoreError>;
+
+    /// The changes committed to this store by any broker, in commit order,
+    /// from when the store was opened: for a store several brokers share.
+    /// Taken once (later calls get `None`); `None` too for a store one
+    /// broker owns, whose memory follows its own writes.
+    fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Change>> {
+        None
+    }
+
+    /// Records that this broker applied a reload (`digests` names what it
+    /// loaded), so the others sharing the store reload too. Nothing to do
+    /// for a store one broker owns.
+    async fn announce_reload(&self, digests: &str) -> Result<(), StoreError> {
+        let _ = digests;
+        Ok(())
+    }
 
     /// Finishes pending writes and stops accepting new ones.
     async fn close(&self);

@@ -5,10 +5,9 @@
 //! caller hears of it. Reads use separate read-only connections (WAL lets them
 //! run beside the writer) on tokio's blocking pool.
 
-mod agents;
 mod index;
 mod migrations;
-mod rows;
+pub(crate) mod rows;
 mod writer;
 
 use parking_lot::Mutex;
@@ -30,6 +29,8 @@ use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::time::Timestamp;
 
+use crate::agents;
+use crate::chain::{LEGACY_KEY, legacy_mac, legacy_until};
 use crate::{AuditQuery, ChainReport, Store, StoreError};
 use writer::Writer;
 
@@ -234,9 +235,6 @@ fn links(
         .is_some_and(|n| seq <= n))
 }
 
-/// The key of the legacy marker in `audit_meta`.
-const LEGACY_KEY: &str = "legacy_until";
-
 /// The stored note of where the chain's keying starts, as stored.
 fn legacy_marker(c: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
     c.query_row(
@@ -246,27 +244,6 @@ fn legacy_marker(c: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
     )
     .optional()
     .map_err(db_err)
-}
-
-/// The record up to which the chain is not keyed, if `marker` is a
-/// genuine note (keyed by `linker`); `None` if it was altered.
-fn legacy_until(marker: &[u8], linker: &dyn ChainLinker) -> Option<u64> {
-    let n = marker
-        .get(..8)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)?;
-    (marker[8..] == legacy_mac(linker, n)[..]).then_some(n)
-}
-
-/// The keyed form of "records up to `n` are not keyed".
-fn legacy_mac(linker: &dyn ChainLinker, n: u64) -> Vec<u8> {
-    linker
-        .link(
-            &ChainHash([0x11; 32]),
-            format!("warrant audit chain: records up to {n} are not keyed").as_bytes(),
-        )
-        .0
-        .to_vec()
 }
 
 /// Notes, once, up to which record the chain is not keyed: every record

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+mod postgres;
+
 use async_trait::async_trait;
 use warrant_core::audit::{AuditEvent, Outcome};
 use warrant_store::conformance::Fixture;

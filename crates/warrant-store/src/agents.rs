@@ -19,7 +19,7 @@ use warrant_core::agent::Agent;
 type Snapshot = Arc<BTreeMap<String, Agent>>;
 
 #[derive(Debug, Default)]
-pub(super) struct AgentCache {
+pub(crate) struct AgentCache {
     generation: AtomicU64,
     // A std lock: held only to clone or replace the Arc.
     snapshot: RwLock<Option<(u64, Snapshot)>>,
@@ -27,7 +27,7 @@ pub(super) struct AgentCache {
 
 impl AgentCache {
     /// The current snapshot, if one is valid.
-    pub(super) fn get(&self) -> Option<Snapshot> {
+    pub(crate) fn get(&self) -> Option<Snapshot> {
         let current = self.generation.load(Ordering::Acquire);
         let guard = self.snapshot.read();
         match &*guard {
@@ -37,13 +37,13 @@ impl AgentCache {
     }
 
     /// The generation to tag a load that starts now.
-    pub(super) fn begin(&self) -> u64 {
+    pub(crate) fn begin(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// Keeps `agents`, read after [`begin`](Self::begin) returned `generation`,
     /// unless a write has committed since.
-    pub(super) fn install(&self, generation: u64, agents: Vec<Agent>) -> Snapshot {
+    pub(crate) fn install(&self, generation: u64, agents: Vec<Agent>) -> Snapshot {
         let snap: Snapshot = Arc::new(
             agents
                 .into_iter()
@@ -58,17 +58,17 @@ impl AgentCache {
     }
 
     /// Called after every write to `agents` has committed (or failed).
-    pub(super) fn invalidate(&self) {
+    pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Invalidates when the guard drops, however the write ends.
-    pub(super) fn invalidate_on_drop(&self) -> Invalidate<'_> {
+    pub(crate) fn invalidate_on_drop(&self) -> Invalidate<'_> {
         Invalidate(self)
     }
 }
 
-pub(super) struct Invalidate<'a>(&'a AgentCache);
+pub(crate) struct Invalidate<'a>(&'a AgentCache);
 
 impl Drop for Invalidate<'_> {
     fn drop(&mut self) {

@@ -1,0 +1,403 @@
+//! The store conformance suite, mounted on PostgreSQL, and what only a
+//! shared store must do: one chain and exactly-once across brokers, the
+//! change feed. Needs `WARRANT_TEST_POSTGRES` (scripts/test starts a
+//! server and sets it; see scripts/postgres).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use warrant_core::audit::{AuditEvent, Outcome};
+use warrant_store::conformance::Fixture;
+use warrant_store::{PostgresOptions, PostgresStore, Store};
+
+/// The server's URL: `WARRANT_TEST_POSTGRES`, or the one scripts/postgres
+/// started last.
+pub fn server_url() -> String {
+    std::env::var("WARRANT_TEST_POSTGRES")
+        .ok()
+        .or_else(|| {
+            let f = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/test-postgres.url");
+            std::fs::read_to_string(f).ok().map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no PostgreSQL server for the tests: run the suite with scripts/test, or start one with `scripts/postgres start`"
+            )
+        })
+}
+
+/// Runs blocking PostgreSQL work off the async threads.
+pub fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().unwrap()
+}
+
+/// A fresh, empty database on the test server; dropped with it.
+pub struct Database {
+    pub url: String,
+    name: String,
+}
+
+impl Database {
+    pub fn new() -> Self {
+        let server = server_url();
+        let name = format!("w_{}", hex_id());
+        let (base, _) = server.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        let n = name.clone();
+        blocking(move || {
+            let mut c = postgres::Client::connect(&server, postgres::NoTls).unwrap();
+            c.batch_execute(&format!("CREATE DATABASE {n}")).unwrap();
+        });
+        Self { url, name }
+    }
+
+    /// A direct connection, as an operator (or an attacker) would have.
+    pub fn sql(&self, sql: &str) {
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        blocking(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.batch_execute(&sql).unwrap();
+        });
+    }
+
+    pub fn open(&self, options: PostgresOptions) -> PostgresStore {
+        let url = self.url.clone();
+        blocking(move || PostgresStore::open(&url, options)).unwrap()
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (server, name) = (server_url(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(mut c) = postgres::Client::connect(&server, postgres::NoTls) {
+                let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        })
+        .join();
+    }
+}
+
+fn hex_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{:x}_{}_{}",
+        t,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+struct PgFixture {
+    db: Database,
+    store: Arc<PostgresStore>,
+}
+
+#[async_trait]
+impl Fixture for PgFixture {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    async fn reopen(&mut self) {
+        self.store.close().await;
+        self.store = Arc::new(self.db.open(PostgresOptions::default()));
+    }
+
+    async fn break_audit_writes(&self) {
+        self.db.sql(
+            "CREATE FUNCTION broken() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full (simulated)'; END; $$;
+             CREATE TRIGGER broken BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION broken();",
+        );
+    }
+
+    async fn tamper_audit_body(&self, seq: u64, find: &str, replace: &str) {
+        // Someone with the database's owner role can disable the guard first.
+        self.db.sql(&format!(
+            "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update;
+             UPDATE audit_log SET body = replace(body, '{}', '{}') WHERE seq = {seq};",
+            find.replace('\'', "''"),
+            replace.replace('\'', "''")
+        ));
+    }
+}
+
+async fn pg() -> Box<dyn Fixture> {
+    let db = Database::new();
+    let store = Arc::new(db.open(PostgresOptions::default()));
+    Box::new(PgFixture { db, store })
+}
+
+warrant_store::conformance_tests!(pg());
+
+#[tokio::test]
+async fn the_audit_log_is_append_only_in_the_database_too() {
+    let db = Database::new();
+    let store = db.open(PostgresOptions::default());
+    store
+        .append_audit(AuditEvent::new("policy.reload", Outcome::Allow))
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE audit_log SET event = 'x'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let (url, sql) = (db.url.clone(), sql.to_owned());
+        let err = blocking(move || {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            c.batch_execute(&sql).unwrap_err().to_string()
+        });
+        assert!(err.contains("db error"), "{err}");
+    }
+    assert_eq!(store.verify_audit().await.unwrap().verified, 1);
+    store.close().await;
+}
+
+/// Three brokers' stores on one database.
+fn three(db: &Database, options: PostgresOptions) -> Vec<Arc<PostgresStore>> {
+    (0..3).map(|_| Arc::new(db.open(options.clone()))).collect()
+}
+
+async fn close_all(stores: &[Arc<PostgresStore>]) {
+    for s in stores {
+        s.close().await;
+    }
+}
+
+#[derive(Debug)]
+struct TestKey(&'static [u8]);
+
+impl warrant_core::audit::ChainLinker for TestKey {
+    fn link(
+        &self,
+        prev: &warrant_core::audit::ChainHash,
+        body: &[u8],
+    ) -> warrant_core::audit::ChainHash {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(self.0);
+        h.update(prev.0);
+        h.update(body);
+        warrant_core::audit::ChainHash(h.finalize().into())
+    }
+}
+
+fn keyed(key: &'static [u8]) -> PostgresOptions {
+    PostgresOptions {
+        chain: Some(Arc::new(TestKey(key))),
+        ..PostgresOptions::default()
+    }
+}
+
+/// Records written concurrently through three brokers form one keyed
+/// chain: consecutive, each linked to the one before, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_write_one_chain_that_never_forks() {
+    let db = Database::new();
+    let stores = three(&db, keyed(b"kek one"));
+    let mut writers = Vec::new();
+    for (b, s) in stores.iter().enumerate() {
+        for w in 0..8 {
+            let s = s.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    s.append_audit(AuditEvent::new(format!("t.b{b}.w{w}.{i}"), Outcome::Allow))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for s in &stores {
+        let r = s.verify_audit().await.unwrap();
+        assert_eq!((r.verified, r.broken.clone(), r.unkeyed), (600, None, 0));
+        assert_eq!(s.audit_head().await.unwrap().unwrap().0, 600);
+        // Each broker vouches for the shared head, which links.
+        assert_eq!(s.audit_written_head().await.unwrap().unwrap().0, 600);
+    }
+    close_all(&stores).await;
+}
+
+/// A broker whose KEK is not the one the store's chain is keyed with is
+/// refused at open, in words that say what to fix.
+#[tokio::test]
+async fn a_broker_with_another_kek_is_refused() {
+    let db = Database::new();
+    let first = db.open(keyed(b"kek one"));
+    first.close().await;
+    let url = db.url.clone();
+    let err = blocking(move || PostgresStore::open(&url, keyed(b"kek two"))).unwrap_err();
+    assert!(err.to_string().contains("same WARRANT_KEK"), "{err}");
+}
+
+/// A join token redeemed at once through three brokers admits exactly one
+/// instance; the others change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_is_redeemed_once_across_brokers() {
+    use warrant_core::identity::JoinTokenRecord;
+    use warrant_core::time::Timestamp;
+    let db = Database::new();
+    let stores = three(&db, PostgresOptions::default());
+    let conf = warrant_store::conformance::ev;
+    stores[0]
+        .create_join_token(
+            JoinTokenRecord {
+                id: "jt_a".into(),
+                token_hash: [7; 32],
+                agent: "triage".parse().unwrap(),
+                created_by: "local:uid=0".into(),
+                created_at: Timestamp::from_millis(0),
+                expires_at: Timestamp::from_millis(Timestamp::now().as_millis() + 600_000),
+                redeemed_at: None,
+            },
+            conf("admin.agent.join-token", "triage"),
+        )
+        .await
+        .unwrap();
+    let mut tries = Vec::new();
+    for i in 0..30 {
+        let s = stores[i % 3].clone();
+        tries.push(tokio::spawn(async move {
+            s.redeem_join_token(
+                &[7; 32],
+                Timestamp::now(),
+                warrant_store::conformance::instance("triage", &format!("jt_a{i}"), 1_000),
+                conf("attest.join", "triage"),
+            )
+            .await
+        }));
+    }
+    let mut won = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(warrant_store::StoreError::Precondition { .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let r = stores[1].verify_audit().await.unwrap();
+    assert_eq!((r.verified, r.broken), (2, None), "one record per success");
+    close_all(&stores).await;
+}
+
+/// What one broker revokes, blocks or disables reaches the others' feeds in
+/// commit order, and their agent snapshots follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_other_broker_in_order() {
+    use warrant_core::agent::AgentStatus;
+    use warrant_core::task::RevokeTarget;
+    use warrant_core::time::Timestamp;
+    use warrant_store::conformance::{agent, ev, instance, task};
+    use warrant_store::{Change, ChangeKind};
+    let db = Database::new();
+    let stores = three(&db, PostgresOptions::default());
+    let (a, b) = (&stores[0], &stores[1]);
+    let mut feed = b.follow().expect("a shared store has a feed");
+    assert!(b.follow().is_none(), "taken once");
+
+    a.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    let name = "triage".parse().unwrap();
+    assert_eq!(
+        b.get_agent(&name).await.unwrap().unwrap().status,
+        AgentStatus::Active
+    );
+    let inst = instance("triage", "jt", 1_000);
+    a.record_instance(inst.clone(), ev("attest.join", "triage"))
+        .await
+        .unwrap();
+    let t = task("t1", None, "x1", "triage", inst.id.as_str());
+    a.record_task(t.clone(), ev("token.exchange", "triage"))
+        .await
+        .unwrap();
+    a.revoke(
+        RevokeTarget::Task("t1".into()),
+        Timestamp::now(),
+        ev("admin.revoke", "triage"),
+    )
+    .await
+    .unwrap();
+    a.set_agent_status(
+        &name,
+        AgentStatus::Disabled,
+        Timestamp::now(),
+        ev("admin.agent.disable", "triage"),
+    )
+    .await
+    .unwrap();
+
+    let mut got: Vec<Change> = Vec::new();
+    while got.len() < 3 {
+        let c = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .expect("the change arrives")
+            .unwrap();
+        got.push(c);
+    }
+    let kinds: Vec<(ChangeKind, &str)> = got.iter().map(|c| (c.kind, c.key.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (ChangeKind::Agent, "triage"),
+            (ChangeKind::TaskRevoked, "t1"),
+            (ChangeKind::Agent, "triage"),
+        ]
+    );
+    assert!(got.windows(2).all(|w| w[0].version < w[1].version));
+    // B's snapshot was dropped by the feed: it reads what A wrote.
+    assert_eq!(
+        b.get_agent(&name).await.unwrap().unwrap().status,
+        AgentStatus::Disabled
+    );
+    assert!(b.feed_status().connected);
+    assert_eq!(b.feed_status().position, got[2].version);
+    close_all(&stores).await;
+}
+
+/// The errors an operator meets first say what is wrong, and never show
+/// the password.
+#[tokio::test]
+async fn unreachable_read_only_and_newer_databases_are_refused_clearly() {
+    let err = blocking(|| {
+        PostgresStore::open(
+            "postgres://warrant:hunter2-secret@127.0.0.1:1/warrant",
+            PostgresOptions::default(),
+        )
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot reach PostgreSQL at postgres://warrant@127.0.0.1:1/warrant"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+
+    let db = Database::new();
+    db.open(PostgresOptions::default()).close().await;
+    db.sql("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 0)");
+    let url = db.url.clone();
+    let err = blocking(move || PostgresStore::open(&url, PostgresOptions::default())).unwrap_err();
+    assert!(err.to_string().contains("run a newer warrant"), "{err}");
+
+    let ro = Database::new();
+    ro.sql(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        ro.url.rsplit_once('/').unwrap().1
+    ));
+    let url = ro.url.clone();
+    let err = blocking(move || PostgresStore::open(&url, PostgresOptions::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("read-only"), "{err}");
+}
