@@ -42,6 +42,9 @@ pub struct KeyService {
     default_alg: Alg,
     /// Serialises rotations. A tokio mutex: held across store writes.
     rotate_lock: tokio::sync::Mutex<()>,
+    /// The least delay before a new key signs: with several brokers, long
+    /// enough for every one to publish it first.
+    min_activation: parking_lot::Mutex<Duration>,
     /// The published keys parsed for verification, rebuilt when the set
     /// changes or the second turns (key states change with time), so token
     /// checks on hot paths do not re-parse public keys per request.
@@ -95,6 +98,7 @@ impl KeyService {
             store,
             default_alg,
             rotate_lock: tokio::sync::Mutex::new(()),
+            min_activation: parking_lot::Mutex::new(Duration::ZERO),
         })
     }
 
@@ -119,8 +123,22 @@ impl KeyService {
         self.set.load_full()
     }
 
+    /// With several brokers on one store: a new key signs no sooner than
+    /// `delay` after it is stored, so every broker publishes it first.
+    pub fn set_min_activation(&self, delay: Duration) {
+        *self.min_activation.lock() = delay;
+    }
+
+    /// Re-reads the keys from the store (another broker added one).
+    pub async fn reload(&self) -> Result<(), KeyServiceError> {
+        let set = KeySet::open(self.store.list_signing_keys().await?, &self.kek)?;
+        self.set.store(Arc::new(set));
+        Ok(())
+    }
+
     /// Adds a key of `alg` (default: the configured one) that is published now
-    /// and signs from `now + activate_in`. `base` carries the actor.
+    /// and signs from `now + activate_in` (at least the minimum activation
+    /// delay, with several brokers). `base` carries the actor.
     pub async fn rotate(
         &self,
         alg: Option<Alg>,
@@ -128,6 +146,7 @@ impl KeyService {
         base: AuditEvent,
     ) -> Result<KeyStatus, KeyServiceError> {
         let _guard = self.rotate_lock.lock().await;
+        let activate_in = activate_in.max(*self.min_activation.lock());
         let now = Timestamp::now();
         let alg = alg.unwrap_or(self.default_alg);
         let record = warrant_token::generate_key(alg, &self.kek, now, now + activate_in)?;

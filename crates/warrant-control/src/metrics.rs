@@ -109,6 +109,13 @@ pub struct Metrics {
     pub tasks_revoked: Counter,
     /// Connections closed at accept because a listener was at its cap.
     pub connections_refused: Family<ListenerLabels, Counter>,
+    /// With a shared store: seconds from another broker's commit to this
+    /// broker applying it, per change.
+    pub feed_lag: prometheus_client::metrics::histogram::Histogram,
+    /// With a shared store: the last change version applied here.
+    pub feed_position: Gauge,
+    /// With a shared store: 1 while this broker hears the change feed.
+    pub feed_connected: Gauge,
 }
 
 /// Labels: which listener.
@@ -156,8 +163,28 @@ impl Metrics {
             token_grants: Family::default(),
             tasks_revoked: Counter::default(),
             connections_refused: Family::default(),
+            feed_lag: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 14),
+            ),
+            feed_position: Gauge::default(),
+            feed_connected: Gauge::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "warrant_store_feed_lag_seconds",
+            "Seconds from a change's commit by any broker to this broker applying it (shared store)",
+            m.feed_lag.clone(),
+        );
+        registry.register(
+            "warrant_store_feed_position",
+            "The last change version this broker applied (shared store); brokers at the same position hold the same state",
+            m.feed_position.clone(),
+        );
+        registry.register(
+            "warrant_store_feed_connected",
+            "1 while this broker hears the shared store's change feed",
+            m.feed_connected.clone(),
+        );
         registry.register(
             "warrant_policy_decisions",
             "Policy decisions by action and effect",

@@ -98,6 +98,11 @@ impl SecretService {
         }
     }
 
+    /// Drops every opened value (another broker rotated or deleted one).
+    pub fn forget_all(&self) {
+        self.cache.write().clear();
+    }
+
     fn forget(&self, key: &Key) {
         {
             let mut c = self.cache.write();

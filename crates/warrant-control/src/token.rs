@@ -1405,6 +1405,26 @@ impl TokenService {
         Ok(revoked)
     }
 
+    /// Follows a revocation committed by another broker sharing the store.
+    pub fn note_revoked(&self, task: &str) {
+        self.revoked_tasks.write().insert(task.to_owned());
+    }
+
+    /// Follows an instance block committed by another broker.
+    pub fn note_blocked(&self, instance: &str) {
+        self.blocked_instances.write().insert(instance.to_owned());
+    }
+
+    /// Re-reads every revocation and block from the store (this broker
+    /// missed changes). Revocations are only ever added here: a task
+    /// revoked is never un-revoked, whatever the store says.
+    pub async fn reload_revocations(&self) -> Result<(), StoreError> {
+        let (tasks, instances) = self.store.revoked_state(Timestamp::now()).await?;
+        self.revoked_tasks.write().extend(tasks);
+        *self.blocked_instances.write() = instances.into_iter().collect();
+        Ok(())
+    }
+
     /// Re-reads the instance blocks from the store (after an agent was
     /// re-enabled, which lifts its instances' blocks).
     pub async fn reload_blocks(&self) -> Result<(), StoreError> {

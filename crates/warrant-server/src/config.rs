@@ -33,6 +33,8 @@ pub const DEFAULT_MAX_DELEGATION_DEPTH: u32 = 4;
 pub struct RawConfig {
     /// Where the store, keys and sockets live.
     pub data_dir: Option<PathBuf>,
+    /// The store: `sqlite` (in the data directory) or a `postgres://` URL.
+    pub store: Option<String>,
     /// The API listener (OAuth, discovery, admin over HTTP).
     pub api_addr: Option<String>,
     /// The edge listener (egress proxy, MCP gateway).
@@ -251,6 +253,8 @@ pub struct Settings {
     pub config: Option<PathBuf>,
     /// `--data-dir` / `WARRANT_DATA_DIR`.
     pub data_dir: Option<PathBuf>,
+    /// `--store` / `WARRANT_STORE`.
+    pub store: Option<String>,
     /// `--api-addr` / `WARRANT_API_ADDR`.
     pub api_addr: Option<String>,
     /// `--edge-addr` / `WARRANT_EDGE_ADDR`.
@@ -298,11 +302,39 @@ pub enum ConfigError {
     },
 }
 
+/// Which store a broker uses.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// SQLite in the data directory: one broker.
+    Sqlite,
+    /// PostgreSQL, shared by several brokers. The URL may carry a password,
+    /// so it is never shown whole ([`StoreChoice::shown`]).
+    Postgres(String),
+}
+
+impl StoreChoice {
+    /// What to show: `sqlite`, or the URL without its password.
+    pub fn shown(&self) -> String {
+        match self {
+            Self::Sqlite => "sqlite".into(),
+            Self::Postgres(url) => warrant_store::shown_postgres_url(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the store, keys and sockets live.
     pub data_dir: PathBuf,
+    /// The store.
+    pub store: StoreChoice,
     /// The API listener.
     pub api_addr: SocketAddr,
     /// The edge listener.
@@ -486,6 +518,23 @@ impl Config {
             (None, None) => PathBuf::from(DEFAULT_DATA_DIR),
         };
 
+        let store = {
+            let origin = layer.origin(settings.store.is_some(), "--store", "WARRANT_STORE");
+            match settings.store.clone().or(raw.store).as_deref() {
+                None | Some("sqlite") => StoreChoice::Sqlite,
+                Some(url) => {
+                    warrant_store::check_postgres_url(url).map_err(|message| {
+                        ConfigError::Invalid {
+                            key: "store",
+                            origin,
+                            message,
+                        }
+                    })?;
+                    StoreChoice::Postgres(url.to_owned())
+                }
+            }
+        };
+
         let api_addr = {
             let origin = layer.origin(
                 settings.api_addr.is_some(),
@@ -658,6 +707,7 @@ impl Config {
         Ok(Self {
             limits,
             data_dir,
+            store,
             api_addr,
             edge_addr,
             trust_domain,

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod data_dir;
 mod edge_services;
+mod follow;
 mod http;
 mod listener;
 mod live;

@@ -298,6 +298,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
         }
     };
     check("data_dir", old.data_dir == new.data_dir);
+    check("store", old.store == new.store);
     check("api_addr", old.api_addr == new.api_addr);
     check("edge_addr", old.edge_addr == new.edge_addr);
     check("trust_domain", old.trust_domain == new.trust_domain);

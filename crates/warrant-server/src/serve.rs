@@ -19,7 +19,11 @@ use tokio_util::sync::CancellationToken;
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 use warrant_policy::Problems;
-use warrant_store::{SqliteOptions, SqliteStore, Store, StoreError};
+use warrant_store::{
+    PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError,
+};
+
+use crate::config::StoreChoice;
 
 use crate::config::Config;
 use crate::data_dir::{DataDir, DataDirError, KekSource, RunInfo};
@@ -161,13 +165,28 @@ impl Broker {
         // database never holds.
         let chain_key = warrant_token::AuditChainKey::derive(&kek)
             .map_err(|e| ServeError::Io(e.to_string()))?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(
-            &data_dir.db_path(),
-            SqliteOptions {
-                chain: Some(Arc::new(chain_key)),
-                ..SqliteOptions::default()
-            },
-        )?);
+        let shared = matches!(config.store, StoreChoice::Postgres(_));
+        let store: Arc<dyn Store> = match &config.store {
+            StoreChoice::Sqlite => Arc::new(SqliteStore::open(
+                &data_dir.db_path(),
+                SqliteOptions {
+                    chain: Some(Arc::new(chain_key)),
+                    ..SqliteOptions::default()
+                },
+            )?),
+            StoreChoice::Postgres(url) => {
+                let url = url.clone();
+                let options = PostgresOptions {
+                    chain: Some(Arc::new(chain_key)),
+                    ..PostgresOptions::default()
+                };
+                let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url, options))
+                    .await
+                    .map_err(|e| ServeError::Io(format!("opening the store failed: {e}")))??;
+                tracing::info!(store = %store.shown(), "using a PostgreSQL store shared with other brokers");
+                Arc::new(store)
+            }
+        };
         let edge_metrics = Arc::new(warrant_edge::metrics::EdgeMetrics::default());
         let metrics = Arc::new(Metrics::with(|r| edge_metrics.register(r)));
         let secrets = Arc::new(warrant_control::secrets::SecretService::new(
@@ -175,6 +194,11 @@ impl Broker {
             kek.clone(),
         ));
         let keys = Arc::new(KeyService::bootstrap(store.clone(), kek, config.signing_alg).await?);
+        if shared {
+            // Every broker publishes a new key (the feed brings it within
+            // milliseconds, a catch-up read within a second) before any signs.
+            keys.set_min_activation(crate::follow::KEY_ACTIVATION_DELAY);
+        }
         // Agents registered before platform selectors had to name their
         // provider are never chosen by a platform token now: say so.
         if let Ok(agents) = store.list_agents().await {
@@ -381,8 +405,14 @@ impl Broker {
                 api_addr,
                 admin_socket: data_dir.admin_socket(),
                 agent_socket: data_dir.agent_socket(),
-                db_path: data_dir.db_path(),
+                store: match &config.store {
+                    StoreChoice::Sqlite => format!("sqlite:{}", data_dir.db_path().display()),
+                    other => other.shown(),
+                },
             }),
+            broker_id: warrant_host::random::hex_id(8)
+                .map(|id| Arc::from(format!("brk_{id}")))
+                .map_err(|e| ServeError::Io(e.to_string()))?,
         };
         let limits = fit_file_limit(config.limits);
         Ok(Self {
@@ -439,6 +469,10 @@ impl Broker {
                 "policy_digest": state.policy.current().policies.digest(),
             }));
         state.store.append_audit(start).await?;
+        let follower = state
+            .store
+            .follow()
+            .map(|feed| crate::follow::spawn(state.clone(), feed, shutdown.clone()));
 
         let api_server = Arc::new(crate::listener::Server::new(
             "api",
@@ -534,6 +568,9 @@ impl Broker {
 
         shutdown.cancelled().await;
         let _ = flusher.await;
+        if let Some(f) = follower {
+            let _ = f.await;
+        }
         tracing::info!("shutting down: draining connections");
         let _ = tokio::join!(api_task, edge_task, admin_task, agent_task);
         // Open connections finish their requests (within 10 s in all).
@@ -591,7 +628,7 @@ impl Broker {
                         _ = hup.recv() => {
                             tracing::info!("SIGHUP received: reloading the configuration and the policies");
                             let event = |kind: Kind| AuditEvent::new(kind, Outcome::Allow).actor("signal:SIGHUP").protocol("signal");
-                            if let Err(e) = crate::http::live::reload_all(&state, event(Kind::ConfigReload).action("config.reload"), event(Kind::PolicyReload)).await {
+                            if let Err(e) = crate::http::live::reload_all(&state, event(Kind::ConfigReload).action("config.reload"), event(Kind::PolicyReload), crate::http::live::ReloadFrom::Operator).await {
                                 tracing::error!(error = %e.message, "reload on SIGHUP failed; the running configuration and policies stay");
                             }
                         }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub started_at: Timestamp,
     /// The configuration in force, and what reloading it needs.
     pub live: Arc<Live>,
+    /// This broker process, among those sharing a store.
+    pub broker_id: Arc<str>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -74,6 +76,6 @@ pub struct Live {
     pub admin_socket: std::path::PathBuf,
     /// The agent socket.
     pub agent_socket: std::path::PathBuf,
-    /// The database file.
-    pub db_path: std::path::PathBuf,
+    /// The store, as shown (`sqlite:<path>`, or the URL without password).
+    pub store: String,
 }

@@ -21,7 +21,9 @@ mod sqlite;
 
 use async_trait::async_trait;
 pub use error::StoreError;
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{
+    FeedStatus, PostgresOptions, PostgresStore, check_postgres_url, shown_postgres_url,
+};
 pub use sqlite::{SqliteOptions, SqliteStore};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
@@ -356,6 +358,12 @@ pub trait Store: Send + Sync + 'static {
     /// broker owns, whose memory follows its own writes.
     fn follow(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Change>> {
         None
+    }
+
+    /// Whether this broker hears the feed of a shared store (always true for
+    /// a store one broker owns).
+    fn feed_connected(&self) -> bool {
+        true
     }
 
     /// Records that this broker applied a reload (`digests` names what it

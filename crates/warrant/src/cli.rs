@@ -131,6 +131,15 @@ pub enum LogFormat {
 
 #[derive(Debug, Args)]
 pub struct Serve {
+    /// The store: `sqlite` (in the data directory) or `postgres://user:password@host:port/db`,
+    /// shared by several brokers [default: sqlite]
+    #[arg(
+        long,
+        env = "WARRANT_STORE",
+        value_name = "STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<String>,
     /// Address of the API listener (OAuth, discovery, admin over HTTP) [default: 127.0.0.1:8700]
     #[arg(long, env = "WARRANT_API_ADDR", value_name = "ADDR")]
     pub api_addr: Option<String>,

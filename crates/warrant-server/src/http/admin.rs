@@ -910,7 +910,10 @@ async fn reload_policy(
         .reload(caller.event(Kind::PolicyReload, Outcome::Allow))
         .await
     {
-        Ok(loaded) => Ok(Json(policy_status(&state, &loaded))),
+        Ok(loaded) => {
+            crate::http::live::announce_reload(&state, loaded.policies.digest()).await;
+            Ok(Json(policy_status(&state, &loaded)))
+        }
         Err(ReloadError::Invalid(problems)) => Err(ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_policy",

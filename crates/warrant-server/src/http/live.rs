@@ -27,10 +27,21 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Reloads the configuration, then the policies: what SIGHUP does.
+/// Who asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReloadFrom {
+    /// An operator, through this broker (API, socket or SIGHUP): the other
+    /// brokers sharing the store are told to reload too.
+    Operator,
+    /// Another broker's announcement: not announced again.
+    Peer,
+}
+
 pub(crate) async fn reload_all(
     state: &AppState,
     config_event: AuditEvent,
     policy_event: AuditEvent,
+    from: ReloadFrom,
 ) -> Result<Reloaded, ApiError> {
     // All or nothing: a configuration goes in force only with policies
     // that load (a route added with the `forbid` meant to restrict it must
@@ -76,6 +87,9 @@ pub(crate) async fn reload_all(
         Err(warrant_control::policy::ReloadError::Store(e)) => return Err(e.into()),
     };
     let config = state.live.config.load();
+    if from == ReloadFrom::Operator {
+        announce_reload(state, loaded.policies.digest()).await;
+    }
     Ok(Reloaded {
         config: live::status(&config, *state.live.loaded_at.lock()),
         routes: changes.routes,
@@ -85,6 +99,21 @@ pub(crate) async fn reload_all(
         restart_needed: changes.restart_needed,
         policy: policy_status(state, &loaded),
     })
+}
+
+/// Tells the other brokers sharing the store that an operator reloaded
+/// this one: they reload their own files, and each reports the digests it
+/// loaded, so a node whose files differ shows (`warrant status`).
+pub(crate) async fn announce_reload(state: &AppState, policy_digest: &str) {
+    let config = state.live.config.load();
+    let note = format!(
+        "{} config={} policy={policy_digest}",
+        state.broker_id,
+        config.digest.as_deref().unwrap_or("none"),
+    );
+    if let Err(e) = state.store.announce_reload(&note).await {
+        tracing::error!(error = %e, "reloaded here, but could not tell the other brokers sharing the store; reload each of them");
+    }
 }
 
 /// Records a refused reload and answers it: the trail keeps the first line
@@ -126,7 +155,7 @@ async fn reload(
         .event(Kind::ConfigReload, Outcome::Allow)
         .action("config.reload");
     let policy_event = caller.event(Kind::PolicyReload, Outcome::Allow);
-    reload_all(&state, config_event, policy_event)
+    reload_all(&state, config_event, policy_event, ReloadFrom::Operator)
         .await
         .map(Json)
 }
@@ -198,7 +227,7 @@ async fn status(State(state): State<AppState>, _: Reader) -> Json<BrokerStatus> 
         edge_addr: live.edge_addr.to_string(),
         admin_socket: live.admin_socket.display().to_string(),
         agent_socket: live.agent_socket.display().to_string(),
-        store: format!("sqlite:{}", live.db_path.display()),
+        store: live.store.clone(),
         started_at: state.started_at,
         uptime_secs: (now.as_secs() - state.started_at.as_secs()).max(0),
         config: live::status(&config, *live.loaded_at.lock()),

@@ -153,23 +153,27 @@ fn conflict(what: &'static str, name: &str) -> impl FnOnce(postgres::Error) -> S
     }
 }
 
-/// `url` with any password hidden, for messages.
-fn shown_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "the configured database".into();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
-    };
-    let host = host.split(['?', '#']).next().unwrap_or_default();
-    match auth {
-        Some(a) => {
-            let user = a.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{host}")
-        }
-        None => format!("{scheme}://{host}"),
+/// Whether `url` is a PostgreSQL connection URL warrant can use; the
+/// problem, in words that never repeat the password, if not.
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(format!(
+            "`{}` is neither `sqlite` nor a `postgres://user:password@host:port/database` URL",
+            shown_postgres_url(url)
+        ));
     }
+    url.parse::<postgres::Config>().map(drop).map_err(|e| {
+        format!(
+            "{} is not a usable PostgreSQL URL: {}",
+            shown_postgres_url(url),
+            describe(&e)
+        )
+    })
+}
+
+/// `url` with any password hidden, for messages.
+pub fn shown_postgres_url(url: &str) -> String {
+    warrant_core::text::shown_url(url)
 }
 
 fn all<T>(
@@ -589,7 +593,7 @@ impl PostgresStore {
     /// migrations and starts the writer and the change feed. Blocking: call
     /// it off the async threads.
     pub fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let shown: Arc<str> = shown_url(url).into();
+        let shown: Arc<str> = shown_postgres_url(url).into();
         let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
             StoreError::Unavailable(format!(
                 "the store URL {shown} is not a PostgreSQL connection string: {}",
@@ -1863,6 +1867,10 @@ impl Store for PostgresStore {
             .collect())
         })
         .await
+    }
+
+    fn feed_connected(&self) -> bool {
+        self.feed.connected.load(Ordering::Acquire)
     }
 
     fn follow(&self) -> Option<mpsc::UnboundedReceiver<Change>> {

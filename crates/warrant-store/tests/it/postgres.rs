@@ -378,7 +378,7 @@ async fn unreachable_read_only_and_newer_databases_are_refused_clearly() {
     .unwrap_err()
     .to_string();
     assert!(
-        err.contains("cannot reach PostgreSQL at postgres://warrant@127.0.0.1:1/warrant"),
+        err.contains("cannot reach PostgreSQL at postgres://[redacted]@127.0.0.1:1/warrant"),
         "{err}"
     );
     assert!(!err.contains("hunter2"), "{err}");

@@ -33,6 +33,7 @@ pub fn config(cli: &Cli, args: &Serve) -> anyhow::Result<Config> {
     let settings = Settings {
         config: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
+        store: args.store.clone(),
         api_addr: args.api_addr.clone(),
         edge_addr: args.edge_addr.clone(),
         trust_domain: args.trust_domain.clone(),

@@ -6,6 +6,7 @@
 mod admin;
 mod attest;
 mod audit;
+mod cluster;
 mod delegation;
 mod interop;
 mod keys;
