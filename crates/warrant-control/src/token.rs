@@ -702,6 +702,15 @@ impl TokenService {
     /// and created again since the token was issued). Returns the current
     /// actor's agent.
     async fn check_chain(&self, c: &TaskClaims, issued_ms: i64) -> Result<Agent, ChainError> {
+        // INVARIANT (revocation through any broker is seen): with a shared
+        // store, a broker that has not heard the change feed lately may not
+        // know of a revocation made elsewhere; it vouches for nothing.
+        if !self.store.feed_fresh() {
+            tracing::warn!(
+                "refusing a task token: this broker has not heard the shared store's change feed lately, so it cannot rule out a revocation made through another broker"
+            );
+            return Err(ChainError::Unavailable);
+        }
         // INVARIANT (every agent of the chain): the acting agents, and the
         // agent the work began with when it acted for itself (`sub`, its
         // SPIFFE ID) and handed its task on.

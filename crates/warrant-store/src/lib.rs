@@ -144,6 +144,11 @@ pub struct Change {
     pub time: Timestamp,
 }
 
+/// How long a broker sharing a store may go without reading the change
+/// feed before it stops vouching for task tokens (the feed is read at
+/// least every half second while the database answers).
+pub const FEED_STALE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything warrant persists.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -363,6 +368,15 @@ pub trait Store: Send + Sync + 'static {
     /// Whether this broker hears the feed of a shared store (always true for
     /// a store one broker owns).
     fn feed_connected(&self) -> bool {
+        true
+    }
+
+    /// Whether this broker has read the feed of a shared store recently
+    /// enough to know of every revocation committed before the last
+    /// [`FEED_STALE`]. When it has not, a use of a task token cannot be
+    /// checked against revocations made through other brokers, and is
+    /// refused. Always true for a store one broker owns.
+    fn feed_fresh(&self) -> bool {
         true
     }
 

@@ -102,3 +102,78 @@ impl Drop for Database {
         .join();
     }
 }
+
+/// A TCP relay to the test server that a test can cut, as a network
+/// partition between one broker and its database would.
+#[derive(Debug)]
+pub struct Relay {
+    /// The relay's address (`127.0.0.1:<port>`).
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    /// Relays to the host and port of `url`.
+    pub fn to(url: &str) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let after = url.rsplit_once('@').map_or(url, |(_, h)| h);
+        let target = after.split('/').next().unwrap_or_default().to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if c.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let pump = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                let clones = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                    server.try_clone(),
+                );
+                if let (Ok(c1), Ok(s1), Ok(c2), Ok(s2)) = clones {
+                    o.lock().unwrap().extend([c1, s1]);
+                    pump(client, s2);
+                    pump(server, c2);
+                }
+            }
+        });
+        Self { addr, cut, open }
+    }
+
+    /// `url` with its host and port replaced by the relay's.
+    pub fn url(&self, url: &str) -> String {
+        let (scheme_auth, rest) = url.rsplit_once('@').unwrap();
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        format!("{scheme_auth}@{}/{path}", self.addr)
+    }
+
+    /// Cuts every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Release);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Relays again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::Release);
+    }
+}

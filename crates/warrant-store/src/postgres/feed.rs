@@ -36,6 +36,8 @@ pub(crate) struct FeedState {
     pub(crate) connected: AtomicBool,
     /// Milliseconds between the last change's commit and its delivery.
     pub(crate) last_lag_ms: AtomicI64,
+    /// When the feed was last read in full (ms since the epoch).
+    pub(crate) last_read_ms: AtomicI64,
     pub(crate) stop: AtomicBool,
 }
 
@@ -145,5 +147,8 @@ fn catch_up(
         state.position.store(version, Ordering::Release);
         expected = version + 1;
     }
+    state
+        .last_read_ms
+        .store(Timestamp::now().as_millis(), Ordering::Release);
     Ok(())
 }

@@ -721,7 +721,7 @@ impl PostgresStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Client) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&mut Client) -> Result<T, StoreError> + Send + 'static,
     {
         let _permit = self
             .permits
@@ -733,11 +733,20 @@ impl PostgresStore {
         // A client is only ever used and dropped on a blocking thread: it
         // runs its own runtime, which must not start inside tokio's.
         tokio::task::spawn_blocking(move || {
-            let mut client = match pool.0.lock().pop() {
+            let pooled = pool.0.lock().pop();
+            let fresh = pooled.is_none();
+            let mut client = match pooled {
                 Some(c) if !c.is_closed() => c,
                 _ => connector.connect()?,
             };
-            let out = f(&mut client);
+            let mut out = f(&mut client);
+            if out.is_err() && client.is_closed() && !fresh {
+                // The pooled connection had died (a database restart, a
+                // dropped link): reads change nothing, so once more on a
+                // new one.
+                client = connector.connect()?;
+                out = f(&mut client);
+            }
             if !client.is_closed() {
                 pool.0.lock().push(client);
             }
@@ -808,7 +817,13 @@ fn audit_query(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
 #[async_trait]
 impl Store for PostgresStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.audit_written_head().await.map(drop)
+        self.audit_written_head().await?;
+        if !self.feed_fresh() {
+            return Err(StoreError::Unavailable(
+                "the shared store's change feed has not been read lately; this broker cannot rule out changes made through other brokers".into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn audit_written_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError> {
@@ -1871,6 +1886,12 @@ impl Store for PostgresStore {
 
     fn feed_connected(&self) -> bool {
         self.feed.connected.load(Ordering::Acquire)
+    }
+
+    fn feed_fresh(&self) -> bool {
+        let age = Timestamp::now().as_millis() - self.feed.last_read_ms.load(Ordering::Acquire);
+        self.feed.connected.load(Ordering::Acquire)
+            && u128::try_from(age).is_ok_and(|a| a <= crate::FEED_STALE.as_millis())
     }
 
     fn follow(&self) -> Option<mpsc::UnboundedReceiver<Change>> {

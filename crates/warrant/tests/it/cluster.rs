@@ -174,3 +174,256 @@ fn a_join_token_redeemed_through_three_brokers_admits_one_instance() {
         1
     );
 }
+
+/// A cluster whose node `i` reaches the database through its own relay,
+/// so a test can cut one broker off.
+struct Relayed {
+    nodes: Vec<Broker>,
+    relays: Vec<warrant_testkit::postgres::Relay>,
+    db: Database,
+}
+
+fn relayed(n: usize) -> Relayed {
+    let db = Database::new();
+    let mut nodes = Vec::new();
+    let mut relays = Vec::new();
+    for _ in 0..n {
+        let relay = warrant_testkit::postgres::Relay::to(&db.url);
+        let b = Broker::start_with(
+            bin(),
+            Options {
+                args: vec![
+                    "--store".into(),
+                    relay.url(&db.url),
+                    "--issuer".into(),
+                    "http://warrant.cluster.test".into(),
+                ],
+                env: vec![("WARRANT_KEK".into(), KEK.into())],
+                ..Default::default()
+            },
+        );
+        std::fs::write(
+            b.data_dir.join("policies/delegation.cedar"),
+            DELEGATION_POLICY,
+        )
+        .unwrap();
+        nodes.push(b);
+        relays.push(relay);
+    }
+    nodes[0].cli(&["policy", "reload"]).ok();
+    for b in &nodes[1..] {
+        b.cli(&["policy", "reload"]).ok();
+    }
+    nodes[0]
+        .cli(&["agent", "create", "orch", "--owner", "o", "--env", "dev"])
+        .ok();
+    Relayed { nodes, relays, db }
+}
+
+fn self_token(b: &Broker, id: &str) -> warrant_testkit::Response {
+    client_credentials(b, id, "tickets:read", "https://tickets.example")
+}
+
+/// Cut off from the store, a broker grants nothing, vouches for no task
+/// token (it could miss a revocation made elsewhere) and says it is not
+/// ready; reconnected, it catches up by itself, revocations made meanwhile
+/// included.
+#[test]
+fn a_broker_cut_off_from_the_store_fails_closed_and_recovers() {
+    let c = relayed(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let id = identity_across(a, b, "orch");
+    let r = self_token(b, &id);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let task = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(introspect(b, &id, &task)["active"], true);
+
+    c.relays[1].cut();
+    until("B says it is not ready", Duration::from_secs(10), || {
+        b.http("GET", "/readyz", &[], None).status == 503
+    });
+    let refused = self_token(b, &id);
+    assert!(refused.status >= 500, "{} {}", refused.status, refused.body);
+    let seen = form(
+        b,
+        "/oauth2/introspect",
+        &[
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", &id),
+            ("token", &task),
+        ],
+    );
+    assert!(
+        seen.status != 200 || seen.json()["active"] == false,
+        "a broker that cannot hear revocations vouches for no task: {}",
+        seen.body
+    );
+    // Meanwhile, through A.
+    let jti = jwt_claims(&task)["jti"].as_str().unwrap().to_owned();
+    a.cli(&["revoke", "--jti", &jti]).ok();
+
+    c.relays[1].restore();
+    until("B grants again", Duration::from_secs(20), || {
+        self_token(b, &id).status == 200
+    });
+    assert_eq!(
+        introspect(b, &id, &task)["active"],
+        false,
+        "the revocation made while B was cut off holds on B"
+    );
+    let v = b.cli(&["audit", "verify", "--output", "json"]).json();
+    assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Every task token a client received, from any broker, has its durable
+/// audit record, though one broker is killed (-9) and every database
+/// connection is dropped (as a PostgreSQL restart would) under load.
+#[test]
+fn no_token_without_its_record_when_a_broker_dies_or_the_database_restarts() {
+    let mut c = relayed(3);
+    let id = identity_across(&c.nodes[0], &c.nodes[1], "orch");
+    let addrs: Vec<_> = c.nodes.iter().map(|n| n.api).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (addrs, id, stop) = (addrs.clone(), id.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut n = i;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    // Round robin; a dead broker is simply the next one's turn.
+                    let addr = addrs[n % addrs.len()];
+                    n += 1;
+                    let body = format!(
+                        "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={id}&scope=tickets%3Aread&audience=https%3A%2F%2Ftickets.example"
+                    );
+                    if std::net::TcpStream::connect(addr).is_err() {
+                        continue;
+                    }
+                    let r = std::panic::catch_unwind(|| {
+                        warrant_testkit::http(
+                            addr,
+                            "POST",
+                            "/oauth2/token",
+                            &[("content-type", "application/x-www-form-urlencoded")],
+                            Some(&body),
+                        )
+                    });
+                    if let Ok(r) = r
+                        && r.status == 200
+                    {
+                        got.push(r.json()["access_token"].as_str().unwrap().to_owned());
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    c.nodes[2].signal(warrant_testkit::Signal::KILL);
+    std::thread::sleep(Duration::from_millis(500));
+    // Every connection of every broker dropped at once.
+    c.db
+        .sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let tokens: Vec<String> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(tokens.len() > 20, "the load ran: {} tokens", tokens.len());
+    let _ = c.nodes[2].wait();
+    let a = &c.nodes[0];
+    until(
+        "A grants after the connections were dropped",
+        Duration::from_secs(20),
+        || self_token(a, &id).status == 200,
+    );
+    let recorded: std::collections::HashSet<String> = audit(a, Some("token"))
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .filter_map(|r| r["task"].as_str().map(str::to_owned))
+        .collect();
+    for t in &tokens {
+        let task = jwt_claims(t)["task"].as_str().unwrap().to_owned();
+        assert!(
+            recorded.contains(&task),
+            "token for task {task} was released without its record"
+        );
+    }
+    let v = a.cli(&["audit", "verify", "--output", "json"]).json();
+    assert_eq!(v["ok"], true, "{v}");
+    c.relays.clear();
+}
+
+/// Revoked through A while agents hammer B with the task: B refuses it
+/// within the bound, and never accepts it again.
+#[test]
+fn a_revocation_on_one_broker_stops_use_on_another_under_load() {
+    let c = relayed(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let id = identity_across(a, b, "orch");
+    let r = self_token(a, &id);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let task = r.json()["access_token"].as_str().unwrap().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, id, task, stop) = (b.api, id.clone(), task.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // (when the request started, whether B said active)
+                let mut seen = Vec::new();
+                let body = format!(
+                    "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={id}&token={task}"
+                );
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    let at = Instant::now();
+                    let r = warrant_testkit::http(
+                        addr,
+                        "POST",
+                        "/oauth2/introspect",
+                        &[("content-type", "application/x-www-form-urlencoded")],
+                        Some(&body),
+                    );
+                    seen.push((at, r.status == 200 && r.json()["active"] == true));
+                }
+                seen
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let jti = jwt_claims(&task)["jti"].as_str().unwrap().to_owned();
+    a.cli(&["revoke", "--jti", &jti]).ok();
+    let revoked = Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let seen: Vec<(Instant, bool)> = hammer.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    assert!(
+        seen.iter().any(|(at, ok)| *ok && *at < revoked),
+        "B accepted it before"
+    );
+    let first_refusal = seen
+        .iter()
+        .filter(|(at, ok)| !ok && *at >= revoked)
+        .map(|(at, _)| *at)
+        .min()
+        .expect("B refused it after");
+    let late: Vec<_> = seen
+        .iter()
+        .filter(|(at, ok)| *ok && *at > first_refusal + Duration::from_millis(50))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "B accepted the task again after refusing it: {} times",
+        late.len()
+    );
+    let bound = Duration::from_millis(500);
+    assert!(
+        seen.iter().all(|(at, ok)| !*ok || *at < revoked + bound),
+        "B accepted the revoked task more than {bound:?} after the revocation returned"
+    );
+}
