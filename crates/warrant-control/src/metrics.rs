@@ -116,6 +116,15 @@ pub struct Metrics {
     pub feed_position: Gauge,
     /// With a shared store: 1 while this broker hears the change feed.
     pub feed_connected: Gauge,
+    /// With a shared store: brokers that reported in the last 10 s
+    /// (refreshed at scrape).
+    pub cluster_brokers: Gauge,
+    /// With a shared store: how many different policy sets those brokers
+    /// enforce; more than 1 is a half-applied change (refreshed at scrape).
+    pub cluster_policy_digests: Gauge,
+    /// With a shared store: how many different config files they run
+    /// (refreshed at scrape).
+    pub cluster_config_digests: Gauge,
 }
 
 /// Labels: which listener.
@@ -168,6 +177,9 @@ impl Metrics {
             ),
             feed_position: Gauge::default(),
             feed_connected: Gauge::default(),
+            cluster_brokers: Gauge::default(),
+            cluster_policy_digests: Gauge::default(),
+            cluster_config_digests: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -184,6 +196,21 @@ impl Metrics {
             "warrant_store_feed_connected",
             "1 while this broker hears the shared store's change feed",
             m.feed_connected.clone(),
+        );
+        registry.register(
+            "warrant_cluster_brokers",
+            "Brokers sharing the store that reported in the last 10 s",
+            m.cluster_brokers.clone(),
+        );
+        registry.register(
+            "warrant_cluster_policy_digests",
+            "Different policy sets enforced by the brokers sharing the store; more than 1 is a half-applied change",
+            m.cluster_policy_digests.clone(),
+        );
+        registry.register(
+            "warrant_cluster_config_digests",
+            "Different config files run by the brokers sharing the store",
+            m.cluster_config_digests.clone(),
         );
         registry.register(
             "warrant_policy_decisions",

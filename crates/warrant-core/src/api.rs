@@ -581,4 +581,44 @@ pub struct BrokerStatus {
     pub routes: usize,
     /// MCP servers in force.
     pub mcp_servers: usize,
+    /// This broker's id among those sharing a store.
+    pub broker: String,
+}
+
+/// One broker sharing the store, as it last reported itself (every 2 s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    /// Its id (`brk_...`, new at each start).
+    pub broker: String,
+    /// Its version.
+    pub version: String,
+    /// Its API listener.
+    pub api_addr: String,
+    /// The policy set it enforces.
+    pub policy_digest: String,
+    /// Its config file's digest, if it has one.
+    pub config_digest: Option<String>,
+    /// The last change of the shared store it applied.
+    pub feed_position: u64,
+    /// Milliseconds from a change's commit to it applying it, last time.
+    pub feed_lag_ms: i64,
+    /// Whether it hears the change feed.
+    pub feed_connected: bool,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it last reported.
+    pub seen_at: Timestamp,
+}
+
+/// `GET /admin/v1/cluster` and `warrant status --all`: every broker that
+/// reported lately, and where they differ.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The store they share.
+    pub store: String,
+    /// The brokers that reported in the last 10 s, by id.
+    pub members: Vec<ClusterMember>,
+    /// What differs between them, in words (policy or config digests,
+    /// versions, a broker deaf to the feed); empty when they agree.
+    pub diverged: Vec<String>,
 }

@@ -43,20 +43,49 @@ pub(crate) fn spawn(
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut connected = tokio::time::interval(Duration::from_millis(500));
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        let (mut position, mut lag) = (0, 0);
         loop {
             tokio::select! {
                 c = feed.recv() => match c {
-                    Some(c) => apply(&state, c).await,
+                    Some(c) => {
+                        position = c.version;
+                        lag = (Timestamp::now().as_millis() - c.time.as_millis()).max(0);
+                        apply(&state, c).await;
+                    }
                     None => break,
                 },
-                _ = connected.tick() => {
-                    state.metrics.feed_connected.set(i64::from(state.store.feed_connected()));
-                }
+                _ = report.tick() => heartbeat(&state, position, lag).await,
                 () = shutdown.cancelled() => break,
             }
         }
+        if let Err(e) = state.store.leave(&state.broker_id).await {
+            tracing::warn!(error = %e, "could not remove this broker's report from the shared store");
+        }
     })
+}
+
+/// How often a broker reports itself to the others.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+async fn heartbeat(state: &AppState, position: u64, lag: i64) {
+    let connected = state.store.feed_connected();
+    state.metrics.feed_connected.set(i64::from(connected));
+    let me = warrant_core::api::ClusterMember {
+        broker: state.broker_id.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        api_addr: state.live.api_addr.to_string(),
+        policy_digest: state.policy.current().policies.digest().to_owned(),
+        config_digest: state.live.config.load().digest.clone(),
+        feed_position: position,
+        feed_lag_ms: lag,
+        feed_connected: connected,
+        started_at: state.started_at,
+        seen_at: Timestamp::now(),
+    };
+    if let Err(e) = state.store.heartbeat(&me).await {
+        tracing::debug!(error = %e, "could not report this broker to the shared store");
+    }
 }
 
 async fn apply(state: &AppState, change: Change) {

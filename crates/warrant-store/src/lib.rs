@@ -380,6 +380,25 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
+    /// Reports this broker as alive, with what it runs (a shared store
+    /// keeps every broker's last report; nothing to do for one broker).
+    async fn heartbeat(&self, me: &warrant_core::api::ClusterMember) -> Result<(), StoreError> {
+        let _ = me;
+        Ok(())
+    }
+
+    /// Removes this broker's report (at a clean stop).
+    async fn leave(&self, broker: &str) -> Result<(), StoreError> {
+        let _ = broker;
+        Ok(())
+    }
+
+    /// Every broker's last report, newest first (empty for a store one
+    /// broker owns).
+    async fn brokers(&self) -> Result<Vec<warrant_core::api::ClusterMember>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Records that this broker applied a reload (`digests` names what it
     /// loaded), so the others sharing the store reload too. Nothing to do
     /// for a store one broker owns.

@@ -75,7 +75,13 @@ pub enum Command {
     Reload,
     /// What the running broker is: listeners, store, policy and config
     /// digests, signing key ids, uptime.
-    Status,
+    Status {
+        /// Every broker sharing the store (PostgreSQL): version, digests,
+        /// change-feed position and lag, and where they differ (exit code 1
+        /// when they do).
+        #[arg(long)]
+        all: bool,
+    },
     /// The egress proxy's routes in force.
     #[command(subcommand)]
     Route(RouteCmd),

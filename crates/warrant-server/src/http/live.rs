@@ -5,7 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use warrant_core::api::{BrokerStatus, McpServerInfo, Reloaded, RouteInfo};
+use warrant_core::api::{
+    BrokerStatus, ClusterMember, ClusterStatus, McpServerInfo, Reloaded, RouteInfo,
+};
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 
@@ -24,6 +26,7 @@ pub fn routes() -> Router<AppState> {
         .route("/routes", get(list_routes))
         .route("/mcp/servers", get(list_servers))
         .route("/status", get(status))
+        .route("/cluster", get(cluster))
 }
 
 /// Reloads the configuration, then the policies: what SIGHUP does.
@@ -236,7 +239,66 @@ async fn status(State(state): State<AppState>, _: Reader) -> Json<BrokerStatus> 
         key_ids: keys.into_iter().map(|k| k.kid).collect(),
         routes: state.proxy.routes().len(),
         mcp_servers: state.mcp.servers().len(),
+        broker: state.broker_id.to_string(),
     })
+}
+
+/// How long since its last report a broker still counts as live.
+const LIVE_WITHIN_MS: i64 = 10_000;
+
+async fn cluster(
+    State(state): State<AppState>,
+    _: Reader,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    Ok(Json(cluster_status(&state).await?))
+}
+
+/// Every broker that reported lately, and where they differ.
+pub(crate) async fn cluster_status(state: &AppState) -> Result<ClusterStatus, ApiError> {
+    let now = Timestamp::now().as_millis();
+    let members: Vec<ClusterMember> = state
+        .store
+        .brokers()
+        .await?
+        .into_iter()
+        .filter(|m| now - m.seen_at.as_millis() <= LIVE_WITHIN_MS)
+        .collect();
+    Ok(ClusterStatus {
+        store: state.live.store.clone(),
+        diverged: divergence(&members),
+        members,
+    })
+}
+
+/// What differs between `members`, in words.
+pub(crate) fn divergence(members: &[ClusterMember]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let mut out = Vec::new();
+    let mut differs = |what: &str, key: &dyn Fn(&ClusterMember) -> String| {
+        let mut by: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for m in members {
+            by.entry(key(m)).or_default().push(&m.broker);
+        }
+        if by.len() > 1 {
+            let groups: Vec<String> = by
+                .iter()
+                .map(|(v, bs)| format!("{} on {}", v, bs.join(", ")))
+                .collect();
+            out.push(format!("{what} differ: {}", groups.join("; ")));
+        }
+    };
+    differs("policy digests", &|m| m.policy_digest.clone());
+    differs("config digests", &|m| {
+        m.config_digest.clone().unwrap_or_else(|| "none".into())
+    });
+    differs("versions", &|m| m.version.clone());
+    for m in members.iter().filter(|m| !m.feed_connected) {
+        out.push(format!(
+            "{} does not hear the change feed: it refuses task tokens until it does",
+            m.broker
+        ));
+    }
+    out
 }
 
 /// The policy set in force, as the admin API shows it.

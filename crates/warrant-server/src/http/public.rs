@@ -158,6 +158,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
             .get_or_create(&warrant_control::metrics::StateLabels { state: label })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+    if let Ok(c) = crate::http::live::cluster_status(&state).await
+        && !c.members.is_empty()
+    {
+        let distinct = |f: &dyn Fn(&warrant_core::api::ClusterMember) -> Option<String>| {
+            let set: std::collections::HashSet<_> = c.members.iter().map(f).collect();
+            i64::try_from(set.len()).unwrap_or(i64::MAX)
+        };
+        m.cluster_brokers
+            .set(i64::try_from(c.members.len()).unwrap_or(i64::MAX));
+        m.cluster_policy_digests
+            .set(distinct(&|b| Some(b.policy_digest.clone())));
+        m.cluster_config_digests
+            .set(distinct(&|b| b.config_digest.clone()));
+    }
     if let Ok(live) = state.store.live_instances(now).await {
         m.live_instances.clear();
         for (agent, n) in live {

@@ -13,10 +13,11 @@ use crate::StoreError;
 /// `(version, name, sql)`, in order. Version 1 is the schema SQLite reached
 /// in its ninth migration, plus what several brokers need: the chain head
 /// row every writer locks, and the change feed.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "inventory, keys, tokens, instances, tasks, secrets, tool pins, audit chain, change feed",
-    r#"
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "inventory, keys, tokens, instances, tasks, secrets, tool pins, audit chain, change feed",
+        r#"
 CREATE TABLE agents (
   id            TEXT PRIMARY KEY,
   name          TEXT NOT NULL UNIQUE,
@@ -198,7 +199,28 @@ CREATE TRIGGER audit_log_no_update BEFORE UPDATE OR DELETE ON audit_log
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
   FOR EACH STATEMENT EXECUTE FUNCTION warrant_audit_append_only();
 "#,
-)];
+    ),
+    (
+        2,
+        "broker reports",
+        r#"
+-- Each broker's last report of itself, for `warrant status --all`. Not
+-- audited: it records nothing a broker decided.
+CREATE TABLE brokers (
+  broker          TEXT PRIMARY KEY,
+  version         TEXT NOT NULL,
+  api_addr        TEXT NOT NULL,
+  policy_digest   TEXT NOT NULL,
+  config_digest   TEXT,
+  feed_position   BIGINT NOT NULL,
+  feed_lag_ms     BIGINT NOT NULL,
+  feed_connected  BOOLEAN NOT NULL,
+  started_at      BIGINT NOT NULL,
+  seen_at         BIGINT NOT NULL
+);
+"#,
+    ),
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest() -> i64 {

@@ -30,6 +30,7 @@ use postgres::{Client, GenericClient, NoTls};
 use tokio::sync::mpsc;
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::api::ClusterMember;
 use warrant_core::audit::{
     AuditEvent, AuditRecord, ChainBreak, ChainHash, ChainLinker, ChainVerifier, Checkpoint, Kind,
 };
@@ -1878,6 +1879,75 @@ impl Store for PostgresStore {
                     time: Timestamp::from_millis(r.get(2)),
                     signed: r.get(3),
                 }
+            })
+            .collect())
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, me: &ClusterMember) -> Result<(), StoreError> {
+        let me = me.clone();
+        self.read(move |c| {
+            c.execute(
+                "INSERT INTO brokers (broker, version, api_addr, policy_digest, config_digest, feed_position, feed_lag_ms, feed_connected, started_at, seen_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (broker) DO UPDATE SET version = excluded.version, api_addr = excluded.api_addr, \
+                 policy_digest = excluded.policy_digest, config_digest = excluded.config_digest, \
+                 feed_position = excluded.feed_position, feed_lag_ms = excluded.feed_lag_ms, \
+                 feed_connected = excluded.feed_connected, seen_at = excluded.seen_at",
+                &[
+                    &me.broker,
+                    &me.version,
+                    &me.api_addr,
+                    &me.policy_digest,
+                    &me.config_digest,
+                    &i64_of(me.feed_position),
+                    &me.feed_lag_ms,
+                    &me.feed_connected,
+                    &me.started_at.as_millis(),
+                    &me.seen_at.as_millis(),
+                ],
+            )
+            .map(drop)
+            .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn leave(&self, broker: &str) -> Result<(), StoreError> {
+        let broker = broker.to_owned();
+        self.read(move |c| {
+            c.execute("DELETE FROM brokers WHERE broker = $1", &[&broker])
+                .map(drop)
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    async fn brokers(&self) -> Result<Vec<ClusterMember>, StoreError> {
+        self.read(|c| {
+            // Reports older than a day are of brokers long gone.
+            let day_ago = Timestamp::now().as_millis() - 86_400_000;
+            c.execute("DELETE FROM brokers WHERE seen_at < $1", &[&day_ago])
+                .map_err(db_err)?;
+            Ok(c.query(
+                "SELECT broker, version, api_addr, policy_digest, config_digest, feed_position, feed_lag_ms, feed_connected, started_at, seen_at \
+                 FROM brokers ORDER BY seen_at DESC",
+                &[],
+            )
+            .map_err(db_err)?
+            .iter()
+            .map(|r| ClusterMember {
+                broker: r.get(0),
+                version: r.get(1),
+                api_addr: r.get(2),
+                policy_digest: r.get(3),
+                config_digest: r.get(4),
+                feed_position: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+                feed_lag_ms: r.get(6),
+                feed_connected: r.get(7),
+                started_at: Timestamp::from_millis(r.get(8)),
+                seen_at: Timestamp::from_millis(r.get(9)),
             })
             .collect())
         })

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use warrant_core::api::{BrokerStatus, Changed, McpServerInfo, Reloaded, RouteInfo};
+use warrant_core::api::{BrokerStatus, Changed, ClusterStatus, McpServerInfo, Reloaded, RouteInfo};
 
 use crate::cli::{Cli, RouteCmd};
 use crate::client::AdminClient;
@@ -89,12 +89,63 @@ pub async fn status(cli: &Cli, client: AdminClient) -> anyhow::Result<ExitCode> 
             ("keys", s.key_ids.join(", ")),
             ("routes", s.routes.to_string()),
             ("mcp servers", s.mcp_servers.to_string()),
+            ("broker", s.broker.clone()),
         ];
         for (k, v) in rows {
             println!("{k:<13} {v}");
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `warrant status --all`: every broker sharing the store.
+pub async fn cluster(cli: &Cli, client: AdminClient) -> anyhow::Result<ExitCode> {
+    let c: ClusterStatus = client.get("/cluster").await?;
+    emit(cli.output, &c, |c| {
+        println!("store {}", safe(&c.store));
+        if c.members.is_empty() {
+            println!(
+                "no broker reports to this store: it is not shared (SQLite), or none reported in the last 10 s"
+            );
+            return;
+        }
+        let rows: Vec<Vec<String>> = c
+            .members
+            .iter()
+            .map(|m| {
+                vec![
+                    safe(&m.broker),
+                    safe(&m.version),
+                    safe(&m.api_addr),
+                    m.policy_digest.chars().take(12).collect(),
+                    m.config_digest
+                        .as_deref()
+                        .map_or("-".into(), |d| d.chars().take(12).collect()),
+                    m.feed_position.to_string(),
+                    if m.feed_connected {
+                        format!("{} ms", m.feed_lag_ms)
+                    } else {
+                        "DEAF".into()
+                    },
+                    m.seen_at.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "BROKER", "VERSION", "API", "POLICY", "CONFIG", "FEED", "LAG", "SEEN",
+            ],
+            &rows,
+        );
+        for d in &c.diverged {
+            println!("DIVERGED: {}", safe(d));
+        }
+    })?;
+    Ok(if c.diverged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn routes(cli: &Cli, client: AdminClient, cmd: &RouteCmd) -> anyhow::Result<ExitCode> {

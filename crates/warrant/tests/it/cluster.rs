@@ -427,3 +427,47 @@ fn a_revocation_on_one_broker_stops_use_on_another_under_load() {
         "B accepted the revoked task more than {bound:?} after the revocation returned"
     );
 }
+
+/// `warrant status --all` lists every broker; a policy change applied on
+/// one node only cannot be missed: it is named there, in the exit code and
+/// in /metrics.
+#[test]
+fn a_half_applied_policy_change_is_impossible_to_miss() {
+    let c = cluster(3);
+    c.nodes[0].cli(&["policy", "reload"]).ok();
+    let all = |b: &Broker| b.cli(&["status", "--all", "--output", "json"]);
+    until(
+        "all three report the same set",
+        Duration::from_secs(10),
+        || {
+            let r = all(&c.nodes[1]);
+            r.code == 0 && r.json()["members"].as_array().unwrap().len() == 3
+        },
+    );
+    // Only X's directory has the new policy.
+    let x = &c.nodes[2];
+    std::fs::write(
+        x.data_dir.join("policies/extra.cedar"),
+        "@id(\"extra\")\npermit(principal in Agent::\"orch\", action == Action::\"token:self\", resource == Audience::\"https://other.example\");\n",
+    )
+    .unwrap();
+    x.cli(&["policy", "reload"]).ok();
+    until("the divergence shows", Duration::from_secs(10), || {
+        all(&c.nodes[0]).code == 1
+    });
+    let r = all(&c.nodes[0]);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let said = j["diverged"][0].as_str().unwrap();
+    assert!(said.starts_with("policy digests differ"), "{said}");
+    let human = c.nodes[1].cli(&["status", "--all"]);
+    assert_eq!(human.code, 1);
+    assert!(
+        human.stdout.contains("DIVERGED: policy digests differ"),
+        "{}",
+        human.stdout
+    );
+    let m = c.nodes[1].http("GET", "/metrics", &[], None).body;
+    assert!(m.contains("warrant_cluster_policy_digests 2"), "{m}");
+    assert!(m.contains("warrant_cluster_brokers 3"), "{m}");
+    assert!(m.contains("warrant_store_feed_connected 1"), "{m}");
+}
