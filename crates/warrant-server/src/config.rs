@@ -67,6 +67,21 @@ pub struct RawConfig {
     /// Connection caps and timeouts of the listeners.
     #[serde(default)]
     pub limits: RawLimits,
+    /// TLS for the API and edge listeners.
+    pub tls: Option<RawTls>,
+    /// Serve plain HTTP beyond loopback (TLS terminated by a proxy in
+    /// front). Without it, a listener beyond loopback needs `[tls]`.
+    pub insecure_http: Option<bool>,
+}
+
+/// `[tls]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key, owner-only.
+    pub key_file: PathBuf,
 }
 
 /// `[limits]` as written: each listener's connection cap, and timeouts.
@@ -255,6 +270,12 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// `--store` / `WARRANT_STORE`.
     pub store: Option<String>,
+    /// `--tls-cert` / `WARRANT_TLS_CERT`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key` / `WARRANT_TLS_KEY`.
+    pub tls_key: Option<PathBuf>,
+    /// `--insecure-http` / `WARRANT_INSECURE_HTTP`.
+    pub insecure_http: bool,
     /// `--api-addr` / `WARRANT_API_ADDR`.
     pub api_addr: Option<String>,
     /// `--edge-addr` / `WARRANT_EDGE_ADDR`.
@@ -312,6 +333,13 @@ pub enum StoreChoice {
     Postgres(String),
 }
 
+impl Config {
+    /// `https` when the listeners serve TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
 impl StoreChoice {
     /// What to show: `sqlite`, or the URL without its password.
     pub fn shown(&self) -> String {
@@ -335,6 +363,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The store.
     pub store: StoreChoice,
+    /// TLS for the API and edge listeners.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Plain HTTP beyond loopback is allowed (TLS terminated in front).
+    pub insecure_http: bool,
     /// The API listener.
     pub api_addr: SocketAddr,
     /// The edge listener.
@@ -535,6 +567,26 @@ impl Config {
             }
         };
 
+        let tls = match (&settings.tls_cert, &settings.tls_key, raw.tls) {
+            (Some(cert), Some(key), _) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (None, None, Some(t)) => Some(crate::tls::TlsFiles {
+                cert: layer.file_path(t.cert_file),
+                key: layer.file_path(t.key_file),
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "tls",
+                    origin: "--tls-cert or WARRANT_TLS_CERT, --tls-key or WARRANT_TLS_KEY".into(),
+                    message: "give both the certificate and the key, or neither".into(),
+                });
+            }
+        };
+        let insecure_http = settings.insecure_http || raw.insecure_http.unwrap_or(false);
+
         let api_addr = {
             let origin = layer.origin(
                 settings.api_addr.is_some(),
@@ -708,6 +760,8 @@ impl Config {
             limits,
             data_dir,
             store,
+            tls,
+            insecure_http,
             api_addr,
             edge_addr,
             trust_domain,

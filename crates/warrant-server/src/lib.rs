@@ -20,6 +20,7 @@ mod listener;
 mod live;
 mod serve;
 mod state;
+pub mod tls;
 
 pub use config::Config;
 pub use serve::{Broker, ServeError};

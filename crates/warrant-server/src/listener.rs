@@ -67,6 +67,8 @@ pub struct Server {
     app: Router,
     limits: Limits,
     permits: Arc<tokio::sync::Semaphore>,
+    /// TLS handshakes in progress (as many as connections, at most).
+    handshakes: Arc<tokio::sync::Semaphore>,
     /// Open connections per peer uid (with `limits.per_user`).
     users: Arc<parking_lot::Mutex<std::collections::HashMap<u32, usize>>>,
     graceful: GracefulShutdown,
@@ -88,6 +90,7 @@ impl Server {
         Self {
             name,
             permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             users: Arc::default(),
             app,
             limits,
@@ -209,8 +212,9 @@ fn timed_out() -> axum::response::Response {
 /// Accepts on `listener` until `shutdown`, handing each connection and its
 /// peer (from `peer`) to `server`.
 pub async fn run_tcp(
-    server: &Server,
+    server: &Arc<Server>,
     listener: tokio::net::TcpListener,
+    tls: Option<crate::tls::Tls>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -219,12 +223,45 @@ pub async fn run_tcp(
             accepted = listener.accept() => match accepted {
                 Ok((io, addr)) => {
                     let _ = io.set_nodelay(true);
-                    server.connection(io, axum::extract::ConnectInfo(addr), None);
+                    match &tls {
+                        None => server.connection(io, axum::extract::ConnectInfo(addr), None),
+                        Some(tls) => handshake(server, tls, io, addr),
+                    }
                 }
                 Err(e) => accept_failed(server.name, &e).await,
             },
         }
     }
+}
+
+/// Completes a TLS handshake (within the header timeout, at most as many at
+/// once as the listener has connections), then serves the connection.
+fn handshake(
+    server: &Arc<Server>,
+    tls: &crate::tls::Tls,
+    io: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+) {
+    let Ok(permit) = server.handshakes.clone().try_acquire_owned() else {
+        server.metrics.connection_refused(server.name);
+        return;
+    };
+    let (server, acceptor) = (server.clone(), tls.acceptor().clone());
+    let within = server.limits.header_timeout;
+    tokio::spawn(async move {
+        match tokio::time::timeout(within, acceptor.accept(io)).await {
+            Ok(Ok(stream)) => {
+                drop(permit);
+                server.connection(stream, axum::extract::ConnectInfo(addr), None);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(listener = server.name, error = %e, "TLS handshake failed");
+            }
+            Err(_) => {
+                tracing::debug!(listener = server.name, "TLS handshake timed out");
+            }
+        }
+    });
 }
 
 /// Like [`run_tcp`], for a Unix socket; `peer` reads what the kernel says

@@ -70,7 +70,7 @@ pub(crate) fn task_audiences(config: &Config, edge_addr: SocketAddr) -> Vec<Stri
         .chain(config.mcp_servers.iter().map(|m| {
             m.audience
                 .clone()
-                .unwrap_or_else(|| format!("http://{edge_addr}/mcp/{}", m.name))
+                .unwrap_or_else(|| format!("{}://{edge_addr}/mcp/{}", config.scheme(), m.name))
         }))
         .chain(
             config
@@ -97,7 +97,7 @@ pub(crate) fn check_audiences(config: &Config, edge_addr: SocketAddr) -> Result<
                 format!("MCP server `{}`", m.name),
                 m.audience
                     .clone()
-                    .unwrap_or_else(|| format!("http://{edge_addr}/mcp/{}", m.name)),
+                    .unwrap_or_else(|| format!("{}://{edge_addr}/mcp/{}", config.scheme(), m.name)),
             )
         }));
     let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();

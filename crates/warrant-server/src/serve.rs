@@ -110,6 +110,7 @@ pub struct Broker {
     api_addr: SocketAddr,
     edge_addr: SocketAddr,
     limits: crate::config::ListenerLimits,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -143,10 +144,25 @@ impl Broker {
         let edge_addr = edge
             .local_addr()
             .map_err(|e| ServeError::Io(e.to_string()))?;
-        for (name, addr) in [("api", api_addr), ("edge", edge_addr)] {
-            if !addr.ip().is_loopback() {
-                tracing::warn!(listener = name, %addr, "listening beyond loopback; put TLS in front of it and restrict who can reach it");
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::Tls::new(files.clone()).map_err(ServeError::Io)?),
+            None => None,
+        };
+        for (name, key, addr) in [
+            ("api", "api_addr", api_addr),
+            ("edge", "edge_addr", edge_addr),
+        ] {
+            if addr.ip().is_loopback() || tls.is_some() {
+                continue;
             }
+            if !config.insecure_http {
+                return Err(ServeError::Bind {
+                    key,
+                    addr: addr.to_string(),
+                    reason: "a listener beyond loopback must serve TLS: give `[tls]` (or --tls-cert and --tls-key), or, when TLS is terminated by a proxy in front, say so with `insecure_http = true` (--insecure-http)".into(),
+                });
+            }
+            tracing::warn!(listener = name, %addr, "serving plain HTTP beyond loopback (insecure_http): TLS must be terminated in front of it, and who can reach it restricted");
         }
         let (kek, kek_source) = data_dir.kek(config.kek.clone())?;
         match kek_source {
@@ -273,10 +289,11 @@ impl Broker {
             None => {
                 if api_addr.ip().is_unspecified() {
                     tracing::warn!(
-                        "the issuer defaults to http://{api_addr}; set --issuer to the URL clients use to reach this broker"
+                        "the issuer defaults to {}://{api_addr}; set --issuer to the URL clients use to reach this broker",
+                        config.scheme()
                     );
                 }
-                format!("http://{api_addr}").into()
+                format!("{}://{api_addr}", config.scheme()).into()
             }
         };
 
@@ -355,7 +372,7 @@ impl Broker {
             pins: control,
             metrics: edge_metrics,
             issuer: issuer.clone(),
-            edge_url: format!("http://{edge_addr}"),
+            edge_url: format!("{}://{edge_addr}", config.scheme()),
             edge_hosts,
         };
         let mcp = Arc::new(
@@ -425,6 +442,7 @@ impl Broker {
             api_addr,
             edge_addr,
             limits,
+            tls,
         })
     }
 
@@ -455,6 +473,7 @@ impl Broker {
             api_addr,
             edge_addr,
             limits,
+            tls,
         } = self;
         let socket_path = data_dir.admin_socket();
 
@@ -498,10 +517,11 @@ impl Broker {
             limits.agent,
             state.metrics.clone(),
         ));
-        let (s, t) = (api_server.clone(), shutdown.clone());
-        let api_task = tokio::spawn(async move { crate::listener::run_tcp(&s, api, t).await });
-        let (s, t) = (edge_server.clone(), shutdown.clone());
-        let edge_task = tokio::spawn(async move { crate::listener::run_tcp(&s, edge, t).await });
+        let tls_watch = tls.as_ref().map(|t| t.watch(shutdown.clone()));
+        let (s, t, l) = (api_server.clone(), shutdown.clone(), tls.clone());
+        let api_task = tokio::spawn(async move { crate::listener::run_tcp(&s, api, l, t).await });
+        let (s, t, l) = (edge_server.clone(), shutdown.clone(), tls);
+        let edge_task = tokio::spawn(async move { crate::listener::run_tcp(&s, edge, l, t).await });
         let (s, t) = (admin_server.clone(), shutdown.clone());
         let admin_task = tokio::spawn(async move {
             crate::listener::run_unix(&s, admin, t, |io| {
@@ -568,6 +588,9 @@ impl Broker {
 
         shutdown.cancelled().await;
         let _ = flusher.await;
+        if let Some(w) = tls_watch {
+            let _ = w.await;
+        }
         if let Some(f) = follower {
             let _ = f.await;
         }

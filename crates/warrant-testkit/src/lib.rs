@@ -48,6 +48,8 @@ pub struct Broker {
     child: Option<Child>,
     log: PathBuf,
     env: Vec<(String, String)>,
+    /// The listeners serve TLS (this client speaks plain HTTP only).
+    tls: bool,
 }
 
 /// The result of a CLI run.
@@ -149,6 +151,7 @@ impl Broker {
             child: Some(child),
             log,
             env: opts.env.clone(),
+            tls: opts.args.iter().any(|a| a == "--tls-cert"),
         };
         b.wait_ready();
         b
@@ -166,6 +169,10 @@ impl Broker {
                 self.api = info.api_addr.parse().unwrap();
                 self.edge = info.edge_addr.parse().unwrap();
                 self.issuer = info.issuer;
+                if self.tls {
+                    // Bound and announced; the test speaks TLS itself.
+                    return;
+                }
                 let r = http(self.api, "GET", "/readyz", &[], None);
                 // Up, with a trail that was tampered with while it was
                 // stopped: tests look at that.

@@ -21,6 +21,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "WARRANT_URL", value_name = "URL")]
     pub url: Option<String>,
 
+    /// With an https:// --url: the PEM CA certificate(s) to trust for the
+    /// broker's certificate [default: the system's roots]
+    #[arg(long, global = true, env = "WARRANT_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
@@ -146,6 +151,26 @@ pub struct Serve {
         hide_env_values = true
     )]
     pub store: Option<String>,
+    /// PEM certificate chain for the API and edge listeners (with --tls-key);
+    /// re-read when it changes
+    #[arg(
+        long,
+        env = "WARRANT_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert (owner-only)
+    #[arg(
+        long,
+        env = "WARRANT_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP beyond loopback, because TLS is terminated by a proxy in front
+    #[arg(long, env = "WARRANT_INSECURE_HTTP")]
+    pub insecure_http: bool,
     /// Address of the API listener (OAuth, discovery, admin over HTTP) [default: 127.0.0.1:8700]
     #[arg(long, env = "WARRANT_API_ADDR", value_name = "ADDR")]
     pub api_addr: Option<String>,

@@ -26,7 +26,51 @@ enum Target {
         authority: String,
         host_header: String,
         token: Option<Zeroizing<String>>,
+        /// With https: the TLS client and the name the certificate must carry.
+        tls: Option<(
+            tokio_rustls::TlsConnector,
+            rustls::pki_types::ServerName<'static>,
+        )>,
     },
+}
+
+/// A TLS client trusting `ca_file`'s certificates, or the system's roots.
+fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(f) => {
+            for c in CertificateDer::pem_file_iter(f)
+                .with_context(|| format!("--ca-file `{}` cannot be read", f.display()))?
+            {
+                let c = c.with_context(|| format!("--ca-file `{}` is not PEM", f.display()))?;
+                roots.add(c).with_context(|| {
+                    format!(
+                        "--ca-file `{}` holds a certificate that cannot be a root",
+                        f.display()
+                    )
+                })?;
+            }
+            if roots.is_empty() {
+                bail!("--ca-file `{}` holds no certificate", f.display());
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("setting up TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// A client for one broker.
@@ -37,7 +81,12 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client for the broker using `data_dir` (`explicit`: named by the
     /// user, not the default `./warrant-data`), or at `url` if given.
-    pub fn new(data_dir: &Path, explicit: bool, url: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(
+        data_dir: &Path,
+        explicit: bool,
+        url: Option<&str>,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let target = match url {
             None => Target::Socket(
                 warrant_server::data_dir::admin_socket_path(data_dir),
@@ -46,14 +95,26 @@ impl AdminClient {
             Some(u) => {
                 let parsed =
                     url::Url::parse(u).with_context(|| format!("--url `{u}` is not a URL"))?;
-                if parsed.scheme() != "http" {
-                    bail!(
-                        "--url `{u}`: only http:// is supported by this version; reach a TLS-terminated broker through a local tunnel, or use the admin socket"
-                    );
+                if parsed.scheme() != "http" && parsed.scheme() != "https" {
+                    bail!("--url `{u}`: use an http:// or https:// URL");
                 }
                 let host = parsed
                     .host_str()
                     .ok_or_else(|| anyhow!("--url `{u}` has no host"))?;
+                let tls = if parsed.scheme() == "https" {
+                    let name = rustls::pki_types::ServerName::try_from(
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_owned(),
+                    )
+                    .with_context(|| format!("--url `{u}`: `{host}` is not a TLS server name"))?;
+                    Some((tls_connector(ca_file)?, name))
+                } else {
+                    if ca_file.is_some() {
+                        bail!("--ca-file is for an https:// --url");
+                    }
+                    None
+                };
                 let port = parsed.port_or_known_default().unwrap_or(80);
                 let host_header = match parsed.port() {
                     Some(p) => format!("{host}:{p}"),
@@ -67,6 +128,7 @@ impl AdminClient {
                     authority: format!("{host}:{port}"),
                     host_header,
                     token,
+                    tls,
                 }
             }
         };
@@ -108,11 +170,20 @@ impl AdminClient {
                 trust_server(&stream, path, *explicit)?;
                 roundtrip(stream, req).await?
             }
-            Target::Http { authority, .. } => {
+            Target::Http { authority, tls, .. } => {
                 let stream = tokio::net::TcpStream::connect(authority.as_str())
                     .await
                     .with_context(|| format!("cannot reach the broker at {authority}; is `warrant serve` listening there?"))?;
-                roundtrip(stream, req).await?
+                match tls {
+                    None => roundtrip(stream, req).await?,
+                    Some((connector, name)) => {
+                        let stream = connector
+                            .connect(name.clone(), stream)
+                            .await
+                            .with_context(|| format!("TLS with the broker at {authority} failed (is its certificate for this name, and signed by a CA you trust? see --ca-file)"))?;
+                        roundtrip(stream, req).await?
+                    }
+                }
             }
         };
         let status = resp.status();

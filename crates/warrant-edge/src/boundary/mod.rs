@@ -56,10 +56,11 @@ pub(crate) fn same_origin(req: &Request<Body>, s: &EdgeServices) -> Result<(), R
         return Ok(());
     };
     let o = origin.to_str().unwrap_or("");
+    let scheme = s.edge_url.split("://").next().unwrap_or("http");
     let ours = s
         .edge_hosts
         .iter()
-        .any(|h| o.eq_ignore_ascii_case(&format!("http://{h}")));
+        .any(|h| o.eq_ignore_ascii_case(&format!("{scheme}://{h}")));
     if ours {
         Ok(())
     } else {

@@ -195,3 +195,56 @@ fn the_documented_configuration_examples_are_valid() {
     let c = from_toml(issuer).unwrap();
     assert_eq!(c.user_issuers[0].namespace.as_str(), "corp");
 }
+
+#[test]
+fn the_store_is_sqlite_by_default_or_a_postgres_url_never_shown_whole() {
+    assert_eq!(from_toml("").unwrap().store, StoreChoice::Sqlite);
+    assert_eq!(
+        from_toml("store = \"sqlite\"").unwrap().store,
+        StoreChoice::Sqlite
+    );
+    let c = from_toml("store = \"postgres://warrant:hunter2@db.internal:5432/warrant\"").unwrap();
+    assert!(matches!(c.store, StoreChoice::Postgres(_)));
+    let shown = format!("{c:?} {}", c.store.shown());
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("db.internal:5432/warrant"), "{shown}");
+    for bad in [
+        "mysql://warrant:hunter2@db/warrant",
+        "warrant:hunter2@db",
+        "postgres://warrant:hunter2@db:notaport/warrant",
+    ] {
+        let err = from_toml(&format!("store = \"{bad}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("store (from config file"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}
+
+#[test]
+fn tls_takes_both_files_relative_to_the_config_file() {
+    let c =
+        from_toml("[tls]\ncert_file = \"tls/cert.pem\"\nkey_file = \"/etc/keys/key.pem\"").unwrap();
+    let tls = c.tls.clone().unwrap();
+    assert_eq!(tls.cert, PathBuf::from("/etc/warrant/tls/cert.pem"));
+    assert_eq!(tls.key, PathBuf::from("/etc/keys/key.pem"));
+    assert_eq!(c.scheme(), "https");
+    let err = from_toml("[tls]\ncert_file = \"c.pem\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("key_file"), "{err}");
+    let only = Config::build(
+        &Settings {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        },
+        RawConfig::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        only.contains("give both the certificate and the key"),
+        "{only}"
+    );
+    assert_eq!(from_toml("").unwrap().scheme(), "http");
+}

@@ -44,7 +44,7 @@ pub fn client(cli: &Cli) -> anyhow::Result<AdminClient> {
     // may be anyone's.
     let dir = data_dir(cli)?;
     let explicit = dir.is_absolute();
-    AdminClient::new(&dir, explicit, cli.url.as_deref())
+    AdminClient::new(&dir, explicit, cli.url.as_deref(), cli.ca_file.as_deref())
 }
 
 /// Runs the parsed command.

@@ -19,3 +19,4 @@ mod quickstart;
 mod review;
 mod serve;
 mod support;
+mod tls;
