@@ -15,6 +15,7 @@
 mod agents;
 mod chain;
 pub mod conformance;
+pub mod copy;
 mod error;
 mod postgres;
 mod sqlite;

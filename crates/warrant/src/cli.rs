@@ -90,6 +90,30 @@ pub enum Command {
     /// The egress proxy's routes in force.
     #[command(subcommand)]
     Route(RouteCmd),
+    /// Move the store (offline: the broker must be stopped).
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// Copy a single-node SQLite store, audit trail included, into an empty
+    /// PostgreSQL database, and verify the trail there. The key-encryption
+    /// key comes from WARRANT_KEK or <from>/kek; every broker on the new
+    /// store needs that same key (WARRANT_KEK).
+    Copy {
+        /// The data directory of the stopped broker.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The empty PostgreSQL database: postgres://user:password@host:port/db
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "WARRANT_STORE",
+            hide_env_values = true
+        )]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

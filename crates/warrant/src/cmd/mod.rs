@@ -11,6 +11,7 @@ mod policy;
 mod revoke;
 mod secret;
 mod serve;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,5 +65,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { all: false } => live::status(&cli, client(&cli)?).await,
         Command::Status { all: true } => live::cluster(&cli, client(&cli)?).await,
         Command::Route(c) => live::routes(&cli, client(&cli)?, c).await,
+        Command::Store(c) => store::run(&cli, c).await,
     }
 }

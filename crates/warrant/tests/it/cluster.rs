@@ -471,3 +471,110 @@ fn a_half_applied_policy_change_is_impossible_to_miss() {
     assert!(m.contains("warrant_cluster_brokers 3"), "{m}");
     assert!(m.contains("warrant_store_feed_connected 1"), "{m}");
 }
+
+fn warrant(args: &[&str], env: &[(&str, &str)]) -> warrant_testkit::Run {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("WARRANT_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    warrant_testkit::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A single node moves to PostgreSQL with its inventory, keys, revocations
+/// and whole audit trail, which verifies there; a broker on the copy
+/// carries on where the old one stopped.
+#[test]
+fn a_single_node_moves_to_postgres_with_its_trail() {
+    let w = world(4);
+    let id = identity(&w.b, "orch");
+    let r = client_credentials(&w.b, &id, "tickets:read", "https://tickets.example");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let task = r.json()["access_token"].as_str().unwrap().to_owned();
+    let jti = jwt_claims(&task)["jti"].as_str().unwrap().to_owned();
+    w.b.cli(&["revoke", "--jti", &jti]).ok();
+    let records = audit(&w.b, None).len();
+    let data = w.b.data_dir.clone();
+    let kek = std::fs::read_to_string(data.join("kek"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let mut b = w.b;
+    b.stop();
+
+    let db = Database::new();
+    let data_s = data.display().to_string();
+    let copied = warrant(&["store", "copy", "--from", &data_s, "--to", &db.url], &[]);
+    let out = copied.ok();
+    assert!(out.contains("audit records copied and verified"), "{out}");
+    assert!(
+        !out.contains(db.url.rsplit_once('@').unwrap().0),
+        "no credentials shown"
+    );
+    // A second copy into the same database is refused, changing nothing.
+    let again = warrant(&["store", "copy", "--from", &data_s, "--to", &db.url], &[]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("not empty"), "{}", again.stderr);
+
+    let node = Broker::start_with(
+        bin(),
+        Options {
+            args: vec!["--store".into(), db.url.clone()],
+            env: vec![("WARRANT_KEK".into(), kek)],
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        node.data_dir.join("policies/delegation.cedar"),
+        DELEGATION_POLICY,
+    )
+    .unwrap();
+    node.cli(&["policy", "reload"]).ok();
+    let v = node.cli(&["audit", "verify", "--output", "json"]).json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["verified"].as_u64().unwrap() as usize > records,
+        "the old trail and the new start"
+    );
+    let agents = node.cli(&["agent", "list", "--output", "json"]).json();
+    assert_eq!(agents.as_array().unwrap().len(), 3, "{agents}");
+    // The copied signing keys still verify the old broker's tokens, and
+    // the revocation holds.
+    let orch = identity(&node, "orch");
+    assert_eq!(introspect(&node, &orch, &task)["active"], false);
+    let fresh = client_credentials(&node, &orch, "tickets:read", "https://tickets.example");
+    assert_eq!(fresh.status, 200, "{}", fresh.body);
+}
+
+#[test]
+fn a_copy_with_another_key_changes_nothing() {
+    let w = world(4);
+    let data = w.b.data_dir.clone();
+    let mut b = w.b;
+    b.stop();
+    let db = Database::new();
+    let data_s = data.display().to_string();
+    let wrong = warrant(
+        &["store", "copy", "--from", &data_s, "--to", &db.url],
+        &[(
+            "WARRANT_KEK",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )],
+    );
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("does not verify"), "{}", wrong.stderr);
+    assert_eq!(
+        db.one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .as_deref(),
+        Some("0"),
+        "the source is verified before anything is written"
+    );
+}
