@@ -81,9 +81,11 @@ impl KeyService {
                 .action("key.generate")
                 .resource(format!("SigningKey::\"{}\"", record.kid))
                 .detail(serde_json::json!({ "kid": record.kid, "alg": record.alg.as_str(), "reason": "first start" }));
-            store.insert_signing_key(record, event).await?;
+            // Brokers sharing a store may start together: one key wins.
+            if store.insert_first_signing_key(record, event).await? {
+                tracing::info!(alg = %default_alg, "generated the first signing key");
+            }
             records = store.list_signing_keys().await?;
-            tracing::info!(alg = %default_alg, "generated the first signing key");
         }
         let set = Arc::new(KeySet::open(records, &kek)?);
         let now = Timestamp::now();

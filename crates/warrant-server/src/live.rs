@@ -299,6 +299,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     };
     check("data_dir", old.data_dir == new.data_dir);
     check("store", old.store == new.store);
+    check("tls", old.tls == new.tls);
+    check("insecure_http", old.insecure_http == new.insecure_http);
     check("api_addr", old.api_addr == new.api_addr);
     check("edge_addr", old.edge_addr == new.edge_addr);
     check("trust_domain", old.trust_domain == new.trust_domain);

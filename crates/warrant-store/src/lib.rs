@@ -180,6 +180,14 @@ pub trait Store: Send + Sync + 'static {
         key: SigningKeyRecord,
         audit: AuditEvent,
     ) -> Result<(), StoreError>;
+    /// Adds the first signing key, unless there is one already (another
+    /// broker sharing the store started first): checked and inserted in one
+    /// transaction. Returns whether this one was added.
+    async fn insert_first_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError>;
     /// Every signing key.
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError>;
 

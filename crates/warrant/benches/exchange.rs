@@ -26,13 +26,15 @@
 
 mod common;
 
-use common::{cli, free_addr, pin_self, two_cores};
+use common::{
+    AT, Bodies, Conn, JWT, access_token, cli, form, free_addr, hop, load, pin_self, two_cores,
+};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
@@ -41,145 +43,12 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use warrant_core::time::Timestamp;
 
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
-
 const POLICY: &str = r#"
 @id("bench-identities")
 permit(principal, action == Action::"identity:issue", resource);
 @id("bench-exchange")
 permit(principal, action == Action::"token:exchange", resource);
 "#;
-
-fn form(fields: &[(&str, &str)]) -> Bytes {
-    url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish()
-        .into()
-}
-
-fn hop(subject: &str, subject_type: &str, actor: &str, extra: &[(&str, &str)]) -> Bytes {
-    let mut f = vec![
-        ("grant_type", EXCHANGE),
-        ("subject_token", subject),
-        ("subject_token_type", subject_type),
-        ("actor_token", actor),
-        ("actor_token_type", JWT),
-    ];
-    f.extend_from_slice(extra);
-    form(&f)
-}
-
-/// One keep-alive connection.
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Self { sender, addr }
-    }
-
-    async fn post(&mut self, path: &str, body: Bytes) -> (u16, Bytes) {
-        self.sender.ready().await.unwrap();
-        let req = Request::post(path)
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(Full::new(body))
-            .unwrap();
-        let res = self.sender.send_request(req).await.unwrap();
-        let status = res.status().as_u16();
-        (status, res.into_body().collect().await.unwrap().to_bytes())
-    }
-}
-
-fn access_token(body: &[u8]) -> String {
-    let v: Value = serde_json::from_slice(body).unwrap();
-    v["access_token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token: {v}"))
-        .to_owned()
-}
-
-/// Where a load run's request bodies come from.
-enum Bodies {
-    /// The same body every time.
-    Same(Bytes),
-    /// Each body once; the run ends early when they run out.
-    Queue(Mutex<VecDeque<Bytes>>),
-}
-
-impl Bodies {
-    fn next(&self) -> Option<Bytes> {
-        match self {
-            Self::Same(b) => Some(b.clone()),
-            Self::Queue(q) => q.lock().unwrap().pop_front(),
-        }
-    }
-}
-
-struct Run {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    bodies: Vec<Bytes>,
-}
-
-/// `conns` connections posting to /oauth2/token for `secs` (or until the
-/// bodies run out); every answer must be 200.
-async fn load(addr: SocketAddr, conns: usize, secs: f64, bodies: Arc<Bodies>, keep: bool) -> Run {
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let bodies = bodies.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = Conn::open(addr).await;
-            let mut lat = Vec::new();
-            let mut kept = Vec::new();
-            while Instant::now() < deadline {
-                let Some(body) = bodies.next() else { break };
-                let t = Instant::now();
-                let (status, out) = c.post("/oauth2/token", body).await;
-                lat.push(t.elapsed());
-                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
-                if keep {
-                    kept.push(out);
-                }
-            }
-            (lat, kept)
-        }));
-    }
-    let mut lat = Vec::new();
-    let mut kept = Vec::new();
-    for t in tasks {
-        let (l, k) = t.await.unwrap();
-        lat.extend(l);
-        kept.extend(k);
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i].as_secs_f64() * 1000.0
-    };
-    Run {
-        rate: lat.len() as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        bodies: kept,
-    }
-}
 
 /// Two ES256 verifications and one signing, per second, on this thread.
 fn ceiling(secs: f64, jwks: &[u8], subject: &str, actor: &str, claims: &Value) -> f64 {
@@ -276,7 +145,7 @@ fn main() {
         let mint = Arc::new(Bodies::Queue(Mutex::new(
             std::iter::repeat_n(hop2.clone(), want).collect(),
         )));
-        let minted = load(api, 16, 600.0, mint, true).await;
+        let minted = load(&[api], 16, 600.0, mint, true).await;
         let mut fresh: VecDeque<Bytes> = minted
             .bodies
             .iter()
@@ -288,7 +157,7 @@ fn main() {
             let n = fresh.len() / 2;
             let q: VecDeque<Bytes> = fresh.drain(..n.min(fresh.len())).collect();
             let r = load(
-                api,
+                &[api],
                 conns,
                 secs,
                 Arc::new(Bodies::Queue(Mutex::new(q))),
@@ -298,7 +167,14 @@ fn main() {
             rows.push(("fresh subject", conns, r));
         }
         for conns in [1, 16] {
-            let r = load(api, conns, secs, Arc::new(Bodies::Same(hop3(&t2))), false).await;
+            let r = load(
+                &[api],
+                conns,
+                secs,
+                Arc::new(Bodies::Same(hop3(&t2))),
+                false,
+            )
+            .await;
             rows.push(("same subject", conns, r));
         }
 

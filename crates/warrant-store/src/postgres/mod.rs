@@ -557,6 +557,32 @@ impl Drop for Pool {
     }
 }
 
+fn insert_key(
+    ctx: &mut WriteCtx<'_, '_>,
+    key: &SigningKeyRecord,
+    audit: AuditEvent,
+) -> Result<(), StoreError> {
+    ctx.tx
+        .execute(
+            &format!(
+                "INSERT INTO signing_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
+                rows::KEY_COLUMNS
+            ),
+            &[
+                &key.kid,
+                &key.alg.as_str(),
+                &key.public_key,
+                &key.sealed_private_key,
+                &key.created_at.as_millis(),
+                &key.activates_at.as_millis(),
+            ],
+        )
+        .map_err(conflict("signing key", &key.kid))?;
+    ctx.changed(ChangeKind::SigningKey, &key.kid)?;
+    ctx.append(audit)?;
+    Ok(())
+}
+
 /// The PostgreSQL implementation of [`Store`].
 pub struct PostgresStore {
     connector: Connector,
@@ -945,26 +971,28 @@ impl Store for PostgresStore {
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         self.writer
+            .submit(move |ctx| insert_key(ctx, &key, audit))
+            .await
+    }
+
+    async fn insert_first_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.writer
             .submit(move |ctx| {
-                ctx.tx
-                    .execute(
-                        &format!(
-                            "INSERT INTO signing_keys ({}) VALUES ($1, $2, $3, $4, $5, $6)",
-                            rows::KEY_COLUMNS
-                        ),
-                        &[
-                            &key.kid,
-                            &key.alg.as_str(),
-                            &key.public_key,
-                            &key.sealed_private_key,
-                            &key.created_at.as_millis(),
-                            &key.activates_at.as_millis(),
-                        ],
-                    )
-                    .map_err(conflict("signing key", &key.kid))?;
-                ctx.changed(ChangeKind::SigningKey, &key.kid)?;
-                ctx.append(audit)?;
-                Ok(())
+                // Every writer holds the chain head's lock: brokers starting
+                // together check and insert one at a time.
+                let any: i64 = ctx
+                    .tx
+                    .query_one("SELECT count(*) FROM signing_keys", &[])
+                    .map_err(db_err)?
+                    .get(0);
+                if any > 0 {
+                    return Ok(false);
+                }
+                insert_key(ctx, &key, audit).map(|()| true)
             })
             .await
     }

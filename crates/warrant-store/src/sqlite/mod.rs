@@ -731,6 +731,43 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn insert_first_signing_key(
+        &self,
+        key: SigningKeyRecord,
+        audit: AuditEvent,
+    ) -> Result<bool, StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                // One writer: the check and the insert cannot interleave.
+                let any: i64 = ctx
+                    .conn
+                    .query_row("SELECT count(*) FROM signing_keys", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                if any > 0 {
+                    return Ok(false);
+                }
+                ctx.conn
+                    .execute(
+                        &format!(
+                            "INSERT INTO signing_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            rows::KEY_COLUMNS
+                        ),
+                        params![
+                            key.kid,
+                            key.alg.as_str(),
+                            key.public_key,
+                            key.sealed_private_key,
+                            key.created_at.as_millis(),
+                            key.activates_at.as_millis()
+                        ],
+                    )
+                    .map_err(conflict("signing key", &key.kid))?;
+                ctx.append(audit)?;
+                Ok(true)
+            })
+            .await
+    }
+
     async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
         self.read(|c| {
             let sql = format!(

@@ -401,3 +401,42 @@ async fn unreachable_read_only_and_newer_databases_are_refused_clearly() {
         .to_string();
     assert!(err.contains("read-only"), "{err}");
 }
+
+/// Brokers starting together on an empty store make one first signing key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_starting_together_make_one_first_key() {
+    use warrant_core::keys::{Alg, SigningKeyRecord};
+    use warrant_core::time::Timestamp;
+    let db = Database::new();
+    let stores = three(&db, PostgresOptions::default());
+    let tries: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let key = SigningKeyRecord {
+                    kid: format!("kid-{i}"),
+                    alg: Alg::Es256,
+                    public_key: vec![i as u8],
+                    sealed_private_key: vec![i as u8],
+                    created_at: Timestamp::from_millis(1),
+                    activates_at: Timestamp::from_millis(1),
+                };
+                s.insert_first_signing_key(
+                    key,
+                    warrant_store::conformance::ev("key.generate", "broker"),
+                )
+                .await
+                .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tries {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert_eq!(stores[2].list_signing_keys().await.unwrap().len(), 1);
+    close_all(&stores).await;
+}

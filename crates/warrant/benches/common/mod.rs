@@ -3,10 +3,22 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+pub const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The binary under test: this build's, or `WARRANT_BENCH_BIN` (another
 /// build of the same CLI, to measure before and after a change in one run).
@@ -60,6 +72,19 @@ pub fn cli(data: &Path, args: &[&str]) -> String {
 /// Starts `warrant serve` in `data` on `api` and `edge` with `extra`
 /// arguments (pinned to core 0 when `pin`), and waits until it is up.
 pub fn serve(data: &Path, api: SocketAddr, edge: SocketAddr, extra: &[&str], pin: bool) -> Child {
+    serve_with(data, api, edge, extra, &[], pin)
+}
+
+/// [`serve`] with environment variables (`WARRANT_KEK` for brokers
+/// sharing a store).
+pub fn serve_with(
+    data: &Path,
+    api: SocketAddr,
+    edge: SocketAddr,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    pin: bool,
+) -> Child {
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
         c.args(["-c", "0", &bin()]);
@@ -81,6 +106,7 @@ pub fn serve(data: &Path, api: SocketAddr, edge: SocketAddr, extra: &[&str], pin
             "warn",
         ])
         .env_remove("WARRANT_KEK")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -91,4 +117,164 @@ pub fn serve(data: &Path, api: SocketAddr, edge: SocketAddr, extra: &[&str], pin
         std::thread::sleep(Duration::from_millis(20));
     }
     child
+}
+
+pub fn form(fields: &[(&str, &str)]) -> Bytes {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+        .into()
+}
+
+pub fn hop(subject: &str, subject_type: &str, actor: &str, extra: &[(&str, &str)]) -> Bytes {
+    let mut f = vec![
+        ("grant_type", EXCHANGE),
+        ("subject_token", subject),
+        ("subject_token_type", subject_type),
+        ("actor_token", actor),
+        ("actor_token_type", JWT),
+    ];
+    f.extend_from_slice(extra);
+    form(&f)
+}
+
+/// One keep-alive connection.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Self { sender, addr }
+    }
+
+    pub async fn post(&mut self, path: &str, body: Bytes) -> (u16, Bytes) {
+        self.sender.ready().await.unwrap();
+        let req = Request::post(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(body))
+            .unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    pub async fn post_json(&mut self, path: &str, body: String) -> (u16, Bytes) {
+        self.sender.ready().await.unwrap();
+        let req = Request::post(path)
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
+    }
+}
+
+/// A JWT's claims, decoded without verifying.
+pub fn claims(token: &str) -> Value {
+    use base64::Engine as _;
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+pub fn access_token(body: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token: {v}"))
+        .to_owned()
+}
+
+/// Where a load run's request bodies come from.
+pub enum Bodies {
+    /// The same body every time.
+    Same(Bytes),
+    /// Each body once; the run ends early when they run out.
+    Queue(Mutex<VecDeque<Bytes>>),
+}
+
+impl Bodies {
+    pub fn next(&self) -> Option<Bytes> {
+        match self {
+            Self::Same(b) => Some(b.clone()),
+            Self::Queue(q) => q.lock().unwrap().pop_front(),
+        }
+    }
+}
+
+pub struct Run {
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub bodies: Vec<Bytes>,
+}
+
+/// `conns` connections (spread over `addrs` in turn) posting to
+/// /oauth2/token for `secs` (or until the bodies run out); every answer
+/// must be 200.
+pub async fn load(
+    addrs: &[SocketAddr],
+    conns: usize,
+    secs: f64,
+    bodies: Arc<Bodies>,
+    keep: bool,
+) -> Run {
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..conns {
+        let bodies = bodies.clone();
+        let addr = addrs[i % addrs.len()];
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::open(addr).await;
+            let mut lat = Vec::new();
+            let mut kept = Vec::new();
+            while Instant::now() < deadline {
+                let Some(body) = bodies.next() else { break };
+                let t = Instant::now();
+                let (status, out) = c.post("/oauth2/token", body).await;
+                lat.push(t.elapsed());
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&out));
+                if keep {
+                    kept.push(out);
+                }
+            }
+            (lat, kept)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut kept = Vec::new();
+    for t in tasks {
+        let (l, k) = t.await.unwrap();
+        lat.extend(l);
+        kept.extend(k);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    Run {
+        rate: lat.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        bodies: kept,
+    }
 }

@@ -8,6 +8,7 @@ mod attest;
 mod audit;
 mod cluster;
 mod delegation;
+mod deploy;
 mod interop;
 mod keys;
 mod live;

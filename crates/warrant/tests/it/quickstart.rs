@@ -9,7 +9,7 @@
 //! swapped for free ones. Every line of a `text` block must appear in one line
 //! of what the commands and the broker printed, `…` matching anything.
 
-use crate::support::bin;
+use crate::support::{bin, matches};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -63,18 +63,6 @@ fn blocks(page: &str) -> Blocks {
     }
     assert!(!out.serve.is_empty(), "the page starts the broker");
     out
-}
-
-/// Whether `line` holds the pieces of `pattern` between its `…`, in order.
-fn matches(pattern: &str, line: &str) -> bool {
-    let mut rest = line;
-    for piece in pattern.split('…').map(str::trim).filter(|p| !p.is_empty()) {
-        match rest.find(piece) {
-            Some(i) => rest = &rest[i + piece.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 fn free_port() -> u16 {

@@ -398,3 +398,15 @@ pub fn client_credentials(
         ],
     )
 }
+
+/// Whether `line` holds the pieces of `pattern` between its `…`, in order.
+pub fn matches(pattern: &str, line: &str) -> bool {
+    let mut rest = line;
+    for piece in pattern.split('…').map(str::trim).filter(|p| !p.is_empty()) {
+        match rest.find(piece) {
+            Some(i) => rest = &rest[i + piece.len()..],
+            None => return false,
+        }
+    }
+    true
+}
