@@ -13,6 +13,7 @@
 //! - every connection has a statement timeout, and a lost connection is
 //!   re-opened on next use (the writer, the feed and the readers alike).
 
+mod cached;
 mod feed;
 mod migrations;
 mod rows;
@@ -26,7 +27,9 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, NoTls};
+
+use cached::{Cached, Db, Statements};
 use tokio::sync::mpsc;
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
@@ -178,7 +181,7 @@ pub fn shown_postgres_url(url: &str) -> String {
 }
 
 fn all<T>(
-    c: &mut impl GenericClient,
+    c: &mut impl Db,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     f: fn(&postgres::Row) -> Result<T, StoreError>,
@@ -191,7 +194,7 @@ fn all<T>(
 }
 
 fn one<T>(
-    c: &mut impl GenericClient,
+    c: &mut impl Db,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
     f: fn(&postgres::Row) -> Result<T, StoreError>,
@@ -231,7 +234,7 @@ struct Trigger {
 }
 
 /// The triggers in this schema, and the guard function's body.
-fn triggers(c: &mut impl GenericClient) -> Result<(Vec<Trigger>, Option<String>), StoreError> {
+fn triggers(c: &mut impl Db) -> Result<(Vec<Trigger>, Option<String>), StoreError> {
     let rows = c
         .query(
             "SELECT t.tgname::text, c.relname::text, pg_get_triggerdef(t.oid), t.tgenabled = 'O', n.nspname::text \
@@ -269,7 +272,7 @@ const TRAIL_ADVICE: &str =
 
 /// Refuses a database whose triggers are not exactly warrant's own, or
 /// whose guard function was replaced or disabled.
-fn refuse_foreign_triggers(c: &mut impl GenericClient) -> Result<(), StoreError> {
+fn refuse_foreign_triggers(c: &mut impl Db) -> Result<(), StoreError> {
     let (found, body) = triggers(c)?;
     if let Some(Trigger { name, table, .. }) = found.iter().find(|t| {
         !t.enabled
@@ -302,7 +305,7 @@ fn refuse_foreign_triggers(c: &mut impl GenericClient) -> Result<(), StoreError>
 /// Puts back warrant's guards that were dropped, disabled or replaced (at
 /// open only; what was done meanwhile shows in `warrant audit verify`),
 /// then refuses anything else.
-fn restore_own_triggers(c: &mut impl GenericClient) -> Result<(), StoreError> {
+fn restore_own_triggers(c: &mut impl Db) -> Result<(), StoreError> {
     let (found, body) = triggers(c)?;
     if body.as_deref() != Some(GUARD_BODY) {
         tracing::warn!(
@@ -336,7 +339,7 @@ fn restore_own_triggers(c: &mut impl GenericClient) -> Result<(), StoreError> {
 /// Whether record `seq`, stored with `hash`, links; `None` if it is not
 /// stored with that hash.
 fn record_links(
-    c: &mut impl GenericClient,
+    c: &mut impl Db,
     linker: Option<&dyn ChainLinker>,
     seq: u64,
     hash: &ChainHash,
@@ -373,7 +376,7 @@ fn record_links(
     ))
 }
 
-fn legacy_marker(c: &mut impl GenericClient) -> Result<Option<Vec<u8>>, StoreError> {
+fn legacy_marker(c: &mut impl Db) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(c.query_opt(
         "SELECT value FROM audit_meta WHERE key = $1",
         &[&LEGACY_KEY],
@@ -389,7 +392,7 @@ fn ensure_legacy_marker(client: &mut Client, linker: &dyn ChainLinker) -> Result
     let mut tx = client.transaction().map_err(db_err)?;
     tx.execute("LOCK TABLE audit_meta IN EXCLUSIVE MODE", &[])
         .map_err(db_err)?;
-    let marker = match legacy_marker(&mut tx)? {
+    let marker = match legacy_marker(&mut Cached::new(&mut tx, &mut Statements::new()))? {
         Some(m) => m,
         None => {
             let last = tx
@@ -435,7 +438,7 @@ fn ensure_legacy_marker(client: &mut Client, linker: &dyn ChainLinker) -> Result
 /// record is the head and links, and the last record this broker wrote is
 /// still there as written. Returns the head (`None`: empty).
 fn audit_intact(ctx: &mut WriteCtx<'_, '_>) -> Result<Option<(u64, ChainHash)>, StoreError> {
-    refuse_foreign_triggers(ctx.tx)?;
+    refuse_foreign_triggers(&mut ctx.tx)?;
     let (seq, hash) = ctx.head();
     let max: i64 = ctx
         .tx
@@ -451,13 +454,13 @@ fn audit_intact(ctx: &mut WriteCtx<'_, '_>) -> Result<Option<(u64, ChainHash)>, 
         return Ok(None);
     }
     let linker = ctx.linker;
-    if record_links(ctx.tx, linker, seq, &hash)? != Some(true) {
+    if record_links(&mut ctx.tx, linker, seq, &hash)? != Some(true) {
         return Err(StoreError::AuditUnavailable(format!(
             "audit record {seq}, the newest, does not verify: it was rewritten or planted; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
         )));
     }
     if let Some((wseq, whash)) = ctx.written
-        && record_links(ctx.tx, linker, wseq, &whash)? != Some(true)
+        && record_links(&mut ctx.tx, linker, wseq, &whash)? != Some(true)
     {
         return Err(StoreError::AuditUnavailable(format!(
             "audit record {wseq}, the last this broker wrote, is no longer in the database as written: records were removed or replaced; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
@@ -466,7 +469,7 @@ fn audit_intact(ctx: &mut WriteCtx<'_, '_>) -> Result<Option<(u64, ChainHash)>, 
     Ok(Some((seq, hash)))
 }
 
-fn refuse_revoked_instance(c: &mut impl GenericClient, instance: &str) -> Result<(), StoreError> {
+fn refuse_revoked_instance(c: &mut impl Db, instance: &str) -> Result<(), StoreError> {
     let found = c
         .query_opt(
             "SELECT 1 FROM revoked_instances WHERE instance = $1",
@@ -482,7 +485,7 @@ fn refuse_revoked_instance(c: &mut impl GenericClient, instance: &str) -> Result
     }
 }
 
-fn upsert_instance(c: &mut impl GenericClient, i: &Instance) -> Result<Instance, StoreError> {
+fn upsert_instance(c: &mut impl Db, i: &Instance) -> Result<Instance, StoreError> {
     // INVARIANT (revocation is never outrun): checked in the same
     // transaction that records the issuance; the block's row is read with
     // a share lock, so a concurrent block waits for this commit or wins.
@@ -513,7 +516,7 @@ fn upsert_instance(c: &mut impl GenericClient, i: &Instance) -> Result<Instance,
 }
 
 fn secret_row(
-    c: &mut impl GenericClient,
+    c: &mut impl Db,
     name: &SecretName,
     owner: &str,
 ) -> Result<Option<SecretRecord>, StoreError> {
@@ -525,7 +528,7 @@ fn secret_row(
 }
 
 fn pin_row(
-    c: &mut impl GenericClient,
+    c: &mut impl Db,
     server: &str,
     tool: &str,
 ) -> Result<Option<ToolPin>, StoreError> {
@@ -545,7 +548,7 @@ fn secret_key(name: &SecretName, owner: Option<&str>) -> String {
 
 /// Idle read connections.
 #[derive(Default)]
-struct Pool(Mutex<Vec<Client>>);
+struct Pool(Mutex<Vec<(Client, Statements)>>);
 
 impl Drop for Pool {
     fn drop(&mut self) {
@@ -670,7 +673,7 @@ impl PostgresStore {
                 &[&0x0077_6172_7261_6e75_i64],
             )
             .map_err(db_err)?;
-            restore_own_triggers(&mut tx)?;
+            restore_own_triggers(&mut Cached::new(&mut tx, &mut Statements::new()))?;
             tx.commit().map_err(db_err)?;
         }
         if let Some(l) = &options.chain {
@@ -748,7 +751,7 @@ impl PostgresStore {
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: Fn(&mut Client) -> Result<T, StoreError> + Send + 'static,
+        F: Fn(&mut Cached<'_, Client>) -> Result<T, StoreError> + Send + 'static,
     {
         let _permit = self
             .permits
@@ -762,20 +765,20 @@ impl PostgresStore {
         tokio::task::spawn_blocking(move || {
             let pooled = pool.0.lock().pop();
             let fresh = pooled.is_none();
-            let mut client = match pooled {
-                Some(c) if !c.is_closed() => c,
-                _ => connector.connect()?,
+            let (mut client, mut stmts) = match pooled {
+                Some((c, s)) if !c.is_closed() => (c, s),
+                _ => (connector.connect()?, Statements::new()),
             };
-            let mut out = f(&mut client);
+            let mut out = f(&mut Cached::new(&mut client, &mut stmts));
             if out.is_err() && client.is_closed() && !fresh {
                 // The pooled connection had died (a database restart, a
                 // dropped link): reads change nothing, so once more on a
                 // new one.
-                client = connector.connect()?;
-                out = f(&mut client);
+                (client, stmts) = (connector.connect()?, Statements::new());
+                out = f(&mut Cached::new(&mut client, &mut stmts));
             }
             if !client.is_closed() {
-                pool.0.lock().push(client);
+                pool.0.lock().push((client, stmts));
             }
             out
         })
@@ -905,8 +908,7 @@ impl Store for PostgresStore {
     ) -> Result<Agent, StoreError> {
         let name = name.to_string();
         self.write_agents(move |ctx| {
-            let agent = one(
-                ctx.tx,
+            let agent = one(&mut ctx.tx,
                 &format!(
                     "UPDATE agents SET status = $1, updated_at = $2 WHERE name = $3 RETURNING {}",
                     rows::AGENT_COLUMNS
@@ -935,8 +937,7 @@ impl Store for PostgresStore {
     async fn delete_agent(&self, name: &AgentName, audit: AuditEvent) -> Result<Agent, StoreError> {
         let name = name.to_string();
         self.write_agents(move |ctx| {
-            let agent = one(
-                ctx.tx,
+            let agent = one(&mut ctx.tx,
                 &format!(
                     "DELETE FROM agents WHERE name = $1 RETURNING {}",
                     rows::AGENT_COLUMNS
@@ -1074,8 +1075,7 @@ impl Store for PostgresStore {
         let id = id.to_owned();
         self.writer
             .submit(move |ctx| {
-                let token = one(
-                    ctx.tx,
+                let token = one(&mut ctx.tx,
                     &format!(
                         "UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, $1) WHERE id = $2 RETURNING {}",
                         rows::TOKEN_COLUMNS
@@ -1100,7 +1100,7 @@ impl Store for PostgresStore {
     ) -> Result<Instance, StoreError> {
         self.writer
             .submit(move |ctx| {
-                let stored = upsert_instance(ctx.tx, &instance)?;
+                let stored = upsert_instance(&mut ctx.tx, &instance)?;
                 ctx.append(audit)?;
                 Ok(stored)
             })
@@ -1206,7 +1206,7 @@ impl Store for PostgresStore {
                         why: "already redeemed or expired".into(),
                     });
                 }
-                let stored = upsert_instance(ctx.tx, &instance)?;
+                let stored = upsert_instance(&mut ctx.tx, &instance)?;
                 ctx.append(audit)?;
                 Ok(stored)
             })
@@ -1232,7 +1232,7 @@ impl Store for PostgresStore {
                         });
                     }
                 }
-                refuse_revoked_instance(ctx.tx, &t.instance)?;
+                refuse_revoked_instance(&mut ctx.tx, &t.instance)?;
                 ctx.tx
                     .execute(
                         &format!(
@@ -1457,7 +1457,7 @@ impl Store for PostgresStore {
                     )
                     .map_err(db_err)?;
                 if changed == 0 {
-                    return Err(match secret_row(ctx.tx, &s.name, owner)? {
+                    return Err(match secret_row(&mut ctx.tx, &s.name, owner)? {
                         Some(_) => StoreError::Conflict {
                             what: "secret version",
                             name: s.credential_id(),
@@ -1484,8 +1484,7 @@ impl Store for PostgresStore {
         let (name, owner) = (name.clone(), owner.unwrap_or("").to_owned());
         self.writer
             .submit(move |ctx| {
-                let found = one(
-                    ctx.tx,
+                let found = one(&mut ctx.tx,
                     &format!(
                         "DELETE FROM secrets WHERE name = $1 AND owner = $2 RETURNING {}",
                         rows::SECRET_COLUMNS
@@ -1533,17 +1532,11 @@ impl Store for PostgresStore {
         }
         self.writer
             .submit(move |ctx| {
-                let st = ctx
-                    .tx
-                    .prepare(
-                        "UPDATE secrets SET last_used_at = greatest(coalesce(last_used_at, 0), $3) \
-                         WHERE name = $1 AND owner = $2",
-                    )
-                    .map_err(db_err)?;
                 for (name, owner, at) in &used {
                     ctx.tx
                         .execute(
-                            &st,
+                            "UPDATE secrets SET last_used_at = greatest(coalesce(last_used_at, 0), $3) \
+                             WHERE name = $1 AND owner = $2",
                             &[
                                 &name.as_str(),
                                 &owner.as_deref().unwrap_or(""),
@@ -1667,7 +1660,7 @@ impl Store for PostgresStore {
                     what: "tool",
                     name: format!("{server}/{tool}"),
                 };
-                let pin = pin_row(ctx.tx, &server, &tool)?.ok_or_else(not_found)?;
+                let pin = pin_row(&mut ctx.tx, &server, &tool)?.ok_or_else(not_found)?;
                 let Some(pending) = pin.pending_digest.as_deref() else {
                     return Err(StoreError::Precondition {
                         what: "tool approval",
@@ -1697,7 +1690,7 @@ impl Store for PostgresStore {
                 }
                 ctx.changed(ChangeKind::ToolPin, &server)?;
                 ctx.append(audit)?;
-                pin_row(ctx.tx, &server, &tool)?.ok_or_else(not_found)
+                pin_row(&mut ctx.tx, &server, &tool)?.ok_or_else(not_found)
             })
             .await
     }
@@ -1808,6 +1801,7 @@ impl Store for PostgresStore {
             // One snapshot for the whole walk, streamed: the trail may be
             // long, and other brokers keep appending.
             let mut tx = c
+                .c
                 .build_transaction()
                 .isolation_level(postgres::IsolationLevel::RepeatableRead)
                 .read_only(true)

@@ -21,6 +21,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::{Client, Transaction};
+
+use super::cached::{Cached, Db, Statements};
 use tokio::sync::{mpsc, oneshot};
 use warrant_core::audit::{AuditEvent, AuditRecord, ChainHash, ChainLinker};
 use warrant_core::time::Timestamp;
@@ -40,7 +42,7 @@ pub(crate) struct ChainState {
 
 impl ChainState {
     /// Locks the head row for the rest of `tx` and reads it.
-    fn lock(tx: &mut Transaction<'_>) -> Result<Self, StoreError> {
+    fn lock(tx: &mut impl Db) -> Result<Self, StoreError> {
         let row = tx
             .query_one(
                 "SELECT seq, hash, time, changes FROM audit_head WHERE id = 1 FOR UPDATE",
@@ -60,7 +62,7 @@ impl ChainState {
         })
     }
 
-    fn store(&self, tx: &mut Transaction<'_>) -> Result<(), StoreError> {
+    fn store(&self, tx: &mut impl Db) -> Result<(), StoreError> {
         let seq = i64::try_from(self.next_seq - 1).unwrap_or(i64::MAX);
         let changes = i64::try_from(self.next_change - 1).unwrap_or(i64::MAX);
         tx.execute(
@@ -84,7 +86,7 @@ impl ChainState {
 
 /// What a job sees: its savepoint, and the chain it extends.
 pub(crate) struct WriteCtx<'a, 'b> {
-    pub(crate) tx: &'a mut Transaction<'b>,
+    pub(crate) tx: Cached<'a, Transaction<'b>>,
     chain: &'a mut ChainState,
     pub(crate) linker: Option<&'a dyn ChainLinker>,
     /// The last record this broker wrote, as it wrote it.
@@ -232,6 +234,8 @@ impl std::fmt::Debug for Writer {
 struct State {
     connector: Connector,
     client: Option<Client>,
+    /// The write connection's prepared statements.
+    stmts: Statements,
     max_batch: usize,
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn(bool) + Send>,
@@ -254,6 +258,7 @@ impl Writer {
         let state = State {
             connector,
             client: Some(client),
+            stmts: Statements::new(),
             max_batch: max_batch.max(1),
             linker,
             on_commit,
@@ -375,6 +380,7 @@ fn run(mut state: State, mut rx: mpsc::Receiver<Msg>) {
 /// Commits one batch; returns whether it carried changes for the feed.
 fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<bool, StoreError> {
     if state.client.as_ref().is_none_or(Client::is_closed) {
+        state.stmts.clear();
         state.client = Some(state.connector.connect()?);
     }
     let linker = state.linker.clone();
@@ -384,13 +390,15 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
             "no connection to PostgreSQL".into(),
         ));
     };
+    let stmts = &mut state.stmts;
     let mut tx = client.transaction().map_err(db_err)?;
-    let start = ChainState::lock(&mut tx)?;
+    let start = ChainState::lock(&mut Cached::new(&mut tx, stmts))?;
     if state.last_prune.elapsed() >= PRUNE_EVERY {
         // Changes every follower has long read; one that was cut off for
         // longer re-reads everything (`Resync`).
         let before = Timestamp::now().as_millis() - i64::try_from(KEEP.as_millis()).unwrap_or(0);
-        tx.execute("DELETE FROM changes WHERE time < $1", &[&before])
+        Cached::new(&mut tx, stmts)
+            .execute("DELETE FROM changes WHERE time < $1", &[&before])
             .map_err(db_err)?;
         state.last_prune = Instant::now();
     }
@@ -399,7 +407,7 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
         let snapshot = (chain, written);
         let mut sp = tx.savepoint("job").map_err(db_err)?;
         let mut ctx = WriteCtx {
-            tx: &mut sp,
+            tx: Cached::new(&mut sp, stmts),
             chain: &mut chain,
             linker: linker.as_deref(),
             written,
@@ -414,12 +422,15 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
         }
     }
     let changed = chain.next_change != start.next_change;
-    if chain != start {
-        chain.store(&mut tx)?;
-    }
-    if changed {
-        tx.execute("SELECT pg_notify($1, '')", &[&super::CHANNEL])
-            .map_err(db_err)?;
+    {
+        let mut tx = Cached::new(&mut tx, stmts);
+        if chain != start {
+            chain.store(&mut tx)?;
+        }
+        if changed {
+            tx.execute("SELECT pg_notify($1, '')", &[&super::CHANNEL])
+                .map_err(db_err)?;
+        }
     }
     tx.commit().map_err(|e| {
         StoreError::AuditUnavailable(format!("commit failed: {}", super::describe(&e)))
