@@ -527,11 +527,7 @@ fn secret_row(
     one(c, &sql, &[&name.as_str(), &owner], rows::secret)
 }
 
-fn pin_row(
-    c: &mut impl Db,
-    server: &str,
-    tool: &str,
-) -> Result<Option<ToolPin>, StoreError> {
+fn pin_row(c: &mut impl Db, server: &str, tool: &str) -> Result<Option<ToolPin>, StoreError> {
     let sql = format!(
         "SELECT {} FROM mcp_tools WHERE server = $1 AND tool = $2",
         rows::PIN_COLUMNS
@@ -908,7 +904,8 @@ impl Store for PostgresStore {
     ) -> Result<Agent, StoreError> {
         let name = name.to_string();
         self.write_agents(move |ctx| {
-            let agent = one(&mut ctx.tx,
+            let agent = one(
+                &mut ctx.tx,
                 &format!(
                     "UPDATE agents SET status = $1, updated_at = $2 WHERE name = $3 RETURNING {}",
                     rows::AGENT_COLUMNS
@@ -937,7 +934,8 @@ impl Store for PostgresStore {
     async fn delete_agent(&self, name: &AgentName, audit: AuditEvent) -> Result<Agent, StoreError> {
         let name = name.to_string();
         self.write_agents(move |ctx| {
-            let agent = one(&mut ctx.tx,
+            let agent = one(
+                &mut ctx.tx,
                 &format!(
                     "DELETE FROM agents WHERE name = $1 RETURNING {}",
                     rows::AGENT_COLUMNS
@@ -1484,7 +1482,8 @@ impl Store for PostgresStore {
         let (name, owner) = (name.clone(), owner.unwrap_or("").to_owned());
         self.writer
             .submit(move |ctx| {
-                let found = one(&mut ctx.tx,
+                let found = one(
+                    &mut ctx.tx,
                     &format!(
                         "DELETE FROM secrets WHERE name = $1 AND owner = $2 RETURNING {}",
                         rows::SECRET_COLUMNS

@@ -440,3 +440,101 @@ async fn brokers_starting_together_make_one_first_key() {
     assert_eq!(stores[2].list_signing_keys().await.unwrap().len(), 1);
     close_all(&stores).await;
 }
+
+/// The same secret version rotated through three brokers at once, and the
+/// same tool approval given through three: one outcome each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_and_approvals_have_one_outcome_across_brokers() {
+    use warrant_core::mcp::{PinOutcome, ToolDefinition};
+    use warrant_core::secret::{SecretName, SecretRecord};
+    use warrant_core::time::Timestamp;
+    use warrant_store::StoreError;
+    let db = Database::new();
+    let stores = three(&db, PostgresOptions::default());
+    let ev = warrant_store::conformance::ev;
+    let secret = |version: u32, blob: u8| SecretRecord {
+        name: SecretName::new("openai-key").unwrap(),
+        owner: None,
+        version,
+        description: None,
+        wrapped_key: vec![blob],
+        ciphertext: vec![blob],
+        created_by: "test".into(),
+        created_at: Timestamp::from_millis(1),
+        updated_at: Timestamp::from_millis(1),
+        last_used_at: None,
+    };
+    stores[0]
+        .create_secret(secret(1, 0), ev("admin.secret.put", "x"))
+        .await
+        .unwrap();
+    let tries: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (s, rec) = (s.clone(), secret(2, i as u8 + 1));
+            tokio::spawn(async move { s.rotate_secret(rec, ev("admin.secret.rotate", "x")).await })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(()) => won.push(()),
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "one rotation to version 2");
+    let stored = stores[1]
+        .get_secret(&SecretName::new("openai-key").unwrap(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 2);
+
+    let def = |d: &str| {
+        ToolDefinition::from_listing(&serde_json::json!({"name": "search", "description": d, "inputSchema": {"type": "object"}})).unwrap()
+    };
+    let now = Timestamp::from_millis(1);
+    assert_eq!(
+        stores[0]
+            .observe_tool("files", def("v1"), false, now, ev("mcp.tool.pin", "x"))
+            .await
+            .unwrap(),
+        PinOutcome::New
+    );
+    stores[1]
+        .observe_tool("files", def("v2"), false, now, ev("mcp.tool.change", "x"))
+        .await
+        .unwrap();
+    let digest = def("v2").digest();
+    let tries: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            let (s, digest) = (s.clone(), digest.clone());
+            tokio::spawn(async move {
+                s.approve_tool(
+                    "files",
+                    "search",
+                    &digest,
+                    "admin",
+                    now,
+                    ev("admin.mcp.approve", "x"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut approved = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(_) => approved += 1,
+            Err(StoreError::Precondition { .. }) => {}
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!(approved, 1, "one approval");
+    let r = stores[2].verify_audit().await.unwrap();
+    assert_eq!((r.verified, r.broken), (5, None), "one record per outcome");
+    close_all(&stores).await;
+}

@@ -578,3 +578,50 @@ fn a_copy_with_another_key_changes_nothing() {
         "the source is verified before anything is written"
     );
 }
+
+fn jwks_kids(b: &Broker) -> Vec<String> {
+    let r = b.http("GET", "/.well-known/jwks.json", &[], None);
+    r.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A key rotated through A is published by B before any broker signs with
+/// it, however short the activation asked for; once it signs, tokens it
+/// signed through A verify at B.
+#[test]
+fn a_rotated_key_is_published_everywhere_before_it_signs() {
+    let c = cluster(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    a.cli(&["policy", "reload"]).ok();
+    a.cli(&["agent", "create", "orch", "--owner", "o", "--env", "dev"])
+        .ok();
+    let asked = Instant::now();
+    let new = a
+        .cli(&["keys", "rotate", "--activate-in", "0s", "--output", "json"])
+        .json();
+    let kid = new["kid"].as_str().unwrap().to_owned();
+    assert_eq!(new["state"], "next", "it does not sign at once: {new}");
+    let published = until("B publishes the new key", Duration::from_secs(2), || {
+        jwks_kids(b).contains(&kid)
+    });
+    eprintln!("B published the new key {published:?} after the rotation");
+    until("the new key signs", Duration::from_secs(15), || {
+        let id = identity_across(a, a, "orch");
+        jwt_header(&id)["kid"] == kid.as_str()
+    });
+    assert!(
+        asked.elapsed() >= Duration::from_secs(4),
+        "a shared store holds a new key back before it signs"
+    );
+    let id = identity_across(a, a, "orch");
+    let r = self_token(b, &id);
+    assert_eq!(
+        r.status, 200,
+        "B accepts what A signed with the new key: {}",
+        r.body
+    );
+}
