@@ -278,28 +278,23 @@ fn a_broker_cut_off_from_the_store_fails_closed_and_recovers() {
     assert_eq!(v["ok"], true, "{v}");
 }
 
-/// Every task token a client received, from any broker, has its durable
-/// audit record, though one broker is killed (-9) and every database
-/// connection is dropped (as a PostgreSQL restart would) under load.
-#[test]
-fn no_token_without_its_record_when_a_broker_dies_or_the_database_restarts() {
-    let mut c = relayed(3);
-    let id = identity_across(&c.nodes[0], &c.nodes[1], "orch");
-    let addrs: Vec<_> = c.nodes.iter().map(|n| n.api).collect();
+/// Six clients asking task tokens of `addrs` in turn (a broker that is
+/// down is simply the next one's turn) while `during` runs; every token
+/// they received.
+fn grant_load(addrs: &[std::net::SocketAddr], id: &str, during: impl FnOnce()) -> Vec<String> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..6)
         .map(|i| {
-            let (addrs, id, stop) = (addrs.clone(), id.clone(), stop.clone());
+            let (addrs, stop) = (addrs.to_vec(), stop.clone());
+            let body = format!(
+                "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={id}&scope=tickets%3Aread&audience=https%3A%2F%2Ftickets.example"
+            );
             std::thread::spawn(move || {
                 let mut got = Vec::new();
                 let mut n = i;
                 while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                    // Round robin; a dead broker is simply the next one's turn.
                     let addr = addrs[n % addrs.len()];
                     n += 1;
-                    let body = format!(
-                        "grant_type=client_credentials&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={id}&scope=tickets%3Aread&audience=https%3A%2F%2Ftickets.example"
-                    );
                     if std::net::TcpStream::connect(addr).is_err() {
                         continue;
                     }
@@ -322,42 +317,152 @@ fn no_token_without_its_record_when_a_broker_dies_or_the_database_restarts() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(700));
-    c.nodes[2].signal(warrant_testkit::Signal::KILL);
-    std::thread::sleep(Duration::from_millis(500));
-    // Every connection of every broker dropped at once.
-    c.db
-        .sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    during();
     stop.store(true, std::sync::atomic::Ordering::Release);
-    let tokens: Vec<String> = clients
+    clients
         .into_iter()
         .flat_map(|t| t.join().unwrap())
-        .collect();
+        .collect()
+}
+
+/// Once `b` grants again: every token in `tokens` has its allow record in
+/// the one trail, which verifies.
+fn every_token_was_recorded(b: &Broker, id: &str, tokens: &[String]) {
     assert!(tokens.len() > 20, "the load ran: {} tokens", tokens.len());
-    let _ = c.nodes[2].wait();
-    let a = &c.nodes[0];
-    until(
-        "A grants after the connections were dropped",
-        Duration::from_secs(20),
-        || self_token(a, &id).status == 200,
-    );
-    let recorded: std::collections::HashSet<String> = audit(a, Some("token"))
+    until("the broker grants again", Duration::from_secs(30), || {
+        self_token(b, id).status == 200
+    });
+    let recorded: std::collections::HashSet<String> = audit(b, Some("token"))
         .iter()
         .filter(|r| r["decision"] == "allow")
         .filter_map(|r| r["task"].as_str().map(str::to_owned))
         .collect();
-    for t in &tokens {
+    for t in tokens {
         let task = jwt_claims(t)["task"].as_str().unwrap().to_owned();
         assert!(
             recorded.contains(&task),
             "token for task {task} was released without its record"
         );
     }
-    let v = a.cli(&["audit", "verify", "--output", "json"]).json();
+    let v = b.cli(&["audit", "verify", "--output", "json"]).json();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+/// Every task token a client received, from any broker, has its durable
+/// audit record, though one broker is killed (-9) and every database
+/// connection is dropped at once under load.
+#[test]
+fn no_token_without_its_record_when_a_broker_dies_or_connections_drop() {
+    let mut c = relayed(3);
+    let id = identity_across(&c.nodes[0], &c.nodes[1], "orch");
+    let addrs: Vec<_> = c.nodes.iter().map(|n| n.api).collect();
+    let tokens = grant_load(&addrs, &id, || {
+        std::thread::sleep(Duration::from_millis(700));
+        c.nodes[2].signal(warrant_testkit::Signal::KILL);
+        std::thread::sleep(Duration::from_millis(500));
+        c.db
+            .sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    let _ = c.nodes[2].wait();
+    every_token_was_recorded(&c.nodes[0], &id, &tokens);
     c.relays.clear();
+}
+
+/// A PostgreSQL server of this test's own, stopped when dropped.
+struct OwnServer {
+    name: String,
+    url: String,
+}
+
+impl OwnServer {
+    fn start() -> Self {
+        let name = format!("restart-{}", std::process::id());
+        let out = std::process::Command::new(repo().join("scripts/postgres"))
+            .arg("start")
+            .env("WARRANT_PG_NAME", &name)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .strip_prefix("WARRANT_TEST_POSTGRES=")
+            .unwrap()
+            .to_owned();
+        Self { name, url }
+    }
+
+    fn run(&self, what: &str) {
+        let out = std::process::Command::new(repo().join("scripts/postgres"))
+            .arg(what)
+            .env("WARRANT_PG_NAME", &self.name)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
+
+/// PostgreSQL itself restarted under grant load: brokers refuse while it is
+/// down, reconnect by themselves, and no token is released without its
+/// record.
+#[test]
+fn no_token_without_its_record_when_postgres_restarts() {
+    let server = OwnServer::start();
+    let nodes: Vec<Broker> = (0..2)
+        .map(|_| {
+            let b = Broker::start_with(
+                bin(),
+                Options {
+                    args: vec![
+                        "--store".into(),
+                        server.url.clone(),
+                        "--issuer".into(),
+                        "http://warrant.cluster.test".into(),
+                    ],
+                    env: vec![("WARRANT_KEK".into(), KEK.into())],
+                    ..Default::default()
+                },
+            );
+            std::fs::write(
+                b.data_dir.join("policies/delegation.cedar"),
+                DELEGATION_POLICY,
+            )
+            .unwrap();
+            b.cli(&["policy", "reload"]).ok();
+            b
+        })
+        .collect();
+    nodes[0]
+        .cli(&["agent", "create", "orch", "--owner", "o", "--env", "dev"])
+        .ok();
+    let id = identity_across(&nodes[0], &nodes[1], "orch");
+    let addrs: Vec<_> = nodes.iter().map(|n| n.api).collect();
+    let tokens = grant_load(&addrs, &id, || {
+        std::thread::sleep(Duration::from_millis(700));
+        server.run("restart");
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    every_token_was_recorded(&nodes[1], &id, &tokens);
+    for b in &nodes {
+        until("the broker is ready again", Duration::from_secs(30), || {
+            b.http("GET", "/readyz", &[], None).status == 200
+        });
+    }
 }
 
 /// Revoked through A while agents hammer B with the task: B refuses it
