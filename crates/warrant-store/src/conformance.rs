@@ -68,7 +68,8 @@ macro_rules! conformance_tests {
             new_tools_wait_for_approval_when_held,
             a_server_is_listed_once_even_with_no_tools,
             records_appended_together_chain_in_order_or_not_at_all,
-            revoking_an_id_that_names_nothing_is_not_found
+            revoking_an_id_that_names_nothing_is_not_found,
+            nothing_is_issued_to_an_agent_that_is_not_active
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -666,6 +667,9 @@ async fn audit_count(s: &Arc<dyn Store>) -> usize {
 
 pub async fn a_join_token_is_redeemed_exactly_once(fx: Box<dyn Fixture>) {
     let s = fx.store();
+    s.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
     let rec = |id: &str, hash: u8, expires: i64| JoinTokenRecord {
         id: id.into(),
         token_hash: [hash; 32],
@@ -770,9 +774,11 @@ pub fn task(id: &str, parent: Option<&str>, txn: &str, agent: &str, instance: &s
 
 pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixture>) {
     let s = fx.store();
-    s.create_agent(agent("orch"), ev("admin.agent.create", "orch"))
-        .await
-        .unwrap();
+    for a in ["orch", "sub", "leaf", "other"] {
+        s.create_agent(agent(a), ev("admin.agent.create", a))
+            .await
+            .unwrap();
+    }
     let inst = s
         .record_instance(instance("orch", "jt_o", 1_000), ev("attest", "orch"))
         .await
@@ -894,9 +900,9 @@ pub async fn revocation_cascades_and_races_with_issuance_safely(fx: Box<dyn Fixt
     // An agent: disabled, its tasks revoked.
     let gone = s
         .revoke(
-            RevokeTarget::Agent("other".into()),
+            RevokeTarget::Agent("nobody".into()),
             now,
-            ev("revoke", "other"),
+            ev("revoke", "nobody"),
         )
         .await;
     assert!(
@@ -1299,4 +1305,56 @@ pub async fn revoking_an_id_that_names_nothing_is_not_found(fx: Box<dyn Fixture>
         }
     }
     assert_eq!(all_audit(&*s).await.len(), before);
+}
+
+/// Instances and tasks are recorded only for an agent that exists and is
+/// active in the store at that moment (a broker's snapshot may lag a
+/// disable through another broker; the store decides).
+pub async fn nothing_is_issued_to_an_agent_that_is_not_active(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let e = s
+        .record_instance(instance("ghost", "jt_g", 1_000), ev("attest", "ghost"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Revoked { what: "agent", .. }),
+        "{e}"
+    );
+    s.create_agent(agent("triage"), ev("admin.agent.create", "triage"))
+        .await
+        .unwrap();
+    let inst = s
+        .record_instance(instance("triage", "jt_1", 1_000), ev("attest", "triage"))
+        .await
+        .unwrap();
+    s.set_agent_status(
+        &AgentName::new("triage").unwrap(),
+        AgentStatus::Quarantined,
+        Timestamp::from_millis(2_000),
+        ev("admin.agent.quarantine", "triage"),
+    )
+    .await
+    .unwrap();
+    let before = audit_count(&s).await;
+    let e = s
+        .record_instance(instance("triage", "jt_1", 3_000), ev("attest", "triage"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Revoked { what: "agent", .. }),
+        "{e}"
+    );
+    let e = s
+        .record_task(
+            task("t1", None, "x1", "triage", inst.id.as_str()),
+            ev("token.self", "triage"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Revoked { what: "agent", .. }),
+        "{e}"
+    );
+    assert_eq!(audit_count(&s).await, before, "nothing recorded");
+    assert!(s.get_task("t1").await.unwrap().is_none());
 }

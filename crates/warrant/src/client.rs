@@ -93,25 +93,41 @@ impl AdminClient {
                 explicit,
             ),
             Some(u) => {
+                // Never echoed whole: a URL may carry credentials.
+                let shown = warrant_core::text::shown_url(u);
                 let parsed =
-                    url::Url::parse(u).with_context(|| format!("--url `{u}` is not a URL"))?;
+                    url::Url::parse(u).with_context(|| format!("--url `{shown}` is not a URL"))?;
                 if parsed.scheme() != "http" && parsed.scheme() != "https" {
-                    bail!("--url `{u}`: use an http:// or https:// URL");
+                    bail!("--url `{shown}`: use an http:// or https:// URL");
                 }
                 let host = parsed
                     .host_str()
-                    .ok_or_else(|| anyhow!("--url `{u}` has no host"))?;
+                    .ok_or_else(|| anyhow!("--url `{shown}` has no host"))?;
                 let tls = if parsed.scheme() == "https" {
                     let name = rustls::pki_types::ServerName::try_from(
                         host.trim_start_matches('[')
                             .trim_end_matches(']')
                             .to_owned(),
                     )
-                    .with_context(|| format!("--url `{u}`: `{host}` is not a TLS server name"))?;
+                    .with_context(|| {
+                        format!("--url `{shown}`: `{host}` is not a TLS server name")
+                    })?;
                     Some((tls_connector(ca_file)?, name))
                 } else {
                     if ca_file.is_some() {
                         bail!("--ca-file is for an https:// --url");
+                    }
+                    // The admin token would cross the network in the clear.
+                    let loopback = match parsed.host() {
+                        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                        None => false,
+                    };
+                    if !loopback {
+                        bail!(
+                            "--url `{shown}`: plain http:// is for a broker on this machine (loopback); use https:// so the admin token does not cross the network in the clear"
+                        );
                     }
                     None
                 };

@@ -630,6 +630,15 @@ impl AttestService {
                     "instance {instance_id} of agent `{agent}` has been revoked (`warrant revoke --instance`), so it gets no new identity; a new execution of the agent attests as a new instance"
                 ))))
             }
+            Err(StoreError::Revoked { what: "agent", .. }) => {
+                *event = self
+                    .event(Some(evidence), label, req)
+                    .agent(agent.clone())
+                    .instance(instance_id.to_string());
+                Err(Stop::refused(Refusal::Denied(format!(
+                    "agent `{agent}` is no longer active (disabled, quarantined or deleted through another broker a moment ago), so it gets no identity"
+                ))))
+            }
             Err(StoreError::Precondition { .. }) => {
                 *event = self
                     .event(Some(evidence), evidence.attestor().as_str(), req)

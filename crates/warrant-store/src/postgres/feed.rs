@@ -109,7 +109,12 @@ fn catch_up(
     let from_sql = i64::try_from(from).unwrap_or(i64::MAX);
     let rows = client
         .query(
-            "SELECT version, kind, key, time FROM changes WHERE version > $1 ORDER BY version LIMIT 10000",
+            // Only versions the chain head gave out (a row planted past it
+            // must not move the position beyond every later change), and
+            // keys of a sane length (a broker writes names and ids).
+            "SELECT version, kind, CASE WHEN length(key) <= 1024 THEN key END, time FROM changes \
+             WHERE version > $1 AND version <= (SELECT changes FROM audit_head WHERE id = 1) \
+             ORDER BY version LIMIT 10000",
             &[&from_sql],
         )
         .map_err(db_err)?;
@@ -117,8 +122,10 @@ fn catch_up(
     for row in rows {
         let version = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
         let kind: String = row.get(1);
-        let change = if version != expected {
-            // Changes between were pruned before this broker read them.
+        let key: Option<String> = row.get(2);
+        let change = if version != expected || key.is_none() {
+            // Changes between were pruned before this broker read them, or
+            // this one is not one a broker wrote: everything is re-read.
             Change {
                 version,
                 kind: ChangeKind::Resync,
@@ -129,7 +136,7 @@ fn catch_up(
             Change {
                 version,
                 kind: ChangeKind::parse(&kind).unwrap_or(ChangeKind::Resync),
-                key: row.get(2),
+                key: key.unwrap_or_default(),
                 time: Timestamp::from_millis(row.get(3)),
             }
         };

@@ -161,10 +161,11 @@ fn conflict(what: &'static str, name: &str) -> impl FnOnce(postgres::Error) -> S
 /// problem, in words that never repeat the password, if not.
 pub fn check_postgres_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(format!(
-            "`{}` is neither `sqlite` nor a `postgres://user:password@host:port/database` URL",
-            shown_postgres_url(url)
-        ));
+        // Not shown: a key=value connection string carries its password
+        // where no URL rule would hide it.
+        return Err(
+            "the value is neither `sqlite` nor a `postgres://user:password@host:port/database` URL (not shown: it may hold a password)".into(),
+        );
     }
     url.parse::<postgres::Config>().map(drop).map_err(|e| {
         format!(
@@ -270,9 +271,38 @@ fn triggers(c: &mut impl Db) -> Result<(Vec<Trigger>, Option<String>), StoreErro
 const TRAIL_ADVICE: &str =
     "find out who changed it, restore it, and check the trail with `warrant audit verify`";
 
+/// Refuses rules (`CREATE RULE ... DO INSTEAD`) and row-level security on
+/// warrant's tables: either can make a write report success and store
+/// nothing, or hide rows from the broker.
+fn refuse_rules_and_row_security(c: &mut impl Db) -> Result<(), StoreError> {
+    let found = c
+        .query_opt(
+            "SELECT cl.relname::text, r.rulename::text FROM pg_rewrite r \
+             JOIN pg_class cl ON cl.oid = r.ev_class JOIN pg_namespace n ON n.oid = cl.relnamespace \
+             WHERE n.nspname = current_schema() AND r.rulename <> '_RETURN' \
+             UNION ALL SELECT cl.relname::text, 'row level security' FROM pg_class cl \
+             JOIN pg_namespace n ON n.oid = cl.relnamespace \
+             WHERE n.nspname = current_schema() AND (cl.relrowsecurity OR cl.relforcerowsecurity) \
+             LIMIT 1",
+            &[],
+        )
+        .map_err(db_err)?;
+    if let Some(r) = found {
+        let (table, what): (String, String) = (r.get(0), r.get(1));
+        return Err(StoreError::AuditUnavailable(format!(
+            "the database has a rule or row security warrant did not create (`{}` on `{}`); it could make writes, revocations above all, report success and store nothing: {TRAIL_ADVICE}",
+            what.escape_debug(),
+            table.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a database whose triggers are not exactly warrant's own, or
-/// whose guard function was replaced or disabled.
+/// whose guard function was replaced or disabled, or that has rules or row
+/// security on warrant's tables.
 fn refuse_foreign_triggers(c: &mut impl Db) -> Result<(), StoreError> {
+    refuse_rules_and_row_security(c)?;
     let (found, body) = triggers(c)?;
     if let Some(Trigger { name, table, .. }) = found.iter().find(|t| {
         !t.enabled
@@ -450,6 +480,23 @@ fn audit_intact(ctx: &mut WriteCtx<'_, '_>) -> Result<Option<(u64, ChainHash)>, 
             "the audit trail's newest record is {max}, but the chain head says {seq}: records were added or removed behind the brokers' backs; find out who did, and check the trail with `warrant audit verify` against exported checkpoints"
         )));
     }
+    // The change feed holds nothing past the version the head has given
+    // out: a row planted past it would stall every broker's feed.
+    let (planted, max_version): (bool, i64) = {
+        let r = ctx
+            .tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) > (SELECT changes FROM audit_head WHERE id = 1), coalesce(max(version), 0) FROM changes",
+                &[],
+            )
+            .map_err(db_err)?;
+        (r.get(0), r.get(1))
+    };
+    if planted {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the change feed holds a change (version {max_version}) no broker wrote; brokers would miss revocations made after it: find out who wrote it and remove it"
+        )));
+    }
     if seq == 0 {
         return Ok(None);
     }
@@ -485,10 +532,51 @@ fn refuse_revoked_instance(c: &mut impl Db, instance: &str) -> Result<(), StoreE
     }
 }
 
+/// A write that reported success but is not in the database as written.
+fn not_stored(what: &str) -> StoreError {
+    StoreError::AuditUnavailable(format!(
+        "the {what} did not read back as written (is there a rule or trigger on warrant's tables?); nothing was changed"
+    ))
+}
+
+/// `agent`'s status reads back as `want`, or nothing is committed.
+fn require_status(c: &mut impl Db, agent: &str, want: AgentStatus) -> Result<(), StoreError> {
+    let status: Option<String> = c
+        .query_opt("SELECT status FROM agents WHERE name = $1", &[&agent])
+        .map_err(db_err)?
+        .map(|r| r.get(0));
+    if status.as_deref() == Some(want.as_str()) {
+        Ok(())
+    } else {
+        Err(not_stored("agent status change"))
+    }
+}
+
+/// `Revoked { what: "agent" }` unless `agent` exists and is active, as the
+/// database has it now. A broker's snapshot may be a few milliseconds
+/// behind a disable through another broker; what is recorded is checked
+/// against the database.
+fn require_active_agent(c: &mut impl Db, agent: &str) -> Result<(), StoreError> {
+    let status: Option<String> = c
+        .query_opt("SELECT status FROM agents WHERE name = $1", &[&agent])
+        .map_err(db_err)?
+        .map(|r| r.get(0));
+    if status.as_deref() == Some(AgentStatus::Active.as_str()) {
+        Ok(())
+    } else {
+        Err(StoreError::Revoked {
+            what: "agent",
+            id: agent.to_owned(),
+        })
+    }
+}
+
 fn upsert_instance(c: &mut impl Db, i: &Instance) -> Result<Instance, StoreError> {
     // INVARIANT (revocation is never outrun): checked in the same
-    // transaction that records the issuance; the block's row is read with
-    // a share lock, so a concurrent block waits for this commit or wins.
+    // transaction that records the issuance, which holds the chain head's
+    // lock as every write does, so a block or disable through any broker
+    // is either seen here or committed after this.
+    require_active_agent(c, i.agent.as_str())?;
     refuse_revoked_instance(c, i.id.as_str())?;
     let sql = format!(
         "INSERT INTO instances ({}) VALUES ($1, $2, $3, $4, $5, $6, $7) \
@@ -630,6 +718,12 @@ impl PostgresStore {
             config.connect_timeout(options.connect_timeout);
         }
         config.application_name("warrant");
+        // A link that stops carrying packets (not closed) is noticed within
+        // seconds rather than at the next statement timeout.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .tcp_user_timeout(Duration::from_secs(10));
         let connector = Connector {
             config,
             shown,
@@ -888,7 +982,22 @@ impl Store for PostgresStore {
     }
 
     async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
-        Ok(self.agents().await?.get(name.as_str()).cloned())
+        if let Some(a) = self.agents().await?.get(name.as_str()) {
+            return Ok(Some(a.clone()));
+        }
+        // Not in the snapshot: perhaps registered through another broker a
+        // moment ago, before the feed said so. The database decides.
+        let wanted = name.to_string();
+        let found = self
+            .read(move |c| {
+                let sql = format!("SELECT {} FROM agents WHERE name = $1", rows::AGENT_COLUMNS);
+                one(c, &sql, &[&wanted], rows::agent)
+            })
+            .await?;
+        if found.is_some() {
+            self.agents.invalidate();
+        }
+        Ok(found)
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
@@ -917,6 +1026,7 @@ impl Store for PostgresStore {
                 what: "agent",
                 name: name.clone(),
             })?;
+            require_status(&mut ctx.tx, &name, status)?;
             ctx.changed(ChangeKind::Agent, &name)?;
             if status == AgentStatus::Active {
                 // Re-enabling lifts the blocks `revoke --instance` put on its instances.
@@ -1231,6 +1341,7 @@ impl Store for PostgresStore {
                     }
                 }
                 refuse_revoked_instance(&mut ctx.tx, &t.instance)?;
+                require_active_agent(&mut ctx.tx, &t.agent)?;
                 ctx.tx
                     .execute(
                         &format!(
@@ -1329,6 +1440,19 @@ impl Store for PostgresStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
+            // INVARIANT (a revocation is stored, not just accepted): a rule
+            // or trigger could make the update report rows and store none.
+            let left: i64 = ctx
+                .tx
+                .query_one(
+                    "SELECT count(*) FROM tasks WHERE task = ANY($1) AND revoked_at IS NULL",
+                    &[&all_tasks],
+                )
+                .map_err(db_err)?
+                .get(0);
+            if left > 0 {
+                return Err(not_stored("revocation"));
+            }
             match &target {
                 RevokeTarget::Instance(i) => {
                     let agent: Option<String> = ctx
@@ -1348,6 +1472,14 @@ impl Store for PostgresStore {
                             &[i, &agent, &now.as_millis()],
                         )
                         .map_err(db_err)?;
+                    if ctx
+                        .tx
+                        .query_opt("SELECT 1 FROM revoked_instances WHERE instance = $1", &[i])
+                        .map_err(db_err)?
+                        .is_none()
+                    {
+                        return Err(not_stored("instance block"));
+                    }
                     ctx.changed(ChangeKind::InstanceBlocked, i)?;
                 }
                 RevokeTarget::Agent(a) => {
@@ -1364,6 +1496,7 @@ impl Store for PostgresStore {
                             name: a.clone(),
                         });
                     }
+                    require_status(&mut ctx.tx, a, AgentStatus::Disabled)?;
                     ctx.changed(ChangeKind::Agent, a)?;
                 }
                 _ => {}

@@ -240,6 +240,9 @@ struct State {
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn(bool) + Send>,
     written: Option<(u64, ChainHash)>,
+    /// The highest chain head this writer has seen: the head never goes
+    /// back, whoever writes.
+    high_water: u64,
     last_prune: Instant,
 }
 
@@ -263,6 +266,7 @@ impl Writer {
             linker,
             on_commit,
             written: None,
+            high_water: 0,
             last_prune: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -393,6 +397,16 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
     let stmts = &mut state.stmts;
     let mut tx = client.transaction().map_err(db_err)?;
     let start = ChainState::lock(&mut Cached::new(&mut tx, stmts))?;
+    // INVARIANT (the trail only grows): records removed from its end, the
+    // head row set back to match, would otherwise verify.
+    let head = start.head().0;
+    if head < state.high_water {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the audit chain's head went back from record {} to {head}: records were removed from the end of the trail; find out who did, and check it with `warrant audit verify` against exported checkpoints",
+            state.high_water
+        )));
+    }
+    state.high_water = head;
     if state.last_prune.elapsed() >= PRUNE_EVERY {
         // Changes every follower has long read; one that was cut off for
         // longer re-reads everything (`Resync`).
@@ -436,5 +450,6 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
         StoreError::AuditUnavailable(format!("commit failed: {}", super::describe(&e)))
     })?;
     state.written = written;
+    state.high_water = state.high_water.max(chain.head().0);
     Ok(changed)
 }

@@ -292,6 +292,31 @@ fn ensure_legacy_marker(conn: &Connection, linker: &dyn ChainLinker) -> Result<(
     Ok(())
 }
 
+fn insert_key(
+    ctx: &mut writer::WriteCtx<'_>,
+    key: &SigningKeyRecord,
+    audit: AuditEvent,
+) -> Result<(), StoreError> {
+    ctx.conn
+        .execute(
+            &format!(
+                "INSERT INTO signing_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rows::KEY_COLUMNS
+            ),
+            params![
+                key.kid,
+                key.alg.as_str(),
+                key.public_key,
+                key.sealed_private_key,
+                key.created_at.as_millis(),
+                key.activates_at.as_millis()
+            ],
+        )
+        .map_err(conflict("signing key", &key.kid))?;
+    ctx.append(audit)?;
+    Ok(())
+}
+
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
@@ -405,9 +430,27 @@ fn refuse_revoked_instance(conn: &Connection, instance: &str) -> Result<(), Stor
     }
 }
 
+/// `Revoked { what: "agent" }` unless `agent` exists and is active, as the
+/// database has it (the writer's transaction sees every earlier write).
+fn require_active_agent(conn: &Connection, agent: &str) -> Result<(), StoreError> {
+    let status: Option<String> = conn
+        .prepare_cached("SELECT status FROM agents WHERE name = ?1")
+        .and_then(|mut st| st.query_row([agent], |r| r.get(0)).optional())
+        .map_err(read_err)?;
+    if status.as_deref() == Some(AgentStatus::Active.as_str()) {
+        Ok(())
+    } else {
+        Err(StoreError::Revoked {
+            what: "agent",
+            id: agent.to_owned(),
+        })
+    }
+}
+
 fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreError> {
     // INVARIANT (revocation is never outrun): checked in the same
     // transaction that records the issuance.
+    require_active_agent(conn, i.agent.as_str())?;
     refuse_revoked_instance(conn, i.id.as_str())?;
     conn.prepare_cached(&format!(
         "INSERT INTO instances ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -708,26 +751,7 @@ impl Store for SqliteStore {
         audit: AuditEvent,
     ) -> Result<(), StoreError> {
         self.writer
-            .submit(move |ctx| {
-                ctx.conn
-                    .execute(
-                        &format!(
-                            "INSERT INTO signing_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            rows::KEY_COLUMNS
-                        ),
-                        params![
-                            key.kid,
-                            key.alg.as_str(),
-                            key.public_key,
-                            key.sealed_private_key,
-                            key.created_at.as_millis(),
-                            key.activates_at.as_millis()
-                        ],
-                    )
-                    .map_err(conflict("signing key", &key.kid))?;
-                ctx.append(audit)?;
-                Ok(())
-            })
+            .submit(move |ctx| insert_key(ctx, &key, audit))
             .await
     }
 
@@ -746,24 +770,7 @@ impl Store for SqliteStore {
                 if any > 0 {
                     return Ok(false);
                 }
-                ctx.conn
-                    .execute(
-                        &format!(
-                            "INSERT INTO signing_keys ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                            rows::KEY_COLUMNS
-                        ),
-                        params![
-                            key.kid,
-                            key.alg.as_str(),
-                            key.public_key,
-                            key.sealed_private_key,
-                            key.created_at.as_millis(),
-                            key.activates_at.as_millis()
-                        ],
-                    )
-                    .map_err(conflict("signing key", &key.kid))?;
-                ctx.append(audit)?;
-                Ok(true)
+                insert_key(ctx, &key, audit).map(|()| true)
             })
             .await
     }
@@ -1008,6 +1015,7 @@ impl Store for SqliteStore {
                 if blocked.is_some() {
                     return Err(StoreError::Revoked { what: "instance", id: t.instance.clone() });
                 }
+                require_active_agent(ctx.conn, &t.agent)?;
                 ctx.conn
                     .prepare_cached(&format!(
                         "INSERT INTO tasks ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",

@@ -249,6 +249,13 @@ async fn a_join_token_is_redeemed_once_across_brokers() {
     let stores = three(&db, PostgresOptions::default());
     let conf = warrant_store::conformance::ev;
     stores[0]
+        .create_agent(
+            warrant_store::conformance::agent("triage"),
+            conf("admin.agent.create", "triage"),
+        )
+        .await
+        .unwrap();
+    stores[0]
         .create_join_token(
             JoinTokenRecord {
                 id: "jt_a".into(),
@@ -286,7 +293,7 @@ async fn a_join_token_is_redeemed_once_across_brokers() {
     }
     assert_eq!(won, 1);
     let r = stores[1].verify_audit().await.unwrap();
-    assert_eq!((r.verified, r.broken), (2, None), "one record per success");
+    assert_eq!((r.verified, r.broken), (3, None), "one record per success");
     close_all(&stores).await;
 }
 
@@ -537,4 +544,157 @@ async fn rotations_and_approvals_have_one_outcome_across_brokers() {
     let r = stores[2].verify_audit().await.unwrap();
     assert_eq!((r.verified, r.broken), (5, None), "one record per outcome");
     close_all(&stores).await;
+}
+
+/// Issue 14 review: someone with the database's owner role plants a change
+/// past the head's counter (which would stall every broker's feed), a
+/// huge key (memory), a rule that swallows instance blocks, a trigger that
+/// clears revocations, or removes the trail's end and sets the head back.
+/// Each is refused or detected, and nothing is recorded as if it held.
+mod tampering {
+    use super::*;
+    use warrant_core::task::RevokeTarget;
+    use warrant_core::time::Timestamp;
+    use warrant_store::conformance::{agent, ev, instance, task};
+    use warrant_store::{ChangeKind, StoreError};
+
+    async fn with_task(s: &PostgresStore) -> String {
+        s.create_agent(agent("orch"), ev("admin.agent.create", "orch"))
+            .await
+            .unwrap();
+        let inst = s
+            .record_instance(instance("orch", "jt", 1_000), ev("attest", "orch"))
+            .await
+            .unwrap();
+        s.record_task(
+            task("t1", None, "x1", "orch", inst.id.as_str()),
+            ev("token.self", "orch"),
+        )
+        .await
+        .unwrap();
+        inst.id.to_string()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_planted_change_neither_stalls_the_feed_nor_goes_unnoticed() {
+        let db = Database::new();
+        let stores = three(&db, PostgresOptions::default());
+        let (a, b) = (&stores[0], &stores[1]);
+        let mut feed = b.follow().unwrap();
+        db.sql(&format!(
+            "INSERT INTO changes VALUES (1000000000, 'agent', 'zzz', 0); INSERT INTO changes VALUES (999999999, 'task.revoked', repeat('A', 100000), 0)"
+        ));
+        let err = a.ping().await.unwrap_err().to_string();
+        assert!(err.contains("no broker wrote"), "{err}");
+        // Still, what A commits reaches B, in order, past the planted rows.
+        db.sql("DELETE FROM changes WHERE version >= 999999999");
+        a.create_agent(agent("orch"), ev("admin.agent.create", "orch"))
+            .await
+            .unwrap();
+        let c = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.kind, c.key.as_str()), (ChangeKind::Agent, "orch"));
+        a.ping().await.unwrap();
+        close_all(&stores).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_key_is_a_resync_not_a_key() {
+        let db = Database::new();
+        let s = db.open(PostgresOptions::default());
+        let mut feed = s.follow().unwrap();
+        db.sql("UPDATE audit_head SET changes = 1; INSERT INTO changes VALUES (1, 'task.revoked', repeat('A', 100000), 0)");
+        let c = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.kind, c.key.len()), (ChangeKind::Resync, 0));
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_rule_that_swallows_blocks_is_refused_and_the_block_not_reported() {
+        let db = Database::new();
+        let s = db.open(PostgresOptions::default());
+        let inst = with_task(&s).await;
+        db.sql("CREATE RULE noblock AS ON INSERT TO revoked_instances DO INSTEAD NOTHING");
+        let e = s
+            .revoke(
+                RevokeTarget::Instance(inst.clone()),
+                Timestamp::now(),
+                ev("admin.revoke", "orch"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("did not read back as written"),
+            "{e}"
+        );
+        assert!(
+            s.get_task("t1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none(),
+            "nothing committed"
+        );
+        let err = s.ping().await.unwrap_err().to_string();
+        assert!(err.contains("rule or row security"), "{err}");
+        s.close().await;
+        let url = db.url.clone();
+        let refused = blocking(move || PostgresStore::open(&url, PostgresOptions::default()));
+        assert!(
+            refused.is_err(),
+            "a store with a foreign rule is not opened"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trigger_that_clears_revocations_makes_the_revocation_fail() {
+        let db = Database::new();
+        let s = db.open(PostgresOptions::default());
+        with_task(&s).await;
+        db.sql(
+            "CREATE FUNCTION unrevoke() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.revoked_at := NULL; RETURN NEW; END; $$;
+             CREATE TRIGGER unrevoke BEFORE UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION unrevoke();",
+        );
+        let e = s
+            .revoke(
+                RevokeTarget::Task("t1".into()),
+                Timestamp::now(),
+                ev("admin.revoke", "orch"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("did not read back as written"),
+            "{e}"
+        );
+        s.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_trail_cut_back_with_its_head_is_noticed_by_a_broker_that_saw_it() {
+        let db = Database::new();
+        let s = db.open(PostgresOptions::default());
+        for i in 0..5 {
+            s.append_audit(ev(&format!("t.{i}"), "x")).await.unwrap();
+        }
+        db.sql(
+            "BEGIN; ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update;
+             DELETE FROM audit_log WHERE seq > 2;
+             UPDATE audit_head SET seq = 2, hash = (SELECT hash FROM audit_log WHERE seq = 2);
+             ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update; COMMIT;",
+        );
+        let e = s.append_audit(ev("t.after", "x")).await.unwrap_err();
+        assert!(
+            e.to_string().contains("went back from record 5 to 2"),
+            "{e}"
+        );
+        assert!(s.ping().await.is_err());
+        s.close().await;
+    }
 }

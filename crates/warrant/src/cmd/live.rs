@@ -117,10 +117,11 @@ pub async fn cluster(cli: &Cli, client: AdminClient) -> anyhow::Result<ExitCode>
                     safe(&m.broker),
                     safe(&m.version),
                     safe(&m.api_addr),
-                    m.policy_digest.chars().take(12).collect(),
-                    m.config_digest
-                        .as_deref()
-                        .map_or("-".into(), |d| d.chars().take(12).collect()),
+                    // Reports come from the database: shown safely.
+                    safe(&m.policy_digest.chars().take(12).collect::<String>()),
+                    m.config_digest.as_deref().map_or("-".into(), |d| {
+                        safe(&d.chars().take(12).collect::<String>())
+                    }),
                     m.feed_position.to_string(),
                     if m.feed_connected {
                         format!("{} ms", m.feed_lag_ms)

@@ -16,32 +16,34 @@ struct Cluster {
     _db: Database,
 }
 
+/// A broker on the store at `url`, with the cluster's KEK and issuer and
+/// the delegation policy in its policy directory (not yet loaded).
+fn node(url: &str) -> Broker {
+    let b = Broker::start_with(
+        bin(),
+        Options {
+            // One issuer for all, as behind a load balancer.
+            args: vec![
+                "--store".into(),
+                url.to_owned(),
+                "--issuer".into(),
+                "http://warrant.cluster.test".into(),
+            ],
+            env: vec![("WARRANT_KEK".into(), KEK.into())],
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        b.data_dir.join("policies/delegation.cedar"),
+        DELEGATION_POLICY,
+    )
+    .unwrap();
+    b
+}
+
 fn cluster(n: usize) -> Cluster {
     let db = Database::new();
-    let nodes = (0..n)
-        .map(|_| {
-            let b = Broker::start_with(
-                bin(),
-                Options {
-                    // One issuer for all, as behind a load balancer.
-                    args: vec![
-                        "--store".into(),
-                        db.url.clone(),
-                        "--issuer".into(),
-                        "http://warrant.cluster.test".into(),
-                    ],
-                    env: vec![("WARRANT_KEK".into(), KEK.into())],
-                    ..Default::default()
-                },
-            );
-            std::fs::write(
-                b.data_dir.join("policies/delegation.cedar"),
-                DELEGATION_POLICY,
-            )
-            .unwrap();
-            b
-        })
-        .collect();
+    let nodes = (0..n).map(|_| node(&db.url)).collect();
     Cluster { nodes, _db: db }
 }
 
@@ -189,24 +191,7 @@ fn relayed(n: usize) -> Relayed {
     let mut relays = Vec::new();
     for _ in 0..n {
         let relay = warrant_testkit::postgres::Relay::to(&db.url);
-        let b = Broker::start_with(
-            bin(),
-            Options {
-                args: vec![
-                    "--store".into(),
-                    relay.url(&db.url),
-                    "--issuer".into(),
-                    "http://warrant.cluster.test".into(),
-                ],
-                env: vec![("WARRANT_KEK".into(), KEK.into())],
-                ..Default::default()
-            },
-        );
-        std::fs::write(
-            b.data_dir.join("policies/delegation.cedar"),
-            DELEGATION_POLICY,
-        )
-        .unwrap();
+        let b = node(&relay.url(&db.url));
         nodes.push(b);
         relays.push(relay);
     }
@@ -425,24 +410,7 @@ fn no_token_without_its_record_when_postgres_restarts() {
     let server = OwnServer::start();
     let nodes: Vec<Broker> = (0..2)
         .map(|_| {
-            let b = Broker::start_with(
-                bin(),
-                Options {
-                    args: vec![
-                        "--store".into(),
-                        server.url.clone(),
-                        "--issuer".into(),
-                        "http://warrant.cluster.test".into(),
-                    ],
-                    env: vec![("WARRANT_KEK".into(), KEK.into())],
-                    ..Default::default()
-                },
-            );
-            std::fs::write(
-                b.data_dir.join("policies/delegation.cedar"),
-                DELEGATION_POLICY,
-            )
-            .unwrap();
+            let b = node(&server.url);
             b.cli(&["policy", "reload"]).ok();
             b
         })
@@ -728,5 +696,52 @@ fn a_rotated_key_is_published_everywhere_before_it_signs() {
         r.status, 200,
         "B accepts what A signed with the new key: {}",
         r.body
+    );
+}
+
+/// Issue 14 review: broker reports come from the database, so a database
+/// writer's control characters reach no terminal through `status --all`.
+#[test]
+fn broker_reports_are_shown_safely() {
+    let c = cluster(1);
+    let a = &c.nodes[0];
+    until("the broker reports itself", Duration::from_secs(10), || {
+        c._db.one("SELECT count(*) FROM brokers").as_deref() == Some("1")
+    });
+    c._db
+        .sql("INSERT INTO brokers VALUES ('brk_evil\u{1b}[2J', 'v\u{1b}[8m', 'x\u{1b}[8m', E'\\x1b[8mpolicy', E'\\x1b[8mconfig', 0, 0, true, 0, (extract(epoch from now()) * 1000)::bigint)")
+        .unwrap();
+    let out = a.cli(&["status", "--all"]);
+    assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
+    assert!(out.stdout.contains("DIVERGED"), "{}", out.stdout);
+}
+
+/// Issue 14 review: the CLI does not send an admin token over plain HTTP to
+/// another machine.
+#[test]
+fn the_cli_sends_no_admin_token_in_the_clear_beyond_loopback() {
+    let b = broker();
+    for url in [
+        "http://192.0.2.1:8700",
+        "http://warrant.example.org",
+        "http://user:pw@10.0.0.1:1",
+    ] {
+        let r = b.cli_env(
+            &["--url", url, "status"],
+            &[("WARRANT_ADMIN_TOKEN", "wadm_x")],
+        );
+        assert_ne!(r.code, 0);
+        assert!(r.stderr.contains("use https://"), "{}", r.stderr);
+        assert!(!r.stderr.contains("pw@"), "{}", r.stderr);
+    }
+    let local = format!("http://localhost:{}", b.api.port());
+    let r = b.cli_env(
+        &["--url", &local, "status"],
+        &[("WARRANT_ADMIN_TOKEN", "wadm_x")],
+    );
+    assert!(
+        !r.stderr.contains("use https://"),
+        "loopback by name is fine: {}",
+        r.stderr
     );
 }
