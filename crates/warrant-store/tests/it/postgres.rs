@@ -555,8 +555,8 @@ mod tampering {
     use super::*;
     use warrant_core::task::RevokeTarget;
     use warrant_core::time::Timestamp;
+    use warrant_store::ChangeKind;
     use warrant_store::conformance::{agent, ev, instance, task};
-    use warrant_store::{ChangeKind, StoreError};
 
     async fn with_task(s: &PostgresStore) -> String {
         s.create_agent(agent("orch"), ev("admin.agent.create", "orch"))
@@ -581,9 +581,9 @@ mod tampering {
         let stores = three(&db, PostgresOptions::default());
         let (a, b) = (&stores[0], &stores[1]);
         let mut feed = b.follow().unwrap();
-        db.sql(&format!(
-            "INSERT INTO changes VALUES (1000000000, 'agent', 'zzz', 0); INSERT INTO changes VALUES (999999999, 'task.revoked', repeat('A', 100000), 0)"
-        ));
+        db.sql(
+            "INSERT INTO changes VALUES (1000000000, 'agent', 'zzz', 0); INSERT INTO changes VALUES (999999999, 'task.revoked', repeat('A', 100000), 0)",
+        );
         let err = a.ping().await.unwrap_err().to_string();
         assert!(err.contains("no broker wrote"), "{err}");
         // Still, what A commits reaches B, in order, past the planted rows.
