@@ -213,6 +213,7 @@ fn the_store_is_sqlite_by_default_or_a_postgres_url_never_shown_whole() {
         "warrant:hunter2@db",
         "postgres://warrant:hunter2@db:notaport/warrant",
         "host=db user=warrant password=hunter2 dbname=warrant",
+        "postgres://warrant:hunter2@db/warrant?sslmode=require",
     ] {
         let err = from_toml(&format!("store = \"{bad}\""))
             .unwrap_err()

@@ -167,13 +167,20 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
             "the value is neither `sqlite` nor a `postgres://user:password@host:port/database` URL (not shown: it may hold a password)".into(),
         );
     }
-    url.parse::<postgres::Config>().map(drop).map_err(|e| {
+    let config = url.parse::<postgres::Config>().map_err(|e| {
         format!(
             "{} is not a usable PostgreSQL URL: {}",
             shown_postgres_url(url),
             describe(&e)
         )
-    })
+    })?;
+    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        return Err(format!(
+            "{}: this warrant does not speak TLS to PostgreSQL yet; reach the database over a private network or a local socket, without sslmode=require",
+            shown_postgres_url(url)
+        ));
+    }
+    Ok(())
 }
 
 /// `url` with any password hidden, for messages.
