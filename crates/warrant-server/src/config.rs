@@ -35,6 +35,8 @@ pub struct RawConfig {
     pub data_dir: Option<PathBuf>,
     /// The store: `sqlite` (in the data directory) or a `postgres://` URL.
     pub store: Option<String>,
+    /// PEM CA certificate(s) for the PostgreSQL server's TLS certificate.
+    pub store_ca_file: Option<PathBuf>,
     /// The API listener (OAuth, discovery, admin over HTTP).
     pub api_addr: Option<String>,
     /// The edge listener (egress proxy, MCP gateway).
@@ -270,6 +272,8 @@ pub struct Settings {
     pub data_dir: Option<PathBuf>,
     /// `--store` / `WARRANT_STORE`.
     pub store: Option<String>,
+    /// `--store-ca-file` / `WARRANT_STORE_CA_FILE`.
+    pub store_ca_file: Option<PathBuf>,
     /// `--tls-cert` / `WARRANT_TLS_CERT`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key` / `WARRANT_TLS_KEY`.
@@ -363,6 +367,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The store.
     pub store: StoreChoice,
+    /// The CA to trust for the PostgreSQL server's certificate.
+    pub store_ca_file: Option<PathBuf>,
     /// TLS for the API and edge listeners.
     pub tls: Option<crate::tls::TlsFiles>,
     /// Plain HTTP beyond loopback is allowed (TLS terminated in front).
@@ -586,6 +592,11 @@ impl Config {
             }
         };
         let insecure_http = settings.insecure_http || raw.insecure_http.unwrap_or(false);
+        let store_ca_file = match (&settings.store_ca_file, raw.store_ca_file) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Some(f)) => Some(layer.file_path(f)),
+            (None, None) => None,
+        };
 
         let api_addr = {
             let origin = layer.origin(
@@ -760,6 +771,7 @@ impl Config {
             limits,
             data_dir,
             store,
+            store_ca_file,
             tls,
             insecure_http,
             api_addr,

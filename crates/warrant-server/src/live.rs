@@ -299,6 +299,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     };
     check("data_dir", old.data_dir == new.data_dir);
     check("store", old.store == new.store);
+    check("store_ca_file", old.store_ca_file == new.store_ca_file);
     check("tls", old.tls == new.tls);
     check("insecure_http", old.insecure_http == new.insecure_http);
     check("api_addr", old.api_addr == new.api_addr);

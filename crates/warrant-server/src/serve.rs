@@ -194,6 +194,7 @@ impl Broker {
                 let url = url.clone();
                 let options = PostgresOptions {
                     chain: Some(Arc::new(chain_key)),
+                    ca_file: config.store_ca_file.clone(),
                     ..PostgresOptions::default()
                 };
                 let store = tokio::task::spawn_blocking(move || PostgresStore::open(&url, options))

@@ -81,6 +81,7 @@ pub fn sqlite_to_postgres(
     from: &Path,
     to: &str,
     chain: std::sync::Arc<dyn warrant_core::audit::ChainLinker>,
+    ca_file: Option<&Path>,
     runtime: &tokio::runtime::Handle,
 ) -> Result<CopyReport, StoreError> {
     // The source, opened as the broker would (migrated to this version,
@@ -102,18 +103,24 @@ pub fn sqlite_to_postgres(
 
     // The destination's schema (no key yet: the source's note of where
     // keying starts is copied as it is).
-    let schema = PostgresStore::open(to, PostgresOptions::default())?;
+    let options = PostgresOptions {
+        ca_file: ca_file.map(Path::to_owned),
+        ..PostgresOptions::default()
+    };
+    let schema = PostgresStore::open(to, options.clone())?;
     runtime.block_on(schema.close());
     let config: postgres::Config = to
         .parse()
         .map_err(|e: postgres::Error| StoreError::Unavailable(crate::postgres::describe(&e)))?;
-    let mut pg = config.connect(postgres::NoTls).map_err(|e| {
-        StoreError::Unavailable(format!(
-            "cannot reach PostgreSQL at {}: {}",
-            crate::shown_postgres_url(to),
-            crate::postgres::describe(&e)
-        ))
-    })?;
+    let mut pg = config
+        .connect(crate::postgres::tls_client(ca_file)?)
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot reach PostgreSQL at {}: {}",
+                crate::shown_postgres_url(to),
+                crate::postgres::describe(&e)
+            ))
+        })?;
     let src =
         rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sqlite_err)?;
@@ -198,7 +205,7 @@ pub fn sqlite_to_postgres(
         to,
         PostgresOptions {
             chain: Some(chain),
-            ..PostgresOptions::default()
+            ..options
         },
     )?;
     let after = runtime.block_on(dest.verify_audit());

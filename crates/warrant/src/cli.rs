@@ -113,6 +113,9 @@ pub enum StoreCmd {
             hide_env_values = true
         )]
         to: String,
+        /// PEM CA certificate(s) for the PostgreSQL server's TLS certificate.
+        #[arg(long, value_name = "FILE", env = "WARRANT_STORE_CA_FILE")]
+        to_ca_file: Option<PathBuf>,
     },
 }
 
@@ -175,6 +178,10 @@ pub struct Serve {
         hide_env_values = true
     )]
     pub store: Option<String>,
+    /// PEM CA certificate(s) to trust for the PostgreSQL server's TLS certificate
+    /// (`?sslmode=require` in the store URL) [default: the system's roots]
+    #[arg(long, env = "WARRANT_STORE_CA_FILE", value_name = "FILE")]
+    pub store_ca_file: Option<PathBuf>,
     /// PEM certificate chain for the API and edge listeners (with --tls-key);
     /// re-read when it changes
     #[arg(

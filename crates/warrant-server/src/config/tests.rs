@@ -203,7 +203,10 @@ fn the_store_is_sqlite_by_default_or_a_postgres_url_never_shown_whole() {
         from_toml("store = \"sqlite\"").unwrap().store,
         StoreChoice::Sqlite
     );
-    let c = from_toml("store = \"postgres://warrant:hunter2@db.internal:5432/warrant\"").unwrap();
+    let c = from_toml(
+        "store = \"postgres://warrant:hunter2@db.internal:5432/warrant?sslmode=require\"",
+    )
+    .unwrap();
     assert!(matches!(c.store, StoreChoice::Postgres(_)));
     let shown = format!("{c:?} {}", c.store.shown());
     assert!(!shown.contains("hunter2"), "{shown}");
@@ -213,7 +216,7 @@ fn the_store_is_sqlite_by_default_or_a_postgres_url_never_shown_whole() {
         "warrant:hunter2@db",
         "postgres://warrant:hunter2@db:notaport/warrant",
         "host=db user=warrant password=hunter2 dbname=warrant",
-        "postgres://warrant:hunter2@db/warrant?sslmode=require",
+        "postgres://warrant:hunter2@db.internal/warrant",
     ] {
         let err = from_toml(&format!("store = \"{bad}\""))
             .unwrap_err()

@@ -25,9 +25,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls};
 
 use cached::{Cached, Db, Statements};
 use tokio::sync::mpsc;
@@ -66,6 +66,9 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// The most read connections.
     pub readers: usize,
+    /// PEM CA certificate(s) to trust for the database's TLS certificate
+    /// (default: the system's roots).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PostgresOptions {
@@ -86,6 +89,7 @@ impl Default for PostgresOptions {
             statement_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             readers: 16,
+            ca_file: None,
         }
     }
 }
@@ -96,11 +100,62 @@ pub(crate) struct Connector {
     config: postgres::Config,
     shown: Arc<str>,
     statement_timeout: Duration,
+    /// TLS as the URL's `sslmode` asks: `require` refuses a server without
+    /// it; the certificate is always verified (chain and host name).
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+/// A TLS client for the database: rustls on aws-lc-rs, trusting `ca_file`
+/// or the system's roots.
+pub(crate) fn tls_client(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(f) => {
+            let certs = CertificateDer::pem_file_iter(f)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "the store's CA file `{}` cannot be read as PEM: {e}",
+                        f.display()
+                    ))
+                })?;
+            for c in certs {
+                roots.add(c).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "the store's CA file `{}` holds a certificate that cannot be a root: {e}",
+                        f.display()
+                    ))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "the store's CA file `{}` holds no certificate",
+                    f.display()
+                )));
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Unavailable(format!("cannot set up TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 impl Connector {
     pub(crate) fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = self.config.connect(NoTls).map_err(|e| {
+        let mut client = self.config.connect(self.tls.clone()).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot reach PostgreSQL at {}: {}",
                 self.shown,
@@ -174,9 +229,22 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
             describe(&e)
         )
     })?;
-    if config.get_ssl_mode() == postgres::config::SslMode::Require {
+    // INVARIANT (no database credentials in the clear): beyond loopback or
+    // a local socket, the connection must be TLS.
+    let local = config.get_hosts().iter().all(|h| match h {
+        postgres::config::Host::Unix(_) => true,
+        postgres::config::Host::Tcp(name) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+    });
+    if !local && config.get_ssl_mode() != postgres::config::SslMode::Require {
         return Err(format!(
-            "{}: this warrant does not speak TLS to PostgreSQL yet; reach the database over a private network or a local socket, without sslmode=require",
+            "{}: a database beyond this machine must be reached over TLS: add `?sslmode=require` (the certificate is verified; give its CA with store_ca_file if it is not a public one)",
             shown_postgres_url(url)
         ));
     }
@@ -735,6 +803,7 @@ impl PostgresStore {
             config,
             shown,
             statement_timeout: options.statement_timeout,
+            tls: tls_client(options.ca_file.as_deref())?,
         };
         let mut client = connector.connect()?;
         let row = client

@@ -698,3 +698,78 @@ mod tampering {
         s.close().await;
     }
 }
+
+/// The test server's CA (scripts/postgres makes one when it can).
+fn server_ca() -> std::path::PathBuf {
+    let f = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/test-postgres.ca"
+    ))
+    .to_owned();
+    assert!(
+        f.exists(),
+        "the test PostgreSQL has no TLS: run scripts/setup-test-deps, then scripts/postgres start"
+    );
+    f
+}
+
+/// With `sslmode=require` every connection of the store is TLS, the
+/// server's certificate verified against the given CA; a certificate no
+/// trusted CA signed is refused.
+#[tokio::test]
+async fn tls_to_the_database_is_verified_and_used() {
+    let db = Database::new();
+    let url = format!(
+        "{}?sslmode=require",
+        db.url.replace("127.0.0.1", "localhost")
+    );
+    let ca = server_ca();
+    let (u, c) = (url.clone(), ca.clone());
+    let s = blocking(move || {
+        PostgresStore::open(
+            &u,
+            PostgresOptions {
+                ca_file: Some(c),
+                ..PostgresOptions::default()
+            },
+        )
+    })
+    .unwrap();
+    s.append_audit(AuditEvent::new("t.tls", Outcome::Allow))
+        .await
+        .unwrap();
+    assert_eq!(s.verify_audit().await.unwrap().verified, 1);
+    let name = db.url.rsplit_once('/').unwrap().1.to_owned();
+    let (admin, n) = (server_url(), name.clone());
+    let plain: i64 = blocking(move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid \
+             WHERE a.datname = $1 AND a.application_name = 'warrant' AND NOT s.ssl",
+            &[&n],
+        )
+        .unwrap()
+        .get(0)
+    });
+    let (admin, n) = (server_url(), name);
+    let tls: i64 = blocking(move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        c.query_one(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid \
+             WHERE a.datname = $1 AND a.application_name = 'warrant' AND s.ssl",
+            &[&n],
+        )
+        .unwrap()
+        .get(0)
+    });
+    assert_eq!(plain, 0, "no connection in the clear");
+    assert!(tls >= 2, "the writer, the feed and a reader: {tls}");
+    s.close().await;
+
+    // The system's roots do not vouch for the test CA's certificate.
+    let err = blocking(move || PostgresStore::open(&url, PostgresOptions::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach PostgreSQL"), "{err}");
+    assert!(!err.contains(db.url.rsplit_once('@').unwrap().0), "{err}");
+}

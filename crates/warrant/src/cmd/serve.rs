@@ -34,6 +34,7 @@ pub fn config(cli: &Cli, args: &Serve) -> anyhow::Result<Config> {
         config: cli.config.clone(),
         data_dir: cli.data_dir.clone(),
         store: args.store.clone(),
+        store_ca_file: args.store_ca_file.clone(),
         tls_cert: args.tls_cert.clone(),
         tls_key: args.tls_key.clone(),
         insecure_http: args.insecure_http,

@@ -9,7 +9,11 @@ use crate::cli::{Cli, StoreCmd};
 use crate::output::{emit, safe};
 
 pub async fn run(cli: &Cli, cmd: &StoreCmd) -> anyhow::Result<ExitCode> {
-    let StoreCmd::Copy { from, to } = cmd;
+    let StoreCmd::Copy {
+        from,
+        to,
+        to_ca_file,
+    } = cmd;
     if !from.join("warrant.db").is_file() {
         bail!(
             "`{}` holds no warrant store (warrant.db); name the data directory of the broker to move",
@@ -36,10 +40,10 @@ pub async fn run(cli: &Cli, cmd: &StoreCmd) -> anyhow::Result<ExitCode> {
     let chain: Arc<dyn warrant_core::audit::ChainLinker> = Arc::new(
         warrant_token::AuditChainKey::derive(&kek).context("deriving the audit chain key")?,
     );
-    let (db, to) = (dir.db_path(), to.clone());
+    let (db, to, ca) = (dir.db_path(), to.clone(), to_ca_file.clone());
     let runtime = tokio::runtime::Handle::current();
     let report = tokio::task::spawn_blocking(move || {
-        warrant_store::copy::sqlite_to_postgres(&db, &to, chain, &runtime)
+        warrant_store::copy::sqlite_to_postgres(&db, &to, chain, ca.as_deref(), &runtime)
     })
     .await
     .context("the copy stopped")??;
