@@ -112,15 +112,18 @@ pub fn sqlite_to_postgres(
     let config: postgres::Config = to
         .parse()
         .map_err(|e: postgres::Error| StoreError::Unavailable(crate::postgres::describe(&e)))?;
-    let mut pg = config
-        .connect(crate::postgres::tls_client(ca_file)?)
-        .map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot reach PostgreSQL at {}: {}",
-                crate::shown_postgres_url(to),
-                crate::postgres::describe(&e)
-            ))
-        })?;
+    let connected = if config.get_ssl_mode() == postgres::config::SslMode::Require {
+        config.connect(crate::postgres::tls_client(ca_file)?)
+    } else {
+        config.connect(postgres::NoTls)
+    };
+    let mut pg = connected.map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot reach PostgreSQL at {}: {}",
+            crate::shown_postgres_url(to),
+            crate::postgres::describe(&e)
+        ))
+    })?;
     let src =
         rusqlite::Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sqlite_err)?;

@@ -100,9 +100,11 @@ pub(crate) struct Connector {
     config: postgres::Config,
     shown: Arc<str>,
     statement_timeout: Duration,
-    /// TLS as the URL's `sslmode` asks: `require` refuses a server without
-    /// it; the certificate is always verified (chain and host name).
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// With `sslmode=require` (the only mode allowed beyond loopback): TLS,
+    /// the certificate verified (chain and host name). Otherwise, on
+    /// loopback or a local socket, plain: libpq's `prefer` would try TLS
+    /// without verifying, which protects nothing.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 /// A TLS client for the database: rustls on aws-lc-rs, trusting `ca_file`
@@ -155,7 +157,11 @@ pub(crate) fn tls_client(
 
 impl Connector {
     pub(crate) fn connect(&self) -> Result<Client, StoreError> {
-        let mut client = self.config.connect(self.tls.clone()).map_err(|e| {
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(postgres::NoTls),
+        };
+        let mut client = connected.map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot reach PostgreSQL at {}: {}",
                 self.shown,
@@ -800,10 +806,13 @@ impl PostgresStore {
             .keepalives_idle(Duration::from_secs(5))
             .tcp_user_timeout(Duration::from_secs(10));
         let connector = Connector {
-            config,
+            config: config.clone(),
             shown,
             statement_timeout: options.statement_timeout,
-            tls: tls_client(options.ca_file.as_deref())?,
+            tls: match config.get_ssl_mode() {
+                postgres::config::SslMode::Require => Some(tls_client(options.ca_file.as_deref())?),
+                _ => None,
+            },
         };
         let mut client = connector.connect()?;
         let row = client
