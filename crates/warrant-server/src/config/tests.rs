@@ -217,6 +217,7 @@ fn the_store_is_sqlite_by_default_or_a_postgres_url_never_shown_whole() {
         "postgres://warrant:hunter2@db:notaport/warrant",
         "host=db user=warrant password=hunter2 dbname=warrant",
         "postgres://warrant:hunter2@db.internal/warrant",
+        "postgres://warrant:hunter2@localhost:5432/warrant?hostaddr=192.0.2.2",
     ] {
         let err = from_toml(&format!("store = \"{bad}\""))
             .unwrap_err()

@@ -107,6 +107,17 @@ fn catch_up(
 ) -> Result<(), StoreError> {
     let from = state.position.load(Ordering::Acquire);
     let from_sql = i64::try_from(from).unwrap_or(i64::MAX);
+    // The counter never goes back: if it did, the next change would reuse a
+    // version this broker has read, and be skipped. Stop vouching instead.
+    let head: i64 = client
+        .query_one("SELECT changes FROM audit_head WHERE id = 1", &[])
+        .map_err(db_err)?
+        .get(0);
+    if head < from_sql {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the change feed's counter went back from {from} to {head}: this broker stops vouching for task tokens until someone finds out why"
+        )));
+    }
     let rows = client
         .query(
             // Only versions the chain head gave out (a row planted past it
@@ -149,9 +160,9 @@ fn catch_up(
                 "this broker missed changes (it was cut off for longer than they are kept); everything it holds in memory is re-read"
             );
         }
-        let _ = out.send(change);
         state.last_lag_ms.store(lag.max(0), Ordering::Release);
         state.position.store(version, Ordering::Release);
+        let _ = out.send(change);
         expected = version + 1;
     }
     state

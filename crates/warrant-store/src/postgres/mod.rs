@@ -105,6 +105,11 @@ pub(crate) struct Connector {
     /// loopback or a local socket, plain: libpq's `prefer` would try TLS
     /// without verifying, which protects nothing.
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    /// The schema warrant's tables live in, fixed at open: every connection
+    /// resolves names in `pg_catalog` and there only (temporary objects
+    /// last), so an object placed earlier on a role's `search_path` shadows
+    /// nothing.
+    schema: Option<Arc<str>>,
 }
 
 /// A TLS client for the database: rustls on aws-lc-rs, trusting `ca_file`
@@ -169,9 +174,17 @@ impl Connector {
             ))
         })?;
         let ms = self.statement_timeout.as_millis();
+        let path = match &self.schema {
+            Some(s) => format!(
+                // pg_catalog is searched first when not named; pg_temp last.
+                "SET search_path = \"{}\", pg_temp; ",
+                s.replace('"', "\"\"")
+            ),
+            None => String::new(),
+        };
         client
             .batch_execute(&format!(
-                "SET statement_timeout = {ms}; SET lock_timeout = {ms}; SET idle_in_transaction_session_timeout = {}",
+                "{path}SET statement_timeout = {ms}; SET lock_timeout = {ms}; SET idle_in_transaction_session_timeout = {}",
                 ms * 3
             ))
             .map_err(db_err)?;
@@ -237,17 +250,19 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
     })?;
     // INVARIANT (no database credentials in the clear): beyond loopback or
     // a local socket, the connection must be TLS.
-    let local = config.get_hosts().iter().all(|h| match h {
-        postgres::config::Host::Unix(_) => true,
-        postgres::config::Host::Tcp(name) => {
-            name.eq_ignore_ascii_case("localhost")
-                || name
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|a| a.is_loopback())
-        }
-    });
+    let local_addrs = config.get_hostaddrs().iter().all(|a| a.is_loopback());
+    let local = local_addrs
+        && config.get_hosts().iter().all(|h| match h {
+            postgres::config::Host::Unix(_) => true,
+            postgres::config::Host::Tcp(name) => {
+                name.eq_ignore_ascii_case("localhost")
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|a| a.is_loopback())
+            }
+        });
     if !local && config.get_ssl_mode() != postgres::config::SslMode::Require {
         return Err(format!(
             "{}: a database beyond this machine must be reached over TLS: add `?sslmode=require` (the certificate is verified; give its CA with store_ca_file if it is not a public one)",
@@ -382,7 +397,7 @@ fn refuse_rules_and_row_security(c: &mut impl Db) -> Result<(), StoreError> {
 /// Refuses a database whose triggers are not exactly warrant's own, or
 /// whose guard function was replaced or disabled, or that has rules or row
 /// security on warrant's tables.
-fn refuse_foreign_triggers(c: &mut impl Db) -> Result<(), StoreError> {
+pub(crate) fn refuse_foreign_triggers(c: &mut impl Db) -> Result<(), StoreError> {
     refuse_rules_and_row_security(c)?;
     let (found, body) = triggers(c)?;
     if let Some(Trigger { name, table, .. }) = found.iter().find(|t| {
@@ -751,6 +766,38 @@ fn insert_key(
     Ok(())
 }
 
+/// The one schema holding warrant's chain head table, or, in a new
+/// database, the one tables are created in. Refused when there are several:
+/// a second copy of warrant's tables could shadow the first.
+fn warrant_schema(c: &mut Client) -> Result<String, StoreError> {
+    let found: Vec<String> = c
+        .query(
+            "SELECT n.nspname::text FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'audit_head' AND c.relkind = 'r'",
+            &[],
+        )
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => c
+            .query_one("SELECT pg_catalog.current_schema()::text", &[])
+            .map_err(db_err)?
+            .get::<_, Option<String>>(0)
+            .ok_or_else(|| {
+                StoreError::Unavailable(
+                    "the database role has no schema to create warrant's tables in (its search_path names none that exists)".into(),
+                )
+            }),
+        several => Err(StoreError::AuditUnavailable(format!(
+            "warrant's tables appear in several schemas ({}); one could shadow the other: find out who made them, and keep one",
+            several.join(", ")
+        ))),
+    }
+}
+
 /// The PostgreSQL implementation of [`Store`].
 pub struct PostgresStore {
     connector: Connector,
@@ -813,6 +860,11 @@ impl PostgresStore {
                 postgres::config::SslMode::Require => Some(tls_client(options.ca_file.as_deref())?),
                 _ => None,
             },
+            schema: None,
+        };
+        let connector = Connector {
+            schema: Some(warrant_schema(&mut connector.connect()?)?.into()),
+            ..connector
         };
         let mut client = connector.connect()?;
         let row = client

@@ -240,9 +240,9 @@ struct State {
     linker: Option<std::sync::Arc<dyn ChainLinker>>,
     on_commit: Box<dyn Fn(bool) + Send>,
     written: Option<(u64, ChainHash)>,
-    /// The highest chain head this writer has seen: the head never goes
-    /// back, whoever writes.
-    high_water: u64,
+    /// The highest chain head (record, change version) this writer has
+    /// seen: neither goes back, whoever writes.
+    high_water: (u64, u64),
     last_prune: Instant,
 }
 
@@ -266,7 +266,7 @@ impl Writer {
             linker,
             on_commit,
             written: None,
-            high_water: 0,
+            high_water: (0, 0),
             last_prune: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -399,14 +399,24 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
     let start = ChainState::lock(&mut Cached::new(&mut tx, stmts))?;
     // INVARIANT (the trail only grows): records removed from its end, the
     // head row set back to match, would otherwise verify.
-    let head = start.head().0;
-    if head < state.high_water {
+    let head = (start.head().0, start.next_change - 1);
+    if head.0 < state.high_water.0 {
         return Err(StoreError::AuditUnavailable(format!(
-            "the audit chain's head went back from record {} to {head}: records were removed from the end of the trail; find out who did, and check it with `warrant audit verify` against exported checkpoints",
-            state.high_water
+            "the audit chain's head went back from record {} to {}: records were removed from the end of the trail; find out who did, and check it with `warrant audit verify` against exported checkpoints",
+            state.high_water.0, head.0
+        )));
+    }
+    if head.1 < state.high_water.1 {
+        return Err(StoreError::AuditUnavailable(format!(
+            "the change feed's counter went back from {} to {}: a change would reuse a version other brokers have read and be lost; find out who set it back",
+            state.high_water.1, head.1
         )));
     }
     state.high_water = head;
+    // INVARIANT (no write past a foreign guard): a rule or trigger added
+    // after start could rewrite what is written (a revocation's change row
+    // above all); every batch checks before it writes.
+    super::refuse_foreign_triggers(&mut Cached::new(&mut tx, stmts))?;
     if state.last_prune.elapsed() >= PRUNE_EVERY {
         // Changes every follower has long read; one that was cut off for
         // longer re-reads everything (`Resync`).
@@ -450,6 +460,9 @@ fn commit_batch(state: &mut State, jobs: &mut [Box<dyn WriteJob>]) -> Result<boo
         StoreError::AuditUnavailable(format!("commit failed: {}", super::describe(&e)))
     })?;
     state.written = written;
-    state.high_water = state.high_water.max(chain.head().0);
+    state.high_water = (
+        state.high_water.0.max(chain.head().0),
+        state.high_water.1.max(chain.next_change - 1),
+    );
     Ok(changed)
 }

@@ -628,8 +628,10 @@ mod tampering {
             )
             .await
             .unwrap_err();
+        // Refused before the write by the guard check, or after it by the
+        // read-back: either way nothing is committed.
         assert!(
-            e.to_string().contains("did not read back as written"),
+            matches!(e, warrant_store::StoreError::AuditUnavailable(_)),
             "{e}"
         );
         assert!(
@@ -669,8 +671,10 @@ mod tampering {
             )
             .await
             .unwrap_err();
+        // Refused before the write by the guard check, or after it by the
+        // read-back: either way nothing is committed.
         assert!(
-            e.to_string().contains("did not read back as written"),
+            matches!(e, warrant_store::StoreError::AuditUnavailable(_)),
             "{e}"
         );
         s.close().await;
@@ -772,4 +776,150 @@ async fn tls_to_the_database_is_verified_and_used() {
         .to_string();
     assert!(err.contains("cannot reach PostgreSQL"), "{err}");
     assert!(!err.contains(db.url.rsplit_once('@').unwrap().0), "{err}");
+}
+
+/// Issue 14 review, second round: the change counter set back (so the next
+/// revocation would reuse a version other brokers have read), a view on an
+/// earlier schema of the role's search_path, a trigger on `changes` added
+/// while running.
+mod tampering_again {
+    use super::*;
+    use warrant_core::task::RevokeTarget;
+    use warrant_core::time::Timestamp;
+    use warrant_store::conformance::{agent, ev, instance, task};
+    use warrant_store::{ChangeKind, Store};
+
+    async fn with_task(s: &PostgresStore) {
+        s.create_agent(agent("orch"), ev("admin.agent.create", "orch"))
+            .await
+            .unwrap();
+        let inst = s
+            .record_instance(instance("orch", "jt", 1_000), ev("attest", "orch"))
+            .await
+            .unwrap();
+        s.record_task(
+            task("t1", None, "x1", "orch", inst.id.as_str()),
+            ev("token.self", "orch"),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_counter_set_back_stops_writes_and_vouching() {
+        let db = Database::new();
+        let stores = three(&db, PostgresOptions::default());
+        let (a, b) = (&stores[0], &stores[1]);
+        with_task(a).await;
+        // Both have seen the counter where it is.
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+        a.ping().await.unwrap();
+        db.sql("BEGIN; DELETE FROM changes WHERE version = (SELECT changes FROM audit_head); UPDATE audit_head SET changes = changes - 1; COMMIT;");
+        let e = a
+            .revoke(
+                RevokeTarget::Task("t1".into()),
+                Timestamp::now(),
+                ev("admin.revoke", "orch"),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("counter went back"), "{e}");
+        assert!(
+            a.get_task("t1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while b.feed_fresh() {
+            assert!(std::time::Instant::now() < deadline, "B keeps vouching");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        close_all(&stores).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_earlier_on_the_search_path_shadows_nothing() {
+        let db = Database::new();
+        let stores = three(&db, PostgresOptions::default());
+        let (a, b) = (&stores[0], &stores[1]);
+        with_task(a).await;
+        let mut feed = b.follow().unwrap();
+        let name = db.url.rsplit_once('/').unwrap().1.to_owned();
+        db.sql(&format!(
+            "CREATE SCHEMA evil; CREATE VIEW evil.audit_head AS SELECT id, seq, hash, time, 0::bigint AS changes FROM public.audit_head;
+             CREATE VIEW evil.changes AS SELECT * FROM public.changes WHERE false;
+             ALTER ROLE warrant IN DATABASE {name} SET search_path = evil, public;"
+        ));
+        // Every connection of every broker dropped: they come back on the
+        // role's new search_path, as after a database restart.
+        db.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut revoked = None;
+        for _ in 0..20 {
+            match a
+                .revoke(
+                    RevokeTarget::Task("t1".into()),
+                    Timestamp::now(),
+                    ev("admin.revoke", "orch"),
+                )
+                .await
+            {
+                Ok(r) => {
+                    revoked = Some(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+        assert_eq!(revoked, Some(vec!["t1".to_owned()]));
+        let seen = loop {
+            let c = tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv())
+                .await
+                .expect("B hears the revocation")
+                .unwrap();
+            if c.kind == ChangeKind::TaskRevoked {
+                break c;
+            }
+        };
+        assert_eq!(seen.key, "t1");
+        db.sql(&format!(
+            "ALTER ROLE warrant IN DATABASE {name} RESET search_path"
+        ));
+        close_all(&stores).await;
+    }
+
+    #[tokio::test]
+    async fn a_trigger_on_the_feed_added_while_running_stops_every_write() {
+        let db = Database::new();
+        let s = db.open(PostgresOptions::default());
+        with_task(&s).await;
+        db.sql(
+            "CREATE FUNCTION evil() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.kind := 'reload'; RETURN NEW; END; $$;
+             CREATE TRIGGER z BEFORE INSERT ON changes FOR EACH ROW EXECUTE FUNCTION evil();",
+        );
+        let e = s
+            .revoke(
+                RevokeTarget::Task("t1".into()),
+                Timestamp::now(),
+                ev("admin.revoke", "orch"),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("trigger warrant did not create"),
+            "{e}"
+        );
+        assert!(
+            s.get_task("t1")
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked_at
+                .is_none()
+        );
+        s.close().await;
+    }
 }
