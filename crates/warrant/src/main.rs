@@ -13,7 +13,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// Whether a panic is `println!` failing on a reader that went away
+/// (`warrant ... | head -1`): the output was not wanted, so the process
+/// ends quietly, as a program killed by SIGPIPE does.
+fn broken_pipe(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let text = info
+        .payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    text.starts_with("failed printing to stdout") && text.contains("Broken pipe")
+}
+
 fn main() -> ExitCode {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if broken_pipe(info) {
+            // 128 + SIGPIPE, what a shell reports for a program it killed.
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
     let cli = cli::Cli::parse();
     let serving = matches!(cli.command, cli::Command::Serve(_));
     let runtime = if serving {

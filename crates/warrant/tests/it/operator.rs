@@ -131,3 +131,19 @@ fn a_task_id_traces_its_transaction_and_the_list_shows_both() {
         none.stderr
     );
 }
+
+/// A reader that stops reading (`warrant ... | head -1`) ends the CLI
+/// quietly, as SIGPIPE would, never with a panic and a backtrace.
+#[test]
+fn a_closed_output_pipe_ends_the_cli_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(bin())
+        .args(["policy", "schema"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
