@@ -264,7 +264,8 @@ pub struct RawTrustProvider {
 }
 
 /// Values from flags and the environment; `None` where neither gave one.
-#[derive(Debug, Clone, Default)]
+/// `Debug` shows the store URL without its credentials.
+#[derive(Clone, Default)]
 pub struct Settings {
     /// `--config` / `WARRANT_CONFIG`.
     pub config: Option<PathBuf>,
@@ -294,6 +295,47 @@ pub struct Settings {
     pub max_delegation_depth: Option<u32>,
     /// `--signing-alg` / `WARRANT_SIGNING_ALG`.
     pub signing_alg: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field named, so a new one cannot be forgotten here.
+        let Self {
+            config,
+            data_dir,
+            store,
+            store_ca_file,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            api_addr,
+            edge_addr,
+            trust_domain,
+            issuer,
+            policy_dir,
+            max_delegation_depth,
+            signing_alg,
+        } = self;
+        f.debug_struct("Settings")
+            .field("config", config)
+            .field("data_dir", data_dir)
+            .field(
+                "store",
+                &store.as_deref().map(warrant_store::shown_postgres_url),
+            )
+            .field("store_ca_file", store_ca_file)
+            .field("tls_cert", tls_cert)
+            .field("tls_key", tls_key)
+            .field("insecure_http", insecure_http)
+            .field("api_addr", api_addr)
+            .field("edge_addr", edge_addr)
+            .field("trust_domain", trust_domain)
+            .field("issuer", issuer)
+            .field("policy_dir", policy_dir)
+            .field("max_delegation_depth", max_delegation_depth)
+            .field("signing_alg", signing_alg)
+            .finish()
+    }
 }
 
 /// A configuration problem, naming the key and where it came from.

@@ -210,6 +210,18 @@ fn the_store_is_sqlite_by_default_or_a_postgres_url_never_shown_whole() {
     assert!(matches!(c.store, StoreChoice::Postgres(_)));
     let shown = format!("{c:?} {}", c.store.shown());
     assert!(!shown.contains("hunter2"), "{shown}");
+    // Given as a flag or WARRANT_STORE, the settings carry it too.
+    let from_flag = Config::build(
+        &Settings {
+            store: Some("postgres://warrant:hunter2@localhost/warrant".into()),
+            ..Default::default()
+        },
+        RawConfig::default(),
+    )
+    .unwrap();
+    let flagged = format!("{from_flag:?}");
+    assert!(!flagged.contains("hunter2"), "{flagged}");
+    assert!(flagged.contains("localhost/warrant"), "{flagged}");
     assert!(shown.contains("db.internal:5432/warrant"), "{shown}");
     for bad in [
         "mysql://warrant:hunter2@db/warrant",
