@@ -51,6 +51,11 @@ pub(crate) fn spawn(
                     Some(c) => {
                         position = c.version;
                         lag = (Timestamp::now().as_millis() - c.time.as_millis()).max(0);
+                        state.metrics.feed_lag.observe(lag as f64 / 1000.0);
+                        state
+                            .metrics
+                            .feed_position
+                            .set(i64::try_from(position).unwrap_or(i64::MAX));
                         apply(&state, c).await;
                     }
                     None => break,
@@ -88,8 +93,9 @@ async fn heartbeat(state: &AppState, position: u64, lag: i64) {
     }
 }
 
+/// Applies one change. What takes long (listing MCP servers, a reload) runs
+/// beside the feed, so the revocations behind it are applied at once.
 async fn apply(state: &AppState, change: Change) {
-    let lag = Timestamp::now().as_millis() - change.time.as_millis();
     let key = change.key.as_str();
     match change.kind {
         ChangeKind::TaskRevoked => {
@@ -111,7 +117,8 @@ async fn apply(state: &AppState, change: Change) {
         }
         ChangeKind::Reload => {
             if key.split(' ').next() != Some(&*state.broker_id) {
-                follow_reload(state, key).await;
+                let (state, note) = (state.clone(), key.to_owned());
+                tokio::spawn(async move { follow_reload(&state, &note).await });
             }
         }
         ChangeKind::Resync => {
@@ -120,14 +127,10 @@ async fn apply(state: &AppState, change: Change) {
             }
             reload_keys(state).await;
             state.secrets.forget_all();
-            state.mcp.discover_all().await;
+            let mcp = state.mcp.clone();
+            tokio::spawn(async move { mcp.discover_all().await });
         }
     }
-    state.metrics.feed_lag.observe(lag.max(0) as f64 / 1000.0);
-    state
-        .metrics
-        .feed_position
-        .set(i64::try_from(change.version).unwrap_or(i64::MAX));
 }
 
 async fn reload_keys(state: &AppState) {

@@ -61,9 +61,6 @@ fn bind(
         (Value::Null, t) if *t == Type::BYTEA => Box::new(None::<Vec<u8>>),
         (Value::Null, _) => Box::new(None::<String>),
         (Value::Integer(i), t) if *t == Type::INT8 => Box::new(*i),
-        (Value::Integer(i), t) if *t == Type::INT4 => {
-            Box::new(i32::try_from(*i).map_err(|_| wrong())?)
-        }
         (Value::Text(s), t) if *t == Type::TEXT => Box::new(s.clone()),
         (Value::Blob(b), t) if *t == Type::BYTEA => Box::new(b.clone()),
         _ => return Err(wrong()),
