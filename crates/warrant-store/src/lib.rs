@@ -17,6 +17,7 @@ mod chain;
 pub mod conformance;
 pub mod copy;
 mod error;
+mod pins;
 mod postgres;
 mod sqlite;
 

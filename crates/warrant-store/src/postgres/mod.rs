@@ -35,7 +35,7 @@ use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::api::ClusterMember;
 use warrant_core::audit::{
-    AuditEvent, AuditRecord, ChainBreak, ChainHash, ChainLinker, ChainVerifier, Checkpoint, Kind,
+    AuditEvent, AuditRecord, ChainBreak, ChainHash, ChainLinker, ChainVerifier, Checkpoint,
 };
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
@@ -47,6 +47,7 @@ use warrant_core::time::Timestamp;
 
 use crate::agents::AgentCache;
 use crate::chain::{LEGACY_KEY, legacy_mac, legacy_until};
+use crate::pins::PinStep;
 use crate::{AuditQuery, ChainReport, Change, ChangeKind, Store, StoreError};
 use writer::{WriteCtx, Writer};
 
@@ -1841,72 +1842,52 @@ impl Store for PostgresStore {
                     )
                     .map_err(db_err)?
                     .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, Option<String>>(2)));
-                let (outcome, kind) = match found {
-                    None if hold_new => {
-                        ctx.tx
-                            .execute(
-                                &format!(
-                                    "INSERT INTO mcp_tools ({}) VALUES ($1, $2, '', 'null', 'new', $3, $4, $5, $5, NULL)",
-                                    rows::PIN_COLUMNS
-                                ),
-                                &[&server, &def.name, &digest, &text, &now],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::Held, Kind::McpToolNew)
-                    }
-                    None => {
-                        ctx.tx
-                            .execute(
-                                &format!(
-                                    "INSERT INTO mcp_tools ({}) VALUES ($1, $2, $3, $4, 'pinned', NULL, NULL, $5, $5, NULL)",
-                                    rows::PIN_COLUMNS
-                                ),
-                                &[&server, &def.name, &digest, &text, &now],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::New, Kind::McpToolPin)
-                    }
-                    Some((_, state, pending)) if state == "new" => {
-                        if pending.as_deref() == Some(digest.as_str()) {
-                            return Ok(PinOutcome::Held);
-                        }
-                        ctx.tx
-                            .execute(
-                                "UPDATE mcp_tools SET pending_digest = $3, pending_definition = $4, updated_at = $5 \
-                                 WHERE server = $1 AND tool = $2",
-                                &[&server, &def.name, &digest, &text, &now],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::Held, Kind::McpToolNew)
-                    }
-                    Some((pinned, _, _)) if pinned == digest => {
-                        ctx.tx
-                            .execute(
-                                "UPDATE mcp_tools SET state = 'pinned', pending_digest = NULL, pending_definition = NULL \
-                                 WHERE server = $1 AND tool = $2 AND state != 'pinned'",
-                                &[&server, &def.name],
-                            )
-                            .map_err(db_err)?;
-                        return Ok(PinOutcome::Unchanged);
-                    }
-                    Some((_, _, pending)) if pending.as_deref() == Some(digest.as_str()) => {
-                        return Ok(PinOutcome::Changed);
-                    }
-                    Some(_) => {
-                        ctx.tx
-                            .execute(
-                                "UPDATE mcp_tools SET state = 'changed', pending_digest = $3, pending_definition = $4, updated_at = $5 \
-                                 WHERE server = $1 AND tool = $2",
-                                &[&server, &def.name, &digest, &text, &now],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::Changed, Kind::McpToolChange)
-                    }
+                let step = PinStep::decide(
+                    found.as_ref().map(|(d, st, p)| (d.as_str(), st.as_str(), p.as_deref())),
+                    &digest,
+                    hold_new,
+                );
+                let sql = match step {
+                    PinStep::InsertHeld => Some(format!(
+                        "INSERT INTO mcp_tools ({}) VALUES ($1, $2, '', 'null', 'new', $3, $4, $5, $5, NULL)",
+                        rows::PIN_COLUMNS
+                    )),
+                    PinStep::InsertPinned => Some(format!(
+                        "INSERT INTO mcp_tools ({}) VALUES ($1, $2, $3, $4, 'pinned', NULL, NULL, $5, $5, NULL)",
+                        rows::PIN_COLUMNS
+                    )),
+                    PinStep::ReplaceHeld => Some(
+                        "UPDATE mcp_tools SET pending_digest = $3, pending_definition = $4, updated_at = $5 \
+                         WHERE server = $1 AND tool = $2"
+                            .into(),
+                    ),
+                    PinStep::MarkChanged => Some(
+                        "UPDATE mcp_tools SET state = 'changed', pending_digest = $3, pending_definition = $4, updated_at = $5 \
+                         WHERE server = $1 AND tool = $2"
+                            .into(),
+                    ),
+                    PinStep::Repin | PinStep::StillHeld | PinStep::StillChanged => None,
                 };
-                ctx.changed(ChangeKind::ToolPin, &server)?;
-                let mut event = audit;
-                event.event = kind.into();
-                ctx.append(event)?;
+                if let Some(sql) = sql {
+                    ctx.tx
+                        .execute(&sql, &[&server, &def.name, &digest, &text, &now])
+                        .map_err(db_err)?;
+                } else if step == PinStep::Repin {
+                    ctx.tx
+                        .execute(
+                            "UPDATE mcp_tools SET state = 'pinned', pending_digest = NULL, pending_definition = NULL \
+                             WHERE server = $1 AND tool = $2 AND state != 'pinned'",
+                            &[&server, &def.name],
+                        )
+                        .map_err(db_err)?;
+                }
+                let (outcome, kind) = step.outcome();
+                if let Some(kind) = kind {
+                    ctx.changed(ChangeKind::ToolPin, &server)?;
+                    let mut event = audit;
+                    event.event = kind.into();
+                    ctx.append(event)?;
+                }
                 Ok(outcome)
             })
             .await

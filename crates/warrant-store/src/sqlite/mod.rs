@@ -19,7 +19,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::audit::{
-    AuditEvent, AuditRecord, ChainHash, ChainLinker, ChainVerifier, Checkpoint, Kind,
+    AuditEvent, AuditRecord, ChainHash, ChainLinker, ChainVerifier, Checkpoint,
 };
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
@@ -31,6 +31,7 @@ use warrant_core::time::Timestamp;
 
 use crate::agents;
 use crate::chain::{LEGACY_KEY, legacy_mac, legacy_until};
+use crate::pins::PinStep;
 use crate::{AuditQuery, ChainReport, Store, StoreError};
 use writer::Writer;
 
@@ -1337,74 +1338,53 @@ impl Store for SqliteStore {
                     )
                     .optional()
                     .map_err(read_err)?;
-                let (outcome, kind) = match found {
-                    None if hold_new => {
-                        // No approved definition: the announced one waits.
-                        ctx.conn
-                            .execute(
-                                &format!(
-                                    "INSERT INTO mcp_tools ({}) VALUES (?1, ?2, '', 'null', 'new', ?3, ?4, ?5, ?5, NULL)",
-                                    rows::PIN_COLUMNS
-                                ),
-                                params![server, def.name, digest, text, now.as_millis()],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::Held, Kind::McpToolNew)
-                    }
-                    None => {
-                        ctx.conn
-                            .execute(
-                                &format!(
-                                    "INSERT INTO mcp_tools ({}) VALUES (?1, ?2, ?3, ?4, 'pinned', NULL, NULL, ?5, ?5, NULL)",
-                                    rows::PIN_COLUMNS
-                                ),
-                                params![server, def.name, digest, text, now.as_millis()],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::New, Kind::McpToolPin)
-                    }
-                    Some((_, state, pending)) if state == "new" => {
-                        if pending.as_deref() == Some(digest.as_str()) {
-                            return Ok(PinOutcome::Held);
-                        }
-                        // Still never approved; what waits is what it announces now.
-                        ctx.conn
-                            .execute(
-                                "UPDATE mcp_tools SET pending_digest = ?3, pending_definition = ?4, updated_at = ?5 \
-                                 WHERE server = ?1 AND tool = ?2",
-                                params![server, def.name, digest, text, now.as_millis()],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::Held, Kind::McpToolNew)
-                    }
-                    Some((pinned, _, _)) if pinned == digest => {
-                        // Announced as approved again: whatever was pending is moot.
-                        ctx.conn
-                            .execute(
-                                "UPDATE mcp_tools SET state = 'pinned', pending_digest = NULL, pending_definition = NULL \
-                                 WHERE server = ?1 AND tool = ?2 AND state != 'pinned'",
-                                params![server, def.name],
-                            )
-                            .map_err(db_err)?;
-                        return Ok(PinOutcome::Unchanged);
-                    }
-                    Some((_, _, pending)) if pending.as_deref() == Some(digest.as_str()) => {
-                        return Ok(PinOutcome::Changed);
-                    }
-                    Some(_) => {
-                        ctx.conn
-                            .execute(
-                                "UPDATE mcp_tools SET state = 'changed', pending_digest = ?3, pending_definition = ?4, updated_at = ?5 \
-                                 WHERE server = ?1 AND tool = ?2",
-                                params![server, def.name, digest, text, now.as_millis()],
-                            )
-                            .map_err(db_err)?;
-                        (PinOutcome::Changed, Kind::McpToolChange)
-                    }
+                let step = PinStep::decide(
+                    found.as_ref().map(|(d, st, p)| (d.as_str(), st.as_str(), p.as_deref())),
+                    &digest,
+                    hold_new,
+                );
+                let at = now.as_millis();
+                let sql = match step {
+                    // No approved definition: the announced one waits.
+                    PinStep::InsertHeld => Some(format!(
+                        "INSERT INTO mcp_tools ({}) VALUES (?1, ?2, '', 'null', 'new', ?3, ?4, ?5, ?5, NULL)",
+                        rows::PIN_COLUMNS
+                    )),
+                    PinStep::InsertPinned => Some(format!(
+                        "INSERT INTO mcp_tools ({}) VALUES (?1, ?2, ?3, ?4, 'pinned', NULL, NULL, ?5, ?5, NULL)",
+                        rows::PIN_COLUMNS
+                    )),
+                    PinStep::ReplaceHeld => Some(
+                        "UPDATE mcp_tools SET pending_digest = ?3, pending_definition = ?4, updated_at = ?5 \
+                         WHERE server = ?1 AND tool = ?2"
+                            .into(),
+                    ),
+                    PinStep::MarkChanged => Some(
+                        "UPDATE mcp_tools SET state = 'changed', pending_digest = ?3, pending_definition = ?4, updated_at = ?5 \
+                         WHERE server = ?1 AND tool = ?2"
+                            .into(),
+                    ),
+                    PinStep::Repin | PinStep::StillHeld | PinStep::StillChanged => None,
                 };
-                let mut event = audit;
-                event.event = kind.into();
-                ctx.append(event)?;
+                if let Some(sql) = sql {
+                    ctx.conn
+                        .execute(&sql, params![server, def.name, digest, text, at])
+                        .map_err(db_err)?;
+                } else if step == PinStep::Repin {
+                    ctx.conn
+                        .execute(
+                            "UPDATE mcp_tools SET state = 'pinned', pending_digest = NULL, pending_definition = NULL \
+                             WHERE server = ?1 AND tool = ?2 AND state != 'pinned'",
+                            params![server, def.name],
+                        )
+                        .map_err(db_err)?;
+                }
+                let (outcome, kind) = step.outcome();
+                if let Some(kind) = kind {
+                    let mut event = audit;
+                    event.event = kind.into();
+                    ctx.append(event)?;
+                }
                 Ok(outcome)
             })
             .await
