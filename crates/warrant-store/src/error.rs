@@ -60,3 +60,16 @@ pub enum StoreError {
     #[error("the store is closed")]
     Closed,
 }
+
+/// What a writer job's caller is told: the job's own error first, else the
+/// commit's, else its value.
+pub(crate) fn job_outcome<T>(
+    out: Option<Result<T, StoreError>>,
+    commit: Result<(), StoreError>,
+) -> Result<T, StoreError> {
+    match (out, commit) {
+        (Some(Err(e)), _) | (Some(Ok(_)) | None, Err(e)) => Err(e),
+        (Some(Ok(v)), Ok(())) => Ok(v),
+        (None, Ok(())) => Err(StoreError::Unavailable("the write was not run".into())),
+    }
+}

@@ -211,13 +211,7 @@ where
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
-        let r = match (self.out, commit) {
-            (Some(Err(e)), _) => Err(e),
-            (Some(Ok(_)), Err(e)) => Err(e),
-            (Some(Ok(v)), Ok(())) => Ok(v),
-            (None, Err(e)) => Err(e),
-            (None, Ok(())) => Err(StoreError::Unavailable("the write was not run".into())),
-        };
+        let r = crate::error::job_outcome(self.out, commit);
         // The caller may have gone away (cancelled request); the write stands.
         let _ = self.reply.send(r);
     }
