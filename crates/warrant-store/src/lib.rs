@@ -14,6 +14,7 @@
 
 mod agents;
 mod chain;
+mod columns;
 pub mod conformance;
 pub mod copy;
 mod error;

@@ -1090,7 +1090,7 @@ impl Store for PostgresStore {
 
     async fn create_agent(&self, agent: Agent, audit: AuditEvent) -> Result<Agent, StoreError> {
         self.write_agents(move |ctx| {
-            let selectors = crate::sqlite::rows::selectors_json(&agent.selectors)?;
+            let selectors = crate::columns::selectors_json(&agent.selectors)?;
             ctx.tx
                 .execute(
                     &format!(

@@ -1,5 +1,5 @@
-//! Mapping PostgreSQL rows to warrant's types. Column lists are SQLite's
-//! (`crate::sqlite::rows`), except that `user` is quoted: it is a keyword here.
+//! Mapping PostgreSQL rows to warrant's types. Column lists are shared
+//! (`crate::columns`), except the audit log's: `user` is a keyword here.
 
 use postgres::Row;
 use postgres::types::FromSql;
@@ -18,10 +18,7 @@ use warrant_core::time::{Timestamp, Ttl};
 
 use crate::StoreError;
 
-pub(crate) use crate::sqlite::rows::{
-    AGENT_COLUMNS, INSTANCE_COLUMNS, JOIN_COLUMNS, KEY_COLUMNS, PIN_COLUMNS, SECRET_COLUMNS,
-    TASK_COLUMNS, TOKEN_COLUMNS,
-};
+pub(crate) use crate::columns::*;
 
 pub(crate) const AUDIT_COLUMNS: &str =
     r#"seq, body, prev_hash, hash, time, event, decision, agent, instance, "user", task, txn"#;

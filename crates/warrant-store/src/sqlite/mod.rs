@@ -7,7 +7,7 @@
 
 mod index;
 mod migrations;
-pub(crate) mod rows;
+mod rows;
 mod writer;
 
 use parking_lot::Mutex;

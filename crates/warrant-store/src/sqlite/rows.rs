@@ -10,7 +10,7 @@ use warrant_core::selector::SelectorSet;
 use warrant_core::text::{Owner, Purpose};
 use warrant_core::time::{Timestamp, Ttl};
 
-use crate::StoreError;
+pub(crate) use crate::columns::*;
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -19,9 +19,6 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
         format!("{what}: {e}").into(),
     )
 }
-
-pub(crate) const AGENT_COLUMNS: &str =
-    "id, name, owner, env, purpose, trust, selectors, max_ttl_secs, status, created_at, updated_at";
 
 pub(crate) fn agent(r: &Row<'_>) -> rusqlite::Result<Agent> {
     let name: String = r.get(1)?;
@@ -50,13 +47,6 @@ pub(crate) fn agent(r: &Row<'_>) -> rusqlite::Result<Agent> {
     })
 }
 
-pub(crate) fn selectors_json(s: &SelectorSet) -> Result<String, StoreError> {
-    serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-pub(crate) const KEY_COLUMNS: &str =
-    "kid, alg, public_key, sealed_private_key, created_at, activates_at";
-
 pub(crate) fn signing_key(r: &Row<'_>) -> rusqlite::Result<SigningKeyRecord> {
     Ok(SigningKeyRecord {
         kid: r.get(0)?,
@@ -70,9 +60,6 @@ pub(crate) fn signing_key(r: &Row<'_>) -> rusqlite::Result<SigningKeyRecord> {
         activates_at: Timestamp::from_millis(r.get(5)?),
     })
 }
-
-pub(crate) const TOKEN_COLUMNS: &str =
-    "id, token_hash, role, name, created_by, created_at, expires_at, revoked_at";
 
 pub(crate) fn admin_token(r: &Row<'_>) -> rusqlite::Result<AdminTokenRecord> {
     let hash: Vec<u8> = r.get(1)?;
@@ -119,9 +106,6 @@ pub(crate) fn audit_row(r: &Row<'_>) -> rusqlite::Result<StoredRow> {
     })
 }
 
-pub(crate) const INSTANCE_COLUMNS: &str =
-    "id, agent, attestor, evidence, first_seen, last_seen, expires_at";
-
 pub(crate) fn instance(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::Instance> {
     use warrant_core::identity::{Attestor, Instance, InstanceId};
     let attestor: String = r.get(2)?;
@@ -135,8 +119,6 @@ pub(crate) fn instance(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::
         expires_at: Timestamp::from_millis(r.get(6)?),
     })
 }
-
-pub(crate) const TASK_COLUMNS: &str = "task, jti, parent, txn, agent, instance, subject, scope, audience, depth, issued_at, expires_at, revoked_at, groups, attestor";
 
 pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskRecord> {
     let audience: String = r.get(8)?;
@@ -159,9 +141,6 @@ pub(crate) fn task(r: &Row<'_>) -> rusqlite::Result<warrant_core::task::TaskReco
     })
 }
 
-pub(crate) const JOIN_COLUMNS: &str =
-    "id, token_hash, agent, created_by, created_at, expires_at, redeemed_at";
-
 pub(crate) fn join_token(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity::JoinTokenRecord> {
     let hash: Vec<u8> = r.get(1)?;
     Ok(warrant_core::identity::JoinTokenRecord {
@@ -176,8 +155,6 @@ pub(crate) fn join_token(r: &Row<'_>) -> rusqlite::Result<warrant_core::identity
         redeemed_at: r.get::<_, Option<i64>>(6)?.map(Timestamp::from_millis),
     })
 }
-
-pub(crate) const SECRET_COLUMNS: &str = "name, owner, version, description, wrapped_key, ciphertext, created_by, created_at, updated_at, last_used_at";
 
 pub(crate) fn secret(r: &Row<'_>) -> rusqlite::Result<warrant_core::secret::SecretRecord> {
     let owner: String = r.get(1)?;
@@ -195,8 +172,6 @@ pub(crate) fn secret(r: &Row<'_>) -> rusqlite::Result<warrant_core::secret::Secr
         last_used_at: r.get::<_, Option<i64>>(9)?.map(Timestamp::from_millis),
     })
 }
-
-pub(crate) const PIN_COLUMNS: &str = "server, tool, digest, definition, state, pending_digest, pending_definition, first_seen, updated_at, approved_by";
 
 pub(crate) fn tool_pin(r: &Row<'_>) -> rusqlite::Result<warrant_core::mcp::ToolPin> {
     let json = |i: usize, what: &str| -> rusqlite::Result<serde_json::Value> {
