@@ -7,6 +7,11 @@ pub struct OAuthError {
     pub error: &'static str,
     /// What was wrong and what to do.
     pub description: String,
+    /// For a policy's refusal: the deciding policies (ids, or the default
+    /// deny), answered as `refused_by`, `policies` and `how_to_get_access`
+    /// like the edge's refusals, so a client can tell a policy decision
+    /// from a malformed request.
+    pub policies: Option<Vec<String>>,
 }
 
 impl OAuthError {
@@ -26,6 +31,14 @@ impl OAuthError {
         Self {
             error,
             description: description.into(),
+            policies: None,
+        }
+    }
+    /// `access_denied` by policy, with the policies that decided.
+    pub fn denied_by_policy(description: impl Into<String>, policies: Vec<String>) -> Self {
+        Self {
+            policies: Some(policies),
+            ..Self::new("access_denied", description)
         }
     }
     /// `temporarily_unavailable`: the audit trail could not be written.

@@ -1115,14 +1115,14 @@ impl TokenService {
             &context,
             event,
         ) {
-            return Err(OAuthError::new(
-                "access_denied",
+            return Err(OAuthError::denied_by_policy(
                 format!(
                     "policy does not allow agent `{}` this exchange (scope `{}`, audience `{}`)",
                     actor.agent.name,
                     narrowed.scope,
                     shown(&narrowed.audience.join(" "), 100)
                 ),
+                event.reasons.clone(),
             ));
         }
         let grant = Grant {
@@ -1206,13 +1206,13 @@ impl TokenService {
         context.scopes = requested.iter().map(str::to_owned).collect();
         context.source_ip = caller.source_ip;
         if !self.decide(Action::TokenSelf, &actor, &audiences, &context, event) {
-            return Err(OAuthError::new(
-                "access_denied",
+            return Err(OAuthError::denied_by_policy(
                 format!(
                     "policy does not allow agent `{}` a token for itself (scope `{requested}`, audience `{}`)",
                     actor.agent.name,
                     shown(&audiences.join(" "), 100)
                 ),
+                event.reasons.clone(),
             ));
         }
         let grant = Grant {

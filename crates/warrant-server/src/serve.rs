@@ -284,6 +284,19 @@ impl Broker {
         // Any local process may connect to the agent socket: who it is comes
         // from the kernel.
         let agent = bind_socket(&data_dir.agent_socket(), "agent", 0o666)?;
+        // INVARIANT (every byte carries its sender): sender credentials are
+        // on for the listener, so each accepted connection has them from
+        // its first byte (the kernel copies the flag at accept). Turned on
+        // only after accept, a request sent in between arrived without
+        // them and was refused as sent by another process.
+        {
+            use std::os::fd::AsFd as _;
+            rustix::net::sockopt::set_socket_passcred(agent.as_fd(), true).map_err(|e| {
+                ServeError::Io(format!(
+                    "cannot turn on sender credentials for the agent socket: {e}"
+                ))
+            })?;
+        }
 
         let issuer: Arc<str> = match &config.issuer {
             Some(i) => i.as_str().into(),

@@ -203,6 +203,9 @@ impl ProxyService {
             "bearer_methods_supported": ["header"],
             "resource_name": format!("warrant egress route `{}` to {}", r.name, r.upstream.as_url()),
             "warrant_audience": r.audience,
+            // Where an agent puts its task token on this route (clients such
+            // as the Python SDK and `warrant sidecar` read it here).
+            "warrant_token_header": r.agent_header.as_str(),
         }))
     }
 

@@ -32,13 +32,20 @@ fn error_response(e: &OAuthError) -> Response {
         "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };
+    let mut body = serde_json::json!({ "error": e.error, "error_description": e.description });
+    if let Some(policies) = &e.policies {
+        body["refused_by"] = "policy".into();
+        body["policies"] = serde_json::json!(policies);
+        body["how_to_get_access"] =
+            "ask an administrator for a Cedar permit on this action, audience and scope".into();
+    }
     (
         status,
         [
             (header::CACHE_CONTROL, "no-store"),
             (header::PRAGMA, "no-cache"),
         ],
-        Json(serde_json::json!({ "error": e.error, "error_description": e.description })),
+        Json(body),
     )
         .into_response()
 }

@@ -701,3 +701,35 @@ fn bad_trust_provider_config_is_refused_at_start() {
         let _ = data_dir;
     }
 }
+
+/// Issue 15 (found by the Python SDK's tests): sender credentials were
+/// turned on for each agent-socket connection after it was accepted, and a
+/// third of an httpx client's first requests then arrived without them and
+/// were refused as "sent by another process". Now they are on for the
+/// listener, so every connection carries them from its first byte.
+#[test]
+fn an_httpx_client_is_not_taken_for_another_process() {
+    let b = crate::support::broker();
+    let sock = b.data_dir.join("agent.sock");
+    let script = r#"
+import sys, httpx2
+refused = []
+for i in range(40):
+    with httpx2.Client(transport=httpx2.HTTPTransport(uds=sys.argv[1]), follow_redirects=True) as c:
+        r = c.post("http://localhost/v1/identity", json={})
+        if "another process" in r.text:
+            refused.append(i)
+print(refused)
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+}
