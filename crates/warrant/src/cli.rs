@@ -93,6 +93,124 @@ pub enum Command {
     /// Move the store (offline: the broker must be stopped).
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Tokens for a shell agent, and for debugging: this process's
+    /// identity, task tokens, and what a token says.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Run next to an agent that cannot be changed: attest, then forward
+    /// http://127.0.0.1:<port>/<route>/... to the edge with a fresh task
+    /// token. Anything that can reach the port acts as this workload.
+    Sidecar(SidecarArgs),
+}
+
+/// How an agent-side command attests and finds the broker.
+#[derive(Debug, Args, Clone)]
+pub struct AgentArgs {
+    /// The broker's edge listener [default: from the data directory's run
+    /// file, else http://127.0.0.1:8701]
+    #[arg(long, env = "WARRANT_EDGE_URL", value_name = "URL")]
+    pub edge_url: Option<String>,
+    /// Attest on this agent socket [default: <data-dir>/agent.sock]
+    #[arg(long, env = "WARRANT_AGENT_SOCKET", value_name = "PATH")]
+    pub agent_socket: Option<PathBuf>,
+    /// Attest with the platform token in this file (a Kubernetes projected
+    /// service-account token), read again at every renewal.
+    #[arg(long, env = "WARRANT_OIDC_TOKEN_FILE", value_name = "PATH")]
+    pub oidc_token_file: Option<PathBuf>,
+    /// Attest with a one-time join token (`warrant agent join-token`); the
+    /// identity is then renewed with itself. Prefer --join-token-file: a
+    /// command line is visible to other local users.
+    #[arg(
+        long,
+        env = "WARRANT_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<String>,
+    /// Attest with the one-time join token in this file.
+    #[arg(long, env = "WARRANT_JOIN_TOKEN_FILE", value_name = "PATH")]
+    pub join_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// This process's identity token (a JWT-SVID), from the attestation
+    /// given (default: the agent socket). Prints the token alone.
+    Identity {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// The audience (default: the broker).
+        #[arg(long)]
+        audience: Option<String>,
+    },
+    /// A task token for this agent acting for itself. Prints the token alone.
+    #[command(name = "self")]
+    SelfToken {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Audience (repeat for several).
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        /// Scopes, space-separated.
+        #[arg(long)]
+        scope: String,
+    },
+    /// A task token for a user (their token) or for part of a task another
+    /// agent handed over (its task token): RFC 8693 token exchange. Prints
+    /// the token alone.
+    Exchange {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// The user's token (`-` reads it from standard input).
+        #[arg(
+            long,
+            env = "WARRANT_USER_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "task_token",
+            conflicts_with = "task_token"
+        )]
+        user_token: Option<String>,
+        /// A task token handed to this agent (`-` reads it from standard input).
+        #[arg(long)]
+        task_token: Option<String>,
+        /// Audience (repeat for several).
+        #[arg(long, required = true)]
+        audience: Vec<String>,
+        /// Scopes, space-separated.
+        #[arg(long)]
+        scope: String,
+    },
+    /// What a token says: kind, subject, delegation chain, audience,
+    /// scope, task, expiry, and whether the broker still considers it
+    /// active (asked with this process's identity). Exit code 3 when it is
+    /// not active.
+    Inspect {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// The token (`-` reads it from standard input).
+        token: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    /// Where to listen: a loopback address and port.
+    #[arg(long, env = "WARRANT_SIDECAR_LISTEN", default_value = "127.0.0.1:8780")]
+    pub listen: std::net::SocketAddr,
+    /// A route to forward and the scopes to ask for on it: `openai=llm:chat`
+    /// (repeat; only these are forwarded).
+    #[arg(long = "route", value_name = "ROUTE=SCOPES")]
+    pub routes: Vec<String>,
+    /// An MCP server to forward (`/mcp/<server>`) and its scopes:
+    /// `files=files:read` (repeat).
+    #[arg(long = "mcp", value_name = "SERVER=SCOPES")]
+    pub mcp: Vec<String>,
+    /// The request header in which the agent may pass a user's token to act
+    /// for that user (exchanged and cached; never forwarded).
+    #[arg(long, default_value = "x-warrant-user-token")]
+    pub user_header: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -36,6 +36,14 @@ enum Target {
 
 /// A TLS client trusting `ca_file`'s certificates, or the system's roots.
 fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        tls_config(ca_file)?,
+    )))
+}
+
+/// The TLS client configuration trusting `ca_file`'s certificates, or the
+/// system's roots.
+pub fn tls_config(ca_file: Option<&Path>) -> anyhow::Result<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -68,9 +76,7 @@ fn tls_connector(ca_file: Option<&Path>) -> anyhow::Result<tokio_rustls::TlsConn
         .context("setting up TLS")?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        config,
-    )))
+    Ok(config)
 }
 
 /// A client for one broker.

@@ -4,6 +4,7 @@
 //! codes: 0 success, 1 error, 2 bad usage, 3 a policy check that did not
 //! allow, 4 an audit chain that failed verification.
 
+mod agent;
 mod cli;
 mod client;
 mod cmd;

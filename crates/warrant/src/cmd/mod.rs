@@ -11,9 +11,13 @@ mod policy;
 mod revoke;
 mod secret;
 mod serve;
+mod sidecar;
 mod store;
+mod token;
 
 use std::path::PathBuf;
+
+use anyhow::Context as _;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
@@ -66,5 +70,64 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status { all: true } => live::cluster(&cli, client(&cli)?).await,
         Command::Route(c) => live::routes(&cli, client(&cli)?, c).await,
         Command::Store(c) => store::run(&cli, c).await,
+        Command::Token(c) => token::run(&cli, c).await,
+        Command::Sidecar(a) => sidecar::run(&cli, a).await,
     }
+}
+
+/// The agent-side client for `warrant token` and `warrant sidecar`: the
+/// broker from `--url` (or the data directory's run file, or the default
+/// address), attesting in exactly one way (the agent socket by default).
+pub fn agent_client(cli: &Cli, a: &crate::cli::AgentArgs) -> anyhow::Result<crate::agent::Agent> {
+    use crate::agent::{Agent, AgentConfig, Attestation};
+    let dir = data_dir(cli)?;
+    let run = warrant_server::data_dir::read_run_info(&dir);
+    let api = match (&cli.url, &run) {
+        (Some(u), _) => u.clone(),
+        (None, Some(r)) => format!("http://{}", r.api_addr),
+        (None, None) => "http://127.0.0.1:8700".to_owned(),
+    };
+    let edge = match (&a.edge_url, &run) {
+        (Some(u), _) => u.clone(),
+        (None, Some(r)) => format!("http://{}", r.edge_addr),
+        (None, None) => "http://127.0.0.1:8701".to_owned(),
+    };
+    let given = [
+        a.agent_socket.is_some(),
+        a.oidc_token_file.is_some(),
+        a.join_token.is_some(),
+        a.join_token_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        anyhow::bail!(
+            "more than one attestation is given (--agent-socket, --oidc-token-file, --join-token, --join-token-file, or their WARRANT_* variables); give exactly one"
+        );
+    }
+    let attestation = if let Some(f) = &a.oidc_token_file {
+        Attestation::OidcFile(f.clone())
+    } else if let Some(t) = &a.join_token {
+        Attestation::Join(parking_lot::Mutex::new(Some(zeroize::Zeroizing::new(
+            t.trim().to_owned(),
+        ))))
+    } else if let Some(f) = &a.join_token_file {
+        let t = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the join token file `{}`", f.display()))?,
+        );
+        Attestation::Join(parking_lot::Mutex::new(Some(zeroize::Zeroizing::new(
+            t.trim().to_owned(),
+        ))))
+    } else {
+        Attestation::Socket(
+            a.agent_socket
+                .clone()
+                .unwrap_or_else(|| dir.join("agent.sock")),
+        )
+    };
+    Agent::new(AgentConfig {
+        api,
+        edge,
+        attestation,
+        ca_file: cli.ca_file.clone(),
+    })
 }
