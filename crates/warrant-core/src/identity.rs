@@ -89,6 +89,11 @@ pub struct UnixFacts {
     pub path: String,
     /// Its SHA-256, lower-case hex.
     pub sha256: String,
+    /// Its cgroup v2 path (`/proc/<pid>/cgroup`), when the kernel put it
+    /// there for it: `None` when the process's own uid may move processes
+    /// into that cgroup (a delegated subtree, such as a user's own systemd
+    /// units), since then the process could have chosen it.
+    pub cgroup: Option<String>,
 }
 
 /// What the OIDC attestor verified.
@@ -181,6 +186,16 @@ impl Evidence {
                 "group" => u.group.as_deref() == Some(want),
                 "path" => u.path == want,
                 "sha256" => u.sha256 == want,
+                "cgroup" => u.cgroup.as_deref() == Some(want),
+                "systemd_unit" => {
+                    u.cgroup
+                        .as_deref()
+                        .and_then(crate::selector::systemd_unit_of)
+                        == Some(want)
+                }
+                "container" => {
+                    u.cgroup.as_deref().and_then(crate::selector::container_of) == Some(want)
+                }
                 _ => false,
             },
             (Self::Oidc(o), SelectorKind::Oidc) => match s.key() {
@@ -248,10 +263,16 @@ impl Evidence {
     /// A one-line description for operators: never a raw token.
     pub fn summary(&self) -> String {
         match self {
-            Self::Unix(u) => format!(
-                "uid={} gid={} pid={} exe={} sha256={}",
-                u.uid, u.gid, u.pid, u.path, u.sha256
-            ),
+            Self::Unix(u) => {
+                let mut s = format!(
+                    "uid={} gid={} pid={} exe={} sha256={}",
+                    u.uid, u.gid, u.pid, u.path, u.sha256
+                );
+                if let Some(c) = &u.cgroup {
+                    s.push_str(&format!(" cgroup={c}"));
+                }
+                s.chars().filter(|c| !c.is_control()).take(1024).collect()
+            }
             Self::Oidc(o) => {
                 let mut s = format!("provider={} iss={} sub={}", o.provider, o.iss, o.sub);
                 if let Some(pod) = o.claim(K8S_POD).and_then(Value::as_str) {

@@ -36,7 +36,7 @@ impl SelectorKind {
     /// The keys the kind accepts, for error messages.
     fn keys_help(self) -> &'static str {
         match self {
-            Self::Unix => "uid, gid, user, group, path, sha256",
+            Self::Unix => "uid, gid, user, group, path, sha256, cgroup, systemd_unit, container",
             Self::Oidc => {
                 "provider (the [[trust_provider]] name), iss, sub, claim.<name> (each dot a nesting level), claim/<JSON pointer> (for claim names with dots)"
             }
@@ -215,6 +215,34 @@ impl FromStr for Selector {
                     ));
                 }
             }
+            (SelectorKind::Unix, "cgroup") => {
+                if !value.starts_with('/') || value.split('/').any(|seg| seg == "." || seg == "..")
+                {
+                    return Err(bad_value(
+                        "cgroup is the process's cgroup v2 path as in /proc/<pid>/cgroup (`0::/system.slice/triage.service`), without `.` or `..` segments",
+                    ));
+                }
+            }
+            (SelectorKind::Unix, "systemd_unit") => {
+                let ok = (value.ends_with(".service") || value.ends_with(".scope"))
+                    && value.bytes().all(|b| {
+                        b.is_ascii_alphanumeric()
+                            || matches!(b, b':' | b'_' | b'.' | b'-' | b'@' | b'\\')
+                    });
+                if !ok {
+                    return Err(bad_value(
+                        "systemd_unit is a system service or scope name, e.g. `triage.service`",
+                    ));
+                }
+            }
+            (SelectorKind::Unix, "container") => {
+                value.make_ascii_lowercase();
+                if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad_value(
+                        "container is the container's full 64-hex-digit id (`docker inspect --format '{{.Id}}' NAME`)",
+                    ));
+                }
+            }
             (SelectorKind::Oidc, "iss") => {
                 if !(value.starts_with("https://") || value.starts_with("http://")) {
                     return Err(bad_value(
@@ -350,6 +378,66 @@ impl SelectorSet {
     pub fn of_kind(&self, kind: SelectorKind) -> impl Iterator<Item = &Selector> {
         self.0.iter().filter(move |s| s.kind == kind)
     }
+
+    /// A warning when these selectors let any program of a uid pass as the
+    /// agent: `unix:path` names an interpreter (Python, Node, a shell, ...)
+    /// or `warrant` itself, and nothing else tells the agent's processes
+    /// from every other script that uid runs with it (`unix:cgroup`,
+    /// `unix:systemd_unit`, `unix:container`).
+    pub fn interpreter_warning(&self) -> Option<String> {
+        let path = self.of_kind(SelectorKind::Unix).find(|s| s.key == "path")?;
+        let base = path.value.rsplit('/').next().unwrap_or_default();
+        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
+        let interpreter = INTERPRETERS.contains(&stem) || INTERPRETERS.contains(&base);
+        if !interpreter {
+            return None;
+        }
+        let told_apart = self
+            .of_kind(SelectorKind::Unix)
+            .any(|s| matches!(s.key.as_str(), "cgroup" | "systemd_unit" | "container"));
+        if told_apart {
+            return None;
+        }
+        Some(format!(
+            "`unix:path={}` is an interpreter or a general tool: every script or command any process of this uid runs with it would pass as this agent; add `unix:systemd_unit=...`, `unix:cgroup=...` or `unix:container=...` to tell the agent's processes apart (docs/agents.md, interpreted agents)",
+            path.value
+        ))
+    }
+}
+
+/// Executables that run whatever program they are given: a `unix:path` of
+/// one of them says nothing about which program runs.
+const INTERPRETERS: [&str; 22] = [
+    "python", "python3", "pypy", "pypy3", "node", "nodejs", "deno", "bun", "ruby", "perl", "php",
+    "java", "bash", "sh", "dash", "zsh", "fish", "ksh", "lua", "Rscript", "pwsh", "warrant",
+];
+
+/// What the kernel's cgroup path of a process says about it: the system
+/// service or scope it runs in, and the container id, when the path has
+/// the shape systemd, Docker, containerd, CRI-O or Podman give it.
+pub fn systemd_unit_of(cgroup: &str) -> Option<&str> {
+    // Only system units: a user's own units (`user@<uid>.service/...`) are
+    // delegated to that user, who can move its processes among them.
+    let rest = cgroup.strip_prefix("/system.slice/")?;
+    let unit = rest.split('/').next()?;
+    (unit.ends_with(".service") || unit.ends_with(".scope")).then_some(unit)
+}
+
+/// The container id in a cgroup path (`docker-<id>.scope`, `/docker/<id>`,
+/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`, or
+/// a kubepods path ending in one of them).
+pub fn container_of(cgroup: &str) -> Option<&str> {
+    let last = cgroup.rsplit('/').find(|s| !s.is_empty())?;
+    let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
+        .iter()
+        .find_map(|p| last.strip_prefix(p))
+        .and_then(|r| r.strip_suffix(".scope"))
+        .unwrap_or(last);
+    (id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some(id)
 }
 
 impl TryFrom<Vec<Selector>> for SelectorSet {

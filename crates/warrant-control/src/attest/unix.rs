@@ -333,6 +333,7 @@ pub fn attest(
         return Err(UnixError::Execed(pid));
     }
     let sha256 = cache.hash(&mut file, pid, peer.uid, cancelled)?;
+    let cgroup = placed_cgroup(pid, peer.uid);
     // The same process from accept to here: nothing was read from another.
     if peer.exited() || start_time(pid)? != at_accept || exe_id(pid)? != (m.dev(), m.ino()) {
         return Err(UnixError::Changed(pid));
@@ -366,7 +367,43 @@ pub fn attest(
         // never equal a registered path.
         path,
         sha256,
+        cgroup,
     })
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid system), read once.
+fn cgroup2_mount() -> Option<&'static str> {
+    static MOUNT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    MOUNT
+        .get_or_init(|| {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            // `id parent major:minor root mount-point options ... - fstype source super`
+            info.lines().find_map(|l| {
+                let (left, right) = l.split_once(" - ")?;
+                (right.split(' ').next() == Some("cgroup2"))
+                    .then(|| left.split(' ').nth(4).map(str::to_owned))
+                    .flatten()
+            })
+        })
+        .as_deref()
+}
+
+/// The cgroup v2 path of process `pid`, if the system placed it there: the
+/// cgroup's `cgroup.procs` can be written by neither the process's uid
+/// (unless that is root, who can place anything anywhere) nor its group
+/// or others. Moving a process into a cgroup needs write access there, so
+/// a process of an unprivileged uid cannot have chosen such a cgroup.
+/// `None` under cgroup v1 or when the files cannot be read.
+fn placed_cgroup(pid: u32, uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
+    if !path.starts_with('/') || path.split('/').any(|seg| seg == "..") {
+        return None;
+    }
+    let procs = std::fs::metadata(format!("{}{path}/cgroup.procs", cgroup2_mount()?)).ok()?;
+    let delegated = (procs.uid() == uid && uid != 0) || procs.mode() & 0o022 != 0;
+    (!delegated).then(|| path.to_owned())
 }
 
 /// The identity (device, inode) of a namespace of process `pid`.

@@ -22,6 +22,7 @@ fn unix() -> Evidence {
         boot_id: "b".into(),
         path: "/usr/bin/python3.11".into(),
         sha256: "ab".repeat(32),
+        cgroup: None,
     })
 }
 

@@ -76,3 +76,80 @@ fn serde_round_trip_validates() {
     assert_eq!(serde_json::from_str::<SelectorSet>(&json).unwrap(), set);
     assert!(serde_json::from_str::<SelectorSet>(r#"["k8s:ns=A"]"#).is_err());
 }
+
+#[test]
+fn cgroup_paths_name_system_units_and_containers_only() {
+    use super::{container_of, systemd_unit_of};
+    let id = "0123456789abcdef".repeat(4);
+    assert_eq!(
+        systemd_unit_of("/system.slice/triage.service"),
+        Some("triage.service")
+    );
+    assert_eq!(
+        systemd_unit_of("/system.slice/triage.service/worker"),
+        Some("triage.service")
+    );
+    // A user's own units are delegated to that user: they prove nothing.
+    assert_eq!(
+        systemd_unit_of("/user.slice/user-1000.slice/user@1000.service/app.slice/triage.service"),
+        None
+    );
+    assert_eq!(systemd_unit_of("/system.slice"), None);
+    for path in [
+        format!("/system.slice/docker-{id}.scope"),
+        format!("/docker/{id}"),
+        format!("/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope"),
+        format!("/machine.slice/libpod-{id}.scope"),
+        format!("/crio-{id}.scope"),
+    ] {
+        assert_eq!(container_of(&path), Some(id.as_str()), "{path}");
+    }
+    assert_eq!(container_of("/system.slice/docker-abc.scope"), None);
+    assert_eq!(
+        container_of(&format!("/docker/{}", id.to_uppercase())),
+        None
+    );
+}
+
+#[test]
+fn an_interpreter_path_alone_is_warned_about() {
+    let set = |s: &[&str]| SelectorSet::parse(s).unwrap();
+    for exe in [
+        "/usr/bin/python3.11",
+        "/usr/bin/python3",
+        "/usr/local/bin/node",
+        "/bin/bash",
+        "/usr/local/bin/warrant",
+    ] {
+        let w = set(&["unix:uid=1000", &format!("unix:path={exe}")]).interpreter_warning();
+        assert!(w.is_some_and(|w| w.contains(exe)), "{exe}");
+    }
+    assert!(
+        set(&["unix:uid=1000", "unix:path=/opt/agent/bin/triage"])
+            .interpreter_warning()
+            .is_none()
+    );
+    assert!(
+        set(&[
+            "unix:uid=1000",
+            "unix:path=/usr/bin/python3.11",
+            "unix:systemd_unit=triage.service"
+        ])
+        .interpreter_warning()
+        .is_none()
+    );
+    // Malformed values of the new keys are refused with what to write.
+    for bad in [
+        "unix:cgroup=relative/path",
+        "unix:cgroup=/a/../b",
+        "unix:systemd_unit=triage",
+        "unix:systemd_unit=a b.service",
+        "unix:container=abc",
+    ] {
+        assert!(bad.parse::<super::Selector>().is_err(), "{bad}");
+    }
+    let c: super::Selector = format!("unix:container={}", "AB".repeat(32))
+        .parse()
+        .unwrap();
+    assert_eq!(c.value(), "ab".repeat(32));
+}

@@ -236,6 +236,9 @@ async fn create_agent(
     match state.store.create_agent(agent, event).await {
         Ok(a) => {
             tracing::info!(agent = %a.name, actor = %caller.actor, "agent registered");
+            if let Some(w) = a.selectors.interpreter_warning() {
+                tracing::warn!(agent = %a.name, "{w}");
+            }
             Ok((StatusCode::CREATED, Json(a)))
         }
         Err(e) => Err(fail(&state, attempt, e.into()).await),

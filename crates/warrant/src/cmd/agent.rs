@@ -46,6 +46,9 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AgentCmd) -> anyhow::Resu
                 max_ttl: c.max_ttl.clone(),
             };
             let a: Agent = client.post("/agents", &req).await?;
+            if let Some(w) = a.selectors.interpreter_warning() {
+                eprintln!("warning: {w}");
+            }
             emit(cli.output, &a, |a| {
                 println!("registered agent {} ({})", a.name, a.id);
                 show(a);

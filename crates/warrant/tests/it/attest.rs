@@ -733,3 +733,126 @@ print(refused)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 }
+
+/// The cgroup v2 hierarchy's mount point, from this process's mount table.
+fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split(' ').next() == Some("cgroup2"))
+                .then(|| PathBuf::from(left.split(' ').nth(4).unwrap()))
+        })
+        .expect("this test needs a cgroup v2 hierarchy (it runs as root in CI)")
+}
+
+/// Issue 15, item 6: a Python agent's `unix:path` is the interpreter, so
+/// every script of that uid matched. `unix:cgroup` (and `systemd_unit`,
+/// `container`, read from the same path) tells them apart, and counts only
+/// when the system put the process in that cgroup: a cgroup the agent's
+/// own uid may move processes into proves nothing.
+#[test]
+fn a_cgroup_tells_an_interpreted_agent_from_other_scripts_of_its_uid() {
+    let b = crate::support::broker();
+    with_policy(&b);
+    let (exe, _) = python_exe();
+    let name = format!("warrant-it-{}", std::process::id());
+    let cg = cgroup2_mount().join(&name);
+    std::fs::create_dir(&cg).unwrap();
+    struct Remove(PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _remove = Remove(cg.clone());
+    // The interpreter alone: registered, with a warning saying why not.
+    let path = format!("unix:path={}", exe.display());
+    let r = b.cli(&[
+        "agent",
+        "create",
+        "loose",
+        "--owner",
+        "o",
+        "--env",
+        "dev",
+        "--selector",
+        "unix:uid=65533",
+        "--selector",
+        &path,
+    ]);
+    r.ok();
+    assert!(
+        r.stderr.contains("warning:") && r.stderr.contains("interpreter"),
+        "{}",
+        r.stderr
+    );
+    let selector = format!("unix:cgroup=/{name}");
+    let r = b.cli(&[
+        "agent",
+        "create",
+        "placed",
+        "--owner",
+        "o",
+        "--env",
+        "dev",
+        "--selector",
+        "unix:uid=65534",
+        "--selector",
+        &path,
+        "--selector",
+        &selector,
+    ]);
+    r.ok();
+    assert!(!r.stderr.contains("warning:"), "{}", r.stderr);
+    // A script of uid 65534, started in the cgroup by root (as systemd
+    // starts a service), or outside it.
+    let sock = b.data_dir.join("agent.sock");
+    let script = r#"
+import sys, httpx2
+with httpx2.Client(transport=httpx2.HTTPTransport(uds=sys.argv[1]), follow_redirects=True) as c:
+    r = c.post("http://localhost/v1/identity", json={})
+    print(r.status_code, r.json().get("spiffe_id") or r.json().get("error_description"))
+"#;
+    let run = |inside: bool| {
+        let enter = if inside {
+            format!("echo $$ > {}/cgroup.procs && ", cg.display())
+        } else {
+            String::new()
+        };
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{enter}exec setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" -c \"$1\" \"$2\""
+            ))
+            .arg(python())
+            .arg(script)
+            .arg(&sock)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let inside = run(true);
+    assert!(
+        inside.starts_with("200 ") && inside.contains("/agent/placed/"),
+        "{inside}"
+    );
+    let outside = run(false);
+    assert!(outside.starts_with("403 "), "{outside}");
+    // A cgroup delegated to the agent's uid (it may move its processes
+    // there): being in it proves nothing.
+    let procs = cg.join("cgroup.procs");
+    rustix::fs::chown(&procs, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
+    let delegated = run(true);
+    assert!(delegated.starts_with("403 "), "{delegated}");
+    let rec = last_attest(&b, "unix");
+    assert!(
+        rec.to_string().contains("no registered agent") || rec["decision"] == "deny",
+        "{rec}"
+    );
+}
