@@ -1,10 +1,12 @@
 """A local upstream API for the egress proxy tests: it records what it receives.
 
-Usage: upstream.py LOG [--tls DIR]
+Usage: upstream.py LOG [--tls DIR [--mtls]]
 Prints "PORT <n>" when ready. Every request is appended to LOG as one JSON
 line (method, path, headers, body length), so tests assert what crossed the
 proxy. With --tls it generates a test CA and a server certificate for
-127.0.0.1/localhost (DIR/ca.pem) and serves HTTPS.
+127.0.0.1/localhost (DIR/ca.pem) and serves HTTPS; with --mtls as well it
+requires a client certificate (DIR/client.pem is one it accepts, with its
+key; DIR/stranger.pem one it refuses) and logs its common name.
 
 Endpoints:
   POST /v1/chat/completions  OpenAI-shaped; "stream": true answers SSE chunks
@@ -80,6 +82,38 @@ def make_tls(d):
         f.write(cert.public_bytes(pem))
     with open(os.path.join(d, "server.key"), "wb") as f:
         f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    # With --mtls: a CA for client certificates, one client certificate it
+    # signed (client.pem: chain then key, as warrant stores it) and one a
+    # stranger CA signed (stranger.pem), which the upstream refuses.
+    for ca_cn, out in (("warrant test client CA", "client"), ("stranger CA", "stranger")):
+        cka = ec.generate_private_key(ec.SECP256R1())
+        cname = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_cn)])
+        cca = (
+            x509.CertificateBuilder()
+            .subject_name(cname).issuer_name(cname)
+            .public_key(cka.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(cka, hashes.SHA256())
+        )
+        ck = ec.generate_private_key(ec.SECP256R1())
+        cc = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"warrant-{out}")]))
+            .issuer_name(cname).public_key(ck.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(cka, hashes.SHA256())
+        )
+        with open(os.path.join(d, f"{out}.pem"), "wb") as f:
+            f.write(cc.public_bytes(pem))
+            f.write(ck.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        if out == "client":
+            with open(os.path.join(d, "client-ca.pem"), "wb") as f:
+                f.write(cca.public_bytes(pem))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -96,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
             "body_len": len(body),
             "body_sha256": hashlib.sha256(body).hexdigest(),
         }
+        peer = getattr(self.connection, "getpeercert", lambda: None)()
+        if peer:
+            entry["client_cert"] = dict(x[0] for x in peer.get("subject", ())).get("commonName")
         with LOCK, open(LOG, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
@@ -246,6 +283,9 @@ def main():
         make_tls(d)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
+        if "--mtls" in sys.argv:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(os.path.join(d, "client-ca.pem"))
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("PORT %d" % srv.server_address[1], flush=True)
     srv.serve_forever()

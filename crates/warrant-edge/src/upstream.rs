@@ -104,6 +104,13 @@ pub fn is_hop_by_hop(h: &HeaderName) -> bool {
 }
 
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    tls_config_with(ca_file, None)
+}
+
+fn tls_config_with(
+    ca_file: Option<&std::path::Path>,
+    identity: Option<&crate::credential::ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject as _;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -132,10 +139,33 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
             }
         }
     }
-    rustls::ClientConfig::builder_with_provider(provider)
+    let b = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(b.with_no_client_auth()),
+        Some(i) => b
+            .with_client_auth_cert(i.certs.clone(), i.key.clone_key())
+            .map_err(|e| format!("the certificate and key do not go together: {e}")),
+    }
+}
+
+/// An HTTPS connector presenting `identity`'s certificate, trusting
+/// `ca_file` (or the system's CAs) for the upstream's.
+pub(crate) fn connector_presenting(
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+    identity: &crate::credential::ClientIdentity,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config_with(ca_file, Some(identity))?)
+        .https_only();
+    Ok(b.enable_http1().wrap_connector(http))
 }
 
 /// An HTTP(S) connector trusting `ca_file`, or the system's CAs.

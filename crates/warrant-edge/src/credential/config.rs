@@ -69,6 +69,12 @@ pub enum RawCredential {
         /// Lifetime (`60s`, at most `5m`).
         ttl: Option<String>,
     },
+    /// A client certificate presented in the TLS handshake with the
+    /// upstream: a secret holding a PEM certificate chain and its key.
+    Mtls {
+        /// The secret's name.
+        secret: String,
+    },
 }
 
 /// A header value template with one placeholder.
@@ -158,6 +164,11 @@ pub enum Credential {
         /// Its lifetime.
         ttl: Duration,
     },
+    /// A client certificate for the upstream's TLS handshake.
+    Mtls {
+        /// The secret holding the PEM chain and key.
+        secret: SecretName,
+    },
 }
 
 impl Credential {
@@ -169,6 +180,7 @@ impl Credential {
             Self::Basic { .. } => "basic",
             Self::OAuth2ClientCredentials { .. } => "oauth2_client_credentials",
             Self::WarrantJwt { .. } => "warrant_jwt",
+            Self::Mtls { .. } => "mtls",
         }
     }
 
@@ -183,14 +195,15 @@ impl Credential {
         }
     }
 
-    /// The header the credential goes in.
-    pub fn header(&self) -> HeaderName {
+    /// The header the credential goes in (none for a client certificate).
+    pub fn header(&self) -> Option<HeaderName> {
         match self {
             Self::Secret { header, .. }
             | Self::PerUserSecret { header, .. }
             | Self::OAuth2ClientCredentials { header, .. }
-            | Self::WarrantJwt { header, .. } => header.clone(),
-            Self::Basic { .. } => http::header::AUTHORIZATION,
+            | Self::WarrantJwt { header, .. } => Some(header.clone()),
+            Self::Basic { .. } => Some(http::header::AUTHORIZATION),
+            Self::Mtls { .. } => None,
         }
     }
 }
@@ -311,6 +324,9 @@ impl RawCredential {
                     )?,
                 }
             }
+            RawCredential::Mtls { secret } => Credential::Mtls {
+                secret: secret_name(&secret, "credential.secret")?,
+            },
         })
     }
 }

@@ -47,20 +47,41 @@ use crate::services::{CredentialSource, SecretUnavailable};
 
 /// A credential ready to go into one request.
 pub struct Injected {
-    /// The header.
-    pub header: HeaderName,
-    /// Its value (marked sensitive).
-    pub value: HeaderValue,
+    /// The header and its value (marked sensitive), if the credential is
+    /// one.
+    pub header: Option<(HeaderName, HeaderValue)>,
+    /// The client certificate to present, for an `mtls` credential.
+    pub tls: Option<Arc<ClientIdentity>>,
     /// Byte strings to redact from the response.
     pub echoes: Vec<Vec<u8>>,
     /// The id the audit trail records.
     pub id: String,
 }
 
+/// A client certificate chain and its private key, parsed from a stored
+/// secret (`id` names the secret's version, so a rotation is seen).
+pub struct ClientIdentity {
+    /// `name@vN`.
+    pub id: String,
+    /// The chain, leaf first.
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The key.
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("id", &self.id)
+            .field("certs", &self.certs.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Injected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Injected")
-            .field("header", &self.header)
+            .field("header", &self.header.as_ref().map(|(h, _)| h))
             .field("id", &self.id)
             .finish_non_exhaustive()
     }
@@ -387,8 +408,11 @@ impl Providers<'_> {
                     .saturating_duration_since(Instant::now())
                     .as_secs();
                 Ok(Injected {
-                    header: header.clone(),
-                    value: header_value(&value, "the upstream's access token")?,
+                    header: Some((
+                        header.clone(),
+                        header_value(&value, "the upstream's access token")?,
+                    )),
+                    tls: None,
                     echoes: vec![t.token.as_bytes().to_vec(), secret],
                     id: format!("oauth2:{client_id} via {client_secret} (expires in {left}s)"),
                 })
@@ -400,6 +424,10 @@ impl Providers<'_> {
             } => {
                 let task = task.ok_or_else(needs_task)?;
                 self.warrant_jwt(route, task, header, format, *ttl)
+            }
+            Credential::Mtls { secret } => {
+                let s = shared_secret(self.source, secret, route.name).await?;
+                client_identity(&s, secret, route.name)
             }
         }
     }
@@ -463,8 +491,8 @@ impl Providers<'_> {
         // rebuild) is redacted like any secret's.
         let signature = token.rsplit('.').next().unwrap_or_default();
         Ok(Injected {
-            header: header.clone(),
-            value: header_value(&value, "the minted JWT")?,
+            header: Some((header.clone(), header_value(&value, "the minted JWT")?)),
+            tls: None,
             echoes: vec![token.as_bytes().to_vec(), signature.as_bytes().to_vec()],
             id: jti,
         })
@@ -480,9 +508,46 @@ fn filled(
 ) -> Result<Injected, CredentialError> {
     let value = Zeroizing::new(format.fill(s.value.expose()));
     Ok(Injected {
-        header: header.clone(),
-        value: header_value(&value, &format!("secret `{secret}`"))?,
+        header: Some((
+            header.clone(),
+            header_value(&value, &format!("secret `{secret}`"))?,
+        )),
+        tls: None,
         echoes: vec![s.value.expose().to_vec()],
+        id: s.id.clone(),
+    })
+}
+
+/// A client certificate from a secret holding a PEM certificate chain
+/// (leaf first) and its PEM private key.
+fn client_identity(
+    s: &Resolved,
+    secret: &SecretName,
+    route: &str,
+) -> Result<Injected, CredentialError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem = s.value.expose();
+    let bad = |what: &str| {
+        CredentialError::Unavailable(format!(
+            "secret `{secret}` of route `{route}` must hold a PEM certificate chain and its PEM private key for `mtls`: {what}; store it again with `warrant secret rotate {secret} < bundle.pem`"
+        ))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("a certificate cannot be read"))?;
+    if certs.is_empty() {
+        return Err(bad("it has no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(pem).map_err(|_| bad("it has no private key"))?;
+    Ok(Injected {
+        header: None,
+        tls: Some(Arc::new(ClientIdentity {
+            id: s.id.clone(),
+            certs,
+            key,
+        })),
+        echoes: Vec::new(),
         id: s.id.clone(),
     })
 }
@@ -503,8 +568,11 @@ fn basic(s: &Resolved, secret: &SecretName, route: &str) -> Result<Injected, Cre
     let v = s.value.expose();
     let colon = v.iter().position(|&b| b == b':').unwrap_or(0);
     Ok(Injected {
-        header: http::header::AUTHORIZATION,
-        value: header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
+        header: Some((
+            http::header::AUTHORIZATION,
+            header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
+        )),
+        tls: None,
         echoes: vec![
             v.to_vec(),
             encoded.as_bytes().to_vec(),

@@ -132,6 +132,12 @@ impl RawMcpServer {
                 let credential = match self.credential {
                     Some(c) => {
                         let c = c.build(self.allow_plaintext, &resolve)?;
+                        if matches!(c, Credential::Mtls { .. }) {
+                            return Err(
+                                "credential kind `mtls` is for [[route]]s; an MCP server's credential goes in a header"
+                                    .into(),
+                            );
+                        }
                         Some(Box::new(c))
                     }
                     None => None,

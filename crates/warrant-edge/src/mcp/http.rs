@@ -146,7 +146,7 @@ impl HttpUpstream {
             _ => "shared".into(),
         };
         let redactor = Redactor::new(injected.echoes);
-        Ok((key, Some((injected.header, injected.value)), redactor))
+        Ok((key, injected.header, redactor))
     }
 
     /// Sends a request and waits for its result (`task`: the use it is for,

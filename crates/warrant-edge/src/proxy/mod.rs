@@ -60,6 +60,9 @@ struct RouteState {
     route: Route,
     client: Upstream,
     oauth: Option<OAuthCache>,
+    /// For an `mtls` route: the client presenting the stored certificate,
+    /// and the secret version it was built from (a rotation builds anew).
+    mtls: parking_lot::Mutex<Option<(String, Upstream)>>,
 }
 
 impl RouteState {
@@ -91,7 +94,38 @@ impl RouteState {
             route: r,
             client,
             oauth,
+            mtls: parking_lot::Mutex::default(),
         })
+    }
+
+    /// The client for one request: the route's, or for a client
+    /// certificate one presenting it (built once per secret version).
+    fn client_for(&self, injected: &crate::credential::Injected) -> Result<Upstream, Box<Refusal>> {
+        let Some(identity) = &injected.tls else {
+            return Ok(self.client.clone());
+        };
+        let mut held = self.mtls.lock();
+        if let Some((id, c)) = held.as_ref()
+            && *id == identity.id
+        {
+            return Ok(c.clone());
+        }
+        let r = &self.route;
+        let conn = upstream::connector_presenting(r.ca_file.as_deref(), r.connect_timeout, identity)
+            .map_err(|e| {
+                tracing::warn!(route = %r.name, error = %e, "cannot use the route's client certificate");
+                Box::new(Refusal::new(
+                    StatusCode::BAD_GATEWAY,
+                    "credential_unavailable",
+                    format!("the client certificate of route `{}` cannot be used: {e}", r.name),
+                ))
+            })?;
+        let c: Upstream = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(conn);
+        *held = Some((identity.id.clone(), c.clone()));
+        Ok(c)
     }
 }
 
@@ -365,8 +399,10 @@ impl ProxyService {
         event: &mut AuditEvent,
     ) -> Result<(), Box<Refusal>> {
         let method = req.method();
-        let cred_header = route.credential.header();
-        if cred_header != route.agent_header && req.headers().contains_key(&cred_header) {
+        if let Some(cred_header) = route.credential.header()
+            && cred_header != route.agent_header
+            && req.headers().contains_key(&cred_header)
+        {
             return Err(Box::new(Refusal::invalid(format!(
                 "the request sets `{cred_header}`, which warrant sets for route `{}`; send only your task token (in `{}`)",
                 route.name, route.agent_header
@@ -608,7 +644,14 @@ impl ProxyService {
             return self.refuse(event, e, &route.name).await;
         };
         let sent = Instant::now();
-        let answer = tokio::time::timeout(route.timeout, a.rs.client.request(out)).await;
+        let client = match a.rs.client_for(&a.injected) {
+            Ok(c) => c,
+            Err(e) => {
+                drop(permit);
+                return self.refuse(event, *e, &route.name).await;
+            }
+        };
+        let answer = tokio::time::timeout(route.timeout, client.request(out)).await;
         let upstream_headers = sent.elapsed();
         let resp = match answer {
             Ok(Ok(r)) => r,
@@ -783,7 +826,9 @@ fn upstream_request(
     if let Ok(v) = HeaderValue::from_str(&task.claims.txn) {
         headers.insert(HeaderName::from_static("x-warrant-txn"), v);
     }
-    headers.insert(injected.header.clone(), injected.value.clone());
+    if let Some((h, v)) = &injected.header {
+        headers.insert(h.clone(), v.clone());
+    }
     let body = Body::new(http_body_util::Limited::new(
         body,
         usize::try_from(route.max_request_bytes).unwrap_or(usize::MAX),

@@ -268,6 +268,12 @@ impl RawRoute {
             });
         }
         let credential = self.credential.build(self.allow_plaintext, &resolve)?;
+        if matches!(credential, Credential::Mtls { .. }) && upstream.scheme != Scheme::Https {
+            return Err(format!(
+                "credential kind `mtls` presents a client certificate in TLS, and upstream `{}` is not https",
+                upstream.as_url()
+            ));
+        }
         Ok(Route {
             name,
             upstream,

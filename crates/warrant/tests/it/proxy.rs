@@ -1018,3 +1018,132 @@ fn the_official_openai_sdk_works_through_the_proxy() {
         seen[0]
     );
 }
+
+/// Issue 15, item 5: a route whose upstream requires a client certificate
+/// presents the one stored in the secret store (chain and key in one
+/// secret), at the last hop; the agent never holds it. A stranger's
+/// certificate, none, or a secret that is not a certificate gets nothing
+/// through, and rotating the secret changes the certificate presented.
+#[test]
+fn a_client_certificate_from_the_secret_store_is_presented_at_the_last_hop() {
+    let up = Upstream::start_mtls();
+    let o = up.origin("https");
+    let ca = up.ca();
+    let config = format!(
+        r#"
+[[route]]
+name = "bank"
+upstream = "{o}"
+audience = "https://bank.test"
+ca_file = "{ca}"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "mtls", secret = "bank-cert" }}
+
+[[route]]
+name = "nocert"
+upstream = "{o}"
+audience = "https://nocert.test"
+ca_file = "{ca}"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "secret", secret = "bank-key" }}
+
+[[route]]
+name = "junk"
+upstream = "{o}"
+audience = "https://junk.test"
+ca_file = "{ca}"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "mtls", secret = "junk-cert" }}
+"#,
+        ca = ca.display()
+    );
+    let w = world_with(4, &config, POLICY);
+    let client = std::fs::read_to_string(up.dir.path().join("client.pem")).unwrap();
+    let stranger = std::fs::read_to_string(up.dir.path().join("stranger.pem")).unwrap();
+    put_secret(&w, "bank-cert", &client, None);
+    put_secret(&w, "bank-key", "bank-api-key-0123456789", None);
+    put_secret(&w, "junk-cert", "not a certificate-0123456789", None);
+    let orch = identity(&w.b, "orch");
+    let mut extra: Vec<(&str, &str)> = vec![("scope", "llm:chat")];
+    for a in [
+        "https://bank.test",
+        "https://nocert.test",
+        "https://junk.test",
+    ] {
+        extra.push(("audience", a));
+    }
+    let r = exchange(&w.b, w.users["alice"].as_str().unwrap(), JWT, &orch, &extra);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+
+    let r = edge(&w, "GET", "/bank/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = last(&up);
+    assert_eq!(got["client_cert"], "warrant-client");
+    assert!(got["headers"].get("authorization").is_none(), "{got}");
+    assert!(!got.to_string().contains(&token));
+    // No certificate: the upstream's handshake fails, nothing is served.
+    let before = up.seen().len();
+    let r = edge(&w, "GET", "/nocert/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 502, "{}", r.body);
+    // A secret that is not a certificate: a clear error that shows nothing of it.
+    let r = edge(&w, "GET", "/junk/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("PEM certificate chain"), "{}", r.body);
+    assert!(!r.body.contains("not a certificate"), "{}", r.body);
+    assert_eq!(up.seen().len(), before);
+    // Rotated to a stranger's certificate: refused by the upstream at once;
+    // rotated back: served again.
+    let rotate = |value: &str| {
+        let mut child = Command::new(bin())
+            .args(["--data-dir", w.b.data_dir.to_str().unwrap()])
+            .args(["secret", "rotate", "bank-cert"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(value.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+    rotate(&stranger);
+    let r = edge(&w, "GET", "/bank/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(up.seen().len(), before);
+    rotate(&client);
+    let r = edge(&w, "GET", "/bank/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The audit trail names the credential by secret and version, never its value.
+    let recs = audit(&w.b, Some("proxy.request"));
+    let ok: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["credential_type"] == "mtls" && r["decision"] == "allow")
+        .collect();
+    assert!(!ok.is_empty(), "{recs:?}");
+    assert!(ok.iter().all(|r| {
+        r["credential_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("bank-cert@v"))
+    }));
+    assert!(!recs.iter().any(|r| r.to_string().contains("PRIVATE KEY")));
+    // An mtls route to plain http, or an MCP server with mtls, is refused at start.
+    let (err, _, _) = crate::support::start_fails(warrant_testkit::Options {
+        config: Some(
+            "[[route]]\nname = \"x\"\nupstream = \"http://127.0.0.1:9\"\naudience = \"https://x.test\"\nallow = [ { methods = [\"GET\"], paths = [\"/**\"] } ]\ncredential = { kind = \"mtls\", secret = \"c\" }\n".into(),
+        ),
+        ..Default::default()
+    });
+    assert!(err.contains("not https"), "{err}");
+    let (err, _, _) = crate::support::start_fails(warrant_testkit::Options {
+        config: Some(
+            "[[mcp_server]]\nname = \"x\"\nurl = \"https://mcp.example/mcp\"\ncredential = { kind = \"mtls\", secret = \"c\" }\n".into(),
+        ),
+        ..Default::default()
+    });
+    assert!(err.contains("`mtls` is for [[route]]s"), "{err}");
+}

@@ -264,12 +264,25 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start(tls: bool) -> Self {
+        Self::start_with(tls, false)
+    }
+
+    /// An HTTPS upstream that requires a client certificate: `dir/client.pem`
+    /// (chain and key) is one it accepts, `dir/stranger.pem` one it refuses.
+    pub fn start_mtls() -> Self {
+        Self::start_with(true, true)
+    }
+
+    fn start_with(tls: bool, mtls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
         let mut cmd = Command::new(python());
         cmd.arg(repo().join("tests/interop/upstream.py")).arg(&log);
         if tls {
             cmd.arg("--tls").arg(dir.path());
+        }
+        if mtls {
+            cmd.arg("--mtls");
         }
         let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
         let mut line = String::new();
