@@ -14,6 +14,7 @@ use warrant_core::keys::Alg;
 use warrant_core::time::Timestamp;
 use warrant_store::{Store, StoreError};
 use warrant_token::jwt::VerifyingKeys;
+use warrant_token::x509::X509Authority;
 use warrant_token::{Kek, KeyError, KeySet, KeyStatus};
 
 /// How long relying parties may cache the JWKS (`Cache-Control: max-age`), and
@@ -49,7 +50,13 @@ pub struct KeyService {
     /// changes or the second turns (key states change with time), so token
     /// checks on hot paths do not re-parse public keys per request.
     verifiers: ArcSwap<Verifiers>,
+    /// The X.509 CAs and the key states they were derived for. A std mutex:
+    /// held only to swap, never across an await.
+    x509: parking_lot::Mutex<Option<(KeyMark, Arc<X509Authority>)>>,
 }
+
+/// Which keys, in which states, a derived X.509 authority is for.
+type KeyMark = Vec<(String, warrant_token::KeyState)>;
 
 struct Verifiers {
     set: Arc<KeySet>,
@@ -101,6 +108,7 @@ impl KeyService {
             default_alg,
             rotate_lock: tokio::sync::Mutex::new(()),
             min_activation: parking_lot::Mutex::new(Duration::ZERO),
+            x509: parking_lot::Mutex::new(None),
         })
     }
 
@@ -123,6 +131,27 @@ impl KeyService {
     /// The current key set.
     pub fn current(&self) -> Arc<KeySet> {
         self.set.load_full()
+    }
+
+    /// The Workload API's X.509 CAs for `trust_domain` at `now`: one per
+    /// published signing key, derived from the KEK (see
+    /// `warrant_token::x509`), rebuilt only when a key's state changes.
+    pub fn x509(
+        &self,
+        trust_domain: &str,
+        now: Timestamp,
+    ) -> Result<Arc<X509Authority>, KeyServiceError> {
+        let status = self.current().status(now);
+        let mark: KeyMark = status.iter().map(|k| (k.kid.clone(), k.state)).collect();
+        let mut held = self.x509.lock();
+        if let Some((m, ca)) = held.as_ref()
+            && *m == mark
+        {
+            return Ok(ca.clone());
+        }
+        let ca = Arc::new(X509Authority::derive(&self.kek, &status, trust_domain)?);
+        *held = Some((mark, ca.clone()));
+        Ok(ca)
     }
 
     /// With several brokers on one store: a new key signs no sooner than

@@ -241,6 +241,12 @@ impl DataDir {
         self.root.join("agent.sock")
     }
 
+    /// `<data-dir>/workload.sock`: the SPIFFE Workload API (gRPC), open to
+    /// every local user like the agent socket.
+    pub fn workload_socket(&self) -> PathBuf {
+        self.root.join("workload.sock")
+    }
+
     /// The admin socket.
     pub fn admin_socket(&self) -> PathBuf {
         admin_socket_path(&self.root)

@@ -21,6 +21,7 @@ mod live;
 mod serve;
 mod state;
 pub mod tls;
+mod workload;
 
 pub use config::Config;
 pub use serve::{Broker, ServeError};

@@ -107,6 +107,7 @@ pub struct Broker {
     edge: TcpListener,
     admin: UnixListener,
     agent: UnixListener,
+    workload: UnixListener,
     api_addr: SocketAddr,
     edge_addr: SocketAddr,
     limits: crate::config::ListenerLimits,
@@ -289,11 +290,12 @@ impl Broker {
         // its first byte (the kernel copies the flag at accept). Turned on
         // only after accept, a request sent in between arrived without
         // them and was refused as sent by another process.
-        {
+        let workload = bind_socket(&data_dir.workload_socket(), "Workload API", 0o666)?;
+        for (socket, name) in [(&agent, "agent"), (&workload, "Workload API")] {
             use std::os::fd::AsFd as _;
-            rustix::net::sockopt::set_socket_passcred(agent.as_fd(), true).map_err(|e| {
+            rustix::net::sockopt::set_socket_passcred(socket.as_fd(), true).map_err(|e| {
                 ServeError::Io(format!(
-                    "cannot turn on sender credentials for the agent socket: {e}"
+                    "cannot turn on sender credentials for the {name} socket: {e}"
                 ))
             })?;
         }
@@ -453,6 +455,7 @@ impl Broker {
             edge,
             admin,
             agent,
+            workload,
             api_addr,
             edge_addr,
             limits,
@@ -484,6 +487,7 @@ impl Broker {
             edge,
             admin,
             agent,
+            workload,
             api_addr,
             edge_addr,
             limits,
@@ -553,6 +557,12 @@ impl Broker {
             .await
         });
 
+        let workload_task = tokio::spawn(crate::workload::serve(
+            state.clone(),
+            workload,
+            shutdown.clone(),
+        ));
+
         let info = RunInfo {
             pid: std::process::id(),
             api_addr: api_addr.to_string(),
@@ -568,7 +578,7 @@ impl Broker {
                 data_dir.root().join("run.json").display()
             ))
         })?;
-        tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), agent_socket = %data_dir.agent_socket().display(), issuer = %state.issuer, "warrant is ready");
+        tracing::info!(api = %api_addr, edge = %edge_addr, admin_socket = %socket_path.display(), agent_socket = %data_dir.agent_socket().display(), workload_socket = %data_dir.workload_socket().display(), issuer = %state.issuer, "warrant is ready");
 
         // List and pin the MCP servers' tools (a server that is down is tried
         // again on first use).
@@ -609,7 +619,7 @@ impl Broker {
             let _ = f.await;
         }
         tracing::info!("shutting down: draining connections");
-        let _ = tokio::join!(api_task, edge_task, admin_task, agent_task);
+        let _ = tokio::join!(api_task, edge_task, admin_task, agent_task, workload_task);
         // Open connections finish their requests (within 10 s in all).
         let drain = async {
             for s in [api_server, edge_server, admin_server, agent_server] {

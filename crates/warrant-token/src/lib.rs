@@ -20,6 +20,7 @@ pub mod jwt;
 mod kek;
 mod keyset;
 pub mod secret;
+pub mod x509;
 
 pub use cache::VerifiedCache;
 pub use chain::AuditChainKey;

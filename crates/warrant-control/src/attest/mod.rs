@@ -373,6 +373,66 @@ impl AttestService {
         self.issue_inner(evidence, Admit::Match, req).await
     }
 
+    /// Attests a unix peer (reading `/proc` on a blocking thread) and
+    /// issues its identity, recording either outcome.
+    pub async fn unix(
+        self: &Arc<Self>,
+        peer: unix::Peer,
+        req: &Request,
+    ) -> Result<IdentityResponse, Refusal> {
+        let this = self.clone();
+        let cancelled = std::sync::atomic::AtomicBool::new(false);
+        let facts =
+            tokio::task::spawn_blocking(move || unix::attest(&peer, &this.exe_hashes, &cancelled))
+                .await;
+        match facts {
+            Ok(Ok(f)) => self.issue(Evidence::Unix(f), req).await,
+            Ok(Err(e)) => {
+                let r = match e {
+                    unix::UnixError::Busy => Refusal::Unavailable(e.to_string()),
+                    _ => Refusal::Denied(e.to_string()),
+                };
+                Err(self.refuse_early("unix", req, r).await)
+            }
+            Err(_) => Err(Refusal::Unavailable("attestation failed".into())),
+        }
+    }
+
+    /// Checks a JWT-SVID (a warrant identity token) for `audience`, as the
+    /// Workload API's `ValidateJWTSVID`: signature by a published key, kind,
+    /// issuer, audience, lifetime, and a subject in this trust domain.
+    /// Returns the SPIFFE ID and the claims.
+    pub fn validate_identity(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(String, serde_json::Map<String, serde_json::Value>), String> {
+        let now = Timestamp::now();
+        let keys = self.keys.verifying_keys(now);
+        let verified = warrant_token::jwt::verify(token, &keys)
+            .map_err(|e| format!("the JWT-SVID does not verify: {e}"))?;
+        if verified.header.typ.as_deref() != Some(IDENTITY_TOKEN_TYP) {
+            return Err("the token is not a JWT-SVID (a warrant identity token)".into());
+        }
+        let expect = warrant_token::jwt::Expect {
+            issuer: &self.issuer,
+            audience,
+            now,
+            leeway_secs: 0,
+        };
+        expect.check(&verified.claims).map_err(|e| e.to_string())?;
+        let sub = verified
+            .claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if !sub.starts_with(&format!("spiffe://{}/", self.trust_domain)) {
+            return Err("the token's subject is not of this trust domain".into());
+        }
+        Ok((sub, verified.claims))
+    }
+
     /// `join`: the agent the token names, and the token's hash, spent in the
     /// same transaction that records the issuance.
     async fn issue_inner(

@@ -22,3 +22,4 @@ mod review;
 mod serve;
 mod support;
 mod tls;
+mod workload;
