@@ -1,8 +1,9 @@
-//! docs/quickstart.md, run as written.
+//! docs/quickstart.md and docs/agents.md, run as written.
 //!
 //! Every `sh` block runs in order in one shell (`sh -eu`) in a fresh directory,
-//! with the binary under test first on `PATH`. `cargo` lines are skipped (the
-//! binary is already built). The block that is only `warrant serve` runs in the
+//! with the binary under test first on `PATH`, then the test venv (for
+//! `python3`). `cargo` lines are skipped (the binary is already built), and
+//! `pip install` lines (the venv has what they install). The block that is only `warrant serve` runs in the
 //! background, as the page's first terminal, in the directory the blocks
 //! before it went to (they write the configuration it reads); `TMPDIR` is
 //! the test's fresh directory, so the page's `${TMPDIR:-/tmp}` is inside it. The page's ports (8700, 8701) are
@@ -48,7 +49,10 @@ fn blocks(page: &str) -> Blocks {
                 } else {
                     &mut out.script
                 };
-                for l in body.iter().filter(|l| !l.starts_with("cargo ")) {
+                for l in body
+                    .iter()
+                    .filter(|l| !l.starts_with("cargo ") && !l.starts_with("pip install "))
+                {
                     to.push_str(l);
                     to.push('\n');
                 }
@@ -58,7 +62,7 @@ fn blocks(page: &str) -> Blocks {
                     .filter(|l| !l.trim().is_empty())
                     .map(|l| (*l).to_owned()),
             ),
-            other => panic!("quickstart.md: a ```{other} block; use sh or text"),
+            other => panic!("a ```{other} block; use sh or text (write files with `cat > f <<'EOF'`, so they run)"),
         }
     }
     assert!(!out.serve.is_empty(), "the page starts the broker");
@@ -83,19 +87,46 @@ fn matcher_needs_every_piece_in_order() {
 
 #[test]
 fn quickstart_runs_as_written() {
+    let work = run_page(PAGE, "warrant-quickstart", &[]);
+    assert!(
+        Path::new(&work.path().join("warrant-quickstart/warrant-data/policies/quickstart.cedar"))
+            .exists(),
+        "the page wrote its policy into the data directory"
+    );
+}
+
+/// docs/agents.md, run as written (its extra port: the sidecar's 8780).
+#[test]
+fn agents_page_runs_as_written() {
+    run_page(AGENTS, "warrant-agents", &[8780]);
+}
+
+const AGENTS: &str = include_str!("../../../../docs/agents.md");
+
+/// Runs a page as the module says; `work` is the directory its set-up goes
+/// to, `extra` more of its ports to swap for free ones. Returns the temp
+/// directory it ran in.
+fn run_page(page: &str, work_name: &str, extra: &[u16]) -> tempfile::TempDir {
     let (api, edge) = (free_port(), free_port());
-    let page = PAGE
+    let mut page = page
         .replace("127.0.0.1:8700", &format!("127.0.0.1:{api}"))
         .replace("127.0.0.1:8701", &format!("127.0.0.1:{edge}"));
+    for p in extra {
+        page = page.replace(&format!("127.0.0.1:{p}"), &format!("127.0.0.1:{}", free_port()));
+    }
     let b = blocks(&page);
     let dir = tempfile::Builder::new()
         .prefix("wq")
         .tempdir_in("/tmp")
         .unwrap();
     let bin_dir = bin().parent().unwrap();
+    // The page's `python3` is the test venv's, where `pip install` put the
+    // SDK and the clients (the page's `pip` lines are skipped).
+    let venv = crate::support::repo().join("target/interop-venv/bin");
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
         bin_dir.display(),
+        venv.display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let env = |c: &mut Command| {
@@ -114,12 +145,12 @@ fn quickstart_runs_as_written() {
     let out = setup.args(["-eu", "-c", &b.setup]).output().unwrap();
     assert!(
         out.status.success(),
-        "the quickstart's set-up failed: {}",
+        "the page's set-up failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 
     // The first terminal, in the directory the set-up went to.
-    let work = dir.path().join("warrant-quickstart");
+    let work = dir.path().join(work_name);
     let log = dir.path().join("serve.log");
     let mut serve = Command::new("sh");
     env(&mut serve);
@@ -166,7 +197,7 @@ fn quickstart_runs_as_written() {
 
     assert!(
         out.status.success(),
-        "the quickstart's commands failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker:\n{logs}",
+        "the page's commands failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}\nbroker:\n{logs}",
         out.status
     );
     assert!(status.success(), "the broker did not stop cleanly:\n{logs}");
@@ -178,14 +209,10 @@ fn quickstart_runs_as_written() {
     for want in &b.expected {
         assert!(
             printed.iter().any(|l| matches(want, l)),
-            "quickstart.md says this is printed, but it was not:\n  {want}\n\nprinted:\n{}",
+            "the page says this is printed, but it was not:\n  {want}\n\nprinted:\n{}",
             printed.join("\n")
         );
     }
-    assert!(
-        Path::new(&work.join("warrant-data/policies/quickstart.cedar")).exists(),
-        "the page wrote its policy into the data directory"
-    );
     // Everything the page wrote is in its own directory, none of it where
     // it was started (a clone's root).
     let mut left: Vec<String> = std::fs::read_dir(dir.path())
@@ -194,9 +221,6 @@ fn quickstart_runs_as_written() {
         .filter(|n| n != "serve.log")
         .collect();
     left.sort();
-    assert_eq!(
-        left,
-        ["warrant-quickstart"],
-        "files left where the page started"
-    );
+    assert_eq!(left, [work_name], "files left where the page started");
+    dir
 }
