@@ -62,7 +62,9 @@ fn blocks(page: &str) -> Blocks {
                     .filter(|l| !l.trim().is_empty())
                     .map(|l| (*l).to_owned()),
             ),
-            other => panic!("a ```{other} block; use sh or text (write files with `cat > f <<'EOF'`, so they run)"),
+            other => panic!(
+                "a ```{other} block; use sh or text (write files with `cat > f <<'EOF'`, so they run)"
+            ),
         }
     }
     assert!(!out.serve.is_empty(), "the page starts the broker");
@@ -89,8 +91,12 @@ fn matcher_needs_every_piece_in_order() {
 fn quickstart_runs_as_written() {
     let work = run_page(PAGE, "warrant-quickstart", &[]);
     assert!(
-        Path::new(&work.path().join("warrant-quickstart/warrant-data/policies/quickstart.cedar"))
-            .exists(),
+        Path::new(
+            &work
+                .path()
+                .join("warrant-quickstart/warrant-data/policies/quickstart.cedar")
+        )
+        .exists(),
         "the page wrote its policy into the data directory"
     );
 }
@@ -112,7 +118,10 @@ fn run_page(page: &str, work_name: &str, extra: &[u16]) -> tempfile::TempDir {
         .replace("127.0.0.1:8700", &format!("127.0.0.1:{api}"))
         .replace("127.0.0.1:8701", &format!("127.0.0.1:{edge}"));
     for p in extra {
-        page = page.replace(&format!("127.0.0.1:{p}"), &format!("127.0.0.1:{}", free_port()));
+        page = page.replace(
+            &format!("127.0.0.1:{p}"),
+            &format!("127.0.0.1:{}", free_port()),
+        );
     }
     let b = blocks(&page);
     let dir = tempfile::Builder::new()
