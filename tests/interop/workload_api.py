@@ -4,6 +4,7 @@ usage: workload_api.py SOCKET fetch AUDIENCE
        workload_api.py SOCKET server PORT_FILE CLIENT_ID_PREFIX
        workload_api.py SOCKET client PORT SERVER_ID_PREFIX
        workload_api.py SOCKET raw
+       workload_api.py SOCKET bundle API_URL
 
 fetch:  both SVID kinds and both bundles, a JWT-SVID validated by the API and
         by the library with the bundle, and an X.509-SVID rotated in the
@@ -16,6 +17,8 @@ client: dials the server with its own X.509-SVID, accepting only a server
         whose SPIFFE ID starts with SERVER_ID_PREFIX; prints what it got.
 raw:    calls without the `workload.spiffe.io` header, with grpcio itself;
         prints the status codes.
+bundle: the SPIFFE bundle the API listener publishes, checked against the
+        SVIDs the Workload API issues, with PyJWT and cryptography.
 """
 import json
 import sys
@@ -61,6 +64,40 @@ def main():
         return
 
     from spiffe import JwtSvid, WorkloadApiClient, X509Source
+
+    if mode == "bundle":
+        # The published SPIFFE bundle (GET /.well-known/spiffe-bundle), as a
+        # relying party off this host would use it: PyJWT and cryptography.
+        import base64
+        import urllib.request
+
+        import jwt as pyjwt
+
+        with urllib.request.urlopen(sys.argv[3] + "/.well-known/spiffe-bundle") as r:
+            bundle = json.load(r)
+        cas = [cx509.load_der_x509_certificate(base64.b64decode(k["x5c"][0]))
+               for k in bundle["keys"] if k["use"] == "x509-svid"]
+        jwt_keys = {k["kid"]: k for k in bundle["keys"] if k["use"] == "jwt-svid"}
+        out = {"x509_authorities": len(cas), "jwt_authorities": len(jwt_keys),
+               "sequence": bundle["spiffe_sequence"], "refresh_hint": bundle["spiffe_refresh_hint"]}
+        with WorkloadApiClient(socket_path=target) as c:
+            leaf = c.fetch_x509_svid().leaf
+            ok = False
+            for ca in cas:
+                try:
+                    leaf.verify_directly_issued_by(ca)
+                    ok = True
+                except Exception:
+                    pass
+            out["svid_verifies_with_published_ca"] = ok
+            svid = c.fetch_jwt_svid(audience={"https://api.example"})
+            kid = pyjwt.get_unverified_header(svid.token)["kid"]
+            key = pyjwt.PyJWK(jwt_keys[kid]).key
+            claims = pyjwt.decode(svid.token, key, algorithms=["ES256", "EdDSA"],
+                                  audience="https://api.example")
+            out["jwt_verifies_with_published_key"] = claims["sub"] == str(svid.spiffe_id)
+        print(json.dumps(out))
+        return
 
     if mode == "fetch":
         audience = sys.argv[3]

@@ -39,7 +39,20 @@ struct Ca {
     kid: String,
     state: KeyState,
     der: Vec<u8>,
+    /// The CA key's public point (uncompressed, 65 bytes).
+    public: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
+}
+
+/// A CA as a SPIFFE bundle lists it: its certificate and public key.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    /// The certificate, DER.
+    pub der: Vec<u8>,
+    /// P-256 x coordinate.
+    pub x: Vec<u8>,
+    /// P-256 y coordinate.
+    pub y: Vec<u8>,
 }
 
 /// The CAs of the published signing keys.
@@ -162,6 +175,7 @@ impl X509Authority {
                 kid: k.kid.clone(),
                 state: k.state,
                 der: cert.der().to_vec(),
+                public: key.public_key_raw().to_vec(),
                 issuer: Issuer::new(params, key),
             });
         }
@@ -183,6 +197,19 @@ impl X509Authority {
         self.cas
             .iter()
             .flat_map(|c| c.der.iter().copied())
+            .collect()
+    }
+
+    /// The CAs of the bundle, active first.
+    pub fn authorities(&self) -> Vec<Authority> {
+        self.cas
+            .iter()
+            .filter(|c| c.public.len() == 65)
+            .map(|c| Authority {
+                der: c.der.clone(),
+                x: c.public[1..33].to_vec(),
+                y: c.public[33..65].to_vec(),
+            })
             .collect()
     }
 

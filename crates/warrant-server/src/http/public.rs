@@ -20,6 +20,7 @@ use warrant_control::keys::JWKS_MAX_AGE;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/spiffe-bundle", get(spiffe_bundle))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/.well-known/openid-configuration", get(metadata))
         .route("/healthz", get(healthz))
@@ -36,6 +37,63 @@ pub fn router(state: AppState) -> Router {
 async fn jwks(State(state): State<AppState>) -> Response {
     let set = state.keys.current().jwks(Timestamp::now());
     let mut r = Json(set).into_response();
+    let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        r.headers_mut().insert(header::CACHE_CONTROL, v);
+    }
+    r
+}
+
+/// The trust domain's SPIFFE bundle (SPIFFE Trust Domain and Bundle, §4):
+/// the X.509 CAs (`use: x509-svid`, with `x5c`) and the JWT-SVID keys
+/// (`use: jwt-svid`), for relying parties and federation off this host.
+/// `spiffe_sequence` grows with every key rotation.
+async fn spiffe_bundle(State(state): State<AppState>) -> Response {
+    use base64::Engine as _;
+    let now = Timestamp::now();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let std64 = base64::engine::general_purpose::STANDARD;
+    let ca = match state.keys.x509(state.trust_domain.as_str(), now) {
+        Ok(ca) => ca,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot derive the X.509 CA");
+            return ApiError {
+                status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                message: "the trust bundle is unavailable; try again shortly".into(),
+            }
+            .into_response();
+        }
+    };
+    let mut keys: Vec<serde_json::Value> = ca
+        .authorities()
+        .into_iter()
+        .map(|a| {
+            serde_json::json!({
+                "use": "x509-svid", "kty": "EC", "crv": "P-256",
+                "x": b64.encode(&a.x), "y": b64.encode(&a.y),
+                "x5c": [std64.encode(&a.der)],
+            })
+        })
+        .collect();
+    let set = state.keys.current();
+    for k in set.jwks(now).keys {
+        let mut v = serde_json::to_value(&k).unwrap_or_default();
+        v["use"] = "jwt-svid".into();
+        keys.push(v);
+    }
+    let sequence = set
+        .status(now)
+        .iter()
+        .map(|k| k.activates_at.as_millis())
+        .max()
+        .unwrap_or(0);
+    let mut r = Json(serde_json::json!({
+        "keys": keys,
+        "spiffe_sequence": sequence,
+        "spiffe_refresh_hint": JWKS_MAX_AGE.as_secs(),
+    }))
+    .into_response();
     let cache = format!("public, max-age={}", JWKS_MAX_AGE.as_secs());
     if let Ok(v) = HeaderValue::from_str(&cache) {
         r.headers_mut().insert(header::CACHE_CONTROL, v);

@@ -108,6 +108,16 @@ fn spiffe_clients_fetch_validate_rotate_and_handshake_with_warrant_svids() {
     assert_eq!(v["rotated_serial_differs"], true);
     assert_eq!(v["rotated_before_expiry"], true);
 
+    // The published SPIFFE bundle verifies both SVID kinds.
+    let (ok, out, err) = run(0, &[s, "bundle", &format!("http://{}", b.api)]);
+    assert!(ok, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["x509_authorities"], 1, "{v}");
+    assert_eq!(v["jwt_authorities"], 1, "{v}");
+    assert_eq!(v["refresh_hint"], 300);
+    assert_eq!(v["svid_verifies_with_published_ca"], true, "{v}");
+    assert_eq!(v["jwt_verifies_with_published_key"], true, "{v}");
+
     // An mTLS handshake between two workloads, each with its X.509-SVID.
     let port_file = b.tmp().join("port");
     std::fs::set_permissions(b.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
