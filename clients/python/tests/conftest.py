@@ -58,6 +58,9 @@ permit(principal in Agent::"pod-agent", action == Action::"token:self",
 @id("openai-route")
 permit(principal, action == Action::"http:request", resource == Route::"openai");
 
+@id("keyed-route")
+permit(principal, action == Action::"http:request", resource == Route::"keyed");
+
 @id("report-files")
 permit(principal, action == Action::"mcp:call_tool", resource == Tool::"files/read_file")
 when { context.arguments has path && context.arguments.path like "/srv/reports/*" };
@@ -125,6 +128,14 @@ name = "openai"
 upstream = "http://127.0.0.1:{port}"
 audience = "https://api.openai.example"
 allow = [ {{ methods = ["POST", "GET"], paths = ["/v1/**", "/echo"] }} ]
+credential = {{ kind = "secret", secret = "openai-key", header = "authorization", format = "Bearer {{secret}}" }}
+
+[[route]]
+name = "keyed"
+upstream = "http://127.0.0.1:{port}"
+audience = "https://keyed.example"
+agent_header = "x-api-key"
+allow = [ {{ methods = ["GET"], paths = ["/echo", "/redirect"] }} ]
 credential = {{ kind = "secret", secret = "openai-key", header = "authorization", format = "Bearer {{secret}}" }}
 
 [[mcp_server]]

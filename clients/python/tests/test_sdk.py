@@ -261,3 +261,51 @@ def test_attestation_comes_from_the_environment(broker):
         from_env({})
     with pytest.raises(WarrantError, match="agent socket"):
         Warrant(broker.url, attestation=UnixSocket(broker.tmp / "nope.sock")).identity()
+
+
+def test_a_task_token_never_follows_a_redirect_to_another_origin(broker, warrant):
+    """An upstream's redirect to another origin (passed through by the edge)
+    must not carry the task token, whichever header the route reads it from
+    (attacker round: `x-api-key` followed requests' and httpx2's redirects)."""
+    alice = broker.user_token("alice", "support")
+    sent = []
+
+    class Recording(requests.Session):
+        def send(self, request, **kw):
+            sent.append(dict(request.headers))
+            return super().send(request, **kw)
+
+    session = Recording()
+    session.auth = warrant.requests_auth(route="keyed", scope="llm:chat", user_token=alice)
+    assert session.get(f"{broker.edge_url}/keyed/echo").status_code == 200
+    assert "x-api-key" in {k.lower() for k in sent[-1]}
+    sent.clear()
+    with pytest.raises(requests.ConnectionError):
+        session.get(f"{broker.edge_url}/keyed/redirect")
+    assert len(sent) == 2, sent
+    assert not {"x-api-key", "authorization"} & {k.lower() for k in sent[1]}, sent[1]
+
+    # What reaches the network: a transport under the SDK's own, recording.
+    seen = []
+
+    class Record(httpx2.BaseTransport):
+        def __init__(self):
+            self.inner = httpx2.HTTPTransport()
+
+        def handle_request(self, request):
+            seen.append(dict(request.headers))
+            return self.inner.handle_request(request)
+
+    http = warrant.http_client(route="keyed", scope="llm:chat", user_token=alice,
+                               client_kwargs={"follow_redirects": True})
+    http._transport._inner = Record()
+    with http:
+        with pytest.raises(httpx2.ConnectError):
+            http.get(f"{broker.edge_url}/keyed/redirect")
+        # Used for another origin, the client adds no token either.
+        with pytest.raises(httpx2.ConnectError):
+            http.get("http://127.0.0.1:9/elsewhere")
+    assert len(seen) == 3, seen
+    assert "x-api-key" in seen[0]
+    for h in seen[1:]:
+        assert not {"x-api-key", "authorization"} & set(h), h

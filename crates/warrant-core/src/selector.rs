@@ -216,7 +216,17 @@ impl FromStr for Selector {
                 }
             }
             (SelectorKind::Unix, "cgroup") => {
-                if !value.starts_with('/') || value.split('/').any(|seg| seg == "." || seg == "..")
+                if value == "/" {
+                    return Err(bad_value(
+                        "cgroup `/` is the root cgroup, which holds every process not placed elsewhere; name the agent's own cgroup",
+                    ));
+                }
+                if !value.starts_with('/')
+                    || value.ends_with('/')
+                    || value
+                        .split('/')
+                        .skip(1)
+                        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
                 {
                     return Err(bad_value(
                         "cgroup is the process's cgroup v2 path as in /proc/<pid>/cgroup (`0::/system.slice/triage.service`), without `.` or `..` segments",
@@ -387,8 +397,16 @@ impl SelectorSet {
     pub fn interpreter_warning(&self) -> Option<String> {
         let path = self.of_kind(SelectorKind::Unix).find(|s| s.key == "path")?;
         let base = path.value.rsplit('/').next().unwrap_or_default();
-        let stem = base.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
-        let interpreter = INTERPRETERS.contains(&stem) || INTERPRETERS.contains(&base);
+        // A name of three letters or more counts as a prefix (`luajit`,
+        // `nodejs`, `vim.basic`); `sh`, `R` and `vi` only whole or followed
+        // by a version (`sh`, not `shellcheck`).
+        let interpreter = INTERPRETERS.iter().any(|i| {
+            base.strip_prefix(i).is_some_and(|rest| {
+                i.len() >= 3
+                    || rest.is_empty()
+                    || rest.starts_with(|c: char| c.is_ascii_digit() || c == '.' || c == '-')
+            })
+        });
         if !interpreter {
             return None;
         }
@@ -405,11 +423,16 @@ impl SelectorSet {
     }
 }
 
-/// Executables that run whatever program they are given: a `unix:path` of
-/// one of them says nothing about which program runs.
-const INTERPRETERS: [&str; 22] = [
-    "python", "python3", "pypy", "pypy3", "node", "nodejs", "deno", "bun", "ruby", "perl", "php",
-    "java", "bash", "sh", "dash", "zsh", "fish", "ksh", "lua", "Rscript", "pwsh", "warrant",
+/// Executables that run whatever program or request they are given (by
+/// name prefix, so versioned names such as `python3.12-dbg`, `tclsh8.6` or
+/// `php-fpm8.2` count): a `unix:path` of one of them says nothing about
+/// which program runs. `curl`, `wget` and `warrant` are here because any
+/// script can drive them to attest.
+const INTERPRETERS: [&str; 40] = [
+    "python", "pypy", "ipython", "node", "deno", "bun", "ruby", "irb", "perl", "php", "java",
+    "dotnet", "bash", "sh", "dash", "zsh", "fish", "ksh", "mksh", "csh", "tcsh", "busybox", "lua",
+    "R", "Rscript", "pwsh", "tclsh", "wish", "gdb", "vim", "vi", "nvim", "emacs", "beam.smp",
+    "erl", "elixir", "julia", "curl", "wget", "warrant",
 ];
 
 /// What the kernel's cgroup path of a process says about it: the system

@@ -300,6 +300,9 @@ impl Agent {
     /// A client; nothing is contacted yet.
     pub fn new(cfg: AgentConfig) -> anyhow::Result<Self> {
         for (what, u) in [("broker", &cfg.api), ("edge", &cfg.edge)] {
+            if u.is_empty() {
+                continue;
+            }
             let parsed = url::Url::parse(u).map_err(|e| {
                 anyhow::anyhow!(
                     "the {what} URL `{}` is not a URL: {e}",
@@ -527,6 +530,18 @@ impl Agent {
         }
         serde_json::from_slice(&bytes)
             .map_err(|_| AgentError::Invalid("the broker's answer is not JSON".into()))
+    }
+
+    /// The broker's JWKS (what its tokens are checked against).
+    pub async fn jwks(&self) -> Result<Bytes, AgentError> {
+        let req = Request::get(format!("{}/.well-known/jwks.json", self.api))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| AgentError::Invalid(e.to_string()))?;
+        let (status, bytes) = self.send(req, "the broker", &self.api).await?;
+        if status != StatusCode::OK {
+            return Err(AgentError::from_body(status, &bytes));
+        }
+        Ok(bytes)
     }
 
     /// The edge's description of a route or `mcp/<server>` (RFC 9728).

@@ -161,7 +161,9 @@ pub enum TokenCmd {
     Exchange {
         #[command(flatten)]
         agent: AgentArgs,
-        /// The user's token (`-` reads it from standard input).
+        /// The user's token (`-` reads it from standard input; a value on
+        /// the command line is visible to other local users, so prefer `-`
+        /// or WARRANT_USER_TOKEN).
         #[arg(
             long,
             env = "WARRANT_USER_TOKEN",
@@ -170,8 +172,9 @@ pub enum TokenCmd {
             conflicts_with = "task_token"
         )]
         user_token: Option<String>,
-        /// A task token handed to this agent (`-` reads it from standard input).
-        #[arg(long)]
+        /// A task token handed to this agent (`-` reads it from standard
+        /// input; prefer `-` or WARRANT_TASK_TOKEN to the command line).
+        #[arg(long, env = "WARRANT_TASK_TOKEN", hide_env_values = true)]
         task_token: Option<String>,
         /// Audience (repeat for several).
         #[arg(long, required = true)]
@@ -181,13 +184,16 @@ pub enum TokenCmd {
         scope: String,
     },
     /// What a token says: kind, subject, delegation chain, audience,
-    /// scope, task, expiry, and whether the broker still considers it
-    /// active (asked with this process's identity). Exit code 3 when it is
-    /// not active.
+    /// scope, task, expiry, whether its signature is the broker's (checked
+    /// with the broker's JWKS), and whether the broker still considers it
+    /// active (asked with this process's identity). Exit code 0 only for a
+    /// token signed by the broker and good now; 3 for one that is not
+    /// (forged, expired, revoked); 1 when the broker cannot be asked.
     Inspect {
         #[command(flatten)]
         agent: AgentArgs,
-        /// The token (`-` reads it from standard input).
+        /// The token (`-` reads it from standard input, which other local
+        /// users cannot see, unlike the command line).
         token: String,
     },
 }

@@ -400,6 +400,15 @@ class Warrant:
 
         return WarrantAuth(self, audience=audience, scope=scope, route=route, user_token=user_token, task_token=task_token)
 
+    def http_client(self, *, asynchronous: bool = False, client_kwargs: dict[str, Any] | None = None, **kw: Any) -> Any:
+        """An ``httpx2.Client`` (or ``AsyncClient``) with :meth:`auth` (same
+        arguments) whose transport never sends a task token anywhere but
+        the edge, even when it follows an upstream's redirect: prefer it to
+        passing :meth:`auth` to a client that follows redirects."""
+        from .integrations import http_client
+
+        return http_client(self, self.auth(**kw), asynchronous, **(client_kwargs or {}))
+
     def requests_auth(self, **kw: Any) -> Any:
         """The same for ``requests`` (arguments as :meth:`auth`)."""
         from .integrations import RequestsAuth

@@ -390,20 +390,22 @@ fn cgroup2_mount() -> Option<&'static str> {
 }
 
 /// The cgroup v2 path of process `pid`, if the system placed it there: the
-/// cgroup's `cgroup.procs` can be written by neither the process's uid
-/// (unless that is root, who can place anything anywhere) nor its group
-/// or others. Moving a process into a cgroup needs write access there, so
-/// a process of an unprivileged uid cannot have chosen such a cgroup.
-/// `None` under cgroup v1 or when the files cannot be read.
-fn placed_cgroup(pid: u32, uid: u32) -> Option<String> {
+/// cgroup's `cgroup.procs` is owned by root and writable by no one else.
+/// Moving a process into a cgroup needs write access there, and a user can
+/// make root own nothing, so a process of an unprivileged uid cannot have
+/// chosen such a cgroup. (Ownership by anyone but root proves nothing: a
+/// user with a delegated subtree can hand its files to a subordinate uid
+/// from a user namespace of its own.) `None` under cgroup v1 or when the
+/// files cannot be read.
+fn placed_cgroup(pid: u32, _uid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
     if !path.starts_with('/') || path.split('/').any(|seg| seg == "..") {
         return None;
     }
     let procs = std::fs::metadata(format!("{}{path}/cgroup.procs", cgroup2_mount()?)).ok()?;
-    let delegated = (procs.uid() == uid && uid != 0) || procs.mode() & 0o022 != 0;
-    (!delegated).then(|| path.to_owned())
+    let placed = procs.uid() == 0 && procs.mode() & 0o022 == 0;
+    placed.then(|| path.to_owned())
 }
 
 /// The identity (device, inode) of a namespace of process `pid`.

@@ -117,18 +117,36 @@ fn an_interpreter_path_alone_is_warned_about() {
     for exe in [
         "/usr/bin/python3.11",
         "/usr/bin/python3",
+        "/usr/bin/python3.12-dbg",
+        "/usr/bin/ipython3",
         "/usr/local/bin/node",
+        "/usr/bin/nodejs",
         "/bin/bash",
+        "/bin/sh",
+        "/usr/bin/busybox",
+        "/usr/bin/tclsh8.6",
+        "/usr/lib/R/bin/exec/R",
+        "/usr/bin/luajit",
+        "/usr/bin/vim.basic",
+        "/usr/sbin/php-fpm8.2",
+        "/usr/bin/curl",
         "/usr/local/bin/warrant",
     ] {
         let w = set(&["unix:uid=1000", &format!("unix:path={exe}")]).interpreter_warning();
         assert!(w.is_some_and(|w| w.contains(exe)), "{exe}");
     }
-    assert!(
-        set(&["unix:uid=1000", "unix:path=/opt/agent/bin/triage"])
-            .interpreter_warning()
-            .is_none()
-    );
+    for exe in [
+        "/opt/agent/bin/triage",
+        "/usr/bin/shellcheck",
+        "/usr/bin/Rtriage",
+    ] {
+        assert!(
+            set(&["unix:uid=1000", &format!("unix:path={exe}")])
+                .interpreter_warning()
+                .is_none(),
+            "{exe}"
+        );
+    }
     assert!(
         set(&[
             "unix:uid=1000",
@@ -141,6 +159,9 @@ fn an_interpreter_path_alone_is_warned_about() {
     // Malformed values of the new keys are refused with what to write.
     for bad in [
         "unix:cgroup=relative/path",
+        "unix:cgroup=/",
+        "unix:cgroup=/a//b",
+        "unix:cgroup=/a/",
         "unix:cgroup=/a/../b",
         "unix:systemd_unit=triage",
         "unix:systemd_unit=a b.service",

@@ -63,6 +63,10 @@ pub struct Injected {
 pub struct ClientIdentity {
     /// `name@vN`.
     pub id: String,
+    /// SHA-256 of the stored value: what a client built for it is cached
+    /// by (a secret deleted and stored again restarts at `v1`, so the id
+    /// alone would keep a deleted key in use).
+    pub fingerprint: [u8; 32],
     /// The chain, leaf first.
     pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The key.
@@ -544,6 +548,10 @@ fn client_identity(
         header: None,
         tls: Some(Arc::new(ClientIdentity {
             id: s.id.clone(),
+            fingerprint: {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(pem).into()
+            },
             certs,
             key,
         })),

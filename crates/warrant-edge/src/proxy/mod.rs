@@ -61,8 +61,9 @@ struct RouteState {
     client: Upstream,
     oauth: Option<OAuthCache>,
     /// For an `mtls` route: the client presenting the stored certificate,
-    /// and the secret version it was built from (a rotation builds anew).
-    mtls: parking_lot::Mutex<Option<(String, Upstream)>>,
+    /// and the digest of the secret it was built from (a rotation, or a
+    /// delete and put, builds anew).
+    mtls: parking_lot::Mutex<Option<([u8; 32], Upstream)>>,
 }
 
 impl RouteState {
@@ -105,8 +106,8 @@ impl RouteState {
             return Ok(self.client.clone());
         };
         let mut held = self.mtls.lock();
-        if let Some((id, c)) = held.as_ref()
-            && *id == identity.id
+        if let Some((fp, c)) = held.as_ref()
+            && *fp == identity.fingerprint
         {
             return Ok(c.clone());
         }
@@ -124,7 +125,7 @@ impl RouteState {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(conn);
-        *held = Some((identity.id.clone(), c.clone()));
+        *held = Some((identity.fingerprint, c.clone()));
         Ok(c)
     }
 }

@@ -75,22 +75,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The data directory's run file, if its broker is one this user trusts:
+/// the file and its directory owned by this user or root, or (for a data
+/// directory named by an absolute path) both owned by the same user and
+/// writable by no one else, as the admin CLI trusts an admin socket.
+fn trusted_run_info(dir: &std::path::Path) -> Option<warrant_server::data_dir::RunInfo> {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = std::fs::metadata(warrant_server::data_dir::run_file_path(dir)).ok()?;
+    let d = std::fs::metadata(dir).ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    let private = |m: &std::fs::Metadata| m.mode() & 0o022 == 0;
+    let owner_ok = file.uid() == d.uid()
+        && private(&file)
+        && private(&d)
+        && (file.uid() == me || file.uid() == 0 || dir.is_absolute());
+    if !owner_ok {
+        tracing::warn!(dir = %dir.display(), "not using the run file: its data directory is not one this user trusts");
+        return None;
+    }
+    warrant_server::data_dir::read_run_info(dir)
+}
+
 /// The agent-side client for `warrant token` and `warrant sidecar`: the
 /// broker from `--url` (or the data directory's run file, or the default
 /// address), attesting in exactly one way (the agent socket by default).
 pub fn agent_client(cli: &Cli, a: &crate::cli::AgentArgs) -> anyhow::Result<crate::agent::Agent> {
     use crate::agent::{Agent, AgentConfig, Attestation};
     let dir = data_dir(cli)?;
-    let run = warrant_server::data_dir::read_run_info(&dir);
+    // INVARIANT (tokens go only to the broker you named): the run file is
+    // believed only when its broker is trusted as the admin CLI trusts an
+    // admin socket; otherwise the URLs must be given. A default address
+    // would send join tokens, platform tokens and users' tokens to whatever
+    // local process bound it first.
+    let run = trusted_run_info(&dir);
     let api = match (&cli.url, &run) {
         (Some(u), _) => u.clone(),
         (None, Some(r)) => format!("http://{}", r.api_addr),
-        (None, None) => "http://127.0.0.1:8700".to_owned(),
+        (None, None) => anyhow::bail!(
+            "say where the broker is: --url (or WARRANT_URL) with its API address, or --data-dir naming a running broker's data directory owned by you or root"
+        ),
     };
     let edge = match (&a.edge_url, &run) {
         (Some(u), _) => u.clone(),
         (None, Some(r)) => format!("http://{}", r.edge_addr),
-        (None, None) => "http://127.0.0.1:8701".to_owned(),
+        // Only the sidecar reaches the edge; it checks this before use.
+        (None, None) => String::new(),
     };
     let given = [
         a.agent_socket.is_some(),

@@ -90,6 +90,11 @@ pub async fn run(cli: &Cli, args: &SidecarArgs) -> anyhow::Result<ExitCode> {
     let user_header = HeaderName::try_from(args.user_header.as_str())
         .with_context(|| format!("--user-header `{}` is not a header name", args.user_header))?;
     let agent = super::agent_client(cli, &args.agent)?;
+    if agent.edge().is_empty() {
+        bail!(
+            "say where the edge is: --edge-url (or WARRANT_EDGE_URL), or --data-dir naming a running broker's data directory owned by you or root"
+        );
+    }
     // Attest now: a sidecar that cannot get an identity says so at start.
     let id = agent.identity().await.map_err(|e| {
         anyhow::anyhow!(
@@ -323,8 +328,15 @@ async fn handle(
     let out = Request::from_parts(parts, body);
     match s.forward.request(out).await {
         Ok(resp) => {
-            if resp.status() == StatusCode::UNAUTHORIZED {
-                // Revoked or otherwise refused: the next request starts over.
+            let from_edge = resp
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("realm=\"warrant\""));
+            if resp.status() == StatusCode::UNAUTHORIZED && from_edge {
+                // The edge refused the token (revoked, or an agent in its
+                // chain may no longer act): the next request starts over.
+                // An upstream's own 401 keeps it.
                 s.agent.forget(task.token.as_str());
             }
             let (mut parts, body) = resp.into_parts();

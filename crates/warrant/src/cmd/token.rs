@@ -138,14 +138,43 @@ async fn inspect(cli: &Cli, args: &crate::cli::AgentArgs, token: &str) -> anyhow
         }
         act = a.get("act");
     }
-    // Whether the broker still considers it active: only task tokens can
-    // be asked about, with this process's identity.
-    let (active, why): (Option<bool>, String) = if expired {
+    // Whether the broker signed it (its JWKS), then whether it is good now:
+    // a task token as the broker says (introspection, with this process's
+    // identity), an identity token by its lifetime.
+    let agent = super::agent_client(cli, args);
+    let signed = match &agent {
+        Err(e) => Sig::Unknown(format!("cannot ask the broker: {e:#}")),
+        Ok(a) => match a.jwks().await {
+            Err(e) => Sig::Unknown(format!("cannot fetch the broker's JWKS: {e}")),
+            Ok(bytes) => match warrant_token::jwt::VerifyingKeys::from_jwks(&bytes) {
+                Err(e) => Sig::Unknown(format!("the broker's JWKS does not parse: {e}")),
+                Ok((keys, _)) => match warrant_token::jwt::verify(token, &keys) {
+                    Ok(_) => Sig::Broker(format!(
+                        "signed by the broker's key `{}`",
+                        header.get("kid").and_then(Value::as_str).unwrap_or("-")
+                    )),
+                    Err(e) => Sig::Forged(format!("NOT the broker's: {e}")),
+                },
+            },
+        },
+    };
+    let forged = matches!(signed, Sig::Forged(_));
+    let signature = match &signed {
+        Sig::Broker(m) | Sig::Forged(m) | Sig::Unknown(m) => m.clone(),
+    };
+    let (active, why): (Option<bool>, String) = if forged {
+        (Some(false), "its signature is not the broker's".into())
+    } else if matches!(signed, Sig::Unknown(_)) {
+        (None, "the signature could not be checked".into())
+    } else if expired {
         (Some(false), "expired".into())
     } else if typ != "at+jwt" {
-        (None, "only task tokens can be introspected".into())
+        (
+            Some(true),
+            "signed by the broker and not expired (only task tokens are introspected)".into(),
+        )
     } else {
-        match super::agent_client(cli, args) {
+        match agent {
             Err(e) => (None, format!("cannot ask the broker: {e:#}")),
             Ok(a) => match a.introspect(token).await {
                 Ok(v) => {
@@ -179,6 +208,7 @@ async fn inspect(cli: &Cli, args: &crate::cli::AgentArgs, token: &str) -> anyhow
         "iat": claims.get("iat"),
         "exp": exp,
         "expires_in": exp.saturating_sub(now),
+        "signature": signature,
         "active": active,
         "active_because": why,
         "claims": claims,
@@ -190,6 +220,7 @@ async fn inspect(cli: &Cli, args: &crate::cli::AgentArgs, token: &str) -> anyhow
             other => other.to_string(),
         };
         println!("kind:     {}", s("kind"));
+        println!("signature: {}", s("signature"));
         println!("issuer:   {}", s("iss"));
         println!("subject:  {}", s("sub"));
         for (i, a) in chain.iter().enumerate() {
@@ -221,9 +252,16 @@ async fn inspect(cli: &Cli, args: &crate::cli::AgentArgs, token: &str) -> anyhow
         };
         println!("active:   {state}: {why}");
     })?;
-    Ok(if active == Some(false) {
-        ExitCode::from(EXIT_DENIED)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match active {
+        Some(true) => ExitCode::SUCCESS,
+        Some(false) => ExitCode::from(EXIT_DENIED),
+        None => ExitCode::FAILURE,
     })
+}
+
+/// What the broker's JWKS says of a token's signature.
+enum Sig {
+    Broker(String),
+    Forged(String),
+    Unknown(String),
 }

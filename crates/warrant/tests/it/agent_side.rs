@@ -187,6 +187,20 @@ fn warrant_token_gets_inspects_and_refuses_clearly() {
     let v: Value = serde_json::from_str(&i.stdout).unwrap();
     assert_eq!(v["active"], false);
     assert_eq!(v["chain"].as_array().unwrap().len(), 1);
+    // A forged token (any key but the broker's) is reported as such, exit 3
+    // (attacker round: unverified claims were shown as facts, exit 0).
+    let forged = {
+        let parts: Vec<&str> = delegated.split('.').collect();
+        format!("{}.{}.{}", parts[0], parts[1], "A".repeat(86))
+    };
+    let r = b.cli(&["token", "inspect", &forged]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("signature: NOT the broker's"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("active:   no"), "{}", r.stdout);
     // Not a JWT.
     let r = b.cli(&["token", "inspect", "not-a-token"]);
     assert_eq!(r.code, 1);
@@ -375,4 +389,78 @@ fn the_sidecar_serves_only_its_own_host_and_routes_and_no_browser() {
         .unwrap();
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("at least one --route"));
+}
+
+/// Attacker round: `warrant token` and `warrant sidecar` believed any
+/// `./warrant-data/run.json`, so a local user who planted one in a shared
+/// directory received join tokens, users' tokens and identity tokens. A run
+/// file is believed only where its broker is trusted; otherwise the broker
+/// must be named, and nothing is sent anywhere.
+#[test]
+fn a_planted_run_file_learns_no_token() {
+    use std::io::Read as _;
+    let dir = tempfile::Builder::new()
+        .prefix("wplant")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data = dir.path().join("warrant-data");
+    std::fs::create_dir(&data).unwrap();
+    // A listener standing in for the attacker's fake broker.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fake.set_nonblocking(true).unwrap();
+    let port = fake.local_addr().unwrap().port();
+    std::fs::write(
+        data.join("run.json"),
+        format!(
+            r#"{{"pid":1,"api_addr":"127.0.0.1:{port}","edge_addr":"127.0.0.1:{port}","issuer":"x","admin_socket":"x","started_at":"x","version":"x"}}"#
+        ),
+    )
+    .unwrap();
+    let nobody = Some(rustix::fs::Uid::from_raw(65534));
+    let nogroup = Some(rustix::fs::Gid::from_raw(65534));
+    rustix::fs::chown(&data, nobody, nogroup).unwrap();
+    rustix::fs::chown(data.join("run.json"), nobody, nogroup).unwrap();
+    let secret = "wjt_planted_join_token_0123456789";
+    for args in [
+        vec!["token", "identity", "--join-token", secret],
+        vec![
+            "token",
+            "exchange",
+            "--user-token",
+            secret,
+            "--audience",
+            "https://a.example",
+            "--scope",
+            "s",
+        ],
+        vec![
+            "sidecar",
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "r=s",
+            "--join-token",
+            secret,
+        ],
+    ] {
+        let out = Command::new(bin())
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("say where the broker is"), "{args:?}: {err}");
+    }
+    // Nothing connected to the fake broker, so it learnt nothing.
+    match fake.accept() {
+        Ok((mut s, _)) => {
+            let mut got = String::new();
+            let _ = s.read_to_string(&mut got);
+            panic!("the planted broker was contacted: {got}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
 }

@@ -850,9 +850,16 @@ with httpx2.Client(transport=httpx2.HTTPTransport(uds=sys.argv[1]), follow_redir
     rustix::fs::chown(&procs, Some(rustix::fs::Uid::from_raw(65534)), None).unwrap();
     let delegated = run(true);
     assert!(delegated.starts_with("403 "), "{delegated}");
+    // Owned by another unprivileged uid (what a user with a delegated
+    // subtree can arrange from a user namespace, chowning to a subordinate
+    // uid): still not the system's placement (attacker round).
+    rustix::fs::chown(&procs, Some(rustix::fs::Uid::from_raw(165_536)), None).unwrap();
+    let subordinate = run(true);
+    assert!(subordinate.starts_with("403 "), "{subordinate}");
     let rec = last_attest(&b, "unix");
-    assert!(
-        rec.to_string().contains("no registered agent") || rec["decision"] == "deny",
-        "{rec}"
-    );
+    assert_eq!(rec["decision"], "deny", "{rec}");
+    // Back to root's: placed again.
+    rustix::fs::chown(&procs, Some(rustix::fs::Uid::ROOT), None).unwrap();
+    let again = run(true);
+    assert!(again.starts_with("200 "), "{again}");
 }

@@ -1118,6 +1118,16 @@ credential = {{ kind = "mtls", secret = "junk-cert" }}
     rotate(&client);
     let r = edge(&w, "GET", "/bank/accounts", Some(&token), &[], None);
     assert_eq!(r.status, 200, "{}", r.body);
+    // Deleted and stored again (its version starts over at 1): the new
+    // value is what is presented, never the deleted one (attacker round).
+    w.b.cli(&["secret", "delete", "bank-cert"]).ok();
+    put_secret(&w, "bank-cert", &stranger, None);
+    let r = edge(&w, "GET", "/bank/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 502, "{}", r.body);
+    w.b.cli(&["secret", "delete", "bank-cert"]).ok();
+    put_secret(&w, "bank-cert", &client, None);
+    let r = edge(&w, "GET", "/bank/accounts", Some(&token), &[], None);
+    assert_eq!(r.status, 200, "{}", r.body);
     // The audit trail names the credential by secret and version, never its value.
     let recs = audit(&w.b, Some("proxy.request"));
     let ok: Vec<&Value> = recs
