@@ -261,6 +261,15 @@ def test_attestation_comes_from_the_environment(broker):
         from_env({})
     with pytest.raises(WarrantError, match="agent socket"):
         Warrant(broker.url, attestation=UnixSocket(broker.tmp / "nope.sock")).identity()
+    # No default broker address: a squatter on the default port gets nothing.
+    import os
+    saved = os.environ.pop("WARRANT_URL", None)
+    try:
+        with pytest.raises(WarrantError, match="say where the broker is"):
+            Warrant(attestation=JoinToken("wjt_x"))
+    finally:
+        if saved is not None:
+            os.environ["WARRANT_URL"] = saved
 
 
 def test_a_task_token_never_follows_a_redirect_to_another_origin(broker, warrant):

@@ -125,9 +125,9 @@ def _audiences(audience: str | Iterable[str]) -> tuple[str, ...]:
 class Warrant:
     """An agent's connection to warrant.
 
-    ``url`` is the broker's API (``WARRANT_URL``, default
-    ``http://127.0.0.1:8700``), ``edge_url`` its edge listener
-    (``WARRANT_EDGE_URL``, default ``http://127.0.0.1:8701``), and
+    ``url`` is the broker's API (``WARRANT_URL``; required: there is no
+    default address a squatter could answer on), ``edge_url`` its edge
+    listener (``WARRANT_EDGE_URL``; needed for the edge integrations), and
     ``attestation`` how this process proves what it is (default: from the
     environment, see :func:`warrant_agent.attest.from_env`). ``ca_file``
     (``WARRANT_CA_FILE``) is the CA that signed the broker's and the edge's
@@ -143,8 +143,16 @@ class Warrant:
         ca_file: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.url = (url or os.environ.get("WARRANT_URL") or "http://127.0.0.1:8700").rstrip("/")
-        self.edge_url = (edge_url or os.environ.get("WARRANT_EDGE_URL") or "http://127.0.0.1:8701").rstrip("/")
+        # No default address: a process that bound the default port first
+        # would receive join tokens, platform tokens and users' tokens.
+        url = url or os.environ.get("WARRANT_URL")
+        if not url:
+            raise errors.WarrantError(
+                "say where the broker is: Warrant(url=...) or WARRANT_URL (its API listener, e.g. http://127.0.0.1:8700)",
+                error="invalid_request",
+            )
+        self.url = url.rstrip("/")
+        self.edge_url = (edge_url or os.environ.get("WARRANT_EDGE_URL") or "").rstrip("/")
         self.attestation = attestation if attestation is not None else _attest.from_env()
         ca = ca_file or os.environ.get("WARRANT_CA_FILE")
         self._verify: Any = ca if ca else True
@@ -365,6 +373,10 @@ class Warrant:
         m = self._metadata.get(path)
         if m is not None:
             return m
+        if not self.edge_url:
+            raise errors.WarrantError(
+                "say where the edge is: Warrant(edge_url=...) or WARRANT_EDGE_URL", error="invalid_request"
+            )
         try:
             r = httpx2.get(
                 f"{self.edge_url}/.well-known/oauth-protected-resource/{path}",

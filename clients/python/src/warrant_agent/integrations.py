@@ -79,6 +79,8 @@ class WarrantAuth(httpx2.Auth):
 
     def _for_edge(self, url: httpx2.URL) -> bool:
         """Whether ``url`` is on the edge: the only place a task token goes."""
+        if not self._w.edge_url:
+            return False
         edge = httpx2.URL(self._w.edge_url)
         return (url.scheme, url.host, url.port) == (edge.scheme, edge.host, edge.port)
 
