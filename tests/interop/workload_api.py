@@ -5,6 +5,8 @@ usage: workload_api.py SOCKET fetch AUDIENCE
        workload_api.py SOCKET client PORT SERVER_ID_PREFIX
        workload_api.py SOCKET raw
        workload_api.py SOCKET bundle API_URL
+       workload_api.py SOCKET jwt AUDIENCE
+       workload_api.py SOCKET validate TOKEN AUDIENCE
 
 fetch:  both SVID kinds and both bundles, a JWT-SVID validated by the API and
         by the library with the bundle, and an X.509-SVID rotated in the
@@ -64,6 +66,18 @@ def main():
         return
 
     from spiffe import JwtSvid, WorkloadApiClient, X509Source
+
+    if mode == "jwt":
+        with WorkloadApiClient(socket_path=target) as c:
+            print(c.fetch_jwt_svid(audience={sys.argv[3]}).token)
+        return
+    if mode == "validate":
+        with WorkloadApiClient(socket_path=target) as c:
+            try:
+                print("valid", c.validate_jwt_svid(sys.argv[3], sys.argv[4]).spiffe_id)
+            except Exception as e:
+                print("refused", type(e).__name__, e)
+        return
 
     if mode == "bundle":
         # The published SPIFFE bundle (GET /.well-known/spiffe-bundle), as a

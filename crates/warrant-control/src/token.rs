@@ -410,7 +410,8 @@ impl TokenService {
         self.revoked_tasks.read().contains(task)
     }
 
-    fn is_blocked(&self, instance: &str) -> bool {
+    /// Whether `instance` was revoked (it may no longer act).
+    pub fn is_blocked(&self, instance: &str) -> bool {
         self.blocked_instances.read().contains(instance)
     }
 

@@ -396,7 +396,13 @@ impl SelectorSet {
     /// `unix:systemd_unit`, `unix:container`).
     pub fn interpreter_warning(&self) -> Option<String> {
         let path = self.of_kind(SelectorKind::Unix).find(|s| s.key == "path")?;
-        let base = path.value.rsplit('/').next().unwrap_or_default();
+        let base = path
+            .value
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let base = base.as_str();
         // A name of three letters or more counts as a prefix (`luajit`,
         // `nodejs`, `vim.basic`); `sh`, `R` and `vi` only whole or followed
         // by a version (`sh`, not `shellcheck`).
@@ -428,11 +434,65 @@ impl SelectorSet {
 /// `php-fpm8.2` count): a `unix:path` of one of them says nothing about
 /// which program runs. `curl`, `wget` and `warrant` are here because any
 /// script can drive them to attest.
-const INTERPRETERS: [&str; 40] = [
-    "python", "pypy", "ipython", "node", "deno", "bun", "ruby", "irb", "perl", "php", "java",
-    "dotnet", "bash", "sh", "dash", "zsh", "fish", "ksh", "mksh", "csh", "tcsh", "busybox", "lua",
-    "R", "Rscript", "pwsh", "tclsh", "wish", "gdb", "vim", "vi", "nvim", "emacs", "beam.smp",
-    "erl", "elixir", "julia", "curl", "wget", "warrant",
+const INTERPRETERS: [&str; 58] = [
+    "python",
+    "platform-python",
+    "pypy",
+    "ipython",
+    "node",
+    "deno",
+    "bun",
+    "ruby",
+    "irb",
+    "perl",
+    "php",
+    "java",
+    "jshell",
+    "dotnet",
+    "bash",
+    "rbash",
+    "sh",
+    "dash",
+    "zsh",
+    "fish",
+    "ksh",
+    "mksh",
+    "csh",
+    "tcsh",
+    "busybox",
+    "toybox",
+    "lua",
+    "r",
+    "rscript",
+    "pwsh",
+    "tclsh",
+    "wish",
+    "expect",
+    "guile",
+    "racket",
+    "sbcl",
+    "gdb",
+    "vim",
+    "vi",
+    "nvim",
+    "emacs",
+    "beam.smp",
+    "erl",
+    "elixir",
+    "julia",
+    "tcc",
+    "qemu",
+    "uwsgi",
+    "ld-linux",
+    "ld.so",
+    "curl",
+    "wget",
+    "socat",
+    "ncat",
+    "nc",
+    "openssl",
+    "ssh",
+    "warrant",
 ];
 
 /// What the kernel's cgroup path of a process says about it: the system
@@ -446,21 +506,35 @@ pub fn systemd_unit_of(cgroup: &str) -> Option<&str> {
     (unit.ends_with(".service") || unit.ends_with(".scope")).then_some(unit)
 }
 
-/// The container id in a cgroup path (`docker-<id>.scope`, `/docker/<id>`,
-/// `cri-containerd-<id>.scope`, `crio-<id>.scope`, `libpod-<id>.scope`, or
-/// a kubepods path ending in one of them).
+/// The container id in a cgroup path: the last component, as a runtime
+/// names it (`docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`, or a bare id under `docker` or a
+/// Kubernetes `pod…` cgroup), and no container above it: a cgroup a
+/// container's root made inside its own container is not another
+/// container (attacker round).
 pub fn container_of(cgroup: &str) -> Option<&str> {
-    let last = cgroup.rsplit('/').find(|s| !s.is_empty())?;
-    let id = ["docker-", "cri-containerd-", "crio-", "libpod-"]
-        .iter()
-        .find_map(|p| last.strip_prefix(p))
-        .and_then(|r| r.strip_suffix(".scope"))
-        .unwrap_or(last);
-    (id.len() == 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-    .then_some(id)
+    fn hex64(s: &str) -> bool {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    }
+    fn scoped(c: &str) -> Option<&str> {
+        ["docker-", "cri-containerd-", "crio-", "libpod-"]
+            .iter()
+            .find_map(|p| c.strip_prefix(p))
+            .and_then(|r| r.strip_suffix(".scope"))
+            .filter(|id| hex64(id))
+    }
+    let parts: Vec<&str> = cgroup.split('/').filter(|s| !s.is_empty()).collect();
+    let (last, above) = parts.split_last()?;
+    if above.iter().any(|c| scoped(c).is_some() || hex64(c)) {
+        return None;
+    }
+    if let Some(id) = scoped(last) {
+        return Some(id);
+    }
+    let parent = above.last().copied().unwrap_or_default();
+    (hex64(last) && (parent == "docker" || parent.starts_with("pod"))).then_some(*last)
 }
 
 impl TryFrom<Vec<Selector>> for SelectorSet {

@@ -105,6 +105,24 @@ fn cgroup_paths_name_system_units_and_containers_only() {
         assert_eq!(container_of(&path), Some(id.as_str()), "{path}");
     }
     assert_eq!(container_of("/system.slice/docker-abc.scope"), None);
+    // A cgroup made inside a container is not another container, nor is a
+    // bare id outside a runtime's layout (attacker round).
+    let other = "fedcba9876543210".repeat(4);
+    assert_eq!(
+        container_of(&format!("/svc/docker-{id}.scope/{other}")),
+        None
+    );
+    assert_eq!(
+        container_of(&format!(
+            "/system.slice/docker-{id}.scope/docker-{other}.scope"
+        )),
+        None
+    );
+    assert_eq!(container_of(&format!("/anywhere/{id}")), None);
+    assert_eq!(
+        container_of(&format!("/kubepods/burstable/pod1234/{id}")),
+        Some(id.as_str())
+    );
     assert_eq!(
         container_of(&format!("/docker/{}", id.to_uppercase())),
         None
@@ -131,6 +149,12 @@ fn an_interpreter_path_alone_is_warned_about() {
         "/usr/sbin/php-fpm8.2",
         "/usr/bin/curl",
         "/usr/local/bin/warrant",
+        "/usr/libexec/platform-python",
+        "/usr/bin/Python3",
+        "/usr/bin/socat",
+        "/usr/bin/nc.openbsd",
+        "/lib64/ld-linux-x86-64.so.2",
+        "/usr/bin/qemu-x86_64",
     ] {
         let w = set(&["unix:uid=1000", &format!("unix:path={exe}")]).interpreter_warning();
         assert!(w.is_some_and(|w| w.contains(exe)), "{exe}");

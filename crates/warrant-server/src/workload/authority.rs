@@ -22,8 +22,16 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The largest header block accepted (h2's own header-list limit is 16 KiB).
+/// The largest header block accepted, encoded.
 pub const MAX_BLOCK: usize = 64 * 1024;
+/// The largest header list accepted, decoded (RFC 7541 sizes: name, value
+/// and 32 per field), h2's own default limit. Checked while decoding, so a
+/// small block of references to a large table entry cannot make the broker
+/// hold gigabytes before h2 would have refused it (attacker round).
+pub const MAX_LIST: usize = 16 * 1024;
+/// The dynamic table size the server advertises (the HTTP/2 default); a
+/// client's table size update above it ends the connection.
+const TABLE_SIZE: usize = 4096;
 /// The largest frame this side sends on (the HTTP/2 default every server
 /// accepts).
 const MAX_FRAME: usize = 16 * 1024;
@@ -51,13 +59,15 @@ pub struct FixAuthority<IO> {
 
 impl<IO> FixAuthority<IO> {
     pub fn new(inner: IO) -> Self {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(TABLE_SIZE);
         Self {
             inner,
             input: Vec::new(),
             output: Vec::new(),
             preface_done: false,
             pending: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder,
             eof: false,
         }
     }
@@ -183,10 +193,22 @@ impl<IO> FixAuthority<IO> {
         let Some((stream, keep, priority, block)) = self.pending.take() else {
             return Ok(());
         };
-        let mut headers = self
-            .decoder
-            .decode(&block)
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut size = 0usize;
+        let mut over = false;
+        self.decoder
+            .decode_with_cb(&block, |name, value| {
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size > MAX_LIST {
+                    over = true;
+                } else {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
             .map_err(|_| bad("a header block does not decode"))?;
+        if over {
+            return Err(bad("a header list is larger than the server accepts"));
+        }
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" {
                 *value = b"localhost".to_vec();
@@ -320,6 +342,42 @@ mod tests {
         assert!(got.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
         assert!(got.contains(&(b"workload.spiffe.io".to_vec(), b"true".to_vec())));
         assert_eq!(&rest[9 + len + 3], &0u8, "the DATA frame follows unchanged");
+    }
+
+    #[test]
+    fn a_small_block_cannot_decode_into_a_large_list() {
+        // One 4000-byte entry added to the table, then thousands of
+        // one-byte references to it (attacker round: 64 KiB in, gigabytes
+        // held).
+        let mut block = vec![0x40, 0x01, b'x', 0x7f];
+        let mut len = Vec::new();
+        put_int(&mut len, 0, 7, 4000);
+        block.truncate(3);
+        block.extend_from_slice(&len);
+        block.extend(std::iter::repeat_n(b'a', 4000));
+        block.extend(std::iter::repeat_n(0xbe, 50_000));
+        let mut f = FixAuthority::new(());
+        f.input.extend_from_slice(PREFACE);
+        for (i, chunk) in block.chunks(MAX_FRAME).enumerate() {
+            let kind = if i == 0 { HEADERS } else { CONTINUATION };
+            let last = (i + 1) * MAX_FRAME >= block.len();
+            frame(
+                &mut f.input,
+                kind,
+                if last { END_HEADERS } else { 0 },
+                1,
+                chunk,
+            );
+        }
+        assert!(f.process().is_err());
+        assert!(f.output.len() < 1024, "nothing of it was passed on");
+        // A table size update above what the server advertises ends it too.
+        let mut f = FixAuthority::new(());
+        f.input.extend_from_slice(PREFACE);
+        let mut update = Vec::new();
+        put_int(&mut update, 0x20, 5, 70_000);
+        frame(&mut f.input, HEADERS, END_HEADERS, 1, &update);
+        assert!(f.process().is_err());
     }
 
     #[test]

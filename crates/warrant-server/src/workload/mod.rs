@@ -426,6 +426,30 @@ impl SpiffeWorkloadApi for Workload {
             .attest
             .validate_identity(&req.svid, &req.audience)
             .map_err(Status::invalid_argument)?;
+        // As the broker itself would answer: the SVID of a disabled or
+        // removed agent, or of a revoked instance, is no longer valid, even
+        // before it expires (attacker round).
+        let prefix = format!("spiffe://{}/agent/", self.state.trust_domain);
+        let (name, instance) = spiffe_id
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split_once('/'))
+            .ok_or_else(|| Status::invalid_argument("the JWT-SVID names no agent instance"))?;
+        let agent = warrant_core::name::AgentName::new(name)
+            .map_err(|_| Status::invalid_argument("the JWT-SVID names no agent instance"))?;
+        match self.state.store.get_agent(&agent).await {
+            Ok(Some(a)) if a.status == warrant_core::agent::AgentStatus::Active => {}
+            Ok(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "agent `{name}` is not active; its SVIDs are no longer valid"
+                )));
+            }
+            Err(_) => return Err(Status::unavailable("the broker's store is unavailable")),
+        }
+        if self.state.tokens.is_blocked(instance) {
+            return Err(Status::invalid_argument(
+                "this instance has been revoked; its SVIDs are no longer valid",
+            ));
+        }
         Ok(Response::new(ValidateJwtsvidResponse {
             spiffe_id,
             claims: Some(to_struct(claims)),

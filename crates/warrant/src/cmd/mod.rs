@@ -76,24 +76,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The data directory's run file, if its broker is one this user trusts:
-/// the file and its directory owned by this user or root, or (for a data
-/// directory named by an absolute path) both owned by the same user and
-/// writable by no one else, as the admin CLI trusts an admin socket.
+/// the directory and the file owned by this user or root and writable by no
+/// one else. Both are opened without following a symlink and the file is
+/// read from the descriptor that was checked, so a directory swapped in
+/// between (a symlink race in a shared directory) is never read (attacker
+/// round). A broker run by another user keeps its run file private anyway
+/// (0600): name it with `--url`.
 fn trusted_run_info(dir: &std::path::Path) -> Option<warrant_server::data_dir::RunInfo> {
-    use std::os::unix::fs::MetadataExt as _;
-    let file = std::fs::metadata(warrant_server::data_dir::run_file_path(dir)).ok()?;
-    let d = std::fs::metadata(dir).ok()?;
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read as _;
     let me = rustix::process::geteuid().as_raw();
-    let private = |m: &std::fs::Metadata| m.mode() & 0o022 == 0;
-    let owner_ok = file.uid() == d.uid()
-        && private(&file)
-        && private(&d)
-        && (file.uid() == me || file.uid() == 0 || dir.is_absolute());
-    if !owner_ok {
-        tracing::warn!(dir = %dir.display(), "not using the run file: its data directory is not one this user trusts");
+    let trusted =
+        |st: &rustix::fs::Stat| (st.st_uid == me || st.st_uid == 0) && st.st_mode & 0o022 == 0;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let d = rustix::fs::open(dir, flags | OFlags::DIRECTORY, Mode::empty()).ok()?;
+    let ds = rustix::fs::fstat(&d).ok()?;
+    let file = rustix::fs::openat(&d, "run.json", flags, Mode::empty()).ok()?;
+    let fs = rustix::fs::fstat(&file).ok()?;
+    let regular = fs.st_mode & 0o170_000 == 0o100_000;
+    if !(trusted(&ds) && trusted(&fs) && regular && fs.st_uid == ds.st_uid) {
+        tracing::warn!(dir = %dir.display(), "not using the run file: its data directory is not one this user trusts (owned by you or root, writable by no one else)");
         return None;
     }
-    warrant_server::data_dir::read_run_info(dir)
+    let mut bytes = Vec::new();
+    std::fs::File::from(file)
+        .take(64 * 1024)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// The agent-side client for `warrant token` and `warrant sidecar`: the
@@ -112,7 +122,7 @@ pub fn agent_client(cli: &Cli, a: &crate::cli::AgentArgs) -> anyhow::Result<crat
         (Some(u), _) => u.clone(),
         (None, Some(r)) => format!("http://{}", r.api_addr),
         (None, None) => anyhow::bail!(
-            "say where the broker is: --url (or WARRANT_URL) with its API address, or --data-dir naming a running broker's data directory owned by you or root"
+            "say where the broker is: --url (or WARRANT_URL) with its API address, or --data-dir naming a running broker's data directory owned by you or root and writable by no one else"
         ),
     };
     let edge = match (&a.edge_url, &run) {

@@ -421,6 +421,47 @@ fn a_planted_run_file_learns_no_token() {
     rustix::fs::chown(&data, nobody, nogroup).unwrap();
     rustix::fs::chown(data.join("run.json"), nobody, nogroup).unwrap();
     let secret = "wjt_planted_join_token_0123456789";
+    // Second round: a symlink to a directory this user owns (the window a
+    // symlink swap races through), and an absolute --data-dir owned by
+    // another user, are not believed either.
+    let mine = dir.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::copy(data.join("run.json"), mine.join("run.json")).unwrap();
+    let linked = tempfile::Builder::new()
+        .prefix("wlink")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::os::unix::fs::symlink(&mine, linked.path().join("warrant-data")).unwrap();
+    let absolute = data.to_str().unwrap().to_owned();
+    let runs: Vec<(&std::path::Path, Vec<&str>)> = vec![
+        (
+            linked.path(),
+            vec!["token", "identity", "--join-token", secret],
+        ),
+        (
+            std::path::Path::new("/"),
+            vec![
+                "--data-dir",
+                &absolute,
+                "token",
+                "identity",
+                "--join-token",
+                secret,
+            ],
+        ),
+    ];
+    for (cwd, args) in runs {
+        let out = Command::new(bin())
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("say where the broker is"), "{args:?}: {err}");
+    }
     for args in [
         vec!["token", "identity", "--join-token", secret],
         vec![

@@ -163,6 +163,26 @@ fn spiffe_clients_fetch_validate_rotate_and_handshake_with_warrant_svids() {
         String::from_utf8_lossy(&server.stderr)
     );
 
+    // An SVID of an agent that was disabled since no longer validates,
+    // though it has not expired (attacker round).
+    let (ok, jwt, err) = run(0, &[s, "jwt", "https://svc-b.example"]);
+    assert!(ok, "{err}");
+    let jwt = jwt.trim().to_owned();
+    let (ok, out, err) = run(65534, &[s, "validate", &jwt, "https://svc-b.example"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("valid spiffe://warrant.local/agent/svc-a/"),
+        "{out}"
+    );
+    b.cli(&["agent", "disable", "svc-a"]).ok();
+    let (ok, out, err) = run(65534, &[s, "validate", &jwt, "https://svc-b.example"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("refused") && out.contains("not active"),
+        "{out}"
+    );
+    b.cli(&["agent", "enable", "svc-a"]).ok();
+
     // A process that matches no agent gets nothing, and that is audited.
     let (ok, _, err) = run(65533, &[s, "fetch", "https://api.example"]);
     assert!(!ok);
