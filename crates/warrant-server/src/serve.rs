@@ -560,6 +560,7 @@ impl Broker {
         let workload_task = tokio::spawn(crate::workload::serve(
             state.clone(),
             workload,
+            limits.agent,
             shutdown.clone(),
         ));
 

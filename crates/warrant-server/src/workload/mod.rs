@@ -28,6 +28,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -58,23 +59,71 @@ pub struct WorkloadPeer(Option<Peer>);
 pub struct Conn {
     io: authority::FixAuthority<PeerStream>,
     peer: WorkloadPeer,
+    /// Its place under the socket's caps, given back when it closes.
+    _slot: Slot,
 }
 
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").finish_non_exhaustive()
+/// A connection's place under the caps: the listener's permit and, for a
+/// peer with a uid, one of that user's connections.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _user: Option<UserSlot>,
+}
+
+type Users = Arc<parking_lot::Mutex<HashMap<u32, usize>>>;
+
+/// One of a user's open connections, given back when dropped.
+struct UserSlot(Users, u32);
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut u = self.0.lock();
+        if let Some(n) = u.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                u.remove(&self.1);
+            }
+        }
     }
 }
 
 impl Conn {
     /// Reads the peer of a just-accepted connection.
-    pub fn accept(stream: tokio::net::UnixStream) -> Self {
+    fn accept(stream: tokio::net::UnixStream, slot: Slot) -> Self {
         let (io, peer) = crate::http::attest::AgentPeer::accept(stream);
         Self {
             io: authority::FixAuthority::new(io),
             peer: WorkloadPeer(peer.0),
+            _slot: slot,
         }
     }
+}
+
+/// A place under the caps for a connection from `uid`, if one is free.
+fn admit(
+    permits: &Arc<tokio::sync::Semaphore>,
+    users: &Users,
+    per_user: Option<usize>,
+    uid: Option<u32>,
+) -> Option<Slot> {
+    let user = match (uid, per_user) {
+        (Some(uid), Some(max)) => {
+            let mut u = users.lock();
+            let open = u.entry(uid).or_default();
+            if *open >= max {
+                return None;
+            }
+            *open += 1;
+            Some(UserSlot(users.clone(), uid))
+        }
+        _ => None,
+    };
+    // With the listener full, `user` is dropped here and gives its count back.
+    let permit = permits.clone().try_acquire_owned().ok()?;
+    Some(Slot {
+        _permit: permit,
+        _user: user,
+    })
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -128,19 +177,42 @@ impl std::fmt::Debug for Workload {
     }
 }
 
-/// Serves the Workload API on `listener` until `shutdown`.
+/// Serves the Workload API on `listener` until `shutdown`, with the agent
+/// socket's connection caps (`limits`: in all, and per local user), counted
+/// separately: a connection over a cap is closed at once.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::UnixListener,
+    limits: crate::listener::Limits,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let incoming = futures_util::stream::unfold(listener, |l| async move {
-        loop {
-            match l.accept().await {
-                Ok((s, _)) => return Some((Ok::<_, std::io::Error>(Conn::accept(s)), l)),
-                Err(e) => {
-                    tracing::warn!(listener = "workload", error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let users: Users = Arc::default();
+    let metrics = state.metrics.clone();
+    let incoming = futures_util::stream::unfold(listener, move |l| {
+        let (permits, users, metrics) = (permits.clone(), users.clone(), metrics.clone());
+        async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        use std::os::fd::AsFd as _;
+                        let uid = rustix::net::sockopt::socket_peercred(s.as_fd())
+                            .ok()
+                            .map(|c| c.uid.as_raw());
+                        match admit(&permits, &users, limits.per_user, uid) {
+                            Some(slot) => {
+                                return Some((Ok::<_, std::io::Error>(Conn::accept(s, slot)), l));
+                            }
+                            None => {
+                                metrics.connection_refused("workload");
+                                drop(s);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(listener = "workload", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         }

@@ -205,3 +205,40 @@ fn spiffe_clients_fetch_validate_rotate_and_handshake_with_warrant_svids() {
             .any(|r| r.to_string().contains("PRIVATE KEY"))
     );
 }
+
+/// The Workload API socket has the agent socket's connection caps (counted
+/// on their own): one local user cannot hold every connection, and a
+/// connection over its user's cap is closed at once.
+#[test]
+fn one_local_user_cannot_fill_the_workload_socket() {
+    use std::io::Read as _;
+    use std::os::unix::net::UnixStream;
+    let b = warrant_testkit::Broker::start_with(
+        crate::support::bin(),
+        warrant_testkit::Options {
+            config: Some("[limits]\nagent_connections_per_user = 4\n".into()),
+            ..Default::default()
+        },
+    );
+    std::fs::set_permissions(b.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sock = b.data_dir.join("workload.sock");
+    let held: Vec<UnixStream> = (0..4)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fifth = UnixStream::connect(&sock).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(fifth.read(&mut buf).unwrap_or(0), 0, "closed at once");
+    // Another user is still served (an answer, not a closed connection).
+    let (ok, out, err) = run(65534, &[sock.to_str().unwrap(), "raw"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("security header"), "{out}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, out, err) = run(0, &[sock.to_str().unwrap(), "raw"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("security header"), "freed when closed: {out}");
+}
