@@ -380,6 +380,46 @@ mod tests {
         assert!(f.process().is_err());
     }
 
+    proptest::proptest! {
+        /// Whatever a local process sends after the preface, the rewriter
+        /// neither panics nor passes on more than a bounded amount, and a
+        /// well-formed stream of frames it does not rewrite passes through
+        /// byte for byte.
+        #[test]
+        fn arbitrary_input_is_bounded(
+            frames in proptest::collection::vec(
+                (0u8..12, proptest::bits::u8::ANY, 0u32..8, proptest::collection::vec(proptest::num::u8::ANY, 0..300)),
+                0..20,
+            ),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let mut input = PREFACE.to_vec();
+            for (kind, flags, stream, payload) in &frames {
+                frame(&mut input, *kind, *flags, *stream, payload);
+            }
+            input.extend_from_slice(&tail);
+            let mut f = FixAuthority::new(());
+            let mut failed = false;
+            for chunk in input.chunks(97) {
+                f.input.extend_from_slice(chunk);
+                if f.process().is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            // Literal re-encoding grows a block by at most its decoded size,
+            // which is bounded by MAX_LIST per block.
+            proptest::prop_assert!(f.output.len() <= input.len() + frames.len() * (MAX_LIST + 64));
+            let plain = frames.iter().all(|(k, _, _, _)| *k != HEADERS && *k != CONTINUATION);
+            if plain && !failed {
+                // The tail may complete one more frame of its own.
+                let whole = input.len() - tail.len();
+                proptest::prop_assert!(f.output.len() >= whole);
+                proptest::prop_assert_eq!(&f.output[..whole], &input[..whole]);
+            }
+        }
+    }
+
     #[test]
     fn garbage_ends_the_connection() {
         let mut f = FixAuthority::new(());
