@@ -318,3 +318,18 @@ def test_a_task_token_never_follows_a_redirect_to_another_origin(broker, warrant
     assert "x-api-key" in seen[0]
     for h in seen[1:]:
         assert not {"x-api-key", "authorization"} & set(h), h
+
+
+def test_refused_subjects_do_not_pile_up_in_the_cache(broker):
+    """Each distinct user token makes a cache entry; entries that hold
+    nothing (a refused exchange) are dropped once the cache is full, so a
+    stream of garbage tokens cannot grow it without bound."""
+    from warrant_agent.client import _MAX_SLOTS
+
+    w = Warrant(broker.url, attestation=UnixSocket(broker.agent_socket))
+    good = w.self_token(OPENAI, "llm:chat")
+    for i in range(_MAX_SLOTS + 200):
+        w._slot(("exchange", f"{i:064x}", OPENAI, "llm:chat"))  # as a refused exchange leaves it
+    assert len(w._slots) <= _MAX_SLOTS
+    assert w.self_token(OPENAI, "llm:chat") == good, "a usable token survives"
+    w.close()

@@ -472,7 +472,13 @@ impl Agent {
             audience: aud.join(" "),
             scope: scope.clone(),
         };
-        let slot = self.tasks.lock().entry(key).or_default().clone();
+        let slot = {
+            let mut tasks = self.tasks.lock();
+            if tasks.len() >= MAX_CACHED && !tasks.contains_key(&key) {
+                prune(&mut tasks);
+            }
+            tasks.entry(key).or_default().clone()
+        };
         cached(&slot, |_| async {
             let identity = self.identity().await?;
             let mut form: Vec<(&str, &str)> = match subject {
@@ -630,6 +636,36 @@ impl Agent {
     }
 }
 
+/// The most task tokens held at once. Each distinct user token the sidecar
+/// is sent makes an entry, so a process on its port sending garbage must
+/// not grow the map without bound.
+const MAX_CACHED: usize = 1024;
+
+/// Drops entries holding nothing usable (a refused exchange, an expired
+/// token) that no caller is filling now; if that frees nothing, drops the
+/// idle entries that expire soonest, down to three quarters of the cap.
+fn prune(tasks: &mut HashMap<TaskKey, Slot>) {
+    tasks.retain(|_, s| match s.try_lock() {
+        Ok(g) => g.as_ref().is_some_and(Held::usable),
+        Err(_) => true, // being filled
+    });
+    if tasks.len() < MAX_CACHED {
+        return;
+    }
+    let mut idle: Vec<(Instant, TaskKey)> = tasks
+        .iter()
+        .filter_map(|(k, s)| {
+            let g = s.try_lock().ok()?;
+            Some((g.as_ref().map_or(Instant::now(), |h| h.expires), k.clone()))
+        })
+        .collect();
+    idle.sort_by_key(|(at, _)| *at);
+    let excess = tasks.len().saturating_sub(MAX_CACHED * 3 / 4);
+    for (_, k) in idle.into_iter().take(excess) {
+        tasks.remove(&k);
+    }
+}
+
 /// The value in `slot`, or a new one from `fetch` when it is due; callers
 /// that find it due together wait for one fetch. A fetch that fails because
 /// the broker is unavailable leaves a still-good value in use.
@@ -713,4 +749,55 @@ async fn unix_identity(path: &Path, body: &Value) -> Result<(StatusCode, Bytes),
     Err(AgentError::Unavailable(
         "the agent socket kept asking for the request again".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(i: usize) -> TaskKey {
+        TaskKey {
+            kind: "exchange",
+            subject: format!("{i:064x}"),
+            audience: "a".into(),
+            scope: "s".into(),
+        }
+    }
+
+    fn held(secs: u64) -> Held {
+        let mut m = Map::new();
+        m.insert("access_token".into(), "t".into());
+        m.insert("expires_in".into(), secs.into());
+        Held::new("access_token", m, Instant::now()).unwrap()
+    }
+
+    #[test]
+    fn refused_and_expired_entries_do_not_pile_up() {
+        let mut tasks: HashMap<TaskKey, Slot> = HashMap::new();
+        // What garbage user tokens leave behind: empty slots.
+        for i in 0..MAX_CACHED {
+            tasks.insert(key(i), Slot::default());
+        }
+        tasks.insert(
+            key(MAX_CACHED),
+            Arc::new(tokio::sync::Mutex::new(Some(held(300)))),
+        );
+        prune(&mut tasks);
+        assert_eq!(tasks.len(), 1, "only the usable token is kept");
+        // Usable tokens over the cap: the soonest to expire go first.
+        for i in 0..MAX_CACHED + 10 {
+            tasks.insert(
+                key(i),
+                Arc::new(tokio::sync::Mutex::new(Some(held(100 + i as u64)))),
+            );
+        }
+        prune(&mut tasks);
+        assert_eq!(tasks.len(), MAX_CACHED * 3 / 4);
+        assert!(
+            tasks.contains_key(&key(MAX_CACHED + 9)),
+            "the longest-lived stays"
+        );
+        assert!(!tasks.contains_key(&key(0)));
+    }
 }

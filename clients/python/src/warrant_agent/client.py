@@ -82,6 +82,10 @@ def claims(token: str) -> dict[str, Any]:
         raise errors.WarrantError("not a JWT", error="invalid_request") from e
 
 
+#: Task tokens held at once before spent entries are dropped.
+_MAX_SLOTS = 1024
+
+
 class _Slot:
     """One cached value, refreshed by one caller at a time."""
 
@@ -183,8 +187,18 @@ class Warrant:
         with self._slots_lock:
             s = self._slots.get(key)
             if s is None:
+                if len(self._slots) >= _MAX_SLOTS:
+                    self._prune()
                 s = self._slots[key] = _Slot()
             return s
+
+    def _prune(self) -> None:
+        # Each distinct user token makes an entry: keep the map bounded by
+        # dropping entries holding nothing usable that no one is filling.
+        now = time.monotonic()
+        for key, slot in list(self._slots.items()):
+            if key[0] != "identity" and not slot.lock.locked() and not _usable(slot.value, now):
+                del self._slots[key]
 
     def _cached(self, key: tuple[str, ...], fetch: Callable[[Any], Any]) -> Any:
         slot = self._slot(key)
