@@ -56,6 +56,7 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod decision;
+pub mod discovery;
 pub mod identity;
 pub mod keys;
 pub mod mcp;

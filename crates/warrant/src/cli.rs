@@ -404,6 +404,13 @@ pub enum AgentCmd {
         /// Agent name.
         name: String,
     },
+    /// Workloads that tried to attest and matched no agent, with the
+    /// command that would register each (from the audit trail).
+    Discovered {
+        /// Look this far back (a duration such as 30d, or an RFC 3339 time).
+        #[arg(long, default_value = "30d")]
+        since: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/disable", post(disable_agent))
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
+        .route("/discovered", get(list_discovered))
         .route("/revoke", post(revoke))
         .route("/dev/user-token", post(dev_user_token))
         .route("/keys", get(list_keys))
@@ -707,6 +708,36 @@ fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, ApiError> {
                 shown(s, 100)
             ))
         })
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoveredQuery {
+    since: Option<String>,
+}
+
+/// `GET /discovered`: workloads that tried to attest and matched no agent
+/// (from the attestation refusals in the audit trail, newest 10,000 of the
+/// period), with the command that would register each.
+async fn list_discovered(
+    State(state): State<AppState>,
+    _: Reader,
+    q: Result<Query<DiscoveredQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<warrant_core::discovery::Candidate>>> {
+    let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let now = Timestamp::now();
+    let since = parse_since(q.since.as_deref().unwrap_or("30d"), now)?;
+    let query = AuditQuery {
+        agent: None,
+        event: Some("attest".into()),
+        since: Some(since),
+        limit: 10_000,
+        user: None,
+        task: None,
+        txn: None,
+    };
+    let records = state.store.list_audit(&query).await?;
+    Ok(Json(warrant_core::discovery::candidates(&records)))
 }
 
 async fn list_audit(

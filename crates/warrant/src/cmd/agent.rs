@@ -142,6 +142,37 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AgentCmd) -> anyhow::Resu
                 );
             })?;
         }
+        AgentCmd::Discovered { since } => {
+            let list: Vec<warrant_core::discovery::Candidate> = client
+                .get(&format!("/discovered?since={}", segment(since)))
+                .await?;
+            emit(cli.output, &list, |list| {
+                if list.is_empty() {
+                    println!("no unregistered workload tried to attest since {since}");
+                    return;
+                }
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.attestor.clone(),
+                            c.attempts.to_string(),
+                            c.last_seen.to_string(),
+                            c.evidence
+                                .iter()
+                                .map(|(k, v)| format!("{k}={v}"))
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        ]
+                    })
+                    .collect();
+                table(&["ATTESTOR", "ATTEMPTS", "LAST-SEEN", "EVIDENCE"], &rows);
+                println!();
+                for c in list {
+                    println!("{}", c.command);
+                }
+            })?;
+        }
         AgentCmd::Instances { name } => {
             let list: Vec<Instance> = client
                 .get(&format!("/agents/{}/instances", segment(name)))

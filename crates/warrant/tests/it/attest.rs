@@ -863,3 +863,111 @@ with httpx2.Client(transport=httpx2.HTTPTransport(uds=sys.argv[1]), follow_redir
     let again = run(true);
     assert!(again.starts_with("200 "), "{again}");
 }
+
+/// Issue 16, discovery: workloads that try to attest and match no agent are
+/// listed once each, with how often they tried and the command that
+/// registers them; running that command makes them attest, and they leave
+/// the list. A flood of attempts stays one entry (the refusal budget
+/// gathers them) and its count is kept.
+#[test]
+fn unregistered_workloads_are_discovered_with_a_command_that_registers_them() {
+    let b = crate::support::broker();
+    with_policy(&b);
+    std::fs::set_permissions(b.tmp(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sock = b.data_dir.join("agent.sock");
+    let attest = |uid: Option<u32>| {
+        let mut cmd = match uid {
+            None => Command::new("curl"),
+            Some(u) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={u}"),
+                    &format!("--regid={u}"),
+                    "--clear-groups",
+                    "curl",
+                ]);
+                c
+            }
+        };
+        let out = cmd
+            .args([
+                "-s",
+                "-L",
+                "--unix-socket",
+                sock.to_str().unwrap(),
+                "-X",
+                "POST",
+            ])
+            .args([
+                "http://localhost/v1/identity",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for _ in 0..40 {
+        assert_eq!(attest(None), "403");
+    }
+    assert_eq!(attest(Some(65534)), "403");
+    let list = b.cli(&["agent", "discovered", "--output", "json"]).json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    let root = list
+        .iter()
+        .find(|c| c["evidence"]["uid"] == "0")
+        .expect("root's curl is listed");
+    assert_eq!(root["attestor"], "unix");
+    assert_eq!(root["attempts"], 40, "every attempt counted: {root}");
+    let curl = std::fs::canonicalize(
+        String::from_utf8(
+            Command::new("sh")
+                .args(["-c", "command -v curl"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(root["evidence"]["exe"], curl.to_str().unwrap());
+    let command = root["command"].as_str().unwrap();
+    assert!(
+        command.starts_with("warrant agent create curl --owner OWNER --env ENV --selector unix:uid=0 --selector unix:path="),
+        "{command}"
+    );
+    // The human listing shows the same command.
+    let human = b.cli(&["agent", "discovered"]);
+    assert!(human.ok().contains(command), "{}", human.stdout);
+    // Run it as printed (owner and environment filled in).
+    let run = command
+        .replacen("warrant", bin().to_str().unwrap(), 1)
+        .replace("OWNER", "team")
+        .replace("ENV", "dev");
+    let out = Command::new("sh")
+        .args(["-c", &run])
+        .env("WARRANT_DATA_DIR", &b.data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(attest(None), "200");
+    let list = b.cli(&["agent", "discovered", "--output", "json"]).json();
+    let list = list.as_array().unwrap();
+    assert_eq!(
+        list.len(),
+        1,
+        "registered and attested since: gone: {list:?}"
+    );
+    assert_eq!(list[0]["evidence"]["uid"], "65534");
+    // Readers may list it; nothing else is needed.
+    let r = b.cli(&["agent", "discovered", "--since", "not-a-time"]);
+    assert_ne!(r.code, 0);
+}
