@@ -25,12 +25,8 @@ use serde_json::{Map, Value};
 use sha2::Digest as _;
 use zeroize::Zeroizing;
 
-/// The form's grant type for RFC 8693 token exchange.
-const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-/// Subject token types.
-pub const TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-pub const TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+use warrant_control::token::{JWT_BEARER, TOKEN_EXCHANGE};
+pub use warrant_core::task::token_type::{ACCESS_TOKEN as TYPE_ACCESS_TOKEN, JWT as TYPE_JWT};
 
 /// The HTTP(S) client to the broker and the edge.
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -345,17 +341,13 @@ impl Agent {
 
     /// This process's identity (attested, or renewed when due).
     pub async fn identity(&self) -> Result<Held, AgentError> {
-        cached(&self.identity, |current| self.attest(current)).await
+        cached(&self.identity, |current| self.attest_for(current, None)).await
     }
 
     /// An identity for `audience` (not cached: `warrant token identity
     /// --audience`).
     pub async fn identity_for(&self, audience: &str) -> Result<Held, AgentError> {
         self.attest_for(None, Some(audience)).await
-    }
-
-    async fn attest(&self, current: Option<Held>) -> Result<Held, AgentError> {
-        self.attest_for(current, None).await
     }
 
     async fn attest_for(
@@ -564,7 +556,10 @@ impl Agent {
             return Err(AgentError::Refused {
                 status: 404,
                 error: "not_found".into(),
-                description: format!("the edge at {} has no `{path}`", self.edge),
+                description: format!(
+                    "the edge at {} has no `{path}`",
+                    warrant_core::text::shown_url(&self.edge)
+                ),
                 refused_by: None,
                 policies: Vec::new(),
                 how_to_get_access: None,
@@ -618,6 +613,8 @@ impl Agent {
         what: &str,
         at: &str,
     ) -> Result<(StatusCode, Bytes), AgentError> {
+        // A URL may carry credentials: never shown whole.
+        let at = warrant_core::text::shown_url(at);
         let unreachable = |e: &dyn std::fmt::Display| {
             AgentError::Unavailable(format!("cannot reach {what} at {at}: {e}"))
         };

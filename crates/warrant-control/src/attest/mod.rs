@@ -374,17 +374,29 @@ impl AttestService {
     }
 
     /// Attests a unix peer (reading `/proc` on a blocking thread) and
-    /// issues its identity, recording either outcome.
+    /// issues its identity, recording either outcome: the agent socket's
+    /// and the Workload API's one way in.
     pub async fn unix(
         self: &Arc<Self>,
         peer: unix::Peer,
         req: &Request,
     ) -> Result<IdentityResponse, Refusal> {
+        // Set when this attestation is given up (its future dropped, as on
+        // a request timeout or a client gone): the hash then stops rather
+        // than run on unseen.
+        struct GiveUp(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for GiveUp {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let give_up = GiveUp(Arc::default());
+        let cancelled = give_up.0.clone();
         let this = self.clone();
-        let cancelled = std::sync::atomic::AtomicBool::new(false);
         let facts =
             tokio::task::spawn_blocking(move || unix::attest(&peer, &this.exe_hashes, &cancelled))
                 .await;
+        drop(give_up);
         match facts {
             Ok(Ok(f)) => self.issue(Evidence::Unix(f), req).await,
             Ok(Err(e)) => {

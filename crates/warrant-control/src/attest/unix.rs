@@ -333,7 +333,7 @@ pub fn attest(
         return Err(UnixError::Execed(pid));
     }
     let sha256 = cache.hash(&mut file, pid, peer.uid, cancelled)?;
-    let cgroup = placed_cgroup(pid, peer.uid);
+    let cgroup = placed_cgroup(pid);
     // The same process from accept to here: nothing was read from another.
     if peer.exited() || start_time(pid)? != at_accept || exe_id(pid)? != (m.dev(), m.ino()) {
         return Err(UnixError::Changed(pid));
@@ -397,7 +397,7 @@ fn cgroup2_mount() -> Option<&'static str> {
 /// user with a delegated subtree can hand its files to a subordinate uid
 /// from a user namespace of its own.) `None` under cgroup v1 or when the
 /// files cannot be read.
-fn placed_cgroup(pid: u32, _uid: u32) -> Option<String> {
+fn placed_cgroup(pid: u32) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim();
     if !path.starts_with('/') || path.split('/').any(|seg| seg == "..") {

@@ -8,7 +8,6 @@
 //! (`{"error", "error_description"}`), and every refusal is audited.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::rejection::BytesRejection;
@@ -201,41 +200,7 @@ async fn identity(
             }
         };
     }
-    let attest = state.attest.clone();
-    // Set when this request is given up (its future dropped, as on the
-    // request timeout): the hash then stops rather than run on unseen.
-    struct GiveUp(Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for GiveUp {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    let give_up = GiveUp(Arc::default());
-    let cancelled = give_up.0.clone();
-    let facts =
-        tokio::task::spawn_blocking(move || unix::attest(&peer, &attest.exe_hashes, &cancelled))
-            .await;
-    drop(give_up);
-    let facts = match facts {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => {
-            let r = match e {
-                unix::UnixError::Busy => Refusal::Unavailable(e.to_string()),
-                _ => Refusal::Denied(e.to_string()),
-            };
-            let r = state.attest.refuse_early("unix", &req, r).await;
-            return refusal_response(&r, false);
-        }
-        Err(_) => {
-            return refusal_response(&Refusal::Unavailable("attestation failed".into()), false);
-        }
-    };
-    answer(
-        state
-            .attest
-            .issue(warrant_core::identity::Evidence::Unix(facts), &req)
-            .await,
-    )
+    answer(state.attest.unix(peer, &req).await)
 }
 
 /// `307` to the same endpoint with a one-time proof: the request arrived

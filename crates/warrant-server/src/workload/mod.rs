@@ -37,6 +37,7 @@ use tonic::{Request, Response, Status};
 use warrant_control::attest::unix::{Peer, PeerStream};
 use warrant_control::attest::{Refusal, Request as AttestRequest};
 use warrant_core::time::Timestamp;
+use warrant_token::x509::X509Authority;
 use warrant_workload::spiffe_workload_api_server::{SpiffeWorkloadApi, SpiffeWorkloadApiServer};
 use warrant_workload::{
     JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
@@ -281,35 +282,21 @@ impl Workload {
         format!("spiffe://{}", self.state.trust_domain)
     }
 
-    fn x509_bundle(&self) -> Result<(Vec<u8>, Vec<String>), Status> {
-        let ca = self
-            .state
+    fn ca(&self, now: Timestamp) -> Result<Arc<X509Authority>, Status> {
+        self.state
             .keys
-            .x509(self.state.trust_domain.as_str(), Timestamp::now())
+            .x509(self.state.trust_domain.as_str(), now)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot derive the X.509 CA");
                 Status::unavailable("the broker's X.509 CA is unavailable")
-            })?;
-        Ok((
-            ca.bundle(),
-            ca.kids().iter().map(|k| (*k).to_owned()).collect(),
-        ))
-    }
-
-    fn jwks(&self) -> Vec<u8> {
-        let jwks = self.state.keys.current().jwks(Timestamp::now());
-        serde_json::to_vec(&jwks).unwrap_or_default()
+            })
     }
 
     /// One X.509-SVID response for `peer`, and how long until the next.
     async fn x509_response(&self, peer: Peer) -> Result<(X509svidResponse, Duration), Status> {
         let id = self.attest(peer, None).await?;
         let now = Timestamp::now();
-        let ca = self
-            .state
-            .keys
-            .x509(self.state.trust_domain.as_str(), now)
-            .map_err(|_| Status::unavailable("the broker's X.509 CA is unavailable"))?;
+        let ca = self.ca(now)?;
         let ttl = Duration::from_secs(id.expires_in.max(1));
         let svid = ca.issue(&id.spiffe_id, ttl, now).map_err(|e| {
             tracing::error!(error = %e, "cannot issue an X.509-SVID");
@@ -333,7 +320,39 @@ impl Workload {
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-fn receiver<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Status>>) -> Streamed<T> {
+/// A server stream fed by `next`, called at once and then after each wait
+/// it names: `Ok((Some(item), wait))` sends an item, `Ok((None, wait))`
+/// sends nothing this time, an error ends the stream after sending it. It
+/// stops when the client goes.
+fn streamed<T, F, Fut>(mut next: F) -> Streamed<T>
+where
+    T: Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(Option<T>, Duration), Status>> + Send,
+{
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            let wait = match next().await {
+                Ok((item, wait)) => {
+                    if let Some(item) = item
+                        && tx.send(Ok(item)).await.is_err()
+                    {
+                        return;
+                    }
+                    wait
+                }
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    return;
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = tx.closed() => return,
+            }
+        }
+    });
     Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }))
@@ -351,34 +370,19 @@ impl SpiffeWorkloadApi for Workload {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let peer = self.caller(&request)?;
         // The first answer (or refusal) is given before the stream opens.
-        let (first, wait) = self.x509_response(peer.clone()).await?;
-        let (tx, rx) = mpsc::channel(1);
+        let first = self.x509_response(peer.clone()).await?;
+        let mut first = Some(first);
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut wait = wait;
-            if tx.send(Ok(first)).await.is_err() {
-                return;
+        Ok(Response::new(streamed(move || {
+            let (this, peer, ready) = (this.clone(), peer.clone(), first.take());
+            async move {
+                let (r, wait) = match ready {
+                    Some(r) => r,
+                    None => this.x509_response(peer).await?,
+                };
+                Ok((Some(r), wait))
             }
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = tx.closed() => return,
-                }
-                match this.x509_response(peer.clone()).await {
-                    Ok((r, w)) => {
-                        wait = w;
-                        if tx.send(Ok(r)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(s) => {
-                        let _ = tx.send(Err(s)).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(receiver(rx)))
+        })))
     }
 
     async fn fetch_x509_bundles(
@@ -387,35 +391,21 @@ impl SpiffeWorkloadApi for Workload {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let peer = self.caller(&request)?;
         self.attest(peer, None).await?;
-        let (tx, rx) = mpsc::channel(1);
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut sent: Option<Vec<String>> = None;
-            loop {
-                match this.x509_bundle() {
-                    Ok((bundle, kids)) if sent.as_ref() != Some(&kids) => {
-                        let r = X509BundlesResponse {
-                            crl: Vec::new(),
-                            bundles: HashMap::from([(this.trust_domain_id(), bundle)]),
-                        };
-                        if tx.send(Ok(r)).await.is_err() {
-                            return;
-                        }
-                        sent = Some(kids);
-                    }
-                    Ok(_) => {}
-                    Err(s) => {
-                        let _ = tx.send(Err(s)).await;
-                        return;
-                    }
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(BUNDLE_POLL) => {}
-                    () = tx.closed() => return,
-                }
+        let sent: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+        Ok(Response::new(streamed(move || {
+            let (this, sent) = (this.clone(), sent.clone());
+            async move {
+                let ca = this.ca(Timestamp::now())?;
+                let kids: Vec<String> = ca.kids().iter().map(|k| (*k).to_owned()).collect();
+                let changed = std::mem::replace(&mut *sent.lock(), kids.clone()) != kids;
+                let item = changed.then(|| X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles: HashMap::from([(this.trust_domain_id(), ca.bundle())]),
+                });
+                Ok((item, BUNDLE_POLL))
             }
-        });
-        Ok(Response::new(receiver(rx)))
+        })))
     }
 
     async fn fetch_jwtsvid(
@@ -454,28 +444,20 @@ impl SpiffeWorkloadApi for Workload {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let peer = self.caller(&request)?;
         self.attest(peer, None).await?;
-        let (tx, rx) = mpsc::channel(1);
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut sent: Option<Vec<u8>> = None;
-            loop {
-                let jwks = this.jwks();
-                if sent.as_ref() != Some(&jwks) {
-                    let r = JwtBundlesResponse {
-                        bundles: HashMap::from([(this.trust_domain_id(), jwks.clone())]),
-                    };
-                    if tx.send(Ok(r)).await.is_err() {
-                        return;
-                    }
-                    sent = Some(jwks);
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(BUNDLE_POLL) => {}
-                    () = tx.closed() => return,
-                }
+        let sent: Arc<parking_lot::Mutex<Vec<u8>>> = Arc::default();
+        Ok(Response::new(streamed(move || {
+            let (this, sent) = (this.clone(), sent.clone());
+            async move {
+                let jwks = this.state.keys.current().jwks(Timestamp::now());
+                let jwks = serde_json::to_vec(&jwks).unwrap_or_default();
+                let changed = std::mem::replace(&mut *sent.lock(), jwks.clone()) != jwks;
+                let item = changed.then(|| JwtBundlesResponse {
+                    bundles: HashMap::from([(this.trust_domain_id(), jwks)]),
+                });
+                Ok((item, BUNDLE_POLL))
             }
-        });
-        Ok(Response::new(receiver(rx)))
+        })))
     }
 
     async fn validate_jwtsvid(

@@ -28,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::agent::{Agent, AgentError, TYPE_JWT};
+use crate::agent::{Agent, AgentError, Held, TYPE_JWT};
 use crate::cli::{Cli, SidecarArgs};
 
 type Forwarder =
@@ -146,21 +146,27 @@ pub async fn run(cli: &Cli, args: &SidecarArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the sidecar answers instead of forwarding (boxed: every step of
+/// the request path returns it).
+type Refused = Box<Response>;
+
 /// A refusal of the sidecar's own, in the edge's JSON shape.
-fn refuse(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        axum::Json(
-            serde_json::json!({ "error": { "message": message, "type": code, "code": code } }),
-        ),
+fn refuse(status: StatusCode, code: &str, message: String) -> Refused {
+    Box::new(
+        (
+            status,
+            axum::Json(
+                serde_json::json!({ "error": { "message": message, "type": code, "code": code } }),
+            ),
+        )
+            .into_response(),
     )
-        .into_response()
 }
 
-fn agent_error(e: &AgentError) -> Response {
+fn agent_error(e: &AgentError) -> Refused {
     let (status, body) = e.edge_body();
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    (status, axum::Json(body)).into_response()
+    Box::new((status, axum::Json(body)).into_response())
 }
 
 /// Whether `Host` names this sidecar on a loopback address.
@@ -187,119 +193,150 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-async fn handle(
-    State(s): State<Arc<Sidecar>>,
-    ConnectInfo(_peer): ConnectInfo<SocketAddr>,
-    req: Request<Body>,
-) -> Response {
-    let headers = req.headers();
+/// Refuses what the sidecar never serves: another host's requests (DNS
+/// rebinding) and a browser's.
+fn check_caller(s: &Sidecar, headers: &HeaderMap) -> Result<(), Refused> {
     if !addressed_here(headers, s.port) {
-        return refuse(
+        return Err(refuse(
             StatusCode::MISDIRECTED_REQUEST,
             "invalid_request",
             format!(
                 "the sidecar answers requests addressed to 127.0.0.1:{} (or localhost) only",
                 s.port
             ),
-        );
+        ));
     }
     // A web page in a browser on this host can reach loopback; it must not
     // act as this workload.
     if headers.contains_key(header::ORIGIN) || headers.contains_key("sec-fetch-site") {
-        return refuse(
+        return Err(refuse(
             StatusCode::FORBIDDEN,
             "access_denied",
             "the sidecar does not serve browsers (the request has an Origin or Sec-Fetch-Site header)".into(),
-        );
+        ));
     }
-    let path = req.uri().path();
+    Ok(())
+}
+
+/// The route (or `mcp/<server>`) a path is for, and the scopes to ask for
+/// on it; only those the sidecar was started with.
+fn route_of<'a>(s: &'a Sidecar, path: &str) -> Result<(String, &'a str), Refused> {
     let mut segs = path.trim_start_matches('/').splitn(3, '/');
     let key = match (segs.next(), segs.next()) {
         (Some("mcp"), Some(server)) => format!("mcp/{server}"),
         (Some(route), _) => route.to_owned(),
         _ => String::new(),
     };
-    let Some(scope) = s.scopes.get(&key) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "the sidecar does not forward `{}`; it forwards {}",
-                key.chars().take(100).collect::<String>(),
-                {
-                    let mut k: Vec<&str> = s.scopes.keys().map(String::as_str).collect();
-                    k.sort_unstable();
-                    k.join(", ")
-                }
-            ),
-        );
-    };
-    let meta = match s.agent.resource(&key).await {
-        Ok(m) => m,
-        Err(e) => return agent_error(&e),
-    };
+    match s.scopes.get(&key) {
+        Some(scope) => Ok((key, scope.as_str())),
+        None => {
+            let mut known: Vec<&str> = s.scopes.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            Err(refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "the sidecar does not forward `{}`; it forwards {}",
+                    key.chars().take(100).collect::<String>(),
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// The user token the caller passed, if one (never two).
+fn user_token(s: &Sidecar, headers: &HeaderMap) -> Result<Option<String>, Refused> {
+    let mut users = headers.get_all(&s.user_header).iter();
+    match (users.next(), users.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => match v.to_str() {
+            Ok(t) if !t.trim().is_empty() => {
+                Ok(Some(t.trim().trim_start_matches("Bearer ").to_owned()))
+            }
+            _ => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("`{}` must hold a user's token", s.user_header),
+            )),
+        },
+        (Some(_), Some(_)) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("send one `{}` header, not several", s.user_header),
+        )),
+    }
+}
+
+/// A fresh task token for `key` (for the user, or for the sidecar itself)
+/// and the header the edge reads it from on that route.
+async fn task_for(
+    s: &Sidecar,
+    key: &str,
+    scope: &str,
+    user: Option<&str>,
+) -> Result<(Held, HeaderName), Refused> {
+    let meta = s.agent.resource(key).await.map_err(|e| agent_error(&e))?;
     let Some(audience) = meta.get("warrant_audience").and_then(|v| v.as_str()) else {
-        return refuse(
+        return Err(refuse(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
             format!("the edge does not say which audience `{key}` needs"),
-        );
+        ));
     };
     let token_header = meta
         .get("warrant_token_header")
         .and_then(|v| v.as_str())
         .and_then(|h| HeaderName::try_from(h).ok())
         .unwrap_or(header::AUTHORIZATION);
-    let mut users = headers.get_all(&s.user_header).iter();
-    let user = match (users.next(), users.next()) {
-        (None, _) => None,
-        (Some(v), None) => match v.to_str() {
-            Ok(t) if !t.trim().is_empty() => {
-                Some(t.trim().trim_start_matches("Bearer ").to_owned())
-            }
-            _ => {
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    format!("`{}` must hold a user's token", s.user_header),
-                );
-            }
-        },
-        (Some(_), Some(_)) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("send one `{}` header, not several", s.user_header),
-            );
-        }
-    };
     let audience = [audience.to_owned()];
-    let task = match &user {
+    let task = match user {
         Some(u) => s.agent.exchange(u, TYPE_JWT, &audience, scope).await,
         None => s.agent.self_task(&audience, scope).await,
     };
-    let task = match task {
-        Ok(t) => t,
-        Err(e) => return agent_error(&e),
-    };
+    task.map(|t| (t, token_header)).map_err(|e| agent_error(&e))
+}
+
+/// Drops the hop-by-hop headers, and those a `Connection` header names.
+fn drop_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        h.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        h.remove(name);
+    }
+}
+
+/// The request for the edge: its address, the agent's own credentials and
+/// the user header dropped, the task token in the route's header.
+fn outbound(
+    s: &Sidecar,
+    req: Request<Body>,
+    task: &Held,
+    token_header: HeaderName,
+) -> Result<Request<Body>, Refused> {
     let (mut parts, body) = req.into_parts();
     let target = format!(
         "{}{}",
         s.agent.edge(),
         parts.uri.path_and_query().map_or("/", |p| p.as_str())
     );
-    let Ok(uri) = target.parse() else {
-        return refuse(
+    parts.uri = target.parse().map_err(|_| {
+        refuse(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "the request's path is not valid".into(),
-        );
-    };
-    parts.uri = uri;
+        )
+    })?;
     let h = &mut parts.headers;
-    for name in HOP_BY_HOP {
-        h.remove(name);
-    }
+    drop_hop_by_hop(h);
     // The agent's placeholder key goes nowhere; the edge puts the real one on.
     for name in [
         header::HOST,
@@ -316,39 +353,57 @@ async fn handle(
     } else {
         task.token.as_str().to_owned()
     };
-    let Ok(mut value) = HeaderValue::from_str(&value) else {
-        return refuse(
+    let mut value = HeaderValue::from_str(&value).map_err(|_| {
+        refuse(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
             "the task token is not a header value".into(),
-        );
-    };
+        )
+    })?;
     value.set_sensitive(true);
     h.insert(token_header, value);
-    let out = Request::from_parts(parts, body);
-    match s.forward.request(out).await {
-        Ok(resp) => {
-            let from_edge = resp
-                .headers()
-                .get(header::WWW_AUTHENTICATE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("realm=\"warrant\""));
-            if resp.status() == StatusCode::UNAUTHORIZED && from_edge {
-                // The edge refused the token (revoked, or an agent in its
-                // chain may no longer act): the next request starts over.
-                // An upstream's own 401 keeps it.
-                s.agent.forget(task.token.as_str());
-            }
-            let (mut parts, body) = resp.into_parts();
-            for name in HOP_BY_HOP {
-                parts.headers.remove(name);
-            }
-            Response::from_parts(parts, Body::new(body))
-        }
-        Err(e) => refuse(
+    Ok(Request::from_parts(parts, body))
+}
+
+async fn handle(
+    State(s): State<Arc<Sidecar>>,
+    ConnectInfo(_peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    match forward(&s, req).await {
+        Ok(r) => r,
+        Err(r) => *r,
+    }
+}
+
+async fn forward(s: &Sidecar, req: Request<Body>) -> Result<Response, Refused> {
+    check_caller(s, req.headers())?;
+    let (key, scope) = route_of(s, req.uri().path())?;
+    let user = user_token(s, req.headers())?;
+    let (task, token_header) = task_for(s, &key, scope, user.as_deref()).await?;
+    let out = outbound(s, req, &task, token_header)?;
+    let resp = s.forward.request(out).await.map_err(|e| {
+        refuse(
             StatusCode::BAD_GATEWAY,
             "bad_gateway",
-            format!("cannot reach the edge at {}: {e}", s.agent.edge()),
-        ),
+            format!(
+                "cannot reach the edge at {}: {e}",
+                warrant_core::text::shown_url(s.agent.edge())
+            ),
+        )
+    })?;
+    let from_edge = resp
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("realm=\"warrant\""));
+    if resp.status() == StatusCode::UNAUTHORIZED && from_edge {
+        // The edge refused the token (revoked, or an agent in its chain may
+        // no longer act): the next request starts over. An upstream's own
+        // 401 keeps it.
+        s.agent.forget(task.token.as_str());
     }
+    let (mut parts, body) = resp.into_parts();
+    drop_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
