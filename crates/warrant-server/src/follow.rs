@@ -57,6 +57,7 @@ pub(crate) fn spawn(
                             .feed_position
                             .set(i64::try_from(position).unwrap_or(i64::MAX));
                         apply(&state, c).await;
+                        state.store.feed_applied(position);
                     }
                     None => break,
                 },

@@ -376,6 +376,13 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Acknowledges that the change `version` from [`Store::follow`], and
+    /// every one before it, is applied to this broker's memory: until then
+    /// the feed is not [`Store::feed_fresh`].
+    fn feed_applied(&self, version: u64) {
+        let _ = version;
+    }
+
     /// Whether this broker hears the feed of a shared store (always true for
     /// a store one broker owns).
     fn feed_connected(&self) -> bool {

@@ -32,6 +32,12 @@ pub(crate) const KEEP: Duration = Duration::from_secs(3600);
 pub(crate) struct FeedState {
     /// The last version delivered.
     pub(crate) position: AtomicU64,
+    /// The last version the broker says it applied to its memory (once it
+    /// takes the feed): until it catches up with `position`, a revocation
+    /// may sit delivered but not yet applied, so the feed is not fresh.
+    pub(crate) applied: AtomicU64,
+    /// Whether the broker took the feed (and so acknowledges what it applies).
+    pub(crate) followed: AtomicBool,
     /// Whether the listening connection is up.
     pub(crate) connected: AtomicBool,
     /// Milliseconds between the last change's commit and its delivery.

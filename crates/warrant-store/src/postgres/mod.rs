@@ -917,6 +917,8 @@ impl PostgresStore {
         let feed = Arc::new(feed::FeedState::default());
         feed.position
             .store(u64::try_from(position).unwrap_or(0), Ordering::Release);
+        feed.applied
+            .store(u64::try_from(position).unwrap_or(0), Ordering::Release);
         let writer = Writer::start(
             connector.clone(),
             client,
@@ -2232,12 +2234,27 @@ impl Store for PostgresStore {
 
     fn feed_fresh(&self) -> bool {
         let age = Timestamp::now().as_millis() - self.feed.last_read_ms.load(Ordering::Acquire);
+        // INVARIANT (revocation through any broker is seen): read lately,
+        // and everything read is applied (a revocation delivered but still
+        // queued for the broker's memory is not yet known to it).
+        let applied = !self.feed.followed.load(Ordering::Acquire)
+            || self.feed.applied.load(Ordering::Acquire)
+                >= self.feed.position.load(Ordering::Acquire);
         self.feed.connected.load(Ordering::Acquire)
+            && applied
             && u128::try_from(age).is_ok_and(|a| a <= crate::FEED_STALE.as_millis())
     }
 
     fn follow(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
-        self.follower.lock().take()
+        let taken = self.follower.lock().take();
+        if taken.is_some() {
+            self.feed.followed.store(true, Ordering::Release);
+        }
+        taken
+    }
+
+    fn feed_applied(&self, version: u64) {
+        self.feed.applied.fetch_max(version, Ordering::AcqRel);
     }
 
     async fn announce_reload(&self, digests: &str) -> Result<(), StoreError> {

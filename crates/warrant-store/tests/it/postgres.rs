@@ -600,6 +600,40 @@ mod tampering {
         close_all(&stores).await;
     }
 
+    /// A revocation the feed delivered but the broker has not yet applied
+    /// to its memory is not known to it: until the broker acknowledges it,
+    /// the feed is not fresh (and no task token is vouched for).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delivered_revocation_counts_only_once_applied() {
+        let db = Database::new();
+        let stores = three(&db, PostgresOptions::default());
+        let (a, b) = (&stores[0], &stores[1]);
+        let mut feed = b.follow().unwrap();
+        with_task(a).await;
+        a.revoke(
+            RevokeTarget::Task("t1".into()),
+            Timestamp::now(),
+            ev("admin.revoke", "orch"),
+        )
+        .await
+        .unwrap();
+        let revoked = loop {
+            let c = tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if c.kind == ChangeKind::TaskRevoked {
+                break c;
+            }
+        };
+        assert!(!b.feed_fresh(), "delivered, not yet applied");
+        b.feed_applied(revoked.version - 1);
+        assert!(!b.feed_fresh(), "applied up to the change before it");
+        b.feed_applied(revoked.version);
+        assert!(b.feed_fresh(), "applied");
+        close_all(&stores).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_oversized_key_is_a_resync_not_a_key() {
         let db = Database::new();
