@@ -125,6 +125,11 @@ pub struct Metrics {
     /// With a shared store: how many different config files they run
     /// (refreshed at scrape).
     pub cluster_config_digests: Gauge,
+    /// Step-up approvals by what happened: requested, approved, denied, used.
+    pub approvals: Family<StateLabels, Counter>,
+    /// Approval webhook announcements by outcome: ok, failed (after
+    /// retries), dropped (queue full).
+    pub approval_webhooks: Family<OutcomeLabels, Counter>,
 }
 
 /// Labels: which listener.
@@ -180,6 +185,8 @@ impl Metrics {
             cluster_brokers: Gauge::default(),
             cluster_policy_digests: Gauge::default(),
             cluster_config_digests: Gauge::default(),
+            approvals: Family::default(),
+            approval_webhooks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -211,6 +218,16 @@ impl Metrics {
             "warrant_cluster_config_digests",
             "Different config files run by the brokers sharing the store",
             m.cluster_config_digests.clone(),
+        );
+        registry.register(
+            "warrant_approvals",
+            "Step-up approvals by what happened: requested, approved, denied, used",
+            m.approvals.clone(),
+        );
+        registry.register(
+            "warrant_approval_webhooks",
+            "Approval webhook announcements by outcome: ok, failed (after retries), dropped (queue full)",
+            m.approval_webhooks.clone(),
         );
         registry.register(
             "warrant_policy_decisions",

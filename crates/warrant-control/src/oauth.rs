@@ -12,6 +12,8 @@ pub struct OAuthError {
     /// like the edge's refusals, so a client can tell a policy decision
     /// from a malformed request.
     pub policies: Option<Vec<String>>,
+    /// More members of the answer (a pending approval's id and state).
+    pub extra: Option<Box<serde_json::Value>>,
 }
 
 impl OAuthError {
@@ -32,6 +34,7 @@ impl OAuthError {
             error,
             description: description.into(),
             policies: None,
+            extra: None,
         }
     }
     /// `access_denied` by policy, with the policies that decided.

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use warrant_core::TrustDomain;
 use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::approval::{ApprovalSubject, ApprovalTerms, StepUp};
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::decision::{
     Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource, UserRef,
@@ -269,6 +270,8 @@ pub struct TokenService {
     refusals: Arc<crate::refusals::RefusalLog>,
     /// Task tokens already verified and checked, by their exact bytes.
     task_tokens: VerifiedCache<CheckedTask>,
+    /// Step-up approvals.
+    approvals: Arc<crate::approvals::ApprovalService>,
 }
 
 /// How many verified tokens of each kind are remembered.
@@ -312,6 +315,8 @@ impl std::fmt::Debug for TokenService {
 pub struct TokenParts {
     /// What every issuing service shares.
     pub common: crate::IssuerParts,
+    /// Step-up approvals, for exchanges policy allows only with one.
+    pub approvals: Arc<crate::approvals::ApprovalService>,
     /// The longest chain.
     pub max_depth: u32,
     /// Trusted user issuers.
@@ -396,6 +401,7 @@ impl TokenService {
             identities: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
             refusals: c.refusals,
             task_tokens: VerifiedCache::new(VERIFIED_CACHE_CAPACITY),
+            approvals: p.approvals,
         })
     }
 
@@ -995,17 +1001,22 @@ impl TokenService {
     }
 
     /// Decides `action` for every audience (all must be allowed) and
-    /// writes the decision into the record.
-    fn decide(
+    /// writes the decision into the record. When the permits that allow it
+    /// ask for a person's approval, one approval covers the whole request
+    /// (its audiences and scopes, for this task and user): `Err(Some(_))`
+    /// answers it pending or denied; it goes ahead once granted. `Err(None)`
+    /// is a policy's refusal.
+    async fn decide(
         &self,
         action: Action,
         actor: &Actor,
         audiences: &[String],
         context: &Context,
         event: &mut AuditEvent,
-    ) -> bool {
+    ) -> Result<(), Option<OAuthError>> {
         let mut allowed = true;
         let mut reasons = Vec::new();
+        let mut approval: Option<(ApprovalTerms, Vec<String>, DecisionRequest)> = None;
         for aud in audiences {
             let req = DecisionRequest {
                 principal: actor.principal(),
@@ -1016,9 +1027,22 @@ impl TokenService {
             let (d, e) = self.policy.decide_for_record(&req, event.take());
             *event = e;
             reasons.extend(d.reasons());
-            if d.effect != Effect::Allow {
-                allowed = false;
-                break;
+            match d.effect {
+                Effect::Allow => {}
+                Effect::ApprovalRequired => {
+                    let terms = d.approval.unwrap_or_default();
+                    approval = Some(match approval {
+                        None => (terms, d.policies, req),
+                        Some((t, mut p, first)) => {
+                            p.extend(d.policies);
+                            (t.and(terms), p, first)
+                        }
+                    });
+                }
+                Effect::Deny => {
+                    allowed = false;
+                    break;
+                }
             }
         }
         reasons.dedup();
@@ -1029,7 +1053,65 @@ impl TokenService {
         } else {
             Outcome::Deny
         };
-        allowed
+        if !allowed {
+            return Err(None);
+        }
+        let Some((terms, mut policies, first)) = approval else {
+            return Ok(());
+        };
+        policies.sort();
+        policies.dedup();
+        let mut auds = audiences.to_vec();
+        auds.sort();
+        let mut scopes = context.scopes.clone();
+        scopes.sort();
+        scopes.dedup();
+        let mut subject = ApprovalSubject::of(
+            &first,
+            serde_json::json!({ "audiences": auds, "scopes": scopes }),
+        );
+        subject.resource = auds
+            .iter()
+            .map(|a| Resource::Audience(a.clone()).to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        event.decision = Outcome::Pending;
+        // The token endpoint answers at once: a client asks again.
+        let step = self
+            .approvals
+            .step_up(
+                subject,
+                Value::Null,
+                terms,
+                policies,
+                event,
+                Some(std::time::Duration::ZERO),
+            )
+            .await;
+        add_detail(event, serde_json::json!({ "approval": approval_id(&step) }));
+        match step {
+            StepUp::Approved(_) => {
+                event.decision = Outcome::Allow;
+                Ok(())
+            }
+            StepUp::Unavailable(e) => {
+                tracing::error!(error = %e, "cannot read or write approvals; grant refused");
+                Err(Some(OAuthError::new(
+                    "temporarily_unavailable",
+                    "this request needs a person's approval, and the approval store is unavailable; try again later",
+                )))
+            }
+            other => {
+                if matches!(other, StepUp::Denied(_)) {
+                    event.decision = Outcome::Deny;
+                }
+                let (description, data) = other.refusal().unwrap_or_default();
+                Err(Some(OAuthError {
+                    extra: Some(Box::new(data)),
+                    ..OAuthError::new("access_denied", description)
+                }))
+            }
+        }
     }
 
     /// RFC 8693 token exchange: authenticate the acting agent, read the
@@ -1109,14 +1191,17 @@ impl TokenService {
             source_ip: caller.source_ip,
             ..Context::at(now)
         };
-        if !self.decide(
-            Action::TokenExchange,
-            &actor,
-            &narrowed.audience,
-            &context,
-            event,
-        ) {
-            return Err(OAuthError::denied_by_policy(
+        if let Err(held) = self
+            .decide(
+                Action::TokenExchange,
+                &actor,
+                &narrowed.audience,
+                &context,
+                event,
+            )
+            .await
+        {
+            return Err(held.unwrap_or_else(|| OAuthError::denied_by_policy(
                 format!(
                     "policy does not allow agent `{}` this exchange (scope `{}`, audience `{}`)",
                     actor.agent.name,
@@ -1124,7 +1209,7 @@ impl TokenService {
                     shown(&narrowed.audience.join(" "), 100)
                 ),
                 event.reasons.clone(),
-            ));
+            )));
         }
         let grant = Grant {
             sub: subject.sub,
@@ -1206,15 +1291,18 @@ impl TokenService {
         let mut context = Context::at(now);
         context.scopes = requested.iter().map(str::to_owned).collect();
         context.source_ip = caller.source_ip;
-        if !self.decide(Action::TokenSelf, &actor, &audiences, &context, event) {
-            return Err(OAuthError::denied_by_policy(
+        if let Err(held) = self
+            .decide(Action::TokenSelf, &actor, &audiences, &context, event)
+            .await
+        {
+            return Err(held.unwrap_or_else(|| OAuthError::denied_by_policy(
                 format!(
                     "policy does not allow agent `{}` a token for itself (scope `{requested}`, audience `{}`)",
                     actor.agent.name,
                     shown(&audiences.join(" "), 100)
                 ),
                 event.reasons.clone(),
-            ));
+            )));
         }
         let grant = Grant {
             sub: actor.claims.sub.clone(),
@@ -1539,4 +1627,21 @@ fn user_scope(claims: &Map<String, Value>) -> Result<Option<ScopeSet>, OAuthErro
         });
     }
     Ok(bound)
+}
+
+/// The approval id a step-up answered with, if any.
+fn approval_id(step: &StepUp) -> Option<&str> {
+    match step {
+        StepUp::Approved(a) | StepUp::Pending(a) | StepUp::Denied(a) => Some(&a.id),
+        StepUp::Refused(_) | StepUp::Unavailable(_) => None,
+    }
+}
+
+/// Adds `more`'s members to the record's detail.
+fn add_detail(event: &mut AuditEvent, more: Value) {
+    match (&mut event.detail, more) {
+        (Some(Value::Object(d)), Value::Object(m)) => d.extend(m),
+        (d @ None, m) => *d = Some(m),
+        _ => {}
+    }
 }

@@ -106,6 +106,11 @@ pub struct AdminTokenRecord {
     pub expires_at: Timestamp,
     /// When it was revoked, if it was.
     pub revoked_at: Option<Timestamp>,
+    /// The person who holds it (`user:<namespace>/<subject>`, as users
+    /// are recorded), if named: what separation of duties compares with
+    /// the user a request is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
 }
 
 impl AdminTokenRecord {

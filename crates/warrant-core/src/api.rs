@@ -80,6 +80,11 @@ pub struct CreateAdminToken {
     /// A label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The person who holds it, as users are named (`<namespace>/<subject>`,
+    /// optionally written `user:<namespace>/<subject>`): separation of
+    /// duties keeps them from approving requests made for themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
 }
 
 /// The answer to `POST /admin/v1/admin-tokens`: the only time the token is shown.

@@ -117,6 +117,14 @@ pub enum Kind {
     AdminSecretDelete,
     /// The audit trail verified.
     AuditVerify,
+    /// A request held for a person's approval (a new approval).
+    ApprovalRequest,
+    /// A pending approval granted.
+    ApprovalApprove,
+    /// A pending approval refused.
+    ApprovalDeny,
+    /// A granted approval spent on the one request it covers.
+    ApprovalUse,
     /// More kinds of unauthenticated refusal in a window than are kept
     /// apart: counted only.
     RefusalsOverflow,
@@ -171,6 +179,10 @@ impl Kind {
         Self::AdminSecretRotate,
         Self::AdminSecretDelete,
         Self::AuditVerify,
+        Self::ApprovalRequest,
+        Self::ApprovalApprove,
+        Self::ApprovalDeny,
+        Self::ApprovalUse,
         Self::RefusalsOverflow,
     ];
 
@@ -223,6 +235,10 @@ impl Kind {
             Self::AdminSecretRotate => "admin.secret.rotate",
             Self::AdminSecretDelete => "admin.secret.delete",
             Self::AuditVerify => "audit.verify",
+            Self::ApprovalRequest => "approval.request",
+            Self::ApprovalApprove => "approval.approve",
+            Self::ApprovalDeny => "approval.deny",
+            Self::ApprovalUse => "approval.use",
             Self::RefusalsOverflow => "refusals.overflow",
         }
     }

@@ -336,6 +336,10 @@ pub struct Decision {
     pub policies: Vec<String>,
     /// Evaluation errors; any error makes the decision a deny.
     pub errors: Vec<String>,
+    /// When the effect is [`Effect::ApprovalRequired`]: who may approve and
+    /// for how long (the strictest of the permits that asked).
+    #[serde(skip)]
+    pub approval: Option<crate::approval::ApprovalTerms>,
 }
 
 impl Decision {
@@ -419,6 +423,7 @@ mod tests {
             effect: Effect::Deny,
             policies: vec![],
             errors: vec![],
+            approval: None,
         };
         assert_eq!(d.reasons(), vec!["default deny: no permit policy applies"]);
         assert_eq!(d.outcome(), crate::audit::Outcome::Deny);

@@ -54,6 +54,7 @@ macro_rules! bearer_secret {
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod approval;
 pub mod audit;
 pub mod decision;
 pub mod discovery;

@@ -380,7 +380,7 @@ impl ToolDefinition {
 }
 
 /// JSON with object keys sorted at every level, whatever the map type.
-fn canonical(v: &Value) -> String {
+pub fn canonical(v: &Value) -> String {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();

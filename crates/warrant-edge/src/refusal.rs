@@ -24,6 +24,9 @@ pub(crate) struct Refusal {
     why: Option<Box<Why>>,
     /// The `WWW-Authenticate` challenge.
     challenge: Option<Box<str>>,
+    /// A request waiting for approval: its id and state (members of the
+    /// error), and a `Retry-After`.
+    approval: Option<Box<serde_json::Value>>,
 }
 
 /// Which rule class or policy refused, and how to get access.
@@ -42,7 +45,33 @@ impl Refusal {
             message,
             why: None,
             challenge: None,
+            approval: None,
         }
+    }
+
+    /// A request that needs a person's approval and does not go ahead
+    /// (pending, denied, or not asked): 403 with the approval's facts,
+    /// and `Retry-After` while it is pending.
+    pub(crate) fn approval(step: &warrant_core::approval::StepUp) -> Self {
+        use warrant_core::approval::StepUp;
+        let (message, data) = step.refusal().unwrap_or_default();
+        if let StepUp::Unavailable(_) = step {
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+        }
+        let code = match step {
+            StepUp::Pending(_) => "approval_pending",
+            StepUp::Denied(_) => "approval_denied",
+            _ => "approval_required",
+        };
+        Self {
+            approval: Some(Box::new(data)),
+            ..Self::new(StatusCode::FORBIDDEN, code, message)
+        }
+    }
+
+    /// Whether this answers a request waiting for approval.
+    pub(crate) fn is_pending(&self) -> bool {
+        self.code == "approval_pending"
     }
 
     /// A request the edge will not read as it is (400 `invalid_request`).
@@ -129,7 +158,21 @@ impl IntoResponse for Refusal {
             }
             error["how_to_get_access"] = json!(why.hint);
         }
+        let pending = self.code == "approval_pending";
+        if let Some(a) = self.approval
+            && let serde_json::Value::Object(members) = *a
+        {
+            for (k, v) in members {
+                error[k] = v;
+            }
+        }
         let mut r = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if pending {
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(warrant_core::approval::RETRY_AFTER_SECS),
+            );
+        }
         if let Some(w) = self.challenge
             && let Ok(v) = HeaderValue::from_str(&w)
         {

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use warrant_core::approval::{ApprovalSubject, ApprovalTerms, StepUp};
 use warrant_core::audit::AuditEvent;
 use warrant_core::decision::{Decision, DecisionRequest};
 use warrant_core::mcp::{PinOutcome, ToolArguments, ToolDefinition, ToolPin};
@@ -137,6 +138,23 @@ pub trait ToolPins: Send + Sync {
     async fn list_tool_pins(&self, server: Option<&str>) -> Result<Vec<ToolPin>, PinsUnavailable>;
 }
 
+/// Step-up approval of requests policy allows only with a person's
+/// approval.
+#[async_trait]
+pub trait Approvals: Send + Sync {
+    /// Asks for (or finds) the approval of `subject`, holding up to the
+    /// configured time for a decision; a granted one is spent on this
+    /// request. `base` is the request's record (approval records copy it).
+    async fn step_up(
+        &self,
+        subject: ApprovalSubject,
+        shown: serde_json::Value,
+        terms: ApprovalTerms,
+        policies: Vec<String>,
+        base: &AuditEvent,
+    ) -> StepUp;
+}
+
 /// Everything the proxy and the gateway are built from besides their
 /// configuration. Cheap to clone.
 #[derive(Clone)]
@@ -152,6 +170,8 @@ pub struct EdgeServices {
     pub audit: Arc<dyn AuditSink>,
     /// MCP tool pins.
     pub pins: Arc<dyn ToolPins>,
+    /// Step-up approvals.
+    pub approvals: Arc<dyn Approvals>,
     /// The edge's metrics.
     pub metrics: Arc<EdgeMetrics>,
     /// The issuer.

@@ -22,6 +22,7 @@ use cedar_policy::{Authorizer, Effect as CedarEffect, PolicySet};
 use cedar_policy_core::ast::{Literal, ValueKind};
 use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
+use warrant_core::approval::ApprovalTerms;
 use warrant_core::decision::{Action, Decision, DecisionRequest, Effect, Resource};
 use warrant_core::mcp::{ArgumentSchema, ToolArguments};
 
@@ -42,8 +43,8 @@ struct Compiled {
     condition: cedar_policy_core::ast::Expr,
     /// Permit or forbid.
     effect: CedarEffect,
-    /// `@approval("required")`.
-    needs_approval: bool,
+    /// `@approval("required")`, with its `@approval_role` and `@approval_ttl`.
+    approval: Option<ApprovalTerms>,
 }
 
 /// A validated, indexed policy set.
@@ -96,6 +97,7 @@ fn deny_with_all(errors: Vec<String>) -> Decision {
         effect: Effect::Deny,
         policies: Vec::new(),
         errors,
+        approval: None,
     }
 }
 
@@ -193,7 +195,7 @@ impl Policies {
         let mut permits = Vec::new();
         let mut forbids = Vec::new();
         let mut errors = Vec::new();
-        let mut needs_approval = true;
+        let mut approval = Approval::default();
         // Each candidate is evaluated whole (scope and conditions), exactly as
         // Cedar's authorizer evaluates every policy of a set; the index only
         // skips policies whose scope cannot match.
@@ -207,7 +209,7 @@ impl Policies {
                 Ok(ValueKind::Lit(Literal::Bool(false))) => {}
                 Ok(ValueKind::Lit(Literal::Bool(true))) => match c.effect {
                     CedarEffect::Permit => {
-                        needs_approval &= c.needs_approval;
+                        approval.permit(c.approval);
                         permits.push(c.id.clone());
                     }
                     CedarEffect::Forbid => forbids.push(c.id.clone()),
@@ -220,7 +222,7 @@ impl Policies {
                 )),
             }
         }
-        combine(permits, forbids, errors, needs_approval)
+        combine(permits, forbids, errors, approval.terms())
     }
 
     /// Whether some arguments could make this tool call (`req`, an
@@ -280,19 +282,19 @@ impl Policies {
         let errors = response.diagnostics().errors().map(error_text).collect();
         let mut permits = Vec::new();
         let mut forbids = Vec::new();
-        let mut needs_approval = true;
+        let mut approval = Approval::default();
         for id in response.diagnostics().reason() {
             if let Some(c) = self.compiled.iter().find(|c| c.id == id.as_ref()) {
                 match c.effect {
                     CedarEffect::Permit => {
-                        needs_approval &= c.needs_approval;
+                        approval.permit(c.approval);
                         permits.push(c.id.clone());
                     }
                     CedarEffect::Forbid => forbids.push(c.id.clone()),
                 }
             }
         }
-        combine(permits, forbids, errors, needs_approval)
+        combine(permits, forbids, errors, approval.terms())
     }
 
     /// How many policies are loaded.
@@ -384,7 +386,7 @@ fn combine(
     mut permits: Vec<String>,
     mut forbids: Vec<String>,
     errors: Vec<String>,
-    needs_approval: bool,
+    approval: Option<ApprovalTerms>,
 ) -> Decision {
     permits.sort();
     forbids.sort();
@@ -393,6 +395,7 @@ fn combine(
             effect: Effect::Deny,
             policies: forbids,
             errors,
+            approval: None,
         };
     }
     if permits.is_empty() {
@@ -400,9 +403,10 @@ fn combine(
             effect: Effect::Deny,
             policies: Vec::new(),
             errors,
+            approval: None,
         };
     }
-    let effect = if needs_approval {
+    let effect = if approval.is_some() {
         Effect::ApprovalRequired
     } else {
         Effect::Allow
@@ -411,6 +415,28 @@ fn combine(
         effect,
         policies: permits,
         errors,
+        approval,
+    }
+}
+
+/// Whether the permits that applied all ask for approval, and the
+/// strictest terms among them: one plain permit allows outright.
+#[derive(Debug, Default)]
+struct Approval {
+    plain: bool,
+    terms: Option<ApprovalTerms>,
+}
+
+impl Approval {
+    fn permit(&mut self, terms: Option<ApprovalTerms>) {
+        match terms {
+            None => self.plain = true,
+            Some(t) => self.terms = Some(self.terms.map_or(t, |s| s.and(t))),
+        }
+    }
+
+    fn terms(&self) -> Option<ApprovalTerms> {
+        if self.plain { None } else { self.terms }
     }
 }
 

@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use warrant_core::mcp::{ArgumentSchema, ToolArguments};
 
+use warrant_core::approval::{APPROVAL_ROLE_ANNOTATION, APPROVAL_TTL_ANNOTATION, ApprovalTerms};
+
 use crate::{APPROVAL_ANNOTATION, Compiled, Policies, index, schema};
 
 /// One policy file: a name (relative to the policy directory) and its text.
@@ -185,6 +187,23 @@ pub(crate) fn compile(
         }
     }
     for p in &parsed {
+        let role = p.policy.annotation(APPROVAL_ROLE_ANNOTATION);
+        let ttl = p.policy.annotation(APPROVAL_TTL_ANNOTATION);
+        let problem = |message: String| PolicyProblem {
+            file: files[p.file_idx].name.clone(),
+            line: p.line,
+            col: 1,
+            message,
+        };
+        if (role.is_some() || ttl.is_some())
+            && p.policy.annotation(APPROVAL_ANNOTATION) != Some("required")
+        {
+            problems.push(problem(
+                "@approval_role and @approval_ttl only apply with @approval(\"required\") on the same permit".into(),
+            ));
+        } else if let Err(e) = ApprovalTerms::parse(role, ttl) {
+            problems.push(problem(e));
+        }
         if let Some(v) = p.policy.annotation(APPROVAL_ANNOTATION) {
             if v != "required" {
                 problems.push(PolicyProblem {
@@ -239,7 +258,13 @@ pub(crate) fn compile(
             id: p.id.clone(),
             condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy).condition(),
             effect: policy.effect(),
-            needs_approval: policy.annotation(APPROVAL_ANNOTATION) == Some("required"),
+            approval: (policy.annotation(APPROVAL_ANNOTATION) == Some("required")).then(|| {
+                ApprovalTerms::parse(
+                    policy.annotation(APPROVAL_ROLE_ANNOTATION),
+                    policy.annotation(APPROVAL_TTL_ANNOTATION),
+                )
+                .unwrap_or_default()
+            }),
         });
     }
 

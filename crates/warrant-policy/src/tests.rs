@@ -177,6 +177,32 @@ fn approval_required_only_when_every_applying_permit_asks() {
     let d = p.decide(&request("a", Action::TokenExchange, aud("open")));
     assert_eq!(d.effect, Effect::Allow);
     assert_eq!(d.policies, vec!["needs", "plain"]);
+    assert_eq!(d.approval, None);
+}
+
+#[test]
+fn approval_terms_are_the_strictest_of_the_permits_that_ask() {
+    let src = "@id(\"a\") @approval(\"required\") @approval_ttl(\"5m\") permit(principal, action == Action::\"token:exchange\", resource);\n@id(\"b\") @approval(\"required\") @approval_role(\"admin\") @approval_ttl(\"1h\") permit(principal, action == Action::\"token:exchange\", resource == Audience::\"pay\");\n";
+    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    let t = p
+        .decide(&request("a", Action::TokenExchange, aud("pay")))
+        .approval
+        .unwrap();
+    assert_eq!((t.role.as_str(), t.ttl.as_secs()), ("admin", 300));
+    let t = p
+        .decide(&request("a", Action::TokenExchange, aud("other")))
+        .approval
+        .unwrap();
+    assert_eq!((t.role.as_str(), t.ttl.as_secs()), ("approver", 300));
+    for bad in [
+        "@approval_role(\"admin\") permit(principal, action, resource);",
+        "@approval(\"required\") @approval_role(\"root\") permit(principal, action, resource);",
+        "@approval(\"required\") @approval_ttl(\"2s\") permit(principal, action, resource);",
+        "@approval(\"required\") @approval_ttl(\"forever\") permit(principal, action, resource);",
+    ] {
+        let e = Policies::compile(&[file("p.cedar", bad)]).unwrap_err();
+        assert!(e.to_string().contains("approval"), "{bad}: {e}");
+    }
 }
 
 #[test]

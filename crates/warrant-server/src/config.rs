@@ -15,6 +15,7 @@ pub use warrant_control::token::UserIssuer;
 use warrant_core::TrustDomain;
 use warrant_core::keys::Alg;
 use warrant_core::text::shown_url;
+use warrant_core::time::Ttl;
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./warrant-data";
@@ -69,6 +70,9 @@ pub struct RawConfig {
     /// Connection caps and timeouts of the listeners.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Step-up approvals: holding, expiry, separation of duties, webhooks.
+    #[serde(default)]
+    pub approvals: RawApprovals,
     /// TLS for the API and edge listeners.
     pub tls: Option<RawTls>,
     /// Serve plain HTTP beyond loopback (TLS terminated by a proxy in
@@ -84,6 +88,83 @@ pub struct RawTls {
     pub cert_file: PathBuf,
     /// PEM private key, owner-only.
     pub key_file: PathBuf,
+}
+
+/// `[approvals]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// How long the proxy and the MCP gateway hold a request waiting for
+    /// approval before answering "pending" (default `0s`, at most `120s`).
+    pub hold: Option<String>,
+    /// How long a request waits for a decision (default `1h`, `1m` to `7d`).
+    pub pending_ttl: Option<String>,
+    /// The most approvals one agent may have pending (default 20).
+    pub max_pending_per_agent: Option<u32>,
+    /// An approver never decides a request made for themselves (default true).
+    pub separation_of_duties: Option<bool>,
+    /// Where new pending approvals are announced.
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
+}
+
+/// `[[approvals.webhook]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `https://...` (or `http://` to loopback).
+    pub url: String,
+    /// `json` (default) or `slack`.
+    pub format: Option<String>,
+}
+
+fn approvals(
+    raw: RawApprovals,
+    origin: &str,
+) -> Result<warrant_control::approvals::ApprovalConfig, ConfigError> {
+    use warrant_control::approvals::{ApprovalConfig, MAX_HOLD, Webhook};
+    let bad = |message: String| ConfigError::Invalid {
+        key: "approvals",
+        origin: origin.to_owned(),
+        message,
+    };
+    let d = ApprovalConfig::default();
+    let hold = match raw.hold {
+        None => d.hold,
+        Some(t) => match humantime::parse_duration(&t) {
+            Ok(h) if h <= MAX_HOLD => h,
+            _ => {
+                return Err(bad(format!(
+                    "hold `{}` must be a duration from 0s to 120s, like `30s`",
+                    t.escape_debug()
+                )));
+            }
+        },
+    };
+    let pending_ttl = match raw.pending_ttl {
+        None => d.pending_ttl,
+        Some(t) => t
+            .parse::<Ttl>()
+            .and_then(|v| v.within("pending_ttl", Ttl::from_secs(60), Ttl::from_secs(7 * 86_400)))
+            .map_err(|e| bad(e.to_string()))?,
+    };
+    let max_pending_per_agent = match raw.max_pending_per_agent {
+        None => d.max_pending_per_agent,
+        Some(n) if (1..=10_000).contains(&n) => n,
+        Some(n) => return Err(bad(format!("max_pending_per_agent = {n} must be from 1 to 10000"))),
+    };
+    let webhooks = raw
+        .webhook
+        .iter()
+        .map(|w| Webhook::parse(&w.url, w.format.as_deref()).map_err(|e| bad(format!("webhook: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ApprovalConfig {
+        hold,
+        pending_ttl,
+        max_pending_per_agent,
+        separation_of_duties: raw.separation_of_duties.unwrap_or(d.separation_of_duties),
+        webhooks,
+    })
 }
 
 /// `[limits]` as written: each listener's connection cap, and timeouts.
@@ -441,6 +522,8 @@ pub struct Config {
     pub mcp_servers: Vec<warrant_edge::mcp::config::McpServerConfig>,
     /// Connection caps and timeouts of the listeners.
     pub limits: ListenerLimits,
+    /// Step-up approvals.
+    pub approvals: warrant_control::approvals::ApprovalConfig,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -809,8 +892,10 @@ impl Config {
         }
 
         let limits = limits(raw.limits, &format!("[limits] in {file_name}"))?;
+        let approvals = approvals(raw.approvals, &format!("[approvals] in {file_name}"))?;
         Ok(Self {
             limits,
+            approvals,
             data_dir,
             store,
             store_ca_file,

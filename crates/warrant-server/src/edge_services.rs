@@ -35,6 +35,23 @@ pub(crate) struct ControlForEdge {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) batcher: AuditBatcher,
     pub(crate) refusals: Arc<RefusalLog>,
+    pub(crate) approvals: Arc<warrant_control::approvals::ApprovalService>,
+}
+
+#[async_trait]
+impl warrant_edge::services::Approvals for ControlForEdge {
+    async fn step_up(
+        &self,
+        subject: warrant_core::approval::ApprovalSubject,
+        shown: serde_json::Value,
+        terms: warrant_core::approval::ApprovalTerms,
+        policies: Vec<String>,
+        base: &AuditEvent,
+    ) -> warrant_core::approval::StepUp {
+        self.approvals
+            .step_up(subject, shown, terms, policies, base, None)
+            .await
+    }
 }
 
 #[async_trait]

@@ -344,8 +344,15 @@ impl Broker {
         let user_issuers =
             crate::live::with_dev_issuer(config.user_issuers.clone(), dev.as_deref())
                 .map_err(ServeError::Io)?;
+        let (approvals, announcer) = warrant_control::approvals::ApprovalService::new(
+            store.clone(),
+            config.approvals.clone(),
+            metrics.clone(),
+        );
+        tokio::spawn(announcer);
         let tokens = Arc::new(
             warrant_control::token::TokenService::new(warrant_control::token::TokenParts {
+                approvals: approvals.clone(),
                 common,
                 max_depth: config.max_delegation_depth,
                 user_issuers,
@@ -379,13 +386,15 @@ impl Broker {
             metrics: metrics.clone(),
             batcher: audit_batch.clone(),
             refusals: refusals.clone(),
+            approvals: approvals.clone(),
         });
         let services = warrant_edge::services::EdgeServices {
             tasks: control.clone(),
             authorizer: control.clone(),
             credentials: control.clone(),
             audit: control.clone(),
-            pins: control,
+            pins: control.clone(),
+            approvals: control,
             metrics: edge_metrics,
             issuer: issuer.clone(),
             edge_url: format!("{}://{edge_addr}", config.scheme()),
@@ -419,6 +428,7 @@ impl Broker {
             secrets,
             dev,
             tokens,
+            approvals,
             store,
             keys,
             policy,

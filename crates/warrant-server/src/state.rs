@@ -25,6 +25,8 @@ pub struct AppState {
     /// Attestation and identity issuance.
     pub attest: Arc<warrant_control::attest::AttestService>,
     /// Task tokens, introspection, revocation.
+    /// Step-up approvals.
+    pub approvals: Arc<warrant_control::approvals::ApprovalService>,
     pub tokens: Arc<warrant_control::token::TokenService>,
     /// Records of answered edge requests, batched.
     pub audit_batch: warrant_control::audit_batch::AuditBatcher,

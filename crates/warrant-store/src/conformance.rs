@@ -69,7 +69,8 @@ macro_rules! conformance_tests {
             a_server_is_listed_once_even_with_no_tools,
             records_appended_together_chain_in_order_or_not_at_all,
             revoking_an_id_that_names_nothing_is_not_found,
-            nothing_is_issued_to_an_agent_that_is_not_active
+            nothing_is_issued_to_an_agent_that_is_not_active,
+            an_approval_is_asked_once_decided_once_and_used_once
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -280,6 +281,7 @@ fn token(id: &str, hash: u8, role: Role) -> AdminTokenRecord {
         created_at: Timestamp::from_millis(hash.into()),
         expires_at: Timestamp::from_millis(1_000_000),
         revoked_at: None,
+        person: (role == Role::Approver).then(|| "user:acme/bob".into()),
     }
 }
 
@@ -1357,4 +1359,242 @@ pub async fn nothing_is_issued_to_an_agent_that_is_not_active(fx: Box<dyn Fixtur
     );
     assert_eq!(audit_count(&s).await, before, "nothing recorded");
     assert!(s.get_task("t1").await.unwrap().is_none());
+}
+
+pub fn approval(id: &str, binding: &str, agent: &str, at: i64) -> warrant_core::approval::Approval {
+    use warrant_core::approval::{Approval, ApprovalState, ApprovalSubject};
+    Approval {
+        id: id.into(),
+        binding: binding.into(),
+        subject: ApprovalSubject {
+            action: "mcp:call_tool".into(),
+            resource: "Tool::\"fs/delete\"".into(),
+            request: serde_json::json!({"server": "fs", "tool": "delete", "arguments_sha256": binding}),
+            agent: agent.into(),
+            instance: "ins_1".into(),
+            user: Some("user:acme/alice".into()),
+            chain: vec![agent.into()],
+            task: Some("tsk_1".into()),
+            txn: Some("txn_1".into()),
+        },
+        shown: serde_json::json!({"arguments": {"path": "/tmp/x"}}),
+        policies: vec!["needs-approval".into()],
+        role: Role::Approver,
+        ttl_secs: 60,
+        state: ApprovalState::Pending,
+        created_at: Timestamp::from_millis(at),
+        expires_at: Timestamp::from_millis(at + 3_600_000),
+        decided_by: None,
+        decided_at: None,
+        reason: None,
+        used_at: None,
+    }
+}
+
+pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fixture>) {
+    use warrant_core::approval::{ApprovalState, Verdict};
+    let s = fx.store();
+    let t0 = 1_000_000;
+    let before = audit_count(&s).await;
+    let (a, created) = s
+        .request_approval(
+            approval("apr_1", "b1", "orch", t0),
+            2,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(s.get_approval("apr_1").await.unwrap(), Some(a.clone()));
+    // The same request asked again finds it, and writes nothing.
+    let (again, created) = s
+        .request_approval(
+            approval("apr_2", "b1", "orch", t0 + 5),
+            2,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.id, "apr_1");
+    assert_eq!(audit_count(&s).await, before + 1);
+    // A bounded number pending per agent.
+    s.request_approval(
+        approval("apr_3", "b3", "orch", t0 + 10),
+        2,
+        ev("approval.request", "orch"),
+    )
+    .await
+    .unwrap();
+    let e = s
+        .request_approval(
+            approval("apr_4", "b4", "orch", t0 + 20),
+            2,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Precondition { .. }), "{e}");
+    assert!(s.get_approval("apr_4").await.unwrap().is_none());
+    s.request_approval(
+        approval("apr_5", "b5", "other", t0 + 20),
+        2,
+        ev("approval.request", "other"),
+    )
+    .await
+    .unwrap();
+
+    let now = Timestamp::from_millis(t0 + 100);
+    assert_eq!(
+        s.list_approvals(Some(ApprovalState::Pending), now, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["apr_5", "apr_3", "apr_1"]
+    );
+    assert_eq!(
+        s.approval_by_binding("b1").await.unwrap().unwrap().id,
+        "apr_1"
+    );
+    // Not granted yet: no use.
+    let e = s
+        .use_approval("apr_1", now, ev("approval.use", "orch"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("pending"), "{e}");
+    // Decided once, by whoever comes first.
+    let mut racers = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        racers.push(tokio::spawn(async move {
+            s.decide_approval(
+                "apr_1",
+                Verdict::Approve,
+                &format!("admin-{i}"),
+                Some("ok".into()),
+                now,
+                ev("approval.decide", "orch"),
+            )
+            .await
+        }));
+    }
+    let mut won = Vec::new();
+    for r in racers {
+        if let Ok(a) = r.await.unwrap() {
+            won.push(a);
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one decision wins");
+    let decided = s.get_approval("apr_1").await.unwrap().unwrap();
+    assert_eq!(decided, won[0]);
+    assert_eq!(decided.decided_at, Some(now));
+    assert_eq!(decided.state, ApprovalState::Approved);
+    let denied = s
+        .decide_approval(
+            "apr_5",
+            Verdict::Deny,
+            "admin",
+            Some("no".into()),
+            now,
+            ev("approval.decide", "other"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (denied.state, denied.reason.as_deref()),
+        (ApprovalState::Denied, Some("no"))
+    );
+    let e = s
+        .use_approval("apr_5", now, ev("approval.use", "other"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("denied by admin"), "{e}");
+    assert_eq!(
+        decided.expires_at,
+        Timestamp::from_millis(t0 + 100 + 60_000),
+        "usable for its ttl"
+    );
+    // The same request asked while granted finds the grant.
+    let (found, created) = s
+        .request_approval(
+            approval("apr_6", "b1", "orch", t0 + 200),
+            2,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(found.state, ApprovalState::Approved);
+    // Used once.
+    let mut users = Vec::new();
+    for _ in 0..8 {
+        let s = s.clone();
+        users.push(tokio::spawn(async move {
+            s.use_approval("apr_1", now, ev("approval.use", "orch"))
+                .await
+        }));
+    }
+    let mut used = 0;
+    for u in users {
+        if u.await.unwrap().is_ok() {
+            used += 1;
+        }
+    }
+    assert_eq!(used, 1, "exactly one use wins");
+    let spent = s.get_approval("apr_1").await.unwrap().unwrap();
+    assert_eq!(
+        (spent.state, spent.used_at),
+        (ApprovalState::Used, Some(now))
+    );
+    // Spent: the same request asked again is a new approval.
+    let (fresh, created) = s
+        .request_approval(
+            approval("apr_7", "b1", "orch", t0 + 300),
+            3,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap();
+    assert!(created && fresh.id == "apr_7");
+    // Expired approvals are neither decided nor used, and list as expired.
+    let late = Timestamp::from_millis(t0 + 3_600_000 + 20);
+    let e = s
+        .decide_approval(
+            "apr_3",
+            Verdict::Approve,
+            "admin",
+            None,
+            late,
+            ev("approval.decide", "orch"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("expired"), "{e}");
+    let expired = s
+        .list_approvals(Some(ApprovalState::Expired), late, 10)
+        .await
+        .unwrap();
+    assert!(expired.iter().any(|a| a.id == "apr_3"));
+    let e = s
+        .decide_approval(
+            "apr_nope",
+            Verdict::Approve,
+            "admin",
+            None,
+            now,
+            ev("approval.decide", "orch"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotFound { .. }), "{e}");
+    // Every change was recorded with it.
+    let kinds: Vec<String> = all_audit(&*s)
+        .await
+        .into_iter()
+        .map(|r| r.event.event)
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "approval.use").count(), 1);
+    assert_eq!(kinds.iter().filter(|k| *k == "approval.decide").count(), 2);
 }

@@ -28,7 +28,7 @@ pub struct CopyReport {
 
 /// Tables in an order that needs no deferred constraints, the audit trail
 /// last.
-const TABLES: [&str; 13] = [
+const TABLES: [&str; 14] = [
     "agents",
     "signing_keys",
     "admin_tokens",
@@ -39,6 +39,7 @@ const TABLES: [&str; 13] = [
     "secrets",
     "mcp_tools",
     "mcp_servers",
+    "approvals",
     "audit_meta",
     "audit_checkpoints",
     "audit_log",

@@ -30,6 +30,7 @@ pub use postgres::{
 pub use sqlite::{SqliteOptions, SqliteStore};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::approval::{Approval, ApprovalState, Verdict};
 use warrant_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainHash, Checkpoint};
 use warrant_core::identity::{Instance, JoinTokenRecord};
 use warrant_core::keys::SigningKeyRecord;
@@ -345,6 +346,56 @@ pub trait Store: Send + Sync + 'static {
     async fn note_server_listed(&self, server: &str, now: Timestamp) -> Result<bool, StoreError>;
 
     /// Appends a record on its own (a decision, a refusal). Durable on return.
+    /// Asks for `approval` (pending): unless an approval with its binding
+    /// is pending or granted and unexpired at `approval.created_at`, which
+    /// is returned instead with nothing written (`false`). Refused when
+    /// the agent already has `max_pending` pending. Rows expired for 30
+    /// days are removed.
+    async fn request_approval(
+        &self,
+        approval: Approval,
+        max_pending: u32,
+        audit: AuditEvent,
+    ) -> Result<(Approval, bool), StoreError>;
+
+    /// The approval `id`.
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
+
+    /// The newest approval with `binding`.
+    async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError>;
+
+    /// The newest `limit` approvals in `state` at `now` (all when `None`),
+    /// newest first.
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Approval>, StoreError>;
+
+    /// Decides the pending approval `id` (granted ones usable until
+    /// `now + ttl`). [`StoreError::Precondition`] when it is not pending or
+    /// has expired: exactly one decision wins.
+    async fn decide_approval(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        by: &str,
+        reason: Option<String>,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Approval, StoreError>;
+
+    /// Spends the granted approval `id` on its request.
+    /// [`StoreError::Precondition`] when it is not granted, already spent or
+    /// expired: exactly one use wins, through any broker.
+    async fn use_approval(
+        &self,
+        id: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Approval, StoreError>;
+
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditRecord, StoreError>;
     /// Appends several records in one transaction, in order (records of
     /// requests already answered, gathered so each does not cost a commit).

@@ -62,6 +62,10 @@ pub enum Command {
     /// The MCP gateway's servers and tools: pin status and approval of changed definitions.
     #[command(subcommand)]
     Mcp(McpCmd),
+    /// Step-up approvals: requests a permit marked @approval("required")
+    /// holds until a person decides. Each covers one exact request.
+    #[command(subcommand)]
+    Approval(ApprovalCmd),
     /// Read and verify the audit trail.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -497,6 +501,42 @@ pub enum SecretCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ApprovalCmd {
+    /// Approvals, newest first (pending ones unless --state says).
+    List {
+        /// pending, approved, denied, used, expired or all.
+        #[arg(long, default_value = "pending")]
+        state: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Everything an approval covers: the exact request (tool and
+    /// arguments, or method, path and body digest, or audiences and
+    /// scopes), who asks, for whom, and where it stands.
+    Show {
+        /// The approval id (apr_...).
+        id: String,
+    },
+    /// Grant it: the same request, sent again, goes ahead once.
+    Approve {
+        /// The approval id (apr_...).
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Refuse it: the same request is refused until the approval lapses.
+    Deny {
+        /// The approval id (apr_...).
+        id: String,
+        /// Why (recorded, and told to the agent).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum McpCmd {
     /// List the MCP servers in force: transport, audience, and how many of
     /// their tools are usable, changed or held for approval.
@@ -535,6 +575,11 @@ pub enum AdminTokenCmd {
         /// A label to tell tokens apart.
         #[arg(long)]
         name: Option<String>,
+        /// The person who holds it, as users are named (`<namespace>/<subject>`,
+        /// e.g. `dev/alice`): an approver never approves a request made for
+        /// themselves.
+        #[arg(long, value_name = "USER")]
+        person: Option<String>,
     },
     /// List admin tokens (never their values).
     List,

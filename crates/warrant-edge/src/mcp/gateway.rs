@@ -36,7 +36,8 @@ use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
-use warrant_core::decision::{Action, Effect, Resource};
+use warrant_core::approval::{ApprovalSubject, StepUp};
+use warrant_core::decision::{Action, DecisionRequest, Effect, Resource};
 use warrant_core::mcp::{PinOutcome, ToolDefinition};
 use warrant_core::task::ScopeSet;
 use warrant_core::task::{TaskUse, UseError};
@@ -65,6 +66,9 @@ const MAX_SESSIONS: usize = 10_000;
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most open sessions of one task: opening another ends its oldest.
 const MAX_SESSIONS_PER_TASK: usize = 16;
+/// The largest canonical arguments an approver is shown (larger ones are
+/// bound by digest alone).
+const MAX_SHOWN_ARGUMENTS: usize = 64 * 1024;
 /// The most open sessions of one instance (all its tasks): opening another
 /// ends its own oldest, never another instance's.
 const MAX_SESSIONS_PER_INSTANCE: usize = 256;
@@ -1490,6 +1494,11 @@ impl Gateway {
         if decision.effect == Effect::Allow {
             return Ok((name, arguments));
         }
+        if decision.effect == Effect::ApprovalRequired {
+            self.step_up_call(&req, &name, &arguments, decision, event)
+                .await?;
+            return Ok((name, arguments));
+        }
         let refused_by = match decision.effect {
             Effect::ApprovalRequired => "approval required",
             _ if !decision.errors.is_empty() => "policy (error)",
@@ -1518,6 +1527,79 @@ impl Gateway {
                 "how_to_get_access": format!("ask an administrator for a permit on Action::\"mcp:call_tool\" and Tool::\"{server}/{name}\""),
             }),
         ))
+    }
+
+    /// A call policy allows only with a person's approval: asked for (or
+    /// found) bound to this server, tool and canonical arguments, for this
+    /// task and user; it goes ahead only with a grant, spent on it now.
+    async fn step_up_call(
+        &self,
+        req: &DecisionRequest,
+        name: &str,
+        arguments: &serde_json::Map<String, Value>,
+        decision: warrant_core::decision::Decision,
+        event: &mut AuditEvent,
+    ) -> Result<(), RpcRefusal> {
+        let args = Value::Object(arguments.clone());
+        let canonical = warrant_core::mcp::canonical(&args);
+        let digest = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+        };
+        let server = match &req.resource {
+            Resource::Tool { server, .. } => server.clone(),
+            other => other.to_string(),
+        };
+        let subject = ApprovalSubject::of(
+            req,
+            json!({ "server": server, "tool": name, "arguments_sha256": digest }),
+        );
+        // The approver sees what they approve, unless it is too large to
+        // show (it is bound by digest either way).
+        let shown = if canonical.len() <= MAX_SHOWN_ARGUMENTS {
+            json!({ "arguments": args })
+        } else {
+            json!({ "arguments_bytes": canonical.len() })
+        };
+        let step = self
+            .s
+            .approvals
+            .step_up(
+                subject,
+                shown,
+                decision.approval.unwrap_or_default(),
+                decision.policies,
+                event,
+            )
+            .await;
+        let outcome = match &step {
+            StepUp::Approved(a) => {
+                add_detail(event, json!({ "approval": a.id }));
+                event.decision = Outcome::Allow;
+                return Ok(());
+            }
+            StepUp::Pending(a) => {
+                add_detail(event, json!({ "approval": a.id }));
+                Outcome::Pending
+            }
+            StepUp::Denied(a) => {
+                add_detail(event, json!({ "approval": a.id }));
+                Outcome::Deny
+            }
+            StepUp::Refused(_) => Outcome::Deny,
+            StepUp::Unavailable(e) => {
+                tracing::error!(error = %e, "cannot read or write approvals; tool call refused");
+                Outcome::Error
+            }
+        };
+        let (message, data) = step.refusal().unwrap_or_default();
+        Err(RpcRefusal {
+            code: REFUSED,
+            message,
+            data: Some(data),
+            outcome,
+            status: StatusCode::OK,
+        })
     }
 
     /// Relays the upstream's answer and records it: a result, the upstream's

@@ -186,6 +186,37 @@ pub(crate) async fn without_overrides(
     ))
 }
 
+/// Reads the whole body into memory (within the route's limit and the
+/// shared budgets), for a request bound to its body's digest: the request
+/// to forward with those same bytes, their SHA-256 (hex) and length.
+pub(crate) async fn digested(
+    req: Request<Body>,
+    route: &str,
+    agent: &str,
+    max_bytes: u64,
+) -> Result<(Request<Body>, String, usize), Refusal> {
+    let (parts, body) = req.into_parts();
+    let budgets = [agent_budget(agent), budget().clone()];
+    let (bytes, permits) =
+        collect(body, route, max_bytes, &budgets, BUDGET_WAIT, READ_WITHIN).await?;
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let len = bytes.len();
+    Ok((
+        Request::from_parts(
+            parts,
+            Body::new(Held {
+                inner: http_body_util::Full::new(bytes),
+                _permits: permits,
+            }),
+        ),
+        digest,
+        len,
+    ))
+}
+
 /// The most bytes of POST bodies read into memory at once, over every
 /// request: what one agent with a POST route can make the broker hold.
 const BUDGET_KIB: u32 = 256 * 1024;

@@ -38,7 +38,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
-use warrant_core::decision::{Action, DecisionRequest, Effect, HttpFacts, Resource};
+use warrant_core::approval::{ApprovalSubject, StepUp};
+use warrant_core::decision::{Action, Decision, DecisionRequest, Effect, HttpFacts, Resource};
 use warrant_core::task::{TaskUse, UseError};
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
@@ -287,8 +288,13 @@ impl ProxyService {
         };
         let route = &rs.route;
         let task = self.authenticate(req.headers(), route, event).await?;
-        self.decide(&req, route, &task, &path, peer, event)?;
-        let req = self.read(req, route, &task).await?;
+        let approval = self.decide(&req, route, &task, &path, peer, event)?;
+        let mut req = self.read(req, route, &task).await?;
+        if let Some((decision, facts)) = approval {
+            req = self
+                .step_up(req, route, &task, &path, (decision, facts), event)
+                .await?;
+        }
         event.credential_type = Some(route.credential.kind().to_owned());
         let injected = self.credential(&rs, &task).await?;
         event.credential_id = Some(injected.id.clone());
@@ -389,7 +395,9 @@ impl ProxyService {
     }
 
     /// Decide: the agent may not choose the upstream credential; the
-    /// route's `allow` rules, then Cedar on `http:request`.
+    /// route's `allow` rules, then Cedar on `http:request`. A request every
+    /// applying permit allows only with a person's approval is returned
+    /// with its decision, to be bound to its body and asked for.
     fn decide(
         &self,
         req: &Request<Body>,
@@ -398,7 +406,7 @@ impl ProxyService {
         path: &str,
         peer: SocketAddr,
         event: &mut AuditEvent,
-    ) -> Result<(), Box<Refusal>> {
+    ) -> Result<Option<(Decision, DecisionRequest)>, Box<Refusal>> {
         let method = req.method();
         if let Some(cred_header) = route.credential.header()
             && cred_header != route.agent_header
@@ -431,37 +439,96 @@ impl ProxyService {
         let facts = decision_request(route, task, method, path, peer, Timestamp::now());
         let (decision, decided) = self.s.authorizer.decide_for_record(&facts, event.take());
         *event = decided;
-        if decision.effect == Effect::Allow {
-            return Ok(());
+        match decision.effect {
+            Effect::Allow => return Ok(None),
+            Effect::ApprovalRequired => return Ok(Some((decision, facts))),
+            Effect::Deny => {}
         }
-        let pending = decision.effect == Effect::ApprovalRequired;
         Err(Box::new(Refusal::forbidden(
-            if pending {
-                "approval required"
-            } else if decision.policies.is_empty() {
+            if decision.policies.is_empty() {
                 "policy (default deny)"
             } else {
                 "policy (forbid)"
             },
-            if pending {
-                format!(
-                    "a permit for this request on route `{}` requires a person's approval, which this version of the proxy cannot wait for",
-                    route.name
-                )
-            } else {
-                format!(
-                    "policy does not allow agent `{}` {method} {} on route `{}`",
-                    task.agent.name,
-                    shown(path, 200),
-                    route.name
-                )
-            },
+            format!(
+                "policy does not allow agent `{}` {method} {} on route `{}`",
+                task.agent.name,
+                shown(path, 200),
+                route.name
+            ),
             format!(
                 "ask an administrator for a permit on Action::\"http:request\" and Route::\"{}\" (check it with `warrant policy check`)",
                 route.name
             ),
             decision.policies,
         )))
+    }
+
+    /// A request policy allows only with a person's approval: bound to
+    /// its route, method, canonical path, query and a digest of its body
+    /// (read into memory for it), for this task and user; it goes ahead
+    /// only with a grant, spent on it now.
+    async fn step_up(
+        &self,
+        req: Request<Body>,
+        route: &Route,
+        task: &TaskUse,
+        path: &str,
+        (decision, facts): (Decision, DecisionRequest),
+        event: &mut AuditEvent,
+    ) -> Result<Request<Body>, Box<Refusal>> {
+        let (req, body_sha256, body_bytes) = body::digested(
+            req,
+            &route.name,
+            task.agent.name.as_str(),
+            route.max_request_bytes,
+        )
+        .await
+        .map_err(Box::new)?;
+        let subject = ApprovalSubject::of(
+            &facts,
+            json!({
+                "route": route.name,
+                "method": req.method().as_str(),
+                "path": path,
+                "query": req.uri().query().unwrap_or(""),
+                "body_sha256": body_sha256,
+                "body_bytes": body_bytes,
+            }),
+        );
+        let shown_to_approver = json!({
+            "content_type": req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| shown(v, 100)),
+        });
+        let step = self
+            .s
+            .approvals
+            .step_up(
+                subject,
+                shown_to_approver,
+                decision.approval.unwrap_or_default(),
+                decision.policies,
+                event,
+            )
+            .await;
+        match &step {
+            StepUp::Approved(a) => {
+                add_detail(event, json!({ "approval": a.id }));
+                event.decision = Outcome::Allow;
+                return Ok(req);
+            }
+            StepUp::Pending(a) | StepUp::Denied(a) => {
+                add_detail(event, json!({ "approval": a.id }));
+            }
+            StepUp::Refused(_) => {}
+            StepUp::Unavailable(e) => {
+                tracing::error!(error = %e, "cannot read or write approvals; proxy request refused");
+            }
+        }
+        Err(Box::new(Refusal::approval(&step)))
     }
 
     /// Read the body where it must be: a declared size over the route's
@@ -592,7 +659,9 @@ impl ProxyService {
     /// Records a refusal durably, then answers it.
     async fn refuse(&self, event: AuditEvent, e: Refusal, route: &str) -> Response {
         let mut event = event;
-        event.decision = if e.is_denial() {
+        event.decision = if e.is_pending() {
+            Outcome::Pending
+        } else if e.is_denial() {
             Outcome::Deny
         } else {
             Outcome::Error

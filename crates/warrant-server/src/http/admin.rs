@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(super::secrets::routes())
         .merge(super::mcp_admin::routes())
+        .merge(super::approvals::routes())
         .merge(super::live::routes())
         .fallback(|| async { ApiError::not_found("no such admin endpoint; see `warrant --help`") })
         .with_state(state)
@@ -547,6 +548,18 @@ async fn create_token(
         let e = ApiError::invalid("name is at most 64 characters without control characters");
         return Err(fail(&state, attempt, e).await);
     }
+    let person = match req.person.as_deref().map(|p| {
+        warrant_core::user::UserId::parse(p.strip_prefix("user:").unwrap_or(p))
+    }) {
+        None => None,
+        Some(Ok(u)) => Some(format!("user:{}", u.as_str())),
+        Some(Err(e)) => {
+            let e = ApiError::invalid(format!(
+                "person: {e}; name the holder as users are recorded, `<namespace>/<subject>` (see `warrant audit list --user`)"
+            ));
+            return Err(fail(&state, attempt, e).await);
+        }
+    };
     let random = warrant_host::random::bytes::<32>()?;
     let secret = AdminTokenSecret::from_random(random);
     let now = Timestamp::now();
@@ -559,6 +572,7 @@ async fn create_token(
         created_at: now,
         expires_at: now + ttl.as_duration(),
         revoked_at: None,
+        person,
     };
     // The record names the token by id; the token itself is never recorded.
     let event = attempt
@@ -566,7 +580,7 @@ async fn create_token(
         .credential_type("admin_token")
         .credential_id(record.id.clone())
         .expires(record.expires_at)
-        .detail(serde_json::json!({ "role": role, "name": record.name }));
+        .detail(serde_json::json!({ "role": role, "name": record.name, "person": record.person }));
     match state.store.create_admin_token(record.clone(), event).await {
         Ok(()) => Ok((
             StatusCode::CREATED,

@@ -80,6 +80,9 @@ pub struct Caller {
     pub surface: Surface,
     /// Where from.
     pub source: Option<String>,
+    /// The person holding the admin token, when it names one
+    /// (`user:<namespace>/<subject>`); `None` on the admin socket.
+    pub person: Option<String>,
 }
 
 impl Caller {
@@ -194,6 +197,7 @@ async fn socket_admin_checked(
         role: Role::Admin,
         surface: Surface::Socket,
         source: Some(source),
+        person: None,
     });
     next.run(req).await
 }
@@ -292,6 +296,7 @@ async fn http_admin_checked(
         role: record.role,
         surface: Surface::Http,
         source,
+        person: record.person.clone(),
     });
     next.run(req).await
 }
@@ -350,4 +355,9 @@ permission_extractor!(
     /// A caller allowed to change things.
     Writer,
     Permission::Write
+);
+permission_extractor!(
+    /// A caller allowed to decide approvals.
+    Approving,
+    Permission::Approve
 );

@@ -9,6 +9,7 @@
 //! [`error::ApiError`] is the one place errors become responses.
 
 pub mod admin;
+pub mod approvals;
 pub mod attest;
 pub mod auth;
 pub mod edge;

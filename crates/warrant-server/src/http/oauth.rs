@@ -39,7 +39,14 @@ fn error_response(e: &OAuthError) -> Response {
         body["how_to_get_access"] =
             "ask an administrator for a Cedar permit on this action, audience and scope".into();
     }
-    (
+    let mut pending = false;
+    if let Some(serde_json::Value::Object(extra)) = e.extra.as_deref() {
+        pending = extra.get("approval_state").and_then(|v| v.as_str()) == Some("pending");
+        for (k, v) in extra {
+            body[k] = v.clone();
+        }
+    }
+    let mut resp = (
         status,
         [
             (header::CACHE_CONTROL, "no-store"),
@@ -47,7 +54,14 @@ fn error_response(e: &OAuthError) -> Response {
         ],
         Json(body),
     )
-        .into_response()
+        .into_response();
+    if pending {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from_static(warrant_core::approval::RETRY_AFTER_SECS),
+        );
+    }
+    resp
 }
 
 fn ok_json(v: impl serde::Serialize) -> Response {

@@ -220,6 +220,29 @@ CREATE TABLE brokers (
 );
 "#,
     ),
+    (
+        3,
+        "step-up approvals",
+        r#"
+CREATE TABLE approvals (
+  id          TEXT PRIMARY KEY,
+  binding     TEXT NOT NULL,
+  agent       TEXT NOT NULL,
+  state       TEXT NOT NULL,
+  created_at  BIGINT NOT NULL,
+  expires_at  BIGINT NOT NULL,
+  decided_by  TEXT,
+  decided_at  BIGINT,
+  reason      TEXT,
+  used_at     BIGINT,
+  record      TEXT NOT NULL
+);
+CREATE INDEX approvals_by_binding ON approvals (binding, created_at);
+CREATE INDEX approvals_by_created ON approvals (created_at);
+CREATE INDEX approvals_by_expiry ON approvals (expires_at);
+ALTER TABLE admin_tokens ADD COLUMN person TEXT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

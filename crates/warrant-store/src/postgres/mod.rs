@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
 use warrant_core::api::ClusterMember;
+use warrant_core::approval::{Approval, ApprovalState, Verdict};
 use warrant_core::audit::{
     AuditEvent, AuditRecord, ChainBreak, ChainHash, ChainLinker, ChainVerifier, Checkpoint,
 };
@@ -302,6 +303,15 @@ fn one<T>(
         .as_ref()
         .map(f)
         .transpose()
+}
+
+/// The approval `id`, if any.
+fn approval_row(c: &mut impl Db, id: &str) -> Result<Option<Approval>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM approvals WHERE id = $1",
+        rows::APPROVAL_COLUMNS
+    );
+    one(c, &sql, &[&id], rows::approval)
 }
 
 fn i64_of(n: u64) -> i64 {
@@ -1267,7 +1277,7 @@ impl Store for PostgresStore {
                 ctx.tx
                     .execute(
                         &format!(
-                            "INSERT INTO admin_tokens ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                            "INSERT INTO admin_tokens ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                             rows::TOKEN_COLUMNS
                         ),
                         &[
@@ -1279,6 +1289,7 @@ impl Store for PostgresStore {
                             &token.created_at.as_millis(),
                             &token.expires_at.as_millis(),
                             &token.revoked_at.map(Timestamp::as_millis),
+                            &token.person,
                         ],
                     )
                     .map_err(conflict("admin token", &token.id))?;
@@ -1457,6 +1468,224 @@ impl Store for PostgresStore {
                 let stored = upsert_instance(&mut ctx.tx, &instance)?;
                 ctx.append(audit)?;
                 Ok(stored)
+            })
+            .await
+    }
+
+    async fn request_approval(
+        &self,
+        a: Approval,
+        max_pending: u32,
+        audit: AuditEvent,
+    ) -> Result<(Approval, bool), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let now = a.created_at.as_millis();
+                // Brokers asking for the same request at once take turns:
+                // the second finds the first's approval.
+                ctx.tx
+                    .execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                        &[&a.binding],
+                    )
+                    .map_err(db_err)?;
+                let existing = one(
+                    &mut ctx.tx,
+                    &format!(
+                        "SELECT {} FROM approvals WHERE binding = $1 AND state IN ('pending', 'approved') AND expires_at > $2 ORDER BY created_at DESC LIMIT 1",
+                        rows::APPROVAL_COLUMNS
+                    ),
+                    &[&a.binding, &now],
+                    rows::approval,
+                )?;
+                if let Some(e) = existing {
+                    return Ok((e, false));
+                }
+                let pending: i64 = ctx
+                    .tx
+                    .query_one(
+                        "SELECT count(*) FROM approvals WHERE agent = $1 AND state = 'pending' AND expires_at > $2",
+                        &[&a.subject.agent, &now],
+                    )
+                    .map_err(db_err)?
+                    .get(0);
+                if pending >= i64::from(max_pending) {
+                    return Err(StoreError::Precondition {
+                        what: "approval",
+                        why: format!(
+                            "agent `{}` has {pending} approvals pending already; decide or let them expire first",
+                            a.subject.agent
+                        ),
+                    });
+                }
+                ctx.tx
+                    .execute(
+                        "DELETE FROM approvals WHERE expires_at < $1",
+                        &[&(now - rows::APPROVAL_KEEP_MS)],
+                    )
+                    .map_err(db_err)?;
+                ctx.tx
+                    .execute(
+                        &format!(
+                            "INSERT INTO approvals ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                            rows::APPROVAL_COLUMNS
+                        ),
+                        &[
+                            &a.id,
+                            &a.binding,
+                            &a.subject.agent,
+                            &a.state.as_str(),
+                            &now,
+                            &a.expires_at.as_millis(),
+                            &a.decided_by,
+                            &a.decided_at.map(Timestamp::as_millis),
+                            &a.reason,
+                            &a.used_at.map(Timestamp::as_millis),
+                            &rows::approval_record(&a)?,
+                        ],
+                    )
+                    .map_err(conflict("approval", &a.id))?;
+                ctx.append(audit)?;
+                Ok((a, true))
+            })
+            .await
+    }
+
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| approval_row(c, &id)).await
+    }
+
+    async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError> {
+        let binding = binding.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE binding = $1 ORDER BY created_at DESC LIMIT 1",
+                rows::APPROVAL_COLUMNS
+            );
+            one(c, &sql, &[&binding], rows::approval)
+        })
+        .await
+    }
+
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Approval>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE {} ORDER BY created_at DESC LIMIT $2",
+                rows::APPROVAL_COLUMNS,
+                rows::approval_state_filter(state, "$1::BIGINT")
+            );
+            all(
+                c,
+                &sql,
+                &[&now.as_millis(), &i64::from(limit)],
+                rows::approval,
+            )
+        })
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        by: &str,
+        reason: Option<String>,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Approval, StoreError> {
+        let (id, by) = (id.to_owned(), by.to_owned());
+        self.writer
+            .submit(move |ctx| {
+                // The row lock makes a concurrent decision, through any
+                // broker, wait and then find it decided: exactly one wins.
+                let current = one(
+                    &mut ctx.tx,
+                    &format!(
+                        "SELECT {} FROM approvals WHERE id = $1 FOR UPDATE",
+                        rows::APPROVAL_COLUMNS
+                    ),
+                    &[&id],
+                    rows::approval,
+                )?;
+                let Some(a) = current
+                    .as_ref()
+                    .filter(|a| a.state_at(now) == ApprovalState::Pending)
+                else {
+                    return Err(rows::approval_refusal(
+                        "approval decision",
+                        &id,
+                        current.as_ref(),
+                        now,
+                    ));
+                };
+                let (state, expires) = match verdict {
+                    Verdict::Approve => (
+                        ApprovalState::Approved,
+                        now + a.terms().ttl.as_duration(),
+                    ),
+                    Verdict::Deny => (ApprovalState::Denied, a.expires_at),
+                };
+                ctx.tx
+                    .execute(
+                        "UPDATE approvals SET state = $1, decided_by = $2, decided_at = $3, reason = $4, expires_at = $5 WHERE id = $6",
+                        &[
+                            &state.as_str(),
+                            &by,
+                            &now.as_millis(),
+                            &reason,
+                            &expires.as_millis(),
+                            &id,
+                        ],
+                    )
+                    .map_err(db_err)?;
+                ctx.append(audit)?;
+                approval_row(&mut ctx.tx, &id)?.ok_or(StoreError::NotFound {
+                    what: "approval",
+                    name: id,
+                })
+            })
+            .await
+    }
+
+    async fn use_approval(
+        &self,
+        id: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Approval, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .submit(move |ctx| {
+                // One statement checks and sets; its row lock makes a
+                // concurrent use through any broker wait and then find it
+                // spent: exactly one use wins.
+                let changed = ctx
+                    .tx
+                    .execute(
+                        "UPDATE approvals SET state = 'used', used_at = $1 WHERE id = $2 AND state = 'approved' AND expires_at > $1",
+                        &[&now.as_millis(), &id],
+                    )
+                    .map_err(db_err)?;
+                let current = approval_row(&mut ctx.tx, &id)?;
+                if changed != 1 {
+                    return Err(rows::approval_refusal(
+                        "approval use",
+                        &id,
+                        current.as_ref(),
+                        now,
+                    ));
+                }
+                ctx.append(audit)?;
+                current.ok_or(StoreError::NotFound {
+                    what: "approval",
+                    name: id,
+                })
             })
             .await
     }

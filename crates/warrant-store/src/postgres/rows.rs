@@ -94,6 +94,7 @@ pub(crate) fn admin_token(r: &Row) -> Result<AdminTokenRecord, StoreError> {
         created_at: time(r, 5)?,
         expires_at: time(r, 6)?,
         revoked_at: time_opt(r, 7)?,
+        person: get(r, 8)?,
     })
 }
 
@@ -203,4 +204,20 @@ pub(crate) fn tool_pin(r: &Row) -> Result<ToolPin, StoreError> {
         approved_by: get(r, 9)?,
         policy_problems: Vec::new(),
     })
+}
+
+pub(crate) fn approval(r: &Row) -> Result<warrant_core::approval::Approval, StoreError> {
+    ApprovalRow {
+        id: get(r, 0)?,
+        binding: get(r, 1)?,
+        state: get(r, 3)?,
+        created_at: get(r, 4)?,
+        expires_at: get(r, 5)?,
+        decided_by: get(r, 6)?,
+        decided_at: get(r, 7)?,
+        reason: get(r, 8)?,
+        used_at: get(r, 9)?,
+        record: get(r, 10)?,
+    }
+    .approval()
 }

@@ -213,6 +213,29 @@ INSERT INTO mcp_servers (server, first_listed)
   SELECT server, min(first_seen) FROM mcp_tools GROUP BY server;
 "#,
     ),
+    (
+        10,
+        "step-up approvals",
+        r#"
+CREATE TABLE approvals (
+  id          TEXT PRIMARY KEY,
+  binding     TEXT NOT NULL,
+  agent       TEXT NOT NULL,
+  state       TEXT NOT NULL,
+  created_at  INTEGER NOT NULL,
+  expires_at  INTEGER NOT NULL,
+  decided_by  TEXT,
+  decided_at  INTEGER,
+  reason      TEXT,
+  used_at     INTEGER,
+  record      TEXT NOT NULL
+) STRICT;
+CREATE INDEX approvals_by_binding ON approvals (binding, created_at);
+CREATE INDEX approvals_by_created ON approvals (created_at);
+CREATE INDEX approvals_by_expiry ON approvals (expires_at);
+ALTER TABLE admin_tokens ADD COLUMN person TEXT;
+"#,
+    ),
 ];
 
 /// The newest schema version this build knows.

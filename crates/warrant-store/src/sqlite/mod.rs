@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use warrant_core::admin::AdminTokenRecord;
 use warrant_core::agent::{Agent, AgentStatus};
+use warrant_core::approval::{Approval, ApprovalState, Verdict};
 use warrant_core::audit::{
     AuditEvent, AuditRecord, ChainHash, ChainLinker, ChainVerifier, Checkpoint,
 };
@@ -391,6 +392,21 @@ where
     c.prepare_cached(sql)
         .and_then(|mut st| st.query_row(params, f).optional())
         .map_err(read_err)
+}
+
+/// The approval `id`, if any.
+fn approval_row(c: &Connection, id: &str) -> Result<Option<Approval>, StoreError> {
+    one_row(
+        c,
+        &format!(
+            "SELECT {} FROM approvals WHERE id = ?1",
+            rows::APPROVAL_COLUMNS
+        ),
+        [id],
+        rows::approval,
+    )?
+    .map(rows::ApprovalRow::approval)
+    .transpose()
 }
 
 /// The secret `name` of `owner` (`""` for a shared one).
@@ -797,7 +813,7 @@ impl Store for SqliteStore {
                 ctx.conn
                     .execute(
                         &format!(
-                            "INSERT INTO admin_tokens ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                            "INSERT INTO admin_tokens ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                             rows::TOKEN_COLUMNS
                         ),
                         params![
@@ -809,6 +825,7 @@ impl Store for SqliteStore {
                             token.created_at.as_millis(),
                             token.expires_at.as_millis(),
                             token.revoked_at.map(Timestamp::as_millis),
+                            token.person,
                         ],
                     )
                     .map_err(conflict("admin token", &token.id))?;
@@ -989,6 +1006,192 @@ impl Store for SqliteStore {
                 let stored = upsert_instance(ctx.conn, &instance)?;
                 ctx.append(audit)?;
                 Ok(stored)
+            })
+            .await
+    }
+
+    async fn request_approval(
+        &self,
+        a: Approval,
+        max_pending: u32,
+        audit: AuditEvent,
+    ) -> Result<(Approval, bool), StoreError> {
+        self.writer
+            .submit(move |ctx| {
+                let now = a.created_at.as_millis();
+                // One writer runs jobs one at a time: the look-up and the
+                // insert cannot interleave with another request's.
+                let existing = one_row(
+                    ctx.conn,
+                    &format!(
+                        "SELECT {} FROM approvals WHERE binding = ?1 AND state IN ('pending', 'approved') AND expires_at > ?2 ORDER BY created_at DESC LIMIT 1",
+                        rows::APPROVAL_COLUMNS
+                    ),
+                    params![a.binding, now],
+                    rows::approval,
+                )?
+                .map(rows::ApprovalRow::approval)
+                .transpose()?;
+                if let Some(e) = existing {
+                    return Ok((e, false));
+                }
+                let pending: i64 = ctx
+                    .conn
+                    .prepare_cached("SELECT count(*) FROM approvals WHERE agent = ?1 AND state = 'pending' AND expires_at > ?2")
+                    .and_then(|mut st| st.query_row(params![a.subject.agent, now], |r| r.get(0)))
+                    .map_err(db_err)?;
+                if pending >= i64::from(max_pending) {
+                    return Err(StoreError::Precondition {
+                        what: "approval",
+                        why: format!(
+                            "agent `{}` has {pending} approvals pending already; decide or let them expire first",
+                            a.subject.agent
+                        ),
+                    });
+                }
+                ctx.conn
+                    .execute(
+                        "DELETE FROM approvals WHERE expires_at < ?1",
+                        [now - rows::APPROVAL_KEEP_MS],
+                    )
+                    .map_err(db_err)?;
+                ctx.conn
+                    .execute(
+                        &format!(
+                            "INSERT INTO approvals ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                            rows::APPROVAL_COLUMNS
+                        ),
+                        params![
+                            a.id,
+                            a.binding,
+                            a.subject.agent,
+                            a.state.as_str(),
+                            now,
+                            a.expires_at.as_millis(),
+                            a.decided_by,
+                            a.decided_at.map(Timestamp::as_millis),
+                            a.reason,
+                            a.used_at.map(Timestamp::as_millis),
+                            rows::approval_record(&a)?,
+                        ],
+                    )
+                    .map_err(conflict("approval", &a.id))?;
+                ctx.append(audit)?;
+                Ok((a, true))
+            })
+            .await
+    }
+
+    async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| approval_row(c, &id)).await
+    }
+
+    async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError> {
+        let binding = binding.to_owned();
+        self.read(move |c| {
+            one_row(
+                c,
+                &format!(
+                    "SELECT {} FROM approvals WHERE binding = ?1 ORDER BY created_at DESC LIMIT 1",
+                    rows::APPROVAL_COLUMNS
+                ),
+                [binding],
+                rows::approval,
+            )?
+            .map(rows::ApprovalRow::approval)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn list_approvals(
+        &self,
+        state: Option<ApprovalState>,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<Approval>, StoreError> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE {} ORDER BY created_at DESC LIMIT ?2",
+                rows::APPROVAL_COLUMNS,
+                rows::approval_state_filter(state, "?1")
+            );
+            all_rows(
+                c,
+                &sql,
+                params![now.as_millis(), i64::from(limit)],
+                rows::approval,
+            )?
+            .into_iter()
+            .map(rows::ApprovalRow::approval)
+            .collect()
+        })
+        .await
+    }
+
+    async fn decide_approval(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        by: &str,
+        reason: Option<String>,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Approval, StoreError> {
+        let (id, by) = (id.to_owned(), by.to_owned());
+        self.writer
+            .submit(move |ctx| {
+                let current = approval_row(ctx.conn, &id)?;
+                let Some(a) = current.as_ref().filter(|a| a.state_at(now) == ApprovalState::Pending) else {
+                    return Err(rows::approval_refusal("approval decision", &id, current.as_ref(), now));
+                };
+                let (state, expires) = match verdict {
+                    Verdict::Approve => (
+                        ApprovalState::Approved,
+                        now + a.terms().ttl.as_duration(),
+                    ),
+                    Verdict::Deny => (ApprovalState::Denied, a.expires_at),
+                };
+                let changed = ctx
+                    .conn
+                    .execute(
+                        "UPDATE approvals SET state = ?1, decided_by = ?2, decided_at = ?3, reason = ?4, expires_at = ?5 WHERE id = ?6 AND state = 'pending' AND expires_at > ?3",
+                        params![state.as_str(), by, now.as_millis(), reason, expires.as_millis(), id],
+                    )
+                    .map_err(db_err)?;
+                if changed != 1 {
+                    return Err(rows::approval_refusal("approval decision", &id, current.as_ref(), now));
+                }
+                ctx.append(audit)?;
+                approval_row(ctx.conn, &id)?.ok_or(StoreError::NotFound { what: "approval", name: id })
+            })
+            .await
+    }
+
+    async fn use_approval(
+        &self,
+        id: &str,
+        now: Timestamp,
+        audit: AuditEvent,
+    ) -> Result<Approval, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .submit(move |ctx| {
+                // Checked and set in one statement: exactly one use wins.
+                let changed = ctx
+                    .conn
+                    .execute(
+                        "UPDATE approvals SET state = 'used', used_at = ?1 WHERE id = ?2 AND state = 'approved' AND expires_at > ?1",
+                        params![now.as_millis(), id],
+                    )
+                    .map_err(db_err)?;
+                let current = approval_row(ctx.conn, &id)?;
+                if changed != 1 {
+                    return Err(rows::approval_refusal("approval use", &id, current.as_ref(), now));
+                }
+                ctx.append(audit)?;
+                current.ok_or(StoreError::NotFound { what: "approval", name: id })
             })
             .await
     }

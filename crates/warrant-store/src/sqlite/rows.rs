@@ -78,6 +78,7 @@ pub(crate) fn admin_token(r: &Row<'_>) -> rusqlite::Result<AdminTokenRecord> {
         created_at: Timestamp::from_millis(r.get(5)?),
         expires_at: Timestamp::from_millis(r.get(6)?),
         revoked_at: r.get::<_, Option<i64>>(7)?.map(Timestamp::from_millis),
+        person: r.get(8)?,
     })
 }
 
@@ -200,5 +201,20 @@ pub(crate) fn tool_pin(r: &Row<'_>) -> rusqlite::Result<warrant_core::mcp::ToolP
         updated_at: Timestamp::from_millis(r.get(8)?),
         approved_by: r.get(9)?,
         policy_problems: Vec::new(),
+    })
+}
+
+pub(crate) fn approval(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
+    Ok(ApprovalRow {
+        id: r.get(0)?,
+        binding: r.get(1)?,
+        state: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        decided_by: r.get(6)?,
+        decided_at: r.get(7)?,
+        reason: r.get(8)?,
+        used_at: r.get(9)?,
+        record: r.get(10)?,
     })
 }

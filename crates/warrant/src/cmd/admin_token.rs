@@ -12,7 +12,12 @@ use crate::output::{emit, json, safe, table};
 
 pub async fn run(cli: &Cli, client: AdminClient, cmd: &AdminTokenCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        AdminTokenCmd::Create { role, ttl, name } => {
+        AdminTokenCmd::Create {
+            role,
+            ttl,
+            name,
+            person,
+        } => {
             let t: CreatedAdminToken = client
                 .post(
                     "/admin-tokens",
@@ -20,6 +25,7 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AdminTokenCmd) -> anyhow:
                         role: role.clone(),
                         ttl: ttl.clone(),
                         name: name.clone(),
+                        person: person.clone(),
                     },
                 )
                 .await?;
@@ -56,11 +62,12 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AdminTokenCmd) -> anyhow:
                             t.expires_at.to_string(),
                             safe(&t.created_by),
                             safe(t.name.as_deref().unwrap_or("-")),
+                            safe(t.person.as_deref().unwrap_or("-")),
                         ]
                     })
                     .collect();
                 table(
-                    &["ID", "ROLE", "STATE", "EXPIRES", "CREATED-BY", "NAME"],
+                    &["ID", "ROLE", "STATE", "EXPIRES", "CREATED-BY", "NAME", "PERSON"],
                     &rows,
                 );
             })?;

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod admin_token;
+mod approval;
 mod agent;
 mod audit;
 mod dev;
@@ -61,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::AdminToken(c) => admin_token::run(&cli, client(&cli)?, c).await,
         Command::Secret(c) => secret::run(&cli, client(&cli)?, c).await,
         Command::Mcp(c) => mcp::run(&cli, client(&cli)?, c).await,
+        Command::Approval(c) => approval::run(&cli, client(&cli)?, c).await,
         Command::Audit(c) => audit::run(&cli, client(&cli)?, c).await,
         Command::Policy(c) => policy::run(&cli, c).await,
         Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,
