@@ -87,8 +87,8 @@ pub enum WebhookFormat {
 impl Webhook {
     /// Checks a configured webhook.
     pub fn parse(url: &str, format: Option<&str>) -> Result<Self, String> {
-        let url = url::Url::parse(url)
-            .map_err(|e| format!("the webhook URL does not parse ({e})"))?;
+        let url =
+            url::Url::parse(url).map_err(|e| format!("the webhook URL does not parse ({e})"))?;
         let loopback = match url.host() {
             Some(url::Host::Ipv4(a)) => a.is_loopback(),
             Some(url::Host::Ipv6(a)) => a.is_loopback(),
@@ -104,7 +104,11 @@ impl Webhook {
                     url.host_str().unwrap_or_default()
                 ));
             }
-            s => return Err(format!("the webhook URL's scheme `{s}` is not http or https")),
+            s => {
+                return Err(format!(
+                    "the webhook URL's scheme `{s}` is not http or https"
+                ));
+            }
         }
         let format = match format.unwrap_or("json") {
             "json" => WebhookFormat::Json,
@@ -170,7 +174,10 @@ impl ApprovalService {
         store: Arc<dyn Store>,
         config: ApprovalConfig,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Self>, impl std::future::Future<Output = ()> + Send + 'static) {
+    ) -> (
+        Arc<Self>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let (tx, rx) = mpsc::channel(1024);
         let service = Arc::new(Self {
             store,
@@ -398,9 +405,7 @@ impl ApprovalService {
     fn count(&self, what: &str) {
         self.metrics
             .approvals
-            .get_or_create(&StateLabels {
-                state: what.into(),
-            })
+            .get_or_create(&StateLabels { state: what.into() })
             .inc();
     }
 }
@@ -516,15 +521,22 @@ async fn announce(mut rx: mpsc::Receiver<Approval>, service: std::sync::Weak<App
                 for attempt in 1..=ATTEMPTS {
                     let req = http::Request::post(hook.url.as_str())
                         .header(http::header::CONTENT_TYPE, "application/json")
-                        .header(http::header::USER_AGENT, concat!("warrant/", env!("CARGO_PKG_VERSION")))
-                        .body(http_body_util::Full::new(hyper::body::Bytes::from(body.clone())));
+                        .header(
+                            http::header::USER_AGENT,
+                            concat!("warrant/", env!("CARGO_PKG_VERSION")),
+                        )
+                        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                            body.clone(),
+                        )));
                     let Ok(req) = req else { return };
                     let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(req)).await;
                     let ok = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
                     if ok {
                         metrics
                             .approval_webhooks
-                            .get_or_create(&OutcomeLabels { outcome: "ok".into() })
+                            .get_or_create(&OutcomeLabels {
+                                outcome: "ok".into(),
+                            })
                             .inc();
                         return;
                     }
@@ -564,19 +576,25 @@ mod tests {
 
     #[test]
     fn webhooks_are_https_or_loopback_and_never_show_their_url() {
-        assert!(Webhook::parse("https://hooks.slack.com/services/T/B/secret", Some("slack")).is_ok());
+        assert!(
+            Webhook::parse("https://hooks.slack.com/services/T/B/secret", Some("slack")).is_ok()
+        );
         assert!(Webhook::parse("http://127.0.0.1:9/x", None).is_ok());
         assert!(Webhook::parse("http://[::1]:9/x", None).is_ok());
         let e = Webhook::parse("http://example.com/x", None).unwrap_err();
         assert!(e.contains("https"), "{e}");
         assert!(Webhook::parse("ftp://example.com/x", None).is_err());
         assert!(Webhook::parse("https://example.com/x", Some("teams")).is_err());
-        let w = Webhook::parse("https://hooks.slack.com/services/T/B/secret", Some("slack")).unwrap();
+        let w =
+            Webhook::parse("https://hooks.slack.com/services/T/B/secret", Some("slack")).unwrap();
         assert!(!format!("{w:?}").contains("secret"));
     }
 
     #[test]
     fn slack_text_cannot_be_shaped_by_names() {
-        assert_eq!(slack_escape("<!channel> `x` & y"), "&lt;!channel&gt; x &amp; y");
+        assert_eq!(
+            slack_escape("<!channel> `x` & y"),
+            "&lt;!channel&gt; x &amp; y"
+        );
     }
 }

@@ -312,8 +312,14 @@ impl StepUp {
                 format!(
                     "approval denied: approval `{}` was denied{}{}",
                     a.id,
-                    a.decided_by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default(),
-                    a.reason.as_deref().map(|r| format!(": {}", crate::text::shown(r, 200))).unwrap_or_default()
+                    a.decided_by
+                        .as_deref()
+                        .map(|b| format!(" by {b}"))
+                        .unwrap_or_default(),
+                    a.reason
+                        .as_deref()
+                        .map(|r| format!(": {}", crate::text::shown(r, 200)))
+                        .unwrap_or_default()
                 ),
                 serde_json::json!({
                     "refused_by": "approval denied",
@@ -332,7 +338,8 @@ impl StepUp {
                 }),
             ),
             Self::Unavailable(_) => (
-                "approval required, but the approval store is unavailable; try again later".to_owned(),
+                "approval required, but the approval store is unavailable; try again later"
+                    .to_owned(),
                 serde_json::json!({ "refused_by": "store unavailable" }),
             ),
         };

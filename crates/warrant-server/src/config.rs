@@ -145,18 +145,30 @@ fn approvals(
         None => d.pending_ttl,
         Some(t) => t
             .parse::<Ttl>()
-            .and_then(|v| v.within("pending_ttl", Ttl::from_secs(60), Ttl::from_secs(7 * 86_400)))
+            .and_then(|v| {
+                v.within(
+                    "pending_ttl",
+                    Ttl::from_secs(60),
+                    Ttl::from_secs(7 * 86_400),
+                )
+            })
             .map_err(|e| bad(e.to_string()))?,
     };
     let max_pending_per_agent = match raw.max_pending_per_agent {
         None => d.max_pending_per_agent,
         Some(n) if (1..=10_000).contains(&n) => n,
-        Some(n) => return Err(bad(format!("max_pending_per_agent = {n} must be from 1 to 10000"))),
+        Some(n) => {
+            return Err(bad(format!(
+                "max_pending_per_agent = {n} must be from 1 to 10000"
+            )));
+        }
     };
     let webhooks = raw
         .webhook
         .iter()
-        .map(|w| Webhook::parse(&w.url, w.format.as_deref()).map_err(|e| bad(format!("webhook: {e}"))))
+        .map(|w| {
+            Webhook::parse(&w.url, w.format.as_deref()).map_err(|e| bad(format!("webhook: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ApprovalConfig {
         hold,

@@ -548,9 +548,11 @@ async fn create_token(
         let e = ApiError::invalid("name is at most 64 characters without control characters");
         return Err(fail(&state, attempt, e).await);
     }
-    let person = match req.person.as_deref().map(|p| {
-        warrant_core::user::UserId::parse(p.strip_prefix("user:").unwrap_or(p))
-    }) {
+    let person = match req
+        .person
+        .as_deref()
+        .map(|p| warrant_core::user::UserId::parse(p.strip_prefix("user:").unwrap_or(p)))
+    {
         None => None,
         Some(Ok(u)) => Some(format!("user:{}", u.as_str())),
         Some(Err(e)) => {

@@ -146,7 +146,11 @@ async fn decide(
         local: caller.surface == Surface::Socket,
     };
     let base = caller.event(kind, Outcome::Allow).action(action);
-    match state.approvals.decide(&id, verdict, &by, reason, base).await {
+    match state
+        .approvals
+        .decide(&id, verdict, &by, reason, base)
+        .await
+    {
         Ok(a) => Ok(Json(a)),
         Err(e) => {
             let api = match e {

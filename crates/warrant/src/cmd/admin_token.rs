@@ -67,7 +67,15 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AdminTokenCmd) -> anyhow:
                     })
                     .collect();
                 table(
-                    &["ID", "ROLE", "STATE", "EXPIRES", "CREATED-BY", "NAME", "PERSON"],
+                    &[
+                        "ID",
+                        "ROLE",
+                        "STATE",
+                        "EXPIRES",
+                        "CREATED-BY",
+                        "NAME",
+                        "PERSON",
+                    ],
                     &rows,
                 );
             })?;

@@ -82,7 +82,10 @@ fn show(a: &Approval) {
     line("state", a.state.as_str());
     line("agent", &s.agent);
     line("instance", &s.instance);
-    line("user", s.user.as_deref().unwrap_or("- (the agent acts for itself)"));
+    line(
+        "user",
+        s.user.as_deref().unwrap_or("- (the agent acts for itself)"),
+    );
     line("chain", &s.chain.join(" -> "));
     line("task", s.task.as_deref().unwrap_or("-"));
     line("txn", s.txn.as_deref().unwrap_or("-"));

@@ -1,8 +1,8 @@
 //! One module per subcommand.
 
 mod admin_token;
-mod approval;
 mod agent;
+mod approval;
 mod audit;
 mod dev;
 mod keys;

@@ -5,6 +5,7 @@
 
 mod admin;
 mod agent_side;
+mod approvals;
 mod attest;
 mod audit;
 mod cluster;
