@@ -44,6 +44,13 @@ permit(principal in Agent::"sdk-agent", action == Action::"token:self",
 
 @id("sdk-for-support")
 permit(principal in Agent::"sdk-agent", action == Action::"token:exchange", resource)
+when { context has user && context.user in Group::"dev/support" }
+unless { resource == Audience::"https://payments.example" };
+
+@id("payments-need-approval")
+@approval("required")
+permit(principal in Agent::"sdk-agent", action == Action::"token:exchange",
+       resource == Audience::"https://payments.example")
 when { context has user && context.user in Group::"dev/support" };
 
 @id("sub-takes-over")

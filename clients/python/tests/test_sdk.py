@@ -12,6 +12,8 @@ import requests
 
 from warrant_agent import (
     AccessDenied,
+    ApprovalDenied,
+    ApprovalPending,
     AttestationError,
     JoinToken,
     OidcTokenFile,
@@ -333,3 +335,29 @@ def test_refused_subjects_do_not_pile_up_in_the_cache(broker):
     assert len(w._slots) <= _MAX_SLOTS
     assert w.self_token(OPENAI, "llm:chat") == good, "a usable token survives"
     w.close()
+
+
+def test_approval_is_typed_pending_then_passes_once_or_is_denied(broker, warrant):
+    alice = broker.user_token("alice", "support")
+    with pytest.raises(ApprovalPending) as e:
+        warrant.exchange(alice, "https://payments.example", "pay")
+    assert isinstance(e.value, AccessDenied) and e.value.status == 403
+    assert e.value.refused_by == "approval required"
+    approval = e.value.approval_id
+    assert approval and approval.startswith("apr_")
+    assert approval in e.value.how_to_get_access
+    # Retried while pending: the same approval.
+    with pytest.raises(ApprovalPending) as again:
+        warrant.exchange(alice, "https://payments.example", "pay")
+    assert again.value.approval_id == approval
+    broker.cli("approval", "approve", approval, "--reason", "sdk test")
+    t = warrant.exchange(alice, "https://payments.example", "pay")
+    assert claims(t)["sub"] == "user:dev/alice"
+    # Another scope is another request; denied, it stays refused.
+    with pytest.raises(ApprovalPending) as other:
+        warrant.exchange(alice, "https://payments.example", "pay refund")
+    broker.cli("approval", "deny", other.value.approval_id, "--reason", "no refunds")
+    with pytest.raises(ApprovalDenied) as denied:
+        warrant.exchange(alice, "https://payments.example", "pay refund")
+    assert denied.value.approval_id == other.value.approval_id
+    assert "no refunds" in str(denied.value)

@@ -11,6 +11,8 @@ from .attest import Attestation, Identity, JoinToken, OidcTokenFile, UnixSocket
 from .client import TaskToken, Warrant, claims, refresh_margin
 from .errors import (
     AccessDenied,
+    ApprovalDenied,
+    ApprovalPending,
     AttestationError,
     InvalidToken,
     TaskRevoked,
@@ -20,6 +22,8 @@ from .errors import (
 
 __all__ = [
     "AccessDenied",
+    "ApprovalDenied",
+    "ApprovalPending",
     "Attestation",
     "AttestationError",
     "Identity",

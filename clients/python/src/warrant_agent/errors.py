@@ -23,6 +23,7 @@ class WarrantError(Exception):
         refused_by: str | None = None,
         policies: list[str] | None = None,
         how_to_get_access: str | None = None,
+        approval_id: str | None = None,
     ) -> None:
         super().__init__(description)
         self.description = description
@@ -31,6 +32,7 @@ class WarrantError(Exception):
         self.refused_by = refused_by
         self.policies = list(policies or [])
         self.how_to_get_access = how_to_get_access
+        self.approval_id = approval_id
 
     def __str__(self) -> str:
         s = f"{self.error}: {self.description}"
@@ -47,6 +49,17 @@ class AttestationError(WarrantError):
 class AccessDenied(WarrantError):
     """A rule or a policy refused: the token service would not issue the task
     token, or the edge would not forward the request."""
+
+
+class ApprovalPending(AccessDenied):
+    """Policy allows this request only with a person's approval, which is
+    pending: ``approval_id`` names it. Once an approver grants it, the same
+    request, sent again, goes ahead once."""
+
+
+class ApprovalDenied(AccessDenied):
+    """A person refused the approval this request needs (``approval_id``);
+    the same request is refused until that approval lapses."""
 
 
 class InvalidToken(WarrantError):
@@ -90,7 +103,12 @@ def from_response(status: int, body: Any, *, default: type[WarrantError] = Warra
         "refused_by": fields.get("refused_by"),
         "policies": policies if isinstance(policies, list) else None,
         "how_to_get_access": fields.get("how_to_get_access"),
+        "approval_id": fields.get("approval_id") if isinstance(fields.get("approval_id"), str) else None,
     }
+    if status == 403 and fields.get("approval_state") == "pending":
+        return ApprovalPending(description, **kwargs)
+    if status == 403 and fields.get("approval_state") == "denied":
+        return ApprovalDenied(description, **kwargs)
     if code == "access_denied" or status == 403:
         cls: type[WarrantError] = AccessDenied if default is WarrantError else default
         if default is AttestationError:
