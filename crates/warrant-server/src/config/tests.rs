@@ -266,3 +266,47 @@ fn tls_takes_both_files_relative_to_the_config_file() {
     );
     assert_eq!(from_toml("").unwrap().scheme(), "http");
 }
+
+#[test]
+fn approvals_are_strict_by_default_and_bad_values_are_refused() {
+    let c = from_toml("").unwrap();
+    assert_eq!(c.approvals.hold, std::time::Duration::ZERO);
+    assert!(c.approvals.separation_of_duties);
+    assert!(c.approvals.webhooks.is_empty());
+    let c = from_toml(
+        "[approvals]\nhold = \"30s\"\npending_ttl = \"2h\"\nmax_pending_per_agent = 5\n[[approvals.webhook]]\nurl = \"https://hooks.example/x\"\nformat = \"slack\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.approvals.hold, std::time::Duration::from_secs(30));
+    assert_eq!(c.approvals.pending_ttl.as_secs(), 7200);
+    assert_eq!(c.approvals.max_pending_per_agent, 5);
+    assert_eq!(c.approvals.webhooks.len(), 1);
+    for (bad, want) in [
+        ("[approvals]\nhold = \"10m\"\n", "hold"),
+        ("[approvals]\nhold = \"soon\"\n", "hold"),
+        ("[approvals]\npending_ttl = \"5s\"\n", "pending_ttl"),
+        (
+            "[approvals]\nmax_pending_per_agent = 0\n",
+            "max_pending_per_agent",
+        ),
+        (
+            "[approvals]\nseparation_of_dutys = false\n",
+            "unknown field",
+        ),
+        (
+            "[[approvals.webhook]]\nurl = \"http://hooks.example/x\"\n",
+            "plain http beyond loopback",
+        ),
+        (
+            "[[approvals.webhook]]\nurl = \"https://hooks.example/x\"\nformat = \"teams\"\n",
+            "format",
+        ),
+        (
+            "[[approvals.webhook]]\nurl = \"not a url\"\n",
+            "does not parse",
+        ),
+    ] {
+        let e = from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+}
