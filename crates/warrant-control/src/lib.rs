@@ -19,6 +19,7 @@ pub mod audit_batch;
 pub mod checkpoints;
 pub(crate) mod delegation;
 pub mod dev;
+pub mod export;
 pub mod keys;
 pub mod metrics;
 pub mod names;

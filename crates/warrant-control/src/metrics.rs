@@ -130,6 +130,19 @@ pub struct Metrics {
     /// Approval webhook announcements by outcome: ok, failed (after
     /// retries), dropped (queue full).
     pub approval_webhooks: Family<OutcomeLabels, Counter>,
+    /// The last audit record each export sink delivered.
+    pub export_position: Family<SinkLabels, Gauge>,
+    /// Records each export sink is behind the chain head (refreshed at scrape).
+    pub export_lag: Family<SinkLabels, Gauge>,
+    /// Failed deliveries per export sink (each retried).
+    pub export_failures: Family<SinkLabels, Counter>,
+}
+
+/// Labels: which audit export sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// Its name.
+    pub sink: String,
 }
 
 /// Labels: which listener.
@@ -187,6 +200,9 @@ impl Metrics {
             cluster_config_digests: Gauge::default(),
             approvals: Family::default(),
             approval_webhooks: Family::default(),
+            export_position: Family::default(),
+            export_lag: Family::default(),
+            export_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -218,6 +234,21 @@ impl Metrics {
             "warrant_cluster_config_digests",
             "Different config files run by the brokers sharing the store",
             m.cluster_config_digests.clone(),
+        );
+        registry.register(
+            "warrant_audit_export_position",
+            "The last audit record each export sink delivered",
+            m.export_position.clone(),
+        );
+        registry.register(
+            "warrant_audit_export_lag_records",
+            "Audit records each export sink is behind the chain head; it grows while a sink fails",
+            m.export_lag.clone(),
+        );
+        registry.register(
+            "warrant_audit_export_failures",
+            "Failed deliveries per audit export sink (each is retried)",
+            m.export_failures.clone(),
         );
         registry.register(
             "warrant_approvals",

@@ -166,6 +166,34 @@ pub struct AuditVerification {
     pub checkpoints: Vec<CheckpointCheck>,
 }
 
+/// `POST /admin/v1/audit/verify-export`: consecutive lines of an audit
+/// export, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyExport {
+    /// The lines, as the sink wrote them.
+    pub lines: Vec<String>,
+}
+
+/// `POST /admin/v1/audit/verify-export`: what part of an audit export (its
+/// lines, as a sink wrote them) verified against the broker's chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportVerification {
+    /// Whether every line verified and the part continues the broker's chain.
+    pub ok: bool,
+    /// Records verified.
+    pub verified: u64,
+    /// The first and last sequence numbers given.
+    pub first_seq: u64,
+    /// See `first_seq`.
+    pub last_seq: u64,
+    /// The hash of the last verified record (hex).
+    pub head: String,
+    /// The first broken record, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<BrokenRecord>,
+}
+
 /// `POST /admin/v1/audit/verify`: verify, also against these exported
 /// checkpoints (signed JWS, as `warrant audit checkpoint` prints them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

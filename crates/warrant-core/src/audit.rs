@@ -772,7 +772,71 @@ pub struct StoredRow {
     pub indexed: IndexedColumns,
 }
 
+/// The end of an export line: the hashes after the exact body.
+const EXPORT_SUFFIX_LEN: usize =
+    r#","prev_hash":""#.len() + 64 + r#"","hash":""#.len() + 64 + r#""}"#.len();
+
 impl StoredRow {
+    /// The row as one line of an audit export: the stored body, exactly as
+    /// hashed, with `prev_hash` and `hash` (hex) added at its end. A
+    /// reader sees one JSON object with every field of the record; the
+    /// broker recovers the hashed bytes exactly to verify it
+    /// ([`StoredRow::from_export_line`]).
+    pub fn export_line(&self) -> String {
+        let body = self.body.strip_suffix('}').unwrap_or(&self.body);
+        format!(
+            r#"{body},"prev_hash":"{}","hash":"{}"}}"#,
+            hex::encode(&self.prev_hash),
+            hex::encode(&self.hash)
+        )
+    }
+
+    /// The row an export line holds (its indexed columns from its body).
+    pub fn from_export_line(line: &str) -> Result<Self, String> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        let cut = line
+            .len()
+            .checked_sub(EXPORT_SUFFIX_LEN)
+            .filter(|c| line.is_char_boundary(*c))
+            .ok_or("the line is too short to be an exported record")?;
+        let (body, suffix) = line.split_at(cut);
+        #[derive(Deserialize)]
+        struct Hashes {
+            prev_hash: String,
+            hash: String,
+        }
+        let h: Hashes = serde_json::from_str(&format!("{{{}", &suffix[1..]))
+            .map_err(|_| "the line does not end with its prev_hash and hash".to_owned())?;
+        let hex32 = |s: &str| {
+            hex::decode(s)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| "a hash is not 64 hex digits".to_owned())
+        };
+        let body = format!("{body}}}");
+        let Body {
+            seq,
+            time,
+            keyed,
+            event,
+        } = serde_json::from_str(&body).map_err(|e| format!("the record does not parse: {e}"))?;
+        let record = AuditRecord {
+            seq,
+            time,
+            keyed,
+            event,
+            prev_hash: ChainHash([0; 32]),
+            hash: ChainHash([0; 32]),
+        };
+        Ok(Self {
+            seq,
+            indexed: record.indexed(),
+            body,
+            prev_hash: hex32(&h.prev_hash)?,
+            hash: hex32(&h.hash)?,
+        })
+    }
+
     /// Parses the row into a record, without checking the chain.
     pub fn to_record(&self) -> Result<AuditRecord, serde_json::Error> {
         let Body {
@@ -856,6 +920,17 @@ impl ChainVerifier {
         Self {
             linker: Some(linker),
             legacy_until,
+            ..Self::default()
+        }
+    }
+
+    /// A keyed verifier that starts after record `seq - 1`, whose hash is
+    /// `prev` (for part of a chain, as an export holds it).
+    pub fn keyed_from(linker: std::sync::Arc<dyn ChainLinker>, seq: u64, prev: ChainHash) -> Self {
+        Self {
+            linker: Some(linker),
+            next_seq: seq,
+            prev,
             ..Self::default()
         }
     }

@@ -73,6 +73,9 @@ pub struct RawConfig {
     /// Step-up approvals: holding, expiry, separation of duties, webhooks.
     #[serde(default)]
     pub approvals: RawApprovals,
+    /// Sinks the audit trail is streamed to as it is committed.
+    #[serde(default)]
+    pub audit_export: Vec<RawAuditExport>,
     /// TLS for the API and edge listeners.
     pub tls: Option<RawTls>,
     /// Serve plain HTTP beyond loopback (TLS terminated by a proxy in
@@ -106,6 +109,193 @@ pub struct RawApprovals {
     /// Where new pending approvals are announced.
     #[serde(default)]
     pub webhook: Vec<RawWebhook>,
+}
+
+/// `[[audit_export]]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditExport {
+    /// A name for metrics and the position file (letters, digits, `-`, `_`).
+    pub name: String,
+    /// `file`, `syslog` or `http`.
+    pub kind: String,
+    /// file: where.
+    pub path: Option<PathBuf>,
+    /// file: rotate before this size (default 100 MiB).
+    pub max_bytes: Option<u64>,
+    /// file: rotated files kept (default 5).
+    pub keep: Option<u32>,
+    /// syslog: `udp://host:port`, `tcp://host:port` or `unix:/dev/log`.
+    pub address: Option<String>,
+    /// syslog: APP-NAME (default `warrant`).
+    pub app_name: Option<String>,
+    /// http: where batches are POSTed.
+    pub url: Option<String>,
+    /// http: records per request (default 500, at most 10000).
+    pub batch: Option<u32>,
+    /// http: an environment variable holding a bearer token for the receiver.
+    pub bearer_token_env: Option<String>,
+}
+
+fn audit_exports(
+    raw: Vec<RawAuditExport>,
+    layer: &Layer<'_>,
+) -> Result<Vec<warrant_control::export::ExportSink>, ConfigError> {
+    use warrant_control::export::{ExportSink, SyslogTransport, Target};
+    let mut out: Vec<ExportSink> = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let origin = layer.table_origin("audit_export", i);
+        let bad = |message: String| ConfigError::Invalid {
+            key: "audit_export",
+            origin: origin.clone(),
+            message,
+        };
+        let ok_name = !r.name.is_empty()
+            && r.name.len() <= 64
+            && r.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok_name {
+            return Err(bad(format!(
+                "name `{}` must be 1-64 letters, digits, `-` or `_`",
+                r.name.escape_debug()
+            )));
+        }
+        if out.iter().any(|o| o.name == r.name) {
+            return Err(bad(format!("name `{}` is used twice", r.name)));
+        }
+        let only = |allowed: &[&str]| -> Result<(), ConfigError> {
+            let given = [
+                ("path", r.path.is_some()),
+                ("max_bytes", r.max_bytes.is_some()),
+                ("keep", r.keep.is_some()),
+                ("address", r.address.is_some()),
+                ("app_name", r.app_name.is_some()),
+                ("url", r.url.is_some()),
+                ("batch", r.batch.is_some()),
+                ("bearer_token_env", r.bearer_token_env.is_some()),
+            ];
+            match given.iter().find(|(k, set)| *set && !allowed.contains(k)) {
+                Some((k, _)) => Err(bad(format!(
+                    "`{k}` does not apply to kind = \"{}\"",
+                    r.kind
+                ))),
+                None => Ok(()),
+            }
+        };
+        let target = match r.kind.as_str() {
+            "file" => {
+                only(&["path", "max_bytes", "keep"])?;
+                let path = r
+                    .path
+                    .clone()
+                    .ok_or_else(|| bad("kind = \"file\" needs `path`".into()))?;
+                let max_bytes = r.max_bytes.unwrap_or(100 * 1024 * 1024);
+                if !(4096..=1 << 40).contains(&max_bytes) {
+                    return Err(bad(format!(
+                        "max_bytes = {max_bytes} must be from 4096 to 2^40"
+                    )));
+                }
+                let keep = r.keep.unwrap_or(5);
+                if keep > 1000 {
+                    return Err(bad(format!("keep = {keep} must be at most 1000")));
+                }
+                Target::File {
+                    path: layer.file_path(path),
+                    max_bytes,
+                    keep,
+                }
+            }
+            "syslog" => {
+                only(&["address", "app_name"])?;
+                let a = r
+                    .address
+                    .as_deref()
+                    .ok_or_else(|| bad("kind = \"syslog\" needs `address`".into()))?;
+                let sock = |s: &str| {
+                    s.parse::<SocketAddr>()
+                        .map_err(|_| bad(format!("`{}` is not an ip:port", s.escape_debug())))
+                };
+                let transport = if let Some(s) = a.strip_prefix("udp://") {
+                    SyslogTransport::Udp(sock(s)?)
+                } else if let Some(s) = a.strip_prefix("tcp://") {
+                    SyslogTransport::Tcp(sock(s)?)
+                } else if let Some(p) = a.strip_prefix("unix:") {
+                    SyslogTransport::Unix(PathBuf::from(p))
+                } else {
+                    return Err(bad(format!(
+                        "address `{}` must be udp://ip:port, tcp://ip:port or unix:/path",
+                        a.escape_debug()
+                    )));
+                };
+                let app_name = r.app_name.clone().unwrap_or_else(|| "warrant".into());
+                if app_name.is_empty()
+                    || app_name.len() > 48
+                    || !app_name.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    return Err(bad(
+                        "app_name must be 1-48 printable ASCII characters".into()
+                    ));
+                }
+                let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                Target::Syslog {
+                    transport,
+                    app_name,
+                    hostname,
+                }
+            }
+            "http" => {
+                only(&["url", "batch", "bearer_token_env"])?;
+                let u = r
+                    .url
+                    .as_deref()
+                    .ok_or_else(|| bad("kind = \"http\" needs `url`".into()))?;
+                let url =
+                    url::Url::parse(u).map_err(|e| bad(format!("the url does not parse ({e})")))?;
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                    Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                    None => false,
+                };
+                if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
+                    return Err(bad(
+                        "the url must be https:// (plain http:// only to a loopback address): the audit trail would travel in the clear".into(),
+                    ));
+                }
+                let batch = r.batch.unwrap_or(500);
+                if !(1..=10_000).contains(&batch) {
+                    return Err(bad(format!("batch = {batch} must be from 1 to 10000")));
+                }
+                let bearer = match &r.bearer_token_env {
+                    None => None,
+                    Some(var) => match std::env::var(var) {
+                        Ok(v) if !v.is_empty() => Some(std::sync::Arc::from(v.as_str())),
+                        _ => {
+                            return Err(bad(format!(
+                                "bearer_token_env names `{}`, which is not set",
+                                var.escape_debug()
+                            )));
+                        }
+                    },
+                };
+                Target::Http { url, batch, bearer }
+            }
+            other => {
+                return Err(bad(format!(
+                    "kind `{}` is unknown; use \"file\", \"syslog\" or \"http\"",
+                    other.escape_debug()
+                )));
+            }
+        };
+        out.push(ExportSink {
+            name: r.name,
+            target,
+        });
+    }
+    Ok(out)
 }
 
 /// `[[approvals.webhook]]` as written.
@@ -536,6 +726,8 @@ pub struct Config {
     pub limits: ListenerLimits,
     /// Step-up approvals.
     pub approvals: warrant_control::approvals::ApprovalConfig,
+    /// Audit export sinks.
+    pub audit_export: Vec<warrant_control::export::ExportSink>,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -905,9 +1097,11 @@ impl Config {
 
         let limits = limits(raw.limits, &format!("[limits] in {file_name}"))?;
         let approvals = approvals(raw.approvals, &format!("[approvals] in {file_name}"))?;
+        let audit_export = audit_exports(raw.audit_export, &layer)?;
         Ok(Self {
             limits,
             approvals,
+            audit_export,
             data_dir,
             store,
             store_ca_file,

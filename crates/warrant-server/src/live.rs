@@ -315,6 +315,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<String> {
     check("signing_alg", old.signing_alg == new.signing_alg);
     check("edge_hosts", old.edge_hosts == new.edge_hosts);
     check("limits", old.limits == new.limits);
+    check("audit_export", old.audit_export == new.audit_export);
     out
 }
 

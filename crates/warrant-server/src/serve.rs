@@ -180,21 +180,23 @@ impl Broker {
 
         // The audit chain is keyed with a key derived from the KEK, which the
         // database never holds.
-        let chain_key = warrant_token::AuditChainKey::derive(&kek)
-            .map_err(|e| ServeError::Io(e.to_string()))?;
+        let chain_key: Arc<dyn warrant_core::audit::ChainLinker> = Arc::new(
+            warrant_token::AuditChainKey::derive(&kek)
+                .map_err(|e| ServeError::Io(e.to_string()))?,
+        );
         let shared = matches!(config.store, StoreChoice::Postgres(_));
         let store: Arc<dyn Store> = match &config.store {
             StoreChoice::Sqlite => Arc::new(SqliteStore::open(
                 &data_dir.db_path(),
                 SqliteOptions {
-                    chain: Some(Arc::new(chain_key)),
+                    chain: Some(chain_key.clone()),
                     ..SqliteOptions::default()
                 },
             )?),
             StoreChoice::Postgres(url) => {
                 let url = url.clone();
                 let options = PostgresOptions {
-                    chain: Some(Arc::new(chain_key)),
+                    chain: Some(chain_key.clone()),
                     ca_file: config.store_ca_file.clone(),
                     ..PostgresOptions::default()
                 };
@@ -429,6 +431,7 @@ impl Broker {
             dev,
             tokens,
             approvals,
+            chain_key,
             store,
             keys,
             policy,
@@ -606,6 +609,16 @@ impl Broker {
             shutdown.clone(),
         );
 
+        // The audit trail streamed to the configured sinks, each following
+        // the committed trail on its own.
+        let exports = warrant_control::export::spawn(
+            state.store.clone(),
+            state.live.config.load().audit_export.clone(),
+            data_dir.root(),
+            state.metrics.clone(),
+            shutdown.clone(),
+        );
+
         // Last-use times of secrets are gathered in memory and written in
         // batches: a proxied request never waits for them.
         let flusher = {
@@ -653,6 +666,9 @@ impl Broker {
             tracing::error!(error = %e, "could not record the stop in the audit trail");
         }
         let _ = checkpointer.await;
+        for e in exports {
+            let _ = e.await;
+        }
         if let Err(e) =
             warrant_control::checkpoints::make(&state.store, &state.keys, &state.issuer).await
         {

@@ -25,6 +25,8 @@ pub struct AppState {
     /// Attestation and identity issuance.
     pub attest: Arc<warrant_control::attest::AttestService>,
     /// Task tokens, introspection, revocation.
+    /// The audit chain's key, to verify exported records.
+    pub chain_key: Arc<dyn warrant_core::audit::ChainLinker>,
     /// Step-up approvals.
     pub approvals: Arc<warrant_control::approvals::ApprovalService>,
     pub tokens: Arc<warrant_control::token::TokenService>,

@@ -70,7 +70,8 @@ macro_rules! conformance_tests {
             records_appended_together_chain_in_order_or_not_at_all,
             revoking_an_id_that_names_nothing_is_not_found,
             nothing_is_issued_to_an_agent_that_is_not_active,
-            an_approval_is_asked_once_decided_once_and_used_once
+            an_approval_is_asked_once_decided_once_and_used_once,
+            the_trail_is_read_after_a_position_in_order
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1597,4 +1598,43 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
         .collect();
     assert_eq!(kinds.iter().filter(|k| *k == "approval.use").count(), 1);
     assert_eq!(kinds.iter().filter(|k| *k == "approval.decide").count(), 2);
+}
+
+pub async fn the_trail_is_read_after_a_position_in_order(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    for i in 0..5 {
+        s.append_audit(ev("admin.agent.create", &format!("a{i}")))
+            .await
+            .unwrap();
+    }
+    let first = s.audit_after(0, 2).await.unwrap();
+    assert_eq!(first.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let rest = s.audit_after(2, 100).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(rest[0].prev_hash, first[1].hash, "rows link");
+    assert!(s.audit_after(5, 10).await.unwrap().is_empty());
+    let rec = rest[2].to_record().unwrap();
+    assert_eq!(rec.event.agent.as_deref(), Some("a4"));
+    // A row read back as an export line and parsed again is the same row.
+    let line = rest[2].export_line();
+    let back = warrant_core::audit::StoredRow::from_export_line(&line).unwrap();
+    assert_eq!(
+        (
+            back.seq,
+            &back.body,
+            &back.prev_hash,
+            &back.hash,
+            &back.indexed
+        ),
+        (
+            rest[2].seq,
+            &rest[2].body,
+            &rest[2].prev_hash,
+            &rest[2].hash,
+            &rest[2].indexed
+        )
+    );
 }

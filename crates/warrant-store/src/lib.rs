@@ -405,6 +405,15 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
     /// Recomputes the whole chain.
     async fn verify_audit(&self) -> Result<ChainReport, StoreError>;
+
+    /// At most `limit` records after `seq`, in chain order: what a reader
+    /// following the trail as it is committed (export, anomaly detection)
+    /// reads next.
+    async fn audit_after(
+        &self,
+        seq: u64,
+        limit: u32,
+    ) -> Result<Vec<warrant_core::audit::StoredRow>, StoreError>;
     /// The newest record's sequence number and hash (`None` when empty).
     async fn audit_head(&self) -> Result<Option<(u64, ChainHash)>, StoreError>;
     /// The last audit record this store's writer wrote (`None`: none yet),

@@ -625,6 +625,15 @@ pub enum AuditCmd {
         #[arg(long = "checkpoint")]
         checkpoints: Vec<std::path::PathBuf>,
     },
+    /// Verify an audit export (the files a `[[audit_export]]` file sink
+    /// wrote, oldest first: `audit.jsonl.2 audit.jsonl.1 audit.jsonl`): every
+    /// record's keyed hash, the links between them, and that they are the
+    /// broker's own records. Exit 4 on the first bad one.
+    VerifyExport {
+        /// The files, oldest first (`-` for standard input).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
     /// Make a signed checkpoint of the chain's head now and print it, to be
     /// kept outside the broker: later, `audit verify --checkpoint` detects
     /// records deleted from the end of the chain since.

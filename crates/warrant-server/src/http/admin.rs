@@ -63,6 +63,10 @@ pub fn router(state: AppState) -> Router {
             get(list_checkpoints).post(make_checkpoint),
         )
         .route("/audit/trace/{txn}", get(trace_audit))
+        .route(
+            "/audit/verify-export",
+            post(verify_export).layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024)),
+        )
         .route("/policy", get(policy_status_handler))
         .route("/policy/reload", post(reload_policy))
         .route("/policy/check", post(check_policy))
@@ -754,6 +758,79 @@ async fn list_discovered(
     };
     let records = state.store.list_audit(&query).await?;
     Ok(Json(warrant_core::discovery::candidates(&records)))
+}
+
+/// Verifies part of an audit export (lines as a sink wrote them, in order):
+/// each record's keyed hash over its exact body, the links between them,
+/// that the first continues the broker's chain and the last is the
+/// broker's record of that number.
+async fn verify_export(
+    State(state): State<AppState>,
+    _: Reader,
+    b: Result<Json<warrant_core::api::VerifyExport>, JsonRejection>,
+) -> ApiResult<Json<warrant_core::api::ExportVerification>> {
+    use warrant_core::api::{BrokenRecord, ExportVerification};
+    use warrant_core::audit::{ChainHash, ChainVerifier, StoredRow};
+    let Json(b) = b.map_err(|r| {
+        ApiError::invalid(format!("the request body is not valid: {}", r.body_text()))
+    })?;
+    let mut rows = Vec::new();
+    for (i, line) in b.lines.iter().enumerate() {
+        let row = StoredRow::from_export_line(line)
+            .map_err(|e| ApiError::invalid(format!("line {}: {e}", i + 1)))?;
+        rows.push(row);
+    }
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return Err(ApiError::invalid("no exported records given"));
+    };
+    let (first_seq, last_seq) = (first.seq, last.seq);
+    let broken = |seq: u64, why: String, verified: u64, head: String| ExportVerification {
+        ok: false,
+        verified,
+        first_seq,
+        last_seq,
+        head,
+        broken: Some(BrokenRecord { seq, why }),
+    };
+    let prev = if first_seq <= 1 {
+        Some(ChainHash::GENESIS)
+    } else {
+        state.store.audit_hash(first_seq - 1).await?
+    };
+    let Some(prev) = prev else {
+        return Ok(Json(broken(
+            first_seq,
+            format!(
+                "the broker has no record {} for it to follow",
+                first_seq - 1
+            ),
+            0,
+            String::new(),
+        )));
+    };
+    let mut v = ChainVerifier::keyed_from(state.chain_key.clone(), first_seq, prev);
+    for (n, row) in rows.iter().enumerate() {
+        if let Err(b) = v.push(row) {
+            return Ok(Json(broken(b.seq, b.why, n as u64, v.head().to_string())));
+        }
+    }
+    let stored = state.store.audit_hash(last_seq).await?;
+    if stored.as_ref().map(|h| h.0.as_slice()) != Some(last.hash.as_slice()) {
+        return Ok(Json(broken(
+            last_seq,
+            "it differs from the broker's record of that number (or the broker has none)".into(),
+            rows.len() as u64,
+            v.head().to_string(),
+        )));
+    }
+    Ok(Json(ExportVerification {
+        ok: true,
+        verified: rows.len() as u64,
+        first_seq,
+        last_seq,
+        head: v.head().to_string(),
+        broken: None,
+    }))
 }
 
 async fn list_audit(

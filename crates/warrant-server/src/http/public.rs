@@ -251,10 +251,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         })
         .await
     {
-        m.audit_records.set(
-            last.first()
-                .map_or(0, |r| i64::try_from(r.seq).unwrap_or(i64::MAX)),
-        );
+        let head = last
+            .first()
+            .map_or(0, |r| i64::try_from(r.seq).unwrap_or(i64::MAX));
+        m.audit_records.set(head);
+        for sink in &state.live.config.load().audit_export {
+            let labels = warrant_control::metrics::SinkLabels {
+                sink: sink.name.clone(),
+            };
+            let at = m.export_position.get_or_create(&labels).get();
+            m.export_lag.get_or_create(&labels).set((head - at).max(0));
+        }
     }
     let mut r = m.encode().into_response();
     r.headers_mut().insert(

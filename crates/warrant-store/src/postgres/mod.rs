@@ -2222,6 +2222,28 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn audit_after(
+        &self,
+        seq: u64,
+        limit: u32,
+    ) -> Result<Vec<warrant_core::audit::StoredRow>, StoreError> {
+        let seq = i64_of(seq);
+        self.read(move |c| {
+            // Only what the chain head says is written: a record being
+            // committed by another broker is read once it is whole.
+            let sql = format!(
+                "SELECT {} FROM audit_log WHERE seq > $1 AND seq <= (SELECT seq FROM audit_head WHERE id = 1) ORDER BY seq LIMIT $2",
+                rows::AUDIT_COLUMNS
+            );
+            c.query(&sql, &[&seq, &i64::from(limit)])
+                .map_err(db_err)?
+                .iter()
+                .map(rows::audit_row)
+                .collect()
+        })
+        .await
+    }
+
     async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         let (sql, params) = audit_query(q);
         self.read(move |c| {

@@ -1715,6 +1715,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn audit_after(
+        &self,
+        seq: u64,
+        limit: u32,
+    ) -> Result<Vec<warrant_core::audit::StoredRow>, StoreError> {
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            all_rows(
+                c,
+                &format!(
+                    "SELECT {} FROM audit_log l WHERE l.seq > ?1 ORDER BY l.seq LIMIT ?2",
+                    rows::AUDIT_COLUMNS_L
+                ),
+                params![seq, i64::from(limit)],
+                rows::audit_row,
+            )
+        })
+        .await
+    }
+
     async fn verify_audit(&self) -> Result<ChainReport, StoreError> {
         let chain = self.chain.clone();
         self.read(move |c| {

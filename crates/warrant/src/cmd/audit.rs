@@ -221,6 +221,88 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Resu
                 return Ok(ExitCode::from(EXIT_TAMPERED));
             }
         }
+        AuditCmd::VerifyExport { files } => return verify_export(cli, &client, files).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends the export's lines to the broker in parts, checking that each
+/// part continues the one before (the broker checks each part against its
+/// chain and key).
+async fn verify_export(
+    cli: &Cli,
+    client: &AdminClient,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<ExitCode> {
+    use warrant_core::api::{ExportVerification, VerifyExport};
+    let mut lines = Vec::new();
+    for f in files {
+        let text = if f.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())?
+        } else {
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read `{}`: {e}", f.display()))?
+        };
+        lines.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_owned),
+        );
+    }
+    if lines.is_empty() {
+        anyhow::bail!("the files hold no exported records");
+    }
+    let (mut verified, mut first, mut last_seq, mut head) = (0u64, None, 0u64, String::new());
+    let mut failed = None;
+    for part in lines.chunks(2000) {
+        let v: ExportVerification = client
+            .post(
+                "/audit/verify-export",
+                &VerifyExport {
+                    lines: part.to_vec(),
+                },
+            )
+            .await?;
+        first.get_or_insert(v.first_seq);
+        if verified > 0 && v.first_seq != last_seq + 1 {
+            failed = Some((
+                last_seq + 1,
+                format!("the export skips from record {last_seq} to {}", v.first_seq),
+            ));
+            break;
+        }
+        verified += v.verified;
+        if let Some(b) = v.broken {
+            failed = Some((b.seq, b.why));
+            break;
+        }
+        last_seq = v.last_seq;
+        head = v.head;
+    }
+    let first = first.unwrap_or(0);
+    match (&failed, cli.output) {
+        (_, Output::Json) => json(&serde_json::json!({
+            "ok": failed.is_none(),
+            "verified": verified,
+            "first_seq": first,
+            "last_seq": last_seq,
+            "head": head,
+            "broken": failed.as_ref().map(|(seq, why)| serde_json::json!({"seq": seq, "why": why})),
+        }))?,
+        (None, Output::Human) => println!(
+            "ok: {verified} exported audit records verified (records {first} to {last_seq}); they are the broker's, head {head}"
+        ),
+        (Some((seq, why)), Output::Human) => {
+            println!(
+                "TAMPERED: exported record {seq} fails verification: {}",
+                safe(why)
+            );
+            println!("{verified} records before it verified");
+        }
+    }
+    Ok(if failed.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_TAMPERED)
+    })
 }

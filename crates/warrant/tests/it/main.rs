@@ -11,6 +11,7 @@ mod audit;
 mod cluster;
 mod delegation;
 mod deploy;
+mod export;
 mod interop;
 mod keys;
 mod live;
