@@ -500,73 +500,124 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Announces each new pending approval to every webhook, with retries,
 /// until the service is gone.
 async fn announce(mut rx: mpsc::Receiver<Approval>, service: std::sync::Weak<ApprovalService>) {
-    let client = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-        Ok(b) => hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(b.https_or_http().enable_http1().build()),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot load the system's root certificates; approval webhooks are off");
-            return;
-        }
-    };
     while let Some(a) = rx.recv().await {
         let Some(s) = service.upgrade() else { return };
         let (hooks, metrics) = (s.config().webhooks.clone(), s.metrics.clone());
         drop(s);
-        for hook in hooks {
-            let (client, metrics, a) = (client.clone(), metrics.clone(), a.clone());
-            // Each announcement on its own: a slow receiver delays no other.
-            tokio::spawn(async move {
-                let body = webhook_body(&a, hook.format).to_string();
-                let mut backoff = Duration::from_secs(1);
-                for attempt in 1..=ATTEMPTS {
-                    let req = http::Request::post(hook.url.as_str())
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .header(
-                            http::header::USER_AGENT,
-                            concat!("warrant/", env!("CARGO_PKG_VERSION")),
-                        )
-                        .body(http_body_util::Full::new(hyper::body::Bytes::from(
-                            body.clone(),
-                        )));
-                    let Ok(req) = req else { return };
-                    let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(req)).await;
-                    let ok = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
-                    if ok {
-                        metrics
-                            .approval_webhooks
-                            .get_or_create(&OutcomeLabels {
-                                outcome: "ok".into(),
-                            })
-                            .inc();
-                        return;
-                    }
-                    let why = match outcome {
-                        Ok(Ok(r)) => format!("answered {}", r.status()),
-                        Ok(Err(e)) => {
-                            let mut why = format!("failed: {e}");
-                            let mut source = std::error::Error::source(&e);
-                            while let Some(s) = source {
-                                why.push_str(&format!(": {s}"));
-                                source = s.source();
-                            }
-                            why
-                        }
-                        Err(_) => "timed out".to_owned(),
-                    };
-                    tracing::warn!(approval = %a.id, host = hook.url.host_str().unwrap_or_default(), attempt, "the approval webhook {why}");
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(backoff).await;
-                        backoff *= 2;
-                    }
+        post_each(&hooks, |format| webhook_body(&a, format), metrics, &a.id);
+    }
+}
+
+/// Announces `body` (warrant's JSON; for Slack webhooks, `{"text":
+/// slack}`) to each of `hooks`, off the caller's path, with retries.
+pub fn post_webhooks(
+    hooks: &[Webhook],
+    body: Value,
+    slack: String,
+    metrics: Arc<Metrics>,
+    about: &str,
+) {
+    post_each(
+        hooks,
+        |format| match format {
+            WebhookFormat::Json => body.clone(),
+            WebhookFormat::Slack => json!({ "text": slack }),
+        },
+        metrics,
+        about,
+    );
+}
+
+fn client() -> Option<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<hyper::body::Bytes>,
+    >,
+> {
+    static CLIENT: std::sync::OnceLock<
+        Option<
+            hyper_util::client::legacy::Client<
+                hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+                http_body_util::Full<hyper::body::Bytes>,
+            >,
+        >,
+    > = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
+            Ok(b) => Some(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build(b.https_or_http().enable_http1().build()),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the system's root certificates; webhooks are off");
+                None
+            }
+        })
+        .clone()
+}
+
+fn post_each(
+    hooks: &[Webhook],
+    body: impl Fn(WebhookFormat) -> Value,
+    metrics: Arc<Metrics>,
+    about: &str,
+) {
+    let Some(client) = client() else { return };
+    for hook in hooks {
+        let (client, metrics, about) = (client.clone(), metrics.clone(), about.to_owned());
+        let body = body(hook.format).to_string();
+        let hook = hook.clone();
+        // Each announcement on its own: a slow receiver delays no other.
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            for attempt in 1..=ATTEMPTS {
+                let req = http::Request::post(hook.url.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(
+                        http::header::USER_AGENT,
+                        concat!("warrant/", env!("CARGO_PKG_VERSION")),
+                    )
+                    .body(http_body_util::Full::new(hyper::body::Bytes::from(
+                        body.clone(),
+                    )));
+                let Ok(req) = req else { return };
+                let outcome = tokio::time::timeout(ATTEMPT_TIMEOUT, client.request(req)).await;
+                let ok = matches!(&outcome, Ok(Ok(r)) if r.status().is_success());
+                if ok {
+                    metrics
+                        .approval_webhooks
+                        .get_or_create(&OutcomeLabels {
+                            outcome: "ok".into(),
+                        })
+                        .inc();
+                    return;
                 }
-                metrics
-                    .approval_webhooks
-                    .get_or_create(&OutcomeLabels {
-                        outcome: "failed".into(),
-                    })
-                    .inc();
-            });
-        }
+                let why = match outcome {
+                    Ok(Ok(r)) => format!("answered {}", r.status()),
+                    Ok(Err(e)) => {
+                        let mut why = format!("failed: {e}");
+                        let mut source = std::error::Error::source(&e);
+                        while let Some(s) = source {
+                            why.push_str(&format!(": {s}"));
+                            source = s.source();
+                        }
+                        why
+                    }
+                    Err(_) => "timed out".to_owned(),
+                };
+                tracing::warn!(about = %about, host = hook.url.host_str().unwrap_or_default(), attempt, "a webhook {why}");
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+            }
+            metrics
+                .approval_webhooks
+                .get_or_create(&OutcomeLabels {
+                    outcome: "failed".into(),
+                })
+                .inc();
+        });
     }
 }
 

@@ -149,10 +149,15 @@ async fn run(
             }
         };
         if rows.is_empty() {
-            tokio::select! {
-                () = tokio::time::sleep(IDLE) => continue,
-                () = shutdown.cancelled() => return,
+            // Stopping: everything committed until now has been delivered.
+            if shutdown.is_cancelled() {
+                return;
             }
+            tokio::select! {
+                () = tokio::time::sleep(IDLE) => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
         }
         match out.deliver(&rows).await {
             Ok(()) => {

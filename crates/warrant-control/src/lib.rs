@@ -13,6 +13,7 @@
 //! services only through the traits it defines), Cedar, SQL and key material
 //! (their own crates).
 
+pub mod anomaly;
 pub mod approvals;
 pub mod attest;
 pub mod audit_batch;

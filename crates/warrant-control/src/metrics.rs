@@ -136,6 +136,8 @@ pub struct Metrics {
     pub export_lag: Family<SinkLabels, Gauge>,
     /// Failed deliveries per export sink (each retried).
     pub export_failures: Family<SinkLabels, Counter>,
+    /// Anomalies acted on, by action: alert, quarantine_instance, quarantine_agent.
+    pub anomalies: Family<StateLabels, Counter>,
 }
 
 /// Labels: which audit export sink.
@@ -203,6 +205,7 @@ impl Metrics {
             export_position: Family::default(),
             export_lag: Family::default(),
             export_failures: Family::default(),
+            anomalies: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -249,6 +252,11 @@ impl Metrics {
             "warrant_audit_export_failures",
             "Failed deliveries per audit export sink (each is retried)",
             m.export_failures.clone(),
+        );
+        registry.register(
+            "warrant_anomalies",
+            "Anomalies acted on, by action: alert, quarantine_instance, quarantine_agent",
+            m.anomalies.clone(),
         );
         registry.register(
             "warrant_approvals",

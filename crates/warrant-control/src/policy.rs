@@ -218,6 +218,8 @@ pub struct PolicyService {
     /// The routes and MCP servers configured, for checking the names
     /// policies use (set by whoever holds the configuration).
     configured: ArcSwap<Configured>,
+    /// Where `context.anomaly_score` comes from (set once the detector runs).
+    anomaly: std::sync::OnceLock<Arc<crate::anomaly::AnomalyService>>,
 }
 
 /// Route and MCP server names in force.
@@ -265,6 +267,7 @@ impl PolicyService {
             metrics,
             tools: parking_lot::RwLock::new(tools),
             configured: ArcSwap::from_pointee(Configured::default()),
+            anomaly: std::sync::OnceLock::new(),
         })
     }
 
@@ -482,6 +485,11 @@ impl PolicyService {
         }
     }
 
+    /// Takes `context.anomaly_score` from `anomaly` from now on.
+    pub fn set_anomaly(&self, anomaly: Arc<crate::anomaly::AnomalyService>) {
+        let _ = self.anomaly.set(anomaly);
+    }
+
     /// Decides `req` and fills `event` with the decision (outcome, reasons,
     /// principal, resource, action) without writing it: for callers that
     /// record the decision together with what it allows, in one transaction.
@@ -490,6 +498,23 @@ impl PolicyService {
         req: &DecisionRequest,
         event: AuditEvent,
     ) -> (Decision, AuditEvent) {
+        // The agent's anomaly score now, from the detector's memory (a map
+        // look-up; the detector itself runs off the request path).
+        let scored;
+        let req = match self.anomaly.get().map(|a| {
+            a.score(
+                req.principal.agent.name.as_str(),
+                req.context.user.as_ref().map(|u| u.id.as_str()),
+            )
+        }) {
+            Some(score) if score != req.context.anomaly_score && score > 0 => {
+                let mut r = req.clone();
+                r.context.anomaly_score = score;
+                scored = r;
+                &scored
+            }
+            _ => req,
+        };
         let decision = self.current.load().policies.decide(req);
         let effect = match decision.effect {
             Effect::Allow => "allow",

@@ -125,6 +125,12 @@ pub enum Kind {
     ApprovalDeny,
     /// A granted approval spent on the one request it covers.
     ApprovalUse,
+    /// The anomaly detector acted (alert or quarantine).
+    Anomaly,
+    /// An agent quarantined by an administrator.
+    AdminAgentQuarantine,
+    /// A quarantined agent released.
+    AdminAgentRelease,
     /// More kinds of unauthenticated refusal in a window than are kept
     /// apart: counted only.
     RefusalsOverflow,
@@ -183,6 +189,9 @@ impl Kind {
         Self::ApprovalApprove,
         Self::ApprovalDeny,
         Self::ApprovalUse,
+        Self::Anomaly,
+        Self::AdminAgentQuarantine,
+        Self::AdminAgentRelease,
         Self::RefusalsOverflow,
     ];
 
@@ -239,6 +248,9 @@ impl Kind {
             Self::ApprovalApprove => "approval.approve",
             Self::ApprovalDeny => "approval.deny",
             Self::ApprovalUse => "approval.use",
+            Self::Anomaly => "anomaly",
+            Self::AdminAgentQuarantine => "admin.agent.quarantine",
+            Self::AdminAgentRelease => "admin.agent.release",
             Self::RefusalsOverflow => "refusals.overflow",
         }
     }

@@ -76,6 +76,9 @@ pub struct RawConfig {
     /// Sinks the audit trail is streamed to as it is committed.
     #[serde(default)]
     pub audit_export: Vec<RawAuditExport>,
+    /// Anomaly detection: thresholds and what crossing them does.
+    #[serde(default)]
+    pub anomaly: RawAnomaly,
     /// TLS for the API and edge listeners.
     pub tls: Option<RawTls>,
     /// Serve plain HTTP beyond loopback (TLS terminated by a proxy in
@@ -109,6 +112,80 @@ pub struct RawApprovals {
     /// Where new pending approvals are announced.
     #[serde(default)]
     pub webhook: Vec<RawWebhook>,
+}
+
+/// `[anomaly]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomaly {
+    /// Score decisions (default true).
+    pub enabled: Option<bool>,
+    /// Decisions a profile needs before "never seen before" counts (default 50).
+    pub warmup: Option<u32>,
+    /// Alert at this score (default 60).
+    pub alert_at: Option<i64>,
+    /// Quarantine the instance at this score (default: never).
+    pub quarantine_instance_at: Option<i64>,
+    /// Quarantine the agent at this score (default: never).
+    pub quarantine_agent_at: Option<i64>,
+    /// Where alerts are announced.
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
+}
+
+fn anomaly(
+    raw: RawAnomaly,
+    origin: &str,
+) -> Result<warrant_control::anomaly::AnomalyConfig, ConfigError> {
+    use warrant_control::anomaly::AnomalyConfig;
+    let bad = |message: String| ConfigError::Invalid {
+        key: "anomaly",
+        origin: origin.to_owned(),
+        message,
+    };
+    let d = AnomalyConfig::default();
+    let score = |v: Option<i64>, key: &str| match v {
+        Some(n) if !(1..=100).contains(&n) => {
+            Err(bad(format!("{key} = {n} must be a score from 1 to 100")))
+        }
+        v => Ok(v),
+    };
+    let alert_at = score(raw.alert_at, "alert_at")?.unwrap_or(d.alert_at);
+    let quarantine_instance_at = score(raw.quarantine_instance_at, "quarantine_instance_at")?;
+    let quarantine_agent_at = score(raw.quarantine_agent_at, "quarantine_agent_at")?;
+    for (k, v) in [
+        ("quarantine_instance_at", quarantine_instance_at),
+        ("quarantine_agent_at", quarantine_agent_at),
+    ] {
+        if let Some(v) = v
+            && v < alert_at
+        {
+            return Err(bad(format!(
+                "{k} = {v} is below alert_at = {alert_at}: a quarantine is always alerted first"
+            )));
+        }
+    }
+    let warmup = match raw.warmup {
+        None => d.warmup,
+        Some(n) if (1..=1_000_000).contains(&n) => n,
+        Some(n) => return Err(bad(format!("warmup = {n} must be from 1 to 1000000"))),
+    };
+    let webhooks = raw
+        .webhook
+        .iter()
+        .map(|w| {
+            warrant_control::approvals::Webhook::parse(&w.url, w.format.as_deref())
+                .map_err(|e| bad(format!("webhook: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(AnomalyConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        warmup,
+        alert_at,
+        quarantine_instance_at,
+        quarantine_agent_at,
+        webhooks,
+    })
 }
 
 /// `[[audit_export]]` as written.
@@ -728,6 +805,8 @@ pub struct Config {
     pub approvals: warrant_control::approvals::ApprovalConfig,
     /// Audit export sinks.
     pub audit_export: Vec<warrant_control::export::ExportSink>,
+    /// Anomaly detection.
+    pub anomaly: warrant_control::anomaly::AnomalyConfig,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -1098,7 +1177,9 @@ impl Config {
         let limits = limits(raw.limits, &format!("[limits] in {file_name}"))?;
         let approvals = approvals(raw.approvals, &format!("[approvals] in {file_name}"))?;
         let audit_export = audit_exports(raw.audit_export, &layer)?;
+        let anomaly = anomaly(raw.anomaly, &format!("[anomaly] in {file_name}"))?;
         Ok(Self {
+            anomaly,
             limits,
             approvals,
             audit_export,

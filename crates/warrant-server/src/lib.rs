@@ -15,6 +15,7 @@ pub mod config;
 pub mod data_dir;
 mod edge_services;
 mod follow;
+mod governance;
 mod http;
 mod listener;
 mod live;

@@ -219,6 +219,7 @@ pub async fn reload(state: &AppState, actor: AuditEvent) -> Result<ConfigChanges
     state.attest.set_task_audiences(&task_audiences(&new, edge));
     state.policy.set_configured(configured(&new));
     state.approvals.set_config(new.approvals.clone());
+    state.anomaly.set_config(new.anomaly.clone());
     let mut in_force = new;
     in_force.kek = None;
     state.live.config.store(Arc::new(in_force));

@@ -346,6 +346,12 @@ impl Broker {
         let user_issuers =
             crate::live::with_dev_issuer(config.user_issuers.clone(), dev.as_deref())
                 .map_err(ServeError::Io)?;
+        let anomaly = warrant_control::anomaly::AnomalyService::new(
+            data_dir.root(),
+            config.anomaly.clone(),
+            metrics.clone(),
+        );
+        policy.set_anomaly(anomaly.clone());
         let (approvals, announcer) = warrant_control::approvals::ApprovalService::new(
             store.clone(),
             config.approvals.clone(),
@@ -431,6 +437,7 @@ impl Broker {
             dev,
             tokens,
             approvals,
+            anomaly,
             chain_key,
             store,
             keys,
@@ -619,6 +626,13 @@ impl Broker {
             shutdown.clone(),
         );
 
+        // Anomaly detection, following the trail off the request path.
+        let detector = state.anomaly.spawn(
+            state.store.clone(),
+            Arc::new(crate::governance::Responder(state.clone())),
+            shutdown.clone(),
+        );
+
         // Last-use times of secrets are gathered in memory and written in
         // batches: a proxied request never waits for them.
         let flusher = {
@@ -669,6 +683,7 @@ impl Broker {
         for e in exports {
             let _ = e.await;
         }
+        let _ = detector.await;
         if let Err(e) =
             warrant_control::checkpoints::make(&state.store, &state.keys, &state.issuer).await
         {

@@ -27,6 +27,8 @@ pub struct AppState {
     /// Task tokens, introspection, revocation.
     /// The audit chain's key, to verify exported records.
     pub chain_key: Arc<dyn warrant_core::audit::ChainLinker>,
+    /// Anomaly detection: scores for decisions, and the detector's state.
+    pub anomaly: Arc<warrant_control::anomaly::AnomalyService>,
     /// Step-up approvals.
     pub approvals: Arc<warrant_control::approvals::ApprovalService>,
     pub tokens: Arc<warrant_control::token::TokenService>,

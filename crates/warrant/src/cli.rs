@@ -389,6 +389,19 @@ pub enum AgentCmd {
         /// Agent name.
         name: String,
     },
+    /// Quarantine an agent: every live task it acts in is revoked and it
+    /// gets nothing until released (what anomaly detection does past
+    /// `quarantine_agent_at`).
+    Quarantine {
+        /// Agent name.
+        name: String,
+    },
+    /// Lift a quarantine: the agent is active again and its anomaly
+    /// signals are forgotten (revoked tasks stay revoked).
+    Release {
+        /// Agent name.
+        name: String,
+    },
     /// Remove an agent from the inventory (with its instances).
     Delete {
         /// Agent name.

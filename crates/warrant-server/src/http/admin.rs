@@ -44,6 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}", get(show_agent).delete(delete_agent))
         .route("/agents/{name}/enable", post(enable_agent))
         .route("/agents/{name}/disable", post(disable_agent))
+        .route("/agents/{name}/quarantine", post(quarantine_agent))
+        .route("/agents/{name}/release", post(release_agent))
+        .route("/anomalies", get(list_anomalies))
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
         .route("/discovered", get(list_discovered))
@@ -415,6 +418,61 @@ async fn revoke(
         }
         Err(e) => Err(fail(&state, attempt, e.into()).await),
     }
+}
+
+async fn quarantine_agent(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Agent>> {
+    let attempt = caller
+        .event(Kind::AdminAgentQuarantine, Outcome::Allow)
+        .action("agent.quarantine")
+        .resource(format!("Agent::\"{}\"", shown(&raw, 100)));
+    let name = match agent_name(&raw) {
+        Ok(n) => n,
+        Err(e) => return Err(fail(&state, attempt, e).await),
+    };
+    let event = attempt.clone().agent(name.to_string());
+    match crate::governance::quarantine(&state, &name, event).await {
+        Ok(a) => Ok(Json(a)),
+        Err(e) => Err(fail(&state, attempt.agent(name.to_string()), e.into()).await),
+    }
+}
+
+async fn release_agent(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<Agent>> {
+    let attempt = caller
+        .event(Kind::AdminAgentRelease, Outcome::Allow)
+        .action("agent.release")
+        .resource(format!("Agent::\"{}\"", shown(&raw, 100)));
+    let name = match agent_name(&raw) {
+        Ok(n) => n,
+        Err(e) => return Err(fail(&state, attempt, e).await),
+    };
+    let event = attempt.clone().agent(name.to_string());
+    match crate::governance::release(&state, &name, event).await {
+        Ok(a) => Ok(Json(a)),
+        Err(e) => Err(fail(&state, attempt.agent(name.to_string()), e.into()).await),
+    }
+}
+
+/// Every agent's anomaly score now, highest first.
+async fn list_anomalies(
+    State(state): State<AppState>,
+    _: Reader,
+) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    Ok(Json(
+        state
+            .anomaly
+            .scores()
+            .into_iter()
+            .map(|(agent, score)| serde_json::json!({ "agent": agent, "score": score }))
+            .collect(),
+    ))
 }
 
 async fn disable_agent(

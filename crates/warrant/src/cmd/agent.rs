@@ -118,6 +118,31 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AgentCmd) -> anyhow::Resu
                 .await?;
             emit(cli.output, &a, |a| println!("agent {} is active", a.name))?;
         }
+        AgentCmd::Quarantine { name } => {
+            let a: Agent = client
+                .post(
+                    &format!("/agents/{}/quarantine", segment(name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            emit(cli.output, &a, |a| {
+                println!(
+                    "agent {} is quarantined: its live tasks are revoked and nothing is issued to it until `warrant agent release {}`",
+                    a.name, a.name
+                );
+            })?;
+        }
+        AgentCmd::Release { name } => {
+            let a: Agent = client
+                .post(
+                    &format!("/agents/{}/release", segment(name)),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            emit(cli.output, &a, |a| {
+                println!("agent {} is released and active again", a.name)
+            })?;
+        }
         AgentCmd::Delete { name } => {
             let a: Agent = client.delete(&format!("/agents/{}", segment(name))).await?;
             emit(cli.output, &a, |a| {

@@ -5,6 +5,7 @@
 
 mod admin;
 mod agent_side;
+mod anomaly;
 mod approvals;
 mod attest;
 mod audit;

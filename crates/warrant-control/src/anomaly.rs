@@ -1,0 +1,692 @@
+//! Anomaly detection that acts (DESIGN §11).
+//!
+//! A task follows the committed audit trail (never the request path), keeps
+//! a profile per agent and per agent+user, and scores each decision by
+//! what is unusual for that profile:
+//!
+//! | signal | points |
+//! |---|---|
+//! | a resource (route, tool, audience) never used before, once warmed up | 25 |
+//! | a scope never asked before, once warmed up | 10 |
+//! | a request rate over 5x the rolling per-minute baseline (and over 20/min) | 30, once a minute |
+//! | a burst of refusals: 5 or more in a minute, at least half the requests | 35, again at 10, 20, 40… in the same minute |
+//! | an hour of the day with under 1% of the history, once well warmed up | 10, once an hour |
+//! | a delegation chain deeper than any seen, once warmed up | 20 |
+//!
+//! Points decay by half every 5 minutes; a profile's score is their sum,
+//! capped at 100. Decisions read `context.anomaly_score`: the higher of
+//! the agent's and the agent+user's, at that moment, from memory (a map
+//! look-up on the request path, nothing more). Crossing a configured
+//! threshold acts: an alert (audited, webhook, metric), quarantining the
+//! instance, or quarantining the agent. The profiles and the trail
+//! position are saved in `<data-dir>/anomaly.json` and survive a restart.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use warrant_core::audit::{AuditEvent, AuditRecord, Kind, Outcome};
+use warrant_core::time::Timestamp;
+
+/// `[anomaly]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyConfig {
+    /// Whether scores are computed at all.
+    pub enabled: bool,
+    /// Decisions a profile needs before "never seen" means anything.
+    pub warmup: u32,
+    /// Alert (audit record, webhooks, metric) at this score.
+    pub alert_at: i64,
+    /// Quarantine the instance at this score.
+    pub quarantine_instance_at: Option<i64>,
+    /// Quarantine the agent at this score.
+    pub quarantine_agent_at: Option<i64>,
+    /// Where alerts are announced.
+    pub webhooks: Vec<crate::approvals::Webhook>,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            warmup: 50,
+            alert_at: 60,
+            quarantine_instance_at: None,
+            quarantine_agent_at: None,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// Points of each signal.
+const NEW_RESOURCE: f64 = 25.0;
+const NEW_SCOPE: f64 = 10.0;
+const RATE_SPIKE: f64 = 30.0;
+const DENIAL_BURST: f64 = 35.0;
+const ODD_HOUR: f64 = 10.0;
+const DEEPER: f64 = 20.0;
+/// Half-life of a signal's points.
+const HALF_LIFE_MS: f64 = 300_000.0;
+/// What a profile remembers, at most.
+const MAX_RESOURCES: usize = 4096;
+const MAX_SCOPES: usize = 1024;
+const MAX_SIGNALS: usize = 64;
+/// Agent+user profiles kept, at most (the least recently seen go first).
+const MAX_PAIRS: usize = 100_000;
+
+/// One profile: what an agent (or an agent for one user) usually does.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Profile {
+    seen: u64,
+    resources: BTreeSet<String>,
+    scopes: BTreeSet<String>,
+    hours: [u64; 24],
+    max_depth: u32,
+    /// Exponentially weighted requests per minute.
+    rate_baseline: f64,
+    minute: i64,
+    minute_count: u32,
+    minute_denials: u32,
+    rate_flagged: i64,
+    /// Refusal-burst signals raised this minute.
+    bursts: u32,
+    hour_flagged: i64,
+    /// Recent signals: (time ms, points, why).
+    signals: VecDeque<(i64, f64, String)>,
+    last_ms: i64,
+}
+
+impl Profile {
+    /// The score at `now_ms`: decayed points, capped at 100.
+    pub fn score(&self, now_ms: i64) -> i64 {
+        let sum: f64 = self
+            .signals
+            .iter()
+            .map(|(t, p, _)| p * 0.5f64.powf(((now_ms - t).max(0) as f64) / HALF_LIFE_MS))
+            .sum();
+        (sum.round() as i64).clamp(0, 100)
+    }
+
+    fn signal(&mut self, at: i64, points: f64, why: String, out: &mut Vec<String>) {
+        out.push(why.clone());
+        self.signals.push_back((at, points, why));
+        while self.signals.len() > MAX_SIGNALS {
+            self.signals.pop_front();
+        }
+    }
+
+    /// Learns from one decision and returns the signals it raised.
+    fn observe(&mut self, d: &Observed, warmup: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let warm = self.seen >= warmup;
+        let at = d.time_ms;
+        self.last_ms = at;
+        // Rate and refusals, per minute.
+        let minute = at.div_euclid(60_000);
+        if minute != self.minute {
+            if self.seen > 0 {
+                // Close the minutes that passed (empty ones count as 0).
+                let gap = (minute - self.minute).clamp(1, 60);
+                self.rate_baseline = 0.9 * self.rate_baseline + 0.1 * f64::from(self.minute_count);
+                for _ in 1..gap {
+                    self.rate_baseline *= 0.9;
+                }
+            }
+            self.minute = minute;
+            self.minute_count = 0;
+            self.minute_denials = 0;
+            self.bursts = 0;
+        }
+        self.minute_count += 1;
+        if d.refused {
+            self.minute_denials += 1;
+        }
+        let threshold = (5.0 * self.rate_baseline).max(20.0);
+        if warm && f64::from(self.minute_count) > threshold && self.rate_flagged != minute {
+            self.rate_flagged = minute;
+            self.signal(
+                at,
+                RATE_SPIKE,
+                format!(
+                    "request rate {} a minute, over 5x its baseline of {:.1}",
+                    self.minute_count, self.rate_baseline
+                ),
+                &mut out,
+            );
+        }
+        // At 5 refusals in a minute, and again each time they double.
+        if self.bursts < 16
+            && self.minute_denials >= 5u32 << self.bursts
+            && self.minute_denials * 2 >= self.minute_count
+        {
+            self.bursts += 1;
+            self.signal(
+                at,
+                DENIAL_BURST,
+                format!(
+                    "{} of {} requests refused within a minute (probing)",
+                    self.minute_denials, self.minute_count
+                ),
+                &mut out,
+            );
+        }
+        // What is asked for.
+        if let Some(r) = &d.resource
+            && !self.resources.contains(r)
+        {
+            if warm {
+                self.signal(at, NEW_RESOURCE, format!("first use of {r}"), &mut out);
+            }
+            if self.resources.len() < MAX_RESOURCES {
+                self.resources.insert(r.clone());
+            }
+        }
+        for s in &d.scopes {
+            if !self.scopes.contains(s) {
+                if warm {
+                    self.signal(
+                        at,
+                        NEW_SCOPE,
+                        format!("first ask for scope `{s}`"),
+                        &mut out,
+                    );
+                }
+                if self.scopes.len() < MAX_SCOPES {
+                    self.scopes.insert(s.clone());
+                }
+            }
+        }
+        // When.
+        let hour = usize::try_from(at.div_euclid(3_600_000).rem_euclid(24)).unwrap_or(0);
+        let total: u64 = self.hours.iter().sum();
+        let hour_index = at.div_euclid(3_600_000);
+        if self.seen >= warmup * 4
+            && total > 0
+            && self.hours[hour] * 100 < total
+            && self.hour_flagged != hour_index
+        {
+            self.hour_flagged = hour_index;
+            self.signal(
+                at,
+                ODD_HOUR,
+                format!("active at {hour}:00 UTC, an hour it is rarely active"),
+                &mut out,
+            );
+        }
+        self.hours[hour] += 1;
+        // How deep.
+        if d.depth > self.max_depth {
+            if warm {
+                self.signal(
+                    at,
+                    DEEPER,
+                    format!(
+                        "a delegation chain {} deep, deeper than the {} it used so far",
+                        d.depth, self.max_depth
+                    ),
+                    &mut out,
+                );
+            }
+            self.max_depth = d.depth;
+        }
+        self.seen += 1;
+        out
+    }
+}
+
+/// What the detector reads from a decision's record.
+#[derive(Debug, Clone)]
+struct Observed {
+    time_ms: i64,
+    agent: String,
+    instance: Option<String>,
+    user: Option<String>,
+    resource: Option<String>,
+    scopes: Vec<String>,
+    depth: u32,
+    refused: bool,
+}
+
+/// Records that are decisions an agent asked for.
+const DECISION_EVENTS: &[&str] = &[
+    "token.exchange",
+    "token.self",
+    "proxy.request",
+    "mcp.tool.call",
+    "mcp.resources.read",
+    "mcp.prompts.get",
+];
+
+fn observed(r: &AuditRecord) -> Option<Observed> {
+    let e = &r.event;
+    if !DECISION_EVENTS.contains(&e.event.as_str()) {
+        return None;
+    }
+    let agent = e.agent.clone()?;
+    Some(Observed {
+        time_ms: r.time.as_millis(),
+        agent,
+        instance: e.instance.clone(),
+        user: e.user.clone(),
+        resource: e.resource.clone(),
+        scopes: e
+            .scope
+            .as_deref()
+            .map(|s| {
+                s.split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        depth: u32::try_from(e.chain.len()).unwrap_or(u32::MAX),
+        refused: matches!(e.decision, Outcome::Deny),
+    })
+}
+
+/// Everything the detector knows; saved and restored whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Detector {
+    /// The last audit record read.
+    pub position: u64,
+    agents: BTreeMap<String, Profile>,
+    pairs: HashMap<String, Profile>,
+    /// The level each agent was last acted on at (so each is acted on once
+    /// while its score stays high).
+    acted: BTreeMap<String, Level>,
+}
+
+/// How far a score went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Level {
+    /// Below every threshold.
+    Calm,
+    /// At or over `alert_at`.
+    Alert,
+    /// At or over `quarantine_instance_at`.
+    QuarantineInstance,
+    /// At or over `quarantine_agent_at`.
+    QuarantineAgent,
+}
+
+/// A score that crossed a threshold: what to do, about whom, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    /// The agent.
+    pub agent: String,
+    /// The instance that made the request.
+    pub instance: Option<String>,
+    /// The user, when the work was for one.
+    pub user: Option<String>,
+    /// The score.
+    pub score: i64,
+    /// The level reached.
+    pub level: Level,
+    /// The signals behind the score (recent first).
+    pub signals: Vec<String>,
+    /// The record that crossed it.
+    pub seq: u64,
+    /// Its time.
+    pub time: Timestamp,
+}
+
+impl Detector {
+    /// Learns from `r`; a finding when its agent's score reaches a level
+    /// not acted on yet.
+    pub fn observe(&mut self, r: &AuditRecord, config: &AnomalyConfig) -> Option<Finding> {
+        self.position = self.position.max(r.seq);
+        let d = observed(r)?;
+        let warmup = u64::from(config.warmup);
+        let agent = self.agents.entry(d.agent.clone()).or_default();
+        let mut signals = agent.observe(&d, warmup);
+        let mut score = agent.score(d.time_ms);
+        if let Some(u) = &d.user {
+            let key = format!("{}\u{0}{u}", d.agent);
+            if !self.pairs.contains_key(&key) && self.pairs.len() >= MAX_PAIRS {
+                self.evict_pair();
+            }
+            let pair = self.pairs.entry(key).or_default();
+            signals.extend(
+                pair.observe(&d, warmup)
+                    .into_iter()
+                    .map(|s| format!("for {u}: {s}")),
+            );
+            score = score.max(pair.score(d.time_ms));
+        }
+        let level = level_of(score, config);
+        let before = self.acted.get(&d.agent).copied().unwrap_or(Level::Calm);
+        // Calm again below half the alert threshold: a later rise acts again.
+        if score * 2 < config.alert_at {
+            self.acted.remove(&d.agent);
+            return None;
+        }
+        if level <= before {
+            return None;
+        }
+        self.acted.insert(d.agent.clone(), level);
+        if signals.is_empty() {
+            signals = agent_signals(self.agents.get(&d.agent));
+        }
+        Some(Finding {
+            agent: d.agent,
+            instance: d.instance,
+            user: d.user,
+            score,
+            level,
+            signals,
+            seq: r.seq,
+            time: r.time,
+        })
+    }
+
+    fn evict_pair(&mut self) {
+        if let Some(oldest) = self
+            .pairs
+            .iter()
+            .min_by_key(|(_, p)| p.last_ms)
+            .map(|(k, _)| k.clone())
+        {
+            self.pairs.remove(&oldest);
+        }
+    }
+
+    /// The score `context.anomaly_score` carries for `agent` (acting for
+    /// `user`) at `now`.
+    pub fn score(&self, agent: &str, user: Option<&str>, now: Timestamp) -> i64 {
+        let now = now.as_millis();
+        let a = self.agents.get(agent).map_or(0, |p| p.score(now));
+        let u = user
+            .and_then(|u| self.pairs.get(&format!("{agent}\u{0}{u}")))
+            .map_or(0, |p| p.score(now));
+        a.max(u)
+    }
+
+    /// Forgets an agent's signals (an administrator released it): its
+    /// habits stay learnt.
+    pub fn forgive(&mut self, agent: &str) {
+        if let Some(p) = self.agents.get_mut(agent) {
+            p.signals.clear();
+        }
+        let prefix = format!("{agent}\u{0}");
+        for (k, p) in &mut self.pairs {
+            if k.starts_with(&prefix) {
+                p.signals.clear();
+            }
+        }
+        self.acted.remove(agent);
+    }
+
+    /// Every agent's current score, highest first.
+    pub fn scores(&self, now: Timestamp) -> Vec<(String, i64)> {
+        let now = now.as_millis();
+        let mut v: Vec<(String, i64)> = self
+            .agents
+            .iter()
+            .map(|(a, p)| {
+                let pairs = self
+                    .pairs
+                    .iter()
+                    .filter(|(k, _)| k.split('\u{0}').next() == Some(a.as_str()))
+                    .map(|(_, p)| p.score(now))
+                    .max()
+                    .unwrap_or(0);
+                (a.clone(), p.score(now).max(pairs))
+            })
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+}
+
+fn agent_signals(p: Option<&Profile>) -> Vec<String> {
+    p.map(|p| p.signals.iter().rev().map(|(_, _, w)| w.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn level_of(score: i64, c: &AnomalyConfig) -> Level {
+    if c.quarantine_agent_at.is_some_and(|t| score >= t) {
+        Level::QuarantineAgent
+    } else if c.quarantine_instance_at.is_some_and(|t| score >= t) {
+        Level::QuarantineInstance
+    } else if score >= c.alert_at {
+        Level::Alert
+    } else {
+        Level::Calm
+    }
+}
+
+/// What the rest of the broker does about a finding (quarantine needs the
+/// token service and the store; alerts need the webhooks).
+#[async_trait::async_trait]
+pub trait Responder: Send + Sync {
+    /// Quarantines `instance` of `agent` (its tasks revoked, it gets
+    /// nothing more), recorded with `event`.
+    async fn quarantine_instance(&self, instance: &str, event: AuditEvent) -> Result<(), String>;
+    /// Quarantines `agent` (state `quarantined`, every live task revoked).
+    async fn quarantine_agent(&self, agent: &str, event: AuditEvent) -> Result<(), String>;
+    /// Records an alert.
+    async fn record(&self, event: AuditEvent) -> Result<(), String>;
+}
+
+/// The detector, shared: the task that feeds it and the decisions that
+/// read its scores.
+#[allow(missing_debug_implementations)]
+pub struct AnomalyService {
+    detector: RwLock<Detector>,
+    config: arc_swap::ArcSwap<AnomalyConfig>,
+    file: PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl AnomalyService {
+    /// The service, with the state saved in `data_dir` (if any).
+    pub fn new(
+        data_dir: &Path,
+        config: AnomalyConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Self> {
+        let file = data_dir.join("anomaly.json");
+        let detector = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Detector>(&b).ok())
+            .unwrap_or_default();
+        Arc::new(Self {
+            detector: RwLock::new(detector),
+            config: arc_swap::ArcSwap::from_pointee(config),
+            file,
+            metrics,
+        })
+    }
+
+    /// Puts a reloaded `[anomaly]` in force.
+    pub fn set_config(&self, c: AnomalyConfig) {
+        self.config.store(Arc::new(c));
+    }
+
+    /// The score a decision for `agent` (for the user `user_id`, as
+    /// `<namespace>/<subject>`) carries now: 0 when detection is off.
+    pub fn score(&self, agent: &str, user_id: Option<&str>) -> i64 {
+        if !self.config.load().enabled {
+            return 0;
+        }
+        let recorded = user_id.map(|u| format!("user:{u}"));
+        self.detector
+            .read()
+            .score(agent, recorded.as_deref(), Timestamp::now())
+    }
+
+    /// Every agent's score now, highest first.
+    pub fn scores(&self) -> Vec<(String, i64)> {
+        self.detector.read().scores(Timestamp::now())
+    }
+
+    /// Clears an agent's signals (it was released).
+    pub fn forgive(&self, agent: &str) {
+        self.detector.write().forgive(agent);
+    }
+
+    /// The trail position read so far.
+    pub fn position(&self) -> u64 {
+        self.detector.read().position
+    }
+
+    /// Follows the trail until `shutdown`, acting on findings through
+    /// `responder`; saves the state every few seconds and at the end.
+    pub fn spawn(
+        self: &Arc<Self>,
+        store: Arc<dyn warrant_store::Store>,
+        responder: Arc<dyn Responder>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut saved_at = std::time::Instant::now();
+            // Starting fresh, the detector begins at the trail's end: old
+            // history is not replayed as if it were happening now.
+            if me.detector.read().position == 0
+                && let Ok(Some((head, _))) = store.audit_head().await
+            {
+                me.detector.write().position = head;
+            }
+            loop {
+                let config = me.config.load_full();
+                let position = me.position();
+                let rows = if config.enabled {
+                    store.audit_after(position, 1000).await.unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let mut findings = Vec::new();
+                {
+                    let mut d = me.detector.write();
+                    for row in &rows {
+                        match row.to_record() {
+                            Ok(r) => findings.extend(d.observe(&r, &config)),
+                            Err(_) => d.position = d.position.max(row.seq),
+                        }
+                    }
+                }
+                for f in findings {
+                    me.act(&f, &config, responder.as_ref()).await;
+                }
+                if saved_at.elapsed() >= Duration::from_secs(5) {
+                    me.save();
+                    saved_at = std::time::Instant::now();
+                }
+                if rows.is_empty() {
+                    // Stopping: what was committed meanwhile has just been
+                    // read, so the saved position is the trail's end.
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+            me.save();
+        })
+    }
+
+    async fn act(&self, f: &Finding, config: &AnomalyConfig, responder: &dyn Responder) {
+        let action = match f.level {
+            Level::Calm => return,
+            Level::Alert => "alert",
+            Level::QuarantineInstance => "quarantine_instance",
+            Level::QuarantineAgent => "quarantine_agent",
+        };
+        self.metrics
+            .anomalies
+            .get_or_create(&crate::metrics::StateLabels {
+                state: action.into(),
+            })
+            .inc();
+        let mut event = AuditEvent::new(Kind::Anomaly, Outcome::Deny)
+            .actor("anomaly-detector")
+            .agent(f.agent.clone())
+            .reasons(f.signals.iter().take(8).cloned())
+            .detail(json!({
+                "score": f.score,
+                "action": action,
+                "record": f.seq,
+                "detected_in_ms": (Timestamp::now().as_millis() - f.time.as_millis()).max(0),
+            }));
+        event.instance = f.instance.clone();
+        event.user = f.user.clone();
+        tracing::warn!(agent = %f.agent, score = f.score, action, "anomaly: {}", f.signals.first().map_or("", String::as_str));
+        let done = match f.level {
+            Level::QuarantineAgent => responder.quarantine_agent(&f.agent, event).await,
+            Level::QuarantineInstance => match &f.instance {
+                Some(i) => responder.quarantine_instance(i, event).await,
+                None => responder.record(event).await,
+            },
+            _ => responder.record(event).await,
+        };
+        if let Err(e) = done {
+            tracing::error!(agent = %f.agent, error = %e, "could not act on an anomaly");
+        }
+        if !config.webhooks.is_empty() {
+            let body = json!({
+                "type": "anomaly",
+                "agent": f.agent,
+                "instance": f.instance,
+                "user": f.user,
+                "score": f.score,
+                "action": action,
+                "signals": f.signals,
+                "record": f.seq,
+            });
+            let slack = format!(
+                "warrant: anomaly in agent `{}` (score {}, {action}): {}",
+                f.agent.replace(['`', '<', '>', '&'], ""),
+                f.score,
+                f.signals
+                    .iter()
+                    .take(3)
+                    .map(|s| s.replace(['`', '<', '>', '&'], ""))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            crate::approvals::post_webhooks(
+                &config.webhooks,
+                body,
+                slack,
+                self.metrics.clone(),
+                &f.agent,
+            );
+        }
+    }
+
+    /// Writes the state to `<data-dir>/anomaly.json` (owner-only).
+    pub fn save(&self) {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let Ok(bytes) = serde_json::to_vec(&*self.detector.read()) else {
+            return;
+        };
+        let tmp = self.file.with_extension("json.tmp");
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                f.sync_data()
+            })
+            .and_then(|()| std::fs::rename(&tmp, &self.file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot save the anomaly detector's state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

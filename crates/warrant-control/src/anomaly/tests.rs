@@ -1,0 +1,251 @@
+//! The detector on synthetic traffic: a long normal trace (false positives)
+//! and a compromised agent after it (detection latency). The figures are
+//! printed (`cargo test -p warrant-control anomaly -- --nocapture`) and
+//! recorded in docs/health.md.
+
+use super::*;
+use warrant_core::audit::ChainHash;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Trace {
+    seq: u64,
+    d: Detector,
+    config: AnomalyConfig,
+    findings: Vec<Finding>,
+}
+
+impl Trace {
+    fn new() -> Self {
+        Self {
+            seq: 0,
+            d: Detector::default(),
+            config: AnomalyConfig {
+                quarantine_agent_at: Some(90),
+                ..AnomalyConfig::default()
+            },
+            findings: Vec::new(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        t_ms: i64,
+        event: &str,
+        user: Option<&str>,
+        resource: &str,
+        scope: &str,
+        depth: usize,
+        deny: bool,
+    ) -> Option<Finding> {
+        self.seq += 1;
+        let mut e = AuditEvent::new(event, if deny { Outcome::Deny } else { Outcome::Allow })
+            .agent("orch")
+            .instance("ins_1");
+        e.user = user.map(str::to_owned);
+        e.resource = Some(resource.to_owned());
+        e.scope = (!scope.is_empty()).then(|| scope.to_owned());
+        e.chain = (0..depth).map(|i| format!("a{i}")).collect();
+        let r = AuditRecord {
+            seq: self.seq,
+            time: Timestamp::from_millis(t_ms),
+            event: e,
+            prev_hash: ChainHash::GENESIS,
+            hash: ChainHash::GENESIS,
+            keyed: false,
+        };
+        let f = self.d.observe(&r, &self.config);
+        if let Some(f) = &f {
+            self.findings.push(f.clone());
+        }
+        f
+    }
+}
+
+const MINUTE: i64 = 60_000;
+const DAY: i64 = 86_400_000;
+/// A Monday, 00:00 UTC.
+const START: i64 = 1_795_046_400_000;
+
+const TOOLS: [&str; 6] = [
+    "Tool::\"files/read_file\"",
+    "Tool::\"files/search\"",
+    "Route::\"openai\"",
+    "Route::\"tickets\"",
+    "Audience::\"https://tickets.example\"",
+    "Tool::\"crm/lookup\"",
+];
+
+/// Weekdays 8:00-18:00 UTC, 0-6 requests a minute, 20 users each with
+/// their habits, 2% refused: the agent's normal work.
+fn normal_day(tr: &mut Trace, rng: &mut Rng, day: i64) -> usize {
+    let users: Vec<String> = (0..20).map(|i| format!("user:corp/u{i}")).collect();
+    let mut n = 0;
+    if (day % 7) >= 5 {
+        return 0;
+    }
+    for minute in (8 * 60)..(18 * 60) {
+        let at = START + day * DAY + minute * MINUTE;
+        for k in 0..rng.below(7) {
+            let u = rng.below(20) as usize;
+            let tool = TOOLS[(u + rng.below(3) as usize) % TOOLS.len()];
+            let (event, scope) = if tool.starts_with("Tool") {
+                ("mcp.tool.call", "")
+            } else if tool.starts_with("Route") {
+                ("proxy.request", "")
+            } else {
+                ("token.exchange", "tickets:read")
+            };
+            let deny = rng.below(50) == 0;
+            tr.push(
+                at + (k as i64) * 7_000,
+                event,
+                Some(&users[u]),
+                tool,
+                scope,
+                1 + (rng.below(10) == 0) as usize,
+                deny,
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_long_normal_trace_raises_no_alert_and_a_compromise_is_caught_fast() {
+    let mut tr = Trace::new();
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut decisions = 0;
+    let days = 28;
+    for day in 0..days {
+        decisions += normal_day(&mut tr, &mut rng, day);
+    }
+    let false_positives = tr.findings.len();
+    // The agent-hours whose score reached the alert threshold, for a rate
+    // that does not depend on how often it is acted on.
+    eprintln!(
+        "normal trace: {decisions} decisions over {days} days, {false_positives} alerts ({:.4}% of decisions)",
+        false_positives as f64 * 100.0 / decisions as f64
+    );
+    assert!(decisions > 30_000, "{decisions}");
+    assert_eq!(false_positives, 0, "{:?}", tr.findings);
+
+    // Day 29, 10:00: the agent is steered. New tools, a burst, probing.
+    let t0 = START + days * DAY + 10 * 60 * MINUTE;
+    let mut first_alert = None;
+    let mut quarantined = None;
+    for i in 0..600i64 {
+        let at = t0 + i * 250;
+        let (resource, deny) = match i % 4 {
+            0 => ("Tool::\"files/delete_file\"", false),
+            1 => ("Route::\"payments\"", true),
+            2 => ("Tool::\"shell/exec\"", true),
+            _ => (TOOLS[(i % 6) as usize], false),
+        };
+        let event = if resource.starts_with("Tool") {
+            "mcp.tool.call"
+        } else {
+            "proxy.request"
+        };
+        if let Some(f) = tr.push(at, event, Some("user:corp/u3"), resource, "", 1, deny) {
+            if f.level >= Level::Alert && first_alert.is_none() {
+                first_alert = Some((at - t0, i + 1, f.clone()));
+            }
+            if f.level == Level::QuarantineAgent && quarantined.is_none() {
+                quarantined = Some((at - t0, i + 1));
+            }
+        }
+    }
+    let (ms, n, f) = first_alert.expect("the compromise is detected");
+    let (qms, qn) = quarantined.expect("and the agent quarantined");
+    eprintln!(
+        "compromise: alert after {ms} ms ({n} requests), quarantine after {qms} ms ({qn} requests); signals: {:?}",
+        f.signals
+    );
+    assert!(ms <= 5_000, "alert within 5 s of simulated time: {ms}");
+    assert!(qms <= 30_000, "quarantine within 30 s: {qms}");
+    assert!(
+        f.signals.iter().any(|s| s.contains("first use")),
+        "{:?}",
+        f.signals
+    );
+    // The score decisions see is high now, and the same agent's other users
+    // see its agent score.
+    let now = Timestamp::from_millis(t0 + 600 * 250);
+    assert!(tr.d.score("orch", Some("user:corp/u3"), now) >= 90);
+    assert!(tr.d.score("orch", Some("user:corp/u9"), now) >= 60);
+    // Released, its habits stay learnt and its score is back to 0.
+    tr.d.forgive("orch");
+    assert_eq!(tr.d.score("orch", Some("user:corp/u3"), now), 0);
+    // Decay: an hour later, without release, a score is near zero.
+    let mut t2 = Trace::new();
+    let mut rng2 = Rng(7);
+    for day in 0..3 {
+        normal_day(&mut t2, &mut rng2, day);
+    }
+    let late = START + 3 * DAY + 10 * 60 * MINUTE;
+    for i in 0..8 {
+        t2.push(
+            late + i,
+            "mcp.tool.call",
+            None,
+            &format!("Tool::\"x/t{i}\""),
+            "",
+            1,
+            false,
+        );
+    }
+    assert!(t2.d.score("orch", None, Timestamp::from_millis(late)) >= 60);
+    assert!(t2.d.score("orch", None, Timestamp::from_millis(late + 3_600_000)) < 10);
+}
+
+#[test]
+fn probing_is_caught_before_any_warm_up_and_state_round_trips() {
+    let mut tr = Trace::new();
+    tr.config.quarantine_agent_at = None;
+    tr.config.quarantine_instance_at = Some(70);
+    // A new agent that starts by probing: refusals need no history.
+    let mut found = None;
+    for i in 0..40 {
+        if let Some(f) = tr.push(
+            START + i * 1000,
+            "proxy.request",
+            None,
+            "Route::\"x\"",
+            "",
+            1,
+            true,
+        ) {
+            found.get_or_insert(f);
+        }
+    }
+    let f = found.expect("probing alone is an anomaly");
+    assert!(f.signals.iter().any(|s| s.contains("refused")), "{f:?}");
+    // Acted on once per level, not per request.
+    assert!(tr.findings.len() <= 2, "{:?}", tr.findings);
+    assert!(
+        tr.findings
+            .iter()
+            .any(|f| f.level == Level::QuarantineInstance)
+    );
+    // What is saved is what is restored.
+    let saved = serde_json::to_vec(&tr.d).unwrap();
+    let back: Detector = serde_json::from_slice(&saved).unwrap();
+    let now = Timestamp::from_millis(START + 40_000);
+    assert_eq!(back.score("orch", None, now), tr.d.score("orch", None, now));
+    assert_eq!(back.position, tr.d.position);
+}
