@@ -628,8 +628,14 @@ impl AnomalyService {
             },
             _ => responder.record(event).await,
         };
-        if let Err(e) = done {
-            tracing::error!(agent = %f.agent, error = %e, "could not act on an anomaly");
+        match done {
+            Ok(()) if f.level >= Level::QuarantineInstance => {
+                // From the record that crossed the threshold to enforcement.
+                let ms = (Timestamp::now().as_millis() - f.time.as_millis()).max(0);
+                self.metrics.enforced("anomaly", ms as f64 / 1000.0);
+            }
+            Ok(()) => {}
+            Err(e) => tracing::error!(agent = %f.agent, error = %e, "could not act on an anomaly"),
         }
         if !config.webhooks.is_empty() {
             let body = json!({

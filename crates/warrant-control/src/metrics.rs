@@ -138,6 +138,14 @@ pub struct Metrics {
     pub export_failures: Family<SinkLabels, Counter>,
     /// Anomalies acted on, by action: alert, quarantine_instance, quarantine_agent.
     pub anomalies: Family<StateLabels, Counter>,
+    /// Seconds from a revocation or quarantine being triggered to it being
+    /// enforced (this broker refusing the tokens), by trigger.
+    pub enforcement: Family<StateLabels, prometheus_client::metrics::histogram::Histogram>,
+    /// Identity-health gauges, refreshed at scrape (see docs/health.md).
+    pub health: Family<StateLabels, Gauge>,
+    /// Count, sum and maximum of enforcement times (seconds) by trigger,
+    /// for `warrant health`.
+    pub enforcement_stats: parking_lot::Mutex<std::collections::BTreeMap<String, (u64, f64, f64)>>,
 }
 
 /// Labels: which audit export sink.
@@ -206,6 +214,13 @@ impl Metrics {
             export_lag: Family::default(),
             export_failures: Family::default(),
             anomalies: Family::default(),
+            enforcement: Family::new_with_constructor(|| {
+                prometheus_client::metrics::histogram::Histogram::new(
+                    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 12),
+                )
+            }),
+            health: Family::default(),
+            enforcement_stats: parking_lot::Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -252,6 +267,16 @@ impl Metrics {
             "warrant_audit_export_failures",
             "Failed deliveries per audit export sink (each is retried)",
             m.export_failures.clone(),
+        );
+        registry.register(
+            "warrant_enforcement_seconds",
+            "Seconds from a revocation or quarantine being triggered to its enforcement, by trigger (revoke, quarantine, anomaly)",
+            m.enforcement.clone(),
+        );
+        registry.register(
+            "warrant_identity_health",
+            "Identity-health figures by name (docs/health.md), refreshed at scrape",
+            m.health.clone(),
         );
         registry.register(
             "warrant_anomalies",
@@ -375,6 +400,20 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Observes how long a `trigger` took to be enforced.
+    pub fn enforced(&self, trigger: &str, secs: f64) {
+        self.enforcement
+            .get_or_create(&StateLabels {
+                state: trigger.to_owned(),
+            })
+            .observe(secs);
+        let mut stats = self.enforcement_stats.lock();
+        let e = stats.entry(trigger.to_owned()).or_insert((0, 0.0, 0.0));
+        e.0 += 1;
+        e.1 += secs;
+        e.2 = e.2.max(secs);
     }
 
     /// Counts a connection closed because `listener` was full.

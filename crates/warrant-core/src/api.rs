@@ -655,3 +655,126 @@ pub struct ClusterStatus {
     /// versions, a broker deaf to the feed); empty when they agree.
     pub diverged: Vec<String>,
 }
+
+/// `GET /admin/v1/health`: whether the identity programme is reducing risk
+/// (docs/health.md says why each figure matters).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// When it was computed.
+    pub generated_at: crate::time::Timestamp,
+    /// Stored secrets: the standing credentials warrant still holds.
+    pub secrets: SecretsHealth,
+    /// Upstream requests since the broker started, by credential class.
+    pub upstream: UpstreamHealth,
+    /// Task tokens issued since the broker started: for a user, or for itself.
+    pub grants: GrantsHealth,
+    /// The inventory.
+    pub agents: AgentsHealth,
+    /// Instances whose identity has not expired.
+    pub instances_alive: u64,
+    /// From a revocation or quarantine being triggered to its enforcement,
+    /// since the broker started, by trigger (`revoke`, `quarantine`, `anomaly`).
+    pub enforcement: std::collections::BTreeMap<String, Enforcement>,
+    /// Step-up approvals waiting for a person.
+    pub approvals: ApprovalsHealth,
+    /// Agents with a non-zero anomaly score, highest first.
+    pub anomalies: Vec<AnomalyScore>,
+}
+
+/// Standing credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsHealth {
+    /// Stored secrets (shared and per user).
+    pub stored: u64,
+    /// Of which per user.
+    pub per_user: u64,
+    /// Days since the least recently rotated one was set.
+    pub oldest_rotation_days: Option<u64>,
+    /// Secrets not used for 30 days (or never, and stored 30 days ago): candidates to delete.
+    pub unused_30d: Vec<String>,
+    /// Each secret: name (`name@owner` for a per-user one), version, days since rotation, last use.
+    pub list: Vec<SecretHealth>,
+}
+
+/// One stored secret's age and use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretHealth {
+    /// `name`, or `name@owner`.
+    pub name: String,
+    /// Its version (rotations + 1).
+    pub version: u32,
+    /// Days since it was last set.
+    pub rotated_days_ago: u64,
+    /// When it was last injected, if ever.
+    pub last_used_at: Option<crate::time::Timestamp>,
+}
+
+/// Upstream requests by credential class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamHealth {
+    /// Requests that carried an injected credential.
+    pub requests: u64,
+    /// Of which with a credential minted per use (warrant JWT, OAuth token).
+    pub ephemeral: u64,
+    /// `ephemeral / requests`, when there were any.
+    pub ephemeral_share: Option<f64>,
+    /// Requests by credential kind.
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+/// Task tokens issued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantsHealth {
+    /// By token exchange, for a user or an upstream task (delegation).
+    pub delegated: u64,
+    /// For the agent itself (client credentials).
+    pub self_acting: u64,
+    /// `delegated / (delegated + self_acting)`, when there were any.
+    pub delegated_share: Option<f64>,
+}
+
+/// The inventory's hygiene.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentsHealth {
+    /// Agents registered.
+    pub total: u64,
+    /// By state.
+    pub active: u64,
+    /// See `active`.
+    pub disabled: u64,
+    /// See `active`.
+    pub quarantined: u64,
+    /// Agents whose owner is a placeholder (`-`, `none`, `unknown`, `tbd`, ...).
+    pub without_owner: Vec<String>,
+    /// Active agents with no attestation in 30 days (or ever, registered 30 days ago).
+    pub not_attested_30d: Vec<String>,
+}
+
+/// How fast revocations are enforced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enforcement {
+    /// How many.
+    pub count: u64,
+    /// Their mean, in milliseconds.
+    pub mean_ms: f64,
+    /// The slowest, in milliseconds.
+    pub max_ms: f64,
+}
+
+/// Approvals waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalsHealth {
+    /// Pending now.
+    pub pending: u64,
+    /// How long the oldest has waited, in seconds.
+    pub oldest_pending_seconds: Option<u64>,
+}
+
+/// An agent's anomaly score.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnomalyScore {
+    /// The agent.
+    pub agent: String,
+    /// 0 to 100.
+    pub score: i64,
+}

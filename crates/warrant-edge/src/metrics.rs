@@ -89,6 +89,18 @@ pub struct EdgeMetrics {
     pub mcp_requests: Family<McpLabels, Counter>,
     /// Open MCP gateway sessions (handshake clients).
     pub mcp_sessions: Gauge,
+    /// Upstream requests by the kind of credential injected, and whether
+    /// it is ephemeral or standing.
+    pub upstream_credentials: Family<CredentialLabels, Counter>,
+}
+
+/// Labels: a credential kind and its class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// `secret`, `warrant_jwt`, ...
+    pub kind: String,
+    /// `ephemeral` or `standing`.
+    pub class: String,
 }
 
 impl Default for EdgeMetrics {
@@ -99,6 +111,7 @@ impl Default for EdgeMetrics {
             proxy_added_seconds: Family::new_with_constructor(latency_histogram),
             mcp_requests: Family::default(),
             mcp_sessions: Gauge::default(),
+            upstream_credentials: Family::default(),
         }
     }
 }
@@ -107,6 +120,11 @@ impl EdgeMetrics {
     /// Adds every family to `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let m = self;
+        registry.register(
+            "warrant_upstream_requests_by_credential",
+            "Upstream requests by the credential injected: kind, and class (ephemeral: minted per use; standing: a stored key sent as is)",
+            m.upstream_credentials.clone(),
+        );
         registry.register(
             "warrant_proxy_requests",
             "Egress proxy requests by route and decision",
@@ -140,6 +158,21 @@ impl EdgeMetrics {
             .get_or_create(&ProxyLabels {
                 route: route.to_owned(),
                 decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an upstream request by the credential injected.
+    pub fn upstream_credential(&self, c: &crate::credential::config::Credential) {
+        self.upstream_credentials
+            .get_or_create(&CredentialLabels {
+                kind: c.kind().to_owned(),
+                class: if c.is_ephemeral() {
+                    "ephemeral"
+                } else {
+                    "standing"
+                }
+                .to_owned(),
             })
             .inc();
     }

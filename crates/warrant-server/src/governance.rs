@@ -19,6 +19,7 @@ pub(crate) async fn quarantine(
     agent: &AgentName,
     event: AuditEvent,
 ) -> Result<Agent, StoreError> {
+    let started = std::time::Instant::now();
     let revoked = state
         .tokens
         .revoke(
@@ -27,6 +28,11 @@ pub(crate) async fn quarantine(
         )
         .await?;
     state.metrics.tasks_revoked.inc_by(revoked.len() as u64);
+    // Enforced once the tasks are revoked here; the state change keeps
+    // anything new from being issued.
+    state
+        .metrics
+        .enforced("quarantine", started.elapsed().as_secs_f64());
     state
         .store
         .set_agent_status(

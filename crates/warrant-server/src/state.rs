@@ -29,6 +29,8 @@ pub struct AppState {
     pub chain_key: Arc<dyn warrant_core::audit::ChainLinker>,
     /// Anomaly detection: scores for decisions, and the detector's state.
     pub anomaly: Arc<warrant_control::anomaly::AnomalyService>,
+    /// The edge's metrics (upstream requests by credential, for health).
+    pub edge_metrics: Arc<warrant_edge::metrics::EdgeMetrics>,
     /// Step-up approvals.
     pub approvals: Arc<warrant_control::approvals::ApprovalService>,
     pub tokens: Arc<warrant_control::token::TokenService>,

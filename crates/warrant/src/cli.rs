@@ -82,6 +82,11 @@ pub enum Command {
     /// providers) and the policy directory in force without a restart, as
     /// SIGHUP does. A bad file changes nothing and says where it is wrong.
     Reload,
+    /// Identity health: standing credentials left, the share of upstream
+    /// requests made with ephemeral ones, delegated vs self-acting grants,
+    /// inventory hygiene, enforcement times, pending approvals, anomalies
+    /// (docs/health.md).
+    Health,
     /// What the running broker is: listeners, store, policy and config
     /// digests, signing key ids, uptime.
     Status {

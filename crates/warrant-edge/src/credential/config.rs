@@ -184,6 +184,16 @@ impl Credential {
         }
     }
 
+    /// Whether what reaches the upstream lives minutes, not months: a token
+    /// warrant signs or fetches per use. A stored key, password or
+    /// certificate sent as it is is a standing credential.
+    pub fn is_ephemeral(&self) -> bool {
+        matches!(
+            self,
+            Self::OAuth2ClientCredentials { .. } | Self::WarrantJwt { .. }
+        )
+    }
+
     /// The CA file trusted for the credential's own endpoint (an OAuth
     /// token endpoint), if any: a file whose content decides where the
     /// client secret may be sent, so it is held to the same trust as the

@@ -1441,6 +1441,13 @@ impl Gateway {
             }
         };
         let s = call.s;
+        if let Transport::Http {
+            credential: Some(c),
+            ..
+        } = &s.cfg.transport
+        {
+            self.s.metrics.upstream_credential(c);
+        }
         let upstream_started = Instant::now();
         let answer = s
             .upstream

@@ -298,6 +298,7 @@ impl ProxyService {
         event.credential_type = Some(route.credential.kind().to_owned());
         let injected = self.credential(&rs, &task).await?;
         event.credential_id = Some(injected.id.clone());
+        self.s.metrics.upstream_credential(&route.credential);
         Ok(Admitted {
             rs,
             req,

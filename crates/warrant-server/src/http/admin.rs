@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/quarantine", post(quarantine_agent))
         .route("/agents/{name}/release", post(release_agent))
         .route("/anomalies", get(list_anomalies))
+        .route("/health", get(super::health::handler))
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
         .route("/discovered", get(list_discovered))
@@ -410,6 +411,9 @@ async fn revoke(
     match state.tokens.revoke(target.clone(), event).await {
         Ok(tasks) => {
             state.metrics.tasks_revoked.inc_by(tasks.len() as u64);
+            state
+                .metrics
+                .enforced("revoke", started.elapsed().as_secs_f64());
             Ok(Json(warrant_core::api::Revoked {
                 target: target.to_string(),
                 tasks,

@@ -14,6 +14,7 @@ pub mod attest;
 pub mod auth;
 pub mod edge;
 pub mod error;
+pub mod health;
 pub mod live;
 pub mod mcp_admin;
 pub mod oauth;

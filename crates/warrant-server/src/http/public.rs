@@ -263,6 +263,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             m.export_lag.get_or_create(&labels).set((head - at).max(0));
         }
     }
+    if let Ok(h) = crate::http::health::compute(&state).await {
+        crate::http::health::gauges(&state, &h);
+    }
     let mut r = m.encode().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -5,6 +5,7 @@ mod agent;
 mod approval;
 mod audit;
 mod dev;
+mod health;
 mod keys;
 mod live;
 mod mcp;
@@ -68,6 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revoke(a) => revoke::run(&cli, client(&cli)?, a).await,
         Command::Dev(c) => dev::run(&cli, client(&cli)?, c).await,
         Command::Reload => live::reload(&cli, client(&cli)?).await,
+        Command::Health => health::run(&cli, client(&cli)?).await,
         Command::Status { all: false } => live::status(&cli, client(&cli)?).await,
         Command::Status { all: true } => live::cluster(&cli, client(&cli)?).await,
         Command::Route(c) => live::routes(&cli, client(&cli)?, c).await,
