@@ -35,6 +35,9 @@ pub struct ApprovalConfig {
     pub pending_ttl: Ttl,
     /// The most approvals one agent may have pending.
     pub max_pending_per_agent: u32,
+    /// The most one requester (a user, else a task) of an agent may have
+    /// pending: one steered session cannot use up the agent's share.
+    pub max_pending_per_requester: u32,
     /// An approver never decides a request made for themselves.
     pub separation_of_duties: bool,
     /// Where new pending approvals are announced.
@@ -47,6 +50,7 @@ impl Default for ApprovalConfig {
             hold: Duration::ZERO,
             pending_ttl: Ttl::from_secs(3600),
             max_pending_per_agent: 20,
+            max_pending_per_requester: 5,
             separation_of_duties: true,
             webhooks: Vec::new(),
         }
@@ -89,6 +93,11 @@ impl Webhook {
     pub fn parse(url: &str, format: Option<&str>) -> Result<Self, String> {
         let url =
             url::Url::parse(url).map_err(|e| format!("the webhook URL does not parse ({e})"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "the webhook URL carries a user name or password, which would not be sent; put the receiver's secret in its path, as Slack does".into(),
+            );
+        }
         let loopback = match url.host() {
             Some(url::Host::Ipv4(a)) => a.is_loopback(),
             Some(url::Host::Ipv6(a)) => a.is_loopback(),
@@ -158,20 +167,31 @@ pub enum DecideError {
 #[allow(missing_debug_implementations)]
 pub struct ApprovalService {
     store: Arc<dyn Store>,
+    policy: Arc<crate::policy::PolicyService>,
     config: ArcSwap<ApprovalConfig>,
     decided: Notify,
     notify: mpsc::Sender<Approval>,
     metrics: Arc<Metrics>,
+    /// Requests held now, per agent: holding costs a connection and a
+    /// wake-up each, so it is bounded; past the bounds a request is
+    /// answered "pending" at once.
+    held: parking_lot::Mutex<std::collections::HashMap<String, usize>>,
 }
 
-/// How often a held request looks for a decision made through another broker.
-const POLL: Duration = Duration::from_millis(250);
+/// How often a held request looks for a decision made through another
+/// broker (one made through this broker wakes it at once).
+const POLL: Duration = Duration::from_secs(1);
+/// Requests held at once, over all agents.
+const MAX_HELD: usize = 256;
+/// Requests one agent may have held at once.
+const MAX_HELD_PER_AGENT: usize = 16;
 
 impl ApprovalService {
     /// The service, and the task announcing pending approvals (run it on
     /// the runtime).
     pub fn new(
         store: Arc<dyn Store>,
+        policy: Arc<crate::policy::PolicyService>,
         config: ApprovalConfig,
         metrics: Arc<Metrics>,
     ) -> (
@@ -181,10 +201,12 @@ impl ApprovalService {
         let (tx, rx) = mpsc::channel(1024);
         let service = Arc::new(Self {
             store,
+            policy,
             config: ArcSwap::from_pointee(config),
             decided: Notify::new(),
             notify: tx,
             metrics,
+            held: parking_lot::Mutex::default(),
         });
         let announcer = announce(rx, Arc::downgrade(&service));
         (service, announcer)
@@ -206,8 +228,8 @@ impl ApprovalService {
     /// configured one when `None`) while a person decides.
     pub async fn step_up(
         &self,
-        subject: ApprovalSubject,
-        shown: Value,
+        mut subject: ApprovalSubject,
+        mut shown: Value,
         terms: ApprovalTerms,
         policies: Vec<String>,
         base: &AuditEvent,
@@ -215,15 +237,33 @@ impl ApprovalService {
     ) -> StepUp {
         let config = self.config();
         let now = Timestamp::now();
+        // Bound to the policies in force: after a change, the request is
+        // asked again under the new terms.
+        subject.policy = self.policy.current().policies.digest().to_owned();
         let binding = subject.binding();
-        // A refusal stands until it lapses: asking again is not a way
-        // around a person's "no".
-        match self.store.approval_by_binding(&binding).await {
-            Ok(Some(a)) if a.state == ApprovalState::Denied && now < a.expires_at => {
-                return StepUp::Denied(a);
-            }
-            Ok(_) => {}
+        // A refusal stands until it lapses, for this request under any task
+        // or instance: asking again is not a way around a person's "no".
+        match self
+            .store
+            .standing_denial(&subject.loose_binding(), now)
+            .await
+        {
+            Ok(Some(a)) => return StepUp::Denied(a),
+            Ok(None) => {}
             Err(e) => return StepUp::Unavailable(e.to_string()),
+        }
+        if warrant_core::approval::has_invisible(&subject.request)
+            || warrant_core::approval::has_invisible(&shown)
+        {
+            let warning = json!([
+                "the request holds invisible or direction-changing characters (shown escaped); read it closely"
+            ]);
+            match &mut shown {
+                Value::Object(m) => {
+                    m.insert("warnings".into(), warning);
+                }
+                other => *other = json!({ "value": other.take(), "warnings": warning }),
+            }
         }
         let Ok(id) = warrant_host::random::hex_id(12) else {
             return StepUp::Unavailable("no randomness for an approval id".into());
@@ -247,7 +287,14 @@ impl ApprovalService {
         let event = record(base, Kind::ApprovalRequest, Outcome::Pending, &asked);
         let approval = match self
             .store
-            .request_approval(asked, config.max_pending_per_agent, event)
+            .request_approval(
+                asked,
+                warrant_store::ApprovalLimits {
+                    per_agent: config.max_pending_per_agent,
+                    per_requester: config.max_pending_per_requester,
+                },
+                event,
+            )
             .await
         {
             Ok((a, true)) => {
@@ -268,7 +315,32 @@ impl ApprovalService {
             Err(e) => return StepUp::Unavailable(e.to_string()),
         };
         let hold = hold.unwrap_or(config.hold).min(MAX_HOLD);
-        self.settle(approval, base, hold).await
+        // Holding is bounded; past the bounds the answer is "pending" now.
+        let agent = approval.subject.agent.clone();
+        let held = !hold.is_zero() && {
+            let mut h = self.held.lock();
+            let total: usize = h.values().sum();
+            let mine = h.entry(agent.clone()).or_default();
+            if total < MAX_HELD && *mine < MAX_HELD_PER_AGENT {
+                *mine += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let out = self
+            .settle(approval, base, if held { hold } else { Duration::ZERO })
+            .await;
+        if held {
+            let mut h = self.held.lock();
+            if let Some(n) = h.get_mut(&agent) {
+                *n -= 1;
+                if *n == 0 {
+                    h.remove(&agent);
+                }
+            }
+        }
+        out
     }
 
     /// Uses a granted approval, or waits up to `hold` for a decision.
@@ -284,18 +356,12 @@ impl ApprovalService {
                             self.count("used");
                             StepUp::Approved(used)
                         }
-                        // Spent by a concurrent copy of the request: this
-                        // one waits for a new approval.
-                        Err(StoreError::Precondition { .. }) => {
-                            match self.store.get_approval(&a.id).await {
-                                Ok(Some(now)) => StepUp::Pending(now),
-                                Ok(None) => StepUp::Refused(format!(
-                                    "approval `{}` is gone; ask again",
-                                    a.id
-                                )),
-                                Err(e) => StepUp::Unavailable(e.to_string()),
-                            }
-                        }
+                        // Spent by a concurrent copy of the request (or it
+                        // lapsed meanwhile): this one is not covered.
+                        Err(StoreError::Precondition { .. }) => StepUp::Refused(format!(
+                            "approval `{}` was just used by an identical request (or lapsed); send this request again to ask for a new approval",
+                            a.id
+                        )),
                         Err(e) => StepUp::Unavailable(e.to_string()),
                     };
                 }
@@ -334,6 +400,15 @@ impl ApprovalService {
             .await
             .map_err(DecideError::Store)?
             .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+        // Asked under other policies than those in force: what it would
+        // grant is no longer what policy asks (another role, a shorter
+        // lifetime); the request is asked again when it is sent again.
+        let digest = self.policy.current().policies.digest().to_owned();
+        if a.subject.policy != digest && a.state_at(now) == ApprovalState::Pending {
+            return Err(DecideError::NotPending(format!(
+                "approval `{id}` was asked under policies that are no longer in force; it can no longer be decided (the agent's next attempt asks again under the policies now in force)"
+            )));
+        }
         if !a.terms().decidable_by(by.role) {
             return Err(DecideError::Forbidden(format!(
                 "approval `{id}` needs an approver with role `{}`; yours is `{}`",
@@ -417,10 +492,11 @@ fn record(base: &AuditEvent, kind: Kind, outcome: Outcome, a: &Approval) -> Audi
     e.event = kind.into();
     e.decision = outcome;
     e.reasons = a.policies.clone();
+    // The binding, not the request: a query string or digests of small
+    // bodies stay with the approval, readable by approvers only.
     e.detail = Some(json!({
         "approval": a.id,
         "binding": a.binding,
-        "request": a.subject.request,
         "role": a.role,
     }));
     e
@@ -436,7 +512,7 @@ pub fn webhook_body(a: &Approval, format: WebhookFormat) -> Value {
                 "id": a.id,
                 "action": s.action,
                 "resource": s.resource,
-                "request": s.request,
+                "request": webhook_request(&s.request),
                 "agent": s.agent,
                 "instance": s.instance,
                 "user": s.user,
@@ -475,6 +551,30 @@ pub fn webhook_body(a: &Approval, format: WebhookFormat) -> Value {
             })
         }
     }
+}
+
+/// What a webhook says of the request: what is asked, never a query
+/// string or a digest of a body or arguments (a short one can be guessed
+/// back); approvers read those with `warrant approval show`.
+fn webhook_request(r: &Value) -> Value {
+    let Value::Object(m) = r else {
+        return Value::Null;
+    };
+    let keep = [
+        "server",
+        "tool",
+        "route",
+        "method",
+        "path",
+        "audiences",
+        "scopes",
+    ];
+    Value::Object(
+        m.iter()
+            .filter(|(k, _)| keep.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
 }
 
 /// Slack's three control characters escaped, and backticks (which would
@@ -635,6 +735,8 @@ mod tests {
         let e = Webhook::parse("http://example.com/x", None).unwrap_err();
         assert!(e.contains("https"), "{e}");
         assert!(Webhook::parse("ftp://example.com/x", None).is_err());
+        let e = Webhook::parse("https://user:pw@hooks.example/x", None).unwrap_err();
+        assert!(e.contains("user name or password"), "{e}");
         assert!(Webhook::parse("https://example.com/x", Some("teams")).is_err());
         let w =
             Webhook::parse("https://hooks.slack.com/services/T/B/secret", Some("slack")).unwrap();

@@ -183,6 +183,49 @@ pub struct ApprovalSubject {
     pub task: Option<String>,
     /// Its transaction.
     pub txn: Option<String>,
+    /// The digest of the policy set that asked for approval: a policy
+    /// change (another role, a shorter lifetime) asks again.
+    #[serde(default)]
+    pub policy: String,
+}
+
+/// Whether a person reading `c` would not see it or would misread what
+/// follows it.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3000 | 0x3164
+        | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB | 0xE0000..=0xE0FFF)
+        || c.is_control()
+}
+
+/// `s` with every invisible character written `\u{XXXX}`, for a person
+/// to read.
+pub fn escape_invisible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if is_invisible(c) {
+            out.push_str(&format!("\\u{{{:04X}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `v` holds characters a person reading it would not see or
+/// would misread: format and bidirectional controls, zero-width and tag
+/// characters, invisible fillers, variation selectors.
+pub fn has_invisible(v: &Value) -> bool {
+    let bad = |c: char| is_invisible(c) && !matches!(c, '\n' | '\t');
+    match v {
+        Value::String(s) => s.chars().any(bad),
+        Value::Array(a) => a.iter().any(has_invisible),
+        Value::Object(m) => m
+            .iter()
+            .any(|(k, v)| k.chars().any(bad) || has_invisible(v)),
+        _ => false,
+    }
 }
 
 impl ApprovalSubject {
@@ -198,7 +241,30 @@ impl ApprovalSubject {
             chain: req.context.chain.clone(),
             task: req.context.task.clone(),
             txn: req.context.txn.clone(),
+            policy: String::new(),
         }
+    }
+
+    /// Who asks, for the per-requester quota: the user the work is for,
+    /// else the task, else the instance.
+    pub fn requester(&self) -> String {
+        match (&self.user, &self.task) {
+            (Some(u), _) => u.clone(),
+            (None, Some(t)) => format!("task:{t}"),
+            (None, None) => format!("instance:{}", self.instance),
+        }
+    }
+
+    /// The same request whatever the task and instance: what a person's
+    /// refusal covers (a new task token is not a way around a "no").
+    pub fn loose_binding(&self) -> String {
+        Self {
+            task: None,
+            txn: None,
+            instance: String::new(),
+            ..self.clone()
+        }
+        .binding()
     }
 
     /// The digest binding an approval to this request (hex SHA-256 of the
@@ -372,6 +438,7 @@ mod tests {
             chain: vec!["orch".into()],
             task: Some("tsk_1".into()),
             txn: Some("txn_1".into()),
+            policy: "p1".into(),
         }
     }
 
@@ -404,9 +471,32 @@ mod tests {
                 instance: "ins_2".into(),
                 ..s.clone()
             },
+            ApprovalSubject {
+                policy: "p2".into(),
+                ..s.clone()
+            },
         ];
         for v in variants {
             assert_ne!(s.binding(), v.binding(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn invisible_characters_are_found_anywhere() {
+        use serde_json::json;
+        assert!(!has_invisible(
+            &json!({"to": "acme-supplies", "n": [1, "é ü 漢"]})
+        ));
+        for hidden in [
+            "acme\u{E0049}",
+            "a\u{202E}b",
+            "x\u{200B}",
+            "\u{FEFF}",
+            "a\u{3164}",
+            "v\u{FE0F}",
+        ] {
+            assert!(has_invisible(&json!({"to": hidden})), "{hidden:?}");
+            assert!(has_invisible(&json!({hidden: 1})), "{hidden:?} as a key");
         }
     }
 

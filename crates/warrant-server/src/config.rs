@@ -96,6 +96,22 @@ pub struct RawTls {
     pub key_file: PathBuf,
 }
 
+/// A TOML error as line, column and what is wrong, without the parser's
+/// quote of the line: a line may hold a secret (a webhook URL is one), and
+/// errors reach logs and the caller of a reload.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML parse error at line {line}, column {col}: {message}")
+        }
+        None => format!("TOML parse error: {message}"),
+    }
+}
+
 /// `[approvals]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +123,8 @@ pub struct RawApprovals {
     pub pending_ttl: Option<String>,
     /// The most approvals one agent may have pending (default 20).
     pub max_pending_per_agent: Option<u32>,
+    /// The most one user (or task) of an agent may have pending (default 5).
+    pub max_pending_per_requester: Option<u32>,
     /// An approver never decides a request made for themselves (default true).
     pub separation_of_duties: Option<bool>,
     /// Where new pending approvals are announced.
@@ -437,10 +455,20 @@ fn approvals(
             Webhook::parse(&w.url, w.format.as_deref()).map_err(|e| bad(format!("webhook: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let max_pending_per_requester = match raw.max_pending_per_requester {
+        None => d.max_pending_per_requester.min(max_pending_per_agent),
+        Some(n) if (1..=max_pending_per_agent).contains(&n) => n,
+        Some(n) => {
+            return Err(bad(format!(
+                "max_pending_per_requester = {n} must be from 1 to max_pending_per_agent ({max_pending_per_agent})"
+            )));
+        }
+    };
     Ok(ApprovalConfig {
         hold,
         pending_ttl,
         max_pending_per_agent,
+        max_pending_per_requester,
         separation_of_duties: raw.separation_of_duties.unwrap_or(d.separation_of_duties),
         webhooks,
     })
@@ -930,7 +958,7 @@ impl Config {
                 })?;
                 let raw = toml::from_str::<RawConfig>(&text).map_err(|e| ConfigError::Parse {
                     path: path.clone(),
-                    message: e.to_string().trim_end().to_owned(),
+                    message: parse_message(&text, &e),
                 })?;
                 (raw, TableLines::of(&text), Some(digest(text.as_bytes())))
             }

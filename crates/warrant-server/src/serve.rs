@@ -354,6 +354,7 @@ impl Broker {
         policy.set_anomaly(anomaly.clone());
         let (approvals, announcer) = warrant_control::approvals::ApprovalService::new(
             store.clone(),
+            policy.clone(),
             config.approvals.clone(),
             metrics.clone(),
         );

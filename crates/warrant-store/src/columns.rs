@@ -31,7 +31,7 @@ pub(crate) fn selectors_json(s: &SelectorSet) -> Result<String, StoreError> {
     serde_json::to_string(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-pub(crate) const APPROVAL_COLUMNS: &str = "id, binding, agent, state, created_at, expires_at, decided_by, decided_at, reason, used_at, record";
+pub(crate) const APPROVAL_COLUMNS: &str = "id, binding, agent, state, created_at, expires_at, decided_by, decided_at, reason, used_at, record, requester, loose";
 
 /// What an approval row holds besides its columns: the request it covers
 /// and the terms it was asked with (written once, never updated).
@@ -146,4 +146,33 @@ pub(crate) fn approval_refusal(
         what,
         why: format!("approval `{id}` is {state}{by}"),
     }
+}
+
+/// Refuses a new approval past the agent's or its requester's share.
+pub(crate) fn approval_quota(
+    a: &warrant_core::approval::Approval,
+    requester: &str,
+    agent_pending: i64,
+    requester_pending: i64,
+    limits: crate::ApprovalLimits,
+) -> Result<(), StoreError> {
+    if requester_pending >= i64::from(limits.per_requester) {
+        return Err(StoreError::Precondition {
+            what: "approval",
+            why: format!(
+                "{requester_pending} approvals are pending already for agent `{}` acting for {requester}; decide them or let them expire first",
+                a.subject.agent
+            ),
+        });
+    }
+    if agent_pending >= i64::from(limits.per_agent) {
+        return Err(StoreError::Precondition {
+            what: "approval",
+            why: format!(
+                "agent `{}` has {agent_pending} approvals pending already; decide them or let them expire first",
+                a.subject.agent
+            ),
+        });
+    }
+    Ok(())
 }

@@ -71,7 +71,8 @@ macro_rules! conformance_tests {
             revoking_an_id_that_names_nothing_is_not_found,
             nothing_is_issued_to_an_agent_that_is_not_active,
             an_approval_is_asked_once_decided_once_and_used_once,
-            the_trail_is_read_after_a_position_in_order
+            the_trail_is_read_after_a_position_in_order,
+            one_requester_cannot_use_up_an_agents_approvals
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -1377,6 +1378,7 @@ pub fn approval(id: &str, binding: &str, agent: &str, at: i64) -> warrant_core::
             chain: vec![agent.into()],
             task: Some("tsk_1".into()),
             txn: Some("txn_1".into()),
+            policy: "p1".into(),
         },
         shown: serde_json::json!({"arguments": {"path": "/tmp/x"}}),
         policies: vec!["needs-approval".into()],
@@ -1394,13 +1396,21 @@ pub fn approval(id: &str, binding: &str, agent: &str, at: i64) -> warrant_core::
 
 pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fixture>) {
     use warrant_core::approval::{ApprovalState, Verdict};
+    const L2: crate::ApprovalLimits = crate::ApprovalLimits {
+        per_agent: 2,
+        per_requester: 2,
+    };
+    const L3: crate::ApprovalLimits = crate::ApprovalLimits {
+        per_agent: 3,
+        per_requester: 3,
+    };
     let s = fx.store();
     let t0 = 1_000_000;
     let before = audit_count(&s).await;
     let (a, created) = s
         .request_approval(
             approval("apr_1", "b1", "orch", t0),
-            2,
+            L2,
             ev("approval.request", "orch"),
         )
         .await
@@ -1411,7 +1421,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
     let (again, created) = s
         .request_approval(
             approval("apr_2", "b1", "orch", t0 + 5),
-            2,
+            L2,
             ev("approval.request", "orch"),
         )
         .await
@@ -1422,7 +1432,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
     // A bounded number pending per agent.
     s.request_approval(
         approval("apr_3", "b3", "orch", t0 + 10),
-        2,
+        L2,
         ev("approval.request", "orch"),
     )
     .await
@@ -1430,7 +1440,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
     let e = s
         .request_approval(
             approval("apr_4", "b4", "orch", t0 + 20),
-            2,
+            L2,
             ev("approval.request", "orch"),
         )
         .await
@@ -1439,7 +1449,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
     assert!(s.get_approval("apr_4").await.unwrap().is_none());
     s.request_approval(
         approval("apr_5", "b5", "other", t0 + 20),
-        2,
+        L2,
         ev("approval.request", "other"),
     )
     .await
@@ -1512,6 +1522,26 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
         .await
         .unwrap_err();
     assert!(e.to_string().contains("denied by admin"), "{e}");
+    // The refusal stands for the same request under any task or instance.
+    let mut again = approval("apr_5b", "b5-other-task", "other", t0 + 30);
+    again.subject.task = Some("tsk_other".into());
+    again.subject.instance = "ins_9".into();
+    let standing = s
+        .standing_denial(&again.subject.loose_binding(), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(standing.id, "apr_5");
+    assert!(
+        s.standing_denial(
+            &again.subject.loose_binding(),
+            Timestamp::from_millis(t0 + 3_600_000 + 20)
+        )
+        .await
+        .unwrap()
+        .is_none(),
+        "until it lapses"
+    );
     assert_eq!(
         decided.expires_at,
         Timestamp::from_millis(t0 + 100 + 60_000),
@@ -1521,7 +1551,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
     let (found, created) = s
         .request_approval(
             approval("apr_6", "b1", "orch", t0 + 200),
-            2,
+            L2,
             ev("approval.request", "orch"),
         )
         .await
@@ -1553,7 +1583,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
     let (fresh, created) = s
         .request_approval(
             approval("apr_7", "b1", "orch", t0 + 300),
-            3,
+            L3,
             ev("approval.request", "orch"),
         )
         .await
@@ -1637,4 +1667,53 @@ pub async fn the_trail_is_read_after_a_position_in_order(fx: Box<dyn Fixture>) {
             &rest[2].indexed
         )
     );
+}
+
+pub async fn one_requester_cannot_use_up_an_agents_approvals(fx: Box<dyn Fixture>) {
+    let s = fx.store();
+    let limits = crate::ApprovalLimits {
+        per_agent: 3,
+        per_requester: 2,
+    };
+    let ask = |id: &str, user: &str, at: i64| {
+        let mut a = approval(id, &format!("b-{id}"), "orch", at);
+        a.subject.user = Some(user.into());
+        a
+    };
+    for (i, id) in ["m1", "m2"].iter().enumerate() {
+        s.request_approval(
+            ask(id, "user:acme/mallory", i as i64),
+            limits,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap();
+    }
+    let e = s
+        .request_approval(
+            ask("m3", "user:acme/mallory", 5),
+            limits,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("user:acme/mallory"), "{e}");
+    // Another user of the same agent still gets one.
+    s.request_approval(
+        ask("a1", "user:acme/alice", 6),
+        limits,
+        ev("approval.request", "orch"),
+    )
+    .await
+    .unwrap();
+    // The agent's own cap holds over all its users.
+    let e = s
+        .request_approval(
+            ask("b1", "user:acme/bob", 7),
+            limits,
+            ev("approval.request", "orch"),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("agent `orch`"), "{e}");
 }

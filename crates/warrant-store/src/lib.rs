@@ -40,6 +40,16 @@ use warrant_core::secret::{SecretName, SecretRecord};
 use warrant_core::task::{RevokeTarget, TaskRecord};
 use warrant_core::time::Timestamp;
 
+/// How many approvals may wait at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalLimits {
+    /// Per agent, over all its users and instances.
+    pub per_agent: u32,
+    /// Per requester (a user, else a task) of an agent: one user cannot
+    /// use up the agent's share.
+    pub per_requester: u32,
+}
+
 /// A filter over the audit trail. Results are the newest `limit` matches, in
 /// chronological order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -349,14 +359,23 @@ pub trait Store: Send + Sync + 'static {
     /// Asks for `approval` (pending): unless an approval with its binding
     /// is pending or granted and unexpired at `approval.created_at`, which
     /// is returned instead with nothing written (`false`). Refused when
-    /// the agent already has `max_pending` pending. Rows expired for 30
-    /// days are removed.
+    /// the agent already has `limits.per_agent` pending, or its requester
+    /// (user, else task) `limits.per_requester`. Rows expired for 30 days
+    /// are removed.
     async fn request_approval(
         &self,
         approval: Approval,
-        max_pending: u32,
+        limits: ApprovalLimits,
         audit: AuditEvent,
     ) -> Result<(Approval, bool), StoreError>;
+
+    /// The newest refusal of the request `loose` names (whatever its task
+    /// or instance) still standing at `now`.
+    async fn standing_denial(
+        &self,
+        loose: &str,
+        now: Timestamp,
+    ) -> Result<Option<Approval>, StoreError>;
 
     /// The approval `id`.
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;

@@ -187,33 +187,27 @@ pub(crate) async fn without_overrides(
 }
 
 /// Reads the whole body into memory (within the route's limit and the
-/// shared budgets), for a request bound to its body's digest: the request
-/// to forward with those same bytes, their SHA-256 (hex) and length.
-pub(crate) async fn digested(
+/// shared budgets), for a request bound to its body: the request to
+/// forward with those same bytes, and the bytes.
+pub(crate) async fn buffered(
     req: Request<Body>,
     route: &str,
     agent: &str,
     max_bytes: u64,
-) -> Result<(Request<Body>, String, usize), Refusal> {
+) -> Result<(Request<Body>, Bytes), Refusal> {
     let (parts, body) = req.into_parts();
     let budgets = [agent_budget(agent), budget().clone()];
     let (bytes, permits) =
         collect(body, route, max_bytes, &budgets, BUDGET_WAIT, READ_WITHIN).await?;
-    let digest = {
-        use sha2::Digest as _;
-        hex::encode(sha2::Sha256::digest(&bytes))
-    };
-    let len = bytes.len();
     Ok((
         Request::from_parts(
             parts,
             Body::new(Held {
-                inner: http_body_util::Full::new(bytes),
+                inner: http_body_util::Full::new(bytes.clone()),
                 _permits: permits,
             }),
         ),
-        digest,
-        len,
+        bytes,
     ))
 }
 

@@ -478,7 +478,7 @@ impl ProxyService {
         (decision, facts): (Decision, DecisionRequest),
         event: &mut AuditEvent,
     ) -> Result<Request<Body>, Box<Refusal>> {
-        let (req, body_sha256, body_bytes) = body::digested(
+        let (req, bytes) = body::buffered(
             req,
             &route.name,
             task.agent.name.as_str(),
@@ -486,6 +486,20 @@ impl ProxyService {
         )
         .await
         .map_err(Box::new)?;
+        let body_sha256 = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&bytes))
+        };
+        let body_bytes = bytes.len();
+        // The body is bound as the upstream will read it: its bytes and
+        // the type it is declared as (the same bytes as a form are another
+        // request).
+        let content_type: Vec<String> = req
+            .headers()
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+            .collect();
         let subject = ApprovalSubject::of(
             &facts,
             json!({
@@ -493,17 +507,12 @@ impl ProxyService {
                 "method": req.method().as_str(),
                 "path": path,
                 "query": req.uri().query().unwrap_or(""),
+                "content_type": content_type,
                 "body_sha256": body_sha256,
                 "body_bytes": body_bytes,
             }),
         );
-        let shown_to_approver = json!({
-            "content_type": req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| shown(v, 100)),
-        });
+        let shown_to_approver = json!({ "body": body_preview(&bytes, &content_type) });
         let step = self
             .s
             .approvals
@@ -1255,6 +1264,26 @@ impl Drop for Tracked {
             };
             c.finish(self.bytes_out, how);
         }
+    }
+}
+
+/// What an approver is shown of a body: its text when it is short and of a
+/// textual type (JSON, a form, text), so a person approves what they read;
+/// otherwise its size only (it is bound by digest either way).
+fn body_preview(bytes: &[u8], content_type: &[String]) -> serde_json::Value {
+    const MAX: usize = 16 * 1024;
+    let textual = content_type.len() == 1
+        && [
+            "application/json",
+            "application/x-www-form-urlencoded",
+            "text/",
+        ]
+        .iter()
+        .any(|t| content_type[0].starts_with(t))
+        || content_type.len() == 1 && content_type[0].contains("+json");
+    match std::str::from_utf8(bytes) {
+        Ok(text) if textual && bytes.len() <= MAX => serde_json::Value::String(text.to_owned()),
+        _ => serde_json::Value::Null,
     }
 }
 

@@ -310,3 +310,23 @@ fn approvals_are_strict_by_default_and_bad_values_are_refused() {
         assert!(e.contains(want), "{bad}: {e}");
     }
 }
+
+#[test]
+fn a_parse_error_names_the_line_but_never_quotes_it() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("w.toml");
+    std::fs::write(
+        &f,
+        "[approvals]\n[[approvals.webhook]]\nurl = \"https://hooks.example/T0/B0/SECRET-TOKEN\"\nurl = \"https://hooks.example/T0/B0/SECRET-TOKEN\"\n",
+    )
+    .unwrap();
+    let e = Config::load(&Settings {
+        config: Some(f),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("line 4"), "{e}");
+    assert!(e.contains("duplicate key"), "{e}");
+    assert!(!e.contains("SECRET"), "{e}");
+}

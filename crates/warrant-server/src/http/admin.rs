@@ -614,6 +614,14 @@ async fn create_token(
         let e = ApiError::invalid("name is at most 64 characters without control characters");
         return Err(fail(&state, attempt, e).await);
     }
+    if let Some(p) = &req.person
+        && (p.trim() != p || p.chars().any(char::is_control))
+    {
+        let e = ApiError::invalid(
+            "person has leading or trailing spaces or control characters; write it exactly as users are recorded",
+        );
+        return Err(fail(&state, attempt, e).await);
+    }
     let person = match req
         .person
         .as_deref()

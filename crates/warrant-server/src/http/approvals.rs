@@ -31,9 +31,22 @@ struct Filter {
     limit: Option<u32>,
 }
 
+/// What a reader who may not decide approvals sees: not the arguments or
+/// body an approver is shown, nor the query string (the audit trail keeps
+/// them out too).
+fn for_reader(mut a: Approval, role: warrant_core::admin::Role) -> Approval {
+    if !role.allows(warrant_core::admin::Permission::Approve) {
+        a.shown = serde_json::Value::Null;
+        if let Some(q) = a.subject.request.get_mut("query") {
+            *q = serde_json::Value::String("(shown to approvers)".into());
+        }
+    }
+    a
+}
+
 async fn list(
     State(state): State<AppState>,
-    _: Reader,
+    Reader(caller): Reader,
     q: Result<Query<Filter>, QueryRejection>,
 ) -> Result<Json<Vec<Approval>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
@@ -47,11 +60,17 @@ async fn list(
             "limit {limit} is out of range; use 1 to 1000"
         )));
     }
-    let mut all = state.approvals.list(wanted, limit).await?;
     let now = warrant_core::time::Timestamp::now();
-    for a in &mut all {
-        a.state = a.state_at(now);
-    }
+    let all = state
+        .approvals
+        .list(wanted, limit)
+        .await?
+        .into_iter()
+        .map(|mut a| {
+            a.state = a.state_at(now);
+            for_reader(a, caller.role)
+        })
+        .collect();
     Ok(Json(all))
 }
 
@@ -71,7 +90,7 @@ fn well_formed(id: &str) -> Result<(), ApiError> {
 
 async fn show(
     State(state): State<AppState>,
-    _: Reader,
+    Reader(caller): Reader,
     Path(id): Path<String>,
 ) -> Result<Json<Approval>, ApiError> {
     well_formed(&id)?;
@@ -81,7 +100,7 @@ async fn show(
         ))
     })?;
     a.state = a.state_at(warrant_core::time::Timestamp::now());
-    Ok(Json(a))
+    Ok(Json(for_reader(a, caller.role)))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -316,6 +316,11 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
         Permission::Approve => "decide approvals",
     };
     let why = format!("role {} may not {need}", caller.role);
+    let roles = if perm == Permission::Approve {
+        "approver or admin"
+    } else {
+        "admin"
+    };
     let w = format!("{} {}", parts.method, parts.uri.path());
     Err(refuse(
         state,
@@ -325,7 +330,7 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
         w,
         &why,
         ApiError::forbidden(format!(
-            "this admin token's {why}; use a token with role admin"
+            "this admin token's {why}; use a token with role {roles}"
         )),
     )
     .await)

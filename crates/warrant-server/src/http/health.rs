@@ -21,7 +21,17 @@ const MONTH_MS: i64 = 30 * DAY_MS;
 
 /// Owners that name nobody.
 const PLACEHOLDER_OWNERS: &[&str] = &[
-    "-", "none", "unknown", "nobody", "n/a", "na", "tbd", "todo", "unowned", "unassigned", "?",
+    "-",
+    "none",
+    "unknown",
+    "nobody",
+    "n/a",
+    "na",
+    "tbd",
+    "todo",
+    "unowned",
+    "unassigned",
+    "?",
 ];
 
 /// Every credential kind a route or MCP server can inject.
@@ -59,7 +69,11 @@ pub(crate) async fn compute(state: &AppState) -> Result<Health, StoreError> {
             last_used_at: s.last_used_at,
         })
         .collect();
-    list.sort_by(|a, b| b.rotated_days_ago.cmp(&a.rotated_days_ago).then(a.name.cmp(&b.name)));
+    list.sort_by(|a, b| {
+        b.rotated_days_ago
+            .cmp(&a.rotated_days_ago)
+            .then(a.name.cmp(&b.name))
+    });
     let unused_30d = secrets
         .iter()
         .filter(|s| {
@@ -167,7 +181,11 @@ pub(crate) async fn compute(state: &AppState) -> Result<Health, StoreError> {
                 k.clone(),
                 Enforcement {
                     count: *n,
-                    mean_ms: if *n > 0 { sum * 1000.0 / *n as f64 } else { 0.0 },
+                    mean_ms: if *n > 0 {
+                        sum * 1000.0 / *n as f64
+                    } else {
+                        0.0
+                    },
                     max_ms: max * 1000.0,
                 },
             )
@@ -234,14 +252,24 @@ pub(crate) fn gauges(state: &AppState, h: &Health) {
     );
     set(
         "upstream_ephemeral_share_percent",
-        h.upstream.ephemeral_share.map_or(-1, |s| (s * 100.0).round() as i64),
+        h.upstream
+            .ephemeral_share
+            .map_or(-1, |s| (s * 100.0).round() as i64),
     );
     set(
         "grants_delegated_share_percent",
-        h.grants.delegated_share.map_or(-1, |s| (s * 100.0).round() as i64),
+        h.grants
+            .delegated_share
+            .map_or(-1, |s| (s * 100.0).round() as i64),
     );
-    set("agents_without_owner", n(h.agents.without_owner.len() as u64));
-    set("agents_not_attested_30d", n(h.agents.not_attested_30d.len() as u64));
+    set(
+        "agents_without_owner",
+        n(h.agents.without_owner.len() as u64),
+    );
+    set(
+        "agents_not_attested_30d",
+        n(h.agents.not_attested_30d.len() as u64),
+    );
     set("agents_quarantined", n(h.agents.quarantined));
     set("instances_alive", n(h.instances_alive));
     set("approvals_pending", n(h.approvals.pending));

@@ -234,12 +234,16 @@ CREATE TABLE approvals (
   decided_by  TEXT,
   decided_at  BIGINT,
   reason      TEXT,
+  requester   TEXT NOT NULL,
+  loose       TEXT NOT NULL,
   used_at     BIGINT,
   record      TEXT NOT NULL
 );
 CREATE INDEX approvals_by_binding ON approvals (binding, created_at);
 CREATE INDEX approvals_by_created ON approvals (created_at);
 CREATE INDEX approvals_by_expiry ON approvals (expires_at);
+CREATE INDEX approvals_by_loose ON approvals (loose, created_at);
+CREATE INDEX approvals_by_requester ON approvals (agent, requester, state);
 ALTER TABLE admin_tokens ADD COLUMN person TEXT;
 "#,
     ),

@@ -1475,7 +1475,7 @@ impl Store for PostgresStore {
     async fn request_approval(
         &self,
         a: Approval,
-        max_pending: u32,
+        limits: crate::ApprovalLimits,
         audit: AuditEvent,
     ) -> Result<(Approval, bool), StoreError> {
         self.writer
@@ -1501,23 +1501,23 @@ impl Store for PostgresStore {
                 if let Some(e) = existing {
                     return Ok((e, false));
                 }
-                let pending: i64 = ctx
+                // Counted under the agent's lock, so brokers asking at once
+                // cannot both take the last place.
+                ctx.tx
+                    .execute(
+                        "SELECT pg_advisory_xact_lock(hashtextextended($1, 1))",
+                        &[&a.subject.agent],
+                    )
+                    .map_err(db_err)?;
+                let requester = a.subject.requester();
+                let counts = ctx
                     .tx
                     .query_one(
-                        "SELECT count(*) FROM approvals WHERE agent = $1 AND state = 'pending' AND expires_at > $2",
-                        &[&a.subject.agent, &now],
+                        "SELECT count(*), count(*) FILTER (WHERE requester = $3) FROM approvals WHERE agent = $1 AND state = 'pending' AND expires_at > $2",
+                        &[&a.subject.agent, &now, &requester],
                     )
-                    .map_err(db_err)?
-                    .get(0);
-                if pending >= i64::from(max_pending) {
-                    return Err(StoreError::Precondition {
-                        what: "approval",
-                        why: format!(
-                            "agent `{}` has {pending} approvals pending already; decide or let them expire first",
-                            a.subject.agent
-                        ),
-                    });
-                }
+                    .map_err(db_err)?;
+                crate::columns::approval_quota(&a, &requester, counts.get(0), counts.get(1), limits)?;
                 ctx.tx
                     .execute(
                         "DELETE FROM approvals WHERE expires_at < $1",
@@ -1527,7 +1527,7 @@ impl Store for PostgresStore {
                 ctx.tx
                     .execute(
                         &format!(
-                            "INSERT INTO approvals ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                            "INSERT INTO approvals ({}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                             rows::APPROVAL_COLUMNS
                         ),
                         &[
@@ -1542,6 +1542,8 @@ impl Store for PostgresStore {
                             &a.reason,
                             &a.used_at.map(Timestamp::as_millis),
                             &rows::approval_record(&a)?,
+                            &requester,
+                            &a.subject.loose_binding(),
                         ],
                     )
                     .map_err(conflict("approval", &a.id))?;
@@ -1554,6 +1556,22 @@ impl Store for PostgresStore {
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let id = id.to_owned();
         self.read(move |c| approval_row(c, &id)).await
+    }
+
+    async fn standing_denial(
+        &self,
+        loose: &str,
+        now: Timestamp,
+    ) -> Result<Option<Approval>, StoreError> {
+        let loose = loose.to_owned();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {} FROM approvals WHERE loose = $1 AND state = 'denied' AND expires_at > $2 ORDER BY created_at DESC LIMIT 1",
+                rows::APPROVAL_COLUMNS
+            );
+            one(c, &sql, &[&loose, &now.as_millis()], rows::approval)
+        })
+        .await
     }
 
     async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError> {

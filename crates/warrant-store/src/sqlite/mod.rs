@@ -1013,7 +1013,7 @@ impl Store for SqliteStore {
     async fn request_approval(
         &self,
         a: Approval,
-        max_pending: u32,
+        limits: crate::ApprovalLimits,
         audit: AuditEvent,
     ) -> Result<(Approval, bool), StoreError> {
         self.writer
@@ -1035,20 +1035,17 @@ impl Store for SqliteStore {
                 if let Some(e) = existing {
                     return Ok((e, false));
                 }
-                let pending: i64 = ctx
+                let requester = a.subject.requester();
+                let (agent_pending, requester_pending): (i64, i64) = ctx
                     .conn
-                    .prepare_cached("SELECT count(*) FROM approvals WHERE agent = ?1 AND state = 'pending' AND expires_at > ?2")
-                    .and_then(|mut st| st.query_row(params![a.subject.agent, now], |r| r.get(0)))
+                    .prepare_cached("SELECT count(*), count(*) FILTER (WHERE requester = ?3) FROM approvals WHERE agent = ?1 AND state = 'pending' AND expires_at > ?2")
+                    .and_then(|mut st| {
+                        st.query_row(params![a.subject.agent, now, requester], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })
+                    })
                     .map_err(db_err)?;
-                if pending >= i64::from(max_pending) {
-                    return Err(StoreError::Precondition {
-                        what: "approval",
-                        why: format!(
-                            "agent `{}` has {pending} approvals pending already; decide or let them expire first",
-                            a.subject.agent
-                        ),
-                    });
-                }
+                crate::columns::approval_quota(&a, &requester, agent_pending, requester_pending, limits)?;
                 ctx.conn
                     .execute(
                         "DELETE FROM approvals WHERE expires_at < ?1",
@@ -1058,7 +1055,7 @@ impl Store for SqliteStore {
                 ctx.conn
                     .execute(
                         &format!(
-                            "INSERT INTO approvals ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                            "INSERT INTO approvals ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                             rows::APPROVAL_COLUMNS
                         ),
                         params![
@@ -1073,6 +1070,8 @@ impl Store for SqliteStore {
                             a.reason,
                             a.used_at.map(Timestamp::as_millis),
                             rows::approval_record(&a)?,
+                            requester,
+                            a.subject.loose_binding(),
                         ],
                     )
                     .map_err(conflict("approval", &a.id))?;
@@ -1085,6 +1084,28 @@ impl Store for SqliteStore {
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
         let id = id.to_owned();
         self.read(move |c| approval_row(c, &id)).await
+    }
+
+    async fn standing_denial(
+        &self,
+        loose: &str,
+        now: Timestamp,
+    ) -> Result<Option<Approval>, StoreError> {
+        let loose = loose.to_owned();
+        self.read(move |c| {
+            one_row(
+                c,
+                &format!(
+                    "SELECT {} FROM approvals WHERE loose = ?1 AND state = 'denied' AND expires_at > ?2 ORDER BY created_at DESC LIMIT 1",
+                    rows::APPROVAL_COLUMNS
+                ),
+                params![loose, now.as_millis()],
+                rows::approval,
+            )?
+            .map(rows::ApprovalRow::approval)
+            .transpose()
+        })
+        .await
     }
 
     async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError> {

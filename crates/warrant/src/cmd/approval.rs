@@ -91,9 +91,12 @@ fn show(a: &Approval) {
     line("txn", s.txn.as_deref().unwrap_or("-"));
     line("action", &s.action);
     line("resource", &s.resource);
-    line("request", &s.request.to_string());
+    // Invisible and direction-changing characters are written \u{...}, so
+    // what is read is what is approved.
+    let visible = |v: &serde_json::Value| warrant_core::approval::escape_invisible(&v.to_string());
+    line("request", &visible(&s.request));
     if !a.shown.is_null() {
-        line("shown", &a.shown.to_string());
+        line("shown", &visible(&a.shown));
     }
     line("policies", &a.policies.join(", "));
     line("needs role", a.role.as_str());

@@ -77,7 +77,10 @@ pub async fn run(cli: &Cli, client: AdminClient) -> anyhow::Result<ExitCode> {
     );
     line("instances alive", h.instances_alive.to_string());
     if h.enforcement.is_empty() {
-        line("enforcement", "nothing revoked or quarantined since start".into());
+        line(
+            "enforcement",
+            "nothing revoked or quarantined since start".into(),
+        );
     }
     for (trigger, e) in &h.enforcement {
         line(

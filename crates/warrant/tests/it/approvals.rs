@@ -150,6 +150,7 @@ credential = {{ kind = "secret", secret = "pay-key" }}
 
 [approvals]
 hold = "{hold}"
+max_pending_per_requester = 4
 {hooks}
 "#,
         python = python().display(),
@@ -584,4 +585,195 @@ fn an_exchange_needing_an_admins_approval_keeps_duties_apart() {
     assert_ne!(replay.json()["approval_id"], id.as_str());
     // Other audiences need no approval at all.
     assert_eq!(s.token("alice", "https://pay.test").status, 200);
+}
+
+/// Found by the attacker round: one user's session filling the agent's
+/// pending approvals, a refusal dodged with a new task token, a grant asked
+/// under older and weaker policies, invisible characters in what an
+/// approver reads, the request's query and digests in webhooks and the
+/// trail, and auditors reading arguments the trail keeps out.
+#[test]
+fn approvals_resist_flooding_dodging_stale_terms_and_hidden_text() {
+    let s = setup("0s");
+    let alice = s.task("alice", &s.mcp_url());
+    let sid = s.session(&alice);
+    // Each user has a bounded share (4 here) of the agent's pending approvals.
+    for i in 0..4 {
+        let r = s.call(
+            &alice,
+            &sid,
+            "read_file",
+            json!({"path": format!("/flood/{i}")}),
+        );
+        pending_id(&r);
+    }
+    let full = s.call(&alice, &sid, "read_file", json!({"path": "/flood/5"}));
+    assert_eq!(full["error"]["data"]["refused_by"], "approval required");
+    assert!(full["error"]["data"]["approval_id"].is_null(), "{full}");
+    assert!(
+        full["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("user:login.test/alice"),
+        "{full}"
+    );
+    let bob = s.task("bob", &s.mcp_url());
+    let bob_sid = s.session(&bob);
+    let bobs = s.call(&bob, &bob_sid, "read_file", json!({"path": "/srv/b"}));
+    let bob_id = pending_id(&bobs);
+
+    // A refusal stands for the same request under a new task token.
+    s.w.b
+        .cli(&["approval", "deny", &bob_id, "--reason", "no"])
+        .ok();
+    let bob2 = s.task("bob", &s.mcp_url());
+    let bob2_sid = s.session(&bob2);
+    let again = s.call(&bob2, &bob2_sid, "read_file", json!({"path": "/srv/b"}));
+    assert_eq!(
+        again["error"]["data"]["refused_by"], "approval denied",
+        "{again}"
+    );
+    assert_eq!(again["error"]["data"]["approval_id"], bob_id.as_str());
+
+    // Hidden text: flagged, and written out where an approver reads it.
+    let hidden = format!("acme-supplies{}", "\u{E0049}\u{E0047}\u{E004E}");
+    let r = s.call(&bob2, &bob2_sid, "read_file", json!({"path": hidden}));
+    let hid = pending_id(&r);
+    let shown = s.w.b.cli(&["approval", "show", &hid]);
+    assert!(shown.stdout.contains("\\u{E0049}"), "{}", shown.stdout);
+    assert!(!shown.stdout.contains('\u{E0049}'), "{}", shown.stdout);
+    assert!(shown.stdout.contains("invisible"), "{}", shown.stdout);
+
+    // Readers who may not approve see no arguments.
+    let auditor = s.admin_token("auditor", None);
+    let seen = warrant_testkit::http(
+        s.w.b.api,
+        "GET",
+        &format!("/admin/v1/approvals/{hid}"),
+        &[("authorization", &format!("Bearer {auditor}"))],
+        None,
+    );
+    assert_eq!(seen.status, 200);
+    assert!(seen.json()["shown"].is_null(), "{}", seen.body);
+    let approver = s.admin_token("approver", Some("login.test/carol"));
+    let seen = warrant_testkit::http(
+        s.w.b.api,
+        "GET",
+        &format!("/admin/v1/approvals/{hid}"),
+        &[("authorization", &format!("Bearer {approver}"))],
+        None,
+    );
+    assert!(
+        seen.json()["shown"]["arguments"].is_object(),
+        "{}",
+        seen.body
+    );
+    let r = s.decide_http(&auditor, &hid, "approve");
+    assert!(r.body.contains("approver or admin"), "{}", r.body);
+
+    // Webhooks and the trail carry the binding, not digests or arguments.
+    let announced = eventually("webhooks", || {
+        let j = s.hooks.bodies("/flaky");
+        (j.len() >= 6).then_some(j)
+    });
+    for a in &announced {
+        let text = a.to_string();
+        assert!(
+            !text.contains("sha256") && !text.contains("/flood/"),
+            "{text}"
+        );
+    }
+    for r in audit(&s.w.b, Some("approval")) {
+        assert!(r["detail"]["request"].is_null(), "{r}");
+    }
+
+    // A policy change: approvals asked before can no longer be decided, and
+    // the request asks again under the new terms.
+    let stale = pending_id(&s.call(&alice, &sid, "read_file", json!({"path": "/flood/0"})));
+    std::fs::write(
+        s.w.b.data_dir.join("policies/delegation.cedar"),
+        POLICY.replace(
+            "@id(\"reading-needs-approval\")\n@approval(\"required\")",
+            "@id(\"reading-needs-approval\")\n@approval(\"required\") @approval_role(\"admin\")",
+        ),
+    )
+    .unwrap();
+    s.w.b.cli(&["policy", "reload"]).ok();
+    let r = s.w.b.cli(&["approval", "approve", &stale]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no longer in force"), "{}", r.stderr);
+    let fresh = s.call(&bob2, &bob2_sid, "read_file", json!({"path": "/srv/c"}));
+    let fresh_id = pending_id(&fresh);
+    assert_eq!(
+        s.cli_json(&["approval", "show", &fresh_id])["role"],
+        "admin"
+    );
+    let r = s.decide_http(&approver, &fresh_id, "approve");
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Admin tokens name their holder exactly.
+    let r = s.w.b.cli(&[
+        "admin-token",
+        "create",
+        "--role",
+        "approver",
+        "--person",
+        "login.test/alice ",
+    ]);
+    assert_ne!(r.code, 0);
+}
+
+#[test]
+fn a_body_is_bound_with_its_type_and_shown_to_the_approver() {
+    let s = setup("0s");
+    let token = s.task("alice", "https://pay.test");
+    let body = r#"{"a":"","x":"&amount=5000&y="}"#;
+    let r = s.post(&token, "/transfers", body);
+    let id = r.json()["error"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let shown = s.cli_json(&["approval", "show", &id]);
+    assert_eq!(shown["shown"]["body"], body, "the approver reads the body");
+    s.w.b.cli(&["approval", "approve", &id]).ok();
+    // The same bytes as a form are another request.
+    let bearer = format!("Bearer {token}");
+    let as_form = warrant_testkit::http(
+        s.w.b.edge,
+        "POST",
+        "/pay/transfers",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        Some(body),
+    );
+    assert_eq!(as_form.status, 403, "{}", as_form.body);
+    assert_ne!(as_form.json()["error"]["approval_id"], id.as_str());
+    assert_eq!(s.post(&token, "/transfers", body).status, 200);
+}
+
+#[test]
+fn holding_is_bounded_per_agent() {
+    let s = setup("4s");
+    let token = s.task("alice", "https://pay.test");
+    let started = std::time::Instant::now();
+    let quick: Vec<bool> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    let t = std::time::Instant::now();
+                    let r = s.post(&token, "/held", r#"{"n": 1}"#);
+                    assert_eq!(r.status, 403, "{}", r.body);
+                    t.elapsed() < Duration::from_secs(2)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let answered_now = quick.iter().filter(|q| **q).count();
+    assert!(
+        answered_now >= 4,
+        "past 16 held requests an agent's next ones are answered at once: {answered_now} of 20 in {:?}",
+        started.elapsed()
+    );
 }
