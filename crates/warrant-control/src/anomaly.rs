@@ -79,6 +79,29 @@ const MAX_SIGNALS: usize = 64;
 /// Agent+user profiles kept, at most (the least recently seen go first).
 const MAX_PAIRS: usize = 100_000;
 
+/// The scores decisions read, published by the detector after each batch:
+/// only profiles with signals, each as its raw sum at `at_ms` (decay is
+/// uniform, so the sum at any later time is one multiplication away).
+#[derive(Debug, Default)]
+pub struct Scores {
+    at_ms: i64,
+    /// Agent → (its raw sum, user id (without `user:`) → the pair's).
+    agents: HashMap<String, (f64, HashMap<String, f64>)>,
+}
+
+impl Scores {
+    /// The score of `agent` acting for `user_id` at `now_ms`: a map
+    /// look-up or two, no allocation.
+    pub fn get(&self, agent: &str, user_id: Option<&str>, now_ms: i64) -> i64 {
+        let Some((a, users)) = self.agents.get(agent) else {
+            return 0;
+        };
+        let u = user_id.and_then(|u| users.get(u)).copied().unwrap_or(0.0);
+        let raw = a.max(u) * 0.5f64.powf(((now_ms - self.at_ms).max(0) as f64) / HALF_LIFE_MS);
+        (raw.round() as i64).clamp(0, 100)
+    }
+}
+
 /// One profile: what an agent (or an agent for one user) usually does.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Profile {
@@ -104,12 +127,15 @@ pub struct Profile {
 impl Profile {
     /// The score at `now_ms`: decayed points, capped at 100.
     pub fn score(&self, now_ms: i64) -> i64 {
-        let sum: f64 = self
-            .signals
+        (self.raw(now_ms).round() as i64).clamp(0, 100)
+    }
+
+    /// The decayed points at `now_ms`, uncapped.
+    fn raw(&self, now_ms: i64) -> f64 {
+        self.signals
             .iter()
             .map(|(t, p, _)| p * 0.5f64.powf(((now_ms - t).max(0) as f64) / HALF_LIFE_MS))
-            .sum();
-        (sum.round() as i64).clamp(0, 100)
+            .sum()
     }
 
     fn signal(&mut self, at: i64, points: f64, why: String, out: &mut Vec<String>) {
@@ -421,6 +447,34 @@ impl Detector {
         self.acted.remove(agent);
     }
 
+    /// The profiles with signals, as decisions read them (see [`Scores`]).
+    pub fn publish(&self, now: Timestamp) -> Scores {
+        let at_ms = now.as_millis();
+        let mut agents: HashMap<String, (f64, HashMap<String, f64>)> = HashMap::new();
+        for (name, p) in &self.agents {
+            let raw = p.raw(at_ms);
+            if raw >= 0.5 {
+                agents.entry(name.clone()).or_default().0 = raw;
+            }
+        }
+        for (key, p) in &self.pairs {
+            let raw = p.raw(at_ms);
+            if raw < 0.5 {
+                continue;
+            }
+            let Some((agent, user)) = key.split_once('\u{0}') else {
+                continue;
+            };
+            let user = user.strip_prefix("user:").unwrap_or(user);
+            agents
+                .entry(agent.to_owned())
+                .or_default()
+                .1
+                .insert(user.to_owned(), raw);
+        }
+        Scores { at_ms, agents }
+    }
+
     /// Every agent's current score, highest first.
     pub fn scores(&self, now: Timestamp) -> Vec<(String, i64)> {
         let now = now.as_millis();
@@ -478,6 +532,8 @@ pub trait Responder: Send + Sync {
 #[allow(missing_debug_implementations)]
 pub struct AnomalyService {
     detector: RwLock<Detector>,
+    /// What decisions read: republished after each batch the detector reads.
+    published: arc_swap::ArcSwap<Scores>,
     config: arc_swap::ArcSwap<AnomalyConfig>,
     file: PathBuf,
     metrics: Arc<crate::metrics::Metrics>,
@@ -495,8 +551,10 @@ impl AnomalyService {
             .ok()
             .and_then(|b| serde_json::from_slice::<Detector>(&b).ok())
             .unwrap_or_default();
+        let published = arc_swap::ArcSwap::from_pointee(detector.publish(Timestamp::now()));
         Arc::new(Self {
             detector: RwLock::new(detector),
+            published,
             config: arc_swap::ArcSwap::from_pointee(config),
             file,
             metrics,
@@ -514,10 +572,14 @@ impl AnomalyService {
         if !self.config.load().enabled {
             return 0;
         }
-        let recorded = user_id.map(|u| format!("user:{u}"));
-        self.detector
-            .read()
-            .score(agent, recorded.as_deref(), Timestamp::now())
+        self.published
+            .load()
+            .get(agent, user_id, Timestamp::now().as_millis())
+    }
+
+    fn republish(&self) {
+        let scores = self.detector.read().publish(Timestamp::now());
+        self.published.store(Arc::new(scores));
     }
 
     /// Every agent's score now, highest first.
@@ -528,6 +590,7 @@ impl AnomalyService {
     /// Clears an agent's signals (it was released).
     pub fn forgive(&self, agent: &str) {
         self.detector.write().forgive(agent);
+        self.republish();
     }
 
     /// The trail position read so far.
@@ -570,6 +633,9 @@ impl AnomalyService {
                             Err(_) => d.position = d.position.max(row.seq),
                         }
                     }
+                }
+                if !rows.is_empty() {
+                    me.republish();
                 }
                 for f in findings {
                     me.act(&f, &config, responder.as_ref()).await;

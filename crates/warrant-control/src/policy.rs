@@ -498,24 +498,16 @@ impl PolicyService {
         req: &DecisionRequest,
         event: AuditEvent,
     ) -> (Decision, AuditEvent) {
-        // The agent's anomaly score now, from the detector's memory (a map
-        // look-up; the detector itself runs off the request path).
-        let scored;
-        let req = match self.anomaly.get().map(|a| {
+        // The agent's anomaly score now, from what the detector published
+        // (a map look-up; the detector itself runs off the request path).
+        let score = self.anomaly.get().map_or(req.context.anomaly_score, |a| {
             a.score(
                 req.principal.agent.name.as_str(),
                 req.context.user.as_ref().map(|u| u.id.as_str()),
             )
-        }) {
-            Some(score) if score != req.context.anomaly_score && score > 0 => {
-                let mut r = req.clone();
-                r.context.anomaly_score = score;
-                scored = r;
-                &scored
-            }
-            _ => req,
-        };
-        let decision = self.current.load().policies.decide(req);
+            .max(req.context.anomaly_score)
+        });
+        let decision = self.current.load().policies.decide_scored(req, score);
         let effect = match decision.effect {
             Effect::Allow => "allow",
             Effect::Deny => "deny",
@@ -547,6 +539,20 @@ impl PolicyService {
             resource: Some(req.resource.to_string()),
             action: Some(req.action.as_str().to_owned()),
             ..event
+        };
+        // The score the decision saw, when there was one to see.
+        let event = if score > 0 {
+            let mut event = event;
+            match &mut event.detail {
+                Some(serde_json::Value::Object(d)) => {
+                    d.insert("anomaly_score".into(), score.into());
+                }
+                d @ None => *d = Some(serde_json::json!({ "anomaly_score": score })),
+                Some(_) => {}
+            }
+            event
+        } else {
+            event
         };
         (decision, event)
     }

@@ -179,8 +179,9 @@ pub(crate) struct Built {
 pub(crate) fn build(
     req: &DecisionRequest,
     args: &warrant_core::mcp::ArgumentSchema,
+    anomaly_score: i64,
 ) -> Result<Built, String> {
-    build_with(req, args, false)
+    build_with(req, args, false, anomaly_score)
 }
 
 /// Like [`build`]; with `unknown_arguments`, a tool call's
@@ -190,6 +191,7 @@ pub(crate) fn build_with(
     req: &DecisionRequest,
     args: &warrant_core::mcp::ArgumentSchema,
     unknown_arguments: bool,
+    anomaly_score: i64,
 ) -> Result<Built, String> {
     let t = types().ok_or("internal error: entity type names do not parse")?;
     if req.resource.type_name() != req.action.resource_type() {
@@ -295,7 +297,7 @@ pub(crate) fn build_with(
     if let Some(ip) = c.source_ip {
         ctx.insert("source_ip".into(), ip_value(ip)?);
     }
-    ctx.insert("anomaly_score".into(), Value::from(c.anomaly_score));
+    ctx.insert("anomaly_score".into(), Value::from(anomaly_score));
     if req.action == Action::HttpRequest {
         let http = c
             .http

@@ -179,11 +179,18 @@ impl Policies {
 
     /// Decides a request against the whole set. Never fails: any error is a deny.
     pub fn decide(&self, req: &DecisionRequest) -> Decision {
+        self.decide_scored(req, req.context.anomaly_score)
+    }
+
+    /// [`decide`](Self::decide) with `context.anomaly_score` as given
+    /// rather than as `req` says (the broker's detector supplies it per
+    /// decision, without copying the request).
+    pub fn decide_scored(&self, req: &DecisionRequest, anomaly_score: i64) -> Decision {
         let args = match self.arguments_for(req) {
             Ok(a) => a,
             Err(errors) => return deny_with_all(errors),
         };
-        let built = match entities::build(req, args) {
+        let built = match entities::build(req, args, anomaly_score) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
@@ -235,7 +242,7 @@ impl Policies {
         let Ok(args) = self.arguments_for(req) else {
             return false;
         };
-        let Ok(built) = entities::build_with(req, args, true) else {
+        let Ok(built) = entities::build_with(req, args, true, req.context.anomaly_score) else {
             return false;
         };
         let cands = self.index.candidates(&built.keys);
@@ -269,7 +276,7 @@ impl Policies {
             Ok(a) => a,
             Err(errors) => return deny_with_all(errors),
         };
-        let built = match entities::build(req, args) {
+        let built = match entities::build(req, args, req.context.anomaly_score) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
