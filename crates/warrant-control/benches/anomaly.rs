@@ -97,12 +97,16 @@ fn trained(now: Timestamp) -> (Detector, f64) {
         let agent = rng.below(AGENTS);
         let mut e = AuditEvent::new(
             "token.exchange",
-            if rng.below(20) == 0 { Outcome::Deny } else { Outcome::Allow },
+            if rng.below(20) == 0 {
+                Outcome::Deny
+            } else {
+                Outcome::Allow
+            },
         )
         .agent(format!("agent-{agent}"));
         e.user = Some(format!("user:corp/u{}", rng.below(USERS)));
         // A tenth of the agents wander onto new audiences late.
-        let aud = if agent % 10 == 0 && seq > 190_000 {
+        let aud = if agent.is_multiple_of(10) && seq > 190_000 {
             format!("new-{}", rng.below(1000))
         } else {
             format!("aud-{}", rng.below(5))
@@ -142,8 +146,13 @@ async fn main() {
     );
     let metrics = Arc::new(Metrics::new());
     let load = || {
-        PolicyService::load(&policy_dir, store.clone(), metrics.clone(), Default::default())
-            .unwrap()
+        PolicyService::load(
+            &policy_dir,
+            store.clone(),
+            metrics.clone(),
+            Default::default(),
+        )
+        .unwrap()
     };
     let off = load();
     let calm = load();
@@ -190,13 +199,20 @@ async fn main() {
     }
     let p = |t: &[f64]| (percentile(t, 0.5), percentile(t, 0.99));
     let ((a50, a99), (c50, c99), (o50, o99)) = (p(&t_off), p(&t_calm), p(&t_on));
+    println!("decide_for_record, 1,000 policies, 100,000 decisions each way, rounds alternating");
     println!(
-        "decide_for_record, 1,000 policies, 100,000 decisions each way, rounds alternating"
+        "{:>34} {:>10} {:>10} {:>10}",
+        "detection", "p50 (µs)", "p99 (µs)", "allowed"
     );
-    println!("{:>34} {:>10} {:>10} {:>10}", "detection", "p50 (µs)", "p99 (µs)", "allowed");
     println!("{:>34} {a50:>10.2} {a99:>10.2} {:>10}", "off", allowed[0]);
-    println!("{:>34} {c50:>10.2} {c99:>10.2} {:>10}", "on, agents calm (the usual case)", allowed[1]);
-    println!("{:>34} {o50:>10.2} {o99:>10.2} {:>10}", "on, every agent scored", allowed[2]);
+    println!(
+        "{:>34} {c50:>10.2} {c99:>10.2} {:>10}",
+        "on, agents calm (the usual case)", allowed[1]
+    );
+    println!(
+        "{:>34} {o50:>10.2} {o99:>10.2} {:>10}",
+        "on, every agent scored", allowed[2]
+    );
     println!(
         "on/off: calm p50 {:.2}x p99 {:.2}x; every agent scored ({scored}) p50 {:.2}x p99 {:.2}x",
         c50 / a50,

@@ -12,6 +12,7 @@
 //! | a burst of refusals: 5 or more in a minute, at least half the requests | 35, again at 10, 20, 40… in the same minute |
 //! | an hour of the day with under 1% of the history, once well warmed up | 10, once an hour |
 //! | a delegation chain deeper than any seen, once warmed up | 20 |
+//! | delegating one transaction to more agents than it ever did, once warmed up | 15 |
 //!
 //! Points decay by half every 5 minutes; a profile's score is their sum,
 //! capped at 100. Decisions read `context.anomaly_score`: the higher of
@@ -70,6 +71,9 @@ const RATE_SPIKE: f64 = 30.0;
 const DENIAL_BURST: f64 = 35.0;
 const ODD_HOUR: f64 = 10.0;
 const DEEPER: f64 = 20.0;
+const WIDER: f64 = 15.0;
+/// Transactions whose fan-out a profile remembers.
+const MAX_FANOUT_TXNS: usize = 64;
 /// Half-life of a signal's points.
 const HALF_LIFE_MS: f64 = 300_000.0;
 /// What a profile remembers, at most.
@@ -122,6 +126,12 @@ pub struct Profile {
     /// Recent signals: (time ms, points, why).
     signals: VecDeque<(i64, f64, String)>,
     last_ms: i64,
+    /// The agents it delegated each recent transaction to.
+    #[serde(default)]
+    fanout: VecDeque<(String, BTreeSet<String>)>,
+    /// The most agents it delegated one transaction to.
+    #[serde(default)]
+    max_width: usize,
 }
 
 impl Profile {
@@ -144,6 +154,41 @@ impl Profile {
         while self.signals.len() > MAX_SIGNALS {
             self.signals.pop_front();
         }
+    }
+
+    /// Learns that this agent delegated transaction `txn` to `to`; the
+    /// signal when that is wider than it ever delegated.
+    fn delegated(&mut self, txn: &str, to: &str, at: i64, warmup: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        let width = match self.fanout.iter_mut().find(|(t, _)| t == txn) {
+            Some((_, set)) => {
+                set.insert(to.to_owned());
+                set.len()
+            }
+            None => {
+                if self.fanout.len() >= MAX_FANOUT_TXNS {
+                    self.fanout.pop_front();
+                }
+                self.fanout
+                    .push_back((txn.to_owned(), BTreeSet::from([to.to_owned()])));
+                1
+            }
+        };
+        if width > self.max_width {
+            if self.seen >= warmup && self.max_width > 0 {
+                self.signal(
+                    at,
+                    WIDER,
+                    format!(
+                        "delegated one transaction to {width} agents, more than the {} it ever did",
+                        self.max_width
+                    ),
+                    &mut out,
+                );
+            }
+            self.max_width = width;
+        }
+        out
     }
 
     /// Learns from one decision and returns the signals it raised.
@@ -276,6 +321,9 @@ struct Observed {
     scopes: Vec<String>,
     depth: u32,
     refused: bool,
+    /// For a token exchange handed on by another agent: that agent (who
+    /// delegated) and the transaction.
+    delegated_by: Option<(String, String)>,
 }
 
 /// Records that are decisions an agent asked for.
@@ -312,6 +360,14 @@ fn observed(r: &AuditRecord) -> Option<Observed> {
             .unwrap_or_default(),
         depth: u32::try_from(e.chain.len()).unwrap_or(u32::MAX),
         refused: matches!(e.decision, Outcome::Deny),
+        // A chain of the agents before this one and then this one: the
+        // agent that handed the task on comes first.
+        delegated_by: match (e.event.as_str(), e.chain.len(), &e.txn) {
+            ("token.exchange", 2.., Some(txn)) if !matches!(e.decision, Outcome::Deny) => {
+                Some((e.chain[0].clone(), txn.clone()))
+            }
+            _ => None,
+        },
     })
 }
 
@@ -368,6 +424,14 @@ impl Detector {
         self.position = self.position.max(r.seq);
         let d = observed(r)?;
         let warmup = u64::from(config.warmup);
+        // The delegating agent's fan-out counts on its own profile (its
+        // score rises; it is acted on at its next decision).
+        if let Some((by, txn)) = &d.delegated_by
+            && by != &d.agent
+        {
+            let p = self.agents.entry(by.clone()).or_default();
+            p.delegated(txn, &d.agent, d.time_ms, warmup);
+        }
         let agent = self.agents.entry(d.agent.clone()).or_default();
         let mut signals = agent.observe(&d, warmup);
         let mut score = agent.score(d.time_ms);

@@ -403,7 +403,7 @@ pub(crate) fn conforms(
     req: &DecisionRequest,
     args: &warrant_core::mcp::ArgumentSchema,
 ) -> Result<(), String> {
-    let built = build(req, args)?;
+    let built = build(req, args, req.context.anomaly_score)?;
     let schema = crate::schema::schema_with(args)?;
     let public = cedar_policy::Entities::from(built.entities);
     cedar_policy::Entities::from_entities(public.iter().cloned(), Some(&schema))

@@ -249,3 +249,44 @@ fn probing_is_caught_before_any_warm_up_and_state_round_trips() {
     assert_eq!(back.score("orch", None, now), tr.d.score("orch", None, now));
     assert_eq!(back.position, tr.d.position);
 }
+
+#[test]
+fn delegating_wider_than_ever_is_a_signal() {
+    let mut d = Detector::default();
+    let config = AnomalyConfig {
+        warmup: 5,
+        ..AnomalyConfig::default()
+    };
+    let mut seq = 0;
+    let mut push = |d: &mut Detector, agent: &str, chain: &[&str], txn: &str, at: i64| {
+        seq += 1;
+        let mut e = AuditEvent::new("token.exchange", Outcome::Allow).agent(agent);
+        e.chain = chain.iter().map(|s| (*s).to_owned()).collect();
+        e.txn = Some(txn.into());
+        e.resource = Some("Audience::\"a\"".into());
+        d.observe(
+            &AuditRecord {
+                seq,
+                time: Timestamp::from_millis(START + at),
+                event: e,
+                prev_hash: ChainHash::GENESIS,
+                hash: ChainHash::GENESIS,
+                keyed: false,
+            },
+            &config,
+        );
+    };
+    // Habit: the planner hands each transaction to one coder.
+    for t in 0..20 {
+        let txn = format!("txn_{t}");
+        push(&mut d, "planner", &[], &txn, t * 1000);
+        push(&mut d, "coder", &["planner", "coder"], &txn, t * 1000 + 10);
+    }
+    let now = Timestamp::from_millis(START + 25_000);
+    assert_eq!(d.score("planner", None, now), 0);
+    // Then one transaction fans out to four agents.
+    for (i, a) in ["coder", "mailer", "payer", "deleter"].iter().enumerate() {
+        push(&mut d, a, &["planner", a], "txn_wide", 26_000 + i as i64);
+    }
+    assert!(d.score("planner", None, Timestamp::from_millis(START + 26_010)) >= 15);
+}
