@@ -1523,7 +1523,7 @@ pub async fn an_approval_is_asked_once_decided_once_and_used_once(fx: Box<dyn Fi
         .unwrap_err();
     assert!(e.to_string().contains("denied by admin"), "{e}");
     // The refusal stands for the same request under any task or instance.
-    let mut again = approval("apr_5b", "b5-other-task", "other", t0 + 30);
+    let mut again = approval("apr_5b", "b5", "other", t0 + 30);
     again.subject.task = Some("tsk_other".into());
     again.subject.instance = "ins_9".into();
     let standing = s

@@ -120,7 +120,7 @@ async fn an_older_database_is_migrated_and_keeps_its_data() {
     // Back to schema version 1, as a database from the first release.
     let c = rusqlite::Connection::open(&path).unwrap();
     c.execute_batch(
-        "DROP TABLE instances; DROP TABLE join_tokens; DROP TABLE tasks; DROP TABLE revoked_instances; DROP TABLE secrets; DROP TABLE mcp_tools; DROP TABLE mcp_servers; DROP TABLE audit_meta; DROP TABLE audit_checkpoints; DELETE FROM schema_migrations WHERE version > 1;",
+        "DROP TABLE instances; DROP TABLE join_tokens; DROP TABLE tasks; DROP TABLE revoked_instances; DROP TABLE secrets; DROP TABLE mcp_tools; DROP TABLE mcp_servers; DROP TABLE audit_meta; DROP TABLE audit_checkpoints; DROP TABLE approvals; ALTER TABLE admin_tokens DROP COLUMN person; DELETE FROM schema_migrations WHERE version > 1;",
     )
     .unwrap();
     drop(c);

@@ -13,6 +13,7 @@ mod cluster;
 mod delegation;
 mod deploy;
 mod export;
+mod health;
 mod interop;
 mod keys;
 mod live;
