@@ -718,6 +718,16 @@ impl TokenService {
             );
             return Err(ChainError::Unavailable);
         }
+        // INVARIANT (revocation is checked after freshness): a caller's
+        // earlier check may have run before this broker applied a
+        // revocation it had heard; only now, with the feed known to be
+        // applied, does "not revoked" mean what it says.
+        if self.is_revoked(&c.task) {
+            return Err(ChainError::Refused(format!(
+                "task {} has been revoked",
+                c.task
+            )));
+        }
         // INVARIANT (every agent of the chain): the acting agents, and the
         // agent the work began with when it acted for itself (`sub`, its
         // SPIFFE ID) and handed its task on.

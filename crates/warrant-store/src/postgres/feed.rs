@@ -81,8 +81,12 @@ fn follow(
     client
         .batch_execute(&format!("LISTEN {CHANNEL}"))
         .map_err(db_err)?;
-    state.connected.store(true, Ordering::Release);
+    // Connected counts only once what was committed while this broker was
+    // away has been read: a read from before the connection dropped must
+    // not make the feed look fresh (it could be under FEED_STALE old, and
+    // miss a revocation made meanwhile).
     catch_up(&mut client, state, out, on_change)?;
+    state.connected.store(true, Ordering::Release);
     let mut last_read = Instant::now();
     while !state.stop.load(Ordering::Acquire) {
         let woken = {

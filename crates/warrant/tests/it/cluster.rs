@@ -263,6 +263,69 @@ fn a_broker_cut_off_from_the_store_fails_closed_and_recovers() {
     assert_eq!(v["ok"], true, "{v}");
 }
 
+/// While a broker catches up after being cut off, no answer vouches for a
+/// task revoked meanwhile: not one whose revocation check ran before the
+/// broker had applied what it heard (introspection, the edge and exchange
+/// check revocation again once the feed is known to be fresh).
+#[test]
+fn no_answer_vouches_for_a_task_revoked_while_the_broker_was_cut_off() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let c = relayed(2);
+    let (a, b) = (&c.nodes[0], &c.nodes[1]);
+    let id = identity_across(a, b, "orch");
+    for _ in 0..4 {
+        let mut task = String::new();
+        until("B grants", Duration::from_secs(20), || {
+            let r = self_token(b, &id);
+            if r.status == 200 {
+                task = r.json()["access_token"].as_str().unwrap().to_owned();
+            }
+            r.status == 200
+        });
+        c.relays[1].cut();
+        until("B says it is not ready", Duration::from_secs(10), || {
+            b.http("GET", "/readyz", &[], None).status == 503
+        });
+        let jti = jwt_claims(&task)["jti"].as_str().unwrap().to_owned();
+        a.cli(&["revoke", "--jti", &jti]).ok();
+        let (stop, vouched) = (AtomicBool::new(false), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    while !stop.load(Ordering::Acquire) {
+                        let r = form(
+                            b,
+                            "/oauth2/introspect",
+                            &[
+                                (
+                                    "client_assertion_type",
+                                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                                ),
+                                ("client_assertion", &id),
+                                ("token", &task),
+                            ],
+                        );
+                        if r.status == 200 && r.json()["active"] == true {
+                            vouched.fetch_add(1, Ordering::AcqRel);
+                        }
+                    }
+                });
+            }
+            c.relays[1].restore();
+            until("B grants again", Duration::from_secs(20), || {
+                self_token(b, &id).status == 200
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Release);
+        });
+        assert_eq!(
+            vouched.load(Ordering::Acquire),
+            0,
+            "B vouched for a task revoked while it was cut off"
+        );
+    }
+}
+
 /// Six clients asking task tokens of `addrs` in turn (a broker that is
 /// down is simply the next one's turn) while `during` runs; every token
 /// they received.
