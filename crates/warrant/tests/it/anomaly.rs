@@ -3,15 +3,12 @@
 //! webhook) and, past its threshold, quarantines the agent; its live task
 //! tokens stop working, the state survives a restart, and release lifts it.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use warrant_testkit::{Broker, Options};
 
-use crate::support::{audit, bin, client_credentials, identity, introspect};
+use crate::support::{Receiver, audit, bin, client_credentials, identity, introspect};
 
 const POLICY: &str = r#"
 @id("ids") permit(principal, action == Action::"identity:issue", resource);
@@ -19,41 +16,6 @@ const POLICY: &str = r#"
 @id("calm-only") forbid(principal, action == Action::"token:self", resource == Audience::"https://tickets.example")
 when { context.anomaly_score >= 30 };
 "#;
-
-fn hooks() -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let out = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            out.lock()
-                .unwrap()
-                .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
-}
 
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -103,7 +65,8 @@ fn config(port: u16, quarantine: bool) -> String {
 
 #[test]
 fn a_probing_agent_is_scored_alerted_quarantined_and_released() {
-    let (port, got) = hooks();
+    let hooks = Receiver::start(&[], 0);
+    let port = hooks.port;
     let mut b = Broker::start_with(
         bin(),
         Options {
@@ -145,7 +108,7 @@ fn a_probing_agent_is_scored_alerted_quarantined_and_released() {
             || alert["reasons"].to_string().contains("first use"),
         "{alert}"
     );
-    let hook = until("the webhook", || got.lock().unwrap().first().cloned());
+    let hook = until("the webhook", || hooks.bodies("/anomaly").first().cloned());
     assert_eq!(hook["type"], "anomaly");
     assert_eq!(hook["agent"], "orch");
     // Policy sees the score: the usual request is refused while it is high.

@@ -4,15 +4,13 @@
 //! admin API), pass once, and are pending again when replayed or changed;
 //! webhooks announce them; separation of duties and roles hold.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::{
-    Upstream, World, audit, eventually, exchange, identity, put_secret, python, repo, world_with,
+    Receiver, Upstream, World, audit, eventually, exchange, identity, put_secret, python, repo,
+    world_with,
 };
 use warrant_testkit::Response;
 
@@ -41,59 +39,13 @@ permit(principal in Agent::"orch", action == Action::"http:request", resource ==
 when { context.method == "POST" };
 "#;
 
-/// A webhook receiver: records each POST's path and body; answers 500 to
-/// the first request on `/flaky` (so a retry is needed), 200 otherwise.
-struct Hooks {
-    port: u16,
-    seen: Arc<Mutex<Vec<(String, Value)>>>,
-}
+/// The webhook receiver: the first request on `/flaky` fails (a retry is
+/// needed).
+struct Hooks(Receiver);
 
 impl Hooks {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let out = seen.clone();
-        std::thread::spawn(move || {
-            let mut flaky_failed = false;
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split(' ').nth(1).unwrap_or("").to_owned();
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                }
-                let mut body = vec![0; len];
-                let _ = reader.read_exact(&mut body);
-                let status = if path == "/flaky" && !flaky_failed {
-                    flaky_failed = true;
-                    "500 Internal Server Error"
-                } else {
-                    out.lock()
-                        .unwrap()
-                        .push((path, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-                    "200 OK"
-                };
-                let _ = conn.write_all(
-                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                );
-            }
-        });
-        Self { port, seen }
+        Self(Receiver::start(&["/flaky"], 1))
     }
 
     fn config(&self) -> String {
@@ -106,18 +58,12 @@ url = "http://127.0.0.1:{port}/flaky"
 url = "http://127.0.0.1:{port}/slack"
 format = "slack"
 "#,
-            port = self.port
+            port = self.0.port
         )
     }
 
     fn bodies(&self, path: &str) -> Vec<Value> {
-        self.seen
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, b)| b.clone())
-            .collect()
+        self.0.bodies(path)
     }
 }
 

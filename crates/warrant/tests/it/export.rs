@@ -3,67 +3,13 @@
 //! and HTTP batches that chain to each other, retried while the receiver
 //! fails, with the lag in /metrics; positions survive a restart.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use warrant_testkit::{Broker, Options};
 
-use crate::support::bin;
-
-/// An HTTP receiver that fails its first `fail` requests, then records
-/// each body.
-fn receiver(fail: usize) -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let out = got.clone();
-    std::thread::spawn(move || {
-        let mut failed = 0;
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            let mut len = 0;
-            let mut auth = String::new();
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    if k.eq_ignore_ascii_case("authorization") {
-                        auth = v.trim().to_owned();
-                    }
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            let status = if failed < fail {
-                failed += 1;
-                "503 Service Unavailable"
-            } else {
-                let mut v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                v["_auth"] = Value::String(auth);
-                out.lock().unwrap().push(v);
-                "200 OK"
-            };
-            let _ = conn.write_all(
-                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
-        }
-    });
-    (port, got)
-}
+use crate::support::{Receiver, bin};
 
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -87,7 +33,8 @@ fn the_trail_is_exported_to_a_file_syslog_and_http_and_the_file_verifies() {
     let file = out.path().join("audit.jsonl");
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (port, batches) = receiver(2);
+    let siem = Receiver::start(&["/ingest"], 2);
+    let port = siem.port;
     let config = format!(
         r#"
 [[audit_export]]
@@ -231,11 +178,12 @@ bearer_token_env = "SIEM_TOKEN"
 
     // HTTP: after the receiver's failures, batches that chain, in order.
     let got = until("the http export to reach the head", || {
-        let g = batches.lock().unwrap().clone();
-        (g.last().and_then(|b| b["last_seq"].as_u64()) >= Some(want)).then_some(g)
+        let g = siem.all();
+        (g.last().and_then(|b| b.body["last_seq"].as_u64()) >= Some(want)).then_some(g)
     });
-    assert_eq!(got[0]["first_seq"], 1);
-    assert_eq!(got[0]["_auth"], "Bearer siem-secret-0123");
+    assert_eq!(got[0].body["first_seq"], 1);
+    assert_eq!(got[0].authorization, "Bearer siem-secret-0123");
+    let got: Vec<Value> = got.into_iter().map(|r| r.body).collect();
     for w in got.windows(2) {
         assert_eq!(w[1]["prev_hash"], w[0]["head_hash"]);
         assert_eq!(

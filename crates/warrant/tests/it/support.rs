@@ -423,3 +423,89 @@ pub fn matches(pattern: &str, line: &str) -> bool {
     }
     true
 }
+
+/// One POST a [`Receiver`] took: its path, `Authorization` header and JSON body.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub authorization: String,
+    pub body: Value,
+}
+
+/// A local HTTP receiver for webhooks and export sinks: records each POST,
+/// answering 503 to the first `fail` requests on each path in `flaky`
+/// (so a sender must retry), 200 otherwise.
+pub struct Receiver {
+    pub port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start(flaky: &[&str], fail: usize) -> Self {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = got.clone();
+        let flaky: Vec<String> = flaky.iter().map(|s| (*s).to_owned()).collect();
+        std::thread::spawn(move || {
+            let mut failed: std::collections::HashMap<String, usize> = Default::default();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split(' ').nth(1).unwrap_or("").to_owned();
+                let (mut len, mut authorization) = (0, String::new());
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = h.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            len = v.trim().parse().unwrap_or(0);
+                        } else if k.eq_ignore_ascii_case("authorization") {
+                            authorization = v.trim().to_owned();
+                        }
+                    }
+                }
+                let mut body = vec![0; len];
+                let _ = reader.read_exact(&mut body);
+                let n = failed.entry(path.clone()).or_default();
+                let status = if flaky.contains(&path) && *n < fail {
+                    *n += 1;
+                    "503 Service Unavailable"
+                } else {
+                    out.lock().unwrap().push(Received {
+                        path,
+                        authorization,
+                        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                    });
+                    "200 OK"
+                };
+                let _ = conn.write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        Self { port, got }
+    }
+
+    /// Every POST taken so far, in order.
+    pub fn all(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// The bodies POSTed to `path`.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.body)
+            .collect()
+    }
+}
