@@ -431,11 +431,19 @@ fn append(path: &Path, lines: &[String], max_bytes: u64, keep: u32) -> std::io::
     if size > 0 && size + adding > max_bytes {
         rotate(path, keep)?;
     }
+    // Never through a symlink: the trail goes to the file named, or nowhere.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc_nofollow())
         .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "`{}` is not a regular file",
+            path.display()
+        )));
+    }
     let mut buf = String::with_capacity(usize::try_from(adding).unwrap_or(0));
     for l in lines {
         buf.push_str(l);
@@ -443,6 +451,10 @@ fn append(path: &Path, lines: &[String], max_bytes: u64, keep: u32) -> std::io::
     }
     f.write_all(buf.as_bytes())?;
     f.sync_data()
+}
+
+fn libc_nofollow() -> i32 {
+    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0)
 }
 
 /// `path` becomes `path.1`, `path.1` becomes `path.2` …; beyond `keep`,
@@ -516,6 +528,17 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn the_file_is_never_written_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("elsewhere");
+        std::fs::write(&target, "keep\n").unwrap();
+        let p = d.path().join("audit.jsonl");
+        std::os::unix::fs::symlink(&target, &p).unwrap();
+        assert!(append(&p, &["x".to_owned()], 1 << 20, 2).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep\n");
     }
 
     #[test]

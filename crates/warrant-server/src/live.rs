@@ -374,5 +374,21 @@ pub(crate) fn check_trusted_files(config: &Config) -> Result<(), String> {
     for (f, what, program) in files {
         warrant_host::trust::check_trusted(&f, what, program)?;
     }
+    // An audit export file's directory: the broker appends to, renames and
+    // creates files in it, so nobody else may write there (no planted
+    // symlink or file decides where the trail goes).
+    for s in &config.audit_export {
+        if let warrant_control::export::Target::File { path, .. } = &s.target {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            warrant_host::trust::check_trusted_as(
+                dir,
+                "the directory of an [[audit_export]] file",
+                warrant_host::trust::Trust::CodeDir,
+            )?;
+        }
+    }
     Ok(())
 }

@@ -243,6 +243,18 @@ bearer_token_env = "SIEM_TOKEN"
 
 #[test]
 fn bad_export_sinks_are_refused_at_start() {
+    // A directory others can write: they could plant a symlink or a file.
+    let shared = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (err, _, _dir) = crate::support::start_fails(Options {
+        config: Some(format!(
+            "[[audit_export]]\nname = \"x\"\nkind = \"file\"\npath = \"{}/audit.jsonl\"\n",
+            shared.path().display()
+        )),
+        ..Default::default()
+    });
+    assert!(err.contains("can be written by others"), "{err}");
     for (sink, want) in [
         ("kind = \"file\"", "needs `path`"),
         ("kind = \"tape\"", "unknown"),
