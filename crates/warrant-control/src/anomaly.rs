@@ -77,11 +77,31 @@ const MAX_FANOUT_TXNS: usize = 64;
 /// Half-life of a signal's points.
 const HALF_LIFE_MS: f64 = 300_000.0;
 /// What a profile remembers, at most.
-const MAX_RESOURCES: usize = 4096;
-const MAX_SCOPES: usize = 1024;
+const MAX_RESOURCES: usize = 1024;
+const MAX_SCOPES: usize = 256;
+/// What an agent+user profile remembers of resources and scopes.
+const MAX_PAIR_RESOURCES: usize = 128;
 const MAX_SIGNALS: usize = 64;
 /// Agent+user profiles kept, at most (the least recently seen go first).
-const MAX_PAIRS: usize = 100_000;
+const MAX_PAIRS: usize = 20_000;
+
+/// A resource or scope as a profile keeps it: a hash (names are chosen by
+/// callers and can be long; a profile must stay small).
+fn key(s: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// A name as a signal quotes it: bounded.
+fn quoted(s: &str) -> String {
+    if s.chars().count() <= 120 {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    }
+}
 
 /// The scores decisions read, published by the detector after each batch:
 /// only profiles with signals, each as its raw sum at `at_ms` (decay is
@@ -110,8 +130,8 @@ impl Scores {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Profile {
     seen: u64,
-    resources: BTreeSet<String>,
-    scopes: BTreeSet<String>,
+    resources: BTreeSet<u64>,
+    scopes: BTreeSet<u64>,
     hours: [u64; 24],
     max_depth: u32,
     /// Exponentially weighted requests per minute.
@@ -191,8 +211,9 @@ impl Profile {
         out
     }
 
-    /// Learns from one decision and returns the signals it raised.
-    fn observe(&mut self, d: &Observed, warmup: u64) -> Vec<String> {
+    /// Learns from one decision and returns the signals it raised; `cap`
+    /// bounds what it remembers of resources and scopes.
+    fn observe(&mut self, d: &Observed, warmup: u64, cap: usize) -> Vec<String> {
         let mut out = Vec::new();
         let warm = self.seen >= warmup;
         let at = d.time_ms;
@@ -248,27 +269,32 @@ impl Profile {
         }
         // What is asked for.
         if let Some(r) = &d.resource
-            && !self.resources.contains(r)
+            && !self.resources.contains(&key(r))
         {
             if warm {
-                self.signal(at, NEW_RESOURCE, format!("first use of {r}"), &mut out);
+                self.signal(
+                    at,
+                    NEW_RESOURCE,
+                    format!("first use of {}", quoted(r)),
+                    &mut out,
+                );
             }
-            if self.resources.len() < MAX_RESOURCES {
-                self.resources.insert(r.clone());
+            if self.resources.len() < cap.min(MAX_RESOURCES) {
+                self.resources.insert(key(r));
             }
         }
-        for s in &d.scopes {
-            if !self.scopes.contains(s) {
+        for s in d.scopes.iter().take(16) {
+            if !self.scopes.contains(&key(s)) {
                 if warm {
                     self.signal(
                         at,
                         NEW_SCOPE,
-                        format!("first ask for scope `{s}`"),
+                        format!("first ask for scope `{}`", quoted(s)),
                         &mut out,
                     );
                 }
-                if self.scopes.len() < MAX_SCOPES {
-                    self.scopes.insert(s.clone());
+                if self.scopes.len() < cap.min(MAX_SCOPES) {
+                    self.scopes.insert(key(s));
                 }
             }
         }
@@ -341,6 +367,22 @@ fn observed(r: &AuditRecord) -> Option<Observed> {
     if !DECISION_EVENTS.contains(&e.event.as_str()) {
         return None;
     }
+    // A request whose token did not verify (expired, revoked, for another
+    // audience) proves nothing about the agent it names: anyone who ever
+    // saw one of its tokens can send it. Only what an authenticated agent
+    // asked counts.
+    let detail = e.detail.as_ref();
+    let unauthenticated = detail
+        .and_then(|d| d.get("status"))
+        .and_then(serde_json::Value::as_u64)
+        == Some(401)
+        || detail
+            .and_then(|d| d.get("refusal"))
+            .and_then(serde_json::Value::as_str)
+            == Some("invalid_token");
+    if unauthenticated {
+        return None;
+    }
     let agent = e.agent.clone()?;
     Some(Observed {
         time_ms: r.time.as_millis(),
@@ -359,7 +401,9 @@ fn observed(r: &AuditRecord) -> Option<Observed> {
             })
             .unwrap_or_default(),
         depth: u32::try_from(e.chain.len()).unwrap_or(u32::MAX),
-        refused: matches!(e.decision, Outcome::Deny),
+        // Errors count with refusals: padding probes with malformed calls
+        // must not dilute them.
+        refused: matches!(e.decision, Outcome::Deny | Outcome::Error),
         // A chain of the agents before this one and then this one: the
         // agent that handed the task on comes first.
         delegated_by: match (e.event.as_str(), e.chain.len(), &e.txn) {
@@ -381,6 +425,9 @@ pub struct Detector {
     /// The level each agent was last acted on at (so each is acted on once
     /// while its score stays high).
     acted: BTreeMap<String, Level>,
+    /// Instances quarantined (each once).
+    #[serde(default)]
+    quarantined_instances: BTreeSet<String>,
 }
 
 /// How far a score went.
@@ -433,8 +480,9 @@ impl Detector {
             p.delegated(txn, &d.agent, d.time_ms, warmup);
         }
         let agent = self.agents.entry(d.agent.clone()).or_default();
-        let mut signals = agent.observe(&d, warmup);
-        let mut score = agent.score(d.time_ms);
+        let mut signals = agent.observe(&d, warmup, MAX_RESOURCES);
+        let agent_score = agent.score(d.time_ms);
+        let mut score = agent_score;
         if let Some(u) = &d.user {
             let key = format!("{}\u{0}{u}", d.agent);
             if !self.pairs.contains_key(&key) && self.pairs.len() >= MAX_PAIRS {
@@ -442,23 +490,40 @@ impl Detector {
             }
             let pair = self.pairs.entry(key).or_default();
             signals.extend(
-                pair.observe(&d, warmup)
+                pair.observe(&d, warmup, MAX_PAIR_RESOURCES)
                     .into_iter()
                     .map(|s| format!("for {u}: {s}")),
             );
             score = score.max(pair.score(d.time_ms));
         }
-        let level = level_of(score, config);
+        // One user's pattern alerts (and raises that user's score), but only
+        // the agent's own score quarantines: one user of a shared agent must
+        // not take it away from the others.
+        let level = level_of(score, config).min(level_of(agent_score, config).max(Level::Alert));
         let before = self.acted.get(&d.agent).copied().unwrap_or(Level::Calm);
         // Calm again below half the alert threshold: a later rise acts again.
         if score * 2 < config.alert_at {
             self.acted.remove(&d.agent);
             return None;
         }
-        if level <= before {
+        // Each instance is quarantined once (a new instance of the agent is
+        // not out of reach because an earlier one was).
+        let new_instance = level == Level::QuarantineInstance
+            && d.instance
+                .as_ref()
+                .is_some_and(|i| !self.quarantined_instances.contains(i));
+        if level <= before && !new_instance {
             return None;
         }
-        self.acted.insert(d.agent.clone(), level);
+        if level == Level::QuarantineInstance
+            && let Some(i) = &d.instance
+        {
+            if self.quarantined_instances.len() >= 4096 {
+                self.quarantined_instances.pop_first();
+            }
+            self.quarantined_instances.insert(i.clone());
+        }
+        self.acted.insert(d.agent.clone(), level.max(before));
         if signals.is_empty() {
             signals = agent_signals(self.agents.get(&d.agent));
         }
@@ -611,10 +676,17 @@ impl AnomalyService {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         let file = data_dir.join("anomaly.json");
-        let detector = std::fs::read(&file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Detector>(&b).ok())
-            .unwrap_or_default();
+        let detector = match std::fs::read(&file) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Detector::default(),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot read the anomaly detector's state; it starts afresh (every agent warms up again)");
+                Detector::default()
+            }
+            Ok(b) => serde_json::from_slice::<Detector>(&b).unwrap_or_else(|e| {
+                tracing::warn!(file = %file.display(), error = %e, "the anomaly detector's state does not parse; it starts afresh (every agent warms up again)");
+                Detector::default()
+            }),
+        };
         let published = arc_swap::ArcSwap::from_pointee(detector.publish(Timestamp::now()));
         Arc::new(Self {
             detector: RwLock::new(detector),

@@ -109,7 +109,7 @@ impl Webhook {
             "http" if loopback => {}
             "http" => {
                 return Err(format!(
-                    "the webhook to `{}` is plain http beyond loopback: approvals would be announced in the clear; use https",
+                    "the webhook to `{}` is plain http beyond loopback: announcements would travel in the clear; use https",
                     url.host_str().unwrap_or_default()
                 ));
             }

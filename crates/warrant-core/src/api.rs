@@ -189,6 +189,10 @@ pub struct ExportVerification {
     pub last_seq: u64,
     /// The hash of the last verified record (hex).
     pub head: String,
+    /// The broker's newest record now: an export that ends well before it
+    /// is behind or cut short.
+    #[serde(default)]
+    pub broker_last_seq: u64,
     /// The first broken record, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broken: Option<BrokenRecord>,

@@ -246,12 +246,12 @@ impl ApprovalSubject {
     }
 
     /// Who asks, for the per-requester quota: the user the work is for,
-    /// else the task, else the instance.
+    /// else the instance (a fresh task of the same instance is the same
+    /// requester).
     pub fn requester(&self) -> String {
-        match (&self.user, &self.task) {
-            (Some(u), _) => u.clone(),
-            (None, Some(t)) => format!("task:{t}"),
-            (None, None) => format!("instance:{}", self.instance),
+        match &self.user {
+            Some(u) => u.clone(),
+            None => format!("instance:{}", self.instance),
         }
     }
 

@@ -290,3 +290,159 @@ fn delegating_wider_than_ever_is_a_signal() {
     }
     assert!(d.score("planner", None, Timestamp::from_millis(START + 26_010)) >= 15);
 }
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    seq: u64,
+    at: i64,
+    agent: &str,
+    instance: &str,
+    user: Option<&str>,
+    resource: &str,
+    outcome: Outcome,
+    detail: Option<serde_json::Value>,
+) -> AuditRecord {
+    let mut e = AuditEvent::new("proxy.request", outcome)
+        .agent(agent)
+        .instance(instance);
+    e.user = user.map(str::to_owned);
+    e.resource = Some(resource.to_owned());
+    e.detail = detail;
+    AuditRecord {
+        seq,
+        time: Timestamp::from_millis(START + at),
+        event: e,
+        prev_hash: ChainHash::GENESIS,
+        hash: ChainHash::GENESIS,
+        keyed: false,
+    }
+}
+
+/// Found by the second attacker round.
+#[test]
+fn the_detector_is_not_framed_dodged_or_filled() {
+    let config = AnomalyConfig {
+        warmup: 5,
+        alert_at: 30,
+        quarantine_instance_at: Some(50),
+        quarantine_agent_at: Some(80),
+        ..AnomalyConfig::default()
+    };
+    // Replayed tokens that no longer verify (401) say nothing of the agent.
+    let mut d = Detector::default();
+    for i in 0..40 {
+        let r = record(
+            i + 1,
+            i as i64 * 100,
+            "victim",
+            "ins_v",
+            None,
+            "Route::\"x\"",
+            Outcome::Deny,
+            Some(serde_json::json!({"status": 401, "refusal": "invalid_token"})),
+        );
+        assert!(d.observe(&r, &config).is_none());
+    }
+    assert_eq!(
+        d.score("victim", None, Timestamp::from_millis(START + 4_000)),
+        0
+    );
+
+    // One user's refusals alert but do not quarantine a shared agent whose
+    // own traffic is mostly fine.
+    let mut d = Detector::default();
+    let mut seq = 0;
+    let mut levels = Vec::new();
+    for i in 0..60i64 {
+        seq += 1;
+        let (user, outcome) = if i % 3 == 0 {
+            ("user:corp/mallory", Outcome::Deny)
+        } else {
+            ("user:corp/alice", Outcome::Allow)
+        };
+        let r = record(
+            seq,
+            i * 500,
+            "shared",
+            "ins_s",
+            Some(user),
+            "Route::\"r\"",
+            outcome,
+            None,
+        );
+        if let Some(f) = d.observe(&r, &config) {
+            levels.push(f.level);
+        }
+    }
+    assert!(levels.contains(&Level::Alert), "{levels:?}");
+    assert!(!levels.contains(&Level::QuarantineAgent), "{levels:?}");
+
+    // Every instance past the threshold is quarantined, not only the first.
+    let config = AnomalyConfig {
+        quarantine_agent_at: None,
+        ..config
+    };
+    let mut d = Detector::default();
+    let mut quarantined = BTreeSet::new();
+    let mut seq = 0;
+    for inst in ["ins_1", "ins_2", "ins_3"] {
+        for i in 0..12i64 {
+            seq += 1;
+            let r = record(
+                seq,
+                seq as i64 * 200,
+                "ux",
+                inst,
+                None,
+                "Route::\"r2\"",
+                Outcome::Deny,
+                None,
+            );
+            if let Some(f) = d.observe(&r, &config)
+                && f.level == Level::QuarantineInstance
+            {
+                quarantined.insert(f.instance.clone().unwrap());
+            }
+            let _ = i;
+        }
+    }
+    assert_eq!(quarantined.len(), 3, "{quarantined:?}");
+
+    // Errors count with refusals: padding probes does not dilute them.
+    let mut d = Detector::default();
+    let mut found = false;
+    for i in 0..13i64 {
+        let outcome = if i < 7 { Outcome::Error } else { Outcome::Deny };
+        let r = record(
+            i as u64 + 1,
+            i * 1000,
+            "ev",
+            "ins_e",
+            None,
+            "Tool::\"f/nosuch\"",
+            outcome,
+            None,
+        );
+        found |= d.observe(&r, &config).is_some();
+    }
+    assert!(found, "padded probing is still probing");
+
+    // Long, ever-new names do not grow a profile without bound.
+    let mut d = Detector::default();
+    for i in 0..5000u64 {
+        let name = format!("Tool::\"f/{}{i}\"", "x".repeat(1000));
+        let r = record(
+            i + 1,
+            i as i64,
+            "big",
+            "ins_b",
+            Some("user:corp/u"),
+            &name,
+            Outcome::Error,
+            None,
+        );
+        d.observe(&r, &config);
+    }
+    let saved = serde_json::to_vec(&d).unwrap();
+    assert!(saved.len() < 200_000, "state of {} bytes", saved.len());
+}

@@ -305,6 +305,25 @@ async fn enable_agent(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Agent>> {
     let tokens = state.tokens.clone();
+    // A quarantine is lifted by release, which also resets the detector's
+    // signals for the agent; enable would leave it acted on and silent.
+    if let Ok(n) = agent_name(&name)
+        && let Ok(Some(a)) = state.store.get_agent(&n).await
+        && a.status == AgentStatus::Quarantined
+    {
+        let attempt = caller
+            .event(Kind::AdminAgentEnable, Outcome::Allow)
+            .action("agent.enable")
+            .agent(n.to_string());
+        let e = ApiError {
+            status: StatusCode::CONFLICT,
+            code: "conflict",
+            message: format!(
+                "agent `{n}` is quarantined; `warrant agent release {n}` lifts a quarantine (and resets its anomaly signals)"
+            ),
+        };
+        return Err(fail(&state, attempt, e).await);
+    }
     let r = set_status(
         state,
         caller,
@@ -860,6 +879,7 @@ async fn verify_export(
         first_seq,
         last_seq,
         head,
+        broker_last_seq: 0,
         broken: Some(BrokenRecord { seq, why }),
     };
     let prev = if first_seq <= 1 {
@@ -893,12 +913,14 @@ async fn verify_export(
             v.head().to_string(),
         )));
     }
+    let broker_last_seq = state.store.audit_head().await?.map_or(0, |(seq, _)| seq);
     Ok(Json(ExportVerification {
         ok: true,
         verified: rows.len() as u64,
         first_seq,
         last_seq,
         head: v.head().to_string(),
+        broker_last_seq,
         broken: None,
     }))
 }

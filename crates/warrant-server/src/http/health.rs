@@ -19,19 +19,26 @@ use crate::state::AppState;
 const DAY_MS: i64 = 86_400_000;
 const MONTH_MS: i64 = 30 * DAY_MS;
 
-/// Owners that name nobody.
+/// Owners that name nobody (compared on their letters and digits alone,
+/// lower-cased: `N/A`, `tbd.` and `unknown owner` are placeholders too).
 const PLACEHOLDER_OWNERS: &[&str] = &[
-    "-",
+    "",
     "none",
+    "null",
+    "nil",
     "unknown",
+    "unknownowner",
+    "noowner",
     "nobody",
-    "n/a",
     "na",
     "tbd",
     "todo",
     "unowned",
     "unassigned",
-    "?",
+    "x",
+    "xx",
+    "xxx",
+    "changeme",
 ];
 
 /// Every credential kind a route or MCP server can inject.
@@ -155,8 +162,14 @@ pub(crate) async fn compute(state: &AppState) -> Result<Health, StoreError> {
         without_owner: agents
             .iter()
             .filter(|a| {
-                let o = a.owner.as_str().trim().to_ascii_lowercase();
-                o.is_empty() || PLACEHOLDER_OWNERS.contains(&o.as_str())
+                let o: String = a
+                    .owner
+                    .as_str()
+                    .chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .flat_map(char::to_lowercase)
+                    .collect();
+                PLACEHOLDER_OWNERS.contains(&o.as_str())
             })
             .map(|a| a.name.to_string())
             .collect(),

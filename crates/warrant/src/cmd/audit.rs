@@ -253,6 +253,7 @@ async fn verify_export(
         anyhow::bail!("the files hold no exported records");
     }
     let (mut verified, mut first, mut last_seq, mut head) = (0u64, None, 0u64, String::new());
+    let mut broker_last = 0u64;
     let mut failed = None;
     for part in lines.chunks(2000) {
         let v: ExportVerification = client
@@ -278,6 +279,7 @@ async fn verify_export(
         }
         last_seq = v.last_seq;
         head = v.head;
+        broker_last = v.broker_last_seq;
     }
     let first = first.unwrap_or(0);
     match (&failed, cli.output) {
@@ -287,11 +289,28 @@ async fn verify_export(
             "first_seq": first,
             "last_seq": last_seq,
             "head": head,
+            "broker_last_seq": broker_last,
             "broken": failed.as_ref().map(|(seq, why)| serde_json::json!({"seq": seq, "why": why})),
         }))?,
-        (None, Output::Human) => println!(
-            "ok: {verified} exported audit records verified (records {first} to {last_seq}); they are the broker's, head {head}"
-        ),
+        (None, Output::Human) => {
+            println!(
+                "ok: {verified} exported audit records verified (records {first} to {last_seq}); they are the broker's, head {head}"
+            );
+            // What is checked is the part given; where it starts and ends
+            // is for the reader to judge against the trail.
+            if first > 1 {
+                println!(
+                    "note: the export starts at record {first}; records 1 to {} are not in it",
+                    first - 1
+                );
+            }
+            if broker_last > last_seq {
+                println!(
+                    "note: the broker's trail is at record {broker_last}; the export ends {} records before it (behind, or cut short)",
+                    broker_last - last_seq
+                );
+            }
+        }
         (Some((seq, why)), Output::Human) => {
             println!(
                 "TAMPERED: exported record {seq} fails verification: {}",

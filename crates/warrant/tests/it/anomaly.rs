@@ -181,6 +181,11 @@ fn a_probing_agent_is_scored_alerted_quarantined_and_released() {
         client_credentials(&b, &id, "tickets:read", "https://tickets.example").status / 100,
         4
     );
+    // Enable does not lift a quarantine (release does, and resets the
+    // detector's signals).
+    let enable = b.cli(&["agent", "enable", "orch"]);
+    assert_ne!(enable.code, 0);
+    assert!(enable.stderr.contains("release"), "{}", enable.stderr);
     let v = b.cli(&["audit", "verify", "--output", "json"]).json();
     assert_eq!(v["ok"], true, "{v}");
 }
