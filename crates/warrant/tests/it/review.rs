@@ -2116,7 +2116,7 @@ fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() 
         bin(),
         crate::support::Options {
             config: Some(
-                "[limits]\nedge_connections = 50\napi_connections = 50\nheader_timeout = \"2s\"\n"
+                "[limits]\nedge_connections = 50\napi_connections = 50\nheader_timeout = \"5s\"\n"
                     .into(),
             ),
             ..Default::default()
@@ -2132,11 +2132,12 @@ fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() 
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
     assert!(
-        started.elapsed() < Duration::from_secs(6),
+        started.elapsed() < Duration::from_secs(9),
         "{:?}",
         started.elapsed()
     );
-    // Flood the edge with idle connections, far past its cap.
+    // Flood the edge with idle connections, far past its cap (checked
+    // well within the header timeout, however loaded the machine is).
     let mut idle = Vec::new();
     for _ in 0..600 {
         idle.push(std::net::TcpStream::connect(b.edge).unwrap());
@@ -2158,7 +2159,7 @@ fn listeners_have_caps_and_timeouts_and_the_admin_path_survives_an_edge_flood() 
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
     // Idle connections are closed after the header timeout; then the edge
     // serves again.
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(6));
     let r = warrant_testkit::http(b.edge, "GET", "/healthz", &[], None);
     assert_eq!(r.status, 200);
     let r = b.http("GET", "/readyz", &[], None);
