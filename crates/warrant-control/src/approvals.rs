@@ -98,27 +98,7 @@ impl Webhook {
                 "the webhook URL carries a user name or password, which would not be sent; put the receiver's secret in its path, as Slack does".into(),
             );
         }
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(a)) => a.is_loopback(),
-            Some(url::Host::Ipv6(a)) => a.is_loopback(),
-            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-            None => false,
-        };
-        match url.scheme() {
-            "https" => {}
-            "http" if loopback => {}
-            "http" => {
-                return Err(format!(
-                    "the webhook to `{}` is plain http beyond loopback: announcements would travel in the clear; use https",
-                    url.host_str().unwrap_or_default()
-                ));
-            }
-            s => {
-                return Err(format!(
-                    "the webhook URL's scheme `{s}` is not http or https"
-                ));
-            }
-        }
+        crate::outbound::check_destination(&url, "announcements")?;
         let format = match format.unwrap_or("json") {
             "json" => WebhookFormat::Json,
             "slack" => WebhookFormat::Slack,
@@ -628,41 +608,15 @@ pub fn post_webhooks(
     );
 }
 
-fn client() -> Option<
-    hyper_util::client::legacy::Client<
-        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-        http_body_util::Full<hyper::body::Bytes>,
-    >,
-> {
-    static CLIENT: std::sync::OnceLock<
-        Option<
-            hyper_util::client::legacy::Client<
-                hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-                http_body_util::Full<hyper::body::Bytes>,
-            >,
-        >,
-    > = std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(b) => Some(
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build(b.https_or_http().enable_http1().build()),
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot load the system's root certificates; webhooks are off");
-                None
-            }
-        })
-        .clone()
-}
-
 fn post_each(
     hooks: &[Webhook],
     body: impl Fn(WebhookFormat) -> Value,
     metrics: Arc<Metrics>,
     about: &str,
 ) {
-    let Some(client) = client() else { return };
+    let Some(client) = crate::outbound::client() else {
+        return;
+    };
     for hook in hooks {
         let (client, metrics, about) = (client.clone(), metrics.clone(), about.to_owned());
         let body = body(hook.format).to_string();
@@ -694,15 +648,7 @@ fn post_each(
                 }
                 let why = match outcome {
                     Ok(Ok(r)) => format!("answered {}", r.status()),
-                    Ok(Err(e)) => {
-                        let mut why = format!("failed: {e}");
-                        let mut source = std::error::Error::source(&e);
-                        while let Some(s) = source {
-                            why.push_str(&format!(": {s}"));
-                            source = s.source();
-                        }
-                        why
-                    }
+                    Ok(Err(e)) => format!("failed: {}", crate::outbound::error_chain(&e)),
                     Err(_) => "timed out".to_owned(),
                 };
                 tracing::warn!(about = %about, host = hook.url.host_str().unwrap_or_default(), attempt, "a webhook {why}");

@@ -220,26 +220,13 @@ fn write_position(dir: &Path, file: &Path, position: u64) -> std::io::Result<()>
 struct Writer {
     target: Target,
     tcp: Option<tokio::net::TcpStream>,
-    http: Option<
-        hyper_util::client::legacy::Client<
-            hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-            http_body_util::Full<hyper::body::Bytes>,
-        >,
-    >,
+    http: Option<crate::outbound::Client>,
 }
 
 impl Writer {
     fn new(sink: &ExportSink) -> Self {
         let http = match &sink.target {
-            Target::Http { .. } => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .ok()
-                .map(|b| {
-                    hyper_util::client::legacy::Client::builder(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .build(b.https_or_http().enable_http1().build())
-                }),
+            Target::Http { .. } => crate::outbound::client(),
             _ => None,
         };
         Self {
@@ -348,15 +335,7 @@ impl Writer {
         let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
             .await
             .map_err(|_| "the receiver did not answer within 30 s".to_owned())?
-            .map_err(|e| {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    why.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                why
-            })?;
+            .map_err(|e| crate::outbound::error_chain(&e))?;
         if resp.status().is_success() {
             Ok(())
         } else {

@@ -25,6 +25,7 @@ pub mod keys;
 pub mod metrics;
 pub mod names;
 pub(crate) mod oauth;
+pub mod outbound;
 pub mod policy;
 pub mod refusals;
 pub mod secrets;

@@ -1066,18 +1066,35 @@ impl TokenService {
         if !allowed {
             return Err(None);
         }
-        let Some((terms, mut policies, first)) = approval else {
-            return Ok(());
-        };
+        match approval {
+            None => Ok(()),
+            Some((terms, policies, first)) => {
+                self.step_up(terms, policies, &first, audiences, event)
+                    .await
+            }
+        }
+    }
+
+    /// A grant every applying permit allows only with a person's approval:
+    /// one approval for its audiences and scopes, for this task and user,
+    /// asked at once (a client asks again); it goes ahead once granted.
+    async fn step_up(
+        &self,
+        terms: ApprovalTerms,
+        mut policies: Vec<String>,
+        first: &DecisionRequest,
+        audiences: &[String],
+        event: &mut AuditEvent,
+    ) -> Result<(), Option<OAuthError>> {
         policies.sort();
         policies.dedup();
         let mut auds = audiences.to_vec();
         auds.sort();
-        let mut scopes = context.scopes.clone();
+        let mut scopes = first.context.scopes.clone();
         scopes.sort();
         scopes.dedup();
         let mut subject = ApprovalSubject::of(
-            &first,
+            first,
             serde_json::json!({ "audiences": auds, "scopes": scopes }),
         );
         subject.resource = auds
@@ -1086,7 +1103,6 @@ impl TokenService {
             .collect::<Vec<_>>()
             .join(" ");
         event.decision = Outcome::Pending;
-        // The token endpoint answers at once: a client asks again.
         let step = self
             .approvals
             .step_up(

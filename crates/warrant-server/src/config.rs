@@ -349,17 +349,8 @@ fn audit_exports(
                     .ok_or_else(|| bad("kind = \"http\" needs `url`".into()))?;
                 let url =
                     url::Url::parse(u).map_err(|e| bad(format!("the url does not parse ({e})")))?;
-                let loopback = match url.host() {
-                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
-                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
-                    Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-                    None => false,
-                };
-                if !(url.scheme() == "https" || (url.scheme() == "http" && loopback)) {
-                    return Err(bad(
-                        "the url must be https:// (plain http:// only to a loopback address): the audit trail would travel in the clear".into(),
-                    ));
-                }
+                warrant_control::outbound::check_destination(&url, "the audit trail")
+                    .map_err(bad)?;
                 let batch = r.batch.unwrap_or(500);
                 if !(1..=10_000).contains(&batch) {
                     return Err(bad(format!("batch = {batch} must be from 1 to 10000")));

@@ -1272,15 +1272,19 @@ impl Drop for Tracked {
 /// otherwise its size only (it is bound by digest either way).
 fn body_preview(bytes: &[u8], content_type: &[String]) -> serde_json::Value {
     const MAX: usize = 16 * 1024;
-    let textual = content_type.len() == 1
-        && [
-            "application/json",
-            "application/x-www-form-urlencoded",
-            "text/",
-        ]
-        .iter()
-        .any(|t| content_type[0].starts_with(t))
-        || content_type.len() == 1 && content_type[0].contains("+json");
+    let textual = match content_type {
+        [t] => {
+            [
+                "application/json",
+                "application/x-www-form-urlencoded",
+                "text/",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p))
+                || t.contains("+json")
+        }
+        _ => false,
+    };
     match std::str::from_utf8(bytes) {
         Ok(text) if textual && bytes.len() <= MAX => serde_json::Value::String(text.to_owned()),
         _ => serde_json::Value::Null,
