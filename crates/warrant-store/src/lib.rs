@@ -380,9 +380,6 @@ pub trait Store: Send + Sync + 'static {
     /// The approval `id`.
     async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError>;
 
-    /// The newest approval with `binding`.
-    async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError>;
-
     /// The newest `limit` approvals in `state` at `now` (all when `None`),
     /// newest first.
     async fn list_approvals(

@@ -1574,18 +1574,6 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError> {
-        let binding = binding.to_owned();
-        self.read(move |c| {
-            let sql = format!(
-                "SELECT {} FROM approvals WHERE binding = $1 ORDER BY created_at DESC LIMIT 1",
-                rows::APPROVAL_COLUMNS
-            );
-            one(c, &sql, &[&binding], rows::approval)
-        })
-        .await
-    }
-
     async fn list_approvals(
         &self,
         state: Option<ApprovalState>,

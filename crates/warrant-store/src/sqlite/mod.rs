@@ -1108,24 +1108,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn approval_by_binding(&self, binding: &str) -> Result<Option<Approval>, StoreError> {
-        let binding = binding.to_owned();
-        self.read(move |c| {
-            one_row(
-                c,
-                &format!(
-                    "SELECT {} FROM approvals WHERE binding = ?1 ORDER BY created_at DESC LIMIT 1",
-                    rows::APPROVAL_COLUMNS
-                ),
-                [binding],
-                rows::approval,
-            )?
-            .map(rows::ApprovalRow::approval)
-            .transpose()
-        })
-        .await
-    }
-
     async fn list_approvals(
         &self,
         state: Option<ApprovalState>,
