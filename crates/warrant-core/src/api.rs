@@ -125,6 +125,9 @@ pub struct AuditListQuery {
     /// Transaction id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<String>,
+    /// Decision: `allow`, `deny`, `pending` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
 }
 
 /// `GET /admin/v1/audit/trace/{txn}` answer: a delegation tree and its records.
@@ -781,4 +784,37 @@ pub struct AnomalyScore {
     pub agent: String,
     /// 0 to 100.
     pub score: i64,
+}
+
+/// One sample of the identity-health figures, for charts over time
+/// (`GET /admin/v1/health/history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthPoint {
+    /// When it was taken.
+    pub at: crate::time::Timestamp,
+    /// Stored secrets (standing credentials).
+    pub secrets_stored: u64,
+    /// Share of upstream requests with a credential minted per use.
+    pub ephemeral_share: Option<f64>,
+    /// Share of task tokens issued for a user or an upstream task.
+    pub delegated_share: Option<f64>,
+    /// Instances whose identity has not expired.
+    pub instances_alive: u64,
+    /// Approvals waiting for a person.
+    pub approvals_pending: u64,
+    /// Agents active.
+    pub agents_active: u64,
+    /// Agents quarantined.
+    pub agents_quarantined: u64,
+    /// Agents with a non-zero anomaly score.
+    pub agents_anomalous: u64,
+}
+
+/// `GET /admin/v1/health/history`: samples oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthHistory {
+    /// Seconds between samples.
+    pub interval_seconds: u64,
+    /// The samples kept (at most a day's worth).
+    pub points: Vec<HealthPoint>,
 }

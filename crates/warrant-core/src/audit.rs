@@ -134,6 +134,10 @@ pub enum Kind {
     /// More kinds of unauthenticated refusal in a window than are kept
     /// apart: counted only.
     RefusalsOverflow,
+    /// A person signed in to the console with an admin token.
+    AdminConsoleSignIn,
+    /// A console session ended by signing out.
+    AdminConsoleSignOut,
 }
 
 impl Kind {
@@ -193,6 +197,8 @@ impl Kind {
         Self::AdminAgentQuarantine,
         Self::AdminAgentRelease,
         Self::RefusalsOverflow,
+        Self::AdminConsoleSignIn,
+        Self::AdminConsoleSignOut,
     ];
 
     /// The dotted name stored in the record.
@@ -252,6 +258,8 @@ impl Kind {
             Self::AdminAgentQuarantine => "admin.agent.quarantine",
             Self::AdminAgentRelease => "admin.agent.release",
             Self::RefusalsOverflow => "refusals.overflow",
+            Self::AdminConsoleSignIn => "admin.console.signin",
+            Self::AdminConsoleSignOut => "admin.console.signout",
         }
     }
 

@@ -79,6 +79,9 @@ pub struct RawConfig {
     /// Anomaly detection: thresholds and what crossing them does.
     #[serde(default)]
     pub anomaly: RawAnomaly,
+    /// The web console under `/console`.
+    #[serde(default)]
+    pub console: RawConsole,
     /// TLS for the API and edge listeners.
     pub tls: Option<RawTls>,
     /// Serve plain HTTP beyond loopback (TLS terminated by a proxy in
@@ -130,6 +133,93 @@ pub struct RawApprovals {
     /// Where new pending approvals are announced.
     #[serde(default)]
     pub webhook: Vec<RawWebhook>,
+}
+
+/// `[console]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    /// Serve the console under `/console` (default true).
+    pub enabled: Option<bool>,
+    /// How long a session lasts at most (default `8h`, `5m` to `24h`; never
+    /// past the admin token's own expiry).
+    pub session_ttl: Option<String>,
+    /// A session unused this long ends (default `30m`, `1m` to `24h`).
+    pub idle_timeout: Option<String>,
+    /// How often the overview's identity-health figures are sampled
+    /// (default `1m`, `1s` to `1h`).
+    pub health_sample: Option<String>,
+}
+
+/// The web console's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleConfig {
+    /// Served at all.
+    pub enabled: bool,
+    /// A session's longest life.
+    pub session_ttl: std::time::Duration,
+    /// A session's longest idle time.
+    pub idle_timeout: std::time::Duration,
+    /// How often health is sampled for the overview's charts.
+    pub health_sample: std::time::Duration,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            session_ttl: std::time::Duration::from_secs(8 * 3600),
+            idle_timeout: std::time::Duration::from_secs(30 * 60),
+            health_sample: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+fn console(raw: RawConsole, origin: &str) -> Result<ConsoleConfig, ConfigError> {
+    use std::time::Duration;
+    let d = ConsoleConfig::default();
+    let within =
+        |key: &str, value: Option<String>, default: Duration, low: Duration, high: Duration| {
+            let Some(v) = value else { return Ok(default) };
+            match humantime::parse_duration(&v) {
+                Ok(t) if (low..=high).contains(&t) => Ok(t),
+                _ => Err(ConfigError::Invalid {
+                    key: "console",
+                    origin: origin.to_owned(),
+                    message: format!(
+                        "{key} `{}` must be a duration from {} to {}",
+                        v.escape_debug(),
+                        humantime::format_duration(low),
+                        humantime::format_duration(high)
+                    ),
+                }),
+            }
+        };
+    let hour = Duration::from_secs(3600);
+    Ok(ConsoleConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        session_ttl: within(
+            "session_ttl",
+            raw.session_ttl,
+            d.session_ttl,
+            Duration::from_secs(300),
+            24 * hour,
+        )?,
+        idle_timeout: within(
+            "idle_timeout",
+            raw.idle_timeout,
+            d.idle_timeout,
+            Duration::from_secs(60),
+            24 * hour,
+        )?,
+        health_sample: within(
+            "health_sample",
+            raw.health_sample,
+            d.health_sample,
+            Duration::from_secs(1),
+            hour,
+        )?,
+    })
 }
 
 /// `[anomaly]` as written.
@@ -826,6 +916,8 @@ pub struct Config {
     pub audit_export: Vec<warrant_control::export::ExportSink>,
     /// Anomaly detection.
     pub anomaly: warrant_control::anomaly::AnomalyConfig,
+    /// The web console.
+    pub console: ConsoleConfig,
     /// The built-in development user issuer is on (`serve --dev`).
     pub dev: bool,
     /// The config file used, if any.
@@ -1197,8 +1289,10 @@ impl Config {
         let approvals = approvals(raw.approvals, &format!("[approvals] in {file_name}"))?;
         let audit_export = audit_exports(raw.audit_export, &layer)?;
         let anomaly = anomaly(raw.anomaly, &format!("[anomaly] in {file_name}"))?;
+        let console = console(raw.console, &format!("[console] in {file_name}"))?;
         Ok(Self {
             anomaly,
+            console,
             limits,
             approvals,
             audit_export,

@@ -12,6 +12,7 @@
 //! themselves.
 
 pub mod config;
+mod console;
 pub mod data_dir;
 mod edge_services;
 mod follow;

@@ -468,6 +468,7 @@ impl Broker {
             broker_id: warrant_host::random::hex_id(8)
                 .map(|id| Arc::from(format!("brk_{id}")))
                 .map_err(|e| ServeError::Io(e.to_string()))?,
+            console: Arc::default(),
         };
         let limits = fit_file_limit(config.limits);
         Ok(Self {
@@ -635,6 +636,9 @@ impl Broker {
             shutdown.clone(),
         );
 
+        // Identity-health samples for the console's charts.
+        let sampler = crate::http::health::spawn_sampler(state.clone(), shutdown.clone());
+
         // Last-use times of secrets are gathered in memory and written in
         // batches: a proxied request never waits for them.
         let flusher = {
@@ -652,6 +656,7 @@ impl Broker {
 
         shutdown.cancelled().await;
         let _ = flusher.await;
+        let _ = sampler.await;
         if let Some(w) = tls_watch {
             let _ = w.await;
         }

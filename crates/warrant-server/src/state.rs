@@ -56,6 +56,8 @@ pub struct AppState {
     pub live: Arc<Live>,
     /// This broker process, among those sharing a store.
     pub broker_id: Arc<str>,
+    /// The console's sessions and the overview's health samples.
+    pub console: Arc<ConsoleState>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -86,4 +88,55 @@ pub struct Live {
     pub agent_socket: std::path::PathBuf,
     /// The store, as shown (`sqlite:<path>`, or the URL without password).
     pub store: String,
+}
+
+/// What the console keeps in this broker's memory.
+#[allow(missing_debug_implementations)]
+pub struct ConsoleState {
+    /// Sessions by the SHA-256 of their cookie.
+    pub sessions: parking_lot::Mutex<std::collections::HashMap<[u8; 32], ConsoleSession>>,
+    /// Identity-health samples, oldest first, for the overview's charts.
+    pub health: parking_lot::Mutex<std::collections::VecDeque<warrant_core::api::HealthPoint>>,
+    /// Live audit streams open (each holds a permit).
+    pub streams: Arc<tokio::sync::Semaphore>,
+}
+
+/// The most live audit streams a broker serves at once.
+pub const MAX_AUDIT_STREAMS: usize = 32;
+
+impl Default for ConsoleState {
+    fn default() -> Self {
+        Self {
+            sessions: parking_lot::Mutex::default(),
+            health: parking_lot::Mutex::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_AUDIT_STREAMS)),
+        }
+    }
+}
+
+/// One console session: made from an admin token, which is looked up again
+/// on every use.
+#[allow(missing_debug_implementations)]
+pub struct ConsoleSession {
+    /// SHA-256 of the admin token it was made from.
+    pub token_hash: [u8; 32],
+    /// That token's id.
+    pub token_id: String,
+    /// What changes must carry in `x-warrant-csrf`.
+    pub csrf: String,
+    /// When it ends, whatever happens.
+    pub expires: std::time::Instant,
+    /// The same, as a time.
+    pub expires_at: Timestamp,
+    /// When it was last used.
+    pub last_used: std::time::Instant,
+    /// How long it may lie unused.
+    pub idle: std::time::Duration,
+}
+
+impl ConsoleSession {
+    /// Whether it may still be used at `now`.
+    pub fn live(&self, now: std::time::Instant) -> bool {
+        now < self.expires && now.duration_since(self.last_used) < self.idle
+    }
 }

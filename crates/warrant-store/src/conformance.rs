@@ -397,7 +397,9 @@ pub async fn audit_filters(fx: Box<dyn Fixture>) {
     s.append_audit(ev("admin.agent.create", "a")).await.unwrap();
     s.append_audit(ev("admin.agent.create", "b")).await.unwrap();
     s.append_audit(ev("adminx.other", "a")).await.unwrap();
-    s.append_audit(ev("policy.reload", "a")).await.unwrap();
+    let mut refused = ev("policy.reload", "a");
+    refused.decision = Outcome::Deny;
+    s.append_audit(refused).await.unwrap();
     let mid = s
         .append_audit(ev("admin.token.create", "b"))
         .await
@@ -437,6 +439,20 @@ pub async fn audit_filters(fx: Box<dyn Fixture>) {
     assert_eq!(
         seqs(s.list_audit(&q(Some("b"), Some("admin"))).await.unwrap()),
         vec![2, 5]
+    );
+    let by_decision = |d: &str| AuditQuery {
+        decision: Some(d.into()),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        seqs(s.list_audit(&by_decision("deny")).await.unwrap()),
+        vec![4],
+        "by decision"
+    );
+    assert_eq!(
+        seqs(s.list_audit(&by_decision("allow")).await.unwrap()),
+        vec![1, 2, 3, 5]
     );
     assert_eq!(
         seqs(s.list_audit(&q(None, Some("%"))).await.unwrap()),

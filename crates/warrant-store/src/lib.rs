@@ -66,6 +66,8 @@ pub struct AuditQuery {
     pub task: Option<String>,
     /// Only records of this transaction.
     pub txn: Option<String>,
+    /// Only records with this decision (`allow`, `deny`, `pending`, `error`).
+    pub decision: Option<String>,
     /// At most this many records.
     pub limit: u32,
 }

@@ -633,6 +633,9 @@ pub enum AuditCmd {
         /// Only records of this transaction.
         #[arg(long)]
         txn: Option<String>,
+        /// Only records with this decision.
+        #[arg(long, value_parser = ["allow", "deny", "pending", "error"])]
+        decision: Option<String>,
     },
     /// Recompute the keyed hash chain and check it against the stored
     /// checkpoints and any given ones; on tampering, name the first bad

@@ -48,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         .route("/agents/{name}/release", post(release_agent))
         .route("/anomalies", get(list_anomalies))
         .route("/health", get(super::health::handler))
+        .route("/health/history", get(super::health::history))
+        .route("/audit/stream", get(super::stream::audit_stream))
+        .route("/policy/source", get(policy_source))
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
         .route("/discovered", get(list_discovered))
@@ -844,6 +847,7 @@ async fn list_discovered(
         user: None,
         task: None,
         txn: None,
+        decision: None,
     };
     let records = state.store.list_audit(&query).await?;
     Ok(Json(warrant_core::discovery::candidates(&records)))
@@ -937,7 +941,16 @@ async fn list_audit(
             "limit {limit} is out of range; use 1 to 10000"
         )));
     }
+    if let Some(d) = &q.decision
+        && !["allow", "deny", "pending", "error"].contains(&d.as_str())
+    {
+        return Err(ApiError::invalid(format!(
+            "decision `{}` is none of allow, deny, pending, error",
+            shown(d, 32)
+        )));
+    }
     let query = AuditQuery {
+        decision: q.decision,
         agent: q.agent,
         event: q.event,
         since: q
@@ -1150,6 +1163,22 @@ async fn policy_status_handler(
 ) -> ApiResult<Json<PolicyStatus>> {
     let loaded = state.policy.current();
     Ok(Json(policy_status(&state, &loaded)))
+}
+
+/// `GET /admin/v1/policy/source`: the files of the set in force, as loaded.
+async fn policy_source(State(state): State<AppState>, _: Reader) -> Json<serde_json::Value> {
+    let loaded = state.policy.current();
+    let files: Vec<serde_json::Value> = loaded
+        .policies
+        .sources()
+        .iter()
+        .map(|f| serde_json::json!({"name": f.name, "text": f.text}))
+        .collect();
+    Json(serde_json::json!({
+        "digest": loaded.policies.digest(),
+        "loaded_at": loaded.loaded_at,
+        "files": files,
+    }))
 }
 
 /// Validates files sent by `warrant policy validate` against the MCP tools

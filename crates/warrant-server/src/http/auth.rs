@@ -16,7 +16,9 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Permission, Role};
+use warrant_core::admin::{
+    ADMIN_TOKEN_PREFIX, AdminTokenRecord, AdminTokenSecret, Permission, Role,
+};
 use warrant_core::audit::{AuditEvent, Kind, Outcome};
 use warrant_core::time::Timestamp;
 
@@ -50,6 +52,8 @@ pub enum Surface {
     Socket,
     /// HTTP with an admin token.
     Http,
+    /// The console: a session cookie made from an admin token.
+    Console,
 }
 
 impl Surface {
@@ -58,6 +62,7 @@ impl Surface {
         match self {
             Self::Socket => "admin-socket",
             Self::Http => "admin-http",
+            Self::Console => "console",
         }
     }
 
@@ -65,6 +70,7 @@ impl Surface {
         match self {
             Self::Socket => "socket",
             Self::Http => "http",
+            Self::Console => "console",
         }
     }
 }
@@ -98,7 +104,7 @@ impl Caller {
     }
 }
 
-async fn refuse(
+pub(crate) async fn refuse(
     state: &AppState,
     surface: Surface,
     source: Option<String>,
@@ -132,12 +138,12 @@ async fn refuse(
     err.into_response()
 }
 
-fn what(req: &Request) -> String {
+pub(crate) fn what(req: &Request) -> String {
     format!("{} {}", req.method(), req.uri().path())
 }
 
 /// Counts an admin response by outcome: refused (401/403), ok, or an error.
-fn count(state: &AppState, surface: Surface, resp: &Response) {
+pub(crate) fn count(state: &AppState, surface: Surface, resp: &Response) {
     let status = resp.status();
     let outcome = if status.is_success() {
         "ok"
@@ -247,50 +253,11 @@ async fn http_admin_checked(
             .await;
         }
     };
-    let record = match state.store.admin_token_by_hash(&presented.hash()).await {
-        Ok(r) => r,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
-    let now = Timestamp::now();
-    let record = match record {
-        None => {
-            return refuse(
-                state,
-                Surface::Http,
-                source,
-                None,
-                w,
-                "unknown admin token",
-                ApiError::unauthorized("the admin token is not recognised"),
-            )
-            .await;
-        }
-        Some(r) if r.revoked_at.is_some() => {
-            return refuse(
-                state,
-                Surface::Http,
-                source,
-                None,
-                w,
-                &format!("admin token {} is revoked", r.id),
-                ApiError::unauthorized("the admin token has been revoked"),
-            )
-            .await;
-        }
-        Some(r) if !r.is_valid_at(now) => {
-            return refuse(
-                state,
-                Surface::Http,
-                source,
-                None,
-                w,
-                &format!("admin token {} expired", r.id),
-                ApiError::unauthorized("the admin token has expired; create a new one"),
-            )
-            .await;
-        }
-        Some(r) => r,
-    };
+    let record =
+        match usable_token(state, Surface::Http, source.clone(), w, &presented.hash()).await {
+            Ok(r) => r,
+            Err(refused) => return refused,
+        };
     req.extensions_mut().insert(Caller {
         actor: format!("admin-token:{}", record.id),
         role: record.role,
@@ -299,6 +266,37 @@ async fn http_admin_checked(
         person: record.person.clone(),
     });
     next.run(req).await
+}
+
+/// The admin token whose hash is `hash`, when it may be used now; otherwise
+/// the refusal, recorded (`what` is the request refused).
+pub(crate) async fn usable_token(
+    state: &AppState,
+    surface: Surface,
+    source: Option<String>,
+    what: String,
+    hash: &[u8; 32],
+) -> Result<AdminTokenRecord, Response> {
+    let record = match state.store.admin_token_by_hash(hash).await {
+        Ok(r) => r,
+        Err(e) => return Err(ApiError::from(e).into_response()),
+    };
+    let (why, err) = match record {
+        None => (
+            "unknown admin token".to_owned(),
+            ApiError::unauthorized("the admin token is not recognised"),
+        ),
+        Some(r) if r.revoked_at.is_some() => (
+            format!("admin token {} is revoked", r.id),
+            ApiError::unauthorized("the admin token has been revoked"),
+        ),
+        Some(r) if !r.is_valid_at(Timestamp::now()) => (
+            format!("admin token {} expired", r.id),
+            ApiError::unauthorized("the admin token has expired; create a new one"),
+        ),
+        Some(r) => return Ok(r),
+    };
+    Err(refuse(state, surface, source, None, what, &why, err).await)
 }
 
 async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Caller, Response> {

@@ -67,6 +67,15 @@ impl ApiError {
         }
     }
 
+    /// 503: the broker cannot take this now; try again later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: message.into(),
+        }
+    }
+
     /// 500, with a message that reveals nothing internal.
     pub fn internal(message: impl Into<String>) -> Self {
         Self {

@@ -291,3 +291,59 @@ pub(crate) fn gauges(state: &AppState, h: &Health) {
         n(h.approvals.oldest_pending_seconds.unwrap_or(0)),
     );
 }
+
+/// The most samples kept.
+const HISTORY: usize = 1440;
+
+/// The figures a chart follows, from one computation.
+fn point(h: &Health) -> warrant_core::api::HealthPoint {
+    warrant_core::api::HealthPoint {
+        at: h.generated_at,
+        secrets_stored: h.secrets.stored,
+        ephemeral_share: h.upstream.ephemeral_share,
+        delegated_share: h.grants.delegated_share,
+        instances_alive: h.instances_alive,
+        approvals_pending: h.approvals.pending,
+        agents_active: h.agents.active,
+        agents_quarantined: h.agents.quarantined,
+        agents_anomalous: h.anomalies.len() as u64,
+    }
+}
+
+/// Samples the figures every `[console] health_sample` until `shutdown`,
+/// keeping the last [`HISTORY`].
+pub(crate) fn spawn_sampler(
+    state: AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match compute(&state).await {
+                Ok(h) => {
+                    let mut kept = state.console.health.lock();
+                    if kept.len() >= HISTORY {
+                        kept.pop_front();
+                    }
+                    kept.push_back(point(&h));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot sample identity health"),
+            }
+            let every = state.live.config.load().console.health_sample;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+    })
+}
+
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    _: Reader,
+) -> Json<warrant_core::api::HealthHistory> {
+    let points = state.console.health.lock().iter().cloned().collect();
+    Json(warrant_core::api::HealthHistory {
+        interval_seconds: state.live.config.load().console.health_sample.as_secs(),
+        points,
+    })
+}

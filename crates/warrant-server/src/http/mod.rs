@@ -20,6 +20,7 @@ pub mod mcp_admin;
 pub mod oauth;
 pub mod public;
 pub mod secrets;
+pub mod stream;
 
 use axum::Router;
 
@@ -30,6 +31,7 @@ pub fn api_router(state: AppState) -> Router {
     public::router(state.clone())
         .merge(attest::api_routes(state.clone()))
         .merge(oauth::routes(state.clone()))
+        .merge(crate::console::router(state.clone()))
         .nest(
             "/admin/v1",
             admin::router(state.clone()).layer(axum::middleware::from_fn_with_state(

@@ -1067,6 +1067,7 @@ fn audit_query(q: &AuditQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
     eq(r#""user""#, &q.user, &mut sql);
     eq("task", &q.task, &mut sql);
     eq("txn", &q.txn, &mut sql);
+    eq("decision", &q.decision, &mut sql);
     if let Some(e) = &q.event {
         params.push(Box::new(e.clone()));
         let n = params.len();

@@ -1930,7 +1930,8 @@ fn query_audit(
     let limit = i64::from(q.limit);
     // Filters are always applied to the log's own columns, also for rows found through the index.
     let filters = "(?1 IS NULL OR l.agent = ?1) AND (?2 IS NULL OR l.event = ?2 OR substr(l.event, 1, length(?2) + 1) = ?2 || '.') \
-        AND (?7 IS NULL OR l.user = ?7) AND (?8 IS NULL OR l.task = ?8) AND (?9 IS NULL OR l.txn = ?9)";
+        AND (?7 IS NULL OR l.user = ?7) AND (?8 IS NULL OR l.task = ?8) AND (?9 IS NULL OR l.txn = ?9) \
+        AND (?10 IS NULL OR l.decision = ?10)";
     let cols = rows::AUDIT_COLUMNS_L;
     let collect = |sql: &str,
                    p: &[&dyn rusqlite::ToSql]|
@@ -1950,7 +1951,8 @@ fn query_audit(
             Option::<String>::None,
             q.user,
             q.task,
-            q.txn
+            q.txn,
+            q.decision
         ],
     )?;
     let rest = limit - i64::try_from(out.len()).unwrap_or(limit);
@@ -1970,11 +1972,11 @@ fn query_audit(
                     "SELECT {cols} FROM idx.audit_index i JOIN audit_log l ON l.seq = i.seq
                      WHERE i.key = ?6 AND i.seq <= ?3 AND i.seq >= ?4 AND {filters} ORDER BY i.seq DESC LIMIT ?5"
                 ),
-                params![q.agent, q.event, wm, low, rest, k, q.user, q.task, q.txn],
+                params![q.agent, q.event, wm, low, rest, k, q.user, q.task, q.txn, q.decision],
             )?,
             None => collect(
                 &format!("SELECT {cols} FROM audit_log l WHERE l.seq <= ?3 AND l.seq >= ?4 AND ?6 IS ?6 AND {filters} ORDER BY l.seq DESC LIMIT ?5"),
-                params![q.agent, q.event, wm, low, rest, Option::<String>::None, q.user, q.task, q.txn],
+                params![q.agent, q.event, wm, low, rest, Option::<String>::None, q.user, q.task, q.txn, q.decision],
             )?,
         };
         out.extend(older);

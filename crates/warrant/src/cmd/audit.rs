@@ -87,8 +87,10 @@ pub async fn run(cli: &Cli, client: AdminClient, cmd: &AuditCmd) -> anyhow::Resu
             user,
             task,
             txn,
+            decision,
         } => {
             let q = AuditListQuery {
+                decision: decision.clone(),
                 agent: agent.clone(),
                 event: event.clone(),
                 since: since.clone(),

@@ -1,0 +1,252 @@
+//! `GET /admin/v1/audit/stream`: audit records as they are committed, as
+//! server-sent events (`event: record`, `id: <seq>`, the record as JSON).
+//!
+//! The stream starts at the trail's end (or after `Last-Event-ID`, or
+//! `?after=`), polls the committed trail, and ends after [`LIFE`]: a browser's
+//! `EventSource` reconnects by itself with `Last-Event-ID`, so nothing is
+//! missed and every reconnection is authenticated again (a revoked token or
+//! an ended session stops the stream within [`LIFE`]).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use warrant_core::audit::AuditRecord;
+
+use crate::http::auth::Reader;
+use crate::http::error::ApiError;
+use crate::state::AppState;
+
+/// How long one stream lasts before the client must reconnect.
+const LIFE: Duration = Duration::from_secs(30);
+/// How often the committed trail is read while nothing new came.
+const POLL: Duration = Duration::from_millis(200);
+/// Records read at a time.
+const BATCH: u32 = 200;
+
+/// Which records a stream carries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StreamFilter {
+    agent: Option<String>,
+    user: Option<String>,
+    /// An event kind or its parent (`mcp` matches `mcp.tool.call`).
+    event: Option<String>,
+    decision: Option<String>,
+    task: Option<String>,
+    txn: Option<String>,
+    /// Start after this sequence number (else at the trail's end).
+    after: Option<u64>,
+}
+
+impl StreamFilter {
+    fn check(mut self) -> Result<Self, ApiError> {
+        for v in [
+            &self.agent,
+            &self.user,
+            &self.event,
+            &self.decision,
+            &self.task,
+            &self.txn,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if v.len() > 512 || v.chars().any(char::is_control) {
+                return Err(ApiError::invalid("a filter value is too long or not text"));
+            }
+        }
+        if let Some(d) = &self.decision
+            && !["allow", "deny", "pending", "error"].contains(&d.as_str())
+        {
+            return Err(ApiError::invalid(format!(
+                "decision `{}` is none of allow, deny, pending, error",
+                d.escape_debug()
+            )));
+        }
+        // Users are recorded as `user:<namespace>/<subject>`; the id without
+        // the prefix is accepted, as by `GET /audit`.
+        self.user = self.user.map(|u| {
+            if u.starts_with("user:") || u.starts_with("spiffe://") {
+                u
+            } else {
+                format!("user:{u}")
+            }
+        });
+        Ok(self)
+    }
+
+    fn matches(&self, r: &AuditRecord) -> bool {
+        let e = &r.event;
+        let is = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        };
+        is(&self.agent, &e.agent)
+            && is(&self.user, &e.user)
+            && is(&self.task, &e.task)
+            && is(&self.txn, &e.txn)
+            && self
+                .decision
+                .as_ref()
+                .is_none_or(|d| d == e.decision.as_str())
+            && self.event.as_ref().is_none_or(|k| {
+                e.event == *k
+                    || e.event
+                        .strip_prefix(k.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+    }
+}
+
+struct Follow {
+    state: AppState,
+    filter: StreamFilter,
+    position: u64,
+    queue: VecDeque<Event>,
+    started: Instant,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+pub(crate) async fn audit_stream(
+    State(state): State<AppState>,
+    _: Reader,
+    headers: HeaderMap,
+    q: Result<Query<StreamFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(filter) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let filter = filter.check()?;
+    let permit = state
+        .console
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "{} live audit streams are open, the most this broker serves; close one",
+                crate::state::MAX_AUDIT_STREAMS
+            ))
+        })?;
+    let resumed = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let position = match resumed.or(filter.after) {
+        Some(p) => p,
+        None => state.store.audit_head().await?.map_or(0, |(seq, _)| seq),
+    };
+    // Reconnect quickly: the stream ends every LIFE by design.
+    let hello = Event::default()
+        .retry(Duration::from_millis(500))
+        .comment("warrant audit stream");
+    let follow = Follow {
+        state,
+        filter,
+        position,
+        queue: VecDeque::from([hello]),
+        started: Instant::now(),
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(ev) = f.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), f));
+            }
+            if f.started.elapsed() >= LIFE {
+                return None;
+            }
+            match f.state.store.audit_after(f.position, BATCH).await {
+                Ok(rows) if !rows.is_empty() => {
+                    for row in rows {
+                        f.position = f.position.max(row.seq);
+                        let Ok(record) = row.to_record() else {
+                            continue;
+                        };
+                        if !f.filter.matches(&record) {
+                            continue;
+                        }
+                        if let Ok(ev) = Event::default()
+                            .event("record")
+                            .id(record.seq.to_string())
+                            .json_data(&record)
+                        {
+                            f.queue.push_back(ev);
+                        }
+                    }
+                    // Let the client know how far it has read even when
+                    // nothing matched, so a reconnection does not re-read.
+                    if f.queue.is_empty() {
+                        f.queue
+                            .push_back(Event::default().id(f.position.to_string()).comment(""));
+                    }
+                }
+                Ok(_) => tokio::time::sleep(POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the live audit stream cannot read the trail");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warrant_core::audit::{AuditEvent, Kind, Outcome};
+
+    fn record(kind: Kind, outcome: Outcome, agent: &str) -> AuditRecord {
+        let mut event = AuditEvent::new(kind, outcome);
+        event.agent = Some(agent.into());
+        event.user = Some("user:dev/alice".into());
+        AuditRecord {
+            seq: 1,
+            time: warrant_core::time::Timestamp::from_millis(0),
+            event,
+            prev_hash: warrant_core::audit::ChainHash::GENESIS,
+            hash: warrant_core::audit::ChainHash::GENESIS,
+            keyed: true,
+        }
+    }
+
+    #[test]
+    fn filters_match_as_the_list_does() {
+        let r = record(Kind::McpToolCall, Outcome::Deny, "triage");
+        let f = |q: &str| {
+            let Query(f): Query<StreamFilter> =
+                Query::try_from_uri(&format!("http://x/?{q}").parse().unwrap()).unwrap();
+            f.check().unwrap()
+        };
+        assert!(f("").matches(&r));
+        assert!(f("event=mcp").matches(&r));
+        assert!(f("event=mcp.tool.call").matches(&r));
+        assert!(!f("event=mcp.tool").matches(&record(Kind::McpToolsList, Outcome::Deny, "x")));
+        assert!(!f("event=mc").matches(&r));
+        assert!(f("decision=deny&agent=triage").matches(&r));
+        assert!(!f("decision=allow").matches(&r));
+        assert!(f("user=dev/alice").matches(&r));
+        assert!(!f("user=dev/bob").matches(&r));
+        assert!(!f("task=t1").matches(&r));
+    }
+
+    #[test]
+    fn bad_filters_are_refused() {
+        let f = |q: &str| {
+            Query::<StreamFilter>::try_from_uri(&format!("http://x/?{q}").parse().unwrap())
+                .map_err(|_| ())
+                .and_then(|Query(f)| f.check().map_err(|_| ()))
+        };
+        assert!(f("decision=maybe").is_err());
+        assert!(f("colour=red").is_err());
+        assert!(f("agent=a%0Ab").is_err());
+        assert!(f("after=-1").is_err());
+    }
+}
