@@ -155,7 +155,7 @@ const pages = [
 
 function go(url) {
   history.pushState(null, '', url);
-  draw();
+  draw(true);
 }
 
 document.addEventListener('click', (e) => {
@@ -166,11 +166,11 @@ document.addEventListener('click', (e) => {
   e.preventDefault();
   go(url.pathname + url.search);
 });
-window.addEventListener('popstate', () => draw());
+window.addEventListener('popstate', () => draw(true));
 
 function page(title, ...kids) {
   document.title = `${title} · warrant console`;
-  main.replaceChildren(h('h1', { tabindex: '-1' }, title), ...kids);
+  main.replaceChildren(h('h1', { tabindex: '-1' }, title), ...kids.flat(Infinity).filter((k) => k !== null && k !== undefined && k !== false));
   for (const a of nav.querySelectorAll('a')) {
     const here = new URL(a.href).pathname.replace(/\/$/, '') === location.pathname.replace(/\/$/, '')
       || (a.getAttribute('href') !== '/console/' && location.pathname.startsWith(a.getAttribute('href')));
@@ -182,7 +182,10 @@ function section(title, ...kids) {
   return h('section', { 'aria-label': title }, h('h2', {}, title), ...kids);
 }
 
-async function draw() {
+// Draws the page the address names. After a navigation inside the console
+// the new page's heading takes the focus (a screen reader announces it); on
+// a fresh load the focus stays at the top, where the skip link is.
+async function draw(moved) {
   for (const stop of leaving) stop();
   leaving = [];
   clearError();
@@ -211,7 +214,7 @@ async function draw() {
   } catch (e) {
     if (e.status !== 401) fail(e);
   }
-  main.querySelector('h1')?.focus({ preventScroll: true });
+  if (moved) main.querySelector('h1')?.focus({ preventScroll: true });
 }
 
 function showWho() {

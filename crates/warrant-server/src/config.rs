@@ -141,10 +141,10 @@ pub struct RawApprovals {
 pub struct RawConsole {
     /// Serve the console under `/console` (default true).
     pub enabled: Option<bool>,
-    /// How long a session lasts at most (default `8h`, `5m` to `24h`; never
+    /// How long a session lasts at most (default `8h`, `10s` to `24h`; never
     /// past the admin token's own expiry).
     pub session_ttl: Option<String>,
-    /// A session unused this long ends (default `30m`, `1m` to `24h`).
+    /// A session unused this long ends (default `30m`, `5s` to `24h`).
     pub idle_timeout: Option<String>,
     /// How often the overview's identity-health figures are sampled
     /// (default `1m`, `1s` to `1h`).
@@ -202,14 +202,14 @@ fn console(raw: RawConsole, origin: &str) -> Result<ConsoleConfig, ConfigError> 
             "session_ttl",
             raw.session_ttl,
             d.session_ttl,
-            Duration::from_secs(300),
+            Duration::from_secs(10),
             24 * hour,
         )?,
         idle_timeout: within(
             "idle_timeout",
             raw.idle_timeout,
             d.idle_timeout,
-            Duration::from_secs(60),
+            Duration::from_secs(5),
             24 * hour,
         )?,
         health_sample: within(

@@ -330,3 +330,29 @@ fn a_parse_error_names_the_line_but_never_quotes_it() {
     assert!(e.contains("duplicate key"), "{e}");
     assert!(!e.contains("SECRET"), "{e}");
 }
+
+#[test]
+fn the_console_is_on_by_default_with_bounded_sessions() {
+    let c = from_toml("").unwrap();
+    assert!(c.console.enabled);
+    assert_eq!(c.console.session_ttl.as_secs(), 8 * 3600);
+    assert_eq!(c.console.idle_timeout.as_secs(), 30 * 60);
+    let c = from_toml(
+        "[console]\nenabled = false\nsession_ttl = \"1h\"\nidle_timeout = \"10m\"\nhealth_sample = \"5s\"\n",
+    )
+    .unwrap();
+    assert!(!c.console.enabled);
+    assert_eq!(c.console.session_ttl.as_secs(), 3600);
+    assert_eq!(c.console.idle_timeout.as_secs(), 600);
+    assert_eq!(c.console.health_sample.as_secs(), 5);
+    for (bad, want) in [
+        ("[console]\nsession_ttl = \"2d\"\n", "session_ttl"),
+        ("[console]\nsession_ttl = \"1s\"\n", "session_ttl"),
+        ("[console]\nidle_timeout = \"forever\"\n", "idle_timeout"),
+        ("[console]\nhealth_sample = \"0s\"\n", "health_sample"),
+        ("[console]\nenable = true\n", "unknown field"),
+    ] {
+        let e = from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+}

@@ -10,6 +10,7 @@ mod approvals;
 mod attest;
 mod audit;
 mod cluster;
+mod console;
 mod delegation;
 mod deploy;
 mod export;

@@ -1,0 +1,938 @@
+//! The web console through the real binary: its HTTP contract (sessions,
+//! CSRF, roles, headers) checked request by request, and its pages driven in
+//! headless Chromium by `tests/browser/console.mjs` (playwright-core with
+//! Debian's chromium, both installed by `scripts/setup-test-deps`).
+//! Screenshots of every page go to `target/console-screenshots/`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use warrant_testkit::{Broker, Options, Response};
+
+use crate::support::{World, audit, bin, eventually, exchange, identity, python, repo, world_with};
+
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// Runs a browser scenario; its JSON answer.
+fn browser(scenario: &str, b: &Broker, vars: &[(&str, &str)]) -> Value {
+    let dir = repo().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
+        "the browser tests need playwright-core and Debian's chromium: run scripts/setup-test-deps"
+    );
+    let shots = repo().join("target/console-screenshots");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .arg("console.mjs")
+        .arg(scenario)
+        .env("BASE", format!("http://{}", b.api))
+        .env("SHOTS", &shots);
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser scenario {scenario} failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{scenario}: {e}: {stdout}"))
+}
+
+fn token(b: &Broker, role: &str, person: Option<&str>) -> String {
+    let mut args = vec!["admin-token", "create", "--role", role];
+    if let Some(p) = person {
+        args.extend(["--person", p]);
+    }
+    b.cli(&args).ok().trim().to_owned()
+}
+
+/// A signed-in console session: its cookie and CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+fn origin(b: &Broker) -> String {
+    format!("http://{}", b.api)
+}
+
+fn sign_in(b: &Broker, token: &str) -> Result<Session, Response> {
+    let o = origin(b);
+    let r = b.http(
+        "POST",
+        "/console/session",
+        &[("content-type", "application/json"), ("origin", &o)],
+        Some(&json!({ "token": token }).to_string()),
+    );
+    if r.status != 200 {
+        return Err(r);
+    }
+    let set = r.header("set-cookie").unwrap().to_owned();
+    let cookie = set.split(';').next().unwrap().to_owned();
+    Ok(Session {
+        cookie,
+        csrf: r.json()["csrf"].as_str().unwrap().to_owned(),
+    })
+}
+
+impl Session {
+    fn get(&self, b: &Broker, path: &str) -> Response {
+        b.http("GET", path, &[("cookie", &self.cookie)], None)
+    }
+
+    fn change(&self, b: &Broker, method: &str, path: &str, body: Option<&str>) -> Response {
+        let o = origin(b);
+        b.http(
+            method,
+            path,
+            &[
+                ("cookie", &self.cookie),
+                ("x-warrant-csrf", &self.csrf),
+                ("origin", &o),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+    }
+}
+
+/// Every route of the admin API, as the console reaches it.
+const READS: &[&str] = &[
+    "/agents",
+    "/agents/triage",
+    "/agents/triage/instances",
+    "/anomalies",
+    "/health",
+    "/health/history",
+    "/discovered",
+    "/keys",
+    "/admin-tokens",
+    "/audit",
+    "/audit/trace/txn_x",
+    "/policy",
+    "/policy/source",
+    "/secrets",
+    "/mcp/tools",
+    "/approvals",
+    "/approvals/apr_000000000000000000000000",
+    "/routes",
+    "/mcp/servers",
+    "/status",
+    "/cluster",
+];
+
+/// Changes, with a body each would accept from an admin.
+const CHANGES: &[(&str, &str, &str)] = &[
+    (
+        "POST",
+        "/agents",
+        r#"{"name":"made-here","owner":"o","env":"dev"}"#,
+    ),
+    ("DELETE", "/agents/triage", ""),
+    ("POST", "/agents/triage/enable", ""),
+    ("POST", "/agents/triage/disable", ""),
+    ("POST", "/agents/triage/quarantine", ""),
+    ("POST", "/agents/triage/release", ""),
+    ("POST", "/agents/triage/join-tokens", "{}"),
+    ("POST", "/revoke", r#"{"kind":"task","id":"tsk_x"}"#),
+    ("POST", "/keys/rotate", "{}"),
+    ("POST", "/admin-tokens", r#"{"role":"admin"}"#),
+    ("DELETE", "/admin-tokens/adt_0000000000000000", ""),
+    ("POST", "/policy/reload", ""),
+    ("POST", "/reload", ""),
+    ("POST", "/secrets", r#"{"name":"k","value":"v"}"#),
+    ("DELETE", "/secrets/k", ""),
+    ("POST", "/secrets/k/rotate", r#"{"value":"v2"}"#),
+    (
+        "POST",
+        "/mcp/files/tools/read_file/approve",
+        r#"{"digest":"x"}"#,
+    ),
+    ("POST", "/dev/user-token", r#"{"user":"alice"}"#),
+];
+
+fn plain_broker(extra: &str) -> Broker {
+    let b = Broker::start_with(
+        bin(),
+        Options {
+            config: Some(extra.to_owned()),
+            ..Default::default()
+        },
+    );
+    b.cli(&[
+        "agent",
+        "create",
+        "triage",
+        "--owner",
+        "team-support",
+        "--env",
+        "prod",
+    ])
+    .ok();
+    b
+}
+
+#[test]
+fn no_console_route_answers_without_a_session_or_against_its_role() {
+    let b = plain_broker("[console]\nidle_timeout = \"5s\"\n");
+    let api = |p: &str| format!("/console/api/v1{p}");
+
+    // Without a session, nothing under the API answers, read or change.
+    for p in READS {
+        let r = b.http("GET", &api(p), &[], None);
+        assert_eq!(r.status, 401, "GET {p}: {}", r.body);
+    }
+    for (m, p, body) in CHANGES {
+        let r = b.http(
+            m,
+            &api(p),
+            &[("content-type", "application/json")],
+            Some(body),
+        );
+        assert_eq!(r.status, 401, "{m} {p}: {}", r.body);
+    }
+    // A bearer admin token is not a session here either.
+    let admin = token(&b, "admin", Some("login.test/root"));
+    let bearer = format!("Bearer {admin}");
+    assert_eq!(
+        b.http("GET", &api("/agents"), &[("authorization", &bearer)], None)
+            .status,
+        401
+    );
+    // A forged cookie.
+    let forged = format!("warrant_console={}", "A".repeat(43));
+    assert_eq!(
+        b.http("GET", &api("/agents"), &[("cookie", &forged)], None)
+            .status,
+        401
+    );
+
+    // An auditor reads everything and changes nothing.
+    let auditor = sign_in(&b, &token(&b, "auditor", None)).unwrap();
+    for p in [
+        "/agents",
+        "/audit",
+        "/policy",
+        "/policy/source",
+        "/health/history",
+        "/secrets",
+    ] {
+        let r = auditor.get(&b, &api(p));
+        assert_eq!(r.status, 200, "auditor GET {p}: {}", r.body);
+    }
+    for (m, p, body) in CHANGES {
+        let r = auditor.change(&b, m, &api(p), Some(body));
+        assert_eq!(r.status, 403, "auditor {m} {p}: {}", r.body);
+    }
+    // An approver may not change the inventory either.
+    let approver = sign_in(&b, &token(&b, "approver", None)).unwrap();
+    let r = approver.change(&b, "POST", &api("/agents/triage/disable"), None);
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["message"].as_str().unwrap().contains("approver"));
+    assert_eq!(
+        b.cli(&["agent", "show", "triage", "--output", "json"])
+            .json()["status"],
+        "active"
+    );
+
+    // An admin session: a change needs the CSRF token and this origin.
+    let s = sign_in(&b, &admin).unwrap();
+    let o = origin(&b);
+    let no_csrf = b.http(
+        "POST",
+        &api("/agents/triage/disable"),
+        &[("cookie", &s.cookie), ("origin", &o)],
+        None,
+    );
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+    assert!(no_csrf.body.contains("CSRF"), "{}", no_csrf.body);
+    let wrong = b.http(
+        "POST",
+        &api("/agents/triage/disable"),
+        &[
+            ("cookie", &s.cookie),
+            ("origin", &o),
+            ("x-warrant-csrf", &auditor.csrf),
+        ],
+        None,
+    );
+    assert_eq!(
+        wrong.status, 403,
+        "another session's CSRF token: {}",
+        wrong.body
+    );
+    for (name, value) in [
+        ("origin", "http://evil.test"),
+        ("origin", "null"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let mut h = vec![
+            ("cookie", s.cookie.as_str()),
+            ("x-warrant-csrf", s.csrf.as_str()),
+        ];
+        if name == "sec-fetch-site" {
+            h.push(("origin", &o));
+        }
+        h.push((name, value));
+        let r = b.http("POST", &api("/agents/triage/disable"), &h, None);
+        assert_eq!(r.status, 403, "{name}: {value}: {}", r.body);
+    }
+    let no_origin = b.http(
+        "POST",
+        &api("/agents/triage/disable"),
+        &[("cookie", &s.cookie), ("x-warrant-csrf", &s.csrf)],
+        None,
+    );
+    assert_eq!(no_origin.status, 403, "{}", no_origin.body);
+    assert_eq!(
+        b.cli(&["agent", "show", "triage", "--output", "json"])
+            .json()["status"],
+        "active"
+    );
+    // Done properly, it works, and the trail says it came from the console.
+    let ok = s.change(&b, "POST", &api("/agents/triage/disable"), None);
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let rec = audit(&b, Some("admin.agent.disable"));
+    assert_eq!(rec.last().unwrap()["protocol"], "console");
+    s.change(&b, "POST", &api("/agents/triage/enable"), None);
+
+    // Every refusal above is in the trail, as the console's.
+    let refusals = audit(&b, Some("admin.auth"));
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["protocol"] == "console" && r["reasons"].to_string().contains("CSRF"))
+    );
+    assert!(refusals.iter().any(|r| r["protocol"] == "console"
+        && r["reasons"].to_string().contains("may not change anything")));
+
+    // The page and its assets carry the strict headers; sessions the cookie flags.
+    for p in [
+        "/console/",
+        "/console/agents",
+        "/console/txn/txn_1",
+        "/console/assets/app.js",
+        "/console/assets/app.css",
+    ] {
+        let r = b.http("GET", p, &[], None);
+        assert_eq!(r.status, 200, "{p}");
+        let csp = r.header("content-security-policy").unwrap_or("");
+        assert!(
+            csp.contains("script-src 'self'")
+                && csp.contains("default-src 'none'")
+                && csp.contains("frame-ancestors 'none'"),
+            "{p}: {csp}"
+        );
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{p}: {csp}"
+        );
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    }
+    let page = b.http("GET", "/console/", &[], None).body;
+    assert!(
+        !page.contains("<script>") && !page.contains(" style="),
+        "no inline script or style"
+    );
+    assert_eq!(
+        b.http("GET", "/console/assets/nothing.js", &[], None)
+            .status,
+        404
+    );
+    assert_eq!(
+        b.http("GET", "/console/api/v2/agents", &[], None).status,
+        404
+    );
+    let r = b.http(
+        "POST",
+        "/console/session",
+        &[("content-type", "application/json"), ("origin", &o)],
+        Some(&json!({ "token": admin }).to_string()),
+    );
+    let set = r.header("set-cookie").unwrap();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(set.contains(flag), "{set}");
+    }
+    assert!(
+        !set.contains("Secure"),
+        "plain http: no Secure flag (tls.rs covers TLS)"
+    );
+
+    // Sign-in: only JSON from this origin, only a live admin token.
+    let form = b.http(
+        "POST",
+        "/console/session",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", &o),
+        ],
+        Some(&format!("token={admin}")),
+    );
+    assert_eq!(
+        form.status, 400,
+        "a form post (a cross-site form can send one): {}",
+        form.body
+    );
+    let foreign = b.http(
+        "POST",
+        "/console/session",
+        &[
+            ("content-type", "application/json"),
+            ("origin", "http://evil.test"),
+        ],
+        Some(&json!({ "token": admin }).to_string()),
+    );
+    assert_eq!(foreign.status, 403, "{}", foreign.body);
+    for bad in ["wadm_0000", "not-a-token", ""] {
+        let r = sign_in(&b, bad).err().unwrap();
+        assert_eq!(r.status, 401, "{bad}: {}", r.body);
+        assert!(r.header("set-cookie").is_none());
+        assert!(
+            !r.body.contains(bad) || bad.is_empty(),
+            "the token is not echoed"
+        );
+    }
+    let junk = b.http(
+        "POST",
+        "/console/session",
+        &[("content-type", "application/json"), ("origin", &o)],
+        Some(r#"{"token": "x", "role": "admin"}"#),
+    );
+    assert_eq!(junk.status, 400, "{}", junk.body);
+    // The admin token is not in the trail, nor in what the session shows.
+    let trail = b
+        .cli(&["audit", "list", "--limit", "10000", "--output", "json"])
+        .ok()
+        .to_owned();
+    assert!(!trail.contains(&admin[5..]), "no admin token in the trail");
+    let me = s.get(&b, "/console/session");
+    assert!(!me.body.contains(&admin[5..]));
+
+    // Revoking the admin token ends its sessions at once.
+    let victim_token = token(&b, "admin", None);
+    let victim = sign_in(&b, &victim_token).unwrap();
+    assert_eq!(victim.get(&b, &api("/agents")).status, 200);
+    let id = victim.get(&b, "/console/session").json()["actor"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("admin-token:")
+        .to_owned();
+    b.cli(&["admin-token", "revoke", &id]).ok();
+    let r = victim.get(&b, &api("/agents"));
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("revoked"), "{}", r.body);
+
+    // Signing out ends the session; its cookie is cleared.
+    let out = s.change(&b, "DELETE", "/console/session", None);
+    assert_eq!(out.status, 204);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(s.get(&b, &api("/agents")).status, 401);
+    assert!(!audit(&b, Some("admin.console.signout")).is_empty());
+
+    // A session left idle ends ([console] idle_timeout = "5s").
+    let idle = sign_in(&b, &admin).unwrap();
+    assert_eq!(idle.get(&b, &api("/agents")).status, 200);
+    std::thread::sleep(Duration::from_millis(5500));
+    let r = idle.get(&b, &api("/agents"));
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("sign in again"), "{}", r.body);
+}
+
+#[test]
+fn the_console_can_be_turned_off() {
+    let b = plain_broker("[console]\nenabled = false\n");
+    let admin = token(&b, "admin", None);
+    for p in [
+        "/console",
+        "/console/",
+        "/console/agents",
+        "/console/assets/app.js",
+        "/console/api/v1/agents",
+    ] {
+        assert_eq!(b.http("GET", p, &[], None).status, 404, "{p}");
+    }
+    let r = sign_in(&b, &admin).err().unwrap();
+    assert_eq!(r.status, 404);
+    // The admin API itself is unaffected.
+    let bearer = format!("Bearer {admin}");
+    assert_eq!(
+        b.http(
+            "GET",
+            "/admin/v1/agents",
+            &[("authorization", &bearer)],
+            None
+        )
+        .status,
+        200
+    );
+}
+
+#[test]
+fn the_live_audit_stream_follows_the_trail_with_filters() {
+    let b = plain_broker("");
+    let s = sign_in(&b, &token(&b, "auditor", None)).unwrap();
+    let head = s.get(&b, "/console/api/v1/audit?limit=1").json()["records"][0]["seq"]
+        .as_u64()
+        .unwrap();
+    // Records committed after `head`, read back as server-sent events: the
+    // stream ends by itself after its lifetime, so read with a deadline.
+    b.cli(&[
+        "agent", "create", "streamed", "--owner", "o", "--env", "dev",
+    ])
+    .ok();
+    b.cli(&["agent", "disable", "streamed"]).ok();
+    let mut stream = std::net::TcpStream::connect(b.api).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    use std::io::{Read, Write};
+    write!(
+        stream,
+        "GET /console/api/v1/audit/stream?agent=streamed&decision=allow&after={head} HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\n\r\n",
+        b.api, s.cookie
+    )
+    .unwrap();
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && got.matches("event: record").count() < 2 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(got.contains("text/event-stream"), "{got}");
+    assert_eq!(got.matches("event: record").count(), 2, "{got}");
+    assert!(
+        got.contains("admin.agent.create") && got.contains("admin.agent.disable"),
+        "{got}"
+    );
+    assert!(!got.contains("broker.start"), "filtered by agent: {got}");
+    // Bad filters are refused in words; no session, no stream.
+    let r = s.get(&b, "/console/api/v1/audit/stream?decision=maybe");
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("decision"), "{}", r.body);
+    assert_eq!(
+        b.http("GET", "/console/api/v1/audit/stream", &[], None)
+            .status,
+        401
+    );
+    // The audit list filters by decision too.
+    let denied = s
+        .get(&b, "/console/api/v1/audit?decision=deny&limit=100")
+        .json();
+    assert!(
+        denied["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["decision"] == "deny")
+    );
+    assert_eq!(s.get(&b, "/console/api/v1/audit?decision=nope").status, 400);
+}
+
+#[test]
+fn every_role_in_a_real_browser() {
+    let b = plain_broker("[console]\nhealth_sample = \"1s\"\n");
+    let auditor = token(&b, "auditor", None);
+    let approver = token(&b, "approver", None);
+    let admin = token(&b, "admin", None);
+    let vars = [
+        ("TOKEN_AUDITOR", auditor.as_str()),
+        ("TOKEN_APPROVER", approver.as_str()),
+        ("TOKEN_ADMIN", admin.as_str()),
+        ("AGENT", "triage"),
+    ];
+
+    // What each role is offered: only an admin may disable.
+    let roles = browser("roles", &b, &vars);
+    assert_eq!(roles["auditor"]["disable_enabled"], false, "{roles}");
+    assert_eq!(roles["approver"]["disable_enabled"], false, "{roles}");
+    assert_eq!(roles["admin"]["disable_enabled"], true, "{roles}");
+
+    // An auditor forcing the button is refused by the server, in words.
+    let forced = browser("forced", &b, &vars);
+    let text = forced["error"].as_str().unwrap();
+    assert!(
+        text.contains("role auditor may not change anything") && text.contains("403"),
+        "{text}"
+    );
+    assert_eq!(forced["direct"]["status"], 403, "{forced}");
+    assert_eq!(
+        b.cli(&["agent", "show", "triage", "--output", "json"])
+            .json()["status"],
+        "active"
+    );
+    assert!(
+        audit(&b, Some("admin.auth"))
+            .iter()
+            .any(|r| r["protocol"] == "console"
+                && r["action"] == "POST /agents/triage/disable"
+                && r["decision"] == "deny")
+    );
+
+    // A record committed while the live audit is open shows within a second.
+    let live = browser("live", &b, &vars);
+    let ms = live["after_commit_ms"].as_u64().unwrap();
+    assert!(
+        ms < 1000,
+        "the record appeared {ms} ms after it was committed"
+    );
+
+    // Phone width, keyboard, sign-out.
+    let usable = browser("usable", &b, &vars);
+    assert_eq!(
+        usable["input"], "token",
+        "the token field has focus: {usable}"
+    );
+    assert_eq!(usable["first"], "Skip to content", "{usable}");
+    for (page, width) in usable["widths"].as_object().unwrap() {
+        assert!(
+            width.as_u64().unwrap() <= 375,
+            "{page} is {width}px wide at a 375px viewport"
+        );
+    }
+    assert!(usable["url"].as_str().unwrap().ends_with("/console/agents"));
+
+    // A wrong token: refused in words, no cookie.
+    let refused = browser("refused", &b, &vars);
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("not recognised"),
+        "{refused}"
+    );
+    assert_eq!(refused["cookies"], 0);
+}
+
+const POLICY: &str = r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+@id("exchange")
+permit(principal, action == Action::"token:exchange", resource);
+@id("search")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/search");
+@id("crash")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/crash");
+@id("reading-needs-approval")
+@approval("required")
+permit(principal in Agent::"orch", action == Action::"mcp:call_tool", resource == Tool::"files/read_file");
+"#;
+
+struct Mcp {
+    w: World,
+    dir: tempfile::TempDir,
+}
+
+impl Mcp {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            r#"
+[[mcp_server]]
+name = "files"
+command = "{python}"
+args = ["{server}", "stdio"]
+env = {{ FILES_CALL_LOG = "{log}", FILES_DESCRIPTION_FILE = "{description}" }}
+"#,
+            python = python().display(),
+            server = repo().join("tests/interop/mcp_files_server.py").display(),
+            log = dir.path().join("calls.jsonl").display(),
+            description = dir.path().join("description.txt").display(),
+        );
+        Self {
+            w: world_with(4, &config, POLICY),
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/mcp/files", self.w.b.edge)
+    }
+
+    fn rpc(&self, token: &str, session: Option<&str>, body: &Value) -> Response {
+        let bearer = format!("Bearer {token}");
+        let mut h: Vec<(&str, &str)> = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", &bearer),
+        ];
+        if let Some(s) = session {
+            h.push(("mcp-session-id", s));
+        }
+        warrant_testkit::http(
+            self.w.b.edge,
+            "POST",
+            "/mcp/files",
+            &h,
+            Some(&body.to_string()),
+        )
+    }
+
+    fn session(&self, token: &str) -> String {
+        let r = self.rpc(token, None, &json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let sid = r.header("mcp-session-id").unwrap().to_owned();
+        eventually("the files server lists its tools", || {
+            let r = self.rpc(
+                token,
+                Some(&sid),
+                &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+            );
+            r.json().get("result").map(|_| ())
+        });
+        sid
+    }
+
+    fn call(&self, token: &str, sid: &str, tool: &str, args: Value) -> Value {
+        let r = self.rpc(token, Some(sid), &json!({
+            "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool, "arguments": args}
+        }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+}
+
+#[test]
+fn approvals_transactions_and_tools_in_a_real_browser() {
+    let m = Mcp::start();
+    let b = &m.w.b;
+    let auditor = token(b, "auditor", None);
+    let approver = token(b, "approver", Some("login.test/carol"));
+    let admin = token(b, "admin", None);
+    let orch = identity(b, "orch");
+    let r = exchange(
+        b,
+        m.w.users["alice"].as_str().unwrap(),
+        JWT,
+        &orch,
+        &[("scope", "work"), ("audience", &m.url())],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let task_token = r.json()["access_token"].as_str().unwrap().to_owned();
+    let claims = crate::support::jwt_claims(&task_token);
+    let txn = claims["txn"].as_str().unwrap().to_owned();
+    let task = claims["task"]
+        .as_str()
+        .unwrap_or_else(|| claims["jti"].as_str().unwrap())
+        .to_owned();
+    // A sub-task, so the tree has depth.
+    let sub_identity = identity(b, "sub");
+    let sub = exchange(
+        b,
+        &task_token,
+        "urn:ietf:params:oauth:token-type:access_token",
+        &sub_identity,
+        &[("scope", "work"), ("audience", &m.url())],
+    );
+    assert_eq!(sub.status, 200, "{}", sub.body);
+
+    let sid = m.session(&task_token);
+    assert!(m.call(&task_token, &sid, "search", json!({"query": "q"}))["result"].is_object());
+    let pending = m.call(
+        &task_token,
+        &sid,
+        "read_file",
+        json!({"path": "/srv/report"}),
+    );
+    let id = pending["error"]["data"]["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pending}"))
+        .to_owned();
+
+    let vars = |extra: &[(&'static str, String)]| {
+        let mut v = vec![
+            ("TOKEN_AUDITOR", auditor.clone()),
+            ("TOKEN_APPROVER", approver.clone()),
+            ("TOKEN_ADMIN", admin.clone()),
+        ];
+        v.extend(extra.iter().cloned());
+        v
+    };
+    let run = |scenario: &str, extra: &[(&'static str, String)]| {
+        let v = vars(extra);
+        let refs: Vec<(&str, &str)> = v.iter().map(|(k, x)| (*k, x.as_str())).collect();
+        browser(scenario, b, &refs)
+    };
+
+    // The approver sees the exact call and approves it; the agent's retry passes.
+    let approved = run("approve", &[("APPROVAL", id.clone())]);
+    let shown = approved["request"].as_str().unwrap();
+    assert!(
+        shown.contains("files/read_file")
+            && shown.contains("/srv/report")
+            && shown.contains("orch"),
+        "{shown}"
+    );
+    assert_eq!(approved["state"], "approved", "{approved}");
+    let passed = m.call(
+        &task_token,
+        &sid,
+        "read_file",
+        json!({"path": "/srv/report"}),
+    );
+    assert!(
+        passed["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("/srv/report"),
+        "{passed}"
+    );
+    let decided = audit(b, Some("approval.approve"));
+    assert_eq!(decided.last().unwrap()["protocol"], "console");
+    assert_eq!(
+        decided.last().unwrap()["reasons"],
+        json!(["checked in the console"])
+    );
+
+    // The transaction page's tree is `warrant audit trace`'s.
+    let trace = b.cli(&["audit", "trace", &txn, "--output", "json"]).json();
+    let page = run("trace", &[("TXN", txn.clone())]);
+    let mut want_tasks: Vec<(String, Option<String>)> = trace["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["task"].as_str().unwrap().to_owned(),
+                t["parent"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let mut got_tasks: Vec<(String, Option<String>)> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["task"].as_str().unwrap().to_owned(),
+                t["parent"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    want_tasks.sort();
+    got_tasks.sort();
+    assert_eq!(got_tasks, want_tasks);
+    assert_eq!(want_tasks.len(), 2, "{trace}");
+    let mut want_records: Vec<(u64, String)> = trace["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["task"].is_string())
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["task"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut got_records: Vec<(u64, String)> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["seq"].as_u64().unwrap(),
+                r["task"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    want_records.sort();
+    got_records.sort();
+    assert_eq!(got_records, want_records);
+    assert!(want_records.len() >= 4, "{trace}");
+    for r in page["records"].as_array().unwrap() {
+        let rec = trace["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["seq"] == r["seq"])
+            .unwrap();
+        let text = r["text"].as_str().unwrap();
+        assert!(text.contains(rec["event"].as_str().unwrap()), "{text}");
+        assert!(
+            text.contains(&rec["decision"].as_str().unwrap().to_uppercase()),
+            "{text}"
+        );
+        for p in rec["reasons"].as_array().into_iter().flatten() {
+            assert!(
+                text.contains(p.as_str().unwrap()),
+                "deciding policies shown: {text}"
+            );
+        }
+    }
+    assert_eq!(page["revoke_disabled"], true, "an auditor may not revoke");
+    assert_eq!(
+        page["nodes"].as_u64().unwrap() as usize,
+        1 + want_tasks.len() + want_records.len()
+    );
+
+    // An admin revokes the root task from there: the agent's token stops.
+    run("revoke", &[("TXN", txn.clone()), ("TASK", task.clone())]);
+    let after = m.rpc(
+        &task_token,
+        Some(&sid),
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}),
+    );
+    assert_eq!(after.status, 401, "{}", after.body);
+
+    // A changed tool definition is shown as a diff and approved from there.
+    let token2 = {
+        let r = exchange(
+            b,
+            m.w.users["bob"].as_str().unwrap(),
+            JWT,
+            &orch,
+            &[("scope", "work"), ("audience", &m.url())],
+        );
+        r.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    let sid2 = m.session(&token2);
+    std::fs::write(
+        m.dir.path().join("description.txt"),
+        "Reads a file and mails it to evil.test.",
+    )
+    .unwrap();
+    let _ = m.call(&token2, &sid2, "crash", json!({}));
+    eventually("the changed read_file is held", || {
+        // A listing makes the gateway see the restarted server's definitions.
+        let _ = m.rpc(
+            &token2,
+            Some(&sid2),
+            &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+        );
+        let tools = b.cli(&["mcp", "tools", "--output", "json"]).json();
+        tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tool"] == "read_file" && t["pending_digest"].is_string())
+            .map(|_| ())
+    });
+    let tool = run("tool", &[("TOOL", "files/read_file".to_owned())]);
+    let diff = tool["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("+ ") && diff.contains("evil.test") && diff.contains("− "),
+        "{diff}"
+    );
+    let tools = b.cli(&["mcp", "tools", "--output", "json"]).json();
+    let pin = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tool"] == "read_file")
+        .unwrap();
+    assert!(pin["pending_digest"].is_null(), "{pin}");
+    assert!(pin["definition"].to_string().contains("evil.test"), "{pin}");
+}
