@@ -93,6 +93,54 @@ fn the_listeners_serve_tls_and_follow_a_renewed_certificate() {
     );
     assert_eq!((status, cn.as_str()), (404, "warrant.test"), "{body}");
 
+    // The console's session cookie over TLS is `Secure` and `__Secure-`.
+    let admin = b
+        .cli(&["admin-token", "create", "--role", "auditor"])
+        .ok()
+        .trim()
+        .to_owned();
+    let script = r#"
+import http.client, json, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[1]), context=ctx, timeout=10)
+origin = "https://127.0.0.1:" + sys.argv[1]
+c.request("POST", "/console/session", body=json.dumps({"token": sys.argv[3]}),
+          headers={"content-type": "application/json", "origin": origin})
+r = c.getresponse()
+r.read()
+cookie = r.getheader("set-cookie")
+c.request("GET", "/console/api/v1/agents", headers={"cookie": cookie.split(";")[0]})
+r2 = c.getresponse()
+print(json.dumps({"status": r.status, "cookie": cookie, "agents": r2.status}))
+"#;
+    let out = Command::new(python())
+        .args([
+            "-c",
+            script,
+            &b.api.port().to_string(),
+            ca.to_str().unwrap(),
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], 200, "{v}");
+    let cookie = v["cookie"].as_str().unwrap();
+    assert!(
+        cookie.starts_with("__Secure-warrant_console=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert_eq!(v["agents"], 200, "{v}");
+
     // Plain HTTP at the TLS port gets no answer.
     let plain = std::panic::catch_unwind(|| b.http("GET", "/healthz", &[], None));
     assert!(plain.is_err() || plain.unwrap().status != 200);
