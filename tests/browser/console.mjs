@@ -238,6 +238,45 @@ const scenarios = {
     return { error: text, cookies: cookies.length };
   },
 
+  // Single sign-on: through the provider's login and consent pages and back,
+  // signed in with the role the user's groups give (SSO_EXPECT=refused: sent
+  // back to sign-in, with why in words).
+  async sso() {
+    const user = env('SSO_USER');
+    const page = await open();
+    await page.goto(BASE + '/console/');
+    await page.getByRole('link', { name: 'Sign in with single sign-on' }).click();
+    await page.locator('input[name="login"]').fill(user);
+    await page.locator('input[name="password"]').fill('any password');
+    await page.locator('button[type="submit"]').first().click();
+    // The provider may ask for consent; then back to the console.
+    for (let i = 0; i < 5 && !page.url().startsWith(BASE); i++) {
+      await page.waitForLoadState('load');
+      if (page.url().startsWith(BASE)) break;
+      const button = page.locator('button[type="submit"]');
+      if (await button.count()) await button.first().click();
+      await page.waitForTimeout(200);
+    }
+    await page.waitForURL((u) => u.toString().startsWith(BASE + '/console/'));
+    if (process.env.SSO_EXPECT === 'refused') {
+      const notice = page.locator('main .notice');
+      await notice.waitFor();
+      await shot(page, `sso-refused-${user}`);
+      return { notice: await notice.textContent(), url: page.url() };
+    }
+    await page.locator('#who').getByText('Signed in as').waitFor();
+    await heading(page, 'Overview');
+    await shot(page, `sso-${user}`);
+    const who = await page.locator('#who').textContent();
+    // What the session may do is the role's: an approver may not disable.
+    const direct = await page.evaluate(async () => {
+      const me = await (await fetch('/console/session')).json();
+      const r = await fetch('/console/api/v1/agents/triage/disable', { method: 'POST', headers: { 'x-warrant-csrf': me.csrf } });
+      return { me, status: r.status };
+    });
+    return { who, url: page.url(), ...direct };
+  },
+
   // Approve a changed MCP tool definition from the diff.
   async tool() {
     const tool = env('TOOL');

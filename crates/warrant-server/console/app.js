@@ -14,6 +14,7 @@ const nav = document.getElementById('nav');
 const whoBox = document.getElementById('who');
 
 let me = null; // { actor, role, person, csrf, expires_at, idle_timeout_seconds }
+let sso = false; // whether single sign-on is offered (the broker says so when nobody is signed in)
 let leaving = []; // what the current page must stop when another is drawn
 
 const mayChange = () => me && me.role === 'admin';
@@ -119,6 +120,7 @@ async function call(method, url, body) {
   if (resp.status === 204) return null;
   let data = null;
   try { data = await resp.json(); } catch (e) { data = null; }
+  if (resp.headers.get('x-warrant-sso') === 'oidc') sso = true;
   if (!resp.ok) {
     const message = (data && data.message) || `The broker answered ${resp.status}.`;
     const err = new ApiError(resp.status, (data && data.error) || 'error', message);
@@ -162,7 +164,8 @@ document.addEventListener('click', (e) => {
   const a = e.target.closest && e.target.closest('a[href]');
   if (!a || e.defaultPrevented || e.button !== 0 || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey) return;
   const url = new URL(a.href, location.href);
-  if (url.origin !== location.origin || !url.pathname.startsWith('/console') || a.target) return;
+  // Sign-in through the provider leaves the page: a real navigation.
+  if (url.origin !== location.origin || !url.pathname.startsWith('/console') || url.pathname.startsWith('/console/oidc/') || a.target) return;
   e.preventDefault();
   go(url.pathname + url.search);
 });
@@ -190,16 +193,20 @@ async function draw(moved) {
   leaving = [];
   clearError();
   say('');
+  const refused = new URLSearchParams(location.search).get('error');
   if (!me) {
     try {
       me = await call('GET', '/console/session');
     } catch (e) {
-      if (e.status === 401) return signIn();
+      if (e.status === 401) return signIn(location.pathname.startsWith('/console/signin') ? SSO_ERRORS[refused] || (refused ? 'Single sign-on failed.' : undefined) : undefined);
       page('The console cannot start');
       return fail(e);
     }
   }
   showWho();
+  if (location.pathname.startsWith('/console/signin')) {
+    history.replaceState(null, '', '/console/');
+  }
   const path = location.pathname;
   const found = pages.find(([re]) => re.test(path));
   if (!found) {
@@ -207,7 +214,13 @@ async function draw(moved) {
     return;
   }
   const [re, fn, title] = found;
-  const args = path.match(re).slice(1).map(decodeURIComponent);
+  let args;
+  try {
+    args = path.match(re).slice(1).map(decodeURIComponent);
+  } catch (e) {
+    page('Not found', h('p', {}, 'This address is not well formed. ', link('/console/', 'Go to the overview.')));
+    return;
+  }
   page(title, h('p', { class: 'loading' }, 'Loading…'));
   try {
     await fn(...args);
@@ -228,6 +241,17 @@ function showWho() {
 }
 
 // ---- sign-in -------------------------------------------------------------
+
+// Why single sign-on sent the person back, by the code the broker gives.
+const SSO_ERRORS = {
+  state: 'Single sign-on failed: the sign-in did not start in this browser, or was used already. Try again.',
+  expired: 'Single sign-on took too long. Try again.',
+  denied: 'The identity provider did not sign you in.',
+  token: 'The identity provider\'s answer could not be verified. The broker\'s audit trail says why.',
+  no_role: 'You signed in, but none of your groups gives a role in this console. Ask an administrator.',
+  unavailable: 'Single sign-on is unavailable right now; the broker\'s log says why. Sign in with an admin token instead.',
+  busy: 'Too many sign-ins are under way. Try again in a minute.',
+};
 
 function signIn(message) {
   for (const stop of leaving) stop();
@@ -253,8 +277,9 @@ function signIn(message) {
   h('p', { id: 'token-help', class: 'help' }, 'An admin token from ', h('code', {}, 'warrant admin-token create --role auditor|approver|admin'),
     '. Its role decides what you may do here; it is exchanged for a session cookie and not kept by the page.'),
   h('button', { type: 'submit' }, 'Sign in'));
+  const single = sso ? h('p', { class: 'sso' }, h('a', { href: '/console/oidc/start', class: 'button', 'data-sso': 'oidc' }, 'Sign in with single sign-on'), ' or with an admin token:') : null;
   document.title = 'Sign in · warrant console';
-  main.replaceChildren(h('h1', { tabindex: '-1' }, 'Sign in to warrant'), ...(message ? [h('p', { class: 'notice' }, message)] : []), form);
+  main.replaceChildren(h('h1', { tabindex: '-1' }, 'Sign in to warrant'), ...(message ? [h('p', { class: 'notice', role: 'alert' }, message)] : []), ...(single ? [single] : []), form);
   input.focus();
 }
 
@@ -659,10 +684,10 @@ async function policies() {
       const r = await api('POST', '/policy/check', body);
       const deciding = r.decision.policies || [];
       const shown = { allow: 'allow', deny: 'deny', approval_required: 'pending' }[r.effect] || 'error';
-      out.replaceChildren(h('p', { class: 'answer', id: 'whatif-verdict', 'data-effect': r.effect }, verdict(shown),
+      out.replaceChildren(...[h('p', { class: 'answer', id: 'whatif-verdict', 'data-effect': r.effect }, verdict(shown),
         r.effect === 'approval_required' ? ' (allowed once a person approves)' : '',
         ' ', deciding.length ? `decided by ${deciding.join(', ')}` : 'no policy applies: denied by default'),
-      (r.decision.errors || []).length ? h('ul', {}, r.decision.errors.map((x) => h('li', {}, x))) : null);
+      (r.decision.errors || []).length ? h('ul', {}, r.decision.errors.map((x) => h('li', {}, x))) : null].filter(Boolean));
     } catch (err) { fail(err); }
   } },
   field('w-agent', 'Principal (agent)', { list: 'agent-names', required: true }),

@@ -149,6 +149,63 @@ pub struct RawConsole {
     /// How often the overview's identity-health figures are sampled
     /// (default `1m`, `1s` to `1h`).
     pub health_sample: Option<String>,
+    /// Signing in to the console through a `[[user_issuer]]` (OpenID
+    /// Connect authorization code with PKCE), groups mapped to roles.
+    pub oidc: Option<RawConsoleOidc>,
+}
+
+/// `[console.oidc]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsoleOidc {
+    /// The `issuer` of a `[[user_issuer]]`: its keys verify the ID tokens,
+    /// its claims name the person and their groups.
+    pub issuer: String,
+    /// The console's client id at the provider (the ID token's audience).
+    pub client_id: String,
+    /// The environment variable holding the client secret (none: a public
+    /// client, PKCE only).
+    pub client_secret_env: Option<String>,
+    /// Scopes asked for (default `["openid"]`; `openid` is always asked).
+    pub scopes: Option<Vec<String>>,
+    /// Groups whose members sign in as `admin`.
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    /// Groups whose members sign in as `approver`.
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    /// Groups whose members sign in as `auditor`.
+    #[serde(default)]
+    pub auditor_groups: Vec<String>,
+    /// The provider's authorization endpoint (default: from its discovery
+    /// document).
+    pub authorization_endpoint: Option<String>,
+    /// Its token endpoint (default: from its discovery document).
+    pub token_endpoint: Option<String>,
+}
+
+/// Signing in to the console through an OpenID Connect provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOidc {
+    /// The user issuer's `iss`.
+    pub issuer: String,
+    /// The console's client id.
+    pub client_id: String,
+    /// The environment variable holding the client secret, if any (read
+    /// when used, never kept in the configuration).
+    pub client_secret_env: Option<String>,
+    /// Scopes, `openid` first.
+    pub scopes: Vec<String>,
+    /// Groups by the role they give (admin, approver, auditor).
+    pub admin_groups: Vec<String>,
+    /// See `admin_groups`.
+    pub approver_groups: Vec<String>,
+    /// See `admin_groups`.
+    pub auditor_groups: Vec<String>,
+    /// Overrides of the discovered endpoints.
+    pub authorization_endpoint: Option<String>,
+    /// See `authorization_endpoint`.
+    pub token_endpoint: Option<String>,
 }
 
 /// The web console's settings.
@@ -162,6 +219,8 @@ pub struct ConsoleConfig {
     pub idle_timeout: std::time::Duration,
     /// How often health is sampled for the overview's charts.
     pub health_sample: std::time::Duration,
+    /// Signing in through an OpenID Connect provider, when configured.
+    pub oidc: Option<ConsoleOidc>,
 }
 
 impl Default for ConsoleConfig {
@@ -171,11 +230,81 @@ impl Default for ConsoleConfig {
             session_ttl: std::time::Duration::from_secs(8 * 3600),
             idle_timeout: std::time::Duration::from_secs(30 * 60),
             health_sample: std::time::Duration::from_secs(60),
+            oidc: None,
         }
     }
 }
 
-fn console(raw: RawConsole, origin: &str) -> Result<ConsoleConfig, ConfigError> {
+fn console_oidc(
+    raw: RawConsoleOidc,
+    issuers: &[UserIssuer],
+    origin: &str,
+) -> Result<ConsoleOidc, ConfigError> {
+    let bad = |message: String| ConfigError::Invalid {
+        key: "console.oidc",
+        origin: origin.to_owned(),
+        message,
+    };
+    if !issuers.iter().any(|u| u.provider.issuer == raw.issuer) {
+        return Err(bad(format!(
+            "issuer `{}` is no [[user_issuer]]; sign-in goes through a configured user issuer",
+            raw.issuer.escape_debug()
+        )));
+    }
+    if raw.client_id.trim().is_empty() || raw.client_id.chars().any(char::is_control) {
+        return Err(bad("client_id must be given".into()));
+    }
+    if raw.admin_groups.is_empty()
+        && raw.approver_groups.is_empty()
+        && raw.auditor_groups.is_empty()
+    {
+        return Err(bad(
+            "name the groups that give a role (admin_groups, approver_groups, auditor_groups); without them nobody could sign in".into(),
+        ));
+    }
+    if let Some(v) = &raw.client_secret_env
+        && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    {
+        return Err(bad(
+            "client_secret_env must name an environment variable".into()
+        ));
+    }
+    for (what, u) in [
+        ("authorization_endpoint", &raw.authorization_endpoint),
+        ("token_endpoint", &raw.token_endpoint),
+    ] {
+        if let Some(u) = u {
+            let parsed = url::Url::parse(u).map_err(|_| bad(format!("{what} is not a URL")))?;
+            warrant_control::outbound::check_destination(&parsed, what).map_err(bad)?;
+        }
+    }
+    let mut scopes = vec!["openid".to_owned()];
+    for s in raw.scopes.unwrap_or_default() {
+        if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad(format!("scope `{}` is not a scope", s.escape_debug())));
+        }
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
+    Ok(ConsoleOidc {
+        issuer: raw.issuer,
+        client_id: raw.client_id,
+        client_secret_env: raw.client_secret_env,
+        scopes,
+        admin_groups: raw.admin_groups,
+        approver_groups: raw.approver_groups,
+        auditor_groups: raw.auditor_groups,
+        authorization_endpoint: raw.authorization_endpoint,
+        token_endpoint: raw.token_endpoint,
+    })
+}
+
+fn console(
+    raw: RawConsole,
+    issuers: &[UserIssuer],
+    origin: &str,
+) -> Result<ConsoleConfig, ConfigError> {
     use std::time::Duration;
     let d = ConsoleConfig::default();
     let within =
@@ -196,7 +325,12 @@ fn console(raw: RawConsole, origin: &str) -> Result<ConsoleConfig, ConfigError> 
             }
         };
     let hour = Duration::from_secs(3600);
+    let oidc = raw
+        .oidc
+        .map(|o| console_oidc(o, issuers, origin))
+        .transpose()?;
     Ok(ConsoleConfig {
+        oidc,
         enabled: raw.enabled.unwrap_or(d.enabled),
         session_ttl: within(
             "session_ttl",
@@ -1289,7 +1423,11 @@ impl Config {
         let approvals = approvals(raw.approvals, &format!("[approvals] in {file_name}"))?;
         let audit_export = audit_exports(raw.audit_export, &layer)?;
         let anomaly = anomaly(raw.anomaly, &format!("[anomaly] in {file_name}"))?;
-        let console = console(raw.console, &format!("[console] in {file_name}"))?;
+        let console = console(
+            raw.console,
+            &user_issuers,
+            &format!("[console] in {file_name}"),
+        )?;
         Ok(Self {
             anomaly,
             console,

@@ -97,46 +97,134 @@ pub struct ConsoleState {
     pub sessions: parking_lot::Mutex<std::collections::HashMap<[u8; 32], ConsoleSession>>,
     /// Identity-health samples, oldest first, for the overview's charts.
     pub health: parking_lot::Mutex<std::collections::VecDeque<warrant_core::api::HealthPoint>>,
-    /// Live audit streams open (each holds a permit).
-    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Live audit streams open: by a number, who holds each and since when.
+    pub streams: parking_lot::Mutex<std::collections::HashMap<u64, (String, std::time::Instant)>>,
+    /// The next stream's number.
+    pub next_stream: std::sync::atomic::AtomicU64,
+    /// Sign-ins through an OpenID Connect provider under way, by `state`.
+    pub oidc_pending: parking_lot::Mutex<std::collections::HashMap<String, OidcPending>>,
+    /// The provider's endpoints once discovered, and the ID-token verifier,
+    /// for the `[console.oidc]` they were made for.
+    pub oidc: parking_lot::Mutex<Option<Arc<OidcClient>>>,
 }
 
 /// The most live audit streams a broker serves at once.
 pub const MAX_AUDIT_STREAMS: usize = 32;
+/// The most one caller (admin token, session or socket user) holds.
+pub const MAX_AUDIT_STREAMS_EACH: usize = 4;
 
 impl Default for ConsoleState {
     fn default() -> Self {
         Self {
             sessions: parking_lot::Mutex::default(),
             health: parking_lot::Mutex::default(),
-            streams: Arc::new(tokio::sync::Semaphore::new(MAX_AUDIT_STREAMS)),
+            streams: parking_lot::Mutex::default(),
+            next_stream: std::sync::atomic::AtomicU64::new(1),
+            oidc_pending: parking_lot::Mutex::default(),
+            oidc: parking_lot::Mutex::default(),
         }
     }
 }
 
-/// One console session: made from an admin token, which is looked up again
-/// on every use.
+/// A sign-in through the provider, between leaving and coming back.
+#[allow(missing_debug_implementations)]
+pub struct OidcPending {
+    /// The PKCE verifier.
+    pub verifier: String,
+    /// The nonce the ID token must carry.
+    pub nonce: String,
+    /// When it started.
+    pub started: std::time::Instant,
+}
+
+/// What signing in through the provider needs, made once per configuration.
+#[allow(missing_debug_implementations)]
+pub struct OidcClient {
+    /// The configuration it was made for.
+    pub config: crate::config::ConsoleOidc,
+    /// Where to send the person.
+    pub authorization_endpoint: String,
+    /// Where to redeem the code.
+    pub token_endpoint: String,
+    /// Verifies ID tokens: the user issuer's keys, the client id as audience.
+    pub verifier: warrant_control::attest::oidc::Providers,
+}
+
+/// Who a console session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionBasis {
+    /// Made from an admin token: its hash, looked up again on every use,
+    /// and its id.
+    Token {
+        /// SHA-256 of the admin token.
+        hash: [u8; 32],
+        /// Its id.
+        id: String,
+    },
+    /// Made by the provider's word: the role its groups gave at sign-in.
+    Person {
+        /// The role.
+        role: warrant_core::admin::Role,
+    },
+}
+
+/// One console session.
 #[allow(missing_debug_implementations)]
 pub struct ConsoleSession {
-    /// SHA-256 of the admin token it was made from.
-    pub token_hash: [u8; 32],
-    /// That token's id.
-    pub token_id: String,
+    /// What it was made from.
+    pub basis: SessionBasis,
+    /// The actor its changes are recorded as.
+    pub actor: String,
+    /// The person, when known (`user:<namespace>/<subject>`).
+    pub person: Option<String>,
     /// What changes must carry in `x-warrant-csrf`.
     pub csrf: String,
-    /// When it ends, whatever happens.
-    pub expires: std::time::Instant,
+    /// When it was made.
+    pub created: std::time::Instant,
+    /// When it ends at the latest, whatever the configuration says later
+    /// (the admin token's expiry, the lifetime at sign-in).
+    pub ends: std::time::Instant,
     /// The same, as a time.
-    pub expires_at: Timestamp,
+    pub ends_at: Timestamp,
     /// When it was last used.
     pub last_used: std::time::Instant,
-    /// How long it may lie unused.
-    pub idle: std::time::Duration,
 }
 
 impl ConsoleSession {
-    /// Whether it may still be used at `now`.
-    pub fn live(&self, now: std::time::Instant) -> bool {
-        now < self.expires && now.duration_since(self.last_used) < self.idle
+    /// Whether it may still be used at `now` under the console settings in
+    /// force (a shortened lifetime or idle timeout applies to it too).
+    pub fn live(&self, now: std::time::Instant, config: &crate::config::ConsoleConfig) -> bool {
+        now < self.ends
+            && now.duration_since(self.created) < config.session_ttl
+            && now.duration_since(self.last_used) < config.idle_timeout
+    }
+}
+
+impl ConsoleState {
+    /// The session `key` names, if it is live: its basis. With `touch`, the
+    /// use counts against its idle timeout. A dead session is forgotten.
+    pub fn session(
+        &self,
+        key: &[u8; 32],
+        config: &crate::config::ConsoleConfig,
+        touch: bool,
+    ) -> Option<(SessionBasis, String, Option<String>, String)> {
+        let now = std::time::Instant::now();
+        let mut map = self.sessions.lock();
+        let live = map.get(key).is_some_and(|s| s.live(now, config));
+        if !live {
+            map.remove(key);
+            return None;
+        }
+        let s = map.get_mut(key)?;
+        if touch {
+            s.last_used = now;
+        }
+        Some((
+            s.basis.clone(),
+            s.actor.clone(),
+            s.person.clone(),
+            s.csrf.clone(),
+        ))
     }
 }

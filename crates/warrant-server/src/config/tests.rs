@@ -356,3 +356,48 @@ fn the_console_is_on_by_default_with_bounded_sessions() {
         assert!(e.contains(want), "{bad}: {e}");
     }
 }
+
+#[test]
+fn console_single_sign_on_goes_through_a_user_issuer_and_names_its_groups() {
+    let issuer = "[[user_issuer]]\nissuer = \"https://login.test\"\njwks_uri = \"https://login.test/jwks\"\naudience = \"warrant\"\n";
+    let c = from_toml(&format!(
+        "{issuer}[console.oidc]\nissuer = \"https://login.test\"\nclient_id = \"console\"\nscopes = [\"groups\", \"openid\"]\napprover_groups = [\"approvers\"]\n"
+    ))
+    .unwrap();
+    let o = c.console.oidc.unwrap();
+    assert_eq!(o.scopes, vec!["openid", "groups"]);
+    assert_eq!(o.approver_groups, vec!["approvers"]);
+    for (bad, want) in [
+        (
+            format!(
+                "{issuer}[console.oidc]\nissuer = \"https://other.test\"\nclient_id = \"c\"\nadmin_groups = [\"a\"]\n"
+            ),
+            "no [[user_issuer]]",
+        ),
+        (
+            format!("{issuer}[console.oidc]\nissuer = \"https://login.test\"\nclient_id = \"c\"\n"),
+            "name the groups",
+        ),
+        (
+            format!(
+                "{issuer}[console.oidc]\nissuer = \"https://login.test\"\nclient_id = \"\"\nadmin_groups = [\"a\"]\n"
+            ),
+            "client_id",
+        ),
+        (
+            format!(
+                "{issuer}[console.oidc]\nissuer = \"https://login.test\"\nclient_id = \"c\"\nadmin_groups = [\"a\"]\ntoken_endpoint = \"http://login.test/token\"\n"
+            ),
+            "token_endpoint",
+        ),
+        (
+            format!(
+                "{issuer}[console.oidc]\nissuer = \"https://login.test\"\nclient_id = \"c\"\nadmin_groups = [\"a\"]\nclient_secret_env = \"A B\"\n"
+            ),
+            "client_secret_env",
+        ),
+    ] {
+        let e = from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains(want), "{bad}: {e}");
+    }
+}

@@ -7,6 +7,7 @@
 //! inline script or style, nothing from elsewhere), `nosniff`, no framing,
 //! no referrer and `no-store`.
 
+mod oidc;
 mod session;
 
 use axum::Router;
@@ -64,6 +65,8 @@ pub fn router(state: AppState) -> Router {
                 .delete(session::sign_out)
                 .layer(axum::extract::DefaultBodyLimit::max(4096)),
         )
+        .route("/console/oidc/start", get(oidc::start))
+        .route("/console/oidc/callback", get(oidc::callback))
         .with_state(state.clone())
         .nest("/console/api/v1", api)
         .layer(axum::middleware::from_fn_with_state(state, guard))
@@ -73,10 +76,20 @@ pub fn router(state: AppState) -> Router {
 /// console's security headers.
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !state.live.config.load().console.enabled {
+        // Turned off ends every session: turning it on again revives none.
+        state.console.sessions.lock().clear();
         return ApiError::not_found("the console is turned off ([console] enabled = false)")
             .into_response();
     }
-    let mut resp = next.run(req).await;
+    let mut resp = if session::known_host(&state, req.headers()) {
+        next.run(req).await
+    } else {
+        ApiError::invalid(format!(
+            "the console answers at {} only (the Host of this request is not the broker's)",
+            state.issuer
+        ))
+        .into_response()
+    };
     let h = resp.headers_mut();
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

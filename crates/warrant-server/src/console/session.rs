@@ -1,4 +1,5 @@
-//! Console sessions: an admin token exchanged for a cookie.
+//! Console sessions: an admin token (or the provider's word, see `oidc.rs`)
+//! exchanged for a cookie.
 //!
 //! The cookie holds 32 random bytes; the broker keeps only their SHA-256,
 //! with the hash of the admin token the session was made from. Every request
@@ -15,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
@@ -29,28 +30,31 @@ use warrant_core::admin::{ADMIN_TOKEN_PREFIX, AdminTokenSecret, Role};
 use warrant_core::audit::{Kind, Outcome};
 use warrant_core::time::Timestamp;
 
-use crate::http::auth::{Caller, Surface, count, refuse, usable_token, what};
+use crate::http::auth::{Caller, Recheck, Surface, count, refuse, usable_token, what};
 use crate::http::error::ApiError;
-use crate::state::{AppState, ConsoleSession};
+use crate::state::{AppState, ConsoleSession, SessionBasis};
 
 /// The header a change carries its session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-warrant-csrf";
 /// The most sessions a broker keeps.
-const MAX_SESSIONS: usize = 1024;
-/// The most sessions one admin token may have open (the oldest goes).
-const MAX_PER_TOKEN: usize = 16;
+const MAX_SESSIONS: usize = 10_000;
+/// The most sessions one admin token (or person) may have open; the least
+/// recently used goes.
+const MAX_EACH: usize = 8;
+/// The most cookies of the console's name looked at in one request.
+const MAX_COOKIES: usize = 4;
 
 fn digest(cookie: &str) -> [u8; 32] {
     Sha256::digest(cookie.as_bytes()).into()
 }
 
-fn random_text() -> Result<String, ApiError> {
+pub(super) fn random_text() -> Result<String, ApiError> {
     warrant_host::random::bytes::<32>()
         .map(|b| URL_SAFE_NO_PAD.encode(b))
         .map_err(|_| ApiError::internal("the broker could not make a session"))
 }
 
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -66,62 +70,85 @@ fn cookie_name(secure: bool) -> &'static str {
 
 /// Whether the console is reached over TLS (the broker's own, or a proxy in
 /// front: the issuer says which).
-fn secure(state: &AppState) -> bool {
+pub(super) fn secure(state: &AppState) -> bool {
     state.issuer.starts_with("https://")
 }
 
-fn session_cookie(headers: &HeaderMap, secure: bool) -> Option<String> {
+/// The well-formed session cookies a request carries (at most a few). Other
+/// sites on the same host name can plant cookies for it (cookies do not
+/// keep to a port), so a planted one must not lock the real one out: each
+/// is tried, and the first live session counts.
+fn session_cookies(headers: &HeaderMap, secure: bool) -> Vec<String> {
     let name = cookie_name(secure);
-    let mut found = None;
+    let mut found = Vec::new();
     for v in headers.get_all(COOKIE) {
         let Ok(v) = v.to_str() else { continue };
         for pair in v.split(';') {
             if let Some((k, val)) = pair.trim().split_once('=')
                 && k == name
+                && val.len() == 43
+                && val
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && found.len() < MAX_COOKIES
             {
-                // Two cookies of the name (one planted by a sibling site):
-                // trust neither.
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(val.to_owned());
+                found.push(val.to_owned());
             }
         }
     }
-    found.filter(|v| {
-        v.len() == 43
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    })
+    found
 }
 
-/// Whether a request comes from a page of this console: its `Origin` names
-/// the host it was sent to, and the browser does not call it cross-site.
-fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
+/// The `host[:port]` values the console answers to: the issuer's, the
+/// address the API listener is bound to, and `localhost` at its port. A
+/// page served under another name (DNS rebinding) gets nothing.
+pub(super) fn known_host(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let api = state.live.api_addr;
+    let issuer = url::Url::parse(&state.issuer).ok();
+    let issuer_authority = issuer.as_ref().and_then(|u| {
+        let h = u.host_str()?.to_ascii_lowercase();
+        Some(match u.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h,
+        })
+    });
+    host == api.to_string()
+        || host == format!("localhost:{}", api.port())
+        || issuer_authority.is_some_and(|a| a == host)
+}
+
+/// Whether a request comes from a page of this console: its `Origin` is
+/// the console's (scheme as the issuer's, the host it was sent to), and the
+/// browser does not call it cross-site.
+fn same_origin(headers: &HeaderMap, secure: bool) -> Result<(), &'static str> {
     if let Some(site) = headers.get("sec-fetch-site")
         && site != "same-origin"
     {
         return Err("the request came from another site");
     }
     let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-    match headers.get(ORIGIN) {
-        None => {
+    let scheme = if secure { "https://" } else { "http://" };
+    let mut origins = headers.get_all(ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => {
             if headers.contains_key("sec-fetch-site") {
                 Ok(())
             } else {
                 Err("the request has no Origin")
             }
         }
-        Some(o) => {
+        (Some(o), None) => {
             let o = o.to_str().unwrap_or("");
-            let authority = o
-                .strip_prefix("https://")
-                .or_else(|| o.strip_prefix("http://"));
-            match (authority, host) {
+            match (o.strip_prefix(scheme), host) {
                 (Some(a), Some(h)) if a.eq_ignore_ascii_case(h) => Ok(()),
                 _ => Err("the request's Origin is not this console"),
             }
         }
+        (Some(_), Some(_)) => Err("the request has two Origins"),
     }
 }
 
@@ -130,18 +157,30 @@ fn changes(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD)
 }
 
-/// A session's caller, and the hash its cookie maps to.
-async fn authenticate(
+/// A request's console session: who, its key, its CSRF token.
+pub(super) struct Found {
+    pub(super) caller: Caller,
+    pub(super) key: [u8; 32],
+    pub(super) csrf: String,
+}
+
+/// The caller of a live session the request carries; a change must also
+/// carry its CSRF token from this origin. With `touch`, the request counts
+/// as the session's use (a live audit stream's reconnections do not, so an
+/// open page does not keep a session alive on its own).
+pub(super) async fn authenticate(
     state: &AppState,
     addr: SocketAddr,
     method: &Method,
     headers: &HeaderMap,
     w: String,
-) -> Result<(Caller, [u8; 32], String), Response> {
+    touch: bool,
+) -> Result<Found, Response> {
     let source = Some(addr.to_string());
-    let console = &state.console;
     let secure = secure(state);
-    let Some(cookie) = session_cookie(headers, secure) else {
+    let config = state.live.config.load().console.clone();
+    let cookies = session_cookies(headers, secure);
+    if cookies.is_empty() {
         return Err(refuse(
             state,
             Surface::Console,
@@ -152,21 +191,15 @@ async fn authenticate(
             ApiError::unauthorized("sign in to the console first"),
         )
         .await);
-    };
-    let key = digest(&cookie);
-    let now = Instant::now();
-    let found = {
-        let mut map = console.sessions.lock();
-        match map.get(&key) {
-            Some(s) if s.live(now) => Some((s.token_hash, s.token_id.clone(), s.csrf.clone())),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
-    };
-    let Some((token_hash, token_id, csrf)) = found else {
+    }
+    let found = cookies.iter().find_map(|c| {
+        let key = digest(c);
+        state
+            .console
+            .session(&key, &config, touch)
+            .map(|s| (key, s))
+    });
+    let Some((key, (basis, actor, person, csrf))) = found else {
         return Err(refuse(
             state,
             Surface::Console,
@@ -178,11 +211,10 @@ async fn authenticate(
         )
         .await);
     };
-    let actor = format!("admin-token:{token_id}");
     if changes(method) {
         let presented = headers.get(CSRF_HEADER).map(HeaderValue::as_bytes);
         let why = match presented {
-            Some(p) if constant_eq(p, csrf.as_bytes()) => same_origin(headers).err(),
+            Some(p) if constant_eq(p, csrf.as_bytes()) => same_origin(headers, secure).err(),
             Some(_) => Some("the CSRF token does not match the session"),
             None => Some("no CSRF token"),
         };
@@ -201,27 +233,30 @@ async fn authenticate(
             .await);
         }
     }
-    let record = match usable_token(state, Surface::Console, source.clone(), w, &token_hash).await {
-        Ok(r) => r,
-        Err(refused) => {
-            console.sessions.lock().remove(&key);
-            return Err(refused);
+    let (role, person) = match basis {
+        SessionBasis::Token { hash, .. } => {
+            match usable_token(state, Surface::Console, source.clone(), w, &hash).await {
+                Ok(r) => (r.role, r.person),
+                Err(refused) => {
+                    state.console.sessions.lock().remove(&key);
+                    return Err(refused);
+                }
+            }
         }
+        SessionBasis::Person { role } => (role, person),
     };
-    if let Some(s) = console.sessions.lock().get_mut(&key) {
-        s.last_used = Instant::now();
-    }
-    Ok((
-        Caller {
+    Ok(Found {
+        caller: Caller {
             actor,
-            role: record.role,
+            role,
             surface: Surface::Console,
             source,
-            person: record.person,
+            person,
+            recheck: Recheck::Session(key),
         },
         key,
         csrf,
-    ))
+    })
 }
 
 /// Middleware for the admin API under `/console/api/v1`: a live session,
@@ -232,14 +267,15 @@ pub async fn console_admin(
     mut req: Request,
     next: Next,
 ) -> Response {
-    if !state.live.config.load().console.enabled {
-        return ApiError::not_found("the console is turned off ([console] enabled = false)")
-            .into_response();
-    }
-    let w = what(&req);
-    let resp = match authenticate(&state, addr, req.method(), req.headers(), w).await {
-        Ok((caller, _, _)) => {
-            req.extensions_mut().insert(caller);
+    // Records name the path as sent, not as the nested router sees it.
+    let w = match req.extensions().get::<OriginalUri>() {
+        Some(OriginalUri(u)) => format!("{} {}", req.method(), u.path()),
+        None => what(&req),
+    };
+    let touch = !req.uri().path().ends_with("/audit/stream");
+    let resp = match authenticate(&state, addr, req.method(), req.headers(), w, touch).await {
+        Ok(found) => {
+            req.extensions_mut().insert(found.caller);
             next.run(req).await
         }
         Err(refused) => refused,
@@ -268,17 +304,6 @@ struct WhoAmI {
     idle_timeout_seconds: u64,
 }
 
-fn who(caller: &Caller, csrf: String, expires_at: Timestamp, idle: Duration) -> WhoAmI {
-    WhoAmI {
-        actor: caller.actor.clone(),
-        role: caller.role,
-        person: caller.person.clone(),
-        csrf,
-        expires_at,
-        idle_timeout_seconds: idle.as_secs(),
-    }
-}
-
 fn set_cookie(secure: bool, value: &str, max_age: u64) -> HeaderValue {
     let name = cookie_name(secure);
     let tls = if secure { "; Secure" } else { "" };
@@ -286,6 +311,121 @@ fn set_cookie(secure: bool, value: &str, max_age: u64) -> HeaderValue {
         "{name}={value}; Path=/console; Max-Age={max_age}; HttpOnly; SameSite=Strict{tls}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("warrant_console=; Max-Age=0"))
+}
+
+/// Who a new session is for.
+pub(super) struct NewSession {
+    pub(super) basis: SessionBasis,
+    pub(super) actor: String,
+    pub(super) role: Role,
+    pub(super) person: Option<String>,
+    /// How long at most, before the console's own lifetime.
+    pub(super) at_most: Duration,
+    pub(super) source: Option<String>,
+    /// Why the sign-in was allowed, for the record.
+    pub(super) reason: String,
+}
+
+/// Makes a session, records the sign-in, and answers with its cookie set
+/// and who is signed in (as JSON, or as a redirect to `redirect`).
+pub(super) async fn open(state: &AppState, new: NewSession, redirect: Option<&str>) -> Response {
+    let config = state.live.config.load().console.clone();
+    let (cookie, csrf) = match (random_text(), random_text()) {
+        (Ok(c), Ok(x)) => (c, x),
+        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    };
+    let ttl = config.session_ttl.min(new.at_most);
+    let now = Instant::now();
+    let ends_at = Timestamp::from_millis(
+        Timestamp::now().as_millis() + i64::try_from(ttl.as_millis()).unwrap_or(0),
+    );
+    let key = digest(&cookie);
+    let admitted = {
+        let mut map = state.console.sessions.lock();
+        map.retain(|_, s| s.live(now, &config));
+        // One admin token (or person) holds a few sessions; the least
+        // recently used goes first.
+        let mut mine: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, s)| match &new.basis {
+                SessionBasis::Token { .. } => s.basis == new.basis,
+                SessionBasis::Person { .. } => s.actor == new.actor,
+            })
+            .map(|(k, s)| (*k, s.last_used))
+            .collect();
+        if mine.len() >= MAX_EACH {
+            mine.sort_by_key(|(_, used)| *used);
+            for (k, _) in &mine[..=mine.len() - MAX_EACH] {
+                map.remove(k);
+            }
+        }
+        let room = map.len() < MAX_SESSIONS;
+        if room {
+            map.insert(
+                key,
+                ConsoleSession {
+                    basis: new.basis.clone(),
+                    actor: new.actor.clone(),
+                    person: new.person.clone(),
+                    csrf: csrf.clone(),
+                    created: now,
+                    ends: now + ttl,
+                    ends_at,
+                    last_used: now,
+                },
+            );
+        }
+        room
+    };
+    if !admitted {
+        return refuse(
+            state,
+            Surface::Console,
+            new.source.clone(),
+            Some(new.actor.clone()),
+            "POST /console/session".into(),
+            "the console has as many sessions as it keeps",
+            ApiError::unavailable("the console has too many sessions open; try again later"),
+        )
+        .await;
+    }
+    let caller = Caller {
+        actor: new.actor.clone(),
+        role: new.role,
+        surface: Surface::Console,
+        source: new.source,
+        person: new.person.clone(),
+        recheck: Recheck::Session(key),
+    };
+    let event = caller
+        .event(Kind::AdminConsoleSignIn, Outcome::Allow)
+        .reason(new.reason);
+    if let Err(e) = state.store.append_audit(event).await {
+        state.console.sessions.lock().remove(&key);
+        state.metrics.audit_write_failures.inc();
+        return ApiError::from(e).into_response();
+    }
+    let mut resp = match redirect {
+        Some(to) => (
+            axum::http::StatusCode::SEE_OTHER,
+            [(axum::http::header::LOCATION, to.to_owned())],
+        )
+            .into_response(),
+        None => Json(WhoAmI {
+            actor: caller.actor,
+            role: caller.role,
+            person: caller.person,
+            csrf,
+            expires_at: ends_at,
+            idle_timeout_seconds: config.idle_timeout.as_secs(),
+        })
+        .into_response(),
+    };
+    resp.headers_mut().append(
+        SET_COOKIE,
+        set_cookie(secure(state), &cookie, ttl.as_secs()),
+    );
+    resp
 }
 
 pub(super) async fn sign_in(
@@ -333,7 +473,7 @@ async fn sign_in_checked(
         )
         .await;
     }
-    if let Err(why) = same_origin(headers) {
+    if let Err(why) = same_origin(headers, secure(state)) {
         return refused(
             why,
             ApiError::forbidden(format!("{why}: sign in from the console's own page")),
@@ -362,105 +502,72 @@ async fn sign_in_checked(
         Ok(r) => r,
         Err(refused) => return refused,
     };
-    let config = state.live.config.load().console.clone();
-    let (cookie, csrf) = match (random_text(), random_text()) {
-        (Ok(c), Ok(x)) => (c, x),
-        (Err(e), _) | (_, Err(e)) => return e.into_response(),
-    };
     // Never past the admin token's own expiry.
-    let now_ms = Timestamp::now().as_millis();
-    let token_left = u64::try_from(record.expires_at.as_millis() - now_ms).unwrap_or(0);
-    let ttl = config.session_ttl.min(Duration::from_millis(token_left));
-    let expires_at = Timestamp::from_millis(now_ms + i64::try_from(ttl.as_millis()).unwrap_or(0));
-    let now = Instant::now();
-    {
-        let mut map = state.console.sessions.lock();
-        map.retain(|_, s| s.live(now));
-        let mut mine: Vec<([u8; 32], Instant)> = map
-            .iter()
-            .filter(|(_, s)| s.token_id == record.id)
-            .map(|(k, s)| (*k, s.last_used))
-            .collect();
-        if mine.len() >= MAX_PER_TOKEN {
-            mine.sort_by_key(|(_, used)| *used);
-            for (k, _) in &mine[..=mine.len() - MAX_PER_TOKEN] {
-                map.remove(k);
-            }
-        }
-        if map.len() >= MAX_SESSIONS {
-            drop(map);
-            return ApiError::unavailable(
-                "the console has too many sessions open; try again later",
-            )
-            .into_response();
-        }
-        map.insert(
-            digest(&cookie),
-            ConsoleSession {
-                token_hash: hash,
-                token_id: record.id.clone(),
-                csrf: csrf.clone(),
-                expires: now + ttl,
-                expires_at,
-                last_used: now,
-                idle: config.idle_timeout,
+    let left =
+        u64::try_from(record.expires_at.as_millis() - Timestamp::now().as_millis()).unwrap_or(0);
+    open(
+        state,
+        NewSession {
+            basis: SessionBasis::Token {
+                hash,
+                id: record.id.clone(),
             },
-        );
-    }
-    let caller = Caller {
-        actor: format!("admin-token:{}", record.id),
-        role: record.role,
-        surface: Surface::Console,
-        source,
-        person: record.person.clone(),
-    };
-    let event = caller
-        .event(Kind::AdminConsoleSignIn, Outcome::Allow)
-        .reason(format!("role {}", record.role));
-    if let Err(e) = state.store.append_audit(event).await {
-        state.console.sessions.lock().remove(&digest(&cookie));
-        state.metrics.audit_write_failures.inc();
-        return ApiError::from(e).into_response();
-    }
-    let mut resp = Json(who(&caller, csrf, expires_at, config.idle_timeout)).into_response();
-    resp.headers_mut().insert(
-        SET_COOKIE,
-        set_cookie(secure(state), &cookie, ttl.as_secs()),
-    );
-    resp
+            actor: format!("admin-token:{}", record.id),
+            role: record.role,
+            person: record.person.clone(),
+            at_most: Duration::from_millis(left),
+            source,
+            reason: format!("role {}", record.role),
+        },
+        None,
+    )
+    .await
 }
 
-/// `GET /console/session`: who is signed in, and the CSRF token.
+/// `GET /console/session`: who is signed in, the CSRF token, and whether
+/// single sign-on is offered.
 pub(super) async fn current(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     // Opening the console before signing in is no attempt at anything.
-    if session_cookie(&headers, secure(&state)).is_none() {
-        return ApiError::unauthorized("sign in to the console first").into_response();
+    let config = state.live.config.load().console.clone();
+    if session_cookies(&headers, secure(&state)).is_empty() {
+        let mut r = ApiError::unauthorized("sign in to the console first").into_response();
+        if config.oidc.is_some() {
+            r.headers_mut()
+                .insert("x-warrant-sso", HeaderValue::from_static("oidc"));
+        }
+        return r;
     }
-    match authenticate(
-        &state,
-        addr,
-        &Method::GET,
-        &headers,
-        "GET /console/session".into(),
-    )
-    .await
-    {
-        Ok((caller, key, csrf)) => {
-            let (expires_at, idle) = state
+    let w = "GET /console/session".to_owned();
+    match authenticate(&state, addr, &Method::GET, &headers, w, true).await {
+        Ok(found) => {
+            let expires_at = state
                 .console
                 .sessions
                 .lock()
-                .get(&key)
-                .map_or((Timestamp::now(), Duration::ZERO), |s| {
-                    (s.expires_at, s.idle)
-                });
-            Json(who(&caller, csrf, expires_at, idle)).into_response()
+                .get(&found.key)
+                .map_or(Timestamp::now(), |s| s.ends_at);
+            Json(WhoAmI {
+                actor: found.caller.actor,
+                role: found.caller.role,
+                person: found.caller.person,
+                csrf: found.csrf,
+                expires_at,
+                idle_timeout_seconds: config.idle_timeout.as_secs(),
+            })
+            .into_response()
         }
-        Err(refused) => refused,
+        Err(mut refused) => {
+            if config.oidc.is_some() {
+                refused
+                    .headers_mut()
+                    .insert("x-warrant-sso", HeaderValue::from_static("oidc"));
+            }
+            refused
+        }
     }
 }
 
@@ -470,20 +577,23 @@ pub(super) async fn sign_out(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let (caller, key, _) = match authenticate(
+    let found = match authenticate(
         &state,
         addr,
         &Method::DELETE,
         &headers,
         "DELETE /console/session".into(),
+        true,
     )
     .await
     {
         Ok(found) => found,
         Err(refused) => return refused,
     };
-    state.console.sessions.lock().remove(&key);
-    let event = caller.event(Kind::AdminConsoleSignOut, Outcome::Allow);
+    state.console.sessions.lock().remove(&found.key);
+    let event = found
+        .caller
+        .event(Kind::AdminConsoleSignOut, Outcome::Allow);
     if let Err(e) = state.store.append_audit(event).await {
         state.metrics.audit_write_failures.inc();
         tracing::warn!(error = %e, "the console sign-out was not recorded");
@@ -507,52 +617,73 @@ mod tests {
     }
 
     #[test]
-    fn only_one_well_formed_cookie_of_the_name_counts() {
+    fn every_well_formed_cookie_of_the_name_is_a_candidate() {
         let good = "a".repeat(43);
         let h = headers(&[("cookie", &format!("x=1; warrant_console={good}"))]);
-        assert_eq!(session_cookie(&h, false).as_deref(), Some(good.as_str()));
+        assert_eq!(session_cookies(&h, false), vec![good.clone()]);
         // The TLS name is not the plain one.
-        assert_eq!(session_cookie(&h, true), None);
+        assert!(session_cookies(&h, true).is_empty());
+        let other = "b".repeat(43);
         let twice = headers(&[
             ("cookie", &format!("warrant_console={good}")),
-            ("cookie", &format!("warrant_console={}", "b".repeat(43))),
+            ("cookie", &format!("warrant_console={other}")),
         ]);
-        assert_eq!(session_cookie(&twice, false), None);
+        assert_eq!(session_cookies(&twice, false), vec![good.clone(), other]);
         let short = headers(&[("cookie", "warrant_console=abc")]);
-        assert_eq!(session_cookie(&short, false), None);
+        assert!(session_cookies(&short, false).is_empty());
         let odd = headers(&[("cookie", &format!("warrant_console={}", "%".repeat(43)))]);
-        assert_eq!(session_cookie(&odd, false), None);
+        assert!(session_cookies(&odd, false).is_empty());
+        let many = headers(&[(
+            "cookie",
+            &vec![format!("warrant_console={good}"); 20].join("; "),
+        )]);
+        assert_eq!(session_cookies(&many, false).len(), MAX_COOKIES);
     }
 
     #[test]
     fn changes_come_from_the_same_origin() {
-        let ok = headers(&[
-            ("host", "127.0.0.1:8080"),
-            ("origin", "http://127.0.0.1:8080"),
-        ]);
-        assert!(same_origin(&ok).is_ok());
-        let other = headers(&[("host", "127.0.0.1:8080"), ("origin", "http://evil.test")]);
-        assert!(same_origin(&other).is_err());
-        let port = headers(&[
-            ("host", "127.0.0.1:8080"),
-            ("origin", "http://127.0.0.1:9090"),
-        ]);
-        assert!(same_origin(&port).is_err());
-        let null = headers(&[("host", "127.0.0.1:8080"), ("origin", "null")]);
-        assert!(same_origin(&null).is_err());
-        let none = headers(&[("host", "127.0.0.1:8080")]);
-        assert!(same_origin(&none).is_err());
-        let site = headers(&[
-            ("host", "127.0.0.1:8080"),
-            ("origin", "http://127.0.0.1:8080"),
-            ("sec-fetch-site", "cross-site"),
-        ]);
-        assert!(same_origin(&site).is_err());
-        let fetch = headers(&[
-            ("host", "127.0.0.1:8080"),
-            ("sec-fetch-site", "same-origin"),
-        ]);
-        assert!(same_origin(&fetch).is_ok());
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut all = vec![("host", "127.0.0.1:8080")];
+            all.extend_from_slice(pairs);
+            headers(&all)
+        };
+        assert!(same_origin(&h(&[("origin", "http://127.0.0.1:8080")]), false).is_ok());
+        // The scheme is the console's.
+        assert!(same_origin(&h(&[("origin", "http://127.0.0.1:8080")]), true).is_err());
+        assert!(same_origin(&h(&[("origin", "https://127.0.0.1:8080")]), true).is_ok());
+        assert!(same_origin(&h(&[("origin", "https://127.0.0.1:8080")]), false).is_err());
+        for bad in [
+            "http://evil.test",
+            "http://127.0.0.1:9090",
+            "null",
+            "http://127.0.0.1:8080/x",
+            "ftp://127.0.0.1:8080",
+        ] {
+            assert!(same_origin(&h(&[("origin", bad)]), false).is_err(), "{bad}");
+        }
+        assert!(same_origin(&h(&[]), false).is_err());
+        assert!(
+            same_origin(
+                &h(&[
+                    ("origin", "http://127.0.0.1:8080"),
+                    ("origin", "http://127.0.0.1:8080")
+                ]),
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            same_origin(
+                &h(&[
+                    ("origin", "http://127.0.0.1:8080"),
+                    ("sec-fetch-site", "cross-site")
+                ]),
+                false
+            )
+            .is_err()
+        );
+        assert!(same_origin(&h(&[("sec-fetch-site", "same-origin")]), false).is_ok());
+        assert!(same_origin(&h(&[("sec-fetch-site", "none")]), false).is_err());
     }
 
     #[test]

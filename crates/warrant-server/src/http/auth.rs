@@ -89,6 +89,45 @@ pub struct Caller {
     /// The person holding the admin token, when it names one
     /// (`user:<namespace>/<subject>`); `None` on the admin socket.
     pub person: Option<String>,
+    /// What to look up again to know the caller may still act (a long
+    /// answer, such as the live audit stream, asks now and then).
+    pub recheck: Recheck,
+}
+
+/// What makes a caller's standing, to check it again later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recheck {
+    /// The admin socket: the kernel's word at connect time.
+    Socket,
+    /// A bearer admin token, by hash.
+    Token([u8; 32]),
+    /// A console session, by the hash of its cookie.
+    Session([u8; 32]),
+}
+
+/// Whether the caller may still act: the admin token unrevoked and
+/// unexpired, the console session live (without counting as its use).
+/// Records nothing.
+pub async fn still_valid(state: &AppState, recheck: &Recheck) -> bool {
+    let hash = match recheck {
+        Recheck::Socket => return true,
+        Recheck::Token(h) => *h,
+        Recheck::Session(key) => {
+            let config = state.live.config.load().console.clone();
+            if !config.enabled {
+                return false;
+            }
+            match state.console.session(key, &config, false) {
+                Some((crate::state::SessionBasis::Token { hash, .. }, ..)) => hash,
+                Some((crate::state::SessionBasis::Person { .. }, ..)) => return true,
+                None => return false,
+            }
+        }
+    };
+    matches!(
+        state.store.admin_token_by_hash(&hash).await,
+        Ok(Some(r)) if r.revoked_at.is_none() && r.is_valid_at(Timestamp::now())
+    )
 }
 
 impl Caller {
@@ -204,6 +243,7 @@ async fn socket_admin_checked(
         surface: Surface::Socket,
         source: Some(source),
         person: None,
+        recheck: Recheck::Socket,
     });
     next.run(req).await
 }
@@ -264,6 +304,7 @@ async fn http_admin_checked(
         surface: Surface::Http,
         source,
         person: record.person.clone(),
+        recheck: Recheck::Token(presented.hash()),
     });
     next.run(req).await
 }
@@ -319,7 +360,12 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
     } else {
         "admin"
     };
-    let w = format!("{} {}", parts.method, parts.uri.path());
+    // The path as sent (the console's API is a nested router).
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(parts.uri.path(), |u| u.0.path());
+    let w = format!("{} {}", parts.method, path);
     Err(refuse(
         state,
         caller.surface,

@@ -4,8 +4,14 @@
 //! The stream starts at the trail's end (or after `Last-Event-ID`, or
 //! `?after=`), polls the committed trail, and ends after [`LIFE`]: a browser's
 //! `EventSource` reconnects by itself with `Last-Event-ID`, so nothing is
-//! missed and every reconnection is authenticated again (a revoked token or
-//! an ended session stops the stream within [`LIFE`]).
+//! missed and every reconnection is authenticated again. Meanwhile the
+//! caller's standing is checked every [`RECHECK`]: a revoked token, an ended
+//! or idle session ends the stream.
+//!
+//! A broker serves [`MAX_AUDIT_STREAMS`] at once, [`MAX_AUDIT_STREAMS_EACH`]
+//! per caller. A stream holds its place for [`LIFE`] and a little more,
+//! even when its reader stopped reading (a stalled connection is never
+//! polled, so it could not give its place back by itself).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,9 +25,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use warrant_core::audit::AuditRecord;
 
-use crate::http::auth::Reader;
+use crate::http::auth::{Reader, Recheck, still_valid};
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::state::{MAX_AUDIT_STREAMS, MAX_AUDIT_STREAMS_EACH};
 
 /// How long one stream lasts before the client must reconnect.
 const LIFE: Duration = Duration::from_secs(30);
@@ -29,6 +36,50 @@ const LIFE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 /// Records read at a time.
 const BATCH: u32 = 200;
+/// How often the caller's standing is checked again.
+const RECHECK: Duration = Duration::from_secs(2);
+/// How long past [`LIFE`] a stream's place stays taken.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A stream's place among those a broker serves; given back when the
+/// stream ends, or by time.
+struct Place {
+    state: AppState,
+    id: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.state.console.streams.lock().remove(&self.id);
+    }
+}
+
+/// Takes a place for `who`, or says why not.
+fn take_place(state: &AppState, who: &str) -> Result<Place, ApiError> {
+    let now = Instant::now();
+    let mut open = state.console.streams.lock();
+    open.retain(|_, (_, since)| now.duration_since(*since) < LIFE + GRACE);
+    if open.values().filter(|(w, _)| w == who).count() >= MAX_AUDIT_STREAMS_EACH {
+        return Err(ApiError::unavailable(format!(
+            "you have {MAX_AUDIT_STREAMS_EACH} live audit streams open, the most one caller may; close one"
+        )));
+    }
+    if open.len() >= MAX_AUDIT_STREAMS {
+        return Err(ApiError::unavailable(format!(
+            "{MAX_AUDIT_STREAMS} live audit streams are open, the most this broker serves; try again shortly"
+        )));
+    }
+    let id = state
+        .console
+        .next_stream
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    open.insert(id, (who.to_owned(), now));
+    drop(open);
+    Ok(Place {
+        state: state.clone(),
+        id,
+    })
+}
 
 /// Which records a stream carries.
 #[derive(Debug, Default, Deserialize)]
@@ -110,28 +161,22 @@ struct Follow {
     position: u64,
     queue: VecDeque<Event>,
     started: Instant,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    checked: Instant,
+    recheck: Recheck,
+    _place: Place,
 }
 
 pub(crate) async fn audit_stream(
     State(state): State<AppState>,
-    _: Reader,
+    Reader(caller): Reader,
     headers: HeaderMap,
     q: Result<Query<StreamFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(filter) = q.map_err(|e| ApiError::invalid(e.body_text()))?;
     let filter = filter.check()?;
-    let permit = state
-        .console
-        .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::unavailable(format!(
-                "{} live audit streams are open, the most this broker serves; close one",
-                crate::state::MAX_AUDIT_STREAMS
-            ))
-        })?;
+    // One caller: one admin token, however many sessions it made and
+    // however it came in; one person; one local user.
+    let place = take_place(&state, &caller.actor)?;
     let resumed = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -150,7 +195,9 @@ pub(crate) async fn audit_stream(
         position,
         queue: VecDeque::from([hello]),
         started: Instant::now(),
-        _permit: permit,
+        checked: Instant::now(),
+        recheck: caller.recheck,
+        _place: place,
     };
     let events = futures_util::stream::unfold(follow, |mut f| async move {
         loop {
@@ -159,6 +206,12 @@ pub(crate) async fn audit_stream(
             }
             if f.started.elapsed() >= LIFE {
                 return None;
+            }
+            if f.checked.elapsed() >= RECHECK {
+                if !still_valid(&f.state, &f.recheck).await {
+                    return None;
+                }
+                f.checked = Instant::now();
             }
             match f.state.store.audit_after(f.position, BATCH).await {
                 Ok(rows) if !rows.is_empty() => {

@@ -254,7 +254,12 @@ mod index {
 
     async fn fill(s: &SqliteStore, from: usize, n: usize) {
         for i in from..from + n {
-            let mut e = AuditEvent::new(EVENTS[i % 4], Outcome::Allow);
+            let outcome = if i % 6 == 1 {
+                Outcome::Deny
+            } else {
+                Outcome::Allow
+            };
+            let mut e = AuditEvent::new(EVENTS[i % 4], outcome);
             if i % 5 != 0 {
                 e = e.agent(AGENTS[i % 3]);
             }
@@ -300,6 +305,11 @@ mod index {
                     .as_deref()
                     .is_none_or(|x| r.event.txn.as_deref() == Some(x))
             })
+            .filter(|r| {
+                q.decision
+                    .as_deref()
+                    .is_none_or(|d| r.event.decision.as_str() == d)
+            })
             .map(|r| r.seq)
             .collect();
         let keep = v.len().saturating_sub(q.limit as usize);
@@ -336,8 +346,14 @@ mod index {
                     .into_iter()
                     .map(move |f| (s, f))
                 }) {
-                    for limit in [1, 7, 10_000] {
+                    for (limit, decision) in [
+                        (1, None),
+                        (7, Some("deny")),
+                        (10_000, None),
+                        (10_000, Some("deny")),
+                    ] {
                         let q = AuditQuery {
+                            decision: decision.map(Into::into),
                             agent: agent.map(Into::into),
                             event: event.map(Into::into),
                             since,

@@ -574,7 +574,7 @@ fn every_role_in_a_real_browser() {
         audit(&b, Some("admin.auth"))
             .iter()
             .any(|r| r["protocol"] == "console"
-                && r["action"] == "POST /agents/triage/disable"
+                && r["action"] == "POST /console/api/v1/agents/triage/disable"
                 && r["decision"] == "deny")
     );
 
@@ -935,4 +935,318 @@ fn approvals_transactions_and_tools_in_a_real_browser() {
         .unwrap();
     assert!(pin["pending_digest"].is_null(), "{pin}");
     assert!(pin["definition"].to_string().contains("evil.test"), "{pin}");
+}
+
+/// Opens a live audit stream and keeps it open: the stream's socket.
+fn open_stream(b: &Broker, s: &Session) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(b.api).unwrap();
+    write!(
+        stream,
+        "GET /console/api/v1/audit/stream HTTP/1.1\r\nhost: {}\r\ncookie: {}\r\n\r\n",
+        b.api, s.cookie
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    stream
+}
+
+/// Reads what the stream sends until it ends or `within` passes; whether it
+/// ended, and what it sent.
+fn read_until_end(stream: &mut std::net::TcpStream, within: Duration) -> (bool, String) {
+    use std::io::Read;
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (true, got),
+            Ok(n) => {
+                got.push_str(&String::from_utf8_lossy(&buf[..n]));
+                // The chunked body's last chunk: the server ended the stream.
+                if got.ends_with("0\r\n\r\n") {
+                    return (true, got);
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (true, got),
+        }
+    }
+    (false, got)
+}
+
+/// Second review: one caller could hold every live audit stream, and keep
+/// them after its token was revoked; an open stream kept an idle session
+/// alive and outlived its session; planted cookies locked the real one out;
+/// the Origin's scheme and the request's Host were not checked.
+#[test]
+fn streams_sessions_and_cookies_hold_against_a_hostile_caller() {
+    let b = plain_broker("[console]\nidle_timeout = \"5s\"\n");
+    let api = "/console/api/v1";
+    let hostile_token = token(&b, "auditor", None);
+    let hostile = sign_in(&b, &hostile_token).unwrap();
+    let hostile2 = sign_in(&b, &hostile_token).unwrap();
+
+    // One admin token holds at most 4 streams, whichever session asks.
+    let mut held: Vec<_> = (0..2).map(|_| open_stream(&b, &hostile)).collect();
+    held.extend((0..2).map(|_| open_stream(&b, &hostile2)));
+    std::thread::sleep(Duration::from_millis(300));
+    let fifth = hostile.get(&b, &format!("{api}/audit/stream"));
+    assert_eq!(fifth.status, 503, "{}", fifth.body);
+    assert!(
+        fifth.body.contains("the most one caller may"),
+        "{}",
+        fifth.body
+    );
+    let other = sign_in(&b, &token(&b, "auditor", None)).unwrap();
+    let mut theirs = open_stream(&b, &other);
+    let (ended, got) = read_until_end(&mut theirs, Duration::from_millis(800));
+    assert!(
+        !ended && got.contains("200 OK"),
+        "another caller still streams: {got}"
+    );
+
+    // Revoking the token ends its streams within seconds, not at their end.
+    let id = hostile.get(&b, "/console/session").json()["actor"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("admin-token:")
+        .to_owned();
+    b.cli(&["admin-token", "revoke", &id]).ok();
+    for s in &mut held {
+        let (ended, _) = read_until_end(s, Duration::from_secs(5));
+        assert!(ended, "a revoked token's stream ended");
+    }
+    b.cli(&[
+        "agent",
+        "create",
+        "after-revoke",
+        "--owner",
+        "o",
+        "--env",
+        "dev",
+    ])
+    .ok();
+    assert_eq!(hostile.get(&b, &format!("{api}/audit/stream")).status, 401);
+
+    // An open stream is no use of the session: left alone, the session idles
+    // out (5 s here) and its stream ends with it.
+    let (ended, got) = read_until_end(&mut theirs, Duration::from_secs(9));
+    assert!(ended, "the idle session's stream ended: {got}");
+    assert_eq!(other.get(&b, "/console/session").status, 401);
+
+    // A planted cookie (another site on this host can set one) does not lock
+    // the real session out, in either order.
+    let me = sign_in(&b, &token(&b, "admin", None)).unwrap();
+    let planted = format!("warrant_console={}", "A".repeat(43));
+    for cookies in [
+        format!("{planted}; {}", me.cookie),
+        format!("{}; {planted}", me.cookie),
+    ] {
+        let r = b.http(
+            "GET",
+            &format!("{api}/agents"),
+            &[("cookie", &cookies)],
+            None,
+        );
+        assert_eq!(r.status, 200, "{cookies}: {}", r.body);
+    }
+
+    // A change from an https Origin to a plain-http console is another
+    // origin; a Host that is not the broker's gets no console at all.
+    let r = b.http(
+        "POST",
+        &format!("{api}/agents/triage/disable"),
+        &[
+            ("cookie", &me.cookie),
+            ("x-warrant-csrf", &me.csrf),
+            ("origin", &format!("https://{}", b.api)),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    let raw = |host: &str, path: &str| {
+        warrant_testkit::raw(
+            b.api,
+            &format!(
+                "GET {path} HTTP/1.1\r\nhost: {host}\r\ncookie: {}\r\nconnection: close\r\n\r\n",
+                me.cookie
+            ),
+            b"",
+        )
+    };
+    for path in ["/console/", &format!("{api}/agents")] {
+        let r = raw("evil.test", path);
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+        assert!(r.body.contains("answers at"), "{}", r.body);
+        let r = raw(&format!("localhost:{}", b.api.port()), path);
+        assert_eq!(r.status, 200, "localhost at the broker's port: {path}");
+    }
+
+    // One admin token keeps at most 8 sessions: the least recently used goes.
+    let many_token = token(&b, "auditor", None);
+    let first = sign_in(&b, &many_token).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let rest: Vec<Session> = (0..8).map(|_| sign_in(&b, &many_token).unwrap()).collect();
+    assert_eq!(first.get(&b, &format!("{api}/agents")).status, 401);
+    assert!(
+        rest.iter()
+            .all(|s| s.get(&b, &format!("{api}/agents")).status == 200)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The node OIDC provider, stopped when dropped.
+struct Provider(std::process::Child);
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn single_sign_on_through_a_real_provider() {
+    let port = free_port();
+    let secret = "console-client-secret-0123456789";
+    let config = format!(
+        r#"
+[[user_issuer]]
+issuer = "http://127.0.0.1:{port}"
+jwks_uri = "http://127.0.0.1:{port}/jwks"
+audience = "warrant"
+
+[console.oidc]
+issuer = "http://127.0.0.1:{port}"
+client_id = "warrant-console"
+client_secret_env = "CONSOLE_OIDC_SECRET"
+scopes = ["groups"]
+admin_groups = ["sec-admins"]
+approver_groups = ["approvers"]
+auditor_groups = ["security"]
+"#
+    );
+    let b = Broker::start_with(
+        bin(),
+        Options {
+            config: Some(config),
+            env: vec![("CONSOLE_OIDC_SECRET".into(), secret.into())],
+            ..Default::default()
+        },
+    );
+    b.cli(&["agent", "create", "triage", "--owner", "o", "--env", "dev"])
+        .ok();
+    let mut child = Command::new("node")
+        .current_dir(repo().join("tests/browser"))
+        .arg("oidc-provider.mjs")
+        .env("PORT", port.to_string())
+        .env("REDIRECT", format!("{}/console/oidc/callback", b.issuer))
+        .env("SECRET", secret)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _provider = Provider(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    // Nobody signed in: the broker offers single sign-on.
+    let r = b.http("GET", "/console/session", &[], None);
+    assert_eq!(r.header("x-warrant-sso"), Some("oidc"));
+
+    // carol is an approver by her groups: signed in as that, no more.
+    let carol = browser("sso", &b, &[("SSO_USER", "carol")]);
+    let who = carol["who"].as_str().unwrap();
+    assert!(
+        who.contains("carol") && who.contains("role approver"),
+        "{carol}"
+    );
+    assert_eq!(carol["me"]["role"], "approver");
+    assert!(
+        carol["me"]["person"].as_str().unwrap().ends_with("/carol"),
+        "{carol}"
+    );
+    assert_eq!(carol["status"], 403, "an approver may not disable: {carol}");
+    let signins = audit(&b, Some("admin.console.signin"));
+    let last = signins.last().unwrap();
+    assert!(
+        last["actor"].as_str().unwrap().starts_with("user:")
+            && last["actor"].as_str().unwrap().ends_with("/carol"),
+        "{last}"
+    );
+    assert!(
+        last["reasons"].to_string().contains("role approver"),
+        "{last}"
+    );
+
+    // root is an admin.
+    let root = browser("sso", &b, &[("SSO_USER", "root")]);
+    assert_eq!(root["me"]["role"], "admin", "{root}");
+    assert_eq!(root["status"], 200, "an admin may disable: {root}");
+
+    // mallory signs in at the provider but no group gives her a role.
+    let mallory = browser(
+        "sso",
+        &b,
+        &[("SSO_USER", "mallory"), ("SSO_EXPECT", "refused")],
+    );
+    assert!(
+        mallory["notice"]
+            .as_str()
+            .unwrap()
+            .contains("none of your groups"),
+        "{mallory}"
+    );
+    assert!(audit(&b, Some("admin.auth")).iter().any(|r| {
+        r["protocol"] == "console"
+            && r["reasons"]
+                .to_string()
+                .contains("none of the console's groups")
+    }));
+
+    // A callback this browser did not start is refused, and recorded.
+    let r = b.http(
+        "GET",
+        "/console/oidc/callback?state=forged&code=x",
+        &[],
+        None,
+    );
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("location"), Some("/console/signin?error=state"));
+    let forged_cookie = "warrant_console_oidc=forged";
+    let r = b.http(
+        "GET",
+        "/console/oidc/callback?state=forged&code=x",
+        &[("cookie", forged_cookie)],
+        None,
+    );
+    assert_eq!(
+        r.header("location"),
+        Some("/console/signin?error=state"),
+        "a state never handed out"
+    );
+    assert!(audit(&b, Some("admin.auth")).iter().any(|r| {
+        r["reasons"]
+            .to_string()
+            .contains("the state is not this browser's")
+    }));
+    // The client secret is nowhere in the trail.
+    let trail = b
+        .cli(&["audit", "list", "--limit", "10000", "--output", "json"])
+        .ok()
+        .to_owned();
+    assert!(!trail.contains(secret));
 }

@@ -1,0 +1,470 @@
+//! Signing in to the console through an OpenID Connect provider: the
+//! authorization code flow with PKCE (S256), a `state` bound to the browser
+//! by a cookie and used once, a `nonce` in the ID token, the ID token
+//! verified with the `[[user_issuer]]`'s keys for the console's client id,
+//! and the person's groups mapped to a role (`[console.oidc]`).
+//!
+//! A session made this way has the role its groups gave at sign-in and ends
+//! with the console's session lifetime and idle timeout; the person is
+//! recorded as `user:<namespace>/<subject>`, as the user issuer names its
+//! users, so separation of duties holds for approvers who sign in this way.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Query, State};
+use axum::http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use warrant_control::attest::oidc::{Providers, TrustProvider};
+use warrant_core::admin::Role;
+use warrant_core::text::shown;
+use warrant_core::time::Timestamp;
+
+use super::session::{NewSession, constant_eq, open, random_text, secure};
+use crate::http::auth::{Surface, count, refuse};
+use crate::http::error::ApiError;
+use crate::state::{AppState, OidcClient, OidcPending, SessionBasis};
+
+/// How long a person has to come back from the provider.
+const PENDING_TTL: Duration = Duration::from_secs(600);
+/// The most sign-ins under way at once.
+const MAX_PENDING: usize = 1000;
+/// The most bytes read from the provider in one answer.
+const MAX_ANSWER: usize = 256 * 1024;
+/// How long the provider may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        "__Secure-warrant_console_oidc"
+    } else {
+        "warrant_console_oidc"
+    }
+}
+
+/// The cookie binding a sign-in to the browser that started it: `Lax`, as
+/// it must come back on the provider's redirect (a cross-site navigation).
+fn state_cookie(secure: bool, value: &str, max_age: u64) -> HeaderValue {
+    let tls = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{}={value}; Path=/console/oidc; Max-Age={max_age}; HttpOnly; SameSite=Lax{tls}",
+        cookie_name(secure)
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("warrant_console_oidc=; Max-Age=0"))
+}
+
+fn redirect_uri(state: &AppState) -> String {
+    format!(
+        "{}/console/oidc/callback",
+        state.issuer.trim_end_matches('/')
+    )
+}
+
+/// Back to the sign-in page, saying why (a code the page turns into words).
+fn back(why: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(LOCATION, format!("/console/signin?error={why}"))],
+    )
+        .into_response()
+}
+
+async fn fetch(req: http::Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+    let client = warrant_control::outbound::client()
+        .ok_or("the broker has no HTTP client (no root certificates)")?;
+    let resp = tokio::time::timeout(TIMEOUT, client.request(req))
+        .await
+        .map_err(|_| format!("no answer within {}s", TIMEOUT.as_secs()))?
+        .map_err(|e| warrant_control::outbound::error_chain(&e))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("reading the answer failed: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn endpoint(u: &str, what: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(u).map_err(|_| format!("{what} is not a URL"))?;
+    warrant_control::outbound::check_destination(&parsed, what)?;
+    Ok(u.to_owned())
+}
+
+/// What signing in needs for the configuration in force: made once, again
+/// when the configuration changes.
+async fn client(state: &AppState) -> Result<Arc<OidcClient>, String> {
+    let config = state.live.config.load_full();
+    let cfg = config
+        .console
+        .oidc
+        .clone()
+        .ok_or("single sign-on is not configured")?;
+    if let Some(c) = state.console.oidc.lock().clone()
+        && c.config == cfg
+    {
+        return Ok(c);
+    }
+    let issuer = config
+        .user_issuers
+        .iter()
+        .find(|u| u.provider.issuer == cfg.issuer)
+        .ok_or("the [console.oidc] issuer is no [[user_issuer]]")?;
+    let (authorization_endpoint, token_endpoint) =
+        match (&cfg.authorization_endpoint, &cfg.token_endpoint) {
+            (Some(a), Some(t)) => (a.clone(), t.clone()),
+            _ => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    cfg.issuer.trim_end_matches('/')
+                );
+                endpoint(&url, "the provider's discovery document")?;
+                let req = http::Request::get(url.as_str())
+                    .header(ACCEPT, "application/json")
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| e.to_string())?;
+                let (status, body) = fetch(req).await?;
+                if !status.is_success() {
+                    return Err(format!("the discovery document answered {status}"));
+                }
+                let doc: Value = serde_json::from_slice(&body)
+                    .map_err(|_| "the discovery document is not JSON".to_owned())?;
+                if doc.get("issuer").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
+                    return Err("the discovery document names another issuer".into());
+                }
+                let get = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_owned);
+                (
+                    cfg.authorization_endpoint
+                        .clone()
+                        .or_else(|| get("authorization_endpoint"))
+                        .ok_or("the discovery document has no authorization_endpoint")?,
+                    cfg.token_endpoint
+                        .clone()
+                        .or_else(|| get("token_endpoint"))
+                        .ok_or("the discovery document has no token_endpoint")?,
+                )
+            }
+        };
+    let verifier = Providers::new(vec![TrustProvider {
+        name: "console sign-in".into(),
+        issuer: cfg.issuer.clone(),
+        jwks: issuer.provider.jwks.clone(),
+        audience: cfg.client_id.clone(),
+    }])?;
+    let made = Arc::new(OidcClient {
+        authorization_endpoint: endpoint(&authorization_endpoint, "authorization_endpoint")?,
+        token_endpoint: endpoint(&token_endpoint, "token_endpoint")?,
+        config: cfg,
+        verifier,
+    });
+    *state.console.oidc.lock() = Some(made.clone());
+    Ok(made)
+}
+
+/// `GET /console/oidc/start`: off to the provider.
+pub(super) async fn start(State(state): State<AppState>) -> Response {
+    let client = match client(&state).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "console single sign-on is unavailable");
+            return back("unavailable");
+        }
+    };
+    let (Ok(st), Ok(nonce), Ok(verifier)) = (random_text(), random_text(), random_text()) else {
+        return back("unavailable");
+    };
+    {
+        let mut pending = state.console.oidc_pending.lock();
+        pending.retain(|_, p| p.started.elapsed() < PENDING_TTL);
+        if pending.len() >= MAX_PENDING {
+            return back("busy");
+        }
+        pending.insert(
+            st.clone(),
+            OidcPending {
+                verifier: verifier.clone(),
+                nonce: nonce.clone(),
+                started: Instant::now(),
+            },
+        );
+    }
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let Ok(mut to) = url::Url::parse(&client.authorization_endpoint) else {
+        return back("unavailable");
+    };
+    to.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &client.config.client_id)
+        .append_pair("redirect_uri", &redirect_uri(&state))
+        .append_pair("scope", &client.config.scopes.join(" "))
+        .append_pair("state", &st)
+        .append_pair("nonce", &nonce)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let mut resp = (StatusCode::SEE_OTHER, [(LOCATION, to.to_string())]).into_response();
+    resp.headers_mut().insert(
+        SET_COOKIE,
+        state_cookie(secure(&state), &st, PENDING_TTL.as_secs()),
+    );
+    resp
+}
+
+/// The role the person's groups give, the strongest first.
+fn role_of(cfg: &crate::config::ConsoleOidc, groups: &[String]) -> Option<Role> {
+    let member = |of: &[String]| groups.iter().any(|g| of.contains(g));
+    if member(&cfg.admin_groups) {
+        Some(Role::Admin)
+    } else if member(&cfg.approver_groups) {
+        Some(Role::Approver)
+    } else if member(&cfg.auditor_groups) {
+        Some(Role::Auditor)
+    } else {
+        None
+    }
+}
+
+/// The groups claim: a list of names (or one name).
+fn groups(claims: &serde_json::Map<String, Value>, claim: &str) -> Vec<String> {
+    match claims.get(claim) {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .take(1000)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// `GET /console/oidc/callback`: back from the provider.
+pub(super) async fn callback(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let resp = callback_checked(&state, addr, &headers, &q).await;
+    count(&state, Surface::Console, &resp);
+    resp
+}
+
+async fn callback_checked(
+    state: &AppState,
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Response {
+    let source = Some(addr.to_string());
+    let secure = secure(state);
+    // Every refusal: recorded, the state cookie cleared, back to sign-in.
+    let fail = |code: &'static str, why: String| {
+        let source = source.clone();
+        async move {
+            let _ = refuse(
+                state,
+                Surface::Console,
+                source,
+                None,
+                "GET /console/oidc/callback".into(),
+                &format!("single sign-on refused: {why}"),
+                ApiError::unauthorized(""),
+            )
+            .await;
+            let mut r = back(code);
+            r.headers_mut()
+                .insert(SET_COOKIE, state_cookie(secure, "", 0));
+            r
+        }
+    };
+    // The browser that comes back is the one that left.
+    let name = cookie_name(secure);
+    let bound: Vec<&str> = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|p| p.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+        .collect();
+    let Some(st) = q.get("state") else {
+        return fail("state", "no state".into()).await;
+    };
+    if !bound
+        .iter()
+        .any(|b| constant_eq(b.as_bytes(), st.as_bytes()))
+    {
+        return fail("state", "the state is not this browser's".into()).await;
+    }
+    let Some(pending) = state.console.oidc_pending.lock().remove(st) else {
+        return fail("state", "unknown or used state".into()).await;
+    };
+    if pending.started.elapsed() >= PENDING_TTL {
+        return fail("expired", "the sign-in took too long".into()).await;
+    }
+    if let Some(e) = q.get("error") {
+        return fail("denied", format!("the provider answered {}", shown(e, 64))).await;
+    }
+    let Some(code) = q.get("code") else {
+        return fail("state", "no code".into()).await;
+    };
+    let client = match client(state).await {
+        Ok(c) => c,
+        Err(e) => return fail("unavailable", e).await,
+    };
+    let cfg = &client.config;
+    // Redeem the code, with the verifier only this broker holds.
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "authorization_code")
+        .append_pair("code", code)
+        .append_pair("redirect_uri", &redirect_uri(state))
+        .append_pair("code_verifier", &pending.verifier)
+        .append_pair("client_id", &cfg.client_id)
+        .finish();
+    let mut req = http::Request::post(client.token_endpoint.as_str())
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(ACCEPT, "application/json");
+    if let Some(var) = &cfg.client_secret_env {
+        let Ok(secret) = std::env::var(var) else {
+            return fail(
+                "unavailable",
+                format!("${var} (the client secret) is not set"),
+            )
+            .await;
+        };
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let basic = STANDARD.encode(format!("{}:{}", enc(&cfg.client_id), enc(&secret)));
+        req = req.header(AUTHORIZATION, format!("Basic {basic}"));
+    }
+    let Ok(req) = req.body(Full::new(Bytes::from(form))) else {
+        return fail("unavailable", "the token request could not be made".into()).await;
+    };
+    let body = match fetch(req).await {
+        Ok((status, body)) if status.is_success() => body,
+        Ok((status, _)) => {
+            return fail("token", format!("the token endpoint answered {status}")).await;
+        }
+        Err(e) => return fail("unavailable", format!("the token endpoint: {e}")).await,
+    };
+    let Some(id_token) = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("id_token").and_then(Value::as_str).map(str::to_owned))
+    else {
+        return fail("token", "the token endpoint gave no ID token".into()).await;
+    };
+    let claims = match client.verifier.verify(&id_token, Timestamp::now()).await {
+        Ok((_, claims)) => claims,
+        Err(e) => return fail("token", format!("the ID token: {e}")).await,
+    };
+    let nonce = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+    if !constant_eq(nonce.as_bytes(), pending.nonce.as_bytes()) {
+        return fail("token", "the ID token's nonce is not this sign-in's".into()).await;
+    }
+    if let Some(azp) = claims.get("azp").and_then(Value::as_str)
+        && azp != cfg.client_id
+    {
+        return fail("token", "the ID token was issued to another client".into()).await;
+    }
+    let config = state.live.config.load_full();
+    let Some(issuer) = config
+        .user_issuers
+        .iter()
+        .find(|u| u.provider.issuer == cfg.issuer)
+    else {
+        return fail("unavailable", "the user issuer is gone".into()).await;
+    };
+    let subject = claims
+        .get(&issuer.subject_claim)
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Ok(user) = issuer.namespace.user(subject) else {
+        return fail(
+            "token",
+            format!("the ID token has no usable `{}`", issuer.subject_claim),
+        )
+        .await;
+    };
+    let person = format!("user:{user}");
+    let Some(role) = role_of(cfg, &groups(&claims, &issuer.groups_claim)) else {
+        return fail(
+            "no_role",
+            format!("{person} is in none of the console's groups"),
+        )
+        .await;
+    };
+    let mut resp = open(
+        state,
+        NewSession {
+            basis: SessionBasis::Person { role },
+            actor: person.clone(),
+            role,
+            person: Some(person),
+            at_most: config.console.session_ttl,
+            source,
+            reason: format!("role {role} by the groups {} gives", cfg.issuer),
+        },
+        Some("/console/"),
+    )
+    .await;
+    resp.headers_mut()
+        .append(SET_COOKIE, state_cookie(secure, "", 0));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> crate::config::ConsoleOidc {
+        crate::config::ConsoleOidc {
+            issuer: "https://login.test".into(),
+            client_id: "console".into(),
+            client_secret_env: None,
+            scopes: vec!["openid".into()],
+            admin_groups: vec!["sec-admins".into()],
+            approver_groups: vec!["approvers".into()],
+            auditor_groups: vec!["security".into()],
+            authorization_endpoint: None,
+            token_endpoint: None,
+        }
+    }
+
+    #[test]
+    fn the_strongest_role_the_groups_give_wins_and_none_gives_nothing() {
+        let g = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            role_of(&cfg(), &g(&["security", "approvers"])),
+            Some(Role::Approver)
+        );
+        assert_eq!(role_of(&cfg(), &g(&["sec-admins"])), Some(Role::Admin));
+        assert_eq!(role_of(&cfg(), &g(&["security"])), Some(Role::Auditor));
+        assert_eq!(role_of(&cfg(), &g(&["Sec-Admins", "everyone"])), None);
+        assert_eq!(role_of(&cfg(), &[]), None);
+    }
+
+    #[test]
+    fn groups_are_a_list_or_one_name() {
+        let m = |v: Value| v.as_object().unwrap().clone();
+        assert_eq!(
+            groups(&m(serde_json::json!({"groups": ["a", 1, "b"]})), "groups"),
+            vec!["a", "b"]
+        );
+        assert_eq!(
+            groups(&m(serde_json::json!({"groups": "a"})), "groups"),
+            vec!["a"]
+        );
+        assert!(groups(&m(serde_json::json!({"groups": {"a": 1}})), "groups").is_empty());
+        assert!(groups(&m(serde_json::json!({})), "groups").is_empty());
+    }
+}
