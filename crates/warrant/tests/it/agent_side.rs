@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use warrant_testkit::{Broker, Options};
 
-use crate::support::{Upstream, audit, audit_until, bin, jwt_claims, python, repo};
+use crate::support::{Upstream, audit, audit_until, bin, free_port, jwt_claims, python, repo};
 
 const POLICY: &str = r#"
 @id("identities")
@@ -212,14 +212,6 @@ fn warrant_token_gets_inspects_and_refuses_clearly() {
             "a token in the audit trail"
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Sidecar(Child, u16);

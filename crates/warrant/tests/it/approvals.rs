@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Receiver, Upstream, World, audit, eventually, exchange, identity, put_secret, python, repo,
-    world_with,
+    McpClient, Receiver, Upstream, World, audit, eventually, exchange, identity, put_secret,
+    python, repo, world_with,
 };
 use warrant_testkit::Response;
 
@@ -134,55 +134,20 @@ impl Setup {
         r.json()["access_token"].as_str().unwrap().to_owned()
     }
 
+    fn mcp(&self) -> McpClient {
+        McpClient::new(&self.w.b, "files")
+    }
+
     fn mcp_url(&self) -> String {
-        format!("http://{}/mcp/files", self.w.b.edge)
+        self.mcp().url()
     }
 
-    fn rpc(&self, token: &str, session: Option<&str>, body: &Value) -> Response {
-        let bearer = format!("Bearer {token}");
-        let mut h: Vec<(&str, &str)> = vec![
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("authorization", &bearer),
-        ];
-        if let Some(s) = session {
-            h.push(("mcp-session-id", s));
-        }
-        warrant_testkit::http(
-            self.w.b.edge,
-            "POST",
-            "/mcp/files",
-            &h,
-            Some(&body.to_string()),
-        )
-    }
-
-    /// A session on `files` once its tools are listed (the stdio server
-    /// takes a moment to start).
     fn session(&self, token: &str) -> String {
-        let r = self.rpc(token, None, &json!({
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
-        }));
-        assert_eq!(r.status, 200, "{}", r.body);
-        let sid = r.header("mcp-session-id").unwrap().to_owned();
-        eventually("the files server lists its tools", || {
-            let r = self.rpc(
-                token,
-                Some(&sid),
-                &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-            );
-            r.json().get("result").map(|_| ())
-        });
-        sid
+        self.mcp().session(token)
     }
 
     fn call(&self, token: &str, sid: &str, tool: &str, args: Value) -> Value {
-        let r = self.rpc(token, Some(sid), &json!({
-            "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool, "arguments": args}
-        }));
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()
+        self.mcp().call(token, sid, tool, args)
     }
 
     fn reads(&self) -> Vec<Value> {

@@ -10,7 +10,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use warrant_testkit::{Broker, Options, Response};
 
-use crate::support::{World, audit, bin, eventually, exchange, identity, python, repo, world_with};
+use crate::support::{
+    McpClient, World, audit, bin, eventually, exchange, free_port, identity, python, repo,
+    world_with,
+};
 
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
@@ -654,53 +657,24 @@ env = {{ FILES_CALL_LOG = "{log}", FILES_DESCRIPTION_FILE = "{description}" }}
         }
     }
 
+    fn mcp(&self) -> McpClient {
+        McpClient::new(&self.w.b, "files")
+    }
+
     fn url(&self) -> String {
-        format!("http://{}/mcp/files", self.w.b.edge)
+        self.mcp().url()
     }
 
     fn rpc(&self, token: &str, session: Option<&str>, body: &Value) -> Response {
-        let bearer = format!("Bearer {token}");
-        let mut h: Vec<(&str, &str)> = vec![
-            ("content-type", "application/json"),
-            ("accept", "application/json, text/event-stream"),
-            ("authorization", &bearer),
-        ];
-        if let Some(s) = session {
-            h.push(("mcp-session-id", s));
-        }
-        warrant_testkit::http(
-            self.w.b.edge,
-            "POST",
-            "/mcp/files",
-            &h,
-            Some(&body.to_string()),
-        )
+        self.mcp().rpc(token, session, body)
     }
 
     fn session(&self, token: &str) -> String {
-        let r = self.rpc(token, None, &json!({
-            "jsonrpc": "2.0", "id": 1, "method": "initialize",
-            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
-        }));
-        assert_eq!(r.status, 200, "{}", r.body);
-        let sid = r.header("mcp-session-id").unwrap().to_owned();
-        eventually("the files server lists its tools", || {
-            let r = self.rpc(
-                token,
-                Some(&sid),
-                &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
-            );
-            r.json().get("result").map(|_| ())
-        });
-        sid
+        self.mcp().session(token)
     }
 
     fn call(&self, token: &str, sid: &str, tool: &str, args: Value) -> Value {
-        let r = self.rpc(token, Some(sid), &json!({
-            "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool, "arguments": args}
-        }));
-        assert_eq!(r.status, 200, "{}", r.body);
-        r.json()
+        self.mcp().call(token, sid, tool, args)
     }
 }
 
@@ -1097,14 +1071,6 @@ fn streams_sessions_and_cookies_hold_against_a_hostile_caller() {
         rest.iter()
             .all(|s| s.get(&b, &format!("{api}/agents")).status == 200)
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The node OIDC provider, stopped when dropped.

@@ -10,17 +10,9 @@ use std::process::Command;
 
 use warrant_testkit::postgres::Database;
 
-use crate::support::{bin, matches};
+use crate::support::{bin, free_port, matches};
 
 const PAGE: &str = include_str!("../../../../docs/deploy.md");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn the_three_broker_example_runs_as_written() {

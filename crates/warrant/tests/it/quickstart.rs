@@ -10,8 +10,7 @@
 //! swapped for free ones. Every line of a `text` block must appear in one line
 //! of what the commands and the broker printed, `…` matching anything.
 
-use crate::support::{bin, matches};
-use std::net::TcpListener;
+use crate::support::{bin, free_port, matches};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,14 +68,6 @@ fn blocks(page: &str) -> Blocks {
     }
     assert!(!out.serve.is_empty(), "the page starts the broker");
     out
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

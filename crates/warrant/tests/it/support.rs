@@ -509,3 +509,78 @@ impl Receiver {
             .collect()
     }
 }
+
+/// A loopback port free now (for a child that must be told its port first).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An MCP client of the gateway's `/mcp/<server>`, over plain JSON-RPC.
+pub struct McpClient {
+    pub edge: std::net::SocketAddr,
+    pub path: String,
+}
+
+impl McpClient {
+    pub fn new(b: &Broker, server: &str) -> Self {
+        Self {
+            edge: b.edge,
+            path: format!("/mcp/{server}"),
+        }
+    }
+
+    /// The server's URL: the audience of task tokens for it.
+    pub fn url(&self) -> String {
+        format!("http://{}{}", self.edge, self.path)
+    }
+
+    pub fn rpc(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        body: &Value,
+    ) -> warrant_testkit::Response {
+        let bearer = format!("Bearer {token}");
+        let mut h: Vec<(&str, &str)> = vec![
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", &bearer),
+        ];
+        if let Some(s) = session {
+            h.push(("mcp-session-id", s));
+        }
+        warrant_testkit::http(self.edge, "POST", &self.path, &h, Some(&body.to_string()))
+    }
+
+    /// A session once the server's tools are listed (a stdio server takes a
+    /// moment to start).
+    pub fn session(&self, token: &str) -> String {
+        let r = self.rpc(token, None, &json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}
+        }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let sid = r.header("mcp-session-id").unwrap().to_owned();
+        eventually("the MCP server lists its tools", || {
+            let r = self.rpc(
+                token,
+                Some(&sid),
+                &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+            );
+            r.json().get("result").map(|_| ())
+        });
+        sid
+    }
+
+    pub fn call(&self, token: &str, sid: &str, tool: &str, args: Value) -> Value {
+        let r = self.rpc(token, Some(sid), &json!({
+            "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": tool, "arguments": args}
+        }));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    }
+}
