@@ -274,7 +274,8 @@ const scenarios = {
       const r = await fetch('/console/api/v1/agents/triage/disable', { method: 'POST', headers: { 'x-warrant-csrf': me.csrf } });
       return { me, status: r.status };
     });
-    return { who, url: page.url(), ...direct };
+        const session = (await page.context().cookies()).find((c) => c.name === 'warrant_console');
+    return { who, url: page.url(), cookie: `${session.name}=${session.value}`, ...direct };
   },
 
   // Approve a changed MCP tool definition from the diff.

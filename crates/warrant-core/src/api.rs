@@ -818,3 +818,39 @@ pub struct HealthHistory {
     /// The samples kept (at most a day's worth).
     pub points: Vec<HealthPoint>,
 }
+
+/// A console session, as `GET /admin/v1/console/sessions` lists it (never
+/// its cookie or the token behind it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSessionInfo {
+    /// Who: `admin-token:<id>`, or `user:<namespace>/<subject>`.
+    pub actor: String,
+    /// The person, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    /// `admin-token` or `single-sign-on`.
+    pub via: String,
+    /// Seconds since sign-in.
+    pub age_seconds: u64,
+    /// Seconds since last use.
+    pub idle_seconds: u64,
+    /// When it ends at the latest.
+    pub ends_at: crate::time::Timestamp,
+}
+
+/// `POST /admin/v1/console/sessions/end`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndConsoleSessions {
+    /// Whose sessions end.
+    pub actor: String,
+}
+
+/// How many sessions ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedConsoleSessions {
+    /// Whose.
+    pub actor: String,
+    /// How many.
+    pub ended: u64,
+}

@@ -223,6 +223,16 @@ pub async fn reload(state: &AppState, actor: AuditEvent) -> Result<ConfigChanges
     let mut in_force = new;
     in_force.kek = None;
     state.live.config.store(Arc::new(in_force));
+    // The console follows at once: turned off, every session ends (turning
+    // it on again revives none); single sign-on is made again from the new
+    // settings and user issuers.
+    if !state.live.config.load().console.enabled {
+        state.console.sessions.lock().clear();
+    }
+    *state.console.oidc.lock() = None;
+    if state.live.config.load().console.oidc.is_none() {
+        state.console.oidc_pending.lock().clear();
+    }
     *state.live.loaded_at.lock() = Timestamp::now();
     if !fresh.is_empty() {
         let mcp = state.mcp.clone();

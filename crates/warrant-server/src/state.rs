@@ -102,6 +102,7 @@ pub struct ConsoleState {
     /// The next stream's number.
     pub next_stream: std::sync::atomic::AtomicU64,
     /// Sign-ins through an OpenID Connect provider under way, by `state`.
+    /// Each remembers the address it came from (a few per address).
     pub oidc_pending: parking_lot::Mutex<std::collections::HashMap<String, OidcPending>>,
     /// The provider's endpoints once discovered, and the ID-token verifier,
     /// for the `[console.oidc]` they were made for.
@@ -135,6 +136,8 @@ pub struct OidcPending {
     pub nonce: String,
     /// When it started.
     pub started: std::time::Instant,
+    /// From where.
+    pub from: std::net::IpAddr,
 }
 
 /// What signing in through the provider needs, made once per configuration.
@@ -161,10 +164,14 @@ pub enum SessionBasis {
         /// Its id.
         id: String,
     },
-    /// Made by the provider's word: the role its groups gave at sign-in.
+    /// Made by the provider's word: the person's groups at sign-in, mapped
+    /// to a role by the `[console.oidc]` in force at every use (a changed
+    /// mapping, or single sign-on turned off, applies at once).
     Person {
-        /// The role.
-        role: warrant_core::admin::Role,
+        /// The user issuer that signed the person in.
+        issuer: String,
+        /// Their groups, as its ID token gave them.
+        groups: Vec<String>,
     },
 }
 
@@ -226,5 +233,16 @@ impl ConsoleState {
             s.person.clone(),
             s.csrf.clone(),
         ))
+    }
+}
+
+impl ConsoleState {
+    /// Ends every session of `actor` (an admin token's `admin-token:<id>`, a
+    /// person's `user:<namespace>/<subject>`); how many there were.
+    pub fn end(&self, actor: &str) -> usize {
+        let mut map = self.sessions.lock();
+        let before = map.len();
+        map.retain(|_, s| s.actor != actor);
+        before - map.len()
     }
 }

@@ -87,6 +87,10 @@ pub enum Command {
     /// inventory hygiene, enforcement times, pending approvals, anomalies
     /// (docs/health.md).
     Health,
+    /// Console sessions: who is signed in to the web console, and ending a
+    /// person's (or an admin token's) sessions (docs/console.md).
+    #[command(subcommand)]
+    Console(ConsoleCmd),
     /// What the running broker is: listeners, store, policy and config
     /// digests, signing key ids, uptime.
     Status {
@@ -515,6 +519,19 @@ pub enum SecretCmd {
         /// The user it belongs to, for a per-user secret.
         #[arg(long, value_name = "USER")]
         for_user: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsoleCmd {
+    /// The console sessions this broker holds: who, how, since when.
+    Sessions,
+    /// End every console session of one actor: a person signed in by single
+    /// sign-on (`user:<namespace>/<subject>`) or an admin token
+    /// (`admin-token:<id>`; revoking the token does that too).
+    End {
+        /// The actor, as `warrant console sessions` shows it.
+        actor: String,
     },
 }
 

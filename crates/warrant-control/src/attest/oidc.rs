@@ -28,6 +28,9 @@ use warrant_token::jwt::{self, Expect, JwtError, VerifyingKeys};
 
 /// How often an unknown `kid` may trigger a JWKS refresh, per provider.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// How long fetched (or read) keys are trusted before they are read again:
+/// a key the issuer withdrew stops verifying within this.
+pub const KEYS_MAX_AGE: Duration = Duration::from_secs(600);
 /// Allowed clock difference with the issuer.
 pub const LEEWAY_SECS: i64 = 30;
 /// The largest JWKS accepted.
@@ -63,6 +66,9 @@ struct Provider {
     /// When the keys were last fetched (or a fetch was tried). A tokio mutex:
     /// held across the fetch so concurrent misses share one.
     fetched: tokio::sync::Mutex<Option<Instant>>,
+    /// When the keys in use were loaded (`None`: never, or held in memory
+    /// for good).
+    loaded: parking_lot::Mutex<Option<Instant>>,
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -137,9 +143,12 @@ impl Providers {
             };
             let fetched = (!matches!(config.jwks, JwksSource::Uri(_))).then(Instant::now);
             list.push(Arc::new(Provider {
-                config,
                 keys: ArcSwap::from_pointee(keys),
                 fetched: tokio::sync::Mutex::new(fetched),
+                loaded: parking_lot::Mutex::new(
+                    matches!(config.jwks, JwksSource::File(_)).then(Instant::now),
+                ),
+                config,
             }));
         }
         Ok(Self { list, client })
@@ -210,7 +219,8 @@ impl Providers {
         token: &str,
         now: Timestamp,
     ) -> Result<(TrustProvider, serde_json::Map<String, Value>), OidcError> {
-        if p.keys.load().is_empty() {
+        let stale = p.loaded.lock().is_some_and(|t| t.elapsed() >= KEYS_MAX_AGE);
+        if p.keys.load().is_empty() || stale {
             self.refresh(p).await;
         }
         let verified = match jwt::verify(token, &p.keys.load()) {
@@ -257,6 +267,9 @@ impl Providers {
             Ok(keys) => {
                 tracing::info!(provider = %p.config.name, keys = keys.len(), "loaded trusted provider keys");
                 p.keys.store(Arc::new(keys));
+                if !matches!(p.config.jwks, JwksSource::Inline(_)) {
+                    *p.loaded.lock() = Some(Instant::now());
+                }
                 true
             }
             Err(e) => {
@@ -360,5 +373,43 @@ mod tests {
             providers.attest(&token(&planted, now), now).await,
             Err(OidcError::Token(JwtError::UnknownKid(_)))
         ));
+    }
+
+    /// Found in review: fetched keys were trusted until an unknown `kid`
+    /// came, so a key the issuer withdrew kept verifying until a restart.
+    /// Keys older than KEYS_MAX_AGE are read again first.
+    #[tokio::test]
+    async fn a_withdrawn_issuer_key_stops_verifying_once_the_keys_are_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        let withdrawn = issuer_key();
+        let now = Timestamp::now();
+        std::fs::write(&file, serde_json::to_vec(&withdrawn.jwks(now)).unwrap()).unwrap();
+        let providers = Providers::new(vec![TrustProvider {
+            name: "ci".into(),
+            issuer: "https://issuer.test".into(),
+            jwks: JwksSource::File(file.clone()),
+            audience: "warrant".into(),
+        }])
+        .unwrap();
+        let old = token(&withdrawn, now);
+        assert!(providers.attest(&old, now).await.is_ok());
+        // The issuer takes the key out of its set.
+        let kept = issuer_key();
+        std::fs::write(&file, serde_json::to_vec(&kept.jwks(now)).unwrap()).unwrap();
+        assert!(
+            providers.attest(&old, now).await.is_ok(),
+            "still fresh: not read again"
+        );
+        // Once the keys are old (and the refresh interval allows), they are
+        // read again and the withdrawn key no longer verifies.
+        let past = Instant::now().checked_sub(KEYS_MAX_AGE + Duration::from_secs(1));
+        *providers.list[0].loaded.lock() = past;
+        *providers.list[0].fetched.lock().await = past;
+        assert!(matches!(
+            providers.attest(&old, now).await,
+            Err(OidcError::Token(JwtError::UnknownKid(_)))
+        ));
+        assert!(providers.attest(&token(&kept, now), now).await.is_ok());
     }
 }

@@ -39,6 +39,10 @@ use crate::state::{AppState, OidcClient, OidcPending, SessionBasis};
 const PENDING_TTL: Duration = Duration::from_secs(600);
 /// The most sign-ins under way at once.
 const MAX_PENDING: usize = 1000;
+/// The most under way from one address.
+const MAX_PENDING_EACH: usize = 10;
+/// The longest an ID token may still be valid for.
+const MAX_ID_TOKEN_LIFE: i64 = 24 * 3600;
 /// The most bytes read from the provider in one answer.
 const MAX_ANSWER: usize = 256 * 1024;
 /// How long the provider may take to answer.
@@ -172,7 +176,10 @@ async fn client(state: &AppState) -> Result<Arc<OidcClient>, String> {
 }
 
 /// `GET /console/oidc/start`: off to the provider.
-pub(super) async fn start(State(state): State<AppState>) -> Response {
+pub(super) async fn start(
+    State(state): State<AppState>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
     let client = match client(&state).await {
         Ok(c) => c,
         Err(e) => {
@@ -183,20 +190,36 @@ pub(super) async fn start(State(state): State<AppState>) -> Response {
     let (Ok(st), Ok(nonce), Ok(verifier)) = (random_text(), random_text(), random_text()) else {
         return back("unavailable");
     };
-    {
+    let full = {
         let mut pending = state.console.oidc_pending.lock();
         pending.retain(|_, p| p.started.elapsed() < PENDING_TTL);
-        if pending.len() >= MAX_PENDING {
-            return back("busy");
+        let mine = pending.values().filter(|p| p.from == addr.ip()).count();
+        let full = mine >= MAX_PENDING_EACH || pending.len() >= MAX_PENDING;
+        if !full {
+            pending.insert(
+                st.clone(),
+                OidcPending {
+                    verifier: verifier.clone(),
+                    nonce: nonce.clone(),
+                    started: Instant::now(),
+                    from: addr.ip(),
+                },
+            );
         }
-        pending.insert(
-            st.clone(),
-            OidcPending {
-                verifier: verifier.clone(),
-                nonce: nonce.clone(),
-                started: Instant::now(),
-            },
-        );
+        full
+    };
+    if full {
+        let _ = refuse(
+            &state,
+            Surface::Console,
+            Some(addr.to_string()),
+            None,
+            "GET /console/oidc/start".into(),
+            "too many single sign-ons under way",
+            ApiError::unavailable(""),
+        )
+        .await;
+        return back("busy");
     }
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let Ok(mut to) = url::Url::parse(&client.authorization_endpoint) else {
@@ -219,8 +242,40 @@ pub(super) async fn start(State(state): State<AppState>) -> Response {
     resp
 }
 
+/// What the ID token's claims must say beyond what the verifier checked
+/// (signature, issuer, audience, lifetime): this sign-in's nonce; issued to
+/// this client when it names a party or several audiences; valid for a day
+/// at most.
+fn id_claims_fit(
+    claims: &serde_json::Map<String, Value>,
+    client_id: &str,
+    nonce: &str,
+    now: Timestamp,
+) -> Result<(), &'static str> {
+    let got = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
+    if !constant_eq(got.as_bytes(), nonce.as_bytes()) {
+        return Err("the ID token's nonce is not this sign-in's");
+    }
+    let azp = claims.get("azp").and_then(Value::as_str);
+    if azp.is_some_and(|a| a != client_id) {
+        return Err("the ID token was issued to another client");
+    }
+    let audiences = claims
+        .get("aud")
+        .and_then(Value::as_array)
+        .map_or(1, Vec::len);
+    if audiences > 1 && azp.is_none() {
+        return Err("the ID token has several audiences and no azp");
+    }
+    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+    if exp - now.as_millis() / 1000 > MAX_ID_TOKEN_LIFE {
+        return Err("the ID token is valid for more than a day");
+    }
+    Ok(())
+}
+
 /// The role the person's groups give, the strongest first.
-fn role_of(cfg: &crate::config::ConsoleOidc, groups: &[String]) -> Option<Role> {
+pub(super) fn role_of(cfg: &crate::config::ConsoleOidc, groups: &[String]) -> Option<Role> {
     let member = |of: &[String]| groups.iter().any(|g| of.contains(g));
     if member(&cfg.admin_groups) {
         Some(Role::Admin)
@@ -313,6 +368,19 @@ async fn callback_checked(
     if pending.started.elapsed() >= PENDING_TTL {
         return fail("expired", "the sign-in took too long".into()).await;
     }
+    // RFC 9207: a provider that names itself must be the one we sent to.
+    if let Some(iss) = q.get("iss")
+        && state
+            .live
+            .config
+            .load()
+            .console
+            .oidc
+            .as_ref()
+            .is_none_or(|o| &o.issuer != iss)
+    {
+        return fail("token", "the callback names another issuer".into()).await;
+    }
     if let Some(e) = q.get("error") {
         return fail("denied", format!("the provider answered {}", shown(e, 64))).await;
     }
@@ -367,14 +435,8 @@ async fn callback_checked(
         Ok((_, claims)) => claims,
         Err(e) => return fail("token", format!("the ID token: {e}")).await,
     };
-    let nonce = claims.get("nonce").and_then(Value::as_str).unwrap_or("");
-    if !constant_eq(nonce.as_bytes(), pending.nonce.as_bytes()) {
-        return fail("token", "the ID token's nonce is not this sign-in's".into()).await;
-    }
-    if let Some(azp) = claims.get("azp").and_then(Value::as_str)
-        && azp != cfg.client_id
-    {
-        return fail("token", "the ID token was issued to another client".into()).await;
+    if let Err(why) = id_claims_fit(&claims, &cfg.client_id, &pending.nonce, Timestamp::now()) {
+        return fail("token", why.into()).await;
     }
     let config = state.live.config.load_full();
     let Some(issuer) = config
@@ -388,7 +450,10 @@ async fn callback_checked(
         .get(&issuer.subject_claim)
         .and_then(Value::as_str)
         .unwrap_or("");
-    let Ok(user) = issuer.namespace.user(subject) else {
+    // Names that read as something else (bidi overrides, invisible
+    // characters) are no one's.
+    let readable = !subject.chars().any(warrant_core::approval::is_invisible);
+    let Some(user) = issuer.namespace.user(subject).ok().filter(|_| readable) else {
         return fail(
             "token",
             format!("the ID token has no usable `{}`", issuer.subject_claim),
@@ -396,7 +461,8 @@ async fn callback_checked(
         .await;
     };
     let person = format!("user:{user}");
-    let Some(role) = role_of(cfg, &groups(&claims, &issuer.groups_claim)) else {
+    let groups = groups(&claims, &issuer.groups_claim);
+    let Some(role) = role_of(cfg, &groups) else {
         return fail(
             "no_role",
             format!("{person} is in none of the console's groups"),
@@ -406,7 +472,10 @@ async fn callback_checked(
     let mut resp = open(
         state,
         NewSession {
-            basis: SessionBasis::Person { role },
+            basis: SessionBasis::Person {
+                issuer: cfg.issuer.clone(),
+                groups,
+            },
             actor: person.clone(),
             role,
             person: Some(person),
@@ -466,5 +535,25 @@ mod tests {
         );
         assert!(groups(&m(serde_json::json!({"groups": {"a": 1}})), "groups").is_empty());
         assert!(groups(&m(serde_json::json!({})), "groups").is_empty());
+    }
+
+    #[test]
+    fn id_token_claims_must_fit_this_sign_in() {
+        let now = Timestamp::from_millis(1_000_000_000);
+        let exp = now.as_millis() / 1000 + 300;
+        let m = |v: Value| v.as_object().unwrap().clone();
+        let fit = |v: Value| id_claims_fit(&m(v), "console", "n1", now);
+        assert!(fit(serde_json::json!({"nonce": "n1", "aud": "console", "exp": exp})).is_ok());
+        assert!(fit(serde_json::json!({"nonce": "n1", "aud": ["console", "x"], "azp": "console", "exp": exp})).is_ok());
+        for bad in [
+            serde_json::json!({"aud": "console", "exp": exp}),
+            serde_json::json!({"nonce": "n2", "aud": "console", "exp": exp}),
+            serde_json::json!({"nonce": ["n1"], "aud": "console", "exp": exp}),
+            serde_json::json!({"nonce": "n1", "aud": "console", "azp": "other", "exp": exp}),
+            serde_json::json!({"nonce": "n1", "aud": ["console", "other"], "exp": exp}),
+            serde_json::json!({"nonce": "n1", "aud": "console", "exp": exp + 30 * 365 * 86_400}),
+        ] {
+            assert!(fit(bad.clone()).is_err(), "{bad}");
+        }
     }
 }

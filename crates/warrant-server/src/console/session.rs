@@ -243,7 +243,41 @@ pub(super) async fn authenticate(
                 }
             }
         }
-        SessionBasis::Person { role } => (role, person),
+        SessionBasis::Person { issuer, groups } => {
+            // The mapping in force decides, at every use.
+            let role = config
+                .oidc
+                .as_ref()
+                .filter(|o| o.issuer == issuer)
+                .filter(|_| {
+                    state
+                        .live
+                        .config
+                        .load()
+                        .user_issuers
+                        .iter()
+                        .any(|u| u.provider.issuer == issuer)
+                })
+                .and_then(|o| super::oidc::role_of(o, &groups));
+            match role {
+                Some(role) => (role, person),
+                None => {
+                    state.console.sessions.lock().remove(&key);
+                    return Err(refuse(
+                        state,
+                        Surface::Console,
+                        source,
+                        Some(actor),
+                        w,
+                        "single sign-on no longer gives this person a role",
+                        ApiError::unauthorized(
+                            "your groups no longer give you a role in this console (or single sign-on is off); sign in again",
+                        ),
+                    )
+                    .await);
+                }
+            }
+        }
     };
     Ok(Found {
         caller: Caller {

@@ -51,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health/history", get(super::health::history))
         .route("/audit/stream", get(super::stream::audit_stream))
         .route("/policy/source", get(policy_source))
+        .route("/console/sessions", get(list_console_sessions))
+        .route("/console/sessions/end", post(end_console_sessions))
         .route("/agents/{name}/instances", get(list_instances))
         .route("/agents/{name}/join-tokens", post(create_join_token))
         .route("/discovered", get(list_discovered))
@@ -1338,4 +1340,68 @@ async fn build_check(state: &AppState, req: PolicyCheck) -> ApiResult<DecisionRe
         resource,
         context,
     })
+}
+
+/// `GET /console/sessions`: the console sessions this broker holds, without
+/// their cookies or tokens.
+async fn list_console_sessions(
+    State(state): State<AppState>,
+    _: Reader,
+) -> Json<Vec<warrant_core::api::ConsoleSessionInfo>> {
+    let config = state.live.config.load().console.clone();
+    let now = std::time::Instant::now();
+    let mut out: Vec<_> = state
+        .console
+        .sessions
+        .lock()
+        .values()
+        .filter(|s| s.live(now, &config))
+        .map(|s| warrant_core::api::ConsoleSessionInfo {
+            actor: s.actor.clone(),
+            person: s.person.clone(),
+            via: match s.basis {
+                crate::state::SessionBasis::Token { .. } => "admin-token".into(),
+                crate::state::SessionBasis::Person { .. } => "single-sign-on".into(),
+            },
+            age_seconds: now.duration_since(s.created).as_secs(),
+            idle_seconds: now.duration_since(s.last_used).as_secs(),
+            ends_at: s.ends_at,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.actor
+            .cmp(&b.actor)
+            .then(a.age_seconds.cmp(&b.age_seconds))
+    });
+    Json(out)
+}
+
+/// `POST /console/sessions/end`: ends every console session of one actor
+/// (a person signed in by single sign-on, or an admin token's sessions).
+async fn end_console_sessions(
+    State(state): State<AppState>,
+    Writer(caller): Writer,
+    b: Result<Json<warrant_core::api::EndConsoleSessions>, JsonRejection>,
+) -> ApiResult<Json<warrant_core::api::EndedConsoleSessions>> {
+    let attempt = caller
+        .event(Kind::AdminConsoleSignOut, Outcome::Allow)
+        .action("console.sessions.end");
+    let req = body(&state, &attempt, b).await?;
+    if req.actor.is_empty() || req.actor.len() > 300 || req.actor.chars().any(char::is_control) {
+        return Err(fail(
+            &state,
+            attempt,
+            ApiError::invalid("actor is empty, too long or has control characters"),
+        )
+        .await);
+    }
+    let ended = state.console.end(&req.actor);
+    let event = attempt
+        .resource(shown(&req.actor, 300))
+        .reason(format!("{ended} sessions ended by {}", caller.actor));
+    state.store.append_audit(event).await?;
+    Ok(Json(warrant_core::api::EndedConsoleSessions {
+        actor: req.actor,
+        ended: ended as u64,
+    }))
 }

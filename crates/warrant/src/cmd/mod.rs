@@ -4,6 +4,7 @@ mod admin_token;
 mod agent;
 mod approval;
 mod audit;
+mod console;
 mod dev;
 mod health;
 mod keys;
@@ -70,6 +71,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(c) => dev::run(&cli, client(&cli)?, c).await,
         Command::Reload => live::reload(&cli, client(&cli)?).await,
         Command::Health => health::run(&cli, client(&cli)?).await,
+        Command::Console(c) => console::run(&cli, client(&cli)?, c).await,
         Command::Status { all: false } => live::status(&cli, client(&cli)?).await,
         Command::Status { all: true } => live::cluster(&cli, client(&cli)?).await,
         Command::Route(c) => live::routes(&cli, client(&cli)?, c).await,

@@ -1162,6 +1162,129 @@ auditor_groups = ["security"]
     let root = browser("sso", &b, &[("SSO_USER", "root")]);
     assert_eq!(root["me"]["role"], "admin", "{root}");
     assert_eq!(root["status"], 200, "an admin may disable: {root}");
+    b.cli(&["agent", "enable", "triage"]).ok();
+    let agents = "/console/api/v1/agents";
+    let with =
+        |cookie: &Value| b.http("GET", agents, &[("cookie", cookie.as_str().unwrap())], None);
+    assert_eq!(with(&carol["cookie"]).status, 200);
+    assert_eq!(with(&root["cookie"]).status, 200);
+
+    // Operators see who is signed in, and can end a person's sessions.
+    let sessions = b.cli(&["console", "sessions", "--output", "json"]).json();
+    let root_actor = root["me"]["actor"].as_str().unwrap().to_owned();
+    assert!(
+        sessions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["actor"] == root_actor.as_str() && s["via"] == "single-sign-on"),
+        "{sessions}"
+    );
+    assert!(
+        !sessions
+            .to_string()
+            .contains(root["cookie"].as_str().unwrap().split('=').nth(1).unwrap()),
+        "no cookie listed"
+    );
+    let ended = b
+        .cli(&["console", "end", &root_actor, "--output", "json"])
+        .json();
+    assert_eq!(ended["ended"], 1, "{ended}");
+    assert_eq!(with(&root["cookie"]).status, 401);
+    assert!(
+        audit(&b, Some("admin.console.signout"))
+            .iter()
+            .any(|r| r["resource"] == root_actor.as_str())
+    );
+
+    // Found in review: a signed-in person kept the role their groups gave at
+    // sign-in whatever the configuration said later. The mapping in force
+    // decides at every use.
+    let file = b.tmp().join("warrant.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace(
+            "approver_groups = [\"approvers\"]",
+            "approver_groups = [\"payments\"]",
+        ),
+    )
+    .unwrap();
+    b.cli(&["reload"]).ok();
+    let r = with(&carol["cookie"]);
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.body.contains("no longer give you a role"), "{}", r.body);
+    std::fs::write(&file, &text).unwrap();
+    b.cli(&["reload"]).ok();
+
+    // Found in review: turning the console off and on again by reload, with
+    // no request in between, revived every session.
+    let admin = token(&b, "admin", None);
+    let s = sign_in(&b, &admin).unwrap();
+    let off = text.replacen(
+        "[console.oidc]",
+        "[console]\nenabled = false\n\n[console.oidc]",
+        1,
+    );
+    std::fs::write(&file, &off).unwrap();
+    b.cli(&["reload"]).ok();
+    std::fs::write(&file, &text).unwrap();
+    b.cli(&["reload"]).ok();
+    assert_eq!(
+        s.get(&b, agents).status,
+        401,
+        "a session from before the console was off"
+    );
+
+    // Found in review: anyone could fill the sign-ins under way. One address
+    // has a few at a time; the rest are refused, and recorded.
+    let starts: Vec<Response> = (0..11)
+        .map(|_| b.http("GET", "/console/oidc/start", &[], None))
+        .collect();
+    assert!(starts[..10].iter().all(|r| {
+        r.status == 303
+            && r.header("location")
+                .unwrap()
+                .starts_with(&format!("http://127.0.0.1:{port}/auth"))
+    }));
+    assert_eq!(
+        starts[10].header("location"),
+        Some("/console/signin?error=busy")
+    );
+    assert!(audit(&b, Some("admin.auth")).iter().any(|r| {
+        r["reasons"]
+            .to_string()
+            .contains("too many single sign-ons")
+    }));
+
+    // RFC 9207: a callback naming another issuer is refused.
+    let go = &starts[0];
+    let st = url::Url::parse(go.header("location").unwrap())
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let bound = go
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = b.http(
+        "GET",
+        &format!("/console/oidc/callback?state={st}&code=x&iss=http%3A%2F%2Fevil.test"),
+        &[("cookie", &bound)],
+        None,
+    );
+    assert_eq!(r.header("location"), Some("/console/signin?error=token"));
+    assert!(
+        audit(&b, Some("admin.auth"))
+            .iter()
+            .any(|r| r["reasons"].to_string().contains("names another issuer"))
+    );
 
     // mallory signs in at the provider but no group gives her a role.
     let mallory = browser(
