@@ -327,6 +327,17 @@ mod tests {
         jwt::sign(set.active(now).unwrap(), "JWT", &claims).unwrap()
     }
 
+    /// One provider whose keys are read from `file`.
+    fn from_file(file: &std::path::Path) -> Providers {
+        Providers::new(vec![TrustProvider {
+            name: "ci".into(),
+            issuer: "https://issuer.test".into(),
+            jwks: JwksSource::File(file.to_owned()),
+            audience: "warrant".into(),
+        }])
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_rotated_issuer_key_is_picked_up_once_the_interval_allows() {
         let dir = tempfile::tempdir().unwrap();
@@ -334,13 +345,7 @@ mod tests {
         let old = issuer_key();
         let now = Timestamp::now();
         std::fs::write(&file, serde_json::to_vec(&old.jwks(now)).unwrap()).unwrap();
-        let providers = Providers::new(vec![TrustProvider {
-            name: "ci".into(),
-            issuer: "https://issuer.test".into(),
-            jwks: JwksSource::File(file.clone()),
-            audience: "warrant".into(),
-        }])
-        .unwrap();
+        let providers = from_file(&file);
         assert!(providers.attest(&token(&old, now), now).await.is_ok());
 
         // The issuer rotates: its new key is in the file, not yet in our cache.
@@ -385,13 +390,7 @@ mod tests {
         let withdrawn = issuer_key();
         let now = Timestamp::now();
         std::fs::write(&file, serde_json::to_vec(&withdrawn.jwks(now)).unwrap()).unwrap();
-        let providers = Providers::new(vec![TrustProvider {
-            name: "ci".into(),
-            issuer: "https://issuer.test".into(),
-            jwks: JwksSource::File(file.clone()),
-            audience: "warrant".into(),
-        }])
-        .unwrap();
+        let providers = from_file(&file);
         let old = token(&withdrawn, now);
         assert!(providers.attest(&old, now).await.is_ok());
         // The issuer takes the key out of its set.

@@ -773,30 +773,24 @@ fn approvals_transactions_and_tools_in_a_real_browser() {
     // The transaction page's tree is `warrant audit trace`'s.
     let trace = b.cli(&["audit", "trace", &txn, "--output", "json"]).json();
     let page = run("trace", &[("TXN", txn.clone())]);
-    let mut want_tasks: Vec<(String, Option<String>)> = trace["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["task"].as_str().unwrap().to_owned(),
-                t["parent"].as_str().map(str::to_owned),
-            )
-        })
-        .collect();
-    let mut got_tasks: Vec<(String, Option<String>)> = page["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["task"].as_str().unwrap().to_owned(),
-                t["parent"].as_str().map(str::to_owned),
-            )
-        })
-        .collect();
-    want_tasks.sort();
-    got_tasks.sort();
+    // (task, parent) pairs, as trace and page list them.
+    let tasks = |v: &Value| -> Vec<(String, Option<String>)> {
+        let mut out: Vec<_> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["task"].as_str().unwrap().to_owned(),
+                    t["parent"].as_str().map(str::to_owned),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let want_tasks = tasks(&trace["tasks"]);
+    let got_tasks = tasks(&page["tasks"]);
     assert_eq!(got_tasks, want_tasks);
     assert_eq!(want_tasks.len(), 2, "{trace}");
     let mut want_records: Vec<(u64, String)> = trace["records"]
