@@ -194,7 +194,8 @@ pub struct ApprovalSubject {
 pub fn is_invisible(c: char) -> bool {
     matches!(c as u32,
         0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
-        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3000 | 0x3164
+                | 0x200B..=0x200F | 0x2028 | 0x2029 | 0x202A..=0x202E | 0x2060..=0x206F | 0x2800
+        | 0x3000 | 0x3164 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
         | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB | 0xE0000..=0xE0FFF)
         || c.is_control()
 }
@@ -494,6 +495,10 @@ mod tests {
             "\u{FEFF}",
             "a\u{3164}",
             "v\u{FE0F}",
+            "carol\u{2028}",
+            "carol\u{2800}",
+            "carol\u{1D173}",
+            "ca\u{1BCA0}rol",
         ] {
             assert!(has_invisible(&json!({"to": hidden})), "{hidden:?}");
             assert!(has_invisible(&json!({hidden: 1})), "{hidden:?} as a key");

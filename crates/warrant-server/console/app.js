@@ -250,7 +250,6 @@ const SSO_ERRORS = {
   token: 'The identity provider\'s answer could not be verified. The broker\'s audit trail says why.',
   no_role: 'You signed in, but none of your groups gives a role in this console. Ask an administrator.',
   unavailable: 'Single sign-on is unavailable right now; the broker\'s log says why. Sign in with an admin token instead.',
-  busy: 'Too many sign-ins are under way. Try again in a minute.',
 };
 
 function signIn(message) {
@@ -391,9 +390,9 @@ async function agents() {
     const alive = inst ? inst.filter((x) => new Date(x.expires_at).getTime() > now) : null;
     const last = inst && inst.length ? inst.map((x) => x.last_seen).sort().pop() : null;
     const change = (label, path) => action(label, mayChange(), 'role admin', async () => {
-      const updated = await api('POST', `/agents/${encodeURIComponent(a.name)}/${path}`);
-      say(`Agent ${a.name} is now ${updated.status}.`);
+            const updated = await api('POST', `/agents/${encodeURIComponent(a.name)}/${path}`);
       await agents();
+      say(`Agent ${a.name} is now ${updated.status}.`);
     });
     const buttons = [];
     if (a.status === 'active') buttons.push(change('Disable', 'disable'), change('Quarantine', 'quarantine'));
@@ -439,9 +438,9 @@ function registerForm(c) {
     const v = (id) => form.querySelector(`#${id}`).value.trim();
     const selectors = [...form.querySelectorAll('input[type=checkbox]:checked')].map((b) => b.value);
     try {
-      const a = await api('POST', '/agents', { name: v('reg-name'), owner: v('reg-owner'), env: v('reg-env'), trust: trust.value, selectors });
-      say(`Agent ${a.name} registered.`);
+            const a = await api('POST', '/agents', { name: v('reg-name'), owner: v('reg-owner'), env: v('reg-env'), trust: trust.value, selectors });
       await agents();
+      say(`Agent ${a.name} registered.`);
     } catch (err) { fail(err); }
   } },
   h('h2', {}, `Register ${c.suggested_name}`),
@@ -580,9 +579,9 @@ async function transaction(id) {
     task.revoked_at ? h('span', { class: 'state state-revoked' }, 'revoked ', time(task.revoked_at)) : ['expires ', time(task.expires_at)],
     ' ',
     task.revoked_at ? null : action('Revoke task', mayChange(), 'role admin', async () => {
-      await api('POST', '/revoke', { kind: 'task', id: task.task });
-      say(`Task ${task.task} and every task under it are revoked.`);
+            await api('POST', '/revoke', { kind: 'task', id: task.task });
       await transaction(id);
+      say(`Task ${task.task} and every task under it are revoked.`);
     }),
     h('ul', {},
       t.records.filter((r) => r.task === task.task).map(recordItem),
@@ -592,9 +591,9 @@ async function transaction(id) {
       h('ul', {}, t.tasks.filter((x) => !x.parent).map(taskItem))));
   page(`Transaction ${t.txn}`,
     h('p', {}, action('Revoke the whole transaction', mayChange(), 'role admin', async () => {
-      await api('POST', '/revoke', { kind: 'txn', id: t.txn });
-      say(`Every task of ${t.txn} is revoked.`);
+            await api('POST', '/revoke', { kind: 'txn', id: t.txn });
       await transaction(id);
+      say(`Every task of ${t.txn} is revoked.`);
     }), ' ', link(`/console/audit${query({ txn: t.txn })}`, 'Follow this transaction live')),
     section('Graph', h('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Delegation graph' }, svg)),
     section('Tree', tree),
@@ -641,9 +640,9 @@ async function approval(id) {
   ].filter(([, v]) => v);
   const reason = h('textarea', { id: 'reason', name: 'reason', maxlength: '500', rows: '2' });
   const decide = (verb) => action(verb === 'approve' ? 'Approve' : 'Deny', mayApprove(), 'role approver or admin', async () => {
-    await api('POST', `/approvals/${encodeURIComponent(a.id)}/${verb}`, { reason: reason.value.trim() || null });
-    say(`Approval ${a.id} ${verb === 'approve' ? 'approved' : 'denied'}.`);
+        await api('POST', `/approvals/${encodeURIComponent(a.id)}/${verb}`, { reason: reason.value.trim() || null });
     await approval(id);
+    say(`Approval ${a.id} ${verb === 'approve' ? 'approved' : 'denied'}.`);
   });
   page(`Approval ${a.id}`,
     h('dl', { class: 'facts' }, facts.map(([k, v]) => [h('dt', {}, k), h('dd', {}, v)])),
@@ -753,8 +752,8 @@ async function secrets() {
     diff(JSON.stringify(t.definition, null, 2) || '', JSON.stringify(t.pending_definition, null, 2)),
     action('Approve definition', mayChange(), 'role admin', async () => {
       await api('POST', `/mcp/${encodeURIComponent(t.server)}/tools/${encodeURIComponent(t.tool)}/approve`, { digest: t.pending_digest });
+            await secrets();
       say(`The new definition of ${t.server}/${t.tool} is approved.`);
-      await secrets();
     })));
   page('Secrets and tools',
     section('Secrets', h('p', { class: 'help' }, 'Metadata only: a value never leaves the broker.'),

@@ -235,6 +235,48 @@ impl Default for ConsoleConfig {
     }
 }
 
+impl ConsoleOidc {
+    /// The role `groups` give, the strongest first; `None`: no role.
+    pub fn role_of(&self, groups: &[String]) -> Option<warrant_core::admin::Role> {
+        use warrant_core::admin::Role;
+        let member = |of: &[String]| groups.iter().any(|g| of.contains(g));
+        if member(&self.admin_groups) {
+            Some(Role::Admin)
+        } else if member(&self.approver_groups) {
+            Some(Role::Approver)
+        } else if member(&self.auditor_groups) {
+            Some(Role::Auditor)
+        } else {
+            None
+        }
+    }
+}
+
+impl Config {
+    /// The role a person signed in by single sign-on has under this
+    /// configuration: the same issuer, client and namespace they signed in
+    /// with, and a group the mapping names; `None` ends their session.
+    pub fn console_role(
+        &self,
+        issuer: &str,
+        client_id: &str,
+        namespace: &str,
+        groups: &[String],
+    ) -> Option<warrant_core::admin::Role> {
+        let oidc = self.console.oidc.as_ref()?;
+        let user_issuer = self
+            .user_issuers
+            .iter()
+            .find(|u| u.provider.issuer == issuer)?;
+        (self.console.enabled
+            && oidc.issuer == issuer
+            && oidc.client_id == client_id
+            && user_issuer.namespace.as_str() == namespace)
+            .then(|| oidc.role_of(groups))
+            .flatten()
+    }
+}
+
 fn console_oidc(
     raw: RawConsoleOidc,
     issuers: &[UserIssuer],

@@ -230,9 +230,7 @@ pub async fn reload(state: &AppState, actor: AuditEvent) -> Result<ConfigChanges
         state.console.sessions.lock().clear();
     }
     *state.console.oidc.lock() = None;
-    if state.live.config.load().console.oidc.is_none() {
-        state.console.oidc_pending.lock().clear();
-    }
+
     *state.live.loaded_at.lock() = Timestamp::now();
     if !fresh.is_empty() {
         let mcp = state.mcp.clone();

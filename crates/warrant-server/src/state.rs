@@ -101,9 +101,11 @@ pub struct ConsoleState {
     pub streams: parking_lot::Mutex<std::collections::HashMap<u64, (String, std::time::Instant)>>,
     /// The next stream's number.
     pub next_stream: std::sync::atomic::AtomicU64,
-    /// Sign-ins through an OpenID Connect provider under way, by `state`.
-    /// Each remembers the address it came from (a few per address).
-    pub oidc_pending: parking_lot::Mutex<std::collections::HashMap<String, OidcPending>>,
+    /// Seals a sign-in under way into the browser's state cookie (its
+    /// PKCE verifier, nonce and expiry): made at first use, in memory only,
+    /// so a sign-in completes on the broker that started it. Nothing is
+    /// kept per sign-in, so starting them fills nothing.
+    pub oidc_sealer: parking_lot::Mutex<Option<Arc<warrant_token::Kek>>>,
     /// The provider's endpoints once discovered, and the ID-token verifier,
     /// for the `[console.oidc]` they were made for.
     pub oidc: parking_lot::Mutex<Option<Arc<OidcClient>>>,
@@ -121,23 +123,10 @@ impl Default for ConsoleState {
             health: parking_lot::Mutex::default(),
             streams: parking_lot::Mutex::default(),
             next_stream: std::sync::atomic::AtomicU64::new(1),
-            oidc_pending: parking_lot::Mutex::default(),
+            oidc_sealer: parking_lot::Mutex::default(),
             oidc: parking_lot::Mutex::default(),
         }
     }
-}
-
-/// A sign-in through the provider, between leaving and coming back.
-#[allow(missing_debug_implementations)]
-pub struct OidcPending {
-    /// The PKCE verifier.
-    pub verifier: String,
-    /// The nonce the ID token must carry.
-    pub nonce: String,
-    /// When it started.
-    pub started: std::time::Instant,
-    /// From where.
-    pub from: std::net::IpAddr,
 }
 
 /// What signing in through the provider needs, made once per configuration.
@@ -170,6 +159,10 @@ pub enum SessionBasis {
     Person {
         /// The user issuer that signed the person in.
         issuer: String,
+        /// The console's client id at sign-in.
+        client_id: String,
+        /// The issuer's namespace at sign-in (the person's id is in it).
+        namespace: String,
         /// Their groups, as its ID token gave them.
         groups: Vec<String>,
     },

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Query, State};
@@ -26,21 +26,20 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use warrant_control::attest::oidc::{Providers, TrustProvider};
-use warrant_core::admin::Role;
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
 use super::session::{NewSession, constant_eq, open, random_text, secure};
 use crate::http::auth::{Surface, count, refuse};
 use crate::http::error::ApiError;
-use crate::state::{AppState, OidcClient, OidcPending, SessionBasis};
+use crate::state::{AppState, OidcClient, SessionBasis};
 
 /// How long a person has to come back from the provider.
 const PENDING_TTL: Duration = Duration::from_secs(600);
-/// The most sign-ins under way at once.
-const MAX_PENDING: usize = 1000;
-/// The most under way from one address.
-const MAX_PENDING_EACH: usize = 10;
+/// What the sealed state cookie is bound to.
+const SEAL_AAD: &[u8] = b"warrant console sign-in v1";
+/// The most state cookies of the name looked at.
+const MAX_STATE_COOKIES: usize = 8;
 /// The longest an ID token may still be valid for.
 const MAX_ID_TOKEN_LIFE: i64 = 24 * 3600;
 /// The most bytes read from the provider in one answer.
@@ -175,11 +174,42 @@ async fn client(state: &AppState) -> Result<Arc<OidcClient>, String> {
     Ok(made)
 }
 
+/// A sign-in under way, sealed into the browser's state cookie.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    /// The `state` sent to the provider.
+    s: String,
+    /// The PKCE verifier.
+    v: String,
+    /// The nonce the ID token must carry.
+    n: String,
+    /// Until when (seconds since the epoch).
+    e: i64,
+}
+
+fn sealer(state: &AppState) -> Option<Arc<warrant_token::Kek>> {
+    let mut held = state.console.oidc_sealer.lock();
+    if held.is_none() {
+        *held = warrant_token::Kek::generate().ok().map(Arc::new);
+    }
+    held.clone()
+}
+
+fn seal(state: &AppState, p: &Pending) -> Option<String> {
+    let json = serde_json::to_vec(p).ok()?;
+    let sealed = sealer(state)?.seal(SEAL_AAD, &json).ok()?;
+    Some(URL_SAFE_NO_PAD.encode(sealed))
+}
+
+/// The sign-in a state cookie holds, if this broker sealed it.
+fn unseal(state: &AppState, cookie: &str) -> Option<Pending> {
+    let bytes = URL_SAFE_NO_PAD.decode(cookie).ok()?;
+    let json = sealer(state)?.open(SEAL_AAD, &bytes)?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// `GET /console/oidc/start`: off to the provider.
-pub(super) async fn start(
-    State(state): State<AppState>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-) -> Response {
+pub(super) async fn start(State(state): State<AppState>) -> Response {
     let client = match client(&state).await {
         Ok(c) => c,
         Err(e) => {
@@ -190,37 +220,19 @@ pub(super) async fn start(
     let (Ok(st), Ok(nonce), Ok(verifier)) = (random_text(), random_text(), random_text()) else {
         return back("unavailable");
     };
-    let full = {
-        let mut pending = state.console.oidc_pending.lock();
-        pending.retain(|_, p| p.started.elapsed() < PENDING_TTL);
-        let mine = pending.values().filter(|p| p.from == addr.ip()).count();
-        let full = mine >= MAX_PENDING_EACH || pending.len() >= MAX_PENDING;
-        if !full {
-            pending.insert(
-                st.clone(),
-                OidcPending {
-                    verifier: verifier.clone(),
-                    nonce: nonce.clone(),
-                    started: Instant::now(),
-                    from: addr.ip(),
-                },
-            );
-        }
-        full
+    // Nothing is kept here: the sign-in travels sealed in the browser's
+    // cookie, so no number of starts can crowd out anyone's.
+    let Some(sealed) = seal(
+        &state,
+        &Pending {
+            s: st.clone(),
+            v: verifier.clone(),
+            n: nonce.clone(),
+            e: Timestamp::now().as_millis() / 1000 + PENDING_TTL.as_secs() as i64,
+        },
+    ) else {
+        return back("unavailable");
     };
-    if full {
-        let _ = refuse(
-            &state,
-            Surface::Console,
-            Some(addr.to_string()),
-            None,
-            "GET /console/oidc/start".into(),
-            "too many single sign-ons under way",
-            ApiError::unavailable(""),
-        )
-        .await;
-        return back("busy");
-    }
     let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     let Ok(mut to) = url::Url::parse(&client.authorization_endpoint) else {
         return back("unavailable");
@@ -237,7 +249,7 @@ pub(super) async fn start(
     let mut resp = (StatusCode::SEE_OTHER, [(LOCATION, to.to_string())]).into_response();
     resp.headers_mut().insert(
         SET_COOKIE,
-        state_cookie(secure(&state), &st, PENDING_TTL.as_secs()),
+        state_cookie(secure(&state), &sealed, PENDING_TTL.as_secs()),
     );
     resp
 }
@@ -267,25 +279,14 @@ fn id_claims_fit(
     if audiences > 1 && azp.is_none() {
         return Err("the ID token has several audiences and no azp");
     }
-    let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
-    if exp - now.as_millis() / 1000 > MAX_ID_TOKEN_LIFE {
+    // Times may be written with a fraction: read them as numbers.
+    let Some(exp) = claims.get("exp").and_then(Value::as_f64) else {
+        return Err("the ID token has no expiry");
+    };
+    if !exp.is_finite() || exp - (now.as_millis() / 1000) as f64 > MAX_ID_TOKEN_LIFE as f64 {
         return Err("the ID token is valid for more than a day");
     }
     Ok(())
-}
-
-/// The role the person's groups give, the strongest first.
-pub(super) fn role_of(cfg: &crate::config::ConsoleOidc, groups: &[String]) -> Option<Role> {
-    let member = |of: &[String]| groups.iter().any(|g| of.contains(g));
-    if member(&cfg.admin_groups) {
-        Some(Role::Admin)
-    } else if member(&cfg.approver_groups) {
-        Some(Role::Approver)
-    } else if member(&cfg.auditor_groups) {
-        Some(Role::Auditor)
-    } else {
-        None
-    }
 }
 
 /// The groups claim: a list of names (or one name).
@@ -342,30 +343,29 @@ async fn callback_checked(
             r
         }
     };
-    // The browser that comes back is the one that left.
+    // The browser that comes back is the one that left: its cookie holds
+    // the sealed sign-in whose state the provider sends back.
     let name = cookie_name(secure);
-    let bound: Vec<&str> = headers
+    let Some(st) = q.get("state") else {
+        return fail("state", "no state".into()).await;
+    };
+    let held: Vec<Pending> = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|p| p.trim().split_once('='))
         .filter(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .take(MAX_STATE_COOKIES)
+        .filter_map(|(_, v)| unseal(state, v))
         .collect();
-    let Some(st) = q.get("state") else {
-        return fail("state", "no state".into()).await;
-    };
-    if !bound
-        .iter()
-        .any(|b| constant_eq(b.as_bytes(), st.as_bytes()))
-    {
+    let Some(pending) = held
+        .into_iter()
+        .find(|p| constant_eq(p.s.as_bytes(), st.as_bytes()))
+    else {
         return fail("state", "the state is not this browser's".into()).await;
-    }
-    let Some(pending) = state.console.oidc_pending.lock().remove(st) else {
-        return fail("state", "unknown or used state".into()).await;
     };
-    if pending.started.elapsed() >= PENDING_TTL {
+    if pending.e <= Timestamp::now().as_millis() / 1000 {
         return fail("expired", "the sign-in took too long".into()).await;
     }
     // RFC 9207: a provider that names itself must be the one we sent to.
@@ -397,7 +397,7 @@ async fn callback_checked(
         .append_pair("grant_type", "authorization_code")
         .append_pair("code", code)
         .append_pair("redirect_uri", &redirect_uri(state))
-        .append_pair("code_verifier", &pending.verifier)
+        .append_pair("code_verifier", &pending.v)
         .append_pair("client_id", &cfg.client_id)
         .finish();
     let mut req = http::Request::post(client.token_endpoint.as_str())
@@ -435,7 +435,7 @@ async fn callback_checked(
         Ok((_, claims)) => claims,
         Err(e) => return fail("token", format!("the ID token: {e}")).await,
     };
-    if let Err(why) = id_claims_fit(&claims, &cfg.client_id, &pending.nonce, Timestamp::now()) {
+    if let Err(why) = id_claims_fit(&claims, &cfg.client_id, &pending.n, Timestamp::now()) {
         return fail("token", why.into()).await;
     }
     let config = state.live.config.load_full();
@@ -452,7 +452,9 @@ async fn callback_checked(
         .unwrap_or("");
     // Names that read as something else (bidi overrides, invisible
     // characters) are no one's.
-    let readable = !subject.chars().any(warrant_core::approval::is_invisible);
+    let readable = !subject
+        .chars()
+        .any(|c| c.is_whitespace() || warrant_core::approval::is_invisible(c));
     let Some(user) = issuer.namespace.user(subject).ok().filter(|_| readable) else {
         return fail(
             "token",
@@ -462,7 +464,7 @@ async fn callback_checked(
     };
     let person = format!("user:{user}");
     let groups = groups(&claims, &issuer.groups_claim);
-    let Some(role) = role_of(cfg, &groups) else {
+    let Some(role) = cfg.role_of(&groups) else {
         return fail(
             "no_role",
             format!("{person} is in none of the console's groups"),
@@ -474,6 +476,8 @@ async fn callback_checked(
         NewSession {
             basis: SessionBasis::Person {
                 issuer: cfg.issuer.clone(),
+                client_id: cfg.client_id.clone(),
+                namespace: issuer.namespace.as_str().to_owned(),
                 groups,
             },
             actor: person.clone(),
@@ -494,6 +498,7 @@ async fn callback_checked(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warrant_core::admin::Role;
 
     fn cfg() -> crate::config::ConsoleOidc {
         crate::config::ConsoleOidc {
@@ -513,13 +518,13 @@ mod tests {
     fn the_strongest_role_the_groups_give_wins_and_none_gives_nothing() {
         let g = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert_eq!(
-            role_of(&cfg(), &g(&["security", "approvers"])),
+            cfg().role_of(&g(&["security", "approvers"])),
             Some(Role::Approver)
         );
-        assert_eq!(role_of(&cfg(), &g(&["sec-admins"])), Some(Role::Admin));
-        assert_eq!(role_of(&cfg(), &g(&["security"])), Some(Role::Auditor));
-        assert_eq!(role_of(&cfg(), &g(&["Sec-Admins", "everyone"])), None);
-        assert_eq!(role_of(&cfg(), &[]), None);
+        assert_eq!(cfg().role_of(&g(&["sec-admins"])), Some(Role::Admin));
+        assert_eq!(cfg().role_of(&g(&["security"])), Some(Role::Auditor));
+        assert_eq!(cfg().role_of(&g(&["Sec-Admins", "everyone"])), None);
+        assert_eq!(cfg().role_of(&[]), None);
     }
 
     #[test]
@@ -552,6 +557,9 @@ mod tests {
             serde_json::json!({"nonce": "n1", "aud": "console", "azp": "other", "exp": exp}),
             serde_json::json!({"nonce": "n1", "aud": ["console", "other"], "exp": exp}),
             serde_json::json!({"nonce": "n1", "aud": "console", "exp": exp + 30 * 365 * 86_400}),
+            serde_json::json!({"nonce": "n1", "aud": "console", "exp": (exp + 2 * 86_400) as f64 + 0.5}),
+            serde_json::json!({"nonce": "n1", "aud": "console", "exp": 1e10}),
+            serde_json::json!({"nonce": "n1", "aud": "console"}),
         ] {
             assert!(fit(bad.clone()).is_err(), "{bad}");
         }

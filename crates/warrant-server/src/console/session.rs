@@ -42,7 +42,7 @@ const MAX_SESSIONS: usize = 10_000;
 /// recently used goes.
 const MAX_EACH: usize = 8;
 /// The most cookies of the console's name looked at in one request.
-const MAX_COOKIES: usize = 4;
+const MAX_COOKIES: usize = 16;
 
 fn digest(cookie: &str) -> [u8; 32] {
     Sha256::digest(cookie.as_bytes()).into()
@@ -103,7 +103,11 @@ fn session_cookies(headers: &HeaderMap, secure: bool) -> Vec<String> {
 /// address the API listener is bound to, and `localhost` at its port. A
 /// page served under another name (DNS rebinding) gets nothing.
 pub(super) fn known_host(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+    let mut hosts = headers.get_all(HOST).iter();
+    let (Some(host), None) = (hosts.next(), hosts.next()) else {
+        return false;
+    };
+    let Ok(host) = host.to_str() else {
         return false;
     };
     let host = host.to_ascii_lowercase();
@@ -243,22 +247,18 @@ pub(super) async fn authenticate(
                 }
             }
         }
-        SessionBasis::Person { issuer, groups } => {
+        SessionBasis::Person {
+            issuer,
+            client_id,
+            namespace,
+            groups,
+        } => {
             // The mapping in force decides, at every use.
-            let role = config
-                .oidc
-                .as_ref()
-                .filter(|o| o.issuer == issuer)
-                .filter(|_| {
-                    state
-                        .live
-                        .config
-                        .load()
-                        .user_issuers
-                        .iter()
-                        .any(|u| u.provider.issuer == issuer)
-                })
-                .and_then(|o| super::oidc::role_of(o, &groups));
+            let role = state
+                .live
+                .config
+                .load()
+                .console_role(&issuer, &client_id, &namespace, &groups);
             match role {
                 Some(role) => (role, person),
                 None => {

@@ -1350,24 +1350,37 @@ async fn list_console_sessions(
 ) -> Json<Vec<warrant_core::api::ConsoleSessionInfo>> {
     let config = state.live.config.load().console.clone();
     let now = std::time::Instant::now();
-    let mut out: Vec<_> = state
+    let found: Vec<([u8; 32], warrant_core::api::ConsoleSessionInfo)> = state
         .console
         .sessions
         .lock()
-        .values()
-        .filter(|s| s.live(now, &config))
-        .map(|s| warrant_core::api::ConsoleSessionInfo {
-            actor: s.actor.clone(),
-            person: s.person.clone(),
-            via: match s.basis {
-                crate::state::SessionBasis::Token { .. } => "admin-token".into(),
-                crate::state::SessionBasis::Person { .. } => "single-sign-on".into(),
-            },
-            age_seconds: now.duration_since(s.created).as_secs(),
-            idle_seconds: now.duration_since(s.last_used).as_secs(),
-            ends_at: s.ends_at,
+        .iter()
+        .filter(|(_, s)| s.live(now, &config))
+        .map(|(key, s)| {
+            (
+                *key,
+                warrant_core::api::ConsoleSessionInfo {
+                    actor: s.actor.clone(),
+                    person: s.person.clone(),
+                    via: match s.basis {
+                        crate::state::SessionBasis::Token { .. } => "admin-token".into(),
+                        crate::state::SessionBasis::Person { .. } => "single-sign-on".into(),
+                    },
+                    age_seconds: now.duration_since(s.created).as_secs(),
+                    idle_seconds: now.duration_since(s.last_used).as_secs(),
+                    ends_at: s.ends_at,
+                },
+            )
         })
         .collect();
+    // Only sessions that could still be used: the token unrevoked, the
+    // person still given a role.
+    let mut out = Vec::new();
+    for (key, info) in found {
+        if crate::http::auth::still_valid(&state, &crate::http::auth::Recheck::Session(key)).await {
+            out.push(info);
+        }
+    }
     out.sort_by(|a, b| {
         a.actor
             .cmp(&b.actor)
@@ -1387,7 +1400,9 @@ async fn end_console_sessions(
         .event(Kind::AdminConsoleSignOut, Outcome::Allow)
         .action("console.sessions.end");
     let req = body(&state, &attempt, b).await?;
-    if req.actor.is_empty() || req.actor.len() > 300 || req.actor.chars().any(char::is_control) {
+    // A person's id may hold 256 characters of any script after its
+    // namespace: room for every actor the console can name.
+    if req.actor.is_empty() || req.actor.len() > 4096 || req.actor.chars().any(char::is_control) {
         return Err(fail(
             &state,
             attempt,
@@ -1397,7 +1412,7 @@ async fn end_console_sessions(
     }
     let ended = state.console.end(&req.actor);
     let event = attempt
-        .resource(shown(&req.actor, 300))
+        .resource(shown(&req.actor, 1100))
         .reason(format!("{ended} sessions ended by {}", caller.actor));
     state.store.append_audit(event).await?;
     Ok(Json(warrant_core::api::EndedConsoleSessions {

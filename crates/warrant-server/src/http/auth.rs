@@ -119,7 +119,25 @@ pub async fn still_valid(state: &AppState, recheck: &Recheck) -> bool {
             }
             match state.console.session(key, &config, false) {
                 Some((crate::state::SessionBasis::Token { hash, .. }, ..)) => hash,
-                Some((crate::state::SessionBasis::Person { .. }, ..)) => return true,
+                Some((
+                    crate::state::SessionBasis::Person {
+                        issuer,
+                        client_id,
+                        namespace,
+                        groups,
+                    },
+                    ..,
+                )) => {
+                    let role = state
+                        .live
+                        .config
+                        .load()
+                        .console_role(&issuer, &client_id, &namespace, &groups);
+                    if role.is_none() {
+                        state.console.sessions.lock().remove(key);
+                    }
+                    return role.is_some();
+                }
                 None => return false,
             }
         }
@@ -366,6 +384,12 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
         .get::<axum::extract::OriginalUri>()
         .map_or(parts.uri.path(), |u| u.0.path());
     let w = format!("{} {}", parts.method, path);
+    // A person signed in by single sign-on holds no admin token.
+    let message = if caller.actor.starts_with("user:") {
+        format!("your {why}; it needs role {roles}")
+    } else {
+        format!("this admin token's {why}; use a token with role {roles}")
+    };
     Err(refuse(
         state,
         caller.surface,
@@ -373,9 +397,7 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
         Some(caller.actor.clone()),
         w,
         &why,
-        ApiError::forbidden(format!(
-            "this admin token's {why}; use a token with role {roles}"
-        )),
+        ApiError::forbidden(message),
     )
     .await)
 }
