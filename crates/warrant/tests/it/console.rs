@@ -1235,7 +1235,7 @@ auditor_groups = ["security"]
     assert!(ended, "the stream of a person who lost her role ended");
     let listed = b.cli(&["console", "sessions", "--output", "json"]).json();
     assert!(!listed.to_string().contains("/carol"), "{listed}");
-        // (Her session is gone already: the stream's check ended it.)
+    // (Her session is gone already: the stream's check ended it.)
     let r = with(&carol["cookie"]);
     assert_eq!(r.status, 401, "{}", r.body);
     assert!(r.body.contains("sign in again"), "{}", r.body);
