@@ -106,6 +106,9 @@ pub struct ConsoleState {
     /// so a sign-in completes on the broker that started it. Nothing is
     /// kept per sign-in, so starting them fills nothing.
     pub oidc_sealer: parking_lot::Mutex<Option<Arc<warrant_token::Kek>>>,
+    /// States of sign-ins that made a session, until they expire: a
+    /// callback is used once even if the provider took a code twice.
+    pub oidc_spent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// The provider's endpoints once discovered, and the ID-token verifier,
     /// for the `[console.oidc]` they were made for.
     pub oidc: parking_lot::Mutex<Option<Arc<OidcClient>>>,
@@ -124,6 +127,7 @@ impl Default for ConsoleState {
             streams: parking_lot::Mutex::default(),
             next_stream: std::sync::atomic::AtomicU64::new(1),
             oidc_sealer: parking_lot::Mutex::default(),
+            oidc_spent: parking_lot::Mutex::default(),
             oidc: parking_lot::Mutex::default(),
         }
     }
@@ -237,5 +241,33 @@ impl ConsoleState {
         let before = map.len();
         map.retain(|_, s| s.actor != actor);
         before - map.len()
+    }
+}
+
+/// The most spent sign-in states remembered (one per successful sign-in in
+/// the last 10 minutes; past this the oldest are forgotten first).
+pub const MAX_SPENT_SIGN_INS: usize = 100_000;
+
+impl ConsoleState {
+    /// Whether the sign-in with `state` (valid until `until`, seconds since
+    /// the epoch) was already used to make a session.
+    pub fn sign_in_spent(&self, state: &str, now: i64) -> bool {
+        let mut spent = self.oidc_spent.lock();
+        spent.retain(|_, until| *until > now);
+        spent.contains_key(state)
+    }
+
+    /// Marks the sign-in with `state` used.
+    pub fn spend_sign_in(&self, state: &str, until: i64) {
+        let mut spent = self.oidc_spent.lock();
+        if spent.len() >= MAX_SPENT_SIGN_INS
+            && let Some(oldest) = spent
+                .iter()
+                .min_by_key(|(_, u)| **u)
+                .map(|(k, _)| k.clone())
+        {
+            spent.remove(&oldest);
+        }
+        spent.insert(state.to_owned(), until);
     }
 }

@@ -289,6 +289,25 @@ fn id_claims_fit(
     Ok(())
 }
 
+/// Whether a person's id reads as what it is: in NFC (so `e` + U+0301 and
+/// `é` are not two people who look alike), without whitespace, invisible or
+/// format characters, non-characters or private-use characters.
+fn readable_name(s: &str) -> bool {
+    use unicode_normalization::UnicodeNormalization as _;
+    let odd = |c: char| {
+        let n = c as u32;
+        c.is_whitespace()
+            || warrant_core::approval::is_invisible(c)
+            || (0xFDD0..=0xFDEF).contains(&n)
+            || n & 0xFFFE == 0xFFFE
+            || (0xE000..=0xF8FF).contains(&n)
+            || n >= 0xF0000
+            || matches!(n, 0x0600..=0x0605 | 0x06DD | 0x070F | 0x0890 | 0x0891 | 0x08E2
+                | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0xFFF0..=0xFFFC)
+    };
+    !s.chars().any(odd) && s.nfc().eq(s.chars())
+}
+
 /// The groups claim: a list of names (or one name).
 fn groups(claims: &serde_json::Map<String, Value>, claim: &str) -> Vec<String> {
     match claims.get(claim) {
@@ -365,8 +384,12 @@ async fn callback_checked(
     else {
         return fail("state", "the state is not this browser's".into()).await;
     };
-    if pending.e <= Timestamp::now().as_millis() / 1000 {
+    let now_secs = Timestamp::now().as_millis() / 1000;
+    if pending.e <= now_secs {
         return fail("expired", "the sign-in took too long".into()).await;
+    }
+    if state.console.sign_in_spent(&pending.s, now_secs) {
+        return fail("state", "the sign-in was used already".into()).await;
     }
     // RFC 9207: a provider that names itself must be the one we sent to.
     if let Some(iss) = q.get("iss")
@@ -452,9 +475,7 @@ async fn callback_checked(
         .unwrap_or("");
     // Names that read as something else (bidi overrides, invisible
     // characters) are no one's.
-    let readable = !subject
-        .chars()
-        .any(|c| c.is_whitespace() || warrant_core::approval::is_invisible(c));
+    let readable = readable_name(subject);
     let Some(user) = issuer.namespace.user(subject).ok().filter(|_| readable) else {
         return fail(
             "token",
@@ -471,6 +492,8 @@ async fn callback_checked(
         )
         .await;
     };
+    // Used once: a provider that takes a code twice gets no second session.
+    state.console.spend_sign_in(&pending.s, pending.e);
     let mut resp = open(
         state,
         NewSession {
@@ -563,5 +586,47 @@ mod tests {
         ] {
             assert!(fit(bad.clone()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_name_must_read_as_what_it_is() {
+        for ok in ["carol", "carol@example.com", "渡辺", "alicé", "0b6f-11ee"] {
+            assert!(readable_name(ok), "{ok}");
+        }
+        for bad in [
+            "carol ",
+            "ca rol",
+            "carol\u{a0}",
+            "carol\u{2028}",
+            "carol\u{202e}",
+            "carol\u{200b}",
+            "alice\u{301}",
+            "alice\u{ffff}",
+            "alice\u{fdd0}",
+            "alice\u{e000}",
+            "alice\u{10ffff}",
+            "alice\u{13430}",
+            "alice\u{600}",
+            "alice\u{fffc}",
+            "ca\u{1bca0}rol",
+        ] {
+            assert!(!readable_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_sign_in_makes_one_session() {
+        let c = crate::state::ConsoleState::default();
+        assert!(!c.sign_in_spent("s1", 100));
+        c.spend_sign_in("s1", 700);
+        assert!(
+            c.sign_in_spent("s1", 100),
+            "a second callback of the same sign-in"
+        );
+        assert!(!c.sign_in_spent("s2", 100));
+        assert!(
+            !c.sign_in_spent("s1", 701),
+            "forgotten once it could not be used anyway"
+        );
     }
 }
