@@ -198,7 +198,7 @@ async function draw(moved) {
     try {
       me = await call('GET', '/console/session');
     } catch (e) {
-      if (e.status === 401) return signIn(location.pathname.startsWith('/console/signin') ? SSO_ERRORS[refused] || (refused ? 'Single sign-on failed.' : undefined) : undefined);
+      if (e.status === 401) return signIn(location.pathname.startsWith('/console/signin') ? (Object.hasOwn(SSO_ERRORS, refused || '') ? SSO_ERRORS[refused] : (refused ? 'Single sign-on failed.' : undefined)) : undefined);
       page('The console cannot start');
       return fail(e);
     }

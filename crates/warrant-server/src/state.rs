@@ -107,7 +107,9 @@ pub struct ConsoleState {
     /// kept per sign-in, so starting them fills nothing.
     pub oidc_sealer: parking_lot::Mutex<Option<Arc<warrant_token::Kek>>>,
     /// States of sign-ins that made a session, until they expire: a
-    /// callback is used once even if the provider took a code twice.
+    /// callback is used once even if the provider took a code twice. Only
+    /// a verified ID token spends one, so only people who signed in at the
+    /// provider add to it.
     pub oidc_spent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// The provider's endpoints once discovered, and the ID-token verifier,
     /// for the `[console.oidc]` they were made for.
@@ -149,13 +151,10 @@ pub struct OidcClient {
 /// Who a console session is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionBasis {
-    /// Made from an admin token: its hash, looked up again on every use,
-    /// and its id.
+    /// Made from an admin token: its hash, looked up again on every use.
     Token {
         /// SHA-256 of the admin token.
         hash: [u8; 32],
-        /// Its id.
-        id: String,
     },
     /// Made by the provider's word: the person's groups at sign-in, mapped
     /// to a role by the `[console.oidc]` in force at every use (a changed
@@ -244,22 +243,58 @@ impl ConsoleState {
     }
 }
 
+/// The most sessions a broker keeps.
+pub const MAX_SESSIONS: usize = 10_000;
+/// The most sessions one actor (an admin token, a person) may have open;
+/// the least recently used goes.
+pub const MAX_SESSIONS_EACH: usize = 8;
+
+impl ConsoleState {
+    /// Keeps a new session under `key`, making room among its actor's own
+    /// (the least recently used goes) and dropping dead ones; `false` when
+    /// the broker holds as many as it keeps.
+    pub fn admit(
+        &self,
+        key: [u8; 32],
+        new: ConsoleSession,
+        config: &crate::config::ConsoleConfig,
+    ) -> bool {
+        let now = new.created;
+        let mut map = self.sessions.lock();
+        map.retain(|_, s| s.live(now, config));
+        let mut mine: Vec<([u8; 32], std::time::Instant)> = map
+            .iter()
+            .filter(|(_, s)| s.actor == new.actor)
+            .map(|(k, s)| (*k, s.last_used))
+            .collect();
+        if mine.len() >= MAX_SESSIONS_EACH {
+            mine.sort_by_key(|(_, used)| *used);
+            for (k, _) in &mine[..=mine.len() - MAX_SESSIONS_EACH] {
+                map.remove(k);
+            }
+        }
+        if map.len() >= MAX_SESSIONS {
+            return false;
+        }
+        map.insert(key, new);
+        true
+    }
+}
+
 /// The most spent sign-in states remembered (one per successful sign-in in
 /// the last 10 minutes; past this the oldest are forgotten first).
 pub const MAX_SPENT_SIGN_INS: usize = 100_000;
 
 impl ConsoleState {
-    /// Whether the sign-in with `state` (valid until `until`, seconds since
-    /// the epoch) was already used to make a session.
-    pub fn sign_in_spent(&self, state: &str, now: i64) -> bool {
+    /// Spends the sign-in with `state` (valid until `until`, seconds since
+    /// the epoch): `false` when it was spent already. One check and mark,
+    /// so two callbacks racing with the same sign-in make one session.
+    pub fn spend_sign_in(&self, state: &str, until: i64, now: i64) -> bool {
         let mut spent = self.oidc_spent.lock();
-        spent.retain(|_, until| *until > now);
-        spent.contains_key(state)
-    }
-
-    /// Marks the sign-in with `state` used.
-    pub fn spend_sign_in(&self, state: &str, until: i64) {
-        let mut spent = self.oidc_spent.lock();
+        spent.retain(|_, u| *u > now);
+        if spent.contains_key(state) {
+            return false;
+        }
         if spent.len() >= MAX_SPENT_SIGN_INS
             && let Some(oldest) = spent
                 .iter()
@@ -269,5 +304,6 @@ impl ConsoleState {
             spent.remove(&oldest);
         }
         spent.insert(state.to_owned(), until);
+        true
     }
 }

@@ -59,14 +59,7 @@ impl Trace {
         e.resource = Some(resource.to_owned());
         e.scope = (!scope.is_empty()).then(|| scope.to_owned());
         e.chain = (0..depth).map(|i| format!("a{i}")).collect();
-        let r = AuditRecord {
-            seq: self.seq,
-            time: Timestamp::from_millis(t_ms),
-            event: e,
-            prev_hash: ChainHash::GENESIS,
-            hash: ChainHash::GENESIS,
-            keyed: false,
-        };
+        let r = committed(self.seq, t_ms, e);
         let f = self.d.observe(&r, &self.config);
         if let Some(f) = &f {
             self.findings.push(f.clone());
@@ -264,17 +257,7 @@ fn delegating_wider_than_ever_is_a_signal() {
         e.chain = chain.iter().map(|s| (*s).to_owned()).collect();
         e.txn = Some(txn.into());
         e.resource = Some("Audience::\"a\"".into());
-        d.observe(
-            &AuditRecord {
-                seq,
-                time: Timestamp::from_millis(START + at),
-                event: e,
-                prev_hash: ChainHash::GENESIS,
-                hash: ChainHash::GENESIS,
-                keyed: false,
-            },
-            &config,
-        );
+        d.observe(&committed(seq, START + at, e), &config);
     };
     // Habit: the planner hands each transaction to one coder.
     for t in 0..20 {
@@ -308,9 +291,14 @@ fn record(
     e.user = user.map(str::to_owned);
     e.resource = Some(resource.to_owned());
     e.detail = detail;
+    committed(seq, START + at, e)
+}
+
+/// `e` as the trail would hold it at `seq`, written at `t_ms`.
+fn committed(seq: u64, t_ms: i64, e: AuditEvent) -> AuditRecord {
     AuditRecord {
         seq,
-        time: Timestamp::from_millis(START + at),
+        time: Timestamp::from_millis(t_ms),
         event: e,
         prev_hash: ChainHash::GENESIS,
         hash: ChainHash::GENESIS,

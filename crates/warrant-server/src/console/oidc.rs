@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use warrant_control::attest::oidc::{Providers, TrustProvider};
+use warrant_core::admin::Role;
 use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
@@ -334,6 +335,10 @@ pub(super) async fn callback(
     resp
 }
 
+/// Why a callback is refused: the code the sign-in page turns into words,
+/// and the reason recorded.
+type Refusal = (&'static str, String);
+
 async fn callback_checked(
     state: &AppState,
     addr: SocketAddr,
@@ -342,10 +347,11 @@ async fn callback_checked(
 ) -> Response {
     let source = Some(addr.to_string());
     let secure = secure(state);
-    // Every refusal: recorded, the state cookie cleared, back to sign-in.
-    let fail = |code: &'static str, why: String| {
-        let source = source.clone();
-        async move {
+    let signed_in = signed_in(state, headers, q).await;
+    let ((basis, person, role), issuer) = match signed_in {
+        Ok(found) => found,
+        Err((code, why)) => {
+            // Recorded, the state cookie cleared, back to sign-in.
             let _ = refuse(
                 state,
                 Surface::Console,
@@ -359,16 +365,61 @@ async fn callback_checked(
             let mut r = back(code);
             r.headers_mut()
                 .insert(SET_COOKIE, state_cookie(secure, "", 0));
-            r
+            return r;
         }
     };
-    // The browser that comes back is the one that left: its cookie holds
-    // the sealed sign-in whose state the provider sends back.
-    let name = cookie_name(secure);
-    let Some(st) = q.get("state") else {
-        return fail("state", "no state".into()).await;
-    };
-    let held: Vec<Pending> = headers
+    let mut resp = open(
+        state,
+        NewSession {
+            basis,
+            actor: person.clone(),
+            role,
+            person: Some(person),
+            at_most: state.live.config.load().console.session_ttl,
+            source,
+            reason: format!("role {role} by the groups {issuer} gives"),
+        },
+        Some("/console/"),
+    )
+    .await;
+    resp.headers_mut()
+        .append(SET_COOKIE, state_cookie(secure, "", 0));
+    resp
+}
+
+/// The person a callback signs in, in steps: the sign-in this browser
+/// started, the code redeemed, the ID token checked, their role; spent once.
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<((SessionBasis, String, Role), String), Refusal> {
+    let pending = returning(state, headers, q)?;
+    let code = q.get("code").ok_or(("state", "no code".to_owned()))?;
+    let client = client(state).await.map_err(|e| ("unavailable", e))?;
+    let id_token = redeem(state, &client, code, &pending.v).await?;
+    let found = person(state, &client, &id_token, &pending.n).await?;
+    // Used once, decided here and now: two callbacks racing with one code
+    // (a provider that takes a code twice) make one session.
+    if !state
+        .console
+        .spend_sign_in(&pending.s, pending.e, Timestamp::now().as_millis() / 1000)
+    {
+        return Err(("state", "the sign-in was used already".into()));
+    }
+    Ok((found, client.config.issuer.clone()))
+}
+
+/// The sign-in this browser started (its sealed cookie holds the state the
+/// provider sends back), still in time, from the provider we sent to.
+fn returning(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+) -> Result<Pending, Refusal> {
+    let name = cookie_name(secure(state));
+    let st = q.get("state").ok_or(("state", "no state".to_owned()))?;
+    let pending = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -377,19 +428,10 @@ async fn callback_checked(
         .filter(|(k, _)| *k == name)
         .take(MAX_STATE_COOKIES)
         .filter_map(|(_, v)| unseal(state, v))
-        .collect();
-    let Some(pending) = held
-        .into_iter()
         .find(|p| constant_eq(p.s.as_bytes(), st.as_bytes()))
-    else {
-        return fail("state", "the state is not this browser's".into()).await;
-    };
-    let now_secs = Timestamp::now().as_millis() / 1000;
-    if pending.e <= now_secs {
-        return fail("expired", "the sign-in took too long".into()).await;
-    }
-    if state.console.sign_in_spent(&pending.s, now_secs) {
-        return fail("state", "the sign-in was used already".into()).await;
+        .ok_or(("state", "the state is not this browser's".to_owned()))?;
+    if pending.e <= Timestamp::now().as_millis() / 1000 {
+        return Err(("expired", "the sign-in took too long".into()));
     }
     // RFC 9207: a provider that names itself must be the one we sent to.
     if let Some(iss) = q.get("iss")
@@ -402,126 +444,115 @@ async fn callback_checked(
             .as_ref()
             .is_none_or(|o| &o.issuer != iss)
     {
-        return fail("token", "the callback names another issuer".into()).await;
+        return Err(("token", "the callback names another issuer".into()));
     }
     if let Some(e) = q.get("error") {
-        return fail("denied", format!("the provider answered {}", shown(e, 64))).await;
+        return Err(("denied", format!("the provider answered {}", shown(e, 64))));
     }
-    let Some(code) = q.get("code") else {
-        return fail("state", "no code".into()).await;
-    };
-    let client = match client(state).await {
-        Ok(c) => c,
-        Err(e) => return fail("unavailable", e).await,
-    };
+    Ok(pending)
+}
+
+/// The ID token the provider gives for `code`, redeemed with the verifier
+/// only this broker held (and the client secret, when there is one).
+async fn redeem(
+    state: &AppState,
+    client: &OidcClient,
+    code: &str,
+    verifier: &str,
+) -> Result<String, Refusal> {
     let cfg = &client.config;
-    // Redeem the code, with the verifier only this broker holds.
     let form = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "authorization_code")
         .append_pair("code", code)
         .append_pair("redirect_uri", &redirect_uri(state))
-        .append_pair("code_verifier", &pending.v)
+        .append_pair("code_verifier", verifier)
         .append_pair("client_id", &cfg.client_id)
         .finish();
     let mut req = http::Request::post(client.token_endpoint.as_str())
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(ACCEPT, "application/json");
     if let Some(var) = &cfg.client_secret_env {
-        let Ok(secret) = std::env::var(var) else {
-            return fail(
+        let secret = std::env::var(var).map_err(|_| {
+            (
                 "unavailable",
                 format!("${var} (the client secret) is not set"),
             )
-            .await;
-        };
+        })?;
         let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let basic = STANDARD.encode(format!("{}:{}", enc(&cfg.client_id), enc(&secret)));
         req = req.header(AUTHORIZATION, format!("Basic {basic}"));
     }
-    let Ok(req) = req.body(Full::new(Bytes::from(form))) else {
-        return fail("unavailable", "the token request could not be made".into()).await;
-    };
+    let req = req.body(Full::new(Bytes::from(form))).map_err(|_| {
+        (
+            "unavailable",
+            "the token request could not be made".to_owned(),
+        )
+    })?;
     let body = match fetch(req).await {
         Ok((status, body)) if status.is_success() => body,
-        Ok((status, _)) => {
-            return fail("token", format!("the token endpoint answered {status}")).await;
-        }
-        Err(e) => return fail("unavailable", format!("the token endpoint: {e}")).await,
+        Ok((status, _)) => return Err(("token", format!("the token endpoint answered {status}"))),
+        Err(e) => return Err(("unavailable", format!("the token endpoint: {e}"))),
     };
-    let Some(id_token) = serde_json::from_slice::<Value>(&body)
+    serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("id_token").and_then(Value::as_str).map(str::to_owned))
-    else {
-        return fail("token", "the token endpoint gave no ID token".into()).await;
-    };
-    let claims = match client.verifier.verify(&id_token, Timestamp::now()).await {
-        Ok((_, claims)) => claims,
-        Err(e) => return fail("token", format!("the ID token: {e}")).await,
-    };
-    if let Err(why) = id_claims_fit(&claims, &cfg.client_id, &pending.n, Timestamp::now()) {
-        return fail("token", why.into()).await;
-    }
+        .ok_or(("token", "the token endpoint gave no ID token".to_owned()))
+}
+
+/// Who the ID token names and the role their groups give: its signature,
+/// issuer and audience by the user issuer's keys, then this sign-in's
+/// nonce and the rest (`id_claims_fit`), a readable id, a mapped group.
+async fn person(
+    state: &AppState,
+    client: &OidcClient,
+    id_token: &str,
+    nonce: &str,
+) -> Result<(SessionBasis, String, Role), Refusal> {
+    let cfg = &client.config;
+    let (_, claims) = client
+        .verifier
+        .verify(id_token, Timestamp::now())
+        .await
+        .map_err(|e| ("token", format!("the ID token: {e}")))?;
+    id_claims_fit(&claims, &cfg.client_id, nonce, Timestamp::now())
+        .map_err(|why| ("token", why.to_owned()))?;
     let config = state.live.config.load_full();
-    let Some(issuer) = config
+    let issuer = config
         .user_issuers
         .iter()
         .find(|u| u.provider.issuer == cfg.issuer)
-    else {
-        return fail("unavailable", "the user issuer is gone".into()).await;
-    };
+        .ok_or(("unavailable", "the user issuer is gone".to_owned()))?;
     let subject = claims
         .get(&issuer.subject_claim)
         .and_then(Value::as_str)
         .unwrap_or("");
-    // Names that read as something else (bidi overrides, invisible
-    // characters) are no one's.
-    let readable = readable_name(subject);
-    let Some(user) = issuer.namespace.user(subject).ok().filter(|_| readable) else {
-        return fail(
+    let user = issuer
+        .namespace
+        .user(subject)
+        .ok()
+        .filter(|_| readable_name(subject))
+        .ok_or((
             "token",
             format!("the ID token has no usable `{}`", issuer.subject_claim),
-        )
-        .await;
-    };
+        ))?;
     let person = format!("user:{user}");
     let groups = groups(&claims, &issuer.groups_claim);
-    let Some(role) = cfg.role_of(&groups) else {
-        return fail(
-            "no_role",
-            format!("{person} is in none of the console's groups"),
-        )
-        .await;
+    let role = cfg.role_of(&groups).ok_or((
+        "no_role",
+        format!("{person} is in none of the console's groups"),
+    ))?;
+    let basis = SessionBasis::Person {
+        issuer: cfg.issuer.clone(),
+        client_id: cfg.client_id.clone(),
+        namespace: issuer.namespace.as_str().to_owned(),
+        groups,
     };
-    // Used once: a provider that takes a code twice gets no second session.
-    state.console.spend_sign_in(&pending.s, pending.e);
-    let mut resp = open(
-        state,
-        NewSession {
-            basis: SessionBasis::Person {
-                issuer: cfg.issuer.clone(),
-                client_id: cfg.client_id.clone(),
-                namespace: issuer.namespace.as_str().to_owned(),
-                groups,
-            },
-            actor: person.clone(),
-            role,
-            person: Some(person),
-            at_most: config.console.session_ttl,
-            source,
-            reason: format!("role {role} by the groups {} gives", cfg.issuer),
-        },
-        Some("/console/"),
-    )
-    .await;
-    resp.headers_mut()
-        .append(SET_COOKIE, state_cookie(secure, "", 0));
-    resp
+    Ok((basis, person, role))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warrant_core::admin::Role;
 
     fn cfg() -> crate::config::ConsoleOidc {
         crate::config::ConsoleOidc {
@@ -617,15 +648,14 @@ mod tests {
     #[test]
     fn a_sign_in_makes_one_session() {
         let c = crate::state::ConsoleState::default();
-        assert!(!c.sign_in_spent("s1", 100));
-        c.spend_sign_in("s1", 700);
+        assert!(c.spend_sign_in("s1", 700, 100));
         assert!(
-            c.sign_in_spent("s1", 100),
+            !c.spend_sign_in("s1", 700, 100),
             "a second callback of the same sign-in"
         );
-        assert!(!c.sign_in_spent("s2", 100));
+        assert!(c.spend_sign_in("s2", 700, 100));
         assert!(
-            !c.sign_in_spent("s1", 701),
+            c.spend_sign_in("s1", 900, 701),
             "forgotten once it could not be used anyway"
         );
     }

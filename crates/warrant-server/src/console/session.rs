@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::{CONTENT_TYPE, COOKIE, HOST, ORIGIN, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
@@ -36,11 +36,6 @@ use crate::state::{AppState, ConsoleSession, SessionBasis};
 
 /// The header a change carries its session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-warrant-csrf";
-/// The most sessions a broker keeps.
-const MAX_SESSIONS: usize = 10_000;
-/// The most sessions one admin token (or person) may have open; the least
-/// recently used goes.
-const MAX_EACH: usize = 8;
 /// The most cookies of the console's name looked at in one request.
 const MAX_COOKIES: usize = 16;
 
@@ -237,47 +232,9 @@ pub(super) async fn authenticate(
             .await);
         }
     }
-    let (role, person) = match basis {
-        SessionBasis::Token { hash, .. } => {
-            match usable_token(state, Surface::Console, source.clone(), w, &hash).await {
-                Ok(r) => (r.role, r.person),
-                Err(refused) => {
-                    state.console.sessions.lock().remove(&key);
-                    return Err(refused);
-                }
-            }
-        }
-        SessionBasis::Person {
-            issuer,
-            client_id,
-            namespace,
-            groups,
-        } => {
-            // The mapping in force decides, at every use.
-            let role = state
-                .live
-                .config
-                .load()
-                .console_role(&issuer, &client_id, &namespace, &groups);
-            match role {
-                Some(role) => (role, person),
-                None => {
-                    state.console.sessions.lock().remove(&key);
-                    return Err(refuse(
-                        state,
-                        Surface::Console,
-                        source,
-                        Some(actor),
-                        w,
-                        "single sign-on no longer gives this person a role",
-                        ApiError::unauthorized(
-                            "your groups no longer give you a role in this console (or single sign-on is off); sign in again",
-                        ),
-                    )
-                    .await);
-                }
-            }
-        }
+    let (role, person) = match session_role(state, &key, basis, &actor, person, &source, w).await {
+        Ok(found) => found,
+        Err(refused) => return Err(refused),
     };
     Ok(Found {
         caller: Caller {
@@ -293,6 +250,57 @@ pub(super) async fn authenticate(
     })
 }
 
+/// The role a session has now: its admin token's (looked up again), or
+/// what the single sign-on mapping in force gives the person's groups. A
+/// session that has none any more is ended, and the refusal recorded.
+async fn session_role(
+    state: &AppState,
+    key: &[u8; 32],
+    basis: SessionBasis,
+    actor: &str,
+    person: Option<String>,
+    source: &Option<String>,
+    w: String,
+) -> Result<(Role, Option<String>), Response> {
+    let role = match basis {
+        SessionBasis::Token { hash } => {
+            match usable_token(state, Surface::Console, source.clone(), w, &hash).await {
+                Ok(r) => return Ok((r.role, r.person)),
+                Err(refused) => {
+                    state.console.sessions.lock().remove(key);
+                    return Err(refused);
+                }
+            }
+        }
+        SessionBasis::Person {
+            issuer,
+            client_id,
+            namespace,
+            groups,
+        } => state
+            .live
+            .config
+            .load()
+            .console_role(&issuer, &client_id, &namespace, &groups),
+    };
+    if let Some(role) = role {
+        return Ok((role, person));
+    }
+    state.console.sessions.lock().remove(key);
+    Err(refuse(
+        state,
+        Surface::Console,
+        source.clone(),
+        Some(actor.to_owned()),
+        w,
+        "single sign-on no longer gives this person a role",
+        ApiError::unauthorized(
+            "your groups no longer give you a role in this console (or single sign-on is off); sign in again",
+        ),
+    )
+    .await)
+}
+
 /// Middleware for the admin API under `/console/api/v1`: a live session,
 /// and for changes its CSRF token.
 pub async fn console_admin(
@@ -301,11 +309,7 @@ pub async fn console_admin(
     mut req: Request,
     next: Next,
 ) -> Response {
-    // Records name the path as sent, not as the nested router sees it.
-    let w = match req.extensions().get::<OriginalUri>() {
-        Some(OriginalUri(u)) => format!("{} {}", req.method(), u.path()),
-        None => what(&req),
-    };
+    let w = what(&req);
     let touch = !req.uri().path().ends_with("/audit/stream");
     let resp = match authenticate(&state, addr, req.method(), req.headers(), w, touch).await {
         Ok(found) => {
@@ -374,43 +378,20 @@ pub(super) async fn open(state: &AppState, new: NewSession, redirect: Option<&st
         Timestamp::now().as_millis() + i64::try_from(ttl.as_millis()).unwrap_or(0),
     );
     let key = digest(&cookie);
-    let admitted = {
-        let mut map = state.console.sessions.lock();
-        map.retain(|_, s| s.live(now, &config));
-        // One admin token (or person) holds a few sessions; the least
-        // recently used goes first.
-        let mut mine: Vec<([u8; 32], Instant)> = map
-            .iter()
-            .filter(|(_, s)| match &new.basis {
-                SessionBasis::Token { .. } => s.basis == new.basis,
-                SessionBasis::Person { .. } => s.actor == new.actor,
-            })
-            .map(|(k, s)| (*k, s.last_used))
-            .collect();
-        if mine.len() >= MAX_EACH {
-            mine.sort_by_key(|(_, used)| *used);
-            for (k, _) in &mine[..=mine.len() - MAX_EACH] {
-                map.remove(k);
-            }
-        }
-        let room = map.len() < MAX_SESSIONS;
-        if room {
-            map.insert(
-                key,
-                ConsoleSession {
-                    basis: new.basis.clone(),
-                    actor: new.actor.clone(),
-                    person: new.person.clone(),
-                    csrf: csrf.clone(),
-                    created: now,
-                    ends: now + ttl,
-                    ends_at,
-                    last_used: now,
-                },
-            );
-        }
-        room
-    };
+    let admitted = state.console.admit(
+        key,
+        ConsoleSession {
+            basis: new.basis.clone(),
+            actor: new.actor.clone(),
+            person: new.person.clone(),
+            csrf: csrf.clone(),
+            created: now,
+            ends: now + ttl,
+            ends_at,
+            last_used: now,
+        },
+        &config,
+    );
     if !admitted {
         return refuse(
             state,
@@ -542,10 +523,7 @@ async fn sign_in_checked(
     open(
         state,
         NewSession {
-            basis: SessionBasis::Token {
-                hash,
-                id: record.id.clone(),
-            },
+            basis: SessionBasis::Token { hash },
             actor: format!("admin-token:{}", record.id),
             role: record.role,
             person: record.person.clone(),

@@ -118,7 +118,7 @@ pub async fn still_valid(state: &AppState, recheck: &Recheck) -> bool {
                 return false;
             }
             match state.console.session(key, &config, false) {
-                Some((crate::state::SessionBasis::Token { hash, .. }, ..)) => hash,
+                Some((crate::state::SessionBasis::Token { hash }, ..)) => hash,
                 Some((
                     crate::state::SessionBasis::Person {
                         issuer,
@@ -195,8 +195,21 @@ pub(crate) async fn refuse(
     err.into_response()
 }
 
+/// `METHOD /path` of a request, the path as sent (a nested router, such as
+/// the console's API, sees it shortened).
 pub(crate) fn what(req: &Request) -> String {
-    format!("{} {}", req.method(), req.uri().path())
+    what_parts(req.method(), req.uri(), req.extensions())
+}
+
+fn what_parts(
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    ext: &axum::http::Extensions,
+) -> String {
+    let path = ext
+        .get::<axum::extract::OriginalUri>()
+        .map_or(uri.path(), |u| u.0.path());
+    format!("{method} {path}")
 }
 
 /// Counts an admin response by outcome: refused (401/403), ok, or an error.
@@ -378,12 +391,7 @@ async fn require(parts: &Parts, state: &AppState, perm: Permission) -> Result<Ca
     } else {
         "admin"
     };
-    // The path as sent (the console's API is a nested router).
-    let path = parts
-        .extensions
-        .get::<axum::extract::OriginalUri>()
-        .map_or(parts.uri.path(), |u| u.0.path());
-    let w = format!("{} {}", parts.method, path);
+    let w = what_parts(&parts.method, &parts.uri, &parts.extensions);
     // A person signed in by single sign-on holds no admin token.
     let message = if caller.actor.starts_with("user:") {
         format!("your {why}; it needs role {roles}")

@@ -166,6 +166,61 @@ struct Follow {
     _place: Place,
 }
 
+impl Follow {
+    /// The next event, or the stream's end (its life is over, or the
+    /// caller may no longer read).
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            if self.started.elapsed() >= LIFE {
+                return None;
+            }
+            if self.checked.elapsed() >= RECHECK {
+                if !still_valid(&self.state, &self.recheck).await {
+                    return None;
+                }
+                self.checked = Instant::now();
+            }
+            match self.state.store.audit_after(self.position, BATCH).await {
+                Ok(rows) if !rows.is_empty() => self.take(rows),
+                Ok(_) => tokio::time::sleep(POLL).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the live audit stream cannot read the trail");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Queues the records of `rows` the filter lets through.
+    fn take(&mut self, rows: Vec<warrant_core::audit::StoredRow>) {
+        for row in rows {
+            self.position = self.position.max(row.seq);
+            let Ok(record) = row.to_record() else {
+                continue;
+            };
+            if !self.filter.matches(&record) {
+                continue;
+            }
+            if let Ok(ev) = Event::default()
+                .event("record")
+                .id(record.seq.to_string())
+                .json_data(&record)
+            {
+                self.queue.push_back(ev);
+            }
+        }
+        // Let the client know how far it has read even when nothing
+        // matched, so a reconnection does not read it again.
+        if self.queue.is_empty() {
+            self.queue
+                .push_back(Event::default().id(self.position.to_string()).comment(""));
+        }
+    }
+}
+
 pub(crate) async fn audit_stream(
     State(state): State<AppState>,
     Reader(caller): Reader,
@@ -199,53 +254,7 @@ pub(crate) async fn audit_stream(
         recheck: caller.recheck,
         _place: place,
     };
-    let events = futures_util::stream::unfold(follow, |mut f| async move {
-        loop {
-            if let Some(ev) = f.queue.pop_front() {
-                return Some((Ok::<_, Infallible>(ev), f));
-            }
-            if f.started.elapsed() >= LIFE {
-                return None;
-            }
-            if f.checked.elapsed() >= RECHECK {
-                if !still_valid(&f.state, &f.recheck).await {
-                    return None;
-                }
-                f.checked = Instant::now();
-            }
-            match f.state.store.audit_after(f.position, BATCH).await {
-                Ok(rows) if !rows.is_empty() => {
-                    for row in rows {
-                        f.position = f.position.max(row.seq);
-                        let Ok(record) = row.to_record() else {
-                            continue;
-                        };
-                        if !f.filter.matches(&record) {
-                            continue;
-                        }
-                        if let Ok(ev) = Event::default()
-                            .event("record")
-                            .id(record.seq.to_string())
-                            .json_data(&record)
-                        {
-                            f.queue.push_back(ev);
-                        }
-                    }
-                    // Let the client know how far it has read even when
-                    // nothing matched, so a reconnection does not re-read.
-                    if f.queue.is_empty() {
-                        f.queue
-                            .push_back(Event::default().id(f.position.to_string()).comment(""));
-                    }
-                }
-                Ok(_) => tokio::time::sleep(POLL).await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "the live audit stream cannot read the trail");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
+    let events = futures_util::stream::unfold(follow, |f| f.next());
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
