@@ -21,6 +21,10 @@ Endpoints:
                              a header name, every character JSON-escaped
                              in the body, and a session cookie
   POST /oauth/token          client-credentials token endpoint (Basic auth)
+  POST /v1/messages          Anthropic-shaped; "stream": true answers its SSE events
+  POST /v1/models/M:generateContent, :streamGenerateContent?alt=sse (or /v1beta)
+                             Gemini-shaped
+  POST /v2/chat              Cohere-shaped; "stream": true answers its SSE events
   anything else              200 {"method", "path"}
 """
 import base64
@@ -192,6 +196,12 @@ class Handler(BaseHTTPRequestHandler):
                              "message": {"role": "assistant", "content": "Hello from upstream"}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
             })
+        elif path == "/v1/messages" and self.command == "POST":
+            self.anthropic(json.loads(body or b"{}"))
+        elif path.startswith(("/v1beta/models/", "/v1/models/")) and self.command == "POST":
+            self.gemini(path.rsplit(":", 1)[-1])
+        elif path == "/v2/chat" and self.command == "POST":
+            self.cohere(json.loads(body or b"{}"))
         elif path == "/echo":
             auth = self.headers.get("authorization", "")
             self.send_json(200, {"you_sent": auth, "all": dict(self.headers.items())},
@@ -267,6 +277,68 @@ class Handler(BaseHTTPRequestHandler):
                                  "token_type": "Bearer", "expires_in": 3600})
         else:
             self.send_json(200, {"method": self.command, "path": self.path})
+
+    WORDS = ["Hello", " from", " upstream"]
+
+    def sse(self, events):
+        """Answers `events` ((event name or None, data) pairs) as SSE, a
+        little apart so they cross the edge as separate chunks."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for name, data in events:
+            head = b"event: " + name.encode() + b"\n" if name else b""
+            self.write_chunk(head + b"data: " + json.dumps(data).encode() + b"\n\n")
+            time.sleep(0.02)
+        self.write_chunk(b"")
+
+    def anthropic(self, req):
+        usage = {"input_tokens": 1, "output_tokens": 3}
+        msg = {"id": "msg_1", "type": "message", "role": "assistant", "model": req.get("model", "m"),
+               "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage}
+        if not req.get("stream"):
+            msg.update(content=[{"type": "text", "text": "".join(self.WORDS)}], stop_reason="end_turn")
+            return self.send_json(200, msg)
+        events = [("message_start", {"type": "message_start", "message": msg}),
+                  ("content_block_start", {"type": "content_block_start", "index": 0,
+                                           "content_block": {"type": "text", "text": ""}})]
+        events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": w}}) for w in self.WORDS]
+        events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                   ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 3},
+                                      "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
+                   ("message_stop", {"type": "message_stop"})]
+        self.sse(events)
+
+    def gemini(self, method):
+        def answer(text):
+            return {"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                                    "finishReason": "STOP", "index": 0}],
+                    "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 3, "totalTokenCount": 4},
+                    "modelVersion": "gemini-test"}
+        if method == "streamGenerateContent":
+            return self.sse([(None, answer(w)) for w in self.WORDS])
+        self.send_json(200, answer("".join(self.WORDS)))
+
+    def cohere(self, req):
+        text = "".join(self.WORDS)
+        usage = {"billed_units": {"input_tokens": 1, "output_tokens": 3},
+                 "tokens": {"input_tokens": 1, "output_tokens": 3}}
+        if not req.get("stream"):
+            return self.send_json(200, {"id": "c1", "finish_reason": "COMPLETE", "usage": usage,
+                                        "message": {"role": "assistant",
+                                                    "content": [{"type": "text", "text": text}]}})
+        events = [("message-start", {"type": "message-start", "id": "c1",
+                                     "delta": {"message": {"role": "assistant"}}}),
+                  ("content-start", {"type": "content-start", "index": 0,
+                                     "delta": {"message": {"content": {"type": "text", "text": ""}}}})]
+        events += [("content-delta", {"type": "content-delta", "index": 0,
+                                      "delta": {"message": {"content": {"text": w}}}}) for w in self.WORDS]
+        events += [("content-end", {"type": "content-end", "index": 0}),
+                   ("message-end", {"type": "message-end",
+                                    "delta": {"finish_reason": "COMPLETE", "usage": usage}})]
+        self.sse(events)
 
     def write_chunk(self, data):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

@@ -131,6 +131,83 @@ pub(crate) fn agent_token<'a>(
     Ok(token)
 }
 
+/// How a route reads the `authorization` header when its task token is
+/// not there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OtherAuthorization {
+    /// `Bearer <task token>` only: anything else is refused (the agent
+    /// never chooses what the upstream is told about who calls).
+    BearerOnly,
+    /// The agent's own request signature (SigV4), which the edge drops and
+    /// replaces with its own; a `Bearer` value is still a task token.
+    Signature,
+}
+
+/// The task token of a request to a route: from the route's `agent_header`
+/// or, whatever that header is, from `authorization: Bearer <token>`, since
+/// SDKs differ on where they put their key. Both may be sent only with the
+/// same token (one request, one reading of who calls).
+pub(crate) fn route_token<'a>(
+    headers: &'a HeaderMap,
+    agent_header: &HeaderName,
+    other: OtherAuthorization,
+) -> Result<&'a str, NoToken> {
+    if agent_header == header::AUTHORIZATION {
+        return agent_token(headers, agent_header);
+    }
+    let bearer = match headers.get_all(header::AUTHORIZATION).iter().count() {
+        0 => None,
+        1 => {
+            let v = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .unwrap_or_default();
+            match v.split_once(' ') {
+                Some((scheme, _)) if scheme.eq_ignore_ascii_case("bearer") => {
+                    Some(agent_token(headers, &header::AUTHORIZATION)?)
+                }
+                _ if other == OtherAuthorization::Signature => None,
+                _ => {
+                    return Err(NoToken {
+                        message: format!(
+                            "`authorization` must be `Bearer <task token>` (or leave it out and send the task token in `{agent_header}`); the edge sets the upstream's credential itself"
+                        ),
+                        sent: true,
+                    });
+                }
+            }
+        }
+        _ => {
+            return Err(NoToken {
+                message: "`authorization` is sent more than once; send your task token once"
+                    .into(),
+                sent: true,
+            });
+        }
+    };
+    let named = if headers.contains_key(agent_header) {
+        Some(agent_token(headers, agent_header)?)
+    } else {
+        None
+    };
+    match (bearer, named) {
+        (Some(a), Some(b)) if a != b => Err(NoToken {
+            message: format!(
+                "`authorization` and `{agent_header}` hold two different tokens; send one task token"
+            ),
+            sent: true,
+        }),
+        (Some(t), _) | (None, Some(t)) => Ok(t),
+        (None, None) => Err(NoToken {
+            message: format!(
+                "send your task token in `{agent_header}` or in `authorization` as `Bearer <task token>`"
+            ),
+            sent: false,
+        }),
+    }
+}
+
 /// Checks a route's or MCP server's name: 1 to 64 lower-case letters,
 /// digits, `-` or `_`, starting with a letter or digit (it is a path segment).
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
@@ -169,6 +246,45 @@ mod tests {
             repeated(&h, &[header::ORIGIN, header::HOST]),
             Some(&header::HOST)
         );
+    }
+
+    #[test]
+    fn a_route_reads_its_header_or_a_bearer_token_never_two_tokens() {
+        use OtherAuthorization::{BearerOnly, Signature};
+        let x = HeaderName::from_static("x-api-key");
+        let with = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let h = with(&[("authorization", "Bearer abc")]);
+        assert_eq!(route_token(&h, &x, BearerOnly).unwrap(), "abc");
+        let h = with(&[("x-api-key", "abc")]);
+        assert_eq!(route_token(&h, &x, BearerOnly).unwrap(), "abc");
+        let h = with(&[("x-api-key", "abc"), ("authorization", "bearer abc")]);
+        assert_eq!(route_token(&h, &x, BearerOnly).unwrap(), "abc");
+        let h = with(&[("x-api-key", "abc"), ("authorization", "Bearer abd")]);
+        assert!(route_token(&h, &x, BearerOnly).unwrap_err().sent, "two tokens");
+        let h = with(&[("authorization", "Bearer abc"), ("authorization", "Bearer abc")]);
+        assert!(route_token(&h, &x, BearerOnly).is_err());
+        let h = with(&[("x-api-key", "abc"), ("authorization", "Basic abc")]);
+        assert!(route_token(&h, &x, BearerOnly).is_err(), "agent-chosen credential");
+        assert_eq!(route_token(&h, &x, Signature).unwrap(), "abc");
+        let h = with(&[("authorization", "AWS4-HMAC-SHA256 Credential=x")]);
+        let e = route_token(&h, &x, Signature).unwrap_err();
+        assert!(!e.sent && e.message.contains("x-api-key"), "{e:?}");
+        let h = with(&[("authorization", "Bearer ")]);
+        assert!(route_token(&h, &x, BearerOnly).unwrap_err().sent);
+        let e = route_token(&HeaderMap::new(), &x, BearerOnly).unwrap_err();
+        assert!(!e.sent && e.message.contains("x-api-key") && e.message.contains("Bearer"));
+        // The route's header is authorization: its own rules.
+        let h = with(&[("authorization", "Bearer abc")]);
+        assert_eq!(route_token(&h, &header::AUTHORIZATION, BearerOnly).unwrap(), "abc");
     }
 
     #[test]

@@ -194,6 +194,12 @@ impl Credential {
         )
     }
 
+    /// Whether the edge signs each request itself (AWS SigV4), replacing
+    /// the agent's signature.
+    pub fn signs_requests(&self) -> bool {
+        false
+    }
+
     /// The CA file trusted for the credential's own endpoint (an OAuth
     /// token endpoint), if any: a file whose content decides where the
     /// client secret may be sent, so it is held to the same trust as the

@@ -349,7 +349,8 @@ impl ProxyService {
             return;
         };
         let route = &rs.route;
-        let Ok(token) = boundary::agent_token(headers, &route.agent_header) else {
+        let Ok(token) = boundary::route_token(headers, &route.agent_header, route.other_authorization())
+        else {
             return;
         };
         match self
@@ -373,7 +374,7 @@ impl ProxyService {
         event: &mut AuditEvent,
     ) -> Result<TaskUse, Box<Refusal>> {
         let metadata = self.metadata_url(route);
-        let token = boundary::agent_token(headers, &route.agent_header)
+        let token = boundary::route_token(headers, &route.agent_header, route.other_authorization())
             .map_err(|e| Refusal::unauthorized(e.message, &metadata, e.sent))?;
         let task = match self
             .s
@@ -409,8 +410,11 @@ impl ProxyService {
         event: &mut AuditEvent,
     ) -> Result<Option<(Decision, DecisionRequest)>, Box<Refusal>> {
         let method = req.method();
+        // (`authorization`, when present, held this request's task token:
+        // `route_token` admits nothing else there.)
         if let Some(cred_header) = route.credential.header()
             && cred_header != route.agent_header
+            && cred_header != header::AUTHORIZATION
             && req.headers().contains_key(&cred_header)
         {
             return Err(Box::new(Refusal::invalid(format!(
@@ -874,7 +878,10 @@ fn upstream_request(
         .unwrap_or_default();
     let uri = format!("{}{path}{query}", route.upstream.as_url());
     let mut headers = forwardable(&parts.headers);
+    // The task token wherever the agent put it, or the agent's own request
+    // signature: never the upstream's to see.
     headers.remove(&route.agent_header);
+    headers.remove(header::AUTHORIZATION);
     // What an upstream may take as said by a proxy in front of it (the
     // client's address, who the user is) is not the agent's to say.
     let asserted: Vec<HeaderName> = headers

@@ -187,6 +187,18 @@ pub struct Route {
     pub max_request_bytes: u64,
 }
 
+impl Route {
+    /// What `authorization` may hold besides a task token: the agent's own
+    /// SigV4 signature on a route that signs requests itself.
+    pub(crate) fn other_authorization(&self) -> crate::boundary::OtherAuthorization {
+        if self.credential.signs_requests() {
+            crate::boundary::OtherAuthorization::Signature
+        } else {
+            crate::boundary::OtherAuthorization::BearerOnly
+        }
+    }
+}
+
 impl RawRoute {
     /// Validates; `resolve` makes relative paths relative to the config file.
     pub fn build(self, resolve: impl Fn(PathBuf) -> PathBuf) -> Result<Route, String> {

@@ -11,6 +11,7 @@ mod attest;
 mod audit;
 mod cluster;
 mod console;
+mod credentials;
 mod delegation;
 mod deploy;
 mod export;
