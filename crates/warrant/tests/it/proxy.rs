@@ -557,8 +557,20 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
                 &[("x-api-key", &token), ("authorization", "Bearer sk-mine")],
                 None,
             ),
-            400,
-            "sets `authorization`",
+            401,
+            "two different tokens",
+        ),
+        (
+            "own authorization of another scheme",
+            warrant_testkit::http(
+                edge_addr,
+                "GET",
+                "/keyed/v1/models",
+                &[("x-api-key", &token), ("authorization", "Basic c2stbWluZQ==")],
+                None,
+            ),
+            401,
+            "must be `Bearer <task token>`",
         ),
         (
             "per-user without a secret",
