@@ -3,28 +3,27 @@
 //!
 //! Each provider yields an [`Injected`]: the header and value to set, the
 //! values the response must never echo back, and the id and kind the audit
-//! trail records (never the value). OAuth client-credentials tokens are
-//! cached until shortly before they expire and refreshed by one request
-//! while the others wait (single flight).
+//! trail records (never the value). Credentials fetched from an endpoint
+//! (OAuth tokens, token exchanges, AWS STS) are cached in [`cache`]; the
+//! federations are in [`exchange`] and [`aws`].
 
 use std::sync::Arc;
-
-use parking_lot::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde::Serialize;
 use warrant_core::secret::SecretName;
 use warrant_core::task::Act;
 use warrant_core::time::Timestamp;
 use zeroize::Zeroizing;
 
+pub mod aws;
+pub mod cache;
 pub mod config;
+pub mod exchange;
 
+pub use cache::TokenCache;
 use config::{Credential, Template};
 
 /// What a credential is obtained for: a route, or an MCP server.
@@ -52,6 +51,8 @@ pub struct Injected {
     pub header: Option<(HeaderName, HeaderValue)>,
     /// The client certificate to present, for an `mtls` credential.
     pub tls: Option<Arc<ClientIdentity>>,
+    /// What signs the request, for an `aws_sts` credential.
+    pub sigv4: Option<aws::SigV4>,
     /// Byte strings to redact from the response.
     pub echoes: Vec<Vec<u8>>,
     /// The id the audit trail records.
@@ -105,198 +106,6 @@ impl From<SecretUnavailable> for CredentialError {
     fn from(e: SecretUnavailable) -> Self {
         Self::Unavailable(e.to_string())
     }
-}
-
-type TokenClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
-
-/// A cached client-credentials token.
-struct CachedToken {
-    token: Zeroizing<String>,
-    refresh_at: Instant,
-    expires_at: Instant,
-}
-
-/// The per-route state of an OAuth client-credentials provider.
-pub struct OAuthCache {
-    client: TokenClient,
-    // A std mutex: held only to read or replace the cached token.
-    current: Mutex<Option<Arc<CachedToken>>>,
-    // A tokio mutex: held across the token request, so one refresh runs
-    // while concurrent requests wait for its result.
-    refresh: tokio::sync::Mutex<()>,
-}
-
-impl std::fmt::Debug for OAuthCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OAuthCache").finish_non_exhaustive()
-    }
-}
-
-impl OAuthCache {
-    /// A cache fetching through `client`.
-    pub fn new(client: TokenClient) -> Self {
-        Self {
-            client,
-            current: Mutex::new(None),
-            refresh: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn fresh(&self) -> Option<Arc<CachedToken>> {
-        self.current
-            .lock()
-            .clone()
-            .filter(|t| Instant::now() < t.refresh_at)
-    }
-
-    /// The current token (fetching one if there is none fresh) and the
-    /// client secret's bytes, for redaction.
-    async fn token(
-        &self,
-        route: Target<'_>,
-        secrets: &dyn CredentialSource,
-    ) -> Result<(Arc<CachedToken>, Vec<u8>), CredentialError> {
-        let Credential::OAuth2ClientCredentials {
-            token_url,
-            client_id,
-            client_secret,
-            scope,
-            audience,
-            ..
-        } = route.credential
-        else {
-            return Err(CredentialError::Unavailable("not an oauth2 route".into()));
-        };
-        let secret = shared_secret(secrets, client_secret, route.name).await?;
-        let secret_bytes = secret.value.expose().to_vec();
-        if let Some(t) = self.fresh() {
-            return Ok((t, secret_bytes));
-        }
-        let _one = self.refresh.lock().await;
-        if let Some(t) = self.fresh() {
-            return Ok((t, secret_bytes));
-        }
-        let req = token_request(
-            token_url,
-            client_id,
-            client_secret,
-            scope.as_deref(),
-            audience.as_deref(),
-            &secret_bytes,
-        )?;
-        // Said to the agent: which route or server, and what went wrong,
-        // never the endpoint's address or a library's words (the log has
-        // both).
-        let unavailable = |why: String| {
-            tracing::warn!(route = route.name, endpoint = %token_url.origin().ascii_serialization(), why = %why, "OAuth token endpoint failed");
-            CredentialError::Unavailable(format!(
-                "`{}`: its OAuth token endpoint {why}",
-                route.name
-            ))
-        };
-        let resp = tokio::time::timeout(
-            route.timeout.min(Duration::from_secs(30)),
-            self.client.request(req),
-        )
-        .await
-        .map_err(|_| unavailable("did not answer in time".into()))?
-        .map_err(|e| {
-            tracing::warn!(route = route.name, error = %e, "OAuth token endpoint unreachable");
-            unavailable("could not be reached".into())
-        })?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map_err(|_| unavailable("sent an unreadable or oversized answer".into()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(unavailable(format!(
-                "refused the client credentials ({status})"
-            )));
-        }
-        let cached = Arc::new(cached_token(&body).map_err(unavailable)?);
-        {
-            let mut c = self.current.lock();
-            *c = Some(cached.clone());
-        }
-        Ok((cached, secret_bytes))
-    }
-}
-
-/// The client-credentials request (RFC 6749 §4.4) with
-/// `client_secret_basic` authentication.
-fn token_request(
-    token_url: &url::Url,
-    client_id: &str,
-    client_secret: &SecretName,
-    scope: Option<&str>,
-    audience: Option<&str>,
-    secret_bytes: &[u8],
-) -> Result<http::Request<Full<bytes::Bytes>>, CredentialError> {
-    // (Built in a block: the serializer is not `Send`.)
-    let form = {
-        let mut f = url::form_urlencoded::Serializer::new(String::new());
-        f.append_pair("grant_type", "client_credentials");
-        if let Some(s) = scope {
-            f.append_pair("scope", s);
-        }
-        if let Some(a) = audience {
-            f.append_pair("audience", a);
-        }
-        f.finish()
-    };
-    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    // client_secret_basic (RFC 6749 §2.3.1): both parts form-encoded.
-    let basic = Zeroizing::new(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            enc(client_id),
-            enc(std::str::from_utf8(secret_bytes).unwrap_or_default())
-        ))
-    ));
-    let mut auth = HeaderValue::from_str(&basic).map_err(|_| {
-        CredentialError::Unavailable(format!(
-            "client secret `{client_secret}` cannot be sent in a header"
-        ))
-    })?;
-    auth.set_sensitive(true);
-    http::Request::post(token_url.as_str())
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .header(http::header::ACCEPT, "application/json")
-        .header(http::header::AUTHORIZATION, auth)
-        .body(Full::from(form))
-        .map_err(|e| CredentialError::Unavailable(e.to_string()))
-}
-
-/// The token endpoint's answer as a cached token, refreshed a little early.
-fn cached_token(body: &[u8]) -> Result<CachedToken, String> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| "answered with something that is not JSON".to_owned())?;
-    let token = v
-        .get("access_token")
-        .and_then(|t| t.as_str())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| "answered without an access_token".to_owned())?;
-    let life = v
-        .get("expires_in")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(300)
-        .clamp(1, 86_400);
-    let now = Instant::now();
-    let life = Duration::from_secs(life);
-    // Refresh a little early: at 80% of the lifetime, and at least 30 s
-    // before expiry when the lifetime allows.
-    let early = (life / 5).max(Duration::from_secs(30)).min(life / 2);
-    Ok(CachedToken {
-        token: Zeroizing::new(token.to_owned()),
-        refresh_at: now + life - early,
-        expires_at: now + life,
-    })
 }
 
 async fn shared_secret(
@@ -364,7 +173,7 @@ impl Providers<'_> {
     pub async fn obtain(
         &self,
         route: Target<'_>,
-        oauth: Option<&OAuthCache>,
+        cache: Option<&TokenCache>,
         task: Option<&TaskUse>,
     ) -> Result<Injected, CredentialError> {
         let needs_task = || {
@@ -374,6 +183,7 @@ impl Providers<'_> {
                 route.credential.kind()
             ))
         };
+        let no_cache = || CredentialError::Unavailable("no token cache".into());
         match route.credential {
             Credential::Secret {
                 secret,
@@ -396,30 +206,19 @@ impl Providers<'_> {
                 let s = shared_secret(self.source, secret, route.name).await?;
                 basic(&s, secret, route.name)
             }
-            Credential::OAuth2ClientCredentials {
-                header,
-                format,
-                client_id,
-                client_secret,
-                ..
-            } => {
-                let cache =
-                    oauth.ok_or_else(|| CredentialError::Unavailable("no token cache".into()))?;
-                let (t, secret) = cache.token(route, self.source).await?;
-                let value = Zeroizing::new(format.fill(t.token.as_bytes()));
-                let left = t
-                    .expires_at
-                    .saturating_duration_since(Instant::now())
-                    .as_secs();
-                Ok(Injected {
-                    header: Some((
-                        header.clone(),
-                        header_value(&value, "the upstream's access token")?,
-                    )),
-                    tls: None,
-                    echoes: vec![t.token.as_bytes().to_vec(), secret],
-                    id: format!("oauth2:{client_id} via {client_secret} (expires in {left}s)"),
-                })
+            Credential::OAuth2ClientCredentials { .. } => {
+                let cache = cache.ok_or_else(no_cache)?;
+                self.client_credentials(route, cache).await
+            }
+            Credential::TokenExchange(x) => {
+                let task = task.ok_or_else(needs_task)?;
+                let cache = cache.ok_or_else(no_cache)?;
+                self.token_exchange(route, x, cache, task).await
+            }
+            Credential::AwsSts(a) => {
+                let task = task.ok_or_else(needs_task)?;
+                let cache = cache.ok_or_else(no_cache)?;
+                self.aws(route, a, cache, task).await
             }
             Credential::WarrantJwt {
                 header,
@@ -497,6 +296,7 @@ impl Providers<'_> {
         Ok(Injected {
             header: Some((header.clone(), header_value(&value, "the minted JWT")?)),
             tls: None,
+            sigv4: None,
             echoes: vec![token.as_bytes().to_vec(), signature.as_bytes().to_vec()],
             id: jti,
         })
@@ -517,6 +317,7 @@ fn filled(
             header_value(&value, &format!("secret `{secret}`"))?,
         )),
         tls: None,
+        sigv4: None,
         echoes: vec![s.value.expose().to_vec()],
         id: s.id.clone(),
     })
@@ -546,6 +347,7 @@ fn client_identity(
     let key = PrivateKeyDer::from_pem_slice(pem).map_err(|_| bad("it has no private key"))?;
     Ok(Injected {
         header: None,
+        sigv4: None,
         tls: Some(Arc::new(ClientIdentity {
             id: s.id.clone(),
             fingerprint: {
@@ -581,6 +383,7 @@ fn basic(s: &Resolved, secret: &SecretName, route: &str) -> Result<Injected, Cre
             header_value(value.as_bytes(), &format!("secret `{secret}`"))?,
         )),
         tls: None,
+        sigv4: None,
         echoes: vec![
             v.to_vec(),
             encoded.as_bytes().to_vec(),

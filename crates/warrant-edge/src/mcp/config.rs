@@ -132,11 +132,11 @@ impl RawMcpServer {
                 let credential = match self.credential {
                     Some(c) => {
                         let c = c.build(self.allow_plaintext, &resolve)?;
-                        if matches!(c, Credential::Mtls { .. }) {
-                            return Err(
-                                "credential kind `mtls` is for [[route]]s; an MCP server's credential goes in a header"
-                                    .into(),
-                            );
+                        if matches!(c, Credential::Mtls { .. } | Credential::AwsSts(_)) {
+                            return Err(format!(
+                                "credential kind `{}` is for [[route]]s; an MCP server's credential goes in a header",
+                                c.kind()
+                            ));
                         }
                         Some(Box::new(c))
                     }

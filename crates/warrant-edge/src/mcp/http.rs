@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::config::Transport;
 use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
 use crate::credential::config::Credential;
-use crate::credential::{CredentialError, OAuthCache, Providers, Target};
+use crate::credential::{CredentialError, TokenCache, Providers, Target};
 use crate::redact::Redactor;
 use crate::upstream::Scheme;
 use warrant_core::task::TaskUse;
@@ -44,7 +44,7 @@ pub struct HttpUpstream {
     name: String,
     url: url::Url,
     credential: Option<Credential>,
-    oauth: Option<OAuthCache>,
+    oauth: Option<TokenCache>,
     client: HttpClient,
     next_id: AtomicU64,
     // A tokio mutex: held while a session is set up, so one handshake runs
@@ -79,21 +79,19 @@ impl HttpUpstream {
             timeout.min(Duration::from_secs(10)),
         )
         .map_err(|e| format!("MCP server `{name}`: {e}"))?;
-        let oauth = match credential.as_deref() {
-            Some(Credential::OAuth2ClientCredentials {
-                token_url, ca_file, ..
-            }) => {
+        let oauth = match credential.as_deref().and_then(Credential::token_endpoint) {
+            Some((token_url, ca_file)) => {
                 let c = crate::upstream::connector(
                     token_url.scheme() == "https",
-                    ca_file.as_deref(),
+                    ca_file,
                     Duration::from_secs(10),
                 )
                 .map_err(|e| format!("MCP server `{name}`: {e}"))?;
-                Some(OAuthCache::new(
+                Some(TokenCache::new(
                     Client::builder(TokioExecutor::new()).build(c),
                 ))
             }
-            _ => None,
+            None => None,
         };
         Ok(Self {
             name: name.to_owned(),
@@ -143,6 +141,10 @@ impl HttpUpstream {
             Credential::WarrantJwt { .. } => {
                 format!("jwt:{}", task.map(|t| t.claims.sub.as_str()).unwrap_or(""))
             }
+            // Exchanged for the acting agent and its user: a session each.
+            Credential::TokenExchange(_) => task
+                .map(|t| format!("sts:{}\n{}", t.agent.name.as_str(), t.claims.sub))
+                .unwrap_or_default(),
             _ => "shared".into(),
         };
         let redactor = Redactor::new(injected.echoes);

@@ -45,8 +45,8 @@ use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
 use crate::boundary;
-use crate::credential::config::Credential;
-use crate::credential::{CredentialError, Injected, OAuthCache, Providers};
+use crate::credential::aws::{Payload, SigV4};
+use crate::credential::{CredentialError, Injected, TokenCache, Providers};
 use crate::redact::Redactor;
 use crate::refusal::Refusal;
 use crate::services::EdgeServices;
@@ -60,7 +60,7 @@ type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 struct RouteState {
     route: Route,
     client: Upstream,
-    oauth: Option<OAuthCache>,
+    oauth: Option<TokenCache>,
     /// For an `mtls` route: the client presenting the stored certificate,
     /// and the digest of the secret it was built from (a rotation, or a
     /// delete and put, builds anew).
@@ -76,21 +76,19 @@ impl RouteState {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .build(conn);
-        let oauth = match &r.credential {
-            Credential::OAuth2ClientCredentials {
-                token_url, ca_file, ..
-            } => {
+        let oauth = match r.credential.token_endpoint() {
+            Some((token_url, ca_file)) => {
                 let conn = upstream::connector(
                     token_url.scheme() == "https",
-                    ca_file.as_deref(),
+                    ca_file,
                     r.connect_timeout,
                 )
                 .map_err(|e| format!("route `{}`: {e}", r.name))?;
-                Some(OAuthCache::new(
+                Some(TokenCache::new(
                     Client::builder(TokioExecutor::new()).build(conn),
                 ))
             }
-            _ => None,
+            None => None,
         };
         Ok(Self {
             route: r,
@@ -295,6 +293,11 @@ impl ProxyService {
                 .step_up(req, route, &task, &path, (decision, facts), event)
                 .await?;
         }
+        let payload = if route.credential.signs_requests() {
+            aws_shape(&req)?
+        } else {
+            Payload::Hashed
+        };
         event.credential_type = Some(route.credential.kind().to_owned());
         let injected = self.credential(&rs, &task).await?;
         event.credential_id = Some(injected.id.clone());
@@ -305,6 +308,7 @@ impl ProxyService {
             path,
             task,
             injected,
+            payload,
         })
     }
 
@@ -715,10 +719,16 @@ impl ProxyService {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let out = match upstream_request(route, a.req, &a.path, &a.task, &a.injected) {
+        let mut out = match upstream_request(route, a.req, &a.path, &a.task, &a.injected) {
             Ok(r) => r,
             Err(e) => return self.refuse(event, e, &route.name).await,
         };
+        if let Some(sig) = &a.injected.sigv4 {
+            out = match aws_signed(out, sig, a.payload, route, a.task.agent.name.as_str()).await {
+                Ok(r) => r,
+                Err(e) => return self.refuse(event, *e, &route.name).await,
+            };
+        }
         let Ok(permit) = self.pending_records.clone().acquire_owned().await else {
             let e = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -858,6 +868,56 @@ struct Admitted {
     path: String,
     task: TaskUse,
     injected: Injected,
+    /// How an AWS request's payload is signed.
+    payload: Payload,
+}
+
+/// What an AWS SDK's request must be for the edge to sign it in its
+/// place: no presigned query (a signature the agent made), one declared
+/// payload hash, and a payload mode the edge can sign.
+fn aws_shape(req: &Request<Body>) -> Result<Payload, Box<Refusal>> {
+    if let Some(k) = req.uri().query().and_then(crate::credential::aws::presigned) {
+        return Err(Box::new(Refusal::invalid(format!(
+            "the query carries `{}`, part of a presigned request; the edge signs requests itself, so send them unsigned by the URL",
+            shown(&k, 64)
+        ))));
+    }
+    let declared = HeaderName::from_static("x-amz-content-sha256");
+    let mut values = req.headers().get_all(&declared).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Box::new(Refusal::invalid(
+            "`x-amz-content-sha256` is sent more than once; send it once".into(),
+        )));
+    }
+    Payload::of(first.map(HeaderValue::as_bytes)).map_err(|m| Box::new(Refusal::invalid(m)))
+}
+
+/// The request signed with SigV4 by the route's temporary credentials,
+/// its body read whole (within the route's limit) when its hash is signed.
+async fn aws_signed(
+    out: Request<Body>,
+    sig: &SigV4,
+    payload: Payload,
+    route: &Route,
+    agent: &str,
+) -> Result<Request<Body>, Box<Refusal>> {
+    let (mut out, bytes) = if payload == Payload::Hashed {
+        body::buffered(out, &route.name, agent, route.max_request_bytes)
+            .await
+            .map_err(Box::new)?
+    } else {
+        (out, Bytes::new())
+    };
+    sig.sign(&mut out, payload, &bytes).map_err(|e| {
+        tracing::warn!(route = %route.name, error = %e, "cannot sign the request for AWS");
+        Box::new(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "credential_unavailable",
+            format!("the request cannot be signed for route `{}`", route.name),
+        ))
+    })?;
+    Ok(out)
 }
 
 /// The request the upstream gets: the route's origin, the canonical path
@@ -882,6 +942,12 @@ fn upstream_request(
     // signature: never the upstream's to see.
     headers.remove(&route.agent_header);
     headers.remove(header::AUTHORIZATION);
+    if route.credential.signs_requests() {
+        // What the agent's SDK signed with; the edge signs anew.
+        for h in ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"] {
+            headers.remove(h);
+        }
+    }
     // What an upstream may take as said by a proxy in front of it (the
     // client's address, who the user is) is not the agent's to say.
     let asserted: Vec<HeaderName> = headers

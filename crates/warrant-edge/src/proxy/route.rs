@@ -230,7 +230,19 @@ impl RawRoute {
         if audience.is_empty() || audience.len() > 512 || audience.chars().any(char::is_control) {
             return Err("audience must be 1 to 512 characters without control characters".into());
         }
-        let agent_header = header_name(self.agent_header.as_deref(), "agent_header")?;
+        // An AWS SDK signs with its own keys: the task token goes where it
+        // puts a session token (`aws_session_token` in boto3), and
+        // `authorization` holds its signature.
+        let signs = matches!(self.credential, RawCredential::AwsSts { .. });
+        let agent_header = header_name(
+            self.agent_header
+                .as_deref()
+                .or(signs.then_some("x-amz-security-token")),
+            "agent_header",
+        )?;
+        if signs && agent_header == http::header::AUTHORIZATION {
+            return Err("agent_header cannot be `authorization` with credential kind `aws_sts`: that is where an AWS SDK puts its signature; use `x-amz-security-token` (the SDK's session token)".into());
+        }
         if self.allow.is_empty() {
             return Err(
                 "allow is empty, so nothing could pass; list what may, e.g. allow = [ { methods = [\"POST\"], paths = [\"/v1/chat/completions\"] } ]"
