@@ -148,6 +148,72 @@ impl Refusal {
     }
 }
 
+/// How a refusal is written for the caller's SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// warrant's own JSON (what OpenAI-style SDKs read).
+    Warrant,
+    /// An AWS SDK on a REST-XML or query protocol (S3, STS, ...): `<Error>`
+    /// with `Code` and `Message`, which boto3 shows.
+    AwsXml,
+    /// An AWS SDK on a JSON protocol (`X-Amz-Target`): `__type` and
+    /// `message` beside warrant's `error`.
+    AwsJson,
+}
+
+impl Refusal {
+    /// The refusal in `shape`.
+    pub(crate) fn into_shaped(self, shape: Shape) -> Response {
+        if shape == Shape::Warrant {
+            return self.into_response();
+        }
+        let code = match self.status.as_u16() {
+            401 => "InvalidToken",
+            403 => "AccessDenied",
+            413 => "EntityTooLarge",
+            400..=499 => "InvalidRequest",
+            _ => "ServiceUnavailable",
+        };
+        let mut message = self.message.clone();
+        if let Some(why) = &self.why {
+            message = format!("{message} (refused by {}; {})", why.refused_by, why.hint);
+        }
+        let status = self.status;
+        let warrant_code = self.code;
+        let mut r = self.into_response();
+        if shape == Shape::AwsJson {
+            let body = json!({ "__type": code, "message": message, "warrant_code": warrant_code });
+            let (parts, _) = r.into_parts();
+            let mut r = Response::from_parts(parts, axum::body::Body::from(body.to_string()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-amz-json-1.0"),
+            );
+            r.headers_mut().remove(header::CONTENT_LENGTH);
+            return r;
+        }
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><WarrantCode>{warrant_code}</WarrantCode></Error>",
+            esc(&message)
+        );
+        *r.status_mut() = status;
+        let (parts, _) = r.into_parts();
+        let mut r = Response::from_parts(parts, axum::body::Body::from(body));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml"),
+        );
+        r.headers_mut().remove(header::CONTENT_LENGTH);
+        r
+    }
+}
+
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut error = json!({ "message": self.message, "type": self.code, "code": self.code });

@@ -180,8 +180,7 @@ pub(crate) fn route_token<'a>(
         }
         _ => {
             return Err(NoToken {
-                message: "`authorization` is sent more than once; send your task token once"
-                    .into(),
+                message: "`authorization` is sent more than once; send your task token once".into(),
                 sent: true,
             });
         }
@@ -269,11 +268,20 @@ mod tests {
         let h = with(&[("x-api-key", "abc"), ("authorization", "bearer abc")]);
         assert_eq!(route_token(&h, &x, BearerOnly).unwrap(), "abc");
         let h = with(&[("x-api-key", "abc"), ("authorization", "Bearer abd")]);
-        assert!(route_token(&h, &x, BearerOnly).unwrap_err().sent, "two tokens");
-        let h = with(&[("authorization", "Bearer abc"), ("authorization", "Bearer abc")]);
+        assert!(
+            route_token(&h, &x, BearerOnly).unwrap_err().sent,
+            "two tokens"
+        );
+        let h = with(&[
+            ("authorization", "Bearer abc"),
+            ("authorization", "Bearer abc"),
+        ]);
         assert!(route_token(&h, &x, BearerOnly).is_err());
         let h = with(&[("x-api-key", "abc"), ("authorization", "Basic abc")]);
-        assert!(route_token(&h, &x, BearerOnly).is_err(), "agent-chosen credential");
+        assert!(
+            route_token(&h, &x, BearerOnly).is_err(),
+            "agent-chosen credential"
+        );
         assert_eq!(route_token(&h, &x, Signature).unwrap(), "abc");
         let h = with(&[("authorization", "AWS4-HMAC-SHA256 Credential=x")]);
         let e = route_token(&h, &x, Signature).unwrap_err();
@@ -284,7 +292,10 @@ mod tests {
         assert!(!e.sent && e.message.contains("x-api-key") && e.message.contains("Bearer"));
         // The route's header is authorization: its own rules.
         let h = with(&[("authorization", "Bearer abc")]);
-        assert_eq!(route_token(&h, &header::AUTHORIZATION, BearerOnly).unwrap(), "abc");
+        assert_eq!(
+            route_token(&h, &header::AUTHORIZATION, BearerOnly).unwrap(),
+            "abc"
+        );
     }
 
     #[test]

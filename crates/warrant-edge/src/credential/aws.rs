@@ -434,7 +434,10 @@ mod tests {
 
     #[test]
     fn session_names_and_tags_are_what_aws_accepts() {
-        assert_eq!(session_name("orch", Some("login.test/alice")), "orch@login.test-alice");
+        assert_eq!(
+            session_name("orch", Some("login.test/alice")),
+            "orch@login.test-alice"
+        );
         assert_eq!(session_name("a", None), "a-");
         assert_eq!(session_name("orch", Some(&"x".repeat(100))).len(), 64);
         assert_eq!(tag_value("auth0|12 é/x"), "auth0_12 é/x");
@@ -444,7 +447,10 @@ mod tests {
     fn payload_modes_follow_the_declared_hash() {
         assert_eq!(Payload::of(None), Ok(Payload::Hashed));
         assert_eq!(Payload::of(Some(&[b'a'; 64])), Ok(Payload::Hashed));
-        assert_eq!(Payload::of(Some(b"UNSIGNED-PAYLOAD")), Ok(Payload::Unsigned));
+        assert_eq!(
+            Payload::of(Some(b"UNSIGNED-PAYLOAD")),
+            Ok(Payload::Unsigned)
+        );
         assert_eq!(
             Payload::of(Some(b"STREAMING-UNSIGNED-PAYLOAD-TRAILER")),
             Ok(Payload::UnsignedTrailer)
@@ -456,7 +462,10 @@ mod tests {
 
     #[test]
     fn presigned_queries_are_found_in_any_case() {
-        assert_eq!(presigned("a=1&X-Amz-Signature=x").as_deref(), Some("X-Amz-Signature"));
+        assert_eq!(
+            presigned("a=1&X-Amz-Signature=x").as_deref(),
+            Some("X-Amz-Signature")
+        );
         assert!(presigned("x-amz-credential=x").is_some());
         assert!(presigned("AWSAccessKeyId=x&Signature=y").is_some());
         assert!(presigned("list-type=2&prefix=a").is_none());

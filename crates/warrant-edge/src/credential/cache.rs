@@ -251,10 +251,7 @@ pub(crate) fn access_token(body: &[u8]) -> Result<(Zeroizing<String>, Duration),
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(300)
         .clamp(1, 86_400);
-    Ok((
-        Zeroizing::new(token.to_owned()),
-        Duration::from_secs(life),
-    ))
+    Ok((Zeroizing::new(token.to_owned()), Duration::from_secs(life)))
 }
 
 /// What an OAuth error answer says (`error`, a short code), for messages:

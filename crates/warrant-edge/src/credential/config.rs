@@ -302,7 +302,9 @@ impl SubjectTemplate {
     fn parse(v: Option<&str>, key: &str) -> Result<Self, String> {
         let v = v.unwrap_or(Self::DEFAULT);
         if v.is_empty() || v.len() > 200 || v.chars().any(char::is_control) {
-            return Err(format!("{key} must be 1 to 200 characters, none a control character"));
+            return Err(format!(
+                "{key} must be 1 to 200 characters, none a control character"
+            ));
         }
         let mut rest = v.to_owned();
         for p in SUBJECT_PLACEHOLDERS {
@@ -609,7 +611,9 @@ impl RawCredential {
                     },
                     token_url,
                     client_id,
-                    scope: scope.map(|s| plain_text(s, "credential.scope")).transpose()?,
+                    scope: scope
+                        .map(|s| plain_text(s, "credential.scope"))
+                        .transpose()?,
                     resource: resource
                         .map(|s| plain_text(s, "credential.resource"))
                         .transpose()?,
@@ -703,7 +707,9 @@ impl RawCredential {
                     || parts[0] != "arn"
                     || parts[2] != "iam"
                     || !parts[5].starts_with("role/")
-                    || role_arn.chars().any(|c| c.is_control() || c.is_whitespace())
+                    || role_arn
+                        .chars()
+                        .any(|c| c.is_control() || c.is_whitespace())
                 {
                     return Err(format!(
                         "credential.role_arn `{}` must be a role's ARN, `arn:aws:iam::<account>:role/<name>`",
@@ -738,7 +744,9 @@ impl RawCredential {
                     Duration::from_secs(12 * 3600),
                 )?;
                 if session_duration < Duration::from_secs(900) {
-                    return Err("credential.session_duration must be at least 15m (AWS's minimum)".into());
+                    return Err(
+                        "credential.session_duration must be at least 15m (AWS's minimum)".into(),
+                    );
                 }
                 let mut policies = std::collections::BTreeMap::new();
                 for (scope, file) in session_policies {
@@ -821,7 +829,10 @@ fn plain_text(v: String, key: &str) -> Result<String, String> {
 
 /// The statements of an IAM policy file (one policy document, or a list
 /// of statements), for a scope's session policy.
-fn policy_statements(scope: &str, file: &std::path::Path) -> Result<Vec<serde_json::Value>, String> {
+fn policy_statements(
+    scope: &str,
+    file: &std::path::Path,
+) -> Result<Vec<serde_json::Value>, String> {
     let key = format!("credential.session_policies.\"{}\"", scope.escape_debug());
     if scope.is_empty() || scope.contains(char::is_whitespace) {
         return Err(format!("{key}: a scope has no spaces"));

@@ -16,9 +16,7 @@ use warrant_core::task::TaskUse;
 use warrant_core::time::Timestamp;
 use zeroize::Zeroizing;
 
-use super::cache::{
-    CachedToken, TokenCache, access_token, form, form_post, oauth_error, send,
-};
+use super::cache::{CachedToken, TokenCache, access_token, form, form_post, oauth_error, send};
 use super::config::{AssertionIssuer, ClientAuth, Credential, TokenExchange};
 use super::{CredentialError, Injected, Providers, Target, header_value, shared_secret};
 
@@ -164,10 +162,9 @@ impl Providers<'_> {
         // The client secret is read for every request, so a rotation or a
         // deletion is seen at once, and its bytes redacted from answers.
         let secret = match client_auth {
-            ClientAuth::Secret(name) => Some((
-                name,
-                shared_secret(self.source, name, route.name).await?,
-            )),
+            ClientAuth::Secret(name) => {
+                Some((name, shared_secret(self.source, name, route.name).await?))
+            }
             ClientAuth::PrivateKeyJwt { .. } => None,
         };
         let held = secret.as_ref();
@@ -291,9 +288,7 @@ fn basic_auth(
         ))
     ));
     let mut auth = http::HeaderValue::from_str(&basic).map_err(|_| {
-        CredentialError::Unavailable(format!(
-            "client secret `{name}` cannot be sent in a header"
-        ))
+        CredentialError::Unavailable(format!("client secret `{name}` cannot be sent in a header"))
     })?;
     auth.set_sensitive(true);
     Ok(auth)

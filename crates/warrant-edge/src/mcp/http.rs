@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::config::Transport;
 use super::stdio::{HANDSHAKE_VERSION, UpstreamError};
 use crate::credential::config::Credential;
-use crate::credential::{CredentialError, TokenCache, Providers, Target};
+use crate::credential::{CredentialError, Providers, Target, TokenCache};
 use crate::redact::Redactor;
 use crate::upstream::Scheme;
 use warrant_core::task::TaskUse;

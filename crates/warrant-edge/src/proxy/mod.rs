@@ -46,9 +46,9 @@ use warrant_core::time::Timestamp;
 
 use crate::boundary;
 use crate::credential::aws::{Payload, SigV4};
-use crate::credential::{CredentialError, Injected, TokenCache, Providers};
+use crate::credential::{CredentialError, Injected, Providers, TokenCache};
 use crate::redact::Redactor;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Shape};
 use crate::services::EdgeServices;
 use crate::task::{add_detail, attribute, describe, task_request};
 use crate::upstream::{self, Scheme, is_hop_by_hop};
@@ -78,12 +78,9 @@ impl RouteState {
             .build(conn);
         let oauth = match r.credential.token_endpoint() {
             Some((token_url, ca_file)) => {
-                let conn = upstream::connector(
-                    token_url.scheme() == "https",
-                    ca_file,
-                    r.connect_timeout,
-                )
-                .map_err(|e| format!("route `{}`: {e}", r.name))?;
+                let conn =
+                    upstream::connector(token_url.scheme() == "https", ca_file, r.connect_timeout)
+                        .map_err(|e| format!("route `{}`: {e}", r.name))?;
                 Some(TokenCache::new(
                     Client::builder(TokioExecutor::new()).build(conn),
                 ))
@@ -255,15 +252,16 @@ impl ProxyService {
             .action(Action::HttpRequest.as_str())
             .source(peer.to_string())
             .detail(json!({ "method": req.method().as_str(), "path": shown(&rest, 300) }));
-        let label = if self.routes.load().contains_key(&name) {
-            event.resource = Some(Resource::Route(name.clone()).to_string());
-            name.as_str()
-        } else {
-            "-"
+        let (label, shape) = match self.routes.load().get(&name) {
+            Some(rs) => {
+                event.resource = Some(Resource::Route(name.clone()).to_string());
+                (name.as_str(), error_shape(&rs.route, req.headers()))
+            }
+            None => ("-", Shape::Warrant),
         };
         match self.admit(req, peer, &name, &rest, &mut event).await {
             Ok(a) => self.forward(a, event, start).await,
-            Err(e) => self.refuse(event, *e, label).await,
+            Err(e) => self.refuse(event, *e, label, shape).await,
         }
     }
 
@@ -353,7 +351,8 @@ impl ProxyService {
             return;
         };
         let route = &rs.route;
-        let Ok(token) = boundary::route_token(headers, &route.agent_header, route.other_authorization())
+        let Ok(token) =
+            boundary::route_token(headers, &route.agent_header, route.other_authorization())
         else {
             return;
         };
@@ -378,8 +377,9 @@ impl ProxyService {
         event: &mut AuditEvent,
     ) -> Result<TaskUse, Box<Refusal>> {
         let metadata = self.metadata_url(route);
-        let token = boundary::route_token(headers, &route.agent_header, route.other_authorization())
-            .map_err(|e| Refusal::unauthorized(e.message, &metadata, e.sent))?;
+        let token =
+            boundary::route_token(headers, &route.agent_header, route.other_authorization())
+                .map_err(|e| Refusal::unauthorized(e.message, &metadata, e.sent))?;
         let task = match self
             .s
             .tasks
@@ -675,7 +675,7 @@ impl ProxyService {
     }
 
     /// Records a refusal durably, then answers it.
-    async fn refuse(&self, event: AuditEvent, e: Refusal, route: &str) -> Response {
+    async fn refuse(&self, event: AuditEvent, e: Refusal, route: &str, shape: Shape) -> Response {
         let mut event = event;
         event.decision = if e.is_pending() {
             Outcome::Pending
@@ -697,10 +697,10 @@ impl ProxyService {
         // Within the caller's budget (its source's, when no task token was
         // verified yet), else recorded in aggregate, not durably one by one.
         let Some(event) = self.s.audit.admit_known(event) else {
-            return e.into_response();
+            return e.into_shaped(shape);
         };
         match self.s.audit.append(event).await {
-            Ok(()) => e.into_response(),
+            Ok(()) => e.into_shaped(shape),
             Err(err) => {
                 tracing::error!(error = %err, "cannot write the audit trail; edge request refused");
                 Refusal::audit_unavailable().into_response()
@@ -713,6 +713,7 @@ impl ProxyService {
     /// written when the answer ends.
     async fn forward(&self, a: Admitted, event: AuditEvent, start: Instant) -> Response {
         let route = &a.rs.route;
+        let shape = error_shape(route, a.req.headers());
         let bytes_in = a
             .req
             .headers()
@@ -721,12 +722,12 @@ impl ProxyService {
             .and_then(|v| v.parse::<u64>().ok());
         let mut out = match upstream_request(route, a.req, &a.path, &a.task, &a.injected) {
             Ok(r) => r,
-            Err(e) => return self.refuse(event, e, &route.name).await,
+            Err(e) => return self.refuse(event, e, &route.name, shape).await,
         };
         if let Some(sig) = &a.injected.sigv4 {
             out = match aws_signed(out, sig, a.payload, route, a.task.agent.name.as_str()).await {
                 Ok(r) => r,
-                Err(e) => return self.refuse(event, *e, &route.name).await,
+                Err(e) => return self.refuse(event, *e, &route.name, shape).await,
             };
         }
         let Ok(permit) = self.pending_records.clone().acquire_owned().await else {
@@ -735,14 +736,14 @@ impl ProxyService {
                 "unavailable",
                 "the broker is shutting down".to_owned(),
             );
-            return self.refuse(event, e, &route.name).await;
+            return self.refuse(event, e, &route.name, shape).await;
         };
         let sent = Instant::now();
         let client = match a.rs.client_for(&a.injected) {
             Ok(c) => c,
             Err(e) => {
                 drop(permit);
-                return self.refuse(event, *e, &route.name).await;
+                return self.refuse(event, *e, &route.name, shape).await;
             }
         };
         let answer = tokio::time::timeout(route.timeout, client.request(out)).await;
@@ -872,11 +873,27 @@ struct Admitted {
     payload: Payload,
 }
 
+/// How a refusal on `route` is written: as an AWS SDK reads errors on a
+/// route that signs for AWS, else warrant's own.
+fn error_shape(route: &Route, headers: &HeaderMap) -> Shape {
+    if !route.credential.signs_requests() {
+        Shape::Warrant
+    } else if headers.contains_key("x-amz-target") {
+        Shape::AwsJson
+    } else {
+        Shape::AwsXml
+    }
+}
+
 /// What an AWS SDK's request must be for the edge to sign it in its
 /// place: no presigned query (a signature the agent made), one declared
 /// payload hash, and a payload mode the edge can sign.
 fn aws_shape(req: &Request<Body>) -> Result<Payload, Box<Refusal>> {
-    if let Some(k) = req.uri().query().and_then(crate::credential::aws::presigned) {
+    if let Some(k) = req
+        .uri()
+        .query()
+        .and_then(crate::credential::aws::presigned)
+    {
         return Err(Box::new(Refusal::invalid(format!(
             "the query carries `{}`, part of a presigned request; the edge signs requests itself, so send them unsigned by the URL",
             shown(&k, 64)

@@ -4,21 +4,33 @@
 //! client assertions, RFC 8693 token exchange at a security token service),
 //! against peers warrant did not write.
 
-use std::process::Command;
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{Upstream, World, audit, exchange, identity, put_secret, python, repo, world_with};
+use crate::support::{
+    Upstream, World, audit, exchange, free_port, identity, jwt_claims, put_secret, python, repo,
+    world_with,
+};
 
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// What the upstream gets instead of the task token, per provider: the
 /// header and value it must carry.
 const PROVIDERS: &[(&str, &str, &str)] = &[
-    ("openai", "authorization", "Bearer sk-openai-stored-0123456789"),
+    (
+        "openai",
+        "authorization",
+        "Bearer sk-openai-stored-0123456789",
+    ),
     ("anthropic", "x-api-key", "sk-ant-stored-0123456789"),
     ("gemini", "x-goog-api-key", "AIza-gemini-stored-0123456789"),
-    ("mistral", "authorization", "Bearer mistral-stored-0123456789"),
+    (
+        "mistral",
+        "authorization",
+        "Bearer mistral-stored-0123456789",
+    ),
     ("cohere", "authorization", "Bearer cohere-stored-0123456789"),
 ];
 
@@ -132,8 +144,14 @@ fn each_provider_sdk_works_unchanged_through_the_proxy() {
         );
         assert_eq!(sdk["denied"]["status"], 403, "{name}'s refusal: {sdk}");
         assert!(
-            sdk["denied"]["text"].as_str().unwrap().contains("refused_by")
-                || sdk["denied"]["text"].as_str().unwrap().contains("does not allow"),
+            sdk["denied"]["text"]
+                .as_str()
+                .unwrap()
+                .contains("refused_by")
+                || sdk["denied"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not allow"),
             "{name}: the refusal reaches the caller in words: {sdk}"
         );
         assert_eq!(
@@ -166,8 +184,14 @@ fn each_provider_sdk_works_unchanged_through_the_proxy() {
             "a task token reached the upstream: {s}"
         );
         assert!(
-            s["headers"]["x-warrant-txn"].as_str().unwrap().starts_with("txn_")
-                && s["headers"]["traceparent"].as_str().unwrap().starts_with("00-"),
+            s["headers"]["x-warrant-txn"]
+                .as_str()
+                .unwrap()
+                .starts_with("txn_")
+                && s["headers"]["traceparent"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("00-"),
             "{s}"
         );
     }
@@ -185,4 +209,265 @@ fn each_provider_sdk_works_unchanged_through_the_proxy() {
         }
         assert!(!serde_json::to_string(&records).unwrap().contains(value));
     }
+}
+
+/// A child process killed when the test ends.
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `script` with `args`; returns it and the JSON line it prints when
+/// ready.
+fn peer(script: &str, args: &[String]) -> (Peer, Value) {
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/interop").join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ready: Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{script} did not start ({e}): {line}"));
+    (Peer(child), ready)
+}
+
+fn jsonl(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const AWS_POLICY: &str = r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+@id("exchange")
+permit(principal, action == Action::"token:exchange", resource);
+@id("aws")
+permit(principal, action == Action::"http:request", resource)
+when { resource == Route::"aws-s3" || resource == Route::"aws-sqs" };
+"#;
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/warrant-agents";
+
+/// boto3 through the edge: `(output of aws_client.py)`.
+fn boto3(w: &World, token: &str, moto: u16, queue: &str) -> Value {
+    let out = Command::new(python())
+        .arg(repo().join("tests/interop/aws_client.py"))
+        .arg(format!("http://{}", w.b.edge))
+        .arg(token)
+        .arg(format!("http://127.0.0.1:{moto}"))
+        .arg(queue)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Requirement 2: AWS by federation, no AWS key stored anywhere. boto3
+/// (S3 and SQS) pointed at the edge with its task token as session token;
+/// warrant mints a web identity token for the agent and user, an STS that
+/// verifies it as AWS does (issuer, audience, signature by warrant's JWKS,
+/// the role's trust policy pinning the agent) gives moto's temporary
+/// credentials, and every request is re-signed with SigV4 at the last hop,
+/// which moto (IAM authentication enforced) checks. The agent's own
+/// signature gets nothing from moto directly. Credentials are cached per
+/// role and subject; session tags name agent and user; a scope maps to a
+/// session policy; a revoked task stops at once although its STS keys are
+/// still valid; an agent the trust policy does not name gets nothing.
+#[test]
+fn boto3_reaches_s3_and_sqs_with_credentials_warrant_federates() {
+    let (moto, sts) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let policy_file = dir.path().join("reports-rw.json");
+    std::fs::write(
+        &policy_file,
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"], "Resource": ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"]}]}"#,
+    )
+    .unwrap();
+    let routes = format!(
+        r#"
+[[route]]
+name = "aws-s3"
+upstream = "http://127.0.0.1:{moto}"
+audience = "https://s3.amazonaws.com"
+allow = [ {{ methods = ["GET", "PUT", "HEAD"], paths = ["/reports", "/reports/**"] }} ]
+credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", service = "s3", sts_url = "http://127.0.0.1:{sts}", session_duration = "15m", session_policies = {{ "reports:rw" = "{}" }} }}
+
+[[route]]
+name = "aws-sqs"
+upstream = "http://127.0.0.1:{moto}"
+audience = "https://sqs.amazonaws.com"
+allow = [ {{ methods = ["POST"], paths = ["/"] }} ]
+credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", service = "sqs", sts_url = "http://127.0.0.1:{sts}" }}
+"#,
+        policy_file.display()
+    );
+    let w = world_with(4, &routes, AWS_POLICY);
+    let log = dir.path().join("sts.jsonl");
+    let (_aws, ready) = peer(
+        "aws_peer.py",
+        &[
+            log.display().to_string(),
+            w.b.issuer.clone(),
+            format!("http://{}/.well-known/jwks.json", w.b.api),
+            moto.to_string(),
+            sts.to_string(),
+        ],
+    );
+    let queue = ready["queue"].as_str().unwrap().to_owned();
+    let audiences = ["https://s3.amazonaws.com", "https://sqs.amazonaws.com"];
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice", &audiences, "reports:rw");
+
+    let r = boto3(&w, &token, moto, &queue);
+    assert_eq!(
+        r["s3_get"],
+        "numbers",
+        "{r}\n{:#?}\n{:#?}",
+        w.b.logs()
+            .lines()
+            .filter(|l| l.contains("WARN"))
+            .collect::<Vec<_>>(),
+        jsonl(&log)
+    );
+    assert_eq!(r["s3_list"], json!(["q3/summary report.txt"]), "{r}");
+    assert_eq!(r["sqs_received"], json!(["hello from an agent"]), "{r}");
+    assert_eq!(
+        r["s3_delete"]["status"], 403,
+        "DELETE is not in the route's allow rules: {r}"
+    );
+    // moto enforces signatures: the agent's own (placeholder keys, task
+    // token as session token) gets nothing there.
+    assert_eq!(r["direct"]["status"], 403, "{r}");
+
+    // One exchange per route for every call it carried: cached per role
+    // and subject.
+    let exchanges = jsonl(&log);
+    assert_eq!(exchanges.len(), 2, "{exchanges:#?}");
+    for x in &exchanges {
+        assert!(x.get("refused").is_none(), "{x}");
+        assert_eq!(x["role"], ROLE);
+        assert_eq!(x["session"], "orch@login.test-alice", "{x}");
+        assert_eq!(x["header"]["typ"], "warrant-federation+jwt", "{x}");
+        let c = &x["claims"];
+        assert_eq!(c["iss"], w.b.issuer);
+        assert_eq!(c["aud"], "sts.amazonaws.com");
+        assert_eq!(c["sub"], "agent:orch");
+        assert_eq!(c["user"], "login.test/alice");
+        assert!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap() <= 300);
+        assert_eq!(
+            c["https://aws.amazon.com/tags"]["principal_tags"],
+            json!({
+                "warrant:agent": ["orch"],
+                "warrant:env": ["dev"],
+                "warrant:user": ["login.test/alice"],
+            }),
+            "{x}"
+        );
+    }
+    let s3x = exchanges
+        .iter()
+        .find(|x| x["duration"] == "900")
+        .expect("the S3 route's 15-minute session");
+    let session_policy: Value = serde_json::from_str(s3x["policy"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        session_policy["Statement"][0]["Action"],
+        json!(["s3:GetObject", "s3:PutObject", "s3:ListBucket"]),
+        "the task's scope `reports:rw` narrows the session: {s3x}"
+    );
+    let sqsx = exchanges.iter().find(|x| x["duration"] == "3600").unwrap();
+    assert!(
+        sqsx["policy"].is_null(),
+        "no mapping, no session policy: {sqsx}"
+    );
+
+    // The audit names kind, role, session and key id; never a secret.
+    let records = audit(&w.b, Some("proxy.request"));
+    let allowed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["decision"] == "allow" && r["resource"] == "Route::\"aws-s3\"")
+        .collect();
+    assert!(allowed.len() >= 3, "{records:#?}");
+    for a in &allowed {
+        assert_eq!(a["credential_type"], "aws_sts");
+        let id = a["credential_id"].as_str().unwrap();
+        assert!(
+            id.contains(ROLE)
+                && id.contains("session orch@login.test-alice")
+                && id.contains(s3x["access_key_id"].as_str().unwrap()),
+            "{id}"
+        );
+    }
+    let trail = serde_json::to_string(&records).unwrap();
+    let logs = w.b.logs();
+    for x in &exchanges {
+        for secret in ["secret_access_key", "session_token"] {
+            let v = x[secret].as_str().unwrap();
+            assert!(!trail.contains(v) && !logs.contains(v), "{secret} leaked");
+        }
+    }
+    assert!(!logs.contains(&token));
+
+    // A task without a mapped scope gets no AWS session on the S3 route,
+    // and is told why (botocore shows the message of an S3-style error).
+    let chat = task_token(&w, &orch, "alice", &audiences, "llm:chat");
+    let r = boto3(&w, &chat, moto, &queue);
+    assert_eq!(r["s3_error"]["status"], 403, "{r}");
+    assert_eq!(r["s3_error"]["code"], "AccessDenied", "{r}");
+    assert!(
+        r["s3_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reports:rw"),
+        "{r}"
+    );
+    assert_eq!(
+        jsonl(&log).len(),
+        2,
+        "no exchange for a scope that maps to nothing"
+    );
+
+    // An agent the role's trust policy does not name gets nothing, in words.
+    let sub = identity(&w.b, "sub");
+    let other = task_token(&w, &sub, "alice", &audiences, "reports:rw");
+    let r = boto3(&w, &other, moto, &queue);
+    assert_eq!(r["s3_error"]["status"], 502, "{r}");
+    assert!(
+        r["s3_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("trust policy"),
+        "{r}"
+    );
+    let refused = jsonl(&log);
+    assert!(
+        refused.last().unwrap()["refused"]
+            .as_str()
+            .unwrap()
+            .contains("AccessDenied"),
+        "{refused:#?}"
+    );
+
+    // Revoked: the next request stops, though the STS keys are still good.
+    let task = jwt_claims(&token)["task"].as_str().unwrap().to_owned();
+    w.b.cli(&["revoke", "--task", &task]).ok();
+    let before = jsonl(&log).len();
+    let r = boto3(&w, &token, moto, &queue);
+    assert_eq!(r["s3_error"]["status"], 401, "{r}");
+    assert_eq!(r["sqs_error"]["status"], 401, "{r}");
+    assert_eq!(jsonl(&log).len(), before, "no new exchange");
 }

@@ -566,7 +566,10 @@ fn bad_requests_are_refused_before_any_upstream_contact() {
                 edge_addr,
                 "GET",
                 "/keyed/v1/models",
-                &[("x-api-key", &token), ("authorization", "Basic c2stbWluZQ==")],
+                &[
+                    ("x-api-key", &token),
+                    ("authorization", "Basic c2stbWluZQ=="),
+                ],
                 None,
             ),
             401,

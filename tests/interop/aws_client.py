@@ -1,0 +1,62 @@
+"""boto3, unchanged, reaching S3 and SQS through warrant's egress proxy.
+
+usage: aws_client.py EDGE TASK_TOKEN MOTO QUEUE_URL
+The agent holds no AWS key: its task token is boto3's `aws_session_token`
+(sent as `x-amz-security-token`), and the access key it signs with is a
+placeholder. The edge drops that signature and signs with the temporary
+credentials warrant obtained from STS. Prints a JSON object of what each
+call gave; `direct` is the same client sent straight to moto, which must
+refuse the placeholder signature.
+"""
+import json
+import sys
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+edge, token, moto, queue_url = sys.argv[1:5]
+keys = {"aws_access_key_id": "AKIDPLACEHOLDER", "aws_secret_access_key": "placeholder",
+        "aws_session_token": token, "region_name": "us-east-1"}
+cfg = Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"})
+out = {}
+
+
+def error(e):
+    return {"status": e.response["ResponseMetadata"]["HTTPStatusCode"],
+            "code": e.response.get("Error", {}).get("Code"),
+            "message": str(e)[:500]}
+
+
+s3 = boto3.client("s3", endpoint_url=f"{edge}/aws-s3", config=cfg, **keys)
+try:
+    s3.put_object(Bucket="reports", Key="q3/summary report.txt", Body=b"numbers")
+    got = s3.get_object(Bucket="reports", Key="q3/summary report.txt")
+    out["s3_get"] = got["Body"].read().decode()
+    listed = s3.list_objects_v2(Bucket="reports", Prefix="q3/")
+    out["s3_list"] = [o["Key"] for o in listed.get("Contents", [])]
+except ClientError as e:
+    out["s3_error"] = error(e)
+
+try:
+    s3.delete_object(Bucket="reports", Key="q3/summary report.txt")
+    out["s3_delete"] = "deleted"
+except ClientError as e:
+    out["s3_delete"] = error(e)
+
+sqs = boto3.client("sqs", endpoint_url=f"{edge}/aws-sqs", config=cfg, **keys)
+try:
+    sqs.send_message(QueueUrl=queue_url, MessageBody="hello from an agent")
+    msgs = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1).get("Messages", [])
+    out["sqs_received"] = [m["Body"] for m in msgs]
+except ClientError as e:
+    out["sqs_error"] = error(e)
+
+direct = boto3.client("s3", endpoint_url=moto, config=cfg, **keys)
+try:
+    direct.list_objects_v2(Bucket="reports")
+    out["direct"] = "listed"
+except ClientError as e:
+    out["direct"] = error(e)
+
+print(json.dumps(out))
