@@ -265,6 +265,6 @@ pub(crate) fn oauth_error(body: &[u8]) -> String {
                 && e.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         })
-        .map(|e| format!(" (`{e}`)"))
+        .map(|e| format!(", `{e}`"))
         .unwrap_or_default()
 }

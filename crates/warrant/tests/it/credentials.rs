@@ -471,3 +471,129 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
     assert_eq!(r["sqs_error"]["status"], 401, "{r}");
     assert_eq!(jsonl(&log).len(), before, "no new exchange");
 }
+
+const SAAS_POLICY: &str = r#"
+@id("identities")
+permit(principal, action == Action::"identity:issue", resource);
+@id("exchange")
+permit(principal, action == Action::"token:exchange", resource);
+@id("saas")
+permit(principal in Agent::"orch", action == Action::"http:request", resource);
+"#;
+
+/// Requirement 3: a credential for an authorization server that accepts
+/// `private_key_jwt` (RFC 7523). node `oidc-provider` knows the client
+/// `warrant-crm` only by warrant's `jwks_uri`: warrant signs the client
+/// assertion with its own key, gets a client-credentials token (scope and
+/// resource as configured), caches it and injects it. No client secret
+/// exists anywhere. A client whose registered keys are not warrant's gets
+/// nothing, and the agent is told so in words.
+#[test]
+fn a_client_assertion_signed_by_warrant_gets_a_token_from_oidc_provider() {
+    let up = Upstream::start(false);
+    let port = free_port();
+    let p = up.origin("http");
+    let routes = format!(
+        r#"
+[[route]]
+name = "crm"
+upstream = "{p}"
+audience = "https://crm.test"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{port}/token", client_id = "warrant-crm", scope = "read", resource = "https://crm.test" }}
+
+[[route]]
+name = "stranger"
+upstream = "{p}"
+audience = "https://stranger.test"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{port}/token", client_id = "stranger", scope = "read" }}
+"#
+    );
+    let w = world_with(4, &routes, SAAS_POLICY);
+    let mut child = Command::new("node")
+        .current_dir(repo().join("tests/browser"))
+        .arg("oauth-server.mjs")
+        .env("PORT", port.to_string())
+        .env(
+            "JWKS_URI",
+            format!("http://{}/.well-known/jwks.json", w.b.api),
+        )
+        .env("STRANGER_JWKS_URI", format!("http://127.0.0.1:{port}/jwks"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Peer(child);
+    assert_eq!(line.trim(), "ready");
+
+    let orch = identity(&w.b, "orch");
+    let token = task_token(
+        &w,
+        &orch,
+        "alice",
+        &["https://crm.test", "https://stranger.test"],
+        "crm:read",
+    );
+    let bearer = format!("Bearer {token}");
+    for _ in 0..3 {
+        let r = warrant_testkit::http(
+            w.b.edge,
+            "GET",
+            "/crm/v1/accounts",
+            &[("authorization", &bearer)],
+            None,
+        );
+        assert_eq!(r.status, 200, "{}\n{}", r.body, w.b.logs());
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    let auth = seen[0]["headers"]["authorization"].as_str().unwrap();
+    let at = auth.strip_prefix("Bearer ").unwrap();
+    assert!(
+        seen.iter().all(|s| s["headers"]["authorization"] == auth),
+        "one token, cached: {seen:?}"
+    );
+    let claims = jwt_claims(at);
+    assert_eq!(claims["client_id"], "warrant-crm", "{claims}");
+    assert_eq!(claims["iss"], format!("http://127.0.0.1:{port}"));
+    assert_eq!(claims["aud"], "https://crm.test");
+    assert_eq!(claims["scope"], "read");
+    assert_ne!(at, token);
+
+    let records = audit(&w.b, Some("proxy.request"));
+    let a = records
+        .iter()
+        .rev()
+        .find(|r| r["decision"] == "allow")
+        .unwrap();
+    assert_eq!(a["credential_type"], "oauth2_private_key_jwt");
+    assert!(
+        a["credential_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("oauth2:warrant-crm by private_key_jwt"),
+        "{a}"
+    );
+    assert!(!serde_json::to_string(&records).unwrap().contains(at));
+
+    // Keys that are not the client's registered ones: refused by the
+    // server, said to the agent; nothing reaches the upstream.
+    let r = warrant_testkit::http(
+        w.b.edge,
+        "GET",
+        "/stranger/v1/accounts",
+        &[("authorization", &bearer)],
+        None,
+    );
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        r.body.contains("refused the client credentials") && r.body.contains("invalid_client"),
+        "{}",
+        r.body
+    );
+    assert_eq!(up.seen().len(), 3);
+}
