@@ -597,3 +597,157 @@ credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{
     );
     assert_eq!(up.seen().len(), 3);
 }
+
+const PROVIDER: &str = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/agents/providers/warrant";
+const SERVICE_ACCOUNT: &str = "reports-reader@demo-project.iam.gserviceaccount.com";
+
+/// Requirement 4: Google Cloud by token exchange. warrant mints a token
+/// for the agent and user, exchanges it by RFC 8693 at a security token
+/// service (Google's fields: the provider as audience, the token's `aud`
+/// its https form, an attribute condition on the agent), exchanges the
+/// federated token for a service account's, caches it and injects it. The
+/// agent never holds a Google credential; one the attribute condition
+/// refuses gets nothing.
+#[test]
+fn a_token_exchange_at_a_security_token_service_reaches_cloud_storage() {
+    let port = free_port();
+    let g = format!("http://127.0.0.1:{port}");
+    let routes = format!(
+        r#"
+[[route]]
+name = "gcs"
+upstream = "{g}"
+audience = "https://storage.googleapis.com"
+allow = [ {{ methods = ["GET"], paths = ["/storage/v1/b/*/o"] }} ]
+credential = {{ kind = "token_exchange", token_url = "{g}/v1/token", audience = "{PROVIDER}", subject = "agent:{{agent}}:user:{{user}}", service_account = "{SERVICE_ACCOUNT}", impersonation_url = "{g}/v1/projects/-/serviceAccounts/{{service_account}}:generateAccessToken" }}
+"#
+    );
+    let w = world_with(
+        4,
+        &routes,
+        SAAS_POLICY.replace("in Agent::\"orch\"", "").as_str(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gcp.jsonl");
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/interop/gcp_peer.py"))
+        .args([
+            log.display().to_string(),
+            w.b.issuer.clone(),
+            format!("http://{}/.well-known/jwks.json", w.b.api),
+            PROVIDER.to_owned(),
+            port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _peer = Peer(child);
+    assert!(line.starts_with("PORT"), "{line}");
+
+    let orch = identity(&w.b, "orch");
+    let token = task_token(
+        &w,
+        &orch,
+        "alice",
+        &["https://storage.googleapis.com"],
+        "gcs:read",
+    );
+    let bearer = format!("Bearer {token}");
+    for _ in 0..2 {
+        let r = warrant_testkit::http(
+            w.b.edge,
+            "GET",
+            "/gcs/storage/v1/b/reports/o",
+            &[("authorization", &bearer)],
+            None,
+        );
+        assert_eq!(r.status, 200, "{}\n{:#?}", r.body, jsonl(&log));
+        assert_eq!(r.json()["items"][0]["name"], "q3/summary.txt");
+    }
+    let steps = jsonl(&log);
+    let step = |name: &str| -> Vec<&Value> { steps.iter().filter(|s| s["step"] == name).collect() };
+    let (sts, imp, storage) = (step("sts"), step("impersonate"), step("storage"));
+    assert_eq!(
+        (sts.len(), imp.len(), storage.len()),
+        (1, 1, 2),
+        "cached: {steps:#?}"
+    );
+    let x = sts[0];
+    assert!(x.get("refused").is_none(), "{x}");
+    assert_eq!(
+        x["form"]["scope"],
+        "https://www.googleapis.com/auth/cloud-platform"
+    );
+    assert_eq!(x["header"]["typ"], "warrant-federation+jwt");
+    assert_eq!(x["claims"]["sub"], "agent:orch:user:login.test/alice");
+    assert_eq!(x["claims"]["aud"], format!("https:{PROVIDER}"));
+    assert_eq!(x["claims"]["iss"], w.b.issuer);
+    assert_eq!(imp[0]["service_account"], SERVICE_ACCOUNT);
+    assert_eq!(
+        imp[0]["scope"],
+        json!(["https://www.googleapis.com/auth/cloud-platform"])
+    );
+    for s in &storage {
+        let h = &s["headers"];
+        assert!(
+            h["authorization"]
+                .as_str()
+                .unwrap()
+                .starts_with("Bearer ya29.sa-"),
+            "{s}"
+        );
+        assert!(
+            h["x-warrant-txn"].as_str().unwrap().starts_with("txn_"),
+            "{s}"
+        );
+        assert!(h["traceparent"].as_str().unwrap().starts_with("00-"), "{s}");
+        assert!(!h.to_string().contains(&token));
+    }
+    let records = audit(&w.b, Some("proxy.request"));
+    let a = records
+        .iter()
+        .rev()
+        .find(|r| r["decision"] == "allow")
+        .unwrap();
+    assert_eq!(a["credential_type"], "token_exchange");
+    let id = a["credential_id"].as_str().unwrap();
+    assert!(
+        id.contains("agent:orch:user:login.test/alice") && id.contains(SERVICE_ACCOUNT),
+        "{id}"
+    );
+    let sa_token = storage[0]["headers"]["authorization"].as_str().unwrap();
+    let trail = serde_json::to_string(&records).unwrap();
+    assert!(!trail.contains(&sa_token[7..]) && !w.b.logs().contains(&sa_token[7..]));
+
+    // The provider's attribute condition admits only `orch`: another agent
+    // is told why it gets nothing, and nothing reaches storage.
+    let sub = identity(&w.b, "sub");
+    let other = task_token(
+        &w,
+        &sub,
+        "alice",
+        &["https://storage.googleapis.com"],
+        "gcs:read",
+    );
+    let r = warrant_testkit::http(
+        w.b.edge,
+        "GET",
+        "/gcs/storage/v1/b/reports/o",
+        &[("authorization", &format!("Bearer {other}"))],
+        None,
+    );
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("unauthorized_client"), "{}", r.body);
+    let after = jsonl(&log);
+    assert!(
+        after.last().unwrap()["refused"]
+            .as_str()
+            .unwrap()
+            .contains("attribute condition")
+    );
+    assert_eq!(after.iter().filter(|s| s["step"] == "storage").count(), 2);
+}
