@@ -268,3 +268,75 @@ pub(crate) fn oauth_error(body: &[u8]) -> String {
         .map(|e| format!(", `{e}`"))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn cache() -> TokenCache {
+        let conn = crate::upstream::connector(false, None, Duration::from_secs(1)).unwrap();
+        TokenCache::new(Client::builder(hyper_util::rt::TokioExecutor::new()).build(conn))
+    }
+
+    fn token(v: &str, refresh_in: Duration, expires_in: Duration) -> CachedToken {
+        let now = Instant::now();
+        CachedToken {
+            token: Zeroizing::new(v.into()),
+            aws: None,
+            id: v.into(),
+            refresh_at: now + refresh_in,
+            expires_at: now + expires_in,
+        }
+    }
+
+    #[tokio::test]
+    async fn one_fetch_per_key_for_concurrent_callers() {
+        let c = cache();
+        let fetched = AtomicUsize::new(0);
+        let fetch = |v: &'static str| {
+            let fetched = &fetched;
+            move |_| async move {
+                fetched.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(token(v, Duration::from_secs(60), Duration::from_secs(120)))
+            }
+        };
+        let (a, b, other) = tokio::join!(
+            c.get("alice", fetch("a")),
+            c.get("alice", fetch("a2")),
+            c.get("bob", fetch("b"))
+        );
+        assert_eq!(fetched.load(Ordering::SeqCst), 2, "one per key");
+        assert_eq!(a.unwrap().token.as_str(), b.unwrap().token.as_str());
+        assert_eq!(other.unwrap().token.as_str(), "b");
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_a_credential_that_is_still_good() {
+        let c = cache();
+        let due = |v: &'static str, expires: Duration| {
+            move |_| async move { Ok(token(v, Duration::ZERO, expires)) }
+        };
+        let fail = |_| async { Err(CredentialError::Unavailable("down".into())) };
+        c.get("k", due("old", Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert_eq!(c.get("k", fail).await.unwrap().token.as_str(), "old");
+        // Within 10 s of its expiry it is not used.
+        c.get("k", due("brief", Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(c.get("k", fail).await.is_err());
+    }
+
+    #[test]
+    fn oauth_errors_are_named_only_when_they_are_codes() {
+        assert_eq!(
+            oauth_error(br#"{"error":"invalid_client"}"#),
+            ", `invalid_client`"
+        );
+        assert_eq!(oauth_error(br#"{"error":"<script>"}"#), "");
+        assert_eq!(oauth_error(b"not json"), "");
+    }
+}

@@ -197,6 +197,10 @@ impl Template {
 
 /// A validated credential provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per route at start or reload and read by reference"
+)]
 pub enum Credential {
     /// A shared stored secret in `header`.
     Secret {

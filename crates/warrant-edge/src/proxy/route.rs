@@ -341,6 +341,7 @@ impl<'a> From<&'a Route> for crate::credential::Target<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credential::config::{AssertionIssuer, ClientAuth};
     use proptest::prelude::*;
 
     /// The recursive matcher `segment_matches` replaced: every split tried.
@@ -381,6 +382,165 @@ mod tests {
         toml::from_str::<RawRoute>(&text)
             .map_err(|e| e.to_string())?
             .build(|p| p)
+    }
+
+    const ROLE: &str = "arn:aws:iam::123456789012:role/agents";
+
+    #[test]
+    fn federated_credentials_are_checked_at_start() {
+        let aws = |extra: &str| {
+            raw(&format!(
+                "credential = {{ kind = \"aws_sts\", role_arn = \"{ROLE}\", region = \"eu-west-1\", service = \"s3\"{extra} }}"
+            ))
+        };
+        let r = aws("").unwrap();
+        assert_eq!(r.agent_header.as_str(), "x-amz-security-token");
+        assert!(r.credential.signs_requests() && r.credential.is_ephemeral());
+        let Credential::AwsSts(a) = &r.credential else {
+            panic!()
+        };
+        assert_eq!(a.sts_url.as_str(), "https://sts.eu-west-1.amazonaws.com/");
+        assert_eq!(a.token_audience, "sts.amazonaws.com");
+        assert_eq!(
+            a.subject.render("orch", "dev", Some("corp/alice")),
+            "agent:orch"
+        );
+        assert!(a.session_tags);
+        let build = |role: &str, region: &str, extra: &str| {
+            raw(&format!(
+                "credential = {{ kind = \"aws_sts\", role_arn = \"{role}\", region = \"{region}\", service = \"s3\"{extra} }}"
+            ))
+        };
+        for (role, region, extra, needle) in [
+            ("arn:aws:iam::1:user/x", "eu-west-1", "", "role's ARN"),
+            ("arn:aws:iam::1:role/x y", "eu-west-1", "", "role's ARN"),
+            (ROLE, "EU WEST", "", "credential.region"),
+            (
+                ROLE,
+                "eu-west-1",
+                ", subject = \"user:{user}:agent:{agent}\"",
+                "must come last",
+            ),
+            (
+                ROLE,
+                "eu-west-1",
+                ", subject = \"{agent}:{task}\"",
+                "may use only",
+            ),
+            (ROLE, "eu-west-1", ", subject = \"\"", "1 to 200"),
+            (
+                ROLE,
+                "eu-west-1",
+                ", session_duration = \"5m\"",
+                "at least 15m",
+            ),
+            (ROLE, "eu-west-1", ", session_duration = \"13h\"", "at most"),
+            (
+                ROLE,
+                "eu-west-1",
+                ", sts_url = \"http://sts.example\"",
+                "plain http",
+            ),
+            (
+                ROLE,
+                "eu-west-1",
+                ", sts_url = \"https://u:p@sts.example\"",
+                "must not carry credentials",
+            ),
+            (
+                ROLE,
+                "eu-west-1",
+                ", session_policies = { \"s3:read\" = \"/nonexistent.json\" }",
+                "cannot read",
+            ),
+            (
+                ROLE,
+                "eu-west-1",
+                ", session_policies = { \"two words\" = \"/x.json\" }",
+                "no spaces",
+            ),
+        ] {
+            let e = build(role, region, extra).map(|_| ()).unwrap_err();
+            assert!(e.contains(needle), "{role} {region} {extra}: {e}");
+        }
+        let e = aws_with_header("authorization").unwrap_err();
+        assert!(e.contains("signature"), "{e}");
+        let x = |extra: &str| {
+            raw(&format!(
+                "credential = {{ kind = \"token_exchange\", audience = \"//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/w\"{extra} }}"
+            ))
+        };
+        let Credential::TokenExchange(t) = x("").unwrap().credential else {
+            panic!()
+        };
+        assert_eq!(t.token_url.as_str(), "https://sts.googleapis.com/v1/token");
+        assert!(
+            t.token_audience
+                .starts_with("https://iam.googleapis.com/projects/1/")
+        );
+        assert!(t.impersonate.is_none());
+        let Credential::TokenExchange(t) =
+            x(", service_account = \"sa@p.iam.gserviceaccount.com\"")
+                .unwrap()
+                .credential
+        else {
+            panic!()
+        };
+        assert!(
+            t.impersonate
+                .unwrap()
+                .1
+                .as_str()
+                .ends_with("/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken")
+        );
+        assert!(
+            x(", service_account = \"a/../b\"")
+                .unwrap_err()
+                .contains("email")
+        );
+        assert!(
+            x(", impersonation_url = \"https://x.example\"")
+                .unwrap_err()
+                .contains("needs")
+        );
+        let pk = |extra: &str| {
+            raw(&format!(
+                "credential = {{ kind = \"oauth2_private_key_jwt\", token_url = \"https://as.example/token\", client_id = \"c\"{extra} }}"
+            ))
+        };
+        let c = pk("").unwrap().credential;
+        assert_eq!(c.kind(), "oauth2_private_key_jwt");
+        let Credential::OAuth2ClientCredentials {
+            client_auth:
+                ClientAuth::PrivateKeyJwt {
+                    issuer,
+                    subject,
+                    audience,
+                },
+            ..
+        } = c
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (issuer, subject.as_str(), audience.as_str()),
+            (AssertionIssuer::ClientId, "c", "https://as.example/token")
+        );
+        assert!(
+            pk(", assertion_issuer = \"me\"")
+                .unwrap_err()
+                .contains("client_id` or `broker")
+        );
+        assert!(
+            pk(", client_secret = \"s\"").is_err(),
+            "no secret with private_key_jwt"
+        );
+    }
+
+    fn aws_with_header(h: &str) -> Result<Route, String> {
+        raw(&format!(
+            "agent_header = \"{h}\"\ncredential = {{ kind = \"aws_sts\", role_arn = \"{ROLE}\", region = \"eu-west-1\", service = \"s3\" }}"
+        ))
     }
 
     #[test]

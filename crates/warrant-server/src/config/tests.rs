@@ -401,3 +401,44 @@ fn console_single_sign_on_goes_through_a_user_issuer_and_names_its_groups() {
         assert!(e.contains(want), "{bad}: {e}");
     }
 }
+
+/// Every `warrant.toml` example in docs/credentials.md is a configuration
+/// the broker accepts, with the kind the page says.
+#[test]
+fn the_documented_credentials_are_valid() {
+    let page = include_str!("../../../../docs/credentials.md");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("aws")).unwrap();
+    std::fs::write(
+        dir.path().join("aws/reports-rw.json"),
+        r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}]}"#,
+    )
+    .unwrap();
+    let mut kinds = Vec::new();
+    for b in page
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+    {
+        let raw: RawConfig = toml::from_str(b).unwrap_or_else(|e| panic!("{e}\n{b}"));
+        let c = Config::build(
+            &Settings {
+                config: Some(dir.path().join("warrant.toml")),
+                ..Default::default()
+            },
+            raw,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{b}"));
+        kinds.extend(c.routes.iter().map(|r| r.credential.kind()));
+    }
+    assert_eq!(
+        kinds,
+        [
+            "aws_sts",
+            "aws_sts",
+            "token_exchange",
+            "oauth2_private_key_jwt",
+            "oauth2_private_key_jwt"
+        ]
+    );
+}

@@ -47,48 +47,24 @@ when { context.path == "/v1/embeddings" || context.path == "/v2/embed"
     || context.path like "/v1*/models/gemini-denied:*" };
 "#;
 
+/// The routes of docs/proxy.md's "Provider SDKs", as written, with each
+/// upstream swapped for the local one (the audience stays the provider's).
 fn provider_routes(up: &Upstream) -> String {
-    let p = up.origin("http");
-    format!(
-        r#"
-[[route]]
-name = "openai"
-upstream = "{p}"
-audience = "https://api.openai.test"
-allow = [ {{ methods = ["POST"], paths = ["/v1/chat/completions", "/v1/embeddings"] }} ]
-credential = {{ kind = "secret", secret = "openai-key" }}
-
-[[route]]
-name = "anthropic"
-upstream = "{p}"
-audience = "https://api.anthropic.test"
-agent_header = "x-api-key"
-allow = [ {{ methods = ["POST"], paths = ["/v1/messages"] }} ]
-credential = {{ kind = "secret", secret = "anthropic-key", header = "x-api-key" }}
-
-[[route]]
-name = "gemini"
-upstream = "{p}"
-audience = "https://gemini.test"
-agent_header = "x-goog-api-key"
-allow = [ {{ methods = ["POST"], paths = ["/v1/models/*", "/v1beta/models/*"] }} ]
-credential = {{ kind = "secret", secret = "gemini-key", header = "x-goog-api-key" }}
-
-[[route]]
-name = "mistral"
-upstream = "{p}"
-audience = "https://api.mistral.test"
-allow = [ {{ methods = ["POST"], paths = ["/v1/chat/completions", "/v1/embeddings"] }} ]
-credential = {{ kind = "secret", secret = "mistral-key" }}
-
-[[route]]
-name = "cohere"
-upstream = "{p}"
-audience = "https://api.cohere.test"
-allow = [ {{ methods = ["POST"], paths = ["/v2/chat", "/v2/embed"] }} ]
-credential = {{ kind = "secret", secret = "cohere-key" }}
-"#
-    )
+    let page = include_str!("../../../../docs/proxy.md");
+    let block = page
+        .split("### Provider SDKs")
+        .nth(1)
+        .and_then(|s| s.split("```toml\n").nth(1))
+        .and_then(|b| b.split("\n```").next())
+        .expect("docs/proxy.md has the provider routes");
+    block
+        .lines()
+        .map(|l| match l.strip_prefix("upstream = ") {
+            Some(origin) => format!("upstream = \"{}\"\naudience = {origin}", up.origin("http")),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn task_token(w: &World, actor: &str, user: &str, audiences: &[&str], scope: &str) -> String {
@@ -115,11 +91,11 @@ fn each_provider_sdk_works_unchanged_through_the_proxy() {
     }
     let orch = identity(&w.b, "orch");
     let audiences = [
-        "https://api.openai.test",
-        "https://api.anthropic.test",
-        "https://gemini.test",
-        "https://api.mistral.test",
-        "https://api.cohere.test",
+        "https://api.openai.com",
+        "https://api.anthropic.com",
+        "https://generativelanguage.googleapis.com",
+        "https://api.mistral.ai",
+        "https://api.cohere.com",
     ];
     let token = task_token(&w, &orch, "alice", &audiences, "llm:chat");
     let out = Command::new(python())
