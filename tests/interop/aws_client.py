@@ -38,6 +38,16 @@ try:
 except ClientError as e:
     out["s3_error"] = error(e)
 
+# Copies read a second object: within the route's paths, and from a bucket
+# the role may read but the route does not reach.
+for name, source in (("copy_within", {"Bucket": "reports", "Key": "q3/summary report.txt"}),
+                     ("copy_outside", {"Bucket": "archive", "Key": "secret.txt"})):
+    try:
+        s3.copy_object(Bucket="reports", Key=f"q3/{name}.txt", CopySource=source)
+        out[name] = s3.get_object(Bucket="reports", Key=f"q3/{name}.txt")["Body"].read().decode()
+    except ClientError as e:
+        out[name] = error(e)
+
 try:
     s3.delete_object(Bucket="reports", Key="q3/summary report.txt")
     out["s3_delete"] = "deleted"

@@ -75,10 +75,14 @@ trust = {"Version": "2012-10-17", "Statement": [{
 role = iam.create_role(RoleName="warrant-agents", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
 iam.put_role_policy(RoleName="warrant-agents", PolicyName="work", PolicyDocument=json.dumps({
     "Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*"]},
+        {"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::reports", "arn:aws:s3:::reports/*",
+                                                            "arn:aws:s3:::archive", "arn:aws:s3:::archive/*"]},
         {"Effect": "Allow", "Action": "sqs:*", "Resource": "*"},
     ]}))
 client("s3").create_bucket(Bucket="reports")
+# A bucket the role may read but the route does not reach.
+client("s3").create_bucket(Bucket="archive")
+client("s3").put_object(Bucket="archive", Key="secret.txt", Body=b"archived")
 queue = client("sqs").create_queue(QueueName="tasks")["QueueUrl"]
 # From here on every request needs a valid signature by known keys.
 requests.post(f"{MOTO}/moto-api/reset-auth", data="0").raise_for_status()

@@ -194,11 +194,9 @@ impl Providers<'_> {
         let subject = a.subject.render(agent, env, user);
         let policy = session_policy(a, &c.scope, route.name)?;
         let name = session_name(agent, user);
-        let key = format!(
-            "{subject}\n{agent}\n{env}\n{}\n{}",
-            user.unwrap_or(""),
-            policy.as_deref().unwrap_or("")
-        );
+        // Everything the minted token and the request to STS depend on,
+        // unambiguously (a JSON array).
+        let key = json!([subject, agent, env, user, policy]).to_string();
         let keys = cache
             .get(&key, |client| async move {
                 let mut extra = serde_json::Map::new();

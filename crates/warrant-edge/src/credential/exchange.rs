@@ -78,7 +78,7 @@ impl Providers<'_> {
         let env = task.agent.env.as_str();
         let user = task.claims.sub.strip_prefix("user:");
         let subject = x.subject.render(agent, env, user);
-        let key = format!("{subject}\n{agent}\n{env}\n{}", user.unwrap_or(""));
+        let key = json!([subject, agent, env, user]).to_string();
         let t = cache
             .get(&key, |client| async move {
                 let token =

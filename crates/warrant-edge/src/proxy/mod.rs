@@ -292,7 +292,7 @@ impl ProxyService {
                 .await?;
         }
         let payload = if route.credential.signs_requests() {
-            aws_shape(&req)?
+            aws_shape(&req, route)?
         } else {
             Payload::Hashed
         };
@@ -888,7 +888,8 @@ fn error_shape(route: &Route, headers: &HeaderMap) -> Shape {
 /// What an AWS SDK's request must be for the edge to sign it in its
 /// place: no presigned query (a signature the agent made), one declared
 /// payload hash, and a payload mode the edge can sign.
-fn aws_shape(req: &Request<Body>) -> Result<Payload, Box<Refusal>> {
+fn aws_shape(req: &Request<Body>, route: &Route) -> Result<Payload, Box<Refusal>> {
+    copy_source(req, route)?;
     if let Some(k) = req
         .uri()
         .query()
@@ -908,6 +909,59 @@ fn aws_shape(req: &Request<Body>) -> Result<Payload, Box<Refusal>> {
         )));
     }
     Payload::of(first.map(HeaderValue::as_bytes)).map_err(|m| Box::new(Refusal::invalid(m)))
+}
+
+/// S3's `x-amz-copy-source` names a second object the request reads (copy
+/// object, upload part copy), signed with the route's credentials like the
+/// request itself: it must be a path the route's `allow` rules let the
+/// agent GET, so a copy cannot read past them.
+fn copy_source(req: &Request<Body>, route: &Route) -> Result<(), Box<Refusal>> {
+    let name = HeaderName::from_static("x-amz-copy-source");
+    let mut values = req.headers().get_all(&name).iter();
+    let Some(v) = values.next() else {
+        return Ok(());
+    };
+    let refuse = |why: String| {
+        Err(Box::new(Refusal::forbidden(
+            "route allow list",
+            why,
+            format!(
+                "copy only from paths route `{}` allows GET on, or ask an administrator to add them to its `allow` rules",
+                route.name
+            ),
+            Vec::new(),
+        )))
+    };
+    if values.next().is_some() {
+        return Err(Box::new(Refusal::invalid(
+            "`x-amz-copy-source` is sent more than once; send it once".into(),
+        )));
+    }
+    let raw = String::from_utf8_lossy(v.as_bytes());
+    let source = raw.split_once("?versionId=").map_or(&*raw, |(p, _)| p);
+    if source.starts_with("arn:") || source.contains('?') {
+        return refuse(format!(
+            "the copy source `{}` is not a path below route `{}`",
+            shown(&raw, 200),
+            route.name
+        ));
+    }
+    let path = if source.starts_with('/') {
+        source.to_owned()
+    } else {
+        format!("/{source}")
+    };
+    match boundary::path::canonical_path(&path) {
+        Ok(p) if route.allow.iter().any(|r| r.admits(&Method::GET, &p)) => Ok(()),
+        Ok(p) => refuse(format!(
+            "the copy source `{}` is not a path route `{}` allows reading",
+            shown(&p, 200),
+            route.name
+        )),
+        Err(why) => Err(Box::new(Refusal::invalid(format!(
+            "the copy source {why}; it could be read as another path than the one allowed"
+        )))),
+    }
 }
 
 /// The request signed with SigV4 by the route's temporary credentials,

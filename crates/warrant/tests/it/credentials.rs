@@ -321,6 +321,18 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
         jsonl(&log)
     );
     assert_eq!(r["s3_list"], json!(["q3/summary report.txt"]), "{r}");
+    // A copy reads its source with the route's credentials: only from
+    // paths the route allows reading, whatever the role may read.
+    assert_eq!(r["copy_within"], "numbers", "{r}");
+    assert_eq!(r["copy_outside"]["status"], 403, "{r}");
+    assert_eq!(r["copy_outside"]["code"], "AccessDenied", "{r}");
+    assert!(
+        r["copy_outside"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/archive/secret.txt"),
+        "{r}"
+    );
     assert_eq!(r["sqs_received"], json!(["hello from an agent"]), "{r}");
     assert_eq!(
         r["s3_delete"]["status"], 403,
