@@ -355,6 +355,14 @@ pub(crate) fn check_trusted_files(config: &Config) -> Result<(), String> {
         if let Some(f) = r.credential.ca_file() {
             files.push((f.to_owned(), "credential.ca_file (of a [[route]])", false));
         }
+        // A session policy file decides what an AWS session may do.
+        for f in r.credential.session_policy_files() {
+            files.push((
+                f.clone(),
+                "credential.session_policies (of a [[route]])",
+                false,
+            ));
+        }
     }
     for m in &config.mcp_servers {
         match &m.transport {

@@ -393,6 +393,8 @@ pub struct AwsSts {
     pub session_duration: Duration,
     /// Scope -> the statements of its session policy.
     pub session_policies: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+    /// The files they were read from (held to the configuration's trust).
+    pub session_policy_files: Vec<PathBuf>,
     /// Whether to ask for session tags.
     pub session_tags: bool,
     /// CAs for the STS endpoint.
@@ -456,6 +458,15 @@ impl Credential {
     /// configuration.
     pub fn ca_file(&self) -> Option<&std::path::Path> {
         self.token_endpoint().and_then(|(_, ca)| ca)
+    }
+
+    /// The AWS session policy files (held to the configuration's trust:
+    /// they decide what a session may do).
+    pub fn session_policy_files(&self) -> &[PathBuf] {
+        match self {
+            Self::AwsSts(a) => &a.session_policy_files,
+            _ => &[],
+        }
     }
 
     /// The header the credential goes in (none for a client certificate).
@@ -753,9 +764,11 @@ impl RawCredential {
                     );
                 }
                 let mut policies = std::collections::BTreeMap::new();
+                let mut files = Vec::new();
                 for (scope, file) in session_policies {
                     let file = resolve(file);
                     policies.insert(scope.clone(), policy_statements(&scope, &file)?);
+                    files.push(file);
                 }
                 Credential::AwsSts(Box::new(AwsSts {
                     role_arn,
@@ -769,6 +782,7 @@ impl RawCredential {
                     subject: SubjectTemplate::parse(subject.as_deref(), "credential.subject")?,
                     session_duration,
                     session_policies: policies,
+                    session_policy_files: files,
                     session_tags: session_tags.unwrap_or(true),
                     ca_file: ca_file.map(resolve),
                 }))

@@ -187,6 +187,12 @@ fn each_provider_sdk_works_unchanged_through_the_proxy() {
     }
 }
 
+/// `GET path` at the edge with the task token as a bearer token.
+fn get(w: &World, path: &str, token: &str) -> warrant_testkit::Response {
+    let bearer = format!("Bearer {token}");
+    warrant_testkit::http(w.b.edge, "GET", path, &[("authorization", &bearer)], None)
+}
+
 /// A child process killed when the test ends.
 struct Peer(Child);
 
@@ -197,22 +203,22 @@ impl Drop for Peer {
     }
 }
 
-/// Starts `script` with `args`; returns it and the JSON line it prints when
-/// ready.
-fn peer(script: &str, args: &[String]) -> (Peer, Value) {
-    let mut child = Command::new(python())
-        .arg(repo().join("tests/interop").join(script))
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `cmd`; returns it and the line it prints when ready.
+fn spawn(mut cmd: Command) -> (Peer, String) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let ready: Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("{script} did not start ({e}): {line}"));
-    (Peer(child), ready)
+    (Peer(child), line)
+}
+
+/// A Python peer from tests/interop with `args`.
+fn python_peer(script: &str, args: &[String]) -> (Peer, String) {
+    let mut cmd = Command::new(python());
+    cmd.arg(repo().join("tests/interop").join(script))
+        .args(args);
+    spawn(cmd)
 }
 
 fn jsonl(path: &std::path::Path) -> Vec<Value> {
@@ -294,7 +300,7 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
     );
     let w = world_with(4, &routes, AWS_POLICY);
     let log = dir.path().join("sts.jsonl");
-    let (_aws, ready) = peer(
+    let (_aws, ready) = python_peer(
         "aws_peer.py",
         &[
             log.display().to_string(),
@@ -304,6 +310,8 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
             sts.to_string(),
         ],
     );
+    let ready: Value = serde_json::from_str(&ready)
+        .unwrap_or_else(|e| panic!("aws_peer.py did not start ({e}): {ready}"));
     let queue = ready["queue"].as_str().unwrap().to_owned();
     let audiences = ["https://s3.amazonaws.com", "https://sqs.amazonaws.com"];
     let orch = identity(&w.b, "orch");
@@ -499,23 +507,16 @@ credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{
 "#
     );
     let w = world_with(4, &routes, SAAS_POLICY);
-    let mut child = Command::new("node")
-        .current_dir(repo().join("tests/browser"))
+    let mut node = Command::new("node");
+    node.current_dir(repo().join("tests/browser"))
         .arg("oauth-server.mjs")
         .env("PORT", port.to_string())
         .env(
             "JWKS_URI",
             format!("http://{}/.well-known/jwks.json", w.b.api),
         )
-        .env("STRANGER_JWKS_URI", format!("http://127.0.0.1:{port}/jwks"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Peer(child);
+        .env("STRANGER_JWKS_URI", format!("http://127.0.0.1:{port}/jwks"));
+    let (_server, line) = spawn(node);
     assert_eq!(line.trim(), "ready");
 
     let orch = identity(&w.b, "orch");
@@ -526,15 +527,8 @@ credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{
         &["https://crm.test", "https://stranger.test"],
         "crm:read",
     );
-    let bearer = format!("Bearer {token}");
     for _ in 0..3 {
-        let r = warrant_testkit::http(
-            w.b.edge,
-            "GET",
-            "/crm/v1/accounts",
-            &[("authorization", &bearer)],
-            None,
-        );
+        let r = get(&w, "/crm/v1/accounts", &token);
         assert_eq!(r.status, 200, "{}\n{}", r.body, w.b.logs());
     }
     let seen = up.seen();
@@ -570,13 +564,7 @@ credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{
 
     // Keys that are not the client's registered ones: refused by the
     // server, said to the agent; nothing reaches the upstream.
-    let r = warrant_testkit::http(
-        w.b.edge,
-        "GET",
-        "/stranger/v1/accounts",
-        &[("authorization", &bearer)],
-        None,
-    );
+    let r = get(&w, "/stranger/v1/accounts", &token);
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(
         r.body.contains("refused the client credentials") && r.body.contains("invalid_client"),
@@ -617,23 +605,16 @@ credential = {{ kind = "token_exchange", token_url = "{g}/v1/token", audience = 
     );
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("gcp.jsonl");
-    let mut child = Command::new(python())
-        .arg(repo().join("tests/interop/gcp_peer.py"))
-        .args([
+    let (_peer, line) = python_peer(
+        "gcp_peer.py",
+        &[
             log.display().to_string(),
             w.b.issuer.clone(),
             format!("http://{}/.well-known/jwks.json", w.b.api),
             PROVIDER.to_owned(),
             port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _peer = Peer(child);
+        ],
+    );
     assert!(line.starts_with("PORT"), "{line}");
 
     let orch = identity(&w.b, "orch");
@@ -644,15 +625,8 @@ credential = {{ kind = "token_exchange", token_url = "{g}/v1/token", audience = 
         &["https://storage.googleapis.com"],
         "gcs:read",
     );
-    let bearer = format!("Bearer {token}");
     for _ in 0..2 {
-        let r = warrant_testkit::http(
-            w.b.edge,
-            "GET",
-            "/gcs/storage/v1/b/reports/o",
-            &[("authorization", &bearer)],
-            None,
-        );
+        let r = get(&w, "/gcs/storage/v1/b/reports/o", &token);
         assert_eq!(r.status, 200, "{}\n{:#?}", r.body, jsonl(&log));
         assert_eq!(r.json()["items"][0]["name"], "q3/summary.txt");
     }
@@ -721,13 +695,7 @@ credential = {{ kind = "token_exchange", token_url = "{g}/v1/token", audience = 
         &["https://storage.googleapis.com"],
         "gcs:read",
     );
-    let r = warrant_testkit::http(
-        w.b.edge,
-        "GET",
-        "/gcs/storage/v1/b/reports/o",
-        &[("authorization", &format!("Bearer {other}"))],
-        None,
-    );
+    let r = get(&w, "/gcs/storage/v1/b/reports/o", &other);
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(r.body.contains("unauthorized_client"), "{}", r.body);
     let after = jsonl(&log);
