@@ -48,6 +48,37 @@ for name, source in (("copy_within", {"Bucket": "reports", "Key": "q3/summary re
     except ClientError as e:
         out[name] = error(e)
 
+# Reading through a copy what policy forbids reading.
+try:
+    s3.get_object(Bucket="reports", Key="hr/salaries.txt")
+    out["hr_get"] = "read"
+except ClientError as e:
+    out["hr_get"] = error(e)
+try:
+    s3.copy_object(Bucket="reports", Key="q3/hr.txt", CopySource={"Bucket": "reports", "Key": "hr/salaries.txt"})
+    out["hr_copy"] = "copied"
+except ClientError as e:
+    out["hr_copy"] = error(e)
+
+# Requests that change who may read, keep or delete data: one PUT each,
+# on paths the route's allow rules admit.
+public = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
+                     "Action": "s3:GetObject", "Resource": "arn:aws:s3:::reports/*"}]})
+control = {
+    "bucket_policy": lambda: s3.put_bucket_policy(Bucket="reports", Policy=public),
+    "object_acl": lambda: s3.put_object_acl(Bucket="reports", Key="q3/summary report.txt", ACL="public-read"),
+    "acl_header": lambda: s3.put_object(Bucket="reports", Key="q3/open.txt", Body=b"x", ACL="public-read-write"),
+    "lifecycle": lambda: s3.put_bucket_lifecycle_configuration(Bucket="reports", LifecycleConfiguration={
+        "Rules": [{"ID": "wipe", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]}),
+}
+out["control"] = {}
+for name, call in control.items():
+    try:
+        call()
+        out["control"][name] = "done"
+    except ClientError as e:
+        out["control"][name] = error(e)
+
 try:
     s3.delete_object(Bucket="reports", Key="q3/summary report.txt")
     out["s3_delete"] = "deleted"
@@ -61,6 +92,11 @@ try:
     out["sqs_received"] = [m["Body"] for m in msgs]
 except ClientError as e:
     out["sqs_error"] = error(e)
+try:
+    sqs.purge_queue(QueueUrl=queue_url)
+    out["sqs_purge"] = "purged"
+except ClientError as e:
+    out["sqs_purge"] = error(e)
 
 direct = boto3.client("s3", endpoint_url=moto, config=cfg, **keys)
 try:

@@ -83,6 +83,8 @@ client("s3").create_bucket(Bucket="reports")
 # A bucket the role may read but the route does not reach.
 client("s3").create_bucket(Bucket="archive")
 client("s3").put_object(Bucket="archive", Key="secret.txt", Body=b"archived")
+# An object below a path the tests' policy forbids reading.
+client("s3").put_object(Bucket="reports", Key="hr/salaries.txt", Body=b"alice: 1000000")
 queue = client("sqs").create_queue(QueueName="tasks")["QueueUrl"]
 # From here on every request needs a valid signature by known keys.
 requests.post(f"{MOTO}/moto-api/reset-auth", data="0").raise_for_status()

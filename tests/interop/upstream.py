@@ -21,6 +21,8 @@ Endpoints:
                              a header name, every character JSON-escaped
                              in the body, and a session cookie
   POST /oauth/token          client-credentials token endpoint (Basic auth)
+  POST /oauth/trickle        a token endpoint that sends its headers, then its
+                             body a byte a second
   POST /v1/messages          Anthropic-shaped; "stream": true answers its SSE events
   POST /v1/models/M:generateContent, :streamGenerateContent?alt=sse (or /v1beta)
                              Gemini-shaped
@@ -270,6 +272,18 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("location", "http://127.0.0.1:9/steal")
             self.send_header("content-length", "0")
             self.end_headers()
+        elif path == "/oauth/trickle":
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(120):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(1)
+            except (ConnectionError, OSError):
+                pass
         elif path == "/oauth/token":
             TOKENS["issued"] += 1
             time.sleep(0.05)

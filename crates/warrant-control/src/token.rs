@@ -809,10 +809,20 @@ impl TokenService {
         }
         let v = jwt::verify(token, &keys)
             .map_err(|e| OAuthError::invalid_grant(format!("subject token: {e}")))?;
-        if v.header.typ.as_deref() != Some(TASK_TOKEN_TYP) {
-            return Err(OAuthError::invalid_grant(
-                "an identity token cannot be a subject token: exchange a user's token or a task token",
-            ));
+        match v.header.typ.as_deref() {
+            Some(TASK_TOKEN_TYP) => {}
+            Some(IDENTITY_TOKEN_TYP) => {
+                return Err(OAuthError::invalid_grant(
+                    "an identity token cannot be a subject token: exchange a user's token or a task token",
+                ));
+            }
+            // The tokens warrant mints for upstreams and federations are
+            // signed by the same keys and are never task tokens.
+            _ => {
+                return Err(OAuthError::invalid_grant(
+                    "a token warrant minted for an upstream or a federation cannot be a subject token: exchange a user's token or a task token",
+                ));
+            }
         }
         let not_task =
             || OAuthError::invalid_grant("the subject token is not a warrant task token");

@@ -106,40 +106,63 @@ pub(crate) fn presigned(query: &str) -> Option<String> {
 /// token's (`JWT`), so none of warrant's tokens stands in for another.
 pub const FEDERATION_JWT_TYP: &str = "warrant-federation+jwt";
 
-/// A session tag value as AWS accepts it (letters, digits, spaces and
-/// `_.:/=+-@`, at most 256): other characters become `_`.
-fn tag_value(v: &str) -> String {
-    v.chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c) {
-                c
-            } else {
-                '_'
+/// `v` in the characters AWS accepts in a field (`keep`), at most `max`
+/// long, so that two different values never look alike: every other
+/// character (and `=` itself) is written `=XX` per UTF-8 byte, and a value
+/// still too long is cut and ends in `==` and a digest of the whole (`==`
+/// cannot occur in a value that was not cut, since each `=` is followed
+/// by two hex digits).
+fn aws_field(v: &str, keep: impl Fn(char) -> bool, max: usize) -> String {
+    use sha2::Digest as _;
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        if c != '=' && keep(c) {
+            out.push(c);
+        } else {
+            let mut buf = [0; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("={b:02X}"));
             }
-        })
-        .take(256)
-        .collect()
+        }
+    }
+    if out.len() <= max {
+        return out;
+    }
+    let digest = hex::encode(sha2::Sha256::digest(v.as_bytes()));
+    // 64 bits of it in a session name (64 characters in all), 128 in a tag.
+    let digest = &digest[..if max <= 64 { 16 } else { 32 }];
+    let mut cut = max - 2 - digest.len();
+    while !out.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}=={digest}", &out[..cut])
 }
 
-/// The role session name: the agent and the user, as AWS accepts it (2 to
-/// 64 of letters, digits and `=,.@_-`). CloudTrail shows it in every
-/// record's `userIdentity.arn`.
+/// A session tag value (AWS: letters, digits, spaces and `_.:/=+-@`, at
+/// most 256), as [`aws_field`] writes it: user ids such as `corp/alice`
+/// are kept as they are.
+fn tag_value(v: &str) -> String {
+    aws_field(
+        v,
+        |c| c.is_ascii_alphanumeric() || " _.:/+-@".contains(c),
+        256,
+    )
+}
+
+/// The role session name: `<agent>@<user>` (AWS: 2 to 64 of letters,
+/// digits and `=,.@_-`, written as [`aws_field`] does). CloudTrail shows it
+/// in every record's `userIdentity.arn`; the session tags carry the whole
+/// user id.
 fn session_name(agent: &str, user: Option<&str>) -> String {
     let raw = match user {
         Some(u) => format!("{agent}@{u}"),
         None => agent.to_owned(),
     };
-    let mut s: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "=,.@_-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
+    let mut s = aws_field(
+        &raw,
+        |c| c.is_ascii_alphanumeric() || "_.@-".contains(c),
+        64,
+    );
     while s.len() < 2 {
         s.push('-');
     }
@@ -162,7 +185,7 @@ fn session_policy(a: &AwsSts, scope: &str, route: &str) -> Result<Option<String>
         .collect();
     if statements.is_empty() {
         let mapped: Vec<&str> = a.session_policies.keys().map(String::as_str).collect();
-        return Err(CredentialError::Refused(format!(
+        return Err(CredentialError::Scope(format!(
             "route `{route}` grants AWS access only for the scopes {}, and this task holds none of them; exchange a token with one",
             mapped.join(", ")
         )));
@@ -431,14 +454,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_names_and_tags_are_what_aws_accepts() {
+    fn session_names_and_tags_are_what_aws_accepts_and_never_alike() {
         assert_eq!(
             session_name("orch", Some("login.test/alice")),
-            "orch@login.test-alice"
+            "orch@login.test=2Falice"
         );
         assert_eq!(session_name("a", None), "a-");
-        assert_eq!(session_name("orch", Some(&"x".repeat(100))).len(), 64);
-        assert_eq!(tag_value("auth0|12 é/x"), "auth0_12 é/x");
+        assert_eq!(tag_value("login.test/alice"), "login.test/alice");
+        assert_eq!(tag_value("auth0|12 é"), "auth0=7C12 =C3=A9");
+        // Found by the outside review of issue 18: values that differed
+        // only in a replaced character, or past the length AWS takes, were
+        // written alike.
+        let pairs = [
+            ("login.test/a|b", "login.test/a_b"),
+            ("login.test/a=7Cb", "login.test/a|b"),
+            ("x/a*", "x/a_"),
+        ];
+        for (a, b) in pairs {
+            assert_ne!(tag_value(a), tag_value(b), "{a} {b}");
+            assert_ne!(session_name("orch", Some(a)), session_name("orch", Some(b)));
+        }
+        let long = |end: &str| format!("login.microsoftonline.com/{}{end}", "y".repeat(80));
+        let (one, two) = (long("-one"), long("-two"));
+        let (s1, s2) = (
+            session_name("triage-agent", Some(&one)),
+            session_name("triage-agent", Some(&two)),
+        );
+        assert!(s1.len() <= 64 && s2.len() <= 64, "{s1}");
+        assert_ne!(s1, s2);
+        assert!(
+            s1.starts_with("triage-agent@login.microsoftonline.com=2Fyy"),
+            "{s1}"
+        );
+        let long_tag = |end: &str| format!("ns/{}{end}", "z".repeat(300));
+        let (t1, t2) = (tag_value(&long_tag("1")), tag_value(&long_tag("2")));
+        assert!(t1.len() <= 256 && t1 != t2);
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "=,.@_-".contains(c);
+        for s in [&s1, &s2] {
+            assert!(s.chars().all(allowed), "{s}");
+        }
     }
 
     #[test]

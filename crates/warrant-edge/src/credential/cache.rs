@@ -191,19 +191,25 @@ pub(crate) async fn send(
         tracing::warn!(route, endpoint = %endpoint, why, "{what} failed");
         CredentialError::Unavailable(format!("`{route}`: its {what} {why}"))
     };
-    let resp = tokio::time::timeout(timeout.min(Duration::from_secs(30)), client.request(req))
-        .await
-        .map_err(|_| unavailable("did not answer in time"))?
-        .map_err(|e| {
+    // One limit for the whole exchange, answer body included: an endpoint
+    // that trickles its answer must not hold the fetch (and every request
+    // waiting on it) open.
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| {
             tracing::warn!(route, endpoint = %endpoint, error = %e, "{what} unreachable");
             unavailable("could not be reached")
         })?;
-    let status = resp.status();
-    let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
-        .collect()
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map_err(|_| unavailable("sent an unreadable or oversized answer"))?
+            .to_bytes();
+        Ok::<_, CredentialError>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(timeout.min(Duration::from_secs(30)), exchange)
         .await
-        .map_err(|_| unavailable("sent an unreadable or oversized answer"))?
-        .to_bytes();
+        .map_err(|_| unavailable("did not answer in time"))??;
     Ok((status, body))
 }
 

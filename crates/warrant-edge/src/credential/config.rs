@@ -142,6 +142,15 @@ pub enum RawCredential {
         /// (default true; the role's trust policy must allow
         /// `sts:TagSession`).
         session_tags: Option<bool>,
+        /// S3 requests that change access or retention beyond objects'
+        /// data (`acl`, `policy`, `lifecycle`, `tagging`, `delete`, ...)
+        /// the route admits; none by default.
+        #[serde(default)]
+        s3_control: Vec<String>,
+        /// For services whose operation is named in `X-Amz-Target` or an
+        /// `Action` parameter (SQS, DynamoDB, SNS, ...): the operations the
+        /// route admits (`["SendMessage", "ReceiveMessage"]`).
+        actions: Option<Vec<String>>,
         /// PEM file of the CAs trusted for the STS endpoint.
         ca_file: Option<PathBuf>,
     },
@@ -397,9 +406,49 @@ pub struct AwsSts {
     pub session_policy_files: Vec<PathBuf>,
     /// Whether to ask for session tags.
     pub session_tags: bool,
+    /// The S3 control subresources admitted (lower case).
+    pub s3_control: Vec<String>,
+    /// The operations admitted, when the route limits them.
+    pub actions: Option<Vec<String>>,
     /// CAs for the STS endpoint.
     pub ca_file: Option<PathBuf>,
 }
+
+/// S3 subresources (query keys) and the requests they make that change
+/// who may read, keep or delete data, or how; each names the request
+/// headers that do the same on an object write. A route admits them only
+/// when its `s3_control` lists them.
+pub const S3_CONTROL: &[(&str, &[&str])] = &[
+    ("acl", &["x-amz-acl", "x-amz-grant-"]),
+    ("policy", &[]),
+    ("policystatus", &[]),
+    ("publicaccessblock", &[]),
+    ("ownershipcontrols", &[]),
+    ("cors", &[]),
+    ("website", &["x-amz-website-redirect-location"]),
+    ("lifecycle", &[]),
+    ("replication", &[]),
+    ("versioning", &[]),
+    ("object-lock", &["x-amz-object-lock-"]),
+    ("retention", &["x-amz-bypass-governance-retention"]),
+    ("legal-hold", &[]),
+    ("tagging", &["x-amz-tagging"]),
+    ("encryption", &[]),
+    ("logging", &[]),
+    ("notification", &[]),
+    ("accelerate", &[]),
+    ("requestpayment", &[]),
+    ("inventory", &[]),
+    ("metrics", &[]),
+    ("analytics", &[]),
+    ("intelligent-tiering", &[]),
+    ("metadatatable", &[]),
+    ("metadataconfiguration", &[]),
+    ("restore", &[]),
+    ("renameobject", &[]),
+    ("session", &[]),
+    ("delete", &[]),
+];
 
 impl Credential {
     /// The kind, as the audit trail and metrics name it.
@@ -715,6 +764,8 @@ impl RawCredential {
                 session_duration,
                 session_policies,
                 session_tags,
+                s3_control,
+                actions,
                 ca_file,
             } => {
                 let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
@@ -770,6 +821,47 @@ impl RawCredential {
                     policies.insert(scope.clone(), policy_statements(&scope, &file)?);
                     files.push(file);
                 }
+                let s3 = service == "s3" || service.starts_with("s3-");
+                let s3_control = s3_control
+                    .into_iter()
+                    .map(|c| {
+                        let c = c.to_ascii_lowercase();
+                        if !s3 {
+                            Err(format!(
+                                "credential.s3_control is for service `s3`, not `{service}`"
+                            ))
+                        } else if S3_CONTROL.iter().any(|(k, _)| *k == c) {
+                            Ok(c)
+                        } else {
+                            Err(format!(
+                                "credential.s3_control: `{}` is not one of {}",
+                                c.escape_debug(),
+                                S3_CONTROL
+                                    .iter()
+                                    .map(|(k, _)| *k)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(list) = &actions {
+                    if s3 {
+                        return Err("credential.actions is for services that name their operation in `X-Amz-Target` or `Action`; S3's requests are limited by the route's `allow` rules and `s3_control`".into());
+                    }
+                    if list.is_empty()
+                        || !list.iter().all(|a| {
+                            !a.is_empty()
+                                && a.len() <= 128
+                                && a.bytes().all(|b| b.is_ascii_alphanumeric())
+                        })
+                    {
+                        return Err(
+                            "credential.actions must list operation names such as `SendMessage`"
+                                .into(),
+                        );
+                    }
+                }
                 Credential::AwsSts(Box::new(AwsSts {
                     role_arn,
                     region,
@@ -784,6 +876,8 @@ impl RawCredential {
                     session_policies: policies,
                     session_policy_files: files,
                     session_tags: session_tags.unwrap_or(true),
+                    s3_control,
+                    actions,
                     ca_file: ca_file.map(resolve),
                 }))
             }

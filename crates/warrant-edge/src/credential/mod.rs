@@ -98,6 +98,9 @@ pub enum CredentialError {
     /// The request cannot have one (a per-user route without a user, or no
     /// secret stored for this user): 403 with what to do.
     Refused(String),
+    /// The task's scope does not cover a credential the route has: 403,
+    /// saying which scopes would.
+    Scope(String),
     /// The route is misconfigured or an upstream token endpoint failed: 502/503.
     Unavailable(String),
 }

@@ -133,7 +133,9 @@ impl HttpUpstream {
             .obtain(target, self.oauth.as_ref(), task)
             .await
             .map_err(|e| match e {
-                CredentialError::Refused(m) => UpstreamError::Refused(m),
+                CredentialError::Refused(m) | CredentialError::Scope(m) => {
+                    UpstreamError::Refused(m)
+                }
                 CredentialError::Unavailable(m) => self.unavailable(m),
             })?;
         let key = match c {

@@ -17,6 +17,7 @@
 //! later request until one can (fail closed). See ARCHITECTURE.md for why an
 //! allowed request is not held for an fsync.
 
+mod aws;
 mod body;
 pub mod route;
 
@@ -45,13 +46,13 @@ use warrant_core::text::shown;
 use warrant_core::time::Timestamp;
 
 use crate::boundary;
-use crate::credential::aws::{Payload, SigV4};
 use crate::credential::{CredentialError, Injected, Providers, TokenCache};
 use crate::redact::Redactor;
 use crate::refusal::{Refusal, Shape};
 use crate::services::EdgeServices;
 use crate::task::{add_detail, attribute, describe, task_request};
 use crate::upstream::{self, Scheme, is_hop_by_hop};
+use aws::{AwsFacts, error_shape};
 use route::Route;
 
 type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -291,11 +292,7 @@ impl ProxyService {
                 .step_up(req, route, &task, &path, (decision, facts), event)
                 .await?;
         }
-        let payload = if route.credential.signs_requests() {
-            aws_shape(&req, route)?
-        } else {
-            Payload::Hashed
-        };
+        let aws = aws::read(&self.s, &req, route, &task, peer, event)?;
         event.credential_type = Some(route.credential.kind().to_owned());
         let injected = self.credential(&rs, &task).await?;
         event.credential_id = Some(injected.id.clone());
@@ -306,7 +303,7 @@ impl ProxyService {
             path,
             task,
             injected,
-            payload,
+            aws,
         })
     }
 
@@ -603,6 +600,12 @@ impl ProxyService {
                 "ask an administrator to store the credential named above".into(),
                 Vec::new(),
             ))),
+            Err(CredentialError::Scope(msg)) => Err(Box::new(Refusal::forbidden(
+                "credential (task scope)",
+                msg,
+                "exchange a task token that holds one of the scopes named above".into(),
+                Vec::new(),
+            ))),
             Err(CredentialError::Unavailable(msg)) => {
                 tracing::warn!(route = %route.name, error = %msg, "no upstream credential");
                 Err(Box::new(Refusal::new(
@@ -725,7 +728,7 @@ impl ProxyService {
             Err(e) => return self.refuse(event, e, &route.name, shape).await,
         };
         if let Some(sig) = &a.injected.sigv4 {
-            out = match aws_signed(out, sig, a.payload, route, a.task.agent.name.as_str()).await {
+            out = match aws::signed(out, sig, &a.aws, route, a.task.agent.name.as_str()).await {
                 Ok(r) => r,
                 Err(e) => return self.refuse(event, *e, &route.name, shape).await,
             };
@@ -869,126 +872,8 @@ struct Admitted {
     path: String,
     task: TaskUse,
     injected: Injected,
-    /// How an AWS request's payload is signed.
-    payload: Payload,
-}
-
-/// How a refusal on `route` is written: as an AWS SDK reads errors on a
-/// route that signs for AWS, else warrant's own.
-fn error_shape(route: &Route, headers: &HeaderMap) -> Shape {
-    if !route.credential.signs_requests() {
-        Shape::Warrant
-    } else if headers.contains_key("x-amz-target") {
-        Shape::AwsJson
-    } else {
-        Shape::AwsXml
-    }
-}
-
-/// What an AWS SDK's request must be for the edge to sign it in its
-/// place: no presigned query (a signature the agent made), one declared
-/// payload hash, and a payload mode the edge can sign.
-fn aws_shape(req: &Request<Body>, route: &Route) -> Result<Payload, Box<Refusal>> {
-    copy_source(req, route)?;
-    if let Some(k) = req
-        .uri()
-        .query()
-        .and_then(crate::credential::aws::presigned)
-    {
-        return Err(Box::new(Refusal::invalid(format!(
-            "the query carries `{}`, part of a presigned request; the edge signs requests itself, so send them unsigned by the URL",
-            shown(&k, 64)
-        ))));
-    }
-    let declared = HeaderName::from_static("x-amz-content-sha256");
-    let mut values = req.headers().get_all(&declared).iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(Box::new(Refusal::invalid(
-            "`x-amz-content-sha256` is sent more than once; send it once".into(),
-        )));
-    }
-    Payload::of(first.map(HeaderValue::as_bytes)).map_err(|m| Box::new(Refusal::invalid(m)))
-}
-
-/// S3's `x-amz-copy-source` names a second object the request reads (copy
-/// object, upload part copy), signed with the route's credentials like the
-/// request itself: it must be a path the route's `allow` rules let the
-/// agent GET, so a copy cannot read past them.
-fn copy_source(req: &Request<Body>, route: &Route) -> Result<(), Box<Refusal>> {
-    let name = HeaderName::from_static("x-amz-copy-source");
-    let mut values = req.headers().get_all(&name).iter();
-    let Some(v) = values.next() else {
-        return Ok(());
-    };
-    let refuse = |why: String| {
-        Err(Box::new(Refusal::forbidden(
-            "route allow list",
-            why,
-            format!(
-                "copy only from paths route `{}` allows GET on, or ask an administrator to add them to its `allow` rules",
-                route.name
-            ),
-            Vec::new(),
-        )))
-    };
-    if values.next().is_some() {
-        return Err(Box::new(Refusal::invalid(
-            "`x-amz-copy-source` is sent more than once; send it once".into(),
-        )));
-    }
-    let raw = String::from_utf8_lossy(v.as_bytes());
-    let source = raw.split_once("?versionId=").map_or(&*raw, |(p, _)| p);
-    if source.starts_with("arn:") || source.contains('?') {
-        return refuse(format!(
-            "the copy source `{}` is not a path below route `{}`",
-            shown(&raw, 200),
-            route.name
-        ));
-    }
-    let path = if source.starts_with('/') {
-        source.to_owned()
-    } else {
-        format!("/{source}")
-    };
-    match boundary::path::canonical_path(&path) {
-        Ok(p) if route.allow.iter().any(|r| r.admits(&Method::GET, &p)) => Ok(()),
-        Ok(p) => refuse(format!(
-            "the copy source `{}` is not a path route `{}` allows reading",
-            shown(&p, 200),
-            route.name
-        )),
-        Err(why) => Err(Box::new(Refusal::invalid(format!(
-            "the copy source {why}; it could be read as another path than the one allowed"
-        )))),
-    }
-}
-
-/// The request signed with SigV4 by the route's temporary credentials,
-/// its body read whole (within the route's limit) when its hash is signed.
-async fn aws_signed(
-    out: Request<Body>,
-    sig: &SigV4,
-    payload: Payload,
-    route: &Route,
-    agent: &str,
-) -> Result<Request<Body>, Box<Refusal>> {
-    let (mut out, bytes) = if payload == Payload::Hashed {
-        body::buffered(out, &route.name, agent, route.max_request_bytes)
-            .await
-            .map_err(Box::new)?
-    } else {
-        (out, Bytes::new())
-    };
-    sig.sign(&mut out, payload, &bytes).map_err(|e| {
-        tracing::warn!(route = %route.name, error = %e, "cannot sign the request for AWS");
-        Box::new(Refusal::new(
-            StatusCode::BAD_GATEWAY,
-            "credential_unavailable",
-            format!("the request cannot be signed for route `{}`", route.name),
-        ))
-    })?;
-    Ok(out)
+    /// What the edge read of an AWS request.
+    aws: AwsFacts,
 }
 
 /// The request the upstream gets: the route's origin, the canonical path

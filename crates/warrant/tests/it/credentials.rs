@@ -237,6 +237,9 @@ permit(principal, action == Action::"token:exchange", resource);
 @id("aws")
 permit(principal, action == Action::"http:request", resource)
 when { resource == Route::"aws-s3" || resource == Route::"aws-sqs" };
+@id("no-hr")
+forbid(principal, action == Action::"http:request", resource == Route::"aws-s3")
+when { context.method == "GET" && context.path like "/reports/hr/*" };
 "#;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/warrant-agents";
@@ -294,7 +297,7 @@ name = "aws-sqs"
 upstream = "http://127.0.0.1:{moto}"
 audience = "https://sqs.amazonaws.com"
 allow = [ {{ methods = ["POST"], paths = ["/"] }} ]
-credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", service = "sqs", sts_url = "http://127.0.0.1:{sts}" }}
+credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", service = "sqs", sts_url = "http://127.0.0.1:{sts}", actions = ["GetQueueUrl", "SendMessage", "ReceiveMessage"] }}
 "#,
         policy_file.display()
     );
@@ -346,6 +349,37 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
         r["s3_delete"]["status"], 403,
         "DELETE is not in the route's allow rules: {r}"
     );
+    // Found by the outside review of issue 18: a PUT the allow rules admit
+    // made the bucket public or set a lifecycle that deletes everything
+    // (S3 names those operations in the query and headers), and a copy
+    // read what policy forbids reading. Both are decided now.
+    for (op, refusal) in r["control"].as_object().unwrap() {
+        assert_eq!(refusal["status"], 403, "{op}: {r}");
+        assert_eq!(refusal["code"], "AccessDenied", "{op}: {r}");
+        assert!(
+            refusal["message"].as_str().unwrap().contains("s3_control"),
+            "{op}: {r}"
+        );
+    }
+    assert_eq!(r["control"].as_object().unwrap().len(), 4);
+    assert_eq!(r["hr_get"]["status"], 403, "{r}");
+    assert_eq!(r["hr_copy"]["status"], 403, "{r}");
+    assert!(
+        r["hr_copy"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("copy source"),
+        "{r}"
+    );
+    // SQS: the operations the route lists pass, others do not.
+    assert_eq!(r["sqs_purge"]["status"], 403, "{r}");
+    assert!(
+        r["sqs_purge"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PurgeQueue"),
+        "{r}"
+    );
     // moto enforces signatures: the agent's own (placeholder keys, task
     // token as session token) gets nothing there.
     assert_eq!(r["direct"]["status"], 403, "{r}");
@@ -357,7 +391,7 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
     for x in &exchanges {
         assert!(x.get("refused").is_none(), "{x}");
         assert_eq!(x["role"], ROLE);
-        assert_eq!(x["session"], "orch@login.test-alice", "{x}");
+        assert_eq!(x["session"], "orch@login.test=2Falice", "{x}");
         assert_eq!(x["header"]["typ"], "warrant-federation+jwt", "{x}");
         let c = &x["claims"];
         assert_eq!(c["iss"], w.b.issuer);
@@ -403,11 +437,20 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
         let id = a["credential_id"].as_str().unwrap();
         assert!(
             id.contains(ROLE)
-                && id.contains("session orch@login.test-alice")
+                && id.contains("session orch@login.test=2Falice")
                 && id.contains(s3x["access_key_id"].as_str().unwrap()),
             "{id}"
         );
     }
+    // What an AWS request does beyond its method and path is named too.
+    let detail = |key: &str, want: &str| {
+        records
+            .iter()
+            .any(|r| r["detail"][key].to_string().contains(want))
+    };
+    assert!(detail("copy_source", "/reports/q3/summary"), "{records:#?}");
+    assert!(detail("s3_control", "policy") && detail("s3_control", "lifecycle"));
+    assert!(detail("aws_operation", "SendMessage") && detail("aws_operation", "PurgeQueue"));
     let trail = serde_json::to_string(&records).unwrap();
     let logs = w.b.logs();
     for x in &exchanges {
@@ -706,4 +749,51 @@ credential = {{ kind = "token_exchange", token_url = "{g}/v1/token", audience = 
             .contains("attribute condition")
     );
     assert_eq!(after.iter().filter(|s| s["step"] == "storage").count(), 2);
+}
+
+/// Found by the outside review of issue 18: a token endpoint (or STS) that
+/// sent its headers and then its body a byte a second held the request,
+/// and every request waiting on the same credential, with no limit and no
+/// record. The whole fetch is bounded by the route's timeout now: 502 in
+/// words, recorded, and the next request is not stuck behind it.
+#[test]
+fn a_credential_endpoint_that_trickles_its_answer_is_cut_off() {
+    let up = Upstream::start(false);
+    let p = up.origin("http");
+    let routes = format!(
+        r#"
+[[route]]
+name = "slow"
+upstream = "{p}"
+audience = "https://slow.test"
+timeout = "2s"
+allow = [ {{ methods = ["GET"], paths = ["/**"] }} ]
+credential = {{ kind = "oauth2_private_key_jwt", token_url = "{p}/oauth/trickle", client_id = "c" }}
+"#
+    );
+    let w = world_with(4, &routes, SAAS_POLICY);
+    let orch = identity(&w.b, "orch");
+    let token = task_token(&w, &orch, "alice", &["https://slow.test"], "x");
+    let started = std::time::Instant::now();
+    let (a, b) = std::thread::scope(|s| {
+        let first = s.spawn(|| get(&w, "/slow/x", &token));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let second = s.spawn(|| get(&w, "/slow/x", &token));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let took = started.elapsed();
+    for r in [&a, &b] {
+        assert_eq!(r.status, 502, "{}", r.body);
+        assert!(r.body.contains("did not answer in time"), "{}", r.body);
+    }
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+    let refused = audit(&w.b, Some("proxy.request"))
+        .into_iter()
+        .filter(|r| r["detail"]["refusal"] == "credential_unavailable")
+        .count();
+    assert_eq!(refused, 2, "both recorded");
+    assert!(
+        up.seen().iter().all(|s| s["path"] == "/oauth/trickle"),
+        "nothing forwarded"
+    );
 }

@@ -1,0 +1,468 @@
+//! Routes whose credential is `aws_sts`: what of an AWS SDK's request the
+//! edge reads before it signs it in the agent's place. An AWS operation is
+//! not all in the method and path the `allow` rules and policy decide on:
+//! S3 names control operations in the query (`?policy`, `?acl`) and in
+//! headers (`x-amz-acl`), a second object it reads in `x-amz-copy-source`,
+//! and other services name the operation in `X-Amz-Target` or an `Action`
+//! parameter. Each of those is refused here unless the route admits it, and
+//! named in the record.
+//!
+//! Not here: the signing itself and the STS exchange (`credential::aws`).
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use serde_json::json;
+use warrant_core::audit::AuditEvent;
+use warrant_core::decision::Effect;
+use warrant_core::task::TaskUse;
+use warrant_core::text::shown;
+use warrant_core::time::Timestamp;
+
+use super::route::Route;
+use super::{body, decision_request};
+use crate::boundary;
+use crate::credential::aws::{Payload, SigV4, presigned};
+use crate::credential::config::{AwsSts, Credential, S3_CONTROL};
+use crate::refusal::{Refusal, Shape};
+use crate::services::EdgeServices;
+use crate::task::add_detail;
+
+/// How a refusal on `route` is written: as an AWS SDK reads errors on a
+/// route that signs for AWS, else warrant's own.
+pub(super) fn error_shape(route: &Route, headers: &HeaderMap) -> Shape {
+    if !route.credential.signs_requests() {
+        Shape::Warrant
+    } else if headers.contains_key("x-amz-target") {
+        Shape::AwsJson
+    } else {
+        Shape::AwsXml
+    }
+}
+
+/// What the edge read of an AWS request.
+#[derive(Debug, Clone)]
+pub(super) struct AwsFacts {
+    /// How its payload is signed.
+    pub(super) payload: Payload,
+    /// The operation, when the request names it in `X-Amz-Target` or the
+    /// query's `Action`.
+    pub(super) operation: Option<String>,
+}
+
+impl AwsFacts {
+    /// A request on a route that does not sign for AWS.
+    pub(super) fn none() -> Self {
+        Self {
+            payload: Payload::Hashed,
+            operation: None,
+        }
+    }
+}
+
+fn aws(route: &Route) -> Option<&AwsSts> {
+    match &route.credential {
+        Credential::AwsSts(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn is_s3(a: &AwsSts) -> bool {
+    a.service == "s3" || a.service.starts_with("s3-")
+}
+
+/// Everything an AWS request must be before a credential is fetched for
+/// it: no presigned query (a signature the agent made), one declared
+/// payload hash in a mode the edge can sign; on S3, no control operation
+/// the route does not admit and a copy source the agent may read; for
+/// other services, an operation the route admits. What it found is added
+/// to the record.
+pub(super) fn read(
+    s: &EdgeServices,
+    req: &Request<Body>,
+    route: &Route,
+    task: &TaskUse,
+    peer: SocketAddr,
+    event: &mut AuditEvent,
+) -> Result<AwsFacts, Box<Refusal>> {
+    let Some(a) = aws(route) else {
+        return Ok(AwsFacts::none());
+    };
+    if let Some(k) = req.uri().query().and_then(presigned) {
+        return Err(Box::new(Refusal::invalid(format!(
+            "the query carries `{}`, part of a presigned request; the edge signs requests itself, so send them unsigned by the URL",
+            shown(&k, 64)
+        ))));
+    }
+    let payload =
+        Payload::of(once(req.headers(), "x-amz-content-sha256")?.map(HeaderValue::as_bytes))
+            .map_err(|m| Box::new(Refusal::invalid(m)))?;
+    if is_s3(a) {
+        s3_control(req, route, a, event)?;
+        if let Some(source) = copy_source(req, route)? {
+            copy_decided(s, route, task, &source, peer)?;
+            add_detail(event, json!({ "copy_source": source }));
+        }
+        return Ok(AwsFacts {
+            payload,
+            operation: None,
+        });
+    }
+    let operation = operation(req)?;
+    if let Some(op) = &operation {
+        add_detail(event, json!({ "aws_operation": op }));
+    }
+    if let (Some(op), Some(list)) = (&operation, &a.actions) {
+        admitted(op, list, route)?;
+    }
+    Ok(AwsFacts { payload, operation })
+}
+
+/// The one value of `name`, if sent; two are refused (two readings).
+fn once<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<Option<&'a HeaderValue>, Box<Refusal>> {
+    let mut values = headers.get_all(HeaderName::from_static(name)).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Box::new(Refusal::invalid(format!(
+            "`{name}` is sent more than once; send it once"
+        ))));
+    }
+    Ok(first)
+}
+
+/// S3 requests that change who may read, keep or delete data (a bucket
+/// policy, ACLs, lifecycle rules, ...) are one method and path with a
+/// query key or a header: refused unless the route's `s3_control` names
+/// them, whatever its `allow` rules say of the path.
+fn s3_control(
+    req: &Request<Body>,
+    route: &Route,
+    a: &AwsSts,
+    event: &mut AuditEvent,
+) -> Result<(), Box<Refusal>> {
+    let keys: Vec<String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, _)| k.trim().to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut used: Vec<&str> = Vec::new();
+    for (control, headers) in S3_CONTROL {
+        let by_query = keys.iter().any(|k| k == control);
+        let by_header = req.headers().keys().any(|h| {
+            headers.iter().any(|p| {
+                if p.ends_with('-') {
+                    h.as_str().starts_with(p)
+                } else {
+                    h.as_str() == *p
+                }
+            })
+        });
+        if by_query || by_header {
+            used.push(control);
+        }
+    }
+    if used.is_empty() {
+        return Ok(());
+    }
+    add_detail(event, json!({ "s3_control": used }));
+    if let Some(c) = used.iter().find(|c| !a.s3_control.iter().any(|x| x == *c)) {
+        return Err(Box::new(Refusal::forbidden(
+            "route s3_control",
+            format!(
+                "route `{}` does not admit S3 `{c}` requests: they change who may read, keep or delete data, beyond the objects its `allow` rules name",
+                route.name
+            ),
+            format!(
+                "ask an administrator to add \"{c}\" to `s3_control` of the credential of [[route]] `{}` in warrant.toml",
+                route.name
+            ),
+            Vec::new(),
+        )));
+    }
+    Ok(())
+}
+
+/// S3's `x-amz-copy-source` names a second object the request reads (copy
+/// object, upload part copy) with the route's credentials: its canonical
+/// path, which must be one the route's `allow` rules let the agent GET.
+fn copy_source(req: &Request<Body>, route: &Route) -> Result<Option<String>, Box<Refusal>> {
+    let Some(v) = once(req.headers(), "x-amz-copy-source")? else {
+        return Ok(None);
+    };
+    let refuse = |why: String| {
+        Err(Box::new(Refusal::forbidden(
+            "route allow list",
+            why,
+            format!(
+                "copy only from paths route `{}` allows GET on, or ask an administrator to add them to its `allow` rules",
+                route.name
+            ),
+            Vec::new(),
+        )))
+    };
+    let raw = String::from_utf8_lossy(v.as_bytes());
+    let source = raw.split_once("?versionId=").map_or(&*raw, |(p, _)| p);
+    if source.starts_with("arn:") || source.contains('?') {
+        return refuse(format!(
+            "the copy source `{}` is not a path below route `{}`",
+            shown(&raw, 200),
+            route.name
+        ));
+    }
+    let path = if source.starts_with('/') {
+        source.to_owned()
+    } else {
+        format!("/{source}")
+    };
+    match boundary::path::canonical_path(&path) {
+        Ok(p) if route.allow.iter().any(|r| r.admits(&Method::GET, &p)) => Ok(Some(p)),
+        Ok(p) => refuse(format!(
+            "the copy source `{}` is not a path route `{}` allows reading",
+            shown(&p, 200),
+            route.name
+        )),
+        Err(why) => Err(Box::new(Refusal::invalid(format!(
+            "the copy source {why}; it could be read as another path than the one allowed"
+        )))),
+    }
+}
+
+/// A copy reads its source: policy must allow a GET of it for this task,
+/// as if the agent asked for it directly. A read that needs a person's
+/// approval is not made by a copy (GET it, and have that approved).
+fn copy_decided(
+    s: &EdgeServices,
+    route: &Route,
+    task: &TaskUse,
+    source: &str,
+    peer: SocketAddr,
+) -> Result<(), Box<Refusal>> {
+    let facts = decision_request(route, task, &Method::GET, source, peer, Timestamp::now());
+    let scratch = AuditEvent::new(
+        warrant_core::audit::Kind::ProxyRequest,
+        warrant_core::audit::Outcome::Deny,
+    );
+    let (decision, _) = s.authorizer.decide_for_record(&facts, scratch);
+    match decision.effect {
+        Effect::Allow => Ok(()),
+        Effect::ApprovalRequired => Err(Box::new(Refusal::forbidden(
+            "policy (approval required)",
+            format!(
+                "reading the copy source `{}` needs a person's approval, which a copy does not ask for",
+                shown(source, 200)
+            ),
+            format!(
+                "GET {} on route `{}` and have it approved",
+                shown(source, 200),
+                route.name
+            ),
+            decision.policies,
+        ))),
+        Effect::Deny => Err(Box::new(Refusal::forbidden(
+            if decision.policies.is_empty() {
+                "policy (default deny)"
+            } else {
+                "policy (forbid)"
+            },
+            format!(
+                "policy does not allow agent `{}` to read the copy source `{}` on route `{}`",
+                task.agent.name,
+                shown(source, 200),
+                route.name
+            ),
+            format!(
+                "a copy needs what a GET of its source needs: a permit on Action::\"http:request\" and Route::\"{}\" for GET {}",
+                route.name,
+                shown(source, 200)
+            ),
+            decision.policies,
+        ))),
+    }
+}
+
+/// The operation a request names: `X-Amz-Target` (`AmazonSQS.SendMessage`
+/// is `SendMessage`) or the query's `Action`; two names are refused.
+fn operation(req: &Request<Body>) -> Result<Option<String>, Box<Refusal>> {
+    let target = once(req.headers(), "x-amz-target")?.map(|v| {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        v.rsplit('.').next().unwrap_or_default().to_owned()
+    });
+    let query: Vec<String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k.eq_ignore_ascii_case("action"))
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    match (target, query.as_slice()) {
+        (None, []) => Ok(None),
+        (Some(t), []) => Ok(Some(t)),
+        (None, [a]) => Ok(Some(a.clone())),
+        _ => Err(Box::new(Refusal::invalid(
+            "the request names its operation more than once (`X-Amz-Target` or `Action`); name it once".into(),
+        ))),
+    }
+}
+
+/// Whether the route admits `op`.
+fn admitted(op: &str, list: &[String], route: &Route) -> Result<(), Box<Refusal>> {
+    if list.iter().any(|a| a == op) {
+        return Ok(());
+    }
+    Err(Box::new(Refusal::forbidden(
+        "route actions",
+        format!(
+            "route `{}` does not admit the operation `{}`",
+            route.name,
+            shown(op, 100)
+        ),
+        format!(
+            "ask an administrator to add \"{}\" to `actions` of the credential of [[route]] `{}` in warrant.toml",
+            shown(op, 100),
+            route.name
+        ),
+        Vec::new(),
+    )))
+}
+
+/// The request signed with SigV4 by the route's temporary credentials, its
+/// body read whole (within the route's limit) when its hash is signed. On
+/// a route that limits operations, one named in a form body (the query
+/// protocol's `Action`) is checked here, once the body is read.
+pub(super) async fn signed(
+    out: Request<Body>,
+    sig: &SigV4,
+    facts: &AwsFacts,
+    route: &Route,
+    agent: &str,
+) -> Result<Request<Body>, Box<Refusal>> {
+    let (mut out, bytes) = if facts.payload == Payload::Hashed {
+        body::buffered(out, &route.name, agent, route.max_request_bytes)
+            .await
+            .map_err(Box::new)?
+    } else {
+        (out, Bytes::new())
+    };
+    if let Some(list) = aws(route).and_then(|a| a.actions.as_deref()) {
+        let in_body = form_action(&out, &bytes)?;
+        match (&facts.operation, in_body) {
+            (Some(_), Some(_)) => {
+                return Err(Box::new(Refusal::invalid(
+                    "the request names its operation more than once (`X-Amz-Target` or `Action`); name it once".into(),
+                )));
+            }
+            (None, Some(op)) => admitted(&op, list, route)?,
+            (Some(_), None) => {}
+            (None, None) => {
+                return Err(Box::new(Refusal::forbidden(
+                    "route actions",
+                    format!(
+                        "route `{}` admits only named operations, and this request names none (in `X-Amz-Target` or `Action`)",
+                        route.name
+                    ),
+                    "send the request as the service's SDK does".into(),
+                    Vec::new(),
+                )));
+            }
+        }
+    }
+    sig.sign(&mut out, facts.payload, &bytes).map_err(|e| {
+        tracing::warn!(route = %route.name, error = %e, "cannot sign the request for AWS");
+        Box::new(Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "credential_unavailable",
+            format!("the request cannot be signed for route `{}`", route.name),
+        ))
+    })?;
+    Ok(out)
+}
+
+/// The `Action` of a form-encoded body (the query protocol), if any; two
+/// are refused.
+fn form_action(req: &Request<Body>, bytes: &[u8]) -> Result<Option<String>, Box<Refusal>> {
+    let form = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Ok(None);
+    }
+    let found: Vec<String> = url::form_urlencoded::parse(bytes)
+        .filter(|(k, _)| k.eq_ignore_ascii_case("action"))
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [a] => Ok(Some(a.clone())),
+        _ => Err(Box::new(Refusal::invalid(
+            "the body names `Action` more than once; name it once".into(),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut b = Request::post(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn the_operation_is_named_once() {
+        let r = req("/", &[("x-amz-target", "AmazonSQS.SendMessage")]);
+        assert_eq!(operation(&r).unwrap().as_deref(), Some("SendMessage"));
+        let r = req("/?Action=Publish&Version=1", &[]);
+        assert_eq!(operation(&r).unwrap().as_deref(), Some("Publish"));
+        let r = req(
+            "/?action=Publish",
+            &[("x-amz-target", "AmazonSQS.SendMessage")],
+        );
+        assert!(operation(&r).is_err(), "two names");
+        let r = req("/?Action=A&Action=B", &[]);
+        assert!(operation(&r).is_err());
+        let r = req("/", &[("x-amz-target", "a.B"), ("x-amz-target", "a.C")]);
+        assert!(operation(&r).is_err());
+        assert_eq!(operation(&req("/", &[])).unwrap(), None);
+    }
+
+    #[test]
+    fn a_form_body_names_its_action_once() {
+        let form = [(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )];
+        let r = req("/", &form);
+        assert_eq!(
+            form_action(&r, b"Action=Publish&TopicArn=x")
+                .unwrap()
+                .as_deref(),
+            Some("Publish")
+        );
+        assert!(form_action(&r, b"Action=Publish&action=DeleteTopic").is_err());
+        assert_eq!(
+            form_action(&req("/", &[]), b"Action=Publish").unwrap(),
+            None
+        );
+    }
+}
