@@ -60,6 +60,29 @@ try:
 except ClientError as e:
     out["hr_copy"] = error(e)
 
+# A select reads the object's data by POST.
+try:
+    s3.select_object_content(
+        Bucket="reports", Key="hr/salaries.txt", Expression="SELECT * FROM S3Object", ExpressionType="SQL",
+        InputSerialization={"CSV": {"FileHeaderInfo": "NONE"}}, OutputSerialization={"CSV": {}})
+    out["hr_select"] = "read"
+except ClientError as e:
+    out["hr_select"] = error(e)
+
+# A browser-style form upload names its key and ACL in form fields.
+import requests  # noqa: E402
+
+r = requests.post(f"{edge}/aws-s3/reports", headers={"x-amz-security-token": token},
+                  data={"key": "q3/form.txt", "acl": "public-read"}, files={"file": ("f", b"x")}, timeout=30)
+out["form_upload"] = {"status": r.status_code, "body": r.text[:500]}
+
+# An operation smuggled into a JSON body as a form parameter.
+r = requests.post(f"{edge}/aws-sqs/", timeout=30, headers={
+    "x-amz-security-token": token, "x-amz-target": "AmazonSQS.SendMessage",
+    "content-type": "application/x-amz-json-1.0"},
+    data=json.dumps({"QueueUrl": queue_url, "MessageBody": "x", "x": "&Action=PurgeQueue&"}))
+out["smuggled_action"] = {"status": r.status_code, "body": r.text[:500]}
+
 # Requests that change who may read, keep or delete data: one PUT each,
 # on paths the route's allow rules admit.
 public = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*",
@@ -71,6 +94,11 @@ control = {
     "lifecycle": lambda: s3.put_bucket_lifecycle_configuration(Bucket="reports", LifecycleConfiguration={
         "Rules": [{"ID": "wipe", "Status": "Enabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}]}),
 }
+# Found by the second outside review: the same effects by other means.
+control["create_bucket_ownership"] = lambda: s3.create_bucket(Bucket="reports", ObjectOwnership="ObjectWriter")
+control["copy_replacing_tags"] = lambda: s3.copy_object(
+    Bucket="reports", Key="q3/summary report.txt", MetadataDirective="REPLACE", TaggingDirective="REPLACE",
+    CopySource={"Bucket": "reports", "Key": "q3/summary report.txt"})
 out["control"] = {}
 for name, call in control.items():
     try:

@@ -81,7 +81,7 @@ fn is_s3(a: &AwsSts) -> bool {
 /// to the record.
 pub(super) fn read(
     s: &EdgeServices,
-    req: &Request<Body>,
+    (req, path): (&Request<Body>, &str),
     route: &Route,
     task: &TaskUse,
     peer: SocketAddr,
@@ -100,10 +100,21 @@ pub(super) fn read(
         Payload::of(once(req.headers(), "x-amz-content-sha256")?.map(HeaderValue::as_bytes))
             .map_err(|m| Box::new(Refusal::invalid(m)))?;
     if is_s3(a) {
-        s3_control(req, route, a, event)?;
-        if let Some(source) = copy_source(req, route)? {
-            copy_decided(s, route, task, &source, peer)?;
-            add_detail(event, json!({ "copy_source": source }));
+        form_upload(req, route, event)?;
+        s3_control((req, path), route, a, event)?;
+        let reads = Reads {
+            s,
+            route,
+            task,
+            peer,
+        };
+        if let Some(source) = copy_source(req, route, event)? {
+            reads.decided(&source, "the copy source", event)?;
+        }
+        // SelectObjectContent is a POST that answers the object's data.
+        if query_keys(req).iter().any(|k| k == "select") {
+            add_detail(event, json!({ "select": path }));
+            reads.decided(path, "the object a select reads", event)?;
         }
         return Ok(AwsFacts {
             payload,
@@ -140,20 +151,21 @@ fn once<'a>(
 /// query key or a header: refused unless the route's `s3_control` names
 /// them, whatever its `allow` rules say of the path.
 fn s3_control(
-    req: &Request<Body>,
+    (req, path): (&Request<Body>, &str),
     route: &Route,
     a: &AwsSts,
     event: &mut AuditEvent,
 ) -> Result<(), Box<Refusal>> {
-    let keys: Vec<String> = req
-        .uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .map(|(k, _)| k.trim().to_ascii_lowercase())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut keys = query_keys(req);
+    // Path-style: a request on one segment with no query key is on the
+    // bucket itself (create, delete).
+    let bucket_level = keys.is_empty() && path.trim_matches('/').split('/').count() == 1;
+    if bucket_level && req.method() == Method::PUT {
+        keys.push("createbucket".into());
+    }
+    if bucket_level && req.method() == Method::DELETE {
+        keys.push("deletebucket".into());
+    }
     let mut used: Vec<&str> = Vec::new();
     for (control, headers) in S3_CONTROL {
         let by_query = keys.iter().any(|k| k == control);
@@ -175,6 +187,7 @@ fn s3_control(
     }
     add_detail(event, json!({ "s3_control": used }));
     if let Some(c) = used.iter().find(|c| !a.s3_control.iter().any(|x| x == *c)) {
+        event.reasons = vec![format!("route s3_control: `{c}` not admitted")];
         return Err(Box::new(Refusal::forbidden(
             "route s3_control",
             format!(
@@ -191,32 +204,157 @@ fn s3_control(
     Ok(())
 }
 
+/// The query's keys, trimmed and lower-cased (S3 reads some spellings
+/// leniently; refusing more is safe).
+fn query_keys(req: &Request<Body>) -> Vec<String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, _)| k.trim().to_ascii_lowercase())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// S3's browser upload (POST Object) names the key, ACLs, tags, lock and
+/// redirect in form fields the edge does not decide on: refused (agents
+/// upload with PUT, which the rules and policy see).
+fn form_upload(
+    req: &Request<Body>,
+    route: &Route,
+    event: &mut AuditEvent,
+) -> Result<(), Box<Refusal>> {
+    let multipart = req
+        .headers()
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .any(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
+    if req.method() != Method::POST || !multipart {
+        return Ok(());
+    }
+    event.reasons = vec!["route s3_control: form upload".into()];
+    Err(Box::new(Refusal::forbidden(
+        "route s3_control",
+        format!(
+            "route `{}` refuses S3 form uploads (POST Object): their fields name the key, ACLs and more, which the edge does not decide on",
+            route.name
+        ),
+        "upload with PUT (PutObject, or a multipart upload)".into(),
+        Vec::new(),
+    )))
+}
+
+/// Reads S3 makes by other means than a GET (a copy's source, a select):
+/// decided as a GET of that path by this task.
+struct Reads<'a> {
+    s: &'a EdgeServices,
+    route: &'a Route,
+    task: &'a TaskUse,
+    peer: SocketAddr,
+}
+
+impl Reads<'_> {
+    /// The route's `allow` rules and policy must let the agent GET `path`,
+    /// as if it asked for it directly; a read that needs a person's
+    /// approval is not made this way (GET it, and have that approved).
+    /// A refusal names what refused it in the record.
+    fn decided(&self, path: &str, what: &str, event: &mut AuditEvent) -> Result<(), Box<Refusal>> {
+        let (route, task) = (self.route, self.task);
+        let shown_path = shown(path, 200);
+        if !route.allow.iter().any(|r| r.admits(&Method::GET, path)) {
+            event.reasons = vec![format!("route allow list: GET of {what} not allowed")];
+            return Err(Box::new(Refusal::forbidden(
+                "route allow list",
+                format!(
+                    "{what} `{shown_path}` is not a path route `{}` allows reading",
+                    route.name
+                ),
+                format!(
+                    "read only what route `{}` allows GET on, or ask an administrator to add it to its `allow` rules",
+                    route.name
+                ),
+                Vec::new(),
+            )));
+        }
+        let facts = decision_request(route, task, &Method::GET, path, self.peer, Timestamp::now());
+        let scratch = AuditEvent::new(
+            warrant_core::audit::Kind::ProxyRequest,
+            warrant_core::audit::Outcome::Deny,
+        );
+        let (decision, _) = self.s.authorizer.decide_for_record(&facts, scratch);
+        if decision.effect == Effect::Allow {
+            return Ok(());
+        }
+        // The record names the policies that refused the read, not the
+        // ones that allowed the request it came in.
+        event.reasons = decision.policies.clone();
+        if decision.effect == Effect::ApprovalRequired {
+            return Err(Box::new(Refusal::forbidden(
+                "policy (approval required)",
+                format!(
+                    "reading {what} `{shown_path}` needs a person's approval, which this request does not ask for"
+                ),
+                format!(
+                    "GET {shown_path} on route `{}` and have it approved",
+                    route.name
+                ),
+                decision.policies,
+            )));
+        }
+        if event.reasons.is_empty() {
+            event.reasons.push("policy (default deny): GET".into());
+        }
+        Err(Box::new(Refusal::forbidden(
+            if decision.policies.is_empty() {
+                "policy (default deny)"
+            } else {
+                "policy (forbid)"
+            },
+            format!(
+                "policy does not allow agent `{}` to read {what} `{shown_path}` on route `{}`",
+                task.agent.name, route.name
+            ),
+            format!(
+                "it needs what a GET of it needs: a permit on Action::\"http:request\" and Route::\"{}\" for GET {shown_path}",
+                route.name
+            ),
+            decision.policies,
+        )))
+    }
+}
+
 /// S3's `x-amz-copy-source` names a second object the request reads (copy
 /// object, upload part copy) with the route's credentials: its canonical
-/// path, which must be one the route's `allow` rules let the agent GET.
-fn copy_source(req: &Request<Body>, route: &Route) -> Result<Option<String>, Box<Refusal>> {
+/// path, named in the record, to be decided as a GET ([`Reads`]).
+fn copy_source(
+    req: &Request<Body>,
+    route: &Route,
+    event: &mut AuditEvent,
+) -> Result<Option<String>, Box<Refusal>> {
     let Some(v) = once(req.headers(), "x-amz-copy-source")? else {
         return Ok(None);
     };
-    let refuse = |why: String| {
-        Err(Box::new(Refusal::forbidden(
-            "route allow list",
-            why,
-            format!(
-                "copy only from paths route `{}` allows GET on, or ask an administrator to add them to its `allow` rules",
-                route.name
-            ),
-            Vec::new(),
-        )))
-    };
     let raw = String::from_utf8_lossy(v.as_bytes());
+    add_detail(event, json!({ "copy_source": shown(&raw, 300) }));
     let source = raw.split_once("?versionId=").map_or(&*raw, |(p, _)| p);
     if source.starts_with("arn:") || source.contains('?') {
-        return refuse(format!(
-            "the copy source `{}` is not a path below route `{}`",
-            shown(&raw, 200),
-            route.name
-        ));
+        event.reasons = vec!["route allow list: copy source not a path".into()];
+        return Err(Box::new(Refusal::forbidden(
+            "route allow list",
+            format!(
+                "the copy source `{}` is not a path below route `{}`",
+                shown(&raw, 200),
+                route.name
+            ),
+            format!("copy only from paths route `{}` allows GET on", route.name),
+            Vec::new(),
+        )));
     }
     let path = if source.starts_with('/') {
         source.to_owned()
@@ -224,68 +362,13 @@ fn copy_source(req: &Request<Body>, route: &Route) -> Result<Option<String>, Box
         format!("/{source}")
     };
     match boundary::path::canonical_path(&path) {
-        Ok(p) if route.allow.iter().any(|r| r.admits(&Method::GET, &p)) => Ok(Some(p)),
-        Ok(p) => refuse(format!(
-            "the copy source `{}` is not a path route `{}` allows reading",
-            shown(&p, 200),
-            route.name
-        )),
+        Ok(p) => {
+            add_detail(event, json!({ "copy_source": p }));
+            Ok(Some(p))
+        }
         Err(why) => Err(Box::new(Refusal::invalid(format!(
             "the copy source {why}; it could be read as another path than the one allowed"
         )))),
-    }
-}
-
-/// A copy reads its source: policy must allow a GET of it for this task,
-/// as if the agent asked for it directly. A read that needs a person's
-/// approval is not made by a copy (GET it, and have that approved).
-fn copy_decided(
-    s: &EdgeServices,
-    route: &Route,
-    task: &TaskUse,
-    source: &str,
-    peer: SocketAddr,
-) -> Result<(), Box<Refusal>> {
-    let facts = decision_request(route, task, &Method::GET, source, peer, Timestamp::now());
-    let scratch = AuditEvent::new(
-        warrant_core::audit::Kind::ProxyRequest,
-        warrant_core::audit::Outcome::Deny,
-    );
-    let (decision, _) = s.authorizer.decide_for_record(&facts, scratch);
-    match decision.effect {
-        Effect::Allow => Ok(()),
-        Effect::ApprovalRequired => Err(Box::new(Refusal::forbidden(
-            "policy (approval required)",
-            format!(
-                "reading the copy source `{}` needs a person's approval, which a copy does not ask for",
-                shown(source, 200)
-            ),
-            format!(
-                "GET {} on route `{}` and have it approved",
-                shown(source, 200),
-                route.name
-            ),
-            decision.policies,
-        ))),
-        Effect::Deny => Err(Box::new(Refusal::forbidden(
-            if decision.policies.is_empty() {
-                "policy (default deny)"
-            } else {
-                "policy (forbid)"
-            },
-            format!(
-                "policy does not allow agent `{}` to read the copy source `{}` on route `{}`",
-                task.agent.name,
-                shown(source, 200),
-                route.name
-            ),
-            format!(
-                "a copy needs what a GET of its source needs: a permit on Action::\"http:request\" and Route::\"{}\" for GET {}",
-                route.name,
-                shown(source, 200)
-            ),
-            decision.policies,
-        ))),
     }
 }
 
@@ -356,6 +439,12 @@ pub(super) async fn signed(
         (out, Bytes::new())
     };
     if let Some(list) = aws(route).and_then(|a| a.actions.as_deref()) {
+        if facts.payload != Payload::Hashed {
+            return Err(Box::new(Refusal::invalid(format!(
+                "route `{}` admits only named operations, read from the body too: send it signed whole, not `UNSIGNED-PAYLOAD`",
+                route.name
+            ))));
+        }
         let in_body = form_action(&out, &bytes)?;
         match (&facts.operation, in_body) {
             (Some(_), Some(_)) => {
@@ -390,25 +479,28 @@ pub(super) async fn signed(
 }
 
 /// The `Action` of a form-encoded body (the query protocol), if any; two
-/// are refused.
+/// are refused. A body of another type that names `Action` when read as a
+/// form is refused too: some servers (moto among them) read it so, and
+/// would act on that operation instead of the one the edge admitted.
 fn form_action(req: &Request<Body>, bytes: &[u8]) -> Result<Option<String>, Box<Refusal>> {
     let form = req
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
-            v.to_ascii_lowercase()
+            v.trim_start()
+                .to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
         });
-    if !form {
-        return Ok(None);
-    }
     let found: Vec<String> = url::form_urlencoded::parse(bytes)
-        .filter(|(k, _)| k.eq_ignore_ascii_case("action"))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("action"))
         .map(|(_, v)| v.into_owned())
         .collect();
     match found.as_slice() {
         [] => Ok(None),
+        [_] if !form => Err(Box::new(Refusal::invalid(
+            "the body names `Action` as a form parameter although it is not a form; name the operation once, where the service reads it".into(),
+        ))),
         [a] => Ok(Some(a.clone())),
         _ => Err(Box::new(Refusal::invalid(
             "the body names `Action` more than once; name it once".into(),
@@ -439,15 +531,14 @@ mod tests {
             &[("x-amz-target", "AmazonSQS.SendMessage")],
         );
         assert!(operation(&r).is_err(), "two names");
-        let r = req("/?Action=A&Action=B", &[]);
-        assert!(operation(&r).is_err());
+        assert!(operation(&req("/?Action=A&Action=B", &[])).is_err());
         let r = req("/", &[("x-amz-target", "a.B"), ("x-amz-target", "a.C")]);
         assert!(operation(&r).is_err());
         assert_eq!(operation(&req("/", &[])).unwrap(), None);
     }
 
     #[test]
-    fn a_form_body_names_its_action_once() {
+    fn a_body_names_its_action_once_and_only_as_a_form() {
         let form = [(
             "content-type",
             "application/x-www-form-urlencoded; charset=utf-8",
@@ -460,9 +551,15 @@ mod tests {
             Some("Publish")
         );
         assert!(form_action(&r, b"Action=Publish&action=DeleteTopic").is_err());
+        // Found by the outside review of issue 18: moto read `Action` from a
+        // JSON body as a form and ran it instead of `X-Amz-Target`'s.
+        let json = [("content-type", "application/x-amz-json-1.0")];
+        assert!(form_action(&req("/", &json), br#"{"x":"&Action=PurgeQueue&"}"#).is_err());
+        assert!(form_action(&req("/", &json), br#"{"x":"& action =PurgeQueue"}"#).is_err());
         assert_eq!(
-            form_action(&req("/", &[]), b"Action=Publish").unwrap(),
+            form_action(&req("/", &json), br#"{"QueueUrl":"q"}"#).unwrap(),
             None
         );
+        assert!(form_action(&req("/", &[]), b"Action=Publish").is_err());
     }
 }

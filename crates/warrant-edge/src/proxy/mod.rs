@@ -292,7 +292,7 @@ impl ProxyService {
                 .step_up(req, route, &task, &path, (decision, facts), event)
                 .await?;
         }
-        let aws = aws::read(&self.s, &req, route, &task, peer, event)?;
+        let aws = aws::read(&self.s, (&req, &path), route, &task, peer, event)?;
         event.credential_type = Some(route.credential.kind().to_owned());
         let injected = self.credential(&rs, &task).await?;
         event.credential_id = Some(injected.id.clone());

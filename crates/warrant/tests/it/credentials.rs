@@ -289,7 +289,7 @@ fn boto3_reaches_s3_and_sqs_with_credentials_warrant_federates() {
 name = "aws-s3"
 upstream = "http://127.0.0.1:{moto}"
 audience = "https://s3.amazonaws.com"
-allow = [ {{ methods = ["GET", "PUT", "HEAD"], paths = ["/reports", "/reports/**"] }} ]
+allow = [ {{ methods = ["GET", "PUT", "HEAD", "POST"], paths = ["/reports", "/reports/**"] }} ]
 credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", service = "s3", sts_url = "http://127.0.0.1:{sts}", session_duration = "15m", session_policies = {{ "reports:rw" = "{}" }} }}
 
 [[route]]
@@ -361,7 +361,17 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
             "{op}: {r}"
         );
     }
-    assert_eq!(r["control"].as_object().unwrap().len(), 4);
+    assert_eq!(r["control"].as_object().unwrap().len(), 6);
+    assert_eq!(r["hr_select"]["status"], 403, "a select reads: {r}");
+    assert_eq!(r["form_upload"]["status"], 403, "{r}");
+    assert!(
+        r["form_upload"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("form uploads"),
+        "{r}"
+    );
+    assert_eq!(r["smuggled_action"]["status"], 400, "{r}");
     assert_eq!(r["hr_get"]["status"], 403, "{r}");
     assert_eq!(r["hr_copy"]["status"], 403, "{r}");
     assert!(
@@ -449,6 +459,14 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
             .any(|r| r["detail"][key].to_string().contains(want))
     };
     assert!(detail("copy_source", "/reports/q3/summary"), "{records:#?}");
+    // A refused copy names its source and the policy that refused the read.
+    let refused_copy = records
+        .iter()
+        .find(|r| {
+            r["decision"] == "deny" && r["detail"]["copy_source"] == "/reports/hr/salaries.txt"
+        })
+        .expect("the refused copy is recorded with its source");
+    assert_eq!(refused_copy["reasons"], json!(["no-hr"]), "{refused_copy}");
     assert!(detail("s3_control", "policy") && detail("s3_control", "lifecycle"));
     assert!(detail("aws_operation", "SendMessage") && detail("aws_operation", "PurgeQueue"));
     let trail = serde_json::to_string(&records).unwrap();
