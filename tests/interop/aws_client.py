@@ -76,6 +76,18 @@ r = requests.post(f"{edge}/aws-s3/reports", headers={"x-amz-security-token": tok
                   data={"key": "q3/form.txt", "acl": "public-read"}, files={"file": ("f", b"x")}, timeout=30)
 out["form_upload"] = {"status": r.status_code, "body": r.text[:500]}
 
+# Found by the third outside review: a form upload with a urlencoded body,
+# and CreateBucket with a query key S3 ignores.
+r = requests.post(f"{edge}/aws-s3/reports", headers={"x-amz-security-token": token},
+                  data={"key": "q3/form2.txt", "file": "x", "acl": "public-read-write"}, timeout=30)
+out["urlencoded_form_upload"] = {"status": r.status_code, "body": r.text[:500]}
+r = requests.put(f"{edge}/aws-s3/reports?x=1", headers={"x-amz-security-token": token}, timeout=30)
+out["create_bucket_with_query"] = {"status": r.status_code, "body": r.text[:500]}
+r = requests.post(f"{edge}/aws-sqs/", timeout=30, headers={
+    "x-amz-security-token": token, "x-amz-target": "AmazonSQS.SendMessage", "action": "PurgeQueue",
+    "content-type": "application/x-amz-json-1.0"}, data=json.dumps({"QueueUrl": queue_url, "MessageBody": "x"}))
+out["action_header"] = {"status": r.status_code, "body": r.text[:500]}
+
 # An operation smuggled into a JSON body as a form parameter.
 r = requests.post(f"{edge}/aws-sqs/", timeout=30, headers={
     "x-amz-security-token": token, "x-amz-target": "AmazonSQS.SendMessage",

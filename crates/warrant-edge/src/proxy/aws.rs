@@ -90,6 +90,13 @@ pub(super) fn read(
     let Some(a) = aws(route) else {
         return Ok(AwsFacts::none());
     };
+    // The query's keys name operations on AWS: recorded (never values,
+    // which may carry anything).
+    let keys = query_keys(req);
+    if !keys.is_empty() {
+        let keys: Vec<String> = keys.iter().take(20).map(|k| shown(k, 64)).collect();
+        add_detail(event, json!({ "query_keys": keys }));
+    }
     if let Some(k) = req.uri().query().and_then(presigned) {
         return Err(Box::new(Refusal::invalid(format!(
             "the query carries `{}`, part of a presigned request; the edge signs requests itself, so send them unsigned by the URL",
@@ -125,8 +132,11 @@ pub(super) fn read(
     if let Some(op) = &operation {
         add_detail(event, json!({ "aws_operation": op }));
     }
-    if let (Some(op), Some(list)) = (&operation, &a.actions) {
-        admitted(op, list, route)?;
+    if let Some(list) = &a.actions {
+        smuggled(req)?;
+        if let Some(op) = &operation {
+            admitted(op, list, route)?;
+        }
     }
     Ok(AwsFacts { payload, operation })
 }
@@ -157,13 +167,15 @@ fn s3_control(
     event: &mut AuditEvent,
 ) -> Result<(), Box<Refusal>> {
     let mut keys = query_keys(req);
-    // Path-style: a request on one segment with no query key is on the
-    // bucket itself (create, delete).
-    let bucket_level = keys.is_empty() && path.trim_matches('/').split('/').count() == 1;
-    if bucket_level && req.method() == Method::PUT {
+    // Path-style: a PUT or DELETE on one segment is on the bucket itself,
+    // and S3 ignores query keys it does not know: unless a control key
+    // names another operation, it creates or deletes the bucket.
+    let bucket_level = path.trim_matches('/').split('/').count() == 1;
+    let names_control = keys.iter().any(|k| S3_CONTROL.iter().any(|(c, _)| c == k));
+    if bucket_level && !names_control && req.method() == Method::PUT {
         keys.push("createbucket".into());
     }
-    if bucket_level && req.method() == Method::DELETE {
+    if bucket_level && !names_control && req.method() == Method::DELETE {
         keys.push("deletebucket".into());
     }
     let mut used: Vec<&str> = Vec::new();
@@ -225,8 +237,41 @@ fn form_upload(
     route: &Route,
     event: &mut AuditEvent,
 ) -> Result<(), Box<Refusal>> {
-    let multipart = req
-        .headers()
+    if req.method() != Method::POST {
+        return Ok(());
+    }
+    // S3's POSTs name their operation in the query; a POST that names
+    // none is a form upload, whatever its content type (servers read a
+    // form's fields from any form body).
+    const POSTS: [&str; 6] = [
+        "uploads",
+        "uploadid",
+        "select",
+        "restore",
+        "delete",
+        "renameobject",
+    ];
+    let keys = query_keys(req);
+    let named = keys.iter().any(|k| POSTS.contains(&k.as_str()));
+    let multipart = is_multipart(req);
+    if named && !multipart {
+        return Ok(());
+    }
+    event.reasons = vec!["route s3_control: form upload".into()];
+    Err(Box::new(Refusal::forbidden(
+        "route s3_control",
+        format!(
+            "route `{}` refuses S3 form uploads (a POST that names no operation, or with a multipart body): their fields name the key, ACLs and more, which the edge does not decide on",
+            route.name
+        ),
+        "upload with PUT (PutObject, or a multipart upload)".into(),
+        Vec::new(),
+    )))
+}
+
+/// Whether any `content-type` of the request is `multipart/...`.
+fn is_multipart(req: &Request<Body>) -> bool {
+    req.headers()
         .get_all(http::header::CONTENT_TYPE)
         .iter()
         .any(|v| {
@@ -234,20 +279,7 @@ fn form_upload(
                 .trim_start()
                 .to_ascii_lowercase()
                 .starts_with("multipart/")
-        });
-    if req.method() != Method::POST || !multipart {
-        return Ok(());
-    }
-    event.reasons = vec!["route s3_control: form upload".into()];
-    Err(Box::new(Refusal::forbidden(
-        "route s3_control",
-        format!(
-            "route `{}` refuses S3 form uploads (POST Object): their fields name the key, ACLs and more, which the edge does not decide on",
-            route.name
-        ),
-        "upload with PUT (PutObject, or a multipart upload)".into(),
-        Vec::new(),
-    )))
+        })
 }
 
 /// Reads S3 makes by other means than a GET (a copy's source, a select):
@@ -397,6 +429,25 @@ fn operation(req: &Request<Body>) -> Result<Option<String>, Box<Refusal>> {
             "the request names its operation more than once (`X-Amz-Target` or `Action`); name it once".into(),
         ))),
     }
+}
+
+/// Where some servers (moto among them) read an operation besides
+/// `X-Amz-Target`, the query and a form body: a header named like a
+/// parameter, the fields of a multipart body. Refused on a route that
+/// limits operations, since the edge admits only the operation it reads.
+fn smuggled(req: &Request<Body>) -> Result<(), Box<Refusal>> {
+    if req.headers().contains_key("action") {
+        return Err(Box::new(Refusal::invalid(
+            "an `Action` header is refused: name the operation in `X-Amz-Target` or the `Action` parameter".into(),
+        )));
+    }
+    let multipart = is_multipart(req);
+    if multipart {
+        return Err(Box::new(Refusal::invalid(
+            "a multipart body is refused on a route that admits only named operations: send the body as the service's SDK does".into(),
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the route admits `op`.

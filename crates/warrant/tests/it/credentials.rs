@@ -372,6 +372,16 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
         "{r}"
     );
     assert_eq!(r["smuggled_action"]["status"], 400, "{r}");
+    assert_eq!(r["urlencoded_form_upload"]["status"], 403, "{r}");
+    assert_eq!(r["create_bucket_with_query"]["status"], 403, "{r}");
+    assert!(
+        r["create_bucket_with_query"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("createbucket"),
+        "{r}"
+    );
+    assert_eq!(r["action_header"]["status"], 400, "{r}");
     assert_eq!(r["hr_get"]["status"], 403, "{r}");
     assert_eq!(r["hr_copy"]["status"], 403, "{r}");
     assert!(
@@ -469,6 +479,10 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
     assert_eq!(refused_copy["reasons"], json!(["no-hr"]), "{refused_copy}");
     assert!(detail("s3_control", "policy") && detail("s3_control", "lifecycle"));
     assert!(detail("aws_operation", "SendMessage") && detail("aws_operation", "PurgeQueue"));
+    assert!(
+        detail("query_keys", "\"x\""),
+        "query keys are recorded on AWS routes"
+    );
     let trail = serde_json::to_string(&records).unwrap();
     let logs = w.b.logs();
     for x in &exchanges {
