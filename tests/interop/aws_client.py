@@ -81,6 +81,9 @@ out["form_upload"] = {"status": r.status_code, "body": r.text[:500]}
 r = requests.post(f"{edge}/aws-s3/reports", headers={"x-amz-security-token": token},
                   data={"key": "q3/form2.txt", "file": "x", "acl": "public-read-write"}, timeout=30)
 out["urlencoded_form_upload"] = {"status": r.status_code, "body": r.text[:500]}
+r = requests.post(f"{edge}/aws-s3/reports?uploads", headers={"x-amz-security-token": token},
+                  data={"key": "hr/salaries.txt", "file": "overwritten", "acl": "public-read"}, timeout=30)
+out["form_upload_naming_uploads"] = {"status": r.status_code, "body": r.text[:500]}
 r = requests.put(f"{edge}/aws-s3/reports?x=1", headers={"x-amz-security-token": token}, timeout=30)
 out["create_bucket_with_query"] = {"status": r.status_code, "body": r.text[:500]}
 r = requests.post(f"{edge}/aws-sqs/", timeout=30, headers={

@@ -92,7 +92,7 @@ pub(super) fn read(
     };
     // The query's keys name operations on AWS: recorded (never values,
     // which may carry anything).
-    let keys = query_keys(req);
+    let keys = raw_query_keys(req);
     if !keys.is_empty() {
         let keys: Vec<String> = keys.iter().take(20).map(|k| shown(k, 64)).collect();
         add_detail(event, json!({ "query_keys": keys }));
@@ -107,7 +107,7 @@ pub(super) fn read(
         Payload::of(once(req.headers(), "x-amz-content-sha256")?.map(HeaderValue::as_bytes))
             .map_err(|m| Box::new(Refusal::invalid(m)))?;
     if is_s3(a) {
-        form_upload(req, route, event)?;
+        form_upload((req, path), route, event)?;
         s3_control((req, path), route, a, event)?;
         let reads = Reads {
             s,
@@ -168,14 +168,17 @@ fn s3_control(
 ) -> Result<(), Box<Refusal>> {
     let mut keys = query_keys(req);
     // Path-style: a PUT or DELETE on one segment is on the bucket itself,
-    // and S3 ignores query keys it does not know: unless a control key
-    // names another operation, it creates or deletes the bucket.
-    let bucket_level = path.trim_matches('/').split('/').count() == 1;
-    let names_control = keys.iter().any(|k| S3_CONTROL.iter().any(|(c, _)| c == k));
-    if bucket_level && !names_control && req.method() == Method::PUT {
+    // and S3 ignores query keys it does not know (or knows in another
+    // spelling): unless one names a bucket subresource exactly, it creates
+    // or deletes the bucket.
+    let on_bucket = bucket_level(path)
+        && !raw_query_keys(req)
+            .iter()
+            .any(|k| BUCKET_SUBRESOURCES.contains(&k.as_str()));
+    if on_bucket && req.method() == Method::PUT {
         keys.push("createbucket".into());
     }
-    if bucket_level && !names_control && req.method() == Method::DELETE {
+    if on_bucket && req.method() == Method::DELETE {
         keys.push("deletebucket".into());
     }
     let mut used: Vec<&str> = Vec::new();
@@ -233,41 +236,88 @@ fn query_keys(req: &Request<Body>) -> Vec<String> {
 /// redirect in form fields the edge does not decide on: refused (agents
 /// upload with PUT, which the rules and policy see).
 fn form_upload(
-    req: &Request<Body>,
+    (req, path): (&Request<Body>, &str),
     route: &Route,
     event: &mut AuditEvent,
 ) -> Result<(), Box<Refusal>> {
     if req.method() != Method::POST {
         return Ok(());
     }
-    // S3's POSTs name their operation in the query; a POST that names
-    // none is a form upload, whatever its content type (servers read a
-    // form's fields from any form body).
-    const POSTS: [&str; 6] = [
-        "uploads",
-        "uploadid",
-        "select",
-        "restore",
-        "delete",
-        "renameobject",
-    ];
-    let keys = query_keys(req);
-    let named = keys.iter().any(|k| POSTS.contains(&k.as_str()));
-    let multipart = is_multipart(req);
-    if named && !multipart {
+    // S3's POSTs name their operation in the query, spelled exactly (S3
+    // matches subresources case-sensitively). On the bucket itself the
+    // only one is a multi-object delete: any other POST there is a form
+    // upload, which takes its key and ACL from form fields or the query,
+    // whatever the content type. On an object, the others.
+    let keys = raw_query_keys(req);
+    let named = |ops: &[&str]| keys.iter().any(|k| ops.contains(&k.as_str()));
+    let operation = if bucket_level(path) {
+        named(&["delete"])
+    } else {
+        named(&["uploads", "uploadId", "select", "restore", "renameObject"])
+    };
+    if operation && !is_multipart(req) {
         return Ok(());
     }
     event.reasons = vec!["route s3_control: form upload".into()];
     Err(Box::new(Refusal::forbidden(
         "route s3_control",
         format!(
-            "route `{}` refuses S3 form uploads (a POST that names no operation, or with a multipart body): their fields name the key, ACLs and more, which the edge does not decide on",
+            "route `{}` refuses S3 form uploads (a POST that names no S3 POST operation, or with a multipart body): their fields name the key, ACLs and more, which the edge does not decide on",
             route.name
         ),
         "upload with PUT (PutObject, or a multipart upload)".into(),
         Vec::new(),
     )))
 }
+
+/// Whether `path` (path-style) is a bucket's own: one segment.
+fn bucket_level(path: &str) -> bool {
+    path.trim_matches('/').split('/').count() == 1
+}
+
+/// The query's keys as sent.
+fn raw_query_keys(req: &Request<Body>) -> Vec<String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// S3's bucket subresources for a PUT or DELETE on the bucket, spelled as
+/// S3 matches them (exactly). A bucket-level PUT or DELETE naming none of
+/// these is, to S3, creating or deleting the bucket.
+const BUCKET_SUBRESOURCES: [&str; 26] = [
+    "acl",
+    "policy",
+    "policyStatus",
+    "lifecycle",
+    "replication",
+    "cors",
+    "website",
+    "versioning",
+    "tagging",
+    "encryption",
+    "logging",
+    "notification",
+    "accelerate",
+    "requestPayment",
+    "inventory",
+    "metrics",
+    "analytics",
+    "intelligent-tiering",
+    "object-lock",
+    "publicAccessBlock",
+    "ownershipControls",
+    "metadataTable",
+    "metadataConfiguration",
+    "metadataInventoryTable",
+    "metadataJournalTable",
+    "abac",
+];
 
 /// Whether any `content-type` of the request is `multipart/...`.
 fn is_multipart(req: &Request<Body>) -> bool {
@@ -562,6 +612,67 @@ fn form_action(req: &Request<Body>, bytes: &[u8]) -> Result<Option<String>, Box<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warrant_core::audit::{Kind, Outcome};
+
+    fn route(s3_control: &str) -> Route {
+        let text = format!(
+            "name = \"s3\"\nupstream = \"https://s3.example\"\nallow = [ {{ methods = [\"*\"], paths = [\"/**\"] }} ]\ncredential = {{ kind = \"aws_sts\", role_arn = \"arn:aws:iam::1:role/r\", region = \"us-east-1\", service = \"s3\", s3_control = [{s3_control}] }}"
+        );
+        toml::from_str::<super::super::route::RawRoute>(&text)
+            .unwrap()
+            .build(|p| p)
+            .unwrap()
+    }
+
+    fn on(method: &str, uri: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    /// Found by the outside reviews of issue 18: CreateBucket and
+    /// DeleteBucket passed with a query key S3 ignores (`?x=1`) or spells
+    /// otherwise (`?Tagging` on a route admitting `tagging`), and a POST on
+    /// the bucket naming an object operation (`?uploads`) was a form upload.
+    #[test]
+    fn requests_on_the_bucket_are_what_s3_makes_of_them() {
+        let r = route("\"tagging\"");
+        let Credential::AwsSts(a) = &r.credential else {
+            panic!()
+        };
+        let gate = |method: &str, uri: &str| {
+            let req = on(method, uri);
+            let path = uri.split('?').next().unwrap();
+            let mut e = AuditEvent::new(Kind::ProxyRequest, Outcome::Deny);
+            s3_control((&req, path), &r, a, &mut e)
+                .and_then(|()| form_upload((&req, path), &r, &mut e))
+                .map_err(|e| e.message)
+        };
+        assert!(gate("PUT", "/reports?tagging").is_ok());
+        assert!(gate("PUT", "/reports/k?tagging").is_ok());
+        for (m, u, why) in [
+            ("PUT", "/reports", "createbucket"),
+            ("PUT", "/reports/", "createbucket"),
+            ("PUT", "/reports?x=1", "createbucket"),
+            ("PUT", "/reports?Tagging", "createbucket"),
+            ("DELETE", "/reports?x-id=DeleteObject", "deletebucket"),
+            ("DELETE", "/reports?restore", "deletebucket"),
+            ("PUT", "/reports?policy", "policy"),
+            ("POST", "/reports", "form uploads"),
+            ("POST", "/reports?uploads", "form uploads"),
+            ("POST", "/reports?select", "form uploads"),
+            ("POST", "/reports/k?Uploads", "form uploads"),
+            ("POST", "/reports?delete", "`delete`"),
+        ] {
+            let e = gate(m, u).unwrap_err();
+            assert!(e.contains(why), "{m} {u}: {e}");
+        }
+        assert!(gate("POST", "/reports/k?uploads").is_ok());
+        assert!(gate("POST", "/reports/k?uploadId=1").is_ok());
+        assert!(gate("DELETE", "/reports/k").is_ok());
+    }
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
         let mut b = Request::post(uri);

@@ -373,6 +373,7 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
     );
     assert_eq!(r["smuggled_action"]["status"], 400, "{r}");
     assert_eq!(r["urlencoded_form_upload"]["status"], 403, "{r}");
+    assert_eq!(r["form_upload_naming_uploads"]["status"], 403, "{r}");
     assert_eq!(r["create_bucket_with_query"]["status"], 403, "{r}");
     assert!(
         r["create_bucket_with_query"]["body"]
