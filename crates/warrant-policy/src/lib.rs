@@ -38,8 +38,9 @@ pub const APPROVAL_ANNOTATION: &str = "approval";
 struct Compiled {
     /// warrant's id: `@id("...")` or `file:line`.
     id: String,
-    /// The policy's whole condition (scope and `when`/`unless`), built once:
-    /// `ast::Policy::condition()` rebuilds and deep-clones it on every call.
+    /// The policy's `when`/`unless` conditions (its scope is checked by the
+    /// index, which yields it only when the scope matches), built once:
+    /// `ast::Policy::condition()` rebuilds and deep-clones on every call.
     condition: cedar_policy_core::ast::Expr,
     /// Permit or forbid.
     effect: CedarEffect,
@@ -203,9 +204,9 @@ impl Policies {
         let mut forbids = Vec::new();
         let mut errors = Vec::new();
         let mut approval = Approval::default();
-        // Each candidate is evaluated whole (scope and conditions), exactly as
-        // Cedar's authorizer evaluates every policy of a set; the index only
-        // skips policies whose scope cannot match.
+        // Each candidate's conditions are evaluated as Cedar's authorizer
+        // evaluates them; the index has checked its scope, and skipped the
+        // policies whose scope does not match.
         for i in cands {
             let c = &self.compiled[i as usize];
             // What `Evaluator::evaluate` does, on the condition built at load.

@@ -256,7 +256,15 @@ pub(crate) fn compile(
     for (p, policy) in parsed.iter().zip(&renamed) {
         compiled.push(Compiled {
             id: p.id.clone(),
-            condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy).condition(),
+            // The `when`/`unless` part only: a policy is evaluated only when
+            // the index found its scope matching (INVARIANT index is exact,
+            // which also checks the scope itself, `ScopeIndex::candidates`),
+            // and a scope check raises no error, so evaluating it again
+            // could change nothing but the time taken.
+            condition: AsRef::<cedar_policy_core::ast::Policy>::as_ref(policy)
+                .non_scope_constraints()
+                .cloned()
+                .unwrap_or_else(|| cedar_policy_core::ast::Expr::val(true)),
             effect: policy.effect(),
             approval: (policy.annotation(APPROVAL_ANNOTATION) == Some("required")).then(|| {
                 ApprovalTerms::parse(
