@@ -148,6 +148,15 @@ impl Refusal {
     }
 }
 
+/// What refused a request policy denied: a forbid, or no permit at all.
+pub(crate) fn refused_by_policy(policies: &[String]) -> &'static str {
+    if policies.is_empty() {
+        "policy (default deny)"
+    } else {
+        "policy (forbid)"
+    }
+}
+
 /// How a refusal is written for the caller's SDK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape {
@@ -178,37 +187,23 @@ impl Refusal {
         if let Some(why) = &self.why {
             message = format!("{message} (refused by {}; {})", why.refused_by, why.hint);
         }
-        let status = self.status;
         let warrant_code = self.code;
-        let mut r = self.into_response();
-        if shape == Shape::AwsJson {
+        let (body, content_type) = if shape == Shape::AwsJson {
             let body = json!({ "__type": code, "message": message, "warrant_code": warrant_code });
-            let (parts, _) = r.into_parts();
-            let mut r = Response::from_parts(parts, axum::body::Body::from(body.to_string()));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-amz-json-1.0"),
+            (body.to_string(), "application/x-amz-json-1.0")
+        } else {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><WarrantCode>{warrant_code}</WarrantCode></Error>",
+                quick_xml::escape::escape(message.as_str())
             );
-            r.headers_mut().remove(header::CONTENT_LENGTH);
-            return r;
-        }
-        let esc = |s: &str| {
-            s.replace('&', "&amp;")
-                .replace('<', "&lt;")
-                .replace('>', "&gt;")
-                .replace('"', "&quot;")
+            (body, "application/xml")
         };
-        let body = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><WarrantCode>{warrant_code}</WarrantCode></Error>",
-            esc(&message)
-        );
-        *r.status_mut() = status;
-        let (parts, _) = r.into_parts();
+        // warrant's own answer for its status and headers (a challenge,
+        // `Retry-After`), with the body the SDK reads.
+        let (parts, _) = self.into_response().into_parts();
         let mut r = Response::from_parts(parts, axum::body::Body::from(body));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/xml"),
-        );
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         r.headers_mut().remove(header::CONTENT_LENGTH);
         r
     }

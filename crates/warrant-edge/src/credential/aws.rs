@@ -20,9 +20,19 @@ use serde_json::{Value, json};
 use warrant_core::task::TaskUse;
 use zeroize::Zeroizing;
 
-use super::cache::{CachedToken, TokenCache, form, form_post, send};
+use super::cache::{CachedToken, TokenCache, TokenClient, form, form_post, send};
 use super::config::AwsSts;
 use super::{CredentialError, Injected, Providers, Target};
+
+/// Who a session is for, and what is asked of STS for it.
+struct Session<'a> {
+    agent: &'a str,
+    env: &'a str,
+    user: Option<&'a str>,
+    subject: String,
+    name: String,
+    policy: Option<String>,
+}
 
 /// Temporary credentials from STS.
 pub(crate) struct AwsKeys {
@@ -210,78 +220,23 @@ impl Providers<'_> {
         cache: &TokenCache,
         task: &TaskUse,
     ) -> Result<Injected, CredentialError> {
-        let c = &task.claims;
         let agent = task.agent.name.as_str();
         let env = task.agent.env.as_str();
-        let user = c.sub.strip_prefix("user:");
-        let subject = a.subject.render(agent, env, user);
-        let policy = session_policy(a, &c.scope, route.name)?;
-        let name = session_name(agent, user);
+        let user = task.claims.sub.strip_prefix("user:");
+        let session = Session {
+            agent,
+            env,
+            user,
+            subject: a.subject.render(agent, env, user),
+            name: session_name(agent, user),
+            policy: session_policy(a, &task.claims.scope, route.name)?,
+        };
         // Everything the minted token and the request to STS depend on,
         // unambiguously (a JSON array).
-        let key = json!([subject, agent, env, user, policy]).to_string();
+        let key = json!([session.subject, agent, env, user, session.policy]).to_string();
         let keys = cache
             .get(&key, |client| async move {
-                let mut extra = serde_json::Map::new();
-                if a.session_tags {
-                    let mut tags = serde_json::Map::new();
-                    tags.insert("warrant:agent".into(), json!([tag_value(agent)]));
-                    tags.insert("warrant:env".into(), json!([tag_value(env)]));
-                    tags.insert(
-                        "warrant:user".into(),
-                        json!([tag_value(user.unwrap_or("-"))]),
-                    );
-                    extra.insert(
-                        "https://aws.amazon.com/tags".into(),
-                        json!({ "principal_tags": tags }),
-                    );
-                }
-                let token = self.federation_token(&a.token_audience, &subject, task, extra)?;
-                let duration = a.session_duration.as_secs().to_string();
-                let mut pairs = vec![
-                    ("Action", "AssumeRoleWithWebIdentity"),
-                    ("Version", "2011-06-15"),
-                    ("RoleArn", a.role_arn.as_str()),
-                    ("RoleSessionName", name.as_str()),
-                    ("WebIdentityToken", token.as_str()),
-                    ("DurationSeconds", duration.as_str()),
-                ];
-                if let Some(p) = &policy {
-                    pairs.push(("Policy", p));
-                }
-                let req = form_post(&a.sts_url, form(&pairs), None)?;
-                let (status, body) = send(&client, req, route.name, "AWS STS endpoint", route.timeout).await?;
-                let answer = sts_answer(&body);
-                if !status.is_success() {
-                    let code = answer.err().unwrap_or_default();
-                    tracing::warn!(route = route.name, role = %a.role_arn, status = %status, code = %code, "AWS STS refused AssumeRoleWithWebIdentity");
-                    return Err(CredentialError::Unavailable(format!(
-                        "`{}`: AWS STS refused to let warrant assume `{}` ({status}{}); check the role's trust policy names warrant's issuer, audience `{}` and subject `{subject}`{}",
-                        route.name,
-                        a.role_arn,
-                        if code.is_empty() { String::new() } else { format!(", `{code}`") },
-                        a.token_audience,
-                        if a.session_tags { ", and allows `sts:TagSession`" } else { "" },
-                    )));
-                }
-                let (keys, expiration) = answer.map_err(|code| {
-                    CredentialError::Unavailable(format!(
-                        "`{}`: AWS STS answered without credentials ({code})",
-                        route.name
-                    ))
-                })?;
-                let life = expiration
-                    .and_then(|e| e.duration_since(SystemTime::now()).ok())
-                    .unwrap_or(a.session_duration)
-                    .min(a.session_duration)
-                    .max(Duration::from_secs(1));
-                let id = format!(
-                    "aws:{} session {name} key {}",
-                    a.role_arn, keys.access_key_id
-                );
-                let mut t = CachedToken::new(Zeroizing::new(String::new()), id, life);
-                t.aws = Some(keys);
-                Ok(t)
+                self.assume_role(&client, (route, a), task, &session).await
             })
             .await?;
         let Some(k) = &keys.aws else {
@@ -303,6 +258,81 @@ impl Providers<'_> {
             echoes,
             id,
         })
+    }
+
+    /// `AssumeRoleWithWebIdentity` for one session, with a token minted for
+    /// it (asking for its tags when the route does).
+    async fn assume_role(
+        &self,
+        client: &TokenClient,
+        (route, a): (Target<'_>, &AwsSts),
+        task: &TaskUse,
+        s: &Session<'_>,
+    ) -> Result<CachedToken, CredentialError> {
+        let mut extra = serde_json::Map::new();
+        if a.session_tags {
+            extra.insert(
+                "https://aws.amazon.com/tags".into(),
+                json!({ "principal_tags": {
+                    "warrant:agent": [tag_value(s.agent)],
+                    "warrant:env": [tag_value(s.env)],
+                    "warrant:user": [tag_value(s.user.unwrap_or("-"))],
+                } }),
+            );
+        }
+        let token = self.federation_token(&a.token_audience, &s.subject, task, extra)?;
+        let duration = a.session_duration.as_secs().to_string();
+        let mut pairs = vec![
+            ("Action", "AssumeRoleWithWebIdentity"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", a.role_arn.as_str()),
+            ("RoleSessionName", s.name.as_str()),
+            ("WebIdentityToken", token.as_str()),
+            ("DurationSeconds", duration.as_str()),
+        ];
+        if let Some(p) = &s.policy {
+            pairs.push(("Policy", p));
+        }
+        let req = form_post(&a.sts_url, form(&pairs), None)?;
+        let (status, body) =
+            send(client, req, route.name, "AWS STS endpoint", route.timeout).await?;
+        let answer = sts_answer(&body);
+        if !status.is_success() {
+            let code = answer.err().unwrap_or_default();
+            tracing::warn!(route = route.name, role = %a.role_arn, status = %status, code = %code, "AWS STS refused AssumeRoleWithWebIdentity");
+            let code = if code.is_empty() {
+                String::new()
+            } else {
+                format!(", `{code}`")
+            };
+            let tags = if a.session_tags {
+                ", and allows `sts:TagSession`"
+            } else {
+                ""
+            };
+            return Err(CredentialError::Unavailable(format!(
+                "`{}`: AWS STS refused to let warrant assume `{}` ({status}{code}); check the role's trust policy names warrant's issuer, audience `{}` and subject `{}`{tags}",
+                route.name, a.role_arn, a.token_audience, s.subject,
+            )));
+        }
+        let (keys, expiration) = answer.map_err(|code| {
+            CredentialError::Unavailable(format!(
+                "`{}`: AWS STS answered without credentials ({code})",
+                route.name
+            ))
+        })?;
+        let life = expiration
+            .and_then(|e| e.duration_since(SystemTime::now()).ok())
+            .unwrap_or(a.session_duration)
+            .min(a.session_duration)
+            .max(Duration::from_secs(1));
+        let id = format!(
+            "aws:{} session {} key {}",
+            a.role_arn, s.name, keys.access_key_id
+        );
+        let mut t = CachedToken::new(Zeroizing::new(String::new()), id, life);
+        t.aws = Some(keys);
+        Ok(t)
     }
 }
 

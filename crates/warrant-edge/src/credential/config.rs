@@ -353,11 +353,6 @@ impl SubjectTemplate {
             .replace("{env}", env)
             .replace("{user}", user.unwrap_or("-"))
     }
-
-    /// Whether the user is part of the subject.
-    pub fn names_user(&self) -> bool {
-        self.0.contains("{user}")
-    }
 }
 
 /// A validated `token_exchange` credential.

@@ -16,7 +16,9 @@ use warrant_core::task::TaskUse;
 use warrant_core::time::Timestamp;
 use zeroize::Zeroizing;
 
-use super::cache::{CachedToken, TokenCache, access_token, form, form_post, oauth_error, send};
+use super::cache::{
+    CachedToken, TokenCache, TokenClient, access_token, form, form_post, oauth_error, send,
+};
 use super::config::{AssertionIssuer, ClientAuth, Credential, TokenExchange};
 use super::{CredentialError, Injected, Providers, Target, header_value, shared_secret};
 
@@ -146,12 +148,7 @@ impl Providers<'_> {
         cache: &TokenCache,
     ) -> Result<Injected, CredentialError> {
         let Credential::OAuth2ClientCredentials {
-            token_url,
-            client_id,
             client_auth,
-            scope,
-            resource,
-            audience,
             header,
             format,
             ..
@@ -162,74 +159,18 @@ impl Providers<'_> {
         // The client secret is read for every request, so a rotation or a
         // deletion is seen at once, and its bytes redacted from answers.
         let secret = match client_auth {
-            ClientAuth::Secret(name) => {
-                Some((name, shared_secret(self.source, name, route.name).await?))
-            }
+            ClientAuth::Secret(name) => Some(shared_secret(self.source, name, route.name).await?),
             ClientAuth::PrivateKeyJwt { .. } => None,
         };
-        let held = secret.as_ref();
+        let held = secret.as_ref().map(|s| s.value.expose());
         let t = cache
             .get("", |client| async move {
-                let mut pairs = vec![("grant_type", "client_credentials")];
-                if let Some(s) = scope {
-                    pairs.push(("scope", s));
-                }
-                if let Some(r) = resource {
-                    pairs.push(("resource", r));
-                }
-                if let Some(a) = audience {
-                    pairs.push(("audience", a));
-                }
-                let (auth, assertion, how) = match (held, client_auth) {
-                    (Some((name, s)), _) => (
-                        Some(basic_auth(client_id, name, s.value.expose())?),
-                        None,
-                        format!("via {name}"),
-                    ),
-                    (None, ClientAuth::PrivateKeyJwt {
-                        issuer,
-                        subject,
-                        audience,
-                    }) => (
-                        None,
-                        Some(self.client_assertion(client_id, *issuer, subject, audience)?),
-                        "by private_key_jwt".to_owned(),
-                    ),
-                    (None, ClientAuth::Secret(_)) => {
-                        return Err(CredentialError::Unavailable("no client secret".into()));
-                    }
-                };
-                if let Some(a) = &assertion {
-                    pairs.extend([
-                        ("client_id", client_id.as_str()),
-                        ("client_assertion_type", JWT_BEARER),
-                        ("client_assertion", a.as_str()),
-                    ]);
-                }
-                let req = form_post(token_url, form(&pairs), auth)?;
-                let (status, body) =
-                    send(&client, req, route.name, "OAuth token endpoint", route.timeout).await?;
-                if !status.is_success() {
-                    return Err(CredentialError::Unavailable(format!(
-                        "`{}`: its OAuth token endpoint refused the client credentials ({status}{})",
-                        route.name,
-                        oauth_error(&body)
-                    )));
-                }
-                let (token, life) = access_token(&body).map_err(|why| {
-                    CredentialError::Unavailable(format!(
-                        "`{}`: its OAuth token endpoint {why}",
-                        route.name
-                    ))
-                })?;
-                Ok(CachedToken::new(token, format!("oauth2:{client_id} {how}"), life))
+                self.request_client_token(&client, route, held).await
             })
             .await?;
         let value = Zeroizing::new(format.fill(t.token.as_bytes()));
         let mut echoes = vec![t.token.as_bytes().to_vec()];
-        if let Some((_, s)) = &secret {
-            echoes.push(s.value.expose().to_vec());
-        }
+        echoes.extend(held.map(<[u8]>::to_vec));
         Ok(Injected {
             header: Some((
                 header.clone(),
@@ -240,6 +181,92 @@ impl Providers<'_> {
             echoes,
             id: format!("{} (expires in {}s)", t.id, t.left()),
         })
+    }
+
+    /// The client-credentials request (RFC 6749 §4.4), the client
+    /// authenticated by `client_secret_basic` with `secret`, or by an
+    /// assertion warrant signs now.
+    async fn request_client_token(
+        &self,
+        client: &TokenClient,
+        route: Target<'_>,
+        secret: Option<&[u8]>,
+    ) -> Result<CachedToken, CredentialError> {
+        let Credential::OAuth2ClientCredentials {
+            token_url,
+            client_id,
+            client_auth,
+            scope,
+            resource,
+            audience,
+            ..
+        } = route.credential
+        else {
+            return Err(CredentialError::Unavailable("not an OAuth route".into()));
+        };
+        let mut pairs = vec![("grant_type", "client_credentials")];
+        for (k, v) in [
+            ("scope", scope),
+            ("resource", resource),
+            ("audience", audience),
+        ] {
+            if let Some(v) = v {
+                pairs.push((k, v.as_str()));
+            }
+        }
+        let assertion;
+        let (auth, how) = match (client_auth, secret) {
+            (ClientAuth::Secret(name), Some(bytes)) => (
+                Some(basic_auth(client_id, name, bytes)?),
+                format!("via {name}"),
+            ),
+            (ClientAuth::Secret(_), None) => {
+                return Err(CredentialError::Unavailable("no client secret".into()));
+            }
+            (
+                ClientAuth::PrivateKeyJwt {
+                    issuer,
+                    subject,
+                    audience,
+                },
+                _,
+            ) => {
+                assertion = self.client_assertion(client_id, *issuer, subject, audience)?;
+                pairs.extend([
+                    ("client_id", client_id.as_str()),
+                    ("client_assertion_type", JWT_BEARER),
+                    ("client_assertion", assertion.as_str()),
+                ]);
+                (None, "by private_key_jwt".to_owned())
+            }
+        };
+        let req = form_post(token_url, form(&pairs), auth)?;
+        let (status, body) = send(
+            client,
+            req,
+            route.name,
+            "OAuth token endpoint",
+            route.timeout,
+        )
+        .await?;
+        if !status.is_success() {
+            return Err(CredentialError::Unavailable(format!(
+                "`{}`: its OAuth token endpoint refused the client credentials ({status}{})",
+                route.name,
+                oauth_error(&body)
+            )));
+        }
+        let (token, life) = access_token(&body).map_err(|why| {
+            CredentialError::Unavailable(format!(
+                "`{}`: its OAuth token endpoint {why}",
+                route.name
+            ))
+        })?;
+        Ok(CachedToken::new(
+            token,
+            format!("oauth2:{client_id} {how}"),
+            life,
+        ))
     }
 
     /// An RFC 7523 client assertion, signed with warrant's active key (so
@@ -297,7 +324,7 @@ fn basic_auth(
 /// A Google service account's access token for the federated token
 /// (`generateAccessToken` of the IAM Credentials API).
 async fn impersonate(
-    client: &super::cache::TokenClient,
+    client: &TokenClient,
     url: &url::Url,
     federated: &str,
     scope: &str,

@@ -393,11 +393,7 @@ impl Reads<'_> {
             event.reasons.push("policy (default deny): GET".into());
         }
         Err(Box::new(Refusal::forbidden(
-            if decision.policies.is_empty() {
-                "policy (default deny)"
-            } else {
-                "policy (forbid)"
-            },
+            crate::refusal::refused_by_policy(&decision.policies),
             format!(
                 "policy does not allow agent `{}` to read {what} `{shown_path}` on route `{}`",
                 task.agent.name, route.name

@@ -451,11 +451,7 @@ impl ProxyService {
             Effect::Deny => {}
         }
         Err(Box::new(Refusal::forbidden(
-            if decision.policies.is_empty() {
-                "policy (default deny)"
-            } else {
-                "policy (forbid)"
-            },
+            crate::refusal::refused_by_policy(&decision.policies),
             format!(
                 "policy does not allow agent `{}` {method} {} on route `{}`",
                 task.agent.name,
@@ -723,16 +719,10 @@ impl ProxyService {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let mut out = match upstream_request(route, a.req, &a.path, &a.task, &a.injected) {
+        let out = match outgoing(route, a.req, &a.path, &a.task, (&a.injected, &a.aws)).await {
             Ok(r) => r,
-            Err(e) => return self.refuse(event, e, &route.name, shape).await,
+            Err(e) => return self.refuse(event, *e, &route.name, shape).await,
         };
-        if let Some(sig) = &a.injected.sigv4 {
-            out = match aws::signed(out, sig, &a.aws, route, a.task.agent.name.as_str()).await {
-                Ok(r) => r,
-                Err(e) => return self.refuse(event, *e, &route.name, shape).await,
-            };
-        }
         let Ok(permit) = self.pending_records.clone().acquire_owned().await else {
             let e = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -753,7 +743,7 @@ impl ProxyService {
         let upstream_headers = sent.elapsed();
         let resp = match answer {
             Ok(Ok(r)) => r,
-            Ok(Err(e)) => return self.upstream_failed(event, route, &e).await,
+            Ok(Err(e)) => return self.upstream_failed(event, route, &e, shape).await,
             Err(_) => {
                 let e = Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
@@ -765,7 +755,7 @@ impl ProxyService {
                     ),
                 );
                 return self
-                    .upstream_refused(event, Outcome::Allow, e, &route.name)
+                    .upstream_refused(event, (Outcome::Allow, e), &route.name, shape)
                     .await;
             }
         };
@@ -776,7 +766,7 @@ impl ProxyService {
             Err(e) => {
                 drop(permit);
                 return self
-                    .upstream_refused(event, Outcome::Error, *e, &route.name)
+                    .upstream_refused(event, (Outcome::Error, *e), &route.name, shape)
                     .await;
             }
         };
@@ -812,6 +802,7 @@ impl ProxyService {
         event: AuditEvent,
         route: &Route,
         e: &hyper_util::client::legacy::Error,
+        shape: Shape,
     ) -> Response {
         if upstream::over_limit(e) {
             // A body without a length, cut off at the limit mid-upload.
@@ -824,7 +815,7 @@ impl ProxyService {
                 ),
             );
             return self
-                .upstream_refused(event, Outcome::Error, r, &route.name)
+                .upstream_refused(event, (Outcome::Error, r), &route.name, shape)
                 .await;
         }
         let why = if e.is_connect() {
@@ -838,7 +829,7 @@ impl ProxyService {
             "upstream_unavailable",
             format!("the upstream of route `{}` {why}", route.name),
         );
-        self.upstream_refused(event, Outcome::Allow, r, &route.name)
+        self.upstream_refused(event, (Outcome::Allow, r), &route.name, shape)
             .await
     }
 
@@ -846,9 +837,9 @@ impl ProxyService {
     async fn upstream_refused(
         &self,
         event: AuditEvent,
-        outcome: Outcome,
-        e: Refusal,
+        (outcome, e): (Outcome, Refusal),
         route: &str,
+        shape: Shape,
     ) -> Response {
         let mut event = event;
         event.decision = outcome;
@@ -860,7 +851,23 @@ impl ProxyService {
         // A failure is counted and logged by the sink; the answer is the
         // upstream's failure either way.
         let _ = self.s.audit.append(event).await;
-        e.into_response()
+        e.into_shaped(shape)
+    }
+}
+
+/// The request the upstream gets ([`upstream_request`]), signed with SigV4
+/// on a route that signs for AWS.
+async fn outgoing(
+    route: &Route,
+    req: Request<Body>,
+    path: &str,
+    task: &TaskUse,
+    (injected, aws): (&Injected, &AwsFacts),
+) -> Result<Request<Body>, Box<Refusal>> {
+    let out = upstream_request(route, req, path, task, injected).map_err(Box::new)?;
+    match &injected.sigv4 {
+        Some(sig) => aws::signed(out, sig, aws, route, task.agent.name.as_str()).await,
+        None => Ok(out),
     }
 }
 

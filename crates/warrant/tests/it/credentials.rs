@@ -193,6 +193,11 @@ fn get(w: &World, path: &str, token: &str) -> warrant_testkit::Response {
     warrant_testkit::http(w.b.edge, "GET", path, &[("authorization", &bearer)], None)
 }
 
+/// Where the broker publishes its keys.
+fn jwks_url(w: &World) -> String {
+    format!("http://{}/.well-known/jwks.json", w.b.api)
+}
+
 /// A child process killed when the test ends.
 struct Peer(Child);
 
@@ -308,7 +313,7 @@ credential = {{ kind = "aws_sts", role_arn = "{ROLE}", region = "us-east-1", ser
         &[
             log.display().to_string(),
             w.b.issuer.clone(),
-            format!("http://{}/.well-known/jwks.json", w.b.api),
+            jwks_url(&w),
             moto.to_string(),
             sts.to_string(),
         ],
@@ -576,10 +581,7 @@ credential = {{ kind = "oauth2_private_key_jwt", token_url = "http://127.0.0.1:{
     node.current_dir(repo().join("tests/browser"))
         .arg("oauth-server.mjs")
         .env("PORT", port.to_string())
-        .env(
-            "JWKS_URI",
-            format!("http://{}/.well-known/jwks.json", w.b.api),
-        )
+        .env("JWKS_URI", jwks_url(&w))
         .env("STRANGER_JWKS_URI", format!("http://127.0.0.1:{port}/jwks"));
     let (_server, line) = spawn(node);
     assert_eq!(line.trim(), "ready");
@@ -675,7 +677,7 @@ credential = {{ kind = "token_exchange", token_url = "{g}/v1/token", audience = 
         &[
             log.display().to_string(),
             w.b.issuer.clone(),
-            format!("http://{}/.well-known/jwks.json", w.b.api),
+            jwks_url(&w),
             PROVIDER.to_owned(),
             port.to_string(),
         ],
