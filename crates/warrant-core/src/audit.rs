@@ -502,7 +502,7 @@ impl AuditEvent {
         }
         if let Some(d) = &mut self.detail {
             bound_value(d, 0);
-            let size = d.to_string().len();
+            let size = json_len(d);
             if size > MAX_DETAIL {
                 *d = serde_json::json!({ "truncated": true, "bytes": size });
             }
@@ -531,6 +531,24 @@ const MAX_DEPTH: usize = 8;
 const MAX_DETAIL: usize = 32 * 1024;
 
 /// Cuts `s` to at most `max` bytes (at a character boundary), saying so.
+/// The length of `v` as JSON text, counted without building the text.
+fn json_len(v: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Writing a Value to a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
 fn cut(s: &mut String, max: usize) {
     if s.len() <= max {
         return;
@@ -642,15 +660,85 @@ pub trait ChainLinker: Send + Sync + fmt::Debug {
     fn link(&self, prev: &ChainHash, body: &[u8]) -> ChainHash;
 }
 
-/// The canonical body of a record as read back.
+/// The canonical body of a record as read back: `seq`, `time`, `keyed`
+/// and every field of [`AuditEvent`], in one struct rather than through
+/// `#[serde(flatten)]`, which buffers the whole record in an intermediate
+/// tree before reading it (twice the work: the anomaly follower's reads of
+/// each proxied request's record were 7% of its instructions). A test
+/// checks that it names every field [`AuditEvent`] has.
 #[derive(Deserialize)]
 struct Body {
     seq: u64,
     time: Timestamp,
     #[serde(default)]
     keyed: bool,
-    #[serde(flatten)]
-    event: AuditEvent,
+    event: String,
+    decision: Outcome,
+    #[serde(default)]
+    reasons: Vec<String>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    agent: Option<String>,
+    #[serde(default)]
+    instance: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    chain: Vec<String>,
+    #[serde(default)]
+    task: Option<String>,
+    #[serde(default)]
+    parent: Option<String>,
+    #[serde(default)]
+    txn: Option<String>,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    credential_type: Option<String>,
+    #[serde(default)]
+    credential_id: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    expires_at: Option<Timestamp>,
+    #[serde(default)]
+    resource: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+    #[serde(default)]
+    detail: Option<serde_json::Value>,
+}
+
+impl Body {
+    /// The record's sequence, time, whether it is keyed, and its event.
+    fn into_parts(self) -> (u64, Timestamp, bool, AuditEvent) {
+        let event = AuditEvent {
+            event: self.event,
+            decision: self.decision,
+            reasons: self.reasons,
+            actor: self.actor,
+            agent: self.agent,
+            instance: self.instance,
+            user: self.user,
+            chain: self.chain,
+            task: self.task,
+            parent: self.parent,
+            txn: self.txn,
+            protocol: self.protocol,
+            credential_type: self.credential_type,
+            credential_id: self.credential_id,
+            scope: self.scope,
+            expires_at: self.expires_at,
+            resource: self.resource,
+            action: self.action,
+            source: self.source,
+            detail: self.detail,
+        };
+        (self.seq, self.time, self.keyed, event)
+    }
 }
 
 /// The canonical body, serialised from a borrowed event (same field order as [`Body`]).
@@ -834,12 +922,9 @@ impl StoredRow {
                 .ok_or_else(|| "a hash is not 64 hex digits".to_owned())
         };
         let body = format!("{body}}}");
-        let Body {
-            seq,
-            time,
-            keyed,
-            event,
-        } = serde_json::from_str(&body).map_err(|e| format!("the record does not parse: {e}"))?;
+        let (seq, time, keyed, event) = serde_json::from_str::<Body>(&body)
+            .map_err(|e| format!("the record does not parse: {e}"))?
+            .into_parts();
         let record = AuditRecord {
             seq,
             time,
@@ -859,12 +944,7 @@ impl StoredRow {
 
     /// Parses the row into a record, without checking the chain.
     pub fn to_record(&self) -> Result<AuditRecord, serde_json::Error> {
-        let Body {
-            seq,
-            time,
-            keyed,
-            event,
-        } = serde_json::from_str(&self.body)?;
+        let (seq, time, keyed, event) = serde_json::from_str::<Body>(&self.body)?.into_parts();
         Ok(AuditRecord {
             seq,
             time,

@@ -434,3 +434,69 @@ fn the_detector_is_not_framed_dodged_or_filled() {
     let saved = serde_json::to_vec(&d).unwrap();
     assert!(saved.len() < 200_000, "state of {} bytes", saved.len());
 }
+
+/// The follower reads records with `glance`, not whole: it must see in
+/// each what a whole read sees.
+#[test]
+fn a_glanced_record_is_observed_as_the_whole_record() {
+    let proxy = |detail: serde_json::Value| {
+        AuditEvent::new(Kind::ProxyRequest, Outcome::Allow)
+            .agent("orch")
+            .instance("orch-1")
+            .user("corp/alice")
+            .scope("llm:chat reports:rw")
+            .resource("Route::\"openai\"")
+            .txn("tx-1")
+            .detail(detail)
+    };
+    let mut exchange = AuditEvent::new(Kind::TokenExchange, Outcome::Allow)
+        .agent("sub")
+        .txn("tx-2")
+        .detail(serde_json::json!({"granted": "x"}));
+    exchange.chain = vec!["orch".into(), "sub".into()];
+    let events = [
+        proxy(
+            serde_json::json!({"method": "GET", "path": "/v1/models", "status": 200, "policies": ["p"], "nested": {"status": 401}}),
+        ),
+        proxy(serde_json::json!({"status": 401, "refusal": "invalid_token"})),
+        proxy(serde_json::json!({"refusal": "invalid_token"})),
+        proxy(serde_json::json!({"status": "401", "refusal": 7})),
+        proxy(serde_json::json!(["status", 401])),
+        proxy(serde_json::json!("status: 401")),
+        proxy(serde_json::json!(3.5)),
+        proxy(serde_json::Value::Null),
+        AuditEvent::new(Kind::ProxyRequest, Outcome::Deny).agent("orch"),
+        AuditEvent::new(Kind::McpToolCall, Outcome::Error)
+            .agent("orch")
+            .reasons(["r".to_owned()]),
+        exchange,
+        AuditEvent::new("admin.agent.create", Outcome::Allow).agent("orch"),
+    ];
+    for (i, e) in events.into_iter().enumerate() {
+        let seq = i as u64 + 1;
+        let sealed = AuditRecord::seal(
+            seq,
+            Timestamp::from_millis(1_000 + i as i64),
+            e,
+            ChainHash::GENESIS,
+            None,
+        )
+        .unwrap();
+        let row = warrant_core::audit::StoredRow {
+            seq,
+            body: sealed.body.clone(),
+            prev_hash: sealed.record.prev_hash.0.to_vec(),
+            hash: sealed.record.hash.0.to_vec(),
+            indexed: sealed.record.indexed(),
+        };
+        let whole = row.to_record().unwrap();
+        let glanced = glance(&row).unwrap();
+        assert_eq!((glanced.seq, glanced.time), (whole.seq, whole.time));
+        assert_eq!(
+            format!("{:?}", observed(&glanced)),
+            format!("{:?}", observed(&whole)),
+            "record {seq}: {}",
+            row.body
+        );
+    }
+}

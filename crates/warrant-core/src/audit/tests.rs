@@ -265,3 +265,104 @@ fn a_keyed_chain_detects_deletion_relinking_and_unkeyed_rewrites() {
     let e = verify(&good).unwrap_err();
     assert!(e.why.contains("only the broker"), "{e}");
 }
+
+/// The field names a type's derived `Deserialize` asks for.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    struct Fields(std::cell::Cell<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for &Fields {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("only a struct's field names"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.set(fields);
+            Err(Self::Error::custom("only a struct's field names"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+    let f = Fields(std::cell::Cell::new(&[]));
+    let _ = T::deserialize(&f);
+    f.0.get()
+}
+
+#[test]
+fn a_record_body_reads_every_field_an_event_has() {
+    // A field added to AuditEvent but not to Body would be dropped from
+    // every record read back, and the record would no longer match its body.
+    let event = field_names::<AuditEvent>();
+    let body = field_names::<Body>();
+    assert!(event.len() > 10, "{event:?}");
+    for f in event {
+        assert!(body.contains(f), "Body does not read `{f}`");
+    }
+    let mut rest: Vec<_> = body.iter().filter(|f| !event.contains(f)).collect();
+    rest.sort();
+    assert_eq!(rest, [&"keyed", &"seq", &"time"]);
+}
+
+#[test]
+fn a_record_with_every_field_set_reads_back_as_written() {
+    let mut ev = AuditEvent::new("proxy.request", Outcome::Pending)
+        .actor("a")
+        .agent("b")
+        .instance("c")
+        .user("d")
+        .task("e")
+        .parent("f")
+        .txn("g")
+        .protocol("h")
+        .scope("i j")
+        .resource("Route::\"k\"")
+        .action("l")
+        .source("127.0.0.1:9")
+        .reasons(["m".to_owned(), "n".to_owned()])
+        .detail(serde_json::json!({"o": [1, {"p": null}], "q": "\u{e9}\"\\"}));
+    ev.chain = vec!["r".into(), "s".into()];
+    ev.credential_type = Some("t".into());
+    ev.credential_id = Some("u".into());
+    ev.expires_at = Some(Timestamp::from_millis(77));
+    for linker in [None, Some(&TestLinker as &dyn ChainLinker)] {
+        let sealed = AuditRecord::seal(
+            9,
+            Timestamp::from_millis(5),
+            ev.clone(),
+            ChainHash::GENESIS,
+            linker,
+        )
+        .unwrap();
+        let row = StoredRow {
+            seq: 9,
+            body: sealed.body.clone(),
+            prev_hash: sealed.record.prev_hash.0.to_vec(),
+            hash: sealed.record.hash.0.to_vec(),
+            indexed: sealed.record.indexed(),
+        };
+        assert_eq!(row.to_record().unwrap(), sealed.record);
+        assert_eq!(sealed.record.event, ev);
+        let line = row.export_line();
+        let back = StoredRow::from_export_line(&line).unwrap();
+        assert_eq!(back.body, sealed.body);
+        assert_eq!(back.to_record().unwrap(), sealed.record);
+    }
+}
+
+#[derive(Debug)]
+struct TestLinker;
+
+impl ChainLinker for TestLinker {
+    fn link(&self, prev: &ChainHash, body: &[u8]) -> ChainHash {
+        let mut h = ChainHash::link(prev, body);
+        h.0[0] ^= 0x5a;
+        h
+    }
+}
