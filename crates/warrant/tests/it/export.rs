@@ -104,16 +104,15 @@ bearer_token_env = "SIEM_TOKEN"
         v
     };
     let lines = until("the file export to reach the head", || {
-        let all: Vec<Value> = files()
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut all: Vec<Value> = Vec::new();
+        for f in files() {
+            // A file listed may be rotated (renamed) before it is read, or
+            // read while a line is half written: look again.
+            let text = std::fs::read_to_string(&f).ok()?;
+            for l in text.lines() {
+                all.push(serde_json::from_str::<Value>(l).ok()?);
+            }
+        }
         (all.last().and_then(|l| l["seq"].as_u64()) >= Some(want)).then_some(all)
     });
     assert!(files().len() > 2, "rotated: {:?}", files());
