@@ -14,7 +14,10 @@
 //!
 //! Run with `cargo bench -p warrant --bench proxy` (needs `wrk`; nginx is
 //! skipped when absent: `apt-get install -y nginx wrk`). `WARRANT_BENCH_SECS`
-//! sets the seconds per case (default 5).
+//! sets the seconds per case (default 5). Last, the instructions of one
+//! proxied request are counted under callgrind and checked against
+//! `benches/instructions.txt` (needs valgrind; `WARRANT_BENCH_ONLY=instructions`
+//! runs only the count, `WARRANT_BENCH_CALLGRIND=0` skips it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -141,22 +144,9 @@ fn wrk(url: &str, conns: u32, secs: u32, headers: &[String]) -> Figures {
     }
 }
 
-fn main() {
-    let secs: u32 = std::env::var("WARRANT_BENCH_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    assert!(
-        have("wrk") && have("taskset"),
-        "this benchmark needs wrk and taskset"
-    );
-    let up = upstream();
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-
-    // warrant on core 0.
-    let data = tmp.path().join("data");
-    let (api, edge) = (free_addr(), free_addr());
-    let config = tmp.path().join("warrant.toml");
+/// The route to `up` with a stored secret.
+fn write_config(dir: &Path, up: SocketAddr) -> std::path::PathBuf {
+    let config = dir.join("warrant.toml");
     std::fs::write(
         &config,
         format!(
@@ -164,15 +154,13 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut broker: Child = common::serve(
-        &data,
-        api,
-        edge,
-        &["--config", config.to_str().unwrap()],
-        true,
-    );
+    config
+}
+
+/// The bench agent, its policy and secret; a task token for the route.
+fn set_up(data: &Path, api: SocketAddr, dir: &Path) -> String {
     cli(
-        &data,
+        data,
         &[
             "agent",
             "create",
@@ -186,11 +174,11 @@ fn main() {
         ],
     );
     std::fs::write(data.join("policies/bench.cedar"), POLICY).unwrap();
-    cli(&data, &["policy", "reload"]);
-    let key_file = tmp.path().join("key.txt");
+    cli(data, &["policy", "reload"]);
+    let key_file = dir.join("key.txt");
     std::fs::write(&key_file, KEY).unwrap();
     cli(
-        &data,
+        data,
         &[
             "secret",
             "put",
@@ -199,7 +187,7 @@ fn main() {
             key_file.to_str().unwrap(),
         ],
     );
-    let jt = cli(&data, &["agent", "join-token", "bench"]);
+    let jt = cli(data, &["agent", "join-token", "bench"]);
     let id = curl_post(
         &format!("http://{api}/v1/attest/join"),
         &format!("{{\"token\":\"{jt}\"}}"),
@@ -213,10 +201,78 @@ fn main() {
         ),
         false,
     );
-    let token = t["access_token"]
+    t["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("{t}"))
-        .to_owned();
+        .to_owned()
+}
+
+/// Instructions per proxied request under callgrind: a count the
+/// machine's load does not move, checked against its budget.
+fn instructions(dir: &Path, up: SocketAddr) {
+    const REQUESTS: u64 = 400;
+    let dir = dir.join("callgrind");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    let (api, edge) = (free_addr(), free_addr());
+    let config = write_config(&dir, up);
+    let counted = common::Counted::serve(&data, api, edge, &["--config", config.to_str().unwrap()]);
+    let token = set_up(&data, api, &dir);
+    counted.instrument();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut c = rt.block_on(common::Conn::open(edge));
+    let auth = format!("Bearer {token}");
+    rt.block_on(async {
+        for _ in 0..50 {
+            c.get("/openai/v1/models", &auth).await;
+        }
+    });
+    let (per_request, dump) = counted.per_request(REQUESTS, || {
+        rt.block_on(async {
+            for _ in 0..REQUESTS {
+                let (status, body) = c.get("/openai/v1/models", &auth).await;
+                assert_eq!(status, 200);
+                assert_eq!(body.len(), BODY.len());
+            }
+        })
+    });
+    println!(
+        "\ninstruction count: {REQUESTS} GET /v1/models on one connection, broker under callgrind (its threads included)"
+    );
+    common::check_budget("proxy.request", per_request, &dump);
+}
+
+fn main() {
+    let secs: u32 = std::env::var("WARRANT_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    assert!(
+        have("wrk") && have("taskset"),
+        "this benchmark needs wrk and taskset"
+    );
+    let up = upstream();
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if common::instructions_only() {
+        instructions(tmp.path(), up);
+        return;
+    }
+
+    // warrant on core 0.
+    let data = tmp.path().join("data");
+    let (api, edge) = (free_addr(), free_addr());
+    let config = write_config(tmp.path(), up);
+    let mut broker: Child = common::serve(
+        &data,
+        api,
+        edge,
+        &["--config", config.to_str().unwrap()],
+        true,
+    );
+    let token = set_up(&data, api, tmp.path());
     let auth = vec![format!("Authorization: Bearer {token}")];
 
     // nginx on core 0, one worker, as the peer's config says.
@@ -364,9 +420,18 @@ fn main() {
         "{records}"
     );
     if let Some(mut n) = nginx {
-        let _ = n.kill();
+        // TERM, not KILL: nginx's master stops its workers only when asked.
+        let _ = Command::new("kill")
+            .args(["-TERM", &n.id().to_string()])
+            .status();
         let _ = n.wait();
     }
     let _ = broker.kill();
     let _ = broker.wait();
+
+    if common::callgrind_wanted() {
+        instructions(tmp.path(), up);
+    } else {
+        println!("\n(valgrind not installed or WARRANT_BENCH_CALLGRIND=0: no instruction count)");
+    }
 }

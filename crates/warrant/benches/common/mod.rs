@@ -92,8 +92,27 @@ pub fn serve_with(
     } else {
         Command::new(bin())
     };
-    let child = cmd
-        .arg("serve")
+    let child = serve_args(&mut cmd, data, api, edge, extra)
+        .envs(env.iter().copied())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.join("run.json").exists() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// `serve` and its arguments on `cmd`: quiet, with no inherited KEK.
+fn serve_args<'a>(
+    cmd: &'a mut Command,
+    data: &Path,
+    api: SocketAddr,
+    edge: SocketAddr,
+    extra: &[&str],
+) -> &'a mut Command {
+    cmd.arg("serve")
         .args(extra)
         .arg("--data-dir")
         .arg(data)
@@ -106,17 +125,8 @@ pub fn serve_with(
             "warn",
         ])
         .env_remove("WARRANT_KEK")
-        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !data.join("run.json").exists() {
-        assert!(Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
 }
 
 pub fn form(fields: &[(&str, &str)]) -> Bytes {
@@ -163,6 +173,18 @@ impl Conn {
             .header("host", self.addr.to_string())
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Full::new(body))
+            .unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    pub async fn get(&mut self, path: &str, authorization: &str) -> (u16, Bytes) {
+        self.sender.ready().await.unwrap();
+        let req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .header("authorization", authorization)
+            .body(Full::new(Bytes::new()))
             .unwrap();
         let res = self.sender.send_request(req).await.unwrap();
         let status = res.status().as_u16();
@@ -276,5 +298,202 @@ pub async fn load(
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         bodies: kept,
+    }
+}
+
+/// A broker under callgrind, for instruction counts that do not move with
+/// the machine's load: started with instrumentation off (so start-up is
+/// quick), switched on for a warm-up, zeroed, then counted over a fixed
+/// number of requests, background work included (the audit writer and the
+/// query indexer are threads of the same process).
+pub struct Counted {
+    child: Child,
+    out: std::path::PathBuf,
+}
+
+/// Whether valgrind's callgrind and its control script are installed, and
+/// `WARRANT_BENCH_CALLGRIND` is not `0`.
+pub fn callgrind_wanted() -> bool {
+    std::env::var("WARRANT_BENCH_CALLGRIND").as_deref() != Ok("0")
+        && ["valgrind", "callgrind_control"].iter().all(|c| {
+            Command::new(c)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        })
+}
+
+/// `WARRANT_BENCH_ONLY=instructions`: only the instruction count (no
+/// wall-clock cases), to iterate on a change quickly.
+pub fn instructions_only() -> bool {
+    std::env::var("WARRANT_BENCH_ONLY").as_deref() == Ok("instructions")
+}
+
+impl Counted {
+    /// `warrant serve` in `data` under callgrind, waiting until it is up.
+    pub fn serve(data: &Path, api: SocketAddr, edge: SocketAddr, extra: &[&str]) -> Self {
+        let out = data.with_extension("callgrind");
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--dump-instr=no",
+            &format!("--callgrind-out-file={}", out.display()),
+            &bin(),
+        ]);
+        let child = serve_args(&mut cmd, data, api, edge, extra)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !data.join("run.json").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "broker under callgrind did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, out }
+    }
+
+    fn control(&self, args: &[&str]) {
+        let ok = Command::new("callgrind_control")
+            .args(args)
+            .arg(self.child.id().to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "callgrind_control {args:?} failed");
+    }
+
+    /// Switches instrumentation on (before a warm-up).
+    pub fn instrument(&self) {
+        self.control(&["-i", "on"]);
+    }
+
+    /// Zeroes the counters, runs `work` (which makes `n` requests), lets
+    /// the broker's background threads finish with them, and returns the
+    /// instructions per request and the dump it read them from.
+    pub fn per_request(&self, n: u64, work: impl FnOnce()) -> (f64, std::path::PathBuf) {
+        self.control(&["-z"]);
+        work();
+        // The audit writer batches for at most 5 ms and the indexer runs
+        // every 20 ms; under callgrind both are far slower.
+        std::thread::sleep(Duration::from_secs(2));
+        let before = self.dumps();
+        self.control(&["-d"]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let dump = loop {
+            if let Some(d) = self.dumps().into_iter().find(|d| !before.contains(d)) {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "callgrind wrote no dump");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // The dump is written whole before it is renamed into place? Not
+        // promised: wait for its totals line.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let total = loop {
+            let text = std::fs::read_to_string(&dump).unwrap_or_default();
+            if let Some(t) = text.lines().find_map(|l| {
+                l.strip_prefix("totals:")
+                    .or_else(|| l.strip_prefix("summary:"))
+            }) {
+                break t.split_whitespace().next().unwrap().parse::<u64>().unwrap();
+            }
+            assert!(Instant::now() < deadline, "callgrind's dump has no totals");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        (total as f64 / n as f64, dump)
+    }
+
+    fn dumps(&self) -> Vec<std::path::PathBuf> {
+        let name = self.out.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::read_dir(self.out.parent().unwrap())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|f| f.to_string_lossy().starts_with(&name))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The functions with the largest own instruction counts in a callgrind
+/// dump, as `callgrind_annotate` lists them (names shortened).
+pub fn top_functions(dump: &Path, n: usize) -> Vec<String> {
+    let Ok(out) = Command::new("callgrind_annotate")
+        .args(["--threshold=100", "--auto=no"])
+        .arg(dump)
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" (") || l.contains(':'))
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .take(n)
+        .map(|l| l.chars().take(150).collect())
+        .collect()
+}
+
+/// Checks an instruction count against its budget in
+/// `benches/instructions.txt`: a count more than 3% over fails the bench
+/// (a regression, in numbers the machine's load does not move); one more
+/// than 10% under asks for the budget to be lowered.
+pub fn check_budget(name: &str, per_request: f64, dump: &Path) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/instructions.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let budget: f64 = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(name)).then(|| w.next().unwrap().replace('_', "").parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no budget for `{name}` in {}", path.display()));
+    let ratio = per_request / budget;
+    println!(
+        "{name}: {per_request:.0} instructions per request under callgrind (budget {budget:.0}, {:+.1}%)",
+        (ratio - 1.0) * 100.0
+    );
+    // Kept for `callgrind_annotate` (inclusive costs, call graphs).
+    let kept = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.callgrind"));
+    let _ = std::fs::copy(dump, &kept);
+    for f in top_functions(dump, 15) {
+        println!("  {f}");
+    }
+    println!(
+        "  (the whole profile: callgrind_annotate --inclusive=yes {})",
+        kept.display()
+    );
+    assert!(
+        ratio <= 1.03,
+        "{name} costs {:.1}% more instructions than its budget in {}: a regression (or raise the budget, saying why)",
+        (ratio - 1.0) * 100.0,
+        path.display()
+    );
+    if ratio < 0.90 {
+        println!(
+            "  ({name} is more than 10% under its budget: lower it in {})",
+            path.display()
+        );
     }
 }
