@@ -84,6 +84,7 @@ fn main() {
     let data = tmp.path().join("data");
     let api = free_addr();
     let mut child: Child = common::serve(&data, api, free_addr(), &["--dev"], pinned);
+    let broker_pid = child.id();
     if pinned {
         pin_self(1);
     }
@@ -156,6 +157,29 @@ fn main() {
         for conns in [1, 16] {
             let n = fresh.len() / 2;
             let q: VecDeque<Bytes> = fresh.drain(..n.min(fresh.len())).collect();
+            // WARRANT_BENCH_PERF=<file>: profile the broker during the
+            // 16-connection fresh-subject case.
+            let perf = std::env::var("WARRANT_BENCH_PERF")
+                .ok()
+                .filter(|_| conns == 16)
+                .map(|out| {
+                    std::process::Command::new("perf")
+                        .args([
+                            "record",
+                            "-F",
+                            "499",
+                            "--call-graph",
+                            "dwarf,16384",
+                            "-o",
+                            &out,
+                            "-p",
+                        ])
+                        .arg(broker_pid.to_string())
+                        .args(["--", "sleep", &secs.to_string()])
+                        .stdout(std::process::Stdio::null())
+                        .spawn()
+                        .unwrap()
+                });
             let r = load(
                 &[api],
                 conns,
@@ -164,6 +188,9 @@ fn main() {
                 false,
             )
             .await;
+            if let Some(mut p) = perf {
+                let _ = p.wait();
+            }
             rows.push(("fresh subject", conns, r));
         }
         for conns in [1, 16] {

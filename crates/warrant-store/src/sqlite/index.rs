@@ -82,7 +82,7 @@ pub(crate) fn index_path(log: &Path) -> PathBuf {
 
 fn open_index(path: &Path) -> Result<Connection, StoreError> {
     let c = Connection::open(path).map_err(db_err)?;
-    super::stable_plans(&c)?;
+    super::configure_statements(&c)?;
     c.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
@@ -215,7 +215,7 @@ impl Indexer {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
-        super::stable_plans(&log)?;
+        super::configure_statements(&log)?;
         log.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
             .map_err(db_err)?;
         let (tx, rx) = mpsc::channel();

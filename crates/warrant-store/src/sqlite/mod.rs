@@ -495,13 +495,20 @@ fn upsert_instance(conn: &Connection, i: &Instance) -> Result<Instance, StoreErr
     .map_err(read_err)
 }
 
-/// Plans fixed when a statement is prepared: without this, SQLite
-/// re-prepares a cached statement whenever a value bound to its `LIMIT`
-/// changes (or, with the STAT4 statistics this build enables, a value in
-/// an indexed range), which on the audit follower's `LIMIT ?2` was a
-/// re-parse of the query on every read: 7% of a proxied request's
-/// instructions. Set on every connection the store opens.
-pub(crate) fn stable_plans(c: &Connection) -> Result<(), StoreError> {
+/// Statements prepared once per connection and kept.
+///
+/// Plans are fixed when a statement is prepared: without the query planner
+/// stability guarantee, SQLite re-prepares a cached statement whenever a
+/// value bound to its `LIMIT` changes (or, with the STAT4 statistics this
+/// build enables, a value in an indexed range), which on the audit
+/// follower's `LIMIT ?2` was a re-parse of the query on every read: 7% of
+/// a proxied request's instructions.
+///
+/// And room for every statement a connection runs in turn: rusqlite keeps
+/// 16 by default, fewer than the distinct queries a reader serves, so the
+/// least recent were parsed again each time their turn came.
+pub(crate) fn configure_statements(c: &Connection) -> Result<(), StoreError> {
+    c.set_prepared_statement_cache_capacity(256);
     c.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
@@ -520,7 +527,7 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| StoreError::Unavailable(format!("cannot open `{}`: {e}", path.display())))?;
-        stable_plans(&conn)?;
+        configure_statements(&conn)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
@@ -587,7 +594,7 @@ impl SqliteStore {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
-        stable_plans(&c)?;
+        configure_statements(&c)?;
         c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
             .map_err(db_err)?;
         let idx = index::index_path(&self.path);
@@ -858,7 +865,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<AdminTokenRecord>, StoreError> {
         let hash = hash.to_vec();
         self.read(move |c| {
-            c.query_row(
+            one_row(
+                c,
                 &format!(
                     "SELECT {} FROM admin_tokens WHERE token_hash = ?1",
                     rows::TOKEN_COLUMNS
@@ -866,8 +874,6 @@ impl Store for SqliteStore {
                 [hash],
                 rows::admin_token,
             )
-            .optional()
-            .map_err(read_err)
         })
         .await
     }
@@ -981,7 +987,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<JoinTokenRecord>, StoreError> {
         let hash = hash.to_vec();
         self.read(move |c| {
-            c.query_row(
+            one_row(
+                c,
                 &format!(
                     "SELECT {} FROM join_tokens WHERE token_hash = ?1",
                     rows::JOIN_COLUMNS
@@ -989,8 +996,6 @@ impl Store for SqliteStore {
                 [hash],
                 rows::join_token,
             )
-            .optional()
-            .map_err(read_err)
         })
         .await
     }
@@ -1274,13 +1279,13 @@ impl Store for SqliteStore {
     async fn get_task(&self, task: &str) -> Result<Option<TaskRecord>, StoreError> {
         let task = task.to_owned();
         self.read(move |c| {
-            c.query_row(
+            // Cached: read the first time each task token is presented.
+            one_row(
+                c,
                 &format!("SELECT {} FROM tasks WHERE task = ?1", rows::TASK_COLUMNS),
                 [task],
                 rows::task,
             )
-            .optional()
-            .map_err(read_err)
         })
         .await
     }
