@@ -135,11 +135,8 @@ fn index_chunk(
     keys_buf: &mut Vec<(String, i64)>,
 ) -> Result<i64, StoreError> {
     let upto: i64 = idx
-        .query_row(
-            "SELECT indexed_upto FROM index_state WHERE id = 1",
-            [],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT indexed_upto FROM index_state WHERE id = 1")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
         .map_err(db_err)?;
     let mut st = log
         .prepare_cached("SELECT seq, agent, event, txn, task, user FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2")
@@ -183,11 +180,9 @@ fn index_chunk(
             ins.execute(params![k, seq]).map_err(db_err)?;
         }
     }
-    idx.execute(
-        "UPDATE index_state SET indexed_upto = ?1 WHERE id = 1",
-        [last],
-    )
-    .map_err(db_err)?;
+    idx.prepare_cached("UPDATE index_state SET indexed_upto = ?1 WHERE id = 1")
+        .and_then(|mut st| st.execute([last]))
+        .map_err(db_err)?;
     idx.execute_batch("COMMIT").map_err(db_err)?;
     Ok(count)
 }
