@@ -530,7 +530,6 @@ const MAX_DEPTH: usize = 8;
 /// The largest detail kept, serialised.
 const MAX_DETAIL: usize = 32 * 1024;
 
-/// Cuts `s` to at most `max` bytes (at a character boundary), saying so.
 /// The length of `v` as JSON text, counted without building the text.
 fn json_len(v: &serde_json::Value) -> usize {
     struct Count(usize);
@@ -549,6 +548,7 @@ fn json_len(v: &serde_json::Value) -> usize {
     c.0
 }
 
+/// Cuts `s` to at most `max` bytes (at a character boundary), saying so.
 fn cut(s: &mut String, max: usize) {
     if s.len() <= max {
         return;

@@ -159,27 +159,9 @@ fn main() {
             let q: VecDeque<Bytes> = fresh.drain(..n.min(fresh.len())).collect();
             // WARRANT_BENCH_PERF=<file>: profile the broker during the
             // 16-connection fresh-subject case.
-            let perf = std::env::var("WARRANT_BENCH_PERF")
-                .ok()
-                .filter(|_| conns == 16)
-                .map(|out| {
-                    std::process::Command::new("perf")
-                        .args([
-                            "record",
-                            "-F",
-                            "499",
-                            "--call-graph",
-                            "dwarf,16384",
-                            "-o",
-                            &out,
-                            "-p",
-                        ])
-                        .arg(broker_pid.to_string())
-                        .args(["--", "sleep", &secs.to_string()])
-                        .stdout(std::process::Stdio::null())
-                        .spawn()
-                        .unwrap()
-                });
+            let perf = (conns == 16)
+                .then(|| common::perf_if_asked(broker_pid, secs))
+                .flatten();
             let r = load(
                 &[api],
                 conns,

@@ -280,48 +280,14 @@ fn main() {
     println!(
         "MCP gateway benchmark: tools/call echo, {secs} s per case; gateway under test on core 0, load and backend on core 1"
     );
-    let header = || {
-        println!(
-            "{:<10} {:>8} {:>10} {:>10} {:>10} {:>11} {:>11} {:>9}",
-            "target",
-            "sessions",
-            "calls/s",
-            "p50 µs",
-            "p99 µs",
-            "added p50",
-            "added p99",
-            "vs direct"
-        )
-    };
-    let row = |name: &str, sessions: usize, f: &Figures, direct: &Figures| {
-        println!(
-            "{name:<10} {sessions:>8} {:>10.0} {:>10.0} {:>10.0} {:>11.0} {:>11.0} {:>8.2}x",
-            f.rate,
-            f.p50_us,
-            f.p99_us,
-            f.p50_us - direct.p50_us,
-            f.p99_us - direct.p99_us,
-            f.rate / direct.rate
-        );
-    };
     println!("\nbackend: a minimal MCP server in the bench process (axum)");
-    header();
     let direct_t = Target {
         addr: up_addr,
         path: "/mcp".into(),
         token: None,
         tool: "echo".into(),
     };
-    rt.block_on(async {
-        load(&direct_t, 2, 0.5).await;
-        load(&gateway("bench"), 2, 0.5).await;
-        for sessions in [1usize, 16] {
-            let direct = load(&direct_t, sessions, secs).await;
-            let warrant = load(&gateway("bench"), sessions, secs).await;
-            row("direct", sessions, &direct, &direct);
-            row("warrant", sessions, &warrant, &direct);
-        }
-    });
+    rt.block_on(table(&direct_t, &gateway("bench"), None, secs));
 
     if let Some(e) = &echo {
         let peer = mcp_proxy(tmp.path(), e.addr);
@@ -333,7 +299,6 @@ fn main() {
                 "not installed (scripts/bench-peers): its rows are skipped"
             }
         );
-        header();
         let direct_t = Target {
             addr: e.addr,
             path: "/mcp".into(),
@@ -346,36 +311,7 @@ fn main() {
             token: Some(MCP_PROXY_TOKEN.into()),
             tool: "echo/echo".into(),
         });
-        rt.block_on(async {
-            load(&direct_t, 2, 0.5).await;
-            load(&gateway("echo"), 2, 0.5).await;
-            if let Some(p) = &peer_t {
-                load(p, 2, 0.5).await;
-            }
-            for sessions in [1usize, 16] {
-                let direct = load(&direct_t, sessions, secs).await;
-                let warrant = load(&gateway("echo"), sessions, secs).await;
-                row("direct", sessions, &direct, &direct);
-                if let Some(p) = &peer_t {
-                    let peer = load(p, sessions, secs).await;
-                    row("mcp-proxy", sessions, &peer, &direct);
-                    println!(
-                        "{:<10} {sessions:>8} {:>10.0} {:>10.0} {:>10.0} {:>11.0} {:>11.0} {:>8.2}x  (warrant vs mcp-proxy: {:.2}x calls/s, added p50 {:.2}x)",
-                        "warrant",
-                        warrant.rate,
-                        warrant.p50_us,
-                        warrant.p99_us,
-                        warrant.p50_us - direct.p50_us,
-                        warrant.p99_us - direct.p99_us,
-                        warrant.rate / direct.rate,
-                        warrant.rate / peer.rate,
-                        (warrant.p50_us - direct.p50_us) / (peer.p50_us - direct.p50_us),
-                    );
-                } else {
-                    row("warrant", sessions, &warrant, &direct);
-                }
-            }
-        });
+        rt.block_on(table(&direct_t, &gateway("echo"), peer_t.as_ref(), secs));
     }
 
     let calls = cli(
@@ -402,10 +338,52 @@ fn main() {
     }
 }
 
+/// One table: each target warmed up, then at 1 and 16 sessions the direct
+/// baseline, the peer gateway (if any) and warrant's, which is compared
+/// with the peer's on the same backend.
+async fn table(direct: &Target, warrant: &Target, peer: Option<&Target>, secs: f64) {
+    println!(
+        "{:<10} {:>8} {:>10} {:>10} {:>10} {:>11} {:>11} {:>9}",
+        "target", "sessions", "calls/s", "p50 µs", "p99 µs", "added p50", "added p99", "vs direct"
+    );
+    for t in [Some(direct), Some(warrant), peer].into_iter().flatten() {
+        load(t, 2, 0.5).await;
+    }
+    for sessions in [1usize, 16] {
+        let d = load(direct, sessions, secs).await;
+        let w = load(warrant, sessions, secs).await;
+        row("direct", sessions, &d, &d, "");
+        let vs = match peer {
+            Some(p) => {
+                let f = load(p, sessions, secs).await;
+                row("mcp-proxy", sessions, &f, &d, "");
+                format!(
+                    "  (warrant vs mcp-proxy: {:.2}x calls/s, added p50 {:.2}x)",
+                    w.rate / f.rate,
+                    (w.p50_us - d.p50_us) / (f.p50_us - d.p50_us)
+                )
+            }
+            None => String::new(),
+        };
+        row("warrant", sessions, &w, &d, &vs);
+    }
+}
+
+fn row(name: &str, sessions: usize, f: &Figures, direct: &Figures, then: &str) {
+    println!(
+        "{name:<10} {sessions:>8} {:>10.0} {:>10.0} {:>10.0} {:>11.0} {:>11.0} {:>8.2}x{then}",
+        f.rate,
+        f.p50_us,
+        f.p99_us,
+        f.p50_us - direct.p50_us,
+        f.p99_us - direct.p99_us,
+        f.rate / direct.rate
+    );
+}
+
 /// Instructions per `tools/call` through the gateway under callgrind: a
 /// count the machine's load does not move, checked against its budget.
 fn instructions(rt: &tokio::runtime::Runtime, dir: &Path, up_addr: SocketAddr) {
-    const CALLS: u64 = 400;
     let dir = dir.join("callgrind");
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("data");
@@ -414,7 +392,6 @@ fn instructions(rt: &tokio::runtime::Runtime, dir: &Path, up_addr: SocketAddr) {
     let config = write_config(&dir, &servers);
     let counted = common::Counted::serve(&data, api, edge, &["--config", config.to_str().unwrap()]);
     let tokens = rt.block_on(set_up(&data, api, edge, &servers, 5000));
-    counted.instrument();
     let mut c = rt.block_on(Conn::open(
         edge,
         "/mcp/bench",
@@ -422,23 +399,10 @@ fn instructions(rt: &tokio::runtime::Runtime, dir: &Path, up_addr: SocketAddr) {
     ));
     let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"text": "hello world"}}});
-    rt.block_on(async {
-        for _ in 0..50 {
-            c.rpc(&call).await;
-        }
+    counted.count("mcp.tools_call", "tools/call", || {
+        let (v, _) = rt.block_on(c.rpc(&call));
+        assert_eq!(v["result"]["content"][0]["text"], "hello world", "{v}");
     });
-    let (per_call, dump) = counted.per_request(CALLS, || {
-        rt.block_on(async {
-            for _ in 0..CALLS {
-                let (v, _) = c.rpc(&call).await;
-                assert_eq!(v["result"]["content"][0]["text"], "hello world", "{v}");
-            }
-        })
-    });
-    println!(
-        "\ninstruction count: {CALLS} tools/call on one session, broker under callgrind (its threads included)"
-    );
-    common::check_budget("mcp.tools_call", per_call, &dump);
 }
 
 fn write_config(dir: &Path, servers: &[(&str, String)]) -> std::path::PathBuf {

@@ -210,7 +210,6 @@ fn set_up(data: &Path, api: SocketAddr, dir: &Path) -> String {
 /// Instructions per proxied request under callgrind: a count the
 /// machine's load does not move, checked against its budget.
 fn instructions(dir: &Path, up: SocketAddr) {
-    const REQUESTS: u64 = 400;
     let dir = dir.join("callgrind");
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("data");
@@ -218,31 +217,17 @@ fn instructions(dir: &Path, up: SocketAddr) {
     let config = write_config(&dir, up);
     let counted = common::Counted::serve(&data, api, edge, &["--config", config.to_str().unwrap()]);
     let token = set_up(&data, api, &dir);
-    counted.instrument();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let mut c = rt.block_on(common::Conn::open(edge));
     let auth = format!("Bearer {token}");
-    rt.block_on(async {
-        for _ in 0..50 {
-            c.get("/openai/v1/models", &auth).await;
-        }
+    counted.count("proxy.request", "GET /v1/models", || {
+        let (status, body) = rt.block_on(c.get("/openai/v1/models", &auth));
+        assert_eq!(status, 200);
+        assert_eq!(body.len(), BODY.len());
     });
-    let (per_request, dump) = counted.per_request(REQUESTS, || {
-        rt.block_on(async {
-            for _ in 0..REQUESTS {
-                let (status, body) = c.get("/openai/v1/models", &auth).await;
-                assert_eq!(status, 200);
-                assert_eq!(body.len(), BODY.len());
-            }
-        })
-    });
-    println!(
-        "\ninstruction count: {REQUESTS} GET /v1/models on one connection, broker under callgrind (its threads included)"
-    );
-    common::check_budget("proxy.request", per_request, &dump);
 }
 
 fn main() {
@@ -350,27 +335,9 @@ fn main() {
             )
         });
         // WARRANT_BENCH_PERF=<file>: profile the broker during the 64-connection case.
-        let perf = std::env::var("WARRANT_BENCH_PERF")
-            .ok()
-            .filter(|_| conns == 64)
-            .map(|out| {
-                Command::new("perf")
-                    .args([
-                        "record",
-                        "-F",
-                        "499",
-                        "--call-graph",
-                        "dwarf,16384",
-                        "-o",
-                        &out,
-                        "-p",
-                    ])
-                    .arg(broker.id().to_string())
-                    .args(["--", "sleep", &secs.to_string()])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            });
+        let perf = (conns == 64)
+            .then(|| common::perf_if_asked(broker.id(), f64::from(secs)))
+            .flatten();
         let warrant = wrk(
             &format!("http://{edge}/openai/v1/models"),
             conns,

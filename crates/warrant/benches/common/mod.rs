@@ -301,16 +301,6 @@ pub async fn load(
     }
 }
 
-/// A broker under callgrind, for instruction counts that do not move with
-/// the machine's load: started with instrumentation off (so start-up is
-/// quick), switched on for a warm-up, zeroed, then counted over a fixed
-/// number of requests, background work included (the audit writer and the
-/// query indexer are threads of the same process).
-pub struct Counted {
-    child: Child,
-    out: std::path::PathBuf,
-}
-
 /// Whether valgrind's callgrind and its control script are installed, and
 /// `WARRANT_BENCH_CALLGRIND` is not `0`.
 pub fn callgrind_wanted() -> bool {
@@ -325,10 +315,47 @@ pub fn callgrind_wanted() -> bool {
         })
 }
 
+/// `WARRANT_BENCH_PERF=<file>`: a `perf record` of process `pid` (call
+/// graphs) for the next `secs` seconds, to wait on once the case ran.
+pub fn perf_if_asked(pid: u32, secs: f64) -> Option<Child> {
+    let out = std::env::var("WARRANT_BENCH_PERF").ok()?;
+    Some(
+        Command::new("perf")
+            .args([
+                "record",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
+                "-o",
+                &out,
+                "-p",
+            ])
+            .arg(pid.to_string())
+            .args(["--", "sleep", &secs.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// `WARRANT_BENCH_ONLY=instructions`: only the instruction count (no
 /// wall-clock cases), to iterate on a change quickly.
 pub fn instructions_only() -> bool {
     std::env::var("WARRANT_BENCH_ONLY").as_deref() == Ok("instructions")
+}
+
+/// Requests counted per path.
+pub const COUNTED: u64 = 400;
+
+/// A broker under callgrind, for instruction counts that do not move with
+/// the machine's load: started with instrumentation off (so start-up is
+/// quick), switched on for a warm-up, zeroed, then counted over a fixed
+/// number of requests, background work included (the audit writer and the
+/// query indexer are threads of the same process).
+pub struct Counted {
+    child: Child,
+    out: std::path::PathBuf,
 }
 
 impl Counted {
@@ -368,15 +395,29 @@ impl Counted {
         assert!(ok, "callgrind_control {args:?} failed");
     }
 
-    /// Switches instrumentation on (before a warm-up).
-    pub fn instrument(&self) {
+    /// Counts the instructions of `request` (one request, its answer
+    /// checked) and checks them against `name`'s budget: instrumentation
+    /// on, 50 requests to warm up, then [`COUNTED`] counted.
+    pub fn count(&self, name: &str, what: &str, mut request: impl FnMut()) {
         self.control(&["-i", "on"]);
+        for _ in 0..50 {
+            request();
+        }
+        let (per_request, dump) = self.per_request(COUNTED, || {
+            for _ in 0..COUNTED {
+                request();
+            }
+        });
+        println!(
+            "\ninstruction count: {COUNTED} {what} on one connection, broker under callgrind (its threads included)"
+        );
+        check_budget(name, per_request, &dump);
     }
 
     /// Zeroes the counters, runs `work` (which makes `n` requests), lets
     /// the broker's background threads finish with them, and returns the
     /// instructions per request and the dump it read them from.
-    pub fn per_request(&self, n: u64, work: impl FnOnce()) -> (f64, std::path::PathBuf) {
+    fn per_request(&self, n: u64, work: impl FnOnce()) -> (f64, std::path::PathBuf) {
         self.control(&["-z"]);
         work();
         // The audit writer batches for at most 5 ms and the indexer runs
@@ -392,8 +433,8 @@ impl Counted {
             assert!(Instant::now() < deadline, "callgrind wrote no dump");
             std::thread::sleep(Duration::from_millis(100));
         };
-        // The dump is written whole before it is renamed into place? Not
-        // promised: wait for its totals line.
+        // callgrind writes the dump in place: it is whole once its totals
+        // line is there.
         let deadline = Instant::now() + Duration::from_secs(60);
         let total = loop {
             let text = std::fs::read_to_string(&dump).unwrap_or_default();
@@ -442,7 +483,6 @@ pub fn top_functions(dump: &Path, n: usize) -> Vec<String> {
     };
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(" (") || l.contains(':'))
         .filter(|l| {
             l.trim_start()
                 .chars()
@@ -458,7 +498,7 @@ pub fn top_functions(dump: &Path, n: usize) -> Vec<String> {
 /// `benches/instructions.txt`: a count more than 3% over fails the bench
 /// (a regression, in numbers the machine's load does not move); one more
 /// than 10% under asks for the budget to be lowered.
-pub fn check_budget(name: &str, per_request: f64, dump: &Path) {
+fn check_budget(name: &str, per_request: f64, dump: &Path) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/instructions.txt");
     let text = std::fs::read_to_string(&path).unwrap();
     let budget: f64 = text
