@@ -10,7 +10,9 @@
 //! Through the gateway each call is: token check (verified-token cache),
 //! session binding, the pinned definition, a Cedar `mcp:call_tool` decision
 //! with the arguments, the upstream call over warrant's own session, and one
-//! audit record.
+//! audit record. Each table also has a bare relay on core 0
+//! (`common::Relay`: warrant's HTTP stack forwarding every request and
+//! checking nothing), the ceiling of the two HTTP hops alone.
 //!
 //! A second table puts the gateway beside the peer gateway mcp-proxy
 //! (crates.io, bearer mode: no per-call policy, no durable audit) and
@@ -228,6 +230,7 @@ async fn load(t: &Target, sessions: usize, secs: f64) -> Figures {
 }
 
 fn main() {
+    common::relay_if_asked();
     let secs: f64 = std::env::var("WARRANT_BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -287,7 +290,18 @@ fn main() {
         token: None,
         tool: "echo".into(),
     };
-    rt.block_on(table(&direct_t, &gateway("bench"), None, secs));
+    let relay = common::Relay::start(up_addr, "", None);
+    let relay_t = Target {
+        addr: relay.addr,
+        ..direct_t.clone()
+    };
+    rt.block_on(table(
+        &direct_t,
+        &gateway("bench"),
+        &[("relay", &relay_t)],
+        secs,
+    ));
+    drop(relay);
 
     if let Some(e) = &echo {
         let peer = mcp_proxy(tmp.path(), e.addr);
@@ -311,7 +325,16 @@ fn main() {
             token: Some(MCP_PROXY_TOKEN.into()),
             tool: "echo/echo".into(),
         });
-        rt.block_on(table(&direct_t, &gateway("echo"), peer_t.as_ref(), secs));
+        let relay = common::Relay::start(e.addr, "", None);
+        let relay_t = Target {
+            addr: relay.addr,
+            ..direct_t.clone()
+        };
+        let mut others = vec![("relay", &relay_t)];
+        if let Some(p) = &peer_t {
+            others.push(("mcp-proxy", p));
+        }
+        rt.block_on(table(&direct_t, &gateway("echo"), &others, secs));
     }
 
     let calls = cli(
@@ -339,32 +362,33 @@ fn main() {
 }
 
 /// One table: each target warmed up, then at 1 and 16 sessions the direct
-/// baseline, the peer gateway (if any) and warrant's, which is compared
-/// with the peer's on the same backend.
-async fn table(direct: &Target, warrant: &Target, peer: Option<&Target>, secs: f64) {
+/// baseline, the others (the bare relay, the peer gateway) and warrant's,
+/// which is compared with each of them on the same backend.
+async fn table(direct: &Target, warrant: &Target, others: &[(&str, &Target)], secs: f64) {
     println!(
         "{:<10} {:>8} {:>10} {:>10} {:>10} {:>11} {:>11} {:>9}",
         "target", "sessions", "calls/s", "p50 µs", "p99 µs", "added p50", "added p99", "vs direct"
     );
-    for t in [Some(direct), Some(warrant), peer].into_iter().flatten() {
+    for t in [direct, warrant]
+        .into_iter()
+        .chain(others.iter().map(|(_, t)| *t))
+    {
         load(t, 2, 0.5).await;
     }
     for sessions in [1usize, 16] {
         let d = load(direct, sessions, secs).await;
         let w = load(warrant, sessions, secs).await;
         row("direct", sessions, &d, &d, "");
-        let vs = match peer {
-            Some(p) => {
-                let f = load(p, sessions, secs).await;
-                row("mcp-proxy", sessions, &f, &d, "");
-                format!(
-                    "  (warrant vs mcp-proxy: {:.2}x calls/s, added p50 {:.2}x)",
-                    w.rate / f.rate,
-                    (w.p50_us - d.p50_us) / (f.p50_us - d.p50_us)
-                )
-            }
-            None => String::new(),
-        };
+        let mut vs = String::new();
+        for (name, t) in others {
+            let f = load(t, sessions, secs).await;
+            row(name, sessions, &f, &d, "");
+            vs.push_str(&format!(
+                "  (vs {name}: {:.2}x calls/s, added p50 {:.2}x)",
+                w.rate / f.rate,
+                (w.p50_us - d.p50_us) / (f.p50_us - d.p50_us)
+            ));
+        }
         row("warrant", sessions, &w, &d, &vs);
     }
 }

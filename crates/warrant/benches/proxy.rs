@@ -5,8 +5,10 @@
 //! One run, same machine, same upstream: a small hyper server (in this
 //! process) answering `GET /v1/models` with a 200-byte JSON body. The server
 //! under test (warrant, or nginx with one worker) is pinned to core 0; `wrk`
-//! and the upstream share core 1. Three targets, each at 1 and 64
-//! connections: the upstream directly, nginx, and warrant's proxy with a task
+//! and the upstream share core 1. Four targets, each at 1 and 64
+//! connections: the upstream directly, nginx, a bare relay on warrant's HTTP
+//! stack (hyper's server and pooled client, adding the header and checking
+//! nothing: the ceiling of the stack), and warrant's proxy with a task
 //! token (signature check from the verified-token cache, revocation, allow
 //! rules, a Cedar `http:request` decision, secret injection, redaction of the
 //! response, and one audit record per request). Added latency is the
@@ -231,6 +233,7 @@ fn instructions(dir: &Path, up: SocketAddr) {
 }
 
 fn main() {
+    common::relay_if_asked();
     let secs: u32 = std::env::var("WARRANT_BENCH_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -297,10 +300,15 @@ fn main() {
         None
     };
 
+    // The ceiling of the HTTP stack alone, on core 0 too.
+    let relay = common::Relay::start(up, "/openai", Some(&format!("authorization: Bearer {KEY}")));
+    let relay_url = format!("http://{}/openai/v1/models", relay.addr);
+
     // Warm up each target once.
     for url in [
         format!("http://{up}/v1/models"),
         format!("http://{edge}/openai/v1/models"),
+        relay_url.clone(),
     ] {
         wrk(&url, 4, 1, &auth);
     }
@@ -334,6 +342,7 @@ fn main() {
                 &[],
             )
         });
+        let relay_f = wrk(&relay_url, conns, secs, &[]);
         // WARRANT_BENCH_PERF=<file>: profile the broker during the 64-connection case.
         let perf = (conns == 64)
             .then(|| common::perf_if_asked(broker.id(), f64::from(secs)))
@@ -365,8 +374,10 @@ fn main() {
         if let Some(n) = &nginx_f {
             row("nginx", n);
         }
+        row("relay", &relay_f);
         row("warrant", &warrant);
     }
+    drop(relay);
 
     // Every request through warrant was recorded.
     let records = cli(

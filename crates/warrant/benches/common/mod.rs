@@ -537,3 +537,126 @@ fn check_budget(name: &str, per_request: f64, dump: &Path) {
         );
     }
 }
+
+/// The two HTTP hops alone, as a ceiling for the edge: this bench binary run
+/// again as a relay (hyper's HTTP/1 server and hyper-util's pooled client,
+/// the stack warrant's edge is built on, with the same multi-threaded
+/// runtime, keep-alive and `TCP_NODELAY`) that forwards every request to one
+/// upstream, optionally adding one header, and checks nothing. Whatever the
+/// edge does beyond this relay is identity, policy, injection and audit.
+pub struct Relay {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+const RELAY_ENV: &str = "WARRANT_BENCH_RELAY";
+
+impl Relay {
+    /// Starts the relay on core 0 in front of `upstream`; a request's path
+    /// loses `strip` first, and `header` (`name: value`) is set on it.
+    pub fn start(upstream: SocketAddr, strip: &str, header: Option<&str>) -> Self {
+        let addr = free_addr();
+        let spec = format!("{addr},{upstream},{strip},{}", header.unwrap_or(""));
+        let exe = std::env::current_exe().unwrap();
+        let child = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(exe)
+            .env(RELAY_ENV, spec)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the relay did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { addr, child }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Called first by a bench's `main`: when started as a [`Relay`], relays
+/// until killed and never returns.
+pub fn relay_if_asked() {
+    let Ok(spec) = std::env::var(RELAY_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(4, ',');
+    let listen: SocketAddr = parts.next().unwrap().parse().unwrap();
+    let upstream: SocketAddr = parts.next().unwrap().parse().unwrap();
+    let strip = parts.next().unwrap_or_default().to_owned();
+    let header = parts.next().and_then(|h| {
+        let (n, v) = h.split_once(':')?;
+        Some((
+            hyper::header::HeaderName::from_bytes(n.trim().as_bytes()).unwrap(),
+            hyper::header::HeaderValue::from_str(v.trim()).unwrap(),
+        ))
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(relay(listen, upstream, strip, header));
+    std::process::exit(0);
+}
+
+async fn relay(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    strip: String,
+    header: Option<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+) {
+    use hyper::body::Incoming;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(conn);
+    let shared = Arc::new((client, strip, header));
+    let l = tokio::net::TcpListener::bind(listen).await.unwrap();
+    loop {
+        let Ok((io, _)) = l.accept().await else {
+            continue;
+        };
+        let _ = io.set_nodelay(true);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move {
+                    let (client, strip, header) = &*shared;
+                    // The whole message is read before it is sent on, as a
+                    // gateway that looks at it must (and as warrant's does).
+                    let (mut head, body) = req.into_parts();
+                    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+                    let pq = head.uri.path_and_query().map_or("/", |p| p.as_str());
+                    let pq = pq.strip_prefix(strip.as_str()).unwrap_or(pq);
+                    head.uri = format!("http://{upstream}{pq}").parse().unwrap();
+                    head.headers.remove(hyper::header::HOST);
+                    if let Some((n, v)) = header {
+                        head.headers.insert(n.clone(), v.clone());
+                    }
+                    client
+                        .request(Request::from_parts(head, Full::new(body)))
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
+        });
+    }
+}
