@@ -175,13 +175,127 @@ pub(crate) struct Built {
     pub(crate) hidden_arguments: Vec<String>,
 }
 
-/// Builds the Cedar request, the entities it refers to, and the index keys.
+/// The context keys a policy set can read, so that a decision builds only
+/// those (a key no policy names cannot change an answer, and its value,
+/// a Cedar set for most, costs allocations and hashing on every request).
+///
+/// Found in the conditions at load: a key counts as read when some
+/// condition applies `.key`, `has key` or `has key.more` to `context`. If
+/// some condition uses `context` any other way (`{"c": context}.c.scopes`,
+/// `[context].contains(...)`), it can reach every key, and every key is
+/// built. `arguments` is not covered: a call's arguments are always
+/// checked against the tool's schema and always given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reads(u32);
+
+/// The context keys as they are named in policies (DESIGN §4), one bit each.
+const KEYS: [&str; 18] = [
+    "user",
+    "groups",
+    "scopes",
+    "scope_resources",
+    "scope_verbs",
+    "depth",
+    "chain",
+    "task",
+    "txn",
+    "attestor",
+    "env",
+    "hour",
+    "weekday",
+    "source_ip",
+    "anomaly_score",
+    "method",
+    "path",
+    "host",
+];
+
+impl Reads {
+    /// Every key: for the plain-Cedar reference, and whenever a policy
+    /// uses `context` as a whole.
+    pub(crate) const ALL: Self = Self(u32::MAX);
+
+    /// What these conditions read.
+    pub(crate) fn of<'a>(
+        conditions: impl IntoIterator<Item = &'a cedar_policy_core::ast::Expr>,
+    ) -> Self {
+        use cedar_policy_core::ast::{ExprKind, Var};
+        let is_context =
+            |e: &cedar_policy_core::ast::Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
+        let mut bits = 0u32;
+        for c in conditions {
+            let (mut uses, mut named) = (0usize, 0usize);
+            for e in c.subexpressions() {
+                let key = match e.expr_kind() {
+                    ExprKind::Var(Var::Context) => {
+                        uses += 1;
+                        continue;
+                    }
+                    ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                        if is_context(expr) =>
+                    {
+                        attr
+                    }
+                    ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => attrs.first(),
+                    _ => continue,
+                };
+                named += 1;
+                if let Some(i) = KEYS.iter().position(|k| *k == key.as_str()) {
+                    bits |= 1 << i;
+                }
+            }
+            // INVARIANT (no key an evaluation could reach is left out):
+            // every use of `context` names its key, or all are built.
+            if uses != named {
+                return Self::ALL;
+            }
+        }
+        Self(bits)
+    }
+
+    /// Exactly these keys.
+    #[cfg(test)]
+    pub(crate) fn only(keys: &[&str]) -> Self {
+        Self(keys.iter().fold(0, |bits, k| {
+            bits | 1 << KEYS.iter().position(|n| n == k).expect("a key")
+        }))
+    }
+
+    /// Whether `key` (one of [`KEYS`]) is built.
+    fn wants(self, key: usize) -> bool {
+        self.0 & (1 << key) != 0
+    }
+}
+
+// Indices into KEYS, checked by a test.
+const USER: usize = 0;
+const GROUPS: usize = 1;
+const SCOPES: usize = 2;
+const SCOPE_RESOURCES: usize = 3;
+const SCOPE_VERBS: usize = 4;
+const DEPTH: usize = 5;
+const CHAIN: usize = 6;
+const TASK: usize = 7;
+const TXN: usize = 8;
+const ATTESTOR: usize = 9;
+const ENV: usize = 10;
+const HOUR: usize = 11;
+const WEEKDAY: usize = 12;
+const SOURCE_IP: usize = 13;
+const ANOMALY_SCORE: usize = 14;
+const METHOD: usize = 15;
+const PATH: usize = 16;
+const HOST: usize = 17;
+
+/// Builds the Cedar request, the entities it refers to, and the index keys,
+/// with the context keys in `reads`.
 pub(crate) fn build(
     req: &DecisionRequest,
     args: &warrant_core::mcp::ArgumentSchema,
     anomaly_score: i64,
+    reads: Reads,
 ) -> Result<Built, String> {
-    build_with(req, args, false, anomaly_score)
+    build_with(req, args, false, anomaly_score, reads)
 }
 
 /// Like [`build`]; with `unknown_arguments`, a tool call's
@@ -192,6 +306,7 @@ pub(crate) fn build_with(
     args: &warrant_core::mcp::ArgumentSchema,
     unknown_arguments: bool,
     anomaly_score: i64,
+    reads: Reads,
 ) -> Result<Built, String> {
     let t = types().ok_or("internal error: entity type names do not parse")?;
     if req.resource.type_name() != req.action.resource_type() {
@@ -258,54 +373,92 @@ pub(crate) fn build_with(
         }
     };
 
-    // Context, with the key names of DESIGN §4.
+    // Context, with the key names of DESIGN §4: those some policy reads.
     let c = &req.context;
     let mut ctx: BTreeMap<SmolStr, Value> = BTreeMap::new();
     let empty = Vec::new();
     let groups = c.user.as_ref().map_or(&empty, |u| &u.groups);
     if let Some(user) = &c.user {
+        // Built whether or not `context.user` is read: a policy may name
+        // the user's entity itself (`User::"alice" in Group::"admins"`).
         let user_uid = uid(&t.user, &user.id);
         let parents: HashSet<EntityUID> = user.groups.iter().map(|g| uid(&t.group, g)).collect();
         entities.push(entity(user_uid.clone(), vec![], parents));
-        ctx.insert("user".into(), Value::from(user_uid));
+        if reads.wants(USER) {
+            ctx.insert("user".into(), Value::from(user_uid));
+        }
     }
-    ctx.insert("groups".into(), strings(groups));
-    ctx.insert("scopes".into(), strings(&c.scopes));
-    let (resources, verbs): (Vec<String>, Vec<String>) = c
-        .scopes
-        .iter()
-        .map(|s| match s.rsplit_once(':') {
-            Some((r, v)) => (r.to_owned(), v.to_owned()),
-            None => (s.clone(), String::new()),
-        })
-        .unzip();
-    let verbs: Vec<String> = verbs.into_iter().filter(|v| !v.is_empty()).collect();
-    ctx.insert("scope_resources".into(), strings(&resources));
-    ctx.insert("scope_verbs".into(), strings(&verbs));
-    ctx.insert("depth".into(), Value::from(i64::from(c.depth)));
-    ctx.insert("chain".into(), strings(&c.chain));
-    if let Some(task) = &c.task {
+    if reads.wants(GROUPS) {
+        ctx.insert("groups".into(), strings(groups));
+    }
+    if reads.wants(SCOPES) {
+        ctx.insert("scopes".into(), strings(&c.scopes));
+    }
+    if reads.wants(SCOPE_RESOURCES) {
+        let resources = c
+            .scopes
+            .iter()
+            .map(|s| s.rsplit_once(':').map_or(s.as_str(), |(r, _)| r));
+        ctx.insert("scope_resources".into(), Value::set(resources.map(s), None));
+    }
+    if reads.wants(SCOPE_VERBS) {
+        let verbs = c
+            .scopes
+            .iter()
+            .filter_map(|s| s.rsplit_once(':').map(|(_, v)| v))
+            .filter(|v| !v.is_empty());
+        ctx.insert("scope_verbs".into(), Value::set(verbs.map(s), None));
+    }
+    if reads.wants(DEPTH) {
+        ctx.insert("depth".into(), Value::from(i64::from(c.depth)));
+    }
+    if reads.wants(CHAIN) {
+        ctx.insert("chain".into(), strings(&c.chain));
+    }
+    if let Some(task) = &c.task
+        && reads.wants(TASK)
+    {
         ctx.insert("task".into(), s(task));
     }
-    if let Some(txn) = &c.txn {
+    if let Some(txn) = &c.txn
+        && reads.wants(TXN)
+    {
         ctx.insert("txn".into(), s(txn));
     }
-    ctx.insert("attestor".into(), s(&p.attestor));
-    ctx.insert("env".into(), s(&p.agent.env));
-    ctx.insert("hour".into(), Value::from(c.time.hour_utc()));
-    ctx.insert("weekday".into(), Value::from(c.time.weekday_utc()));
-    if let Some(ip) = c.source_ip {
+    if reads.wants(ATTESTOR) {
+        ctx.insert("attestor".into(), s(&p.attestor));
+    }
+    if reads.wants(ENV) {
+        ctx.insert("env".into(), s(&p.agent.env));
+    }
+    if reads.wants(HOUR) {
+        ctx.insert("hour".into(), Value::from(c.time.hour_utc()));
+    }
+    if reads.wants(WEEKDAY) {
+        ctx.insert("weekday".into(), Value::from(c.time.weekday_utc()));
+    }
+    if let Some(ip) = c.source_ip
+        && reads.wants(SOURCE_IP)
+    {
         ctx.insert("source_ip".into(), ip_value(ip)?);
     }
-    ctx.insert("anomaly_score".into(), Value::from(anomaly_score));
+    if reads.wants(ANOMALY_SCORE) {
+        ctx.insert("anomaly_score".into(), Value::from(anomaly_score));
+    }
     if req.action == Action::HttpRequest {
         let http = c
             .http
             .as_ref()
             .ok_or("an http:request decision needs the request's method, path and host")?;
-        ctx.insert("method".into(), s(&http.method));
-        ctx.insert("path".into(), s(&http.path));
-        ctx.insert("host".into(), s(&http.host));
+        for (key, name, value) in [
+            (METHOD, "method", &http.method),
+            (PATH, "path", &http.path),
+            (HOST, "host", &http.host),
+        ] {
+            if reads.wants(key) {
+                ctx.insert(name.into(), s(value));
+            }
+        }
     }
     let residual = req.action == Action::McpCallTool && unknown_arguments;
     let mut hidden_arguments = Vec::new();
@@ -403,7 +556,7 @@ pub(crate) fn conforms(
     req: &DecisionRequest,
     args: &warrant_core::mcp::ArgumentSchema,
 ) -> Result<(), String> {
-    let built = build(req, args, req.context.anomaly_score)?;
+    let built = build(req, args, req.context.anomaly_score, Reads::ALL)?;
     let schema = crate::schema::schema_with(args)?;
     let public = cedar_policy::Entities::from(built.entities);
     cedar_policy::Entities::from_entities(public.iter().cloned(), Some(&schema))
@@ -419,4 +572,49 @@ pub(crate) fn conforms(
     )
     .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+#[test]
+fn each_key_index_names_its_key() {
+    for (i, name) in [
+        (USER, "user"),
+        (GROUPS, "groups"),
+        (SCOPES, "scopes"),
+        (SCOPE_RESOURCES, "scope_resources"),
+        (SCOPE_VERBS, "scope_verbs"),
+        (DEPTH, "depth"),
+        (CHAIN, "chain"),
+        (TASK, "task"),
+        (TXN, "txn"),
+        (ATTESTOR, "attestor"),
+        (ENV, "env"),
+        (HOUR, "hour"),
+        (WEEKDAY, "weekday"),
+        (SOURCE_IP, "source_ip"),
+        (ANOMALY_SCORE, "anomaly_score"),
+        (METHOD, "method"),
+        (PATH, "path"),
+        (HOST, "host"),
+    ] {
+        assert_eq!(KEYS[i], name);
+    }
+    // Every context attribute the schema declares is a key here (or
+    // `arguments`, always given).
+    let none = warrant_core::mcp::ArgumentSchema::empty();
+    let extra: Vec<&str> = Action::ALL
+        .iter()
+        .flat_map(|a| crate::schema::extra_context(*a, &none))
+        .map(|(n, _, _)| n)
+        .collect();
+    for name in crate::schema::BASE_CONTEXT
+        .iter()
+        .map(|(n, _, _)| *n)
+        .chain(extra)
+    {
+        assert!(
+            name == "arguments" || KEYS.contains(&name),
+            "context key `{name}` of the schema is not in KEYS"
+        );
+    }
 }

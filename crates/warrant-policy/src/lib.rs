@@ -64,6 +64,8 @@ pub struct Policies {
     sources: Vec<PolicyFile>,
     all: PolicySet,
     compiled: Vec<Compiled>,
+    /// The context keys the conditions read: all a decision builds.
+    reads: entities::Reads,
     index: index::ScopeIndex,
     digest: String,
     files: Vec<String>,
@@ -191,7 +193,7 @@ impl Policies {
             Ok(a) => a,
             Err(errors) => return deny_with_all(errors),
         };
-        let built = match entities::build(req, args, anomaly_score) {
+        let built = match entities::build(req, args, anomaly_score, self.reads) {
             Ok(b) => b,
             Err(e) => return deny_with(e),
         };
@@ -243,7 +245,9 @@ impl Policies {
         let Ok(args) = self.arguments_for(req) else {
             return false;
         };
-        let Ok(built) = entities::build_with(req, args, true, req.context.anomaly_score) else {
+        let Ok(built) =
+            entities::build_with(req, args, true, req.context.anomaly_score, self.reads)
+        else {
             return false;
         };
         let cands = self.index.candidates(&built.keys);
@@ -277,10 +281,13 @@ impl Policies {
             Ok(a) => a,
             Err(errors) => return deny_with_all(errors),
         };
-        let built = match entities::build(req, args, req.context.anomaly_score) {
-            Ok(b) => b,
-            Err(e) => return deny_with(e),
-        };
+        // Every context key: the reference that decisions built with only
+        // the keys the set reads are compared with.
+        let built =
+            match entities::build(req, args, req.context.anomaly_score, entities::Reads::ALL) {
+                Ok(b) => b,
+                Err(e) => return deny_with(e),
+            };
         if let Some(refused) = self.unreadable_argument(req, &built.hidden_arguments) {
             return refused;
         }

@@ -16,7 +16,7 @@ use warrant_core::mcp::{ArgumentSchema, ToolArguments};
 
 use warrant_core::approval::{APPROVAL_ROLE_ANNOTATION, APPROVAL_TTL_ANNOTATION, ApprovalTerms};
 
-use crate::{APPROVAL_ANNOTATION, Compiled, Policies, index, schema};
+use crate::{APPROVAL_ANNOTATION, Compiled, Policies, entities, index, schema};
 
 /// One policy file: a name (relative to the policy directory) and its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,6 +294,7 @@ pub(crate) fn compile(
         unreadable: checked.unreadable,
         sources: files.to_vec(),
         all,
+        reads: entities::Reads::of(compiled.iter().map(|c| &c.condition)),
         compiled,
         index: index::ScopeIndex::build(&scopes),
         digest: hex::encode(hasher.finalize()),

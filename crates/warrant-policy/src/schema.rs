@@ -66,7 +66,10 @@ pub(crate) const BASE_CONTEXT: &[(&str, &str, bool)] = &[
 ];
 
 /// Extra context fields of one action.
-fn extra_context(action: Action, args: &ArgumentSchema) -> Vec<(&'static str, String, bool)> {
+pub(crate) fn extra_context(
+    action: Action,
+    args: &ArgumentSchema,
+) -> Vec<(&'static str, String, bool)> {
     match action {
         Action::HttpRequest => vec![
             ("method", "String".into(), true),

@@ -243,6 +243,120 @@ when {
 }
 
 #[test]
+fn only_the_context_keys_policies_read_are_built_and_nothing_else_changes() {
+    use entities::Reads;
+    let reads = |src: &str| Policies::compile(&[file("p.cedar", src)]).unwrap().reads;
+    let scoped =
+        "permit(principal, action, resource) when { context.scopes.contains(\"a:read\") };";
+    assert_ne!(reads(scoped), Reads::ALL);
+    assert_eq!(reads(scoped), Reads::only(&["scopes"]));
+    assert_eq!(
+        reads(
+            r#"permit(principal, action, resource) when { context has task && context has user && context.user in Group::"g" };"#
+        ),
+        Reads::only(&["task", "user"])
+    );
+    // `has` with a path (valid Cedar, though warrant's schema has no nested
+    // record for it to apply to) names its first key.
+    let parsed: cedar_policy::Policy =
+        "permit(principal, action, resource) when { context has depth.x.y };"
+            .parse()
+            .unwrap();
+    let ast: &cedar_policy_core::ast::Policy = parsed.as_ref();
+    assert_eq!(
+        Reads::of(ast.non_scope_constraints()),
+        Reads::only(&["depth"])
+    );
+    // `context` used as a whole reaches every key: all are built.
+    for whole in [
+        r#"permit(principal, action, resource) when { {"c": context}.c has task };"#,
+        r#"permit(principal, action, resource) when { [context].contains(context) };"#,
+        r#"permit(principal, action, resource) unless { context == context };"#,
+    ] {
+        assert_eq!(reads(whole), Reads::ALL, "{whole}");
+    }
+
+    // Decisions on the keys read equal plain Cedar's over every key,
+    // present or absent, read directly or through the whole context.
+    let src = r#"
+@id("has-task") permit(principal, action == Action::"token:self", resource == Audience::"a")
+  when { context has task && context.task == "t1" };
+@id("no-txn") forbid(principal, action == Action::"token:self", resource == Audience::"a")
+  when { context has txn };
+@id("whole") permit(principal, action == Action::"token:exchange", resource == Audience::"b")
+  when { {"c": context}.c has task && {"c": context}.c.scope_verbs.contains("write") };
+"#;
+    let p = Policies::compile(&[file("p.cedar", src)]).unwrap();
+    assert_eq!(p.reads, Reads::ALL);
+    let narrow =
+        Policies::compile(&[file("p.cedar", &src[..src.find("@id(\"whole\")").unwrap()])]).unwrap();
+    assert_ne!(narrow.reads, Reads::ALL);
+    for (task, txn, scopes, action, audience, want) in [
+        (
+            Some("t1"),
+            None,
+            vec![],
+            Action::TokenSelf,
+            "a",
+            Effect::Allow,
+        ),
+        (
+            Some("t2"),
+            None,
+            vec![],
+            Action::TokenSelf,
+            "a",
+            Effect::Deny,
+        ),
+        (None, None, vec![], Action::TokenSelf, "a", Effect::Deny),
+        (
+            Some("t1"),
+            Some("x"),
+            vec![],
+            Action::TokenSelf,
+            "a",
+            Effect::Deny,
+        ),
+        (
+            Some("t1"),
+            None,
+            vec!["files:write"],
+            Action::TokenExchange,
+            "b",
+            Effect::Allow,
+        ),
+        (
+            Some("t1"),
+            None,
+            vec!["files:read"],
+            Action::TokenExchange,
+            "b",
+            Effect::Deny,
+        ),
+        (
+            None,
+            None,
+            vec!["files:write"],
+            Action::TokenExchange,
+            "b",
+            Effect::Deny,
+        ),
+    ] {
+        let mut r = request("triage", action, aud(audience));
+        r.context.task = task.map(str::to_owned);
+        r.context.txn = txn.map(str::to_owned);
+        r.context.scopes = scopes.into_iter().map(str::to_owned).collect();
+        let d = p.decide(&r);
+        assert_eq!(d.effect, want, "{r:?}");
+        assert_eq!(d, p.decide_unindexed(&r));
+        if action == Action::TokenSelf {
+            assert_eq!(narrow.decide(&r), narrow.decide_unindexed(&r));
+            assert_eq!(narrow.decide(&r).effect, want, "{r:?}");
+        }
+    }
+}
+
+#[test]
 fn http_and_tool_resources() {
     let src = r#"
 @id("openai-chat") permit(principal, action == Action::"http:request", resource == Route::"openai")
@@ -331,7 +445,7 @@ const SERVERS: [&str; 2] = ["s0", "s1"];
 const TOOLS: [&str; 3] = ["t0", "t1", "t2"];
 const AUDS: [&str; 3] = ["x0", "x1", "x2"];
 
-fn random_policy(rng: &mut Rng, i: usize) -> String {
+fn random_policy(rng: &mut Rng, i: usize, whole: bool) -> String {
     let effect = if rng.below(4) == 0 {
         "forbid"
     } else {
@@ -380,8 +494,11 @@ fn random_policy(rng: &mut Rng, i: usize) -> String {
             _ => "resource is Audience".to_owned(),
         }
     };
-    let when = match rng.below(6) {
+    let when = match rng.below(if whole { 9 } else { 8 }) {
         0 => String::new(),
+        6 => " when { context has task && context.task == \"t1\" }".to_owned(),
+        7 => " unless { context has txn }".to_owned(),
+        8 => " when { {\"c\": context}.c has task }".to_owned(),
         1 => " when { context.depth < 2 }".to_owned(),
         2 => " when { principal.trust == \"high\" }".to_owned(),
         3 => " when { context.scopes.contains(\"s1\") }".to_owned(),
@@ -420,6 +537,8 @@ fn random_request(rng: &mut Rng) -> DecisionRequest {
         vec![]
     };
     r.context.time = Timestamp::from_millis(rng.below(86_400) as i64 * 1000);
+    r.context.task = [None, Some("t1"), Some("t2")][rng.below(3)].map(str::to_owned);
+    r.context.txn = (rng.below(3) == 0).then(|| "x1".to_owned());
     r
 }
 
@@ -429,7 +548,10 @@ fn indexed_decisions_equal_plain_cedar_on_random_requests() {
     let mut effects = std::collections::HashMap::new();
     for round in 0..40 {
         let n = 1 + rng.below(60);
-        let text: String = (0..n).map(|i| random_policy(&mut rng, i)).collect();
+        // One round in four may use `context` as a whole (then every key
+        // is built); the others build only the keys their policies read.
+        let whole = round % 4 == 0;
+        let text: String = (0..n).map(|i| random_policy(&mut rng, i, whole)).collect();
         let mut known = ToolArguments::default();
         for server in SERVERS {
             for tool in TOOLS {
