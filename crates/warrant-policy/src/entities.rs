@@ -142,7 +142,13 @@ fn entity(uid: EntityUID, attrs: Vec<(&str, Value)>, parents: HashSet<EntityUID>
 }
 
 /// The Cedar `ipaddr` value of an address, built once per address per thread.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, how an IPv4 client
+/// appears on a dual-stack listener) is the IPv4 address it maps: Cedar's
+/// `ip()` refuses IPv4 embedded in IPv6, and `isInRange(ip("10.0.0.0/8"))`
+/// must match such a client.
 fn ip_value(ip: IpAddr) -> Result<Value, String> {
+    let ip = ip.to_canonical();
     thread_local! {
         static CACHE: RefCell<HashMap<IpAddr, Value>> = RefCell::new(HashMap::new());
     }
@@ -437,10 +443,14 @@ pub(crate) fn build_with(
     if reads.wants(WEEKDAY) {
         ctx.insert("weekday".into(), Value::from(c.time.weekday_utc()));
     }
-    if let Some(ip) = c.source_ip
-        && reads.wants(SOURCE_IP)
-    {
-        ctx.insert("source_ip".into(), ip_value(ip)?);
+    if let Some(ip) = c.source_ip {
+        // Converted whether or not it is read: an address Cedar cannot
+        // take must fail every decision alike, not only those of a set
+        // that reads it.
+        let v = ip_value(ip)?;
+        if reads.wants(SOURCE_IP) {
+            ctx.insert("source_ip".into(), v);
+        }
     }
     if reads.wants(ANOMALY_SCORE) {
         ctx.insert("anomaly_score".into(), Value::from(anomaly_score));

@@ -466,3 +466,6 @@ pub struct Loaded {
     /// When they were loaded.
     pub loaded_at: warrant_core::time::Timestamp,
 }
+
+#[cfg(test)]
+mod context_keys_tests;
