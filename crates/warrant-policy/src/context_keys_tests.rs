@@ -149,6 +149,9 @@ const FORMS: &[&str] = &[
     r#"forbid(principal, action, resource) when { context.anomaly_score + 9223372036854775801 > 0 };"#,
     r#"permit(principal, action, resource) when { context has source_ip.x };"#,
     r#"permit(principal, action, resource) when { context.scope_verbs.contains("write") || context has task };"#,
+    r#"permit(principal, action == Action::"mcp:call_tool", resource) when { resource.name == "read" && resource.server like "f*" };"#,
+    r#"permit(principal, action, resource) when { principal.owner == "team" && principal.attestor == "unix" && principal has agent };"#,
+    r#"forbid(principal, action, resource) when { principal in Agent::"a" && principal.trust == "medium" && context.depth > 0 };"#,
     r#"permit(principal, action, resource) when { context == context };"#,
     r#"permit(principal, action, resource) when { {"c": context}.c.scope_verbs.contains("write") };"#,
 ];

@@ -133,10 +133,17 @@ fn arguments(
     Ok(Value::record(rec, None))
 }
 
-fn entity(uid: EntityUID, attrs: Vec<(&str, Value)>, parents: HashSet<EntityUID>) -> Entity {
+/// An entity with those of its string attributes some policy reads.
+fn entity(
+    uid: EntityUID,
+    attrs: &[(&str, &str)],
+    reads: Reads,
+    parents: HashSet<EntityUID>,
+) -> Entity {
     let attrs = attrs
-        .into_iter()
-        .map(|(k, v)| (SmolStr::new(k), PartialValue::Value(v)));
+        .iter()
+        .filter(|(k, _)| reads.reads_attr(k))
+        .map(|(k, v)| (SmolStr::new(k), PartialValue::Value(s(v))));
     // INVARIANT (one-level hierarchy): `parents` are all the ancestors.
     Entity::new_with_attr_partial_value(uid, attrs, HashSet::new(), parents, [])
 }
@@ -191,8 +198,21 @@ pub(crate) struct Built {
 /// `[context].contains(...)`), it can reach every key, and every key is
 /// built. `arguments` is not covered: a call's arguments are always
 /// checked against the tool's schema and always given.
+///
+/// Entity attributes likewise: Cedar reads an attribute only by naming it
+/// (`.name`, `has name`), on whatever entity, so an attribute of
+/// warrant's entities that no condition names anywhere is not given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Reads(u32);
+pub(crate) struct Reads {
+    context: u32,
+    attrs: u32,
+}
+
+/// The attributes of warrant's entities (Agent, Instance, Tool), one bit
+/// each.
+const ATTRS: [&str; 8] = [
+    "name", "owner", "env", "trust", "purpose", "agent", "attestor", "server",
+];
 
 /// The context keys as they are named in policies (DESIGN §4), one bit each.
 const KEYS: [&str; 18] = [
@@ -219,7 +239,10 @@ const KEYS: [&str; 18] = [
 impl Reads {
     /// Every key: for the plain-Cedar reference, and whenever a policy
     /// uses `context` as a whole.
-    pub(crate) const ALL: Self = Self(u32::MAX);
+    pub(crate) const ALL: Self = Self {
+        context: u32::MAX,
+        attrs: u32::MAX,
+    };
 
     /// What these conditions read.
     pub(crate) fn of<'a>(
@@ -229,9 +252,23 @@ impl Reads {
         let is_context =
             |e: &cedar_policy_core::ast::Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
         let mut bits = 0u32;
+        let mut attrs = 0u32;
         for c in conditions {
             let (mut uses, mut named) = (0usize, 0usize);
             for e in c.subexpressions() {
+                // Any attribute named anywhere, of any entity or record.
+                let mut attr_named = |a: &SmolStr| {
+                    if let Some(i) = ATTRS.iter().position(|n| *n == a.as_str()) {
+                        attrs |= 1 << i;
+                    }
+                };
+                match e.expr_kind() {
+                    ExprKind::GetAttr { attr, .. } | ExprKind::HasAttr { attr, .. } => {
+                        attr_named(attr);
+                    }
+                    ExprKind::ExtHasAttr { attrs, .. } => attrs.iter().for_each(&mut attr_named),
+                    _ => {}
+                }
                 let key = match e.expr_kind() {
                     ExprKind::Var(Var::Context) => {
                         uses += 1;
@@ -256,20 +293,35 @@ impl Reads {
                 return Self::ALL;
             }
         }
-        Self(bits)
+        Self {
+            context: bits,
+            attrs,
+        }
     }
 
     /// Exactly these keys.
     #[cfg(test)]
     pub(crate) fn only(keys: &[&str]) -> Self {
-        Self(keys.iter().fold(0, |bits, k| {
-            bits | 1 << KEYS.iter().position(|n| n == k).expect("a key")
-        }))
+        Self {
+            context: keys.iter().fold(0, |bits, k| {
+                bits | 1 << KEYS.iter().position(|n| n == k).expect("a key")
+            }),
+            attrs: 0,
+        }
     }
 
     /// Whether `key` (one of [`KEYS`]) is built.
     fn wants(self, key: usize) -> bool {
-        self.0 & (1 << key) != 0
+        self.context & (1 << key) != 0
+    }
+
+    /// Whether the entity attribute `name` is given (always, for a name
+    /// not in [`ATTRS`]).
+    pub(crate) fn reads_attr(self, name: &str) -> bool {
+        ATTRS
+            .iter()
+            .position(|n| *n == name)
+            .is_none_or(|i| self.attrs & (1 << i) != 0)
     }
 }
 
@@ -331,24 +383,26 @@ pub(crate) fn build_with(
     let mut entities = Vec::with_capacity(8);
     entities.push(entity(
         agent_uid.clone(),
-        vec![
-            ("name", s(&p.agent.name)),
-            ("owner", s(&p.agent.owner)),
-            ("env", s(&p.agent.env)),
-            ("trust", s(p.agent.trust.as_str())),
-            ("purpose", s(&p.agent.purpose)),
+        &[
+            ("name", &p.agent.name),
+            ("owner", &p.agent.owner),
+            ("env", &p.agent.env),
+            ("trust", p.agent.trust.as_str()),
+            ("purpose", &p.agent.purpose),
         ],
+        reads,
         HashSet::new(),
     ));
     entities.push(entity(
         instance_uid.clone(),
-        vec![
-            ("agent", s(&p.agent.name)),
-            ("owner", s(&p.agent.owner)),
-            ("env", s(&p.agent.env)),
-            ("trust", s(p.agent.trust.as_str())),
-            ("attestor", s(&p.attestor)),
+        &[
+            ("agent", &p.agent.name),
+            ("owner", &p.agent.owner),
+            ("env", &p.agent.env),
+            ("trust", p.agent.trust.as_str()),
+            ("attestor", &p.attestor),
         ],
+        reads,
         HashSet::from([agent_uid]),
     ));
 
@@ -357,10 +411,11 @@ pub(crate) fn build_with(
         Resource::Tool { server, tool } => {
             let server_uid = uid(&t.mcp_server, server);
             let tool_uid = uid(&t.tool, &req.resource.id());
-            entities.push(entity(server_uid.clone(), vec![], HashSet::new()));
+            entities.push(entity(server_uid.clone(), &[], reads, HashSet::new()));
             entities.push(entity(
                 tool_uid.clone(),
-                vec![("name", s(tool)), ("server", s(server))],
+                &[("name", tool), ("server", server)],
+                reads,
                 HashSet::from([server_uid]),
             ));
             tool_uid
@@ -374,7 +429,7 @@ pub(crate) fn build_with(
                 Resource::Tool { .. } => &t.tool,
             };
             let u = uid(ty, &other.id());
-            entities.push(entity(u.clone(), vec![], HashSet::new()));
+            entities.push(entity(u.clone(), &[], reads, HashSet::new()));
             u
         }
     };
@@ -389,7 +444,7 @@ pub(crate) fn build_with(
         // the user's entity itself (`User::"alice" in Group::"admins"`).
         let user_uid = uid(&t.user, &user.id);
         let parents: HashSet<EntityUID> = user.groups.iter().map(|g| uid(&t.group, g)).collect();
-        entities.push(entity(user_uid.clone(), vec![], parents));
+        entities.push(entity(user_uid.clone(), &[], reads, parents));
         if reads.wants(USER) {
             ctx.insert("user".into(), Value::from(user_uid));
         }

@@ -267,6 +267,16 @@ fn only_the_context_keys_policies_read_are_built_and_nothing_else_changes() {
         Reads::of(ast.non_scope_constraints()),
         Reads::only(&["depth"])
     );
+    // Entity attributes: only those some condition names, on any entity.
+    let trust = Policies::compile(&[file(
+        "p.cedar",
+        r#"permit(principal, action, resource) when { principal.trust == "high" };"#,
+    )])
+    .unwrap()
+    .reads;
+    assert!(trust.reads_attr("trust"));
+    assert!(!trust.reads_attr("owner") && !trust.reads_attr("name"));
+    assert!(Reads::ALL.reads_attr("owner"));
     // `context` used as a whole reaches every key: all are built.
     for whole in [
         r#"permit(principal, action, resource) when { {"c": context}.c has task };"#,
