@@ -147,12 +147,18 @@ impl Scope {
             ResourceConstraint::Is(t) => Constraint::Is(TypeCode::of(&t)),
             ResourceConstraint::IsIn(t, e) => Constraint::IsIn(TypeCode::of(&t), Key::of(&e)),
         };
+        // INVARIANT (index is exact): an action is warrant's only if its
+        // type is `Action` itself; `Foo::Action::"token:self"` names no
+        // action a request can have, so it is filed under none (a policy
+        // naming only such actions is never a candidate, as Cedar never
+        // matches it).
+        let ours = |a: &EntityUid| {
+            (a.type_name().to_string() == "Action").then(|| a.id().unescaped().to_owned())
+        };
         let actions = match p.action_constraint() {
             ActionConstraint::Any => None,
-            ActionConstraint::Eq(a) => Some(vec![a.id().unescaped().to_owned()]),
-            ActionConstraint::In(v) => {
-                Some(v.iter().map(|a| a.id().unescaped().to_owned()).collect())
-            }
+            ActionConstraint::Eq(a) => Some(ours(&a).into_iter().collect()),
+            ActionConstraint::In(v) => Some(v.iter().filter_map(ours).collect()),
         };
         Self {
             principal,
@@ -244,7 +250,8 @@ impl ScopeIndex {
                 None => vec![0],
                 Some(names) => names
                     .iter()
-                    // Validation has rejected unknown actions, so every name resolves.
+                    // A name that is no action of warrant's (a pending
+                    // policy is not validated) is filed under none.
                     .filter_map(|name| {
                         Action::ALL
                             .iter()

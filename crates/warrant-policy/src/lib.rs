@@ -469,3 +469,6 @@ pub struct Loaded {
 
 #[cfg(test)]
 mod context_keys_tests;
+
+#[cfg(test)]
+mod review_tests;
