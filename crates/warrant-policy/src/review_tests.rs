@@ -191,3 +191,32 @@ fn another_types_action_applies_to_none_after_a_reload() {
     assert_eq!(p.decide_unindexed(&r).effect, Effect::Deny);
     assert_eq!(p.decide(&r), p.decide_unindexed(&r));
 }
+
+/// The same class for principals and resources: entity types of another
+/// namespace name nothing a request has, so such scopes match nothing, as
+/// in Cedar (or the policy is refused).
+#[test]
+fn principals_and_resources_of_another_namespace_match_nothing() {
+    let mut accepted = 0;
+    for scope in [
+        r#"principal == Foo::Instance::"a-i1", action in [Action::"mcp:call_tool", Action::"token:self"], resource"#,
+        r#"principal in Foo::Agent::"a", action in [Action::"mcp:call_tool", Action::"token:self"], resource"#,
+        r#"principal is Foo::Instance, action in [Action::"mcp:call_tool", Action::"token:self"], resource"#,
+        r#"principal, action in [Action::"mcp:call_tool", Action::"token:self"], resource == Foo::Audience::"x""#,
+        r#"principal, action in [Action::"mcp:call_tool", Action::"token:self"], resource is Foo::Audience"#,
+    ] {
+        let text = format!("permit({scope}) when {{ true || context has arguments }};\n");
+        let Ok(p) = Policies::compile(&[file("t.cedar", &text)]) else {
+            continue;
+        };
+        accepted += 1;
+        let r = request("a", Action::TokenSelf, Resource::Audience("x".into()));
+        let cedar = p.decide_unindexed(&r);
+        assert_eq!(cedar.effect, Effect::Deny, "{text}");
+        assert_eq!(p.decide(&r), cedar, "{text}");
+    }
+    assert!(
+        accepted > 0,
+        "every form refused: the index was not exercised"
+    );
+}
