@@ -5,41 +5,12 @@
 
 use std::net::IpAddr;
 
-use warrant_core::agent::TrustLevel;
-use warrant_core::decision::{
-    Action, AgentFacts, Context, DecisionRequest, Effect, HttpFacts, Principal, Resource, UserRef,
-};
-use warrant_core::time::Timestamp;
+use warrant_core::decision::{Action, DecisionRequest, Effect, HttpFacts, Resource, UserRef};
 
 use super::*;
+use crate::tests::{file, request};
 
-fn file(name: &str, text: &str) -> PolicyFile {
-    PolicyFile {
-        name: name.into(),
-        text: text.into(),
-    }
-}
-
-fn request(agent: &str, action: Action, resource: Resource) -> DecisionRequest {
-    DecisionRequest {
-        principal: Principal {
-            agent: AgentFacts {
-                name: agent.into(),
-                owner: "team".into(),
-                env: "prod".into(),
-                trust: TrustLevel::Medium,
-                purpose: String::new(),
-            },
-            instance: format!("{agent}-i1"),
-            attestor: "unix".into(),
-        },
-        action,
-        resource,
-        context: Context::at(Timestamp::parse_rfc3339("2026-11-23T10:00:00Z").unwrap()),
-    }
-}
-
-fn known_tools() -> ToolArguments {
+pub(super) fn known_tools() -> ToolArguments {
     let mut t = ToolArguments::default();
     t.insert(
         "files",
@@ -53,7 +24,7 @@ fn known_tools() -> ToolArguments {
     t
 }
 
-fn tool_call(args: serde_json::Value) -> DecisionRequest {
+pub(super) fn tool_call(args: serde_json::Value) -> DecisionRequest {
     let mut r = request(
         "a",
         Action::McpCallTool,

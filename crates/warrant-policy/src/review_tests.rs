@@ -1,50 +1,18 @@
 //! Outside review (second round): `decide` / `could_allow` against
 //! `decide_unindexed` (plain Cedar over every attribute and context key).
 
-use warrant_core::agent::TrustLevel;
-use warrant_core::decision::{
-    Action, AgentFacts, Context, DecisionRequest, Effect, Principal, Resource, UserRef,
-};
-use warrant_core::time::Timestamp;
+use warrant_core::decision::{Action, DecisionRequest, Effect, Resource, UserRef};
 
 use super::*;
+use crate::context_keys_tests::known_tools;
+use crate::tests::file;
 
-fn file(name: &str, text: &str) -> PolicyFile {
-    PolicyFile {
-        name: name.into(),
-        text: text.into(),
-    }
-}
-
+/// The shared request, with an agent whose `purpose` is set (the
+/// attribute tests read it).
 fn request(agent: &str, action: Action, resource: Resource) -> DecisionRequest {
-    DecisionRequest {
-        principal: Principal {
-            agent: AgentFacts {
-                name: agent.into(),
-                owner: "team".into(),
-                env: "prod".into(),
-                trust: TrustLevel::Medium,
-                purpose: "triage".into(),
-            },
-            instance: format!("{agent}-i1"),
-            attestor: "unix".into(),
-        },
-        action,
-        resource,
-        context: Context::at(Timestamp::parse_rfc3339("2026-11-23T10:00:00Z").unwrap()),
-    }
-}
-
-fn known_tools() -> ToolArguments {
-    let mut t = ToolArguments::default();
-    t.insert(
-        "files",
-        "read",
-        ArgumentSchema::from_input_schema(&serde_json::json!({"properties": {
-            "path": {"type": "string"}
-        }})),
-    );
-    t
+    let mut r = crate::tests::request(agent, action, resource);
+    r.principal.agent.purpose = "triage".into();
+    r
 }
 
 fn requests() -> Vec<DecisionRequest> {

@@ -8,14 +8,14 @@ use warrant_core::time::Timestamp;
 
 use super::*;
 
-fn file(name: &str, text: &str) -> PolicyFile {
+pub(super) fn file(name: &str, text: &str) -> PolicyFile {
     PolicyFile {
         name: name.into(),
         text: text.into(),
     }
 }
 
-fn request(agent: &str, action: Action, resource: Resource) -> DecisionRequest {
+pub(super) fn request(agent: &str, action: Action, resource: Resource) -> DecisionRequest {
     DecisionRequest {
         principal: Principal {
             agent: AgentFacts {
