@@ -434,20 +434,92 @@ pub(crate) fn build_with(
         }
     };
 
-    // Context, with the key names of DESIGN §4: those some policy reads.
-    let c = &req.context;
-    let mut ctx: BTreeMap<SmolStr, Value> = BTreeMap::new();
-    let empty = Vec::new();
-    let groups = c.user.as_ref().map_or(&empty, |u| &u.groups);
-    if let Some(user) = &c.user {
-        // Built whether or not `context.user` is read: a policy may name
-        // the user's entity itself (`User::"alice" in Group::"admins"`).
+    // The user's entity is built whether or not `context.user` is read: a
+    // policy may name it itself (`User::"alice" in Group::"admins"`).
+    let user_uid = req.context.user.as_ref().map(|user| {
         let user_uid = uid(&t.user, &user.id);
         let parents: HashSet<EntityUID> = user.groups.iter().map(|g| uid(&t.group, g)).collect();
         entities.push(entity(user_uid.clone(), &[], reads, parents));
-        if reads.wants(USER) {
-            ctx.insert("user".into(), Value::from(user_uid));
-        }
+        user_uid
+    });
+    let mut ctx = context(req, user_uid, anomaly_score, reads)?;
+    let residual = req.action == Action::McpCallTool && unknown_arguments;
+    let mut hidden_arguments = Vec::new();
+    if req.action == Action::McpCallTool && !residual {
+        ctx.insert(
+            "arguments".into(),
+            arguments(req.context.arguments.as_ref(), args, &mut hidden_arguments)?,
+        );
+    }
+
+    let action_idx = Action::ALL
+        .iter()
+        .position(|a| *a == req.action)
+        .unwrap_or(0);
+    let request = Request::new_unchecked(
+        EntityUIDEntry::known(instance_uid, None),
+        EntityUIDEntry::known(t.actions[action_idx].clone(), None),
+        EntityUIDEntry::known(resource_uid, None),
+        Some(if residual {
+            // Cedar projects attributes out of a residual record only if every
+            // part is a literal, set, record or unknown; an `ip(...)` value is
+            // an extension call, so the source address is left unknown too
+            // (a condition on it then "could" hold, which only widens the list).
+            let mut exprs: BTreeMap<SmolStr, cedar_policy_core::ast::Expr> = ctx
+                .into_iter()
+                .map(|(k, v)| {
+                    let e = if k == "source_ip" {
+                        cedar_policy_core::ast::Expr::unknown(
+                            cedar_policy_core::ast::Unknown::new_untyped("source_ip"),
+                        )
+                    } else {
+                        v.into()
+                    };
+                    (k, e)
+                })
+                .collect();
+            exprs.insert(
+                "arguments".into(),
+                cedar_policy_core::ast::Expr::unknown(
+                    cedar_policy_core::ast::Unknown::new_untyped("arguments"),
+                ),
+            );
+            Context::RestrictedResidual(Arc::new(exprs))
+        } else {
+            Context::Value(Arc::new(ctx))
+        }),
+    );
+    let entities = Entities::from_entities(
+        entities,
+        None::<&NoEntitiesSchema>,
+        TCComputation::AssumeAlreadyComputed,
+        Extensions::none(),
+    )
+    .map_err(|e| format!("cannot build the entities for the decision: {e}"))?;
+    Ok(Built {
+        request,
+        entities,
+        keys: keys(req),
+        hidden_arguments,
+    })
+}
+
+/// The request's context, with the key names of DESIGN §4: those some
+/// policy reads (`user_uid` is the user's entity, when there is a user).
+fn context(
+    req: &DecisionRequest,
+    user_uid: Option<EntityUID>,
+    anomaly_score: i64,
+    reads: Reads,
+) -> Result<BTreeMap<SmolStr, Value>, String> {
+    let (c, p) = (&req.context, &req.principal);
+    let mut ctx: BTreeMap<SmolStr, Value> = BTreeMap::new();
+    let empty = Vec::new();
+    let groups = c.user.as_ref().map_or(&empty, |u| &u.groups);
+    if let Some(user_uid) = user_uid
+        && reads.wants(USER)
+    {
+        ctx.insert("user".into(), Value::from(user_uid));
     }
     if reads.wants(GROUPS) {
         ctx.insert("groups".into(), strings(groups));
@@ -525,65 +597,7 @@ pub(crate) fn build_with(
             }
         }
     }
-    let residual = req.action == Action::McpCallTool && unknown_arguments;
-    let mut hidden_arguments = Vec::new();
-    if req.action == Action::McpCallTool && !residual {
-        ctx.insert(
-            "arguments".into(),
-            arguments(c.arguments.as_ref(), args, &mut hidden_arguments)?,
-        );
-    }
-
-    let action_idx = Action::ALL
-        .iter()
-        .position(|a| *a == req.action)
-        .unwrap_or(0);
-    let request = Request::new_unchecked(
-        EntityUIDEntry::known(instance_uid, None),
-        EntityUIDEntry::known(t.actions[action_idx].clone(), None),
-        EntityUIDEntry::known(resource_uid, None),
-        Some(if residual {
-            // Cedar projects attributes out of a residual record only if every
-            // part is a literal, set, record or unknown; an `ip(...)` value is
-            // an extension call, so the source address is left unknown too
-            // (a condition on it then "could" hold, which only widens the list).
-            let mut exprs: BTreeMap<SmolStr, cedar_policy_core::ast::Expr> = ctx
-                .into_iter()
-                .map(|(k, v)| {
-                    let e = if k == "source_ip" {
-                        cedar_policy_core::ast::Expr::unknown(
-                            cedar_policy_core::ast::Unknown::new_untyped("source_ip"),
-                        )
-                    } else {
-                        v.into()
-                    };
-                    (k, e)
-                })
-                .collect();
-            exprs.insert(
-                "arguments".into(),
-                cedar_policy_core::ast::Expr::unknown(
-                    cedar_policy_core::ast::Unknown::new_untyped("arguments"),
-                ),
-            );
-            Context::RestrictedResidual(Arc::new(exprs))
-        } else {
-            Context::Value(Arc::new(ctx))
-        }),
-    );
-    let entities = Entities::from_entities(
-        entities,
-        None::<&NoEntitiesSchema>,
-        TCComputation::AssumeAlreadyComputed,
-        Extensions::none(),
-    )
-    .map_err(|e| format!("cannot build the entities for the decision: {e}"))?;
-    Ok(Built {
-        request,
-        entities,
-        keys: keys(req),
-        hidden_arguments,
-    })
+    Ok(ctx)
 }
 
 /// The index keys of a request: principal and resource with their ancestors.
