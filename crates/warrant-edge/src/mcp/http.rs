@@ -312,8 +312,12 @@ impl HttpUpstream {
         if v.get("id").and_then(Value::as_u64) != Some(id) {
             return Err(self.unavailable("its answer is for another request"));
         }
-        match (v.get("result"), v.get("error")) {
-            (Some(r), _) => Ok(r.clone()),
+        // Taken out of the answer, not copied: the result is most of it.
+        let Value::Object(mut m) = v else {
+            return Err(self.unavailable("its answer is not JSON-RPC"));
+        };
+        match (m.remove("result"), m.get("error")) {
+            (Some(r), _) => Ok(r),
             (None, Some(e)) => Err(UpstreamError::from_rpc(e)),
             _ => Err(self.unavailable("its answer has neither result nor error")),
         }

@@ -677,8 +677,9 @@ async fn read_stdout(
             }
             continue;
         };
-        let answer = match (msg.get("result"), msg.get("error")) {
-            (Some(r), _) => Ok(r.clone()),
+        // Taken out of the message, not copied.
+        let answer = match (msg.get_mut("result").map(Value::take), msg.get("error")) {
+            (Some(r), _) => Ok(r),
             (None, Some(e)) => Err(UpstreamError::from_rpc(e)),
             _ => continue,
         };
