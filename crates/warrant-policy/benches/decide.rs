@@ -130,8 +130,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     println!("decide() latency in microseconds (p50 / p99), indexed vs plain Cedar, same requests");
     println!(
-        "{:>9} {:>10} {:>18} {:>18} {:>12} {:>10}",
-        "policies", "load (ms)", "indexed p50/p99", "plain p50/p99", "p99 speedup", "allowed"
+        "{:>9} {:>10} {:>18} {:>18} {:>18} {:>12} {:>10}",
+        "policies",
+        "load (ms)",
+        "indexed p50/p99",
+        "best of 3 p50/p99",
+        "plain p50/p99",
+        "p99 speedup",
+        "allowed"
     );
     for n in [10usize, 1_000, 10_000] {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ n as u64);
@@ -159,6 +165,18 @@ fn main() {
             fast.push(t.elapsed().as_secs_f64() * 1e6);
             allowed += usize::from(d.is_allow());
         }
+        // Each request's best of three passes: a tail that remains is the
+        // requests' own work (those meeting the most candidates), not the
+        // machine's interruptions, which strike a different request each pass.
+        let mut best = fast.clone();
+        for _ in 0..2 {
+            for (r, b) in requests.iter().zip(best.iter_mut()) {
+                let t = Instant::now();
+                black_box(policies.decide(r));
+                *b = b.min(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        best.sort_by(f64::total_cmp);
         let mut plain = Vec::with_capacity(plain_n);
         for r in requests.iter().take(plain_n) {
             let t = Instant::now();
@@ -170,9 +188,11 @@ fn main() {
         plain.sort_by(f64::total_cmp);
         let (f50, f99) = (percentile(&fast, 0.5), percentile(&fast, 0.99));
         let (p50, p99) = (percentile(&plain, 0.5), percentile(&plain, 0.99));
+        let (b50, b99) = (percentile(&best, 0.5), percentile(&best, 0.99));
         println!(
-            "{n:>9} {load_ms:>10.0} {:>18} {:>18} {:>11.0}x {:>9.1}%",
+            "{n:>9} {load_ms:>10.0} {:>18} {:>18} {:>18} {:>11.0}x {:>9.1}%",
             format!("{f50:.1} / {f99:.1}"),
+            format!("{b50:.1} / {b99:.1}"),
             format!("{p50:.1} / {p99:.1}"),
             p99 / f99,
             100.0 * allowed as f64 / requests.len() as f64
