@@ -133,17 +133,18 @@ fn arguments(
     Ok(Value::record(rec, None))
 }
 
-/// An entity with those of its string attributes some policy reads.
+/// An entity with those of its string attributes (by [`attr`] index) some
+/// policy reads.
 fn entity(
     uid: EntityUID,
-    attrs: &[(&str, &str)],
+    attrs: &[(usize, &str)],
     reads: Reads,
     parents: HashSet<EntityUID>,
 ) -> Entity {
     let attrs = attrs
         .iter()
-        .filter(|(k, _)| reads.reads_attr(k))
-        .map(|(k, v)| (SmolStr::new(k), PartialValue::Value(s(v))));
+        .filter(|(i, _)| reads.wants_attr(*i))
+        .map(|(i, v)| (SmolStr::new(ATTRS[*i]), PartialValue::Value(s(v))));
     // INVARIANT (one-level hierarchy): `parents` are all the ancestors.
     Entity::new_with_attr_partial_value(uid, attrs, HashSet::new(), parents, [])
 }
@@ -310,13 +311,19 @@ impl Reads {
         }
     }
 
-    /// Whether `key` (one of [`KEYS`]) is built.
+    /// Whether `key` (a [`key`] index) is built.
     fn wants(self, key: usize) -> bool {
         self.context & (1 << key) != 0
     }
 
+    /// Whether the entity attribute `attr` (an [`attr`] index) is given.
+    fn wants_attr(self, attr: usize) -> bool {
+        self.attrs & (1 << attr) != 0
+    }
+
     /// Whether the entity attribute `name` is given (always, for a name
     /// not in [`ATTRS`]).
+    #[cfg(test)]
     pub(crate) fn reads_attr(self, name: &str) -> bool {
         ATTRS
             .iter()
@@ -325,25 +332,65 @@ impl Reads {
     }
 }
 
-// Indices into KEYS, checked by a test.
-const USER: usize = 0;
-const GROUPS: usize = 1;
-const SCOPES: usize = 2;
-const SCOPE_RESOURCES: usize = 3;
-const SCOPE_VERBS: usize = 4;
-const DEPTH: usize = 5;
-const CHAIN: usize = 6;
-const TASK: usize = 7;
-const TXN: usize = 8;
-const ATTESTOR: usize = 9;
-const ENV: usize = 10;
-const HOUR: usize = 11;
-const WEEKDAY: usize = 12;
-const SOURCE_IP: usize = 13;
-const ANOMALY_SCORE: usize = 14;
-const METHOD: usize = 15;
-const PATH: usize = 16;
-const HOST: usize = 17;
+/// The index of `name` in `names`, at compile time: a name that is not
+/// there does not compile.
+#[expect(
+    clippy::panic,
+    reason = "only evaluated in constants, where a panic is a compile error"
+)]
+const fn position(names: &[&str], name: &str) -> usize {
+    let mut i = 0;
+    while i < names.len() {
+        let (a, b) = (names[i].as_bytes(), name.as_bytes());
+        let mut same = a.len() == b.len();
+        let mut j = 0;
+        while same && j < a.len() {
+            same = a[j] == b[j];
+            j += 1;
+        }
+        if same {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("not one of the names")
+}
+
+/// Indices into [`KEYS`].
+mod key {
+    use super::{KEYS, position};
+    pub(super) const USER: usize = position(&KEYS, "user");
+    pub(super) const GROUPS: usize = position(&KEYS, "groups");
+    pub(super) const SCOPES: usize = position(&KEYS, "scopes");
+    pub(super) const SCOPE_RESOURCES: usize = position(&KEYS, "scope_resources");
+    pub(super) const SCOPE_VERBS: usize = position(&KEYS, "scope_verbs");
+    pub(super) const DEPTH: usize = position(&KEYS, "depth");
+    pub(super) const CHAIN: usize = position(&KEYS, "chain");
+    pub(super) const TASK: usize = position(&KEYS, "task");
+    pub(super) const TXN: usize = position(&KEYS, "txn");
+    pub(super) const ATTESTOR: usize = position(&KEYS, "attestor");
+    pub(super) const ENV: usize = position(&KEYS, "env");
+    pub(super) const HOUR: usize = position(&KEYS, "hour");
+    pub(super) const WEEKDAY: usize = position(&KEYS, "weekday");
+    pub(super) const SOURCE_IP: usize = position(&KEYS, "source_ip");
+    pub(super) const ANOMALY_SCORE: usize = position(&KEYS, "anomaly_score");
+    pub(super) const METHOD: usize = position(&KEYS, "method");
+    pub(super) const PATH: usize = position(&KEYS, "path");
+    pub(super) const HOST: usize = position(&KEYS, "host");
+}
+
+/// Indices into [`ATTRS`].
+mod attr {
+    use super::{ATTRS, position};
+    pub(super) const NAME: usize = position(&ATTRS, "name");
+    pub(super) const OWNER: usize = position(&ATTRS, "owner");
+    pub(super) const ENV: usize = position(&ATTRS, "env");
+    pub(super) const TRUST: usize = position(&ATTRS, "trust");
+    pub(super) const PURPOSE: usize = position(&ATTRS, "purpose");
+    pub(super) const AGENT: usize = position(&ATTRS, "agent");
+    pub(super) const ATTESTOR: usize = position(&ATTRS, "attestor");
+    pub(super) const SERVER: usize = position(&ATTRS, "server");
+}
 
 /// Builds the Cedar request, the entities it refers to, and the index keys,
 /// with the context keys in `reads`.
@@ -384,11 +431,11 @@ pub(crate) fn build_with(
     entities.push(entity(
         agent_uid.clone(),
         &[
-            ("name", &p.agent.name),
-            ("owner", &p.agent.owner),
-            ("env", &p.agent.env),
-            ("trust", p.agent.trust.as_str()),
-            ("purpose", &p.agent.purpose),
+            (attr::NAME, &p.agent.name),
+            (attr::OWNER, &p.agent.owner),
+            (attr::ENV, &p.agent.env),
+            (attr::TRUST, p.agent.trust.as_str()),
+            (attr::PURPOSE, &p.agent.purpose),
         ],
         reads,
         HashSet::new(),
@@ -396,11 +443,11 @@ pub(crate) fn build_with(
     entities.push(entity(
         instance_uid.clone(),
         &[
-            ("agent", &p.agent.name),
-            ("owner", &p.agent.owner),
-            ("env", &p.agent.env),
-            ("trust", p.agent.trust.as_str()),
-            ("attestor", &p.attestor),
+            (attr::AGENT, &p.agent.name),
+            (attr::OWNER, &p.agent.owner),
+            (attr::ENV, &p.agent.env),
+            (attr::TRUST, p.agent.trust.as_str()),
+            (attr::ATTESTOR, &p.attestor),
         ],
         reads,
         HashSet::from([agent_uid]),
@@ -414,7 +461,7 @@ pub(crate) fn build_with(
             entities.push(entity(server_uid.clone(), &[], reads, HashSet::new()));
             entities.push(entity(
                 tool_uid.clone(),
-                &[("name", tool), ("server", server)],
+                &[(attr::NAME, tool), (attr::SERVER, server)],
                 reads,
                 HashSet::from([server_uid]),
             ));
@@ -517,24 +564,24 @@ fn context(
     let empty = Vec::new();
     let groups = c.user.as_ref().map_or(&empty, |u| &u.groups);
     if let Some(user_uid) = user_uid
-        && reads.wants(USER)
+        && reads.wants(key::USER)
     {
         ctx.insert("user".into(), Value::from(user_uid));
     }
-    if reads.wants(GROUPS) {
+    if reads.wants(key::GROUPS) {
         ctx.insert("groups".into(), strings(groups));
     }
-    if reads.wants(SCOPES) {
+    if reads.wants(key::SCOPES) {
         ctx.insert("scopes".into(), strings(&c.scopes));
     }
-    if reads.wants(SCOPE_RESOURCES) {
+    if reads.wants(key::SCOPE_RESOURCES) {
         let resources = c
             .scopes
             .iter()
             .map(|s| s.rsplit_once(':').map_or(s.as_str(), |(r, _)| r));
         ctx.insert("scope_resources".into(), Value::set(resources.map(s), None));
     }
-    if reads.wants(SCOPE_VERBS) {
+    if reads.wants(key::SCOPE_VERBS) {
         let verbs = c
             .scopes
             .iter()
@@ -542,32 +589,32 @@ fn context(
             .filter(|v| !v.is_empty());
         ctx.insert("scope_verbs".into(), Value::set(verbs.map(s), None));
     }
-    if reads.wants(DEPTH) {
+    if reads.wants(key::DEPTH) {
         ctx.insert("depth".into(), Value::from(i64::from(c.depth)));
     }
-    if reads.wants(CHAIN) {
+    if reads.wants(key::CHAIN) {
         ctx.insert("chain".into(), strings(&c.chain));
     }
     if let Some(task) = &c.task
-        && reads.wants(TASK)
+        && reads.wants(key::TASK)
     {
         ctx.insert("task".into(), s(task));
     }
     if let Some(txn) = &c.txn
-        && reads.wants(TXN)
+        && reads.wants(key::TXN)
     {
         ctx.insert("txn".into(), s(txn));
     }
-    if reads.wants(ATTESTOR) {
+    if reads.wants(key::ATTESTOR) {
         ctx.insert("attestor".into(), s(&p.attestor));
     }
-    if reads.wants(ENV) {
+    if reads.wants(key::ENV) {
         ctx.insert("env".into(), s(&p.agent.env));
     }
-    if reads.wants(HOUR) {
+    if reads.wants(key::HOUR) {
         ctx.insert("hour".into(), Value::from(c.time.hour_utc()));
     }
-    if reads.wants(WEEKDAY) {
+    if reads.wants(key::WEEKDAY) {
         ctx.insert("weekday".into(), Value::from(c.time.weekday_utc()));
     }
     if let Some(ip) = c.source_ip {
@@ -575,11 +622,11 @@ fn context(
         // take must fail every decision alike, not only those of a set
         // that reads it.
         let v = ip_value(ip)?;
-        if reads.wants(SOURCE_IP) {
+        if reads.wants(key::SOURCE_IP) {
             ctx.insert("source_ip".into(), v);
         }
     }
-    if reads.wants(ANOMALY_SCORE) {
+    if reads.wants(key::ANOMALY_SCORE) {
         ctx.insert("anomaly_score".into(), Value::from(anomaly_score));
     }
     if req.action == Action::HttpRequest {
@@ -587,12 +634,12 @@ fn context(
             .http
             .as_ref()
             .ok_or("an http:request decision needs the request's method, path and host")?;
-        for (key, name, value) in [
-            (METHOD, "method", &http.method),
-            (PATH, "path", &http.path),
-            (HOST, "host", &http.host),
+        for (k, name, value) in [
+            (key::METHOD, "method", &http.method),
+            (key::PATH, "path", &http.path),
+            (key::HOST, "host", &http.host),
         ] {
-            if reads.wants(key) {
+            if reads.wants(k) {
                 ctx.insert(name.into(), s(value));
             }
         }
@@ -655,29 +702,7 @@ pub(crate) fn conforms(
 
 #[cfg(test)]
 #[test]
-fn each_key_index_names_its_key() {
-    for (i, name) in [
-        (USER, "user"),
-        (GROUPS, "groups"),
-        (SCOPES, "scopes"),
-        (SCOPE_RESOURCES, "scope_resources"),
-        (SCOPE_VERBS, "scope_verbs"),
-        (DEPTH, "depth"),
-        (CHAIN, "chain"),
-        (TASK, "task"),
-        (TXN, "txn"),
-        (ATTESTOR, "attestor"),
-        (ENV, "env"),
-        (HOUR, "hour"),
-        (WEEKDAY, "weekday"),
-        (SOURCE_IP, "source_ip"),
-        (ANOMALY_SCORE, "anomaly_score"),
-        (METHOD, "method"),
-        (PATH, "path"),
-        (HOST, "host"),
-    ] {
-        assert_eq!(KEYS[i], name);
-    }
+fn every_context_key_of_the_schema_is_a_key() {
     // Every context attribute the schema declares is a key here (or
     // `arguments`, always given).
     let none = warrant_core::mcp::ArgumentSchema::empty();
