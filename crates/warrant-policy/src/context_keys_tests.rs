@@ -96,6 +96,16 @@ fn bank() -> Vec<DecisionRequest> {
 /// `could_allow`).
 const FORCE_ALL: &str = "\n@id(\"force-all\") forbid(principal, action == Action::\"token:self\", resource == Audience::\"never-asked\") when { context == context };\n";
 
+/// `text` with [`FORCE_ALL`]: the same decisions, every key built.
+fn forced(text: &str, tools: &ToolArguments) -> Policies {
+    Policies::compile_for_tools(
+        &[file("f.cedar", &format!("{text}{FORCE_ALL}"))],
+        tools,
+        ToolProblems::Refuse,
+    )
+    .unwrap()
+}
+
 const FORMS: &[&str] = &[
     r#"permit(principal, action, resource) when { context["scopes"].contains("files:write") };"#,
     r#"permit(principal, action, resource) when { context has "task" && context["task"] == "t1" };"#,
@@ -149,12 +159,7 @@ fn every_way_of_reading_context_decides_as_plain_cedar() {
         let narrow =
             Policies::compile_for_tools(&[file("f.cedar", text)], &tools, ToolProblems::Refuse)
                 .unwrap();
-        let forced = Policies::compile_for_tools(
-            &[file("f.cedar", &format!("{text}{FORCE_ALL}"))],
-            &tools,
-            ToolProblems::Refuse,
-        )
-        .unwrap();
+        let forced = forced(text, &tools);
         let reloaded = narrow.for_tools(&tools).unwrap();
         for r in &requests {
             let plain = narrow.decide_unindexed(r);
@@ -216,12 +221,7 @@ fn an_ipv4_client_on_a_dual_stack_listener_is_decided_as_ipv4_on_every_path() {
         .unwrap()
         .for_tools(&tools)
         .unwrap();
-    let forced = Policies::compile_for_tools(
-        &[file("p.cedar", &format!("{text}{FORCE_ALL}"))],
-        &tools,
-        ToolProblems::Refuse,
-    )
-    .unwrap();
+    let forced = forced(text, &tools);
     let mut call = tool_call(serde_json::json!({"path": "/srv/r"}));
     call.context.source_ip = Some(mapped);
     assert_eq!(p.decide_scored(&call, 0).effect, Effect::Allow);

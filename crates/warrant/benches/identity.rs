@@ -66,8 +66,9 @@ fn issue(sock: &Path) -> bool {
         }
         let text = String::from_utf8_lossy(&buf);
         let Some(location) = text.lines().find_map(|l| {
-            l.strip_prefix("location: ")
-                .or_else(|| l.strip_prefix("Location: "))
+            l.split_once(':')
+                .filter(|(name, _)| name.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v)
         }) else {
             return false;
         };
